@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export BRONZE_DATA_DIR ?= $(CURDIR)/data
+
+.PHONY: demo test lint ui bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## seed the embedded source (if empty) and load every bronze table
+	$(BIN)/bronze demo
+
+test: $(STAMP)  ## lint, then run the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+ui: $(STAMP)  ## Dagster UI on the embedded default
+	mkdir -p $(BRONZE_DATA_DIR)/dagster_home
+	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml
+
+bench: $(STAMP)  ## seed throughput benchmark
+	$(BIN)/python benchmarks/bench_seed.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,72 @@
+"""Table contracts: one typed :class:`Contract` per source table drives every pipeline step."""
+
+from __future__ import annotations
+
+from bronze_assets.contracts.model import (
+    Cadence,
+    Column,
+    Comparison,
+    Contract,
+    ForeignKey,
+    LoadPattern,
+    NotAfterLoadDateRule,
+    Partitioning,
+    PartitionKind,
+    PgType,
+    QualityRules,
+    RangeRule,
+    RegexRule,
+    ValueSetRule,
+)
+from bronze_assets.contracts.tables import ALL
+
+CONTRACTS: dict[str, Contract] = {c.name: c for c in ALL}
+
+
+def get_contract(name: str) -> Contract:
+    """Return the contract of source table ``name`` (a ``bz_`` prefix is accepted)."""
+    key = name.removeprefix("bz_")
+    try:
+        return CONTRACTS[key]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(CONTRACTS)}") from None
+
+
+def in_dependency_order() -> list[Contract]:
+    """Contracts ordered so that every foreign-key parent comes before its children."""
+    ordered: list[Contract] = []
+    seen: set[str] = set()
+
+    def visit(c: Contract) -> None:
+        if c.name in seen:
+            return
+        seen.add(c.name)
+        for fk in c.foreign_keys:
+            if fk.parent_table != c.name:
+                visit(CONTRACTS[fk.parent_table])
+        ordered.append(c)
+
+    for c in ALL:
+        visit(c)
+    return ordered
+
+
+__all__ = [
+    "CONTRACTS",
+    "Cadence",
+    "Column",
+    "Comparison",
+    "Contract",
+    "ForeignKey",
+    "LoadPattern",
+    "NotAfterLoadDateRule",
+    "PartitionKind",
+    "Partitioning",
+    "PgType",
+    "QualityRules",
+    "RangeRule",
+    "RegexRule",
+    "ValueSetRule",
+    "get_contract",
+    "in_dependency_order",
+]

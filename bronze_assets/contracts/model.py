@@ -1,0 +1,199 @@
+"""The typed table contract: the single source of truth every pipeline step derives from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class PgType(StrEnum):
+    """Source column types of ARCHITECTURE §2.1, spelled as PostgreSQL DDL."""
+
+    INTEGER = "integer"
+    BIGINT = "bigint"
+    TEXT = "text"
+    DATE = "date"
+    TIMESTAMPTZ = "timestamp with time zone"
+    NUMERIC_10_2 = "numeric(10,2)"
+    NUMERIC_12_2 = "numeric(12,2)"
+
+    @property
+    def is_numeric(self) -> bool:
+        return self in (PgType.NUMERIC_10_2, PgType.NUMERIC_12_2)
+
+    @property
+    def precision_scale(self) -> tuple[int, int] | None:
+        """(precision, scale) of a numeric type, else None."""
+        if not self.is_numeric:
+            return None
+        p, s = self.value[len("numeric(") : -1].split(",")
+        return int(p), int(s)
+
+
+class LoadPattern(StrEnum):
+    """How a table is brought into bronze (ARCHITECTURE §2.5)."""
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+    BATCH = "batch"
+
+
+class Cadence(StrEnum):
+    """How often a table is loaded (ARCHITECTURE §2.5)."""
+
+    HOURLY = "hourly"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+class PartitionKind(StrEnum):
+    """Dagster partitioning of a bronze asset (ARCHITECTURE §2.4)."""
+
+    NONE = "none"
+    DAILY_LOAD_DATE = "daily"
+    MONTHLY_BUSINESS_DATE = "monthly"
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """Delta partition column and the Dagster partitions that match it."""
+
+    kind: PartitionKind = PartitionKind.NONE
+    delta_column: str | None = None
+    business_date_column: str | None = None
+
+    @classmethod
+    def none(cls) -> Partitioning:
+        return cls()
+
+    @classmethod
+    def daily_load_date(cls) -> Partitioning:
+        return cls(PartitionKind.DAILY_LOAD_DATE, "load_date")
+
+    @classmethod
+    def monthly_on(cls, business_date_column: str, delta_column: str) -> Partitioning:
+        return cls(PartitionKind.MONTHLY_BUSINESS_DATE, delta_column, business_date_column)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One source column: lowercase name and declared PostgreSQL type."""
+
+    name: str
+    type: PgType
+
+
+@dataclass(frozen=True)
+class RegexRule:
+    """Format rule: non-NULL values must fully match ``pattern`` (POSIX/RE2-compatible)."""
+
+    column: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class ValueSetRule:
+    """Format rule: non-NULL values must be one of ``values`` (case-sensitive)."""
+
+    column: str
+    values: tuple[str, ...]
+
+
+class Comparison(StrEnum):
+    GE = ">="
+    GT = ">"
+
+
+@dataclass(frozen=True)
+class RangeRule:
+    """Range rule: non-NULL values must satisfy ``column <op> bound``."""
+
+    column: str
+    op: Comparison
+    bound: float
+
+
+@dataclass(frozen=True)
+class NotAfterLoadDateRule:
+    """Range rule: a business date may not lie after the date of the load."""
+
+    column: str
+
+
+FormatRule = RegexRule | ValueSetRule
+RangeRuleT = RangeRule | NotAfterLoadDateRule
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """Logical (unenforced) reference checked by the referential-integrity check."""
+
+    column: str
+    parent_table: str
+    parent_column: str
+
+
+@dataclass(frozen=True)
+class QualityRules:
+    """The §3 rules of one table: required (null), format and range rules."""
+
+    required: tuple[str, ...] = ()
+    formats: tuple[FormatRule, ...] = ()
+    ranges: tuple[RangeRuleT, ...] = ()
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Everything the platform knows about one source table."""
+
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    load_pattern: LoadPattern
+    cadence: Cadence
+    partitioning: Partitioning
+    zorder_columns: tuple[str, ...]
+    quality: QualityRules = field(default_factory=QualityRules)
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    pii_columns: tuple[str, ...] = ()
+    seed_rows: int = 0
+    version: str = "1"
+
+    def __post_init__(self) -> None:
+        names = self.column_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"contract {self.name}: duplicate column names in {names}")
+        if tuple(names[: len(self.primary_key)]) != self.primary_key:
+            raise ValueError(f"contract {self.name}: primary key {self.primary_key} must lead")
+        if "updated_at" not in names:
+            raise ValueError(f"contract {self.name}: every source table needs updated_at")
+        referenced = [
+            *self.zorder_columns,
+            *self.pii_columns,
+            *self.quality.required,
+            *(r.column for r in self.quality.formats),
+            *(r.column for r in self.quality.ranges),
+            *(fk.column for fk in self.foreign_keys),
+        ]
+        if self.partitioning.business_date_column:
+            referenced.append(self.partitioning.business_date_column)
+        unknown = sorted(set(referenced) - set(names))
+        if unknown:
+            raise ValueError(f"contract {self.name}: rules name unknown columns {unknown}")
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def bronze_table(self) -> str:
+        """Name of the bronze Delta table and of the Dagster asset."""
+        return f"bz_{self.name}"
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"contract {self.name} has no column {name!r}")

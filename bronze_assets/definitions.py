@@ -1,0 +1,12 @@
+"""Dagster entry point: loads every definition under ``bronze_assets/defs``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

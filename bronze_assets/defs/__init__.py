@@ -1,0 +1,1 @@
+"""Dagster definitions built from the contracts; autoloaded by ``bronze_assets.definitions``."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL source: connections, the embedded server and contract-driven DDL."""

@@ -1,0 +1,41 @@
+"""Connections to the PostgreSQL source, with errors that name the server but never the password."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bronze_assets.lib.source.dsn import describe_dsn, redact
+from bronze_assets.settings import ENV_SOURCE_DSN, source_dsn_from_env
+
+
+class SourceConnectionError(RuntimeError):
+    """The PostgreSQL source could not be reached; the message says what to check."""
+
+
+def resolve_source_dsn(dsn: str | None = None) -> str:
+    """The DSN to use: ``dsn`` if given, else ``$BRONZE_SOURCE_DSN``, else the embedded server."""
+    dsn = dsn or source_dsn_from_env()
+    if dsn:
+        return dsn
+    from bronze_assets.lib.source.embedded import embedded_server
+
+    return embedded_server().start()
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> Any:
+    """Open an ADBC PostgreSQL connection (DB-API) to ``dsn`` with the session in UTC."""
+    import adbc_driver_postgresql.dbapi as pg
+
+    try:
+        conn = pg.connect(dsn, autocommit=autocommit)
+    except Exception as exc:
+        raise SourceConnectionError(
+            f"cannot connect to the PostgreSQL source ({describe_dsn(dsn)}): "
+            f"{redact(str(exc).strip(), dsn)}. Check that the server is running and reachable, "
+            f"that the database exists and the credentials are right, and the value of "
+            f"{ENV_SOURCE_DSN} (unset it to use the embedded server)."
+        ) from None
+    cur = conn.cursor()
+    cur.execute("SET TIME ZONE 'UTC'")
+    cur.close()
+    return conn
