@@ -1,0 +1,51 @@
+"""Shared fixtures: one real embedded PostgreSQL per test worker, a fresh database per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bronze_assets.lib.source.embedded import EmbeddedPostgres
+from bronze_assets.lib.source.postgres import connect
+from bronze_assets.settings import ENV_BRONZE_ROOT, ENV_DATA_DIR, ENV_SOURCE_DSN
+
+AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads a developer's environment or writes into the working directory."""
+    monkeypatch.delenv(ENV_SOURCE_DSN, raising=False)
+    monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "data"))
+    monkeypatch.setenv(ENV_BRONZE_ROOT, str(tmp_path / "bronze"))
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    """DSN of a new, empty database on the test server (dropped afterwards)."""
+    admin = pg_server.start().replace(f"/{pg_server.database}?", "/postgres?")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with connect(admin, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield admin.replace("/postgres?", f"/{name}?")
+    with connect(admin, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def query(dsn: str, sql: str) -> list[tuple]:
+    """Run one statement in its own committed transaction; rows if it returns any."""
+    with connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall() if cur.description else []

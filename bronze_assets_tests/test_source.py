@@ -1,0 +1,97 @@
+"""Embedded server lifecycle, DSN resolution, and connection errors that never leak passwords."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bronze_assets.lib.source.dsn import describe_dsn, redact
+from bronze_assets.lib.source.embedded import EmbeddedPostgres
+from bronze_assets.lib.source.postgres import SourceConnectionError, connect, resolve_source_dsn
+from bronze_assets.settings import ENV_SOURCE_DSN
+
+pytestmark = pytest.mark.integration
+
+ATTACH_SCRIPT = """
+import sys
+from pathlib import Path
+from bronze_assets.lib.source.embedded import EmbeddedPostgres
+srv = EmbeddedPostgres(Path(sys.argv[1]))
+srv.start()
+print(srv._server.get_pid())
+srv.stop()
+"""
+
+
+def test_embedded_start_reuse_and_stop(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pgdata")
+    assert not server.is_running
+    uri = server.start()
+    assert server.is_running and "/DE?" in uri
+    with connect(uri) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_database(), current_setting('TimeZone')")
+        assert cur.fetchone() == ("DE", "UTC")
+    pid = server._server.get_pid()
+
+    # another process attaches to the same running server instead of starting a second one
+    out = subprocess.run([sys.executable, "-c", ATTACH_SCRIPT, str(server.pgdata)],
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == pid
+    assert server.is_running, "the other process's exit must not stop a server still in use"
+
+    assert server.start() == uri  # idempotent within the process
+    server.stop()
+    assert not server.is_running
+
+    # restart reuses the initialised data directory and the DE database
+    again = server.start()
+    assert again.endswith(uri.split("/DE", 1)[1]) and server.is_running
+    server.stop()
+
+
+def test_resolve_prefers_explicit_then_env_then_embedded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert resolve_source_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+    monkeypatch.setenv(ENV_SOURCE_DSN, "postgresql://env@h/DE")
+    assert resolve_source_dsn() == "postgresql://env@h/DE"
+    monkeypatch.delenv(ENV_SOURCE_DSN)
+    from bronze_assets.lib.source.embedded import embedded_server
+
+    uri = resolve_source_dsn()  # BRONZE_DATA_DIR points into tmp_path (conftest)
+    try:
+        assert str(tmp_path / "data" / "pgdata") in uri
+    finally:
+        embedded_server().stop()
+
+
+def test_connection_error_names_server_but_not_password(tmp_path: Path) -> None:
+    dsn = f"postgresql://alice:s3cr3t-pw@/inventory?host={tmp_path}&port=5999"
+    with pytest.raises(SourceConnectionError) as info:
+        connect(dsn)
+    message = str(info.value)
+    assert "s3cr3t-pw" not in message
+    assert f"host={tmp_path}" in message and "db=inventory" in message and "user=alice" in message
+    assert "BRONZE_SOURCE_DSN" in message and "running" in message
+
+
+@pytest.mark.parametrize(
+    ("dsn", "described"),
+    [
+        ("postgresql://bob:pw@db.example.com:6543/DE", "host=db.example.com port=6543 db=DE user=bob"),
+        ("postgresql://postgres:@/DE?host=/tmp/sock", "host=/tmp/sock db=DE user=postgres"),
+        ("host=h port=5432 dbname=DE user=u password=pw", "host=h port=5432 db=DE user=u"),
+    ],
+)
+def test_describe_dsn(dsn: str, described: str) -> None:
+    assert describe_dsn(dsn) == described
+
+
+def test_redact_removes_password_everywhere() -> None:
+    dsn = "postgresql://bob:Pa55word@h/DE"
+    text = "failed for postgresql://bob:Pa55word@h/DE (password=Pa55word) Pa55word"
+    assert "Pa55word" not in redact(text, dsn)
+    assert "Pa55word" not in redact("password='Pa55word'", None)
