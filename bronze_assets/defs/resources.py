@@ -39,4 +39,12 @@ class BronzeStorage(dg.ConfigurableResource):
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources={"source": PostgresSource(), "bronze": BronzeStorage()})
+    from bronze_assets.lib.delta.io_manager import BronzeDeltaIOManager
+
+    return dg.Definitions(
+        resources={
+            "source": PostgresSource(),
+            "bronze": BronzeStorage(),
+            "bronze_io_manager": BronzeDeltaIOManager(),
+        }
+    )

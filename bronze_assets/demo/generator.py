@@ -30,6 +30,7 @@ from bronze_assets.contracts import (
     ValueSetRule,
     in_dependency_order,
 )
+from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.tables import EMAIL_PATTERN, PHONE_PATTERN, SKU_PATTERN
 from bronze_assets.demo import vocab
 
@@ -491,22 +492,6 @@ class InventoryGenerator:
 
 
 # ---------------------------------------------------------------------- Arrow conversion
-_ARROW_INT = {PgType.INTEGER: pa.int32(), PgType.BIGINT: pa.int64()}
-
-
-def arrow_type(type_: PgType) -> pa.DataType:
-    """Arrow type the generator emits (and COPY loads) for a contract type."""
-    if type_ in _ARROW_INT:
-        return _ARROW_INT[type_]
-    if type_.is_numeric:
-        return pa.decimal128(*type_.precision_scale)
-    return {
-        PgType.TEXT: pa.string(),
-        PgType.DATE: pa.date32(),
-        PgType.TIMESTAMPTZ: pa.timestamp("us", tz="UTC"),
-    }[type_]
-
-
 def _cents_to_decimal(cents: np.ndarray, type_: pa.DataType) -> pa.Array:
     """Exact decimal from integer cents (via text, no float rounding)."""
     cents = cents.astype(np.int64)

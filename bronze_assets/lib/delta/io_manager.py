@@ -1,0 +1,67 @@
+"""``BronzeDeltaIOManager``: the Dagster IO manager that MERGEs staged loads into ``bz_*`` tables."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field
+
+from bronze_assets.lib.delta.merge import BronzeMerger, open_table
+from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
+
+
+class BronzeDeltaIOManager(dg.ConfigurableIOManager):
+    """Writes a :class:`StagedBatch` with the §2.3 MERGE; reads a bronze table as Arrow."""
+
+    root: str | None = Field(default=None, description=f"bronze root; unset means ${ENV_BRONZE_ROOT}.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="delta-rs object-store options (credentials, region)."
+    )
+
+    def table_uri(self, table: str) -> str:
+        return f"{(self.root or bronze_root()).rstrip('/')}/{table}"
+
+    def handle_output(self, context: dg.OutputContext, obj: StagedBatch) -> None:
+        if not isinstance(obj, StagedBatch):
+            raise TypeError(
+                f"BronzeDeltaIOManager stores StagedBatch outputs only; asset "
+                f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
+            )
+        uri = self.table_uri(obj.contract.bronze_table)
+        try:
+            result = BronzeMerger(obj.contract, uri, self.storage_options).merge(obj)
+        finally:
+            obj.cleanup()
+        meta: dict[str, object] = {
+            "table_uri": dg.MetadataValue.path(uri),
+            "batch_id": obj.ctx.batch_id,
+            "window": obj.window,
+            "rows_read": result.rows_read,
+            "rows_inserted": result.inserted,
+            "rows_updated": result.updated,
+            "rows_unchanged": result.unchanged,
+            "rows_soft_deleted": result.soft_deleted,
+            "rows_forgotten_skipped": result.forgotten_skipped,
+            "committed": result.committed,
+            "delta_version": result.version if result.version is not None else -1,
+            "size_bytes": result.size_bytes,
+            "num_files": result.num_files,
+            "extract_seconds": obj.extract_seconds,
+            "merge_seconds": result.merge_seconds,
+            "duration_seconds": round(obj.extract_seconds + result.merge_seconds, 3),
+        }
+        if result.avg_quality_score is not None:
+            meta["avg_quality_score"] = result.avg_quality_score
+        if obj.watermark is not None:
+            meta["watermark"] = obj.watermark.isoformat()
+        context.add_output_metadata(meta)
+
+    def load_input(self, context: dg.InputContext) -> pa.Table:
+        table = context.upstream_output.asset_key.path[-1] if context.upstream_output else None
+        if table is None:
+            raise TypeError("BronzeDeltaIOManager loads bronze assets only")
+        dt = open_table(self.table_uri(table), self.storage_options)
+        if dt is None:
+            raise FileNotFoundError(f"{table} has not been materialized yet ({self.table_uri(table)})")
+        return dt.to_pyarrow_dataset().to_table()

@@ -1,0 +1,292 @@
+"""The bronze MERGE (ARCHITECTURE §2.3) on delta-rs, idempotent and with one commit per load.
+
+A load is planned before anything is written: the staged source keys and hashes are joined
+with a narrow index of the target (keys, hash, status, partition value). Only new, changed and
+vanished keys go into the MERGE, each routed to the partition it lives in, and the MERGE
+predicate names those partitions and the key range so delta-rs rewrites only files that can
+match. A load that changes nothing commits nothing. Every commit carries the batch id and a
+Delta app transaction, and a retry first re-reads the table to see whether the commit landed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema
+
+log = logging.getLogger(__name__)
+
+OP = "_bronze_op"
+TARGET_PART = "_bronze_target_part"
+BATCH_KEY = "bronze.batch_id"
+WATERMARK_KEY = "bronze.watermark"
+APP_ID_PREFIX = "bronze_assets/"
+MAX_ATTEMPTS = 4
+
+
+@dataclass
+class MergeResult:
+    """What one load did to its bronze table (published as Dagster output metadata)."""
+
+    table_uri: str
+    rows_read: int
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    soft_deleted: int = 0
+    forgotten_skipped: int = 0
+    committed: bool = False
+    version: int | None = None
+    size_bytes: int = 0
+    num_files: int = 0
+    merge_seconds: float = 0.0
+    avg_quality_score: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_table(uri: str, storage_options: dict[str, str] | None = None) -> DeltaTable | None:
+    """The Delta table at ``uri``, or None if there is none yet."""
+    try:
+        return DeltaTable(uri, storage_options=storage_options or None)
+    except TableNotFoundError:
+        return None
+
+
+def committed_batch_ids(dt: DeltaTable, limit: int = 50) -> set[str]:
+    """Batch ids of the most recent commits (to detect a commit that landed before a retry)."""
+    return {str(h[BATCH_KEY]) for h in dt.history(limit) if BATCH_KEY in h}
+
+
+def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None:
+    """The incremental watermark recorded by the latest commit that carries one."""
+    if dt is None:
+        return None
+    for entry in dt.history(limit):
+        if WATERMARK_KEY in entry:
+            return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
+    return None
+
+
+def table_stats(dt: DeltaTable) -> tuple[int, int]:
+    """(total bytes, number of data files) of the current version."""
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    return int(pa.compute.sum(actions["size_bytes"]).as_py() or 0), actions.num_rows
+
+
+def _sql_literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if hasattr(value, "isoformat"):
+        return f"'{value.isoformat()}'"
+    return str(value)
+
+
+class BronzeMerger:
+    """Merges staged batches of one contract into its ``bz_`` Delta table."""
+
+    def __init__(self, contract: Contract, table_uri: str, storage_options: dict[str, str] | None = None):
+        self.contract = contract
+        self.uri = table_uri
+        self.storage_options = storage_options or {}
+        self.schema = bronze_schema(contract)
+        self.pk = list(contract.primary_key)
+        self.part = contract.partitioning.delta_column
+        self.app_id = APP_ID_PREFIX + contract.bronze_table
+
+    # ------------------------------------------------------------------ planning
+    def _index(self, dt: DeltaTable) -> pl.DataFrame:
+        cols = [*self.pk, "record_hash", "record_status"] + ([self.part] if self.part else [])
+        table = dt.to_pyarrow_dataset().to_table(columns=cols)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        renames = {"record_hash": "_t_hash", "record_status": "_t_status"}
+        if self.part:
+            renames[self.part] = TARGET_PART
+        return frame.rename(renames)
+
+    def plan(self, dt: DeltaTable, staged: StagedBatch) -> tuple[pl.DataFrame, MergeResult]:
+        """Classify every staged key (insert/update/unchanged) and every vanished key (delete)."""
+        src_cols = [*self.pk, "record_hash"] + ([self.part] if self.part else [])
+        src = pl.from_arrow(staged.reader().read_all().select(src_cols)) if staged.rows else None
+        index = self._index(dt)
+        result = MergeResult(self.uri, staged.rows)
+        plans: list[pl.DataFrame] = []
+        if src is not None and src.height:
+            assert isinstance(src, pl.DataFrame)
+            joined = src.join(index, on=self.pk, how="left")
+            status = pl.col("_t_status")
+            is_new = status.is_null()
+            forgotten = status == FORGOTTEN
+            differs = pl.col("_t_hash") != pl.col("record_hash")
+            changed = ~is_new & ~forgotten & (differs | (status == DELETED))
+            target_part = pl.col(TARGET_PART) if self.part else pl.lit(None)
+            own_part = pl.col(self.part) if self.part else pl.lit(None)
+            classified = joined.with_columns(
+                pl.when(is_new).then(pl.lit("I")).when(changed).then(pl.lit("U")).otherwise(pl.lit(None))
+                .alias(OP),
+                pl.when(is_new).then(own_part).otherwise(target_part).alias("_route"),
+            )
+            result.inserted = int(classified.select(is_new.sum()).item())
+            result.updated = int(classified.select(changed.sum()).item())
+            result.forgotten_skipped = int(classified.select(forgotten.sum()).item())
+            result.unchanged = src.height - result.inserted - result.updated - result.forgotten_skipped
+            plans.append(classified.filter(pl.col(OP).is_not_null()).select([*self.pk, OP, "_route"]))
+        if staged.source_keys_path is not None:
+            keys = pl.read_ipc_stream(staged.source_keys_path)
+            vanished = index.filter(pl.col("_t_status") == ACTIVE).join(keys, on=self.pk, how="anti")
+            result.soft_deleted = vanished.height
+            route = pl.col(TARGET_PART) if self.part else pl.lit(None)
+            plans.append(vanished.select([*self.pk, pl.lit("D").alias(OP), route.alias("_route")]))
+        plans = [p.with_columns(pl.col("_route").cast(pl.Date)) for p in plans if p.height]
+        return (pl.concat(plans) if plans else pl.DataFrame()), result
+
+    # ------------------------------------------------------------------ writing
+    def _merge_source(self, staged: StagedBatch, plan: pl.DataFrame) -> pa.RecordBatchReader:
+        """Stream staged rows that need writing (routed to their partition) plus delete markers."""
+        schema = self.schema.append(pa.field(OP, pa.string()))
+        upserts = plan.filter(pl.col(OP) != "D")
+        deletes = plan.filter(pl.col(OP) == "D")
+        ctx = staged.ctx
+
+        def batches():
+            if upserts.height:
+                for batch in staged.batches():
+                    frame = pl.from_arrow(batch)
+                    assert isinstance(frame, pl.DataFrame)
+                    hit = frame.join(upserts, on=self.pk, how="inner")
+                    if not hit.height:
+                        continue
+                    if self.part:
+                        hit = hit.with_columns(pl.col("_route").alias(self.part))
+                    yield _to_batch(hit, schema)
+            if deletes.height:
+                frame = deletes.with_columns(
+                    pl.lit(ctx.batch_time).cast(pl.Datetime("us", "UTC")).alias("update_timestamp"),
+                    pl.lit(ctx.batch_id).alias("batch_id"),
+                    pl.lit(DELETED).alias("record_status"),
+                )
+                if self.part:
+                    frame = frame.with_columns(pl.col("_route").alias(self.part))
+                yield _to_batch(frame, schema)
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def _predicate(self, plan: pl.DataFrame) -> str:
+        terms = [f"t.{k} = s.{k}" for k in self.pk]
+        if self.part:
+            terms.append(f"t.{self.part} = s.{self.part}")
+            parts = plan.get_column("_route").drop_nulls().unique().sort().to_list()
+            values = ", ".join(_sql_literal(v) for v in parts)
+            null_part = plan.get_column("_route").null_count() > 0
+            if values and not null_part:
+                terms.append(f"t.{self.part} IN ({values})")
+        if len(self.pk) == 1:
+            keys = plan.get_column(self.pk[0])
+            terms.append(f"t.{self.pk[0]} >= {keys.min()} AND t.{self.pk[0]} <= {keys.max()}")
+        return " AND ".join(terms)
+
+    def _commit_properties(self, dt: DeltaTable | None, staged: StagedBatch) -> CommitProperties:
+        version = ((dt.transaction_version(self.app_id) if dt is not None else None) or 0) + 1
+        meta = {BATCH_KEY: staged.ctx.batch_id, "bronze.window": staged.window, **staged.metadata}
+        if staged.watermark is not None:
+            meta[WATERMARK_KEY] = staged.watermark.isoformat()
+        return CommitProperties(
+            custom_metadata=meta,
+            app_transactions=[Transaction(self.app_id, version, int(time.time() * 1000))],
+        )
+
+    def merge(self, staged: StagedBatch) -> MergeResult:
+        """Apply §2.3 to the table; retries commit conflicts after re-reading the table."""
+        started = time.perf_counter()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            dt = open_table(self.uri, self.storage_options)
+            if dt is not None and staged.ctx.batch_id in committed_batch_ids(dt):
+                log.info("%s: batch %s already committed", self.uri, staged.ctx.batch_id)
+                result = MergeResult(self.uri, staged.rows, committed=True)
+                break
+            try:
+                result = self._create(staged) if dt is None else self._merge(dt, staged)
+                break
+            except (CommitFailedError, DeltaError) as exc:
+                if attempt == MAX_ATTEMPTS or not _is_conflict(exc):
+                    raise
+                log.warning("%s: commit conflict (%s); re-reading and retrying", self.uri, exc)
+                time.sleep(0.2 * 2**attempt)
+        final = open_table(self.uri, self.storage_options)
+        if final is not None:
+            result.version = final.version()
+            result.size_bytes, result.num_files = table_stats(final)
+        result.merge_seconds = round(time.perf_counter() - started, 3)
+        if staged.rows:
+            result.avg_quality_score = round(staged.score_sum / staged.rows, 2)
+        return result
+
+    def _create(self, staged: StagedBatch) -> MergeResult:
+        write_deltalake(
+            self.uri,
+            pa.RecordBatchReader.from_batches(self.schema, staged.batches()),
+            partition_by=[self.part] if self.part else None,
+            mode="error",
+            storage_options=self.storage_options or None,
+            commit_properties=self._commit_properties(None, staged),
+        )
+        return MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
+
+    def _merge(self, dt: DeltaTable, staged: StagedBatch) -> MergeResult:
+        plan, result = self.plan(dt, staged)
+        if not plan.height:
+            return result
+        source_cols = self.contract.column_names
+        update_cols = [*source_cols, "record_hash", "data_quality_score", "batch_id", "update_timestamp"]
+        updates = {c: f"s.{c}" for c in update_cols} | {"record_status": f"'{ACTIVE}'"}
+        inserts = {c: f"s.{c}" for c in self.schema.names}
+        (
+            dt.merge(
+                self._merge_source(staged, plan),
+                predicate=self._predicate(plan),
+                source_alias="s",
+                target_alias="t",
+                streamed_exec=True,
+                commit_properties=self._commit_properties(dt, staged),
+            )
+            .when_matched_update(updates, predicate=f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'")
+            .when_matched_update(
+                {"record_status": f"'{DELETED}'", "update_timestamp": "s.update_timestamp",
+                 "batch_id": "s.batch_id"},
+                predicate=f"s.{OP} = 'D' AND t.record_status = '{ACTIVE}'",
+            )
+            .when_not_matched_insert(inserts, predicate=f"s.{OP} = 'I'")
+            .execute()
+        )
+        result.committed = True
+        return result
+
+
+def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:
+    present = set(frame.columns)
+    cols = []
+    for f in schema:
+        if f.name in present:
+            cols.append(frame.get_column(f.name).to_arrow().cast(f.type))
+        else:
+            cols.append(pa.nulls(frame.height, f.type))
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _is_conflict(exc: Exception) -> bool:
+    text = str(exc).lower()
+    version_taken = "version" in text and "exists" in text
+    return isinstance(exc, CommitFailedError) or "conflict" in text or version_taken

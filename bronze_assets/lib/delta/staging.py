@@ -1,0 +1,64 @@
+"""Stage extracted, enriched batches in a local Arrow IPC file so memory stays bounded."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.enrich.metadata import BatchContext
+
+
+@dataclass
+class StagedBatch:
+    """The rows one materialization read, staged on local disk, plus what the merge needs."""
+
+    contract: Contract
+    ctx: BatchContext
+    path: Path
+    schema: pa.Schema
+    rows: int
+    score_sum: int
+    source_keys_path: Path | None = None
+    watermark: datetime | None = None
+    window: str = "full table"
+    extract_seconds: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def reader(self) -> pa.RecordBatchReader:
+        """Stream the staged rows back (memory-mapped, batch by batch)."""
+        source = pa.memory_map(str(self.path))
+        return pa.ipc.open_stream(source)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        yield from self.reader()
+
+    def cleanup(self) -> None:
+        for p in (self.path, self.source_keys_path):
+            if p is not None and p.exists():
+                p.unlink()
+
+
+def stage_dir() -> Path:
+    """Directory for staged batches (``$BRONZE_STAGE_DIR`` or the system temp dir)."""
+    path = Path(os.environ.get("BRONZE_STAGE_DIR") or tempfile.gettempdir()) / "bronze_stage"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_stream(batches: Iterable[pa.RecordBatch], schema: pa.Schema, name: str) -> tuple[Path, int]:
+    """Write ``batches`` to a new IPC stream file; returns its path and the row count."""
+    fd, raw = tempfile.mkstemp(prefix=f"{name}-", suffix=".arrows", dir=stage_dir())
+    os.close(fd)
+    rows = 0
+    with pa.OSFile(raw, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return Path(raw), rows

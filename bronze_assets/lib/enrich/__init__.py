@@ -1,0 +1,1 @@
+"""Enrichment: metadata columns, per-record quality score (vectorised, no row loops)."""
