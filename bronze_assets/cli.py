@@ -70,6 +70,22 @@ def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, r
     click.echo(f"  {'total':<{width}}  {report.total_rows:>10,} rows")
 
 
+@main.command()
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Scale used to seed the source when it is empty.")
+def demo(scale: float) -> None:
+    """Seed the source if empty, materialize every bronze asset and print a summary."""
+    from bronze_assets.demo.run import format_summary, run_demo
+    from bronze_assets.lib.source.postgres import SourceConnectionError
+
+    try:
+        rows = run_demo(scale, on_progress=lambda msg: click.echo(msg, err=True))
+    except SourceConnectionError as exc:
+        _fail(str(exc))
+        return
+    click.echo(format_summary(rows))
+
+
 @main.group()
 def server() -> None:
     """Manage the embedded PostgreSQL source (used when BRONZE_SOURCE_DSN is unset)."""

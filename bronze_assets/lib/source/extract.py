@@ -177,6 +177,12 @@ class SourceReader:
             now, oldest, xmin = cur.fetchone()
         return SourceSnapshot(now, oldest, xmin)
 
+    def query(self, sql: str) -> list[tuple]:
+        """Run a small query in this reader's snapshot."""
+        with self._conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+
     def batches(self, window: LoadWindow) -> Iterator[pa.RecordBatch]:
         """Stream the window's rows in bounded Arrow batches (binary COPY under the hood)."""
         yield from self._stream(select_sql(self.contract, window, self.schema))
