@@ -26,7 +26,6 @@ def build_changed_partitions_sensor(contract: Contract, overlap: timedelta = DEF
     job = dg.define_asset_job(
         f"{contract.bronze_table}_changed_partitions_job",
         selection=[contract.bronze_table],
-        partitions_def=parts,
     )
 
     @dg.sensor(

@@ -1,0 +1,223 @@
+"""Bronze MERGE semantics (§2.3), record_hash (§2.2) and partition layout (§2.4), end to end."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.sensors import build_changed_partitions_sensor
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.run import materialize_all
+from bronze_assets.demo.seed import seed_source
+from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
+from bronze_assets_tests.conftest import AS_OF, query
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def bronze(fresh_dsn: str, tmp_path: Path) -> Bronze:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    return Bronze(fresh_dsn, tmp_path / "bronze")
+
+
+@pytest.fixture
+def clean_bronze(fresh_dsn: str, tmp_path: Path) -> Bronze:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    return Bronze(fresh_dsn, tmp_path / "bronze")
+
+
+def test_every_table_loads_with_the_spec_hash_and_no_duplicates(bronze: Bronze) -> None:
+    for name in CONTRACTS:
+        assert bronze.load_direct(name).inserted > 0
+    for name, contract in CONTRACTS.items():
+        frame = bronze.read(name)
+        pk = contract.primary_key[0]
+        assert frame[pk].n_unique() == frame.height, f"{name}: duplicate keys"
+        assert active_hashes(frame, pk) == source_hashes(bronze.dsn, name), name
+        assert set(frame["source_system"].unique()) == {"PostgreSQL_DE"}
+        assert frame["data_quality_score"].min() >= 0 and frame["data_quality_score"].max() <= 100
+        assert (frame["load_timestamp"] == frame["update_timestamp"]).all()
+        assert frame["batch_id"].n_unique() == 1
+        part = contract.partitioning.delta_column
+        if part:
+            assert DeltaTable(bronze.uri(name)).metadata().partition_columns == [part]
+            assert frame[part].null_count() == 0
+    # second load of everything: nothing changes, no new Delta version anywhere
+    versions = {name: bronze.version(name) for name in CONTRACTS}
+    again = {name: bronze.load_direct(name) for name in CONTRACTS}
+    assert {name: bronze.version(name) for name in CONTRACTS} == versions
+    assert all(not r.committed and r.unchanged == r.rows_read for r in again.values())
+
+
+def test_single_run_backfill_of_a_daily_range_through_dagster(bronze: Bronze) -> None:
+    first, last = "2026-10-20", "2026-10-25"
+    result = dg.materialize(
+        [bronze.assets["bz_stock_levels"]], resources=bronze.resources,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+    )
+    assert result.success
+    keys = {e.partition for e in result.get_asset_materialization_events()}
+    assert keys == {f"2026-10-{d}" for d in range(20, 26)}
+    frame = bronze.read("stock_levels")
+    where = f"updated_at >= TIMESTAMPTZ '{first}' AND updated_at < TIMESTAMPTZ '2026-10-26'"
+    assert active_hashes(frame, "stock_level_id") == source_hashes(bronze.dsn, "stock_levels", where)
+    assert frame["load_date"].min() >= date(2026, 10, 20) and frame["load_date"].max() <= date(2026, 10, 25)
+
+
+def test_demo_materialize_all_covers_every_asset(bronze: Bronze, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_PARTITIONS_START", "2026-10-01")  # keep the range run short
+    narrow = Bronze(bronze.dsn, bronze.root)
+    metadata = materialize_all(narrow.definitions(), narrow.dsn, dg.DagsterInstance.ephemeral(),
+                               now=datetime(2026, 11, 2, tzinfo=UTC))
+    assert set(metadata) == {c.bronze_table for c in CONTRACTS.values()}
+    assert all(m["rows_read"] > 0 for m in metadata.values())
+
+
+def test_full_load_insert_update_unchanged_delete_reappear(bronze: Bronze) -> None:
+    first = bronze.materialize("products")
+    assert first["rows_inserted"] == 100 and first["delta_version"] == 0
+    before = bronze.read("products").sort("product_id")
+
+    unchanged = bronze.materialize("products")
+    assert unchanged["committed"] is False and unchanged["rows_unchanged"] == 100
+    assert bronze.version("products") == 0
+    assert bronze.read("products").sort("product_id").equals(before)
+
+    query(bronze.dsn, "UPDATE tests.products SET unit_price = unit_price + 1, updated_at = now() "
+                      "WHERE product_id = 5")
+    query(bronze.dsn, "INSERT INTO tests.products VALUES (100001, 'New Drill', 'Tools', 9.99, "
+                      "'TLS-100001', now())")
+    query(bronze.dsn, "DELETE FROM tests.products WHERE product_id = 7")
+    meta = bronze.materialize("products")
+    assert (meta["rows_inserted"], meta["rows_updated"], meta["rows_soft_deleted"]) == (1, 1, 1)
+    assert meta["rows_read"] == 100 and meta["rows_unchanged"] == 98 and meta["delta_version"] == 1
+    after = bronze.read("products")
+    assert after.height == 101, "soft delete keeps the row"
+    row = {r["product_id"]: r for r in after.to_dicts()}
+    old = {r["product_id"]: r for r in before.to_dicts()}
+    assert row[5]["record_hash"] == source_hashes(bronze.dsn, "products", "product_id = 5")[5]
+    assert row[5]["record_hash"] != old[5]["record_hash"]
+    assert row[5]["load_timestamp"] == old[5]["load_timestamp"]
+    assert row[5]["update_timestamp"] > old[5]["update_timestamp"]
+    assert row[5]["batch_id"] != old[5]["batch_id"] and row[5]["record_status"] == "ACTIVE"
+    assert row[100001]["record_status"] == "ACTIVE"
+    assert row[100001]["load_timestamp"] == row[100001]["update_timestamp"]
+    assert row[7]["record_status"] == "DELETED" and row[7]["update_timestamp"] > old[7]["update_timestamp"]
+    assert row[7]["product_name"] == old[7]["product_name"], "a soft delete keeps the last values"
+    for key in set(old) - {5, 7}:
+        assert row[key] == old[key], f"untouched row {key} changed"
+
+    query(bronze.dsn, "INSERT INTO tests.products SELECT * FROM (VALUES "
+                      f"({old[7]['product_id']}, 'Back Again', 'Tools', 1.00, 'TLS-000007', now())) v")
+    back = bronze.materialize("products")
+    assert back["rows_updated"] == 1
+    row7 = bronze.read("products").filter(pl.col("product_id") == 7).to_dicts()[0]
+    assert row7["record_status"] == "ACTIVE" and row7["product_name"] == "Back Again"
+    assert row7["load_timestamp"] == old[7]["load_timestamp"]
+
+
+def test_forgotten_rows_stay_forgotten(bronze: Bronze) -> None:
+    bronze.materialize("customers")
+    bronze.table("customers").update(
+        updates={"record_status": "'FORGOTTEN'", "customer_name": "NULL", "email": "NULL"},
+        predicate="customer_id = 9",
+    )
+    query(bronze.dsn, "UPDATE tests.customers SET customer_name = 'Changed Name', updated_at = now() "
+                      "WHERE customer_id = 9")
+    meta = bronze.materialize("customers")
+    assert meta["rows_forgotten_skipped"] == 1 and meta["rows_updated"] == 0
+    row = bronze.read("customers").filter(pl.col("customer_id") == 9).to_dicts()[0]
+    assert row["record_status"] == "FORGOTTEN" and row["customer_name"] is None
+    query(bronze.dsn, "DELETE FROM tests.customers WHERE customer_id = 9")
+    bronze.materialize("customers")
+    row = bronze.read("customers").filter(pl.col("customer_id") == 9).to_dicts()[0]
+    assert row["record_status"] == "FORGOTTEN"
+
+
+def test_daily_partition_update_merges_where_the_key_lives(bronze: Bronze) -> None:
+    (first_day,) = query(bronze.dsn, "SELECT (updated_at AT TIME ZONE 'UTC')::date FROM tests.inventory "
+                                     "WHERE inventory_id = 1")[0]
+    day0 = first_day.isoformat()
+    meta0 = bronze.materialize("inventory", day0)
+    expected0 = source_hashes(bronze.dsn, "inventory",
+                              f"(updated_at AT TIME ZONE 'UTC')::date = DATE '{day0}'")
+    assert meta0["rows_read"] == len(expected0)
+    frame0 = bronze.read("inventory")
+    assert set(frame0["inventory_id"]) == set(expected0)
+    assert set(frame0["load_date"]) == {first_day}
+
+    later = "2026-10-30"
+    query(bronze.dsn, "UPDATE tests.inventory SET quantity_available = 4242, "
+                      f"updated_at = TIMESTAMPTZ '{later} 12:00:00+00' WHERE inventory_id = 1")
+    query(bronze.dsn, "DELETE FROM tests.inventory WHERE inventory_id = 2")
+    meta1 = bronze.materialize("inventory", later)
+    assert meta1["rows_updated"] == 1
+    frame = bronze.read("inventory")
+    assert frame["inventory_id"].n_unique() == frame.height
+    row1 = frame.filter(pl.col("inventory_id") == 1).to_dicts()[0]
+    assert row1["quantity_available"] == 4242 and row1["load_date"] == first_day
+    new_rows = frame.filter(pl.col("load_date") == date.fromisoformat(later))
+    assert 1 not in set(new_rows["inventory_id"])
+    if 2 in set(frame0["inventory_id"]):
+        assert frame.filter(pl.col("inventory_id") == 2)["record_status"].to_list() == ["DELETED"]
+
+
+def test_monthly_backfill_loads_exactly_those_months(clean_bronze: Bronze) -> None:
+    for month in ("2025-03-01", "2025-05-01"):
+        meta = clean_bronze.materialize("orders", month)
+        assert meta["rows_read"] > 0
+    frame = clean_bronze.read("orders")
+    expected = source_hashes(
+        clean_bronze.dsn, "orders",
+        "date_trunc('month', order_date) IN (DATE '2025-03-01', DATE '2025-05-01')",
+    )
+    assert active_hashes(frame, "order_id") == expected
+    assert set(frame["order_month"]) == {date(2025, 3, 1), date(2025, 5, 1)}
+    months = frame.select(pl.col("order_date").dt.truncate("1mo").alias("m"), "order_month")
+    assert (months["m"] == months["order_month"]).all()
+
+
+def test_late_update_to_a_closed_month_is_found_and_lands_in_its_partition(clean_bronze: Bronze) -> None:
+    b = clean_bronze
+    b.materialize("orders", "2025-03-01")
+    (order_id,) = query(b.dsn, "SELECT min(order_id) FROM tests.orders "
+                               "WHERE order_date >= DATE '2025-03-01' AND order_date < DATE '2025-04-01'")[0]
+    sensor = build_changed_partitions_sensor(CONTRACTS["orders"])
+    with dg.build_sensor_context(resources={"source": b.resources["source"]}) as ctx:
+        first = sensor(ctx)
+    assert isinstance(first, dg.SkipReason)
+    cursor = ctx.cursor
+    assert cursor is not None
+
+    query(b.dsn, "UPDATE tests.orders SET status = 'CANCELLED', updated_at = now() "
+                 f"WHERE order_id = {order_id}")
+    with dg.build_sensor_context(cursor=cursor, resources={"source": b.resources["source"]}) as ctx:
+        result = sensor(ctx)
+    assert [r.partition_key for r in result.run_requests] == ["2025-03-01"]
+    assert result.cursor is not None and result.cursor > cursor
+
+    meta = b.materialize("orders", "2025-03-01")
+    assert meta["rows_updated"] == 1 and meta["rows_inserted"] == 0
+    rows = b.read("orders").filter(pl.col("order_id") == order_id).to_dicts()
+    assert len(rows) == 1
+    assert rows[0]["status"] == "CANCELLED" and rows[0]["order_month"] == date(2025, 3, 1)
+
+
+def test_batch_metadata_published(bronze: Bronze) -> None:
+    meta = bronze.materialize("warehouses")
+    for key in ("table_uri", "rows_read", "rows_inserted", "rows_updated", "rows_unchanged",
+                "rows_soft_deleted", "delta_version", "size_bytes", "duration_seconds",
+                "avg_quality_score", "batch_id"):
+        assert key in meta, key
+    assert meta["size_bytes"] > 0 and meta["table_uri"] == bronze.uri("warehouses")
+
+
+def test_now_is_after_seed_as_of() -> None:
+    assert datetime.now(UTC) > AS_OF  # the tests rely on updated_at = now() being newer
