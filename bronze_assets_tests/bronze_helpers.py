@@ -56,10 +56,12 @@ class Bronze:
         assert isinstance(frame, pl.DataFrame)
         return frame
 
-    def load_direct(self, table: str, partition: tuple[datetime, datetime] | None = None) -> MergeResult:
+    def load_direct(
+        self, table: str, partition: tuple[datetime, datetime] | None = None, **kwargs: Any
+    ) -> MergeResult:
         """One load through the library (no Dagster run), e.g. for all-table checks."""
         contract = CONTRACTS[table]
-        staged = extract_and_stage(contract, self.dsn, self.uri(table), partition=partition)
+        staged = extract_and_stage(contract, self.dsn, self.uri(table), partition=partition, **kwargs)
         try:
             return BronzeMerger(contract, self.uri(table)).merge(staged)
         finally:

@@ -1,0 +1,110 @@
+"""Late commits are not lost behind the watermark; SIGKILL mid-write then re-run is exact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta.merge import latest_watermark, open_table
+from bronze_assets.lib.source.postgres import connect
+from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
+from bronze_assets_tests.conftest import AS_OF, query
+
+pytestmark = pytest.mark.integration
+FAR = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def test_row_of_a_transaction_open_across_the_watermark_is_not_lost(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    late = connect(fresh_dsn)  # transaction T1: starts now, commits after the next load
+    with late.cursor() as cur:
+        cur.execute("INSERT INTO tests.inventory VALUES (1, 1, 1, 10, now())")
+        cur.execute("SELECT now()")
+        (t1,) = cur.fetchone()
+    time.sleep(0.05)
+    query(fresh_dsn, "INSERT INTO tests.inventory VALUES (2, 1, 1, 20, now())")
+
+    first = bronze.load_direct("inventory", (t1 - timedelta(hours=1), FAR), overlap=timedelta(0))
+    assert first.inserted == 1, "only the committed row is visible"
+    watermark = latest_watermark(open_table(bronze.uri("inventory")))
+    assert watermark is not None and watermark < t1, "watermark capped below the open transaction"
+    (row2_time,) = query(fresh_dsn, "SELECT updated_at FROM tests.inventory WHERE inventory_id = 2")[0]
+    assert row2_time > t1, "an uncapped watermark (max updated_at seen) would have skipped row 1"
+
+    late.commit()
+    late.close()
+    # the next load's own window starts after row 1's updated_at: only the watermark reaches it
+    second = bronze.load_direct("inventory", (t1 + timedelta(milliseconds=1), FAR), overlap=timedelta(0))
+    assert second.inserted == 1
+    assert set(active_hashes(bronze.read("inventory"), "inventory_id")) == {1, 2}
+
+
+LOAD_SCRIPT = """
+import sys
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.load import extract_and_stage
+contract = CONTRACTS[sys.argv[3]]
+staged = extract_and_stage(contract, sys.argv[1], sys.argv[2])
+BronzeMerger(contract, sys.argv[2]).merge(staged)
+print("finished")
+"""
+
+
+def _kill_when_new_parquet(dsn: str, uri: str, table: str, known: set[Path]) -> tuple[bool, int]:
+    """Run a load in a child process and SIGKILL it as soon as it writes a new data file."""
+    proc = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, dsn, uri, table],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    root = Path(uri)
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if root.exists() and set(root.rglob("*.parquet")) - known:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    versions = len(list((root / "_delta_log").glob("*.json"))) if (root / "_delta_log").exists() else 0
+    return killed, versions
+
+
+def test_sigkill_mid_write_then_rerun_is_exact(fresh_dsn: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_STAGE_DIR", str(tmp_path / "stage"))
+    seed_source(fresh_dsn, SeedOptions(scale=0.5, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    uri = bronze.uri("order_details")
+
+    # 1) killed during the initial write: no commit, orphan files only
+    killed, versions = _kill_when_new_parquet(fresh_dsn, uri, "order_details", set())
+    assert killed and versions == 0, "the kill must land before the first commit"
+    bronze.load_direct("order_details")
+    frame = bronze.read("order_details")
+    assert frame["order_detail_id"].n_unique() == frame.height
+    assert active_hashes(frame, "order_detail_id") == source_hashes(fresh_dsn, "order_details")
+
+    # 2) killed during a MERGE that rewrites a third of the rows
+    query(fresh_dsn, "UPDATE tests.order_details SET quantity_ordered = quantity_ordered + 1, "
+                     "updated_at = now() WHERE order_detail_id % 3 = 0")
+    query(fresh_dsn, "DELETE FROM tests.order_details WHERE order_detail_id % 97 = 0")
+    known = set(Path(uri).rglob("*.parquet"))
+    killed, versions = _kill_when_new_parquet(fresh_dsn, uri, "order_details", known)
+    assert killed and versions == 1, "the kill must land before the MERGE commit"
+    result = bronze.load_direct("order_details")
+    assert result.updated > 30_000 and result.soft_deleted > 900
+    frame = bronze.read("order_details")
+    assert frame["order_detail_id"].n_unique() == frame.height, "no duplicate keys"
+    assert active_hashes(frame, "order_detail_id") == source_hashes(fresh_dsn, "order_details")
+    again = bronze.load_direct("order_details")
+    assert not again.committed, "a further re-run changes nothing"
