@@ -18,7 +18,15 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    QueryBuilder,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from bronze_assets.contracts import Contract
@@ -86,6 +94,30 @@ def table_stats(dt: DeltaTable) -> tuple[int, int]:
     return int(pa.compute.sum(actions["size_bytes"]).as_py() or 0), actions.num_rows
 
 
+def read_columns(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.Table:
+    """Columns of the current version via DataFusion (fast on tables of many small files)."""
+    sql = f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)} FROM bronze"
+    if where:
+        sql += f" WHERE {where}"
+    return pa.table(QueryBuilder().register("bronze", dt).execute(sql).read_all())
+
+
+def writer_properties(contract: Contract) -> WriterProperties:
+    """Parquet settings: dictionary encoding only where values repeat.
+
+    Daily ``load_date`` layouts spread a load over ~1,000 partitions and delta-rs keeps one
+    writer per partition open; dictionary builders on every column of every writer tripled
+    peak memory (1.0 GB vs 0.44 GB for 200k rows in 1,096 partitions).
+    """
+    low_cardinality = {"source_system", "record_status", "batch_id"}
+    low_cardinality |= {r.column for r in contract.quality.formats if hasattr(r, "values")}
+    on = ColumnProperties(dictionary_enabled=True)
+    return WriterProperties(
+        default_column_properties=ColumnProperties(dictionary_enabled=False),
+        column_properties=dict.fromkeys(sorted(low_cardinality), on),
+    )
+
+
 def _sql_literal(value: Any) -> str:
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
@@ -109,8 +141,7 @@ class BronzeMerger:
     # ------------------------------------------------------------------ planning
     def _index(self, dt: DeltaTable) -> pl.DataFrame:
         cols = [*self.pk, "record_hash", "record_status"] + ([self.part] if self.part else [])
-        table = dt.to_pyarrow_dataset().to_table(columns=cols)
-        frame = pl.from_arrow(table)
+        frame = pl.from_arrow(read_columns(dt, cols))
         assert isinstance(frame, pl.DataFrame)
         renames = {"record_hash": "_t_hash", "record_status": "_t_status"}
         if self.part:
@@ -241,6 +272,7 @@ class BronzeMerger:
             partition_by=[self.part] if self.part else None,
             mode="error",
             storage_options=self.storage_options or None,
+            writer_properties=writer_properties(self.contract),
             commit_properties=self._commit_properties(None, staged),
         )
         return MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
@@ -260,6 +292,7 @@ class BronzeMerger:
                 source_alias="s",
                 target_alias="t",
                 streamed_exec=True,
+                writer_properties=writer_properties(self.contract),
                 commit_properties=self._commit_properties(dt, staged),
             )
             .when_matched_update(updates, predicate=f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'")
