@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## seed the embedded source (if empty) and load every bronze table
-	$(BIN)/bronze demo
+	mkdir -p $(BRONZE_DATA_DIR)/dagster_home
+	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/bronze demo
 
 test: $(STAMP)  ## lint, then run the whole test suite
 	$(BIN)/ruff check .
@@ -28,8 +29,9 @@ ui: $(STAMP)  ## Dagster UI on the embedded default
 	mkdir -p $(BRONZE_DATA_DIR)/dagster_home
 	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml
 
-bench: $(STAMP)  ## seed throughput benchmark
-	$(BIN)/python benchmarks/bench_seed.py
+bench: $(STAMP)  ## seed and ingestion benchmarks at scale 1 and 10
+	$(BIN)/python benchmarks/bench_seed.py --scales 1 10
+	$(BIN)/python benchmarks/bench_ingest.py --scales 1 10
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
@@ -221,3 +222,31 @@ def test_batch_metadata_published(bronze: Bronze) -> None:
 
 def test_now_is_after_seed_as_of() -> None:
     assert datetime.now(UTC) > AS_OF  # the tests rely on updated_at = now() being newer
+
+
+def test_io_manager_loads_bronze_for_downstream_assets_and_rejects_foreign_outputs(bronze: Bronze) -> None:
+    @dg.asset(ins={"bz_warehouses": dg.AssetIn(input_manager_key="bronze_io_manager")})
+    def warehouse_count(bz_warehouses: pa.Table) -> int:
+        return bz_warehouses.num_rows
+
+    result = dg.materialize([bronze.assets["bz_warehouses"], warehouse_count], resources=bronze.resources)
+    assert result.output_for_node("warehouse_count") == 1
+
+    @dg.asset(name="not_bronze", io_manager_key="bronze_io_manager")
+    def not_bronze() -> int:
+        return 1
+
+    failed = dg.materialize([not_bronze], resources=bronze.resources, raise_on_error=False)
+    assert not failed.success
+    errors = [e for e in failed.all_events if e.is_step_failure]
+    assert "StagedBatch outputs only" in str(errors[0].event_specific_data.error)
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_parallel_extraction_reads_each_row_once(clean_bronze: Bronze, parallelism: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_EXTRACT_PARALLELISM", str(parallelism))
+    query(clean_bronze.dsn, "UPDATE tests.orders SET order_date = NULL WHERE order_id % 50 = 0")
+    meta = clean_bronze.materialize("orders", "2025-03-01")
+    frame = clean_bronze.read("orders")
+    assert frame["order_id"].n_unique() == frame.height == meta["rows_read"]

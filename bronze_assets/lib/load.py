@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,7 +64,7 @@ def extract_and_stage(
     storage_options: dict[str, str] | None = None,
     overlap: timedelta = DEFAULT_OVERLAP,
     batch_time: datetime | None = None,
-    progress: callable | None = None,  # type: ignore[valid-type]
+    progress: Callable[[int], None] | None = None,
 ) -> StagedBatch:
     """Read the window of ``contract`` from the source and stage enriched rows for the MERGE.
 
@@ -74,10 +76,9 @@ def extract_and_stage(
     window = plan_window(contract, partition, ctx.batch_time, previous, overlap)
     score_sum = 0
 
-    def enriched(reader: SourceReader):
+    def enriched(reader: SourceReader) -> Iterator[pa.RecordBatch]:
         nonlocal score_sum
-        for raw in reader.batches(window):
-            batch = enrich(raw, contract, ctx)
+        for batch in reader.batches(window, transform=lambda raw: enrich(raw, contract, ctx)):
             score_sum += int(pc.sum(batch.column("data_quality_score")).as_py() or 0)
             if progress is not None:
                 progress(batch.num_rows)
@@ -107,7 +108,7 @@ def extract_and_stage(
     return staged
 
 
-def _keys_of(staged: StagedBatch):
+def _keys_of(staged: StagedBatch) -> Path:
     """A full load's key set, staged like a key sweep (so vanished keys become DELETED)."""
     pk = list(staged.contract.primary_key)
     key_schema = pa.schema([pa.field(k, pa.int64()) for k in pk])

@@ -6,7 +6,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from bronze_assets.lib.delta.merge import BronzeMerger, open_table
+from bronze_assets.lib.delta.merge import BronzeMerger, open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
 
@@ -64,4 +64,4 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
         dt = open_table(self.table_uri(table), self.storage_options)
         if dt is None:
             raise FileNotFoundError(f"{table} has not been materialized yet ({self.table_uri(table)})")
-        return dt.to_pyarrow_dataset().to_table()
+        return read_columns(dt, [f.name for f in dt.schema().to_arrow()])

@@ -157,6 +157,12 @@ class BronzeMerger:
         plans: list[pl.DataFrame] = []
         if src is not None and src.height:
             assert isinstance(src, pl.DataFrame)
+            dupes = src.height - src.select(self.pk).n_unique()
+            if dupes:
+                raise ValueError(
+                    f"{self.contract.bronze_table}: the staged batch holds {dupes} duplicate primary "
+                    f"keys ({', '.join(self.pk)}); nothing was merged. Check the source's primary key."
+                )
             joined = src.join(index, on=self.pk, how="left")
             status = pl.col("_t_status")
             is_new = status.is_null()

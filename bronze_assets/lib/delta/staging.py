@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,10 +47,21 @@ class StagedBatch:
                 p.unlink()
 
 
+STALE_AFTER_SECONDS = 24 * 3600
+
+
 def stage_dir() -> Path:
-    """Directory for staged batches (``$BRONZE_STAGE_DIR`` or the system temp dir)."""
+    """Directory for staged batches (``$BRONZE_STAGE_DIR`` or the system temp dir).
+
+    Files a killed run left behind are removed once they are a day old.
+    """
     path = Path(os.environ.get("BRONZE_STAGE_DIR") or tempfile.gettempdir()) / "bronze_stage"
     path.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - STALE_AFTER_SECONDS
+    for stale in path.glob("bz_*.arrows"):
+        with contextlib.suppress(OSError):
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
     return path
 
 

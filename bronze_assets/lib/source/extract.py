@@ -7,10 +7,15 @@ engines hash exactly what PostgreSQL prints, and computes the Delta partition va
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -21,6 +26,14 @@ from bronze_assets.lib.source.postgres import connect
 from bronze_assets.settings import SOURCE_SCHEMA
 
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
+ENV_PARALLELISM = "BRONZE_EXTRACT_PARALLELISM"
+_DONE = object()
+
+
+def default_parallelism() -> int:
+    """Source connections per extraction (``$BRONZE_EXTRACT_PARALLELISM``, default: CPU count, ≤ 4)."""
+    value = os.environ.get(ENV_PARALLELISM)
+    return max(1, int(value)) if value else max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -95,16 +108,39 @@ def partition_value_sql(contract: Contract, window: LoadWindow) -> str | None:
     return f"CASE WHEN {in_window} THEN date_trunc('month', {bd})::date ELSE {by_update} END"
 
 
+def _select_column(contract: Contract, name: str) -> str:
+    """A numeric travels as its exact unscaled integer (ADBC would render it as text)."""
+    column = contract.column(name)
+    ident = quote_ident(name)
+    if column.type.is_numeric:
+        _, scale = column.type.precision_scale  # type: ignore[misc]
+        return f"({ident} * 1{'0' * scale})::bigint AS {ident}"
+    return ident
+
+
+def unscaled_to_decimal(values: pa.Array, type_: pa.Decimal128Type) -> pa.Array:
+    """Exact decimal128 from unscaled int64 values (16-byte two's complement, no rounding)."""
+    ints = values.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    words = np.empty((len(ints), 2), dtype=np.int64)
+    words[:, 0] = ints
+    words[:, 1] = ints >> 63
+    validity = values.buffers()[0] if values.null_count else None
+    if validity is not None and values.offset:
+        validity = pa.compute.is_valid(values).buffers()[1]
+    return pa.Array.from_buffers(type_, len(ints), [validity, pa.py_buffer(words.tobytes())],
+                                 null_count=values.null_count)
+
+
 def select_sql(contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA) -> str:
     """The extraction query: source columns, ``record_hash`` and the partition value."""
-    cols = [quote_ident(c) for c in contract.column_names]
+    cols = [_select_column(contract, c) for c in contract.column_names]
     cols.append(f"{record_hash_sql(contract)} AS record_hash")
     part = partition_value_sql(contract, window)
     if part is not None:
         cols.append(f"{part} AS {quote_ident(contract.partitioning.delta_column or '')}")
     sql = f"SELECT {', '.join(cols)} FROM {qualified(schema, contract.name)}"
     where = window_predicate(contract, window)
-    return sql if where is None else f"{sql} WHERE {where}"
+    return sql if where is None else f"{sql} WHERE ({where})"
 
 
 def keys_sql(contract: Contract, schema: str = SOURCE_SCHEMA) -> str:
@@ -122,6 +158,10 @@ def normalize(batch: pa.RecordBatch, contract: Contract) -> pa.RecordBatch:
         if isinstance(arr, pa.ExtensionArray):
             arr = arr.storage
         want = target.field(field.name).type if field.name in target.names else None
+        if want is not None and pa.types.is_decimal(want) and pa.types.is_integer(arr.type):
+            arrays.append(unscaled_to_decimal(arr, want))
+            fields.append(pa.field(field.name, want))
+            continue
         if want is None:
             want = pa.string() if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) \
                 else arr.type
@@ -146,35 +186,57 @@ class SourceSnapshot:
 
 
 class SourceReader:
-    """Reads a window of one table (and optionally all its keys) in one REPEATABLE READ snapshot."""
+    """Reads one table in one REPEATABLE READ snapshot, optionally over several connections.
 
-    def __init__(self, dsn: str, contract: Contract, schema: str = SOURCE_SCHEMA) -> None:
+    With ``parallelism`` N > 1 the rows are split by ``pk % N`` over N connections that share
+    the first connection's exported snapshot (as ``pg_dump -j`` does), so the source renders
+    and hashes on N backends while this process enriches on N threads; a bounded queue keeps
+    memory flat.
+    """
+
+    def __init__(
+        self, dsn: str, contract: Contract, schema: str = SOURCE_SCHEMA, parallelism: int | None = None
+    ) -> None:
         self.dsn, self.contract, self.schema = dsn, contract, schema
+        self.parallelism = parallelism or default_parallelism()
+        if len(contract.primary_key) != 1:
+            self.parallelism = 1
         self._conn = None
+        self._snapshot_id: str | None = None
 
     def __enter__(self) -> SourceReader:
-        self._conn = connect(self.dsn, autocommit=True)
-        with self._conn.cursor() as cur:
-            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._conn = self._open()
+        if self.parallelism > 1:
+            (self._snapshot_id,) = self.query("SELECT pg_export_snapshot()")[0]
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._conn is not None:
-            try:
-                with self._conn.cursor() as cur:
-                    cur.execute("COMMIT")
-            finally:
-                self._conn.close()
-                self._conn = None
+            self._close(self._conn)
+            self._conn = None
+
+    def _open(self, snapshot_id: str | None = None):
+        conn = connect(self.dsn, autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if snapshot_id:
+                cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+        return conn
+
+    @staticmethod
+    def _close(conn) -> None:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("COMMIT")
+        finally:
+            conn.close()
 
     def snapshot(self) -> SourceSnapshot:
-        with self._conn.cursor() as cur:
-            cur.execute(
-                "SELECT now(), (SELECT min(xact_start) FROM pg_stat_activity "
-                "  WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()), "
-                "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-            )
-            now, oldest, xmin = cur.fetchone()
+        now, oldest, xmin = self.query(
+            "SELECT now(), (SELECT min(xact_start) FROM pg_stat_activity "
+            "  WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()), "
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        )[0]
         return SourceSnapshot(now, oldest, xmin)
 
     def query(self, sql: str) -> list[tuple]:
@@ -183,21 +245,77 @@ class SourceReader:
             cur.execute(sql)
             return cur.fetchall()
 
-    def batches(self, window: LoadWindow) -> Iterator[pa.RecordBatch]:
-        """Stream the window's rows in bounded Arrow batches (binary COPY under the hood)."""
-        yield from self._stream(select_sql(self.contract, window, self.schema))
+    def batches(
+        self, window: LoadWindow, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the window's rows in bounded Arrow batches (binary COPY under the hood).
+
+        ``transform`` runs on the reading threads, in parallel when there are several.
+        """
+        yield from self._parallel(select_sql(self.contract, window, self.schema), transform)
 
     def key_batches(self) -> Iterator[pa.RecordBatch]:
         """Stream every primary key currently in the source."""
-        yield from self._stream(keys_sql(self.contract, self.schema))
+        yield from self._parallel(keys_sql(self.contract, self.schema), None)
 
-    def _stream(self, sql: str) -> Iterator[pa.RecordBatch]:
-        with self._conn.cursor() as cur:
+    def _split(self, sql: str, part: int) -> str:
+        pk = quote_ident(self.contract.primary_key[0])
+        clause = f"({pk} % {self.parallelism} = {part})"
+        return f"{sql} AND {clause}" if " WHERE " in sql else f"{sql} WHERE {clause}"
+
+    def _stream(self, conn, sql: str) -> Iterator[pa.RecordBatch]:
+        with conn.cursor() as cur:
             cur.adbc_statement.set_options(
                 **{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_SIZE_HINT_BYTES)}
             )
             cur.execute(sql)
-            reader = cur.fetch_record_batch()
-            for batch in reader:
+            for batch in cur.fetch_record_batch():
                 if batch.num_rows:
                     yield normalize(batch, self.contract)
+
+    def _parallel(
+        self, sql: str, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None
+    ) -> Iterator[pa.RecordBatch]:
+        apply = transform or (lambda b: b)
+        if self.parallelism == 1:
+            for batch in self._stream(self._conn, sql):
+                yield apply(batch)
+            return
+        out: queue.Queue = queue.Queue(maxsize=2 * self.parallelism)
+        stop = threading.Event()
+
+        def work(part: int) -> None:
+            conn = None
+            try:
+                conn = self._conn if part == 0 else self._open(self._snapshot_id)
+                for batch in self._stream(conn, self._split(sql, part)):
+                    if stop.is_set():
+                        break
+                    out.put(apply(batch))
+                out.put(_DONE)
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                out.put(exc)
+            finally:
+                if conn is not None and part != 0:
+                    self._close(conn)
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(self.parallelism)]
+        for t in threads:
+            t.start()
+        finished = 0
+        try:
+            while finished < len(threads):
+                item = out.get()
+                if item is _DONE:
+                    finished += 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            while any(t.is_alive() for t in threads):
+                with contextlib.suppress(queue.Empty):
+                    out.get(timeout=0.1)
+            for t in threads:
+                t.join()
