@@ -12,8 +12,7 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
-from bronze_assets.defs.resources import BronzeStorage, PostgresSource
-from bronze_assets.lib.delta.io_manager import BronzeDeltaIOManager
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets_tests.conftest import query
@@ -25,11 +24,7 @@ class Bronze:
 
     def __init__(self, dsn: str, root: Path) -> None:
         self.dsn, self.root = dsn, root
-        self.resources = {
-            "source": PostgresSource(dsn=dsn),
-            "bronze": BronzeStorage(root=str(root)),
-            "bronze_io_manager": BronzeDeltaIOManager(root=str(root)),
-        }
+        self.resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(root)))
         self.assets = {c.bronze_table: build_bronze_asset(c) for c in CONTRACTS.values()}
 
     def definitions(self) -> dg.Definitions:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+from bronze_assets.lib.delta.io_manager import BronzeDeltaIOManager, BronzeStorage
 from bronze_assets.lib.source.postgres import resolve_source_dsn
-from bronze_assets.settings import ENV_BRONZE_ROOT, ENV_SOURCE_DSN, bronze_root
+from bronze_assets.settings import ENV_SOURCE_DSN
+
+__all__ = ["BronzeDeltaIOManager", "BronzeStorage", "PostgresSource", "resources"]
 
 
 class PostgresSource(dg.ConfigurableResource):
@@ -22,29 +25,18 @@ class PostgresSource(dg.ConfigurableResource):
         return resolve_source_dsn(self.dsn)
 
 
-class BronzeStorage(dg.ConfigurableResource):
-    """Where the bronze Delta tables live (local path or s3://, abfss://, gs:// URI)."""
-
-    root: str | None = Field(default=None, description=f"unset means ${ENV_BRONZE_ROOT}.")
-    storage_options: dict[str, str] = Field(
-        default_factory=dict, description="delta-rs object-store options (credentials, region)."
-    )
-
-    def resolved_root(self) -> str:
-        return (self.root or bronze_root()).rstrip("/")
-
-    def table_uri(self, table: str) -> str:
-        return f"{self.resolved_root()}/{table}"
+def build_resources(
+    source: PostgresSource | None = None, storage: BronzeStorage | None = None
+) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
+    """The resource set every bronze asset needs; one storage config feeds assets and IO manager."""
+    storage = storage or BronzeStorage()
+    return {
+        "source": source or PostgresSource(),
+        "bronze": storage,
+        "bronze_io_manager": BronzeDeltaIOManager(storage=storage),
+    }
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    from bronze_assets.lib.delta.io_manager import BronzeDeltaIOManager
-
-    return dg.Definitions(
-        resources={
-            "source": PostgresSource(),
-            "bronze": BronzeStorage(),
-            "bronze_io_manager": BronzeDeltaIOManager(),
-        }
-    )
+    return dg.Definitions(resources=build_resources())

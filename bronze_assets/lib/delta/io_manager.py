@@ -11,16 +11,32 @@ from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
 
 
-class BronzeDeltaIOManager(dg.ConfigurableIOManager):
-    """Writes a :class:`StagedBatch` with the §2.3 MERGE; reads a bronze table as Arrow."""
+class BronzeStorage(dg.ConfigurableResource):
+    """Where the bronze Delta tables live (local path or s3://, abfss://, gs:// URI)."""
 
-    root: str | None = Field(default=None, description=f"bronze root; unset means ${ENV_BRONZE_ROOT}.")
+    root: str | None = Field(default=None, description=f"unset means ${ENV_BRONZE_ROOT}.")
     storage_options: dict[str, str] = Field(
         default_factory=dict, description="delta-rs object-store options (credentials, region)."
     )
 
+    def resolved_root(self) -> str:
+        return (self.root or bronze_root()).rstrip("/")
+
     def table_uri(self, table: str) -> str:
-        return f"{(self.root or bronze_root()).rstrip('/')}/{table}"
+        return f"{self.resolved_root()}/{table}"
+
+
+class BronzeDeltaIOManager(dg.ConfigurableIOManager):
+    """Writes a :class:`StagedBatch` with the §2.3 MERGE; reads a bronze table as Arrow."""
+
+    storage: BronzeStorage = Field(default_factory=BronzeStorage, description="the bronze root")
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        return self.storage.storage_options
+
+    def table_uri(self, table: str) -> str:
+        return self.storage.table_uri(table)
 
     def handle_output(self, context: dg.OutputContext, obj: StagedBatch) -> None:
         if not isinstance(obj, StagedBatch):
