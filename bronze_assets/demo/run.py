@@ -91,8 +91,14 @@ def materialize_all(
             tags = {ASSET_PARTITION_RANGE_START_TAG: bounds[0], ASSET_PARTITION_RANGE_END_TAG: bounds[1]}
         names = ", ".join(sorted(a.key.to_user_string() for a in assets))
         if on_run:
-            on_run(f"materializing {names}" + (f" [{tags[ASSET_PARTITION_RANGE_START_TAG]} … "
-                                                f"{tags[ASSET_PARTITION_RANGE_END_TAG]}]" if tags else ""))
+            detail = ""
+            if parts is not None and tags:
+                keys = parts.get_partition_keys(current_time=now)
+                lo, hi = tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
+                count = keys.index(hi) - keys.index(lo) + 1
+                detail = (f" [{lo} … {hi}]: one run, {count * len(assets):,} partition "
+                          f"materializations for Dagster to record")
+            on_run(f"materializing {names}{detail}")
         result = dg.materialize(assets, instance=instance, resources=definitions.resources, tags=tags)
         for event in result.get_asset_materialization_events():
             key = event.asset_key.to_user_string()
