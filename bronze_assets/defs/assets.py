@@ -4,9 +4,9 @@
 import dagster as dg
 
 from bronze_assets.contracts import CONTRACTS, Contract, PgType
+from bronze_assets.defs.checks import check_specs, key_uniqueness_result, quality_score_result
 from bronze_assets.defs.partitions import as_utc, partitions_def
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
-from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.enrich.metadata import METADATA_FIELDS
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.postgres import SourceConnectionError
@@ -49,6 +49,7 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         retry_policy=RETRY,
         code_version=contract.version,
         io_manager_key=IO_MANAGER_KEY,
+        check_specs=check_specs(contract),
         tags={"load_pattern": contract.load_pattern.value, "cadence": contract.cadence.value},
         metadata={
             "dagster/column_schema": column_schema(contract),
@@ -58,9 +59,7 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             "source_table": f"tests.{contract.name}",
         },
     )
-    def _bronze(
-        context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage
-    ) -> StagedBatch:
+    def _bronze(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage):
         window = None
         if context.has_partition_key_range or context.has_partition_key:
             tw = context.partition_time_window
@@ -77,7 +76,11 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
             f"in {staged.extract_seconds:.2f} s"
         )
-        return staged
+        quality = quality_score_result(staged)  # on the staged batch, before the MERGE
+        yield dg.Output(staged)  # the IO manager MERGEs (and removes the staged files) here
+        yield quality
+        yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table),
+                                    bronze.storage_options or None)
 
     return _bronze
 

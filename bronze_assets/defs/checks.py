@@ -1,0 +1,74 @@
+"""Asset checks of every bronze asset: names as constants, results with failing keys as metadata."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.merge import open_table, read_columns
+from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.quality.validate import QualityReport, SuiteRunner
+
+QUALITY_SCORE = "quality_score"
+KEY_UNIQUENESS = "key_uniqueness"
+QUALITY_KPI = 80.0
+
+
+def check_specs(contract: Contract) -> list[dg.AssetCheckSpec]:
+    asset = contract.bronze_table
+    return [
+        dg.AssetCheckSpec(QUALITY_SCORE, asset=asset,
+                          description="Great Expectations suite from the contract on the loaded batch; "
+                                      f"warns when the average per-record score is below {QUALITY_KPI:g}."),
+        dg.AssetCheckSpec(KEY_UNIQUENESS, asset=asset,
+                          description="No primary key appears twice among the bronze rows."),
+    ]
+
+
+def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
+    """Score distribution of the batch plus GX violation counts per rule (WARN below the KPI)."""
+    scores = np.concatenate(
+        [b.column("data_quality_score").to_numpy(zero_copy_only=False) for b in staged.batches()]
+        or [np.array([], dtype=np.int32)]
+    )
+    report: QualityReport = SuiteRunner(staged.contract, staged.ctx.load_date).validate_batches(
+        staged.batches()
+    )
+    metadata: dict[str, object] = {"rows": int(scores.size), "gx_counts_match_score": report.agree}
+    if scores.size:
+        metadata |= {
+            "avg_score": round(float(scores.mean()), 2),
+            "p5_score": float(np.percentile(scores, 5)),
+            "p50_score": float(np.percentile(scores, 50)),
+            "share_below_80": round(float((scores < QUALITY_KPI).mean()), 4),
+        }
+    metadata |= {f"violations {rule}": n for rule, n in sorted(report.gx_counts.items())}
+    samples = {rule: keys for rule, keys in report.failing_keys.items() if keys}
+    if samples:
+        metadata["failing_keys_sample"] = dg.MetadataValue.json(samples)
+    average = float(scores.mean()) if scores.size else 100.0
+    return dg.AssetCheckResult(
+        check_name=QUALITY_SCORE,
+        passed=average >= QUALITY_KPI,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+    )
+
+
+def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: dict[str, str] | None
+                          ) -> dg.AssetCheckResult:
+    """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE."""
+    dt = open_table(table_uri, storage_options)
+    if dt is None:
+        return dg.AssetCheckResult(check_name=KEY_UNIQUENESS, passed=True, metadata={"rows": 0})
+    keys = pl.from_arrow(read_columns(dt, list(contract.primary_key)))
+    assert isinstance(keys, pl.DataFrame)
+    dupes = keys.filter(keys.is_duplicated())
+    sample = dupes.unique().head(5).to_dicts()
+    return dg.AssetCheckResult(
+        check_name=KEY_UNIQUENESS,
+        passed=dupes.height == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"rows": keys.height, "duplicate_rows": dupes.height,
+                  "duplicate_keys_sample": dg.MetadataValue.json(sample)},
+    )

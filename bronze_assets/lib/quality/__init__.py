@@ -1,0 +1,1 @@
+"""Data quality: Great Expectations suites derived from the contracts, and their results."""

@@ -1,0 +1,88 @@
+"""GX suites from the contracts: counts agree with the score and the seed; checks in Dagster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.checks import KEY_UNIQUENESS, QUALITY_SCORE, key_uniqueness_result
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.quality.validate import SuiteRunner
+from bronze_assets_tests.bronze_helpers import Bronze
+from bronze_assets_tests.conftest import AS_OF, query
+
+pytestmark = pytest.mark.integration
+
+
+def test_suite_has_one_expectation_per_rule_and_the_key() -> None:
+    contract = CONTRACTS["orders"]
+    suite = SuiteRunner(contract, AS_OF.date()).suite  # GX needs its (ephemeral) context first
+    rules = sorted(e.meta["rule"] for e in suite.expectations)
+    assert rules == sorted(["null:customer_id", "null:order_date", "format:status", "range:total_amount",
+                            "range:order_date", "unique:order_id"])
+
+
+def test_gx_counts_equal_vectorised_counts_and_injected_defects(fresh_dsn: str, tmp_path: Path) -> None:
+    report = seed_source(fresh_dsn, SeedOptions(scale=0.1, defect_rate=0.01, as_of=AS_OF))
+    for name, contract in CONTRACTS.items():
+        staged = extract_and_stage(contract, fresh_dsn, str(tmp_path / f"bz_{name}"))
+        try:
+            # the seed's future dates lie after AS_OF; validate as of the seed's day
+            quality = SuiteRunner(contract, AS_OF.date()).validate_batches(staged.batches())
+        finally:
+            staged.cleanup()
+        assert quality.rows == report.rows[name]
+        assert quality.agree, f"{name}: GX {quality.gx_counts} vs score {quality.vector_counts}"
+        for kind, injected in report.defects[name].items():
+            if kind.startswith("orphan:"):
+                continue  # referential, not a per-record rule
+            assert quality.gx_counts[kind] == injected, f"{name} {kind}"
+        unique = [k for k in quality.gx_counts if k.startswith("unique:")]
+        assert unique and quality.gx_counts[unique[0]] == 0
+
+
+def test_checks_run_with_every_materialization_and_warn_below_the_kpi(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.2, defect_rate=0.0, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    ok = dg.materialize([bronze.assets["bz_warehouses"]], resources=bronze.resources)
+    evaluations = {e.check_name: e for e in ok.get_asset_check_evaluations()}
+    assert set(evaluations) == {QUALITY_SCORE, KEY_UNIQUENESS}
+    assert evaluations[QUALITY_SCORE].passed and evaluations[KEY_UNIQUENESS].passed
+    assert evaluations[QUALITY_SCORE].metadata["avg_score"].value == 100.0
+
+    query(fresh_dsn, "UPDATE tests.warehouses SET location = NULL, capacity = -1, updated_at = now()")
+    meh = dg.materialize([bronze.assets["bz_warehouses"]], resources=bronze.resources)
+    quality = next(e for e in meh.get_asset_check_evaluations() if e.check_name == QUALITY_SCORE)
+    meta = {k: v.value for k, v in quality.metadata.items()}
+    assert quality.passed and meta["avg_score"] == 88.0  # 100 - 10 (null) - 2 (range)
+    assert meta["violations null:location"] == 10 and meta["violations range:capacity"] == 10
+    assert meta["gx_counts_match_score"] is True
+
+    query(fresh_dsn, "UPDATE tests.products SET product_name = NULL, category = NULL, unit_price = NULL")
+    bad = dg.materialize([bronze.assets["bz_products"]], resources=bronze.resources)
+    assert bad.success, "a quality warning does not fail the load"
+    quality = next(e for e in bad.get_asset_check_evaluations() if e.check_name == QUALITY_SCORE)
+    assert not quality.passed and quality.severity is dg.AssetCheckSeverity.WARN
+    meta = {k: v.value for k, v in quality.metadata.items()}
+    assert meta["avg_score"] == 70.0 and meta["share_below_80"] == 1.0 and meta["p50_score"] == 70.0
+    assert meta["violations null:category"] == 2000
+    assert len(meta["failing_keys_sample"]["null:category"]) == 5
+
+
+def test_key_uniqueness_fails_on_a_duplicated_key(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    bronze.materialize("customers")
+    uri = bronze.uri("customers")
+    one = bronze.table("customers").to_pyarrow_dataset().to_table().slice(0, 1)
+    write_deltalake(uri, one.cast(pa.schema(one.schema)), mode="append")
+    result = key_uniqueness_result(CONTRACTS["customers"], uri, None)
+    assert not result.passed and result.severity is dg.AssetCheckSeverity.ERROR
+    assert result.metadata["duplicate_rows"].value == 2
