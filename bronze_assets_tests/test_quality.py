@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.checks import KEY_UNIQUENESS, QUALITY_SCORE, key_uniqueness_result
@@ -53,7 +54,7 @@ def test_checks_run_with_every_materialization_and_warn_below_the_kpi(fresh_dsn:
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     ok = dg.materialize([bronze.assets["bz_warehouses"]], resources=bronze.resources)
     evaluations = {e.check_name: e for e in ok.get_asset_check_evaluations()}
-    assert set(evaluations) == {QUALITY_SCORE, KEY_UNIQUENESS}
+    assert set(evaluations) == {"schema_contract", QUALITY_SCORE, KEY_UNIQUENESS}
     assert evaluations[QUALITY_SCORE].passed and evaluations[KEY_UNIQUENESS].passed
     assert evaluations[QUALITY_SCORE].metadata["avg_score"].value == 100.0
 
@@ -86,3 +87,60 @@ def test_key_uniqueness_fails_on_a_duplicated_key(fresh_dsn: str, tmp_path: Path
     result = key_uniqueness_result(CONTRACTS["customers"], uri, None)
     assert not result.passed and result.severity is dg.AssetCheckSeverity.ERROR
     assert result.metadata["duplicate_rows"].value == 2
+
+
+def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == name)
+
+
+@pytest.mark.parametrize(
+    ("ddl", "needle"),
+    [
+        ("ALTER TABLE tests.orders DROP COLUMN total_amount",
+         "column total_amount is missing (expected numeric(12,2))"),
+        ("ALTER TABLE tests.orders ALTER COLUMN total_amount TYPE text",
+         "column total_amount has type text, expected numeric(12,2)"),
+    ],
+)
+def test_schema_mismatch_fails_quarantines_and_merges_nothing(
+    fresh_dsn: str, tmp_path: Path, ddl: str, needle: str
+) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    bronze.materialize("orders", "2025-03-01")
+    version = bronze.version("orders")
+    march = "order_date >= DATE '2025-03-01' AND order_date < DATE '2025-04-01'"
+    (month_rows,) = query(fresh_dsn, f"SELECT count(*) FROM tests.orders WHERE {march}")[0]
+    query(fresh_dsn, ddl)
+
+    result = dg.materialize([bronze.assets["bz_orders"]], resources=bronze.resources,
+                            partition_key="2025-03-01", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = str(failure.event_specific_data.error)
+    assert "bz_orders" in message and needle in message and "bz_quarantine" in message
+    check = _check(result, "schema_contract")
+    assert not check.passed and check.severity is dg.AssetCheckSeverity.ERROR
+    assert check.metadata["quarantined_rows"].value == month_rows
+
+    assert bronze.version("orders") == version, "nothing may be merged"
+    quarantine = DeltaTable(str(tmp_path / "bronze" / "bz_quarantine")).to_pyarrow_dataset().to_table()
+    assert quarantine.num_rows == month_rows
+    assert set(quarantine["table_name"].to_pylist()) == {"orders"}
+    assert needle in quarantine["reason"][0].as_py()
+    record = json.loads(quarantine["record"][0].as_py())
+    assert "order_id" in record and "2025-03" in record["order_date"]
+
+
+def test_new_source_column_is_reported_and_leaves_hashes_alone(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    bronze.materialize("customers")
+    before = bronze.read("customers").select("customer_id", "record_hash")
+    query(fresh_dsn, "ALTER TABLE tests.customers ADD COLUMN loyalty_tier text DEFAULT 'gold'")
+    result = dg.materialize([bronze.assets["bz_customers"]], resources=bronze.resources)
+    assert result.success
+    check = _check(result, "schema_contract")
+    assert check.passed and check.metadata["new_columns"].value == "loyalty_tier (text)"
+    assert bronze.read("customers").select("customer_id", "record_hash").sort("customer_id").equals(
+        before.sort("customer_id"))

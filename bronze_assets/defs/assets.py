@@ -4,11 +4,17 @@
 import dagster as dg
 
 from bronze_assets.contracts import CONTRACTS, Contract, PgType
-from bronze_assets.defs.checks import check_specs, key_uniqueness_result, quality_score_result
+from bronze_assets.defs.checks import (
+    check_specs,
+    key_uniqueness_result,
+    quality_score_result,
+    schema_contract_result,
+)
 from bronze_assets.defs.partitions import as_utc, partitions_def
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.enrich.metadata import METADATA_FIELDS
-from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.load import SchemaMismatchError, extract_and_stage
 from bronze_assets.lib.source.postgres import SourceConnectionError
 
 GROUP = "bronze"
@@ -68,10 +74,20 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             dsn = source.resolved_dsn()
         except SourceConnectionError as exc:
             raise dg.Failure(str(exc), allow_retries=True) from None
-        staged = extract_and_stage(
-            contract, dsn, bronze.table_uri(contract.bronze_table),
-            partition=window, storage_options=bronze.storage_options or None,
-        )
+        try:
+            staged = extract_and_stage(
+                contract, dsn, bronze.table_uri(contract.bronze_table),
+                partition=window, storage_options=bronze.storage_options or None,
+                quarantine_uri=bronze.table_uri(QUARANTINE_TABLE),
+            )
+        except SchemaMismatchError as exc:
+            yield schema_contract_result(exc.drift, exc.quarantined)
+            meta = {"quarantined_rows": exc.quarantined, "batch_id": exc.batch_id}
+            raise dg.Failure(str(exc), allow_retries=False, metadata=meta) from None
+        if staged.schema_drift is not None:
+            if staged.schema_drift.added:
+                context.log.warning(staged.schema_drift.describe())
+            yield schema_contract_result(staged.schema_drift)
         context.log.info(
             f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
             f"in {staged.extract_seconds:.2f} s"

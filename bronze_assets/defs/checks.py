@@ -8,7 +8,9 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.quality.validate import QualityReport, SuiteRunner
+from bronze_assets.lib.source.schema import SchemaDrift
 
+SCHEMA_CONTRACT = "schema_contract"
 QUALITY_SCORE = "quality_score"
 KEY_UNIQUENESS = "key_uniqueness"
 QUALITY_KPI = 80.0
@@ -17,12 +19,30 @@ QUALITY_KPI = 80.0
 def check_specs(contract: Contract) -> list[dg.AssetCheckSpec]:
     asset = contract.bronze_table
     return [
+        dg.AssetCheckSpec(SCHEMA_CONTRACT, asset=asset, blocking=True,
+                          description="Source columns and types match the contract before anything is "
+                                      "merged; a mismatch fails the run and quarantines the batch."),
         dg.AssetCheckSpec(QUALITY_SCORE, asset=asset,
                           description="Great Expectations suite from the contract on the loaded batch; "
                                       f"warns when the average per-record score is below {QUALITY_KPI:g}."),
         dg.AssetCheckSpec(KEY_UNIQUENESS, asset=asset,
                           description="No primary key appears twice among the bronze rows."),
     ]
+
+
+def schema_contract_result(drift: SchemaDrift, quarantined: int | None = None) -> dg.AssetCheckResult:
+    """ERROR on a missing column or changed type; new columns are reported, not failed."""
+    metadata: dict[str, object] = {
+        "missing_columns": ", ".join(drift.missing) or "-",
+        "changed_types": ", ".join(f"{c}: {want} -> {got}" for c, want, got in drift.changed) or "-",
+        "new_columns": ", ".join(f"{c} ({t})" for c, t in drift.added) or "-",
+    }
+    if quarantined is not None:
+        metadata["quarantined_rows"] = quarantined
+    return dg.AssetCheckResult(
+        check_name=SCHEMA_CONTRACT, passed=not drift.breaking, severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata, description=drift.describe(),
+    )
 
 
 def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:

@@ -14,11 +14,21 @@ import pyarrow.compute as pc
 
 from bronze_assets.contracts import Contract, LoadPattern, PartitionKind
 from bronze_assets.lib.delta.merge import latest_watermark, open_table
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
 from bronze_assets.lib.source.extract import LoadWindow, SourceReader
+from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
 
 log = logging.getLogger(__name__)
+
+
+class SchemaMismatchError(RuntimeError):
+    """The source no longer matches the contract; the batch went to quarantine, nothing merged."""
+
+    def __init__(self, message: str, drift: SchemaDrift, quarantined: int, batch_id: str) -> None:
+        super().__init__(message)
+        self.drift, self.quarantined, self.batch_id = drift, quarantined, batch_id
 DEFAULT_OVERLAP = timedelta(minutes=15)
 
 
@@ -65,10 +75,13 @@ def extract_and_stage(
     overlap: timedelta = DEFAULT_OVERLAP,
     batch_time: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    quarantine_uri: str | None = None,
 ) -> StagedBatch:
     """Read the window of ``contract`` from the source and stage enriched rows for the MERGE.
 
-    Reads data, the key sweep (for soft deletes) and the watermark cap in one snapshot.
+    Reads data, the key sweep (for soft deletes) and the watermark cap in one snapshot. If
+    the live table does not match the contract (missing column, changed type) the window's raw
+    rows go to ``bz_quarantine`` and :class:`SchemaMismatchError` is raised before staging.
     """
     started = time.perf_counter()
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
@@ -86,6 +99,21 @@ def extract_and_stage(
 
     name = contract.bronze_table
     with SourceReader(dsn, contract) as reader:
+        live = reader.query(live_columns_sql(contract))
+        drift = compare(contract, live)
+        if drift.breaking:
+            quarantined = quarantine_rows(
+                quarantine_uri or f"{table_uri.rsplit('/', 1)[0]}/{QUARANTINE_TABLE}",
+                contract.name, ctx.batch_id, drift.describe(),
+                reader.raw_json(window, {c for c, _ in live}), storage_options,
+            )
+            raise SchemaMismatchError(
+                f"{name}: the source table no longer matches its contract — {drift.describe()}. "
+                f"{quarantined:,} rows of batch {ctx.batch_id} are in {QUARANTINE_TABLE}; nothing was "
+                f"merged. Fix the source (or change the contract in bronze_assets/contracts/tables.py) "
+                f"and re-run.",
+                drift, quarantined, ctx.batch_id,
+            )
         snapshot = reader.snapshot()
         path, rows = write_stream(enriched(reader), bronze_schema(contract), name)
         keys_path = None
@@ -102,6 +130,7 @@ def extract_and_stage(
         score_sum=score_sum, source_keys_path=keys_path, watermark=watermark,
         window=_describe(window), extract_seconds=round(time.perf_counter() - started, 3),
         metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)},
+        schema_drift=drift,
     )
     if window.is_full:
         staged.source_keys_path = _keys_of(staged)

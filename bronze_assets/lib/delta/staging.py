@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.enrich.metadata import BatchContext
+from bronze_assets.lib.source.schema import SchemaDrift
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StagedBatch:
     window: str = "full table"
     extract_seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
+    schema_drift: SchemaDrift | None = None
 
     def reader(self) -> pa.RecordBatchReader:
         """Stream the staged rows back (memory-mapped, batch by batch)."""

@@ -254,6 +254,18 @@ class SourceReader:
         """
         yield from self._parallel(select_sql(self.contract, window, self.schema), transform)
 
+    def raw_json(self, window: LoadWindow, available: set[str]) -> Iterator[pa.RecordBatch]:
+        """The window's rows as they are, one JSON text per row (for the quarantine).
+
+        The window filter is applied only if every column it names still exists.
+        """
+        sql = f"SELECT row_to_json(t)::text AS record FROM {qualified(self.schema, self.contract.name)} t"
+        where = window_predicate(self.contract, window)
+        needed = {"updated_at", self.contract.partitioning.business_date_column} - {None}
+        if where is not None and needed <= available:
+            sql += f" WHERE ({where})"
+        yield from self._stream(self._conn, sql)
+
     def key_batches(self) -> Iterator[pa.RecordBatch]:
         """Stream every primary key currently in the source."""
         yield from self._parallel(keys_sql(self.contract, self.schema), None)

@@ -1,0 +1,51 @@
+"""``bz_quarantine``: batches (raw rows as JSON) that could not be loaded, with the reason."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import pyarrow as pa
+from deltalake import write_deltalake
+
+QUARANTINE_TABLE = "bz_quarantine"
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("quarantine_id", pa.string()),
+    pa.field("table_name", pa.string()),
+    pa.field("batch_id", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("quarantined_at", pa.timestamp("us", tz="UTC")),
+    pa.field("record", pa.string()),
+])
+
+
+def quarantine_rows(
+    uri: str,
+    table: str,
+    batch_id: str,
+    reason: str,
+    records: Iterable[pa.RecordBatch],
+    storage_options: dict[str, str] | None = None,
+) -> int:
+    """Append the raw JSON ``records`` (one string column) to ``bz_quarantine`` in one commit."""
+    now = datetime.now(UTC)
+    raw = [b.column(0).cast(pa.string()) for b in records if b.num_rows]
+    if not raw:  # an empty batch still records why it was refused
+        raw = [pa.nulls(1, pa.string())]
+
+    def batches() -> Iterable[pa.RecordBatch]:
+        for column in raw:
+            n = len(column)
+            yield pa.RecordBatch.from_arrays([
+                pa.array([str(uuid.uuid4()) for _ in range(n)], pa.string()),
+                pa.array([table] * n, pa.string()),
+                pa.array([batch_id] * n, pa.string()),
+                pa.array([reason] * n, pa.string()),
+                pa.array([now] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
+                column,
+            ], schema=QUARANTINE_SCHEMA)
+
+    write_deltalake(uri, pa.RecordBatchReader.from_batches(QUARANTINE_SCHEMA, batches()), mode="append",
+                    storage_options=storage_options or None)
+    return sum(len(c) - c.null_count for c in raw)

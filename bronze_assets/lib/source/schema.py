@@ -1,0 +1,59 @@
+"""Compare a source table's live columns and types with its contract (the schema gate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bronze_assets.contracts import Contract
+from bronze_assets.settings import SOURCE_SCHEMA
+
+
+@dataclass
+class SchemaDrift:
+    """How the live source table differs from the contract."""
+
+    table: str
+    missing: list[str] = field(default_factory=list)
+    changed: list[tuple[str, str, str]] = field(default_factory=list)  # column, expected, found
+    added: list[tuple[str, str]] = field(default_factory=list)  # column, type
+
+    @property
+    def breaking(self) -> bool:
+        """A missing column or a changed type: the batch cannot be read as the contract says."""
+        return bool(self.missing or self.changed)
+
+    def describe(self) -> str:
+        parts = [f"column {c} is missing (expected {t})" for c, t in self._missing_types()]
+        parts += [f"column {c} has type {found}, expected {want}" for c, want, found in self.changed]
+        parts += [f"new column {c} ({t})" for c, t in self.added]
+        return f"tests.{self.table}: " + "; ".join(parts) if parts else f"tests.{self.table}: matches"
+
+    def _missing_types(self) -> list[tuple[str, str]]:
+        from bronze_assets.contracts import CONTRACTS
+
+        contract = CONTRACTS.get(self.table)
+        return [(c, contract.column(c).type.value if contract else "?") for c in self.missing]
+
+
+def live_columns_sql(contract: Contract, schema: str = SOURCE_SCHEMA) -> str:
+    """Columns and declared types (``format_type``, e.g. ``numeric(10,2)``) of the live table."""
+    return (
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "JOIN pg_class c ON a.attrelid = c.oid JOIN pg_namespace n ON c.relnamespace = n.oid "
+        f"WHERE n.nspname = '{schema}' AND c.relname = '{contract.name}' "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+    )
+
+
+def compare(contract: Contract, live: list[tuple[str, str]]) -> SchemaDrift:
+    """The drift between the contract and the live ``(column, type)`` list."""
+    found = dict(live)
+    drift = SchemaDrift(contract.name)
+    for column in contract.columns:
+        if column.name not in found:
+            drift.missing.append(column.name)
+        elif found[column.name] != column.type.value:
+            drift.changed.append((column.name, column.type.value, found[column.name]))
+    known = set(contract.column_names)
+    drift.added = [(c, t) for c, t in live if c not in known]
+    return drift
