@@ -11,7 +11,12 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from bronze_assets.contracts import CONTRACTS
-from bronze_assets.defs.checks import KEY_UNIQUENESS, QUALITY_SCORE, key_uniqueness_result
+from bronze_assets.defs.checks import (
+    KEY_UNIQUENESS,
+    QUALITY_SCORE,
+    key_uniqueness_result,
+    referential_integrity_result,
+)
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.load import extract_and_stage
@@ -144,3 +149,31 @@ def test_new_source_column_is_reported_and_leaves_hashes_alone(fresh_dsn: str, t
     assert check.passed and check.metadata["new_columns"].value == "loyalty_tier (text)"
     assert bronze.read("customers").select("customer_id", "record_hash").sort("customer_id").equals(
         before.sort("customer_id"))
+
+
+def test_orphan_counts_equal_the_injected_orphans(fresh_dsn: str, tmp_path: Path) -> None:
+    report = seed_source(fresh_dsn, SeedOptions(scale=0.1, defect_rate=0.01, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    for name in ("products", "warehouses", "customers", "orders"):  # parents first
+        bronze.load_direct(name)
+    for child in ("inventory", "suppliers", "order_details", "stock_levels"):
+        contract = CONTRACTS[child]
+        bronze.load_direct(child)
+        result = referential_integrity_result(contract, lambda t: str(tmp_path / "bronze" / t), None)
+        assert not result.passed and result.severity is dg.AssetCheckSeverity.WARN
+        for fk in contract.foreign_keys:
+            label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
+            injected = report.defects[child][f"orphan:{fk.column}"]
+            assert result.metadata[f"orphans {label}"].value == injected, f"{child} {label}"
+            rate = result.metadata[f"orphan_rate {label}"].value
+            non_null = report.rows[child] - report.defects[child][f"null:{fk.column}"]
+            assert rate == pytest.approx(injected / non_null, abs=1e-6)
+
+
+def test_referential_check_runs_in_dagster_and_passes_on_clean_data(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    bronze.materialize("products")
+    result = dg.materialize([bronze.assets["bz_suppliers"]], resources=bronze.resources)
+    check = _check(result, "referential_integrity")
+    assert check.passed and check.metadata["orphans product_id -> products.product_id"].value == 0

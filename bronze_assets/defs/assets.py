@@ -8,6 +8,7 @@ from bronze_assets.defs.checks import (
     check_specs,
     key_uniqueness_result,
     quality_score_result,
+    referential_integrity_result,
     schema_contract_result,
 )
 from bronze_assets.defs.partitions import as_utc, partitions_def
@@ -95,8 +96,10 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         quality = quality_score_result(staged)  # on the staged batch, before the MERGE
         yield dg.Output(staged)  # the IO manager MERGEs (and removes the staged files) here
         yield quality
-        yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table),
-                                    bronze.storage_options or None)
+        options = bronze.storage_options or None
+        yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)
+        if contract.foreign_keys:
+            yield referential_integrity_result(contract, bronze.table_uri, options)
 
     return _bronze
 

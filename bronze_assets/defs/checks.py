@@ -1,5 +1,7 @@
 """Asset checks of every bronze asset: names as constants, results with failing keys as metadata."""
 
+from collections.abc import Callable
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -13,6 +15,7 @@ from bronze_assets.lib.source.schema import SchemaDrift
 SCHEMA_CONTRACT = "schema_contract"
 QUALITY_SCORE = "quality_score"
 KEY_UNIQUENESS = "key_uniqueness"
+REFERENTIAL_INTEGRITY = "referential_integrity"
 QUALITY_KPI = 80.0
 
 
@@ -27,6 +30,10 @@ def check_specs(contract: Contract) -> list[dg.AssetCheckSpec]:
                                       f"warns when the average per-record score is below {QUALITY_KPI:g}."),
         dg.AssetCheckSpec(KEY_UNIQUENESS, asset=asset,
                           description="No primary key appears twice among the bronze rows."),
+        *([dg.AssetCheckSpec(REFERENTIAL_INTEGRITY, asset=asset,
+                             description="Orphan count and rate per foreign key against the parent's "
+                                         "ACTIVE bronze keys (warning only).")]
+          if contract.foreign_keys else []),
     ]
 
 
@@ -91,4 +98,36 @@ def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: d
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"rows": keys.height, "duplicate_rows": dupes.height,
                   "duplicate_keys_sample": dg.MetadataValue.json(sample)},
+    )
+
+
+def referential_integrity_result(
+    contract: Contract, table_uri: Callable[[str], str], storage_options: dict[str, str] | None
+) -> dg.AssetCheckResult:
+    """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN)."""
+    child = open_table(table_uri(contract.bronze_table), storage_options)
+    metadata: dict[str, object] = {}
+    orphans_total = 0
+    active = "record_status = 'ACTIVE'"
+    for fk in contract.foreign_keys:
+        label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
+        parent = open_table(table_uri(f"bz_{fk.parent_table}"), storage_options)
+        if child is None or parent is None:
+            metadata[f"orphans {label}"] = "parent or child not loaded yet"
+            continue
+        values = pl.from_arrow(read_columns(child, [fk.column], f"{active} AND \"{fk.column}\" IS NOT NULL"))
+        keys = pl.from_arrow(read_columns(parent, [fk.parent_column], active))
+        assert isinstance(values, pl.DataFrame) and isinstance(keys, pl.DataFrame)
+        dtype = values[fk.column].dtype
+        keys = keys.rename({fk.parent_column: fk.column}).with_columns(pl.col(fk.column).cast(dtype))
+        orphans = values.join(keys.unique(), on=fk.column, how="anti")
+        orphans_total += orphans.height
+        metadata[f"orphans {label}"] = orphans.height
+        metadata[f"orphan_rate {label}"] = round(orphans.height / values.height, 6) if values.height else 0.0
+        if orphans.height:
+            sample = orphans[fk.column].unique().sort().head(5).to_list()
+            metadata[f"orphan_values_sample {label}"] = dg.MetadataValue.json(sample)
+    return dg.AssetCheckResult(
+        check_name=REFERENTIAL_INTEGRITY, passed=orphans_total == 0,
+        severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
     )
