@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -137,7 +138,7 @@ def test_schema_mismatch_fails_quarantines_and_merges_nothing(
     assert "order_id" in record and "2025-03" in record["order_date"]
 
 
-def test_new_source_column_is_reported_and_leaves_hashes_alone(fresh_dsn: str, tmp_path: Path) -> None:
+def test_new_source_column_evolves_bronze_and_leaves_hashes_alone(fresh_dsn: str, tmp_path: Path) -> None:
     seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     bronze.materialize("customers")
@@ -147,8 +148,19 @@ def test_new_source_column_is_reported_and_leaves_hashes_alone(fresh_dsn: str, t
     assert result.success
     check = _check(result, "schema_contract")
     assert check.passed and check.metadata["new_columns"].value == "loyalty_tier (text)"
-    assert bronze.read("customers").select("customer_id", "record_hash").sort("customer_id").equals(
-        before.sort("customer_id"))
+    after = bronze.read("customers")
+    assert after.select("customer_id", "record_hash").sort("customer_id").equals(before.sort("customer_id"))
+    assert set(after["loyalty_tier"]) == {"gold"}, "existing rows get the new column's values"
+    history = bronze.table("customers").history(1)[0]
+    assert history["bronze.new_columns"] == "loyalty_tier"
+    query(fresh_dsn, "UPDATE tests.customers SET loyalty_tier = 'silver', updated_at = now() "
+                     "WHERE customer_id = 3")
+    dg.materialize([bronze.assets["bz_customers"]], resources=bronze.resources)
+    row = bronze.read("customers").filter(pl.col("customer_id") == 3).to_dicts()[0]
+    assert row["loyalty_tier"] == "silver"
+    again = dg.materialize([bronze.assets["bz_customers"]], resources=bronze.resources)
+    meta = next(e for e in again.get_asset_materialization_events()).materialization.metadata
+    assert meta["committed"].value is False, "once evolved, unchanged rows are not rewritten"
 
 
 def test_orphan_counts_equal_the_injected_orphans(fresh_dsn: str, tmp_path: Path) -> None:

@@ -91,7 +91,8 @@ def extract_and_stage(
 
     def enriched(reader: SourceReader) -> Iterator[pa.RecordBatch]:
         nonlocal score_sum
-        for batch in reader.batches(window, transform=lambda raw: enrich(raw, contract, ctx)):
+        transform = lambda raw: enrich(raw, contract, ctx, extras)  # noqa: E731
+        for batch in reader.batches(window, transform=transform, extra_columns=extras):
             score_sum += int(pc.sum(batch.column("data_quality_score")).as_py() or 0)
             if progress is not None:
                 progress(batch.num_rows)
@@ -114,8 +115,9 @@ def extract_and_stage(
                 f"and re-run.",
                 drift, quarantined, ctx.batch_id,
             )
+        extras = [c for c, _ in drift.added]
         snapshot = reader.snapshot()
-        path, rows = write_stream(enriched(reader), bronze_schema(contract), name)
+        path, rows = write_stream(enriched(reader), bronze_schema(contract, extras), name)
         keys_path = None
         if not window.is_full:  # a full load's rows are its key set; others sweep keys
             key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
@@ -126,10 +128,11 @@ def extract_and_stage(
     if contract.load_pattern is LoadPattern.INCREMENTAL and still_open:
         watermark = snapshot.watermark_cap()
     staged = StagedBatch(
-        contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract), rows=rows,
+        contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract, extras), rows=rows,
         score_sum=score_sum, source_keys_path=keys_path, watermark=watermark,
         window=_describe(window), extract_seconds=round(time.perf_counter() - started, 3),
-        metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)},
+        metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
+        | ({"bronze.new_columns": ", ".join(extras)} if extras else {}),
         schema_drift=drift,
     )
     if window.is_full:

@@ -148,8 +148,14 @@ class BronzeMerger:
             renames[self.part] = TARGET_PART
         return frame.rename(renames)
 
-    def plan(self, dt: DeltaTable, staged: StagedBatch) -> tuple[pl.DataFrame, MergeResult]:
-        """Classify every staged key (insert/update/unchanged) and every vanished key (delete)."""
+    def plan(
+        self, dt: DeltaTable, staged: StagedBatch, backfill_unchanged: bool = False
+    ) -> tuple[pl.DataFrame, MergeResult]:
+        """Classify every staged key (insert/update/unchanged) and every vanished key (delete).
+
+        ``backfill_unchanged`` rewrites ACTIVE rows whose hash is unchanged too: the load that
+        adds a new source column fills it in on existing rows (their hashes do not change).
+        """
         src_cols = [*self.pk, "record_hash"] + ([self.part] if self.part else [])
         src = pl.from_arrow(staged.reader().read_all().select(src_cols)) if staged.rows else None
         index = self._index(dt)
@@ -168,7 +174,7 @@ class BronzeMerger:
             is_new = status.is_null()
             forgotten = status == FORGOTTEN
             differs = pl.col("_t_hash") != pl.col("record_hash")
-            changed = ~is_new & ~forgotten & (differs | (status == DELETED))
+            changed = ~is_new & ~forgotten & (differs | (status == DELETED) | pl.lit(backfill_unchanged))
             target_part = pl.col(TARGET_PART) if self.part else pl.lit(None)
             own_part = pl.col(self.part) if self.part else pl.lit(None)
             classified = joined.with_columns(
@@ -193,7 +199,7 @@ class BronzeMerger:
     # ------------------------------------------------------------------ writing
     def _merge_source(self, staged: StagedBatch, plan: pl.DataFrame) -> pa.RecordBatchReader:
         """Stream staged rows that need writing (routed to their partition) plus delete markers."""
-        schema = self.schema.append(pa.field(OP, pa.string()))
+        schema = staged.schema.append(pa.field(OP, pa.string()))
         upserts = plan.filter(pl.col(OP) != "D")
         deletes = plan.filter(pl.col(OP) == "D")
         ctx = staged.ctx
@@ -274,7 +280,7 @@ class BronzeMerger:
     def _create(self, staged: StagedBatch) -> MergeResult:
         write_deltalake(
             self.uri,
-            pa.RecordBatchReader.from_batches(self.schema, staged.batches()),
+            pa.RecordBatchReader.from_batches(staged.schema, staged.batches()),
             partition_by=[self.part] if self.part else None,
             mode="error",
             storage_options=self.storage_options or None,
@@ -284,13 +290,17 @@ class BronzeMerger:
         return MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
 
     def _merge(self, dt: DeltaTable, staged: StagedBatch) -> MergeResult:
-        plan, result = self.plan(dt, staged)
+        target_columns = {f.name for f in dt.schema().to_arrow()}
+        backfill = any(n not in target_columns for n in staged.schema.names)
+        plan, result = self.plan(dt, staged, backfill_unchanged=backfill)
         if not plan.height:
             return result
-        source_cols = self.contract.column_names
+        extras = [n for n in staged.schema.names if n not in self.schema.names]
+        evolve = sorted(set(extras) - {f.name for f in dt.schema().to_arrow()})
+        source_cols = self.contract.column_names + extras
         update_cols = [*source_cols, "record_hash", "data_quality_score", "batch_id", "update_timestamp"]
         updates = {c: f"s.{c}" for c in update_cols} | {"record_status": f"'{ACTIVE}'"}
-        inserts = {c: f"s.{c}" for c in self.schema.names}
+        inserts = {c: f"s.{c}" for c in staged.schema.names}
         (
             dt.merge(
                 self._merge_source(staged, plan),
@@ -298,6 +308,7 @@ class BronzeMerger:
                 source_alias="s",
                 target_alias="t",
                 streamed_exec=True,
+                merge_schema=bool(evolve),
                 writer_properties=writer_properties(self.contract),
                 commit_properties=self._commit_properties(dt, staged),
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -27,11 +28,13 @@ METADATA_FIELDS: tuple[pa.Field, ...] = (
 METADATA_COLUMNS = tuple(f.name for f in METADATA_FIELDS)
 
 
-def bronze_schema(contract: Contract) -> pa.Schema:
-    """Arrow schema of ``bz_<table>``: source columns, metadata columns, partition column."""
+def bronze_schema(contract: Contract, extra_columns: Sequence[str] = ()) -> pa.Schema:
+    """Arrow schema of ``bz_<table>``: source columns, metadata columns, partition column, and
+    any source columns the contract does not know yet (as text, policy ``addNewColumns``)."""
     fields = list(source_schema(contract)) + list(METADATA_FIELDS)
     if contract.partitioning.delta_column:
         fields.append(pa.field(contract.partitioning.delta_column, pa.date32()))
+    fields += [pa.field(c, pa.string()) for c in extra_columns]
     return pa.schema(fields)
 
 
@@ -47,7 +50,9 @@ class BatchContext:
         return self.batch_time.astimezone(UTC).date()
 
 
-def enrich(batch: pa.RecordBatch, contract: Contract, ctx: BatchContext) -> pa.RecordBatch:
+def enrich(
+    batch: pa.RecordBatch, contract: Contract, ctx: BatchContext, extra_columns: Sequence[str] = ()
+) -> pa.RecordBatch:
     """Add score and metadata columns to an extracted batch (which carries ``record_hash``)."""
     frame = pl.from_arrow(batch)
     assert isinstance(frame, pl.DataFrame)
@@ -60,7 +65,7 @@ def enrich(batch: pa.RecordBatch, contract: Contract, ctx: BatchContext) -> pa.R
         data_quality_score=score_expr(contract, ctx.load_date),
         batch_id=pl.lit(ctx.batch_id),
     )
-    schema = bronze_schema(contract)
+    schema = bronze_schema(contract, extra_columns)
     table = frame.select(schema.names).to_arrow()
     return pa.RecordBatch.from_arrays(
         [table.column(f.name).combine_chunks().cast(f.type) for f in schema], schema=schema

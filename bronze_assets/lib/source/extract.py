@@ -11,7 +11,7 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -131,9 +131,16 @@ def unscaled_to_decimal(values: pa.Array, type_: pa.Decimal128Type) -> pa.Array:
                                  null_count=values.null_count)
 
 
-def select_sql(contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA) -> str:
-    """The extraction query: source columns, ``record_hash`` and the partition value."""
+def select_sql(
+    contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA, extra_columns: Sequence[str] = ()
+) -> str:
+    """The extraction query: source columns, ``record_hash``, the partition value, new columns.
+
+    Columns the source has but the contract does not (``extra_columns``) travel as text and are
+    not part of ``record_hash``, so existing hashes stay stable (policy ``addNewColumns``).
+    """
     cols = [_select_column(contract, c) for c in contract.column_names]
+    cols += [f"{quote_ident(c)}::text AS {quote_ident(c)}" for c in extra_columns]
     cols.append(f"{record_hash_sql(contract)} AS record_hash")
     part = partition_value_sql(contract, window)
     if part is not None:
@@ -246,13 +253,17 @@ class SourceReader:
             return cur.fetchall()
 
     def batches(
-        self, window: LoadWindow, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None
+        self,
+        window: LoadWindow,
+        transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
+        extra_columns: Sequence[str] = (),
     ) -> Iterator[pa.RecordBatch]:
         """Stream the window's rows in bounded Arrow batches (binary COPY under the hood).
 
         ``transform`` runs on the reading threads, in parallel when there are several.
         """
-        yield from self._parallel(select_sql(self.contract, window, self.schema), transform)
+        sql = select_sql(self.contract, window, self.schema, extra_columns)
+        yield from self._parallel(sql, transform)
 
     def raw_json(self, window: LoadWindow, available: set[str]) -> Iterator[pa.RecordBatch]:
         """The window's rows as they are, one JSON text per row (for the quarantine).
