@@ -189,3 +189,16 @@ def test_referential_check_runs_in_dagster_and_passes_on_clean_data(fresh_dsn: s
     result = dg.materialize([bronze.assets["bz_suppliers"]], resources=bronze.resources)
     check = _check(result, "referential_integrity")
     assert check.passed and check.metadata["orphans product_id -> products.product_id"].value == 0
+
+
+def test_data_docs_rendered_and_linked(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    result = dg.materialize([bronze.assets["bz_products"]], resources=bronze.resources)
+    url = _check(result, QUALITY_SCORE).metadata["data_docs"].value
+    assert url.startswith("file://") and "gx_docs/bz_products" in url  # BRONZE_DATA_DIR is tmp_path/data
+    page = Path(url.removeprefix("file://"))
+    assert page.is_file() and str(tmp_path / "data") in str(page)
+    html = page.read_text()
+    assert "product_name" in html and "sku" in html
+    assert (tmp_path / "data" / "gx_docs" / "bz_products" / "index.html").is_file()

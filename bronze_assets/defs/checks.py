@@ -11,6 +11,7 @@ from bronze_assets.lib.delta.merge import open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.quality.validate import QualityReport, SuiteRunner
 from bronze_assets.lib.source.schema import SchemaDrift
+from bronze_assets.settings import data_dir
 
 SCHEMA_CONTRACT = "schema_contract"
 QUALITY_SCORE = "quality_score"
@@ -58,9 +59,9 @@ def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
         [b.column("data_quality_score").to_numpy(zero_copy_only=False) for b in staged.batches()]
         or [np.array([], dtype=np.int32)]
     )
-    report: QualityReport = SuiteRunner(staged.contract, staged.ctx.load_date).validate_batches(
-        staged.batches()
-    )
+    runner = SuiteRunner(staged.contract, staged.ctx.load_date,
+                         docs_dir=data_dir() / "gx_docs" / staged.contract.bronze_table)
+    report: QualityReport = runner.validate_batches(staged.batches())
     metadata: dict[str, object] = {"rows": int(scores.size), "gx_counts_match_score": report.agree}
     if scores.size:
         metadata |= {
@@ -70,6 +71,8 @@ def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
             "share_below_80": round(float((scores < QUALITY_KPI).mean()), 4),
         }
     metadata |= {f"violations {rule}": n for rule, n in sorted(report.gx_counts.items())}
+    if runner.docs_url:
+        metadata["data_docs"] = dg.MetadataValue.url(runner.docs_url)
     samples = {rule: keys for rule, keys in report.failing_keys.items() if keys}
     if samples:
         metadata["failing_keys_sample"] = dg.MetadataValue.json(samples)

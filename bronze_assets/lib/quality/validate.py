@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -44,10 +45,17 @@ class QualityReport:
         return all(self.gx_counts.get(rule) == n for rule, n in self.vector_counts.items())
 
 
-class SuiteRunner:
-    """Validates batches of one contract with one ephemeral GX context (built once)."""
+DOCS_SITE = "bronze"
 
-    def __init__(self, contract: Contract, load_date: date) -> None:
+
+class SuiteRunner:
+    """Validates batches of one contract with one ephemeral GX context (built once).
+
+    With ``docs_dir`` the checkpoint also renders GX Data Docs there; ``docs_url`` is then the
+    page of the latest validation.
+    """
+
+    def __init__(self, contract: Contract, load_date: date, docs_dir: Path | None = None) -> None:
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -58,7 +66,29 @@ class SuiteRunner:
         source = self.context.data_sources.add_pandas("bronze_batches")
         asset = source.add_dataframe_asset(contract.bronze_table)
         self.batch_definition = asset.add_batch_definition_whole_dataframe("staged")
-        self.suite = build_suite(contract, load_date)
+        self.suite = self.context.suites.add(build_suite(contract, load_date))
+        actions = []
+        self.docs_dir = docs_dir
+        self.docs_url: str | None = None
+        if docs_dir is not None:
+            docs_dir.mkdir(parents=True, exist_ok=True)
+            self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            })
+            actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE]))
+        definition = self.context.validation_definitions.add(gx.ValidationDefinition(
+            name=f"{contract.bronze_table}_staged", data=self.batch_definition, suite=self.suite))
+        self.checkpoint = self.context.checkpoints.add(gx.Checkpoint(
+            name=f"{contract.bronze_table}_checkpoint", validation_definitions=[definition], actions=actions,
+            result_format={
+                "result_format": "SUMMARY",
+                "partial_unexpected_count": SAMPLE_KEYS,
+                "unexpected_index_column_names": list(contract.primary_key),
+            },
+        ))
         q = contract.quality
         used = {*contract.primary_key, *q.required, *(r.column for r in (*q.formats, *q.ranges))}
         self.columns = [c for c in contract.column_names if c in used]
@@ -75,12 +105,11 @@ class SuiteRunner:
         columns = self.columns
         # numpy-backed frames: GX converts Arrow-backed columns element by element (8x slower)
         frame = table.select(columns).to_pandas()
-        batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(self.suite, result_format={
-            "result_format": "SUMMARY",
-            "partial_unexpected_count": SAMPLE_KEYS,
-            "unexpected_index_column_names": list(self.contract.primary_key),
-        })
+        run = self.checkpoint.run(batch_parameters={"dataframe": frame})
+        ((identifier, result),) = run.run_results.items()
+        if self.docs_dir is not None:
+            urls = self.context.get_docs_sites_urls(resource_identifier=identifier, site_names=[DOCS_SITE])
+            self.docs_url = urls[0]["site_url"] if urls else None
         for r in result.results:
             rule = r.expectation_config.meta["rule"]
             if r.exception_info and r.exception_info.get("raised_exception"):
