@@ -202,3 +202,14 @@ def test_data_docs_rendered_and_linked(fresh_dsn: str, tmp_path: Path) -> None:
     html = page.read_text()
     assert "product_name" in html and "sku" in html
     assert (tmp_path / "data" / "gx_docs" / "bz_products" / "index.html").is_file()
+
+
+def test_checks_can_be_left_out_of_a_run(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    asset = bronze.assets["bz_suppliers"]
+    result = dg.materialize([asset], resources=bronze.resources,
+                            selection=dg.AssetSelection.assets(asset).without_checks())
+    assert result.success and result.get_asset_check_evaluations() == []
+    assert not (tmp_path / "data" / "gx_docs" / "bz_suppliers").exists(), "GX did not run"
+    assert bronze.read("suppliers").height == 10
