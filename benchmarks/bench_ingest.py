@@ -3,7 +3,9 @@
 For each scale, on a fresh embedded PostgreSQL and an empty bronze root:
   (a) raw ``COPY … TO STDOUT (FORMAT binary)`` of the ten tables through psql to /dev/null,
   (b) the initial bronze load of all ten tables through Dagster (in-process executor),
-  (c) an unchanged re-load, (d) a re-load after 1 % of the rows of every table changed.
+  (c) an unchanged re-load, (d) a re-load after 1 % of the rows of every table changed;
+  (b +checks) the initial load again into a second empty root with every asset check
+  (schema gate, GX quality suite, key uniqueness, referential integrity); (b, c, d) run without.
 Each phase runs in a child process so its peak RSS is its own; times exclude interpreter
 start-up and imports. Dagster materializes a
 partition range in one run but records one materialization event per partition; the
@@ -55,7 +57,7 @@ def phase_copy() -> dict:
     return {"seconds": time.perf_counter() - started}
 
 
-def phase_load() -> dict:
+def phase_load(with_checks: bool = False) -> dict:
     import dagster as dg
 
     from bronze_assets.definitions import defs
@@ -65,7 +67,7 @@ def phase_load() -> dict:
     dsn = resolve_source_dsn()
     definitions = defs()
     started = time.perf_counter()
-    meta = materialize_all(definitions, dsn, dg.DagsterInstance.ephemeral())
+    meta = materialize_all(definitions, dsn, dg.DagsterInstance.ephemeral(), with_checks=with_checks)
     return {
         "seconds": time.perf_counter() - started,
         "rows": sum(int(m["rows_read"]) for m in meta.values()),
@@ -85,7 +87,10 @@ def phase_change() -> dict:
     return {}
 
 
-PHASES = {"seed": phase_seed, "copy": phase_copy, "load": phase_load, "change": phase_change}
+PHASES = {
+    "seed": phase_seed, "copy": phase_copy, "load": phase_load, "change": phase_change,
+    "load_checks": lambda: phase_load(with_checks=True),
+}
 
 
 def run_phase(name: str, env: dict[str, str], *args: str) -> dict:
@@ -113,6 +118,7 @@ def bench(scale: float) -> None:
             results = {
                 "a copy": run_phase("copy", env),
                 "b initial": run_phase("load", env),
+                "b +checks": run_phase("load_checks", env | {"BRONZE_ROOT": f"{tmp}/bronze_checks"}),
                 "c unchanged": run_phase("load", env),
             }
             run_phase("change", env)
