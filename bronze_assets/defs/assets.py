@@ -1,6 +1,8 @@
 """The ten bronze assets, all built by one factory from the table contracts."""
 
 
+from concurrent.futures import ThreadPoolExecutor
+
 import dagster as dg
 
 from bronze_assets.contracts import CONTRACTS, Contract, PgType
@@ -106,11 +108,16 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
             f"in {staged.extract_seconds:.2f} s"
         )
-        # GX runs on the staged batch, before the MERGE; the other checks read bronze after it
-        quality = quality_score_result(staged) if QUALITY_SCORE in selected else None
-        yield dg.Output(staged, output_name=contract.bronze_table)  # the IO manager MERGEs here
-        if quality is not None:
-            yield quality
+        # GX validates the staged batch on a worker thread while the IO manager MERGEs it
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx") as pool:
+            quality = pool.submit(quality_score_result, staged) if QUALITY_SCORE in selected else None
+            staged.keep_after_merge = quality is not None
+            try:
+                yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
+                if quality is not None:
+                    yield quality.result()
+            finally:
+                staged.cleanup()
         options = bronze.storage_options or None
         if KEY_UNIQUENESS in selected:
             yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)

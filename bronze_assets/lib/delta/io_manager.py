@@ -48,7 +48,8 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
         try:
             result = BronzeMerger(obj.contract, uri, self.storage_options).merge(obj)
         finally:
-            obj.cleanup()
+            if not obj.keep_after_merge:
+                obj.cleanup()
         meta: dict[str, object] = {
             "table_uri": dg.MetadataValue.path(uri),
             "batch_id": obj.ctx.batch_id,

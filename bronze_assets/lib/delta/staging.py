@@ -34,6 +34,7 @@ class StagedBatch:
     extract_seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
     schema_drift: SchemaDrift | None = None
+    keep_after_merge: bool = False  # set while a check still reads the staged files
 
     def reader(self) -> pa.RecordBatchReader:
         """Stream the staged rows back (memory-mapped, batch by batch)."""
