@@ -56,7 +56,9 @@ def test_webserver_serves_the_ten_assets(tmp_path: Path) -> None:
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        body = json.dumps({"query": "{ assetNodes { assetKey { path } groupName } }"}).encode()
+        gql = ("{ assetNodes { assetKey { path } groupName "
+               "assetChecksOrError { ... on AssetChecks { checks { name } } } } }")
+        body = json.dumps({"query": gql}).encode()
         deadline = time.monotonic() + 120
         nodes = None
         while time.monotonic() < deadline:
@@ -75,6 +77,11 @@ def test_webserver_serves_the_ten_assets(tmp_path: Path) -> None:
         assert bronze == {f"bz_{t}" for t in ("products", "suppliers", "warehouses", "inventory", "orders",
                                               "order_details", "shipments", "returns", "stock_levels",
                                               "customers")}
+        checks = {n["assetKey"]["path"][0]: {c["name"] for c in n["assetChecksOrError"]["checks"]}
+                  for n in nodes if n["groupName"] == "bronze"}
+        assert checks["bz_products"] == {"schema_contract", "quality_score", "key_uniqueness"}
+        assert checks["bz_orders"] == {"schema_contract", "quality_score", "key_uniqueness",
+                                       "referential_integrity"}
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -86,7 +86,6 @@ class SuiteRunner:
             result_format={
                 "result_format": "SUMMARY",
                 "partial_unexpected_count": SAMPLE_KEYS,
-                "unexpected_index_column_names": list(contract.primary_key),
             },
         ))
         q = contract.quality
@@ -103,8 +102,13 @@ class SuiteRunner:
         if not table.num_rows:
             return report
         columns = self.columns
-        # numpy-backed frames: GX converts Arrow-backed columns element by element (8x slower)
-        frame = table.select(columns).to_pandas()
+        # numpy-backed frames: GX converts Arrow-backed columns element by element (8x slower);
+        # decimals as float64 (exact for the sign tests of the range rules), not Decimal objects
+        subset = table.select(columns)
+        subset = subset.cast(pa.schema([
+            pa.field(f.name, pa.float64() if pa.types.is_decimal(f.type) else f.type) for f in subset.schema
+        ]))
+        frame = subset.to_pandas()
         run = self.checkpoint.run(batch_parameters={"dataframe": frame})
         ((identifier, result),) = run.run_results.items()
         if self.docs_dir is not None:
@@ -116,13 +120,16 @@ class SuiteRunner:
                 raise RuntimeError(f"{self.contract.bronze_table}: GX failed on {rule}: "
                                    f"{r.exception_info.get('exception_message')}")
             report.gx_counts[rule] = int(r.result.get("unexpected_count") or 0)
-            keys = r.result.get("partial_unexpected_index_list") or []
-            report.failing_keys[rule] = [_plain(k.get(self.contract.primary_key[0]) if isinstance(k, dict)
-                                                else k) for k in keys][:SAMPLE_KEYS]
         polars_frame = pl.from_arrow(table.select(columns))
         assert isinstance(polars_frame, pl.DataFrame)
         counts = polars_frame.select([e.sum().alias(rule) for rule, e in self.vector_rules.items()])
         report.vector_counts = {rule: int(counts[rule][0]) for rule in self.vector_rules}
+        # failing keys come from the vectorised rules (GX would walk every unexpected row for them)
+        pk = self.contract.primary_key[0]
+        for rule, expr in self.vector_rules.items():
+            if report.vector_counts[rule]:
+                keys = polars_frame.filter(expr).get_column(pk).head(SAMPLE_KEYS).to_list()
+                report.failing_keys[rule] = [_plain(k) for k in keys]
         return report
 
     def validate_batches(self, batches: Iterable[pa.RecordBatch]) -> QualityReport:
