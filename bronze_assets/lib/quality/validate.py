@@ -56,9 +56,11 @@ class SuiteRunner:
     """
 
     def __init__(self, contract: Contract, load_date: date, docs_dir: Path | None = None) -> None:
-        logging.getLogger("great_expectations").setLevel(logging.ERROR)
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # GX sets its own levels on import
 
         self.contract, self.load_date = contract, load_date
         self.context = gx.get_context(mode="ephemeral")
