@@ -220,10 +220,6 @@ def test_batch_metadata_published(bronze: Bronze) -> None:
     assert meta["size_bytes"] > 0 and meta["table_uri"] == bronze.uri("warehouses")
 
 
-def test_now_is_after_seed_as_of() -> None:
-    assert datetime.now(UTC) > AS_OF  # the tests rely on updated_at = now() being newer
-
-
 def test_io_manager_loads_bronze_for_downstream_assets_and_rejects_foreign_outputs(bronze: Bronze) -> None:
     @dg.asset(ins={"bz_warehouses": dg.AssetIn(input_manager_key="bronze_io_manager")})
     def warehouse_count(bz_warehouses: pa.Table) -> int:

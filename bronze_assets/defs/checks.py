@@ -3,7 +3,6 @@
 from collections.abc import Callable
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from bronze_assets.contracts import Contract
@@ -55,20 +54,19 @@ def schema_contract_result(drift: SchemaDrift, quarantined: int | None = None) -
 
 def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
     """Score distribution of the batch plus GX violation counts per rule (WARN below the KPI)."""
-    scores = np.concatenate(
-        [b.column("data_quality_score").to_numpy(zero_copy_only=False) for b in staged.batches()]
-        or [np.array([], dtype=np.int32)]
-    )
     runner = SuiteRunner(staged.contract, staged.ctx.load_date,
                          docs_dir=data_dir() / "gx_docs" / staged.contract.bronze_table)
     report: QualityReport = runner.validate_batches(staged.batches())
-    metadata: dict[str, object] = {"rows": int(scores.size), "gx_counts_match_score": report.agree}
-    if scores.size:
+    rows = staged.rows
+    metadata: dict[str, object] = {"rows": rows, "gx_counts_match_score": report.agree}
+    average = staged.score_sum / rows if rows else 100.0
+    if rows:
+        below = int(staged.score_histogram[: int(QUALITY_KPI)].sum())
         metadata |= {
-            "avg_score": round(float(scores.mean()), 2),
-            "p5_score": float(np.percentile(scores, 5)),
-            "p50_score": float(np.percentile(scores, 50)),
-            "share_below_80": round(float((scores < QUALITY_KPI).mean()), 4),
+            "avg_score": round(average, 2),
+            "p5_score": staged.score_percentile(5),
+            "p50_score": staged.score_percentile(50),
+            "share_below_80": round(below / rows, 4),
         }
     metadata |= {f"violations {rule}": n for rule, n in sorted(report.gx_counts.items())}
     if runner.docs_url:
@@ -76,7 +74,6 @@ def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
     samples = {rule: keys for rule, keys in report.failing_keys.items() if keys}
     if samples:
         metadata["failing_keys_sample"] = dg.MetadataValue.json(samples)
-    average = float(scores.mean()) if scores.size else 100.0
     return dg.AssetCheckResult(
         check_name=QUALITY_SCORE,
         passed=average >= QUALITY_KPI,

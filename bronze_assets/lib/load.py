@@ -7,10 +7,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bronze_assets.contracts import Contract, LoadPattern, PartitionKind
 from bronze_assets.lib.delta.merge import latest_watermark, open_table
@@ -87,13 +86,13 @@ def extract_and_stage(
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
     previous = latest_watermark(open_table(table_uri, storage_options))
     window = plan_window(contract, partition, ctx.batch_time, previous, overlap)
-    score_sum = 0
+    histogram = np.zeros(101, dtype=np.int64)
 
     def enriched(reader: SourceReader) -> Iterator[pa.RecordBatch]:
-        nonlocal score_sum
         transform = lambda raw: enrich(raw, contract, ctx, extras)  # noqa: E731
         for batch in reader.batches(window, transform=transform, extra_columns=extras):
-            score_sum += int(pc.sum(batch.column("data_quality_score")).as_py() or 0)
+            scores = batch.column("data_quality_score").to_numpy(zero_copy_only=False)
+            histogram[:] += np.bincount(scores, minlength=101)
             if progress is not None:
                 progress(batch.num_rows)
             yield batch
@@ -119,7 +118,7 @@ def extract_and_stage(
         snapshot = reader.snapshot()
         path, rows = write_stream(enriched(reader), bronze_schema(contract, extras), name)
         keys_path = None
-        if not window.is_full:  # a full load's rows are its key set; others sweep keys
+        if not window.is_full:  # a full load's staged rows are its key set; others sweep keys
             key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
             keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
             keys_path, _ = write_stream(keys, key_schema, f"{name}-keys")
@@ -129,24 +128,14 @@ def extract_and_stage(
         watermark = snapshot.watermark_cap()
     staged = StagedBatch(
         contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract, extras), rows=rows,
-        score_sum=score_sum, source_keys_path=keys_path, watermark=watermark,
+        score_histogram=histogram, source_keys_path=keys_path, keys_are_rows=window.is_full,
+        watermark=watermark,
         window=_describe(window), extract_seconds=round(time.perf_counter() - started, 3),
         metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
         | ({"bronze.new_columns": ", ".join(extras)} if extras else {}),
         schema_drift=drift,
     )
-    if window.is_full:
-        staged.source_keys_path = _keys_of(staged)
     return staged
-
-
-def _keys_of(staged: StagedBatch) -> Path:
-    """A full load's key set, staged like a key sweep (so vanished keys become DELETED)."""
-    pk = list(staged.contract.primary_key)
-    key_schema = pa.schema([pa.field(k, pa.int64()) for k in pk])
-    keys = (b.select(pk).cast(key_schema) for b in staged.batches())
-    path, _ = write_stream(keys, key_schema, f"{staged.contract.bronze_table}-keys")
-    return path
 
 
 def _describe(window: LoadWindow) -> str:

@@ -187,8 +187,14 @@ class BronzeMerger:
             result.forgotten_skipped = int(classified.select(forgotten.sum()).item())
             result.unchanged = src.height - result.inserted - result.updated - result.forgotten_skipped
             plans.append(classified.filter(pl.col(OP).is_not_null()).select([*self.pk, OP, "_route"]))
-        if staged.source_keys_path is not None:
+        keys = None
+        if staged.keys_are_rows:
+            keys = src.select(self.pk) if src is not None else pl.DataFrame(
+                schema={k: index.schema[k] for k in self.pk})
+        elif staged.source_keys_path is not None:
             keys = pl.read_ipc_stream(staged.source_keys_path)
+        if keys is not None:
+            keys = keys.cast({k: index.schema[k] for k in self.pk})
             vanished = index.filter(pl.col("_t_status") == ACTIVE).join(keys, on=self.pk, how="anti")
             result.soft_deleted = vanished.height
             route = pl.col(TARGET_PART) if self.part else pl.lit(None)

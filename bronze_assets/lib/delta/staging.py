@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
@@ -27,14 +28,25 @@ class StagedBatch:
     path: Path
     schema: pa.Schema
     rows: int
-    score_sum: int
-    source_keys_path: Path | None = None
+    score_histogram: np.ndarray  # rows per data_quality_score 0..100
+    source_keys_path: Path | None = None  # every source key (key sweep); None = no sweep
+    keys_are_rows: bool = False  # a full load: its staged rows are the source's key set
     watermark: datetime | None = None
     window: str = "full table"
     extract_seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
     schema_drift: SchemaDrift | None = None
     keep_after_merge: bool = False  # set while a check still reads the staged files
+
+    @property
+    def score_sum(self) -> int:
+        return int(np.dot(self.score_histogram, np.arange(self.score_histogram.size)))
+
+    def score_percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0–100, lower value) of the per-record scores."""
+        cumulative = np.cumsum(self.score_histogram)
+        rank = max(1, int(np.ceil(q / 100 * cumulative[-1])))
+        return float(np.searchsorted(cumulative, rank))
 
     def reader(self) -> pa.RecordBatchReader:
         """Stream the staged rows back (memory-mapped, batch by batch)."""
