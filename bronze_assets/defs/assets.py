@@ -1,7 +1,9 @@
 """The ten bronze assets, all built by one factory from the table contracts."""
 
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -19,6 +21,15 @@ from bronze_assets.defs.checks import (
 )
 from bronze_assets.defs.partitions import as_utc, partitions_def
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
+from bronze_assets.lib.delta.control import (
+    AUDIT_LOG,
+    FAILED,
+    SUCCESS,
+    append_rows,
+    current_user,
+    load_record,
+    record_load,
+)
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.enrich.metadata import METADATA_FIELDS
 from bronze_assets.lib.load import SchemaMismatchError, extract_and_stage
@@ -84,24 +95,45 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         if context.has_partition_key_range or context.has_partition_key:
             tw = context.partition_time_window
             window = (as_utc(tw.start), as_utc(tw.end))
+        root, options = bronze.resolved_root(), bronze.storage_options or None
+        started = datetime.now(UTC)
+
+        def audit_failure(message: str) -> None:
+            seconds = (datetime.now(UTC) - started).total_seconds()
+            load = load_record(contract, context.run.run_id, started, seconds=seconds, status=FAILED)
+            load.error = message
+            record_load(root, load, options)
+
         try:
             dsn = source.resolved_dsn()
-        except SourceConnectionError as exc:
-            raise dg.Failure(str(exc), allow_retries=True) from None
-        try:
             staged = extract_and_stage(
                 contract, dsn, bronze.table_uri(contract.bronze_table),
-                partition=window, storage_options=bronze.storage_options or None,
+                partition=window, storage_options=options,
                 quarantine_uri=bronze.table_uri(QUARANTINE_TABLE),
             )
+        except SourceConnectionError as exc:
+            audit_failure(str(exc))
+            raise dg.Failure(str(exc), allow_retries=True) from None
         except SchemaMismatchError as exc:
+            audit_failure(str(exc))
             if SCHEMA_CONTRACT in selected:
                 yield schema_contract_result(exc.drift, exc.quarantined)
             meta = {"quarantined_rows": exc.quarantined, "batch_id": exc.batch_id}
             raise dg.Failure(str(exc), allow_retries=False, metadata=meta) from None
+        except Exception as exc:
+            audit_failure(f"extraction failed: {type(exc).__name__}: {exc}")
+            raise
         if staged.schema_drift is not None:
             if staged.schema_drift.added:
                 context.log.warning(staged.schema_drift.describe())
+                append_rows(root, AUDIT_LOG, [{
+                    "table_name": contract.bronze_table, "operation_type": "SCHEMA_EVOLUTION",
+                    "start_timestamp": started, "end_timestamp": datetime.now(UTC), "status": SUCCESS,
+                    "records_affected": staged.rows, "user_id": current_user(), "job_id": context.run.run_id,
+                    "details": json.dumps({"policy": "addNewColumns",
+                                           "added": [c for c, _ in staged.schema_drift.added],
+                                           "batch_id": staged.ctx.batch_id}),
+                }], options)
             if SCHEMA_CONTRACT in selected:
                 yield schema_contract_result(staged.schema_drift)
         context.log.info(
@@ -118,7 +150,6 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
                     yield quality.result()
             finally:
                 staged.cleanup()
-        options = bronze.storage_options or None
         if KEY_UNIQUENESS in selected:
             yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)
         if REFERENTIAL_INTEGRITY in selected:

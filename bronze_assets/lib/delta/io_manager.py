@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from bronze_assets.lib.delta.merge import BronzeMerger, open_table, read_columns
+from bronze_assets.lib.delta.control import FAILED, load_record, record_load
+from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
 
@@ -45,11 +48,29 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
             )
         uri = self.table_uri(obj.contract.bronze_table)
+        contract = obj.contract
+        load = load_record(contract, context.run_id, obj.ctx.batch_time, rows_read=obj.rows)
         try:
-            result = BronzeMerger(obj.contract, uri, self.storage_options).merge(obj)
+            result = BronzeMerger(contract, uri, self.storage_options).merge(obj)
+        except Exception as exc:
+            load.status, load.error = FAILED, f"MERGE failed: {type(exc).__name__}: {exc}"
+            load.seconds = obj.extract_seconds
+            record_load(self.storage.resolved_root(), load, self.storage_options)
+            if isinstance(exc, DuplicateKeyError):  # retrying cannot fix the data
+                raise dg.Failure(str(exc), allow_retries=False) from None
+            raise
         finally:
             if not obj.keep_after_merge:
                 obj.cleanup()
+        load.seconds = obj.extract_seconds + result.merge_seconds
+        load.records_affected = result.inserted + result.updated + result.soft_deleted
+        load.storage_bytes = result.size_bytes
+        load.details = json.dumps({
+            "batch_id": obj.ctx.batch_id, "window": obj.window, "inserted": result.inserted,
+            "updated": result.updated, "unchanged": result.unchanged, "soft_deleted": result.soft_deleted,
+            "delta_version": result.version, "avg_quality_score": result.avg_quality_score,
+        })
+        record_load(self.storage.resolved_root(), load, self.storage_options)
         meta: dict[str, object] = {
             "table_uri": dg.MetadataValue.path(uri),
             "batch_id": obj.ctx.batch_id,

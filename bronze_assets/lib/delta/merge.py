@@ -43,6 +43,10 @@ APP_ID_PREFIX = "bronze_assets/"
 MAX_ATTEMPTS = 4
 
 
+class DuplicateKeyError(ValueError):
+    """The staged batch repeats a primary key: a data problem that a retry cannot fix."""
+
+
 @dataclass
 class MergeResult:
     """What one load did to its bronze table (published as Dagster output metadata)."""
@@ -139,6 +143,14 @@ class BronzeMerger:
         self.app_id = APP_ID_PREFIX + contract.bronze_table
 
     # ------------------------------------------------------------------ planning
+    def _refuse_duplicates(self, keys: pl.DataFrame) -> None:
+        dupes = keys.height - keys.select(self.pk).n_unique()
+        if dupes:
+            raise DuplicateKeyError(
+                f"{self.contract.bronze_table}: the staged batch holds {dupes} duplicate primary "
+                f"keys ({', '.join(self.pk)}); nothing was merged. Check the source's primary key."
+            )
+
     def _index(self, dt: DeltaTable) -> pl.DataFrame:
         cols = [*self.pk, "record_hash", "record_status"] + ([self.part] if self.part else [])
         frame = pl.from_arrow(read_columns(dt, cols))
@@ -163,12 +175,7 @@ class BronzeMerger:
         plans: list[pl.DataFrame] = []
         if src is not None and src.height:
             assert isinstance(src, pl.DataFrame)
-            dupes = src.height - src.select(self.pk).n_unique()
-            if dupes:
-                raise ValueError(
-                    f"{self.contract.bronze_table}: the staged batch holds {dupes} duplicate primary "
-                    f"keys ({', '.join(self.pk)}); nothing was merged. Check the source's primary key."
-                )
+            self._refuse_duplicates(src)
             joined = src.join(index, on=self.pk, how="left")
             status = pl.col("_t_status")
             is_new = status.is_null()
@@ -284,6 +291,10 @@ class BronzeMerger:
         return result
 
     def _create(self, staged: StagedBatch) -> MergeResult:
+        if staged.rows:
+            keys = pl.from_arrow(staged.reader().read_all().select(self.pk))
+            assert isinstance(keys, pl.DataFrame)
+            self._refuse_duplicates(keys)
         write_deltalake(
             self.uri,
             pa.RecordBatchReader.from_batches(staged.schema, staged.batches()),

@@ -1,0 +1,232 @@
+"""Control tables under ``BRONZE_ROOT``: audit log, lineage, checkpoints, cost, alerts.
+
+Each is a small append-only Delta table with a fixed schema, written by :func:`append_rows`.
+Rows are plain dicts; missing keys become NULL, ids and timestamps are filled in when absent.
+Messages are passed through :func:`redact` so a DSN password or a configured secret never lands
+in a control table.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.source.dsn import redact
+from bronze_assets.settings import SOURCE_SCHEMA
+
+TS = pa.timestamp("us", tz="UTC")
+ENV_USER = "BRONZE_USER"
+ENV_COST_RATE = "BRONZE_COMPUTE_COST_PER_HOUR"
+DEFAULT_COST_RATE = 0.55  # USD per compute hour (a small Databricks job cluster, DBU + VM)
+
+AUDIT_LOG = "bz_audit_log"
+LINEAGE = "bz_data_lineage"
+CHECKPOINTS = "bz_checkpoints"
+COST_TRACKING = "bz_cost_tracking"
+ALERTS = "bz_alerts"
+
+SUCCESS, FAILED, IN_PROGRESS, COMPLETE = "SUCCESS", "FAILED", "IN_PROGRESS", "COMPLETE"
+
+SCHEMAS: dict[str, pa.Schema] = {
+    AUDIT_LOG: pa.schema([
+        ("audit_id", pa.string()), ("table_name", pa.string()), ("operation_type", pa.string()),
+        ("start_timestamp", TS), ("end_timestamp", TS), ("records_affected", pa.int64()),
+        ("status", pa.string()), ("error_message", pa.string()), ("user_id", pa.string()),
+        ("job_id", pa.string()), ("details", pa.string()),
+    ]),
+    LINEAGE: pa.schema([
+        ("lineage_id", pa.string()), ("source_table", pa.string()), ("target_table", pa.string()),
+        ("transformation_type", pa.string()), ("processing_timestamp", TS),
+        ("records_processed", pa.int64()), ("processing_duration_seconds", pa.float64()),
+        ("job_id", pa.string()), ("pipeline_version", pa.string()),
+    ]),
+    CHECKPOINTS: pa.schema([
+        ("checkpoint_id", pa.string()), ("table_name", pa.string()), ("window", pa.string()),
+        ("batch_id", pa.string()), ("chunk_index", pa.int32()), ("chunk_count", pa.int32()),
+        ("rows_committed", pa.int64()), ("delta_version", pa.int64()), ("status", pa.string()),
+        ("stage_path", pa.string()), ("checkpoint_timestamp", TS), ("job_id", pa.string()),
+    ]),
+    COST_TRACKING: pa.schema([
+        ("cost_id", pa.string()), ("table_name", pa.string()), ("job_id", pa.string()),
+        ("recorded_at", TS), ("compute_seconds", pa.float64()), ("cost_rate_per_hour", pa.float64()),
+        ("compute_cost", pa.float64()), ("storage_bytes", pa.int64()), ("rows_processed", pa.int64()),
+    ]),
+    ALERTS: pa.schema([
+        ("alert_id", pa.string()), ("kpi", pa.string()), ("severity", pa.string()),
+        ("state", pa.string()), ("table_name", pa.string()), ("value", pa.float64()),
+        ("threshold", pa.float64()), ("message", pa.string()), ("created_at", TS),
+        ("channels", pa.string()),
+    ]),
+}
+_ID_COLUMN = {name: schema.names[0] for name, schema in SCHEMAS.items()}
+
+
+def current_user() -> str:
+    """Who runs the platform: ``$BRONZE_USER`` or the OS user."""
+    try:
+        return os.environ.get(ENV_USER) or getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def cost_rate() -> float:
+    """Compute cost per hour for ``bz_cost_tracking`` (``$BRONZE_COMPUTE_COST_PER_HOUR``)."""
+    return float(os.environ.get(ENV_COST_RATE) or DEFAULT_COST_RATE)
+
+
+def append_rows(
+    root: str, table: str, rows: Sequence[Mapping[str, Any]],
+    storage_options: dict[str, str] | None = None,
+) -> int:
+    """Append ``rows`` to control table ``table`` under ``root`` (created on first use)."""
+    if not rows:
+        return 0
+    schema = SCHEMAS[table]
+    now = datetime.now(UTC)
+    filled = []
+    for row in rows:
+        row = dict(row)
+        row.setdefault(_ID_COLUMN[table], str(uuid.uuid4()))
+        for f in schema:
+            if f.type == TS and row.get(f.name) is None and f.name not in ("end_timestamp",):
+                row[f.name] = now
+            if pa.types.is_string(f.type) and isinstance(row.get(f.name), str):
+                row[f.name] = redact(row[f.name], None)
+        filled.append(row)
+    data = pa.Table.from_pylist(filled, schema=schema)
+    for attempt in range(1, 6):  # concurrent appends from parallel steps may race for a version
+        try:
+            write_deltalake(f"{root}/{table}", data, mode="append", storage_options=storage_options or None)
+            break
+        except (CommitFailedError, DeltaError):
+            if attempt == 5:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return len(filled)
+
+
+def read_table(root: str, table: str, storage_options: dict[str, str] | None = None) -> pa.Table:
+    """The current rows of a control table (empty with its schema if never written)."""
+    try:
+        dt = DeltaTable(f"{root}/{table}", storage_options=storage_options or None)
+    except TableNotFoundError:
+        return SCHEMAS[table].empty_table()
+    return dt.to_pyarrow_table()
+
+
+@dataclass
+class AuditEntry:
+    """One operation being audited; fill ``records_affected``/``details`` before it ends."""
+
+    table_name: str
+    operation_type: str
+    job_id: str | None = None
+    records_affected: int = 0
+    details: str | None = None
+    start: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def row(self, status: str, error: str | None = None) -> dict[str, Any]:
+        return {
+            "table_name": self.table_name, "operation_type": self.operation_type,
+            "start_timestamp": self.start, "end_timestamp": datetime.now(UTC),
+            "records_affected": self.records_affected, "status": status,
+            "error_message": error, "user_id": current_user(), "job_id": self.job_id,
+            "details": self.details,
+        }
+
+
+@contextmanager
+def audited(
+    root: str, table_name: str, operation_type: str, job_id: str | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> Iterator[AuditEntry]:
+    """Write one ``bz_audit_log`` row for the block: SUCCESS, or FAILED with the error."""
+    entry = AuditEntry(table_name, operation_type, job_id)
+    try:
+        yield entry
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        append_rows(root, AUDIT_LOG, [entry.row(FAILED, message[:4000])], storage_options)
+        raise
+    append_rows(root, AUDIT_LOG, [entry.row(SUCCESS)], storage_options)
+
+
+def pipeline_version() -> str:
+    """The installed bronze_assets version (recorded with lineage)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bronze_assets")
+    except PackageNotFoundError:
+        return "dev"
+
+
+@dataclass
+class LoadRecord:
+    """What one materialization did, as written to the audit, lineage and cost tables."""
+
+    table_name: str
+    source_table: str
+    transformation_type: str
+    job_id: str | None
+    start: datetime
+    seconds: float = 0.0
+    rows_read: int = 0
+    records_affected: int = 0
+    storage_bytes: int = 0
+    status: str = SUCCESS
+    error: str | None = None
+    details: str | None = None
+    contract_version: str = "1"
+
+
+def load_record(contract: Contract, job_id: str | None, start: datetime, **fields: Any) -> LoadRecord:
+    """A :class:`LoadRecord` for a materialization of ``contract``."""
+    return LoadRecord(
+        table_name=contract.bronze_table, source_table=f"{SOURCE_SCHEMA}.{contract.name}",
+        transformation_type=f"MERGE_{contract.load_pattern.value.upper()}", job_id=job_id,
+        start=start, contract_version=contract.version, **fields,
+    )
+
+
+def record_load(root: str, load: LoadRecord, storage_options: dict[str, str] | None = None) -> None:
+    """One audit row (success or failure), one lineage row (success) and one cost row."""
+    end = datetime.now(UTC)
+    append_rows(root, AUDIT_LOG, [{
+        "table_name": load.table_name, "operation_type": "LOAD", "start_timestamp": load.start,
+        "end_timestamp": end, "records_affected": load.records_affected, "status": load.status,
+        "error_message": load.error[:4000] if load.error else None, "user_id": current_user(),
+        "job_id": load.job_id, "details": load.details,
+    }], storage_options)
+    if load.status == SUCCESS:
+        append_rows(root, LINEAGE, [{
+            "source_table": load.source_table, "target_table": load.table_name,
+            "transformation_type": load.transformation_type, "processing_timestamp": end,
+            "records_processed": load.rows_read, "processing_duration_seconds": round(load.seconds, 3),
+            "job_id": load.job_id,
+            "pipeline_version": f"{pipeline_version()}+contract.{load.contract_version}",
+        }], storage_options)
+    rate = cost_rate()
+    append_rows(root, COST_TRACKING, [{
+        "table_name": load.table_name, "job_id": load.job_id, "recorded_at": end,
+        "compute_seconds": round(load.seconds, 3), "cost_rate_per_hour": rate,
+        "compute_cost": round(load.seconds / 3600 * rate, 6), "storage_bytes": load.storage_bytes,
+        "rows_processed": load.rows_read,
+    }], storage_options)
