@@ -1,0 +1,110 @@
+"""Schedules per load cadence (ARCHITECTURE §2.5), derived from the contracts.
+
+One partitioned asset job per (cadence, partitions definition) and one schedule per job. Which
+partition a tick loads follows the load pattern: incremental tables refresh the partition that
+contains the tick (the open day or month), batch tables load the window that just closed
+(the partition of the tick minus one day), full loads have no partitions. Whether schedules
+start running is a setting: ``BRONZE_SCHEDULES_RUNNING=1`` (default: shipped stopped, so a
+laptop checkout does not start loading by itself).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from bronze_assets.contracts import CONTRACTS, Cadence, Contract, LoadPattern
+from bronze_assets.defs.partitions import partitions_def
+
+ENV_SCHEDULES_RUNNING = "BRONZE_SCHEDULES_RUNNING"
+MAX_RUNTIME_SECONDS = 3600  # KPI: an end-to-end run over 1 h is critical; Dagster stops it
+RUN_TAGS = {"dagster/max_runtime": str(MAX_RUNTIME_SECONDS)}
+
+CRON: dict[Cadence, str] = {
+    Cadence.HOURLY: "5 * * * *",
+    Cadence.DAILY: "30 1 * * *",
+    Cadence.WEEKLY: "0 2 * * 1",
+    Cadence.MONTHLY: "0 3 1 * *",
+}
+BATCH_LAG = timedelta(days=1)  # a batch tick loads the window that closed before it
+
+
+def schedules_running() -> bool:
+    return os.environ.get(ENV_SCHEDULES_RUNNING, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class LoadGroup:
+    """Contracts loaded together: same cadence, same partitions definition, same pattern rule."""
+
+    cadence: Cadence
+    partition_kind: str
+    lagged: bool  # batch: the partition of (tick - 1 day); otherwise the partition of the tick
+    contracts: tuple[Contract, ...]
+
+    @property
+    def name(self) -> str:
+        layout = {"daily": "by_day", "monthly": "by_month"}.get(self.partition_kind, "full")
+        return f"bronze_{self.cadence.value}_{layout}" + ("_closed_window" if self.lagged else "")
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.bronze_table for c in self.contracts]
+
+
+def load_groups(contracts: Sequence[Contract] | None = None) -> list[LoadGroup]:
+    """Group the contracts by cadence, partition kind and whether their window lags the tick."""
+    groups: dict[tuple[Cadence, str, bool], list[Contract]] = defaultdict(list)
+    for c in contracts or list(CONTRACTS.values()):
+        lagged = c.load_pattern is LoadPattern.BATCH and c.cadence is not Cadence.HOURLY
+        groups[(c.cadence, c.partitioning.kind.value, lagged)].append(c)
+    return [LoadGroup(cad, kind, lag, tuple(cs)) for (cad, kind, lag), cs in sorted(groups.items())]
+
+
+def build_job(group: LoadGroup) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        group.name,
+        selection=dg.AssetSelection.assets(*group.keys),
+        partitions_def=partitions_def(group.contracts[0]),
+        tags=RUN_TAGS,
+        description=f"{group.cadence.value} load of {', '.join(group.keys)}",
+    )
+
+
+def partition_for_tick(group: LoadGroup, tick: datetime) -> str | None:
+    """The partition key a tick at ``tick`` loads (None for unpartitioned groups)."""
+    parts = partitions_def(group.contracts[0])
+    if parts is None:
+        return None
+    when = tick - BATCH_LAG if group.lagged else tick
+    return parts.get_partition_key_for_timestamp(when.timestamp())
+
+
+def build_schedule(group: LoadGroup) -> dg.ScheduleDefinition:
+    job = build_job(group)
+
+    @dg.schedule(
+        name=f"{group.name}_schedule",
+        cron_schedule=CRON[group.cadence],
+        job=job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING if schedules_running()
+        else dg.DefaultScheduleStatus.STOPPED,
+        description=f"{group.cadence.value} load of {', '.join(group.keys)}",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        tick = context.scheduled_execution_time
+        key = partition_for_tick(group, tick)
+        return dg.RunRequest(run_key=f"{group.name}@{tick.isoformat()}", partition_key=key, tags=RUN_TAGS)
+
+    return _schedule
+
+
+@dg.definitions
+def schedules() -> dg.Definitions:
+    return dg.Definitions(schedules=[build_schedule(g) for g in load_groups()])

@@ -1,0 +1,94 @@
+"""Schedules per cadence and freshness policies per asset, read from the loaded definitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.definitions import defs
+from bronze_assets.defs.schedules import (
+    ENV_SCHEDULES_RUNNING,
+    MAX_RUNTIME_SECONDS,
+    build_schedule,
+    load_groups,
+)
+
+TICK = datetime(2026, 3, 1, 0, 5, tzinfo=UTC)  # first hour of a month: open vs closed windows differ
+
+
+@pytest.fixture(scope="module")
+def repo() -> dg.RepositoryDefinition:
+    return defs().get_repository_def()
+
+
+def _tick(repo: dg.RepositoryDefinition, name: str, when: datetime) -> dg.RunRequest:
+    schedule = repo.get_schedule_def(name)
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, repository_def=repo)
+        result = schedule.evaluate_tick(ctx)
+    (request,) = result.run_requests
+    return request
+
+
+EXPECTED = {  # schedule -> (cron, assets, partition key for TICK)
+    "bronze_hourly_by_day_schedule": ("5 * * * *", {"bz_inventory", "bz_order_details", "bz_stock_levels"},
+                                      "2026-03-01"),
+    "bronze_hourly_by_month_schedule": ("5 * * * *", {"bz_orders"}, "2026-03-01"),
+    "bronze_daily_by_day_closed_window_schedule": ("30 1 * * *", {"bz_returns"}, "2026-02-28"),
+    "bronze_daily_by_month_closed_window_schedule": ("30 1 * * *", {"bz_shipments"}, "2026-02-01"),
+    "bronze_daily_full_schedule": ("30 1 * * *", {"bz_products", "bz_customers"}, None),
+    "bronze_weekly_full_schedule": ("0 2 * * 1", {"bz_suppliers"}, None),
+    "bronze_monthly_full_schedule": ("0 3 1 * *", {"bz_warehouses"}, None),
+}
+
+
+def test_one_schedule_per_cadence_and_layout_covering_every_table_once(repo: dg.RepositoryDefinition) -> None:
+    schedules = {s.name: s for s in repo.schedule_defs}
+    assert set(schedules) == set(EXPECTED)
+    covered: list[str] = []
+    for name, (cron, assets, _) in EXPECTED.items():
+        schedule = schedules[name]
+        assert schedule.cron_schedule == cron and schedule.execution_timezone == "UTC"
+        assert schedule.default_status is dg.DefaultScheduleStatus.STOPPED
+        job = repo.get_job(schedule.job_name)
+        keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+        assert keys == assets
+        assert job.tags["dagster/max_runtime"] == str(MAX_RUNTIME_SECONDS)
+        covered += keys
+    assert sorted(covered) == sorted(c.bronze_table for c in CONTRACTS.values())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_tick_requests_the_right_partition(repo: dg.RepositoryDefinition, name: str) -> None:
+    request = _tick(repo, name, TICK)
+    assert request.partition_key == EXPECTED[name][2]
+    assert request.tags["dagster/max_runtime"] == "3600"
+    later = _tick(repo, name, TICK + timedelta(days=20))
+    assert later.run_key != request.run_key, "each tick is its own run"
+
+
+def test_incremental_tick_mid_day_refreshes_the_open_day(repo: dg.RepositoryDefinition) -> None:
+    request = _tick(repo, "bronze_hourly_by_day_schedule", datetime(2026, 5, 17, 13, 5, tzinfo=UTC))
+    assert request.partition_key == "2026-05-17"
+
+
+def test_schedules_start_running_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_SCHEDULES_RUNNING, "1")
+    assert all(build_schedule(g).default_status is dg.DefaultScheduleStatus.RUNNING for g in load_groups())
+
+
+WINDOWS = {"hourly": (timedelta(hours=2), timedelta(hours=1)), "daily": (timedelta(hours=26), None),
+           "weekly": (timedelta(days=8), None), "monthly": (timedelta(days=32), None)}
+
+
+def test_every_asset_has_its_cadence_freshness_window(repo: dg.RepositoryDefinition) -> None:
+    for contract in CONTRACTS.values():
+        key = dg.AssetKey(contract.bronze_table)
+        policy = repo.assets_defs_by_key[key].specs_by_key[key].freshness_policy
+        assert isinstance(policy, dg.FreshnessPolicy), contract.bronze_table
+        fail, warn = WINDOWS[contract.cadence.value]
+        assert policy.fail_window.to_timedelta() == fail
+        assert (policy.warn_window.to_timedelta() if policy.warn_window else None) == warn
