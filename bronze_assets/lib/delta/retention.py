@@ -1,0 +1,84 @@
+"""Retention: bronze rows whose business date is older than N years move to an archive table.
+
+The move is idempotent and loses nothing: rows are first MERGEd into the archive on the primary
+key (insert-only, so a re-run after a crash never duplicates them), then deleted from bronze
+with the same predicate. Tables without a business date (dimensions, stock states) are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import write_deltalake
+
+from bronze_assets.contracts import Contract, PgType
+from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.merge import open_table
+
+ENV_RETENTION_YEARS = "BRONZE_RETENTION_YEARS"
+ENV_ARCHIVE_ROOT = "BRONZE_ARCHIVE_ROOT"
+DEFAULT_RETENTION_YEARS = 7
+
+
+def retention_years() -> int:
+    return int(os.environ.get(ENV_RETENTION_YEARS) or DEFAULT_RETENTION_YEARS)
+
+
+def archive_root(bronze_root: str) -> str:
+    """``$BRONZE_ARCHIVE_ROOT`` or ``<bronze root>/_archive``."""
+    return (os.environ.get(ENV_ARCHIVE_ROOT) or f"{bronze_root}/_archive").rstrip("/")
+
+
+def business_date_column(contract: Contract) -> str | None:
+    """The date retention applies to: the partitioning business date, else the first DATE column."""
+    if contract.partitioning.business_date_column:
+        return contract.partitioning.business_date_column
+    return next((c.name for c in contract.columns if c.type is PgType.DATE), None)
+
+
+def cutoff_date(today: date, years: int) -> date:
+    try:
+        return today.replace(year=today.year - years)
+    except ValueError:  # 29 February
+        return today.replace(year=today.year - years, day=28)
+
+
+@dataclass
+class RetentionResult:
+    table: str
+    cutoff: date | None
+    moved: int
+    archive_uri: str | None
+
+
+def apply_retention(contract: Contract, root: str, *, years: int | None = None, today: date | None = None,
+                    storage_options: dict[str, str] | None = None) -> RetentionResult:
+    """Move the rows of ``bz_<table>`` with a business date before the cutoff to the archive."""
+    column = business_date_column(contract)
+    dt = open_table(f"{root}/{contract.bronze_table}", storage_options)
+    if column is None or dt is None:
+        return RetentionResult(contract.bronze_table, None, 0, None)
+    cutoff = cutoff_date(today or datetime.now(UTC).date(), years if years is not None else retention_years())
+    predicate = f"{column} < '{cutoff.isoformat()}'"
+    archive_uri = f"{archive_root(root)}/{contract.bronze_table}"
+    with audited(root, contract.bronze_table, "RETENTION", storage_options=storage_options) as entry:
+        old = dt.to_pyarrow_dataset().to_table(filter=pc.field(column) < pa.scalar(cutoff, pa.date32()))
+        entry.details = json.dumps({"cutoff": cutoff.isoformat(), "column": column, "archive": archive_uri})
+        if old.num_rows:
+            archived = old.append_column("archived_at", pa.array([datetime.now(UTC)] * old.num_rows,
+                                                                pa.timestamp("us", tz="UTC")))
+            target = open_table(archive_uri, storage_options)
+            if target is None:
+                write_deltalake(archive_uri, archived, storage_options=storage_options or None)
+            else:
+                on = " AND ".join(f"t.{k} = s.{k}" for k in contract.primary_key)
+                (target.merge(archived, predicate=on, source_alias="s", target_alias="t")
+                 .when_not_matched_insert_all().execute())
+            dt.delete(predicate)
+        entry.records_affected = old.num_rows
+    return RetentionResult(contract.bronze_table, cutoff, old.num_rows, archive_uri)

@@ -1,0 +1,128 @@
+"""Delta time travel for bronze tables: history, a dry-run diff, and an audited restore."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+from deltalake import DeltaTable
+
+from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.merge import BATCH_KEY, open_table
+
+
+class TimeTravelError(ValueError):
+    """A history/restore request that cannot be served (message says why and what to do)."""
+
+
+def contract_for(table: str) -> Contract:
+    name = table.removeprefix("bz_")
+    if name not in CONTRACTS:
+        raise TimeTravelError(f"unknown bronze table {table!r}; choose one of "
+                              f"{', '.join(c.bronze_table for c in CONTRACTS.values())}")
+    return CONTRACTS[name]
+
+
+def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable:
+    dt = open_table(uri, storage_options)
+    if dt is None:
+        raise TimeTravelError(f"{uri} is not a Delta table yet: materialize it first")
+    return dt
+
+
+def history(uri: str, limit: int | None = None, storage_options: dict[str, str] | None = None
+            ) -> list[dict[str, Any]]:
+    """Commits newest first: version, timestamp, operation, batch id and row metrics."""
+    rows = []
+    for h in _open(uri, storage_options).history(limit):
+        metrics = h.get("operationMetrics") or {}
+        rows.append({
+            "version": h.get("version"),
+            "timestamp": datetime.fromtimestamp(h["timestamp"] / 1000, UTC).isoformat(timespec="seconds"),
+            "operation": h.get("operation"),
+            "batch_id": h.get(BATCH_KEY),
+            "rows_inserted": metrics.get("num_target_rows_inserted", metrics.get("num_added_rows")),
+            "rows_updated": metrics.get("num_target_rows_updated"),
+            "rows_deleted": metrics.get("num_target_rows_deleted", metrics.get("num_deleted_rows")),
+        })
+    return rows
+
+
+@dataclass
+class RestorePlan:
+    """What a restore to ``target_version`` changes, per primary key."""
+
+    table: str
+    current_version: int
+    target_version: int
+    keys_removed: int  # in the current version, not in the target
+    keys_restored: int  # in the target, not in the current version
+    rows_changed: int  # both, with a different hash or status
+    rows_unchanged: int
+
+    def describe(self) -> str:
+        return (f"{self.table}: restore version {self.current_version} -> {self.target_version}: "
+                f"{self.keys_removed:,} keys removed, {self.keys_restored:,} keys restored, "
+                f"{self.rows_changed:,} rows changed, {self.rows_unchanged:,} unchanged")
+
+
+def _version_for(dt: DeltaTable, version: int | None, timestamp: datetime | None) -> int:
+    if (version is None) == (timestamp is None):
+        raise TimeTravelError("give exactly one of --version or --timestamp")
+    if version is not None:
+        if not 0 <= version <= dt.version():
+            raise TimeTravelError(f"version {version} does not exist (0..{dt.version()})")
+        return version
+    assert timestamp is not None
+    moment = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+    chosen = None
+    for h in dt.history():
+        if datetime.fromtimestamp(h["timestamp"] / 1000, UTC) <= moment:
+            chosen = max(chosen or -1, int(h["version"]))
+    if chosen is None:
+        raise TimeTravelError(f"no version of the table is as old as {moment.isoformat()}")
+    return chosen
+
+
+def plan_restore(uri: str, contract: Contract, version: int | None = None, timestamp: datetime | None = None,
+                 storage_options: dict[str, str] | None = None) -> RestorePlan:
+    """Compare the current version with the target one by key, hash and status (a dry run)."""
+    dt = _open(uri, storage_options)
+    target = _version_for(dt, version, timestamp)
+    cols = [*contract.primary_key, "record_hash", "record_status"]
+
+    def frame(v: int) -> pl.DataFrame:
+        table = DeltaTable(uri, version=v, storage_options=storage_options or None)
+        out = pl.from_arrow(table.to_pyarrow_dataset().to_table(columns=cols))
+        assert isinstance(out, pl.DataFrame)
+        return out
+
+    now, then = frame(dt.version()), frame(target)
+    pk = list(contract.primary_key)
+    both = now.join(then, on=pk, how="inner", suffix="_t")
+    changed = both.filter((pl.col("record_hash") != pl.col("record_hash_t"))
+                          | (pl.col("record_status") != pl.col("record_status_t"))).height
+    return RestorePlan(
+        table=contract.bronze_table, current_version=dt.version(), target_version=target,
+        keys_removed=now.join(then, on=pk, how="anti").height,
+        keys_restored=then.join(now, on=pk, how="anti").height,
+        rows_changed=changed, rows_unchanged=both.height - changed,
+    )
+
+
+def restore(uri: str, contract: Contract, root: str, version: int | None = None,
+            timestamp: datetime | None = None, dry_run: bool = False,
+            storage_options: dict[str, str] | None = None) -> RestorePlan:
+    """Restore the table to a version (delta-rs RESTORE, a new commit); audited unless a dry run."""
+    plan = plan_restore(uri, contract, version, timestamp, storage_options)
+    if dry_run:
+        return plan
+    with audited(root, contract.bronze_table, "RESTORE", storage_options=storage_options) as entry:
+        _open(uri, storage_options).restore(plan.target_version)
+        entry.records_affected = plan.keys_removed + plan.keys_restored + plan.rows_changed
+        entry.details = json.dumps(asdict(plan))
+    return plan
