@@ -10,10 +10,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta.control import CHECKPOINTS, read_table
 from bronze_assets.lib.delta.merge import latest_watermark, open_table
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
@@ -108,3 +110,62 @@ def test_sigkill_mid_write_then_rerun_is_exact(fresh_dsn: str, tmp_path: Path,
     assert active_hashes(frame, "order_detail_id") == source_hashes(fresh_dsn, "order_details")
     again = bronze.load_direct("order_details")
     assert not again.committed, "a further re-run changes nothing"
+
+
+CHUNKED_LOAD_SCRIPT = """
+import sys
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.lib.delta.control import record_checkpoint
+from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.load import extract_and_stage
+dsn, root, table = sys.argv[1:4]
+contract = CONTRACTS[table]
+uri = f"{root}/{contract.bronze_table}"
+staged = extract_and_stage(contract, dsn, uri)
+BronzeMerger(contract, uri).merge(staged, on_commit=lambda info: record_checkpoint(root, info, "killed-run"))
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("first_load", [True, False], ids=["initial-write", "merge"])
+def test_killed_chunked_load_resumes_from_its_last_committed_chunk(
+    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_load: bool
+) -> None:
+    monkeypatch.setenv("BRONZE_STAGE_DIR", str(tmp_path / "stage"))
+    monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "50")
+    seed_source(fresh_dsn, SeedOptions(scale=0.1, as_of=AS_OF))  # 1,000 products: 20 chunks
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    log_dir = Path(bronze.uri("products")) / "_delta_log"
+    base = 0
+    if not first_load:
+        bronze.load_direct("products")  # one version, then every row changes: a 20-chunk MERGE
+        query(fresh_dsn, "UPDATE tests.products SET unit_price = unit_price + 1, updated_at = now()")
+        base = bronze.version("products") + 1
+    args = [sys.executable, "-c", CHUNKED_LOAD_SCRIPT, fresh_dsn, str(bronze.root), "products"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (log_dir / f"{base + 2:020d}.json").exists():  # three chunks committed
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    chunks_done = bronze.version("products") + 1 - base
+    assert 3 <= chunks_done < 20, f"the kill must land mid-table ({chunks_done} chunks committed)"
+    frame = bronze.read("products")
+    killed_batch = frame.sort("update_timestamp")["batch_id"][-1]
+    committed = frame.filter(pl.col("batch_id") == killed_batch).height
+    assert committed == chunks_done * 50
+
+    result = bronze.load_direct("products")
+    assert result.resumed_batch_id == killed_batch
+    assert result.rows_skipped_by_checkpoint == committed, "committed chunks are not written again"
+    assert result.inserted + result.updated == 1000 - committed
+    assert result.commits == -(-(1000 - committed) // 50)
+    frame = bronze.read("products")
+    assert frame["product_id"].n_unique() == frame.height == 1000, "no duplicate keys"
+    assert active_hashes(frame, "product_id") == source_hashes(fresh_dsn, "products")
+    checkpoints = read_table(str(bronze.root), CHECKPOINTS).to_pylist()
+    mine = [c for c in checkpoints if c["batch_id"] == killed_batch]
+    assert len(mine) >= chunks_done - 1 and all(c["status"] == "IN_PROGRESS" for c in mine)

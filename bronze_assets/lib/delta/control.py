@@ -230,3 +230,14 @@ def record_load(root: str, load: LoadRecord, storage_options: dict[str, str] | N
         "compute_cost": round(load.seconds / 3600 * rate, 6), "storage_bytes": load.storage_bytes,
         "rows_processed": load.rows_read,
     }], storage_options)
+
+
+def record_checkpoint(root: str, info: Any, job_id: str | None,
+                      storage_options: dict[str, str] | None = None) -> None:
+    """One ``bz_checkpoints`` row for a committed chunk (a ``merge.CommitInfo``)."""
+    append_rows(root, CHECKPOINTS, [{
+        "table_name": info.table, "window": info.window, "batch_id": info.batch_id,
+        "chunk_index": info.chunk, "chunk_count": info.chunks, "rows_committed": info.rows_committed,
+        "delta_version": info.delta_version, "status": COMPLETE if info.complete else IN_PROGRESS,
+        "job_id": job_id,
+    }], storage_options)

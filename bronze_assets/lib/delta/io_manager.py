@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from bronze_assets.lib.delta.control import FAILED, load_record, record_load
+from bronze_assets.lib.delta.control import FAILED, load_record, record_checkpoint, record_load
 from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
@@ -48,14 +49,17 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
             )
         uri = self.table_uri(obj.contract.bronze_table)
+        root = self.storage.resolved_root()
         contract = obj.contract
         load = load_record(contract, context.run_id, obj.ctx.batch_time, rows_read=obj.rows)
         try:
-            result = BronzeMerger(contract, uri, self.storage_options).merge(obj)
+            checkpoint = partial(record_checkpoint, root, job_id=context.run_id,
+                                 storage_options=self.storage_options)
+            result = BronzeMerger(contract, uri, self.storage_options).merge(obj, on_commit=checkpoint)
         except Exception as exc:
             load.status, load.error = FAILED, f"MERGE failed: {type(exc).__name__}: {exc}"
             load.seconds = obj.extract_seconds
-            record_load(self.storage.resolved_root(), load, self.storage_options)
+            record_load(root, load, self.storage_options)
             if isinstance(exc, DuplicateKeyError):  # retrying cannot fix the data
                 raise dg.Failure(str(exc), allow_retries=False) from None
             raise
@@ -70,7 +74,7 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
             "updated": result.updated, "unchanged": result.unchanged, "soft_deleted": result.soft_deleted,
             "delta_version": result.version, "avg_quality_score": result.avg_quality_score,
         })
-        record_load(self.storage.resolved_root(), load, self.storage_options)
+        record_load(root, load, self.storage_options)
         meta: dict[str, object] = {
             "table_uri": dg.MetadataValue.path(uri),
             "batch_id": obj.ctx.batch_id,
@@ -82,6 +86,8 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
             "rows_soft_deleted": result.soft_deleted,
             "rows_forgotten_skipped": result.forgotten_skipped,
             "committed": result.committed,
+            "commits": result.commits,
+            "rows_skipped_by_checkpoint": result.rows_skipped_by_checkpoint,
             "delta_version": result.version if result.version is not None else -1,
             "size_bytes": result.size_bytes,
             "num_files": result.num_files,
@@ -91,6 +97,8 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
         }
         if result.avg_quality_score is not None:
             meta["avg_quality_score"] = result.avg_quality_score
+        if result.resumed_batch_id is not None:
+            meta["resumed_batch_id"] = result.resumed_batch_id
         if obj.watermark is not None:
             meta["watermark"] = obj.watermark.isoformat()
         context.add_output_metadata(meta)

@@ -1,4 +1,5 @@
-"""The bronze MERGE (ARCHITECTURE §2.3) on delta-rs, idempotent and with one commit per load.
+"""The bronze MERGE (ARCHITECTURE §2.3) on delta-rs: idempotent, one commit per load (per chunk
+of ``$BRONZE_COMMIT_CHUNK_ROWS`` rows for large loads, so a killed load keeps its progress).
 
 A load is planned before anything is written: the staged source keys and hashes are joined
 with a narrow index of the target (keys, hash, status, partition value). Only new, changed and
@@ -11,7 +12,10 @@ Delta app transaction, and a retry first re-reads the table to see whether the c
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -39,8 +43,16 @@ OP = "_bronze_op"
 TARGET_PART = "_bronze_target_part"
 BATCH_KEY = "bronze.batch_id"
 WATERMARK_KEY = "bronze.watermark"
+CHUNK_KEY = "bronze.chunk"  # "i/n": commit i of the n a batch is written in
 APP_ID_PREFIX = "bronze_assets/"
 MAX_ATTEMPTS = 4
+ENV_CHUNK_ROWS = "BRONZE_COMMIT_CHUNK_ROWS"
+DEFAULT_CHUNK_ROWS = 1_000_000
+
+
+def commit_chunk_rows() -> int:
+    """Rows per commit of a large load (``$BRONZE_COMMIT_CHUNK_ROWS``, default 1,000,000)."""
+    return max(1, int(os.environ.get(ENV_CHUNK_ROWS) or DEFAULT_CHUNK_ROWS))
 
 
 class DuplicateKeyError(ValueError):
@@ -64,6 +76,9 @@ class MergeResult:
     num_files: int = 0
     merge_seconds: float = 0.0
     avg_quality_score: float | None = None
+    commits: int = 0
+    resumed_batch_id: str | None = None  # an interrupted batch whose committed chunks were kept
+    rows_skipped_by_checkpoint: int = 0  # rows that batch committed, not written again
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,9 +92,30 @@ def open_table(uri: str, storage_options: dict[str, str] | None = None) -> Delta
         return None
 
 
+def _chunk(entry: dict[str, Any]) -> tuple[int, int]:
+    i, n = str(entry.get(CHUNK_KEY, "0/1")).split("/")
+    return int(i), int(n)
+
+
 def committed_batch_ids(dt: DeltaTable, limit: int = 50) -> set[str]:
-    """Batch ids of the most recent commits (to detect a commit that landed before a retry)."""
-    return {str(h[BATCH_KEY]) for h in dt.history(limit) if BATCH_KEY in h}
+    """Batches whose final commit landed (to detect a commit that landed before a retry)."""
+    return {str(h[BATCH_KEY]) for h in dt.history(limit)
+            if BATCH_KEY in h and _chunk(h)[0] == _chunk(h)[1] - 1}
+
+
+def committed_chunks(dt: DeltaTable, batch_id: str, limit: int = 200) -> set[int]:
+    """Chunk indexes of ``batch_id`` already in the table."""
+    return {_chunk(h)[0] for h in dt.history(limit) if h.get(BATCH_KEY) == batch_id}
+
+
+def interrupted_batch(dt: DeltaTable, limit: int = 50) -> str | None:
+    """The batch of the latest commit if it was a non-final chunk (a load killed mid-way)."""
+    for h in dt.history(limit):
+        if BATCH_KEY not in h:
+            continue
+        i, n = _chunk(h)
+        return str(h[BATCH_KEY]) if i < n - 1 else None
+    return None
 
 
 def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None:
@@ -133,8 +169,10 @@ def _sql_literal(value: Any) -> str:
 class BronzeMerger:
     """Merges staged batches of one contract into its ``bz_`` Delta table."""
 
-    def __init__(self, contract: Contract, table_uri: str, storage_options: dict[str, str] | None = None):
+    def __init__(self, contract: Contract, table_uri: str, storage_options: dict[str, str] | None = None,
+                 chunk_rows: int | None = None):
         self.contract = contract
+        self.chunk_rows = chunk_rows or commit_chunk_rows()
         self.uri = table_uri
         self.storage_options = storage_options or {}
         self.schema = bronze_schema(contract)
@@ -151,27 +189,31 @@ class BronzeMerger:
                 f"keys ({', '.join(self.pk)}); nothing was merged. Check the source's primary key."
             )
 
-    def _index(self, dt: DeltaTable) -> pl.DataFrame:
+    def _index(self, dt: DeltaTable, with_batch: bool = False) -> pl.DataFrame:
         cols = [*self.pk, "record_hash", "record_status"] + ([self.part] if self.part else [])
-        frame = pl.from_arrow(read_columns(dt, cols))
+        frame = pl.from_arrow(read_columns(dt, cols + (["batch_id"] if with_batch else [])))
         assert isinstance(frame, pl.DataFrame)
         renames = {"record_hash": "_t_hash", "record_status": "_t_status"}
+        if with_batch:
+            renames["batch_id"] = "_t_batch"
         if self.part:
             renames[self.part] = TARGET_PART
         return frame.rename(renames)
 
     def plan(
-        self, dt: DeltaTable, staged: StagedBatch, backfill_unchanged: bool = False
+        self, dt: DeltaTable, staged: StagedBatch, backfill_unchanged: bool = False,
+        resumed: str | None = None,
     ) -> tuple[pl.DataFrame, MergeResult]:
         """Classify every staged key (insert/update/unchanged) and every vanished key (delete).
 
         ``backfill_unchanged`` rewrites ACTIVE rows whose hash is unchanged too: the load that
         adds a new source column fills it in on existing rows (their hashes do not change).
+        ``resumed`` names an interrupted batch: its committed rows count as skipped.
         """
         src_cols = [*self.pk, "record_hash"] + ([self.part] if self.part else [])
         src = pl.from_arrow(staged.reader().read_all().select(src_cols)) if staged.rows else None
-        index = self._index(dt)
-        result = MergeResult(self.uri, staged.rows)
+        index = self._index(dt, with_batch=resumed is not None)
+        result = MergeResult(self.uri, staged.rows, resumed_batch_id=resumed)
         plans: list[pl.DataFrame] = []
         if src is not None and src.height:
             assert isinstance(src, pl.DataFrame)
@@ -193,6 +235,9 @@ class BronzeMerger:
             result.updated = int(classified.select(changed.sum()).item())
             result.forgotten_skipped = int(classified.select(forgotten.sum()).item())
             result.unchanged = src.height - result.inserted - result.updated - result.forgotten_skipped
+            if resumed is not None:
+                kept = classified.filter(pl.col(OP).is_null() & (pl.col("_t_batch") == resumed))
+                result.rows_skipped_by_checkpoint = kept.height
             plans.append(classified.filter(pl.col(OP).is_not_null()).select([*self.pk, OP, "_route"]))
         keys = None
         if staged.keys_are_rows:
@@ -254,19 +299,29 @@ class BronzeMerger:
             terms.append(f"t.{self.pk[0]} >= {keys.min()} AND t.{self.pk[0]} <= {keys.max()}")
         return " AND ".join(terms)
 
-    def _commit_properties(self, dt: DeltaTable | None, staged: StagedBatch) -> CommitProperties:
+    def _commit_properties(
+        self, dt: DeltaTable | None, staged: StagedBatch, chunk: int = 0, chunks: int = 1
+    ) -> CommitProperties:
         version = ((dt.transaction_version(self.app_id) if dt is not None else None) or 0) + 1
-        meta = {BATCH_KEY: staged.ctx.batch_id, "bronze.window": staged.window, **staged.metadata}
-        if staged.watermark is not None:
+        meta = {BATCH_KEY: staged.ctx.batch_id, CHUNK_KEY: f"{chunk}/{chunks}",
+                "bronze.window": staged.window, **staged.metadata}
+        if staged.watermark is not None and chunk == chunks - 1:  # the batch is complete
             meta[WATERMARK_KEY] = staged.watermark.isoformat()
         return CommitProperties(
             custom_metadata=meta,
             app_transactions=[Transaction(self.app_id, version, int(time.time() * 1000))],
         )
 
-    def merge(self, staged: StagedBatch) -> MergeResult:
-        """Apply §2.3 to the table; retries commit conflicts after re-reading the table."""
+    def merge(self, staged: StagedBatch, on_commit: Callable[[CommitInfo], None] | None = None
+              ) -> MergeResult:
+        """Apply §2.3 to the table; retries commit conflicts after re-reading the table.
+
+        A load of more than ``chunk_rows`` rows commits in chunks (``on_commit`` is told after
+        each). A load killed between chunks keeps what it committed: the next load re-plans
+        against the table, so those rows are unchanged and are not written again.
+        """
         started = time.perf_counter()
+        self._on_commit = on_commit
         for attempt in range(1, MAX_ATTEMPTS + 1):
             dt = open_table(self.uri, self.storage_options)
             if dt is not None and staged.ctx.batch_id in committed_batch_ids(dt):
@@ -290,28 +345,70 @@ class BronzeMerger:
             result.avg_quality_score = round(staged.score_sum / staged.rows, 2)
         return result
 
+    def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
+        dt = open_table(self.uri, self.storage_options)
+        info = CommitInfo(self.contract.bronze_table, staged.ctx.batch_id, staged.window, chunk, chunks,
+                          rows, dt.version() if dt is not None else -1)
+        log.info("%s: committed chunk %d/%d of batch %s (%d rows)", self.uri, chunk + 1, chunks,
+                 staged.ctx.batch_id, rows)
+        if self._on_commit is not None:
+            self._on_commit(info)
+
+    def _staged_chunk(self, staged: StagedBatch, chunk: int) -> Iterator[pa.RecordBatch]:
+        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged file."""
+        lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
+        for batch in staged.batches():
+            end = offset + batch.num_rows
+            if end > lo and offset < hi:
+                yield batch.slice(max(lo - offset, 0), min(hi, end) - max(lo, offset))
+            offset = end
+            if offset >= hi:
+                break
+
     def _create(self, staged: StagedBatch) -> MergeResult:
         if staged.rows:
             keys = pl.from_arrow(staged.reader().read_all().select(self.pk))
             assert isinstance(keys, pl.DataFrame)
             self._refuse_duplicates(keys)
-        write_deltalake(
-            self.uri,
-            pa.RecordBatchReader.from_batches(staged.schema, staged.batches()),
-            partition_by=[self.part] if self.part else None,
-            mode="error",
-            storage_options=self.storage_options or None,
-            writer_properties=writer_properties(self.contract),
-            commit_properties=self._commit_properties(None, staged),
-        )
-        return MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
+        chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
+        result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
+        for chunk in range(chunks):
+            dt = open_table(self.uri, self.storage_options) if chunk else None
+            if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
+                continue  # landed before a commit error: never append it twice
+            write_deltalake(
+                self.uri,
+                pa.RecordBatchReader.from_batches(staged.schema, self._staged_chunk(staged, chunk)),
+                partition_by=[self.part] if self.part else None,
+                mode="append" if chunk else "error",
+                storage_options=self.storage_options or None,
+                writer_properties=writer_properties(self.contract),
+                commit_properties=self._commit_properties(dt, staged, chunk, chunks),
+            )
+            result.commits += 1
+            self._committed(staged, chunk, chunks, min(staged.rows, (chunk + 1) * self.chunk_rows))
+        return result
 
     def _merge(self, dt: DeltaTable, staged: StagedBatch) -> MergeResult:
         target_columns = {f.name for f in dt.schema().to_arrow()}
         backfill = any(n not in target_columns for n in staged.schema.names)
-        plan, result = self.plan(dt, staged, backfill_unchanged=backfill)
+        plan, result = self.plan(dt, staged, backfill_unchanged=backfill, resumed=interrupted_batch(dt))
         if not plan.height:
             return result
+        plan = plan.sort(self.pk)  # chunks are key ranges, so each MERGE predicate stays narrow
+        chunks = max(1, math.ceil(plan.height / self.chunk_rows))
+        for chunk in range(chunks):
+            piece = plan.slice(chunk * self.chunk_rows, self.chunk_rows)
+            if chunk:
+                dt = open_table(self.uri, self.storage_options) or dt
+            self._merge_piece(dt, staged, piece, chunk, chunks)
+            result.commits += 1
+            self._committed(staged, chunk, chunks, min(plan.height, (chunk + 1) * self.chunk_rows))
+        result.committed = True
+        return result
+
+    def _merge_piece(self, dt: DeltaTable, staged: StagedBatch, plan: pl.DataFrame, chunk: int,
+                     chunks: int) -> None:
         extras = [n for n in staged.schema.names if n not in self.schema.names]
         evolve = sorted(set(extras) - {f.name for f in dt.schema().to_arrow()})
         source_cols = self.contract.column_names + extras
@@ -327,7 +424,7 @@ class BronzeMerger:
                 streamed_exec=True,
                 merge_schema=bool(evolve),
                 writer_properties=writer_properties(self.contract),
-                commit_properties=self._commit_properties(dt, staged),
+                commit_properties=self._commit_properties(dt, staged, chunk, chunks),
             )
             .when_matched_update(updates, predicate=f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'")
             .when_matched_update(
@@ -338,8 +435,23 @@ class BronzeMerger:
             .when_not_matched_insert(inserts, predicate=f"s.{OP} = 'I'")
             .execute()
         )
-        result.committed = True
-        return result
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """One committed chunk of a batch (what ``bz_checkpoints`` records)."""
+
+    table: str
+    batch_id: str
+    window: str
+    chunk: int
+    chunks: int
+    rows_committed: int
+    delta_version: int
+
+    @property
+    def complete(self) -> bool:
+        return self.chunk == self.chunks - 1
 
 
 def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:
