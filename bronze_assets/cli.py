@@ -108,5 +108,81 @@ def server_status() -> None:
     click.echo(f"{'running' if srv.is_running else 'stopped'}: {srv.pgdata}")
 
 
+_ROLES = ("analyst", "engineer", "scientist", "operations", "admin")  # = governance.access.Role
+
+
+@main.command("read")
+@click.argument("table")
+@click.option("--role", type=click.Choice(_ROLES), required=True,
+              help="Whose view to show: PII is decrypted, masked or hidden per the access matrix.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows to show (0 = all).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output: aligned text, CSV, or JSON Lines (one object per row).")
+@click.option("--columns", default=None, metavar="A,B,…", help="Only these columns (default: all).")
+def read(table: str, role: str, limit: int, fmt: str, columns: str | None) -> None:
+    """Print bz_<TABLE> as ROLE may see it; every read of a PII table is audited."""
+    from bronze_assets.lib.governance import PiiKeyError, TableNotLoadedError, read_table
+
+    try:
+        cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+        data = read_table(table, role, columns=cols, limit=limit or None)
+    except (KeyError, ValueError, TableNotLoadedError, PiiKeyError) as exc:
+        _fail(str(exc).strip("'\""))
+        return
+    _print_table(data, fmt)
+
+
+def _print_table(data, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    rows = data.to_pylist()
+    if fmt == "json":
+        for row in rows:
+            click.echo(json.dumps(row, default=str))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(data.column_names)
+        writer.writerows([["" if v is None else v for v in r.values()] for r in rows])
+    else:
+        cells = [[("NULL" if v is None else str(v)) for v in r.values()] for r in rows]
+        widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(data.column_names)]
+        click.echo("  ".join(n.ljust(w) for n, w in zip(data.column_names, widths, strict=True)))
+        for c in cells:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+        click.echo(f"({len(rows)} rows)", err=True)
+
+
+@main.command("uc-sql")
+@click.option("--catalog", default="main", show_default=True, help="Unity Catalog catalog of the tables.")
+@click.option("--schema", default="bronze", show_default=True, help="Schema of the bz_* tables.")
+def uc_sql_command(catalog: str, schema: str) -> None:
+    """Print Unity Catalog GRANTs and column masks for the PII access matrix."""
+    from bronze_assets.lib.governance import uc_sql
+
+    click.echo(uc_sql(catalog, schema))
+
+
+@main.command()
+@click.option("--customer-id", type=int, required=True, help="customer_id of the data subject to erase.")
+def forget(customer_id: int) -> None:
+    """GDPR erasure: shred the customer's key, mark bz_customers rows FORGOTTEN, audit it."""
+    from bronze_assets.lib.governance import TableNotLoadedError, forget_subject
+
+    try:
+        result = forget_subject("customers", customer_id)
+    except TableNotLoadedError as exc:
+        _fail(str(exc))
+        return
+    click.echo(
+        f"customer {customer_id}: {result.rows_forgotten} row(s) of {result.table} FORGOTTEN "
+        f"(version {result.version}); {result.keys_shredded} key(s) shredded; audit row written"
+    )
+    if not result.rows_forgotten:
+        click.echo(f"note: {result.table} has no row for customer {customer_id}; its key is tombstoned, "
+                   f"so a later load stores its personal data as NULL", err=True)
+
+
 if __name__ == "__main__":
     main()

@@ -157,7 +157,9 @@ class Contract:
     zorder_columns: tuple[str, ...]
     quality: QualityRules = field(default_factory=QualityRules)
     foreign_keys: tuple[ForeignKey, ...] = ()
-    pii_columns: tuple[str, ...] = ()
+    pii_columns: tuple[str, ...] = ()  # personal data, access-controlled (lib/governance/access.py)
+    encrypted_columns: tuple[str, ...] = ()  # PII stored as per-subject AEAD ciphertext
+    data_subject: str | None = None  # column naming the person a row is about (erasure, keys)
     seed_rows: int = 0
     version: str = "1"
 
@@ -179,9 +181,24 @@ class Contract:
         ]
         if self.partitioning.business_date_column:
             referenced.append(self.partitioning.business_date_column)
+        referenced += [*self.encrypted_columns, *([self.data_subject] if self.data_subject else [])]
         unknown = sorted(set(referenced) - set(names))
         if unknown:
             raise ValueError(f"contract {self.name}: rules name unknown columns {unknown}")
+        self._check_encryption()
+
+    def _check_encryption(self) -> None:
+        if not self.encrypted_columns:
+            return
+        if not set(self.encrypted_columns) <= set(self.pii_columns):
+            raise ValueError(f"contract {self.name}: encrypted_columns must also be pii_columns")
+        if self.data_subject is None or self.data_subject in self.encrypted_columns:
+            raise ValueError(
+                f"contract {self.name}: encrypted_columns need a data_subject column (kept in clear)"
+            )
+        not_text = [c for c in self.encrypted_columns if self.column(c).type is not PgType.TEXT]
+        if not_text:
+            raise ValueError(f"contract {self.name}: only text columns can be encrypted, not {not_text}")
 
     @property
     def column_names(self) -> list[str]:

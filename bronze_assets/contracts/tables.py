@@ -235,6 +235,8 @@ CUSTOMERS = Contract(
         formats=(RegexRule("email", EMAIL_PATTERN),),
     ),
     pii_columns=("customer_name", "email"),
+    encrypted_columns=("customer_name", "email"),
+    data_subject="customer_id",
     seed_rows=25_000,
 )
 

@@ -23,6 +23,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
 from bronze_assets.settings import SOURCE_SCHEMA
 
@@ -103,7 +104,7 @@ def append_rows(
             if f.type == TS and row.get(f.name) is None and f.name not in ("end_timestamp",):
                 row[f.name] = now
             if pa.types.is_string(f.type) and isinstance(row.get(f.name), str):
-                row[f.name] = redact(row[f.name], None)
+                row[f.name] = redact_secrets(redact(row[f.name], None))
         filled.append(row)
     data = pa.Table.from_pylist(filled, schema=schema)
     for attempt in range(1, 6):  # concurrent appends from parallel steps may race for a version

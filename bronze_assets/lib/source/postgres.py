@@ -13,8 +13,12 @@ class SourceConnectionError(RuntimeError):
 
 
 def resolve_source_dsn(dsn: str | None = None) -> str:
-    """The DSN to use: ``dsn`` if given, else ``$BRONZE_SOURCE_DSN``, else the embedded server."""
-    dsn = dsn or source_dsn_from_env()
+    """The DSN to use: ``dsn`` if given, else ``$BRONZE_SOURCE_DSN``, else the secret
+    ``KConnectionString`` (with ``KUser``/``KPassword`` filled in when given separately; see
+    :mod:`bronze_assets.lib.secrets`), else the embedded server."""
+    from bronze_assets.lib.secrets import source_dsn_from_secrets
+
+    dsn = dsn or source_dsn_from_env() or source_dsn_from_secrets()
     if dsn:
         return dsn
     from bronze_assets.lib.source.embedded import embedded_server

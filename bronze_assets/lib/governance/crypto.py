@@ -1,0 +1,123 @@
+"""AES-256-GCM primitives for PII: the master key (KEK), key wrapping and value ciphertext.
+
+A value is stored as ``enc:v1:`` + base64(nonce ‖ ciphertext ‖ tag). The associated data binds
+it to its bronze table, column and data subject, so a ciphertext copied to another row, column
+or table does not decrypt. Data keys (one per data subject) are wrapped under the master key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bronze_assets.lib.secrets import K_PII_MASTER_KEY, get_secret, register_secret
+from bronze_assets.settings import data_dir
+
+log = logging.getLogger(__name__)
+
+PREFIX = "enc:v1:"
+NONCE_BYTES = 12
+KEY_BYTES = 32
+MASTER_KEY_FILE = ("secrets", "pii_master.key")
+
+
+class PiiKeyError(RuntimeError):
+    """The PII master key is missing, malformed, or not the one the key store was written with."""
+
+
+def master_key_path() -> Path:
+    """Where a laptop's generated master key lives: ``$BRONZE_DATA_DIR/secrets/pii_master.key``."""
+    return data_dir().joinpath(*MASTER_KEY_FILE)
+
+
+def _decode(value: str, source: str) -> bytes:
+    try:
+        key = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise PiiKeyError(
+            f"the PII master key from {source} is not base64 of {KEY_BYTES} bytes; generate one with "
+            f"python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\""
+        )
+    return key
+
+
+def master_key(create: bool = True) -> bytes:
+    """The KEK: secret ``KPiiMasterKey``, else the local key file (generated once if ``create``)."""
+    value = get_secret(K_PII_MASTER_KEY)
+    if value:
+        return _decode(value, f"secret {K_PII_MASTER_KEY}")
+    path = master_key_path()
+    if not path.exists():
+        if not create:
+            raise PiiKeyError(
+                f"no PII master key: secret {K_PII_MASTER_KEY} is not set and {path} does not exist. "
+                f"Set {K_PII_MASTER_KEY} (env, Databricks secret scope or Azure Key Vault) to the key "
+                f"the bronze tables were encrypted with."
+            )
+        _generate(path)
+    text = path.read_text().strip()
+    register_secret(text)
+    return _decode(text, str(path))
+
+
+def _generate(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process generated it first
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    register_secret(text)
+    log.warning(
+        "no %s configured: generated a local PII master key in %s (mode 0600). Back it up — without "
+        "it encrypted PII cannot be read; in production set %s in the secret provider instead.",
+        K_PII_MASTER_KEY, path, K_PII_MASTER_KEY,
+    )
+
+
+def kek_id(key: bytes) -> str:
+    """A non-secret fingerprint of a master key (stored with each wrapped key)."""
+    return hashlib.sha256(b"bronze-pii-kek\x00" + key).hexdigest()[:16]
+
+
+def aad(table: str, column: str, subject_id: str) -> bytes:
+    """Associated data binding a ciphertext to its table, column and data subject."""
+    return f"{table}\x1f{column}\x1f{subject_id}".encode()
+
+
+def wrap_key(kek: AESGCM, data_key: bytes, context: bytes) -> bytes:
+    """``nonce ‖ AES-GCM(data_key)`` under the master key, bound to ``context``."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + kek.encrypt(nonce, data_key, context)
+
+
+def unwrap_key(kek: AESGCM, wrapped: bytes, context: bytes) -> bytes:
+    """Inverse of :func:`wrap_key`; raises ``InvalidTag`` for a wrong key or context."""
+    return kek.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], context)
+
+
+def encrypt_value(key: AESGCM, plaintext: str, associated: bytes, nonce: bytes | None = None) -> str:
+    """Ciphertext string of ``plaintext`` (a fresh random nonce unless one is given)."""
+    nonce = nonce or os.urandom(NONCE_BYTES)
+    sealed = key.encrypt(nonce, plaintext.encode(), associated)
+    return PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
+
+
+def is_ciphertext(value: str | None) -> bool:
+    return value is not None and value.startswith(PREFIX)
+
+
+def decrypt_value(key: AESGCM, token: str, associated: bytes) -> str:
+    """Plaintext of a :func:`encrypt_value` string; raises ``InvalidTag`` if key or AAD differ."""
+    raw = base64.b64decode(token[len(PREFIX):])
+    return key.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], associated).decode()

@@ -1,0 +1,75 @@
+"""GDPR erasure of one data subject: shred its key, mark its rows FORGOTTEN, audit it.
+
+1. The subject's data key is destroyed in ``bz_pii_keys`` (tombstone kept, key-store files
+   vacuumed): its ciphertext in the current and every retained older version of the bronze
+   table becomes unreadable at once, and later loads encrypt it to NULL.
+2. ``record_status = 'FORGOTTEN'`` and the PII columns are set to NULL in the current version;
+   the MERGE never updates a FORGOTTEN row, so later loads never bring the data back.
+3. One ``ERASURE`` row goes to ``bz_audit_log``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from bronze_assets.contracts import Contract, get_contract
+from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.enrich.metadata import FORGOTTEN
+from bronze_assets.lib.governance.keystore import KeyStore
+from bronze_assets.lib.governance.reader import open_bronze
+from bronze_assets.settings import bronze_root
+
+ERASURE = "ERASURE"
+
+
+@dataclass
+class ErasureResult:
+    table: str
+    subject_id: str
+    rows_forgotten: int
+    keys_shredded: int
+    key_files_vacuumed: int
+    version: int
+
+
+def _literal(value: int | str) -> str:
+    return str(int(value)) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+def forget_subject(
+    contract: Contract | str,
+    subject_id: int | str,
+    root: str | None = None,
+    storage_options: dict[str, str] | None = None,
+    job_id: str | None = None,
+) -> ErasureResult:
+    """Erase data subject ``subject_id`` of ``contract`` (e.g. ``("customers", 42)``)."""
+    contract = get_contract(contract) if isinstance(contract, str) else contract
+    if contract.data_subject is None:
+        raise ValueError(
+            f"{contract.bronze_table} has no data subject: erasure is defined for tables whose contract "
+            f"sets data_subject (e.g. customers)"
+        )
+    root = root or bronze_root()
+    dt = open_bronze(contract, root, storage_options)
+    with audited(root, contract.bronze_table, ERASURE, job_id, storage_options) as entry:
+        shred = KeyStore(root, storage_options).forget(contract.name, [str(subject_id)])
+        subject_type = contract.column(contract.data_subject).type.value
+        value = _literal(int(subject_id) if subject_type in ("integer", "bigint") else str(subject_id))
+        updates = {c: "NULL" for c in contract.pii_columns}
+        updates |= {
+            "record_status": f"'{FORGOTTEN}'",
+            "update_timestamp": f"CAST('{datetime.now(UTC).isoformat()}' AS TIMESTAMP)",
+            "batch_id": f"'{uuid.uuid4()}'",
+        }
+        metrics = dt.update(updates=updates, predicate=f"{contract.data_subject} = {value}")
+        result = ErasureResult(
+            contract.bronze_table, str(subject_id), int(metrics.get("num_updated_rows", 0)),
+            shred.keys_shredded, shred.files_vacuumed, dt.version(),
+        )
+        entry.records_affected = result.rows_forgotten
+        entry.details = json.dumps({"subject_column": contract.data_subject} | asdict(result))
+    return result

@@ -1,0 +1,181 @@
+"""``bz_pii_keys``: one AES-256 data key per data subject, wrapped under the master key.
+
+Rows: (subject_type, subject_id, wrapped_key, kek_id, created_at, forgotten_at). Erasure sets
+``wrapped_key`` to NULL and ``forgotten_at`` (a tombstone, so later loads encrypt that subject
+to NULL), then VACUUMs this table with zero retention: the files that held the old key are
+deleted, so no retained version of any bronze table can be decrypted for that subject again.
+Only column statistics of the identifying columns are kept in the Delta log (never key bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+import pyarrow as pa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from bronze_assets.lib.governance.crypto import (
+    KEY_BYTES,
+    PiiKeyError,
+    kek_id,
+    master_key,
+    unwrap_key,
+    wrap_key,
+)
+from bronze_assets.settings import bronze_root
+
+KEY_STORE = "bz_pii_keys"
+TS = pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema([
+    ("subject_type", pa.string()), ("subject_id", pa.string()), ("wrapped_key", pa.binary()),
+    ("kek_id", pa.string()), ("created_at", TS), ("forgotten_at", TS),
+])
+CONFIGURATION = {"delta.dataSkippingStatsColumns": "subject_type,subject_id,created_at,forgotten_at"}
+MATCH = "t.subject_type = s.subject_type AND t.subject_id = s.subject_id"
+MAX_ATTEMPTS = 5
+
+
+@dataclass
+class SubjectKeys:
+    """Data keys of some subjects of one subject type; ``forgotten`` subjects have none."""
+
+    keys: dict[str, AESGCM] = field(default_factory=dict)
+    forgotten: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ShredResult:
+    keys_shredded: int
+    tombstones_added: int
+    files_vacuumed: int
+
+
+def _context(subject_type: str, subject_id: str) -> bytes:
+    return f"{KEY_STORE}\x1f{subject_type}\x1f{subject_id}".encode()
+
+
+class KeyStore:
+    """The key table under a bronze root."""
+
+    def __init__(self, root: str | None = None, storage_options: dict[str, str] | None = None) -> None:
+        self.uri = f"{root or bronze_root()}/{KEY_STORE}"
+        self.storage_options = storage_options or None
+
+    def _open(self) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.uri, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def rows(self, subject_type: str, subject_ids: Iterable[str] | None = None) -> pl.DataFrame:
+        """Key rows of ``subject_type`` (only ``subject_ids`` if given)."""
+        dt = self._open()
+        if dt is None:
+            return pl.from_arrow(SCHEMA.empty_table())  # type: ignore[return-value]
+        frame = pl.from_arrow(dt.to_pyarrow_table(filters=[("subject_type", "=", subject_type)]))
+        assert isinstance(frame, pl.DataFrame)
+        if subject_ids is not None:
+            wanted = pl.DataFrame({"subject_id": list(subject_ids)}, schema={"subject_id": pl.Utf8})
+            frame = frame.join(wanted, on="subject_id", how="semi")
+        return frame
+
+    def keys_for(self, subject_type: str, subject_ids: Iterable[str], create: bool = True) -> SubjectKeys:
+        """Data keys of ``subject_ids``; with ``create``, missing keys are made in one commit."""
+        wanted = set(subject_ids)
+        rows = self.rows(subject_type, wanted)
+        missing = wanted - set(rows.get_column("subject_id").to_list())
+        if create and missing:
+            self._create(subject_type, sorted(missing))
+            rows = self.rows(subject_type, wanted)
+        result = SubjectKeys(forgotten=set(rows.filter(pl.col("forgotten_at").is_not_null())["subject_id"]))
+        live = rows.filter(pl.col("forgotten_at").is_null() & pl.col("wrapped_key").is_not_null())
+        if not live.height:
+            return result
+        kek_bytes = master_key(create=create)
+        expected = kek_id(kek_bytes)
+        others = set(live.get_column("kek_id").unique().to_list()) - {expected}
+        if others:
+            raise PiiKeyError(
+                f"{self.uri} holds keys wrapped under master key {sorted(others)} but the configured "
+                f"KPiiMasterKey is {expected}. Configure the master key the keys were created with."
+            )
+        kek = AESGCM(kek_bytes)
+        for sid, wrapped in zip(live["subject_id"].to_list(), live["wrapped_key"].to_list(), strict=True):
+            try:
+                result.keys[sid] = AESGCM(unwrap_key(kek, wrapped, _context(subject_type, sid)))
+            except InvalidTag:
+                raise PiiKeyError(f"{self.uri}: the key of {subject_type} {sid} does not unwrap") from None
+        return result
+
+    def _create(self, subject_type: str, subject_ids: list[str]) -> None:
+        kek_bytes = master_key(create=True)
+        kek, kid = AESGCM(kek_bytes), kek_id(kek_bytes)
+        material = os.urandom(KEY_BYTES * len(subject_ids))
+        wrapped = [
+            wrap_key(kek, material[i * KEY_BYTES:(i + 1) * KEY_BYTES], _context(subject_type, sid))
+            for i, sid in enumerate(subject_ids)
+        ]
+        n = len(subject_ids)
+        table = pa.table({
+            "subject_type": pa.array([subject_type] * n, pa.string()),
+            "subject_id": pa.array(subject_ids, pa.string()),
+            "wrapped_key": pa.array(wrapped, pa.binary()),
+            "kek_id": pa.array([kid] * n, pa.string()),
+            "created_at": pa.array([datetime.now(UTC)] * n, TS),
+            "forgotten_at": pa.nulls(n, TS),
+        })
+        self._commit(lambda dt: dt.merge(
+            table, predicate=MATCH, source_alias="s", target_alias="t",
+        ).when_not_matched_insert_all().execute(), table)
+
+    def _commit(self, merge, table: pa.Table) -> None:  # type: ignore[no-untyped-def]
+        """Create the table with ``table`` or run ``merge`` on it; retry concurrent commits."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            dt = self._open()
+            try:
+                if dt is None:
+                    write_deltalake(self.uri, table, mode="error", configuration=CONFIGURATION,
+                                    storage_options=self.storage_options)
+                else:
+                    merge(dt)
+                return
+            except (CommitFailedError, DeltaError) as exc:
+                text = str(exc).lower()
+                retry = isinstance(exc, CommitFailedError) or "exists" in text or "concurrent" in text
+                if attempt == MAX_ATTEMPTS or not retry:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+
+    def forget(self, subject_type: str, subject_ids: Iterable[str]) -> ShredResult:
+        """Destroy the keys of ``subject_ids`` (tombstones stay) and vacuum the old key files."""
+        ids = sorted(set(subject_ids))
+        existing = self.rows(subject_type, ids)
+        shredded = existing.filter(pl.col("wrapped_key").is_not_null()).height
+        n = len(ids)
+        now = datetime.now(UTC)
+        tombstones = pa.table({
+            "subject_type": pa.array([subject_type] * n, pa.string()),
+            "subject_id": pa.array(ids, pa.string()),
+            "wrapped_key": pa.nulls(n, pa.binary()),
+            "kek_id": pa.nulls(n, pa.string()),
+            "created_at": pa.array([now] * n, TS),
+            "forgotten_at": pa.array([now] * n, TS),
+        })
+        self._commit(lambda dt: dt.merge(
+            tombstones, predicate=MATCH, source_alias="s", target_alias="t",
+        ).when_matched_update(
+            {"wrapped_key": "NULL", "kek_id": "NULL", "forgotten_at": "s.forgotten_at"},
+            predicate="t.forgotten_at IS NULL OR t.wrapped_key IS NOT NULL",
+        ).when_not_matched_insert_all().execute(), tombstones)
+        dt = self._open()
+        assert dt is not None
+        removed = dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+        return ShredResult(shredded, n - existing.height, len(removed))

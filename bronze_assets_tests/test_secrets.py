@@ -1,0 +1,227 @@
+"""Secret provider chain, redaction of secrets in text and logs, and source DSN resolution.
+
+The only test doubles are the Databricks ``dbutils`` and the Azure Key Vault ``SecretClient``
+(no workspace or vault in CI); everything else is real: environment, logging, ADBC connect.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bronze_assets.lib import secrets
+from bronze_assets.lib.secrets import (
+    AzureKeyVaultProvider,
+    DatabricksSecretProvider,
+    EnvProvider,
+    SecretError,
+    SecretRedactionFilter,
+    get_secret,
+    install_log_redaction,
+    key_vault_name,
+    redact_secrets,
+    require_secret,
+)
+from bronze_assets.lib.source.postgres import SourceConnectionError, connect, resolve_source_dsn
+
+PLANTED = "pl4nted-S3cret/value@x"
+SECRET_ENV = ("KConnectionString", "KUser", "KPassword", "KPiiMasterKey", "BRONZE_SECRET_KPassword",
+              "BRONZE_SECRET_KPASSWORD", "BRONZE_SECRET_SCOPE", "BRONZE_KEY_VAULT_URL",
+              "DATABRICKS_RUNTIME_VERSION")
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    secrets.clear_registry()
+    secrets.clear_cache()
+    yield
+    secrets.clear_registry()
+    secrets.clear_cache()
+
+
+class FakeDbutils:
+    """Stands in for Databricks' dbutils (test double: no workspace in CI)."""
+
+    def __init__(self, values: dict[str, str], error: Exception | None = None) -> None:
+        self.values, self.error, self.calls = values, error, []
+        self.secrets = self
+
+    def get(self, scope: str, key: str) -> str:
+        self.calls.append((scope, key))
+        if self.error:
+            raise self.error
+        if key not in self.values:
+            raise RuntimeError(f"IllegalArgumentException: Secret does not exist with scope: {scope} "
+                               f"and key: {key}")
+        return self.values[key]
+
+
+class ResourceNotFoundError(Exception):
+    """Same name as azure.core.exceptions.ResourceNotFoundError."""
+
+
+class FakeSecretClient:
+    """Stands in for azure.keyvault.secrets.SecretClient (test double: no vault in CI)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values, self.calls = values, []
+
+    def get_secret(self, name: str) -> Any:
+        self.calls.append(name)
+        if name not in self.values:
+            raise ResourceNotFoundError(name)
+        return type("Secret", (), {"value": self.values[name]})()
+
+
+def test_chain_order_env_then_databricks_then_key_vault(monkeypatch: pytest.MonkeyPatch) -> None:
+    dbutils = FakeDbutils({"KUser": "dbx-user", "KPassword": "dbx-pass"})
+    vault = FakeSecretClient({"KUser": "kv-user", "KPassword": "kv-pass", "KConnectionString": "kv-conn",
+                              "BRONZE-EXTRA-NAME": "kv-extra"})
+    chain = [EnvProvider(), DatabricksSecretProvider("bronze", dbutils),
+             AzureKeyVaultProvider("https://v", vault)]
+    monkeypatch.setenv("KUser", "env-user")
+    assert get_secret("KUser", chain) == "env-user"
+    assert get_secret("KPassword", chain) == "dbx-pass"
+    assert get_secret("KConnectionString", chain) == "kv-conn"
+    assert get_secret("BRONZE_EXTRA_NAME", chain) == "kv-extra"  # Key Vault names cannot hold '_'
+    assert get_secret("KMissing", chain) is None
+    assert ("bronze", "KPassword") in dbutils.calls and "KUser" not in vault.calls
+    with pytest.raises(SecretError, match=r"'KMissing' not found \(looked in: environment, Databricks"):
+        require_secret("KMissing", chain)
+
+
+def test_env_prefixed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_SECRET_KPASSWORD", "upper")
+    assert get_secret("KPassword", [EnvProvider()]) == "upper"
+    monkeypatch.setenv("BRONZE_SECRET_KPassword", "prefixed")
+    assert get_secret("KPassword", [EnvProvider()]) == "prefixed"
+    monkeypatch.setenv("KPassword", "direct")
+    assert get_secret("KPassword", [EnvProvider()]) == "direct"
+
+
+def test_default_chain_depends_on_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [type(p) for p in secrets.default_providers()] == [EnvProvider]
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    monkeypatch.setenv("BRONZE_SECRET_SCOPE", "prod-scope")
+    monkeypatch.setenv("BRONZE_KEY_VAULT_URL", "https://my-vault.vault.azure.net/")
+    chain = secrets.default_providers()
+    assert [type(p) for p in chain] == [EnvProvider, DatabricksSecretProvider, AzureKeyVaultProvider]
+    assert chain[1].scope == "prod-scope" and chain[2].vault_url == "https://my-vault.vault.azure.net/"
+    assert key_vault_name("BRONZE_SECRET_X") == "BRONZE-SECRET-X"
+    assert key_vault_name("KPassword") == "KPassword"
+
+
+def test_provider_errors_never_carry_the_value() -> None:
+    failing = DatabricksSecretProvider("s", FakeDbutils({}, PermissionError(f"denied {PLANTED}")))
+    with pytest.raises(SecretError) as info:
+        get_secret("KPassword", [failing])
+    assert PLANTED not in str(info.value) and "READ on it" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.skipif(importlib.util.find_spec("azure") is not None, reason="the azure extra is installed")
+def test_key_vault_without_the_extra_names_it() -> None:
+    with pytest.raises(SecretError, match=r"bronze_assets\[azure\]"):
+        AzureKeyVaultProvider("https://v.vault.azure.net").get("KPassword")
+
+
+def test_redact_secrets_masks_every_fetched_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert redact_secrets(f"before {PLANTED}") == f"before {PLANTED}"  # not fetched yet
+    monkeypatch.setenv("KPassword", PLANTED)
+    assert get_secret("KPassword") == PLANTED
+    text = f"connect failed for {PLANTED}; uri postgresql://u:pl4nted-S3cret%2Fvalue%40x@h/DE"
+    redacted = redact_secrets(text)
+    assert PLANTED not in redacted and "pl4nted" not in redacted
+    assert redacted.startswith("connect failed for ***;")
+
+
+def test_logging_filter_masks_messages_args_and_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KPassword", PLANTED)
+    get_secret("KPassword")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(SecretRedactionFilter())
+    logger = logging.getLogger("bronze_test_secrets")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("password is %s", PLANTED)
+        logger.warning(f"inline {PLANTED}")
+        try:
+            raise RuntimeError(f"boom {PLANTED}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert PLANTED not in out
+    assert "password is ***" in out and "inline ***" in out and "RuntimeError: boom ***" in out
+
+
+def test_install_log_redaction_covers_handlers_added_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secrets, "_installed", False)
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())  # restored after
+    install_log_redaction()
+    monkeypatch.setenv("KPassword", PLANTED)
+    get_secret("KPassword")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)  # added after installation, no filter of its own
+    logger = logging.getLogger("bronze_test_secrets_late")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("dsn=%s", f"postgresql://u:{PLANTED}@h/DE")
+    finally:
+        logger.removeHandler(handler)
+    assert PLANTED not in stream.getvalue() and "postgresql://u:***@h/DE" in stream.getvalue()
+
+
+def test_resolve_source_dsn_from_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KConnectionString", "postgresql://db.example:5432/DE?sslmode=require")
+    monkeypatch.setenv("KUser", "loader")
+    monkeypatch.setenv("KPassword", "p@ss:w/rd")
+    dsn = resolve_source_dsn()
+    assert dsn == "postgresql://loader:p%40ss%3Aw%2Frd@db.example:5432/DE?sslmode=require"
+    assert "p%40ss" not in redact_secrets(f"using {dsn}") and "p@ss:w/rd" not in redact_secrets(dsn)
+    # explicit and $BRONZE_SOURCE_DSN come first
+    assert resolve_source_dsn("postgresql://x@h/db") == "postgresql://x@h/db"
+    monkeypatch.setenv("BRONZE_SOURCE_DSN", "postgresql://env@h/db")
+    assert resolve_source_dsn() == "postgresql://env@h/db"
+
+
+@pytest.mark.parametrize(("conn", "expected"), [
+    ("jdbc:postgresql://db:5432/DE", "postgresql://loader:pw1x@db:5432/DE"),
+    ("postgresql://old:oldpw@db/DE", "postgresql://loader:pw1x@db/DE"),
+    ("Server=db.postgres.database.azure.com;Database=DE;Port=5432;Ssl Mode=Require;",
+     "postgresql://loader:pw1x@db.postgres.database.azure.com:5432/DE?sslmode=Require"),
+    ("host=db dbname=DE", "host=db dbname=DE user='loader' password='pw1x'"),
+])
+def test_connection_string_forms(monkeypatch: pytest.MonkeyPatch, conn: str, expected: str) -> None:
+    monkeypatch.setenv("KConnectionString", conn)
+    monkeypatch.setenv("KUser", "loader")
+    monkeypatch.setenv("KPassword", "pw1x")
+    assert resolve_source_dsn() == expected
+
+
+def test_ado_string_with_its_own_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KConnectionString", "Host=db;Database=DE;Username=app;Password=a;b=c")
+    assert resolve_source_dsn() == "postgresql://app:a@db/DE"
+
+
+def test_connection_error_from_secret_dsn_hides_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KConnectionString", "postgresql://127.0.0.1:1/DE?connect_timeout=2")
+    monkeypatch.setenv("KUser", "loader")
+    monkeypatch.setenv("KPassword", PLANTED)
+    dsn = resolve_source_dsn()
+    with pytest.raises(SourceConnectionError) as info:
+        connect(dsn)
+    assert PLANTED not in str(info.value) and "pl4nted" not in str(info.value)
+    assert "host=127.0.0.1" in str(info.value)
