@@ -36,6 +36,8 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema
+from bronze_assets.lib.governance.keystore import SubjectKeys
+from bronze_assets.lib.governance.pii import PiiCipher
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,9 @@ class BronzeMerger:
         self.pk = list(contract.primary_key)
         self.part = contract.partitioning.delta_column
         self.app_id = APP_ID_PREFIX + contract.bronze_table
+        self.cipher = (PiiCipher(contract, table_uri.rsplit("/", 1)[0], storage_options)
+                       if contract.encrypted_columns else None)
+        self._keys: SubjectKeys | None = None
 
     # ------------------------------------------------------------------ planning
     def _refuse_duplicates(self, keys: pl.DataFrame) -> None:
@@ -272,7 +277,7 @@ class BronzeMerger:
                         continue
                     if self.part:
                         hit = hit.with_columns(pl.col("_route").alias(self.part))
-                    yield _to_batch(hit, schema)
+                    yield self._protect(_to_batch(hit, schema))
             if deletes.height:
                 frame = deletes.with_columns(
                     pl.lit(ctx.batch_time).cast(pl.Datetime("us", "UTC")).alias("update_timestamp"),
@@ -354,22 +359,34 @@ class BronzeMerger:
         if self._on_commit is not None:
             self._on_commit(info)
 
+    def _prepare_keys(self, subjects: pl.Series) -> None:
+        """Create/load the data keys of every subject about to be written (one key-store commit)."""
+        if self.cipher is not None:
+            self._keys = self.cipher.prepare(subjects.drop_nulls().unique().to_list())
+
+    def _protect(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Encrypt the contract's PII columns (hash and score were computed on plaintext)."""
+        return batch if self.cipher is None else self.cipher.encrypt(batch, self._keys)
+
     def _staged_chunk(self, staged: StagedBatch, chunk: int) -> Iterator[pa.RecordBatch]:
         """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged file."""
         lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
         for batch in staged.batches():
             end = offset + batch.num_rows
             if end > lo and offset < hi:
-                yield batch.slice(max(lo - offset, 0), min(hi, end) - max(lo, offset))
+                yield self._protect(batch.slice(max(lo - offset, 0), min(hi, end) - max(lo, offset)))
             offset = end
             if offset >= hi:
                 break
 
     def _create(self, staged: StagedBatch) -> MergeResult:
         if staged.rows:
-            keys = pl.from_arrow(staged.reader().read_all().select(self.pk))
+            subject = [self.contract.data_subject] if self.cipher is not None else []
+            keys = pl.from_arrow(staged.reader().read_all().select(list(dict.fromkeys(self.pk + subject))))
             assert isinstance(keys, pl.DataFrame)
             self._refuse_duplicates(keys)
+            if subject:
+                self._prepare_keys(keys.get_column(subject[0]))
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
         for chunk in range(chunks):
@@ -396,6 +413,8 @@ class BronzeMerger:
         if not plan.height:
             return result
         plan = plan.sort(self.pk)  # chunks are key ranges, so each MERGE predicate stays narrow
+        if self.cipher is not None:  # the data subject is the key of every PII table we have
+            self._prepare_keys(plan.filter(pl.col(OP) != "D").get_column(self._subject_in_plan()))
         chunks = max(1, math.ceil(plan.height / self.chunk_rows))
         for chunk in range(chunks):
             piece = plan.slice(chunk * self.chunk_rows, self.chunk_rows)
@@ -406,6 +425,13 @@ class BronzeMerger:
             self._committed(staged, chunk, chunks, min(plan.height, (chunk + 1) * self.chunk_rows))
         result.committed = True
         return result
+
+    def _subject_in_plan(self) -> str:
+        subject = self.contract.data_subject
+        if subject not in self.pk:
+            raise ValueError(f"{self.contract.bronze_table}: the data subject {subject} must be the "
+                             f"primary key to encrypt during a MERGE")
+        return str(subject)
 
     def _merge_piece(self, dt: DeltaTable, staged: StagedBatch, plan: pl.DataFrame, chunk: int,
                      chunks: int) -> None:
