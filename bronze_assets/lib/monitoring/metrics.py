@@ -1,0 +1,143 @@
+"""Monitoring figures computed from the control tables (``bz_audit_log``, ``bz_data_lineage``,
+``bz_cost_tracking``) plus the run counts the caller reads from the Dagster instance.
+
+* throughput = Σ records_processed / Σ processing_duration_seconds · 60 (lineage): the rate the
+  loads achieve while running, not records per wall-clock minute;
+* error rate = FAILED / (SUCCESS + FAILED) over the ``LOAD`` rows of the audit log;
+* quality = ``avg_quality_score`` from the audit row's ``details`` JSON (latest per table);
+* storage = latest ``storage_bytes`` per table; cost = Σ ``compute_cost``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from bronze_assets.lib.delta import control
+
+LOAD_OPERATION = "LOAD"
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """Dagster run counts for the report window (read from the instance by the caller)."""
+
+    active: int = 0
+    failed: int = 0
+    succeeded: int = 0
+
+
+@dataclass
+class Frames:
+    """The control-table rows the report uses, one tidy frame each (``at`` = UTC timestamp)."""
+
+    loads: pl.DataFrame  # table_name, at, status, records, quality
+    lineage: pl.DataFrame  # table_name, at, records, seconds, rpm
+    cost: pl.DataFrame  # table_name, at, storage_bytes, compute_cost
+
+
+def load_frames(
+    root: str, since: datetime | None = None, storage_options: dict[str, str] | None = None,
+) -> Frames:
+    """Read the three control tables under ``root`` (rows at or after ``since`` when given)."""
+
+    def read(table: str) -> pl.DataFrame:
+        return pl.from_arrow(control.read_table(root, table, storage_options))  # type: ignore[return-value]
+
+    audit = read(control.AUDIT_LOG).filter(pl.col("operation_type") == LOAD_OPERATION)
+    loads = audit.select(
+        "table_name",
+        pl.coalesce("end_timestamp", "start_timestamp").alias("at"),
+        "status",
+        pl.col("records_affected").fill_null(0).alias("records"),
+        pl.Series("quality", [_quality(d) for d in audit["details"].to_list()], dtype=pl.Float64),
+    )
+    lineage = read(control.LINEAGE).select(
+        pl.col("target_table").alias("table_name"),
+        pl.col("processing_timestamp").alias("at"),
+        pl.col("records_processed").fill_null(0).alias("records"),
+        pl.col("processing_duration_seconds").alias("seconds"),
+    ).with_columns(
+        pl.when(pl.col("seconds") > 0).then(pl.col("records") / pl.col("seconds") * 60).alias("rpm"),
+    )
+    cost = read(control.COST_TRACKING).select(
+        "table_name", pl.col("recorded_at").alias("at"), "storage_bytes", "compute_cost",
+    )
+    frames = [f.sort("at") for f in (loads, lineage, cost)]
+    if since is not None:
+        frames = [f.filter(pl.col("at") >= since) for f in frames]
+    return Frames(*frames)
+
+
+def _quality(details: str | None) -> float | None:
+    if not details:
+        return None
+    try:
+        value = json.loads(details).get("avg_quality_score")
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _finished(loads: pl.DataFrame) -> pl.DataFrame:
+    return loads.filter(pl.col("status").is_in([control.SUCCESS, control.FAILED]))
+
+
+def headline(frames: Frames, runs: RunStats | None = None) -> dict[str, float | int | None]:
+    """The headline numbers (None where there is no data yet)."""
+    lin, finished = frames.lineage, _finished(frames.loads)
+    seconds = float(lin["seconds"].sum() or 0)
+    records = int(lin["records"].sum() or 0)
+    failed = finished.filter(pl.col("status") == control.FAILED).height
+    latest_quality = _latest(frames.loads.drop_nulls("quality"), "quality")
+    latest_storage = _latest(frames.cost.drop_nulls("storage_bytes"), "storage_bytes")
+    tables = set(frames.loads["table_name"]) | set(lin["table_name"]) | set(frames.cost["table_name"])
+    numbers: dict[str, float | int | None] = {
+        "tables": len(tables - {None}),
+        "records_processed": records,
+        "records_per_minute": round(records / seconds * 60, 1) if seconds > 0 else None,
+        "loads": finished.height,
+        "failed_loads": failed,
+        "error_rate": round(failed / finished.height, 4) if finished.height else None,
+        "avg_quality_score": _round(latest_quality["quality"].mean(), 2),
+        "avg_processing_seconds": _round(lin["seconds"].mean(), 2),
+        "storage_bytes": int(latest_storage["storage_bytes"].sum()) if latest_storage.height else None,
+        "compute_cost": _round(frames.cost["compute_cost"].sum(), 4) if frames.cost.height else None,
+    }
+    if runs is not None:
+        numbers |= {"runs_active": runs.active, "runs_failed": runs.failed, "runs_succeeded": runs.succeeded}
+    return numbers
+
+
+def per_table(frames: Frames) -> list[dict[str, Any]]:
+    """One row of figures per table, sorted by name."""
+    finished = _finished(frames.loads)
+    loads = finished.group_by("table_name").agg(
+        pl.len().alias("loads"), (pl.col("status") == control.FAILED).sum().alias("failed_loads"),
+    )
+    lineage = frames.lineage.group_by("table_name").agg(
+        pl.col("records").sum().alias("records_processed"),
+        pl.col("seconds").mean().round(2).alias("avg_processing_seconds"),
+        (pl.col("records").sum() / pl.col("seconds").sum() * 60).round(1).alias("records_per_minute"),
+    )
+    quality = _latest(frames.loads.drop_nulls("quality"), "quality").rename({"quality": "quality_score"})
+    storage = _latest(frames.cost.drop_nulls("storage_bytes"), "storage_bytes")
+    cost = frames.cost.group_by("table_name").agg(pl.col("compute_cost").sum().round(4))
+    names = pl.concat([f.select("table_name") for f in (loads, lineage, quality, storage, cost)]).unique()
+    out = names.drop_nulls()
+    for frame in (loads, lineage, quality, storage, cost):
+        out = out.join(frame, on="table_name", how="left")
+    return out.sort("table_name").to_dicts()
+
+
+def _latest(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """The last value of ``column`` per table (frames are sorted by ``at``)."""
+    return frame.group_by("table_name", maintain_order=True).agg(pl.col(column).last())
+
+
+def _round(value: Any, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
