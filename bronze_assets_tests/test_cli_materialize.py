@@ -14,6 +14,7 @@ from deltalake import DeltaTable
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.webserver import XDIST_GROUP, running_webserver
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,50 +39,17 @@ def test_dagster_asset_materialize_one_partition(fresh_dsn: str, tmp_path: Path)
     assert "RUN_SUCCESS" in done.stderr + done.stdout
 
 
+@pytest.mark.xdist_group(XDIST_GROUP)
 def test_webserver_serves_the_ten_assets(tmp_path: Path) -> None:
     """What `dagster dev -w workspace.yaml` shows: the webserver's GraphQL lists the ten assets."""
-    import json
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (tmp_path / "home").mkdir()
-    env = os.environ | {"DAGSTER_HOME": str(tmp_path / "home")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        gql = ("{ assetNodes { assetKey { path } groupName "
-               "assetChecksOrError { ... on AssetChecks { checks { name } } } } }")
-        body = json.dumps({"query": gql}).encode()
-        deadline = time.monotonic() + 120
-        nodes = None
-        while time.monotonic() < deadline:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    nodes = json.load(resp)["data"]["assetNodes"]
-                if nodes:
-                    break
-            except (OSError, KeyError, TypeError):
-                pass
-            time.sleep(1)
-        assert nodes, "webserver did not serve the asset graph"
-        bronze = {n["assetKey"]["path"][0] for n in nodes if n["groupName"] == "bronze"}
-        assert bronze == {f"bz_{t}" for t in ("products", "suppliers", "warehouses", "inventory", "orders",
-                                              "order_details", "shipments", "returns", "stock_levels",
-                                              "customers")}
-        checks = {n["assetKey"]["path"][0]: {c["name"] for c in n["assetChecksOrError"]["checks"]}
-                  for n in nodes if n["groupName"] == "bronze"}
-        assert checks["bz_products"] == {"schema_contract", "quality_score", "key_uniqueness"}
-        assert checks["bz_orders"] == {"schema_contract", "quality_score", "key_uniqueness",
-                                       "referential_integrity"}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with running_webserver(tmp_path / "home") as web:
+        nodes = web.asset_nodes()
+    bronze = {n["assetKey"]["path"][0] for n in nodes if n["groupName"] == "bronze"}
+    assert bronze == {f"bz_{t}" for t in ("products", "suppliers", "warehouses", "inventory", "orders",
+                                          "order_details", "shipments", "returns", "stock_levels",
+                                          "customers")}
+    checks = {n["assetKey"]["path"][0]: {c["name"] for c in n["assetChecksOrError"]["checks"]}
+              for n in nodes if n["groupName"] == "bronze"}
+    assert checks["bz_products"] == {"schema_contract", "quality_score", "key_uniqueness"}
+    assert checks["bz_orders"] == {"schema_contract", "quality_score", "key_uniqueness",
+                                   "referential_integrity"}
