@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -80,7 +81,7 @@ def _materialize(instance: dg.DagsterInstance, table: str, **metadata: float) ->
 
 
 def test_freshness_fires_once_and_resolves(tmp_path: Path, webhook: list[dict]) -> None:
-    with dg.instance_for_test() as instance:
+    with contextlib.nullcontext(dg.DagsterInstance.ephemeral()) as instance:
         h = Harness("data_freshness", instance, tmp_path)
         _materialize(instance, "bz_inventory")
         _materialize(instance, "bz_products")  # daily: not judged by the 2 h KPI
@@ -104,7 +105,7 @@ def test_freshness_fires_once_and_resolves(tmp_path: Path, webhook: list[dict]) 
 
 
 def test_quality_below_80_fires_once_and_resolves(tmp_path: Path, webhook: list[dict]) -> None:
-    with dg.instance_for_test() as instance:
+    with contextlib.nullcontext(dg.DagsterInstance.ephemeral()) as instance:
         h = Harness("quality_score", instance, tmp_path)
         _materialize(instance, "bz_orders", avg_quality_score=93.0)
         h.tick()
@@ -121,7 +122,7 @@ def test_quality_below_80_fires_once_and_resolves(tmp_path: Path, webhook: list[
 
 
 def test_run_over_one_hour_is_critical_once_and_resolves_when_it_ends(tmp_path: Path) -> None:
-    with dg.instance_for_test() as instance:
+    with contextlib.nullcontext(dg.DagsterInstance.ephemeral()) as instance:
         h = Harness("run_duration", instance, tmp_path)
         run = create_run_for_test(instance, job_name="bronze_hourly_by_day",
                                   status=dg.DagsterRunStatus.NOT_STARTED)
@@ -147,7 +148,7 @@ def _load_rows(status: str, n: int, when: datetime) -> list[dict]:
 
 def test_error_rate_over_5_percent_fires_once_and_resolves(tmp_path: Path) -> None:
     root = str(tmp_path)
-    with dg.instance_for_test() as instance:
+    with contextlib.nullcontext(dg.DagsterInstance.ephemeral()) as instance:
         h = Harness("error_rate", instance, tmp_path)
         now = h.clock.now
         append_rows(root, AUDIT_LOG, _load_rows("SUCCESS", 95, now - timedelta(hours=2)))
@@ -173,7 +174,7 @@ def test_storage_growth_over_20_percent_fires_once_and_resolves(tmp_path: Path) 
     first, second = (datetime.fromtimestamp(h["timestamp"] / 1000, UTC)
                      for h in reversed(DeltaTable(uri).history()))
     between = first + (second - first) / 2
-    with dg.instance_for_test() as instance:
+    with contextlib.nullcontext(dg.DagsterInstance.ephemeral()) as instance:
         h = Harness("storage_growth", instance, tmp_path)
         h.clock.now = second + timedelta(minutes=1)
         h.tick()  # the table is younger than a day: nothing to compare with yet

@@ -26,9 +26,9 @@ def repo() -> dg.RepositoryDefinition:
 
 def _tick(repo: dg.RepositoryDefinition, name: str, when: datetime) -> dg.RunRequest:
     schedule = repo.get_schedule_def(name)
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, repository_def=repo)
-        result = schedule.evaluate_tick(ctx)
+    instance = dg.DagsterInstance.ephemeral()
+    ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, repository_def=repo)
+    result = schedule.evaluate_tick(ctx)
     (request,) = result.run_requests
     return request
 
@@ -46,7 +46,8 @@ EXPECTED = {  # schedule -> (cron, assets, partition key for TICK)
 
 
 def test_one_schedule_per_cadence_and_layout_covering_every_table_once(repo: dg.RepositoryDefinition) -> None:
-    schedules = {s.name: s for s in repo.schedule_defs}
+    schedules = {s.name: s for s in repo.schedule_defs if (s.name.startswith("bronze_") and "_by_" in s.name)
+                 or s.name.endswith("_full_schedule")}
     assert set(schedules) == set(EXPECTED)
     covered: list[str] = []
     for name, (cron, assets, _) in EXPECTED.items():

@@ -76,7 +76,8 @@ def materialize_all(
     groups: dict[object, list[dg.AssetsDefinition]] = defaultdict(list)
     for asset in definitions.assets or []:
         assert isinstance(asset, dg.AssetsDefinition)
-        groups[asset.partitions_def].append(asset)
+        if asset.key.to_user_string().startswith("bz_"):
+            groups[asset.partitions_def].append(asset)
     metadata: dict[str, dict[str, object]] = {}
     for parts, assets in groups.items():
         tags: dict[str, str] = {}

@@ -1,0 +1,132 @@
+"""Operations that keep the platform healthy: daily maintenance, monthly retention, the report.
+
+* ``bronze_maintenance`` (daily, 03:30 UTC, between the hourly loads): OPTIMIZE + Z-ORDER on each
+  table's contract columns and VACUUM retaining 168 h; files/bytes before and after and the
+  24 h storage growth are recorded as an observation of each ``bz_*`` asset.
+* ``bronze_retention`` (monthly): rows older than the retention period move to the archive.
+* ``bronze_monitoring_report`` asset: plots and an HTML page from the control tables, with the
+  plots embedded in the materialization metadata so the UI shows them.
+"""
+
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.resources import BronzeStorage
+from bronze_assets.defs.schedules import schedules_running
+from bronze_assets.lib.delta.control import SCHEMAS, audited
+from bronze_assets.lib.delta.maintenance import DEFAULT_RETENTION_HOURS, maintain_table, storage_growth
+from bronze_assets.lib.delta.merge import open_table
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.delta.retention import apply_retention
+from bronze_assets.lib.monitoring.metrics import RunStats
+from bronze_assets.lib.monitoring.report import build_report
+
+REPORT_ASSET = "bronze_monitoring_report"
+
+
+def _status() -> dg.DefaultScheduleStatus:
+    return dg.DefaultScheduleStatus.RUNNING if schedules_running() else dg.DefaultScheduleStatus.STOPPED
+
+
+@dg.op(description="OPTIMIZE + Z-ORDER and VACUUM (168 h) every bronze and control table.")
+def maintain_bronze_tables(context: dg.OpExecutionContext, bronze: BronzeStorage) -> dg.Output[int]:
+    root, options = bronze.resolved_root(), bronze.storage_options or None
+    tables = [(c.bronze_table, c) for c in CONTRACTS.values()]
+    tables += [(name, None) for name in [*SCHEMAS, QUARANTINE_TABLE]]
+    done = 0
+    for i, (table, contract) in enumerate(tables, 1):
+        uri = f"{root}/{table}"
+        if open_table(uri, options) is None:
+            continue
+        with audited(root, table, "MAINTENANCE", context.run.run_id, options) as entry:
+            report = maintain_table(uri, contract, DEFAULT_RETENTION_HOURS, options,
+                                    zorder_columns=None if contract else [])
+            entry.records_affected = report.files_before - report.files_after_optimize
+            entry.details = json.dumps(report.as_metadata(), default=str)
+        meta = dict(report.as_metadata())
+        growth = storage_growth(root, table, storage_options=options).growth
+        meta["storage_growth_pct_24h"] = round(100 * growth, 2) if growth is not None else -1.0
+        context.log.info(f"[{i}/{len(tables)}] {table}: {report.files_before} -> "
+                         f"{report.files_after_optimize} files")
+        if contract is not None:
+            context.log_event(dg.AssetObservation(asset_key=table, metadata=meta))
+        done += 1
+    return dg.Output(done, metadata={"tables_maintained": done})
+
+
+@dg.op(description="Move rows whose business date is older than the retention period to the archive.")
+def apply_bronze_retention(context: dg.OpExecutionContext, bronze: BronzeStorage) -> dg.Output[int]:
+    root, options = bronze.resolved_root(), bronze.storage_options or None
+    moved: dict[str, int] = {}
+    for contract in CONTRACTS.values():
+        result = apply_retention(contract, root, storage_options=options)
+        if result.cutoff is not None:
+            moved[contract.bronze_table] = result.moved
+            context.log.info(f"{contract.bronze_table}: {result.moved:,} rows before {result.cutoff} moved")
+    return dg.Output(sum(moved.values()), metadata={f"moved_{t}": n for t, n in moved.items()})
+
+
+@dg.job(description="Daily table maintenance (OPTIMIZE Z-ORDER, VACUUM 168 h).")
+def bronze_maintenance() -> None:
+    maintain_bronze_tables()
+
+
+@dg.job(description="Monthly retention: archive rows older than BRONZE_RETENTION_YEARS (7).")
+def bronze_retention() -> None:
+    apply_bronze_retention()
+
+
+def _run_stats(instance: dg.DagsterInstance, since: datetime) -> RunStats:
+    def count(status: dg.DagsterRunStatus) -> int:
+        return len(instance.get_run_records(filters=dg.RunsFilter(statuses=[status], created_after=since)))
+
+    return RunStats(active=count(dg.DagsterRunStatus.STARTED), failed=count(dg.DagsterRunStatus.FAILURE),
+                    succeeded=count(dg.DagsterRunStatus.SUCCESS))
+
+
+def _embedded(title: str, png: bytes) -> str:
+    return f"**{title}**\n\n![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+@dg.asset(
+    name=REPORT_ASSET,
+    group_name="monitoring",
+    kinds={"python", "html"},
+    owners=["team:data-engineering"],
+    description="Throughput, runs, error rate, quality and processing-time trends, storage and cost.",
+)
+def monitoring_report(context: dg.AssetExecutionContext, bronze: BronzeStorage) -> dg.MaterializeResult:
+    since = datetime.now(UTC) - timedelta(days=30)
+    runs = _run_stats(context.instance, datetime.now(UTC) - timedelta(hours=24))
+    report = build_report(bronze.resolved_root(), runs=runs, since=since,
+                          storage_options=bronze.storage_options or None)
+    metadata: dict[str, object] = {
+        "report": dg.MetadataValue.path(str(report.html)),
+        "headline": dg.MetadataValue.md(report.markdown()),
+    }
+    for name, path in report.plots.items():
+        metadata[f"plot_{name}"] = dg.MetadataValue.md(_embedded(name.replace("_", " "), path.read_bytes()))
+    metadata |= {k: v for k, v in report.headline.items() if isinstance(v, int | float)}
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.definitions
+def operations() -> dg.Definitions:
+    report_job = dg.define_asset_job("bronze_monitoring", selection=[REPORT_ASSET])
+    return dg.Definitions(
+        assets=[monitoring_report],
+        jobs=[bronze_maintenance, bronze_retention, report_job],
+        schedules=[
+            dg.ScheduleDefinition(job=bronze_maintenance, cron_schedule="30 3 * * *",
+                                  execution_timezone="UTC", default_status=_status()),
+            dg.ScheduleDefinition(job=bronze_retention, cron_schedule="0 5 2 * *",
+                                  execution_timezone="UTC", default_status=_status()),
+            dg.ScheduleDefinition(job=report_job, cron_schedule="15 * * * *",
+                                  execution_timezone="UTC", default_status=_status()),
+        ],
+    )
