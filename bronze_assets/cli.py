@@ -31,6 +31,9 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from bronze_assets.lib.secrets import install_log_redaction
+
+    install_log_redaction()
 
 
 @main.command()
@@ -182,6 +185,58 @@ def forget(customer_id: int) -> None:
     if not result.rows_forgotten:
         click.echo(f"note: {result.table} has no row for customer {customer_id}; its key is tombstoned, "
                    f"so a later load stores its personal data as NULL", err=True)
+
+
+@main.command()
+@click.argument("table")
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest commits to show.")
+def history(table: str, limit: int) -> None:
+    """Show the Delta commit history of bronze table TABLE (e.g. bz_orders)."""
+    from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.lib.delta.timetravel import TimeTravelError, contract_for
+    from bronze_assets.lib.delta.timetravel import history as table_history
+
+    storage = BronzeStorage()
+    try:
+        contract = contract_for(table)
+        rows = table_history(storage.table_uri(contract.bronze_table), limit, storage.storage_options or None)
+    except TimeTravelError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{'version':>7}  {'timestamp':<25} {'operation':<10} {'inserted':>9} {'updated':>9} "
+               f"{'deleted':>9}  batch_id")
+    for r in rows:
+        click.echo(f"{r['version']:>7}  {r['timestamp']:<25} {r['operation'] or '-':<10} "
+                   f"{_n(r['rows_inserted']):>9} {_n(r['rows_updated']):>9} {_n(r['rows_deleted']):>9}  "
+                   f"{r['batch_id'] or '-'}")
+
+
+def _n(value: object) -> str:
+    return "-" if value is None else f"{int(value):,}"  # type: ignore[call-overload]
+
+
+@main.command()
+@click.argument("table")
+@click.option("--version", "version", type=int, default=None, help="Version to restore.")
+@click.option("--timestamp", default=None, metavar="ISO-TIMESTAMP",
+              help="Restore the latest version committed at or before this time (UTC if no zone).")
+@click.option("--dry-run", is_flag=True, help="Only show what the restore would change.")
+def restore(table: str, version: int | None, timestamp: str | None, dry_run: bool) -> None:
+    """Restore bronze table TABLE to an earlier version (a new, audited commit)."""
+    from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.lib.delta.timetravel import TimeTravelError, contract_for
+    from bronze_assets.lib.delta.timetravel import restore as restore_table
+
+    storage = BronzeStorage()
+    try:
+        contract = contract_for(table)
+        plan = restore_table(storage.table_uri(contract.bronze_table), contract, storage.resolved_root(),
+                             version=version, timestamp=_as_of(timestamp), dry_run=dry_run,
+                             storage_options=storage.storage_options or None)
+    except TimeTravelError as exc:
+        _fail(str(exc))
+        return
+    click.echo(("dry run — " if dry_run else "restored — ") + plan.describe())
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from deltalake import DeltaTable
 
+from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
+from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.governance.erasure import forget_subject
 from bronze_assets.lib.governance.pii import decrypt_table
 from bronze_assets.lib.governance.reader import read_table as read_as
@@ -96,3 +100,67 @@ def test_forget_makes_the_customer_unrecoverable_in_every_version_and_reloads_ke
     assert row["record_status"] == "FORGOTTEN" and row["email"] is None and row["customer_name"] is None
     audit = [a for a in read_table(root, AUDIT_LOG).to_pylist() if a["operation_type"] == "ERASURE"]
     assert len(audit) == 1 and audit[0]["records_affected"] == 1
+
+
+def test_restore_to_before_an_erasure_keeps_the_customer_forgotten(bronze: Bronze) -> None:
+    bronze.materialize("customers")
+    forget_subject("customers", 5, root=str(bronze.root))
+    restore(bronze.uri("customers"), CUSTOMERS, str(bronze.root), version=0)
+    row = bronze.read("customers").filter(pl.col("customer_id") == 5).to_dicts()[0]
+    assert row["record_status"] == "FORGOTTEN" and row["email"] is None
+    audits = read_table(str(bronze.root), AUDIT_LOG).to_pylist()
+    (audit,) = [a for a in audits if a["operation_type"] == "RESTORE"]
+    assert json.loads(audit["details"])["erasures_reapplied"] == 1
+
+
+def test_cli_history_and_restore(bronze: Bronze, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_ROOT", str(bronze.root))
+    bronze.load_direct("warehouses")
+    query(bronze.dsn, "UPDATE tests.warehouses SET capacity = capacity + 1, updated_at = now()")
+    bronze.load_direct("warehouses")
+    runner = CliRunner()
+    shown = runner.invoke(main, ["history", "bz_warehouses"])
+    assert shown.exit_code == 0 and shown.output.count("MERGE") == 1 and "WRITE" in shown.output
+    dry = runner.invoke(main, ["restore", "bz_warehouses", "--version", "0", "--dry-run"])
+    assert dry.exit_code == 0 and "dry run" in dry.output and bronze.version("warehouses") == 1
+    assert "rows changed" in dry.output
+    done = runner.invoke(main, ["restore", "bz_warehouses", "--version", "0"])
+    assert done.exit_code == 0 and bronze.version("warehouses") == 2
+    bad = runner.invoke(main, ["restore", "bz_nope", "--version", "0"])
+    assert bad.exit_code == 1 and "unknown bronze table" in bad.output
+
+
+PLANTED = "Pl4nted-S3cret-7fq9"
+
+
+def test_a_planted_secret_never_reaches_logs_metadata_or_control_tables(
+    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    monkeypatch.setenv("KConnectionString", fresh_dsn)  # the source comes from the secret chain
+    monkeypatch.setenv("KPassword", PLANTED)  # the embedded server trusts local users: any password works
+    from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+    from bronze_assets.lib.secrets import clear_cache, install_log_redaction
+
+    clear_cache()
+    install_log_redaction([caplog.handler])
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    resources = build_resources(PostgresSource(), BronzeStorage(root=str(bronze.root)))
+    instance = dg.DagsterInstance.ephemeral()
+    ok = dg.materialize([bronze.assets["bz_products"]], resources=resources, instance=instance)
+    assert ok.success
+    monkeypatch.setenv("KConnectionString", fresh_dsn.replace("/t_", "/missing_"))
+    clear_cache()
+    failed = dg.materialize([bronze.assets["bz_products"]], resources=resources, instance=instance,
+                            raise_on_error=False)
+    assert not failed.success
+    texts = [caplog.text]
+    for run in (ok, failed):
+        for event in instance.all_logs(run.run_id):
+            texts.append(f"{event.user_message} {event.dagster_event}")
+    audit = read_table(str(bronze.root), AUDIT_LOG).to_pylist()
+    texts.append(json.dumps(audit, default=str))
+    assert any(a["status"] == "FAILED" and "missing_" in a["error_message"] for a in audit)
+    blobs = [p.read_bytes() for p in Path(bronze.root).rglob("*") if p.is_file()]
+    assert all(PLANTED not in text for text in texts)
+    assert all(PLANTED.encode() not in blob for blob in blobs)

@@ -13,6 +13,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import CONTRACTS, Contract
 from bronze_assets.lib.delta.control import audited
 from bronze_assets.lib.delta.merge import BATCH_KEY, open_table
+from bronze_assets.lib.enrich.metadata import FORGOTTEN
 
 
 class TimeTravelError(ValueError):
@@ -122,7 +123,28 @@ def restore(uri: str, contract: Contract, root: str, version: int | None = None,
     if dry_run:
         return plan
     with audited(root, contract.bronze_table, "RESTORE", storage_options=storage_options) as entry:
-        _open(uri, storage_options).restore(plan.target_version)
+        dt = _open(uri, storage_options)
+        dt.restore(plan.target_version)
+        reapplied = _reapply_erasures(dt, contract, root, storage_options)
         entry.records_affected = plan.keys_removed + plan.keys_restored + plan.rows_changed
-        entry.details = json.dumps(asdict(plan))
+        entry.details = json.dumps(asdict(plan) | {"erasures_reapplied": reapplied})
     return plan
+
+
+def _reapply_erasures(dt: DeltaTable, contract: Contract, root: str,
+                      storage_options: dict[str, str] | None) -> int:
+    """A restore never revives an erased person: subjects with a shredded key stay FORGOTTEN."""
+    if contract.data_subject is None:
+        return 0
+    from bronze_assets.lib.governance.keystore import KeyStore
+
+    keys = KeyStore(root, storage_options).rows(contract.name)
+    erased = keys.filter(pl.col("forgotten_at").is_not_null()).get_column("subject_id").to_list()
+    if not erased:
+        return 0
+    dt.update_incremental()
+    ids = ", ".join(str(int(s)) if s.isdigit() else "'" + s.replace("'", "''") + "'" for s in erased)
+    updates = {c: "NULL" for c in contract.pii_columns} | {"record_status": f"'{FORGOTTEN}'"}
+    metrics = dt.update(updates=updates, predicate=f"{contract.data_subject} IN ({ids}) "
+                                                   f"AND record_status <> '{FORGOTTEN}'")
+    return int(metrics.get("num_updated_rows", 0))
