@@ -43,6 +43,9 @@ NO_FOREIGN_KEYS = {"bz_products", "bz_warehouses", "bz_customers"}  # no referen
 TARGET = "bz_warehouses"  # unpartitioned: the Materialize button launches one run, no partition dialog
 
 
+GROUP_LINEAGE = "/locations/bronze_assets.definitions/asset-groups/bronze/lineage"  # the bronze group's graph
+
+
 def expected_checks(asset: str) -> list[str]:
     return [c for c in CHECKS if not (c == "referential_integrity" and asset in NO_FOREIGN_KEYS)]
 
@@ -87,7 +90,7 @@ def test_ui_shows_assets_and_checks_and_materializes_from_the_browser(fresh_dsn:
 def drive_the_ui(page: Page, web: Webserver) -> str:
     """Every step a person would take in the UI; returns the id of the run launched by the click."""
     # The lineage graph: one node per bronze asset, each with its number of checks.
-    page.goto(f"{web.url}/asset-groups")
+    page.goto(f"{web.url}{GROUP_LINEAGE}")
     graph = page.locator("svg foreignObject")
     for asset in ASSETS:
         node = graph.filter(has=page.get_by_text(asset, exact=True))
@@ -127,7 +130,7 @@ def drive_the_ui(page: Page, web: Webserver) -> str:
     # The asset now shows a materialization and passed checks: on its page and on the graph.
     page.goto(f"{web.url}/assets/{TARGET}?view=checks")
     expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(expected_checks(TARGET)))
-    page.goto(f"{web.url}/asset-groups")
+    page.goto(f"{web.url}{GROUP_LINEAGE}")
     node = graph.filter(has=page.get_by_text(TARGET, exact=True))
     n = len(expected_checks(TARGET))
     expect(node).to_contain_text(f"{n} / {n} Passed")
