@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  ## seed the embedded source (if empty) and load every bronze table
+$(BRONZE_DATA_DIR)/dagster_home/dagster.yaml: dagster.yaml
 	mkdir -p $(BRONZE_DATA_DIR)/dagster_home
+	test -f $@ || cp dagster.yaml $@
+
+demo: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## seed the embedded source (if empty) and load every bronze table
 	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/bronze demo
 
 test: $(STAMP)  ## lint, then run the whole test suite
@@ -25,8 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
 
-ui: $(STAMP)  ## Dagster UI on the embedded default
-	mkdir -p $(BRONZE_DATA_DIR)/dagster_home
+ui: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## Dagster UI on the embedded default
 	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml
 
 bench: $(STAMP)  ## seed and ingestion benchmarks at scale 1 and 10

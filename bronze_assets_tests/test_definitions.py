@@ -35,3 +35,11 @@ def test_dagster_cli_validates_the_workspace() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_instance_config_enforces_the_one_hour_run_limit(tmp_path: Path) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    config = dagster_instance_config(str(tmp_path))[0]
+    assert config["run_monitoring"] == {"enabled": True, "max_runtime_seconds": 3600, "poll_interval_seconds": 60}
