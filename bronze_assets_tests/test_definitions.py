@@ -42,4 +42,5 @@ def test_instance_config_enforces_the_one_hour_run_limit(tmp_path: Path) -> None
 
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     config = dagster_instance_config(str(tmp_path))[0]
-    assert config["run_monitoring"] == {"enabled": True, "max_runtime_seconds": 3600, "poll_interval_seconds": 60}
+    monitoring = config["run_monitoring"]
+    assert monitoring["enabled"] is True and monitoring["max_runtime_seconds"] == 3600
