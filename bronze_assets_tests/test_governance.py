@@ -164,3 +164,18 @@ def test_a_planted_secret_never_reaches_logs_metadata_or_control_tables(
     blobs = [p.read_bytes() for p in Path(bronze.root).rglob("*") if p.is_file()]
     assert all(PLANTED not in text for text in texts)
     assert all(PLANTED.encode() not in blob for blob in blobs)
+
+
+def test_quarantined_customers_hold_no_plaintext_pii(bronze: Bronze) -> None:
+    secrets = _plaintext(bronze.dsn)
+    query(bronze.dsn, "ALTER TABLE tests.customers ALTER COLUMN updated_at TYPE text")
+    result = dg.materialize([bronze.assets["bz_customers"]], resources=bronze.resources, raise_on_error=False)
+    assert not result.success
+    quarantine = DeltaTable(str(bronze.root / "bz_quarantine")).to_pyarrow_table()
+    (customers,) = query(bronze.dsn, "SELECT count(*) FROM tests.customers")[0]
+    assert quarantine.num_rows == customers
+    records = [json.loads(r) for r in quarantine["record"].to_pylist()]
+    assert all(r["email"] is None or r["email"].startswith("enc:v1:") for r in records)
+    blobs = [p.read_bytes() for p in Path(bronze.root).rglob("*.parquet")]
+    for value in secrets:
+        assert all(value.encode() not in blob for blob in blobs), f"plaintext {value!r} quarantined"

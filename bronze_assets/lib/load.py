@@ -16,6 +16,7 @@ from bronze_assets.lib.delta.merge import latest_watermark, open_table
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
+from bronze_assets.lib.governance.pii import encrypt_json_records
 from bronze_assets.lib.source.extract import LoadWindow, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
 
@@ -102,10 +103,13 @@ def extract_and_stage(
         live = reader.query(live_columns_sql(contract))
         drift = compare(contract, live)
         if drift.breaking:
+            root = table_uri.rsplit("/", 1)[0]
+            records = reader.raw_json(window, {c for c, _ in live})
+            if contract.encrypted_columns:  # quarantine never holds plaintext PII either
+                records = (encrypt_json_records(b, contract, root, storage_options) for b in records)
             quarantined = quarantine_rows(
-                quarantine_uri or f"{table_uri.rsplit('/', 1)[0]}/{QUARANTINE_TABLE}",
-                contract.name, ctx.batch_id, drift.describe(),
-                reader.raw_json(window, {c for c, _ in live}), storage_options,
+                quarantine_uri or f"{root}/{QUARANTINE_TABLE}",
+                contract.name, ctx.batch_id, drift.describe(), records, storage_options,
             )
             raise SchemaMismatchError(
                 f"{name}: the source table no longer matches its contract — {drift.describe()}. "

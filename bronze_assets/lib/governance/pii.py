@@ -8,6 +8,7 @@ rewrite would have to rewrite or drop every old version of the whole table).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -135,3 +136,27 @@ def decrypt_table(
 ) -> Data:
     """Decrypt ``contract``'s encrypted columns in ``data``; shredded subjects read NULL."""
     return PiiCipher(contract, root, storage_options).decrypt(data)
+
+
+def encrypt_json_records(
+    batch: pa.RecordBatch, contract: Contract, root: str | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> pa.RecordBatch:
+    """Raw rows as JSON objects (one string column, e.g. for ``bz_quarantine``) with the encrypted
+    columns' values replaced by ciphertext; a row without a subject id loses those values."""
+    cipher = PiiCipher(contract, root, storage_options)
+    rows = [json.loads(r) if r is not None else None for r in batch.column(0).to_pylist()]
+    present = [r for r in rows if isinstance(r, dict)]
+    table = pa.table({
+        cipher.subject: pa.array([None if r.get(cipher.subject) is None else str(r[cipher.subject])
+                                  for r in present], pa.string()),
+        **{c: pa.array([None if r.get(c) is None else str(r[c]) for r in present], pa.string())
+           for c in contract.encrypted_columns},
+    })
+    encrypted = cipher.encrypt(table, cipher.prepare(table.column(cipher.subject).to_pylist()))
+    for i, row in enumerate(present):
+        for c in contract.encrypted_columns:
+            if c in row:
+                row[c] = encrypted.column(c)[i].as_py()
+    out = [json.dumps(r) if r is not None else None for r in rows]
+    return pa.RecordBatch.from_arrays([pa.array(out, pa.string())], names=[batch.schema.names[0]])
