@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +12,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from bronze_assets.contracts import CONTRACTS
+from bronze_assets.contracts import CONTRACTS, TypeChangePolicy
+from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.checks import (
     KEY_UNIQUENESS,
     QUALITY_SCORE,
@@ -22,7 +24,7 @@ from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.quality.validate import SuiteRunner
-from bronze_assets_tests.bronze_helpers import Bronze
+from bronze_assets_tests.bronze_helpers import Bronze, spec_hash_sql
 from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = pytest.mark.integration
@@ -213,3 +215,42 @@ def test_checks_can_be_left_out_of_a_run(fresh_dsn: str, tmp_path: Path) -> None
     assert result.success and result.get_asset_check_evaluations() == []
     assert not (tmp_path / "data" / "gx_docs" / "bz_suppliers").exists(), "GX did not run"
     assert bronze.read("suppliers").height == 10
+
+
+def test_unreadable_records_score_the_schema_penalty_keep_their_raw_value_and_are_quarantined(
+    fresh_dsn: str, tmp_path: Path
+) -> None:
+    """Policy ``rescue``: a column turned into text (semi-structured input) is read per record."""
+    seed_source(fresh_dsn, SeedOptions(scale=0.2, defect_rate=0.0, as_of=AS_OF))  # 10 warehouses
+    contract = replace(CONTRACTS["warehouses"], on_type_change=TypeChangePolicy.RESCUE)
+    query(fresh_dsn, "ALTER TABLE tests.warehouses ALTER COLUMN capacity TYPE text")
+    query(fresh_dsn, "UPDATE tests.warehouses SET capacity = 'about 500' WHERE warehouse_id = 3")
+    query(fresh_dsn, "UPDATE tests.warehouses SET capacity = '12e99' WHERE warehouse_id = 4")
+    query(fresh_dsn, "UPDATE tests.warehouses SET capacity = NULL WHERE warehouse_id = 5")
+    asset = build_bronze_asset(contract)
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    result = dg.materialize([asset], resources=bronze.resources)
+    assert result.success
+    check = _check(result, "schema_contract")
+    assert check.passed and check.metadata["quarantined_rows"].value == 2
+    assert check.metadata["read_per_record"].value == "capacity: integer <- text"
+
+    frame = bronze.read("warehouses").sort("warehouse_id")
+    (rows,) = query(fresh_dsn, "SELECT count(*) FROM tests.warehouses")[0]
+    assert frame.height == rows, "nothing is dropped"
+    by_id = {r["warehouse_id"]: r for r in frame.to_dicts()}
+    assert by_id[3]["capacity"] is None and by_id[3]["data_quality_score"] == 60, "−40 once, no null penalty"
+    assert by_id[4]["capacity"] is None and by_id[4]["data_quality_score"] == 60
+    assert by_id[5]["data_quality_score"] == 90, "a real NULL is a null violation only"
+    assert by_id[6]["capacity"] is not None and by_id[6]["data_quality_score"] == 100
+    hashes = dict(query(fresh_dsn, spec_hash_sql("warehouses")))
+    assert {k: r["record_hash"] for k, r in by_id.items()} == hashes, "hash of the raw text, as specified"
+
+    quarantine = DeltaTable(str(tmp_path / "bronze" / "bz_quarantine")).to_pyarrow_table().to_pylist()
+    records = sorted((json.loads(q["record"]) for q in quarantine), key=lambda r: r["warehouse_id"])
+    assert records == [{"warehouse_id": 3, "capacity": "about 500"}, {"warehouse_id": 4, "capacity": "12e99"}]
+    assert "capacity has type text, expected integer" in quarantine[0]["reason"]
+
+
+def test_type_change_fails_by_default() -> None:
+    assert all(c.on_type_change is TypeChangePolicy.FAIL for c in CONTRACTS.values())

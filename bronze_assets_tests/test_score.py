@@ -113,8 +113,17 @@ def _frame(nulls: int, formats: int, ranges: int) -> pl.DataFrame:
 )
 def test_score_caps(nulls: int, formats: int, ranges: int, schema_fail: bool, expected: int) -> None:
     frame = _frame(nulls, formats, ranges)
-    score = frame.select(score_expr(SYNTHETIC, date(2026, 1, 1), pl.lit(schema_fail))).item()
+    score = frame.select(score_expr(SYNTHETIC, date(2026, 1, 1), {"n0": pl.lit(schema_fail)})).item()
     assert score == expected
+
+
+def test_an_unreadable_value_is_a_schema_fail_once_not_a_null() -> None:
+    frame = pl.DataFrame({"id": [1], **{f"r{i}": [None if i < 2 else "x"] for i in range(4)},
+                          **{f"f{i}": ["ok"] for i in range(5)}, **{f"n{i}": [1] for i in range(6)}},
+                         schema_overrides={f"r{i}": pl.String for i in range(4)})
+    flags = {"r0": pl.lit(True), "r1": pl.lit(True)}  # r0/r1 were present but could not be read
+    assert frame.select(score_expr(SYNTHETIC, date(2026, 1, 1), flags)).item() == 60
+    assert frame.select(score_expr(SYNTHETIC, date(2026, 1, 1), {"r0": pl.lit(True)})).item() == 50
 
 
 def test_null_never_counts_as_format_or_range() -> None:

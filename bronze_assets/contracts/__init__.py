@@ -16,6 +16,7 @@ from bronze_assets.contracts.model import (
     QualityRules,
     RangeRule,
     RegexRule,
+    TypeChangePolicy,
     ValueSetRule,
 )
 from bronze_assets.contracts.tables import ALL
@@ -66,6 +67,7 @@ __all__ = [
     "QualityRules",
     "RangeRule",
     "RegexRule",
+    "TypeChangePolicy",
     "ValueSetRule",
     "get_contract",
     "in_dependency_order",

@@ -47,6 +47,19 @@ class Cadence(StrEnum):
     MONTHLY = "monthly"
 
 
+class TypeChangePolicy(StrEnum):
+    """What a load does when a source column's type no longer matches the contract.
+
+    ``fail`` (default): the batch goes to ``bz_quarantine`` and the run fails (blocking check).
+    ``rescue``: for semi-structured sources (e.g. a column turned into text/jsonb) every value is
+    read per record; a value that cannot be read as the contract type becomes NULL, its record
+    scores the −40 schema penalty and its raw value is listed in ``bz_quarantine``.
+    """
+
+    FAIL = "fail"
+    RESCUE = "rescue"
+
+
 class PartitionKind(StrEnum):
     """Dagster partitioning of a bronze asset (ARCHITECTURE §2.4)."""
 
@@ -160,6 +173,7 @@ class Contract:
     pii_columns: tuple[str, ...] = ()  # personal data, access-controlled (lib/governance/access.py)
     encrypted_columns: tuple[str, ...] = ()  # PII stored as per-subject AEAD ciphertext
     data_subject: str | None = None  # column naming the person a row is about (erasure, keys)
+    on_type_change: TypeChangePolicy = TypeChangePolicy.FAIL
     seed_rows: int = 0
     version: str = "1"
 

@@ -135,7 +135,8 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
                                            "batch_id": staged.ctx.batch_id}),
                 }], options)
             if SCHEMA_CONTRACT in selected:
-                yield schema_contract_result(staged.schema_drift)
+                unreadable = staged.metadata.get("bronze.unreadable_records")
+                yield schema_contract_result(staged.schema_drift, int(unreadable) if unreadable else None)
         context.log.info(
             f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
             f"in {staged.extract_seconds:.2f} s"

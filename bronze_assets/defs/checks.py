@@ -44,6 +44,8 @@ def schema_contract_result(drift: SchemaDrift, quarantined: int | None = None) -
         "changed_types": ", ".join(f"{c}: {want} -> {got}" for c, want, got in drift.changed) or "-",
         "new_columns": ", ".join(f"{c} ({t})" for c, t in drift.added) or "-",
     }
+    if drift.rescued:
+        metadata["read_per_record"] = ", ".join(f"{c}: {want} <- {got}" for c, want, got in drift.rescued)
     if quarantined is not None:
         metadata["quarantined_rows"] = quarantined
     return dg.AssetCheckResult(

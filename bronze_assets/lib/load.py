@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract, LoadPattern, PartitionKind
@@ -17,7 +19,7 @@ from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
 from bronze_assets.lib.governance.pii import encrypt_json_records
-from bronze_assets.lib.source.extract import LoadWindow, SourceReader
+from bronze_assets.lib.source.extract import INVALID_PREFIX, RAW_PREFIX, LoadWindow, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
 
 log = logging.getLogger(__name__)
@@ -85,13 +87,20 @@ def extract_and_stage(
     """
     started = time.perf_counter()
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
+    root = table_uri.rsplit("/", 1)[0]
     previous = latest_watermark(open_table(table_uri, storage_options))
     window = plan_window(contract, partition, ctx.batch_time, previous, overlap)
     histogram = np.zeros(101, dtype=np.int64)
 
+    unreadable: list[pa.RecordBatch] = []
+
+    def transform(raw: pa.RecordBatch) -> pa.RecordBatch:
+        if rescued:
+            unreadable.append(unreadable_records(raw, contract))
+        return enrich(raw, contract, ctx, extras)
+
     def enriched(reader: SourceReader) -> Iterator[pa.RecordBatch]:
-        transform = lambda raw: enrich(raw, contract, ctx, extras)  # noqa: E731
-        for batch in reader.batches(window, transform=transform, extra_columns=extras):
+        for batch in reader.batches(window, transform=transform, extra_columns=extras, rescued=rescued):
             scores = batch.column("data_quality_score").to_numpy(zero_copy_only=False)
             histogram[:] += np.bincount(scores, minlength=101)
             if progress is not None:
@@ -103,7 +112,6 @@ def extract_and_stage(
         live = reader.query(live_columns_sql(contract))
         drift = compare(contract, live)
         if drift.breaking:
-            root = table_uri.rsplit("/", 1)[0]
             records = reader.raw_json(window, {c for c, _ in live})
             if contract.encrypted_columns:  # quarantine never holds plaintext PII either
                 records = (encrypt_json_records(b, contract, root, storage_options) for b in records)
@@ -119,6 +127,7 @@ def extract_and_stage(
                 drift, quarantined, ctx.batch_id,
             )
         extras = [c for c, _ in drift.added]
+        rescued = [c for c, _, _ in drift.rescued]
         snapshot = reader.snapshot()
         path, rows = write_stream(enriched(reader), bronze_schema(contract, extras), name)
         keys_path = None
@@ -126,6 +135,15 @@ def extract_and_stage(
             key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
             keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
             keys_path, _ = write_stream(keys, key_schema, f"{name}-keys")
+    rescued_rows = sum(b.num_rows for b in unreadable)
+    if rescued_rows:
+        records = (encrypt_json_records(b, contract, root, storage_options) if contract.encrypted_columns
+                   else b for b in unreadable)
+        quarantine_rows(quarantine_uri or f"{root}/{QUARANTINE_TABLE}", contract.name, ctx.batch_id,
+                        f"{drift.describe()} — values kept as NULL in {name}, raw values here", records,
+                        storage_options)
+        log.warning("%s: %d records had values that cannot be read as the contract types; they scored "
+                    "the schema penalty and are listed in %s", name, rescued_rows, QUARANTINE_TABLE)
     watermark = None
     still_open = partition is None or partition[1] > snapshot.server_time
     if contract.load_pattern is LoadPattern.INCREMENTAL and still_open:
@@ -136,10 +154,31 @@ def extract_and_stage(
         watermark=watermark,
         window=_describe(window), extract_seconds=round(time.perf_counter() - started, 3),
         metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
-        | ({"bronze.new_columns": ", ".join(extras)} if extras else {}),
+        | ({"bronze.new_columns": ", ".join(extras)} if extras else {})
+        | ({"bronze.unreadable_records": str(rescued_rows)} if rescued else {}),
         schema_drift=drift,
     )
     return staged
+
+
+def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatch:
+    """The records of ``raw`` with a value that could not be read as the contract type, as JSON
+    (primary key plus the raw text of every unreadable column), for ``bz_quarantine``."""
+    flags = [c for c in raw.schema.names if c.startswith(INVALID_PREFIX)]
+    frame = pl.from_arrow(raw)
+    assert isinstance(frame, pl.DataFrame)
+    bad = frame.filter(pl.any_horizontal([pl.col(f) for f in flags]))
+    records = []
+    for row in bad.iter_rows(named=True):
+        record = {k: row[k] for k in contract.primary_key}
+        for flag in flags:
+            column = flag.removeprefix(INVALID_PREFIX)
+            if row[flag]:
+                record[column] = row[RAW_PREFIX + column]
+        for c in contract.encrypted_columns:  # encrypted by the caller before quarantine
+            record.setdefault(c, row.get(c))
+        records.append(json.dumps(record, default=str))
+    return pa.RecordBatch.from_arrays([pa.array(records, pa.string())], names=["record"])
 
 
 def _describe(window: LoadWindow) -> str:

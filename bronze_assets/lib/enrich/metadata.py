@@ -12,6 +12,7 @@ import pyarrow as pa
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import source_schema
 from bronze_assets.lib.enrich.score import score_expr
+from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.settings import SOURCE_SYSTEM
 
 ACTIVE, DELETED, FORGOTTEN = "ACTIVE", "DELETED", "FORGOTTEN"
@@ -56,13 +57,15 @@ def enrich(
     """Add score and metadata columns to an extracted batch (which carries ``record_hash``)."""
     frame = pl.from_arrow(batch)
     assert isinstance(frame, pl.DataFrame)
+    unreadable = {c.removeprefix(INVALID_PREFIX): pl.col(c)
+                  for c in frame.columns if c.startswith(INVALID_PREFIX)}
     ts = pl.lit(ctx.batch_time.astimezone(UTC)).cast(pl.Datetime("us", "UTC"))
     frame = frame.with_columns(
         load_timestamp=ts,
         update_timestamp=ts,
         source_system=pl.lit(SOURCE_SYSTEM),
         record_status=pl.lit(ACTIVE),
-        data_quality_score=score_expr(contract, ctx.load_date),
+        data_quality_score=score_expr(contract, ctx.load_date, unreadable),
         batch_id=pl.lit(ctx.batch_id),
     )
     schema = bronze_schema(contract, extra_columns)

@@ -19,12 +19,16 @@ from bronze_assets.contracts import (
     ValueSetRule,
 )
 
-SCHEMA_FAIL_COLUMN = "_schema_fail"
 
+def null_violations(contract: Contract, unreadable: dict[str, pl.Expr] | None = None) -> dict[str, pl.Expr]:
+    """One boolean expression per required column: true where the value is NULL.
 
-def null_violations(contract: Contract) -> dict[str, pl.Expr]:
-    """One boolean expression per required column: true where the value is NULL."""
-    return {f"null:{c}": pl.col(c).is_null() for c in contract.quality.required}
+    ``unreadable`` flags values that were present but could not be read as the contract type
+    (NULL after a per-record cast): those count as a schema failure, not as a NULL.
+    """
+    unreadable = unreadable or {}
+    return {f"null:{c}": pl.col(c).is_null() & ~unreadable.get(c, pl.lit(False))
+            for c in contract.quality.required}
 
 
 def format_violations(contract: Contract) -> dict[str, pl.Expr]:
@@ -64,10 +68,15 @@ def _count(exprs: dict[str, pl.Expr]) -> pl.Expr:
     return pl.sum_horizontal([e.cast(pl.Int32) for e in exprs.values()])
 
 
-def score_expr(contract: Contract, load_date: date, schema_fail: pl.Expr | None = None) -> pl.Expr:
-    """The §3 score of every record as an Int32 expression."""
-    fail = (schema_fail if schema_fail is not None else pl.lit(False)).cast(pl.Int32)
-    nulls = _count(null_violations(contract))
+def score_expr(contract: Contract, load_date: date, unreadable: dict[str, pl.Expr] | None = None) -> pl.Expr:
+    """The §3 score of every record as an Int32 expression.
+
+    ``unreadable`` maps columns to flags of values that could not be read as the contract type
+    (semi-structured input): such a record is a ``schema_fail`` (−40, once per record).
+    """
+    flags = list((unreadable or {}).values())
+    fail = (pl.any_horizontal(flags) if flags else pl.lit(False)).cast(pl.Int32)
+    nulls = _count(null_violations(contract, unreadable))
     formats = _count(format_violations(contract))
     ranges = _count(range_violations(contract, load_date))
     penalty = (

@@ -108,14 +108,30 @@ def partition_value_sql(contract: Contract, window: LoadWindow) -> str | None:
     return f"CASE WHEN {in_window} THEN date_trunc('month', {bd})::date ELSE {by_update} END"
 
 
-def _select_column(contract: Contract, name: str) -> str:
-    """A numeric travels as its exact unscaled integer (ADBC would render it as text)."""
+INVALID_PREFIX, RAW_PREFIX = "_invalid:", "_raw:"
+
+
+def _select_column(contract: Contract, name: str, rescued: bool = False) -> str:
+    """A numeric travels as its exact unscaled integer (ADBC would render it as text).
+
+    A rescued column (policy ``rescue``) is read per record from its text: a value PostgreSQL
+    cannot read as the contract type (``pg_input_is_valid``, PostgreSQL 16+) becomes NULL and is
+    flagged, with its raw text alongside.
+    """
     column = contract.column(name)
     ident = quote_ident(name)
+    value = ident
+    if rescued:
+        valid = f"pg_input_is_valid({ident}::text, '{column.type.value}')"
+        value = f"(CASE WHEN {valid} THEN ({ident}::text)::{column.type.value} END)"
+        flags = (f", ({ident} IS NOT NULL AND NOT {valid}) AS {quote_ident(INVALID_PREFIX + name)}"
+                 f", CASE WHEN NOT {valid} THEN {ident}::text END AS {quote_ident(RAW_PREFIX + name)}")
+    else:
+        flags = ""
     if column.type.is_numeric:
         _, scale = column.type.precision_scale  # type: ignore[misc]
-        return f"({ident} * 1{'0' * scale})::bigint AS {ident}"
-    return ident
+        return f"({value} * 1{'0' * scale})::bigint AS {ident}{flags}"
+    return (ident if value == ident else f"{value} AS {ident}") + flags
 
 
 def unscaled_to_decimal(values: pa.Array, type_: pa.Decimal128Type) -> pa.Array:
@@ -132,14 +148,15 @@ def unscaled_to_decimal(values: pa.Array, type_: pa.Decimal128Type) -> pa.Array:
 
 
 def select_sql(
-    contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA, extra_columns: Sequence[str] = ()
+    contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA, extra_columns: Sequence[str] = (),
+    rescued: Sequence[str] = (),
 ) -> str:
     """The extraction query: source columns, ``record_hash``, the partition value, new columns.
 
     Columns the source has but the contract does not (``extra_columns``) travel as text and are
     not part of ``record_hash``, so existing hashes stay stable (policy ``addNewColumns``).
     """
-    cols = [_select_column(contract, c) for c in contract.column_names]
+    cols = [_select_column(contract, c, c in rescued) for c in contract.column_names]
     cols += [f"{quote_ident(c)}::text AS {quote_ident(c)}" for c in extra_columns]
     cols.append(f"{record_hash_sql(contract)} AS record_hash")
     part = partition_value_sql(contract, window)
@@ -257,12 +274,13 @@ class SourceReader:
         window: LoadWindow,
         transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
         extra_columns: Sequence[str] = (),
+        rescued: Sequence[str] = (),
     ) -> Iterator[pa.RecordBatch]:
         """Stream the window's rows in bounded Arrow batches (binary COPY under the hood).
 
         ``transform`` runs on the reading threads, in parallel when there are several.
         """
-        sql = select_sql(self.contract, window, self.schema, extra_columns)
+        sql = select_sql(self.contract, window, self.schema, extra_columns, rescued)
         yield from self._parallel(sql, transform)
 
     def raw_json(self, window: LoadWindow, available: set[str]) -> Iterator[pa.RecordBatch]:

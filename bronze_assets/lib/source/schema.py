@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bronze_assets.contracts import Contract
+from bronze_assets.contracts import Contract, TypeChangePolicy
 from bronze_assets.settings import SOURCE_SCHEMA
 
 
@@ -16,6 +16,7 @@ class SchemaDrift:
     missing: list[str] = field(default_factory=list)
     changed: list[tuple[str, str, str]] = field(default_factory=list)  # column, expected, found
     added: list[tuple[str, str]] = field(default_factory=list)  # column, type
+    rescued: list[tuple[str, str, str]] = field(default_factory=list)  # read per record (policy rescue)
 
     @property
     def breaking(self) -> bool:
@@ -25,6 +26,8 @@ class SchemaDrift:
     def describe(self) -> str:
         parts = [f"column {c} is missing (expected {t})" for c, t in self._missing_types()]
         parts += [f"column {c} has type {found}, expected {want}" for c, want, found in self.changed]
+        parts += [f"column {c} has type {found}, expected {want}: read per record, unreadable values "
+                  f"quarantined" for c, want, found in self.rescued]
         parts += [f"new column {c} ({t})" for c, t in self.added]
         return f"tests.{self.table}: " + "; ".join(parts) if parts else f"tests.{self.table}: matches"
 
@@ -53,7 +56,9 @@ def compare(contract: Contract, live: list[tuple[str, str]]) -> SchemaDrift:
         if column.name not in found:
             drift.missing.append(column.name)
         elif found[column.name] != column.type.value:
-            drift.changed.append((column.name, column.type.value, found[column.name]))
+            change = (column.name, column.type.value, found[column.name])
+            rescue = contract.on_type_change is TypeChangePolicy.RESCUE
+            (drift.rescued if rescue else drift.changed).append(change)
     known = set(contract.column_names)
     drift.added = [(c, t) for c, t in live if c not in known]
     return drift
