@@ -116,6 +116,7 @@ def materialize_all(
 def run_demo(scale: float = 1.0, on_progress: Callable[[str], None] | None = None) -> list[TableSummary]:
     """Seed the source if it is empty, load every bronze table, and summarise the result."""
     from bronze_assets.definitions import defs
+    from bronze_assets.defs.operations import REPORT_ASSET
     from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.source.postgres import resolve_source_dsn
 
@@ -130,6 +131,12 @@ def run_demo(scale: float = 1.0, on_progress: Callable[[str], None] | None = Non
     started = time.perf_counter()
     metadata = materialize_all(definitions, dsn, instance, on_run=say)
     say(f"all bronze assets materialized in {time.perf_counter() - started:.1f} s")
+    report = next((a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
+                   and a.key.to_user_string() == REPORT_ASSET), None)
+    if report is not None:
+        result = dg.materialize([report], resources={"bronze": BronzeStorage()}, instance=instance)
+        html = result.get_asset_materialization_events()[0].materialization.metadata["report"].value
+        say(f"monitoring report: {html}")
     storage = BronzeStorage()
     summaries = []
     for contract in CONTRACTS.values():
