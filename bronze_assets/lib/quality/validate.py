@@ -16,7 +16,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.enrich.score import format_violations, null_violations, range_violations
 from bronze_assets.lib.quality.suites import build_suite
 
-CHUNK_ROWS = 500_000
+CHUNK_ROWS = 250_000  # GX runs beside the MERGE: smaller pandas chunks keep peak memory down
 SAMPLE_KEYS = 5
 
 
