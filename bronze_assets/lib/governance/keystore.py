@@ -92,10 +92,14 @@ class KeyStore:
         wanted = set(subject_ids)
         rows = self.rows(subject_type, wanted)
         missing = wanted - set(rows.get_column("subject_id").to_list())
+        created: dict[str, bytes] = {}
         if create and missing:
-            self._create(subject_type, sorted(missing))
-            rows = self.rows(subject_type, wanted)
+            created = self._create(subject_type, sorted(missing))
+            if len(created) < len(missing):  # a concurrent load created some first: use theirs
+                created = {}
+                rows = self.rows(subject_type, wanted)
         result = SubjectKeys(forgotten=set(rows.filter(pl.col("forgotten_at").is_not_null())["subject_id"]))
+        result.keys.update({sid: AESGCM(key) for sid, key in created.items()})
         live = rows.filter(pl.col("forgotten_at").is_null() & pl.col("wrapped_key").is_not_null())
         if not live.height:
             return result
@@ -115,7 +119,9 @@ class KeyStore:
                 raise PiiKeyError(f"{self.uri}: the key of {subject_type} {sid} does not unwrap") from None
         return result
 
-    def _create(self, subject_type: str, subject_ids: list[str]) -> None:
+    def _create(self, subject_type: str, subject_ids: list[str]) -> dict[str, bytes]:
+        """New keys for ``subject_ids`` in one commit; returns them when every one was inserted
+        (fewer when a concurrent creator won for some subjects: the caller then re-reads)."""
         kek_bytes = master_key(create=True)
         kek, kid = AESGCM(kek_bytes), kek_id(kek_bytes)
         material = os.urandom(KEY_BYTES * len(subject_ids))
@@ -132,21 +138,25 @@ class KeyStore:
             "created_at": pa.array([datetime.now(UTC)] * n, TS),
             "forgotten_at": pa.nulls(n, TS),
         })
-        self._commit(lambda dt: dt.merge(
+        inserted = self._commit(lambda dt: dt.merge(
             table, predicate=MATCH, source_alias="s", target_alias="t",
         ).when_not_matched_insert_all().execute(), table)
+        if inserted < n:
+            return {}
+        return {sid: material[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i, sid in enumerate(subject_ids)}
 
-    def _commit(self, merge, table: pa.Table) -> None:  # type: ignore[no-untyped-def]
-        """Create the table with ``table`` or run ``merge`` on it; retry concurrent commits."""
+    def _commit(self, merge, table: pa.Table) -> int:  # type: ignore[no-untyped-def]
+        """Create the table with ``table`` or run ``merge`` on it; retry concurrent commits.
+        Returns the number of rows inserted."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             dt = self._open()
             try:
                 if dt is None:
                     write_deltalake(self.uri, table, mode="error", configuration=CONFIGURATION,
                                     storage_options=self.storage_options)
-                else:
-                    merge(dt)
-                return
+                    return table.num_rows
+                metrics = merge(dt)
+                return int((metrics or {}).get("num_target_rows_inserted", 0))
             except (CommitFailedError, DeltaError) as exc:
                 text = str(exc).lower()
                 retry = isinstance(exc, CommitFailedError) or "exists" in text or "concurrent" in text
