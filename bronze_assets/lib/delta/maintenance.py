@@ -31,10 +31,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.merge import table_stats
 
 DEFAULT_RETENTION_HOURS = 168
 
@@ -100,14 +100,6 @@ class StorageGrowth:
         return None if ratio is None else ratio - 1.0
 
 
-def snapshot_size(dt: DeltaTable) -> tuple[int, int]:
-    """(number of active data files, their total bytes) of the loaded version."""
-    actions = pa.table(dt.get_add_actions(flatten=True))
-    if actions.num_rows == 0:
-        return 0, 0
-    return actions.num_rows, int(pc.sum(actions["size_bytes"]).as_py() or 0)
-
-
 def maintain_table(
     uri: str,
     contract: Contract | None = None,
@@ -143,7 +135,7 @@ def maintain_table(
     dt.vacuum(retention_hours=retention_hours, dry_run=True, enforce_retention_duration=True)
     name = contract.bronze_table if contract else uri.rstrip("/").rsplit("/", 1)[-1]
     report = MaintenanceReport(name, uri, columns, part, retention_hours, dt.version())
-    report.files_before, report.bytes_before = snapshot_size(dt)
+    report.bytes_before, report.files_before = table_stats(dt)
     report.storage_files_before, report.storage_bytes_before = _storage_usage(uri)
 
     t0 = time.perf_counter()
@@ -157,7 +149,7 @@ def maintain_table(
         metrics = dt.optimize.z_order(columns, **kwargs) if columns else dt.optimize.compact(**kwargs)
         report.partitions_optimized = int(metrics.get("partitionsOptimized") or (0 if part else 1))
     report.optimize_seconds = round(time.perf_counter() - t0, 3)
-    report.files_after_optimize, report.bytes_after_optimize = snapshot_size(dt)
+    report.bytes_after_optimize, report.files_after_optimize = table_stats(dt)
 
     t0 = time.perf_counter()
     report.vacuumed_files = dt.vacuum(
@@ -183,7 +175,7 @@ def storage_growth(
     dt = DeltaTable(uri, storage_options=storage_options or None)
     if now is not None:
         dt.load_as_version(now)
-    files_now, bytes_now = snapshot_size(dt)
+    bytes_now, files_now = table_stats(dt)
     version_now = dt.version()
     cutoff = (now or datetime.now(UTC)) - window
     bytes_before = version_before = None
@@ -191,7 +183,7 @@ def storage_growth(
     past.load_as_version(cutoff)  # delta-rs clamps a time before the first commit to version 0
     if past.version() > 0 or cutoff.timestamp() * 1000 >= _created_ms(past):
         version_before = past.version()
-        bytes_before = snapshot_size(past)[1]
+        bytes_before = table_stats(past)[0]
     return StorageGrowth(
         table, bytes_now, files_now, version_now, bytes_before, version_before,
         window.total_seconds() / 3600,

@@ -131,8 +131,10 @@ def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None
 
 
 def table_stats(dt: DeltaTable) -> tuple[int, int]:
-    """(total bytes, number of data files) of the current version."""
+    """(total bytes, number of data files) of the loaded version."""
     actions = pa.table(dt.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return 0, 0
     return int(pa.compute.sum(actions["size_bytes"]).as_py() or 0), actions.num_rows
 
 
