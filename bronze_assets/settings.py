@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 ENV_SOURCE_DSN = "BRONZE_SOURCE_DSN"
@@ -31,3 +32,30 @@ def bronze_root() -> str:
     if value:
         return value if "://" in value else str(Path(value).expanduser().absolute())
     return str(data_dir() / "bronze")
+
+
+ENV_START_DATE = "BRONZE_START_DATE"
+ENV_PARTITIONS_START = "BRONZE_PARTITIONS_START"
+DEFAULT_PARTITIONS_START = "2020-01-01"
+
+
+def _parse_date(name: str, value: str) -> date:
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a date; write it as YYYY-MM-DD (UTC)") from None
+
+
+def start_date(today: date | None = None) -> date:
+    """Go-live day of the daily tables (``$BRONZE_START_DATE``; default: the first day of the
+    current UTC month). Its partition is the initial snapshot of all history (ARCHITECTURE §2.4)."""
+    value = os.environ.get(ENV_START_DATE, "").strip()
+    if value:
+        return _parse_date(ENV_START_DATE, value)
+    return (today or datetime.now(UTC).date()).replace(day=1)
+
+
+def partitions_start() -> date:
+    """First business month of the monthly tables (``$BRONZE_PARTITIONS_START``, default 2020-01-01)."""
+    value = os.environ.get(ENV_PARTITIONS_START, "").strip() or DEFAULT_PARTITIONS_START
+    return _parse_date(ENV_PARTITIONS_START, value).replace(day=1)

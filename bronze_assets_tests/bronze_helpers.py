@@ -66,17 +66,21 @@ class Bronze:
         return self.table(table).version()
 
 
-def spec_hash_sql(table: str, where: str = "") -> str:
-    """§2.2 record_hash written straight from the spec's column list (independent of the code)."""
+def spec_hash_sql(table: str, where: str = "", version: int = 2) -> str:
+    """§2.2 record_hash (v2: length-prefixed) written straight from the spec's column list
+    (independent of the code). Run it in a session pinned as §2.2 says (``query`` does)."""
     cols = [p.split()[0] for p in SPEC_COLUMNS[table].split(", ")]
-    rendered = ", ".join(f"coalesce({c}::text, '\\N')" for c in cols)
+    if version == 1:
+        rendered = ", ".join(f"coalesce({c}::text, '\\N')" for c in cols)
+    else:
+        rendered = ", ".join(f"coalesce(length({c}::text) || ':' || {c}::text, '\\N')" for c in cols)
     sql = f"SELECT {cols[0]}, md5(concat_ws(E'\\x1f', {rendered})) FROM tests.{table}"
     return f"{sql} WHERE {where}" if where else sql
 
 
-def source_hashes(dsn: str, table: str, where: str = "") -> dict[int, str]:
-    """{primary key: §2.2 hash} of the source rows (the session runs in UTC, see test_source)."""
-    return dict(query(dsn, spec_hash_sql(table, where)))
+def source_hashes(dsn: str, table: str, where: str = "", version: int = 2) -> dict[int, str]:
+    """{primary key: §2.2 hash} of the source rows (the session is pinned, see test_source)."""
+    return dict(query(dsn, spec_hash_sql(table, where, version)))
 
 
 def active_hashes(frame: pl.DataFrame, pk: str) -> dict[int, str]:

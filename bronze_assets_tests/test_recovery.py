@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 FAR = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def test_row_of_a_transaction_open_across_the_watermark_is_not_lost(fresh_dsn: str, tmp_path: Path) -> None:
+def test_row_of_a_transaction_open_across_the_watermark_is_not_lost(fresh_dsn: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_START_DATE", (datetime.now(UTC) + timedelta(days=1)).date().isoformat())
     seed_source(fresh_dsn, SeedOptions(scale=0, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     late = connect(fresh_dsn)  # transaction T1: starts now, commits after the next load
@@ -84,6 +86,7 @@ def _kill_when_new_parquet(dsn: str, uri: str, table: str, known: set[Path]) -> 
 def test_sigkill_mid_write_then_rerun_is_exact(fresh_dsn: str, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_STAGE_DIR", str(tmp_path / "stage"))
+    monkeypatch.setenv("BRONZE_TARGET_FILE_MB", "1")  # many files: the kill lands mid-write
     seed_source(fresh_dsn, SeedOptions(scale=0.5, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     uri = bronze.uri("order_details")

@@ -21,7 +21,9 @@ TICK = datetime(2026, 3, 1, 0, 5, tzinfo=UTC)  # first hour of a month: open vs 
 
 @pytest.fixture(scope="module")
 def repo() -> dg.RepositoryDefinition:
-    return defs().get_repository_def()
+    with pytest.MonkeyPatch.context() as env:  # daily partitions start at the go-live day
+        env.setenv("BRONZE_START_DATE", "2026-01-01")
+        return defs().get_repository_def()
 
 
 def _tick(repo: dg.RepositoryDefinition, name: str, when: datetime) -> dg.RunRequest:

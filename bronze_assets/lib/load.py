@@ -13,14 +13,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from bronze_assets.contracts import Contract, LoadPattern, PartitionKind
-from bronze_assets.lib.delta.merge import latest_watermark, open_table
+from bronze_assets.contracts import Contract, PartitionKind
+from bronze_assets.lib.delta.merge import HASH_VERSION, hash_version, latest_watermark, open_table
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
 from bronze_assets.lib.governance.pii import encrypt_json_records
-from bronze_assets.lib.source.extract import INVALID_PREFIX, RAW_PREFIX, LoadWindow, SourceReader
+from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
+from bronze_assets.lib.source.window import LoadWindow
+from bronze_assets.settings import partitions_start, start_date
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +52,49 @@ def plan_window(
     watermark: datetime | None,
     overlap: timedelta = DEFAULT_OVERLAP,
 ) -> LoadWindow:
-    """The window a load of ``partition`` (UTC start/end, or None = whole table) reads.
+    """The window a load of ``partition`` (UTC start/end of a partition range, None = whole table)
+    reads (ARCHITECTURE §2.4 v2).
 
-    An incremental daily partition that is still open widens backwards to the last watermark
-    minus ``overlap``, so rows of transactions that committed after the previous load are read.
+    The run of the open partition (or of the one that closed last, which batch schedules load)
+    also reads every row updated since the table's watermark minus ``overlap``, wherever it
+    lives: so every change reaches bronze by that run, and rows committed late by long
+    transactions are not missed. Older partitions (backfills) re-read just their own rows.
     """
+    monthly = contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE
+    first, newest_end = (partitions_start(), next_month(now).date()) if monthly \
+        else (start_date(now.date()), (now + timedelta(days=1)).date())
     if partition is None:
-        return LoadWindow()
+        return LoadWindow(first_month=first, newest_end=newest_end)
     start, end = partition
-    kind = contract.partitioning.kind
-    if kind is PartitionKind.MONTHLY_BUSINESS_DATE:
-        return LoadWindow(start, end, open_end=next_month(now))
+    open_start = month_start(now) if monthly else now.replace(hour=0, minute=0, second=0, microsecond=0)
     changed_since = None
-    if contract.load_pattern is LoadPattern.INCREMENTAL and end > now and watermark is not None:
+    if watermark is not None and end >= open_start:
         changed_since = watermark - overlap
-    return LoadWindow(start, end, changed_since=changed_since)
+    if monthly:
+        return LoadWindow(start, end, changed_since=changed_since, first_month=first, newest_end=newest_end)
+    return LoadWindow(start, end, initial=start.date() <= first, changed_since=changed_since,
+                      first_month=first, newest_end=newest_end)
+
+
+def next_watermark(window: LoadWindow, cap: datetime, previous: datetime | None) -> datetime | None:
+    """The watermark a load of ``window`` may record: every row updated before it has been read.
+
+    A widened load read everything since the previous watermark (→ ``cap``, the snapshot's safe
+    cap); the initial snapshot read everything before its end; a run over every month of a
+    business-date table read everything. Backfills record none, and a watermark never goes back.
+    """
+    if window.is_full or window.end is None or window.start is None:
+        return None
+    if window.changed_since is not None:
+        new = cap
+    elif window.initial:
+        new = min(window.end, cap)
+    elif window.first_month is not None and window.newest_end is not None \
+            and window.start.date() <= window.first_month and window.end.date() >= window.newest_end:
+        new = cap
+    else:
+        return None
+    return new if previous is None or new > previous else None
 
 
 def extract_and_stage(
@@ -88,19 +118,25 @@ def extract_and_stage(
     started = time.perf_counter()
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
     root = table_uri.rsplit("/", 1)[0]
-    previous = latest_watermark(open_table(table_uri, storage_options))
+    target = open_table(table_uri, storage_options)
+    previous = latest_watermark(target)
+    legacy = target is not None and hash_version(target) < HASH_VERSION  # migrate v1 hashes once
+    legacy_hashes: list[pa.RecordBatch] = []
     window = plan_window(contract, partition, ctx.batch_time, previous, overlap)
     histogram = np.zeros(101, dtype=np.int64)
 
     unreadable: list[pa.RecordBatch] = []
 
     def transform(raw: pa.RecordBatch) -> pa.RecordBatch:
-        if rescued:
+        if any(name.startswith(INVALID_PREFIX) for name in raw.schema.names):
             unreadable.append(unreadable_records(raw, contract))
+        if legacy:
+            legacy_hashes.append(raw.select([*contract.primary_key, LEGACY_HASH]))
         return enrich(raw, contract, ctx, extras)
 
     def enriched(reader: SourceReader) -> Iterator[pa.RecordBatch]:
-        for batch in reader.batches(window, transform=transform, extra_columns=extras, rescued=rescued):
+        for batch in reader.batches(window, transform=transform, extra_columns=extras, rescued=rescued,
+                                     legacy=legacy):
             scores = batch.column("data_quality_score").to_numpy(zero_copy_only=False)
             histogram[:] += np.bincount(scores, minlength=101)
             if progress is not None:
@@ -137,17 +173,19 @@ def extract_and_stage(
             keys_path, _ = write_stream(keys, key_schema, f"{name}-keys")
     rescued_rows = sum(b.num_rows for b in unreadable)
     if rescued_rows:
+        columns = sorted({c for b in unreadable for c in b.schema.metadata[b"columns"].decode().split(",")})
         records = (encrypt_json_records(b, contract, root, storage_options) if contract.encrypted_columns
                    else b for b in unreadable)
+        cause = drift.describe() if rescued else "values bronze cannot store (numeric NaN, ±infinity, " \
+            "years outside 1–9999)"
         quarantine_rows(quarantine_uri or f"{root}/{QUARANTINE_TABLE}", contract.name, ctx.batch_id,
-                        f"{drift.describe()} — values kept as NULL in {name}, raw values here", records,
-                        storage_options)
-        log.warning("%s: %d records had values that cannot be read as the contract types; they scored "
-                    "the schema penalty and are listed in %s", name, rescued_rows, QUARANTINE_TABLE)
-    watermark = None
-    still_open = partition is None or partition[1] > snapshot.server_time
-    if contract.load_pattern is LoadPattern.INCREMENTAL and still_open:
-        watermark = snapshot.watermark_cap()
+                        f"{cause} in column(s) {', '.join(columns)} — kept as NULL in {name} (schema_fail "
+                        f"scored); each record holds the primary key and the PostgreSQL text of the value",
+                        records, storage_options)
+        log.warning("%s: %d records had values in %s that cannot be stored as the contract types; they "
+                    "are NULL in bronze, scored the schema penalty and are listed in %s", name, rescued_rows,
+                    ", ".join(columns), QUARANTINE_TABLE)
+    watermark = next_watermark(window, snapshot.watermark_cap(), previous)
     staged = StagedBatch(
         contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract, extras), rows=rows,
         score_histogram=histogram, source_keys_path=keys_path, keys_are_rows=window.is_full,
@@ -155,8 +193,9 @@ def extract_and_stage(
         window=_describe(window), extract_seconds=round(time.perf_counter() - started, 3),
         metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
         | ({"bronze.new_columns": ", ".join(extras)} if extras else {})
-        | ({"bronze.unreadable_records": str(rescued_rows)} if rescued else {}),
+        | ({"bronze.unreadable_records": str(rescued_rows)} if rescued or rescued_rows else {}),
         schema_drift=drift,
+        legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
     )
     return staged
 
@@ -178,13 +217,17 @@ def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatc
         for c in contract.encrypted_columns:  # encrypted by the caller before quarantine
             record.setdefault(c, row.get(c))
         records.append(json.dumps(record, default=str))
-    return pa.RecordBatch.from_arrays([pa.array(records, pa.string())], names=["record"])
+    columns = ",".join(f.removeprefix(INVALID_PREFIX) for f in flags)
+    schema = pa.schema([pa.field("record", pa.string())], metadata={"columns": columns})
+    return pa.RecordBatch.from_arrays([pa.array(records, pa.string())], schema=schema)
 
 
 def _describe(window: LoadWindow) -> str:
     if window.is_full:
         return "full table"
     text = f"[{window.start.isoformat()}, {window.end.isoformat()})"  # type: ignore[union-attr]
+    if window.initial:
+        text = f"initial snapshot up to {window.end.isoformat()}"  # type: ignore[union-attr]
     if window.changed_since is not None:
-        text += f" widened to updated_at >= {window.changed_since.isoformat()}"
+        text += f" + every row updated since {window.changed_since.isoformat()}"
     return text

@@ -101,7 +101,20 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
             meta["resumed_batch_id"] = result.resumed_batch_id
         if obj.watermark is not None:
             meta["watermark"] = obj.watermark.isoformat()
+        if result.rehashed_v1:
+            meta["rows_rehashed_v1"] = result.rehashed_v1
+        own = set(context.asset_partition_keys) if context.has_asset_partitions else set()
+        others = [p for p in result.partitions if p not in own]
+        if result.partitions:
+            meta["partitions_changed"] = ", ".join(result.partitions)
         context.add_output_metadata(meta)
+        for key in others:  # rows changed where they live: Dagster's partition status stays true
+            context.log_event(dg.AssetMaterialization(
+                asset_key=context.asset_key, partition=key,
+                description=f"changed by the load of {', '.join(sorted(own)) or 'the table'}",
+                metadata={"batch_id": obj.ctx.batch_id, "table_uri": dg.MetadataValue.path(uri),
+                          "delta_version": meta["delta_version"]},
+            ))
 
     def load_input(self, context: dg.InputContext) -> pa.Table:
         table = context.upstream_output.asset_key.path[-1] if context.upstream_output else None

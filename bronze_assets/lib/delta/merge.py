@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema
 from bronze_assets.lib.governance.keystore import SubjectKeys
 from bronze_assets.lib.governance.pii import PiiCipher
+from bronze_assets.lib.source.extract import LEGACY_HASH
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,23 @@ TARGET_PART = "_bronze_target_part"
 BATCH_KEY = "bronze.batch_id"
 WATERMARK_KEY = "bronze.watermark"
 CHUNK_KEY = "bronze.chunk"  # "i/n": commit i of the n a batch is written in
+HASH_VERSION_KEY = "bronze.hash_version"  # ARCHITECTURE §2.2 record_hash version of the rows written
+HASH_VERSION = 2
+REHASHED_KEY = "bronze.rehashed_v1"  # rows whose v1 hash the commit replaced by v2 (nothing else)
 APP_ID_PREFIX = "bronze_assets/"
 MAX_ATTEMPTS = 4
 ENV_CHUNK_ROWS = "BRONZE_COMMIT_CHUNK_ROWS"
 DEFAULT_CHUNK_ROWS = 1_000_000
+# Few large files, but not one per table: delta-rs MERGE is copy-on-write (no deletion vectors),
+# so a change rewrites every file it touches; 32 MiB keeps a snapshot at scale 10 to a handful of
+# files per table while a change clustered on recent keys rewrites one or two of them.
+ENV_TARGET_FILE_MB = "BRONZE_TARGET_FILE_MB"
+DEFAULT_TARGET_FILE_MB = 32
+
+
+def target_file_bytes() -> int:
+    """Target size of a bronze data file (``$BRONZE_TARGET_FILE_MB``, default 32 MiB)."""
+    return max(1, int(os.environ.get(ENV_TARGET_FILE_MB) or DEFAULT_TARGET_FILE_MB)) * 1024 * 1024
 
 
 def commit_chunk_rows() -> int:
@@ -81,6 +95,8 @@ class MergeResult:
     commits: int = 0
     resumed_batch_id: str | None = None  # an interrupted batch whose committed chunks were kept
     rows_skipped_by_checkpoint: int = 0  # rows that batch committed, not written again
+    rehashed_v1: int = 0  # unchanged rows whose v1 record_hash was replaced by the v2 hash
+    partitions: list[str] = field(default_factory=list)  # Delta partition values the load changed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +144,14 @@ def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None
         if WATERMARK_KEY in entry:
             return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
     return None
+
+
+def hash_version(dt: DeltaTable, limit: int = 50) -> int:
+    """The record_hash version of the table's latest load (1 for tables written before v2)."""
+    for entry in dt.history(limit):
+        if BATCH_KEY in entry:
+            return int(entry.get(HASH_VERSION_KEY, 1))
+    return HASH_VERSION
 
 
 def table_stats(dt: DeltaTable) -> tuple[int, int]:
@@ -230,17 +254,27 @@ class BronzeMerger:
             is_new = status.is_null()
             forgotten = status == FORGOTTEN
             differs = pl.col("_t_hash") != pl.col("record_hash")
-            changed = ~is_new & ~forgotten & (differs | (status == DELETED) | pl.lit(backfill_unchanged))
+            rehash = pl.lit(False)
+            if staged.legacy_hashes is not None:  # a v1 table: equal under v1 means unchanged
+                legacy = pl.from_arrow(staged.legacy_hashes)
+                assert isinstance(legacy, pl.DataFrame)
+                joined = joined.join(legacy.cast({k: joined.schema[k] for k in self.pk}), on=self.pk,
+                                     how="left")
+                rehash = (status == ACTIVE) & differs & (pl.col("_t_hash") == pl.col(LEGACY_HASH))
+                rehash = rehash.fill_null(False)
+            changed = ~is_new & ~forgotten & ~rehash & (differs | (status == DELETED)
+                                                        | pl.lit(backfill_unchanged))
             target_part = pl.col(TARGET_PART) if self.part else pl.lit(None)
             own_part = pl.col(self.part) if self.part else pl.lit(None)
             classified = joined.with_columns(
-                pl.when(is_new).then(pl.lit("I")).when(changed).then(pl.lit("U")).otherwise(pl.lit(None))
-                .alias(OP),
+                pl.when(is_new).then(pl.lit("I")).when(changed).then(pl.lit("U")).when(rehash)
+                .then(pl.lit("H")).otherwise(pl.lit(None)).alias(OP),
                 pl.when(is_new).then(own_part).otherwise(target_part).alias("_route"),
             )
             result.inserted = int(classified.select(is_new.sum()).item())
             result.updated = int(classified.select(changed.sum()).item())
             result.forgotten_skipped = int(classified.select(forgotten.sum()).item())
+            result.rehashed_v1 = int(classified.select(rehash.sum()).item())
             result.unchanged = src.height - result.inserted - result.updated - result.forgotten_skipped
             if resumed is not None:
                 kept = classified.filter(pl.col(OP).is_null() & (pl.col("_t_batch") == resumed))
@@ -259,7 +293,11 @@ class BronzeMerger:
             route = pl.col(TARGET_PART) if self.part else pl.lit(None)
             plans.append(vanished.select([*self.pk, pl.lit("D").alias(OP), route.alias("_route")]))
         plans = [p.with_columns(pl.col("_route").cast(pl.Date)) for p in plans if p.height]
-        return (pl.concat(plans) if plans else pl.DataFrame()), result
+        plan = pl.concat(plans) if plans else pl.DataFrame()
+        if self.part and plan.height:
+            routes = plan.get_column("_route").drop_nulls().unique().sort()
+            result.partitions = [d.isoformat() for d in routes.to_list()]
+        return plan, result
 
     # ------------------------------------------------------------------ writing
     def _merge_source(self, staged: StagedBatch, plan: pl.DataFrame) -> pa.RecordBatchReader:
@@ -311,7 +349,7 @@ class BronzeMerger:
     ) -> CommitProperties:
         version = ((dt.transaction_version(self.app_id) if dt is not None else None) or 0) + 1
         meta = {BATCH_KEY: staged.ctx.batch_id, CHUNK_KEY: f"{chunk}/{chunks}",
-                "bronze.window": staged.window, **staged.metadata}
+                HASH_VERSION_KEY: str(HASH_VERSION), "bronze.window": staged.window, **staged.metadata}
         if staged.watermark is not None and chunk == chunks - 1:  # the batch is complete
             meta[WATERMARK_KEY] = staged.watermark.isoformat()
         return CommitProperties(
@@ -391,6 +429,11 @@ class BronzeMerger:
                 self._prepare_keys(keys.get_column(subject[0]))
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
+        if self.part and staged.rows:
+            parts = pl.from_arrow(staged.reader().read_all().select([self.part]))
+            assert isinstance(parts, pl.DataFrame)
+            result.partitions = [d.isoformat() for d in parts.get_column(self.part).drop_nulls().unique()
+                                 .sort().to_list()]
         for chunk in range(chunks):
             dt = open_table(self.uri, self.storage_options) if chunk else None
             if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
@@ -401,6 +444,8 @@ class BronzeMerger:
                 partition_by=[self.part] if self.part else None,
                 mode="append" if chunk else "error",
                 storage_options=self.storage_options or None,
+                target_file_size=target_file_bytes(),
+                configuration=None if chunk else {"delta.targetFileSize": str(target_file_bytes())},
                 writer_properties=writer_properties(self.contract),
                 commit_properties=self._commit_properties(dt, staged, chunk, chunks),
             )
@@ -414,6 +459,10 @@ class BronzeMerger:
         plan, result = self.plan(dt, staged, backfill_unchanged=backfill, resumed=interrupted_batch(dt))
         if not plan.height:
             return result
+        if result.rehashed_v1:
+            staged.metadata[REHASHED_KEY] = str(result.rehashed_v1)
+            log.info("%s: %d unchanged rows re-hashed from record_hash v1 to v2", self.uri,
+                     result.rehashed_v1)
         plan = plan.sort(self.pk)  # chunks are key ranges, so each MERGE predicate stays narrow
         if self.cipher is not None:  # the data subject is the key of every PII table we have
             self._prepare_keys(plan.filter(pl.col(OP) != "D").get_column(self._subject_in_plan()))
@@ -455,6 +504,7 @@ class BronzeMerger:
                 commit_properties=self._commit_properties(dt, staged, chunk, chunks),
             )
             .when_matched_update(updates, predicate=f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'")
+            .when_matched_update({"record_hash": "s.record_hash"}, predicate=f"s.{OP} = 'H'")
             .when_matched_update(
                 {"record_status": f"'{DELETED}'", "update_timestamp": "s.update_timestamp",
                  "batch_id": "s.batch_id"},

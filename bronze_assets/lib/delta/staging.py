@@ -37,6 +37,7 @@ class StagedBatch:
     metadata: dict[str, str] = field(default_factory=dict)
     schema_drift: SchemaDrift | None = None
     keep_after_merge: bool = False  # set while a check still reads the staged files
+    legacy_hashes: pa.Table | None = None  # key + v1 record_hash, only while a v1 table is migrated
 
     @property
     def score_sum(self) -> int:

@@ -1,8 +1,8 @@
 """Contract-driven extraction: one snapshot-consistent, chunked binary-COPY read into Arrow.
 
-The source query renders ``record_hash`` (ARCHITECTURE §2.2) in PostgreSQL itself, so both
-engines hash exactly what PostgreSQL prints, and computes the Delta partition value of a row
-(``load_date`` / ``<business>_month``) from the load window.
+The source is asked only for its typed columns. ``record_hash`` (ARCHITECTURE §2.2) is rendered
+here, vectorised, exactly as PostgreSQL prints ``col::text`` (:mod:`bronze_assets.lib.enrich.pgtext`),
+and the Delta partition value of a row comes from the load window (:mod:`.window`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bronze_assets.contracts import Contract, PartitionKind
-from bronze_assets.contracts.arrow import source_schema
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.postgres import connect
+from bronze_assets.lib.source.window import LoadWindow, partition_values, window_predicate
 from bronze_assets.settings import SOURCE_SCHEMA
 
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
@@ -36,132 +36,38 @@ def default_parallelism() -> int:
     return max(1, int(value)) if value else max(1, min(4, os.cpu_count() or 1))
 
 
-@dataclass(frozen=True)
-class LoadWindow:
-    """The source rows one load reads: all of them, or those of a partition range.
-
-    ``start``/``end`` bound the partition range (UTC, end exclusive). ``changed_since`` widens a
-    daily window backwards to the incremental watermark minus the overlap, so rows committed
-    late by long transactions are still read. ``open_end`` is the end of the newest Dagster
-    partition: monthly rows whose business date is NULL or lies beyond it have no partition of
-    their own and are loaded with the month of their ``updated_at``.
-    """
-
-    start: datetime | None = None
-    end: datetime | None = None
-    changed_since: datetime | None = None
-    open_end: datetime | None = None
-
-    @property
-    def is_full(self) -> bool:
-        return self.start is None
-
-
-def _ts(value: datetime) -> str:
-    return f"TIMESTAMPTZ '{value.astimezone(UTC).isoformat()}'"
-
-
-def _date(value: datetime | date) -> str:
-    return f"DATE '{value.date() if isinstance(value, datetime) else value}'"
-
-
-def record_hash_sql(contract: Contract) -> str:
-    """``md5(concat_ws(E'\\x1f', coalesce(c::text, '\\N'), …))`` over every source column."""
-    parts = ", ".join(f"coalesce({quote_ident(c)}::text, '\\N')" for c in contract.column_names)
-    return f"md5(concat_ws(E'\\x1f', {parts}))"
-
-
-def window_predicate(contract: Contract, window: LoadWindow) -> str | None:
-    """SQL ``WHERE`` condition selecting the window's rows (None = the whole table)."""
-    if window.is_full or window.start is None or window.end is None:
-        return None
-    kind = contract.partitioning.kind
-    if kind is PartitionKind.MONTHLY_BUSINESS_DATE:
-        bd = quote_ident(contract.partitioning.business_date_column or "")
-        homeless = f"{bd} IS NULL"
-        if window.open_end is not None:
-            homeless = f"({bd} IS NULL OR {bd} >= {_date(window.open_end)})"
-        return (
-            f"({bd} >= {_date(window.start)} AND {bd} < {_date(window.end)}) OR "
-            f"({homeless} AND updated_at >= {_ts(window.start)} AND updated_at < {_ts(window.end)})"
-        )
-    lower = window.start if window.changed_since is None else min(window.start, window.changed_since)
-    return f"updated_at >= {_ts(lower)} AND updated_at < {_ts(window.end)}"
-
-
-def partition_value_sql(contract: Contract, window: LoadWindow) -> str | None:
-    """SQL expression of the Delta partition value a *new* row gets in this window."""
-    p = contract.partitioning
-    if p.kind is PartitionKind.NONE:
-        return None
-    if p.kind is PartitionKind.DAILY_LOAD_DATE:
-        day = "(updated_at AT TIME ZONE 'UTC')::date"
-        if window.start is None:
-            return day
-        # a late row read through the watermark overlap lands in the partition of this run
-        return f"GREATEST({day}, {_date(window.start)})"
-    bd = quote_ident(p.business_date_column or "")
-    by_update = "date_trunc('month', updated_at AT TIME ZONE 'UTC')::date"
-    if window.start is None or window.end is None:
-        return f"COALESCE(date_trunc('month', {bd})::date, {by_update})"
-    in_window = f"{bd} >= {_date(window.start)} AND {bd} < {_date(window.end)}"
-    return f"CASE WHEN {in_window} THEN date_trunc('month', {bd})::date ELSE {by_update} END"
-
-
 INVALID_PREFIX, RAW_PREFIX = "_invalid:", "_raw:"
+LEGACY_HASH = "_record_hash_v1"  # v1 record_hash, computed only to migrate a v1 table once
 
 
 def _select_column(contract: Contract, name: str, rescued: bool = False) -> str:
-    """A numeric travels as its exact unscaled integer (ADBC would render it as text).
+    """A column as it is (binary COPY, rendered in the pipeline).
 
     A rescued column (policy ``rescue``) is read per record from its text: a value PostgreSQL
     cannot read as the contract type (``pg_input_is_valid``, PostgreSQL 16+) becomes NULL and is
-    flagged, with its raw text alongside.
+    flagged; its source text travels alongside (the record hash renders it).
     """
-    column = contract.column(name)
     ident = quote_ident(name)
-    value = ident
-    if rescued:
-        valid = f"pg_input_is_valid({ident}::text, '{column.type.value}')"
-        value = f"(CASE WHEN {valid} THEN ({ident}::text)::{column.type.value} END)"
-        flags = (f", ({ident} IS NOT NULL AND NOT {valid}) AS {quote_ident(INVALID_PREFIX + name)}"
-                 f", CASE WHEN NOT {valid} THEN {ident}::text END AS {quote_ident(RAW_PREFIX + name)}")
-    else:
-        flags = ""
-    if column.type.is_numeric:
-        _, scale = column.type.precision_scale  # type: ignore[misc]
-        return f"({value} * 1{'0' * scale})::bigint AS {ident}{flags}"
-    return (ident if value == ident else f"{value} AS {ident}") + flags
-
-
-def unscaled_to_decimal(values: pa.Array, type_: pa.Decimal128Type) -> pa.Array:
-    """Exact decimal128 from unscaled int64 values (16-byte two's complement, no rounding)."""
-    ints = values.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-    words = np.empty((len(ints), 2), dtype=np.int64)
-    words[:, 0] = ints
-    words[:, 1] = ints >> 63
-    validity = values.buffers()[0] if values.null_count else None
-    if validity is not None and values.offset:
-        validity = pa.compute.is_valid(values).buffers()[1]
-    return pa.Array.from_buffers(type_, len(ints), [validity, pa.py_buffer(words.tobytes())],
-                                 null_count=values.null_count)
+    if not rescued:
+        return ident
+    type_ = contract.column(name).type.value
+    valid = f"pg_input_is_valid({ident}::text, '{type_}')"
+    return (f"(CASE WHEN {valid} THEN ({ident}::text)::{type_} END) AS {ident}"
+            f", ({ident} IS NOT NULL AND NOT {valid}) AS {quote_ident(INVALID_PREFIX + name)}"
+            f", {ident}::text AS {quote_ident(RAW_PREFIX + name)}")
 
 
 def select_sql(
     contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA, extra_columns: Sequence[str] = (),
     rescued: Sequence[str] = (),
 ) -> str:
-    """The extraction query: source columns, ``record_hash``, the partition value, new columns.
+    """The extraction query: typed source columns as they are, plus columns the contract lacks.
 
     Columns the source has but the contract does not (``extra_columns``) travel as text and are
     not part of ``record_hash``, so existing hashes stay stable (policy ``addNewColumns``).
     """
     cols = [_select_column(contract, c, c in rescued) for c in contract.column_names]
     cols += [f"{quote_ident(c)}::text AS {quote_ident(c)}" for c in extra_columns]
-    cols.append(f"{record_hash_sql(contract)} AS record_hash")
-    part = partition_value_sql(contract, window)
-    if part is not None:
-        cols.append(f"{part} AS {quote_ident(contract.partitioning.delta_column or '')}")
     sql = f"SELECT {', '.join(cols)} FROM {qualified(schema, contract.name)}"
     where = window_predicate(contract, window)
     return sql if where is None else f"{sql} WHERE ({where})"
@@ -173,25 +79,43 @@ def keys_sql(contract: Contract, schema: str = SOURCE_SCHEMA) -> str:
     return f"SELECT {cols} FROM {qualified(schema, contract.name)}"
 
 
-def normalize(batch: pa.RecordBatch, contract: Contract) -> pa.RecordBatch:
-    """Cast driver types to the contract's Arrow types (ADBC returns numeric as text)."""
-    target = source_schema(contract)
-    arrays, fields = [], []
-    for field in batch.schema:
-        arr = batch.column(field.name)
-        if isinstance(arr, pa.ExtensionArray):
-            arr = arr.storage
-        want = target.field(field.name).type if field.name in target.names else None
-        if want is not None and pa.types.is_decimal(want) and pa.types.is_integer(arr.type):
-            arrays.append(unscaled_to_decimal(arr, want))
-            fields.append(pa.field(field.name, want))
-            continue
-        if want is None:
-            want = pa.string() if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) \
-                else arr.type
-        arrays.append(arr if arr.type == want else pc.cast(arr, want))
-        fields.append(pa.field(field.name, want))
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+def _plain(arr: pa.Array) -> pa.Array:
+    return arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+
+
+def prepare(batch: pa.RecordBatch, contract: Contract, window: LoadWindow | None = None,
+            legacy: bool = False) -> pa.RecordBatch:
+    """Turn a driver batch into bronze-ready columns: ``record_hash`` (§2.2, rendered here, not
+    in the source), values in the contract's types, the Delta partition value, and for every
+    value bronze cannot hold (numeric NaN, ±infinity, years outside 1–9999) a NULL plus
+    ``_invalid:<col>``/``_raw:<col>`` (its PostgreSQL text) for the score and the quarantine."""
+    names = set(batch.schema.names)
+    texts, out = [], {}
+    for column in contract.columns:
+        arr = _plain(batch.column(column.name))
+        raw_name = RAW_PREFIX + column.name
+        if raw_name in names:  # a rescued column: the source's own text is what gets hashed
+            text = batch.column(raw_name).cast(pa.string())
+            value, bad = storable(arr, column.type)
+            bad = pc.or_(bad, batch.column(INVALID_PREFIX + column.name).fill_null(False))
+        else:
+            text = column_text(arr, column.type)
+            value, bad = storable(arr, column.type)
+        texts.append(text)
+        out[column.name] = value
+        if pc.any(bad).as_py():
+            out[INVALID_PREFIX + column.name] = bad
+            out[RAW_PREFIX + column.name] = pc.if_else(bad, text, pa.nulls(len(text), pa.string()))
+    out["record_hash"] = hash_texts(texts)
+    if legacy:
+        out[LEGACY_HASH] = hash_texts(texts, version=1)
+    for name in batch.schema.names:
+        if name not in out and not name.startswith((INVALID_PREFIX, RAW_PREFIX)):
+            out[name] = batch.column(name).cast(pa.string())  # a column the contract does not know
+    part = contract.partitioning.delta_column
+    if part is not None and window is not None:
+        out[part] = partition_values(batch, contract, window)
+    return pa.RecordBatch.from_pydict(out)
 
 
 @dataclass
@@ -275,13 +199,19 @@ class SourceReader:
         transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
         extra_columns: Sequence[str] = (),
         rescued: Sequence[str] = (),
+        legacy: bool = False,
     ) -> Iterator[pa.RecordBatch]:
         """Stream the window's rows in bounded Arrow batches (binary COPY under the hood).
 
         ``transform`` runs on the reading threads, in parallel when there are several.
         """
         sql = select_sql(self.contract, window, self.schema, extra_columns, rescued)
-        yield from self._parallel(sql, transform)
+
+        def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
+            ready = prepare(batch, self.contract, window, legacy)
+            return ready if transform is None else transform(ready)
+
+        yield from self._parallel(sql, convert)
 
     def raw_json(self, window: LoadWindow, available: set[str]) -> Iterator[pa.RecordBatch]:
         """The window's rows as they are, one JSON text per row (for the quarantine).
@@ -312,7 +242,7 @@ class SourceReader:
             cur.execute(sql)
             for batch in cur.fetch_record_batch():
                 if batch.num_rows:
-                    yield normalize(batch, self.contract)
+                    yield batch
 
     def _parallel(
         self, sql: str, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None

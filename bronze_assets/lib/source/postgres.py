@@ -7,6 +7,9 @@ from typing import Any
 from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.settings import ENV_SOURCE_DSN, source_dsn_from_env
 
+# ARCHITECTURE §2.2: every rendering is independent of the role's and database's defaults.
+PINNED_SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'", "SET IntervalStyle = 'postgres'")
+
 
 class SourceConnectionError(RuntimeError):
     """The PostgreSQL source could not be reached; the message says what to check."""
@@ -27,7 +30,7 @@ def resolve_source_dsn(dsn: str | None = None) -> str:
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> Any:
-    """Open an ADBC PostgreSQL connection (DB-API) to ``dsn`` with the session in UTC."""
+    """Open an ADBC PostgreSQL connection (DB-API) to ``dsn``, session pinned (UTC, ISO dates)."""
     import adbc_driver_postgresql.dbapi as pg
 
     try:
@@ -40,6 +43,7 @@ def connect(dsn: str, *, autocommit: bool = False) -> Any:
             f"{ENV_SOURCE_DSN} (unset it to use the embedded server)."
         ) from None
     cur = conn.cursor()
-    cur.execute("SET TIME ZONE 'UTC'")
+    for statement in PINNED_SESSION:
+        cur.execute(statement)
     cur.close()
     return conn

@@ -1,0 +1,369 @@
+"""PostgreSQL's ``col::text`` of ADBC-read Arrow columns, the record hash, and storable values.
+
+The ADBC PostgreSQL driver (binary COPY) hands over the server's binary values with quirks this
+module undoes, so the text rendered here is bit-for-bit what PostgreSQL prints for
+``col::text`` in a session with ``SET TimeZone='UTC'; SET DateStyle='ISO, MDY'``:
+
+* ``date`` → date32: PostgreSQL's int32 days since 2000-01-01 plus 10957, computed with int32
+  wraparound. Every real date (4714-11-24 BC … 5874897-12-31) arrives as correct days since
+  1970; only the sentinels ``infinity`` / ``-infinity`` wrap, to ``-2147472692`` /
+  ``-2147472691``.
+* ``timestamp with time zone`` → timestamp[us, UTC]: int64 µs since 2000 plus 946684800000000
+  with int64 wraparound. ``infinity`` / ``-infinity`` arrive as ``-9222425352054775809`` /
+  ``-9222425352054775808``; instants from about year 294247 on arrive wrapped (true value =
+  arrived + 2**64); everything else arrives as correct µs since 1970.
+* ``numeric`` → an ``arrow.opaque`` extension array whose storage is the decimal text (``nan``
+  for NaN); a plain string array or a ``decimal128`` array is accepted too.
+
+Rendering is vectorised: the common path (years 1..9999, canonical decimal text) uses Polars'
+native formatting; the rare rest (BC, years beyond 9999, infinities, wrapped instants,
+non-canonical decimal text) is computed for just those rows with integer arithmetic on the
+proleptic Gregorian calendar (as PostgreSQL does) and scattered in. The record text is
+assembled and digested by DuckDB (``length`` counts code points, like PostgreSQL's).
+
+Record hash (ARCHITECTURE §2.2), ``version=2`` (the pinned contract)::
+
+    md5(concat_ws(E'\\x1f', coalesce(length(c1::text) || ':' || c1::text, '\\N'), …))
+
+with ``length`` in characters and NULL written as backslash-N without a length; ``version=1``
+(legacy) is ``md5(concat_ws(E'\\x1f', coalesce(c1::text, '\\N'), …))``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bronze_assets.contracts.arrow import arrow_type
+from bronze_assets.contracts.model import Contract, PgType
+
+__all__ = [
+    "DATE_NEG_INFINITY",
+    "DATE_POS_INFINITY",
+    "HASH_VERSIONS",
+    "TS_NEG_INFINITY",
+    "TS_POS_INFINITY",
+    "column_text",
+    "record_hash",
+    "storable",
+]
+
+HASH_VERSIONS = (1, 2)
+
+# How ADBC delivers PostgreSQL's infinities (the sentinel plus the epoch shift, wrapped).
+DATE_POS_INFINITY = -2147472692  # INT32_MAX + 10957, wrapped
+DATE_NEG_INFINITY = -2147472691  # INT32_MIN + 10957, wrapped
+TS_POS_INFINITY = -9222425352054775809  # INT64_MAX + 946684800000000, wrapped
+TS_NEG_INFINITY = -9222425352054775808  # INT64_MIN + 946684800000000, wrapped
+
+_US_PER_DAY = 86_400_000_000
+# Smallest timestamptz PostgreSQL accepts (4714-11-24 00:00:00+00 BC) in µs since 1970: an
+# arrived value below it (other than the two sentinels) is a wrapped far-future instant.
+_TS_MIN_US = -210_866_803_200_000_000
+# 2**64 = _WRAP_DAYS days + _WRAP_US µs, so a wrapped value is fixed up in int64 (days, µs).
+_WRAP_DAYS, _WRAP_US = divmod(2**64, _US_PER_DAY)
+
+# Years 1..9999 (inclusive lower / exclusive upper bound): the common path and the storable range.
+_DATE_MIN, _DATE_END = -719_162, 2_932_897  # 0001-01-01, 10000-01-01 in days since 1970
+_TS_MIN, _TS_END = _DATE_MIN * _US_PER_DAY, _DATE_END * _US_PER_DAY
+
+_NUMERIC_SPECIALS = ["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"]
+
+_local = threading.local()
+
+
+# ---------------------------------------------------------------------------------------------
+# input normalisation
+
+
+def _as_array(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    return arr
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _physical(arr: pa.Array | pa.ChunkedArray, type_: PgType) -> pa.Array:
+    """The array the renderer of ``type_`` reads: int32 days, int64 µs, decimal text, ints, text."""
+    arr = _as_array(arr)
+    t = arr.type
+    if type_ is PgType.DATE:
+        return (arr if pa.types.is_date32(t) else arr.cast(pa.date32())).view(pa.int32())
+    if type_ is PgType.TIMESTAMPTZ:
+        if not pa.types.is_timestamp(t):
+            return arr.cast(pa.int64())
+        if t.unit != "us":
+            arr = arr.cast(pa.timestamp("us", tz=t.tz))
+        return arr.view(pa.int64())
+    if type_.is_numeric or type_ is PgType.TEXT:
+        return arr if _is_text(t) else arr.cast(pa.string())  # decimal128 prints `scale` digits
+    want = arrow_type(type_)
+    return arr if t == want else arr.cast(want)
+
+
+def _series(arr: pa.Array, name: str = "v") -> pl.Series:
+    s = pl.from_arrow(arr)
+    assert isinstance(s, pl.Series)
+    return s.alias(name)
+
+
+def _to_string(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    arr = _as_array(arr)
+    return arr if arr.type == pa.string() else arr.cast(pa.string())
+
+
+# ---------------------------------------------------------------------------------------------
+# the common path: Polars expressions over the physical column
+
+
+def _common_expr(col: str, type_: PgType) -> pl.Expr:
+    """Text of the rows on the common path; null for NULLs and for rows of :func:`_rare_rows`."""
+    v = pl.col(col)
+    if type_ is PgType.DATE:
+        return pl.when((v >= _DATE_MIN) & (v < _DATE_END)).then(v).cast(pl.Date).dt.to_string("%Y-%m-%d")
+    if type_ is PgType.TIMESTAMPTZ:
+        text = (
+            pl.when((v >= _TS_MIN) & (v < _TS_END)).then(v).cast(pl.Datetime("us"))
+            .dt.to_string("%Y-%m-%d %H:%M:%S%.6f")
+            .str.strip_chars_end("0").str.strip_chars_end(".")  # PostgreSQL trims trailing zeros
+        )
+        return pl.concat_str([text, pl.lit("+00")])
+    if type_ in (PgType.INTEGER, PgType.BIGINT):
+        return v.cast(pl.String)
+    return v  # text; numeric text, canonical rows only fixed up afterwards
+
+
+def _rare_rows(phys: pa.Array, type_: PgType) -> np.ndarray:
+    """Positions of the non-NULL rows the common path does not render."""
+    if type_ is PgType.DATE or type_ is PgType.TIMESTAMPTZ:
+        lo, hi = (_DATE_MIN, _DATE_END) if type_ is PgType.DATE else (_TS_MIN, _TS_END)
+        outside = pc.or_(pc.less(phys, lo), pc.greater_equal(phys, hi))
+        return pc.indices_nonzero(pc.fill_null(outside, False)).to_numpy()
+    if type_.is_numeric:
+        return _noncanonical_decimals(phys, _scale(type_))
+    return np.empty(0, np.int64)
+
+
+def _scale(type_: PgType) -> int:
+    precision_scale = type_.precision_scale
+    assert precision_scale is not None, type_
+    return precision_scale[1]
+
+
+def _noncanonical_decimals(text: pa.Array, scale: int) -> np.ndarray:
+    """Rows whose text is not ``[-]digits.<scale digits>`` by a byte check on the raw buffers
+    (the driver's text of a numeric(p, s) column is canonical; NaN and odd input are not)."""
+    n = len(text)
+    if n == 0:
+        return np.empty(0, np.int64)
+    valid = np.ones(n, bool) if text.null_count == 0 else text.is_valid().to_numpy(zero_copy_only=False)
+    _, off_buf, data_buf = text.buffers()
+    width = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    offsets = np.frombuffer(off_buf, dtype=width)[text.offset : text.offset + n + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.empty(0, np.uint8)
+    ends = offsets[1:]
+    lengths = ends - offsets[:-1]
+    ok = lengths >= scale + 2
+    if scale == 0:  # no numeric(p, 0) in the contracts: render every value through the slow path
+        ok[:] = False
+    elif ok.any():
+        ok &= data[np.where(ok, ends - scale - 1, 0)] == ord(".")
+    return np.flatnonzero(valid & ~ok)
+
+
+def _civil(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Proleptic Gregorian (astronomical year, month, day) of int64 days since 1970-01-01
+    (Howard Hinnant's ``civil_from_days``; numpy's ``//`` floors like PostgreSQL's j2date needs)."""
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def _calendar_text(days: np.ndarray, us: np.ndarray | None) -> pl.Series:
+    """PostgreSQL's text of dates (``us`` None) or UTC timestamps (µs of the day) of any year."""
+    year, month, day = _civil(days)
+    bc = year <= 0
+    frame = pl.DataFrame({"y": np.where(bc, 1 - year, year), "m": month, "d": day, "bc": bc})
+
+    def pad(c: str | pl.Expr, n: int) -> pl.Expr:
+        return (pl.col(c) if isinstance(c, str) else c).cast(pl.String).str.zfill(n)
+
+    parts = [pad("y", 4), pl.lit("-"), pad("m", 2), pl.lit("-"), pad("d", 2)]
+    if us is not None:
+        frame = frame.with_columns(s=us // 1_000_000, f=us % 1_000_000)
+        s, f = pl.col("s"), pl.col("f")
+        fraction = pl.when(f != 0).then(pl.concat_str([pl.lit("."), pad(f, 6).str.strip_chars_end("0")]))
+        parts += [pl.lit(" "), pad(s // 3600, 2), pl.lit(":"), pad(s // 60 % 60, 2), pl.lit(":"),
+                  pad(s % 60, 2), fraction.otherwise(pl.lit("")), pl.lit("+00")]
+    parts.append(pl.when(pl.col("bc")).then(pl.lit(" BC")).otherwise(pl.lit("")))
+    return frame.select(pl.concat_str(parts).alias("v")).to_series()
+
+
+def _rare_text(values: pa.Array, type_: PgType) -> pl.Series:
+    """Text of the (non-NULL) rare rows of a column."""
+    if type_.is_numeric:
+        return pl.DataFrame([_series(values)]).select(_numeric_text("v", _scale(type_))).to_series()
+    v = values.to_numpy(zero_copy_only=False).astype(np.int64)
+    if type_ is PgType.DATE:
+        pos, neg = v == DATE_POS_INFINITY, v == DATE_NEG_INFINITY
+        text = _calendar_text(np.where(pos | neg, 0, v), None)
+    else:
+        pos, neg = v == TS_POS_INFINITY, v == TS_NEG_INFINITY
+        wrapped = (v < _TS_MIN_US) & ~pos & ~neg
+        days, us = np.divmod(v, _US_PER_DAY)
+        carry, us_wrapped = np.divmod(us + np.where(wrapped, _WRAP_US, 0), _US_PER_DAY)
+        days = np.where(wrapped, days + _WRAP_DAYS + carry, days)
+        us = np.where(wrapped, us_wrapped, us)
+        text = _calendar_text(np.where(pos | neg, 0, days), np.where(pos | neg, 0, us))
+    special = pl.DataFrame({"pos": pos, "neg": neg, "v": text})
+    return special.select(
+        pl.when(pl.col("pos")).then(pl.lit("infinity"))
+        .when(pl.col("neg")).then(pl.lit("-infinity"))
+        .otherwise(pl.col("v")).alias("v")
+    ).to_series()
+
+
+def _numeric_text(col: str, scale: int) -> pl.Expr:
+    """Decimal text with exactly ``scale`` fraction digits; NaN/±Infinity spelled as PostgreSQL."""
+    v = pl.col(col)
+    low = v.str.to_lowercase()
+    expr = (
+        pl.when(low == "nan").then(pl.lit("NaN"))
+        .when(low.is_in(["inf", "infinity", "+inf", "+infinity"])).then(pl.lit("Infinity"))
+        .when(low.is_in(["-inf", "-infinity"])).then(pl.lit("-Infinity"))
+    )
+    if scale == 0:
+        return expr.otherwise(v).alias(col)
+    dot = v.str.find(".", literal=True)
+    digits = v.str.len_bytes() - dot - 1
+    return (
+        expr
+        .when(dot.is_null()).then(pl.concat_str([v, pl.lit("." + "0" * scale)]))
+        .when(digits < scale).then(v.str.pad_end(v.str.len_bytes() + scale - digits, "0"))
+        .otherwise(v)
+        .alias(col)
+    )
+
+
+def _render(frame: pl.DataFrame, cols: list[tuple[str, PgType, pa.Array]]) -> pl.DataFrame:
+    """Text of the given physical columns of ``frame`` (rendered in one parallel Polars pass)."""
+    out = frame.select([_common_expr(name, t).alias(name) for name, t, _ in cols])
+    fixes = []
+    for name, type_, phys in cols:
+        rows = _rare_rows(phys, type_)
+        if len(rows):
+            fixes.append(out.get_column(name).scatter(rows, _rare_text(phys.take(rows), type_)))
+    return out.with_columns(fixes) if fixes else out
+
+
+def column_text(arr: pa.Array, type_: PgType) -> pa.Array:
+    """PostgreSQL's ``col::text`` of every value (UTC, ISO dates); null where the value is NULL."""
+    phys = _physical(arr, type_)
+    if type_ is PgType.TEXT:
+        return _to_string(phys)
+    text = _render(pl.DataFrame([_series(phys)]), [("v", type_, phys)]).to_series()
+    return _to_string(text.to_arrow())
+
+
+# ---------------------------------------------------------------------------------------------
+# record hash
+
+
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    """This thread's own in-memory DuckDB connection (a connection is never shared by threads)."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = duckdb.connect()
+        con.execute("SET preserve_insertion_order = true")
+        _local.con = con
+    return con
+
+
+def record_hash_sql(columns: list[str], version: int = 2) -> str:
+    """The DuckDB (and PostgreSQL) expression of the hash over text-valued ``columns``."""
+    if version not in HASH_VERSIONS:
+        raise ValueError(f"unknown record_hash version {version!r} (one of {HASH_VERSIONS})")
+    if version == 1:
+        parts = [f"coalesce({c}, '\\N')" for c in columns]
+    else:
+        parts = [f"coalesce(length({c})::varchar || ':' || {c}, '\\N')" for c in columns]
+    return f"md5(concat_ws(chr(31), {', '.join(parts)}))"
+
+
+def record_hash(batch: pa.RecordBatch, contract: Contract, version: int = 2) -> pa.Array:
+    """Lowercase hex md5 per row over ``contract.column_names`` (see the module docstring)."""
+    if version not in HASH_VERSIONS:
+        raise ValueError(f"unknown record_hash version {version!r} (one of {HASH_VERSIONS})")
+    physical = {c.name: _physical(batch.column(c.name), c.type) for c in contract.columns}
+    rendered = [(c.name, c.type, physical[c.name]) for c in contract.columns
+                if c.type in (PgType.DATE, PgType.TIMESTAMPTZ) or c.type.is_numeric]
+    text = _render(pl.DataFrame([_series(phys, name) for name, _, phys in rendered]), rendered) \
+        if rendered else None
+    arrays, names = [], []
+    for i, c in enumerate(contract.columns):
+        if text is not None and c.name in text.columns:
+            arrays.append(text.get_column(c.name).to_arrow(compat_level=pl.CompatLevel.newest()))
+        else:
+            arrays.append(physical[c.name])
+        names.append(f"c{i}")
+    table = pa.Table.from_arrays(arrays, names=names)
+    as_text = [n if _is_text(a.type) or pa.types.is_string_view(a.type) else f"CAST({n} AS VARCHAR)"
+               for n, a in zip(names, arrays, strict=True)]
+    sql = f"{record_hash_sql(as_text, version)} AS h"
+    result = _duckdb().from_arrow(table).project(sql).to_arrow_table()
+    return _to_string(result.column("h"))
+
+
+# ---------------------------------------------------------------------------------------------
+# storable values
+
+
+def storable(arr: pa.Array, type_: PgType) -> tuple[pa.Array, pa.Array]:
+    """(values in ``arrow_type(type_)``, NULL where not faithfully storable; flags).
+
+    ``flags`` is true where a non-NULL source value is not storable: numeric NaN (or ±Infinity),
+    dates/timestamps that are ±infinity or whose (UTC) year lies outside 1..9999. Every other
+    value is stored exactly (decimals through an exact string → decimal128 cast, never float).
+    """
+    arr = _as_array(arr)
+    target = arrow_type(type_)
+    if type_ is PgType.DATE or type_ is PgType.TIMESTAMPTZ:
+        phys = _physical(arr, type_)
+        lo, hi = (_DATE_MIN, _DATE_END) if type_ is PgType.DATE else (_TS_MIN, _TS_END)
+        ok = pc.and_(pc.greater_equal(phys, lo), pc.less(phys, hi))
+        values = pc.if_else(ok, phys, pa.scalar(None, phys.type)).view(target)
+    elif type_.is_numeric:
+        if pa.types.is_decimal(arr.type):
+            return arr.cast(target), pa.repeat(pa.scalar(False), len(arr))
+        text = _physical(arr, type_)
+        ok = pc.invert(pc.is_in(pc.ascii_lower(text), pa.array(_NUMERIC_SPECIALS)))
+        values = pc.if_else(ok, text, pa.scalar(None, text.type)).cast(target)
+    else:
+        return _physical(arr, type_).cast(target), pa.repeat(pa.scalar(False), len(arr))
+    return values, pc.fill_null(pc.invert(ok), False)
+
+
+def hash_texts(texts: list[pa.Array], version: int = 2) -> pa.Array:
+    """The record hash of columns already rendered as PostgreSQL text (one array per source
+    column, in contract order), for callers that render themselves (a rescued column's text is
+    the source's own)."""
+    names = [f"c{i}" for i in range(len(texts))]
+    table = pa.Table.from_arrays([_to_string(t) for t in texts], names=names)
+    result = _duckdb().from_arrow(table).project(f"{record_hash_sql(names, version)} AS h").to_arrow_table()
+    return _to_string(result.column("h"))

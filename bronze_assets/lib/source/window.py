@@ -1,0 +1,144 @@
+"""The rows one load reads, and the Delta partition each of them lives in (ARCHITECTURE §2.4 v2).
+
+Daily tables: partition ``D`` holds the rows first loaded by the run of ``D``; the first
+partition (``$BRONZE_START_DATE``) is the initial snapshot of all history. Monthly tables:
+partition ``M`` holds the rows whose business date falls in ``M``; a NULL business date files
+the row under the day of its ``updated_at``; dates before the first month go to the first
+month, dates after the newest month (and NULL ``updated_at``) to the newest month. Any window
+may be widened to every row changed since the table's watermark, wherever it lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+import pyarrow as pa
+
+from bronze_assets.contracts import Contract, PartitionKind
+from bronze_assets.lib.source.ddl import quote_ident
+
+# What the ADBC driver delivers for PostgreSQL's infinities: PostgreSQL's own sentinels shifted to
+# the Unix epoch with integer wraparound (pinned by bronze_assets_tests/test_record_hash.py).
+DATE_POS_INF, DATE_NEG_INF = -2147472692, -2147472691
+TS_NEG_INF = -9222425352054775808
+TS_WRAPPED_BELOW = -(10**18)  # legit timestamps (4713 BC …) are above; below is +inf or wrapped far future
+US_PER_DAY = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class LoadWindow:
+    """The source rows one load reads (ARCHITECTURE §2.4 v2): the whole table, or a partition range.
+
+    ``start``/``end`` bound the partition range (UTC, end exclusive). ``initial``: the range holds
+    the daily tables' first partition, the initial snapshot, so it has no lower bound on
+    ``updated_at``. ``changed_since`` widens any window to every row updated at or after it
+    (the table's watermark minus the overlap), wherever that row lives. Monthly tables also
+    know their first month and the end of the newest one (``first_month``/``newest_end``; for
+    daily tables the first day and the end of the open day): rows whose business date is NULL,
+    earlier or later belong to one of those (never dropped); a whole-table load files rows
+    between them.
+    """
+
+    start: datetime | None = None
+    end: datetime | None = None
+    initial: bool = False
+    changed_since: datetime | None = None
+    first_month: date | None = None
+    newest_end: date | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.start is None
+
+
+def _ts(value: datetime) -> str:
+    return f"TIMESTAMPTZ '{value.astimezone(UTC).isoformat()}'"
+
+
+def _date(value: datetime | date) -> str:
+    return f"DATE '{value.date() if isinstance(value, datetime) else value}'"
+
+
+def business_key_sql(contract: Contract) -> str:
+    """The date a monthly row is filed under: its business date, else the day of ``updated_at``."""
+    bd = quote_ident(contract.partitioning.business_date_column or "")
+    return f"COALESCE({bd}, (updated_at AT TIME ZONE 'UTC')::date)"
+
+
+def window_predicate(contract: Contract, window: LoadWindow) -> str | None:
+    """SQL ``WHERE`` condition selecting the window's rows (None = the whole table)."""
+    if window.is_full or window.start is None or window.end is None:
+        return None
+    if contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE:
+        key = business_key_sql(contract)
+        terms = [f"({key} >= {_date(window.start)} AND {key} < {_date(window.end)})"]
+        if window.first_month is not None and window.start.date() <= window.first_month:
+            terms.append(f"{key} < {_date(window.first_month)}")
+        if window.newest_end is not None and window.end.date() >= window.newest_end:
+            terms.append(f"{key} >= {_date(window.newest_end)} OR {key} IS NULL")
+    else:
+        lower = "" if window.initial else f"updated_at >= {_ts(window.start)} AND "
+        terms = [f"({lower}updated_at < {_ts(window.end)})"]
+        if window.initial:
+            terms.append("updated_at IS NULL")
+    if window.changed_since is not None:
+        terms.append(f"updated_at >= {_ts(window.changed_since)} OR updated_at IS NULL")
+    return " OR ".join(terms)
+
+
+def _clamped_days(days: pl.Expr, lo: date, hi: date) -> pl.Expr:
+    lo_days, hi_days = (lo - date(1970, 1, 1)).days, (hi - date(1970, 1, 1)).days
+    return days.clip(lo_days, hi_days).fill_null(hi_days).cast(pl.Int32).cast(pl.Date)
+
+
+def _date_days(column: str) -> pl.Expr:
+    """Days since 1970 of a raw date32 column, the infinities mapped to ±huge (NULL stays NULL)."""
+    days = pl.col(column).cast(pl.Int64)
+    return (pl.when(days == DATE_POS_INF).then(pl.lit(2**40)).when(days == DATE_NEG_INF)
+            .then(pl.lit(-(2**40))).otherwise(days))
+
+
+def _timestamp_days(column: str) -> pl.Expr:
+    """UTC day number of a raw timestamp column (µs since 1970), the infinities mapped to ±huge."""
+    us = pl.col(column).cast(pl.Int64)
+    return (pl.when(us == TS_NEG_INF).then(pl.lit(-(2**40))).when(us < TS_WRAPPED_BELOW)
+            .then(pl.lit(2**40)).otherwise(us.floordiv(US_PER_DAY)))
+
+
+def partition_values(batch: pa.RecordBatch, contract: Contract, window: LoadWindow) -> pa.Array:
+    """The Delta partition value (date32) of every row of a raw driver batch read in ``window``.
+
+    Daily: the day of ``updated_at`` clamped to the run's partition range (a row read through the
+    watermark widening, or before the first partition, lands in the range's first or last day;
+    NULL → the last). Monthly: the month of the business date (or of ``updated_at`` when it is
+    NULL) clamped to the first and newest month.
+    """
+    frame = pl.from_arrow(batch.select([c for c in ("updated_at", contract.partitioning.business_date_column)
+                                        if c is not None]).cast(_raw_int_schema(batch, contract)))
+    assert isinstance(frame, pl.DataFrame)
+    assert window.first_month is not None and window.newest_end is not None
+    if contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE:
+        first, newest = window.first_month, _month_before(window.newest_end)
+        bd = contract.partitioning.business_date_column or ""
+        days = pl.coalesce(_date_days(bd), _timestamp_days("updated_at"))
+        expr = _clamped_days(days, first, newest).dt.month_start()
+    else:
+        first, end = (window.start.date(), window.end.date()) if window.start and window.end \
+            else (window.first_month, window.newest_end)
+        expr = _clamped_days(_timestamp_days("updated_at"), first, end - timedelta(days=1))
+    return frame.select(expr.alias("p")).to_series().to_arrow().cast(pa.date32())
+
+
+def _month_before(end: date) -> date:
+    return (end.replace(day=1) - timedelta(days=1)).replace(day=1)
+
+
+def _raw_int_schema(batch: pa.RecordBatch, contract: Contract) -> pa.Schema:
+    fields = []
+    for name in ("updated_at", contract.partitioning.business_date_column):
+        if name is not None:
+            type_ = batch.schema.field(name).type
+            fields.append(pa.field(name, pa.int32() if pa.types.is_date32(type_) else pa.int64()))
+    return pa.schema(fields)

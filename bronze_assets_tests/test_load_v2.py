@@ -1,0 +1,187 @@
+"""Load design v2 (ARCHITECTURE §2.2 v2, §2.4 v2): the initial snapshot, every change by the next run
+of the open partition, hostile session defaults, and values bronze cannot store."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta.merge import BATCH_KEY, REHASHED_KEY
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
+from bronze_assets_tests.conftest import AS_OF, query
+
+pytestmark = pytest.mark.integration
+
+TODAY = datetime.now(UTC).date()
+
+
+@pytest.fixture
+def seeded(fresh_dsn: str) -> str:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    return fresh_dsn
+
+
+def _events(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {e.partition: {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+
+
+def test_initial_snapshot_lands_in_the_start_partition(seeded: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_START_DATE", "2026-11-01")
+    b = Bronze(seeded, tmp_path / "bronze")
+    meta = b.materialize("order_details", "2026-11-01")
+    frame = b.read("order_details")
+    assert set(frame["load_date"]) == {date(2026, 11, 1)}
+    (count,) = query(seeded, "SELECT count(*) FROM tests.order_details")[0]
+    assert meta["rows_read"] == frame.height == count
+    assert active_hashes(frame, "order_detail_id") == source_hashes(seeded, "order_details")
+    assert len(b.table("order_details").file_uris()) <= 2, "the snapshot is a few large files"
+
+
+def test_update_to_an_order_dated_two_years_ago_arrives_with_the_current_month(
+        seeded: str, tmp_path: Path) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    parts = b.assets["bz_orders"].partitions_def
+    keys = parts.get_partition_keys()
+    assert keys[0] == "2020-01-01" and keys[-1] == TODAY.replace(day=1).isoformat()
+    first = dg.materialize([b.assets["bz_orders"]], resources=b.resources, tags={
+        "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+    assert first.success
+    assert active_hashes(b.read("orders"), "order_id") == source_hashes(seeded, "orders")
+
+    old = (AS_OF - timedelta(days=730)).date().replace(day=1)
+    (order_id,) = query(seeded, f"SELECT min(order_id) FROM tests.orders WHERE order_date >= DATE '{old}' "
+                                f"AND order_date < DATE '{old}' + interval '1 month'")[0]
+    query(seeded, "UPDATE tests.orders SET status = 'CANCELLED', updated_at = now() "
+                  f"WHERE order_id = {order_id}")
+    query(seeded, "INSERT INTO tests.orders VALUES (990001, 1, DATE '2021-06-15', 'PENDING', 10.00, now())")
+    result = dg.materialize([b.assets["bz_orders"]], resources=b.resources, partition_key=keys[-1])
+    events = _events(result)
+    assert old.isoformat() in events, "Dagster records the old month the update landed in"
+    assert "2021-06-01" in events, "a backdated new order lands in its own month"
+    rows = b.read("orders").filter(pl.col("order_id").is_in([order_id, 990001])).sort("order_id").to_dicts()
+    assert rows[0]["status"] == "CANCELLED" and rows[0]["order_month"] == old
+    assert rows[1]["order_month"] == date(2021, 6, 1)
+    assert active_hashes(b.read("orders"), "order_id") == source_hashes(seeded, "orders")
+
+
+def test_update_to_an_old_key_of_a_daily_table_arrives_with_the_open_day(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    start = TODAY - timedelta(days=1)
+    monkeypatch.setenv("BRONZE_START_DATE", start.isoformat())
+    b = Bronze(seeded, tmp_path / "bronze")
+    b.materialize("inventory", start.isoformat())
+    query(seeded, "UPDATE tests.inventory SET quantity_available = 77, updated_at = now() "
+                  "WHERE inventory_id = 3")
+    query(seeded, "DELETE FROM tests.inventory WHERE inventory_id = 4")
+    late = datetime.combine(TODAY, datetime.min.time(), UTC) - timedelta(minutes=5)  # within the overlap
+    query(seeded, f"INSERT INTO tests.inventory VALUES (990001, 1, 1, 5, TIMESTAMPTZ '{late.isoformat()}')")
+    result = dg.materialize([b.assets["bz_inventory"]], resources=b.resources,
+                            partition_key=TODAY.isoformat())
+    events = _events(result)
+    assert set(events) == {start.isoformat(), TODAY.isoformat()}
+    frame = b.read("inventory")
+    picked = frame.filter(pl.col("inventory_id").is_in([3, 4, 990001])).to_dicts()
+    rows = {r["inventory_id"]: r for r in picked}
+    assert rows[3]["quantity_available"] == 77 and rows[3]["load_date"] == start
+    assert rows[4]["record_status"] == "DELETED"
+    assert rows[990001]["load_date"] == TODAY, "a late new key lands in the partition of the run"
+    assert active_hashes(frame, "inventory_id") == source_hashes(seeded, "inventory")
+
+
+def test_hostile_session_defaults_do_not_change_the_hash(seeded: str, tmp_path: Path) -> None:
+    (db,) = query(seeded, "SELECT current_database()")[0]
+    query(seeded, f"ALTER DATABASE \"{db}\" SET DateStyle = 'SQL, DMY'")
+    query(seeded, f"ALTER DATABASE \"{db}\" SET TimeZone = 'America/New_York'")
+    b = Bronze(seeded, tmp_path / "bronze")
+    for table in ("orders", "customers", "products"):
+        b.load_direct(table)
+        assert active_hashes(b.read(table), b.read(table).columns[0]) == source_hashes(seeded, table), table
+
+
+HOSTILE_ORDERS = [
+    (990001, "DATE '1999-12-31'"), (990002, "DATE '0044-03-15 BC'"), (990003, "'-infinity'::date"),
+    (990004, "'infinity'::date"), (990005, "DATE '9999-12-31'"), (990006, "NULL"),
+    (990007, "DATE '4713-01-01 BC'"), (990008, "DATE '10000-01-01'"),
+]
+
+
+def test_hostile_values_land_in_bronze_with_the_spec_hash(seeded: str, tmp_path: Path) -> None:
+    values = ", ".join(f"({k}, 1, {d}, 'PENDING', 1.50, now())" for k, d in HOSTILE_ORDERS)
+    query(seeded, f"INSERT INTO tests.orders VALUES {values}")
+    query(seeded, "INSERT INTO tests.orders VALUES (990010, 1, DATE '2024-01-01', E'\\\\N', NULL, "
+                  "'infinity'), (990011, 1, DATE '2024-01-01', NULL, 'NaN', '-infinity'), "
+                  "(990012, 1, DATE '2024-01-01', E'a\\x1fb', 0.10, '2024-02-29 23:59:59.999999+00'), "
+                  "(990013, 1, DATE '2024-01-01', E'a\\x1f', 0.10, '0044-03-15 12:00:00.5+00 BC')")
+    query(seeded, "INSERT INTO tests.products VALUES (990001, 'NaN price', 'x', 'NaN', 'ABC-123', now()), "
+                  "(990002, 'Ünïcödé ✓ 𝄞', E'\\\\N', -1.00, E'\\x1f', now())")
+    b = Bronze(seeded, tmp_path / "bronze")
+    keys = b.assets["bz_orders"].partitions_def.get_partition_keys()
+    result = dg.materialize([b.assets["bz_orders"]], resources=b.resources, tags={
+        "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+    assert result.success
+    b.materialize("products")
+    for table, pk in (("orders", "order_id"), ("products", "product_id")):
+        arrow = DeltaTable(b.uri(table)).to_pyarrow_table()  # readable, statistics included
+        frame = pl.from_arrow(arrow)
+        assert isinstance(frame, pl.DataFrame)
+        assert frame[pk].n_unique() == frame.height
+        assert active_hashes(frame, pk) == source_hashes(seeded, table), table
+    orders = {r["order_id"]: r for r in b.read("orders").filter(pl.col("order_id") >= 990001).to_dicts()}
+    assert set(orders) == {k for k, _ in HOSTILE_ORDERS} | {990010, 990011, 990012, 990013}
+    first, newest = date(2020, 1, 1), TODAY.replace(day=1)
+    assert orders[990001]["order_month"] == first and orders[990002]["order_month"] == first
+    assert orders[990003]["order_month"] == first and orders[990007]["order_month"] == first
+    assert orders[990004]["order_month"] == newest and orders[990005]["order_month"] == newest
+    assert orders[990008]["order_month"] == newest
+    assert orders[990006]["order_month"] == newest.replace(day=1) or orders[990006]["order_month"] <= newest
+    assert orders[990005]["order_date"] == date(9999, 12, 31), "9999-12-31 is stored as it is"
+    for key in (990002, 990003, 990004, 990007, 990008):  # not storable: NULL + schema_fail
+        assert orders[key]["order_date"] is None and orders[key]["data_quality_score"] <= 60, key
+    assert orders[990010]["updated_at"] is None and orders[990011]["total_amount"] is None
+    assert orders[990012]["status"] == "a\x1fb"
+    products = b.read("products").filter(pl.col("product_id") >= 990001).sort("product_id").to_dicts()
+    assert products[0]["unit_price"] is None and products[0]["data_quality_score"] == 60
+    assert products[1]["product_name"] == "Ünïcödé ✓ 𝄞" and products[1]["category"] == "\\N"
+    quarantine = pl.from_arrow(DeltaTable(str(b.root / QUARANTINE_TABLE)).to_pyarrow_table())
+    assert isinstance(quarantine, pl.DataFrame)
+    records = [json.loads(r) | {"table": t, "reason": why} for t, r, why in
+               quarantine.select("table_name", "record", "reason").iter_rows()]
+    nan = [r for r in records if r["table"] == "products"]
+    assert nan == [{"product_id": 990001, "unit_price": "NaN", "table": "products",
+                    "reason": nan[0]["reason"]}]
+    assert "unit_price" in nan[0]["reason"]
+    raw = {r["order_id"]: r for r in records if r["table"] == "orders"}
+    assert raw[990004]["order_date"] == "infinity" and raw[990002]["order_date"] == "0044-03-15 BC"
+    assert raw[990011]["total_amount"] == "NaN" and raw[990010]["updated_at"] == "infinity"
+
+
+def test_a_v1_table_is_rehashed_once_without_touching_anything_else(seeded: str, tmp_path: Path) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    b.load_direct("products")
+    v2 = b.read("products")
+    v1 = source_hashes(seeded, "products", version=1)
+    legacy = v2.with_columns(pl.col("product_id").replace_strict(v1, return_dtype=pl.String)
+                             .alias("record_hash"))
+    write_deltalake(b.uri("products"), legacy.to_arrow(), mode="overwrite",
+                    commit_properties=CommitProperties(custom_metadata={BATCH_KEY: "written-by-v1"}))
+    query(seeded, "UPDATE tests.products SET product_name = 'changed' WHERE product_id = 3")
+    result = b.load_direct("products")
+    assert result.rehashed_v1 == v2.height - 1 and result.updated == 1
+    after = b.read("products").sort("product_id")
+    assert active_hashes(after, "product_id") == source_hashes(seeded, "products")
+    same = after.filter(pl.col("product_id") != 3).drop("record_hash")
+    assert same.equals(v2.sort("product_id").filter(pl.col("product_id") != 3).drop("record_hash"))
+    (entry,) = [h for h in b.table("products").history(1)]
+    assert entry[REHASHED_KEY] == str(v2.height - 1)
+    assert not b.load_direct("products").committed, "once: the next load changes nothing"
