@@ -409,15 +409,21 @@ class BronzeMerger:
         return batch if self.cipher is None else self.cipher.encrypt(batch, self._keys)
 
     def _staged_chunk(self, staged: StagedBatch, chunk: int) -> Iterator[pa.RecordBatch]:
-        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged file."""
+        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged file, sorted by
+        primary key: the files of a snapshot get (nearly) disjoint key ranges, so a later MERGE's
+        key-range predicate skips the files its keys cannot be in."""
         lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
+        slices = []
         for batch in staged.batches():
             end = offset + batch.num_rows
             if end > lo and offset < hi:
-                yield self._protect(batch.slice(max(lo - offset, 0), min(hi, end) - max(lo, offset)))
+                slices.append(batch.slice(max(lo - offset, 0), min(hi, end) - max(lo, offset)))
             offset = end
             if offset >= hi:
                 break
+        table = pa.Table.from_batches(slices, schema=staged.schema)
+        for batch in table.sort_by([(k, "ascending") for k in self.pk]).to_batches(max_chunksize=131_072):
+            yield self._protect(batch)
 
     def _create(self, staged: StagedBatch) -> MergeResult:
         if staged.rows:

@@ -31,6 +31,7 @@ with ``length`` in characters and NULL written as backslash-N without a length; 
 
 from __future__ import annotations
 
+import os
 import threading
 
 import duckdb
@@ -49,6 +50,7 @@ __all__ = [
     "TS_NEG_INFINITY",
     "TS_POS_INFINITY",
     "column_text",
+    "hash_texts",
     "record_hash",
     "storable",
 ]
@@ -285,24 +287,40 @@ def column_text(arr: pa.Array, type_: PgType) -> pa.Array:
 # record hash
 
 
+_duck_lock = threading.Lock()
+_duck_db: tuple[int, duckdb.DuckDBPyConnection] | None = None
+
+
 def _duckdb() -> duckdb.DuckDBPyConnection:
-    """This thread's own in-memory DuckDB connection (a connection is never shared by threads)."""
-    con = getattr(_local, "con", None)
-    if con is None:
-        con = duckdb.connect()
-        con.execute("SET preserve_insertion_order = true")
-        _local.con = con
-    return con
+    """This thread's cursor on the process's in-memory DuckDB database.
+
+    DuckDB connections are not shared between threads: every thread gets its own cursor (a
+    connection to the same database, sharing one worker pool). Recreated after a fork.
+    """
+    global _duck_db
+    pid = os.getpid()
+    cursor = getattr(_local, "cursor", None)
+    if cursor is not None and _local.pid == pid:
+        return cursor
+    with _duck_lock:
+        if _duck_db is None or _duck_db[0] != pid:
+            base = duckdb.connect(":memory:")
+            base.execute("SET preserve_insertion_order = true")  # rows come back in input order
+            _duck_db = (pid, base)
+        cursor = _duck_db[1].cursor()
+    _local.cursor, _local.pid = cursor, pid
+    return cursor
 
 
-def record_hash_sql(columns: list[str], version: int = 2) -> str:
-    """The DuckDB (and PostgreSQL) expression of the hash over text-valued ``columns``."""
+def _hash_sql(columns: list[str], version: int) -> str:
+    """The DuckDB expression of the record hash over the text-valued SQL expressions ``columns``."""
     if version not in HASH_VERSIONS:
         raise ValueError(f"unknown record_hash version {version!r} (one of {HASH_VERSIONS})")
     if version == 1:
         parts = [f"coalesce({c}, '\\N')" for c in columns]
     else:
-        parts = [f"coalesce(length({c})::varchar || ':' || {c}, '\\N')" for c in columns]
+        # = coalesce(length(c) || ':' || c, '\\N'); one concat() per value is the fastest spelling
+        parts = [f"CASE WHEN {c} IS NULL THEN '\\N' ELSE concat(length({c}), ':', {c}) END" for c in columns]
     return f"md5(concat_ws(chr(31), {', '.join(parts)}))"
 
 
@@ -325,7 +343,7 @@ def record_hash(batch: pa.RecordBatch, contract: Contract, version: int = 2) -> 
     table = pa.Table.from_arrays(arrays, names=names)
     as_text = [n if _is_text(a.type) or pa.types.is_string_view(a.type) else f"CAST({n} AS VARCHAR)"
                for n, a in zip(names, arrays, strict=True)]
-    sql = f"{record_hash_sql(as_text, version)} AS h"
+    sql = f"{_hash_sql(as_text, version)} AS h"
     result = _duckdb().from_arrow(table).project(sql).to_arrow_table()
     return _to_string(result.column("h"))
 
@@ -353,10 +371,28 @@ def storable(arr: pa.Array, type_: PgType) -> tuple[pa.Array, pa.Array]:
             return arr.cast(target), pa.repeat(pa.scalar(False), len(arr))
         text = _physical(arr, type_)
         ok = pc.invert(pc.is_in(pc.ascii_lower(text), pa.array(_NUMERIC_SPECIALS)))
-        values = pc.if_else(ok, text, pa.scalar(None, text.type)).cast(target)
+        candidates = pc.if_else(ok, text, pa.scalar(None, text.type))
+        try:
+            values = candidates.cast(target)  # exact: fails rather than round or overflow
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            ok = pc.and_(ok, _fits_decimal(candidates, target))
+            values = pc.if_else(ok, candidates, pa.scalar(None, text.type)).cast(target)
     else:
         return _physical(arr, type_).cast(target), pa.repeat(pa.scalar(False), len(arr))
     return values, pc.fill_null(pc.invert(ok), False)
+
+
+def _fits_decimal(text: pa.Array, target: pa.Decimal128Type) -> pa.Array:
+    """Per value: does the text cast exactly to ``target``? (Only reached when the vectorised
+    cast failed, i.e. on text that is not the driver's rendering of a numeric(p, s) column.)"""
+    fits = []
+    for value in text.to_pylist():
+        try:
+            pa.array([value], pa.string()).cast(target)
+            fits.append(True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            fits.append(False)
+    return pa.array(fits, pa.bool_())
 
 
 def hash_texts(texts: list[pa.Array], version: int = 2) -> pa.Array:
@@ -365,5 +401,5 @@ def hash_texts(texts: list[pa.Array], version: int = 2) -> pa.Array:
     the source's own)."""
     names = [f"c{i}" for i in range(len(texts))]
     table = pa.Table.from_arrays([_to_string(t) for t in texts], names=names)
-    result = _duckdb().from_arrow(table).project(f"{record_hash_sql(names, version)} AS h").to_arrow_table()
+    result = _duckdb().from_arrow(table).project(f"{_hash_sql(names, version)} AS h").to_arrow_table()
     return _to_string(result.column("h"))
