@@ -1,17 +1,35 @@
-"""Ingestion benchmark (issue #3): raw COPY vs bronze loads through Dagster, in one run.
+"""Ingestion benchmark (issue #3): raw COPY vs bronze loads through Dagster vs dlt, in one run.
 
-For each scale, on a fresh embedded PostgreSQL and an empty bronze root:
-  (a) raw ``COPY … TO STDOUT (FORMAT binary)`` of the ten tables through psql to /dev/null,
-  (b) the initial bronze load of all ten tables through Dagster (in-process executor),
-  (c) an unchanged re-load, (d) a re-load after 1 % of the rows of every table changed;
-  (b +checks) the initial load again into a second empty root with every asset check
-  (schema gate, GX quality suite, key uniqueness, referential integrity); (b, c, d) run without.
+For each scale, on a fresh embedded PostgreSQL and an empty bronze root (``BRONZE_START_DATE``
+set to the first day of the current UTC month, so the daily tables' first partition is the
+initial snapshot of all history):
+  (a) ``copy``: raw ``COPY … TO STDOUT (FORMAT binary)`` of the ten tables through psql to /dev/null,
+  (b) ``initial``: the initial bronze load of all ten tables through Dagster (in-process executor),
+  (c) ``unchanged``: an unchanged re-load, (d) ``changed_1pct``: a re-load after 1 % of the rows of
+  every table changed; (b +checks) ``initial_checks``: the initial load again into a second empty
+  root with every asset check (schema gate, GX quality suite, key uniqueness, referential
+  integrity); (b, c, d) run without.
+  (e) the hourly tick: on inventory, order_details and orders 0.1 % of the rows are updated
+  (``updated_at = now()``), 0.01 % deleted and 0.1 % inserted (new keys), then the assets of the two
+  hourly schedule jobs (``bronze_hourly_by_day``, ``bronze_hourly_by_month``) run for the open
+  day / month: ``hourly`` with every asset check, ``hourly_nochecks`` without (after a second tick),
+  ``hourly_skewed`` with checks after a tick whose updates fall 80 % on the newest 10 % of keys.
+  After each, bronze is compared with the source: the ACTIVE keys and their ``record_hash`` must
+  equal the §2.2 v2 hash computed by PostgreSQL, and every deleted key must be ``DELETED``.
+  "rewritten" is the number of rows in the data files the tick's commits added (``numRecords`` of
+  the ``add`` actions in the Delta log), against the rows the tick changed.
+  (f) ``dlt_merge_initial``: dlt's ``sql_database`` source (connectorx backend) over the same
+  schema, ``write_disposition="merge"`` (upsert) on the contracts' primary keys, into Delta tables
+  on the local filesystem: a reference for what a generic tool costs (needs ``pip install -e
+  '.[bench]'``; skipped otherwise).
 Each phase runs in a child process so its peak RSS is its own; times exclude interpreter
 start-up and imports. Dagster materializes a
 partition range in one run but records one materialization event per partition; the
-``data s`` column is the part spent reading, enriching and merging (sum over assets).
+``data s`` column is the part spent reading, enriching and merging (sum over assets). ``files``
+is the number of data files (``add`` actions) in all ``bz_*`` Delta tables after the phase (for
+dlt: in its ten Delta tables).
 
-Usage: python benchmarks/bench_ingest.py [--scales 1 10]
+Usage: python benchmarks/bench_ingest.py [--scales 1 10] [--json FILE]
 """
 
 from __future__ import annotations
@@ -24,9 +42,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 PHASE_SCRIPT = Path(__file__).resolve()
+HOURLY_JOBS = ("bronze_hourly_by_day", "bronze_hourly_by_month")
+TICK_TABLES = ("inventory", "order_details", "orders")
+UPDATE_SHARE, INSERT_SHARE, DELETE_SHARE = 0.001, 0.001, 0.0001
+HOT_KEYS, HOT_SHARE = 0.10, 0.80  # skewed tick: 80 % of the updates on the newest 10 % of keys
+LABELS = {  # JSON phase name -> row label of the printed table
+    "copy": "a copy", "initial": "b initial", "initial_checks": "b +checks", "unchanged": "c unchanged",
+    "changed_1pct": "d 1% changed", "hourly": "e hourly", "hourly_nochecks": "e hourly -chk",
+    "hourly_skewed": "e hourly skew", "dlt_merge_initial": "f dlt merge",
+}
 
 
 def _rss_mb() -> float:
@@ -87,6 +116,222 @@ def phase_change() -> dict:
     return {}
 
 
+def _scalar(cur: Any, sql: str) -> Any:
+    cur.execute(sql)
+    return cur.fetchone()[0]
+
+
+def phase_tick(variant: str, tick: int, state: Path) -> dict:
+    """One hourly tick's source changes on TICK_TABLES (one transaction, so one ``now()``):
+    updates, then deletes, then inserts of new keys (copies of existing rows; a new order is dated
+    today). ``state`` accumulates the deleted keys for the verification."""
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+
+    deleted: dict[str, list[int]] = json.loads(state.read_text()) if state.exists() else {}
+    changes: dict[str, dict[str, int]] = {}
+    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+        for name in TICK_TABLES:
+            c = CONTRACTS[name]
+            pk, table = c.primary_key[0], f"tests.{name}"
+            cur.execute(f"SELECT count(*), max({pk}), percentile_disc({1 - HOT_KEYS}) WITHIN GROUP "
+                        f"(ORDER BY {pk}) FROM {table}")
+            rows, top, hot = cur.fetchone()
+            n_upd, n_ins = round(rows * UPDATE_SHARE), round(rows * INSERT_SHARE)
+            n_del = max(1, round(rows * DELETE_SHARE))
+
+            def pick(n: int, salt: str, where: str = "TRUE", pk: str = pk, table: str = table) -> str:
+                return (f"(SELECT {pk} FROM {table} WHERE {where} "
+                        f"ORDER BY md5({pk}::text || '{variant}:{tick}:{salt}') LIMIT {n})")
+
+            if variant == "uniform":
+                chosen = pick(n_upd, "u")
+            else:
+                n_hot = round(n_upd * HOT_SHARE)
+                chosen = (f"{pick(n_hot, 'u', f'{pk} > {hot}')} UNION ALL "
+                          f"{pick(n_upd - n_hot, 'u', f'{pk} <= {hot}')}")
+            updated = _scalar(cur, f"WITH u AS (UPDATE {table} SET updated_at = now() WHERE {pk} IN "
+                                   f"(SELECT {pk} FROM ({chosen}) AS s) RETURNING 1) SELECT count(*) FROM u")
+            cur.execute(f"DELETE FROM {table} WHERE {pk} IN {pick(n_del, 'd')} RETURNING {pk}")
+            gone = [int(r[0]) for r in cur.fetchall()]
+            business = c.partitioning.business_date_column
+            exprs = []
+            for col in c.column_names:
+                if col == pk:
+                    exprs.append(f"{top} + row_number() OVER ()")
+                elif col == "updated_at":
+                    exprs.append("now()")
+                elif col == business:
+                    exprs.append("current_date")  # the session is pinned to UTC
+                else:
+                    exprs.append(col)
+            inserted = _scalar(cur, f"WITH i AS (INSERT INTO {table} ({', '.join(c.column_names)}) "
+                                    f"SELECT {', '.join(exprs)} FROM (SELECT * FROM {table} "
+                                    f"ORDER BY md5({pk}::text || '{variant}:{tick}:i') LIMIT {n_ins}) AS s "
+                                    f"RETURNING 1) SELECT count(*) FROM i")
+            deleted[name] = deleted.get(name, []) + gone
+            changes[name] = {"updated": int(updated), "inserted": int(inserted), "deleted": len(gone)}
+        conn.commit()
+    state.write_text(json.dumps(deleted))
+    return {"changes": changes}
+
+
+def _quiet_logger() -> Any:
+    import logging
+
+    import dagster as dg
+
+    log = logging.Logger("bench_ingest")  # not registered: nothing reaches the console
+    log.addHandler(logging.NullHandler())
+    return dg.LoggerDefinition(lambda _context: log)
+
+
+def phase_hourly(with_checks: bool) -> dict:
+    """The two hourly schedule jobs for the partition a tick now would load (the open day/month)."""
+    import dagster as dg
+
+    from bronze_assets.definitions import defs
+    from bronze_assets.defs.schedules import load_groups, partition_for_tick
+
+    definitions = defs()
+    groups = {g.name: g for g in load_groups()}
+    instance = dg.DagsterInstance.ephemeral()
+    started = time.perf_counter()
+    meta: dict[str, dict[str, Any]] = {}
+    checks, failed_checks = 0, []
+    partitions = {}
+    for name in HOURLY_JOBS:
+        group = groups[name]
+        key = partition_for_tick(group, datetime.now(UTC))
+        partitions[name] = key
+        job = definitions.resolve_job_def(name)
+        if not with_checks:
+            job = job.get_subset(asset_selection={dg.AssetKey(k) for k in group.keys},
+                                 asset_check_selection=set())
+        job = job.with_logger_defs({"bench": _quiet_logger()})
+        result = job.execute_in_process(partition_key=key, instance=instance,
+                                        run_config={"loggers": {"bench": {}}})
+        for event in result.get_asset_materialization_events():
+            meta[event.asset_key.to_user_string()] = {
+                k: v.value for k, v in event.materialization.metadata.items()}
+        evaluations = result.get_asset_check_evaluations()
+        checks += len(evaluations)
+        failed_checks += [e.asset_check_key.to_user_string() for e in evaluations if not e.passed]
+    return {
+        "seconds": time.perf_counter() - started,
+        "partitions": partitions,
+        "checks": checks,
+        "failed_checks": sorted(failed_checks),
+        "rows": sum(int(m["rows_read"]) for m in meta.values()),
+        "data_seconds": sum(float(m["duration_seconds"]) for m in meta.values()),
+        "written": sum(int(m["rows_inserted"]) + int(m["rows_updated"]) + int(m["rows_soft_deleted"])
+                       for m in meta.values()),
+    }
+
+
+def source_hash_sql(name: str) -> str:
+    """§2.2 v2 ``record_hash`` of every source row, rendered by PostgreSQL (the expression of
+    ``bronze_assets_tests/bronze_helpers.spec_hash_sql``; the session must be pinned to UTC and
+    ISO dates, which ``connect`` does)."""
+    from bronze_assets.contracts import CONTRACTS
+
+    c = CONTRACTS[name]
+    rendered = ", ".join(f"coalesce(length({col}::text) || ':' || {col}::text, '\\N')"
+                         for col in c.column_names)
+    return f"SELECT {c.primary_key[0]}, md5(concat_ws(E'\\x1f', {rendered})) AS source_hash FROM tests.{name}"
+
+
+def phase_verify(state: Path) -> dict:
+    """Bronze equals the source on TICK_TABLES: ACTIVE keys and hashes, deleted keys DELETED."""
+    import polars as pl
+    from deltalake import DeltaTable
+
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED
+    from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+    from bronze_assets.settings import bronze_root
+
+    deleted: dict[str, list[int]] = json.loads(state.read_text()) if state.exists() else {}
+    report: dict[str, dict[str, Any]] = {}
+    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+        for name in TICK_TABLES:
+            c = CONTRACTS[name]
+            pk, part = c.primary_key[0], c.partitioning.delta_column
+            cur.execute(source_hash_sql(name))
+            source = pl.from_arrow(cur.fetch_arrow_table()).cast({pk: pl.Int64})
+            columns = [pk, "record_hash", "record_status", "updated_at", *([part] if part else [])]
+            bronze = pl.from_arrow(DeltaTable(f"{bronze_root()}/{c.bronze_table}").to_pyarrow_dataset()
+                                   .to_table(columns=columns)).cast({pk: pl.Int64})
+            assert isinstance(source, pl.DataFrame) and isinstance(bronze, pl.DataFrame)
+            active = bronze.filter(pl.col("record_status") == ACTIVE)
+            both = source.join(active, on=pk, how="full", coalesce=True)
+            differs = (pl.col("record_hash").is_not_null() & pl.col("source_hash").is_not_null()
+                       & (pl.col("record_hash") != pl.col("source_hash")))
+            problems = {
+                "duplicate_keys": bronze.group_by(pk).len().filter(pl.col("len") > 1).get_column(pk),
+                "missing_active": both.filter(pl.col("record_hash").is_null()).get_column(pk),
+                "extra_active": both.filter(pl.col("source_hash").is_null()).get_column(pk),
+                "hash_differs": both.filter(differs).get_column(pk),
+            }
+            gone = pl.Series(pk, deleted.get(name, []), dtype=pl.Int64)
+            marked = bronze.filter(pl.col(pk).is_in(gone.implode()) & (pl.col("record_status") == DELETED))
+            problems["deleted_not_marked"] = gone.filter(~gone.is_in(marked.get_column(pk).implode()))
+            table: dict[str, Any] = {"source_rows": source.height, "bronze_active": active.height,
+                                     "deleted_checked": gone.len()}
+            for kind, keys in problems.items():
+                table[kind] = keys.len()
+                if keys.len():  # what differs, for the report: a few keys, both sides
+                    sample = keys.sort().head(5)
+                    rows = (bronze.filter(pl.col(pk).is_in(sample.implode()))
+                            .join(source.filter(pl.col(pk).is_in(sample.implode())), on=pk, how="full",
+                                  coalesce=True).sort(pk))
+                    table[f"{kind}_examples"] = json.loads(rows.write_json())
+            report[name] = table
+    ok = all(v == 0 for t in report.values() for k, v in t.items() if k in {
+        "duplicate_keys", "missing_active", "extra_active", "hash_differs", "deleted_not_marked"})
+    return {"ok": ok, "tables": report}
+
+
+def _dlt_dsn(dsn: str) -> str:
+    """The source URI for dlt: SQLAlchemy reflects through psycopg 3 (named, so the driver does not
+    depend on SQLAlchemy's default); dlt strips the driver for connectorx, which rejects a URI
+    without a host (``postgresql://u@/db?host=/socket/dir``, what the embedded server gives):
+    naming ``localhost`` is enough, the ``host`` parameter still wins."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    if parts.hostname is None and "host=" in parts.query:
+        parts = parts._replace(netloc=f"{parts.netloc}localhost")
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+
+
+def phase_dlt(out: Path) -> dict:
+    """dlt reference: sql_database (connectorx) → merge (upsert on the contracts' keys) → Delta."""
+    try:
+        import dlt
+        from dlt.sources.sql_database import sql_database
+    except ImportError:
+        return {"skipped": "dlt is not installed: pip install -e '.[bench]'"}
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import SOURCE_SCHEMA
+
+    dsn = _dlt_dsn(resolve_source_dsn())
+    started = time.perf_counter()
+    source = sql_database(credentials=dsn, schema=SOURCE_SCHEMA, table_names=list(CONTRACTS),
+                          backend="connectorx")
+    for name, c in CONTRACTS.items():
+        source.resources[name].apply_hints(primary_key=list(c.primary_key),
+                                           write_disposition={"disposition": "merge", "strategy": "upsert"})
+    pipeline = dlt.pipeline(pipeline_name="bench_ingest", pipelines_dir=str(out / "pipelines"),
+                            destination=dlt.destinations.filesystem(bucket_url=(out / "lake").as_uri()),
+                            dataset_name="bronze")
+    pipeline.run(source, table_format="delta")
+    seconds = time.perf_counter() - started
+    counts = pipeline.last_trace.last_normalize_info.row_counts
+    return {"seconds": seconds, "rows": sum(n for t, n in counts.items() if not t.startswith("_dlt"))}
+
+
 PHASES = {
     "seed": phase_seed, "copy": phase_copy, "load": phase_load, "change": phase_change,
     "load_checks": lambda: phase_load(with_checks=True),
@@ -104,53 +349,190 @@ def run_phase(name: str, env: dict[str, str], *args: str) -> dict:
     return result
 
 
-def bench(scale: float) -> None:
+def delta_tables(root: Path, prefix: str = "bz_") -> list[Path]:
+    return sorted(p for p in root.glob(f"{prefix}*") if (p / "_delta_log").is_dir()) if root.is_dir() else []
+
+
+def count_files(root: Path, prefix: str = "bz_") -> int:
+    """Data files (``add`` actions) in the Delta tables under ``root`` whose name starts with ``prefix``."""
+    from deltalake import DeltaTable
+
+    return sum(len(DeltaTable(str(p)).file_uris()) for p in delta_tables(root, prefix))
+
+
+def table_versions(root: Path) -> dict[str, int]:
+    from deltalake import DeltaTable
+
+    return {p.name: DeltaTable(str(p)).version() for p in delta_tables(root)}
+
+
+def rewritten(root: Path, before: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per bronze table of TICK_TABLES: the commits after ``before``, the files they added and
+    removed, and the rows in the added files (``numRecords`` of the ``add`` actions' stats)."""
+    out = {}
+    for name in TICK_TABLES:
+        log_dir = root / f"bz_{name}" / "_delta_log"
+        figures: dict[str, Any] = {"commits": 0, "files_added": 0, "files_removed": 0, "rows_rewritten": 0,
+                                   "operations": []}
+        version = before.get(f"bz_{name}", -1) + 1
+        while (log_dir / f"{version:020d}.json").exists():
+            for line in (log_dir / f"{version:020d}.json").read_text().splitlines():
+                action = json.loads(line)
+                if "add" in action:
+                    figures["files_added"] += 1
+                    stats = json.loads(action["add"].get("stats") or "{}")
+                    figures["rows_rewritten"] += stats.get("numRecords", 0)
+                elif "remove" in action:
+                    figures["files_removed"] += 1
+                elif "commitInfo" in action:
+                    figures["commits"] += 1
+                    figures["operations"].append(action["commitInfo"].get("operation"))
+            version += 1
+        out[name] = figures
+    return out
+
+
+def bench(scale: float) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        env = os.environ | {"BRONZE_DATA_DIR": f"{tmp}/data", "BRONZE_STAGE_DIR": f"{tmp}/stage"}
+        first_day = datetime.now(UTC).date().replace(day=1).isoformat()
+        root, checks_root = Path(tmp) / "bronze", Path(tmp) / "bronze_checks"
+        env = os.environ | {"BRONZE_DATA_DIR": f"{tmp}/data", "BRONZE_STAGE_DIR": f"{tmp}/stage",
+                            "BRONZE_ROOT": str(root), "BRONZE_START_DATE": first_day,
+                            "RUNTIME__DLTHUB_TELEMETRY": "false"}
         env.pop("BRONZE_SOURCE_DSN", None)
-        env.pop("BRONZE_ROOT", None)
         from bronze_assets.lib.source.embedded import EmbeddedPostgres
 
         server = EmbeddedPostgres(Path(tmp) / "data" / "pgdata")
         server.start()  # keep one handle so the server survives between phases
+        results: dict[str, dict[str, Any]] = {}
+
+        def phase(label: str, name: str, *args: str, where: Path = root, prefix: str = "bz_",
+                  phase_env: dict | None = None) -> None:
+            results[label] = run_phase(name, phase_env or env, *args)
+            results[label]["files"] = count_files(where, prefix)
+            print(f"  scale {scale:g} {label}: {results[label]['wall']:.1f} s "
+                  f"(run at {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+        started = time.perf_counter()
         try:
             seeded = run_phase("seed", env, "--scale", str(scale))
-            results = {
-                "a copy": run_phase("copy", env),
-                "b initial": run_phase("load", env),
-                "b +checks": run_phase("load_checks", env | {"BRONZE_ROOT": f"{tmp}/bronze_checks"}),
-                "c unchanged": run_phase("load", env),
-            }
+            phase("copy", "copy")
+            phase("initial", "load")
+            phase("initial_checks", "load_checks", where=checks_root,
+                  phase_env=env | {"BRONZE_ROOT": str(checks_root)})
+            phase("unchanged", "load")
             run_phase("change", env)
-            results["d 1% changed"] = run_phase("load", env)
+            phase("changed_1pct", "load")
+            state = Path(tmp) / "deleted_keys.json"
+            for tick, (label, variant, checks) in enumerate([
+                    ("hourly", "uniform", True), ("hourly_nochecks", "uniform", False),
+                    ("hourly_skewed", "skewed", True)]):
+                changes = run_phase("tick", env, "--variant", variant, "--tick", str(tick),
+                                    "--state", str(state))
+                before = table_versions(root)
+                phase(label, "hourly", *(["--checks"] if checks else []))
+                results[label]["changes"] = changes["changes"]
+                results[label]["rewritten"] = rewritten(root, before)
+                results[label]["verify"] = run_phase("verify", env, "--state", str(state))
+            dlt_out = Path(tmp) / "dlt"
+            phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
+                  prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
         finally:
             server.stop()
-    a = results["a copy"]["wall"]
-    rows = seeded["rows"]
-    print(f"\nscale {scale:g}: {rows:,} source rows")
+    report(scale, seeded["rows"], results, time.perf_counter() - started)
+    return results
+
+
+def report(scale: float, rows: int, results: dict[str, dict[str, Any]], total: float) -> None:
+    a = results["copy"]["wall"]
+    print(f"\nscale {scale:g}: {rows:,} source rows; the run took {total:.0f} s")
     print(f"{'phase':<14} {'wall s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'x (a)':>7} "
-          f"{'data s':>7} {'written':>9}")
+          f"{'data s':>7} {'written':>9} {'files':>7}")
     for name, r in results.items():
-        print(f"{name:<14} {r['wall']:>8.2f} {rows / r['wall']:>11,.0f} {r['rss_mb']:>12,.0f} "
-              f"{r['wall'] / a:>7.2f} {r.get('data_seconds', 0):>7.2f} {r.get('written', 0):>9,}")
+        if "skipped" in r:
+            print(f"{LABELS[name]:<14} skipped: {r['skipped']}")
+            continue
+        data = f"{r['data_seconds']:.2f}" if "data_seconds" in r else "-"
+        written = f"{r['written']:,}" if "written" in r else "-"
+        print(f"{LABELS[name]:<14} {r['wall']:>8.2f} {rows / r['wall']:>11,.0f} {r['rss_mb']:>12,.0f} "
+              f"{r['wall'] / a:>7.2f} {data:>7} {written:>9} {r['files']:>7,}")
+    print("\nhourly ticks: source changes (updated/inserted/deleted) → rows in the files bronze rewrote")
+    for name in ("hourly", "hourly_nochecks", "hourly_skewed"):
+        r = results[name]
+        cells = []
+        for table in TICK_TABLES:
+            ch, rw = r["changes"][table], r["rewritten"][table]
+            cells.append(f"{table} {ch['updated']}/{ch['inserted']}/{ch['deleted']} → "
+                         f"{rw['rows_rewritten']:,} rows in {rw['files_added']} files "
+                         f"({rw['commits']} commits)")
+        verdict = "bronze = source" if r["verify"]["ok"] else "BRONZE ≠ SOURCE"
+        failed = f" (failed: {', '.join(r['failed_checks'])})" if r["failed_checks"] else ""
+        print(f"  {LABELS[name]:<14} {verdict}; asset checks {r['checks']}{failed}")
+        print("    " + "; ".join(cells))
+        if not r["verify"]["ok"]:
+            for table, t in r["verify"]["tables"].items():
+                print(f"    {table}: " + json.dumps(t, default=str))
+
+
+def json_figures(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, r in results.items():
+        if "skipped" in r:
+            out[name] = {"skipped": r["skipped"]}
+            continue
+        out[name] = {"seconds": round(r["wall"], 3), "peak_rss_mb": round(r["rss_mb"], 1),
+                     "files": r["files"]}
+        for key in ("rows", "data_seconds", "written", "checks", "failed_checks", "changes", "rewritten"):
+            if key in r:
+                out[name][key] = r[key]
+        if "verify" in r:
+            out[name]["verified"] = r["verify"]["ok"]
+            if not r["verify"]["ok"]:
+                out[name]["verify"] = r["verify"]["tables"]
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
-    parser.add_argument("--phase", choices=sorted(PHASES))
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--phase", choices=sorted([*PHASES, "tick", "hourly", "verify", "dlt"]))
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--variant", choices=["uniform", "skewed"], default="uniform")
+    parser.add_argument("--tick", type=int, default=0)
+    parser.add_argument("--checks", action="store_true")
+    parser.add_argument("--state", type=Path)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.phase:
         import logging
+        import warnings
 
-        logging.disable(logging.WARNING)
-        result = PHASES[args.phase](args.scale) if args.phase == "seed" else PHASES[args.phase]()
+        # Quiet, but not logging.disable(): the demo's runs read Dagster's events (the output
+        # metadata behind "rows", "data s" and "written") from DEBUG log records.
+        warnings.simplefilter("ignore")
+        logging.getLogger().setLevel(logging.ERROR)
+        if args.phase == "seed":
+            result = phase_seed(args.scale)
+        elif args.phase == "tick":
+            result = phase_tick(args.variant, args.tick, args.state)
+        elif args.phase == "hourly":
+            result = phase_hourly(args.checks)
+        elif args.phase == "verify":
+            result = phase_verify(args.state)
+        elif args.phase == "dlt":
+            result = phase_dlt(args.out)
+        else:
+            result = PHASES[args.phase]()
         result["rss_mb"] = _rss_mb()
-        print(json.dumps(result))
+        print(json.dumps(result, default=str))
         return
+    figures = {}
     for scale in args.scales:
-        bench(scale)
+        figures[f"{scale:g}"] = json_figures(bench(scale))
+        if args.json:  # written after every scale, so a later failure keeps the earlier figures
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

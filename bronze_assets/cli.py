@@ -241,3 +241,34 @@ def restore(table: str, version: int | None, timestamp: str | None, dry_run: boo
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+def status(as_json: bool) -> None:
+    """Is every bronze table fresh, and what failed? Exit code 1 if any table is stale, never
+    loaded or its last load failed.
+
+    Reads the Delta tables under $BRONZE_ROOT, bz_audit_log, and the latest asset check results
+    from the Dagster instance ($DAGSTER_HOME, else $BRONZE_DATA_DIR/dagster_home when it exists).
+    """
+    import os
+
+    from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.lib.monitoring import status as table_status
+    from bronze_assets.settings import data_dir
+
+    instance = None
+    home = os.environ.get("DAGSTER_HOME") or (str(data_dir() / "dagster_home")
+                                              if (data_dir() / "dagster_home").is_dir() else None)
+    if home:
+        import dagster as dg
+
+        os.environ["DAGSTER_HOME"] = home
+        instance = dg.DagsterInstance.get()
+    storage = BronzeStorage()
+    rows = table_status.bronze_status(storage.resolved_root(), instance=instance,
+                                      storage_options=storage.storage_options or None)
+    click.echo(table_status.as_json(rows) if as_json else table_status.render(rows))
+    if not all(r.healthy for r in rows):
+        sys.exit(1)
