@@ -85,7 +85,8 @@ def test_update_to_an_old_key_of_a_daily_table_arrives_with_the_open_day(
                   "WHERE inventory_id = 3")
     query(seeded, "DELETE FROM tests.inventory WHERE inventory_id = 4")
     late = datetime.combine(TODAY, datetime.min.time(), UTC) - timedelta(minutes=5)  # within the overlap
-    query(seeded, f"INSERT INTO tests.inventory VALUES (990001, 1, 1, 5, TIMESTAMPTZ '{late.isoformat()}')")
+    query(seeded, f"INSERT INTO tests.inventory VALUES (990001, 1, 1, 5, TIMESTAMPTZ '{late.isoformat()}'), "
+                  "(990002, 1, 1, 5, 'infinity'), (990003, 1, 1, 5, now() + interval '3 days')")
     result = dg.materialize([b.assets["bz_inventory"]], resources=b.resources,
                             partition_key=TODAY.isoformat())
     events = _events(result)
@@ -96,6 +97,8 @@ def test_update_to_an_old_key_of_a_daily_table_arrives_with_the_open_day(
     assert rows[3]["quantity_available"] == 77 and rows[3]["load_date"] == start
     assert rows[4]["record_status"] == "DELETED"
     assert rows[990001]["load_date"] == TODAY, "a late new key lands in the partition of the run"
+    future = frame.filter(pl.col("inventory_id").is_in([990002, 990003]))
+    assert future["load_date"].to_list() == [TODAY, TODAY], "the open day takes rows dated in the future"
     assert active_hashes(frame, "inventory_id") == source_hashes(seeded, "inventory")
 
 

@@ -73,7 +73,7 @@ def plan_window(
     if monthly:
         return LoadWindow(start, end, changed_since=changed_since, first_month=first, newest_end=newest_end)
     return LoadWindow(start, end, initial=start.date() <= first, changed_since=changed_since,
-                      first_month=first, newest_end=newest_end)
+                      first_month=first, newest_end=newest_end, open=end > now)
 
 
 def next_watermark(window: LoadWindow, cap: datetime, previous: datetime | None) -> datetime | None:
@@ -167,7 +167,9 @@ def extract_and_stage(
         snapshot = reader.snapshot()
         path, rows = write_stream(enriched(reader), bronze_schema(contract, extras), name)
         keys_path = None
-        if not window.is_full:  # a full load's staged rows are its key set; others sweep keys
+        # a full load's staged rows are its key set; other loads sweep keys (nothing to sweep
+        # before the table exists)
+        if not window.is_full and target is not None:
             key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
             keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
             keys_path, _ = write_stream(keys, key_schema, f"{name}-keys")

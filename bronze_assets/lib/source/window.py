@@ -47,6 +47,7 @@ class LoadWindow:
     changed_since: datetime | None = None
     first_month: date | None = None
     newest_end: date | None = None
+    open: bool = False  # the range holds the open (current) partition
 
     @property
     def is_full(self) -> bool:
@@ -83,6 +84,8 @@ def window_predicate(contract: Contract, window: LoadWindow) -> str | None:
         terms = [f"({lower}updated_at < {_ts(window.end)})"]
         if window.initial:
             terms.append("updated_at IS NULL")
+        if window.open:  # dated in the future (clock skew, 'infinity'): the open day takes it
+            terms.append(f"updated_at >= {_ts(window.end)}")
     if window.changed_since is not None:
         terms.append(f"updated_at >= {_ts(window.changed_since)} OR updated_at IS NULL")
     return " OR ".join(terms)
