@@ -272,3 +272,17 @@ def status(as_json: bool) -> None:
     click.echo(table_status.as_json(rows) if as_json else table_status.render(rows))
     if not all(r.healthy for r in rows):
         sys.exit(1)
+
+
+@main.command()
+@click.option("--schema", default=None, metavar="NAME", help="Source schema (default: tests).")
+def ddl(schema: str | None) -> None:
+    """Print the CREATE TABLE statements of the ten source tables, generated from the contracts
+    (the source schema bronze expects: ARCHITECTURE §2.1). Foreign keys are not declared: real
+    sources carry orphans, which the referential check reports."""
+    from bronze_assets.contracts import in_dependency_order
+    from bronze_assets.lib.source.ddl import create_schema_statements
+    from bronze_assets.settings import SOURCE_SCHEMA
+
+    for statement in create_schema_statements(in_dependency_order(), schema or SOURCE_SCHEMA):
+        click.echo(statement + ";\n")
