@@ -23,10 +23,21 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group()
+class _Group(click.Group):
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from bronze_assets.settings import VARIABLES
+
+        with formatter.section("Environment (README.md, Configuration)"):
+            formatter.write_dl([(v.name, f"{v.meaning} (default: {v.default})") for v in VARIABLES])
+
+
+@click.group(cls=_Group)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def main(verbose: bool) -> None:
-    """bronze_assets: land the inventory PostgreSQL database in Delta Lake with Dagster."""
+    """bronze_assets: land the inventory PostgreSQL database in Delta Lake with Dagster.
+
+    Every setting is an environment variable (listed below); the source defaults to an embedded
+    PostgreSQL and the bronze tables to $BRONZE_DATA_DIR/bronze."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -256,10 +267,10 @@ def status(as_json: bool) -> None:
 
     from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.monitoring import status as table_status
-    from bronze_assets.settings import data_dir
+    from bronze_assets.settings import data_dir, env
 
     instance = None
-    home = os.environ.get("DAGSTER_HOME") or (str(data_dir() / "dagster_home")
+    home = env("DAGSTER_HOME") or (str(data_dir() / "dagster_home")
                                               if (data_dir() / "dagster_home").is_dir() else None)
     if home:
         import dagster as dg

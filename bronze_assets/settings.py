@@ -1,10 +1,91 @@
-"""Environment settings, read lazily (never at import time) so tests can change them freely."""
+"""Environment settings: every variable bronze_assets reads is registered in :data:`VARIABLES`
+and read through :func:`env`, lazily (never at import time) so tests can change them freely.
+``bronze --help`` and the README list the same variables (a test keeps them in step)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, its default (as a user reads it) and what it sets."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("BRONZE_SOURCE_DSN", "embedded server", "libpq URI of the source PostgreSQL"),
+    Variable("BRONZE_ROOT", "$BRONZE_DATA_DIR/bronze", "root of the bz_* Delta tables (path or URI)"),
+    Variable("BRONZE_DATA_DIR", "./data", "embedded server, default bronze root, Dagster home, reports"),
+    Variable("BRONZE_START_DATE", "first day of this UTC month", "go-live day of the daily tables"),
+    Variable("BRONZE_PARTITIONS_START", "2020-01-01", "first month of the monthly tables"),
+    Variable("BRONZE_COMMIT_CHUNK_ROWS", "1000000", "rows per commit of a large load (checkpoints)"),
+    Variable("BRONZE_TARGET_FILE_MB", "32", "target size of a bronze data file"),
+    Variable("BRONZE_EXTRACT_PARALLELISM", "CPU count, at most 4", "source connections per extraction"),
+    Variable("BRONZE_STAGE_DIR", "system temp dir", "where extracted batches are staged"),
+    Variable("BRONZE_SCHEDULES_RUNNING", "unset (stopped)", "1 ships the schedules running"),
+    Variable("BRONZE_SENSORS_RUNNING", "unset (stopped)", "1 ships the KPI alert sensors running"),
+    Variable("BRONZE_RETENTION_YEARS", "7", "retention period of business-dated rows"),
+    Variable("BRONZE_ARCHIVE_ROOT", "$BRONZE_ROOT/_archive", "where retention moves old rows"),
+    Variable("BRONZE_COMPUTE_COST_PER_HOUR", "0.55", "rate for bz_cost_tracking"),
+    Variable("BRONZE_USER", "the OS user", "user recorded in bz_audit_log"),
+    Variable("BRONZE_SMTP_HOST", "unset (no email)", "SMTP server for alert email"),
+    Variable("BRONZE_SMTP_PORT", "25 (465 with SSL)", "SMTP port"),
+    Variable("BRONZE_SMTP_USER", "unset", "SMTP login"),
+    Variable("BRONZE_SMTP_PASSWORD", "unset", "SMTP password (a secret: redacted in logs)"),
+    Variable("BRONZE_SMTP_STARTTLS", "auto (when the server offers it)", "STARTTLS for SMTP"),
+    Variable("BRONZE_SMTP_SSL", "off", "SMTP over TLS"),
+    Variable("BRONZE_SMTP_TIMEOUT", "10", "SMTP timeout, seconds"),
+    Variable("BRONZE_ALERT_EMAIL_FROM", "bronze-alerts@company.com", "sender of alert email"),
+    Variable("BRONZE_ALERT_EMAIL_TO", "data-engineering@company.com, data-ops@company.com",
+             "recipients of alert email"),
+    Variable("BRONZE_ALERT_WEBHOOK_URL", "unset", "Slack-compatible webhook for alerts"),
+    Variable("BRONZE_ALERT_WEBHOOK_TIMEOUT", "10", "webhook timeout, seconds"),
+    Variable("BRONZE_SECRET_SCOPE", "bronze", "Databricks secret scope (on a Databricks runtime)"),
+    Variable("BRONZE_KEY_VAULT_URL", "unset", "Azure Key Vault for secrets (extra azure)"),
+    Variable("KConnectionString", "unset", "secret: source connection string (URI, JDBC or ADO.NET)"),
+    Variable("KUser", "unset", "secret: source user"),
+    Variable("KPassword", "unset", "secret: source password"),
+    Variable("KPiiMasterKey", "generated into $BRONZE_DATA_DIR/secrets", "secret: PII master key"),
+    Variable("DATABRICKS_RUNTIME_VERSION", "set by Databricks", "enables the Databricks secret scope"),
+    Variable("DAGSTER_HOME", "$BRONZE_DATA_DIR/dagster_home (make demo/ui)", "Dagster instance"),
+)
+SECRET_PREFIX = "BRONZE_SECRET_"  # BRONZE_SECRET_<name> is another spelling of secret <name>
+_KNOWN = {v.name for v in VARIABLES}
+
+
+def env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of environment variable ``name`` (stripped; None when unset or empty).
+
+    Only registered variables can be read, so none goes undocumented.
+    """
+    if name not in _KNOWN and not name.startswith(SECRET_PREFIX):
+        raise KeyError(f"{name} is not registered in bronze_assets.settings.VARIABLES")
+    value = (os.environ if environ is None else environ).get(name, "").strip()
+    return value or None
+
+
+def secret_from_env(key: str) -> str | None:
+    """Secret ``key`` from the environment: ``$<key>``, else ``$BRONZE_SECRET_<key>`` (as spelled or
+    upper case). Secret names are the caller's (KPassword, …), so they are not registered."""
+    for name in (key, SECRET_PREFIX + key, SECRET_PREFIX + key.upper()):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def env_flag(name: str) -> bool:
+    """A switch variable: 1/true/yes/on."""
+    return (env(name) or "").lower() in {"1", "true", "yes", "on"}
+
 
 ENV_SOURCE_DSN = "BRONZE_SOURCE_DSN"
 ENV_BRONZE_ROOT = "BRONZE_ROOT"
@@ -17,18 +98,17 @@ SOURCE_SYSTEM = "PostgreSQL_DE"
 
 def data_dir() -> Path:
     """Project data folder (embedded PostgreSQL, default bronze root): ``$BRONZE_DATA_DIR`` or ./data."""
-    return Path(os.environ.get(ENV_DATA_DIR) or "data").expanduser().absolute()
+    return Path(env(ENV_DATA_DIR) or "data").expanduser().absolute()
 
 
 def source_dsn_from_env() -> str | None:
     """The libpq URI in ``$BRONZE_SOURCE_DSN``, or None to use the embedded server."""
-    value = os.environ.get(ENV_SOURCE_DSN, "").strip()
-    return value or None
+    return env(ENV_SOURCE_DSN)
 
 
 def bronze_root() -> str:
     """Root of the bronze Delta tables: ``$BRONZE_ROOT`` (path or object-store URI) or ./data/bronze."""
-    value = os.environ.get(ENV_BRONZE_ROOT, "").strip()
+    value = env(ENV_BRONZE_ROOT)
     if value:
         return value if "://" in value else str(Path(value).expanduser().absolute())
     return str(data_dir() / "bronze")
@@ -49,7 +129,7 @@ def _parse_date(name: str, value: str) -> date:
 def start_date(today: date | None = None) -> date:
     """Go-live day of the daily tables (``$BRONZE_START_DATE``; default: the first day of the
     current UTC month). Its partition is the initial snapshot of all history (ARCHITECTURE §2.4)."""
-    value = os.environ.get(ENV_START_DATE, "").strip()
+    value = env(ENV_START_DATE)
     if value:
         return _parse_date(ENV_START_DATE, value)
     return (today or datetime.now(UTC).date()).replace(day=1)
@@ -57,5 +137,5 @@ def start_date(today: date | None = None) -> date:
 
 def partitions_start() -> date:
     """First business month of the monthly tables (``$BRONZE_PARTITIONS_START``, default 2020-01-01)."""
-    value = os.environ.get(ENV_PARTITIONS_START, "").strip() or DEFAULT_PARTITIONS_START
+    value = env(ENV_PARTITIONS_START) or DEFAULT_PARTITIONS_START
     return _parse_date(ENV_PARTITIONS_START, value).replace(day=1)

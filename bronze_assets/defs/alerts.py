@@ -10,7 +10,6 @@ and webhook when configured (lib/alerts). Sensors ship running only with
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from bronze_assets.lib.alerts import Alert, AlertState, Severity, channels_from_
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, read_table
 from bronze_assets.lib.delta.maintenance import storage_growth
 from bronze_assets.lib.delta.merge import open_table
+from bronze_assets.settings import env_flag
 
 ENV_SENSORS_RUNNING = "BRONZE_SENSORS_RUNNING"
 Clock = Callable[[], datetime]
@@ -139,7 +139,7 @@ def _alert(kpi: Kpi, subject: str, value: float, state: AlertState) -> Alert:
 
 def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC)) -> dg.SensorDefinition:
     """A sensor that announces each breach of ``kpi`` once, and its resolution once."""
-    running = os.environ.get(ENV_SENSORS_RUNNING, "").strip().lower() in {"1", "true", "yes", "on"}
+    running = env_flag(ENV_SENSORS_RUNNING)
 
     @dg.sensor(
         name=f"kpi_{kpi.name}",

@@ -10,7 +10,6 @@ laptop checkout does not start loading by itself).
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import dagster as dg
 
 from bronze_assets.contracts import CONTRACTS, Cadence, Contract, LoadPattern
 from bronze_assets.defs.partitions import partitions_def
+from bronze_assets.settings import env_flag
 
 ENV_SCHEDULES_RUNNING = "BRONZE_SCHEDULES_RUNNING"
 MAX_RUNTIME_SECONDS = 3600  # KPI: an end-to-end run over 1 h is critical; Dagster stops it
@@ -35,7 +35,7 @@ BATCH_LAG = timedelta(days=1)  # a batch tick loads the window that closed befor
 
 
 def schedules_running() -> bool:
-    return os.environ.get(ENV_SCHEDULES_RUNNING, "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(ENV_SCHEDULES_RUNNING)
 
 
 @dataclass(frozen=True)

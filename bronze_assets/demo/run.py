@@ -29,7 +29,7 @@ from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
 from bronze_assets.lib.delta.merge import open_table
-from bronze_assets.settings import data_dir
+from bronze_assets.settings import data_dir, env
 
 DEMO_JOB = "bronze_demo"
 LOG_FILE = Path("logs") / "demo.log"  # under $BRONZE_DATA_DIR
@@ -299,7 +299,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
         report = seed_source(dsn, SeedOptions(scale=scale), progress=False)
         say(f"seeded {report.total_rows:,} rows in {report.seconds:.1f} s")
     definitions = defs()
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    instance = dg.DagsterInstance.get() if env("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     storage = BronzeStorage()
     say(f"loading {len(CONTRACTS)} bronze tables into {storage.resolved_root()} "
         f"(Dagster's log: {log_path})")

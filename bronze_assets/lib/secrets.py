@@ -10,12 +10,13 @@ secret and the providers tried, never a value.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from bronze_assets.settings import env, secret_from_env
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,7 @@ class EnvProvider:
     name = "environment"
 
     def get(self, key: str) -> str | None:
-        for var in (key, ENV_PREFIX + key, ENV_PREFIX + key.upper()):
-            value = os.environ.get(var)
-            if value:
-                return value
-        return None
+        return secret_from_env(key)
 
 
 class DatabricksSecretProvider:
@@ -243,9 +240,9 @@ def clear_cache() -> None:
 def default_providers() -> list[SecretProvider]:
     """The chain for this environment: env, then Databricks (on a runtime), then Key Vault (if set)."""
     providers: list[SecretProvider] = [EnvProvider()]
-    if os.environ.get(ENV_DATABRICKS_RUNTIME):
-        providers.append(DatabricksSecretProvider(os.environ.get(ENV_SECRET_SCOPE) or DEFAULT_SECRET_SCOPE))
-    vault = os.environ.get(ENV_KEY_VAULT_URL, "").strip()
+    if env(ENV_DATABRICKS_RUNTIME):
+        providers.append(DatabricksSecretProvider(env(ENV_SECRET_SCOPE) or DEFAULT_SECRET_SCOPE))
+    vault = env(ENV_KEY_VAULT_URL)
     if vault:
         providers.append(AzureKeyVaultProvider(vault))
     return providers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from bronze_assets.lib.alerts.channels import (
 )
 from bronze_assets.lib.alerts.model import Alert
 from bronze_assets.settings import bronze_root
+from bronze_assets.settings import env as setting
 
 OK = "ok"
 
@@ -81,34 +81,34 @@ def channels_from_env(
 ) -> list[Channel]:
     """Log + ``bz_alerts`` always; email when ``BRONZE_SMTP_HOST`` is set; webhook when
     ``BRONZE_ALERT_WEBHOOK_URL`` is set. ``root`` defaults to the bronze root."""
-    env = os.environ if env is None else env
     channels: list[Channel] = [LogChannel(logger)]
     if smtp := smtp_from_env(env):
         channels.append(smtp)
-    if url := env.get(ENV_WEBHOOK_URL, "").strip():
-        channels.append(WebhookChannel(url, timeout=float(env.get(ENV_WEBHOOK_TIMEOUT) or DEFAULT_TIMEOUT)))
+    if url := setting(ENV_WEBHOOK_URL, env):
+        timeout = float(setting(ENV_WEBHOOK_TIMEOUT, env) or DEFAULT_TIMEOUT)
+        channels.append(WebhookChannel(url, timeout=timeout))
     channels.append(DeltaAlertTable(root or bronze_root(), storage_options))
     return channels
 
 
 def smtp_from_env(env: Mapping[str, str] | None = None) -> SmtpChannel | None:
     """The email channel configured by ``BRONZE_SMTP_*``/``BRONZE_ALERT_EMAIL_*``, or None without a host."""
-    env = os.environ if env is None else env
-    host = env.get(ENV_SMTP_HOST, "").strip()
+    host = setting(ENV_SMTP_HOST, env)
     if not host:
         return None
-    use_ssl = _flag(env.get(ENV_SMTP_SSL)) or False
-    recipients = tuple(r.strip() for r in env.get(ENV_EMAIL_TO, "").replace(";", ",").split(",") if r.strip())
+    use_ssl = _flag(setting(ENV_SMTP_SSL, env)) or False
+    recipients = tuple(r.strip() for r in (setting(ENV_EMAIL_TO, env) or "").replace(";", ",").split(",")
+                       if r.strip())
     return SmtpChannel(
         host=host,
-        port=int(env.get(ENV_SMTP_PORT) or (465 if use_ssl else 25)),
+        port=int(setting(ENV_SMTP_PORT, env) or (465 if use_ssl else 25)),
         recipients=recipients or DEFAULT_RECIPIENTS,
-        sender=env.get(ENV_EMAIL_FROM, "").strip() or DEFAULT_SENDER,
-        user=env.get(ENV_SMTP_USER) or None,
-        password=env.get(ENV_SMTP_PASSWORD) or None,
-        starttls=_flag(env.get(ENV_SMTP_STARTTLS)),
+        sender=setting(ENV_EMAIL_FROM, env) or DEFAULT_SENDER,
+        user=setting(ENV_SMTP_USER, env) or None,
+        password=setting(ENV_SMTP_PASSWORD, env) or None,
+        starttls=_flag(setting(ENV_SMTP_STARTTLS, env)),
         use_ssl=use_ssl,
-        timeout=float(env.get(ENV_SMTP_TIMEOUT) or DEFAULT_TIMEOUT),
+        timeout=float(setting(ENV_SMTP_TIMEOUT, env) or DEFAULT_TIMEOUT),
     )
 
 

@@ -9,7 +9,6 @@ in a control table.
 from __future__ import annotations
 
 import getpass
-import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +24,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
-from bronze_assets.settings import SOURCE_SCHEMA
+from bronze_assets.settings import SOURCE_SCHEMA, env
 
 TS = pa.timestamp("us", tz="UTC")
 ENV_USER = "BRONZE_USER"
@@ -77,14 +76,14 @@ _ID_COLUMN = {name: schema.names[0] for name, schema in SCHEMAS.items()}
 def current_user() -> str:
     """Who runs the platform: ``$BRONZE_USER`` or the OS user."""
     try:
-        return os.environ.get(ENV_USER) or getpass.getuser()
+        return env(ENV_USER) or getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return "unknown"
 
 
 def cost_rate() -> float:
     """Compute cost per hour for ``bz_cost_tracking`` (``$BRONZE_COMPUTE_COST_PER_HOUR``)."""
-    return float(os.environ.get(ENV_COST_RATE) or DEFAULT_COST_RATE)
+    return float(env(ENV_COST_RATE) or DEFAULT_COST_RATE)
 
 
 def append_rows(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze
 from bronze_assets.lib.governance.keystore import SubjectKeys
 from bronze_assets.lib.governance.pii import PiiCipher
 from bronze_assets.lib.source.extract import LEGACY_HASH
+from bronze_assets.settings import env
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,12 @@ DEFAULT_TARGET_FILE_MB = 32
 
 def target_file_bytes() -> int:
     """Target size of a bronze data file (``$BRONZE_TARGET_FILE_MB``, default 32 MiB)."""
-    return max(1, int(os.environ.get(ENV_TARGET_FILE_MB) or DEFAULT_TARGET_FILE_MB)) * 1024 * 1024
+    return max(1, int(env(ENV_TARGET_FILE_MB) or DEFAULT_TARGET_FILE_MB)) * 1024 * 1024
 
 
 def commit_chunk_rows() -> int:
     """Rows per commit of a large load (``$BRONZE_COMMIT_CHUNK_ROWS``, default 1,000,000)."""
-    return max(1, int(os.environ.get(ENV_CHUNK_ROWS) or DEFAULT_CHUNK_ROWS))
+    return max(1, int(env(ENV_CHUNK_ROWS) or DEFAULT_CHUNK_ROWS))
 
 
 class DuplicateKeyError(ValueError):

@@ -8,7 +8,6 @@ with the same predicate. Tables without a business date (dimensions, stock state
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -19,6 +18,7 @@ from deltalake import write_deltalake
 from bronze_assets.contracts import Contract, PgType
 from bronze_assets.lib.delta.control import audited
 from bronze_assets.lib.delta.merge import open_table
+from bronze_assets.settings import env
 
 ENV_RETENTION_YEARS = "BRONZE_RETENTION_YEARS"
 ENV_ARCHIVE_ROOT = "BRONZE_ARCHIVE_ROOT"
@@ -26,12 +26,12 @@ DEFAULT_RETENTION_YEARS = 7
 
 
 def retention_years() -> int:
-    return int(os.environ.get(ENV_RETENTION_YEARS) or DEFAULT_RETENTION_YEARS)
+    return int(env(ENV_RETENTION_YEARS) or DEFAULT_RETENTION_YEARS)
 
 
 def archive_root(bronze_root: str) -> str:
     """``$BRONZE_ARCHIVE_ROOT`` or ``<bronze root>/_archive``."""
-    return (os.environ.get(ENV_ARCHIVE_ROOT) or f"{bronze_root}/_archive").rstrip("/")
+    return (env(ENV_ARCHIVE_ROOT) or f"{bronze_root}/_archive").rstrip("/")
 
 
 def business_date_column(contract: Contract) -> str | None:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.enrich.metadata import BatchContext
 from bronze_assets.lib.source.schema import SchemaDrift
+from bronze_assets.settings import env
 
 
 @dataclass
@@ -71,7 +72,7 @@ def stage_dir() -> Path:
 
     Files a killed run left behind are removed once they are a day old.
     """
-    path = Path(os.environ.get("BRONZE_STAGE_DIR") or tempfile.gettempdir()) / "bronze_stage"
+    path = Path(env("BRONZE_STAGE_DIR") or tempfile.gettempdir()) / "bronze_stage"
     path.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - STALE_AFTER_SECONDS
     for stale in path.glob("bz_*.arrows"):

@@ -23,7 +23,7 @@ from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.source.window import LoadWindow, partition_values, window_predicate
-from bronze_assets.settings import SOURCE_SCHEMA
+from bronze_assets.settings import SOURCE_SCHEMA, env
 
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
 ENV_PARALLELISM = "BRONZE_EXTRACT_PARALLELISM"
@@ -32,7 +32,7 @@ _DONE = object()
 
 def default_parallelism() -> int:
     """Source connections per extraction (``$BRONZE_EXTRACT_PARALLELISM``, default: CPU count, ≤ 4)."""
-    value = os.environ.get(ENV_PARALLELISM)
+    value = env(ENV_PARALLELISM)
     return max(1, int(value)) if value else max(1, min(4, os.cpu_count() or 1))
 
 
