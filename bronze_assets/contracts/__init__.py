@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from bronze_assets.contracts.model import (
     Cadence,
     Column,
@@ -30,7 +32,9 @@ def get_contract(name: str) -> Contract:
     try:
         return CONTRACTS[key]
     except KeyError:
-        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(CONTRACTS)}") from None
+        close = difflib.get_close_matches(key.lower(), list(CONTRACTS), n=1, cutoff=0.5)
+        hint = f"did you mean {'bz_' if name.startswith('bz_') else ''}{close[0]}? " if close else ""
+        raise KeyError(f"unknown table {name!r}; {hint}known tables: {', '.join(CONTRACTS)}") from None
 
 
 def in_dependency_order() -> list[Contract]:

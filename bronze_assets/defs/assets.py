@@ -32,7 +32,7 @@ from bronze_assets.lib.delta.control import (
 )
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.enrich.metadata import METADATA_FIELDS
-from bronze_assets.lib.load import SchemaMismatchError, extract_and_stage
+from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError, extract_and_stage
 from bronze_assets.lib.source.postgres import SourceConnectionError
 
 GROUP = "bronze"
@@ -114,6 +114,9 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         except SourceConnectionError as exc:
             audit_failure(str(exc))
             raise dg.Failure(str(exc), allow_retries=True) from None
+        except SourceTableMissingError as exc:
+            audit_failure(str(exc))
+            raise dg.Failure(str(exc), allow_retries=False) from None
         except SchemaMismatchError as exc:
             audit_failure(str(exc))
             if SCHEMA_CONTRACT in selected:

@@ -19,10 +19,11 @@ from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
 from bronze_assets.lib.governance.pii import encrypt_json_records
+from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
 from bronze_assets.lib.source.window import LoadWindow
-from bronze_assets.settings import partitions_start, start_date
+from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA, partitions_start, start_date
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ class SchemaMismatchError(RuntimeError):
     def __init__(self, message: str, drift: SchemaDrift, quarantined: int, batch_id: str) -> None:
         super().__init__(message)
         self.drift, self.quarantined, self.batch_id = drift, quarantined, batch_id
+
+
+class SourceTableMissingError(RuntimeError):
+    """The source has no table for the contract: a configuration problem, not a data problem."""
+
+
 DEFAULT_OVERLAP = timedelta(minutes=15)
 
 
@@ -146,6 +153,11 @@ def extract_and_stage(
     name = contract.bronze_table
     with SourceReader(dsn, contract) as reader:
         live = reader.query(live_columns_sql(contract))
+        if not live:
+            raise SourceTableMissingError(
+                f"{name}: the source has no table {SOURCE_SCHEMA}.{contract.name} ({describe_dsn(dsn)}). "
+                f"Create it (`bronze ddl` prints the expected CREATE TABLE; `bronze seed` fills a scratch "
+                f"database), or point {ENV_SOURCE_DSN} at the database that holds it. Nothing was loaded.")
         drift = compare(contract, live)
         if drift.breaking:
             records = reader.raw_json(window, {c for c, _ in live})

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
-from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import audited
 from bronze_assets.lib.delta.merge import BATCH_KEY, open_table
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
@@ -21,11 +21,10 @@ class TimeTravelError(ValueError):
 
 
 def contract_for(table: str) -> Contract:
-    name = table.removeprefix("bz_")
-    if name not in CONTRACTS:
-        raise TimeTravelError(f"unknown bronze table {table!r}; choose one of "
-                              f"{', '.join(c.bronze_table for c in CONTRACTS.values())}")
-    return CONTRACTS[name]
+    try:
+        return get_contract(table)
+    except KeyError as exc:
+        raise TimeTravelError(exc.args[0]) from None
 
 
 def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable:
@@ -85,7 +84,10 @@ def _version_for(dt: DeltaTable, version: int | None, timestamp: datetime | None
         if datetime.fromtimestamp(h["timestamp"] / 1000, UTC) <= moment:
             chosen = max(chosen or -1, int(h["version"]))
     if chosen is None:
-        raise TimeTravelError(f"no version of the table is as old as {moment.isoformat()}")
+        oldest = min(datetime.fromtimestamp(h["timestamp"] / 1000, UTC) for h in dt.history())
+        raise TimeTravelError(f"no version of the table is as old as {moment.isoformat()}: the oldest "
+                              f"version still in the log is from {oldest.isoformat()} (valid: --timestamp "
+                              f"{oldest.isoformat()} or later, or --version 0..{dt.version()})")
     return chosen
 
 

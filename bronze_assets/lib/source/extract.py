@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
 from bronze_assets.lib.source.ddl import qualified, quote_ident
-from bronze_assets.lib.source.postgres import connect
+from bronze_assets.lib.source.dsn import describe_dsn, redact
+from bronze_assets.lib.source.postgres import SourceConnectionError, connect
 from bronze_assets.lib.source.window import LoadWindow, partition_values, window_predicate
 from bronze_assets.settings import SOURCE_SCHEMA, env
 
@@ -118,6 +119,17 @@ def prepare(batch: pa.RecordBatch, contract: Contract, window: LoadWindow | None
     return pa.RecordBatch.from_pydict(out)
 
 
+_LOST = ("server closed the connection", "connection to server", "terminating connection",
+         "no connection to the server", "could not receive data", "could not send data", "sqlstate: 08",
+         "sqlstate: 57p0")
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """Whether a driver error means the server went away (rather than a bad query)."""
+    text = str(exc).lower()
+    return any(marker in text for marker in _LOST)
+
+
 @dataclass
 class SourceSnapshot:
     """Facts read in the same snapshot as the data: server time and the safe watermark cap."""
@@ -176,6 +188,9 @@ class SourceReader:
         try:
             with conn.cursor() as cur:
                 cur.execute("COMMIT")
+        except Exception as exc:  # a session the server already ended has nothing to commit
+            if not _connection_lost(exc):
+                raise
         finally:
             conn.close()
 
@@ -235,14 +250,24 @@ class SourceReader:
         return f"{sql} AND {clause}" if " WHERE " in sql else f"{sql} WHERE {clause}"
 
     def _stream(self, conn, sql: str) -> Iterator[pa.RecordBatch]:
-        with conn.cursor() as cur:
-            cur.adbc_statement.set_options(
-                **{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_SIZE_HINT_BYTES)}
-            )
-            cur.execute(sql)
-            for batch in cur.fetch_record_batch():
-                if batch.num_rows:
-                    yield batch
+        try:
+            with conn.cursor() as cur:
+                cur.adbc_statement.set_options(
+                    **{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_SIZE_HINT_BYTES)}
+                )
+                cur.execute(sql)
+                for batch in cur.fetch_record_batch():
+                    if batch.num_rows:
+                        yield batch
+        except Exception as exc:
+            if not _connection_lost(exc):
+                raise
+            raise SourceConnectionError(
+                f"{self.contract.bronze_table}: lost the connection to the PostgreSQL source "
+                f"({describe_dsn(self.dsn)}) while reading {self.schema}.{self.contract.name}: "
+                f"{redact(str(exc).strip().splitlines()[0], self.dsn)}. Nothing was merged; check that the "
+                f"server is up, then re-run (Dagster retries the step by itself)."
+            ) from None
 
     def _parallel(
         self, sql: str, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None
