@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from bronze_assets.contracts import CONTRACTS, TypeChangePolicy
+from bronze_assets.defs import checks
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.checks import (
     KEY_UNIQUENESS,
@@ -20,10 +22,10 @@ from bronze_assets.defs.checks import (
     key_uniqueness_result,
     referential_integrity_result,
 )
-from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.generator import InventoryGenerator, SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.load import extract_and_stage
-from bronze_assets.lib.quality.validate import SuiteRunner
+from bronze_assets.lib.quality.validate import SuiteRunner, suite_runner
 from bronze_assets_tests.bronze_helpers import Bronze, spec_hash_sql
 from bronze_assets_tests.conftest import AS_OF, query
 
@@ -254,3 +256,120 @@ def test_unreadable_records_score_the_schema_penalty_keep_their_raw_value_and_ar
 
 def test_type_change_fails_by_default() -> None:
     assert all(c.on_type_change is TypeChangePolicy.FAIL for c in CONTRACTS.values())
+
+
+def _generated(name: str, rows: int) -> list[pa.RecordBatch]:
+    contract = CONTRACTS[name]
+    options = SeedOptions(scale=rows / contract.seed_rows, defect_rate=0.02, as_of=AS_OF)
+    return InventoryGenerator(options).generate(contract).data.to_batches(max_chunksize=700)
+
+
+def _linked_pages(index: Path) -> set[str]:
+    return set(re.findall(r"validations/[^\"'?]+\.html", index.read_text()))
+
+
+def test_runner_is_kept_per_table_and_reused_with_the_same_results(tmp_path: Path) -> None:
+    """A tick checks several tables in one process: each runner (context, suite, checkpoint) is
+    built once, and a reused runner reports exactly what a new one reports."""
+    day = AS_OF.date()
+    details, orders = CONTRACTS["order_details"], CONTRACTS["orders"]
+    details_batches, orders_batches = _generated("order_details", 3000), _generated("orders", 2000)
+    docs = tmp_path / "gx_docs"
+    first = suite_runner(details, day, docs / "bz_order_details")
+    one = first.validate_batches(details_batches)
+    other = suite_runner(orders, day, docs / "bz_orders").validate_batches(orders_batches)
+    again = suite_runner(details, day, docs / "bz_order_details")
+    assert again is first, "same table, day and docs folder: the runner is reused"
+    two = again.validate_batches(details_batches)
+    fresh = SuiteRunner(details, day).validate_batches(details_batches)
+    for report in (one, two):
+        assert report.agree and sum(report.gx_counts.values()) > 0
+        assert (report.rows, report.gx_counts, report.vector_counts, report.failing_keys) == (
+            fresh.rows, fresh.gx_counts, fresh.vector_counts, fresh.failing_keys)
+    assert other.agree and other.rows == 2000
+    assert suite_runner(details, day, None) is not first, "another docs folder, another runner"
+
+    for report, table in ((one, "bz_order_details"), (two, "bz_order_details"), (other, "bz_orders")):
+        assert report.docs_url and f"gx_docs/{table}/" in report.docs_url
+    assert one.docs_url != two.docs_url
+    # as with a new runner per check: the docs keep (and the index links) the latest check only
+    assert Path(two.docs_url.removeprefix("file://")).is_file()
+    assert not Path(one.docs_url.removeprefix("file://")).exists()
+    pages = _linked_pages(docs / "bz_order_details" / "index.html")
+    assert pages and all(p in two.docs_url for p in pages)
+
+
+def test_data_docs_templates_are_compiled_once_per_process(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """GX builds new Jinja environments for every docs update; the cached views reuse the
+    compiled templates, so a later check (even of another table) compiles none."""
+    import jinja2
+
+    day = AS_OF.date()
+    suite_runner(CONTRACTS["warehouses"], day, tmp_path / "a").validate_batches(_generated("warehouses", 50))
+    compiled: list[str | None] = []
+    original = jinja2.Environment.compile
+
+    def spy(self: jinja2.Environment, source: str, name: str | None = None, *args: object, **kwargs: object):
+        compiled.append(name)
+        return original(self, source, name, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", spy)
+    runner = suite_runner(CONTRACTS["products"], day, tmp_path / "b")
+    report = runner.validate_batches(_generated("products", 100))
+    assert compiled == []
+    assert report.docs_url is not None
+    page = Path(report.docs_url.removeprefix("file://")).read_text()
+    assert "product_name" in page and "sku" in page
+    assert (tmp_path / "b" / "index.html").is_file()
+
+
+def test_key_and_referential_checks_scan_each_table_version_once(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick's key and referential checks read the same table versions: each is scanned once,
+    a new version is scanned again, and the results are those of separate scans."""
+    def write(table: str, mode: str = "overwrite", **columns: list) -> None:
+        write_deltalake(str(tmp_path / table), pl.DataFrame(columns).to_arrow(), mode=mode)
+
+    active, deleted = "ACTIVE", "DELETED"
+    write("bz_products", product_id=[1, 2, 3], record_status=[active, active, deleted])
+    write("bz_warehouses", warehouse_id=[1, 2], record_status=[active, active])
+    write("bz_inventory", inventory_id=[10, 11, 12, 13], product_id=[1, 3, None, 9],
+          warehouse_id=[1, 2, 2, 5], record_status=[active, active, active, deleted])
+    write("bz_stock_levels", stock_level_id=[7, 7], warehouse_id=[2, 3], product_id=[2, 2],
+          record_status=[active, active])
+    scanned: list[str] = []
+    original = checks.read_columns
+
+    def spy(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.Table:
+        scanned.append(Path(dt.table_uri).name)
+        return original(dt, columns, where)
+
+    monkeypatch.setattr(checks, "read_columns", spy)
+    uri = lambda table: str(tmp_path / table)  # noqa: E731
+    inventory, stock = CONTRACTS["inventory"], CONTRACTS["stock_levels"]
+
+    ku = key_uniqueness_result(inventory, uri("bz_inventory"), None)
+    ri = referential_integrity_result(inventory, uri, None)
+    assert scanned == ["bz_inventory", "bz_products", "bz_warehouses"]
+    assert ku.passed and ku.metadata["rows"].value == 4
+    meta = {k: v.value for k, v in ri.metadata.items()}
+    # product 3 is DELETED in the parent; the NULL is no orphan; row 13 is not ACTIVE
+    assert meta["orphans product_id -> products.product_id"] == 1
+    assert meta["orphan_rate product_id -> products.product_id"] == 0.5
+    assert meta["orphan_values_sample product_id -> products.product_id"] == [3]
+    assert meta["orphans warehouse_id -> warehouses.warehouse_id"] == 0
+
+    ku = key_uniqueness_result(stock, uri("bz_stock_levels"), None)
+    ri = referential_integrity_result(stock, uri, None)
+    assert scanned[3:] == ["bz_stock_levels"], "the parents' versions were scanned already"
+    assert not ku.passed and ku.metadata["duplicate_rows"].value == 2
+    assert ri.metadata["orphans warehouse_id -> warehouses.warehouse_id"].value == 1
+
+    write("bz_products", mode="append", product_id=[9], record_status=[active])
+    write("bz_inventory", mode="append", inventory_id=[14], product_id=[4], warehouse_id=[1],
+          record_status=[active])
+    ri = referential_integrity_result(inventory, uri, None)
+    assert scanned[4:] == ["bz_inventory", "bz_products"], "new versions are read again"
+    assert ri.metadata["orphans product_id -> products.product_id"].value == 2  # 3 and 4
+    assert ri.metadata["orphan_values_sample product_id -> products.product_id"].value == [3, 4]

@@ -1,14 +1,17 @@
 """Asset checks of every bronze asset: names as constants, results with failing keys as metadata."""
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 import dagster as dg
 import polars as pl
+from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
-from bronze_assets.lib.quality.validate import QualityReport, SuiteRunner
+from bronze_assets.lib.quality.validate import QualityReport, suite_runner
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.settings import data_dir
 
@@ -17,6 +20,8 @@ QUALITY_SCORE = "quality_score"
 KEY_UNIQUENESS = "key_uniqueness"
 REFERENTIAL_INTEGRITY = "referential_integrity"
 QUALITY_KPI = 80.0
+STATUS = "record_status"
+SCAN_CACHE_BYTES = 64 * 2**20  # key/status scans kept for the next check of the same table version
 
 
 def check_specs(contract: Contract) -> list[dg.AssetCheckSpec]:
@@ -56,8 +61,8 @@ def schema_contract_result(drift: SchemaDrift, quarantined: int | None = None) -
 
 def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
     """Score distribution of the batch plus GX violation counts per rule (WARN below the KPI)."""
-    runner = SuiteRunner(staged.contract, staged.ctx.load_date,
-                         docs_dir=data_dir() / "gx_docs" / staged.contract.bronze_table)
+    runner = suite_runner(staged.contract, staged.ctx.load_date,
+                          docs_dir=data_dir() / "gx_docs" / staged.contract.bronze_table)
     report: QualityReport = runner.validate_batches(staged.batches())
     rows = staged.rows
     metadata: dict[str, object] = {"rows": rows, "gx_counts_match_score": report.agree}
@@ -71,8 +76,8 @@ def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
             "share_below_80": round(below / rows, 4),
         }
     metadata |= {f"violations {rule}": n for rule, n in sorted(report.gx_counts.items())}
-    if runner.docs_url:
-        metadata["data_docs"] = dg.MetadataValue.url(runner.docs_url)
+    if report.docs_url:
+        metadata["data_docs"] = dg.MetadataValue.url(report.docs_url)
     samples = {rule: keys for rule, keys in report.failing_keys.items() if keys}
     if samples:
         metadata["failing_keys_sample"] = dg.MetadataValue.json(samples)
@@ -90,8 +95,8 @@ def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: d
     dt = open_table(table_uri, storage_options)
     if dt is None:
         return dg.AssetCheckResult(check_name=KEY_UNIQUENESS, passed=True, metadata={"rows": 0})
-    keys = pl.from_arrow(read_columns(dt, list(contract.primary_key)))
-    assert isinstance(keys, pl.DataFrame)
+    # one scan of the columns both key checks need: the referential check then reuses it
+    keys = _scan(dt, table_uri, _key_columns(contract)).select(contract.primary_key)
     dupes = keys.filter(keys.is_duplicated())
     sample = dupes.unique().head(5).to_dicts()
     return dg.AssetCheckResult(
@@ -107,19 +112,24 @@ def referential_integrity_result(
     contract: Contract, table_uri: Callable[[str], str], storage_options: dict[str, str] | None
 ) -> dg.AssetCheckResult:
     """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN)."""
-    child = open_table(table_uri(contract.bronze_table), storage_options)
+    child_uri = table_uri(contract.bronze_table)
+    child = open_table(child_uri, storage_options)
+    active_child = None
+    if child is not None and contract.foreign_keys:
+        scanned = _scan(child, child_uri, _key_columns(contract))
+        active_child = scanned.filter(pl.col(STATUS) == "ACTIVE")
     metadata: dict[str, object] = {}
     orphans_total = 0
-    active = "record_status = 'ACTIVE'"
     for fk in contract.foreign_keys:
         label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
-        parent = open_table(table_uri(f"bz_{fk.parent_table}"), storage_options)
-        if child is None or parent is None:
+        parent_uri = table_uri(f"bz_{fk.parent_table}")
+        parent = open_table(parent_uri, storage_options)
+        if active_child is None or parent is None:
             metadata[f"orphans {label}"] = "parent or child not loaded yet"
             continue
-        values = pl.from_arrow(read_columns(child, [fk.column], f"{active} AND \"{fk.column}\" IS NOT NULL"))
-        keys = pl.from_arrow(read_columns(parent, [fk.parent_column], active))
-        assert isinstance(values, pl.DataFrame) and isinstance(keys, pl.DataFrame)
+        values = active_child.select(fk.column).drop_nulls()
+        keys = _scan(parent, parent_uri, [fk.parent_column, STATUS])
+        keys = keys.filter(pl.col(STATUS) == "ACTIVE").select(fk.parent_column)
         dtype = values[fk.column].dtype
         keys = keys.rename({fk.parent_column: fk.column}).with_columns(pl.col(fk.column).cast(dtype))
         orphans = values.join(keys.unique(), on=fk.column, how="anti")
@@ -133,3 +143,39 @@ def referential_integrity_result(
         check_name=REFERENTIAL_INTEGRITY, passed=orphans_total == 0,
         severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
     )
+
+
+def _key_columns(contract: Contract) -> list[str]:
+    """What the key and referential checks read from a bronze table: keys, foreign keys, status."""
+    if not contract.foreign_keys:  # no referential check
+        return list(contract.primary_key)
+    return list(dict.fromkeys([*contract.primary_key, *(fk.column for fk in contract.foreign_keys), STATUS]))
+
+
+_scans: OrderedDict[tuple[str, str, int], pl.DataFrame] = OrderedDict()
+_scans_lock = threading.Lock()
+
+
+def _scan(dt: DeltaTable, uri: str, columns: list[str]) -> pl.DataFrame:
+    """``columns`` of the table's current version, every row.
+
+    A tick's checks read the same versions several times (a table's key check, then its
+    referential check; a parent's keys for each of its children), and scanning a table of
+    thousands of small files costs more than the check itself: scans of one table version (a
+    Delta version never changes) are kept while they fit in ``SCAN_CACHE_BYTES``.
+    """
+    key = (uri, dt.metadata().id, dt.version())
+    with _scans_lock:
+        cached = _scans.get(key)
+        if cached is not None and set(columns) <= set(cached.columns):
+            _scans.move_to_end(key)
+            return cached.select(columns)
+    frame = pl.from_arrow(read_columns(dt, columns))
+    assert isinstance(frame, pl.DataFrame)
+    if frame.estimated_size() <= SCAN_CACHE_BYTES:
+        with _scans_lock:
+            _scans[key] = frame
+            _scans.move_to_end(key)
+            while sum(f.estimated_size() for f in _scans.values()) > SCAN_CACHE_BYTES:
+                _scans.popitem(last=False)
+    return frame

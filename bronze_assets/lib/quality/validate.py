@@ -1,8 +1,15 @@
-"""Run a contract's GX suite over a batch (GX's pandas engine, in bounded chunks)."""
+"""Run a contract's GX suite over a batch (GX's pandas engine, in bounded chunks).
+
+GX objects are built once per process: :func:`suite_runner` keeps one :class:`SuiteRunner`
+(context, suite, checkpoint) per contract, load date and docs folder, and the Data Docs views
+compile their templates once (:mod:`bronze_assets.lib.quality.docs`).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -28,6 +35,7 @@ class QualityReport:
     gx_counts: dict[str, int] = field(default_factory=dict)
     vector_counts: dict[str, int] = field(default_factory=dict)
     failing_keys: dict[str, list[Any]] = field(default_factory=dict)
+    docs_url: str | None = None  # Data Docs page of the latest validation (when docs are built)
 
     def add(self, other: QualityReport) -> None:
         self.rows += other.rows
@@ -46,22 +54,51 @@ class QualityReport:
 
 
 DOCS_SITE = "bronze"
+RUNNERS_KEPT = 64  # runners cached per process (least recently used dropped beyond that)
+
+_runners: OrderedDict[tuple[Contract, date, Path | None], SuiteRunner] = OrderedDict()
+_runners_lock = threading.Lock()
+
+
+def suite_runner(contract: Contract, load_date: date, docs_dir: Path | None = None) -> SuiteRunner:
+    """The process's :class:`SuiteRunner` for this contract, load date and docs folder.
+
+    Built on first use; later checks of the same table reuse its context, suite and checkpoint.
+    """
+    key = (contract, load_date, docs_dir)
+    with _runners_lock:
+        runner = _runners.get(key)
+        if runner is not None:
+            _runners.move_to_end(key)
+            return runner
+    runner = SuiteRunner(contract, load_date, docs_dir)
+    with _runners_lock:
+        runner = _runners.setdefault(key, runner)
+        _runners.move_to_end(key)
+        while len(_runners) > RUNNERS_KEPT:
+            _runners.popitem(last=False)
+    return runner
 
 
 class SuiteRunner:
     """Validates batches of one contract with one ephemeral GX context (built once).
 
     With ``docs_dir`` the checkpoint also renders GX Data Docs there; ``docs_url`` is then the
-    page of the latest validation.
+    page of the latest validation. A runner may be reused (:func:`suite_runner`): each
+    :meth:`validate_batches` call starts from an empty validation-results store, so the docs
+    index lists (and GX keeps the pages of) that call's validations only, as with a new runner.
     """
 
     def __init__(self, contract: Contract, load_date: date, docs_dir: Path | None = None) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        from bronze_assets.lib.quality import docs
+
         for name in ("great_expectations", "great_expectations.data_context.types.base"):
             logging.getLogger(name).setLevel(logging.WARNING)  # GX sets its own levels on import
 
+        self.lock = threading.RLock()
         self.contract, self.load_date = contract, load_date
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -78,7 +115,9 @@ class SuiteRunner:
                 "class_name": "SiteBuilder",
                 "store_backend": {"class_name": "TupleFilesystemStoreBackend",
                                   "base_directory": str(docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder", "view": docs.INDEX_VIEW},
+                "site_section_builders": {section: {"view": docs.VIEW}
+                                          for section in ("expectations", "validations", "profiling")},
             })
             actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE]))
         definition = self.context.validation_definitions.add(gx.ValidationDefinition(
@@ -100,6 +139,10 @@ class SuiteRunner:
 
     def validate(self, table: pa.Table) -> QualityReport:
         """Counts for one batch; GX reports counts and a few failing keys, not every index."""
+        with self.lock:
+            return self._validate(table)
+
+    def _validate(self, table: pa.Table) -> QualityReport:
         report = QualityReport(rows=table.num_rows)
         if not table.num_rows:
             return report
@@ -136,16 +179,26 @@ class SuiteRunner:
 
     def validate_batches(self, batches: Iterable[pa.RecordBatch]) -> QualityReport:
         """Validate a stream in bounded chunks and add up the counts."""
-        total, pending, size = QualityReport(), [], 0
-        for batch in batches:
-            pending.append(batch)
-            size += batch.num_rows
-            if size >= CHUNK_ROWS:
+        with self.lock:
+            self._forget_results()
+            total, pending, size = QualityReport(), [], 0
+            for batch in batches:
+                pending.append(batch)
+                size += batch.num_rows
+                if size >= CHUNK_ROWS:
+                    total.add(self.validate(pa.Table.from_batches(pending)))
+                    pending, size = [], 0
+            if pending:
                 total.add(self.validate(pa.Table.from_batches(pending)))
-                pending, size = [], 0
-        if pending:
-            total.add(self.validate(pa.Table.from_batches(pending)))
-        return total
+            total.docs_url = self.docs_url
+            return total
+
+    def _forget_results(self) -> None:
+        """Drop earlier validation results (memory stays bounded; the index shows this call's)."""
+        store = self.context.validation_results_store
+        for key in store.list_keys():
+            store.remove_key(key)
+        self.docs_url = None
 
 
 def _plain(value: Any) -> Any:
