@@ -250,10 +250,6 @@ def restore(table: str, version: int | None, timestamp: str | None, dry_run: boo
     click.echo(("dry run — " if dry_run else "restored — ") + plan.describe())
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
 def status(as_json: bool) -> None:
@@ -297,3 +293,7 @@ def ddl(schema: str | None) -> None:
 
     for statement in create_schema_statements(in_dependency_order(), schema or SOURCE_SCHEMA):
         click.echo(statement + ";\n")
+
+
+if __name__ == "__main__":
+    main()

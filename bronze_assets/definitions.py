@@ -1,5 +1,5 @@
-"""Dagster entry point: loads every definition under ``bronze_assets/defs`` and applies the
-cadence-derived freshness policies once, here."""
+"""Dagster entry point: loads every definition under ``bronze_assets/defs`` (the bronze assets carry
+their cadence's freshness policy from the asset factory, so nothing is re-mapped here)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from bronze_assets.defs.freshness import with_freshness
-
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
-    return loaded.map_asset_specs(func=with_freshness)
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

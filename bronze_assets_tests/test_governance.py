@@ -127,7 +127,7 @@ def test_cli_history_and_restore(bronze: Bronze, monkeypatch: pytest.MonkeyPatch
     done = runner.invoke(main, ["restore", "bz_warehouses", "--version", "0"])
     assert done.exit_code == 0 and bronze.version("warehouses") == 2
     bad = runner.invoke(main, ["restore", "bz_nope", "--version", "0"])
-    assert bad.exit_code == 1 and "unknown bronze table" in bad.output
+    assert bad.exit_code == 1 and "unknown table" in bad.output
 
 
 PLANTED = "Pl4nted-S3cret-7fq9"

@@ -19,6 +19,7 @@ from bronze_assets.defs.checks import (
     referential_integrity_result,
     schema_contract_result,
 )
+from bronze_assets.defs.freshness import freshness_policy
 from bronze_assets.defs.partitions import as_utc, partitions_def
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.lib.delta.control import (
@@ -69,6 +70,7 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         owners=OWNERS,
         description=f"Bronze copy of tests.{contract.name}: {contract.description}",
         partitions_def=parts,
+        freshness_policy=freshness_policy(contract.cadence),
         code_version=contract.version,
         tags={"load_pattern": contract.load_pattern.value, "cadence": contract.cadence.value},
         metadata={
