@@ -42,6 +42,8 @@ def test_status_reports_fresh_stale_failed_and_never_loaded(fresh_dsn: str, tmp_
     assert rows["bz_customers"].checks["schema_contract"] == "failed"
     assert "schema_contract" in (rows["bz_customers"].failing_check or "")
     assert rows["bz_orders"].freshness == NEVER and not rows["bz_orders"].healthy
+    assert rows["bz_warehouses"].checks == {"schema_contract": "passed", "quality_score": "passed",
+                                            "key_uniqueness": "passed"}
     later = {s.table: s for s in bronze_status(str(b.root), now=now + timedelta(hours=27))}
     assert later["bz_products"].freshness == STALE, "a daily table is stale after 26 h"
     assert later["bz_warehouses"].freshness == FRESH, "a monthly table is not"

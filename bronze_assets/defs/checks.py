@@ -84,6 +84,7 @@ def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=QUALITY_SCORE,
         passed=average >= QUALITY_KPI,
+        description=f"average score {average:.1f} (KPI {QUALITY_KPI:.0f})",
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
     )
@@ -102,6 +103,7 @@ def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: d
     return dg.AssetCheckResult(
         check_name=KEY_UNIQUENESS,
         passed=dupes.height == 0,
+        description=f"{dupes.height:,} rows share a primary key" if dupes.height else "every key once",
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"rows": keys.height, "duplicate_rows": dupes.height,
                   "duplicate_keys_sample": dg.MetadataValue.json(sample)},
@@ -142,6 +144,8 @@ def referential_integrity_result(
     return dg.AssetCheckResult(
         check_name=REFERENTIAL_INTEGRITY, passed=orphans_total == 0,
         severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+        description=f"{orphans_total:,} ACTIVE rows reference a parent key missing from bronze"
+        if orphans_total else "every foreign key has its parent",
     )
 
 
