@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 PORT ?= 3000
 ui: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## Dagster UI on the embedded default (make ui PORT=3001)
-	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml -p $(PORT)
+	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/python -m bronze_assets.devserver -w workspace.yaml -p $(PORT)
 
 bench: $(STAMP)  ## seed and ingestion benchmarks at scale 1 and 10 (with dlt as the reference)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -4,8 +4,9 @@
   table's contract columns and VACUUM retaining 168 h; files/bytes before and after and the
   24 h storage growth are recorded as an observation of each ``bz_*`` asset.
 * ``bronze_retention`` (monthly): rows older than the retention period move to the archive.
-* ``bronze_monitoring_report`` asset: plots and an HTML page from the control tables, with the
-  plots embedded in the materialization metadata so the UI shows them.
+* ``bronze_monitoring_report`` asset: an HTML page led by the ``bronze status`` table (with check
+  results from the instance), then plots from the control tables, which are also embedded in the
+  materialization metadata so the UI shows them.
 """
 
 
@@ -104,7 +105,7 @@ def monitoring_report(context: dg.AssetExecutionContext, bronze: BronzeStorage) 
     since = datetime.now(UTC) - timedelta(days=30)
     runs = _run_stats(context.instance, datetime.now(UTC) - timedelta(hours=24))
     report = build_report(bronze.resolved_root(), runs=runs, since=since,
-                          storage_options=bronze.storage_options or None)
+                          storage_options=bronze.storage_options or None, instance=context.instance)
     metadata: dict[str, object] = {
         "report": dg.MetadataValue.path(str(report.html)),
         "headline": dg.MetadataValue.md(report.markdown()),
@@ -112,6 +113,7 @@ def monitoring_report(context: dg.AssetExecutionContext, bronze: BronzeStorage) 
     for name, path in report.plots.items():
         metadata[f"plot_{name}"] = dg.MetadataValue.md(_embedded(name.replace("_", " "), path.read_bytes()))
     metadata |= {k: v for k, v in report.headline.items() if isinstance(v, int | float)}
+    metadata["tables_unhealthy"] = sum(not s.healthy for s in report.status)
     return dg.MaterializeResult(metadata=metadata)
 
 

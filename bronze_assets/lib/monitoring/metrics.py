@@ -1,8 +1,9 @@
 """Monitoring figures computed from the control tables (``bz_audit_log``, ``bz_data_lineage``,
 ``bz_cost_tracking``) plus the run counts the caller reads from the Dagster instance.
 
-* throughput = Σ records_processed / Σ processing_duration_seconds · 60 (lineage): the rate the
-  loads achieve while running, not records per wall-clock minute;
+* throughput = Σ records_processed (lineage) per minute of wall time: from the first load's start to
+  the last load's end in the window (``bz_audit_log`` start/end timestamps), so idle time between
+  loads counts; per load, records over that load's own start→end wall time;
 * error rate = FAILED / (SUCCESS + FAILED) over the ``LOAD`` rows of the audit log;
 * quality = ``avg_quality_score`` from the audit row's ``details`` JSON (latest per table);
 * storage = latest ``storage_bytes`` per table; cost = Σ ``compute_cost``.
@@ -35,8 +36,8 @@ class RunStats:
 class Frames:
     """The control-table rows the report uses, one tidy frame each (``at`` = UTC timestamp)."""
 
-    loads: pl.DataFrame  # table_name, at, status, records, quality
-    lineage: pl.DataFrame  # table_name, at, records, seconds, rpm
+    loads: pl.DataFrame  # table_name, at (end, else start), start, status, records, quality
+    lineage: pl.DataFrame  # table_name, at, records, seconds (data), wall_seconds, rpm (wall)
     cost: pl.DataFrame  # table_name, at, storage_bytes, compute_cost
 
 
@@ -52,17 +53,25 @@ def load_frames(
     loads = audit.select(
         "table_name",
         pl.coalesce("end_timestamp", "start_timestamp").alias("at"),
+        pl.col("start_timestamp").alias("start"),
         "status",
         pl.col("records_affected").fill_null(0).alias("records"),
         pl.Series("quality", [_quality(d) for d in audit["details"].to_list()], dtype=pl.Float64),
     )
+    # a lineage row is written with its audit row: same table, processing_timestamp == end_timestamp
+    starts = audit.filter(pl.col("end_timestamp").is_not_null()).select(
+        "table_name", pl.col("end_timestamp").alias("at"), pl.col("start_timestamp").alias("start"),
+    ).unique(subset=["table_name", "at"], keep="first")
     lineage = read(control.LINEAGE).select(
         pl.col("target_table").alias("table_name"),
         pl.col("processing_timestamp").alias("at"),
         pl.col("records_processed").fill_null(0).alias("records"),
         pl.col("processing_duration_seconds").alias("seconds"),
-    ).with_columns(
-        pl.when(pl.col("seconds") > 0).then(pl.col("records") / pl.col("seconds") * 60).alias("rpm"),
+    ).join(starts, on=["table_name", "at"], how="left").with_columns(
+        ((pl.col("at") - pl.col("start")).dt.total_microseconds() / 1e6).alias("wall_seconds"),
+    ).drop("start").with_columns(
+        pl.when(pl.col("wall_seconds") > 0).then(pl.col("records") / pl.col("wall_seconds") * 60)
+        .alias("rpm"),
     )
     cost = read(control.COST_TRACKING).select(
         "table_name", pl.col("recorded_at").alias("at"), "storage_bytes", "compute_cost",
@@ -87,10 +96,18 @@ def _finished(loads: pl.DataFrame) -> pl.DataFrame:
     return loads.filter(pl.col("status").is_in([control.SUCCESS, control.FAILED]))
 
 
+def wall_seconds(loads: pl.DataFrame) -> float | None:
+    """Seconds from the first finished load's start to the last one's end (None without loads)."""
+    finished = _finished(loads).drop_nulls("start")
+    if finished.is_empty():
+        return None
+    return (finished["at"].max() - finished["start"].min()).total_seconds()  # type: ignore[operator]
+
+
 def headline(frames: Frames, runs: RunStats | None = None) -> dict[str, float | int | None]:
     """The headline numbers (None where there is no data yet)."""
     lin, finished = frames.lineage, _finished(frames.loads)
-    seconds = float(lin["seconds"].sum() or 0)
+    wall = wall_seconds(frames.loads)
     records = int(lin["records"].sum() or 0)
     failed = finished.filter(pl.col("status") == control.FAILED).height
     latest_quality = _latest(frames.loads.drop_nulls("quality"), "quality")
@@ -99,7 +116,8 @@ def headline(frames: Frames, runs: RunStats | None = None) -> dict[str, float | 
     numbers: dict[str, float | int | None] = {
         "tables": len(tables - {None}),
         "records_processed": records,
-        "records_per_minute": round(records / seconds * 60, 1) if seconds > 0 else None,
+        "records_per_minute": round(records / wall * 60, 1) if wall else None,
+        "wall_seconds": round(wall, 1) if wall is not None else None,
         "loads": finished.height,
         "failed_loads": failed,
         "error_rate": round(failed / finished.height, 4) if finished.height else None,
@@ -122,8 +140,14 @@ def per_table(frames: Frames) -> list[dict[str, Any]]:
     lineage = frames.lineage.group_by("table_name").agg(
         pl.col("records").sum().alias("records_processed"),
         pl.col("seconds").mean().round(2).alias("avg_processing_seconds"),
-        (pl.col("records").sum() / pl.col("seconds").sum() * 60).round(1).alias("records_per_minute"),
     )
+    wall = _finished(frames.loads).drop_nulls("start").group_by("table_name").agg(
+        ((pl.col("at").max() - pl.col("start").min()).dt.total_microseconds() / 1e6).alias("wall"),
+    )
+    lineage = lineage.join(wall, on="table_name", how="left").with_columns(
+        pl.when(pl.col("wall") > 0).then(pl.col("records_processed") / pl.col("wall") * 60).round(1)
+        .alias("records_per_minute"),
+    ).drop("wall")
     quality = _latest(frames.loads.drop_nulls("quality"), "quality").rename({"quality": "quality_score"})
     storage = _latest(frames.cost.drop_nulls("storage_bytes"), "storage_bytes")
     cost = frames.cost.group_by("table_name").agg(pl.col("compute_cost").sum().round(4))

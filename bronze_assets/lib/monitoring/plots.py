@@ -51,7 +51,8 @@ def _per_table_lines(ax: Axes, frame: pl.DataFrame, column: str, title: str, yla
 
 
 def throughput(frames: Frames, ax: Axes) -> None:
-    _per_table_lines(ax, frames.lineage, "rpm", "Records processed per minute (per load)", "records / min")
+    _per_table_lines(ax, frames.lineage, "rpm", "Records per minute of wall time (per load: start → end)",
+                     "records / wall-clock min")
 
 
 def quality(frames: Frames, ax: Axes) -> None:
