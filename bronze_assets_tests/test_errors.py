@@ -66,3 +66,13 @@ def test_restore_before_the_first_version_names_the_valid_range(fresh_dsn: str, 
         plan_restore(b.uri("products"), CONTRACTS["products"], timestamp=datetime(2000, 1, 1, tzinfo=UTC))
     with pytest.raises(TimeTravelError, match=r"version 5 does not exist \(0\.\.0\)"):
         plan_restore(b.uri("products"), CONTRACTS["products"], version=5)
+
+
+def test_a_table_never_loaded_says_how_to_load_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_ROOT", str(tmp_path / "bronze"))
+    (tmp_path / "bronze" / "bz_products" / "_delta_log").mkdir(parents=True)  # a first load that died
+    for command in (["history", "bz_products"], ["restore", "bz_products", "--version", "0", "--dry-run"],
+                    ["read", "products", "--role", "admin"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, command
+        assert "bz_products" in result.output and "--select bz_products" in result.output, result.output

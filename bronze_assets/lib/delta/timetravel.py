@@ -30,7 +30,10 @@ def contract_for(table: str) -> Contract:
 def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable:
     dt = open_table(uri, storage_options)
     if dt is None:
-        raise TimeTravelError(f"{uri} is not a Delta table yet: materialize it first")
+        table = uri.rstrip("/").rsplit("/", 1)[-1]
+        raise TimeTravelError(f"{table} has not been loaded yet (no Delta table at {uri}): run `dagster "
+                              f"asset materialize -m bronze_assets.definitions --select {table}` or `bronze "
+                              f"demo`, or point BRONZE_ROOT at the bronze root that holds it")
     return dt
 
 
