@@ -16,7 +16,7 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
-from bronze_assets.lib.delta.timetravel import restore
+from bronze_assets.lib.delta.timetravel import history, restore
 from bronze_assets.lib.governance.erasure import forget_subject
 from bronze_assets.lib.governance.pii import decrypt_table
 from bronze_assets.lib.governance.reader import read_table as read_as
@@ -82,6 +82,8 @@ def test_forget_makes_the_customer_unrecoverable_in_every_version_and_reloads_ke
     versions = range(bronze.version("customers") + 1)
     result = forget_subject("customers", 7, root=root)
     assert result.rows_forgotten == 1
+    latest = history(uri, 1)[0]
+    assert (latest["operation"], latest["rows_updated"]) == ("ERASURE", 1), "bronze history names it"
 
     for version in versions:  # time travel to every retained version
         old = DeltaTable(uri, version=version).to_pyarrow_table()

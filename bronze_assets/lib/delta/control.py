@@ -31,6 +31,8 @@ ENV_USER = "BRONZE_USER"
 ENV_COST_RATE = "BRONZE_COMPUTE_COST_PER_HOUR"
 DEFAULT_COST_RATE = 0.55  # USD per compute hour (a small Databricks job cluster, DBU + VM)
 
+OPERATION_KEY = "bronze.operation"  # commit metadata: what a non-load commit did (e.g. ERASURE)
+
 AUDIT_LOG = "bz_audit_log"
 LINEAGE = "bz_data_lineage"
 CHECKPOINTS = "bz_checkpoints"

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import Contract, get_contract
-from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.control import OPERATION_KEY, audited
 from bronze_assets.lib.delta.merge import BATCH_KEY, open_table
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 
@@ -46,10 +46,10 @@ def history(uri: str, limit: int | None = None, storage_options: dict[str, str] 
         rows.append({
             "version": h.get("version"),
             "timestamp": datetime.fromtimestamp(h["timestamp"] / 1000, UTC).isoformat(timespec="seconds"),
-            "operation": h.get("operation"),
+            "operation": h.get(OPERATION_KEY) or h.get("operation"),
             "batch_id": h.get(BATCH_KEY),
             "rows_inserted": metrics.get("num_target_rows_inserted", metrics.get("num_added_rows")),
-            "rows_updated": metrics.get("num_target_rows_updated"),
+            "rows_updated": metrics.get("num_target_rows_updated", metrics.get("num_updated_rows")),
             "rows_deleted": metrics.get("num_target_rows_deleted", metrics.get("num_deleted_rows")),
         })
     return rows
@@ -151,5 +151,6 @@ def _reapply_erasures(dt: DeltaTable, contract: Contract, root: str,
     ids = ", ".join(str(int(s)) if s.isdigit() else "'" + s.replace("'", "''") + "'" for s in erased)
     updates = {c: "NULL" for c in contract.pii_columns} | {"record_status": f"'{FORGOTTEN}'"}
     metrics = dt.update(updates=updates, predicate=f"{contract.data_subject} IN ({ids}) "
-                                                   f"AND record_status <> '{FORGOTTEN}'")
+                                                   f"AND record_status <> '{FORGOTTEN}'",
+                        commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "ERASURE"}))
     return int(metrics.get("num_updated_rows", 0))

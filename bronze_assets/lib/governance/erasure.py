@@ -15,8 +15,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from deltalake import CommitProperties
+
 from bronze_assets.contracts import Contract, get_contract
-from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.control import OPERATION_KEY, audited
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 from bronze_assets.lib.governance.keystore import KeyStore
 from bronze_assets.lib.governance.reader import open_bronze
@@ -65,7 +67,8 @@ def forget_subject(
             "update_timestamp": f"CAST('{datetime.now(UTC).isoformat()}' AS TIMESTAMP)",
             "batch_id": f"'{uuid.uuid4()}'",
         }
-        metrics = dt.update(updates=updates, predicate=f"{contract.data_subject} = {value}")
+        metrics = dt.update(updates=updates, predicate=f"{contract.data_subject} = {value}",
+                            commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "ERASURE"}))
         result = ErasureResult(
             contract.bronze_table, str(subject_id), int(metrics.get("num_updated_rows", 0)),
             shred.keys_shredded, shred.files_vacuumed, dt.version(),
