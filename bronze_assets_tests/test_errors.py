@@ -13,6 +13,7 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, get_contract
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.delta.timetravel import TimeTravelError, plan_restore
 from bronze_assets.lib.load import SourceTableMissingError, extract_and_stage
 from bronze_assets.lib.source.extract import SourceReader
@@ -76,3 +77,23 @@ def test_a_table_never_loaded_says_how_to_load_it(tmp_path: Path, monkeypatch: p
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1, command
         assert "bz_products" in result.output and "--select bz_products" in result.output, result.output
+
+
+def test_a_failed_first_write_leaves_no_half_created_table(fresh_dsn: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    monkeypatch.setenv("BRONZE_TARGET_FILE_MB", "1")
+    b = Bronze(fresh_dsn, tmp_path / "bronze")
+    original = BronzeMerger._staged_chunk
+
+    def dies_after_the_first_batch(self, staged, chunk):  # fault injection: the writer's input fails
+        for batch in original(self, staged, chunk):
+            yield batch
+            raise OSError("disk went away")
+
+    monkeypatch.setattr(BronzeMerger, "_staged_chunk", dies_after_the_first_batch)
+    with pytest.raises(Exception, match="disk went away"):
+        b.load_direct("order_details")
+    assert not Path(b.uri("order_details")).exists()
+    monkeypatch.setattr(BronzeMerger, "_staged_chunk", original)
+    assert b.load_direct("order_details").inserted > 0, "the next load creates the table"

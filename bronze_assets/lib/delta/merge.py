@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -144,6 +146,17 @@ def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None
         if WATERMARK_KEY in entry:
             return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
     return None
+
+
+def discard_uncommitted(uri: str) -> None:
+    """Remove what a failed first write left at a local ``uri`` (data files, an empty
+    ``_delta_log``) when no commit landed, so no half-created table stays behind. Object-store
+    roots keep their orphan files until the table exists and VACUUM removes them."""
+    path = Path(uri.removeprefix("file://"))
+    if "://" in uri.removeprefix("file://") or not path.is_dir():
+        return
+    if not any((path / "_delta_log").glob("*.json")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def hash_version(dt: DeltaTable, limit: int = 50) -> int:
@@ -444,17 +457,22 @@ class BronzeMerger:
             dt = open_table(self.uri, self.storage_options) if chunk else None
             if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
-            write_deltalake(
-                self.uri,
-                pa.RecordBatchReader.from_batches(staged.schema, self._staged_chunk(staged, chunk)),
-                partition_by=[self.part] if self.part else None,
-                mode="append" if chunk else "error",
-                storage_options=self.storage_options or None,
-                target_file_size=target_file_bytes(),
-                configuration=None if chunk else {"delta.targetFileSize": str(target_file_bytes())},
-                writer_properties=writer_properties(self.contract),
-                commit_properties=self._commit_properties(dt, staged, chunk, chunks),
-            )
+            try:
+                write_deltalake(
+                    self.uri,
+                    pa.RecordBatchReader.from_batches(staged.schema, self._staged_chunk(staged, chunk)),
+                    partition_by=[self.part] if self.part else None,
+                    mode="append" if chunk else "error",
+                    storage_options=self.storage_options or None,
+                    target_file_size=target_file_bytes(),
+                    configuration=None if chunk else {"delta.targetFileSize": str(target_file_bytes())},
+                    writer_properties=writer_properties(self.contract),
+                    commit_properties=self._commit_properties(dt, staged, chunk, chunks),
+                )
+            except BaseException:
+                if not chunk:
+                    discard_uncommitted(self.uri)
+                raise
             result.commits += 1
             self._committed(staged, chunk, chunks, min(staged.rows, (chunk + 1) * self.chunk_rows))
         return result
