@@ -1,4 +1,4 @@
--- The source schema bronze_assets expects (ARCHITECTURE §2.1), generated from the contracts by
+-- The source schema bronze_assets expects (docs/contract.md §1), generated from the contracts by
 -- `bronze ddl` (bronze_assets_tests/test_cli_ddl.py keeps this file equal to it).
 
 CREATE SCHEMA IF NOT EXISTS "tests";
