@@ -439,20 +439,20 @@ class BronzeMerger:
             yield self._protect(batch)
 
     def _create(self, staged: StagedBatch) -> MergeResult:
-        if staged.rows:
-            subject = [self.contract.data_subject] if self.cipher is not None else []
-            keys = pl.from_arrow(staged.reader().read_all().select(list(dict.fromkeys(self.pk + subject))))
-            assert isinstance(keys, pl.DataFrame)
-            self._refuse_duplicates(keys)
-            if subject:
-                self._prepare_keys(keys.get_column(subject[0]))
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
-        if self.part and staged.rows:
-            parts = pl.from_arrow(staged.reader().read_all().select([self.part]))
-            assert isinstance(parts, pl.DataFrame)
-            result.partitions = [d.isoformat() for d in parts.get_column(self.part).drop_nulls().unique()
-                                 .sort().to_list()]
+        if staged.rows:  # one read of the narrow columns: keys, data subject, partition
+            subject = [self.contract.data_subject] if self.cipher is not None else []
+            part = [self.part] if self.part else []
+            columns = list(dict.fromkeys(self.pk + subject + part))
+            narrow = pl.from_arrow(staged.reader().read_all().select(columns))
+            assert isinstance(narrow, pl.DataFrame)
+            self._refuse_duplicates(narrow)
+            if subject:
+                self._prepare_keys(narrow.get_column(subject[0]))
+            if part:
+                result.partitions = [d.isoformat() for d in narrow.get_column(part[0]).drop_nulls().unique()
+                                     .sort().to_list()]
         for chunk in range(chunks):
             dt = open_table(self.uri, self.storage_options) if chunk else None
             if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):

@@ -74,7 +74,6 @@ _WRAP_DAYS, _WRAP_US = divmod(2**64, _US_PER_DAY)
 _DATE_MIN, _DATE_END = -719_162, 2_932_897  # 0001-01-01, 10000-01-01 in days since 1970
 _TS_MIN, _TS_END = _DATE_MIN * _US_PER_DAY, _DATE_END * _US_PER_DAY
 
-_NUMERIC_SPECIALS = ["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"]
 
 _local = threading.local()
 
@@ -370,29 +369,19 @@ def storable(arr: pa.Array, type_: PgType) -> tuple[pa.Array, pa.Array]:
         if pa.types.is_decimal(arr.type):
             return arr.cast(target), pa.repeat(pa.scalar(False), len(arr))
         text = _physical(arr, type_)
-        ok = pc.invert(pc.is_in(pc.ascii_lower(text), pa.array(_NUMERIC_SPECIALS)))
-        candidates = pc.if_else(ok, text, pa.scalar(None, text.type))
-        try:
-            values = candidates.cast(target)  # exact: fails rather than round or overflow
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            ok = pc.and_(ok, _fits_decimal(candidates, target))
-            values = pc.if_else(ok, candidates, pa.scalar(None, text.type)).cast(target)
+        ok = pc.match_substring_regex(text, _decimal_pattern(target))  # NaN, ±Infinity, overflow: no
+        values = pc.if_else(ok, text, pa.scalar(None, text.type)).cast(target)  # exact, never float
     else:
         return _physical(arr, type_).cast(target), pa.repeat(pa.scalar(False), len(arr))
     return values, pc.fill_null(pc.invert(ok), False)
 
 
-def _fits_decimal(text: pa.Array, target: pa.Decimal128Type) -> pa.Array:
-    """Per value: does the text cast exactly to ``target``? (Only reached when the vectorised
-    cast failed, i.e. on text that is not the driver's rendering of a numeric(p, s) column.)"""
-    fits = []
-    for value in text.to_pylist():
-        try:
-            pa.array([value], pa.string()).cast(target)
-            fits.append(True)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            fits.append(False)
-    return pa.array(fits, pa.bool_())
+def _decimal_pattern(target: pa.Decimal128Type) -> str:
+    """The texts that cast exactly to ``target``: at most ``precision - scale`` integer digits and
+    ``scale`` fraction digits (anything else — NaN, ±Infinity, too many digits — is not storable)."""
+    whole = f"[0-9]{{1,{target.precision - target.scale}}}" if target.precision > target.scale else "0"
+    fraction = f"(\\.[0-9]{{0,{target.scale}}})?" if target.scale else ""
+    return f"^[+-]?{whole}{fraction}$"
 
 
 def hash_texts(texts: list[pa.Array], version: int = 2) -> pa.Array:

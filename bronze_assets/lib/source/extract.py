@@ -86,7 +86,7 @@ def _plain(arr: pa.Array) -> pa.Array:
 
 def prepare(batch: pa.RecordBatch, contract: Contract, window: LoadWindow | None = None,
             legacy: bool = False) -> pa.RecordBatch:
-    """Turn a driver batch into bronze-ready columns: ``record_hash`` (§2.2, rendered here, not
+    """Turn a driver batch into bronze-ready columns: ``record_hash`` (rendered here, not
     in the source), values in the contract's types, the Delta partition value, and for every
     value bronze cannot hold (numeric NaN, ±infinity, years outside 1–9999) a NULL plus
     ``_invalid:<col>``/``_raw:<col>`` (its PostgreSQL text) for the score and the quarantine."""
@@ -95,13 +95,12 @@ def prepare(batch: pa.RecordBatch, contract: Contract, window: LoadWindow | None
     for column in contract.columns:
         arr = _plain(batch.column(column.name))
         raw_name = RAW_PREFIX + column.name
+        value, bad = storable(arr, column.type)
         if raw_name in names:  # a rescued column: the source's own text is what gets hashed
             text = batch.column(raw_name).cast(pa.string())
-            value, bad = storable(arr, column.type)
             bad = pc.or_(bad, batch.column(INVALID_PREFIX + column.name).fill_null(False))
         else:
             text = column_text(arr, column.type)
-            value, bad = storable(arr, column.type)
         texts.append(text)
         out[column.name] = value
         if pc.any(bad).as_py():
