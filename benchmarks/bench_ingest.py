@@ -11,8 +11,9 @@ snapshot partition):
   integrity); (b, c, d) run without.
   (e) the hourly tick: on inventory, order_details and orders 0.1 % of the rows are updated
   (``updated_at = now()``), 0.01 % deleted and 0.1 % inserted (new keys), then the assets of the two
-  hourly schedule jobs (``bronze_hourly_by_day``, ``bronze_hourly_by_month``) run for the open
-  day / month: ``hourly`` with every asset check, ``hourly_nochecks`` without (after a second tick),
+  hourly schedule jobs (``bronze_hourly_by_day``, ``bronze_hourly_by_month``) run as their schedules
+  request them now (the open day / month, tag ``bronze/changes_only``: read what changed since the
+  watermark): ``hourly`` with every asset check, ``hourly_nochecks`` without (after a second tick),
   ``hourly_skewed`` with checks after a tick whose updates fall 80 % on the newest 10 % of keys.
   After each, bronze is compared with the source: the ACTIVE keys and their ``record_hash`` must
   equal the §2.2 v2 hash computed by PostgreSQL, and every deleted key must be ``DELETED``.
@@ -194,22 +195,27 @@ def phase_hourly(with_checks: bool) -> dict:
     from bronze_assets.defs.schedules import load_groups, partition_for_tick
 
     definitions = defs()
+    repo = definitions.get_repository_def()
     groups = {g.name: g for g in load_groups()}
     instance = dg.DagsterInstance.ephemeral()
     started = time.perf_counter()
     meta: dict[str, dict[str, Any]] = {}
     checks, failed_checks = 0, []
     partitions = {}
-    for name in HOURLY_JOBS:
+    for name in HOURLY_JOBS:  # the run each schedule requests now, with its tags (changes only)
         group = groups[name]
-        key = partition_for_tick(group, datetime.now(UTC))
+        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC),
+                                        repository_def=repo)
+        (request,) = repo.get_schedule_def(f"{name}_schedule").evaluate_tick(ctx).run_requests
+        key = request.partition_key
+        assert key == partition_for_tick(group, datetime.now(UTC))
         partitions[name] = key
         job = definitions.resolve_job_def(name)
         if not with_checks:
             job = job.get_subset(asset_selection={dg.AssetKey(k) for k in group.keys},
                                  asset_check_selection=set())
         job = job.with_logger_defs({"bench": _quiet_logger()})
-        result = job.execute_in_process(partition_key=key, instance=instance,
+        result = job.execute_in_process(partition_key=key, instance=instance, tags=dict(request.tags),
                                         run_config={"loggers": {"bench": {}}})
         for event in result.get_asset_materialization_events():
             meta[event.asset_key.to_user_string()] = {

@@ -14,6 +14,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.defs.schedules import build_schedule, load_groups, reads_changes_only
 from bronze_assets.lib.delta.merge import BATCH_KEY, REHASHED_KEY
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
@@ -188,3 +189,31 @@ def test_a_v1_table_is_rehashed_once_without_touching_anything_else(seeded: str,
     (entry,) = [h for h in b.table("products").history(1)]
     assert entry[REHASHED_KEY] == str(v2.height - 1)
     assert not b.load_direct("products").committed, "once: the next load changes nothing"
+
+
+def test_a_scheduled_tick_reads_only_the_changes_and_a_manual_run_re_reads(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_START_DATE", TODAY.isoformat())  # go-live day: the open day is the snapshot
+    b = Bronze(seeded, tmp_path / "bronze")
+    repo = dg.Definitions(assets=list(b.assets.values()), resources=b.resources, schedules=[
+        build_schedule(g) for g in load_groups() if g.name == "bronze_hourly_by_day"]).get_repository_def()
+    (schedule,) = repo.schedule_defs
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime.now(UTC), repository_def=repo)
+    (request,) = schedule.evaluate_tick(ctx).run_requests
+    assert request.partition_key == TODAY.isoformat() and reads_changes_only(request.tags)
+
+    (count,) = query(seeded, "SELECT count(*) FROM tests.inventory")[0]
+    first = b.materialize("inventory", TODAY.isoformat(), tags=request.tags)
+    assert first["rows_read"] == count, "no watermark yet: the scheduled run loads the snapshot"
+    query(seeded, "UPDATE tests.inventory SET quantity_available = 5, updated_at = now() "
+                  "WHERE inventory_id IN (3, 5)")
+    query(seeded, "DELETE FROM tests.inventory WHERE inventory_id = 4")
+    tick = b.materialize("inventory", TODAY.isoformat(), tags=request.tags)
+    assert (tick["rows_read"], tick["rows_updated"], tick["rows_soft_deleted"]) == (2, 2, 1)
+    assert "changes only" in tick["window"]
+    assert active_hashes(b.read("inventory"), "inventory_id") == source_hashes(seeded, "inventory")
+
+    manual = b.materialize("inventory", TODAY.isoformat())  # a manual run re-reads its partition
+    assert manual["rows_read"] == count - 1 and manual["rows_updated"] == 0
+    backfill = b.materialize("inventory", TODAY.isoformat(), tags={**request.tags, "dagster/backfill": "b1"})
+    assert backfill["rows_read"] == count - 1

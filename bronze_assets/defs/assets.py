@@ -22,6 +22,7 @@ from bronze_assets.defs.checks import (
 from bronze_assets.defs.freshness import freshness_policy
 from bronze_assets.defs.partitions import as_utc, partitions_def
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
+from bronze_assets.defs.schedules import reads_changes_only
 from bronze_assets.lib.delta.control import (
     AUDIT_LOG,
     FAILED,
@@ -112,6 +113,7 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
                 contract, dsn, bronze.table_uri(contract.bronze_table),
                 partition=window, storage_options=options,
                 quarantine_uri=bronze.table_uri(QUARANTINE_TABLE),
+                changes_only=reads_changes_only(context.run.tags),
             )
         except SourceConnectionError as exc:
             audit_failure(str(exc))

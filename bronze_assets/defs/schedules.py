@@ -5,7 +5,9 @@ partition a tick loads follows the load pattern: incremental tables refresh the 
 contains the tick (the open day or month), batch tables load the window that just closed
 (the partition of the tick minus one day), full loads have no partitions. Whether schedules
 start running is a setting: ``BRONZE_SCHEDULES_RUNNING=1`` (default: shipped stopped, so a
-laptop checkout does not start loading by itself).
+laptop checkout does not start loading by itself). Scheduled runs read only the rows changed
+since the table's watermark (``bronze/changes_only``); backfills and manual runs re-read their
+partitions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ from bronze_assets.settings import env_flag
 ENV_SCHEDULES_RUNNING = "BRONZE_SCHEDULES_RUNNING"
 MAX_RUNTIME_SECONDS = 3600  # KPI: an end-to-end run over 1 h is critical; Dagster stops it
 RUN_TAGS = {"dagster/max_runtime": str(MAX_RUNTIME_SECONDS)}
+# A scheduled tick keeps bronze up to date: once a table has a watermark it reads only what
+# changed since (plus the key sweep); a backfill or a manual run re-reads its partitions.
+CHANGES_ONLY_TAG = "bronze/changes_only"
+SCHEDULED_TAGS = {**RUN_TAGS, CHANGES_ONLY_TAG: "true"}
+
+
+def reads_changes_only(tags: dict[str, str]) -> bool:
+    """Whether a run with ``tags`` reads only the rows changed since the watermark: runs of a
+    schedule or sensor (ours, or a user's) unless they are part of a backfill or say otherwise."""
+    if "dagster/backfill" in tags:
+        return False
+    explicit = tags.get(CHANGES_ONLY_TAG)
+    if explicit is not None:
+        return explicit.lower() in ("1", "true", "yes")
+    return "dagster/schedule_name" in tags or "dagster/sensor_name" in tags
 
 CRON: dict[Cadence, str] = {
     Cadence.HOURLY: "5 * * * *",
@@ -100,7 +117,8 @@ def build_schedule(group: LoadGroup) -> dg.ScheduleDefinition:
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         tick = context.scheduled_execution_time
         key = partition_for_tick(group, tick)
-        return dg.RunRequest(run_key=f"{group.name}@{tick.isoformat()}", partition_key=key, tags=RUN_TAGS)
+        return dg.RunRequest(run_key=f"{group.name}@{tick.isoformat()}", partition_key=key,
+                             tags=SCHEDULED_TAGS)
 
     return _schedule
 

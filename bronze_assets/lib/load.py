@@ -58,6 +58,7 @@ def plan_window(
     now: datetime,
     watermark: datetime | None,
     overlap: timedelta = DEFAULT_OVERLAP,
+    changes_only: bool = False,
 ) -> LoadWindow:
     """The window a load of ``partition`` (UTC start/end of a partition range, None = whole table)
     reads (ARCHITECTURE §2.4 v2).
@@ -66,6 +67,9 @@ def plan_window(
     also reads every row updated since the table's watermark minus ``overlap``, wherever it
     lives: so every change reaches bronze by that run, and rows committed late by long
     transactions are not missed. Older partitions (backfills) re-read just their own rows.
+    ``changes_only`` (scheduled runs, once the table has a watermark): the open partition's run
+    reads only what changed since the watermark, not the partition's own rows again, so an hourly
+    tick costs the change rather than the partition (on the go-live day, the whole history).
     """
     monthly = contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE
     first, newest_end = (partitions_start(), next_month(now).date()) if monthly \
@@ -77,10 +81,12 @@ def plan_window(
     changed_since = None
     if watermark is not None and end >= open_start:
         changed_since = watermark - overlap
+    changes_only = changes_only and changed_since is not None
     if monthly:
-        return LoadWindow(start, end, changed_since=changed_since, first_month=first, newest_end=newest_end)
+        return LoadWindow(start, end, changed_since=changed_since, first_month=first, newest_end=newest_end,
+                          changes_only=changes_only)
     return LoadWindow(start, end, initial=start.date() <= first, changed_since=changed_since,
-                      first_month=first, newest_end=newest_end, open=end > now)
+                      first_month=first, newest_end=newest_end, open=end > now, changes_only=changes_only)
 
 
 def next_watermark(window: LoadWindow, cap: datetime, previous: datetime | None) -> datetime | None:
@@ -115,6 +121,7 @@ def extract_and_stage(
     batch_time: datetime | None = None,
     progress: Callable[[int], None] | None = None,
     quarantine_uri: str | None = None,
+    changes_only: bool = False,
 ) -> StagedBatch:
     """Read the window of ``contract`` from the source and stage enriched rows for the MERGE.
 
@@ -129,7 +136,7 @@ def extract_and_stage(
     previous = latest_watermark(target)
     legacy = target is not None and hash_version(target) < HASH_VERSION  # migrate v1 hashes once
     legacy_hashes: list[pa.RecordBatch] = []
-    window = plan_window(contract, partition, ctx.batch_time, previous, overlap)
+    window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only)
     histogram = np.zeros(101, dtype=np.int64)
 
     unreadable: list[pa.RecordBatch] = []
@@ -242,6 +249,8 @@ def _describe(window: LoadWindow) -> str:
     text = f"[{window.start.isoformat()}, {window.end.isoformat()})"  # type: ignore[union-attr]
     if window.initial:
         text = f"initial snapshot up to {window.end.isoformat()}"  # type: ignore[union-attr]
-    if window.changed_since is not None:
+    if window.changes_only and window.changed_since is not None:
+        text = f"rows updated since {window.changed_since.isoformat()} (scheduled run: changes only)"
+    elif window.changed_since is not None:
         text += f" + every row updated since {window.changed_since.isoformat()}"
     return text

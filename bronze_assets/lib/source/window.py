@@ -34,7 +34,9 @@ class LoadWindow:
     ``start``/``end`` bound the partition range (UTC, end exclusive). ``initial``: the range holds
     the daily tables' first partition, the initial snapshot, so it has no lower bound on
     ``updated_at``. ``changed_since`` widens any window to every row updated at or after it
-    (the table's watermark minus the overlap), wherever that row lives. Monthly tables also
+    (the table's watermark minus the overlap), wherever that row lives. ``changes_only``: a
+    scheduled run reads just those rows, not the partition's own rows again (every row updated
+    before the watermark is in bronze already). Monthly tables also
     know their first month and the end of the newest one (``first_month``/``newest_end``; for
     daily tables the first day and the end of the open day): rows whose business date is NULL,
     earlier or later belong to one of those (never dropped); a whole-table load files rows
@@ -48,6 +50,7 @@ class LoadWindow:
     first_month: date | None = None
     newest_end: date | None = None
     open: bool = False  # the range holds the open (current) partition
+    changes_only: bool = False  # read only the rows changed since ``changed_since`` (scheduled runs)
 
     @property
     def is_full(self) -> bool:
@@ -72,6 +75,10 @@ def window_predicate(contract: Contract, window: LoadWindow) -> str | None:
     """SQL ``WHERE`` condition selecting the window's rows (None = the whole table)."""
     if window.is_full or window.start is None or window.end is None:
         return None
+    changed = None if window.changed_since is None else \
+        f"updated_at >= {_ts(window.changed_since)} OR updated_at IS NULL"
+    if window.changes_only and changed is not None:
+        return changed
     if contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE:
         key = business_key_sql(contract)
         terms = [f"({key} >= {_date(window.start)} AND {key} < {_date(window.end)})"]
@@ -86,8 +93,8 @@ def window_predicate(contract: Contract, window: LoadWindow) -> str | None:
             terms.append("updated_at IS NULL")
         if window.open:  # dated in the future (clock skew, 'infinity'): the open day takes it
             terms.append(f"updated_at >= {_ts(window.end)}")
-    if window.changed_since is not None:
-        terms.append(f"updated_at >= {_ts(window.changed_since)} OR updated_at IS NULL")
+    if changed is not None:
+        terms.append(changed)
     return " OR ".join(terms)
 
 
