@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
@@ -15,6 +16,7 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import materialize_all
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.source import extract
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
 
@@ -222,7 +224,13 @@ def test_io_manager_loads_bronze_for_downstream_assets_and_rejects_foreign_outpu
 def test_parallel_extraction_reads_each_row_once(clean_bronze: Bronze, parallelism: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_EXTRACT_PARALLELISM", str(parallelism))
+    monkeypatch.setattr(extract, "MIN_BLOCKS_PER_PART", 1)  # split even a small heap
     query(clean_bronze.dsn, "UPDATE tests.orders SET order_date = NULL WHERE order_id % 50 = 0")
+    with extract.SourceReader(clean_bronze.dsn, CONTRACTS["orders"]) as reader:
+        assert reader.parallelism == parallelism, "each connection scans its own block range"
+        keys = pa.concat_arrays([b.column(0) for b in reader.key_batches()])
+    (count,) = query(clean_bronze.dsn, "SELECT count(*) FROM tests.orders")[0]
+    assert len(keys) == len(pc.unique(keys)) == count
     meta = clean_bronze.materialize("orders", "2025-03-01")
     frame = clean_bronze.read("orders")
     assert frame["order_id"].n_unique() == frame.height == meta["rows_read"]

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from deltalake import (
@@ -35,7 +37,7 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.delta.staging import StagedBatch, staged_schema
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema
 from bronze_assets.lib.governance.keystore import SubjectKeys
 from bronze_assets.lib.governance.pii import PiiCipher
@@ -421,22 +423,26 @@ class BronzeMerger:
         """Encrypt the contract's PII columns (hash and score were computed on plaintext)."""
         return batch if self.cipher is None else self.cipher.encrypt(batch, self._keys)
 
-    def _staged_chunk(self, staged: StagedBatch, chunk: int) -> Iterator[pa.RecordBatch]:
-        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged file, sorted by
-        primary key: the files of a snapshot get (nearly) disjoint key ranges, so a later MERGE's
-        key-range predicate skips the files its keys cannot be in."""
+    def _staged_chunk(self, staged: StagedBatch, chunk: int,
+                      ordered: list[pa.RecordBatch] | None) -> Iterator[pa.RecordBatch]:
+        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged file in primary
+        key order: the files of a snapshot get (nearly) disjoint key ranges, so a later MERGE's
+        key-range predicate skips the files its keys cannot be in. ``ordered`` (see
+        :func:`key_ordered`) are the staged batches already in key order: no sort is needed."""
         lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
         slices = []
-        for batch in staged.batches():
+        for batch in ordered if ordered is not None else staged.reader():
             end = offset + batch.num_rows
             if end > lo and offset < hi:
                 slices.append(batch.slice(max(lo - offset, 0), min(hi, end) - max(lo, offset)))
             offset = end
             if offset >= hi:
                 break
-        table = pa.Table.from_batches(slices, schema=staged.schema)
-        for batch in table.sort_by([(k, "ascending") for k in self.pk]).to_batches(max_chunksize=131_072):
-            yield self._protect(batch)
+        if ordered is None:
+            table = pa.Table.from_batches(slices, schema=staged_schema(staged.schema))
+            slices = table.sort_by([(k, "ascending") for k in self.pk]).to_batches(max_chunksize=131_072)
+        for batch in slices:
+            yield self._protect(staged.complete(batch))
 
     def _create(self, staged: StagedBatch) -> MergeResult:
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
@@ -453,6 +459,7 @@ class BronzeMerger:
             if part:
                 result.partitions = [d.isoformat() for d in narrow.get_column(part[0]).drop_nulls().unique()
                                      .sort().to_list()]
+        ordered = key_ordered(list(staged.reader()), self.pk)
         for chunk in range(chunks):
             dt = open_table(self.uri, self.storage_options) if chunk else None
             if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
@@ -460,7 +467,8 @@ class BronzeMerger:
             try:
                 write_deltalake(
                     self.uri,
-                    pa.RecordBatchReader.from_batches(staged.schema, self._staged_chunk(staged, chunk)),
+                    pa.RecordBatchReader.from_batches(
+                        staged.schema, self._staged_chunk(staged, chunk, ordered)),
                     partition_by=[self.part] if self.part else None,
                     mode="append" if chunk else "error",
                     storage_options=self.storage_options or None,
@@ -554,6 +562,26 @@ class CommitInfo:
     @property
     def complete(self) -> bool:
         return self.chunk == self.chunks - 1
+
+
+def key_ordered(batches: list[pa.RecordBatch], pk: list[str]) -> list[pa.RecordBatch] | None:
+    """``batches`` reordered so that their rows are in key order, when each batch is sorted by
+    a single-column key and their key ranges do not overlap (a heap read block range by block
+    range in key order: the common case for a snapshot); None when the rows need a real sort."""
+    if len(pk) != 1:
+        return None
+    spans = []
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        keys = batch.column(pk[0]).to_numpy(zero_copy_only=False)
+        if keys.size > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+            return None
+        spans.append((keys[0], keys[-1], batch))
+    spans.sort(key=lambda span: span[0])
+    if any(prev[1] >= nxt[0] for prev, nxt in pairwise(spans)):
+        return None
+    return [batch for _, _, batch in spans]
 
 
 def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:

@@ -15,9 +15,22 @@ import numpy as np
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.enrich.metadata import BatchContext
+from bronze_assets.lib.enrich.metadata import ACTIVE, BatchContext
 from bronze_assets.lib.source.schema import SchemaDrift
-from bronze_assets.settings import env
+from bronze_assets.settings import SOURCE_SYSTEM, env
+
+
+def batch_constants(ctx: BatchContext) -> dict[str, object]:
+    """The metadata columns that hold one value for a whole load: not staged (they were half
+    of the staged bytes), added back when the staged rows are read."""
+    return {"load_timestamp": ctx.batch_time, "update_timestamp": ctx.batch_time,
+            "source_system": SOURCE_SYSTEM, "record_status": ACTIVE, "batch_id": ctx.batch_id}
+
+
+def staged_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` (a bronze table's) without the per-load constant columns."""
+    constants = batch_constants(BatchContext("", datetime.min))
+    return pa.schema([f for f in schema if f.name not in constants])
 
 
 @dataclass
@@ -51,12 +64,24 @@ class StagedBatch:
         return float(np.searchsorted(cumulative, rank))
 
     def reader(self) -> pa.RecordBatchReader:
-        """Stream the staged rows back (memory-mapped, batch by batch)."""
+        """Stream the staged rows back as staged (memory-mapped, batch by batch), without the
+        per-load constant columns (:meth:`complete` adds them)."""
         source = pa.memory_map(str(self.path))
         return pa.ipc.open_stream(source)
 
+    def complete(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A staged batch (or a slice of one) with every column of :attr:`schema`."""
+        constants = batch_constants(self.ctx)
+        present = set(batch.schema.names)
+        return pa.RecordBatch.from_arrays(
+            [batch.column(f.name) if f.name in present
+             else pa.repeat(pa.scalar(constants[f.name], f.type), batch.num_rows) for f in self.schema],
+            schema=self.schema)
+
     def batches(self) -> Iterator[pa.RecordBatch]:
-        yield from self.reader()
+        """The staged rows with every bronze column."""
+        for batch in self.reader():
+            yield self.complete(batch)
 
     def cleanup(self) -> None:
         for p in (self.path, self.source_keys_path):
