@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
+from bronze_assets.defs.schedules import build_schedule, load_groups, reads_changes_only
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
-from bronze_assets.defs.schedules import build_schedule, load_groups, reads_changes_only
 from bronze_assets.lib.delta.merge import BATCH_KEY, REHASHED_KEY
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes

@@ -18,6 +18,7 @@ from bronze_assets.defs.checks import (
     quality_score_result,
     referential_integrity_result,
     schema_contract_result,
+    warm_quality_suite,
 )
 from bronze_assets.defs.freshness import freshness_policy
 from bronze_assets.defs.partitions import as_utc, partitions_def
@@ -94,6 +95,15 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
     )
     def _bronze(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage):
         selected = {key.name for key in context.selected_asset_check_keys}
+        # GX runs on this worker: first warming up (import, suite) while the source is read, then
+        # validating the staged batch while the IO manager MERGEs it
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx") as gx:
+            if QUALITY_SCORE in selected:
+                gx.submit(warm_quality_suite, contract)
+            yield from _load(context, source, bronze, selected, gx)
+
+    def _load(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
+              selected: set[str], gx: ThreadPoolExecutor):
         window = None
         if context.has_partition_key_range or context.has_partition_key:
             tw = context.partition_time_window
@@ -148,16 +158,14 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
             f"in {staged.extract_seconds:.2f} s"
         )
-        # GX validates the staged batch on a worker thread while the IO manager MERGEs it
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx") as pool:
-            quality = pool.submit(quality_score_result, staged) if QUALITY_SCORE in selected else None
-            staged.keep_after_merge = quality is not None
-            try:
-                yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
-                if quality is not None:
-                    yield quality.result()
-            finally:
-                staged.cleanup()
+        quality = gx.submit(quality_score_result, staged) if QUALITY_SCORE in selected else None
+        staged.keep_after_merge = quality is not None
+        try:
+            yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
+            if quality is not None:
+                yield quality.result()
+        finally:
+            staged.cleanup()
         if KEY_UNIQUENESS in selected:
             yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)
         if REFERENTIAL_INTEGRITY in selected:

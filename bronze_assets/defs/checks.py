@@ -3,6 +3,7 @@
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import polars as pl
@@ -11,7 +12,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
-from bronze_assets.lib.quality.validate import QualityReport, suite_runner
+from bronze_assets.lib.quality.validate import QualityReport, SuiteRunner, suite_runner
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.settings import data_dir
 
@@ -59,10 +60,19 @@ def schema_contract_result(drift: SchemaDrift, quarantined: int | None = None) -
     )
 
 
+def _quality_runner(contract: Contract, load_date: date) -> SuiteRunner:
+    return suite_runner(contract, load_date, docs_dir=data_dir() / "gx_docs" / contract.bronze_table)
+
+
+def warm_quality_suite(contract: Contract) -> None:
+    """Import Great Expectations and build today's suite for ``contract`` (cached per process):
+    run on a worker thread while the load reads the source, it takes GX off the hot path."""
+    _quality_runner(contract, datetime.now(UTC).date())
+
+
 def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
     """Score distribution of the batch plus GX violation counts per rule (WARN below the KPI)."""
-    runner = suite_runner(staged.contract, staged.ctx.load_date,
-                          docs_dir=data_dir() / "gx_docs" / staged.contract.bronze_table)
+    runner = _quality_runner(staged.contract, staged.ctx.load_date)
     report: QualityReport = runner.validate_batches(staged.batches())
     rows = staged.rows
     metadata: dict[str, object] = {"rows": rows, "gx_counts_match_score": report.agree}
