@@ -28,7 +28,8 @@ start-up and imports. Dagster materializes a
 partition range in one run but records one materialization event per partition; the
 ``data s`` column is the part spent reading, enriching and merging (sum over assets). ``files``
 is the number of data files (``add`` actions) in all ``bz_*`` Delta tables after the phase (for
-dlt: in its ten Delta tables).
+dlt: in its ten Delta tables). ``PG cpu s`` is the CPU time the PostgreSQL server (postmaster,
+backends, and the backends it reaped) spent during the phase, read from ``/proc``.
 
 Usage: python benchmarks/bench_ingest.py [--scales 1 10] [--json FILE]
 """
@@ -355,6 +356,27 @@ def run_phase(name: str, env: dict[str, str], *args: str) -> dict:
     return result
 
 
+def pg_cpu_seconds(pgdata: Path) -> float | None:
+    """CPU seconds the PostgreSQL server has used so far: the postmaster, its live children, and
+    the children it has reaped (ended backends are accounted to the postmaster's cutime/cstime)."""
+    try:
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def delta_tables(root: Path, prefix: str = "bz_") -> list[Path]:
     return sorted(p for p in root.glob(f"{prefix}*") if (p / "_delta_log").is_dir()) if root.is_dir() else []
 
@@ -408,13 +430,17 @@ def bench(scale: float) -> dict[str, dict[str, Any]]:
         env.pop("BRONZE_SOURCE_DSN", None)
         from bronze_assets.lib.source.embedded import EmbeddedPostgres
 
-        server = EmbeddedPostgres(Path(tmp) / "data" / "pgdata")
+        pgdata = Path(tmp) / "data" / "pgdata"
+        server = EmbeddedPostgres(pgdata)
         server.start()  # keep one handle so the server survives between phases
         results: dict[str, dict[str, Any]] = {}
 
         def phase(label: str, name: str, *args: str, where: Path = root, prefix: str = "bz_",
                   phase_env: dict | None = None) -> None:
+            cpu = pg_cpu_seconds(pgdata)
             results[label] = run_phase(name, phase_env or env, *args)
+            after = pg_cpu_seconds(pgdata)
+            results[label]["pg_cpu_seconds"] = None if cpu is None or after is None else after - cpu
             results[label]["files"] = count_files(where, prefix)
             print(f"  scale {scale:g} {label}: {results[label]['wall']:.1f} s "
                   f"(run at {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
@@ -453,15 +479,16 @@ def report(scale: float, rows: int, results: dict[str, dict[str, Any]], total: f
     a = results["copy"]["wall"]
     print(f"\nscale {scale:g}: {rows:,} source rows; the run took {total:.0f} s")
     print(f"{'phase':<14} {'wall s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'x (a)':>7} "
-          f"{'data s':>7} {'written':>9} {'files':>7}")
+          f"{'data s':>7} {'written':>9} {'files':>7} {'PG cpu s':>9}")
     for name, r in results.items():
         if "skipped" in r:
             print(f"{LABELS[name]:<14} skipped: {r['skipped']}")
             continue
         data = f"{r['data_seconds']:.2f}" if "data_seconds" in r else "-"
         written = f"{r['written']:,}" if "written" in r else "-"
+        pg = f"{r['pg_cpu_seconds']:.2f}" if r.get("pg_cpu_seconds") is not None else "-"
         print(f"{LABELS[name]:<14} {r['wall']:>8.2f} {rows / r['wall']:>11,.0f} {r['rss_mb']:>12,.0f} "
-              f"{r['wall'] / a:>7.2f} {data:>7} {written:>9} {r['files']:>7,}")
+              f"{r['wall'] / a:>7.2f} {data:>7} {written:>9} {r['files']:>7,} {pg:>9}")
     print("\nhourly ticks: source changes (updated/inserted/deleted) → rows in the files bronze rewrote")
     for name in ("hourly", "hourly_nochecks", "hourly_skewed"):
         r = results[name]
@@ -488,7 +515,8 @@ def json_figures(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
             continue
         out[name] = {"seconds": round(r["wall"], 3), "peak_rss_mb": round(r["rss_mb"], 1),
                      "files": r["files"]}
-        for key in ("rows", "data_seconds", "written", "checks", "failed_checks", "changes", "rewritten"):
+        for key in ("rows", "data_seconds", "written", "pg_cpu_seconds", "checks", "failed_checks", "changes",
+                    "rewritten"):
             if key in r:
                 out[name][key] = r[key]
         if "verify" in r:
