@@ -16,8 +16,8 @@ import pyarrow as pa
 from bronze_assets.contracts import Contract, PartitionKind
 from bronze_assets.lib.delta.merge import HASH_VERSION, hash_version, latest_watermark, open_table
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
-from bronze_assets.lib.delta.staging import StagedBatch, staged_schema, write_stream
-from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
+from bronze_assets.lib.delta.staging import StagedBatch, write_stream
+from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
 from bronze_assets.lib.governance.pii import encrypt_json_records
 from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
@@ -184,8 +184,7 @@ def extract_and_stage(
         extras = [c for c, _ in drift.added]
         rescued = [c for c, _, _ in drift.rescued]
         snapshot = reader.snapshot()
-        schema = staged_schema(bronze_schema(contract, extras))
-        path, rows = write_stream((b.select(schema.names) for b in enriched(reader)), schema, name)
+        path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name)
         keys_path = None
         # a full load's staged rows are its key set; other loads sweep keys (nothing to sweep
         # before the table exists)

@@ -37,8 +37,8 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.staging import StagedBatch, staged_schema
-from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema
+from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
 from bronze_assets.lib.governance.keystore import SubjectKeys
 from bronze_assets.lib.governance.pii import PiiCipher
 from bronze_assets.lib.source.extract import LEGACY_HASH

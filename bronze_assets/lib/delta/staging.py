@@ -15,22 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.enrich.metadata import ACTIVE, BatchContext
+from bronze_assets.lib.enrich.metadata import BatchContext, complete
 from bronze_assets.lib.source.schema import SchemaDrift
-from bronze_assets.settings import SOURCE_SYSTEM, env
-
-
-def batch_constants(ctx: BatchContext) -> dict[str, object]:
-    """The metadata columns that hold one value for a whole load: not staged (they were half
-    of the staged bytes), added back when the staged rows are read."""
-    return {"load_timestamp": ctx.batch_time, "update_timestamp": ctx.batch_time,
-            "source_system": SOURCE_SYSTEM, "record_status": ACTIVE, "batch_id": ctx.batch_id}
-
-
-def staged_schema(schema: pa.Schema) -> pa.Schema:
-    """``schema`` (a bronze table's) without the per-load constant columns."""
-    constants = batch_constants(BatchContext("", datetime.min))
-    return pa.schema([f for f in schema if f.name not in constants])
+from bronze_assets.settings import env
 
 
 @dataclass
@@ -71,12 +58,7 @@ class StagedBatch:
 
     def complete(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """A staged batch (or a slice of one) with every column of :attr:`schema`."""
-        constants = batch_constants(self.ctx)
-        present = set(batch.schema.names)
-        return pa.RecordBatch.from_arrays(
-            [batch.column(f.name) if f.name in present
-             else pa.repeat(pa.scalar(constants[f.name], f.type), batch.num_rows) for f in self.schema],
-            schema=self.schema)
+        return complete(batch, self.schema, self.ctx)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The staged rows with every bronze column."""

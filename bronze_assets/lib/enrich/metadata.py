@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import source_schema
-from bronze_assets.lib.enrich.score import score_expr
+from bronze_assets.lib.enrich.score import score_columns, score_expr
 from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.settings import SOURCE_SYSTEM
 
@@ -51,25 +51,46 @@ class BatchContext:
         return self.batch_time.astimezone(UTC).date()
 
 
+LOAD_CONSTANTS = ("load_timestamp", "update_timestamp", "source_system", "record_status", "batch_id")
+
+
+def staged_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` (a bronze table's) without the columns that hold one value per load: they are
+    not staged (they were half of the staged bytes); :func:`complete` adds them back."""
+    return pa.schema([f for f in schema if f.name not in LOAD_CONSTANTS])
+
+
+def complete(batch: pa.RecordBatch, schema: pa.Schema, ctx: BatchContext) -> pa.RecordBatch:
+    """A staged ``batch`` with every column of the bronze ``schema``: the per-load constants of
+    ``ctx`` (load/update timestamp, source system, ACTIVE, batch id) built directly in Arrow."""
+    n, present = batch.num_rows, set(batch.schema.names)
+    at = ctx.batch_time.astimezone(UTC)
+    constants = {"load_timestamp": at, "update_timestamp": at, "source_system": SOURCE_SYSTEM,
+                 "record_status": ACTIVE, "batch_id": ctx.batch_id}
+    return pa.RecordBatch.from_arrays(
+        [batch.column(f.name) if f.name in present else pa.repeat(pa.scalar(constants[f.name], f.type), n)
+         for f in schema], schema=schema)
+
+
 def enrich(
     batch: pa.RecordBatch, contract: Contract, ctx: BatchContext, extra_columns: Sequence[str] = ()
 ) -> pa.RecordBatch:
-    """Add score and metadata columns to an extracted batch (which carries ``record_hash``)."""
-    frame = pl.from_arrow(batch)
+    """Add the per-record score to an extracted batch (which carries ``record_hash``): the staged
+    columns of the bronze table (:func:`staged_schema`; :func:`complete` adds the rest).
+
+    Only the columns the score reads go through Polars; every other column is passed on as it is
+    (already in its bronze type).
+    """
+    flags = [c for c in batch.schema.names if c.startswith(INVALID_PREFIX)]
+    used = score_columns(contract) + flags
+    frame = pl.from_arrow(batch.select(used or [0]))  # at least one column: it gives the height
     assert isinstance(frame, pl.DataFrame)
-    unreadable = {c.removeprefix(INVALID_PREFIX): pl.col(c)
-                  for c in frame.columns if c.startswith(INVALID_PREFIX)}
-    ts = pl.lit(ctx.batch_time.astimezone(UTC)).cast(pl.Datetime("us", "UTC"))
-    frame = frame.with_columns(
-        load_timestamp=ts,
-        update_timestamp=ts,
-        source_system=pl.lit(SOURCE_SYSTEM),
-        record_status=pl.lit(ACTIVE),
-        data_quality_score=score_expr(contract, ctx.load_date, unreadable),
-        batch_id=pl.lit(ctx.batch_id),
-    )
-    schema = bronze_schema(contract, extra_columns)
-    table = frame.select(schema.names).to_arrow()
-    return pa.RecordBatch.from_arrays(
-        [table.column(f.name).combine_chunks().cast(f.type) for f in schema], schema=schema
-    )
+    unreadable = {c.removeprefix(INVALID_PREFIX): pl.col(c) for c in flags}
+    score = frame.with_columns(score_expr(contract, ctx.load_date, unreadable).alias("data_quality_score")) \
+        .get_column("data_quality_score").to_arrow()  # with_columns: a constant score gets every row too
+    schema = staged_schema(bronze_schema(contract, extra_columns))
+    columns = []
+    for field in schema:
+        column = score if field.name == "data_quality_score" else batch.column(field.name)
+        columns.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

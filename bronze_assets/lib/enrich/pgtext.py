@@ -15,11 +15,13 @@ module undoes, so the text rendered here is bit-for-bit what PostgreSQL prints f
 * ``numeric`` → an ``arrow.opaque`` extension array whose storage is the decimal text (``nan``
   for NaN); a plain string array or a ``decimal128`` array is accepted too.
 
-Rendering is vectorised: the common path (years 1..9999, canonical decimal text) uses Polars'
-native formatting; the rare rest (BC, years beyond 9999, infinities, wrapped instants,
-non-canonical decimal text) is computed for just those rows with integer arithmetic on the
-proleptic Gregorian calendar (as PostgreSQL does) and scattered in. The record text is
-assembled and digested by DuckDB (``length`` counts code points, like PostgreSQL's).
+Rendering is vectorised: the common path (years 1..9999, canonical decimal text) is DuckDB's
+own ``CAST(… AS VARCHAR)`` (same digits as PostgreSQL for those values); the rare rest (BC, years
+beyond 9999, infinities, wrapped instants, non-canonical decimal text) is computed for just those
+rows with integer arithmetic on the proleptic Gregorian calendar (as PostgreSQL does) and handed
+to DuckDB alongside (``coalesce(rare, common)``). One DuckDB projection renders, assembles and
+digests the record text of a whole batch (``length`` counts code points, like PostgreSQL's;
+rendered non-text values are ASCII, so their byte length is used).
 
 Record hash (ARCHITECTURE §2.2), ``version=2`` (the pinned contract)::
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 
 import duckdb
 import numpy as np
@@ -76,6 +79,7 @@ _TS_MIN, _TS_END = _DATE_MIN * _US_PER_DAY, _DATE_END * _US_PER_DAY
 
 
 _local = threading.local()
+ArrayLike = pa.Array | pa.ChunkedArray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,30 +128,72 @@ def _to_string(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# the common path: Polars expressions over the physical column
+# the common path: DuckDB SQL over the physical column
 
 
-def _common_expr(col: str, type_: PgType) -> pl.Expr:
-    """Text of the rows on the common path; null for NULLs and for rows of :func:`_rare_rows`."""
-    v = pl.col(col)
+def _text_sql(col: str, type_: PgType) -> str:
+    """DuckDB SQL of the text of the common-path rows of the DuckDB input column ``col``."""
+    if type_ is PgType.TIMESTAMPTZ:  # a naive timestamp; DuckDB trims trailing fraction zeros too
+        return f"(CAST({col} AS VARCHAR) || '+00')"
+    if type_ in (PgType.DATE, PgType.INTEGER, PgType.BIGINT):
+        return f"CAST({col} AS VARCHAR)"
+    return col  # text; numeric text, canonical rows only
+
+
+def _duck_input(arr: ArrayLike, type_: PgType) -> tuple[pa.Array, pa.Array | None, bool]:
+    """(the column DuckDB renders, NULL at the rare rows; their exact text, NULL elsewhere, or
+    None; whether the column holds NULLs)."""
+    phys = _physical(arr, type_)
+    nullable = phys.null_count > 0
+    rows = _rare_rows(phys, type_)
+    rare = None
+    if len(rows):
+        rare = _scatter(len(phys), rows, _to_string(_rare_text(phys.take(rows), type_).to_arrow()))
+        mask = np.zeros(len(phys), bool)
+        mask[rows] = True
+        phys = pc.if_else(pa.array(mask), pa.scalar(None, phys.type), phys)
     if type_ is PgType.DATE:
-        return pl.when((v >= _DATE_MIN) & (v < _DATE_END)).then(v).cast(pl.Date).dt.to_string("%Y-%m-%d")
-    if type_ is PgType.TIMESTAMPTZ:
-        text = (
-            pl.when((v >= _TS_MIN) & (v < _TS_END)).then(v).cast(pl.Datetime("us"))
-            .dt.to_string("%Y-%m-%d %H:%M:%S%.6f")
-            .str.strip_chars_end("0").str.strip_chars_end(".")  # PostgreSQL trims trailing zeros
-        )
-        return pl.concat_str([text, pl.lit("+00")])
-    if type_ in (PgType.INTEGER, PgType.BIGINT):
-        return v.cast(pl.String)
-    return v  # text; numeric text, canonical rows only fixed up afterwards
+        phys = phys.view(pa.date32())
+    elif type_ is PgType.TIMESTAMPTZ:
+        phys = phys.view(pa.timestamp("us"))
+    return phys, rare, nullable
+
+
+def _scatter(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
+    """A length-``n`` array holding ``values`` at ``rows`` and NULL elsewhere."""
+    index = np.full(n, len(rows), np.int64)
+    index[rows] = np.arange(len(rows))
+    return pa.concat_arrays([values, pa.nulls(1, values.type)]).take(pa.array(index))
+
+
+def _relation(columns: Sequence[tuple[ArrayLike, PgType]]) -> tuple[
+        duckdb.DuckDBPyRelation, list[tuple[str, str, bool]]]:
+    """A DuckDB relation over the columns and, per column, (text SQL, length function, may be NULL)."""
+    arrays: dict[str, pa.Array] = {}
+    texts = []
+    for i, (arr, type_) in enumerate(columns):
+        arrays[f"c{i}"], rare, nullable = _duck_input(arr, type_)
+        sql = _text_sql(f"c{i}", type_)
+        if rare is not None:
+            arrays[f"r{i}"] = rare
+            sql = f"coalesce(r{i}, {sql})"
+        texts.append((sql, "length" if type_ is PgType.TEXT else "strlen", nullable))
+    table = pa.Table.from_arrays(list(arrays.values()), names=list(arrays))
+    return _duckdb().from_arrow(table), texts
+
+
+def _fetch(relation: duckdb.DuckDBPyRelation, sql: str) -> pa.Array:
+    """The single text column ``sql`` of ``relation`` as one string array."""
+    return _to_string(relation.project(f"{sql} AS v").to_arrow_table().column("v"))
 
 
 def _rare_rows(phys: pa.Array, type_: PgType) -> np.ndarray:
     """Positions of the non-NULL rows the common path does not render."""
     if type_ is PgType.DATE or type_ is PgType.TIMESTAMPTZ:
         lo, hi = (_DATE_MIN, _DATE_END) if type_ is PgType.DATE else (_TS_MIN, _TS_END)
+        bounds = pc.min_max(phys)
+        if bounds["min"].as_py() is None or (bounds["min"].as_py() >= lo and bounds["max"].as_py() < hi):
+            return np.empty(0, np.int64)  # the usual batch: every value in years 1..9999
         outside = pc.or_(pc.less(phys, lo), pc.greater_equal(phys, hi))
         return pc.indices_nonzero(pc.fill_null(outside, False)).to_numpy()
     if type_.is_numeric:
@@ -161,17 +207,23 @@ def _scale(type_: PgType) -> int:
     return precision_scale[1]
 
 
-def _noncanonical_decimals(text: pa.Array, scale: int) -> np.ndarray:
-    """Rows whose text is not ``[-]digits.<scale digits>`` by a byte check on the raw buffers
-    (the driver's text of a numeric(p, s) column is canonical; NaN and odd input are not)."""
+def _text_buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(valid, offsets, data bytes) of a non-empty string array, straight from its buffers."""
     n = len(text)
-    if n == 0:
-        return np.empty(0, np.int64)
     valid = np.ones(n, bool) if text.null_count == 0 else text.is_valid().to_numpy(zero_copy_only=False)
     _, off_buf, data_buf = text.buffers()
     width = np.int64 if pa.types.is_large_string(text.type) else np.int32
     offsets = np.frombuffer(off_buf, dtype=width)[text.offset : text.offset + n + 1]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.empty(0, np.uint8)
+    return valid, offsets, data
+
+
+def _noncanonical_decimals(text: pa.Array, scale: int) -> np.ndarray:
+    """Rows whose text is not ``[-]digits.<scale digits>`` by a byte check on the raw buffers
+    (the driver's text of a numeric(p, s) column is canonical; NaN and odd input are not)."""
+    if len(text) == 0:
+        return np.empty(0, np.int64)
+    valid, offsets, data = _text_buffers(text)
     ends = offsets[1:]
     lengths = ends - offsets[:-1]
     ok = lengths >= scale + 2
@@ -180,6 +232,31 @@ def _noncanonical_decimals(text: pa.Array, scale: int) -> np.ndarray:
     elif ok.any():
         ok &= data[np.where(ok, ends - scale - 1, 0)] == ord(".")
     return np.flatnonzero(valid & ~ok)
+
+
+def _plain_decimals(text: pa.Array, target: pa.Decimal128Type) -> np.ndarray:
+    """Rows whose text is ``[+-]?<1..p-s digits>.<s digits>`` (so :func:`_decimal_pattern`
+    accepts it), by byte checks on the raw buffers; False for NULLs and every other text."""
+    n, scale, whole = len(text), target.scale, target.precision - target.scale
+    if n == 0 or scale == 0 or whole < 1:
+        return np.zeros(n, bool)
+    valid, offsets, data = _text_buffers(text)
+    base, end = int(offsets[0]), int(offsets[-1])
+    if end == base:
+        return np.zeros(n, bool)
+    data = data[base:end]
+    starts, ends = offsets[:-1] - base, offsets[1:] - base
+    first = data[np.minimum(starts, len(data) - 1)]
+    sign = (ends > starts) & ((first == ord("-")) | (first == ord("+")))
+    digits = ends - starts - scale - 1 - sign  # integer digits, if the shape is right
+    ok = valid & (digits >= 1) & (digits <= whole)
+    ok &= data[np.where(ok, ends - scale - 1, 0)] == ord(".")
+    nondigit = (data - ord("0")) > 9  # uint8 wraps: every byte but 0-9
+    plain = int(np.count_nonzero(ok))
+    if plain == n - text.null_count and np.count_nonzero(nondigit) == plain + np.count_nonzero(sign & ok):
+        return ok  # the usual batch: the dots and signs are the only non-digits in the whole buffer
+    cumulative = np.concatenate(([0], np.cumsum(nondigit, dtype=offsets.dtype)))
+    return ok & (cumulative[ends] - cumulative[starts] == 1 + sign)  # the dot (and sign) only
 
 
 def _civil(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -262,24 +339,18 @@ def _numeric_text(col: str, scale: int) -> pl.Expr:
     )
 
 
-def _render(frame: pl.DataFrame, cols: list[tuple[str, PgType, pa.Array]]) -> pl.DataFrame:
-    """Text of the given physical columns of ``frame`` (rendered in one parallel Polars pass)."""
-    out = frame.select([_common_expr(name, t).alias(name) for name, t, _ in cols])
-    fixes = []
-    for name, type_, phys in cols:
-        rows = _rare_rows(phys, type_)
-        if len(rows):
-            fixes.append(out.get_column(name).scatter(rows, _rare_text(phys.take(rows), type_)))
-    return out.with_columns(fixes) if fixes else out
+def column_text(arr: ArrayLike, type_: PgType, where: pa.Array | None = None) -> pa.Array:
+    """PostgreSQL's ``col::text`` of every value (UTC, ISO dates); null where the value is NULL.
 
-
-def column_text(arr: pa.Array, type_: PgType) -> pa.Array:
-    """PostgreSQL's ``col::text`` of every value (UTC, ISO dates); null where the value is NULL."""
-    phys = _physical(arr, type_)
+    With ``where`` (boolean), only those rows are rendered; the others are NULL.
+    """
+    if where is not None:
+        rows = pc.indices_nonzero(pc.fill_null(where, False)).to_numpy()
+        return _scatter(len(where), rows, column_text(_as_array(arr).take(rows), type_))
     if type_ is PgType.TEXT:
-        return _to_string(phys)
-    text = _render(pl.DataFrame([_series(phys)]), [("v", type_, phys)]).to_series()
-    return _to_string(text.to_arrow())
+        return _to_string(_physical(arr, type_))
+    relation, [(sql, _, _)] = _relation([(arr, type_)])
+    return _fetch(relation, sql)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,47 +382,48 @@ def _duckdb() -> duckdb.DuckDBPyConnection:
     return cursor
 
 
-def _hash_sql(columns: list[str], version: int) -> str:
-    """The DuckDB expression of the record hash over the text-valued SQL expressions ``columns``."""
+def _hash_sql(texts: list[tuple[str, str, bool]], version: int) -> str:
+    """The DuckDB expression of the record hash over (text SQL, length function, may be NULL).
+
+    One flat ``concat`` (which skips NULL arguments): a NULL value contributes its NULL
+    ``len || ':'`` (skipped) and ``coalesce(text, '\\N')``, so the digested bytes are exactly those
+    of the SQL in the module docstring.
+    """
     if version not in HASH_VERSIONS:
         raise ValueError(f"unknown record_hash version {version!r} (one of {HASH_VERSIONS})")
-    if version == 1:
-        parts = [f"coalesce({c}, '\\N')" for c in columns]
-    else:
-        # = coalesce(length(c) || ':' || c, '\\N'); one concat() per value is the fastest spelling
-        parts = [f"CASE WHEN {c} IS NULL THEN '\\N' ELSE concat(length({c}), ':', {c}) END" for c in columns]
-    return f"md5(concat_ws(chr(31), {', '.join(parts)}))"
+    parts: list[str] = []
+    for i, (text, length, nullable) in enumerate(texts):
+        if i:
+            parts.append("chr(31)")
+        if version == 1:
+            parts.append(f"coalesce({text}, '\\N')" if nullable else text)
+        elif nullable:
+            parts += [f"({length}({text}) || ':')", f"coalesce({text}, '\\N')"]
+        else:
+            parts += [f"{length}({text})", "':'", text]
+    return f"md5(concat({', '.join(parts)}))"
 
 
 def record_hash(batch: pa.RecordBatch, contract: Contract, version: int = 2) -> pa.Array:
     """Lowercase hex md5 per row over ``contract.column_names`` (see the module docstring)."""
+    return hash_texts([(batch.column(c.name), c.type) for c in contract.columns], version)
+
+
+def hash_texts(columns: Sequence[ArrayLike | tuple[ArrayLike, PgType]], version: int = 2) -> pa.Array:
+    """The record hash over the source columns in contract order, each either already rendered as
+    PostgreSQL text (e.g. a rescued column's own source text) or an ADBC-read ``(array, type)``
+    pair, rendered here: one DuckDB pass renders, assembles and digests the record text."""
     if version not in HASH_VERSIONS:
         raise ValueError(f"unknown record_hash version {version!r} (one of {HASH_VERSIONS})")
-    physical = {c.name: _physical(batch.column(c.name), c.type) for c in contract.columns}
-    rendered = [(c.name, c.type, physical[c.name]) for c in contract.columns
-                if c.type in (PgType.DATE, PgType.TIMESTAMPTZ) or c.type.is_numeric]
-    text = _render(pl.DataFrame([_series(phys, name) for name, _, phys in rendered]), rendered) \
-        if rendered else None
-    arrays, names = [], []
-    for i, c in enumerate(contract.columns):
-        if text is not None and c.name in text.columns:
-            arrays.append(text.get_column(c.name).to_arrow(compat_level=pl.CompatLevel.newest()))
-        else:
-            arrays.append(physical[c.name])
-        names.append(f"c{i}")
-    table = pa.Table.from_arrays(arrays, names=names)
-    as_text = [n if _is_text(a.type) or pa.types.is_string_view(a.type) else f"CAST({n} AS VARCHAR)"
-               for n, a in zip(names, arrays, strict=True)]
-    sql = f"{_hash_sql(as_text, version)} AS h"
-    result = _duckdb().from_arrow(table).project(sql).to_arrow_table()
-    return _to_string(result.column("h"))
+    relation, texts = _relation([c if isinstance(c, tuple) else (c, PgType.TEXT) for c in columns])
+    return _fetch(relation, _hash_sql(texts, version))
 
 
 # ---------------------------------------------------------------------------------------------
 # storable values
 
 
-def storable(arr: pa.Array, type_: PgType) -> tuple[pa.Array, pa.Array]:
+def storable(arr: ArrayLike, type_: PgType) -> tuple[pa.Array, pa.Array]:
     """(values in ``arrow_type(type_)``, NULL where not faithfully storable; flags).
 
     ``flags`` is true where a non-NULL source value is not storable: numeric NaN (or ±Infinity),
@@ -365,15 +437,29 @@ def storable(arr: pa.Array, type_: PgType) -> tuple[pa.Array, pa.Array]:
         lo, hi = (_DATE_MIN, _DATE_END) if type_ is PgType.DATE else (_TS_MIN, _TS_END)
         ok = pc.and_(pc.greater_equal(phys, lo), pc.less(phys, hi))
         values = pc.if_else(ok, phys, pa.scalar(None, phys.type)).view(target)
-    elif type_.is_numeric:
-        if pa.types.is_decimal(arr.type):
-            return arr.cast(target), pa.repeat(pa.scalar(False), len(arr))
-        text = _physical(arr, type_)
-        ok = pc.match_substring_regex(text, _decimal_pattern(target))  # NaN, ±Infinity, overflow: no
-        values = pc.if_else(ok, text, pa.scalar(None, text.type)).cast(target)  # exact, never float
-    else:
-        return _physical(arr, type_).cast(target), pa.repeat(pa.scalar(False), len(arr))
-    return values, pc.fill_null(pc.invert(ok), False)
+        return values, pc.fill_null(pc.invert(ok), False)
+    if type_.is_numeric and not pa.types.is_decimal(arr.type):
+        return _storable_decimals(_physical(arr, type_), target)
+    values = arr if type_.is_numeric else _physical(arr, type_)
+    return values.cast(target), pa.repeat(pa.scalar(False), len(arr))
+
+
+def _storable_decimals(text: pa.Array, target: pa.Decimal128Type) -> tuple[pa.Array, pa.Array]:
+    """:func:`storable` of decimal text: the texts :func:`_decimal_pattern` accepts, cast exactly.
+
+    The driver's canonical text passes a byte check on the buffers; only the other rows (NaN,
+    ±Infinity, overflow, odd text) are matched against the pattern.
+    """
+    ok = _plain_decimals(text, target)
+    valid = text.is_valid().to_numpy(zero_copy_only=False)
+    rest = np.flatnonzero(valid & ~ok)
+    if len(rest):
+        ok[rest] = pc.match_substring_regex(text.take(rest), _decimal_pattern(target)).to_numpy(
+            zero_copy_only=False)
+    bad = valid & ~ok
+    if bad.any():
+        text = pc.if_else(pa.array(ok), text, pa.scalar(None, text.type))
+    return text.cast(target), pa.array(bad)
 
 
 def _decimal_pattern(target: pa.Decimal128Type) -> str:
@@ -382,13 +468,3 @@ def _decimal_pattern(target: pa.Decimal128Type) -> str:
     whole = f"[0-9]{{1,{target.precision - target.scale}}}" if target.precision > target.scale else "0"
     fraction = f"(\\.[0-9]{{0,{target.scale}}})?" if target.scale else ""
     return f"^[+-]?{whole}{fraction}$"
-
-
-def hash_texts(texts: list[pa.Array], version: int = 2) -> pa.Array:
-    """The record hash of columns already rendered as PostgreSQL text (one array per source
-    column, in contract order), for callers that render themselves (a rescued column's text is
-    the source's own)."""
-    names = [f"c{i}" for i in range(len(texts))]
-    table = pa.Table.from_arrays([_to_string(t) for t in texts], names=names)
-    result = _duckdb().from_arrow(table).project(f"{_hash_sql(names, version)} AS h").to_arrow_table()
-    return _to_string(result.column("h"))

@@ -62,6 +62,13 @@ def range_violations(contract: Contract, load_date: date) -> dict[str, pl.Expr]:
     return out
 
 
+def score_columns(contract: Contract) -> list[str]:
+    """The source columns :func:`score_expr` reads (besides the ``unreadable`` flags)."""
+    q = contract.quality
+    names = {*q.required, *(r.column for r in q.formats), *(r.column for r in q.ranges)}
+    return [c for c in contract.column_names if c in names]
+
+
 def _count(exprs: dict[str, pl.Expr]) -> pl.Expr:
     if not exprs:
         return pl.lit(0, dtype=pl.Int32)

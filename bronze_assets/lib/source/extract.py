@@ -91,24 +91,25 @@ def prepare(batch: pa.RecordBatch, contract: Contract, window: LoadWindow | None
     value bronze cannot hold (numeric NaN, ±infinity, years outside 1–9999) a NULL plus
     ``_invalid:<col>``/``_raw:<col>`` (its PostgreSQL text) for the score and the quarantine."""
     names = set(batch.schema.names)
-    texts, out = [], {}
+    hashed: list[pa.Array | tuple] = []  # per source column: its text, or (array, type) rendered there
+    out: dict[str, pa.Array] = {}
     for column in contract.columns:
         arr = _plain(batch.column(column.name))
         raw_name = RAW_PREFIX + column.name
         value, bad = storable(arr, column.type)
+        out[column.name] = value
+        text = None
         if raw_name in names:  # a rescued column: the source's own text is what gets hashed
             text = batch.column(raw_name).cast(pa.string())
             bad = pc.or_(bad, batch.column(INVALID_PREFIX + column.name).fill_null(False))
-        else:
-            text = column_text(arr, column.type)
-        texts.append(text)
-        out[column.name] = value
-        if pc.any(bad).as_py():
+        hashed.append((arr, column.type) if text is None else text)
+        if pc.any(bad).as_py():  # rare: only the flagged values are rendered for the quarantine
             out[INVALID_PREFIX + column.name] = bad
-            out[RAW_PREFIX + column.name] = pc.if_else(bad, text, pa.nulls(len(text), pa.string()))
-    out["record_hash"] = hash_texts(texts)
+            out[RAW_PREFIX + column.name] = column_text(arr, column.type, where=bad) if text is None \
+                else pc.if_else(bad, text, pa.nulls(len(text), pa.string()))
+    out["record_hash"] = hash_texts(hashed)  # rendered, assembled and digested in one pass
     if legacy:
-        out[LEGACY_HASH] = hash_texts(texts, version=1)
+        out[LEGACY_HASH] = hash_texts(hashed, version=1)
     for name in batch.schema.names:
         if name not in out and not name.startswith((INVALID_PREFIX, RAW_PREFIX)):
             out[name] = batch.column(name).cast(pa.string())  # a column the contract does not know
