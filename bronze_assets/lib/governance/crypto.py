@@ -12,8 +12,10 @@ import binascii
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bronze_assets.lib.secrets import K_PII_MASTER_KEY, get_secret, register_secret
@@ -29,6 +31,14 @@ MASTER_KEY_FILE = ("secrets", "pii_master.key")
 
 class PiiKeyError(RuntimeError):
     """The PII master key is missing, malformed, or not the one the key store was written with."""
+
+
+class SealError(InvalidTag):
+    """Value ``index`` of a batch does not authenticate (wrong key or associated data)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 def master_key_path() -> Path:
@@ -104,6 +114,44 @@ def wrap_key(kek: AESGCM, data_key: bytes, context: bytes) -> bytes:
 def unwrap_key(kek: AESGCM, wrapped: bytes, context: bytes) -> bytes:
     """Inverse of :func:`wrap_key`; raises ``InvalidTag`` for a wrong key or context."""
     return kek.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], context)
+
+
+def random_keys(n: int) -> list[bytes]:
+    """``n`` fresh AES-256 data keys (one ``urandom`` call)."""
+    return _split(os.urandom(KEY_BYTES * n), KEY_BYTES)
+
+
+def _split(blob: bytes, size: int) -> list[bytes]:
+    return [blob[i:i + size] for i in range(0, len(blob), size)]
+
+
+def _per_value(keys: AESGCM | Sequence[AESGCM], n: int) -> Sequence[AESGCM]:
+    return [keys] * n if isinstance(keys, AESGCM) else keys
+
+
+def seal(keys: AESGCM | Sequence[AESGCM], plaintexts: Sequence[bytes], associated: Sequence[bytes]
+         ) -> list[bytes]:
+    """``nonce ‖ AES-GCM(plaintext)`` of each value under one key or a key per value, each with a
+    fresh random nonce: :func:`wrap_key`'s format, and :func:`encrypt_value`'s before base64."""
+    nonces = _split(os.urandom(NONCE_BYTES * len(plaintexts)), NONCE_BYTES)
+    return [n + k.encrypt(n, p, a) for k, n, p, a
+            in zip(_per_value(keys, len(plaintexts)), nonces, plaintexts, associated, strict=True)]
+
+
+def unseal(keys: AESGCM | Sequence[AESGCM], sealed: Sequence[bytes], associated: Sequence[bytes]
+           ) -> list[bytes]:
+    """Inverse of :func:`seal`; raises :class:`SealError` naming the first value that fails."""
+    ciphers = _per_value(keys, len(sealed))
+    try:
+        return [k.decrypt(s[:NONCE_BYTES], s[NONCE_BYTES:], a)
+                for k, s, a in zip(ciphers, sealed, associated, strict=True)]
+    except InvalidTag:
+        for i, (k, s, a) in enumerate(zip(ciphers, sealed, associated, strict=True)):
+            try:
+                k.decrypt(s[:NONCE_BYTES], s[NONCE_BYTES:], a)
+            except InvalidTag:
+                raise SealError(i) from None
+        raise
 
 
 def encrypt_value(key: AESGCM, plaintext: str, associated: bytes, nonce: bytes | None = None) -> str:

@@ -9,7 +9,6 @@ Only column statistics of the identifying columns are kept in the Delta log (nev
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,18 +16,18 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow as pa
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from bronze_assets.lib.governance.crypto import (
-    KEY_BYTES,
     PiiKeyError,
+    SealError,
     kek_id,
     master_key,
-    unwrap_key,
-    wrap_key,
+    random_keys,
+    seal,
+    unseal,
 )
 from bronze_assets.settings import bronze_root
 
@@ -45,9 +44,13 @@ MAX_ATTEMPTS = 5
 
 @dataclass
 class SubjectKeys:
-    """Data keys of some subjects of one subject type; ``forgotten`` subjects have none."""
+    """Raw data keys of some subjects of one subject type; ``forgotten`` subjects have none.
 
-    keys: dict[str, AESGCM] = field(default_factory=dict)
+    Raw bytes, not ``AESGCM`` objects: one of those holds ~2.4 KB of OpenSSL state (600 MB for
+    250k subjects); :class:`~bronze_assets.lib.governance.pii.PiiCipher` builds them per slice.
+    """
+
+    keys: dict[str, bytes] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
 
 
@@ -58,8 +61,10 @@ class ShredResult:
     files_vacuumed: int
 
 
-def _context(subject_type: str, subject_id: str) -> bytes:
-    return f"{KEY_STORE}\x1f{subject_type}\x1f{subject_id}".encode()
+def _contexts(subject_type: str, subject_ids: list[str]) -> list[bytes]:
+    """Associated data of each subject's wrapped key: ``bz_pii_keys␟type␟id``."""
+    prefix = f"{KEY_STORE}\x1f{subject_type}\x1f".encode()
+    return [prefix + sid.encode() for sid in subject_ids]
 
 
 class KeyStore:
@@ -98,8 +103,7 @@ class KeyStore:
             if len(created) < len(missing):  # a concurrent load created some first: use theirs
                 created = {}
                 rows = self.rows(subject_type, wanted)
-        result = SubjectKeys(forgotten=set(rows.filter(pl.col("forgotten_at").is_not_null())["subject_id"]))
-        result.keys.update({sid: AESGCM(key) for sid, key in created.items()})
+        result = SubjectKeys(created, set(rows.filter(pl.col("forgotten_at").is_not_null())["subject_id"]))
         live = rows.filter(pl.col("forgotten_at").is_null() & pl.col("wrapped_key").is_not_null())
         if not live.height:
             return result
@@ -111,12 +115,14 @@ class KeyStore:
                 f"{self.uri} holds keys wrapped under master key {sorted(others)} but the configured "
                 f"KPiiMasterKey is {expected}. Configure the master key the keys were created with."
             )
-        kek = AESGCM(kek_bytes)
-        for sid, wrapped in zip(live["subject_id"].to_list(), live["wrapped_key"].to_list(), strict=True):
-            try:
-                result.keys[sid] = AESGCM(unwrap_key(kek, wrapped, _context(subject_type, sid)))
-            except InvalidTag:
-                raise PiiKeyError(f"{self.uri}: the key of {subject_type} {sid} does not unwrap") from None
+        sids = live.get_column("subject_id").to_list()
+        try:
+            data_keys = unseal(AESGCM(kek_bytes), live.get_column("wrapped_key").to_list(),
+                               _contexts(subject_type, sids))
+        except SealError as exc:
+            raise PiiKeyError(f"{self.uri}: the key of {subject_type} {sids[exc.index]} does not unwrap"
+                              ) from None
+        result.keys.update(zip(sids, data_keys, strict=True))
         return result
 
     def _create(self, subject_type: str, subject_ids: list[str]) -> dict[str, bytes]:
@@ -124,18 +130,15 @@ class KeyStore:
         (fewer when a concurrent creator won for some subjects: the caller then re-reads)."""
         kek_bytes = master_key(create=True)
         kek, kid = AESGCM(kek_bytes), kek_id(kek_bytes)
-        material = os.urandom(KEY_BYTES * len(subject_ids))
-        wrapped = [
-            wrap_key(kek, material[i * KEY_BYTES:(i + 1) * KEY_BYTES], _context(subject_type, sid))
-            for i, sid in enumerate(subject_ids)
-        ]
+        material = random_keys(len(subject_ids))
+        wrapped = seal(kek, material, _contexts(subject_type, subject_ids))
         n = len(subject_ids)
         table = pa.table({
-            "subject_type": pa.array([subject_type] * n, pa.string()),
+            "subject_type": pa.repeat(pa.scalar(subject_type, pa.string()), n),
             "subject_id": pa.array(subject_ids, pa.string()),
             "wrapped_key": pa.array(wrapped, pa.binary()),
-            "kek_id": pa.array([kid] * n, pa.string()),
-            "created_at": pa.array([datetime.now(UTC)] * n, TS),
+            "kek_id": pa.repeat(pa.scalar(kid, pa.string()), n),
+            "created_at": pa.repeat(pa.scalar(datetime.now(UTC), TS), n),
             "forgotten_at": pa.nulls(n, TS),
         })
         inserted = self._commit(lambda dt: dt.merge(
@@ -143,7 +146,7 @@ class KeyStore:
         ).when_not_matched_insert_all().execute(), table)
         if inserted < n:
             return {}
-        return {sid: material[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i, sid in enumerate(subject_ids)}
+        return dict(zip(subject_ids, material, strict=True))
 
     def _commit(self, merge, table: pa.Table) -> int:  # type: ignore[no-untyped-def]
         """Create the table with ``table`` or run ``merge`` on it; retry concurrent commits.
