@@ -26,7 +26,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_DATA_DIR", "./data", "embedded server, default bronze root, Dagster home, reports"),
     Variable("BRONZE_START_DATE", "first day of this UTC month", "go-live day of the daily tables"),
     Variable("BRONZE_PARTITIONS_START", "2020-01-01", "first month of the monthly tables"),
-    Variable("BRONZE_COMMIT_CHUNK_ROWS", "1000000", "rows per commit of a large load (checkpoints)"),
+    Variable("BRONZE_COMMIT_CHUNK_ROWS", "500000", "rows per commit of a large load (checkpoints)"),
     Variable("BRONZE_TARGET_FILE_MB", "32", "target size of a bronze data file"),
     Variable("BRONZE_EXTRACT_PARALLELISM", "CPU count, at most 4", "source connections per extraction"),
     Variable("BRONZE_STAGE_DIR", "system temp dir", "where extracted batches are staged"),
