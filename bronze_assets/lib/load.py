@@ -186,9 +186,9 @@ def extract_and_stage(
         snapshot = reader.snapshot()
         path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name)
         keys_path = None
-        # a full load's staged rows are its key set; other loads sweep keys (nothing to sweep
-        # before the table exists)
-        if not window.is_full and target is not None:
+        # a window over every row stages the key set itself; other loads sweep keys (nothing to
+        # sweep before the table exists)
+        if not window.covers_table and target is not None:
             key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
             keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
             keys_path, _ = write_stream(keys, key_schema, f"{name}-keys")
@@ -209,7 +209,7 @@ def extract_and_stage(
     watermark = next_watermark(window, snapshot.watermark_cap(), previous)
     staged = StagedBatch(
         contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract, extras), rows=rows,
-        score_histogram=histogram, source_keys_path=keys_path, keys_are_rows=window.is_full,
+        score_histogram=histogram, source_keys_path=keys_path, keys_are_rows=window.covers_table,
         watermark=watermark,
         window=_describe(window), extract_seconds=round(time.perf_counter() - started, 3),
         metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}

@@ -11,6 +11,7 @@ Delta app transaction, and a retry first re-reads the table to see whether the c
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import shutil
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -181,12 +181,43 @@ def table_stats(dt: DeltaTable) -> tuple[int, int]:
     return int(pa.compute.sum(actions["size_bytes"]).as_py() or 0), actions.num_rows
 
 
-def read_columns(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.Table:
-    """Columns of the current version via DataFusion (fast on tables of many small files)."""
+def _query(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.RecordBatchReader:
     sql = f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)} FROM bronze"
     if where:
         sql += f" WHERE {where}"
-    return pa.table(QueryBuilder().register("bronze", dt).execute(sql).read_all())
+    return QueryBuilder().register("bronze", dt).execute(sql)
+
+
+def read_columns(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.Table:
+    """Columns of the current version via DataFusion (fast on tables of many small files)."""
+    return pa.table(_query(dt, columns, where).read_all())
+
+
+def _hash_words(column: str, prefix: str) -> list[pl.Expr]:
+    """A 32-hex-digit record hash as two exact 64-bit words (NULL where it is not hex): the plan
+    compares hashes at 16 bytes a row instead of holding 32-character strings of both sides."""
+    text = pl.col(column)
+    return [text.str.slice(i * 16, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+            .alias(f"{prefix}{i}") for i in (0, 1)]
+
+
+def _same(left: str, right: str) -> pl.Expr:
+    """Whether two hashes (as :func:`_hash_words`) are equal; unknown counts as different."""
+    return ((pl.col(f"{left}0") == pl.col(f"{right}0")) & (pl.col(f"{left}1") == pl.col(f"{right}1"))
+            ).fill_null(False)
+
+
+def _narrow(batches: Any, keep: list[str], prefix: str, extra: list[pl.Expr] | None = None,
+            column: str = "record_hash") -> pl.DataFrame:
+    """``keep`` plus the hash ``column`` as 64-bit words from an Arrow stream, one batch at a
+    time: memory holds the narrow result, never the whole string column."""
+    reader = pa.RecordBatchReader.from_stream(batches)
+    frames = []
+    for batch in itertools.chain(reader, [reader.schema.empty_table()]):  # typed even when empty
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        frames.append(frame.select(*keep, *_hash_words(column, prefix), *(extra or [])))
+    return pl.concat(frames)
 
 
 def writer_properties(contract: Contract) -> WriterProperties:
@@ -240,15 +271,15 @@ class BronzeMerger:
                 f"keys ({', '.join(self.pk)}); nothing was merged. Check the source's primary key."
             )
 
-    def _index(self, dt: DeltaTable, with_batch: bool = False) -> pl.DataFrame:
+    def _index(self, dt: DeltaTable, resumed: str | None = None) -> pl.DataFrame:
+        """The target's narrow index, streamed: key, record_hash as two 64-bit words, status,
+        partition (and whether a row was written by the ``resumed`` batch)."""
         cols = [*self.pk, "record_hash", "record_status"] + ([self.part] if self.part else [])
-        frame = pl.from_arrow(read_columns(dt, cols + (["batch_id"] if with_batch else [])))
-        assert isinstance(frame, pl.DataFrame)
-        renames = {"record_hash": "_t_hash", "record_status": "_t_status"}
-        if with_batch:
-            renames["batch_id"] = "_t_batch"
-        if self.part:
-            renames[self.part] = TARGET_PART
+        extra = [pl.col("batch_id") == resumed] if resumed is not None else []
+        frame = _narrow(_query(dt, cols + (["batch_id"] if resumed is not None else [])),
+                        [*self.pk, "record_status"] + ([self.part] if self.part else []), "_t_h",
+                        [e.alias("_t_resumed") for e in extra])
+        renames = {"record_status": "_t_status"} | ({self.part: TARGET_PART} if self.part else {})
         return frame.rename(renames)
 
     def plan(
@@ -261,9 +292,9 @@ class BronzeMerger:
         adds a new source column fills it in on existing rows (their hashes do not change).
         ``resumed`` names an interrupted batch: its committed rows count as skipped.
         """
-        src_cols = [*self.pk, "record_hash"] + ([self.part] if self.part else [])
-        src = pl.from_arrow(staged.reader().read_all().select(src_cols)) if staged.rows else None
-        index = self._index(dt, with_batch=resumed is not None)
+        keep = [*self.pk] + ([self.part] if self.part else [])
+        src = _narrow(staged.reader(), keep, "_s_h") if staged.rows else None
+        index = self._index(dt, resumed)
         result = MergeResult(self.uri, staged.rows, resumed_batch_id=resumed)
         plans: list[pl.DataFrame] = []
         if src is not None and src.height:
@@ -273,15 +304,13 @@ class BronzeMerger:
             status = pl.col("_t_status")
             is_new = status.is_null()
             forgotten = status == FORGOTTEN
-            differs = pl.col("_t_hash") != pl.col("record_hash")
+            differs = ~_same("_t_h", "_s_h")
             rehash = pl.lit(False)
             if staged.legacy_hashes is not None:  # a v1 table: equal under v1 means unchanged
-                legacy = pl.from_arrow(staged.legacy_hashes)
-                assert isinstance(legacy, pl.DataFrame)
+                legacy = _narrow(staged.legacy_hashes, self.pk, "_v1_h", column=LEGACY_HASH)
                 joined = joined.join(legacy.cast({k: joined.schema[k] for k in self.pk}), on=self.pk,
                                      how="left")
-                rehash = (status == ACTIVE) & differs & (pl.col("_t_hash") == pl.col(LEGACY_HASH))
-                rehash = rehash.fill_null(False)
+                rehash = ((status == ACTIVE) & differs & _same("_t_h", "_v1_h")).fill_null(False)
             changed = ~is_new & ~forgotten & ~rehash & (differs | (status == DELETED)
                                                         | pl.lit(backfill_unchanged))
             target_part = pl.col(TARGET_PART) if self.part else pl.lit(None)
@@ -297,7 +326,7 @@ class BronzeMerger:
             result.rehashed_v1 = int(classified.select(rehash.sum()).item())
             result.unchanged = src.height - result.inserted - result.updated - result.forgotten_skipped
             if resumed is not None:
-                kept = classified.filter(pl.col(OP).is_null() & (pl.col("_t_batch") == resumed))
+                kept = classified.filter(pl.col(OP).is_null() & pl.col("_t_resumed"))
                 result.rows_skipped_by_checkpoint = kept.height
             plans.append(classified.filter(pl.col(OP).is_not_null()).select([*self.pk, OP, "_route"]))
         keys = None
@@ -590,7 +619,7 @@ def key_ordered(batches: list[pa.RecordBatch], pk: list[str]) -> list[pa.RecordB
             return None
         spans.append((keys[0], keys[-1], batch))
     spans.sort(key=lambda span: span[0])
-    if any(prev[1] >= nxt[0] for prev, nxt in pairwise(spans)):
+    if any(prev[1] >= nxt[0] for prev, nxt in itertools.pairwise(spans)):
         return None
     return [batch for _, _, batch in spans]
 

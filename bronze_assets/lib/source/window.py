@@ -56,6 +56,20 @@ class LoadWindow:
     def is_full(self) -> bool:
         return self.start is None
 
+    @property
+    def covers_table(self) -> bool:
+        """Whether the window reads every row of the table: a whole-table load, the daily initial
+        snapshot while it is the open day, or a monthly range from the first to the newest month
+        (its rows are then the source's key set, so no separate key sweep is needed)."""
+        if self.is_full:
+            return True
+        if self.changes_only or self.start is None or self.end is None:
+            return False
+        if self.initial:
+            return self.open
+        return self.first_month is not None and self.newest_end is not None \
+            and self.start.date() <= self.first_month and self.end.date() >= self.newest_end
+
 
 def _ts(value: datetime) -> str:
     return f"TIMESTAMPTZ '{value.astimezone(UTC).isoformat()}'"
