@@ -216,10 +216,13 @@ def test_a_scheduled_tick_reads_only_the_changes_and_a_manual_run_re_reads(
     assert "changes only" in tick["window"]
     assert active_hashes(b.read("inventory"), "inventory_id") == source_hashes(seeded, "inventory")
 
-    manual = b.materialize("inventory", TODAY.isoformat())  # a manual run re-reads its partition
-    assert manual["rows_read"] == count - 1 and manual["rows_updated"] == 0
+    query(seeded, "DELETE FROM tests.inventory WHERE inventory_id = 6")
+    manual = b.materialize("inventory", TODAY.isoformat())  # a manual run re-reads its partition,
+    assert (manual["rows_read"], manual["rows_updated"]) == (count - 2, 0)  # its rows are the key set
+    assert manual["rows_soft_deleted"] == 1
     backfill = b.materialize("inventory", TODAY.isoformat(), tags={**request.tags, "dagster/backfill": "b1"})
-    assert backfill["rows_read"] == count - 1
+    assert backfill["rows_read"] == count - 2
+    assert active_hashes(b.read("inventory"), "inventory_id") == source_hashes(seeded, "inventory")
 
 
 @pytest.mark.parametrize("shuffled", [False, True])
