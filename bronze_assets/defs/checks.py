@@ -73,7 +73,7 @@ def warm_quality_suite(contract: Contract) -> None:
 def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
     """Score distribution of the batch plus GX violation counts per rule (WARN below the KPI)."""
     runner = _quality_runner(staged.contract, staged.ctx.load_date)
-    report: QualityReport = runner.validate_batches(staged.batches())
+    report: QualityReport = runner.validate_batches(staged.reader())  # source columns only
     rows = staged.rows
     metadata: dict[str, object] = {"rows": rows, "gx_counts_match_score": report.agree}
     average = staged.score_sum / rows if rows else 100.0
