@@ -285,8 +285,9 @@ def status(as_json: bool) -> None:
 @click.option("--schema", default=None, metavar="NAME", help="Source schema (default: tests).")
 def ddl(schema: str | None) -> None:
     """Print the CREATE TABLE statements of the ten source tables, generated from the contracts
-    (the source schema bronze expects: docs/contract.md §1). Foreign keys are not declared: real
-    sources carry orphans, which the referential check reports."""
+    (the source schema bronze expects: docs/contract.md §1), and the recommended indexes on
+    updated_at of the tables loaded by watermark. Foreign keys are not declared: real sources
+    carry orphans, which the referential check reports."""
     from bronze_assets.contracts import in_dependency_order
     from bronze_assets.lib.source.ddl import create_schema_statements
     from bronze_assets.settings import SOURCE_SCHEMA

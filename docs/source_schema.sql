@@ -96,3 +96,15 @@ CREATE TABLE IF NOT EXISTS "tests"."stock_levels" (
     PRIMARY KEY ("stock_level_id")
 );
 
+CREATE INDEX IF NOT EXISTS "inventory_updated_at" ON "tests"."inventory" (updated_at);
+
+CREATE INDEX IF NOT EXISTS "orders_updated_at" ON "tests"."orders" (updated_at);
+
+CREATE INDEX IF NOT EXISTS "order_details_updated_at" ON "tests"."order_details" (updated_at);
+
+CREATE INDEX IF NOT EXISTS "shipments_updated_at" ON "tests"."shipments" (updated_at);
+
+CREATE INDEX IF NOT EXISTS "returns_updated_at" ON "tests"."returns" (updated_at);
+
+CREATE INDEX IF NOT EXISTS "stock_levels_updated_at" ON "tests"."stock_levels" (updated_at);
+

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from bronze_assets.contracts import CONTRACTS, in_dependency_order
 from bronze_assets.demo.generator import InventoryGenerator, SeedOptions, rows_for
 from bronze_assets.lib.source.ddl import (
+    create_index_statements,
     create_schema_statements,
     drop_table_statements,
     qualified,
@@ -84,7 +85,7 @@ def seed_source(
     report = SeedReport()
     with connect(dsn) as conn, conn.cursor() as cur:
         statements = drop_table_statements(contracts, schema) if reset else []
-        for sql in statements + create_schema_statements(contracts, schema):
+        for sql in statements + create_schema_statements(contracts, schema, indexes=False):
             cur.execute(sql)
         with tqdm(total=total, unit="rows", desc="seeding", disable=not show) as bar:
             for table in generator.generate_all():
@@ -95,6 +96,8 @@ def seed_source(
                     bar.update(batch.num_rows)
                 report.rows[name] = table.data.num_rows
                 report.defects[name] = table.defects
+        for sql in create_index_statements(contracts, schema):  # built once, after the rows are in
+            cur.execute(sql)
         for contract in contracts:
             cur.execute(f"ANALYZE {qualified(schema, contract.name)}")
         conn.commit()
