@@ -86,8 +86,8 @@ def test_a_failed_first_write_leaves_no_half_created_table(fresh_dsn: str, tmp_p
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     original = BronzeMerger._staged_chunk
 
-    def dies_after_the_first_batch(self, staged, chunk, ordered):  # fault injection: the writer's input fails
-        for batch in original(self, staged, chunk, ordered):
+    def dies_after_the_first_batch(self, staged, chunk, *layout):  # fault injection: the writer's input fails
+        for batch in original(self, staged, chunk, *layout):
             yield batch
             raise OSError("disk went away")
 

@@ -334,7 +334,7 @@ class BronzeMerger:
             keys = src.select(self.pk) if src is not None else pl.DataFrame(
                 schema={k: index.schema[k] for k in self.pk})
         elif staged.source_keys_path is not None:
-            keys = pl.read_ipc_stream(staged.source_keys_path)
+            keys = pl.read_ipc(staged.source_keys_path)
         if keys is not None:
             keys = keys.cast({k: index.schema[k] for k in self.pk})
             vanished = index.filter(pl.col("_t_status") == ACTIVE).join(keys, on=self.pk, how="anti")
@@ -457,49 +457,57 @@ class BronzeMerger:
         """Encrypt the contract's PII columns (hash and score were computed on plaintext)."""
         return batch if self.cipher is None else self.cipher.encrypt(batch, self._keys)
 
-    def _staged_chunk(self, staged: StagedBatch, chunk: int,
-                      ordered: list[pa.RecordBatch] | None) -> Iterator[pa.RecordBatch]:
-        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged file in primary
+    def _staged_chunk(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
+                      ) -> Iterator[pa.RecordBatch]:
+        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged rows in primary
         key order: the files of a snapshot get (nearly) disjoint key ranges, so a later MERGE's
-        key-range predicate skips the files its keys cannot be in. ``ordered`` (see
-        :func:`key_ordered`) are the staged batches already in key order: no sort is needed."""
+        key-range predicate skips the files its keys cannot be in. ``order`` (see
+        :func:`key_order`) lists the staged batches in key order when no sort is needed; then
+        one batch at a time is read, else the chunk's rows are read and gathered by sorted key.
+        ``sizes`` are the rows of each staged batch (batches outside the chunk are not read)."""
         lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
         slices = []
-        for batch in ordered if ordered is not None else staged.reader():
-            end = offset + batch.num_rows
+        for index in order if order is not None else range(len(sizes)):
+            end = offset + sizes[index]
             if end > lo and offset < hi:
-                slices.append(batch.slice(max(lo - offset, 0), min(hi, end) - max(lo, offset)))
+                piece = staged.batch(index).slice(max(lo - offset, 0), min(hi, end) - max(lo, offset))
+                if order is not None:
+                    yield self._protect(staged.complete(piece))
+                else:
+                    slices.append(piece)
             offset = end
             if offset >= hi:
                 break
-        if ordered is not None:
-            for batch in slices:
-                yield self._protect(staged.complete(batch))
+        if order is not None:
             return
-        # sort the keys only, then gather one output batch at a time from the memory-mapped
-        # staged rows: memory stays one batch, not a sorted copy of the chunk
+        # sort the keys only, then gather one output batch at a time (no sorted copy of the chunk)
         table = pa.Table.from_batches(slices, schema=staged_schema(staged.schema))
-        order = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
-        for start in range(0, len(order), OUTPUT_BATCH_ROWS):
-            for batch in table.take(order.slice(start, OUTPUT_BATCH_ROWS)).to_batches():
+        by_key = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
+        for start in range(0, len(by_key), OUTPUT_BATCH_ROWS):
+            for batch in table.take(by_key.slice(start, OUTPUT_BATCH_ROWS)).to_batches():
                 yield self._protect(staged.complete(batch))
 
     def _create(self, staged: StagedBatch) -> MergeResult:
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
-        if staged.rows:  # one read of the narrow columns: keys, data subject, partition
+        order, sizes = None, []
+        if staged.rows:  # one streamed read of the narrow columns: keys, data subject, partition
             subject = [self.contract.data_subject] if self.cipher is not None else []
             part = [self.part] if self.part else []
             columns = list(dict.fromkeys(self.pk + subject + part))
-            narrow = pl.from_arrow(staged.reader().read_all().select(columns))
+            batches = [b.select(columns) for b in staged.reader()]
+            order, sizes = key_order(batches, self.pk), [b.num_rows for b in batches]
+            narrow = pl.from_arrow(pa.Table.from_batches(batches))
             assert isinstance(narrow, pl.DataFrame)
-            self._refuse_duplicates(narrow)
+            del batches
+            if order is None:  # sorted, disjoint batches cannot repeat a key
+                self._refuse_duplicates(narrow)
             if subject:
                 self._prepare_keys(narrow.get_column(subject[0]))
             if part:
                 result.partitions = [d.isoformat() for d in narrow.get_column(part[0]).drop_nulls().unique()
                                      .sort().to_list()]
-        ordered = key_ordered(list(staged.reader()), self.pk)
+            del narrow
         for chunk in range(chunks):
             dt = open_table(self.uri, self.storage_options) if chunk else None
             if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
@@ -508,7 +516,7 @@ class BronzeMerger:
                 write_deltalake(
                     self.uri,
                     pa.RecordBatchReader.from_batches(
-                        staged.schema, self._staged_chunk(staged, chunk, ordered)),
+                        staged.schema, self._staged_chunk(staged, chunk, sizes, order)),
                     partition_by=[self.part] if self.part else None,
                     mode="append" if chunk else "error",
                     storage_options=self.storage_options or None,
@@ -604,24 +612,23 @@ class CommitInfo:
         return self.chunk == self.chunks - 1
 
 
-def key_ordered(batches: list[pa.RecordBatch], pk: list[str]) -> list[pa.RecordBatch] | None:
-    """``batches`` reordered so that their rows are in key order, when each batch is sorted by
-    a single-column key and their key ranges do not overlap (a heap read block range by block
-    range in key order: the common case for a snapshot); None when the rows need a real sort."""
+def key_order(batches: list[pa.RecordBatch], pk: list[str]) -> list[int] | None:
+    """The indexes of ``batches`` in key order, when each batch is sorted by a single-column key
+    and their key ranges do not overlap (a heap read block range by block range in key order: the
+    common case for a snapshot); None when the rows need a real sort."""
     if len(pk) != 1:
         return None
     spans = []
-    for batch in batches:
-        if not batch.num_rows:
-            continue
+    for index, batch in enumerate(batches):
         keys = batch.column(pk[0]).to_numpy(zero_copy_only=False)
         if keys.size > 1 and not bool(np.all(keys[1:] > keys[:-1])):
             return None
-        spans.append((keys[0], keys[-1], batch))
-    spans.sort(key=lambda span: span[0])
+        if keys.size:
+            spans.append((keys[0], keys[-1], index))
+    spans.sort()
     if any(prev[1] >= nxt[0] for prev, nxt in itertools.pairwise(spans)):
         return None
-    return [batch for _, _, batch in spans]
+    return [index for _, _, index in spans]
 
 
 def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:

@@ -51,10 +51,21 @@ class StagedBatch:
         return float(np.searchsorted(cumulative, rank))
 
     def reader(self) -> pa.RecordBatchReader:
-        """Stream the staged rows back as staged (memory-mapped, batch by batch), without the
-        per-load constant columns (:meth:`complete` adds them)."""
-        source = pa.memory_map(str(self.path))
-        return pa.ipc.open_stream(source)
+        """Stream the staged rows back as staged, batch by batch, without the per-load constant
+        columns (:meth:`complete` adds them). Each batch is mapped on its own (:meth:`batch`), so
+        memory holds the pages of the batches in use, not of every batch a load has touched."""
+        return pa.RecordBatchReader.from_batches(
+            staged_file_schema(self.path), (self.batch(i) for i in range(self.batch_count)))
+
+    @property
+    def batch_count(self) -> int:
+        with pa.OSFile(str(self.path)) as source:
+            return pa.ipc.open_file(source).num_record_batches
+
+    def batch(self, index: int) -> pa.RecordBatch:
+        """The ``index``-th staged batch (random access: the staging file is an Arrow IPC file),
+        zero-copy from its own memory map, which is unmapped when the batch is released."""
+        return pa.ipc.open_file(pa.memory_map(str(self.path))).get_batch(index)
 
     def complete(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """A staged batch (or a slice of one) with every column of :attr:`schema`."""
@@ -82,19 +93,25 @@ def stage_dir() -> Path:
     path = Path(env("BRONZE_STAGE_DIR") or tempfile.gettempdir()) / "bronze_stage"
     path.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - STALE_AFTER_SECONDS
-    for stale in path.glob("bz_*.arrows"):
+    for stale in path.glob("bz_*.arrow*"):
         with contextlib.suppress(OSError):
             if stale.stat().st_mtime < cutoff:
                 stale.unlink()
     return path
 
 
+def staged_file_schema(path: Path) -> pa.Schema:
+    with pa.OSFile(str(path)) as source:
+        return pa.ipc.open_file(source).schema
+
+
 def write_stream(batches: Iterable[pa.RecordBatch], schema: pa.Schema, name: str) -> tuple[Path, int]:
-    """Write ``batches`` to a new IPC stream file; returns its path and the row count."""
-    fd, raw = tempfile.mkstemp(prefix=f"{name}-", suffix=".arrows", dir=stage_dir())
+    """Write ``batches`` to a new Arrow IPC file (random access by batch); returns its path and
+    the row count."""
+    fd, raw = tempfile.mkstemp(prefix=f"{name}-", suffix=".arrow", dir=stage_dir())
     os.close(fd)
     rows = 0
-    with pa.OSFile(raw, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+    with pa.OSFile(raw, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for batch in batches:
             writer.write_batch(batch)
             rows += batch.num_rows
