@@ -67,6 +67,7 @@ DEFAULT_TARGET_FILE_MB = 32
 
 
 OUTPUT_BATCH_ROWS = 131_072
+COMPACT_ROWS = 1_000_000
 
 
 def target_file_bytes() -> int:
@@ -207,17 +208,28 @@ def _same(left: str, right: str) -> pl.Expr:
             ).fill_null(False)
 
 
-def _narrow(batches: Any, keep: list[str], prefix: str, extra: list[pl.Expr] | None = None,
+def _narrow(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl.Expr] | None = None,
             column: str = "record_hash") -> pl.DataFrame:
     """``keep`` plus the hash ``column`` as 64-bit words from an Arrow stream, one batch at a
-    time: memory holds the narrow result, never the whole string column."""
+    time: memory holds the narrow result, never the whole string column. (A column taken from an
+    imported batch keeps the whole batch alive, so the narrow pieces are compacted into owned
+    memory every ``COMPACT_ROWS`` rows.)"""
     reader = pa.RecordBatchReader.from_stream(batches)
-    frames = []
+    parts, pending, rows = [], [], 0
     for batch in itertools.chain(reader, [reader.schema.empty_table()]):  # typed even when empty
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        frames.append(frame.select(*keep, *_hash_words(column, prefix), *(extra or [])))
-    return pl.concat(frames)
+        pending.append(frame.select(*keep, *_hash_words(column, prefix), *(extra or [])))
+        rows += batch.num_rows
+        if rows >= COMPACT_ROWS:
+            parts.append(_owned(pending))
+            pending, rows = [], 0
+    return pl.concat([*parts, _owned(pending)], rechunk=False)
+
+
+def _owned(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """``frames`` concatenated into freshly allocated columns (nothing shared with the batches)."""
+    return pl.concat(frames, rechunk=False).select(pl.all().gather(pl.int_range(pl.len())))
 
 
 def writer_properties(contract: Contract) -> WriterProperties:
@@ -263,8 +275,12 @@ class BronzeMerger:
         self._keys: SubjectKeys | None = None
 
     # ------------------------------------------------------------------ planning
-    def _refuse_duplicates(self, keys: pl.DataFrame) -> None:
-        dupes = keys.height - keys.select(self.pk).n_unique()
+    def _refuse_duplicates(self, keys: pl.DataFrame | pl.LazyFrame, rows: int | None = None) -> None:
+        if isinstance(keys, pl.LazyFrame):
+            unique = int(keys.unique().select(pl.len()).collect(engine="streaming").item())
+            dupes = (rows or 0) - unique
+        else:
+            dupes = keys.height - keys.select(self.pk).n_unique()
         if dupes:
             raise DuplicateKeyError(
                 f"{self.contract.bronze_table}: the staged batch holds {dupes} duplicate primary "
@@ -276,8 +292,8 @@ class BronzeMerger:
         partition (and whether a row was written by the ``resumed`` batch)."""
         cols = [*self.pk, "record_hash", "record_status"] + ([self.part] if self.part else [])
         extra = [pl.col("batch_id") == resumed] if resumed is not None else []
-        frame = _narrow(_query(dt, cols + (["batch_id"] if resumed is not None else [])),
-                        [*self.pk, "record_status"] + ([self.part] if self.part else []), "_t_h",
+        keep = [*self.pk, pl.col("record_status").cast(pl.Categorical)] + ([self.part] if self.part else [])
+        frame = _narrow(_query(dt, cols + (["batch_id"] if resumed is not None else [])), keep, "_t_h",
                         [e.alias("_t_resumed") for e in extra])
         renames = {"record_status": "_t_status"} | ({self.part: TARGET_PART} if self.part else {})
         return frame.rename(renames)
@@ -293,51 +309,52 @@ class BronzeMerger:
         ``resumed`` names an interrupted batch: its committed rows count as skipped.
         """
         keep = [*self.pk] + ([self.part] if self.part else [])
-        src = _narrow(staged.reader(), keep, "_s_h") if staged.rows else None
         index = self._index(dt, resumed)
+        key_types = {k: index.schema[k] for k in self.pk}
+        # the staged side is scanned lazily and joined by Polars' streaming engine: only the
+        # target index is held in memory, never the staged keys or the joined rows
+        src = pl.scan_ipc(staged.path).select(*keep, *_hash_words("record_hash", "_s_h")).cast(key_types)
         result = MergeResult(self.uri, staged.rows, resumed_batch_id=resumed)
         plans: list[pl.DataFrame] = []
-        if src is not None and src.height:
-            assert isinstance(src, pl.DataFrame)
-            self._refuse_duplicates(src)
-            joined = src.join(index, on=self.pk, how="left")
+        if staged.rows:
+            self._refuse_duplicates(src.select(self.pk), staged.rows)
+            joined = src.join(index.lazy(), on=self.pk, how="left")
             status = pl.col("_t_status")
             is_new = status.is_null()
-            forgotten = status == FORGOTTEN
+            forgotten = (status == FORGOTTEN).fill_null(False)
             differs = ~_same("_t_h", "_s_h")
             rehash = pl.lit(False)
             if staged.legacy_hashes is not None:  # a v1 table: equal under v1 means unchanged
                 legacy = _narrow(staged.legacy_hashes, self.pk, "_v1_h", column=LEGACY_HASH)
-                joined = joined.join(legacy.cast({k: joined.schema[k] for k in self.pk}), on=self.pk,
-                                     how="left")
+                joined = joined.join(legacy.cast(key_types).lazy(), on=self.pk, how="left")
                 rehash = ((status == ACTIVE) & differs & _same("_t_h", "_v1_h")).fill_null(False)
             changed = ~is_new & ~forgotten & ~rehash & (differs | (status == DELETED)
                                                         | pl.lit(backfill_unchanged))
+            op = (pl.when(is_new).then(pl.lit("I")).when(changed).then(pl.lit("U")).when(rehash)
+                  .then(pl.lit("H")).otherwise(pl.lit(None)))
+            kept = pl.col("_t_resumed").fill_null(False) if resumed is not None else pl.lit(False)
             target_part = pl.col(TARGET_PART) if self.part else pl.lit(None)
             own_part = pl.col(self.part) if self.part else pl.lit(None)
-            classified = joined.with_columns(
-                pl.when(is_new).then(pl.lit("I")).when(changed).then(pl.lit("U")).when(rehash)
-                .then(pl.lit("H")).otherwise(pl.lit(None)).alias(OP),
-                pl.when(is_new).then(own_part).otherwise(target_part).alias("_route"),
-            )
-            result.inserted = int(classified.select(is_new.sum()).item())
-            result.updated = int(classified.select(changed.sum()).item())
-            result.forgotten_skipped = int(classified.select(forgotten.sum()).item())
-            result.rehashed_v1 = int(classified.select(rehash.sum()).item())
-            result.unchanged = src.height - result.inserted - result.updated - result.forgotten_skipped
-            if resumed is not None:
-                kept = classified.filter(pl.col(OP).is_null() & pl.col("_t_resumed"))
-                result.rows_skipped_by_checkpoint = kept.height
-            plans.append(classified.filter(pl.col(OP).is_not_null()).select([*self.pk, OP, "_route"]))
+            rows = joined.select(
+                *self.pk, op.alias(OP), pl.when(is_new).then(own_part).otherwise(target_part).alias("_route"),
+                forgotten.alias("_forgotten"), (op.is_null() & kept).alias("_kept"),
+            ).filter(pl.col(OP).is_not_null() | pl.col("_forgotten") | pl.col("_kept")
+                     ).collect(engine="streaming")  # the rows that matter: few, unless all are new
+            ops = rows.get_column(OP)
+            result.inserted, result.updated = int((ops == "I").sum()), int((ops == "U").sum())
+            result.rehashed_v1 = int((ops == "H").sum())
+            result.forgotten_skipped = int(rows.get_column("_forgotten").sum())
+            result.unchanged = staged.rows - result.inserted - result.updated - result.forgotten_skipped
+            result.rows_skipped_by_checkpoint = int(rows.get_column("_kept").sum())
+            plans.append(rows.filter(pl.col(OP).is_not_null()).select([*self.pk, OP, "_route"]))
         keys = None
         if staged.keys_are_rows:
-            keys = src.select(self.pk) if src is not None else pl.DataFrame(
-                schema={k: index.schema[k] for k in self.pk})
+            keys = src.select(self.pk)
         elif staged.source_keys_path is not None:
-            keys = pl.read_ipc(staged.source_keys_path)
+            keys = pl.scan_ipc(staged.source_keys_path).cast(key_types)
         if keys is not None:
-            keys = keys.cast({k: index.schema[k] for k in self.pk})
-            vanished = index.filter(pl.col("_t_status") == ACTIVE).join(keys, on=self.pk, how="anti")
+            vanished = index.lazy().filter(pl.col("_t_status") == ACTIVE).join(
+                keys, on=self.pk, how="anti").collect(engine="streaming")
             result.soft_deleted = vanished.height
             route = pl.col(TARGET_PART) if self.part else pl.lit(None)
             plans.append(vanished.select([*self.pk, pl.lit("D").alias(OP), route.alias("_route")]))
