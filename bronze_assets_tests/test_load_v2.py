@@ -14,11 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
-from bronze_assets.defs.schedules import build_schedule, load_groups, reads_changes_only
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.schedules import CHANGES_ONLY_TAG, build_schedule, load_groups, reads_changes_only
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
-from bronze_assets.lib.delta.merge import BATCH_KEY, REHASHED_KEY
+from bronze_assets.lib.delta.merge import BATCH_KEY, REHASHED_KEY, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.source import extract
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
@@ -246,3 +248,20 @@ def test_a_snapshot_is_written_in_key_order_whatever_the_heap_order(
         overlapping = [j for j, (a, z) in enumerate(spans) if j != i and a <= hi and lo <= z]
         assert all(abs(j - i) == 1 for j in overlapping), (spans[i], [spans[j] for j in overlapping])
     assert active_hashes(b.read("order_details"), "order_detail_id") == source_hashes(seeded, "order_details")
+
+
+def test_after_a_restore_the_next_scheduled_run_re_reads_every_change_since_the_restored_version(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_START_DATE", TODAY.isoformat())
+    b = Bronze(seeded, tmp_path / "bronze")
+    scheduled = {CHANGES_ONLY_TAG: "true"}
+    b.materialize("inventory", TODAY.isoformat(), tags=scheduled)
+    restored_to, first = b.table("inventory").version(), latest_watermark(b.table("inventory"))
+    query(seeded, "UPDATE tests.inventory SET quantity_available = 11, updated_at = now() "
+                  "WHERE inventory_id = 3")
+    b.materialize("inventory", TODAY.isoformat(), tags=scheduled)  # records a newer watermark
+    restore(b.uri("inventory"), CONTRACTS["inventory"], str(b.root), version=restored_to)
+    assert latest_watermark(b.table("inventory")) == first, "the watermark of the restored version"
+    tick = b.materialize("inventory", TODAY.isoformat(), tags=scheduled)
+    assert tick["rows_updated"] == 1, "the change the restore undid is read again"
+    assert active_hashes(b.read("inventory"), "inventory_id") == source_hashes(seeded, "inventory")

@@ -146,10 +146,21 @@ def interrupted_batch(dt: DeltaTable, limit: int = 50) -> str | None:
 
 
 def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None:
-    """The incremental watermark recorded by the latest commit that carries one."""
+    """The incremental watermark of the table's current state: recorded by the latest commit
+    that carries one, not counting commits a RESTORE undid (after a restore to version V the
+    watermark is V's, so the next run re-reads every change since then)."""
     if dt is None:
         return None
+    ceiling: int | None = None
     for entry in dt.history(limit):
+        version = int(entry.get("version", -1))
+        if ceiling is not None and version > ceiling:
+            continue  # undone by a later restore
+        if entry.get("operation") == "RESTORE":
+            target = (entry.get("operationParameters") or {}).get("version")
+            if target is not None:
+                ceiling = int(target)
+            continue
         if WATERMARK_KEY in entry:
             return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
     return None
