@@ -7,7 +7,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -184,14 +186,13 @@ def extract_and_stage(
         extras = [c for c, _ in drift.added]
         rescued = [c for c, _, _ in drift.rescued]
         snapshot = reader.snapshot()
-        path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name)
-        keys_path = None
-        # a window over every row stages the key set itself; other loads sweep keys (nothing to
-        # sweep before the table exists)
-        if not window.covers_table and target is not None:
-            key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
-            keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
-            keys_path, _ = write_stream(keys, key_schema, f"{name}-keys")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-sweep") as pool:
+            # a window over every row stages the key set itself; other loads sweep the keys (for
+            # deletes) beside the rows, in the same snapshot; nothing to sweep before the table exists
+            sweep = pool.submit(_sweep_keys, reader, contract) \
+                if not window.covers_table and target is not None else None
+            path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name)
+            keys_path = sweep.result() if sweep is not None else None
     rescued_rows = sum(b.num_rows for b in unreadable)
     if rescued_rows:
         columns = sorted({c for b in unreadable for c in b.schema.metadata[b"columns"].decode().split(",")})
@@ -219,6 +220,13 @@ def extract_and_stage(
         legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
     )
     return staged
+
+
+def _sweep_keys(reader: SourceReader, contract: Contract) -> Path:
+    """Stage every primary key of the source (to find the keys that vanished)."""
+    key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
+    keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
+    return write_stream(keys, key_schema, f"{contract.bronze_table}-keys")[0]
 
 
 def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatch:

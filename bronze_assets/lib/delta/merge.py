@@ -221,21 +221,30 @@ def _same(left: str, right: str) -> pl.Expr:
 
 def _narrow(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl.Expr] | None = None,
             column: str = "record_hash") -> pl.DataFrame:
-    """``keep`` plus the hash ``column`` as 64-bit words from an Arrow stream, one batch at a
-    time: memory holds the narrow result, never the whole string column. (A column taken from an
-    imported batch keeps the whole batch alive, so the narrow pieces are compacted into owned
-    memory every ``COMPACT_ROWS`` rows.)"""
+    """``keep`` plus the hash ``column`` as 64-bit words from an Arrow stream, ``COMPACT_ROWS``
+    rows at a time: memory holds the narrow result, never the whole string column. (A column
+    taken from an imported batch keeps the whole batch alive, so each narrow piece is copied into
+    owned memory.)"""
     reader = pa.RecordBatchReader.from_stream(batches)
-    parts, pending, rows = [], [], 0
-    for batch in itertools.chain(reader, [reader.schema.empty_table()]):  # typed even when empty
-        frame = pl.from_arrow(batch)
+    parts: list[pl.DataFrame] = []
+    raw: list[pa.RecordBatch] = []
+
+    def narrow() -> None:  # one Polars pass per COMPACT_ROWS rows, not per (small) batch
+        frame = pl.from_arrow(pa.Table.from_batches(raw, schema=reader.schema))
         assert isinstance(frame, pl.DataFrame)
-        pending.append(frame.select(*keep, *_hash_words(column, prefix), *(extra or [])))
+        parts.append(_owned([frame.select(*keep, *_hash_words(column, prefix), *(extra or []))]))
+        raw.clear()
+
+    rows = 0
+    for batch in reader:
+        raw.append(pa.record_batch(batch))
         rows += batch.num_rows
         if rows >= COMPACT_ROWS:
-            parts.append(_owned(pending))
-            pending, rows = [], 0
-    return pl.concat([*parts, _owned(pending)], rechunk=False)
+            narrow()
+            rows = 0
+    if raw or not parts:  # typed even when empty
+        narrow()
+    return pl.concat(parts, rechunk=False)
 
 
 def _owned(frames: list[pl.DataFrame]) -> pl.DataFrame:

@@ -170,8 +170,10 @@ class SourceReader:
 
     def __enter__(self) -> SourceReader:
         self._conn = self._open()
+        # exported for the other connections: the parts of a parallel read, and the key sweep
+        # that runs beside the rows
+        (self._snapshot_id,) = self.query("SELECT pg_export_snapshot()")[0]
         if self.parallelism > 1:
-            (self._snapshot_id,) = self.query("SELECT pg_export_snapshot()")[0]
             # read after the snapshot: every row it sees lives below this block count
             table = qualified(self.schema, self.contract.name).replace("'", "''")
             rows = self.query(f"SELECT pg_relation_size(to_regclass('{table}')) "
@@ -251,11 +253,14 @@ class SourceReader:
         yield from self._stream(self._conn, sql)
 
     def key_batches(self) -> Iterator[pa.RecordBatch]:
-        """Stream every primary key currently in the source."""
-        yield from self._parallel(keys_sql(self.contract, self.schema), None)
+        """Stream every primary key in the snapshot, over connections of its own (so it can run
+        beside :meth:`batches`)."""
+        yield from self._parallel(keys_sql(self.contract, self.schema), None, own_connections=True)
 
     def _split(self, sql: str, part: int) -> str:
         """``sql`` restricted to the ``part``-th block range of the heap (the last one open-ended)."""
+        if self.parallelism == 1:
+            return sql
         step = -(-self._blocks // self.parallelism)
         clause = f"ctid >= '({part * step},0)'::tid"
         if part < self.parallelism - 1:
@@ -283,10 +288,12 @@ class SourceReader:
             ) from None
 
     def _parallel(
-        self, sql: str, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None
+        self, sql: str, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None,
+        own_connections: bool = False,
     ) -> Iterator[pa.RecordBatch]:
         apply = transform or (lambda b: b)
-        if self.parallelism == 1:
+        shared = not own_connections  # part 0 may use the reader's own connection
+        if self.parallelism == 1 and shared:
             for batch in self._stream(self._conn, sql):
                 yield apply(batch)
             return
@@ -296,7 +303,7 @@ class SourceReader:
         def work(part: int) -> None:
             conn = None
             try:
-                conn = self._conn if part == 0 else self._open(self._snapshot_id)
+                conn = self._conn if part == 0 and shared else self._open(self._snapshot_id)
                 for batch in self._stream(conn, self._split(sql, part)):
                     if stop.is_set():
                         break
@@ -305,7 +312,7 @@ class SourceReader:
             except BaseException as exc:  # handed to the consumer, re-raised there
                 out.put(exc)
             finally:
-                if conn is not None and part != 0:
+                if conn is not None and conn is not self._conn:
                     self._close(conn)
 
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(self.parallelism)]
