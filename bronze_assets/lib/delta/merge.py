@@ -232,7 +232,7 @@ def _narrow(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl
     def narrow() -> None:  # one Polars pass per COMPACT_ROWS rows, not per (small) batch
         frame = pl.from_arrow(pa.Table.from_batches(raw, schema=reader.schema))
         assert isinstance(frame, pl.DataFrame)
-        parts.append(_owned([frame.select(*keep, *_hash_words(column, prefix), *(extra or []))]))
+        parts.append(_owned(frame.select(*keep, *_hash_words(column, prefix), *(extra or []))))
         raw.clear()
 
     rows = 0
@@ -247,9 +247,9 @@ def _narrow(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl
     return pl.concat(parts, rechunk=False)
 
 
-def _owned(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """``frames`` concatenated into freshly allocated columns (nothing shared with the batches)."""
-    return pl.concat(frames, rechunk=False).select(pl.all().gather(pl.int_range(pl.len())))
+def _owned(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` in freshly allocated columns (nothing shared with the Arrow batches it came from)."""
+    return frame.select(pl.all().gather(pl.int_range(pl.len())))
 
 
 def writer_properties(contract: Contract) -> WriterProperties:
@@ -295,12 +295,10 @@ class BronzeMerger:
         self._keys: SubjectKeys | None = None
 
     # ------------------------------------------------------------------ planning
-    def _refuse_duplicates(self, keys: pl.DataFrame | pl.LazyFrame, rows: int | None = None) -> None:
-        if isinstance(keys, pl.LazyFrame):
-            unique = int(keys.unique().select(pl.len()).collect(engine="streaming").item())
-            dupes = (rows or 0) - unique
-        else:
-            dupes = keys.height - keys.select(self.pk).n_unique()
+    def _refuse_duplicates(self, rows: pl.DataFrame | pl.LazyFrame, count: int) -> None:
+        """Raise if the ``count`` staged ``rows`` repeat a primary key."""
+        unique = rows.lazy().select(self.pk).unique().select(pl.len()).collect(engine="streaming").item()
+        dupes = count - int(unique)
         if dupes:
             raise DuplicateKeyError(
                 f"{self.contract.bronze_table}: the staged batch holds {dupes} duplicate primary "
@@ -311,10 +309,9 @@ class BronzeMerger:
         """The target's narrow index, streamed: key, record_hash as two 64-bit words, status,
         partition (and whether a row was written by the ``resumed`` batch)."""
         cols = [*self.pk, "record_hash", "record_status"] + ([self.part] if self.part else [])
-        extra = [pl.col("batch_id") == resumed] if resumed is not None else []
+        extra = [(pl.col("batch_id") == resumed).alias("_t_resumed")] if resumed is not None else []
         keep = [*self.pk, pl.col("record_status").cast(pl.Categorical)] + ([self.part] if self.part else [])
-        frame = _narrow(_query(dt, cols + (["batch_id"] if resumed is not None else [])), keep, "_t_h",
-                        [e.alias("_t_resumed") for e in extra])
+        frame = _narrow(_query(dt, cols + (["batch_id"] if resumed is not None else [])), keep, "_t_h", extra)
         renames = {"record_status": "_t_status"} | ({self.part: TARGET_PART} if self.part else {})
         return frame.rename(renames)
 
@@ -337,7 +334,7 @@ class BronzeMerger:
         result = MergeResult(self.uri, staged.rows, resumed_batch_id=resumed)
         plans: list[pl.DataFrame] = []
         if staged.rows:
-            self._refuse_duplicates(src.select(self.pk), staged.rows)
+            self._refuse_duplicates(src, staged.rows)
             joined = src.join(index.lazy(), on=self.pk, how="left")
             status = pl.col("_t_status")
             is_new = status.is_null()
@@ -538,7 +535,7 @@ class BronzeMerger:
             assert isinstance(narrow, pl.DataFrame)
             del batches
             if order is None:  # sorted, disjoint batches cannot repeat a key
-                self._refuse_duplicates(narrow)
+                self._refuse_duplicates(narrow, staged.rows)
             if subject:
                 self._prepare_keys(narrow.get_column(subject[0]))
             if part:

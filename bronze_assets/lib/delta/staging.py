@@ -54,13 +54,10 @@ class StagedBatch:
         """Stream the staged rows back as staged, batch by batch, without the per-load constant
         columns (:meth:`complete` adds them). Each batch is mapped on its own (:meth:`batch`), so
         memory holds the pages of the batches in use, not of every batch a load has touched."""
-        return pa.RecordBatchReader.from_batches(
-            staged_file_schema(self.path), (self.batch(i) for i in range(self.batch_count)))
-
-    @property
-    def batch_count(self) -> int:
-        with pa.OSFile(str(self.path)) as source:
-            return pa.ipc.open_file(source).num_record_batches
+        with pa.OSFile(str(self.path)) as source:  # the footer: schema and batch count
+            footer = pa.ipc.open_file(source)
+            schema, count = footer.schema, footer.num_record_batches
+        return pa.RecordBatchReader.from_batches(schema, (self.batch(i) for i in range(count)))
 
     def batch(self, index: int) -> pa.RecordBatch:
         """The ``index``-th staged batch (random access: the staging file is an Arrow IPC file),
@@ -98,11 +95,6 @@ def stage_dir() -> Path:
             if stale.stat().st_mtime < cutoff:
                 stale.unlink()
     return path
-
-
-def staged_file_schema(path: Path) -> pa.Schema:
-    with pa.OSFile(str(path)) as source:
-        return pa.ipc.open_file(source).schema
 
 
 def write_stream(batches: Iterable[pa.RecordBatch], schema: pa.Schema, name: str) -> tuple[Path, int]:
