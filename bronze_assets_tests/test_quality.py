@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -373,3 +375,60 @@ def test_key_and_referential_checks_scan_each_table_version_once(tmp_path: Path,
     assert scanned[4:] == ["bz_inventory", "bz_products"], "new versions are read again"
     assert ri.metadata["orphans product_id -> products.product_id"].value == 2  # 3 and 4
     assert ri.metadata["orphan_values_sample product_id -> products.product_id"].value == [3, 4]
+
+
+def _staged_file(name: str, rows: int, tmp_path: Path) -> Path:
+    from bronze_assets.lib.delta.staging import write_stream
+
+    batches = _generated(name, rows)
+    path, _ = write_stream(batches, batches[0].schema, f"bz_{name}")
+    return path
+
+
+def test_worker_process_reports_what_an_in_process_runner_reports(tmp_path: Path) -> None:
+    """GX validates the staged file in its own process (off the load's GIL): the same counts,
+    failing keys and a Data Docs page as a runner in this process."""
+    from bronze_assets.lib.quality import worker
+
+    contract, day = CONTRACTS["orders"], AS_OF.date()
+    path = _staged_file("orders", 3000, tmp_path)
+    try:
+        worker.warm(contract, day, tmp_path / "docs")
+        remote = worker.report(worker.validate_staged(contract, day, tmp_path / "docs", path), "bz_orders")
+        local = SuiteRunner(contract, day).validate_batches(_generated("orders", 3000))
+    finally:
+        path.unlink()
+    assert remote.rows == local.rows == 3000
+    assert remote.gx_counts == local.gx_counts and remote.agree
+    assert sum(remote.gx_counts.values()) > 0, "the generated defects are found"
+    assert remote.failing_keys == local.failing_keys
+    assert remote.docs_url is not None and Path(remote.docs_url.removeprefix("file://")).is_file()
+    assert worker._worker is not None and worker._worker.process.pid != os.getpid()
+
+
+def test_a_killed_worker_fails_the_check_naming_the_table_and_the_next_check_recovers(tmp_path: Path) -> None:
+    from bronze_assets.lib.quality import worker
+
+    contract, day = CONTRACTS["warehouses"], AS_OF.date()
+    path = _staged_file("warehouses", 200, tmp_path)
+    try:
+        worker.warm(contract, day, None).result(timeout=120)
+        process = worker._worker.process
+        os.kill(process.pid, signal.SIGSTOP)  # the request below cannot be answered before the kill
+        pending = worker.validate_staged(contract, day, None, path)
+        process.kill()
+        with pytest.raises(worker.QualityWorkerError, match="bz_warehouses: the GX worker process ended"):
+            worker.report(pending, "bz_warehouses")
+        again = worker.report(worker.validate_staged(contract, day, None, path), "bz_warehouses")
+    finally:
+        path.unlink()
+    assert again.rows == 200 and worker._worker.process.pid != process.pid
+
+
+def test_a_failing_validation_raises_in_the_caller(tmp_path: Path) -> None:
+    from bronze_assets.lib.quality import worker
+
+    missing = tmp_path / "gone.arrow"
+    with pytest.raises(FileNotFoundError):
+        worker.report(worker.validate_staged(CONTRACTS["warehouses"], AS_OF.date(), None, missing),
+                      "bz_warehouses")

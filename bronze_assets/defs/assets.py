@@ -2,7 +2,6 @@
 
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -18,6 +17,7 @@ from bronze_assets.defs.checks import (
     quality_score_result,
     referential_integrity_result,
     schema_contract_result,
+    start_quality_check,
     warm_quality_suite,
 )
 from bronze_assets.defs.freshness import freshness_policy
@@ -95,15 +95,12 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
     )
     def _bronze(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage):
         selected = {key.name for key in context.selected_asset_check_keys}
-        # GX runs on this worker: first warming up (import, suite) while the source is read, then
-        # validating the staged batch while the IO manager MERGEs it
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx") as gx:
-            if QUALITY_SCORE in selected:
-                gx.submit(warm_quality_suite, contract)
-            yield from _load(context, source, bronze, selected, gx)
+        if QUALITY_SCORE in selected:  # GX warms up in its worker process while the source is read
+            warm_quality_suite(contract)
+        yield from _load(context, source, bronze, selected)
 
     def _load(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
-              selected: set[str], gx: ThreadPoolExecutor):
+              selected: set[str]):
         window = None
         if context.has_partition_key_range or context.has_partition_key:
             tw = context.partition_time_window
@@ -158,12 +155,13 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
             f"in {staged.extract_seconds:.2f} s"
         )
-        quality = gx.submit(quality_score_result, staged) if QUALITY_SCORE in selected else None
+        # GX validates the staged batch in its worker process while the IO manager MERGEs it
+        quality = start_quality_check(staged) if QUALITY_SCORE in selected else None
         staged.keep_after_merge = quality is not None
         try:
             yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
             if quality is not None:
-                yield quality.result()
+                yield quality_score_result(staged, quality)
         finally:
             staged.cleanup()
         if KEY_UNIQUENESS in selected:

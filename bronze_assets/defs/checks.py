@@ -3,7 +3,9 @@
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -12,7 +14,8 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import open_table, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
-from bronze_assets.lib.quality.validate import QualityReport, SuiteRunner, suite_runner
+from bronze_assets.lib.quality import worker
+from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.settings import data_dir
 
@@ -60,20 +63,26 @@ def schema_contract_result(drift: SchemaDrift, quarantined: int | None = None) -
     )
 
 
-def _quality_runner(contract: Contract, load_date: date) -> SuiteRunner:
-    return suite_runner(contract, load_date, docs_dir=data_dir() / "gx_docs" / contract.bronze_table)
+def _docs_dir(contract: Contract) -> Path:
+    return data_dir() / "gx_docs" / contract.bronze_table
 
 
 def warm_quality_suite(contract: Contract) -> None:
-    """Import Great Expectations and build today's suite for ``contract`` (cached per process):
-    run on a worker thread while the load reads the source, it takes GX off the hot path."""
-    _quality_runner(contract, datetime.now(UTC).date())
+    """Start importing Great Expectations and building today's suite for ``contract`` in the GX
+    worker process, which does it on another core while the load reads the source."""
+    worker.warm(contract, datetime.now(UTC).date(), _docs_dir(contract))
 
 
-def quality_score_result(staged: StagedBatch) -> dg.AssetCheckResult:
+def start_quality_check(staged: StagedBatch) -> Future[QualityReport]:
+    """Validate the staged batch (source columns) in the GX worker while the IO manager MERGEs
+    it; the staged file must be kept until :func:`quality_score_result` has the answer."""
+    return worker.validate_staged(staged.contract, staged.ctx.load_date, _docs_dir(staged.contract),
+                                  staged.path)
+
+
+def quality_score_result(staged: StagedBatch, pending: Future[QualityReport]) -> dg.AssetCheckResult:
     """Score distribution of the batch plus GX violation counts per rule (WARN below the KPI)."""
-    runner = _quality_runner(staged.contract, staged.ctx.load_date)
-    report: QualityReport = runner.validate_batches(staged.reader())  # source columns only
+    report = worker.report(pending, staged.contract.bronze_table)
     rows = staged.rows
     metadata: dict[str, object] = {"rows": rows, "gx_counts_match_score": report.agree}
     average = staged.score_sum / rows if rows else 100.0

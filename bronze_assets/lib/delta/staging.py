@@ -51,18 +51,13 @@ class StagedBatch:
         return float(np.searchsorted(cumulative, rank))
 
     def reader(self) -> pa.RecordBatchReader:
-        """Stream the staged rows back as staged, batch by batch, without the per-load constant
-        columns (:meth:`complete` adds them). Each batch is mapped on its own (:meth:`batch`), so
-        memory holds the pages of the batches in use, not of every batch a load has touched."""
-        with pa.OSFile(str(self.path)) as source:  # the footer: schema and batch count
-            footer = pa.ipc.open_file(source)
-            schema, count = footer.schema, footer.num_record_batches
-        return pa.RecordBatchReader.from_batches(schema, (self.batch(i) for i in range(count)))
+        """Stream the staged rows back as staged, without the per-load constant columns
+        (:meth:`complete` adds them); see :func:`staged_reader`."""
+        return staged_reader(self.path)
 
     def batch(self, index: int) -> pa.RecordBatch:
-        """The ``index``-th staged batch (random access: the staging file is an Arrow IPC file),
-        zero-copy from its own memory map, which is unmapped when the batch is released."""
-        return pa.ipc.open_file(pa.memory_map(str(self.path))).get_batch(index)
+        """The ``index``-th staged batch; see :func:`staged_batch`."""
+        return staged_batch(self.path, index)
 
     def complete(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """A staged batch (or a slice of one) with every column of :attr:`schema`."""
@@ -77,6 +72,21 @@ class StagedBatch:
         for p in (self.path, self.source_keys_path):
             if p is not None and p.exists():
                 p.unlink()
+
+
+def staged_batch(path: Path, index: int) -> pa.RecordBatch:
+    """The ``index``-th batch of a staging file (random access: it is an Arrow IPC file),
+    zero-copy from its own memory map, which is unmapped when the batch is released."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).get_batch(index)
+
+
+def staged_reader(path: Path) -> pa.RecordBatchReader:
+    """Stream a staging file batch by batch. Each batch is mapped on its own, so memory holds
+    the pages of the batches in use, not of every batch a reader has touched."""
+    with pa.OSFile(str(path)) as source:  # the footer: schema and batch count
+        footer = pa.ipc.open_file(source)
+        schema, count = footer.schema, footer.num_record_batches
+    return pa.RecordBatchReader.from_batches(schema, (staged_batch(path, i) for i in range(count)))
 
 
 STALE_AFTER_SECONDS = 24 * 3600
