@@ -16,6 +16,9 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import materialize_all
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta import merge
+from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError
+from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import extract
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
@@ -87,7 +90,16 @@ def test_demo_materialize_all_covers_every_asset(bronze: Bronze, monkeypatch: py
     assert all(m["rows_read"] > 0 for m in metadata.values())
 
 
-def test_full_load_insert_update_unchanged_delete_reappear(bronze: Bronze) -> None:
+@pytest.fixture(params=["whole", "buckets"])
+def plan_buckets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the plan of the whole table, and with a plan in many small key buckets
+    (what a table of millions of rows gets) — the MERGE must do the same either way."""
+    if request.param == "buckets":
+        monkeypatch.setattr(merge, "PLAN_BUCKET_ROWS", 16)
+    return request.param
+
+
+def test_full_load_insert_update_unchanged_delete_reappear(bronze: Bronze, plan_buckets: str) -> None:
     first = bronze.materialize("products")
     assert first["rows_inserted"] == 100 and first["delta_version"] == 0
     before = bronze.read("products").sort("product_id")
@@ -130,7 +142,7 @@ def test_full_load_insert_update_unchanged_delete_reappear(bronze: Bronze) -> No
     assert row7["load_timestamp"] == old[7]["load_timestamp"]
 
 
-def test_forgotten_rows_stay_forgotten(bronze: Bronze) -> None:
+def test_forgotten_rows_stay_forgotten(bronze: Bronze, plan_buckets: str) -> None:
     bronze.materialize("customers")
     bronze.table("customers").update(
         updates={"record_status": "'FORGOTTEN'", "customer_name": "NULL", "email": "NULL"},
@@ -234,3 +246,46 @@ def test_parallel_extraction_reads_each_row_once(clean_bronze: Bronze, paralleli
     meta = clean_bronze.materialize("orders", "2025-03-01")
     frame = clean_bronze.read("orders")
     assert frame["order_id"].n_unique() == frame.height == meta["rows_read"]
+
+
+def test_a_plan_in_key_buckets_equals_the_plan_of_the_whole_table(bronze: Bronze, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large table is planned key bucket by key bucket (index spilled once, memory of one
+    bucket): the same operations, routes and counts as one plan over the whole table."""
+    bronze.load_direct("orders")
+    query(bronze.dsn, "UPDATE tests.orders SET total_amount = total_amount + 1, updated_at = now() "
+                      "WHERE order_id % 7 = 0")
+    query(bronze.dsn, "DELETE FROM tests.orders WHERE order_id % 11 = 0")
+    query(bronze.dsn, "INSERT INTO tests.orders SELECT order_id + 100000, customer_id, order_date, status, "
+                      "total_amount, now() FROM tests.orders WHERE order_id % 13 = 0")
+    contract, uri = CONTRACTS["orders"], bronze.uri("orders")
+    staged = extract_and_stage(contract, bronze.dsn, uri)
+    try:
+        merger = BronzeMerger(contract, uri)
+        whole, counts = merger.plan(bronze.table("orders"), staged)
+        monkeypatch.setattr(merge, "PLAN_BUCKET_ROWS", 23)
+        buckets = list(merger._buckets(bronze.table("orders"), staged))
+        bucketed, bucket_counts = merger.plan(bronze.table("orders"), staged)
+    finally:
+        staged.cleanup()
+    assert len(buckets) > 10 and all(b is not None for _, _, b in buckets)
+    assert sum(index.height for index, _, _ in buckets) == bronze.read("orders").height
+    assert sum(src.collect().height for _, src, _ in buckets) == staged.rows
+    assert counts.inserted and counts.updated and counts.soft_deleted, "every operation is planned"
+    assert bucket_counts.as_dict() == counts.as_dict()
+    assert bucketed.sort(contract.primary_key).equals(whole.sort(contract.primary_key))
+    assert not list(Path(staged.path).parent.glob("bz_orders-plan-*")), "the spilled index is removed"
+
+
+def test_duplicate_keys_are_refused_whatever_bucket_they_fall_in(bronze: Bronze,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    bronze.load_direct("products")
+    query(bronze.dsn, "ALTER TABLE tests.products DROP CONSTRAINT products_pkey")
+    query(bronze.dsn, "INSERT INTO tests.products SELECT * FROM tests.products "
+                      "WHERE product_id IN (SELECT min(product_id) FROM tests.products "
+                      "UNION SELECT max(product_id) FROM tests.products)")
+    monkeypatch.setattr(merge, "PLAN_BUCKET_ROWS", 1)
+    version = bronze.version("products")
+    with pytest.raises(DuplicateKeyError, match="holds 2 duplicate primary keys"):
+        bronze.load_direct("products")
+    assert bronze.version("products") == version, "nothing was merged"
