@@ -160,14 +160,14 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         staged.keep_after_merge = quality is not None
         try:
             yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
-            if quality is not None:
+            if KEY_UNIQUENESS in selected:
+                yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)
+            if REFERENTIAL_INTEGRITY in selected:
+                yield referential_integrity_result(contract, bronze.table_uri, options)
+            if quality is not None:  # last: the GX worker has had the longest to finish
                 yield quality_score_result(staged, quality)
         finally:
             staged.cleanup()
-        if KEY_UNIQUENESS in selected:
-            yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)
-        if REFERENTIAL_INTEGRITY in selected:
-            yield referential_integrity_result(contract, bronze.table_uri, options)
 
     return _bronze
 

@@ -374,7 +374,7 @@ class BronzeMerger:
         index_pieces = (piece.rename(renames) for piece in _narrowed(
             _query(dt, cols + (["batch_id"] if resumed is not None else [])), keep, "_t_h", extra))
         staged_keep = [*self.pk] + ([self.part] if self.part else [])
-        buckets = math.ceil(table_rows(dt) / PLAN_BUCKET_ROWS)
+        buckets = table_rows(dt) // PLAN_BUCKET_ROWS  # each bucket under 2 x PLAN_BUCKET_ROWS rows
         if buckets <= 1:
             index = pl.concat(list(index_pieces), rechunk=False)
             key_types = {k: index.schema[k] for k in self.pk}
