@@ -23,8 +23,8 @@ snapshot partition):
   schema, ``write_disposition="merge"`` (upsert) on the contracts' primary keys, into Delta tables
   on the local filesystem: a reference for what a generic tool costs (needs ``pip install -e
   '.[bench]'``; skipped otherwise).
-Each phase runs in a child process so its peak RSS is its own (plus that of its largest child:
-the Great Expectations worker process of the phases with checks); times exclude interpreter
+Each phase runs in a child process so its peak RSS is its own (plus that of the Great
+Expectations worker process in the phases with checks); times exclude interpreter
 start-up and imports. Dagster materializes a
 partition range in one run but records one materialization event per partition; the
 ``data s`` column is the part spent reading, enriching and merging (sum over assets). ``files``
@@ -62,12 +62,15 @@ LABELS = {  # JSON phase name -> row label of the printed table
 
 
 def _rss_mb() -> float:
-    """Peak RSS of the phase: its process plus its largest child (the Great Expectations worker,
-    stopped first so it is counted). The sum of the two peaks: an upper bound."""
-    if "bronze_assets.lib.quality.worker" in sys.modules:
-        sys.modules["bronze_assets.lib.quality.worker"].shutdown()
-    peaks = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return sum(peaks) / 1024
+    """Peak RSS of the phase: its process plus, in the phases with checks, the Great Expectations
+    worker process (its own peak, read before it stops). The sum of the two peaks: an upper bound.
+    (Not ``RUSAGE_CHILDREN``: a child spawned by vfork + exec is charged the parent's peak.)"""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    worker = sys.modules.get("bronze_assets.lib.quality.worker")
+    if worker is not None:
+        own += worker.peak_rss_bytes() or 0
+        worker.shutdown()
+    return own / 2**20
 
 
 def phase_seed(scale: float) -> dict:

@@ -404,6 +404,7 @@ def test_worker_process_reports_what_an_in_process_runner_reports(tmp_path: Path
     assert remote.failing_keys == local.failing_keys
     assert remote.docs_url is not None and Path(remote.docs_url.removeprefix("file://")).is_file()
     assert worker._worker is not None and worker._worker.process.pid != os.getpid()
+    assert (worker.peak_rss_bytes() or 0) > 50 * 2**20, "GX and pandas are resident in the worker"
 
 
 def test_a_killed_worker_fails_the_check_naming_the_table_and_the_next_check_recovers(tmp_path: Path) -> None:

@@ -140,6 +140,21 @@ def report(future: Future[QualityReport], table: str) -> QualityReport:
         raise QualityWorkerError(f"{table}: {exc} (killed or out of memory?); re-run the check") from None
 
 
+def peak_rss_bytes() -> int | None:
+    """The running worker's peak resident memory (``VmHWM`` of its process), or ``None``."""
+    worker = _worker
+    if worker is None or not worker.alive:
+        return None
+    try:
+        status = Path(f"/proc/{worker.process.pid}/status").read_text()
+    except OSError:  # not Linux, or it just ended
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def shutdown() -> None:
     """Stop the worker, waiting for it (the next check starts a new one)."""
     global _worker
