@@ -1,7 +1,5 @@
 """Asset checks of every bronze asset: names as constants, results with failing keys as metadata."""
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -9,11 +7,12 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from deltalake import DeltaTable
+import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import open_table, read_columns
+from bronze_assets.lib.delta.merge import open_table, query_tables
 from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.quality import worker
 from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.schema import SchemaDrift
@@ -25,7 +24,6 @@ KEY_UNIQUENESS = "key_uniqueness"
 REFERENTIAL_INTEGRITY = "referential_integrity"
 QUALITY_KPI = 80.0
 STATUS = "record_status"
-SCAN_CACHE_BYTES = 64 * 2**20  # key/status scans kept for the next check of the same table version
 
 
 def check_specs(contract: Contract) -> list[dg.AssetCheckSpec]:
@@ -109,22 +107,35 @@ def quality_score_result(staged: StagedBatch, pending: Future[QualityReport]) ->
     )
 
 
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _quoted(columns: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
 def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: dict[str, str] | None
                           ) -> dg.AssetCheckResult:
-    """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE."""
+    """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. DataFusion
+    counts the keys in one streamed aggregation: memory holds the key counts, not the rows."""
     dt = open_table(table_uri, storage_options)
     if dt is None:
         return dg.AssetCheckResult(check_name=KEY_UNIQUENESS, passed=True, metadata={"rows": 0})
-    # one scan of the columns both key checks need: the referential check then reuses it
-    keys = _scan(dt, table_uri, _key_columns(contract)).select(contract.primary_key)
-    dupes = keys.filter(keys.is_duplicated())
-    sample = dupes.unique().head(5).to_dicts()
+    keys = _quoted(contract.primary_key)
+    rows = int(query_tables({"t": dt}, "SELECT count(*) AS n FROM t")["n"][0].as_py())
+    dupes = _frame(query_tables({"t": dt}, f"SELECT {keys}, count(*) AS n FROM t GROUP BY {keys} "
+                                           f"HAVING count(*) > 1 ORDER BY {keys}"))
+    duplicate_rows = int(dupes["n"].sum()) if dupes.height else 0
+    sample = dupes.head(5).select(contract.primary_key).to_dicts()
     return dg.AssetCheckResult(
         check_name=KEY_UNIQUENESS,
-        passed=dupes.height == 0,
-        description=f"{dupes.height:,} rows share a primary key" if dupes.height else "every key once",
+        passed=duplicate_rows == 0,
+        description=f"{duplicate_rows:,} rows share a primary key" if duplicate_rows else "every key once",
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"rows": keys.height, "duplicate_rows": dupes.height,
+        metadata={"rows": rows, "duplicate_rows": duplicate_rows,
                   "duplicate_keys_sample": dg.MetadataValue.json(sample)},
     )
 
@@ -132,33 +143,33 @@ def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: d
 def referential_integrity_result(
     contract: Contract, table_uri: Callable[[str], str], storage_options: dict[str, str] | None
 ) -> dg.AssetCheckResult:
-    """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN)."""
-    child_uri = table_uri(contract.bronze_table)
-    child = open_table(child_uri, storage_options)
-    active_child = None
-    if child is not None and contract.foreign_keys:
-        scanned = _scan(child, child_uri, _key_columns(contract))
-        active_child = scanned.filter(pl.col(STATUS) == "ACTIVE")
+    """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN).
+    DataFusion joins the child's values with the parent's distinct keys, streamed."""
+    child = open_table(table_uri(contract.bronze_table), storage_options)
     metadata: dict[str, object] = {}
     orphans_total = 0
     for fk in contract.foreign_keys:
         label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
-        parent_uri = table_uri(f"bz_{fk.parent_table}")
-        parent = open_table(parent_uri, storage_options)
-        if active_child is None or parent is None:
+        parent = open_table(table_uri(f"bz_{fk.parent_table}"), storage_options)
+        if child is None or parent is None:
             metadata[f"orphans {label}"] = "parent or child not loaded yet"
             continue
-        values = active_child.select(fk.column).drop_nulls()
-        keys = _scan(parent, parent_uri, [fk.parent_column, STATUS])
-        keys = keys.filter(pl.col(STATUS) == "ACTIVE").select(fk.parent_column)
-        dtype = values[fk.column].dtype
-        keys = keys.rename({fk.parent_column: fk.column}).with_columns(pl.col(fk.column).cast(dtype))
-        orphans = values.join(keys.unique(), on=fk.column, how="anti")
-        orphans_total += orphans.height
-        metadata[f"orphans {label}"] = orphans.height
-        metadata[f"orphan_rate {label}"] = round(orphans.height / values.height, 6) if values.height else 0.0
-        if orphans.height:
-            sample = orphans[fk.column].unique().sort().head(5).to_list()
+        tables = {"child": child, "parent": parent}
+        values = f"""FROM child c WHERE c.{STATUS} = '{ACTIVE}' AND c."{fk.column}" IS NOT NULL"""
+        count = int(query_tables(tables, f"SELECT count(*) AS n {values}")["n"][0].as_py())
+        column = f'c."{fk.column}"'
+        orphans = _frame(query_tables(tables, (
+            f"SELECT {column} AS v, count(*) AS n FROM child c "
+            f"LEFT JOIN (SELECT DISTINCT \"{fk.parent_column}\" AS k FROM parent "
+            f"WHERE {STATUS} = '{ACTIVE}') p ON {column} = p.k "
+            f"WHERE c.{STATUS} = '{ACTIVE}' AND {column} IS NOT NULL AND p.k IS NULL "
+            f"GROUP BY {column} ORDER BY {column}")))
+        orphan_rows = int(orphans["n"].sum()) if orphans.height else 0
+        orphans_total += orphan_rows
+        metadata[f"orphans {label}"] = orphan_rows
+        metadata[f"orphan_rate {label}"] = round(orphan_rows / count, 6) if count else 0.0
+        if orphan_rows:
+            sample = orphans["v"].head(5).to_list()
             metadata[f"orphan_values_sample {label}"] = dg.MetadataValue.json(sample)
     return dg.AssetCheckResult(
         check_name=REFERENTIAL_INTEGRITY, passed=orphans_total == 0,
@@ -166,39 +177,3 @@ def referential_integrity_result(
         description=f"{orphans_total:,} ACTIVE rows reference a parent key missing from bronze"
         if orphans_total else "every foreign key has its parent",
     )
-
-
-def _key_columns(contract: Contract) -> list[str]:
-    """What the key and referential checks read from a bronze table: keys, foreign keys, status."""
-    if not contract.foreign_keys:  # no referential check
-        return list(contract.primary_key)
-    return list(dict.fromkeys([*contract.primary_key, *(fk.column for fk in contract.foreign_keys), STATUS]))
-
-
-_scans: OrderedDict[tuple[str, str, int], pl.DataFrame] = OrderedDict()
-_scans_lock = threading.Lock()
-
-
-def _scan(dt: DeltaTable, uri: str, columns: list[str]) -> pl.DataFrame:
-    """``columns`` of the table's current version, every row.
-
-    A tick's checks read the same versions several times (a table's key check, then its
-    referential check; a parent's keys for each of its children), and scanning a table of
-    thousands of small files costs more than the check itself: scans of one table version (a
-    Delta version never changes) are kept while they fit in ``SCAN_CACHE_BYTES``.
-    """
-    key = (uri, dt.metadata().id, dt.version())
-    with _scans_lock:
-        cached = _scans.get(key)
-        if cached is not None and set(columns) <= set(cached.columns):
-            _scans.move_to_end(key)
-            return cached.select(columns)
-    frame = pl.from_arrow(read_columns(dt, columns))
-    assert isinstance(frame, pl.DataFrame)
-    if frame.estimated_size() <= SCAN_CACHE_BYTES:
-        with _scans_lock:
-            _scans[key] = frame
-            _scans.move_to_end(key)
-            while sum(f.estimated_size() for f in _scans.values()) > SCAN_CACHE_BYTES:
-                _scans.popitem(last=False)
-    return frame

@@ -214,6 +214,15 @@ def _query(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.R
     return QueryBuilder().register("bronze", dt).execute(sql)
 
 
+def query_tables(tables: dict[str, DeltaTable], sql: str) -> pa.Table:
+    """The result of ``sql`` over the current versions of ``tables`` (registered under their
+    keys), computed by DataFusion: scans are streamed, only the result is held."""
+    builder = QueryBuilder()
+    for name, dt in tables.items():
+        builder.register(name, dt)
+    return pa.table(builder.execute(sql).read_all())
+
+
 def read_columns(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.Table:
     """Columns of the current version via DataFusion (fast on tables of many small files)."""
     return pa.table(_query(dt, columns, where).read_all())
