@@ -371,8 +371,8 @@ class BronzeMerger:
         whether a row was written by the ``resumed`` batch) and the staged keys and hashes, with
         the filter that selects a bucket's keys (``None``: every key).
 
-        A table of up to ``PLAN_BUCKET_ROWS`` rows is planned whole: the staged side is scanned
-        lazily. A larger one is planned key bucket by key bucket: both sides are read once and
+        A table of fewer than 2 x ``PLAN_BUCKET_ROWS`` rows is planned whole: the staged side is
+        scanned lazily. A larger one is planned key bucket by key bucket: both sides are read once and
         spilled to the stage folder by key bucket (a Grace hash join), so the plan holds one
         bucket's index and join however large the table grows.
         """
