@@ -65,11 +65,10 @@ def _rss_mb() -> float:
     """Peak RSS of the phase: its process plus, in the phases with checks, the Great Expectations
     worker process (its own peak, read before it stops). The sum of the two peaks: an upper bound.
     (Not ``RUSAGE_CHILDREN``: a child spawned by vfork + exec is charged the parent's peak.)"""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    worker = sys.modules.get("bronze_assets.lib.quality.worker")
-    if worker is not None:
-        own += worker.peak_rss_bytes() or 0
-        worker.shutdown()
+    from bronze_assets.lib.quality import worker
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + (worker.peak_rss_bytes() or 0)
+    worker.shutdown()
     return own / 2**20
 
 

@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import open_table, query_tables
+from bronze_assets.lib.delta.merge import open_table, query_tables, quoted
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.quality import worker
@@ -113,10 +113,6 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def _quoted(columns: list[str] | tuple[str, ...]) -> str:
-    return ", ".join(f'"{c}"' for c in columns)
-
-
 def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: dict[str, str] | None
                           ) -> dg.AssetCheckResult:
     """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. DataFusion
@@ -124,7 +120,7 @@ def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: d
     dt = open_table(table_uri, storage_options)
     if dt is None:
         return dg.AssetCheckResult(check_name=KEY_UNIQUENESS, passed=True, metadata={"rows": 0})
-    keys = _quoted(contract.primary_key)
+    keys = quoted(contract.primary_key)
     rows = int(query_tables({"t": dt}, "SELECT count(*) AS n FROM t")["n"][0].as_py())
     dupes = _frame(query_tables({"t": dt}, f"SELECT {keys}, count(*) AS n FROM t GROUP BY {keys} "
                                            f"HAVING count(*) > 1 ORDER BY {keys}"))
@@ -154,16 +150,15 @@ def referential_integrity_result(
         if child is None or parent is None:
             metadata[f"orphans {label}"] = "parent or child not loaded yet"
             continue
-        tables = {"child": child, "parent": parent}
-        values = f"""FROM child c WHERE c.{STATUS} = '{ACTIVE}' AND c."{fk.column}" IS NOT NULL"""
-        count = int(query_tables(tables, f"SELECT count(*) AS n {values}")["n"][0].as_py())
+        # one pass over the child: its orphan values grouped, every other value in the NULL group
         column = f'c."{fk.column}"'
-        orphans = _frame(query_tables(tables, (
-            f"SELECT {column} AS v, count(*) AS n FROM child c "
+        groups = _frame(query_tables({"child": child, "parent": parent}, (
+            f"SELECT CASE WHEN p.k IS NULL THEN {column} END AS v, count(*) AS n FROM child c "
             f"LEFT JOIN (SELECT DISTINCT \"{fk.parent_column}\" AS k FROM parent "
             f"WHERE {STATUS} = '{ACTIVE}') p ON {column} = p.k "
-            f"WHERE c.{STATUS} = '{ACTIVE}' AND {column} IS NOT NULL AND p.k IS NULL "
-            f"GROUP BY {column} ORDER BY {column}")))
+            f"WHERE c.{STATUS} = '{ACTIVE}' AND {column} IS NOT NULL GROUP BY 1")))
+        count = int(groups["n"].sum()) if groups.height else 0
+        orphans = groups.drop_nulls("v").sort("v")
         orphan_rows = int(orphans["n"].sum()) if orphans.height else 0
         orphans_total += orphan_rows
         metadata[f"orphans {label}"] = orphan_rows

@@ -207,20 +207,27 @@ def table_rows(dt: DeltaTable) -> int:
     return int(pa.compute.sum(actions["num_records"]).as_py() or 0)
 
 
+def quoted(columns: list[str] | tuple[str, ...]) -> str:
+    """A SQL column list with every name quoted."""
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+def _execute(tables: dict[str, DeltaTable], sql: str) -> pa.RecordBatchReader:
+    builder = QueryBuilder()
+    for name, dt in tables.items():
+        builder.register(name, dt)
+    return builder.execute(sql)
+
+
 def _query(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.RecordBatchReader:
-    sql = f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)} FROM bronze"
-    if where:
-        sql += f" WHERE {where}"
-    return QueryBuilder().register("bronze", dt).execute(sql)
+    sql = f"SELECT {quoted(columns)} FROM bronze" + (f" WHERE {where}" if where else "")
+    return _execute({"bronze": dt}, sql)
 
 
 def query_tables(tables: dict[str, DeltaTable], sql: str) -> pa.Table:
     """The result of ``sql`` over the current versions of ``tables`` (registered under their
     keys), computed by DataFusion: scans are streamed, only the result is held."""
-    builder = QueryBuilder()
-    for name, dt in tables.items():
-        builder.register(name, dt)
-    return pa.table(builder.execute(sql).read_all())
+    return pa.table(_execute(tables, sql).read_all())
 
 
 def read_columns(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.Table:
@@ -345,10 +352,14 @@ class BronzeMerger:
         self._keys: SubjectKeys | None = None
 
     # ------------------------------------------------------------------ planning
+    @property
+    def _key(self) -> pl.Expr:
+        """The primary key as one expression (a struct when it has several columns)."""
+        return pl.col(self.pk[0]) if len(self.pk) == 1 else pl.struct(self.pk)
+
     def _duplicates(self, rows: pl.DataFrame | pl.LazyFrame) -> int:
         """How many of ``rows`` repeat a primary key (one streamed pass)."""
-        keys = pl.col(self.pk[0]) if len(self.pk) == 1 else pl.struct(self.pk)
-        counts = rows.lazy().select(pl.len().alias("n"), keys.n_unique().alias("u"))
+        counts = rows.lazy().select(pl.len().alias("n"), self._key.n_unique().alias("u"))
         counts = counts.collect(engine="streaming")
         return int(counts["n"][0]) - int(counts["u"][0])
 
@@ -362,8 +373,7 @@ class BronzeMerger:
     def _bucket(self, buckets: int) -> pl.Expr:
         """Which of ``buckets`` key buckets a row's primary key falls in (same on both sides of the
         plan: their key columns are cast to the same types first)."""
-        keys = pl.col(self.pk[0]) if len(self.pk) == 1 else pl.struct(self.pk)
-        return (keys.hash(seed=0) % buckets).cast(pl.UInt32)
+        return (self._key.hash(seed=0) % buckets).cast(pl.UInt32)
 
     def _buckets(self, dt: DeltaTable, staged: StagedBatch, resumed: str | None = None
                  ) -> Iterator[tuple[pl.DataFrame, pl.LazyFrame, pl.Expr | None]]:

@@ -63,7 +63,7 @@ class LoadWindow:
         (its rows are then the source's key set, so no separate key sweep is needed)."""
         if self.is_full:
             return True
-        if self.changes_only or self.start is None or self.end is None:
+        if self.changes_only or self.end is None:
             return False
         if self.initial:
             return self.open
