@@ -13,7 +13,7 @@ demo ui: export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
 $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml: dagster.yaml
@@ -23,8 +23,9 @@ $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml: dagster.yaml
 demo: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## seed the embedded source (if empty) and load every bronze table
 	@DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/bronze demo
 
-test: $(STAMP)  ## install the system packages the tests need, lint, then run the whole test suite
+test: $(STAMP)  ## install the system packages and jars the tests need, lint, then run the whole test suite
 	bash scripts/install-system-deps.sh
+	$(BIN)/python -m bronze_assets.lib.spark.jars
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 

@@ -29,6 +29,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_COMMIT_CHUNK_ROWS", "500000", "rows per commit of a large load (checkpoints)"),
     Variable("BRONZE_TARGET_FILE_MB", "32", "target size of a bronze data file"),
     Variable("BRONZE_EXTRACT_PARALLELISM", "CPU count, at most 4", "source connections per extraction"),
+    Variable("BRONZE_SPARK_MASTER", "local[N], N = CPU count", "Spark master of the spark engine"),
+    Variable("BRONZE_SPARK_JARS_DIR", "~/.cache/bronze_assets/spark-jars", "jars of the Spark engine"),
     Variable("BRONZE_STAGE_DIR", "system temp dir", "where extracted batches are staged"),
     Variable("BRONZE_SCHEDULES_RUNNING", "unset (stopped)", "1 ships the schedules running"),
     Variable("BRONZE_SENSORS_RUNNING", "unset (stopped)", "1 ships the KPI alert sensors running"),
@@ -104,6 +106,11 @@ def data_dir() -> Path:
 def source_dsn_from_env() -> str | None:
     """The libpq URI in ``$BRONZE_SOURCE_DSN``, or None to use the embedded server."""
     return env(ENV_SOURCE_DSN)
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def bronze_root() -> str:

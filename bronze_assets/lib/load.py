@@ -161,28 +161,7 @@ def extract_and_stage(
 
     name = contract.bronze_table
     with SourceReader(dsn, contract) as reader:
-        live = reader.query(live_columns_sql(contract))
-        if not live:
-            raise SourceTableMissingError(
-                f"{name}: the source has no table {SOURCE_SCHEMA}.{contract.name} ({describe_dsn(dsn)}). "
-                f"Create it (`bronze ddl` prints the expected CREATE TABLE; `bronze seed` fills a scratch "
-                f"database), or point {ENV_SOURCE_DSN} at the database that holds it. Nothing was loaded.")
-        drift = compare(contract, live)
-        if drift.breaking:
-            records = reader.raw_json(window, {c for c, _ in live})
-            if contract.encrypted_columns:  # quarantine never holds plaintext PII either
-                records = (encrypt_json_records(b, contract, root, storage_options) for b in records)
-            quarantined = quarantine_rows(
-                quarantine_uri or f"{root}/{QUARANTINE_TABLE}",
-                contract.name, ctx.batch_id, drift.describe(), records, storage_options,
-            )
-            raise SchemaMismatchError(
-                f"{name}: the source table no longer matches its contract — {drift.describe()}. "
-                f"{quarantined:,} rows of batch {ctx.batch_id} are in {QUARANTINE_TABLE}; nothing was "
-                f"merged. Fix the source (or change the contract in bronze_assets/contracts/tables.py) "
-                f"and re-run.",
-                drift, quarantined, ctx.batch_id,
-            )
+        drift = inspect_source(reader, contract, window, ctx.batch_id, root, storage_options, quarantine_uri)
         extras = [c for c, _ in drift.added]
         rescued = [c for c, _, _ in drift.rescued]
         snapshot = reader.snapshot()
@@ -196,17 +175,8 @@ def extract_and_stage(
     rescued_rows = sum(b.num_rows for b in unreadable)
     if rescued_rows:
         columns = sorted({c for b in unreadable for c in b.schema.metadata[b"columns"].decode().split(",")})
-        records = (encrypt_json_records(b, contract, root, storage_options) if contract.encrypted_columns
-                   else b for b in unreadable)
-        cause = drift.describe() if rescued else "values bronze cannot store (numeric NaN, ±infinity, " \
-            "years outside 1–9999)"
-        quarantine_rows(quarantine_uri or f"{root}/{QUARANTINE_TABLE}", contract.name, ctx.batch_id,
-                        f"{cause} in column(s) {', '.join(columns)} — kept as NULL in {name} (schema_fail "
-                        f"scored); each record holds the primary key and the PostgreSQL text of the value",
-                        records, storage_options)
-        log.warning("%s: %d records had values in %s that cannot be stored as the contract types; they "
-                    "are NULL in bronze, scored the schema penalty and are listed in %s", name, rescued_rows,
-                    ", ".join(columns), QUARANTINE_TABLE)
+        quarantine_unstorable(contract, ctx.batch_id, unreadable, columns, root, storage_options,
+                              quarantine_uri, drift.describe() if rescued else None)
     watermark = next_watermark(window, snapshot.watermark_cap(), previous)
     staged = StagedBatch(
         contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract, extras), rows=rows,
@@ -220,6 +190,62 @@ def extract_and_stage(
         legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
     )
     return staged
+
+
+def inspect_source(
+    reader: SourceReader, contract: Contract, window: LoadWindow, batch_id: str, root: str,
+    storage_options: dict[str, str] | None = None, quarantine_uri: str | None = None,
+) -> SchemaDrift:
+    """Compare the live source table with the contract (in the reader's snapshot).
+
+    A missing table raises :class:`SourceTableMissingError`; a breaking mismatch sends the
+    window's raw rows to ``bz_quarantine`` and raises :class:`SchemaMismatchError`; anything
+    else (added columns, rescued types) comes back as the drift the load handles.
+    """
+    name, dsn = contract.bronze_table, reader.dsn
+    live = reader.query(live_columns_sql(contract))
+    if not live:
+        raise SourceTableMissingError(
+            f"{name}: the source has no table {SOURCE_SCHEMA}.{contract.name} ({describe_dsn(dsn)}). "
+            f"Create it (`bronze ddl` prints the expected CREATE TABLE; `bronze seed` fills a scratch "
+            f"database), or point {ENV_SOURCE_DSN} at the database that holds it. Nothing was loaded.")
+    drift = compare(contract, live)
+    if drift.breaking:
+        records = reader.raw_json(window, {c for c, _ in live})
+        if contract.encrypted_columns:  # quarantine never holds plaintext PII either
+            records = (encrypt_json_records(b, contract, root, storage_options) for b in records)
+        quarantined = quarantine_rows(
+            quarantine_uri or f"{root}/{QUARANTINE_TABLE}",
+            contract.name, batch_id, drift.describe(), records, storage_options,
+        )
+        raise SchemaMismatchError(
+            f"{name}: the source table no longer matches its contract — {drift.describe()}. "
+            f"{quarantined:,} rows of batch {batch_id} are in {QUARANTINE_TABLE}; nothing was "
+            f"merged. Fix the source (or change the contract in bronze_assets/contracts/tables.py) "
+            f"and re-run.",
+            drift, quarantined, batch_id,
+        )
+    return drift
+
+
+def quarantine_unstorable(
+    contract: Contract, batch_id: str, records: list[pa.RecordBatch], columns: list[str], root: str,
+    storage_options: dict[str, str] | None = None, quarantine_uri: str | None = None,
+    cause: str | None = None,
+) -> None:
+    """List the records whose values bronze could not store (JSON: primary key plus the
+    PostgreSQL text of each such value) in ``bz_quarantine``, PII encrypted, and say so once."""
+    name = contract.bronze_table
+    if contract.encrypted_columns:  # quarantine never holds plaintext PII either
+        records = [encrypt_json_records(b, contract, root, storage_options) for b in records]
+    cause = cause or "values bronze cannot store (numeric NaN, ±infinity, years outside 1–9999)"
+    quarantine_rows(quarantine_uri or f"{root}/{QUARANTINE_TABLE}", contract.name, batch_id,
+                    f"{cause} in column(s) {', '.join(columns)} — kept as NULL in {name} (schema_fail "
+                    f"scored); each record holds the primary key and the PostgreSQL text of the value",
+                    records, storage_options)
+    log.warning("%s: %d records had values in %s that cannot be stored as the contract types; they "
+                "are NULL in bronze, scored the schema penalty and are listed in %s", name,
+                sum(b.num_rows for b in records), ", ".join(columns), QUARANTINE_TABLE)
 
 
 def _sweep_keys(reader: SourceReader, contract: Contract) -> Path:

@@ -13,6 +13,7 @@ Delta app transaction, and a retry first re-reads the table to see whether the c
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import shutil
@@ -125,6 +126,25 @@ def open_table(uri: str, storage_options: dict[str, str] | None = None) -> Delta
         return None
 
 
+USER_METADATA = "userMetadata"  # where delta-spark keeps a commit's own metadata (one JSON string)
+
+
+def commit_history(dt: DeltaTable, limit: int | None = None) -> list[dict[str, Any]]:
+    """``dt.history(limit)`` with the bronze keys of every commit at the top level, whichever
+    engine wrote it: delta-rs keeps them there, the Spark engine in ``userMetadata`` (JSON)."""
+    entries = dt.history(limit)
+    for entry in entries:
+        user = entry.get(USER_METADATA)
+        if isinstance(user, str) and user.startswith("{"):
+            try:
+                extra = json.loads(user)
+            except ValueError:
+                continue
+            if isinstance(extra, dict):
+                entry.update({k: v for k, v in extra.items() if k.startswith("bronze.")})
+    return entries
+
+
 def _chunk(entry: dict[str, Any]) -> tuple[int, int]:
     i, n = str(entry.get(CHUNK_KEY, "0/1")).split("/")
     return int(i), int(n)
@@ -132,18 +152,18 @@ def _chunk(entry: dict[str, Any]) -> tuple[int, int]:
 
 def committed_batch_ids(dt: DeltaTable, limit: int = 50) -> set[str]:
     """Batches whose final commit landed (to detect a commit that landed before a retry)."""
-    return {str(h[BATCH_KEY]) for h in dt.history(limit)
+    return {str(h[BATCH_KEY]) for h in commit_history(dt, limit)
             if BATCH_KEY in h and _chunk(h)[0] == _chunk(h)[1] - 1}
 
 
 def committed_chunks(dt: DeltaTable, batch_id: str, limit: int = 200) -> set[int]:
     """Chunk indexes of ``batch_id`` already in the table."""
-    return {_chunk(h)[0] for h in dt.history(limit) if h.get(BATCH_KEY) == batch_id}
+    return {_chunk(h)[0] for h in commit_history(dt, limit) if h.get(BATCH_KEY) == batch_id}
 
 
 def interrupted_batch(dt: DeltaTable, limit: int = 50) -> str | None:
     """The batch of the latest commit if it was a non-final chunk (a load killed mid-way)."""
-    for h in dt.history(limit):
+    for h in commit_history(dt, limit):
         if BATCH_KEY not in h:
             continue
         i, n = _chunk(h)
@@ -158,7 +178,7 @@ def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None
     if dt is None:
         return None
     ceiling: int | None = None
-    for entry in dt.history(limit):
+    for entry in commit_history(dt, limit):
         version = int(entry.get("version", -1))
         if ceiling is not None and version > ceiling:
             continue  # undone by a later restore
@@ -185,7 +205,7 @@ def discard_uncommitted(uri: str) -> None:
 
 def hash_version(dt: DeltaTable, limit: int = 50) -> int:
     """The record_hash version of the table's latest load (1 for tables written before v2)."""
-    for entry in dt.history(limit):
+    for entry in commit_history(dt, limit):
         if BATCH_KEY in entry:
             return int(entry.get(HASH_VERSION_KEY, 1))
     return HASH_VERSION

@@ -12,7 +12,7 @@ from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import OPERATION_KEY, audited
-from bronze_assets.lib.delta.merge import BATCH_KEY, open_table
+from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, open_table
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 
 
@@ -37,20 +37,28 @@ def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable:
     return dt
 
 
+def _metric(metrics: dict[str, Any], *names: str) -> Any:
+    """The first of ``names`` the commit's metrics have (delta-rs and delta-spark spell them apart)."""
+    return next((metrics[n] for n in names if n in metrics), None)
+
+
 def history(uri: str, limit: int | None = None, storage_options: dict[str, str] | None = None
             ) -> list[dict[str, Any]]:
     """Commits newest first: version, timestamp, operation, batch id and row metrics."""
     rows = []
-    for h in _open(uri, storage_options).history(limit):
+    for h in commit_history(_open(uri, storage_options), limit):
         metrics = h.get("operationMetrics") or {}
         rows.append({
             "version": h.get("version"),
             "timestamp": datetime.fromtimestamp(h["timestamp"] / 1000, UTC).isoformat(timespec="seconds"),
             "operation": h.get(OPERATION_KEY) or h.get("operation"),
             "batch_id": h.get(BATCH_KEY),
-            "rows_inserted": metrics.get("num_target_rows_inserted", metrics.get("num_added_rows")),
-            "rows_updated": metrics.get("num_target_rows_updated", metrics.get("num_updated_rows")),
-            "rows_deleted": metrics.get("num_target_rows_deleted", metrics.get("num_deleted_rows")),
+            "rows_inserted": _metric(metrics, "num_target_rows_inserted", "numTargetRowsInserted",
+                                     "num_added_rows", "numOutputRows"),
+            "rows_updated": _metric(metrics, "num_target_rows_updated", "numTargetRowsUpdated",
+                                    "num_updated_rows"),
+            "rows_deleted": _metric(metrics, "num_target_rows_deleted", "numTargetRowsDeleted",
+                                    "num_deleted_rows"),
         })
     return rows
 

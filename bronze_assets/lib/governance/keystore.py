@@ -70,9 +70,11 @@ def _contexts(subject_type: str, subject_ids: list[str]) -> list[bytes]:
 class KeyStore:
     """The key table under a bronze root."""
 
-    def __init__(self, root: str | None = None, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(self, root: str | None = None, storage_options: dict[str, str] | None = None,
+                 kek: bytes | None = None) -> None:
         self.uri = f"{root or bronze_root()}/{KEY_STORE}"
         self.storage_options = storage_options or None
+        self._kek = kek  # the master key, when the caller resolved it (e.g. for Spark executors)
 
     def _open(self) -> DeltaTable | None:
         try:
@@ -107,7 +109,7 @@ class KeyStore:
         live = rows.filter(pl.col("forgotten_at").is_null() & pl.col("wrapped_key").is_not_null())
         if not live.height:
             return result
-        kek_bytes = master_key(create=create)
+        kek_bytes = self._kek or master_key(create=create)
         expected = kek_id(kek_bytes)
         others = set(live.get_column("kek_id").unique().to_list()) - {expected}
         if others:

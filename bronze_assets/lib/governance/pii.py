@@ -45,14 +45,15 @@ class PiiCipher:
     """
 
     def __init__(
-        self, contract: Contract, root: str | None = None, storage_options: dict[str, str] | None = None
+        self, contract: Contract, root: str | None = None, storage_options: dict[str, str] | None = None,
+        kek: bytes | None = None,
     ) -> None:
         if not contract.encrypted_columns or contract.data_subject is None:
             raise ValueError(f"contract {contract.name} has no encrypted columns")
         self.contract = contract
         self.subject: str = contract.data_subject
         self.table_name = contract.bronze_table
-        self.store = KeyStore(root, storage_options)
+        self.store = KeyStore(root, storage_options, kek)
 
     def subject_ids(self, data: pa.Table | pa.RecordBatch) -> list[str | None]:
         """The data-subject id of every row, as text (the key store's id)."""

@@ -8,20 +8,20 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 def describe_dsn(dsn: str) -> str:
     """A password-free ``host=… port=… db=… user=…`` description of a libpq URI or keyword DSN."""
-    parts = _dsn_parts(dsn)
+    parts = dsn_parts(dsn)
     return " ".join(f"{k}={parts[k]}" for k in ("host", "port", "db", "user") if parts.get(k))
 
 
 def redact(text: str, dsn: str | None) -> str:
     """Remove the DSN's password (and any ``password=``/``:pw@`` fragments) from ``text``."""
-    password = _dsn_parts(dsn).get("password") if dsn else None
+    password = dsn_parts(dsn).get("password") if dsn else None
     if password:
         text = text.replace(password, "***")
     text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
     return re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
-def _dsn_parts(dsn: str) -> dict[str, str]:
+def dsn_parts(dsn: str) -> dict[str, str]:
     if "://" in dsn:
         url = urlsplit(dsn)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}

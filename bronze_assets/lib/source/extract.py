@@ -182,6 +182,11 @@ class SourceReader:
             self.parallelism = max(1, min(self.parallelism, self._blocks // MIN_BLOCKS_PER_PART))
         return self
 
+    @property
+    def snapshot_id(self) -> str | None:
+        """The exported snapshot other connections (and other engines' readers) can join."""
+        return self._snapshot_id
+
     def __exit__(self, *exc: object) -> None:
         if self._conn is not None:
             self._close(self._conn)

@@ -131,28 +131,48 @@ def _timestamp_days(column: str) -> pl.Expr:
             .then(pl.lit(2**40)).otherwise(us.floordiv(US_PER_DAY)))
 
 
+def partition_bounds(contract: Contract, window: LoadWindow) -> tuple[date, date]:
+    """The first and last Delta partition value a load of ``window`` may give a row: the run's
+    days (daily) or the first and newest month (monthly)."""
+    assert window.first_month is not None and window.newest_end is not None
+    if contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE:
+        return window.first_month, _month_before(window.newest_end)
+    first, end = (window.start.date(), window.end.date()) if window.start and window.end \
+        else (window.first_month, window.newest_end)
+    return first, end - timedelta(days=1)
+
+
 def partition_values(batch: pa.RecordBatch, contract: Contract, window: LoadWindow) -> pa.Array:
     """The Delta partition value (date32) of every row of a raw driver batch read in ``window``.
 
     Daily: the day of ``updated_at`` clamped to the run's partition range (a row read through the
     watermark widening, or before the first partition, lands in the range's first or last day;
     NULL → the last). Monthly: the month of the business date (or of ``updated_at`` when it is
-    NULL) clamped to the first and newest month.
+    NULL) clamped to the first and newest month. :func:`partition_sql` is the same rule in SQL.
     """
     frame = pl.from_arrow(batch.select([c for c in ("updated_at", contract.partitioning.business_date_column)
                                         if c is not None]).cast(_raw_int_schema(batch, contract)))
     assert isinstance(frame, pl.DataFrame)
-    assert window.first_month is not None and window.newest_end is not None
+    lo, hi = partition_bounds(contract, window)
     if contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE:
-        first, newest = window.first_month, _month_before(window.newest_end)
         bd = contract.partitioning.business_date_column or ""
         days = pl.coalesce(_date_days(bd), _timestamp_days("updated_at"))
-        expr = _clamped_days(days, first, newest).dt.month_start()
+        expr = _clamped_days(days, lo, hi).dt.month_start()
     else:
-        first, end = (window.start.date(), window.end.date()) if window.start and window.end \
-            else (window.first_month, window.newest_end)
-        expr = _clamped_days(_timestamp_days("updated_at"), first, end - timedelta(days=1))
+        expr = _clamped_days(_timestamp_days("updated_at"), lo, hi)
     return frame.select(expr.alias("p")).to_series().to_arrow().cast(pa.date32())
+
+
+def partition_sql(contract: Contract, window: LoadWindow) -> str | None:
+    """:func:`partition_values` as a PostgreSQL expression of a source row (None: unpartitioned)."""
+    kind = contract.partitioning.kind
+    if kind is PartitionKind.NONE:
+        return None
+    lo, hi = partition_bounds(contract, window)
+    value = business_key_sql(contract) if kind is PartitionKind.MONTHLY_BUSINESS_DATE \
+        else "(updated_at AT TIME ZONE 'UTC')::date"
+    clamped = f"LEAST(GREATEST(COALESCE({value}, DATE '{hi}'), DATE '{lo}'), DATE '{hi}')"
+    return f"date_trunc('month', {clamped})::date" if kind is PartitionKind.MONTHLY_BUSINESS_DATE else clamped
 
 
 def _month_before(end: date) -> date:

@@ -1,0 +1,84 @@
+"""The extraction query of the scale-out engine: PostgreSQL itself computes what the local
+engine renders in Arrow, so a JDBC reader gets every value exact without re-implementing
+PostgreSQL's text output (ARCHITECTURE §2.2) in another language.
+
+Per row the query returns
+
+* every source column, in a form JDBC transfers without loss or time-zone games: integers, text
+  and ``numeric`` as they are; ``date`` as days since 1970 and ``timestamptz`` as µs since 1970
+  (the reader turns them back with ``date_from_unix_date`` / ``timestamp_micros``);
+* NULL instead of a value bronze cannot store (numeric NaN/±Infinity, ±infinity, years outside
+  1–9999; the same rule as :func:`bronze_assets.lib.enrich.pgtext.storable`), and in
+  :data:`RESCUED` a JSON object of those values' PostgreSQL text (NULL when the row has none);
+* :data:`HASH` — the §2.2 record hash, evaluated as its own definition;
+* :data:`PART` — the Delta partition value as days since 1970
+  (:func:`~bronze_assets.lib.source.window.partition_sql`).
+
+The session must be pinned (UTC, ISO dates) like every session that renders.
+"""
+
+from __future__ import annotations
+
+from bronze_assets.contracts import Contract, PgType
+from bronze_assets.lib.source.ddl import qualified, quote_ident
+from bronze_assets.lib.source.window import LoadWindow, partition_sql, window_predicate
+from bronze_assets.settings import SOURCE_SCHEMA
+
+HASH, PART, RESCUED = "record_hash", "_bronze_part", "_bronze_rescued"
+EPOCH = "DATE '1970-01-01'"
+
+
+def storable_sql(column: str, type_: PgType) -> str | None:
+    """SQL that is true where a non-NULL value of ``column`` can be stored in bronze (None: always)."""
+    c = quote_ident(column)
+    if type_ is PgType.DATE:
+        return f"{c} BETWEEN DATE '0001-01-01' AND DATE '9999-12-31'"
+    if type_ is PgType.TIMESTAMPTZ:
+        return (f"{c} >= TIMESTAMPTZ '0001-01-01 00:00:00+00' "
+                f"AND {c} < TIMESTAMPTZ '10000-01-01 00:00:00+00'")
+    if type_.is_numeric:
+        return f"{c}::text NOT IN ('NaN', 'Infinity', '-Infinity')"
+    return None
+
+
+def _value_sql(column: str, type_: PgType) -> str:
+    c = quote_ident(column)
+    ok = storable_sql(column, type_)
+    if type_ is PgType.DATE:
+        value = f"{c} - {EPOCH}"
+    elif type_ is PgType.TIMESTAMPTZ:
+        value = f"(extract(epoch FROM {c}) * 1000000)::bigint"
+    else:
+        value = c
+    return value if ok is None else f"CASE WHEN {ok} THEN {value} END"
+
+
+def hash_sql(contract: Contract) -> str:
+    """ARCHITECTURE §2.2 record_hash v2, literally."""
+    fields = [f"coalesce(length({quote_ident(c)}::text) || ':' || {quote_ident(c)}::text, '\\N')"
+              for c in contract.column_names]
+    return f"md5(concat_ws(E'\\x1f', {', '.join(fields)}))"
+
+
+def rescued_sql(contract: Contract) -> str:
+    """A JSON object of the row's unstorable values' text, or NULL when every value is storable."""
+    checks = [(c.name, storable_sql(c.name, c.type)) for c in contract.columns]
+    checks = [(name, ok) for name, ok in checks if ok is not None]
+    if not checks:
+        return "NULL::text"
+    bad = " OR ".join(f"NOT ({ok})" for _, ok in checks)
+    pairs = ", ".join(f"'{name}', CASE WHEN NOT ({ok}) THEN {quote_ident(name)}::text END"
+                      for name, ok in checks)
+    return f"CASE WHEN {bad} THEN jsonb_strip_nulls(jsonb_build_object({pairs}))::text END"
+
+
+def pushdown_select_sql(contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA) -> str:
+    """The extraction query of ``window`` (see the module docstring)."""
+    cols = [f"{_value_sql(c.name, c.type)} AS {quote_ident(c.name)}" for c in contract.columns]
+    cols += [f"{hash_sql(contract)} AS {HASH}", f"{rescued_sql(contract)} AS {RESCUED}"]
+    part = partition_sql(contract, window)
+    if part is not None:
+        cols.append(f"({part}) - {EPOCH} AS {PART}")
+    sql = f"SELECT {', '.join(cols)} FROM {qualified(schema, contract.name)}"
+    where = window_predicate(contract, window)
+    return sql if where is None else f"{sql} WHERE ({where})"

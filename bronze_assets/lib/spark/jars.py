@@ -1,0 +1,95 @@
+"""The JVM jars the Spark engine needs, pinned in one place and fetched with ``mvn``.
+
+Spark's own Ivy resolution (``spark.jars.packages``) may not reach Maven Central from every
+machine; ``mvn`` does. :func:`fetch` copies exactly these artifacts (no transitive ones: Spark
+provides the rest) into a cache folder, and :func:`jar_paths` hands them to ``spark.jars``.
+
+* Delta Lake 4.0.1 for Scala 2.13 = the line of pyspark 4.0.x (``delta-spark`` on PyPI is the
+  same version: its Python API and these jars must match);
+* the PostgreSQL JDBC driver;
+* junixsocket, so JDBC reaches a server that listens on a Unix socket only (the embedded
+  ``pgserver`` default, and local servers without TCP).
+
+Run ``python -m bronze_assets.lib.spark.jars`` (``make test`` and ``make demo`` do) to fetch them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bronze_assets.settings import env, user_cache_dir
+
+DELTA_VERSION = "4.0.1"  # = delta-spark on PyPI (pyproject's spark extra)
+ARTIFACTS: tuple[str, ...] = (
+    f"io.delta:delta-spark_2.13:{DELTA_VERSION}",
+    f"io.delta:delta-storage:{DELTA_VERSION}",
+    "org.postgresql:postgresql:42.7.14",
+    "com.kohlschutter.junixsocket:junixsocket-common:2.10.1",
+    "com.kohlschutter.junixsocket:junixsocket-native-common:2.10.1",
+)
+ENV_JARS_DIR = "BRONZE_SPARK_JARS_DIR"
+
+
+class SparkJarsMissingError(RuntimeError):
+    """The pinned jars are not in the jars folder."""
+
+
+def jars_dir() -> Path:
+    """Where the jars live: ``$BRONZE_SPARK_JARS_DIR``, else the user's cache folder (kept between
+    runs and clones)."""
+    value = env(ENV_JARS_DIR)
+    if value:
+        return Path(value).expanduser().absolute()
+    return user_cache_dir() / "bronze_assets" / "spark-jars"
+
+
+def jar_name(coordinate: str) -> str:
+    _, artifact, version = coordinate.split(":")
+    return f"{artifact}-{version}.jar"
+
+
+def missing(folder: Path | None = None) -> list[str]:
+    folder = folder or jars_dir()
+    return [c for c in ARTIFACTS if not (folder / jar_name(c)).is_file()]
+
+
+def fetch(folder: Path | None = None, quiet: bool = True) -> Path:
+    """Copy every pinned jar that is not there yet into ``folder`` with ``mvn dependency:copy``."""
+    folder = folder or jars_dir()
+    todo = missing(folder)
+    if not todo:
+        return folder
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SparkJarsMissingError(
+            f"Maven (mvn) is needed to fetch the Spark engine's jars into {folder}: install it "
+            f"(Debian: apt-get install maven) or copy {', '.join(jar_name(c) for c in todo)} there.")
+    folder.mkdir(parents=True, exist_ok=True)
+    for coordinate in todo:
+        cmd = [mvn, "-B", *(["-q"] if quiet else []), "dependency:copy", f"-Dartifact={coordinate}",
+               f"-DoutputDirectory={folder}", "-Dmdep.overWriteReleases=false"]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
+        if done.returncode != 0:
+            raise SparkJarsMissingError(f"mvn could not fetch {coordinate}:\n{done.stdout[-2000:]}"
+                                        f"{done.stderr[-2000:]}")
+    return folder
+
+
+def jar_paths(folder: Path | None = None) -> list[str]:
+    """The pinned jars, for ``spark.jars``; a clear error when they have not been fetched."""
+    folder = folder or jars_dir()
+    absent = missing(folder)
+    if absent:
+        raise SparkJarsMissingError(
+            f"the Spark engine's jars are missing from {folder}: {', '.join(jar_name(c) for c in absent)}. "
+            f"Fetch them with `python -m bronze_assets.lib.spark.jars` (needs mvn), or point "
+            f"{ENV_JARS_DIR} at a folder that holds them.")
+    return [str(folder / jar_name(c)) for c in ARTIFACTS]
+
+
+if __name__ == "__main__":
+    where = fetch(quiet="-v" not in sys.argv)
+    print(f"Spark jars ready in {where}")

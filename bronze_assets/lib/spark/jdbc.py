@@ -1,0 +1,118 @@
+"""Spark's JDBC read of a load window: parallel over primary-key ranges, one snapshot for all.
+
+Every partition's connection joins the snapshot the driver exported (``SET TRANSACTION
+SNAPSHOT`` in ``sessionInitStatement``, as ``pg_dump -j`` does), so all partitions see one
+state of the source however long the read takes, and the session is pinned like every session
+that renders (ARCHITECTURE §2.2). The query is :func:`~bronze_assets.lib.source.pushdown.pushdown_select_sql`:
+PostgreSQL computes the record hash and the partition value, and hands dates and timestamps over
+as integers, so neither the JVM's zone nor its calendar touches a value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bronze_assets.contracts import Contract, PgType
+from bronze_assets.lib.source.dsn import dsn_parts
+from bronze_assets.lib.source.postgres import PINNED_SESSION
+from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+FETCH_SIZE = 10_000
+UNIX_SOCKET_FACTORY = "org.newsclub.net.unix.AFUNIXSocketFactory$FactoryArg"
+
+
+def jdbc_options(dsn: str) -> dict[str, str]:
+    """JDBC URL and properties of a libpq URI or keyword DSN; a Unix-socket host (a path, as the
+    embedded server has) goes through junixsocket."""
+    parts = dsn_parts(dsn)
+    host, port = parts["host"] or "localhost", parts["port"] or "5432"
+    db = parts["db"] or parts["user"] or "postgres"
+    options = {"driver": "org.postgresql.Driver", "user": parts["user"] or "postgres"}
+    if parts["password"]:
+        options["password"] = parts["password"]
+    if host.startswith("/"):
+        options["url"] = f"jdbc:postgresql://localhost:{port}/{db}"
+        options["socketFactory"] = UNIX_SOCKET_FACTORY
+        options["socketFactoryArg"] = f"{host}/.s.PGSQL.{port}"
+    else:
+        options["url"] = f"jdbc:postgresql://{host}:{port}/{db}"
+    return options
+
+
+def session_init(snapshot_id: str | None) -> str:
+    """Statements every JDBC connection runs first: join the exported snapshot, pin rendering."""
+    statements = ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"]
+    if snapshot_id:
+        statements.append(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+    return "; ".join([*statements, *PINNED_SESSION])
+
+
+def _wire_type(type_: PgType) -> str:
+    """The Spark type a pushed-down column arrives as."""
+    if type_ is PgType.INTEGER:
+        return "INT"
+    if type_ in (PgType.BIGINT, PgType.TIMESTAMPTZ):  # timestamptz: µs since 1970
+        return "BIGINT"
+    if type_ is PgType.DATE:  # days since 1970
+        return "INT"
+    if type_.is_numeric:
+        p, s = type_.precision_scale  # type: ignore[misc]
+        return f"DECIMAL({p},{s})"
+    return "STRING"
+
+
+def custom_schema(contract: Contract, partitioned: bool) -> str:
+    cols = [f"`{c.name}` {_wire_type(c.type)}" for c in contract.columns]
+    cols += [f"`{HASH}` STRING", f"`{RESCUED}` STRING"] + ([f"`{PART}` INT"] if partitioned else [])
+    return ", ".join(cols)
+
+
+def typed_columns(contract: Contract) -> list[Column]:
+    """The source columns in their bronze types (dates and timestamps back from integers)."""
+    from pyspark.sql import functions as F
+
+    out = []
+    for c in contract.columns:
+        col = F.col(f"`{c.name}`")
+        if c.type is PgType.DATE:
+            col = F.date_from_unix_date(col)
+        elif c.type is PgType.TIMESTAMPTZ:
+            col = F.timestamp_micros(col)
+        out.append(col.alias(c.name))
+    return out
+
+
+def read_query(
+    spark: SparkSession, dsn: str, contract: Contract, sql: str, *, snapshot_id: str | None,
+    partitioned: bool, bounds: tuple[int, int] | None, parallelism: int,
+) -> DataFrame:
+    """``sql`` (a pushdown query) read over ``parallelism`` JDBC connections split on the first
+    primary-key column between ``bounds`` (min, max in the snapshot)."""
+    reader = spark.read.format("jdbc").options(**jdbc_options(dsn)).options(
+        dbtable=f"({sql}) AS bronze_source", fetchsize=str(FETCH_SIZE),
+        sessionInitStatement=session_init(snapshot_id),
+        customSchema=custom_schema(contract, partitioned),
+    )
+    if bounds is not None and parallelism > 1 and bounds[1] > bounds[0]:
+        reader = reader.options(partitionColumn=contract.primary_key[0], lowerBound=str(bounds[0]),
+                                upperBound=str(bounds[1] + 1), numPartitions=str(parallelism))
+    return reader.load()
+
+
+def read_keys(
+    spark: SparkSession, dsn: str, contract: Contract, sql: str, *, snapshot_id: str | None,
+    bounds: tuple[int, int] | None, parallelism: int,
+) -> DataFrame:
+    """Every primary key of the source in the snapshot (the key sweep for soft deletes)."""
+    reader = spark.read.format("jdbc").options(**jdbc_options(dsn)).options(
+        dbtable=f"({sql}) AS bronze_keys", fetchsize=str(FETCH_SIZE),
+        sessionInitStatement=session_init(snapshot_id),
+        customSchema=", ".join(f"`{k}` BIGINT" for k in contract.primary_key),
+    )
+    if bounds is not None and parallelism > 1 and bounds[1] > bounds[0]:
+        reader = reader.options(partitionColumn=contract.primary_key[0], lowerBound=str(bounds[0]),
+                                upperBound=str(bounds[1] + 1), numPartitions=str(parallelism))
+    return reader.load()

@@ -1,0 +1,356 @@
+"""One bronze load on Spark: JDBC read of the window → enrichment in Spark SQL → the §2.3 MERGE
+with delta-spark. The same contract, window, watermark, hash, score, partition value and commit
+metadata as the local engine, so a table stays exact whichever engine loads it next.
+
+The plan is the local engine's: the staged keys and hashes are joined with the target's keys,
+hashes and statuses; only new, changed and vanished keys go into the MERGE, so a load that
+changes nothing commits nothing, a FORGOTTEN key is never written again, and the counts come
+from the plan. The commit carries the batch id, the window and the watermark (in delta-spark's
+``userMetadata``) and a Delta app transaction (``txnAppId``/``txnVersion``); before writing,
+the table's history is read, so a batch that already landed is never applied twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.merge import (
+    APP_ID_PREFIX,
+    BATCH_KEY,
+    CHUNK_KEY,
+    HASH_VERSION,
+    HASH_VERSION_KEY,
+    WATERMARK_KEY,
+    DuplicateKeyError,
+    MergeResult,
+    committed_batch_ids,
+    hash_version,
+    latest_watermark,
+    open_table,
+    table_stats,
+)
+from bronze_assets.lib.delta.staging import stage_dir
+from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
+from bronze_assets.lib.load import (
+    DEFAULT_OVERLAP,
+    _describe,
+    inspect_source,
+    next_watermark,
+    plan_window,
+    quarantine_unstorable,
+)
+from bronze_assets.lib.source.extract import SourceReader, keys_sql
+from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql
+from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
+from bronze_assets.lib.spark.score import score_column
+from bronze_assets.lib.spark.session import RUNTIME_CONF
+from bronze_assets.settings import SOURCE_SYSTEM
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+OP = "_bronze_op"
+T_HASH, T_STATUS, T_PART = "_t_hash", "_t_status", "_t_part"
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+
+
+class SparkEngineError(RuntimeError):
+    """A load the Spark engine cannot do (yet); the message says what to run instead."""
+
+
+@dataclass
+class SparkLoadResult:
+    """What one Spark load read and did (the same figures the local engine publishes)."""
+
+    batch_id: str
+    window: str
+    rows: int
+    merge: MergeResult
+    watermark: datetime | None = None
+    extract_seconds: float = 0.0
+    avg_quality_score: float | None = None
+    unreadable_records: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _quoted(name: str) -> str:
+    return f"`{name}`"
+
+
+def _enriched(raw: DataFrame, contract: Contract, ctx: BatchContext) -> DataFrame:
+    """The pushed-down rows as bronze rows: typed source columns, metadata, score, partition."""
+    from pyspark.sql import functions as F
+
+    bad = {c.name: F.get_json_object(F.col(RESCUED), f"$.{c.name}").isNotNull()
+           for c in contract.columns if c.type.value != "text"}
+    typed = raw.select(*typed_columns(contract), HASH, RESCUED, *([PART] if PART in raw.columns else []))
+    at = ctx.batch_time.astimezone(UTC)
+    part = contract.partitioning.delta_column
+    return typed.select(
+        *[_quoted(c) for c in contract.column_names],
+        F.lit(at).cast("timestamp").alias("load_timestamp"),
+        F.lit(at).cast("timestamp").alias("update_timestamp"),
+        F.lit(SOURCE_SYSTEM).alias("source_system"),
+        F.lit(ACTIVE).alias("record_status"),
+        score_column(contract, ctx.load_date, bad).alias("data_quality_score"),
+        F.lit(ctx.batch_id).alias("batch_id"),
+        F.col(HASH).alias("record_hash"),
+        *([F.date_from_unix_date(F.col(PART)).alias(part)] if part else []),
+        F.col(RESCUED),
+    )
+
+
+def _encrypt_partition(contract: Contract, root: str, storage_options: dict[str, str] | None, kek: bytes):
+    """A ``mapInArrow`` function that encrypts the contract's PII columns with the subjects' keys
+    (created beforehand by the driver; a forgotten subject's values become NULL). The master key
+    the driver resolved travels in the task, as executors cannot read the secret provider."""
+
+    def encrypt(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from bronze_assets.lib.governance.pii import PiiCipher
+
+        cipher = PiiCipher(contract, root, storage_options, kek)
+        for batch in batches:
+            subjects = [s for s in cipher.subject_ids(batch) if s is not None]
+            keys = cipher.prepare(subjects, create=False)
+            yield cipher.encrypt(batch, keys)
+
+    return encrypt
+
+
+class SparkLoader:
+    """Loads bronze tables with Spark: one instance per Spark session and bronze root."""
+
+    def __init__(self, spark: SparkSession, root: str, storage_options: dict[str, str] | None = None,
+                 parallelism: int | None = None) -> None:
+        self.spark, self.root = spark, root.rstrip("/")
+        self.storage_options = storage_options or None
+        self.parallelism = parallelism or max(2, spark.sparkContext.defaultParallelism)
+        for key, value in RUNTIME_CONF.items():  # also on a session this module did not build
+            spark.conf.set(key, value)
+
+    def uri(self, contract: Contract) -> str:
+        return f"{self.root}/{contract.bronze_table}"
+
+    def load(
+        self, contract: Contract, dsn: str, *, partition: tuple[datetime, datetime] | None = None,
+        batch_time: datetime | None = None, overlap: timedelta = DEFAULT_OVERLAP, changes_only: bool = False,
+    ) -> SparkLoadResult:
+        """Read ``partition`` (UTC start/end; None = the whole table) of ``contract`` and MERGE it."""
+        started = time.perf_counter()
+        ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
+        uri = self.uri(contract)
+        target = open_table(uri, self.storage_options)
+        if target is not None and hash_version(target) < HASH_VERSION:
+            raise SparkEngineError(
+                f"{contract.bronze_table} still holds record_hash v1 rows; run one load with the local "
+                f"engine first (it re-hashes them once), then the Spark engine can take over.")
+        previous = latest_watermark(target)
+        window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only)
+        folder = stage_dir() / f"spark-{contract.bronze_table}-{ctx.batch_id}"
+        try:
+            with SourceReader(dsn, contract, parallelism=1) as reader:
+                drift = inspect_source(reader, contract, window, ctx.batch_id, self.root,
+                                       self.storage_options)
+                if drift.added or drift.rescued:
+                    raise SparkEngineError(
+                        f"{contract.bronze_table}: the source has columns or types the contract does not "
+                        f"name ({drift.describe()}); the Spark engine does not evolve schemas yet. Load "
+                        f"this table with the local engine (BRONZE_ENGINE=local), or update the contract.")
+                snapshot = reader.snapshot()
+                pk = contract.primary_key[0]
+                table = f"tests.{contract.name}"
+                lo, hi = reader.query(f"SELECT min({pk}), max({pk}) FROM {table}")[0]
+                bounds = None if lo is None else (int(lo), int(hi))
+                raw = read_query(self.spark, dsn, contract, pushdown_select_sql(contract, window),
+                                 snapshot_id=reader.snapshot_id,
+                                 partitioned=contract.partitioning.delta_column is not None,
+                                 bounds=bounds, parallelism=self.parallelism)
+                # staged while the snapshot is held: every JDBC partition reads the same state
+                _enriched(raw, contract, ctx).write.parquet(str(folder / "rows"))
+                sweep = not window.covers_table and target is not None
+                if sweep:
+                    read_keys(self.spark, dsn, contract, keys_sql(contract), snapshot_id=reader.snapshot_id,
+                              bounds=bounds, parallelism=self.parallelism).write.parquet(str(folder / "keys"))
+            staged = self.spark.read.parquet(str(folder / "rows"))
+            keys = self.spark.read.parquet(str(folder / "keys")) if sweep \
+                else staged.select(*contract.primary_key)
+            rows, avg = self._summary(staged)
+            unreadable = self._quarantine(contract, staged, ctx)
+            watermark = next_watermark(window, snapshot.watermark_cap(), previous)
+            extract_seconds = round(time.perf_counter() - started, 3)
+            merge_started = time.perf_counter()
+            meta = {BATCH_KEY: ctx.batch_id, CHUNK_KEY: "0/1", HASH_VERSION_KEY: str(HASH_VERSION),
+                    "bronze.window": _describe(window), "bronze.engine": "spark",
+                    "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
+            if watermark is not None:
+                meta[WATERMARK_KEY] = watermark.isoformat()
+            result = self._write(contract, uri, staged.drop(RESCUED), keys, rows, meta, ctx)
+            result.merge_seconds = round(time.perf_counter() - merge_started, 3)
+            result.avg_quality_score = avg
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return SparkLoadResult(ctx.batch_id, _describe(window), rows, result, watermark, extract_seconds, avg,
+                               unreadable)
+
+    @staticmethod
+    def _summary(staged: DataFrame) -> tuple[int, float | None]:
+        from pyspark.sql import functions as F
+
+        row = staged.agg(F.count(F.lit(1)).alias("n"), F.avg("data_quality_score").alias("avg")).collect()[0]
+        return int(row["n"]), (round(float(row["avg"]), 2) if row["avg"] is not None else None)
+
+    def _quarantine(self, contract: Contract, staged: DataFrame, ctx: BatchContext) -> int:
+        """List the rows with unstorable values in ``bz_quarantine`` (rare: collected)."""
+        from pyspark.sql import functions as F
+
+        bad = staged.filter(F.col(RESCUED).isNotNull()) \
+            .select(*contract.primary_key, RESCUED, *contract.encrypted_columns).collect()
+        if not bad:
+            return 0
+        records, columns = [], set()
+        order = contract.column_names
+        for row in bad:
+            values = json.loads(row[RESCUED])
+            columns |= set(values)
+            record: dict[str, Any] = {k: row[k] for k in contract.primary_key}
+            record |= {c: values[c] for c in order if c in values}
+            for c in contract.encrypted_columns:
+                record.setdefault(c, row[c])
+            records.append(json.dumps(record, default=str))
+        batch = pa.RecordBatch.from_arrays([pa.array(records, pa.string())], names=["record"])
+        quarantine_unstorable(contract, ctx.batch_id, [batch], [c for c in order if c in columns], self.root,
+                              self.storage_options)
+        return len(records)
+
+    def _write(self, contract: Contract, uri: str, staged: DataFrame, keys: DataFrame, rows: int,
+               meta: dict[str, str], ctx: BatchContext) -> MergeResult:
+        from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
+
+        pk = list(contract.primary_key)
+        dupes = staged.groupBy(*pk).count().filter(F.col("count") > 1).count()
+        if dupes:
+            raise DuplicateKeyError(
+                f"{contract.bronze_table}: the source repeats {dupes} primary key value(s) of "
+                f"({', '.join(pk)}); bronze keeps one row per key. Nothing was merged; fix the source.")
+        target = open_table(uri, self.storage_options)
+        if target is not None and meta[BATCH_KEY] in committed_batch_ids(target):
+            return MergeResult(uri, rows, committed=True)
+        part = contract.partitioning.delta_column
+        if target is None:
+            result = MergeResult(uri, rows, inserted=rows)
+            if part:
+                result.partitions = sorted(str(r[0]) for r in staged.select(part).distinct().collect())
+            self._commit(contract, None, meta, lambda: self._create(contract, uri, staged))
+            result.committed, result.commits = True, 1
+            return self._finish(result, uri)
+        current = self.spark.read.format("delta").load(uri).select(
+            *pk, F.col("record_hash").alias(T_HASH), F.col("record_status").alias(T_STATUS),
+            *([F.col(part).alias(T_PART)] if part else []))
+        op = (F.when(F.col(T_HASH).isNull(), "I").when(F.col(T_STATUS) == FORGOTTEN, "F")
+              .when((F.col(T_STATUS) == DELETED) | (F.col(T_HASH) != F.col("record_hash")), "U")
+              .otherwise("="))
+        plan = staged.select(*pk, "record_hash", *([part] if part else [])).join(current, pk, "left") \
+            .withColumn(OP, op).drop("record_hash", T_HASH, T_STATUS)
+        vanished = current.filter(F.col(T_STATUS) == ACTIVE).join(keys, pk, "left_anti") \
+            .select(*pk, *([F.col(T_PART)] if part else []), F.lit("D").alias(OP))
+        plan = plan.unionByName(vanished, allowMissingColumns=True).cache()
+        counts = {r[OP]: int(r["count"]) for r in plan.groupBy(OP).count().collect()}
+        result = MergeResult(uri, rows, inserted=counts.get("I", 0), updated=counts.get("U", 0),
+                             unchanged=counts.get("=", 0), soft_deleted=counts.get("D", 0),
+                             forgotten_skipped=counts.get("F", 0))
+        changes = result.inserted + result.updated + result.soft_deleted
+        if changes:
+            if part:
+                where = F.coalesce(F.col(T_PART), F.col(part))
+                result.partitions = sorted(str(r[0]) for r in plan.filter(F.col(OP).isin("I", "U", "D"))
+                                           .select(where).distinct().collect())
+            deletes = plan.filter(F.col(OP) == "D").select(
+                *pk, OP, F.lit(ctx.batch_time.astimezone(UTC)).cast("timestamp").alias("update_timestamp"),
+                F.lit(ctx.batch_id).alias("batch_id"))
+            source = staged.join(plan.filter(F.col(OP).isin("I", "U")).select(*pk, OP), pk) \
+                .unionByName(deletes, allowMissingColumns=True)
+            table = DeltaTable.forPath(self.spark, uri)
+            self._commit(contract, target, meta,
+                         lambda: self._merge(contract, table, self._protect(contract, source)))
+            result.committed, result.commits = True, 1
+        plan.unpersist()
+        return self._finish(result, uri)
+
+    def _finish(self, result: MergeResult, uri: str) -> MergeResult:
+        final = open_table(uri, self.storage_options)
+        if final is not None:
+            result.version = final.version()
+            result.size_bytes, result.num_files = table_stats(final)
+        return result
+
+    def _protect(self, contract: Contract, rows: DataFrame) -> DataFrame:
+        """``rows`` with the PII columns encrypted (keys of new subjects created first, in one commit)."""
+        if not contract.encrypted_columns or contract.data_subject is None:
+            return rows
+        from pyspark.sql import functions as F
+
+        from bronze_assets.lib.governance.crypto import master_key
+        from bronze_assets.lib.governance.pii import PiiCipher
+
+        subject = contract.data_subject
+        ids = [r[0] for r in rows.select(subject).filter(F.col(subject).isNotNull()).distinct().collect()]
+        PiiCipher(contract, self.root, self.storage_options).prepare(ids, create=True)
+        encrypt = _encrypt_partition(contract, self.root, self.storage_options, master_key())
+        return rows.mapInArrow(encrypt, rows.schema)
+
+    def _create(self, contract: Contract, uri: str, staged: DataFrame) -> None:
+        part = contract.partitioning.delta_column
+        rows = self._protect(contract, staged)
+        ordered = rows.sortWithinPartitions(*contract.primary_key)
+        writer = ordered.write.format("delta").mode("errorifexists")
+        if part:
+            writer = writer.partitionBy(part)
+        writer.save(uri)
+
+    def _merge(self, contract: Contract, table: Any, source: DataFrame) -> None:
+        pk = contract.primary_key
+        source_cols = contract.column_names
+        updates = {c: f"s.{_quoted(c)}" for c in
+                   [*source_cols, "record_hash", "data_quality_score", "batch_id", "update_timestamp"]}
+        updates["record_status"] = f"'{ACTIVE}'"
+        inserts = {c: f"s.{_quoted(c)}" for c in source.columns if c != OP}
+        (
+            table.alias("t")
+            .merge(source.alias("s"), " AND ".join(f"t.{_quoted(k)} = s.{_quoted(k)}" for k in pk))
+            .whenMatchedUpdate(f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'", updates)
+            .whenMatchedUpdate(f"s.{OP} = 'D' AND t.record_status = '{ACTIVE}'",
+                               {"record_status": f"'{DELETED}'", "update_timestamp": "s.update_timestamp",
+                                "batch_id": "s.batch_id"})
+            .whenNotMatchedInsert(f"s.{OP} = 'I'", inserts)
+            .execute()
+        )
+
+    def _commit(self, contract: Contract, target: Any, meta: dict[str, str], write: Any) -> None:
+        """Run ``write`` with the commit's metadata and app transaction set on the session."""
+        app_id = APP_ID_PREFIX + contract.bronze_table
+        version = ((target.transaction_version(app_id) if target is not None else None) or 0) + 1
+        conf = self.spark.conf
+        conf.set(USER_METADATA_CONF, json.dumps(meta))
+        conf.set(TXN_APP_ID_CONF, app_id)
+        conf.set(TXN_VERSION_CONF, str(version))
+        try:
+            write()
+        finally:
+            for key in (USER_METADATA_CONF, TXN_APP_ID_CONF, TXN_VERSION_CONF):
+                conf.unset(key)

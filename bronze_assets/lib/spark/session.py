@@ -1,0 +1,65 @@
+"""The Spark session of the Spark engine: Delta Lake, UTC everywhere, the pinned jars."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from bronze_assets.lib.spark.jars import jar_paths
+from bronze_assets.settings import env
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+ENV_MASTER = "BRONZE_SPARK_MASTER"
+# The JVM's own zone never leaks into a value: java.sql dates and the JDBC driver's session
+# zone follow it, so it is pinned to UTC like Spark's SQL session zone.
+UTC_JVM = "-Duser.timezone=UTC"
+
+# Settings every load needs, set on any session (also one Databricks built).
+RUNTIME_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    # tables stay writable by delta-rs (ARCHITECTURE §6): no deletion vectors on new tables
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+    # timestamps as int64 µs, as delta-rs writes them (INT96 holds ns: years 1–9999 overflow it);
+    # dates and timestamps before 1582 written and read in the proleptic Gregorian calendar
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+    "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
+    "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",
+    "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
+}
+# Settings of a session this module builds (static ones included).
+SESSION_CONF: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.driver.extraJavaOptions": UTC_JVM,
+    "spark.executor.extraJavaOptions": UTC_JVM,
+    "spark.sql.shuffle.partitions": "8",
+    "spark.ui.showConsoleProgress": "false",
+    **RUNTIME_CONF,
+}
+
+
+def local_master() -> str:
+    return env(ENV_MASTER) or f"local[{os.cpu_count() or 2}]"
+
+
+def spark_session(app_name: str = "bronze_assets") -> SparkSession:
+    """The active Spark session (on Databricks: the cluster's), else a local one built with the
+    Delta extension and the jars of :mod:`bronze_assets.lib.spark.jars`."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    # Python workers run this interpreter, so they import bronze_assets (and pyarrow) like this process
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.master(local_master()).appName(app_name) \
+        .config("spark.jars", ",".join(jar_paths())).config("spark.ui.enabled", "false")
+    for key, value in SESSION_CONF.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
