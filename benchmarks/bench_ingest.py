@@ -353,9 +353,10 @@ PHASES = {
 }
 
 
-def run_phase(name: str, env: dict[str, str], *args: str) -> dict:
+def run_phase(name: str, env: dict[str, str], *args: str, script: Path = PHASE_SCRIPT) -> dict:
+    """Run phase ``name`` of ``script`` in a process of its own; its last line of output is JSON."""
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, str(PHASE_SCRIPT), "--phase", name, *args],
+    out = subprocess.run([sys.executable, str(script), "--phase", name, *args],
                          env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"phase {name} failed:\n{out.stderr[-4000:]}")

@@ -85,21 +85,26 @@ def typed_columns(contract: Contract) -> list[Column]:
     return out
 
 
+def _read(spark: SparkSession, dsn: str, key: str, sql: str, schema: str, snapshot_id: str | None,
+          bounds: tuple[int, int] | None, parallelism: int) -> DataFrame:
+    reader = spark.read.format("jdbc").options(**jdbc_options(dsn)).options(
+        dbtable=f"({sql}) AS bronze_source", fetchsize=str(FETCH_SIZE),
+        sessionInitStatement=session_init(snapshot_id), customSchema=schema,
+    )
+    if bounds is not None and parallelism > 1 and bounds[1] > bounds[0]:
+        reader = reader.options(partitionColumn=key, lowerBound=str(bounds[0]), upperBound=str(bounds[1] + 1),
+                                numPartitions=str(parallelism))
+    return reader.load()
+
+
 def read_query(
     spark: SparkSession, dsn: str, contract: Contract, sql: str, *, snapshot_id: str | None,
     partitioned: bool, bounds: tuple[int, int] | None, parallelism: int,
 ) -> DataFrame:
     """``sql`` (a pushdown query) read over ``parallelism`` JDBC connections split on the first
     primary-key column between ``bounds`` (min, max in the snapshot)."""
-    reader = spark.read.format("jdbc").options(**jdbc_options(dsn)).options(
-        dbtable=f"({sql}) AS bronze_source", fetchsize=str(FETCH_SIZE),
-        sessionInitStatement=session_init(snapshot_id),
-        customSchema=custom_schema(contract, partitioned),
-    )
-    if bounds is not None and parallelism > 1 and bounds[1] > bounds[0]:
-        reader = reader.options(partitionColumn=contract.primary_key[0], lowerBound=str(bounds[0]),
-                                upperBound=str(bounds[1] + 1), numPartitions=str(parallelism))
-    return reader.load()
+    return _read(spark, dsn, contract.primary_key[0], sql, custom_schema(contract, partitioned), snapshot_id,
+                 bounds, parallelism)
 
 
 def read_keys(
@@ -107,12 +112,5 @@ def read_keys(
     bounds: tuple[int, int] | None, parallelism: int,
 ) -> DataFrame:
     """Every primary key of the source in the snapshot (the key sweep for soft deletes)."""
-    reader = spark.read.format("jdbc").options(**jdbc_options(dsn)).options(
-        dbtable=f"({sql}) AS bronze_keys", fetchsize=str(FETCH_SIZE),
-        sessionInitStatement=session_init(snapshot_id),
-        customSchema=", ".join(f"`{k}` BIGINT" for k in contract.primary_key),
-    )
-    if bounds is not None and parallelism > 1 and bounds[1] > bounds[0]:
-        reader = reader.options(partitionColumn=contract.primary_key[0], lowerBound=str(bounds[0]),
-                                upperBound=str(bounds[1] + 1), numPartitions=str(parallelism))
-    return reader.load()
+    schema = ", ".join(f"`{k}` BIGINT" for k in contract.primary_key)
+    return _read(spark, dsn, contract.primary_key[0], sql, schema, snapshot_id, bounds, parallelism)
