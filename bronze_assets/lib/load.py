@@ -182,7 +182,7 @@ def extract_and_stage(
         contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract, extras), rows=rows,
         score_histogram=histogram, source_keys_path=keys_path, keys_are_rows=window.covers_table,
         watermark=watermark,
-        window=_describe(window), extract_seconds=round(time.perf_counter() - started, 3),
+        window=describe_window(window), extract_seconds=round(time.perf_counter() - started, 3),
         metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
         | ({"bronze.new_columns": ", ".join(extras)} if extras else {})
         | ({"bronze.unreadable_records": str(rescued_rows)} if rescued or rescued_rows else {}),
@@ -277,7 +277,8 @@ def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays([pa.array(records, pa.string())], schema=schema)
 
 
-def _describe(window: LoadWindow) -> str:
+def describe_window(window: LoadWindow) -> str:
+    """How a load's window reads in logs, metadata and commits."""
     if window.is_full:
         return "full table"
     text = f"[{window.start.isoformat()}, {window.end.isoformat()})"  # type: ignore[union-attr]

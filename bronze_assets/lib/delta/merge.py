@@ -145,6 +145,27 @@ def commit_history(dt: DeltaTable, limit: int | None = None) -> list[dict[str, A
     return entries
 
 
+def app_id(contract: Contract) -> str:
+    """The Delta app transaction id of a table's loads (both engines)."""
+    return APP_ID_PREFIX + contract.bronze_table
+
+
+def next_txn_version(dt: DeltaTable | None, app: str) -> int:
+    """The app transaction version the next load commit of ``app`` records."""
+    return ((dt.transaction_version(app) if dt is not None else None) or 0) + 1
+
+
+def commit_metadata(batch_id: str, window: str, watermark: datetime | None, chunk: int = 0, chunks: int = 1,
+                    extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The bronze keys of a load commit (either engine): batch, chunk, hash version, window, and
+    the watermark once the batch is complete."""
+    meta = {BATCH_KEY: batch_id, CHUNK_KEY: f"{chunk}/{chunks}", HASH_VERSION_KEY: str(HASH_VERSION),
+            "bronze.window": window, **(extra or {})}
+    if watermark is not None and chunk == chunks - 1:
+        meta[WATERMARK_KEY] = watermark.isoformat()
+    return meta
+
+
 def _chunk(entry: dict[str, Any]) -> tuple[int, int]:
     i, n = str(entry.get(CHUNK_KEY, "0/1")).split("/")
     return int(i), int(n)
@@ -366,7 +387,7 @@ class BronzeMerger:
         self.schema = bronze_schema(contract)
         self.pk = list(contract.primary_key)
         self.part = contract.partitioning.delta_column
-        self.app_id = APP_ID_PREFIX + contract.bronze_table
+        self.app_id = app_id(contract)
         self.cipher = (PiiCipher(contract, table_uri.rsplit("/", 1)[0], storage_options)
                        if contract.encrypted_columns else None)
         self._keys: SubjectKeys | None = None
@@ -566,14 +587,12 @@ class BronzeMerger:
     def _commit_properties(
         self, dt: DeltaTable | None, staged: StagedBatch, chunk: int = 0, chunks: int = 1
     ) -> CommitProperties:
-        version = ((dt.transaction_version(self.app_id) if dt is not None else None) or 0) + 1
-        meta = {BATCH_KEY: staged.ctx.batch_id, CHUNK_KEY: f"{chunk}/{chunks}",
-                HASH_VERSION_KEY: str(HASH_VERSION), "bronze.window": staged.window, **staged.metadata}
-        if staged.watermark is not None and chunk == chunks - 1:  # the batch is complete
-            meta[WATERMARK_KEY] = staged.watermark.isoformat()
+        meta = commit_metadata(staged.ctx.batch_id, staged.window, staged.watermark, chunk, chunks,
+                               staged.metadata)
         return CommitProperties(
             custom_metadata=meta,
-            app_transactions=[Transaction(self.app_id, version, int(time.time() * 1000))],
+            app_transactions=[Transaction(self.app_id, next_txn_version(dt, self.app_id),
+                                          int(time.time() * 1000))],
         )
 
     def merge(self, staged: StagedBatch, on_commit: Callable[[CommitInfo], None] | None = None

@@ -219,6 +219,12 @@ class SourceReader:
         )[0]
         return SourceSnapshot(now, oldest, xmin)
 
+    def key_range(self) -> tuple[int, int] | None:
+        """(min, max) of the first primary-key column in the snapshot (None: the table is empty)."""
+        key, table = quote_ident(self.contract.primary_key[0]), qualified(self.schema, self.contract.name)
+        lo, hi = self.query(f"SELECT min({key}), max({key}) FROM {table}")[0]
+        return None if lo is None else (int(lo), int(hi))
+
     def query(self, sql: str) -> list[tuple]:
         """Run a small query in this reader's snapshot."""
         with self._conn.cursor() as cur:

@@ -52,12 +52,10 @@ def session_init(snapshot_id: str | None) -> str:
 
 def _wire_type(type_: PgType) -> str:
     """The Spark type a pushed-down column arrives as."""
-    if type_ is PgType.INTEGER:
+    if type_ in (PgType.INTEGER, PgType.DATE):  # date: days since 1970
         return "INT"
     if type_ in (PgType.BIGINT, PgType.TIMESTAMPTZ):  # timestamptz: µs since 1970
         return "BIGINT"
-    if type_ is PgType.DATE:  # days since 1970
-        return "INT"
     if type_.is_numeric:
         p, s = type_.precision_scale  # type: ignore[misc]
         return f"DECIMAL({p},{s})"

@@ -18,7 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,17 +26,16 @@ import pyarrow as pa
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import (
-    APP_ID_PREFIX,
     BATCH_KEY,
-    CHUNK_KEY,
     HASH_VERSION,
-    HASH_VERSION_KEY,
-    WATERMARK_KEY,
     DuplicateKeyError,
     MergeResult,
+    app_id,
+    commit_metadata,
     committed_batch_ids,
     hash_version,
     latest_watermark,
+    next_txn_version,
     open_table,
     table_stats,
 )
@@ -44,14 +43,14 @@ from bronze_assets.lib.delta.staging import stage_dir
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
 from bronze_assets.lib.load import (
     DEFAULT_OVERLAP,
-    _describe,
+    describe_window,
     inspect_source,
     next_watermark,
     plan_window,
     quarantine_unstorable,
 )
 from bronze_assets.lib.source.extract import SourceReader, keys_sql
-from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql
+from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
 from bronze_assets.lib.spark.session import RUNTIME_CONF
@@ -83,9 +82,7 @@ class SparkLoadResult:
     merge: MergeResult
     watermark: datetime | None = None
     extract_seconds: float = 0.0
-    avg_quality_score: float | None = None
-    unreadable_records: int = 0
-    metadata: dict[str, str] = field(default_factory=dict)
+    unreadable_records: int = 0  # rows with values bronze cannot store (listed in bz_quarantine)
 
 
 def _quoted(name: str) -> str:
@@ -97,7 +94,7 @@ def _enriched(raw: DataFrame, contract: Contract, ctx: BatchContext) -> DataFram
     from pyspark.sql import functions as F
 
     bad = {c.name: F.get_json_object(F.col(RESCUED), f"$.{c.name}").isNotNull()
-           for c in contract.columns if c.type.value != "text"}
+           for c in contract.columns if storable_sql(c.name, c.type) is not None}
     typed = raw.select(*typed_columns(contract), HASH, RESCUED, *([PART] if PART in raw.columns else []))
     at = ctx.batch_time.astimezone(UTC)
     part = contract.partitioning.delta_column
@@ -171,11 +168,7 @@ class SparkLoader:
                         f"{contract.bronze_table}: the source has columns or types the contract does not "
                         f"name ({drift.describe()}); the Spark engine does not evolve schemas yet. Load "
                         f"this table with the local engine (BRONZE_ENGINE=local), or update the contract.")
-                snapshot = reader.snapshot()
-                pk = contract.primary_key[0]
-                table = f"tests.{contract.name}"
-                lo, hi = reader.query(f"SELECT min({pk}), max({pk}) FROM {table}")[0]
-                bounds = None if lo is None else (int(lo), int(hi))
+                snapshot, bounds = reader.snapshot(), reader.key_range()
                 raw = read_query(self.spark, dsn, contract, pushdown_select_sql(contract, window),
                                  snapshot_id=reader.snapshot_id,
                                  partitioned=contract.partitioning.delta_column is not None,
@@ -194,18 +187,15 @@ class SparkLoader:
             watermark = next_watermark(window, snapshot.watermark_cap(), previous)
             extract_seconds = round(time.perf_counter() - started, 3)
             merge_started = time.perf_counter()
-            meta = {BATCH_KEY: ctx.batch_id, CHUNK_KEY: "0/1", HASH_VERSION_KEY: str(HASH_VERSION),
-                    "bronze.window": _describe(window), "bronze.engine": "spark",
-                    "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
-            if watermark is not None:
-                meta[WATERMARK_KEY] = watermark.isoformat()
+            meta = commit_metadata(ctx.batch_id, describe_window(window), watermark, extra={
+                "bronze.engine": "spark", "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)})
             result = self._write(contract, uri, staged.drop(RESCUED), keys, rows, meta, ctx)
             result.merge_seconds = round(time.perf_counter() - merge_started, 3)
             result.avg_quality_score = avg
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        return SparkLoadResult(ctx.batch_id, _describe(window), rows, result, watermark, extract_seconds, avg,
-                               unreadable)
+        return SparkLoadResult(ctx.batch_id, describe_window(window), rows, result, watermark,
+                               extract_seconds, unreadable)
 
     @staticmethod
     def _summary(staged: DataFrame) -> tuple[int, float | None]:
@@ -343,12 +333,11 @@ class SparkLoader:
 
     def _commit(self, contract: Contract, target: Any, meta: dict[str, str], write: Any) -> None:
         """Run ``write`` with the commit's metadata and app transaction set on the session."""
-        app_id = APP_ID_PREFIX + contract.bronze_table
-        version = ((target.transaction_version(app_id) if target is not None else None) or 0) + 1
+        app = app_id(contract)
         conf = self.spark.conf
         conf.set(USER_METADATA_CONF, json.dumps(meta))
-        conf.set(TXN_APP_ID_CONF, app_id)
-        conf.set(TXN_VERSION_CONF, str(version))
+        conf.set(TXN_APP_ID_CONF, app)
+        conf.set(TXN_VERSION_CONF, str(next_txn_version(target, app)))
         try:
             write()
         finally:
