@@ -2,7 +2,7 @@
 
 Default: two measurements, each in child processes (so every "cold" number pays the imports):
   import   ``import bronze_assets.definitions`` and building its ``Definitions``;
-  quality  ``quality_score_result`` on a staged batch of ``--rows`` order_details rows (generated
+  quality  ``staged_quality_result`` on a staged batch of ``--rows`` order_details rows (generated
            and staged without a database): the first call in the process (cold), a second one
            on the same contract and one on another contract (orders, same size), as the later
            assets of a tick in the same process.
@@ -91,7 +91,7 @@ def phase_quality(rows: int, preimport: bool = False) -> dict:
     results = []
     for label, batch in zip(("cold", "warm_same", "warm_other"), staged, strict=True):
         t = time.perf_counter()
-        results.append(checks.quality_score_result(batch))
+        results.append(checks.staged_quality_result(batch, checks.start_quality_check(batch)))
         out[label] = time.perf_counter() - t
         batch.cleanup()
     out["total_after_import"] = time.perf_counter() - imported
@@ -145,7 +145,7 @@ def phase_tick(with_checks: bool) -> dict:
     from bronze_assets.defs import checks
 
     spent: dict[str, float] = {}
-    for name in ("quality_score_result", "key_uniqueness_result", "referential_integrity_result"):
+    for name in ("staged_quality_result", "key_uniqueness_result", "referential_integrity_result"):
         setattr(checks, name, _timed(getattr(checks, name), spent))
     from bronze_assets.definitions import defs
     from bronze_assets.defs.schedules import load_groups, partition_for_tick
@@ -209,7 +209,7 @@ def bench_quality(args: argparse.Namespace, env: dict[str, str]) -> None:
     print(f"import bronze_assets.definitions: {median(imports, 'import'):.2f} s, "
           f"defs(): {median(imports, 'defs'):.2f} s  (median of {args.repeat})")
     runs = [run_phase(["--phase", "quality", "--rows", str(args.rows)], env) for _ in range(args.repeat)]
-    print(f"quality_score_result, {args.rows:,} rows (median of {args.repeat}): "
+    print(f"staged_quality_result, {args.rows:,} rows (median of {args.repeat}): "
           f"import checks {median(runs, 'import_checks'):.2f} s | "
           f"cold {median(runs, 'cold'):.2f} s | warm same contract {median(runs, 'warm_same'):.3f} s | "
           f"warm other contract {median(runs, 'warm_other'):.3f} s | "

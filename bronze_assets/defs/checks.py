@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import open_table, query_tables, quoted
-from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.delta.staging import StagedBatch, score_percentile, score_sum
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.quality import worker
 from bronze_assets.lib.quality.validate import QualityReport
@@ -61,35 +62,36 @@ def schema_contract_result(drift: SchemaDrift, quarantined: int | None = None) -
     )
 
 
-def _docs_dir(contract: Contract) -> Path:
+def docs_dir(contract: Contract) -> Path:
+    """Where the GX Data Docs of ``contract`` are built."""
     return data_dir() / "gx_docs" / contract.bronze_table
 
 
 def warm_quality_suite(contract: Contract) -> None:
     """Start importing Great Expectations and building today's suite for ``contract`` in the GX
     worker process, which does it on another core while the load reads the source."""
-    worker.warm(contract, datetime.now(UTC).date(), _docs_dir(contract))
+    worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract))
 
 
 def start_quality_check(staged: StagedBatch) -> Future[QualityReport]:
     """Validate the staged batch (source columns) in the GX worker while the IO manager MERGEs
-    it; the staged file must be kept until :func:`quality_score_result` has the answer."""
-    return worker.validate_staged(staged.contract, staged.ctx.load_date, _docs_dir(staged.contract),
+    it; the staged file must be kept until :func:`staged_quality_result` has the answer."""
+    return worker.validate_staged(staged.contract, staged.ctx.load_date, docs_dir(staged.contract),
                                   staged.path)
 
 
-def quality_score_result(staged: StagedBatch, pending: Future[QualityReport]) -> dg.AssetCheckResult:
-    """Score distribution of the batch plus GX violation counts per rule (WARN below the KPI)."""
-    report = worker.report(pending, staged.contract.bronze_table)
-    rows = staged.rows
+def quality_score_result(histogram: np.ndarray, report: QualityReport) -> dg.AssetCheckResult:
+    """Score distribution of the batch (``histogram``: rows per score 0..100) plus GX violation
+    counts per rule (WARN below the KPI)."""
+    rows = int(histogram.sum())
     metadata: dict[str, object] = {"rows": rows, "gx_counts_match_score": report.agree}
-    average = staged.score_sum / rows if rows else 100.0
+    average = score_sum(histogram) / rows if rows else 100.0
     if rows:
-        below = int(staged.score_histogram[: int(QUALITY_KPI)].sum())
+        below = int(histogram[: int(QUALITY_KPI)].sum())
         metadata |= {
             "avg_score": round(average, 2),
-            "p5_score": staged.score_percentile(5),
-            "p50_score": staged.score_percentile(50),
+            "p5_score": score_percentile(histogram, 5),
+            "p50_score": score_percentile(histogram, 50),
             "share_below_80": round(below / rows, 4),
         }
     metadata |= {f"violations {rule}": n for rule, n in sorted(report.gx_counts.items())}
@@ -105,6 +107,11 @@ def quality_score_result(staged: StagedBatch, pending: Future[QualityReport]) ->
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
     )
+
+
+def staged_quality_result(staged: StagedBatch, pending: Future[QualityReport]) -> dg.AssetCheckResult:
+    """:func:`quality_score_result` of a staged batch, once the GX worker has answered."""
+    return quality_score_result(staged.score_histogram, worker.report(pending, staged.contract.bronze_table))
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:

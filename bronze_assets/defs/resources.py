@@ -5,11 +5,12 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+from bronze_assets.defs.engines import BronzeEngine
 from bronze_assets.lib.delta.io_manager import BronzeDeltaIOManager, BronzeStorage
 from bronze_assets.lib.source.postgres import resolve_source_dsn
 from bronze_assets.settings import ENV_SOURCE_DSN
 
-__all__ = ["BronzeDeltaIOManager", "BronzeStorage", "PostgresSource", "resources"]
+__all__ = ["BronzeDeltaIOManager", "BronzeEngine", "BronzeStorage", "PostgresSource", "resources"]
 
 
 class PostgresSource(dg.ConfigurableResource):
@@ -26,7 +27,8 @@ class PostgresSource(dg.ConfigurableResource):
 
 
 def build_resources(
-    source: PostgresSource | None = None, storage: BronzeStorage | None = None
+    source: PostgresSource | None = None, storage: BronzeStorage | None = None,
+    engine: BronzeEngine | None = None,
 ) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
     """The resource set every bronze asset needs; one storage config feeds assets and IO manager."""
     storage = storage or BronzeStorage()
@@ -34,6 +36,7 @@ def build_resources(
         "source": source or PostgresSource(),
         "bronze": storage,
         "bronze_io_manager": BronzeDeltaIOManager(storage=storage),
+        "engine": engine or BronzeEngine(),
     }
 
 

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable, Mapping
 from functools import partial
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from bronze_assets.lib.delta.control import FAILED, load_record, record_checkpoint, record_load
+from bronze_assets.lib.delta.control import record_checkpoint
 from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, open_table, read_columns
+from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
+
+LOCAL_ENGINE = "local"
+PATH_KEYS = frozenset({"table_uri"})
+
+
+def dagster_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain load metadata as Dagster metadata (``table_uri`` shown as a path)."""
+    return {k: dg.MetadataValue.path(v) if k in PATH_KEYS else v for k, v in meta.items()}
+
+
+def changed_partition_events(asset_key: dg.AssetKey, own: Iterable[str], meta: Mapping[str, Any]
+                             ) -> list[dg.AssetMaterialization]:
+    """A materialization of every other partition a load changed rows in (late changes land
+    where they live), so Dagster's partition status stays true; ``meta`` is the load's
+    :meth:`LoadOutcome.metadata`."""
+    own = set(own)
+    changed = [p for p in str(meta.get("partitions_changed") or "").split(", ") if p and p not in own]
+    return [dg.AssetMaterialization(
+        asset_key=asset_key, partition=key,
+        description=f"changed by the load of {', '.join(sorted(own)) or 'the table'}",
+        metadata={"batch_id": meta["batch_id"], "table_uri": dg.MetadataValue.path(meta["table_uri"]),
+                  "delta_version": meta["delta_version"]},
+    ) for key in changed]
 
 
 class BronzeStorage(dg.ConfigurableResource):
@@ -51,70 +76,27 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
         uri = self.table_uri(obj.contract.bronze_table)
         root = self.storage.resolved_root()
         contract = obj.contract
-        load = load_record(contract, context.run_id, obj.ctx.batch_time, rows_read=obj.rows)
         try:
             checkpoint = partial(record_checkpoint, root, job_id=context.run_id,
                                  storage_options=self.storage_options)
             result = BronzeMerger(contract, uri, self.storage_options).merge(obj, on_commit=checkpoint)
         except Exception as exc:
-            load.status, load.error = FAILED, f"MERGE failed: {type(exc).__name__}: {exc}"
-            load.seconds = obj.extract_seconds
-            record_load(root, load, self.storage_options)
+            audit_failure(contract, root, context.run_id, obj.ctx.batch_time, obj.extract_seconds,
+                          f"MERGE failed: {type(exc).__name__}: {exc}", self.storage_options)
             if isinstance(exc, DuplicateKeyError):  # retrying cannot fix the data
                 raise dg.Failure(str(exc), allow_retries=False) from None
             raise
         finally:
             if not obj.keep_after_merge:
                 obj.cleanup()
-        load.seconds = obj.extract_seconds + result.merge_seconds
-        load.records_affected = result.inserted + result.updated + result.soft_deleted
-        load.storage_bytes = result.size_bytes
-        load.details = json.dumps({
-            "batch_id": obj.ctx.batch_id, "window": obj.window, "inserted": result.inserted,
-            "updated": result.updated, "unchanged": result.unchanged, "soft_deleted": result.soft_deleted,
-            "delta_version": result.version, "avg_quality_score": result.avg_quality_score,
-        })
-        record_load(root, load, self.storage_options)
-        meta: dict[str, object] = {
-            "table_uri": dg.MetadataValue.path(uri),
-            "batch_id": obj.ctx.batch_id,
-            "window": obj.window,
-            "rows_read": result.rows_read,
-            "rows_inserted": result.inserted,
-            "rows_updated": result.updated,
-            "rows_unchanged": result.unchanged,
-            "rows_soft_deleted": result.soft_deleted,
-            "rows_forgotten_skipped": result.forgotten_skipped,
-            "committed": result.committed,
-            "commits": result.commits,
-            "rows_skipped_by_checkpoint": result.rows_skipped_by_checkpoint,
-            "delta_version": result.version if result.version is not None else -1,
-            "size_bytes": result.size_bytes,
-            "num_files": result.num_files,
-            "extract_seconds": obj.extract_seconds,
-            "merge_seconds": result.merge_seconds,
-            "duration_seconds": round(obj.extract_seconds + result.merge_seconds, 3),
-        }
-        if result.avg_quality_score is not None:
-            meta["avg_quality_score"] = result.avg_quality_score
-        if result.resumed_batch_id is not None:
-            meta["resumed_batch_id"] = result.resumed_batch_id
-        if obj.watermark is not None:
-            meta["watermark"] = obj.watermark.isoformat()
-        if result.rehashed_v1:
-            meta["rows_rehashed_v1"] = result.rehashed_v1
+        outcome = LoadOutcome(contract, LOCAL_ENGINE, obj.ctx.batch_id, obj.ctx.batch_time, obj.window,
+                              obj.rows, result, obj.extract_seconds, obj.watermark)
+        outcome.audit(root, context.run_id, self.storage_options)
+        meta = outcome.metadata()
+        context.add_output_metadata(dagster_metadata(meta))
         own = set(context.asset_partition_keys) if context.has_asset_partitions else set()
-        others = [p for p in result.partitions if p not in own]
-        if result.partitions:
-            meta["partitions_changed"] = ", ".join(result.partitions)
-        context.add_output_metadata(meta)
-        for key in others:  # rows changed where they live: Dagster's partition status stays true
-            context.log_event(dg.AssetMaterialization(
-                asset_key=context.asset_key, partition=key,
-                description=f"changed by the load of {', '.join(sorted(own)) or 'the table'}",
-                metadata={"batch_id": obj.ctx.batch_id, "table_uri": dg.MetadataValue.path(uri),
-                          "delta_version": meta["delta_version"]},
-            ))
+        for event in changed_partition_events(context.asset_key, own, meta):
+            context.log_event(event)
 
     def load_input(self, context: dg.InputContext) -> pa.Table:
         table = context.upstream_output.asset_key.path[-1] if context.upstream_output else None

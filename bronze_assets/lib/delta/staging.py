@@ -20,6 +20,18 @@ from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.settings import env
 
 
+def score_sum(histogram: np.ndarray) -> int:
+    """The sum of the per-record scores counted in ``histogram`` (rows per score 0..100)."""
+    return int(np.dot(histogram, np.arange(histogram.size)))
+
+
+def score_percentile(histogram: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile (0–100, lower value) of the per-record scores in ``histogram``."""
+    cumulative = np.cumsum(histogram)
+    rank = max(1, int(np.ceil(q / 100 * cumulative[-1])))
+    return float(np.searchsorted(cumulative, rank))
+
+
 @dataclass
 class StagedBatch:
     """The rows one materialization read, staged on local disk, plus what the merge needs."""
@@ -42,13 +54,7 @@ class StagedBatch:
 
     @property
     def score_sum(self) -> int:
-        return int(np.dot(self.score_histogram, np.arange(self.score_histogram.size)))
-
-    def score_percentile(self, q: float) -> float:
-        """The ``q``-th percentile (0–100, lower value) of the per-record scores."""
-        cumulative = np.cumsum(self.score_histogram)
-        rank = max(1, int(np.ceil(q / 100 * cumulative[-1])))
-        return float(np.searchsorted(cumulative, rank))
+        return score_sum(self.score_histogram)
 
     def reader(self) -> pa.RecordBatchReader:
         """Stream the staged rows back as staged, without the per-load constant columns

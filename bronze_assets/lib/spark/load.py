@@ -17,11 +17,14 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
@@ -39,7 +42,8 @@ from bronze_assets.lib.delta.merge import (
     open_table,
     table_stats,
 )
-from bronze_assets.lib.delta.staging import stage_dir
+from bronze_assets.lib.delta.outcome import LoadOutcome
+from bronze_assets.lib.delta.staging import score_sum, stage_dir
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
 from bronze_assets.lib.load import (
     DEFAULT_OVERLAP,
@@ -51,6 +55,7 @@ from bronze_assets.lib.load import (
 )
 from bronze_assets.lib.source.extract import SourceReader, keys_sql
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
+from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
 from bronze_assets.lib.spark.session import RUNTIME_CONF
@@ -72,17 +77,28 @@ class SparkEngineError(RuntimeError):
     """A load the Spark engine cannot do (yet); the message says what to run instead."""
 
 
+ENGINE = "spark"
+
+
 @dataclass
 class SparkLoadResult:
     """What one Spark load read and did (the same figures the local engine publishes)."""
 
     batch_id: str
+    batch_time: datetime
     window: str
     rows: int
     merge: MergeResult
     watermark: datetime | None = None
     extract_seconds: float = 0.0
     unreadable_records: int = 0  # rows with values bronze cannot store (listed in bz_quarantine)
+    score_histogram: np.ndarray = field(default_factory=lambda: np.zeros(101, dtype=np.int64))
+    validation: Any = None  # what ``validate`` returned for the staged rows
+    schema_drift: SchemaDrift | None = None  # the source compared with the contract (nothing breaking)
+
+    def outcome(self, contract: Contract) -> LoadOutcome:
+        return LoadOutcome(contract, ENGINE, self.batch_id, self.batch_time, self.window, self.rows,
+                           self.merge, self.extract_seconds, self.watermark)
 
 
 def _quoted(name: str) -> str:
@@ -146,8 +162,13 @@ class SparkLoader:
     def load(
         self, contract: Contract, dsn: str, *, partition: tuple[datetime, datetime] | None = None,
         batch_time: datetime | None = None, overlap: timedelta = DEFAULT_OVERLAP, changes_only: bool = False,
+        validate: Callable[[Path, BatchContext], Any] | None = None,
     ) -> SparkLoadResult:
-        """Read ``partition`` (UTC start/end; None = the whole table) of ``contract`` and MERGE it."""
+        """Read ``partition`` (UTC start/end; None = the whole table) of ``contract`` and MERGE it.
+
+        ``validate`` (e.g. the GX suite) reads the staged rows (a parquet folder, source columns
+        plaintext) in a driver thread while the MERGE runs; its answer is the result's ``validation``.
+        """
         started = time.perf_counter()
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
         uri = self.uri(contract)
@@ -182,27 +203,33 @@ class SparkLoader:
             staged = self.spark.read.parquet(str(folder / "rows"))
             keys = self.spark.read.parquet(str(folder / "keys")) if sweep \
                 else staged.select(*contract.primary_key)
-            rows, avg = self._summary(staged)
+            histogram = self._histogram(staged)
+            rows = int(histogram.sum())
             unreadable = self._quarantine(contract, staged, ctx)
             watermark = next_watermark(window, snapshot.watermark_cap(), previous)
             extract_seconds = round(time.perf_counter() - started, 3)
             merge_started = time.perf_counter()
             meta = commit_metadata(ctx.batch_id, describe_window(window), watermark, extra={
-                "bronze.engine": "spark", "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)})
-            result = self._write(contract, uri, staged.drop(RESCUED), keys, rows, meta, ctx)
-            result.merge_seconds = round(time.perf_counter() - merge_started, 3)
-            result.avg_quality_score = avg
+                "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)})
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate") as pool:
+                checking: Future[Any] | None = pool.submit(validate, folder / "rows", ctx) \
+                    if validate is not None else None
+                result = self._write(contract, uri, staged.drop(RESCUED), keys, rows, meta, ctx)
+                result.merge_seconds = round(time.perf_counter() - merge_started, 3)
+                validation = checking.result() if checking is not None else None
+            result.avg_quality_score = round(score_sum(histogram) / rows, 2) if rows else None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        return SparkLoadResult(ctx.batch_id, describe_window(window), rows, result, watermark,
-                               extract_seconds, unreadable)
+        return SparkLoadResult(ctx.batch_id, ctx.batch_time, describe_window(window), rows, result, watermark,
+                               extract_seconds, unreadable, histogram, validation, drift)
 
     @staticmethod
-    def _summary(staged: DataFrame) -> tuple[int, float | None]:
-        from pyspark.sql import functions as F
-
-        row = staged.agg(F.count(F.lit(1)).alias("n"), F.avg("data_quality_score").alias("avg")).collect()[0]
-        return int(row["n"]), (round(float(row["avg"]), 2) if row["avg"] is not None else None)
+    def _histogram(staged: DataFrame) -> np.ndarray:
+        """Rows per data_quality_score 0..100 (one aggregation; count and average follow from it)."""
+        histogram = np.zeros(101, dtype=np.int64)
+        for row in staged.groupBy("data_quality_score").count().collect():
+            histogram[int(row[0])] = int(row[1])
+        return histogram
 
     def _quarantine(self, contract: Contract, staged: DataFrame, ctx: BatchContext) -> int:
         """List the rows with unstorable values in ``bz_quarantine`` (rare: collected)."""

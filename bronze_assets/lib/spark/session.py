@@ -54,6 +54,8 @@ def spark_session(app_name: str = "bronze_assets") -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if env("DATABRICKS_RUNTIME_VERSION"):  # a Databricks task: the cluster's session, jars built in
+        return SparkSession.builder.getOrCreate()
     # Python workers run this interpreter, so they import bronze_assets (and pyarrow) like this process
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(local_master()).appName(app_name) \

@@ -1,0 +1,350 @@
+"""Load engines: where a bronze asset's load runs. The asset body is the same for every engine;
+the ``engine`` resource picks one per table (``$BRONZE_ENGINE``, ``$BRONZE_ENGINE_TABLES``).
+
+- ``local``: this process reads with ADBC/Polars, the IO manager MERGEs with delta-rs.
+- ``spark``: the load runs on Spark (local master) in a subprocess started by Dagster Pipes
+  (``PipesSubprocessClient``), which reports the metadata and check results back.
+- ``databricks``: the same job as a Databricks task (``dagster-databricks`` Pipes, serverless
+  or a job cluster), context and messages through a Unity Catalog volume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from bronze_assets.contracts import Contract
+from bronze_assets.defs.checks import (
+    KEY_UNIQUENESS,
+    QUALITY_SCORE,
+    REFERENTIAL_INTEGRITY,
+    SCHEMA_CONTRACT,
+    key_uniqueness_result,
+    referential_integrity_result,
+    schema_contract_result,
+    staged_quality_result,
+    start_quality_check,
+    warm_quality_suite,
+)
+from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
+from bronze_assets.lib.delta.io_manager import BronzeStorage, changed_partition_events
+from bronze_assets.lib.delta.outcome import audit_failure
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError, extract_and_stage
+from bronze_assets.lib.source.postgres import SourceConnectionError
+from bronze_assets.settings import env
+from bronze_assets.spark_job import DESCRIPTIONS, FAILURE, VOLUMES_IO
+
+ENV_ENGINE = "BRONZE_ENGINE"
+ENV_ENGINE_TABLES = "BRONZE_ENGINE_TABLES"
+JOB_PACKAGE, JOB_ENTRY_POINT = "bronze_assets", "bronze-spark-job"
+
+
+class Engine(StrEnum):
+    LOCAL = "local"
+    SPARK = "spark"
+    DATABRICKS = "databricks"
+
+
+def parse_engine(value: str, where: str) -> Engine:
+    try:
+        return Engine(value.strip().lower())
+    except ValueError:
+        raise ValueError(f"{where}={value!r} is not an engine; use one of "
+                         f"{', '.join(e.value for e in Engine)}") from None
+
+
+def parse_table_engines(value: str | None) -> dict[str, Engine]:
+    """``bz_orders=spark, bz_order_details=databricks`` → {table: engine}."""
+    engines: dict[str, Engine] = {}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        table, sep, engine = item.partition("=")
+        if not sep:
+            raise ValueError(f"{ENV_ENGINE_TABLES}: {item.strip()!r} should read <bz_table>=<engine>")
+        engines[table.strip()] = parse_engine(engine, f"{ENV_ENGINE_TABLES} ({table.strip()})")
+    return engines
+
+
+@dataclass
+class LoadRequest:
+    """One asset run's load: the table, its window (UTC; None = whole table), the checks asked for."""
+
+    contract: Contract
+    window: tuple[datetime, datetime] | None
+    changes_only: bool
+    checks: set[str] = field(default_factory=set)
+
+
+class DatabricksCompute(StrEnum):
+    SERVERLESS = "serverless"
+    JOB_CLUSTER = "job-cluster"
+
+
+class BronzeEngine(dg.ConfigurableResource):
+    """Which engine loads each bronze table, and how the Spark and Databricks engines run."""
+
+    engine: str | None = Field(default=None, description=f"local | spark | databricks; unset means "
+                                                         f"${ENV_ENGINE}, else local.")
+    tables: dict[str, str] = Field(default_factory=dict, description=(
+        f"per-table engine, e.g. {{'bz_order_details': 'spark'}} (added to ${ENV_ENGINE_TABLES})"))
+    databricks_volume: str | None = Field(default=None, description=(
+        "Unity Catalog volume for Pipes context and messages, e.g. /Volumes/main/bronze/pipes; "
+        "unset means $BRONZE_DATABRICKS_VOLUME."))
+    databricks_wheel: str | None = Field(default=None, description=(
+        "the bronze_assets wheel the task installs (a volume or workspace path); unset means "
+        "$BRONZE_DATABRICKS_WHEEL."))
+    databricks_compute: str | None = Field(default=None, description=(
+        "serverless | job-cluster; unset means $BRONZE_DATABRICKS_COMPUTE, else serverless."))
+    databricks_spark_version: str = Field(default="17.3.x-scala2.13", description="job-cluster runtime")
+    databricks_node_type: str = Field(default="Standard_D4ds_v5", description="job-cluster node type")
+    databricks_workers: int = Field(default=2, description="job-cluster workers")
+
+    def engine_for(self, contract: Contract) -> Engine:
+        per_table = parse_table_engines(env(ENV_ENGINE_TABLES)) | {
+            t: parse_engine(e, f"engine.tables[{t}]") for t, e in self.tables.items()}
+        if contract.bronze_table in per_table:
+            return per_table[contract.bronze_table]
+        value = self.engine or env(ENV_ENGINE)
+        return parse_engine(value, ENV_ENGINE) if value else Engine.LOCAL
+
+    def databricks_settings(self) -> DatabricksSettings:
+        volume = self.databricks_volume or env("BRONZE_DATABRICKS_VOLUME")
+        wheel = self.databricks_wheel or env("BRONZE_DATABRICKS_WHEEL")
+        missing = [name for name, value in (("BRONZE_DATABRICKS_VOLUME", volume),
+                                            ("BRONZE_DATABRICKS_WHEEL", wheel)) if not value]
+        if missing:
+            raise dg.Failure(
+                f"the databricks engine needs {' and '.join('$' + m for m in missing)} (a Unity Catalog "
+                f"volume for Pipes messages and the bronze_assets wheel uploaded there; README, "
+                f"'Databricks: from a workspace to a first run').", allow_retries=False)
+        compute = self.databricks_compute or env("BRONZE_DATABRICKS_COMPUTE") or DatabricksCompute.SERVERLESS
+        return DatabricksSettings(
+            volume=str(volume).rstrip("/"), wheel=str(wheel),
+            compute=DatabricksCompute(compute), spark_version=self.databricks_spark_version,
+            node_type=self.databricks_node_type, workers=self.databricks_workers)
+
+
+@dataclass(frozen=True)
+class DatabricksSettings:
+    volume: str
+    wheel: str
+    compute: DatabricksCompute = DatabricksCompute.SERVERLESS
+    spark_version: str = "17.3.x-scala2.13"
+    node_type: str = "Standard_D4ds_v5"
+    workers: int = 2
+
+
+def request_for(context: dg.AssetExecutionContext, contract: Contract, changes_only: bool) -> LoadRequest:
+    window = None
+    if context.has_partition_key_range or context.has_partition_key:
+        tw = context.partition_time_window
+        window = (tw.start.astimezone(UTC), tw.end.astimezone(UTC))
+    return LoadRequest(contract, window, changes_only, {k.name for k in context.selected_asset_check_keys})
+
+
+def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage,
+                engine: BronzeEngine) -> Iterator[Any]:
+    """Run ``request`` on the engine chosen for its table; yields the asset's events."""
+    chosen = engine.engine_for(request.contract)
+    if chosen is Engine.LOCAL:
+        yield from run_local(context, request, source, bronze)
+    else:
+        yield from run_pipes(context, request, source, bronze, engine, chosen)
+
+
+# ---------------------------------------------------------------------------------------- local
+
+
+def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage
+              ) -> Iterator[Any]:
+    """Extract and stage here; the IO manager MERGEs the staged batch (output), then the checks."""
+    contract, selected = request.contract, request.checks
+    if QUALITY_SCORE in selected:  # GX warms up in its worker process while the source is read
+        warm_quality_suite(contract)
+    root, options = bronze.resolved_root(), bronze.storage_options or None
+    started = datetime.now(UTC)
+
+    def failed(message: str) -> None:
+        audit_failure(contract, root, context.run.run_id, started,
+                      (datetime.now(UTC) - started).total_seconds(), message, options)
+
+    try:
+        staged = extract_and_stage(
+            contract, source.resolved_dsn(), bronze.table_uri(contract.bronze_table),
+            partition=request.window, storage_options=options,
+            quarantine_uri=bronze.table_uri(QUARANTINE_TABLE), changes_only=request.changes_only,
+        )
+    except SourceConnectionError as exc:
+        failed(str(exc))
+        raise dg.Failure(str(exc), allow_retries=True) from None
+    except SourceTableMissingError as exc:
+        failed(str(exc))
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    except SchemaMismatchError as exc:
+        failed(str(exc))
+        if SCHEMA_CONTRACT in selected:
+            yield schema_contract_result(exc.drift, exc.quarantined)
+        meta = {"quarantined_rows": exc.quarantined, "batch_id": exc.batch_id}
+        raise dg.Failure(str(exc), allow_retries=False, metadata=meta) from None
+    except Exception as exc:
+        failed(f"extraction failed: {type(exc).__name__}: {exc}")
+        raise
+    if staged.schema_drift is not None:
+        if staged.schema_drift.added:
+            context.log.warning(staged.schema_drift.describe())
+            append_rows(root, AUDIT_LOG, [{
+                "table_name": contract.bronze_table, "operation_type": "SCHEMA_EVOLUTION",
+                "start_timestamp": started, "end_timestamp": datetime.now(UTC), "status": SUCCESS,
+                "records_affected": staged.rows, "user_id": current_user(), "job_id": context.run.run_id,
+                "details": json.dumps({"policy": "addNewColumns", "batch_id": staged.ctx.batch_id,
+                                       "added": [c for c, _ in staged.schema_drift.added]}),
+            }], options)
+        if SCHEMA_CONTRACT in selected:
+            unreadable = staged.metadata.get("bronze.unreadable_records")
+            yield schema_contract_result(staged.schema_drift, int(unreadable) if unreadable else None)
+    context.log.info(f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
+                     f"in {staged.extract_seconds:.2f} s")
+    # GX validates the staged batch in its worker process while the IO manager MERGEs it
+    quality = start_quality_check(staged) if QUALITY_SCORE in selected else None
+    staged.keep_after_merge = quality is not None
+    try:
+        yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
+        if KEY_UNIQUENESS in selected:
+            yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)
+        if REFERENTIAL_INTEGRITY in selected:
+            yield referential_integrity_result(contract, bronze.table_uri, options)
+        if quality is not None:  # last: the GX worker has had the longest to finish
+            yield staged_quality_result(staged, quality)
+    finally:
+        staged.cleanup()
+
+
+# ---------------------------------------------------------------------------------------- Pipes
+
+
+def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool) -> dict[str, Any]:
+    """What the Spark job needs to know (sent in the Pipes context). A remote job gets no storage
+    credentials: it reads them from its own environment (the Databricks secret scope)."""
+    extras: dict[str, Any] = {
+        "table": request.contract.name, "root": bronze.resolved_root(),
+        "window": [v.isoformat() for v in request.window] if request.window else None,
+        "changes_only": request.changes_only, "checks": sorted(request.checks), "docs": not remote,
+        "secret_scope": env("BRONZE_SECRET_SCOPE"),
+    }
+    if not remote and bronze.storage_options:
+        extras["storage_options"] = dict(bronze.storage_options)
+    return extras
+
+
+def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage,
+              engine: BronzeEngine, chosen: Engine) -> Iterator[Any]:
+    """Run the Spark job through Pipes and yield what it reported, as the local engine would."""
+    contract = request.contract
+    if chosen is Engine.SPARK:
+        invocation = run_spark_subprocess(context, request, source, bronze)
+    else:
+        invocation = run_databricks(context, request, bronze, engine.databricks_settings())
+    custom = invocation.get_custom_messages()
+    descriptions: dict[str, str] = {}
+    failure: Mapping[str, Any] | None = None
+    for message in custom:
+        if isinstance(message, Mapping):
+            descriptions |= message.get(DESCRIPTIONS, {})
+            failure = message.get(FAILURE, failure)
+    results = invocation.get_results()
+    for result in results:
+        if isinstance(result, dg.AssetCheckResult) and result.check_name in descriptions:
+            yield dg.AssetCheckResult(
+                check_name=result.check_name, asset_key=result.asset_key, passed=result.passed,
+                severity=result.severity, metadata=result.metadata,
+                description=descriptions[result.check_name])
+        else:
+            yield result
+    if failure is not None:
+        raise dg.Failure(failure["message"], allow_retries=bool(failure["retry"]),
+                         metadata=failure.get("metadata") or None)
+    materialized = [r for r in results if isinstance(r, dg.MaterializeResult)]
+    if not materialized:
+        raise dg.Failure(f"{contract.bronze_table}: the {chosen.value} job ended without reporting a load")
+    meta = {k: getattr(v, "value", v) for k, v in (materialized[0].metadata or {}).items()}
+    own = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
+    yield from changed_partition_events(context.asset_key, own, meta)
+
+
+def run_spark_subprocess(context: dg.AssetExecutionContext, request: LoadRequest, source: Any,
+                         bronze: BronzeStorage) -> dg.PipesClientCompletedInvocation:
+    """The Spark job on local Spark, in a subprocess; the source DSN travels in its environment."""
+    env_vars = {"BRONZE_SOURCE_DSN": source.resolved_dsn()}
+    return dg.PipesSubprocessClient().run(
+        command=[sys.executable, "-m", "bronze_assets.spark_job"], context=context,
+        extras=job_extras(request, bronze, remote=False), env={**os.environ, **env_vars})
+
+
+def workspace_client() -> Any:
+    """The Databricks workspace (``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` or a config profile)."""
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient()
+
+
+def databricks_task(contract: Contract, settings: DatabricksSettings) -> tuple[Any, dict[str, Any]]:
+    """The task the Databricks engine submits, and the extra ``jobs.submit`` arguments.
+
+    A wheel task runs the ``bronze-spark-job`` entry point with ``--pipes-io volumes``. Serverless:
+    the wheel is the environment's dependency. Job cluster: a new cluster with the wheel as library,
+    the secret scope in its environment. Source credentials never appear in the spec: the job
+    reads ``KConnectionString``/``KUser``/``KPassword`` from the secret scope.
+    """
+    from databricks.sdk.service import compute, jobs
+
+    wheel_task = jobs.PythonWheelTask(package_name=JOB_PACKAGE, entry_point=JOB_ENTRY_POINT,
+                                      parameters=["--pipes-io", VOLUMES_IO])
+    key = f"bronze_{contract.name}"
+    scope = env("BRONZE_SECRET_SCOPE") or "bronze"
+    if settings.compute is DatabricksCompute.SERVERLESS:
+        task = jobs.SubmitTask(task_key=key, python_wheel_task=wheel_task, environment_key="bronze")
+        environment = jobs.JobEnvironment(environment_key="bronze", spec=compute.Environment(
+            environment_version="3", dependencies=[settings.wheel]))
+        return task, {"run_name": f"bronze {contract.bronze_table}", "environments": [environment]}
+    task = jobs.SubmitTask(
+        task_key=key, python_wheel_task=wheel_task,
+        libraries=[compute.Library(whl=settings.wheel)],
+        new_cluster=compute.ClusterSpec(
+            spark_version=settings.spark_version, node_type_id=settings.node_type,
+            num_workers=settings.workers, spark_env_vars={"BRONZE_SECRET_SCOPE": scope},
+            spark_conf={"spark.sql.session.timeZone": "UTC"}))
+    return task, {"run_name": f"bronze {contract.bronze_table}"}
+
+
+def run_databricks(context: dg.AssetExecutionContext, request: LoadRequest, bronze: BronzeStorage,
+                   settings: DatabricksSettings) -> dg.PipesClientCompletedInvocation:
+    """The Spark job as a Databricks task; Pipes context and messages in the UC volume."""
+    from dagster_databricks.pipes import (  # the volume classes are not re-exported by the package
+        PipesDatabricksClient,
+        PipesDatabricksServerlessClient,
+        PipesUnityCatalogVolumesContextInjector,
+        PipesUnityCatalogVolumesMessageReader,
+    )
+
+    client = workspace_client()
+    task, submit_args = databricks_task(request.contract, settings)
+    extras = job_extras(request, bronze, remote=True)
+    if settings.compute is DatabricksCompute.SERVERLESS:
+        pipes = PipesDatabricksServerlessClient(client=client, volume_path=settings.volume)
+    else:
+        volume = {"client": client, "volume_path": settings.volume}
+        pipes = PipesDatabricksClient(
+            client=client, context_injector=PipesUnityCatalogVolumesContextInjector(**volume),
+            message_reader=PipesUnityCatalogVolumesMessageReader(**volume))
+    return pipes.run(context=context, extras=extras, task=task, submit_args=submit_args)

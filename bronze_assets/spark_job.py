@@ -1,0 +1,183 @@
+"""The Spark engine's job: one bronze load on Spark, started and watched by Dagster Pipes.
+
+Locally ``PipesSubprocessClient`` runs ``python -m bronze_assets.spark_job``; on Databricks a
+wheel task runs the ``bronze-spark-job`` entry point with ``--pipes-io volumes`` (context and
+messages through a Unity Catalog volume; Pipes parameters as task arguments or, on a job
+cluster, environment variables). One script, the loaders chosen by those arguments.
+
+The job loads one table with :class:`~bronze_assets.lib.spark.load.SparkLoader`, writes the
+audit rows and reports the same materialization metadata and check results as the local engine.
+A load that must not be retried (schema mismatch, missing table, duplicate keys) reports
+:data:`FAILURE` and exits cleanly, so the asset fails once with that message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import dagster_pipes as pipes_api
+
+from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.defs.checks import (
+    KEY_UNIQUENESS,
+    QUALITY_SCORE,
+    REFERENTIAL_INTEGRITY,
+    SCHEMA_CONTRACT,
+    docs_dir,
+    key_uniqueness_result,
+    quality_score_result,
+    referential_integrity_result,
+    schema_contract_result,
+)
+from bronze_assets.lib.delta.io_manager import dagster_metadata
+from bronze_assets.lib.delta.merge import DuplicateKeyError
+from bronze_assets.lib.delta.outcome import audit_failure
+from bronze_assets.lib.enrich.metadata import BatchContext
+from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError
+from bronze_assets.lib.quality.validate import QualityReport, suite_runner
+from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
+
+FAILURE = "bronze_failure"  # custom Pipes message: {"message", "retry", "metadata"}
+DESCRIPTIONS = "bronze_check_descriptions"  # custom Pipes message: check name -> description
+LOCAL_IO, VOLUMES_IO = "local", "volumes"
+
+_PIPES_TYPES = {
+    dg.UrlMetadataValue: "url", dg.PathMetadataValue: "path", dg.JsonMetadataValue: "json",
+    dg.TextMetadataValue: "text", dg.IntMetadataValue: "int", dg.FloatMetadataValue: "float",
+    dg.BoolMetadataValue: "bool", dg.MarkdownMetadataValue: "md",
+}
+
+
+def pipes_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Dagster metadata as Pipes sends it: typed values keep their type (url, path, json …)."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        kind = _PIPES_TYPES.get(type(value))
+        out[key] = {"raw_value": value.value, "type": kind} if kind else value
+    return out
+
+
+def report_checks(pipes: pipes_api.PipesContext, results: Sequence[dg.AssetCheckResult]) -> None:
+    """Report check results over Pipes; their descriptions (which Pipes checks do not carry)
+    follow in one :data:`DESCRIPTIONS` message."""
+    for result in results:
+        assert result.check_name is not None
+        pipes.report_asset_check(
+            check_name=result.check_name, passed=result.passed,
+            severity="ERROR" if result.severity == dg.AssetCheckSeverity.ERROR else "WARN",
+            metadata=pipes_metadata(result.metadata))
+    described = {r.check_name: r.description for r in results if r.description}
+    if described:
+        pipes.report_custom_message({DESCRIPTIONS: described})
+
+
+def _validator(contract: Contract, with_docs: bool):
+    """GX over the staged rows (the contract's suite, in bounded chunks, on the driver)."""
+
+    def validate(folder: Path, ctx: BatchContext) -> QualityReport:
+        import pyarrow.dataset as ds
+
+        runner = suite_runner(contract, ctx.load_date, docs_dir(contract) if with_docs else None)
+        batches = ds.dataset(str(folder), format="parquet").to_batches(columns=runner.columns)
+        return runner.validate_batches(batches)
+
+    return validate
+
+
+def _window(extras: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
+    value = extras.get("window")
+    if not value:
+        return None
+    start, end = (datetime.fromisoformat(v) for v in value)
+    return start, end
+
+
+def run(pipes: pipes_api.PipesContext) -> None:
+    """Load the table the Pipes extras name and report what happened."""
+    from bronze_assets.lib.spark.load import SparkEngineError, SparkLoader
+    from bronze_assets.lib.spark.session import spark_session
+
+    extras = pipes.extras
+    contract = CONTRACTS[extras["table"]]
+    root: str = extras["root"]
+    options: dict[str, str] | None = extras.get("storage_options") or None
+    checks = set(extras.get("checks") or [])
+    started, clock = datetime.now(UTC), time.perf_counter()
+
+    def fail(message: str, retry: bool, **metadata: Any) -> None:
+        audit_failure(contract, root, pipes.run_id, started, round(time.perf_counter() - clock, 3), message,
+                      options)
+        pipes.report_custom_message({FAILURE: {"message": message, "retry": retry, "metadata": metadata}})
+
+    if extras.get("secret_scope"):  # the orchestrator's scope (a serverless task has no env vars)
+        os.environ.setdefault("BRONZE_SECRET_SCOPE", extras["secret_scope"])
+    try:
+        dsn = resolve_source_dsn(None)
+        loader = SparkLoader(spark_session(f"bronze {contract.bronze_table}"), root, options)
+        result = loader.load(
+            contract, dsn, partition=_window(extras), changes_only=bool(extras.get("changes_only")),
+            validate=_validator(contract, bool(extras.get("docs"))) if QUALITY_SCORE in checks else None)
+    except SchemaMismatchError as exc:
+        if SCHEMA_CONTRACT in checks:
+            report_checks(pipes, [schema_contract_result(exc.drift, exc.quarantined)])
+        return fail(str(exc), False, quarantined_rows=exc.quarantined, batch_id=exc.batch_id)
+    except (SourceTableMissingError, SparkEngineError, DuplicateKeyError) as exc:
+        return fail(str(exc), False)
+    except SourceConnectionError as exc:
+        return fail(str(exc), True)
+    except Exception as exc:
+        fail(f"Spark load failed: {type(exc).__name__}: {exc}", True)
+        raise
+    outcome = result.outcome(contract)
+    outcome.audit(root, pipes.run_id, options)
+    pipes.log.info(f"{contract.bronze_table}: read {result.rows:,} rows ({result.window}) in "
+                   f"{result.extract_seconds:.2f} s; merged in {result.merge.merge_seconds:.2f} s")
+    pipes.report_asset_materialization(metadata=pipes_metadata(dagster_metadata(outcome.metadata())))
+    uri = result.merge.table_uri
+    results = []
+    if SCHEMA_CONTRACT in checks and result.schema_drift is not None:
+        results.append(schema_contract_result(result.schema_drift, result.unreadable_records or None))
+    if KEY_UNIQUENESS in checks:
+        results.append(key_uniqueness_result(contract, uri, options))
+    if REFERENTIAL_INTEGRITY in checks:
+        results.append(referential_integrity_result(contract, lambda t: f"{root}/{t}", options))
+    if QUALITY_SCORE in checks and result.validation is not None:
+        results.append(quality_score_result(result.score_histogram, result.validation))
+    report_checks(pipes, results)
+
+
+def _pipes_io(kind: str) -> dict[str, Any]:
+    """Where the context comes from and the messages go: local files (subprocess) or a UC volume."""
+    params: pipes_api.PipesParamsLoader = pipes_api.PipesCliArgsParamsLoader() \
+        if pipes_api.DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT in sys.argv else pipes_api.PipesEnvVarParamsLoader()
+    if kind == VOLUMES_IO:
+        return {"params_loader": params, "context_loader": pipes_api.PipesUnityCatalogVolumesContextLoader(),
+                "message_writer": pipes_api.PipesUnityCatalogVolumesMessageWriter()}
+    return {"params_loader": params}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bronze-spark-job", description=__doc__.splitlines()[0])
+    parser.add_argument("--pipes-io", choices=[LOCAL_IO, VOLUMES_IO], default=LOCAL_IO,
+                        help="how Pipes reaches this process (volumes: a Unity Catalog volume)")
+    args, _ = parser.parse_known_args(argv)
+    io = _pipes_io(args.pipes_io)
+    if not io["params_loader"].is_dagster_pipes_process():
+        print("bronze-spark-job runs under Dagster Pipes: materialize a bronze asset with "
+              "BRONZE_ENGINE=spark or databricks instead of running it by hand.", file=sys.stderr)
+        return 2
+    with pipes_api.open_dagster_pipes(**io) as pipes:
+        run(pipes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The Spark engine inside Dagster: a bronze asset materialized with ``engine=spark`` runs the
+Spark job through ``PipesSubprocessClient`` (real local Spark, real embedded PostgreSQL) and shows
+the same metadata and check results as the local engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.assets import build_bronze_asset
+from bronze_assets.defs.engines import BronzeEngine, Engine, parse_table_engines
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.settings import start_date
+from bronze_assets_tests.conftest import AS_OF, query
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
+
+# differ by nature between two loads (or engines): timing, file layout, ids, the engine's name
+PER_RUN = {"batch_id", "table_uri", "extract_seconds", "merge_seconds", "duration_seconds", "size_bytes",
+           "num_files", "engine"}
+PER_RUN_CHECK = {"data_docs", "failing_keys_sample"}  # a docs page per run; sample keys in read order
+
+
+@pytest.fixture
+def seeded(fresh_dsn: str) -> str:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
+    return fresh_dsn
+
+
+def materialize(dsn: str, root: Path, engine: str, table: str, partition: str | None = None,
+                ) -> dg.ExecuteInProcessResult:
+    resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(root)),
+                                BronzeEngine(engine=engine))
+    return dg.materialize([build_bronze_asset(CONTRACTS[table])], resources=resources,
+                          partition_key=partition, raise_on_error=False)
+
+
+def outcome(result: dg.ExecuteInProcessResult) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The materialization's metadata and, per check, what the UI shows of it."""
+    (event,) = [e for e in result.get_asset_materialization_events()
+                if "rows_read" in e.materialization.metadata]
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    checks = {}
+    for e in result.get_asset_check_evaluations():
+        checks[e.check_name] = {"passed": e.passed, "severity": e.severity, "description": e.description,
+                                "metadata": {k: v.value for k, v in e.metadata.items()}}
+    return meta, checks
+
+
+def bronze_rows(root: Path, table: str) -> pl.DataFrame:
+    contract = CONTRACTS[table]
+    frame = pl.from_arrow(DeltaTable(str(root / contract.bronze_table)).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame.select(*contract.primary_key, "record_hash", "data_quality_score", "record_status",
+                        *([contract.partitioning.delta_column] if contract.partitioning.delta_column else [])
+                        ).sort(contract.primary_key)
+
+
+def test_order_details_through_pipes_shows_what_the_local_engine_shows(seeded: str, tmp_path: Path) -> None:
+    partition = start_date().isoformat()  # the initial snapshot
+    local = materialize(seeded, tmp_path / "local", "local", "order_details", partition)
+    spark = materialize(seeded, tmp_path / "spark", "spark", "order_details", partition)
+    assert local.success and spark.success
+    local_meta, local_checks = outcome(local)
+    spark_meta, spark_checks = outcome(spark)
+
+    assert (local_meta["engine"], spark_meta["engine"]) == ("local", "spark")
+    assert local_meta.keys() == spark_meta.keys()
+    assert {k: v for k, v in local_meta.items() if k not in PER_RUN} == \
+        {k: v for k, v in spark_meta.items() if k not in PER_RUN}
+    assert local_meta["rows_inserted"] == local_meta["rows_read"] > 1000
+
+    assert set(local_checks) == set(spark_checks) == {"schema_contract", "quality_score", "key_uniqueness",
+                                                       "referential_integrity"}
+    for name, want in local_checks.items():
+        got = spark_checks[name]
+        assert (got["passed"], got["severity"], got["description"]) == \
+            (want["passed"], want["severity"], want["description"]), name
+        assert got["metadata"].keys() == want["metadata"].keys(), name
+        assert {k: v for k, v in got["metadata"].items() if k not in PER_RUN_CHECK} == \
+            {k: v for k, v in want["metadata"].items() if k not in PER_RUN_CHECK}, name
+    # the seeded defects are found by both: GX agrees with the score on Spark's staged rows too
+    quality = spark_checks["quality_score"]["metadata"]
+    assert quality["gx_counts_match_score"] is True
+    assert sum(v for k, v in quality.items() if k.startswith("violations")) > 0
+
+    spark_rows = bronze_rows(tmp_path / "spark", "order_details")
+    assert spark_rows.equals(bronze_rows(tmp_path / "local", "order_details"))
+    audit = pl.from_arrow(DeltaTable(str(tmp_path / "spark" / "bz_audit_log")).to_pyarrow_table())
+    assert isinstance(audit, pl.DataFrame)
+    (load,) = audit.filter(pl.col("operation_type") == "LOAD").to_dicts()
+    assert load["status"] == "SUCCESS" and '"engine": "spark"' in load["details"]
+
+
+def test_a_schema_mismatch_on_spark_fails_once_and_quarantines(seeded: str, tmp_path: Path) -> None:
+    query(seeded, "ALTER TABLE tests.warehouses DROP COLUMN capacity")
+    rows = query(seeded, "SELECT count(*) FROM tests.warehouses")[0][0]
+    result = materialize(seeded, tmp_path, "spark", "warehouses")
+    assert not result.success
+    failure = result.failure_data_for_node("load_bz_warehouses")
+    assert failure is not None
+    assert "bz_warehouses" in str(failure.error) and "capacity" in str(failure.error)
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]  # no retry
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "schema_contract" and not check.passed
+    quarantined = DeltaTable(str(tmp_path / QUARANTINE_TABLE)).to_pyarrow_table()
+    assert quarantined.num_rows == rows
+    assert not (tmp_path / "bz_warehouses").exists()
+
+
+def test_engine_per_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_ENGINE", "spark")
+    monkeypatch.setenv("BRONZE_ENGINE_TABLES", "bz_orders=databricks, bz_customers=local")
+    engine = BronzeEngine(tables={"bz_products": "local"})
+    assert engine.engine_for(CONTRACTS["orders"]) is Engine.DATABRICKS
+    assert engine.engine_for(CONTRACTS["customers"]) is Engine.LOCAL
+    assert engine.engine_for(CONTRACTS["products"]) is Engine.LOCAL
+    assert engine.engine_for(CONTRACTS["inventory"]) is Engine.SPARK
+    assert BronzeEngine(engine="local").engine_for(CONTRACTS["inventory"]) is Engine.LOCAL
+    with pytest.raises(ValueError, match=r"BRONZE_ENGINE_TABLES.*bz_orders"):
+        parse_table_engines("bz_orders=flink")
+    with pytest.raises(ValueError, match=r"<bz_table>=<engine>"):
+        parse_table_engines("bz_orders")
