@@ -171,11 +171,15 @@ def _print_table(data, fmt: str) -> None:  # type: ignore[no-untyped-def]
 @main.command("uc-sql")
 @click.option("--catalog", default="main", show_default=True, help="Unity Catalog catalog of the tables.")
 @click.option("--schema", default="bronze", show_default=True, help="Schema of the bz_* tables.")
-def uc_sql_command(catalog: str, schema: str) -> None:
-    """Print Unity Catalog GRANTs and column masks for the PII access matrix."""
+@click.option("--root", default=None, help="Bronze root of the external tables [default: $BRONZE_ROOT].")
+@click.option("--no-tables", is_flag=True, help="Only GRANTs and masks (the tables exist already).")
+def uc_sql_command(catalog: str, schema: str, root: str | None, no_tables: bool) -> None:
+    """Print Unity Catalog SQL: the bz_* tables as external tables over the bronze root, GRANTs
+    and column masks for the PII access matrix."""
     from bronze_assets.lib.governance import uc_sql
+    from bronze_assets.settings import bronze_root
 
-    click.echo(uc_sql(catalog, schema))
+    click.echo(uc_sql(catalog, schema, None if no_tables else (root or bronze_root())))
 
 
 @main.command()

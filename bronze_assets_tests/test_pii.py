@@ -338,6 +338,19 @@ def test_uc_sql_is_generated_from_the_matrix_and_contracts() -> None:
     assert "stays ciphertext" in sql
     assert "GRANT SELECT ON TABLE `prod`.`bronze`.`bz_pii_keys` TO `bronze_admin`;" in sql
     assert "`bz_pii_keys` TO `bronze_analyst`" not in sql
+    assert "CREATE TABLE" not in sql
+
+
+def test_uc_sql_creates_external_tables_over_the_root() -> None:
+    sql = uc_sql("prod", "bronze", "abfss://lake@acct.dfs.core.windows.net/bronze/")
+    creates = [line for line in sql.splitlines() if line.startswith("CREATE TABLE")]
+    assert len(creates) == len(CONTRACTS) + 7  # control tables, quarantine, key store
+    assert ("CREATE TABLE IF NOT EXISTS `prod`.`bronze`.`bz_orders` USING DELTA LOCATION "
+            "'abfss://lake@acct.dfs.core.windows.net/bronze/bz_orders';") in creates
+    assert sql.index("CREATE TABLE IF NOT EXISTS `prod`.`bronze`.`bz_orders`") < \
+        sql.index("GRANT SELECT ON TABLE `prod`.`bronze`.`bz_orders`")
+    assert "local path" not in sql
+    assert "needs a cloud URI" in uc_sql("prod", "bronze", "/tmp/bronze")
 
 
 def test_cli_read_forget_and_uc_sql() -> None:

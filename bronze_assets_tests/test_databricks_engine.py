@@ -1,0 +1,109 @@
+"""The databricks engine: the task spec the asset submits, checked against a fake WorkspaceClient.
+
+The workspace is the one thing mocked (none is reachable from here; see ``fake_databricks``):
+its Jobs API checks the spec and runs the wheel task for real on local Spark, its Files API
+serves a Unity Catalog volume from a local folder, so dagster-databricks' own Pipes clients,
+context injector and message reader run unchanged. With ``DATABRICKS_HOST`` set, the live test
+runs the same asset in the workspace.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from databricks.sdk.service import jobs
+from deltalake import DeltaTable
+
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs import engines
+from bronze_assets.defs.assets import build_bronze_asset
+from bronze_assets.defs.engines import BronzeEngine, DatabricksCompute
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.seed import seed_source
+from bronze_assets.settings import env
+from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
+from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.fake_databricks import FakeWorkspaceClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
+
+WHEEL = "/Volumes/main/bronze/pipes/bronze_assets-0.1.0-py3-none-any.whl"
+
+
+def _materialize(dsn: str, root: Path, engine: BronzeEngine, table: str) -> dg.ExecuteInProcessResult:
+    resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(root)), engine)
+    return dg.materialize([build_bronze_asset(CONTRACTS[table])], resources=resources, raise_on_error=False)
+
+
+@pytest.mark.parametrize("compute", [DatabricksCompute.SERVERLESS, DatabricksCompute.JOB_CLUSTER])
+def test_databricks_task_runs_the_bronze_job_through_a_volume(
+    compute: DatabricksCompute, fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.2, defect_rate=0.05, as_of=AS_OF))
+    volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
+    volume.mkdir(parents=True)
+    workspace = FakeWorkspaceClient(tmp_path / "Volumes", log_dir=tmp_path)
+    monkeypatch.setattr(engines, "workspace_client", lambda: workspace)
+    # stands in for the secret scope the task reads on Databricks: the spec never carries it
+    monkeypatch.setenv("BRONZE_SOURCE_DSN", fresh_dsn)
+    engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL,
+                          databricks_compute=compute.value)
+
+    result = _materialize(fresh_dsn, tmp_path / "bronze", engine, "warehouses")
+    logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("run-*.log"))
+    assert result.success, logs
+
+    (run,) = workspace.jobs.runs.values()
+    task: jobs.SubmitTask = run.task
+    spec = json.dumps({"task": task.as_dict(), **{k: v if isinstance(v, str) else [e.as_dict() for e in v]
+                                                 for k, v in run.submit_args.items()}})
+    assert fresh_dsn not in spec and "password" not in spec.lower()
+    assert task.python_wheel_task is not None
+    assert task.python_wheel_task.package_name == "bronze_assets"
+    assert task.python_wheel_task.parameters[:2] == ["--pipes-io", "volumes"]
+    if compute is DatabricksCompute.SERVERLESS:
+        assert task.new_cluster is None and task.environment_key == "bronze"
+        (environment,) = run.submit_args["environments"]
+        assert environment.spec.dependencies == [WHEEL]
+        assert "--dagster-pipes-context" in task.python_wheel_task.parameters  # Pipes params as arguments
+    else:
+        assert task.new_cluster is not None and task.libraries[0].whl == WHEEL
+        assert task.new_cluster.spark_version.endswith("scala2.13")  # the Scala line of the pinned jars
+        assert "DAGSTER_PIPES_CONTEXT" in task.new_cluster.spark_env_vars  # Pipes params as env vars
+        assert task.new_cluster.spark_env_vars["BRONZE_SECRET_SCOPE"] == "bronze"
+    assert not list((volume / "tmp").iterdir())  # the Pipes temp folders are cleaned up
+
+    (event,) = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    rows = query(fresh_dsn, "SELECT count(*) FROM tests.warehouses")[0][0]
+    assert meta["engine"] == "spark" and meta["rows_inserted"] == meta["rows_read"] == rows
+    assert meta["Databricks Job Run ID"] == "1"
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {"schema_contract", "quality_score", "key_uniqueness"}
+    assert checks["schema_contract"] and checks["key_uniqueness"]
+    frame = pl.from_arrow(DeltaTable(str(tmp_path / "bronze" / "bz_warehouses")).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    assert active_hashes(frame, "warehouse_id") == source_hashes(fresh_dsn, "warehouses")
+
+
+def test_databricks_engine_says_what_it_needs(fresh_dsn: str, tmp_path: Path) -> None:
+    result = _materialize(fresh_dsn, tmp_path, BronzeEngine(engine="databricks"), "warehouses")
+    assert not result.success
+    failure = result.failure_data_for_node("load_bz_warehouses")
+    assert failure is not None
+    message = str(failure.error)
+    assert "BRONZE_DATABRICKS_VOLUME" in message and "BRONZE_DATABRICKS_WHEEL" in message
+
+
+@pytest.mark.skipif(not env("DATABRICKS_HOST"), reason="DATABRICKS_HOST is not set: no Databricks workspace")
+def test_live_databricks_workspace(tmp_path: Path) -> None:  # pragma: no cover - needs a workspace
+    """In a real workspace: $BRONZE_ROOT reachable from it, the wheel and volume configured, the
+    source credentials in the secret scope."""
+    result = dg.materialize([build_bronze_asset(CONTRACTS["warehouses"])],
+                            resources=build_resources(engine=BronzeEngine(engine="databricks")))
+    assert result.success
