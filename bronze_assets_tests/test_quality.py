@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from bronze_assets.contracts import CONTRACTS, TypeChangePolicy
+from bronze_assets.contracts import CONTRACTS, QualityRules, RegexRule, TypeChangePolicy, ValueSetRule
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.checks import (
     KEY_UNIQUENESS,
@@ -25,7 +25,9 @@ from bronze_assets.defs.checks import (
 )
 from bronze_assets.demo.generator import InventoryGenerator, SeedOptions
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.enrich.score import score_expr
 from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.quality.rules import rules
 from bronze_assets.lib.quality.validate import SuiteRunner, suite_runner
 from bronze_assets_tests.bronze_helpers import Bronze, spec_hash_sql
 from bronze_assets_tests.conftest import AS_OF, query
@@ -39,6 +41,21 @@ def test_suite_has_one_expectation_per_rule_and_the_key() -> None:
     rules = sorted(e.meta["rule"] for e in suite.expectations)
     assert rules == sorted(["null:customer_id", "null:order_date", "format:status", "range:total_amount",
                             "range:order_date", "unique:order_id"])
+
+
+def test_two_rules_on_one_column_are_both_scored_and_validated() -> None:
+    """One rule model for the score and the suite: a second rule of one kind on one column gets
+    its own id, counts in the score and has its own expectation (before, one replaced the other)."""
+    suppliers = CONTRACTS["suppliers"]
+    contract = replace(suppliers, quality=QualityRules(formats=(
+        RegexRule("email", r"^[^@\s]+@[^@\s]+$"), ValueSetRule("email", ("a@b.com", "c@d.com")))))
+    assert [r.id for r in rules(contract, AS_OF.date())] == ["format:email", "format:email#2"]
+    frame = pl.DataFrame({"supplier_id": [1, 2, 3, 4], "email": ["a@b.com", "x@y.com", "bad", None]})
+    scores = frame.select(score_expr(contract, AS_OF.date())).to_series().to_list()
+    assert scores == [100, 95, 90, 100]
+    report = SuiteRunner(contract, AS_OF.date()).validate(frame.to_arrow())
+    assert report.gx_counts == {"format:email": 1, "format:email#2": 2, "unique:supplier_id": 0}
+    assert report.agree and report.vector_counts == {"format:email": 1, "format:email#2": 2}
 
 
 def test_gx_counts_equal_vectorised_counts_and_injected_defects(fresh_dsn: str, tmp_path: Path) -> None:

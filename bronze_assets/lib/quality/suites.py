@@ -1,7 +1,8 @@
 """Great Expectations suites generated from a table contract (never written per table).
 
-Each expectation carries ``meta.rule``, the same rule id (``null:col``, ``format:col``,
-``range:col``, ``unique:pk``) that the vectorised score uses, so the two can be compared.
+The suite interprets the rule model of :mod:`bronze_assets.lib.quality.rules`: each expectation
+carries ``meta.rule``, the rule id the vectorised score uses, so the two can be compared; the
+primary key adds ``unique:<pk>``.
 """
 
 from __future__ import annotations
@@ -9,20 +10,24 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from bronze_assets.contracts import (
-    Comparison,
-    Contract,
-    NotAfterLoadDateRule,
-    RangeRule,
-    RegexRule,
-    ValueSetRule,
-)
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.quality.rules import Above, AtMost, InSet, Matches, NotNull, Rule, rules
 
 
-def _gx() -> Any:
-    import great_expectations as gx
-
-    return gx
+def _expectation(ex: Any, rule: Rule) -> Any:
+    meta, column = {"rule": rule.id}, rule.column
+    match rule.test:
+        case NotNull():
+            return ex.ExpectColumnValuesToNotBeNull(column=column, meta=meta)
+        case Matches(pattern):
+            return ex.ExpectColumnValuesToMatchRegex(column=column, regex=pattern, meta=meta)
+        case InSet(values):
+            return ex.ExpectColumnValuesToBeInSet(column=column, value_set=list(values), meta=meta)
+        case AtMost(value):
+            return ex.ExpectColumnValuesToBeBetween(column=column, max_value=value, meta=meta)
+        case Above(bound, strict):
+            return ex.ExpectColumnValuesToBeBetween(column=column, min_value=bound, strict_min=strict,
+                                                    meta=meta)
 
 
 def build_suite(contract: Contract, load_date: date) -> Any:
@@ -30,28 +35,12 @@ def build_suite(contract: Contract, load_date: date) -> Any:
 
     GX requires an active data context (``SuiteRunner`` creates an ephemeral one first).
     """
-    gx = _gx()
+    import great_expectations as gx
+
     ex = gx.expectations
     suite = gx.ExpectationSuite(name=f"{contract.bronze_table}_contract")
-    for column in contract.quality.required:
-        meta = {"rule": f"null:{column}"}
-        suite.add_expectation(ex.ExpectColumnValuesToNotBeNull(column=column, meta=meta))
-    for rule in contract.quality.formats:
-        meta = {"rule": f"format:{rule.column}"}
-        if isinstance(rule, RegexRule):
-            suite.add_expectation(ex.ExpectColumnValuesToMatchRegex(column=rule.column, regex=rule.pattern,
-                                                                    meta=meta))
-        elif isinstance(rule, ValueSetRule):
-            suite.add_expectation(ex.ExpectColumnValuesToBeInSet(column=rule.column,
-                                                                 value_set=list(rule.values), meta=meta))
-    for rule in contract.quality.ranges:
-        meta = {"rule": f"range:{rule.column}"}
-        if isinstance(rule, NotAfterLoadDateRule):
-            suite.add_expectation(ex.ExpectColumnValuesToBeBetween(column=rule.column, max_value=load_date,
-                                                                   meta=meta))
-        elif isinstance(rule, RangeRule):
-            suite.add_expectation(ex.ExpectColumnValuesToBeBetween(
-                column=rule.column, min_value=rule.bound, strict_min=rule.op is Comparison.GT, meta=meta))
+    for rule in rules(contract, load_date):
+        suite.add_expectation(_expectation(ex, rule))
     if len(contract.primary_key) == 1:
         pk = contract.primary_key[0]
         suite.add_expectation(ex.ExpectColumnValuesToBeUnique(column=pk, meta={"rule": f"unique:{pk}"}))

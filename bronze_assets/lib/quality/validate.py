@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.enrich.score import format_violations, null_violations, range_violations
+from bronze_assets.lib.enrich.score import score_columns, violations
 from bronze_assets.lib.quality.suites import build_suite
 
 CHUNK_ROWS = 250_000  # GX runs beside the MERGE: smaller pandas chunks keep peak memory down
@@ -129,13 +129,9 @@ class SuiteRunner:
                 "partial_unexpected_count": SAMPLE_KEYS,
             },
         ))
-        q = contract.quality
-        used = {*contract.primary_key, *q.required, *(r.column for r in (*q.formats, *q.ranges))}
+        used = {*contract.primary_key, *score_columns(contract)}
         self.columns = [c for c in contract.column_names if c in used]
-        self.vector_rules = {
-            **null_violations(contract), **format_violations(contract),
-            **range_violations(contract, load_date),
-        }
+        self.vector_rules = violations(contract, load_date)
 
     def validate(self, table: pa.Table) -> QualityReport:
         """Counts for one batch; GX reports counts and a few failing keys, not every index."""

@@ -1,18 +1,23 @@
-"""The per-record score of ARCHITECTURE §3 as one Spark SQL column, from the contract's rules
-(the same rules :mod:`bronze_assets.lib.enrich.score` turns into Polars expressions)."""
+"""The per-record score of ARCHITECTURE §3 as one Spark SQL column, interpreting the same rule
+model (:mod:`bronze_assets.lib.quality.rules`) as the Polars score and the GX suite."""
 
 from __future__ import annotations
 
 from datetime import date
 from typing import TYPE_CHECKING
 
-from bronze_assets.contracts import (
-    Comparison,
-    Contract,
-    NotAfterLoadDateRule,
-    RangeRule,
-    RegexRule,
-    ValueSetRule,
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.quality.rules import (
+    PENALTIES,
+    SCHEMA_FAIL_PENALTY,
+    Above,
+    AtMost,
+    InSet,
+    Kind,
+    Matches,
+    NotNull,
+    Rule,
+    rules,
 )
 
 if TYPE_CHECKING:
@@ -28,13 +33,24 @@ def java_regex(pattern: str) -> str:
     return "(?U)" + pattern
 
 
-def _count(flags: list[Column]) -> Column:
+def violation(rule: Rule, unreadable: dict[str, Column]) -> Column:
+    """True where a row breaks ``rule`` (an unreadable value is a schema failure, not a NULL)."""
     from pyspark.sql import functions as F
 
-    total = F.lit(0)
-    for flag in flags:
-        total = total + F.when(flag, 1).otherwise(0)
-    return total
+    col = F.col(f"`{rule.column}`")
+    match rule.test:
+        case NotNull():
+            return col.isNull() & ~unreadable.get(rule.column, F.lit(False))
+        case Matches(pattern):
+            ok = col.rlike(java_regex(pattern))
+        case InSet(values):
+            ok = col.isin(list(values))
+        case AtMost(value):
+            ok = col <= F.lit(value)
+        case Above(bound, strict):
+            number = col.cast("double")
+            ok = number > F.lit(bound) if strict else number >= F.lit(bound)
+    return col.isNotNull() & ~ok
 
 
 def score_column(contract: Contract, load_date: date, unreadable: dict[str, Column]) -> Column:
@@ -42,32 +58,15 @@ def score_column(contract: Contract, load_date: date, unreadable: dict[str, Colu
     source but could not be stored (they score ``schema_fail`` and never count as NULL)."""
     from pyspark.sql import functions as F
 
-    def col(name: str) -> Column:
-        return F.col(f"`{name}`")
-
     fail = F.lit(False)
     for flag in unreadable.values():
         fail = fail | flag
-    nulls = [col(c).isNull() & ~unreadable.get(c, F.lit(False)) for c in contract.quality.required]
-    formats = []
-    for rule in contract.quality.formats:
-        if isinstance(rule, RegexRule):
-            ok = col(rule.column).rlike(java_regex(rule.pattern))
-        elif isinstance(rule, ValueSetRule):
-            ok = col(rule.column).isin(list(rule.values))
-        else:  # pragma: no cover - the contract type admits only these two
-            raise TypeError(f"unknown format rule {rule!r}")
-        formats.append(col(rule.column).isNotNull() & ~ok)
-    ranges = []
-    for rule in contract.quality.ranges:
-        if isinstance(rule, NotAfterLoadDateRule):
-            ok = col(rule.column) <= F.lit(load_date)
-        elif isinstance(rule, RangeRule):
-            value = col(rule.column).cast("double")
-            ok = value >= F.lit(rule.bound) if rule.op is Comparison.GE else value > F.lit(rule.bound)
-        else:  # pragma: no cover
-            raise TypeError(f"unknown range rule {rule!r}")
-        ranges.append(col(rule.column).isNotNull() & ~ok)
-    penalty = (F.when(fail, 40).otherwise(0) + F.least(10 * _count(nulls), F.lit(30))
-               + F.least(5 * _count(formats), F.lit(20)) + F.least(2 * _count(ranges), F.lit(10)))
+    penalty = F.when(fail, SCHEMA_FAIL_PENALTY).otherwise(0)
+    counts: dict[Kind, Column] = {}
+    for rule in rules(contract, load_date):
+        flag = F.when(violation(rule, unreadable), 1).otherwise(0)
+        counts[rule.kind] = counts.get(rule.kind, F.lit(0)) + flag
+    for kind, count in counts.items():
+        p = PENALTIES[kind]
+        penalty = penalty + F.least(p.per_violation * count, F.lit(p.cap))
     return F.greatest(F.lit(0), F.lit(100) - penalty).cast("int")
