@@ -44,6 +44,7 @@ from bronze_assets.lib.enrich.metadata import BatchContext
 from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
 from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
+from bronze_assets.settings import data_dir
 
 FAILURE = "bronze_failure"  # custom Pipes message: {"message", "retry", "metadata"}
 DESCRIPTIONS = "bronze_check_descriptions"  # custom Pipes message: check name -> description
@@ -175,8 +176,23 @@ def main(argv: Sequence[str] | None = None) -> int:
               "BRONZE_ENGINE=spark or databricks instead of running it by hand.", file=sys.stderr)
         return 2
     with pipes_api.open_dagster_pipes(**io) as pipes:
+        if args.pipes_io == LOCAL_IO:  # Spark's console chatter goes to a file, not the user's terminal
+            log = data_dir() / "logs" / "spark" / f"{pipes.extras['table']}-{pipes.run_id[:8]}.log"
+            redirect_stdio(log)
+            pipes.log.info(f"Spark's own log: {log}")
         run(pipes)
     return 0
+
+
+def redirect_stdio(path: Path) -> None:
+    """Send this process's stdout and stderr (and the JVM's, which inherits them) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 if __name__ == "__main__":
