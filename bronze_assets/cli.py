@@ -241,13 +241,15 @@ def restore(table: str, version: int | None, timestamp: str | None, dry_run: boo
     from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.delta.timetravel import TimeTravelError, contract_for
     from bronze_assets.lib.delta.timetravel import restore as restore_table
+    from bronze_assets.lib.governance.pii import pii_protection
 
     storage = BronzeStorage()
     try:
         contract = contract_for(table)
-        plan = restore_table(storage.table_uri(contract.bronze_table), contract, storage.resolved_root(),
+        root, options = storage.resolved_root(), storage.storage_options or None
+        plan = restore_table(storage.table_uri(contract.bronze_table), contract, root,
                              version=version, timestamp=_as_of(timestamp), dry_run=dry_run,
-                             storage_options=storage.storage_options or None)
+                             storage_options=options, pii=pii_protection(contract, root, options))
     except TimeTravelError as exc:
         _fail(str(exc))
         return

@@ -16,10 +16,13 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
+from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.protection import UnprotectedWriteError
 from bronze_assets.lib.delta.timetravel import history, restore
 from bronze_assets.lib.governance.erasure import forget_subject
-from bronze_assets.lib.governance.pii import decrypt_table
+from bronze_assets.lib.governance.pii import decrypt_table, pii_protection
 from bronze_assets.lib.governance.reader import read_table as read_as
+from bronze_assets.lib.load import extract_and_stage
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
 
@@ -104,10 +107,27 @@ def test_forget_makes_the_customer_unrecoverable_in_every_version_and_reloads_ke
     assert len(audit) == 1 and audit[0]["records_affected"] == 1
 
 
+def test_pii_is_never_written_without_its_hook(bronze: Bronze) -> None:
+    staged = extract_and_stage(CUSTOMERS, bronze.dsn, bronze.uri("customers"))
+    try:
+        assert staged.pii is not None
+        staged.pii = None
+        with pytest.raises(UnprotectedWriteError, match="bz_customers"):
+            BronzeMerger(CUSTOMERS, bronze.uri("customers")).merge(staged)
+    finally:
+        staged.cleanup()
+    assert not Path(bronze.uri("customers")).exists()
+
+
 def test_restore_to_before_an_erasure_keeps_the_customer_forgotten(bronze: Bronze) -> None:
     bronze.materialize("customers")
     forget_subject("customers", 5, root=str(bronze.root))
-    restore(bronze.uri("customers"), CUSTOMERS, str(bronze.root), version=0)
+    version = bronze.version("customers")
+    with pytest.raises(UnprotectedWriteError, match="bz_customers"):  # lib/delta needs the PII hook
+        restore(bronze.uri("customers"), CUSTOMERS, str(bronze.root), version=0)
+    assert bronze.version("customers") == version, "nothing was restored without the hook"
+    restore(bronze.uri("customers"), CUSTOMERS, str(bronze.root), version=0,
+            pii=pii_protection(CUSTOMERS, str(bronze.root)))
     row = bronze.read("customers").filter(pl.col("customer_id") == 5).to_dicts()[0]
     assert row["record_status"] == "FORGOTTEN" and row["email"] is None
     audits = read_table(str(bronze.root), AUDIT_LOG).to_pylist()

@@ -20,7 +20,7 @@ from bronze_assets.lib.delta.merge import HASH_VERSION, hash_version, latest_wat
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
-from bronze_assets.lib.governance.pii import encrypt_json_records
+from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protection
 from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
@@ -188,6 +188,7 @@ def extract_and_stage(
         | ({"bronze.unreadable_records": str(rescued_rows)} if rescued or rescued_rows else {}),
         schema_drift=drift,
         legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
+        pii=pii_protection(contract, root, storage_options),
     )
     return staged
 

@@ -41,10 +41,9 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.staging import StagedBatch, stage_dir
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
-from bronze_assets.lib.governance.keystore import SubjectKeys
-from bronze_assets.lib.governance.pii import PiiCipher
 from bronze_assets.lib.source.extract import LEGACY_HASH
 from bronze_assets.settings import env
 
@@ -388,9 +387,7 @@ class BronzeMerger:
         self.pk = list(contract.primary_key)
         self.part = contract.partitioning.delta_column
         self.app_id = app_id(contract)
-        self.cipher = (PiiCipher(contract, table_uri.rsplit("/", 1)[0], storage_options)
-                       if contract.encrypted_columns else None)
-        self._keys: SubjectKeys | None = None
+        self.pii: PiiHook | None = None  # the staged batch's PII hook, during merge()
 
     # ------------------------------------------------------------------ planning
     @property
@@ -605,6 +602,8 @@ class BronzeMerger:
         """
         started = time.perf_counter()
         self._on_commit = on_commit
+        self.pii = require_hook(self.contract, staged.pii, "write") if self.contract.encrypted_columns \
+            else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             dt = open_table(self.uri, self.storage_options)
             if dt is not None and staged.ctx.batch_id in committed_batch_ids(dt):
@@ -638,13 +637,13 @@ class BronzeMerger:
             self._on_commit(info)
 
     def _prepare_keys(self, subjects: pl.Series) -> None:
-        """Create/load the data keys of every subject about to be written (one key-store commit)."""
-        if self.cipher is not None:
-            self._keys = self.cipher.prepare(subjects.drop_nulls().unique().to_list())
+        """Ready the PII hook for every subject about to be written (e.g. their data keys)."""
+        if self.pii is not None:
+            self.pii.prepare(subjects.drop_nulls().unique().to_list())
 
     def _protect(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Encrypt the contract's PII columns (hash and score were computed on plaintext)."""
-        return batch if self.cipher is None else self.cipher.encrypt(batch, self._keys)
+        """The PII columns protected by the hook (hash and score were computed on plaintext)."""
+        return batch if self.pii is None else self.pii.protect(batch)
 
     def _staged_chunk(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
                       ) -> Iterator[pa.RecordBatch]:
@@ -681,7 +680,8 @@ class BronzeMerger:
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
         order, sizes = None, []
         if staged.rows:  # one streamed read of the narrow columns: keys, data subject, partition
-            subject = [self.contract.data_subject] if self.cipher is not None else []
+            subject = [self.contract.data_subject] if self.pii is not None and self.contract.data_subject \
+                else []
             part = [self.part] if self.part else []
             columns = list(dict.fromkeys(self.pk + subject + part))
             batches = [b.select(columns) for b in staged.reader()]
@@ -733,7 +733,7 @@ class BronzeMerger:
             log.info("%s: %d unchanged rows re-hashed from record_hash v1 to v2", self.uri,
                      result.rehashed_v1)
         plan = plan.sort(self.pk)  # chunks are key ranges, so each MERGE predicate stays narrow
-        if self.cipher is not None:  # the data subject is the key of every PII table we have
+        if self.pii is not None:  # the data subject is the key of every PII table we have
             self._prepare_keys(plan.filter(pl.col(OP) != "D").get_column(self._subject_in_plan()))
         chunks = max(1, math.ceil(plan.height / self.chunk_rows))
         for chunk in range(chunks):

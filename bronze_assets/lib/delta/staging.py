@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.protection import PiiHook
 from bronze_assets.lib.enrich.metadata import BatchContext, complete
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.settings import env
@@ -51,6 +52,7 @@ class StagedBatch:
     schema_drift: SchemaDrift | None = None
     keep_after_merge: bool = False  # set while a check still reads the staged files
     legacy_hashes: pa.Table | None = None  # key + v1 record_hash, only while a v1 table is migrated
+    pii: PiiHook | None = None  # protects the PII columns as the rows are written
 
     @property
     def score_sum(self) -> int:

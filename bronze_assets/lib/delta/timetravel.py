@@ -13,6 +13,7 @@ from deltalake import CommitProperties, DeltaTable
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import OPERATION_KEY, audited
 from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, open_table
+from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 
 
@@ -130,29 +131,29 @@ def plan_restore(uri: str, contract: Contract, version: int | None = None, times
 
 def restore(uri: str, contract: Contract, root: str, version: int | None = None,
             timestamp: datetime | None = None, dry_run: bool = False,
-            storage_options: dict[str, str] | None = None) -> RestorePlan:
-    """Restore the table to a version (delta-rs RESTORE, a new commit); audited unless a dry run."""
+            storage_options: dict[str, str] | None = None, pii: PiiHook | None = None) -> RestorePlan:
+    """Restore the table to a version (delta-rs RESTORE, a new commit); audited unless a dry run.
+
+    A table with a data subject needs its PII hook (``governance.pii.pii_protection``): subjects
+    erased since that version stay erased."""
     plan = plan_restore(uri, contract, version, timestamp, storage_options)
     if dry_run:
         return plan
+    pii = require_hook(contract, pii, "restore")  # before anything is restored
     with audited(root, contract.bronze_table, "RESTORE", storage_options=storage_options) as entry:
         dt = _open(uri, storage_options)
         dt.restore(plan.target_version)
-        reapplied = _reapply_erasures(dt, contract, root, storage_options)
+        reapplied = _reapply_erasures(dt, contract, pii)
         entry.records_affected = plan.keys_removed + plan.keys_restored + plan.rows_changed
         entry.details = json.dumps(asdict(plan) | {"erasures_reapplied": reapplied})
     return plan
 
 
-def _reapply_erasures(dt: DeltaTable, contract: Contract, root: str,
-                      storage_options: dict[str, str] | None) -> int:
+def _reapply_erasures(dt: DeltaTable, contract: Contract, pii: PiiHook | None) -> int:
     """A restore never revives an erased person: subjects with a shredded key stay FORGOTTEN."""
-    if contract.data_subject is None:
+    if contract.data_subject is None or pii is None:
         return 0
-    from bronze_assets.lib.governance.keystore import KeyStore
-
-    keys = KeyStore(root, storage_options).rows(contract.name)
-    erased = keys.filter(pl.col("forgotten_at").is_not_null()).get_column("subject_id").to_list()
+    erased = pii.erased_subjects()
     if not erased:
         return 0
     dt.update_incremental()

@@ -165,6 +165,36 @@ def _replace(data: Data, column: str, values: pa.Array) -> Data:
     return data.set_column(i, data.schema.field(i), values.cast(data.schema.field(i).type))
 
 
+class PiiProtection:
+    """The writer's PII hook (:class:`~bronze_assets.lib.delta.protection.PiiHook`) for one table:
+    subject keys created before a write, PII columns encrypted, erased subjects listed."""
+
+    def __init__(self, contract: Contract, root: str | None = None,
+                 storage_options: dict[str, str] | None = None, kek: bytes | None = None) -> None:
+        self.contract, self.root, self.storage_options, self.kek = contract, root, storage_options, kek
+        self.cipher = PiiCipher(contract, root, storage_options, kek) if contract.encrypted_columns else None
+        self.keys: SubjectKeys | None = None
+
+    def prepare(self, subjects: Iterable[str | int | None]) -> None:
+        if self.cipher is not None:
+            self.keys = self.cipher.prepare(subjects)
+
+    def protect(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return batch if self.cipher is None else self.cipher.encrypt(batch, self.keys)
+
+    def erased_subjects(self) -> list[str]:
+        rows = KeyStore(self.root, self.storage_options, self.kek).rows(self.contract.name)
+        return rows.filter(pl.col("forgotten_at").is_not_null()).get_column("subject_id").to_list()
+
+
+def pii_protection(contract: Contract, root: str | None = None,
+                   storage_options: dict[str, str] | None = None) -> PiiProtection | None:
+    """The PII hook for writing or restoring ``contract``'s table; None when it holds no PII subject."""
+    if not contract.encrypted_columns and contract.data_subject is None:
+        return None
+    return PiiProtection(contract, root, storage_options)
+
+
 def encrypt_table(
     data: Data, contract: Contract, root: str | None = None, storage_options: dict[str, str] | None = None
 ) -> Data:
