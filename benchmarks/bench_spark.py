@@ -70,11 +70,11 @@ def phase_engine(engine: str, tables: list[str], tick: bool) -> dict:
 
         session_seconds = 0.0
         for name in tables:
-            contract, uri = CONTRACTS[name], f"{root}/bz_{name}"
+            contract = CONTRACTS[name]
             partition, changes_only = _windows(name, tick)
-            staged = extract_and_stage(contract, dsn, uri, partition=partition, changes_only=changes_only)
+            staged = extract_and_stage(contract, dsn, root, partition=partition, changes_only=changes_only)
             try:
-                merged = BronzeMerger(contract, uri).merge(staged)
+                merged = BronzeMerger(contract, root).merge(staged)
             finally:
                 staged.cleanup()
             rows += staged.rows

@@ -214,7 +214,7 @@ def history(table: str, limit: int) -> None:
     storage = BronzeStorage()
     try:
         contract = contract_for(table)
-        rows = table_history(storage.table_uri(contract.bronze_table), limit, storage.storage_options or None)
+        rows = table_history(storage.storage(), contract.bronze_table, limit)
     except TimeTravelError as exc:
         _fail(str(exc))
         return
@@ -246,10 +246,9 @@ def restore(table: str, version: int | None, timestamp: str | None, dry_run: boo
     storage = BronzeStorage()
     try:
         contract = contract_for(table)
-        root, options = storage.resolved_root(), storage.storage_options or None
-        plan = restore_table(storage.table_uri(contract.bronze_table), contract, root,
-                             version=version, timestamp=_as_of(timestamp), dry_run=dry_run,
-                             storage_options=options, pii=pii_protection(contract, root, options))
+        where = storage.storage()
+        plan = restore_table(where, contract, version=version, timestamp=_as_of(timestamp), dry_run=dry_run,
+                             pii=pii_protection(contract, where))
     except TimeTravelError as exc:
         _fail(str(exc))
         return
@@ -280,8 +279,7 @@ def status(as_json: bool) -> None:
         os.environ["DAGSTER_HOME"] = home
         instance = dg.DagsterInstance.get()
     storage = BronzeStorage()
-    rows = table_status.bronze_status(storage.resolved_root(), instance=instance,
-                                      storage_options=storage.storage_options or None)
+    rows = table_status.bronze_status(storage.storage(), instance=instance)
     click.echo(table_status.as_json(rows) if as_json else table_status.render(rows))
     if not all(r.healthy for r in rows):
         sys.exit(1)

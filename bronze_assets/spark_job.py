@@ -40,6 +40,7 @@ from bronze_assets.defs.checks import (
 from bronze_assets.lib.delta.io_manager import dagster_metadata
 from bronze_assets.lib.delta.merge import DuplicateKeyError
 from bronze_assets.lib.delta.outcome import audit_failure
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext
 from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
@@ -108,21 +109,20 @@ def run(pipes: pipes_api.PipesContext) -> None:
 
     extras = pipes.extras
     contract = CONTRACTS[extras["table"]]
-    root: str = extras["root"]
-    options: dict[str, str] | None = extras.get("storage_options") or None
+    storage = Storage(extras["root"], extras.get("storage_options") or {})
     checks = set(extras.get("checks") or [])
     started, clock = datetime.now(UTC), time.perf_counter()
 
     def fail(message: str, retry: bool, **metadata: Any) -> None:
-        audit_failure(contract, root, pipes.run_id, started, round(time.perf_counter() - clock, 3), message,
-                      options)
+        seconds = round(time.perf_counter() - clock, 3)
+        audit_failure(contract, storage, pipes.run_id, started, seconds, message)
         pipes.report_custom_message({FAILURE: {"message": message, "retry": retry, "metadata": metadata}})
 
     if extras.get("secret_scope"):  # the orchestrator's scope (a serverless task has no env vars)
         os.environ.setdefault("BRONZE_SECRET_SCOPE", extras["secret_scope"])
     try:
         dsn = resolve_source_dsn(None)
-        loader = SparkLoader(spark_session(f"bronze {contract.bronze_table}"), root, options)
+        loader = SparkLoader(spark_session(f"bronze {contract.bronze_table}"), storage)
         result = loader.load(
             contract, dsn, partition=_window(extras), changes_only=bool(extras.get("changes_only")),
             validate=_validator(contract, bool(extras.get("docs"))) if QUALITY_SCORE in checks else None)
@@ -138,18 +138,17 @@ def run(pipes: pipes_api.PipesContext) -> None:
         fail(f"Spark load failed: {type(exc).__name__}: {exc}", True)
         raise
     outcome = result.outcome(contract)
-    outcome.audit(root, pipes.run_id, options)
+    outcome.audit(storage, pipes.run_id)
     pipes.log.info(f"{contract.bronze_table}: read {result.rows:,} rows ({result.window}) in "
                    f"{result.extract_seconds:.2f} s; merged in {result.merge.merge_seconds:.2f} s")
     pipes.report_asset_materialization(metadata=pipes_metadata(dagster_metadata(outcome.metadata())))
-    uri = result.merge.table_uri
     results = []
     if SCHEMA_CONTRACT in checks and result.schema_drift is not None:
         results.append(schema_contract_result(result.schema_drift, result.unreadable_records or None))
     if KEY_UNIQUENESS in checks:
-        results.append(key_uniqueness_result(contract, uri, options))
+        results.append(key_uniqueness_result(contract, storage))
     if REFERENTIAL_INTEGRITY in checks:
-        results.append(referential_integrity_result(contract, lambda t: f"{root}/{t}", options))
+        results.append(referential_integrity_result(contract, storage))
     if QUALITY_SCORE in checks and result.validation is not None:
         results.append(quality_score_result(result.score_histogram, result.validation))
     report_checks(pipes, results)

@@ -56,9 +56,9 @@ class Bronze:
     ) -> MergeResult:
         """One load through the library (no Dagster run), e.g. for all-table checks."""
         contract = CONTRACTS[table]
-        staged = extract_and_stage(contract, self.dsn, self.uri(table), partition=partition, **kwargs)
+        staged = extract_and_stage(contract, self.dsn, self.root, partition=partition, **kwargs)
         try:
-            return BronzeMerger(contract, self.uri(table)).merge(staged)
+            return BronzeMerger(contract, self.root).merge(staged)
         finally:
             staged.cleanup()
 

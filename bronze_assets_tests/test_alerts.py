@@ -217,7 +217,7 @@ def test_channels_from_env(monkeypatch: pytest.MonkeyPatch, smtp_server: Inbox, 
         LogChannel, SmtpChannel, WebhookChannel, DeltaAlertTable)
     assert email.recipients == DEFAULT_RECIPIENTS == ("data-engineering@company.com", "data-ops@company.com")
     assert email.starttls is None and email.user is None
-    assert table.root == bronze_root()
+    assert table.storage.root == bronze_root()
 
     outcome = deliver(Alert("freshness", Severity.WARNING, "bz_customers is 30 h old"), channels)
     assert set(outcome.values()) == {OK}

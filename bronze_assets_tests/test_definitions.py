@@ -24,8 +24,9 @@ def test_definitions_load_with_resources() -> None:
 
 def test_bronze_storage_root_from_env(tmp_path: Path) -> None:
     # conftest sets BRONZE_ROOT to tmp_path/bronze
-    assert BronzeStorage().table_uri("bz_orders") == f"{tmp_path}/bronze/bz_orders"
-    assert BronzeStorage(root="s3://lake/bronze/").table_uri("bz_x") == "s3://lake/bronze/bz_x"
+    assert BronzeStorage().storage().uri("bz_orders") == f"{tmp_path}/bronze/bz_orders"
+    s3 = BronzeStorage(root="s3://lake/bronze/", storage_options={"region": "eu-west-1"}).storage()
+    assert s3.uri("bz_x") == "s3://lake/bronze/bz_x" and s3.delta_options == {"region": "eu-west-1"}
 
 
 def test_dagster_cli_validates_the_workspace() -> None:

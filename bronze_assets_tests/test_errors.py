@@ -39,7 +39,7 @@ def test_missing_source_table_names_it_and_the_fix(fresh_dsn: str, tmp_path: Pat
     seed_source(fresh_dsn, SeedOptions(scale=0, as_of=AS_OF))
     query(fresh_dsn, "DROP TABLE tests.returns")
     with pytest.raises(SourceTableMissingError, match=r"no table tests\.returns .*bronze ddl"):
-        extract_and_stage(CONTRACTS["returns"], fresh_dsn, str(tmp_path / "bz_returns"))
+        extract_and_stage(CONTRACTS["returns"], fresh_dsn, tmp_path)
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     result = dg.materialize([b.assets["bz_returns"]], resources=b.resources, raise_on_error=False,
                             partition_key=b.assets["bz_returns"].partitions_def.get_last_partition_key())
@@ -64,9 +64,9 @@ def test_restore_before_the_first_version_names_the_valid_range(fresh_dsn: str, 
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     b.load_direct("products")
     with pytest.raises(TimeTravelError, match=r"oldest version still in the log is from .*--version 0\.\.0"):
-        plan_restore(b.uri("products"), CONTRACTS["products"], timestamp=datetime(2000, 1, 1, tzinfo=UTC))
+        plan_restore(b.root, CONTRACTS["products"], timestamp=datetime(2000, 1, 1, tzinfo=UTC))
     with pytest.raises(TimeTravelError, match=r"version 5 does not exist \(0\.\.0\)"):
-        plan_restore(b.uri("products"), CONTRACTS["products"], version=5)
+        plan_restore(b.root, CONTRACTS["products"], version=5)
 
 
 def test_a_table_never_loaded_says_how_to_load_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

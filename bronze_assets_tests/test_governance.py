@@ -62,11 +62,11 @@ def test_loads_store_no_plaintext_pii_and_admins_read_it_back(bronze: Bronze) ->
     assert frame["email"].str.starts_with("enc:v1:").all()
     assert active_hashes(frame, "customer_id") == source_hashes(bronze.dsn, "customers"), \
         "record_hash is computed on plaintext"
-    admin = pl.from_arrow(read_as("customers", "admin", root=str(bronze.root)))
+    admin = pl.from_arrow(read_as("customers", "admin", storage=bronze.root))
     source = dict(query(bronze.dsn, "SELECT customer_id, email FROM tests.customers"))
     assert isinstance(admin, pl.DataFrame)
     assert dict(zip(admin["customer_id"], admin["email"], strict=True)) == source
-    analyst = pl.from_arrow(read_as("customers", "analyst", root=str(bronze.root)))
+    analyst = pl.from_arrow(read_as("customers", "analyst", storage=bronze.root))
     assert isinstance(analyst, pl.DataFrame)
     masked = analyst.join(admin.select("customer_id", pl.col("email").alias("clear")), on="customer_id")
     assert masked["email"].drop_nulls().str.contains("***", literal=True).all()
@@ -83,9 +83,9 @@ def test_forget_makes_the_customer_unrecoverable_in_every_version_and_reloads_ke
     bronze.materialize("customers")
     uri, root = bronze.uri("customers"), str(bronze.root)
     versions = range(bronze.version("customers") + 1)
-    result = forget_subject("customers", 7, root=root)
+    result = forget_subject("customers", 7, storage=root)
     assert result.rows_forgotten == 1
-    latest = history(uri, 1)[0]
+    latest = history(root, "bz_customers", 1)[0]
     assert (latest["operation"], latest["rows_updated"]) == ("ERASURE", 1), "bronze history names it"
 
     for version in versions:  # time travel to every retained version
@@ -108,12 +108,12 @@ def test_forget_makes_the_customer_unrecoverable_in_every_version_and_reloads_ke
 
 
 def test_pii_is_never_written_without_its_hook(bronze: Bronze) -> None:
-    staged = extract_and_stage(CUSTOMERS, bronze.dsn, bronze.uri("customers"))
+    staged = extract_and_stage(CUSTOMERS, bronze.dsn, bronze.root)
     try:
         assert staged.pii is not None
         staged.pii = None
         with pytest.raises(UnprotectedWriteError, match="bz_customers"):
-            BronzeMerger(CUSTOMERS, bronze.uri("customers")).merge(staged)
+            BronzeMerger(CUSTOMERS, bronze.root).merge(staged)
     finally:
         staged.cleanup()
     assert not Path(bronze.uri("customers")).exists()
@@ -121,12 +121,12 @@ def test_pii_is_never_written_without_its_hook(bronze: Bronze) -> None:
 
 def test_restore_to_before_an_erasure_keeps_the_customer_forgotten(bronze: Bronze) -> None:
     bronze.materialize("customers")
-    forget_subject("customers", 5, root=str(bronze.root))
+    forget_subject("customers", 5, storage=bronze.root)
     version = bronze.version("customers")
     with pytest.raises(UnprotectedWriteError, match="bz_customers"):  # lib/delta needs the PII hook
-        restore(bronze.uri("customers"), CUSTOMERS, str(bronze.root), version=0)
+        restore(bronze.root, CUSTOMERS, version=0)
     assert bronze.version("customers") == version, "nothing was restored without the hook"
-    restore(bronze.uri("customers"), CUSTOMERS, str(bronze.root), version=0,
+    restore(bronze.root, CUSTOMERS, version=0,
             pii=pii_protection(CUSTOMERS, str(bronze.root)))
     row = bronze.read("customers").filter(pl.col("customer_id") == 5).to_dicts()[0]
     assert row["record_status"] == "FORGOTTEN" and row["email"] is None

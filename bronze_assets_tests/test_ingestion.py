@@ -258,10 +258,10 @@ def test_a_plan_in_key_buckets_equals_the_plan_of_the_whole_table(bronze: Bronze
     query(bronze.dsn, "DELETE FROM tests.orders WHERE order_id % 11 = 0")
     query(bronze.dsn, "INSERT INTO tests.orders SELECT order_id + 100000, customer_id, order_date, status, "
                       "total_amount, now() FROM tests.orders WHERE order_id % 13 = 0")
-    contract, uri = CONTRACTS["orders"], bronze.uri("orders")
-    staged = extract_and_stage(contract, bronze.dsn, uri)
+    contract = CONTRACTS["orders"]
+    staged = extract_and_stage(contract, bronze.dsn, bronze.root)
     try:
-        merger = BronzeMerger(contract, uri)
+        merger = BronzeMerger(contract, bronze.root)
         whole, counts = merger.plan(bronze.table("orders"), staged)
         monkeypatch.setattr(merge, "PLAN_BUCKET_ROWS", 23)
         buckets = list(merger._buckets(bronze.table("orders"), staged))

@@ -260,7 +260,7 @@ def test_after_a_restore_the_next_scheduled_run_re_reads_every_change_since_the_
     query(seeded, "UPDATE tests.inventory SET quantity_available = 11, updated_at = now() "
                   "WHERE inventory_id = 3")
     b.materialize("inventory", TODAY.isoformat(), tags=scheduled)  # records a newer watermark
-    restore(b.uri("inventory"), CONTRACTS["inventory"], str(b.root), version=restored_to)
+    restore(b.root, CONTRACTS["inventory"], version=restored_to)
     assert latest_watermark(b.table("inventory")) == first, "the watermark of the restored version"
     tick = b.materialize("inventory", TODAY.isoformat(), tags=scheduled)
     assert tick["rows_updated"] == 1, "the change the restore undid is read again"

@@ -69,7 +69,7 @@ def test_zorder_compacts_partitioned_table_and_keeps_rows(tmp_path: Path) -> Non
     before_files = DeltaTable(uri).file_uris()
     assert len(before_files) == 36  # 12 commits x 3 load_date partitions
 
-    report = maintain_table(uri, contract)
+    report = maintain_table(tmp_path, contract.bronze_table, contract)
 
     assert report.zorder_columns == ["product_id", "warehouse_id"] == list(contract.zorder_columns)
     assert report.partition_column == "load_date"
@@ -97,7 +97,7 @@ def test_zorder_uses_contract_columns(tmp_path: Path) -> None:
     first = pq.read_table(dt.file_uris()[0])["product_id"].to_pylist()
     assert first != sorted(first)
 
-    report = maintain_table(uri, contract)
+    report = maintain_table(tmp_path, contract.bronze_table, contract)
 
     assert report.zorder_columns == ["product_id"]
     assert report.files_after_optimize == 1
@@ -110,8 +110,8 @@ def test_second_run_commits_nothing(tmp_path: Path) -> None:
     contract = CONTRACTS["inventory"]
     uri = str(tmp_path / contract.bronze_table)
     _write_in_commits(uri, contract, commits=4, per_commit=30)
-    first = maintain_table(uri, contract)
-    second = maintain_table(uri, contract)
+    first = maintain_table(tmp_path, contract.bronze_table, contract)
+    second = maintain_table(tmp_path, contract.bronze_table, contract)
     assert second.version_after == second.version_before == first.version_after
     assert second.partitions_optimized == 0
     assert second.files_after_optimize == second.files_before == 3
@@ -119,7 +119,7 @@ def test_second_run_commits_nothing(tmp_path: Path) -> None:
     # new data in one partition makes only that partition dirty
     write_deltalake(uri, _rows(contract, [1000, 1003, 1006], random.Random(1)), mode="append",
                     partition_by=["load_date"])
-    third = maintain_table(uri, contract)
+    third = maintain_table(tmp_path, contract.bronze_table, contract)
     assert third.files_before == 4 and third.files_after_optimize == 3
     assert third.partitions_optimized == 1
 
@@ -137,7 +137,7 @@ def test_vacuum_removes_only_files_older_than_retention(tmp_path: Path) -> None:
     os.utime(stale, (eight_days_ago, eight_days_ago))
     replaced = DeltaTable(uri).file_uris()
 
-    report = maintain_table(uri, contract)
+    report = maintain_table(tmp_path, contract.bronze_table, contract)
 
     assert report.vacuumed_files == [stale.name]
     assert not stale.exists()
@@ -151,7 +151,7 @@ def test_retention_below_table_minimum_is_refused_before_optimizing(tmp_path: Pa
     _write_in_commits(uri, contract, commits=3, per_commit=10)
     version = DeltaTable(uri).version()
     with pytest.raises(Exception, match="retention"):
-        maintain_table(uri, contract, retention_hours=1)
+        maintain_table(tmp_path, contract.bronze_table, contract, retention_hours=1)
     assert DeltaTable(uri).version() == version
 
 
@@ -160,7 +160,7 @@ def test_control_table_compaction_without_contract(tmp_path: Path) -> None:
     for i in range(5):
         control.append_rows(root, control.AUDIT_LOG, [{"table_name": "bz_products", "operation_type": "LOAD",
                                                        "records_affected": i, "status": "SUCCESS"}])
-    report = maintain_table(f"{root}/{control.AUDIT_LOG}", zorder_columns=[])
+    report = maintain_table(root, control.AUDIT_LOG, zorder_columns=[])
     assert report.table == control.AUDIT_LOG and report.zorder_columns == []
     assert (report.files_before, report.files_after_optimize) == (5, 1)
     affected = control.read_table(root, control.AUDIT_LOG)["records_affected"].to_pylist()
@@ -210,7 +210,7 @@ def test_maintenance_on_a_real_bronze_table_keeps_merge_semantics(fresh_dsn: str
     before = bronze.read("products").sort("product_id")
     assert files_before > 1
 
-    report = maintain_table(bronze.uri("products"), CONTRACTS["products"])
+    report = maintain_table(bronze.root, "bz_products", CONTRACTS["products"])
 
     assert report.files_before == files_before and report.files_after_optimize == 1
     assert bronze.read("products").sort("product_id").equals(before)

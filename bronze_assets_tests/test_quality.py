@@ -25,6 +25,7 @@ from bronze_assets.defs.checks import (
 )
 from bronze_assets.demo.generator import InventoryGenerator, SeedOptions
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.score import score_expr
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.quality.rules import rules
@@ -61,7 +62,7 @@ def test_two_rules_on_one_column_are_both_scored_and_validated() -> None:
 def test_gx_counts_equal_vectorised_counts_and_injected_defects(fresh_dsn: str, tmp_path: Path) -> None:
     report = seed_source(fresh_dsn, SeedOptions(scale=0.1, defect_rate=0.01, as_of=AS_OF))
     for name, contract in CONTRACTS.items():
-        staged = extract_and_stage(contract, fresh_dsn, str(tmp_path / f"bz_{name}"))
+        staged = extract_and_stage(contract, fresh_dsn, tmp_path)
         try:
             # the seed's future dates lie after AS_OF; validate as of the seed's day
             quality = SuiteRunner(contract, AS_OF.date()).validate_batches(staged.batches())
@@ -112,7 +113,7 @@ def test_key_uniqueness_fails_on_a_duplicated_key(fresh_dsn: str, tmp_path: Path
     uri = bronze.uri("customers")
     one = bronze.table("customers").to_pyarrow_dataset().to_table().slice(0, 1)
     write_deltalake(uri, one.cast(pa.schema(one.schema)), mode="append")
-    result = key_uniqueness_result(CONTRACTS["customers"], uri, None)
+    result = key_uniqueness_result(CONTRACTS["customers"], Storage(str(bronze.root)))
     assert not result.passed and result.severity is dg.AssetCheckSeverity.ERROR
     assert result.metadata["duplicate_rows"].value == 2
 
@@ -193,7 +194,7 @@ def test_orphan_counts_equal_the_injected_orphans(fresh_dsn: str, tmp_path: Path
     for child in ("inventory", "suppliers", "order_details", "stock_levels"):
         contract = CONTRACTS[child]
         bronze.load_direct(child)
-        result = referential_integrity_result(contract, lambda t: str(tmp_path / "bronze" / t), None)
+        result = referential_integrity_result(contract, Storage(str(tmp_path / "bronze")))
         assert not result.passed and result.severity is dg.AssetCheckSeverity.WARN
         for fk in contract.foreign_keys:
             label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
@@ -359,11 +360,11 @@ def test_key_and_referential_checks_count_orphans_and_duplicates_of_the_current_
           record_status=[active, active, active, deleted])
     write("bz_stock_levels", stock_level_id=[7, 7], warehouse_id=[2, 3], product_id=[2, 2],
           record_status=[active, active])
-    uri = lambda table: str(tmp_path / table)  # noqa: E731
+    storage = Storage(str(tmp_path))
     inventory, stock = CONTRACTS["inventory"], CONTRACTS["stock_levels"]
 
-    ku = key_uniqueness_result(inventory, uri("bz_inventory"), None)
-    ri = referential_integrity_result(inventory, uri, None)
+    ku = key_uniqueness_result(inventory, storage)
+    ri = referential_integrity_result(inventory, storage)
     assert ku.passed and ku.metadata["rows"].value == 4
     meta = {k: v.value for k, v in ri.metadata.items()}
     # product 3 is DELETED in the parent; the NULL is no orphan; row 13 is not ACTIVE
@@ -373,8 +374,8 @@ def test_key_and_referential_checks_count_orphans_and_duplicates_of_the_current_
     assert meta["orphans warehouse_id -> warehouses.warehouse_id"] == 0
     assert not ri.passed
 
-    ku = key_uniqueness_result(stock, uri("bz_stock_levels"), None)
-    ri = referential_integrity_result(stock, uri, None)
+    ku = key_uniqueness_result(stock, storage)
+    ri = referential_integrity_result(stock, storage)
     assert not ku.passed and ku.metadata["duplicate_rows"].value == 2
     assert ku.metadata["duplicate_keys_sample"].value == [{"stock_level_id": 7}]
     assert ri.metadata["orphans warehouse_id -> warehouses.warehouse_id"].value == 1
@@ -382,7 +383,7 @@ def test_key_and_referential_checks_count_orphans_and_duplicates_of_the_current_
     write("bz_products", mode="append", product_id=[9], record_status=[active])
     write("bz_inventory", mode="append", schema={"product_id": pl.Int32}, inventory_id=[14], product_id=[4],
           warehouse_id=[1], record_status=[active])
-    ri = referential_integrity_result(inventory, uri, None)
+    ri = referential_integrity_result(inventory, storage)
     assert ri.metadata["orphans product_id -> products.product_id"].value == 2  # 3 and 4
     assert ri.metadata["orphan_values_sample product_id -> products.product_id"].value == [3, 4]
 

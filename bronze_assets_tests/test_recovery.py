@@ -16,7 +16,8 @@ import pytest
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.control import CHECKPOINTS, read_table
-from bronze_assets.lib.delta.merge import latest_watermark, open_table
+from bronze_assets.lib.delta.merge import latest_watermark
+from bronze_assets.lib.delta.storage import open_table
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
@@ -59,8 +60,9 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
 contract = CONTRACTS[sys.argv[3]]
-staged = extract_and_stage(contract, sys.argv[1], sys.argv[2])
-BronzeMerger(contract, sys.argv[2]).merge(staged)
+root = sys.argv[2].rsplit("/", 1)[0]
+staged = extract_and_stage(contract, sys.argv[1], root)
+BronzeMerger(contract, root).merge(staged)
 print("finished")
 """
 
@@ -123,9 +125,8 @@ from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
 dsn, root, table = sys.argv[1:4]
 contract = CONTRACTS[table]
-uri = f"{root}/{contract.bronze_table}"
-staged = extract_and_stage(contract, dsn, uri)
-BronzeMerger(contract, uri).merge(staged, on_commit=lambda info: record_checkpoint(root, info, "killed-run"))
+staged = extract_and_stage(contract, dsn, root)
+BronzeMerger(contract, root).merge(staged, on_commit=lambda info: record_checkpoint(root, info, "killed-run"))
 print("finished")
 """
 

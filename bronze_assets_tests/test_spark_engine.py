@@ -176,7 +176,7 @@ def test_spark_merge_semantics(seeded: str, spark, tmp_path: Path) -> None:
     assert frame["product_id"].n_unique() == frame.height
     assert active_hashes(frame, "product_id") == source_hashes(seeded, "products")
 
-    forget_subject(customers, 3, root=str(root))
+    forget_subject(customers, 3, storage=root)
     query(seeded, "UPDATE tests.customers SET customer_name = 'Still Here', updated_at = now() "
                   "WHERE customer_id = 3")
     kept = loader.load(customers, seeded, batch_time=T3)

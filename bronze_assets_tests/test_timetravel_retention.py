@@ -33,24 +33,24 @@ def _snapshot(frame: pl.DataFrame, pk: str) -> pl.DataFrame:
 
 
 def test_restore_returns_the_table_to_the_chosen_version_and_is_audited(bronze: Bronze) -> None:
-    contract, uri = CONTRACTS["products"], bronze.uri("products")
+    contract = CONTRACTS["products"]
     bronze.load_direct("products")
     v0 = _snapshot(bronze.read("products"), "product_id")
     query(bronze.dsn, "UPDATE tests.products SET unit_price = unit_price + 1, updated_at = now() "
                       "WHERE product_id <= 10")
     query(bronze.dsn, "DELETE FROM tests.products WHERE product_id BETWEEN 11 AND 13")
     bronze.load_direct("products")
-    assert [h["version"] for h in history(uri)] == [1, 0]
-    assert history(uri)[0]["operation"] == "MERGE"
+    assert [h["version"] for h in history(bronze.root, contract.bronze_table)] == [1, 0]
+    assert history(bronze.root, contract.bronze_table)[0]["operation"] == "MERGE"
 
-    plan = plan_restore(uri, contract, version=0)
+    plan = plan_restore(bronze.root, contract, version=0)
     assert (plan.current_version, plan.target_version) == (1, 0)
     assert plan.rows_changed == 13 and plan.keys_removed == 0 and plan.keys_restored == 0
-    dry = restore(uri, contract, str(bronze.root), version=0, dry_run=True)
+    dry = restore(bronze.root, contract, version=0, dry_run=True)
     assert dry == plan and bronze.version("products") == 1, "a dry run changes nothing"
     assert read_table(str(bronze.root), AUDIT_LOG).num_rows == 0
 
-    restore(uri, contract, str(bronze.root), version=0)
+    restore(bronze.root, contract, version=0)
     assert bronze.version("products") == 2
     assert _snapshot(bronze.read("products"), "product_id").equals(v0)
     (audit,) = read_table(str(bronze.root), AUDIT_LOG).to_pylist()
@@ -61,17 +61,17 @@ def test_restore_returns_the_table_to_the_chosen_version_and_is_audited(bronze: 
 def test_restore_by_timestamp_and_clear_errors(bronze: Bronze) -> None:
     contract, uri = CONTRACTS["warehouses"], bronze.uri("warehouses")
     with pytest.raises(TimeTravelError, match=r"has not been loaded yet.*--select bz_warehouses"):
-        history(uri)
+        history(bronze.root, contract.bronze_table)
     bronze.load_direct("warehouses")
     first_commit = DeltaTable(uri).history()[-1]["timestamp"]
     query(bronze.dsn, "UPDATE tests.warehouses SET capacity = capacity + 1, updated_at = now()")
     bronze.load_direct("warehouses")
     moment = datetime.fromtimestamp(first_commit / 1000 + 0.0005, UTC)
-    assert plan_restore(uri, contract, timestamp=moment).target_version == 0
+    assert plan_restore(bronze.root, contract, timestamp=moment).target_version == 0
     with pytest.raises(TimeTravelError, match="does not exist"):
-        plan_restore(uri, contract, version=7)
+        plan_restore(bronze.root, contract, version=7)
     with pytest.raises(TimeTravelError, match="exactly one"):
-        plan_restore(uri, contract)
+        plan_restore(bronze.root, contract)
 
 
 def test_retention_moves_exactly_the_old_rows_and_loses_nothing(bronze: Bronze) -> None:

@@ -23,7 +23,6 @@ from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.lib.alerts import Alert, AlertState, Severity, channels_from_env, deliver
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, read_table
 from bronze_assets.lib.delta.maintenance import storage_growth
-from bronze_assets.lib.delta.merge import open_table
 from bronze_assets.settings import env_flag
 
 ENV_SENSORS_RUNNING = "BRONZE_SENSORS_RUNNING"
@@ -84,7 +83,7 @@ def measure_run_hours(context: dg.SensorEvaluationContext, _: BronzeStorage, now
 def measure_error_rate(_: dg.SensorEvaluationContext, bronze: BronzeStorage, now: datetime
                        ) -> dict[str, float]:
     """Share (%) of loads in the last 24 h that failed, from ``bz_audit_log``."""
-    audit = read_table(bronze.resolved_root(), AUDIT_LOG, bronze.storage_options or None)
+    audit = read_table(bronze.storage(), AUDIT_LOG)
     if not audit.num_rows:
         return {}
     recent = audit.filter(pc.and_(pc.equal(audit["operation_type"], "LOAD"),
@@ -100,11 +99,11 @@ def measure_storage_growth(_: dg.SensorEvaluationContext, bronze: BronzeStorage,
                            ) -> dict[str, float]:
     """Growth (%) of each table's snapshot size over the last 24 h (Delta log)."""
     out = {}
-    root, options = bronze.resolved_root(), bronze.storage_options or None
+    storage = bronze.storage()
     for c in CONTRACTS.values():
-        if open_table(f"{root}/{c.bronze_table}", options) is None:
+        if storage.open(c.bronze_table) is None:
             continue
-        growth = storage_growth(root, c.bronze_table, now=now, storage_options=options).growth
+        growth = storage_growth(storage, c.bronze_table, now=now).growth
         if growth is not None:
             out[c.bronze_table] = 100.0 * growth
     return out
@@ -155,7 +154,7 @@ def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC)) -> dg.S
         alerts = [_alert(kpi, s, v, AlertState.FIRING) for s, v in now_firing.items() if s not in firing]
         alerts += [_alert(kpi, s, values.get(s, firing[s]), AlertState.RESOLVED)
                    for s in firing if s not in now_firing]
-        channels = channels_from_env(bronze.resolved_root(), context.log, bronze.storage_options or None)
+        channels = channels_from_env(bronze.storage(), context.log)
         for alert in alerts:
             outcome = deliver(alert, channels)
             context.log.info(f"{alert.subject}: delivered {outcome}")

@@ -1,6 +1,5 @@
 """Asset checks of every bronze asset: names as constants, results with failing keys as metadata."""
 
-from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,8 +10,9 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import open_table, query_tables, quoted
+from bronze_assets.lib.delta.merge import query_tables, quoted
 from bronze_assets.lib.delta.staging import StagedBatch, score_percentile, score_sum
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.quality import worker
 from bronze_assets.lib.quality.validate import QualityReport
@@ -120,11 +120,10 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: dict[str, str] | None
-                          ) -> dg.AssetCheckResult:
+def key_uniqueness_result(contract: Contract, storage: Storage) -> dg.AssetCheckResult:
     """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. DataFusion
     counts the keys in one streamed aggregation: memory holds the key counts, not the rows."""
-    dt = open_table(table_uri, storage_options)
+    dt = storage.open(contract.bronze_table)
     if dt is None:
         return dg.AssetCheckResult(check_name=KEY_UNIQUENESS, passed=True, metadata={"rows": 0})
     keys = quoted(contract.primary_key)
@@ -144,16 +143,15 @@ def key_uniqueness_result(contract: Contract, table_uri: str, storage_options: d
 
 
 def referential_integrity_result(
-    contract: Contract, table_uri: Callable[[str], str], storage_options: dict[str, str] | None
-) -> dg.AssetCheckResult:
+    contract: Contract, storage: Storage) -> dg.AssetCheckResult:
     """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN).
     DataFusion joins the child's values with the parent's distinct keys, streamed."""
-    child = open_table(table_uri(contract.bronze_table), storage_options)
+    child = storage.open(contract.bronze_table)
     metadata: dict[str, object] = {}
     orphans_total = 0
     for fk in contract.foreign_keys:
         label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
-        parent = open_table(table_uri(f"bz_{fk.parent_table}"), storage_options)
+        parent = storage.open(f"bz_{fk.parent_table}")
         if child is None or parent is None:
             metadata[f"orphans {label}"] = "parent or child not loaded yet"
             continue

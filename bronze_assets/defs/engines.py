@@ -38,7 +38,6 @@ from bronze_assets.defs.checks import (
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
 from bronze_assets.lib.delta.io_manager import BronzeStorage, changed_partition_events
 from bronze_assets.lib.delta.outcome import audit_failure
-from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError, extract_and_stage
 from bronze_assets.lib.source.postgres import SourceConnectionError
 from bronze_assets.settings import env
@@ -172,19 +171,16 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     contract, selected = request.contract, request.checks
     if QUALITY_SCORE in selected:  # GX warms up in its worker process while the source is read
         warm_quality_suite(contract)
-    root, options = bronze.resolved_root(), bronze.storage_options or None
+    storage = bronze.storage()
     started = datetime.now(UTC)
 
     def failed(message: str) -> None:
-        audit_failure(contract, root, context.run.run_id, started,
-                      (datetime.now(UTC) - started).total_seconds(), message, options)
+        audit_failure(contract, storage, context.run.run_id, started,
+                      (datetime.now(UTC) - started).total_seconds(), message)
 
     try:
-        staged = extract_and_stage(
-            contract, source.resolved_dsn(), bronze.table_uri(contract.bronze_table),
-            partition=request.window, storage_options=options,
-            quarantine_uri=bronze.table_uri(QUARANTINE_TABLE), changes_only=request.changes_only,
-        )
+        staged = extract_and_stage(contract, source.resolved_dsn(), storage, partition=request.window,
+                                   changes_only=request.changes_only)
     except SourceConnectionError as exc:
         failed(str(exc))
         raise dg.Failure(str(exc), allow_retries=True) from None
@@ -203,13 +199,13 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     if staged.schema_drift is not None:
         if staged.schema_drift.added:
             context.log.warning(staged.schema_drift.describe())
-            append_rows(root, AUDIT_LOG, [{
+            append_rows(storage, AUDIT_LOG, [{
                 "table_name": contract.bronze_table, "operation_type": "SCHEMA_EVOLUTION",
                 "start_timestamp": started, "end_timestamp": datetime.now(UTC), "status": SUCCESS,
                 "records_affected": staged.rows, "user_id": current_user(), "job_id": context.run.run_id,
                 "details": json.dumps({"policy": "addNewColumns", "batch_id": staged.ctx.batch_id,
                                        "added": [c for c, _ in staged.schema_drift.added]}),
-            }], options)
+            }])
         if SCHEMA_CONTRACT in selected:
             unreadable = staged.metadata.get("bronze.unreadable_records")
             yield schema_contract_result(staged.schema_drift, int(unreadable) if unreadable else None)
@@ -221,9 +217,9 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     try:
         yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
         if KEY_UNIQUENESS in selected:
-            yield key_uniqueness_result(contract, bronze.table_uri(contract.bronze_table), options)
+            yield key_uniqueness_result(contract, storage)
         if REFERENTIAL_INTEGRITY in selected:
-            yield referential_integrity_result(contract, bronze.table_uri, options)
+            yield referential_integrity_result(contract, storage)
         if quality is not None:  # last: the GX worker has had the longest to finish
             yield staged_quality_result(staged, quality)
     finally:
@@ -237,7 +233,7 @@ def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool) -> 
     """What the Spark job needs to know (sent in the Pipes context). A remote job gets no storage
     credentials: it reads them from its own environment (the Databricks secret scope)."""
     extras: dict[str, Any] = {
-        "table": request.contract.name, "root": bronze.resolved_root(),
+        "table": request.contract.name, "root": bronze.storage().root,
         "window": [v.isoformat() for v in request.window] if request.window else None,
         "changes_only": request.changes_only, "checks": sorted(request.checks), "docs": not remote,
         "secret_scope": env("BRONZE_SECRET_SCOPE"),

@@ -21,7 +21,6 @@ from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.defs.schedules import schedules_running
 from bronze_assets.lib.delta.control import SCHEMAS, audited
 from bronze_assets.lib.delta.maintenance import DEFAULT_RETENTION_HOURS, maintain_table, storage_growth
-from bronze_assets.lib.delta.merge import open_table
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.retention import apply_retention
 from bronze_assets.lib.monitoring.metrics import RunStats
@@ -36,21 +35,20 @@ def _status() -> dg.DefaultScheduleStatus:
 
 @dg.op(description="OPTIMIZE + Z-ORDER and VACUUM (168 h) every bronze and control table.")
 def maintain_bronze_tables(context: dg.OpExecutionContext, bronze: BronzeStorage) -> dg.Output[int]:
-    root, options = bronze.resolved_root(), bronze.storage_options or None
+    storage = bronze.storage()
     tables = [(c.bronze_table, c) for c in CONTRACTS.values()]
     tables += [(name, None) for name in [*SCHEMAS, QUARANTINE_TABLE]]
     done = 0
     for i, (table, contract) in enumerate(tables, 1):
-        uri = f"{root}/{table}"
-        if open_table(uri, options) is None:
+        if storage.open(table) is None:
             continue
-        with audited(root, table, "MAINTENANCE", context.run.run_id, options) as entry:
-            report = maintain_table(uri, contract, DEFAULT_RETENTION_HOURS, options,
+        with audited(storage, table, "MAINTENANCE", context.run.run_id) as entry:
+            report = maintain_table(storage, table, contract, DEFAULT_RETENTION_HOURS,
                                     zorder_columns=None if contract else [])
             entry.records_affected = report.files_before - report.files_after_optimize
             entry.details = json.dumps(report.as_metadata(), default=str)
         meta = dict(report.as_metadata())
-        growth = storage_growth(root, table, storage_options=options).growth
+        growth = storage_growth(storage, table).growth
         meta["storage_growth_pct_24h"] = round(100 * growth, 2) if growth is not None else -1.0
         context.log.info(f"[{i}/{len(tables)}] {table}: {report.files_before} -> "
                          f"{report.files_after_optimize} files")
@@ -62,10 +60,10 @@ def maintain_bronze_tables(context: dg.OpExecutionContext, bronze: BronzeStorage
 
 @dg.op(description="Move rows whose business date is older than the retention period to the archive.")
 def apply_bronze_retention(context: dg.OpExecutionContext, bronze: BronzeStorage) -> dg.Output[int]:
-    root, options = bronze.resolved_root(), bronze.storage_options or None
+    storage = bronze.storage()
     moved: dict[str, int] = {}
     for contract in CONTRACTS.values():
-        result = apply_retention(contract, root, storage_options=options)
+        result = apply_retention(contract, storage)
         if result.cutoff is not None:
             moved[contract.bronze_table] = result.moved
             context.log.info(f"{contract.bronze_table}: {result.moved:,} rows before {result.cutoff} moved")
@@ -104,8 +102,7 @@ def _embedded(title: str, png: bytes) -> str:
 def monitoring_report(context: dg.AssetExecutionContext, bronze: BronzeStorage) -> dg.MaterializeResult:
     since = datetime.now(UTC) - timedelta(days=30)
     runs = _run_stats(context.instance, datetime.now(UTC) - timedelta(hours=24))
-    report = build_report(bronze.resolved_root(), runs=runs, since=since,
-                          storage_options=bronze.storage_options or None, instance=context.instance)
+    report = build_report(bronze.storage(), runs=runs, since=since, instance=context.instance)
     metadata: dict[str, object] = {
         "report": dg.MetadataValue.path(str(report.html)),
         "headline": dg.MetadataValue.md(report.markdown()),

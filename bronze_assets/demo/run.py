@@ -28,7 +28,6 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
-from bronze_assets.lib.delta.merge import open_table
 from bronze_assets.settings import data_dir, env
 
 DEMO_JOB = "bronze_demo"
@@ -301,7 +300,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
     definitions = defs()
     instance = dg.DagsterInstance.get() if env("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     storage = BronzeStorage()
-    say(f"loading {len(CONTRACTS)} bronze tables into {storage.resolved_root()} "
+    say(f"loading {len(CONTRACTS)} bronze tables into {storage.storage().root} "
         f"(Dagster's log: {log_path})")
     started = time.perf_counter()
     with dagster_settings():
@@ -317,7 +316,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
     summaries = []
     for contract in CONTRACTS.values():
         meta = metadata.get(contract.bronze_table, {})
-        dt = open_table(storage.table_uri(contract.bronze_table), storage.storage_options or None)
+        dt = storage.storage().open(contract.bronze_table)
         total = active = versions = 0
         if dt is not None:
             import pyarrow.compute as pc

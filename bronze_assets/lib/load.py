@@ -16,9 +16,10 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract, PartitionKind
-from bronze_assets.lib.delta.merge import HASH_VERSION, hash_version, latest_watermark, open_table
+from bronze_assets.lib.delta.merge import HASH_VERSION, hash_version, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
 from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protection
 from bronze_assets.lib.source.dsn import describe_dsn
@@ -115,14 +116,12 @@ def next_watermark(window: LoadWindow, cap: datetime, previous: datetime | None)
 def extract_and_stage(
     contract: Contract,
     dsn: str,
-    table_uri: str,
+    storage: StorageLike,
     *,
     partition: tuple[datetime, datetime] | None = None,
-    storage_options: dict[str, str] | None = None,
     overlap: timedelta = DEFAULT_OVERLAP,
     batch_time: datetime | None = None,
     progress: Callable[[int], None] | None = None,
-    quarantine_uri: str | None = None,
     changes_only: bool = False,
 ) -> StagedBatch:
     """Read the window of ``contract`` from the source and stage enriched rows for the MERGE.
@@ -133,8 +132,8 @@ def extract_and_stage(
     """
     started = time.perf_counter()
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
-    root = table_uri.rsplit("/", 1)[0]
-    target = open_table(table_uri, storage_options)
+    storage = as_storage(storage)
+    target = storage.open(contract.bronze_table)
     previous = latest_watermark(target)
     legacy = target is not None and hash_version(target) < HASH_VERSION  # migrate v1 hashes once
     legacy_hashes: list[pa.RecordBatch] = []
@@ -161,7 +160,7 @@ def extract_and_stage(
 
     name = contract.bronze_table
     with SourceReader(dsn, contract) as reader:
-        drift = inspect_source(reader, contract, window, ctx.batch_id, root, storage_options, quarantine_uri)
+        drift = inspect_source(reader, contract, window, ctx.batch_id, storage)
         extras = [c for c, _ in drift.added]
         rescued = [c for c, _, _ in drift.rescued]
         snapshot = reader.snapshot()
@@ -175,8 +174,8 @@ def extract_and_stage(
     rescued_rows = sum(b.num_rows for b in unreadable)
     if rescued_rows:
         columns = sorted({c for b in unreadable for c in b.schema.metadata[b"columns"].decode().split(",")})
-        quarantine_unstorable(contract, ctx.batch_id, unreadable, columns, root, storage_options,
-                              quarantine_uri, drift.describe() if rescued else None)
+        quarantine_unstorable(contract, ctx.batch_id, unreadable, columns, storage,
+                              drift.describe() if rescued else None)
     watermark = next_watermark(window, snapshot.watermark_cap(), previous)
     staged = StagedBatch(
         contract=contract, ctx=ctx, path=path, schema=bronze_schema(contract, extras), rows=rows,
@@ -188,14 +187,13 @@ def extract_and_stage(
         | ({"bronze.unreadable_records": str(rescued_rows)} if rescued or rescued_rows else {}),
         schema_drift=drift,
         legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
-        pii=pii_protection(contract, root, storage_options),
+        pii=pii_protection(contract, storage),
     )
     return staged
 
 
 def inspect_source(
-    reader: SourceReader, contract: Contract, window: LoadWindow, batch_id: str, root: str,
-    storage_options: dict[str, str] | None = None, quarantine_uri: str | None = None,
+    reader: SourceReader, contract: Contract, window: LoadWindow, batch_id: str, storage: Storage,
 ) -> SchemaDrift:
     """Compare the live source table with the contract (in the reader's snapshot).
 
@@ -214,10 +212,9 @@ def inspect_source(
     if drift.breaking:
         records = reader.raw_json(window, {c for c, _ in live})
         if contract.encrypted_columns:  # quarantine never holds plaintext PII either
-            records = (encrypt_json_records(b, contract, root, storage_options) for b in records)
+            records = (encrypt_json_records(b, contract, storage) for b in records)
         quarantined = quarantine_rows(
-            quarantine_uri or f"{root}/{QUARANTINE_TABLE}",
-            contract.name, batch_id, drift.describe(), records, storage_options,
+            storage, contract.name, batch_id, drift.describe(), records,
         )
         raise SchemaMismatchError(
             f"{name}: the source table no longer matches its contract — {drift.describe()}. "
@@ -230,20 +227,19 @@ def inspect_source(
 
 
 def quarantine_unstorable(
-    contract: Contract, batch_id: str, records: list[pa.RecordBatch], columns: list[str], root: str,
-    storage_options: dict[str, str] | None = None, quarantine_uri: str | None = None,
+    contract: Contract, batch_id: str, records: list[pa.RecordBatch], columns: list[str], storage: Storage,
     cause: str | None = None,
 ) -> None:
     """List the records whose values bronze could not store (JSON: primary key plus the
     PostgreSQL text of each such value) in ``bz_quarantine``, PII encrypted, and say so once."""
     name = contract.bronze_table
     if contract.encrypted_columns:  # quarantine never holds plaintext PII either
-        records = [encrypt_json_records(b, contract, root, storage_options) for b in records]
+        records = [encrypt_json_records(b, contract, storage) for b in records]
     cause = cause or "values bronze cannot store (numeric NaN, ±infinity, years outside 1–9999)"
-    quarantine_rows(quarantine_uri or f"{root}/{QUARANTINE_TABLE}", contract.name, batch_id,
+    quarantine_rows(storage, contract.name, batch_id,
                     f"{cause} in column(s) {', '.join(columns)} — kept as NULL in {name} (schema_fail "
                     f"scored); each record holds the primary key and the PostgreSQL text of the value",
-                    records, storage_options)
+                    records)
     log.warning("%s: %d records had values in %s that cannot be stored as the contract types; they "
                 "are NULL in bronze, scored the schema penalty and are listed in %s", name,
                 sum(b.num_rows for b in records), ", ".join(columns), QUARANTINE_TABLE)

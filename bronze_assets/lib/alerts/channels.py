@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from bronze_assets.lib.alerts.model import Alert, AlertState, Severity
 from bronze_assets.lib.delta import control
+from bronze_assets.lib.delta.storage import StorageLike
 
 DEFAULT_RECIPIENTS = ("data-engineering@company.com", "data-ops@company.com")
 DEFAULT_SENDER = "bronze-alerts@company.com"
@@ -122,10 +123,9 @@ class WebhookChannel:
 
 @dataclass
 class DeltaAlertTable:
-    """Append the alert to ``bz_alerts`` under ``root`` with the other channels' outcome as JSON."""
+    """Append the alert to ``bz_alerts`` with the other channels' outcome as JSON."""
 
-    root: str
-    storage_options: dict[str, str] | None = field(default=None, repr=False)
+    storage: StorageLike = field(repr=False)
     name: str = control.ALERTS
 
     def send(self, alert: Alert) -> None:
@@ -133,7 +133,7 @@ class DeltaAlertTable:
 
     def record(self, alert: Alert, outcome: Mapping[str, str]) -> None:
         channels = json.dumps(dict(outcome), sort_keys=True)
-        control.append_rows(self.root, control.ALERTS, [alert.row(channels)], self.storage_options)
+        control.append_rows(self.storage, control.ALERTS, [alert.row(channels)])
 
 
 @dataclass

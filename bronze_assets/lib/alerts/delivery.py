@@ -18,7 +18,7 @@ from bronze_assets.lib.alerts.channels import (
     WebhookChannel,
 )
 from bronze_assets.lib.alerts.model import Alert
-from bronze_assets.settings import bronze_root
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.settings import env as setting
 
 OK = "ok"
@@ -74,20 +74,19 @@ def _unique(name: str, taken: Mapping[str, str]) -> str:
 
 
 def channels_from_env(
-    root: str | None = None,
+    storage: StorageLike = None,
     logger: Any = None,
-    storage_options: dict[str, str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> list[Channel]:
     """Log + ``bz_alerts`` always; email when ``BRONZE_SMTP_HOST`` is set; webhook when
-    ``BRONZE_ALERT_WEBHOOK_URL`` is set. ``root`` defaults to the bronze root."""
+    ``BRONZE_ALERT_WEBHOOK_URL`` is set. ``storage`` defaults to ``$BRONZE_ROOT``."""
     channels: list[Channel] = [LogChannel(logger)]
     if smtp := smtp_from_env(env):
         channels.append(smtp)
     if url := setting(ENV_WEBHOOK_URL, env):
         timeout = float(setting(ENV_WEBHOOK_TIMEOUT, env) or DEFAULT_TIMEOUT)
         channels.append(WebhookChannel(url, timeout=timeout))
-    channels.append(DeltaAlertTable(root or bronze_root(), storage_options))
+    channels.append(DeltaAlertTable(as_storage(storage)))
     return channels
 
 

@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake import write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
 from bronze_assets.settings import SOURCE_SCHEMA, env
@@ -88,13 +89,11 @@ def cost_rate() -> float:
     return float(env(ENV_COST_RATE) or DEFAULT_COST_RATE)
 
 
-def append_rows(
-    root: str, table: str, rows: Sequence[Mapping[str, Any]],
-    storage_options: dict[str, str] | None = None,
-) -> int:
-    """Append ``rows`` to control table ``table`` under ``root`` (created on first use)."""
+def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Append ``rows`` to control table ``table`` (created on first use)."""
     if not rows:
         return 0
+    storage = as_storage(storage)
     schema = SCHEMAS[table]
     now = datetime.now(UTC)
     filled = []
@@ -110,7 +109,7 @@ def append_rows(
     data = pa.Table.from_pylist(filled, schema=schema)
     for attempt in range(1, 6):  # concurrent appends from parallel steps may race for a version
         try:
-            write_deltalake(f"{root}/{table}", data, mode="append", storage_options=storage_options or None)
+            write_deltalake(storage.uri(table), data, mode="append", storage_options=storage.delta_options)
             break
         except (CommitFailedError, DeltaError):
             if attempt == 5:
@@ -119,13 +118,10 @@ def append_rows(
     return len(filled)
 
 
-def read_table(root: str, table: str, storage_options: dict[str, str] | None = None) -> pa.Table:
+def read_table(storage: StorageLike, table: str) -> pa.Table:
     """The current rows of a control table (empty with its schema if never written)."""
-    try:
-        dt = DeltaTable(f"{root}/{table}", storage_options=storage_options or None)
-    except TableNotFoundError:
-        return SCHEMAS[table].empty_table()
-    return dt.to_pyarrow_table()
+    dt = as_storage(storage).open(table)
+    return SCHEMAS[table].empty_table() if dt is None else dt.to_pyarrow_table()
 
 
 @dataclass
@@ -155,19 +151,17 @@ class AuditEntry:
 
 
 @contextmanager
-def audited(
-    root: str, table_name: str, operation_type: str, job_id: str | None = None,
-    storage_options: dict[str, str] | None = None,
-) -> Iterator[AuditEntry]:
+def audited(storage: StorageLike, table_name: str, operation_type: str, job_id: str | None = None,
+            ) -> Iterator[AuditEntry]:
     """Write one ``bz_audit_log`` row for the block: SUCCESS, or FAILED with the error."""
     entry = AuditEntry(table_name, operation_type, job_id)
     try:
         yield entry
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
-        append_rows(root, AUDIT_LOG, [entry.row(FAILED, message[:4000])], storage_options)
+        append_rows(storage, AUDIT_LOG, [entry.row(FAILED, message[:4000])])
         raise
-    append_rows(root, AUDIT_LOG, [entry.row(SUCCESS)], storage_options)
+    append_rows(storage, AUDIT_LOG, [entry.row(SUCCESS)])
 
 
 def pipeline_version() -> str:
@@ -208,38 +202,37 @@ def load_record(contract: Contract, job_id: str | None, start: datetime, **field
     )
 
 
-def record_load(root: str, load: LoadRecord, storage_options: dict[str, str] | None = None) -> None:
+def record_load(storage: StorageLike, load: LoadRecord) -> None:
     """One audit row (success or failure), one lineage row (success) and one cost row."""
     end = datetime.now(UTC)
-    append_rows(root, AUDIT_LOG, [{
+    append_rows(storage, AUDIT_LOG, [{
         "table_name": load.table_name, "operation_type": "LOAD", "start_timestamp": load.start,
         "end_timestamp": end, "records_affected": load.records_affected, "status": load.status,
         "error_message": load.error[:4000] if load.error else None, "user_id": current_user(),
         "job_id": load.job_id, "details": load.details,
-    }], storage_options)
+    }])
     if load.status == SUCCESS:
-        append_rows(root, LINEAGE, [{
+        append_rows(storage, LINEAGE, [{
             "source_table": load.source_table, "target_table": load.table_name,
             "transformation_type": load.transformation_type, "processing_timestamp": end,
             "records_processed": load.rows_read, "processing_duration_seconds": round(load.seconds, 3),
             "job_id": load.job_id,
             "pipeline_version": f"{pipeline_version()}+contract.{load.contract_version}",
-        }], storage_options)
+        }])
     rate = cost_rate()
-    append_rows(root, COST_TRACKING, [{
+    append_rows(storage, COST_TRACKING, [{
         "table_name": load.table_name, "job_id": load.job_id, "recorded_at": end,
         "compute_seconds": round(load.seconds, 3), "cost_rate_per_hour": rate,
         "compute_cost": round(load.seconds / 3600 * rate, 6), "storage_bytes": load.storage_bytes,
         "rows_processed": load.rows_read,
-    }], storage_options)
+    }])
 
 
-def record_checkpoint(root: str, info: Any, job_id: str | None,
-                      storage_options: dict[str, str] | None = None) -> None:
+def record_checkpoint(storage: StorageLike, info: Any, job_id: str | None) -> None:
     """One ``bz_checkpoints`` row for a committed chunk (a ``merge.CommitInfo``)."""
-    append_rows(root, CHECKPOINTS, [{
+    append_rows(storage, CHECKPOINTS, [{
         "table_name": info.table, "window": info.window, "batch_id": info.batch_id,
         "chunk_index": info.chunk, "chunk_count": info.chunks, "rows_committed": info.rows_committed,
         "delta_version": info.delta_version, "status": COMPLETE if info.complete else IN_PROGRESS,
         "job_id": job_id,
-    }], storage_options)
+    }])

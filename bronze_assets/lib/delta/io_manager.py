@@ -11,9 +11,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from bronze_assets.lib.delta.control import record_checkpoint
-from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, open_table, read_columns
+from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, read_columns
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
 
 LOCAL_ENGINE = "local"
@@ -48,11 +49,9 @@ class BronzeStorage(dg.ConfigurableResource):
         default_factory=dict, description="delta-rs object-store options (credentials, region)."
     )
 
-    def resolved_root(self) -> str:
-        return (self.root or bronze_root()).rstrip("/")
-
-    def table_uri(self, table: str) -> str:
-        return f"{self.resolved_root()}/{table}"
+    def storage(self) -> Storage:
+        """The one storage value every load, check and operation of this resource uses."""
+        return Storage(self.root or bronze_root(), dict(self.storage_options))
 
 
 class BronzeDeltaIOManager(dg.ConfigurableIOManager):
@@ -60,12 +59,6 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
 
     storage: BronzeStorage = Field(default_factory=BronzeStorage, description="the bronze root")
 
-    @property
-    def storage_options(self) -> dict[str, str]:
-        return self.storage.storage_options
-
-    def table_uri(self, table: str) -> str:
-        return self.storage.table_uri(table)
 
     def handle_output(self, context: dg.OutputContext, obj: StagedBatch) -> None:
         if not isinstance(obj, StagedBatch):
@@ -73,16 +66,14 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
                 f"BronzeDeltaIOManager stores StagedBatch outputs only; asset "
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
             )
-        uri = self.table_uri(obj.contract.bronze_table)
-        root = self.storage.resolved_root()
+        storage = self.storage.storage()
         contract = obj.contract
         try:
-            checkpoint = partial(record_checkpoint, root, job_id=context.run_id,
-                                 storage_options=self.storage_options)
-            result = BronzeMerger(contract, uri, self.storage_options).merge(obj, on_commit=checkpoint)
+            checkpoint = partial(record_checkpoint, storage, job_id=context.run_id)
+            result = BronzeMerger(contract, storage).merge(obj, on_commit=checkpoint)
         except Exception as exc:
-            audit_failure(contract, root, context.run_id, obj.ctx.batch_time, obj.extract_seconds,
-                          f"MERGE failed: {type(exc).__name__}: {exc}", self.storage_options)
+            audit_failure(contract, storage, context.run_id, obj.ctx.batch_time, obj.extract_seconds,
+                          f"MERGE failed: {type(exc).__name__}: {exc}")
             if isinstance(exc, DuplicateKeyError):  # retrying cannot fix the data
                 raise dg.Failure(str(exc), allow_retries=False) from None
             raise
@@ -91,7 +82,7 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
                 obj.cleanup()
         outcome = LoadOutcome(contract, LOCAL_ENGINE, obj.ctx.batch_id, obj.ctx.batch_time, obj.window,
                               obj.rows, result, obj.extract_seconds, obj.watermark)
-        outcome.audit(root, context.run_id, self.storage_options)
+        outcome.audit(storage, context.run_id)
         meta = outcome.metadata()
         context.add_output_metadata(dagster_metadata(meta))
         own = set(context.asset_partition_keys) if context.has_asset_partitions else set()
@@ -102,7 +93,8 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
         table = context.upstream_output.asset_key.path[-1] if context.upstream_output else None
         if table is None:
             raise TypeError("BronzeDeltaIOManager loads bronze assets only")
-        dt = open_table(self.table_uri(table), self.storage_options)
+        storage = self.storage.storage()
+        dt = storage.open(table)
         if dt is None:
-            raise FileNotFoundError(f"{table} has not been materialized yet ({self.table_uri(table)})")
+            raise FileNotFoundError(f"{table} has not been materialized yet ({storage.uri(table)})")
         return read_columns(dt, [f.name for f in dt.schema().to_arrow()])

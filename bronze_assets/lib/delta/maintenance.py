@@ -35,6 +35,7 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import table_stats
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 
 DEFAULT_RETENTION_HOURS = 168
 
@@ -101,10 +102,10 @@ class StorageGrowth:
 
 
 def maintain_table(
-    uri: str,
+    storage: StorageLike,
+    table: str,
     contract: Contract | None = None,
     retention_hours: int = DEFAULT_RETENTION_HOURS,
-    storage_options: dict[str, str] | None = None,
     *,
     zorder_columns: list[str] | None = None,
     full_vacuum: bool = True,
@@ -112,14 +113,16 @@ def maintain_table(
     max_concurrent_tasks: int | None = None,
     max_spill_size: int | None = None,
 ) -> MaintenanceReport:
-    """OPTIMIZE (Z-ORDER on the contract's columns, else plain compaction) then VACUUM ``uri``.
+    """OPTIMIZE (Z-ORDER on the contract's columns, else plain compaction) then VACUUM ``table``.
 
     ``contract`` gives the z-order and partition columns; ``zorder_columns`` overrides them (or
     serves tables without a contract, e.g. the control tables: pass ``[]`` for compaction only).
     ``target_size``/``max_concurrent_tasks``/``max_spill_size`` pass through to delta-rs.
     """
     started = time.perf_counter()
-    dt = DeltaTable(uri, storage_options=storage_options or None)
+    storage = as_storage(storage)
+    uri = storage.uri(table)
+    dt = DeltaTable(uri, storage_options=storage.delta_options)
     if zorder_columns is None:
         zorder_columns = list(contract.zorder_columns) if contract else []
     columns = list(zorder_columns)
@@ -133,8 +136,7 @@ def maintain_table(
         raise ValueError(f"{uri}: z-order columns {missing} are not in the table")
     # fail before touching anything if the retention is below the table's minimum
     dt.vacuum(retention_hours=retention_hours, dry_run=True, enforce_retention_duration=True)
-    name = contract.bronze_table if contract else uri.rstrip("/").rsplit("/", 1)[-1]
-    report = MaintenanceReport(name, uri, columns, part, retention_hours, dt.version())
+    report = MaintenanceReport(table, uri, columns, part, retention_hours, dt.version())
     report.bytes_before, report.files_before = table_stats(dt)
     report.storage_files_before, report.storage_bytes_before = _storage_usage(uri)
 
@@ -158,28 +160,28 @@ def maintain_table(
     report.files_removed_by_vacuum = len(report.vacuumed_files)
     report.vacuum_seconds = round(time.perf_counter() - t0, 3)
     report.storage_files_after_vacuum, report.storage_bytes_after_vacuum = _storage_usage(uri)
-    report.version_after = DeltaTable(uri, storage_options=storage_options or None).version()
+    report.version_after = DeltaTable(uri, storage_options=storage.delta_options).version()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
 
 def storage_growth(
-    root: str,
+    storage: StorageLike,
     table: str,
     window: timedelta = timedelta(hours=24),
     now: datetime | None = None,
-    storage_options: dict[str, str] | None = None,
 ) -> StorageGrowth:
-    """Snapshot size of ``root/table`` at ``now`` (default: latest) vs. at ``now - window``."""
-    uri = f"{root}/{table}"
-    dt = DeltaTable(uri, storage_options=storage_options or None)
+    """Snapshot size of ``table`` at ``now`` (default: latest) vs. at ``now - window``."""
+    storage = as_storage(storage)
+    uri = storage.uri(table)
+    dt = DeltaTable(uri, storage_options=storage.delta_options)
     if now is not None:
         dt.load_as_version(now)
     bytes_now, files_now = table_stats(dt)
     version_now = dt.version()
     cutoff = (now or datetime.now(UTC)) - window
     bytes_before = version_before = None
-    past = DeltaTable(uri, storage_options=storage_options or None)
+    past = DeltaTable(uri, storage_options=storage.delta_options)
     past.load_as_version(cutoff)  # delta-rs clamps a time before the first commit to version 0
     if past.version() > 0 or cutoff.timestamp() * 1000 >= _created_ms(past):
         version_before = past.version()

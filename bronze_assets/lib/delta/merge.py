@@ -38,11 +38,12 @@ from deltalake import (
     WriterProperties,
     write_deltalake,
 )
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.staging import StagedBatch, stage_dir
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
 from bronze_assets.lib.source.extract import LEGACY_HASH
 from bronze_assets.settings import env
@@ -115,14 +116,6 @@ class MergeResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def open_table(uri: str, storage_options: dict[str, str] | None = None) -> DeltaTable | None:
-    """The Delta table at ``uri``, or None if there is none yet."""
-    try:
-        return DeltaTable(uri, storage_options=storage_options or None)
-    except TableNotFoundError:
-        return None
 
 
 USER_METADATA = "userMetadata"  # where delta-spark keeps a commit's own metadata (one JSON string)
@@ -377,12 +370,12 @@ def _sql_literal(value: Any) -> str:
 class BronzeMerger:
     """Merges staged batches of one contract into its ``bz_`` Delta table."""
 
-    def __init__(self, contract: Contract, table_uri: str, storage_options: dict[str, str] | None = None,
+    def __init__(self, contract: Contract, storage: StorageLike,
                  chunk_rows: int | None = None):
         self.contract = contract
         self.chunk_rows = chunk_rows or commit_chunk_rows()
-        self.uri = table_uri
-        self.storage_options = storage_options or {}
+        self.storage = as_storage(storage)
+        self.uri = self.storage.uri(contract.bronze_table)
         self.schema = bronze_schema(contract)
         self.pk = list(contract.primary_key)
         self.part = contract.partitioning.delta_column
@@ -605,7 +598,7 @@ class BronzeMerger:
         self.pii = require_hook(self.contract, staged.pii, "write") if self.contract.encrypted_columns \
             else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            dt = open_table(self.uri, self.storage_options)
+            dt = self.storage.open(self.contract.bronze_table)
             if dt is not None and staged.ctx.batch_id in committed_batch_ids(dt):
                 log.info("%s: batch %s already committed", self.uri, staged.ctx.batch_id)
                 result = MergeResult(self.uri, staged.rows, committed=True)
@@ -618,7 +611,7 @@ class BronzeMerger:
                     raise
                 log.warning("%s: commit conflict (%s); re-reading and retrying", self.uri, exc)
                 time.sleep(0.2 * 2**attempt)
-        final = open_table(self.uri, self.storage_options)
+        final = self.storage.open(self.contract.bronze_table)
         if final is not None:
             result.version = final.version()
             result.size_bytes, result.num_files = table_stats(final)
@@ -628,7 +621,7 @@ class BronzeMerger:
         return result
 
     def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
-        dt = open_table(self.uri, self.storage_options)
+        dt = self.storage.open(self.contract.bronze_table)
         info = CommitInfo(self.contract.bronze_table, staged.ctx.batch_id, staged.window, chunk, chunks,
                           rows, dt.version() if dt is not None else -1)
         log.info("%s: committed chunk %d/%d of batch %s (%d rows)", self.uri, chunk + 1, chunks,
@@ -698,7 +691,7 @@ class BronzeMerger:
                                      .sort().to_list()]
             del narrow
         for chunk in range(chunks):
-            dt = open_table(self.uri, self.storage_options) if chunk else None
+            dt = self.storage.open(self.contract.bronze_table) if chunk else None
             if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
             try:
@@ -708,7 +701,7 @@ class BronzeMerger:
                         staged.schema, self._staged_chunk(staged, chunk, sizes, order)),
                     partition_by=[self.part] if self.part else None,
                     mode="append" if chunk else "error",
-                    storage_options=self.storage_options or None,
+                    storage_options=self.storage.delta_options,
                     target_file_size=target_file_bytes(),
                     configuration=None if chunk else {"delta.targetFileSize": str(target_file_bytes())},
                     writer_properties=writer_properties(self.contract),
@@ -739,7 +732,7 @@ class BronzeMerger:
         for chunk in range(chunks):
             piece = plan.slice(chunk * self.chunk_rows, self.chunk_rows)
             if chunk:
-                dt = open_table(self.uri, self.storage_options) or dt
+                dt = self.storage.open(self.contract.bronze_table) or dt
             self._merge_piece(dt, staged, piece, chunk, chunks)
             result.commits += 1
             self._committed(staged, chunk, chunks, min(plan.height, (chunk + 1) * self.chunk_rows))

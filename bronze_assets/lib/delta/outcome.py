@@ -11,6 +11,7 @@ from typing import Any
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import FAILED, load_record, record_load
 from bronze_assets.lib.delta.merge import MergeResult
+from bronze_assets.lib.delta.storage import StorageLike
 
 
 @dataclass
@@ -31,7 +32,7 @@ class LoadOutcome:
     def seconds(self) -> float:
         return round(self.extract_seconds + self.result.merge_seconds, 3)
 
-    def audit(self, root: str, job_id: str | None, storage_options: dict[str, str] | None = None) -> None:
+    def audit(self, storage: StorageLike, job_id: str | None) -> None:
         """The load's rows in ``bz_audit_log``, ``bz_data_lineage`` and ``bz_cost_tracking``."""
         r = self.result
         load = load_record(self.contract, job_id, self.batch_time, rows_read=self.rows_read,
@@ -43,7 +44,7 @@ class LoadOutcome:
             "soft_deleted": r.soft_deleted, "delta_version": r.version,
             "avg_quality_score": r.avg_quality_score,
         })
-        record_load(root, load, storage_options)
+        record_load(storage, load)
 
     def metadata(self) -> dict[str, Any]:
         """Materialization metadata as plain values (``table_uri`` is a path)."""
@@ -82,9 +83,9 @@ class LoadOutcome:
         return meta
 
 
-def audit_failure(contract: Contract, root: str, job_id: str | None, started: datetime, seconds: float,
-                  message: str, storage_options: dict[str, str] | None = None) -> None:
+def audit_failure(contract: Contract, storage: StorageLike, job_id: str | None, started: datetime,
+                  seconds: float, message: str) -> None:
     """A FAILED row in ``bz_audit_log`` (and its cost) for a load that did not finish."""
     load = load_record(contract, job_id, started, seconds=seconds, status=FAILED)
     load.error = message
-    record_load(root, load, storage_options)
+    record_load(storage, load)

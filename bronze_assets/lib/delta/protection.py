@@ -33,5 +33,5 @@ def require_hook(contract: Contract, hook: PiiHook | None, action: str) -> PiiHo
     if hook is None and (contract.encrypted_columns or (action == "restore" and contract.data_subject)):
         raise UnprotectedWriteError(
             f"{contract.bronze_table}: cannot {action} without PII protection; pass "
-            f"bronze_assets.lib.governance.pii.pii_protection(contract, root) as the PII hook.")
+            f"bronze_assets.lib.governance.pii.pii_protection(contract, storage) as the PII hook.")
     return hook

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
+
 QUARANTINE_TABLE = "bz_quarantine"
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("quarantine_id", pa.string()),
@@ -21,14 +23,10 @@ QUARANTINE_SCHEMA = pa.schema([
 
 
 def quarantine_rows(
-    uri: str,
-    table: str,
-    batch_id: str,
-    reason: str,
-    records: Iterable[pa.RecordBatch],
-    storage_options: dict[str, str] | None = None,
+    storage: StorageLike, table: str, batch_id: str, reason: str, records: Iterable[pa.RecordBatch],
 ) -> int:
     """Append the raw JSON ``records`` (one string column) to ``bz_quarantine`` in one commit."""
+    storage = as_storage(storage)
     now = datetime.now(UTC)
     raw = [b.column(0).cast(pa.string()) for b in records if b.num_rows]
     if not raw:  # an empty batch still records why it was refused
@@ -46,6 +44,6 @@ def quarantine_rows(
                 column,
             ], schema=QUARANTINE_SCHEMA)
 
-    write_deltalake(uri, pa.RecordBatchReader.from_batches(QUARANTINE_SCHEMA, batches()), mode="append",
-                    storage_options=storage_options or None)
+    rows = pa.RecordBatchReader.from_batches(QUARANTINE_SCHEMA, batches())
+    write_deltalake(storage.uri(QUARANTINE_TABLE), rows, mode="append", storage_options=storage.delta_options)
     return sum(len(c) - c.null_count for c in raw)

@@ -17,7 +17,7 @@ from deltalake import write_deltalake
 
 from bronze_assets.contracts import Contract, PgType
 from bronze_assets.lib.delta.control import audited
-from bronze_assets.lib.delta.merge import open_table
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.settings import env
 
 ENV_RETENTION_YEARS = "BRONZE_RETENTION_YEARS"
@@ -29,9 +29,10 @@ def retention_years() -> int:
     return int(env(ENV_RETENTION_YEARS) or DEFAULT_RETENTION_YEARS)
 
 
-def archive_root(bronze_root: str) -> str:
-    """``$BRONZE_ARCHIVE_ROOT`` or ``<bronze root>/_archive``."""
-    return (env(ENV_ARCHIVE_ROOT) or f"{bronze_root}/_archive").rstrip("/")
+def archive(storage: Storage) -> Storage:
+    """Where retention moves old rows: ``$BRONZE_ARCHIVE_ROOT`` or ``<bronze root>/_archive``
+    (with the bronze root's options)."""
+    return storage.at(env(ENV_ARCHIVE_ROOT) or storage.uri("_archive"))
 
 
 def business_date_column(contract: Contract) -> str | None:
@@ -56,25 +57,27 @@ class RetentionResult:
     archive_uri: str | None
 
 
-def apply_retention(contract: Contract, root: str, *, years: int | None = None, today: date | None = None,
-                    storage_options: dict[str, str] | None = None) -> RetentionResult:
+def apply_retention(contract: Contract, storage: StorageLike, *, years: int | None = None,
+                    today: date | None = None) -> RetentionResult:
     """Move the rows of ``bz_<table>`` with a business date before the cutoff to the archive."""
+    storage = as_storage(storage)
     column = business_date_column(contract)
-    dt = open_table(f"{root}/{contract.bronze_table}", storage_options)
+    dt = storage.open(contract.bronze_table)
     if column is None or dt is None:
         return RetentionResult(contract.bronze_table, None, 0, None)
     cutoff = cutoff_date(today or datetime.now(UTC).date(), years if years is not None else retention_years())
     predicate = f"{column} < '{cutoff.isoformat()}'"
-    archive_uri = f"{archive_root(root)}/{contract.bronze_table}"
-    with audited(root, contract.bronze_table, "RETENTION", storage_options=storage_options) as entry:
+    archived_to = archive(storage)
+    archive_uri = archived_to.uri(contract.bronze_table)
+    with audited(storage, contract.bronze_table, "RETENTION") as entry:
         old = dt.to_pyarrow_dataset().to_table(filter=pc.field(column) < pa.scalar(cutoff, pa.date32()))
         entry.details = json.dumps({"cutoff": cutoff.isoformat(), "column": column, "archive": archive_uri})
         if old.num_rows:
             archived = old.append_column("archived_at", pa.array([datetime.now(UTC)] * old.num_rows,
                                                                 pa.timestamp("us", tz="UTC")))
-            target = open_table(archive_uri, storage_options)
+            target = archived_to.open(contract.bronze_table)
             if target is None:
-                write_deltalake(archive_uri, archived, storage_options=storage_options or None)
+                write_deltalake(archive_uri, archived, storage_options=archived_to.delta_options)
             else:
                 on = " AND ".join(f"t.{k} = s.{k}" for k in contract.primary_key)
                 (target.merge(archived, predicate=on, source_alias="s", target_alias="t")

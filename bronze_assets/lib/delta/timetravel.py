@@ -12,8 +12,9 @@ from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import OPERATION_KEY, audited
-from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, open_table
+from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 
 
@@ -28,10 +29,10 @@ def contract_for(table: str) -> Contract:
         raise TimeTravelError(exc.args[0]) from None
 
 
-def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable:
-    dt = open_table(uri, storage_options)
+def _open(storage: Storage, table: str) -> DeltaTable:
+    dt = storage.open(table)
     if dt is None:
-        table = uri.rstrip("/").rsplit("/", 1)[-1]
+        uri = storage.uri(table)
         raise TimeTravelError(f"{table} has not been loaded yet (no Delta table at {uri}): run `dagster "
                               f"asset materialize -m bronze_assets.definitions --select {table}` or `bronze "
                               f"demo`, or point BRONZE_ROOT at the bronze root that holds it")
@@ -43,11 +44,10 @@ def _metric(metrics: dict[str, Any], *names: str) -> Any:
     return next((metrics[n] for n in names if n in metrics), None)
 
 
-def history(uri: str, limit: int | None = None, storage_options: dict[str, str] | None = None
-            ) -> list[dict[str, Any]]:
-    """Commits newest first: version, timestamp, operation, batch id and row metrics."""
+def history(storage: StorageLike, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Commits of ``table`` newest first: version, timestamp, operation, batch id and row metrics."""
     rows = []
-    for h in commit_history(_open(uri, storage_options), limit):
+    for h in commit_history(_open(as_storage(storage), table), limit):
         metrics = h.get("operationMetrics") or {}
         rows.append({
             "version": h.get("version"),
@@ -103,15 +103,17 @@ def _version_for(dt: DeltaTable, version: int | None, timestamp: datetime | None
     return chosen
 
 
-def plan_restore(uri: str, contract: Contract, version: int | None = None, timestamp: datetime | None = None,
-                 storage_options: dict[str, str] | None = None) -> RestorePlan:
+def plan_restore(storage: StorageLike, contract: Contract, version: int | None = None,
+                 timestamp: datetime | None = None) -> RestorePlan:
     """Compare the current version with the target one by key, hash and status (a dry run)."""
-    dt = _open(uri, storage_options)
+    storage = as_storage(storage)
+    dt = _open(storage, contract.bronze_table)
     target = _version_for(dt, version, timestamp)
     cols = [*contract.primary_key, "record_hash", "record_status"]
 
     def frame(v: int) -> pl.DataFrame:
-        table = DeltaTable(uri, version=v, storage_options=storage_options or None)
+        uri = storage.uri(contract.bronze_table)
+        table = DeltaTable(uri, version=v, storage_options=storage.delta_options)
         out = pl.from_arrow(table.to_pyarrow_dataset().to_table(columns=cols))
         assert isinstance(out, pl.DataFrame)
         return out
@@ -129,19 +131,20 @@ def plan_restore(uri: str, contract: Contract, version: int | None = None, times
     )
 
 
-def restore(uri: str, contract: Contract, root: str, version: int | None = None,
+def restore(storage: StorageLike, contract: Contract, version: int | None = None,
             timestamp: datetime | None = None, dry_run: bool = False,
-            storage_options: dict[str, str] | None = None, pii: PiiHook | None = None) -> RestorePlan:
+            pii: PiiHook | None = None) -> RestorePlan:
     """Restore the table to a version (delta-rs RESTORE, a new commit); audited unless a dry run.
 
     A table with a data subject needs its PII hook (``governance.pii.pii_protection``): subjects
     erased since that version stay erased."""
-    plan = plan_restore(uri, contract, version, timestamp, storage_options)
+    storage = as_storage(storage)
+    plan = plan_restore(storage, contract, version, timestamp)
     if dry_run:
         return plan
     pii = require_hook(contract, pii, "restore")  # before anything is restored
-    with audited(root, contract.bronze_table, "RESTORE", storage_options=storage_options) as entry:
-        dt = _open(uri, storage_options)
+    with audited(storage, contract.bronze_table, "RESTORE") as entry:
+        dt = _open(storage, contract.bronze_table)
         dt.restore(plan.target_version)
         reapplied = _reapply_erasures(dt, contract, pii)
         entry.records_affected = plan.keys_removed + plan.keys_restored + plan.rows_changed

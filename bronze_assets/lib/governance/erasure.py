@@ -19,10 +19,10 @@ from deltalake import CommitProperties
 
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import OPERATION_KEY, audited
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 from bronze_assets.lib.governance.keystore import KeyStore
 from bronze_assets.lib.governance.reader import open_bronze
-from bronze_assets.settings import bronze_root
 
 ERASURE = "ERASURE"
 
@@ -44,8 +44,7 @@ def _literal(value: int | str) -> str:
 def forget_subject(
     contract: Contract | str,
     subject_id: int | str,
-    root: str | None = None,
-    storage_options: dict[str, str] | None = None,
+    storage: StorageLike = None,
     job_id: str | None = None,
 ) -> ErasureResult:
     """Erase data subject ``subject_id`` of ``contract`` (e.g. ``("customers", 42)``)."""
@@ -55,10 +54,10 @@ def forget_subject(
             f"{contract.bronze_table} has no data subject: erasure is defined for tables whose contract "
             f"sets data_subject (e.g. customers)"
         )
-    root = root or bronze_root()
-    dt = open_bronze(contract, root, storage_options)
-    with audited(root, contract.bronze_table, ERASURE, job_id, storage_options) as entry:
-        shred = KeyStore(root, storage_options).forget(contract.name, [str(subject_id)])
+    storage = as_storage(storage)
+    dt = open_bronze(contract, storage)
+    with audited(storage, contract.bronze_table, ERASURE, job_id) as entry:
+        shred = KeyStore(storage).forget(contract.name, [str(subject_id)])
         subject_type = contract.column(contract.data_subject).type.value
         value = _literal(int(subject_id) if subject_type in ("integer", "bigint") else str(subject_id))
         updates = {c: "NULL" for c in contract.pii_columns}

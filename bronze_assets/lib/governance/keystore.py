@@ -18,8 +18,9 @@ import polars as pl
 import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.governance.crypto import (
     PiiKeyError,
     SealError,
@@ -29,7 +30,6 @@ from bronze_assets.lib.governance.crypto import (
     seal,
     unseal,
 )
-from bronze_assets.settings import bronze_root
 
 KEY_STORE = "bz_pii_keys"
 TS = pa.timestamp("us", tz="UTC")
@@ -70,17 +70,14 @@ def _contexts(subject_type: str, subject_ids: list[str]) -> list[bytes]:
 class KeyStore:
     """The key table under a bronze root."""
 
-    def __init__(self, root: str | None = None, storage_options: dict[str, str] | None = None,
-                 kek: bytes | None = None) -> None:
-        self.uri = f"{root or bronze_root()}/{KEY_STORE}"
-        self.storage_options = storage_options or None
+    def __init__(self, storage: StorageLike = None, kek: bytes | None = None) -> None:
+        self.storage = as_storage(storage)
+        self.uri = self.storage.uri(KEY_STORE)
+        self.storage_options = self.storage.delta_options
         self._kek = kek  # the master key, when the caller resolved it (e.g. for Spark executors)
 
     def _open(self) -> DeltaTable | None:
-        try:
-            return DeltaTable(self.uri, storage_options=self.storage_options)
-        except TableNotFoundError:
-            return None
+        return self.storage.open(KEY_STORE)
 
     def rows(self, subject_type: str, subject_ids: Iterable[str] | None = None) -> pl.DataFrame:
         """Key rows of ``subject_type`` (only ``subject_ids`` if given)."""

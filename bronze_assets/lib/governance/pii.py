@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.governance.crypto import PREFIX, PiiKeyError, SealError, aad, seal, unseal
 from bronze_assets.lib.governance.keystore import KeyStore, SubjectKeys
 
@@ -45,15 +46,14 @@ class PiiCipher:
     """
 
     def __init__(
-        self, contract: Contract, root: str | None = None, storage_options: dict[str, str] | None = None,
-        kek: bytes | None = None,
+        self, contract: Contract, storage: StorageLike = None, kek: bytes | None = None,
     ) -> None:
         if not contract.encrypted_columns or contract.data_subject is None:
             raise ValueError(f"contract {contract.name} has no encrypted columns")
         self.contract = contract
         self.subject: str = contract.data_subject
         self.table_name = contract.bronze_table
-        self.store = KeyStore(root, storage_options, kek)
+        self.store = KeyStore(storage, kek)
 
     def subject_ids(self, data: pa.Table | pa.RecordBatch) -> list[str | None]:
         """The data-subject id of every row, as text (the key store's id)."""
@@ -169,10 +169,9 @@ class PiiProtection:
     """The writer's PII hook (:class:`~bronze_assets.lib.delta.protection.PiiHook`) for one table:
     subject keys created before a write, PII columns encrypted, erased subjects listed."""
 
-    def __init__(self, contract: Contract, root: str | None = None,
-                 storage_options: dict[str, str] | None = None, kek: bytes | None = None) -> None:
-        self.contract, self.root, self.storage_options, self.kek = contract, root, storage_options, kek
-        self.cipher = PiiCipher(contract, root, storage_options, kek) if contract.encrypted_columns else None
+    def __init__(self, contract: Contract, storage: StorageLike = None, kek: bytes | None = None) -> None:
+        self.contract, self.storage, self.kek = contract, as_storage(storage), kek
+        self.cipher = PiiCipher(contract, self.storage, kek) if contract.encrypted_columns else None
         self.keys: SubjectKeys | None = None
 
     def prepare(self, subjects: Iterable[str | int | None]) -> None:
@@ -183,39 +182,32 @@ class PiiProtection:
         return batch if self.cipher is None else self.cipher.encrypt(batch, self.keys)
 
     def erased_subjects(self) -> list[str]:
-        rows = KeyStore(self.root, self.storage_options, self.kek).rows(self.contract.name)
+        rows = KeyStore(self.storage, self.kek).rows(self.contract.name)
         return rows.filter(pl.col("forgotten_at").is_not_null()).get_column("subject_id").to_list()
 
 
-def pii_protection(contract: Contract, root: str | None = None,
-                   storage_options: dict[str, str] | None = None) -> PiiProtection | None:
+def pii_protection(contract: Contract, storage: StorageLike = None) -> PiiProtection | None:
     """The PII hook for writing or restoring ``contract``'s table; None when it holds no PII subject."""
     if not contract.encrypted_columns and contract.data_subject is None:
         return None
-    return PiiProtection(contract, root, storage_options)
+    return PiiProtection(contract, storage)
 
 
-def encrypt_table(
-    data: Data, contract: Contract, root: str | None = None, storage_options: dict[str, str] | None = None
-) -> Data:
+def encrypt_table(data: Data, contract: Contract, storage: StorageLike = None) -> Data:
     """Encrypt ``contract``'s encrypted columns in ``data`` (creating subject keys as needed)."""
-    return PiiCipher(contract, root, storage_options).encrypt(data)
+    return PiiCipher(contract, storage).encrypt(data)
 
 
-def decrypt_table(
-    data: Data, contract: Contract, root: str | None = None, storage_options: dict[str, str] | None = None
-) -> Data:
+def decrypt_table(data: Data, contract: Contract, storage: StorageLike = None) -> Data:
     """Decrypt ``contract``'s encrypted columns in ``data``; shredded subjects read NULL."""
-    return PiiCipher(contract, root, storage_options).decrypt(data)
+    return PiiCipher(contract, storage).decrypt(data)
 
 
 def encrypt_json_records(
-    batch: pa.RecordBatch, contract: Contract, root: str | None = None,
-    storage_options: dict[str, str] | None = None,
-) -> pa.RecordBatch:
+    batch: pa.RecordBatch, contract: Contract, storage: StorageLike = None) -> pa.RecordBatch:
     """Raw rows as JSON objects (one string column, e.g. for ``bz_quarantine``) with the encrypted
     columns' values replaced by ciphertext; a row without a subject id loses those values."""
-    cipher = PiiCipher(contract, root, storage_options)
+    cipher = PiiCipher(contract, storage)
     rows = [json.loads(r) if r is not None else None for r in batch.column(0).to_pylist()]
     present = [r for r in rows if isinstance(r, dict)]
     table = pa.table({

@@ -15,15 +15,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 from pyarrow.parquet import filters_to_expression
 
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 from bronze_assets.lib.governance.access import Role, mask_expr, mask_for, parse_role, sees_plaintext
 from bronze_assets.lib.governance.pii import PiiCipher
-from bronze_assets.settings import bronze_root
 
 PII_READ = "PII_READ"
 STATUS = "record_status"
@@ -33,29 +32,29 @@ class TableNotLoadedError(RuntimeError):
     """The bronze table does not exist yet under the bronze root."""
 
 
-def open_bronze(contract: Contract, root: str, storage_options: dict[str, str] | None = None) -> DeltaTable:
+def open_bronze(contract: Contract, storage: StorageLike) -> DeltaTable:
     """The current version of ``bz_<table>``, or an error that says how to create it."""
-    uri = f"{root}/{contract.bronze_table}"
-    try:
-        return DeltaTable(uri, storage_options=storage_options or None)
-    except TableNotFoundError:
+    storage = as_storage(storage)
+    uri = storage.uri(contract.bronze_table)
+    dt = storage.open(contract.bronze_table)
+    if dt is None:
         raise TableNotLoadedError(
             f"{contract.bronze_table} does not exist at {uri}. Load it first (`bronze demo`, or "
             f"`dagster asset materialize -m bronze_assets.definitions --select {contract.bronze_table}`)"
             f", or point BRONZE_ROOT at the bronze root that holds it."
-        ) from None
+        )
+    return dt
 
 
 def protect(
-    data: pa.Table, contract: Contract, role: Role, root: str | None = None,
-    storage_options: dict[str, str] | None = None,
+    data: pa.Table, contract: Contract, role: Role, storage: StorageLike = None,
 ) -> pa.Table:
     """Apply the matrix to bronze rows: decrypt, mask what ``role`` may not see, NULL forgotten PII."""
     pii = [c for c in contract.pii_columns if c in data.schema.names]
     if not pii:
         return data
     if any(c in contract.encrypted_columns for c in pii):
-        data = PiiCipher(contract, root, storage_options).decrypt(data)
+        data = PiiCipher(contract, storage).decrypt(data)
     frame = pl.from_arrow(data)
     assert isinstance(frame, pl.DataFrame)
     forgotten = pl.col(STATUS) == FORGOTTEN if STATUS in frame.columns else pl.lit(False)
@@ -71,11 +70,10 @@ def protect(
 def read_table(
     table: str,
     role: Role | str,
-    root: str | None = None,
+    storage: StorageLike = None,
     columns: Sequence[str] | None = None,
     filters: Any = None,
     limit: int | None = None,
-    storage_options: dict[str, str] | None = None,
     job_id: str | None = None,
 ) -> pa.Table:
     """The current rows of ``bz_<table>`` as ``role`` may see them.
@@ -86,8 +84,8 @@ def read_table(
     """
     contract = get_contract(table)
     role = parse_role(role)
-    root = root or bronze_root()
-    dt = open_bronze(contract, root, storage_options)
+    storage = as_storage(storage)
+    dt = open_bronze(contract, storage)
     names = [f.name for f in dt.schema().to_arrow()]
     requested = list(columns) if columns else names
     unknown = [c for c in requested if c not in names]
@@ -99,8 +97,8 @@ def read_table(
     expr = filters_to_expression(filters) if filters is not None else None
     if not contract.pii_columns:
         return _scan(dataset, requested, expr, limit)
-    with audited(root, contract.bronze_table, PII_READ, job_id, storage_options) as entry:
-        data = protect(_scan(dataset, needed, expr, limit), contract, role, root, storage_options)
+    with audited(storage, contract.bronze_table, PII_READ, job_id) as entry:
+        data = protect(_scan(dataset, needed, expr, limit), contract, role, storage)
         pii = [c for c in contract.pii_columns if c in requested]
         entry.records_affected = data.num_rows
         entry.details = json.dumps({

@@ -10,6 +10,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.contracts.tables import ALL
 from bronze_assets.lib.delta.control import SCHEMAS as CONTROL_TABLES
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 from bronze_assets.lib.governance.access import (
     CONTROL_TABLE_ROLES,
@@ -89,14 +90,14 @@ def external_tables_sql(fq_schema: str, root: str) -> list[str]:
     """``CREATE TABLE … LOCATION`` for every bronze table: Unity Catalog *external* tables over
     ``root``, so delta-rs (the local engine) and Spark keep writing the same Delta logs (delta-rs
     cannot write catalog-managed tables). Run after the first load: the schema comes from the log."""
-    root = root.rstrip("/")
+    storage = Storage(root)
     lines = [f"CREATE SCHEMA IF NOT EXISTS {fq_schema};"]
-    if "://" not in root:
-        lines.append(f"-- {root} is a local path: Unity Catalog needs a cloud URI (abfss://, s3://, gs://) "
-                     "covered by an external location; pass --root or set $BRONZE_ROOT.")
+    if "://" not in storage.root:
+        lines.append(f"-- {storage.root} is a local path: Unity Catalog needs a cloud URI (abfss://, s3://, "
+                     "gs://) covered by an external location; pass --root or set $BRONZE_ROOT.")
     for table in bronze_tables():
         lines.append(f"CREATE TABLE IF NOT EXISTS {fq_schema}.{_ident(table)} USING DELTA "
-                     f"LOCATION {_quote_sql(f'{root}/{table}')};")
+                     f"LOCATION {_quote_sql(storage.uri(table))};")
     return [*lines, ""]
 
 

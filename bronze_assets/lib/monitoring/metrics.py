@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 from bronze_assets.lib.delta import control
+from bronze_assets.lib.delta.storage import StorageLike
 
 LOAD_OPERATION = "LOAD"
 
@@ -42,12 +43,11 @@ class Frames:
 
 
 def load_frames(
-    root: str, since: datetime | None = None, storage_options: dict[str, str] | None = None,
-) -> Frames:
-    """Read the three control tables under ``root`` (rows at or after ``since`` when given)."""
+    storage: StorageLike, since: datetime | None = None) -> Frames:
+    """Read the three control tables (rows at or after ``since`` when given)."""
 
     def read(table: str) -> pl.DataFrame:
-        return pl.from_arrow(control.read_table(root, table, storage_options))  # type: ignore[return-value]
+        return pl.from_arrow(control.read_table(storage, table))  # type: ignore[return-value]
 
     audit = read(control.AUDIT_LOG).filter(pl.col("operation_type") == LOAD_OPERATION)
     loads = audit.select(

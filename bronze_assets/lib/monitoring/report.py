@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bronze_assets.lib.delta.storage import StorageLike
 from bronze_assets.lib.monitoring.metrics import RunStats, headline, load_frames, per_table
 from bronze_assets.lib.monitoring.plots import write_plots
 from bronze_assets.lib.monitoring.status import NEVER, STALE, TableStatus, _age, bronze_status
@@ -59,15 +60,14 @@ def default_report_dir() -> Path:
 
 
 def build_report(
-    root: str,
+    storage: StorageLike,
     out_dir: str | Path | None = None,
     runs: RunStats | None = None,
     since: datetime | None = None,
-    storage_options: dict[str, str] | None = None,
     instance: Any = None,
     now: datetime | None = None,
 ) -> ReportResult:
-    """Read the control tables under ``root``; write the PNGs and ``report.html`` into ``out_dir``.
+    """Read the control tables in ``storage``; write the PNGs and ``report.html`` into ``out_dir``.
 
     ``runs`` are the Dagster run counts (None: shown as "no data yet"); ``since`` limits the rows of
     the figures and charts (not the status table, which is as of ``now``). ``instance`` is the Dagster
@@ -76,8 +76,8 @@ def build_report(
     """
     out = Path(out_dir) if out_dir is not None else default_report_dir()
     out.mkdir(parents=True, exist_ok=True)
-    frames = load_frames(root, since, storage_options)
-    status = bronze_status(root, now=now, instance=instance, storage_options=storage_options)
+    frames = load_frames(storage, since)
+    status = bronze_status(storage, now=now, instance=instance)
     result = ReportResult(out, out / HTML_NAME, write_plots(frames, runs, out), headline(frames, runs),
                           per_table(frames), status)
     result.html.write_text(render_html(result, since), encoding="utf-8")

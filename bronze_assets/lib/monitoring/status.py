@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 from bronze_assets.contracts import CONTRACTS, Contract
 from bronze_assets.defs.freshness import WINDOWS
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
-from bronze_assets.lib.delta.merge import latest_watermark, open_table, read_columns, table_stats
+from bronze_assets.lib.delta.merge import latest_watermark, read_columns, table_stats
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 
 FRESH, STALE, NEVER = "fresh", "STALE", "never loaded"
 
@@ -54,9 +55,9 @@ class TableStatus:
             | {"healthy": self.healthy}
 
 
-def _loads(root: str, storage_options: dict[str, str] | None) -> dict[str, dict[str, tuple[datetime, str]]]:
+def _loads(storage: Storage) -> dict[str, dict[str, tuple[datetime, str]]]:
     """{table: {status: (end time, error)}} of the latest LOAD audit row per table and status."""
-    audit = read_table(root, AUDIT_LOG, storage_options)
+    audit = read_table(storage, AUDIT_LOG)
     audit = audit.filter(pc.equal(audit["operation_type"], "LOAD"))
     latest: dict[str, dict[str, tuple[datetime, str]]] = {}
     for row in audit.select(["table_name", "status", "end_timestamp", "error_message"]).to_pylist():
@@ -91,12 +92,12 @@ def _check_results(contract: Contract, instance: Any) -> tuple[dict[str, str], s
     return results, headline
 
 
-def table_status(contract: Contract, root: str, now: datetime, loads: dict, instance: Any = None,
-                 storage_options: dict[str, str] | None = None) -> TableStatus:
+def table_status(contract: Contract, storage: Storage, now: datetime, loads: dict, instance: Any = None,
+                 ) -> TableStatus:
     """The :class:`TableStatus` of ``contract``'s bronze table at ``now``."""
     fail_window, _ = WINDOWS[contract.cadence]
     status = TableStatus(contract.bronze_table, contract.cadence.value, fail_window / timedelta(hours=1))
-    dt = open_table(f"{root}/{contract.bronze_table}", storage_options)
+    dt = storage.open(contract.bronze_table)
     if dt is not None:
         status.delta_version = dt.version()
         _, status.files = table_stats(dt)
@@ -120,12 +121,13 @@ def table_status(contract: Contract, root: str, now: datetime, loads: dict, inst
     return status
 
 
-def bronze_status(root: str, now: datetime | None = None, instance: Any = None,
-                  storage_options: dict[str, str] | None = None) -> list[TableStatus]:
+def bronze_status(storage: StorageLike, now: datetime | None = None, instance: Any = None,
+                  ) -> list[TableStatus]:
     """One :class:`TableStatus` per contract, stale and failed tables first."""
     now = now or datetime.now(UTC)
-    loads = _loads(root, storage_options)
-    rows = [table_status(c, root, now, loads, instance, storage_options) for c in CONTRACTS.values()]
+    storage = as_storage(storage)
+    loads = _loads(storage)
+    rows = [table_status(c, storage, now, loads, instance) for c in CONTRACTS.values()]
     return sorted(rows, key=lambda s: (s.healthy, s.table))
 
 

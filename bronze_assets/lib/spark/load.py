@@ -39,11 +39,11 @@ from bronze_assets.lib.delta.merge import (
     hash_version,
     latest_watermark,
     next_txn_version,
-    open_table,
     table_stats,
 )
 from bronze_assets.lib.delta.outcome import LoadOutcome
 from bronze_assets.lib.delta.staging import score_sum, stage_dir
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage, open_table
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
 from bronze_assets.lib.load import (
     DEFAULT_OVERLAP,
@@ -128,7 +128,7 @@ def _enriched(raw: DataFrame, contract: Contract, ctx: BatchContext) -> DataFram
     )
 
 
-def _encrypt_partition(contract: Contract, root: str, storage_options: dict[str, str] | None, kek: bytes):
+def _encrypt_partition(contract: Contract, storage: Storage, kek: bytes):
     """A ``mapInArrow`` function that encrypts the contract's PII columns with the subjects' keys
     (created beforehand by the driver; a forgotten subject's values become NULL). The master key
     the driver resolved travels in the task, as executors cannot read the secret provider."""
@@ -136,7 +136,7 @@ def _encrypt_partition(contract: Contract, root: str, storage_options: dict[str,
     def encrypt(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from bronze_assets.lib.governance.pii import PiiCipher
 
-        cipher = PiiCipher(contract, root, storage_options, kek)
+        cipher = PiiCipher(contract, storage, kek)
         for batch in batches:
             subjects = [s for s in cipher.subject_ids(batch) if s is not None]
             keys = cipher.prepare(subjects, create=False)
@@ -148,16 +148,15 @@ def _encrypt_partition(contract: Contract, root: str, storage_options: dict[str,
 class SparkLoader:
     """Loads bronze tables with Spark: one instance per Spark session and bronze root."""
 
-    def __init__(self, spark: SparkSession, root: str, storage_options: dict[str, str] | None = None,
+    def __init__(self, spark: SparkSession, storage: StorageLike,
                  parallelism: int | None = None) -> None:
-        self.spark, self.root = spark, root.rstrip("/")
-        self.storage_options = storage_options or None
+        self.spark, self.storage = spark, as_storage(storage)
         self.parallelism = parallelism or max(2, spark.sparkContext.defaultParallelism)
         for key, value in RUNTIME_CONF.items():  # also on a session this module did not build
             spark.conf.set(key, value)
 
     def uri(self, contract: Contract) -> str:
-        return f"{self.root}/{contract.bronze_table}"
+        return self.storage.uri(contract.bronze_table)
 
     def load(
         self, contract: Contract, dsn: str, *, partition: tuple[datetime, datetime] | None = None,
@@ -172,7 +171,7 @@ class SparkLoader:
         started = time.perf_counter()
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
         uri = self.uri(contract)
-        target = open_table(uri, self.storage_options)
+        target = self.storage.open(contract.bronze_table)
         if target is not None and hash_version(target) < HASH_VERSION:
             raise SparkEngineError(
                 f"{contract.bronze_table} still holds record_hash v1 rows; run one load with the local "
@@ -182,8 +181,7 @@ class SparkLoader:
         folder = stage_dir() / f"spark-{contract.bronze_table}-{ctx.batch_id}"
         try:
             with SourceReader(dsn, contract, parallelism=1) as reader:
-                drift = inspect_source(reader, contract, window, ctx.batch_id, self.root,
-                                       self.storage_options)
+                drift = inspect_source(reader, contract, window, ctx.batch_id, self.storage)
                 if drift.added or drift.rescued:
                     raise SparkEngineError(
                         f"{contract.bronze_table}: the source has columns or types the contract does not "
@@ -250,8 +248,8 @@ class SparkLoader:
                 record.setdefault(c, row[c])
             records.append(json.dumps(record, default=str))
         batch = pa.RecordBatch.from_arrays([pa.array(records, pa.string())], names=["record"])
-        quarantine_unstorable(contract, ctx.batch_id, [batch], [c for c in order if c in columns], self.root,
-                              self.storage_options)
+        quarantine_unstorable(contract, ctx.batch_id, [batch], [c for c in order if c in columns],
+                              self.storage)
         return len(records)
 
     def _write(self, contract: Contract, uri: str, staged: DataFrame, keys: DataFrame, rows: int,
@@ -265,7 +263,7 @@ class SparkLoader:
             raise DuplicateKeyError(
                 f"{contract.bronze_table}: the source repeats {dupes} primary key value(s) of "
                 f"({', '.join(pk)}); bronze keeps one row per key. Nothing was merged; fix the source.")
-        target = open_table(uri, self.storage_options)
+        target = self.storage.open(contract.bronze_table)
         if target is not None and meta[BATCH_KEY] in committed_batch_ids(target):
             return MergeResult(uri, rows, committed=True)
         part = contract.partitioning.delta_column
@@ -310,7 +308,7 @@ class SparkLoader:
         return self._finish(result, uri)
 
     def _finish(self, result: MergeResult, uri: str) -> MergeResult:
-        final = open_table(uri, self.storage_options)
+        final = open_table(uri, self.storage.delta_options)
         if final is not None:
             result.version = final.version()
             result.size_bytes, result.num_files = table_stats(final)
@@ -327,8 +325,8 @@ class SparkLoader:
 
         subject = contract.data_subject
         ids = [r[0] for r in rows.select(subject).filter(F.col(subject).isNotNull()).distinct().collect()]
-        PiiCipher(contract, self.root, self.storage_options).prepare(ids, create=True)
-        encrypt = _encrypt_partition(contract, self.root, self.storage_options, master_key())
+        PiiCipher(contract, self.storage).prepare(ids, create=True)
+        encrypt = _encrypt_partition(contract, self.storage, master_key())
         return rows.mapInArrow(encrypt, rows.schema)
 
     def _create(self, contract: Contract, uri: str, staged: DataFrame) -> None:

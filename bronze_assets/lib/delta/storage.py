@@ -1,0 +1,67 @@
+"""Where bronze lives, as one value: the root of the Delta tables (a local path or an
+object-store URI) and the delta-rs object-store options (credentials, region). Built once — by
+the ``BronzeStorage`` resource, or from ``$BRONZE_ROOT`` — and passed whole; table locations come
+from :meth:`Storage.uri`, never from paths joined by hand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from bronze_assets.settings import bronze_root
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The bronze root and its object-store options."""
+
+    root: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", self.root.rstrip("/"))
+
+    @classmethod
+    def from_env(cls) -> Storage:
+        """``$BRONZE_ROOT`` (default ``$BRONZE_DATA_DIR/bronze``), no options."""
+        return cls(bronze_root())
+
+    @property
+    def delta_options(self) -> dict[str, str] | None:
+        """The options as delta-rs takes them (None when there are none)."""
+        return dict(self.options) or None
+
+    def uri(self, table: str) -> str:
+        """Location of the Delta table ``table`` (``bz_orders``, ``bz_audit_log`` …)."""
+        return f"{self.root}/{table}"
+
+    def open(self, table: str) -> DeltaTable | None:
+        """The Delta table ``table``, or None if it does not exist yet."""
+        return open_table(self.uri(table), self.delta_options)
+
+    def at(self, root: str) -> Storage:
+        """The same options at another root (e.g. an archive next to bronze)."""
+        return Storage(root, self.options)
+
+
+StorageLike = Storage | str | os.PathLike[str] | None
+
+
+def as_storage(value: StorageLike) -> Storage:
+    """``value`` as a :class:`Storage`: a root path or URI means that root without options,
+    None means :meth:`Storage.from_env`."""
+    if isinstance(value, Storage):
+        return value
+    return Storage(os.fspath(value)) if value else Storage.from_env()
+
+
+def open_table(uri: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable | None:
+    """The Delta table at ``uri``, or None if there is none yet."""
+    try:
+        return DeltaTable(uri, storage_options=dict(storage_options) if storage_options else None)
+    except TableNotFoundError:
+        return None
