@@ -302,3 +302,77 @@ def ddl(schema: str | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def cdc() -> None:
+    """Log-based CDC: the replication slots of the tables whose contract prefers it."""
+
+
+@cdc.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per table.")
+def cdc_status(as_json: bool) -> None:
+    """Each CDC table's slot: WAL status, WAL it holds, confirmed and bronze positions.
+    Exits 1 when a slot is lost or missing while bronze depends on it."""
+    import json
+
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.lib.delta.merge import latest_cdc_lsn
+    from bronze_assets.lib.source import replication
+    from bronze_assets.lib.source.postgres import resolve_source_dsn
+
+    dsn, storage = resolve_source_dsn(), BronzeStorage().storage()
+    unavailable = replication.availability(dsn)
+    if unavailable:
+        click.echo(f"log-based CDC is off for this source: {unavailable}", err=True)
+    healthy = True
+    for contract in (c for c in CONTRACTS.values() if c.cdc):
+        slot = replication.slot_state(dsn, contract)
+        position = latest_cdc_lsn(storage.open(contract.bronze_table))
+        broken = position is not None and (slot is None or slot.lost)
+        healthy &= not broken
+        row = {
+            "table": contract.bronze_table, "slot": replication.slot_name(dsn, contract),
+            "wal_status": slot.wal_status if slot else "missing",
+            "retained_wal_bytes": slot.retained_wal_bytes if slot else None,
+            "confirmed_lsn": replication.lsn_text(slot.confirmed_flush_lsn)
+            if slot and slot.confirmed_flush_lsn else None,
+            "bronze_lsn": replication.lsn_text(position) if position is not None else None,
+            "action": f"bronze cdc reset {contract.bronze_table}" if broken else None,
+        }
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            retained = "-" if row["retained_wal_bytes"] is None else f"{row['retained_wal_bytes']:,} B"
+            click.echo(f"{row['table']:<18} {row['wal_status']:<9} WAL held {retained:>14}  confirmed "
+                       f"{row['confirmed_lsn'] or '-':<12} bronze {row['bronze_lsn'] or '-':<12}"
+                       + (f"  -> run `{row['action']}`" if broken else ""))
+    if not healthy:
+        sys.exit(1)
+
+
+@cdc.command("reset")
+@click.argument("table")
+def cdc_reset(table: str) -> None:
+    """Re-sync TABLE after its slot was lost: a new slot, the table read in its snapshot and
+    merged (keys gone from the source become DELETED); audited as CDC_RESET."""
+    from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.lib.cdc import reset
+    from bronze_assets.lib.delta.timetravel import TimeTravelError, contract_for
+    from bronze_assets.lib.source.postgres import resolve_source_dsn
+
+    try:
+        contract = contract_for(table)
+    except TimeTravelError as exc:
+        _fail(str(exc))
+        return
+    if not contract.cdc:
+        _fail(f"{contract.bronze_table} is not loaded by log-based CDC (its contract sets cdc=False)")
+    from bronze_assets.lib.source.replication import lsn_text
+
+    storage = BronzeStorage().storage()
+    batch, result = reset(contract, resolve_source_dsn(), storage, job_id="bronze cdc reset")
+    click.echo(f"{contract.bronze_table}: re-synced from a new slot at {lsn_text(batch.lsn)} — "
+               f"{result.inserted:,} inserted, {result.updated:,} updated, "
+               f"{result.soft_deleted:,} soft-deleted")

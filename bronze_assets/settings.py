@@ -31,6 +31,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_EXTRACT_PARALLELISM", "CPU count, at most 4", "source connections per extraction"),
     Variable("BRONZE_ENGINE", "local", "load engine of every table: local, spark or databricks"),
     Variable("BRONZE_ENGINE_TABLES", "unset", "per-table engine, e.g. bz_order_details=spark"),
+    Variable("BRONZE_CDC", "on", "off: the watermark pattern for every table, no log-based CDC"),
     Variable("BRONZE_SPARK_MASTER", "local[N], N = CPU count", "Spark master of the spark engine"),
     Variable("BRONZE_SPARK_JARS_DIR", "~/.cache/bronze_assets/spark-jars", "jars of the Spark engine"),
     Variable("BRONZE_STAGE_DIR", "system temp dir", "where extracted batches are staged"),

@@ -45,6 +45,9 @@ def fresh_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
         cur.execute(f'CREATE DATABASE "{name}"')
     yield admin.replace("/postgres?", f"/{name}?")
     with connect(admin, autocommit=True) as conn, conn.cursor() as cur:
+        # a database with a replication slot (log-based CDC) cannot be dropped before its slots
+        cur.execute(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    f"WHERE database = '{name}'")
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

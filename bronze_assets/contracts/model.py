@@ -174,6 +174,7 @@ class Contract:
     encrypted_columns: tuple[str, ...] = ()  # PII stored as per-subject AEAD ciphertext
     data_subject: str | None = None  # column naming the person a row is about (erasure, keys)
     on_type_change: TypeChangePolicy = TypeChangePolicy.FAIL
+    cdc: bool = False  # prefer log-based CDC (logical replication) when the source allows it
     seed_rows: int = 0
     version: str = "1"
 
@@ -185,6 +186,9 @@ class Contract:
             raise ValueError(f"contract {self.name}: primary key {self.primary_key} must lead")
         if "updated_at" not in names:
             raise ValueError(f"contract {self.name}: every source table needs updated_at")
+        if self.cdc and (len(self.primary_key) != 1 or self.column(self.primary_key[0]).type
+                         not in (PgType.INTEGER, PgType.BIGINT)):
+            raise ValueError(f"contract {self.name}: log-based CDC needs a single integer primary key")
         referenced = [
             *self.zorder_columns,
             *self.pii_columns,

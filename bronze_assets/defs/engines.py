@@ -35,11 +35,17 @@ from bronze_assets.defs.checks import (
     start_quality_check,
     warm_quality_suite,
 )
+from bronze_assets.lib.cdc import CdcBatch, CdcSlotLostError, stage_cdc
+from bronze_assets.lib.cdc import acknowledge as cdc_acknowledge
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
 from bronze_assets.lib.delta.io_manager import BronzeStorage, changed_partition_events
 from bronze_assets.lib.delta.outcome import audit_failure
+from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError, extract_and_stage
+from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.postgres import SourceConnectionError
+from bronze_assets.lib.source.replication import ReplicationError
 from bronze_assets.settings import env
 from bronze_assets.spark_job import DESCRIPTIONS, FAILURE, VOLUMES_IO
 
@@ -165,6 +171,29 @@ def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source:
 # ---------------------------------------------------------------------------------------- local
 
 
+def cdc_enabled() -> bool:
+    """``$BRONZE_CDC`` (default on): CDC tables read the replication slot when the source allows."""
+    return (env("BRONZE_CDC") or "on").lower() not in {"0", "off", "false", "no"}
+
+
+def stage_local(request: LoadRequest, dsn: str, storage: Storage
+                ) -> tuple[StagedBatch, CdcBatch | None, dict[str, Any]]:
+    """Stage the run's rows: from the replication slot for a CDC table's run that reaches the
+    open partition (when the source allows logical replication), else by its window. Returns
+    the staged batch, the CDC batch to acknowledge, and metadata saying which pattern ran."""
+    contract, window = request.contract, request.window
+    if contract.cdc and cdc_enabled() and (window is None or window[1] > datetime.now(UTC)):
+        unavailable = replication.availability(dsn)
+        if unavailable is None:
+            batch = stage_cdc(contract, dsn, storage, partition=window)
+            return batch.staged, batch, batch.metadata(replication.slot_state(dsn, contract))
+        meta = {"load_pattern": "watermark", "cdc_unavailable": unavailable}
+    else:
+        meta = {}
+    staged = extract_and_stage(contract, dsn, storage, partition=window, changes_only=request.changes_only)
+    return staged, None, meta
+
+
 def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage
               ) -> Iterator[Any]:
     """Extract and stage here; the IO manager MERGEs the staged batch (output), then the checks."""
@@ -178,13 +207,13 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
         audit_failure(contract, storage, context.run.run_id, started,
                       (datetime.now(UTC) - started).total_seconds(), message)
 
+    dsn = source.resolved_dsn()
     try:
-        staged = extract_and_stage(contract, source.resolved_dsn(), storage, partition=request.window,
-                                   changes_only=request.changes_only)
-    except SourceConnectionError as exc:
+        staged, cdc, cdc_meta = stage_local(request, dsn, storage)
+    except (SourceConnectionError, ReplicationError) as exc:
         failed(str(exc))
         raise dg.Failure(str(exc), allow_retries=True) from None
-    except SourceTableMissingError as exc:
+    except (SourceTableMissingError, CdcSlotLostError) as exc:
         failed(str(exc))
         raise dg.Failure(str(exc), allow_retries=False) from None
     except SchemaMismatchError as exc:
@@ -215,7 +244,10 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     quality = start_quality_check(staged) if QUALITY_SCORE in selected else None
     staged.keep_after_merge = quality is not None
     try:
-        yield dg.Output(staged, output_name=contract.bronze_table)  # the MERGE happens here
+        # the MERGE happens here (cdc_meta says which load pattern ran)
+        yield dg.Output(staged, output_name=contract.bronze_table, metadata=cdc_meta)
+        if cdc is not None:  # only once its changes are committed may the slot free their WAL
+            cdc_acknowledge(contract, dsn, cdc)
         if KEY_UNIQUENESS in selected:
             yield key_uniqueness_result(contract, storage)
         if REFERENTIAL_INTEGRITY in selected:

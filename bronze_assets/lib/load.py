@@ -6,8 +6,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def next_watermark(window: LoadWindow, cap: datetime, previous: datetime | None)
     """
     if window.is_full or window.end is None or window.start is None:
         return None
-    if window.changed_since is not None:
+    if window.changed_since is not None or window.all_rows:
         new = cap
     elif window.initial:
         new = min(window.end, cap)
@@ -123,12 +124,21 @@ def extract_and_stage(
     batch_time: datetime | None = None,
     progress: Callable[[int], None] | None = None,
     changes_only: bool = False,
+    keys: Sequence[int] | None = None,
+    all_rows: bool = False,
+    snapshot_id: str | None = None,
 ) -> StagedBatch:
     """Read the window of ``contract`` from the source and stage enriched rows for the MERGE.
 
     Reads data, the key sweep (for soft deletes) and the watermark cap in one snapshot. If
     the live table does not match the contract (missing column, changed type) the window's raw
     rows go to ``bz_quarantine`` and :class:`SchemaMismatchError` is raised before staging.
+
+    ``keys`` (log-based CDC) reads just those primary keys, wherever they live; the ones the
+    source no longer has are staged as deleted keys. ``all_rows`` reads every row and places
+    new keys in ``partition`` (a CDC slot's snapshot taken by the run of that partition).
+    ``snapshot_id`` reads in an exported snapshot (a replication slot's, so the snapshot and the
+    change stream meet exactly).
     """
     started = time.perf_counter()
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
@@ -138,6 +148,11 @@ def extract_and_stage(
     legacy = target is not None and hash_version(target) < HASH_VERSION  # migrate v1 hashes once
     legacy_hashes: list[pa.RecordBatch] = []
     window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only)
+    if keys is not None:
+        window = replace(window, keys=tuple(sorted({int(k) for k in keys})))
+    elif all_rows:
+        window = replace(window, all_rows=True, changes_only=False)
+    found: list[pa.Array] = []
     histogram = np.zeros(101, dtype=np.int64)
 
     unreadable: list[pa.RecordBatch] = []
@@ -154,12 +169,14 @@ def extract_and_stage(
                                      legacy=legacy):
             scores = batch.column("data_quality_score").to_numpy(zero_copy_only=False)
             histogram[:] += np.bincount(scores, minlength=101)
+            if keys is not None:
+                found.append(batch.column(contract.primary_key[0]))
             if progress is not None:
                 progress(batch.num_rows)
             yield batch
 
     name = contract.bronze_table
-    with SourceReader(dsn, contract) as reader:
+    with SourceReader(dsn, contract, snapshot_id=snapshot_id) as reader:
         drift = inspect_source(reader, contract, window, ctx.batch_id, storage)
         extras = [c for c, _ in drift.added]
         rescued = [c for c, _, _ in drift.rescued]
@@ -168,7 +185,7 @@ def extract_and_stage(
             # a window over every row stages the key set itself; other loads sweep the keys (for
             # deletes) beside the rows, in the same snapshot; nothing to sweep before the table exists
             sweep = pool.submit(_sweep_keys, reader, contract) \
-                if not window.covers_table and target is not None else None
+                if not window.covers_table and window.keys is None and target is not None else None
             path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name)
             keys_path = sweep.result() if sweep is not None else None
     rescued_rows = sum(b.num_rows for b in unreadable)
@@ -188,6 +205,7 @@ def extract_and_stage(
         schema_drift=drift,
         legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
         pii=pii_protection(contract, storage),
+        deleted_keys=_missing(contract, window.keys, found) if window.keys is not None else None,
     )
     return staged
 
@@ -245,6 +263,12 @@ def quarantine_unstorable(
                 sum(b.num_rows for b in records), ", ".join(columns), QUARANTINE_TABLE)
 
 
+def _missing(contract: Contract, keys: Sequence[int], found: list[pa.Array]) -> pa.Table:
+    """The ``keys`` the source no longer has (read in the same snapshot as the rows)."""
+    seen = {int(k) for arr in found for k in arr.to_pylist() if k is not None}
+    return pa.table({contract.primary_key[0]: pa.array([k for k in keys if k not in seen], pa.int64())})
+
+
 def _sweep_keys(reader: SourceReader, contract: Contract) -> Path:
     """Stage every primary key of the source (to find the keys that vanished)."""
     key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
@@ -276,6 +300,10 @@ def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatc
 
 def describe_window(window: LoadWindow) -> str:
     """How a load's window reads in logs, metadata and commits."""
+    if window.keys is not None:
+        return f"{len(window.keys):,} changed keys (log-based CDC)"
+    if window.all_rows and not window.is_full:
+        return "every row, in the snapshot of a new replication slot (log-based CDC)"
     if window.is_full:
         return "full table"
     text = f"[{window.start.isoformat()}, {window.end.isoformat()})"  # type: ignore[union-attr]

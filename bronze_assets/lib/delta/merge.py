@@ -148,14 +148,33 @@ def next_txn_version(dt: DeltaTable | None, app: str) -> int:
 
 
 def commit_metadata(batch_id: str, window: str, watermark: datetime | None, chunk: int = 0, chunks: int = 1,
-                    extra: dict[str, str] | None = None) -> dict[str, str]:
+                    extra: dict[str, str] | None = None, final: dict[str, str] | None = None,
+                    ) -> dict[str, str]:
     """The bronze keys of a load commit (either engine): batch, chunk, hash version, window, and
-    the watermark once the batch is complete."""
+    once the batch is complete the watermark and ``final`` (e.g. the CDC position)."""
     meta = {BATCH_KEY: batch_id, CHUNK_KEY: f"{chunk}/{chunks}", HASH_VERSION_KEY: str(HASH_VERSION),
             "bronze.window": window, **(extra or {})}
-    if watermark is not None and chunk == chunks - 1:
-        meta[WATERMARK_KEY] = watermark.isoformat()
+    if chunk == chunks - 1:
+        if watermark is not None:
+            meta[WATERMARK_KEY] = watermark.isoformat()
+        meta |= final or {}
     return meta
+
+
+CDC_LSN_KEY = "bronze.cdc_lsn"  # the log position a CDC load's changes reach (with its last chunk)
+
+
+def latest_cdc_lsn(dt: DeltaTable | None, limit: int = 200) -> int | None:
+    """The log position bronze holds every change up to (the latest commit that records one);
+    None when there is none, or when a RESTORE came after it (a restored table re-syncs)."""
+    if dt is None:
+        return None
+    for entry in commit_history(dt, limit):
+        if entry.get("operation") == "RESTORE":
+            return None
+        if CDC_LSN_KEY in entry:
+            return int(entry[CDC_LSN_KEY])
+    return None
 
 
 def _chunk(entry: dict[str, Any]) -> tuple[int, int]:
@@ -487,9 +506,17 @@ class BronzeMerger:
                 keys = pl.scan_ipc(staged.source_keys_path).cast(key_types)
                 if bucket is not None:
                     keys = keys.filter(bucket)
+            vanished = None
             if keys is not None:
                 vanished = index.lazy().filter(pl.col("_t_status") == ACTIVE).join(
                     keys, on=self.pk, how="anti").collect(engine="streaming")
+            elif staged.deleted_keys is not None:  # log-based CDC names the deleted keys itself
+                gone = pl.from_arrow(staged.deleted_keys).lazy().cast(key_types)  # type: ignore[union-attr]
+                if bucket is not None:
+                    gone = gone.filter(bucket)
+                vanished = index.lazy().filter(pl.col("_t_status") == ACTIVE).join(
+                    gone, on=self.pk, how="semi").collect(engine="streaming")
+            if vanished is not None:
                 result.soft_deleted += vanished.height
                 route = pl.col(TARGET_PART) if self.part else pl.lit(None)
                 plans.append(vanished.select([*self.pk, pl.lit("D").alias(OP), route.alias("_route")]))
@@ -578,7 +605,7 @@ class BronzeMerger:
         self, dt: DeltaTable | None, staged: StagedBatch, chunk: int = 0, chunks: int = 1
     ) -> CommitProperties:
         meta = commit_metadata(staged.ctx.batch_id, staged.window, staged.watermark, chunk, chunks,
-                               staged.metadata)
+                               staged.metadata, staged.final_metadata)
         return CommitProperties(
             custom_metadata=meta,
             app_transactions=[Transaction(self.app_id, next_txn_version(dt, self.app_id),
@@ -605,6 +632,9 @@ class BronzeMerger:
                 break
             try:
                 result = self._create(staged) if dt is None else self._merge(dt, staged)
+                if dt is not None and not result.committed and staged.commit_always:
+                    self._record_position(dt, staged)
+                    result.committed, result.commits = True, 1
                 break
             except (CommitFailedError, DeltaError) as exc:
                 if attempt == MAX_ATTEMPTS or not _is_conflict(exc):
@@ -619,6 +649,13 @@ class BronzeMerger:
         if staged.rows:
             result.avg_quality_score = round(staged.score_sum / staged.rows, 2)
         return result
+
+    def _record_position(self, dt: DeltaTable, staged: StagedBatch) -> None:
+        """A commit without rows that records the batch's metadata (a CDC snapshot's log position
+        when the table was already exact)."""
+        empty = pa.Table.from_batches([], schema=dt.schema().to_arrow())
+        write_deltalake(dt, empty, mode="append", commit_properties=self._commit_properties(dt, staged),
+                        storage_options=self.storage.delta_options)
 
     def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
         dt = self.storage.open(self.contract.bronze_table)

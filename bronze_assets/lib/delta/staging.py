@@ -53,6 +53,9 @@ class StagedBatch:
     keep_after_merge: bool = False  # set while a check still reads the staged files
     legacy_hashes: pa.Table | None = None  # key + v1 record_hash, only while a v1 table is migrated
     pii: PiiHook | None = None  # protects the PII columns as the rows are written
+    deleted_keys: pa.Table | None = None  # keys the source no longer has (log-based CDC): soft-deleted
+    final_metadata: dict[str, str] = field(default_factory=dict)  # on the batch's last commit only
+    commit_always: bool = False  # commit the metadata even when no row changes (a CDC snapshot)
 
     @property
     def score_sum(self) -> int:

@@ -45,6 +45,9 @@ class EmbeddedPostgres:
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
             log.info("starting embedded PostgreSQL in %s", self.pgdata)
             self._server = _pgserver().get_server(self.pgdata, cleanup_mode="stop")
+            if self._enable_logical_wal():  # once per data folder: log-based CDC needs it
+                self._server.cleanup()
+                self._server = _pgserver().get_server(self.pgdata, cleanup_mode="stop")
             self._ensure_database()
         return self._server.get_uri(self.database)
 
@@ -53,6 +56,19 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+    def _enable_logical_wal(self) -> bool:
+        """Set ``wal_level = logical`` (kept in postgresql.auto.conf); True if a restart must apply it."""
+        import adbc_driver_postgresql.dbapi as pg
+
+        with pg.connect(self._server.get_uri("postgres"), autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT current_setting('wal_level')")
+            (level,) = cur.fetchone()
+            if level != "logical":
+                cur.execute("ALTER SYSTEM SET wal_level = 'logical'")
+            cur.close()
+        return level != "logical"
 
     def _ensure_database(self) -> None:
         import adbc_driver_postgresql.dbapi as pg

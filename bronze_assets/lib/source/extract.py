@@ -160,16 +160,18 @@ class SourceReader:
     """
 
     def __init__(
-        self, dsn: str, contract: Contract, schema: str = SOURCE_SCHEMA, parallelism: int | None = None
+        self, dsn: str, contract: Contract, schema: str = SOURCE_SCHEMA, parallelism: int | None = None,
+        snapshot_id: str | None = None,
     ) -> None:
         self.dsn, self.contract, self.schema = dsn, contract, schema
         self.parallelism = parallelism or default_parallelism()
         self._conn = None
+        self._import = snapshot_id  # read in this exported snapshot (e.g. a replication slot's)
         self._snapshot_id: str | None = None
         self._blocks = 0
 
     def __enter__(self) -> SourceReader:
-        self._conn = self._open()
+        self._conn = self._open(self._import)
         # exported for the other connections: the parts of a parallel read, and the key sweep
         # that runs beside the rows
         (self._snapshot_id,) = self.query("SELECT pg_export_snapshot()")[0]

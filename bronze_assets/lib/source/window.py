@@ -51,19 +51,21 @@ class LoadWindow:
     newest_end: date | None = None
     open: bool = False  # the range holds the open (current) partition
     changes_only: bool = False  # read only the rows changed since ``changed_since`` (scheduled runs)
+    keys: tuple[int, ...] | None = None  # read just these primary keys (log-based CDC: the changed ones)
+    all_rows: bool = False  # read every row, placing new keys in the range (a CDC slot's snapshot)
 
     @property
     def is_full(self) -> bool:
-        return self.start is None
+        return self.start is None and self.keys is None
 
     @property
     def covers_table(self) -> bool:
         """Whether the window reads every row of the table: a whole-table load, the daily initial
         snapshot while it is the open day, or a monthly range from the first to the newest month
         (its rows are then the source's key set, so no separate key sweep is needed)."""
-        if self.is_full:
+        if self.is_full or self.all_rows:
             return True
-        if self.changes_only or self.end is None:
+        if self.keys is not None or self.changes_only or self.end is None:
             return False
         if self.initial:
             return self.open
@@ -87,7 +89,11 @@ def business_key_sql(contract: Contract) -> str:
 
 def window_predicate(contract: Contract, window: LoadWindow) -> str | None:
     """SQL ``WHERE`` condition selecting the window's rows (None = the whole table)."""
-    if window.is_full or window.start is None or window.end is None:
+    if window.keys is not None:
+        listed = ",".join(str(int(k)) for k in window.keys)
+        key = quote_ident(contract.primary_key[0])
+        return f"{key} = ANY('{{{listed}}}'::bigint[])" if listed else "FALSE"
+    if window.is_full or window.all_rows or window.start is None or window.end is None:
         return None
     changed = None if window.changed_since is None else \
         f"updated_at >= {_ts(window.changed_since)} OR updated_at IS NULL"

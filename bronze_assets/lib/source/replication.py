@@ -1,0 +1,289 @@
+"""Log-based change capture from PostgreSQL: one publication and one logical replication slot
+(``pgoutput``) per bronze table, read with psycopg2's replication protocol.
+
+Only *which keys changed*, in commit order and up to which LSN, is taken from the stream: the
+load then reads those keys' current rows in one snapshot (:func:`bronze_assets.lib.cdc`). So the
+record hash, score and types are the ones every load computes, TOAST values the stream leaves out
+need no special case, and an older change can never overwrite a newer one.
+
+The pgoutput messages (protocol 1) are decoded here, in a few lines of ``struct``: psycopg2 reads
+the protocol but not the plugin's format, and the decoders on PyPI are unmaintained or turn an
+unchanged TOAST value into NULL (measured; see the README's CDC section).
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.source.ddl import qualified, quote_ident
+from bronze_assets.lib.source.dsn import describe_dsn, dsn_parts, redact
+from bronze_assets.settings import SOURCE_SCHEMA
+
+# the session of the walsender pinned like every bronze session (ARCHITECTURE §2.2)
+PINNED_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=1"
+DRAIN_SECONDS = 300.0  # a run reads the stream for at most this long (the rest waits for the next run)
+
+
+class ReplicationError(RuntimeError):
+    """Log-based CDC cannot run against this source (the message says why and what to do)."""
+
+
+def slot_name(dsn: str, contract: Contract) -> str:
+    """``bronze_<database>_<table>``: slot names are global to the server, publications per database."""
+    database = re.sub(r"[^a-z0-9_]", "_", dsn_parts(dsn)["db"].lower())
+    return f"bronze_{database}_{contract.name}"[:63]
+
+
+def publication_name(contract: Contract) -> str:
+    return f"bronze_{contract.name}"
+
+
+def lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def lsn_int(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _connect(dsn: str, replication: bool = False) -> Any:
+    import psycopg2
+    import psycopg2.extras
+
+    try:
+        if replication:
+            return psycopg2.connect(dsn, options=PINNED_OPTIONS,
+                                    connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        conn = psycopg2.connect(dsn, options=PINNED_OPTIONS)
+        conn.autocommit = True
+        return conn
+    except psycopg2.Error as exc:
+        raise ReplicationError(f"cannot open a {'replication ' if replication else ''}connection to "
+                               f"{describe_dsn(dsn)}: {redact(str(exc).strip(), dsn)}") from None
+
+
+def _query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
+    with closing(_connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def availability(dsn: str) -> str | None:
+    """None when this source can serve log-based CDC, else why not (and what to change)."""
+    level, can = _query(dsn, "SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper "
+                             "FROM pg_roles WHERE rolname = current_user)")[0]
+    if level != "logical":
+        return (f"wal_level is {level!r}, not 'logical' (ALTER SYSTEM SET wal_level = 'logical' and restart "
+                f"the server)")
+    if not can:
+        return "the source user lacks the REPLICATION attribute (ALTER ROLE … WITH REPLICATION)"
+    return None
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """A slot as ``pg_replication_slots`` shows it."""
+
+    name: str
+    active: bool
+    wal_status: str | None  # reserved / extended / unreserved / lost
+    confirmed_flush_lsn: int | None
+    retained_wal_bytes: int | None  # WAL the slot keeps on the server's disk
+
+    @property
+    def lost(self) -> bool:
+        return self.wal_status == "lost"
+
+
+def slot_state(dsn: str, contract: Contract) -> SlotState | None:
+    rows = _query(dsn, "SELECT slot_name, active, wal_status, confirmed_flush_lsn::text, "
+                       "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                       "FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
+                  (slot_name(dsn, contract),))
+    if not rows:
+        return None
+    name, active, status, confirmed, retained = rows[0]
+    return SlotState(name, bool(active), status, lsn_int(confirmed) if confirmed else None,
+                     int(retained) if retained is not None else None)
+
+
+def ensure_publication(dsn: str, contract: Contract) -> None:
+    """The table's publication (inserts, updates, deletes, truncates), created once."""
+    name = publication_name(contract)
+    if not _query(dsn, "SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)):
+        _query(dsn, f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE "
+                    f"{qualified(SOURCE_SCHEMA, contract.name)}")
+
+
+def drop_slot(dsn: str, contract: Contract) -> bool:
+    """Drop the table's slot (it releases the WAL it holds); False when there was none."""
+    rows = _query(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                       "WHERE slot_name = %s AND database = current_database()", (slot_name(dsn, contract),))
+    return bool(rows)
+
+
+@contextmanager
+def new_slot(dsn: str, contract: Contract) -> Iterator[tuple[int, str]]:
+    """Create the table's slot and yield (its consistent LSN, its exported snapshot): a reader
+    that joins the snapshot sees exactly the changes before the LSN, the stream the ones after.
+    The snapshot stays importable until the block ends (the replication session stays idle)."""
+    ensure_publication(dsn, contract)
+    with closing(_connect(dsn, replication=True)) as conn:
+        cur = conn.cursor()
+        cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(slot_name(dsn, contract))} LOGICAL pgoutput "
+                    f"(SNAPSHOT 'export')")
+        _, consistent, snapshot, _ = cur.fetchone()
+        yield lsn_int(consistent), snapshot
+
+
+def acknowledge(dsn: str, contract: Contract, lsn: int) -> None:
+    """Let the slot release the WAL before ``lsn`` (the changes bronze has committed)."""
+    _query(dsn, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn) WHERE %s::pg_lsn > "
+                "(SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s)",
+           (slot_name(dsn, contract), lsn_text(lsn), lsn_text(lsn), slot_name(dsn, contract)))
+
+
+# ------------------------------------------------------------------------------------ pgoutput
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def read(self, fmt: str) -> Any:
+        (value,) = struct.unpack_from("!" + fmt, self.data, self.at)
+        self.at += struct.calcsize("!" + fmt)
+        return value
+
+    def text(self) -> str:
+        end = self.data.index(0, self.at)
+        value = self.data[self.at:end].decode()
+        self.at = end + 1
+        return value
+
+    def tuple(self) -> list[str | None]:
+        values: list[str | None] = []
+        for _ in range(self.read("h")):
+            kind = chr(self.read("B"))
+            if kind == "t":
+                size = self.read("i")
+                values.append(self.data[self.at:self.at + size].decode())
+                self.at += size
+            else:  # 'n' NULL, 'u' an unchanged TOAST value (not sent): neither is a key
+                values.append(None)
+        return values
+
+
+@dataclass
+class Relation:
+    name: str
+    columns: list[str]
+
+
+@dataclass
+class ChangeSet:
+    """What one read of the stream found: the changed keys (last operation per key, in commit
+    order) up to ``end_lsn``, the end of the last complete transaction read."""
+
+    start_lsn: int
+    end_lsn: int  # where the next read starts: the server's position when the read drained the stream
+    keys: dict[int, str] = field(default_factory=dict)  # key -> I / U / D
+    complete: bool = False  # the stream was read up to the server's position at the start
+    transactions: int = 0
+    changes: int = 0
+    truncated: bool = False  # a TRUNCATE: every key may be gone (the load re-reads the table)
+
+    @property
+    def deleted(self) -> int:
+        return sum(1 for op in self.keys.values() if op == "D")
+
+
+class _Decoder:
+    """Folds pgoutput messages into a :class:`ChangeSet`; a transaction counts at its COMMIT."""
+
+    def __init__(self, key: str, changes: ChangeSet) -> None:
+        self.key, self.changes = key, changes
+        self.relations: dict[int, Relation] = {}
+        self.pending: list[tuple[int, str]] = []
+        self.truncate = False
+
+    def feed(self, payload: bytes) -> None:
+        r = _Reader(payload)
+        kind = chr(r.read("B"))
+        if kind == "B":
+            self.pending, self.truncate = [], False
+        elif kind == "C":
+            r.read("B")
+            r.read("q")
+            end = r.read("q")
+            for key, op in self.pending:
+                self.changes.keys[key] = op
+            self.changes.changes += len(self.pending)
+            self.changes.truncated |= self.truncate
+            self.changes.transactions += 1
+            self.changes.end_lsn = max(self.changes.end_lsn, end)
+            self.pending = []
+        elif kind == "R":
+            rel_id, schema, table = r.read("I"), r.text(), r.text()
+            r.read("B")
+            columns = []
+            for _ in range(r.read("h")):
+                r.read("B")
+                columns.append(r.text())
+                r.read("I")
+                r.read("i")
+            self.relations[rel_id] = Relation(f"{schema}.{table}", columns)
+        elif kind == "T":
+            self.truncate = True
+        elif kind in "IUD":
+            rel = self.relations[r.read("I")]
+            marker = chr(r.read("B"))
+            if marker in "KO":  # the old key (K) or old row (O): the key may have changed
+                self._key(rel, r.tuple(), "D" if kind == "D" else "U")
+                if kind == "U":
+                    marker = chr(r.read("B"))
+            if marker == "N":
+                self._key(rel, r.tuple(), "I" if kind == "I" else "U")
+        # 'O' origin, 'Y' type and anything newer carry no row change
+
+    def _key(self, rel: Relation, values: list[str | None], op: str) -> None:
+        value = values[rel.columns.index(self.key)]
+        if value is not None:
+            self.pending.append((int(value), op))
+
+
+def read_changes(dsn: str, contract: Contract, start_lsn: int, max_seconds: float = DRAIN_SECONDS,
+                 ) -> ChangeSet:
+    """Read the table's slot from ``start_lsn`` up to the server's WAL position at the call
+    (complete transactions only). Nothing is acknowledged here: :func:`acknowledge` does that
+    once bronze has committed the changes."""
+    (target,) = _query(dsn, "SELECT pg_current_wal_lsn()::text")[0]
+    target_lsn = lsn_int(target)
+    changes = ChangeSet(start_lsn, start_lsn)
+    decoder = _Decoder(contract.primary_key[0], changes)
+    with closing(_connect(dsn, replication=True)) as conn:
+        cur = conn.cursor()
+        cur.start_replication(slot_name=slot_name(dsn, contract), decode=False, start_lsn=start_lsn,
+                              options={"proto_version": "1", "publication_names": publication_name(contract)})
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline:
+            message = cur.read_message()
+            if message is not None:
+                decoder.feed(message.payload)
+                continue
+            if cur.wal_end >= target_lsn:  # every transaction that committed before it has been read
+                changes.complete = True
+                changes.end_lsn = max(changes.end_lsn, target_lsn)
+                break
+            cur.send_feedback(reply=True)  # ask for a keepalive carrying the server's position
+            select.select([cur], [], [], 0.5)
+    return changes

@@ -1,0 +1,179 @@
+"""Log-based CDC against the real embedded PostgreSQL (wal_level = logical): the first load reads
+the slot's snapshot, later loads only the changed keys, in commit order; a lost slot is named and
+a reset re-syncs exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from deltalake import DeltaTable
+
+from bronze_assets.cli import main
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.cdc import SNAPSHOT, STREAM, CdcSlotLostError, cdc_load, reset
+from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
+from bronze_assets.lib.delta.timetravel import restore
+from bronze_assets.lib.source import replication
+from bronze_assets.lib.source.postgres import connect
+from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
+from bronze_assets_tests.conftest import AS_OF, query
+
+pytestmark = pytest.mark.integration
+
+ORDERS = CONTRACTS["orders"]
+
+
+@pytest.fixture
+def seeded(fresh_dsn: str) -> str:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.02, as_of=AS_OF))
+    return fresh_dsn
+
+
+def bronze_frame(root: Path) -> pl.DataFrame:
+    frame = pl.from_arrow(DeltaTable(str(root / "bz_orders")).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def assert_exact(dsn: str, root: Path) -> None:
+    """Bronze equals the source: every source key ACTIVE with the spec hash, every other DELETED."""
+    frame = bronze_frame(root)
+    source = source_hashes(dsn, "orders")
+    assert active_hashes(frame, "order_id") == source
+    gone = frame.filter(pl.col("record_status") != "ACTIVE")
+    assert set(gone["record_status"]) <= {"DELETED"}
+    assert not set(gone["order_id"]) & set(source)
+    assert frame["order_id"].n_unique() == frame.height  # never a duplicate
+
+
+def test_first_load_reads_the_slot_snapshot_then_only_the_changes(seeded: str, tmp_path: Path) -> None:
+    first, result = cdc_load(ORDERS, seeded, tmp_path)
+    rows = query(seeded, "SELECT count(*) FROM tests.orders")[0][0]
+    assert first.mode == SNAPSHOT and result.inserted == rows
+    assert_exact(seeded, tmp_path)
+    version = DeltaTable(str(tmp_path / "bz_orders")).version()
+
+    query(seeded, "INSERT INTO tests.orders VALUES (900001, 1, DATE '2026-11-02', 'PENDING', 5.00, now())")
+    query(seeded, "UPDATE tests.orders SET status = 'SHIPPED', updated_at = now() WHERE order_id = 900001")
+    # updated_at untouched: a watermark would miss it, the log does not
+    query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1 WHERE order_id = 1")
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 2")
+    second, result = cdc_load(ORDERS, seeded, tmp_path)
+    assert second.mode == STREAM and second.changes is not None
+    assert (second.changes.transactions, len(second.changes.keys)) == (4, 3)
+    assert (result.rows_read, result.inserted, result.updated, result.soft_deleted) == (2, 1, 1, 1)
+    assert_exact(seeded, tmp_path)
+
+    third, result = cdc_load(ORDERS, seeded, tmp_path)  # nothing changed: nothing read, no commit
+    assert third.changes is not None and not third.changes.keys and not result.committed
+    assert DeltaTable(str(tmp_path / "bz_orders")).version() == version + 1
+    state = replication.slot_state(seeded, ORDERS)
+    assert state is not None and state.confirmed_flush_lsn == third.lsn  # the slot freed its WAL
+
+
+def test_concurrent_writer_and_a_long_transaction_end_exact(seeded: str, tmp_path: Path) -> None:
+    cdc_load(ORDERS, seeded, tmp_path)
+    stop = threading.Event()
+    ids = [r[0] for r in query(seeded, "SELECT order_id FROM tests.orders")]
+
+    def write() -> None:
+        rng, next_id = random.Random(7), 950000
+        with connect(seeded, autocommit=True) as conn, conn.cursor() as cur:
+            while not stop.is_set():
+                pick = rng.choice(ids)
+                match rng.randrange(4):
+                    case 0:
+                        next_id += 1
+                        cur.execute(f"INSERT INTO tests.orders VALUES ({next_id}, 1, DATE '2026-11-03', "
+                                    f"'PENDING', 1.00, now())")
+                        ids.append(next_id)
+                    case 1 | 2:  # some keys several times
+                        cur.execute(f"UPDATE tests.orders SET total_amount = total_amount + 1, "
+                                    f"updated_at = now() WHERE order_id = {pick}")
+                    case 3:
+                        cur.execute(f"DELETE FROM tests.orders WHERE order_id = {pick}")
+                time.sleep(0.002)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    long_tx = connect(seeded, autocommit=True)
+    cur = long_tx.cursor()
+    try:
+        cur.execute("BEGIN")
+        cur.execute("UPDATE tests.orders SET status = 'LATE', updated_at = '2020-01-01' "
+                    "WHERE order_id = (SELECT min(order_id) FROM tests.orders)")
+        for _ in range(3):  # hourly runs while the writer and the long transaction go on
+            time.sleep(0.3)
+            batch, _ = cdc_load(ORDERS, seeded, tmp_path)
+            assert batch.mode == STREAM
+        cur.execute("COMMIT")  # committed after those runs, dated long before them
+    finally:
+        stop.set()
+        writer.join()
+        cur.close()
+        long_tx.close()
+    last, _ = cdc_load(ORDERS, seeded, tmp_path)
+    assert last.changes is not None and last.changes.transactions >= 1
+    assert_exact(seeded, tmp_path)
+    late = bronze_frame(tmp_path).filter(pl.col("status") == "LATE")
+    assert late.height == 1 and late["record_status"][0] == "ACTIVE"
+
+
+def test_a_dropped_slot_is_named_and_a_reset_recovers_exactly(seeded: str, tmp_path: Path) -> None:
+    cdc_load(ORDERS, seeded, tmp_path)
+    assert replication.drop_slot(seeded, ORDERS)
+    query(seeded, "DELETE FROM tests.orders WHERE order_id IN (3, 4)")  # lost with the slot
+    query(seeded, "UPDATE tests.orders SET status = 'CANCELLED', updated_at = now() WHERE order_id = 5")
+    with pytest.raises(CdcSlotLostError, match=r"bronze cdc reset bz_orders"):
+        cdc_load(ORDERS, seeded, tmp_path)
+    batch, result = reset(ORDERS, seeded, tmp_path, job_id="test")
+    assert batch.mode == SNAPSHOT and (result.updated, result.soft_deleted) == (1, 2)
+    assert_exact(seeded, tmp_path)
+    (audit,) = [a for a in read_table(tmp_path, AUDIT_LOG).to_pylist() if a["operation_type"] == "CDC_RESET"]
+    assert audit["status"] == "SUCCESS" and audit["records_affected"] == 3
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 6")
+    after, _ = cdc_load(ORDERS, seeded, tmp_path)  # streaming again from the new slot
+    assert after.mode == STREAM
+    assert_exact(seeded, tmp_path)
+
+
+def test_cli_status_names_a_lost_slot_and_reset_recovers(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRONZE_SOURCE_DSN", seeded)
+    monkeypatch.setenv("BRONZE_ROOT", str(tmp_path))
+    cdc_load(ORDERS, seeded, tmp_path)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["cdc", "status", "--json"])
+    assert ok.exit_code == 0, ok.output
+    rows = {r["table"]: r for r in map(json.loads, ok.stdout.splitlines())}
+    assert rows["bz_orders"]["wal_status"] == "reserved" and rows["bz_orders"]["bronze_lsn"]
+    assert rows["bz_inventory"]["wal_status"] == "missing" and rows["bz_inventory"]["action"] is None
+
+    replication.drop_slot(seeded, ORDERS)
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 7")
+    broken = runner.invoke(main, ["cdc", "status"])
+    assert broken.exit_code == 1 and "bronze cdc reset bz_orders" in broken.stdout
+    fixed = runner.invoke(main, ["cdc", "reset", "orders"])
+    assert fixed.exit_code == 0 and "1 soft-deleted" in fixed.stdout, fixed.output
+    assert runner.invoke(main, ["cdc", "status"]).exit_code == 0
+    assert_exact(seeded, tmp_path)
+
+
+def test_a_restored_table_re_syncs_from_a_new_slot(seeded: str, tmp_path: Path) -> None:
+    cdc_load(ORDERS, seeded, tmp_path)
+    query(seeded, "UPDATE tests.orders SET status = 'CANCELLED' WHERE order_id = 8")
+    cdc_load(ORDERS, seeded, tmp_path)
+    restore(tmp_path, ORDERS, version=0)  # bronze goes back; the slot has moved on
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 9")
+    again, _ = cdc_load(ORDERS, seeded, tmp_path)
+    assert again.mode == SNAPSHOT
+    assert_exact(seeded, tmp_path)
