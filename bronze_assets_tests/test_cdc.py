@@ -5,11 +5,17 @@ a reset re-syncs exactly."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -24,7 +30,7 @@ from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.postgres import connect
-from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
+from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = pytest.mark.integration
@@ -177,3 +183,78 @@ def test_a_restored_table_re_syncs_from_a_new_slot(seeded: str, tmp_path: Path) 
     again, _ = cdc_load(ORDERS, seeded, tmp_path)
     assert again.mode == SNAPSHOT
     assert_exact(seeded, tmp_path)
+
+
+CDC_SCRIPT = """
+import sys
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.lib.cdc import cdc_load
+cdc_load(CONTRACTS["orders"], sys.argv[1], sys.argv[2])
+print("finished")
+"""
+
+
+def _run_and_kill(dsn: str, root: Path, stage: Path, point: str) -> bool:
+    """Run a CDC load in a child process and SIGKILL it at ``point``: ``staging`` (a batch file is
+    staged, nothing written), ``writing`` (a new data file, no commit yet) or ``committed`` (the
+    commit landed; the slot may not have been told)."""
+    table = root / "bz_orders"
+    data = set(table.rglob("*.parquet"))
+    log = set((table / "_delta_log").glob("*.json"))
+    proc = subprocess.Popen([sys.executable, "-c", CDC_SCRIPT, dsn, str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "BRONZE_STAGE_DIR": str(stage)})
+    deadline, killed = time.monotonic() + 120, False
+    while time.monotonic() < deadline and proc.poll() is None:
+        hit = {"staging": lambda: any((stage / "bronze_stage").glob("bz_orders*")),
+               "writing": lambda: bool(set(table.rglob("*.parquet")) - data),
+               "committed": lambda: bool(set((table / "_delta_log").glob("*.json")) - log)}[point]()
+        if hit:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.001)
+    proc.wait(timeout=60)
+    return killed
+
+
+@pytest.mark.parametrize("point", ["staging", "writing", "committed"])
+def test_a_cdc_run_killed_at_any_point_then_re_run_ends_exact(
+        point: str, seeded: str, tmp_path: Path) -> None:
+    root, stage = tmp_path / "bronze", tmp_path / "stage"
+    cdc_load(ORDERS, seeded, root)
+    # enough changes that the run is still writing when it is killed
+    query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1, updated_at = now() "
+                  "WHERE order_id % 3 = 0")
+    query(seeded, "DELETE FROM tests.orders WHERE order_id % 17 = 0")
+    killed = _run_and_kill(seeded, root, stage, point)
+    if point == "writing":
+        assert killed, "the run finished before it could be killed mid-write"
+    query(seeded, "UPDATE tests.orders SET status = 'AFTER' WHERE order_id = 10")  # changes go on
+    batch, _ = cdc_load(ORDERS, seeded, root)
+    assert batch.mode == STREAM
+    assert_exact(seeded, root)
+
+
+def test_the_asset_says_which_load_pattern_it_used(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bronze = Bronze(seeded, tmp_path / "bronze")
+    month = datetime.now(UTC).date().replace(day=1).isoformat()  # the open partition of bz_orders
+
+    def materialize() -> dict:
+        result = dg.materialize([bronze.assets["bz_orders"]], resources=bronze.resources,
+                                partition_key=month)
+        (load,) = [e for e in result.get_asset_materialization_events()
+                   if "rows_read" in e.materialization.metadata]
+        return {k: v.value for k, v in load.materialization.metadata.items()}
+
+    first = materialize()
+    assert (first["load_pattern"], first["cdc_mode"]) == ("cdc", "snapshot")
+    assert first["slot_wal_status"] == "reserved"
+    query(seeded, "UPDATE tests.orders SET status = 'SHIPPED' WHERE order_id = 11")
+    second = materialize()
+    assert (second["cdc_mode"], second["cdc_keys_changed"], second["rows_updated"]) == ("stream", 1, 1)
+    assert "changed keys (log-based CDC)" in second["window"]
+    monkeypatch.setenv("BRONZE_CDC", "off")
+    third = materialize()
+    assert (third["load_pattern"], third["cdc_unavailable"]) == ("watermark", "BRONZE_CDC=off")
+    assert_exact(seeded, tmp_path / "bronze")

@@ -182,8 +182,8 @@ def stage_local(request: LoadRequest, dsn: str, storage: Storage
     open partition (when the source allows logical replication), else by its window. Returns
     the staged batch, the CDC batch to acknowledge, and metadata saying which pattern ran."""
     contract, window = request.contract, request.window
-    if contract.cdc and cdc_enabled() and (window is None or window[1] > datetime.now(UTC)):
-        unavailable = replication.availability(dsn)
+    if contract.cdc and (window is None or window[1] > datetime.now(UTC)):
+        unavailable = replication.availability(dsn) if cdc_enabled() else "BRONZE_CDC=off"
         if unavailable is None:
             batch = stage_cdc(contract, dsn, storage, partition=window)
             return batch.staged, batch, batch.metadata(replication.slot_state(dsn, contract))
