@@ -1,0 +1,139 @@
+"""Log-based CDC vs the watermark pattern: the hourly tick of inventory, order_details and orders
+with the same absolute number of changed rows at scale 1 and scale 10. With CDC the tick should
+cost the change, not the table (issue #13: within 30 % between the scales). One run, a report.
+
+    python benchmarks/bench_cdc.py --scales 1 10 [--changes 600] [--json out.json]
+
+Each phase runs in its own process (bench_ingest's runner); both variants load the same source
+into their own bronze roots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ingest  # the seed phase, the phase runner
+import bench_spark  # the watermark loads (library path) with the schedule's windows
+
+PHASE_SCRIPT = Path(__file__).resolve()
+TABLES = bench_ingest.TICK_TABLES
+
+
+def phase_cdc(tables: list[str]) -> dict:
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.cdc import cdc_load
+    from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import bronze_root
+
+    dsn, root = resolve_source_dsn(), bronze_root()
+    started = time.perf_counter()
+    rows = written = 0
+    modes = set()
+    for name in tables:
+        batch, merged = cdc_load(CONTRACTS[name], dsn, root)
+        modes.add(batch.mode)
+        rows += merged.rows_read
+        written += merged.inserted + merged.updated + merged.soft_deleted
+    return {"seconds": time.perf_counter() - started, "rows": rows, "written": written,
+            "modes": sorted(modes)}
+
+
+def phase_change(tables: list[str], changes: int) -> dict:
+    """The same absolute change at any scale: per table ``changes`` keys, 80 % updated (some
+    twice), 10 % deleted, 10 % inserted."""
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+
+    updates, deletes, inserts = int(changes * 0.8), changes // 10, changes // 10
+    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+        for name in tables:
+            c = CONTRACTS[name]
+            pk, others = c.primary_key[0], [col for col in c.column_names if col not in (c.primary_key[0],
+                                                                                          "updated_at")]
+            cur.execute(f"SELECT max({pk}) FROM tests.{name}")
+            (top,) = cur.fetchone()
+            picked = f"(SELECT {pk} FROM tests.{name} ORDER BY {pk} LIMIT {updates})"
+            cur.execute(f"UPDATE tests.{name} SET updated_at = now() WHERE {pk} IN {picked}")
+            cur.execute(f"UPDATE tests.{name} SET updated_at = now() WHERE {pk} IN "
+                        f"(SELECT {pk} FROM tests.{name} ORDER BY {pk} LIMIT {updates // 4})")
+            cur.execute(f"DELETE FROM tests.{name} WHERE {pk} IN (SELECT {pk} FROM tests.{name} "
+                        f"ORDER BY {pk} DESC LIMIT {deletes})")
+            cols = ", ".join(others)
+            cur.execute(f"INSERT INTO tests.{name} ({pk}, {cols}, updated_at) SELECT {pk} + {top}, {cols}, "
+                        f"now() FROM tests.{name} ORDER BY {pk} LIMIT {inserts}")
+        conn.commit()
+    return {"changes": changes}
+
+
+def bench(scale: float, changes: int) -> dict[str, Any]:
+    from bronze_assets.lib.source.embedded import EmbeddedPostgres
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
+        env = os.environ | {"BRONZE_DATA_DIR": f"{tmp}/data", "BRONZE_STAGE_DIR": f"{tmp}/stage",
+                            "BRONZE_START_DATE": datetime.now(UTC).date().isoformat()}
+        env.pop("BRONZE_SOURCE_DSN", None)
+        server = EmbeddedPostgres(Path(tmp) / "data" / "pgdata")
+        server.start()
+        tables = ",".join(TABLES)
+        try:
+            results["rows"] = bench_ingest.run_phase("seed", env, "--scale", str(scale))["rows"]
+            cdc_env, mark_env = env | {"BRONZE_ROOT": f"{tmp}/cdc"}, env | {"BRONZE_ROOT": f"{tmp}/mark"}
+            results["cdc_initial"] = bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
+                                                            script=PHASE_SCRIPT)
+            results["watermark_initial"] = bench_ingest.run_phase(
+                "engine", mark_env, "--engine", "local", "--tables", tables, script=bench_spark.PHASE_SCRIPT)
+            time.sleep(1.0)  # the changes land after the initial watermark
+            bench_ingest.run_phase("change", env, "--tables", tables, "--changes", str(changes),
+                                   script=PHASE_SCRIPT)
+            results["cdc_tick"] = bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
+                                                         script=PHASE_SCRIPT)
+            results["watermark_tick"] = bench_ingest.run_phase(
+                "engine", mark_env, "--engine", "local", "--tables", tables, "--tick",
+                script=bench_spark.PHASE_SCRIPT)
+        finally:
+            server.stop()
+    print(f"\nscale {scale:g}: {results['rows']:,} rows, {changes} changed keys per table", file=sys.stderr)
+    for key in ("cdc_initial", "watermark_initial", "cdc_tick", "watermark_tick"):
+        r = results[key]
+        print(f"  {key:18s} {r['wall']:7.2f} s  rows read {r['rows']:>10,}  written {r['written']:>8,}",
+              file=sys.stderr)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--changes", type=int, default=600)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--phase", choices=["cdc", "change"])
+    parser.add_argument("--tables")
+    args = parser.parse_args()
+    if args.phase == "cdc":
+        print(json.dumps(phase_cdc(args.tables.split(","))))
+        return
+    if args.phase == "change":
+        print(json.dumps(phase_change(args.tables.split(","), args.changes)))
+        return
+    runs = {scale: bench(scale, args.changes) for scale in args.scales}
+    if len(runs) >= 2:
+        small, large = runs[min(runs)], runs[max(runs)]
+        for variant in ("cdc", "watermark"):
+            ratio = large[f"{variant}_tick"]["wall"] / small[f"{variant}_tick"]["wall"]
+            print(f"{variant} tick, scale {max(runs):g} / scale {min(runs):g}: {ratio:.2f}×", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
