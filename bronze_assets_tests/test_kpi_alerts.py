@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -19,8 +20,8 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.test_utils import create_run_for_test
 from deltalake import DeltaTable, write_deltalake
 
-from bronze_assets.defs.alerts import KPIS, build_kpi_sensor
-from bronze_assets.defs.resources import BronzeStorage
+from bronze_assets.defs.alerts import KPIS, Kpi, build_kpi_sensor
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.lib.delta.control import ALERTS, AUDIT_LOG, append_rows, read_table
 
 
@@ -57,14 +58,17 @@ def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
 class Harness:
     """One KPI sensor evaluated tick by tick against a test instance, with a movable clock."""
 
-    def __init__(self, kpi: str, instance: dg.DagsterInstance, root: Path) -> None:
-        self.clock, self.instance, self.root = Clock(), instance, root
-        self.sensor = build_kpi_sensor(next(k for k in KPIS if k.name == kpi), clock=self.clock)
+    def __init__(self, kpi: str | Kpi, instance: dg.DagsterInstance, root: Path,
+                 dsn: str | None = None) -> None:
+        self.clock, self.instance, self.root, self.dsn = Clock(), instance, root, dsn
+        chosen = kpi if isinstance(kpi, Kpi) else next(k for k in KPIS if k.name == kpi)
+        self.sensor = build_kpi_sensor(chosen, clock=self.clock)
         self.cursor: str | None = None
 
     def tick(self) -> None:
         ctx = dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
-                                      resources={"bronze": BronzeStorage(root=str(self.root))})
+                                      resources={"bronze": BronzeStorage(root=str(self.root)),
+                                                 "source": PostgresSource(dsn=self.dsn)})
         self.sensor(ctx)
         self.cursor = ctx.cursor
 
@@ -187,3 +191,30 @@ def test_storage_growth_over_20_percent_fires_once_and_resolves(tmp_path: Path) 
         h.tick()
     assert _states(h.alerts()) == [("FIRING", "bz_returns"), ("RESOLVED", "bz_returns")]
     assert h.alerts()[0]["value"] > 20
+
+
+def test_a_cdc_slot_holding_wal_fires_once_and_resolves_once(fresh_dsn: str, tmp_path: Path) -> None:
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.demo.generator import SeedOptions
+    from bronze_assets.demo.seed import seed_source
+    from bronze_assets.lib.cdc import cdc_load
+    from bronze_assets_tests.conftest import AS_OF, query
+
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    orders = CONTRACTS["orders"]
+    cdc_load(orders, fresh_dsn, tmp_path)
+    kpi = replace(next(k for k in KPIS if k.name == "cdc_slot_wal"), threshold=1.0)  # 1 MB for the test
+    with dg.instance_for_test() as instance:
+        h = Harness(kpi, instance, tmp_path, fresh_dsn)
+        h.tick()
+        assert h.alerts() == []
+        query(fresh_dsn, "CREATE TABLE tests.filler AS SELECT g, repeat('x', 200) AS pad "
+                         "FROM generate_series(1, 40000) g")  # ≈ 10 MB of WAL the slot holds
+        h.tick()
+        h.tick()  # still breaching: no second alert
+        cdc_load(orders, fresh_dsn, tmp_path)  # bronze reads on: the slot lets go of its WAL
+        query(fresh_dsn, "CHECKPOINT")
+        cdc_load(orders, fresh_dsn, tmp_path)
+        h.tick()
+        states = _states(h.alerts())
+    assert states == [("FIRING", "bz_orders"), ("RESOLVED", "bz_orders")]

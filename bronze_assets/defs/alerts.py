@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.freshness import WINDOWS
-from bronze_assets.defs.resources import BronzeStorage
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.lib.alerts import Alert, AlertState, Severity, channels_from_env, deliver
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, read_table
 from bronze_assets.lib.delta.maintenance import storage_growth
@@ -27,7 +27,8 @@ from bronze_assets.settings import env_flag
 
 ENV_SENSORS_RUNNING = "BRONZE_SENSORS_RUNNING"
 Clock = Callable[[], datetime]
-Measure = Callable[[dg.SensorEvaluationContext, BronzeStorage, datetime], dict[str, float]]
+Measure = Callable[[dg.SensorEvaluationContext, BronzeStorage, PostgresSource, datetime],
+                   dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,15 @@ def _latest(context: dg.SensorEvaluationContext) -> dict[str, dg.EventLogEntry]:
     return out
 
 
-def measure_freshness(context: dg.SensorEvaluationContext, _: BronzeStorage, now: datetime
-                      ) -> dict[str, float]:
+def measure_freshness(context: dg.SensorEvaluationContext, _: BronzeStorage,
+                      _source: PostgresSource, now: datetime) -> dict[str, float]:
     """Hours since each table's last materialization, for tables whose cadence allows 2 h."""
     hourly = {c.bronze_table for c in CONTRACTS.values() if WINDOWS[c.cadence][0] <= timedelta(hours=2)}
     return {t: (now.timestamp() - e.timestamp) / 3600 for t, e in _latest(context).items() if t in hourly}
 
 
-def measure_quality(context: dg.SensorEvaluationContext, _: BronzeStorage, now: datetime) -> dict[str, float]:
+def measure_quality(context: dg.SensorEvaluationContext, _: BronzeStorage,
+                    _source: PostgresSource, now: datetime) -> dict[str, float]:
     """Average data_quality_score of each table's latest load."""
     out = {}
     for table, event in _latest(context).items():
@@ -72,16 +74,16 @@ def measure_quality(context: dg.SensorEvaluationContext, _: BronzeStorage, now: 
     return out
 
 
-def measure_run_hours(context: dg.SensorEvaluationContext, _: BronzeStorage, now: datetime
-                      ) -> dict[str, float]:
+def measure_run_hours(context: dg.SensorEvaluationContext, _: BronzeStorage,
+                      _source: PostgresSource, now: datetime) -> dict[str, float]:
     """Hours each in-progress run has been running."""
     started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
     records = context.instance.get_run_records(filters=started)
     return {r.dagster_run.run_id: (now.timestamp() - r.start_time) / 3600 for r in records if r.start_time}
 
 
-def measure_error_rate(_: dg.SensorEvaluationContext, bronze: BronzeStorage, now: datetime
-                       ) -> dict[str, float]:
+def measure_error_rate(_: dg.SensorEvaluationContext, bronze: BronzeStorage,
+                       _source: PostgresSource, now: datetime) -> dict[str, float]:
     """Share (%) of loads in the last 24 h that failed, from ``bz_audit_log``."""
     audit = read_table(bronze.storage(), AUDIT_LOG)
     if not audit.num_rows:
@@ -95,8 +97,8 @@ def measure_error_rate(_: dg.SensorEvaluationContext, bronze: BronzeStorage, now
     return {"platform": 100.0 * failed / recent.num_rows}
 
 
-def measure_storage_growth(_: dg.SensorEvaluationContext, bronze: BronzeStorage, now: datetime
-                           ) -> dict[str, float]:
+def measure_storage_growth(_: dg.SensorEvaluationContext, bronze: BronzeStorage,
+                           _source: PostgresSource, now: datetime) -> dict[str, float]:
     """Growth (%) of each table's snapshot size over the last 24 h (Delta log)."""
     out = {}
     storage = bronze.storage()
@@ -106,6 +108,26 @@ def measure_storage_growth(_: dg.SensorEvaluationContext, bronze: BronzeStorage,
         growth = storage_growth(storage, c.bronze_table, now=now).growth
         if growth is not None:
             out[c.bronze_table] = 100.0 * growth
+    return out
+
+
+SLOT_WAL_ALERT_MB = 1024.0  # WAL a CDC slot may hold on the source before the alert
+
+
+def measure_cdc_slots(_: dg.SensorEvaluationContext, __: BronzeStorage, source: PostgresSource,
+                      now: datetime) -> dict[str, float]:
+    """WAL (MB) each CDC table's slot holds on the source; a slot whose WAL is no longer safe
+    (``wal_status`` unreserved or lost) measures infinite. Tables without a slot are not measured."""
+    from bronze_assets.lib.source import replication
+
+    out = {}
+    dsn = source.resolved_dsn()
+    for c in CONTRACTS.values():
+        slot = replication.slot_state(dsn, c) if c.cdc else None
+        if slot is None:
+            continue
+        at_risk = slot.wal_status in ("unreserved", "lost")
+        out[c.bronze_table] = float("inf") if at_risk else (slot.retained_wal_bytes or 0) / 2**20
     return out
 
 
@@ -120,6 +142,8 @@ KPIS: tuple[Kpi, ...] = (
         description="failed loads in the last 24 h, % of all loads"),
     Kpi("storage_growth", Severity.WARNING, 20.0, "%", measure_storage_growth,
         description="daily growth of a table's storage"),
+    Kpi("cdc_slot_wal", Severity.CRITICAL, SLOT_WAL_ALERT_MB, " MB", measure_cdc_slots,
+        description="WAL a CDC replication slot holds on the source (inf: the slot is at risk or lost)"),
 )
 
 
@@ -147,9 +171,10 @@ def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC)) -> dg.S
         description=f"Alert when {kpi.description} is {'above' if kpi.above else 'below'} "
                     f"{kpi.threshold:g}{kpi.unit} ({kpi.severity}).",
     )
-    def _sensor(context: dg.SensorEvaluationContext, bronze: BronzeStorage) -> dg.SkipReason:
+    def _sensor(context: dg.SensorEvaluationContext, bronze: BronzeStorage, source: PostgresSource,
+                ) -> dg.SkipReason:
         firing: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
-        values = kpi.measure(context, bronze, clock())
+        values = kpi.measure(context, bronze, source, clock())
         now_firing = {s: v for s, v in values.items() if kpi.breached(v)}
         alerts = [_alert(kpi, s, v, AlertState.FIRING) for s, v in now_firing.items() if s not in firing]
         alerts += [_alert(kpi, s, values.get(s, firing[s]), AlertState.RESOLVED)
