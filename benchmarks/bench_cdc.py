@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,33 +72,23 @@ def phase_change(tables: list[str], changes: int) -> dict:
 
 
 def bench(scale: float, changes: int) -> dict[str, Any]:
-    from bronze_assets.lib.source.embedded import EmbeddedPostgres
-
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
-        env = os.environ | {"BRONZE_DATA_DIR": f"{tmp}/data", "BRONZE_STAGE_DIR": f"{tmp}/stage",
-                            "BRONZE_START_DATE": datetime.now(UTC).date().isoformat()}
-        env.pop("BRONZE_SOURCE_DSN", None)
-        server = EmbeddedPostgres(Path(tmp) / "data" / "pgdata")
-        server.start()
-        tables = ",".join(TABLES)
-        try:
-            results["rows"] = bench_ingest.run_phase("seed", env, "--scale", str(scale))["rows"]
-            cdc_env, mark_env = env | {"BRONZE_ROOT": f"{tmp}/cdc"}, env | {"BRONZE_ROOT": f"{tmp}/mark"}
-            results["cdc_initial"] = bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
-                                                            script=PHASE_SCRIPT)
-            results["watermark_initial"] = bench_ingest.run_phase(
-                "engine", mark_env, "--engine", "local", "--tables", tables, script=bench_spark.PHASE_SCRIPT)
-            time.sleep(1.0)  # the changes land after the initial watermark
-            bench_ingest.run_phase("change", env, "--tables", tables, "--changes", str(changes),
-                                   script=PHASE_SCRIPT)
-            results["cdc_tick"] = bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
-                                                         script=PHASE_SCRIPT)
-            results["watermark_tick"] = bench_ingest.run_phase(
-                "engine", mark_env, "--engine", "local", "--tables", tables, "--tick",
-                script=bench_spark.PHASE_SCRIPT)
-        finally:
-            server.stop()
+    tables = ",".join(TABLES)
+    with bench_ingest.scratch_source("bench-cdc-") as (tmp, env):
+        results["rows"] = bench_ingest.run_phase("seed", env, "--scale", str(scale))["rows"]
+        cdc_env, mark_env = env | {"BRONZE_ROOT": f"{tmp}/cdc"}, env | {"BRONZE_ROOT": f"{tmp}/mark"}
+        results["cdc_initial"] = bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
+                                                        script=PHASE_SCRIPT)
+        results["watermark_initial"] = bench_ingest.run_phase(
+            "engine", mark_env, "--engine", "local", "--tables", tables, script=bench_spark.PHASE_SCRIPT)
+        time.sleep(1.0)  # the changes land after the initial watermark
+        bench_ingest.run_phase("change", env, "--tables", tables, "--changes", str(changes),
+                               script=PHASE_SCRIPT)
+        results["cdc_tick"] = bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
+                                                     script=PHASE_SCRIPT)
+        results["watermark_tick"] = bench_ingest.run_phase(
+            "engine", mark_env, "--engine", "local", "--tables", tables, "--tick",
+            script=bench_spark.PHASE_SCRIPT)
     print(f"\nscale {scale:g}: {results['rows']:,} rows, {changes} changed keys per table", file=sys.stderr)
     for key in ("cdc_initial", "watermark_initial", "cdc_tick", "watermark_tick"):
         r = results[key]

@@ -45,6 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -429,19 +431,31 @@ def rewritten(root: Path, before: dict[str, int]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def bench(scale: float) -> dict[str, dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        first_day = datetime.now(UTC).date().isoformat()  # go-live today: one snapshot partition
-        root, checks_root = Path(tmp) / "bronze", Path(tmp) / "bronze_checks"
+@contextmanager
+def scratch_source(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A temporary folder with its own embedded PostgreSQL (``<tmp>/data/pgdata``), and the
+    environment the phases run in (go-live today: one snapshot partition). This process keeps
+    one handle on the server, so it survives between the phases."""
+    from bronze_assets.lib.source.embedded import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         env = os.environ | {"BRONZE_DATA_DIR": f"{tmp}/data", "BRONZE_STAGE_DIR": f"{tmp}/stage",
-                            "BRONZE_ROOT": str(root), "BRONZE_START_DATE": first_day,
+                            "BRONZE_START_DATE": datetime.now(UTC).date().isoformat(),
                             "RUNTIME__DLTHUB_TELEMETRY": "false"}
         env.pop("BRONZE_SOURCE_DSN", None)
-        from bronze_assets.lib.source.embedded import EmbeddedPostgres
+        server = EmbeddedPostgres(Path(tmp) / "data" / "pgdata")
+        server.start()
+        try:
+            yield tmp, env
+        finally:
+            server.stop()
 
+
+def bench(scale: float) -> dict[str, dict[str, Any]]:
+    with scratch_source("bench-ingest-") as (tmp, env):
+        root, checks_root = Path(tmp) / "bronze", Path(tmp) / "bronze_checks"
+        env = env | {"BRONZE_ROOT": str(root)}
         pgdata = Path(tmp) / "data" / "pgdata"
-        server = EmbeddedPostgres(pgdata)
-        server.start()  # keep one handle so the server survives between phases
         results: dict[str, dict[str, Any]] = {}
 
         def phase(label: str, name: str, *args: str, where: Path = root, prefix: str = "bz_",
@@ -455,31 +469,28 @@ def bench(scale: float) -> dict[str, dict[str, Any]]:
                   f"(run at {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
         started = time.perf_counter()
-        try:
-            seeded = run_phase("seed", env, "--scale", str(scale))
-            phase("copy", "copy")
-            phase("initial", "load")
-            phase("initial_checks", "load_checks", where=checks_root,
-                  phase_env=env | {"BRONZE_ROOT": str(checks_root)})
-            phase("unchanged", "load")
-            run_phase("change", env)
-            phase("changed_1pct", "load")
-            state = Path(tmp) / "deleted_keys.json"
-            for tick, (label, variant, checks) in enumerate([
-                    ("hourly", "uniform", True), ("hourly_nochecks", "uniform", False),
-                    ("hourly_skewed", "skewed", True)]):
-                changes = run_phase("tick", env, "--variant", variant, "--tick", str(tick),
-                                    "--state", str(state))
-                before = table_versions(root)
-                phase(label, "hourly", *(["--checks"] if checks else []))
-                results[label]["changes"] = changes["changes"]
-                results[label]["rewritten"] = rewritten(root, before)
-                results[label]["verify"] = run_phase("verify", env, "--state", str(state))
-            dlt_out = Path(tmp) / "dlt"
-            phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
-                  prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
-        finally:
-            server.stop()
+        seeded = run_phase("seed", env, "--scale", str(scale))
+        phase("copy", "copy")
+        phase("initial", "load")
+        phase("initial_checks", "load_checks", where=checks_root,
+              phase_env=env | {"BRONZE_ROOT": str(checks_root)})
+        phase("unchanged", "load")
+        run_phase("change", env)
+        phase("changed_1pct", "load")
+        state = Path(tmp) / "deleted_keys.json"
+        for tick, (label, variant, checks) in enumerate([
+                ("hourly", "uniform", True), ("hourly_nochecks", "uniform", False),
+                ("hourly_skewed", "skewed", True)]):
+            changes = run_phase("tick", env, "--variant", variant, "--tick", str(tick),
+                                "--state", str(state))
+            before = table_versions(root)
+            phase(label, "hourly", *(["--checks"] if checks else []))
+            results[label]["changes"] = changes["changes"]
+            results[label]["rewritten"] = rewritten(root, before)
+            results[label]["verify"] = run_phase("verify", env, "--state", str(state))
+        dlt_out = Path(tmp) / "dlt"
+        phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
+              prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
     report(scale, seeded["rows"], results, time.perf_counter() - started)
     return results
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,31 +83,22 @@ def phase_engine(engine: str, tables: list[str], tick: bool) -> dict:
 
 def bench(scale: float) -> dict[str, Any]:
     from bronze_assets.contracts import CONTRACTS
-    from bronze_assets.lib.source.embedded import EmbeddedPostgres
 
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-spark-") as tmp:
-        env = os.environ | {"BRONZE_DATA_DIR": f"{tmp}/data", "BRONZE_STAGE_DIR": f"{tmp}/stage",
-                            "BRONZE_START_DATE": datetime.now(UTC).date().isoformat()}
-        env.pop("BRONZE_SOURCE_DSN", None)
-        server = EmbeddedPostgres(Path(tmp) / "data" / "pgdata")
-        server.start()
-        try:
-            results["rows"] = bench_ingest.run_phase("seed", env, "--scale", str(scale))["rows"]
-            results["copy"] = bench_ingest.run_phase("copy", env)
-            everything = ",".join(CONTRACTS)
-            for engine in ("local", "spark"):
-                results[f"{engine}_initial"] = bench_ingest.run_phase(
-                    "engine", env | {"BRONZE_ROOT": f"{tmp}/{engine}"}, "--engine", engine,
-                    "--tables", everything, script=PHASE_SCRIPT)
-            bench_ingest.run_phase("tick", env, "--variant", "uniform", "--tick", "0",
-                                   "--state", f"{tmp}/deleted.json")
-            for engine in ("local", "spark"):
-                results[f"{engine}_tick"] = bench_ingest.run_phase(
-                    "engine", env | {"BRONZE_ROOT": f"{tmp}/{engine}"}, "--engine", engine,
-                    "--tables", ",".join(TICK_TABLES), "--tick", script=PHASE_SCRIPT)
-        finally:
-            server.stop()
+    with bench_ingest.scratch_source("bench-spark-") as (tmp, env):
+        results["rows"] = bench_ingest.run_phase("seed", env, "--scale", str(scale))["rows"]
+        results["copy"] = bench_ingest.run_phase("copy", env)
+        everything = ",".join(CONTRACTS)
+        for engine in ("local", "spark"):
+            results[f"{engine}_initial"] = bench_ingest.run_phase(
+                "engine", env | {"BRONZE_ROOT": f"{tmp}/{engine}"}, "--engine", engine,
+                "--tables", everything, script=PHASE_SCRIPT)
+        bench_ingest.run_phase("tick", env, "--variant", "uniform", "--tick", "0",
+                               "--state", f"{tmp}/deleted.json")
+        for engine in ("local", "spark"):
+            results[f"{engine}_tick"] = bench_ingest.run_phase(
+                "engine", env | {"BRONZE_ROOT": f"{tmp}/{engine}"}, "--engine", engine,
+                "--tables", ",".join(TICK_TABLES), "--tick", script=PHASE_SCRIPT)
     copy = results["copy"]["wall"]
     print(f"\nscale {scale:g}: {results['rows']:,} rows, COPY {copy:.1f} s", file=sys.stderr)
     for key in ("local_initial", "spark_initial", "local_tick", "spark_tick"):
