@@ -378,6 +378,12 @@ def writer_properties(contract: Contract) -> WriterProperties:
     )
 
 
+def _nothing_to_plan(staged: StagedBatch) -> bool:
+    """No staged row and no key that could have vanished: the plan is empty whatever the target."""
+    return not staged.rows and not staged.keys_are_rows and staged.source_keys_path is None \
+        and (staged.deleted_keys is None or not staged.deleted_keys.num_rows)
+
+
 def _sql_literal(value: Any) -> str:
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
@@ -477,6 +483,8 @@ class BronzeMerger:
         ``resumed`` names an interrupted batch: its committed rows count as skipped.
         """
         result = MergeResult(self.uri, staged.rows, resumed_batch_id=resumed)
+        if _nothing_to_plan(staged):  # e.g. a CDC tick without changes: no need to read the target
+            return pl.DataFrame(), result
         plans: list[pl.DataFrame] = []
         legacy = None
         if staged.legacy_hashes is not None:  # a v1 table: equal under v1 means unchanged
