@@ -11,7 +11,6 @@ the ``engine`` resource picks one per table (``$BRONZE_ENGINE``, ``$BRONZE_ENGIN
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -312,11 +311,11 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
 
 def run_spark_subprocess(context: dg.AssetExecutionContext, request: LoadRequest, source: Any,
                          bronze: BronzeStorage) -> dg.PipesClientCompletedInvocation:
-    """The Spark job on local Spark, in a subprocess; the source DSN travels in its environment."""
-    env_vars = {"BRONZE_SOURCE_DSN": source.resolved_dsn()}
+    """The Spark job on local Spark, in a subprocess (which inherits this environment); the
+    source DSN travels in its environment, never in the Pipes context."""
     return dg.PipesSubprocessClient().run(
         command=[sys.executable, "-m", "bronze_assets.spark_job"], context=context,
-        extras=job_extras(request, bronze, remote=False), env={**os.environ, **env_vars})
+        extras=job_extras(request, bronze, remote=False), env={"BRONZE_SOURCE_DSN": source.resolved_dsn()})
 
 
 def workspace_client() -> Any:
