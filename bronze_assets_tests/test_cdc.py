@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
@@ -84,6 +85,45 @@ def test_first_load_reads_the_slot_snapshot_then_only_the_changes(seeded: str, t
     assert DeltaTable(str(tmp_path / "bz_orders")).version() == version + 1
     state = replication.slot_state(seeded, ORDERS)
     assert state is not None and state.confirmed_flush_lsn == third.lsn  # the slot freed its WAL
+
+
+def test_a_tick_reads_and_rewrites_only_the_files_holding_changed_keys(
+    seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cost follows the change: old keys updated, the newest deleted, new keys inserted touch
+    the two files holding those keys, whatever lies between (the MERGE's key ranges)."""
+    details = CONTRACTS["order_details"]
+    monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "100")  # a snapshot of key-ordered 100-row files
+    cdc_load(details, seeded, tmp_path)
+    uri = str(tmp_path / "bz_order_details")
+    before = set(DeltaTable(uri).file_uris())
+    ids = sorted(r[0] for r in query(seeded, "SELECT order_detail_id FROM tests.order_details"))
+    assert len(before) >= 10
+    table = "tests.order_details"
+    query(seeded, f"UPDATE {table} SET quantity_ordered = quantity_ordered + 1 "
+                  f"WHERE order_detail_id <= {ids[2]}")
+    query(seeded, f"DELETE FROM {table} WHERE order_detail_id = {ids[-1]}")
+    query(seeded, f"INSERT INTO {table} SELECT order_detail_id + {ids[-1]}, order_id, product_id, "
+                  f"quantity_ordered, unit_price, now() FROM {table} WHERE order_detail_id <= {ids[1]}")
+    # the files between the first and the last key range are away during the tick: reading one fails
+    stats = pa.table(DeltaTable(uri).get_add_actions(flatten=True))
+    middle = [p for _, p in sorted(zip(stats["min.order_detail_id"].to_pylist(), stats["path"].to_pylist(),
+                                        strict=True))][1:-1]
+    away = tmp_path / "away"
+    away.mkdir()
+    for path in middle:
+        (tmp_path / "bz_order_details" / path).rename(away / Path(path).name)
+    batch, result = cdc_load(details, seeded, tmp_path)
+    for path in middle:
+        (away / Path(path).name).rename(tmp_path / "bz_order_details" / path)
+    assert batch.mode == STREAM
+    assert (result.inserted, result.updated, result.soft_deleted) == (2, 3, 1)
+    after = DeltaTable(uri)
+    assert len(before - set(after.file_uris())) == 2  # the first and the last file, nothing between
+    frame = pl.from_arrow(after.to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    assert active_hashes(frame, "order_detail_id") == source_hashes(seeded, "order_details")
+    assert frame["order_detail_id"].n_unique() == frame.height
 
 
 def test_concurrent_writer_and_a_long_transaction_end_exact(seeded: str, tmp_path: Path) -> None:

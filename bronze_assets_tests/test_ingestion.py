@@ -289,3 +289,14 @@ def test_duplicate_keys_are_refused_whatever_bucket_they_fall_in(bronze: Bronze,
     with pytest.raises(DuplicateKeyError, match="holds 2 duplicate primary keys"):
         bronze.load_direct("products")
     assert bronze.version("products") == version, "nothing was merged"
+
+
+def test_key_ranges_split_at_the_widest_gaps() -> None:
+    keys = pl.Series([5, 1, 2, 3, 100, 101, 1000, 2, None])
+    assert merge.key_ranges(keys) == [(1, 3), (5, 5), (100, 101), (1000, 1000)]
+    assert merge.key_ranges(keys, limit=3) == [(1, 5), (100, 101), (1000, 1000)]
+    assert merge.key_ranges(keys, limit=1) == [(1, 1000)]
+    assert merge.key_ranges(pl.Series(["b", "a", "c"])) == [("a", "c")]
+    assert merge.key_ranges(pl.Series([], dtype=pl.Int64)) == []
+    assert merge.key_range_sql("t.k", [(1, 3), (7, 7)]) == "((t.k >= 1 AND t.k <= 3) OR t.k = 7)"
+    assert merge.key_range_sql("t.s", [("a", "o'k")]) == "((t.s >= 'a' AND t.s <= 'o''k'))"
