@@ -313,12 +313,13 @@ def cdc() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per table.")
 def cdc_status(as_json: bool) -> None:
     """Each CDC table's slot: WAL status, WAL it holds, confirmed and bronze positions.
-    Exits 1 when a slot is lost or missing while bronze depends on it."""
+    Exits 1 when bronze depends on a slot that can no longer give every change (gone, lost, or its
+    table re-created or out of the publication)."""
     import json
 
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.defs.resources import BronzeStorage
-    from bronze_assets.lib.delta.merge import latest_cdc_lsn
+    from bronze_assets.lib.delta.merge import latest_cdc_position
     from bronze_assets.lib.source import replication
     from bronze_assets.lib.source.postgres import resolve_source_dsn
 
@@ -329,8 +330,9 @@ def cdc_status(as_json: bool) -> None:
     healthy = True
     for contract in (c for c in CONTRACTS.values() if c.cdc):
         slot = replication.slot_state(dsn, contract)
-        position = latest_cdc_lsn(storage.open(contract.bronze_table))
-        broken = position is not None and (slot is None or slot.lost)
+        position = latest_cdc_position(storage.open(contract.bronze_table))
+        gap = None if position is None else replication.stream_gap(dsn, contract, slot, position.relid)
+        broken = gap is not None
         healthy &= not broken
         row = {
             "table": contract.bronze_table, "slot": replication.slot_name(dsn, contract),
@@ -338,7 +340,8 @@ def cdc_status(as_json: bool) -> None:
             "retained_wal_bytes": slot.retained_wal_bytes if slot else None,
             "confirmed_lsn": replication.lsn_text(slot.confirmed_flush_lsn)
             if slot and slot.confirmed_flush_lsn else None,
-            "bronze_lsn": replication.lsn_text(position) if position is not None else None,
+            "bronze_lsn": replication.lsn_text(position.lsn) if position is not None else None,
+            "problem": gap,
             "action": f"bronze cdc reset {contract.bronze_table}" if broken else None,
         }
         if as_json:
@@ -347,7 +350,7 @@ def cdc_status(as_json: bool) -> None:
             retained = "-" if row["retained_wal_bytes"] is None else f"{row['retained_wal_bytes']:,} B"
             click.echo(f"{row['table']:<18} {row['wal_status']:<9} WAL held {retained:>14}  confirmed "
                        f"{row['confirmed_lsn'] or '-':<12} bronze {row['bronze_lsn'] or '-':<12}"
-                       + (f"  -> run `{row['action']}`" if broken else ""))
+                       + (f"  -> {gap}: run `{row['action']}`" if broken else ""))
     if not healthy:
         sys.exit(1)
 

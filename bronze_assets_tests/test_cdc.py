@@ -192,6 +192,40 @@ def test_a_dropped_slot_is_named_and_a_reset_recovers_exactly(seeded: str, tmp_p
     assert_exact(seeded, tmp_path)
 
 
+SWAP_IN_A_COPY = [  # a migration that re-creates the table: changes to the old one are not in the log
+    "CREATE TABLE tests.orders_new (LIKE tests.orders INCLUDING ALL)",
+    "INSERT INTO tests.orders_new SELECT * FROM tests.orders WHERE order_id <> 3",
+    "UPDATE tests.orders_new SET status = 'CANCELLED', updated_at = now() WHERE order_id = 5",
+    "DROP TABLE tests.orders CASCADE",
+    "ALTER TABLE tests.orders_new RENAME TO orders",
+]
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (SWAP_IN_A_COPY, r"tests\.orders was dropped and re-created"),
+    (["ALTER PUBLICATION bronze_orders DROP TABLE tests.orders",
+      "DELETE FROM tests.orders WHERE order_id = 3",
+      "UPDATE tests.orders SET status = 'CANCELLED', updated_at = now() WHERE order_id = 5"],
+     r"publication bronze_orders no longer includes tests\.orders"),
+], ids=["table re-created", "out of its publication"])
+def test_a_stream_that_misses_changes_is_named_and_a_reset_recovers(
+        seeded: str, tmp_path: Path, change: list[str], named: str) -> None:
+    """The slot is healthy but its stream no longer holds the table's changes: never silently
+    stale. The reset sets the publication again and re-syncs exactly."""
+    cdc_load(ORDERS, seeded, tmp_path)
+    for sql in change:
+        query(seeded, sql)
+    with pytest.raises(CdcSlotLostError, match=named + r".*bronze cdc reset bz_orders"):
+        cdc_load(ORDERS, seeded, tmp_path)
+    batch, result = reset(ORDERS, seeded, tmp_path, job_id="test")
+    assert batch.mode == SNAPSHOT and (result.updated, result.soft_deleted) == (1, 1)
+    assert_exact(seeded, tmp_path)
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 6")
+    after, _ = cdc_load(ORDERS, seeded, tmp_path)
+    assert after.mode == STREAM and after.changes is not None and set(after.changes.keys) == {6}
+    assert_exact(seeded, tmp_path)
+
+
 def test_cli_status_names_a_lost_slot_and_reset_recovers(
         seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_SOURCE_DSN", seeded)

@@ -19,7 +19,13 @@ from typing import Any
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import audited
-from bronze_assets.lib.delta.merge import CDC_LSN_KEY, BronzeMerger, MergeResult, latest_cdc_lsn
+from bronze_assets.lib.delta.merge import (
+    CDC_LSN_KEY,
+    CDC_RELID_KEY,
+    BronzeMerger,
+    MergeResult,
+    latest_cdc_position,
+)
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.load import extract_and_stage
@@ -32,7 +38,8 @@ SNAPSHOT, STREAM = "snapshot", "stream"
 
 
 class CdcSlotLostError(RuntimeError):
-    """Bronze holds changes up to a log position the source can no longer serve."""
+    """Bronze holds changes up to a log position after which the source's slot can no longer
+    give every change (slot gone or lost, table re-created or out of its publication)."""
 
 
 @dataclass
@@ -68,15 +75,14 @@ def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time:
     recorded (the recovery from a lost slot)."""
     storage = as_storage(storage)
     table = contract.bronze_table
-    position = None if resync else latest_cdc_lsn(storage.open(table))
+    position = None if resync else latest_cdc_position(storage.open(table))
     slot = replication.slot_state(dsn, contract)
-    if position is not None and (slot is None or slot.lost):
-        state = "gone" if slot is None else "lost (wal_status 'lost': its WAL was removed)"
+    gap = None if position is None else replication.stream_gap(dsn, contract, slot, position.relid)
+    if position is not None and gap is not None:
         raise CdcSlotLostError(
-            f"{table}: bronze holds the changes up to {lsn_text(position)}, but the replication slot "
-            f"{replication.slot_name(dsn, contract)} is {state}; later changes can no longer be read from "
-            f"the source's log. Run `bronze cdc reset {table}` to re-sync it (a new slot, the table read in "
-            f"its snapshot and merged; audited).")
+            f"{table}: bronze holds the changes up to {lsn_text(position.lsn)}, but {gap}; later changes "
+            f"can no longer be read from the source's log. Run `bronze cdc reset {table}` to re-sync it (a "
+            f"new slot, the table read in its snapshot and merged; audited).")
     if position is None:  # the first load, or after a reset or a restore: a new slot and its snapshot
         if slot is not None:
             replication.drop_slot(dsn, contract)
@@ -84,14 +90,16 @@ def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time:
             staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time, partition=partition,
                                        all_rows=True, snapshot_id=snapshot)
         staged.commit_always = True  # the log position must be recorded even if nothing changed
-        batch = CdcBatch(staged, SNAPSHOT, lsn)
+        batch, relid = CdcBatch(staged, SNAPSHOT, lsn), replication.table_relid(dsn, contract)
     else:
-        changes = replication.read_changes(dsn, contract, position)
+        changes = replication.read_changes(dsn, contract, position.lsn)
         keys = None if changes.truncated else list(changes.keys)  # a TRUNCATE: the whole table again
         staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time, keys=keys,
                                    partition=partition if keys is not None else None)
-        batch = CdcBatch(staged, STREAM, changes.end_lsn, changes)
+        batch, relid = CdcBatch(staged, STREAM, changes.end_lsn, changes), position.relid
     batch.staged.final_metadata[CDC_LSN_KEY] = str(batch.lsn)
+    if relid is not None:
+        batch.staged.final_metadata[CDC_RELID_KEY] = str(relid)
     return batch
 
 

@@ -165,18 +165,28 @@ def commit_metadata(batch_id: str, window: str, watermark: datetime | None, chun
 
 
 CDC_LSN_KEY = "bronze.cdc_lsn"  # the log position a CDC load's changes reach (with its last chunk)
+CDC_RELID_KEY = "bronze.cdc_relid"  # the OID of the source table that position belongs to
 
 
-def latest_cdc_lsn(dt: DeltaTable | None, limit: int = 200) -> int | None:
-    """The log position bronze holds every change up to (the latest commit that records one);
-    None when there is none, or when a RESTORE came after it (a restored table re-syncs)."""
+@dataclass(frozen=True)
+class CdcPosition:
+    """The log position bronze holds every change up to, and the source table's OID then."""
+
+    lsn: int
+    relid: int | None
+
+
+def latest_cdc_position(dt: DeltaTable | None, limit: int = 200) -> CdcPosition | None:
+    """The latest commit's :class:`CdcPosition`; None when there is none, or when a RESTORE came
+    after it (a restored table re-syncs)."""
     if dt is None:
         return None
     for entry in commit_history(dt, limit):
         if entry.get("operation") == "RESTORE":
             return None
         if CDC_LSN_KEY in entry:
-            return int(entry[CDC_LSN_KEY])
+            relid = entry.get(CDC_RELID_KEY)
+            return CdcPosition(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None)
     return None
 
 

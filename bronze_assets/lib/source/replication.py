@@ -98,30 +98,65 @@ class SlotState:
     wal_status: str | None  # reserved / extended / unreserved / lost
     confirmed_flush_lsn: int | None
     retained_wal_bytes: int | None  # WAL the slot keeps on the server's disk
+    relid: int | None = None  # the source table's OID now (None: no such table)
+    published: bool = True  # whether the table's publication includes it
 
     @property
     def lost(self) -> bool:
         return self.wal_status == "lost"
 
 
+_RELID = "(SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " \
+         "WHERE n.nspname = %s AND c.relname = %s)"
+
+
 def slot_state(dsn: str, contract: Contract) -> SlotState | None:
-    rows = _query(dsn, "SELECT slot_name, active, wal_status, confirmed_flush_lsn::text, "
-                       "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
-                       "FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
-                  (slot_name(dsn, contract),))
+    rows = _query(dsn, f"SELECT slot_name, active, wal_status, confirmed_flush_lsn::text, "
+                       f"pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {_RELID}, "
+                       f"EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
+                       f"AND tablename = %s) "
+                       f"FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
+                  (SOURCE_SCHEMA, contract.name, publication_name(contract), SOURCE_SCHEMA, contract.name,
+                   slot_name(dsn, contract)))
     if not rows:
         return None
-    name, active, status, confirmed, retained = rows[0]
+    name, active, status, confirmed, retained, relid, published = rows[0]
     return SlotState(name, bool(active), status, lsn_int(confirmed) if confirmed else None,
-                     int(retained) if retained is not None else None)
+                     int(retained) if retained is not None else None, relid, bool(published))
+
+
+def table_relid(dsn: str, contract: Contract) -> int | None:
+    """The source table's OID: a table dropped and re-created gets a new one."""
+    return _query(dsn, f"SELECT {_RELID}", (SOURCE_SCHEMA, contract.name))[0][0]
+
+
+def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int | None) -> str | None:
+    """Why the table's slot can no longer give every change since bronze's position (``relid``:
+    the table OID recorded with it), or None when it can."""
+    name = slot_name(dsn, contract)
+    if slot is None:
+        return f"the replication slot {name} is gone"
+    if slot.lost:
+        return f"the replication slot {name} is lost (wal_status 'lost': its WAL was removed)"
+    table = f"{SOURCE_SCHEMA}.{contract.name}"
+    if slot.relid is None:
+        return f"the source table {table} is gone"
+    if relid is not None and slot.relid != relid:
+        return f"the source table {table} was dropped and re-created since (a new table to the log)"
+    if not slot.published:
+        return f"the publication {publication_name(contract)} no longer includes {table}"
+    return None
 
 
 def ensure_publication(dsn: str, contract: Contract) -> None:
-    """The table's publication (inserts, updates, deletes, truncates), created once."""
-    name = publication_name(contract)
+    """The table's publication (inserts, updates, deletes, truncates) with the table in it: a
+    table dropped and re-created has left its publication, so it is set again."""
+    name, table = publication_name(contract), qualified(SOURCE_SCHEMA, contract.name)
     if not _query(dsn, "SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)):
-        _query(dsn, f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE "
-                    f"{qualified(SOURCE_SCHEMA, contract.name)}")
+        _query(dsn, f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {table}")
+    elif not _query(dsn, "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
+                         "AND tablename = %s", (name, SOURCE_SCHEMA, contract.name)):
+        _query(dsn, f"ALTER PUBLICATION {quote_ident(name)} SET TABLE {table}")
 
 
 def drop_slot(dsn: str, contract: Contract) -> bool:
