@@ -2,16 +2,18 @@
 with the same absolute number of changed rows at scale 1 and scale 10. With CDC the tick should
 cost the change, not the table (issue #13: within 30 % between the scales). One run, a report.
 
-    python benchmarks/bench_cdc.py --scales 1 10 [--changes 600] [--json out.json]
+    python benchmarks/bench_cdc.py --scales 1 10 [--changes 600] [--rounds 3] [--json out.json]
 
 Each phase runs in its own process (bench_ingest's runner); both variants load the same source
-into their own bronze roots.
+into their own bronze roots. A tick is measured ``--rounds`` times (a change, then both ticks),
+and its median is compared: one tick varies by ±20 % from run to run on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,7 +73,7 @@ def phase_change(tables: list[str], changes: int) -> dict:
     return {"changes": changes}
 
 
-def bench(scale: float, changes: int) -> dict[str, Any]:
+def bench(scale: float, changes: int, rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     tables = ",".join(TABLES)
     with bench_ingest.scratch_source("bench-cdc-") as (tmp, env):
@@ -81,19 +83,26 @@ def bench(scale: float, changes: int) -> dict[str, Any]:
                                                         script=PHASE_SCRIPT)
         results["watermark_initial"] = bench_ingest.run_phase(
             "engine", mark_env, "--engine", "local", "--tables", tables, script=bench_spark.PHASE_SCRIPT)
-        time.sleep(1.0)  # the changes land after the initial watermark
-        bench_ingest.run_phase("change", env, "--tables", tables, "--changes", str(changes),
-                               script=PHASE_SCRIPT)
-        results["cdc_tick"] = bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
-                                                     script=PHASE_SCRIPT)
-        results["watermark_tick"] = bench_ingest.run_phase(
-            "engine", mark_env, "--engine", "local", "--tables", tables, "--tick",
-            script=bench_spark.PHASE_SCRIPT)
+        ticks: dict[str, list[dict]] = {"cdc_tick": [], "watermark_tick": []}
+        for _ in range(rounds):
+            time.sleep(1.0)  # the changes land after the last watermark
+            bench_ingest.run_phase("change", env, "--tables", tables, "--changes", str(changes),
+                                   script=PHASE_SCRIPT)
+            ticks["cdc_tick"].append(bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
+                                                            script=PHASE_SCRIPT))
+            ticks["watermark_tick"].append(bench_ingest.run_phase(
+                "engine", mark_env, "--engine", "local", "--tables", tables, "--tick",
+                script=bench_spark.PHASE_SCRIPT))
+        for key, runs in ticks.items():
+            median = statistics.median(r["wall"] for r in runs)
+            results[key] = min(runs, key=lambda r: abs(r["wall"] - median)) | {
+                "wall": median, "rounds": [round(r["wall"], 3) for r in runs]}
     print(f"\nscale {scale:g}: {results['rows']:,} rows, {changes} changed keys per table", file=sys.stderr)
     for key in ("cdc_initial", "watermark_initial", "cdc_tick", "watermark_tick"):
         r = results[key]
-        print(f"  {key:18s} {r['wall']:7.2f} s  rows read {r['rows']:>10,}  written {r['written']:>8,}",
-              file=sys.stderr)
+        spread = f"  (rounds {', '.join(f'{w:.2f}' for w in r['rounds'])})" if "rounds" in r else ""
+        print(f"  {key:18s} {r['wall']:7.2f} s  rows read {r['rows']:>10,}  written {r['written']:>8,}"
+              f"{spread}", file=sys.stderr)
     return results
 
 
@@ -102,6 +111,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--changes", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=3, help="ticks measured per scale (the median counts)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--phase", choices=["cdc", "change"])
     parser.add_argument("--tables")
@@ -112,7 +122,7 @@ def main() -> None:
     if args.phase == "change":
         print(json.dumps(phase_change(args.tables.split(","), args.changes)))
         return
-    runs = {scale: bench(scale, args.changes) for scale in args.scales}
+    runs = {scale: bench(scale, args.changes, args.rounds) for scale in args.scales}
     if len(runs) >= 2:
         small, large = runs[min(runs)], runs[max(runs)]
         for variant in ("cdc", "watermark"):

@@ -28,6 +28,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_PARTITIONS_START", "2020-01-01", "first month of the monthly tables"),
     Variable("BRONZE_COMMIT_CHUNK_ROWS", "500000", "rows per commit of a large load (checkpoints)"),
     Variable("BRONZE_TARGET_FILE_MB", "32", "target size of a bronze data file"),
+    Variable("BRONZE_CDC_TARGET_FILE_MB", "4", "target size of a data file of a CDC table"),
     Variable("BRONZE_EXTRACT_PARALLELISM", "CPU count, at most 4", "source connections per extraction"),
     Variable("BRONZE_ENGINE", "local", "load engine of every table: local, spark or databricks"),
     Variable("BRONZE_ENGINE_TABLES", "unset", "per-table engine, e.g. bz_order_details=spark"),

@@ -120,6 +120,7 @@ def test_a_tick_reads_and_rewrites_only_the_files_holding_changed_keys(
     assert (result.inserted, result.updated, result.soft_deleted) == (2, 3, 1)
     after = DeltaTable(uri)
     assert len(before - set(after.file_uris())) == 2  # the first and the last file, nothing between
+    assert after.metadata().configuration["delta.targetFileSize"] == str(4 * 2**20)  # small: cheap rewrites
     frame = pl.from_arrow(after.to_pyarrow_table())
     assert isinstance(frame, pl.DataFrame)
     assert active_hashes(frame, "order_detail_id") == source_hashes(seeded, "order_details")

@@ -82,7 +82,7 @@ def test_a_table_never_loaded_says_how_to_load_it(tmp_path: Path, monkeypatch: p
 def test_a_failed_first_write_leaves_no_half_created_table(fresh_dsn: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
-    monkeypatch.setenv("BRONZE_TARGET_FILE_MB", "1")
+    monkeypatch.setenv("BRONZE_CDC_TARGET_FILE_MB", "1")
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     original = BronzeMerger._staged_chunk
 

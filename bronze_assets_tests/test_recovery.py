@@ -88,7 +88,7 @@ def _kill_when_new_parquet(dsn: str, uri: str, table: str, known: set[Path]) -> 
 def test_sigkill_mid_write_then_rerun_is_exact(fresh_dsn: str, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_STAGE_DIR", str(tmp_path / "stage"))
-    monkeypatch.setenv("BRONZE_TARGET_FILE_MB", "1")  # many files: the kill lands mid-write
+    monkeypatch.setenv("BRONZE_CDC_TARGET_FILE_MB", "1")  # many files: the kill lands mid-write
     seed_source(fresh_dsn, SeedOptions(scale=0.5, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     uri = bronze.uri("order_details")
