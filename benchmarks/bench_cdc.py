@@ -2,7 +2,11 @@
 with the same absolute number of changed rows at scale 1 and scale 10. With CDC the tick should
 cost the change, not the table (issue #13: within 30 % between the scales). One run, a report.
 
-    python benchmarks/bench_cdc.py --scales 1 10 [--changes 600] [--rounds 3] [--json out.json]
+    python benchmarks/bench_cdc.py --scales 1 10 [--changes 600] [--rounds 3] [--scattered] [--optimize]
+                                   [--json out.json]
+
+``--scattered`` updates keys spread over the whole table instead of the oldest ones;
+``--optimize`` runs the maintenance OPTIMIZE Z-ORDER on both bronze roots before the ticks.
 
 Each phase runs in its own process (bench_ingest's runner); both variants load the same source
 into their own bronze roots. A tick is measured ``--rounds`` times (a change, then both ticks),
@@ -46,9 +50,21 @@ def phase_cdc(tables: list[str]) -> dict:
             "modes": sorted(modes)}
 
 
-def phase_change(tables: list[str], changes: int) -> dict:
+def phase_maintain(tables: list[str]) -> dict:
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.delta.maintenance import maintain_table
+    from bronze_assets.settings import bronze_root
+
+    started = time.perf_counter()
+    for name in tables:
+        maintain_table(bronze_root(), CONTRACTS[name].bronze_table, CONTRACTS[name])
+    return {"seconds": time.perf_counter() - started}
+
+
+def phase_change(tables: list[str], changes: int, scattered: bool = False) -> dict:
     """The same absolute change at any scale: per table ``changes`` keys, 80 % updated (some
-    twice), 10 % deleted, 10 % inserted."""
+    twice), 10 % deleted, 10 % inserted. The updated keys are the oldest ones, or with
+    ``scattered`` spread evenly over the table."""
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
 
@@ -60,10 +76,12 @@ def phase_change(tables: list[str], changes: int) -> dict:
                                                                                           "updated_at")]
             cur.execute(f"SELECT max({pk}) FROM tests.{name}")
             (top,) = cur.fetchone()
-            picked = f"(SELECT {pk} FROM tests.{name} ORDER BY {pk} LIMIT {updates})"
+            step = max(1, top // updates) if scattered else 1
+            picked = f"(SELECT {pk} FROM tests.{name} WHERE {pk} % {step} = 0 ORDER BY {pk} LIMIT {updates})"
             cur.execute(f"UPDATE tests.{name} SET updated_at = now() WHERE {pk} IN {picked}")
             cur.execute(f"UPDATE tests.{name} SET updated_at = now() WHERE {pk} IN "
-                        f"(SELECT {pk} FROM tests.{name} ORDER BY {pk} LIMIT {updates // 4})")
+                        f"(SELECT {pk} FROM tests.{name} WHERE {pk} % {step} = 0 ORDER BY {pk} "
+                        f"LIMIT {updates // 4})")
             cur.execute(f"DELETE FROM tests.{name} WHERE {pk} IN (SELECT {pk} FROM tests.{name} "
                         f"ORDER BY {pk} DESC LIMIT {deletes})")
             cols = ", ".join(others)
@@ -73,7 +91,8 @@ def phase_change(tables: list[str], changes: int) -> dict:
     return {"changes": changes}
 
 
-def bench(scale: float, changes: int, rounds: int) -> dict[str, Any]:
+def bench(scale: float, changes: int, rounds: int, scattered: bool = False, optimize: bool = False
+          ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     tables = ",".join(TABLES)
     with bench_ingest.scratch_source("bench-cdc-") as (tmp, env):
@@ -83,11 +102,14 @@ def bench(scale: float, changes: int, rounds: int) -> dict[str, Any]:
                                                         script=PHASE_SCRIPT)
         results["watermark_initial"] = bench_ingest.run_phase(
             "engine", mark_env, "--engine", "local", "--tables", tables, script=bench_spark.PHASE_SCRIPT)
+        if optimize:
+            for variant_env in (cdc_env, mark_env):
+                bench_ingest.run_phase("maintain", variant_env, "--tables", tables, script=PHASE_SCRIPT)
         ticks: dict[str, list[dict]] = {"cdc_tick": [], "watermark_tick": []}
         for _ in range(rounds):
             time.sleep(1.0)  # the changes land after the last watermark
             bench_ingest.run_phase("change", env, "--tables", tables, "--changes", str(changes),
-                                   script=PHASE_SCRIPT)
+                                   *(["--scattered"] if scattered else []), script=PHASE_SCRIPT)
             ticks["cdc_tick"].append(bench_ingest.run_phase("cdc", cdc_env, "--tables", tables,
                                                             script=PHASE_SCRIPT))
             ticks["watermark_tick"].append(bench_ingest.run_phase(
@@ -113,16 +135,22 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3, help="ticks measured per scale (the median counts)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--phase", choices=["cdc", "change"])
+    parser.add_argument("--scattered", action="store_true", help="update keys spread over the table")
+    parser.add_argument("--optimize", action="store_true", help="OPTIMIZE Z-ORDER before the ticks")
+    parser.add_argument("--phase", choices=["cdc", "change", "maintain"])
     parser.add_argument("--tables")
     args = parser.parse_args()
     if args.phase == "cdc":
         print(json.dumps(phase_cdc(args.tables.split(","))))
         return
     if args.phase == "change":
-        print(json.dumps(phase_change(args.tables.split(","), args.changes)))
+        print(json.dumps(phase_change(args.tables.split(","), args.changes, args.scattered)))
         return
-    runs = {scale: bench(scale, args.changes, args.rounds) for scale in args.scales}
+    if args.phase == "maintain":
+        print(json.dumps(phase_maintain(args.tables.split(","))))
+        return
+    runs = {scale: bench(scale, args.changes, args.rounds, args.scattered, args.optimize)
+            for scale in args.scales}
     if len(runs) >= 2:
         small, large = runs[min(runs)], runs[max(runs)]
         for variant in ("cdc", "watermark"):

@@ -127,6 +127,34 @@ def test_a_tick_reads_and_rewrites_only_the_files_holding_changed_keys(
     assert frame["order_detail_id"].n_unique() == frame.height
 
 
+def test_toast_replica_identity_key_change_and_forgotten_rows(seeded: str, tmp_path: Path) -> None:
+    """An update that leaves a TOASTed value out of the stream keeps it; REPLICA IDENTITY FULL
+    deletes and a changed primary key are read; a FORGOTTEN row is never brought back."""
+    cdc_load(ORDERS, seeded, tmp_path)
+    uri = str(tmp_path / "bz_orders")
+    DeltaTable(uri).update(predicate="order_id = 8", updates={"record_status": "'FORGOTTEN'"})
+    # 32 kB that does not compress: stored out of line (TOAST)
+    query(seeded, "UPDATE tests.orders SET status = (SELECT string_agg(md5(i::text), '') "
+                  "FROM generate_series(1, 1000) i), updated_at = now() WHERE order_id = 1")
+    cdc_load(ORDERS, seeded, tmp_path)
+    query(seeded, "ALTER TABLE tests.orders REPLICA IDENTITY FULL")
+    # the status stays the same: the stream leaves the TOASTed value out ('u')
+    query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1 WHERE order_id = 1")
+    query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1 WHERE order_id = 8")
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 9")
+    query(seeded, "UPDATE tests.orders SET order_id = 990010 WHERE order_id = 10")
+    batch, result = cdc_load(ORDERS, seeded, tmp_path)
+    assert batch.changes is not None and set(batch.changes.keys) == {1, 8, 9, 10, 990010}
+    assert (result.inserted, result.updated, result.soft_deleted, result.forgotten_skipped) == (1, 1, 2, 1)
+    frame = bronze_frame(tmp_path)
+    one = frame.filter(pl.col("order_id") == 1)
+    assert len(one["status"][0]) == 32_000
+    source = source_hashes(seeded, "orders")
+    assert active_hashes(frame, "order_id") == {k: v for k, v in source.items() if k != 8}
+    status = dict(zip(frame["order_id"].to_list(), frame["record_status"].to_list(), strict=True))
+    assert (status[8], status[9], status[10], status[990010]) == ("FORGOTTEN", "DELETED", "DELETED", "ACTIVE")
+
+
 def test_concurrent_writer_and_a_long_transaction_end_exact(seeded: str, tmp_path: Path) -> None:
     cdc_load(ORDERS, seeded, tmp_path)
     stop = threading.Event()
