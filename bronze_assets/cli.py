@@ -341,6 +341,8 @@ def cdc_status(as_json: bool) -> None:
             "confirmed_lsn": replication.lsn_text(slot.confirmed_flush_lsn)
             if slot and slot.confirmed_flush_lsn else None,
             "bronze_lsn": replication.lsn_text(position.lsn) if position is not None else None,
+            "lag_bytes": max(0, slot.current_lsn - position.lsn)
+            if slot and slot.current_lsn is not None and position is not None else None,
             "problem": gap,
             "action": f"bronze cdc reset {contract.bronze_table}" if broken else None,
         }
@@ -349,7 +351,8 @@ def cdc_status(as_json: bool) -> None:
         else:
             retained = "-" if row["retained_wal_bytes"] is None else f"{row['retained_wal_bytes']:,} B"
             click.echo(f"{row['table']:<18} {row['wal_status']:<9} WAL held {retained:>14}  confirmed "
-                       f"{row['confirmed_lsn'] or '-':<12} bronze {row['bronze_lsn'] or '-':<12}"
+                       f"{row['confirmed_lsn'] or '-':<12} bronze {row['bronze_lsn'] or '-':<12} lag "
+                       f"{'-' if row['lag_bytes'] is None else format(row['lag_bytes'], ',') + ' B':>12}"
                        + (f"  -> {gap}: run `{row['action']}`" if broken else ""))
     if not healthy:
         sys.exit(1)

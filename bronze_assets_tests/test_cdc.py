@@ -265,6 +265,7 @@ def test_cli_status_names_a_lost_slot_and_reset_recovers(
     assert ok.exit_code == 0, ok.output
     rows = {r["table"]: r for r in map(json.loads, ok.stdout.splitlines())}
     assert rows["bz_orders"]["wal_status"] == "reserved" and rows["bz_orders"]["bronze_lsn"]
+    assert rows["bz_orders"]["lag_bytes"] >= 0 and rows["bz_orders"]["problem"] is None
     assert rows["bz_inventory"]["wal_status"] == "missing" and rows["bz_inventory"]["action"] is None
 
     replication.drop_slot(seeded, ORDERS)
@@ -356,6 +357,8 @@ def test_the_asset_says_which_load_pattern_it_used(
     query(seeded, "UPDATE tests.orders SET status = 'SHIPPED' WHERE order_id = 11")
     second = materialize()
     assert (second["cdc_mode"], second["cdc_keys_changed"], second["rows_updated"]) == ("stream", 1, 1)
+    assert second["slot_retained_wal_bytes"] > 0 and second["slot_confirmed_lsn"] != "-"
+    assert 0 <= second["cdc_lag_bytes"] < second["slot_retained_wal_bytes"]
     assert "changed keys (log-based CDC)" in second["window"]
     monkeypatch.setenv("BRONZE_CDC", "off")
     third = materialize()

@@ -63,6 +63,8 @@ class CdcBatch:
                      else -1,
                      "slot_confirmed_lsn": lsn_text(slot.confirmed_flush_lsn) if slot.confirmed_flush_lsn
                      else "-"}
+            if slot.current_lsn is not None:  # WAL the source wrote past what this load holds
+                meta["cdc_lag_bytes"] = max(0, slot.current_lsn - self.lsn)
         return meta
 
 

@@ -100,6 +100,7 @@ class SlotState:
     retained_wal_bytes: int | None  # WAL the slot keeps on the server's disk
     relid: int | None = None  # the source table's OID now (None: no such table)
     published: bool = True  # whether the table's publication includes it
+    current_lsn: int | None = None  # the server's WAL position when read
 
     @property
     def lost(self) -> bool:
@@ -114,15 +115,16 @@ def slot_state(dsn: str, contract: Contract) -> SlotState | None:
     rows = _query(dsn, f"SELECT slot_name, active, wal_status, confirmed_flush_lsn::text, "
                        f"pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {_RELID}, "
                        f"EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
-                       f"AND tablename = %s) "
+                       f"AND tablename = %s), pg_current_wal_lsn()::text "
                        f"FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
                   (SOURCE_SCHEMA, contract.name, publication_name(contract), SOURCE_SCHEMA, contract.name,
                    slot_name(dsn, contract)))
     if not rows:
         return None
-    name, active, status, confirmed, retained, relid, published = rows[0]
+    name, active, status, confirmed, retained, relid, published, current = rows[0]
     return SlotState(name, bool(active), status, lsn_int(confirmed) if confirmed else None,
-                     int(retained) if retained is not None else None, relid, bool(published))
+                     int(retained) if retained is not None else None, relid, bool(published),
+                     lsn_int(current))
 
 
 def table_relid(dsn: str, contract: Contract) -> int | None:
