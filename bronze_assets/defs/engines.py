@@ -34,7 +34,7 @@ from bronze_assets.defs.checks import (
     start_quality_check,
     warm_quality_suite,
 )
-from bronze_assets.lib.cdc import CdcBatch, CdcSlotLostError, stage_cdc
+from bronze_assets.lib.cdc import CdcBatch, CdcSlotLostError, cdc_choice, stage_cdc
 from bronze_assets.lib.cdc import acknowledge as cdc_acknowledge
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
 from bronze_assets.lib.delta.io_manager import BronzeStorage, changed_partition_events
@@ -170,25 +170,16 @@ def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source:
 # ---------------------------------------------------------------------------------------- local
 
 
-def cdc_enabled() -> bool:
-    """``$BRONZE_CDC`` (default on): CDC tables read the replication slot when the source allows."""
-    return (env("BRONZE_CDC") or "on").lower() not in {"0", "off", "false", "no"}
-
-
 def stage_local(request: LoadRequest, dsn: str, storage: Storage
                 ) -> tuple[StagedBatch, CdcBatch | None, dict[str, Any]]:
     """Stage the run's rows: from the replication slot for a CDC table's run that reaches the
     open partition (when the source allows logical replication), else by its window. Returns
     the staged batch, the CDC batch to acknowledge, and metadata saying which pattern ran."""
     contract, window = request.contract, request.window
-    if contract.cdc and (window is None or window[1] > datetime.now(UTC)):
-        unavailable = replication.availability(dsn) if cdc_enabled() else "BRONZE_CDC=off"
-        if unavailable is None:
-            batch = stage_cdc(contract, dsn, storage, partition=window)
-            return batch.staged, batch, batch.metadata(replication.slot_state(dsn, contract))
-        meta = {"load_pattern": "watermark", "cdc_unavailable": unavailable}
-    else:
-        meta = {}
+    use_cdc, meta = cdc_choice(contract, dsn, window)
+    if use_cdc:
+        batch = stage_cdc(contract, dsn, storage, partition=window)
+        return batch.staged, batch, batch.metadata(replication.slot_state(dsn, contract))
     staged = extract_and_stage(contract, dsn, storage, partition=window, changes_only=request.changes_only)
     return staged, None, meta
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bronze_assets.contracts import Contract
@@ -31,6 +33,7 @@ from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.replication import ChangeSet, SlotState, lsn_text
+from bronze_assets.settings import env
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +46,33 @@ class CdcSlotLostError(RuntimeError):
 
 
 @dataclass
-class CdcBatch:
-    """A staged CDC load: how it read (``snapshot`` or ``stream``) and up to which position."""
+class CdcRead:
+    """What a CDC load reads, up to log position ``lsn``: every row in the slot's exported
+    snapshot (``snapshot``), or the keys the stream names (``stream``; None after a TRUNCATE:
+    the whole table again). ``relid`` is the source table's OID, recorded with the position."""
 
-    staged: StagedBatch
     mode: str
     lsn: int
+    relid: int | None
+    keys: list[int] | None = None
+    snapshot_id: str | None = None
     changes: ChangeSet | None = None
+
+    @property
+    def all_rows(self) -> bool:
+        return self.mode == SNAPSHOT
+
+    @property
+    def in_run_partition(self) -> bool:
+        """Whether new keys land in the run's partition (§2.4); a TRUNCATE's re-read files rows
+        as a whole-table load does."""
+        return self.all_rows or self.keys is not None
+
+    @property
+    def final_metadata(self) -> dict[str, str]:
+        """The commit metadata that records the position (with the batch's last commit)."""
+        relid = {CDC_RELID_KEY: str(self.relid)} if self.relid is not None else {}
+        return {CDC_LSN_KEY: str(self.lsn)} | relid
 
     def metadata(self, slot: SlotState | None = None) -> dict[str, Any]:
         """What the asset shows of the read and of the slot's health."""
@@ -68,13 +91,32 @@ class CdcBatch:
         return meta
 
 
-def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time: datetime | None = None,
-              partition: tuple[datetime, datetime] | None = None, resync: bool = False) -> CdcBatch:
-    """Stage the next CDC load of ``contract`` (see the module docstring); nothing is committed
-    or acknowledged here. ``partition`` is the run's partition range: a key inserted since the
-    last load lands there (§2.4: ``load_date`` is the partition of the run that first inserted
-    the key). ``resync``: a new slot and the table read in its snapshot, whatever bronze
-    recorded (the recovery from a lost slot)."""
+def cdc_enabled() -> bool:
+    """``$BRONZE_CDC`` (default on): CDC tables read the replication slot when the source allows."""
+    return (env("BRONZE_CDC") or "on").lower() not in {"0", "off", "false", "no"}
+
+
+def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] | None
+               ) -> tuple[bool, dict[str, Any]]:
+    """Whether a run of ``contract`` over ``window`` reads the replication slot: a CDC table's run
+    that reaches the open partition, when CDC is on and the source allows logical replication.
+    Else the metadata saying why the watermark pattern ran (empty for tables without CDC and
+    for backfills of closed partitions)."""
+    if not contract.cdc or (window is not None and window[1] <= datetime.now(UTC)):
+        return False, {}
+    unavailable = replication.availability(dsn) if cdc_enabled() else "BRONZE_CDC=off"
+    if unavailable is None:
+        return True, {}
+    return False, {"load_pattern": "watermark", "cdc_unavailable": unavailable}
+
+
+@contextmanager
+def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool = False
+             ) -> Iterator[CdcRead]:
+    """The next CDC read of ``contract`` (see the module docstring); a snapshot read's exported
+    snapshot stays importable while the block runs. Nothing is acknowledged here. ``resync``:
+    a new slot and the table read in its snapshot, whatever bronze recorded (the recovery from
+    a lost slot)."""
     storage = as_storage(storage)
     table = contract.bronze_table
     position = None if resync else latest_cdc_position(storage.open(table))
@@ -89,23 +131,51 @@ def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time:
         if slot is not None:
             replication.drop_slot(dsn, contract)
         with replication.new_slot(dsn, contract) as (lsn, snapshot):
-            staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time, partition=partition,
-                                       all_rows=True, snapshot_id=snapshot)
-        staged.commit_always = True  # the log position must be recorded even if nothing changed
-        batch, relid = CdcBatch(staged, SNAPSHOT, lsn), replication.table_relid(dsn, contract)
-    else:
-        changes = replication.read_changes(dsn, contract, position.lsn)
-        keys = None if changes.truncated else list(changes.keys)  # a TRUNCATE: the whole table again
-        staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time, keys=keys,
-                                   partition=partition if keys is not None else None)
-        batch, relid = CdcBatch(staged, STREAM, changes.end_lsn, changes), position.relid
-    batch.staged.final_metadata[CDC_LSN_KEY] = str(batch.lsn)
-    if relid is not None:
-        batch.staged.final_metadata[CDC_RELID_KEY] = str(relid)
-    return batch
+            yield CdcRead(SNAPSHOT, lsn, replication.table_relid(dsn, contract), snapshot_id=snapshot)
+        return
+    changes = replication.read_changes(dsn, contract, position.lsn)
+    keys = None if changes.truncated else list(changes.keys)  # a TRUNCATE: the whole table again
+    yield CdcRead(STREAM, changes.end_lsn, position.relid, keys=keys, changes=changes)
 
 
-def acknowledge(contract: Contract, dsn: str, batch: CdcBatch) -> None:
+@dataclass
+class CdcBatch:
+    """A staged CDC load: its read and the rows staged for the MERGE."""
+
+    staged: StagedBatch
+    read: CdcRead
+
+    @property
+    def mode(self) -> str:
+        return self.read.mode
+
+    @property
+    def lsn(self) -> int:
+        return self.read.lsn
+
+    @property
+    def changes(self) -> ChangeSet | None:
+        return self.read.changes
+
+    def metadata(self, slot: SlotState | None = None) -> dict[str, Any]:
+        return self.read.metadata(slot)
+
+
+def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time: datetime | None = None,
+              partition: tuple[datetime, datetime] | None = None, resync: bool = False) -> CdcBatch:
+    """Stage the next CDC load of ``contract``; nothing is committed or acknowledged here.
+    ``partition`` is the run's partition range: a key inserted since the last load lands there
+    (§2.4: ``load_date`` is the partition of the run that first inserted the key)."""
+    with cdc_read(contract, dsn, storage, resync=resync) as read:
+        staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time,
+                                   partition=partition if read.in_run_partition else None,
+                                   keys=read.keys, all_rows=read.all_rows, snapshot_id=read.snapshot_id)
+    staged.commit_always = read.all_rows  # a snapshot records its position even if nothing changed
+    staged.final_metadata |= read.final_metadata
+    return CdcBatch(staged, read)
+
+
+def acknowledge(contract: Contract, dsn: str, batch: CdcBatch | CdcRead) -> None:
     """Tell the slot bronze holds the batch's changes (after their commit): it frees the WAL."""
     replication.acknowledge(dsn, contract, batch.lsn)
 
