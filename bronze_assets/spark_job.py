@@ -17,7 +17,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from bronze_assets.defs.checks import (
     referential_integrity_result,
     schema_contract_result,
 )
+from bronze_assets.lib.cdc import CdcRead, CdcSlotLostError, acknowledge, cdc_choice, cdc_read
 from bronze_assets.lib.delta.io_manager import dagster_metadata
 from bronze_assets.lib.delta.merge import DuplicateKeyError
 from bronze_assets.lib.delta.outcome import audit_failure
@@ -44,7 +46,9 @@ from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext
 from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
+from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
+from bronze_assets.lib.source.replication import ReplicationError
 from bronze_assets.settings import data_dir
 
 FAILURE = "bronze_failure"  # custom Pipes message: {"message", "retry", "metadata"}
@@ -102,6 +106,17 @@ def _window(extras: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
     return start, end
 
 
+@contextmanager
+def _cdc(contract: Contract, dsn: str, storage: Storage, window: tuple[datetime, datetime] | None,
+         meta: dict[str, Any]) -> Iterator[CdcRead | None]:
+    """The run's CDC read (held open while Spark reads its snapshot), or None for the watermark
+    pattern; ``meta`` gets what the asset shows of either."""
+    use_cdc, why_not = cdc_choice(contract, dsn, window)
+    meta |= why_not
+    with cdc_read(contract, dsn, storage) if use_cdc else nullcontext() as read:
+        yield read
+
+
 def run(pipes: pipes_api.PipesContext) -> None:
     """Load the table the Pipes extras name and report what happened."""
     from bronze_assets.lib.spark.load import SparkEngineError, SparkLoader
@@ -120,19 +135,25 @@ def run(pipes: pipes_api.PipesContext) -> None:
 
     if extras.get("secret_scope"):  # the orchestrator's scope (a serverless task has no env vars)
         os.environ.setdefault("BRONZE_SECRET_SCOPE", extras["secret_scope"])
+    cdc_meta: dict[str, Any] = {}
     try:
         dsn = resolve_source_dsn(None)
         loader = SparkLoader(spark_session(f"bronze {contract.bronze_table}"), storage)
-        result = loader.load(
-            contract, dsn, partition=_window(extras), changes_only=bool(extras.get("changes_only")),
-            validate=_validator(contract, bool(extras.get("docs"))) if QUALITY_SCORE in checks else None)
+        window = _window(extras)
+        with _cdc(contract, dsn, storage, window, cdc_meta) as cdc:
+            result = loader.load(
+                contract, dsn, partition=window, changes_only=bool(extras.get("changes_only")), cdc=cdc,
+                validate=_validator(contract, bool(extras.get("docs"))) if QUALITY_SCORE in checks else None)
+        if cdc is not None:  # only once its changes are committed may the slot free their WAL
+            acknowledge(contract, dsn, cdc)
+            cdc_meta |= cdc.metadata(replication.slot_state(dsn, contract))
     except SchemaMismatchError as exc:
         if SCHEMA_CONTRACT in checks:
             report_checks(pipes, [schema_contract_result(exc.drift, exc.quarantined)])
         return fail(str(exc), False, quarantined_rows=exc.quarantined, batch_id=exc.batch_id)
-    except (SourceTableMissingError, SparkEngineError, DuplicateKeyError) as exc:
+    except (SourceTableMissingError, SparkEngineError, DuplicateKeyError, CdcSlotLostError) as exc:
         return fail(str(exc), False)
-    except SourceConnectionError as exc:
+    except (SourceConnectionError, ReplicationError) as exc:
         return fail(str(exc), True)
     except Exception as exc:
         fail(f"Spark load failed: {type(exc).__name__}: {exc}", True)
@@ -141,7 +162,8 @@ def run(pipes: pipes_api.PipesContext) -> None:
     outcome.audit(storage, pipes.run_id)
     pipes.log.info(f"{contract.bronze_table}: read {result.rows:,} rows ({result.window}) in "
                    f"{result.extract_seconds:.2f} s; merged in {result.merge.merge_seconds:.2f} s")
-    pipes.report_asset_materialization(metadata=pipes_metadata(dagster_metadata(outcome.metadata())))
+    pipes.report_asset_materialization(
+        metadata=pipes_metadata(dagster_metadata(outcome.metadata()) | cdc_meta))
     results = []
     if SCHEMA_CONTRACT in checks and result.schema_drift is not None:
         results.append(schema_contract_result(result.schema_drift, result.unreadable_records or None))

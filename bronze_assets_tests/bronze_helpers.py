@@ -86,3 +86,20 @@ def source_hashes(dsn: str, table: str, where: str = "", version: int = 2) -> di
 def active_hashes(frame: pl.DataFrame, pk: str) -> dict[int, str]:
     active = frame.filter(pl.col("record_status") == "ACTIVE")
     return dict(zip(active[pk].to_list(), active["record_hash"].to_list(), strict=True))
+
+
+def orders_frame(root: Path) -> pl.DataFrame:
+    frame = pl.from_arrow(DeltaTable(str(root / "bz_orders")).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def assert_orders_exact(dsn: str, root: Path) -> None:
+    """bz_orders equals the source: every source key ACTIVE with the spec hash, every other DELETED."""
+    frame = orders_frame(root)
+    source = source_hashes(dsn, "orders")
+    assert active_hashes(frame, "order_id") == source
+    gone = frame.filter(pl.col("record_status") != "ACTIVE")
+    assert set(gone["record_status"]) <= {"DELETED"}
+    assert not set(gone["order_id"]) & set(source)
+    assert frame["order_id"].n_unique() == frame.height  # never a duplicate

@@ -31,7 +31,13 @@ from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.postgres import connect
-from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
+from bronze_assets_tests.bronze_helpers import (
+    Bronze,
+    active_hashes,
+    assert_orders_exact,
+    orders_frame,
+    source_hashes,
+)
 from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = pytest.mark.integration
@@ -45,28 +51,11 @@ def seeded(fresh_dsn: str) -> str:
     return fresh_dsn
 
 
-def bronze_frame(root: Path) -> pl.DataFrame:
-    frame = pl.from_arrow(DeltaTable(str(root / "bz_orders")).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame
-
-
-def assert_exact(dsn: str, root: Path) -> None:
-    """Bronze equals the source: every source key ACTIVE with the spec hash, every other DELETED."""
-    frame = bronze_frame(root)
-    source = source_hashes(dsn, "orders")
-    assert active_hashes(frame, "order_id") == source
-    gone = frame.filter(pl.col("record_status") != "ACTIVE")
-    assert set(gone["record_status"]) <= {"DELETED"}
-    assert not set(gone["order_id"]) & set(source)
-    assert frame["order_id"].n_unique() == frame.height  # never a duplicate
-
-
 def test_first_load_reads_the_slot_snapshot_then_only_the_changes(seeded: str, tmp_path: Path) -> None:
     first, result = cdc_load(ORDERS, seeded, tmp_path)
     rows = query(seeded, "SELECT count(*) FROM tests.orders")[0][0]
     assert first.mode == SNAPSHOT and result.inserted == rows
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
     version = DeltaTable(str(tmp_path / "bz_orders")).version()
 
     query(seeded, "INSERT INTO tests.orders VALUES (900001, 1, DATE '2026-11-02', 'PENDING', 5.00, now())")
@@ -78,7 +67,7 @@ def test_first_load_reads_the_slot_snapshot_then_only_the_changes(seeded: str, t
     assert second.mode == STREAM and second.changes is not None
     assert (second.changes.transactions, len(second.changes.keys)) == (4, 3)
     assert (result.rows_read, result.inserted, result.updated, result.soft_deleted) == (2, 1, 1, 1)
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
 
     third, result = cdc_load(ORDERS, seeded, tmp_path)  # nothing changed: nothing read, no commit
     assert third.changes is not None and not third.changes.keys and not result.committed
@@ -146,7 +135,7 @@ def test_toast_replica_identity_key_change_and_forgotten_rows(seeded: str, tmp_p
     batch, result = cdc_load(ORDERS, seeded, tmp_path)
     assert batch.changes is not None and set(batch.changes.keys) == {1, 8, 9, 10, 990010}
     assert (result.inserted, result.updated, result.soft_deleted, result.forgotten_skipped) == (1, 1, 2, 1)
-    frame = bronze_frame(tmp_path)
+    frame = orders_frame(tmp_path)
     one = frame.filter(pl.col("order_id") == 1)
     assert len(one["status"][0]) == 32_000
     source = source_hashes(seeded, "orders")
@@ -198,8 +187,8 @@ def test_concurrent_writer_and_a_long_transaction_end_exact(seeded: str, tmp_pat
         long_tx.close()
     last, _ = cdc_load(ORDERS, seeded, tmp_path)
     assert last.changes is not None and last.changes.transactions >= 1
-    assert_exact(seeded, tmp_path)
-    late = bronze_frame(tmp_path).filter(pl.col("status") == "LATE")
+    assert_orders_exact(seeded, tmp_path)
+    late = orders_frame(tmp_path).filter(pl.col("status") == "LATE")
     assert late.height == 1 and late["record_status"][0] == "ACTIVE"
 
 
@@ -212,13 +201,13 @@ def test_a_dropped_slot_is_named_and_a_reset_recovers_exactly(seeded: str, tmp_p
         cdc_load(ORDERS, seeded, tmp_path)
     batch, result = reset(ORDERS, seeded, tmp_path, job_id="test")
     assert batch.mode == SNAPSHOT and (result.updated, result.soft_deleted) == (1, 2)
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
     (audit,) = [a for a in read_table(tmp_path, AUDIT_LOG).to_pylist() if a["operation_type"] == "CDC_RESET"]
     assert audit["status"] == "SUCCESS" and audit["records_affected"] == 3
     query(seeded, "DELETE FROM tests.orders WHERE order_id = 6")
     after, _ = cdc_load(ORDERS, seeded, tmp_path)  # streaming again from the new slot
     assert after.mode == STREAM
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
 
 
 SWAP_IN_A_COPY = [  # a migration that re-creates the table: changes to the old one are not in the log
@@ -248,11 +237,11 @@ def test_a_stream_that_misses_changes_is_named_and_a_reset_recovers(
         cdc_load(ORDERS, seeded, tmp_path)
     batch, result = reset(ORDERS, seeded, tmp_path, job_id="test")
     assert batch.mode == SNAPSHOT and (result.updated, result.soft_deleted) == (1, 1)
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
     query(seeded, "DELETE FROM tests.orders WHERE order_id = 6")
     after, _ = cdc_load(ORDERS, seeded, tmp_path)
     assert after.mode == STREAM and after.changes is not None and set(after.changes.keys) == {6}
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
 
 
 def test_cli_status_names_a_lost_slot_and_reset_recovers(
@@ -275,7 +264,7 @@ def test_cli_status_names_a_lost_slot_and_reset_recovers(
     fixed = runner.invoke(main, ["cdc", "reset", "orders"])
     assert fixed.exit_code == 0 and "1 soft-deleted" in fixed.stdout, fixed.output
     assert runner.invoke(main, ["cdc", "status"]).exit_code == 0
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
 
 
 def test_a_restored_table_re_syncs_from_a_new_slot(seeded: str, tmp_path: Path) -> None:
@@ -286,7 +275,7 @@ def test_a_restored_table_re_syncs_from_a_new_slot(seeded: str, tmp_path: Path) 
     query(seeded, "DELETE FROM tests.orders WHERE order_id = 9")
     again, _ = cdc_load(ORDERS, seeded, tmp_path)
     assert again.mode == SNAPSHOT
-    assert_exact(seeded, tmp_path)
+    assert_orders_exact(seeded, tmp_path)
 
 
 CDC_SCRIPT = """
@@ -336,7 +325,7 @@ def test_a_cdc_run_killed_at_any_point_then_re_run_ends_exact(
     query(seeded, "UPDATE tests.orders SET status = 'AFTER' WHERE order_id = 10")  # changes go on
     batch, _ = cdc_load(ORDERS, seeded, root)
     assert batch.mode == STREAM
-    assert_exact(seeded, root)
+    assert_orders_exact(seeded, root)
 
 
 def test_the_asset_says_which_load_pattern_it_used(
@@ -363,4 +352,4 @@ def test_the_asset_says_which_load_pattern_it_used(
     monkeypatch.setenv("BRONZE_CDC", "off")
     third = materialize()
     assert (third["load_pattern"], third["cdc_unavailable"]) == ("watermark", "BRONZE_CDC=off")
-    assert_exact(seeded, tmp_path / "bronze")
+    assert_orders_exact(seeded, tmp_path / "bronze")

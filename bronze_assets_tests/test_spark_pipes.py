@@ -4,6 +4,7 @@ the same metadata and check results as the local engine."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.settings import start_date
+from bronze_assets_tests.bronze_helpers import assert_orders_exact
 from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
@@ -130,3 +132,32 @@ def test_engine_per_table(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_table_engines("bz_orders=flink")
     with pytest.raises(ValueError, match=r"<bz_table>=<engine>"):
         parse_table_engines("bz_orders")
+
+
+def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp_path: Path) -> None:
+    """The Spark engine reads the slot's snapshot and then the changed keys; its position lives in
+    the commit, so the local engine carries on from it. Bronze ends exact."""
+    month = datetime.now(UTC).date().replace(day=1).isoformat()  # the open partition of bz_orders
+    first = materialize(seeded, tmp_path, "spark", "orders", month)
+    assert first.success
+    meta, _ = outcome(first)
+    assert (meta["engine"], meta["load_pattern"], meta["cdc_mode"]) == ("spark", "cdc", "snapshot")
+
+    query(seeded, "INSERT INTO tests.orders VALUES (900001, 1, CURRENT_DATE, 'PENDING', 5.00, now())")
+    # updated_at left alone: a watermark would miss it, the log does not
+    query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1 WHERE order_id = 1")
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 2")
+    second = materialize(seeded, tmp_path, "spark", "orders", month)
+    assert second.success
+    meta, _ = outcome(second)
+    assert (meta["cdc_mode"], meta["cdc_keys_changed"]) == ("stream", 3)
+    assert (meta["rows_read"], meta["rows_inserted"], meta["rows_updated"], meta["rows_soft_deleted"]) == \
+        (2, 1, 1, 1)
+    assert_orders_exact(seeded, tmp_path)
+
+    query(seeded, "UPDATE tests.orders SET status = 'SHIPPED' WHERE order_id = 3")
+    third = materialize(seeded, tmp_path, "local", "orders", month)
+    meta, _ = outcome(third)
+    assert (meta["engine"], meta["cdc_mode"], meta["cdc_keys_changed"], meta["rows_updated"]) == \
+        ("local", "stream", 1, 1)
+    assert_orders_exact(seeded, tmp_path)

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protectio
 from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
-from bronze_assets.lib.source.window import LoadWindow
+from bronze_assets.lib.source.window import LoadWindow, cdc_window
 from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA, partitions_start, start_date
 
 log = logging.getLogger(__name__)
@@ -147,11 +146,8 @@ def extract_and_stage(
     previous = latest_watermark(target)
     legacy = target is not None and hash_version(target) < HASH_VERSION  # migrate v1 hashes once
     legacy_hashes: list[pa.RecordBatch] = []
-    window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only)
-    if keys is not None:
-        window = replace(window, keys=tuple(sorted({int(k) for k in keys})))
-    elif all_rows:
-        window = replace(window, all_rows=True, changes_only=False)
+    window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only),
+                        keys, all_rows)
     found: list[pa.Array] = []
     histogram = np.zeros(101, dtype=np.int64)
 

@@ -10,7 +10,8 @@ may be widened to every row changed since the table's watermark, wherever it liv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -71,6 +72,16 @@ class LoadWindow:
             return self.open
         return self.first_month is not None and self.newest_end is not None \
             and self.start.date() <= self.first_month and self.end.date() >= self.newest_end
+
+
+def cdc_window(window: LoadWindow, keys: Sequence[int] | None, all_rows: bool) -> LoadWindow:
+    """``window`` as a log-based CDC read: just ``keys`` (the changed ones), or with ``all_rows``
+    every row (a slot's snapshot), new keys placed in the window's range."""
+    if keys is not None:
+        return replace(window, keys=tuple(sorted({int(k) for k in keys})))
+    if all_rows:
+        return replace(window, all_rows=True, changes_only=False)
+    return window
 
 
 def _ts(value: datetime) -> str:

@@ -56,6 +56,7 @@ from bronze_assets.lib.load import (
 from bronze_assets.lib.source.extract import SourceReader, keys_sql
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
 from bronze_assets.lib.source.schema import SchemaDrift
+from bronze_assets.lib.source.window import cdc_window
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
 from bronze_assets.lib.spark.session import RUNTIME_CONF
@@ -63,6 +64,8 @@ from bronze_assets.settings import SOURCE_SYSTEM
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from bronze_assets.lib.cdc import CdcRead
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +164,14 @@ class SparkLoader:
     def load(
         self, contract: Contract, dsn: str, *, partition: tuple[datetime, datetime] | None = None,
         batch_time: datetime | None = None, overlap: timedelta = DEFAULT_OVERLAP, changes_only: bool = False,
-        validate: Callable[[Path, BatchContext], Any] | None = None,
+        validate: Callable[[Path, BatchContext], Any] | None = None, cdc: CdcRead | None = None,
     ) -> SparkLoadResult:
         """Read ``partition`` (UTC start/end; None = the whole table) of ``contract`` and MERGE it.
 
         ``validate`` (e.g. the GX suite) reads the staged rows (a parquet folder, source columns
         plaintext) in a driver thread while the MERGE runs; its answer is the result's ``validation``.
+        ``cdc`` (:func:`bronze_assets.lib.cdc.cdc_read`, held open during the load) reads its changed
+        keys, or every row in its slot's snapshot, and records its log position with the commit.
         """
         started = time.perf_counter()
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
@@ -177,10 +182,15 @@ class SparkLoader:
                 f"{contract.bronze_table} still holds record_hash v1 rows; run one load with the local "
                 f"engine first (it re-hashes them once), then the Spark engine can take over.")
         previous = latest_watermark(target)
+        if cdc is not None and not cdc.in_run_partition:
+            partition = None  # a TRUNCATE: the whole table again, filed as a whole-table load
         window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only)
+        if cdc is not None:
+            window = cdc_window(window, cdc.keys, cdc.all_rows)
         folder = stage_dir() / f"spark-{contract.bronze_table}-{ctx.batch_id}"
         try:
-            with SourceReader(dsn, contract, parallelism=1) as reader:
+            with SourceReader(dsn, contract, parallelism=1, snapshot_id=cdc.snapshot_id if cdc else None
+                              ) as reader:
                 drift = inspect_source(reader, contract, window, ctx.batch_id, self.storage)
                 if drift.added or drift.rescued:
                     raise SparkEngineError(
@@ -194,13 +204,17 @@ class SparkLoader:
                                  bounds=bounds, parallelism=self.parallelism)
                 # staged while the snapshot is held: every JDBC partition reads the same state
                 _enriched(raw, contract, ctx).write.parquet(str(folder / "rows"))
-                sweep = not window.covers_table and target is not None
+                sweep = not window.covers_table and window.keys is None and target is not None
                 if sweep:
                     read_keys(self.spark, dsn, contract, keys_sql(contract), snapshot_id=reader.snapshot_id,
                               bounds=bounds, parallelism=self.parallelism).write.parquet(str(folder / "keys"))
             staged = self.spark.read.parquet(str(folder / "rows"))
             keys = self.spark.read.parquet(str(folder / "keys")) if sweep \
                 else staged.select(*contract.primary_key)
+            if window.keys is not None:  # the changed keys the source no longer has
+                named = self.spark.createDataFrame([(k,) for k in window.keys],
+                                                   f"`{contract.primary_key[0]}` BIGINT")
+                keys = named.join(keys, list(contract.primary_key), "left_anti")
             histogram = self._histogram(staged)
             rows = int(histogram.sum())
             unreadable = self._quarantine(contract, staged, ctx)
@@ -208,11 +222,14 @@ class SparkLoader:
             extract_seconds = round(time.perf_counter() - started, 3)
             merge_started = time.perf_counter()
             meta = commit_metadata(ctx.batch_id, describe_window(window), watermark, extra={
-                "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)})
+                "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)},
+                final=cdc.final_metadata if cdc is not None else None)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate") as pool:
                 checking: Future[Any] | None = pool.submit(validate, folder / "rows", ctx) \
                     if validate is not None else None
-                result = self._write(contract, uri, staged.drop(RESCUED), keys, rows, meta, ctx)
+                result = self._write(contract, uri, staged.drop(RESCUED), keys, rows, meta, ctx,
+                                     keys_are_gone=window.keys is not None,
+                                     commit_always=cdc is not None and cdc.all_rows)
                 result.merge_seconds = round(time.perf_counter() - merge_started, 3)
                 validation = checking.result() if checking is not None else None
             result.avg_quality_score = round(score_sum(histogram) / rows, 2) if rows else None
@@ -253,7 +270,11 @@ class SparkLoader:
         return len(records)
 
     def _write(self, contract: Contract, uri: str, staged: DataFrame, keys: DataFrame, rows: int,
-               meta: dict[str, str], ctx: BatchContext) -> MergeResult:
+               meta: dict[str, str], ctx: BatchContext, keys_are_gone: bool = False,
+               commit_always: bool = False) -> MergeResult:
+        """MERGE ``staged``; ``keys`` is the source's key set (keys missing from it become
+        DELETED) or with ``keys_are_gone`` the keys the source no longer has (log-based CDC).
+        ``commit_always``: commit (the metadata) even when nothing changed."""
         from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
@@ -282,7 +303,8 @@ class SparkLoader:
               .otherwise("="))
         plan = staged.select(*pk, "record_hash", *([part] if part else [])).join(current, pk, "left") \
             .withColumn(OP, op).drop("record_hash", T_HASH, T_STATUS)
-        vanished = current.filter(F.col(T_STATUS) == ACTIVE).join(keys, pk, "left_anti") \
+        vanished = current.filter(F.col(T_STATUS) == ACTIVE).join(keys, pk, "left_semi" if keys_are_gone
+                                                                   else "left_anti") \
             .select(*pk, *([F.col(T_PART)] if part else []), F.lit("D").alias(OP))
         plan = plan.unionByName(vanished, allowMissingColumns=True).cache()
         counts = {r[OP]: int(r["count"]) for r in plan.groupBy(OP).count().collect()}
@@ -303,6 +325,11 @@ class SparkLoader:
             table = DeltaTable.forPath(self.spark, uri)
             self._commit(contract, target, meta,
                          lambda: self._merge(contract, table, self._protect(contract, source)))
+            result.committed, result.commits = True, 1
+        elif commit_always:  # a commit without rows that records the metadata (e.g. a CDC position)
+            empty = self.spark.createDataFrame([], self.spark.read.format("delta").load(uri).schema)
+            self._commit(contract, target, meta,
+                         lambda: empty.write.format("delta").mode("append").save(uri))
             result.committed, result.commits = True, 1
         plan.unpersist()
         return self._finish(result, uri)
