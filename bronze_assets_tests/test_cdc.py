@@ -76,6 +76,20 @@ def test_first_load_reads_the_slot_snapshot_then_only_the_changes(seeded: str, t
     assert state is not None and state.confirmed_flush_lsn == third.lsn  # the slot freed its WAL
 
 
+def test_a_snapshot_of_an_exact_table_commits_its_position_alone(seeded: str, tmp_path: Path) -> None:
+    """A table loaded by its window (no log position) takes CDC's snapshot: nothing to write, but
+    the position is committed, so the next run streams."""
+    Bronze(seeded, tmp_path).load_direct("orders")
+    version = DeltaTable(str(tmp_path / "bz_orders")).version()
+    first, result = cdc_load(ORDERS, seeded, tmp_path)
+    assert first.mode == SNAPSHOT and result.committed and result.inserted == result.updated == 0
+    assert DeltaTable(str(tmp_path / "bz_orders")).version() == version + 1
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 2")
+    second, result = cdc_load(ORDERS, seeded, tmp_path)
+    assert second.mode == STREAM and result.soft_deleted == 1
+    assert_orders_exact(seeded, tmp_path)
+
+
 def test_a_tick_reads_and_rewrites_only_the_files_holding_changed_keys(
     seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,9 +19,10 @@ from bronze_assets.defs.engines import BronzeEngine, Engine, parse_table_engines
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.delta.merge import latest_cdc_position
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.settings import start_date
-from bronze_assets_tests.bronze_helpers import assert_orders_exact
+from bronze_assets_tests.bronze_helpers import Bronze, assert_orders_exact
 from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
@@ -137,11 +138,14 @@ def test_engine_per_table(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp_path: Path) -> None:
     """The Spark engine reads the slot's snapshot and then the changed keys; its position lives in
     the commit, so the local engine carries on from it. Bronze ends exact."""
+    Bronze(seeded, tmp_path).load_direct("orders")  # exact already, without a log position
     month = datetime.now(UTC).date().replace(day=1).isoformat()  # the open partition of bz_orders
     first = materialize(seeded, tmp_path, "spark", "orders", month)
     assert first.success
     meta, _ = outcome(first)
     assert (meta["engine"], meta["load_pattern"], meta["cdc_mode"]) == ("spark", "cdc", "snapshot")
+    assert meta["rows_inserted"] == meta["rows_updated"] == 0  # nothing to write: the position alone
+    assert latest_cdc_position(DeltaTable(str(tmp_path / "bz_orders"))) is not None
 
     query(seeded, "INSERT INTO tests.orders VALUES (900001, 1, CURRENT_DATE, 'PENDING', 5.00, now())")
     # updated_at left alone: a watermark would miss it, the log does not

@@ -185,6 +185,21 @@ class CdcPosition:
     relid: int | None
 
 
+def commit_properties(dt: DeltaTable | None, contract: Contract, meta: dict[str, str]) -> CommitProperties:
+    """A load commit's properties: its bronze metadata and the table's next app transaction."""
+    app = app_id(contract)
+    return CommitProperties(custom_metadata=meta, app_transactions=[
+        Transaction(app, next_txn_version(dt, app), int(time.time() * 1000))])
+
+
+def commit_without_rows(dt: DeltaTable, properties: CommitProperties, storage_options: dict[str, str] | None
+                        ) -> None:
+    """A commit that adds no rows, only ``properties`` (delta-spark makes no commit for an empty
+    write, so the Spark engine records a metadata-only commit through this too)."""
+    empty = pa.schema(dt.schema().to_arrow()).empty_table()
+    write_deltalake(dt, empty, mode="append", commit_properties=properties, storage_options=storage_options)
+
+
 def latest_cdc_position(dt: DeltaTable | None, limit: int = 200) -> CdcPosition | None:
     """The latest commit's :class:`CdcPosition`; None when there is none, or when a RESTORE came
     after it (a restored table re-syncs)."""
@@ -451,7 +466,6 @@ class BronzeMerger:
         self.schema = bronze_schema(contract)
         self.pk = list(contract.primary_key)
         self.part = contract.partitioning.delta_column
-        self.app_id = app_id(contract)
         self.pii: PiiHook | None = None  # the staged batch's PII hook, during merge()
 
     # ------------------------------------------------------------------ planning
@@ -681,11 +695,7 @@ class BronzeMerger:
     ) -> CommitProperties:
         meta = commit_metadata(staged.ctx.batch_id, staged.window, staged.watermark, chunk, chunks,
                                staged.metadata, staged.final_metadata)
-        return CommitProperties(
-            custom_metadata=meta,
-            app_transactions=[Transaction(self.app_id, next_txn_version(dt, self.app_id),
-                                          int(time.time() * 1000))],
-        )
+        return commit_properties(dt, self.contract, meta)
 
     def merge(self, staged: StagedBatch, on_commit: Callable[[CommitInfo], None] | None = None
               ) -> MergeResult:
@@ -728,9 +738,7 @@ class BronzeMerger:
     def _record_position(self, dt: DeltaTable, staged: StagedBatch) -> None:
         """A commit without rows that records the batch's metadata (a CDC snapshot's log position
         when the table was already exact)."""
-        empty = pa.Table.from_batches([], schema=dt.schema().to_arrow())
-        write_deltalake(dt, empty, mode="append", commit_properties=self._commit_properties(dt, staged),
-                        storage_options=self.storage.delta_options)
+        commit_without_rows(dt, self._commit_properties(dt, staged), self.storage.delta_options)
 
     def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
         dt = self.storage.open(self.contract.bronze_table)

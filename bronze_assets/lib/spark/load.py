@@ -35,6 +35,8 @@ from bronze_assets.lib.delta.merge import (
     MergeResult,
     app_id,
     commit_metadata,
+    commit_properties,
+    commit_without_rows,
     committed_batch_ids,
     hash_version,
     latest_watermark,
@@ -327,9 +329,7 @@ class SparkLoader:
                          lambda: self._merge(contract, table, self._protect(contract, source)))
             result.committed, result.commits = True, 1
         elif commit_always:  # a commit without rows that records the metadata (e.g. a CDC position)
-            empty = self.spark.createDataFrame([], self.spark.read.format("delta").load(uri).schema)
-            self._commit(contract, target, meta,
-                         lambda: empty.write.format("delta").mode("append").save(uri))
+            commit_without_rows(target, commit_properties(target, contract, meta), self.storage.delta_options)
             result.committed, result.commits = True, 1
         plan.unpersist()
         return self._finish(result, uri)
