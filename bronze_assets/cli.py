@@ -341,7 +341,8 @@ def cdc_status(as_json: bool) -> None:
             "confirmed_lsn": replication.lsn_text(slot.confirmed_flush_lsn)
             if slot and slot.confirmed_flush_lsn else None,
             "bronze_lsn": replication.lsn_text(position.lsn) if position is not None else None,
-            "lag_bytes": max(0, slot.current_lsn - position.lsn)
+            # a tick without changes commits nothing, yet the slot confirms its position
+            "lag_bytes": max(0, slot.current_lsn - max(position.lsn, slot.confirmed_flush_lsn or 0))
             if slot and slot.current_lsn is not None and position is not None else None,
             "problem": gap,
             "action": f"bronze cdc reset {contract.bronze_table}" if broken else None,

@@ -258,6 +258,24 @@ def test_a_stream_that_misses_changes_is_named_and_a_reset_recovers(
     assert_orders_exact(seeded, tmp_path)
 
 
+def test_a_partitioned_source_table_streams_through_its_partitions(seeded: str, tmp_path: Path) -> None:
+    """A publication of a partitioned table lists its partitions: the table is covered, no alarm."""
+    query(seeded, "CREATE TABLE tests.orders_p (LIKE tests.orders INCLUDING DEFAULTS, "
+                  "PRIMARY KEY (order_id)) PARTITION BY HASH (order_id)")
+    for i in range(2):
+        query(seeded, f"CREATE TABLE tests.orders_p{i} PARTITION OF tests.orders_p "
+                      f"FOR VALUES WITH (MODULUS 2, REMAINDER {i})")
+    for sql in ["INSERT INTO tests.orders_p SELECT * FROM tests.orders", "DROP TABLE tests.orders CASCADE",
+                "ALTER TABLE tests.orders_p RENAME TO orders"]:
+        query(seeded, sql)
+    cdc_load(ORDERS, seeded, tmp_path)
+    query(seeded, "UPDATE tests.orders SET status = 'SHIPPED', updated_at = now() WHERE order_id IN (1, 2)")
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 3")
+    batch, result = cdc_load(ORDERS, seeded, tmp_path)
+    assert batch.mode == STREAM and (result.updated, result.soft_deleted) == (2, 1)
+    assert_orders_exact(seeded, tmp_path)
+
+
 def test_cli_status_names_a_lost_slot_and_reset_recovers(
         seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_SOURCE_DSN", seeded)

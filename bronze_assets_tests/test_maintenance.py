@@ -220,3 +220,24 @@ def test_maintenance_on_a_real_bronze_table_keeps_merge_semantics(fresh_dsn: str
     query(fresh_dsn, "UPDATE tests.products SET unit_price = unit_price + 1, updated_at = now() "
                      "WHERE product_id = 5")
     assert bronze.load_direct("products").updated == 1
+
+
+def test_optimize_of_a_cdc_table_keeps_its_small_files_whatever_the_table_says(
+        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CDC table is compacted to the contract's file size (each tick rewrites the files holding
+    its changed keys), even when the table was created with another ``delta.targetFileSize``."""
+    from bronze_assets.demo.generator import SeedOptions
+    from bronze_assets.demo.seed import seed_source
+    from bronze_assets_tests.bronze_helpers import Bronze
+    from bronze_assets_tests.conftest import AS_OF
+
+    seed_source(fresh_dsn, SeedOptions(scale=0.5, as_of=AS_OF))
+    monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "2000")  # many small files to compact
+    Bronze(fresh_dsn, tmp_path).load_direct("inventory")
+    dt = DeltaTable(str(tmp_path / "bz_inventory"))
+    dt.alter.set_table_properties({"delta.targetFileSize": str(32 * 2**20)})  # e.g. created elsewhere
+    monkeypatch.setenv("BRONZE_CDC_TARGET_FILE_MB", "1")
+    report = maintain_table(tmp_path, "bz_inventory", CONTRACTS["inventory"], zorder_columns=[])
+    sizes = pa.table(DeltaTable(str(tmp_path / "bz_inventory")).get_add_actions(flatten=True))["size_bytes"]
+    assert report.files_before > report.files_after_optimize > 1
+    assert sum(sizes.to_pylist()) > 1.5 * 2**20 and max(sizes.to_pylist()) <= 2**20  # 32 MiB: one file

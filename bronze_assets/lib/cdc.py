@@ -135,7 +135,8 @@ def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool
         return
     changes = replication.read_changes(dsn, contract, position.lsn)
     keys = None if changes.truncated else list(changes.keys)  # a TRUNCATE: the whole table again
-    yield CdcRead(STREAM, changes.end_lsn, position.relid, keys=keys, changes=changes)
+    relid = position.relid if position.relid is not None else slot.relid  # type: ignore[union-attr]
+    yield CdcRead(STREAM, changes.end_lsn, relid, keys=keys, changes=changes)
 
 
 @dataclass

@@ -34,7 +34,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import table_stats
+from bronze_assets.lib.delta.merge import table_stats, target_file_bytes
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 
 DEFAULT_RETENTION_HOURS = 168
@@ -117,7 +117,9 @@ def maintain_table(
 
     ``contract`` gives the z-order and partition columns; ``zorder_columns`` overrides them (or
     serves tables without a contract, e.g. the control tables: pass ``[]`` for compaction only).
-    ``target_size``/``max_concurrent_tasks``/``max_spill_size`` pass through to delta-rs.
+    ``target_size``/``max_concurrent_tasks``/``max_spill_size`` pass through to delta-rs; the
+    target size defaults to the contract's file size (4 MiB for a CDC table, whichever engine
+    created it), else the table's ``delta.targetFileSize``.
     """
     started = time.perf_counter()
     storage = as_storage(storage)
@@ -145,7 +147,8 @@ def maintain_table(
     if dirty is not None:
         filters = [(part, "in", dirty)] if part and dirty else None
         kwargs: dict[str, Any] = {
-            "partition_filters": filters, "target_size": target_size,
+            "partition_filters": filters,
+            "target_size": target_size or (target_file_bytes(contract) if contract else None),
             "max_concurrent_tasks": max_concurrent_tasks, "max_spill_size": max_spill_size,
         }
         metrics = dt.optimize.z_order(columns, **kwargs) if columns else dt.optimize.compact(**kwargs)

@@ -71,7 +71,7 @@ def _connect(dsn: str, replication: bool = False) -> Any:
                                f"{describe_dsn(dsn)}: {redact(str(exc).strip(), dsn)}") from None
 
 
-def _query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
+def _query(dsn: str, sql: str, params: tuple | dict[str, Any] = ()) -> list[tuple]:
     with closing(_connect(dsn)) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchall() if cur.description else []
@@ -107,18 +107,28 @@ class SlotState:
         return self.wal_status == "lost"
 
 
-_RELID = "(SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " \
-         "WHERE n.nspname = %s AND c.relname = %s)"
+# the source table's OID, and whether its publication covers it: named in the publication, through
+# FOR ALL TABLES / TABLES IN SCHEMA, or as a partitioned table through its partitions or ancestors
+_RELID = "(SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " \
+         "WHERE n.nspname = %(schema)s AND c.relname = %(table)s)"
+_PUBLISHED = (
+    "EXISTS (SELECT 1 FROM pg_publication_tables pt JOIN pg_namespace pn ON pn.nspname = pt.schemaname "
+    "JOIN pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename WHERE pt.pubname = %(pub)s "
+    f"AND pc.oid IN (SELECT {_RELID} UNION ALL SELECT relid FROM pg_partition_tree({_RELID}::regclass) "
+    f"UNION ALL SELECT relid FROM pg_partition_ancestors({_RELID}::regclass)))")
+
+
+def _names(contract: Contract) -> dict[str, str]:
+    return {"schema": SOURCE_SCHEMA, "table": contract.name, "pub": publication_name(contract)}
 
 
 def slot_state(dsn: str, contract: Contract) -> SlotState | None:
     rows = _query(dsn, f"SELECT slot_name, active, wal_status, confirmed_flush_lsn::text, "
-                       f"pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {_RELID}, "
-                       f"EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
-                       f"AND tablename = %s), pg_current_wal_lsn()::text "
-                       f"FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
-                  (SOURCE_SCHEMA, contract.name, publication_name(contract), SOURCE_SCHEMA, contract.name,
-                   slot_name(dsn, contract)))
+                       f"pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {_RELID}::bigint, "
+                       f"{_PUBLISHED}, pg_current_wal_lsn()::text "
+                       f"FROM pg_replication_slots "
+                       f"WHERE slot_name = %(slot)s AND database = current_database()",
+                  _names(contract) | {"slot": slot_name(dsn, contract)})
     if not rows:
         return None
     name, active, status, confirmed, retained, relid, published, current = rows[0]
@@ -129,7 +139,7 @@ def slot_state(dsn: str, contract: Contract) -> SlotState | None:
 
 def table_relid(dsn: str, contract: Contract) -> int | None:
     """The source table's OID: a table dropped and re-created gets a new one."""
-    return _query(dsn, f"SELECT {_RELID}", (SOURCE_SCHEMA, contract.name))[0][0]
+    return _query(dsn, f"SELECT {_RELID}::bigint", _names(contract))[0][0]
 
 
 def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int | None) -> str | None:
@@ -151,14 +161,14 @@ def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int 
 
 
 def ensure_publication(dsn: str, contract: Contract) -> None:
-    """The table's publication (inserts, updates, deletes, truncates) with the table in it: a
-    table dropped and re-created has left its publication, so it is set again."""
+    """The table's publication (inserts, updates, deletes, truncates) covering the table: a table
+    dropped and re-created has left its publication, so it is added again (other tables a DBA put
+    in it stay)."""
     name, table = publication_name(contract), qualified(SOURCE_SCHEMA, contract.name)
     if not _query(dsn, "SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)):
         _query(dsn, f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {table}")
-    elif not _query(dsn, "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
-                         "AND tablename = %s", (name, SOURCE_SCHEMA, contract.name)):
-        _query(dsn, f"ALTER PUBLICATION {quote_ident(name)} SET TABLE {table}")
+    elif not _query(dsn, f"SELECT {_PUBLISHED}", _names(contract))[0][0]:
+        _query(dsn, f"ALTER PUBLICATION {quote_ident(name)} ADD TABLE {table}")
 
 
 def drop_slot(dsn: str, contract: Contract) -> bool:
