@@ -17,8 +17,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from bronze_assets.defs.checks import (
     referential_integrity_result,
     schema_contract_result,
 )
-from bronze_assets.lib.cdc import CdcRead, CdcSlotLostError, acknowledge, cdc_choice, cdc_read
+from bronze_assets.lib.cdc import CdcSlotLostError, acknowledge, cdc_choice, cdc_read
 from bronze_assets.lib.delta.io_manager import dagster_metadata
 from bronze_assets.lib.delta.merge import DuplicateKeyError
 from bronze_assets.lib.delta.outcome import audit_failure
@@ -106,17 +106,6 @@ def _window(extras: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
     return start, end
 
 
-@contextmanager
-def _cdc(contract: Contract, dsn: str, storage: Storage, window: tuple[datetime, datetime] | None,
-         meta: dict[str, Any]) -> Iterator[CdcRead | None]:
-    """The run's CDC read (held open while Spark reads its snapshot), or None for the watermark
-    pattern; ``meta`` gets what the asset shows of either."""
-    use_cdc, why_not = cdc_choice(contract, dsn, window)
-    meta |= why_not
-    with cdc_read(contract, dsn, storage) if use_cdc else nullcontext() as read:
-        yield read
-
-
 def run(pipes: pipes_api.PipesContext) -> None:
     """Load the table the Pipes extras name and report what happened."""
     from bronze_assets.lib.spark.load import SparkEngineError, SparkLoader
@@ -135,12 +124,13 @@ def run(pipes: pipes_api.PipesContext) -> None:
 
     if extras.get("secret_scope"):  # the orchestrator's scope (a serverless task has no env vars)
         os.environ.setdefault("BRONZE_SECRET_SCOPE", extras["secret_scope"])
-    cdc_meta: dict[str, Any] = {}
     try:
         dsn = resolve_source_dsn(None)
         loader = SparkLoader(spark_session(f"bronze {contract.bronze_table}"), storage)
         window = _window(extras)
-        with _cdc(contract, dsn, storage, window, cdc_meta) as cdc:
+        use_cdc, cdc_meta = cdc_choice(contract, dsn, window)  # the metadata says why not
+        # a CDC read stays open while Spark reads in its slot's snapshot
+        with cdc_read(contract, dsn, storage) if use_cdc else nullcontext() as cdc:
             result = loader.load(
                 contract, dsn, partition=window, changes_only=bool(extras.get("changes_only")), cdc=cdc,
                 validate=_validator(contract, bool(extras.get("docs"))) if QUALITY_SCORE in checks else None)

@@ -508,7 +508,7 @@ class BronzeMerger:
         keep = [*self.pk, pl.col("record_status").cast(pl.Categorical)] + ([self.part] if self.part else [])
         renames = {"record_status": "_t_status"} | ({self.part: TARGET_PART} if self.part else {})
         named = self._named_keys(staged)
-        where = None if named is None else key_range_sql(f'"{self.pk[0]}"', key_ranges(named[self.pk[0]]))
+        where = None if named is None else key_range_sql(quoted([self.pk[0]]), key_ranges(named[self.pk[0]]))
         index_pieces = (piece.rename(renames) for piece in _narrowed(
             _query(dt, cols + (["batch_id"] if resumed is not None else []), where), keep, "_t_h", extra))
         if named is not None:  # only the named keys' rows are held, whatever the ranges span
