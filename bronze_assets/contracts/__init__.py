@@ -22,6 +22,7 @@ from bronze_assets.contracts.model import (
     ValueSetRule,
 )
 from bronze_assets.contracts.tables import ALL
+from bronze_assets.contracts.types import TYPE_MAP, ReadMode, TypeFamily
 
 CONTRACTS: dict[str, Contract] = {c.name: c for c in ALL}
 
@@ -58,6 +59,7 @@ def in_dependency_order() -> list[Contract]:
 
 __all__ = [
     "CONTRACTS",
+    "TYPE_MAP",
     "Cadence",
     "Column",
     "Comparison",
@@ -70,8 +72,10 @@ __all__ = [
     "PgType",
     "QualityRules",
     "RangeRule",
+    "ReadMode",
     "RegexRule",
     "TypeChangePolicy",
+    "TypeFamily",
     "ValueSetRule",
     "get_contract",
     "in_dependency_order",

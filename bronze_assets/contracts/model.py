@@ -5,29 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class PgType(StrEnum):
-    """Source column types of ARCHITECTURE §2.1, spelled as PostgreSQL DDL."""
-
-    INTEGER = "integer"
-    BIGINT = "bigint"
-    TEXT = "text"
-    DATE = "date"
-    TIMESTAMPTZ = "timestamp with time zone"
-    NUMERIC_10_2 = "numeric(10,2)"
-    NUMERIC_12_2 = "numeric(12,2)"
-
-    @property
-    def is_numeric(self) -> bool:
-        return self in (PgType.NUMERIC_10_2, PgType.NUMERIC_12_2)
-
-    @property
-    def precision_scale(self) -> tuple[int, int] | None:
-        """(precision, scale) of a numeric type, else None."""
-        if not self.is_numeric:
-            return None
-        p, s = self.value[len("numeric(") : -1].split(",")
-        return int(p), int(s)
+from bronze_assets.contracts.types import PgType  # the column types (and their mapping) live there
 
 
 class LoadPattern(StrEnum):
@@ -91,10 +69,11 @@ class Partitioning:
 
 @dataclass(frozen=True)
 class Column:
-    """One source column: lowercase name and declared PostgreSQL type."""
+    """One source column: its name (as the catalog spells it) and declared PostgreSQL type."""
 
     name: str
     type: PgType
+    nullable: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,8 +161,8 @@ class Contract:
         names = self.column_names
         if len(set(names)) != len(names):
             raise ValueError(f"contract {self.name}: duplicate column names in {names}")
-        if tuple(names[: len(self.primary_key)]) != self.primary_key:
-            raise ValueError(f"contract {self.name}: primary key {self.primary_key} must lead")
+        if not set(self.primary_key) <= set(names):
+            raise ValueError(f"contract {self.name}: primary key {self.primary_key} names unknown columns")
         if "updated_at" not in names:
             raise ValueError(f"contract {self.name}: every source table needs updated_at")
         if self.cdc and (len(self.primary_key) != 1 or self.column(self.primary_key[0]).type
@@ -214,7 +193,7 @@ class Contract:
             raise ValueError(
                 f"contract {self.name}: encrypted_columns need a data_subject column (kept in clear)"
             )
-        not_text = [c for c in self.encrypted_columns if self.column(c).type is not PgType.TEXT]
+        not_text = [c for c in self.encrypted_columns if self.column(c).type != PgType.TEXT]
         if not_text:
             raise ValueError(f"contract {self.name}: only text columns can be encrypted, not {not_text}")
 

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.model import Contract, PgType
+from bronze_assets.contracts.types import ReadMode, TypeFamily
 
 __all__ = [
     "DATE_NEG_INFINITY",
@@ -98,19 +99,31 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+_DATE, _TS, _TSTZ = TypeFamily.DATE, TypeFamily.TIMESTAMP, TypeFamily.TIMESTAMPTZ
+_CALENDAR = (_DATE, _TS, _TSTZ)
+_ASCII_CAST = (TypeFamily.DATE, TypeFamily.SMALLINT, TypeFamily.INTEGER, TypeFamily.BIGINT,
+               TypeFamily.BOOLEAN)
+
+
+def _as_text(type_: PgType) -> bool:
+    """Whether the column arrives as (and is hashed from) text: text types, and PostgreSQL's own
+    ``col::text`` of the ``text``/``parsed`` read modes; numerics arrive as decimal text too."""
+    return type_.is_text or type_.read is ReadMode.PARSED or type_.is_numeric
+
+
 def _physical(arr: pa.Array | pa.ChunkedArray, type_: PgType) -> pa.Array:
     """The array the renderer of ``type_`` reads: int32 days, int64 µs, decimal text, ints, text."""
     arr = _as_array(arr)
     t = arr.type
-    if type_ is PgType.DATE:
+    if type_.family is _DATE:
         return (arr if pa.types.is_date32(t) else arr.cast(pa.date32())).view(pa.int32())
-    if type_ is PgType.TIMESTAMPTZ:
+    if type_.family in (_TS, _TSTZ):
         if not pa.types.is_timestamp(t):
             return arr.cast(pa.int64())
         if t.unit != "us":
             arr = arr.cast(pa.timestamp("us", tz=t.tz))
         return arr.view(pa.int64())
-    if type_.is_numeric or type_ is PgType.TEXT:
+    if _as_text(type_):
         return arr if _is_text(t) else arr.cast(pa.string())  # decimal128 prints `scale` digits
     want = arrow_type(type_)
     return arr if t == want else arr.cast(want)
@@ -133,11 +146,21 @@ def _to_string(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def _text_sql(col: str, type_: PgType) -> str:
     """DuckDB SQL of the text of the common-path rows of the DuckDB input column ``col``."""
-    if type_ is PgType.TIMESTAMPTZ:  # a naive timestamp; DuckDB trims trailing fraction zeros too
+    family = type_.family
+    if family is _TSTZ:  # a naive timestamp; DuckDB trims trailing fraction zeros too
         return f"(CAST({col} AS VARCHAR) || '+00')"
-    if type_ in (PgType.DATE, PgType.INTEGER, PgType.BIGINT):
+    if family in _ASCII_CAST or family is _TS:  # booleans: true/false, as bool::text
         return f"CAST({col} AS VARCHAR)"
-    return col  # text; numeric text, canonical rows only
+    if family is TypeFamily.BYTEA:  # bytea_output 'hex'
+        return f"('\\x' || lower(hex({col})))"
+    if family is TypeFamily.CHAR:  # character(n)::text drops the padding
+        return f"rtrim({col}, ' ')"
+    return col  # text; PostgreSQL's own text; numeric text, canonical rows only
+
+
+def _length_sql(type_: PgType) -> str:
+    """DuckDB's length of the rendered text: characters for text, bytes for ASCII renderings."""
+    return "length" if type_.is_text or type_.read is not ReadMode.BINARY else "strlen"
 
 
 def _duck_input(arr: ArrayLike, type_: PgType) -> tuple[pa.Array, pa.Array | None, bool]:
@@ -152,9 +175,9 @@ def _duck_input(arr: ArrayLike, type_: PgType) -> tuple[pa.Array, pa.Array | Non
         mask = np.zeros(len(phys), bool)
         mask[rows] = True
         phys = pc.if_else(pa.array(mask), pa.scalar(None, phys.type), phys)
-    if type_ is PgType.DATE:
+    if type_.family is _DATE:
         phys = phys.view(pa.date32())
-    elif type_ is PgType.TIMESTAMPTZ:
+    elif type_.family in (_TS, _TSTZ):
         phys = phys.view(pa.timestamp("us"))
     return phys, rare, nullable
 
@@ -177,7 +200,7 @@ def _relation(columns: Sequence[tuple[ArrayLike, PgType]]) -> tuple[
         if rare is not None:
             arrays[f"r{i}"] = rare
             sql = f"coalesce(r{i}, {sql})"
-        texts.append((sql, "length" if type_ is PgType.TEXT else "strlen", nullable))
+        texts.append((sql, _length_sql(type_), nullable))
     table = pa.Table.from_arrays(list(arrays.values()), names=list(arrays))
     return _duckdb().from_arrow(table), texts
 
@@ -189,8 +212,8 @@ def _fetch(relation: duckdb.DuckDBPyRelation, sql: str) -> pa.Array:
 
 def _rare_rows(phys: pa.Array, type_: PgType) -> np.ndarray:
     """Positions of the non-NULL rows the common path does not render."""
-    if type_ is PgType.DATE or type_ is PgType.TIMESTAMPTZ:
-        lo, hi = (_DATE_MIN, _DATE_END) if type_ is PgType.DATE else (_TS_MIN, _TS_END)
+    if type_.family in _CALENDAR:
+        lo, hi = (_DATE_MIN, _DATE_END) if type_.family is _DATE else (_TS_MIN, _TS_END)
         bounds = pc.min_max(phys)
         if bounds["min"].as_py() is None or (bounds["min"].as_py() >= lo and bounds["max"].as_py() < hi):
             return np.empty(0, np.int64)  # the usual batch: every value in years 1..9999
@@ -273,8 +296,9 @@ def _civil(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return yoe + era * 400 + (month <= 2), month, day
 
 
-def _calendar_text(days: np.ndarray, us: np.ndarray | None) -> pl.Series:
-    """PostgreSQL's text of dates (``us`` None) or UTC timestamps (µs of the day) of any year."""
+def _calendar_text(days: np.ndarray, us: np.ndarray | None, zone: str = "+00") -> pl.Series:
+    """PostgreSQL's text of dates (``us`` None) or timestamps (µs of the day) of any year; ``zone``
+    is the UTC offset printed after the time (``""`` for timestamp without time zone)."""
     year, month, day = _civil(days)
     bc = year <= 0
     frame = pl.DataFrame({"y": np.where(bc, 1 - year, year), "m": month, "d": day, "bc": bc})
@@ -288,7 +312,7 @@ def _calendar_text(days: np.ndarray, us: np.ndarray | None) -> pl.Series:
         s, f = pl.col("s"), pl.col("f")
         fraction = pl.when(f != 0).then(pl.concat_str([pl.lit("."), pad(f, 6).str.strip_chars_end("0")]))
         parts += [pl.lit(" "), pad(s // 3600, 2), pl.lit(":"), pad(s // 60 % 60, 2), pl.lit(":"),
-                  pad(s % 60, 2), fraction.otherwise(pl.lit("")), pl.lit("+00")]
+                  pad(s % 60, 2), fraction.otherwise(pl.lit("")), pl.lit(zone)]
     parts.append(pl.when(pl.col("bc")).then(pl.lit(" BC")).otherwise(pl.lit("")))
     return frame.select(pl.concat_str(parts).alias("v")).to_series()
 
@@ -298,7 +322,7 @@ def _rare_text(values: pa.Array, type_: PgType) -> pl.Series:
     if type_.is_numeric:
         return pl.DataFrame([_series(values)]).select(_numeric_text("v", _scale(type_))).to_series()
     v = values.to_numpy(zero_copy_only=False).astype(np.int64)
-    if type_ is PgType.DATE:
+    if type_.family is _DATE:
         pos, neg = v == DATE_POS_INFINITY, v == DATE_NEG_INFINITY
         text = _calendar_text(np.where(pos | neg, 0, v), None)
     else:
@@ -308,7 +332,8 @@ def _rare_text(values: pa.Array, type_: PgType) -> pl.Series:
         carry, us_wrapped = np.divmod(us + np.where(wrapped, _WRAP_US, 0), _US_PER_DAY)
         days = np.where(wrapped, days + _WRAP_DAYS + carry, days)
         us = np.where(wrapped, us_wrapped, us)
-        text = _calendar_text(np.where(pos | neg, 0, days), np.where(pos | neg, 0, us))
+        text = _calendar_text(np.where(pos | neg, 0, days), np.where(pos | neg, 0, us),
+                              "+00" if type_.family is _TSTZ else "")
     special = pl.DataFrame({"pos": pos, "neg": neg, "v": text})
     return special.select(
         pl.when(pl.col("pos")).then(pl.lit("infinity"))
@@ -347,8 +372,8 @@ def column_text(arr: ArrayLike, type_: PgType, where: pa.Array | None = None) ->
     if where is not None:
         rows = pc.indices_nonzero(pc.fill_null(where, False)).to_numpy()
         return _scatter(len(where), rows, column_text(_as_array(arr).take(rows), type_))
-    if type_ is PgType.TEXT:
-        return _to_string(_physical(arr, type_))
+    if _as_text(type_) and not type_.is_numeric and type_.family is not TypeFamily.CHAR:
+        return _to_string(_physical(arr, type_))  # the text is PostgreSQL's already
     relation, [(sql, _, _)] = _relation([(arr, type_)])
     return _fetch(relation, sql)
 
@@ -432,14 +457,18 @@ def storable(arr: ArrayLike, type_: PgType) -> tuple[pa.Array, pa.Array]:
     """
     arr = _as_array(arr)
     target = arrow_type(type_)
-    if type_ is PgType.DATE or type_ is PgType.TIMESTAMPTZ:
+    if type_.family in _CALENDAR:
         phys = _physical(arr, type_)
-        lo, hi = (_DATE_MIN, _DATE_END) if type_ is PgType.DATE else (_TS_MIN, _TS_END)
+        lo, hi = (_DATE_MIN, _DATE_END) if type_.family is _DATE else (_TS_MIN, _TS_END)
         ok = pc.and_(pc.greater_equal(phys, lo), pc.less(phys, hi))
         values = pc.if_else(ok, phys, pa.scalar(None, phys.type)).view(target)
         return values, pc.fill_null(pc.invert(ok), False)
     if type_.is_numeric and not pa.types.is_decimal(arr.type):
         return _storable_decimals(_physical(arr, type_), target)
+    if type_.read is ReadMode.PARSED and _is_text(arr.type):  # PostgreSQL's text, parsed exactly
+        if type_.family is TypeFamily.MONEY:  # lc_monetary 'C': -$1,234.56
+            arr = pc.replace_substring_regex(arr, "[$,]", "")
+        return arr.cast(target), pa.repeat(pa.scalar(False), len(arr))
     values = arr if type_.is_numeric else _physical(arr, type_)
     return values.cast(target), pa.repeat(pa.scalar(False), len(arr))
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bronze_assets.contracts import Contract
+from bronze_assets.contracts import Contract, PgType, ReadMode
 from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, redact
@@ -41,19 +41,31 @@ INVALID_PREFIX, RAW_PREFIX = "_invalid:", "_raw:"
 LEGACY_HASH = "_record_hash_v1"  # v1 record_hash, computed only to migrate a v1 table once
 
 
+def read_sql(expr: str, type_: PgType) -> str:
+    """How extraction reads a value of ``type_`` (the mapping table's read mode): as it is
+    (binary COPY, rendered in the pipeline; a domain cast to its base type, which the driver
+    knows), or as PostgreSQL's own ``::text`` (stored as that text, or parsed from it)."""
+    if type_.read is not ReadMode.BINARY:
+        return f"({expr})::text"
+    return expr if type_.base is None else f"({expr})::{type_.base}"
+
+
 def _select_column(contract: Contract, name: str, rescued: bool = False) -> str:
-    """A column as it is (binary COPY, rendered in the pipeline).
+    """A column read as its type's mapping says (:func:`read_sql`).
 
     A rescued column (policy ``rescue``) is read per record from its text: a value PostgreSQL
     cannot read as the contract type (``pg_input_is_valid``, PostgreSQL 16+) becomes NULL and is
     flagged; its source text travels alongside (the record hash renders it).
     """
     ident = quote_ident(name)
+    column_type = contract.column(name).type
     if not rescued:
-        return ident
-    type_ = contract.column(name).type.value
+        value = read_sql(ident, column_type)
+        return ident if value == ident else f"{value} AS {ident}"
+    type_ = column_type.value.replace("'", "''")
     valid = f"pg_input_is_valid({ident}::text, '{type_}')"
-    return (f"(CASE WHEN {valid} THEN ({ident}::text)::{type_} END) AS {ident}"
+    value = read_sql(f"CASE WHEN {valid} THEN ({ident}::text)::{column_type.value} END", column_type)
+    return (f"{value} AS {ident}"
             f", ({ident} IS NOT NULL AND NOT {valid}) AS {quote_ident(INVALID_PREFIX + name)}"
             f", {ident}::text AS {quote_ident(RAW_PREFIX + name)}")
 

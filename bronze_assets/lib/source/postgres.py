@@ -7,8 +7,12 @@ from typing import Any
 from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.settings import ENV_SOURCE_DSN, source_dsn_from_env
 
-# ARCHITECTURE §2.2: every rendering is independent of the role's and database's defaults.
-PINNED_SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'", "SET IntervalStyle = 'postgres'")
+# ARCHITECTURE §2.2: every rendering is independent of the role's and database's defaults:
+# timestamptz/date text (TimeZone, DateStyle), interval (IntervalStyle), bytea (bytea_output),
+# real/double (extra_float_digits 1: shortest round-trip digits; 0 or less rounds) and money
+# (lc_monetary 'C': `-$1,234.56`, two fraction digits). See contracts/types.py.
+PINNED_SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'", "SET IntervalStyle = 'postgres'",
+                  "SET bytea_output = 'hex'", "SET extra_float_digits = 1", "SET lc_monetary = 'C'")
 
 
 class SourceConnectionError(RuntimeError):

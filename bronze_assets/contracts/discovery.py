@@ -1,0 +1,115 @@
+"""A contract from a live table's catalog (ARCHITECTURE §2.10): columns in ordinal order, their
+``format_type`` spellings parsed into :class:`~bronze_assets.contracts.types.PgType` (enums and
+domains resolved through ``pg_type``), nullability and the primary key from its constraint.
+
+The catalog is read by :func:`discover_contract` (one query, on a connection it opens when
+called); :func:`contract_from_catalog` builds the contract from rows already read, so a component
+that records the discovered columns in its YAML can rebuild the same contract without a database.
+Nothing here does I/O at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bronze_assets.contracts.model import Cadence, Column, Contract, LoadPattern, Partitioning
+from bronze_assets.contracts.types import PgType
+
+
+@dataclass(frozen=True)
+class CatalogColumn:
+    """One column as the catalog describes it."""
+
+    name: str
+    format_type: str  # format_type(atttypid, atttypmod)
+    kind: str  # pg_type.typtype: b base, e enum, d domain, c composite, r range, m multirange, p pseudo
+    base: str | None  # a domain's base type, format_type(typbasetype, typtypmod)
+    nullable: bool
+    identity: str  # pg_attribute.attidentity: '' / 'a' always / 'd' by default
+    generated: str  # pg_attribute.attgenerated: '' / 's' stored
+    key_position: int | None  # position in the primary key (1-based), None if not part of it
+
+    @property
+    def type(self) -> PgType:
+        return PgType.parse(self.format_type, self.kind, self.base)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def catalog_sql(schema: str, table: str) -> str:
+    """The catalog query of :func:`discover_contract` (rows as :class:`CatalogColumn` fields)."""
+    regclass = f"to_regclass(quote_ident({_literal(schema)}) || '.' || quote_ident({_literal(table)}))"
+    return (
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typtype::text, "
+        "CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END, "
+        "NOT a.attnotnull, a.attidentity::text, a.attgenerated::text, "
+        "array_position(i.indkey::int2[], a.attnum) "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
+        f"WHERE a.attrelid = {regclass} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+    )
+
+
+def contract_from_catalog(
+    table: str,
+    columns: Sequence[CatalogColumn],
+    *,
+    primary_key: Sequence[str] | None = None,
+    load_pattern: LoadPattern = LoadPattern.FULL,
+    cadence: Cadence = Cadence.DAILY,
+    description: str | None = None,
+) -> Contract:
+    """The contract of ``table`` from its catalog columns (in ordinal order: the §2.2 hash order).
+
+    ``primary_key`` overrides the table's own (a table without one needs it). The business
+    overlay (rules, PII, partitioning …) is the caller's: the contract has none.
+    """
+    if not columns:
+        raise LookupError(f"table {table!r} not found (or it has no columns)")
+    key = tuple(primary_key) if primary_key is not None else tuple(
+        c.name for c in sorted((c for c in columns if c.key_position), key=lambda c: c.key_position or 0))
+    if not key:
+        raise ValueError(f"table {table!r} has no primary key: name the column(s) that identify a row")
+    return Contract(
+        name=table,
+        description=description or f"{table} (discovered from the catalog)",
+        columns=tuple(Column(c.name, c.type, c.nullable) for c in columns),
+        primary_key=key,
+        load_pattern=load_pattern,
+        cadence=cadence,
+        partitioning=Partitioning.none(),
+        zorder_columns=(),
+    )
+
+
+def read_catalog(dsn: str, table: str, schema: str) -> list[CatalogColumn]:
+    """The catalog rows of ``schema.table`` (an empty list when the table does not exist)."""
+    from bronze_assets.lib.source.postgres import connect
+
+    with connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(catalog_sql(schema, table))
+        rows = cur.fetchall()
+    return [CatalogColumn(name, fmt, kind, base, bool(nullable), identity or "", generated or "",
+                          None if position is None else int(position))
+            for name, fmt, kind, base, nullable, identity, generated, position in rows]
+
+
+def discover_contract(
+    dsn: str,
+    table: str,
+    schema: str,
+    *,
+    primary_key: Sequence[str] | None = None,
+    load_pattern: LoadPattern = LoadPattern.FULL,
+    cadence: Cadence = Cadence.DAILY,
+    description: str | None = None,
+) -> Contract:
+    """The contract of the live table ``schema.table`` at ``dsn`` (see :func:`contract_from_catalog`)."""
+    columns = read_catalog(dsn, table, schema)
+    if not columns:
+        raise LookupError(f"the source has no table {schema}.{table}")
+    return contract_from_catalog(table, columns, primary_key=primary_key, load_pattern=load_pattern,
+                                 cadence=cadence, description=description)
