@@ -16,7 +16,13 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract, PartitionKind
-from bronze_assets.lib.delta.merge import HASH_VERSION, hash_version, latest_watermark
+from bronze_assets.lib.delta.merge import (
+    HASH_VERSION,
+    first_load_time,
+    hash_version,
+    latest_watermark,
+    partition_range_metadata,
+)
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
@@ -62,6 +68,7 @@ def plan_window(
     watermark: datetime | None,
     overlap: timedelta = DEFAULT_OVERLAP,
     changes_only: bool = False,
+    first_load: datetime | None = None,
 ) -> LoadWindow:
     """The window a load of ``partition`` (UTC start/end of a partition range, None = whole table)
     reads (ARCHITECTURE §2.4 v2).
@@ -73,6 +80,12 @@ def plan_window(
     ``changes_only`` (scheduled runs, once the table has a watermark): the open partition's run
     reads only what changed since the watermark, not the partition's own rows again, so an hourly
     tick costs the change rather than the partition (on the go-live day, the whole history).
+
+    A table's watermark starts with its first run that reaches the open partition, whatever else
+    that run covers or has covered: if earlier runs loaded other partitions separately (month by
+    month, a partial backfill), that first run reads every row changed since the first of them
+    (``first_load``, the table's oldest load) minus ``overlap``, so nothing changed in between
+    is missed.
     """
     monthly = contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE
     first, newest_end = (partitions_start(), next_month(now).date()) if monthly \
@@ -81,29 +94,33 @@ def plan_window(
         return LoadWindow(first_month=first, newest_end=newest_end)
     start, end = partition
     open_start = month_start(now) if monthly else now.replace(hour=0, minute=0, second=0, microsecond=0)
-    changed_since = None
-    if watermark is not None and end >= open_start:
-        changed_since = watermark - overlap
-    changes_only = changes_only and changed_since is not None
+    reaches_open = end >= open_start
+    since = watermark if watermark is not None else first_load
+    changed_since = since - overlap if since is not None and reaches_open else None
+    changes_only = changes_only and watermark is not None and changed_since is not None
     if monthly:
         return LoadWindow(start, end, changed_since=changed_since, first_month=first, newest_end=newest_end,
-                          changes_only=changes_only)
+                          changes_only=changes_only, reaches_open=reaches_open)
     return LoadWindow(start, end, initial=start.date() <= first, changed_since=changed_since,
-                      first_month=first, newest_end=newest_end, open=end > now, changes_only=changes_only)
+                      first_month=first, newest_end=newest_end, open=end > now, changes_only=changes_only,
+                      reaches_open=reaches_open)
 
 
 def next_watermark(window: LoadWindow, cap: datetime, previous: datetime | None) -> datetime | None:
     """The watermark a load of ``window`` may record: every row updated before it has been read.
 
-    A widened load read everything since the previous watermark (→ ``cap``, the snapshot's safe
-    cap); the initial snapshot read everything before its end; a run over every month of a
-    business-date table read everything. Backfills record none, and a watermark never goes back.
+    A widened load read everything since the previous watermark or the table's first load (→
+    ``cap``, the snapshot's safe cap). The first run of a new table that reaches the open
+    partition starts it at the end of what it read (ARCHITECTURE §2.4: later changes to any
+    partition loaded since are read from there on); so does the initial snapshot. A run over
+    every month of a business-date table read everything. Other backfills record none, and a
+    watermark never goes back.
     """
     if window.is_full or window.end is None or window.start is None:
         return None
     if window.changed_since is not None or window.all_rows:
         new = cap
-    elif window.initial:
+    elif window.initial or window.reaches_open:
         new = min(window.end, cap)
     elif window.first_month is not None and window.newest_end is not None \
             and window.start.date() <= window.first_month and window.end.date() >= window.newest_end:
@@ -146,8 +163,9 @@ def extract_and_stage(
     previous = latest_watermark(target)
     legacy = target is not None and hash_version(target) < HASH_VERSION  # migrate v1 hashes once
     legacy_hashes: list[pa.RecordBatch] = []
-    window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only),
-                        keys, all_rows)
+    first_load = first_load_time(target) if previous is None else None
+    window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
+                                    first_load), keys, all_rows)
     found: list[pa.Array] = []
     histogram = np.zeros(101, dtype=np.int64)
 
@@ -195,7 +213,7 @@ def extract_and_stage(
         score_histogram=histogram, source_keys_path=keys_path, keys_are_rows=window.covers_table,
         watermark=watermark,
         window=describe_window(window), extract_seconds=round(time.perf_counter() - started, 3),
-        metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)}
+        metadata={"bronze.snapshot_xmin": str(snapshot.snapshot_xmin)} | partition_range_metadata(partition)
         | ({"bronze.new_columns": ", ".join(extras)} if extras else {})
         | ({"bronze.unreadable_records": str(rescued_rows)} if rescued or rescued_rows else {}),
         schema_drift=drift,

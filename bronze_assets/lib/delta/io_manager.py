@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import date
 from functools import partial
 from typing import Any
 
@@ -11,7 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from bronze_assets.lib.delta.control import record_checkpoint
-from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, read_columns
+from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, loaded_ranges, read_columns
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
@@ -26,13 +27,21 @@ def dagster_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     return {k: dg.MetadataValue.path(v) if k in PATH_KEYS else v for k, v in meta.items()}
 
 
-def changed_partition_events(asset_key: dg.AssetKey, own: Iterable[str], meta: Mapping[str, Any]
-                             ) -> list[dg.AssetMaterialization]:
+def changed_partition_events(asset_key: dg.AssetKey, own: Iterable[str], meta: Mapping[str, Any],
+                             instance: dg.DagsterInstance, storage: Storage) -> list[dg.AssetMaterialization]:
     """A materialization of every other partition a load changed rows in (late changes land
     where they live), so Dagster's partition status stays true; ``meta`` is the load's
-    :meth:`LoadOutcome.metadata`."""
+    :meth:`LoadOutcome.metadata`. A partition never loaded (by a run of the instance, or by a
+    load commit of the table) is not shown as loaded because one of its rows changed
+    (ARCHITECTURE §2.4): its own run loads it."""
     own = set(own)
     changed = [p for p in str(meta.get("partitions_changed") or "").split(", ") if p and p not in own]
+    if changed:
+        materialized = instance.get_materialized_partitions(asset_key)
+        ranges = loaded_ranges(storage.open(asset_key.path[-1])) \
+            if any(p not in materialized for p in changed) else []
+        changed = [p for p in changed if p in materialized
+                   or any(first <= date.fromisoformat(p) < end for first, end in ranges)]
     return [dg.AssetMaterialization(
         asset_key=asset_key, partition=key,
         description=f"changed by the load of {', '.join(sorted(own)) or 'the table'}",
@@ -86,7 +95,8 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
         meta = outcome.metadata()
         context.add_output_metadata(dagster_metadata(meta))
         own = set(context.asset_partition_keys) if context.has_asset_partitions else set()
-        for event in changed_partition_events(context.asset_key, own, meta):
+        for event in changed_partition_events(context.asset_key, own, meta, context.step_context.instance,
+                                              storage):
             context.log_event(event)
 
     def load_input(self, context: dg.InputContext) -> pa.Table:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 OP = "_bronze_op"
 TARGET_PART = "_bronze_target_part"
 BATCH_KEY = "bronze.batch_id"
+BATCH_TIME_KEY = "bronze.batch_time"  # when the batch began reading its source (ISO, UTC)
+PARTITIONS_KEY = "bronze.partitions"  # "<first>/<end>": the Dagster partition range a load ran for
 WATERMARK_KEY = "bronze.watermark"
 CHUNK_KEY = "bronze.chunk"  # "i/n": commit i of the n a batch is written in
 HASH_VERSION_KEY = "bronze.hash_version"  # ARCHITECTURE §2.2 record_hash version of the rows written
@@ -161,11 +163,13 @@ def next_txn_version(dt: DeltaTable | None, app: str) -> int:
 
 def commit_metadata(batch_id: str, window: str, watermark: datetime | None, chunk: int = 0, chunks: int = 1,
                     extra: dict[str, str] | None = None, final: dict[str, str] | None = None,
-                    ) -> dict[str, str]:
-    """The bronze keys of a load commit (either engine): batch, chunk, hash version, window, and
-    once the batch is complete the watermark and ``final`` (e.g. the CDC position)."""
+                    batch_time: datetime | None = None) -> dict[str, str]:
+    """The bronze keys of a load commit (either engine): batch, its time, chunk, hash version,
+    window, and once the batch is complete the watermark and ``final`` (e.g. the CDC position)."""
     meta = {BATCH_KEY: batch_id, CHUNK_KEY: f"{chunk}/{chunks}", HASH_VERSION_KEY: str(HASH_VERSION),
             "bronze.window": window, **(extra or {})}
+    if batch_time is not None:
+        meta[BATCH_TIME_KEY] = batch_time.astimezone(UTC).isoformat()
     if chunk == chunks - 1:
         if watermark is not None:
             meta[WATERMARK_KEY] = watermark.isoformat()
@@ -259,6 +263,38 @@ def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None
         if WATERMARK_KEY in entry:
             return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
     return None
+
+
+def partition_range_metadata(partition: tuple[datetime, datetime] | None) -> dict[str, str]:
+    """The commit key recording the partition range (UTC start, end exclusive) a load ran for."""
+    if partition is None:
+        return {}
+    start, end = partition
+    return {PARTITIONS_KEY: f"{start.date().isoformat()}/{end.date().isoformat()}"}
+
+
+def loaded_ranges(dt: DeltaTable | None) -> list[tuple[date, date]]:
+    """The partition ranges (first day, end day exclusive) the table's load commits ran for."""
+    if dt is None:
+        return []
+    ranges = []
+    for entry in commit_history(dt):
+        first, sep, end = str(entry.get(PARTITIONS_KEY, "")).partition("/")
+        if sep:
+            ranges.append((date.fromisoformat(first), date.fromisoformat(end)))
+    return ranges
+
+
+def first_load_time(dt: DeltaTable | None) -> datetime | None:
+    """When the table's oldest load began reading its source (the batch time its commits record,
+    else the commit's own time for commits written before they did); None for a table no load
+    wrote."""
+    if dt is None:
+        return None
+    times = [datetime.fromisoformat(str(e[BATCH_TIME_KEY])) if BATCH_TIME_KEY in e
+             else datetime.fromtimestamp(int(e.get("timestamp", 0)) / 1000, UTC)
+             for e in commit_history(dt) if BATCH_KEY in e]
+    return min(times) if times else None
 
 
 def discard_uncommitted(uri: str) -> None:
@@ -694,7 +730,7 @@ class BronzeMerger:
         self, dt: DeltaTable | None, staged: StagedBatch, chunk: int = 0, chunks: int = 1
     ) -> CommitProperties:
         meta = commit_metadata(staged.ctx.batch_id, staged.window, staged.watermark, chunk, chunks,
-                               staged.metadata, staged.final_metadata)
+                               staged.metadata, staged.final_metadata, staged.ctx.batch_time)
         return commit_properties(dt, self.contract, meta)
 
     def merge(self, staged: StagedBatch, on_commit: Callable[[CommitInfo], None] | None = None

@@ -54,6 +54,7 @@ class LoadWindow:
     changes_only: bool = False  # read only the rows changed since ``changed_since`` (scheduled runs)
     keys: tuple[int, ...] | None = None  # read just these primary keys (log-based CDC: the changed ones)
     all_rows: bool = False  # read every row, placing new keys in the range (a CDC slot's snapshot)
+    reaches_open: bool = False  # the range reaches the open partition (or the one that closed last)
 
     @property
     def is_full(self) -> bool:

@@ -38,9 +38,11 @@ from bronze_assets.lib.delta.merge import (
     commit_properties,
     commit_without_rows,
     committed_batch_ids,
+    first_load_time,
     hash_version,
     latest_watermark,
     next_txn_version,
+    partition_range_metadata,
     table_stats,
 )
 from bronze_assets.lib.delta.outcome import LoadOutcome
@@ -186,7 +188,8 @@ class SparkLoader:
         previous = latest_watermark(target)
         if cdc is not None and not cdc.in_run_partition:
             partition = None  # a TRUNCATE: the whole table again, filed as a whole-table load
-        window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only)
+        window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
+                             first_load=first_load_time(target) if previous is None else None)
         if cdc is not None:
             window = cdc_window(window, cdc.keys, cdc.all_rows)
         folder = stage_dir() / f"spark-{contract.bronze_table}-{ctx.batch_id}"
@@ -224,8 +227,9 @@ class SparkLoader:
             extract_seconds = round(time.perf_counter() - started, 3)
             merge_started = time.perf_counter()
             meta = commit_metadata(ctx.batch_id, describe_window(window), watermark, extra={
-                "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin)},
-                final=cdc.final_metadata if cdc is not None else None)
+                "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin),
+                **partition_range_metadata(partition)},
+                final=cdc.final_metadata if cdc is not None else None, batch_time=ctx.batch_time)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate") as pool:
                 checking: Future[Any] | None = pool.submit(validate, folder / "rows", ctx) \
                     if validate is not None else None
