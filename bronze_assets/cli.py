@@ -312,50 +312,63 @@ def cdc() -> None:
 @cdc.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per table.")
 def cdc_status(as_json: bool) -> None:
-    """Each CDC table's slot: WAL status, WAL it holds, confirmed and bronze positions.
-    Exits 1 when bronze depends on a slot that can no longer give every change (gone, lost, or its
-    table re-created or out of the publication)."""
+    """Each CDC table's slot: WAL status, WAL it holds, confirmed and bronze positions, and for a
+    table that loads by the watermark pattern instead, why (with what to run). Exits 1 when bronze
+    depends on a slot that can no longer give every change (gone, lost, or its table re-created or
+    out of the publication), or when the source cannot be reached."""
     import json
 
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.lib.cdc import fallback_reason
     from bronze_assets.lib.delta.merge import latest_cdc_position
     from bronze_assets.lib.source import replication
-    from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
 
-    dsn, storage = resolve_source_dsn(), BronzeStorage().storage()
-    unavailable = replication.availability(dsn)
-    if unavailable:
-        click.echo(f"log-based CDC is off for this source: {unavailable}", err=True)
-    healthy = True
-    for contract in (c for c in CONTRACTS.values() if c.cdc):
-        slot = replication.slot_state(dsn, contract)
-        position = latest_cdc_position(storage.open(contract.bronze_table))
-        gap = None if position is None else replication.stream_gap(dsn, contract, slot, position.relid)
-        broken = gap is not None
-        healthy &= not broken
-        row = {
-            "table": contract.bronze_table, "slot": replication.slot_name(dsn, contract),
-            "wal_status": slot.wal_status if slot else "missing",
-            "retained_wal_bytes": slot.retained_wal_bytes if slot else None,
-            "confirmed_lsn": replication.lsn_text(slot.confirmed_flush_lsn)
-            if slot and slot.confirmed_flush_lsn else None,
-            "bronze_lsn": replication.lsn_text(position.lsn) if position is not None else None,
-            # a tick without changes commits nothing, yet the slot confirms its position
-            "lag_bytes": max(0, slot.current_lsn - max(position.lsn, slot.confirmed_flush_lsn or 0))
-            if slot and slot.current_lsn is not None and position is not None else None,
-            "problem": gap,
-            "action": f"bronze cdc reset {contract.bronze_table}" if broken else None,
-        }
-        if as_json:
+    storage = BronzeStorage().storage()
+    rows = []
+    try:
+        dsn = resolve_source_dsn()
+        for contract in (c for c in CONTRACTS.values() if c.cdc):
+            slot = replication.slot_state(dsn, contract)
+            position = latest_cdc_position(storage.open(contract.bronze_table))
+            gap = None if position is None else replication.stream_gap(dsn, contract, slot, position.relid)
+            rows.append({
+                "table": contract.bronze_table, "slot": replication.slot_name(dsn, contract),
+                "wal_status": slot.wal_status if slot else "missing",
+                "retained_wal_bytes": slot.retained_wal_bytes if slot else None,
+                "confirmed_lsn": replication.lsn_text(slot.confirmed_flush_lsn)
+                if slot and slot.confirmed_flush_lsn else None,
+                "bronze_lsn": replication.lsn_text(position.lsn) if position is not None else None,
+                # a tick without changes commits nothing, yet the slot confirms its position
+                "lag_bytes": max(0, slot.current_lsn - max(position.lsn, slot.confirmed_flush_lsn or 0))
+                if slot and slot.current_lsn is not None and position is not None else None,
+                "problem": gap,
+                "action": f"bronze cdc reset {contract.bronze_table}" if gap is not None else None,
+                # why the next run loads by the watermark pattern (None: it reads the slot)
+                "reason": fallback_reason(contract, dsn, storage),
+            })
+    except (replication.ReplicationError, SourceConnectionError) as exc:
+        _fail(str(exc))  # one line: host, port, database, user and what to check; never the password
+        return
+    if as_json:
+        for row in rows:
             click.echo(json.dumps(row))
-        else:
+    else:
+        click.echo(f"{'table':<18} {'slot':<9} {'WAL held':>14}  {'confirmed':<12} {'bronze':<12} "
+                   f"{'lag':>12}  note")
+        for row in rows:
             retained = "-" if row["retained_wal_bytes"] is None else f"{row['retained_wal_bytes']:,} B"
-            click.echo(f"{row['table']:<18} {row['wal_status']:<9} WAL held {retained:>14}  confirmed "
-                       f"{row['confirmed_lsn'] or '-':<12} bronze {row['bronze_lsn'] or '-':<12} lag "
-                       f"{'-' if row['lag_bytes'] is None else format(row['lag_bytes'], ',') + ' B':>12}"
-                       + (f"  -> {gap}: run `{row['action']}`" if broken else ""))
-    if not healthy:
+            lag = "-" if row["lag_bytes"] is None else f"{row['lag_bytes']:,} B"
+            notes = [f"{row['problem']}: run `{row['action']}`"] if row["problem"] else []
+            if row["reason"]:
+                notes.append(f"fallback: {row['reason']}")
+            elif row["wal_status"] == "missing" and not row["problem"]:
+                notes.append("the next load creates the slot")
+            click.echo((f"{row['table']:<18} {row['wal_status']:<9} {retained:>14}  "
+                        f"{row['confirmed_lsn'] or '-':<12} {row['bronze_lsn'] or '-':<12} {lag:>12}  "
+                        + "; ".join(notes)).rstrip())
+    if any(row["problem"] for row in rows):
         sys.exit(1)
 
 
@@ -376,10 +389,15 @@ def cdc_reset(table: str) -> None:
         return
     if not contract.cdc:
         _fail(f"{contract.bronze_table} is not loaded by log-based CDC (its contract sets cdc=False)")
-    from bronze_assets.lib.source.replication import lsn_text
+    from bronze_assets.lib.source.postgres import SourceConnectionError
+    from bronze_assets.lib.source.replication import ReplicationError, lsn_text
 
     storage = BronzeStorage().storage()
-    batch, result = reset(contract, resolve_source_dsn(), storage, job_id="bronze cdc reset")
+    try:
+        batch, result = reset(contract, resolve_source_dsn(), storage, job_id="bronze cdc reset")
+    except (ReplicationError, SourceConnectionError) as exc:  # e.g. a publication it may not create
+        _fail(str(exc))
+        return
     click.echo(f"{contract.bronze_table}: re-synced from a new slot at {lsn_text(batch.lsn)} — "
                f"{result.inserted:,} inserted, {result.updated:,} updated, "
                f"{result.soft_deleted:,} soft-deleted")

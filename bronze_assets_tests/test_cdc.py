@@ -5,13 +5,17 @@ a reset re-syncs exactly."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,11 +30,16 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
-from bronze_assets.lib.cdc import SNAPSHOT, STREAM, CdcSlotLostError, cdc_load, reset
+from bronze_assets.lib.cdc import SNAPSHOT, STREAM, CdcSlotLostError, cdc_choice, cdc_load, reset
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
+from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.delta.timetravel import restore
+from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import replication
+from bronze_assets.lib.source.dsn import dsn_parts
+from bronze_assets.lib.source.embedded import EmbeddedPostgres
 from bronze_assets.lib.source.postgres import connect
+from bronze_assets.lib.source.replication import PublicationError
 from bronze_assets_tests.bronze_helpers import (
     Bronze,
     active_hashes,
@@ -385,3 +394,177 @@ def test_the_asset_says_which_load_pattern_it_used(
     third = materialize()
     assert (third["load_pattern"], third["cdc_unavailable"]) == ("watermark", "BRONZE_CDC=off")
     assert_orders_exact(seeded, tmp_path / "bronze")
+
+
+# ------------------------------------------------------------------ CDC configured halfway
+
+
+@pytest.fixture
+def non_owner(seeded: str) -> Iterator[Callable[..., str]]:
+    """Makes a login role that does not own the source tables (the superuser does) and reads
+    them through ``GRANT``s; returns its DSN. The roles are dropped afterwards."""
+    roles: list[str] = []
+
+    def make(replication: bool = True, create_on_database: bool = False) -> str:
+        role = f"loader_{uuid.uuid4().hex[:8]}"
+        roles.append(role)
+        query(seeded, f"CREATE ROLE {role} LOGIN {'REPLICATION' if replication else 'NOREPLICATION'}")
+        query(seeded, f"GRANT USAGE ON SCHEMA tests TO {role}")
+        query(seeded, f"GRANT SELECT ON ALL TABLES IN SCHEMA tests TO {role}")
+        if create_on_database:
+            query(seeded, f"GRANT CREATE ON DATABASE {query(seeded, 'SELECT current_database()')[0][0]} "
+                          f"TO {role}")
+        user = dsn_parts(seeded)["user"]
+        assert seeded.startswith(f"postgresql://{user}:")
+        return seeded.replace(f"postgresql://{user}:", f"postgresql://{role}:", 1)
+
+    yield make
+    for role in roles:
+        query(seeded, f"DROP OWNED BY {role}")  # its grants in this database
+        query(seeded, f"DROP ROLE {role}")
+
+
+def _materialize_logged(bronze: Bronze, table: str) -> tuple[dict, list[str]]:
+    """Materialize the open partition of bz_<table>; its metadata and the run's WARNING log lines."""
+    instance = dg.DagsterInstance.ephemeral()
+    month = datetime.now(UTC).date().replace(day=1).isoformat()
+    metadata = bronze.materialize(table, month, instance=instance)
+    (run,) = instance.get_runs()
+    warnings = [e.user_message for e in instance.all_logs(run.run_id)
+                if e.level == logging.WARNING and e.dagster_event is None]
+    return metadata, warnings
+
+
+def test_half_configured_cdc_falls_back_with_the_reason_until_the_owner_creates_the_publication(
+        seeded: str, non_owner: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """wal_level = logical and REPLICATION granted, but no publication and the loader does not
+    own the table: the load runs by watermark and says why (metadata, the run's log, `cdc status`)
+    with the SQL the owner runs; once the owner has run it, the next load reads the slot."""
+    loader = non_owner()
+    bronze = Bronze(loader, tmp_path / "bronze")
+    first, warnings = _materialize_logged(bronze, "orders")
+    assert first["load_pattern"] == "watermark" and "cdc_mode" not in first
+    reason = first["cdc_unavailable"]
+    assert "publication bronze_orders does not exist" in reason
+    assert "CREATE privilege on database" in reason and "does not own tests.orders" in reason
+    assert reason.endswith("as the owner of tests.orders run: CREATE PUBLICATION bronze_orders FOR TABLE "
+                           "tests.orders")
+    assert [w for w in warnings if reason in w] == [
+        f"bz_orders: log-based CDC cannot be used, loading by the watermark pattern: {reason}"]
+    assert first["rows_read"] > 0 and bronze.read("orders").height == first["rows_read"]  # the window's
+    assert not query(seeded, "SELECT 1 FROM pg_publication UNION ALL SELECT 1 FROM pg_replication_slots "
+                             "WHERE database = current_database()")
+
+    monkeypatch.setenv("BRONZE_SOURCE_DSN", loader)
+    monkeypatch.setenv("BRONZE_ROOT", str(bronze.root))
+    runner = CliRunner()
+    status = runner.invoke(main, ["cdc", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    rows = {r["table"]: r for r in map(json.loads, status.stdout.splitlines())}
+    assert rows["bz_orders"]["reason"] == reason and rows["bz_orders"]["wal_status"] == "missing"
+    assert "CREATE PUBLICATION bronze_inventory FOR TABLE tests.inventory" in rows["bz_inventory"]["reason"]
+    text = runner.invoke(main, ["cdc", "status"])
+    header, *lines = text.stdout.splitlines()
+    assert text.exit_code == 0 and header.split() == ["table", "slot", "WAL", "held", "confirmed", "bronze",
+                                                      "lag", "note"]
+    (orders,) = [line for line in lines if line.startswith("bz_orders ")]
+    assert orders.endswith(f"fallback: {reason}")
+
+    query(seeded, "CREATE PUBLICATION bronze_orders FOR TABLE tests.orders")  # as the tables' owner
+    second, warnings = _materialize_logged(bronze, "orders")
+    assert (second["load_pattern"], second["cdc_mode"]) == ("cdc", "snapshot")
+    assert "cdc_unavailable" not in second and not [w for w in warnings if "CDC" in w]
+    query(seeded, "UPDATE tests.orders SET status = 'SHIPPED' WHERE order_id = 11")
+    third, _ = _materialize_logged(bronze, "orders")
+    assert (third["cdc_mode"], third["cdc_keys_changed"], third["rows_updated"]) == ("stream", 1, 1)
+    assert_orders_exact(seeded, bronze.root)
+    rows = {r["table"]: r for r in map(json.loads, runner.invoke(main, ["cdc", "status", "--json"]
+                                                                  ).stdout.splitlines())}
+    assert rows["bz_orders"]["reason"] is None and rows["bz_orders"]["wal_status"] == "reserved"
+    assert rows["bz_inventory"]["reason"] is not None  # still no publication of its own
+
+
+@pytest.mark.parametrize(("setup", "loader_kwargs", "named"), [
+    ([], {"create_on_database": True},
+     r"publication bronze_orders does not exist and the source user loader_\w+ may not create it \(it "
+     r"does not own tests\.orders\); as the owner of tests\.orders run: CREATE PUBLICATION bronze_orders "
+     r"FOR TABLE tests\.orders$"),
+    (["CREATE PUBLICATION bronze_orders"], {},
+     r"publication bronze_orders does not include tests\.orders and the source user loader_\w+ may not add "
+     r"the table \(it does not own tests\.orders; it does not own the publication bronze_orders\); as the "
+     r"owner of tests\.orders run: ALTER PUBLICATION bronze_orders ADD TABLE tests\.orders$"),
+    ([], {"replication": False},
+     r"^the source user lacks the REPLICATION attribute .*; the publication bronze_orders does not exist"),
+], ids=["may create in the database, not own the table", "publication without the table",
+        "no REPLICATION either"])
+def test_each_half_configuration_names_what_is_missing(
+        seeded: str, non_owner: Callable[..., str], setup: list[str], loader_kwargs: dict, named: str,
+        tmp_path: Path) -> None:
+    for sql in setup:
+        query(seeded, sql)
+    loader = non_owner(**loader_kwargs)
+    use_cdc, meta = cdc_choice(ORDERS, loader, None, tmp_path)
+    assert not use_cdc and meta["load_pattern"] == "watermark"
+    assert re.search(named, meta["cdc_unavailable"]), meta["cdc_unavailable"]
+    batch = extract_and_stage(ORDERS, loader, tmp_path)  # the watermark load the fallback runs
+    try:
+        assert BronzeMerger(ORDERS, tmp_path).merge(batch).inserted == batch.rows > 0
+    finally:
+        batch.cleanup()
+    with pytest.raises(PublicationError, match=r"^the publication bronze_orders does not (exist|include "
+                                                 r"tests\.orders) and .* run: (CREATE|ALTER) PUBLICATION "):
+        replication.ensure_publication(loader, ORDERS)  # never a bare "permission denied"
+
+
+def test_a_stream_gap_still_fails_loudly_for_a_loader_that_cannot_fix_the_publication(
+        seeded: str, non_owner: Callable[..., str], tmp_path: Path) -> None:
+    """Only "CDC cannot be set up" falls back: once bronze depends on a stream, a table taken out
+    of its publication (or a slot gone) fails the run and names the reset, as for an owner."""
+    query(seeded, "CREATE PUBLICATION bronze_orders FOR TABLE tests.orders")
+    loader = non_owner()
+    bronze = Bronze(loader, tmp_path / "bronze")
+    first, _ = _materialize_logged(bronze, "orders")
+    assert first["cdc_mode"] == "snapshot"
+    query(seeded, "ALTER PUBLICATION bronze_orders DROP TABLE tests.orders")
+    query(seeded, "DELETE FROM tests.orders WHERE order_id = 3")
+    month = datetime.now(UTC).date().replace(day=1).isoformat()
+    failed = dg.materialize([bronze.assets["bz_orders"]], resources=bronze.resources, partition_key=month,
+                            raise_on_error=False)
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert "no longer includes tests.orders" in message and "bronze cdc reset bz_orders" in message
+    # a slot gone as well: bronze holds a position, so the run still fails rather than fall back
+    replication.drop_slot(seeded, ORDERS)
+    assert cdc_choice(ORDERS, loader, None, bronze.root) == (True, {})
+    with pytest.raises(CdcSlotLostError, match=r"slot .* is gone"):
+        cdc_load(ORDERS, loader, bronze.root)
+
+
+def test_cdc_status_with_a_wrong_password_says_so_in_one_line(
+        fresh_dsn: str, monkeypatch: pytest.MonkeyPatch, pg_server: EmbeddedPostgres) -> None:
+    """A role that logs in by password (scram-sha-256, a pg_hba.conf line of its own) given the
+    wrong one: one line naming host, database, user and what to check; never the password."""
+    role = f"pw_{uuid.uuid4().hex[:8]}"
+    hba = pg_server.pgdata / "pg_hba.conf"
+    original = hba.read_text()
+    query(fresh_dsn, f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'Right1pw'")
+    try:
+        hba.write_text(f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n" + original)
+        query(fresh_dsn, "SELECT pg_reload_conf()")
+        user = dsn_parts(fresh_dsn)["user"]
+        monkeypatch.setenv("BRONZE_SOURCE_DSN",
+                           fresh_dsn.replace(f"postgresql://{user}:", f"postgresql://{role}:Wr0ngPw@", 1))
+        result = CliRunner().invoke(main, ["cdc", "status"])
+    finally:
+        hba.write_text(original)
+        query(fresh_dsn, "SELECT pg_reload_conf()")
+        query(fresh_dsn, f"DROP ROLE {role}")
+    assert result.exit_code == 1 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    parts = dsn_parts(fresh_dsn)
+    assert line.startswith(f"error: cannot open a connection to the PostgreSQL source (host={parts['host']}")
+    assert f"db={parts['db']} user={role})" in line
+    assert f'password authentication failed for user "{role}"' in line
+    assert "credentials are right" in line and "BRONZE_SOURCE_DSN" in line
+    assert "Wr0ngPw" not in result.output and "Traceback" not in result.output

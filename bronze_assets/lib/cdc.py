@@ -96,18 +96,59 @@ def cdc_enabled() -> bool:
     return (env("BRONZE_CDC") or "on").lower() not in {"0", "off", "false", "no"}
 
 
-def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] | None
-               ) -> tuple[bool, dict[str, Any]]:
+CDC_OFF = "BRONZE_CDC=off"
+
+
+def fallback_reason(contract: Contract, dsn: str, storage: StorageLike | None = None, *,
+                    set_up: bool = False) -> str | None:
+    """Why a run of CDC table ``contract`` that reaches the open partition cannot use log-based CDC
+    now and loads by the watermark pattern, or None when it reads the replication slot.
+
+    Only *CDC cannot be set up* falls back: CDC switched off, ``wal_level``, the REPLICATION
+    attribute, or a publication the source user may neither create nor extend (the reason names
+    the SQL the table's owner runs). A stream bronze depends on whose changes can no longer all be
+    read is never a fallback: :func:`cdc_read` fails the run (:class:`CdcSlotLostError`). Bronze
+    depends on a stream when it holds a log position (known from ``storage``) or, without
+    ``storage``, when the table's slot exists. ``set_up``: create the publication (or add the
+    table to it) when the source user may, so a refusal the check cannot foresee falls back too."""
+    if not cdc_enabled():
+        return CDC_OFF
+    reasons = [r for r in [replication.availability(dsn)] if r is not None]
+    if storage is not None:
+        depends = latest_cdc_position(as_storage(storage).open(contract.bronze_table)) is not None
+    else:
+        depends = replication.slot_state(dsn, contract) is not None
+    if not depends:
+        problem = replication.publication_problem(dsn, contract)
+        if problem is None and set_up and not reasons:
+            try:
+                replication.ensure_publication(dsn, contract)
+            except replication.PublicationError as exc:
+                problem = str(exc)
+        reasons += [problem] if problem is not None else []
+    return "; ".join(reasons) or None
+
+
+def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] | None,
+               storage: StorageLike | None = None) -> tuple[bool, dict[str, Any]]:
     """Whether a run of ``contract`` over ``window`` reads the replication slot: a CDC table's run
-    that reaches the open partition, when CDC is on and the source allows logical replication.
+    that reaches the open partition, when CDC is on and can be set up (:func:`fallback_reason`).
     Else the metadata saying why the watermark pattern ran (empty for tables without CDC and
-    for backfills of closed partitions)."""
+    for backfills of closed partitions); a fallback the source causes is also logged as a
+    WARNING, once per run (``BRONZE_CDC=off`` at INFO: it was asked for). ``storage``, the bronze
+    root, tells whether bronze holds a log position (see :func:`fallback_reason`)."""
     if not contract.cdc or (window is not None and window[1] <= datetime.now(UTC)):
         return False, {}
-    unavailable = replication.availability(dsn) if cdc_enabled() else "BRONZE_CDC=off"
-    if unavailable is None:
+    reason = fallback_reason(contract, dsn, storage, set_up=True)
+    if reason is None:
         return True, {}
-    return False, {"load_pattern": "watermark", "cdc_unavailable": unavailable}
+    from dagster import get_dagster_logger  # the run's log inside a Dagster run, else Python logging
+
+    get_dagster_logger(__name__).log(
+        logging.INFO if reason == CDC_OFF else logging.WARNING,
+        "%s: log-based CDC cannot be used, loading by the watermark pattern: %s", contract.bronze_table,
+        reason)
+    return False, {"load_pattern": "watermark", "cdc_unavailable": reason}
 
 
 @contextmanager
@@ -128,6 +169,7 @@ def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool
             f"can no longer be read from the source's log. Run `bronze cdc reset {table}` to re-sync it (a "
             f"new slot, the table read in its snapshot and merged; audited).")
     if position is None:  # the first load, or after a reset or a restore: a new slot and its snapshot
+        replication.ensure_publication(dsn, contract)  # a refusal fails before any slot is dropped
         if slot is not None:
             replication.drop_slot(dsn, contract)
         with replication.new_slot(dsn, contract) as (lsn, snapshot):

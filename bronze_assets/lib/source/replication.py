@@ -25,7 +25,7 @@ from typing import Any
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, dsn_parts, redact
-from bronze_assets.settings import SOURCE_SCHEMA
+from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA
 
 # the session of the walsender pinned like every bronze session (ARCHITECTURE §2.2)
 PINNED_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=1"
@@ -34,6 +34,11 @@ DRAIN_SECONDS = 300.0  # a run reads the stream for at most this long (the rest 
 
 class ReplicationError(RuntimeError):
     """Log-based CDC cannot run against this source (the message says why and what to do)."""
+
+
+class PublicationError(ReplicationError):
+    """The table's publication is missing or leaves the table out, and the source user may not set
+    it up (the message names the table, the publication and the SQL its owner runs)."""
 
 
 def slot_name(dsn: str, contract: Contract) -> str:
@@ -67,8 +72,15 @@ def _connect(dsn: str, replication: bool = False) -> Any:
         conn.autocommit = True
         return conn
     except psycopg2.Error as exc:
-        raise ReplicationError(f"cannot open a {'replication ' if replication else ''}connection to "
-                               f"{describe_dsn(dsn)}: {redact(str(exc).strip(), dsn)}") from None
+        cause = " ".join(redact(str(exc), dsn).split())  # one line: libpq's message spans several
+        cause += "" if cause[-1:] in ".?!" else "."
+        kind = "replication " if replication else ""
+        needs = (" (the user needs the REPLICATION attribute and a pg_hba.conf line allowing its "
+                 "connection)") if replication else ""
+        raise ReplicationError(
+            f"cannot open a {kind}connection to the PostgreSQL source ({describe_dsn(dsn)}): {cause} Check "
+            f"that the server is running and reachable, that the database exists and the credentials are "
+            f"right, and the value of {ENV_SOURCE_DSN}{needs}.") from None
 
 
 def _query(dsn: str, sql: str, params: tuple | dict[str, Any] = ()) -> list[tuple]:
@@ -160,15 +172,95 @@ def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int 
     return None
 
 
+# what setting up the table's publication takes, read without changing anything: the table's
+# OID, whether the publication exists and covers the table, whether the source user may create it
+# (CREATE on the database and ownership of the table) or add the table (ownership of both), and the
+# names as SQL spells them
+_PUBLICATION_STATE = (
+    f"SELECT {_RELID}::bigint, p.oid IS NOT NULL, {_PUBLISHED}, "
+    "has_database_privilege(current_database(), 'CREATE'), "
+    f"(SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = {_RELID}), "
+    "pg_has_role(p.pubowner, 'USAGE'), current_user::text, current_database()::text, "
+    "quote_ident(%(pub)s), quote_ident(%(schema)s) || '.' || quote_ident(%(table)s) "
+    "FROM (SELECT 1) one LEFT JOIN pg_publication p ON p.pubname = %(pub)s")
+
+
+@dataclass(frozen=True)
+class PublicationState:
+    """The table's publication, and what the source user may do about it."""
+
+    table: str  # schema.table, as SQL spells it
+    publication: str  # as SQL spells it
+    user: str
+    database: str
+    table_exists: bool
+    exists: bool  # the publication
+    covers: bool  # it covers the table
+    may_create_in_database: bool
+    owns_table: bool
+    owns_publication: bool
+
+    @property
+    def owner_sql(self) -> str:
+        """What the table's owner runs so the publication covers the table."""
+        if self.exists:
+            return f"ALTER PUBLICATION {self.publication} ADD TABLE {self.table}"
+        return f"CREATE PUBLICATION {self.publication} FOR TABLE {self.table}"
+
+    def problem(self, denied: str | None = None) -> str | None:
+        """None when the publication covers the table or the source user may make it so; else
+        why not and the SQL to run (``denied``: the server's refusal, when it was tried)."""
+        if not self.table_exists:
+            return f"the source table {self.table} does not exist"
+        if self.covers:
+            return None
+        missing = [] if denied is None else [denied]
+        if denied is None and not self.exists and not self.may_create_in_database:
+            missing.append(f"it lacks the CREATE privilege on database {self.database}")
+        if denied is None and not self.owns_table:
+            missing.append(f"it does not own {self.table}")
+        if denied is None and self.exists and not self.owns_publication:
+            missing.append(f"it does not own the publication {self.publication}")
+        if not missing:
+            return None
+        gap = "does not exist" if not self.exists else f"does not include {self.table}"
+        verb = "create it" if not self.exists else "add the table"
+        return (f"the publication {self.publication} {gap} and the source user {self.user} may not {verb} "
+                f"({'; '.join(missing)}); as the owner of {self.table} run: {self.owner_sql}")
+
+
+def publication_state(dsn: str, contract: Contract) -> PublicationState:
+    (relid, exists, covers, may_create, owns_table, owns_pub, user, database, pub, table), = _query(
+        dsn, _PUBLICATION_STATE, _names(contract))
+    return PublicationState(table, pub, user, database, relid is not None, bool(exists), bool(covers),
+                            bool(may_create), bool(owns_table), bool(owns_pub))
+
+
+def publication_problem(dsn: str, contract: Contract) -> str | None:
+    """None when the table's publication covers it or the source user may create it / add the
+    table (nothing is changed); else why not, with the SQL the table's owner runs."""
+    return publication_state(dsn, contract).problem()
+
+
 def ensure_publication(dsn: str, contract: Contract) -> None:
     """The table's publication (inserts, updates, deletes, truncates) covering the table: a table
     dropped and re-created has left its publication, so it is added again (other tables a DBA put
-    in it stay)."""
-    name, table = publication_name(contract), qualified(SOURCE_SCHEMA, contract.name)
-    if not _query(dsn, "SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)):
-        _query(dsn, f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {table}")
-    elif not _query(dsn, f"SELECT {_PUBLISHED}", _names(contract))[0][0]:
-        _query(dsn, f"ALTER PUBLICATION {quote_ident(name)} ADD TABLE {table}")
+    in it stay). :class:`PublicationError` when the source user may not (never a bare
+    "permission denied")."""
+    import psycopg2.errors
+
+    state = publication_state(dsn, contract)
+    problem = state.problem()
+    if problem is not None:
+        raise PublicationError(problem)
+    if state.covers:
+        return
+    name, table = quote_ident(publication_name(contract)), qualified(SOURCE_SCHEMA, contract.name)
+    try:
+        _query(dsn, f"ALTER PUBLICATION {name} ADD TABLE {table}" if state.exists
+               else f"CREATE PUBLICATION {name} FOR TABLE {table}")
+    except psycopg2.errors.InsufficientPrivilege as exc:  # a rule the check above does not know
+        raise PublicationError(state.problem(denied=" ".join(str(exc).split()))) from None
 
 
 def drop_slot(dsn: str, contract: Contract) -> bool:
