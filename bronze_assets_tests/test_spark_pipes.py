@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
 
 # differ by nature between two loads (or engines): timing, file layout, ids, the engine's name
 PER_RUN = {"batch_id", "table_uri", "extract_seconds", "merge_seconds", "duration_seconds", "size_bytes",
-           "num_files", "engine"}
+           "num_files", "engine", "merge_files_added", "merge_files_removed"}  # file layout is the engine's
 PER_RUN_CHECK = {"data_docs", "failing_keys_sample"}  # a docs page per run; sample keys in read order
 
 
@@ -81,6 +81,9 @@ def test_order_details_through_pipes_shows_what_the_local_engine_shows(seeded: s
     assert {k: v for k, v in local_meta.items() if k not in PER_RUN} == \
         {k: v for k, v in spark_meta.items() if k not in PER_RUN}
     assert local_meta["rows_inserted"] == local_meta["rows_read"] > 1000
+    assert spark_meta["merge_rows_written"] == local_meta["merge_rows_written"] == local_meta["rows_read"]
+    assert spark_meta["rewrite_ratio"] == local_meta["rewrite_ratio"] == 1.0
+    assert spark_meta["merge_files_added"] >= 1 and local_meta["merge_files_added"] >= 1
 
     assert set(local_checks) == set(spark_checks) == {"schema_contract", "quality_score", "key_uniqueness",
                                                        "referential_integrity"}

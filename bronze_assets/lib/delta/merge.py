@@ -127,9 +127,39 @@ class MergeResult:
     rows_skipped_by_checkpoint: int = 0  # rows that batch committed, not written again
     rehashed_v1: int = 0  # unchanged rows whose v1 record_hash was replaced by the v2 hash
     partitions: list[str] = field(default_factory=list)  # Delta partition values the load changed
+    engine_metrics: dict[str, int] = field(default_factory=dict)  # the engine's own, see batch_metrics
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def rows_changed(self) -> int:
+        return self.inserted + self.updated + self.soft_deleted + self.rehashed_v1
+
+    @property
+    def rewrite_ratio(self) -> float | None:
+        """Rows the engine wrote ÷ rows the load changed (copy-on-write amplification)."""
+        written = self.engine_metrics.get("rows_written")
+        return round(written / self.rows_changed, 2) if written is not None and self.rows_changed else None
+
+
+# The engines' own commit metrics (delta-rs snake_case, delta-spark camelCase) by one name each:
+# MERGE commits first, then plain writes (a table's first load, a metadata-only commit).
+_MERGE_METRICS = {
+    "rows_inserted": ("num_target_rows_inserted", "numTargetRowsInserted"),
+    "rows_updated": ("num_target_rows_updated", "numTargetRowsUpdated"),
+    "rows_deleted": ("num_target_rows_deleted", "numTargetRowsDeleted"),
+    "rows_copied": ("num_target_rows_copied", "numTargetRowsCopied"),
+    "rows_written": ("num_output_rows", "numOutputRows"),
+    "files_added": ("num_target_files_added", "numTargetFilesAdded"),
+    "files_removed": ("num_target_files_removed", "numTargetFilesRemoved"),
+}
+_WRITE_METRICS = {
+    "rows_inserted": ("num_added_rows", "numOutputRows"),
+    "rows_written": ("num_added_rows", "numOutputRows"),
+    "files_added": ("num_added_files", "numFiles"),
+    "files_removed": ("num_removed_files", "numRemovedFiles"),
+}
 
 
 USER_METADATA = "userMetadata"  # where delta-spark keeps a commit's own metadata (one JSON string)
@@ -149,6 +179,30 @@ def commit_history(dt: DeltaTable, limit: int | None = None) -> list[dict[str, A
             if isinstance(extra, dict):
                 entry.update({k: v for k, v in extra.items() if k.startswith("bronze.")})
     return entries
+
+
+def commit_metrics(entry: dict[str, Any]) -> dict[str, int]:
+    """One commit's engine metrics (rows inserted / updated / deleted / copied / written, files
+    added / removed), whichever engine wrote it."""
+    names = _MERGE_METRICS if str(entry.get("operation", "")).upper() == "MERGE" else _WRITE_METRICS
+    raw = entry.get("operationMetrics") or {}
+    metrics = dict.fromkeys(_MERGE_METRICS, 0)
+    for name, keys in names.items():
+        value = next((raw[k] for k in keys if k in raw), None)
+        metrics[name] = int(value) if value is not None else 0
+    return metrics
+
+
+def batch_metrics(dt: DeltaTable, batch_id: str, commits: int) -> dict[str, int]:
+    """The engine metrics summed over the commits of ``batch_id`` (the latest ``commits`` of them)."""
+    total = dict.fromkeys(_MERGE_METRICS, 0)
+    if not commits:
+        return total
+    for entry in commit_history(dt, commits + 8):
+        if entry.get(BATCH_KEY) == batch_id:
+            for name, value in commit_metrics(entry).items():
+                total[name] += value
+    return total
 
 
 def app_id(contract: Contract) -> str:
@@ -766,6 +820,7 @@ class BronzeMerger:
         if final is not None:
             result.version = final.version()
             result.size_bytes, result.num_files = table_stats(final)
+            result.engine_metrics = batch_metrics(final, staged.ctx.batch_id, result.commits)
         result.merge_seconds = round(time.perf_counter() - started, 3)
         if staged.rows:
             result.avg_quality_score = round(staged.score_sum / staged.rows, 2)

@@ -42,7 +42,8 @@ class LoadOutcome:
             "batch_id": self.batch_id, "window": self.window, "engine": self.engine,
             "inserted": r.inserted, "updated": r.updated, "unchanged": r.unchanged,
             "soft_deleted": r.soft_deleted, "delta_version": r.version,
-            "avg_quality_score": r.avg_quality_score,
+            "avg_quality_score": r.avg_quality_score, "engine_metrics": r.engine_metrics,
+            "rewrite_ratio": r.rewrite_ratio,
         })
         record_load(storage, load)
 
@@ -80,6 +81,9 @@ class LoadOutcome:
             meta["rows_rehashed_v1"] = r.rehashed_v1
         if r.partitions:
             meta["partitions_changed"] = ", ".join(r.partitions)
+        meta |= {f"merge_{name}": value for name, value in r.engine_metrics.items()}
+        if r.rewrite_ratio is not None:
+            meta["rewrite_ratio"] = r.rewrite_ratio
         return meta
 
 

@@ -34,6 +34,7 @@ from bronze_assets.lib.delta.merge import (
     DuplicateKeyError,
     MergeResult,
     app_id,
+    batch_metrics,
     commit_metadata,
     commit_properties,
     commit_without_rows,
@@ -300,7 +301,7 @@ class SparkLoader:
                 result.partitions = sorted(str(r[0]) for r in staged.select(part).distinct().collect())
             self._commit(contract, None, meta, lambda: self._create(contract, uri, staged))
             result.committed, result.commits = True, 1
-            return self._finish(result, uri)
+            return self._finish(result, uri, meta[BATCH_KEY])
         current = self.spark.read.format("delta").load(uri).select(
             *pk, F.col("record_hash").alias(T_HASH), F.col("record_status").alias(T_STATUS),
             *([F.col(part).alias(T_PART)] if part else []))
@@ -336,13 +337,14 @@ class SparkLoader:
             commit_without_rows(target, commit_properties(target, contract, meta), self.storage.delta_options)
             result.committed, result.commits = True, 1
         plan.unpersist()
-        return self._finish(result, uri)
+        return self._finish(result, uri, meta[BATCH_KEY])
 
-    def _finish(self, result: MergeResult, uri: str) -> MergeResult:
+    def _finish(self, result: MergeResult, uri: str, batch_id: str) -> MergeResult:
         final = open_table(uri, self.storage.delta_options)
         if final is not None:
             result.version = final.version()
             result.size_bytes, result.num_files = table_stats(final)
+            result.engine_metrics = batch_metrics(final, batch_id, result.commits)
         return result
 
     def _protect(self, contract: Contract, rows: DataFrame) -> DataFrame:
