@@ -79,7 +79,7 @@ def test_a_table_loaded_month_by_month_gets_every_later_change_by_the_next_open_
     query(seeded, f"UPDATE tests.{table} SET status = 'CANCELLED', updated_at = now() WHERE {key} = {first}")
     query(seeded, f"UPDATE tests.{table} SET status = 'PENDING', updated_at = now() WHERE {key} = {never}")
     events = _run(b, instance, table, OPEN_MONTH)
-    assert latest_watermark(b.table(table)) is not None, "the first run of the open month starts the watermark"
+    assert latest_watermark(b.table(table)) is not None, "the open month's first run starts the watermark"
     assert set(events) == {OLD_MONTH.isoformat(), OPEN_MONTH.isoformat()}, \
         "the never-loaded month is not reported, the old month is"
     assert NEVER_MONTH.isoformat() not in instance.get_materialized_partitions(dg.AssetKey(f"bz_{table}"))
