@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,20 +193,20 @@ def test_resolve_source_dsn_from_secrets(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KUser", "loader")
     monkeypatch.setenv("KPassword", "p@ss:w/rd")
     dsn = resolve_source_dsn()
-    assert dsn == "postgresql://loader:p%40ss%3Aw%2Frd@db.example:5432/DE?sslmode=require"
+    assert dsn == "postgresql://loader:p%40ss%3Aw%2Frd@db.example:5432/DE?sslmode=require&connect_timeout=10"
     assert "p%40ss" not in redact_secrets(f"using {dsn}") and "p@ss:w/rd" not in redact_secrets(dsn)
     # explicit and $BRONZE_SOURCE_DSN come first
-    assert resolve_source_dsn("postgresql://x@h/db") == "postgresql://x@h/db"
+    assert resolve_source_dsn("postgresql://x@h/db") == "postgresql://x@h/db?connect_timeout=10"
     monkeypatch.setenv("BRONZE_SOURCE_DSN", "postgresql://env@h/db")
-    assert resolve_source_dsn() == "postgresql://env@h/db"
+    assert resolve_source_dsn() == "postgresql://env@h/db?connect_timeout=10"
 
 
 @pytest.mark.parametrize(("conn", "expected"), [
-    ("jdbc:postgresql://db:5432/DE", "postgresql://loader:pw1x@db:5432/DE"),
-    ("postgresql://old:oldpw@db/DE", "postgresql://loader:pw1x@db/DE"),
+    ("jdbc:postgresql://db:5432/DE", "postgresql://loader:pw1x@db:5432/DE?connect_timeout=10"),
+    ("postgresql://old:oldpw@db/DE", "postgresql://loader:pw1x@db/DE?connect_timeout=10"),
     ("Server=db.postgres.database.azure.com;Database=DE;Port=5432;Ssl Mode=Require;",
-     "postgresql://loader:pw1x@db.postgres.database.azure.com:5432/DE?sslmode=Require"),
-    ("host=db dbname=DE", "host=db dbname=DE user='loader' password='pw1x'"),
+     "postgresql://loader:pw1x@db.postgres.database.azure.com:5432/DE?sslmode=Require&connect_timeout=10"),
+    ("host=db dbname=DE", "host=db dbname=DE user='loader' password='pw1x' connect_timeout=10"),
 ])
 def test_connection_string_forms(monkeypatch: pytest.MonkeyPatch, conn: str, expected: str) -> None:
     monkeypatch.setenv("KConnectionString", conn)
@@ -213,7 +217,7 @@ def test_connection_string_forms(monkeypatch: pytest.MonkeyPatch, conn: str, exp
 
 def test_ado_string_with_its_own_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KConnectionString", "Host=db;Database=DE;Username=app;Password=a;b=c")
-    assert resolve_source_dsn() == "postgresql://app:a@db/DE"
+    assert resolve_source_dsn() == "postgresql://app:a@db/DE?connect_timeout=10"
 
 
 def test_connection_error_from_secret_dsn_hides_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,3 +229,30 @@ def test_connection_error_from_secret_dsn_hides_the_password(monkeypatch: pytest
         connect(dsn)
     assert PLANTED not in str(info.value) and "pl4nted" not in str(info.value)
     assert "host=127.0.0.1" in str(info.value)
+
+
+REDACTION_PROBE = """
+import logging, dagster as dg
+from bronze_assets.defs.resources import PostgresSource
+
+@dg.asset
+def probe(context: dg.AssetExecutionContext, source: PostgresSource) -> None:
+    context.log.info("connecting with postgresql://loader:S3cret-Probe-Pw@db:5432/DE")
+    logging.getLogger("probe").warning("retry with S3cret-Probe-Pw")
+
+assert dg.materialize([probe], resources={"source": PostgresSource()}).success
+"""
+
+
+def test_every_dagster_entry_point_redacts_the_source_password(tmp_path: Path) -> None:
+    """Redaction is installed by the source resource's set-up, not only by the ``bronze`` CLI: a
+    fresh interpreter that only materializes an asset (as ``dagster asset materialize`` or the UI
+    does) never prints the configured DSN's password."""
+    env = {**os.environ, "BRONZE_SOURCE_DSN": "postgresql://loader:S3cret-Probe-Pw@db:5432/DE",
+           "DAGSTER_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", REDACTION_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-2000:]
+    assert "connecting with" in output and "retry with ***" in output
+    assert "S3cret-Probe-Pw" not in output

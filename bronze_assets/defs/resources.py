@@ -7,7 +7,9 @@ from pydantic import Field
 
 from bronze_assets.defs.engines import BronzeEngine
 from bronze_assets.lib.delta.io_manager import BronzeDeltaIOManager, BronzeStorage
-from bronze_assets.lib.source.postgres import resolve_source_dsn
+from bronze_assets.lib.secrets import install_log_redaction, register_secret
+from bronze_assets.lib.source.dsn import dsn_parts
+from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
 from bronze_assets.settings import ENV_SOURCE_DSN
 
 __all__ = ["BronzeDeltaIOManager", "BronzeEngine", "BronzeStorage", "PostgresSource", "resources"]
@@ -20,6 +22,14 @@ class PostgresSource(dg.ConfigurableResource):
         default=None,
         description=f"libpq URI; unset means ${ENV_SOURCE_DSN}, else the embedded server.",
     )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Every entry point that runs bronze assets (``dagster asset materialize``, the UI, the
+        daemon, ``bronze demo``) masks the source's password and other secrets in every log record."""
+        install_log_redaction()
+        dsn = self.dsn or configured_source_dsn()
+        if dsn:
+            register_secret(dsn_parts(dsn).get("password"))
 
     def resolved_dsn(self) -> str:
         """The URI to connect to (starting the embedded server when none is configured)."""
