@@ -46,7 +46,7 @@ def catalog_sql(schema: str, table: str) -> str:
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typtype::text, "
         "CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END, "
         "NOT a.attnotnull, a.attidentity::text, a.attgenerated::text, "
-        "array_position(i.indkey::int2[], a.attnum) "
+        "array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1 "
         "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
         "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
         f"WHERE a.attrelid = {regclass} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
@@ -69,8 +69,8 @@ def contract_from_catalog(
     """
     if not columns:
         raise LookupError(f"table {table!r} not found (or it has no columns)")
-    key = tuple(primary_key) if primary_key is not None else tuple(
-        c.name for c in sorted((c for c in columns if c.key_position), key=lambda c: c.key_position or 0))
+    in_key = sorted((c for c in columns if c.key_position is not None), key=lambda c: c.key_position or 0)
+    key = tuple(primary_key) if primary_key is not None else tuple(c.name for c in in_key)
     if not key:
         raise ValueError(f"table {table!r} has no primary key: name the column(s) that identify a row")
     return Contract(
