@@ -516,9 +516,9 @@ def _to_arrow(contract: Contract, cols: Columns, nulls: dict[str, np.ndarray], n
             arr = values.to_arrow().cast(target)
         elif col.type.is_numeric:
             arr = _cents_to_decimal(np.asarray(values), target)
-        elif col.type is PgType.DATE:
+        elif col.type == PgType.DATE:
             arr = pa.array(np.asarray(values, dtype=np.int32), pa.int32()).view(target)
-        elif col.type is PgType.TIMESTAMPTZ:
+        elif col.type == PgType.TIMESTAMPTZ:
             arr = pa.array(np.asarray(values, dtype=np.int64), pa.int64()).view(target)
         else:
             arr = pa.array(np.asarray(values).astype(target.to_pandas_dtype()), target)

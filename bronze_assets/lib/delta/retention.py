@@ -39,7 +39,7 @@ def business_date_column(contract: Contract) -> str | None:
     """The date retention applies to: the partitioning business date, else the first DATE column."""
     if contract.partitioning.business_date_column:
         return contract.partitioning.business_date_column
-    return next((c.name for c in contract.columns if c.type is PgType.DATE), None)
+    return next((c.name for c in contract.columns if c.type == PgType.DATE), None)
 
 
 def cutoff_date(today: date, years: int) -> date:
