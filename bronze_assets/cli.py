@@ -129,17 +129,26 @@ _ROLES = ("analyst", "engineer", "scientist", "operations", "admin")  # = govern
 @click.argument("table")
 @click.option("--role", type=click.Choice(_ROLES), required=True,
               help="Whose view to show: PII is decrypted, masked or hidden per the access matrix.")
-@click.option("--limit", type=int, default=20, show_default=True, help="Rows to show (0 = all).")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Rows to show (0 = all).")
+@click.option("--where", "where", default=None, metavar="CONDITION",
+              help="Only rows matching this SQL condition on the table's columns, e.g. "
+                   "\"status = 'SHIPPED' AND order_date >= DATE '2025-01-01'\" (DataFusion SQL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output: aligned text, CSV, or JSON Lines (one object per row).")
 @click.option("--columns", default=None, metavar="A,B,…", help="Only these columns (default: all).")
-def read(table: str, role: str, limit: int, fmt: str, columns: str | None) -> None:
-    """Print bz_<TABLE> as ROLE may see it; every read of a PII table is audited."""
+def read(table: str, role: str, limit: int, where: str | None, fmt: str, columns: str | None) -> None:
+    """Print bz_<TABLE> as ROLE may see it, in primary key order; every read of a PII table is
+    audited."""
     from bronze_assets.lib.governance import PiiKeyError, TableNotLoadedError, read_table
+    from bronze_assets.lib.governance.reader import ReadConditionError
 
     try:
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-        data = read_table(table, role, columns=cols, limit=limit or None)
+        data = read_table(table, role, columns=cols, limit=limit or None, where=where)
+    except ReadConditionError as exc:
+        _fail(f"--where: {exc}")
+        return
     except (KeyError, ValueError, TableNotLoadedError, PiiKeyError) as exc:
         _fail(str(exc).strip("'\""))
         return
@@ -148,6 +157,8 @@ def read(table: str, role: str, limit: int, fmt: str, columns: str | None) -> No
 
 def _print_table(data, fmt: str) -> None:  # type: ignore[no-untyped-def]
     import json
+
+    import pyarrow as pa
 
     rows = data.to_pylist()
     if fmt == "json":
@@ -160,12 +171,19 @@ def _print_table(data, fmt: str) -> None:  # type: ignore[no-untyped-def]
         writer.writerow(data.column_names)
         writer.writerows([["" if v is None else v for v in r.values()] for r in rows])
     else:
+        numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+                   for t in data.schema.types]
         cells = [[("NULL" if v is None else str(v)) for v in r.values()] for r in rows]
         widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(data.column_names)]
-        click.echo("  ".join(n.ljust(w) for n, w in zip(data.column_names, widths, strict=True)))
+
+        def line(values: list[str]) -> str:  # numbers right-aligned, no trailing blanks
+            return "  ".join(v.rjust(w) if num else v.ljust(w)
+                             for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+        click.echo(line(data.column_names))
         for c in cells:
-            click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
-        click.echo(f"({len(rows)} rows)", err=True)
+            click.echo(line(c))
+        click.echo(f"({len(rows):,} row{'' if len(rows) == 1 else 's'})", err=True)
 
 
 @main.command("uc-sql")

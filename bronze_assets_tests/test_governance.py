@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
@@ -201,3 +205,107 @@ def test_quarantined_customers_hold_no_plaintext_pii(bronze: Bronze) -> None:
     blobs = [p.read_bytes() for p in Path(bronze.root).rglob("*.parquet")]
     for value in secrets:
         assert all(value.encode() not in blob for blob in blobs), f"plaintext {value!r} quarantined"
+
+
+# --------------------------------------------------------------------------- bronze read (issue #22)
+BRONZE_CLI = Path(sys.executable).with_name("bronze")
+
+
+def _read_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``bronze read`` in its own interpreter: the crash of #22 came at interpreter exit, after the
+    rows were printed, so only a real process exit shows it (a hang fails by the timeout)."""
+    return subprocess.run([str(BRONZE_CLI), "read", *args], env=dict(os.environ), capture_output=True,
+                          text=True, timeout=120)
+
+
+def _keys(dsn: str, table: str, key: str, where: str = "TRUE", limit: int | None = None) -> list[int]:
+    sql = f"SELECT {key} FROM tests.{table} WHERE {where} ORDER BY {key}"
+    return [r[0] for r in query(dsn, sql + (f" LIMIT {limit}" if limit else ""))]
+
+
+def test_cli_read_of_partitioned_tables_exits_0_with_rows_in_key_order(bronze: Bronze) -> None:
+    bronze.load_direct("orders")
+    bronze.load_direct("shipments")
+    files = len(bronze.table("orders").file_uris())
+    assert files > 10, f"bz_orders must span many files (one per month) to show the bug, has {files}"
+    for limit in (1, 2, 7, 20):
+        done = _read_cli("orders", "--role", "analyst", "--limit", str(limit), "--format", "json")
+        assert done.returncode == 0, (limit, done.returncode, done.stderr[-2000:])
+        got = [json.loads(line)["order_id"] for line in done.stdout.splitlines()]
+        assert got == _keys(bronze.dsn, "orders", "order_id", limit=limit), f"--limit {limit}"
+    everything = _read_cli("shipments", "--role", "analyst", "--limit", "0", "--format", "csv",
+                           "--columns", "shipment_id")
+    assert everything.returncode == 0, everything.stderr[-2000:]
+    shipment_ids = [int(v) for v in everything.stdout.splitlines()[1:]]
+    assert shipment_ids == _keys(bronze.dsn, "shipments", "shipment_id")
+
+    where = "status = 'DELIVERED' AND order_id > 100"
+    filtered = _read_cli("orders", "--role", "analyst", "--where", where, "--limit", "5",
+                         "--columns", "order_id,status,total_amount")
+    assert filtered.returncode == 0, filtered.stderr[-2000:]
+    lines = filtered.stdout.splitlines()
+    assert [int(line.split()[0]) for line in lines[1:]] == _keys(bronze.dsn, "orders", "order_id", where, 5)
+    assert all(line == line.rstrip() for line in lines), "no trailing blanks"
+    assert lines[0].split() == ["order_id", "status", "total_amount"] and "(5 rows)" in filtered.stderr
+    one = _read_cli("orders", "--role", "analyst", "--where", "order_id = 7", "--columns", "order_id")
+    assert one.returncode == 0 and one.stdout.split() == ["order_id", "7"] and "(1 row)" in one.stderr
+
+
+def test_read_where_errors_name_the_table_and_the_problem(bronze: Bronze) -> None:
+    bronze.load_direct("orders")
+    runner = CliRunner()
+    cases = {
+        "order_id >": "does not parse: Expected: an expression, found: the end of the condition",
+        "order_id = 1; DROP TABLE x":
+            "does not parse: Expected: the end of the condition, found: ; at column 13",
+        "nope = 1": "names no column of the table: nope; its columns are order_id, customer_id",
+        "order_id = 'x'": "cannot be applied: Arrow error: Cast error: Cannot cast string 'x'",
+        "  ": "the condition is empty",
+    }
+    for where, problem in cases.items():
+        result = runner.invoke(main, ["read", "orders", "--role", "admin", "--where", where])
+        assert result.exit_code == 1, (where, result.output)
+        assert f"error: --where: bz_orders: {'' if not where.strip() else 'the condition '}" in result.output
+        assert problem in result.output, (where, result.output)
+    # the Python API: ``where`` in the query, ``filters`` on what it returns, then the limit; key order
+    got = read_as("orders", "analyst", storage=bronze.root, columns=["order_id"], where="order_id % 2 = 0",
+                  filters=[("status", "=", "DELIVERED")], limit=4)
+    assert got["order_id"].to_pylist() == _keys(bronze.dsn, "orders", "order_id",
+                                                 "order_id % 2 = 0 AND status = 'DELIVERED'", 4)
+    assert got.schema.field("order_id").type == pa.int64()
+
+
+def test_read_where_on_personal_data_keeps_the_matrix(bronze: Bronze) -> None:
+    bronze.materialize("customers")
+    bronze.load_direct("suppliers")
+    runner = CliRunner()
+    encrypted = runner.invoke(main, ["read", "customers", "--role", "admin", "--where", "email LIKE 'a%'"])
+    assert encrypted.exit_code == 1
+    assert "bz_customers: the condition \"email LIKE 'a%'\" names email, stored encrypted" in encrypted.output
+    assert "filter on customer_id instead" in encrypted.output
+    masked = runner.invoke(main, ["read", "suppliers", "--role", "analyst", "--where",
+                                  "CONTACT_NUMBER LIKE '5%'"])
+    assert masked.exit_code == 1 and "names contact_number, which role analyst reads masked" in masked.output
+    subquery = runner.invoke(main, ["read", "suppliers", "--role", "analyst", "--where",
+                                    "supplier_id IN (SELECT supplier_id FROM bronze)"])
+    assert subquery.exit_code == 1 and "holds a subquery" in subquery.output
+    (supplier, phone), *_ = query(bronze.dsn, "SELECT supplier_id, contact_number FROM tests.suppliers WHERE "
+                                              "contact_number NOT LIKE '%''%' ORDER BY supplier_id")
+    seen = runner.invoke(main, ["read", "suppliers", "--role", "engineer", "--format", "json",
+                                "--where", f"contact_number = '{phone}'", "--columns", "supplier_id"])
+    assert seen.exit_code == 0, seen.output
+    assert supplier in [json.loads(line)["supplier_id"] for line in seen.stdout.splitlines()]
+    ids = runner.invoke(main, ["read", "customers", "--role", "analyst", "--format", "json",
+                               "--where", "customer_id IN (9, 4)"])
+    assert ids.exit_code == 0, ids.output
+    rows = [json.loads(line) for line in ids.stdout.splitlines()]
+    assert [r["customer_id"] for r in rows] == [4, 9]
+    assert all(r["email"] is None or "***" in r["email"] for r in rows), "masked as ever"
+    audit = [a for a in read_table(str(bronze.root), AUDIT_LOG).to_pylist()
+             if a["operation_type"] == "PII_READ"]
+    refused = [a for a in audit if a["status"] == "FAILED"]
+    assert len(refused) == 3 and all("ReadConditionError" in a["error_message"] for a in refused), \
+        "refused reads of PII tables are audited as before"
+    ok = [json.loads(a["details"]) for a in audit if a["status"] == "SUCCESS"]
+    assert {d["where"] for d in ok} == {f"contact_number = '{phone}'", "customer_id IN (9, 4)"}
+    assert [d["masked"] for d in ok if d["where"].startswith("customer_id")] == [["customer_name", "email"]]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,11 +17,12 @@ from click.testing import CliRunner
 from bronze_assets.cli import main
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
-from bronze_assets.lib.monitoring.status import FRESH, NEVER, STALE, bronze_status
+from bronze_assets.lib.monitoring.status import FRESH, MATERIALIZE, NEVER, NO_SNAPSHOT, STALE, bronze_status
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_status_reports_fresh_stale_failed_and_never_loaded(fresh_dsn: str, tmp_path: Path,
@@ -60,3 +65,98 @@ def test_status_reports_fresh_stale_failed_and_never_loaded(fresh_dsn: str, tmp_
     text = CliRunner().invoke(main, ["status"])
     assert text.exit_code == 1 and "bz_customers: last load failed" in text.output
     assert "bz_orders: never loaded" in text.output
+
+
+def _hinted(output: str, table: str) -> list[str]:
+    """The command ``bronze status`` tells the user to run for ``table`` (between backticks)."""
+    (line,) = [line for line in output.splitlines() if line.startswith(f"{table}: ")]
+    command = re.search(r"`(dagster asset materialize [^`]+)`", line)
+    assert command, line
+    return command.group(1).split()
+
+
+def _run_hint(words: list[str], env: dict[str, str]) -> None:
+    """Run a hinted ``dagster …`` command exactly as printed, in a shell-like subprocess."""
+    assert words[:3] == ["dagster", "asset", "materialize"]
+    done = subprocess.run([sys.executable, "-m", "dagster", *words[1:]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_status_hints_the_partitioned_command_and_flags_a_missing_snapshot(
+        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    today = datetime.now(UTC).date()
+    start = today - timedelta(days=2)
+    monkeypatch.setenv("BRONZE_START_DATE", start.isoformat())
+    monkeypatch.setenv("BRONZE_PARTITIONS_START", "2026-01-01")  # fewer months for the ranged run
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    query(fresh_dsn, "UPDATE tests.returns SET updated_at = now() WHERE return_id % 5 = 0")
+    b = Bronze(fresh_dsn, tmp_path / "bronze")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = dict(os.environ) | {"BRONZE_SOURCE_DSN": fresh_dsn, "BRONZE_ROOT": str(b.root),
+                              "DAGSTER_HOME": str(home)}
+    instance = dg.DagsterInstance.ephemeral()
+    # the trial's trap: only today's partition of a daily table, which reads today's changes only
+    b.materialize("returns", partition=today.isoformat(), instance=instance)
+    assert 0 < b.read("returns").height < query(fresh_dsn, "SELECT count(*) FROM tests.returns")[0][0]
+
+    rows = {s.table: s for s in bronze_status(str(b.root), instance=instance)}
+    returns = rows["bz_returns"]
+    assert (returns.freshness, returns.state, returns.healthy) == (FRESH, NO_SNAPSHOT, False)
+    assert (returns.snapshot_partition, returns.snapshot_loaded) == (start.isoformat(), False)
+    assert returns.action == f"{MATERIALIZE} bz_returns --partition {start.isoformat()}"
+    month = today.replace(day=1).isoformat()
+    assert rows["bz_orders"].action == f"{MATERIALIZE} bz_orders --partition-range 2026-01-01...{month}"
+    assert rows["bz_stock_levels"].action == \
+        f"{MATERIALIZE} bz_stock_levels --partition-range {start.isoformat()}...{today.isoformat()}"
+    assert rows["bz_products"].action == f"{MATERIALIZE} bz_products"
+    assert rows["bz_products"].snapshot_loaded is None and rows["bz_orders"].snapshot_loaded is None
+
+    monkeypatch.setenv("BRONZE_ROOT", str(b.root))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    text = CliRunner().invoke(main, ["status"])
+    assert text.exit_code == 1, text.output
+    assert re.search(r"^bz_returns +NO SNAPSHOT ", text.output, re.M), text.output
+    assert f"bz_returns: its snapshot partition {start.isoformat()} (BRONZE_START_DATE" in text.output
+    report = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)
+    (entry,) = [t for t in report["tables"] if t["table"] == "bz_returns"]
+    assert entry["freshness"] == FRESH and entry["state"] == NO_SNAPSHOT and entry["healthy"] is False
+    assert entry["snapshot_loaded"] is False and entry["action"] == returns.action
+
+    # the hints work as printed: the snapshot partition, and every month of a monthly table in one run
+    _run_hint(_hinted(text.output, "bz_returns"), env)
+    _run_hint(_hinted(text.output, "bz_orders"), env)
+    after = CliRunner().invoke(main, ["status", "--json"])
+    tables = {t["table"]: t for t in json.loads(after.output)["tables"]}
+    assert tables["bz_returns"]["state"] == FRESH and tables["bz_returns"]["healthy"] is True
+    assert tables["bz_returns"]["snapshot_loaded"] is True and tables["bz_returns"]["action"] is None
+    assert tables["bz_returns"]["active"] == query(fresh_dsn, "SELECT count(*) FROM tests.returns")[0][0]
+    assert tables["bz_orders"]["healthy"] is True
+    assert tables["bz_orders"]["active"] == query(fresh_dsn, "SELECT count(*) FROM tests.orders")[0][0]
+
+
+def test_a_snapshot_counts_as_loaded_by_old_rows_or_by_dagster(fresh_dsn: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    today = datetime.now(UTC).date()
+    start = today - timedelta(days=1)
+    monkeypatch.setenv("BRONZE_START_DATE", start.isoformat())
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    # every stock level changed today: the snapshot partition finds nothing and commits nothing
+    query(fresh_dsn, "UPDATE tests.stock_levels SET updated_at = now()")
+    b = Bronze(fresh_dsn, tmp_path / "bronze")
+    instance = dg.DagsterInstance.ephemeral()
+    # a CDC table's first run reads the whole table in its slot's snapshot, whatever its partition
+    b.materialize("inventory", partition=today.isoformat(), instance=instance)
+    assert b.read("inventory").height == query(fresh_dsn, "SELECT count(*) FROM tests.inventory")[0][0]
+    b.materialize("stock_levels", partition=start.isoformat(), instance=instance)
+    b.materialize("stock_levels", partition=today.isoformat(), instance=instance)
+    assert b.table("stock_levels").get_add_actions(flatten=True).num_rows >= 1
+
+    plain = {s.table: s for s in bronze_status(str(b.root))}
+    assert plain["bz_inventory"].snapshot_loaded is True and plain["bz_inventory"].state == FRESH, \
+        "all history is in today's files: rows updated before the snapshot day ended"
+    assert plain["bz_stock_levels"].state == NO_SNAPSHOT, "nothing in the Delta log shows the snapshot"
+    known = {s.table: s for s in bronze_status(str(b.root), instance=instance)}
+    assert known["bz_stock_levels"].snapshot_loaded is True and known["bz_stock_levels"].healthy, \
+        "Dagster recorded the (empty) snapshot partition as materialized"

@@ -1,26 +1,47 @@
 """``bronze status``: is every bronze table fresh, and what failed? One row per contract.
 
 Figures come from where they are true: the Delta table (version, files, rows by status, the
-watermark in its commit metadata), ``bz_audit_log`` (last successful and last failed load), and
-the Dagster instance (latest asset check results), when one is configured.
+watermark in its commit metadata, the partitions its files live in), ``bz_audit_log`` (last
+successful and last failed load), and the Dagster instance (latest asset check results), when one
+is configured.
+
+Every problem line names the command that fixes it: ``dagster asset materialize`` with the
+partition(s) a partitioned asset needs (Dagster refuses a partitioned asset without one).
+
+**The snapshot partition.** A daily table's ``$BRONZE_START_DATE`` partition is its initial
+snapshot: all history before go-live lands there (ARCHITECTURE §2.4). A table whose later days
+were loaded but not that one looks fresh while its history waits in the source, so it gets its own
+state, ``NO SNAPSHOT`` (unhealthy, exit code 1), with the command that loads it. The snapshot counts
+as loaded when the table's Delta log shows it — a live file in that ``load_date`` partition, or a
+file holding rows updated before the end of that day (only a load that covers the snapshot brings
+them: a CDC table's first run reads the whole table in its slot's snapshot, whatever its partition)
+— else, when an instance is configured, when Dagster recorded that partition as materialized (a
+snapshot that found no rows commits nothing). The add actions are read once anyway (for the file
+count), so the first two cost nothing more; commit metadata would not do: ``bronze.partitions`` is
+not written by every kind of load and the commits that carry it leave the log after its retention.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.contracts import CONTRACTS, Contract, PartitionKind
 from bronze_assets.defs.freshness import WINDOWS
+from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
-from bronze_assets.lib.delta.merge import latest_watermark, read_columns, table_stats
+from bronze_assets.lib.delta.merge import latest_watermark, read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
+from bronze_assets.settings import start_date
 
 FRESH, STALE, NEVER = "fresh", "STALE", "never loaded"
+FAILED_STATE, NO_SNAPSHOT = "FAILED", "NO SNAPSHOT"  # states beyond freshness (TableStatus.state)
+MATERIALIZE = "dagster asset materialize -m bronze_assets.definitions --select"
 
 
 @dataclass
@@ -45,14 +66,43 @@ class TableStatus:
     last_failure: datetime | None = None
     last_error: str | None = None
     last_load_failed: bool = False
+    partitioning: str = PartitionKind.NONE.value  # none / daily / monthly
+    # daily tables: the $BRONZE_START_DATE partition (the initial snapshot) and whether it was
+    # loaded; None for other tables
+    snapshot_partition: str | None = None
+    snapshot_loaded: bool | None = None
+    load_command: str = ""  # loads the whole table: every partition up to the open one, in one run
+    refresh_command: str = ""  # brings every change since the last load: the open partition's run
+    snapshot_command: str | None = None  # daily tables: loads the snapshot partition
 
     @property
     def healthy(self) -> bool:
-        return self.freshness == FRESH and not self.last_load_failed
+        return self.freshness == FRESH and not self.last_load_failed and self.snapshot_loaded is not False
+
+    @property
+    def state(self) -> str:
+        """What the status column shows: FAILED, never loaded, STALE, NO SNAPSHOT or fresh."""
+        if self.last_load_failed:
+            return FAILED_STATE
+        if self.freshness == FRESH and self.snapshot_loaded is False:
+            return NO_SNAPSHOT
+        return self.freshness
+
+    @property
+    def action(self) -> str | None:
+        """The command that fixes the table's state (None: healthy, or a failed load whose cause
+        needs fixing first, see ``last_error``)."""
+        if self.last_load_failed:
+            return None
+        if self.freshness == NEVER:
+            return self.load_command
+        if self.freshness == STALE:
+            return self.refresh_command
+        return self.snapshot_command if self.snapshot_loaded is False else None
 
     def as_json(self) -> dict[str, Any]:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items()} \
-            | {"healthy": self.healthy}
+            | {"healthy": self.healthy, "state": self.state, "action": self.action}
 
 
 def _loads(storage: Storage) -> dict[str, dict[str, tuple[datetime, str]]]:
@@ -92,15 +142,69 @@ def _check_results(contract: Contract, instance: Any) -> tuple[dict[str, str], s
     return results, headline
 
 
+def commands(contract: Contract, now: datetime) -> tuple[str, str, str | None]:
+    """(load the whole table, refresh it, load its snapshot partition): the ``dagster asset
+    materialize`` commands, with the partition keys Dagster's partitions definition gives at
+    ``now``. The whole table is one run over every partition up to the open one
+    (``--partition-range``: our partitioned assets have a single-run backfill policy), which also
+    starts its watermark; the refresh is the open partition's run, which brings every change since
+    the watermark; the snapshot is the daily tables' ``$BRONZE_START_DATE`` partition."""
+    base = f"{MATERIALIZE} {contract.bronze_table}"
+    parts = partitions_def(contract)
+    if parts is None:
+        return base, base, None
+    keys = parts.get_partition_keys(current_time=now)
+    snapshot = (f"{base} --partition {start_date().isoformat()}"
+                if contract.partitioning.kind is PartitionKind.DAILY_LOAD_DATE else None)
+    if not keys:  # its first partition lies in the future
+        first_key = f"{base} --partition {parts.start.date().isoformat()}"
+        return first_key, first_key, snapshot
+    first, last = keys[0], keys[-1]
+    whole = f"{base} --partition {first}" if first == last else f"{base} --partition-range {first}...{last}"
+    return whole, f"{base} --partition {last}", snapshot
+
+
+def snapshot_loaded(contract: Contract, actions: pa.Table | None, instance: Any = None) -> bool:
+    """Whether the daily table's snapshot partition (``$BRONZE_START_DATE``) was loaded, from its
+    live files' add actions (None: no table), else from ``instance``: see the module docstring for
+    the evidence and why it is this evidence."""
+    day = start_date()
+    if actions is not None and actions.num_rows:
+        column = f"partition.{contract.partitioning.delta_column}"
+        if column in actions.column_names and \
+                pc.any(pc.equal(actions[column].cast(pa.date32()), pa.scalar(day, pa.date32()))).as_py():
+            return True
+        if "min.updated_at" in actions.column_names:
+            oldest = pc.min(actions["min.updated_at"]).as_py()
+            end = datetime.combine(day + timedelta(days=1), time(), UTC)
+            if oldest is not None and _utc(oldest) < end:
+                return True
+    if instance is not None:
+        import dagster as dg
+
+        return day.isoformat() in instance.get_materialized_partitions(dg.AssetKey(contract.bronze_table))
+    return False
+
+
+def _utc(value: datetime | date) -> datetime:
+    if not isinstance(value, datetime):
+        return datetime.combine(value, time(), UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def table_status(contract: Contract, storage: Storage, now: datetime, loads: dict, instance: Any = None,
                  ) -> TableStatus:
     """The :class:`TableStatus` of ``contract``'s bronze table at ``now``."""
     fail_window, _ = WINDOWS[contract.cadence]
-    status = TableStatus(contract.bronze_table, contract.cadence.value, fail_window / timedelta(hours=1))
+    status = TableStatus(contract.bronze_table, contract.cadence.value, fail_window / timedelta(hours=1),
+                         partitioning=contract.partitioning.kind.value)
+    status.load_command, status.refresh_command, status.snapshot_command = commands(contract, now)
     dt = storage.open(contract.bronze_table)
+    actions = None
     if dt is not None:
         status.delta_version = dt.version()
-        _, status.files = table_stats(dt)
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        status.files = actions.num_rows
         counts = pc.value_counts(read_columns(dt, ["record_status"])["record_status"]).to_pylist()
         by_status = {c["values"]: c["counts"] for c in counts}
         status.active, status.deleted = by_status.get("ACTIVE", 0), by_status.get("DELETED", 0)
@@ -118,6 +222,9 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         status.last_load_failed = status.last_success is None or status.last_failure > status.last_success
     if instance is not None:
         status.checks, status.failing_check = _check_results(contract, instance)
+    if contract.partitioning.kind is PartitionKind.DAILY_LOAD_DATE:
+        status.snapshot_partition = start_date().isoformat()
+        status.snapshot_loaded = snapshot_loaded(contract, actions, instance)
     return status
 
 
@@ -141,14 +248,14 @@ def _age(hours: float | None) -> str:
 
 def render(statuses: list[TableStatus]) -> str:
     """A fixed-width table for the terminal, then one line per problem."""
-    head = ("table", "freshness", "last load (UTC)", "age", "window", "rows", "active", "deleted",
+    head = ("table", "state", "last load (UTC)", "age", "window", "rows", "active", "deleted",
             "version", "files", "checks", "watermark (UTC)")
     lines = [head]
     for s in statuses:
         checks = ", ".join(f"{n}={r}" for n, r in s.checks.items() if r != "passed") or \
             ("all passed" if s.checks else "-")
         lines.append((
-            s.table, ("FAILED" if s.last_load_failed else s.freshness),
+            s.table, s.state,
             s.last_success.strftime("%Y-%m-%d %H:%M") if s.last_success else "-", _age(s.age_hours),
             _age(s.freshness_window_hours), f"{s.rows:,}", f"{s.active:,}", f"{s.deleted:,}",
             "-" if s.delta_version is None else str(s.delta_version), str(s.files), checks,
@@ -161,10 +268,13 @@ def render(statuses: list[TableStatus]) -> str:
             out.append(f"{s.table}: last load failed at {s.last_failure:%Y-%m-%d %H:%M} — {s.last_error}")
         elif s.freshness == STALE:
             out.append(f"{s.table}: last successful load {_age(s.age_hours)} ago, beyond its "
-                       f"{_age(s.freshness_window_hours)} freshness window ({s.cadence} table)")
+                       f"{_age(s.freshness_window_hours)} freshness window ({s.cadence} table) — run "
+                       f"`{s.refresh_command}`")
         elif s.freshness == NEVER:
-            out.append(f"{s.table}: never loaded — run `dagster asset materialize -m "
-                       f"bronze_assets.definitions --select {s.table}` or `bronze demo`")
+            out.append(f"{s.table}: never loaded — run `{s.load_command}` or `bronze demo`")
+        if s.snapshot_loaded is False and s.freshness != NEVER:
+            out.append(f"{s.table}: its snapshot partition {s.snapshot_partition} (BRONZE_START_DATE, "
+                       f"all history before go-live) was never loaded — run `{s.snapshot_command}`")
         if s.failing_check:
             out.append(f"{s.table}: {s.failing_check}")
     return "\n".join(out)
