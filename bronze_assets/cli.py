@@ -31,8 +31,23 @@ class _Group(click.Group):
             formatter.write_dl([(v.name, f"{v.meaning} (default: {v.default})") for v in VARIABLES])
 
 
+def _verbose() -> bool:
+    """Whether ``bronze --verbose`` was given (then failures show their traceback)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("verbose"))
+
+
+def _fail_on(exc: BaseException, what: str) -> None:
+    """Exit 1 with ``exc`` as one line (the failure policy's message); with ``--verbose``, raise it."""
+    if _verbose():
+        raise exc
+    from bronze_assets.lib.failures import classify
+
+    _fail(classify(exc, what).message)
+
+
 @click.group(cls=_Group)
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details; show a failure's traceback.")
 def main(verbose: bool) -> None:
     """bronze_assets: land the inventory PostgreSQL database in Delta Lake with Dagster.
 
@@ -65,9 +80,10 @@ def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, r
     """Create schema tests and the ten source tables and fill them with generated data."""
     from bronze_assets.demo.generator import SeedOptions
     from bronze_assets.demo.seed import SourceNotEmptyError, seed_source
-    from bronze_assets.lib.source.dsn import describe_dsn
+    from bronze_assets.lib.source.dsn import describe_dsn, redact
     from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
 
+    target = None
     try:
         kwargs = {"as_of": _as_of(as_of)} if as_of else {}
         options = SeedOptions(scale=scale, defect_rate=defect_rate, seed=seed_value, **kwargs)
@@ -75,6 +91,16 @@ def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, r
         report = seed_source(target, options, reset=reset)
     except (SourceNotEmptyError, SourceConnectionError, ValueError) as exc:
         _fail(str(exc))
+        return
+    except Exception as exc:  # e.g. a role that may not create schema tests: one line, not a traceback
+        from bronze_assets.lib.failures import Cause, explain
+
+        cause, detail, _ = explain(exc)
+        if cause is not Cause.PERMISSION or _verbose():
+            _fail_on(exc, "bronze seed")
+        _fail(f"cannot seed {describe_dsn(target or '')}: {redact(detail, target)} — bronze seed creates "
+              f"schema tests and its ten tables: run it as the database's owner (or a role with CREATE on "
+              f"the database and schema tests), or seed a scratch database via --dsn")
         return
     click.echo(f"seeded {describe_dsn(target)} schema tests in {report.seconds:.1f} s")
     width = max(len(n) for n in report.rows)

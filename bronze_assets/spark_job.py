@@ -7,8 +7,9 @@ cluster, environment variables). One script, the loaders chosen by those argumen
 
 The job loads one table with :class:`~bronze_assets.lib.spark.load.SparkLoader`, writes the
 audit rows and reports the same materialization metadata and check results as the local engine.
-A load that must not be retried (schema mismatch, missing table, duplicate keys) reports
-:data:`FAILURE` and exits cleanly, so the asset fails once with that message.
+A failed load reports :data:`FAILURE` (the one-line message and whether a retry can succeed,
+from :mod:`bronze_assets.lib.failures`, as on the local engine) and exits cleanly, so the asset
+fails with that message, once when a retry cannot fix it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime
@@ -38,17 +40,16 @@ from bronze_assets.defs.checks import (
     referential_integrity_result,
     schema_contract_result,
 )
-from bronze_assets.lib.cdc import CdcSlotLostError, acknowledge, cdc_choice, cdc_read
+from bronze_assets.lib.cdc import acknowledge, cdc_choice, cdc_read
 from bronze_assets.lib.delta.io_manager import dagster_metadata
-from bronze_assets.lib.delta.merge import DuplicateKeyError
 from bronze_assets.lib.delta.outcome import audit_failure
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext
-from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError
+from bronze_assets.lib.failures import Cause, classify
+from bronze_assets.lib.load import SchemaMismatchError
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
 from bronze_assets.lib.source import replication
-from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
-from bronze_assets.lib.source.replication import ReplicationError
+from bronze_assets.lib.source.postgres import resolve_source_dsn
 from bronze_assets.settings import data_dir
 
 FAILURE = "bronze_failure"  # custom Pipes message: {"message", "retry", "metadata"}
@@ -108,7 +109,7 @@ def _window(extras: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
 
 def run(pipes: pipes_api.PipesContext) -> None:
     """Load the table the Pipes extras name and report what happened."""
-    from bronze_assets.lib.spark.load import SparkEngineError, SparkLoader
+    from bronze_assets.lib.spark.load import SparkLoader
     from bronze_assets.lib.spark.session import spark_session
 
     extras = pipes.extras
@@ -124,6 +125,7 @@ def run(pipes: pipes_api.PipesContext) -> None:
 
     if extras.get("secret_scope"):  # the orchestrator's scope (a serverless task has no env vars)
         os.environ.setdefault("BRONZE_SECRET_SCOPE", extras["secret_scope"])
+    dsn: str | None = None
     try:
         dsn = resolve_source_dsn(None)
         loader = SparkLoader(spark_session(f"bronze {contract.bronze_table}"), storage)
@@ -140,14 +142,13 @@ def run(pipes: pipes_api.PipesContext) -> None:
     except SchemaMismatchError as exc:
         if SCHEMA_CONTRACT in checks:
             report_checks(pipes, [schema_contract_result(exc.drift, exc.quarantined)])
-        return fail(str(exc), False, quarantined_rows=exc.quarantined, batch_id=exc.batch_id)
-    except (SourceTableMissingError, SparkEngineError, DuplicateKeyError, CdcSlotLostError) as exc:
-        return fail(str(exc), False)
-    except (SourceConnectionError, ReplicationError) as exc:
-        return fail(str(exc), True)
-    except Exception as exc:
-        fail(f"Spark load failed: {type(exc).__name__}: {exc}", True)
-        raise
+        return fail(classify(exc, contract.bronze_table, dsn).message, False,
+                    quarantined_rows=exc.quarantined, batch_id=exc.batch_id)
+    except Exception as exc:  # the one failure policy, as on the local engine
+        failure = classify(exc, contract.bronze_table, dsn)
+        if failure.cause in (Cause.BUG, Cause.UNKNOWN):  # then the traceback helps (the run's log)
+            pipes.log.error(f"{contract.bronze_table}: {traceback.format_exc()}")
+        return fail(failure.message, failure.retry)
     outcome = result.outcome(contract)
     outcome.audit(storage, pipes.run_id)
     pipes.log.info(f"{contract.bronze_table}: read {result.rows:,} rows ({result.window}) in "

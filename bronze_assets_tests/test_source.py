@@ -55,9 +55,9 @@ def test_embedded_start_reuse_and_stop(tmp_path: Path) -> None:
 def test_resolve_prefers_explicit_then_env_then_embedded(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert resolve_source_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
-    monkeypatch.setenv(ENV_SOURCE_DSN, "postgresql://env@h/DE")
-    assert resolve_source_dsn() == "postgresql://env@h/DE"
+    assert resolve_source_dsn("postgresql://u@h/db") == "postgresql://u@h/db?connect_timeout=10"
+    monkeypatch.setenv(ENV_SOURCE_DSN, "postgresql://env@h/DE?connect_timeout=3")
+    assert resolve_source_dsn() == "postgresql://env@h/DE?connect_timeout=3"  # the user's own wins
     monkeypatch.delenv(ENV_SOURCE_DSN)
     from bronze_assets.lib.source.embedded import embedded_server
 

@@ -16,6 +16,8 @@ from bronze_assets.lib.enrich.metadata import METADATA_FIELDS
 GROUP = "bronze"
 OWNERS = ["team:data-engineering"]
 IO_MANAGER_KEY = "bronze_io_manager"
+# applies only to what a retry can fix (a lost connection, a conflict, a transient object-store
+# error): every other failure leaves as dg.Failure(allow_retries=False) (lib/failures.py)
 RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 

@@ -34,17 +34,16 @@ from bronze_assets.defs.checks import (
     start_quality_check,
     warm_quality_suite,
 )
-from bronze_assets.lib.cdc import CdcBatch, CdcSlotLostError, cdc_choice, stage_cdc
+from bronze_assets.lib.cdc import CdcBatch, cdc_choice, stage_cdc
 from bronze_assets.lib.cdc import acknowledge as cdc_acknowledge
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
 from bronze_assets.lib.delta.io_manager import BronzeStorage, changed_partition_events
 from bronze_assets.lib.delta.outcome import audit_failure
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.load import SchemaMismatchError, SourceTableMissingError, extract_and_stage
+from bronze_assets.lib.failures import classify, dagster_failure, failure_policy
+from bronze_assets.lib.load import SchemaMismatchError, extract_and_stage
 from bronze_assets.lib.source import replication
-from bronze_assets.lib.source.postgres import SourceConnectionError
-from bronze_assets.lib.source.replication import ReplicationError
 from bronze_assets.settings import env
 from bronze_assets.spark_job import DESCRIPTIONS, FAILURE, VOLUMES_IO
 
@@ -159,12 +158,15 @@ def request_for(context: dg.AssetExecutionContext, contract: Contract, changes_o
 
 def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage,
                 engine: BronzeEngine) -> Iterator[Any]:
-    """Run ``request`` on the engine chosen for its table; yields the asset's events."""
-    chosen = engine.engine_for(request.contract)
-    if chosen is Engine.LOCAL:
-        yield from run_local(context, request, source, bronze)
-    else:
-        yield from run_pipes(context, request, source, bronze, engine, chosen)
+    """Run ``request`` on the engine chosen for its table; yields the asset's events. Whatever
+    fails leaves through the one failure policy (:mod:`bronze_assets.lib.failures`): one line,
+    retried only when a retry can succeed; an interrupt stops the run."""
+    with failure_policy(request.contract.bronze_table, source.dsn):
+        chosen = engine.engine_for(request.contract)
+        if chosen is Engine.LOCAL:
+            yield from run_local(context, request, source, bronze)
+        else:
+            yield from run_pipes(context, request, source, bronze, engine, chosen)
 
 
 # ---------------------------------------------------------------------------------------- local
@@ -200,21 +202,15 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     dsn = source.resolved_dsn()
     try:
         staged, cdc, cdc_meta = stage_local(request, dsn, storage)
-    except (SourceConnectionError, ReplicationError) as exc:
-        failed(str(exc))
-        raise dg.Failure(str(exc), allow_retries=True) from None
-    except (SourceTableMissingError, CdcSlotLostError) as exc:
-        failed(str(exc))
-        raise dg.Failure(str(exc), allow_retries=False) from None
     except SchemaMismatchError as exc:
         failed(str(exc))
         if SCHEMA_CONTRACT in selected:
             yield schema_contract_result(exc.drift, exc.quarantined)
         meta = {"quarantined_rows": exc.quarantined, "batch_id": exc.batch_id}
-        raise dg.Failure(str(exc), allow_retries=False, metadata=meta) from None
+        raise dagster_failure(exc, contract.bronze_table, dsn, metadata=meta) from None
     except Exception as exc:
-        failed(f"extraction failed: {type(exc).__name__}: {exc}")
-        raise
+        failed(classify(exc, contract.bronze_table, dsn).message)
+        raise  # materialize's failure policy says whether a retry can fix it
     if staged.schema_drift is not None:
         if staged.schema_drift.added:
             context.log.warning(staged.schema_drift.describe())

@@ -12,10 +12,11 @@ import pyarrow as pa
 from pydantic import Field
 
 from bronze_assets.lib.delta.control import record_checkpoint
-from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError, loaded_ranges, read_columns
+from bronze_assets.lib.delta.merge import BronzeMerger, loaded_ranges, read_columns
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.failures import classify, failure_policy
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
 
 LOCAL_ENGINE = "local"
@@ -75,6 +76,12 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
                 f"BronzeDeltaIOManager stores StagedBatch outputs only; asset "
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
             )
+        # the one failure policy: one line, retried only when a retry can succeed (a duplicate
+        # key cannot, a transient object-store error can); an interrupt stops the run
+        with failure_policy(obj.contract.bronze_table):
+            self._merge(context, obj)
+
+    def _merge(self, context: dg.OutputContext, obj: StagedBatch) -> None:
         storage = self.storage.storage()
         contract = obj.contract
         try:
@@ -82,9 +89,7 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
             result = BronzeMerger(contract, storage).merge(obj, on_commit=checkpoint)
         except Exception as exc:
             audit_failure(contract, storage, context.run_id, obj.ctx.batch_time, obj.extract_seconds,
-                          f"MERGE failed: {type(exc).__name__}: {exc}")
-            if isinstance(exc, DuplicateKeyError):  # retrying cannot fix the data
-                raise dg.Failure(str(exc), allow_retries=False) from None
+                          f"MERGE failed: {classify(exc, contract.bronze_table).message}")
             raise
         finally:
             if not obj.keep_after_merge:

@@ -15,6 +15,7 @@ import atexit
 import itertools
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -96,10 +97,13 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self) -> None:
-        """Close the request pipe (the worker finishes what it has, then exits) and wait."""
+    def stop(self, wait: bool = True) -> None:
+        """Close the request pipe (the worker finishes what it has, then exits) and wait; or,
+        without ``wait``, end it now (nobody is left to read its answers)."""
         if self.process.stdin is not None and not self.process.stdin.closed:
             self.process.stdin.close()
+        if not wait:
+            self.process.terminate()
         try:
             self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
@@ -155,16 +159,19 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
-def shutdown() -> None:
-    """Stop the worker, waiting for it (the next check starts a new one)."""
+def shutdown(wait: bool = True) -> None:
+    """Stop the worker, waiting for what it has in hand unless not ``wait`` (the next check starts
+    a new one)."""
     global _worker
     with _worker_lock:
         worker, _worker = _worker, None
     if worker is not None:
-        worker.stop()
+        worker.stop(wait)
 
 
-atexit.register(shutdown)
+# at exit every answer anyone waits for has arrived: a worker still busy (a failed or interrupted
+# step's warm-up or validation) is ended rather than waited for
+atexit.register(shutdown, wait=False)
 
 
 def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
@@ -188,7 +195,11 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 
 
 def serve() -> None:
-    """The worker process's entry point: requests on stdin, answers on the original stdout."""
+    """The worker process's entry point: requests on stdin, answers on the original stdout.
+
+    A Ctrl-C in the terminal reaches every process of its process group: the worker ignores it,
+    and its parent, which the user interrupted, decides (the parent's exit closes the pipe)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     answers_fd = os.dup(1)
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
     _serve(sys.stdin.buffer, os.fdopen(answers_fd, "wb"))

@@ -1,9 +1,23 @@
-"""Describe and redact libpq connection URIs so no password ever reaches a log or an error."""
+"""Describe, normalize and redact libpq connection URIs so no password ever reaches a log or an
+error, and no connection attempt waits for the operating system's TCP timeout."""
 
 from __future__ import annotations
 
 import re
 from urllib.parse import parse_qs, unquote, urlsplit
+
+# libpq waits this long for a server to answer a connection attempt (a firewalled host would
+# otherwise hang a load for minutes, until the kernel's TCP timeout); a DSN's own value wins.
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def with_connect_timeout(dsn: str, seconds: int = DEFAULT_CONNECT_TIMEOUT_SECONDS) -> str:
+    """``dsn`` (libpq URI or keyword DSN) with ``connect_timeout`` set, unless it sets one already."""
+    if dsn_parts(dsn).get("connect_timeout"):
+        return dsn
+    if "://" in dsn:
+        return f"{dsn}{'&' if '?' in dsn else '?'}connect_timeout={seconds}"
+    return f"{dsn} connect_timeout={seconds}"
 
 
 def describe_dsn(dsn: str) -> str:
@@ -32,6 +46,7 @@ def dsn_parts(dsn: str) -> dict[str, str]:
             "db": unquote(url.path.lstrip("/")) or query.get("dbname", ""),
             "user": unquote(url.username or "") or query.get("user", ""),
             "password": unquote(url.password or "") or query.get("password", ""),
+            "connect_timeout": query.get("connect_timeout", ""),
         }
     pairs = dict(re.findall(r"(\w+)\s*=\s*('[^']*'|\S+)", dsn))
     pairs = {k: v.strip("'") for k, v in pairs.items()}
@@ -41,4 +56,5 @@ def dsn_parts(dsn: str) -> dict[str, str]:
         "db": pairs.get("dbname", ""),
         "user": pairs.get("user", ""),
         "password": pairs.get("password", ""),
+        "connect_timeout": pairs.get("connect_timeout", ""),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bronze_assets.lib.source.dsn import describe_dsn, redact
+from bronze_assets.lib.source.dsn import describe_dsn, redact, with_connect_timeout
 from bronze_assets.settings import ENV_SOURCE_DSN, source_dsn_from_env
 
 # ARCHITECTURE §2.2: every rendering is independent of the role's and database's defaults:
@@ -22,29 +22,43 @@ class SourceConnectionError(RuntimeError):
 def resolve_source_dsn(dsn: str | None = None) -> str:
     """The DSN to use: ``dsn`` if given, else ``$BRONZE_SOURCE_DSN``, else the secret
     ``KConnectionString`` (with ``KUser``/``KPassword`` filled in when given separately; see
-    :mod:`bronze_assets.lib.secrets`), else the embedded server."""
-    from bronze_assets.lib.secrets import source_dsn_from_secrets
-
-    dsn = dsn or source_dsn_from_env() or source_dsn_from_secrets()
+    :mod:`bronze_assets.lib.secrets`), else the embedded server. Every connection bronze opens
+    (ADBC, psycopg2, Spark's JDBC) uses this DSN, so it carries libpq's ``connect_timeout``
+    (:data:`~bronze_assets.lib.source.dsn.DEFAULT_CONNECT_TIMEOUT_SECONDS` unless it sets one)."""
+    dsn = dsn or configured_source_dsn()
     if dsn:
-        return dsn
+        return with_connect_timeout(dsn)
     from bronze_assets.lib.source.embedded import embedded_server
 
-    return embedded_server().start()
+    return with_connect_timeout(embedded_server().start())
+
+
+def configured_source_dsn() -> str | None:
+    """The DSN the user configured (``$BRONZE_SOURCE_DSN`` or the ``KConnectionString`` secret),
+    or None when bronze uses its embedded server."""
+    from bronze_assets.lib.secrets import source_dsn_from_secrets
+
+    return source_dsn_from_env() or source_dsn_from_secrets()
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> Any:
-    """Open an ADBC PostgreSQL connection (DB-API) to ``dsn``, session pinned (UTC, ISO dates)."""
+    """Open an ADBC PostgreSQL connection (DB-API) to ``dsn``, session pinned (UTC, ISO dates),
+    giving up after libpq's ``connect_timeout`` (added when ``dsn`` sets none)."""
     import adbc_driver_postgresql.dbapi as pg
 
+    dsn = with_connect_timeout(dsn)
     try:
         conn = pg.connect(dsn, autocommit=autocommit)
     except Exception as exc:
+        from bronze_assets.lib.failures import Cause, explain
+
+        cause, detail, fix = explain(exc)
+        if cause in (Cause.CONNECTION, Cause.UNKNOWN, Cause.BUG):
+            fix = (f"check that the server is running and reachable, that the database exists and the "
+                   f"credentials are right, and the value of {ENV_SOURCE_DSN} (unset it to use the "
+                   f"embedded server)")
         raise SourceConnectionError(
-            f"cannot connect to the PostgreSQL source ({describe_dsn(dsn)}): "
-            f"{redact(str(exc).strip(), dsn)}. Check that the server is running and reachable, "
-            f"that the database exists and the credentials are right, and the value of "
-            f"{ENV_SOURCE_DSN} (unset it to use the embedded server)."
+            f"cannot connect to the PostgreSQL source ({describe_dsn(dsn)}): {redact(detail, dsn)} — {fix}."
         ) from None
     cur = conn.cursor()
     for statement in PINNED_SESSION:

@@ -4,9 +4,12 @@ PostgreSQL's text output (ARCHITECTURE §2.2) in another language.
 
 Per row the query returns
 
-* every source column, in a form JDBC transfers without loss or time-zone games: integers, text
-  and ``numeric`` as they are; ``date`` as days since 1970 and ``timestamptz`` as µs since 1970
-  (the reader turns them back with ``date_from_unix_date`` / ``timestamp_micros``);
+* every source column, in a form JDBC transfers without loss or time-zone games: integers, text,
+  booleans, bytea and ``numeric`` as they are (a domain cast to its base type); ``date`` as days
+  since 1970 and ``timestamp``/``timestamptz`` as µs since 1970 (the reader turns them back with
+  ``date_from_unix_date`` / ``timestamp_micros``); the types the mapping table reads as text
+  (:data:`bronze_assets.contracts.types.TYPE_MAP`) as PostgreSQL's ``::text``, exactly as the
+  local engine reads them;
 * NULL instead of a value bronze cannot store (numeric NaN/±Infinity, ±infinity, years outside
   1–9999; the same rule as :func:`bronze_assets.lib.enrich.pgtext.storable`), and in
   :data:`RESCUED` a JSON object of those values' PostgreSQL text (NULL when the row has none);
@@ -19,8 +22,9 @@ The session must be pinned (UTC, ISO dates) like every session that renders.
 
 from __future__ import annotations
 
-from bronze_assets.contracts import Contract, PgType
+from bronze_assets.contracts import Contract, PgType, TypeFamily
 from bronze_assets.lib.source.ddl import qualified, quote_ident
+from bronze_assets.lib.source.extract import read_sql
 from bronze_assets.lib.source.window import LoadWindow, partition_sql, window_predicate
 from bronze_assets.settings import SOURCE_SCHEMA
 
@@ -31,11 +35,13 @@ EPOCH = "DATE '1970-01-01'"
 def storable_sql(column: str, type_: PgType) -> str | None:
     """SQL that is true where a non-NULL value of ``column`` can be stored in bronze (None: always)."""
     c = quote_ident(column)
-    if type_ is PgType.DATE:
+    if type_.family is TypeFamily.DATE:
         return f"{c} BETWEEN DATE '0001-01-01' AND DATE '9999-12-31'"
-    if type_ is PgType.TIMESTAMPTZ:
+    if type_.family is TypeFamily.TIMESTAMPTZ:
         return (f"{c} >= TIMESTAMPTZ '0001-01-01 00:00:00+00' "
                 f"AND {c} < TIMESTAMPTZ '10000-01-01 00:00:00+00'")
+    if type_.family is TypeFamily.TIMESTAMP:
+        return f"{c} >= TIMESTAMP '0001-01-01 00:00:00' AND {c} < TIMESTAMP '10000-01-01 00:00:00'"
     if type_.is_numeric:
         return f"{c}::text NOT IN ('NaN', 'Infinity', '-Infinity')"
     return None
@@ -44,12 +50,12 @@ def storable_sql(column: str, type_: PgType) -> str | None:
 def _value_sql(column: str, type_: PgType) -> str:
     c = quote_ident(column)
     ok = storable_sql(column, type_)
-    if type_ is PgType.DATE:
+    if type_.family is TypeFamily.DATE:
         value = f"{c} - {EPOCH}"
-    elif type_ is PgType.TIMESTAMPTZ:
+    elif type_.family in (TypeFamily.TIMESTAMPTZ, TypeFamily.TIMESTAMP):  # timestamp: as if UTC
         value = f"(extract(epoch FROM {c}) * 1000000)::bigint"
     else:
-        value = c
+        value = read_sql(c, type_)
     return value if ok is None else f"CASE WHEN {ok} THEN {value} END"
 
 

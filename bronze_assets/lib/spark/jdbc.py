@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bronze_assets.contracts import Contract, PgType
-from bronze_assets.lib.source.dsn import dsn_parts
+from bronze_assets.contracts import Contract, PgType, ReadMode, TypeFamily
+from bronze_assets.lib.source.dsn import dsn_parts, with_connect_timeout
 from bronze_assets.lib.source.postgres import PINNED_SESSION
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED
 
@@ -26,11 +26,13 @@ UNIX_SOCKET_FACTORY = "org.newsclub.net.unix.AFUNIXSocketFactory$FactoryArg"
 
 def jdbc_options(dsn: str) -> dict[str, str]:
     """JDBC URL and properties of a libpq URI or keyword DSN; a Unix-socket host (a path, as the
-    embedded server has) goes through junixsocket."""
-    parts = dsn_parts(dsn)
+    embedded server has) goes through junixsocket. libpq's ``connect_timeout`` (the DSN's, else
+    bronze's default) bounds pgjdbc's connection (``connectTimeout``) and login (``loginTimeout``)."""
+    parts = dsn_parts(with_connect_timeout(dsn))
     host, port = parts["host"] or "localhost", parts["port"] or "5432"
     db = parts["db"] or parts["user"] or "postgres"
-    options = {"driver": "org.postgresql.Driver", "user": parts["user"] or "postgres"}
+    options = {"driver": "org.postgresql.Driver", "user": parts["user"] or "postgres",
+               "connectTimeout": parts["connect_timeout"], "loginTimeout": parts["connect_timeout"]}
     if parts["password"]:
         options["password"] = parts["password"]
     if host.startswith("/"):
@@ -50,16 +52,20 @@ def session_init(snapshot_id: str | None) -> str:
     return "; ".join([*statements, *PINNED_SESSION])
 
 
+_WIRE = {TypeFamily.SMALLINT: "SMALLINT", TypeFamily.INTEGER: "INT", TypeFamily.DATE: "INT",  # days
+         TypeFamily.BIGINT: "BIGINT", TypeFamily.TIMESTAMPTZ: "BIGINT", TypeFamily.TIMESTAMP: "BIGINT",  # µs
+         TypeFamily.BOOLEAN: "BOOLEAN", TypeFamily.BYTEA: "BINARY"}
+
+
 def _wire_type(type_: PgType) -> str:
-    """The Spark type a pushed-down column arrives as."""
-    if type_ in (PgType.INTEGER, PgType.DATE):  # date: days since 1970
-        return "INT"
-    if type_ in (PgType.BIGINT, PgType.TIMESTAMPTZ):  # timestamptz: µs since 1970
-        return "BIGINT"
+    """The Spark type a pushed-down column arrives as (PostgreSQL's text for the ``text`` and
+    ``parsed`` read modes, turned into the bronze type by :func:`typed_columns`)."""
+    if type_.read is not ReadMode.BINARY:
+        return "STRING"
     if type_.is_numeric:
         p, s = type_.precision_scale  # type: ignore[misc]
         return f"DECIMAL({p},{s})"
-    return "STRING"
+    return _WIRE.get(type_.family, "STRING")
 
 
 def custom_schema(contract: Contract, partitioned: bool) -> str:
@@ -75,10 +81,17 @@ def typed_columns(contract: Contract) -> list[Column]:
     out = []
     for c in contract.columns:
         col = F.col(f"`{c.name}`")
-        if c.type is PgType.DATE:
+        family = c.type.family
+        if family is TypeFamily.DATE:
             col = F.date_from_unix_date(col)
-        elif c.type is PgType.TIMESTAMPTZ:
+        elif family is TypeFamily.TIMESTAMPTZ:
             col = F.timestamp_micros(col)
+        elif family is TypeFamily.TIMESTAMP:  # µs of the wall-clock time read as UTC; the session is UTC
+            col = F.timestamp_micros(col).cast("timestamp_ntz")
+        elif c.type.read is ReadMode.PARSED:  # PostgreSQL's text, parsed exactly (as the local engine)
+            if family is TypeFamily.MONEY:
+                col = F.regexp_replace(col, "[$,]", "")
+            col = col.cast(c.type.delta_type)
         out.append(col.alias(c.name))
     return out
 

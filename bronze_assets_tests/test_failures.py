@@ -1,0 +1,319 @@
+"""One failure policy (lib/failures.py): a permanent error fails once, in one line, on every entry
+point; a transient one is retried. Real errors from the test PostgreSQL wherever one can be had."""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg2
+import pytest
+from click.testing import CliRunner
+
+from bronze_assets.cli import main
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib import failures
+from bronze_assets.lib.failures import Cause, cause_of, classify
+from bronze_assets.lib.load import SourceTableMissingError, extract_and_stage
+from bronze_assets.lib.source.dsn import with_connect_timeout
+from bronze_assets.lib.source.embedded import EmbeddedPostgres
+from bronze_assets.lib.source.extract import SourceReader
+from bronze_assets.lib.source.postgres import SourceConnectionError, connect
+from bronze_assets.lib.spark.jdbc import jdbc_options
+from bronze_assets_tests.bronze_helpers import Bronze
+from bronze_assets_tests.conftest import AS_OF, query
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "right-pw-7f3a"
+WRONG = "wrong-pw-9c1e"
+
+
+def _error(dsn: str, sql: str) -> Exception:
+    """The error the server raises for ``sql`` (through ADBC, as the loads read)."""
+    with connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        try:
+            cur.execute(sql)
+        except Exception as exc:
+            return exc
+    raise AssertionError(f"{sql} did not fail")
+
+
+def _psycopg2_error(dsn: str, sql: str) -> Exception:
+    """The same through psycopg2 (the replication connections)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    except Exception as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError(f"{sql} did not fail")
+
+
+def test_every_class_the_policy_names_exists() -> None:
+    """The classifier matches bronze's own errors by name: a rename must not silently drop one."""
+    for name in [*failures._OWN, *failures._WRAPPERS]:
+        module, _, cls = name.rpartition(".")
+        if module.startswith("bronze_assets.lib.spark"):
+            pytest.importorskip("pyspark")
+        assert isinstance(getattr(importlib.import_module(module), cls), type), name
+
+
+def test_real_server_errors_are_classified(fresh_dsn: str, tmp_path: Path) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    query(fresh_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        as_role = fresh_dsn.replace("postgresql://postgres:@", f"postgresql://{role}:@", 1)
+        cases = [
+            (_error(as_role, "SELECT * FROM tests.products"), Cause.PERMISSION,
+             "permission denied for schema tests"),
+            (_error(fresh_dsn, "SELECT * FROM tests.nope"), Cause.MISSING_OBJECT,
+             'relation "tests.nope" does not'),
+            (_error(fresh_dsn, "INSERT INTO tests.warehouses SELECT * FROM tests.warehouses LIMIT 1"),
+             Cause.DUPLICATE_KEY, "duplicate key value"),
+            (_error(fresh_dsn, "SELECT nope FROM tests.products"), Cause.SCHEMA_MISMATCH, "nope"),
+            (_error(fresh_dsn, "SELEC 1"), Cause.BUG, "syntax error"),
+            (_psycopg2_error(as_role, "SELECT * FROM tests.products"), Cause.PERMISSION, "permission denied"),
+            (_psycopg2_error(fresh_dsn, "SELECT 1/0"), Cause.BUG, "division by zero"),
+        ]
+    finally:
+        query(fresh_dsn, f"DROP ROLE {role}")
+    for exc, cause, text in cases:
+        got = classify(exc, "bz_products", fresh_dsn)
+        assert got.cause is cause, (exc, got)
+        assert got.message.startswith("bz_products: ") and "\n" not in got.message, got
+        assert text in got.message, got
+        assert got.retry is cause.retry
+        if cause is not Cause.BUG:  # a message that travels as text (the Spark job's log) keeps its cause
+            assert cause_of(RuntimeError(got.message))[0] is cause, got.message
+
+    # a connection the server ended in the middle of a session: retried
+    with SourceReader(fresh_dsn, CONTRACTS["products"], parallelism=1) as reader:
+        (pid,) = reader.query("SELECT pg_backend_pid()")[0]
+        query(fresh_dsn, f"SELECT pg_terminate_backend({pid})")
+        with pytest.raises(Exception) as info:  # whichever driver error it is
+            reader.query("SELECT 1")
+    assert classify(info.value, "bz_products").cause is Cause.CONNECTION
+
+    # bronze's own errors keep their message (it names the fix), with the table in front
+    query(fresh_dsn, "DROP TABLE tests.returns")
+    with pytest.raises(SourceTableMissingError) as missing:
+        extract_and_stage(CONTRACTS["returns"], fresh_dsn, tmp_path)
+    got = classify(missing.value, "bz_returns")
+    assert got.cause is Cause.MISSING_OBJECT and not got.retry and "bronze ddl" in got.message
+
+
+def test_connection_errors_name_the_cause_and_never_the_password(tmp_path: Path) -> None:
+    refused = f"postgresql://loader:{PASSWORD}@/DE?host={tmp_path}&port=5999"  # no server on that socket
+    with pytest.raises(SourceConnectionError) as info:
+        connect(refused)
+    got = classify(info.value, "bz_orders", refused)
+    assert got.cause is Cause.CONNECTION and got.retry
+    assert PASSWORD not in got.message and "running" in got.message
+
+    unknown_host = "postgresql://loader@no-such-host.invalid/DE"
+    with pytest.raises(SourceConnectionError) as info:
+        connect(unknown_host)
+    assert classify(info.value, "bz_orders").cause is Cause.CONFIGURATION
+
+
+@pytest.mark.parametrize(("text", "cause"), [
+    # pgjdbc, as Spark's JDBC read raises it (Py4JJavaError text)
+    ("py4j.protocol.Py4JJavaError: An error occurred while calling o72.load.\n: org.postgresql.util."
+     "PSQLException: FATAL: password authentication failed for user \"loader\"\n\tat org.postgresql.core",
+     Cause.AUTHENTICATION),
+    ("org.postgresql.util.PSQLException: ERROR: permission denied for schema tests\n  Position: 15",
+     Cause.PERMISSION),
+    ("org.postgresql.util.PSQLException: Connection to db.example:5432 refused. Check that the hostname and "
+     "port are correct and that the postmaster is accepting TCP/IP connections.", Cause.CONNECTION),
+    ("org.postgresql.util.PSQLException: An I/O error occurred while sending to the backend.",
+     Cause.CONNECTION),
+    ("org.postgresql.util.PSQLException: ERROR: could not serialize access due to concurrent update",
+     Cause.CONFLICT),
+    ("org.postgresql.util.PSQLException: ERROR: deadlock detected", Cause.CONFLICT),
+    # delta-rs / object_store
+    ("Kernel error -> Operation not supported ↳ an error occurred while loading credentials ↳ failed to load "
+     "IMDS session token", Cause.AUTHENTICATION),
+    ("Generic S3 error: Error performing GET http://127.0.0.1:9/b/x after 10 retries: error sending request",
+     Cause.STORAGE),
+    ("Generic S3 error: Client error with status 403 Forbidden: <Code>AccessDenied</Code>",
+     Cause.AUTHENTICATION),
+    ("Generic S3 error: Received redirect without LOCATION, this normally indicates an incorrectly "
+     "configured region: NoSuchBucket", Cause.MISSING_OBJECT),
+    ("Generic S3 error: Server returned non-2xx status code: 503 Service Unavailable: SlowDown",
+     Cause.STORAGE),
+    ("something nobody has seen before", Cause.UNKNOWN),
+])
+def test_driver_texts_we_cannot_produce_here(text: str, cause: Cause) -> None:
+    """Spark's JDBC and cloud object stores: the texts those drivers print (no JVM, no cloud here)."""
+    got = classify(OSError(text), "bz_orders")
+    assert got.cause is cause and got.retry is cause.retry and "\n" not in got.message
+
+
+def test_bugs_and_interrupts() -> None:
+    assert classify(TypeError("unsupported operand"), "bz_orders").cause is Cause.BUG
+    assert not Cause.BUG.retry and not Cause.INTERRUPTED.retry
+    assert cause_of(KeyboardInterrupt())[0] is Cause.INTERRUPTED
+    assert cause_of(dg.DagsterExecutionInterruptedError())[0] is Cause.INTERRUPTED
+    with pytest.raises(failures.LoadInterrupted), failures.failure_policy("bz_orders"):
+        raise KeyboardInterrupt
+    with pytest.raises(dg.Failure) as info, failures.failure_policy("bz_orders"):
+        raise ConnectionResetError(104, "Connection reset by peer")
+    assert info.value.allow_retries and info.value.description.startswith("bz_orders: connection:")
+
+
+# ------------------------------------------------------------------ on the asset (dagster's retries)
+
+
+@pytest.fixture
+def password_role(pg_server: EmbeddedPostgres, fresh_dsn: str) -> Iterator[str]:
+    """A role that must give its password (scram-sha-256, as a real server asks), with no grant."""
+    name = f"loader_{uuid.uuid4().hex[:8]}"
+    hba = pg_server.pgdata / "pg_hba.conf"
+    line = f"local all {name} scram-sha-256\n"
+    query(fresh_dsn, f"CREATE ROLE {name} LOGIN PASSWORD '{PASSWORD}'")
+    hba.write_text(line + hba.read_text())  # first match wins: before the server's "trust" lines
+    query(fresh_dsn, "SELECT pg_reload_conf()")
+    try:
+        yield name
+    finally:
+        hba.write_text(hba.read_text().replace(line, ""))
+        query(fresh_dsn, "SELECT pg_reload_conf()")
+        query(fresh_dsn, f"DROP ROLE {name}")
+
+
+def _steps(result: dg.ExecuteInProcessResult) -> list[str]:
+    return [e.event_type_value for e in result.all_events
+            if e.event_type_value in ("STEP_START", "STEP_RESTARTED", "STEP_UP_FOR_RETRY", "STEP_FAILURE",
+                                      "STEP_SUCCESS")]
+
+
+@pytest.mark.parametrize("password", [WRONG, PASSWORD], ids=["wrong-password", "no-grant"])
+def test_a_permanent_error_fails_once_in_one_line(fresh_dsn: str, tmp_path: Path, password_role: str,
+                                                 password: str) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    dsn = fresh_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{password}@", 1)
+    b = Bronze(dsn, tmp_path / "bronze")
+    started = time.perf_counter()
+    result = dg.materialize([b.assets["bz_products"]], resources=b.resources, raise_on_error=False)
+    seconds = time.perf_counter() - started
+    assert _steps(result) == ["STEP_START", "STEP_FAILURE"], "never retried"
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert "\n" not in message and message.startswith("bz_products: ")
+    if password == WRONG:
+        assert f'password authentication failed for user "{password_role}"' in message
+        assert "BRONZE_SOURCE_DSN" in message and WRONG not in message and PASSWORD not in message
+    else:
+        assert "permission denied for schema tests" in message and "GRANT USAGE ON SCHEMA tests" in message
+    assert seconds < 30, "no retry delays"
+
+
+def test_a_dropped_connection_is_retried(fresh_dsn: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    original, dropped = SourceReader.__enter__, []
+
+    def enter_then_lose_the_connection(self: SourceReader) -> SourceReader:  # fault: the server ends it
+        reader = original(self)
+        if not dropped:
+            (pid,) = reader.query("SELECT pg_backend_pid()")[0]
+            query(fresh_dsn, f"SELECT pg_terminate_backend({pid})")
+            dropped.append(pid)
+        return reader
+
+    monkeypatch.setattr(SourceReader, "__enter__", enter_then_lose_the_connection)
+    b = Bronze(fresh_dsn, tmp_path / "bronze")
+    result = dg.materialize([b.assets["bz_products"]], resources=b.resources, raise_on_error=False)
+    assert dropped and result.success
+    assert _steps(result) == ["STEP_START", "STEP_UP_FOR_RETRY", "STEP_RESTARTED", "STEP_SUCCESS"]
+    (retry,) = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert "bz_products: connection:" in str(retry.event_specific_data.error.cause.message)
+    assert b.read("products").height == query(fresh_dsn, "SELECT count(*) FROM tests.products")[0][0]
+
+
+# ------------------------------------------------------------------ connect_timeout
+
+
+def test_every_source_connection_gets_a_connect_timeout(tmp_path: Path) -> None:
+    assert with_connect_timeout("postgresql://u@h/db") == "postgresql://u@h/db?connect_timeout=10"
+    assert with_connect_timeout("postgresql://u@h/db?sslmode=require") == \
+        "postgresql://u@h/db?sslmode=require&connect_timeout=10"
+    assert with_connect_timeout("postgresql://u@h/db?connect_timeout=3") == "postgresql://u@h/db?connect_timeout=3"
+    assert with_connect_timeout("host=h dbname=db") == "host=h dbname=db connect_timeout=10"
+    assert with_connect_timeout("host=h connect_timeout=3") == "host=h connect_timeout=3"
+    options = jdbc_options("postgresql://u:p@h/db")
+    assert options["connectTimeout"] == options["loginTimeout"] == "10"
+    assert jdbc_options("postgresql://u:p@h/db?connect_timeout=4")["connectTimeout"] == "4"
+
+    # a server that accepts the connection and never answers (a black-holed port answers no better)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True)
+    accepting.start()
+    port = silent.getsockname()[1]
+    started = time.perf_counter()
+    try:
+        with pytest.raises(SourceConnectionError) as info:
+            connect(f"postgresql://loader:{PASSWORD}@127.0.0.1:{port}/DE")  # no connect_timeout: bronze's
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
+    seconds = time.perf_counter() - started
+    assert 9 <= seconds < 20, seconds
+    assert classify(info.value, "bz_orders").cause is Cause.CONNECTION and PASSWORD not in str(info.value)
+
+
+# ------------------------------------------------------------------ bronze seed
+
+
+def test_seed_as_a_role_that_may_not_create_says_so_in_one_line(fresh_dsn: str) -> None:
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    query(fresh_dsn, f"CREATE ROLE {role} LOGIN")  # CONNECT (as PUBLIC), no CREATE on the database
+    try:
+        dsn = fresh_dsn.replace("postgresql://postgres:@", f"postgresql://{role}:@", 1)
+        result = CliRunner().invoke(main, ["seed", "--scale", "0", "--dsn", dsn])
+    finally:
+        query(fresh_dsn, f"DROP ROLE {role}")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: cannot seed host=") and f"user={role}" in line
+    assert "permission denied for database" in line and "owner" in line and "Traceback" not in line
+    assert query(fresh_dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'tests'")[0][0] == 0
+
+
+# ------------------------------------------------------------------ the Spark engine (Pipes)
+
+
+@pytest.mark.xdist_group("spark_pipes")
+def test_the_spark_job_uses_the_same_policy(fresh_dsn: str, tmp_path: Path, password_role: str) -> None:
+    """The Spark job classifies with lib/failures and reports its retry flag over Pipes: a wrong
+    password fails the asset once, with the same line as the local engine."""
+    from bronze_assets_tests.test_spark_pipes import materialize
+
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    dsn = fresh_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{WRONG}@", 1)
+    spark = materialize(dsn, tmp_path / "spark", "spark", "products")
+    local = materialize(dsn, tmp_path / "local", "local", "products")
+    for result in (spark, local):
+        assert _steps(result) == ["STEP_START", "STEP_FAILURE"], "never retried"
+    (spark_failure,), (local_failure,) = ([e for e in r.all_events if e.is_step_failure]
+                                          for r in (spark, local))
+    message = spark_failure.step_failure_data.user_failure_data.description
+    assert message == local_failure.step_failure_data.user_failure_data.description
+    assert "\n" not in message and f'password authentication failed for user "{password_role}"' in message
+    assert WRONG not in message
