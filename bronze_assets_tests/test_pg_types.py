@@ -18,15 +18,18 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+import dagster as dg
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bronze_assets.contracts import PgType, TypeFamily
+from bronze_assets.contracts import TYPE_MAP, PgType, TypeFamily
 from bronze_assets.contracts.arrow import arrow_type, source_schema
 from bronze_assets.contracts.discovery import discover_contract
+from bronze_assets.defs.assets import build_bronze_asset
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.enrich.pgtext import column_text
 from bronze_assets.lib.load import extract_and_stage
@@ -157,8 +160,8 @@ def read_raw(dsn: str, contract) -> pa.Table:
 def assert_hash_and_text_equal_postgres(dsn: str, table: str) -> None:
     contract = discover_contract(dsn, table, "tests")
     raw = read_raw(dsn, contract)
-    want_text = postgres_says(
-        dsn, f"SELECT {', '.join(f'{quote_ident(c)}::text' for c in NAMES)} FROM tests.{table} t ORDER BY t.k")
+    texts = ", ".join(f"{quote_ident(c)}::text" for c in NAMES)
+    want_text = postgres_says(dsn, f"SELECT {texts} FROM tests.{table} t ORDER BY t.k")
     for i, column in enumerate(contract.columns):
         got = column_text(raw.column(column.name), column.type).to_pylist()
         want = [row[i] for row in want_text]
@@ -448,3 +451,34 @@ def test_session_defaults_do_not_leak_into_the_hash(types_dsn: str) -> None:
         cur.execute(spec_hash_sql("all_types", NAMES))
         unpinned = dict(cur.fetchall())
     assert unpinned != pinned  # the database's defaults would change the text; the product pins
+
+
+def test_readme_type_mapping_is_the_mapping_table() -> None:
+    """The README's "Type mapping" table says what TYPE_MAP decides, row for row."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Type mapping", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(TYPE_MAP)
+    for row, (family, mapping) in zip(rows, TYPE_MAP.items(), strict=True):
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        if family is not TypeFamily.NUMERIC:
+            escaped = mapping.hash_text.replace("|", "\\|")
+            assert cells[1:] == [f"`{mapping.delta}`", mapping.read.value, escaped]
+        else:
+            assert cells[1:] == ["`decimal(p,s)`; `string`", "binary; text", mapping.hash_text]
+
+
+def test_every_type_materializes_as_a_dagster_asset_with_its_checks(types_dsn: str, tmp_path: Path) -> None:
+    """The asset path (schema gate, GX suite, key uniqueness, score) takes every type too."""
+    fill(types_dsn, "all_types", NASTY)
+    contract = discover_contract(types_dsn, "all_types", "tests")
+    resources = build_resources(PostgresSource(dsn=types_dsn), BronzeStorage(root=str(tmp_path / "bronze")))
+    result = dg.materialize([build_bronze_asset(contract)], resources=resources)
+    assert result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["schema_contract"].passed and checks["key_uniqueness"].passed
+    score = {k: v.value for k, v in checks["quality_score"].metadata.items()}
+    assert score["gx_counts_match_score"] is True and score["rows"] == len(NASTY)
+    frame = DeltaTable(str(tmp_path / "bronze" / "bz_all_types")).to_pyarrow_table()
+    assert dict(zip(frame.column("k").to_pylist(), frame.column("record_hash").to_pylist(), strict=True)) == \
+        dict(postgres_says(types_dsn, spec_hash_sql("all_types", NAMES)))

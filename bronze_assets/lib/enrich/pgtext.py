@@ -14,6 +14,13 @@ module undoes, so the text rendered here is bit-for-bit what PostgreSQL prints f
   arrived + 2**64); everything else arrives as correct µs since 1970.
 * ``numeric`` → an ``arrow.opaque`` extension array whose storage is the decimal text (``nan``
   for NaN); a plain string array or a ``decimal128`` array is accepted too.
+* ``timestamp`` (without time zone) → timestamp[us], the same µs and sentinels as timestamptz,
+  printed without the ``+00``; ``smallint``/``boolean`` as they are (``bool::text`` is
+  ``true``/``false``); ``bytea`` → binary, printed ``\\x`` + lowercase hex; ``character(n)`` → the
+  padded string, printed without trailing spaces (as ``bpchar::text`` does).
+* every other type (the ``text``/``parsed`` read modes of
+  :data:`bronze_assets.contracts.types.TYPE_MAP`) arrives as PostgreSQL's own ``col::text``
+  (the extraction query asks for it), which is hashed as it is.
 
 Rendering is vectorised: the common path (years 1..9999, canonical decimal text) is DuckDB's
 own ``CAST(… AS VARCHAR)`` (same digits as PostgreSQL for those values); the rare rest (BC, years
