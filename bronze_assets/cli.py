@@ -110,20 +110,42 @@ def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, r
     click.echo(f"  {'total':<{width}}  {report.total_rows:>10,} rows")
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
 @main.command()
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Scale used to seed the source when it is empty.")
-def demo(scale: float) -> None:
-    """Seed the source if empty, materialize every bronze asset and print a summary."""
-    from bronze_assets.demo.run import format_summary, run_demo
+@click.option("--seed-external", is_flag=True,
+              help=f"Seed the source named by ${ENV_SOURCE_DSN} too when it is empty (by default only "
+                   f"the embedded server is seeded).")
+def demo(scale: float, seed_external: bool) -> None:
+    """Seed the embedded source if empty, materialize every bronze asset and print a summary.
+
+    Every table that can load is loaded; the summary marks the ones that failed, with their
+    reason, and the exit code is 1. Ctrl-C stops it (exit code 130)."""
+    from bronze_assets.demo.run import DemoRefusedError, format_summary, run_demo
     from bronze_assets.lib.source.postgres import SourceConnectionError
 
     try:
-        rows = run_demo(scale, on_progress=lambda msg: click.echo(msg, err=True))
-    except SourceConnectionError as exc:
+        rows = run_demo(scale, on_progress=lambda msg: click.echo(msg, err=True), seed_external=seed_external)
+    except KeyboardInterrupt:
+        click.echo("bronze demo: interrupted — the tables loaded so far are committed; run `bronze demo` "
+                   "again to finish", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (SourceConnectionError, DemoRefusedError) as exc:
         _fail(str(exc))
         return
+    except Exception as exc:
+        _fail_on(exc, "bronze demo")
+        return
     click.echo(format_summary(rows))
+    failed = [r for r in rows if r.error]
+    if _verbose():
+        for r in failed:
+            click.echo(f"\n{r.table}: {r.trace or r.error}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @main.group()

@@ -7,20 +7,27 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from click.testing import CliRunner
 
+from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import DAGSTER_SETTINGS, LOG_FILE, TableProgress, materialize_all, run_demo
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.settings import ENV_SOURCE_DSN, data_dir
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF
+from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +99,7 @@ def test_run_demo_prints_one_line_per_table_and_logs_the_rest(
     monkeypatch.setenv(ENV_SOURCE_DSN, fresh_dsn)
     messages: list[str] = []
 
-    summaries = run_demo(scale=0.01, on_progress=messages.append)
+    summaries = run_demo(scale=0.01, on_progress=messages.append, seed_external=True)  # not the embedded one
 
     assert [s.table for s in summaries] == [c.bronze_table for c in CONTRACTS.values()]
     assert all(s.bronze_rows > 0 and s.rows_read > 0 for s in summaries)
@@ -106,3 +113,75 @@ def test_run_demo_prints_one_line_per_table_and_logs_the_rest(
     assert "ASSET_MATERIALIZATION" in log and "RUN_SUCCESS" in log
     with dg.DagsterInstance.get() as instance:  # the runs landed in $DAGSTER_HOME
         assert len(instance.get_runs()) == 4  # dimensions, daily, monthly, monitoring report
+
+
+def test_demo_loads_every_table_it_can_and_marks_the_failures(
+    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_partitions: None,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    query(fresh_dsn, "DROP TABLE tests.returns")  # one table the source no longer has
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    monkeypatch.setenv(ENV_SOURCE_DSN, fresh_dsn)
+
+    result = CliRunner().invoke(main, ["demo"])
+
+    assert result.exit_code == 1
+    _, err = capfd.readouterr()
+    assert "Traceback" not in result.output + err and "Stack Trace" not in result.output + err
+    assert "FAILED" in next(line for line in err.splitlines() if line.startswith("  bz_returns"))
+    summary = [line.split() for line in result.output.splitlines() if line.startswith("bz_")]
+    rows = {cells[0]: cells[-1] for cells in summary}
+    assert rows == {c.bronze_table: "FAILED" if c.name == "returns" else "ok" for c in CONTRACTS.values()}
+    (reason,) = [line for line in result.output.splitlines() if line.startswith("  bz_returns:")]
+    assert "no table tests.returns" in reason and "bronze ddl" in reason
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    assert all(bronze.read(c.name).height > 0 for c in CONTRACTS.values() if c.name != "returns")
+    assert "STEP_UP_FOR_RETRY" not in (data_dir() / LOG_FILE).read_text()  # a missing table is not retried
+
+
+def test_demo_seeds_only_the_embedded_server_unless_told(
+    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_SOURCE_DSN, fresh_dsn)  # an empty database that is not the embedded one
+    result = CliRunner().invoke(main, ["demo", "--scale", "0"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert f"db={dsn_parts(fresh_dsn)['db']} user=postgres" in line and "--seed-external" in line
+    assert query(fresh_dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'tests'") == [(0,)]
+
+
+def test_one_ctrl_c_stops_the_demo(fresh_dsn: str, tmp_path: Path) -> None:
+    """SIGINT to the demo's process group, as a terminal sends it, in the middle of the load."""
+    seed_source(fresh_dsn, SeedOptions(scale=0.05, as_of=AS_OF))
+    env = {**os.environ, ENV_SOURCE_DSN: fresh_dsn, "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+           "BRONZE_START_DATE": "2026-10-28", "BRONZE_PARTITIONS_START": "2026-09-01"}
+    (tmp_path / "dagster_home").mkdir()
+    demo = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bronze"), "demo"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,  # its own process group, like a shell job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (pytest workers may ignore it)
+    lines: list[str] = []
+    stopped = None
+    assert demo.stderr is not None
+    for line in demo.stderr:
+        lines.append(line)
+        if line.startswith("  bz_"):  # the first table is in: the others are loading
+            os.killpg(demo.pid, signal.SIGINT)
+            stopped = time.perf_counter()
+            break
+    assert stopped is not None, "".join(lines)
+    rest, out = demo.stderr.read(), demo.communicate(timeout=120)[0]
+    seconds = time.perf_counter() - stopped
+    lines += rest.splitlines(keepends=True)
+
+    assert demo.returncode == 130 and seconds < 30
+    assert lines[-1].startswith("bronze demo: interrupted") and "Traceback" not in "".join(lines) + out
+    assert sum(line.startswith("  bz_") for line in lines) < len(CONTRACTS), "it stopped"
+    assert out == ""  # no summary
+    log = (tmp_path / "data" / LOG_FILE).read_text()
+    assert "STEP_UP_FOR_RETRY" not in log and "RUN_SUCCESS" not in log
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # nothing of the demo is left (GX worker, log tails)
+        os.killpg(demo.pid, 0)

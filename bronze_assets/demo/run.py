@@ -4,19 +4,25 @@ One Dagster run per partitions definition covers all of its partitions (first to
 single-run range), one run loads the unpartitioned tables. The runs go to the given instance (the
 UI's ``$DAGSTER_HOME`` in ``make demo``), so the UI shows every partition as materialized. Dagster's
 event stream goes to a log file, not the terminal: the terminal gets one line per table.
+
+A table that fails does not stop the others: the summary marks it with its one-line reason
+(:mod:`bronze_assets.lib.failures`). A Ctrl-C stops the demo (:class:`KeyboardInterrupt`), with
+no retry. Only the embedded source is seeded, unless the caller says otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, redirect_stderr
-from dataclasses import dataclass
+from contextlib import contextmanager, redirect_stderr, suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +34,7 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
+from bronze_assets.lib.failures import one_line
 from bronze_assets.settings import data_dir, env
 
 DEMO_JOB = "bronze_demo"
@@ -66,6 +73,12 @@ class TableSummary:
     versions: int
     avg_score: float | None
     seconds: float
+    error: str | None = None  # why its load failed (one line), None when it loaded
+    trace: str | None = field(default=None, repr=False)  # the failure's traceback (--verbose)
+
+
+class DemoRefusedError(RuntimeError):
+    """``bronze demo`` will not do what it was asked without an explicit flag (the message names it)."""
 
 
 @dataclass
@@ -77,11 +90,37 @@ class TableProgress:
     partitions: int  # partitions materialized (0: unpartitioned)
     seconds: float  # step wall time: load, checks and Dagster's bookkeeping
     ok: bool = True
+    error: str | None = None  # one line: why it failed
+    trace: str | None = None  # the failure's traceback (for --verbose)
+    interrupted: bool = False  # ended by Ctrl-C
 
     def describe(self) -> str:
         parts = f"{self.partitions:>5,} partitions" if self.partitions else " " * 16
-        status = "" if self.ok else "  FAILED (see the log)"
+        status = "" if self.ok else "  interrupted" if self.interrupted else \
+            "  FAILED (reason below the summary)"
         return f"  {self.table:<18} {self.rows:>9,} rows {parts} {self.seconds:>7.1f} s{status}"
+
+
+def _error_text(error: object) -> str:
+    """A serialized error's own message, without its class name."""
+    message = str(getattr(error, "message", "") or "")
+    cls = str(getattr(error, "cls_name", "") or "")
+    head, sep, rest = message.partition(": ")
+    if sep and (head == cls or head.endswith("." + cls)):
+        message = rest
+    return one_line(message)
+
+
+def failure_message(data: object) -> str:
+    """One line saying why a step failed: the ``dg.Failure``'s description (the failure policy's
+    message), else the innermost error's message (under Dagster's "Exceeded max_retries")."""
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and getattr(user, "description", None):
+        return one_line(user.description)
+    error = getattr(data, "error", None)
+    while error is not None and getattr(error, "cause", None) is not None:
+        error = error.cause
+    return _error_text(error) or "failed (see the log)"
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -118,6 +157,8 @@ class _RunEvents(logging.Handler):
         self.metadata: dict[str, dict[str, object]] = {}
         self.partitions: dict[str, set[str]] = {}
         self.started: dict[str, float] = {}
+        self.reported: set[str] = set()  # tables whose step ended
+        self.interrupted = False  # a step ended by an interrupt (Ctrl-C)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -139,12 +180,23 @@ class _RunEvents(logging.Handler):
         elif event.step_key in self.step_assets:
             if event.is_step_start:
                 self.started[event.step_key] = record.created
-            elif (event.is_step_success or event.is_step_failure) and self.on_table:
+            elif event.is_step_success or event.is_step_failure:
                 table = self.step_assets[event.step_key]
+                self.reported.add(table)
                 seconds = record.created - self.started.get(event.step_key, record.created)
                 rows = int(self.metadata.get(table, {}).get("rows_read", 0) or 0)  # type: ignore[call-overload]
-                self.on_table(TableProgress(table, rows, len(self.partitions.get(table, ())), seconds,
-                                            ok=event.is_step_success))
+                error = trace = None
+                interrupted = False
+                if event.is_step_failure:
+                    data = event.step_failure_data
+                    interrupted = getattr(data.error_source, "value", None) == "INTERRUPT"
+                    self.interrupted |= interrupted
+                    error = failure_message(data)
+                    trace = data.error.to_string() if data.error is not None else None
+                if self.on_table:
+                    self.on_table(TableProgress(table, rows, len(self.partitions.get(table, ())), seconds,
+                                                ok=event.is_step_success, error=error, trace=trace,
+                                                interrupted=interrupted))
 
 
 def _run_logger(handlers: list[logging.Handler]) -> dg.LoggerDefinition:
@@ -163,6 +215,7 @@ def execute_quietly(
     *,
     tags: Mapping[str, str] | None = None,
     selection: dg.AssetSelection | None = None,
+    raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
     """``dg.materialize`` with the job's log records sent to ``handlers`` instead of the console."""
     definitions = dg.Definitions(
@@ -170,8 +223,51 @@ def execute_quietly(
         jobs=[dg.define_asset_job(DEMO_JOB, selection=selection or dg.AssetSelection.assets(*assets))],
     )
     job = definitions.resolve_job_def(DEMO_JOB).with_logger_defs({_LOGGER_KEY: _run_logger(handlers)})
-    return job.execute_in_process(instance=instance, tags=tags,
+    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=raise_on_error,
                                   run_config={"loggers": {_LOGGER_KEY: {}}})
+
+
+def _run_failure(result: dg.ExecuteInProcessResult) -> str:
+    """Why a run failed as a whole (before or around its steps), in one line."""
+    for event in result.all_events:
+        if event.event_type_value == "RUN_FAILURE":
+            error = getattr(event.event_specific_data, "error", None)
+            while error is not None and getattr(error, "cause", None) is not None:
+                error = error.cause
+            if error is not None:
+                return _error_text(error)
+    return "the run failed before this table's step started (see the log)"
+
+
+@contextmanager
+def _sigint_watch() -> Iterator[Callable[[], bool]]:
+    """Yields a function telling whether this process has received SIGINT since the watch began,
+    whoever handled it: Dagster replaces the SIGINT handler during a run and may only note the
+    interrupt. Python writes every handled signal's number to the wakeup fd."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    seen = False
+
+    def received() -> bool:
+        nonlocal seen
+        try:
+            while data := os.read(read_fd, 512):
+                seen |= signal.SIGINT in data
+        except BlockingIOError:
+            pass
+        return seen
+
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def materialize_all(
@@ -189,6 +285,9 @@ def materialize_all(
     unpartitioned assets. ``on_table`` hears of each table as its step ends; Dagster's log
     records go to ``log_handler`` only (never the console).
 
+    A table whose load fails does not stop the others: ``on_table`` hears of it with its reason.
+    An interrupt (Ctrl-C) stops at once, with :class:`KeyboardInterrupt`.
+
     Returns the output metadata of each asset (a range run publishes the same for every key).
     """
     from bronze_assets.defs.resources import PostgresSource
@@ -204,7 +303,7 @@ def materialize_all(
     step_assets = {a.node_def.name: a.key.to_user_string() for assets in groups.values() for a in assets}
     events = _RunEvents(step_assets, on_table)
     handlers = [events] + ([log_handler] if log_handler else [])
-    with dagster_settings():
+    with dagster_settings(), _sigint_watch() as interrupted:
         for parts, assets in sorted(groups.items(), key=lambda g: g[0] is not None):  # dimensions first
             tags: dict[str, str] = {}
             if parts is not None:
@@ -215,7 +314,14 @@ def materialize_all(
             selection = dg.AssetSelection.assets(*assets)
             if not with_checks:
                 selection = selection.without_checks()
-            execute_quietly(assets, instance, resources, handlers, tags=tags, selection=selection)
+            result = execute_quietly(assets, instance, resources, handlers, tags=tags, selection=selection,
+                                     raise_on_error=False)
+            if events.interrupted or interrupted():
+                raise KeyboardInterrupt
+            for asset in assets:  # a run that failed around its steps: say so for each table
+                table = asset.key.to_user_string()
+                if table not in events.reported and on_table is not None:
+                    on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
     return events.metadata
 
 
@@ -273,27 +379,93 @@ def _terminal() -> Iterator[Callable[[Callable[[], None]], None]]:
         yield call
 
 
-def run_demo(scale: float = 1.0, on_progress: Callable[[str], None] | None = None) -> list[TableSummary]:
-    """Seed the source if it is empty, load every bronze table, and summarise the result."""
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """This process's stdout and stderr file descriptors (and so those of the helper processes it
+    starts: Dagster's compute-log tails, which print a traceback on Ctrl-C) write to ``path``
+    while the demo runs; its progress goes to the terminal through :func:`_terminal`."""
+    _flush_std_streams()
+    saved = [(fd, os.dup(fd)) for fd in (1, 2) if _is_open(fd)]
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for fd, _ in saved:
+            os.dup2(log, fd)
+        yield
+    finally:
+        _flush_std_streams()
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(log)
+
+
+def run_demo(scale: float = 1.0, on_progress: Callable[[str], None] | None = None, *,
+             seed_external: bool = False) -> list[TableSummary]:
+    """Seed the source if it is empty, load every bronze table, and summarise the result.
+
+    Only the embedded server is seeded, unless ``seed_external``: an empty source named by
+    ``$BRONZE_SOURCE_DSN`` (or the ``KConnectionString`` secret) raises :class:`DemoRefusedError`.
+    A table that fails is in the summary with its reason (``TableSummary.error``); Ctrl-C raises
+    :class:`KeyboardInterrupt` at once.
+    """
     say = on_progress or (lambda _msg: None)
     log_path = data_dir() / LOG_FILE
     log_handler = _file_handler(log_path)
     try:
-        with _quiet_logs(log_handler), _terminal() as on_terminal:
-            return _run_demo(scale, lambda msg: on_terminal(lambda: say(msg)), log_handler, log_path)
+        with _quiet_logs(log_handler), _terminal() as on_terminal, _output_to(log_path):
+            return _run_demo(scale, lambda msg: on_terminal(lambda: say(msg)), log_handler, log_path,
+                             seed_external)
     finally:
         log_handler.close()
 
 
+def _source_is_empty(dsn: str) -> bool:
+    """Whether none of the ten source tables holds a row. A table the role may not read counts as
+    holding rows: the demo then loads, and each table's load says what is missing."""
+    from bronze_assets.lib.failures import Cause, cause_of
+    from bronze_assets.lib.source.postgres import SourceConnectionError
+
+    try:
+        return sum(source_row_counts(dsn).values()) == 0
+    except SourceConnectionError:
+        raise
+    except Exception as exc:
+        if cause_of(exc)[0] is Cause.PERMISSION:
+            return False
+        raise
+
+
 def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Handler,
-              log_path: Path) -> list[TableSummary]:
+              log_path: Path, seed_external: bool) -> list[TableSummary]:
     from bronze_assets.definitions import defs
     from bronze_assets.defs.operations import REPORT_ASSET
     from bronze_assets.defs.resources import BronzeStorage
-    from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.lib.source.dsn import describe_dsn
+    from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
+    from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA
 
     dsn = resolve_source_dsn()
-    if sum(source_row_counts(dsn).values()) == 0:
+    if _source_is_empty(dsn):
+        if configured_source_dsn() is not None and not seed_external:
+            raise DemoRefusedError(
+                f"the source {describe_dsn(dsn)} holds no rows in schema {SOURCE_SCHEMA}, and bronze demo "
+                f"seeds only its embedded server: pass --seed-external to create schema {SOURCE_SCHEMA} "
+                f"there and fill its ten tables with generated demo data, or unset {ENV_SOURCE_DSN} "
+                f"to use the embedded server")
         say(f"seeding the source at scale {scale:g} …")
         report = seed_source(dsn, SeedOptions(scale=scale), progress=False)
         say(f"seeded {report.total_rows:,} rows in {report.seconds:.1f} s")
@@ -303,10 +475,17 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
     say(f"loading {len(CONTRACTS)} bronze tables into {storage.storage().root} "
         f"(Dagster's log: {log_path})")
     started = time.perf_counter()
+    failed: dict[str, TableProgress] = {}
+
+    def on_table(progress: TableProgress) -> None:
+        if not progress.ok:
+            failed[progress.table] = progress
+        say(progress.describe())
+
     with dagster_settings():
-        metadata = materialize_all(definitions, dsn, instance, on_table=lambda t: say(t.describe()),
-                                   log_handler=log_handler)
-        say(f"all bronze assets materialized in {time.perf_counter() - started:.1f} s")
+        metadata = materialize_all(definitions, dsn, instance, on_table=on_table, log_handler=log_handler)
+        done = f"{len(CONTRACTS) - len(failed)} of {len(CONTRACTS)}" if failed else "all"
+        say(f"{done} bronze assets materialized in {time.perf_counter() - started:.1f} s")
         report = next((a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
                        and a.key.to_user_string() == REPORT_ASSET), None)
         if report is not None:
@@ -324,19 +503,28 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
             status = dt.to_pyarrow_dataset().to_table(columns=["record_status"])["record_status"]
             total, active = len(status), int(pc.sum(pc.equal(status, "ACTIVE")).as_py() or 0)
             versions = dt.version() + 1
+        failure = failed.get(contract.bronze_table)
         summaries.append(TableSummary(
             contract.bronze_table, int(meta.get("rows_read", 0) or 0), total, active, versions,
             meta.get("avg_quality_score"), float(meta.get("duration_seconds", 0.0) or 0.0),  # type: ignore[arg-type]
+            error=failure.error if failure else None, trace=failure.trace if failure else None,
         ))
     return summaries
 
 
 def format_summary(rows: list[TableSummary]) -> str:
+    """The summary table; a failed table reads FAILED, and its reason follows the table."""
     head = (f"{'table':<18} {'read':>9} {'bronze':>9} {'active':>9} {'versions':>8} "
-            f"{'avg score':>9} {'seconds':>8}")
+            f"{'avg score':>9} {'seconds':>8}  status")
     lines = [head, "-" * len(head)]
     for r in rows:
         score = f"{r.avg_score:.2f}" if r.avg_score is not None else "-"
         lines.append(f"{r.table:<18} {r.rows_read:>9,} {r.bronze_rows:>9,} {r.active_rows:>9,} "
-                     f"{r.versions:>8} {score:>9} {r.seconds:>8.2f}")
+                     f"{r.versions:>8} {score:>9} {r.seconds:>8.2f}  {'FAILED' if r.error else 'ok'}")
+    failures = [r for r in rows if r.error]
+    if failures:
+        lines += ["", f"{len(failures)} of {len(rows)} tables failed (re-run `bronze demo` once fixed; "
+                      f"`bronze --verbose demo` prints their tracebacks):"]
+        lines += [f"  {r.error}" if r.error.startswith(r.table) else f"  {r.table}: {r.error}"
+                  for r in failures if r.error]
     return "\n".join(lines)

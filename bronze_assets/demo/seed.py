@@ -42,10 +42,13 @@ class SeedReport:
 
 
 def source_row_counts(dsn: str, schema: str = SOURCE_SCHEMA) -> dict[str, int]:
-    """Row count of every contract table that exists in the source (missing tables are absent)."""
+    """Row count of every contract table that exists in the source (missing tables are absent).
+    Existence comes from the catalog, which every role may read: a table the role may not read
+    is not taken for a missing one (its count raises the server's "permission denied")."""
     with connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
             parameters=(schema,),
         )
         existing = {r[0] for r in cur.fetchall()} & set(CONTRACTS)
