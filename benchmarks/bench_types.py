@@ -10,9 +10,11 @@ server-side (``generate_series``):
   columns;
 * ``every``   — one column of each type family (smallint … domain, 36 columns).
 
-Each table is loaded ``--repeat`` times into an empty bronze root through the normal path
+Each table is loaded ``--repeat`` times (rounds interleave the three tables, so other load on the
+machine hits them alike) into an empty bronze root through the normal path
 (:func:`~bronze_assets.lib.load.extract_and_stage` + :class:`~bronze_assets.lib.delta.merge.BronzeMerger`,
-contracts from :func:`~bronze_assets.contracts.discovery.discover_contract`); the best time counts.
+contracts from :func:`~bronze_assets.contracts.discovery.discover_contract`); ratios are the
+median of the per-round ratios.
 A second measurement isolates what asking PostgreSQL for ``col::text`` costs: a plain ADBC fetch
 of the ``text``/``parsed``-mode columns of ``every`` as their binary values (what the driver can
 read, lossy for some) against the same columns as ``::text``.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -87,7 +90,12 @@ def build(dsn: str, rows: int) -> dict[str, int]:
         _create(cur, "seven", SEVEN, rows)
         _create(cur, "seven_wide", wide, rows)
         _create(cur, "every", EVERY, rows)
-    return {"seven": len(SEVEN) + 2, "seven_wide": len(wide) + 2, "every": len(EVERY) + 2}
+        sizes = {}
+        for name in ("seven", "seven_wide", "every"):
+            cur.execute(f"SELECT pg_table_size('tests.{name}')")
+            sizes[name] = cur.fetchall()[0][0] / 2**20
+    return {name: (width, sizes[name]) for name, width in
+            (("seven", len(SEVEN) + 2), ("seven_wide", len(wide) + 2), ("every", len(EVERY) + 2))}
 
 
 def load(dsn: str, table: str, root: Path) -> float:
@@ -136,16 +144,23 @@ def main() -> None:
             widths = build(dsn, args.rows)
             print(f"built 3 tables of {args.rows:,} rows in {time.perf_counter() - t0:.1f} s")
             results: dict[str, dict] = {}
-            for table in ("seven", "seven_wide", "every"):
-                times = [load(dsn, table, Path(tmp) / "bronze" / table) for _ in range(args.repeat)]
-                results[table] = {"columns": widths[table], "seconds": round(min(times), 2),
+            tables = ("seven", "seven_wide", "every")
+            # rounds interleave the tables, so load from other processes on the machine hits all
+            # three alike; the ratios are the medians of the per-round ratios
+            rounds = [{t: load(dsn, t, Path(tmp) / "bronze" / t) for t in tables} for _ in range(args.repeat)]
+            for table in tables:
+                times = [r[table] for r in rounds]
+                width, mb = widths[table]
+                results[table] = {"columns": width, "heap_mb": round(mb), "seconds": round(min(times), 2),
                                   "all": [round(t, 2) for t in times]}
-                print(f"{table:11s} {widths[table]:3d} cols  best {min(times):6.2f} s  "
-                      f"({args.rows / min(times):,.0f} rows/s)  runs {results[table]['all']}")
-            every = results["every"]["seconds"]
+                print(f"{table:11s} {width:3d} cols {mb:6.0f} MB  best {min(times):6.2f} s  "
+                      f"({args.rows / min(times):,.0f} rows/s, {mb / min(times):5.1f} MB/s)  "
+                      f"runs {results[table]['all']}")
             for base in ("seven", "seven_wide"):
-                results[f"ratio_every_vs_{base}"] = round(every / results[base]["seconds"], 2)
-                print(f"every / {base}: {every / results[base]['seconds']:.2f}x")
+                ratio = statistics.median(r["every"] / r[base] for r in rounds)
+                results[f"ratio_every_vs_{base}"] = round(ratio, 2)
+                print(f"every / {base}: {ratio:.2f}x (median of per-round ratios; best/best "
+                      f"{results['every']['seconds'] / results[base]['seconds']:.2f}x)")
             contract = discover_contract(dsn, "every", "tests")
             texty = [c.name for c in contract.columns if c.type.read is not ReadMode.BINARY]
             binary_sql = f"SELECT {', '.join(texty)} FROM tests.every"

@@ -165,9 +165,19 @@ def _text_sql(col: str, type_: PgType) -> str:
     return col  # text; PostgreSQL's own text; numeric text, canonical rows only
 
 
+# Families whose ::text is always ASCII (under the pinned session: lc_monetary 'C' for money), so
+# its length in characters is its length in bytes; every other text is counted in characters.
+_ASCII_TEXT = frozenset({
+    TypeFamily.SMALLINT, TypeFamily.INTEGER, TypeFamily.BIGINT, TypeFamily.NUMERIC, TypeFamily.REAL,
+    TypeFamily.DOUBLE, TypeFamily.BOOLEAN, TypeFamily.DATE, TypeFamily.TIMESTAMP, TypeFamily.TIMESTAMPTZ,
+    TypeFamily.TIME, TypeFamily.TIMETZ, TypeFamily.INTERVAL, TypeFamily.UUID, TypeFamily.BYTEA,
+    TypeFamily.MONEY, TypeFamily.INET, TypeFamily.CIDR, TypeFamily.MACADDR, TypeFamily.MACADDR8,
+})
+
+
 def _length_sql(type_: PgType) -> str:
-    """DuckDB's length of the rendered text: characters for text, bytes for ASCII renderings."""
-    return "length" if type_.is_text or type_.read is not ReadMode.BINARY else "strlen"
+    """DuckDB's length of the rendered text: bytes for ASCII renderings, else characters."""
+    return "strlen" if type_.family in _ASCII_TEXT else "length"
 
 
 def _duck_input(arr: ArrayLike, type_: PgType) -> tuple[pa.Array, pa.Array | None, bool]:
