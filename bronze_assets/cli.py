@@ -378,16 +378,17 @@ def cdc() -> None:
 @cdc.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per table.")
 def cdc_status(as_json: bool) -> None:
-    """Each CDC table's slot: WAL status, WAL it holds, confirmed and bronze positions, and for a
-    table that loads by the watermark pattern instead, why (with what to run). Exits 1 when bronze
-    depends on a slot that can no longer give every change (gone, lost, or its table re-created or
-    out of the publication), or when the source cannot be reached."""
+    """Each CDC table's slot (this deployment's: $BRONZE_DEPLOYMENT_ID, else a hash of the bronze
+    root): WAL status, WAL it holds, confirmed and bronze positions, and for a table that loads by
+    the watermark pattern instead, why (with what to run); then the bronze slots of other
+    deployments on the source. Exits 1 when bronze depends on a slot that can no longer give every
+    change (gone, lost, its table re-created or out of the publication, confirmed past bronze's
+    position, or another root's), or when the source cannot be reached."""
     import json
 
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.defs.resources import BronzeStorage
-    from bronze_assets.lib.cdc import fallback_reason
-    from bronze_assets.lib.delta.merge import latest_cdc_position
+    from bronze_assets.lib.cdc import check_stream, deployment_id, fallback_reason
     from bronze_assets.lib.source import replication
     from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
 
@@ -395,12 +396,12 @@ def cdc_status(as_json: bool) -> None:
     rows = []
     try:
         dsn = resolve_source_dsn()
+        deployment = deployment_id(storage)
         for contract in (c for c in CONTRACTS.values() if c.cdc):
-            slot = replication.slot_state(dsn, contract)
-            position = latest_cdc_position(storage.open(contract.bronze_table))
-            gap = None if position is None else replication.stream_gap(dsn, contract, slot, position.relid)
+            check = check_stream(contract, dsn, storage)
+            slot, position, gap = check.state, check.position, check.gap
             rows.append({
-                "table": contract.bronze_table, "slot": replication.slot_name(dsn, contract),
+                "table": contract.bronze_table, "slot": check.slot, "deployment": deployment,
                 "wal_status": slot.wal_status if slot else "missing",
                 "retained_wal_bytes": slot.retained_wal_bytes if slot else None,
                 "confirmed_lsn": replication.lsn_text(slot.confirmed_flush_lsn)
@@ -411,9 +412,13 @@ def cdc_status(as_json: bool) -> None:
                 if slot and slot.current_lsn is not None and position is not None else None,
                 "problem": gap,
                 "action": f"bronze cdc reset {contract.bronze_table}" if gap is not None else None,
+                # a position read from the slot all roots shared before: the next run re-syncs
+                "migrates_from": check.legacy_slot,
                 # why the next run loads by the watermark pattern (None: it reads the slot)
                 "reason": fallback_reason(contract, dsn, storage),
             })
+        ours = {row["slot"] for row in rows}
+        others = [s for s in replication.bronze_slots(dsn) if s[0] not in ours]
     except (replication.ReplicationError, SourceConnectionError) as exc:
         _fail(str(exc))  # one line: host, port, database, user and what to check; never the password
         return
@@ -429,11 +434,19 @@ def cdc_status(as_json: bool) -> None:
             notes = [f"{row['problem']}: run `{row['action']}`"] if row["problem"] else []
             if row["reason"]:
                 notes.append(f"fallback: {row['reason']}")
+            elif row["migrates_from"]:
+                notes.append(f"the next load re-syncs from slot {row['slot']} once (its position was read "
+                             f"from {row['migrates_from']}, shared by the bronze roots of earlier versions)")
             elif row["wal_status"] == "missing" and not row["problem"]:
-                notes.append("the next load creates the slot")
+                notes.append(f"the next load creates the slot {row['slot']}")
             click.echo((f"{row['table']:<18} {row['wal_status']:<9} {retained:>14}  "
                         f"{row['confirmed_lsn'] or '-':<12} {row['bronze_lsn'] or '-':<12} {lag:>12}  "
                         + "; ".join(notes)).rstrip())
+        click.echo(f"deployment {deployment}: slots {', '.join(row['slot'] for row in rows)}")
+        for name, active, held in others:
+            click.echo(f"other bronze slot {name} ({'active' if active else 'inactive'}, "
+                       f"{'-' if held is None else f'{held:,} B'} of WAL held): another deployment's, or "
+                       f"abandoned (drop it: SELECT pg_drop_replication_slot('{name}'))")
     if any(row["problem"] for row in rows):
         sys.exit(1)
 
@@ -441,8 +454,9 @@ def cdc_status(as_json: bool) -> None:
 @cdc.command("reset")
 @click.argument("table")
 def cdc_reset(table: str) -> None:
-    """Re-sync TABLE after its slot was lost: a new slot, the table read in its snapshot and
-    merged (keys gone from the source become DELETED); audited as CDC_RESET."""
+    """Re-sync TABLE after a stream gap (its slot lost, or confirmed past bronze's position, or
+    the root copied from another deployment's): a new slot of this deployment's, the table read in
+    its snapshot and merged (keys gone from the source become DELETED); audited as CDC_RESET."""
     from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.cdc import reset
     from bronze_assets.lib.delta.timetravel import TimeTravelError, contract_for

@@ -33,6 +33,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_ENGINE", "local", "load engine of every table: local, spark or databricks"),
     Variable("BRONZE_ENGINE_TABLES", "unset", "per-table engine, e.g. bz_order_details=spark"),
     Variable("BRONZE_CDC", "on", "off: the watermark pattern for every table, no log-based CDC"),
+    Variable("BRONZE_DEPLOYMENT_ID", "a hash of the bronze root", "id in this deployment's CDC slot names"),
     Variable("BRONZE_SPARK_MASTER", "local[N], N = CPU count", "Spark master of the spark engine"),
     Variable("BRONZE_SPARK_JARS_DIR", "~/.cache/bronze_assets/spark-jars", "jars of the Spark engine"),
     Variable("BRONZE_STAGE_DIR", "system temp dir", "where extracted batches are staged"),

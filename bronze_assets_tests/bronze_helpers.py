@@ -94,12 +94,19 @@ def orders_frame(root: Path) -> pl.DataFrame:
     return frame
 
 
-def assert_orders_exact(dsn: str, root: Path) -> None:
-    """bz_orders equals the source: every source key ACTIVE with the spec hash, every other DELETED."""
-    frame = orders_frame(root)
-    source = source_hashes(dsn, "orders")
-    assert active_hashes(frame, "order_id") == source
+def assert_table_exact(dsn: str, root: Path, table: str) -> None:
+    """bz_<table> equals the source: every source key ACTIVE with the spec hash, every other DELETED."""
+    pk = CONTRACTS[table].primary_key[0]
+    frame = pl.from_arrow(DeltaTable(str(root / f"bz_{table}")).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    source = source_hashes(dsn, table)
+    assert active_hashes(frame, pk) == source
     gone = frame.filter(pl.col("record_status") != "ACTIVE")
     assert set(gone["record_status"]) <= {"DELETED"}
-    assert not set(gone["order_id"]) & set(source)
-    assert frame["order_id"].n_unique() == frame.height  # never a duplicate
+    assert not set(gone[pk]) & set(source)
+    assert frame[pk].n_unique() == frame.height  # never a duplicate
+
+
+def assert_orders_exact(dsn: str, root: Path) -> None:
+    """bz_orders equals the source (see :func:`assert_table_exact`)."""
+    assert_table_exact(dsn, root, "orders")

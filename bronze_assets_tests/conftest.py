@@ -22,7 +22,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(ENV_SOURCE_DSN, raising=False)
     for name in ("KConnectionString", "KUser", "KPassword", "KPiiMasterKey", "BRONZE_KEY_VAULT_URL",
                  "DATABRICKS_RUNTIME_VERSION", "BRONZE_SMTP_HOST", "BRONZE_ALERT_WEBHOOK_URL",
-                 "BRONZE_ENGINE", "BRONZE_ENGINE_TABLES"):
+                 "BRONZE_ENGINE", "BRONZE_ENGINE_TABLES", "BRONZE_DEPLOYMENT_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "data"))
     monkeypatch.setenv(ENV_BRONZE_ROOT, str(tmp_path / "bronze"))

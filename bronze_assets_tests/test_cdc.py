@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,21 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
-from bronze_assets.lib.cdc import SNAPSHOT, STREAM, CdcSlotLostError, cdc_choice, cdc_load, reset
+from bronze_assets.lib.cdc import (
+    CDC_SLOT_KEY,
+    SNAPSHOT,
+    STREAM,
+    CdcRead,
+    CdcSlotLostError,
+    acknowledged,
+    cdc_choice,
+    cdc_load,
+    committed_position,
+    position_gap,
+    reset,
+    stage_cdc,
+    table_slot,
+)
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.delta.timetravel import restore
@@ -44,6 +59,7 @@ from bronze_assets_tests.bronze_helpers import (
     Bronze,
     active_hashes,
     assert_orders_exact,
+    assert_table_exact,
     orders_frame,
     source_hashes,
 )
@@ -81,7 +97,7 @@ def test_first_load_reads_the_slot_snapshot_then_only_the_changes(seeded: str, t
     third, result = cdc_load(ORDERS, seeded, tmp_path)  # nothing changed: nothing read, no commit
     assert third.changes is not None and not third.changes.keys and not result.committed
     assert DeltaTable(str(tmp_path / "bz_orders")).version() == version + 1
-    state = replication.slot_state(seeded, ORDERS)
+    state = replication.slot_state(seeded, ORDERS, table_slot(ORDERS, seeded, tmp_path))
     assert state is not None and state.confirmed_flush_lsn == third.lsn  # the slot freed its WAL
 
 
@@ -217,7 +233,7 @@ def test_concurrent_writer_and_a_long_transaction_end_exact(seeded: str, tmp_pat
 
 def test_a_dropped_slot_is_named_and_a_reset_recovers_exactly(seeded: str, tmp_path: Path) -> None:
     cdc_load(ORDERS, seeded, tmp_path)
-    assert replication.drop_slot(seeded, ORDERS)
+    assert replication.drop_slot(seeded, ORDERS, table_slot(ORDERS, seeded, tmp_path))
     query(seeded, "DELETE FROM tests.orders WHERE order_id IN (3, 4)")  # lost with the slot
     query(seeded, "UPDATE tests.orders SET status = 'CANCELLED', updated_at = now() WHERE order_id = 5")
     with pytest.raises(CdcSlotLostError, match=r"bronze cdc reset bz_orders"):
@@ -535,7 +551,7 @@ def test_a_stream_gap_still_fails_loudly_for_a_loader_that_cannot_fix_the_public
     message = failure.step_failure_data.error.message  # type: ignore[union-attr]
     assert "no longer includes tests.orders" in message and "bronze cdc reset bz_orders" in message
     # a slot gone as well: bronze holds a position, so the run still fails rather than fall back
-    replication.drop_slot(seeded, ORDERS)
+    replication.drop_slot(seeded, ORDERS, table_slot(ORDERS, seeded, bronze.root))
     assert cdc_choice(ORDERS, loader, None, bronze.root) == (True, {})
     with pytest.raises(CdcSlotLostError, match=r"slot .* is gone"):
         cdc_load(ORDERS, loader, bronze.root)
@@ -568,3 +584,286 @@ def test_cdc_status_with_a_wrong_password_says_so_in_one_line(
     assert f'password authentication failed for user "{role}"' in line
     assert "credentials are right" in line and "BRONZE_SOURCE_DSN" in line
     assert "Wr0ngPw" not in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ one stream per deployment
+
+CDC_TABLES = {"inventory": ("inventory_id", "quantity_available"),
+              "order_details": ("order_detail_id", "quantity_ordered"),
+              "orders": ("order_id", "total_amount")}
+
+
+def _change(dsn: str, table: str) -> set[int]:
+    """A tick's change to a CDC table: 3 keys inserted, 5 updated (their updated_at left alone),
+    2 deleted. Returns the keys changed."""
+    pk, column = CDC_TABLES[table]
+    top = query(dsn, f"SELECT max({pk}) FROM tests.{table}")[0][0]
+    inserted = query(dsn, f"INSERT INTO tests.{table} SELECT (jsonb_populate_record(NULL::tests.{table}, "
+                          f"to_jsonb(t) || jsonb_build_object('{pk}', t.{pk} + {top}))).* "
+                          f"FROM tests.{table} t ORDER BY {pk} LIMIT 3 RETURNING {pk}")
+    updated = query(dsn, f"UPDATE tests.{table} SET {column} = {column} + 1 WHERE {pk} IN "
+                         f"(SELECT {pk} FROM tests.{table} ORDER BY {pk} LIMIT 5 OFFSET 3) RETURNING {pk}")
+    deleted = query(dsn, f"DELETE FROM tests.{table} WHERE {pk} IN "
+                         f"(SELECT {pk} FROM tests.{table} ORDER BY {pk} LIMIT 2 OFFSET 10) RETURNING {pk}")
+    keys = {r[0] for r in inserted + updated + deleted}
+    assert len(keys) == 10
+    return keys
+
+
+def test_two_bronze_roots_on_one_source_each_get_every_change(seeded: str, tmp_path: Path) -> None:
+    """Production and staging load from one source: each reads a slot of its own, so neither takes
+    the other's changes; both end exact after ticks with inserts, updates and deletes, whichever
+    loads first. bz_orders runs as Dagster runs it (staging's root is not $BRONZE_ROOT)."""
+    production, staging = Bronze(seeded, tmp_path / "bronze"), Bronze(seeded, tmp_path / "staging")
+    month = datetime.now(UTC).date().replace(day=1).isoformat()  # the open partition of bz_orders
+    slots = {}
+    for bronze in (production, staging):
+        first = bronze.materialize("orders", month)
+        assert first["cdc_mode"] == "snapshot"
+        slots[bronze.root] = first["cdc_slot"]
+        for table in ("inventory", "order_details"):
+            assert cdc_load(CONTRACTS[table], seeded, bronze.root)[0].mode == SNAPSHOT
+    assert slots[production.root] != slots[staging.root]
+    assert slots[production.root] == table_slot(ORDERS, seeded, production.root)
+    names = {r[0] for r in query(seeded, "SELECT slot_name FROM pg_replication_slots "
+                                         "WHERE database = current_database()")}
+    assert len(names) == 6 and set(slots.values()) <= names  # three tables, two deployments
+    for order in ((production, staging), (staging, production)):
+        changed = {table: _change(seeded, table) for table in CDC_TABLES}
+        for bronze in order:
+            meta = bronze.materialize("orders", month)
+            assert (meta["cdc_mode"], meta["cdc_keys_changed"]) == ("stream", 10)
+            # its own slot's health, also where $BRONZE_ROOT names the other root
+            assert (meta["cdc_slot"], meta["slot_wal_status"]) == (slots[bronze.root], "reserved")
+            for table in ("inventory", "order_details"):
+                batch, _ = cdc_load(CONTRACTS[table], seeded, bronze.root)
+                assert batch.mode == STREAM and batch.changes is not None
+                assert set(batch.changes.keys) == changed[table]
+            for table in CDC_TABLES:
+                assert_table_exact(seeded, bronze.root, table)
+
+
+def test_a_root_copied_elsewhere_is_a_named_gap_and_its_reset_makes_it_exact(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of a root (a second environment cloned from production) holds a position read from
+    the original's slot: never continued from that slot (it would take the original's changes),
+    never "0 changes": named, and `bronze cdc reset` gives the copy a slot of its own."""
+    original, copy = tmp_path / "bronze", tmp_path / "copy"
+    cdc_load(ORDERS, seeded, original)
+    shutil.copytree(original, copy)
+    _change(seeded, "orders")
+    assert cdc_load(ORDERS, seeded, original)[0].mode == STREAM  # the original goes on
+    ours, theirs = table_slot(ORDERS, seeded, copy), table_slot(ORDERS, seeded, original)
+    assert ours != theirs
+    with pytest.raises(CdcSlotLostError, match=rf"stream gap: .*read from the replication slot {theirs}, and "
+                                               rf"this deployment reads {ours} \(the bronze root was copied "
+                                               r".*bronze cdc reset bz_orders"):
+        cdc_load(ORDERS, seeded, copy)
+    assert replication.slot_state(seeded, ORDERS, ours) is None  # nothing was created or read
+
+    monkeypatch.setenv("BRONZE_SOURCE_DSN", seeded)
+    monkeypatch.setenv("BRONZE_ROOT", str(copy))
+    runner = CliRunner()
+    status = runner.invoke(main, ["cdc", "status", "--json"])
+    assert status.exit_code == 1, status.output
+    row = {r["table"]: r for r in map(json.loads, status.stdout.splitlines())}["bz_orders"]
+    assert (row["slot"], row["action"]) == (ours, "bronze cdc reset bz_orders")
+    assert "the bronze root was copied" in row["problem"]
+    text = runner.invoke(main, ["cdc", "status"]).stdout
+    assert f"other bronze slot {theirs} (inactive" in text  # the original's, listed, not touched
+    fixed = runner.invoke(main, ["cdc", "reset", "orders"])
+    assert fixed.exit_code == 0, fixed.output
+    assert_orders_exact(seeded, copy)
+
+    changed = _change(seeded, "orders")
+    for root in (copy, original):
+        batch, _ = cdc_load(ORDERS, seeded, root)
+        assert batch.mode == STREAM and batch.changes is not None and set(batch.changes.keys) == changed
+        assert_orders_exact(seeded, root)
+    assert runner.invoke(main, ["cdc", "status"]).exit_code == 0
+
+
+def test_a_root_restored_from_an_older_copy_is_a_named_gap_and_its_reset_makes_it_exact(
+        seeded: str, tmp_path: Path) -> None:
+    """A root restored over itself from a backup keeps its slot, which has moved on: the slot's
+    confirmed position is past the restored root's, so the changes in between would never
+    arrive. Named; the reset re-syncs. The backup is taken after a tick that committed nothing
+    (the slot was told a position Delta does not hold): still a gap once the slot moved on."""
+    root, backup = tmp_path / "bronze", tmp_path / "backup"
+    cdc_load(ORDERS, seeded, root)
+    empty, result = cdc_load(ORDERS, seeded, root)
+    assert empty.changes is not None and not empty.changes.keys and not result.committed
+    shutil.copytree(root, backup)
+    _change(seeded, "orders")
+    cdc_load(ORDERS, seeded, root)  # read and acknowledged: the slot moves on
+    shutil.rmtree(root)
+    shutil.copytree(backup, root)  # the restore
+    named = (r"stream gap: .*has confirmed [0-9A-F]+/[0-9A-F]+: the changes in between were read and "
+             r"acknowledged by another reader .*restored from an older copy.*bronze cdc reset bz_orders")
+    with pytest.raises(CdcSlotLostError, match=named):
+        cdc_load(ORDERS, seeded, root)
+    batch, result = reset(ORDERS, seeded, root, job_id="test")
+    assert batch.mode == SNAPSHOT and (result.inserted, result.updated, result.soft_deleted) == (3, 5, 2)
+    assert_orders_exact(seeded, root)
+    changed = _change(seeded, "orders")
+    after, _ = cdc_load(ORDERS, seeded, root)
+    assert after.mode == STREAM and after.changes is not None and set(after.changes.keys) == changed
+    assert_orders_exact(seeded, root)
+
+
+def test_two_roots_given_one_deployment_id_name_the_gap_instead_of_reading_nothing(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two roots configured with the same $BRONZE_DEPLOYMENT_ID share a slot: the second root's
+    first load creates the slot again, and the first root's next load names the gap."""
+    monkeypatch.setenv("BRONZE_DEPLOYMENT_ID", "shared")
+    first, second = tmp_path / "a", tmp_path / "b"
+    cdc_load(ORDERS, seeded, first)
+    cdc_load(ORDERS, seeded, second)
+    assert table_slot(ORDERS, seeded, first) == table_slot(ORDERS, seeded, second) == \
+        f"bronze_{dsn_parts(seeded)['db'].lower()}_orders_shared"
+    changed = _change(seeded, "orders")
+    batch, _ = cdc_load(ORDERS, seeded, second)
+    assert batch.changes is not None and set(batch.changes.keys) == changed
+    with pytest.raises(CdcSlotLostError, match=r"another bronze root using this slot: give each deployment "
+                                               r"its own BRONZE_DEPLOYMENT_ID"):
+        cdc_load(ORDERS, seeded, first)
+
+
+def test_a_tick_that_commits_nothing_lets_the_slot_go_and_the_next_tick_streams(
+        seeded: str, tmp_path: Path) -> None:
+    """An update that changes no value is in the log but changes no row: nothing is committed,
+    yet the slot is told the position (its WAL is freed). The root records that position, so
+    the next tick sees its own acknowledgement, not another reader's."""
+    cdc_load(ORDERS, seeded, tmp_path)
+    query(seeded, "UPDATE tests.orders SET status = status WHERE order_id = 5")
+    batch, result = cdc_load(ORDERS, seeded, tmp_path)
+    assert batch.changes is not None and batch.changes.keys == {5: "U"} and not result.committed
+    slot = table_slot(ORDERS, seeded, tmp_path)
+    position, state = committed_position(tmp_path, "bz_orders"), replication.slot_state(seeded, ORDERS, slot)
+    assert position is not None and state is not None
+    assert state.confirmed_flush_lsn == batch.lsn > position.lsn  # the slot is past what Delta holds
+    assert acknowledged(tmp_path, "bz_orders") == (slot, batch.lsn)
+    record = tmp_path / "_bronze_cdc" / "bz_orders.json"
+    kept = record.read_bytes()
+    record.unlink()  # without the record the same state is another reader's doing
+    with pytest.raises(CdcSlotLostError, match="another reader"):
+        cdc_load(ORDERS, seeded, tmp_path)
+    record.write_bytes(kept)
+    changed = _change(seeded, "orders")
+    after, _ = cdc_load(ORDERS, seeded, tmp_path)
+    assert after.mode == STREAM and after.changes is not None and set(after.changes.keys) == changed
+    assert_orders_exact(seeded, tmp_path)
+
+
+def test_a_commit_not_yet_acknowledged_is_no_gap(seeded: str, tmp_path: Path) -> None:
+    """A run killed between its Delta commit and the acknowledgement leaves bronze ahead of the
+    slot's confirmed position: the normal exactly-once recovery, read on from bronze's position."""
+    cdc_load(ORDERS, seeded, tmp_path)
+    first = _change(seeded, "orders")
+    batch = stage_cdc(ORDERS, seeded, tmp_path)
+    try:
+        assert BronzeMerger(ORDERS, tmp_path).merge(batch.staged).committed
+    finally:
+        batch.staged.cleanup()
+    # ... and killed here, before acknowledge()
+    position = committed_position(tmp_path, "bz_orders")
+    state = replication.slot_state(seeded, ORDERS, table_slot(ORDERS, seeded, tmp_path))
+    assert position is not None and state is not None and state.confirmed_flush_lsn is not None
+    assert position.lsn == batch.lsn > state.confirmed_flush_lsn
+    assert batch.changes is not None and set(batch.changes.keys) == first
+    second = _change(seeded, "orders")
+    again, _ = cdc_load(ORDERS, seeded, tmp_path)
+    assert again.mode == STREAM and again.changes is not None and set(again.changes.keys) == second
+    assert_orders_exact(seeded, tmp_path)
+
+
+def _legacy_load(dsn: str, root: Path) -> CdcRead:
+    """A CDC load of bz_orders as versions before per-deployment slots ran it: the one slot
+    ``bronze_<db>_orders`` whatever the root, (re-)created by a root's first load, the position
+    committed without the slot's name, read on from it without looking at the slot's position."""
+    legacy = replication.legacy_slot_name(dsn, ORDERS)
+    position = committed_position(root, "bz_orders")
+    if position is None:
+        replication.drop_slot(dsn, ORDERS, legacy)
+        with replication.new_slot(dsn, ORDERS, legacy) as (lsn, snapshot):
+            read = CdcRead(SNAPSHOT, lsn, replication.table_relid(dsn, ORDERS), snapshot_id=snapshot)
+            staged = extract_and_stage(ORDERS, dsn, root, all_rows=True, snapshot_id=snapshot)
+    else:
+        changes = replication.read_changes(dsn, ORDERS, position.lsn, slot=legacy)
+        read = CdcRead(STREAM, changes.end_lsn, position.relid, keys=list(changes.keys), changes=changes)
+        staged = extract_and_stage(ORDERS, dsn, root, keys=read.keys)
+    staged.commit_always = read.all_rows
+    staged.final_metadata |= read.final_metadata
+    assert CDC_SLOT_KEY not in staged.final_metadata
+    try:
+        BronzeMerger(ORDERS, root).merge(staged)
+    finally:
+        staged.cleanup()
+    replication.acknowledge(dsn, ORDERS, read.lsn, legacy)
+    return read
+
+
+def test_roots_of_earlier_versions_move_to_slots_of_their_own_by_one_audited_re_sync(
+        seeded: str, tmp_path: Path) -> None:
+    """Two roots that shared the one slot of earlier versions: the second took the changes and the
+    first read "0 changed keys" (the bug). Their positions name no slot; the next load of each
+    re-syncs once from a slot of its own (audited), the old shared slot is dropped, and both end
+    exact and stream on."""
+    legacy = replication.legacy_slot_name(dsn=seeded, contract=ORDERS)
+    first, second = tmp_path / "a", tmp_path / "b"
+    _legacy_load(seeded, first)
+    _legacy_load(seeded, second)
+    _change(seeded, "orders")
+    assert len(_legacy_load(seeded, second).keys or []) == 10
+    stale = _legacy_load(seeded, first)
+    assert stale.changes is not None and not stale.changes.keys  # what earlier versions did
+    assert active_hashes(orders_frame(first), "order_id") != source_hashes(seeded, "orders")
+
+    for root, dropped in ((first, True), (second, False)):
+        batch, _ = cdc_load(ORDERS, seeded, root)
+        assert batch.mode == SNAPSHOT and batch.read.legacy_slot == legacy
+        assert batch.read.slot == table_slot(ORDERS, seeded, root)
+        assert batch.metadata()["cdc_migrated_from"] == legacy
+        assert_orders_exact(seeded, root)
+        (audit,) = [a for a in read_table(root, AUDIT_LOG).to_pylist() if a["operation_type"] == "CDC_RESET"]
+        details = json.loads(audit["details"])
+        assert audit["status"] == "SUCCESS" and details["reason"].startswith("migration")
+        assert (details["legacy_slot"], details["legacy_slot_dropped"]) == (legacy, dropped)
+        assert replication.slot_state(seeded, ORDERS, legacy) is None
+    changed = _change(seeded, "orders")
+    for root in (first, second):
+        batch, _ = cdc_load(ORDERS, seeded, root)
+        assert batch.mode == STREAM and batch.changes is not None and set(batch.changes.keys) == changed
+        assert_orders_exact(seeded, root)
+
+
+@pytest.mark.parametrize(("held", "confirmed", "current", "named"), [
+    (100, 100, 200, None),  # acknowledged
+    (150, 100, 200, None),  # committed, killed before the acknowledgement: read on from 150
+    (100, 150, 200, "has confirmed 0/96: the changes in between were read and acknowledged by another"),
+    (250, 250, 200, "the source's WAL position is only 0/C8"),  # the source server went back
+], ids=["acknowledged", "killed before acknowledging", "consumed elsewhere", "source went back"])
+def test_the_position_rule(held: int, confirmed: int, current: int, named: str | None) -> None:
+    slot = replication.SlotState("s", False, "reserved", confirmed, 0, 1, True, current)
+    gap = position_gap(held, slot)
+    assert gap is None if named is None else gap is not None and named in gap
+
+
+def test_deployment_ids_name_a_slot_per_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn = "postgresql://u:p@h:5432/DE"
+    one = replication.deployment_id("/data/bronze")
+    assert re.fullmatch(r"[0-9a-f]{8}", one)
+    assert one == replication.deployment_id("/data/bronze/") == replication.deployment_id(
+        "file:///data/bronze") == replication.deployment_id("/data/x/../bronze")
+    assert one != replication.deployment_id("/data/staging")
+    s3 = replication.deployment_id("s3://bucket/bronze")
+    assert s3 == replication.deployment_id("S3A://bucket/bronze/") != replication.deployment_id("s3://bucket/b2")
+    assert replication.slot_name(dsn, ORDERS, one) == f"bronze_de_orders_{one}"
+    assert replication.legacy_slot_name(dsn, ORDERS) == "bronze_de_orders"
+    long = replication.slot_name(dsn.replace("/DE", "/" + "d" * 70), ORDERS, one)
+    assert len(long) == 63 and long.endswith(f"_{one}")
+    monkeypatch.setenv("BRONZE_DEPLOYMENT_ID", "prod_1")
+    assert replication.deployment_id("/data/bronze") == "prod_1"
+    monkeypatch.setenv("BRONZE_DEPLOYMENT_ID", "Prod-1")
+    with pytest.raises(replication.ReplicationError, match=r"BRONZE_DEPLOYMENT_ID='Prod-1' is not a "):
+        replication.slot_name(dsn, ORDERS)

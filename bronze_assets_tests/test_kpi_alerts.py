@@ -193,13 +193,16 @@ def test_storage_growth_over_20_percent_fires_once_and_resolves(tmp_path: Path) 
     assert h.alerts()[0]["value"] > 20
 
 
-def test_a_cdc_slot_holding_wal_fires_once_and_resolves_once(fresh_dsn: str, tmp_path: Path) -> None:
+def test_a_cdc_slot_holding_wal_fires_once_and_resolves_once(
+        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.demo.generator import SeedOptions
     from bronze_assets.demo.seed import seed_source
     from bronze_assets.lib.cdc import cdc_load
     from bronze_assets_tests.conftest import AS_OF, query
 
+    # slots are named per deployment; the sensor watches those of $BRONZE_ROOT's (the resource's root)
+    monkeypatch.setenv("BRONZE_ROOT", str(tmp_path))
     seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
     orders = CONTRACTS["orders"]
     cdc_load(orders, fresh_dsn, tmp_path)

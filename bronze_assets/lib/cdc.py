@@ -7,6 +7,17 @@ by a long transaction arrives with its commit.
 Exactly once: the position (``bronze.cdc_lsn``) is written with the last Delta commit of the
 batch, and the slot is told only after that commit. A run killed anywhere re-reads from the
 recorded position (re-reading a key twice changes nothing), so bronze ends exact.
+
+One stream per deployment, and a gap is never silent: each bronze root reads its own slot
+(:func:`~bronze_assets.lib.source.replication.slot_name` carries the deployment id), and before a
+stream is read the slot's confirmed position is checked against what the root holds
+(:func:`position_gap`): the server would silently start a read at the confirmed position, so a
+slot confirmed past the root's position (another reader took the changes, or the slot was
+re-created) is a stream gap, named with ``bronze cdc reset``. A root ahead of the slot's confirmed
+position is the normal recovery of a run killed between its commit and the acknowledgement.
+A tick whose changes commit nothing (none for this table, or no row changed) still lets the slot
+go: the position it acknowledges is first written to ``<root>/_bronze_cdc/<table>.json``, so the
+root holds it too.
 """
 
 from __future__ import annotations
@@ -20,19 +31,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, AuditEntry, append_rows, audited
 from bronze_assets.lib.delta.merge import (
     CDC_LSN_KEY,
     CDC_RELID_KEY,
     BronzeMerger,
     MergeResult,
-    latest_cdc_position,
+    commit_history,
 )
 from bronze_assets.lib.delta.staging import StagedBatch
-from bronze_assets.lib.delta.storage import StorageLike, as_storage
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import replication
-from bronze_assets.lib.source.replication import ChangeSet, SlotState, lsn_text
+from bronze_assets.lib.source.replication import ENV_DEPLOYMENT_ID, ChangeSet, SlotState, lsn_text
 from bronze_assets.settings import env
 
 log = logging.getLogger(__name__)
@@ -42,7 +53,153 @@ SNAPSHOT, STREAM = "snapshot", "stream"
 
 class CdcSlotLostError(RuntimeError):
     """Bronze holds changes up to a log position after which the source's slot can no longer
-    give every change (slot gone or lost, table re-created or out of its publication)."""
+    give every change (slot gone or lost, table re-created or out of its publication, the slot's
+    confirmed position past the root's, the root copied from another deployment's)."""
+
+
+CDC_SLOT_KEY = "bronze.cdc_slot"  # the slot the position was read from (recorded with the position)
+ACK_DIR = "_bronze_cdc"  # <root>/_bronze_cdc/<table>.json: the position last acknowledged to the slot
+
+
+@dataclass(frozen=True)
+class Position:
+    """The log position a bronze root holds every change of a table up to (its latest commit
+    that records one), the source table's OID then, and the slot it was read from (None: a
+    position committed before slots were named per deployment)."""
+
+    lsn: int
+    relid: int | None
+    slot: str | None
+
+
+def committed_position(storage: StorageLike, table: str, limit: int = 200) -> Position | None:
+    """The latest commit's :class:`Position` (as :func:`~bronze_assets.lib.delta.merge.latest_cdc_position`,
+    with the slot); None when there is none, or when a RESTORE came after it (a restored table
+    re-syncs)."""
+    dt = as_storage(storage).open(table)
+    if dt is None:
+        return None
+    for entry in commit_history(dt, limit):
+        if entry.get("operation") == "RESTORE":
+            return None
+        if CDC_LSN_KEY in entry:
+            relid, slot = entry.get(CDC_RELID_KEY), entry.get(CDC_SLOT_KEY)
+            return Position(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None,
+                            str(slot) if slot else None)
+    return None
+
+
+def deployment_id(storage: StorageLike) -> str:
+    """This deployment's id for the bronze root ``storage``: ``$BRONZE_DEPLOYMENT_ID``, else a
+    hash of the root (see :func:`~bronze_assets.lib.source.replication.deployment_id`)."""
+    return replication.deployment_id(as_storage(storage).root)
+
+
+def table_slot(contract: Contract, dsn: str, storage: StorageLike) -> str:
+    """The name of the slot the bronze root ``storage`` reads ``contract``'s changes from."""
+    return replication.slot_name(dsn, contract, deployment_id(storage))
+
+
+def _ack_path(table: str) -> str:
+    return f"{ACK_DIR}/{table}.json"
+
+
+def _files(storage: Storage) -> Any:
+    """delta-rs' object store at the bronze root (the Delta tables' credentials and options).
+    Its raw handler: through pyarrow (``deltalake.fs.DeltaStorageHandler``) a write fails, pyarrow
+    26 hands the stream a Buffer it refuses (deltalake 1.6.6)."""
+    from deltalake._internal import DeltaFileSystemHandler
+
+    return DeltaFileSystemHandler(table_uri=storage.root, options=storage.delta_options, known_sizes=None)
+
+
+def acknowledged(storage: StorageLike, table: str) -> tuple[str, int] | None:
+    """(slot, position) the root last acknowledged for ``table``, or None."""
+    try:
+        raw = _files(as_storage(storage)).open_input_file(_ack_path(table)).read()
+    except FileNotFoundError:
+        return None
+    record = json.loads(raw)
+    return str(record["slot"]), int(record["lsn"])
+
+
+def _record_acknowledged(storage: Storage, table: str, slot: str, lsn: int) -> None:
+    stream = _files(storage).open_output_stream(_ack_path(table), None)
+    try:
+        stream.write(json.dumps({"slot": slot, "lsn": lsn, "lsn_text": lsn_text(lsn),
+                                 "at": datetime.now(UTC).isoformat()}).encode())
+    finally:
+        stream.close()
+
+
+def position_gap(held: int, slot: SlotState) -> str | None:
+    """Why ``slot`` cannot continue a root that holds every change up to ``held`` (its committed
+    position, or the one it acknowledged after a tick that committed nothing), or None.
+
+    * confirmed ≤ held: the normal case; held > confirmed after a run killed between its commit
+      and its acknowledgement (the stream is read again from ``held``).
+    * confirmed > held: the server would start the read at the confirmed position and the changes
+      in between would never arrive: another reader read and acknowledged them (another root
+      using this slot, or this root restored from an older copy), or the slot was dropped and
+      created again (a new slot's position lies past every earlier one).
+    * held > the server's WAL position: the source was restored from a backup or replaced."""
+    confirmed, current = slot.confirmed_flush_lsn, slot.current_lsn
+    if confirmed is not None and confirmed > held:
+        return (f"the replication slot {slot.name} has confirmed {lsn_text(confirmed)}: the changes in "
+                f"between were read and acknowledged by another reader (another bronze root using this "
+                f"slot: give each deployment its own {ENV_DEPLOYMENT_ID}; or this root was restored from an "
+                f"older copy), or the slot was dropped and created again")
+    if current is not None and held > current:
+        return (f"the source's WAL position is only {lsn_text(current)}: the source server was restored "
+                f"from a backup or replaced since")
+    return None
+
+
+@dataclass(frozen=True)
+class StreamCheck:
+    """Where a CDC table's stream stands for one bronze root: its slot (name, state), the
+    position the root holds, the old shared slot a position predating per-deployment slots came
+    from (the next CDC run re-syncs), and the gap, if the slot can no longer give every change."""
+
+    slot: str
+    state: SlotState | None
+    position: Position | None
+    legacy_slot: str | None = None
+    gap: str | None = None
+
+
+def check_stream(contract: Contract, dsn: str, storage: StorageLike) -> StreamCheck:
+    """The :class:`StreamCheck` of ``contract`` in the bronze root ``storage``."""
+    storage = as_storage(storage)
+    table = contract.bronze_table
+    name = table_slot(contract, dsn, storage)
+    position = committed_position(storage, table)
+    state = replication.slot_state(dsn, contract, name)
+    if position is None:
+        return StreamCheck(name, state, None)
+    if position.slot is None:
+        return StreamCheck(name, state, position, legacy_slot=replication.legacy_slot_name(dsn, contract))
+    if position.slot != name:
+        return StreamCheck(name, state, position, gap=(
+            f"bronze's position was read from the replication slot {position.slot}, and this deployment "
+            f"reads {name} (the bronze root was copied or moved from another root, or {ENV_DEPLOYMENT_ID} "
+            f"changed)"))
+    gap = replication.stream_gap(dsn, contract, state, position.relid, name)
+    if gap is None and state is not None:
+        held = position.lsn
+        if state.confirmed_flush_lsn is not None and state.confirmed_flush_lsn > held:
+            ack = acknowledged(storage, table)  # a tick that committed nothing acknowledged past it
+            if ack is not None and ack[0] == name:
+                held = max(held, ack[1])
+        gap = position_gap(held, state)
+    return StreamCheck(name, state, position, gap=gap)
+
+
+def gap_error(table: str, position: Position, gap: str) -> CdcSlotLostError:
+    return CdcSlotLostError(
+        f"{table}: stream gap: bronze holds the changes up to {lsn_text(position.lsn)}; {gap}. The "
+        f"source's log can no longer give every change since: run `bronze cdc reset {table}` to re-sync "
+        f"it (a new slot, the table read in its snapshot and merged; audited).")
 
 
 @dataclass
@@ -57,6 +214,11 @@ class CdcRead:
     keys: list[int] | None = None
     snapshot_id: str | None = None
     changes: ChangeSet | None = None
+    slot: str | None = None  # the slot read (None: this deployment's by $BRONZE_ROOT)
+    storage: Storage | None = None  # the bronze root
+    slot_seen: SlotState | None = None  # the slot as the read found it
+    legacy_slot: str | None = None  # the shared slot of earlier versions this snapshot migrates from
+    reset: bool = False  # `bronze cdc reset` (audited there)
 
     @property
     def all_rows(self) -> bool:
@@ -72,11 +234,20 @@ class CdcRead:
     def final_metadata(self) -> dict[str, str]:
         """The commit metadata that records the position (with the batch's last commit)."""
         relid = {CDC_RELID_KEY: str(self.relid)} if self.relid is not None else {}
-        return {CDC_LSN_KEY: str(self.lsn)} | relid
+        slot = {CDC_SLOT_KEY: self.slot} if self.slot is not None else {}
+        return {CDC_LSN_KEY: str(self.lsn)} | relid | slot
 
     def metadata(self, slot: SlotState | None = None) -> dict[str, Any]:
-        """What the asset shows of the read and of the slot's health."""
+        """What the asset shows of the read and of the slot's health (``slot``: its state now;
+        another slot's state, e.g. looked up by ``$BRONZE_ROOT`` for another root, is not shown:
+        the state the read found is)."""
+        if slot is None or (self.slot is not None and slot.name != self.slot):
+            slot = self.slot_seen
         meta: dict[str, Any] = {"load_pattern": "cdc", "cdc_mode": self.mode, "cdc_lsn": lsn_text(self.lsn)}
+        if self.slot is not None:
+            meta["cdc_slot"] = self.slot
+        if self.legacy_slot is not None:
+            meta["cdc_migrated_from"] = self.legacy_slot
         if self.changes is not None:
             meta |= {"cdc_transactions": self.changes.transactions, "cdc_changes": self.changes.changes,
                      "cdc_keys_changed": len(self.changes.keys), "cdc_stream_complete": self.changes.complete}
@@ -115,7 +286,7 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike | None = 
         return CDC_OFF
     reasons = [r for r in [replication.availability(dsn)] if r is not None]
     if storage is not None:
-        depends = latest_cdc_position(as_storage(storage).open(contract.bronze_table)) is not None
+        depends = committed_position(storage, contract.bronze_table) is not None
     else:
         depends = replication.slot_state(dsn, contract) is not None
     if not depends:
@@ -154,31 +325,38 @@ def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] |
 @contextmanager
 def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool = False
              ) -> Iterator[CdcRead]:
-    """The next CDC read of ``contract`` (see the module docstring); a snapshot read's exported
-    snapshot stays importable while the block runs. Nothing is acknowledged here. ``resync``:
-    a new slot and the table read in its snapshot, whatever bronze recorded (the recovery from
-    a lost slot)."""
+    """The next CDC read of ``contract`` from this deployment's slot (see the module docstring);
+    a snapshot read's exported snapshot stays importable while the block runs. Nothing is
+    acknowledged here. A stream gap (:func:`check_stream`) fails with :class:`CdcSlotLostError`.
+    ``resync``: a new slot and the table read in its snapshot, whatever bronze recorded (the
+    recovery from a gap). A position committed before slots were named per deployment re-syncs
+    the same way, once (the migration; :func:`acknowledge` retires the old shared slot)."""
     storage = as_storage(storage)
     table = contract.bronze_table
-    position = None if resync else latest_cdc_position(storage.open(table))
-    slot = replication.slot_state(dsn, contract)
-    gap = None if position is None else replication.stream_gap(dsn, contract, slot, position.relid)
-    if position is not None and gap is not None:
-        raise CdcSlotLostError(
-            f"{table}: bronze holds the changes up to {lsn_text(position.lsn)}, but {gap}; later changes "
-            f"can no longer be read from the source's log. Run `bronze cdc reset {table}` to re-sync it (a "
-            f"new slot, the table read in its snapshot and merged; audited).")
-    if position is None:  # the first load, or after a reset or a restore: a new slot and its snapshot
+    check = check_stream(contract, dsn, storage)
+    position, slot = check.position, check.state
+    if not resync and position is not None and check.gap is not None:
+        raise gap_error(table, position, check.gap)
+    if resync or position is None or check.legacy_slot is not None:
+        # the first load, a reset, a restore or the migration: a new slot and its snapshot
+        if check.legacy_slot is not None and not resync:
+            log.warning("%s: the log position bronze holds was read from the slot %s, shared by every bronze "
+                        "root of earlier versions; re-syncing once from this deployment's own slot %s", table,
+                        check.legacy_slot, check.slot)
         replication.ensure_publication(dsn, contract)  # a refusal fails before any slot is dropped
         if slot is not None:
-            replication.drop_slot(dsn, contract)
-        with replication.new_slot(dsn, contract) as (lsn, snapshot):
-            yield CdcRead(SNAPSHOT, lsn, replication.table_relid(dsn, contract), snapshot_id=snapshot)
+            replication.drop_slot(dsn, contract, check.slot)
+        with replication.new_slot(dsn, contract, check.slot) as (lsn, snapshot):
+            yield CdcRead(SNAPSHOT, lsn, replication.table_relid(dsn, contract), snapshot_id=snapshot,
+                          slot=check.slot, storage=storage, legacy_slot=check.legacy_slot, reset=resync,
+                          slot_seen=replication.slot_state(dsn, contract, check.slot))
         return
-    changes = replication.read_changes(dsn, contract, position.lsn)
+    assert slot is not None  # check_stream names a missing slot as a gap
+    changes = replication.read_changes(dsn, contract, position.lsn, slot=check.slot)
     keys = None if changes.truncated else list(changes.keys)  # a TRUNCATE: the whole table again
-    relid = position.relid if position.relid is not None else slot.relid  # type: ignore[union-attr]
-    yield CdcRead(STREAM, changes.end_lsn, relid, keys=keys, changes=changes)
+    relid = position.relid if position.relid is not None else slot.relid
+    yield CdcRead(STREAM, changes.end_lsn, relid, keys=keys, changes=changes, slot=check.slot,
+                  storage=storage, slot_seen=slot)
 
 
 @dataclass
@@ -219,8 +397,30 @@ def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time:
 
 
 def acknowledge(contract: Contract, dsn: str, batch: CdcBatch | CdcRead) -> None:
-    """Tell the slot bronze holds the batch's changes (after their commit): it frees the WAL."""
-    replication.acknowledge(dsn, contract, batch.lsn)
+    """Tell the slot bronze holds the batch's changes (after their commit): it frees the WAL.
+
+    A stream's position is first written to ``<root>/_bronze_cdc/<table>.json``: a tick whose
+    changes committed nothing recorded no position in Delta, yet the slot is told it, and the
+    gap check must know that this root, not another reader, moved the slot. After a migration
+    (see :func:`cdc_read`) the old shared slot is dropped (unless a reader is using it) and the
+    re-sync is audited as ``CDC_RESET``."""
+    read = batch.read if isinstance(batch, CdcBatch) else batch
+    if read.mode == STREAM and read.storage is not None and read.slot is not None:
+        _record_acknowledged(read.storage, contract.bronze_table, read.slot, read.lsn)
+    replication.acknowledge(dsn, contract, read.lsn, read.slot)
+    if read.legacy_slot is not None:
+        dropped = replication.drop_slot(dsn, contract, read.legacy_slot, only_inactive=True)
+        if not dropped and replication.slot_state(dsn, contract, read.legacy_slot) is not None:
+            log.warning("%s: the old shared slot %s is in use by another reader (a bronze root of an earlier "
+                        "version?); it is left in place, drop it once nothing reads it: SELECT "
+                        "pg_drop_replication_slot('%s')", contract.bronze_table, read.legacy_slot,
+                        read.legacy_slot)
+        if not read.reset and read.storage is not None:
+            entry = AuditEntry(contract.bronze_table, "CDC_RESET", details=json.dumps({
+                "reason": "migration to a slot of this deployment's own", "slot": read.slot,
+                "legacy_slot": read.legacy_slot, "legacy_slot_dropped": dropped, "lsn": lsn_text(read.lsn)}))
+            # the rows the re-sync changed are in the load's own LOAD row
+            append_rows(read.storage, AUDIT_LOG, [entry.row(SUCCESS) | {"records_affected": None}])
 
 
 def cdc_load(contract: Contract, dsn: str, storage: StorageLike, *, batch_time: datetime | None = None,
@@ -238,11 +438,13 @@ def cdc_load(contract: Contract, dsn: str, storage: StorageLike, *, batch_time: 
 
 def reset(contract: Contract, dsn: str, storage: StorageLike, job_id: str | None = None,
           ) -> tuple[CdcBatch, MergeResult]:
-    """Re-sync a table whose slot is gone or lost: drop what is left of the slot, create a new one
-    and MERGE the table read in its snapshot (keys gone from the source become DELETED). Audited."""
+    """Re-sync a table whose stream has a gap: drop what is left of this deployment's slot, create
+    a new one and MERGE the table read in its snapshot (keys gone from the source become DELETED).
+    Audited."""
     storage = as_storage(storage)
     with audited(storage, contract.bronze_table, "CDC_RESET", job_id) as entry:
         batch, result = cdc_load(contract, dsn, storage, resync=True)
         entry.records_affected = result.inserted + result.updated + result.soft_deleted
-        entry.details = json.dumps({"slot": replication.slot_name(dsn, contract), "lsn": lsn_text(batch.lsn)})
+        legacy = {"legacy_slot": batch.read.legacy_slot} if batch.read.legacy_slot else {}
+        entry.details = json.dumps({"slot": batch.read.slot, "lsn": lsn_text(batch.lsn)} | legacy)
     return batch, result

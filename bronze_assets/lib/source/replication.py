@@ -1,5 +1,11 @@
-"""Log-based change capture from PostgreSQL: one publication and one logical replication slot
-(``pgoutput``) per bronze table, read with psycopg2's replication protocol.
+"""Log-based change capture from PostgreSQL: one publication per table and one logical
+replication slot (``pgoutput``) per table and bronze deployment, read with psycopg2's
+replication protocol.
+
+Slots are global to the server and hold a read position, so two bronze roots that shared one
+would take each other's changes: a slot's name carries the deployment id (``$BRONZE_DEPLOYMENT_ID``,
+else a hash of the bronze root). A publication holds no position, so every deployment shares
+the table's one publication (``bronze_<table>``, the name its owner creates).
 
 Only *which keys changed*, in commit order and up to which LSN, is taken from the stream: the
 load then reads those keys' current rows in one snapshot (:func:`bronze_assets.lib.cdc`). So the
@@ -13,6 +19,8 @@ unchanged TOAST value into NULL (measured; see the README's CDC section).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import select
 import struct
@@ -25,7 +33,7 @@ from typing import Any
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, dsn_parts, redact
-from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA
+from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA, bronze_root, env
 
 # the session of the walsender pinned like every bronze session (ARCHITECTURE §2.2)
 PINNED_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=1"
@@ -41,10 +49,60 @@ class PublicationError(ReplicationError):
     it up (the message names the table, the publication and the SQL its owner runs)."""
 
 
-def slot_name(dsn: str, contract: Contract) -> str:
-    """``bronze_<database>_<table>``: slot names are global to the server, publications per database."""
-    database = re.sub(r"[^a-z0-9_]", "_", dsn_parts(dsn)["db"].lower())
-    return f"bronze_{database}_{contract.name}"[:63]
+ENV_DEPLOYMENT_ID = "BRONZE_DEPLOYMENT_ID"
+_DEPLOYMENT_ID = re.compile(r"[a-z0-9_]{1,20}")
+_SCHEMES = {"s3a": "s3", "s3n": "s3", "abfs": "abfss"}  # one store, spelled by another client
+
+
+def normalized_root(root: str) -> str:
+    """``root`` as one spelling: a local path absolute (``file://`` dropped), an object-store
+    URI with its scheme in lower case (``s3a``/``s3n`` as ``s3``, ``abfs`` as ``abfss``), no
+    trailing slash. The same root spelled another way (``az://`` for ``abfss://``, a symlink)
+    is another root to this: set ``$BRONZE_DEPLOYMENT_ID`` then."""
+    if "://" in root:
+        scheme, rest = root.split("://", 1)
+        scheme = scheme.lower()
+        if scheme != "file":
+            return f"{_SCHEMES.get(scheme, scheme)}://{rest.rstrip('/')}"
+        root = rest
+    return os.path.normpath(os.path.abspath(os.path.expanduser(root)))
+
+
+def deployment_id(root: str | None = None) -> str:
+    """The id in this deployment's slot names: ``$BRONZE_DEPLOYMENT_ID``, else the first 8 hex
+    digits of the SHA-256 of the bronze root (``root``, default ``$BRONZE_ROOT``), normalized.
+
+    A hash of the root, not an id stored in it: a root copied elsewhere (a second environment,
+    a restore next to the original) gets a slot of its own instead of sharing the original's;
+    a copy restored over the original shares its slot, and the position check names the gap
+    (:mod:`bronze_assets.lib.cdc`)."""
+    explicit = env(ENV_DEPLOYMENT_ID)
+    if explicit is not None:
+        if not _DEPLOYMENT_ID.fullmatch(explicit):
+            raise ReplicationError(
+                f"{ENV_DEPLOYMENT_ID}={explicit!r} is not a deployment id: use 1 to 20 lowercase letters, "
+                f"digits or underscores (it goes into the names of replication slots)")
+        return explicit
+    return hashlib.sha256(normalized_root(root or bronze_root()).encode()).hexdigest()[:8]
+
+
+def _database(dsn: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", dsn_parts(dsn)["db"].lower())
+
+
+def slot_name(dsn: str, contract: Contract, deployment: str | None = None) -> str:
+    """``bronze_<database>_<table>_<deployment id>`` (at most 63 characters: the database and table
+    part is shortened, never the id): slot names are global to the server. ``deployment``: the
+    id (default :func:`deployment_id` of ``$BRONZE_ROOT``)."""
+    deployment = deployment or deployment_id()
+    return f"bronze_{_database(dsn)}_{contract.name}"[:62 - len(deployment)] + f"_{deployment}"
+
+
+def legacy_slot_name(dsn: str, contract: Contract) -> str:
+    """``bronze_<database>_<table>``: the one slot every bronze root shared before slots were named
+    per deployment (positions committed then record no slot; :mod:`bronze_assets.lib.cdc`
+    migrates them)."""
+    return f"bronze_{_database(dsn)}_{contract.name}"[:63]
 
 
 def publication_name(contract: Contract) -> str:
@@ -134,13 +192,19 @@ def _names(contract: Contract) -> dict[str, str]:
     return {"schema": SOURCE_SCHEMA, "table": contract.name, "pub": publication_name(contract)}
 
 
-def slot_state(dsn: str, contract: Contract) -> SlotState | None:
+def _slot(dsn: str, contract: Contract, slot: str | None) -> str:
+    return slot or slot_name(dsn, contract)
+
+
+def slot_state(dsn: str, contract: Contract, slot: str | None = None) -> SlotState | None:
+    """The table's slot (``slot``: its name, default this deployment's by ``$BRONZE_ROOT``), or
+    None when there is none."""
     rows = _query(dsn, f"SELECT slot_name, active, wal_status, confirmed_flush_lsn::text, "
                        f"pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {_RELID}::bigint, "
                        f"{_PUBLISHED}, pg_current_wal_lsn()::text "
                        f"FROM pg_replication_slots "
                        f"WHERE slot_name = %(slot)s AND database = current_database()",
-                  _names(contract) | {"slot": slot_name(dsn, contract)})
+                  _names(contract) | {"slot": _slot(dsn, contract, slot)})
     if not rows:
         return None
     name, active, status, confirmed, retained, relid, published, current = rows[0]
@@ -154,10 +218,20 @@ def table_relid(dsn: str, contract: Contract) -> int | None:
     return _query(dsn, f"SELECT {_RELID}::bigint", _names(contract))[0][0]
 
 
-def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int | None) -> str | None:
-    """Why the table's slot can no longer give every change since bronze's position (``relid``:
-    the table OID recorded with it), or None when it can."""
-    name = slot_name(dsn, contract)
+def bronze_slots(dsn: str) -> list[tuple[str, bool, int | None]]:
+    """Every bronze slot of this database (any deployment's): name, active, WAL it holds."""
+    return [(name, bool(active), int(held) if held is not None else None) for name, active, held in _query(
+        dsn, "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+             "FROM pg_replication_slots WHERE database = current_database() AND plugin = 'pgoutput' "
+             "AND slot_name LIKE 'bronze\\_%%' ORDER BY slot_name")]
+
+
+def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int | None,
+               name: str | None = None) -> str | None:
+    """Why the table's slot (``name``, default this deployment's) can no longer give every change
+    since bronze's position (``relid``: the table OID recorded with it), or None when it can.
+    Whether the slot's position still matches bronze's is :func:`bronze_assets.lib.cdc.position_gap`."""
+    name = _slot(dsn, contract, name)
     if slot is None:
         return f"the replication slot {name} is gone"
     if slot.lost:
@@ -263,32 +337,44 @@ def ensure_publication(dsn: str, contract: Contract) -> None:
         raise PublicationError(state.problem(denied=" ".join(str(exc).split()))) from None
 
 
-def drop_slot(dsn: str, contract: Contract) -> bool:
-    """Drop the table's slot (it releases the WAL it holds); False when there was none."""
-    rows = _query(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                       "WHERE slot_name = %s AND database = current_database()", (slot_name(dsn, contract),))
+def drop_slot(dsn: str, contract: Contract, slot: str | None = None, *, only_inactive: bool = False) -> bool:
+    """Drop the table's slot (``slot``: its name, default this deployment's); it releases the WAL it
+    holds. False when there was none (or, ``only_inactive``, when a reader is using it)."""
+    import psycopg2.errors
+
+    try:
+        rows = _query(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                           "WHERE slot_name = %s AND database = current_database()"
+                           + (" AND NOT active" if only_inactive else ""), (_slot(dsn, contract, slot),))
+    except psycopg2.errors.ObjectInUse:  # it became active in between
+        if not only_inactive:
+            raise
+        return False
     return bool(rows)
 
 
 @contextmanager
-def new_slot(dsn: str, contract: Contract) -> Iterator[tuple[int, str]]:
-    """Create the table's slot and yield (its consistent LSN, its exported snapshot): a reader
-    that joins the snapshot sees exactly the changes before the LSN, the stream the ones after.
-    The snapshot stays importable until the block ends (the replication session stays idle)."""
+def new_slot(dsn: str, contract: Contract, slot: str | None = None) -> Iterator[tuple[int, str]]:
+    """Create the table's slot (``slot``: its name, default this deployment's) and yield (its
+    consistent LSN, its exported snapshot): a reader that joins the snapshot sees exactly the
+    changes before the LSN, the stream the ones after. The snapshot stays importable until the
+    block ends (the replication session stays idle)."""
     ensure_publication(dsn, contract)
     with closing(_connect(dsn, replication=True)) as conn:
         cur = conn.cursor()
-        cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(slot_name(dsn, contract))} LOGICAL pgoutput "
+        cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(_slot(dsn, contract, slot))} LOGICAL pgoutput "
                     f"(SNAPSHOT 'export')")
         _, consistent, snapshot, _ = cur.fetchone()
         yield lsn_int(consistent), snapshot
 
 
-def acknowledge(dsn: str, contract: Contract, lsn: int) -> None:
-    """Let the slot release the WAL before ``lsn`` (the changes bronze has committed)."""
+def acknowledge(dsn: str, contract: Contract, lsn: int, slot: str | None = None) -> None:
+    """Let the slot (``slot``: its name, default this deployment's) release the WAL before ``lsn``
+    (the changes bronze holds): its confirmed position becomes ``lsn``."""
+    name = _slot(dsn, contract, slot)
     _query(dsn, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn) WHERE %s::pg_lsn > "
                 "(SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s)",
-           (slot_name(dsn, contract), lsn_text(lsn), lsn_text(lsn), slot_name(dsn, contract)))
+           (name, lsn_text(lsn), lsn_text(lsn), name))
 
 
 # ------------------------------------------------------------------------------------ pgoutput
@@ -401,17 +487,19 @@ class _Decoder:
 
 
 def read_changes(dsn: str, contract: Contract, start_lsn: int, max_seconds: float = DRAIN_SECONDS,
-                 ) -> ChangeSet:
-    """Read the table's slot from ``start_lsn`` up to the server's WAL position at the call
-    (complete transactions only). Nothing is acknowledged here: :func:`acknowledge` does that
-    once bronze has committed the changes."""
+                 slot: str | None = None) -> ChangeSet:
+    """Read the table's slot (``slot``: its name, default this deployment's) from ``start_lsn`` up
+    to the server's WAL position at the call (complete transactions only). Nothing is
+    acknowledged here: :func:`acknowledge` does that once bronze has committed the changes.
+    The server starts at the slot's confirmed position when ``start_lsn`` lies before it,
+    silently: :func:`bronze_assets.lib.cdc.position_gap` rules that out first."""
     (target,) = _query(dsn, "SELECT pg_current_wal_lsn()::text")[0]
     target_lsn = lsn_int(target)
     changes = ChangeSet(start_lsn, start_lsn)
     decoder = _Decoder(contract.primary_key[0], changes)
     with closing(_connect(dsn, replication=True)) as conn:
         cur = conn.cursor()
-        cur.start_replication(slot_name=slot_name(dsn, contract), decode=False, start_lsn=start_lsn,
+        cur.start_replication(slot_name=_slot(dsn, contract, slot), decode=False, start_lsn=start_lsn,
                               options={"proto_version": "1", "publication_names": publication_name(contract)})
         deadline = time.monotonic() + max_seconds
         while time.monotonic() < deadline:
