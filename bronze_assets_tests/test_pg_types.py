@@ -306,6 +306,15 @@ def test_discovery_reads_types_nullability_and_keys(types_dsn: str) -> None:
     dom = types["dom"]
     assert (dom.family, dom.base, dom.delta_type) == (TypeFamily.INTEGER, "integer", "integer")
     assert types["code"].family is TypeFamily.VARCHAR and types["code"].base == "character varying(10)"
+    query(types_dsn, "CREATE DOMAIN tests.short_code AS tests.code CHECK (length(VALUE) < 5)")
+    query(types_dsn, "CREATE DOMAIN tests.money_ish AS numeric(12,2)")
+    query(types_dsn, "CREATE DOMAIN tests.positive_money AS tests.money_ish CHECK (VALUE > 0)")
+    query(types_dsn, "CREATE TABLE tests.nested (k integer PRIMARY KEY, c tests.short_code, "
+                     "m tests.positive_money, updated_at timestamptz)")
+    nested = {c.name: c.type for c in discover_contract(types_dsn, "nested", "tests").columns}
+    assert (nested["c"].value, nested["c"].base, nested["c"].family) == \
+        ("tests.short_code", "character varying(10)", TypeFamily.VARCHAR)  # a domain over a domain
+    assert nested["m"].precision_scale == (12, 2) and nested["m"].base == "numeric(12,2)"
     assert types["tsp"].family is TypeFamily.TIMESTAMP and types["ts"].delta_type == "timestamp_ntz"
     assert types["m"].delta_type == "decimal(19,2)"
     nullable = {c.name: c.nullable for c in contract.columns}

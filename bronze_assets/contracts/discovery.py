@@ -43,11 +43,17 @@ def catalog_sql(schema: str, table: str) -> str:
     """The catalog query of :func:`discover_contract` (rows as :class:`CatalogColumn` fields)."""
     regclass = f"to_regclass(quote_ident({_literal(schema)}) || '.' || quote_ident({_literal(table)}))"
     return (
-        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typtype::text, "
-        "CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END, "
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typtype::text, base.spelling, "
         "NOT a.attnotnull, a.attidentity::text, a.attgenerated::text, "
         "array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1 "
         "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        # a domain's base type, through domains over domains down to the type they all rest on
+        "LEFT JOIN LATERAL (WITH RECURSIVE b(oid, typmod, depth) AS ("
+        "  SELECT t.typbasetype, t.typtypmod, 1 UNION ALL "
+        "  SELECT d.typbasetype, CASE WHEN d.typtypmod >= 0 THEN d.typtypmod ELSE b.typmod END, b.depth + 1 "
+        "  FROM b JOIN pg_type d ON d.oid = b.oid WHERE d.typtype = 'd') "
+        "SELECT format_type(b.oid, b.typmod) AS spelling FROM b ORDER BY b.depth DESC LIMIT 1"
+        ") base ON t.typtype = 'd' "
         "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
         f"WHERE a.attrelid = {regclass} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
     )
