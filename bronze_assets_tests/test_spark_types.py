@@ -20,6 +20,7 @@ from bronze_assets.contracts.discovery import discover_contract
 from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.spark.jdbc import UnwritableColumnNames
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.session import spark_session
 from bronze_assets_tests.conftest import query
@@ -92,3 +93,12 @@ def test_both_engines_load_every_type_alike(fresh_dsn: str, spark, tmp_path: Pat
     assert dict(read_back.dtypes)["ts"] == "timestamp_ntz"
     assert [r["ts"] for r in read_back.select("ts").collect()] == a["ts"].to_list()
     assert "timestampNtz" in (DeltaTable(str(spark_root / "bz_all_types")).protocol().reader_features or [])
+
+
+def test_names_delta_spark_cannot_write_fail_at_once(fresh_dsn: str, spark, tmp_path: Path) -> None:
+    create_table(fresh_dsn, "all_types")  # has a column "with space"
+    fill(fresh_dsn, "all_types", NASTY[:2])
+    contract = discover_contract(fresh_dsn, "all_types", "tests")
+    with pytest.raises(UnwritableColumnNames, match=r"'with space'.*BRONZE_ENGINE=local"):
+        SparkLoader(spark, str(tmp_path / "spark")).load(contract, fresh_dsn, batch_time=T1)
+    assert not (tmp_path / "spark" / "bz_all_types").exists()

@@ -108,12 +108,31 @@ def _read(spark: SparkSession, dsn: str, key: str, sql: str, schema: str, snapsh
     return reader.load()
 
 
+DELTA_SPARK_INVALID = " ,;{}()\n\t="  # refused in column names by delta-spark without column mapping
+
+
+class UnwritableColumnNames(ValueError):
+    """The table has column names delta-spark cannot write (the local engine can)."""
+
+
+def check_column_names(contract: Contract) -> None:
+    """Fail at once, in one line, on column names delta-spark refuses to write without Delta column
+    mapping (delta-rs writes them, and Spark reads such a table)."""
+    bad = [c for c in contract.column_names if any(ch in DELTA_SPARK_INVALID for ch in c)]
+    if bad:
+        raise UnwritableColumnNames(
+            f"{contract.bronze_table}: column name(s) {', '.join(map(repr, bad))} contain characters "
+            f"delta-spark refuses without Delta column mapping (any of {DELTA_SPARK_INVALID!r}); load "
+            f"this table with the local engine (BRONZE_ENGINE=local), which writes them. Nothing was read.")
+
+
 def read_query(
     spark: SparkSession, dsn: str, contract: Contract, sql: str, *, snapshot_id: str | None,
     partitioned: bool, bounds: tuple[int, int] | None, parallelism: int,
 ) -> DataFrame:
     """``sql`` (a pushdown query) read over ``parallelism`` JDBC connections split on the first
     primary-key column between ``bounds`` (min, max in the snapshot)."""
+    check_column_names(contract)
     return _read(spark, dsn, contract.primary_key[0], sql, custom_schema(contract, partitioned), snapshot_id,
                  bounds, parallelism)
 
