@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from bronze_assets.contracts import TYPE_MAP, PgType, TypeFamily
 from bronze_assets.contracts.arrow import arrow_type, source_schema
 from bronze_assets.contracts.discovery import discover_contract
+from bronze_assets.contracts.types import type_notes
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.delta.merge import BronzeMerger
@@ -317,6 +318,10 @@ def test_discovery_reads_types_nullability_and_keys(types_dsn: str) -> None:
     assert nested["m"].precision_scale == (12, 2) and nested["m"].base == "numeric(12,2)"
     assert types["tsp"].family is TypeFamily.TIMESTAMP and types["ts"].delta_type == "timestamp_ntz"
     assert types["m"].delta_type == "decimal(19,2)"
+    notes = type_notes("tests.all_types", ((c.name, c.type) for c in contract.columns))
+    assert "tests.all_types.iv: interval is stored as string (PostgreSQL's text of the value)" in notes
+    assert "tests.all_types.m: money is stored as decimal(19,2) (its text under lc_monetary 'C')" in notes
+    assert not [n for n in notes if n.startswith(("tests.all_types.vc:", "tests.all_types.ts:"))]
     nullable = {c.name: c.nullable for c in contract.columns}
     assert not nullable["k"] and nullable["t"]
 

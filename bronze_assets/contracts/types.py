@@ -25,6 +25,7 @@ Read modes:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -224,6 +225,15 @@ class PgType:
         return self.precision, self.scale
 
     @property
+    def storage_note(self) -> str | None:
+        """How bronze stores a column of this type when not as the type itself (None: as itself)."""
+        if self.read is ReadMode.TEXT:
+            return f"{self.spelling} is stored as string (PostgreSQL's text of the value)"
+        if self.family is TypeFamily.MONEY:
+            return "money is stored as decimal(19,2) (its text under lc_monetary 'C')"
+        return None
+
+    @property
     def is_integer(self) -> bool:
         return self.family in (TypeFamily.SMALLINT, TypeFamily.INTEGER, TypeFamily.BIGINT)
 
@@ -240,3 +250,9 @@ PgType.DATE = PgType.parse("date")
 PgType.TIMESTAMPTZ = PgType.parse("timestamp with time zone")
 PgType.NUMERIC_10_2 = PgType.parse("numeric(10,2)")
 PgType.NUMERIC_12_2 = PgType.parse("numeric(12,2)")
+
+
+def type_notes(table: str, columns: Iterable[tuple[str, PgType]]) -> list[str]:
+    """One line per column bronze does not store as its own type, naming the table (e.g.
+    ``schema.table``), the column and the documented mapping (README "Type mapping")."""
+    return [f"{table}.{name}: {t.storage_note}" for name, t in columns if t.storage_note is not None]
