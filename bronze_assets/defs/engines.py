@@ -10,11 +10,10 @@ the ``engine`` resource picks one per table (``$BRONZE_ENGINE``, ``$BRONZE_ENGIN
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC
 from enum import StrEnum
 from typing import Any
 
@@ -22,30 +21,14 @@ import dagster as dg
 from pydantic import Field
 
 from bronze_assets.contracts import Contract
-from bronze_assets.defs.checks import (
-    KEY_UNIQUENESS,
-    QUALITY_SCORE,
-    REFERENTIAL_INTEGRITY,
-    SCHEMA_CONTRACT,
-    key_uniqueness_result,
-    referential_integrity_result,
-    schema_contract_result,
-    staged_quality_result,
-    start_quality_check,
-    warm_quality_suite,
-)
-from bronze_assets.lib.cdc import CdcBatch, cdc_choice, stage_cdc
-from bronze_assets.lib.cdc import acknowledge as cdc_acknowledge
-from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
-from bronze_assets.lib.delta.io_manager import BronzeStorage, changed_partition_events
-from bronze_assets.lib.delta.outcome import audit_failure
-from bronze_assets.lib.delta.staging import StagedBatch
-from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.failures import classify, dagster_failure, failure_policy
-from bronze_assets.lib.load import SchemaMismatchError, extract_and_stage
-from bronze_assets.lib.source import replication
+from bronze_assets.defs.checks import as_check_result
+from bronze_assets.defs.io_manager import BronzeStorage, changed_partition_events
+from bronze_assets.lib.cdc import deployment_id
+from bronze_assets.lib.failures import failure_policy
+from bronze_assets.lib.load.engine import LocalEngine
+from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
+from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, VOLUMES_IO
 from bronze_assets.settings import env
-from bronze_assets.spark_job import DESCRIPTIONS, FAILURE, VOLUMES_IO
 
 ENV_ENGINE = "BRONZE_ENGINE"
 ENV_ENGINE_TABLES = "BRONZE_ENGINE_TABLES"
@@ -77,16 +60,6 @@ def parse_table_engines(value: str | None) -> dict[str, Engine]:
             raise ValueError(f"{ENV_ENGINE_TABLES}: {item.strip()!r} should read <bz_table>=<engine>")
         engines[table.strip()] = parse_engine(engine, f"{ENV_ENGINE_TABLES} ({table.strip()})")
     return engines
-
-
-@dataclass
-class LoadRequest:
-    """One asset run's load: the table, its window (UTC; None = whole table), the checks asked for."""
-
-    contract: Contract
-    window: tuple[datetime, datetime] | None
-    changes_only: bool
-    checks: set[str] = field(default_factory=set)
 
 
 class DatabricksCompute(StrEnum):
@@ -153,7 +126,8 @@ def request_for(context: dg.AssetExecutionContext, contract: Contract, changes_o
     if context.has_partition_key_range or context.has_partition_key:
         tw = context.partition_time_window
         window = (tw.start.astimezone(UTC), tw.end.astimezone(UTC))
-    return LoadRequest(contract, window, changes_only, {k.name for k in context.selected_asset_check_keys})
+    checks = frozenset(k.name for k in context.selected_asset_check_keys)
+    return LoadRequest(contract, window, changes_only, checks)
 
 
 def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage,
@@ -172,74 +146,23 @@ def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source:
 # ---------------------------------------------------------------------------------------- local
 
 
-def stage_local(request: LoadRequest, dsn: str, storage: Storage
-                ) -> tuple[StagedBatch, CdcBatch | None, dict[str, Any]]:
-    """Stage the run's rows: from the replication slot for a CDC table's run that reaches the
-    open partition (when the source allows logical replication), else by its window. Returns
-    the staged batch, the CDC batch to acknowledge, and metadata saying which pattern ran."""
-    contract, window = request.contract, request.window
-    use_cdc, meta = cdc_choice(contract, dsn, window)
-    if use_cdc:
-        batch = stage_cdc(contract, dsn, storage, partition=window)
-        return batch.staged, batch, batch.metadata(replication.slot_state(dsn, contract))
-    staged = extract_and_stage(contract, dsn, storage, partition=window, changes_only=request.changes_only)
-    return staged, None, meta
-
-
 def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage
               ) -> Iterator[Any]:
-    """Extract and stage here; the IO manager MERGEs the staged batch (output), then the checks."""
-    contract, selected = request.contract, request.checks
-    if QUALITY_SCORE in selected:  # GX warms up in its worker process while the source is read
-        warm_quality_suite(contract)
+    """The load lifecycle on the local engine: staged here, MERGEd by the IO manager (the output),
+    then the CDC acknowledgement and the checks."""
     storage = bronze.storage()
-    started = datetime.now(UTC)
-
-    def failed(message: str) -> None:
-        audit_failure(contract, storage, context.run.run_id, started,
-                      (datetime.now(UTC) - started).total_seconds(), message)
-
-    dsn = source.resolved_dsn()
+    lifecycle = Lifecycle(request, LocalEngine(storage), source.resolved_dsn(), storage,
+                          job_id=context.run.run_id, logger=context.log)
     try:
-        staged, cdc, cdc_meta = stage_local(request, dsn, storage)
-    except SchemaMismatchError as exc:
-        failed(str(exc))
-        if SCHEMA_CONTRACT in selected:
-            yield schema_contract_result(exc.drift, exc.quarantined)
-        meta = {"quarantined_rows": exc.quarantined, "batch_id": exc.batch_id}
-        raise dagster_failure(exc, contract.bronze_table, dsn, metadata=meta) from None
-    except Exception as exc:
-        failed(classify(exc, contract.bronze_table, dsn).message)
-        raise  # materialize's failure policy says whether a retry can fix it
-    if staged.schema_drift is not None:
-        if staged.schema_drift.added:
-            context.log.warning(staged.schema_drift.describe())
-            append_rows(storage, AUDIT_LOG, [{
-                "table_name": contract.bronze_table, "operation_type": "SCHEMA_EVOLUTION",
-                "start_timestamp": started, "end_timestamp": datetime.now(UTC), "status": SUCCESS,
-                "records_affected": staged.rows, "user_id": current_user(), "job_id": context.run.run_id,
-                "details": json.dumps({"policy": "addNewColumns", "batch_id": staged.ctx.batch_id,
-                                       "added": [c for c, _ in staged.schema_drift.added]}),
-            }])
-        if SCHEMA_CONTRACT in selected:
-            unreadable = staged.metadata.get("bronze.unreadable_records")
-            yield schema_contract_result(staged.schema_drift, int(unreadable) if unreadable else None)
-    context.log.info(f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
-                     f"in {staged.extract_seconds:.2f} s")
-    # GX validates the staged batch in its worker process while the IO manager MERGEs it
-    quality = start_quality_check(staged) if QUALITY_SCORE in selected else None
-    staged.keep_after_merge = quality is not None
+        staged = lifecycle.stage()
+    finally:  # the schema check's outcome, also when the batch was quarantined
+        for outcome in lifecycle.take_checks():
+            yield as_check_result(outcome)
     try:
-        # the MERGE happens here (cdc_meta says which load pattern ran)
-        yield dg.Output(staged, output_name=contract.bronze_table, metadata=cdc_meta)
-        if cdc is not None:  # only once its changes are committed may the slot free their WAL
-            cdc_acknowledge(contract, dsn, cdc)
-        if KEY_UNIQUENESS in selected:
-            yield key_uniqueness_result(contract, storage)
-        if REFERENTIAL_INTEGRITY in selected:
-            yield referential_integrity_result(contract, storage)
-        if quality is not None:  # last: the GX worker has had the longest to finish
-            yield staged_quality_result(staged, quality)
+        # the MERGE happens here (the metadata says which load pattern ran)
+        yield dg.Output(staged, output_name=request.contract.bronze_table, metadata=lifecycle.metadata)
+        for outcome in lifecycle.finish(staged):
+            yield as_check_result(outcome)
     finally:
         staged.cleanup()
 
@@ -254,7 +177,7 @@ def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool) -> 
         "table": request.contract.name, "root": bronze.storage().root,
         "window": [v.isoformat() for v in request.window] if request.window else None,
         "changes_only": request.changes_only, "checks": sorted(request.checks), "docs": not remote,
-        "secret_scope": env("BRONZE_SECRET_SCOPE"),
+        "secret_scope": env("BRONZE_SECRET_SCOPE"), "deployment_id": deployment_id(bronze.storage()),
     }
     if not remote and bronze.storage_options:
         extras["storage_options"] = dict(bronze.storage_options)

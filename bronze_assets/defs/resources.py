@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from bronze_assets.defs.engines import BronzeEngine
-from bronze_assets.lib.delta.io_manager import BronzeDeltaIOManager, BronzeStorage
+from bronze_assets.defs.io_manager import BronzeDeltaIOManager, BronzeStorage
 from bronze_assets.lib.secrets import install_log_redaction, register_secret
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn

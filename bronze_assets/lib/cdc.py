@@ -41,7 +41,7 @@ from bronze_assets.lib.delta.merge import (
 )
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
-from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.load.engine import stage_cdc_read
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.replication import ENV_DEPLOYMENT_ID, ChangeSet, SlotState, lsn_text
 from bronze_assets.settings import env
@@ -387,12 +387,9 @@ def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time:
     """Stage the next CDC load of ``contract``; nothing is committed or acknowledged here.
     ``partition`` is the run's partition range: a key inserted since the last load lands there
     (§2.4: ``load_date`` is the partition of the run that first inserted the key)."""
+    storage = as_storage(storage)
     with cdc_read(contract, dsn, storage, resync=resync) as read:
-        staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time,
-                                   partition=partition if read.in_run_partition else None,
-                                   keys=read.keys, all_rows=read.all_rows, snapshot_id=read.snapshot_id)
-    staged.commit_always = read.all_rows  # a snapshot records its position even if nothing changed
-    staged.final_metadata |= read.final_metadata
+        staged = stage_cdc_read(contract, dsn, storage, read, partition, batch_time)
     return CdcBatch(staged, read)
 
 

@@ -70,8 +70,8 @@ _RETRYABLE = frozenset({Cause.CONNECTION, Cause.CONFLICT, Cause.STORAGE, Cause.U
 # bronze's own errors whose message already names the table and the fix (matched by qualified
 # class name so this module imports none of them: some live behind optional extras)
 _OWN: Mapping[str, Cause] = {
-    "bronze_assets.lib.load.SchemaMismatchError": Cause.SCHEMA_MISMATCH,
-    "bronze_assets.lib.load.SourceTableMissingError": Cause.MISSING_OBJECT,
+    "bronze_assets.lib.load.errors.SchemaMismatchError": Cause.SCHEMA_MISMATCH,
+    "bronze_assets.lib.load.errors.SourceTableMissingError": Cause.MISSING_OBJECT,
     "bronze_assets.lib.delta.merge.DuplicateKeyError": Cause.DUPLICATE_KEY,
     "bronze_assets.lib.cdc.CdcSlotLostError": Cause.CONFIGURATION,
     "bronze_assets.lib.spark.load.SparkEngineError": Cause.CONFIGURATION,
@@ -294,6 +294,8 @@ def dagster_failure(exc: BaseException, table: str, dsn: str | None = None,
     """``exc`` as the ``dg.Failure`` every entry point raises: the one-line message, and retries
     allowed only when a retry can succeed (the asset's ``RetryPolicy`` then applies)."""
     classified = classify(exc, table, dsn)
+    if metadata is None:  # e.g. the quarantined batch of a schema mismatch
+        metadata = getattr(exc, "failure_metadata", None)
     return dg.Failure(classified.message, allow_retries=classified.retry, metadata=metadata)
 
 

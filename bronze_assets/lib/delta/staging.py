@@ -61,6 +61,11 @@ class StagedBatch:
     def score_sum(self) -> int:
         return score_sum(self.score_histogram)
 
+    @property
+    def unreadable_records(self) -> int:
+        """Rows with values bronze could not store (listed in ``bz_quarantine``)."""
+        return int(self.metadata.get("bronze.unreadable_records") or 0)
+
     def reader(self) -> pa.RecordBatchReader:
         """Stream the staged rows back as staged, without the per-load constant columns
         (:meth:`complete` adds them); see :func:`staged_reader`."""

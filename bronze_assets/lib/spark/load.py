@@ -61,7 +61,7 @@ from bronze_assets.lib.load import (
 from bronze_assets.lib.source.extract import SourceReader, keys_sql
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
 from bronze_assets.lib.source.schema import SchemaDrift
-from bronze_assets.lib.source.window import cdc_window
+from bronze_assets.lib.source.window import LoadWindow, cdc_window
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
 from bronze_assets.lib.spark.session import RUNTIME_CONF
@@ -107,6 +107,40 @@ class SparkLoadResult:
     def outcome(self, contract: Contract) -> LoadOutcome:
         return LoadOutcome(contract, ENGINE, self.batch_id, self.batch_time, self.window, self.rows,
                            self.merge, self.extract_seconds, self.watermark)
+
+
+@dataclass
+class SparkStaged:
+    """A Spark load read and staged (parquet under ``folder``), not yet merged."""
+
+    contract: Contract
+    ctx: BatchContext
+    plan: LoadWindow
+    folder: Path
+    sweep: bool  # the source's key set was staged beside the rows (to find deletes)
+    score_histogram: np.ndarray
+    unreadable_records: int
+    schema_drift: SchemaDrift
+    watermark: datetime | None
+    meta: dict[str, str]  # the commit's bronze metadata
+    extract_seconds: float
+    commit_always: bool = False  # commit (the metadata: a CDC position) even when nothing changed
+    keep_after_merge: bool = False
+
+    @property
+    def rows(self) -> int:
+        return int(self.score_histogram.sum())
+
+    @property
+    def rows_path(self) -> Path:
+        return self.folder / "rows"
+
+    @property
+    def window(self) -> str:
+        return describe_window(self.plan)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _quoted(name: str) -> str:
@@ -178,9 +212,27 @@ class SparkLoader:
         ``cdc`` (:func:`bronze_assets.lib.cdc.cdc_read`, held open during the load) reads its changed
         keys, or every row in its slot's snapshot, and records its log position with the commit.
         """
+        staged = self.stage(contract, dsn, partition=partition, batch_time=batch_time, overlap=overlap,
+                            changes_only=changes_only, cdc=cdc)
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate") as pool:
+                checking: Future[Any] | None = pool.submit(validate, staged.rows_path, staged.ctx) \
+                    if validate is not None else None
+                result = self.merge(staged)
+                result.validation = checking.result() if checking is not None else None
+        finally:
+            staged.cleanup()
+        return result
+
+    def stage(
+        self, contract: Contract, dsn: str, *, partition: tuple[datetime, datetime] | None = None,
+        batch_time: datetime | None = None, overlap: timedelta = DEFAULT_OVERLAP, changes_only: bool = False,
+        cdc: CdcRead | None = None,
+    ) -> SparkStaged:
+        """Read the window in one snapshot and stage enriched rows (and the source's keys) as
+        parquet for :meth:`merge`; nothing is written to the table here."""
         started = time.perf_counter()
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
-        uri = self.uri(contract)
         target = self.storage.open(contract.bronze_table)
         if target is not None and hash_version(target) < HASH_VERSION:
             raise SparkEngineError(
@@ -214,36 +266,41 @@ class SparkLoader:
                 if sweep:
                     read_keys(self.spark, dsn, contract, keys_sql(contract), snapshot_id=reader.snapshot_id,
                               bounds=bounds, parallelism=self.parallelism).write.parquet(str(folder / "keys"))
-            staged = self.spark.read.parquet(str(folder / "rows"))
-            keys = self.spark.read.parquet(str(folder / "keys")) if sweep \
-                else staged.select(*contract.primary_key)
-            if window.keys is not None:  # the changed keys the source no longer has
-                named = self.spark.createDataFrame([(k,) for k in window.keys],
-                                                   f"`{contract.primary_key[0]}` BIGINT")
-                keys = named.join(keys, list(contract.primary_key), "left_anti")
-            histogram = self._histogram(staged)
-            rows = int(histogram.sum())
-            unreadable = self._quarantine(contract, staged, ctx)
-            watermark = next_watermark(window, snapshot.watermark_cap(), previous)
-            extract_seconds = round(time.perf_counter() - started, 3)
-            merge_started = time.perf_counter()
-            meta = commit_metadata(ctx.batch_id, describe_window(window), watermark, extra={
-                "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin),
-                **partition_range_metadata(partition)},
-                final=cdc.final_metadata if cdc is not None else None, batch_time=ctx.batch_time)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate") as pool:
-                checking: Future[Any] | None = pool.submit(validate, folder / "rows", ctx) \
-                    if validate is not None else None
-                result = self._write(contract, uri, staged.drop(RESCUED), keys, rows, meta, ctx,
-                                     keys_are_gone=window.keys is not None,
-                                     commit_always=cdc is not None and cdc.all_rows)
-                result.merge_seconds = round(time.perf_counter() - merge_started, 3)
-                validation = checking.result() if checking is not None else None
-            result.avg_quality_score = round(score_sum(histogram) / rows, 2) if rows else None
-        finally:
+            histogram = self._histogram(self.spark.read.parquet(str(folder / "rows")))
+            unreadable = self._quarantine(contract, self.spark.read.parquet(str(folder / "rows")), ctx)
+        except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
-        return SparkLoadResult(ctx.batch_id, ctx.batch_time, describe_window(window), rows, result, watermark,
-                               extract_seconds, unreadable, histogram, validation, drift)
+            raise
+        watermark = next_watermark(window, snapshot.watermark_cap(), previous)
+        meta = commit_metadata(ctx.batch_id, describe_window(window), watermark, extra={
+            "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin),
+            **partition_range_metadata(partition)},
+            final=cdc.final_metadata if cdc is not None else None, batch_time=ctx.batch_time)
+        return SparkStaged(contract, ctx, window, folder, sweep, histogram, unreadable, drift, watermark,
+                           meta, round(time.perf_counter() - started, 3),
+                           commit_always=cdc is not None and cdc.all_rows)
+
+    def merge(self, staged: SparkStaged) -> SparkLoadResult:
+        """Apply §2.3 to the table from the staged rows (the staged folder stays: see
+        :meth:`SparkStaged.cleanup`)."""
+        contract, window = staged.contract, staged.plan
+        merge_started = time.perf_counter()
+        rows_frame = self.spark.read.parquet(str(staged.rows_path))
+        keys = self.spark.read.parquet(str(staged.folder / "keys")) if staged.sweep \
+            else rows_frame.select(*contract.primary_key)
+        if window.keys is not None:  # the changed keys the source no longer has
+            named = self.spark.createDataFrame([(k,) for k in window.keys],
+                                               f"`{contract.primary_key[0]}` BIGINT")
+            keys = named.join(keys, list(contract.primary_key), "left_anti")
+        rows = staged.rows
+        result = self._write(contract, self.uri(contract), rows_frame.drop(RESCUED), keys, rows,
+                             staged.meta, staged.ctx, keys_are_gone=window.keys is not None,
+                             commit_always=staged.commit_always)
+        result.merge_seconds = round(time.perf_counter() - merge_started, 3)
+        result.avg_quality_score = round(score_sum(staged.score_histogram) / rows, 2) if rows else None
+        return SparkLoadResult(staged.ctx.batch_id, staged.ctx.batch_time, describe_window(window), rows,
+                               result, staged.watermark, staged.extract_seconds, staged.unreadable_records,
+                               staged.score_histogram, None, staged.schema_drift)
 
     @staticmethod
     def _histogram(staged: DataFrame) -> np.ndarray:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import date
-from functools import partial
 from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from bronze_assets.lib.delta.control import record_checkpoint
-from bronze_assets.lib.delta.merge import BronzeMerger, loaded_ranges, read_columns
-from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
+from bronze_assets.lib.delta.merge import loaded_ranges, read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.failures import classify, failure_policy
+from bronze_assets.lib.failures import failure_policy
+from bronze_assets.lib.load.engine import LocalEngine
+from bronze_assets.lib.load.lifecycle import commit
 from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
 
-LOCAL_ENGINE = "local"
 PATH_KEYS = frozenset({"table_uri"})
 
 
@@ -83,20 +81,7 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
 
     def _merge(self, context: dg.OutputContext, obj: StagedBatch) -> None:
         storage = self.storage.storage()
-        contract = obj.contract
-        try:
-            checkpoint = partial(record_checkpoint, storage, job_id=context.run_id)
-            result = BronzeMerger(contract, storage).merge(obj, on_commit=checkpoint)
-        except Exception as exc:
-            audit_failure(contract, storage, context.run_id, obj.ctx.batch_time, obj.extract_seconds,
-                          f"MERGE failed: {classify(exc, contract.bronze_table).message}")
-            raise
-        finally:
-            if not obj.keep_after_merge:
-                obj.cleanup()
-        outcome = LoadOutcome(contract, LOCAL_ENGINE, obj.ctx.batch_id, obj.ctx.batch_time, obj.window,
-                              obj.rows, result, obj.extract_seconds, obj.watermark)
-        outcome.audit(storage, context.run_id)
+        outcome = commit(LocalEngine(storage), obj, storage, context.run_id)
         meta = outcome.metadata()
         context.add_output_metadata(dagster_metadata(meta))
         own = set(context.asset_partition_keys) if context.has_asset_partitions else set()

@@ -1,0 +1,34 @@
+"""The bronze load, written once for every engine and source: the window plan and watermark
+(:mod:`.plan`), the local engine's staging (:mod:`.stage`), and the lifecycle that runs a load
+on any engine (:mod:`.lifecycle`)."""
+
+from bronze_assets.lib.load.errors import SchemaMismatchError, SourceTableMissingError
+from bronze_assets.lib.load.plan import (
+    DEFAULT_OVERLAP,
+    describe_window,
+    month_start,
+    next_month,
+    next_watermark,
+    plan_window,
+)
+from bronze_assets.lib.load.stage import (
+    extract_and_stage,
+    inspect_source,
+    quarantine_unstorable,
+    unreadable_records,
+)
+
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "SchemaMismatchError",
+    "SourceTableMissingError",
+    "describe_window",
+    "extract_and_stage",
+    "inspect_source",
+    "month_start",
+    "next_month",
+    "next_watermark",
+    "plan_window",
+    "quarantine_unstorable",
+    "unreadable_records",
+]

@@ -1,0 +1,123 @@
+"""The engine protocol of the load lifecycle, and the local engine (ADBC + Polars + delta-rs).
+
+An engine stages a load's rows (from the window or a CDC read the lifecycle chose), MERGEs them
+(§2.3) and validates the staged rows with the contract's GX suite while it MERGEs. Adding an
+engine is one module implementing :class:`LoadEngine`; the Spark engine is
+:class:`bronze_assets.lib.spark.engine.SparkEngine`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.control import record_checkpoint
+from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
+from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.enrich.metadata import BatchContext
+from bronze_assets.lib.load.stage import extract_and_stage
+from bronze_assets.lib.quality import worker
+from bronze_assets.lib.quality.checks import docs_dir
+from bronze_assets.lib.quality.validate import QualityReport
+from bronze_assets.lib.source.schema import SchemaDrift
+
+if TYPE_CHECKING:
+    from bronze_assets.lib.cdc import CdcRead
+    from bronze_assets.lib.load.lifecycle import LoadRequest
+
+LOCAL = "local"
+
+
+class Staged(Protocol):
+    """What an engine staged for one load (rows on disk, not yet merged)."""
+
+    contract: Contract
+    ctx: BatchContext
+    score_histogram: np.ndarray
+    schema_drift: SchemaDrift | None
+    watermark: datetime | None
+    extract_seconds: float
+    keep_after_merge: bool
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def window(self) -> str: ...
+
+    @property
+    def unreadable_records(self) -> int: ...
+
+    def cleanup(self) -> None: ...
+
+
+class LoadEngine(Protocol):
+    """Where a load's rows are read, staged and merged."""
+
+    name: str
+
+    def warm_quality(self, contract: Contract) -> None:
+        """Prepare the contract's GX suite while the source is read (may do nothing)."""
+
+    def stage(self, request: LoadRequest, dsn: str, cdc: CdcRead | None) -> Staged:
+        """Read the request's window (or ``cdc``'s keys / snapshot) in one snapshot and stage it."""
+
+    def start_quality(self, staged: Staged) -> Future[QualityReport]:
+        """Validate the staged rows with the GX suite, concurrently with the MERGE."""
+
+    def quality_report(self, staged: Staged, pending: Future[QualityReport]) -> QualityReport:
+        """The validation's answer (waits for it)."""
+
+    def merge(self, staged: Staged, job_id: str | None) -> MergeResult:
+        """Apply §2.3 to the table; the commits carry the batch's metadata."""
+
+
+class LocalEngine:
+    """This process: ADBC binary COPY → Polars/Arrow → delta-rs MERGE; GX in its worker process."""
+
+    name = LOCAL
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def warm_quality(self, contract: Contract) -> None:
+        worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract))
+
+    def stage(self, request: LoadRequest, dsn: str, cdc: CdcRead | None) -> StagedBatch:
+        contract, window = request.contract, request.window
+        if cdc is None:
+            return extract_and_stage(contract, dsn, self.storage, partition=window,
+                                     changes_only=request.changes_only)
+        return stage_cdc_read(contract, dsn, self.storage, cdc, window)
+
+    def start_quality(self, staged: Staged) -> Future[QualityReport]:
+        assert isinstance(staged, StagedBatch)
+        return worker.validate_staged(staged.contract, staged.ctx.load_date, docs_dir(staged.contract),
+                                      staged.path)
+
+    def quality_report(self, staged: Staged, pending: Future[QualityReport]) -> QualityReport:
+        return worker.report(pending, staged.contract.bronze_table)
+
+    def merge(self, staged: Staged, job_id: str | None) -> MergeResult:
+        assert isinstance(staged, StagedBatch)
+        checkpoint = partial(record_checkpoint, self.storage, job_id=job_id)
+        return BronzeMerger(staged.contract, self.storage).merge(staged, on_commit=checkpoint)
+
+
+def stage_cdc_read(contract: Contract, dsn: str, storage: Storage, read: CdcRead,
+                   partition: tuple[datetime, datetime] | None, batch_time: datetime | None = None
+                   ) -> StagedBatch:
+    """Stage what a CDC read names: its changed keys, or every row in its slot's snapshot. New
+    keys land in the run's ``partition`` (§2.4); a TRUNCATE's re-read is a whole-table load."""
+    staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time,
+                               partition=partition if read.in_run_partition else None,
+                               keys=read.keys, all_rows=read.all_rows, snapshot_id=read.snapshot_id)
+    staged.commit_always = read.all_rows  # a snapshot records its position even if nothing changed
+    staged.final_metadata |= read.final_metadata
+    return staged

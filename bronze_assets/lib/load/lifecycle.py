@@ -1,0 +1,189 @@
+"""The one load lifecycle, the same for every engine and source (ARCHITECTURE §4).
+
+A load goes: choose the source read (log-based CDC or the window, :func:`cdc_choice`) → the
+engine stages the rows (schema gate and quarantine inside) → schema evolution audited → the
+engine MERGEs (:func:`commit`: the MERGE, the checkpoint rows, the LOAD audit row) → the CDC
+slot is acknowledged (only after the commit) → the checks → the staged files are removed. A
+failure at any step is audited once (a FAILED row) and re-raised unchanged: the caller's failure
+policy (:mod:`bronze_assets.lib.failures`) says whether a retry can fix it, the same on every
+engine. Nothing here knows Dagster: ``defs/`` turns the report into Dagster events, the Spark
+job into Pipes messages.
+
+The local engine runs in two Dagster steps of one asset: :meth:`Lifecycle.stage` in the asset
+body, :func:`commit` in the IO manager (which performs the MERGE), then :meth:`Lifecycle.finish`.
+An engine that runs out of process calls :meth:`Lifecycle.run`, which does all three.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import Future
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.cdc import CdcRead, acknowledge, cdc_choice, cdc_read
+from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
+from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.failures import classify
+from bronze_assets.lib.load.engine import LoadEngine, Staged
+from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.quality.checks import (
+    KEY_UNIQUENESS,
+    QUALITY_SCORE,
+    REFERENTIAL_INTEGRITY,
+    SCHEMA_CONTRACT,
+    CheckOutcome,
+    key_uniqueness,
+    quality_score,
+    referential_integrity,
+    schema_contract,
+)
+from bronze_assets.lib.quality.validate import QualityReport
+from bronze_assets.lib.source import replication
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """One load: the table, its partition range (UTC; None = whole table), whether a scheduled run
+    reads only the changes, and the checks asked for."""
+
+    contract: Contract
+    window: tuple[datetime, datetime] | None
+    changes_only: bool = False
+    checks: frozenset[str] = frozenset()
+
+
+@dataclass
+class LoadReport:
+    """What a finished load reports: the materialization metadata and the check outcomes."""
+
+    outcome: LoadOutcome
+    metadata: dict[str, Any]
+    checks: list[CheckOutcome] = field(default_factory=list)
+
+
+def commit(engine: LoadEngine, staged: Staged, storage: Storage, job_id: str | None) -> LoadOutcome:
+    """MERGE ``staged`` with ``engine`` and audit it (a LOAD row, or a FAILED row on error); the
+    staged files are removed unless a check still reads them (``staged.keep_after_merge``)."""
+    contract = staged.contract
+    try:
+        result = engine.merge(staged, job_id)
+    except Exception as exc:
+        audit_failure(contract, storage, job_id, staged.ctx.batch_time, staged.extract_seconds,
+                      f"MERGE failed: {classify(exc, contract.bronze_table).message}")
+        raise
+    finally:
+        if not staged.keep_after_merge:
+            staged.cleanup()
+    outcome = LoadOutcome(contract, engine.name, staged.ctx.batch_id, staged.ctx.batch_time, staged.window,
+                          staged.rows, result, staged.extract_seconds, staged.watermark)
+    outcome.audit(storage, job_id)
+    return outcome
+
+
+class Lifecycle:
+    """One load of ``request`` on ``engine`` from the source at ``dsn`` into ``storage``."""
+
+    def __init__(self, request: LoadRequest, engine: LoadEngine, dsn: str, storage: Storage,
+                 job_id: str | None = None, logger: Any = None) -> None:
+        self.request, self.engine, self.dsn, self.storage = request, engine, dsn, storage
+        self.job_id, self.log = job_id, logger or log
+        self.contract = request.contract
+        self.started = datetime.now(UTC)
+        self.cdc: CdcRead | None = None
+        self.metadata: dict[str, Any] = {}  # which load pattern ran (and the CDC read's figures)
+        self.decided: list[CheckOutcome] = []  # check outcomes known before the MERGE
+        self.quality: Future[QualityReport] | None = None
+
+    def take_checks(self) -> list[CheckOutcome]:
+        """The check outcomes decided so far and not yet taken (e.g. schema_contract on a mismatch)."""
+        taken, self.decided = self.decided, []
+        return taken
+
+    def stage(self) -> Staged:
+        """Read and stage the load's rows. A failure is audited and re-raised; on a schema mismatch
+        the schema_contract outcome is in :meth:`take_checks`."""
+        contract, request = self.contract, self.request
+        if QUALITY_SCORE in request.checks:  # GX warms up while the source is read
+            self.engine.warm_quality(contract)
+        try:
+            use_cdc, self.metadata = cdc_choice(contract, self.dsn, request.window, self.storage)
+            # a CDC read stays open while the engine reads in its slot's snapshot
+            with cdc_read(contract, self.dsn, self.storage) if use_cdc else nullcontext() as read:
+                staged = self.engine.stage(request, self.dsn, read)
+            self.cdc = read
+        except SchemaMismatchError as exc:
+            self._failed(exc)
+            if SCHEMA_CONTRACT in request.checks:
+                self.decided.append(schema_contract(exc.drift, exc.quarantined))
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        if staged.schema_drift is not None:
+            self._schema_evolution(staged)
+        self.log.info(f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
+                      f"in {staged.extract_seconds:.2f} s")
+        if read is not None:
+            self.metadata = read.metadata(replication.slot_state(self.dsn, contract, read.slot))
+        if QUALITY_SCORE in request.checks:  # validates the staged rows while the engine MERGEs them
+            self.quality = self.engine.start_quality(staged)
+            staged.keep_after_merge = True
+        return staged
+
+    def finish(self, staged: Staged) -> list[CheckOutcome]:
+        """After the commit: acknowledge the CDC read, run the checks, remove the staged files."""
+        checks = self.request.checks
+        try:
+            if self.cdc is not None:  # only once its changes are committed may the slot free their WAL
+                acknowledge(self.contract, self.dsn, self.cdc)
+            outcomes = self.take_checks()
+            if KEY_UNIQUENESS in checks:
+                outcomes.append(key_uniqueness(self.contract, self.storage))
+            if REFERENTIAL_INTEGRITY in checks:
+                outcomes.append(referential_integrity(self.contract, self.storage))
+            if self.quality is not None:  # last: the validation has had the longest to finish
+                outcomes.append(quality_score(staged.score_histogram,
+                                              self.engine.quality_report(staged, self.quality)))
+            return outcomes
+        finally:
+            staged.cleanup()
+
+    def run(self) -> LoadReport:
+        """Stage, commit and finish in this process (engines that are not split across steps)."""
+        staged = self.stage()
+        try:
+            outcome = commit(self.engine, staged, self.storage, self.job_id)
+        except BaseException:
+            staged.cleanup()
+            raise
+        checks = self.finish(staged)
+        return LoadReport(outcome, outcome.metadata() | self.metadata, checks)
+
+    def _failed(self, exc: BaseException) -> None:
+        audit_failure(self.contract, self.storage, self.job_id, self.started,
+                      (datetime.now(UTC) - self.started).total_seconds(),
+                      classify(exc, self.contract.bronze_table, self.dsn).message)
+
+    def _schema_evolution(self, staged: Staged) -> None:
+        """New source columns joined the table (audited); the schema check reports the drift."""
+        drift = staged.schema_drift
+        assert drift is not None
+        if drift.added:
+            self.log.warning(drift.describe())
+            append_rows(self.storage, AUDIT_LOG, [{
+                "table_name": self.contract.bronze_table, "operation_type": "SCHEMA_EVOLUTION",
+                "start_timestamp": self.started, "end_timestamp": datetime.now(UTC), "status": SUCCESS,
+                "records_affected": staged.rows, "user_id": current_user(), "job_id": self.job_id,
+                "details": json.dumps({"policy": "addNewColumns", "batch_id": staged.ctx.batch_id,
+                                       "added": [c for c, _ in drift.added]}),
+            }])
+        if SCHEMA_CONTRACT in self.request.checks:
+            self.decided.append(schema_contract(drift, staged.unreadable_records or None))

@@ -1,0 +1,170 @@
+"""The checks every bronze load runs, as engine- and Dagster-neutral outcomes: names, severities,
+descriptions and plain metadata (``defs/checks.py`` turns them into ``dg.AssetCheckResult``, the
+Spark job into Pipes check reports). Failing keys go into the metadata as samples."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.merge import query_tables, quoted
+from bronze_assets.lib.delta.staging import StagedBatch, score_percentile, score_sum
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.enrich.metadata import ACTIVE
+from bronze_assets.lib.quality import worker
+from bronze_assets.lib.quality.validate import QualityReport
+from bronze_assets.lib.source.schema import SchemaDrift
+from bronze_assets.settings import data_dir
+
+SCHEMA_CONTRACT = "schema_contract"
+QUALITY_SCORE = "quality_score"
+KEY_UNIQUENESS = "key_uniqueness"
+REFERENTIAL_INTEGRITY = "referential_integrity"
+QUALITY_KPI = 80.0
+STATUS = "record_status"
+ERROR, WARN = "ERROR", "WARN"
+URL_KEYS = frozenset({"data_docs"})  # metadata values that are links
+
+
+@dataclass
+class CheckOutcome:
+    """One check's result: ``severity`` is ERROR or WARN; metadata values are plain (numbers,
+    text, lists and dicts of samples, links under :data:`URL_KEYS`)."""
+
+    name: str
+    passed: bool
+    severity: str
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def schema_contract(drift: SchemaDrift, quarantined: int | None = None) -> CheckOutcome:
+    """ERROR on a missing column or changed type; new columns are reported, not failed."""
+    metadata: dict[str, object] = {
+        "missing_columns": ", ".join(drift.missing) or "-",
+        "changed_types": ", ".join(f"{c}: {want} -> {got}" for c, want, got in drift.changed) or "-",
+        "new_columns": ", ".join(f"{c} ({t})" for c, t in drift.added) or "-",
+    }
+    if drift.rescued:
+        metadata["read_per_record"] = ", ".join(f"{c}: {want} <- {got}" for c, want, got in drift.rescued)
+    if quarantined is not None:
+        metadata["quarantined_rows"] = quarantined
+    return CheckOutcome(
+        SCHEMA_CONTRACT, passed=not drift.breaking, severity=ERROR,
+        metadata=metadata, description=drift.describe(),
+    )
+
+
+def docs_dir(contract: Contract) -> Path:
+    """Where the GX Data Docs of ``contract`` are built."""
+    return data_dir() / "gx_docs" / contract.bronze_table
+
+
+def warm_quality_suite(contract: Contract) -> None:
+    """Start importing Great Expectations and building today's suite for ``contract`` in the GX
+    worker process, which does it on another core while the load reads the source."""
+    worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract))
+
+
+def start_quality_check(staged: StagedBatch) -> Future[QualityReport]:
+    """Validate the staged batch (source columns) in the GX worker while the IO manager MERGEs
+    it; the staged file must be kept until :func:`staged_quality_result` has the answer."""
+    return worker.validate_staged(staged.contract, staged.ctx.load_date, docs_dir(staged.contract),
+                                  staged.path)
+
+
+def quality_score(histogram: np.ndarray, report: QualityReport) -> CheckOutcome:
+    """Score distribution of the batch (``histogram``: rows per score 0..100) plus GX violation
+    counts per rule (WARN below the KPI)."""
+    rows = int(histogram.sum())
+    metadata: dict[str, object] = {"rows": rows, "gx_counts_match_score": report.agree}
+    average = score_sum(histogram) / rows if rows else 100.0
+    if rows:
+        below = int(histogram[: int(QUALITY_KPI)].sum())
+        metadata |= {
+            "avg_score": round(average, 2),
+            "p5_score": score_percentile(histogram, 5),
+            "p50_score": score_percentile(histogram, 50),
+            "share_below_80": round(below / rows, 4),
+        }
+    metadata |= {f"violations {rule}": n for rule, n in sorted(report.gx_counts.items())}
+    if report.docs_url:
+        metadata["data_docs"] = report.docs_url
+    samples = {rule: keys for rule, keys in report.failing_keys.items() if keys}
+    if samples:
+        metadata["failing_keys_sample"] = samples
+    return CheckOutcome(QUALITY_SCORE, passed=average >= QUALITY_KPI, severity=WARN, metadata=metadata,
+                        description=f"average score {average:.1f} (KPI {QUALITY_KPI:.0f})")
+
+
+def staged_quality(staged: StagedBatch, pending: Future[QualityReport]) -> CheckOutcome:
+    """:func:`quality_score` of a staged batch, once the GX worker has answered."""
+    return quality_score(staged.score_histogram, worker.report(pending, staged.contract.bronze_table))
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def key_uniqueness(contract: Contract, storage: Storage) -> CheckOutcome:
+    """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. DataFusion
+    counts the keys in one streamed aggregation: memory holds the key counts, not the rows."""
+    dt = storage.open(contract.bronze_table)
+    if dt is None:
+        return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, metadata={"rows": 0})
+    keys = quoted(contract.primary_key)
+    rows = int(query_tables({"t": dt}, "SELECT count(*) AS n FROM t")["n"][0].as_py())
+    dupes = _frame(query_tables({"t": dt}, f"SELECT {keys}, count(*) AS n FROM t GROUP BY {keys} "
+                                           f"HAVING count(*) > 1 ORDER BY {keys}"))
+    duplicate_rows = int(dupes["n"].sum()) if dupes.height else 0
+    sample = dupes.head(5).select(contract.primary_key).to_dicts()
+    return CheckOutcome(
+        KEY_UNIQUENESS, passed=duplicate_rows == 0, severity=ERROR,
+        description=f"{duplicate_rows:,} rows share a primary key" if duplicate_rows else "every key once",
+        metadata={"rows": rows, "duplicate_rows": duplicate_rows, "duplicate_keys_sample": sample},
+    )
+
+
+def referential_integrity(contract: Contract, storage: Storage) -> CheckOutcome:
+    """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN).
+    DataFusion joins the child's values with the parent's distinct keys, streamed."""
+    child = storage.open(contract.bronze_table)
+    metadata: dict[str, object] = {}
+    orphans_total = 0
+    for fk in contract.foreign_keys:
+        label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
+        parent = storage.open(f"bz_{fk.parent_table}")
+        if child is None or parent is None:
+            metadata[f"orphans {label}"] = "parent or child not loaded yet"
+            continue
+        # one pass over the child: its orphan values grouped, every other value in the NULL group
+        column = f'c."{fk.column}"'
+        groups = _frame(query_tables({"child": child, "parent": parent}, (
+            f"SELECT CASE WHEN p.k IS NULL THEN {column} END AS v, count(*) AS n FROM child c "
+            f"LEFT JOIN (SELECT DISTINCT \"{fk.parent_column}\" AS k FROM parent "
+            f"WHERE {STATUS} = '{ACTIVE}') p ON {column} = p.k "
+            f"WHERE c.{STATUS} = '{ACTIVE}' AND {column} IS NOT NULL GROUP BY 1")))
+        count = int(groups["n"].sum()) if groups.height else 0
+        orphans = groups.drop_nulls("v").sort("v")
+        orphan_rows = int(orphans["n"].sum()) if orphans.height else 0
+        orphans_total += orphan_rows
+        metadata[f"orphans {label}"] = orphan_rows
+        metadata[f"orphan_rate {label}"] = round(orphan_rows / count, 6) if count else 0.0
+        if orphan_rows:
+            sample = orphans["v"].head(5).to_list()
+            metadata[f"orphan_values_sample {label}"] = sample
+    return CheckOutcome(
+        REFERENTIAL_INTEGRITY, passed=orphans_total == 0, severity=WARN, metadata=metadata,
+        description=f"{orphans_total:,} ACTIVE rows reference a parent key missing from bronze"
+        if orphans_total else "every foreign key has its parent",
+    )

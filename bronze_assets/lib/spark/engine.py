@@ -1,0 +1,55 @@
+"""The Spark engine of the load lifecycle: JDBC read → Spark SQL enrichment → delta-spark MERGE
+(:class:`~bronze_assets.lib.spark.load.SparkLoader`), the GX suite on the driver over the staged
+rows while the MERGE runs."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.merge import MergeResult
+from bronze_assets.lib.load.engine import Staged
+from bronze_assets.lib.quality.checks import docs_dir
+from bronze_assets.lib.quality.validate import QualityReport, suite_runner
+from bronze_assets.lib.spark.load import ENGINE, SparkLoader, SparkStaged
+
+if TYPE_CHECKING:
+    from bronze_assets.lib.cdc import CdcRead
+    from bronze_assets.lib.load.lifecycle import LoadRequest
+
+
+class SparkEngine:
+    """Loads on a Spark session (local master or a Databricks cluster)."""
+
+    name = ENGINE
+
+    def __init__(self, loader: SparkLoader, *, data_docs: bool = True) -> None:
+        self.loader, self.data_docs = loader, data_docs
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
+
+    def warm_quality(self, contract: Contract) -> None:
+        """Nothing to warm: the suite is built on the driver when the staged rows are validated."""
+
+    def stage(self, request: LoadRequest, dsn: str, cdc: CdcRead | None) -> SparkStaged:
+        return self.loader.stage(request.contract, dsn, partition=request.window,
+                                 changes_only=request.changes_only, cdc=cdc)
+
+    def start_quality(self, staged: Staged) -> Future[QualityReport]:
+        assert isinstance(staged, SparkStaged)
+        return self._pool.submit(self._validate, staged)
+
+    def quality_report(self, staged: Staged, pending: Future[QualityReport]) -> QualityReport:
+        return pending.result()
+
+    def merge(self, staged: Staged, job_id: str | None) -> MergeResult:
+        assert isinstance(staged, SparkStaged)
+        return self.loader.merge(staged).merge
+
+    def _validate(self, staged: SparkStaged) -> QualityReport:
+        import pyarrow.dataset as ds
+
+        contract = staged.contract
+        runner = suite_runner(contract, staged.ctx.load_date, docs_dir(contract) if self.data_docs else None)
+        batches = ds.dataset(str(staged.rows_path), format="parquet").to_batches(columns=runner.columns)
+        return runner.validate_batches(batches)
