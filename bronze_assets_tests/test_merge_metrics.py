@@ -3,12 +3,14 @@ rows changed) in the materialization metadata (both engines: see test_spark_pipe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source
+from bronze_assets.lib.monitoring.status import as_json, bronze_status
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import AS_OF, query
 
@@ -44,6 +46,14 @@ def test_merge_metrics_and_rewrite_ratio_in_the_metadata(seeded: str, tmp_path: 
     assert changed["merge_rows_written"] == rows + 1
     assert changed["merge_files_removed"] == history["num_target_files_removed"] >= 1
     assert changed["rewrite_ratio"] == round((rows + 1) / 4, 2)
+
+    # the last successful load's MERGE in `bronze status --json`
+    statuses = json.loads(as_json(bronze_status(tmp_path / "bronze")))["tables"]
+    (status,) = [s for s in statuses if s["table"] == "bz_products"]
+    merge = status["last_merge"]
+    assert merge["engine"] == "local" and merge["updated"] == 2 and merge["soft_deleted"] == 1
+    assert merge["engine_metrics"]["rows_copied"] == rows - 3
+    assert merge["rewrite_ratio"] == changed["rewrite_ratio"]
 
     again = b.materialize("products")
     assert again["committed"] is False and again["merge_rows_written"] == 0

@@ -114,16 +114,19 @@ def measure_storage_growth(_: dg.SensorEvaluationContext, bronze: BronzeStorage,
 SLOT_WAL_ALERT_MB = 1024.0  # WAL a CDC slot may hold on the source before the alert
 
 
-def measure_cdc_slots(_: dg.SensorEvaluationContext, __: BronzeStorage, source: PostgresSource,
+def measure_cdc_slots(_: dg.SensorEvaluationContext, bronze: BronzeStorage, source: PostgresSource,
                       now: datetime) -> dict[str, float]:
-    """WAL (MB) each CDC table's slot holds on the source; a slot whose WAL is no longer safe
-    (``wal_status`` unreserved or lost) measures infinite. Tables without a slot are not measured."""
+    """WAL (MB) each CDC table's slot (this deployment's, by the bronze root) holds on the source;
+    a slot whose WAL is no longer safe (``wal_status`` unreserved or lost) measures infinite.
+    Tables without a slot are not measured."""
+    from bronze_assets.lib.cdc import table_slot
     from bronze_assets.lib.source import replication
 
     out = {}
     dsn = source.resolved_dsn()
+    storage = bronze.storage()
     for c in CONTRACTS.values():
-        slot = replication.slot_state(dsn, c) if c.cdc else None
+        slot = replication.slot_state(dsn, c, table_slot(c, dsn, storage)) if c.cdc else None
         if slot is None:
             continue
         at_risk = slot.wal_status in ("unreserved", "lost")

@@ -74,6 +74,9 @@ class TableStatus:
     load_command: str = ""  # loads the whole table: every partition up to the open one, in one run
     refresh_command: str = ""  # brings every change since the last load: the open partition's run
     snapshot_command: str | None = None  # daily tables: loads the snapshot partition
+    # the last successful load's MERGE: rows by outcome, the engine's own metrics (rows copied,
+    # files added / removed …) and rewrite_ratio (rows rewritten ÷ rows changed)
+    last_merge: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -105,17 +108,28 @@ class TableStatus:
             | {"healthy": self.healthy, "state": self.state, "action": self.action}
 
 
-def _loads(storage: Storage) -> dict[str, dict[str, tuple[datetime, str]]]:
-    """{table: {status: (end time, error)}} of the latest LOAD audit row per table and status."""
+def _loads(storage: Storage) -> dict[str, dict[str, tuple[datetime, str, str]]]:
+    """{table: {status: (end time, error, details)}} of the latest LOAD audit row per table and status."""
     audit = read_table(storage, AUDIT_LOG)
     audit = audit.filter(pc.equal(audit["operation_type"], "LOAD"))
-    latest: dict[str, dict[str, tuple[datetime, str]]] = {}
-    for row in audit.select(["table_name", "status", "end_timestamp", "error_message"]).to_pylist():
+    latest: dict[str, dict[str, tuple[datetime, str, str]]] = {}
+    columns = ["table_name", "status", "end_timestamp", "error_message", "details"]
+    for row in audit.select(columns).to_pylist():
         slot = latest.setdefault(row["table_name"], {})
         seen = slot.get(row["status"])
         if seen is None or row["end_timestamp"] > seen[0]:
-            slot[row["status"]] = (row["end_timestamp"], row["error_message"] or "")
+            slot[row["status"]] = (row["end_timestamp"], row["error_message"] or "", row["details"] or "")
     return latest
+
+
+def _last_merge(details: str) -> dict[str, Any] | None:
+    """What the last successful load's MERGE did (its engine's own metrics, the rewrite ratio)."""
+    try:
+        load = json.loads(details) if details else {}
+    except ValueError:
+        return None
+    keys = ("engine", "inserted", "updated", "unchanged", "soft_deleted", "engine_metrics", "rewrite_ratio")
+    return {k: load[k] for k in keys if k in load} or None
 
 
 def _check_results(contract: Contract, instance: Any) -> tuple[dict[str, str], str | None]:
@@ -214,11 +228,12 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
     mine = loads.get(contract.bronze_table, {})
     if SUCCESS in mine:
         status.last_success = mine[SUCCESS][0]
+        status.last_merge = _last_merge(mine[SUCCESS][2])
         age = now - status.last_success
         status.age_hours = round(age / timedelta(hours=1), 2)
         status.freshness = FRESH if age <= fail_window else STALE
     if FAILED in mine:
-        status.last_failure, status.last_error = mine[FAILED]
+        status.last_failure, status.last_error = mine[FAILED][:2]
         status.last_load_failed = status.last_success is None or status.last_failure > status.last_success
     if instance is not None:
         status.checks, status.failing_check = _check_results(contract, instance)
