@@ -1,24 +1,14 @@
-"""Freshness policies derived from each table's cadence (the asset factory applies them).
-
-Hourly tables warn after 1 h and fail after 2 h (the "freshness > 2 hours" KPI); daily tables
-fail after 26 h, weekly after 8 days, monthly after 32 days (one cadence plus slack for a
-late or retried run).
-"""
+"""Freshness policies derived from each table's cadence (the asset factory applies them), with the
+windows of :mod:`bronze_assets.contracts.freshness`."""
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 import dagster as dg
 
 from bronze_assets.contracts import Cadence
+from bronze_assets.contracts.freshness import WINDOWS
 
-WINDOWS: dict[Cadence, tuple[timedelta, timedelta | None]] = {  # (fail, warn)
-    Cadence.HOURLY: (timedelta(hours=2), timedelta(hours=1)),
-    Cadence.DAILY: (timedelta(hours=26), None),
-    Cadence.WEEKLY: (timedelta(days=8), None),
-    Cadence.MONTHLY: (timedelta(days=32), None),
-}
+__all__ = ["WINDOWS", "freshness_policy"]
 
 
 def freshness_policy(cadence: Cadence) -> dg.FreshnessPolicy:

@@ -32,12 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bronze_assets.contracts import CONTRACTS, Contract, PartitionKind
-from bronze_assets.defs.freshness import WINDOWS
-from bronze_assets.defs.partitions import partitions_def
+from bronze_assets.contracts.freshness import WINDOWS
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
 from bronze_assets.lib.delta.merge import latest_watermark, read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
-from bronze_assets.settings import start_date
+from bronze_assets.settings import partitions_start, start_date
 
 FRESH, STALE, NEVER = "fresh", "STALE", "never loaded"
 FAILED_STATE, NO_SNAPSHOT = "FAILED", "NO SNAPSHOT"  # states beyond freshness (TableStatus.state)
@@ -137,9 +136,9 @@ def _check_results(contract: Contract, instance: Any) -> tuple[dict[str, str], s
     import dagster as dg
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as S
 
-    from bronze_assets.defs.checks import check_specs
+    from bronze_assets.lib.quality.checks import check_names
 
-    keys = [spec.key for spec in check_specs(contract)]
+    keys = [dg.AssetCheckKey(dg.AssetKey(contract.bronze_table), name) for name in check_names(contract)]
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
     results, headline = {}, None
     for key in keys:
@@ -164,16 +163,18 @@ def commands(contract: Contract, now: datetime) -> tuple[str, str, str | None]:
     starts its watermark; the refresh is the open partition's run, which brings every change since
     the watermark; the snapshot is the daily tables' ``$BRONZE_START_DATE`` partition."""
     base = f"{MATERIALIZE} {contract.bronze_table}"
-    parts = partitions_def(contract)
-    if parts is None:
+    kind = contract.partitioning.kind
+    if kind is PartitionKind.NONE:
         return base, base, None
-    keys = parts.get_partition_keys(current_time=now)
-    snapshot = (f"{base} --partition {start_date().isoformat()}"
-                if contract.partitioning.kind is PartitionKind.DAILY_LOAD_DATE else None)
-    if not keys:  # its first partition lies in the future
-        first_key = f"{base} --partition {parts.start.date().isoformat()}"
+    daily = kind is PartitionKind.DAILY_LOAD_DATE
+    snapshot = f"{base} --partition {start_date().isoformat()}" if daily else None
+    # the partitions Dagster shows (defs/partitions.py): from the first one to the open one
+    first_day = start_date() if daily else partitions_start()
+    open_day = now.astimezone(UTC).date() if daily else now.astimezone(UTC).date().replace(day=1)
+    if open_day < first_day:  # its first partition lies in the future
+        first_key = f"{base} --partition {first_day.isoformat()}"
         return first_key, first_key, snapshot
-    first, last = keys[0], keys[-1]
+    first, last = first_day.isoformat(), open_day.isoformat()
     whole = f"{base} --partition {first}" if first == last else f"{base} --partition-range {first}...{last}"
     return whole, f"{base} --partition {last}", snapshot
 

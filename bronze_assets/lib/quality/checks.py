@@ -46,6 +46,12 @@ class CheckOutcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def check_names(contract: Contract) -> list[str]:
+    """The checks of ``contract``'s asset (referential integrity only with foreign keys)."""
+    return [SCHEMA_CONTRACT, QUALITY_SCORE, KEY_UNIQUENESS,
+            *([REFERENTIAL_INTEGRITY] if contract.foreign_keys else [])]
+
+
 def schema_contract(drift: SchemaDrift, quarantined: int | None = None) -> CheckOutcome:
     """ERROR on a missing column or changed type; new columns are reported, not failed."""
     metadata: dict[str, object] = {
