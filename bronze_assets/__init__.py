@@ -1,0 +1,23 @@
+"""bronze_assets: bronze-layer ingestion of PostgreSQL into Delta Lake, run by Dagster.
+
+``bronze_assets.BronzeTables`` is the project's Dagster component (a tables file, ``defs.yaml``);
+it is imported on first use, so ``import bronze_assets`` stays light for the ``bronze`` CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BronzeTables"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BronzeTables":
+        from bronze_assets.defs.bronze_tables import BronzeTables
+
+        return BronzeTables
+    raise AttributeError(f"module 'bronze_assets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -366,6 +366,91 @@ def ddl(schema: str | None) -> None:
         click.echo(statement + ";\n")
 
 
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+@main.command("init")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--dsn", default=None, metavar="URI",
+              help="Source to introspect [default: $BRONZE_SOURCE_DSN, else the embedded server]. "
+                   "Never written to the file.")
+@click.option("--schema", "schemas", multiple=True, metavar="NAME",
+              help="Source schema (repeatable) [default: public; with --refresh: the file's].")
+@click.option("--tables", "tables", multiple=True, metavar="NAMES",
+              help="Tables to load: names or globs, comma-separated or repeated (table or schema.table) "
+                   "[default: *].")
+@click.option("--exclude", multiple=True, metavar="NAMES", help="Tables to leave out (names or globs).")
+@click.option("--dsn-env", default=None, metavar="VAR",
+              help="Environment variable the assets read the DSN from [default: BRONZE_SOURCE_DSN].")
+@click.option("--refresh", is_flag=True,
+              help="PATH exists: re-discover its columns and add new matching tables; the overlay is kept.")
+@click.option("--incremental-rows", type=int, default=None, metavar="N",
+              help="Tables with updated_at and more rows than this load incrementally [default: 100000].")
+def init(path: str | None, dsn: str | None, schemas: tuple[str, ...], tables: tuple[str, ...],
+         exclude: tuple[str, ...], dsn_env: str | None, refresh: bool, incremental_rows: int | None) -> None:
+    """Introspect a source and write its tables file (a BronzeTables component, defs.yaml): the
+    columns and types from the catalog, and per table a reviewed overlay (primary key, pattern,
+    cadence, partitioning, Z-order, foreign keys) to edit. PATH defaults to
+    bronze_assets/defs/<first schema>/defs.yaml (the folder Dagster loads). Then: review the file,
+    `dg check defs`, load (README, "Your own database")."""
+    from pathlib import Path
+
+    from bronze_assets.contracts.tablefile import SourceSpec, read_file, render
+    from bronze_assets.contracts.tables import DEFS_DIR
+    from bronze_assets.lib.source.introspect import INCREMENTAL_ROWS, introspect
+    from bronze_assets.lib.source.postgres import resolve_source_dsn
+
+    existing = None
+    if refresh:
+        if path is None or not Path(path).is_file():
+            _fail("--refresh needs the PATH of an existing tables file")
+        existing = read_file(Path(path))
+        base = existing.source
+    else:
+        base = SourceSpec()
+    updates: dict[str, object] = {}
+    if schemas:
+        updates["schemas"] = list(schemas)
+    if tables:
+        updates["tables"] = _split(tables)
+    if exclude:
+        updates["exclude"] = _split(exclude)
+    if dsn_env:
+        updates["dsn_env"] = dsn_env
+    source = SourceSpec.model_validate({**base.model_dump(), **updates})
+    target = Path(path) if path else DEFS_DIR / source.schemas[0].lower() / "defs.yaml"
+    if target.exists() and not refresh:
+        _fail(f"{target} exists: refresh it with  bronze init --refresh {target}  (keeps your overlay)")
+    try:
+        result = introspect(resolve_source_dsn(dsn), source, existing=existing, name=target.parent.name,
+                            incremental_rows=incremental_rows or INCREMENTAL_ROWS)
+    except Exception as exc:  # the failure policy's one line (connection, permission, …)
+        _fail_on(exc, "bronze init")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(result.file, result.notes))
+    for name in result.added:
+        spec = result.file.tables[name]
+        click.echo(f"  + {name:<28} {spec.load_pattern:<12} {spec.cadence:<8}"
+                   + (f"  NOT LOADED: {spec.skip.split(':')[0]}" if spec.skip else ""))
+    for name in result.refreshed:
+        click.echo(f"  ~ {name:<28} columns refreshed"
+                   + (f"  NOT LOADED: {result.file.tables[name].skip.split(':')[0]}"
+                      if result.file.tables[name].skip else ""))
+    for name in result.missing:
+        click.echo(f"  ! {name:<28} not in the source any more (kept; its load fails until it is back)")
+    stored_as = [n.text for n in result.notes if " is stored as " in n.text]
+    if stored_as:
+        click.echo("stored as another type (README, Type mapping):")
+        for text in stored_as:
+            click.echo(f"  {text}")
+    skipped = [n for n, s in result.file.tables.items() if s.skip]
+    click.echo(f"wrote {target}: {len(result.file.tables) - len(skipped)} table(s) to load"
+               + (f", {len(skipped)} not loaded (see 'skip' in the file)" if skipped else "")
+               + ". Review it, then: dg check defs")
+
+
 if __name__ == "__main__":
     main()
 

@@ -67,8 +67,10 @@ def contract_from_catalog(
     load_pattern: LoadPattern = LoadPattern.FULL,
     cadence: Cadence = Cadence.DAILY,
     description: str | None = None,
+    schema: str = "tests",
 ) -> Contract:
-    """The contract of ``table`` from its catalog columns (in ordinal order: the §2.2 hash order).
+    """The contract of ``table`` (in source ``schema``) from its catalog columns (in ordinal order:
+    the §2.2 hash order).
 
     ``primary_key`` overrides the table's own (a table without one needs it). The business
     overlay (rules, PII, partitioning …) is the caller's: the contract has none.
@@ -88,6 +90,7 @@ def contract_from_catalog(
         cadence=cadence,
         partitioning=Partitioning.none(),
         zorder_columns=(),
+        source_schema=schema,
     )
 
 
@@ -118,4 +121,4 @@ def discover_contract(
     if not columns:
         raise LookupError(f"the source has no table {schema}.{table}")
     return contract_from_catalog(table, columns, primary_key=primary_key, load_pattern=load_pattern,
-                                 cadence=cadence, description=description)
+                                 cadence=cadence, description=description, schema=schema)

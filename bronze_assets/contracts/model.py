@@ -156,6 +156,11 @@ class Contract:
     cdc: bool = False  # prefer log-based CDC (logical replication) when the source allows it
     seed_rows: int = 0
     version: str = "1"
+    # where the table lives in the source: its schema, and its own spelling of the table name when
+    # that differs from ``name`` (a mixed-case or otherwise quoted identifier); the shipped example's
+    # schema is ``tests``
+    source_schema: str = "tests"
+    source_table: str = ""
 
     def __post_init__(self) -> None:
         names = self.column_names
@@ -200,6 +205,16 @@ class Contract:
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def source_name(self) -> str:
+        """The table's name in the source, as the catalog spells it (quote it with ``quote_ident``)."""
+        return self.source_table or self.name
+
+    @property
+    def source_ref(self) -> str:
+        """``schema.table`` for messages and metadata (not SQL: use ``qualified`` there)."""
+        return f"{self.source_schema}.{self.source_name}"
 
     @property
     def bronze_table(self) -> str:

@@ -1,5 +1,6 @@
-"""The ten bronze assets, all built by one factory from the table contracts. The asset body is
-the same for every load engine (:mod:`bronze_assets.defs.engines`)."""
+"""The bronze asset factory: one asset per table contract, built by the ``BronzeTables``
+component (:mod:`bronze_assets.defs.bronze_tables`) for every table its ``defs.yaml`` declares. The asset
+body is the same for every load engine (:mod:`bronze_assets.defs.engines`)."""
 
 
 import dagster as dg
@@ -38,8 +39,12 @@ def column_schema(contract: Contract) -> dg.TableSchema:
     return dg.TableSchema(columns=cols)
 
 
-def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
-    """One software-defined asset ``bz_<table>`` whose output the bronze IO manager MERGEs."""
+def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.AssetsDefinition:
+    """One software-defined asset ``bz_<table>`` whose output the bronze IO manager MERGEs.
+
+    ``source_key`` names the :class:`PostgresSource` resource it reads (``source``: the shared one,
+    ``$BRONZE_SOURCE_DSN`` or the embedded server; a tables file naming another DSN variable
+    brings a resource of its own)."""
     parts = partitions_def(contract)
 
     spec = dg.AssetSpec(
@@ -47,7 +52,7 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"postgres", "delta"},
         owners=OWNERS,
-        description=f"Bronze copy of tests.{contract.name}: {contract.description}",
+        description=f"Bronze copy of {contract.source_ref}: {contract.description}",
         partitions_def=parts,
         freshness_policy=freshness_policy(contract.cadence),
         code_version=contract.version,
@@ -57,11 +62,11 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             "dagster/table_name": contract.bronze_table,
             "primary_key": ", ".join(contract.primary_key),
             "zorder_columns": ", ".join(contract.zorder_columns),
-            "source_table": f"tests.{contract.name}",
+            "source_table": contract.source_ref,
         },
     ).with_io_manager_key(IO_MANAGER_KEY)
 
-    @dg.multi_asset(
+    asset = dg.multi_asset(
         name=f"load_{contract.bronze_table}",
         specs=[spec],
         check_specs=check_specs(contract),
@@ -69,15 +74,28 @@ def build_bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         partitions_def=parts,
         backfill_policy=dg.BackfillPolicy.single_run() if parts else None,
         retry_policy=RETRY,
+        required_resource_keys=None if source_key == "source" else {source_key},
     )
-    def _bronze(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
-                engine: BronzeEngine):
+
+    def load(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
+             engine: BronzeEngine):
         request = request_for(context, contract, reads_changes_only(context.run.tags))
         yield from materialize(context, request, source, bronze, engine)
+
+    if source_key == "source":
+        @asset
+        def _bronze(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
+                    engine: BronzeEngine):
+            yield from load(context, source, bronze, engine)
+    else:
+        @asset
+        def _bronze(context: dg.AssetExecutionContext, bronze: BronzeStorage, engine: BronzeEngine):
+            yield from load(context, getattr(context.resources, source_key), bronze, engine)
 
     return _bronze
 
 
-@dg.definitions
 def bronze_assets() -> dg.Definitions:
+    """Every table's asset outside the component tree (tests, tools). Not a ``@dg.definitions``:
+    in the code location the ``BronzeTables`` components build them, each from its own file."""
     return dg.Definitions(assets=[build_bronze_asset(c) for c in CONTRACTS.values()])

@@ -1,4 +1,5 @@
-"""Schedules per load cadence (ARCHITECTURE §2.5), derived from the contracts.
+"""Schedules per load cadence (ARCHITECTURE §2.5), derived from the contracts (the
+``BronzeTables`` component builds those of its tables).
 
 One partitioned asset job per (cadence, partitions definition) and one schedule per job. Which
 partition a tick loads follows the load pattern: incremental tables refresh the partition that
@@ -63,24 +64,27 @@ class LoadGroup:
     partition_kind: str
     lagged: bool  # batch: the partition of (tick - 1 day); otherwise the partition of the tick
     contracts: tuple[Contract, ...]
+    prefix: str = ""  # a tables file's name: its jobs and schedules are bronze_<prefix>_…
 
     @property
     def name(self) -> str:
         layout = {"daily": "by_day", "monthly": "by_month"}.get(self.partition_kind, "full")
-        return f"bronze_{self.cadence.value}_{layout}" + ("_closed_window" if self.lagged else "")
+        prefix = f"{self.prefix}_" if self.prefix else ""
+        return f"bronze_{prefix}{self.cadence.value}_{layout}" + ("_closed_window" if self.lagged else "")
 
     @property
     def keys(self) -> list[str]:
         return [c.bronze_table for c in self.contracts]
 
 
-def load_groups(contracts: Sequence[Contract] | None = None) -> list[LoadGroup]:
-    """Group the contracts by cadence, partition kind and whether their window lags the tick."""
+def load_groups(contracts: Sequence[Contract] | None = None, prefix: str = "") -> list[LoadGroup]:
+    """Group the contracts (default: every table) by cadence, partition kind and whether their
+    window lags the tick; ``prefix`` names the groups of one tables file."""
     groups: dict[tuple[Cadence, str, bool], list[Contract]] = defaultdict(list)
-    for c in contracts or list(CONTRACTS.values()):
+    for c in list(CONTRACTS.values()) if contracts is None else contracts:
         lagged = c.load_pattern is LoadPattern.BATCH and c.cadence is not Cadence.HOURLY
         groups[(c.cadence, c.partitioning.kind.value, lagged)].append(c)
-    return [LoadGroup(cad, kind, lag, tuple(cs)) for (cad, kind, lag), cs in sorted(groups.items())]
+    return [LoadGroup(cad, kind, lag, tuple(cs), prefix) for (cad, kind, lag), cs in sorted(groups.items())]
 
 
 def build_job(group: LoadGroup) -> dg.UnresolvedAssetJobDefinition:
@@ -121,8 +125,3 @@ def build_schedule(group: LoadGroup) -> dg.ScheduleDefinition:
                              tags=SCHEDULED_TAGS)
 
     return _schedule
-
-
-@dg.definitions
-def schedules() -> dg.Definitions:
-    return dg.Definitions(schedules=[build_schedule(g) for g in load_groups()])

@@ -25,7 +25,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
-from bronze_assets.settings import SOURCE_SCHEMA, env
+from bronze_assets.settings import env
 
 TS = pa.timestamp("us", tz="UTC")
 ENV_USER = "BRONZE_USER"
@@ -196,7 +196,7 @@ class LoadRecord:
 def load_record(contract: Contract, job_id: str | None, start: datetime, **fields: Any) -> LoadRecord:
     """A :class:`LoadRecord` for a materialization of ``contract``."""
     return LoadRecord(
-        table_name=contract.bronze_table, source_table=f"{SOURCE_SCHEMA}.{contract.name}",
+        table_name=contract.bronze_table, source_table=contract.source_ref,
         transformation_type=f"MERGE_{contract.load_pattern.value.upper()}", job_id=job_id,
         start=start, contract_version=contract.version, **fields,
     )

@@ -24,7 +24,7 @@ from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect
 from bronze_assets.lib.source.window import LoadWindow, partition_values, window_predicate
-from bronze_assets.settings import SOURCE_SCHEMA, env
+from bronze_assets.settings import env
 
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
 ENV_PARALLELISM = "BRONZE_EXTRACT_PARALLELISM"
@@ -71,7 +71,7 @@ def _select_column(contract: Contract, name: str, rescued: bool = False) -> str:
 
 
 def select_sql(
-    contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA, extra_columns: Sequence[str] = (),
+    contract: Contract, window: LoadWindow, schema: str | None = None, extra_columns: Sequence[str] = (),
     rescued: Sequence[str] = (),
 ) -> str:
     """The extraction query: typed source columns as they are, plus columns the contract lacks.
@@ -81,15 +81,15 @@ def select_sql(
     """
     cols = [_select_column(contract, c, c in rescued) for c in contract.column_names]
     cols += [f"{quote_ident(c)}::text AS {quote_ident(c)}" for c in extra_columns]
-    sql = f"SELECT {', '.join(cols)} FROM {qualified(schema, contract.name)}"
+    sql = f"SELECT {', '.join(cols)} FROM {qualified(schema or contract.source_schema, contract.source_name)}"
     where = window_predicate(contract, window)
     return sql if where is None else f"{sql} WHERE ({where})"
 
 
-def keys_sql(contract: Contract, schema: str = SOURCE_SCHEMA) -> str:
+def keys_sql(contract: Contract, schema: str | None = None) -> str:
     """Key-only scan used to find keys that vanished from the source (soft deletes)."""
     cols = ", ".join(quote_ident(c) for c in contract.primary_key)
-    return f"SELECT {cols} FROM {qualified(schema, contract.name)}"
+    return f"SELECT {cols} FROM {qualified(schema or contract.source_schema, contract.source_name)}"
 
 
 def _plain(arr: pa.Array) -> pa.Array:
@@ -172,10 +172,11 @@ class SourceReader:
     """
 
     def __init__(
-        self, dsn: str, contract: Contract, schema: str = SOURCE_SCHEMA, parallelism: int | None = None,
+        self, dsn: str, contract: Contract, schema: str | None = None, parallelism: int | None = None,
         snapshot_id: str | None = None,
     ) -> None:
-        self.dsn, self.contract, self.schema = dsn, contract, schema
+        self.dsn, self.contract, self.schema = dsn, contract, schema or contract.source_schema
+        self.table = qualified(self.schema, contract.source_name)  # quoted, for SQL
         self.parallelism = parallelism or default_parallelism()
         self._conn = None
         self._import = snapshot_id  # read in this exported snapshot (e.g. a replication slot's)
@@ -189,7 +190,7 @@ class SourceReader:
         (self._snapshot_id,) = self.query("SELECT pg_export_snapshot()")[0]
         if self.parallelism > 1:
             # read after the snapshot: every row it sees lives below this block count
-            table = qualified(self.schema, self.contract.name).replace("'", "''")
+            table = self.table.replace("'", "''")
             rows = self.query(f"SELECT pg_relation_size(to_regclass('{table}')) "
                               f"/ current_setting('block_size')::bigint")
             self._blocks = int(rows[0][0] or 0) if rows else 0
@@ -235,7 +236,7 @@ class SourceReader:
 
     def key_range(self) -> tuple[int, int] | None:
         """(min, max) of the first primary-key column in the snapshot (None: the table is empty)."""
-        key, table = quote_ident(self.contract.primary_key[0]), qualified(self.schema, self.contract.name)
+        key, table = quote_ident(self.contract.primary_key[0]), self.table
         lo, hi = self.query(f"SELECT min({key}), max({key}) FROM {table}")[0]
         return None if lo is None else (int(lo), int(hi))
 
@@ -270,7 +271,7 @@ class SourceReader:
 
         The window filter is applied only if every column it names still exists.
         """
-        sql = f"SELECT row_to_json(t)::text AS record FROM {qualified(self.schema, self.contract.name)} t"
+        sql = f"SELECT row_to_json(t)::text AS record FROM {self.table} t"
         where = window_predicate(self.contract, window)
         needed = {"updated_at", self.contract.partitioning.business_date_column} - {None}
         if where is not None and needed <= available:
@@ -307,7 +308,7 @@ class SourceReader:
                 raise
             raise SourceConnectionError(
                 f"{self.contract.bronze_table}: lost the connection to the PostgreSQL source "
-                f"({describe_dsn(self.dsn)}) while reading {self.schema}.{self.contract.name}: "
+                f"({describe_dsn(self.dsn)}) while reading {self.schema}.{self.contract.source_name}: "
                 f"{redact(str(exc).strip().splitlines()[0], self.dsn)}. Nothing was merged; check that the "
                 f"server is up, then re-run (Dagster retries the step by itself)."
             ) from None

@@ -26,7 +26,6 @@ from bronze_assets.contracts import Contract, PgType, TypeFamily
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.extract import read_sql
 from bronze_assets.lib.source.window import LoadWindow, partition_sql, window_predicate
-from bronze_assets.settings import SOURCE_SCHEMA
 
 HASH, PART, RESCUED = "record_hash", "_bronze_part", "_bronze_rescued"
 EPOCH = "DATE '1970-01-01'"
@@ -78,13 +77,13 @@ def rescued_sql(contract: Contract) -> str:
     return f"CASE WHEN {bad} THEN jsonb_strip_nulls(jsonb_build_object({pairs}))::text END"
 
 
-def pushdown_select_sql(contract: Contract, window: LoadWindow, schema: str = SOURCE_SCHEMA) -> str:
+def pushdown_select_sql(contract: Contract, window: LoadWindow, schema: str | None = None) -> str:
     """The extraction query of ``window`` (see the module docstring)."""
     cols = [f"{_value_sql(c.name, c.type)} AS {quote_ident(c.name)}" for c in contract.columns]
     cols += [f"{hash_sql(contract)} AS {HASH}", f"{rescued_sql(contract)} AS {RESCUED}"]
     part = partition_sql(contract, window)
     if part is not None:
         cols.append(f"({part}) - {EPOCH} AS {PART}")
-    sql = f"SELECT {', '.join(cols)} FROM {qualified(schema, contract.name)}"
+    sql = f"SELECT {', '.join(cols)} FROM {qualified(schema or contract.source_schema, contract.source_name)}"
     where = window_predicate(contract, window)
     return sql if where is None else f"{sql} WHERE ({where})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bronze_assets.contracts import Contract, TypeChangePolicy
-from bronze_assets.settings import SOURCE_SCHEMA
 
 
 @dataclass
@@ -17,6 +16,7 @@ class SchemaDrift:
     changed: list[tuple[str, str, str]] = field(default_factory=list)  # column, expected, found
     added: list[tuple[str, str]] = field(default_factory=list)  # column, type
     rescued: list[tuple[str, str, str]] = field(default_factory=list)  # read per record (policy rescue)
+    source: str = ""  # schema.table in the source (default: tests.<table>)
 
     @property
     def breaking(self) -> bool:
@@ -29,7 +29,8 @@ class SchemaDrift:
         parts += [f"column {c} has type {found}, expected {want}: read per record, unreadable values "
                   f"quarantined" for c, want, found in self.rescued]
         parts += [f"new column {c} ({t})" for c, t in self.added]
-        return f"tests.{self.table}: " + "; ".join(parts) if parts else f"tests.{self.table}: matches"
+        where = self.source or f"tests.{self.table}"
+        return f"{where}: " + "; ".join(parts) if parts else f"{where}: matches"
 
     def _missing_types(self) -> list[tuple[str, str]]:
         from bronze_assets.contracts import CONTRACTS
@@ -38,12 +39,17 @@ class SchemaDrift:
         return [(c, contract.column(c).type.value if contract else "?") for c in self.missing]
 
 
-def live_columns_sql(contract: Contract, schema: str = SOURCE_SCHEMA) -> str:
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def live_columns_sql(contract: Contract, schema: str | None = None) -> str:
     """Columns and declared types (``format_type``, e.g. ``numeric(10,2)``) of the live table."""
     return (
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "JOIN pg_class c ON a.attrelid = c.oid JOIN pg_namespace n ON c.relnamespace = n.oid "
-        f"WHERE n.nspname = '{schema}' AND c.relname = '{contract.name}' "
+        f"WHERE n.nspname = {_literal(schema or contract.source_schema)} "
+        f"AND c.relname = {_literal(contract.source_name)} "
         "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
     )
 
@@ -51,7 +57,7 @@ def live_columns_sql(contract: Contract, schema: str = SOURCE_SCHEMA) -> str:
 def compare(contract: Contract, live: list[tuple[str, str]]) -> SchemaDrift:
     """The drift between the contract and the live ``(column, type)`` list."""
     found = dict(live)
-    drift = SchemaDrift(contract.name)
+    drift = SchemaDrift(contract.name, source=contract.source_ref)
     for column in contract.columns:
         if column.name not in found:
             drift.missing.append(column.name)

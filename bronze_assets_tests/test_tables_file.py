@@ -1,0 +1,255 @@
+"""Tables declared, not coded (ARCHITECTURE §2.10): the ``BronzeTables`` component and its file.
+
+* the shipped example (``defs/inventory/defs.yaml``) yields exactly today's ten contracts, assets,
+  checks and schedules, and is what ``bronze init --refresh`` writes for the seeded ``tests`` schema;
+* ``bronze init`` on another schema (mixed-case name, composite key, no key; varchar, boolean, uuid,
+  jsonb) → the file → definitions loaded by Dagster from the YAML → a load → bronze rows whose
+  record_hash is the §2.2 SQL of the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from click.testing import CliRunner
+from dagster.components.core.component_tree import ComponentTree
+from deltalake import DeltaTable
+
+from bronze_assets.cli import main
+from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.contracts.tablefile import read_file, render
+from bronze_assets.contracts.tables import EXAMPLE_FILE
+from bronze_assets.defs.assets import build_bronze_asset
+from bronze_assets.defs.bronze_tables import BronzeTables
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.demo.seed import SeedOptions, seed_source
+from bronze_assets.lib.source.ddl import qualified, quote_ident
+from bronze_assets.lib.source.introspect import COMPOSITE_KEY, NO_KEY, introspect
+from bronze_assets_tests import reference_contracts
+from bronze_assets_tests.conftest import query
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _example_component() -> BronzeTables:
+    """The shipped example as Dagster loads it in the project (`dg check defs`, the UI)."""
+    return ComponentTree.for_project(ROOT).load_component(EXAMPLE_FILE.parent, BronzeTables)
+
+
+def defs_package(parent: Path) -> tuple[Path, ComponentTree]:
+    """A new, importable defs package under ``parent`` and its component tree (the autoloading of
+    ``load_from_defs_folder``, which `dg check defs` runs, on a project of its own)."""
+    package = parent / f"defs_{uuid.uuid4().hex[:8]}"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    sys.path.insert(0, str(parent))
+    try:
+        module = importlib.import_module(package.name)
+    finally:
+        sys.path.remove(str(parent))
+    return package, ComponentTree.from_module(defs_module=module, project_root=parent)
+
+
+def test_the_shipped_example_is_todays_contracts_field_by_field() -> None:
+    reference = {c.name: c for c in reference_contracts.ALL}
+    from_yaml = {c.name: c for c in _example_component().contracts()}
+    assert list(from_yaml) == list(reference) == list(CONTRACTS)
+    for name, want in reference.items():
+        got = from_yaml[name]
+        for f in dataclasses.fields(Contract):
+            if f.name == "columns":
+                continue
+            assert getattr(got, f.name) == getattr(want, f.name), (name, f.name)
+        # the Python contracts never recorded nullability (the default, True); the file records the
+        # catalog's: the primary key columns are NOT NULL, every other column nullable
+        assert [(c.name, c.type) for c in got.columns] == [(c.name, c.type) for c in want.columns]
+        assert [c.nullable for c in got.columns] == [c.name not in want.primary_key for c in want.columns]
+        assert CONTRACTS[name] == got  # the registry every module imports is the file
+
+
+def _asset_view(assets: dg.AssetsDefinition) -> dict:
+    (spec,) = assets.specs
+    return {
+        "key": spec.key.to_user_string(), "group": spec.group_name, "description": spec.description,
+        "tags": dict(spec.tags), "kinds": set(spec.kinds), "owners": list(spec.owners),
+        "partitions": repr(spec.partitions_def), "freshness": repr(spec.freshness_policy),
+        "code_version": spec.code_version,
+        "metadata": {k: repr(v) for k, v in spec.metadata.items()},
+        "checks": sorted((c.name, c.blocking) for c in assets.check_specs),
+        "op": assets.op.name, "pool": assets.op.pool, "retry": repr(assets.op.retry_policy),
+    }
+
+
+def test_the_example_component_builds_todays_assets_checks_and_schedules() -> None:
+    defs = dg.build_defs_for_component(_example_component())
+    built = {a.key.to_user_string(): a for a in defs.assets or []}  # type: ignore[union-attr]
+    assert set(built) == {f"bz_{c.name}" for c in reference_contracts.ALL}
+    for contract in reference_contracts.ALL:
+        view = _asset_view(built[contract.bronze_table])
+        assert view == _asset_view(build_bronze_asset(contract))
+        assert view["group"] == "bronze" and view["key"] == f"bz_{contract.name}"
+        assert view["description"].startswith(f"Bronze copy of tests.{contract.name}: ")
+    schedules = {s.name: (s.cron_schedule, s.job.name) for s in defs.schedules or []}  # type: ignore[union-attr]
+    assert set(schedules) == {
+        "bronze_hourly_by_day_schedule", "bronze_hourly_by_month_schedule",
+        "bronze_daily_by_day_closed_window_schedule", "bronze_daily_by_month_closed_window_schedule",
+        "bronze_daily_full_schedule", "bronze_weekly_full_schedule", "bronze_monthly_full_schedule"}
+    assert not defs.resources  # the example reads the shared `source` resource ($BRONZE_SOURCE_DSN)
+
+
+def test_the_example_is_what_bronze_init_refresh_writes_for_the_tests_schema(fresh_dsn: str) -> None:
+    seed_source(fresh_dsn, SeedOptions(scale=0), progress=False)  # bronze seed --scale 0: the DDL only
+    example = read_file(EXAMPLE_FILE)
+    result = introspect(fresh_dsn, example.source, existing=example)
+    assert result.refreshed == list(CONTRACTS) and result.added == [] and result.missing == []
+    assert render(result.file, result.notes) == EXAMPLE_FILE.read_text()
+
+
+def _source_tables(dsn: str) -> None:
+    for sql in [
+        'CREATE SCHEMA sales',
+        'CREATE TABLE sales."Customer" (id integer PRIMARY KEY, name varchar(100) NOT NULL, '
+        'active boolean, ref uuid, prefs jsonb, updated_at timestamptz NOT NULL DEFAULT now())',
+        'CREATE TABLE sales.order_lines (order_id bigint, line_no smallint, customer_id integer '
+        'REFERENCES sales."Customer"(id), qty integer, note varchar(20), updated_at timestamptz, '
+        'PRIMARY KEY (order_id, line_no))',
+        'CREATE TABLE sales.audit_events (event text, updated_at timestamptz)',
+        'CREATE TABLE sales.notes (id integer PRIMARY KEY, body text)',
+        'CREATE TABLE public.elsewhere (id integer PRIMARY KEY, updated_at timestamptz)',
+        "INSERT INTO sales.\"Customer\" VALUES "
+        "(1, 'Ada', true, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"b\": [1, 2], \"a\": null}', "
+        " '2026-01-01 10:00+00'), "
+        "(2, 'Bob \x1f Tab', false, NULL, NULL, '2026-01-02 10:00+00'), "
+        "(3, 'Émile', NULL, 'b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', '[]', '2026-01-03 10:00+00')",
+        "INSERT INTO sales.order_lines VALUES (10, 1, 1, 2, 'x', '2026-01-01 10:00+00'), "
+        "(10, 2, 2, 1, NULL, '2026-01-01 11:00+00'), (11, 1, 3, 5, 'z', '2026-01-02 10:00+00')",
+    ]:
+        query(dsn, sql)
+
+
+def _hashes_sql(schema: str, table: str, columns: list[str], key: list[str]) -> str:
+    """§2.2 record_hash written from the catalog's column list (independent of the pipeline)."""
+    rendered = ", ".join(f"coalesce(length({quote_ident(c)}::text) || ':' || {quote_ident(c)}::text, '\\N')"
+                         for c in columns)
+    keys = " || '|' || ".join(f"{quote_ident(k)}::text" for k in key)
+    return f"SELECT {keys}, md5(concat_ws(E'\\x1f', {rendered})) FROM {qualified(schema, table)}"
+
+
+def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: str, tmp_path: Path) -> None:
+    _source_tables(fresh_dsn)
+    package, tree = defs_package(tmp_path / "project")
+    target = package / "sales" / "defs.yaml"
+    result = CliRunner().invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales"])
+    assert result.exit_code == 0, result.output
+    assert "+ customer" in result.output and "NOT LOADED: no primary key" in result.output
+    assert "NOT LOADED: no updated_at column" in result.output
+    assert "2 table(s) to load, 2 not loaded" in result.output
+    assert "sales.Customer.ref: uuid is stored as string" in result.output  # the type mapping, named
+    assert "sales.Customer.prefs: jsonb is stored as string" in result.output
+    text = target.read_text()
+    assert "postgresql://" not in text  # the DSN never lands in the file; its variable does
+    document = yaml.safe_load(text)
+    assert document["type"] == "bronze_assets.BronzeTables"
+    attrs = document["attributes"]
+    assert attrs["source"] == {"dsn_env": "BRONZE_SOURCE_DSN", "schemas": ["sales"], "tables": ["*"]}
+    assert attrs["name"] == "sales"
+    tables = attrs["tables"]
+    assert set(tables) == {"customer", "order_lines", "audit_events", "notes"}  # not public.elsewhere
+    customer = tables["customer"]
+    assert customer["table"] == "Customer" and customer["primary_key"] == ["id"]
+    assert customer["columns"] == {"id": "integer not null", "name": "character varying(100) not null",
+                                   "active": "boolean", "ref": "uuid", "prefs": "jsonb",
+                                   "updated_at": "timestamp with time zone not null"}
+    assert (customer["load_pattern"], customer["cadence"], customer["partitioning"]) == \
+        ("full", "daily", "none")
+    lines = tables["order_lines"]
+    assert lines["primary_key"] == ["order_id", "line_no"] and "cdc" not in lines
+    assert lines["foreign_keys"] == ["customer_id -> customer.id"]
+    assert COMPOSITE_KEY.format(key="order_id, line_no").splitlines()[0][:60] in text.replace("\n    # ", " ")
+    assert tables["audit_events"]["skip"] == NO_KEY and tables["audit_events"]["primary_key"] == []
+    assert tables["notes"]["skip"].startswith("no updated_at column")
+
+    # Dagster autoloads the defs folder (its YAML loader and the component's schema): no database
+    component = tree.load_component(target.parent, BronzeTables)
+    defs = tree.build_defs()
+    dg.Definitions.validate_loadable(dg.Definitions.merge(defs, dg.Definitions(resources=build_resources())))
+    keys = {a.key.to_user_string() for a in defs.assets or []}  # type: ignore[union-attr]
+    assert keys == {"bz_customer", "bz_order_lines"}  # the two skipped tables build nothing
+    assert {s.name for s in defs.schedules or []} == {"bronze_sales_daily_full_schedule"}  # type: ignore[union-attr]
+    contracts = {c.name: c for c in component.contracts()}
+    assert contracts["customer"].source_ref == "sales.Customer"
+    with pytest.raises(ValueError, match="log-based CDC needs a single integer primary key"):
+        dataclasses.replace(contracts["order_lines"], cdc=True)
+
+    # a load of each: every source row in bronze with the §2.2 hash of the source
+    root = tmp_path / "bronze"
+    resources = build_resources(PostgresSource(dsn=fresh_dsn), BronzeStorage(root=str(root)))
+    assets = {a.key.to_user_string(): a for a in defs.assets or []}  # type: ignore[union-attr]
+    for name, key in (("customer", ["id"]), ("order_lines", ["order_id", "line_no"])):
+        contract = contracts[name]
+        run = dg.materialize([assets[f"bz_{name}"]], resources=resources)
+        assert run.success
+        checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
+        assert checks["schema_contract"] and checks["key_uniqueness"], checks
+        frame = DeltaTable(str(root / f"bz_{name}")).to_pyarrow_table().to_pylist()
+        got = {"|".join(str(r[k]) for k in key): r["record_hash"] for r in frame}
+        want = dict(query(fresh_dsn, _hashes_sql("sales", contract.source_name, contract.column_names, key)))
+        assert got == want and len(got) == 3
+        assert {r["record_status"] for r in frame} == {"ACTIVE"}
+
+
+def test_refresh_keeps_the_overlay_and_follows_the_catalog(fresh_dsn: str, tmp_path: Path) -> None:
+    _source_tables(fresh_dsn)
+    target = tmp_path / "sales" / "defs.yaml"
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales",
+                                "--tables", "Customer,audit_*"]).exit_code == 0
+    assert set(yaml.safe_load(target.read_text())["attributes"]["tables"]) == {"customer", "audit_events"}
+    again = runner.invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales"])
+    assert again.exit_code == 1 and "bronze init --refresh" in again.output
+    # the user's overlay: a PII column, a rule, another cadence, and a key for the keyless table
+    overlay = "      cadence: hourly\n      pii_columns: [name]\n      quality:\n        required: [name]\n"
+    edited = target.read_text().replace("      cadence: daily\n", overlay, 1)
+    edited = edited.replace("primary_key: []", "primary_key: [event]")
+    target.write_text(edited)
+    query(fresh_dsn, 'ALTER TABLE sales."Customer" ALTER COLUMN name TYPE varchar(200), '
+                     'ADD COLUMN score real')
+    refreshed = runner.invoke(main, ["init", "--refresh", str(target), "--dsn", fresh_dsn])
+    assert refreshed.exit_code == 0, refreshed.output
+    tables = yaml.safe_load(target.read_text())["attributes"]["tables"]
+    customer = tables["customer"]
+    assert (customer["cadence"], customer["pii_columns"], customer["quality"]) == \
+        ("hourly", ["name"], {"required": ["name"]})
+    assert customer["columns"]["name"] == "character varying(200) not null"
+    assert list(customer["columns"].items())[-1] == ("score", "real")
+    # the keyless table is loaded once it has a key; the file's source tables still apply
+    assert "skip" not in tables["audit_events"] and tables["audit_events"]["primary_key"] == ["event"]
+    assert set(tables) == {"customer", "audit_events"}
+
+
+@pytest.mark.parametrize(("text", "spelling", "nullable", "kind", "base"), [
+    ("integer", "integer", True, "base", None),
+    ("character varying(200) not null", "character varying(200)", False, "base", None),
+    ("timestamp(3) with time zone", "timestamp(3) with time zone", True, "base", None),
+    ("mood not null (enum)", "mood", False, "enum", None),
+    ('"My Money" (domain over numeric(12,2))', '"My Money"', True, "domain", "numeric(12,2)"),
+    ("int4range (range)", "int4range", True, "range", None),
+])
+def test_a_column_is_one_line_of_text_both_ways(text: str, spelling: str, nullable: bool, kind: str,
+                                                 base: str | None) -> None:
+    from bronze_assets.contracts.tablefile import ColumnSpec, column_type
+
+    column = ColumnSpec.parse("c", text)
+    assert (column.type, column.nullable, column.kind, column.base) == (spelling, nullable, kind, base)
+    assert column.text == text
+    if kind == "domain":
+        assert column_type(column).base == "numeric(12,2)" and column_type(column).precision == 12
+    if kind == "enum":
+        assert column_type(column).family.value == "enum"
