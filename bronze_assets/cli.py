@@ -398,7 +398,7 @@ def init(path: str | None, dsn: str | None, schemas: tuple[str, ...], tables: tu
 
     from bronze_assets.contracts.tablefile import SourceSpec, read_file, render
     from bronze_assets.contracts.tables import DEFS_DIR
-    from bronze_assets.lib.source.introspect import INCREMENTAL_ROWS, introspect
+    from bronze_assets.lib.source.introspect import INCREMENTAL_ROWS, identifier, introspect
     from bronze_assets.lib.source.postgres import resolve_source_dsn
 
     existing = None
@@ -419,7 +419,7 @@ def init(path: str | None, dsn: str | None, schemas: tuple[str, ...], tables: tu
     if dsn_env:
         updates["dsn_env"] = dsn_env
     source = SourceSpec.model_validate({**base.model_dump(), **updates})
-    target = Path(path) if path else DEFS_DIR / source.schemas[0].lower() / "defs.yaml"
+    target = Path(path) if path else DEFS_DIR / identifier(source.schemas[0]) / "defs.yaml"
     if target.exists() and not refresh:
         _fail(f"{target} exists: refresh it with  bronze init --refresh {target}  (keeps your overlay)")
     try:

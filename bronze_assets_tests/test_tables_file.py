@@ -253,3 +253,38 @@ def test_a_column_is_one_line_of_text_both_ways(text: str, spelling: str, nullab
         assert column_type(column).base == "numeric(12,2)" and column_type(column).precision == 12
     if kind == "enum":
         assert column_type(column).family.value == "enum"
+
+
+def test_dg_scaffold_writes_the_file_from_the_source(fresh_dsn: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dg scaffold defs bronze_assets.BronzeTables sales --schemas sales` (its scaffolder): with the
+    DSN variable set it introspects as bronze init does; without, it writes the source only."""
+    from bronze_assets.defs.bronze_tables import BronzeTablesScaffolder, BronzeTablesScaffoldParams
+
+    _source_tables(fresh_dsn)
+    for folder, dsn in (("with_dsn", fresh_dsn), ("without", None)):
+        if dsn:
+            monkeypatch.setenv("BRONZE_SOURCE_DSN", dsn)
+        else:
+            monkeypatch.delenv("BRONZE_SOURCE_DSN", raising=False)
+        target = tmp_path / folder
+        target.mkdir()
+        BronzeTablesScaffolder().scaffold(dg.ScaffoldRequest(
+            type_name="bronze_assets.BronzeTables", target_path=target, scaffold_format="yaml",
+            project_root=tmp_path, params=BronzeTablesScaffoldParams(schemas="sales", tables="Customer")))
+        attrs = read_file(target / "defs.yaml")
+        assert attrs.source.schemas == ["sales"] and attrs.source.tables == ["Customer"]
+        assert list(attrs.tables) == (["customer"] if dsn else [])
+
+
+def test_the_readme_example_file_is_a_valid_tables_file() -> None:
+    from bronze_assets.contracts.tablefile import contracts_of, parse_document
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Your own database"):readme.index("## The `bronze` command")]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):]
+    document = yaml.safe_load(block[: block.index("```")])
+    contracts = {c.name: c for c in contracts_of(parse_document(document, "README"))}
+    assert contracts["order_lines"].primary_key == ("order_id", "line_no")
+    assert contracts["order_lines"].column("status").type.family.value == "enum"
+    assert contracts["customer"].source_ref == "sales.Customer"

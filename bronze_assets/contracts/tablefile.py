@@ -158,7 +158,8 @@ class TablesFile(_Spec):
     """The attributes of a ``BronzeTables`` component."""
 
     source: SourceSpec = SourceSpec()
-    name: str | None = Field(default=None, description="prefix of this file's jobs and schedules")
+    name: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]*$",
+                             description="prefix of this file's jobs and schedules")
     tables: dict[str, TableSpec] = {}
 
 

@@ -93,7 +93,7 @@ class BronzeTables(dg.Component, dg.Resolvable, dg.Model):
                                     produces=["asset", "asset_check", "schedule", "job", "resource"])
 
     def tables_file(self) -> TablesFile:
-        return TablesFile.model_construct(source=self.source, name=self.name, tables=self.tables)
+        return TablesFile(source=self.source, name=self.name, tables=self.tables)  # validates `name`
 
     def contracts(self) -> list[Contract]:
         """The contracts of the tables this file loads (``skip``-ped tables have none)."""

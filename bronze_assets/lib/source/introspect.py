@@ -138,6 +138,12 @@ def bronze_name(schema: str, table: str, taken: set[str]) -> str:
     return name
 
 
+def identifier(text: str) -> str:
+    """``text`` as a Dagster/Python-friendly identifier: lowercase letters, digits and ``_``."""
+    name = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "source"
+    return name if BRONZE_NAME.match(name) else f"s_{name}"
+
+
 def column_specs(columns: Sequence[CatalogColumn]) -> dict[str, str]:
     """The file's ``columns`` entry of a table (name → type text), in the catalog's order."""
     return {c.name: ColumnSpec(c.name, c.format_type, c.nullable, KINDS.get(c.kind, "base"), c.base).text
@@ -240,5 +246,6 @@ def introspect(dsn: str, source: SourceSpec, *, existing: TablesFile | None = No
             fk = f"{column} -> {parent}.{parent_column}"
             if fk not in spec.foreign_keys:
                 tables[child] = spec.model_copy(update={"foreign_keys": [*spec.foreign_keys, fk]})
-    file = TablesFile(source=source, name=existing.name if existing else name, tables=tables)
+    file = TablesFile(source=source, name=existing.name if existing else name and identifier(name),
+                      tables=tables)
     return Introspection(file, notes, added, refreshed, missing)
