@@ -83,6 +83,15 @@ def env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     return value or None
 
 
+def source_dsn_from(variable: str) -> str | None:
+    """The libpq URI in ``$<variable>``: a tables file names the variable its source's DSN is in
+    (default ``BRONZE_SOURCE_DSN``); the name is the user's, so it is not registered."""
+    if variable == ENV_SOURCE_DSN:
+        return env(variable)
+    value = os.environ.get(variable, "").strip()
+    return value or None
+
+
 def secret_from_env(key: str) -> str | None:
     """Secret ``key`` from the environment: ``$<key>``, else ``$BRONZE_SECRET_<key>`` (as spelled or
     upper case). Secret names are the caller's (KPassword, …), so they are not registered."""

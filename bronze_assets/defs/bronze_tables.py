@@ -56,16 +56,15 @@ class BronzeTablesScaffolder(dg.Scaffolder[BronzeTablesScaffoldParams]):
         return BronzeTablesScaffoldParams
 
     def scaffold(self, request: dg.ScaffoldRequest[BronzeTablesScaffoldParams]) -> None:
-        import os
-
         from bronze_assets.lib.source.introspect import introspect
+        from bronze_assets.settings import source_dsn_from
 
         params = request.params
         schemas = [s.strip() for s in params.schemas.split(",") if s.strip()]
         patterns = [t.strip() for t in params.tables.split(",") if t.strip()]
         source = SourceSpec(dsn_env=params.dsn_env, schemas=schemas, tables=patterns)
         path = Path(request.target_path) / "defs.yaml"
-        dsn = os.environ.get(params.dsn_env)
+        dsn = source_dsn_from(params.dsn_env)
         name = Path(request.target_path).name
         if dsn:
             result = introspect(dsn, source, name=name)
