@@ -329,3 +329,25 @@ def test_a_composite_key_table_loads_by_watermark(fresh_dsn: str, tmp_path: Path
     assert dg.materialize([assets], resources=resources, partition_key=today.isoformat()).success
     assert bronze() == dict(query(fresh_dsn, sql)) and len(bronze()) == 3
     assert list(bronze("DELETED")) == ["11|1"]  # the key sweep finds a vanished composite key
+
+
+def test_a_file_naming_another_dsn_variable_reads_that_source(fresh_dsn: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _source_tables(fresh_dsn)
+    package, tree = defs_package(tmp_path / "project")
+    target = package / "sales" / "defs.yaml"
+    result = CliRunner().invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales",
+                                       "--tables", "Customer", "--dsn-env", "SALES_DSN"])
+    assert result.exit_code == 0, result.output
+    assert "postgresql://" not in target.read_text()
+    defs = tree.build_defs()
+    assert set(defs.resources or {}) == {"source_sales_dsn"}  # read from $SALES_DSN when a run starts
+    monkeypatch.setenv("SALES_DSN", fresh_dsn)
+    root = tmp_path / "bronze"
+    # the shared `source` points nowhere: a load reading it instead would fail
+    resources = {**build_resources(PostgresSource(dsn="postgresql://nobody@127.0.0.1:9/none"),
+                                   BronzeStorage(root=str(root))), **(defs.resources or {})}
+    (assets,) = defs.assets or []  # type: ignore[misc]
+    assert dg.materialize([assets], resources=resources).success  # type: ignore[list-item]
+    rows = DeltaTable(str(root / "bz_customer")).to_pyarrow_table().to_pylist()
+    assert sorted(r["id"] for r in rows) == [1, 2, 3]

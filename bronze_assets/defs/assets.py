@@ -74,7 +74,9 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
         partitions_def=parts,
         backfill_policy=dg.BackfillPolicy.single_run() if parts else None,
         retry_policy=RETRY,
-        required_resource_keys=None if source_key == "source" else {source_key},
+        # another source resource than `source`: every resource by key (Dagster takes them either as
+        # parameters or as keys, not both)
+        required_resource_keys=None if source_key == "source" else {source_key, "bronze", "engine"},
     )
 
     def load(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
@@ -89,8 +91,9 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
             yield from load(context, source, bronze, engine)
     else:
         @asset
-        def _bronze(context: dg.AssetExecutionContext, bronze: BronzeStorage, engine: BronzeEngine):
-            yield from load(context, getattr(context.resources, source_key), bronze, engine)
+        def _bronze(context: dg.AssetExecutionContext):
+            res = context.resources
+            yield from load(context, getattr(res, source_key), res.bronze, res.engine)
 
     return _bronze
 
