@@ -116,7 +116,8 @@ def _source_tables(dsn: str) -> None:
     for sql in [
         'CREATE SCHEMA sales',
         'CREATE TABLE sales."Customer" (id integer PRIMARY KEY, name varchar(100) NOT NULL, '
-        'active boolean, ref uuid, prefs jsonb, updated_at timestamptz NOT NULL DEFAULT now())',
+        'active boolean, ref uuid, prefs jsonb, "Nick Name" text, '
+        'updated_at timestamptz NOT NULL DEFAULT now())',
         'CREATE TABLE sales.order_lines (order_id bigint, line_no smallint, customer_id integer '
         'REFERENCES sales."Customer"(id), qty integer, note varchar(20), updated_at timestamptz, '
         'PRIMARY KEY (order_id, line_no))',
@@ -125,9 +126,9 @@ def _source_tables(dsn: str) -> None:
         'CREATE TABLE public.elsewhere (id integer PRIMARY KEY, updated_at timestamptz)',
         "INSERT INTO sales.\"Customer\" VALUES "
         "(1, 'Ada', true, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"b\": [1, 2], \"a\": null}', "
-        " '2026-01-01 10:00+00'), "
-        "(2, 'Bob \x1f Tab', false, NULL, NULL, '2026-01-02 10:00+00'), "
-        "(3, 'Émile', NULL, 'b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', '[]', '2026-01-03 10:00+00')",
+        " 'ada', '2026-01-01 10:00+00'), "
+        "(2, 'Bob \x1f Tab', false, NULL, NULL, NULL, '2026-01-02 10:00+00'), "
+        "(3, 'Émile', NULL, 'b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', '[]', 'm', '2026-01-03 10:00+00')",
         "INSERT INTO sales.order_lines VALUES (10, 1, 1, 2, 'x', '2026-01-01 10:00+00'), "
         "(10, 2, 2, 1, NULL, '2026-01-01 11:00+00'), (11, 1, 3, 5, 'z', '2026-01-02 10:00+00')",
     ]:
@@ -165,7 +166,7 @@ def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: s
     customer = tables["customer"]
     assert customer["table"] == "Customer" and customer["primary_key"] == ["id"]
     assert customer["columns"] == {"id": "integer not null", "name": "character varying(100) not null",
-                                   "active": "boolean", "ref": "uuid", "prefs": "jsonb",
+                                   "active": "boolean", "ref": "uuid", "prefs": "jsonb", "Nick Name": "text",
                                    "updated_at": "timestamp with time zone not null"}
     assert (customer["load_pattern"], customer["cadence"], customer["partitioning"]) == \
         ("full", "daily", "none")
