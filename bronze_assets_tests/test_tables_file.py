@@ -352,3 +352,27 @@ def test_a_file_naming_another_dsn_variable_reads_that_source(fresh_dsn: str, tm
     assert dg.materialize([assets], resources=resources).success  # type: ignore[list-item]
     rows = DeltaTable(str(root / "bz_customer")).to_pyarrow_table().to_pylist()
     assert sorted(r["id"] for r in rows) == [1, 2, 3]
+
+
+def test_several_files_one_registry_and_the_example_stays_the_seeded_ten(tmp_path: Path) -> None:
+    from bronze_assets.contracts import in_dependency_order
+    from bronze_assets.contracts.tablefile import load_contracts, table_files
+    from bronze_assets.contracts.tables import EXAMPLE
+
+    other = tmp_path / "defs" / "sales" / "defs.yaml"
+    other.parent.mkdir(parents=True)
+    other.write_text(EXAMPLE_FILE.read_text().replace("    products:\n", "    products_copy:\n", 1))
+    (tmp_path / "defs" / "notes.yaml").write_text("type: something.Else\n")
+    assert table_files(tmp_path / "defs") == [other]
+    with pytest.raises(ValueError, match=r"table suppliers is declared in .* and "):
+        load_contracts([EXAMPLE_FILE, other])
+    mixed = {c.name: c for c in load_contracts([other])}
+    assert mixed["products_copy"].source_ref == "tests.products_copy"
+    # log-based CDC names its publication's table tests.<name> (lib/source/replication.py) today
+    other.write_text(other.read_text().replace("schemas: [tests]", "schemas: [sales]"))
+    with pytest.raises(ValueError, match="table inventory: cdc: true is supported for tables of schema"):
+        load_contracts([other])
+    # bronze seed / bronze ddl / bronze demo create the shipped example's tables only
+    assert [c.name for c in EXAMPLE] == [c.name for c in reference_contracts.ALL]
+    assert sorted(c.name for c in in_dependency_order()) == sorted(c.name for c in EXAMPLE)
+    assert next(c.name for c in in_dependency_order(mixed.values())) == "products_copy"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 
 from bronze_assets.contracts.model import (
     Cadence,
@@ -21,7 +22,7 @@ from bronze_assets.contracts.model import (
     TypeChangePolicy,
     ValueSetRule,
 )
-from bronze_assets.contracts.tables import ALL
+from bronze_assets.contracts.tables import ALL, EXAMPLE
 from bronze_assets.contracts.types import TYPE_MAP, ReadMode, TypeFamily
 
 CONTRACTS: dict[str, Contract] = {c.name: c for c in ALL}
@@ -38,8 +39,10 @@ def get_contract(name: str) -> Contract:
         raise KeyError(f"unknown table {name!r}; {hint}known tables: {', '.join(CONTRACTS)}") from None
 
 
-def in_dependency_order() -> list[Contract]:
-    """Contracts ordered so that every foreign-key parent comes before its children."""
+def in_dependency_order(contracts: Iterable[Contract] | None = None) -> list[Contract]:
+    """``contracts`` (default: the shipped example's ten tables, which ``bronze seed`` and ``bronze
+    ddl`` create) ordered so that every foreign-key parent among them comes before its children."""
+    chosen = {c.name: c for c in (EXAMPLE if contracts is None else contracts)}
     ordered: list[Contract] = []
     seen: set[str] = set()
 
@@ -48,11 +51,11 @@ def in_dependency_order() -> list[Contract]:
             return
         seen.add(c.name)
         for fk in c.foreign_keys:
-            if fk.parent_table != c.name:
-                visit(CONTRACTS[fk.parent_table])
+            if fk.parent_table != c.name and fk.parent_table in chosen:
+                visit(chosen[fk.parent_table])
         ordered.append(c)
 
-    for c in ALL:
+    for c in chosen.values():
         visit(c)
     return ordered
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bronze_assets.contracts.model import Contract, RegexRule, ValueSetRule
-from bronze_assets.contracts.tablefile import load_contracts, table_files
+from bronze_assets.contracts.tablefile import load_contracts, read_file, table_files
 
 DEFS_DIR = Path(__file__).resolve().parents[1] / "defs"
 EXAMPLE_FILE = DEFS_DIR / "inventory" / "defs.yaml"
@@ -24,6 +24,8 @@ def _example_first(paths: list[Path]) -> list[Path]:
 
 ALL: tuple[Contract, ...] = load_contracts(_example_first(table_files(DEFS_DIR)))
 _BY_NAME = {c.name: c for c in ALL}
+# the shipped example's tables: what `bronze seed` and `bronze ddl` create, and `bronze demo` seeds
+EXAMPLE: tuple[Contract, ...] = tuple(_BY_NAME[name] for name in read_file(EXAMPLE_FILE).tables)
 
 
 def _regex(table: str, column: str) -> str:

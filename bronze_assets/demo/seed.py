@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from bronze_assets.contracts import CONTRACTS, in_dependency_order
+from bronze_assets.contracts import in_dependency_order
 from bronze_assets.demo.generator import InventoryGenerator, SeedOptions, rows_for
 from bronze_assets.lib.source.ddl import (
     create_index_statements,
@@ -51,7 +51,7 @@ def source_row_counts(dsn: str, schema: str = SOURCE_SCHEMA) -> dict[str, int]:
             "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
             parameters=(schema,),
         )
-        existing = {r[0] for r in cur.fetchall()} & set(CONTRACTS)
+        existing = {r[0] for r in cur.fetchall()} & {c.name for c in in_dependency_order()}
         counts = {}
         for name in sorted(existing):
             cur.execute(f"SELECT count(*) FROM {qualified(schema, name)}")
