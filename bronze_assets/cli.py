@@ -428,6 +428,9 @@ def init(path: str | None, dsn: str | None, schemas: tuple[str, ...], tables: tu
     except Exception as exc:  # the failure policy's one line (connection, permission, …)
         _fail_on(exc, "bronze init")
         return
+    if not result.file.tables:
+        _fail(f"no table of schema {', '.join(source.schemas)} matches {', '.join(source.tables)} "
+              f"(or the role may not see them: GRANT USAGE ON SCHEMA …); nothing written")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(result.file, result.notes))
     for name in result.added:

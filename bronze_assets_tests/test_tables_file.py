@@ -215,6 +215,10 @@ def test_refresh_keeps_the_overlay_and_follows_the_catalog(fresh_dsn: str, tmp_p
     assert set(yaml.safe_load(target.read_text())["attributes"]["tables"]) == {"customer", "audit_events"}
     again = runner.invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales"])
     assert again.exit_code == 1 and "bronze init --refresh" in again.output
+    nothing = runner.invoke(main, ["init", str(tmp_path / "x" / "defs.yaml"), "--dsn", fresh_dsn,
+                                   "--schema", "nope"])
+    assert nothing.exit_code == 1 and "no table of schema nope matches *" in nothing.output
+    assert not (tmp_path / "x").exists()
     # the user's overlay: a PII column, a rule, another cadence, and a key for the keyless table
     overlay = "      cadence: hourly\n      pii_columns: [name]\n      quality:\n        required: [name]\n"
     edited = target.read_text().replace("      cadence: daily\n", overlay, 1)
