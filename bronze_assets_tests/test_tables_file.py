@@ -370,6 +370,10 @@ def test_several_files_one_registry_and_the_example_stays_the_seeded_ten(tmp_pat
     assert table_files(tmp_path / "defs") == [other]
     with pytest.raises(ValueError, match=r"table suppliers is declared in .* and "):
         load_contracts([EXAMPLE_FILE, other])
+    with pytest.raises(ValueError, match=r"table suppliers: foreign key product_id -> products\.product_id "
+                                         "names no table of any tables file"):
+        load_contracts([other])  # products is products_copy there
+    other.write_text(other.read_text().replace("-> products.", "-> products_copy."))
     mixed = {c.name: c for c in load_contracts([other])}
     assert mixed["products_copy"].source_ref == "tests.products_copy"
     # log-based CDC names its publication's table tests.<name> (lib/source/replication.py) today

@@ -294,7 +294,7 @@ def table_files(defs_dir: Path) -> list[Path]:
 
 def load_contracts(paths: Iterable[Path]) -> tuple[Contract, ...]:
     """The contracts of every ``BronzeTables`` component in ``paths``, in file order (a bronze
-    name declared twice is an error naming both files)."""
+    name declared twice, or a foreign key to a table no file declares, is an error naming the file)."""
     seen: dict[str, Path] = {}
     out: list[Contract] = []
     for path in paths:
@@ -306,6 +306,11 @@ def load_contracts(paths: Iterable[Path]) -> tuple[Contract, ...]:
                     raise ValueError(f"table {contract.name} is declared in {seen[contract.name]} and {path}")
                 seen[contract.name] = path
                 out.append(contract)
+    for contract in out:
+        for fk in contract.foreign_keys:
+            if fk.parent_table not in seen:
+                raise ValueError(f"{seen[contract.name]}: table {contract.name}: foreign key {fk.column} -> "
+                                 f"{fk.parent_table}.{fk.parent_column} names no table of any tables file")
     return tuple(out)
 
 
