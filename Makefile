@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export BRONZE_DATA_DIR ?= $(CURDIR)/data
-# Runs of the demo and the UI hand a ranged run's per-partition events to the event log in one batch
-# (Dagster's SQLite storage still writes them one by one; PostgreSQL storage and Dagster+ batch them).
+# Runs of the demo and the UI hand a ranged run's per-partition events to the event log in one batch:
+# PostgreSQL storage (the instance of both, see dagster.yaml) writes them in one INSERT (README "Deploying").
 demo ui: export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
 .PHONY: demo test lint ui bench clean
@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
+# The instance profile of make demo/ui (PostgreSQL on the embedded server); a changed copy is kept as .bak
 $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml: dagster.yaml
 	@mkdir -p $(BRONZE_DATA_DIR)/dagster_home
-	@test -f $@ || cp dagster.yaml $@
+	@if test -f $@ && ! cmp -s dagster.yaml $@; then cp $@ $@.bak; echo "updated $@ (previous: $@.bak)"; fi
+	@cp dagster.yaml $@
 
 demo: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## seed the embedded source (if empty) and load every bronze table
 	@DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/bronze demo
@@ -34,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check . || true
 
 PORT ?= 3000
-ui: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## Dagster UI on the embedded default (make ui PORT=3001)
+ui: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## Dagster UI + daemon, instance on the embedded PostgreSQL (make ui PORT=3001)
 	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/python -m bronze_assets.devserver -w workspace.yaml -p $(PORT)
 
 bench: $(STAMP)  ## seed and ingestion benchmarks at scale 1 and 10 (with dlt as the reference)

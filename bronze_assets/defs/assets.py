@@ -74,6 +74,9 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
         partitions_def=parts,
         backfill_policy=dg.BackfillPolicy.single_run() if parts else None,
         retry_policy=RETRY,
+        # one run per table at a time: the instance gives each pool one slot and the run queue
+        # holds a run until every pool of its tables is free (dagster.yaml, `concurrency`)
+        pool=contract.bronze_table,
         # another source resource than `source`: every resource by key (Dagster takes them either as
         # parameters or as keys, not both)
         required_resource_keys=None if source_key == "source" else {source_key, "bronze", "engine"},
