@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import select
 import struct
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA, bronze_root, e
 
 # the session of the walsender pinned like every bronze session (ARCHITECTURE §2.2)
 PINNED_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=1"
-DRAIN_SECONDS = 300.0  # a run reads the stream for at most this long (the rest waits for the next run)
+DRAIN_CHANGES = 5_000_000  # a run reads at most about this many changes (the rest waits for the next run)
 
 
 class ReplicationError(RuntimeError):
@@ -486,31 +484,36 @@ class _Decoder:
             self.pending.append((int(value), op))
 
 
-def read_changes(dsn: str, contract: Contract, start_lsn: int, max_seconds: float = DRAIN_SECONDS,
+def read_changes(dsn: str, contract: Contract, start_lsn: int, max_changes: int = DRAIN_CHANGES,
                  slot: str | None = None) -> ChangeSet:
-    """Read the table's slot (``slot``: its name, default this deployment's) from ``start_lsn`` up
-    to the server's WAL position at the call (complete transactions only). Nothing is
-    acknowledged here: :func:`acknowledge` does that once bronze has committed the changes.
-    The server starts at the slot's confirmed position when ``start_lsn`` lies before it,
-    silently: :func:`bronze_assets.lib.cdc.position_gap` rules that out first."""
+    """Read the table's slot (``slot``: its name, default this deployment's) up to the server's
+    WAL position at the call (complete transactions only; at most about ``max_changes`` changes,
+    the rest waits for the next run). Nothing is acknowledged here: :func:`acknowledge` does that
+    once bronze has committed the changes.
+
+    The read is ``pg_logical_slot_peek_binary_changes`` (pgoutput, the same messages the streaming
+    protocol carries), which never moves the slot. A streaming read does: psycopg2 moves its flush
+    position to a keepalive's WAL end while no data message has arrived, and reports it with its
+    next feedback, so a run killed after reading would have lost the changes it read. The peek
+    starts at the slot's confirmed position: a slot behind ``start_lsn`` (bronze committed up to
+    it, and the run was killed before it told the slot) is first advanced to it, as that run's
+    acknowledgement would have. :func:`bronze_assets.lib.cdc.position_gap` rules out a slot
+    confirmed past ``start_lsn``."""
+    acknowledge(dsn, contract, start_lsn, slot)
     (target,) = _query(dsn, "SELECT pg_current_wal_lsn()::text")[0]
     target_lsn = lsn_int(target)
     changes = ChangeSet(start_lsn, start_lsn)
     decoder = _Decoder(contract.primary_key[0], changes)
-    with closing(_connect(dsn, replication=True)) as conn:
-        cur = conn.cursor()
-        cur.start_replication(slot_name=_slot(dsn, contract, slot), decode=False, start_lsn=start_lsn,
-                              options={"proto_version": "1", "publication_names": publication_name(contract)})
-        deadline = time.monotonic() + max_seconds
-        while time.monotonic() < deadline:
-            message = cur.read_message()
-            if message is not None:
-                decoder.feed(message.payload)
-                continue
-            if cur.wal_end >= target_lsn:  # every transaction that committed before it has been read
-                changes.complete = True
-                changes.end_lsn = max(changes.end_lsn, target_lsn)
-                break
-            cur.send_feedback(reply=True)  # ask for a keepalive carrying the server's position
-            select.select([cur], [], [], 0.5)
+    with closing(_connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
+                    "'proto_version', '1', 'publication_names', %s)",
+                    (_slot(dsn, contract, slot), target, max_changes, publication_name(contract)))
+        read = 0
+        while rows := cur.fetchmany(10_000):
+            for (data,) in rows:
+                decoder.feed(bytes(data))
+            read += len(rows)
+    changes.complete = read < max_changes
+    if changes.complete:
+        changes.end_lsn = max(changes.end_lsn, target_lsn)
     return changes
