@@ -124,6 +124,8 @@ def _state(s: TableStatus) -> tuple[str, str]:
         return STALE, "stale"
     if s.freshness == NEVER:
         return NEVER, "never"
+    if not s.healthy:  # e.g. NO SNAPSHOT: a daily table whose snapshot partition was never loaded
+        return s.state, "stale"
     return s.freshness, "ok"
 
 

@@ -240,7 +240,8 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         status.checks, status.failing_check = _check_results(contract, instance)
     if contract.partitioning.kind is PartitionKind.DAILY_LOAD_DATE:
         status.snapshot_partition = start_date().isoformat()
-        status.snapshot_loaded = snapshot_loaded(contract, actions, instance)
+        if dt is not None:  # without a table there is no snapshot to judge (the table is the problem)
+            status.snapshot_loaded = snapshot_loaded(contract, actions, instance)
     return status
 
 
