@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.source.embedded import EmbeddedPostgres
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.settings import ENV_BRONZE_ROOT, ENV_DATA_DIR, ENV_SOURCE_DSN
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
+SeedDb = Callable[[SeedOptions], str]  # the seed_db fixture: seed options -> DSN of a seeded database
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +46,52 @@ def fresh_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
     with connect(admin, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     yield admin.replace("/postgres?", f"/{name}?")
+    _drop(admin, name)
+
+
+@pytest.fixture(scope="session")
+def _seed_templates() -> dict[SeedOptions, str]:
+    """Template databases seeded once per test session (per xdist worker), by seed options."""
+    return {}
+
+
+@pytest.fixture
+def seed_db(pg_server: EmbeddedPostgres, _seed_templates: dict[SeedOptions, str]) -> Iterator[SeedDb]:
+    """``seed_db(options)``: the DSN of a new database holding the seed of ``options``, cloned
+    (``CREATE DATABASE … TEMPLATE``) from a database seeded once per session; dropped afterwards."""
+    from bronze_assets.demo.seed import seed_source
+
+    admin = pg_server.start().replace(f"/{pg_server.database}?", "/postgres?")
+    made: list[str] = []
+
+    def create(name: str, template: str | None = None) -> str:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        with connect(admin, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"{clause}')
+        return admin.replace("/postgres?", f"/{name}?")
+
+    def seeded(options: SeedOptions) -> str:
+        template = _seed_templates.get(options)
+        if template is None:
+            template = f"tmpl_{uuid.uuid4().hex[:12]}"
+            seed_source(create(template), options)
+            _seed_templates[options] = template
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        made.append(name)
+        return create(name, template)
+
+    yield seeded
+    for name in made:
+        _drop(admin, name)
+
+
+@pytest.fixture
+def seeded(seed_db: SeedDb) -> str:
+    """A database holding the scale-0.01 seed without defects (as of :data:`AS_OF`)."""
+    return seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+
+
+def _drop(admin: str, name: str) -> None:
     with connect(admin, autocommit=True) as conn, conn.cursor() as cur:
         # a database with a replication slot (log-based CDC) cannot be dropped before its slots
         cur.execute(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "

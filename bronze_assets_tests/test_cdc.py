@@ -30,7 +30,6 @@ from deltalake import DeltaTable
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.cdc import (
     CDC_SLOT_KEY,
     SNAPSHOT,
@@ -63,7 +62,7 @@ from bronze_assets_tests.bronze_helpers import (
     orders_frame,
     source_hashes,
 )
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +70,8 @@ ORDERS = CONTRACTS["orders"]
 
 
 @pytest.fixture
-def seeded(fresh_dsn: str) -> str:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.02, as_of=AS_OF))
-    return fresh_dsn
+def seeded(seed_db: SeedDb) -> str:
+    return seed_db(SeedOptions(scale=0.01, defect_rate=0.02, as_of=AS_OF))
 
 
 def test_first_load_reads_the_slot_snapshot_then_only_the_changes(seeded: str, tmp_path: Path) -> None:

@@ -12,16 +12,15 @@ import pytest
 from deltalake import DeltaTable
 
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.webserver import XDIST_GROUP, running_webserver
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_dagster_asset_materialize_one_partition(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+def test_dagster_asset_materialize_one_partition(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     env = os.environ | {
         "BRONZE_SOURCE_DSN": fresh_dsn,
         "BRONZE_ROOT": str(tmp_path / "bronze"),

@@ -24,10 +24,9 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.engines import BronzeEngine, DatabricksCompute
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.settings import env
 from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.fake_databricks import FakeWorkspaceClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
@@ -42,9 +41,9 @@ def _materialize(dsn: str, root: Path, engine: BronzeEngine, table: str) -> dg.E
 
 @pytest.mark.parametrize("compute", [DatabricksCompute.SERVERLESS, DatabricksCompute.JOB_CLUSTER])
 def test_databricks_task_runs_the_bronze_job_through_a_volume(
-    compute: DatabricksCompute, fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    compute: DatabricksCompute, seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.2, defect_rate=0.05, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.2, defect_rate=0.05, as_of=AS_OF))
     volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
     volume.mkdir(parents=True)
     workspace = FakeWorkspaceClient(tmp_path / "Volumes", log_dir=tmp_path)

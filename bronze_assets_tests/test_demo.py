@@ -23,11 +23,10 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import DAGSTER_SETTINGS, LOG_FILE, TableProgress, materialize_all, run_demo
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.settings import ENV_SOURCE_DSN, data_dir
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +50,9 @@ def short_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_partition_is_materialized_with_one_run_per_partitions_definition(
-    fresh_dsn: str, tmp_path: Path, short_partitions: None, capfd: pytest.CaptureFixture[str]
+    seed_db: SeedDb, tmp_path: Path, short_partitions: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     progress: list[TableProgress] = []
     log = Records()
@@ -116,10 +115,10 @@ def test_run_demo_prints_one_line_per_table_and_logs_the_rest(
 
 
 def test_demo_loads_every_table_it_can_and_marks_the_failures(
-    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_partitions: None,
+    seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_partitions: None,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     query(fresh_dsn, "DROP TABLE tests.returns")  # one table the source no longer has
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
@@ -152,9 +151,9 @@ def test_demo_seeds_only_the_embedded_server_unless_told(
     assert query(fresh_dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'tests'") == [(0,)]
 
 
-def test_one_ctrl_c_stops_the_demo(fresh_dsn: str, tmp_path: Path) -> None:
+def test_one_ctrl_c_stops_the_demo(seed_db: SeedDb, tmp_path: Path) -> None:
     """SIGINT to the demo's process group, as a terminal sends it, in the middle of the load."""
-    seed_source(fresh_dsn, SeedOptions(scale=0.05, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.05, as_of=AS_OF))
     env = {**os.environ, ENV_SOURCE_DSN: fresh_dsn, "DAGSTER_HOME": str(tmp_path / "dagster_home"),
            "BRONZE_START_DATE": "2026-10-28", "BRONZE_PARTITIONS_START": "2026-09-01"}
     (tmp_path / "dagster_home").mkdir()

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, get_contract
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.delta.timetravel import TimeTravelError, plan_restore
 from bronze_assets.lib.load import SourceTableMissingError, extract_and_stage
@@ -20,7 +19,7 @@ from bronze_assets.lib.source.extract import SourceReader
 from bronze_assets.lib.source.postgres import SourceConnectionError
 from bronze_assets.lib.source.window import LoadWindow
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +34,8 @@ def test_unknown_table_names_suggest_the_closest(tmp_path: Path) -> None:
         assert result.exit_code == 1 and "did you mean bz_customers" in result.output, command
 
 
-def test_missing_source_table_names_it_and_the_fix(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0, as_of=AS_OF))
+def test_missing_source_table_names_it_and_the_fix(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0, as_of=AS_OF))
     query(fresh_dsn, "DROP TABLE tests.returns")
     with pytest.raises(SourceTableMissingError, match=r"no table tests\.returns .*bronze ddl"):
         extract_and_stage(CONTRACTS["returns"], fresh_dsn, tmp_path)
@@ -48,8 +47,8 @@ def test_missing_source_table_names_it_and_the_fix(fresh_dsn: str, tmp_path: Pat
     assert not (tmp_path / "bronze" / "bz_returns").exists(), "no half-created table"
 
 
-def test_connection_lost_mid_read_says_what_happened(fresh_dsn: str) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def test_connection_lost_mid_read_says_what_happened(seed_db: SeedDb) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     with SourceReader(fresh_dsn, CONTRACTS["orders"], parallelism=1) as reader:
         (pid,) = reader.query("SELECT pg_backend_pid()")[0]
         query(fresh_dsn, f"SELECT pg_terminate_backend({pid})")
@@ -59,8 +58,8 @@ def test_connection_lost_mid_read_says_what_happened(fresh_dsn: str) -> None:
     assert "bz_orders" in message and "tests.orders" in message and "re-run" in message
 
 
-def test_restore_before_the_first_version_names_the_valid_range(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def test_restore_before_the_first_version_names_the_valid_range(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     b.load_direct("products")
     with pytest.raises(TimeTravelError, match=r"oldest version still in the log is from .*--version 0\.\.0"):
@@ -79,9 +78,9 @@ def test_a_table_never_loaded_says_how_to_load_it(tmp_path: Path, monkeypatch: p
         assert "bz_products" in result.output and "--select bz_products" in result.output, result.output
 
 
-def test_a_failed_first_write_leaves_no_half_created_table(fresh_dsn: str, tmp_path: Path,
+def test_a_failed_first_write_leaves_no_half_created_table(seed_db: SeedDb, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     monkeypatch.setenv("BRONZE_CDC_TARGET_FILE_MB", "1")
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     original = BronzeMerger._staged_chunk

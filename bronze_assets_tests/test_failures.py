@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib import failures
 from bronze_assets.lib.failures import Cause, cause_of, classify
 from bronze_assets.lib.load import SourceTableMissingError, extract_and_stage
@@ -29,7 +28,7 @@ from bronze_assets.lib.source.extract import SourceReader
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect
 from bronze_assets.lib.spark.jdbc import jdbc_options
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +68,8 @@ def test_every_class_the_policy_names_exists() -> None:
         assert isinstance(getattr(importlib.import_module(module), cls), type), name
 
 
-def test_real_server_errors_are_classified(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def test_real_server_errors_are_classified(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     role = f"r_{uuid.uuid4().hex[:8]}"
     query(fresh_dsn, f"CREATE ROLE {role} LOGIN")
     try:
@@ -200,9 +199,9 @@ def _steps(result: dg.ExecuteInProcessResult) -> list[str]:
 
 
 @pytest.mark.parametrize("password", [WRONG, PASSWORD], ids=["wrong-password", "no-grant"])
-def test_a_permanent_error_fails_once_in_one_line(fresh_dsn: str, tmp_path: Path, password_role: str,
+def test_a_permanent_error_fails_once_in_one_line(seed_db: SeedDb, tmp_path: Path, password_role: str,
                                                  password: str) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     dsn = fresh_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{password}@", 1)
     b = Bronze(dsn, tmp_path / "bronze")
     started = time.perf_counter()
@@ -220,9 +219,9 @@ def test_a_permanent_error_fails_once_in_one_line(fresh_dsn: str, tmp_path: Path
     assert seconds < 30, "no retry delays"
 
 
-def test_a_dropped_connection_is_retried(fresh_dsn: str, tmp_path: Path,
+def test_a_dropped_connection_is_retried(seed_db: SeedDb, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     original, dropped = SourceReader.__enter__, []
 
     def enter_then_lose_the_connection(self: SourceReader) -> SourceReader:  # fault: the server ends it
@@ -300,12 +299,12 @@ def test_seed_as_a_role_that_may_not_create_says_so_in_one_line(fresh_dsn: str) 
 
 
 @pytest.mark.xdist_group("spark_pipes")
-def test_the_spark_job_uses_the_same_policy(fresh_dsn: str, tmp_path: Path, password_role: str) -> None:
+def test_the_spark_job_uses_the_same_policy(seed_db: SeedDb, tmp_path: Path, password_role: str) -> None:
     """The Spark job classifies with lib/failures and reports its retry flag over Pipes: a wrong
     password fails the asset once, with the same line as the local engine."""
     from bronze_assets_tests.test_spark_pipes import materialize
 
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     dsn = fresh_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{WRONG}@", 1)
     spark = materialize(dsn, tmp_path / "spark", "spark", "products")
     local = materialize(dsn, tmp_path / "local", "local", "products")

@@ -18,7 +18,6 @@ from deltalake import DeltaTable
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.delta.protection import UnprotectedWriteError
@@ -28,15 +27,15 @@ from bronze_assets.lib.governance.pii import decrypt_table, pii_protection
 from bronze_assets.lib.governance.reader import read_table as read_as
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 CUSTOMERS = CONTRACTS["customers"]
 
 
 @pytest.fixture
-def bronze(fresh_dsn: str, tmp_path: Path) -> Bronze:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def bronze(seed_db: SeedDb, tmp_path: Path) -> Bronze:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     return Bronze(fresh_dsn, tmp_path / "bronze")
 
 
@@ -160,9 +159,9 @@ PLANTED = "Pl4nted-S3cret-7fq9"
 
 
 def test_a_planted_secret_never_reaches_logs_metadata_or_control_tables(
-    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     monkeypatch.setenv("KConnectionString", fresh_dsn)  # the source comes from the secret chain
     monkeypatch.setenv("KPassword", PLANTED)  # the embedded server trusts local users: any password works
     from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources

@@ -15,26 +15,25 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import materialize_all
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta import merge
 from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import extract
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def bronze(fresh_dsn: str, tmp_path: Path) -> Bronze:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def bronze(seed_db: SeedDb, tmp_path: Path) -> Bronze:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     return Bronze(fresh_dsn, tmp_path / "bronze")
 
 
 @pytest.fixture
-def clean_bronze(fresh_dsn: str, tmp_path: Path) -> Bronze:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+def clean_bronze(seed_db: SeedDb, tmp_path: Path) -> Bronze:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     return Bronze(fresh_dsn, tmp_path / "bronze")
 
 

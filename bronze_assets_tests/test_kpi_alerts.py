@@ -23,6 +23,7 @@ from deltalake import DeltaTable, write_deltalake
 from bronze_assets.defs.alerts import KPIS, Kpi, build_kpi_sensor
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.lib.delta.control import ALERTS, AUDIT_LOG, append_rows, read_table
+from bronze_assets_tests.conftest import SeedDb
 
 
 class Clock:
@@ -194,16 +195,15 @@ def test_storage_growth_over_20_percent_fires_once_and_resolves(tmp_path: Path) 
 
 
 def test_a_cdc_slot_holding_wal_fires_once_and_resolves_once(
-        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.demo.generator import SeedOptions
-    from bronze_assets.demo.seed import seed_source
     from bronze_assets.lib.cdc import cdc_load
     from bronze_assets_tests.conftest import AS_OF, query
 
     # slots are named per deployment; the sensor watches those of $BRONZE_ROOT's (the resource's root)
     monkeypatch.setenv("BRONZE_ROOT", str(tmp_path))
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     orders = CONTRACTS["orders"]
     cdc_load(orders, fresh_dsn, tmp_path)
     kpi = replace(next(k for k in KPIS if k.name == "cdc_slot_wal"), threshold=1.0)  # 1 MB for the test

@@ -16,8 +16,6 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG, build_schedule, load_groups, reads_changes_only
-from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.merge import BATCH_KEY, REHASHED_KEY, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.timetravel import restore
@@ -28,12 +26,6 @@ from bronze_assets_tests.conftest import AS_OF, query
 pytestmark = pytest.mark.integration
 
 TODAY = datetime.now(UTC).date()
-
-
-@pytest.fixture
-def seeded(fresh_dsn: str) -> str:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
-    return fresh_dsn
 
 
 def _events(result: dg.ExecuteInProcessResult) -> dict[str, dict]:

@@ -18,6 +18,7 @@ from bronze_assets.contracts import CONTRACTS, Contract
 from bronze_assets.contracts.arrow import source_schema
 from bronze_assets.lib.delta import control
 from bronze_assets.lib.delta.maintenance import maintain_table, storage_growth
+from bronze_assets_tests.conftest import SeedDb
 
 LOAD_DATES = [date(2026, 10, 29), date(2026, 10, 30), date(2026, 10, 31)]
 
@@ -193,13 +194,12 @@ def test_storage_growth_against_snapshot_a_window_ago(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_maintenance_on_a_real_bronze_table_keeps_merge_semantics(fresh_dsn: str, tmp_path: Path) -> None:
+def test_maintenance_on_a_real_bronze_table_keeps_merge_semantics(seed_db: SeedDb, tmp_path: Path) -> None:
     from bronze_assets.demo.generator import SeedOptions
-    from bronze_assets.demo.seed import seed_source
     from bronze_assets_tests.bronze_helpers import Bronze
     from bronze_assets_tests.conftest import AS_OF, query
 
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     bronze.load_direct("products")
     for i in range(3):  # new keys: each load adds files
@@ -223,15 +223,14 @@ def test_maintenance_on_a_real_bronze_table_keeps_merge_semantics(fresh_dsn: str
 
 
 def test_optimize_of_a_cdc_table_keeps_its_small_files_whatever_the_table_says(
-        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A CDC table is compacted to the contract's file size (each tick rewrites the files holding
     its changed keys), even when the table was created with another ``delta.targetFileSize``."""
     from bronze_assets.demo.generator import SeedOptions
-    from bronze_assets.demo.seed import seed_source
     from bronze_assets_tests.bronze_helpers import Bronze
     from bronze_assets_tests.conftest import AS_OF
 
-    seed_source(fresh_dsn, SeedOptions(scale=0.5, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.5, as_of=AS_OF))
     monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "2000")  # many small files to compact
     Bronze(fresh_dsn, tmp_path).load_direct("inventory")
     dt = DeltaTable(str(tmp_path / "bz_inventory"))

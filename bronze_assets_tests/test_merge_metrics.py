@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.monitoring.status import as_json, bronze_status
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import query
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def seeded(fresh_dsn: str) -> str:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
-    return fresh_dsn
 
 
 def test_merge_metrics_and_rewrite_ratio_in_the_metadata(seeded: str, tmp_path: Path) -> None:

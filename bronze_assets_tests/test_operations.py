@@ -14,17 +14,16 @@ from PIL import Image
 from bronze_assets.defs.operations import bronze_maintenance, bronze_retention, monitoring_report
 from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def bronze(fresh_dsn: str, tmp_path: Path) -> Bronze:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def bronze(seed_db: SeedDb, tmp_path: Path) -> Bronze:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     return Bronze(fresh_dsn, tmp_path / "bronze")
 
 

@@ -31,7 +31,7 @@ from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.quality.rules import rules
 from bronze_assets.lib.quality.validate import SuiteRunner, suite_runner
 from bronze_assets_tests.bronze_helpers import Bronze, spec_hash_sql
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 
@@ -78,8 +78,9 @@ def test_gx_counts_equal_vectorised_counts_and_injected_defects(fresh_dsn: str, 
         assert unique and quality.gx_counts[unique[0]] == 0
 
 
-def test_checks_run_with_every_materialization_and_warn_below_the_kpi(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.2, defect_rate=0.0, as_of=AS_OF))
+def test_checks_run_with_every_materialization_and_warn_below_the_kpi(seed_db: SeedDb, tmp_path: Path
+                                                                     ) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.2, defect_rate=0.0, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     ok = dg.materialize([bronze.assets["bz_warehouses"]], resources=bronze.resources)
     evaluations = {e.check_name: e for e in ok.get_asset_check_evaluations()}
@@ -106,8 +107,8 @@ def test_checks_run_with_every_materialization_and_warn_below_the_kpi(fresh_dsn:
     assert len(meta["failing_keys_sample"]["null:category"]) == 5
 
 
-def test_key_uniqueness_fails_on_a_duplicated_key(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def test_key_uniqueness_fails_on_a_duplicated_key(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     bronze.materialize("customers")
     uri = bronze.uri("customers")
@@ -132,9 +133,9 @@ def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluat
     ],
 )
 def test_schema_mismatch_fails_quarantines_and_merges_nothing(
-    fresh_dsn: str, tmp_path: Path, ddl: str, needle: str
+    seed_db: SeedDb, tmp_path: Path, ddl: str, needle: str
 ) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     bronze.materialize("orders", "2025-03-01")
     version = bronze.version("orders")
@@ -161,8 +162,8 @@ def test_schema_mismatch_fails_quarantines_and_merges_nothing(
     assert "order_id" in record and "2025-03" in record["order_date"]
 
 
-def test_new_source_column_evolves_bronze_and_leaves_hashes_alone(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def test_new_source_column_evolves_bronze_and_leaves_hashes_alone(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     bronze.materialize("customers")
     before = bronze.read("customers").select("customer_id", "record_hash")
@@ -205,8 +206,8 @@ def test_orphan_counts_equal_the_injected_orphans(fresh_dsn: str, tmp_path: Path
             assert rate == pytest.approx(injected / non_null, abs=1e-6)
 
 
-def test_referential_check_runs_in_dagster_and_passes_on_clean_data(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+def test_referential_check_runs_in_dagster_and_passes_on_clean_data(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     bronze.materialize("products")
     result = dg.materialize([bronze.assets["bz_suppliers"]], resources=bronze.resources)
@@ -214,8 +215,8 @@ def test_referential_check_runs_in_dagster_and_passes_on_clean_data(fresh_dsn: s
     assert check.passed and check.metadata["orphans product_id -> products.product_id"].value == 0
 
 
-def test_data_docs_rendered_and_linked(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def test_data_docs_rendered_and_linked(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     result = dg.materialize([bronze.assets["bz_products"]], resources=bronze.resources)
     url = _check(result, QUALITY_SCORE).metadata["data_docs"].value
@@ -227,8 +228,8 @@ def test_data_docs_rendered_and_linked(fresh_dsn: str, tmp_path: Path) -> None:
     assert (tmp_path / "data" / "gx_docs" / "bz_products" / "index.html").is_file()
 
 
-def test_checks_can_be_left_out_of_a_run(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, as_of=AS_OF))
+def test_checks_can_be_left_out_of_a_run(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     asset = bronze.assets["bz_suppliers"]
     result = dg.materialize([asset], resources=bronze.resources,
@@ -239,10 +240,10 @@ def test_checks_can_be_left_out_of_a_run(fresh_dsn: str, tmp_path: Path) -> None
 
 
 def test_unreadable_records_score_the_schema_penalty_keep_their_raw_value_and_are_quarantined(
-    fresh_dsn: str, tmp_path: Path
+    seed_db: SeedDb, tmp_path: Path
 ) -> None:
     """Policy ``rescue``: a column turned into text (semi-structured input) is read per record."""
-    seed_source(fresh_dsn, SeedOptions(scale=0.2, defect_rate=0.0, as_of=AS_OF))  # 10 warehouses
+    fresh_dsn = seed_db(SeedOptions(scale=0.2, defect_rate=0.0, as_of=AS_OF))
     contract = replace(CONTRACTS["warehouses"], on_type_change=TypeChangePolicy.RESCUE)
     query(fresh_dsn, "ALTER TABLE tests.warehouses ALTER COLUMN capacity TYPE text")
     query(fresh_dsn, "UPDATE tests.warehouses SET capacity = 'about 500' WHERE warehouse_id = 3")

@@ -14,22 +14,21 @@ import polars as pl
 import pytest
 
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.control import CHECKPOINTS, read_table
 from bronze_assets.lib.delta.merge import latest_watermark
 from bronze_assets.lib.delta.storage import open_table
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 FAR = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def test_row_of_a_transaction_open_across_the_watermark_is_not_lost(fresh_dsn: str, tmp_path: Path,
+def test_row_of_a_transaction_open_across_the_watermark_is_not_lost(seed_db: SeedDb, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_START_DATE", (datetime.now(UTC) + timedelta(days=1)).date().isoformat())
-    seed_source(fresh_dsn, SeedOptions(scale=0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     late = connect(fresh_dsn)  # transaction T1: starts now, commits after the next load
     with late.cursor() as cur:
@@ -85,11 +84,11 @@ def _kill_when_new_parquet(dsn: str, uri: str, table: str, known: set[Path]) -> 
     return killed, versions
 
 
-def test_sigkill_mid_write_then_rerun_is_exact(fresh_dsn: str, tmp_path: Path,
+def test_sigkill_mid_write_then_rerun_is_exact(seed_db: SeedDb, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_STAGE_DIR", str(tmp_path / "stage"))
     monkeypatch.setenv("BRONZE_CDC_TARGET_FILE_MB", "1")  # many files: the kill lands mid-write
-    seed_source(fresh_dsn, SeedOptions(scale=0.5, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.5, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     uri = bronze.uri("order_details")
 
@@ -133,11 +132,11 @@ print("finished")
 
 @pytest.mark.parametrize("first_load", [True, False], ids=["initial-write", "merge"])
 def test_killed_chunked_load_resumes_from_its_last_committed_chunk(
-    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_load: bool
+    seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_load: bool
 ) -> None:
     monkeypatch.setenv("BRONZE_STAGE_DIR", str(tmp_path / "stage"))
     monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "50")
-    seed_source(fresh_dsn, SeedOptions(scale=0.1, as_of=AS_OF))  # 1,000 products: 20 chunks
+    fresh_dsn = seed_db(SeedOptions(scale=0.1, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     log_dir = Path(bronze.uri("products")) / "_delta_log"
     base = 0

@@ -15,12 +15,11 @@ import pytest
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta import control
 from bronze_assets.lib.monitoring import RunStats, build_report
 from bronze_assets.lib.monitoring.report import format_value
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.test_ui_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 START = datetime(2026, 10, 29, tzinfo=UTC)
@@ -224,14 +223,14 @@ def test_report_leads_with_the_status_table_problems_first(tmp_path: Path) -> No
 
 @pytest.mark.integration
 @pytest.mark.e2e
-def test_report_with_real_loads_fits_a_laptop_screen(fresh_dsn: str, tmp_path: Path) -> None:
+def test_report_with_real_loads_fits_a_laptop_screen(seed_db: SeedDb, tmp_path: Path) -> None:
     """Real loads and check results; the page in headless Chromium at 1366×768 (screenshot saved)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: run `sudo apt-get install -y chromium` "
                     "(scripts/install-system-deps.sh, called by `make test`, does it when it can)")
     from playwright.sync_api import expect, sync_playwright
 
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     instance = dg.DagsterInstance.ephemeral()
     for table in ("products", "warehouses", "orders", "customers"):

@@ -21,10 +21,9 @@ from bronze_assets.contracts import (
 )
 from bronze_assets.contracts.model import Column
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.enrich.score import score_expr
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 CRAFTED = {
     "products": [  # (row values, expected score)
@@ -59,8 +58,8 @@ CRAFTED = {
 
 
 @pytest.mark.integration
-def test_crafted_rows_get_exact_scores(fresh_dsn: str, tmp_path: Path) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+def test_crafted_rows_get_exact_scores(seed_db: SeedDb, tmp_path: Path) -> None:
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     bronze = Bronze(fresh_dsn, tmp_path / "bronze")
     for table, rows in CRAFTED.items():
         query(fresh_dsn, f"INSERT INTO tests.{table} VALUES {', '.join(r for r, _ in rows)}")

@@ -18,7 +18,6 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.governance.erasure import forget_subject
@@ -28,7 +27,7 @@ from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.score import java_regex
 from bronze_assets.lib.spark.session import spark_session
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
 
@@ -43,9 +42,8 @@ def spark():
 
 
 @pytest.fixture
-def seeded(fresh_dsn: str) -> str:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
-    return fresh_dsn
+def seeded(seed_db: SeedDb) -> str:
+    return seed_db(SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
 
 
 HOSTILE = [

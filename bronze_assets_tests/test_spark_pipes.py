@@ -18,12 +18,11 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.engines import BronzeEngine, Engine, parse_table_engines
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.merge import latest_cdc_position
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.settings import start_date
 from bronze_assets_tests.bronze_helpers import Bronze, assert_orders_exact
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
 
@@ -34,9 +33,8 @@ PER_RUN_CHECK = {"data_docs", "failing_keys_sample"}  # a docs page per run; sam
 
 
 @pytest.fixture
-def seeded(fresh_dsn: str) -> str:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
-    return fresh_dsn
+def seeded(seed_db: SeedDb) -> str:
+    return seed_db(SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
 
 
 def materialize(dsn: str, root: Path, engine: str, table: str, partition: str | None = None,

@@ -16,18 +16,17 @@ from click.testing import CliRunner
 
 from bronze_assets.cli import main
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.monitoring.status import FRESH, MATERIALIZE, NEVER, NO_SNAPSHOT, STALE, bronze_status
 from bronze_assets_tests.bronze_helpers import Bronze
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_status_reports_fresh_stale_failed_and_never_loaded(fresh_dsn: str, tmp_path: Path,
+def test_status_reports_fresh_stale_failed_and_never_loaded(seed_db: SeedDb, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     instance = dg.DagsterInstance.ephemeral()
     for table in ("products", "warehouses", "customers"):
@@ -84,12 +83,12 @@ def _run_hint(words: list[str], env: dict[str, str]) -> None:
 
 
 def test_status_hints_the_partitioned_command_and_flags_a_missing_snapshot(
-        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     today = datetime.now(UTC).date()
     start = today - timedelta(days=2)
     monkeypatch.setenv("BRONZE_START_DATE", start.isoformat())
     monkeypatch.setenv("BRONZE_PARTITIONS_START", "2026-01-01")  # fewer months for the ranged run
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     query(fresh_dsn, "UPDATE tests.returns SET updated_at = now() WHERE return_id % 5 = 0")
     b = Bronze(fresh_dsn, tmp_path / "bronze")
     home = tmp_path / "dagster_home"
@@ -136,12 +135,12 @@ def test_status_hints_the_partitioned_command_and_flags_a_missing_snapshot(
     assert tables["bz_orders"]["active"] == query(fresh_dsn, "SELECT count(*) FROM tests.orders")[0][0]
 
 
-def test_a_snapshot_counts_as_loaded_by_old_rows_or_by_dagster(fresh_dsn: str, tmp_path: Path,
+def test_a_snapshot_counts_as_loaded_by_old_rows_or_by_dagster(seed_db: SeedDb, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     today = datetime.now(UTC).date()
     start = today - timedelta(days=1)
     monkeypatch.setenv("BRONZE_START_DATE", start.isoformat())
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     # every stock level changed today: the snapshot partition finds nothing and commits nothing
     query(fresh_dsn, "UPDATE tests.stock_levels SET updated_at = now()")
     b = Bronze(fresh_dsn, tmp_path / "bronze")

@@ -18,9 +18,8 @@ from deltalake import DeltaTable
 from playwright.sync_api import Page, expect, sync_playwright
 
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.settings import ENV_BRONZE_ROOT, ENV_DATA_DIR, ENV_SOURCE_DSN
-from bronze_assets_tests.conftest import AS_OF, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.webserver import ROOT, XDIST_GROUP, Webserver, running_webserver
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.xdist_group(XDIST_GROUP)]
@@ -50,11 +49,12 @@ def expected_checks(asset: str) -> list[str]:
     return [c for c in CHECKS if not (c == "referential_integrity" and asset in NO_FOREIGN_KEYS)]
 
 
-def test_ui_shows_assets_and_checks_and_materializes_from_the_browser(fresh_dsn: str, tmp_path: Path) -> None:
+def test_ui_shows_assets_and_checks_and_materializes_from_the_browser(seed_db: SeedDb, tmp_path: Path
+                                                                      ) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: run `sudo apt-get install -y chromium` "
                     "(scripts/install-system-deps.sh, called by `make test`, does it when it can)")
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
     env = {ENV_SOURCE_DSN: fresh_dsn, ENV_BRONZE_ROOT: str(tmp_path / "bronze"),
            ENV_DATA_DIR: str(tmp_path / "data")}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,6 @@ import polars as pl
 import pytest
 
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
-from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.seed import seed_source
 from bronze_assets.lib.delta.merge import latest_watermark
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
@@ -26,12 +24,6 @@ OPEN_MONTH = TODAY.replace(day=1)
 OLD_MONTH = (AS_OF - timedelta(days=400)).date().replace(day=1)
 NEVER_MONTH = (AS_OF - timedelta(days=200)).date().replace(day=1)
 SCHEDULED = {CHANGES_ONLY_TAG: "true"}
-
-
-@pytest.fixture
-def seeded(fresh_dsn: str) -> str:
-    seed_source(fresh_dsn, SeedOptions(scale=0.01, defect_rate=0.0, as_of=AS_OF))
-    return fresh_dsn
 
 
 def _run(b: Bronze, instance: dg.DagsterInstance, table: str, partition: date,
