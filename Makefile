@@ -29,10 +29,12 @@ test: $(STAMP)  ## install the system packages and jars the tests need, lint, th
 	bash scripts/install-system-deps.sh
 	$(BIN)/python -m bronze_assets.lib.spark.jars
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check . || true
 
 PORT ?= 3000

@@ -99,9 +99,9 @@ def build(dsn: str, rows: int) -> dict[str, int]:
 
 
 def load(dsn: str, table: str, root: Path) -> float:
-    from bronze_assets.contracts.discovery import discover_contract
     from bronze_assets.lib.delta.merge import BronzeMerger
     from bronze_assets.lib.load import extract_and_stage
+    from bronze_assets.lib.source.introspect import discover_contract
 
     contract = discover_contract(dsn, table, "tests")
     shutil.rmtree(root, ignore_errors=True)
@@ -132,9 +132,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from bronze_assets.contracts.discovery import discover_contract
     from bronze_assets.contracts.types import ReadMode
     from bronze_assets.lib.source.embedded import EmbeddedPostgres
+    from bronze_assets.lib.source.introspect import discover_contract
 
     with tempfile.TemporaryDirectory(prefix="bench-types-") as tmp:
         server = EmbeddedPostgres(Path(tmp) / "pgdata")

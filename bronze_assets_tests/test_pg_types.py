@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 
 from bronze_assets.contracts import TYPE_MAP, PgType, TypeFamily
 from bronze_assets.contracts.arrow import arrow_type, source_schema
-from bronze_assets.contracts.discovery import discover_contract
 from bronze_assets.contracts.types import type_notes
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
@@ -36,6 +35,7 @@ from bronze_assets.lib.enrich.pgtext import column_text
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.extract import SourceReader, prepare, select_sql
+from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.source.window import LoadWindow
 from bronze_assets_tests.conftest import query

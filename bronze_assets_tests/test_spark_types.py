@@ -16,10 +16,10 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from bronze_assets.contracts.discovery import discover_contract
 from bronze_assets.lib.delta.merge import BronzeMerger
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.spark.jdbc import UnwritableColumnNames
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.session import spark_session

@@ -2,10 +2,10 @@
 ``format_type`` spellings parsed into :class:`~bronze_assets.contracts.types.PgType` (enums and
 domains resolved through ``pg_type``), nullability and the primary key from its constraint.
 
-The catalog is read by :func:`discover_contract` (one query, on a connection it opens when
-called); :func:`contract_from_catalog` builds the contract from rows already read, so a component
-that records the discovered columns in its YAML can rebuild the same contract without a database.
-Nothing here does I/O at import.
+The catalog is read by :func:`bronze_assets.lib.source.introspect.discover_contract` (one
+query of :func:`catalog_sql`); :func:`contract_from_catalog` builds the contract from rows already
+read, so a component that records the discovered columns in its YAML can rebuild the same
+contract without a database. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -92,33 +92,3 @@ def contract_from_catalog(
         zorder_columns=(),
         source_schema=schema,
     )
-
-
-def read_catalog(dsn: str, table: str, schema: str) -> list[CatalogColumn]:
-    """The catalog rows of ``schema.table`` (an empty list when the table does not exist)."""
-    from bronze_assets.lib.source.postgres import connect
-
-    with connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(catalog_sql(schema, table))
-        rows = cur.fetchall()
-    return [CatalogColumn(name, fmt, kind, base, bool(nullable), identity or "", generated or "",
-                          None if position is None else int(position))
-            for name, fmt, kind, base, nullable, identity, generated, position in rows]
-
-
-def discover_contract(
-    dsn: str,
-    table: str,
-    schema: str,
-    *,
-    primary_key: Sequence[str] | None = None,
-    load_pattern: LoadPattern = LoadPattern.FULL,
-    cadence: Cadence = Cadence.DAILY,
-    description: str | None = None,
-) -> Contract:
-    """The contract of the live table ``schema.table`` at ``dsn`` (see :func:`contract_from_catalog`)."""
-    columns = read_catalog(dsn, table, schema)
-    if not columns:
-        raise LookupError(f"the source has no table {schema}.{table}")
-    return contract_from_catalog(table, columns, primary_key=primary_key, load_pattern=load_pattern,
-                                 cadence=cadence, description=description, schema=schema)

@@ -19,7 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bronze_assets.contracts.discovery import CatalogColumn
+from bronze_assets.contracts.discovery import CatalogColumn, catalog_sql, contract_from_catalog
+from bronze_assets.contracts.model import Cadence, Contract, LoadPattern
 from bronze_assets.contracts.tablefile import (
     BRONZE_NAME,
     KINDS,
@@ -31,6 +32,7 @@ from bronze_assets.contracts.tablefile import (
     matches,
 )
 from bronze_assets.contracts.types import PgType, type_notes
+from bronze_assets.lib.source.postgres import connect
 
 INCREMENTAL_ROWS = 100_000
 NO_KEY = ("no primary key: bronze merges rows by key, and a table without one is not loaded. Name the "
@@ -249,3 +251,31 @@ def introspect(dsn: str, source: SourceSpec, *, existing: TablesFile | None = No
     file = TablesFile(source=source, name=existing.name if existing else name and identifier(name),
                       tables=tables)
     return Introspection(file, notes, added, refreshed, missing)
+
+
+def read_catalog(dsn: str, table: str, schema: str) -> list[CatalogColumn]:
+    """The catalog rows of ``schema.table`` (an empty list when the table does not exist)."""
+    with connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(catalog_sql(schema, table))
+        rows = cur.fetchall()
+    return [CatalogColumn(name, fmt, kind, base, bool(nullable), identity or "", generated or "",
+                          None if position is None else int(position))
+            for name, fmt, kind, base, nullable, identity, generated, position in rows]
+
+
+def discover_contract(
+    dsn: str,
+    table: str,
+    schema: str,
+    *,
+    primary_key: Sequence[str] | None = None,
+    load_pattern: LoadPattern = LoadPattern.FULL,
+    cadence: Cadence = Cadence.DAILY,
+    description: str | None = None,
+) -> Contract:
+    """The contract of the live table ``schema.table`` at ``dsn`` (see :func:`contract_from_catalog`)."""
+    columns = read_catalog(dsn, table, schema)
+    if not columns:
+        raise LookupError(f"the source has no table {schema}.{table}")
+    return contract_from_catalog(table, columns, primary_key=primary_key, load_pattern=load_pattern,
+                                 cadence=cadence, description=description, schema=schema)
