@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.lib.source.embedded import EmbeddedPostgres
+from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.source.replication import PublicationError
 from bronze_assets_tests.bronze_helpers import (
@@ -865,3 +867,28 @@ def test_deployment_ids_name_a_slot_per_root(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("BRONZE_DEPLOYMENT_ID", "Prod-1")
     with pytest.raises(replication.ReplicationError, match=r"BRONZE_DEPLOYMENT_ID='Prod-1' is not a "):
         replication.slot_name(dsn, ORDERS)
+
+
+def test_cdc_follows_a_table_in_another_schema_with_a_mixed_case_name(fresh_dsn: str, tmp_path: Path
+                                                                      ) -> None:
+    """Log-based CDC of a user's own table (ARCHITECTURE §2.10): the publication and the stream
+    name the table where it lives, quoted."""
+    query(fresh_dsn, 'CREATE SCHEMA sales')
+    query(fresh_dsn, 'CREATE TABLE sales."Events" (id bigint PRIMARY KEY, "Kind" varchar(20), '
+                     'updated_at timestamptz NOT NULL DEFAULT now())')
+    query(fresh_dsn, "INSERT INTO sales.\"Events\" (id, \"Kind\") "
+                     "SELECT g, 'k' || g FROM generate_series(1, 50) g")
+    contract = replace(discover_contract(fresh_dsn, "Events", "sales"), name="events", source_table="Events",
+                       cdc=True)
+    first, _ = cdc_load(contract, fresh_dsn, tmp_path)
+    assert first.mode == SNAPSHOT
+    query(fresh_dsn, "UPDATE sales.\"Events\" SET \"Kind\" = 'changed', updated_at = now() WHERE id = 3")
+    query(fresh_dsn, "DELETE FROM sales.\"Events\" WHERE id = 4")
+    query(fresh_dsn, "INSERT INTO sales.\"Events\" (id, \"Kind\") VALUES (51, 'new')")
+    tick, _ = cdc_load(contract, fresh_dsn, tmp_path)
+    assert tick.mode == STREAM and set(tick.changes.keys) == {3, 4, 51}  # type: ignore[union-attr]
+    rows = {r["id"]: r for r in pl.from_arrow(DeltaTable(str(tmp_path / "bz_events")).to_pyarrow_table())
+            .to_dicts()}  # type: ignore[union-attr]
+    assert rows[3]["Kind"] == "changed" and rows[51]["Kind"] == "new"
+    assert rows[4]["record_status"] == "DELETED"
+    assert sum(r["record_status"] == "ACTIVE" for r in rows.values()) == 50

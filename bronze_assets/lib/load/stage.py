@@ -34,7 +34,7 @@ from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
 from bronze_assets.lib.source.window import LoadWindow, cdc_window
-from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA
+from bronze_assets.settings import ENV_SOURCE_DSN
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def inspect_source(
     live = reader.query(live_columns_sql(contract))
     if not live:
         raise SourceTableMissingError(
-            f"{name}: the source has no table {SOURCE_SCHEMA}.{contract.name} ({describe_dsn(dsn)}). "
+            f"{name}: the source has no table {contract.source_ref} ({describe_dsn(dsn)}). "
             f"Create it (`bronze ddl` prints the expected CREATE TABLE; `bronze seed` fills a scratch "
             f"database), or point {ENV_SOURCE_DSN} at the database that holds it. Nothing was loaded.")
     drift = compare(contract, live)
@@ -160,8 +160,8 @@ def inspect_source(
         raise SchemaMismatchError(
             f"{name}: the source table no longer matches its contract — {drift.describe()}. "
             f"{quarantined:,} rows of batch {batch_id} are in {QUARANTINE_TABLE}; nothing was "
-            f"merged. Fix the source (or change the contract in bronze_assets/contracts/tables.py) "
-            f"and re-run.",
+            f"merged. Fix the source, or accept the change: `bronze init --refresh` records the "
+            f"source's columns in the table's tables file (defs.yaml), then re-run.",
             drift, quarantined, batch_id,
         )
     return drift

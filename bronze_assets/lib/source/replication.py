@@ -31,7 +31,7 @@ from typing import Any
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, dsn_parts, redact
-from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA, bronze_root, env
+from bronze_assets.settings import ENV_SOURCE_DSN, bronze_root, env
 
 # the session of the walsender pinned like every bronze session (ARCHITECTURE §2.2)
 PINNED_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=1"
@@ -187,7 +187,8 @@ _PUBLISHED = (
 
 
 def _names(contract: Contract) -> dict[str, str]:
-    return {"schema": SOURCE_SCHEMA, "table": contract.name, "pub": publication_name(contract)}
+    return {"schema": contract.source_schema, "table": contract.source_name,
+            "pub": publication_name(contract)}
 
 
 def _slot(dsn: str, contract: Contract, slot: str | None) -> str:
@@ -234,7 +235,7 @@ def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int 
         return f"the replication slot {name} is gone"
     if slot.lost:
         return f"the replication slot {name} is lost (wal_status 'lost': its WAL was removed)"
-    table = f"{SOURCE_SCHEMA}.{contract.name}"
+    table = contract.source_ref
     if slot.relid is None:
         return f"the source table {table} is gone"
     if relid is not None and slot.relid != relid:
@@ -327,7 +328,8 @@ def ensure_publication(dsn: str, contract: Contract) -> None:
         raise PublicationError(problem)
     if state.covers:
         return
-    name, table = quote_ident(publication_name(contract)), qualified(SOURCE_SCHEMA, contract.name)
+    name = quote_ident(publication_name(contract))
+    table = qualified(contract.source_schema, contract.source_name)
     try:
         _query(dsn, f"ALTER PUBLICATION {name} ADD TABLE {table}" if state.exists
                else f"CREATE PUBLICATION {name} FOR TABLE {table}")
