@@ -498,9 +498,12 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
         dt = storage.storage().open(contract.bronze_table)
         total = active = versions = 0
         if dt is not None:
+            import pyarrow as pa
             import pyarrow.compute as pc
 
-            status = dt.to_pyarrow_dataset().to_table(columns=["record_status"])["record_status"]
+            from bronze_assets.lib.delta.merge import read_columns
+
+            status = read_columns(dt, ["record_status"])["record_status"].cast(pa.string())
             total, active = len(status), int(pc.sum(pc.equal(status, "ACTIVE")).as_py() or 0)
             versions = dt.version() + 1
         failure = failed.get(contract.bronze_table)

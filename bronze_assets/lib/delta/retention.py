@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import write_deltalake
 
 from bronze_assets.contracts import Contract, PgType
 from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.merge import quoted, read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.settings import env
 
@@ -70,7 +70,9 @@ def apply_retention(contract: Contract, storage: StorageLike, *, years: int | No
     archived_to = archive(storage)
     archive_uri = archived_to.uri(contract.bronze_table)
     with audited(storage, contract.bronze_table, "RETENTION") as entry:
-        old = dt.to_pyarrow_dataset().to_table(filter=pc.field(column) < pa.scalar(cutoff, pa.date32()))
+        schema = pa.schema(dt.schema().to_arrow())  # DataFusion may hand back view types
+        where = f"{quoted([column])} < DATE '{cutoff.isoformat()}'"
+        old = read_columns(dt, schema.names, where=where).cast(schema)
         entry.details = json.dumps({"cutoff": cutoff.isoformat(), "column": column, "archive": archive_uri})
         if old.num_rows:
             archived = old.append_column("archived_at", pa.array([datetime.now(UTC)] * old.num_rows,

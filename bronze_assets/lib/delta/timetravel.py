@@ -12,7 +12,7 @@ from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import OPERATION_KEY, audited
-from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history
+from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, read_columns
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
@@ -114,7 +114,7 @@ def plan_restore(storage: StorageLike, contract: Contract, version: int | None =
     def frame(v: int) -> pl.DataFrame:
         uri = storage.uri(contract.bronze_table)
         table = DeltaTable(uri, version=v, storage_options=storage.delta_options)
-        out = pl.from_arrow(table.to_pyarrow_dataset().to_table(columns=cols))
+        out = pl.from_arrow(read_columns(table, cols))
         assert isinstance(out, pl.DataFrame)
         return out
 
