@@ -366,6 +366,32 @@ def ddl(schema: str | None) -> None:
         click.echo(statement + ";\n")
 
 
+@main.command()
+@click.option("--dsn", default=None, metavar="URI",
+              help=f"Source to check [default: ${ENV_SOURCE_DSN}, the configured source, else the "
+                   f"embedded server].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def doctor(dsn: str | None, as_json: bool) -> None:
+    """Check a source before loading it: connected as the loader, for every table of every tables
+    file, the grants, the table and its columns, the updated_at index, pg_read_all_stats, and for
+    CDC tables wal_level, REPLICATION, the publication and max_slot_wal_keep_size; each missing
+    piece with the exact SQL the owner (or a superuser) runs. Changes nothing. Exit code 1 when
+    something required is missing or the source cannot be reached (warnings alone: 0)."""
+    import json
+
+    from bronze_assets.lib.source.doctor import diagnose, render
+    from bronze_assets.lib.source.postgres import resolve_source_dsn
+
+    diagnosis = diagnose(resolve_source_dsn(dsn))
+    if as_json:
+        click.echo(json.dumps(diagnosis.as_json(), indent=2))
+    elif diagnosis.error is not None:
+        click.echo(render(diagnosis)[0], err=True)
+    else:
+        click.echo("\n".join(render(diagnosis)))
+    sys.exit(0 if diagnosis.ok else 1)
+
+
 def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 

@@ -25,12 +25,15 @@ def create_table_sql(contract: Contract, schema: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {qualified(schema, contract.name)} (\n{body}\n)"
 
 
-def create_index_statements(contracts: Iterable[Contract], schema: str) -> list[str]:
+def create_index_statements(contracts: Iterable[Contract], schema: str,
+                            concurrently: bool = False) -> list[str]:
     """An index on ``updated_at`` for every table loaded by watermark (incremental and batch):
     a scheduled run reads only the rows changed since the watermark, which without it is a
-    full scan of the table (measured on 2 M rows: 210 ms → 7 ms per scan)."""
-    return [f"CREATE INDEX IF NOT EXISTS {quote_ident(c.name + '_updated_at')} "
-            f"ON {qualified(schema, c.name)} (updated_at)"
+    full scan of the table (measured on 2 M rows: 210 ms → 7 ms per scan). ``concurrently``:
+    built without blocking the table's writers (not in a transaction; not on a partitioned table)."""
+    how = "CONCURRENTLY " if concurrently else ""
+    return [f"CREATE INDEX {how}IF NOT EXISTS {quote_ident(c.source_name + '_updated_at')} "
+            f"ON {qualified(schema, c.source_name)} (updated_at)"
             for c in contracts if c.load_pattern is not LoadPattern.FULL]
 
 

@@ -145,10 +145,16 @@ def _query(dsn: str, sql: str, params: tuple | dict[str, Any] = ()) -> list[tupl
         return cur.fetchall() if cur.description else []
 
 
-def availability(dsn: str) -> str | None:
-    """None when this source can serve log-based CDC, else why not (and what to change)."""
+def replication_settings(dsn: str) -> tuple[str, bool]:
+    """The server's ``wal_level`` and whether the source user may replicate (REPLICATION or superuser)."""
     level, can = _query(dsn, "SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper "
                              "FROM pg_roles WHERE rolname = current_user)")[0]
+    return level, bool(can)
+
+
+def availability(dsn: str) -> str | None:
+    """None when this source can serve log-based CDC, else why not (and what to change)."""
+    level, can = replication_settings(dsn)
     if level != "logical":
         return (f"wal_level is {level!r}, not 'logical' (ALTER SYSTEM SET wal_level = 'logical' and restart "
                 f"the server)")
