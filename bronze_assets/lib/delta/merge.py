@@ -181,6 +181,26 @@ def commit_history(dt: DeltaTable, limit: int | None = None) -> list[dict[str, A
     return entries
 
 
+CHANGE_FEED = "delta.enableChangeDataFeed"  # ARCHITECTURE §2.7: on for every bz_* table
+
+
+def change_feed_on(dt: DeltaTable) -> bool:
+    """Whether ``dt`` records its change data feed (``delta.enableChangeDataFeed``)."""
+    return str(dt.metadata().configuration.get(CHANGE_FEED, "")).lower() == "true"
+
+
+def enable_change_feed(dt: DeltaTable) -> bool:
+    """Turn the change data feed on for a table created without it (§2.7: with its next load that
+    writes). delta-rs offers this as a SET TBLPROPERTIES commit of its own (the protocol goes to
+    writer version 4); it carries no bronze keys, and every reader of the bronze metadata
+    (:func:`commit_history`) skips a commit without them. True when the commit was made."""
+    if change_feed_on(dt):
+        return False
+    dt.alter.set_table_properties({CHANGE_FEED: "true"})
+    log.info("%s: change data feed enabled (version %d)", dt.table_uri, dt.version())
+    return True
+
+
 def commit_metrics(entry: dict[str, Any]) -> dict[str, int]:
     """One commit's engine metrics (rows inserted / updated / deleted / copied / written, files
     added / removed), whichever engine wrote it."""
@@ -829,6 +849,8 @@ class BronzeMerger:
     def _record_position(self, dt: DeltaTable, staged: StagedBatch) -> None:
         """A commit without rows that records the batch's metadata (a CDC snapshot's log position
         when the table was already exact)."""
+        if enable_change_feed(dt):
+            dt = self.storage.open(self.contract.bronze_table) or dt
         commit_without_rows(dt, self._commit_properties(dt, staged), self.storage.delta_options)
 
     def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
@@ -915,7 +937,7 @@ class BronzeMerger:
                     storage_options=self.storage.delta_options,
                     target_file_size=target_file_bytes(self.contract),
                     configuration=None if chunk else {
-                        "delta.targetFileSize": str(target_file_bytes(self.contract))},
+                        "delta.targetFileSize": str(target_file_bytes(self.contract)), CHANGE_FEED: "true"},
                     writer_properties=writer_properties(self.contract),
                     commit_properties=self._commit_properties(dt, staged, chunk, chunks),
                 )
@@ -937,6 +959,8 @@ class BronzeMerger:
             staged.metadata[REHASHED_KEY] = str(result.rehashed_v1)
             log.info("%s: %d unchanged rows re-hashed from record_hash v1 to v2", self.uri,
                      result.rehashed_v1)
+        if enable_change_feed(dt):  # before the MERGE, so its changes are in the feed
+            dt = self.storage.open(self.contract.bronze_table) or dt
         plan = plan.sort(self.pk)  # chunks are key ranges, so each MERGE predicate stays narrow
         if self.pii is not None:  # the data subject is the key of every PII table we have
             self._prepare_keys(plan.filter(pl.col(OP) != "D").get_column(self._subject_in_plan()))

@@ -39,6 +39,7 @@ from bronze_assets.lib.delta.merge import (
     commit_properties,
     commit_without_rows,
     committed_batch_ids,
+    enable_change_feed,
     first_load_time,
     hash_version,
     latest_watermark,
@@ -386,15 +387,25 @@ class SparkLoader:
                 F.lit(ctx.batch_id).alias("batch_id"))
             source = staged.join(plan.filter(F.col(OP).isin("I", "U")).select(*pk, OP), pk) \
                 .unionByName(deletes, allowMissingColumns=True)
+            target = self._enable_change_feed(contract, target)
             table = DeltaTable.forPath(self.spark, uri)
             self._commit(contract, target, meta,
                          lambda: self._merge(contract, table, self._protect(contract, source)))
             result.committed, result.commits = True, 1
         elif commit_always:  # a commit without rows that records the metadata (e.g. a CDC position)
+            target = self._enable_change_feed(contract, target)
             commit_without_rows(target, commit_properties(target, contract, meta), self.storage.delta_options)
             result.committed, result.commits = True, 1
         plan.unpersist()
         return self._finish(result, uri, meta[BATCH_KEY])
+
+    def _enable_change_feed(self, contract: Contract, target: Any) -> Any:
+        """Turn on the change data feed of a table created without it (ARCHITECTURE §2.7), in a
+        commit of its own before the load's commit (outside :meth:`_commit`, so it carries no
+        bronze metadata); returns the table as it is now."""
+        if enable_change_feed(target):
+            return self.storage.open(contract.bronze_table) or target
+        return target
 
     def _finish(self, result: MergeResult, uri: str, batch_id: str) -> MergeResult:
         final = open_table(uri, self.storage.delta_options)

@@ -22,6 +22,10 @@ RUNTIME_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
     # tables stay writable by delta-rs (ARCHITECTURE §6): no deletion vectors on new tables
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+    # ARCHITECTURE §2.7: every new table records its change data feed (an existing one gets it
+    # with its next load, see lib/spark/load.py); column mapping stays off (delta-rs reads no CDF
+    # of a column-mapped table)
+    "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "true",
     # timestamps as int64 µs, as delta-rs writes them (INT96 holds ns: years 1–9999 overflow it);
     # dates and timestamps before 1582 written and read in the proleptic Gregorian calendar
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
