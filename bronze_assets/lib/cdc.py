@@ -35,9 +35,11 @@ from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, AuditEntry, appe
 from bronze_assets.lib.delta.merge import (
     CDC_LSN_KEY,
     CDC_RELID_KEY,
+    CDC_SLOT_KEY,
     BronzeMerger,
+    CdcPosition,
     MergeResult,
-    commit_history,
+    latest_cdc_position,
 )
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
@@ -57,36 +59,16 @@ class CdcSlotLostError(RuntimeError):
     confirmed position past the root's, the root copied from another deployment's)."""
 
 
-CDC_SLOT_KEY = "bronze.cdc_slot"  # the slot the position was read from (recorded with the position)
 ACK_DIR = "_bronze_cdc"  # <root>/_bronze_cdc/<table>.json: the position last acknowledged to the slot
 
 
-@dataclass(frozen=True)
-class Position:
-    """The log position a bronze root holds every change of a table up to (its latest commit
-    that records one), the source table's OID then, and the slot it was read from (None: a
-    position committed before slots were named per deployment)."""
-
-    lsn: int
-    relid: int | None
-    slot: str | None
+Position = CdcPosition  # what a bronze root holds of a table's stream (see merge.CdcPosition)
 
 
 def committed_position(storage: StorageLike, table: str, limit: int = 200) -> Position | None:
-    """The latest commit's :class:`Position` (as :func:`~bronze_assets.lib.delta.merge.latest_cdc_position`,
-    with the slot); None when there is none, or when a RESTORE came after it (a restored table
-    re-syncs)."""
-    dt = as_storage(storage).open(table)
-    if dt is None:
-        return None
-    for entry in commit_history(dt, limit):
-        if entry.get("operation") == "RESTORE":
-            return None
-        if CDC_LSN_KEY in entry:
-            relid, slot = entry.get(CDC_RELID_KEY), entry.get(CDC_SLOT_KEY)
-            return Position(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None,
-                            str(slot) if slot else None)
-    return None
+    """The latest commit's :class:`Position` (:func:`~bronze_assets.lib.delta.merge.latest_cdc_position`
+    of ``table`` in ``storage``)."""
+    return latest_cdc_position(as_storage(storage).open(table), limit)
 
 
 def deployment_id(storage: StorageLike) -> str:

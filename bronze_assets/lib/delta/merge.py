@@ -253,14 +253,17 @@ def commit_metadata(batch_id: str, window: str, watermark: datetime | None, chun
 
 CDC_LSN_KEY = "bronze.cdc_lsn"  # the log position a CDC load's changes reach (with its last chunk)
 CDC_RELID_KEY = "bronze.cdc_relid"  # the OID of the source table that position belongs to
+CDC_SLOT_KEY = "bronze.cdc_slot"  # the slot the position was read from (recorded with the position)
 
 
 @dataclass(frozen=True)
 class CdcPosition:
-    """The log position bronze holds every change up to, and the source table's OID then."""
+    """The log position bronze holds every change up to, the source table's OID then, and the
+    slot it was read from (None: a position committed before slots were named per deployment)."""
 
     lsn: int
     relid: int | None
+    slot: str | None = None
 
 
 def commit_properties(dt: DeltaTable | None, contract: Contract, meta: dict[str, str]) -> CommitProperties:
@@ -287,8 +290,9 @@ def latest_cdc_position(dt: DeltaTable | None, limit: int = 200) -> CdcPosition 
         if entry.get("operation") == "RESTORE":
             return None
         if CDC_LSN_KEY in entry:
-            relid = entry.get(CDC_RELID_KEY)
-            return CdcPosition(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None)
+            relid, slot = entry.get(CDC_RELID_KEY), entry.get(CDC_SLOT_KEY)
+            return CdcPosition(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None,
+                               str(slot) if slot else None)
     return None
 
 
