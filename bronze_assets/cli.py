@@ -24,6 +24,22 @@ def _fail(message: str) -> None:
 
 
 class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        """An object store that the bronze root cannot be reached on (no credentials, access
+        denied, no such bucket, endpoint down) ends any command in one line, exit 1."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            from bronze_assets.lib.failures import object_store_problem
+            from bronze_assets.settings import bronze_root
+
+            problem = None if ctx.params.get("verbose") else object_store_problem(exc, str(bronze_root()))
+            if problem is None:
+                raise
+            _fail(problem)
+
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         from bronze_assets.settings import VARIABLES
 
@@ -53,6 +69,10 @@ def main(verbose: bool) -> None:
 
     Every setting is an environment variable (listed below); the source defaults to an embedded
     PostgreSQL and the bronze tables to $BRONZE_DATA_DIR/bronze."""
+    import os
+
+    # delta-rs's own log (e.g. a WARN per credential provider tried): errors only, unless verbose
+    os.environ.setdefault("RUST_LOG", "warn" if verbose else "error")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -124,9 +144,11 @@ def demo(scale: float, seed_external: bool) -> None:
 
     Every table that can load is loaded; the summary marks the ones that failed, with their
     reason, and the exit code is 1. Ctrl-C stops it (exit code 130)."""
+    from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.demo.run import DemoRefusedError, format_summary, run_demo
     from bronze_assets.lib.source.postgres import SourceConnectionError
 
+    BronzeStorage().storage().check()  # an unreachable object store: one line, before seeding
     try:
         rows = run_demo(scale, on_progress=lambda msg: click.echo(msg, err=True), seed_external=seed_external)
     except KeyboardInterrupt:

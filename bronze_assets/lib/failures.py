@@ -32,6 +32,7 @@ Retried (the asset's ``RetryPolicy``):
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -179,6 +180,44 @@ _FIXES: Mapping[Cause, str] = {
     Cause.STORAGE: "retried: the object store answered with a transient error",
     Cause.UNKNOWN: "retried by the asset's retry policy; the traceback is in the run's log",
 }
+
+
+# an object store that bronze's root cannot be reached on, in one line naming the root, the
+# variables looked for and the fix (``bronze`` CLI, ``bronze demo``; not retried)
+_S3_VARIABLES = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an instance profile)"
+_OBJECT_STORE_RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("no credentials", re.compile(r"while loading credentials|IMDS session token|no credentials|"
+                                  r"MissingCredentials|CredentialsNotLoaded", re.IGNORECASE),
+     "looked for {variables}: set them (README, 'Deploying', S3)"),
+    ("access denied", re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken|AccessDenied|"
+                                 r"AuthorizationFailure|AuthenticationFailed|\b403 Forbidden", re.IGNORECASE),
+     "the store refused the credentials of {variables}: check the keys and that they may read and "
+     "write the bucket"),
+    ("no such bucket", re.compile(r"NoSuchBucket|ContainerNotFound|bucket does not exist", re.IGNORECASE),
+     "create the bucket (or container) or fix $BRONZE_ROOT"),
+    ("store unreachable", re.compile(r"tcp connect error|dns error|Connection refused|"
+                                     r"error trying to connect|No route to host", re.IGNORECASE),
+     "check AWS_ENDPOINT_URL{endpoint} (and AWS_ALLOW_HTTP=true for http://) or the network"),
+)
+_REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def object_store_problem(exc: BaseException, root: str) -> str | None:
+    """When ``exc`` is the object store under ``root`` refusing or unreachable (no credentials,
+    access denied, no such bucket, endpoint down): one line naming the root, what failed, the
+    variables looked for and the fix; else None (a local root, or another error)."""
+    if not _REMOTE.match(root) or root.startswith("file://"):
+        return None
+    text = " ".join(str(link) for link in _chain(exc))
+    variables = _S3_VARIABLES if root.startswith(("s3://", "s3a://")) else (
+        "AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY" if root.startswith(("abfs", "az://", "adl"))
+        else "the store's credentials")
+    for what, pattern, fix in _OBJECT_STORE_RULES:
+        if pattern.search(text):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+            fix = fix.format(variables=variables, endpoint=f" (now {endpoint})" if endpoint else "")
+            return f"bronze root {root}: {what} — {fix}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,11 @@ class Storage:
         """The Delta table ``table``, or None if it does not exist yet."""
         return open_table(self.uri(table), self.delta_options)
 
+    def check(self) -> None:
+        """One request to the root's store (the audit log's listing): raises the store's error
+        when it refuses or cannot be reached, before any work starts."""
+        self.open("bz_audit_log")
+
     def at(self, root: str) -> Storage:
         """The same options at another root (e.g. an archive next to bronze)."""
         return Storage(root, self.options)

@@ -1,0 +1,106 @@
+"""`bronze demo` on a local S3 server (moto) against a local folder, in the same run, and the
+object-store requests of an unchanged hourly tick (issue #23 deliverables 3/6; README 'Deploying').
+
+    .venv/bin/python benchmarks/bench_s3.py [--scale 0.1] [--work /tmp/bench_s3]
+
+The S3 server runs as its own process (``python -m moto.server``); every request it serves is one
+line of its log, which is how requests are counted. The source is the embedded server under
+``--work``, seeded by the first (local) demo; both timed demos load it from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BRONZE = str(Path(sys.executable).with_name("bronze"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def requests(log: Path) -> int:
+    return sum(1 for line in log.read_text().splitlines() if '" ' in line and "HTTP/1.1" in line)
+
+
+def demo(env: dict[str, str], scale: float) -> float:
+    started = time.perf_counter()
+    subprocess.run([BRONZE, "demo", "--scale", str(scale)], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+TICK = """
+import dagster as dg
+from datetime import UTC, datetime
+from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.assets import build_bronze_asset
+from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
+import sys
+table = sys.argv[1]
+asset = build_bronze_asset(CONTRACTS[table])
+res = build_resources(PostgresSource(), BronzeStorage())
+key = datetime.now(UTC).date().isoformat() if asset.partitions_def else None
+print("READY", flush=True); sys.stdin.readline()
+r = dg.materialize([asset], resources=res, partition_key=key, tags={CHANGES_ONLY_TAG: "true"})
+assert r.success
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, default=0.1)
+    parser.add_argument("--work", default="/tmp/bench_s3")
+    args = parser.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    port, log = free_port(), work / "moto.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(3)
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                     aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
+        base = {**os.environ, "BRONZE_DATA_DIR": str(work / "data"), "DAGSTER_EVENT_BATCH_SIZE": "1000"}
+        base.pop("BRONZE_SOURCE_DSN", None)
+        demo({**base, "BRONZE_ROOT": str(work / "seed_run")}, args.scale)  # seeds the source
+        local = demo({**base, "BRONZE_ROOT": str(work / "local")}, args.scale)
+        s3_env = {**base, "BRONZE_ROOT": "s3://bench/bronze", "AWS_ACCESS_KEY_ID": "bench",
+                  "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
+                  "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}
+        before = requests(log)
+        on_s3 = demo(s3_env, args.scale)
+        demo_requests = requests(log) - before
+        print(f"bronze demo --scale {args.scale}: local folder {local:.1f} s, S3 (moto) {on_s3:.1f} s "
+              f"({on_s3 / local:.2f}x), {demo_requests} S3 requests")
+        for table in ("inventory", "order_details", "orders", "customers"):
+            tick = subprocess.Popen([sys.executable, "-c", TICK, table], env=s3_env, text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            assert tick.stdout is not None and tick.stdin is not None
+            assert tick.stdout.readline().strip() == "READY"
+            before = requests(log)
+            tick.stdin.write("\n")
+            tick.stdin.flush()
+            assert tick.wait(timeout=300) == 0
+            print(f"unchanged scheduled tick of bz_{table}: {requests(log) - before} S3 requests")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
