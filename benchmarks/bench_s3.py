@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,8 +29,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def request_lines(log: Path) -> list[str]:
+    """One line per request (werkzeug's access log, colours removed)."""
+    lines = log.read_text().splitlines()
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines if "HTTP/1.1" in line]
+
+
 def requests(log: Path) -> int:
-    return sum(1 for line in log.read_text().splitlines() if '" ' in line and "HTTP/1.1" in line)
+    return len(request_lines(log))
+
+
+def kinds(lines: list[str]) -> str:
+    """Requests by kind: LIST, log/checkpoint reads, data reads, PUTs, HEAD, DELETE."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        method, path = line.split('"', 2)[1].split()[:2]
+        status = line.rsplit('"', 1)[1].split()[0]
+        method = f"{method} {status}" if status != "200" else method
+        kind = ("LIST" if "list-type=2" in path else
+                f"{method} _delta_log" if "_delta_log" in path else f"{method} data")
+        kind = f"{kind} ({path.split('/')[2] if path.count('/') > 2 else '?'})" if kind == "LIST" else kind
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
 
 
 def demo(env: dict[str, str], scale: float) -> float:
@@ -41,7 +62,6 @@ def demo(env: dict[str, str], scale: float) -> float:
 
 TICK = """
 import dagster as dg
-from datetime import UTC, datetime
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
@@ -50,7 +70,7 @@ import sys
 table = sys.argv[1]
 asset = build_bronze_asset(CONTRACTS[table])
 res = build_resources(PostgresSource(), BronzeStorage())
-key = datetime.now(UTC).date().isoformat() if asset.partitions_def else None
+key = asset.partitions_def.get_last_partition_key() if asset.partitions_def else None
 print("READY", flush=True); sys.stdin.readline()
 r = dg.materialize([asset], resources=res, partition_key=key, tags={CHANGES_ONLY_TAG: "true"})
 assert r.success
@@ -96,7 +116,8 @@ def main() -> None:
             tick.stdin.write("\n")
             tick.stdin.flush()
             assert tick.wait(timeout=300) == 0
-            print(f"unchanged scheduled tick of bz_{table}: {requests(log) - before} S3 requests")
+            lines = request_lines(log)[before:]
+            print(f"unchanged scheduled tick of bz_{table}: {len(lines)} S3 requests — {kinds(lines)}")
     finally:
         server.terminate()
         server.wait(timeout=10)
