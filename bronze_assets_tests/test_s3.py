@@ -26,6 +26,7 @@ from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_re
 from bronze_assets.lib.cdc import STREAM, cdc_load
 from bronze_assets.lib.delta.maintenance import maintain_table
 from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.failures import Cause, classify
 from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.s3 import S3, free_port, start_moto, stop
@@ -210,6 +211,16 @@ def test_no_credentials_is_one_line_naming_the_root_and_the_variables(s3: S3, co
 def test_a_missing_bucket_is_one_line(s3: S3) -> None:
     done, _ = _status(_env(BRONZE_ROOT="s3://no-such-bucket-here/bronze"))
     _one_line(done, "s3://no-such-bucket-here/bronze", "no such bucket")
+
+
+def test_a_load_into_a_missing_bucket_is_not_retried_and_says_to_create_it(s3: S3) -> None:
+    """In a run (the assets' failure policy): the bucket's fix, not the source table's."""
+    with pytest.raises(OSError) as raised:
+        DeltaTable("s3://no-such-bucket-here/bronze/bz_orders")
+    classified = classify(raised.value, "bz_orders")
+    assert classified.cause is Cause.MISSING_OBJECT and not classified.retry
+    assert "create the bucket" in classified.message and "BRONZE_SOURCE_DSN" not in classified.message
+    assert "\n" not in classified.message
 
 
 def test_an_unreachable_endpoint_is_one_line_in_bounded_time(s3: S3) -> None:

@@ -119,8 +119,9 @@ _GRANT_FIX = (f"grant the loader role read access: GRANT USAGE ON SCHEMA {SOURCE
               f"ALL TABLES IN SCHEMA {SOURCE_SCHEMA} (README, 'Using a real PostgreSQL', lists every grant)")
 _MISSING_FIX = ("create it (`bronze ddl` prints the source tables) or point $BRONZE_SOURCE_DSN at the "
                 "database that holds it")
-_STORAGE_AUTH_FIX = ("give the object store's credentials (README, 'Object storage': AWS_* or AZURE_* "
-                     "variables, or BronzeStorage.storage_options)")
+_STORAGE_AUTH_FIX = ("give the object store's credentials (README, 'Deploying', 'Bronze on S3': AWS_* or "
+                     "AZURE_* variables, an instance profile, or BronzeStorage.storage_options)")
+_BUCKET_FIX = "create the bucket (or container) of $BRONZE_ROOT, or fix $BRONZE_ROOT"
 
 # first match wins: permanent causes before transient ones, since libpq's text for a refused
 # password also says "connection to server … failed"
@@ -136,8 +137,8 @@ _RULES: tuple[_Rule, ...] = (
           r"must be superuser", r"insufficient privilege"),
     _rule(Cause.SCHEMA_MISMATCH, "the source no longer matches the contract; fix the source or the contract",
           r"column \"[^\"]*\" (of relation \"[^\"]*\" )?does not exist"),
-    _rule(Cause.MISSING_OBJECT, _MISSING_FIX, r"(database|relation|schema|table) \"[^\"]*\" does not exist",
-          r"NoSuchBucket", r"ContainerNotFound", r"bucket does not exist"),
+    _rule(Cause.MISSING_OBJECT, _BUCKET_FIX, r"NoSuchBucket", r"ContainerNotFound", r"bucket does not exist"),
+    _rule(Cause.MISSING_OBJECT, _MISSING_FIX, r"(database|relation|schema|table) \"[^\"]*\" does not exist"),
     _rule(Cause.DUPLICATE_KEY, "the source repeats a primary key; fix the source",
           r"duplicate key value violates unique constraint"),
     _rule(Cause.BUG, "a bug: the traceback is in the run's log", r"syntax error at or near"),
@@ -194,7 +195,7 @@ _OBJECT_STORE_RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
      "the store refused the credentials of {variables}: check the keys and that they may read and "
      "write the bucket"),
     ("no such bucket", re.compile(r"NoSuchBucket|ContainerNotFound|bucket does not exist", re.IGNORECASE),
-     "create the bucket (or container) or fix $BRONZE_ROOT"),
+     "create the bucket (or container) or fix $BRONZE_ROOT"),  # as _BUCKET_FIX
     ("store unreachable", re.compile(r"tcp connect error|dns error|Connection refused|"
                                      r"error trying to connect|No route to host", re.IGNORECASE),
      "check AWS_ENDPOINT_URL{endpoint} (and AWS_ALLOW_HTTP=true for http://) or the network"),
