@@ -67,6 +67,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DATABRICKS_HOST", "unset", "Databricks workspace URL (with DATABRICKS_TOKEN; SDK auth)"),
     Variable("DATABRICKS_RUNTIME_VERSION", "set by Databricks", "enables the Databricks secret scope"),
     Variable("DAGSTER_HOME", "$BRONZE_DATA_DIR/dagster_home (make demo/ui)", "Dagster instance"),
+    Variable("AWS_ENDPOINT_URL", "unset (AWS)", "S3-compatible endpoint of an s3:// root (read by delta-rs)"),
+    Variable("AWS_ENDPOINT", "unset", "older spelling of AWS_ENDPOINT_URL"),
 )
 SECRET_PREFIX = "BRONZE_SECRET_"  # BRONZE_SECRET_<name> is another spelling of secret <name>
 _KNOWN = {v.name for v in VARIABLES}

@@ -32,7 +32,6 @@ Retried (the asset's ``RetryPolicy``):
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from typing import Any
 import dagster as dg
 
 from bronze_assets.lib.source.dsn import redact
-from bronze_assets.settings import SOURCE_SCHEMA
+from bronze_assets.settings import SOURCE_SCHEMA, env
 
 
 class Cause(StrEnum):
@@ -215,7 +214,7 @@ def object_store_problem(exc: BaseException, root: str) -> str | None:
         else "the store's credentials")
     for what, pattern, fix in _OBJECT_STORE_RULES:
         if pattern.search(text):
-            endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+            endpoint = env("AWS_ENDPOINT_URL") or env("AWS_ENDPOINT")
             fix = fix.format(variables=variables, endpoint=f" (now {endpoint})" if endpoint else "")
             return f"bronze root {root}: {what} — {fix}"
     return None
