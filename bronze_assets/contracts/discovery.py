@@ -3,7 +3,7 @@
 domains resolved through ``pg_type``), nullability and the primary key from its constraint.
 
 The catalog is read by :func:`bronze_assets.lib.source.introspect.discover_contract` (one
-query of :func:`catalog_sql`); :func:`contract_from_catalog` builds the contract from rows already
+query of ``catalog_sql`` there); :func:`contract_from_catalog` builds the contract from rows already
 read, so a component that records the discovered columns in its YAML can rebuild the same
 contract without a database. Nothing here does I/O.
 """
@@ -33,30 +33,6 @@ class CatalogColumn:
     @property
     def type(self) -> PgType:
         return PgType.parse(self.format_type, self.kind, self.base)
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def catalog_sql(schema: str, table: str) -> str:
-    """The catalog query of :func:`discover_contract` (rows as :class:`CatalogColumn` fields)."""
-    regclass = f"to_regclass(quote_ident({_literal(schema)}) || '.' || quote_ident({_literal(table)}))"
-    return (
-        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typtype::text, base.spelling, "
-        "NOT a.attnotnull, a.attidentity::text, a.attgenerated::text, "
-        "array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1 "
-        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        # a domain's base type, through domains over domains down to the type they all rest on
-        "LEFT JOIN LATERAL (WITH RECURSIVE b(oid, typmod, depth) AS ("
-        "  SELECT t.typbasetype, t.typtypmod, 1 UNION ALL "
-        "  SELECT d.typbasetype, CASE WHEN d.typtypmod >= 0 THEN d.typtypmod ELSE b.typmod END, b.depth + 1 "
-        "  FROM b JOIN pg_type d ON d.oid = b.oid WHERE d.typtype = 'd') "
-        "SELECT format_type(b.oid, b.typmod) AS spelling FROM b ORDER BY b.depth DESC LIMIT 1"
-        ") base ON t.typtype = 'd' "
-        "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
-        f"WHERE a.attrelid = {regclass} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-    )
 
 
 def contract_from_catalog(

@@ -147,13 +147,14 @@ def _guard_condition(contract: Contract, role: Role, where: str) -> None:
     tokenizer to agree with DataFusion's on every escape. Subqueries are refused on such tables
     (``SELECT *`` would reach the columns without naming them)."""
     words = {w.lower() for w in _WORD.findall(where)}
-    encrypted = sorted(words & set(contract.encrypted_columns))
+    named = {c: c.lower() in words for c in {*contract.encrypted_columns, *contract.pii_columns}}  # any case
+    encrypted = sorted(c for c in contract.encrypted_columns if named[c])
     if encrypted:
         subject = f"; filter on {contract.data_subject} instead" if contract.data_subject else ""
         raise ReadConditionError(
             f"{contract.bronze_table}: the condition {where!r} names {', '.join(encrypted)}, stored "
             f"encrypted: a condition on it would compare ciphertext{subject}")
-    masked = sorted(c for c in words & set(contract.pii_columns) if not sees_plaintext(role, contract, c))
+    masked = sorted(c for c in contract.pii_columns if named[c] and not sees_plaintext(role, contract, c))
     if masked:
         raise ReadConditionError(
             f"{contract.bronze_table}: the condition {where!r} names {', '.join(masked)}, which role "

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bronze_assets.contracts import CONTRACTS, Contract, LoadPattern
-from bronze_assets.lib.source.ddl import create_index_statements, qualified, quote_ident
+from bronze_assets.lib.source.ddl import create_index_statements, qualified, quote_ident, quote_literal
 from bronze_assets.lib.source.dsn import describe_dsn
 
 OK, MISSING, WARN = "ok", "missing", "warn"
@@ -72,10 +72,6 @@ class Diagnosis:
                 "missing": len(self.missing), "warnings": len(self.warnings),
                 "checks": [asdict(c) for c in self.checks],
                 "sql_required": self.fixes(MISSING), "sql_recommended": self.fixes(WARN)}
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class _Catalog:
@@ -147,7 +143,7 @@ def _schema_check(catalog: _Catalog, schema: str) -> Check:
     exists, usage, user = catalog.rows(
         f"SELECT n.oid IS NOT NULL, n.oid IS NOT NULL AND has_schema_privilege(n.oid, 'USAGE'), "
         f"current_user::text FROM (SELECT 1) one "
-        f"LEFT JOIN pg_namespace n ON n.nspname = {_literal(schema)}")[0]
+        f"LEFT JOIN pg_namespace n ON n.nspname = {quote_literal(schema)}")[0]
     if not exists:
         return Check(schema, "schema exists", MISSING, f"no schema {schema} in this database",
                      "bronze init --refresh (or point $BRONZE_SOURCE_DSN at the database that holds it)")
@@ -168,8 +164,8 @@ def _table_checks(catalog: _Catalog, contract: Contract, schema_usable: bool) ->
         f"EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
         f"AND a.attnum = i.indkey[0] WHERE i.indrelid = c.oid AND a.attname = 'updated_at') "
         f"FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE n.nspname = {_literal(contract.source_schema)} "
-        f"AND c.relname = {_literal(contract.source_name)}")
+        f"WHERE n.nspname = {quote_literal(contract.source_schema)} "
+        f"AND c.relname = {quote_literal(contract.source_name)}")
     if not found:
         return [Check(name, "table exists", MISSING, f"no table {name} in this database",
                       "bronze init --refresh (the tables file lists a table the source no longer has)")]

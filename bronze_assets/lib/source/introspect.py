@@ -1,7 +1,7 @@
 """``bronze init``: introspect a source and write (or refresh) its tables file (ARCHITECTURE §2.10).
 
 One catalog query lists every table of the chosen schemas with its columns (the same rows as
-:func:`~bronze_assets.contracts.discovery.catalog_sql`: ``format_type`` spelling, enum/domain,
+:func:`catalog_sql`: ``format_type`` spelling, enum/domain,
 nullability, position in the primary key), a second its single-column foreign keys. A new table
 gets sensible defaults, a refreshed one keeps the user's overlay and gets the catalog's columns:
 
@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bronze_assets.contracts.discovery import CatalogColumn, catalog_sql, contract_from_catalog
+from bronze_assets.contracts.discovery import CatalogColumn, contract_from_catalog
 from bronze_assets.contracts.model import Cadence, Contract, LoadPattern
 from bronze_assets.contracts.tablefile import (
     BRONZE_NAME,
@@ -32,6 +32,7 @@ from bronze_assets.contracts.tablefile import (
     matches,
 )
 from bronze_assets.contracts.types import PgType, type_notes
+from bronze_assets.lib.source.ddl import qualified, quote_literal
 from bronze_assets.lib.source.postgres import connect
 
 INCREMENTAL_ROWS = 100_000
@@ -48,12 +49,8 @@ NOT_INTEGER_KEY = ("primary key {key} is not an integer: loads by watermark on u
 _AUTO_SKIPS = (NO_KEY, NO_UPDATED_AT)
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _names(values: Sequence[str]) -> str:
-    return "ARRAY[" + ", ".join(_literal(v) for v in values) + "]::text[]"
+    return "ARRAY[" + ", ".join(quote_literal(v) for v in values) + "]::text[]"
 
 
 def tables_sql(schemas: Sequence[str]) -> str:
@@ -107,7 +104,6 @@ class SourceTable:
 def read_source(dsn: str, schemas: Sequence[str]) -> tuple[dict[tuple[str, str], SourceTable],
                                                              list[tuple[str, str, str, str, str, str]]]:
     """The tables of ``schemas`` (by (schema, table)) and their single-column foreign keys."""
-    from bronze_assets.lib.source.ddl import qualified
     from bronze_assets.lib.source.postgres import connect
 
     tables: dict[tuple[str, str], SourceTable] = {}
@@ -251,6 +247,27 @@ def introspect(dsn: str, source: SourceSpec, *, existing: TablesFile | None = No
     file = TablesFile(source=source, name=existing.name if existing else name and identifier(name),
                       tables=tables)
     return Introspection(file, notes, added, refreshed, missing)
+
+
+def catalog_sql(schema: str, table: str) -> str:
+    """The catalog query of :func:`discover_contract` (rows as :class:`CatalogColumn` fields)."""
+    name = f"quote_ident({quote_literal(schema)}) || '.' || quote_ident({quote_literal(table)})"
+    regclass = f"to_regclass({name})"
+    return (
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typtype::text, base.spelling, "
+        "NOT a.attnotnull, a.attidentity::text, a.attgenerated::text, "
+        "array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1 "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        # a domain's base type, through domains over domains down to the type they all rest on
+        "LEFT JOIN LATERAL (WITH RECURSIVE b(oid, typmod, depth) AS ("
+        "  SELECT t.typbasetype, t.typtypmod, 1 UNION ALL "
+        "  SELECT d.typbasetype, CASE WHEN d.typtypmod >= 0 THEN d.typtypmod ELSE b.typmod END, b.depth + 1 "
+        "  FROM b JOIN pg_type d ON d.oid = b.oid WHERE d.typtype = 'd') "
+        "SELECT format_type(b.oid, b.typmod) AS spelling FROM b ORDER BY b.depth DESC LIMIT 1"
+        ") base ON t.typtype = 'd' "
+        "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
+        f"WHERE a.attrelid = {regclass} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+    )
 
 
 def read_catalog(dsn: str, table: str, schema: str) -> list[CatalogColumn]:

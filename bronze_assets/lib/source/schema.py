@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bronze_assets.contracts import Contract, TypeChangePolicy
+from bronze_assets.lib.source.ddl import quote_literal
 
 
 @dataclass
@@ -39,17 +40,13 @@ class SchemaDrift:
         return [(c, contract.column(c).type.value if contract else "?") for c in self.missing]
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def live_columns_sql(contract: Contract, schema: str | None = None) -> str:
     """Columns and declared types (``format_type``, e.g. ``numeric(10,2)``) of the live table."""
     return (
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "JOIN pg_class c ON a.attrelid = c.oid JOIN pg_namespace n ON c.relnamespace = n.oid "
-        f"WHERE n.nspname = {_literal(schema or contract.source_schema)} "
-        f"AND c.relname = {_literal(contract.source_name)} "
+        f"WHERE n.nspname = {quote_literal(schema or contract.source_schema)} "
+        f"AND c.relname = {quote_literal(contract.source_name)} "
         "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
     )
 
