@@ -127,15 +127,20 @@ class Lifecycle:
         except Exception as exc:
             self._failed(exc)
             raise
-        if staged.schema_drift is not None:
-            self._schema_evolution(staged)
-        self.log.info(f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
-                      f"in {staged.extract_seconds:.2f} s")
-        if read is not None:
-            self.metadata = read.metadata(replication.slot_state(self.dsn, contract, read.slot))
-        if QUALITY_SCORE in request.checks:  # validates the staged rows while the engine MERGEs them
-            self.quality = self.engine.start_quality(staged)
-            staged.keep_after_merge = True
+        try:
+            if staged.schema_drift is not None:
+                self._schema_evolution(staged)
+            self.log.info(f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
+                          f"in {staged.extract_seconds:.2f} s")
+            if read is not None:
+                self.metadata = read.metadata(replication.slot_state(self.dsn, contract, read.slot))
+            if QUALITY_SCORE in request.checks:  # validates the staged rows while the engine MERGEs them
+                self.quality = self.engine.start_quality(staged)
+                staged.keep_after_merge = True
+        except Exception as exc:  # staged, but not handed on: audited, and nothing left behind
+            staged.cleanup()
+            self._failed(exc)
+            raise
         return staged
 
     def finish(self, staged: Staged) -> list[CheckOutcome]:

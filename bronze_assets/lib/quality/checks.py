@@ -4,9 +4,7 @@ Spark job into Pipes check reports). Failing keys go into the metadata as sample
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,9 @@ import pyarrow as pa
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge import query_tables, quoted
-from bronze_assets.lib.delta.staging import StagedBatch, score_percentile, score_sum
+from bronze_assets.lib.delta.staging import score_percentile, score_sum
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
-from bronze_assets.lib.quality import worker
 from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.settings import data_dir
@@ -74,19 +71,6 @@ def docs_dir(contract: Contract) -> Path:
     return data_dir() / "gx_docs" / contract.bronze_table
 
 
-def warm_quality_suite(contract: Contract) -> None:
-    """Start importing Great Expectations and building today's suite for ``contract`` in the GX
-    worker process, which does it on another core while the load reads the source."""
-    worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract))
-
-
-def start_quality_check(staged: StagedBatch) -> Future[QualityReport]:
-    """Validate the staged batch (source columns) in the GX worker while the IO manager MERGEs
-    it; the staged file must be kept until :func:`staged_quality_result` has the answer."""
-    return worker.validate_staged(staged.contract, staged.ctx.load_date, docs_dir(staged.contract),
-                                  staged.path)
-
-
 def quality_score(histogram: np.ndarray, report: QualityReport) -> CheckOutcome:
     """Score distribution of the batch (``histogram``: rows per score 0..100) plus GX violation
     counts per rule (WARN below the KPI)."""
@@ -109,11 +93,6 @@ def quality_score(histogram: np.ndarray, report: QualityReport) -> CheckOutcome:
         metadata["failing_keys_sample"] = samples
     return CheckOutcome(QUALITY_SCORE, passed=average >= QUALITY_KPI, severity=WARN, metadata=metadata,
                         description=f"average score {average:.1f} (KPI {QUALITY_KPI:.0f})")
-
-
-def staged_quality(staged: StagedBatch, pending: Future[QualityReport]) -> CheckOutcome:
-    """:func:`quality_score` of a staged batch, once the GX worker has answered."""
-    return quality_score(staged.score_histogram, worker.report(pending, staged.contract.bronze_table))
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:

@@ -512,7 +512,8 @@ def read_changes(dsn: str, contract: Contract, start_lsn: int, max_changes: int 
     target_lsn = lsn_int(target)
     changes = ChangeSet(start_lsn, start_lsn)
     decoder = _Decoder(contract.primary_key[0], changes)
-    with closing(_connect(dsn)) as conn, conn.cursor() as cur:
+    # a server-side cursor: the changes arrive 10,000 at a time, never all in this process's memory
+    with closing(_connect(dsn)) as conn, conn.cursor(name="bronze_peek", withhold=True) as cur:
         cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
                     "'proto_version', '1', 'publication_names', %s)",
                     (_slot(dsn, contract, slot), target, max_changes, publication_name(contract)))
