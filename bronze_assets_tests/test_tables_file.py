@@ -384,3 +384,17 @@ def test_several_files_one_registry_and_the_example_stays_the_seeded_ten(tmp_pat
     assert [c.name for c in EXAMPLE] == [c.name for c in reference_contracts.ALL]
     assert sorted(c.name for c in in_dependency_order()) == sorted(c.name for c in EXAMPLE)
     assert next(c.name for c in in_dependency_order(mixed.values())) == "products_copy"
+
+
+def test_a_skipped_table_of_the_example_file_loads_nothing_and_breaks_nothing(tmp_path: Path) -> None:
+    """A ``skip:`` entry in the shipped example (a leaf table: no other table's foreign key names
+    it) leaves that table out of the registry and of the example, not a KeyError at import."""
+    from bronze_assets.contracts.tables import registry
+
+    example = tmp_path / "defs" / "inventory" / "defs.yaml"
+    example.parent.mkdir(parents=True)
+    example.write_text(EXAMPLE_FILE.read_text().replace(
+        "    returns:\n", "    returns:\n      skip: not loaded while the team reviews it\n", 1))
+    everything, shipped = registry(tmp_path / "defs", example)
+    names = [c.name for c in reference_contracts.ALL if c.name != "returns"]
+    assert [c.name for c in shipped] == names and [c.name for c in everything] == names

@@ -18,14 +18,22 @@ DEFS_DIR = Path(__file__).resolve().parents[1] / "defs"
 EXAMPLE_FILE = DEFS_DIR / "inventory" / "defs.yaml"
 
 
-def _example_first(paths: list[Path]) -> list[Path]:
-    return sorted(paths, key=lambda p: (p != EXAMPLE_FILE, str(p)))
+def _example_first(paths: list[Path], example_file: Path = EXAMPLE_FILE) -> list[Path]:
+    return sorted(paths, key=lambda p: (p != example_file, str(p)))
 
 
-ALL: tuple[Contract, ...] = load_contracts(_example_first(table_files(DEFS_DIR)))
+def registry(defs_dir: Path, example_file: Path) -> tuple[tuple[Contract, ...], tuple[Contract, ...]]:
+    """Every table the files under ``defs_dir`` load, and those of ``example_file`` among them (a
+    table listed with ``skip`` loads nothing, so it is in neither)."""
+    everything = load_contracts(_example_first(table_files(defs_dir), example_file))
+    by_name = {c.name: c for c in everything}
+    return everything, tuple(by_name[name] for name, spec in read_file(example_file).tables.items()
+                             if spec.skip is None)
+
+
+# EXAMPLE: the shipped example's tables: what `bronze seed` and `bronze ddl` create, `bronze demo` seeds
+ALL, EXAMPLE = registry(DEFS_DIR, EXAMPLE_FILE)
 _BY_NAME = {c.name: c for c in ALL}
-# the shipped example's tables: what `bronze seed` and `bronze ddl` create, and `bronze demo` seeds
-EXAMPLE: tuple[Contract, ...] = tuple(_BY_NAME[name] for name in read_file(EXAMPLE_FILE).tables)
 
 
 def _regex(table: str, column: str) -> str:
