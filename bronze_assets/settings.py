@@ -1,12 +1,18 @@
 """Environment settings: every variable bronze_assets reads is registered in :data:`VARIABLES`
 and read through :func:`env`, lazily (never at import time) so tests can change them freely.
-``bronze --help`` and the README list the same variables (a test keeps them in step)."""
+``bronze --help`` and the README list the same variables (a test keeps them in step).
+
+An entry point (a Dagster resource's set-up, the ``bronze`` CLI, the Spark job, the demo, a
+benchmark) reads them once into one frozen :class:`Settings` value (:meth:`Settings.from_env`)
+and passes it down: nothing under ``bronze_assets.lib`` reads the environment."""
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -128,17 +134,19 @@ def source_dsn_from_env() -> str | None:
     return env(ENV_SOURCE_DSN)
 
 
-def user_cache_dir() -> Path:
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The user's cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path((os.environ if environ is None else environ).get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def bronze_root() -> str:
     """Root of the bronze Delta tables: ``$BRONZE_ROOT`` (path or object-store URI) or ./data/bronze."""
     value = env(ENV_BRONZE_ROOT)
-    if value:
-        return value if "://" in value else str(Path(value).expanduser().absolute())
-    return str(data_dir() / "bronze")
+    return _root(value) if value else str(data_dir() / "bronze")
+
+
+def _root(value: str) -> str:
+    return value if "://" in value else str(Path(value).expanduser().absolute())
 
 
 ENV_START_DATE = "BRONZE_START_DATE"
@@ -166,3 +174,133 @@ def partitions_start() -> date:
     """First business month of the monthly tables (``$BRONZE_PARTITIONS_START``, default 2020-01-01)."""
     value = env(ENV_PARTITIONS_START) or DEFAULT_PARTITIONS_START
     return _parse_date(ENV_PARTITIONS_START, value).replace(day=1)
+
+
+# --------------------------------------------------------------------------------- Settings
+DEFAULT_COMMIT_CHUNK_ROWS = 500_000
+DEFAULT_TARGET_FILE_MB = 32
+DEFAULT_CDC_TARGET_FILE_MB = 4
+DEFAULT_RETENTION_YEARS = 7
+DEFAULT_COST_PER_HOUR = 0.55  # USD per compute hour (a small Databricks job cluster, DBU + VM)
+DEFAULT_SECRET_SCOPE = "bronze"
+ALERT_VARIABLES = tuple(v.name for v in VARIABLES if v.name.startswith(("BRONZE_SMTP_", "BRONZE_ALERT_")))
+JARS_SUBDIR = Path("bronze_assets", "spark-jars")
+_OFF = {"0", "off", "false", "no"}
+
+
+def default_parallelism() -> int:
+    """Source connections per extraction when unset: the CPU count, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def os_user() -> str:
+    """The OS user (``unknown`` in containers without a passwd entry)."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _first_of_this_month() -> date:
+    return datetime.now(UTC).date().replace(day=1)
+
+
+class _Reader:
+    """Reads registered variables from one mapping and parses them, naming the variable and the fix."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def text(self, name: str) -> str | None:
+        return env(name, self.environ)
+
+    def number(self, name: str, default: float, kind: type[int] | type[float] = int, minimum: float = 1
+               ) -> int | float:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            what = "a whole number" if kind is int else "a number"
+            raise ValueError(f"{name}={value!r} is not {what} of at least {minimum:g}; set it like "
+                             f"{name}={default:g} or unset it (README, 'Configuration')") from None
+        return number
+
+    def path(self, name: str) -> Path | None:
+        value = self.text(name)
+        return Path(value).expanduser().absolute() if value else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the library takes, parsed and validated: built once by an entry point
+    (:meth:`from_env`) and passed down as a value. ``Settings()`` is the defaults, as documented
+    in :data:`VARIABLES` (no environment read)."""
+
+    data_dir: Path = field(default_factory=lambda: Path("data").absolute())
+    bronze_root: str = field(default_factory=lambda: str(Path("data", "bronze").absolute()))
+    extract_parallelism: int = field(default_factory=default_parallelism)
+    stage_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    commit_chunk_rows: int = DEFAULT_COMMIT_CHUNK_ROWS
+    target_file_bytes: int = DEFAULT_TARGET_FILE_MB * 1024 * 1024
+    cdc_target_file_bytes: int = DEFAULT_CDC_TARGET_FILE_MB * 1024 * 1024
+    start_date: date = field(default_factory=_first_of_this_month)
+    partitions_start: date = date(2020, 1, 1)  # = DEFAULT_PARTITIONS_START
+    retention_years: int = DEFAULT_RETENTION_YEARS
+    archive_root: str | None = None  # None: <bronze root>/_archive
+    user: str = field(default_factory=os_user)
+    cost_per_hour: float = DEFAULT_COST_PER_HOUR
+    cdc: bool = True
+    deployment_id: str | None = None  # None: a hash of the bronze root
+    secret_scope: str = DEFAULT_SECRET_SCOPE
+    secret_scope_set: bool = False  # $BRONZE_SECRET_SCOPE given (sent to a remote Spark job)
+    key_vault_url: str | None = None
+    databricks_runtime: bool = False
+    spark_master: str = field(default_factory=lambda: f"local[{os.cpu_count() or 2}]")
+    spark_jars_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / JARS_SUBDIR)
+    object_store_endpoint: str | None = None
+    # the BRONZE_SMTP_* / BRONZE_ALERT_* values (lib.alerts builds the channels); a password: no repr
+    alerts: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every registered variable of ``environ`` (default: this process's environment), read
+        once; a malformed value raises ValueError naming the variable and the fix."""
+        environ = os.environ if environ is None else environ
+        read = _Reader(environ)
+        defaults = cls()
+        start = read.text(ENV_START_DATE)
+        parallelism = read.number("BRONZE_EXTRACT_PARALLELISM", defaults.extract_parallelism)
+        scope = read.text("BRONZE_SECRET_SCOPE")
+        data = read.path(ENV_DATA_DIR) or defaults.data_dir
+        root = read.text(ENV_BRONZE_ROOT)
+        return cls(
+            data_dir=data,
+            bronze_root=_root(root) if root else str(data / "bronze"),
+            extract_parallelism=int(parallelism),
+            stage_dir=read.path("BRONZE_STAGE_DIR") or defaults.stage_dir,
+            commit_chunk_rows=int(read.number("BRONZE_COMMIT_CHUNK_ROWS", DEFAULT_COMMIT_CHUNK_ROWS)),
+            target_file_bytes=int(read.number("BRONZE_TARGET_FILE_MB", DEFAULT_TARGET_FILE_MB)) * 1024 * 1024,
+            cdc_target_file_bytes=int(read.number("BRONZE_CDC_TARGET_FILE_MB", DEFAULT_CDC_TARGET_FILE_MB))
+            * 1024 * 1024,
+            start_date=_parse_date(ENV_START_DATE, start) if start else defaults.start_date,
+            partitions_start=_parse_date(ENV_PARTITIONS_START, read.text(ENV_PARTITIONS_START)
+                                         or DEFAULT_PARTITIONS_START).replace(day=1),
+            retention_years=int(read.number("BRONZE_RETENTION_YEARS", DEFAULT_RETENTION_YEARS, minimum=0)),
+            archive_root=read.text("BRONZE_ARCHIVE_ROOT"),
+            user=read.text("BRONZE_USER") or defaults.user,
+            cost_per_hour=float(read.number("BRONZE_COMPUTE_COST_PER_HOUR", DEFAULT_COST_PER_HOUR, float, 0)),
+            cdc=(read.text("BRONZE_CDC") or "on").lower() not in _OFF,
+            deployment_id=read.text("BRONZE_DEPLOYMENT_ID"),
+            secret_scope=scope or DEFAULT_SECRET_SCOPE,
+            secret_scope_set=scope is not None,
+            key_vault_url=read.text("BRONZE_KEY_VAULT_URL"),
+            databricks_runtime=read.text("DATABRICKS_RUNTIME_VERSION") is not None,
+            spark_master=read.text("BRONZE_SPARK_MASTER") or defaults.spark_master,
+            spark_jars_dir=read.path("BRONZE_SPARK_JARS_DIR") or user_cache_dir(environ) / JARS_SUBDIR,
+            object_store_endpoint=read.text("AWS_ENDPOINT_URL") or read.text("AWS_ENDPOINT"),
+            alerts={n: v for n in ALERT_VARIABLES if (v := read.text(n)) is not None},
+        )

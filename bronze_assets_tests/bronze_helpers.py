@@ -14,7 +14,9 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_contracts import SPEC_COLUMNS
 
@@ -26,6 +28,10 @@ class Bronze:
         self.dsn, self.root = dsn, root
         self.resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(root)))
         self.assets = {c.bronze_table: build_bronze_asset(c) for c in CONTRACTS.values()}
+
+    def storage(self) -> Storage:
+        """The root with the settings of the environment now (as the ``bronze`` resource reads them)."""
+        return Storage(str(self.root), settings=Settings.from_env())
 
     def definitions(self) -> dg.Definitions:
         return dg.Definitions(assets=list(self.assets.values()), resources=self.resources)
@@ -56,9 +62,10 @@ class Bronze:
     ) -> MergeResult:
         """One load through the library (no Dagster run), e.g. for all-table checks."""
         contract = CONTRACTS[table]
-        staged = extract_and_stage(contract, self.dsn, self.root, partition=partition, **kwargs)
+        storage = self.storage()
+        staged = extract_and_stage(contract, self.dsn, storage, partition=partition, **kwargs)
         try:
-            return BronzeMerger(contract, self.root).merge(staged)
+            return BronzeMerger(contract, storage).merge(staged)
         finally:
             staged.cleanup()
 

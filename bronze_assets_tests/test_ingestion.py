@@ -237,7 +237,7 @@ def test_parallel_extraction_reads_each_row_once(clean_bronze: Bronze, paralleli
     monkeypatch.setenv("BRONZE_EXTRACT_PARALLELISM", str(parallelism))
     monkeypatch.setattr(extract, "MIN_BLOCKS_PER_PART", 1)  # split even a small heap
     query(clean_bronze.dsn, "UPDATE tests.orders SET order_date = NULL WHERE order_id % 50 = 0")
-    with extract.SourceReader(clean_bronze.dsn, CONTRACTS["orders"]) as reader:
+    with extract.SourceReader(clean_bronze.dsn, CONTRACTS["orders"], parallelism=parallelism) as reader:
         assert reader.parallelism == parallelism, "each connection scans its own block range"
         keys = pa.concat_arrays([b.column(0) for b in reader.key_batches()])
     (count,) = query(clean_bronze.dsn, "SELECT count(*) FROM tests.orders")[0]

@@ -16,7 +16,7 @@ from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.lifecycle import commit
-from bronze_assets.settings import ENV_BRONZE_ROOT, bronze_root
+from bronze_assets.settings import ENV_BRONZE_ROOT, Settings
 
 PATH_KEYS = frozenset({"table_uri"})
 
@@ -58,8 +58,10 @@ class BronzeStorage(dg.ConfigurableResource):
     )
 
     def storage(self) -> Storage:
-        """The one storage value every load, check and operation of this resource uses."""
-        return Storage(self.root or bronze_root(), dict(self.storage_options))
+        """The one storage value every load, check and operation of this resource uses, with
+        the settings read from the environment (here, at the edge; ``lib`` reads none)."""
+        settings = Settings.from_env()
+        return Storage(self.root or settings.bronze_root, dict(self.storage_options), settings)
 
 
 class BronzeDeltaIOManager(dg.ConfigurableIOManager):

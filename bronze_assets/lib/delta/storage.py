@@ -1,7 +1,8 @@
 """Where bronze lives, as one value: the root of the Delta tables (a local path or an
-object-store URI) and the delta-rs object-store options (credentials, region). Built once — by
-the ``BronzeStorage`` resource, or from ``$BRONZE_ROOT`` — and passed whole; table locations come
-from :meth:`Storage.uri`, never from paths joined by hand."""
+object-store URI), the delta-rs object-store options (credentials, region) and the settings of
+the deployment that writes it (:class:`~bronze_assets.settings.Settings`: staging, retention,
+the audit's user …). Built once — by the ``BronzeStorage`` resource, or from ``$BRONZE_ROOT`` —
+and passed whole; table locations come from :meth:`Storage.uri`, never from paths joined by hand."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from dataclasses import dataclass, field
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from bronze_assets.settings import bronze_root
+from bronze_assets.settings import Settings, bronze_root
 
 
 @dataclass(frozen=True)
 class Storage:
-    """The bronze root and its object-store options."""
+    """The bronze root, its object-store options and the deployment's settings (the defaults
+    unless an entry point read them: :meth:`Settings.from_env`)."""
 
     root: str
     options: Mapping[str, str] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", self.root.rstrip("/"))
@@ -28,7 +31,7 @@ class Storage:
     @classmethod
     def from_env(cls) -> Storage:
         """``$BRONZE_ROOT`` (default ``$BRONZE_DATA_DIR/bronze``), no options."""
-        return cls(bronze_root())
+        return cls(bronze_root(), settings=Settings.from_env())
 
     @property
     def delta_options(self) -> dict[str, str] | None:
@@ -49,8 +52,8 @@ class Storage:
         self.open("bz_audit_log")
 
     def at(self, root: str) -> Storage:
-        """The same options at another root (e.g. an archive next to bronze)."""
-        return Storage(root, self.options)
+        """The same options and settings at another root (e.g. an archive next to bronze)."""
+        return Storage(root, self.options, self.settings)
 
 
 StorageLike = Storage | str | os.PathLike[str] | None

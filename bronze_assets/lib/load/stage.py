@@ -99,7 +99,8 @@ def extract_and_stage(
             yield batch
 
     name = contract.bronze_table
-    with SourceReader(dsn, contract, snapshot_id=snapshot_id) as reader:
+    with SourceReader(dsn, contract, parallelism=storage.settings.extract_parallelism,
+                      snapshot_id=snapshot_id) as reader:
         drift = inspect_source(reader, contract, window, ctx.batch_id, storage)
         extras = [c for c, _ in drift.added]
         rescued = [c for c, _, _ in drift.rescued]

@@ -8,7 +8,6 @@ and the Delta partition value of a row comes from the load window (:mod:`.window
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -24,17 +23,9 @@ from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect
 from bronze_assets.lib.source.window import LoadWindow, partition_values, window_predicate
-from bronze_assets.settings import env
 
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
-ENV_PARALLELISM = "BRONZE_EXTRACT_PARALLELISM"
 _DONE = object()
-
-
-def default_parallelism() -> int:
-    """Source connections per extraction (``$BRONZE_EXTRACT_PARALLELISM``, default: CPU count, ≤ 4)."""
-    value = env(ENV_PARALLELISM)
-    return max(1, int(value)) if value else max(1, min(4, os.cpu_count() or 1))
 
 
 INVALID_PREFIX, RAW_PREFIX = "_invalid:", "_raw:"
@@ -172,12 +163,12 @@ class SourceReader:
     """
 
     def __init__(
-        self, dsn: str, contract: Contract, schema: str | None = None, parallelism: int | None = None,
+        self, dsn: str, contract: Contract, schema: str | None = None, parallelism: int = 1,
         snapshot_id: str | None = None,
     ) -> None:
         self.dsn, self.contract, self.schema = dsn, contract, schema or contract.source_schema
         self.table = qualified(self.schema, contract.source_name)  # quoted, for SQL
-        self.parallelism = parallelism or default_parallelism()
+        self.parallelism = max(1, parallelism)
         self._conn = None
         self._import = snapshot_id  # read in this exported snapshot (e.g. a replication slot's)
         self._snapshot_id: str | None = None
