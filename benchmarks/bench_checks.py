@@ -53,6 +53,7 @@ def staged_batch(name: str, rows: int):
     from bronze_assets.demo.generator import InventoryGenerator, SeedOptions
     from bronze_assets.lib.delta.staging import StagedBatch, write_stream
     from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
+    from bronze_assets.settings import Settings
 
     contract = CONTRACTS[name]
     options = SeedOptions(scale=rows / contract.seed_rows, as_of=AS_OF)
@@ -67,7 +68,8 @@ def staged_batch(name: str, rows: int):
     for b in batches:
         histogram += np.bincount(b.column("data_quality_score").to_numpy(), minlength=101)
     schema = bronze_schema(contract)
-    path, n = write_stream(batches, staged_schema(schema), contract.bronze_table)
+    stage = Settings.from_env().stage_dir
+    path, n = write_stream(batches, staged_schema(schema), contract.bronze_table, stage)
     return StagedBatch(contract=contract, ctx=ctx, path=path, schema=schema, rows=n,
                        score_histogram=histogram)
 

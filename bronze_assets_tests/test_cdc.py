@@ -339,7 +339,9 @@ CDC_SCRIPT = """
 import sys
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.cdc import cdc_load
-cdc_load(CONTRACTS["orders"], sys.argv[1], sys.argv[2])
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.settings import Settings
+cdc_load(CONTRACTS["orders"], sys.argv[1], Storage(sys.argv[2], settings=Settings.from_env()))
 print("finished")
 """
 

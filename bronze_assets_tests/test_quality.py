@@ -393,7 +393,7 @@ def _staged_file(name: str, rows: int, tmp_path: Path) -> Path:
     from bronze_assets.lib.delta.staging import write_stream
 
     batches = _generated(name, rows)
-    path, _ = write_stream(batches, batches[0].schema, f"bz_{name}")
+    path, _ = write_stream(batches, batches[0].schema, f"bz_{name}", tmp_path)
     return path
 
 

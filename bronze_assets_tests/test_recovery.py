@@ -57,9 +57,11 @@ LOAD_SCRIPT = """
 import sys
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.settings import Settings
 contract = CONTRACTS[sys.argv[3]]
-root = sys.argv[2].rsplit("/", 1)[0]
+root = Storage(sys.argv[2].rsplit("/", 1)[0], settings=Settings.from_env())
 staged = extract_and_stage(contract, sys.argv[1], root)
 BronzeMerger(contract, root).merge(staged)
 print("finished")
@@ -121,8 +123,11 @@ import sys
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.delta.control import record_checkpoint
 from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.settings import Settings
 dsn, root, table = sys.argv[1:4]
+root = Storage(root, settings=Settings.from_env())
 contract = CONTRACTS[table]
 staged = extract_and_stage(contract, dsn, root)
 BronzeMerger(contract, root).merge(staged, on_commit=lambda info: record_checkpoint(root, info, "killed-run"))

@@ -638,8 +638,8 @@ class BronzeMerger:
             yield index, src.cast(key_types), None
             return
         bucket = self._bucket(buckets)
-        prefix = f"{self.contract.bronze_table}-plan-"
-        with tempfile.TemporaryDirectory(prefix=prefix, dir=stage_dir()) as spill:
+        prefix, base = f"{self.contract.bronze_table}-plan-", self.storage.settings.stage_dir
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=stage_dir(base)) as spill:
             index_schema = _spill(index_pieces, bucket, Path(spill), "t")
             key_types = {k: index_schema[k] for k in self.pk}
             columns = [*staged_keep, "record_hash"]

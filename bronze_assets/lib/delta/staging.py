@@ -18,7 +18,6 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.protection import PiiHook
 from bronze_assets.lib.enrich.metadata import BatchContext, complete
 from bronze_assets.lib.source.schema import SchemaDrift
-from bronze_assets.settings import env
 
 
 def score_sum(histogram: np.ndarray) -> int:
@@ -108,12 +107,13 @@ def staged_reader(path: Path) -> pa.RecordBatchReader:
 STALE_AFTER_SECONDS = 24 * 3600
 
 
-def stage_dir() -> Path:
-    """Directory for staged batches (``$BRONZE_STAGE_DIR`` or the system temp dir).
+def stage_dir(base: Path) -> Path:
+    """Directory for staged batches under ``base`` (``Settings.stage_dir``: ``$BRONZE_STAGE_DIR``
+    or the system temp dir).
 
     Files a killed run left behind are removed once they are a day old.
     """
-    path = Path(env("BRONZE_STAGE_DIR") or tempfile.gettempdir()) / "bronze_stage"
+    path = base / "bronze_stage"
     path.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - STALE_AFTER_SECONDS
     for stale in path.glob("bz_*.arrow*"):
@@ -123,10 +123,11 @@ def stage_dir() -> Path:
     return path
 
 
-def write_stream(batches: Iterable[pa.RecordBatch], schema: pa.Schema, name: str) -> tuple[Path, int]:
-    """Write ``batches`` to a new Arrow IPC file (random access by batch); returns its path and
-    the row count."""
-    fd, raw = tempfile.mkstemp(prefix=f"{name}-", suffix=".arrow", dir=stage_dir())
+def write_stream(batches: Iterable[pa.RecordBatch], schema: pa.Schema, name: str, base: Path
+                 ) -> tuple[Path, int]:
+    """Write ``batches`` to a new Arrow IPC file (random access by batch) in the staging folder
+    under ``base`` (:func:`stage_dir`); returns its path and the row count."""
+    fd, raw = tempfile.mkstemp(prefix=f"{name}-", suffix=".arrow", dir=stage_dir(base))
     os.close(fd)
     rows = 0
     with pa.OSFile(raw, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:

@@ -108,9 +108,10 @@ def extract_and_stage(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-sweep") as pool:
             # a window over every row stages the key set itself; other loads sweep the keys (for
             # deletes) beside the rows, in the same snapshot; nothing to sweep before the table exists
-            sweep = pool.submit(_sweep_keys, reader, contract) \
+            sweep = pool.submit(_sweep_keys, reader, contract, storage.settings.stage_dir) \
                 if not window.covers_table and window.keys is None and target is not None else None
-            path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name)
+            path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name,
+                                      storage.settings.stage_dir)
             keys_path = sweep.result() if sweep is not None else None
     rescued_rows = sum(b.num_rows for b in unreadable)
     if rescued_rows:
@@ -193,11 +194,11 @@ def _missing(contract: Contract, keys: Sequence[int], found: list[pa.Array]) -> 
     return pa.table({contract.primary_key[0]: pa.array([k for k in keys if k not in seen], pa.int64())})
 
 
-def _sweep_keys(reader: SourceReader, contract: Contract) -> Path:
+def _sweep_keys(reader: SourceReader, contract: Contract, base: Path) -> Path:
     """Stage every primary key of the source (to find the keys that vanished)."""
     key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
     keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
-    return write_stream(keys, key_schema, f"{contract.bronze_table}-keys")[0]
+    return write_stream(keys, key_schema, f"{contract.bronze_table}-keys", base)[0]
 
 
 def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatch:

@@ -246,7 +246,7 @@ class SparkLoader:
                              first_load=first_load_time(target) if previous is None else None)
         if cdc is not None:
             window = cdc_window(window, cdc.keys, cdc.all_rows)
-        folder = stage_dir() / f"spark-{contract.bronze_table}-{ctx.batch_id}"
+        folder = stage_dir(self.storage.settings.stage_dir) / f"spark-{contract.bronze_table}-{ctx.batch_id}"
         try:
             with SourceReader(dsn, contract, parallelism=1, snapshot_id=cdc.snapshot_id if cdc else None
                               ) as reader:
