@@ -373,6 +373,45 @@ def status(as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command("reconcile")
+@click.argument("tables", nargs=-1, metavar="[TABLE]...")
+@click.option("--deep", is_flag=True,
+              help="Also recompute each row's hash from its bronze columns (PII decrypted, FORGOTTEN rows "
+                   "skipped) and report rows altered in bronze.")
+@click.option("--repair", is_flag=True,
+              help="Re-load the mismatching keys through the normal MERGE (audited), then reconcile again.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def reconcile_command(tables: tuple[str, ...], deep: bool, repair: bool, as_json: bool) -> None:
+    """Compare bronze with the source (every table, or TABLE…) in one source snapshot: keys ACTIVE
+    in bronze but gone from the source (extra), source keys not ACTIVE in bronze (missing), rows
+    whose record_hash differs from the source's (differs); rows changed since the table's last load
+    are pending, not faults. Mismatches go to bz_reconciliation. Exit code 1 on any fault, a table
+    never loaded or a source table that is gone."""
+    from bronze_assets.contracts import CONTRACTS, get_contract
+    from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.lib.reconcile.command import as_json as run_json
+    from bronze_assets.lib.reconcile.command import reconcile_and_repair, render
+    from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
+
+    try:
+        contracts = [get_contract(t) for t in tables] if tables else list(CONTRACTS.values())
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+        return
+    try:
+        run = reconcile_and_repair(contracts, resolve_source_dsn(), BronzeStorage().storage(), deep=deep,
+                                   repair=repair, job_id="bronze reconcile")
+    except SourceConnectionError as exc:
+        _fail(str(exc))
+        return
+    except Exception as exc:
+        _fail_on(exc, "bronze reconcile")
+        return
+    click.echo(run_json(run) if as_json else render(run))
+    if not run.healthy:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--schema", default=None, metavar="NAME", help="Source schema (default: tests).")
 def ddl(schema: str | None) -> None:

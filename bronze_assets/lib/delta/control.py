@@ -1,4 +1,4 @@
-"""Control tables under ``BRONZE_ROOT``: audit log, lineage, checkpoints, cost, alerts.
+"""Control tables under ``BRONZE_ROOT``: audit log, lineage, checkpoints, cost, alerts, reconciliation.
 
 Each is a small append-only Delta table with a fixed schema, written by :func:`append_rows`.
 Rows are plain dicts; missing keys become NULL, ids and timestamps are filled in when absent.
@@ -39,6 +39,7 @@ LINEAGE = "bz_data_lineage"
 CHECKPOINTS = "bz_checkpoints"
 COST_TRACKING = "bz_cost_tracking"
 ALERTS = "bz_alerts"
+RECONCILIATION = "bz_reconciliation"
 
 SUCCESS, FAILED, IN_PROGRESS, COMPLETE = "SUCCESS", "FAILED", "IN_PROGRESS", "COMPLETE"
 
@@ -72,7 +73,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("threshold", pa.float64()), ("message", pa.string()), ("created_at", TS),
         ("channels", pa.string()),
     ]),
+    RECONCILIATION: pa.schema([
+        ("run_id", pa.string()), ("table_name", pa.string()), ("key", pa.string()), ("kind", pa.string()),
+        ("detected_at", TS), ("repaired_at", TS),
+    ]),
 }
+_FILLED_LATER = ("end_timestamp", "repaired_at")  # timestamps that stay NULL until set
 _ID_COLUMN = {name: schema.names[0] for name, schema in SCHEMAS.items()}
 
 
@@ -101,7 +107,7 @@ def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, An
         row = dict(row)
         row.setdefault(_ID_COLUMN[table], str(uuid.uuid4()))
         for f in schema:
-            if f.type == TS and row.get(f.name) is None and f.name not in ("end_timestamp",):
+            if f.type == TS and row.get(f.name) is None and f.name not in _FILLED_LATER:
                 row[f.name] = now
             if pa.types.is_string(f.type) and isinstance(row.get(f.name), str):
                 row[f.name] = redact_secrets(redact(row[f.name], None))

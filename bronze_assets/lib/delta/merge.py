@@ -955,7 +955,7 @@ class BronzeMerger:
 
     def _merge(self, dt: DeltaTable, staged: StagedBatch) -> MergeResult:
         target_columns = {f.name for f in dt.schema().to_arrow()}
-        backfill = any(n not in target_columns for n in staged.schema.names)
+        backfill = staged.rewrite_unchanged or any(n not in target_columns for n in staged.schema.names)
         plan, result = self.plan(dt, staged, backfill_unchanged=backfill, resumed=interrupted_batch(dt))
         if not plan.height:
             return result

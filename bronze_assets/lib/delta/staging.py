@@ -55,6 +55,7 @@ class StagedBatch:
     deleted_keys: pa.Table | None = None  # keys the source no longer has (log-based CDC): soft-deleted
     final_metadata: dict[str, str] = field(default_factory=dict)  # on the batch's last commit only
     commit_always: bool = False  # commit the metadata even when no row changes (a CDC snapshot)
+    rewrite_unchanged: bool = False  # rewrite staged keys even where the hash is equal (a repair)
 
     @property
     def score_sum(self) -> int:

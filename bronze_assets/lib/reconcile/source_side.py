@@ -1,0 +1,110 @@
+"""The source side of a reconciliation: one REPEATABLE READ snapshot for the whole run, in which
+PostgreSQL computes each row's §2.2 hash (:func:`~bronze_assets.lib.source.pushdown.hash_sql`)
+and returns only per-bucket counts and checksum sums, or, inside the buckets that differ, the
+keys with their hashes and ``updated_at``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.reconcile.checksum import checksum_sql
+from bronze_assets.lib.source.ddl import qualified, quote_ident
+from bronze_assets.lib.source.postgres import connect
+from bronze_assets.lib.source.pushdown import hash_sql
+from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
+
+Ranges = Sequence[tuple[int, int]]
+RANGES_PER_QUERY = 256
+
+
+def ranges_sql(column: str, ranges: Ranges) -> str:
+    """SQL true for a key in any of the inclusive ``ranges`` (PostgreSQL and DataFusion alike)."""
+    return " OR ".join(f"({column} BETWEEN {int(lo)} AND {int(hi)})" for lo, hi in ranges)
+
+
+class SourceSnapshot:
+    """A read-only REPEATABLE READ transaction on the source, pinned session (§2.2), held for a
+    whole reconciliation so every table and every drill-down sees the same data."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: Any = None
+
+    def __enter__(self) -> SourceSnapshot:
+        self._conn = connect(self.dsn, autocommit=True)
+        with self._conn.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute("SELECT pg_current_snapshot()")  # the snapshot is taken now, not at the first table
+            cur.fetchall()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            try:
+                with self._conn.cursor() as cur:
+                    cur.execute("COMMIT")
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    def query(self, sql: str) -> list[tuple]:
+        with self._conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+
+    def arrow(self, sql: str) -> pa.Table:
+        with self._conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+
+    def table(self, contract: Contract) -> SourceTable:
+        return SourceTable(self, contract)
+
+
+class SourceTable:
+    """One source table in the run's snapshot (its key is one integer column)."""
+
+    def __init__(self, snapshot: SourceSnapshot, contract: Contract) -> None:
+        self.snapshot, self.contract = snapshot, contract
+        self.name = qualified(contract.source_schema, contract.source_name)
+        self.key = quote_ident(contract.primary_key[0])
+        self.checksum = checksum_sql(hash_sql(contract))
+        # when the row last changed (pending rows), as timestamptz; an infinite one counts as unknown
+        self.updated_at = "CASE WHEN isfinite(updated_at) THEN updated_at::timestamptz END" \
+            if "updated_at" in contract.column_names else "NULL::timestamptz"
+
+    def drift(self) -> SchemaDrift | None:
+        """How the live table differs from the contract; None when the table does not exist."""
+        live = self.snapshot.query(live_columns_sql(self.contract))
+        return compare(self.contract, live) if live else None
+
+    def key_range(self) -> tuple[int | None, int | None, int]:
+        lo, hi, n = self.snapshot.query(
+            f"SELECT min({self.key}), max({self.key}), count(*) FROM {self.name}")[0]
+        return (None if lo is None else int(lo)), (None if hi is None else int(hi)), int(n)
+
+    def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
+        """{bucket: (rows, checksum sum)} of the keys in [lo, hi], bucket = (key - lo) // width."""
+        rows = self.snapshot.query(
+            f"SELECT ({self.key}::bigint - {lo}) / {width} AS b, count(*), sum({self.checksum})::text "
+            f"FROM {self.name} WHERE {self.key} BETWEEN {lo} AND {hi} GROUP BY 1")
+        return {int(b): (int(n), int(s)) for b, n, s in rows}
+
+    def rows(self, ranges: Ranges) -> pl.DataFrame:
+        """key, source_hash, updated_at of the rows whose key lies in ``ranges``."""
+        pieces = []
+        for i in range(0, len(ranges), RANGES_PER_QUERY):
+            where = ranges_sql(self.key, ranges[i:i + RANGES_PER_QUERY])
+            table = self.snapshot.arrow(
+                f"SELECT {self.key}::bigint AS key, {hash_sql(self.contract)} AS source_hash, "
+                f"{self.updated_at} AS updated_at FROM {self.name} WHERE {where}")
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            pieces.append(frame)
+        schema = {"key": pl.Int64, "source_hash": pl.Utf8, "updated_at": pl.Datetime("us", "UTC")}
+        return pl.concat(pieces) if pieces else pl.DataFrame(schema=schema)
