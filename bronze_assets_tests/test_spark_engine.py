@@ -20,6 +20,7 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.governance.crypto import PREFIX
 from bronze_assets.lib.governance.erasure import forget_subject
 from bronze_assets.lib.governance.pii import PiiCipher
 from bronze_assets.lib.source.postgres import connect
@@ -244,12 +245,28 @@ def test_every_jdbc_partition_reads_one_snapshot(seeded: str, spark, tmp_path: P
     assert frame["quantity_available"].sum() == total
 
 
-def test_pii_is_never_plaintext_in_files_spark_writes(seeded: str, spark, tmp_path: Path) -> None:
+def _protected_columns(root: Path, table: str) -> set[str]:
+    """The columns of a bronze table whose every value is ciphertext (at least one value)."""
+    frame = pl.from_arrow(DeltaTable(str(root / table)).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return {c for c in frame.columns if frame[c].dtype == pl.String and frame[c].drop_nulls().len()
+            and frame[c].drop_nulls().str.starts_with(PREFIX).all()}
+
+
+def test_spark_protects_pii_through_the_writers_hook_and_forget_works(seeded: str, spark, tmp_path: Path
+                                                                      ) -> None:
+    """The Spark engine protects PII with the local writer's hook: the same columns ciphertext,
+    no plaintext in any file, and the erasure of a subject shreds it in every version."""
+    contract = CONTRACTS["customers"]
     root = tmp_path / "spark"
-    SparkLoader(spark, str(root)).load(CONTRACTS["customers"], seeded, batch_time=T1)
+    local = Bronze(seeded, tmp_path / "local")
+    local.load_direct("customers", batch_time=T1)
+    SparkLoader(spark, str(root)).load(contract, seeded, batch_time=T1)
+    assert _protected_columns(root, "bz_customers") == _protected_columns(local.root, "bz_customers") \
+        == set(contract.encrypted_columns)
     query(seeded, "UPDATE tests.customers SET email = 'changed-' || email, updated_at = now() "
                   "WHERE customer_id % 4 = 0")
-    SparkLoader(spark, str(root)).load(CONTRACTS["customers"], seeded, batch_time=T2)
+    SparkLoader(spark, str(root)).load(contract, seeded, batch_time=T2)
     secrets = [v for row in query(seeded, "SELECT customer_name, email FROM tests.customers") for v in row
                if v and len(v) > 6]
     files = [p for p in (root / "bz_customers").rglob("*") if p.is_file()]
@@ -257,7 +274,20 @@ def test_pii_is_never_plaintext_in_files_spark_writes(seeded: str, spark, tmp_pa
     blob = b"".join(p.read_bytes() for p in files)
     leaked = [s for s in secrets if s.encode() in blob]
     assert not leaked, leaked[:3]
-    plain = PiiCipher(CONTRACTS["customers"], str(root)).decrypt(
-        DeltaTable(str(root / "bz_customers")).to_pyarrow_table())
+    cipher = PiiCipher(contract, str(root))
+    uri = str(root / "bz_customers")
+    plain = cipher.decrypt(DeltaTable(uri).to_pyarrow_table())
     source = dict(query(seeded, "SELECT customer_id, email FROM tests.customers"))
     assert dict(zip(plain["customer_id"].to_pylist(), plain["email"].to_pylist(), strict=True)) == source
+
+    # erasure on a table Spark wrote: the key is shredded, so every retained version reads NULL
+    before = DeltaTable(uri).version()
+    erased = forget_subject(contract, 4, storage=root)
+    assert (erased.rows_forgotten, erased.keys_shredded) == (1, 1)
+    for version in (0, before):
+        old = cipher.decrypt(DeltaTable(uri, version=version).to_pyarrow_table()).to_pylist()
+        (row,) = [r for r in old if r["customer_id"] == 4]
+        assert (row["customer_name"], row["email"]) == (None, None), version
+        assert any(r["email"] == source[r["customer_id"]] for r in old if r["customer_id"] != 4)
+    (now,) = [r for r in DeltaTable(uri).to_pyarrow_table().to_pylist() if r["customer_id"] == 4]
+    assert now["record_status"] == "FORGOTTEN" and now["email"] is None

@@ -48,9 +48,11 @@ from bronze_assets.lib.delta.merge import (
     table_stats,
 )
 from bronze_assets.lib.delta.outcome import LoadOutcome
+from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.staging import score_sum, stage_dir
-from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage, open_table
+from bronze_assets.lib.delta.storage import StorageLike, as_storage, open_table
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
+from bronze_assets.lib.governance.pii import pii_protection
 from bronze_assets.lib.load import (
     DEFAULT_OVERLAP,
     describe_window,
@@ -127,6 +129,7 @@ class SparkStaged:
     extract_seconds: float
     commit_always: bool = False  # commit (the metadata: a CDC position) even when nothing changed
     keep_after_merge: bool = False
+    pii: PiiHook | None = None  # protects the PII columns as the rows are written (as on the local engine)
 
     @property
     def rows(self) -> int:
@@ -171,21 +174,18 @@ def _enriched(raw: DataFrame, contract: Contract, ctx: BatchContext) -> DataFram
     )
 
 
-def _encrypt_partition(contract: Contract, storage: Storage, kek: bytes):
-    """A ``mapInArrow`` function that encrypts the contract's PII columns with the subjects' keys
-    (created beforehand by the driver; a forgotten subject's values become NULL). The master key
-    the driver resolved travels in the task, as executors cannot read the secret provider."""
+def _protected(hook: PiiHook) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A ``mapInArrow`` function that protects each batch with the writer's PII ``hook`` (the same
+    hook as the local writer's, :func:`~bronze_assets.lib.governance.pii.pii_protection`). The
+    driver prepared it for every subject written (their data keys created beforehand, in one
+    commit); the prepared hook travels in the task, so executors need neither the key store nor
+    the master key, and a subject it was not prepared for fails the write."""
 
-    def encrypt(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from bronze_assets.lib.governance.pii import PiiCipher
-
-        cipher = PiiCipher(contract, storage, kek)
+    def protect(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            subjects = [s for s in cipher.subject_ids(batch) if s is not None]
-            keys = cipher.prepare(subjects, create=False)
-            yield cipher.encrypt(batch, keys)
+            yield hook.protect(batch)
 
-    return encrypt
+    return protect
 
 
 class SparkLoader:
@@ -279,7 +279,8 @@ class SparkLoader:
             final=cdc.final_metadata if cdc is not None else None, batch_time=ctx.batch_time)
         return SparkStaged(contract, ctx, window, folder, sweep, histogram, unreadable, drift, watermark,
                            meta, round(time.perf_counter() - started, 3),
-                           commit_always=cdc is not None and cdc.all_rows)
+                           commit_always=cdc is not None and cdc.all_rows,
+                           pii=pii_protection(contract, self.storage))
 
     def merge(self, staged: SparkStaged) -> SparkLoadResult:
         """Apply §2.3 to the table from the staged rows (the staged folder stays: see
@@ -296,7 +297,7 @@ class SparkLoader:
         rows = staged.rows
         result = self._write(contract, self.uri(contract), rows_frame.drop(RESCUED), keys, rows,
                              staged.meta, staged.ctx, keys_are_gone=window.keys is not None,
-                             commit_always=staged.commit_always)
+                             commit_always=staged.commit_always, pii=staged.pii)
         result.merge_seconds = round(time.perf_counter() - merge_started, 3)
         result.avg_quality_score = round(score_sum(staged.score_histogram) / rows, 2) if rows else None
         return SparkLoadResult(staged.ctx.batch_id, staged.ctx.batch_time, describe_window(window), rows,
@@ -336,14 +337,16 @@ class SparkLoader:
 
     def _write(self, contract: Contract, uri: str, staged: DataFrame, keys: DataFrame, rows: int,
                meta: dict[str, str], ctx: BatchContext, keys_are_gone: bool = False,
-               commit_always: bool = False) -> MergeResult:
+               commit_always: bool = False, pii: PiiHook | None = None) -> MergeResult:
         """MERGE ``staged``; ``keys`` is the source's key set (keys missing from it become
         DELETED) or with ``keys_are_gone`` the keys the source no longer has (log-based CDC).
-        ``commit_always``: commit (the metadata) even when nothing changed."""
+        ``commit_always``: commit (the metadata) even when nothing changed. ``pii`` protects the
+        PII columns (required when the contract has any: never plaintext by omission)."""
         from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
         pk = list(contract.primary_key)
+        pii = require_hook(contract, pii, "write") if contract.encrypted_columns else None
         dupes = staged.groupBy(*pk).count().filter(F.col("count") > 1).count()
         if dupes:
             raise DuplicateKeyError(
@@ -357,7 +360,7 @@ class SparkLoader:
             result = MergeResult(uri, rows, inserted=rows)
             if part:
                 result.partitions = sorted(str(r[0]) for r in staged.select(part).distinct().collect())
-            self._commit(contract, None, meta, lambda: self._create(contract, uri, staged))
+            self._commit(contract, None, meta, lambda: self._create(contract, uri, staged, pii))
             result.committed, result.commits = True, 1
             return self._finish(result, uri, meta[BATCH_KEY])
         current = self.spark.read.format("delta").load(uri).select(
@@ -390,7 +393,7 @@ class SparkLoader:
             target = self._enable_change_feed(contract, target)
             table = DeltaTable.forPath(self.spark, uri)
             self._commit(contract, target, meta,
-                         lambda: self._merge(contract, table, self._protect(contract, source)))
+                         lambda: self._merge(contract, table, self._protect(contract, source, pii)))
             result.committed, result.commits = True, 1
         elif commit_always:  # a commit without rows that records the metadata (e.g. a CDC position)
             target = self._enable_change_feed(contract, target)
@@ -415,24 +418,23 @@ class SparkLoader:
             result.engine_metrics = batch_metrics(final, batch_id, result.commits)
         return result
 
-    def _protect(self, contract: Contract, rows: DataFrame) -> DataFrame:
-        """``rows`` with the PII columns encrypted (keys of new subjects created first, in one commit)."""
-        if not contract.encrypted_columns or contract.data_subject is None:
+    @staticmethod
+    def _protect(contract: Contract, rows: DataFrame, pii: PiiHook | None) -> DataFrame:
+        """``rows`` with the PII columns protected by the writer's hook, prepared first for every
+        data subject among them (e.g. their keys created, in one commit)."""
+        if pii is None:
             return rows
-        from pyspark.sql import functions as F
-
-        from bronze_assets.lib.governance.crypto import master_key
-        from bronze_assets.lib.governance.pii import PiiCipher
-
         subject = contract.data_subject
-        ids = [r[0] for r in rows.select(subject).filter(F.col(subject).isNotNull()).distinct().collect()]
-        PiiCipher(contract, self.storage).prepare(ids, create=True)
-        encrypt = _encrypt_partition(contract, self.storage, master_key())
-        return rows.mapInArrow(encrypt, rows.schema)
+        if subject is not None:
+            from pyspark.sql import functions as F
 
-    def _create(self, contract: Contract, uri: str, staged: DataFrame) -> None:
+            pii.prepare([r[0] for r in rows.select(subject).filter(F.col(subject).isNotNull())
+                         .distinct().collect()])
+        return rows.mapInArrow(_protected(pii), rows.schema)
+
+    def _create(self, contract: Contract, uri: str, staged: DataFrame, pii: PiiHook | None) -> None:
         part = contract.partitioning.delta_column
-        rows = self._protect(contract, staged)
+        rows = self._protect(contract, staged, pii)
         ordered = rows.sortWithinPartitions(*contract.primary_key)
         writer = ordered.write.format("delta").mode("errorifexists")
         if part:
