@@ -27,6 +27,7 @@ demo: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## seed the embedde
 
 test: $(STAMP)  ## install the system packages and jars the tests need, lint, then run the whole test suite
 	bash scripts/install-system-deps.sh
+	bash scripts/install-azurite.sh
 	$(BIN)/python -m bronze_assets.lib.spark.jars
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

@@ -37,6 +37,7 @@ class S3:
 
     endpoint: str
     bucket: str
+    endpoint_variable = "AWS_ENDPOINT_URL"  # where delta-rs sends its requests
 
     @property
     def root(self) -> str:
@@ -53,6 +54,20 @@ class S3:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
+    def create_once(self, key: str, body: bytes) -> None:
+        """Create ``key`` only if it does not exist (``If-None-Match: *``), as delta-rs commits."""
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+
+    def read_key(self, key: str) -> bytes:
+        return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    @staticmethod
+    def refused(exc: BaseException) -> bool:
+        """``exc`` is the store refusing a create because the key exists (412)."""
+        from botocore.exceptions import ClientError
+
+        return isinstance(exc, ClientError) and exc.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+
 
 def start_moto(port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """moto's S3 server on 127.0.0.1:``port`` as its own process, once it accepts connections.
@@ -62,15 +77,21 @@ def start_moto(port: int, env: dict[str, str] | None = None) -> subprocess.Popen
     thread that needs the GIL to answer — a deadlock until the store's timeouts give up."""
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
+    wait_for_port(server, port, "moto's S3 server")
+    return server
+
+
+def wait_for_port(server: subprocess.Popen[bytes], port: int, name: str, timeout: float = 30) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections; kill ``server`` if it never does."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server
+            return
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise RuntimeError(f"moto's S3 server did not start on 127.0.0.1:{port}") from None
+                raise RuntimeError(f"{name} did not start on 127.0.0.1:{port}") from None
             time.sleep(0.1)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs (Debian): chromium for the browser test, a Java
-# runtime for Spark and Maven to fetch the Spark engine's jars (bronze_assets/lib/spark/jars.py).
+# runtime for Spark, Maven to fetch the Spark engine's jars (bronze_assets/lib/spark/jars.py) and
+# node/npm for Azurite, the ADLS test server (scripts/install-azurite.sh).
 # Called by `make test` and `.ci/run`. Without root/sudo or apt-get it installs nothing and says
 # what is missing; the browser test then skips with the same instruction.
 set -euo pipefail
@@ -8,6 +9,7 @@ PACKAGES=()
 [ -x /usr/bin/chromium ] || PACKAGES+=(chromium)
 command -v java >/dev/null || PACKAGES+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || PACKAGES+=(maven)
+command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 [ ${#PACKAGES[@]} -eq 0 ] && exit 0
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -15,8 +17,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if [ "$SUDO" = "none" ] || ! command -v apt-get >/dev/null; then
     echo "install-system-deps: cannot install ${PACKAGES[*]} (needs root and apt-get);" \
-         "run: sudo apt-get install -y ${PACKAGES[*]}  — the browser test is skipped and the Spark" \
-         "tests fail until then" >&2
+         "run: sudo apt-get install -y ${PACKAGES[*]}  — the browser test and the ADLS tests are" \
+         "skipped and the Spark tests fail until then" >&2
     exit 0
 fi
 echo "install-system-deps: installing ${PACKAGES[*]} from Debian" >&2

@@ -197,7 +197,7 @@ _OBJECT_STORE_RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
      "create the bucket (or container) or fix $BRONZE_ROOT"),  # as _BUCKET_FIX
     ("store unreachable", re.compile(r"tcp connect error|dns error|Connection refused|"
                                      r"error trying to connect|No route to host", re.IGNORECASE),
-     "check AWS_ENDPOINT_URL{endpoint} (and AWS_ALLOW_HTTP=true for http://) or the network"),
+     "check {endpoint} or the network"),
 )
 _REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
@@ -209,14 +209,17 @@ def object_store_problem(exc: BaseException, root: str) -> str | None:
     if not _REMOTE.match(root) or root.startswith("file://"):
         return None
     text = " ".join(str(link) for link in _chain(exc))
-    variables = _S3_VARIABLES if root.startswith(("s3://", "s3a://")) else (
-        "AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY" if root.startswith(("abfs", "az://", "adl"))
-        else "the store's credentials")
+    if root.startswith(("s3://", "s3a://")):
+        variables, url = _S3_VARIABLES, env("AWS_ENDPOINT_URL") or env("AWS_ENDPOINT")
+        endpoint = f"AWS_ENDPOINT_URL{f' (now {url})' if url else ''} (and AWS_ALLOW_HTTP=true for http://)"
+    elif root.startswith(("abfs", "az://", "adl")):
+        variables = "AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY"
+        endpoint = "the account name in $BRONZE_ROOT (AZURITE_BLOB_STORAGE_URL for the emulator)"
+    else:
+        variables, endpoint = "the store's credentials", "the store's endpoint"
     for what, pattern, fix in _OBJECT_STORE_RULES:
         if pattern.search(text):
-            endpoint = env("AWS_ENDPOINT_URL") or env("AWS_ENDPOINT")
-            fix = fix.format(variables=variables, endpoint=f" (now {endpoint})" if endpoint else "")
-            return f"bronze root {root}: {what} — {fix}"
+            return f"bronze root {root}: {what} — {fix.format(variables=variables, endpoint=endpoint)}"
     return None
 
 

@@ -1,7 +1,8 @@
-"""Bronze on S3 (ARCHITECTURE §2.9, issue #23 deliverables 1 and 5), local engine: the same loads,
-commands and maintenance as on a local folder, on a real S3 protocol server (moto, fixture in
-``s3.py``) configured only through ``BRONZE_ROOT=s3://…`` and the standard AWS variables — exact
-after each step, and one-line errors when the store refuses or cannot be reached."""
+"""Bronze on object storage (ARCHITECTURE §2.9, issue #23 deliverables 1 and 5), local engine: the
+same loads, commands and maintenance as on a local folder, on S3 (moto) and ADLS (Azurite) — the
+``store`` fixture (``stores.py``) runs a test on each — configured only through ``BRONZE_ROOT`` and
+the store's standard variables; exact after each step, a writer killed mid-commit recovers, and
+one-line errors when the store refuses or cannot be reached."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -25,24 +26,30 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.cdc import STREAM, cdc_load
 from bronze_assets.lib.delta.maintenance import maintain_table
+from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
+from bronze_assets.lib.delta.retention import apply_retention
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import Cause, classify
+from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.monitoring.report import build_report
 from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
 from bronze_assets_tests.conftest import query
-from bronze_assets_tests.s3 import S3, free_port, start_moto, stop
+from bronze_assets_tests.s3 import S3, free_port, start_moto, stop, wait_for_port
+from bronze_assets_tests.stores import Store
+from bronze_assets_tests.test_recovery import LOAD_SCRIPT
 
 pytestmark = pytest.mark.integration
 
 TODAY = datetime.now(UTC).date()
 
 
-class OnS3:
-    """A bronze root on the test's bucket wired to one source DSN."""
+class OnStore:
+    """A bronze root on the test's bucket or container wired to one source DSN."""
 
-    def __init__(self, dsn: str, s3: S3) -> None:
-        self.dsn, self.s3 = dsn, s3
-        self.storage = Storage(s3.root)
-        self.resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=s3.root))
+    def __init__(self, dsn: str, store: Store) -> None:
+        self.dsn, self.store = dsn, store
+        self.storage = Storage(store.root)
+        self.resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=store.root))
         self.assets = {c.bronze_table: build_bronze_asset(c) for c in CONTRACTS.values()}
 
     def materialize(self, table: str, partition: str | None = None, **kwargs: object) -> None:
@@ -54,6 +61,14 @@ class OnS3:
         frame = pl.from_arrow(DeltaTable(self.storage.uri(f"bz_{table}")).to_pyarrow_table())
         assert isinstance(frame, pl.DataFrame)
         return frame
+
+    def load_direct(self, table: str) -> MergeResult:
+        """One load through the library (no Dagster run)."""
+        staged = extract_and_stage(CONTRACTS[table], self.dsn, self.storage)
+        try:
+            return BronzeMerger(CONTRACTS[table], self.storage).merge(staged)
+        finally:
+            staged.cleanup()
 
     def assert_exact(self, table: str) -> pl.DataFrame:
         """bz_<table> equals the source (§2.2 hashes), never a duplicate key."""
@@ -70,11 +85,11 @@ def _cli(*args: str) -> str:
     return result.output
 
 
-def test_initial_load_and_hourly_tick_on_s3_then_status_history_restore_and_maintenance(
-        seeded: str, s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_initial_load_and_hourly_tick_then_status_history_restore_and_maintenance(
+        seeded: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     start = TODAY - timedelta(days=1)
     monkeypatch.setenv("BRONZE_START_DATE", start.isoformat())
-    b = OnS3(seeded, s3)
+    b = OnStore(seeded, store)
     b.materialize("inventory", start.isoformat())
     b.materialize("order_details", start.isoformat())
     b.assert_exact("inventory")
@@ -88,7 +103,7 @@ def test_initial_load_and_hourly_tick_on_s3_then_status_history_restore_and_main
     frame = b.assert_exact("inventory")
     assert frame.filter(pl.col("inventory_id") == 4)["record_status"].to_list() == ["DELETED"]
 
-    keys = s3.keys("bronze/")
+    keys = store.keys("bronze/")
     assert any(k.startswith("bronze/bz_inventory/_delta_log/") for k in keys)
     assert any(k.startswith("bronze/bz_audit_log/_delta_log/") for k in keys), "control tables on S3 too"
     assert not (tmp_path / "bronze").exists() and not (tmp_path / "data" / "bronze").exists(), \
@@ -102,7 +117,7 @@ def test_initial_load_and_hourly_tick_on_s3_then_status_history_restore_and_main
     assert dry.startswith("dry run")
     assert DeltaTable(b.storage.uri("bz_inventory")).version() == version, "a dry run commits nothing"
 
-    # no file can be aged on S3 (os.utime): the table's own retention goes to 0 instead
+    # no file can be aged on an object store (os.utime): the table's own retention goes to 0 instead
     DeltaTable(b.storage.uri("bz_inventory")).alter.set_table_properties(
         {"delta.deletedFileRetentionDuration": "interval 0 hours"})
     report = maintain_table(b.storage, "bz_inventory", CONTRACTS["inventory"], retention_hours=0)
@@ -110,12 +125,12 @@ def test_initial_load_and_hourly_tick_on_s3_then_status_history_restore_and_main
     assert report.files_removed_by_vacuum > 0, "the files the tick's MERGE replaced are gone"
     b.assert_exact("inventory")
     live = {u.rsplit("/", 1)[-1] for u in DeltaTable(b.storage.uri("bz_inventory")).file_uris()}
-    stored = {k.rsplit("/", 1)[-1] for k in s3.keys("bronze/bz_inventory/") if "_delta_log" not in k}
+    stored = {k.rsplit("/", 1)[-1] for k in store.keys("bronze/bz_inventory/") if "_delta_log" not in k}
     assert stored == live, "VACUUM removed every file no version needs from the bucket"
 
 
-def test_forget_on_s3_shreds_the_key_and_marks_the_rows(seeded: str, s3: S3) -> None:
-    b = OnS3(seeded, s3)
+def test_forget_shreds_the_key_and_marks_the_rows(seeded: str, store: Store) -> None:
+    b = OnStore(seeded, store)
     b.materialize("customers")
     (customer,) = query(seeded, "SELECT min(customer_id) FROM tests.customers")[0]
     out = _cli("forget", "--customer-id", str(customer))
@@ -124,23 +139,23 @@ def test_forget_on_s3_shreds_the_key_and_marks_the_rows(seeded: str, s3: S3) -> 
     assert rows["record_status"].to_list() == ["FORGOTTEN"]
 
 
-def test_cdc_ticks_on_s3_are_exact(seeded: str, s3: S3) -> None:
+def test_cdc_ticks_are_exact(seeded: str, store: Store) -> None:
     orders = CONTRACTS["orders"]
-    cdc_load(orders, seeded, Storage(s3.root))
-    OnS3(seeded, s3).assert_exact("orders")
+    cdc_load(orders, seeded, Storage(store.root))
+    OnStore(seeded, store).assert_exact("orders")
     query(seeded, "INSERT INTO tests.orders VALUES (900001, 1, DATE '2026-11-02', 'PENDING', 5.00, now())")
     query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1 WHERE order_id = 1")
     query(seeded, "DELETE FROM tests.orders WHERE order_id = 2")
-    batch, result = cdc_load(orders, seeded, Storage(s3.root))
+    batch, result = cdc_load(orders, seeded, Storage(store.root))
     assert batch.mode == STREAM
     assert (result.inserted, result.updated, result.soft_deleted) == (1, 1, 1)
-    OnS3(seeded, s3).assert_exact("orders")
+    OnStore(seeded, store).assert_exact("orders")
 
 
-def test_two_materializations_of_one_table_at_once_on_s3_end_exact(
-        seeded: str, s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_materializations_of_one_table_at_once_end_exact(
+        seeded: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_START_DATE", TODAY.isoformat())
-    b = OnS3(seeded, s3)
+    b = OnStore(seeded, store)
     b.materialize("inventory", TODAY.isoformat())
     query(seeded, "UPDATE tests.inventory SET quantity_available = quantity_available + 1, "
                   "updated_at = now() WHERE inventory_id <= 50")
@@ -161,17 +176,83 @@ def test_two_materializations_of_one_table_at_once_on_s3_end_exact(
     b.assert_exact("inventory")
 
 
-def test_the_store_rejects_a_second_create_of_one_commit_file(s3: S3) -> None:
+def test_the_store_rejects_a_second_create_of_one_commit_file(store: Store) -> None:
     """delta-rs commits with a conditional put (If-None-Match: *): a store that ignored it would
     let two writers both create version N, silently losing one commit."""
-    from botocore.exceptions import ClientError
+    key = "bronze/bz_guard/_delta_log/00000000000000000005.json"
+    store.create_once(key, b'{"first":1}')
+    with pytest.raises(Exception) as refused:
+        store.create_once(key, b'{"second":1}')
+    assert store.refused(refused.value), refused.value
+    assert store.read_key(key) == b'{"first":1}'
 
-    client, key = s3.client(), "bronze/bz_guard/_delta_log/00000000000000000005.json"
-    client.put_object(Bucket=s3.bucket, Key=key, Body=b'{"first":1}', IfNoneMatch="*")
-    with pytest.raises(ClientError) as refused:
-        client.put_object(Bucket=s3.bucket, Key=key, Body=b'{"second":1}', IfNoneMatch="*")
-    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
-    assert client.get_object(Bucket=s3.bucket, Key=key)["Body"].read() == b'{"first":1}'
+
+def _load_killed_at_commit(b: OnStore, table: str, version: int, when: str, work: Path) -> None:
+    """A load of ``bz_<table>`` in a child process, SIGKILLed at the PUT of commit ``version``:
+    ``before`` it reaches the store, or ``after`` it landed but before the writer heard (a proxy
+    in front of the store holds it: ``store_proxy.py``)."""
+    port, held = free_port(), work / f"held-{version}-{when}"
+    commit = rf"/bz_{table}/_delta_log/{version:020d}\.json"
+    proxy = subprocess.Popen([sys.executable, "-m", "bronze_assets_tests.store_proxy", "--port", str(port),
+                              "--upstream", b.store.endpoint, "--hold", commit, "--when", when,
+                              "--held", str(held)])
+    try:
+        wait_for_port(proxy, port, "the store proxy")
+        env = _env(**{b.store.endpoint_variable: f"http://127.0.0.1:{port}"})
+        uri = b.storage.uri(f"bz_{table}")
+        load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, b.dsn, uri, table], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not held.exists():
+            assert load.poll() is None, f"the load ended before its commit: {load.stderr.read()[-2000:]!r}"
+            assert time.monotonic() < deadline, "the load never reached its commit"
+            time.sleep(0.02)
+        load.kill()
+        load.wait(timeout=30)
+        load.stderr.close()
+    finally:
+        stop(proxy)
+
+
+def test_a_writer_killed_mid_commit_then_a_rerun_is_exact(seeded: str, store: Store, tmp_path: Path) -> None:
+    """Killed before its first commit reached the store: no table, orphan files only; killed after
+    a MERGE commit landed but before it heard back: the commit stands, and the re-run neither
+    repeats nor loses a change."""
+    b = OnStore(seeded, store)
+    _load_killed_at_commit(b, "inventory", 0, "before", tmp_path)
+    assert b.storage.open("bz_inventory") is None, "no commit"
+    assert [k for k in store.keys("bronze/bz_inventory/") if k.endswith(".parquet")], "orphan data files"
+    assert b.load_direct("inventory").committed
+    b.assert_exact("inventory")
+
+    version = DeltaTable(b.storage.uri("bz_inventory")).version()
+    query(seeded, "UPDATE tests.inventory SET quantity_available = quantity_available + 3, "
+                  "updated_at = now() WHERE inventory_id % 4 = 0")
+    query(seeded, "DELETE FROM tests.inventory WHERE inventory_id = 5")
+    _load_killed_at_commit(b, "inventory", version + 1, "after", tmp_path)
+    assert DeltaTable(b.storage.uri("bz_inventory")).version() == version + 1, "the held commit landed"
+    b.load_direct("inventory")
+    b.assert_exact("inventory")
+    assert not b.load_direct("inventory").committed, "a further re-run changes nothing"
+
+
+def test_retention_and_the_report(seeded: str, store: Store, tmp_path: Path) -> None:
+    """Retention moves exactly the old rows to the archive beside bronze on the store; the report
+    reads the control tables from there."""
+    b = OnStore(seeded, store)
+    b.load_direct("returns")
+    before = b.read("returns").height
+    (old,) = query(seeded, "SELECT count(*) FROM tests.returns WHERE return_date < DATE '2025-11-01'")[0]
+    assert old > 0
+    moved = apply_retention(CONTRACTS["returns"], b.storage, years=1, today=date(2026, 11, 1))
+    assert moved.moved == old and moved.archive_uri == f"{store.root}/_archive/bz_returns"
+    archived = DeltaTable(moved.archive_uri).to_pyarrow_table().num_rows
+    assert archived == old and b.read("returns").height == before - old, "archive + bronze = before"
+
+    report = build_report(store.root, tmp_path / "report")
+    assert report.html.exists()
+    assert {s.table: s.rows for s in report.status}["bz_returns"] == before - old
+    assert "bz_returns" in report.html.read_text()
 
 
 def _status(env: dict[str, str], command: str = "status",

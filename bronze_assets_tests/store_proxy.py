@@ -1,0 +1,97 @@
+"""An HTTP proxy in front of a test object store that holds one request, so a test can SIGKILL a
+writer at an exact point of a commit (``SIGKILL mid-commit``, issue #23):
+
+* ``--when before``: the PUT whose path matches ``--hold`` never reaches the store (the writer is
+  killed while its commit is in flight: data files written, no commit);
+* ``--when after``: it reaches the store, and the answer is held (the commit landed, the writer
+  never hears of it — delta-rs #2279's hidden commit).
+
+In both cases the proxy creates ``--held`` when it holds, and keeps holding until it is stopped.
+Its own process (``python -m bronze_assets_tests.store_proxy``), for the reason in
+:func:`bronze_assets_tests.s3.start_moto`."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import re
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authorization", "proxy-authenticate"}
+
+
+def handler(upstream: str, hold: re.Pattern[str], when: str, held: Path) -> type[BaseHTTPRequestHandler]:
+    target = urlsplit(upstream)
+
+    class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                chunks = []
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                self.rfile.readline()
+                return b"".join(chunks)
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _hold(self) -> None:
+            held.touch()
+            while True:  # until the proxy is stopped
+                time.sleep(1)
+
+        def _forward(self) -> None:
+            body = self._body()
+            holding = self.command == "PUT" and hold.search(self.path) is not None
+            if holding and when == "before":
+                self._hold()
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"}
+            headers["Content-Length"] = str(len(body))
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                payload = answer.read()
+            finally:
+                conn.close()
+            if holding:
+                self._hold()
+            self.send_response(answer.status, answer.reason)
+            for key, value in answer.getheaders():
+                if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _forward
+
+    return Forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--hold", required=True, help="regex of the path of the PUT to hold")
+    parser.add_argument("--when", choices=("before", "after"), required=True)
+    parser.add_argument("--held", type=Path, required=True, help="file created when holding")
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port),
+                                 handler(args.upstream, re.compile(args.hold), args.when, args.held))
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
