@@ -1,14 +1,14 @@
 """Control tables under ``BRONZE_ROOT``: audit log, lineage, checkpoints, cost, alerts, reconciliation.
 
 Each is a small append-only Delta table with a fixed schema, written by :func:`append_rows`.
-Rows are plain dicts; missing keys become NULL, ids and timestamps are filled in when absent.
+Rows are plain dicts; missing keys become NULL, ids and timestamps are filled in when absent,
+and so is the user (``Storage.settings.user``: ``$BRONZE_USER`` or the OS user).
 Messages are passed through :func:`redact` so a DSN password or a configured secret never lands
 in a control table.
 """
 
 from __future__ import annotations
 
-import getpass
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,12 +25,8 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
-from bronze_assets.settings import env
 
 TS = pa.timestamp("us", tz="UTC")
-ENV_USER = "BRONZE_USER"
-ENV_COST_RATE = "BRONZE_COMPUTE_COST_PER_HOUR"
-DEFAULT_COST_RATE = 0.55  # USD per compute hour (a small Databricks job cluster, DBU + VM)
 
 OPERATION_KEY = "bronze.operation"  # commit metadata: what a non-load commit did (e.g. ERASURE)
 
@@ -82,19 +78,6 @@ _FILLED_LATER = ("end_timestamp", "repaired_at")  # timestamps that stay NULL un
 _ID_COLUMN = {name: schema.names[0] for name, schema in SCHEMAS.items()}
 
 
-def current_user() -> str:
-    """Who runs the platform: ``$BRONZE_USER`` or the OS user."""
-    try:
-        return env(ENV_USER) or getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
-
-
-def cost_rate() -> float:
-    """Compute cost per hour for ``bz_cost_tracking`` (``$BRONZE_COMPUTE_COST_PER_HOUR``)."""
-    return float(env(ENV_COST_RATE) or DEFAULT_COST_RATE)
-
-
 def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
     """Append ``rows`` to control table ``table`` (created on first use)."""
     if not rows:
@@ -106,6 +89,8 @@ def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, An
     for row in rows:
         row = dict(row)
         row.setdefault(_ID_COLUMN[table], str(uuid.uuid4()))
+        if "user_id" in schema.names:  # who runs the platform
+            row.setdefault("user_id", storage.settings.user)
         for f in schema:
             if f.type == TS and row.get(f.name) is None and f.name not in _FILLED_LATER:
                 row[f.name] = now
@@ -151,7 +136,7 @@ class AuditEntry:
             "table_name": self.table_name, "operation_type": self.operation_type,
             "start_timestamp": self.start, "end_timestamp": datetime.now(UTC),
             "records_affected": self.records_affected, "status": status,
-            "error_message": error, "user_id": current_user(), "job_id": self.job_id,
+            "error_message": error, "job_id": self.job_id,
             "details": self.details,
         }
 
@@ -209,12 +194,14 @@ def load_record(contract: Contract, job_id: str | None, start: datetime, **field
 
 
 def record_load(storage: StorageLike, load: LoadRecord) -> None:
-    """One audit row (success or failure), one lineage row (success) and one cost row."""
+    """One audit row (success or failure), one lineage row (success) and one cost row (at the
+    rate of ``Storage.settings.cost_per_hour``)."""
+    storage = as_storage(storage)
     end = datetime.now(UTC)
     append_rows(storage, AUDIT_LOG, [{
         "table_name": load.table_name, "operation_type": "LOAD", "start_timestamp": load.start,
         "end_timestamp": end, "records_affected": load.records_affected, "status": load.status,
-        "error_message": load.error[:4000] if load.error else None, "user_id": current_user(),
+        "error_message": load.error[:4000] if load.error else None,
         "job_id": load.job_id, "details": load.details,
     }])
     if load.status == SUCCESS:
@@ -225,7 +212,7 @@ def record_load(storage: StorageLike, load: LoadRecord) -> None:
             "job_id": load.job_id,
             "pipeline_version": f"{pipeline_version()}+contract.{load.contract_version}",
         }])
-    rate = cost_rate()
+    rate = storage.settings.cost_per_hour
     append_rows(storage, COST_TRACKING, [{
         "table_name": load.table_name, "job_id": load.job_id, "recorded_at": end,
         "compute_seconds": round(load.seconds, 3), "cost_rate_per_hour": rate,

@@ -18,21 +18,12 @@ from bronze_assets.contracts import Contract, PgType
 from bronze_assets.lib.delta.control import audited
 from bronze_assets.lib.delta.merge import quoted, read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
-from bronze_assets.settings import env
-
-ENV_RETENTION_YEARS = "BRONZE_RETENTION_YEARS"
-ENV_ARCHIVE_ROOT = "BRONZE_ARCHIVE_ROOT"
-DEFAULT_RETENTION_YEARS = 7
-
-
-def retention_years() -> int:
-    return int(env(ENV_RETENTION_YEARS) or DEFAULT_RETENTION_YEARS)
 
 
 def archive(storage: Storage) -> Storage:
-    """Where retention moves old rows: ``$BRONZE_ARCHIVE_ROOT`` or ``<bronze root>/_archive``
-    (with the bronze root's options)."""
-    return storage.at(env(ENV_ARCHIVE_ROOT) or storage.uri("_archive"))
+    """Where retention moves old rows: ``Storage.settings.archive_root`` (``$BRONZE_ARCHIVE_ROOT``)
+    or ``<bronze root>/_archive`` (with the bronze root's options)."""
+    return storage.at(storage.settings.archive_root or storage.uri("_archive"))
 
 
 def business_date_column(contract: Contract) -> str | None:
@@ -65,7 +56,8 @@ def apply_retention(contract: Contract, storage: StorageLike, *, years: int | No
     dt = storage.open(contract.bronze_table)
     if column is None or dt is None:
         return RetentionResult(contract.bronze_table, None, 0, None)
-    cutoff = cutoff_date(today or datetime.now(UTC).date(), years if years is not None else retention_years())
+    years = storage.settings.retention_years if years is None else years
+    cutoff = cutoff_date(today or datetime.now(UTC).date(), years)
     predicate = f"{column} < '{cutoff.isoformat()}'"
     archived_to = archive(storage)
     archive_uri = archived_to.uri(contract.bronze_table)

@@ -26,7 +26,7 @@ from typing import Any
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.cdc import CdcRead, acknowledge, cdc_choice, cdc_read
-from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows, current_user
+from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import classify
@@ -186,7 +186,7 @@ class Lifecycle:
             append_rows(self.storage, AUDIT_LOG, [{
                 "table_name": self.contract.bronze_table, "operation_type": "SCHEMA_EVOLUTION",
                 "start_timestamp": self.started, "end_timestamp": datetime.now(UTC), "status": SUCCESS,
-                "records_affected": staged.rows, "user_id": current_user(), "job_id": self.job_id,
+                "records_affected": staged.rows, "job_id": self.job_id,
                 "details": json.dumps({"policy": "addNewColumns", "batch_id": staged.ctx.batch_id,
                                        "added": [c for c, _ in drift.added]}),
             }])
