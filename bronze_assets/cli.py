@@ -442,8 +442,9 @@ def doctor(dsn: str | None, as_json: bool) -> None:
 
     from bronze_assets.lib.source.doctor import diagnose, render
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    diagnosis = diagnose(resolve_source_dsn(dsn))
+    diagnosis = diagnose(resolve_source_dsn(dsn), cdc=Settings.from_env().cdc)
     if as_json:
         click.echo(json.dumps(diagnosis.as_json(), indent=2))
     elif diagnosis.error is not None:

@@ -41,6 +41,7 @@ from bronze_assets.lib.cdc import (
     cdc_choice,
     cdc_load,
     committed_position,
+    deployment_id,
     position_gap,
     reset,
     stage_cdc,
@@ -48,6 +49,7 @@ from bronze_assets.lib.cdc import (
 )
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import replication
@@ -56,6 +58,7 @@ from bronze_assets.lib.source.embedded import EmbeddedPostgres
 from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.source.replication import PublicationError
+from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import (
     Bronze,
     active_hashes,
@@ -314,7 +317,7 @@ def test_cli_status_names_a_lost_slot_and_reset_recovers(
     assert rows["bz_orders"]["lag_bytes"] >= 0 and rows["bz_orders"]["problem"] is None
     assert rows["bz_inventory"]["wal_status"] == "missing" and rows["bz_inventory"]["action"] is None
 
-    replication.drop_slot(seeded, ORDERS)
+    replication.drop_slot(seeded, ORDERS, table_slot(ORDERS, seeded, tmp_path))
     query(seeded, "DELETE FROM tests.orders WHERE order_id = 7")
     broken = runner.invoke(main, ["cdc", "status"])
     assert broken.exit_code == 1 and "bronze cdc reset bz_orders" in broken.stdout
@@ -865,10 +868,11 @@ def test_deployment_ids_name_a_slot_per_root(monkeypatch: pytest.MonkeyPatch) ->
     long = replication.slot_name(dsn.replace("/DE", "/" + "d" * 70), ORDERS, one)
     assert len(long) == 63 and long.endswith(f"_{one}")
     monkeypatch.setenv("BRONZE_DEPLOYMENT_ID", "prod_1")
-    assert replication.deployment_id("/data/bronze") == "prod_1"
+    assert deployment_id(Storage("/data/bronze", settings=Settings.from_env())) == "prod_1"
+    assert deployment_id(Storage("/data/bronze")) == one, "the settings say, not the environment"
     monkeypatch.setenv("BRONZE_DEPLOYMENT_ID", "Prod-1")
     with pytest.raises(replication.ReplicationError, match=r"BRONZE_DEPLOYMENT_ID='Prod-1' is not a "):
-        replication.slot_name(dsn, ORDERS)
+        deployment_id(Storage("/data/bronze", settings=Settings.from_env()))
 
 
 def test_cdc_follows_a_table_in_another_schema_with_a_mixed_case_name(fresh_dsn: str, tmp_path: Path

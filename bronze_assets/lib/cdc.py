@@ -46,7 +46,6 @@ from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.load.engine import stage_cdc_read
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.replication import ENV_DEPLOYMENT_ID, ChangeSet, SlotState, lsn_text
-from bronze_assets.settings import env
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +71,11 @@ def committed_position(storage: StorageLike, table: str, limit: int = 200) -> Po
 
 
 def deployment_id(storage: StorageLike) -> str:
-    """This deployment's id for the bronze root ``storage``: ``$BRONZE_DEPLOYMENT_ID``, else a
-    hash of the root (see :func:`~bronze_assets.lib.source.replication.deployment_id`)."""
-    return replication.deployment_id(as_storage(storage).root)
+    """This deployment's id for the bronze root ``storage``: its settings' ``deployment_id``
+    (``$BRONZE_DEPLOYMENT_ID``), else a hash of the root (see
+    :func:`~bronze_assets.lib.source.replication.deployment_id`)."""
+    storage = as_storage(storage)
+    return replication.deployment_id(storage.root, storage.settings.deployment_id)
 
 
 def table_slot(contract: Contract, dsn: str, storage: StorageLike) -> str:
@@ -244,15 +245,10 @@ class CdcRead:
         return meta
 
 
-def cdc_enabled() -> bool:
-    """``$BRONZE_CDC`` (default on): CDC tables read the replication slot when the source allows."""
-    return (env("BRONZE_CDC") or "on").lower() not in {"0", "off", "false", "no"}
-
-
 CDC_OFF = "BRONZE_CDC=off"
 
 
-def fallback_reason(contract: Contract, dsn: str, storage: StorageLike | None = None, *,
+def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
                     set_up: bool = False) -> str | None:
     """Why a run of CDC table ``contract`` that reaches the open partition cannot use log-based CDC
     now and loads by the watermark pattern, or None when it reads the replication slot.
@@ -261,17 +257,14 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike | None = 
     attribute, or a publication the source user may neither create nor extend (the reason names
     the SQL the table's owner runs). A stream bronze depends on whose changes can no longer all be
     read is never a fallback: :func:`cdc_read` fails the run (:class:`CdcSlotLostError`). Bronze
-    depends on a stream when it holds a log position (known from ``storage``) or, without
-    ``storage``, when the table's slot exists. ``set_up``: create the publication (or add the
+    depends on a stream when it holds a log position in ``storage`` (whose settings say whether CDC
+    is on: ``$BRONZE_CDC``). ``set_up``: create the publication (or add the
     table to it) when the source user may, so a refusal the check cannot foresee falls back too."""
-    if not cdc_enabled():
+    storage = as_storage(storage)
+    if not storage.settings.cdc:
         return CDC_OFF
     reasons = [r for r in [replication.availability(dsn)] if r is not None]
-    if storage is not None:
-        depends = committed_position(storage, contract.bronze_table) is not None
-    else:
-        depends = replication.slot_state(dsn, contract) is not None
-    if not depends:
+    if committed_position(storage, contract.bronze_table) is None:  # bronze depends on no stream yet
         problem = replication.publication_problem(dsn, contract)
         if problem is None and set_up and not reasons:
             try:

@@ -89,9 +89,10 @@ class _Catalog:
         return self.rows(sql)[0][0]
 
 
-def diagnose(dsn: str, contracts: Iterable[Contract] | None = None) -> Diagnosis:
+def diagnose(dsn: str, contracts: Iterable[Contract] | None = None, *, cdc: bool = True) -> Diagnosis:
     """Every check of every table of ``contracts`` (default: every tables file's) on ``dsn``,
-    connected as the user it names. A source that cannot be reached gives a :class:`Diagnosis`
+    connected as the user it names; ``cdc``: log-based CDC is on (``Settings.cdc``).
+    A source that cannot be reached gives a :class:`Diagnosis`
     whose ``error`` is one line naming host, port, database and user, and what to check."""
     from bronze_assets.lib.failures import classify
     from bronze_assets.lib.source.postgres import connect
@@ -114,9 +115,9 @@ def diagnose(dsn: str, contracts: Iterable[Contract] | None = None) -> Diagnosis
             diagnosis.checks.append(check)
         for contract in contracts:
             diagnosis.checks += _table_checks(catalog, contract, usable[contract.source_schema])
-        cdc = [c for c in contracts if c.cdc]
-        if cdc:
-            diagnosis.checks += _cdc_checks(catalog, dsn, cdc)
+        cdc_tables = [c for c in contracts if c.cdc]
+        if cdc_tables:
+            diagnosis.checks += _cdc_checks(catalog, dsn, cdc_tables, on=cdc)
     finally:
         conn.close()
     return diagnosis
@@ -192,12 +193,12 @@ def _table_checks(catalog: _Catalog, contract: Contract, schema_usable: bool) ->
     return checks
 
 
-def _cdc_checks(catalog: _Catalog, dsn: str, contracts: list[Contract]) -> list[Check]:
-    from bronze_assets.lib.cdc import CDC_OFF, cdc_enabled
+def _cdc_checks(catalog: _Catalog, dsn: str, contracts: list[Contract], on: bool) -> list[Check]:
+    from bronze_assets.lib.cdc import CDC_OFF
     from bronze_assets.lib.source import replication
 
     tables = ", ".join(c.source_ref for c in contracts)
-    if not cdc_enabled():
+    if not on:
         return [Check(SOURCE, f"log-based CDC ({tables})", OK, f"{CDC_OFF}: loaded by the watermark pattern")]
     level, may_replicate = replication.replication_settings(dsn)
     user = catalog.one("SELECT current_user::text")

@@ -31,7 +31,7 @@ from typing import Any
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, dsn_parts, redact
-from bronze_assets.settings import ENV_SOURCE_DSN, bronze_root, env
+from bronze_assets.settings import ENV_SOURCE_DSN
 
 # the session of the walsender pinned like every bronze session (ARCHITECTURE §2.2)
 PINNED_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=1"
@@ -66,33 +66,31 @@ def normalized_root(root: str) -> str:
     return os.path.normpath(os.path.abspath(os.path.expanduser(root)))
 
 
-def deployment_id(root: str | None = None) -> str:
-    """The id in this deployment's slot names: ``$BRONZE_DEPLOYMENT_ID``, else the first 8 hex
-    digits of the SHA-256 of the bronze root (``root``, default ``$BRONZE_ROOT``), normalized.
+def deployment_id(root: str, explicit: str | None = None) -> str:
+    """The id in this deployment's slot names: ``explicit`` (``$BRONZE_DEPLOYMENT_ID``), else the
+    first 8 hex digits of the SHA-256 of the bronze root ``root``, normalized.
 
     A hash of the root, not an id stored in it: a root copied elsewhere (a second environment,
     a restore next to the original) gets a slot of its own instead of sharing the original's;
     a copy restored over the original shares its slot, and the position check names the gap
     (:mod:`bronze_assets.lib.cdc`)."""
-    explicit = env(ENV_DEPLOYMENT_ID)
     if explicit is not None:
         if not _DEPLOYMENT_ID.fullmatch(explicit):
             raise ReplicationError(
                 f"{ENV_DEPLOYMENT_ID}={explicit!r} is not a deployment id: use 1 to 20 lowercase letters, "
                 f"digits or underscores (it goes into the names of replication slots)")
         return explicit
-    return hashlib.sha256(normalized_root(root or bronze_root()).encode()).hexdigest()[:8]
+    return hashlib.sha256(normalized_root(root).encode()).hexdigest()[:8]
 
 
 def _database(dsn: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", dsn_parts(dsn)["db"].lower())
 
 
-def slot_name(dsn: str, contract: Contract, deployment: str | None = None) -> str:
+def slot_name(dsn: str, contract: Contract, deployment: str) -> str:
     """``bronze_<database>_<table>_<deployment id>`` (at most 63 characters: the database and table
     part is shortened, never the id): slot names are global to the server. ``deployment``: the
-    id (default :func:`deployment_id` of ``$BRONZE_ROOT``)."""
-    deployment = deployment or deployment_id()
+    id (:func:`deployment_id`)."""
     return f"bronze_{_database(dsn)}_{contract.name}"[:62 - len(deployment)] + f"_{deployment}"
 
 
@@ -197,19 +195,15 @@ def _names(contract: Contract) -> dict[str, str]:
             "pub": publication_name(contract)}
 
 
-def _slot(dsn: str, contract: Contract, slot: str | None) -> str:
-    return slot or slot_name(dsn, contract)
-
-
-def slot_state(dsn: str, contract: Contract, slot: str | None = None) -> SlotState | None:
-    """The table's slot (``slot``: its name, default this deployment's by ``$BRONZE_ROOT``), or
+def slot_state(dsn: str, contract: Contract, slot: str) -> SlotState | None:
+    """The table's slot (named ``slot``: :func:`slot_name`), or
     None when there is none."""
     rows = _query(dsn, f"SELECT slot_name, active, wal_status, confirmed_flush_lsn::text, "
                        f"pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {_RELID}::bigint, "
                        f"{_PUBLISHED}, pg_current_wal_lsn()::text "
                        f"FROM pg_replication_slots "
                        f"WHERE slot_name = %(slot)s AND database = current_database()",
-                  _names(contract) | {"slot": _slot(dsn, contract, slot)})
+                  _names(contract) | {"slot": slot})
     if not rows:
         return None
     name, active, status, confirmed, retained, relid, published, current = rows[0]
@@ -232,11 +226,10 @@ def bronze_slots(dsn: str) -> list[tuple[str, bool, int | None]]:
 
 
 def stream_gap(dsn: str, contract: Contract, slot: SlotState | None, relid: int | None,
-               name: str | None = None) -> str | None:
-    """Why the table's slot (``name``, default this deployment's) can no longer give every change
+               name: str) -> str | None:
+    """Why the table's slot (named ``name``) can no longer give every change
     since bronze's position (``relid``: the table OID recorded with it), or None when it can.
     Whether the slot's position still matches bronze's is :func:`bronze_assets.lib.cdc.position_gap`."""
-    name = _slot(dsn, contract, name)
     if slot is None:
         return f"the replication slot {name} is gone"
     if slot.lost:
@@ -343,15 +336,15 @@ def ensure_publication(dsn: str, contract: Contract) -> None:
         raise PublicationError(state.problem(denied=" ".join(str(exc).split()))) from None
 
 
-def drop_slot(dsn: str, contract: Contract, slot: str | None = None, *, only_inactive: bool = False) -> bool:
-    """Drop the table's slot (``slot``: its name, default this deployment's); it releases the WAL it
+def drop_slot(dsn: str, contract: Contract, slot: str, *, only_inactive: bool = False) -> bool:
+    """Drop the table's slot (named ``slot``); it releases the WAL it
     holds. False when there was none (or, ``only_inactive``, when a reader is using it)."""
     import psycopg2.errors
 
     try:
         rows = _query(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                            "WHERE slot_name = %s AND database = current_database()"
-                           + (" AND NOT active" if only_inactive else ""), (_slot(dsn, contract, slot),))
+                           + (" AND NOT active" if only_inactive else ""), (slot,))
     except psycopg2.errors.ObjectInUse:  # it became active in between
         if not only_inactive:
             raise
@@ -360,24 +353,24 @@ def drop_slot(dsn: str, contract: Contract, slot: str | None = None, *, only_ina
 
 
 @contextmanager
-def new_slot(dsn: str, contract: Contract, slot: str | None = None) -> Iterator[tuple[int, str]]:
-    """Create the table's slot (``slot``: its name, default this deployment's) and yield (its
+def new_slot(dsn: str, contract: Contract, slot: str) -> Iterator[tuple[int, str]]:
+    """Create the table's slot (named ``slot``) and yield (its
     consistent LSN, its exported snapshot): a reader that joins the snapshot sees exactly the
     changes before the LSN, the stream the ones after. The snapshot stays importable until the
     block ends (the replication session stays idle)."""
     ensure_publication(dsn, contract)
     with closing(_connect(dsn, replication=True)) as conn:
         cur = conn.cursor()
-        cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(_slot(dsn, contract, slot))} LOGICAL pgoutput "
+        cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput "
                     f"(SNAPSHOT 'export')")
         _, consistent, snapshot, _ = cur.fetchone()
         yield lsn_int(consistent), snapshot
 
 
-def acknowledge(dsn: str, contract: Contract, lsn: int, slot: str | None = None) -> None:
-    """Let the slot (``slot``: its name, default this deployment's) release the WAL before ``lsn``
+def acknowledge(dsn: str, contract: Contract, lsn: int, slot: str) -> None:
+    """Let the slot (named ``slot``) release the WAL before ``lsn``
     (the changes bronze holds): its confirmed position becomes ``lsn``."""
-    name = _slot(dsn, contract, slot)
+    name = slot
     _query(dsn, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn) WHERE %s::pg_lsn > "
                 "(SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s)",
            (name, lsn_text(lsn), lsn_text(lsn), name))
@@ -493,8 +486,8 @@ class _Decoder:
 
 
 def read_changes(dsn: str, contract: Contract, start_lsn: int, max_changes: int = DRAIN_CHANGES,
-                 slot: str | None = None) -> ChangeSet:
-    """Read the table's slot (``slot``: its name, default this deployment's) up to the server's
+                 *, slot: str) -> ChangeSet:
+    """Read the table's slot (named ``slot``) up to the server's
     WAL position at the call (complete transactions only; at most about ``max_changes`` changes,
     the rest waits for the next run). Nothing is acknowledged here: :func:`acknowledge` does that
     once bronze has committed the changes.
@@ -516,7 +509,7 @@ def read_changes(dsn: str, contract: Contract, start_lsn: int, max_changes: int 
     with closing(_connect(dsn)) as conn, conn.cursor(name="bronze_peek", withhold=True) as cur:
         cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
                     "'proto_version', '1', 'publication_names', %s)",
-                    (_slot(dsn, contract, slot), target, max_changes, publication_name(contract)))
+                    (slot, target, max_changes, publication_name(contract)))
         read = 0
         while rows := cur.fetchmany(10_000):
             for (data,) in rows:
