@@ -30,14 +30,14 @@ def _windows(name: str, tick: bool) -> tuple[tuple[datetime, datetime] | None, b
     whether it reads only the changes (the hourly tick), as the Dagster schedule does."""
     from bronze_assets.contracts import CONTRACTS, PartitionKind
     from bronze_assets.lib.load import month_start, next_month
-    from bronze_assets.settings import partitions_start
+    from bronze_assets.settings import Settings
 
     contract, now = CONTRACTS[name], datetime.now(UTC)
     kind = contract.partitioning.kind
     if kind is PartitionKind.NONE:
         return None, False
     if kind is PartitionKind.MONTHLY_BUSINESS_DATE:
-        first = datetime.combine(partitions_start(), datetime.min.time(), UTC)
+        first = datetime.combine(Settings.from_env().partitions_start, datetime.min.time(), UTC)
         return ((month_start(now), next_month(now)) if tick else (first, next_month(now))), tick
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return (day, day + timedelta(days=1)), tick

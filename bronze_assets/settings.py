@@ -161,19 +161,6 @@ def _parse_date(name: str, value: str) -> date:
         raise ValueError(f"{name}={value!r} is not a date; write it as YYYY-MM-DD (UTC)") from None
 
 
-def start_date(today: date | None = None) -> date:
-    """Go-live day of the daily tables (``$BRONZE_START_DATE``; default: the first day of the
-    current UTC month). Its partition is the initial snapshot of all history (ARCHITECTURE §2.4)."""
-    value = env(ENV_START_DATE)
-    if value:
-        return _parse_date(ENV_START_DATE, value)
-    return (today or datetime.now(UTC).date()).replace(day=1)
-
-
-def partitions_start() -> date:
-    """First business month of the monthly tables (``$BRONZE_PARTITIONS_START``, default 2020-01-01)."""
-    value = env(ENV_PARTITIONS_START) or DEFAULT_PARTITIONS_START
-    return _parse_date(ENV_PARTITIONS_START, value).replace(day=1)
 
 
 # --------------------------------------------------------------------------------- Settings
@@ -199,10 +186,6 @@ def os_user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
-
-
-def _first_of_this_month() -> date:
-    return datetime.now(UTC).date().replace(day=1)
 
 
 class _Reader:
@@ -247,7 +230,7 @@ class Settings:
     commit_chunk_rows: int = DEFAULT_COMMIT_CHUNK_ROWS
     target_file_bytes: int = DEFAULT_TARGET_FILE_MB * 1024 * 1024
     cdc_target_file_bytes: int = DEFAULT_CDC_TARGET_FILE_MB * 1024 * 1024
-    start_date: date = field(default_factory=_first_of_this_month)
+    start_date: date | None = None  # None: the first day of the current UTC month (go_live)
     partitions_start: date = date(2020, 1, 1)  # = DEFAULT_PARTITIONS_START
     retention_years: int = DEFAULT_RETENTION_YEARS
     archive_root: str | None = None  # None: <bronze root>/_archive
@@ -264,6 +247,11 @@ class Settings:
     object_store_endpoint: str | None = None
     # the BRONZE_SMTP_* / BRONZE_ALERT_* values (lib.alerts builds the channels); a password: no repr
     alerts: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+
+    def go_live(self, today: date | None = None) -> date:
+        """Go-live day of the daily tables: ``start_date``, else the first day of ``today``'s
+        month (default: today, UTC). Its partition is the initial snapshot (ARCHITECTURE §2.4)."""
+        return self.start_date or (today or datetime.now(UTC).date()).replace(day=1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -286,7 +274,7 @@ class Settings:
             target_file_bytes=int(read.number("BRONZE_TARGET_FILE_MB", DEFAULT_TARGET_FILE_MB)) * 1024 * 1024,
             cdc_target_file_bytes=int(read.number("BRONZE_CDC_TARGET_FILE_MB", DEFAULT_CDC_TARGET_FILE_MB))
             * 1024 * 1024,
-            start_date=_parse_date(ENV_START_DATE, start) if start else defaults.start_date,
+            start_date=_parse_date(ENV_START_DATE, start) if start else None,
             partitions_start=_parse_date(ENV_PARTITIONS_START, read.text(ENV_PARTITIONS_START)
                                          or DEFAULT_PARTITIONS_START).replace(day=1),
             retention_years=int(read.number("BRONZE_RETENTION_YEARS", DEFAULT_RETENTION_YEARS, minimum=0)),

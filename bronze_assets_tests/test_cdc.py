@@ -721,7 +721,7 @@ def test_two_roots_given_one_deployment_id_name_the_gap_instead_of_reading_nothi
     """Two roots configured with the same $BRONZE_DEPLOYMENT_ID share a slot: the second root's
     first load creates the slot again, and the first root's next load names the gap."""
     monkeypatch.setenv("BRONZE_DEPLOYMENT_ID", "shared")
-    first, second = tmp_path / "a", tmp_path / "b"
+    first, second = (Storage(str(tmp_path / name), settings=Settings.from_env()) for name in "ab")
     cdc_load(ORDERS, seeded, first)
     cdc_load(ORDERS, seeded, second)
     assert table_slot(ORDERS, seeded, first) == table_slot(ORDERS, seeded, second) == \

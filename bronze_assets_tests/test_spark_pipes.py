@@ -20,7 +20,7 @@ from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_re
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta.merge import latest_cdc_position
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
-from bronze_assets.settings import start_date
+from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze, assert_orders_exact
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
@@ -67,7 +67,7 @@ def bronze_rows(root: Path, table: str) -> pl.DataFrame:
 
 
 def test_order_details_through_pipes_shows_what_the_local_engine_shows(seeded: str, tmp_path: Path) -> None:
-    partition = start_date().isoformat()  # the initial snapshot
+    partition = Settings.from_env().go_live().isoformat()  # the initial snapshot
     local = materialize(seeded, tmp_path / "local", "local", "order_details", partition)
     spark = materialize(seeded, tmp_path / "spark", "spark", "order_details", partition)
     assert local.success and spark.success

@@ -37,7 +37,7 @@ def test_status_reports_fresh_stale_failed_and_never_loaded(seed_db: SeedDb, tmp
     assert not failed.success
 
     now = datetime.now(UTC)
-    rows = {s.table: s for s in bronze_status(str(b.root), now=now, instance=instance)}
+    rows = {s.table: s for s in bronze_status(b.storage(), now=now, instance=instance)}
     assert rows["bz_products"].freshness == FRESH and rows["bz_products"].healthy
     assert rows["bz_products"].rows == rows["bz_products"].active == 100
     assert rows["bz_products"].delta_version == 0 and rows["bz_products"].files >= 1
@@ -48,7 +48,7 @@ def test_status_reports_fresh_stale_failed_and_never_loaded(seed_db: SeedDb, tmp
     assert rows["bz_orders"].freshness == NEVER and not rows["bz_orders"].healthy
     assert rows["bz_warehouses"].checks == {"schema_contract": "passed", "quality_score": "passed",
                                             "key_uniqueness": "passed"}
-    later = {s.table: s for s in bronze_status(str(b.root), now=now + timedelta(hours=27))}
+    later = {s.table: s for s in bronze_status(b.storage(), now=now + timedelta(hours=27))}
     assert later["bz_products"].freshness == STALE, "a daily table is stale after 26 h"
     assert later["bz_warehouses"].freshness == FRESH, "a monthly table is not"
     assert next(iter(later)) != "bz_warehouses", "problems are listed first"
@@ -100,7 +100,7 @@ def test_status_hints_the_partitioned_command_and_flags_a_missing_snapshot(
     b.materialize("returns", partition=today.isoformat(), instance=instance)
     assert 0 < b.read("returns").height < query(fresh_dsn, "SELECT count(*) FROM tests.returns")[0][0]
 
-    rows = {s.table: s for s in bronze_status(str(b.root), instance=instance)}
+    rows = {s.table: s for s in bronze_status(b.storage(), instance=instance)}
     returns = rows["bz_returns"]
     assert (returns.freshness, returns.state, returns.healthy) == (FRESH, NO_SNAPSHOT, False)
     assert (returns.snapshot_partition, returns.snapshot_loaded) == (start.isoformat(), False)
@@ -152,10 +152,10 @@ def test_a_snapshot_counts_as_loaded_by_old_rows_or_by_dagster(seed_db: SeedDb, 
     b.materialize("stock_levels", partition=today.isoformat(), instance=instance)
     assert b.table("stock_levels").get_add_actions(flatten=True).num_rows >= 1
 
-    plain = {s.table: s for s in bronze_status(str(b.root))}
+    plain = {s.table: s for s in bronze_status(b.storage())}
     assert plain["bz_inventory"].snapshot_loaded is True and plain["bz_inventory"].state == FRESH, \
         "all history is in today's files: rows updated before the snapshot day ended"
     assert plain["bz_stock_levels"].state == NO_SNAPSHOT, "nothing in the Delta log shows the snapshot"
-    known = {s.table: s for s in bronze_status(str(b.root), instance=instance)}
+    known = {s.table: s for s in bronze_status(b.storage(), instance=instance)}
     assert known["bz_stock_levels"].snapshot_loaded is True and known["bz_stock_levels"].healthy, \
         "Dagster recorded the (empty) snapshot partition as materialized"

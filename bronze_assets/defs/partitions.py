@@ -7,20 +7,20 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from bronze_assets.contracts import Contract, PartitionKind
-from bronze_assets.settings import partitions_start, start_date
+from bronze_assets.settings import Settings
 
 
 def partitions_def(contract: Contract) -> dg.TimeWindowPartitionsDefinition | None:
     """Daily from ``$BRONZE_START_DATE`` for load-date tables (the first partition is the initial
     snapshot), monthly from ``$BRONZE_PARTITIONS_START`` for business-date tables, none for
     dimensions. ``end_offset=1`` includes the open day or month, which the schedules refresh."""
-    kind = contract.partitioning.kind
+    kind, settings = contract.partitioning.kind, Settings.from_env()
     if kind is PartitionKind.DAILY_LOAD_DATE:
         return dg.DailyPartitionsDefinition(
-            start_date=start_date().isoformat(), end_offset=1, timezone="UTC")
+            start_date=settings.go_live().isoformat(), end_offset=1, timezone="UTC")
     if kind is PartitionKind.MONTHLY_BUSINESS_DATE:
         return dg.MonthlyPartitionsDefinition(
-            start_date=partitions_start().isoformat(), end_offset=1, timezone="UTC")
+            start_date=settings.partitions_start.isoformat(), end_offset=1, timezone="UTC")
     return None
 
 

@@ -49,7 +49,7 @@ def open_bronze(contract: Contract, storage: StorageLike) -> DeltaTable:
 
         from bronze_assets.lib.monitoring.status import commands
 
-        load, _, _ = commands(contract, datetime.now(UTC))  # with the partitions Dagster needs
+        load, _, _ = commands(contract, datetime.now(UTC), storage.settings)  # the partitions Dagster needs
         raise TableNotLoadedError(
             f"{contract.bronze_table} does not exist at {uri}. Load it first (`bronze demo`, or "
             f"`{load}`), or point BRONZE_ROOT at the bronze root that holds it."

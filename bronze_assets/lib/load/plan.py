@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from bronze_assets.contracts import Contract, PartitionKind
 from bronze_assets.lib.source.window import LoadWindow
-from bronze_assets.settings import partitions_start, start_date
+from bronze_assets.settings import Settings
 
 DEFAULT_OVERLAP = timedelta(minutes=15)
 
@@ -28,6 +28,8 @@ def plan_window(
     overlap: timedelta = DEFAULT_OVERLAP,
     changes_only: bool = False,
     first_load: datetime | None = None,
+    *,
+    settings: Settings,
 ) -> LoadWindow:
     """The window a load of ``partition`` (UTC start/end of a partition range, None = whole table)
     reads (ARCHITECTURE §2.4 v2).
@@ -44,11 +46,11 @@ def plan_window(
     that run covers or has covered: if earlier runs loaded other partitions separately (month by
     month, a partial backfill), that first run reads every row changed since the first of them
     (``first_load``, the table's oldest load) minus ``overlap``, so nothing changed in between
-    is missed.
+    is missed. ``settings`` give the first partition (``partitions_start``, :meth:`Settings.go_live`).
     """
     monthly = contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE
-    first, newest_end = (partitions_start(), next_month(now).date()) if monthly \
-        else (start_date(now.date()), (now + timedelta(days=1)).date())
+    first, newest_end = (settings.partitions_start, next_month(now).date()) if monthly \
+        else (settings.go_live(now.date()), (now + timedelta(days=1)).date())
     if partition is None:
         return LoadWindow(first_month=first, newest_end=newest_end)
     start, end = partition

@@ -74,7 +74,7 @@ def extract_and_stage(
     legacy_hashes: list[pa.RecordBatch] = []
     first_load = first_load_time(target) if previous is None else None
     window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
-                                    first_load), keys, all_rows)
+                                    first_load, settings=storage.settings), keys, all_rows)
     found: list[pa.Array] = []
     histogram = np.zeros(101, dtype=np.int64)
 

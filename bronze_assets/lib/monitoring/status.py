@@ -36,7 +36,7 @@ from bronze_assets.contracts.freshness import WINDOWS
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
 from bronze_assets.lib.delta.merge import latest_watermark, read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
-from bronze_assets.settings import partitions_start, start_date
+from bronze_assets.settings import Settings
 
 FRESH, STALE, NEVER = "fresh", "STALE", "never loaded"
 FAILED_STATE, NO_SNAPSHOT = "FAILED", "NO SNAPSHOT"  # states beyond freshness (TableStatus.state)
@@ -155,7 +155,7 @@ def _check_results(contract: Contract, instance: Any) -> tuple[dict[str, str], s
     return results, headline
 
 
-def commands(contract: Contract, now: datetime) -> tuple[str, str, str | None]:
+def commands(contract: Contract, now: datetime, settings: Settings) -> tuple[str, str, str | None]:
     """(load the whole table, refresh it, load its snapshot partition): the ``dagster asset
     materialize`` commands, with the partition keys Dagster's partitions definition gives at
     ``now``. The whole table is one run over every partition up to the open one
@@ -167,9 +167,10 @@ def commands(contract: Contract, now: datetime) -> tuple[str, str, str | None]:
     if kind is PartitionKind.NONE:
         return base, base, None
     daily = kind is PartitionKind.DAILY_LOAD_DATE
-    snapshot = f"{base} --partition {start_date().isoformat()}" if daily else None
+    go_live = settings.go_live()
+    snapshot = f"{base} --partition {go_live.isoformat()}" if daily else None
     # the partitions Dagster shows (defs/partitions.py): from the first one to the open one
-    first_day = start_date() if daily else partitions_start()
+    first_day = go_live if daily else settings.partitions_start
     open_day = now.astimezone(UTC).date() if daily else now.astimezone(UTC).date().replace(day=1)
     if open_day < first_day:  # its first partition lies in the future
         first_key = f"{base} --partition {first_day.isoformat()}"
@@ -179,11 +180,10 @@ def commands(contract: Contract, now: datetime) -> tuple[str, str, str | None]:
     return whole, f"{base} --partition {last}", snapshot
 
 
-def snapshot_loaded(contract: Contract, actions: pa.Table | None, instance: Any = None) -> bool:
-    """Whether the daily table's snapshot partition (``$BRONZE_START_DATE``) was loaded, from its
-    live files' add actions (None: no table), else from ``instance``: see the module docstring for
-    the evidence and why it is this evidence."""
-    day = start_date()
+def snapshot_loaded(contract: Contract, actions: pa.Table | None, day: date, instance: Any = None) -> bool:
+    """Whether the daily table's snapshot partition ``day`` (``$BRONZE_START_DATE``) was loaded,
+    from its live files' add actions (None: no table), else from ``instance``: see the module
+    docstring for the evidence and why it is this evidence."""
     if actions is not None and actions.num_rows:
         column = f"partition.{contract.partitioning.delta_column}"
         if column in actions.column_names and \
@@ -213,7 +213,8 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
     fail_window, _ = WINDOWS[contract.cadence]
     status = TableStatus(contract.bronze_table, contract.cadence.value, fail_window / timedelta(hours=1),
                          partitioning=contract.partitioning.kind.value)
-    status.load_command, status.refresh_command, status.snapshot_command = commands(contract, now)
+    status.load_command, status.refresh_command, status.snapshot_command = commands(contract, now,
+                                                                                    storage.settings)
     dt = storage.open(contract.bronze_table)
     actions = None
     if dt is not None:
@@ -239,9 +240,10 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
     if instance is not None:
         status.checks, status.failing_check = _check_results(contract, instance)
     if contract.partitioning.kind is PartitionKind.DAILY_LOAD_DATE:
-        status.snapshot_partition = start_date().isoformat()
+        go_live = storage.settings.go_live()
+        status.snapshot_partition = go_live.isoformat()
         if dt is not None:  # without a table there is no snapshot to judge (the table is the problem)
-            status.snapshot_loaded = snapshot_loaded(contract, actions, instance)
+            status.snapshot_loaded = snapshot_loaded(contract, actions, go_live, instance)
     return status
 
 

@@ -243,7 +243,8 @@ class SparkLoader:
         if cdc is not None and not cdc.in_run_partition:
             partition = None  # a TRUNCATE: the whole table again, filed as a whole-table load
         window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
-                             first_load=first_load_time(target) if previous is None else None)
+                             first_load=first_load_time(target) if previous is None else None,
+                             settings=self.storage.settings)
         if cdc is not None:
             window = cdc_window(window, cdc.keys, cdc.all_rows)
         folder = stage_dir(self.storage.settings.stage_dir) / f"spark-{contract.bronze_table}-{ctx.batch_id}"
