@@ -71,7 +71,7 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
         report.state = NOT_LOADED
         report.problem = f"{contract.bronze_table} has never been loaded (no Delta table at " \
                          f"{storage.uri(contract.bronze_table)})"
-        report.action = commands(contract, datetime.now(UTC))[0]
+        report.action = commands(contract, datetime.now(UTC), storage.settings)[0]
         return
     source = snapshot.table(contract)
     drift = source.drift()
