@@ -111,7 +111,8 @@ def test_run_demo_prints_one_line_per_table_and_logs_the_rest(
     log = (data_dir() / LOG_FILE).read_text()
     assert "ASSET_MATERIALIZATION" in log and "RUN_SUCCESS" in log
     with dg.DagsterInstance.get() as instance:  # the runs landed in $DAGSTER_HOME
-        assert len(instance.get_runs()) == 4  # dimensions, daily, monthly, monitoring report
+        assert len(instance.get_runs()) == 5  # dimensions, daily, monthly, reconciliation, report
+    assert [s.reconciled for s in summaries] == ["equal"] * len(summaries)  # the reconciliation checks
 
 
 def test_demo_loads_every_table_it_can_and_marks_the_failures(
@@ -131,7 +132,7 @@ def test_demo_loads_every_table_it_can_and_marks_the_failures(
     assert "Traceback" not in result.output + err and "Stack Trace" not in result.output + err
     assert "FAILED" in next(line for line in err.splitlines() if line.startswith("  bz_returns"))
     summary = [line.split() for line in result.output.splitlines() if line.startswith("bz_")]
-    rows = {cells[0]: cells[-1] for cells in summary}
+    rows = {cells[0]: cells[7] for cells in summary}  # the status column
     assert rows == {c.bronze_table: "FAILED" if c.name == "returns" else "ok" for c in CONTRACTS.values()}
     (reason,) = [line for line in result.output.splitlines() if line.startswith("  bz_returns:")]
     assert "no table tests.returns" in reason and "bronze ddl" in reason

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -17,6 +18,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.checks import build_reconciliation_check
 from bronze_assets.lib.delta.control import AUDIT_LOG, RECONCILIATION, read_table
 from bronze_assets.lib.governance.erasure import forget_subject
 from bronze_assets.lib.reconcile import reconcile
@@ -189,3 +191,31 @@ def test_deep_skips_forgotten_rows_and_decrypts_the_others(bronze: Bronze) -> No
     code, out = _cli("customers", "--deep", "--json")
     assert code == 1
     assert json.loads(out)["tables"][0]["sample_keys"] == {"altered": [9]}
+
+
+def test_reconciliation_check_warns_with_sample_keys_and_runs_daily(bronze: Bronze) -> None:
+    bronze.load_direct("products")
+    DeltaTable(bronze.uri("products")).delete("product_id = 7")
+    check = build_reconciliation_check(CONTRACTS["products"])
+    job = dg.define_asset_job("reconcile_products", selection=dg.AssetSelection.checks(check))
+    defs = dg.Definitions(assets=[bronze.assets["bz_products"]], asset_checks=[check],
+                          resources=bronze.resources, jobs=[job])
+    result = defs.resolve_job_def("reconcile_products").execute_in_process()
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.check_name == "reconciliation" and not evaluation.passed
+    assert evaluation.severity is dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["sample_keys"].value == {"missing": [7]}
+    assert evaluation.metadata["missing"].value == 1
+    ledger = pl.from_arrow(read_table(bronze.root, RECONCILIATION))
+    assert ledger.select("run_id", "key", "kind").rows() == [(result.run_id, "7", "missing")]
+
+    from bronze_assets.definitions import defs as project
+
+    repo = project().get_repository_def()
+    schedule = repo.get_schedule_def("bronze_reconciliation_schedule")
+    assert schedule.cron_schedule == "0 4 * * *" and schedule.execution_timezone == "UTC"
+    job = repo.get_job(schedule.job_name)
+    checked = {k.asset_key.to_user_string() for k in job.asset_layer.asset_graph.asset_check_keys
+               if k.name == "reconciliation"}
+    assert checked == {c.bronze_table for c in CONTRACTS.values()}
+    assert not job.asset_layer.selected_asset_keys  # the checks alone: nothing is loaded

@@ -100,7 +100,8 @@ def test_the_example_component_builds_todays_assets_checks_and_schedules() -> No
     assert set(schedules) == {
         "bronze_hourly_by_day_schedule", "bronze_hourly_by_month_schedule",
         "bronze_daily_by_day_closed_window_schedule", "bronze_daily_by_month_closed_window_schedule",
-        "bronze_daily_full_schedule", "bronze_weekly_full_schedule", "bronze_monthly_full_schedule"}
+        "bronze_daily_full_schedule", "bronze_weekly_full_schedule", "bronze_monthly_full_schedule",
+        "bronze_reconciliation_schedule"}
     assert not defs.resources  # the example reads the shared `source` resource ($BRONZE_SOURCE_DSN)
 
 
@@ -183,7 +184,8 @@ def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: s
     dg.Definitions.validate_loadable(dg.Definitions.merge(defs, dg.Definitions(resources=build_resources())))
     keys = {a.key.to_user_string() for a in defs.assets or []}  # type: ignore[union-attr]
     assert keys == {"bz_customer", "bz_order_lines"}  # the two skipped tables build nothing
-    assert {s.name for s in defs.schedules or []} == {"bronze_sales_daily_full_schedule"}  # type: ignore[union-attr]
+    assert {s.name for s in defs.schedules or []} == {  # type: ignore[union-attr]
+        "bronze_sales_daily_full_schedule", "bronze_sales_reconciliation_schedule"}
     contracts = {c.name: c for c in component.contracts()}
     assert contracts["customer"].source_ref == "sales.Customer"
     with pytest.raises(ValueError, match="log-based CDC needs a single integer primary key"):

@@ -29,8 +29,9 @@ from bronze_assets.contracts.tablefile import (
     render,
 )
 from bronze_assets.defs.assets import build_bronze_asset
+from bronze_assets.defs.checks import build_reconciliation_check
 from bronze_assets.defs.resources import PostgresSource
-from bronze_assets.defs.schedules import build_schedule, load_groups
+from bronze_assets.defs.schedules import build_reconciliation_schedule, build_schedule, load_groups
 
 _SOURCES: dict[str, PostgresSource] = {}  # one resource object per DSN variable (Definitions.merge)
 
@@ -107,6 +108,8 @@ class BronzeTables(dg.Component, dg.Resolvable, dg.Model):
             resources[key] = resource
         return dg.Definitions(
             assets=[build_bronze_asset(c, key) for c in contracts],
-            schedules=[build_schedule(g) for g in load_groups(contracts, prefix=self.name or "")],
+            asset_checks=[build_reconciliation_check(c, key) for c in contracts],
+            schedules=[build_schedule(g) for g in load_groups(contracts, prefix=self.name or "")]
+            + ([build_reconciliation_schedule(contracts, self.name or "")] if contracts else []),
             resources=resources,
         )

@@ -1,8 +1,6 @@
 """Asset checks of every bronze asset: their specs, and the lifecycle's check outcomes
 (:mod:`bronze_assets.lib.quality.checks`) as ``dg.AssetCheckResult``."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import dagster as dg
@@ -19,9 +17,12 @@ from bronze_assets.lib.quality.checks import (
     URL_KEYS,
     CheckOutcome,
 )
+from bronze_assets.lib.reconcile.check import DESCRIPTION as RECONCILIATION_DESCRIPTION
+from bronze_assets.lib.reconcile.check import RECONCILIATION, reconciliation
 
-__all__ = ["KEY_UNIQUENESS", "QUALITY_KPI", "QUALITY_SCORE", "REFERENTIAL_INTEGRITY", "SCHEMA_CONTRACT",
-           "as_check_result", "check_specs", "key_uniqueness_result", "referential_integrity_result"]
+__all__ = ["KEY_UNIQUENESS", "QUALITY_KPI", "QUALITY_SCORE", "RECONCILIATION", "REFERENTIAL_INTEGRITY",
+           "SCHEMA_CONTRACT", "as_check_result", "build_reconciliation_check", "check_specs",
+           "key_uniqueness_result", "referential_integrity_result"]
 
 
 def check_specs(contract: Contract) -> list[dg.AssetCheckSpec]:
@@ -64,3 +65,19 @@ def key_uniqueness_result(contract: Contract, storage: Storage) -> dg.AssetCheck
 
 def referential_integrity_result(contract: Contract, storage: Storage) -> dg.AssetCheckResult:
     return as_check_result(checks.referential_integrity(contract, storage))
+
+
+def build_reconciliation_check(contract: Contract, source_key: str = "source") -> dg.AssetChecksDefinition:
+    """The ``reconciliation`` check of ``bz_<table>``: a check of its own (not part of the load),
+    run by the daily reconciliation schedule or from the UI; it reads the source through the
+    ``source_key`` resource (as the table's asset does) and bronze through ``bronze``."""
+
+    @dg.asset_check(asset=contract.bronze_table, name=RECONCILIATION, blocking=False,
+                    description=RECONCILIATION_DESCRIPTION, required_resource_keys={source_key, "bronze"})
+    def _reconciliation(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        source = getattr(context.resources, source_key)
+        outcome = reconciliation(contract, source.resolved_dsn(), context.resources.bronze.storage(),
+                                 run_id=context.run.run_id)
+        return as_check_result(outcome)
+
+    return _reconciliation

@@ -125,3 +125,24 @@ def build_schedule(group: LoadGroup) -> dg.ScheduleDefinition:
                              tags=SCHEDULED_TAGS)
 
     return _schedule
+
+
+RECONCILIATION_CRON = "0 4 * * *"  # daily, after the 03:30 maintenance and between hourly loads
+
+
+def build_reconciliation_schedule(contracts: Sequence[Contract], prefix: str = "") -> dg.ScheduleDefinition:
+    """One daily run of the ``reconciliation`` check of every table of a tables file (ARCHITECTURE
+    §2.8): the checks alone, no load."""
+    from bronze_assets.lib.reconcile.check import RECONCILIATION
+
+    name = f"bronze_{prefix + '_' if prefix else ''}reconciliation"
+    job = dg.define_asset_job(
+        name, selection=dg.AssetSelection.checks(
+            *[dg.AssetCheckKey(dg.AssetKey(c.bronze_table), RECONCILIATION) for c in contracts]),
+        tags=RUN_TAGS, description=f"daily reconciliation of {', '.join(c.bronze_table for c in contracts)} "
+                                   f"with the source")
+    return dg.ScheduleDefinition(
+        name=f"{name}_schedule", job=job, cron_schedule=RECONCILIATION_CRON, execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING if schedules_running()
+        else dg.DefaultScheduleStatus.STOPPED,
+        description="daily reconciliation check of every table with its source")

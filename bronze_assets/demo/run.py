@@ -75,6 +75,7 @@ class TableSummary:
     seconds: float
     error: str | None = None  # why its load failed (one line), None when it loaded
     trace: str | None = field(default=None, repr=False)  # the failure's traceback (--verbose)
+    reconciled: str | None = None  # the reconciliation check: "equal", or what differs
 
 
 class DemoRefusedError(RuntimeError):
@@ -216,10 +217,11 @@ def execute_quietly(
     tags: Mapping[str, str] | None = None,
     selection: dg.AssetSelection | None = None,
     raise_on_error: bool = True,
+    asset_checks: list[dg.AssetsDefinition] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """``dg.materialize`` with the job's log records sent to ``handlers`` instead of the console."""
     definitions = dg.Definitions(
-        assets=assets, resources=resources,
+        assets=assets, resources=resources, asset_checks=asset_checks,
         jobs=[dg.define_asset_job(DEMO_JOB, selection=selection or dg.AssetSelection.assets(*assets))],
     )
     job = definitions.resolve_job_def(DEMO_JOB).with_logger_defs({_LOGGER_KEY: _run_logger(handlers)})
@@ -488,6 +490,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
         say(f"{done} bronze assets materialized in {time.perf_counter() - started:.1f} s")
         report = next((a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
                        and a.key.to_user_string() == REPORT_ASSET), None)
+        reconciled = reconcile_all(definitions, dsn, instance, log_handler)
         if report is not None:
             result = execute_quietly([report], instance, {"bronze": storage}, [log_handler])
             html = result.get_asset_materialization_events()[0].materialization.metadata["report"].value
@@ -511,19 +514,42 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
             contract.bronze_table, int(meta.get("rows_read", 0) or 0), total, active, versions,
             meta.get("avg_quality_score"), float(meta.get("duration_seconds", 0.0) or 0.0),  # type: ignore[arg-type]
             error=failure.error if failure else None, trace=failure.trace if failure else None,
+            reconciled=reconciled.get(contract.bronze_table),
         ))
     return summaries
+
+
+def reconcile_all(definitions: dg.Definitions, dsn: str, instance: dg.DagsterInstance,
+                  log_handler: logging.Handler) -> dict[str, str]:
+    """Run every table's ``reconciliation`` check (as its daily schedule does); per table "equal"
+    or the check's description."""
+    from bronze_assets.defs.resources import PostgresSource
+    from bronze_assets.lib.reconcile.check import RECONCILIATION
+
+    checks = [c for c in definitions.asset_checks or [] if isinstance(c, dg.AssetsDefinition)
+              and c.check_keys and all(k.name == RECONCILIATION for k in c.check_keys)]
+    assets = [a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
+              and a.key.to_user_string().startswith("bz_")]
+    if not checks:
+        return {}
+    resources = {**(definitions.resources or {}), "source": PostgresSource(dsn=dsn)}
+    keys = [k for c in checks for k in c.check_keys]
+    result = execute_quietly(assets, instance, resources, [log_handler], asset_checks=checks,
+                             selection=dg.AssetSelection.checks(*keys), raise_on_error=False)
+    return {e.asset_key.to_user_string(): "equal" if e.passed else (e.description or "differs")
+            for e in result.get_asset_check_evaluations()}
 
 
 def format_summary(rows: list[TableSummary]) -> str:
     """The summary table; a failed table reads FAILED, and its reason follows the table."""
     head = (f"{'table':<18} {'read':>9} {'bronze':>9} {'active':>9} {'versions':>8} "
-            f"{'avg score':>9} {'seconds':>8}  status")
+            f"{'avg score':>9} {'seconds':>8}  {'status':<6}  reconciled")
     lines = [head, "-" * len(head)]
     for r in rows:
         score = f"{r.avg_score:.2f}" if r.avg_score is not None else "-"
         lines.append(f"{r.table:<18} {r.rows_read:>9,} {r.bronze_rows:>9,} {r.active_rows:>9,} "
-                     f"{r.versions:>8} {score:>9} {r.seconds:>8.2f}  {'FAILED' if r.error else 'ok'}")
+                     f"{r.versions:>8} {score:>9} {r.seconds:>8.2f}  {'FAILED' if r.error else 'ok':<6}  "
+                     f"{r.reconciled or '-'}".rstrip())
     failures = [r for r in rows if r.error]
     if failures:
         lines += ["", f"{len(failures)} of {len(rows)} tables failed (re-run `bronze demo` once fixed; "
