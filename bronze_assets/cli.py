@@ -388,7 +388,7 @@ def reconcile_command(tables: tuple[str, ...], deep: bool, repair: bool, as_json
     are pending, not faults. Mismatches go to bz_reconciliation. Exit code 1 on any fault, a table
     never loaded or a source table that is gone."""
     from bronze_assets.contracts import CONTRACTS, get_contract
-    from bronze_assets.defs.resources import BronzeStorage
+    from bronze_assets.defs.resources import BronzeEngine, BronzeStorage
     from bronze_assets.lib.reconcile.command import as_json as run_json
     from bronze_assets.lib.reconcile.command import reconcile_and_repair, render
     from bronze_assets.lib.source.postgres import SourceConnectionError, resolve_source_dsn
@@ -400,7 +400,8 @@ def reconcile_command(tables: tuple[str, ...], deep: bool, repair: bool, as_json
         return
     try:
         run = reconcile_and_repair(contracts, resolve_source_dsn(), BronzeStorage().storage(), deep=deep,
-                                   repair=repair, job_id="bronze reconcile")
+                                   repair=repair, job_id="bronze reconcile",
+                                   bronze_side=BronzeEngine().bronze_side)
     except SourceConnectionError as exc:
         _fail(str(exc))
         return

@@ -70,14 +70,16 @@ def referential_integrity_result(contract: Contract, storage: Storage) -> dg.Ass
 def build_reconciliation_check(contract: Contract, source_key: str = "source") -> dg.AssetChecksDefinition:
     """The ``reconciliation`` check of ``bz_<table>``: a check of its own (not part of the load),
     run by the daily reconciliation schedule or from the UI; it reads the source through the
-    ``source_key`` resource (as the table's asset does) and bronze through ``bronze``."""
+    ``source_key`` resource (as the table's asset does) and bronze through ``bronze``, with Spark
+    SQL when the ``engine`` resource loads the table on Spark."""
 
     @dg.asset_check(asset=contract.bronze_table, name=RECONCILIATION, blocking=False,
-                    description=RECONCILIATION_DESCRIPTION, required_resource_keys={source_key, "bronze"})
+                    description=RECONCILIATION_DESCRIPTION,
+                    required_resource_keys={source_key, "bronze", "engine"})
     def _reconciliation(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        source = getattr(context.resources, source_key)
-        outcome = reconciliation(contract, source.resolved_dsn(), context.resources.bronze.storage(),
-                                 run_id=context.run.run_id)
+        res = context.resources
+        outcome = reconciliation(contract, getattr(res, source_key).resolved_dsn(), res.bronze.storage(),
+                                 run_id=context.run.run_id, bronze_side=res.engine.bronze_side)
         return as_check_result(outcome)
 
     return _reconciliation

@@ -27,6 +27,8 @@ from bronze_assets.lib.cdc import deployment_id
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
+from bronze_assets.lib.reconcile.bronze_side import BronzeTable
+from bronze_assets.lib.reconcile.run import BronzeSideFactory
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, VOLUMES_IO
 from bronze_assets.settings import env
 
@@ -93,6 +95,16 @@ class BronzeEngine(dg.ConfigurableResource):
             return per_table[contract.bronze_table]
         value = self.engine or env(ENV_ENGINE)
         return parse_engine(value, ENV_ENGINE) if value else Engine.LOCAL
+
+    def bronze_side(self, contract: Contract) -> BronzeSideFactory:
+        """How a reconciliation reads ``contract``'s bronze table: through Spark SQL for a table a
+        Spark engine loads (a session is started only then), else through DataFusion."""
+        if self.engine_for(contract) is Engine.LOCAL:
+            return BronzeTable
+        from bronze_assets.lib.spark.reconcile import spark_bronze_side
+        from bronze_assets.lib.spark.session import spark_session
+
+        return spark_bronze_side(spark_session())
 
     def databricks_settings(self) -> DatabricksSettings:
         volume = self.databricks_volume or env("BRONZE_DATABRICKS_VOLUME")
