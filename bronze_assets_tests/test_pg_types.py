@@ -440,6 +440,15 @@ def test_nasty_values_load_through_the_load_path(types_dsn: str, tmp_path: Path)
     load()  # unchanged source: nothing changes (the hash is stable)
     assert DeltaTable(str(root / "bz_all_types")).version() == version
 
+    # a change goes through the MERGE, whose SQL names every column (quoted: "MixedCase", "with space")
+    query(types_dsn, 'UPDATE tests.all_types SET "MixedCase" = \'changed\', "with space" = 7 WHERE k = 2')
+    load()
+    changed = DeltaTable(str(root / "bz_all_types")).to_pyarrow_table().sort_by("k")
+    assert changed.column("MixedCase").to_pylist()[1] == "changed"
+    assert changed.column("with space").to_pylist()[1] == 7
+    hashes = zip(changed.column("k").to_pylist(), changed.column("record_hash").to_pylist(), strict=True)
+    assert dict(hashes) == dict(postgres_says(types_dsn, spec_hash_sql("all_types", NAMES)))
+
 
 def read_raw_typed(dsn: str) -> pa.Table:
     """The float columns as the driver reads their binary values (exact)."""

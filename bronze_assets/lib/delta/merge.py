@@ -45,6 +45,7 @@ from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.staging import StagedBatch, stage_dir
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
+from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.extract import LEGACY_HASH
 from bronze_assets.settings import env
 
@@ -412,7 +413,7 @@ def table_rows(dt: DeltaTable) -> int:
 
 def quoted(columns: list[str] | tuple[str, ...]) -> str:
     """A SQL column list with every name quoted."""
-    return ", ".join(f'"{c}"' for c in columns)
+    return ", ".join(quote_ident(c) for c in columns)
 
 
 def _execute(tables: dict[str, DeltaTable], sql: str) -> pa.RecordBatchReader:
@@ -793,15 +794,16 @@ class BronzeMerger:
         return pa.RecordBatchReader.from_batches(schema, batches())
 
     def _predicate(self, plan: pl.DataFrame) -> str:
-        terms = [f"t.{k} = s.{k}" for k in self.pk]
+        terms = [f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in self.pk]
         if self.part:
-            terms.append(f"t.{self.part} = s.{self.part}")
+            part = quote_ident(self.part)
+            terms.append(f"t.{part} = s.{part}")
             parts = plan.get_column("_route").drop_nulls().unique().sort().to_list()
             values = ", ".join(_sql_literal(v) for v in parts)
             null_part = plan.get_column("_route").null_count() > 0
             if values and not null_part:
-                terms.append(f"t.{self.part} IN ({values})")
-        terms.append(key_range_sql(f"t.{self.pk[0]}", key_ranges(plan.get_column(self.pk[0]))))
+                terms.append(f"t.{part} IN ({values})")
+        terms.append(key_range_sql(f"t.{quote_ident(self.pk[0])}", key_ranges(plan.get_column(self.pk[0]))))
         return " AND ".join(terms)
 
     def _commit_properties(
@@ -992,8 +994,10 @@ class BronzeMerger:
         evolve = sorted(set(extras) - {f.name for f in dt.schema().to_arrow()})
         source_cols = self.contract.column_names + extras
         update_cols = [*source_cols, "record_hash", "data_quality_score", "batch_id", "update_timestamp"]
-        updates = {c: f"s.{c}" for c in update_cols} | {"record_status": f"'{ACTIVE}'"}
-        inserts = {c: f"s.{c}" for c in staged.schema.names}
+        # quoted: a source column may be mixed-case or hold spaces ("MixedCase", "with space")
+        updates = {quote_ident(c): f"s.{quote_ident(c)}" for c in update_cols}
+        updates[quote_ident("record_status")] = f"'{ACTIVE}'"
+        inserts = {quote_ident(c): f"s.{quote_ident(c)}" for c in staged.schema.names}
         (
             dt.merge(
                 self._merge_source(staged, plan),
