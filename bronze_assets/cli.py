@@ -525,7 +525,8 @@ def init(path: str | None, dsn: str | None, schemas: tuple[str, ...], tables: tu
     for name in result.added:
         spec = result.file.tables[name]
         click.echo(f"  + {name:<28} {spec.load_pattern:<12} {spec.cadence:<8}"
-                   + (f"  NOT LOADED: {spec.skip.split(':')[0]}" if spec.skip else ""))
+                   + (f"  NOT LOADED: {spec.skip.split(':')[0]}" if spec.skip
+                      else "  full snapshot: no primary key" if not spec.primary_key else ""))
     for name in result.refreshed:
         click.echo(f"  ~ {name:<28} columns refreshed"
                    + (f"  NOT LOADED: {result.file.tables[name].skip.split(':')[0]}"

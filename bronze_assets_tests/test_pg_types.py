@@ -331,8 +331,8 @@ def test_discovery_reads_types_nullability_and_keys(types_dsn: str) -> None:
     assert pair.primary_key == ("c", "A")  # constraint order, not column order
     assert pair.column_names == ["b", "A", "c", "updated_at"]
     query(types_dsn, "CREATE TABLE tests.nokey (a integer, updated_at timestamptz)")
-    with pytest.raises(ValueError, match="no primary key"):
-        discover_contract(types_dsn, "nokey", "tests")
+    nokey = discover_contract(types_dsn, "nokey", "tests")  # a full snapshot, rows keyed by content
+    assert nokey.keyless and nokey.merge_key == ("record_key",)
     assert discover_contract(types_dsn, "nokey", "tests", primary_key=["a"]).primary_key == ("a",)
     with pytest.raises(LookupError, match=r"tests\.missing"):
         discover_contract(types_dsn, "missing", "tests")

@@ -150,9 +150,9 @@ def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: s
     target = package / "sales" / "defs.yaml"
     result = CliRunner().invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales"])
     assert result.exit_code == 0, result.output
-    assert "+ customer" in result.output and "NOT LOADED: no primary key" in result.output
-    assert "NOT LOADED: no updated_at column" in result.output
-    assert "2 table(s) to load, 2 not loaded" in result.output
+    assert "+ customer" in result.output and "NOT LOADED: no updated_at column" in result.output
+    assert "audit_events" in result.output and "full snapshot: no primary key" in result.output
+    assert "3 table(s) to load, 1 not loaded" in result.output
     assert "sales.Customer.ref: uuid is stored as string" in result.output  # the type mapping, named
     assert "sales.Customer.prefs: jsonb is stored as string" in result.output
     text = target.read_text()
@@ -175,7 +175,8 @@ def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: s
     assert lines["primary_key"] == ["order_id", "line_no"] and "cdc" not in lines
     assert lines["foreign_keys"] == ["customer_id -> customer.id"]
     assert COMPOSITE_KEY.format(key="order_id, line_no").splitlines()[0][:60] in text.replace("\n    # ", " ")
-    assert tables["audit_events"]["skip"] == NO_KEY and tables["audit_events"]["primary_key"] == []
+    assert "skip" not in tables["audit_events"] and tables["audit_events"]["primary_key"] == []
+    assert NO_KEY.split(".")[0] in text  # why it loads as a full snapshot: a comment above it
     assert tables["notes"]["skip"].startswith("no updated_at column")
 
     # Dagster autoloads the defs folder (its YAML loader and the component's schema): no database
@@ -183,12 +184,13 @@ def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: s
     defs = tree.build_defs()
     dg.Definitions.validate_loadable(dg.Definitions.merge(defs, dg.Definitions(resources=build_resources())))
     keys = {a.key.to_user_string() for a in defs.assets or []}  # type: ignore[union-attr]
-    assert keys == {"bz_customer", "bz_order_lines"}  # the two skipped tables build nothing
+    assert keys == {"bz_customer", "bz_order_lines", "bz_audit_events"}  # the skipped table builds nothing
     assert {s.name for s in defs.schedules or []} == {  # type: ignore[union-attr]
         "bronze_sales_daily_full_schedule", "bronze_sales_reconciliation_schedule"}
     contracts = {c.name: c for c in component.contracts()}
-    assert contracts["customer"].source_ref == "sales.Customer"
-    with pytest.raises(ValueError, match="log-based CDC needs a single integer primary key"):
+    assert contracts["customer"].source_ref == "sales.Customer" and contracts["audit_events"].keyless
+    with pytest.raises(ValueError, match=r"log-based CDC needs a single integer primary key \(it takes .*; "
+                                         r"this table's is \(order_id, line_no\): set cdc: false"):
         dataclasses.replace(contracts["order_lines"], cdc=True)
 
     # a load of each: every source row in bronze with the §2.2 hash of the source

@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Iterable
 
 from bronze_assets.contracts.model import (
+    ROW_KEY,
     Cadence,
     Column,
     Comparison,
@@ -62,6 +63,7 @@ def in_dependency_order(contracts: Iterable[Contract] | None = None) -> list[Con
 
 __all__ = [
     "CONTRACTS",
+    "ROW_KEY",
     "TYPE_MAP",
     "Cadence",
     "Column",

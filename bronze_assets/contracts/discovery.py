@@ -48,15 +48,14 @@ def contract_from_catalog(
     """The contract of ``table`` (in source ``schema``) from its catalog columns (in ordinal order:
     the §2.2 hash order).
 
-    ``primary_key`` overrides the table's own (a table without one needs it). The business
+    ``primary_key`` overrides the table's own; a table with neither loads as a full snapshot
+    (``Contract.keyless``). The business
     overlay (rules, PII, partitioning …) is the caller's: the contract has none.
     """
     if not columns:
         raise LookupError(f"table {table!r} not found (or it has no columns)")
     in_key = sorted((c for c in columns if c.key_position is not None), key=lambda c: c.key_position or 0)
     key = tuple(primary_key) if primary_key is not None else tuple(c.name for c in in_key)
-    if not key:
-        raise ValueError(f"table {table!r} has no primary key: name the column(s) that identify a row")
     return Contract(
         name=table,
         description=description or f"{table} (discovered from the catalog)",

@@ -7,6 +7,13 @@ from enum import StrEnum
 
 from bronze_assets.contracts.types import PgType  # the column types (and their mapping) live there
 
+# A table without a primary key loads as a full snapshot and its rows are identified by content:
+# ``record_key`` = ``<record_hash>#<n>``, n = 1, 2, … numbering the identical rows of one snapshot
+# (identical rows cannot be told apart, so n copies are h#1..h#n). It is the MERGE key of such a
+# table, a metadata column of such tables only (README "Your own database", "No primary key").
+ROW_KEY = "record_key"
+ROW_KEY_SEPARATOR = "#"
+
 
 class LoadPattern(StrEnum):
     """How a table is brought into bronze (ARCHITECTURE §2.5)."""
@@ -170,9 +177,15 @@ class Contract:
             raise ValueError(f"contract {self.name}: primary key {self.primary_key} names unknown columns")
         if "updated_at" not in names:
             raise ValueError(f"contract {self.name}: every source table needs updated_at")
-        if self.cdc and (len(self.primary_key) != 1 or self.column(self.primary_key[0]).type
-                         not in (PgType.INTEGER, PgType.BIGINT)):
-            raise ValueError(f"contract {self.name}: log-based CDC needs a single integer primary key")
+        if self.keyless:
+            self._check_keyless()
+        elif self.cdc and (len(self.primary_key) != 1 or self.column(self.primary_key[0]).type
+                           not in (PgType.INTEGER, PgType.BIGINT)):
+            raise ValueError(
+                f"contract {self.name}: log-based CDC needs a single integer primary key (it takes the "
+                f"changed rows' keys from the replication stream and re-reads those rows in one snapshot "
+                f"by that one integer column); this table's is ({', '.join(self.primary_key)}): set "
+                f"cdc: false, it loads by watermark on updated_at (or full)")
         referenced = [
             *self.zorder_columns,
             *self.pii_columns,
@@ -189,6 +202,23 @@ class Contract:
             raise ValueError(f"contract {self.name}: rules name unknown columns {unknown}")
         self._check_encryption()
 
+    def _check_keyless(self) -> None:
+        """A table without a primary key loads only as a full snapshot (see :data:`ROW_KEY`)."""
+        fix = "name the column(s) that identify a row in primary_key, or"
+        if self.load_pattern is not LoadPattern.FULL or self.partitioning.kind is not PartitionKind.NONE:
+            raise ValueError(f"contract {self.name}: a table without a primary key loads as a full snapshot: "
+                             f"{fix} set load_pattern: full and partitioning: none")
+        if self.cdc:
+            raise ValueError(f"contract {self.name}: log-based CDC needs a single integer primary key "
+                             f"(a table without one loads as a full snapshot): {fix} set cdc: false")
+        if self.encrypted_columns:
+            raise ValueError(f"contract {self.name}: encrypted_columns need a primary key (their data "
+                             f"subject's key is written by key): {fix} keep them pii_columns only")
+        if ROW_KEY in self.column_names:
+            raise ValueError(f"contract {self.name}: the source has a column {ROW_KEY}, the name of the "
+                             f"row identity of a table without a primary key: name the column(s) that "
+                             f"identify a row in primary_key")
+
     def _check_encryption(self) -> None:
         if not self.encrypted_columns:
             return
@@ -201,6 +231,16 @@ class Contract:
         not_text = [c for c in self.encrypted_columns if self.column(c).type != PgType.TEXT]
         if not_text:
             raise ValueError(f"contract {self.name}: only text columns can be encrypted, not {not_text}")
+
+    @property
+    def keyless(self) -> bool:
+        """No primary key: a full snapshot whose rows are identified by :data:`ROW_KEY`."""
+        return not self.primary_key
+
+    @property
+    def merge_key(self) -> tuple[str, ...]:
+        """The bronze table's key: the primary key, or :data:`ROW_KEY` for a keyless table."""
+        return self.primary_key or (ROW_KEY,)
 
     @property
     def column_names(self) -> list[str]:

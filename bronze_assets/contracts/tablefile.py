@@ -120,7 +120,8 @@ class TableSpec(_Spec):
     table: str | None = Field(default=None, description="the source's spelling, when it is not the name")
     description: str | None = None
     skip: str | None = Field(default=None, description="why this table is not loaded (no asset is built)")
-    primary_key: list[str] = Field(description="the column(s) that identify a row")
+    primary_key: list[str] = Field(description="the column(s) that identify a row; [] (none): a full "
+                                               "snapshot, rows identified by content (record_key)")
     load_pattern: Literal["full", "incremental", "batch"] = "full"
     cadence: Literal["hourly", "daily", "weekly", "monthly"] = "daily"
     partitioning: Literal["none", "daily"] | MonthlySpec = "none"
@@ -214,8 +215,6 @@ def contract_of(name: str, spec: TableSpec, source: SourceSpec) -> Contract:
         if not BRONZE_NAME.match(name):
             raise ValueError("a table's name is its bronze name (asset bz_<name>): lowercase letters, "
                              "digits and _; put the source's spelling in 'table'")
-        if not spec.primary_key:
-            raise ValueError("no primary key: name the column(s) that identify a row in primary_key")
         schema = spec.schema_ or source.schemas[0]
         table = spec.table or name
         return Contract(

@@ -12,7 +12,7 @@ from bronze_assets.defs.freshness import freshness_policy
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.defs.schedules import reads_changes_only
-from bronze_assets.lib.enrich.metadata import METADATA_FIELDS
+from bronze_assets.lib.enrich.metadata import METADATA_FIELDS, ROW_KEY_FIELD
 
 GROUP = "bronze"
 OWNERS = ["team:data-engineering"]
@@ -33,6 +33,10 @@ def column_schema(contract: Contract) -> dg.TableSchema:
         for c in contract.columns
     ]
     cols += [dg.TableColumn(f.name, str(f.type), description="bronze metadata") for f in METADATA_FIELDS]
+    if contract.keyless:
+        cols.append(dg.TableColumn(ROW_KEY_FIELD.name, str(ROW_KEY_FIELD.type),
+                                   description="bronze metadata: the row's identity (record_hash#n), "
+                                               "the table having no primary key"))
     if contract.partitioning.delta_column:
         cols.append(dg.TableColumn(contract.partitioning.delta_column, PgType.DATE.value,
                                    description="Delta partition column"))
@@ -60,7 +64,8 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
         metadata={
             "dagster/column_schema": column_schema(contract),
             "dagster/table_name": contract.bronze_table,
-            "primary_key": ", ".join(contract.primary_key),
+            "primary_key": ", ".join(contract.primary_key) or
+            f"none: a full snapshot, rows identified by {contract.merge_key[0]} (record_hash#n)",
             "zorder_columns": ", ".join(contract.zorder_columns),
             "source_table": contract.source_ref,
         },

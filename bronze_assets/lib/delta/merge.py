@@ -579,7 +579,7 @@ class BronzeMerger:
         self.storage = as_storage(storage)
         self.uri = self.storage.uri(contract.bronze_table)
         self.schema = bronze_schema(contract)
-        self.pk = list(contract.primary_key)
+        self.pk = list(contract.merge_key)  # a keyless table: its record_key
         self.part = contract.partitioning.delta_column
         self.pii: PiiHook | None = None  # the staged batch's PII hook, during merge()
 

@@ -73,7 +73,7 @@ def apply_retention(contract: Contract, storage: StorageLike, *, years: int | No
             if target is None:
                 write_deltalake(archive_uri, archived, storage_options=archived_to.delta_options)
             else:
-                on = " AND ".join(f"t.{k} = s.{k}" for k in contract.primary_key)
+                on = " AND ".join(f"t.{k} = s.{k}" for k in contract.merge_key)
                 (target.merge(archived, predicate=on, source_alias="s", target_alias="t")
                  .when_not_matched_insert_all().execute())
             dt.delete(predicate)

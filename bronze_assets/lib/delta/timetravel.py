@@ -109,7 +109,7 @@ def plan_restore(storage: StorageLike, contract: Contract, version: int | None =
     storage = as_storage(storage)
     dt = _open(storage, contract.bronze_table)
     target = _version_for(dt, version, timestamp)
-    cols = [*contract.primary_key, "record_hash", "record_status"]
+    cols = [*contract.merge_key, "record_hash", "record_status"]
 
     def frame(v: int) -> pl.DataFrame:
         uri = storage.uri(contract.bronze_table)
@@ -119,7 +119,7 @@ def plan_restore(storage: StorageLike, contract: Contract, version: int | None =
         return out
 
     now, then = frame(dt.version()), frame(target)
-    pk = list(contract.primary_key)
+    pk = list(contract.merge_key)
     both = now.join(then, on=pk, how="inner", suffix="_t")
     changed = both.filter((pl.col("record_hash") != pl.col("record_hash_t"))
                           | (pl.col("record_status") != pl.col("record_status_t"))).height

@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime
 import polars as pl
 import pyarrow as pa
 
-from bronze_assets.contracts import Contract
+from bronze_assets.contracts import ROW_KEY, Contract
 from bronze_assets.contracts.arrow import source_schema
+from bronze_assets.contracts.model import ROW_KEY_SEPARATOR
 from bronze_assets.lib.enrich.score import score_columns, score_expr
 from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.settings import SOURCE_SYSTEM
@@ -27,12 +28,15 @@ METADATA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("record_hash", pa.string()),
 )
 METADATA_COLUMNS = tuple(f.name for f in METADATA_FIELDS)
+ROW_KEY_FIELD = pa.field(ROW_KEY, pa.string())  # a keyless table's row identity (contracts.ROW_KEY)
 
 
 def bronze_schema(contract: Contract, extra_columns: Sequence[str] = ()) -> pa.Schema:
     """Arrow schema of ``bz_<table>``: source columns, metadata columns, partition column, and
     any source columns the contract does not know yet (as text, policy ``addNewColumns``)."""
     fields = list(source_schema(contract)) + list(METADATA_FIELDS)
+    if contract.keyless:
+        fields.append(ROW_KEY_FIELD)
     if contract.partitioning.delta_column:
         fields.append(pa.field(contract.partitioning.delta_column, pa.date32()))
     fields += [pa.field(c, pa.string()) for c in extra_columns]
@@ -79,7 +83,8 @@ def enrich(
     columns of the bronze table (:func:`staged_schema`; :func:`complete` adds the rest).
 
     Only the columns the score reads go through Polars; every other column is passed on as it is
-    (already in its bronze type).
+    (already in its bronze type). A keyless table's ``record_key`` is not here: :class:`RowKeys`
+    numbers the rows of the whole snapshot.
     """
     flags = [c for c in batch.schema.names if c.startswith(INVALID_PREFIX)]
     used = score_columns(contract) + flags
@@ -89,8 +94,33 @@ def enrich(
     score = frame.with_columns(score_expr(contract, ctx.load_date, unreadable).alias("data_quality_score")) \
         .get_column("data_quality_score").to_arrow()  # with_columns: a constant score gets every row too
     schema = staged_schema(bronze_schema(contract, extra_columns))
+    schema = pa.schema([f for f in schema if f.name != ROW_KEY])
     columns = []
     for field in schema:
         column = score if field.name == "data_quality_score" else batch.column(field.name)
         columns.append(column if column.type == field.type else column.cast(field.type))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class RowKeys:
+    """The ``record_key`` of a keyless table's rows (:data:`~bronze_assets.contracts.ROW_KEY`):
+    ``<record_hash>#<n>``, the n-th row of the snapshot with that hash. Batches of one snapshot go
+    through one instance, in any order: identical rows are indistinguishable, so which copy gets
+    which number does not matter, only that n copies get 1..n. Holds one count per distinct row."""
+
+    def __init__(self) -> None:
+        self.seen = pl.DataFrame(schema={"record_hash": pl.String, "_seen": pl.UInt32})
+
+    def __call__(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+        """``batch`` (enriched, without ``record_key``) as ``schema``'s columns, ``record_key`` added."""
+        hashes = pl.from_arrow(batch.select(["record_hash"]))
+        assert isinstance(hashes, pl.DataFrame)
+        before = hashes.join(self.seen, on="record_hash", how="left", maintain_order="left")
+        n = pl.int_range(pl.len(), dtype=pl.UInt32).over("record_hash") + pl.col("_seen").fill_null(0) + 1
+        keys = before.select(pl.concat_str(pl.col("record_hash"), pl.lit(ROW_KEY_SEPARATOR),
+                                           n.cast(pl.String)))
+        counts = hashes.group_by("record_hash").agg(pl.len().cast(pl.UInt32).alias("_seen"))
+        self.seen = pl.concat([self.seen, counts]).group_by("record_hash").agg(pl.col("_seen").sum())
+        key = keys.to_series().to_arrow().cast(pa.string())
+        columns = [key if f.name == ROW_KEY else batch.column(f.name) for f in schema]
+        return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -179,7 +179,7 @@ def _scan(dt: DeltaTable, contract: Contract, schema: pa.Schema, columns: list[s
     sql = f"SELECT {quoted(selected)} FROM bronze"
     if where is not None:
         sql += f"\nWHERE (\n{where}\n)"  # the condition starts on line 3: see _condition_problem
-    sql += f"\nORDER BY {quoted(contract.primary_key)}"
+    sql += f"\nORDER BY {quoted(contract.merge_key)}"
     if limit is not None and expr is None:
         sql += f"\nLIMIT {int(limit)}"
     try:

@@ -26,7 +26,7 @@ from bronze_assets.lib.delta.merge import (
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
-from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
+from bronze_assets.lib.enrich.metadata import BatchContext, RowKeys, bronze_schema, enrich, staged_schema
 from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protection
 from bronze_assets.lib.load.errors import SchemaMismatchError, SourceTableMissingError
 from bronze_assets.lib.load.plan import DEFAULT_OVERLAP, describe_window, next_watermark, plan_window
@@ -70,7 +70,8 @@ def extract_and_stage(
     storage = as_storage(storage)
     target = storage.open(contract.bronze_table)
     previous = latest_watermark(target)
-    legacy = target is not None and hash_version(target) < HASH_VERSION  # migrate v1 hashes once
+    # migrate v1 hashes once (a keyless table is v2 from its first load: its keys are v2 hashes)
+    legacy = target is not None and not contract.keyless and hash_version(target) < HASH_VERSION
     legacy_hashes: list[pa.RecordBatch] = []
     first_load = first_load_time(target) if previous is None else None
     window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
@@ -88,8 +89,11 @@ def extract_and_stage(
         return enrich(raw, contract, ctx, extras)
 
     def enriched(reader: SourceReader) -> Iterator[pa.RecordBatch]:
+        numbered = RowKeys() if contract.keyless else None  # a keyless table's record_key, in one place
         for batch in reader.batches(window, transform=transform, extra_columns=extras, rescued=rescued,
                                      legacy=legacy):
+            if numbered is not None:
+                batch = numbered(batch, rows_schema)
             scores = batch.column("data_quality_score").to_numpy(zero_copy_only=False)
             histogram[:] += np.bincount(scores, minlength=101)
             if keys is not None:
@@ -110,8 +114,8 @@ def extract_and_stage(
             # deletes) beside the rows, in the same snapshot; nothing to sweep before the table exists
             sweep = pool.submit(_sweep_keys, reader, contract, storage.settings.stage_dir) \
                 if not window.covers_table and window.keys is None and target is not None else None
-            path, rows = write_stream(enriched(reader), staged_schema(bronze_schema(contract, extras)), name,
-                                      storage.settings.stage_dir)
+            rows_schema = staged_schema(bronze_schema(contract, extras))
+            path, rows = write_stream(enriched(reader), rows_schema, name, storage.settings.stage_dir)
             keys_path = sweep.result() if sweep is not None else None
     rescued_rows = sum(b.num_rows for b in unreadable)
     if rescued_rows:
@@ -203,14 +207,16 @@ def _sweep_keys(reader: SourceReader, contract: Contract, base: Path) -> Path:
 
 def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatch:
     """The records of ``raw`` with a value that could not be read as the contract type, as JSON
-    (primary key plus the raw text of every unreadable column), for ``bz_quarantine``."""
+    (primary key, or a keyless table's record_hash, plus the raw text of every unreadable column),
+    for ``bz_quarantine``."""
     flags = [c for c in raw.schema.names if c.startswith(INVALID_PREFIX)]
     frame = pl.from_arrow(raw)
     assert isinstance(frame, pl.DataFrame)
     bad = frame.filter(pl.any_horizontal([pl.col(f) for f in flags]))
     records = []
+    identity = contract.primary_key or ("record_hash",)  # a keyless table's row: its content hash
     for row in bad.iter_rows(named=True):
-        record = {k: row[k] for k in contract.primary_key}
+        record = {k: row[k] for k in identity}
         for flag in flags:
             column = flag.removeprefix(INVALID_PREFIX)
             if row[flag]:

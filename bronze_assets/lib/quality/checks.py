@@ -107,12 +107,12 @@ def key_uniqueness(contract: Contract, storage: Storage) -> CheckOutcome:
     dt = storage.open(contract.bronze_table)
     if dt is None:
         return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, metadata={"rows": 0})
-    keys = quoted(contract.primary_key)
+    keys = quoted(contract.merge_key)
     rows = int(query_tables({"t": dt}, "SELECT count(*) AS n FROM t")["n"][0].as_py())
     dupes = _frame(query_tables({"t": dt}, f"SELECT {keys}, count(*) AS n FROM t GROUP BY {keys} "
                                            f"HAVING count(*) > 1 ORDER BY {keys}"))
     duplicate_rows = int(dupes["n"].sum()) if dupes.height else 0
-    sample = dupes.head(5).select(contract.primary_key).to_dicts()
+    sample = dupes.head(5).select(contract.merge_key).to_dicts()
     return CheckOutcome(
         KEY_UNIQUENESS, passed=duplicate_rows == 0, severity=ERROR,
         description=f"{duplicate_rows:,} rows share a primary key" if duplicate_rows else "every key once",

@@ -129,8 +129,8 @@ class SuiteRunner:
                 "partial_unexpected_count": SAMPLE_KEYS,
             },
         ))
-        used = {*contract.primary_key, *score_columns(contract)}
-        self.columns = [c for c in contract.column_names if c in used]
+        used = {*contract.merge_key, *score_columns(contract)}
+        self.columns = [c for c in dict.fromkeys([*contract.column_names, *contract.merge_key]) if c in used]
         self.vector_rules = violations(contract, load_date)
 
     def validate(self, table: pa.Table) -> QualityReport:
@@ -166,7 +166,7 @@ class SuiteRunner:
         counts = polars_frame.select([e.sum().alias(rule) for rule, e in self.vector_rules.items()])
         report.vector_counts = {rule: int(counts[rule][0]) for rule in self.vector_rules}
         # failing keys come from the vectorised rules (GX would walk every unexpected row for them)
-        pk = self.contract.primary_key[0]
+        pk = self.contract.merge_key[0]
         for rule, expr in self.vector_rules.items():
             if report.vector_counts[rule]:
                 keys = polars_frame.filter(expr).get_column(pk).head(SAMPLE_KEYS).to_list()

@@ -24,8 +24,8 @@ def qualified(schema: str, table: str) -> str:
 def create_table_sql(contract: Contract, schema: str) -> str:
     """``CREATE TABLE IF NOT EXISTS`` with the contract's columns, types and primary key."""
     cols = [f"    {quote_ident(c.name)} {c.type.value}" for c in contract.columns]
-    pk = ", ".join(quote_ident(c) for c in contract.primary_key)
-    cols.append(f"    PRIMARY KEY ({pk})")
+    if contract.primary_key:
+        cols.append(f"    PRIMARY KEY ({', '.join(quote_ident(c) for c in contract.primary_key)})")
     body = ",\n".join(cols)
     return f"CREATE TABLE IF NOT EXISTS {qualified(schema, contract.name)} (\n{body}\n)"
 

@@ -226,7 +226,10 @@ class SourceReader:
         return SourceSnapshot(now, oldest, xmin)
 
     def key_range(self) -> tuple[int, int] | None:
-        """(min, max) of the first primary-key column in the snapshot (None: the table is empty)."""
+        """(min, max) of the first primary-key column in the snapshot (None: the table is empty or
+        has no primary key)."""
+        if self.contract.keyless:
+            return None
         key, table = quote_ident(self.contract.primary_key[0]), self.table
         lo, hi = self.query(f"SELECT min({key}), max({key}) FROM {table}")[0]
         return None if lo is None else (int(lo), int(hi))

@@ -5,10 +5,11 @@ One catalog query lists every table of the chosen schemas with its columns (the 
 nullability, position in the primary key), a second its single-column foreign keys. A new table
 gets sensible defaults, a refreshed one keeps the user's overlay and gets the catalog's columns:
 
-* primary key from its constraint; a table without one is listed with ``skip`` (see
-  :data:`NO_KEY`): bronze MERGEs by key, and a keyless full snapshot is not a load it performs yet;
-* ``updated_at`` present and more than ``incremental_rows`` rows (the planner's estimate) →
-  incremental by watermark, hourly, daily ``load_date`` partitions; otherwise a full load, daily;
+* primary key from its constraint; a table without one loads as a full snapshot, its rows
+  identified by content (:data:`NO_KEY`, the contract's ``record_key``);
+* ``updated_at`` present, a primary key and more than ``incremental_rows`` rows (the planner's
+  estimate) → incremental by watermark, hourly, daily ``load_date`` partitions; otherwise a full
+  load, daily; no ``updated_at``: listed with ``skip`` (:data:`NO_UPDATED_AT`);
 * a composite primary key loads by watermark (or full), never by CDC (see :data:`COMPOSITE_KEY`);
 * Z-order on the primary key; foreign keys from the constraints between tables of the file.
 """
@@ -36,9 +37,14 @@ from bronze_assets.lib.source.ddl import qualified, quote_literal
 from bronze_assets.lib.source.postgres import connect
 
 INCREMENTAL_ROWS = 100_000
-NO_KEY = ("no primary key: bronze merges rows by key, and a table without one is not loaded. Name the "
-          "column(s) that identify a row in primary_key and delete this skip line (or add a primary key "
-          "to the table and run bronze init --refresh)")
+NO_KEY = ("no primary key: loads as a full snapshot. Every run reads the whole table; a row is "
+          "identified by its content (record_key = record_hash#n, n numbering identical rows), so a "
+          "changed row is a soft delete plus an insert and a removed copy a soft delete. Name the "
+          "column(s) that identify a row in primary_key to merge by key (and load incrementally)")
+# what bronze init wrote for such a table before it loaded them: a refresh loads the table
+_NO_KEY_SKIP = ("no primary key: bronze merges rows by key, and a table without one is not loaded. Name the "
+                "column(s) that identify a row in primary_key and delete this skip line (or add a primary "
+                "key to the table and run bronze init --refresh)")
 NO_UPDATED_AT = ("no updated_at column: every bronze table needs one (watermark, partitions, freshness); "
                  "add it to the table (set on insert and update) and run bronze init --refresh")
 COMPOSITE_KEY = ("composite primary key ({key}): loads by watermark on updated_at (or full), never by CDC: "
@@ -46,7 +52,7 @@ COMPOSITE_KEY = ("composite primary key ({key}): loads by watermark on updated_a
                  "re-reads them with a key range over a single integer key (cdc: true is refused)")
 NOT_INTEGER_KEY = ("primary key {key} is not an integer: loads by watermark on updated_at (or full); "
                    "CDC needs a single integer key (cdc: true is refused)")
-_AUTO_SKIPS = (NO_KEY, NO_UPDATED_AT)
+_AUTO_SKIPS = (_NO_KEY_SKIP, NO_UPDATED_AT)
 
 
 def _names(values: Sequence[str]) -> str:
@@ -155,6 +161,8 @@ def _type_notes(name: str, src: SourceTable) -> list[Note]:
 
 
 def _key_notes(name: str, key: Sequence[str], columns: Sequence[CatalogColumn]) -> list[Note]:
+    if not key:
+        return [Note(name, NO_KEY)]
     if len(key) > 1:
         return [Note(name, COMPOSITE_KEY.format(key=", ".join(key)))]
     if len(key) == 1:
@@ -169,9 +177,10 @@ def new_table(name: str, src: SourceTable, default_schema: str,
     """The entry of a table seen for the first time, with the defaults of the module docstring."""
     key = src.primary_key
     has_updated_at = any(c.name == "updated_at" for c in src.columns)
-    skip = NO_KEY if not key else NO_UPDATED_AT if not has_updated_at else None
-    big = has_updated_at and src.rows > incremental_rows
+    skip = None if has_updated_at else NO_UPDATED_AT
+    big = has_updated_at and bool(key) and src.rows > incremental_rows
     why = (f", updated_at: incremental by watermark (more than {incremental_rows:,} rows)" if big
+           else ": full snapshot (no primary key)" if has_updated_at and not key
            else ": full load (MERGE of the whole table, soft deletes)" if has_updated_at else "")
     notes = [Note(name, f"{src.schema}.{src.table}: ≈{src.rows:,} rows{why}")]
     notes += _key_notes(name, key, src.columns) + _type_notes(name, src)
@@ -220,10 +229,12 @@ def introspect(dsn: str, source: SourceSpec, *, existing: TablesFile | None = No
         has_updated_at = any(c.name == "updated_at" for c in src.columns)
         skip = spec.skip
         if skip is None or skip in _AUTO_SKIPS:
-            skip = NO_KEY if not key else NO_UPDATED_AT if not has_updated_at else None
-        tables[table_name] = spec.model_copy(update={
-            "columns": column_specs(src.columns), "primary_key": key, "skip": skip,
-            "zorder_columns": list(spec.zorder_columns) or key})
+            skip = None if has_updated_at else NO_UPDATED_AT
+        update: dict[str, object] = {"columns": column_specs(src.columns), "primary_key": key, "skip": skip,
+                                     "zorder_columns": list(spec.zorder_columns) or key}
+        if spec.skip == _NO_KEY_SKIP and not key:  # listed, not loaded, before: a full snapshot now
+            update |= {"load_pattern": "full", "partitioning": "none", "cadence": "daily"}
+        tables[table_name] = spec.model_copy(update=update)
         notes += _key_notes(table_name, key, src.columns) + _type_notes(table_name, src)
         refreshed.append(table_name)
     taken = set(tables)

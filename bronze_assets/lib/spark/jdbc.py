@@ -133,8 +133,8 @@ def read_query(
     """``sql`` (a pushdown query) read over ``parallelism`` JDBC connections split on the first
     primary-key column between ``bounds`` (min, max in the snapshot)."""
     check_column_names(contract)
-    return _read(spark, dsn, contract.primary_key[0], sql, custom_schema(contract, partitioned), snapshot_id,
-                 bounds, parallelism)
+    key = contract.primary_key[0] if contract.primary_key else ""  # keyless: no bounds, one connection
+    return _read(spark, dsn, key, sql, custom_schema(contract, partitioned), snapshot_id, bounds, parallelism)
 
 
 def read_keys(

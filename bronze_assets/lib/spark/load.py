@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from bronze_assets.contracts import Contract
+from bronze_assets.contracts import ROW_KEY, Contract
+from bronze_assets.contracts.model import ROW_KEY_SEPARATOR
 from bronze_assets.lib.delta.merge import (
     BATCH_KEY,
     HASH_VERSION,
@@ -71,7 +72,7 @@ from bronze_assets.lib.spark.session import RUNTIME_CONF
 from bronze_assets.settings import SOURCE_SYSTEM
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from bronze_assets.lib.cdc import CdcRead
 
@@ -169,9 +170,20 @@ def _enriched(raw: DataFrame, contract: Contract, ctx: BatchContext) -> DataFram
         score_column(contract, ctx.load_date, bad).alias("data_quality_score"),
         F.lit(ctx.batch_id).alias("batch_id"),
         F.col(HASH).alias("record_hash"),
+        *([_row_key()] if contract.keyless else []),
         *([F.date_from_unix_date(F.col(PART)).alias(part)] if part else []),
         F.col(RESCUED),
     )
+
+
+def _row_key() -> Column:
+    """A keyless table's ``record_key`` (:class:`bronze_assets.lib.enrich.metadata.RowKeys`):
+    ``<record_hash>#<n>``, n numbering the identical rows of the snapshot."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    n = F.row_number().over(Window.partitionBy(HASH).orderBy(HASH))
+    return F.concat(F.col(HASH), F.lit(ROW_KEY_SEPARATOR), n.cast("string")).alias(ROW_KEY)
 
 
 def _protected(hook: PiiHook) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -290,7 +302,7 @@ class SparkLoader:
         merge_started = time.perf_counter()
         rows_frame = self.spark.read.parquet(str(staged.rows_path))
         keys = self.spark.read.parquet(str(staged.folder / "keys")) if staged.sweep \
-            else rows_frame.select(*contract.primary_key)
+            else rows_frame.select(*contract.merge_key)
         if window.keys is not None:  # the changed keys the source no longer has
             named = self.spark.createDataFrame([(k,) for k in window.keys],
                                                f"`{contract.primary_key[0]}` BIGINT")
@@ -317,8 +329,9 @@ class SparkLoader:
         """List the rows with unstorable values in ``bz_quarantine`` (rare: collected)."""
         from pyspark.sql import functions as F
 
+        identity = contract.primary_key or ("record_hash",)  # a keyless table's row: its content hash
         bad = staged.filter(F.col(RESCUED).isNotNull()) \
-            .select(*contract.primary_key, RESCUED, *contract.encrypted_columns).collect()
+            .select(*identity, RESCUED, *contract.encrypted_columns).collect()
         if not bad:
             return 0
         records, columns = [], set()
@@ -326,7 +339,7 @@ class SparkLoader:
         for row in bad:
             values = json.loads(row[RESCUED])
             columns |= set(values)
-            record: dict[str, Any] = {k: row[k] for k in contract.primary_key}
+            record: dict[str, Any] = {k: row[k] for k in identity}
             record |= {c: values[c] for c in order if c in values}
             for c in contract.encrypted_columns:
                 record.setdefault(c, row[c])
@@ -346,7 +359,7 @@ class SparkLoader:
         from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
-        pk = list(contract.primary_key)
+        pk = list(contract.merge_key)
         pii = require_hook(contract, pii, "write") if contract.encrypted_columns else None
         dupes = staged.groupBy(*pk).count().filter(F.col("count") > 1).count()
         if dupes:
@@ -436,14 +449,14 @@ class SparkLoader:
     def _create(self, contract: Contract, uri: str, staged: DataFrame, pii: PiiHook | None) -> None:
         part = contract.partitioning.delta_column
         rows = self._protect(contract, staged, pii)
-        ordered = rows.sortWithinPartitions(*contract.primary_key)
+        ordered = rows.sortWithinPartitions(*contract.merge_key)
         writer = ordered.write.format("delta").mode("errorifexists")
         if part:
             writer = writer.partitionBy(part)
         writer.save(uri)
 
     def _merge(self, contract: Contract, table: Any, source: DataFrame) -> None:
-        pk = contract.primary_key
+        pk = contract.merge_key
         source_cols = contract.column_names
         updates = {c: f"s.{_quoted(c)}" for c in
                    [*source_cols, "record_hash", "data_quality_score", "batch_id", "update_timestamp"]}
