@@ -31,6 +31,9 @@ from bronze_assets.defs.bronze_tables import BronzeTables
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
 from bronze_assets.lib.load import extract_and_stage
+from bronze_assets.lib.reconcile.model import UNSUPPORTED
+from bronze_assets.lib.reconcile.run import reconcile_table
+from bronze_assets.lib.reconcile.source_side import SourceSnapshot
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.introspect import NO_KEY, discover_contract
 from bronze_assets_tests.conftest import query
@@ -148,6 +151,10 @@ def test_a_keyless_table_loads_as_a_full_snapshot(fresh_dsn: str, tmp_path: Path
                                                                 "the row that changes"])
     untouched = after.filter(pl.col("batch_id") == first_batch)
     assert untouched.height == len(ROWS) - 2  # the unchanged rows are not rewritten
+
+    with SourceSnapshot(fresh_dsn) as snapshot:  # every full load reconciles the whole table already
+        report = reconcile_table(contract, snapshot, root)
+    assert report.state == UNSUPPORTED and "has no primary key: it loads as a full snapshot" in report.problem
 
     version = DeltaTable(str(root / f"bz_{TABLE}")).version()
     again = load()  # idempotent: nothing changed, nothing committed

@@ -37,6 +37,10 @@ BronzeSideChooser = Callable[[Contract], BronzeSideFactory]  # per table: which 
 
 def _unsupported(contract: Contract) -> str | None:
     key = contract.primary_key
+    if contract.keyless:
+        return (f"{contract.bronze_table}: {contract.source_ref} has no primary key: it loads as a full "
+                f"snapshot, so every load compares the whole table with bronze (rows by record_key) and "
+                f"soft-deletes what is gone; reconcile compares tables keyed by one integer column")
     if len(key) != 1 or contract.column(key[0]).type.family not in INTEGER_KEYS:
         return (f"{contract.bronze_table}: reconcile compares tables keyed by one integer column; the key "
                 f"of {contract.source_ref} is ({', '.join(key)})")
