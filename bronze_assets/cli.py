@@ -33,9 +33,14 @@ class _Group(click.Group):
             raise
         except Exception as exc:
             from bronze_assets.lib.failures import object_store_problem
-            from bronze_assets.settings import bronze_root
+            from bronze_assets.settings import Settings
 
-            problem = None if ctx.params.get("verbose") else object_store_problem(exc, str(bronze_root()))
+            try:
+                settings: Settings | None = Settings.from_env()
+            except ValueError:  # a malformed variable (exc may say so itself)
+                settings = None
+            problem = None if ctx.params.get("verbose") or settings is None else \
+                object_store_problem(exc, settings.bronze_root, settings.object_store_endpoint)
             if problem is None:
                 raise
             _fail(problem)

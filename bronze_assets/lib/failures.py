@@ -42,7 +42,7 @@ from typing import Any
 import dagster as dg
 
 from bronze_assets.lib.source.dsn import redact
-from bronze_assets.settings import SOURCE_SCHEMA, env
+from bronze_assets.settings import SOURCE_SCHEMA
 
 
 class Cause(StrEnum):
@@ -202,15 +202,16 @@ _OBJECT_STORE_RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
 _REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
-def object_store_problem(exc: BaseException, root: str) -> str | None:
+def object_store_problem(exc: BaseException, root: str, endpoint_url: str | None = None) -> str | None:
     """When ``exc`` is the object store under ``root`` refusing or unreachable (no credentials,
     access denied, no such bucket, endpoint down): one line naming the root, what failed, the
-    variables looked for and the fix; else None (a local root, or another error)."""
+    variables looked for (and the S3 endpoint configured, ``endpoint_url``:
+    ``Settings.object_store_endpoint``) and the fix; else None (a local root, or another error)."""
     if not _REMOTE.match(root) or root.startswith("file://"):
         return None
     text = " ".join(str(link) for link in _chain(exc))
     if root.startswith(("s3://", "s3a://")):
-        variables, url = _S3_VARIABLES, env("AWS_ENDPOINT_URL") or env("AWS_ENDPOINT")
+        variables, url = _S3_VARIABLES, endpoint_url
         endpoint = f"AWS_ENDPOINT_URL{f' (now {url})' if url else ''} (and AWS_ALLOW_HTTP=true for http://)"
     elif root.startswith(("abfs", "az://", "adl")):
         variables = "AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY"
