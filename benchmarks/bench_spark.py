@@ -54,8 +54,9 @@ def phase_engine(engine: str, tables: list[str], tick: bool) -> dict:
     if engine == "spark":
         from bronze_assets.lib.spark.load import SparkLoader
         from bronze_assets.lib.spark.session import spark_session
+        from bronze_assets.settings import Settings
 
-        loader = SparkLoader(spark_session("bench"), root)
+        loader = SparkLoader(spark_session(Settings.from_env(), "bench"), root)
         session_seconds = time.perf_counter() - started
         for name in tables:
             partition, changes_only = _windows(name, tick)

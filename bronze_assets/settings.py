@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -244,6 +245,7 @@ class Settings:
     databricks_runtime: bool = False
     spark_master: str = field(default_factory=lambda: f"local[{os.cpu_count() or 2}]")
     spark_jars_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / JARS_SUBDIR)
+    spark_python: str = sys.executable  # Spark's Python workers ($PYSPARK_PYTHON, else this one)
     object_store_endpoint: str | None = None
     # the BRONZE_SMTP_* / BRONZE_ALERT_* values (lib.alerts builds the channels); a password: no repr
     alerts: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
@@ -289,6 +291,7 @@ class Settings:
             databricks_runtime=read.text("DATABRICKS_RUNTIME_VERSION") is not None,
             spark_master=read.text("BRONZE_SPARK_MASTER") or defaults.spark_master,
             spark_jars_dir=read.path("BRONZE_SPARK_JARS_DIR") or user_cache_dir(environ) / JARS_SUBDIR,
+            spark_python=environ.get("PYSPARK_PYTHON") or sys.executable,
             object_store_endpoint=read.text("AWS_ENDPOINT_URL") or read.text("AWS_ENDPOINT"),
             alerts={n: v for n in ALERT_VARIABLES if (v := read.text(n)) is not None},
         )

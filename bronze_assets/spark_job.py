@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from bronze_assets.lib.quality.checks import URL_KEYS, CheckOutcome
 from bronze_assets.lib.secrets import install_log_redaction
 from bronze_assets.lib.source.postgres import resolve_source_dsn
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, LOCAL_IO, VOLUMES_IO
-from bronze_assets.settings import data_dir
+from bronze_assets.settings import Settings
 
 PATH_KEYS = frozenset({"table_uri"})
 
@@ -71,7 +72,20 @@ def _window(extras: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
     return start, end
 
 
-def run(pipes: pipes_api.PipesContext) -> None:
+def job_settings(extras: Mapping[str, Any]) -> Settings:
+    """This job's settings: its own environment's, read once here, with the orchestrator's secret
+    scope and deployment id (sent in the Pipes extras) where the environment sets none (a
+    serverless task has no environment variables)."""
+    settings = Settings.from_env()
+    overrides: dict[str, Any] = {}
+    if not settings.secret_scope_set and extras.get("secret_scope"):
+        overrides |= {"secret_scope": extras["secret_scope"], "secret_scope_set": True}
+    if settings.deployment_id is None and extras.get("deployment_id"):
+        overrides["deployment_id"] = extras["deployment_id"]
+    return replace(settings, **overrides)
+
+
+def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
     """Load the table the Pipes extras name through the load lifecycle and report what happened;
     a failure is reported (one line, whether a retry can succeed) and the job ends cleanly."""
     from bronze_assets.lib.spark.engine import SparkEngine
@@ -80,18 +94,15 @@ def run(pipes: pipes_api.PipesContext) -> None:
 
     extras = pipes.extras
     contract = CONTRACTS[extras["table"]]
-    storage = Storage(extras["root"], extras.get("storage_options") or {})
+    storage = Storage(extras["root"], extras.get("storage_options") or {}, settings)
     request = LoadRequest(contract, _window(extras), bool(extras.get("changes_only")),
                           frozenset(extras.get("checks") or []))
-    for name, key in (("BRONZE_SECRET_SCOPE", "secret_scope"), ("BRONZE_DEPLOYMENT_ID", "deployment_id")):
-        if extras.get(key):  # the orchestrator's settings (a serverless task has no env vars)
-            os.environ.setdefault(name, extras[key])
     dsn: str | None = None
     lifecycle: Lifecycle | None = None
     started = datetime.now(UTC)
     try:
         dsn = resolve_source_dsn(None)
-        engine = SparkEngine(SparkLoader(spark_session(f"bronze {contract.bronze_table}"), storage),
+        engine = SparkEngine(SparkLoader(spark_session(settings, f"bronze {contract.bronze_table}"), storage),
                              data_docs=bool(extras.get("docs")))
         lifecycle = Lifecycle(request, engine, dsn, storage, job_id=pipes.run_id, logger=pipes.log)
         report = lifecycle.run()
@@ -135,11 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     install_log_redaction()
     with pipes_api.open_dagster_pipes(**io) as pipes:
+        settings = job_settings(pipes.extras)
         if args.pipes_io == LOCAL_IO:  # Spark's console chatter goes to a file, not the user's terminal
-            log = data_dir() / "logs" / "spark" / f"{pipes.extras['table']}-{pipes.run_id[:8]}.log"
+            log = settings.data_dir / "logs" / "spark" / f"{pipes.extras['table']}-{pipes.run_id[:8]}.log"
             redirect_stdio(log)
             pipes.log.info(f"Spark's own log: {log}")
-        run(pipes)
+        run(pipes, settings)
     return 0
 
 

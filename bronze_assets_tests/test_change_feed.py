@@ -28,6 +28,7 @@ from bronze_assets.lib.delta.merge import (
     latest_watermark,
 )
 from bronze_assets.lib.spark.session import spark_session
+from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import query
 
@@ -40,7 +41,7 @@ T2, T3 = T1 + timedelta(hours=1), T1 + timedelta(hours=2)
 
 @pytest.fixture(scope="session")
 def spark() -> Any:
-    return spark_session("bronze_assets_tests")
+    return spark_session(Settings.from_env(), "bronze_assets_tests")
 
 
 def _feed(uri: str, start: int, end: int) -> pl.DataFrame:

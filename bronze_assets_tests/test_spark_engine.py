@@ -27,6 +27,7 @@ from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.score import java_regex
 from bronze_assets.lib.spark.session import spark_session
+from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
@@ -39,7 +40,7 @@ T3 = T2 + timedelta(hours=1)
 
 @pytest.fixture(scope="session")
 def spark():
-    return spark_session("bronze_assets_tests")
+    return spark_session(Settings.from_env(), "bronze_assets_tests")
 
 
 @pytest.fixture

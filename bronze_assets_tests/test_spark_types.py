@@ -23,6 +23,7 @@ from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.spark.jdbc import UnwritableColumnNames
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.session import spark_session
+from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import NASTY, create_table, fill, postgres_says, spec_hash_sql
 
@@ -33,7 +34,7 @@ T1 = datetime(2026, 11, 27, 10, tzinfo=UTC)
 
 @pytest.fixture(scope="session")
 def spark():
-    return spark_session("bronze_assets_tests")
+    return spark_session(Settings.from_env(), "bronze_assets_tests")
 
 
 def _rows(root: Path) -> pl.DataFrame:

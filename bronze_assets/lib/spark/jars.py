@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bronze_assets.settings import env, user_cache_dir
+from bronze_assets.settings import Settings
 
 DELTA_VERSION = "4.0.1"  # = delta-spark on PyPI (pyproject's spark extra)
 ARTIFACTS: tuple[str, ...] = (
@@ -30,20 +30,11 @@ ARTIFACTS: tuple[str, ...] = (
     "com.kohlschutter.junixsocket:junixsocket-common:2.10.1",
     "com.kohlschutter.junixsocket:junixsocket-native-common:2.10.1",
 )
-ENV_JARS_DIR = "BRONZE_SPARK_JARS_DIR"
+ENV_JARS_DIR = "BRONZE_SPARK_JARS_DIR"  # Settings.spark_jars_dir
 
 
 class SparkJarsMissingError(RuntimeError):
     """The pinned jars are not in the jars folder."""
-
-
-def jars_dir() -> Path:
-    """Where the jars live: ``$BRONZE_SPARK_JARS_DIR``, else the user's cache folder (kept between
-    runs and clones)."""
-    value = env(ENV_JARS_DIR)
-    if value:
-        return Path(value).expanduser().absolute()
-    return user_cache_dir() / "bronze_assets" / "spark-jars"
 
 
 def jar_name(coordinate: str) -> str:
@@ -51,14 +42,14 @@ def jar_name(coordinate: str) -> str:
     return f"{artifact}-{version}.jar"
 
 
-def missing(folder: Path | None = None) -> list[str]:
-    folder = folder or jars_dir()
+def missing(folder: Path) -> list[str]:
     return [c for c in ARTIFACTS if not (folder / jar_name(c)).is_file()]
 
 
-def fetch(folder: Path | None = None, quiet: bool = True) -> Path:
-    """Copy every pinned jar that is not there yet into ``folder`` with ``mvn dependency:copy``."""
-    folder = folder or jars_dir()
+def fetch(folder: Path, quiet: bool = True) -> Path:
+    """Copy every pinned jar that is not there yet into ``folder`` (``Settings.spark_jars_dir``:
+    ``$BRONZE_SPARK_JARS_DIR``, else the user's cache folder, kept between runs and clones) with
+    ``mvn dependency:copy``."""
     todo = missing(folder)
     if not todo:
         return folder
@@ -78,9 +69,8 @@ def fetch(folder: Path | None = None, quiet: bool = True) -> Path:
     return folder
 
 
-def jar_paths(folder: Path | None = None) -> list[str]:
-    """The pinned jars, for ``spark.jars``; a clear error when they have not been fetched."""
-    folder = folder or jars_dir()
+def jar_paths(folder: Path) -> list[str]:
+    """The pinned jars in ``folder``, for ``spark.jars``; a clear error when they have not been fetched."""
     absent = missing(folder)
     if absent:
         raise SparkJarsMissingError(
@@ -90,6 +80,6 @@ def jar_paths(folder: Path | None = None) -> list[str]:
     return [str(folder / jar_name(c)) for c in ARTIFACTS]
 
 
-if __name__ == "__main__":
-    where = fetch(quiet="-v" not in sys.argv)
+if __name__ == "__main__":  # an entry point (make test, make demo): it reads the settings
+    where = fetch(Settings.from_env().spark_jars_dir, quiet="-v" not in sys.argv)
     print(f"Spark jars ready in {where}")

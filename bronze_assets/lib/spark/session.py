@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import TYPE_CHECKING
 
 from bronze_assets.lib.spark.jars import jar_paths
-from bronze_assets.settings import env
+from bronze_assets.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-ENV_MASTER = "BRONZE_SPARK_MASTER"
 # The JVM's own zone never leaks into a value: java.sql dates and the JDBC driver's session
 # zone follow it, so it is pinned to UTC like Spark's SQL session zone.
 UTC_JVM = "-Duser.timezone=UTC"
@@ -46,24 +44,22 @@ SESSION_CONF: dict[str, str] = {
 }
 
 
-def local_master() -> str:
-    return env(ENV_MASTER) or f"local[{os.cpu_count() or 2}]"
-
-
-def spark_session(app_name: str = "bronze_assets") -> SparkSession:
-    """The active Spark session (on Databricks: the cluster's), else a local one built with the
-    Delta extension and the jars of :mod:`bronze_assets.lib.spark.jars`."""
+def spark_session(settings: Settings, app_name: str = "bronze_assets") -> SparkSession:
+    """The active Spark session (on Databricks: the cluster's), else a local one on
+    ``settings.spark_master`` built with the Delta extension and the jars of
+    :mod:`bronze_assets.lib.spark.jars` (in ``settings.spark_jars_dir``)."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    if env("DATABRICKS_RUNTIME_VERSION"):  # a Databricks task: the cluster's session, jars built in
+    if settings.databricks_runtime:  # a Databricks task: the cluster's session, jars built in
         return SparkSession.builder.getOrCreate()
     # Python workers run this interpreter, so they import bronze_assets (and pyarrow) like this process
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(local_master()).appName(app_name) \
-        .config("spark.jars", ",".join(jar_paths())).config("spark.ui.enabled", "false")
+    os.environ["PYSPARK_PYTHON"] = settings.spark_python  # read by PySpark when the context starts
+    jars = ",".join(jar_paths(settings.spark_jars_dir))
+    builder = SparkSession.builder.master(settings.spark_master).appName(app_name) \
+        .config("spark.jars", jars).config("spark.ui.enabled", "false")
     for key, value in SESSION_CONF.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
