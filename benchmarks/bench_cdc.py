@@ -35,9 +35,9 @@ def phase_cdc(tables: list[str]) -> dict:
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.cdc import cdc_load
     from bronze_assets.lib.source.postgres import resolve_source_dsn
-    from bronze_assets.settings import bronze_root
+    from bronze_assets.settings import Settings, bronze_root
 
-    dsn, root = resolve_source_dsn(), bronze_root()
+    dsn, root = resolve_source_dsn(Settings.from_env()), bronze_root()
     started = time.perf_counter()
     rows = written = 0
     modes = set()
@@ -67,9 +67,10 @@ def phase_change(tables: list[str], changes: int, scattered: bool = False) -> di
     ``scattered`` spread evenly over the table."""
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+    from bronze_assets.settings import Settings
 
     updates, deletes, inserts = int(changes * 0.8), changes // 10, changes // 10
-    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+    with connect(resolve_source_dsn(Settings.from_env())) as conn, conn.cursor() as cur:
         for name in tables:
             c = CONTRACTS[name]
             pk, others = c.primary_key[0], [col for col in c.column_names if col not in (c.primary_key[0],

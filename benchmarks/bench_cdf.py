@@ -38,6 +38,7 @@ def phase_load(table: str, feed: bool, root: str) -> dict:
     from bronze_assets.lib.delta.merge import BronzeMerger
     from bronze_assets.lib.load import extract_and_stage
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
     if not feed:  # the same write, its configuration without the feed's property
         write = merge.write_deltalake
@@ -49,7 +50,7 @@ def phase_load(table: str, feed: bool, root: str) -> dict:
         merge.write_deltalake = write_without_feed
     contract = CONTRACTS[table]
     started = time.perf_counter()
-    staged = extract_and_stage(contract, resolve_source_dsn(), Path(root))
+    staged = extract_and_stage(contract, resolve_source_dsn(Settings.from_env()), Path(root))
     try:
         staged_at = time.perf_counter()
         result = BronzeMerger(contract, Path(root)).merge(staged)

@@ -113,8 +113,10 @@ def phase_seed(scale: float) -> dict:
     from bronze_assets.demo.generator import SeedOptions
     from bronze_assets.demo.seed import seed_source
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    report = seed_source(resolve_source_dsn(), SeedOptions(scale=scale), reset=True, progress=False)
+    dsn = resolve_source_dsn(Settings.from_env())
+    report = seed_source(dsn, SeedOptions(scale=scale), reset=True, progress=False)
     return {"rows": report.total_rows}
 
 
@@ -124,16 +126,19 @@ def phase_initial() -> dict:
     from bronze_assets.definitions import defs
     from bronze_assets.demo.run import materialize_all
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    materialize_all(defs(), resolve_source_dsn(), dg.DagsterInstance.ephemeral(), with_checks=False)
+    dsn = resolve_source_dsn(Settings.from_env())
+    materialize_all(defs(), dsn, dg.DagsterInstance.ephemeral(), with_checks=False)
     return {}
 
 
 def phase_change(every: int) -> dict:
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+    with connect(resolve_source_dsn(Settings.from_env())) as conn, conn.cursor() as cur:
         for name in HOURLY:
             pk = CONTRACTS[name].primary_key[0]
             cur.execute(f"UPDATE tests.{name} SET updated_at = now() WHERE {pk} % {every} = 0")

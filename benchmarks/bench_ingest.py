@@ -78,8 +78,10 @@ def phase_seed(scale: float) -> dict:
     from bronze_assets.demo.generator import SeedOptions
     from bronze_assets.demo.seed import seed_source
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    report = seed_source(resolve_source_dsn(), SeedOptions(scale=scale), reset=True, progress=False)
+    dsn = resolve_source_dsn(Settings.from_env())
+    report = seed_source(dsn, SeedOptions(scale=scale), reset=True, progress=False)
     return {"rows": report.total_rows}
 
 
@@ -88,8 +90,9 @@ def phase_copy() -> dict:
 
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    dsn = resolve_source_dsn()
+    dsn = resolve_source_dsn(Settings.from_env())
     started = time.perf_counter()
     with open(os.devnull, "wb") as sink:
         for name in CONTRACTS:
@@ -104,8 +107,9 @@ def phase_load(with_checks: bool = False) -> dict:
     from bronze_assets.definitions import defs
     from bronze_assets.demo.run import materialize_all
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    dsn = resolve_source_dsn()
+    dsn = resolve_source_dsn(Settings.from_env())
     definitions = defs()
     started = time.perf_counter()
     meta = materialize_all(definitions, dsn, dg.DagsterInstance.ephemeral(), with_checks=with_checks)
@@ -120,8 +124,9 @@ def phase_load(with_checks: bool = False) -> dict:
 def phase_change() -> dict:
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+    with connect(resolve_source_dsn(Settings.from_env())) as conn, conn.cursor() as cur:
         for name, c in CONTRACTS.items():
             cur.execute(f"UPDATE tests.{name} SET updated_at = now() WHERE {c.primary_key[0]} % 100 = 0")
         conn.commit()
@@ -139,10 +144,11 @@ def phase_tick(variant: str, tick: int, state: Path) -> dict:
     today). ``state`` accumulates the deleted keys for the verification."""
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+    from bronze_assets.settings import Settings
 
     deleted: dict[str, list[int]] = json.loads(state.read_text()) if state.exists() else {}
     changes: dict[str, dict[str, int]] = {}
-    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+    with connect(resolve_source_dsn(Settings.from_env())) as conn, conn.cursor() as cur:
         for name in TICK_TABLES:
             c = CONTRACTS[name]
             pk, table = c.primary_key[0], f"tests.{name}"
@@ -266,11 +272,11 @@ def phase_verify(state: Path) -> dict:
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED
     from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
-    from bronze_assets.settings import bronze_root
+    from bronze_assets.settings import Settings, bronze_root
 
     deleted: dict[str, list[int]] = json.loads(state.read_text()) if state.exists() else {}
     report: dict[str, dict[str, Any]] = {}
-    with connect(resolve_source_dsn()) as conn, conn.cursor() as cur:
+    with connect(resolve_source_dsn(Settings.from_env())) as conn, conn.cursor() as cur:
         for name in TICK_TABLES:
             c = CONTRACTS[name]
             pk, part = c.primary_key[0], c.partitioning.delta_column
@@ -331,9 +337,9 @@ def phase_dlt(out: Path) -> dict:
         return {"skipped": "dlt is not installed: pip install -e '.[bench]'"}
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import resolve_source_dsn
-    from bronze_assets.settings import SOURCE_SCHEMA
+    from bronze_assets.settings import SOURCE_SCHEMA, Settings
 
-    dsn = _dlt_dsn(resolve_source_dsn())
+    dsn = _dlt_dsn(resolve_source_dsn(Settings.from_env()))
     started = time.perf_counter()
     source = sql_database(credentials=dsn, schema=SOURCE_SCHEMA, table_names=list(CONTRACTS),
                           backend="connectorx")

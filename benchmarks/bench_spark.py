@@ -46,9 +46,9 @@ def _windows(name: str, tick: bool) -> tuple[tuple[datetime, datetime] | None, b
 def phase_engine(engine: str, tables: list[str], tick: bool) -> dict:
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import resolve_source_dsn
-    from bronze_assets.settings import bronze_root
+    from bronze_assets.settings import Settings, bronze_root
 
-    dsn, root = resolve_source_dsn(), bronze_root()
+    dsn, root = resolve_source_dsn(Settings.from_env()), bronze_root()
     started = time.perf_counter()
     rows = written = 0
     if engine == "spark":

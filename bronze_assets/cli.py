@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import click
 
-from bronze_assets.settings import ENV_SOURCE_DSN
+from bronze_assets.settings import ENV_SOURCE_DSN, Settings
 
 
 def _as_of(value: str | None) -> datetime | None:
@@ -112,7 +112,7 @@ def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, r
     try:
         kwargs = {"as_of": _as_of(as_of)} if as_of else {}
         options = SeedOptions(scale=scale, defect_rate=defect_rate, seed=seed_value, **kwargs)
-        target = resolve_source_dsn(dsn)
+        target = resolve_source_dsn(Settings.from_env(), dsn)
         report = seed_source(target, options, reset=reset)
     except (SourceNotEmptyError, SourceConnectionError, ValueError) as exc:
         _fail(str(exc))
@@ -185,7 +185,7 @@ def server_uri() -> None:
     """Start the embedded server if needed and print its connection URI (it stops on exit)."""
     from bronze_assets.lib.source.embedded import embedded_server
 
-    click.echo(embedded_server().start())
+    click.echo(embedded_server(Settings.from_env().pgdata).start())
 
 
 @server.command("status")
@@ -193,7 +193,7 @@ def server_status() -> None:
     """Say whether the embedded server is running and where its data lives."""
     from bronze_assets.lib.source.embedded import embedded_server
 
-    srv = embedded_server()
+    srv = embedded_server(Settings.from_env().pgdata)
     click.echo(f"{'running' if srv.is_running else 'stopped'}: {srv.pgdata}")
 
 
@@ -404,7 +404,8 @@ def reconcile_command(tables: tuple[str, ...], deep: bool, repair: bool, as_json
         _fail(str(exc.args[0]))
         return
     try:
-        run = reconcile_and_repair(contracts, resolve_source_dsn(), BronzeStorage().storage(), deep=deep,
+        storage = BronzeStorage().storage()
+        run = reconcile_and_repair(contracts, resolve_source_dsn(storage.settings), storage, deep=deep,
                                    repair=repair, job_id="bronze reconcile",
                                    bronze_side=BronzeEngine().bronze_side)
     except SourceConnectionError as exc:
@@ -448,9 +449,8 @@ def doctor(dsn: str | None, as_json: bool) -> None:
 
     from bronze_assets.lib.source.doctor import diagnose, render
     from bronze_assets.lib.source.postgres import resolve_source_dsn
-    from bronze_assets.settings import Settings
 
-    diagnosis = diagnose(resolve_source_dsn(dsn), cdc=Settings.from_env().cdc)
+    diagnosis = diagnose(resolve_source_dsn(Settings.from_env(), dsn), cdc=Settings.from_env().cdc)
     if as_json:
         click.echo(json.dumps(diagnosis.as_json(), indent=2))
     elif diagnosis.error is not None:
@@ -517,7 +517,8 @@ def init(path: str | None, dsn: str | None, schemas: tuple[str, ...], tables: tu
     if target.exists() and not refresh:
         _fail(f"{target} exists: refresh it with  bronze init --refresh {target}  (keeps your overlay)")
     try:
-        result = introspect(resolve_source_dsn(dsn), source, existing=existing, name=target.parent.name,
+        result = introspect(resolve_source_dsn(Settings.from_env(), dsn), source, existing=existing,
+                            name=target.parent.name,
                             incremental_rows=incremental_rows or INCREMENTAL_ROWS)
     except Exception as exc:  # the failure policy's one line (connection, permission, …)
         _fail_on(exc, "bronze init")
@@ -578,7 +579,7 @@ def cdc_status(as_json: bool) -> None:
     storage = BronzeStorage().storage()
     rows = []
     try:
-        dsn = resolve_source_dsn()
+        dsn = resolve_source_dsn(Settings.from_env())
         deployment = deployment_id(storage)
         for contract in (c for c in CONTRACTS.values() if c.cdc):
             check = check_stream(contract, dsn, storage)
@@ -657,7 +658,8 @@ def cdc_reset(table: str) -> None:
 
     storage = BronzeStorage().storage()
     try:
-        batch, result = reset(contract, resolve_source_dsn(), storage, job_id="bronze cdc reset")
+        dsn = resolve_source_dsn(storage.settings)
+        batch, result = reset(contract, dsn, storage, job_id="bronze cdc reset")
     except (ReplicationError, SourceConnectionError) as exc:  # e.g. a publication it may not create
         _fail(str(exc))
         return

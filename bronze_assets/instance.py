@@ -32,8 +32,9 @@ def embedded_dagster_url(pgdata: Path | None = None, database: str = DAGSTER_DAT
     when missing."""
     from bronze_assets.lib.source.embedded import embedded_server
     from bronze_assets.lib.source.postgres import connect
+    from bronze_assets.settings import Settings
 
-    server = embedded_server(pgdata)
+    server = embedded_server(pgdata or Settings.from_env().pgdata)
     source_uri = server.start()
     admin = source_uri.replace(f"/{server.database}?", "/postgres?", 1)
     with connect(admin, autocommit=True) as conn, conn.cursor() as cur:

@@ -78,6 +78,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AWS_ENDPOINT", "unset", "older spelling of AWS_ENDPOINT_URL"),
 )
 SECRET_PREFIX = "BRONZE_SECRET_"  # BRONZE_SECRET_<name> is another spelling of secret <name>
+SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.meaning.startswith("secret:"))
 _KNOWN = {v.name for v in VARIABLES}
 
 
@@ -101,16 +102,6 @@ def source_dsn_from(variable: str) -> str | None:
     return value or None
 
 
-def secret_from_env(key: str) -> str | None:
-    """Secret ``key`` from the environment: ``$<key>``, else ``$BRONZE_SECRET_<key>`` (as spelled or
-    upper case). Secret names are the caller's (KPassword, …), so they are not registered."""
-    for name in (key, SECRET_PREFIX + key, SECRET_PREFIX + key.upper()):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
-
-
 def env_flag(name: str) -> bool:
     """A switch variable: 1/true/yes/on."""
     return (env(name) or "").lower() in {"1", "true", "yes", "on"}
@@ -128,11 +119,6 @@ SOURCE_SYSTEM = "PostgreSQL_DE"
 def data_dir() -> Path:
     """Project data folder (embedded PostgreSQL, default bronze root): ``$BRONZE_DATA_DIR`` or ./data."""
     return Path(env(ENV_DATA_DIR) or "data").expanduser().absolute()
-
-
-def source_dsn_from_env() -> str | None:
-    """The libpq URI in ``$BRONZE_SOURCE_DSN``, or None to use the embedded server."""
-    return env(ENV_SOURCE_DSN)
 
 
 def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -225,6 +211,7 @@ class Settings:
     in :data:`VARIABLES` (no environment read)."""
 
     data_dir: Path = field(default_factory=lambda: Path("data").absolute())
+    source_dsn: str | None = None  # None: the KConnectionString secret, else the embedded server
     bronze_root: str = field(default_factory=lambda: str(Path("data", "bronze").absolute()))
     extract_parallelism: int = field(default_factory=default_parallelism)
     stage_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
@@ -247,8 +234,15 @@ class Settings:
     spark_jars_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / JARS_SUBDIR)
     spark_python: str = sys.executable  # Spark's Python workers ($PYSPARK_PYTHON, else this one)
     object_store_endpoint: str | None = None
+    # secrets set in the environment ($<key> or $BRONZE_SECRET_<key>), for the first secret provider
+    env_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
     # the BRONZE_SMTP_* / BRONZE_ALERT_* values (lib.alerts builds the channels); a password: no repr
     alerts: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+
+    @property
+    def pgdata(self) -> Path:
+        """The embedded PostgreSQL's data folder."""
+        return self.data_dir / "pgdata"
 
     def go_live(self, today: date | None = None) -> date:
         """Go-live day of the daily tables: ``start_date``, else the first day of ``today``'s
@@ -269,6 +263,9 @@ class Settings:
         root = read.text(ENV_BRONZE_ROOT)
         return cls(
             data_dir=data,
+            source_dsn=read.text(ENV_SOURCE_DSN),
+            env_secrets={k: v.strip() for k, v in environ.items()
+                         if (k in SECRET_NAMES or k.startswith(SECRET_PREFIX)) and v.strip()},
             bronze_root=_root(root) if root else str(data / "bronze"),
             extract_parallelism=int(parallelism),
             stage_dir=read.path("BRONZE_STAGE_DIR") or defaults.stage_dir,

@@ -101,7 +101,7 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
     lifecycle: Lifecycle | None = None
     started = datetime.now(UTC)
     try:
-        dsn = resolve_source_dsn(None)
+        dsn = resolve_source_dsn(settings)
         engine = SparkEngine(SparkLoader(spark_session(settings, f"bronze {contract.bronze_table}"), storage),
                              data_docs=bool(extras.get("docs")))
         lifecycle = Lifecycle(request, engine, dsn, storage, job_id=pipes.run_id, logger=pipes.log)

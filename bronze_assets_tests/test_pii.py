@@ -41,7 +41,7 @@ from bronze_assets.lib.governance import (
 )
 from bronze_assets.lib.governance.crypto import aad, decrypt_value, encrypt_value, master_key, master_key_path
 from bronze_assets.lib.secrets import K_PII_MASTER_KEY
-from bronze_assets.settings import bronze_root
+from bronze_assets.settings import Settings, bronze_root
 
 CUSTOMERS, SUPPLIERS, PRODUCTS = CONTRACTS["customers"], CONTRACTS["suppliers"], CONTRACTS["products"]
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -155,21 +155,21 @@ def test_wrong_aad_fails() -> None:
 
 def test_master_key_generated_once_with_mode_0600(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        key = master_key()
-    path = master_key_path()
+        key = master_key(Settings.from_env())
+    path = master_key_path(Settings.from_env().data_dir)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(key) == 32
     assert "generated a local PII master key" in caplog.text
     assert path.read_text().strip() not in caplog.text and base64.b64encode(key).decode() not in caplog.text
-    assert master_key() == key  # reused, not regenerated
+    assert master_key(Settings.from_env()) == key  # reused, not regenerated
     with pytest.MonkeyPatch.context() as mp, pytest.raises(PiiKeyError, match=K_PII_MASTER_KEY):
         mp.setenv(K_PII_MASTER_KEY, "not-a-key")
-        master_key()
+        master_key(Settings.from_env())
 
 
 def test_configured_master_key_wins_and_a_wrong_one_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(K_PII_MASTER_KEY, base64.b64encode(b"k" * 32).decode())
     enc = encrypt_table(customers_table(), CUSTOMERS)
-    assert not master_key_path().exists()
+    assert not master_key_path(Settings.from_env().data_dir).exists()
     monkeypatch.setenv(K_PII_MASTER_KEY, base64.b64encode(b"x" * 32).decode())
     with pytest.raises(PiiKeyError, match="master key"):
         decrypt_table(enc, CUSTOMERS)

@@ -24,6 +24,7 @@ from bronze_assets.lib.secrets import (
     DatabricksSecretProvider,
     EnvProvider,
     SecretError,
+    SecretProvider,
     SecretRedactionFilter,
     get_secret,
     install_log_redaction,
@@ -32,6 +33,7 @@ from bronze_assets.lib.secrets import (
     require_secret,
 )
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect, resolve_source_dsn
+from bronze_assets.settings import Settings
 
 PLANTED = "pl4nted-S3cret/value@x"
 SECRET_ENV = ("KConnectionString", "KUser", "KPassword", "KPiiMasterKey", "BRONZE_SECRET_KPassword",
@@ -88,9 +90,9 @@ def test_chain_order_env_then_databricks_then_key_vault(monkeypatch: pytest.Monk
     dbutils = FakeDbutils({"KUser": "dbx-user", "KPassword": "dbx-pass"})
     vault = FakeSecretClient({"KUser": "kv-user", "KPassword": "kv-pass", "KConnectionString": "kv-conn",
                               "BRONZE-EXTRA-NAME": "kv-extra"})
-    chain = [EnvProvider(), DatabricksSecretProvider("bronze", dbutils),
-             AzureKeyVaultProvider("https://v", vault)]
     monkeypatch.setenv("KUser", "env-user")
+    chain = [EnvProvider(Settings.from_env().env_secrets), DatabricksSecretProvider("bronze", dbutils),
+             AzureKeyVaultProvider("https://v", vault)]
     assert get_secret("KUser", chain) == "env-user"
     assert get_secret("KPassword", chain) == "dbx-pass"
     assert get_secret("KConnectionString", chain) == "kv-conn"
@@ -102,20 +104,24 @@ def test_chain_order_env_then_databricks_then_key_vault(monkeypatch: pytest.Monk
 
 
 def test_env_prefixed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    def from_env() -> list[SecretProvider]:
+        return [EnvProvider(Settings.from_env().env_secrets)]
+
     monkeypatch.setenv("BRONZE_SECRET_KPASSWORD", "upper")
-    assert get_secret("KPassword", [EnvProvider()]) == "upper"
+    assert get_secret("KPassword", from_env()) == "upper"
     monkeypatch.setenv("BRONZE_SECRET_KPassword", "prefixed")
-    assert get_secret("KPassword", [EnvProvider()]) == "prefixed"
+    assert get_secret("KPassword", from_env()) == "prefixed"
     monkeypatch.setenv("KPassword", "direct")
-    assert get_secret("KPassword", [EnvProvider()]) == "direct"
+    assert get_secret("KPassword", from_env()) == "direct"
+    assert get_secret("KPassword", [EnvProvider(Settings().env_secrets)]) is None, "a value, not the env"
 
 
-def test_default_chain_depends_on_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert [type(p) for p in secrets.default_providers()] == [EnvProvider]
+def test_the_chain_depends_on_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [type(p) for p in secrets.providers(Settings.from_env())] == [EnvProvider]
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
     monkeypatch.setenv("BRONZE_SECRET_SCOPE", "prod-scope")
     monkeypatch.setenv("BRONZE_KEY_VAULT_URL", "https://my-vault.vault.azure.net/")
-    chain = secrets.default_providers()
+    chain = secrets.providers(Settings.from_env())
     assert [type(p) for p in chain] == [EnvProvider, DatabricksSecretProvider, AzureKeyVaultProvider]
     assert chain[1].scope == "prod-scope" and chain[2].vault_url == "https://my-vault.vault.azure.net/"
     assert key_vault_name("BRONZE_SECRET_X") == "BRONZE-SECRET-X"
@@ -139,7 +145,7 @@ def test_key_vault_without_the_extra_names_it() -> None:
 def test_redact_secrets_masks_every_fetched_value(monkeypatch: pytest.MonkeyPatch) -> None:
     assert redact_secrets(f"before {PLANTED}") == f"before {PLANTED}"  # not fetched yet
     monkeypatch.setenv("KPassword", PLANTED)
-    assert get_secret("KPassword") == PLANTED
+    assert get_secret("KPassword", secrets.providers(Settings.from_env())) == PLANTED
     text = f"connect failed for {PLANTED}; uri postgresql://u:pl4nted-S3cret%2Fvalue%40x@h/DE"
     redacted = redact_secrets(text)
     assert PLANTED not in redacted and "pl4nted" not in redacted
@@ -148,7 +154,7 @@ def test_redact_secrets_masks_every_fetched_value(monkeypatch: pytest.MonkeyPatc
 
 def test_logging_filter_masks_messages_args_and_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KPassword", PLANTED)
-    get_secret("KPassword")
+    get_secret("KPassword", secrets.providers(Settings.from_env()))
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -175,7 +181,7 @@ def test_install_log_redaction_covers_handlers_added_later(monkeypatch: pytest.M
     monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())  # restored after
     install_log_redaction()
     monkeypatch.setenv("KPassword", PLANTED)
-    get_secret("KPassword")
+    get_secret("KPassword", secrets.providers(Settings.from_env()))
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)  # added after installation, no filter of its own
     logger = logging.getLogger("bronze_test_secrets_late")
@@ -192,13 +198,13 @@ def test_resolve_source_dsn_from_secrets(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KConnectionString", "postgresql://db.example:5432/DE?sslmode=require")
     monkeypatch.setenv("KUser", "loader")
     monkeypatch.setenv("KPassword", "p@ss:w/rd")
-    dsn = resolve_source_dsn()
+    dsn = resolve_source_dsn(Settings.from_env())
     assert dsn == "postgresql://loader:p%40ss%3Aw%2Frd@db.example:5432/DE?sslmode=require&connect_timeout=10"
     assert "p%40ss" not in redact_secrets(f"using {dsn}") and "p@ss:w/rd" not in redact_secrets(dsn)
     # explicit and $BRONZE_SOURCE_DSN come first
-    assert resolve_source_dsn("postgresql://x@h/db") == "postgresql://x@h/db?connect_timeout=10"
+    assert resolve_source_dsn(Settings(), "postgresql://x@h/db") == "postgresql://x@h/db?connect_timeout=10"
     monkeypatch.setenv("BRONZE_SOURCE_DSN", "postgresql://env@h/db")
-    assert resolve_source_dsn() == "postgresql://env@h/db?connect_timeout=10"
+    assert resolve_source_dsn(Settings.from_env()) == "postgresql://env@h/db?connect_timeout=10"
 
 
 @pytest.mark.parametrize(("conn", "expected"), [
@@ -212,19 +218,19 @@ def test_connection_string_forms(monkeypatch: pytest.MonkeyPatch, conn: str, exp
     monkeypatch.setenv("KConnectionString", conn)
     monkeypatch.setenv("KUser", "loader")
     monkeypatch.setenv("KPassword", "pw1x")
-    assert resolve_source_dsn() == expected
+    assert resolve_source_dsn(Settings.from_env()) == expected
 
 
 def test_ado_string_with_its_own_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KConnectionString", "Host=db;Database=DE;Username=app;Password=a;b=c")
-    assert resolve_source_dsn() == "postgresql://app:a@db/DE?connect_timeout=10"
+    assert resolve_source_dsn(Settings.from_env()) == "postgresql://app:a@db/DE?connect_timeout=10"
 
 
 def test_connection_error_from_secret_dsn_hides_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KConnectionString", "postgresql://127.0.0.1:1/DE?connect_timeout=2")
     monkeypatch.setenv("KUser", "loader")
     monkeypatch.setenv("KPassword", PLANTED)
-    dsn = resolve_source_dsn()
+    dsn = resolve_source_dsn(Settings.from_env())
     with pytest.raises(SourceConnectionError) as info:
         connect(dsn)
     assert PLANTED not in str(info.value) and "pl4nted" not in str(info.value)

@@ -11,7 +11,7 @@ import pytest
 from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.lib.source.embedded import EmbeddedPostgres
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect, resolve_source_dsn
-from bronze_assets.settings import ENV_SOURCE_DSN
+from bronze_assets.settings import ENV_SOURCE_DSN, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +55,18 @@ def test_embedded_start_reuse_and_stop(tmp_path: Path) -> None:
 def test_resolve_prefers_explicit_then_env_then_embedded(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert resolve_source_dsn("postgresql://u@h/db") == "postgresql://u@h/db?connect_timeout=10"
+    assert resolve_source_dsn(Settings(), "postgresql://u@h/db") == "postgresql://u@h/db?connect_timeout=10"
     monkeypatch.setenv(ENV_SOURCE_DSN, "postgresql://env@h/DE?connect_timeout=3")
-    assert resolve_source_dsn() == "postgresql://env@h/DE?connect_timeout=3"  # the user's own wins
+    # the user's own timeout wins
+    assert resolve_source_dsn(Settings.from_env()) == "postgresql://env@h/DE?connect_timeout=3"
     monkeypatch.delenv(ENV_SOURCE_DSN)
     from bronze_assets.lib.source.embedded import embedded_server
 
-    uri = resolve_source_dsn()  # BRONZE_DATA_DIR points into tmp_path (conftest)
+    uri = resolve_source_dsn(Settings.from_env())  # BRONZE_DATA_DIR points into tmp_path (conftest)
     try:
         assert str(tmp_path / "data" / "pgdata") in uri
     finally:
-        embedded_server().stop()
+        embedded_server(Settings.from_env().pgdata).stop()
 
 
 def test_connection_error_names_server_but_not_password(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from bronze_assets.defs.io_manager import BronzeDeltaIOManager, BronzeStorage
 from bronze_assets.lib.secrets import install_log_redaction, register_secret
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
-from bronze_assets.settings import ENV_SOURCE_DSN
+from bronze_assets.settings import ENV_SOURCE_DSN, Settings
 
 __all__ = ["BronzeDeltaIOManager", "BronzeEngine", "BronzeStorage", "PostgresSource", "resources"]
 
@@ -27,13 +27,13 @@ class PostgresSource(dg.ConfigurableResource):
         """Every entry point that runs bronze assets (``dagster asset materialize``, the UI, the
         daemon, ``bronze demo``) masks the source's password and other secrets in every log record."""
         install_log_redaction()
-        dsn = self.dsn or configured_source_dsn()
+        dsn = self.dsn or configured_source_dsn(Settings.from_env())
         if dsn:
             register_secret(dsn_parts(dsn).get("password"))
 
     def resolved_dsn(self) -> str:
         """The URI to connect to (starting the embedded server when none is configured)."""
-        return resolve_source_dsn(self.dsn)
+        return resolve_source_dsn(Settings.from_env(), self.dsn)
 
 
 def build_resources(

@@ -35,7 +35,7 @@ from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
 from bronze_assets.lib.failures import one_line
-from bronze_assets.settings import data_dir, env
+from bronze_assets.settings import Settings, data_dir, env
 
 DEMO_JOB = "bronze_demo"
 LOG_FILE = Path("logs") / "demo.log"  # under $BRONZE_DATA_DIR
@@ -460,9 +460,9 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
     from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
     from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA
 
-    dsn = resolve_source_dsn()
+    dsn = resolve_source_dsn(Settings.from_env())
     if _source_is_empty(dsn):
-        if configured_source_dsn() is not None and not seed_external:
+        if configured_source_dsn(Settings.from_env()) is not None and not seed_external:
             raise DemoRefusedError(
                 f"the source {describe_dsn(dsn)} holds no rows in schema {SOURCE_SCHEMA}, and bronze demo "
                 f"seeds only its embedded server: pass --seed-external to create schema {SOURCE_SCHEMA} "

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from bronze_assets.settings import env, secret_from_env
+from bronze_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ K_PII_MASTER_KEY = "KPiiMasterKey"
 ENV_PREFIX = "BRONZE_SECRET_"
 ENV_SECRET_SCOPE = "BRONZE_SECRET_SCOPE"
 ENV_KEY_VAULT_URL = "BRONZE_KEY_VAULT_URL"
-ENV_DATABRICKS_RUNTIME = "DATABRICKS_RUNTIME_VERSION"
-DEFAULT_SECRET_SCOPE = "bronze"
 MASK = "***"
 MIN_REDACT_LENGTH = 3  # shorter values would mask ordinary words in every message
 
@@ -144,12 +142,19 @@ def install_log_redaction(handlers: Iterable[logging.Handler] = ()) -> None:
 
 # --------------------------------------------------------------------------- providers
 class EnvProvider:
-    """``$<key>`` (e.g. ``$KPassword``), else ``$BRONZE_SECRET_<key>`` (as spelled or upper case)."""
+    """``$<key>`` (e.g. ``$KPassword``), else ``$BRONZE_SECRET_<key>`` (as spelled or upper case),
+    from ``values``: the environment's secrets an entry point read (``Settings.env_secrets``)."""
 
     name = "environment"
 
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = values
+
     def get(self, key: str) -> str | None:
-        return secret_from_env(key)
+        for name in (key, ENV_PREFIX + key, ENV_PREFIX + key.upper()):
+            if self.values.get(name):
+                return self.values[name]
+        return None
 
 
 class DatabricksSecretProvider:
@@ -237,20 +242,20 @@ def clear_cache() -> None:
     _remote_cache.clear()
 
 
-def default_providers() -> list[SecretProvider]:
-    """The chain for this environment: env, then Databricks (on a runtime), then Key Vault (if set)."""
-    providers: list[SecretProvider] = [EnvProvider()]
-    if env(ENV_DATABRICKS_RUNTIME):
-        providers.append(DatabricksSecretProvider(env(ENV_SECRET_SCOPE) or DEFAULT_SECRET_SCOPE))
-    vault = env(ENV_KEY_VAULT_URL)
-    if vault:
-        providers.append(AzureKeyVaultProvider(vault))
-    return providers
+def providers(settings: Settings) -> list[SecretProvider]:
+    """The chain ``settings`` configure: the environment's secrets, then the Databricks secret
+    scope (on a Databricks runtime), then Azure Key Vault (if its URL is set)."""
+    chain: list[SecretProvider] = [EnvProvider(settings.env_secrets)]
+    if settings.databricks_runtime:
+        chain.append(DatabricksSecretProvider(settings.secret_scope))
+    if settings.key_vault_url:
+        chain.append(AzureKeyVaultProvider(settings.key_vault_url))
+    return chain
 
 
-def get_secret(name: str, providers: Iterable[SecretProvider] | None = None) -> str | None:
+def get_secret(name: str, providers: Iterable[SecretProvider]) -> str | None:
     """The first value any provider has for ``name`` (registered for redaction), else None."""
-    for provider in default_providers() if providers is None else providers:
+    for provider in providers:
         cacheable = not isinstance(provider, EnvProvider)
         cache_key = (provider.name, getattr(provider, "scope", getattr(provider, "vault_url", "")), name)
         if cacheable and cache_key in _remote_cache:
@@ -265,9 +270,9 @@ def get_secret(name: str, providers: Iterable[SecretProvider] | None = None) -> 
     return None
 
 
-def require_secret(name: str, providers: Iterable[SecretProvider] | None = None) -> str:
+def require_secret(name: str, providers: Iterable[SecretProvider]) -> str:
     """Like :func:`get_secret` but raises :class:`SecretError` naming where it looked."""
-    chain = list(default_providers() if providers is None else providers)
+    chain = list(providers)
     value = get_secret(name, chain)
     if value is None:
         where = ", ".join(p.name for p in chain)
@@ -333,9 +338,9 @@ def with_credentials(uri: str, user: str | None, password: str | None) -> str:
     return urlunsplit(url._replace(netloc=f"{creds}@{netloc}" if creds else netloc))
 
 
-def source_dsn_from_secrets(providers: Iterable[SecretProvider] | None = None) -> str | None:
+def source_dsn_from_secrets(providers: Iterable[SecretProvider]) -> str | None:
     """The source DSN from ``KConnectionString`` (+ ``KUser``/``KPassword`` filled in), else None."""
-    chain = list(default_providers() if providers is None else providers)
+    chain = list(providers)
     conn = get_secret(K_CONNECTION_STRING, chain)
     if not conn:
         return None

@@ -18,8 +18,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bronze_assets.lib.secrets import K_PII_MASTER_KEY, get_secret, register_secret
-from bronze_assets.settings import data_dir
+from bronze_assets.lib.secrets import K_PII_MASTER_KEY, get_secret, providers, register_secret
+from bronze_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class SealError(InvalidTag):
         self.index = index
 
 
-def master_key_path() -> Path:
+def master_key_path(data_dir: Path) -> Path:
     """Where a laptop's generated master key lives: ``$BRONZE_DATA_DIR/secrets/pii_master.key``."""
-    return data_dir().joinpath(*MASTER_KEY_FILE)
+    return data_dir.joinpath(*MASTER_KEY_FILE)
 
 
 def _decode(value: str, source: str) -> bytes:
@@ -59,12 +59,13 @@ def _decode(value: str, source: str) -> bytes:
     return key
 
 
-def master_key(create: bool = True) -> bytes:
-    """The KEK: secret ``KPiiMasterKey``, else the local key file (generated once if ``create``)."""
-    value = get_secret(K_PII_MASTER_KEY)
+def master_key(settings: Settings, create: bool = True) -> bytes:
+    """The KEK: secret ``KPiiMasterKey`` (from the providers ``settings`` configure), else the
+    local key file under ``settings.data_dir`` (generated once if ``create``)."""
+    value = get_secret(K_PII_MASTER_KEY, providers(settings))
     if value:
         return _decode(value, f"secret {K_PII_MASTER_KEY}")
-    path = master_key_path()
+    path = master_key_path(settings.data_dir)
     if not path.exists():
         if not create:
             raise PiiKeyError(

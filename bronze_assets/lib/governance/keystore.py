@@ -106,7 +106,7 @@ class KeyStore:
         live = rows.filter(pl.col("forgotten_at").is_null() & pl.col("wrapped_key").is_not_null())
         if not live.height:
             return result
-        kek_bytes = self._kek or master_key(create=create)
+        kek_bytes = self._kek or master_key(self.storage.settings, create=create)
         expected = kek_id(kek_bytes)
         others = set(live.get_column("kek_id").unique().to_list()) - {expected}
         if others:
@@ -127,7 +127,7 @@ class KeyStore:
     def _create(self, subject_type: str, subject_ids: list[str]) -> dict[str, bytes]:
         """New keys for ``subject_ids`` in one commit; returns them when every one was inserted
         (fewer when a concurrent creator won for some subjects: the caller then re-reads)."""
-        kek_bytes = master_key(create=True)
+        kek_bytes = master_key(self.storage.settings, create=True)
         kek, kid = AESGCM(kek_bytes), kek_id(kek_bytes)
         material = random_keys(len(subject_ids))
         wrapped = seal(kek, material, _contexts(subject_type, subject_ids))

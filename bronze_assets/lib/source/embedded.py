@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bronze_assets.settings import SOURCE_DATABASE, data_dir
+from bronze_assets.settings import SOURCE_DATABASE
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ class EmbeddedPostgres:
     process that started it calls ``stop`` or exits.
     """
 
-    def __init__(self, pgdata: Path | None = None, database: str = SOURCE_DATABASE) -> None:
-        self.pgdata = (pgdata or data_dir() / "pgdata").absolute()
+    def __init__(self, pgdata: Path, database: str = SOURCE_DATABASE) -> None:
+        self.pgdata = pgdata.absolute()
         self.database = database
         self._server: Any = None
 
@@ -84,7 +84,8 @@ class EmbeddedPostgres:
 _EMBEDDED: dict[Path, EmbeddedPostgres] = {}
 
 
-def embedded_server(pgdata: Path | None = None) -> EmbeddedPostgres:
-    """The process-wide :class:`EmbeddedPostgres` for ``pgdata`` (default: the data folder)."""
+def embedded_server(pgdata: Path) -> EmbeddedPostgres:
+    """The process-wide :class:`EmbeddedPostgres` for ``pgdata`` (``Settings.pgdata``: under the
+    data folder)."""
     server = EmbeddedPostgres(pgdata)
     return _EMBEDDED.setdefault(server.pgdata, server)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bronze_assets.lib.source.dsn import describe_dsn, redact, with_connect_timeout
-from bronze_assets.settings import ENV_SOURCE_DSN, source_dsn_from_env
+from bronze_assets.settings import ENV_SOURCE_DSN, Settings
 
 # ARCHITECTURE §2.2: every rendering is independent of the role's and database's defaults:
 # timestamptz/date text (TimeZone, DateStyle), interval (IntervalStyle), bytea (bytea_output),
@@ -19,26 +19,26 @@ class SourceConnectionError(RuntimeError):
     """The PostgreSQL source could not be reached; the message says what to check."""
 
 
-def resolve_source_dsn(dsn: str | None = None) -> str:
-    """The DSN to use: ``dsn`` if given, else ``$BRONZE_SOURCE_DSN``, else the secret
-    ``KConnectionString`` (with ``KUser``/``KPassword`` filled in when given separately; see
+def resolve_source_dsn(settings: Settings, dsn: str | None = None) -> str:
+    """The DSN to use: ``dsn`` if given, else ``settings.source_dsn`` (``$BRONZE_SOURCE_DSN``), else
+    the secret ``KConnectionString`` (with ``KUser``/``KPassword`` filled in when given separately; see
     :mod:`bronze_assets.lib.secrets`), else the embedded server. Every connection bronze opens
     (ADBC, psycopg2, Spark's JDBC) uses this DSN, so it carries libpq's ``connect_timeout``
     (:data:`~bronze_assets.lib.source.dsn.DEFAULT_CONNECT_TIMEOUT_SECONDS` unless it sets one)."""
-    dsn = dsn or configured_source_dsn()
+    dsn = dsn or configured_source_dsn(settings)
     if dsn:
         return with_connect_timeout(dsn)
     from bronze_assets.lib.source.embedded import embedded_server
 
-    return with_connect_timeout(embedded_server().start())
+    return with_connect_timeout(embedded_server(settings.pgdata).start())
 
 
-def configured_source_dsn() -> str | None:
-    """The DSN the user configured (``$BRONZE_SOURCE_DSN`` or the ``KConnectionString`` secret),
-    or None when bronze uses its embedded server."""
-    from bronze_assets.lib.secrets import source_dsn_from_secrets
+def configured_source_dsn(settings: Settings) -> str | None:
+    """The DSN the user configured (``$BRONZE_SOURCE_DSN`` or the ``KConnectionString`` secret from
+    the providers ``settings`` configure), or None when bronze uses its embedded server."""
+    from bronze_assets.lib.secrets import providers, source_dsn_from_secrets
 
-    return source_dsn_from_env() or source_dsn_from_secrets()
+    return settings.source_dsn or source_dsn_from_secrets(providers(settings))
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> Any:
