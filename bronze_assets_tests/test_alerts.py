@@ -17,6 +17,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.lib.alerts import (
     DEFAULT_RECIPIENTS,
     OK,
@@ -27,7 +28,7 @@ from bronze_assets.lib.alerts import (
     Severity,
     SmtpChannel,
     WebhookChannel,
-    channels_from_env,
+    channels_for,
     deliver,
 )
 from bronze_assets.lib.delta import control
@@ -206,6 +207,9 @@ def test_a_failing_alert_table_does_not_stop_delivery(tmp_path: Path, smtp_serve
 
 
 def test_channels_from_env(monkeypatch: pytest.MonkeyPatch, smtp_server: Inbox, webhook_server: Hook) -> None:
+    def channels_from_env() -> list:  # as the alert sensor's resource reads them
+        return channels_for(BronzeStorage().storage())
+
     assert [type(c) for c in channels_from_env()] == [LogChannel, DeltaAlertTable]
 
     monkeypatch.setenv("BRONZE_SMTP_HOST", smtp_server.host)

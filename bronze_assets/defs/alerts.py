@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.freshness import WINDOWS
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
-from bronze_assets.lib.alerts import Alert, AlertState, Severity, channels_from_env, deliver
+from bronze_assets.lib.alerts import Alert, AlertState, Severity, channels_for, deliver
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, read_table
 from bronze_assets.lib.delta.maintenance import storage_growth
 from bronze_assets.settings import env_flag
@@ -182,7 +182,7 @@ def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC)) -> dg.S
         alerts = [_alert(kpi, s, v, AlertState.FIRING) for s, v in now_firing.items() if s not in firing]
         alerts += [_alert(kpi, s, values.get(s, firing[s]), AlertState.RESOLVED)
                    for s in firing if s not in now_firing]
-        channels = channels_from_env(bronze.storage(), context.log)
+        channels = channels_for(bronze.storage(), context.log)
         for alert in alerts:
             outcome = deliver(alert, channels)
             context.log.info(f"{alert.subject}: delivered {outcome}")

@@ -10,7 +10,7 @@ from bronze_assets.lib.alerts.channels import (
     SmtpChannel,
     WebhookChannel,
 )
-from bronze_assets.lib.alerts.delivery import OK, channels_from_env, deliver, smtp_from_env
+from bronze_assets.lib.alerts.delivery import OK, channels_for, deliver, smtp_channel
 from bronze_assets.lib.alerts.model import Alert, AlertState, Severity
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     "Severity",
     "SmtpChannel",
     "WebhookChannel",
-    "channels_from_env",
+    "channels_for",
     "deliver",
-    "smtp_from_env",
+    "smtp_channel",
 ]

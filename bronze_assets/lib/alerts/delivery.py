@@ -1,4 +1,4 @@
-"""Deliver an alert to every channel, and build the channel list from the environment."""
+"""Deliver an alert to every channel, and build the channel list from the settings."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from bronze_assets.lib.alerts.channels import (
     WebhookChannel,
 )
 from bronze_assets.lib.alerts.model import Alert
-from bronze_assets.lib.delta.storage import StorageLike, as_storage
-from bronze_assets.settings import env as setting
+from bronze_assets.lib.delta.storage import Storage
 
 OK = "ok"
 
@@ -73,41 +72,39 @@ def _unique(name: str, taken: Mapping[str, str]) -> str:
     return candidate
 
 
-def channels_from_env(
-    storage: StorageLike = None,
-    logger: Any = None,
-    env: Mapping[str, str] | None = None,
-) -> list[Channel]:
-    """Log + ``bz_alerts`` always; email when ``BRONZE_SMTP_HOST`` is set; webhook when
-    ``BRONZE_ALERT_WEBHOOK_URL`` is set. ``storage`` defaults to ``$BRONZE_ROOT``."""
+def channels_for(storage: Storage, logger: Any = None) -> list[Channel]:
+    """Log + ``bz_alerts`` of ``storage`` always; email when ``BRONZE_SMTP_HOST`` is set; webhook
+    when ``BRONZE_ALERT_WEBHOOK_URL`` is set (in the storage's settings: ``Settings.alerts``)."""
+    values = storage.settings.alerts
     channels: list[Channel] = [LogChannel(logger)]
-    if smtp := smtp_from_env(env):
+    if smtp := smtp_channel(values):
         channels.append(smtp)
-    if url := setting(ENV_WEBHOOK_URL, env):
-        timeout = float(setting(ENV_WEBHOOK_TIMEOUT, env) or DEFAULT_TIMEOUT)
+    if url := values.get(ENV_WEBHOOK_URL):
+        timeout = float(values.get(ENV_WEBHOOK_TIMEOUT) or DEFAULT_TIMEOUT)
         channels.append(WebhookChannel(url, timeout=timeout))
-    channels.append(DeltaAlertTable(as_storage(storage)))
+    channels.append(DeltaAlertTable(storage))
     return channels
 
 
-def smtp_from_env(env: Mapping[str, str] | None = None) -> SmtpChannel | None:
-    """The email channel configured by ``BRONZE_SMTP_*``/``BRONZE_ALERT_EMAIL_*``, or None without a host."""
-    host = setting(ENV_SMTP_HOST, env)
+def smtp_channel(values: Mapping[str, str]) -> SmtpChannel | None:
+    """The email channel ``values`` configure (``BRONZE_SMTP_*``/``BRONZE_ALERT_EMAIL_*`` as an entry
+    point read them), or None without a host."""
+    host = values.get(ENV_SMTP_HOST)
     if not host:
         return None
-    use_ssl = _flag(setting(ENV_SMTP_SSL, env)) or False
-    recipients = tuple(r.strip() for r in (setting(ENV_EMAIL_TO, env) or "").replace(";", ",").split(",")
+    use_ssl = _flag(values.get(ENV_SMTP_SSL)) or False
+    recipients = tuple(r.strip() for r in (values.get(ENV_EMAIL_TO) or "").replace(";", ",").split(",")
                        if r.strip())
     return SmtpChannel(
         host=host,
-        port=int(setting(ENV_SMTP_PORT, env) or (465 if use_ssl else 25)),
+        port=int(values.get(ENV_SMTP_PORT) or (465 if use_ssl else 25)),
         recipients=recipients or DEFAULT_RECIPIENTS,
-        sender=setting(ENV_EMAIL_FROM, env) or DEFAULT_SENDER,
-        user=setting(ENV_SMTP_USER, env) or None,
-        password=setting(ENV_SMTP_PASSWORD, env) or None,
-        starttls=_flag(setting(ENV_SMTP_STARTTLS, env)),
+        sender=values.get(ENV_EMAIL_FROM) or DEFAULT_SENDER,
+        user=values.get(ENV_SMTP_USER) or None,
+        password=values.get(ENV_SMTP_PASSWORD) or None,
+        starttls=_flag(values.get(ENV_SMTP_STARTTLS)),
         use_ssl=use_ssl,
-        timeout=float(setting(ENV_SMTP_TIMEOUT, env) or DEFAULT_TIMEOUT),
+        timeout=float(values.get(ENV_SMTP_TIMEOUT) or DEFAULT_TIMEOUT),
     )
 
 

@@ -87,7 +87,7 @@ class LocalEngine:
         self.storage = storage
 
     def warm_quality(self, contract: Contract) -> None:
-        worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract))
+        worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract, self.storage.settings.data_dir))
 
     def stage(self, request: LoadRequest, dsn: str, cdc: CdcRead | None) -> StagedBatch:
         contract, window = request.contract, request.window
@@ -98,7 +98,8 @@ class LocalEngine:
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         assert isinstance(staged, StagedBatch)
-        return worker.validate_staged(staged.contract, staged.ctx.load_date, docs_dir(staged.contract),
+        docs = docs_dir(staged.contract, self.storage.settings.data_dir)
+        return worker.validate_staged(staged.contract, staged.ctx.load_date, docs,
                                       staged.path)
 
     def quality_report(self, staged: Staged, pending: Future[QualityReport]) -> QualityReport:

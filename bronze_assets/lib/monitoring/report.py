@@ -13,11 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bronze_assets.lib.delta.storage import StorageLike
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.monitoring.metrics import RunStats, headline, load_frames, per_table
 from bronze_assets.lib.monitoring.plots import write_plots
 from bronze_assets.lib.monitoring.status import NEVER, STALE, TableStatus, _age, bronze_status
-from bronze_assets.settings import data_dir
 
 HTML_NAME = "report.html"
 TITLES = {
@@ -54,9 +53,9 @@ class ReportResult:
         return "\n".join(["| figure | value |", "|---|---|", *rows])
 
 
-def default_report_dir() -> Path:
-    """``$BRONZE_DATA_DIR/monitoring`` (./data/monitoring by default)."""
-    return data_dir() / "monitoring"
+def default_report_dir(data_dir: Path) -> Path:
+    """``$BRONZE_DATA_DIR/monitoring`` (./data/monitoring by default) for the data folder ``data_dir``."""
+    return data_dir / "monitoring"
 
 
 def build_report(
@@ -67,14 +66,16 @@ def build_report(
     instance: Any = None,
     now: datetime | None = None,
 ) -> ReportResult:
-    """Read the control tables in ``storage``; write the PNGs and ``report.html`` into ``out_dir``.
+    """Read the control tables in ``storage``; write the PNGs and ``report.html`` into ``out_dir``
+    (default: under the storage's settings' data folder).
 
     ``runs`` are the Dagster run counts (None: shown as "no data yet"); ``since`` limits the rows of
     the figures and charts (not the status table, which is as of ``now``). ``instance`` is the Dagster
     instance the status table reads check results from (None: no check column data).
     Works on empty or missing control tables (every chart then says "no data yet").
     """
-    out = Path(out_dir) if out_dir is not None else default_report_dir()
+    storage = as_storage(storage)
+    out = Path(out_dir) if out_dir is not None else default_report_dir(storage.settings.data_dir)
     out.mkdir(parents=True, exist_ok=True)
     frames = load_frames(storage, since)
     status = bronze_status(storage, now=now, instance=instance)

@@ -19,7 +19,6 @@ from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.schema import SchemaDrift
-from bronze_assets.settings import data_dir
 
 SCHEMA_CONTRACT = "schema_contract"
 QUALITY_SCORE = "quality_score"
@@ -66,9 +65,9 @@ def schema_contract(drift: SchemaDrift, quarantined: int | None = None) -> Check
     )
 
 
-def docs_dir(contract: Contract) -> Path:
-    """Where the GX Data Docs of ``contract`` are built."""
-    return data_dir() / "gx_docs" / contract.bronze_table
+def docs_dir(contract: Contract, data_dir: Path) -> Path:
+    """Where the GX Data Docs of ``contract`` are built, under the data folder ``data_dir``."""
+    return data_dir / "gx_docs" / contract.bronze_table
 
 
 def quality_score(histogram: np.ndarray, report: QualityReport) -> CheckOutcome:

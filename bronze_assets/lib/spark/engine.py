@@ -50,6 +50,7 @@ class SparkEngine:
         import pyarrow.dataset as ds
 
         contract = staged.contract
-        runner = suite_runner(contract, staged.ctx.load_date, docs_dir(contract) if self.data_docs else None)
+        docs = docs_dir(contract, self.loader.storage.settings.data_dir) if self.data_docs else None
+        runner = suite_runner(contract, staged.ctx.load_date, docs)
         batches = ds.dataset(str(staged.rows_path), format="parquet").to_batches(columns=runner.columns)
         return runner.validate_batches(batches)
