@@ -65,11 +65,11 @@ def test_loads_store_no_plaintext_pii_and_admins_read_it_back(bronze: Bronze) ->
     assert frame["email"].str.starts_with("enc:v1:").all()
     assert active_hashes(frame, "customer_id") == source_hashes(bronze.dsn, "customers"), \
         "record_hash is computed on plaintext"
-    admin = pl.from_arrow(read_as("customers", "admin", storage=bronze.root))
+    admin = pl.from_arrow(read_as("customers", "admin", storage=bronze.storage()))
     source = dict(query(bronze.dsn, "SELECT customer_id, email FROM tests.customers"))
     assert isinstance(admin, pl.DataFrame)
     assert dict(zip(admin["customer_id"], admin["email"], strict=True)) == source
-    analyst = pl.from_arrow(read_as("customers", "analyst", storage=bronze.root))
+    analyst = pl.from_arrow(read_as("customers", "analyst", storage=bronze.storage()))
     assert isinstance(analyst, pl.DataFrame)
     masked = analyst.join(admin.select("customer_id", pl.col("email").alias("clear")), on="customer_id")
     assert masked["email"].drop_nulls().str.contains("***", literal=True).all()
@@ -84,7 +84,7 @@ def test_forget_makes_the_customer_unrecoverable_in_every_version_and_reloads_ke
     query(bronze.dsn, "UPDATE tests.customers SET customer_name = customer_name || ' Jr', updated_at = now() "
                       "WHERE customer_id IN (7, 8)")
     bronze.materialize("customers")
-    uri, root = bronze.uri("customers"), str(bronze.root)
+    uri, root = bronze.uri("customers"), bronze.storage()
     versions = range(bronze.version("customers") + 1)
     result = forget_subject("customers", 7, storage=root)
     assert result.rows_forgotten == 1
@@ -111,12 +111,12 @@ def test_forget_makes_the_customer_unrecoverable_in_every_version_and_reloads_ke
 
 
 def test_pii_is_never_written_without_its_hook(bronze: Bronze) -> None:
-    staged = extract_and_stage(CUSTOMERS, bronze.dsn, bronze.root)
+    staged = extract_and_stage(CUSTOMERS, bronze.dsn, bronze.storage())
     try:
         assert staged.pii is not None
         staged.pii = None
         with pytest.raises(UnprotectedWriteError, match="bz_customers"):
-            BronzeMerger(CUSTOMERS, bronze.root).merge(staged)
+            BronzeMerger(CUSTOMERS, bronze.storage()).merge(staged)
     finally:
         staged.cleanup()
     assert not Path(bronze.uri("customers")).exists()
@@ -124,13 +124,13 @@ def test_pii_is_never_written_without_its_hook(bronze: Bronze) -> None:
 
 def test_restore_to_before_an_erasure_keeps_the_customer_forgotten(bronze: Bronze) -> None:
     bronze.materialize("customers")
-    forget_subject("customers", 5, storage=bronze.root)
+    forget_subject("customers", 5, storage=bronze.storage())
     version = bronze.version("customers")
     with pytest.raises(UnprotectedWriteError, match="bz_customers"):  # lib/delta needs the PII hook
-        restore(bronze.root, CUSTOMERS, version=0)
+        restore(bronze.storage(), CUSTOMERS, version=0)
     assert bronze.version("customers") == version, "nothing was restored without the hook"
-    restore(bronze.root, CUSTOMERS, version=0,
-            pii=pii_protection(CUSTOMERS, str(bronze.root)))
+    restore(bronze.storage(), CUSTOMERS, version=0,
+            pii=pii_protection(CUSTOMERS, bronze.storage()))
     row = bronze.read("customers").filter(pl.col("customer_id") == 5).to_dicts()[0]
     assert row["record_status"] == "FORGOTTEN" and row["email"] is None
     audits = read_table(str(bronze.root), AUDIT_LOG).to_pylist()
@@ -267,8 +267,8 @@ def test_read_where_errors_name_the_table_and_the_problem(bronze: Bronze) -> Non
         assert f"error: --where: bz_orders: {'' if not where.strip() else 'the condition '}" in result.output
         assert problem in result.output, (where, result.output)
     # the Python API: ``where`` in the query, ``filters`` on what it returns, then the limit; key order
-    got = read_as("orders", "analyst", storage=bronze.root, columns=["order_id"], where="order_id % 2 = 0",
-                  filters=[("status", "=", "DELIVERED")], limit=4)
+    got = read_as("orders", "analyst", storage=bronze.storage(), columns=["order_id"],
+                  where="order_id % 2 = 0", filters=[("status", "=", "DELIVERED")], limit=4)
     assert got["order_id"].to_pylist() == _keys(bronze.dsn, "orders", "order_id",
                                                  "order_id % 2 = 0 AND status = 'DELIVERED'", 4)
     assert got.schema.field("order_id").type == pa.int64()
