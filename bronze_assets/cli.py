@@ -74,6 +74,7 @@ def main(verbose: bool) -> None:
 
     Every setting is an environment variable (listed below); the source defaults to an embedded
     PostgreSQL and the bronze tables to $BRONZE_DATA_DIR/bronze."""
+    import contextlib
     import os
 
     # delta-rs's own log (e.g. a WARN per credential provider tried): errors only, unless verbose
@@ -82,9 +83,13 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from bronze_assets.lib.secrets import install_log_redaction
+    from bronze_assets.lib.secrets import install_log_redaction, protect_logs
 
     install_log_redaction()
+    # every secret the settings hold, masked from the start (a malformed variable: the command
+    # that reads it says which)
+    with contextlib.suppress(ValueError):
+        protect_logs(Settings.from_env())
 
 
 @main.command()

@@ -33,7 +33,7 @@ from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import Cause, classify
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.lib.quality.checks import URL_KEYS, CheckOutcome
-from bronze_assets.lib.secrets import install_log_redaction
+from bronze_assets.lib.secrets import install_log_redaction, protect_logs
 from bronze_assets.lib.source.postgres import resolve_source_dsn
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, LOCAL_IO, VOLUMES_IO
 from bronze_assets.settings import Settings
@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_redaction()
     with pipes_api.open_dagster_pipes(**io) as pipes:
         settings = job_settings(pipes.extras)
+        protect_logs(settings, pipes.extras.get("storage_options"))
         if args.pipes_io == LOCAL_IO:  # Spark's console chatter goes to a file, not the user's terminal
             log = settings.data_dir / "logs" / "spark" / f"{pipes.extras['table']}-{pipes.run_id[:8]}.log"
             redirect_stdio(log)

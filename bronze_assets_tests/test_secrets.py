@@ -250,6 +250,45 @@ assert dg.materialize([probe], resources={"source": PostgresSource()}).success
 """
 
 
+BRONZE_ONLY_PROBE = """
+import logging, dagster as dg
+from bronze_assets.defs.resources import BronzeStorage
+
+@dg.op
+def probe(context: dg.OpExecutionContext, bronze: BronzeStorage) -> None:
+    context.log.info("mailing as Smtp-Probe-Pw, store key Store-Probe-Key")
+    logging.getLogger("probe").warning("KPassword is Env-Probe-Pw")
+
+@dg.job
+def probe_job() -> None:
+    probe()
+
+options = {"AWS_ACCESS_KEY_ID": "AKIAPROBE", "AWS_SECRET_ACCESS_KEY": "Store-Probe-Key"}
+assert probe_job.execute_in_process(resources={"bronze": BronzeStorage(storage_options=options)}).success
+"""
+
+CLI_PROBE = """
+import logging
+from bronze_assets.cli import main
+main(["server", "status"], standalone_mode=False)  # any command: the group's start installs it
+logging.getLogger("probe").warning("mailing as Smtp-Probe-Pw, KPassword Env-Probe-Pw")
+"""
+
+
+@pytest.mark.parametrize("probe", [BRONZE_ONLY_PROBE, CLI_PROBE], ids=["bronze-resource", "bronze-cli"])
+def test_every_entry_point_redacts_every_configured_secret(tmp_path: Path, probe: str) -> None:
+    """A run that uses only the bronze root (maintenance, retention, the report, the alert
+    sensors) and the ``bronze`` CLI mask every secret the settings hold (the SMTP password, a
+    secret from the environment) and the store's credentials, not only the source's password."""
+    env = {**os.environ, "BRONZE_SMTP_PASSWORD": "Smtp-Probe-Pw", "KPassword": "Env-Probe-Pw",
+           "DAGSTER_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-2000:]
+    assert "mailing as ***" in output and "Env-Probe-Pw" not in output and "Smtp-Probe-Pw" not in output
+    assert "Store-Probe-Key" not in output
+
+
 def test_every_dagster_entry_point_redacts_the_source_password(tmp_path: Path) -> None:
     """Redaction is installed by the source resource's set-up, not only by the ``bronze`` CLI: a
     fresh interpreter that only materializes an asset (as ``dagster asset materialize`` or the UI

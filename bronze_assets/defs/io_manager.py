@@ -16,6 +16,7 @@ from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.lifecycle import commit
+from bronze_assets.lib.secrets import protect_logs
 from bronze_assets.settings import ENV_BRONZE_ROOT, Settings
 
 PATH_KEYS = frozenset({"table_uri"})
@@ -57,6 +58,11 @@ class BronzeStorage(dg.ConfigurableResource):
         default_factory=dict, description="delta-rs object-store options (credentials, region)."
     )
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run or sensor that uses only the bronze root (maintenance, retention, the report, the
+        alerts) masks the store's credentials and every configured secret in its logs too."""
+        protect_logs(Settings.from_env(), self.storage_options)
+
     def storage(self) -> Storage:
         """The one storage value every load, check and operation of this resource uses, with
         the settings read from the environment (here, at the edge; ``lib`` reads none)."""
@@ -68,6 +74,9 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
     """Writes a :class:`StagedBatch` with the §2.3 MERGE; reads a bronze table as Arrow."""
 
     storage: BronzeStorage = Field(default_factory=BronzeStorage, description="the bronze root")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        protect_logs(Settings.from_env(), self.storage.storage_options)
 
 
     def handle_output(self, context: dg.OutputContext, obj: StagedBatch) -> None:

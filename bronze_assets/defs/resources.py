@@ -7,7 +7,7 @@ from pydantic import Field
 
 from bronze_assets.defs.engines import BronzeEngine
 from bronze_assets.defs.io_manager import BronzeDeltaIOManager, BronzeStorage
-from bronze_assets.lib.secrets import install_log_redaction, register_secret
+from bronze_assets.lib.secrets import protect_logs, register_secret
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
 from bronze_assets.settings import ENV_SOURCE_DSN, Settings
@@ -26,8 +26,9 @@ class PostgresSource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Every entry point that runs bronze assets (``dagster asset materialize``, the UI, the
         daemon, ``bronze demo``) masks the source's password and other secrets in every log record."""
-        install_log_redaction()
-        dsn = self.dsn or configured_source_dsn(Settings.from_env())
+        settings = Settings.from_env()
+        protect_logs(settings)
+        dsn = self.dsn or configured_source_dsn(settings)
         if dsn:
             register_secret(dsn_parts(dsn).get("password"))
 

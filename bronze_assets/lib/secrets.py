@@ -140,6 +140,27 @@ def install_log_redaction(handlers: Iterable[logging.Handler] = ()) -> None:
     _installed = True
 
 
+_SECRET_OPTION = re.compile(r"secret|password|token|account_key|sas_key|sas$", re.IGNORECASE)
+
+
+def protect_logs(settings: Settings, storage_options: Mapping[str, str] | None = None) -> None:
+    """Log redaction for an entry point (a resource's set-up, the ``bronze`` CLI, the Spark job):
+    installs it and registers every secret ``settings`` hold (the source DSN's password, the
+    environment's secrets, the SMTP password) and the credentials among ``storage_options``
+    (secret keys, tokens; not the key ids)."""
+    from bronze_assets.lib.source.dsn import dsn_parts
+
+    install_log_redaction()
+    if settings.source_dsn:
+        register_secret(dsn_parts(settings.source_dsn).get("password"))
+    for value in settings.env_secrets.values():
+        register_secret(value)
+    register_secret(settings.alerts.get("BRONZE_SMTP_PASSWORD"))
+    for key, value in (storage_options or {}).items():
+        if _SECRET_OPTION.search(key):
+            register_secret(value)
+
+
 # --------------------------------------------------------------------------- providers
 class EnvProvider:
     """``$<key>`` (e.g. ``$KPassword``), else ``$BRONZE_SECRET_<key>`` (as spelled or upper case),
