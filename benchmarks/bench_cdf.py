@@ -34,20 +34,20 @@ def phase_load(table: str, feed: bool, root: str) -> dict:
     from deltalake import DeltaTable
 
     from bronze_assets.contracts import CONTRACTS
-    from bronze_assets.lib.delta import merge
-    from bronze_assets.lib.delta.merge import BronzeMerger
+    from bronze_assets.lib.delta import merger
+    from bronze_assets.lib.delta.merger import BronzeMerger
     from bronze_assets.lib.load import extract_and_stage
     from bronze_assets.lib.source.postgres import resolve_source_dsn
     from bronze_assets.settings import Settings
 
     if not feed:  # the same write, its configuration without the feed's property
-        write = merge.write_deltalake
+        write = merger.write_deltalake
 
         def write_without_feed(*args: Any, configuration: dict[str, str] | None = None, **kwargs: Any) -> Any:
             rest = {k: v for k, v in (configuration or {}).items() if k != FEED} or None
             return write(*args, configuration=rest, **kwargs)
 
-        merge.write_deltalake = write_without_feed
+        merger.write_deltalake = write_without_feed
     contract = CONTRACTS[table]
     started = time.perf_counter()
     staged = extract_and_stage(contract, resolve_source_dsn(Settings.from_env()), Path(root))

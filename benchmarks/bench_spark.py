@@ -64,7 +64,7 @@ def phase_engine(engine: str, tables: list[str], tick: bool) -> dict:
             rows += result.rows
             written += result.merge.inserted + result.merge.updated + result.merge.soft_deleted
     else:
-        from bronze_assets.lib.delta.merge import BronzeMerger
+        from bronze_assets.lib.delta.merger import BronzeMerger
         from bronze_assets.lib.load import extract_and_stage
 
         session_seconds = 0.0

@@ -12,9 +12,9 @@ server-side (``generate_series``):
 
 Each table is loaded ``--repeat`` times (rounds interleave the three tables, so other load on the
 machine hits them alike) into an empty bronze root through the normal path
-(:func:`~bronze_assets.lib.load.extract_and_stage` + :class:`~bronze_assets.lib.delta.merge.BronzeMerger`,
-contracts from :func:`~bronze_assets.contracts.discovery.discover_contract`); ratios are the
-median of the per-round ratios.
+(:func:`~bronze_assets.lib.load.extract_and_stage` +
+:class:`~bronze_assets.lib.delta.merger.BronzeMerger`, contracts from
+:func:`~bronze_assets.contracts.discovery.discover_contract`); ratios are the median of the per-round ratios.
 A second measurement isolates what asking PostgreSQL for ``col::text`` costs: a plain ADBC fetch
 of the ``text``/``parsed``-mode columns of ``every`` as their binary values (what the driver can
 read, lossy for some) against the same columns as ``::text``.
@@ -99,7 +99,7 @@ def build(dsn: str, rows: int) -> dict[str, int]:
 
 
 def load(dsn: str, table: str, root: Path) -> float:
-    from bronze_assets.lib.delta.merge import BronzeMerger
+    from bronze_assets.lib.delta.merger import BronzeMerger
     from bronze_assets.lib.load import extract_and_stage
     from bronze_assets.lib.source.introspect import discover_contract
 

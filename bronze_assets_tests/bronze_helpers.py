@@ -13,7 +13,8 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
-from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
+from bronze_assets.lib.delta.merge_result import MergeResult
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.settings import Settings

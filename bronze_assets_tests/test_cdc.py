@@ -48,7 +48,7 @@ from bronze_assets.lib.cdc import (
     table_slot,
 )
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
-from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.load import extract_and_stage

@@ -15,18 +15,17 @@ import pytest
 from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
-from bronze_assets.lib.delta.merge import (
+from bronze_assets.lib.delta.change_feed import CHANGE_FEED, change_feed_on
+from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
-    CHANGE_FEED,
     HASH_VERSION,
-    change_feed_on,
     commit_history,
-    commit_without_rows,
     committed_batch_ids,
     hash_version,
     interrupted_batch,
     latest_watermark,
 )
+from bronze_assets.lib.delta.load_commit import commit_without_rows
 from bronze_assets.lib.spark.session import spark_session
 from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze

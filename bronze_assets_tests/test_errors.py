@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, get_contract
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.timetravel import TimeTravelError, plan_restore
 from bronze_assets.lib.load import SourceTableMissingError, extract_and_stage
 from bronze_assets.lib.source.extract import SourceReader

@@ -19,7 +19,7 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
-from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.protection import UnprotectedWriteError
 from bronze_assets.lib.delta.timetravel import history, restore
 from bronze_assets.lib.governance.erasure import forget_subject

@@ -15,8 +15,10 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import materialize_all
-from bronze_assets.lib.delta import merge
-from bronze_assets.lib.delta.merge import BronzeMerger, DuplicateKeyError
+from bronze_assets.lib.delta import merge_plan
+from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges
+from bronze_assets.lib.delta.merge_result import DuplicateKeyError
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import extract
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
@@ -94,7 +96,7 @@ def plan_buckets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Run a test with the plan of the whole table, and with a plan in many small key buckets
     (what a table of millions of rows gets) — the MERGE must do the same either way."""
     if request.param == "buckets":
-        monkeypatch.setattr(merge, "PLAN_BUCKET_ROWS", 16)
+        monkeypatch.setattr(merge_plan, "PLAN_BUCKET_ROWS", 16)
     return request.param
 
 
@@ -261,10 +263,10 @@ def test_a_plan_in_key_buckets_equals_the_plan_of_the_whole_table(bronze: Bronze
     staged = extract_and_stage(contract, bronze.dsn, bronze.root)
     try:
         merger = BronzeMerger(contract, bronze.root)
-        whole, counts = merger.plan(bronze.table("orders"), staged)
-        monkeypatch.setattr(merge, "PLAN_BUCKET_ROWS", 23)
-        buckets = list(merger._buckets(bronze.table("orders"), staged))
-        bucketed, bucket_counts = merger.plan(bronze.table("orders"), staged)
+        whole, counts = merger.planner.plan(bronze.table("orders"), staged)
+        monkeypatch.setattr(merge_plan, "PLAN_BUCKET_ROWS", 23)
+        buckets = list(merger.planner.buckets(bronze.table("orders"), staged))
+        bucketed, bucket_counts = merger.planner.plan(bronze.table("orders"), staged)
     finally:
         staged.cleanup()
     assert len(buckets) > 10 and all(b is not None for _, _, b in buckets)
@@ -283,7 +285,7 @@ def test_duplicate_keys_are_refused_whatever_bucket_they_fall_in(bronze: Bronze,
     query(bronze.dsn, "INSERT INTO tests.products SELECT * FROM tests.products "
                       "WHERE product_id IN (SELECT min(product_id) FROM tests.products "
                       "UNION SELECT max(product_id) FROM tests.products)")
-    monkeypatch.setattr(merge, "PLAN_BUCKET_ROWS", 1)
+    monkeypatch.setattr(merge_plan, "PLAN_BUCKET_ROWS", 1)
     version = bronze.version("products")
     with pytest.raises(DuplicateKeyError, match="holds 2 duplicate primary keys"):
         bronze.load_direct("products")
@@ -292,10 +294,10 @@ def test_duplicate_keys_are_refused_whatever_bucket_they_fall_in(bronze: Bronze,
 
 def test_key_ranges_split_at_the_widest_gaps() -> None:
     keys = pl.Series([5, 1, 2, 3, 100, 101, 1000, 2, None])
-    assert merge.key_ranges(keys) == [(1, 3), (5, 5), (100, 101), (1000, 1000)]
-    assert merge.key_ranges(keys, limit=3) == [(1, 5), (100, 101), (1000, 1000)]
-    assert merge.key_ranges(keys, limit=1) == [(1, 1000)]
-    assert merge.key_ranges(pl.Series(["b", "a", "c"])) == [("a", "c")]
-    assert merge.key_ranges(pl.Series([], dtype=pl.Int64)) == []
-    assert merge.key_range_sql("t.k", [(1, 3), (7, 7)]) == "((t.k >= 1 AND t.k <= 3) OR t.k = 7)"
-    assert merge.key_range_sql("t.s", [("a", "o'k")]) == "((t.s >= 'a' AND t.s <= 'o''k'))"
+    assert key_ranges(keys) == [(1, 3), (5, 5), (100, 101), (1000, 1000)]
+    assert key_ranges(keys, limit=3) == [(1, 5), (100, 101), (1000, 1000)]
+    assert key_ranges(keys, limit=1) == [(1, 1000)]
+    assert key_ranges(pl.Series(["b", "a", "c"])) == [("a", "c")]
+    assert key_ranges(pl.Series([], dtype=pl.Int64)) == []
+    assert key_range_sql("t.k", [(1, 3), (7, 7)]) == "((t.k >= 1 AND t.k <= 3) OR t.k = 7)"
+    assert key_range_sql("t.s", [("a", "o'k")]) == "((t.s >= 'a' AND t.s <= 'o''k'))"

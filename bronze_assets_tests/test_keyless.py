@@ -29,7 +29,8 @@ from bronze_assets.contracts import ROW_KEY, Contract
 from bronze_assets.contracts.tablefile import read_file
 from bronze_assets.defs.bronze_tables import BronzeTables
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
-from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
+from bronze_assets.lib.delta.merge_result import MergeResult
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.reconcile.model import UNSUPPORTED
 from bronze_assets.lib.reconcile.run import reconcile_table

@@ -16,7 +16,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG, build_schedule, load_groups, reads_changes_only
-from bronze_assets.lib.delta.merge import BATCH_KEY, REHASHED_KEY, latest_watermark
+from bronze_assets.lib.delta.commit_log import BATCH_KEY, REHASHED_KEY, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.source import extract

@@ -26,7 +26,8 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.cdc import STREAM, cdc_load
 from bronze_assets.lib.delta.maintenance import maintain_table
-from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
+from bronze_assets.lib.delta.merge_result import MergeResult
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.retention import apply_retention
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import Cause, classify

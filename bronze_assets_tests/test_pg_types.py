@@ -30,7 +30,7 @@ from bronze_assets.contracts.arrow import arrow_type, source_schema
 from bronze_assets.contracts.types import type_notes
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
-from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.enrich.pgtext import column_text
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.ddl import quote_ident

@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 
 from bronze_assets.demo.generator import SeedOptions
+from bronze_assets.lib.delta.commit_log import latest_watermark
 from bronze_assets.lib.delta.control import CHECKPOINTS, read_table
-from bronze_assets.lib.delta.merge import latest_watermark
 from bronze_assets.lib.delta.storage import open_table
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
@@ -56,7 +56,7 @@ def test_row_of_a_transaction_open_across_the_watermark_is_not_lost(seed_db: See
 LOAD_SCRIPT = """
 import sys
 from bronze_assets.contracts import CONTRACTS
-from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.settings import Settings
@@ -122,7 +122,7 @@ CHUNKED_LOAD_SCRIPT = """
 import sys
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.delta.control import record_checkpoint
-from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.settings import Settings

@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, latest_watermark
+from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.governance.crypto import PREFIX
 from bronze_assets.lib.governance.erasure import forget_subject

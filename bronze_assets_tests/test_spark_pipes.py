@@ -18,7 +18,7 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.engines import BronzeEngine, Engine, parse_table_engines
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.lib.delta.merge import latest_cdc_position
+from bronze_assets.lib.delta.commit_log import latest_cdc_position
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze, assert_orders_exact

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from bronze_assets.lib.delta.merge import BronzeMerger
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.introspect import discover_contract

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
-from bronze_assets.lib.delta.merge import latest_watermark
+from bronze_assets.lib.delta.commit_log import latest_watermark
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
 

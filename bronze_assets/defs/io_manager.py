@@ -10,7 +10,8 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from bronze_assets.lib.delta.merge import loaded_ranges, read_columns
+from bronze_assets.lib.delta.commit_log import loaded_ranges
+from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import failure_policy

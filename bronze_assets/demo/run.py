@@ -504,7 +504,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
             import pyarrow as pa
             import pyarrow.compute as pc
 
-            from bronze_assets.lib.delta.merge import read_columns
+            from bronze_assets.lib.delta.query import read_columns
 
             status = read_columns(dt, ["record_status"])["record_status"].cast(pa.string())
             total, active = len(status), int(pc.sum(pc.equal(status, "ACTIVE")).as_py() or 0)

@@ -31,16 +31,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, AuditEntry, append_rows, audited
-from bronze_assets.lib.delta.merge import (
+from bronze_assets.lib.delta.commit_log import (
     CDC_LSN_KEY,
     CDC_RELID_KEY,
     CDC_SLOT_KEY,
-    BronzeMerger,
     CdcPosition,
-    MergeResult,
     latest_cdc_position,
 )
+from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, AuditEntry, append_rows, audited
+from bronze_assets.lib.delta.merge_result import MergeResult
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.load.engine import stage_cdc_read
@@ -61,12 +61,12 @@ class CdcSlotLostError(RuntimeError):
 ACK_DIR = "_bronze_cdc"  # <root>/_bronze_cdc/<table>.json: the position last acknowledged to the slot
 
 
-Position = CdcPosition  # what a bronze root holds of a table's stream (see merge.CdcPosition)
+Position = CdcPosition  # what a bronze root holds of a table's stream (see commit_log.CdcPosition)
 
 
 def committed_position(storage: StorageLike, table: str, limit: int = 200) -> Position | None:
-    """The latest commit's :class:`Position` (:func:`~bronze_assets.lib.delta.merge.latest_cdc_position`
-    of ``table`` in ``storage``)."""
+    """The latest commit's :class:`Position` of ``table`` in ``storage``
+    (:func:`~bronze_assets.lib.delta.commit_log.latest_cdc_position`)."""
     return latest_cdc_position(as_storage(storage).open(table), limit)
 
 

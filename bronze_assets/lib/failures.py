@@ -72,7 +72,7 @@ _RETRYABLE = frozenset({Cause.CONNECTION, Cause.CONFLICT, Cause.STORAGE, Cause.U
 _OWN: Mapping[str, Cause] = {
     "bronze_assets.lib.load.errors.SchemaMismatchError": Cause.SCHEMA_MISMATCH,
     "bronze_assets.lib.load.errors.SourceTableMissingError": Cause.MISSING_OBJECT,
-    "bronze_assets.lib.delta.merge.DuplicateKeyError": Cause.DUPLICATE_KEY,
+    "bronze_assets.lib.delta.merge_result.DuplicateKeyError": Cause.DUPLICATE_KEY,
     "bronze_assets.lib.cdc.CdcSlotLostError": Cause.CONFIGURATION,
     "bronze_assets.lib.spark.load.SparkEngineError": Cause.CONFIGURATION,
 }

@@ -222,7 +222,8 @@ def record_load(storage: StorageLike, load: LoadRecord) -> None:
 
 
 def record_checkpoint(storage: StorageLike, info: Any, job_id: str | None) -> None:
-    """One ``bz_checkpoints`` row for a committed chunk (a ``merge.CommitInfo``)."""
+    """One ``bz_checkpoints`` row for a committed chunk
+    (a :class:`~bronze_assets.lib.delta.merger.CommitInfo`)."""
     append_rows(storage, CHECKPOINTS, [{
         "table_name": info.table, "window": info.window, "batch_id": info.batch_id,
         "chunk_index": info.chunk, "chunk_count": info.chunks, "rows_committed": info.rows_committed,

@@ -34,8 +34,9 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import table_stats, target_file_bytes
+from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
+from bronze_assets.lib.delta.write_options import target_file_bytes
 
 DEFAULT_RETENTION_HOURS = 168
 

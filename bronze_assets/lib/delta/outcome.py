@@ -10,7 +10,7 @@ from typing import Any
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import FAILED, load_record, record_load
-from bronze_assets.lib.delta.merge import MergeResult
+from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.storage import StorageLike
 
 

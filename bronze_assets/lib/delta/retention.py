@@ -16,7 +16,7 @@ from deltalake import write_deltalake
 
 from bronze_assets.contracts import Contract, PgType
 from bronze_assets.lib.delta.control import audited
-from bronze_assets.lib.delta.merge import quoted, read_columns
+from bronze_assets.lib.delta.query import quoted, read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 
 

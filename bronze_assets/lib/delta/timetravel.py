@@ -11,9 +11,10 @@ import polars as pl
 from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import Contract, get_contract
+from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
 from bronze_assets.lib.delta.control import OPERATION_KEY, audited
-from bronze_assets.lib.delta.merge import BATCH_KEY, commit_history, read_columns
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
+from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 

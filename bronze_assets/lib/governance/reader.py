@@ -20,7 +20,7 @@ from pyarrow.parquet import filters_to_expression
 
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import audited
-from bronze_assets.lib.delta.merge import quoted
+from bronze_assets.lib.delta.query import quoted
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 from bronze_assets.lib.governance.access import Role, mask_expr, mask_for, parse_role, sees_plaintext

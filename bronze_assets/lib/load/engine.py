@@ -17,7 +17,8 @@ import numpy as np
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import record_checkpoint
-from bronze_assets.lib.delta.merge import BronzeMerger, MergeResult
+from bronze_assets.lib.delta.merge_result import MergeResult
+from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext

@@ -16,13 +16,8 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import (
-    HASH_VERSION,
-    first_load_time,
-    hash_version,
-    latest_watermark,
-    partition_range_metadata,
-)
+from bronze_assets.lib.delta.commit_log import HASH_VERSION, first_load_time, hash_version, latest_watermark
+from bronze_assets.lib.delta.load_commit import partition_range_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage

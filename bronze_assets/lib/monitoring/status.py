@@ -33,8 +33,9 @@ import pyarrow.compute as pc
 
 from bronze_assets.contracts import CONTRACTS, Contract, PartitionKind
 from bronze_assets.contracts.freshness import WINDOWS
+from bronze_assets.lib.delta.commit_log import latest_watermark
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
-from bronze_assets.lib.delta.merge import latest_watermark, read_columns
+from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.settings import Settings
 

@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import query_tables, quoted
+from bronze_assets.lib.delta.query import query_tables, quoted
 from bronze_assets.lib.delta.staging import score_percentile, score_sum
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE

@@ -13,7 +13,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import _query, query_tables
+from bronze_assets.lib.delta.query import query_tables, scan_columns
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.reconcile.checksum import checksum_words, join_words
 from bronze_assets.lib.reconcile.source_side import RANGES_PER_QUERY, Ranges, ranges_sql
@@ -56,7 +56,7 @@ class BronzeTable:
         """{bucket: (ACTIVE rows, checksum sum)} of the ACTIVE keys in [lo, hi]."""
         where = f"{STATUS} = '{ACTIVE}' AND {self.key} BETWEEN {lo} AND {hi}"
         partial = []
-        for table in frames(_query(self.dt, [self.column, "record_hash"], where)):
+        for table in frames(scan_columns(self.dt, [self.column, "record_hash"], where)):
             frame = pl.from_arrow(table)
             assert isinstance(frame, pl.DataFrame)
             if not frame.height:
@@ -88,7 +88,7 @@ def pending_since(dt: DeltaTable, overlap_seconds: float) -> datetime | None:
     began reading minus the overlap (transactions still open then commit rows dated before it)."""
     from datetime import timedelta
 
-    from bronze_assets.lib.delta.merge import BATCH_TIME_KEY, commit_history, latest_watermark
+    from bronze_assets.lib.delta.commit_log import BATCH_TIME_KEY, commit_history, latest_watermark
 
     watermark = latest_watermark(dt)
     if watermark is not None:

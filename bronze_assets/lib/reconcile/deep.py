@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract, ReadMode
-from bronze_assets.lib.delta.merge import _query
+from bronze_assets.lib.delta.query import scan_columns
 from bronze_assets.lib.delta.storage import StorageLike
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.enrich.pgtext import record_hash
@@ -39,7 +39,7 @@ def altered_rows(contract: Contract, dt: DeltaTable, storage: StorageLike,
     columns = [*contract.column_names, "record_hash"]
     found: list[Mismatch] = []
     checked = 0
-    for data in frames(_query(dt, columns, f"{STATUS} = '{ACTIVE}'")):
+    for data in frames(scan_columns(dt, columns, f"{STATUS} = '{ACTIVE}'")):
         data = data.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_string_view(f.type) else f
                                     for f in data.schema]))
         if contract.encrypted_columns:

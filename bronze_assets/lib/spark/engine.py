@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.merge import MergeResult
+from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.load.engine import Staged
 from bronze_assets.lib.quality.checks import docs_dir
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner

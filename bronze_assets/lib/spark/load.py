@@ -29,27 +29,28 @@ import pyarrow as pa
 
 from bronze_assets.contracts import ROW_KEY, Contract
 from bronze_assets.contracts.model import ROW_KEY_SEPARATOR
-from bronze_assets.lib.delta.merge import (
+from bronze_assets.lib.delta.change_feed import enable_change_feed
+from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION,
-    DuplicateKeyError,
-    MergeResult,
-    app_id,
     batch_metrics,
-    commit_metadata,
-    commit_properties,
-    commit_without_rows,
     committed_batch_ids,
-    enable_change_feed,
     first_load_time,
     hash_version,
     latest_watermark,
+)
+from bronze_assets.lib.delta.load_commit import (
+    app_id,
+    commit_metadata,
+    commit_properties,
+    commit_without_rows,
     next_txn_version,
     partition_range_metadata,
-    table_stats,
 )
+from bronze_assets.lib.delta.merge_result import DuplicateKeyError, MergeResult
 from bronze_assets.lib.delta.outcome import LoadOutcome
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
+from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.staging import score_sum, stage_dir
 from bronze_assets.lib.delta.storage import StorageLike, as_storage, open_table
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext

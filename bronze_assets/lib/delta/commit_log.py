@@ -1,0 +1,190 @@
+"""The commit-log protocol of a bronze table (both engines): the ``bronze.*`` keys a load commit
+records, and their readers — what later loads read back from the table's Delta history (batch
+ids and chunks, watermark, record_hash version, CDC position, loaded partition ranges, first load
+time, the engine's own commit metrics)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from deltalake import DeltaTable
+
+BATCH_KEY = "bronze.batch_id"
+BATCH_TIME_KEY = "bronze.batch_time"  # when the batch began reading its source (ISO, UTC)
+PARTITIONS_KEY = "bronze.partitions"  # "<first>/<end>": the Dagster partition range a load ran for
+WATERMARK_KEY = "bronze.watermark"
+CHUNK_KEY = "bronze.chunk"  # "i/n": commit i of the n a batch is written in
+HASH_VERSION_KEY = "bronze.hash_version"  # ARCHITECTURE §2.2 record_hash version of the rows written
+HASH_VERSION = 2
+REHASHED_KEY = "bronze.rehashed_v1"  # rows whose v1 hash the commit replaced by v2 (nothing else)
+CDC_LSN_KEY = "bronze.cdc_lsn"  # the log position a CDC load's changes reach (with its last chunk)
+CDC_RELID_KEY = "bronze.cdc_relid"  # the OID of the source table that position belongs to
+CDC_SLOT_KEY = "bronze.cdc_slot"  # the slot the position was read from (recorded with the position)
+USER_METADATA = "userMetadata"  # where delta-spark keeps a commit's own metadata (one JSON string)
+
+
+# The engines' own commit metrics (delta-rs snake_case, delta-spark camelCase) by one name each:
+# MERGE commits first, then plain writes (a table's first load, a metadata-only commit).
+_MERGE_METRICS = {
+    "rows_inserted": ("num_target_rows_inserted", "numTargetRowsInserted"),
+    "rows_updated": ("num_target_rows_updated", "numTargetRowsUpdated"),
+    "rows_deleted": ("num_target_rows_deleted", "numTargetRowsDeleted"),
+    "rows_copied": ("num_target_rows_copied", "numTargetRowsCopied"),
+    "rows_written": ("num_output_rows", "numOutputRows"),
+    "files_added": ("num_target_files_added", "numTargetFilesAdded"),
+    "files_removed": ("num_target_files_removed", "numTargetFilesRemoved"),
+}
+_WRITE_METRICS = {
+    "rows_inserted": ("num_added_rows", "numOutputRows"),
+    "rows_written": ("num_added_rows", "numOutputRows"),
+    "files_added": ("num_added_files", "numFiles"),
+    "files_removed": ("num_removed_files", "numRemovedFiles"),
+}
+
+
+def commit_history(dt: DeltaTable, limit: int | None = None) -> list[dict[str, Any]]:
+    """``dt.history(limit)`` with the bronze keys of every commit at the top level, whichever
+    engine wrote it: delta-rs keeps them there, the Spark engine in ``userMetadata`` (JSON)."""
+    entries = dt.history(limit)
+    for entry in entries:
+        user = entry.get(USER_METADATA)
+        if isinstance(user, str) and user.startswith("{"):
+            try:
+                extra = json.loads(user)
+            except ValueError:
+                continue
+            if isinstance(extra, dict):
+                entry.update({k: v for k, v in extra.items() if k.startswith("bronze.")})
+    return entries
+
+
+def commit_metrics(entry: dict[str, Any]) -> dict[str, int]:
+    """One commit's engine metrics (rows inserted / updated / deleted / copied / written, files
+    added / removed), whichever engine wrote it."""
+    names = _MERGE_METRICS if str(entry.get("operation", "")).upper() == "MERGE" else _WRITE_METRICS
+    raw = entry.get("operationMetrics") or {}
+    metrics = dict.fromkeys(_MERGE_METRICS, 0)
+    for name, keys in names.items():
+        value = next((raw[k] for k in keys if k in raw), None)
+        metrics[name] = int(value) if value is not None else 0
+    return metrics
+
+
+def batch_metrics(dt: DeltaTable, batch_id: str, commits: int) -> dict[str, int]:
+    """The engine metrics summed over the commits of ``batch_id`` (the latest ``commits`` of them)."""
+    total = dict.fromkeys(_MERGE_METRICS, 0)
+    if not commits:
+        return total
+    for entry in commit_history(dt, commits + 8):
+        if entry.get(BATCH_KEY) == batch_id:
+            for name, value in commit_metrics(entry).items():
+                total[name] += value
+    return total
+
+
+@dataclass(frozen=True)
+class CdcPosition:
+    """The log position bronze holds every change up to, the source table's OID then, and the
+    slot it was read from (None: a position committed before slots were named per deployment)."""
+
+    lsn: int
+    relid: int | None
+    slot: str | None = None
+
+
+def latest_cdc_position(dt: DeltaTable | None, limit: int = 200) -> CdcPosition | None:
+    """The latest commit's :class:`CdcPosition`; None when there is none, or when a RESTORE came
+    after it (a restored table re-syncs)."""
+    if dt is None:
+        return None
+    for entry in commit_history(dt, limit):
+        if entry.get("operation") == "RESTORE":
+            return None
+        if CDC_LSN_KEY in entry:
+            relid, slot = entry.get(CDC_RELID_KEY), entry.get(CDC_SLOT_KEY)
+            return CdcPosition(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None,
+                               str(slot) if slot else None)
+    return None
+
+
+def _chunk(entry: dict[str, Any]) -> tuple[int, int]:
+    i, n = str(entry.get(CHUNK_KEY, "0/1")).split("/")
+    return int(i), int(n)
+
+
+def committed_batch_ids(dt: DeltaTable, limit: int = 50) -> set[str]:
+    """Batches whose final commit landed (to detect a commit that landed before a retry)."""
+    return {str(h[BATCH_KEY]) for h in commit_history(dt, limit)
+            if BATCH_KEY in h and _chunk(h)[0] == _chunk(h)[1] - 1}
+
+
+def committed_chunks(dt: DeltaTable, batch_id: str, limit: int = 200) -> set[int]:
+    """Chunk indexes of ``batch_id`` already in the table."""
+    return {_chunk(h)[0] for h in commit_history(dt, limit) if h.get(BATCH_KEY) == batch_id}
+
+
+def interrupted_batch(dt: DeltaTable, limit: int = 50) -> str | None:
+    """The batch of the latest commit if it was a non-final chunk (a load killed mid-way)."""
+    for h in commit_history(dt, limit):
+        if BATCH_KEY not in h:
+            continue
+        i, n = _chunk(h)
+        return str(h[BATCH_KEY]) if i < n - 1 else None
+    return None
+
+
+def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None:
+    """The incremental watermark of the table's current state: recorded by the latest commit
+    that carries one, not counting commits a RESTORE undid (after a restore to version V the
+    watermark is V's, so the next run re-reads every change since then)."""
+    if dt is None:
+        return None
+    ceiling: int | None = None
+    for entry in commit_history(dt, limit):
+        version = int(entry.get("version", -1))
+        if ceiling is not None and version > ceiling:
+            continue  # undone by a later restore
+        if entry.get("operation") == "RESTORE":
+            target = (entry.get("operationParameters") or {}).get("version")
+            if target is not None:
+                ceiling = int(target)
+            continue
+        if WATERMARK_KEY in entry:
+            return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
+    return None
+
+
+def loaded_ranges(dt: DeltaTable | None) -> list[tuple[date, date]]:
+    """The partition ranges (first day, end day exclusive) the table's load commits ran for."""
+    if dt is None:
+        return []
+    ranges = []
+    for entry in commit_history(dt):
+        first, sep, end = str(entry.get(PARTITIONS_KEY, "")).partition("/")
+        if sep:
+            ranges.append((date.fromisoformat(first), date.fromisoformat(end)))
+    return ranges
+
+
+def first_load_time(dt: DeltaTable | None) -> datetime | None:
+    """When the table's oldest load began reading its source (the batch time its commits record,
+    else the commit's own time for commits written before they did); None for a table no load
+    wrote."""
+    if dt is None:
+        return None
+    times = [datetime.fromisoformat(str(e[BATCH_TIME_KEY])) if BATCH_TIME_KEY in e
+             else datetime.fromtimestamp(int(e.get("timestamp", 0)) / 1000, UTC)
+             for e in commit_history(dt) if BATCH_KEY in e]
+    return min(times) if times else None
+
+
+def hash_version(dt: DeltaTable, limit: int = 50) -> int:
+    """The record_hash version of the table's latest load (1 for tables written before v2)."""
+    for entry in commit_history(dt, limit):
+        if BATCH_KEY in entry:
+            return int(entry.get(HASH_VERSION_KEY, 1))
+    return HASH_VERSION
+

@@ -1,0 +1,48 @@
+"""What one load did to its bronze table, and the data error no retry can fix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class DuplicateKeyError(ValueError):
+    """The staged batch repeats a primary key: a data problem that a retry cannot fix."""
+
+
+@dataclass
+class MergeResult:
+    """What one load did to its bronze table (published as Dagster output metadata)."""
+
+    table_uri: str
+    rows_read: int
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    soft_deleted: int = 0
+    forgotten_skipped: int = 0
+    committed: bool = False
+    version: int | None = None
+    size_bytes: int = 0
+    num_files: int = 0
+    merge_seconds: float = 0.0
+    avg_quality_score: float | None = None
+    commits: int = 0
+    resumed_batch_id: str | None = None  # an interrupted batch whose committed chunks were kept
+    rows_skipped_by_checkpoint: int = 0  # rows that batch committed, not written again
+    rehashed_v1: int = 0  # unchanged rows whose v1 record_hash was replaced by the v2 hash
+    partitions: list[str] = field(default_factory=list)  # Delta partition values the load changed
+    engine_metrics: dict[str, int] = field(default_factory=dict)  # the engine's own, see batch_metrics
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def rows_changed(self) -> int:
+        return self.inserted + self.updated + self.soft_deleted + self.rehashed_v1
+
+    @property
+    def rewrite_ratio(self) -> float | None:
+        """Rows the engine wrote ÷ rows the load changed (copy-on-write amplification)."""
+        written = self.engine_metrics.get("rows_written")
+        return round(written / self.rows_changed, 2) if written is not None and self.rows_changed else None

@@ -1,0 +1,399 @@
+"""The bronze MERGE (ARCHITECTURE §2.3) on delta-rs: idempotent, one commit per load (per chunk
+of ``$BRONZE_COMMIT_CHUNK_ROWS`` rows for large loads, so a killed load keeps its progress).
+
+The load is planned first (:class:`~bronze_assets.lib.delta.merge_plan.MergePlanner`): only new,
+changed and vanished keys go into the MERGE, each routed to the partition it lives in, and the
+MERGE predicate names those partitions and the key range so delta-rs rewrites only files that can
+match. A load that changes nothing commits nothing. Every commit carries the batch id and a Delta
+app transaction (:mod:`~bronze_assets.lib.delta.load_commit`), and a retry first re-reads the
+table to see whether the commit landed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.change_feed import CHANGE_FEED, enable_change_feed
+from bronze_assets.lib.delta.commit_log import (
+    REHASHED_KEY,
+    batch_metrics,
+    committed_batch_ids,
+    committed_chunks,
+    interrupted_batch,
+)
+from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges, sql_literal
+from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties, commit_without_rows
+from bronze_assets.lib.delta.merge_plan import OP, MergePlanner
+from bronze_assets.lib.delta.merge_result import MergeResult
+from bronze_assets.lib.delta.protection import PiiHook, require_hook
+from bronze_assets.lib.delta.query import table_stats
+from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
+from bronze_assets.lib.delta.write_options import (
+    OUTPUT_BATCH_ROWS,
+    commit_chunk_rows,
+    target_file_bytes,
+    writer_properties,
+)
+from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
+from bronze_assets.lib.source.ddl import quote_ident
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 4
+
+
+class BronzeMerger:
+    """Merges staged batches of one contract into its ``bz_`` Delta table."""
+
+    def __init__(self, contract: Contract, storage: StorageLike,
+                 chunk_rows: int | None = None):
+        self.contract = contract
+        self.chunk_rows = chunk_rows or commit_chunk_rows()
+        self.storage = as_storage(storage)
+        self.uri = self.storage.uri(contract.bronze_table)
+        self.schema = bronze_schema(contract)
+        self.pk = list(contract.merge_key)  # a keyless table: its record_key
+        self.part = contract.partitioning.delta_column
+        self.pii: PiiHook | None = None  # the staged batch's PII hook, during merge()
+
+        self.planner = MergePlanner(contract, self.uri, self.storage.settings.stage_dir)
+
+    # ------------------------------------------------------------------ writing
+    def _merge_source(self, staged: StagedBatch, plan: pl.DataFrame) -> pa.RecordBatchReader:
+        """Stream staged rows that need writing (routed to their partition) plus delete markers."""
+        schema = staged.schema.append(pa.field(OP, pa.string()))
+        upserts = plan.filter(pl.col(OP) != "D")
+        deletes = plan.filter(pl.col(OP) == "D")
+        ctx = staged.ctx
+
+        def batches():
+            if upserts.height:
+                for batch in staged.batches():
+                    frame = pl.from_arrow(batch)
+                    assert isinstance(frame, pl.DataFrame)
+                    hit = frame.join(upserts, on=self.pk, how="inner")
+                    if not hit.height:
+                        continue
+                    if self.part:
+                        hit = hit.with_columns(pl.col("_route").alias(self.part))
+                    yield self._protect(_to_batch(hit, schema))
+            if deletes.height:
+                frame = deletes.with_columns(
+                    pl.lit(ctx.batch_time).cast(pl.Datetime("us", "UTC")).alias("update_timestamp"),
+                    pl.lit(ctx.batch_id).alias("batch_id"),
+                    pl.lit(DELETED).alias("record_status"),
+                )
+                if self.part:
+                    frame = frame.with_columns(pl.col("_route").alias(self.part))
+                yield _to_batch(frame, schema)
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def _predicate(self, plan: pl.DataFrame) -> str:
+        terms = [f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in self.pk]
+        if self.part:
+            part = quote_ident(self.part)
+            terms.append(f"t.{part} = s.{part}")
+            parts = plan.get_column("_route").drop_nulls().unique().sort().to_list()
+            values = ", ".join(sql_literal(v) for v in parts)
+            null_part = plan.get_column("_route").null_count() > 0
+            if values and not null_part:
+                terms.append(f"t.{part} IN ({values})")
+        terms.append(key_range_sql(f"t.{quote_ident(self.pk[0])}", key_ranges(plan.get_column(self.pk[0]))))
+        return " AND ".join(terms)
+
+    def _commit_properties(
+        self, dt: DeltaTable | None, staged: StagedBatch, chunk: int = 0, chunks: int = 1
+    ) -> CommitProperties:
+        meta = commit_metadata(staged.ctx.batch_id, staged.window, staged.watermark, chunk, chunks,
+                               staged.metadata, staged.final_metadata, staged.ctx.batch_time)
+        return commit_properties(dt, self.contract, meta)
+
+    def merge(self, staged: StagedBatch, on_commit: Callable[[CommitInfo], None] | None = None
+              ) -> MergeResult:
+        """Apply §2.3 to the table; retries commit conflicts after re-reading the table.
+
+        A load of more than ``chunk_rows`` rows commits in chunks (``on_commit`` is told after
+        each). A load killed between chunks keeps what it committed: the next load re-plans
+        against the table, so those rows are unchanged and are not written again.
+        """
+        started = time.perf_counter()
+        self._on_commit = on_commit
+        self.pii = require_hook(self.contract, staged.pii, "write") if self.contract.encrypted_columns \
+            else None
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            dt = self.storage.open(self.contract.bronze_table)
+            if dt is not None and staged.ctx.batch_id in committed_batch_ids(dt):
+                log.info("%s: batch %s already committed", self.uri, staged.ctx.batch_id)
+                result = MergeResult(self.uri, staged.rows, committed=True)
+                break
+            try:
+                result = self._create(staged) if dt is None else self._merge(dt, staged)
+                if dt is not None and not result.committed and staged.commit_always:
+                    self._record_position(dt, staged)
+                    result.committed, result.commits = True, 1
+                break
+            except (CommitFailedError, DeltaError) as exc:
+                if attempt == MAX_ATTEMPTS or not _is_conflict(exc):
+                    raise
+                log.warning("%s: commit conflict (%s); re-reading and retrying", self.uri, exc)
+                time.sleep(0.2 * 2**attempt)
+        final = self.storage.open(self.contract.bronze_table)
+        if final is not None:
+            result.version = final.version()
+            result.size_bytes, result.num_files = table_stats(final)
+            result.engine_metrics = batch_metrics(final, staged.ctx.batch_id, result.commits)
+        result.merge_seconds = round(time.perf_counter() - started, 3)
+        if staged.rows:
+            result.avg_quality_score = round(staged.score_sum / staged.rows, 2)
+        return result
+
+    def _record_position(self, dt: DeltaTable, staged: StagedBatch) -> None:
+        """A commit without rows that records the batch's metadata (a CDC snapshot's log position
+        when the table was already exact)."""
+        if enable_change_feed(dt):
+            dt = self.storage.open(self.contract.bronze_table) or dt
+        commit_without_rows(dt, self._commit_properties(dt, staged), self.storage.delta_options)
+
+    def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
+        dt = self.storage.open(self.contract.bronze_table)
+        info = CommitInfo(self.contract.bronze_table, staged.ctx.batch_id, staged.window, chunk, chunks,
+                          rows, dt.version() if dt is not None else -1)
+        log.info("%s: committed chunk %d/%d of batch %s (%d rows)", self.uri, chunk + 1, chunks,
+                 staged.ctx.batch_id, rows)
+        if self._on_commit is not None:
+            self._on_commit(info)
+
+    def _prepare_keys(self, subjects: pl.Series) -> None:
+        """Ready the PII hook for every subject about to be written (e.g. their data keys)."""
+        if self.pii is not None:
+            self.pii.prepare(subjects.drop_nulls().unique().to_list())
+
+    def _protect(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The PII columns protected by the hook (hash and score were computed on plaintext)."""
+        return batch if self.pii is None else self.pii.protect(batch)
+
+    def _staged_chunk(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
+                      ) -> Iterator[pa.RecordBatch]:
+        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged rows in primary
+        key order: the files of a snapshot get (nearly) disjoint key ranges, so a later MERGE's
+        key-range predicate skips the files its keys cannot be in. ``order`` (see
+        :func:`key_order`) lists the staged batches in key order when no sort is needed; then
+        one batch at a time is read, else the chunk's rows are read and gathered by sorted key.
+        ``sizes`` are the rows of each staged batch (batches outside the chunk are not read)."""
+        lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
+        slices = []
+        for index in order if order is not None else range(len(sizes)):
+            end = offset + sizes[index]
+            if end > lo and offset < hi:
+                piece = staged.batch(index).slice(max(lo - offset, 0), min(hi, end) - max(lo, offset))
+                if order is not None:
+                    yield self._protect(staged.complete(piece))
+                else:
+                    slices.append(piece)
+            offset = end
+            if offset >= hi:
+                break
+        if order is not None:
+            return
+        # sort the keys only, then gather one output batch at a time (no sorted copy of the chunk)
+        table = pa.Table.from_batches(slices, schema=staged_schema(staged.schema))
+        by_key = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
+        for start in range(0, len(by_key), OUTPUT_BATCH_ROWS):
+            for batch in table.take(by_key.slice(start, OUTPUT_BATCH_ROWS)).to_batches():
+                yield self._protect(staged.complete(batch))
+
+    def _create(self, staged: StagedBatch) -> MergeResult:
+        chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
+        result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
+        order, sizes = None, []
+        if staged.rows:  # one streamed read of the narrow columns: keys, data subject, partition
+            subject = [self.contract.data_subject] if self.pii is not None and self.contract.data_subject \
+                else []
+            part = [self.part] if self.part else []
+            columns = list(dict.fromkeys(self.pk + subject + part))
+            batches = [b.select(columns) for b in staged.reader()]
+            order, sizes = key_order(batches, self.pk), [b.num_rows for b in batches]
+            narrow = pl.from_arrow(pa.Table.from_batches(batches))
+            assert isinstance(narrow, pl.DataFrame)
+            del batches
+            if order is None:  # sorted, disjoint batches cannot repeat a key
+                self.planner.refuse_duplicates(self.planner.duplicates(narrow))
+            if subject:
+                self._prepare_keys(narrow.get_column(subject[0]))
+            if part:
+                result.partitions = [d.isoformat() for d in narrow.get_column(part[0]).drop_nulls().unique()
+                                     .sort().to_list()]
+            del narrow
+        for chunk in range(chunks):
+            dt = self.storage.open(self.contract.bronze_table) if chunk else None
+            if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
+                continue  # landed before a commit error: never append it twice
+            try:
+                write_deltalake(
+                    self.uri,
+                    pa.RecordBatchReader.from_batches(
+                        staged.schema, self._staged_chunk(staged, chunk, sizes, order)),
+                    partition_by=[self.part] if self.part else None,
+                    mode="append" if chunk else "error",
+                    storage_options=self.storage.delta_options,
+                    target_file_size=target_file_bytes(self.contract),
+                    configuration=None if chunk else {
+                        "delta.targetFileSize": str(target_file_bytes(self.contract)), CHANGE_FEED: "true"},
+                    writer_properties=writer_properties(self.contract),
+                    commit_properties=self._commit_properties(dt, staged, chunk, chunks),
+                )
+            except BaseException:
+                if not chunk:
+                    discard_uncommitted(self.uri)
+                raise
+            result.commits += 1
+            self._committed(staged, chunk, chunks, min(staged.rows, (chunk + 1) * self.chunk_rows))
+        return result
+
+    def _merge(self, dt: DeltaTable, staged: StagedBatch) -> MergeResult:
+        target_columns = {f.name for f in dt.schema().to_arrow()}
+        backfill = staged.rewrite_unchanged or any(n not in target_columns for n in staged.schema.names)
+        plan, result = self.planner.plan(dt, staged, backfill_unchanged=backfill,
+                                         resumed=interrupted_batch(dt))
+        if not plan.height:
+            return result
+        if result.rehashed_v1:
+            staged.metadata[REHASHED_KEY] = str(result.rehashed_v1)
+            log.info("%s: %d unchanged rows re-hashed from record_hash v1 to v2", self.uri,
+                     result.rehashed_v1)
+        if enable_change_feed(dt):  # before the MERGE, so its changes are in the feed
+            dt = self.storage.open(self.contract.bronze_table) or dt
+        plan = plan.sort(self.pk)  # chunks are key ranges, so each MERGE predicate stays narrow
+        if self.pii is not None:  # the data subject is the key of every PII table we have
+            self._prepare_keys(plan.filter(pl.col(OP) != "D").get_column(self._subject_in_plan()))
+        chunks = max(1, math.ceil(plan.height / self.chunk_rows))
+        for chunk in range(chunks):
+            piece = plan.slice(chunk * self.chunk_rows, self.chunk_rows)
+            if chunk:
+                dt = self.storage.open(self.contract.bronze_table) or dt
+            self._merge_piece(dt, staged, piece, chunk, chunks)
+            result.commits += 1
+            self._committed(staged, chunk, chunks, min(plan.height, (chunk + 1) * self.chunk_rows))
+        result.committed = True
+        return result
+
+    def _subject_in_plan(self) -> str:
+        subject = self.contract.data_subject
+        if subject not in self.pk:
+            raise ValueError(f"{self.contract.bronze_table}: the data subject {subject} must be the "
+                             f"primary key to encrypt during a MERGE")
+        return str(subject)
+
+    def _merge_piece(self, dt: DeltaTable, staged: StagedBatch, plan: pl.DataFrame, chunk: int,
+                     chunks: int) -> None:
+        extras = [n for n in staged.schema.names if n not in self.schema.names]
+        evolve = sorted(set(extras) - {f.name for f in dt.schema().to_arrow()})
+        source_cols = self.contract.column_names + extras
+        update_cols = [*source_cols, "record_hash", "data_quality_score", "batch_id", "update_timestamp"]
+        # quoted: a source column may be mixed-case or hold spaces ("MixedCase", "with space")
+        updates = {quote_ident(c): f"s.{quote_ident(c)}" for c in update_cols}
+        updates[quote_ident("record_status")] = f"'{ACTIVE}'"
+        inserts = {quote_ident(c): f"s.{quote_ident(c)}" for c in staged.schema.names}
+        (
+            dt.merge(
+                self._merge_source(staged, plan),
+                predicate=self._predicate(plan),
+                source_alias="s",
+                target_alias="t",
+                streamed_exec=True,
+                merge_schema=bool(evolve),
+                writer_properties=writer_properties(self.contract),
+                commit_properties=self._commit_properties(dt, staged, chunk, chunks),
+            )
+            .when_matched_update(updates, predicate=f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'")
+            .when_matched_update({"record_hash": "s.record_hash"}, predicate=f"s.{OP} = 'H'")
+            .when_matched_update(
+                {"record_status": f"'{DELETED}'", "update_timestamp": "s.update_timestamp",
+                 "batch_id": "s.batch_id"},
+                predicate=f"s.{OP} = 'D' AND t.record_status = '{ACTIVE}'",
+            )
+            .when_not_matched_insert(inserts, predicate=f"s.{OP} = 'I'")
+            .execute()
+        )
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """One committed chunk of a batch (what ``bz_checkpoints`` records)."""
+
+    table: str
+    batch_id: str
+    window: str
+    chunk: int
+    chunks: int
+    rows_committed: int
+    delta_version: int
+
+    @property
+    def complete(self) -> bool:
+        return self.chunk == self.chunks - 1
+
+
+def key_order(batches: list[pa.RecordBatch], pk: list[str]) -> list[int] | None:
+    """The indexes of ``batches`` in key order, when each batch is sorted by a single-column key
+    and their key ranges do not overlap (a heap read block range by block range in key order: the
+    common case for a snapshot); None when the rows need a real sort."""
+    if len(pk) != 1:
+        return None
+    spans = []
+    for index, batch in enumerate(batches):
+        keys = batch.column(pk[0]).to_numpy(zero_copy_only=False)
+        if keys.size > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+            return None
+        if keys.size:
+            spans.append((keys[0], keys[-1], index))
+    spans.sort()
+    if any(prev[1] >= nxt[0] for prev, nxt in itertools.pairwise(spans)):
+        return None
+    return [index for _, _, index in spans]
+
+
+def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:
+    present = set(frame.columns)
+    cols = []
+    for f in schema:
+        if f.name in present:
+            cols.append(frame.get_column(f.name).to_arrow().cast(f.type))
+        else:
+            cols.append(pa.nulls(frame.height, f.type))
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _is_conflict(exc: Exception) -> bool:
+    text = str(exc).lower()
+    version_taken = "version" in text and "exists" in text
+    return isinstance(exc, CommitFailedError) or "conflict" in text or version_taken
+
+
+def discard_uncommitted(uri: str) -> None:
+    """Remove what a failed first write left at a local ``uri`` (data files, an empty
+    ``_delta_log``) when no commit landed, so no half-created table stays behind. Object-store
+    roots keep their orphan files until the table exists and VACUUM removes them."""
+    path = Path(uri.removeprefix("file://"))
+    if "://" in uri.removeprefix("file://") or not path.is_dir():
+        return
+    if not any((path / "_delta_log").glob("*.json")):
+        shutil.rmtree(path, ignore_errors=True)
+
