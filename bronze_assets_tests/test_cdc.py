@@ -394,8 +394,13 @@ def test_the_asset_says_which_load_pattern_it_used(
         seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bronze = Bronze(seeded, tmp_path / "bronze")
     month = datetime.now(UTC).date().replace(day=1).isoformat()  # the open partition of bz_orders
+    publication_reads: list[str] = []
+    state = replication.publication_state
+    monkeypatch.setattr(replication, "publication_state",
+                        lambda dsn, contract: publication_reads.append(contract.name) or state(dsn, contract))
 
     def materialize() -> dict:
+        publication_reads.clear()
         result = dg.materialize([bronze.assets["bz_orders"]], resources=bronze.resources,
                                 partition_key=month)
         (load,) = [e for e in result.get_asset_materialization_events()
@@ -405,8 +410,10 @@ def test_the_asset_says_which_load_pattern_it_used(
     first = materialize()
     assert (first["load_pattern"], first["cdc_mode"]) == ("cdc", "snapshot")
     assert first["slot_wal_status"] == "reserved"
+    assert publication_reads == ["orders"]  # the choice set the publication up; the read trusts it
     query(seeded, "UPDATE tests.orders SET status = 'SHIPPED' WHERE order_id = 11")
     second = materialize()
+    assert publication_reads == []  # a stream: its slot's state says whether the table is published
     assert (second["cdc_mode"], second["cdc_keys_changed"], second["rows_updated"]) == ("stream", 1, 1)
     assert second["slot_retained_wal_bytes"] > 0 and second["slot_confirmed_lsn"] != "-"
     assert 0 <= second["cdc_lag_bytes"] < second["slot_retained_wal_bytes"]
@@ -789,6 +796,7 @@ def _legacy_load(dsn: str, root: Path) -> CdcRead:
     legacy = replication.legacy_slot_name(dsn, ORDERS)
     position = committed_position(root, "bz_orders")
     if position is None:
+        replication.ensure_publication(dsn, ORDERS)
         replication.drop_slot(dsn, ORDERS, legacy)
         with replication.new_slot(dsn, ORDERS, legacy) as (lsn, snapshot):
             read = CdcRead(SNAPSHOT, lsn, replication.table_relid(dsn, ORDERS), snapshot_id=snapshot)

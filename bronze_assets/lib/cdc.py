@@ -43,9 +43,10 @@ from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
-from bronze_assets.lib.load.engine import stage_cdc_read
+from bronze_assets.lib.load.stage import stage_selection
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.replication import ENV_DEPLOYMENT_ID, ChangeSet, SlotState, lsn_text
+from bronze_assets.lib.source.window import TableSelection
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,14 @@ class CdcRead:
         slot = {CDC_SLOT_KEY: self.slot} if self.slot is not None else {}
         return {CDC_LSN_KEY: str(self.lsn)} | relid | slot
 
+    def selection(self, dsn: str, partition: tuple[datetime, datetime] | None) -> TableSelection:
+        """What the engine stages: the changed keys, or every row in the slot's snapshot (which
+        records its position even when nothing changed). New keys land in the run's ``partition``
+        (§2.4); a TRUNCATE's re-read is a whole-table load."""
+        return TableSelection(dsn, partition if self.in_run_partition else None, keys=self.keys,
+                              all_rows=self.all_rows, snapshot_id=self.snapshot_id,
+                              final_metadata=self.final_metadata, commit_always=self.all_rows)
+
     def metadata(self, slot: SlotState | None = None) -> dict[str, Any]:
         """What the asset shows of the read and of the slot's health (``slot``: its state now;
         another slot's state, e.g. looked up by ``$BRONZE_ROOT`` for another root, is not shown:
@@ -258,54 +267,58 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
     the SQL the table's owner runs). A stream bronze depends on whose changes can no longer all be
     read is never a fallback: :func:`cdc_read` fails the run (:class:`CdcSlotLostError`). Bronze
     depends on a stream when it holds a log position in ``storage`` (whose settings say whether CDC
-    is on: ``$BRONZE_CDC``). ``set_up``: create the publication (or add the
-    table to it) when the source user may, so a refusal the check cannot foresee falls back too."""
+    is on: ``$BRONZE_CDC``). ``set_up``: create the publication (or add the table to it) when the
+    source user may, so a refusal the check cannot foresee falls back too (the publication is read
+    once either way)."""
     storage = as_storage(storage)
     if not storage.settings.cdc:
         return CDC_OFF
     reasons = [r for r in [replication.availability(dsn)] if r is not None]
     if committed_position(storage, contract.bronze_table) is None:  # bronze depends on no stream yet
-        problem = replication.publication_problem(dsn, contract)
-        if problem is None and set_up and not reasons:
+        problem = None
+        if set_up and not reasons:
             try:
                 replication.ensure_publication(dsn, contract)
             except replication.PublicationError as exc:
                 problem = str(exc)
+        else:
+            problem = replication.publication_problem(dsn, contract)
         reasons += [problem] if problem is not None else []
     return "; ".join(reasons) or None
 
 
 def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] | None,
-               storage: StorageLike | None = None) -> tuple[bool, dict[str, Any]]:
+               storage: StorageLike | None = None, logger: logging.Logger = log
+               ) -> tuple[bool, dict[str, Any]]:
     """Whether a run of ``contract`` over ``window`` reads the replication slot: a CDC table's run
     that reaches the open partition, when CDC is on and can be set up (:func:`fallback_reason`).
     Else the metadata saying why the watermark pattern ran (empty for tables without CDC and
-    for backfills of closed partitions); a fallback the source causes is also logged as a
-    WARNING, once per run (``BRONZE_CDC=off`` at INFO: it was asked for). ``storage``, the bronze
-    root, tells whether bronze holds a log position (see :func:`fallback_reason`)."""
+    for backfills of closed partitions); a fallback the source causes is also logged to
+    ``logger`` (the run's log) as a WARNING, once per run (``BRONZE_CDC=off`` at INFO: it was asked
+    for). ``storage``, the bronze root, tells whether bronze holds a log position (see
+    :func:`fallback_reason`)."""
     if not contract.cdc or (window is not None and window[1] <= datetime.now(UTC)):
         return False, {}
     reason = fallback_reason(contract, dsn, storage, set_up=True)
     if reason is None:
         return True, {}
-    from dagster import get_dagster_logger  # the run's log inside a Dagster run, else Python logging
-
-    get_dagster_logger(__name__).log(
-        logging.INFO if reason == CDC_OFF else logging.WARNING,
-        "%s: log-based CDC cannot be used, loading by the watermark pattern: %s", contract.bronze_table,
-        reason)
+    logger.log(logging.INFO if reason == CDC_OFF else logging.WARNING,
+               "%s: log-based CDC cannot be used, loading by the watermark pattern: %s",
+               contract.bronze_table, reason)
     return False, {"load_pattern": "watermark", "cdc_unavailable": reason}
 
 
 @contextmanager
-def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool = False
-             ) -> Iterator[CdcRead]:
+def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool = False,
+             chosen: bool = False) -> Iterator[CdcRead]:
     """The next CDC read of ``contract`` from this deployment's slot (see the module docstring);
     a snapshot read's exported snapshot stays importable while the block runs. Nothing is
     acknowledged here. A stream gap (:func:`check_stream`) fails with :class:`CdcSlotLostError`.
     ``resync``: a new slot and the table read in its snapshot, whatever bronze recorded (the
     recovery from a gap). A position committed before slots were named per deployment re-syncs
-    the same way, once (the migration; :func:`acknowledge` retires the old shared slot)."""
+    the same way, once (the migration; :func:`acknowledge` retires the old shared slot).
+    ``chosen``: the read follows :func:`cdc_choice`, which set up the publication of a table bronze
+    holds no position of, so a first load does not check it again."""
     storage = as_storage(storage)
     table = contract.bronze_table
     check = check_stream(contract, dsn, storage)
@@ -318,7 +331,8 @@ def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool
             log.warning("%s: the log position bronze holds was read from the slot %s, shared by every bronze "
                         "root of earlier versions; re-syncing once from this deployment's own slot %s", table,
                         check.legacy_slot, check.slot)
-        replication.ensure_publication(dsn, contract)  # a refusal fails before any slot is dropped
+        if resync or position is not None or not chosen:  # a refusal fails before any slot is dropped
+            replication.ensure_publication(dsn, contract)
         if slot is not None:
             replication.drop_slot(dsn, contract, check.slot)
         with replication.new_slot(dsn, contract, check.slot) as (lsn, snapshot):
@@ -364,7 +378,7 @@ def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time:
     (§2.4: ``load_date`` is the partition of the run that first inserted the key)."""
     storage = as_storage(storage)
     with cdc_read(contract, dsn, storage, resync=resync) as read:
-        staged = stage_cdc_read(contract, dsn, storage, read, partition, batch_time)
+        staged = stage_selection(contract, storage, read.selection(dsn, partition), batch_time)
     return CdcBatch(staged, read)
 
 

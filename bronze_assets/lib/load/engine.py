@@ -1,6 +1,6 @@
 """The engine protocol of the load lifecycle, and the local engine (ADBC + Polars + delta-rs).
 
-An engine stages a load's rows (from the window or a CDC read the lifecycle chose), MERGEs them
+An engine stages what a source read selects (:mod:`bronze_assets.lib.load.source`), MERGEs it
 (§2.3) and validates the staged rows with the contract's GX suite while it MERGEs. Adding an
 engine is one module implementing :class:`LoadEngine`; the Spark engine is
 :class:`bronze_assets.lib.spark.engine.SparkEngine`.
@@ -22,14 +22,14 @@ from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext
-from bronze_assets.lib.load.stage import extract_and_stage
+from bronze_assets.lib.load.source import Selection, table_selection
+from bronze_assets.lib.load.stage import stage_selection
 from bronze_assets.lib.quality import worker
 from bronze_assets.lib.quality.checks import docs_dir
 from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.schema import SchemaDrift
 
 if TYPE_CHECKING:
-    from bronze_assets.lib.cdc import CdcRead
     from bronze_assets.lib.load.lifecycle import LoadRequest
 
 LOCAL = "local"
@@ -66,8 +66,9 @@ class LoadEngine(Protocol):
     def warm_quality(self, contract: Contract) -> None:
         """Prepare the contract's GX suite while the source is read (may do nothing)."""
 
-    def stage(self, request: LoadRequest, dsn: str, cdc: CdcRead | None) -> Staged:
-        """Read the request's window (or ``cdc``'s keys / snapshot) in one snapshot and stage it."""
+    def stage(self, request: LoadRequest, selection: Selection) -> Staged:
+        """Read what the source read selected (a PostgreSQL table's window, CDC keys or slot
+        snapshot) in one snapshot and stage it."""
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         """Validate the staged rows with the GX suite, concurrently with the MERGE."""
@@ -90,12 +91,8 @@ class LocalEngine:
     def warm_quality(self, contract: Contract) -> None:
         worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract, self.storage.settings.data_dir))
 
-    def stage(self, request: LoadRequest, dsn: str, cdc: CdcRead | None) -> StagedBatch:
-        contract, window = request.contract, request.window
-        if cdc is None:
-            return extract_and_stage(contract, dsn, self.storage, partition=window,
-                                     changes_only=request.changes_only)
-        return stage_cdc_read(contract, dsn, self.storage, cdc, window)
+    def stage(self, request: LoadRequest, selection: Selection) -> StagedBatch:
+        return stage_selection(request.contract, self.storage, table_selection(selection, self.name))
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         assert isinstance(staged, StagedBatch)
@@ -111,15 +108,3 @@ class LocalEngine:
         checkpoint = partial(record_checkpoint, self.storage, job_id=job_id)
         return BronzeMerger(staged.contract, self.storage).merge(staged, on_commit=checkpoint)
 
-
-def stage_cdc_read(contract: Contract, dsn: str, storage: Storage, read: CdcRead,
-                   partition: tuple[datetime, datetime] | None, batch_time: datetime | None = None
-                   ) -> StagedBatch:
-    """Stage what a CDC read names: its changed keys, or every row in its slot's snapshot. New
-    keys land in the run's ``partition`` (§2.4); a TRUNCATE's re-read is a whole-table load."""
-    staged = extract_and_stage(contract, dsn, storage, batch_time=batch_time,
-                               partition=partition if read.in_run_partition else None,
-                               keys=read.keys, all_rows=read.all_rows, snapshot_id=read.snapshot_id)
-    staged.commit_always = read.all_rows  # a snapshot records its position even if nothing changed
-    staged.final_metadata |= read.final_metadata
-    return staged

@@ -1,9 +1,10 @@
 """The one load lifecycle, the same for every engine and source (ARCHITECTURE §4).
 
-A load goes: choose the source read (log-based CDC or the window, :func:`cdc_choice`) → the
-engine stages the rows (schema gate and quarantine inside) → schema evolution audited → the
-engine MERGEs (:func:`commit`: the MERGE, the checkpoint rows, the LOAD audit row) → the CDC
-slot is acknowledged (only after the commit) → the checks → the staged files are removed. A
+A load goes: choose the source (:func:`~bronze_assets.lib.load.source.source_for`: a table's
+window or its log-based CDC stream) and open its read → the engine stages what the read selects
+(schema gate and quarantine inside) while the read is open → schema evolution audited → the
+engine MERGEs (:func:`commit`: the MERGE, the checkpoint rows, the LOAD audit row) → the read is
+acknowledged (only after the commit) → the checks → the staged files are removed. A
 failure at any step is audited once (a FAILED row) and re-raised unchanged: the caller's failure
 policy (:mod:`bronze_assets.lib.failures`) says whether a retry can fix it, the same on every
 engine. Nothing here knows Dagster: ``defs/`` turns the report into Dagster events, the Spark
@@ -19,19 +20,18 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import Future
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.cdc import CdcRead, acknowledge, cdc_choice, cdc_read
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import classify
 from bronze_assets.lib.load.engine import LoadEngine, Staged
 from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.load.source import Source, SourceRead, source_for
 from bronze_assets.lib.quality.checks import (
     KEY_UNIQUENESS,
     QUALITY_SCORE,
@@ -44,7 +44,6 @@ from bronze_assets.lib.quality.checks import (
     schema_contract,
 )
 from bronze_assets.lib.quality.validate import QualityReport
-from bronze_assets.lib.source import replication
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +88,19 @@ def commit(engine: LoadEngine, staged: Staged, storage: Storage, job_id: str | N
 
 
 class Lifecycle:
-    """One load of ``request`` on ``engine`` from the source at ``dsn`` into ``storage``."""
+    """One load of ``request`` on ``engine`` from the database at ``dsn`` into ``storage``.
+    ``source``: where the rows come from (default: :func:`~bronze_assets.lib.load.source.source_for`,
+    chosen when the load starts); ``logger``: the run's log."""
 
     def __init__(self, request: LoadRequest, engine: LoadEngine, dsn: str, storage: Storage,
-                 job_id: str | None = None, logger: Any = None) -> None:
+                 job_id: str | None = None, logger: logging.Logger | None = None,
+                 source: Source | None = None) -> None:
         self.request, self.engine, self.dsn, self.storage = request, engine, dsn, storage
-        self.job_id, self.log = job_id, logger or log
+        self.job_id, self.log, self.source = job_id, logger or log, source
         self.contract = request.contract
         self.started = datetime.now(UTC)
-        self.cdc: CdcRead | None = None
-        self.metadata: dict[str, Any] = {}  # which load pattern ran (and the CDC read's figures)
+        self.read: SourceRead | None = None
+        self.metadata: dict[str, Any] = {}  # which load pattern ran, the read's figures
         self.decided: list[CheckOutcome] = []  # check outcomes known before the MERGE
         self.quality: Future[QualityReport] | None = None
 
@@ -114,11 +116,10 @@ class Lifecycle:
         if QUALITY_SCORE in request.checks:  # GX warms up while the source is read
             self.engine.warm_quality(contract)
         try:
-            use_cdc, self.metadata = cdc_choice(contract, self.dsn, request.window, self.storage)
-            # a CDC read stays open while the engine reads in its slot's snapshot
-            with cdc_read(contract, self.dsn, self.storage) if use_cdc else nullcontext() as read:
-                staged = self.engine.stage(request, self.dsn, read)
-            self.cdc = read
+            source = self.source or source_for(request, self.dsn, self.storage, self.log)
+            with source.open() as read:  # open while the engine stages (e.g. in a CDC slot's snapshot)
+                staged = self.engine.stage(request, read.selection)
+            self.read = read
         except SchemaMismatchError as exc:
             self._failed(exc)
             if SCHEMA_CONTRACT in request.checks:
@@ -132,8 +133,7 @@ class Lifecycle:
                 self._schema_evolution(staged)
             self.log.info(f"{contract.bronze_table}: read {staged.rows:,} rows ({staged.window}) "
                           f"in {staged.extract_seconds:.2f} s")
-            if read is not None:
-                self.metadata = read.metadata(replication.slot_state(self.dsn, contract, read.slot))
+            self.metadata = read.metadata()
             if QUALITY_SCORE in request.checks:  # validates the staged rows while the engine MERGEs them
                 self.quality = self.engine.start_quality(staged)
                 staged.keep_after_merge = True
@@ -144,11 +144,11 @@ class Lifecycle:
         return staged
 
     def finish(self, staged: Staged) -> list[CheckOutcome]:
-        """After the commit: acknowledge the CDC read, run the checks, remove the staged files."""
+        """After the commit: acknowledge the read, run the checks, remove the staged files."""
         checks = self.request.checks
         try:
-            if self.cdc is not None:  # only once its changes are committed may the slot free their WAL
-                acknowledge(self.contract, self.dsn, self.cdc)
+            if self.read is not None:  # only once its rows are committed (a CDC slot frees their WAL)
+                self.read.acknowledge()
             outcomes = self.take_checks()
             if KEY_UNIQUENESS in checks:
                 outcomes.append(key_uniqueness(self.contract, self.storage))

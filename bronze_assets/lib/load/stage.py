@@ -28,7 +28,7 @@ from bronze_assets.lib.load.plan import DEFAULT_OVERLAP, describe_window, next_w
 from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
-from bronze_assets.lib.source.window import LoadWindow, cdc_window
+from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
 from bronze_assets.settings import ENV_SOURCE_DSN
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,19 @@ def extract_and_stage(
         pii=pii_protection(contract, storage),
         deleted_keys=_missing(contract, window.keys, found) if window.keys is not None else None,
     )
+    return staged
+
+
+def stage_selection(contract: Contract, storage: StorageLike, selection: TableSelection,
+                    batch_time: datetime | None = None) -> StagedBatch:
+    """Stage what a read of the PostgreSQL table selects (:func:`extract_and_stage`), with the
+    metadata its last commit carries."""
+    staged = extract_and_stage(contract, selection.dsn, storage, partition=selection.partition,
+                               batch_time=batch_time, changes_only=selection.changes_only,
+                               keys=selection.keys, all_rows=selection.all_rows,
+                               snapshot_id=selection.snapshot_id)
+    staged.commit_always = selection.commit_always
+    staged.final_metadata |= selection.final_metadata
     return staged
 
 

@@ -357,8 +357,8 @@ def new_slot(dsn: str, contract: Contract, slot: str) -> Iterator[tuple[int, str
     """Create the table's slot (named ``slot``) and yield (its
     consistent LSN, its exported snapshot): a reader that joins the snapshot sees exactly the
     changes before the LSN, the stream the ones after. The snapshot stays importable until the
-    block ends (the replication session stays idle)."""
-    ensure_publication(dsn, contract)
+    block ends (the replication session stays idle). The table's publication is the caller's
+    (:func:`ensure_publication`, before an old slot is dropped)."""
     with closing(_connect(dsn, replication=True)) as conn:
         cur = conn.cursor()
         cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput "

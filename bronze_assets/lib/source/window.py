@@ -10,8 +10,8 @@ may be widened to every row changed since the table's watermark, wherever it liv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -83,6 +83,25 @@ def cdc_window(window: LoadWindow, keys: Sequence[int] | None, all_rows: bool) -
     if all_rows:
         return replace(window, all_rows=True, changes_only=False)
     return window
+
+
+@dataclass(frozen=True)
+class TableSelection:
+    """What a read of a PostgreSQL table tells the engine to stage: the rows of the run's
+    ``partition`` (UTC range; None: the whole table) as the window plan reads them
+    (``changes_only``: a scheduled run's changes), or just ``keys`` / with ``all_rows`` every row
+    (log-based CDC; new keys land in ``partition``), read in the exported snapshot ``snapshot_id``
+    when there is one. ``final_metadata`` rides on the batch's last commit, which is made even when
+    no row changed with ``commit_always`` (a slot's snapshot records its position)."""
+
+    dsn: str = field(repr=False)  # holds the password
+    partition: tuple[datetime, datetime] | None
+    changes_only: bool = False
+    keys: Sequence[int] | None = None
+    all_rows: bool = False
+    snapshot_id: str | None = None
+    final_metadata: Mapping[str, str] = field(default_factory=dict)
+    commit_always: bool = False
 
 
 def _ts(value: datetime) -> str:

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.load.engine import Staged
+from bronze_assets.lib.load.source import Selection, table_selection
 from bronze_assets.lib.quality.checks import docs_dir
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
 from bronze_assets.lib.spark.load import ENGINE, SparkLoader, SparkStaged
 
 if TYPE_CHECKING:
-    from bronze_assets.lib.cdc import CdcRead
     from bronze_assets.lib.load.lifecycle import LoadRequest
 
 
@@ -31,9 +31,8 @@ class SparkEngine:
     def warm_quality(self, contract: Contract) -> None:
         """Nothing to warm: the suite is built on the driver when the staged rows are validated."""
 
-    def stage(self, request: LoadRequest, dsn: str, cdc: CdcRead | None) -> SparkStaged:
-        return self.loader.stage(request.contract, dsn, partition=request.window,
-                                 changes_only=request.changes_only, cdc=cdc)
+    def stage(self, request: LoadRequest, selection: Selection) -> SparkStaged:
+        return self.loader.stage(request.contract, table_selection(selection, self.name))
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         assert isinstance(staged, SparkStaged)

@@ -66,7 +66,7 @@ from bronze_assets.lib.load import (
 from bronze_assets.lib.source.extract import SourceReader, keys_sql
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
 from bronze_assets.lib.source.schema import SchemaDrift
-from bronze_assets.lib.source.window import LoadWindow, cdc_window
+from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
 from bronze_assets.lib.spark.session import RUNTIME_CONF
@@ -74,8 +74,6 @@ from bronze_assets.settings import SOURCE_SYSTEM
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
-
-    from bronze_assets.lib.cdc import CdcRead
 
 log = logging.getLogger(__name__)
 
@@ -217,17 +215,15 @@ class SparkLoader:
     def load(
         self, contract: Contract, dsn: str, *, partition: tuple[datetime, datetime] | None = None,
         batch_time: datetime | None = None, overlap: timedelta = DEFAULT_OVERLAP, changes_only: bool = False,
-        validate: Callable[[Path, BatchContext], Any] | None = None, cdc: CdcRead | None = None,
+        validate: Callable[[Path, BatchContext], Any] | None = None,
     ) -> SparkLoadResult:
         """Read ``partition`` (UTC start/end; None = the whole table) of ``contract`` and MERGE it.
 
         ``validate`` (e.g. the GX suite) reads the staged rows (a parquet folder, source columns
         plaintext) in a driver thread while the MERGE runs; its answer is the result's ``validation``.
-        ``cdc`` (:func:`bronze_assets.lib.cdc.cdc_read`, held open during the load) reads its changed
-        keys, or every row in its slot's snapshot, and records its log position with the commit.
         """
-        staged = self.stage(contract, dsn, partition=partition, batch_time=batch_time, overlap=overlap,
-                            changes_only=changes_only, cdc=cdc)
+        staged = self.stage(contract, TableSelection(dsn, partition, changes_only), batch_time=batch_time,
+                            overlap=overlap)
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate") as pool:
                 checking: Future[Any] | None = pool.submit(validate, staged.rows_path, staged.ctx) \
@@ -238,13 +234,11 @@ class SparkLoader:
             staged.cleanup()
         return result
 
-    def stage(
-        self, contract: Contract, dsn: str, *, partition: tuple[datetime, datetime] | None = None,
-        batch_time: datetime | None = None, overlap: timedelta = DEFAULT_OVERLAP, changes_only: bool = False,
-        cdc: CdcRead | None = None,
-    ) -> SparkStaged:
-        """Read the window in one snapshot and stage enriched rows (and the source's keys) as
-        parquet for :meth:`merge`; nothing is written to the table here."""
+    def stage(self, contract: Contract, selection: TableSelection, *, batch_time: datetime | None = None,
+              overlap: timedelta = DEFAULT_OVERLAP) -> SparkStaged:
+        """Read what ``selection`` names (the window; CDC keys or a slot's snapshot) in one snapshot
+        and stage enriched rows (and the source's keys) as parquet for :meth:`merge`; nothing is
+        written to the table here."""
         started = time.perf_counter()
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
         target = self.storage.open(contract.bronze_table)
@@ -253,17 +247,15 @@ class SparkLoader:
                 f"{contract.bronze_table} still holds record_hash v1 rows; run one load with the local "
                 f"engine first (it re-hashes them once), then the Spark engine can take over.")
         previous = latest_watermark(target)
-        if cdc is not None and not cdc.in_run_partition:
-            partition = None  # a TRUNCATE: the whole table again, filed as a whole-table load
-        window = plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
-                             first_load=first_load_time(target) if previous is None else None,
-                             settings=self.storage.settings)
-        if cdc is not None:
-            window = cdc_window(window, cdc.keys, cdc.all_rows)
+        dsn, partition = selection.dsn, selection.partition
+        window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap,
+                                        selection.changes_only,
+                                        first_load=first_load_time(target) if previous is None else None,
+                                        settings=self.storage.settings),
+                            selection.keys, selection.all_rows)
         folder = stage_dir(self.storage.settings.stage_dir) / f"spark-{contract.bronze_table}-{ctx.batch_id}"
         try:
-            with SourceReader(dsn, contract, parallelism=1, snapshot_id=cdc.snapshot_id if cdc else None
-                              ) as reader:
+            with SourceReader(dsn, contract, parallelism=1, snapshot_id=selection.snapshot_id) as reader:
                 drift = inspect_source(reader, contract, window, ctx.batch_id, self.storage)
                 if drift.added or drift.rescued:
                     raise SparkEngineError(
@@ -290,11 +282,10 @@ class SparkLoader:
         meta = commit_metadata(ctx.batch_id, describe_window(window), watermark, extra={
             "bronze.engine": ENGINE, "bronze.snapshot_xmin": str(snapshot.snapshot_xmin),
             **partition_range_metadata(partition)},
-            final=cdc.final_metadata if cdc is not None else None, batch_time=ctx.batch_time)
+            final=dict(selection.final_metadata), batch_time=ctx.batch_time)
         return SparkStaged(contract, ctx, window, folder, sweep, histogram, unreadable, drift, watermark,
                            meta, round(time.perf_counter() - started, 3),
-                           commit_always=cdc is not None and cdc.all_rows,
-                           pii=pii_protection(contract, self.storage))
+                           commit_always=selection.commit_always, pii=pii_protection(contract, self.storage))
 
     def merge(self, staged: SparkStaged) -> SparkLoadResult:
         """Apply §2.3 to the table from the staged rows (the staged folder stays: see
