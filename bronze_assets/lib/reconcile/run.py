@@ -4,15 +4,19 @@ snapshot, the mismatches recorded in ``bz_reconciliation`` and one audit row per
 from __future__ import annotations
 
 import json
+import queue
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract, TypeFamily
 from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.query import table_rows
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.load.plan import DEFAULT_OVERLAP
 from bronze_assets.lib.reconcile.bisect import Side, classify, differing_ranges
@@ -109,23 +113,54 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
 
 def reconcile(contracts: Sequence[Contract], dsn: str, storage: StorageLike, *, deep: bool = False,
               run_id: str | None = None, job_id: str | None = None, overlap: timedelta = DEFAULT_OVERLAP,
-              bronze_side: BronzeSideChooser | None = None) -> Reconciliation:
+              bronze_side: BronzeSideChooser | None = None, parallelism: int = 2) -> Reconciliation:
     """Reconcile ``contracts`` in one source snapshot; record the mismatches and audit each table.
-    ``bronze_side`` picks the bronze reader per contract (default: DataFusion)."""
+    ``bronze_side`` picks the bronze reader per contract (default: DataFusion). Up to
+    ``parallelism`` tables are compared at once, largest first, each on a connection of its own
+    that shares the run's exported snapshot (the source hashes on as many backends)."""
     storage = as_storage(storage)
     run = Reconciliation(run_id or str(uuid.uuid4()), datetime.now(UTC), deep=deep)
+
+    def one(contract: Contract, snapshot: SourceSnapshot) -> TableReconciliation:
+        with audited(storage, contract.bronze_table, RECONCILE, job_id) as entry:
+            side = bronze_side(contract) if bronze_side is not None else BronzeTable
+            report = reconcile_table(contract, snapshot, storage, deep=deep, overlap=overlap,
+                                     bronze_side=side)
+            record_mismatches(storage, run.run_id, report, run.started)
+            entry.records_affected = len(report.faults)
+            entry.details = json.dumps({"run_id": run.run_id, "state": report.state, "deep": deep,
+                                        "counts": report.counts, "problem": report.problem})
+        return report
+
     with SourceSnapshot(dsn) as snapshot:
-        for contract in contracts:
-            with audited(storage, contract.bronze_table, RECONCILE, job_id) as entry:
-                side = bronze_side(contract) if bronze_side is not None else BronzeTable
-                report = reconcile_table(contract, snapshot, storage, deep=deep, overlap=overlap,
-                                         bronze_side=side)
-                record_mismatches(storage, run.run_id, report, run.started)
-                entry.records_affected = len(report.faults)
-                entry.details = json.dumps({"run_id": run.run_id, "state": report.state, "deep": deep,
-                                            "counts": report.counts, "problem": report.problem})
-            run.tables.append(report)
+        workers = max(1, min(parallelism, len(contracts)))
+        if workers == 1:
+            run.tables = [one(c, snapshot) for c in contracts]
+            return run
+        free: queue.Queue[SourceSnapshot] = queue.Queue()
+        free.put(snapshot)
+
+        def pooled(contract: Contract) -> TableReconciliation:
+            mine = free.get()
+            try:
+                return one(contract, mine)
+            finally:
+                free.put(mine)
+
+        with ExitStack() as stack:
+            for _ in range(workers - 1):
+                free.put(stack.enter_context(SourceSnapshot(dsn, snapshot.snapshot_id)))
+            largest_first = sorted(contracts, key=lambda c: -_bronze_rows(storage, c))
+            with ThreadPoolExecutor(workers, thread_name_prefix="reconcile") as pool:
+                reports = dict(zip([c.bronze_table for c in largest_first],
+                                   pool.map(pooled, largest_first), strict=True))
+        run.tables = [reports[c.bronze_table] for c in contracts]
     return run
+
+
+def _bronze_rows(storage: StorageLike, contract: Contract) -> int:
+    dt = as_storage(storage).open(contract.bronze_table)
+    return 0 if dt is None else table_rows(dt)
 
 
 __all__ = ["RECONCILE", "BronzeSideChooser", "SourceTable", "reconcile", "reconcile_table"]

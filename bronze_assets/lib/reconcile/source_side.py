@@ -31,16 +31,19 @@ class SourceSnapshot:
     """A read-only REPEATABLE READ transaction on the source, pinned session (§2.2), held for a
     whole reconciliation so every table and every drill-down sees the same data."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
+    def __init__(self, dsn: str, snapshot_id: str | None = None) -> None:
+        self.dsn, self.snapshot_id = dsn, snapshot_id  # snapshot_id: join another's exported snapshot
         self._conn: Any = None
 
     def __enter__(self) -> SourceSnapshot:
         self._conn = connect(self.dsn, autocommit=True)
         with self._conn.cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cur.execute("SELECT pg_current_snapshot()")  # the snapshot is taken now, not at the first table
-            cur.fetchall()
+            if self.snapshot_id:
+                cur.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot_id}'")
+            else:  # taken now (not at the first table), and shareable with more connections
+                cur.execute("SELECT pg_export_snapshot()")
+                (self.snapshot_id,) = cur.fetchall()[0]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,7 +76,13 @@ class SourceTable:
         self.snapshot, self.contract = snapshot, contract
         self.name = qualified(contract.source_schema, contract.source_name)
         self.key = quote_ident(contract.primary_key[0])
-        self.checksum = checksum_sql(hash_sql(contract))
+        # each column rendered once, in a subquery the planner keeps (OFFSET 0), then hashed: PostgreSQL
+        # would render every column twice in hash_sql's own form (length and text)
+        names = [f"_t{i}" for i in range(len(contract.column_names))]
+        self.hash = hash_sql(contract, names)
+        pairs = zip(contract.column_names, names, strict=True)
+        self.rendered = ", ".join(f"{quote_ident(c)}::text AS {n}" for c, n in pairs)
+        self.checksum = checksum_sql(self.hash)
         # when the row last changed (pending rows), as timestamptz; an infinite one counts as unknown
         self.updated_at = "CASE WHEN isfinite(updated_at) THEN updated_at::timestamptz END" \
             if "updated_at" in contract.column_names else "NULL::timestamptz"
@@ -91,8 +100,9 @@ class SourceTable:
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
         """{bucket: (rows, checksum sum)} of the keys in [lo, hi], bucket = (key - lo) // width."""
         rows = self.snapshot.query(
-            f"SELECT ({self.key}::bigint - {lo}) / {width} AS b, count(*), sum({self.checksum})::text "
-            f"FROM {self.name} WHERE {self.key} BETWEEN {lo} AND {hi} GROUP BY 1")
+            f"SELECT (k - {lo}) / {width} AS b, count(*), sum({self.checksum})::text FROM ("
+            f"SELECT {self.key}::bigint AS k, {self.rendered} FROM {self.name} "
+            f"WHERE {self.key} BETWEEN {lo} AND {hi} OFFSET 0) s GROUP BY 1")
         return {int(b): (int(n), int(s)) for b, n, s in rows}
 
     def rows(self, ranges: Ranges) -> pl.DataFrame:

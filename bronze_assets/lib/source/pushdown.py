@@ -22,6 +22,8 @@ The session must be pinned (UTC, ISO dates) like every session that renders.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bronze_assets.contracts import Contract, PgType, TypeFamily
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.extract import read_sql
@@ -58,10 +60,11 @@ def _value_sql(column: str, type_: PgType) -> str:
     return value if ok is None else f"CASE WHEN {ok} THEN {value} END"
 
 
-def hash_sql(contract: Contract) -> str:
-    """ARCHITECTURE §2.2 record_hash v2, literally."""
-    fields = [f"coalesce(length({quote_ident(c)}::text) || ':' || {quote_ident(c)}::text, '\\N')"
-              for c in contract.column_names]
+def hash_sql(contract: Contract, texts: Sequence[str] | None = None) -> str:
+    """ARCHITECTURE §2.2 record_hash v2, literally. ``texts``: the SQL of each column's ``::text``
+    when the caller rendered them once already (e.g. in a subquery), else ``col::text``."""
+    texts = texts or [f"{quote_ident(c)}::text" for c in contract.column_names]
+    fields = [f"coalesce(length({t}) || ':' || {t}, '\\N')" for t in texts]
     return f"md5(concat_ws(E'\\x1f', {', '.join(fields)}))"
 
 
