@@ -23,6 +23,8 @@ from typing import Any
 
 from databricks.sdk.service import jobs
 
+from bronze_assets.defs.pipes import BronzePipes
+
 FILES, DIRECTORIES = "/api/2.0/fs/files", "/api/2.0/fs/directories"
 
 
@@ -140,3 +142,22 @@ class FakeWorkspaceClient:
     def __init__(self, volumes: Path, log_dir: Path | None = None) -> None:
         self.api_client = FakeApiClient(volumes)
         self.jobs = FakeJobs(log_dir=log_dir)
+
+
+_WORKSPACES: dict[tuple[str, str | None], FakeWorkspaceClient] = {}
+
+
+class FakeWorkspacePipes(BronzePipes):
+    """The ``pipes`` resource with the fake workspace in place of a Databricks one (tests only:
+    no workspace is reachable here). One workspace per ``volumes`` folder, so a test reads the
+    runs the asset submitted from :meth:`workspace` afterwards."""
+
+    volumes: str
+    log_dir: str | None = None
+
+    def workspace(self) -> FakeWorkspaceClient:
+        key = (self.volumes, self.log_dir)
+        if key not in _WORKSPACES:
+            log_dir = Path(self.log_dir) if self.log_dir else None
+            _WORKSPACES[key] = FakeWorkspaceClient(Path(self.volumes), log_dir)
+        return _WORKSPACES[key]

@@ -1,6 +1,7 @@
 """The databricks engine: the task spec the asset submits, checked against a fake WorkspaceClient.
 
-The workspace is the one thing mocked (none is reachable from here; see ``fake_databricks``):
+The workspace is the one thing mocked (none is reachable from here; see ``fake_databricks``), in
+the ``pipes`` resource the asset is given (``FakeWorkspacePipes``):
 its Jobs API checks the spec and runs the wheel task for real on local Spark, its Files API
 serves a Unity Catalog volume from a local folder, so dagster-databricks' own Pipes clients,
 context injector and message reader run unchanged. With ``DATABRICKS_HOST`` set, the live test
@@ -19,23 +20,23 @@ from databricks.sdk.service import jobs
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
-from bronze_assets.defs import engines
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.engines import BronzeEngine, DatabricksCompute
-from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.defs.resources import BronzePipes, BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.settings import env
 from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
-from bronze_assets_tests.fake_databricks import FakeWorkspaceClient
+from bronze_assets_tests.fake_databricks import FakeWorkspacePipes
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
 
 WHEEL = "/Volumes/main/bronze/pipes/bronze_assets-0.1.0-py3-none-any.whl"
 
 
-def _materialize(dsn: str, root: Path, engine: BronzeEngine, table: str) -> dg.ExecuteInProcessResult:
-    resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(root)), engine)
+def _materialize(dsn: str, root: Path, engine: BronzeEngine, table: str, pipes: BronzePipes | None = None
+                 ) -> dg.ExecuteInProcessResult:
+    resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(root)), engine, pipes)
     return dg.materialize([build_bronze_asset(CONTRACTS[table])], resources=resources, raise_on_error=False)
 
 
@@ -46,18 +47,17 @@ def test_databricks_task_runs_the_bronze_job_through_a_volume(
     fresh_dsn = seed_db(SeedOptions(scale=0.2, defect_rate=0.05, as_of=AS_OF))
     volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
     volume.mkdir(parents=True)
-    workspace = FakeWorkspaceClient(tmp_path / "Volumes", log_dir=tmp_path)
-    monkeypatch.setattr(engines, "workspace_client", lambda: workspace)
+    pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))
     # stands in for the secret scope the task reads on Databricks: the spec never carries it
     monkeypatch.setenv("BRONZE_SOURCE_DSN", fresh_dsn)
     engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL,
                           databricks_compute=compute.value)
 
-    result = _materialize(fresh_dsn, tmp_path / "bronze", engine, "warehouses")
+    result = _materialize(fresh_dsn, tmp_path / "bronze", engine, "warehouses", pipes)
     logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("run-*.log"))
     assert result.success, logs
 
-    (run,) = workspace.jobs.runs.values()
+    (run,) = pipes.workspace().jobs.runs.values()
     task: jobs.SubmitTask = run.task
     spec = json.dumps({"task": task.as_dict(), **{k: v if isinstance(v, str) else [e.as_dict() for e in v]
                                                  for k, v in run.submit_args.items()}})

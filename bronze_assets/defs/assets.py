@@ -10,6 +10,7 @@ from bronze_assets.defs.checks import check_specs
 from bronze_assets.defs.engines import BronzeEngine, materialize, request_for
 from bronze_assets.defs.freshness import freshness_policy
 from bronze_assets.defs.partitions import partitions_def
+from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.defs.schedules import reads_changes_only
 from bronze_assets.lib.enrich.metadata import METADATA_FIELDS, ROW_KEY_FIELD
@@ -84,24 +85,24 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
         pool=contract.bronze_table,
         # another source resource than `source`: every resource by key (Dagster takes them either as
         # parameters or as keys, not both)
-        required_resource_keys=None if source_key == "source" else {source_key, "bronze", "engine"},
+        required_resource_keys=None if source_key == "source" else {source_key, "bronze", "engine", "pipes"},
     )
 
     def load(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
-             engine: BronzeEngine):
+             engine: BronzeEngine, pipes: BronzePipes):
         request = request_for(context, contract, reads_changes_only(context.run.tags))
-        yield from materialize(context, request, source, bronze, engine)
+        yield from materialize(context, request, source, bronze, engine, pipes)
 
     if source_key == "source":
         @asset
         def _bronze(context: dg.AssetExecutionContext, source: PostgresSource, bronze: BronzeStorage,
-                    engine: BronzeEngine):
-            yield from load(context, source, bronze, engine)
+                    engine: BronzeEngine, pipes: BronzePipes):
+            yield from load(context, source, bronze, engine, pipes)
     else:
         @asset
         def _bronze(context: dg.AssetExecutionContext):
             res = context.resources
-            yield from load(context, getattr(res, source_key), res.bronze, res.engine)
+            yield from load(context, getattr(res, source_key), res.bronze, res.engine, res.pipes)
 
     return _bronze
 

@@ -6,6 +6,8 @@ the ``engine`` resource picks one per table (``$BRONZE_ENGINE``, ``$BRONZE_ENGIN
   (``PipesSubprocessClient``), which reports the metadata and check results back.
 - ``databricks``: the same job as a Databricks task (``dagster-databricks`` Pipes, serverless
   or a job cluster), context and messages through a Unity Catalog volume.
+
+The Pipes clients come from the ``pipes`` resource (:class:`bronze_assets.defs.pipes.BronzePipes`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import Field
 from bronze_assets.contracts import Contract
 from bronze_assets.defs.checks import as_check_result
 from bronze_assets.defs.io_manager import BronzeStorage, changed_partition_events
+from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.lib.cdc import deployment_id
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
@@ -143,7 +146,7 @@ def request_for(context: dg.AssetExecutionContext, contract: Contract, changes_o
 
 
 def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage,
-                engine: BronzeEngine) -> Iterator[Any]:
+                engine: BronzeEngine, pipes: BronzePipes) -> Iterator[Any]:
     """Run ``request`` on the engine chosen for its table; yields the asset's events. Whatever
     fails leaves through the one failure policy (:mod:`bronze_assets.lib.failures`): one line,
     retried only when a retry can succeed; an interrupt stops the run."""
@@ -152,7 +155,7 @@ def materialize(context: dg.AssetExecutionContext, request: LoadRequest, source:
         if chosen is Engine.LOCAL:
             yield from run_local(context, request, source, bronze)
         else:
-            yield from run_pipes(context, request, source, bronze, engine, chosen)
+            yield from run_pipes(context, request, source, bronze, engine, pipes, chosen)
 
 
 # ---------------------------------------------------------------------------------------- local
@@ -197,13 +200,14 @@ def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool) -> 
 
 
 def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: Any, bronze: BronzeStorage,
-              engine: BronzeEngine, chosen: Engine) -> Iterator[Any]:
-    """Run the Spark job through Pipes and yield what it reported, as the local engine would."""
+              engine: BronzeEngine, pipes: BronzePipes, chosen: Engine) -> Iterator[Any]:
+    """Run the Spark job through the ``pipes`` client resource and yield what it reported, as the
+    local engine would."""
     contract = request.contract
     if chosen is Engine.SPARK:
-        invocation = run_spark_subprocess(context, request, source, bronze)
+        invocation = run_spark_subprocess(context, request, source, bronze, pipes)
     else:
-        invocation = run_databricks(context, request, bronze, engine.databricks_settings())
+        invocation = run_databricks(context, request, bronze, engine.databricks_settings(), pipes)
     custom = invocation.get_custom_messages()
     descriptions: dict[str, str] = {}
     failure: Mapping[str, Any] | None = None
@@ -232,19 +236,12 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
 
 
 def run_spark_subprocess(context: dg.AssetExecutionContext, request: LoadRequest, source: Any,
-                         bronze: BronzeStorage) -> dg.PipesClientCompletedInvocation:
+                         bronze: BronzeStorage, pipes: BronzePipes) -> dg.PipesClientCompletedInvocation:
     """The Spark job on local Spark, in a subprocess (which inherits this environment); the
     source DSN travels in its environment, never in the Pipes context."""
-    return dg.PipesSubprocessClient().run(
+    return pipes.subprocess_client().run(
         command=[sys.executable, "-m", "bronze_assets.spark_job"], context=context,
         extras=job_extras(request, bronze, remote=False), env={"BRONZE_SOURCE_DSN": source.resolved_dsn()})
-
-
-def workspace_client() -> Any:
-    """The Databricks workspace (``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` or a config profile)."""
-    from databricks.sdk import WorkspaceClient
-
-    return WorkspaceClient()
 
 
 def databricks_task(contract: Contract, settings: DatabricksSettings) -> tuple[Any, dict[str, Any]]:
@@ -277,23 +274,10 @@ def databricks_task(contract: Contract, settings: DatabricksSettings) -> tuple[A
 
 
 def run_databricks(context: dg.AssetExecutionContext, request: LoadRequest, bronze: BronzeStorage,
-                   settings: DatabricksSettings) -> dg.PipesClientCompletedInvocation:
+                   settings: DatabricksSettings, pipes: BronzePipes) -> dg.PipesClientCompletedInvocation:
     """The Spark job as a Databricks task; Pipes context and messages in the UC volume."""
-    from dagster_databricks.pipes import (  # the volume classes are not re-exported by the package
-        PipesDatabricksClient,
-        PipesDatabricksServerlessClient,
-        PipesUnityCatalogVolumesContextInjector,
-        PipesUnityCatalogVolumesMessageReader,
-    )
-
-    client = workspace_client()
     task, submit_args = databricks_task(request.contract, settings)
-    extras = job_extras(request, bronze, remote=True)
-    if settings.compute is DatabricksCompute.SERVERLESS:
-        pipes = PipesDatabricksServerlessClient(client=client, volume_path=settings.volume)
-    else:
-        volume = {"client": client, "volume_path": settings.volume}
-        pipes = PipesDatabricksClient(
-            client=client, context_injector=PipesUnityCatalogVolumesContextInjector(**volume),
-            message_reader=PipesUnityCatalogVolumesMessageReader(**volume))
-    return pipes.run(context=context, extras=extras, task=task, submit_args=submit_args)
+    client = pipes.databricks_client(settings.volume,
+                                     serverless=settings.compute is DatabricksCompute.SERVERLESS)
+    return client.run(context=context, extras=job_extras(request, bronze, remote=True), task=task,
+                      submit_args=submit_args)

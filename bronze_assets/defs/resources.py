@@ -7,12 +7,14 @@ from pydantic import Field
 
 from bronze_assets.defs.engines import BronzeEngine
 from bronze_assets.defs.io_manager import BronzeDeltaIOManager, BronzeStorage
+from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.lib.secrets import protect_logs, register_secret
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
 from bronze_assets.settings import ENV_SOURCE_DSN, Settings
 
-__all__ = ["BronzeDeltaIOManager", "BronzeEngine", "BronzeStorage", "PostgresSource", "resources"]
+__all__ = ["BronzeDeltaIOManager", "BronzeEngine", "BronzePipes", "BronzeStorage", "PostgresSource",
+           "resources"]
 
 
 class PostgresSource(dg.ConfigurableResource):
@@ -39,15 +41,17 @@ class PostgresSource(dg.ConfigurableResource):
 
 def build_resources(
     source: PostgresSource | None = None, storage: BronzeStorage | None = None,
-    engine: BronzeEngine | None = None,
+    engine: BronzeEngine | None = None, pipes: BronzePipes | None = None,
 ) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
-    """The resource set every bronze asset needs; one storage config feeds assets and IO manager."""
+    """The resource set every bronze asset needs; one storage config feeds assets and IO manager.
+    ``pipes`` starts the Spark job (subprocess, Databricks; the tests' fake workspace)."""
     storage = storage or BronzeStorage()
     return {
         "source": source or PostgresSource(),
         "bronze": storage,
         "bronze_io_manager": BronzeDeltaIOManager(storage=storage),
         "engine": engine or BronzeEngine(),
+        "pipes": pipes or BronzePipes(),
     }
 
 
