@@ -220,12 +220,14 @@ _ROLES = ("analyst", "engineer", "scientist", "operations", "admin")  # = govern
 def read(table: str, role: str, limit: int, where: str | None, fmt: str, columns: str | None) -> None:
     """Print bz_<TABLE> as ROLE may see it, in primary key order; every read of a PII table is
     audited."""
+    from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.governance import PiiKeyError, TableNotLoadedError, read_table
     from bronze_assets.lib.governance.reader import ReadConditionError
 
     try:
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-        data = read_table(table, role, columns=cols, limit=limit or None, where=where)
+        data = read_table(table, role, BronzeStorage().storage(), columns=cols, limit=limit or None,
+                          where=where)
     except ReadConditionError as exc:
         _fail(f"--where: {exc}")
         return
@@ -284,10 +286,11 @@ def uc_sql_command(catalog: str, schema: str, root: str | None, no_tables: bool)
 @click.option("--customer-id", type=int, required=True, help="customer_id of the data subject to erase.")
 def forget(customer_id: int) -> None:
     """GDPR erasure: shred the customer's key, mark bz_customers rows FORGOTTEN, audit it."""
+    from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.governance import TableNotLoadedError, forget_subject
 
     try:
-        result = forget_subject("customers", customer_id)
+        result = forget_subject("customers", customer_id, BronzeStorage().storage())
     except TableNotLoadedError as exc:
         _fail(str(exc))
         return

@@ -26,6 +26,7 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.delta.control import AUDIT_LOG
 from bronze_assets.lib.delta.control import read_table as read_control
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import bronze_schema
 from bronze_assets.lib.governance import (
     KEY_STORE,
@@ -95,9 +96,15 @@ def uri(table: str) -> str:
     return f"{bronze_root()}/{table}"
 
 
+def store() -> Storage:
+    """The bronze root with the environment's settings, as the ``bronze`` resource builds it."""
+    return Storage(bronze_root(), settings=Settings.from_env())
+
+
 def write_customers(mode: str = "error", people: dict[int, tuple[str, str | None]] = PEOPLE,
                     status: dict[int, str] | None = None) -> None:
-    write_deltalake(uri("bz_customers"), encrypt_table(customers_table(people, status), CUSTOMERS), mode=mode)
+    encrypted = encrypt_table(customers_table(people, status), CUSTOMERS, store())
+    write_deltalake(uri("bz_customers"), encrypted, mode=mode)
 
 
 def files_bytes(path: str) -> list[tuple[Path, bytes]]:
@@ -112,19 +119,19 @@ def audit_rows(operation: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- encryption
 def test_round_trip_keeps_nulls() -> None:
     plain = customers_table()
-    enc = encrypt_table(plain, CUSTOMERS)
+    enc = encrypt_table(plain, CUSTOMERS, store())
     assert enc.schema == plain.schema
     assert enc.column("email")[2].as_py() is None  # NULL stays NULL
     assert all(v.startswith("enc:v1:") for v in enc.column("customer_name").to_pylist())
-    assert decrypt_table(enc, CUSTOMERS).equals(plain)
-    batch = encrypt_table(plain.to_batches()[0], CUSTOMERS)  # record batches (the load path) too
+    assert decrypt_table(enc, CUSTOMERS, store()).equals(plain)
+    batch = encrypt_table(plain.to_batches()[0], CUSTOMERS, store())  # record batches (the load path) too
     assert isinstance(batch, pa.RecordBatch)
-    assert decrypt_table(pa.Table.from_batches([batch]), CUSTOMERS).equals(plain)
+    assert decrypt_table(pa.Table.from_batches([batch]), CUSTOMERS, store()).equals(plain)
 
 
 def test_ciphertext_hides_plaintext_and_differs_per_row() -> None:
-    enc = encrypt_table(customers_table(), CUSTOMERS).to_pylist()
-    again = encrypt_table(customers_table(), CUSTOMERS).to_pylist()
+    enc = encrypt_table(customers_table(), CUSTOMERS, store()).to_pylist()
+    again = encrypt_table(customers_table(), CUSTOMERS, store()).to_pylist()
     four, five = enc[3], enc[4]
     assert four["customer_name"] != five["customer_name"] and four["email"] != five["email"]
     assert enc[0]["email"] != again[0]["email"]  # fresh nonce per encryption
@@ -145,12 +152,12 @@ def test_wrong_aad_fails() -> None:
         with pytest.raises(InvalidTag):
             decrypt_value(key, token, wrong)
     # a ciphertext moved to another row (another subject) is refused, not silently decrypted
-    enc = encrypt_table(customers_table(), CUSTOMERS)
+    enc = encrypt_table(customers_table(), CUSTOMERS, store())
     emails = enc.column("email").to_pylist()
     emails[0], emails[1] = emails[1], emails[0]
     swapped = enc.set_column(enc.schema.get_field_index("email"), "email", pa.array(emails, pa.string()))
     with pytest.raises(PiiDecryptionError, match=r"bz_customers\.email.*customer_id"):
-        decrypt_table(swapped, CUSTOMERS)
+        decrypt_table(swapped, CUSTOMERS, store())
 
 
 def test_master_key_generated_once_with_mode_0600(caplog: pytest.LogCaptureFixture) -> None:
@@ -168,11 +175,11 @@ def test_master_key_generated_once_with_mode_0600(caplog: pytest.LogCaptureFixtu
 
 def test_configured_master_key_wins_and_a_wrong_one_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(K_PII_MASTER_KEY, base64.b64encode(b"k" * 32).decode())
-    enc = encrypt_table(customers_table(), CUSTOMERS)
+    enc = encrypt_table(customers_table(), CUSTOMERS, store())
     assert not master_key_path(Settings.from_env().data_dir).exists()
     monkeypatch.setenv(K_PII_MASTER_KEY, base64.b64encode(b"x" * 32).decode())
     with pytest.raises(PiiKeyError, match="master key"):
-        decrypt_table(enc, CUSTOMERS)
+        decrypt_table(enc, CUSTOMERS, store())
 
 
 def test_25k_customers_encrypt_quickly() -> None:
@@ -180,11 +187,11 @@ def test_25k_customers_encrypt_quickly() -> None:
     people = {i: (f"Customer {i}", f"c{i}@example.com") for i in range(1, n + 1)}
     plain = customers_table(people)
     started = time.perf_counter()
-    enc = encrypt_table(plain, CUSTOMERS)  # creates 25k keys in one commit, then encrypts
+    enc = encrypt_table(plain, CUSTOMERS, store())  # creates 25k keys in one commit, then encrypts
     seconds = time.perf_counter() - started
     assert DeltaTable(uri(KEY_STORE)).version() == 0  # one commit
     assert seconds < 5, f"encrypting {n} customers took {seconds:.2f} s"
-    assert decrypt_table(enc.slice(n - 3), CUSTOMERS).equals(plain.slice(n - 3))
+    assert decrypt_table(enc.slice(n - 3), CUSTOMERS, store()).equals(plain.slice(n - 3))
 
 
 # --------------------------------------------------------------------------- role reads
@@ -192,8 +199,8 @@ def test_25k_customers_encrypt_quickly() -> None:
 def test_role_reads_match_the_matrix(role: Role) -> None:
     write_customers(status={2: "FORGOTTEN"})
     write_deltalake(uri("bz_suppliers"), suppliers_table(status={11: "FORGOTTEN"}))
-    customers = {r["customer_id"]: r for r in read_table("customers", role).to_pylist()}
-    suppliers = {r["supplier_id"]: r for r in read_table("suppliers", role.value).to_pylist()}
+    customers = {r["customer_id"]: r for r in read_table("customers", role, store()).to_pylist()}
+    suppliers = {r["supplier_id"]: r for r in read_table("suppliers", role.value, store()).to_pylist()}
     want = EXPECTED[role]
     assert (customers[1]["customer_name"], customers[1]["email"]) == (want["name"], want["email"])
     assert customers[3]["email"] is None  # NULL stays NULL for every role
@@ -206,13 +213,13 @@ def test_role_reads_match_the_matrix(role: Role) -> None:
 
 def test_read_columns_filters_and_limit() -> None:
     write_customers()
-    got = read_table("customers", "engineer", columns=["email"], filters=[("customer_id", "=", 2)])
+    got = read_table("customers", "engineer", store(), columns=["email"], filters=[("customer_id", "=", 2)])
     assert got.column_names == ["email"] and got.to_pylist() == [{"email": "b***@corp.example.org"}]
-    assert read_table("customers", "admin", limit=2).num_rows == 2
+    assert read_table("customers", "admin", store(), limit=2).num_rows == 2
     with pytest.raises(ValueError, match="bz_customers has no columns"):
-        read_table("customers", "admin", columns=["phone"])
+        read_table("customers", "admin", store(), columns=["phone"])
     with pytest.raises(ValueError, match="unknown role 'intern'"):
-        read_table("customers", "intern")
+        read_table("customers", "intern", store())
 
 
 def test_every_pii_read_writes_an_audit_row(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,10 +230,10 @@ def test_every_pii_read_writes_an_audit_row(monkeypatch: pytest.MonkeyPatch) -> 
         [{"product_id": 1, "product_name": "P", "category": "C", "unit_price": None, "sku": "AAA-123",
           "updated_at": NOW, **_meta()}], schema=bronze_schema(PRODUCTS))
     write_deltalake(uri("bz_products"), products)
-    read_table("customers", "analyst")
-    read_table("customers", "admin", limit=1)
-    read_table("suppliers", "operations")
-    read_table("products", "analyst")  # no PII: not audited
+    read_table("customers", "analyst", store())
+    read_table("customers", "admin", store(), limit=1)
+    read_table("suppliers", "operations", store())
+    read_table("products", "analyst", store())  # no PII: not audited
     rows = audit_rows("PII_READ")
     assert len(rows) == 3
     by_role = {json.loads(r["details"])["role"]: r for r in rows}
@@ -248,13 +255,13 @@ def test_forget_shreds_the_subject_in_every_version() -> None:
     wrapped_before = DeltaTable(uri(KEY_STORE)).to_pyarrow_table().to_pylist()
     key_of_2 = next(r["wrapped_key"] for r in wrapped_before if r["subject_id"] == "2")
 
-    result = forget_subject("customers", 2)
+    result = forget_subject("customers", 2, store())
     assert (result.rows_forgotten, result.keys_shredded) == (1, 1) and result.version == 3
 
     for version in range(result.version + 1):
         table = DeltaTable(uri("bz_customers"), version=version).to_pyarrow_table()
         plain = {r["customer_id"]: (r["customer_name"], r["email"])
-                 for r in decrypt_table(table, CUSTOMERS).to_pylist()}
+                 for r in decrypt_table(table, CUSTOMERS, store()).to_pylist()}
         assert plain[2] == (None, None), f"version {version} still reveals customer 2"
         others = {k: v for k, v in expected[min(version, 2)].items() if k != 2}
         assert {k: v for k, v in plain.items() if k != 2} == others, f"version {version}"
@@ -266,33 +273,33 @@ def test_forget_shreds_the_subject_in_every_version() -> None:
     assert not [p for p, data in files_bytes(uri(KEY_STORE)) if key_of_2 in data]
     # the tombstone: a later load of customer 2 encrypts its personal data to NULL
     reloaded = encrypt_table(customers_table({2: ("Bob Jones", "bob@new.example.org"), 7: ("Eve", "e@x.io")}),
-                             CUSTOMERS).to_pylist()
+                             CUSTOMERS, store()).to_pylist()
     assert (reloaded[0]["customer_name"], reloaded[0]["email"]) == (None, None)
     assert reloaded[1]["email"].startswith("enc:v1:")
     (erasure,) = audit_rows("ERASURE")
     assert erasure["table_name"] == "bz_customers" and erasure["records_affected"] == 1
     assert json.loads(erasure["details"])["subject_id"] == "2" and erasure["status"] == "SUCCESS"
     for role in Role:
-        row = read_table("customers", role, filters=[("customer_id", "=", 2)]).to_pylist()[0]
+        row = read_table("customers", role, store(), filters=[("customer_id", "=", 2)]).to_pylist()[0]
         assert (row["customer_name"], row["email"]) == (None, None)
 
 
 def test_forget_is_idempotent_and_refuses_tables_without_subject() -> None:
     write_customers()
-    forget_subject("customers", 4)
-    again = forget_subject(CUSTOMERS, "4")
+    forget_subject("customers", 4, store())
+    again = forget_subject(CUSTOMERS, "4", store())
     assert again.keys_shredded == 0 and again.rows_forgotten == 1
-    plain = decrypt_table(DeltaTable(uri("bz_customers")).to_pyarrow_table(), CUSTOMERS).to_pylist()
+    plain = decrypt_table(DeltaTable(uri("bz_customers")).to_pyarrow_table(), CUSTOMERS, store()).to_pylist()
     assert {r["customer_id"]: r["customer_name"] for r in plain}[5] == "Sam Lee"
     write_deltalake(uri("bz_suppliers"), suppliers_table())
     with pytest.raises(ValueError, match="bz_suppliers has no data subject"):
-        forget_subject("suppliers", 10)
+        forget_subject("suppliers", 10, store())
 
 
 def test_no_plaintext_in_any_file_of_the_table() -> None:
     write_customers()
     write_customers("overwrite", dict(PEOPLE) | {1: ("Alice Smith", "alice@moved.example.com")})
-    forget_subject("customers", 1)
+    forget_subject("customers", 1, store())
     blobs = files_bytes(uri("bz_customers")) + files_bytes(uri(KEY_STORE))
     assert any(p.suffix == ".parquet" for p, _ in blobs)
     secrets = {v for pair in PEOPLE.values() for v in pair if v} | {"alice@moved.example.com"}
@@ -314,7 +321,7 @@ def test_contract_validates_encryption_fields() -> None:
         replace(SUPPLIERS, pii_columns=("product_id",), encrypted_columns=("product_id",),
                 data_subject="supplier_id")
     with pytest.raises(ValueError, match="no encrypted columns"):
-        PiiCipher(SUPPLIERS)
+        PiiCipher(SUPPLIERS, store())
 
 
 def test_uc_sql_is_generated_from_the_matrix_and_contracts() -> None:
@@ -380,9 +387,9 @@ def test_cli_read_forget_and_uc_sql() -> None:
 
 
 def test_encrypting_with_keys_prepared_for_other_subjects_fails_loudly() -> None:
-    cipher = PiiCipher(CUSTOMERS)
+    cipher = PiiCipher(CUSTOMERS, store())
     keys = cipher.prepare([1, 2])
     with pytest.raises(PiiKeyError, match="no data key prepared for 3 customer_id values"):
         cipher.encrypt(customers_table(), keys)
     enc = cipher.encrypt(customers_table({1: PEOPLE[1], 2: PEOPLE[2]}), keys)
-    assert decrypt_table(enc, CUSTOMERS).equals(customers_table({1: PEOPLE[1], 2: PEOPLE[2]}))
+    assert decrypt_table(enc, CUSTOMERS, store()).equals(customers_table({1: PEOPLE[1], 2: PEOPLE[2]}))

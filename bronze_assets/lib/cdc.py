@@ -288,8 +288,7 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
 
 
 def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] | None,
-               storage: StorageLike | None = None, logger: logging.Logger = log
-               ) -> tuple[bool, dict[str, Any]]:
+               storage: StorageLike, logger: logging.Logger = log) -> tuple[bool, dict[str, Any]]:
     """Whether a run of ``contract`` over ``window`` reads the replication slot: a CDC table's run
     that reaches the open partition, when CDC is on and can be set up (:func:`fallback_reason`).
     Else the metadata saying why the watermark pattern ran (empty for tables without CDC and

@@ -1,8 +1,8 @@
 """Where bronze lives, as one value: the root of the Delta tables (a local path or an
 object-store URI), the delta-rs object-store options (credentials, region) and the settings of
 the deployment that writes it (:class:`~bronze_assets.settings.Settings`: staging, retention,
-the audit's user …). Built once — by the ``BronzeStorage`` resource, or from ``$BRONZE_ROOT`` —
-and passed whole; table locations come from :meth:`Storage.uri`, never from paths joined by hand."""
+the audit's user …). Built once — by the ``BronzeStorage`` resource at an entry point — and
+passed whole; table locations come from :meth:`Storage.uri`, never from paths joined by hand."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from bronze_assets.settings import Settings, bronze_root
+from bronze_assets.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,6 @@ class Storage:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", self.root.rstrip("/"))
-
-    @classmethod
-    def from_env(cls) -> Storage:
-        """``$BRONZE_ROOT`` (default ``$BRONZE_DATA_DIR/bronze``), no options."""
-        return cls(bronze_root(), settings=Settings.from_env())
 
     @property
     def delta_options(self) -> dict[str, str] | None:
@@ -56,15 +51,18 @@ class Storage:
         return Storage(root, self.options, self.settings)
 
 
-StorageLike = Storage | str | os.PathLike[str] | None
+StorageLike = Storage | str | os.PathLike[str]
 
 
 def as_storage(value: StorageLike) -> Storage:
-    """``value`` as a :class:`Storage`: a root path or URI means that root without options,
-    None means :meth:`Storage.from_env`."""
+    """``value`` as a :class:`Storage`: a root path or URI means that root without options, with
+    the default :class:`Settings` (an entry point passes the settings it read in a Storage)."""
     if isinstance(value, Storage):
         return value
-    return Storage(os.fspath(value)) if value else Storage.from_env()
+    if not value:
+        raise TypeError("no bronze root: pass the Storage of the BronzeStorage resource (its root and "
+                        "the settings read from the environment)")
+    return Storage(os.fspath(value))
 
 
 def open_table(uri: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable | None:

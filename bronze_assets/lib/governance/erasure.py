@@ -44,7 +44,7 @@ def _literal(value: int | str) -> str:
 def forget_subject(
     contract: Contract | str,
     subject_id: int | str,
-    storage: StorageLike = None,
+    storage: StorageLike,
     job_id: str | None = None,
 ) -> ErasureResult:
     """Erase data subject ``subject_id`` of ``contract`` (e.g. ``("customers", 42)``)."""

@@ -70,7 +70,7 @@ def _contexts(subject_type: str, subject_ids: list[str]) -> list[bytes]:
 class KeyStore:
     """The key table under a bronze root."""
 
-    def __init__(self, storage: StorageLike = None, kek: bytes | None = None) -> None:
+    def __init__(self, storage: StorageLike, kek: bytes | None = None) -> None:
         self.storage = as_storage(storage)
         self.uri = self.storage.uri(KEY_STORE)
         self.storage_options = self.storage.delta_options

@@ -46,7 +46,7 @@ class PiiCipher:
     """
 
     def __init__(
-        self, contract: Contract, storage: StorageLike = None, kek: bytes | None = None,
+        self, contract: Contract, storage: StorageLike, kek: bytes | None = None,
     ) -> None:
         if not contract.encrypted_columns or contract.data_subject is None:
             raise ValueError(f"contract {contract.name} has no encrypted columns")
@@ -169,7 +169,7 @@ class PiiProtection:
     """The writer's PII hook (:class:`~bronze_assets.lib.delta.protection.PiiHook`) for one table:
     subject keys created before a write, PII columns encrypted, erased subjects listed."""
 
-    def __init__(self, contract: Contract, storage: StorageLike = None, kek: bytes | None = None) -> None:
+    def __init__(self, contract: Contract, storage: StorageLike, kek: bytes | None = None) -> None:
         self.contract, self.storage, self.kek = contract, as_storage(storage), kek
         self.cipher = PiiCipher(contract, self.storage, kek) if contract.encrypted_columns else None
         self.keys: SubjectKeys | None = None
@@ -186,25 +186,25 @@ class PiiProtection:
         return rows.filter(pl.col("forgotten_at").is_not_null()).get_column("subject_id").to_list()
 
 
-def pii_protection(contract: Contract, storage: StorageLike = None) -> PiiProtection | None:
+def pii_protection(contract: Contract, storage: StorageLike) -> PiiProtection | None:
     """The PII hook for writing or restoring ``contract``'s table; None when it holds no PII subject."""
     if not contract.encrypted_columns and contract.data_subject is None:
         return None
     return PiiProtection(contract, storage)
 
 
-def encrypt_table(data: Data, contract: Contract, storage: StorageLike = None) -> Data:
+def encrypt_table(data: Data, contract: Contract, storage: StorageLike) -> Data:
     """Encrypt ``contract``'s encrypted columns in ``data`` (creating subject keys as needed)."""
     return PiiCipher(contract, storage).encrypt(data)
 
 
-def decrypt_table(data: Data, contract: Contract, storage: StorageLike = None) -> Data:
+def decrypt_table(data: Data, contract: Contract, storage: StorageLike) -> Data:
     """Decrypt ``contract``'s encrypted columns in ``data``; shredded subjects read NULL."""
     return PiiCipher(contract, storage).decrypt(data)
 
 
 def encrypt_json_records(
-    batch: pa.RecordBatch, contract: Contract, storage: StorageLike = None) -> pa.RecordBatch:
+    batch: pa.RecordBatch, contract: Contract, storage: StorageLike) -> pa.RecordBatch:
     """Raw rows as JSON objects (one string column, e.g. for ``bz_quarantine``) with the encrypted
     columns' values replaced by ciphertext; a row without a subject id loses those values."""
     cipher = PiiCipher(contract, storage)

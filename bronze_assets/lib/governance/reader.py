@@ -58,7 +58,7 @@ def open_bronze(contract: Contract, storage: StorageLike) -> DeltaTable:
 
 
 def protect(
-    data: pa.Table, contract: Contract, role: Role, storage: StorageLike = None,
+    data: pa.Table, contract: Contract, role: Role, storage: StorageLike,
 ) -> pa.Table:
     """Apply the matrix to bronze rows: decrypt, mask what ``role`` may not see, NULL forgotten PII."""
     pii = [c for c in contract.pii_columns if c in data.schema.names]
@@ -81,7 +81,7 @@ def protect(
 def read_table(
     table: str,
     role: Role | str,
-    storage: StorageLike = None,
+    storage: StorageLike,
     columns: Sequence[str] | None = None,
     filters: Any = None,
     limit: int | None = None,
