@@ -125,7 +125,7 @@ def test_a_tick_reads_and_rewrites_only_the_files_holding_changed_keys(
     the two files holding those keys, whatever lies between (the MERGE's key ranges)."""
     details = CONTRACTS["order_details"]
     monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "100")  # a snapshot of key-ordered 100-row files
-    cdc_load(details, seeded, tmp_path)
+    cdc_load(details, seeded, Storage(str(tmp_path), settings=Settings.from_env()))
     uri = str(tmp_path / "bz_order_details")
     before = set(DeltaTable(uri).file_uris())
     ids = sorted(r[0] for r in query(seeded, "SELECT order_detail_id FROM tests.order_details"))

@@ -18,6 +18,8 @@ from bronze_assets.contracts import CONTRACTS, Contract
 from bronze_assets.contracts.arrow import source_schema
 from bronze_assets.lib.delta import control
 from bronze_assets.lib.delta.maintenance import maintain_table, storage_growth
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import SeedDb
 
 LOAD_DATES = [date(2026, 10, 29), date(2026, 10, 30), date(2026, 10, 31)]
@@ -236,7 +238,8 @@ def test_optimize_of_a_cdc_table_keeps_its_small_files_whatever_the_table_says(
     dt = DeltaTable(str(tmp_path / "bz_inventory"))
     dt.alter.set_table_properties({"delta.targetFileSize": str(32 * 2**20)})  # e.g. created elsewhere
     monkeypatch.setenv("BRONZE_CDC_TARGET_FILE_MB", "1")
-    report = maintain_table(tmp_path, "bz_inventory", CONTRACTS["inventory"], zorder_columns=[])
+    storage = Storage(str(tmp_path), settings=Settings.from_env())  # as the bronze resource reads it
+    report = maintain_table(storage, "bz_inventory", CONTRACTS["inventory"], zorder_columns=[])
     sizes = pa.table(DeltaTable(str(tmp_path / "bz_inventory")).get_add_actions(flatten=True))["size_bytes"]
     assert report.files_before > report.files_after_optimize > 1
     assert sum(sizes.to_pylist()) > 1.5 * 2**20 and max(sizes.to_pylist()) <= 2**20  # 32 MiB: one file

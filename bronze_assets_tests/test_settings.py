@@ -73,10 +73,6 @@ SETTINGS_MODULE = "bronze_assets.settings"
 LIB_MAY_IMPORT = re.compile(r"Settings|Variable|[A-Z][A-Z0-9_]*")
 ENV_READERS = {("os", "environ"), ("os", "getenv"), ("os", "putenv"), ("os", "unsetenv"),
                ("getpass", "getuser")}
-# modules still reading the environment while the settings move to the edges (shrinks to nothing)
-NOT_YET_CONVERTED = {
-    "lib/delta/write_options.py",
-}
 
 
 def _not_reads(tree: ast.Module) -> set[int]:
@@ -144,6 +140,4 @@ def test_no_lib_module_reads_the_environment() -> None:
     modules = sorted(LIB.rglob("*.py"))
     assert len(modules) > 50
     readers = {str(p.relative_to(PACKAGE)): environment_reads(p.read_text()) for p in modules}
-    readers = {k: v for k, v in readers.items() if v}
-    assert set(readers) - NOT_YET_CONVERTED == set(), readers
-    assert NOT_YET_CONVERTED - set(readers) == set(), "converted: drop it from NOT_YET_CONVERTED"
+    assert {k: v for k, v in readers.items() if v} == {}

@@ -149,7 +149,8 @@ def maintain_table(
         filters = [(part, "in", dirty)] if part and dirty else None
         kwargs: dict[str, Any] = {
             "partition_filters": filters,
-            "target_size": target_size or (target_file_bytes(contract) if contract else None),
+            "target_size": target_size or (target_file_bytes(contract, storage.settings)
+                                           if contract else None),
             "max_concurrent_tasks": max_concurrent_tasks, "max_spill_size": max_spill_size,
         }
         metrics = dt.optimize.z_order(columns, **kwargs) if columns else dt.optimize.compact(**kwargs)

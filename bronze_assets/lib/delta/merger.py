@@ -46,7 +46,6 @@ from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.delta.write_options import (
     OUTPUT_BATCH_ROWS,
-    commit_chunk_rows,
     target_file_bytes,
     writer_properties,
 )
@@ -64,7 +63,7 @@ class BronzeMerger:
     def __init__(self, contract: Contract, storage: StorageLike,
                  chunk_rows: int | None = None):
         self.contract = contract
-        self.chunk_rows = chunk_rows or commit_chunk_rows()
+        self.chunk_rows = chunk_rows or self.storage.settings.commit_chunk_rows
         self.storage = as_storage(storage)
         self.uri = self.storage.uri(contract.bronze_table)
         self.schema = bronze_schema(contract)
@@ -241,6 +240,7 @@ class BronzeMerger:
                 result.partitions = [d.isoformat() for d in narrow.get_column(part[0]).drop_nulls().unique()
                                      .sort().to_list()]
             del narrow
+        file_bytes = target_file_bytes(self.contract, self.storage.settings)
         for chunk in range(chunks):
             dt = self.storage.open(self.contract.bronze_table) if chunk else None
             if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
@@ -253,9 +253,9 @@ class BronzeMerger:
                     partition_by=[self.part] if self.part else None,
                     mode="append" if chunk else "error",
                     storage_options=self.storage.delta_options,
-                    target_file_size=target_file_bytes(self.contract),
+                    target_file_size=file_bytes,
                     configuration=None if chunk else {
-                        "delta.targetFileSize": str(target_file_bytes(self.contract)), CHANGE_FEED: "true"},
+                        "delta.targetFileSize": str(file_bytes), CHANGE_FEED: "true"},
                     writer_properties=writer_properties(self.contract),
                     commit_properties=self._commit_properties(dt, staged, chunk, chunks),
                 )
