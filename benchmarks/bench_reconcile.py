@@ -34,8 +34,10 @@ def phase_reconcile() -> dict[str, Any]:
     from bronze_assets.lib.delta.storage import Storage
     from bronze_assets.lib.reconcile import reconcile
     from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import Settings
 
-    dsn, storage = resolve_source_dsn(), Storage.from_env()
+    settings = Settings.from_env()
+    dsn, storage = resolve_source_dsn(settings), Storage(settings.bronze_root, settings=settings)
     started = time.perf_counter()
     run = reconcile(list(CONTRACTS.values()), dsn, storage)
     seconds = time.perf_counter() - started

@@ -63,8 +63,8 @@ class BronzeMerger:
     def __init__(self, contract: Contract, storage: StorageLike,
                  chunk_rows: int | None = None):
         self.contract = contract
-        self.chunk_rows = chunk_rows or self.storage.settings.commit_chunk_rows
         self.storage = as_storage(storage)
+        self.chunk_rows = chunk_rows or self.storage.settings.commit_chunk_rows
         self.uri = self.storage.uri(contract.bronze_table)
         self.schema = bronze_schema(contract)
         self.pk = list(contract.merge_key)  # a keyless table: its record_key
