@@ -25,14 +25,16 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 
 from bronze_assets.cli import main
-from bronze_assets.contracts import ROW_KEY, Contract
+from bronze_assets.contracts import CONTRACTS, ROW_KEY, Contract
 from bronze_assets.contracts.tablefile import read_file
 from bronze_assets.defs.bronze_tables import BronzeTables
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
+from bronze_assets.lib.governance.reader import read_table
 from bronze_assets.lib.load import extract_and_stage
-from bronze_assets.lib.reconcile.model import UNSUPPORTED
+from bronze_assets.lib.reconcile.model import ALTERED, EXTRA, MISSING, PENDING, TableReconciliation
+from bronze_assets.lib.reconcile.repair import repair_table
 from bronze_assets.lib.reconcile.run import reconcile_table
 from bronze_assets.lib.reconcile.source_side import SourceSnapshot
 from bronze_assets.lib.source.ddl import quote_ident
@@ -101,7 +103,8 @@ def assert_exact(root: Path, dsn: str, contract: Contract) -> pl.DataFrame:
     return rows
 
 
-def test_a_keyless_table_loads_as_a_full_snapshot(fresh_dsn: str, tmp_path: Path) -> None:
+def test_a_keyless_table_loads_as_a_full_snapshot(fresh_dsn: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     create_keyless(fresh_dsn)
     package, tree = defs_package(tmp_path / "project")
     target = package / "tests" / "defs.yaml"
@@ -153,9 +156,9 @@ def test_a_keyless_table_loads_as_a_full_snapshot(fresh_dsn: str, tmp_path: Path
     untouched = after.filter(pl.col("batch_id") == first_batch)
     assert untouched.height == len(ROWS) - 2  # the unchanged rows are not rewritten
 
-    with SourceSnapshot(fresh_dsn) as snapshot:  # every full load reconciles the whole table already
-        report = reconcile_table(contract, snapshot, root)
-    assert report.state == UNSUPPORTED and "has no primary key: it loads as a full snapshot" in report.problem
+    monkeypatch.setitem(CONTRACTS, TABLE, contract)  # as a tables file under bronze_assets/defs makes it
+    read = read_table(TABLE, "analyst", str(root), columns=["t", ROW_KEY], limit=4)  # bronze read: key order
+    assert read.column(ROW_KEY).to_pylist() == sorted(after.get_column(ROW_KEY).to_list())[:4]
 
     version = DeltaTable(str(root / f"bz_{TABLE}")).version()
     again = load()  # idempotent: nothing changed, nothing committed
@@ -174,6 +177,29 @@ def test_a_keyless_table_loads_as_a_full_snapshot(fresh_dsn: str, tmp_path: Path
     assert copy.get_column("record_status").to_list() == ["ACTIVE"]
     assert copy.get_column("load_timestamp").to_list() == \
         nasty.filter(pl.col(ROW_KEY).str.ends_with("#3")).get_column("load_timestamp").to_list()
+
+    # bronze reconcile: the source's hashes numbered as a load numbers them, identity by identity
+    def reconcile() -> TableReconciliation:
+        with SourceSnapshot(fresh_dsn) as snapshot:
+            return reconcile_table(contract, snapshot, root)
+
+    exact = reconcile()
+    assert exact.healthy and not exact.mismatches and exact.source_rows == len(ROWS) + 1
+    victim = final.filter((pl.col("record_status") == "ACTIVE") & (pl.col("MixedCase") == "")) \
+        .get_column(ROW_KEY)
+    DeltaTable(str(root / f"bz_{TABLE}")).delete(f"{ROW_KEY} = '{victim[0]}'")  # a row lost in bronze
+    query(fresh_dsn, f"DELETE FROM tests.{TABLE} WHERE ctid = (SELECT ctid FROM tests.{TABLE} "
+                     f"WHERE {ONE_OF_THREE} LIMIT 1)")  # a copy gone from the source, not loaded yet
+    query(fresh_dsn, f"INSERT INTO tests.{TABLE} (k, t, updated_at) VALUES (3, 'later', now())")
+    found = reconcile()
+    later = source_hashes(fresh_dsn, contract) - Counter(final.filter(pl.col("record_status") == "ACTIVE")
+                                                         .get_column("record_hash").to_list())
+    assert sorted((m.key, m.kind, m.pending_kind) for m in found.mismatches) == sorted([
+        (victim[0], MISSING, None), (f"{copy.get_column('record_hash')[0]}#3", EXTRA, None),
+        (f"{next(iter(later))}#1", PENDING, MISSING)])
+    repair_table(contract, found, fresh_dsn, root)  # a keyless table's repair is a full load
+    assert reconcile().healthy
+    assert_exact(root, fresh_dsn, contract)
 
 
 def test_a_keyless_table_overlay_and_refresh(fresh_dsn: str, tmp_path: Path) -> None:
@@ -251,3 +277,29 @@ def test_both_engines_load_a_keyless_table_alike(fresh_dsn: str, tmp_path: Path)
         assert (result.inserted, result.updated, result.soft_deleted) == (2, 0, 2)
     same()
     assert_exact(on_spark, fresh_dsn, contract)
+
+
+def test_reconcile_deep_finds_a_keyless_row_altered_in_bronze(fresh_dsn: str, tmp_path: Path) -> None:
+    """``--deep`` recomputes each ACTIVE row's hash from its bronze columns and names an altered row
+    by its record_key; the repair (a full load) rewrites it."""
+    query(fresh_dsn, "CREATE SCHEMA tests")
+    query(fresh_dsn, "CREATE TABLE tests.plain (a integer, t text, updated_at timestamptz)")
+    query(fresh_dsn, "INSERT INTO tests.plain VALUES (1, 'x', '2024-01-01'), (1, 'x', '2024-01-01'), "
+                     "(NULL, NULL, NULL)")
+    contract = discover_contract(fresh_dsn, "plain", "tests")
+    root = tmp_path / "bronze"
+    _local_load(contract, fresh_dsn, root, datetime(2026, 11, 27, 10, tzinfo=UTC))
+
+    def reconcile() -> TableReconciliation:
+        with SourceSnapshot(fresh_dsn) as snapshot:
+            return reconcile_table(contract, snapshot, root, deep=True)
+
+    clean = reconcile()
+    assert clean.healthy and clean.deep_rows == 3 and clean.deep_note is None
+    dt = DeltaTable(str(root / "bz_plain"))
+    key = sorted(dt.to_pyarrow_table().column(ROW_KEY).to_pylist())[0]
+    dt.update(updates={"t": "'tampered'"}, predicate=f"{ROW_KEY} = '{key}'")
+    found = reconcile()
+    assert [(m.key, m.kind) for m in found.mismatches] == [(key, ALTERED)]
+    repair_table(contract, found, fresh_dsn, root)
+    assert reconcile().healthy

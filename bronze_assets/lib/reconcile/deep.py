@@ -35,8 +35,8 @@ def altered_rows(contract: Contract, dt: DeltaTable, storage: StorageLike,
     if skipped:
         return [], 0, (f"not checked: {', '.join(skipped)} are stored parsed from PostgreSQL's text "
                        f"(real/double precision/money), which bronze does not re-render")
-    key = contract.primary_key[0]
-    columns = [*contract.column_names, "record_hash"]
+    key = contract.merge_key[0]
+    columns = list(dict.fromkeys([*contract.column_names, "record_hash", key]))
     found: list[Mismatch] = []
     checked = 0
     for data in frames(scan_columns(dt, columns, f"{STATUS} = '{ACTIVE}'")):

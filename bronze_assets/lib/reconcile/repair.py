@@ -24,16 +24,17 @@ def repair_table(contract: Contract, report: TableReconciliation, dsn: str, stor
                  job_id: str | None = None) -> dict[str, Any]:
     """Re-load the keys of ``report``'s mismatches (faults and pending); returns what the MERGE did."""
     storage = as_storage(storage)
-    keys = sorted({int(m.key) for m in report.mismatches})
-    if not keys:
+    if not report.mismatches:
         return {"keys": 0}
+    # a keyless table's rows are not read by key: its repair is a full load (a full snapshot's load)
+    keys = None if contract.keyless else sorted({int(m.key) for m in report.mismatches})
     with audited(storage, contract.bronze_table, RECONCILE_REPAIR, job_id) as entry:
         staged = extract_and_stage(contract, dsn, storage, keys=keys)
         staged.rewrite_unchanged = any(m.kind == ALTERED for m in report.mismatches)
         outcome = commit(LocalEngine(storage), staged, storage, job_id)
         result = outcome.result
-        done = {"keys": len(keys), "batch_id": staged.ctx.batch_id, "inserted": result.inserted,
-                "updated": result.updated, "soft_deleted": result.soft_deleted,
+        done = {"keys": len(report.mismatches if keys is None else keys), "batch_id": staged.ctx.batch_id,
+                "inserted": result.inserted, "updated": result.updated, "soft_deleted": result.soft_deleted,
                 "forgotten_skipped": result.forgotten_skipped}
         entry.records_affected = result.inserted + result.updated + result.soft_deleted
         entry.details = json.dumps(done | {"counts": report.counts})

@@ -19,6 +19,7 @@ from bronze_assets.lib.delta.control import audited
 from bronze_assets.lib.delta.query import table_rows
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.load.plan import DEFAULT_OVERLAP
+from bronze_assets.lib.reconcile import keyless
 from bronze_assets.lib.reconcile.bisect import Side, classify, differing_ranges
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable, pending_since
 from bronze_assets.lib.reconcile.deep import altered_rows
@@ -42,9 +43,7 @@ BronzeSideChooser = Callable[[Contract], BronzeSideFactory]  # per table: which 
 def _unsupported(contract: Contract) -> str | None:
     key = contract.primary_key
     if contract.keyless:
-        return (f"{contract.bronze_table}: {contract.source_ref} has no primary key: it loads as a full "
-                f"snapshot, so every load compares the whole table with bronze (rows by record_key) and "
-                f"soft-deletes what is gone; reconcile compares tables keyed by one integer column")
+        return None  # compared row identity by row identity (lib/reconcile/keyless.py)
     if len(key) != 1 or contract.column(key[0]).type.family not in INTEGER_KEYS:
         return (f"{contract.bronze_table}: reconcile compares tables keyed by one integer column; the key "
                 f"of {contract.source_ref} is ({', '.join(key)})")
@@ -94,10 +93,22 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
         report.state, report.problem = SOURCE_CHANGED, drift.describe()
         report.action = "bronze init --refresh records the source's columns in the table's tables file"
         return
-    bronze = bronze_side(contract, dt)
+    report.pending_since = pending_since(dt, overlap.total_seconds())
+    if contract.keyless:
+        theirs, ours = keyless.source_rows(source), keyless.bronze_rows(dt)
+        report.source_rows, report.bronze_active_rows = theirs.height, keyless.active_rows(ours)
+        report.mismatches = classify(theirs, ours, report.pending_since, report)
+    else:
+        _compare_by_key(report, source, bronze_side(contract, dt))
+    if deep:
+        altered, report.deep_rows, report.deep_note = altered_rows(contract, dt, storage)
+        report.mismatches += altered
+
+
+def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: Side) -> None:
+    """Bisect the key range by bucket counts and checksums, then compare the differing leaves."""
     s_lo, s_hi, report.source_rows = source.key_range()
     b_lo, b_hi, report.bronze_active_rows = bronze.key_range()
-    report.pending_since = pending_since(dt, overlap.total_seconds())
     bounds = [v for v in (s_lo, s_hi, b_lo, b_hi) if v is not None]
     if bounds:
         lo, hi = min(bounds), max(bounds)
@@ -106,9 +117,6 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
         if leaves:
             report.mismatches = classify(source.rows(leaves), bronze.rows(leaves), report.pending_since,
                                          report)
-    if deep:
-        altered, report.deep_rows, report.deep_note = altered_rows(contract, dt, storage)
-        report.mismatches += altered
 
 
 def reconcile(contracts: Sequence[Contract], dsn: str, storage: StorageLike, *, deep: bool = False,

@@ -75,7 +75,7 @@ class SourceTable:
     def __init__(self, snapshot: SourceSnapshot, contract: Contract) -> None:
         self.snapshot, self.contract = snapshot, contract
         self.name = qualified(contract.source_schema, contract.source_name)
-        self.key = quote_ident(contract.primary_key[0])
+        self.key = quote_ident(contract.merge_key[0])  # a keyless table: see reconcile/keyless.py
         # each column rendered once, in a subquery the planner keeps (OFFSET 0), then hashed: PostgreSQL
         # would render every column twice in hash_sql's own form (length and text)
         names = [f"_t{i}" for i in range(len(contract.column_names))]
