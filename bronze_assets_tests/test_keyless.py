@@ -39,6 +39,7 @@ from bronze_assets.lib.reconcile.run import reconcile_table
 from bronze_assets.lib.reconcile.source_side import SourceSnapshot
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.introspect import NO_KEY, discover_contract
+from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import COLUMNS, NASTY, create_table, fill, postgres_says
 from bronze_assets_tests.test_tables_file import defs_package
@@ -252,7 +253,7 @@ def test_both_engines_load_a_keyless_table_alike(fresh_dsn: str, tmp_path: Path)
     from bronze_assets.lib.spark.load import SparkLoader
     from bronze_assets.lib.spark.session import spark_session
 
-    spark = spark_session("bronze_assets_tests")
+    spark = spark_session(Settings.from_env(), "bronze_assets_tests")
     create_keyless(fresh_dsn, drop=("with space",))  # delta-spark refuses a space in a column name
     contract = discover_contract(fresh_dsn, TABLE, "tests")
     assert contract.keyless
