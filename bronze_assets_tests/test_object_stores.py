@@ -25,11 +25,13 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.lib.cdc import STREAM, cdc_load
+from bronze_assets.lib.delta.commit_log import BATCH_KEY
 from bronze_assets.lib.delta.maintenance import maintain_table
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.retention import apply_retention
 from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.delta.writers import DELTA_RS, SPARK, MixedEnginesError, check_single_engine
 from bronze_assets.lib.failures import Cause, classify
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.monitoring.report import build_report
@@ -254,6 +256,30 @@ def test_retention_and_the_report(seeded: str, store: Store, tmp_path: Path) -> 
     assert report.html.exists()
     assert {s.table: s.rows for s in report.status}["bz_returns"] == before - old
     assert "bz_returns" in report.html.read_text()
+
+
+def _commit(engine: str, hours_ago: float, load: bool = True) -> dict[str, object]:
+    """A history entry as delta-rs / delta-spark write it (bronze's batch id on a load)."""
+    info = {"delta-rs": {"engineInfo": "delta-rs:py-1.6.6", "clientVersion": "delta-rs.py-1.6.6"},
+            "delta-spark": {"engineInfo": "Apache-Spark/4.0.1 Delta-Lake/4.0.1"}}[engine]
+    when = datetime.now(UTC) - timedelta(hours=hours_ago)
+    return {**info, "timestamp": int(when.timestamp() * 1000), "version": 7,
+            **({BATCH_KEY: "b"} if load else {"operation": "OPTIMIZE"})}
+
+
+def test_one_engine_per_s3_table_from_the_commit_history() -> None:
+    """A load is refused when the other engine loaded the table on S3 within the quiet period;
+    its own loads, maintenance commits (no batch id), older loads and other stores pass."""
+    root = "s3://lake/bronze"
+    check_single_engine(root, "bz_orders", SPARK, [_commit(SPARK, 0.1), _commit(DELTA_RS, 30)])
+    check_single_engine(root, "bz_orders", SPARK, [_commit(DELTA_RS, 0.1, load=False), _commit(SPARK, 1)])
+    check_single_engine("abfss://c@a.dfs.core.windows.net/b", "bz_orders", SPARK, [_commit(DELTA_RS, 0.1)])
+    refused = r"^bz_orders: refusing a delta-spark load on s3://lake/bronze: version 7 .* by delta-rs.*#3596"
+    with pytest.raises(MixedEnginesError, match=refused):
+        check_single_engine(root, "bz_orders", SPARK, [_commit(SPARK, 0.5), _commit(DELTA_RS, 23)])
+    with pytest.raises(MixedEnginesError, match="loaded by delta-spark"):
+        check_single_engine("s3a://lake/bronze", "bz_orders", DELTA_RS, [_commit(SPARK, 2)])
+    assert classify(MixedEnginesError("x"), "bz_orders").cause is Cause.CONFIGURATION
 
 
 def _status(env: dict[str, str], command: str = "status",

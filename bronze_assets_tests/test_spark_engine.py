@@ -20,16 +20,22 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.delta.writers import DELTA_RS, SPARK, MixedEnginesError, commit_engine
 from bronze_assets.lib.governance.crypto import PREFIX
 from bronze_assets.lib.governance.erasure import forget_subject
 from bronze_assets.lib.governance.pii import PiiCipher
+from bronze_assets.lib.load.engine import LocalEngine
+from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.lib.source.postgres import connect
+from bronze_assets.lib.spark.engine import SparkEngine
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.score import java_regex
 from bronze_assets.lib.spark.session import spark_session
 from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
+from bronze_assets_tests.s3 import ACCESS_KEY, S3, SECRET_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
 
@@ -74,10 +80,10 @@ def _frame(uri: str) -> pl.DataFrame:
     return frame
 
 
-def _comparable(root: Path, table: str) -> pl.DataFrame:
+def _comparable(root: Path | str, table: str) -> pl.DataFrame:
     """A bronze table with PII decrypted, sorted by key, without the per-run batch id."""
     contract = CONTRACTS[table]
-    arrow = DeltaTable(str(root / contract.bronze_table)).to_pyarrow_table()
+    arrow = DeltaTable(f"{root}/{contract.bronze_table}").to_pyarrow_table()
     if contract.encrypted_columns:
         arrow = PiiCipher(contract, str(root)).decrypt(arrow)
     frame = pl.from_arrow(arrow)
@@ -292,3 +298,38 @@ def test_spark_protects_pii_through_the_writers_hook_and_forget_works(seeded: st
         assert any(r["email"] == source[r["customer_id"]] for r in old if r["customer_id"] != 4)
     (now,) = [r for r in DeltaTable(uri).to_pyarrow_table().to_pylist() if r["customer_id"] == 4]
     assert now["record_status"] == "FORGOTTEN" and now["email"] is None
+
+
+def test_spark_on_s3_writes_what_the_local_engine_writes_and_one_table_keeps_one_engine(
+        seeded: str, spark, s3: S3, tmp_path: Path) -> None:
+    """s3:// through hadoop-aws's S3A against the S3 test server (AWS_ENDPOINT_URL, path-style,
+    no TLS): a create and a MERGE of bz_orders equal the local engine's; then neither engine may
+    load an S3 table the other one loads (ARCHITECTURE §6, delta-io/delta #3596)."""
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # the JVM may predate the test's variables
+    hadoop.set("fs.s3a.access.key", ACCESS_KEY)
+    hadoop.set("fs.s3a.secret.key", SECRET_KEY)
+    storage = Storage(s3.root, settings=Settings.from_env())
+    query(seeded, HOSTILE[0])
+    local, loader = Bronze(seeded, tmp_path / "local"), SparkLoader(spark, storage)
+    orders = CONTRACTS["orders"]
+    local.load_direct("orders", batch_time=T1)
+    assert loader.load(orders, seeded, batch_time=T1).merge.inserted > 0
+    query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1, updated_at = now() "
+                  "WHERE order_id % 7 = 0")
+    query(seeded, "DELETE FROM tests.orders WHERE order_id % 11 = 0")
+    local.load_direct("orders", batch_time=T2)
+    assert loader.load(orders, seeded, batch_time=T2).merge.updated > 0
+    assert _comparable(local.root, "orders").equals(_comparable(s3.root, "orders"))
+    assert active_hashes(_frame(f"{s3.root}/bz_orders"), "order_id") == source_hashes(seeded, "orders")
+    assert any(k.startswith("bronze/bz_orders/_delta_log/") for k in s3.keys("bronze/"))
+    latest = commit_history(DeltaTable(f"{s3.root}/bz_orders"), 1)[0]
+    assert commit_engine(latest) == SPARK and BATCH_KEY in latest
+
+    request = LoadRequest(orders, None)
+    with pytest.raises(MixedEnginesError, match=r"^bz_orders: refusing a delta-rs load on s3://.*delta-spark"):
+        Lifecycle(request, LocalEngine(storage), seeded, storage).run()
+    Lifecycle(LoadRequest(CONTRACTS["warehouses"], None), LocalEngine(storage), seeded, storage).run()
+    with pytest.raises(MixedEnginesError, match=r"^bz_warehouses: refusing a delta-spark load .*by delta-rs"):
+        Lifecycle(LoadRequest(CONTRACTS["warehouses"], None), SparkEngine(loader, data_docs=False),
+                  seeded, storage).run()
+    assert commit_engine(commit_history(DeltaTable(f"{s3.root}/bz_warehouses"), 1)[0]) == DELTA_RS

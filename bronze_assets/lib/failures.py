@@ -75,6 +75,7 @@ _OWN: Mapping[str, Cause] = {
     "bronze_assets.lib.delta.merge_result.DuplicateKeyError": Cause.DUPLICATE_KEY,
     "bronze_assets.lib.cdc.CdcSlotLostError": Cause.CONFIGURATION,
     "bronze_assets.lib.spark.load.SparkEngineError": Cause.CONFIGURATION,
+    "bronze_assets.lib.delta.writers.MixedEnginesError": Cause.CONFIGURATION,
 }
 # wrappers around a driver's error: the driver's text decides; these are the defaults
 _WRAPPERS: Mapping[str, Cause] = {

@@ -8,7 +8,10 @@ provides the rest) into a cache folder, and :func:`jar_paths` hands them to ``sp
   same version: its Python API and these jars must match);
 * the PostgreSQL JDBC driver;
 * junixsocket, so JDBC reaches a server that listens on a Unix socket only (the embedded
-  ``pgserver`` default, and local servers without TCP).
+  ``pgserver`` default, and local servers without TCP);
+* hadoop-aws (S3A: ``s3://`` and ``s3a://`` roots, see :mod:`bronze_assets.lib.spark.session`) of
+  the Hadoop that pyspark 4.0.1 ships (``hadoop-client-api-3.4.1``), and the AWS SDK v2 bundle that
+  Hadoop 3.4.1 is built against (one shaded jar, about 560 MB: fetched once into the cache).
 
 Run ``python -m bronze_assets.lib.spark.jars`` (``make test`` and ``make demo`` do) to fetch them.
 """
@@ -23,13 +26,20 @@ from pathlib import Path
 from bronze_assets.settings import Settings
 
 DELTA_VERSION = "4.0.1"  # = delta-spark on PyPI (pyproject's spark extra)
+HADOOP_VERSION = "3.4.1"  # = pyspark 4.0.1's pyspark/jars/hadoop-client-*-3.4.1.jar
+AWS_SDK_VERSION = "2.24.6"  # hadoop-project 3.4.1's aws-java-sdk-v2.version
 ARTIFACTS: tuple[str, ...] = (
     f"io.delta:delta-spark_2.13:{DELTA_VERSION}",
     f"io.delta:delta-storage:{DELTA_VERSION}",
     "org.postgresql:postgresql:42.7.14",
     "com.kohlschutter.junixsocket:junixsocket-common:2.10.1",
     "com.kohlschutter.junixsocket:junixsocket-native-common:2.10.1",
+    f"org.apache.hadoop:hadoop-aws:{HADOOP_VERSION}",
+    f"software.amazon.awssdk:bundle:{AWS_SDK_VERSION}",
 )
+# Hadoop file systems: on the driver's class path, not in spark.jars (Hadoop finds a file system
+# through the JVM's class loader, and spark.jars would copy the bundle into every session's folder)
+FILE_SYSTEMS = frozenset(ARTIFACTS[-2:])
 ENV_JARS_DIR = "BRONZE_SPARK_JARS_DIR"  # Settings.spark_jars_dir
 
 
@@ -69,15 +79,16 @@ def fetch(folder: Path, quiet: bool = True) -> Path:
     return folder
 
 
-def jar_paths(folder: Path) -> list[str]:
-    """The pinned jars in ``folder``, for ``spark.jars``; a clear error when they have not been fetched."""
+def jar_paths(folder: Path, *, file_systems: bool = False) -> list[str]:
+    """The pinned jars in ``folder`` for ``spark.jars`` (``file_systems``: the Hadoop file systems,
+    for the driver's class path); a clear error when they have not been fetched."""
     absent = missing(folder)
     if absent:
         raise SparkJarsMissingError(
             f"the Spark engine's jars are missing from {folder}: {', '.join(jar_name(c) for c in absent)}. "
             f"Fetch them with `python -m bronze_assets.lib.spark.jars` (needs mvn), or point "
             f"{ENV_JARS_DIR} at a folder that holds them.")
-    return [str(folder / jar_name(c)) for c in ARTIFACTS]
+    return [str(folder / jar_name(c)) for c in ARTIFACTS if (c in FILE_SYSTEMS) == file_systems]
 
 
 if __name__ == "__main__":  # an entry point (make test, make demo): it reads the settings

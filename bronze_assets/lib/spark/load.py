@@ -53,6 +53,7 @@ from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.staging import score_sum, stage_dir
 from bronze_assets.lib.delta.storage import StorageLike, as_storage, open_table
+from bronze_assets.lib.delta.writers import S3_SCHEMES
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
 from bronze_assets.lib.governance.pii import pii_protection
 from bronze_assets.lib.load import (
@@ -69,7 +70,7 @@ from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
-from bronze_assets.lib.spark.session import RUNTIME_CONF
+from bronze_assets.lib.spark.session import RUNTIME_CONF, configure_object_store
 from bronze_assets.settings import SOURCE_SYSTEM
 
 if TYPE_CHECKING:
@@ -208,6 +209,9 @@ class SparkLoader:
         self.parallelism = parallelism or max(2, spark.sparkContext.defaultParallelism)
         for key, value in RUNTIME_CONF.items():  # also on a session this module did not build
             spark.conf.set(key, value)
+        settings = self.storage.settings
+        if self.storage.root.lower().startswith(S3_SCHEMES) and not settings.databricks_runtime:
+            configure_object_store(spark, settings.object_store_endpoint)  # Databricks has its own
 
     def uri(self, contract: Contract) -> str:
         return self.storage.uri(contract.bronze_table)

@@ -32,6 +32,32 @@ RUNTIME_CONF: dict[str, str] = {
     "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",
     "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
 }
+# s3:// and s3a:// roots through hadoop-aws's S3A (Spark has no s3:// file system of its own; on
+# Databricks s3:// is the cluster's). Credentials: the AWS SDK's chain (AWS_ACCESS_KEY_ID /
+# AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the instance profile), AWS_REGION included.
+S3A_CONF: dict[str, str] = {
+    "fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+    "fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+}
+
+
+def s3a_conf(endpoint: str | None) -> dict[str, str]:
+    """The Hadoop settings of S3 roots; an S3-compatible ``endpoint`` (``AWS_ENDPOINT_URL``: MinIO,
+    a test server) is addressed path-style, without TLS for an ``http://`` one."""
+    conf = dict(S3A_CONF)
+    if endpoint:
+        conf |= {"fs.s3a.endpoint": endpoint, "fs.s3a.path.style.access": "true",
+                 "fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https://")).lower()}
+    return conf
+
+
+def configure_object_store(spark: SparkSession, endpoint: str | None) -> None:
+    """Apply :func:`s3a_conf` to a running session (file systems read it when first opened)."""
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in s3a_conf(endpoint).items():
+        hadoop.set(key, value)
+
+
 # Settings of a session this module builds (static ones included).
 SESSION_CONF: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -59,7 +85,9 @@ def spark_session(settings: Settings, app_name: str = "bronze_assets") -> SparkS
     os.environ["PYSPARK_PYTHON"] = settings.spark_python  # read by PySpark when the context starts
     jars = ",".join(jar_paths(settings.spark_jars_dir))
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name) \
-        .config("spark.jars", jars).config("spark.ui.enabled", "false")
+        .config("spark.jars", jars).config("spark.ui.enabled", "false") \
+        .config("spark.driver.extraClassPath", os.pathsep.join(jar_paths(settings.spark_jars_dir,
+                                                                          file_systems=True)))
     for key, value in SESSION_CONF.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

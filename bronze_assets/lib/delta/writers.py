@@ -1,0 +1,70 @@
+"""One engine per bronze table on S3 (ARCHITECTURE §2.9, §6 "Object stores").
+
+delta-rs commits on S3 with a conditional put; delta-spark does not (delta-io/delta #3596: its
+S3 log store assumes a single writer), so a table loaded by both engines on S3 can lose a commit.
+Which engine loads a table comes from ``BRONZE_ENGINE`` / ``BRONZE_ENGINE_TABLES``, and two
+deployments (or a changed setting while the other engine's runs still go on) can disagree; the
+table's own history says who is loading it. A load on an S3 root is refused when another engine
+*loaded* the table (a commit with bronze's batch id) within :data:`QUIET_PERIOD`: then both engines
+are writing it. Switching a table's engine is allowed once the other engine has been quiet that
+long. Maintenance, retention, forget and restore commits (delta-rs, no batch id) are not loads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
+from bronze_assets.lib.delta.storage import Storage
+
+SPARK, DELTA_RS = "delta-spark", "delta-rs"
+QUIET_PERIOD = timedelta(hours=24)
+HISTORY_DEPTH = 10  # commits looked at: a day of hourly loads of one engine hides the other's older ones
+S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+
+
+class MixedEnginesError(RuntimeError):
+    """Both engines would write one bronze table on S3."""
+
+
+def commit_engine(entry: Mapping[str, Any]) -> str | None:
+    """Which engine wrote a commit (its ``engineInfo`` / ``clientVersion``), None if unknown."""
+    info = f"{entry.get('engineInfo') or ''} {entry.get('clientVersion') or ''}"
+    if "delta-rs" in info:
+        return DELTA_RS
+    if "Delta-Lake" in info or "Apache-Spark" in info or "Databricks" in info:
+        return SPARK
+    return None
+
+
+def check_single_engine(root: str, table: str, writer: str, history: Iterable[Mapping[str, Any]],
+                        now: datetime | None = None) -> None:
+    """Raise :class:`MixedEnginesError` (one line, naming the table) when ``root`` is on S3 and a
+    load of ``table`` by an engine other than ``writer`` (:data:`SPARK` or :data:`DELTA_RS`)
+    committed within :data:`QUIET_PERIOD` (``history``: the table's latest commits, newest first)."""
+    if not root.lower().startswith(S3_SCHEMES):
+        return
+    since = (now or datetime.now(UTC)) - QUIET_PERIOD
+    for entry in history:
+        when = datetime.fromtimestamp(int(entry.get("timestamp") or 0) / 1000, UTC)
+        if when < since:
+            return
+        other = commit_engine(entry)
+        if BATCH_KEY in entry and other is not None and other != writer:
+            raise MixedEnginesError(
+                f"{table}: refusing a {writer} load on {root}: version {entry.get('version')} "
+                f"({when:%Y-%m-%d %H:%M} UTC) was loaded by {other}, and delta-spark on S3 does not "
+                f"commit with conditional puts (delta-io/delta #3596), so one S3 table must have one "
+                f"engine: give {table} the same engine in every deployment (BRONZE_ENGINE / "
+                f"BRONZE_ENGINE_TABLES); a switch is accepted once the other engine has not loaded it "
+                f"for {QUIET_PERIOD.total_seconds() / 3600:.0f} h")
+
+
+def check_table(storage: Storage, table: str, writer: str) -> None:
+    """:func:`check_single_engine` on the latest commits of ``table`` (nothing read off S3)."""
+    if not storage.root.lower().startswith(S3_SCHEMES):
+        return
+    dt = storage.open(table)
+    if dt is not None:
+        check_single_engine(storage.root, table, writer, commit_history(dt, HISTORY_DEPTH))
