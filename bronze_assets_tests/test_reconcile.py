@@ -219,3 +219,16 @@ def test_reconciliation_check_warns_with_sample_keys_and_runs_daily(bronze: Bron
                if k.name == "reconciliation"}
     assert checked == {c.bronze_table for c in CONTRACTS.values()}
     assert not job.asset_layer.selected_asset_keys  # the checks alone: nothing is loaded
+
+
+def test_deep_does_not_blame_values_bronze_cannot_store(bronze: Bronze) -> None:
+    """A NaN price is NULL in bronze (its text in bz_quarantine): the row equals the source, and
+    --deep does not call it altered."""
+    query(bronze.dsn, "UPDATE tests.products SET unit_price = 'NaN' WHERE product_id = 8")
+    bronze.load_direct("products")
+    code, out = _cli("products", "--deep", "--json")
+    assert code == 0, out
+    (table,) = json.loads(out)["tables"]
+    assert table["counts"]["altered"] == 0 and "1 rows not judged" in table["deep_note"]
+    DeltaTable(bronze.uri("products")).update(updates={"sku": "'TAMPERED-001'"}, predicate="product_id = 9")
+    assert _tables(_cli("products", "--deep", "--json")[1])["bz_products"]["sample_keys"] == {"altered": [9]}

@@ -1,17 +1,21 @@
 """``--deep``: recompute each ACTIVE bronze row's §2.2 hash from its own columns (PII decrypted)
 and report the rows whose stored ``record_hash`` no longer matches them: rows altered in bronze
 after they were written. FORGOTTEN rows are skipped (their personal data is gone by design), and
-so are DELETED ones (a soft delete keeps the row's last content; a repair does not rewrite it)."""
+so are DELETED ones (a soft delete keeps the row's last content; a repair does not rewrite it), and
+rows with a value bronze could not store (kept as NULL, its text in ``bz_quarantine``)."""
 
 from __future__ import annotations
+
+import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract, ReadMode
-from bronze_assets.lib.delta.query import scan_columns
-from bronze_assets.lib.delta.storage import StorageLike
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.delta.query import query_tables, scan_columns
+from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.enrich.pgtext import record_hash
 from bronze_assets.lib.governance.pii import decrypt_table
@@ -39,6 +43,7 @@ def altered_rows(contract: Contract, dt: DeltaTable, storage: StorageLike,
     columns = list(dict.fromkeys([*contract.column_names, "record_hash", key]))
     found: list[Mismatch] = []
     checked = 0
+    unstorable = quarantined_keys(contract, storage)
     for data in frames(scan_columns(dt, columns, f"{STATUS} = '{ACTIVE}'")):
         data = data.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_string_view(f.type) else f
                                     for f in data.schema]))
@@ -48,4 +53,27 @@ def altered_rows(contract: Contract, dt: DeltaTable, storage: StorageLike,
         differ = pc.fill_null(pc.not_equal(recomputed, data.column("record_hash").combine_chunks()), True)
         checked += data.num_rows
         found += [Mismatch(k, ALTERED) for k in data.column(key).filter(differ).to_pylist()]
-    return sorted(found, key=lambda m: m.key), checked, None
+    kept = [m for m in found if m.key not in unstorable]
+    note = None if len(kept) == len(found) else (
+        f"{len(found) - len(kept):,} rows not judged: values bronze cannot store (NULL in bronze, the "
+        f"source's text in {QUARANTINE_TABLE}) do not re-hash")
+    return sorted(kept, key=lambda m: m.key), checked, note
+
+
+def quarantined_keys(contract: Contract, storage: StorageLike) -> set[int | str]:
+    """Keys of ``contract``'s records in ``bz_quarantine`` (e.g. values bronze could not store)."""
+    dt = as_storage(storage).open(QUARANTINE_TABLE)
+    if dt is None or not contract.primary_key:
+        return set()
+    name = contract.name.replace("'", "''")
+    records = query_tables({"q": dt}, f"SELECT record FROM q WHERE table_name = '{name}'")["record"]
+    key = contract.primary_key[0]
+    keys: set[int | str] = set()
+    for text in records.to_pylist():
+        try:
+            value = json.loads(text).get(key) if text else None
+        except (ValueError, AttributeError):
+            continue
+        if value is not None:
+            keys.add(value)
+    return keys
