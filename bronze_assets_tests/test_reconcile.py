@@ -232,3 +232,24 @@ def test_deep_does_not_blame_values_bronze_cannot_store(bronze: Bronze) -> None:
     assert table["counts"]["altered"] == 0 and "1 rows not judged" in table["deep_note"]
     DeltaTable(bronze.uri("products")).update(updates={"sku": "'TAMPERED-001'"}, predicate="product_id = 9")
     assert _tables(_cli("products", "--deep", "--json")[1])["bz_products"]["sample_keys"] == {"altered": [9]}
+
+
+def test_a_restored_table_is_replayed_to_the_present_by_repair(bronze: Bronze) -> None:
+    """`bronze restore … && bronze reconcile --repair`: the changes since the restored version are
+    pending (inserted and updated rows) or extra (deleted keys), and the repair brings them all."""
+    bronze.load_direct("suppliers")
+    query(bronze.dsn, "UPDATE tests.suppliers SET supplier_name = 'new name', updated_at = now() "
+                      "WHERE supplier_id IN (2, 3)")
+    query(bronze.dsn, "INSERT INTO tests.suppliers SELECT 9001, 'new supplier', contact_number, email, "
+                      "product_id, now() FROM tests.suppliers WHERE supplier_id = 4")
+    query(bronze.dsn, "DELETE FROM tests.suppliers WHERE supplier_id = 5")
+    bronze.load_direct("suppliers")
+    assert _cli("suppliers")[0] == 0
+    assert CliRunner().invoke(main, ["restore", "bz_suppliers", "--version", "0"]).exit_code == 0
+
+    code, out = _cli("suppliers", "--json")
+    assert code == 1  # the deleted key is ACTIVE again: extra; the rest is pending
+    assert _tables(out)["bz_suppliers"]["sample_keys"] == {"pending": [2, 3, 9001], "extra": [5]}
+    code, out = _cli("suppliers", "--repair", "--json")
+    assert code == 0, out
+    assert_table_exact(bronze.dsn, bronze.root, "suppliers")
