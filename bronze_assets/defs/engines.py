@@ -33,7 +33,7 @@ from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
 from bronze_assets.lib.reconcile.run import BronzeSideFactory
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, VOLUMES_IO
-from bronze_assets.settings import env
+from bronze_assets.settings import Settings, env
 
 ENV_ENGINE = "BRONZE_ENGINE"
 ENV_ENGINE_TABLES = "BRONZE_ENGINE_TABLES"
@@ -107,7 +107,7 @@ class BronzeEngine(dg.ConfigurableResource):
         from bronze_assets.lib.spark.reconcile import spark_bronze_side
         from bronze_assets.lib.spark.session import spark_session
 
-        return spark_bronze_side(spark_session())
+        return spark_bronze_side(spark_session(Settings.from_env()))
 
     def databricks_settings(self) -> DatabricksSettings:
         volume = self.databricks_volume or env("BRONZE_DATABRICKS_VOLUME")
