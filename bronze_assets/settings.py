@@ -272,7 +272,8 @@ class Settings:
             data_dir=data,
             source_dsn=read.text(ENV_SOURCE_DSN),
             env_secrets={k: v.strip() for k, v in environ.items()
-                         if (k in SECRET_NAMES or k.startswith(SECRET_PREFIX)) and v.strip()},
+                         if (k in SECRET_NAMES or (k.startswith(SECRET_PREFIX) and k not in _KNOWN))
+                         and v.strip()},
             bronze_root=_root(root) if root else str(data / "bronze"),
             extract_parallelism=int(parallelism),
             stage_dir=read.path("BRONZE_STAGE_DIR") or defaults.stage_dir,

@@ -52,11 +52,15 @@ def test_settings_are_read_once_parsed_and_explained(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("BRONZE_TARGET_FILE_MB", "8")
     monkeypatch.setenv("BRONZE_CDC", "Off")
     monkeypatch.setenv("BRONZE_SMTP_PASSWORD", "hunter22")
+    monkeypatch.setenv("BRONZE_SECRET_SCOPE", "prod-scope")  # a setting, not a secret named SCOPE
+    monkeypatch.setenv("BRONZE_SECRET_KPASSWORD", "pw-1")
     read = settings.Settings.from_env()
+    assert read.secret_scope == "prod-scope" and read.env_secrets == {"BRONZE_SECRET_KPASSWORD": "pw-1"}
     monkeypatch.setenv("BRONZE_TARGET_FILE_MB", "64")  # a value, not a view of the environment
     assert (read.go_live(), read.partitions_start) == (date(2026, 11, 2), date(2023, 5, 1))
     assert read.target_file_bytes == 8 * 1024 * 1024 and read.cdc is False
     assert read.alerts["BRONZE_SMTP_PASSWORD"] == "hunter22" and "hunter22" not in repr(read)
+    assert "pw-1" not in repr(read)
     defaults = settings.Settings()
     assert defaults.go_live(date(2026, 3, 17)) == date(2026, 3, 1) and defaults.cdc
     for name, value, fix in [("BRONZE_TARGET_FILE_MB", "32MB", "BRONZE_TARGET_FILE_MB=32"),
