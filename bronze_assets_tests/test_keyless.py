@@ -7,7 +7,8 @@ removed copy one soft delete, a copy that comes back is reactivated, untouched r
 rewritten and a re-run changes nothing; both engines give the same table.
 
 The table has a column of every type family of :mod:`test_pg_types` (its nasty values, NULLs)
-and repeated rows; it goes ``bronze init`` → the tables file → the Dagster asset → Delta.
+and repeated rows; it goes ``bronze init`` → the tables file → the Dagster asset → Delta. The Spark
+parity test also loads a composite-key table on both engines (keyed by its columns).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from bronze_assets.lib.source.introspect import NO_KEY, discover_contract
 from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import COLUMNS, NASTY, create_table, fill, postgres_says
-from bronze_assets_tests.test_tables_file import defs_package
+from bronze_assets_tests.test_tables_file import _source_tables, defs_package
 
 pytestmark = pytest.mark.integration
 
@@ -249,7 +250,7 @@ def _local_load(contract: Contract, dsn: str, root: Path, at: datetime) -> Merge
 
 
 @pytest.mark.xdist_group("spark")
-def test_both_engines_load_a_keyless_table_alike(fresh_dsn: str, tmp_path: Path) -> None:
+def test_both_engines_load_a_keyless_and_a_composite_key_table_alike(fresh_dsn: str, tmp_path: Path) -> None:
     from bronze_assets.lib.spark.load import SparkLoader
     from bronze_assets.lib.spark.session import spark_session
 
@@ -278,6 +279,27 @@ def test_both_engines_load_a_keyless_table_alike(fresh_dsn: str, tmp_path: Path)
         assert (result.inserted, result.updated, result.soft_deleted) == (2, 0, 2)
     same()
     assert_exact(on_spark, fresh_dsn, contract)
+    # each engine reads the other's table
+    assert spark.read.format("delta").load(str(local / f"bz_{TABLE}")).count() == bronze(local).height
+    assert_exact(local, fresh_dsn, contract)
+
+    # a composite primary key: keyed by its columns on both engines (the JDBC read split on the first)
+    _source_tables(fresh_dsn)
+    lines = discover_contract(fresh_dsn, "order_lines", "sales")
+    assert lines.merge_key == ("order_id", "line_no")
+    for at, expected in ((t1, (3, 0, 0)), (t2, (0, 1, 1))):
+        if at == t2:
+            query(fresh_dsn, "UPDATE sales.order_lines SET qty = 9 WHERE order_id = 10 AND line_no = 2")
+            query(fresh_dsn, "DELETE FROM sales.order_lines WHERE order_id = 11")
+        mine = _local_load(lines, fresh_dsn, local, at)
+        theirs = SparkLoader(spark, str(on_spark)).load(lines, fresh_dsn, batch_time=at).merge
+        assert (mine.inserted, mine.updated, mine.soft_deleted) == \
+            (theirs.inserted, theirs.updated, theirs.soft_deleted) == expected
+        view = ["order_id", "line_no", "qty", "record_hash", "record_status", "update_timestamp"]
+        a = pl.from_arrow(DeltaTable(str(local / "bz_order_lines")).to_pyarrow_table().select(view))
+        b = pl.from_arrow(DeltaTable(str(on_spark / "bz_order_lines")).to_pyarrow_table().select(view))
+        assert isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame)
+        assert a.sort("order_id", "line_no").equals(b.sort("order_id", "line_no"))
 
 
 def test_reconcile_deep_finds_a_keyless_row_altered_in_bronze(fresh_dsn: str, tmp_path: Path) -> None:
