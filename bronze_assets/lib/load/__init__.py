@@ -1,6 +1,8 @@
 """The bronze load, written once for every engine and source: the window plan and watermark
-(:mod:`.plan`), the local engine's staging (:mod:`.stage`), and the lifecycle that runs a load
-on any engine (:mod:`.lifecycle`)."""
+(:mod:`.plan`), the local engine's staging (:mod:`.stage`), the engine protocol (:mod:`.engine`),
+the source protocol and the choice of a load's source (:mod:`.source`; a PostgreSQL table's two
+sources in :mod:`.postgres_source`), and the lifecycle that runs a load on any engine from any
+source (:mod:`.lifecycle`)."""
 
 from bronze_assets.lib.load.errors import SchemaMismatchError, SourceTableMissingError
 from bronze_assets.lib.load.plan import (
