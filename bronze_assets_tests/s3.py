@@ -7,6 +7,7 @@ its own bucket and the standard AWS variables set as a user would set them, so
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -32,11 +34,39 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
+class Request:
+    """One request the S3 server answered (a line of its access log)."""
+
+    method: str
+    key: str  # the object key or prefix, without the bucket
+    query: str
+    status: int
+
+    @property
+    def table(self) -> str:
+        """The bronze table it touched (``bz_orders``, ``bz_audit_log`` …), or ``?``."""
+        parts = (self.key or re.sub(r".*prefix=([^&]*).*", r"\1", self.query).replace("%2F", "/")).split("/")
+        return parts[1] if len(parts) > 1 and parts[1] else "?"
+
+    @property
+    def kind(self) -> str:
+        """LIST, or the method and whether it is a log (``_delta_log``) or data file; 404s apart."""
+        if "list-type=2" in self.query:
+            return "LIST"
+        what = "log" if "_delta_log" in self.key else "data"
+        return f"{self.method} {what}" + (f" {self.status}" if self.status >= 300 else "")
+
+
+_ACCESS = re.compile(r'"([A-Z]+) /([^/? ]+)/?([^? ]*)\??(\S*) HTTP/1\.1" (\d{3})')
+
+
+@dataclass(frozen=True)
 class S3:
     """One test's bucket on the local S3 server."""
 
     endpoint: str
     bucket: str
+    log: Path | None = None  # the server's access log: every request it answered
     endpoint_variable = "AWS_ENDPOINT_URL"  # where delta-rs sends its requests
 
     @property
@@ -54,6 +84,12 @@ class S3:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
+    def requests(self) -> list[Request]:
+        """The requests to this bucket so far, in order (moto logs each when it has answered)."""
+        assert self.log is not None, "a server started with a log"
+        found = (_ACCESS.search(line) for line in self.log.read_text().splitlines())
+        return [Request(m[1], m[3], m[4], int(m[5])) for m in found if m and m[2] == self.bucket]
+
     def create_once(self, key: str, body: bytes) -> None:
         """Create ``key`` only if it does not exist (``If-None-Match: *``), as delta-rs commits."""
         self.client().put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
@@ -69,14 +105,16 @@ class S3:
         return isinstance(exc, ClientError) and exc.response["ResponseMetadata"]["HTTPStatusCode"] == 412
 
 
-def start_moto(port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_moto(port: int, env: dict[str, str] | None = None,
+               log: Path | None = None) -> subprocess.Popen[bytes]:
     """moto's S3 server on 127.0.0.1:``port`` as its own process, once it accepts connections.
 
     Not ``ThreadedMotoServer`` in the test process: a delta-rs call that keeps the GIL while it
     waits on the store (``DeltaTable.history`` does, deltalake 1.6.6) then waits on a server
     thread that needs the GIL to answer — a deadlock until the store's timeouts give up."""
+    out = log.open("ab") if log else subprocess.DEVNULL  # werkzeug's access log: one line per request
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, stdout=out, stderr=out)
     wait_for_port(server, port, "moto's S3 server")
     return server
 
@@ -104,12 +142,18 @@ def stop(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
+@dataclass(frozen=True)
+class MotoServer:
+    endpoint: str
+    log: Path
+
+
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """The endpoint of a moto S3 server on 127.0.0.1 (one per test session / xdist worker)."""
-    port = free_port()
-    server = start_moto(port)
-    yield f"http://127.0.0.1:{port}"
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto S3 server on 127.0.0.1 (one per test session / xdist worker) and its access log."""
+    port, log = free_port(), tmp_path_factory.mktemp("moto") / "access.log"
+    server = start_moto(port, log=log)
+    yield MotoServer(f"http://127.0.0.1:{port}", log)
     stop(server)
 
 
@@ -120,16 +164,16 @@ def clear_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+def s3(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> S3:
     """A new bucket on the local S3 server, the standard AWS variables pointing at it and
     ``BRONZE_ROOT=s3://<bucket>/bronze``."""
     clear_aws_env(monkeypatch)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
     monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
-    bucket = S3(s3_server, f"bronze-{uuid.uuid4().hex[:12]}")
+    bucket = S3(s3_server.endpoint, f"bronze-{uuid.uuid4().hex[:12]}", s3_server.log)
     bucket.client().create_bucket(Bucket=bucket.bucket)
     monkeypatch.setenv(ENV_BRONZE_ROOT, bucket.root)
     return bucket

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
 from bronze_assets.lib.cdc import STREAM, cdc_load
 from bronze_assets.lib.delta.commit_log import BATCH_KEY
 from bronze_assets.lib.delta.maintenance import maintain_table
@@ -37,7 +39,7 @@ from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.monitoring.report import build_report
 from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
 from bronze_assets_tests.conftest import query
-from bronze_assets_tests.s3 import S3, free_port, start_moto, stop, wait_for_port
+from bronze_assets_tests.s3 import S3, Request, free_port, start_moto, stop, wait_for_port
 from bronze_assets_tests.stores import Store
 from bronze_assets_tests.test_recovery import LOAD_SCRIPT
 
@@ -268,15 +270,16 @@ def _commit(engine: str, hours_ago: float, load: bool = True) -> dict[str, objec
 
 
 def test_one_engine_per_s3_table_from_the_commit_history() -> None:
-    """A load is refused when the other engine loaded the table on S3 within the quiet period;
-    its own loads, maintenance commits (no batch id), older loads and other stores pass."""
+    """A load is refused when the table's latest load on S3, within the quiet period, was the
+    other engine's; its own, maintenance commits (no batch id), older loads and other stores pass."""
     root = "s3://lake/bronze"
-    check_single_engine(root, "bz_orders", SPARK, [_commit(SPARK, 0.1), _commit(DELTA_RS, 30)])
+    check_single_engine(root, "bz_orders", SPARK, [_commit(SPARK, 0.1), _commit(DELTA_RS, 3)])
     check_single_engine(root, "bz_orders", SPARK, [_commit(DELTA_RS, 0.1, load=False), _commit(SPARK, 1)])
+    check_single_engine(root, "bz_orders", SPARK, [_commit(DELTA_RS, 25)])
     check_single_engine("abfss://c@a.dfs.core.windows.net/b", "bz_orders", SPARK, [_commit(DELTA_RS, 0.1)])
     refused = r"^bz_orders: refusing a delta-spark load on s3://lake/bronze: version 7 .* by delta-rs.*#3596"
     with pytest.raises(MixedEnginesError, match=refused):
-        check_single_engine(root, "bz_orders", SPARK, [_commit(SPARK, 0.5), _commit(DELTA_RS, 23)])
+        check_single_engine(root, "bz_orders", SPARK, [_commit(SPARK, 0.5, False), _commit(DELTA_RS, 23)])
     with pytest.raises(MixedEnginesError, match="loaded by delta-spark"):
         check_single_engine("s3a://lake/bronze", "bz_orders", DELTA_RS, [_commit(SPARK, 2)])
     assert classify(MixedEnginesError("x"), "bz_orders").cause is Cause.CONFIGURATION
@@ -348,3 +351,25 @@ def test_access_denied_is_one_line(s3: S3, tmp_path: Path) -> None:
         _one_line(done, s3.root, "access denied", "AWS_ACCESS_KEY_ID")
     finally:
         stop(server)
+
+
+def _by_kind(requests: list[Request]) -> str:
+    return ", ".join(f"{k}: {n}" for k, n in Counter(f"{r.kind} ({r.table})" for r in requests).most_common())
+
+
+@pytest.mark.parametrize("table", ["inventory", "orders", "customers"])
+def test_an_unchanged_scheduled_tick_costs_few_requests(seeded: str, s3: S3, table: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 requests of an hourly tick that finds nothing new, in a process that has loaded
+    before (issue #23 deliverable 3: at most about 50 per table; 36-51 measured, README)."""
+    monkeypatch.setenv("BRONZE_START_DATE", TODAY.isoformat())
+    b = OnStore(seeded, s3)
+    asset = b.assets[f"bz_{table}"]
+    partition = asset.partitions_def.get_last_partition_key() if asset.partitions_def else None
+    b.materialize(table, partition)
+    b.materialize(table, partition, tags={CHANGES_ONLY_TAG: "true"})  # warm: the first tick after a load
+    before = len(s3.requests())
+    b.materialize(table, partition, tags={CHANGES_ONLY_TAG: "true"})
+    tick = s3.requests()[before:]
+    print(f"\n{table}: {len(tick)} requests: {_by_kind(tick)}")
+    assert len(tick) <= 55, _by_kind(tick)

@@ -6,6 +6,8 @@ time, the engine's own commit metrics)."""
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -47,8 +49,34 @@ _WRITE_METRICS = {
 
 def commit_history(dt: DeltaTable, limit: int | None = None) -> list[dict[str, Any]]:
     """``dt.history(limit)`` with the bronze keys of every commit at the top level, whichever
-    engine wrote it: delta-rs keeps them there, the Spark engine in ``userMetadata`` (JSON)."""
-    entries = dt.history(limit)
+    engine wrote it: delta-rs keeps them there, the Spark engine in ``userMetadata`` (JSON).
+
+    On an object store the commits read are remembered by table and version (a commit never
+    changes), so the several readers of one load (watermark, hash version, first load, CDC
+    position, batch ids, the one-engine check) cost one read of each commit file, not one each."""
+    uri, version = dt.table_uri, dt.version()
+    if "://" not in uri or uri.startswith("file://"):
+        return _with_bronze_keys(dt.history(limit))
+    with _READ_GUARD:
+        known = _READ.get((uri, version))
+    complete = known is not None and (len(known) > version or (limit is not None and len(known) >= limit))
+    if not complete:
+        known = _with_bronze_keys(dt.history(limit))
+        with _READ_GUARD:
+            _READ[(uri, version)] = known
+            _READ.move_to_end((uri, version))
+            while len(_READ) > _READ_TABLES:
+                _READ.popitem(last=False)
+    assert known is not None
+    return [dict(entry) for entry in (known if limit is None else known[:limit])]
+
+
+_READ: OrderedDict[tuple[str, int], list[dict[str, Any]]] = OrderedDict()  # newest first, per table version
+_READ_GUARD = threading.Lock()
+_READ_TABLES = 64
+
+
+def _with_bronze_keys(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in entries:
         user = entry.get(USER_METADATA)
         if isinstance(user, str) and user.startswith("{"):

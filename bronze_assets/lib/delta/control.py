@@ -9,6 +9,7 @@ in a control table.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,11 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.storage import StorageLike, as_storage
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage, open_table
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
 
@@ -100,13 +101,49 @@ def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, An
     data = pa.Table.from_pylist(filled, schema=schema)
     for attempt in range(1, 6):  # concurrent appends from parallel steps may race for a version
         try:
-            write_deltalake(storage.uri(table), data, mode="append", storage_options=storage.delta_options)
+            _append(storage, table, data)
             break
         except (CommitFailedError, DeltaError):
             if attempt == 5:
                 raise
             time.sleep(0.05 * 2**attempt)
     return len(filled)
+
+
+@dataclass
+class _Open:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    table: DeltaTable | None = None
+
+
+_OPEN: dict[tuple[str, tuple[tuple[str, str], ...]], _Open] = {}
+_OPEN_GUARD = threading.Lock()
+
+
+def _append(storage: Storage, table: str, data: pa.Table) -> None:
+    """Append to a control table kept open in this process: each load appends to three of them,
+    and refreshing the open table costs one listing (plus the commits other writers made since)
+    where opening it again reads every commit since its last checkpoint, twice, on an object
+    store (README 'Deploying', requests per tick)."""
+    uri = storage.uri(table)
+    if "://" not in uri or uri.startswith("file://"):  # a local folder: opening costs no request
+        write_deltalake(uri, data, mode="append", storage_options=storage.delta_options)
+        return
+    with _OPEN_GUARD:
+        entry = _OPEN.setdefault((uri, tuple(sorted(storage.options.items()))), _Open())
+    with entry.lock:
+        try:
+            if entry.table is None:
+                entry.table = open_table(uri, storage.delta_options)
+            else:
+                entry.table.update_incremental()
+            if entry.table is None:
+                write_deltalake(uri, data, mode="append", storage_options=storage.delta_options)
+            else:
+                write_deltalake(entry.table, data, mode="append")
+        except BaseException:
+            entry.table = None  # reopened by the next append
+            raise
 
 
 def read_table(storage: StorageLike, table: str) -> pa.Table:

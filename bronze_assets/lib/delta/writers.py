@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from deltalake import DeltaTable
+
 from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
 from bronze_assets.lib.delta.storage import Storage
 
@@ -40,9 +42,11 @@ def commit_engine(entry: Mapping[str, Any]) -> str | None:
 
 def check_single_engine(root: str, table: str, writer: str, history: Iterable[Mapping[str, Any]],
                         now: datetime | None = None) -> None:
-    """Raise :class:`MixedEnginesError` (one line, naming the table) when ``root`` is on S3 and a
-    load of ``table`` by an engine other than ``writer`` (:data:`SPARK` or :data:`DELTA_RS`)
-    committed within :data:`QUIET_PERIOD` (``history``: the table's latest commits, newest first)."""
+    """Raise :class:`MixedEnginesError` (one line, naming the table) when ``root`` is on S3 and the
+    latest load of ``table`` within :data:`QUIET_PERIOD` was committed by an engine other than
+    ``writer`` (:data:`SPARK` or :data:`DELTA_RS`). ``history``: the table's latest commits, newest
+    first. Two engines that both keep loading each see the other's load as the latest one; once
+    one of them is refused, the other's loads pass."""
     if not root.lower().startswith(S3_SCHEMES):
         return
     since = (now or datetime.now(UTC)) - QUIET_PERIOD
@@ -50,8 +54,10 @@ def check_single_engine(root: str, table: str, writer: str, history: Iterable[Ma
         when = datetime.fromtimestamp(int(entry.get("timestamp") or 0) / 1000, UTC)
         if when < since:
             return
+        if BATCH_KEY not in entry:  # maintenance, retention, forget, restore: not a load
+            continue
         other = commit_engine(entry)
-        if BATCH_KEY in entry and other is not None and other != writer:
+        if other is not None and other != writer:
             raise MixedEnginesError(
                 f"{table}: refusing a {writer} load on {root}: version {entry.get('version')} "
                 f"({when:%Y-%m-%d %H:%M} UTC) was loaded by {other}, and delta-spark on S3 does not "
@@ -59,12 +65,16 @@ def check_single_engine(root: str, table: str, writer: str, history: Iterable[Ma
                 f"engine: give {table} the same engine in every deployment (BRONZE_ENGINE / "
                 f"BRONZE_ENGINE_TABLES); a switch is accepted once the other engine has not loaded it "
                 f"for {QUIET_PERIOD.total_seconds() / 3600:.0f} h")
-
-
-def check_table(storage: Storage, table: str, writer: str) -> None:
-    """:func:`check_single_engine` on the latest commits of ``table`` (nothing read off S3)."""
-    if not storage.root.lower().startswith(S3_SCHEMES):
         return
-    dt = storage.open(table)
-    if dt is not None:
-        check_single_engine(storage.root, table, writer, commit_history(dt, HISTORY_DEPTH))
+
+
+def check_target(storage: Storage, table: str, writer: str, target: DeltaTable | None) -> None:
+    """:func:`check_single_engine` on ``target``, the table a load has just opened: its last two
+    commits (one GET each on S3), ten if neither is a load; nothing on other stores."""
+    if target is None or not storage.root.lower().startswith(S3_SCHEMES):
+        return
+    for depth in (2, HISTORY_DEPTH):
+        history = commit_history(target, depth)
+        if any(BATCH_KEY in entry for entry in history) or len(history) < depth:
+            break
+    check_single_engine(storage.root, table, writer, history)

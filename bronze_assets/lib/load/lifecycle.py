@@ -28,9 +28,8 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.delta.writers import DELTA_RS, SPARK, check_table
 from bronze_assets.lib.failures import classify
-from bronze_assets.lib.load.engine import LOCAL, LoadEngine, Staged
+from bronze_assets.lib.load.engine import LoadEngine, Staged
 from bronze_assets.lib.load.errors import SchemaMismatchError
 from bronze_assets.lib.load.source import Source, SourceRead, source_for
 from bronze_assets.lib.quality.checks import (
@@ -117,7 +116,6 @@ class Lifecycle:
         if QUALITY_SCORE in request.checks:  # GX warms up while the source is read
             self.engine.warm_quality(contract)
         try:
-            check_table(self.storage, contract.bronze_table, DELTA_RS if self.engine.name == LOCAL else SPARK)
             source = self.source or source_for(request, self.dsn, self.storage, self.log)
             with source.open() as read:  # open while the engine stages (e.g. in a CDC slot's snapshot)
                 staged = self.engine.stage(request, read.selection)

@@ -21,6 +21,7 @@ from bronze_assets.lib.delta.load_commit import partition_range_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
+from bronze_assets.lib.delta.writers import DELTA_RS, check_target
 from bronze_assets.lib.enrich.metadata import BatchContext, RowKeys, bronze_schema, enrich, staged_schema
 from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protection
 from bronze_assets.lib.load.errors import SchemaMismatchError, SourceTableMissingError
@@ -64,6 +65,7 @@ def extract_and_stage(
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
     storage = as_storage(storage)
     target = storage.open(contract.bronze_table)
+    check_target(storage, contract.bronze_table, DELTA_RS, target)  # one engine per S3 table
     previous = latest_watermark(target)
     # migrate v1 hashes once (a keyless table is v2 from its first load: its keys are v2 hashes)
     legacy = target is not None and not contract.keyless and hash_version(target) < HASH_VERSION

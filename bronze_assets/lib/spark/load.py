@@ -53,7 +53,7 @@ from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.staging import score_sum, stage_dir
 from bronze_assets.lib.delta.storage import StorageLike, as_storage, open_table
-from bronze_assets.lib.delta.writers import S3_SCHEMES
+from bronze_assets.lib.delta.writers import S3_SCHEMES, SPARK, check_target
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
 from bronze_assets.lib.governance.pii import pii_protection
 from bronze_assets.lib.load import (
@@ -246,6 +246,7 @@ class SparkLoader:
         started = time.perf_counter()
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
         target = self.storage.open(contract.bronze_table)
+        check_target(self.storage, contract.bronze_table, SPARK, target)  # one engine per S3 table
         if target is not None and hash_version(target) < HASH_VERSION:
             raise SparkEngineError(
                 f"{contract.bronze_table} still holds record_hash v1 rows; run one load with the local "
