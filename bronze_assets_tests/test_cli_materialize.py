@@ -49,6 +49,6 @@ def test_webserver_serves_the_ten_assets(tmp_path: Path) -> None:
                                           "customers")}
     checks = {n["assetKey"]["path"][0]: {c["name"] for c in n["assetChecksOrError"]["checks"]}
               for n in nodes if n["groupName"] == "bronze"}
-    assert checks["bz_products"] == {"schema_contract", "quality_score", "key_uniqueness"}
+    assert checks["bz_products"] == {"schema_contract", "quality_score", "key_uniqueness", "reconciliation"}
     assert checks["bz_orders"] == {"schema_contract", "quality_score", "key_uniqueness",
-                                   "referential_integrity"}
+                                   "referential_integrity", "reconciliation"}

@@ -25,6 +25,7 @@ from deltalake import DeltaTable, write_deltalake
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.delta.control import AUDIT_LOG
+from bronze_assets.lib.delta.control import SCHEMAS as CONTROL_TABLES
 from bronze_assets.lib.delta.control import read_table as read_control
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import bronze_schema
@@ -351,7 +352,7 @@ def test_uc_sql_is_generated_from_the_matrix_and_contracts() -> None:
 def test_uc_sql_creates_external_tables_over_the_root() -> None:
     sql = uc_sql("prod", "bronze", "abfss://lake@acct.dfs.core.windows.net/bronze/")
     creates = [line for line in sql.splitlines() if line.startswith("CREATE TABLE")]
-    assert len(creates) == len(CONTRACTS) + 7  # control tables, quarantine, key store
+    assert len(creates) == len(CONTRACTS) + len(CONTROL_TABLES) + 2  # control tables, quarantine, key store
     assert ("CREATE TABLE IF NOT EXISTS `prod`.`bronze`.`bz_orders` USING DELTA LOCATION "
             "'abfss://lake@acct.dfs.core.windows.net/bronze/bz_orders';") in creates
     assert sql.index("CREATE TABLE IF NOT EXISTS `prod`.`bronze`.`bz_orders`") < \
