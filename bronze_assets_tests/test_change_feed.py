@@ -26,8 +26,6 @@ from bronze_assets.lib.delta.commit_log import (
     latest_watermark,
 )
 from bronze_assets.lib.delta.load_commit import commit_without_rows
-from bronze_assets.lib.spark.session import spark_session
-from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import query
 
@@ -36,11 +34,6 @@ pytestmark = pytest.mark.integration
 PK = "product_id"
 T1 = datetime(2026, 11, 27, 10, tzinfo=UTC)
 T2, T3 = T1 + timedelta(hours=1), T1 + timedelta(hours=2)
-
-
-@pytest.fixture(scope="session")
-def spark() -> Any:
-    return spark_session(Settings.from_env(), "bronze_assets_tests")
 
 
 def _feed(uri: str, start: int, end: int) -> pl.DataFrame:
@@ -146,6 +139,7 @@ def test_the_feed_of_a_run_is_what_its_merge_reports(seeded: str, tmp_path: Path
     assert b.version("products") == third["delta_version"] == empty + 1, "enabled once: one property commit"
 
 
+@pytest.mark.xdist_group("spark")  # the worker of the Spark tests: their Spark session (one JVM)
 def test_the_feed_across_engines(seeded: str, spark: Any, tmp_path: Path) -> None:
     from bronze_assets.lib.spark.load import SparkLoader
 

@@ -1,6 +1,7 @@
 """The Spark engine, for real: local Spark + delta-spark against the embedded PostgreSQL.
 
-Every test runs in one xdist group, so one Spark session (one JVM) serves them all.
+Every test runs in the xdist group of the Spark tests, so one Spark session (one JVM, the
+``spark`` fixture of conftest) serves them all.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.spark.engine import SparkEngine
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.score import java_regex
-from bronze_assets.lib.spark.session import spark_session
 from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
@@ -42,11 +42,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
 T1 = datetime(2026, 11, 27, 10, tzinfo=UTC)
 T2 = T1 + timedelta(hours=1)
 T3 = T2 + timedelta(hours=1)
-
-
-@pytest.fixture(scope="session")
-def spark():
-    return spark_session(Settings.from_env(), "bronze_assets_tests")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ through it finds the same faults."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deltalake import DeltaTable
@@ -14,15 +15,13 @@ from bronze_assets.lib.reconcile import reconcile
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.reconcile import SparkBronzeTable, spark_bronze_side
-from bronze_assets.lib.spark.session import spark_session
-from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
 
 
-def test_spark_bronze_side_matches_datafusion_and_finds_the_same_faults(seeded: str, tmp_path: Path) -> None:
-    spark = spark_session(Settings.from_env(), "bronze_assets_tests")
+def test_spark_bronze_side_matches_datafusion_and_finds_the_same_faults(seeded: str, spark: Any,
+                                                                       tmp_path: Path) -> None:
     root = tmp_path / "spark"
     contract = CONTRACTS["orders"]
     SparkLoader(spark, str(root)).load(contract, seeded)

@@ -22,19 +22,12 @@ from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.spark.jdbc import UnwritableColumnNames
 from bronze_assets.lib.spark.load import SparkLoader
-from bronze_assets.lib.spark.session import spark_session
-from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import NASTY, create_table, fill, postgres_says, spec_hash_sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
 
 T1 = datetime(2026, 11, 27, 10, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def spark():
-    return spark_session(Settings.from_env(), "bronze_assets_tests")
 
 
 def _rows(root: Path) -> pl.DataFrame:
