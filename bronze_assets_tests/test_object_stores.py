@@ -373,3 +373,21 @@ def test_an_unchanged_scheduled_tick_costs_few_requests(seeded: str, s3: S3, tab
     tick = s3.requests()[before:]
     print(f"\n{table}: {len(tick)} requests: {_by_kind(tick)}")
     assert len(tick) <= 55, _by_kind(tick)
+
+
+def test_control_tables_checkpoint_every_ten_commits_on_the_store(s3: S3) -> None:
+    """A control table gets a commit per load: opening it in a new process reads every commit
+    since its last checkpoint, so it checkpoints every 10 commits (an older table gets the
+    property with its first append of a process)."""
+    from deltalake import write_deltalake
+
+    from bronze_assets.lib.delta.control import ALERTS, CONTROL_PROPERTIES, SCHEMAS, append_rows
+
+    storage = Storage(s3.root)
+    write_deltalake(storage.uri(ALERTS), SCHEMAS[ALERTS].empty_table())  # as an earlier version made it
+    for n in range(11):
+        append_rows(storage, ALERTS, [{"kpi": "freshness", "message": f"tick {n}"}])
+    dt = DeltaTable(storage.uri(ALERTS))
+    assert CONTROL_PROPERTIES.items() <= dt.metadata().configuration.items()
+    assert dt.to_pyarrow_table().num_rows == 11
+    assert [k for k in s3.keys("bronze/bz_alerts/_delta_log/") if k.endswith(".checkpoint.parquet")]

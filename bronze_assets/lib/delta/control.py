@@ -110,6 +110,11 @@ def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, An
     return len(filled)
 
 
+# A checkpoint every 10 commits, not 100: a control table gets a commit per load, and opening it
+# in a new process reads every commit since its last checkpoint (README 'Deploying', requests).
+CONTROL_PROPERTIES = {"delta.checkpointInterval": "10"}
+
+
 @dataclass
 class _Open:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -127,7 +132,8 @@ def _append(storage: Storage, table: str, data: pa.Table) -> None:
     store (README 'Deploying', requests per tick)."""
     uri = storage.uri(table)
     if "://" not in uri or uri.startswith("file://"):  # a local folder: opening costs no request
-        write_deltalake(uri, data, mode="append", storage_options=storage.delta_options)
+        write_deltalake(uri, data, mode="append", storage_options=storage.delta_options,
+                        configuration=CONTROL_PROPERTIES)
         return
     with _OPEN_GUARD:
         entry = _OPEN.setdefault((uri, tuple(sorted(storage.options.items()))), _Open())
@@ -135,10 +141,14 @@ def _append(storage: Storage, table: str, data: pa.Table) -> None:
         try:
             if entry.table is None:
                 entry.table = open_table(uri, storage.delta_options)
+                if entry.table is not None and not CONTROL_PROPERTIES.items() <= \
+                        entry.table.metadata().configuration.items():  # a table from before: once
+                    entry.table.alter.set_table_properties(CONTROL_PROPERTIES)
             else:
                 entry.table.update_incremental()
             if entry.table is None:
-                write_deltalake(uri, data, mode="append", storage_options=storage.delta_options)
+                write_deltalake(uri, data, mode="append", storage_options=storage.delta_options,
+                                configuration=CONTROL_PROPERTIES)
             else:
                 write_deltalake(entry.table, data, mode="append")
         except BaseException:
