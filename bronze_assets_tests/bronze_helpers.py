@@ -22,6 +22,12 @@ from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_contracts import SPEC_COLUMNS
 
 
+def env_storage(root: Path | str) -> Storage:
+    """``root`` with the settings of the environment now, as the ``bronze`` resource reads them (a
+    bare path would get the default settings: its PII master key under ./data, not the test's)."""
+    return Storage(str(root), settings=Settings.from_env())
+
+
 class Bronze:
     """A bronze root wired to one source DSN."""
 
@@ -32,7 +38,7 @@ class Bronze:
 
     def storage(self) -> Storage:
         """The root with the settings of the environment now (as the ``bronze`` resource reads them)."""
-        return Storage(str(self.root), settings=Settings.from_env())
+        return env_storage(self.root)
 
     def definitions(self) -> dg.Definitions:
         return dg.Definitions(assets=list(self.assets.values()), resources=self.resources)

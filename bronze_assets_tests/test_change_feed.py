@@ -26,7 +26,7 @@ from bronze_assets.lib.delta.commit_log import (
     latest_watermark,
 )
 from bronze_assets.lib.delta.load_commit import commit_without_rows
-from bronze_assets_tests.bronze_helpers import Bronze
+from bronze_assets_tests.bronze_helpers import Bronze, env_storage
 from bronze_assets_tests.conftest import query
 
 pytestmark = pytest.mark.integration
@@ -146,7 +146,7 @@ def test_the_feed_across_engines(seeded: str, spark: Any, tmp_path: Path) -> Non
     contract = CONTRACTS["products"]
     spark_root, local = tmp_path / "spark", Bronze(seeded, tmp_path / "local")
     spark_uri, local_uri = str(spark_root / "bz_products"), local.uri("products")
-    loader, on_local = SparkLoader(spark, str(spark_root)), SparkLoader(spark, str(local.root))
+    loader, on_local = SparkLoader(spark, env_storage(spark_root)), SparkLoader(spark, local.storage())
 
     first = loader.load(contract, seeded, batch_time=T1).merge  # a table Spark creates has the feed
     _assert_feed_table(DeltaTable(spark_uri))

@@ -41,6 +41,7 @@ from bronze_assets.lib.reconcile.source_side import SourceSnapshot
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.introspect import NO_KEY, discover_contract
 from bronze_assets.settings import Settings
+from bronze_assets_tests.bronze_helpers import env_storage
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import COLUMNS, NASTY, create_table, fill, postgres_says
 from bronze_assets_tests.test_tables_file import _source_tables, defs_package
@@ -268,13 +269,13 @@ def test_both_engines_load_a_keyless_and_a_composite_key_table_alike(fresh_dsn: 
         assert a.equals(b)
 
     _local_load(contract, fresh_dsn, local, t1)
-    first = SparkLoader(spark, str(on_spark)).load(contract, fresh_dsn, batch_time=t1)
+    first = SparkLoader(spark, env_storage(on_spark)).load(contract, fresh_dsn, batch_time=t1)
     assert first.merge.inserted == len(ROWS)
     same()
     assert_exact(on_spark, fresh_dsn, contract)
     change_source(fresh_dsn)
     local_result = _local_load(contract, fresh_dsn, local, t2)
-    second = SparkLoader(spark, str(on_spark)).load(contract, fresh_dsn, batch_time=t2).merge
+    second = SparkLoader(spark, env_storage(on_spark)).load(contract, fresh_dsn, batch_time=t2).merge
     for result in (local_result, second):
         assert (result.inserted, result.updated, result.soft_deleted) == (2, 0, 2)
     same()
@@ -292,7 +293,7 @@ def test_both_engines_load_a_keyless_and_a_composite_key_table_alike(fresh_dsn: 
             query(fresh_dsn, "UPDATE sales.order_lines SET qty = 9 WHERE order_id = 10 AND line_no = 2")
             query(fresh_dsn, "DELETE FROM sales.order_lines WHERE order_id = 11")
         mine = _local_load(lines, fresh_dsn, local, at)
-        theirs = SparkLoader(spark, str(on_spark)).load(lines, fresh_dsn, batch_time=at).merge
+        theirs = SparkLoader(spark, env_storage(on_spark)).load(lines, fresh_dsn, batch_time=at).merge
         assert (mine.inserted, mine.updated, mine.soft_deleted) == \
             (theirs.inserted, theirs.updated, theirs.soft_deleted) == expected
         view = ["order_id", "line_no", "qty", "record_hash", "record_status", "update_timestamp"]

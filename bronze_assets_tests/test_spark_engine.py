@@ -33,7 +33,7 @@ from bronze_assets.lib.spark.engine import SparkEngine
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.score import java_regex
 from bronze_assets.settings import Settings
-from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
+from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, env_storage, source_hashes
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.s3 import ACCESS_KEY, S3, SECRET_KEY
 
@@ -80,7 +80,7 @@ def _comparable(root: Path | str, table: str) -> pl.DataFrame:
     contract = CONTRACTS[table]
     arrow = DeltaTable(f"{root}/{contract.bronze_table}").to_pyarrow_table()
     if contract.encrypted_columns:
-        arrow = PiiCipher(contract, str(root)).decrypt(arrow)
+        arrow = PiiCipher(contract, env_storage(root)).decrypt(arrow)
     frame = pl.from_arrow(arrow)
     assert isinstance(frame, pl.DataFrame)
     return frame.drop("batch_id").select(sorted(c for c in frame.columns if c != "batch_id")) \
@@ -123,7 +123,7 @@ def test_both_engines_write_the_same_rows_for_all_ten_tables(seeded: str, spark,
     for statement in HOSTILE:
         query(seeded, statement)
     local, spark_root = Bronze(seeded, tmp_path / "local"), tmp_path / "spark"
-    loader = SparkLoader(spark, str(spark_root))
+    loader = SparkLoader(spark, env_storage(spark_root))
     for table, contract in CONTRACTS.items():
         local.load_direct(table, batch_time=T1)
         result = loader.load(contract, seeded, batch_time=T1)
@@ -149,7 +149,7 @@ def test_both_engines_write_the_same_rows_for_all_ten_tables(seeded: str, spark,
 
 def test_spark_merge_semantics(seeded: str, spark, tmp_path: Path) -> None:
     root = tmp_path / "spark"
-    loader = SparkLoader(spark, str(root))
+    loader = SparkLoader(spark, env_storage(root))
     products, customers = CONTRACTS["products"], CONTRACTS["customers"]
     first = loader.load(products, seeded, batch_time=T1)
     loader.load(customers, seeded, batch_time=T1)
@@ -188,7 +188,7 @@ def test_spark_merge_semantics(seeded: str, spark, tmp_path: Path) -> None:
 
 def test_a_table_stays_exact_whichever_engine_loads_it_next(seeded: str, spark, tmp_path: Path) -> None:
     local = Bronze(seeded, tmp_path / "bronze")
-    loader = SparkLoader(spark, str(local.root))
+    loader = SparkLoader(spark, env_storage(local.root))
     orders = CONTRACTS["orders"]
     local.load_direct("orders", batch_time=T1)
     v1 = local.version("orders")
@@ -236,7 +236,7 @@ def test_every_jdbc_partition_reads_one_snapshot(seeded: str, spark, tmp_path: P
     thread.start()
     try:
         time.sleep(0.2)
-        loader = SparkLoader(spark, str(tmp_path / "spark"), parallelism=8)
+        loader = SparkLoader(spark, env_storage(tmp_path / "spark"), parallelism=8)
         result = loader.load(CONTRACTS["inventory"], seeded)
     finally:
         stop.set()
@@ -263,12 +263,12 @@ def test_spark_protects_pii_through_the_writers_hook_and_forget_works(seeded: st
     root = tmp_path / "spark"
     local = Bronze(seeded, tmp_path / "local")
     local.load_direct("customers", batch_time=T1)
-    SparkLoader(spark, str(root)).load(contract, seeded, batch_time=T1)
+    SparkLoader(spark, env_storage(root)).load(contract, seeded, batch_time=T1)
     assert _protected_columns(root, "bz_customers") == _protected_columns(local.root, "bz_customers") \
         == set(contract.encrypted_columns)
     query(seeded, "UPDATE tests.customers SET email = 'changed-' || email, updated_at = now() "
                   "WHERE customer_id % 4 = 0")
-    SparkLoader(spark, str(root)).load(contract, seeded, batch_time=T2)
+    SparkLoader(spark, env_storage(root)).load(contract, seeded, batch_time=T2)
     secrets = [v for row in query(seeded, "SELECT customer_name, email FROM tests.customers") for v in row
                if v and len(v) > 6]
     files = [p for p in (root / "bz_customers").rglob("*") if p.is_file()]
@@ -276,7 +276,7 @@ def test_spark_protects_pii_through_the_writers_hook_and_forget_works(seeded: st
     blob = b"".join(p.read_bytes() for p in files)
     leaked = [s for s in secrets if s.encode() in blob]
     assert not leaked, leaked[:3]
-    cipher = PiiCipher(contract, str(root))
+    cipher = PiiCipher(contract, env_storage(root))
     uri = str(root / "bz_customers")
     plain = cipher.decrypt(DeltaTable(uri).to_pyarrow_table())
     source = dict(query(seeded, "SELECT customer_id, email FROM tests.customers"))

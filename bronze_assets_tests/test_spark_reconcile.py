@@ -15,6 +15,7 @@ from bronze_assets.lib.reconcile import reconcile
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.reconcile import SparkBronzeTable, spark_bronze_side
+from bronze_assets_tests.bronze_helpers import env_storage
 from bronze_assets_tests.conftest import query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
@@ -24,7 +25,7 @@ def test_spark_bronze_side_matches_datafusion_and_finds_the_same_faults(seeded: 
                                                                        tmp_path: Path) -> None:
     root = tmp_path / "spark"
     contract = CONTRACTS["orders"]
-    SparkLoader(spark, str(root)).load(contract, seeded)
+    SparkLoader(spark, env_storage(root)).load(contract, seeded)
     dt = DeltaTable(str(root / contract.bronze_table))
     local, remote = BronzeTable(contract, dt), SparkBronzeTable(contract, dt.table_uri, spark)
     lo, hi, rows = local.key_range()

@@ -22,6 +22,7 @@ from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.spark.jdbc import UnwritableColumnNames
 from bronze_assets.lib.spark.load import SparkLoader
+from bronze_assets_tests.bronze_helpers import env_storage
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import NASTY, create_table, fill, postgres_says, spec_hash_sql
 
@@ -65,7 +66,7 @@ def test_both_engines_load_every_type_alike(fresh_dsn: str, spark, tmp_path: Pat
         BronzeMerger(contract, local).merge(staged)
     finally:
         staged.cleanup()
-    result = SparkLoader(spark, str(spark_root)).load(contract, fresh_dsn, batch_time=T1)
+    result = SparkLoader(spark, env_storage(spark_root)).load(contract, fresh_dsn, batch_time=T1)
     assert result.merge.inserted == result.rows == len(NASTY)
 
     a, b = _rows(local), _rows(spark_root)
@@ -94,5 +95,5 @@ def test_names_delta_spark_cannot_write_fail_at_once(fresh_dsn: str, spark, tmp_
     fill(fresh_dsn, "all_types", NASTY[:2])
     contract = discover_contract(fresh_dsn, "all_types", "tests")
     with pytest.raises(UnwritableColumnNames, match=r"'with space'.*BRONZE_ENGINE=local"):
-        SparkLoader(spark, str(tmp_path / "spark")).load(contract, fresh_dsn, batch_time=T1)
+        SparkLoader(spark, env_storage(tmp_path / "spark")).load(contract, fresh_dsn, batch_time=T1)
     assert not (tmp_path / "spark" / "bz_all_types").exists()
