@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,9 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
     started = datetime.now(UTC)
     try:
         dsn = resolve_source_dsn(settings)
-        engine = SparkEngine(SparkLoader(spark_session(settings, f"bronze {contract.bronze_table}"), storage),
+        # the session starts once the source has been read (a source error starts no JVM)
+        session = partial(spark_session, settings, f"bronze {contract.bronze_table}")
+        engine = SparkEngine(SparkLoader(session, storage),
                              data_docs=bool(extras.get("docs")))
         lifecycle = Lifecycle(request, engine, dsn, storage, job_id=pipes.run_id, logger=pipes.log)
         report = lifecycle.run()

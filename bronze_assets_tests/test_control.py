@@ -75,7 +75,7 @@ def test_failed_merge_leaves_a_failed_audit_row(bronze: Bronze) -> None:
                             raise_on_error=False)
     assert not result.success
     failed = [a for a in _rows(bronze, AUDIT_LOG) if a["status"] == "FAILED"]
-    assert len(failed) == 1 and "duplicate primary" in failed[0]["error_message"]
+    assert len(failed) == 1 and "repeats primary key values" in failed[0]["error_message"]
 
 
 def test_schema_evolution_is_audited(bronze: Bronze) -> None:

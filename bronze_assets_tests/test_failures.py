@@ -4,22 +4,27 @@ point; a transient one is retried. Real errors from the test PostgreSQL wherever
 from __future__ import annotations
 
 import importlib
+import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psycopg2
 import pytest
 from click.testing import CliRunner
+from deltalake import DeltaTable
 
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib import failures
+from bronze_assets.lib.delta.control import AUDIT_LOG
 from bronze_assets.lib.failures import Cause, cause_of, classify
 from bronze_assets.lib.load import SourceTableMissingError, extract_and_stage
 from bronze_assets.lib.source.dsn import with_connect_timeout
@@ -316,3 +321,108 @@ def test_the_spark_job_uses_the_same_policy(seed_db: SeedDb, tmp_path: Path, pas
     assert message == local_failure.step_failure_data.user_failure_data.description
     assert "\n" not in message and f'password authentication failed for user "{password_role}"' in message
     assert WRONG not in message
+
+
+# ------------------------------------------------------------------ every failure class on both engines
+
+
+def _revoke_select(dsn: str, role: str) -> None:
+    query(dsn, f"GRANT USAGE ON SCHEMA tests TO {role}")
+    query(dsn, f"GRANT SELECT ON ALL TABLES IN SCHEMA tests TO {role}")
+    query(dsn, f"REVOKE SELECT ON tests.warehouses FROM {role}")
+
+
+def _repeat_a_key(dsn: str, _: str) -> None:
+    query(dsn, "ALTER TABLE tests.warehouses DROP CONSTRAINT warehouses_pkey CASCADE")
+    query(dsn, "INSERT INTO tests.warehouses SELECT * FROM tests.warehouses ORDER BY warehouse_id LIMIT 1")
+
+
+def _refuse_connections(dsn: str, role: str) -> None:
+    query(dsn, f"GRANT USAGE ON SCHEMA tests TO {role}")
+    query(dsn, f"GRANT SELECT ON ALL TABLES IN SCHEMA tests TO {role}")
+    query(dsn, f"ALTER ROLE {role} CONNECTION LIMIT 0")  # the server refuses it: too many connections
+
+
+ONCE = ["STEP_START", "STEP_FAILURE"]
+RETRIED = ["STEP_START", *["STEP_UP_FOR_RETRY", "STEP_RESTARTED"] * 3, "STEP_FAILURE"]  # RETRY: 3 retries
+
+
+@dataclass(frozen=True)
+class Provoked:
+    """A failure class provoked for real on bz_warehouses: what to do to the source database, the
+    password the load logs in with as the test role (None: as the owner), what the message says."""
+
+    cause: Cause
+    provoke: Callable[[str, str], object]
+    password: str | None
+    says: str
+
+    @property
+    def steps(self) -> list[str]:
+        return RETRIED if self.cause.retry else ONCE
+
+
+CLASSES = {
+    "authentication": Provoked(Cause.AUTHENTICATION, lambda dsn, role: None, WRONG,
+                               "password authentication failed"),
+    "permission": Provoked(Cause.PERMISSION, _revoke_select, PASSWORD,
+                           "permission denied for table warehouses"),
+    "missing-object": Provoked(Cause.MISSING_OBJECT, lambda dsn, _: query(
+        dsn, "DROP TABLE tests.warehouses CASCADE"), None, "the source has no table tests.warehouses"),
+    "schema-mismatch": Provoked(Cause.SCHEMA_MISMATCH, lambda dsn, _: query(
+        dsn, "ALTER TABLE tests.warehouses DROP COLUMN capacity"), None, "no longer matches its contract"),
+    "duplicate-key": Provoked(Cause.DUPLICATE_KEY, _repeat_a_key, None, "repeats primary key values"),
+    "connection": Provoked(Cause.CONNECTION, _refuse_connections, PASSWORD, "too many connections"),
+}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _same_each_run(value: Any) -> Any:
+    """``value`` without what differs per run (batch ids)."""
+    return _UUID.sub("<batch>", value) if isinstance(value, str) else value
+
+
+def _failed_loads(root: Path) -> list[dict[str, Any]]:
+    """The audit rows of the failed loads, without their times and run ids."""
+    audit = DeltaTable(str(root / AUDIT_LOG)).to_pyarrow_table().to_pylist()
+    per_run = ("start_timestamp", "end_timestamp", "job_id")
+    return [{k: _same_each_run(v) for k, v in row.items() if k not in per_run}
+            for row in sorted(audit, key=lambda r: r["start_timestamp"])]
+
+
+def _failed_run(dsn: str, root: Path, engine: str, case: Provoked) -> tuple[str, dict[str, Any], list]:
+    """Materialize bz_warehouses on ``engine``: the failure's message and metadata and the audit
+    rows, without what differs per run; the steps show the retry decision."""
+    from bronze_assets_tests.test_spark_pipes import materialize
+
+    result = materialize(dsn, root, engine, "warehouses")
+    assert _steps(result) == case.steps, engine
+    failure = [e for e in result.all_events if e.is_step_failure][-1].step_failure_data.user_failure_data
+    assert failure is not None, engine
+    message = failure.description or ""
+    assert message.startswith("bz_warehouses: ") and "\n" not in message and case.says in message, message
+    assert WRONG not in message and PASSWORD not in message
+    audit = _failed_loads(root)
+    attempts = sum(s in ("STEP_START", "STEP_RESTARTED") for s in case.steps)
+    assert [r["status"] for r in audit] == ["FAILED"] * attempts, engine
+    metadata = {k: _same_each_run(getattr(v, "value", v)) for k, v in (failure.metadata or {}).items()}
+    return _same_each_run(message), metadata, audit
+
+
+@pytest.mark.xdist_group("spark_pipes")
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_each_failure_class_is_the_same_on_both_engines(name: str, seed_db: SeedDb, tmp_path: Path,
+                                                         password_role: str) -> None:
+    """Each failure class, provoked for real, leaves the same audit rows, the same failure (message,
+    metadata) and the same retry decision on the local engine and on Spark (subprocess Pipes)."""
+    case = CLASSES[name]
+    owner_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
+    case.provoke(owner_dsn, password_role)
+    dsn = owner_dsn if case.password is None else \
+        owner_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{case.password}@", 1)
+    try:
+        local = _failed_run(dsn, tmp_path / "local", "local", case)
+        spark = _failed_run(dsn, tmp_path / "spark", "spark", case)
+    finally:  # the role's grants in this database, so that the role can be dropped
+        query(owner_dsn, f"DROP OWNED BY {password_role}")
+    assert spark == local

@@ -287,7 +287,7 @@ def test_duplicate_keys_are_refused_whatever_bucket_they_fall_in(bronze: Bronze,
                       "UNION SELECT max(product_id) FROM tests.products)")
     monkeypatch.setattr(merge_plan, "PLAN_BUCKET_ROWS", 1)
     version = bronze.version("products")
-    with pytest.raises(DuplicateKeyError, match="holds 2 duplicate primary keys"):
+    with pytest.raises(DuplicateKeyError, match=r"2 row\(s\) more than keys"):
         bronze.load_direct("products")
     assert bronze.version("products") == version, "nothing was merged"
 

@@ -61,10 +61,7 @@ class MergePlanner:
 
     def refuse_duplicates(self, dupes: int) -> None:
         if dupes:
-            raise DuplicateKeyError(
-                f"{self.contract.bronze_table}: the staged batch holds {dupes} duplicate primary "
-                f"keys ({', '.join(self.pk)}); nothing was merged. Check the source's primary key."
-            )
+            raise DuplicateKeyError.repeated(self.contract.bronze_table, self.pk, dupes)
 
     def _bucket(self, buckets: int) -> pl.Expr:
         """Which of ``buckets`` key buckets a row's primary key falls in (same on both sides of the

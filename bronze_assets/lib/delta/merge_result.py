@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
 class DuplicateKeyError(ValueError):
     """The staged batch repeats a primary key: a data problem that a retry cannot fix."""
+
+    @classmethod
+    def repeated(cls, table: str, primary_key: Sequence[str], extra_rows: int) -> DuplicateKeyError:
+        """The error of every engine for a batch of ``table`` with ``extra_rows`` rows more than keys."""
+        return cls(f"{table}: the source repeats primary key values ({', '.join(primary_key)}): {extra_rows} "
+                   f"row(s) more than keys; bronze keeps one row per key. Nothing was merged; fix the "
+                   f"source's primary key.")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,17 +202,30 @@ def _protected(hook: PiiHook) -> Callable[[Iterator[pa.RecordBatch]], Iterator[p
 
 
 class SparkLoader:
-    """Loads bronze tables with Spark: one instance per Spark session and bronze root."""
+    """Loads bronze tables with Spark: one instance per Spark session and bronze root.
 
-    def __init__(self, spark: SparkSession, storage: StorageLike,
+    ``spark`` is the session, or a function that starts it: then it starts when a load first
+    needs it (after the source was checked), so a load that fails at its source (credentials,
+    grants, a missing table, a schema mismatch) fails without starting a JVM."""
+
+    def __init__(self, spark: SparkSession | Callable[[], SparkSession], storage: StorageLike,
                  parallelism: int | None = None) -> None:
-        self.spark, self.storage = spark, as_storage(storage)
-        self.parallelism = parallelism or max(2, spark.sparkContext.defaultParallelism)
+        self._session, self.storage = spark, as_storage(storage)
+        self._parallelism = parallelism
+
+    @cached_property
+    def spark(self) -> SparkSession:
+        session = self._session() if callable(self._session) else self._session
         for key, value in RUNTIME_CONF.items():  # also on a session this module did not build
-            spark.conf.set(key, value)
+            session.conf.set(key, value)
         settings = self.storage.settings
         if self.storage.root.lower().startswith(S3_SCHEMES) and not settings.databricks_runtime:
-            configure_object_store(spark, settings.object_store_endpoint)  # Databricks has its own
+            configure_object_store(session, settings.object_store_endpoint)  # Databricks has its own
+        return session
+
+    @cached_property
+    def parallelism(self) -> int:
+        return self._parallelism or max(2, self.spark.sparkContext.defaultParallelism)
 
     def uri(self, contract: Contract) -> str:
         return self.storage.uri(contract.bronze_table)
@@ -358,11 +372,9 @@ class SparkLoader:
 
         pk = list(contract.merge_key)
         pii = require_hook(contract, pii, "write") if contract.encrypted_columns else None
-        dupes = staged.groupBy(*pk).count().filter(F.col("count") > 1).count()
-        if dupes:
-            raise DuplicateKeyError(
-                f"{contract.bronze_table}: the source repeats {dupes} primary key value(s) of "
-                f"({', '.join(pk)}); bronze keeps one row per key. Nothing was merged; fix the source.")
+        extra = staged.groupBy(*pk).count().agg(F.sum(F.col("count") - 1)).first()[0]
+        if extra:  # rows more than keys, as the local engine counts them
+            raise DuplicateKeyError.repeated(contract.bronze_table, pk, int(extra))
         target = self.storage.open(contract.bronze_table)
         if target is not None and meta[BATCH_KEY] in committed_batch_ids(target):
             return MergeResult(uri, rows, committed=True)
