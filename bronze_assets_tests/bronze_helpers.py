@@ -8,11 +8,12 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.lib.delta.commit_log import BATCH_KEY
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.storage import Storage
@@ -124,3 +125,15 @@ def assert_table_exact(dsn: str, root: Path, table: str) -> None:
 def assert_orders_exact(dsn: str, root: Path) -> None:
     """bz_orders equals the source (see :func:`assert_table_exact`)."""
     assert_table_exact(dsn, root, "orders")
+
+
+def rewrite_as_v1(b: Bronze, table: str, pk: str) -> pl.DataFrame:
+    """Rewrite ``table`` of ``b`` as a table an earlier version wrote: its rows with the v1
+    record_hash of their source rows, in a commit without ``bronze.hash_version``; returns the
+    rows as they were (v2)."""
+    v2 = b.read(table)
+    v1 = source_hashes(b.dsn, table, version=1)
+    legacy = v2.with_columns(pl.col(pk).replace_strict(v1, return_dtype=pl.String).alias("record_hash"))
+    write_deltalake(b.uri(table), legacy.to_arrow(), mode="overwrite",
+                    commit_properties=CommitProperties(custom_metadata={BATCH_KEY: "written-by-v1"}))
+    return v2

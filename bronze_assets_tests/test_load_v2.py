@@ -12,15 +12,15 @@ import polars as pl
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG, build_schedule, load_groups, reads_changes_only
-from bronze_assets.lib.delta.commit_log import BATCH_KEY, REHASHED_KEY, latest_watermark
+from bronze_assets.lib.delta.commit_log import REHASHED_KEY, latest_watermark
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.source import extract
-from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
+from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, rewrite_as_v1, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
 
 pytestmark = pytest.mark.integration
@@ -170,12 +170,7 @@ def test_hostile_values_land_in_bronze_with_the_spec_hash(seeded: str, tmp_path:
 def test_a_v1_table_is_rehashed_once_without_touching_anything_else(seeded: str, tmp_path: Path) -> None:
     b = Bronze(seeded, tmp_path / "bronze")
     b.load_direct("products")
-    v2 = b.read("products")
-    v1 = source_hashes(seeded, "products", version=1)
-    legacy = v2.with_columns(pl.col("product_id").replace_strict(v1, return_dtype=pl.String)
-                             .alias("record_hash"))
-    write_deltalake(b.uri("products"), legacy.to_arrow(), mode="overwrite",
-                    commit_properties=CommitProperties(custom_metadata={BATCH_KEY: "written-by-v1"}))
+    v2 = rewrite_as_v1(b, "products", "product_id")
     query(seeded, "UPDATE tests.products SET product_name = 'changed' WHERE product_id = 3")
     result = b.load_direct("products")
     assert result.rehashed_v1 == v2.height - 1 and result.updated == 1

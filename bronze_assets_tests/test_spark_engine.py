@@ -19,7 +19,13 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history, latest_watermark
+from bronze_assets.lib.delta.commit_log import (
+    BATCH_KEY,
+    HASH_VERSION_KEY,
+    REHASHED_KEY,
+    commit_history,
+    latest_watermark,
+)
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.delta.writers import DELTA_RS, SPARK, MixedEnginesError, commit_engine
@@ -33,7 +39,13 @@ from bronze_assets.lib.spark.engine import SparkEngine
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.lib.spark.score import java_regex
 from bronze_assets.settings import Settings
-from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, env_storage, source_hashes
+from bronze_assets_tests.bronze_helpers import (
+    Bronze,
+    active_hashes,
+    env_storage,
+    rewrite_as_v1,
+    source_hashes,
+)
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.s3 import ACCESS_KEY, S3, SECRET_KEY
 
@@ -184,6 +196,33 @@ def test_spark_merge_semantics(seeded: str, spark, tmp_path: Path) -> None:
     assert kept.merge.forgotten_skipped == 1 and kept.merge.updated == 0
     row = _frame(str(root / "bz_customers")).filter(pl.col("customer_id") == 3).to_dicts()[0]
     assert row["record_status"] == "FORGOTTEN" and row["customer_name"] is None and row["email"] is None
+
+
+def test_spark_rehashes_a_v1_table_once_as_the_local_engine_does(seeded: str, spark, tmp_path: Path) -> None:
+    """One rule for both engines (lib/delta/merge_rule): a table written with v1 hashes gets only
+    its record_hash replaced by its first load on Spark, exactly as on the local engine."""
+    roots = {}
+    for engine in ("local", "spark"):
+        b = Bronze(seeded, tmp_path / engine)
+        b.load_direct("products", batch_time=T1)
+        roots[engine] = (b, rewrite_as_v1(b, "products", "product_id"))
+    query(seeded, "UPDATE tests.products SET product_name = 'changed', updated_at = now() "
+                  "WHERE product_id = 3")
+    b, v2 = roots["spark"]
+    local = roots["local"][0].load_direct("products", batch_time=T2)
+    result = SparkLoader(spark, env_storage(b.root)).load(CONTRACTS["products"], seeded, batch_time=T2).merge
+    counts = [(r.rehashed_v1, r.updated, r.inserted, r.unchanged) for r in (result, local)]
+    assert counts == [(v2.height - 1, 1, 0, v2.height - 1)] * 2
+    after = b.read("products").sort("product_id")
+    assert active_hashes(after, "product_id") == source_hashes(seeded, "products")
+    same = after.filter(pl.col("product_id") != 3).drop("record_hash")
+    assert same.equals(v2.sort("product_id").filter(pl.col("product_id") != 3).drop("record_hash")), \
+        "nothing but the hash changes, not even a timestamp"
+    (entry,) = commit_history(b.table("products"), 1)
+    assert (entry[REHASHED_KEY], entry[HASH_VERSION_KEY]) == (str(v2.height - 1), "2")
+    assert _comparable(b.root, "products").equals(_comparable(roots["local"][0].root, "products"))
+    again = SparkLoader(spark, env_storage(b.root)).load(CONTRACTS["products"], seeded, batch_time=T3).merge
+    assert not again.committed and again.rehashed_v1 == 0, "once: the next load changes nothing"
 
 
 def test_a_table_stays_exact_whichever_engine_loads_it_next(seeded: str, spark, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """The MERGE plan (ARCHITECTURE §2.3), made before anything is written: the staged keys and
 hashes joined with a narrow index of the target (keys, hash, status, partition value), key bucket
 by key bucket for a large table. Each staged key is classified insert / update / re-hash /
-unchanged and each vanished key delete, routed to the partition it lives in; only those rows go
-into the MERGE."""
+unchanged (the rule both engines share, :mod:`bronze_assets.lib.delta.merge_rule`) and each
+vanished key delete, routed to the partition it lives in; only those rows go into the MERGE."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges
 from bronze_assets.lib.delta.merge_result import DuplicateKeyError, MergeResult
+from bronze_assets.lib.delta.merge_rule import PlanTerms, decide
 from bronze_assets.lib.delta.narrow_index import hash_words, narrow, narrowed, same_hash, spill, unspill
 from bronze_assets.lib.delta.query import quoted, scan_columns, table_rows
 from bronze_assets.lib.delta.staging import StagedBatch, stage_dir
-from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN
+from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.source.extract import LEGACY_HASH
 
 OP = "_bronze_op"  # a plan row's operation: I(nsert), U(pdate), H (re-hash v1 to v2), D(elete)
@@ -203,18 +204,20 @@ class MergePlanner:
         """Each staged key's operation (I/U/H or none) and route, keeping only the rows that matter:
         an operation, a FORGOTTEN key, or a row the ``resumed`` batch already committed."""
         joined = src.join(index.lazy(), on=self.pk, how="left")
-        status = pl.col("_t_status")
-        is_new = status.is_null()
-        forgotten = (status == FORGOTTEN).fill_null(False)
-        differs = ~same_hash("_t_h", "_s_h")
-        rehash = pl.lit(False)
         if legacy is not None:
             joined = joined.join(legacy, on=self.pk, how="left")
-            rehash = ((status == ACTIVE) & differs & same_hash("_t_h", "_v1_h")).fill_null(False)
-        changed = ~is_new & ~forgotten & ~rehash & (differs | (status == DELETED)
-                                                    | pl.lit(backfill_unchanged))
-        op = (pl.when(is_new).then(pl.lit("I")).when(changed).then(pl.lit("U")).when(rehash)
-              .then(pl.lit("H")).otherwise(pl.lit(None)))
+        status = pl.col("_t_status")
+        is_new = status.is_null()
+        decision = decide(PlanTerms(
+            is_new=is_new, status=lambda value: (status == value).fill_null(False),
+            hash_differs=~same_hash("_t_h", "_s_h"),
+            v1_hash_equal=same_hash("_t_h", "_v1_h") if legacy is not None else None,
+            rewrite_unchanged=pl.lit(backfill_unchanged), false=pl.lit(False)))
+        (first, name), *rest = decision.operations
+        chosen = pl.when(first).then(pl.lit(name))
+        for condition, name in rest:
+            chosen = chosen.when(condition).then(pl.lit(name))
+        op, forgotten = chosen.otherwise(pl.lit(None)), decision.forgotten
         kept = pl.col("_t_resumed").fill_null(False) if resumed is not None else pl.lit(False)
         target_part = pl.col(TARGET_PART) if self.part else pl.lit(None)
         own_part = pl.col(self.part) if self.part else pl.lit(None)

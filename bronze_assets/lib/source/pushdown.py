@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from bronze_assets.contracts import Contract, PgType, TypeFamily
 from bronze_assets.lib.source.ddl import qualified, quote_ident
-from bronze_assets.lib.source.extract import read_sql
+from bronze_assets.lib.source.extract import LEGACY_HASH, read_sql
 from bronze_assets.lib.source.window import LoadWindow, partition_sql, window_predicate
 
 HASH, PART, RESCUED = "record_hash", "_bronze_part", "_bronze_rescued"
@@ -60,11 +60,13 @@ def _value_sql(column: str, type_: PgType) -> str:
     return value if ok is None else f"CASE WHEN {ok} THEN {value} END"
 
 
-def hash_sql(contract: Contract, texts: Sequence[str] | None = None) -> str:
+def hash_sql(contract: Contract, texts: Sequence[str] | None = None, version: int = 2) -> str:
     """ARCHITECTURE §2.2 record_hash v2, literally. ``texts``: the SQL of each column's ``::text``
-    when the caller rendered them once already (e.g. in a subquery), else ``col::text``."""
+    when the caller rendered them once already (e.g. in a subquery), else ``col::text``.
+    ``version=1``: the v1 hash, without lengths (computed only while a v1 table is re-hashed)."""
     texts = texts or [f"{quote_ident(c)}::text" for c in contract.column_names]
-    fields = [f"coalesce(length({t}) || ':' || {t}, '\\N')" for t in texts]
+    fields = [f"coalesce({t}, '\\N')" if version == 1 else f"coalesce(length({t}) || ':' || {t}, '\\N')"
+              for t in texts]
     return f"md5(concat_ws(E'\\x1f', {', '.join(fields)}))"
 
 
@@ -80,10 +82,14 @@ def rescued_sql(contract: Contract) -> str:
     return f"CASE WHEN {bad} THEN jsonb_strip_nulls(jsonb_build_object({pairs}))::text END"
 
 
-def pushdown_select_sql(contract: Contract, window: LoadWindow, schema: str | None = None) -> str:
-    """The extraction query of ``window`` (see the module docstring)."""
+def pushdown_select_sql(contract: Contract, window: LoadWindow, schema: str | None = None,
+                        legacy: bool = False) -> str:
+    """The extraction query of ``window`` (see the module docstring); ``legacy`` adds the v1 hash
+    as :data:`~bronze_assets.lib.source.extract.LEGACY_HASH` (to re-hash a v1 table once)."""
     cols = [f"{_value_sql(c.name, c.type)} AS {quote_ident(c.name)}" for c in contract.columns]
     cols += [f"{hash_sql(contract)} AS {HASH}", f"{rescued_sql(contract)} AS {RESCUED}"]
+    if legacy:
+        cols.append(f"{hash_sql(contract, version=1)} AS {quote_ident(LEGACY_HASH)}")
     part = partition_sql(contract, window)
     if part is not None:
         cols.append(f"({part}) - {EPOCH} AS {PART}")

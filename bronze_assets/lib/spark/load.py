@@ -34,6 +34,7 @@ from bronze_assets.lib.delta.change_feed import enable_change_feed
 from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION,
+    REHASHED_KEY,
     batch_metrics,
     committed_batch_ids,
     first_load_time,
@@ -49,6 +50,7 @@ from bronze_assets.lib.delta.load_commit import (
     partition_range_metadata,
 )
 from bronze_assets.lib.delta.merge_result import DuplicateKeyError, MergeResult
+from bronze_assets.lib.delta.merge_rule import DELETE, INSERT, REHASH, UPDATE, PlanTerms, decide
 from bronze_assets.lib.delta.outcome import LoadOutcome
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
@@ -65,7 +67,7 @@ from bronze_assets.lib.load import (
     plan_window,
     quarantine_unstorable,
 )
-from bronze_assets.lib.source.extract import SourceReader, keys_sql
+from bronze_assets.lib.source.extract import LEGACY_HASH, SourceReader, keys_sql
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
@@ -154,12 +156,15 @@ def _quoted(name: str) -> str:
 
 
 def _enriched(raw: DataFrame, contract: Contract, ctx: BatchContext) -> DataFrame:
-    """The pushed-down rows as bronze rows: typed source columns, metadata, score, partition."""
+    """The pushed-down rows as bronze rows: typed source columns, metadata, score, partition (and
+    the v1 hash while a v1 table is re-hashed)."""
     from pyspark.sql import functions as F
 
     bad = {c.name: F.get_json_object(F.col(RESCUED), f"$.{c.name}").isNotNull()
            for c in contract.columns if storable_sql(c.name, c.type) is not None}
-    typed = raw.select(*typed_columns(contract), HASH, RESCUED, *([PART] if PART in raw.columns else []))
+    legacy = [_quoted(LEGACY_HASH)] if LEGACY_HASH in raw.columns else []
+    typed = raw.select(*typed_columns(contract), HASH, RESCUED, *([PART] if PART in raw.columns else []),
+                       *legacy)
     at = ctx.batch_time.astimezone(UTC)
     part = contract.partitioning.delta_column
     return typed.select(
@@ -174,6 +179,7 @@ def _enriched(raw: DataFrame, contract: Contract, ctx: BatchContext) -> DataFram
         *([_row_key()] if contract.keyless else []),
         *([F.date_from_unix_date(F.col(PART)).alias(part)] if part else []),
         F.col(RESCUED),
+        *legacy,
     )
 
 
@@ -261,10 +267,7 @@ class SparkLoader:
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
         target = self.storage.open(contract.bronze_table)
         check_target(self.storage, contract.bronze_table, SPARK, target)  # one engine per S3 table
-        if target is not None and hash_version(target) < HASH_VERSION:
-            raise SparkEngineError(
-                f"{contract.bronze_table} still holds record_hash v1 rows; run one load with the local "
-                f"engine first (it re-hashes them once), then the Spark engine can take over.")
+        legacy = target is not None and hash_version(target) < HASH_VERSION  # re-hash v1 rows once (§2.2)
         previous = latest_watermark(target)
         dsn, partition = selection.dsn, selection.partition
         window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap,
@@ -282,8 +285,8 @@ class SparkLoader:
                         f"name ({drift.describe()}); the Spark engine does not evolve schemas yet. Load "
                         f"this table with the local engine (BRONZE_ENGINE=local), or update the contract.")
                 snapshot, bounds = reader.snapshot(), reader.key_range()
-                raw = read_query(self.spark, dsn, contract, pushdown_select_sql(contract, window),
-                                 snapshot_id=reader.snapshot_id,
+                select = pushdown_select_sql(contract, window, legacy=legacy)
+                raw = read_query(self.spark, dsn, contract, select, snapshot_id=reader.snapshot_id,
                                  partitioned=contract.partitioning.delta_column is not None,
                                  bounds=bounds, parallelism=self.parallelism)
                 # staged while the snapshot is held: every JDBC partition reads the same state
@@ -389,29 +392,42 @@ class SparkLoader:
         current = self.spark.read.format("delta").load(uri).select(
             *pk, F.col("record_hash").alias(T_HASH), F.col("record_status").alias(T_STATUS),
             *([F.col(part).alias(T_PART)] if part else []))
-        op = (F.when(F.col(T_HASH).isNull(), "I").when(F.col(T_STATUS) == FORGOTTEN, "F")
-              .when((F.col(T_STATUS) == DELETED) | (F.col(T_HASH) != F.col("record_hash")), "U")
-              .otherwise("="))
-        plan = staged.select(*pk, "record_hash", *([part] if part else [])).join(current, pk, "left") \
-            .withColumn(OP, op).drop("record_hash", T_HASH, T_STATUS)
+        legacy = [LEGACY_HASH] if LEGACY_HASH in staged.columns else []  # a v1 table: re-hashed once
+        status = F.col(T_STATUS)
+        decision = decide(PlanTerms(
+            is_new=status.isNull(), status=lambda value: status.eqNullSafe(F.lit(value)),
+            hash_differs=~F.col(T_HASH).eqNullSafe(F.col("record_hash")),
+            v1_hash_equal=F.col(T_HASH).eqNullSafe(F.col(LEGACY_HASH)) if legacy else None,
+            rewrite_unchanged=F.lit(False), false=F.lit(False)))
+        (first, name), *rest = decision.operations
+        chosen = F.when(first, name)
+        for condition, name in rest:
+            chosen = chosen.when(condition, name)
+        op = F.coalesce(chosen, F.when(decision.forgotten, "F"), F.lit("="))
+        plan = staged.select(*pk, "record_hash", *legacy, *([part] if part else [])) \
+            .join(current, pk, "left").withColumn(OP, op).drop("record_hash", *legacy, T_HASH, T_STATUS)
+        staged = staged.drop(*legacy)
         vanished = current.filter(F.col(T_STATUS) == ACTIVE).join(keys, pk, "left_semi" if keys_are_gone
                                                                    else "left_anti") \
-            .select(*pk, *([F.col(T_PART)] if part else []), F.lit("D").alias(OP))
+            .select(*pk, *([F.col(T_PART)] if part else []), F.lit(DELETE).alias(OP))
         plan = plan.unionByName(vanished, allowMissingColumns=True).cache()
         counts = {r[OP]: int(r["count"]) for r in plan.groupBy(OP).count().collect()}
-        result = MergeResult(uri, rows, inserted=counts.get("I", 0), updated=counts.get("U", 0),
-                             unchanged=counts.get("=", 0), soft_deleted=counts.get("D", 0),
-                             forgotten_skipped=counts.get("F", 0))
-        changes = result.inserted + result.updated + result.soft_deleted
-        if changes:
+        result = MergeResult(uri, rows, inserted=counts.get(INSERT, 0), updated=counts.get(UPDATE, 0),
+                             unchanged=counts.get("=", 0) + counts.get(REHASH, 0),
+                             soft_deleted=counts.get(DELETE, 0), forgotten_skipped=counts.get("F", 0),
+                             rehashed_v1=counts.get(REHASH, 0))
+        if result.rehashed_v1:
+            meta = meta | {REHASHED_KEY: str(result.rehashed_v1)}
+            log.info("%s: %d unchanged rows re-hashed from record_hash v1 to v2", uri, result.rehashed_v1)
+        if result.rows_changed:
             if part:
                 where = F.coalesce(F.col(T_PART), F.col(part))
-                result.partitions = sorted(str(r[0]) for r in plan.filter(F.col(OP).isin("I", "U", "D"))
-                                           .select(where).distinct().collect())
-            deletes = plan.filter(F.col(OP) == "D").select(
+                result.partitions = sorted(str(r[0]) for r in plan.filter(
+                    F.col(OP).isin(INSERT, UPDATE, REHASH, DELETE)).select(where).distinct().collect())
+            deletes = plan.filter(F.col(OP) == DELETE).select(
                 *pk, OP, F.lit(ctx.batch_time.astimezone(UTC)).cast("timestamp").alias("update_timestamp"),
                 F.lit(ctx.batch_id).alias("batch_id"))
-            source = staged.join(plan.filter(F.col(OP).isin("I", "U")).select(*pk, OP), pk) \
+            source = staged.join(plan.filter(F.col(OP).isin(INSERT, UPDATE, REHASH)).select(*pk, OP), pk) \
                 .unionByName(deletes, allowMissingColumns=True)
             target = self._enable_change_feed(contract, target)
             table = DeltaTable.forPath(self.spark, uri)
@@ -475,6 +491,7 @@ class SparkLoader:
             table.alias("t")
             .merge(source.alias("s"), " AND ".join(f"t.{_quoted(k)} = s.{_quoted(k)}" for k in pk))
             .whenMatchedUpdate(f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'", updates)
+            .whenMatchedUpdate(f"s.{OP} = 'H'", {"record_hash": "s.record_hash"})
             .whenMatchedUpdate(f"s.{OP} = 'D' AND t.record_status = '{ACTIVE}'",
                                {"record_status": f"'{DELETED}'", "update_timestamp": "s.update_timestamp",
                                 "batch_id": "s.batch_id"})
