@@ -30,6 +30,8 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_SOURCE_DSN", "embedded server", "libpq URI of the source PostgreSQL"),
     Variable("BRONZE_ROOT", "$BRONZE_DATA_DIR/bronze", "root of the bz_* Delta tables (path or URI)"),
+    Variable("BRONZE_LANDING_ROOT", "$BRONZE_DATA_DIR/landing",
+             "landing-zone files, one folder per landing table (path or URI)"),
     Variable("BRONZE_DATA_DIR", "./data", "embedded server, default bronze root, Dagster home, reports"),
     Variable("BRONZE_START_DATE", "first day of this UTC month", "go-live day of the daily tables"),
     Variable("BRONZE_PARTITIONS_START", "2020-01-01", "first month of the monthly tables"),
@@ -45,7 +47,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_SPARK_JARS_DIR", "~/.cache/bronze_assets/spark-jars", "jars of the Spark engine"),
     Variable("BRONZE_STAGE_DIR", "system temp dir", "where extracted batches are staged"),
     Variable("BRONZE_SCHEDULES_RUNNING", "unset (stopped)", "1 ships the schedules running"),
-    Variable("BRONZE_SENSORS_RUNNING", "unset (stopped)", "1 ships the KPI alert sensors running"),
+    Variable("BRONZE_SENSORS_RUNNING", "unset (stopped)",
+             "1 ships the KPI alert and landing-file sensors running"),
     Variable("BRONZE_RETENTION_YEARS", "7", "retention period of business-dated rows"),
     Variable("BRONZE_ARCHIVE_ROOT", "$BRONZE_ROOT/_archive", "where retention moves old rows"),
     Variable("BRONZE_COMPUTE_COST_PER_HOUR", "0.55", "rate for bz_cost_tracking"),
@@ -220,6 +223,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path("data").absolute())
     source_dsn: str | None = None  # None: the KConnectionString secret, else the embedded server
     bronze_root: str = field(default_factory=lambda: str(Path("data", "bronze").absolute()))
+    landing_root: str = field(default_factory=lambda: str(Path("data", "landing").absolute()))
     extract_parallelism: int = field(default_factory=default_parallelism)
     stage_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     commit_chunk_rows: int = DEFAULT_COMMIT_CHUNK_ROWS
@@ -275,6 +279,8 @@ class Settings:
                          if (k in SECRET_NAMES or (k.startswith(SECRET_PREFIX) and k not in _KNOWN))
                          and v.strip()},
             bronze_root=_root(root) if root else str(data / "bronze"),
+            landing_root=_root(landing) if (landing := read.text("BRONZE_LANDING_ROOT"))
+            else str(data / "landing"),
             extract_parallelism=int(parallelism),
             stage_dir=read.path("BRONZE_STAGE_DIR") or defaults.stage_dir,
             commit_chunk_rows=int(read.number("BRONZE_COMMIT_CHUNK_ROWS", DEFAULT_COMMIT_CHUNK_ROWS)),

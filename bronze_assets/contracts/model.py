@@ -142,6 +142,37 @@ class QualityRules:
     ranges: tuple[RangeRuleT, ...] = ()
 
 
+class LandingFormat(StrEnum):
+    """How the files of a landing table are written (ARCHITECTURE §2.6)."""
+
+    JSON = "json"  # JSON Lines: one object per line
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+class Evolution(StrEnum):
+    """What a landing load does with a top-level field the table does not have (§2.6; Auto
+    Loader's ``schemaEvolutionMode`` names)."""
+
+    ADD_NEW_COLUMNS = "addNewColumns"  # a nullable column joins the table in the same run
+    RESCUE = "rescue"  # the field goes to _rescued_data
+    FAIL_ON_NEW_COLUMNS = "failOnNewColumns"  # the run fails naming file and fields, writes nothing
+    NONE = "none"  # the field is ignored
+
+
+@dataclass(frozen=True)
+class Landing:
+    """A landing-zone table (§2.6): its files are everything below ``$BRONZE_LANDING_ROOT/<name>/``.
+    ``schema_hints``: column → type of fields the contract does not list (Auto Loader's
+    ``schemaHints``)."""
+
+    format: LandingFormat = LandingFormat.JSON
+    schema_hints: tuple[tuple[str, str], ...] = ()
+    infer_column_types: bool = True
+    evolution: Evolution = Evolution.ADD_NEW_COLUMNS
+    allow_overwrites: bool = False
+
+
 @dataclass(frozen=True)
 class Contract:
     """Everything the platform knows about one source table."""
@@ -168,6 +199,7 @@ class Contract:
     # schema is ``tests``
     source_schema: str = "tests"
     source_table: str = ""
+    landing: Landing | None = None  # set: the table's rows come from landing-zone files (§2.6)
 
     def __post_init__(self) -> None:
         names = self.column_names
@@ -175,9 +207,13 @@ class Contract:
             raise ValueError(f"contract {self.name}: duplicate column names in {names}")
         if not set(self.primary_key) <= set(names):
             raise ValueError(f"contract {self.name}: primary key {self.primary_key} names unknown columns")
-        if "updated_at" not in names:
+        if self.landing is not None:
+            if self.keyless:
+                raise ValueError(f"contract {self.name}: a landing table needs a primary_key in this "
+                                 f"release (records MERGE by key); name the field that identifies a record")
+        elif "updated_at" not in names:
             raise ValueError(f"contract {self.name}: every source table needs updated_at")
-        if self.keyless:
+        if self.keyless and self.landing is None:
             self._check_keyless()
         elif self.cdc and (len(self.primary_key) != 1 or self.column(self.primary_key[0]).type
                            not in (PgType.INTEGER, PgType.BIGINT)):

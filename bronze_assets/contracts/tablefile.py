@@ -27,7 +27,10 @@ from bronze_assets.contracts.model import (
     Column,
     Comparison,
     Contract,
+    Evolution,
     ForeignKey,
+    Landing,
+    LandingFormat,
     LoadPattern,
     NotAfterLoadDateRule,
     Partitioning,
@@ -41,6 +44,7 @@ from bronze_assets.contracts.model import (
 from bronze_assets.contracts.types import PgType, TypeFamily
 
 COMPONENT_TYPE = "bronze_assets.BronzeTables"
+LANDING_COMPONENT_TYPE = "bronze_assets.LandingFiles"  # the same table specs, each with ``landing`` set
 DEFAULT_DSN_ENV = "BRONZE_SOURCE_DSN"
 BRONZE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")  # bz_<name> is a Dagster asset key and a Delta folder
 # pg_type.typtype as the file spells it (base types are the default and not written)
@@ -112,6 +116,17 @@ class MonthlySpec(_Spec):
     column: str
 
 
+class LandingSpec(_Spec):
+    """A landing-zone table's files (ARCHITECTURE §2.6); Auto Loader's options by the same meaning."""
+
+    format: Literal["json", "csv", "parquet"] = "json"
+    schema_hints: dict[str, str] = Field(default={}, description="column: PostgreSQL type of fields "
+                                                                 "the columns do not list")
+    infer_column_types: bool = True
+    evolution: Literal["addNewColumns", "rescue", "failOnNewColumns", "none"] = "addNewColumns"
+    allow_overwrites: bool = False
+
+
 class TableSpec(_Spec):
     """One table: where it lives, the overlay, and the discovered columns."""
 
@@ -135,6 +150,8 @@ class TableSpec(_Spec):
     on_type_change: Literal["fail", "rescue"] = "fail"
     seed_rows: int = 0
     version: str = "1"
+    landing: LandingSpec | None = Field(default=None, description="set: the rows come from files "
+                                                                  "(a LandingFiles component)")
     columns: dict[str, str] = Field(description="name: <format_type>[ not null][ (enum) | (domain over "
                                                 "<base>)], in column order (discovered by bronze init)")
 
@@ -241,9 +258,19 @@ def contract_of(name: str, spec: TableSpec, source: SourceSpec) -> Contract:
             version=spec.version,
             source_schema=schema,
             source_table="" if table == name else table,
+            landing=_landing(spec.landing),
         )
     except ValueError as exc:
         raise ValueError(f"table {name}: {exc}") from None
+
+
+def _landing(spec: LandingSpec | None) -> Landing | None:
+    if spec is None:
+        return None
+    for text in spec.schema_hints.values():
+        PgType.parse(text)  # an unknown type is an error naming it
+    return Landing(LandingFormat(spec.format), tuple(spec.schema_hints.items()), spec.infer_column_types,
+                   Evolution(spec.evolution), spec.allow_overwrites)
 
 
 def contracts_of(file: TablesFile) -> list[Contract]:
@@ -278,23 +305,25 @@ def read_file(path: Path) -> TablesFile:
     raise ValueError(f"{path}: no component of type {COMPONENT_TYPE}")
 
 
-def table_files(defs_dir: Path) -> list[Path]:
-    """Every ``defs.yaml`` under ``defs_dir`` that declares a ``BronzeTables`` component."""
+def table_files(defs_dir: Path, component: str = COMPONENT_TYPE) -> list[Path]:
+    """Every ``defs.yaml`` under ``defs_dir`` that declares a ``component`` (default ``BronzeTables``)."""
     found = []
     for path in sorted(defs_dir.rglob("defs.y*ml")):
-        if path.suffix in (".yaml", ".yml") and COMPONENT_TYPE in path.read_text(encoding="utf-8"):
+        if path.suffix in (".yaml", ".yml") and component in path.read_text(encoding="utf-8"):
             found.append(path)
     return found
 
 
-def load_contracts(paths: Iterable[Path]) -> tuple[Contract, ...]:
-    """The contracts of every ``BronzeTables`` component in ``paths``, in file order (a bronze
-    name declared twice, or a foreign key to a table no file declares, is an error naming the file)."""
+def load_contracts(paths: Iterable[Path], component: str = COMPONENT_TYPE,
+                   parents: Iterable[str] = ()) -> tuple[Contract, ...]:
+    """The contracts of every ``component`` (``BronzeTables`` or ``LandingFiles``) in ``paths``, in
+    file order (a bronze name declared twice, or a foreign key to a table no file declares — nor
+    ``parents`` — is an error naming the file)."""
     seen: dict[str, Path] = {}
     out: list[Contract] = []
     for path in paths:
         for document in _documents(path):
-            if document.get("type") != COMPONENT_TYPE:
+            if document.get("type") != component:
                 continue
             for contract in contracts_of(parse_document(document, str(path))):
                 if contract.name in seen:
@@ -303,7 +332,7 @@ def load_contracts(paths: Iterable[Path]) -> tuple[Contract, ...]:
                 out.append(contract)
     for contract in out:
         for fk in contract.foreign_keys:
-            if fk.parent_table not in seen:
+            if fk.parent_table not in seen and fk.parent_table not in set(parents):
                 raise ValueError(f"{seen[contract.name]}: table {contract.name}: foreign key {fk.column} -> "
                                  f"{fk.parent_table}.{fk.parent_column} names no table of any tables file")
     return tuple(out)

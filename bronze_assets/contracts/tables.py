@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bronze_assets.contracts.model import Contract, RegexRule, ValueSetRule
-from bronze_assets.contracts.tablefile import load_contracts, read_file, table_files
+from bronze_assets.contracts.tablefile import LANDING_COMPONENT_TYPE, load_contracts, read_file, table_files
 
 DEFS_DIR = Path(__file__).resolve().parents[1] / "defs"
 EXAMPLE_FILE = DEFS_DIR / "inventory" / "defs.yaml"
@@ -34,6 +34,9 @@ def registry(defs_dir: Path, example_file: Path) -> tuple[tuple[Contract, ...], 
 # EXAMPLE: the shipped example's tables: what `bronze seed` and `bronze ddl` create, `bronze demo` seeds
 ALL, EXAMPLE = registry(DEFS_DIR, EXAMPLE_FILE)
 _BY_NAME = {c.name: c for c in ALL}
+# LANDING: the landing-zone tables (ARCHITECTURE §2.6) of every ``LandingFiles`` component, e.g. the
+# shipped ``bronze_assets/defs/landing/defs.yaml`` (shipment_events); their foreign keys may name ALL
+LANDING = load_contracts(table_files(DEFS_DIR, LANDING_COMPONENT_TYPE), LANDING_COMPONENT_TYPE, _BY_NAME)
 
 
 def _regex(table: str, column: str) -> str:
