@@ -1,14 +1,15 @@
 """bronze_assets: bronze-layer ingestion of PostgreSQL into Delta Lake, run by Dagster.
 
-``bronze_assets.BronzeTables`` is the project's Dagster component (a tables file, ``defs.yaml``);
-it is imported on first use, so ``import bronze_assets`` stays light for the ``bronze`` CLI.
+``bronze_assets.BronzeTables`` is the project's Dagster component (a tables file, ``defs.yaml``),
+``bronze_assets.LandingFiles`` that of the landing-zone tables; they are imported on first use,
+so ``import bronze_assets`` stays light for the ``bronze`` CLI.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BronzeTables"]
+__all__ = ["BronzeTables", "LandingFiles"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,6 +17,10 @@ def __getattr__(name: str) -> Any:
         from bronze_assets.defs.bronze_tables import BronzeTables
 
         return BronzeTables
+    if name == "LandingFiles":
+        from bronze_assets.defs.landing_files import LandingFiles
+
+        return LandingFiles
     raise AttributeError(f"module 'bronze_assets' has no attribute {name!r}")
 
 

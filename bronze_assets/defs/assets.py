@@ -23,6 +23,11 @@ IO_MANAGER_KEY = "bronze_io_manager"
 RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
+def _origin(contract: Contract) -> str:
+    """Where the table's rows come from: the source table, or the landing folder (§2.6)."""
+    return f"$BRONZE_LANDING_ROOT/{contract.name}/" if contract.landing else contract.source_ref
+
+
 def _describe(contract: Contract, column: str) -> str:
     return "primary key" if column in contract.primary_key else "source column"
 
@@ -55,9 +60,9 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
     spec = dg.AssetSpec(
         key=contract.bronze_table,
         group_name=GROUP,
-        kinds={"postgres", "delta"},
+        kinds={"files", "delta"} if contract.landing else {"postgres", "delta"},
         owners=OWNERS,
-        description=f"Bronze copy of {contract.source_ref}: {contract.description}",
+        description=f"Bronze copy of {_origin(contract)}: {contract.description}",
         partitions_def=parts,
         freshness_policy=freshness_policy(contract.cadence),
         code_version=contract.version,
@@ -68,7 +73,7 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
             "primary_key": ", ".join(contract.primary_key) or
             f"none: a full snapshot, rows identified by {contract.merge_key[0]} (record_hash#n)",
             "zorder_columns": ", ".join(contract.zorder_columns),
-            "source_table": contract.source_ref,
+            "source_table": _origin(contract),
         },
     ).with_io_manager_key(IO_MANAGER_KEY)
 

@@ -166,7 +166,8 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     """The load lifecycle on the local engine: staged here, MERGEd by the IO manager (the output),
     then the CDC acknowledgement and the checks."""
     storage = bronze.storage()
-    lifecycle = Lifecycle(request, LocalEngine(storage), source.resolved_dsn(), storage,
+    dsn = "" if request.contract.landing is not None else source.resolved_dsn()  # files: no database
+    lifecycle = Lifecycle(request, LocalEngine(storage), dsn, storage,
                           job_id=context.run.run_id, logger=context.log)
     try:
         staged = lifecycle.stage()

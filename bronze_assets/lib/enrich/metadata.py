@@ -45,10 +45,12 @@ def bronze_schema(contract: Contract, extra_columns: Sequence[str] = ()) -> pa.S
 
 @dataclass(frozen=True)
 class BatchContext:
-    """Identity of one load: its UUID and time (which also fixes the 'load date' of §3)."""
+    """Identity of one load: its UUID and time (which also fixes the 'load date' of §3), and the
+    ``source_system`` its rows record (§2.2: the database, or ``landing`` for landing files)."""
 
     batch_id: str
     batch_time: datetime
+    source_system: str = SOURCE_SYSTEM
 
     @property
     def load_date(self) -> date:
@@ -69,7 +71,7 @@ def complete(batch: pa.RecordBatch, schema: pa.Schema, ctx: BatchContext) -> pa.
     ``ctx`` (load/update timestamp, source system, ACTIVE, batch id) built directly in Arrow."""
     n, present = batch.num_rows, set(batch.schema.names)
     at = ctx.batch_time.astimezone(UTC)
-    constants = {"load_timestamp": at, "update_timestamp": at, "source_system": SOURCE_SYSTEM,
+    constants = {"load_timestamp": at, "update_timestamp": at, "source_system": ctx.source_system,
                  "record_status": ACTIVE, "batch_id": ctx.batch_id}
     return pa.RecordBatch.from_arrays(
         [batch.column(f.name) if f.name in present else pa.repeat(pa.scalar(constants[f.name], f.type), n)

@@ -22,8 +22,10 @@ from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext
+from bronze_assets.lib.load.landing_source import FileSelection
 from bronze_assets.lib.load.source import Selection, table_selection
 from bronze_assets.lib.load.stage import stage_selection
+from bronze_assets.lib.load.stage_files import stage_files
 from bronze_assets.lib.quality import worker
 from bronze_assets.lib.quality.checks import docs_dir
 from bronze_assets.lib.quality.validate import QualityReport
@@ -92,6 +94,8 @@ class LocalEngine:
         worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract, self.storage.settings.data_dir))
 
     def stage(self, request: LoadRequest, selection: Selection) -> StagedBatch:
+        if isinstance(selection, FileSelection):  # landing-zone files (ARCHITECTURE §2.6)
+            return stage_files(request.contract, self.storage, selection)
         return stage_selection(request.contract, self.storage, table_selection(selection, self.name))
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:

@@ -16,13 +16,15 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.load.landing_source import FileSelection, LandingSource
 from bronze_assets.lib.load.postgres_source import postgres_source
 from bronze_assets.lib.source.window import TableSelection
 
 if TYPE_CHECKING:
     from bronze_assets.lib.load.lifecycle import LoadRequest
 
-Selection: TypeAlias = TableSelection  # what a read tells the engine to stage, one type per kind of source
+# what a read tells the engine to stage, one type per kind of source
+Selection: TypeAlias = TableSelection | FileSelection
 
 
 class SourceRead(Protocol):
@@ -47,8 +49,12 @@ class Source(Protocol):
 
 
 def source_for(request: LoadRequest, dsn: str, storage: Storage, logger: logging.Logger) -> Source:
-    """The source ``request`` reads: a PostgreSQL table, by its window or its log-based CDC stream
-    (:func:`~bronze_assets.lib.load.postgres_source.postgres_source`). ``logger``: the run's log."""
+    """The source ``request`` reads: a landing table's new files
+    (:class:`~bronze_assets.lib.load.landing_source.LandingSource`), else a PostgreSQL table, by its
+    window or its log-based CDC stream (:func:`~bronze_assets.lib.load.postgres_source.postgres_source`).
+    ``logger``: the run's log."""
+    if request.contract.landing is not None:
+        return LandingSource(request, storage)
     return postgres_source(request, dsn, storage, logger)
 
 

@@ -1,0 +1,273 @@
+"""The local engine's staging of landing-zone files (ARCHITECTURE §2.6): read the new files
+vectorised, type them by the contract, evolve the schema, quarantine bad lines, enrich, stage.
+
+JSON Lines are parsed by DuckDB (already the engine of the record hash): one query per file
+validates every line, extracts each field as text and casts it to its column's type with
+``TRY_CAST``, so Python touches only the rare bad line or rescued value. A value that does not
+cast is NULL in its column, kept in ``_rescued_data`` and scores ``schema_fail``; a column's type
+never changes. New top-level fields follow the contract's ``evolution``; an added field is a
+nullable text column. ``record_hash`` is §2.2 v2 over the table's columns (the contract's, then
+the added ones) and ``_rescued_data``. Within a run a key's last record wins (files oldest first,
+then line order). The batch's ledger rows ride in its last commit's metadata
+(:mod:`bronze_assets.lib.delta.landing_ledger`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bronze_assets.contracts import Contract
+from bronze_assets.contracts.arrow import source_schema
+from bronze_assets.contracts.model import Evolution, LandingFormat
+from bronze_assets.lib.delta.landing_ledger import LedgerRow, ledger_metadata
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
+from bronze_assets.lib.delta.staging import StagedBatch, write_stream
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
+from bronze_assets.lib.enrich.pgtext import hash_texts
+from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
+from bronze_assets.lib.source.extract import INVALID_PREFIX
+from bronze_assets.lib.source.schema import SchemaDrift
+
+LANDING_SOURCE_SYSTEM = "landing"
+SOURCE_FILE, RESCUED = "_source_file", "_rescued_data"
+FILE_PATH = "_file_path"  # in _rescued_data: the file the record came from
+_JSON, _NEW = "_json:", "_new:"
+
+
+@dataclass
+class ParsedFile:
+    """One file read: its ledger facts, its valid object lines (``line_no``, ``line``) and its
+    bad lines (1-based number, raw text)."""
+
+    file: LandingFile
+    sha256: str
+    lines: pa.Table
+    bad: list[tuple[int, str]]
+    keys: set[str]
+
+
+def _duck_type(field: pa.Field, table: str) -> str:
+    t = field.type
+    simple = {pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT",
+              pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR", pa.date32(): "DATE",
+              pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ", pa.timestamp("us"): "TIMESTAMP"}
+    if t in simple:
+        return simple[t]
+    if pa.types.is_decimal(t):
+        return f"DECIMAL({t.precision},{t.scale})"
+    raise ValueError(f"{table}: column {field.name} has type {t}, which landing files cannot fill yet; "
+                     f"declare it as text (or a number, boolean, date or timestamp type)")
+
+
+def _path(name: str) -> str:
+    return "'$.\"" + name.replace("\\", "\\\\").replace('"', '\\"').replace("'", "''") + "\"'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def read_file(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyConnection) -> ParsedFile:
+    """Read ``file`` (gunzipped when it ends in ``.gz``) and split its lines into valid JSON
+    objects and bad lines; a blank line is neither."""
+    with selection.filesystem.open_input_stream(file.path, compression=None) as stream:
+        data = stream.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if file.path.endswith(".gz") and data:
+        data = gzip.decompress(data)
+    text = data.decode("utf-8", errors="replace")
+    raw = text.split("\n") if text else []
+    table = pa.table({"line_no": pa.array(np.arange(1, len(raw) + 1, dtype=np.int64)),
+                      "line": pa.array(raw, pa.string())})
+    con.register("raw_lines", table)
+    checked = con.sql("SELECT line_no, rtrim(line, chr(13)) AS line, "
+                      "json_valid(line) AND left(ltrim(line), 1) = '{' AS ok FROM raw_lines "
+                      "WHERE trim(rtrim(line, chr(13))) <> ''").to_arrow_table()
+    con.unregister("raw_lines")
+    ok = checked.column("ok")
+    good = checked.filter(ok).select(["line_no", "line"])
+    bad_rows = checked.filter(pc.invert(ok))
+    bad = list(zip(bad_rows.column("line_no").to_pylist(), bad_rows.column("line").to_pylist(), strict=True))
+    keys: set[str] = set()
+    if good.num_rows:
+        con.register("good_lines", good)
+        found = con.sql("SELECT DISTINCT unnest(json_keys(line)) AS k FROM good_lines").to_arrow_table()
+        con.unregister("good_lines")
+        keys = set(found.column("k").to_pylist())
+    return ParsedFile(file, digest, good, bad, keys)
+
+
+def _typed(parsed: ParsedFile, contract: Contract, extras: list[str], rescued_new: list[str],
+           con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The file's records: each contract column typed (``_raw:`` its text, ``_json:`` its JSON
+    value), each added field as text, each field rescued as new (``_new:``) as JSON."""
+    select = ["line_no"]
+    for f in source_schema(contract):
+        text = f"json_extract_string(line, {_path(f.name)})"
+        select += [f"TRY_CAST({text} AS {_duck_type(f, contract.bronze_table)}) AS {_ident(f.name)}",
+                   f"{text} IS NOT NULL AS {_ident('_has:' + f.name)}",
+                   f"json_extract(line, {_path(f.name)})::VARCHAR AS {_ident(_JSON + f.name)}"]
+    select += [f"json_extract_string(line, {_path(c)}) AS {_ident(c)}" for c in extras]
+    select += [f"json_extract(line, {_path(c)})::VARCHAR AS {_ident(_NEW + c)}" for c in rescued_new]
+    con.register("good_lines", parsed.lines)
+    try:
+        return con.sql(f"SELECT {', '.join(select)} FROM good_lines ORDER BY line_no").to_arrow_table()
+    finally:
+        con.unregister("good_lines")
+
+
+def _rescued(typed: pa.Table, contract: Contract, flags: dict[str, np.ndarray], rescued_new: list[str],
+             uri: str) -> pa.Array:
+    """``_rescued_data``: NULL, or a JSON object of the fields that did not fit (with ``_file_path``)."""
+    n = typed.num_rows
+    mask = np.zeros(n, dtype=bool)
+    for flag in flags.values():
+        mask |= flag
+    new = {c: typed.column(_NEW + c).to_numpy(zero_copy_only=False) for c in rescued_new}
+    for values in new.values():
+        mask |= np.array([v is not None for v in values], dtype=bool)
+    out: list[str | None] = [None] * n
+    for i in np.flatnonzero(mask):  # the rare record that did not fit
+        record = {c: json.loads(typed.column(_JSON + c)[i].as_py()) for c, f in flags.items() if f[i]}
+        record |= {c: json.loads(v[i]) for c, v in new.items() if v[i] is not None}
+        out[i] = json.dumps(record | {FILE_PATH: uri})
+    return pa.array(out, pa.string())
+
+
+def _records(parsed: ParsedFile, contract: Contract, ctx: BatchContext, extras: list[str],
+             rescued_new: list[str], con: duckdb.DuckDBPyConnection) -> tuple[pa.RecordBatch, int]:
+    """The file's records enriched as the bronze table stages them, and how many had a value that
+    did not fit its column's type."""
+    typed = _typed(parsed, contract, extras, rescued_new, con)
+    n = typed.num_rows
+    flags: dict[str, np.ndarray] = {}
+    for c in contract.column_names:
+        has = typed.column("_has:" + c).to_numpy(zero_copy_only=False)
+        flags[c] = np.asarray(has & typed.column(c).is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    rescued = _rescued(typed, contract, flags, rescued_new, parsed.file.uri)
+    columns: dict[str, pa.Array] = {f.name: typed.column(f.name).combine_chunks().cast(f.type)
+                                    for f in source_schema(contract)}
+    extra_text = {c: typed.column(c).combine_chunks() for c in extras}
+    columns["record_hash"] = hash_texts([*((columns[c.name], c.type) for c in contract.columns),
+                                        *extra_text.values(), rescued])
+    columns |= {INVALID_PREFIX + c: pa.array(f) for c, f in flags.items() if f.any()}
+    if contract.partitioning.delta_column:
+        columns[contract.partitioning.delta_column] = pa.repeat(pa.scalar(ctx.load_date, pa.date32()), n)
+    columns |= {SOURCE_FILE: pa.repeat(pa.scalar(parsed.file.uri, pa.string()), n), RESCUED: rescued}
+    columns |= extra_text
+    batch = pa.RecordBatch.from_pydict(columns)
+    unfit = int(np.any(np.stack(list(flags.values())), axis=0).sum()) if n else 0
+    return enrich(batch, contract, ctx, [SOURCE_FILE, RESCUED, *extras]), unfit
+
+
+def evolved_columns(contract: Contract, storage: Storage) -> list[str]:
+    """The columns earlier loads added to the table (evolution ``addNewColumns``), in table order."""
+    dt = storage.open(contract.bronze_table)
+    if dt is None:
+        return []
+    known = set(bronze_schema(contract, [SOURCE_FILE, RESCUED]).names)
+    return [f.name for f in pa.schema(dt.schema().to_arrow()) if f.name not in known]
+
+
+class NewColumnsError(SchemaMismatchError):
+    """A landing file brought fields the table does not have, under ``failOnNewColumns``."""
+
+
+def _new_fields(contract: Contract, parsed: list[ParsedFile], known: set[str], ctx: BatchContext
+                ) -> list[str]:
+    landing = contract.landing
+    assert landing is not None
+    new: list[str] = []
+    for p in parsed:
+        fresh = sorted(p.keys - known - set(new))
+        if fresh and landing.evolution is Evolution.FAIL_ON_NEW_COLUMNS:
+            drift = SchemaDrift(contract.bronze_table, added=[(c, "text") for c in fresh],
+                                source=p.file.uri)
+            raise NewColumnsError(
+                f"{contract.bronze_table}: file {p.file.uri} has fields the table does not have: "
+                f"{', '.join(fresh)} (evolution failOnNewColumns); nothing of batch {ctx.batch_id} was "
+                f"written. Add them to the contract's columns, or set evolution: addNewColumns, rescue or "
+                f"none in its landing entry, then re-run.", drift, 0, ctx.batch_id)
+        new += fresh
+    return new
+
+
+def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
+                batch_time: datetime | None = None) -> StagedBatch:
+    """Read, type, evolve, enrich and stage the selected files; the bad lines go to
+    ``bz_quarantine`` with file and line; the files' ledger rows go in ``selection.ledger`` and in
+    the metadata of the batch's last commit."""
+    started = time.perf_counter()
+    landing = contract.landing
+    if landing is None or landing.format is not LandingFormat.JSON:
+        raise NotImplementedError(f"{contract.bronze_table}: the local engine lands JSON Lines files; "
+                                  f"format {landing.format if landing else None} is not supported yet")
+    ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC), LANDING_SOURCE_SYSTEM)
+    con = _connection()
+    parsed = [read_file(selection, f, con) for f in selection.files]
+    evolved = evolved_columns(contract, storage)
+    known = set(contract.column_names) | set(evolved) | {SOURCE_FILE, RESCUED}
+    new = _new_fields(contract, parsed, known, ctx)
+    added = new if landing.evolution is Evolution.ADD_NEW_COLUMNS else []
+    rescued_new = new if landing.evolution is Evolution.RESCUE else []
+    extras = [*evolved, *added]
+    schema = bronze_schema(contract, [SOURCE_FILE, RESCUED, *extras])
+    batches, unfit, rows_per_file = [], 0, []
+    for p in parsed:
+        batch, bad_values = _records(p, contract, ctx, extras, rescued_new, con)
+        batches.append(batch)
+        unfit += bad_values
+        rows_per_file.append(batch.num_rows)
+    rows_schema = staged_schema(schema)
+    frame = pl.from_arrow(pa.Table.from_batches([b.select(rows_schema.names) for b in batches],
+                                                rows_schema)) if batches else None
+    if frame is not None and contract.primary_key:  # one record per key: the latest file's later line
+        frame = frame.unique(subset=list(contract.primary_key), keep="last", maintain_order=True)
+    records = frame.to_arrow().cast(rows_schema).to_batches() if isinstance(frame, pl.DataFrame) else []
+    histogram = np.zeros(101, dtype=np.int64)
+    for b in records:
+        histogram += np.bincount(b.column("data_quality_score").to_numpy(zero_copy_only=False), minlength=101)
+    path, rows = write_stream(iter(records), rows_schema, contract.bronze_table, storage.settings.stage_dir)
+    bad = [json.dumps({"file": p.file.uri, "line": n, "raw": raw}) for p in parsed for n, raw in p.bad]
+    if bad:
+        quarantine_rows(storage, contract.name, ctx.batch_id,
+                        f"{contract.bronze_table}: lines of landing files that are not JSON objects; each "
+                        f"record holds the file, the line number (1-based) and the raw text",
+                        [pa.RecordBatch.from_pydict({"record": pa.array(bad, pa.string())})])
+    now = datetime.now(UTC)
+    selection.ledger = [LedgerRow(contract.bronze_table, p.file.uri, p.file.size, p.file.modification_time,
+                                  p.sha256, n, ctx.batch_id, now)
+                        for p, n in zip(parsed, rows_per_file, strict=True)]
+    drift = SchemaDrift(contract.bronze_table, added=[(c, "text") for c in added],
+                        source=f"landing {contract.name}") if added or unfit else None
+    staged = StagedBatch(
+        contract=contract, ctx=ctx, path=path, schema=schema, rows=rows, score_histogram=histogram,
+        window=f"{len(parsed)} landing file(s)", extract_seconds=round(time.perf_counter() - started, 3),
+        metadata=({"bronze.new_columns": ", ".join(added)} if added else {})
+        | ({"bronze.unreadable_records": str(unfit)} if unfit else {})
+        | ({"bronze.bad_lines": str(len(bad)), "bronze.quarantine": QUARANTINE_TABLE} if bad else {}),
+        schema_drift=drift,
+    )
+    staged.final_metadata |= ledger_metadata(selection.ledger) if selection.ledger else {}
+    staged.commit_always = bool(selection.ledger)
+    return staged

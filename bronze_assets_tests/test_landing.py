@@ -1,0 +1,171 @@
+"""Landing-zone files (ARCHITECTURE §2.6) on the local engine: real files in a local landing
+folder, landed by the one load lifecycle into real Delta tables, read back with deltalake."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from bronze_assets.contracts.model import Contract, Evolution
+from bronze_assets.contracts.tables import LANDING
+from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
+from bronze_assets.lib.delta.landing_ledger import LEDGER_TABLE
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.load.engine import LocalEngine
+from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
+from bronze_assets.settings import Settings
+
+EVENTS = next(c for c in LANDING if c.name == "shipment_events")
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    settings = Settings(data_dir=tmp_path, bronze_root=str(tmp_path / "bronze"),
+                        landing_root=str(tmp_path / "landing"), stage_dir=tmp_path / "stage")
+    return Storage(settings.bronze_root, settings=settings)
+
+
+def drop(storage: Storage, name: str, lines: list[str | dict], age: float = 60, gz: bool = False) -> Path:
+    """Write a landing file of ``lines`` (dicts as JSON) modified ``age`` seconds ago."""
+    path = Path(storage.settings.landing_root, EVENTS.name, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines)
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def event(i: int, status: str = "IN_TRANSIT", **extra: object) -> dict:
+    return {"event_id": i, "shipment_id": 100 + i, "event_time": f"2026-01-0{1 + i % 9}T10:00:00+02:00",
+            "status": status, "location": f"hub {i}"} | extra
+
+
+def land(storage: Storage, contract: Contract = EVENTS) -> dict:
+    report = Lifecycle(LoadRequest(contract, None), LocalEngine(storage), "", storage).run()
+    return report.metadata
+
+
+def rows(storage: Storage) -> dict[int, dict]:
+    table = DeltaTable(storage.uri(EVENTS.bronze_table)).to_pyarrow_table()
+    return {r["event_id"]: r for r in table.to_pylist()}
+
+
+def ledger(storage: Storage) -> list[dict]:
+    return DeltaTable(storage.uri(LEDGER_TABLE)).to_pyarrow_table().to_pylist()
+
+
+def test_files_land_exactly_once_with_metadata_and_ledger(storage: Storage) -> None:
+    first = drop(storage, "2026/01/a.jsonl", [event(1), event(2, "PICKED_UP")], age=120)
+    drop(storage, "b.json.gz", [event(2, "DELIVERED"), event(3)], age=60, gz=True)  # later file: wins for 2
+    drop(storage, "empty.jsonl", [], age=60)
+    drop(storage, "writing.jsonl", [event(9)], age=0)  # still being written: next run
+    meta = land(storage)
+    assert meta["landing_files"] == 3 and meta["landing_files_waiting"] == 1
+    got = rows(storage)
+    assert sorted(got) == [1, 2, 3]
+    assert got[2]["status"] == "DELIVERED" and got[2]["_source_file"].endswith("b.json.gz")
+    assert got[1]["source_system"] == "landing" and got[1]["_rescued_data"] is None
+    assert got[1]["_source_file"] == "file://" + str(first)
+    assert str(got[1]["event_time"]) == "2026-01-02 08:00:00+00:00"
+    assert got[1]["data_quality_score"] == 100 and len(got[1]["record_hash"]) == 32
+    files = {Path(r["path"]).name: r for r in ledger(storage)}
+    assert set(files) == {"a.jsonl", "b.json.gz", "empty.jsonl"}
+    assert files["b.json.gz"]["rows"] == 2 and files["empty.jsonl"]["size"] == 0
+    assert len(files["a.jsonl"]["sha256"]) == 64 and files["a.jsonl"]["size"] == first.stat().st_size
+
+    version = DeltaTable(storage.uri(EVENTS.bronze_table)).version()
+    again = land(storage)  # nothing new: no commit, nothing twice
+    assert again["landing_files"] == 0 and again["landing_files_waiting"] == 1
+    assert DeltaTable(storage.uri(EVENTS.bronze_table)).version() == version
+    assert len(ledger(storage)) == 3
+
+    os.utime(Path(storage.settings.landing_root, EVENTS.name, "writing.jsonl"), (time.time() - 30,) * 2)
+    assert land(storage)["landing_files"] == 1
+    assert sorted(rows(storage)) == [1, 2, 3, 9] and len(ledger(storage)) == 4
+
+
+def test_a_run_killed_after_its_commit_is_not_landed_twice(storage: Storage, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The ledger rides in the data commit: losing the copy into bz_landing_files (a kill right
+    after the commit) neither loses the files nor lands them again."""
+    drop(storage, "a.jsonl", [event(1), event(2)])
+    from bronze_assets.lib.load import landing_source
+
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt("killed after the commit")
+
+    monkeypatch.setattr(landing_source, "materialise", killed)
+    with pytest.raises(KeyboardInterrupt):
+        land(storage)
+    monkeypatch.undo()
+    assert sorted(rows(storage)) == [1, 2]
+    assert land(storage)["landing_files"] == 0  # the listing repairs the ledger from the commit
+    assert [Path(r["path"]).name for r in ledger(storage)] == ["a.jsonl"]
+    assert len(DeltaTable(storage.uri(EVENTS.bronze_table)).to_pyarrow_table()) == 2
+
+
+def test_bad_lines_are_quarantined_with_file_and_line(storage: Storage) -> None:
+    path = drop(storage, "bad.jsonl", [event(1), "{not json", "", "[1, 2]", event(2)])
+    land(storage)
+    assert sorted(rows(storage)) == [1, 2]
+    q = read_table(storage, QUARANTINE_TABLE).to_pylist()
+    records = sorted((json.loads(r["record"]) for r in q), key=lambda r: r["line"])
+    assert records == [{"file": "file://" + str(path), "line": 2, "raw": "{not json"},
+                       {"file": "file://" + str(path), "line": 4, "raw": "[1, 2]"}]
+    assert {r["table_name"] for r in q} == {EVENTS.name}
+    assert next(r for r in ledger(storage))["rows"] == 2
+
+
+def test_a_new_field_adds_a_column_in_the_same_run_and_is_audited(storage: Storage) -> None:
+    drop(storage, "a.jsonl", [event(1)], age=120)
+    land(storage)
+    drop(storage, "b.jsonl", [event(2, carrier_code="DHL"), event(3)], age=60)
+    land(storage)
+    got = rows(storage)
+    assert got[2]["carrier_code"] == "DHL"
+    assert got[1]["carrier_code"] is None and got[3]["carrier_code"] is None
+    audit = [r for r in read_table(storage, AUDIT_LOG).to_pylist()
+             if r["operation_type"] == "SCHEMA_EVOLUTION"]
+    assert len(audit) == 1 and json.loads(audit[0]["details"])["added"] == ["carrier_code"]
+    drop(storage, "c.jsonl", [event(4)], age=30)  # a later file without it: NULL, no new evolution
+    land(storage)
+    assert rows(storage)[4]["carrier_code"] is None
+
+
+def test_a_value_that_does_not_fit_its_type_is_rescued_and_scored(storage: Storage) -> None:
+    drop(storage, "a.jsonl", [event(1, event_time="yesterday"), event(2)])
+    land(storage)
+    got = rows(storage)
+    assert got[1]["event_time"] is None
+    rescued = json.loads(got[1]["_rescued_data"])
+    assert rescued["event_time"] == "yesterday" and rescued["_file_path"].endswith("a.jsonl")
+    assert got[1]["data_quality_score"] < got[2]["data_quality_score"] == 100
+    assert got[2]["_rescued_data"] is None
+    assert pa_type(storage, "event_time").startswith("timestamp")  # the column's type never changes
+
+
+def pa_type(storage: Storage, column: str) -> str:
+    return str(pa.schema(DeltaTable(storage.uri(EVENTS.bronze_table)).schema().to_arrow()).field(column).type)
+
+
+def test_other_evolution_modes(storage: Storage) -> None:
+    drop(storage, "a.jsonl", [event(1, extra="x")])
+    assert EVENTS.landing is not None
+    strict = replace(EVENTS, landing=replace(EVENTS.landing, evolution=Evolution.FAIL_ON_NEW_COLUMNS))
+    with pytest.raises(SchemaMismatchError, match=r"a\.jsonl.*extra.*failOnNewColumns"):
+        land(storage, strict)
+    assert storage.open(EVENTS.bronze_table) is None and storage.open(LEDGER_TABLE) is None
+    land(storage, replace(EVENTS, landing=replace(EVENTS.landing, evolution=Evolution.RESCUE)))
+    got = rows(storage)[1]
+    assert "extra" not in got and json.loads(got["_rescued_data"])["extra"] == "x"
