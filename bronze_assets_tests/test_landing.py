@@ -169,3 +169,36 @@ def test_other_evolution_modes(storage: Storage) -> None:
     land(storage, replace(EVENTS, landing=replace(EVENTS.landing, evolution=Evolution.RESCUE)))
     got = rows(storage)[1]
     assert "extra" not in got and json.loads(got["_rescued_data"])["extra"] == "x"
+
+
+def test_the_sensor_requests_a_run_and_the_asset_lands_the_files(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through Dagster: the sensor sees new files, the asset (daily partition) lands them with its
+    checks, and the next tick has nothing to ask."""
+    import dagster as dg
+
+    from bronze_assets.defs.assets import build_bronze_asset
+    from bronze_assets.defs.landing_files import build_landing_sensor
+    from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+
+    monkeypatch.setenv("BRONZE_LANDING_ROOT", str(tmp_path / "landing"))
+    monkeypatch.delenv("BRONZE_SENSORS_RUNNING", raising=False)
+    bronze = BronzeStorage(root=str(tmp_path / "bronze"))
+    storage = bronze.storage()
+    drop(storage, "a.jsonl", [event(1), event(2, status="LOST")])
+    sensor = build_landing_sensor(EVENTS)
+    assert sensor.name == "bz_shipment_events_files"
+    assert sensor.default_status is dg.DefaultSensorStatus.STOPPED
+    with dg.build_sensor_context(resources={"bronze": bronze}) as context:
+        (request,) = sensor(context).run_requests
+    asset = build_bronze_asset(EVENTS)
+    resources = build_resources(PostgresSource(dsn="postgresql://nobody@localhost:1/unused"), bronze)
+    result = dg.materialize([asset], resources=resources, partition_key=request.partition_key,
+                            selection=[EVENTS.bronze_table])
+    assert result.success
+    got = rows(storage)
+    assert sorted(got) == [1, 2] and got[2]["data_quality_score"] < 100  # LOST is not a status
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks.get("key_uniqueness") is True
+    with dg.build_sensor_context(resources={"bronze": bronze}) as context:
+        assert not sensor(context).run_requests
