@@ -107,7 +107,9 @@ def main(verbose: bool) -> None:
               help=f"libpq URI of the source (default: ${ENV_SOURCE_DSN}, else embedded).")
 def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, reset: bool,
          dsn: str | None) -> None:
-    """Create schema tests and the ten source tables and fill them with generated data."""
+    """Create schema tests and the ten source tables and fill them with generated data; write the
+    landing files of shipment_events (≈ 2 events per shipment) below $BRONZE_LANDING_ROOT."""
+    from bronze_assets.demo.event_files import write_event_files
     from bronze_assets.demo.generator import SeedOptions
     from bronze_assets.demo.seed import SourceNotEmptyError, seed_source
     from bronze_assets.lib.source.dsn import describe_dsn, redact
@@ -119,6 +121,7 @@ def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, r
         options = SeedOptions(scale=scale, defect_rate=defect_rate, seed=seed_value, **kwargs)
         target = resolve_source_dsn(Settings.from_env(), dsn)
         report = seed_source(target, options, reset=reset)
+        events = write_event_files(Settings.from_env().landing_root, report.rows.get("shipments", 0), options)
     except (SourceNotEmptyError, SourceConnectionError, ValueError) as exc:
         _fail(str(exc))
         return
@@ -138,6 +141,10 @@ def seed(scale: float, defect_rate: float, seed_value: int, as_of: str | None, r
         defects = sum(report.defects[name].values())
         click.echo(f"  {name:<{width}}  {rows:>10,} rows  {defects:>8,} defective")
     click.echo(f"  {'total':<{width}}  {report.total_rows:>10,} rows")
+    if events.files:
+        click.echo(f"landing files: {len(events.files)} files, {events.events:,} shipment events "
+                   f"({sum(events.defects.values()):,} defective, bad lines included) below "
+                   f"{Settings.from_env().landing_root}/shipment_events/")
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C

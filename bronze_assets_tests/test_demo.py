@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from bronze_assets.cli import main
-from bronze_assets.contracts import CONTRACTS
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import DAGSTER_SETTINGS, LOG_FILE, TableProgress, materialize_all, run_demo
@@ -100,19 +100,22 @@ def test_run_demo_prints_one_line_per_table_and_logs_the_rest(
 
     summaries = run_demo(scale=0.01, on_progress=messages.append, seed_external=True)  # not the embedded one
 
-    assert [s.table for s in summaries] == [c.bronze_table for c in CONTRACTS.values()]
+    landing = [c.bronze_table for c in LANDING_CONTRACTS.values()]  # the seeded event files
+    assert [s.table for s in summaries] == [c.bronze_table for c in CONTRACTS.values()] + landing
     assert all(s.bronze_rows > 0 and s.rows_read > 0 for s in summaries)
     table_lines = [m for m in messages if m.startswith("  bz_")]
     assert sorted(m.split()[0] for m in table_lines) == sorted(s.table for s in summaries)
     assert messages[0].startswith("seeding") and any(m.startswith("monitoring report:") for m in messages)
-    assert len(messages) == len(table_lines) + 5  # seeding, seeded, loading, materialized, report
+    # seeding, seeded, landing files written, loading, materialized, report
+    assert len(messages) == len(table_lines) + 6
     _, err = capfd.readouterr()
     assert "PreviewWarning" not in err and "DEBUG" not in err and "ASSET_MATERIALIZATION" not in err
     log = (data_dir() / LOG_FILE).read_text()
     assert "ASSET_MATERIALIZATION" in log and "RUN_SUCCESS" in log
     with dg.DagsterInstance.get() as instance:  # the runs landed in $DAGSTER_HOME
         assert len(instance.get_runs()) == 5  # dimensions, daily, monthly, reconciliation, report
-    assert [s.reconciled for s in summaries] == ["equal"] * len(summaries)  # the reconciliation checks
+    # the reconciliation checks (a landing table has no source table to reconcile with)
+    assert [s.reconciled for s in summaries] == ["equal"] * len(CONTRACTS) + [None] * len(landing)
 
 
 def test_demo_loads_every_table_it_can_and_marks_the_failures(

@@ -202,3 +202,21 @@ def test_the_sensor_requests_a_run_and_the_asset_lands_the_files(tmp_path: Path,
     assert checks.get("key_uniqueness") is True
     with dg.build_sensor_context(resources={"bronze": bronze}) as context:
         assert not sensor(context).run_requests
+
+
+def test_seeded_event_files_land_with_their_defects(storage: Storage) -> None:
+    """``bronze seed``'s event files: ≈ 2 events per shipment, bad lines quarantined, the extra
+    field added, the defects scored."""
+    from bronze_assets.demo.event_files import write_event_files
+    from bronze_assets.demo.generator import SeedOptions
+
+    written = write_event_files(storage.settings.landing_root, 6000, SeedOptions(scale=0.1, defect_rate=0.02))
+    assert 10_000 < written.events < 14_000 and len(written.files) == 3
+    assert written.defects["bad_lines"] > 0 and written.defects["unknown_status"] > 0
+    land(storage)
+    table = DeltaTable(storage.uri(EVENTS.bronze_table)).to_pyarrow_table()
+    assert table.num_rows == written.events and "carrier_code" not in table.column_names  # 3rd file: no
+    rescued = sum(v is not None for v in table.column("_rescued_data").to_pylist())
+    assert rescued == written.defects["bad_time"]
+    q = read_table(storage, QUARANTINE_TABLE).to_pylist()
+    assert len(q) == written.defects["bad_lines"]

@@ -23,21 +23,23 @@ from bronze_assets.contracts.model import (
     TypeChangePolicy,
     ValueSetRule,
 )
-from bronze_assets.contracts.tables import ALL, EXAMPLE
+from bronze_assets.contracts.tables import ALL, EXAMPLE, LANDING
 from bronze_assets.contracts.types import TYPE_MAP, ReadMode, TypeFamily
 
 CONTRACTS: dict[str, Contract] = {c.name: c for c in ALL}
+LANDING_CONTRACTS: dict[str, Contract] = {c.name: c for c in LANDING}  # landing-zone tables (§2.6)
 
 
 def get_contract(name: str) -> Contract:
-    """Return the contract of source table ``name`` (a ``bz_`` prefix is accepted)."""
+    """Return the contract of source table or landing table ``name`` (a ``bz_`` prefix is accepted)."""
     key = name.removeprefix("bz_")
+    known = CONTRACTS | LANDING_CONTRACTS
     try:
-        return CONTRACTS[key]
+        return known[key]
     except KeyError:
-        close = difflib.get_close_matches(key.lower(), list(CONTRACTS), n=1, cutoff=0.5)
+        close = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.5)
         hint = f"did you mean {'bz_' if name.startswith('bz_') else ''}{close[0]}? " if close else ""
-        raise KeyError(f"unknown table {name!r}; {hint}known tables: {', '.join(CONTRACTS)}") from None
+        raise KeyError(f"unknown table {name!r}; {hint}known tables: {', '.join(known)}") from None
 
 
 def in_dependency_order(contracts: Iterable[Contract] | None = None) -> list[Contract]:
@@ -63,6 +65,7 @@ def in_dependency_order(contracts: Iterable[Contract] | None = None) -> list[Con
 
 __all__ = [
     "CONTRACTS",
+    "LANDING_CONTRACTS",
     "ROW_KEY",
     "TYPE_MAP",
     "Cadence",

@@ -30,8 +30,9 @@ import dagster as dg
 import sqlalchemy
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bronze_assets.contracts import CONTRACTS
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, get_contract
 from bronze_assets.defs.partitions import partitions_def
+from bronze_assets.demo.event_files import write_event_files
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
 from bronze_assets.lib.failures import one_line
@@ -300,7 +301,7 @@ def materialize_all(
         assert isinstance(asset, dg.AssetsDefinition)
         name = asset.key.to_user_string()
         if name.startswith("bz_"):
-            groups.setdefault(partitions_def(CONTRACTS[name.removeprefix("bz_")]), []).append(asset)
+            groups.setdefault(partitions_def(get_contract(name)), []).append(asset)
     resources = {**(definitions.resources or {}), "source": PostgresSource(dsn=dsn)}
     step_assets = {a.node_def.name: a.key.to_user_string() for assets in groups.values() for a in assets}
     events = _RunEvents(step_assets, on_table)
@@ -469,12 +470,17 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
                 f"there and fill its ten tables with generated demo data, or unset {ENV_SOURCE_DSN} "
                 f"to use the embedded server")
         say(f"seeding the source at scale {scale:g} …")
-        report = seed_source(dsn, SeedOptions(scale=scale), progress=False)
+        options = SeedOptions(scale=scale)
+        report = seed_source(dsn, options, progress=False)
         say(f"seeded {report.total_rows:,} rows in {report.seconds:.1f} s")
+        events = write_event_files(Settings.from_env().landing_root, report.rows.get("shipments", 0), options)
+        if events.files:
+            say(f"wrote {len(events.files)} landing files of {events.events:,} shipment events")
     definitions = defs()
     instance = dg.DagsterInstance.get() if env("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     storage = BronzeStorage()
-    say(f"loading {len(CONTRACTS)} bronze tables into {storage.storage().root} "
+    tables = [*CONTRACTS.values(), *LANDING_CONTRACTS.values()]  # the database's, then the files'
+    say(f"loading {len(tables)} bronze tables into {storage.storage().root} "
         f"(Dagster's log: {log_path})")
     started = time.perf_counter()
     failed: dict[str, TableProgress] = {}
@@ -486,7 +492,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
 
     with dagster_settings():
         metadata = materialize_all(definitions, dsn, instance, on_table=on_table, log_handler=log_handler)
-        done = f"{len(CONTRACTS) - len(failed)} of {len(CONTRACTS)}" if failed else "all"
+        done = f"{len(tables) - len(failed)} of {len(tables)}" if failed else "all"
         say(f"{done} bronze assets materialized in {time.perf_counter() - started:.1f} s")
         report = next((a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
                        and a.key.to_user_string() == REPORT_ASSET), None)
@@ -496,7 +502,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
             html = result.get_asset_materialization_events()[0].materialization.metadata["report"].value
             say(f"monitoring report: {html}")
     summaries = []
-    for contract in CONTRACTS.values():
+    for contract in tables:
         meta = metadata.get(contract.bronze_table, {})
         dt = storage.storage().open(contract.bronze_table)
         total = active = versions = 0
