@@ -220,3 +220,24 @@ def test_seeded_event_files_land_with_their_defects(storage: Storage) -> None:
     assert rescued == written.defects["bad_time"]
     q = read_table(storage, QUARANTINE_TABLE).to_pylist()
     assert len(q) == written.defects["bad_lines"]
+
+
+def test_a_file_of_only_bad_lines_and_a_file_changed_after_ingestion(storage: Storage) -> None:
+    """A file of only bad lines lands nothing but is ledgered; a file rewritten after it was
+    ingested is counted as changed and not landed again, unless allow_overwrites."""
+    drop(storage, "junk.jsonl", ["nope", "{still not"], age=120)
+    path = drop(storage, "a.jsonl", [event(1)], age=120)
+    land(storage)
+    assert sorted(rows(storage)) == [1]
+    assert {Path(r["path"]).name: r["rows"] for r in ledger(storage)} == {"junk.jsonl": 0, "a.jsonl": 1}
+    assert len(read_table(storage, QUARANTINE_TABLE).to_pylist()) == 2
+    drop(storage, "a.jsonl", [event(1, status="DELIVERED"), event(5)], age=60)  # rewritten in place
+    meta = land(storage)
+    assert meta["landing_files"] == 0 and meta["landing_files_changed"] == 1
+    assert rows(storage)[1]["status"] == "IN_TRANSIT" and 5 not in rows(storage)
+    assert EVENTS.landing is not None
+    overwriting = replace(EVENTS, landing=replace(EVENTS.landing, allow_overwrites=True))
+    assert land(storage, overwriting)["landing_files"] == 1
+    got = rows(storage)
+    assert got[1]["status"] == "DELIVERED" and got[5]["_source_file"] == "file://" + str(path)
+    assert land(storage, overwriting)["landing_files"] == 0  # the new version is in the ledger
