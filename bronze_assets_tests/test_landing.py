@@ -199,9 +199,15 @@ def test_the_sensor_requests_a_run_and_the_asset_lands_the_files(tmp_path: Path,
     got = rows(storage)
     assert sorted(got) == [1, 2] and got[2]["data_quality_score"] < 100  # LOST is not a status
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks.get("key_uniqueness") is True
+    assert checks.get("key_uniqueness") is True and checks.get("landing_files_changed") is True
     with dg.build_sensor_context(resources={"bronze": bronze}) as context:
         assert not sensor(context).run_requests
+    drop(storage, "a.jsonl", [event(1), event(2, status="DELIVERED")])  # rewritten after ingestion
+    result = dg.materialize([asset], resources=resources, partition_key=request.partition_key)
+    (changed,) = [e for e in result.get_asset_check_evaluations()
+                  if e.asset_check_key.name == "landing_files_changed"]
+    assert not changed.passed and changed.severity is dg.AssetCheckSeverity.WARN
+    assert changed.metadata["files"].value.endswith("a.jsonl") and rows(storage)[2]["status"] == "LOST"
 
 
 def test_seeded_event_files_land_with_their_defects(storage: Storage) -> None:

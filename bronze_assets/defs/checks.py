@@ -10,6 +10,7 @@ from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.quality import checks
 from bronze_assets.lib.quality.checks import (
     KEY_UNIQUENESS,
+    LANDING_FILES_CHANGED,
     QUALITY_KPI,
     QUALITY_SCORE,
     REFERENTIAL_INTEGRITY,
@@ -40,6 +41,10 @@ def check_specs(contract: Contract) -> list[dg.AssetCheckSpec]:
                              description="Orphan count and rate per foreign key against the parent's "
                                          "ACTIVE bronze keys (warning only).")]
           if contract.foreign_keys else []),
+        *([dg.AssetCheckSpec(LANDING_FILES_CHANGED, asset=asset,
+                             description="Files the table ingested that have changed since (same path, "
+                                         "other size or time); warning only.")]
+          if contract.landing is not None else []),
     ]
 
 

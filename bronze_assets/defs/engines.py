@@ -29,7 +29,9 @@ from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.lib.cdc import deployment_id
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
+from bronze_assets.lib.load.landing_source import LandingRead
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
+from bronze_assets.lib.quality.checks import LANDING_FILES_CHANGED, landing_files_changed
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
 from bronze_assets.lib.reconcile.run import BronzeSideFactory
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, VOLUMES_IO
@@ -179,6 +181,8 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
         yield dg.Output(staged, output_name=request.contract.bronze_table, metadata=lifecycle.metadata)
         for outcome in lifecycle.finish(staged):
             yield as_check_result(outcome)
+        if LANDING_FILES_CHANGED in request.checks and isinstance(lifecycle.read, LandingRead):
+            yield as_check_result(landing_files_changed(request.contract, lifecycle.read.selection.changed))
     finally:
         staged.cleanup()
 

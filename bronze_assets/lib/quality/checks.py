@@ -24,6 +24,7 @@ SCHEMA_CONTRACT = "schema_contract"
 QUALITY_SCORE = "quality_score"
 KEY_UNIQUENESS = "key_uniqueness"
 REFERENTIAL_INTEGRITY = "referential_integrity"
+LANDING_FILES_CHANGED = "landing_files_changed"  # a landing table's ingested file changed since (§2.6)
 QUALITY_KPI = 80.0
 STATUS = "record_status"
 ERROR, WARN = "ERROR", "WARN"
@@ -43,9 +44,22 @@ class CheckOutcome:
 
 
 def check_names(contract: Contract) -> list[str]:
-    """The checks of ``contract``'s asset (referential integrity only with foreign keys)."""
+    """The checks of ``contract``'s asset (referential integrity only with foreign keys,
+    landing_files_changed only for a landing table)."""
     return [SCHEMA_CONTRACT, QUALITY_SCORE, KEY_UNIQUENESS,
-            *([REFERENTIAL_INTEGRITY] if contract.foreign_keys else [])]
+            *([REFERENTIAL_INTEGRITY] if contract.foreign_keys else []),
+            *([LANDING_FILES_CHANGED] if contract.landing is not None else [])]
+
+
+def landing_files_changed(contract: Contract, changed: list[str]) -> CheckOutcome:
+    """WARN when files the table ingested have changed since (same URI, other size or time): they
+    are not landed again unless the contract sets ``allow_overwrites``."""
+    overwrites = contract.landing is not None and contract.landing.allow_overwrites
+    what = "landed again (allow_overwrites)" if overwrites else \
+        "not landed again; set allow_overwrites in the landing entry to merge their records again"
+    return CheckOutcome(LANDING_FILES_CHANGED, not changed, WARN,
+                        f"{len(changed)} ingested file(s) changed since: {what}" if changed else None,
+                        {"changed_files": len(changed), "files": ", ".join(changed[:20]) or "-"})
 
 
 def schema_contract(drift: SchemaDrift, quarantined: int | None = None) -> CheckOutcome:
