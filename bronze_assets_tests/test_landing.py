@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from bronze_assets.contracts.model import Contract, Evolution
+from bronze_assets.contracts.model import Contract, Evolution, LandingFormat
 from bronze_assets.contracts.tables import LANDING
 from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets.lib.delta.landing_ledger import LEDGER_TABLE
@@ -247,3 +247,22 @@ def test_a_file_of_only_bad_lines_and_a_file_changed_after_ingestion(storage: St
     got = rows(storage)
     assert got[1]["status"] == "DELIVERED" and got[5]["_source_file"] == "file://" + str(path)
     assert land(storage, overwriting)["landing_files"] == 0  # the new version is in the ledger
+
+
+def test_csv_files_land_the_same_way(storage: Storage) -> None:
+    """CSV with a header: fields typed by the contract, a row with the wrong field count
+    quarantined with its line number, a value that does not cast rescued."""
+    assert EVENTS.landing is not None
+    csv = replace(EVENTS, landing=replace(EVENTS.landing, format=LandingFormat.CSV))
+    path = drop(storage, "a.csv", ["event_id,shipment_id,event_time,status,location",
+                                   "1,101,2026-01-01T10:00:00+02:00,IN_TRANSIT,\"hub, 1\"",
+                                   "2,102,2026-01-02T10:00:00Z,DELIVERED,hub 2,surplus",
+                                   "3,103,soon,PICKED_UP,hub 3"])
+    land(storage, csv)
+    got = rows(storage)
+    assert sorted(got) == [1, 3] and got[1]["location"] == "hub, 1"
+    assert str(got[1]["event_time"]) == "2026-01-01 08:00:00+00:00"
+    assert got[3]["event_time"] is None and json.loads(got[3]["_rescued_data"])["event_time"] == "soon"
+    (q,) = [json.loads(r["record"]) for r in read_table(storage, QUARANTINE_TABLE).to_pylist()]
+    raw = "2,102,2026-01-02T10:00:00Z,DELIVERED,hub 2,surplus"
+    assert q == {"file": "file://" + str(path), "line": 3, "raw": raw}

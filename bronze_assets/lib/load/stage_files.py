@@ -1,8 +1,9 @@
 """The local engine's staging of landing-zone files (ARCHITECTURE §2.6): read the new files
 vectorised, type them by the contract, evolve the schema, quarantine bad lines, enrich, stage.
 
-JSON Lines are parsed by DuckDB (already the engine of the record hash): one query per file
-validates every line, extracts each field as text and casts it to its column's type with
+JSON Lines are parsed by DuckDB (already the engine of the record hash; a CSV file's records
+become JSON objects of their text fields in DuckDB's CSV reader, its rejected rows bad lines): one
+query per file validates every line, extracts each field as text and casts it to its column's type with
 ``TRY_CAST``, so Python touches only the rare bad line or rescued value. A value that does not
 cast is NULL in its column, kept in ``_rescued_data`` and scores ``schema_fail``; a column's type
 never changes. New top-level fields follow the contract's ``evolution``; an added field is a
@@ -17,10 +18,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -33,7 +37,7 @@ from bronze_assets.contracts.arrow import source_schema
 from bronze_assets.contracts.model import Evolution, LandingFormat
 from bronze_assets.lib.delta.landing_ledger import LedgerRow, ledger_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
-from bronze_assets.lib.delta.staging import StagedBatch, write_stream
+from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, write_stream
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
 from bronze_assets.lib.enrich.pgtext import hash_texts
@@ -87,23 +91,65 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def read_file(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyConnection) -> ParsedFile:
-    """Read ``file`` (gunzipped when it ends in ``.gz``) and split its lines into valid JSON
-    objects and bad lines; a blank line is neither."""
-    with selection.filesystem.open_input_stream(file.path, compression=None) as stream:
-        data = stream.read()
-    digest = hashlib.sha256(data).hexdigest()
-    if file.path.endswith(".gz") and data:
-        data = gzip.decompress(data)
+def _json_lines(data: bytes, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The non-blank lines of a JSON Lines file: ``line_no`` (1-based), ``line``, ``ok`` (a JSON object)."""
     text = data.decode("utf-8", errors="replace")
     raw = text.split("\n") if text else []
     table = pa.table({"line_no": pa.array(np.arange(1, len(raw) + 1, dtype=np.int64)),
                       "line": pa.array(raw, pa.string())})
     con.register("raw_lines", table)
-    checked = con.sql("SELECT line_no, rtrim(line, chr(13)) AS line, "
-                      "json_valid(line) AND left(ltrim(line), 1) = '{' AS ok FROM raw_lines "
-                      "WHERE trim(rtrim(line, chr(13))) <> ''").to_arrow_table()
-    con.unregister("raw_lines")
+    try:
+        return con.sql("SELECT line_no, rtrim(line, chr(13)) AS line, "
+                       "json_valid(line) AND left(ltrim(line), 1) = '{' AS ok FROM raw_lines "
+                       "WHERE trim(rtrim(line, chr(13))) <> ''").to_arrow_table()
+    finally:
+        con.unregister("raw_lines")
+
+
+def _csv_lines(data: bytes, stage: Path) -> pa.Table:
+    """The records of a CSV file with a header, each as a JSON object of its fields (text), so
+    they go the JSON Lines way; a row DuckDB's reader rejects (wrong field count, bad quoting) is a
+    bad line with its 1-based line number and raw text."""
+    if not data.strip():
+        return pa.table({"line_no": pa.array([], pa.int64()), "line": pa.array([], pa.string()),
+                         "ok": pa.array([], pa.bool_())})
+    fd, name = tempfile.mkstemp(suffix=".csv", dir=stage)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        con = _connection()  # its own: the rejects table is per connection
+        good = con.sql(f"SELECT to_json(t) AS line FROM read_csv({_literal(name)}, all_varchar = true, "
+                       f"header = true, store_rejects = true) t").to_arrow_table()
+        bad = con.sql("SELECT line::BIGINT AS line_no, csv_line AS line FROM reject_errors "
+                      "ORDER BY line").to_arrow_table()
+    finally:
+        os.unlink(name)
+    n = good.num_rows  # accepted rows keep their order; their numbers only order them
+    return pa.table({
+        "line_no": pa.concat_arrays([pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                                     bad.column("line_no").combine_chunks().cast(pa.int64())]),
+        "line": pa.concat_arrays([good.column("line").combine_chunks().cast(pa.string()),
+                                  bad.column("line").combine_chunks().cast(pa.string())]),
+        "ok": pa.array([True] * n + [False] * bad.num_rows, pa.bool_())})
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def read_file(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyConnection, stage: Path
+              ) -> ParsedFile:
+    """Read ``file`` (gunzipped when it ends in ``.gz``) and split its records into valid JSON
+    objects and bad lines (a blank line is neither); ``stage``: where a CSV file is put for DuckDB."""
+    with selection.filesystem.open_input_stream(file.path, compression=None) as stream:
+        data = stream.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if file.path.endswith(".gz") and data:
+        data = gzip.decompress(data)
+    if selection.contract.landing is not None and selection.contract.landing.format is LandingFormat.CSV:
+        checked = _csv_lines(data, stage)
+    else:
+        checked = _json_lines(data, con)
     ok = checked.column("ok")
     good = checked.filter(ok).select(["line_no", "line"])
     bad_rows = checked.filter(pc.invert(ok))
@@ -219,12 +265,14 @@ def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
     the metadata of the batch's last commit."""
     started = time.perf_counter()
     landing = contract.landing
-    if landing is None or landing.format is not LandingFormat.JSON:
-        raise NotImplementedError(f"{contract.bronze_table}: the local engine lands JSON Lines files; "
-                                  f"format {landing.format if landing else None} is not supported yet")
+    if landing is None or landing.format is LandingFormat.PARQUET:
+        raise NotImplementedError(f"{contract.bronze_table}: the local engine lands JSON Lines and CSV "
+                                  f"files; format {landing.format if landing else None} is not supported "
+                                  f"yet: set format json or csv in its landing entry")
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC), LANDING_SOURCE_SYSTEM)
     con = _connection()
-    parsed = [read_file(selection, f, con) for f in selection.files]
+    stage = stage_dir(storage.settings.stage_dir)
+    parsed = [read_file(selection, f, con, stage) for f in selection.files]
     evolved = evolved_columns(contract, storage)
     known = set(contract.column_names) | set(evolved) | {SOURCE_FILE, RESCUED}
     new = _new_fields(contract, parsed, known, ctx)
