@@ -266,3 +266,28 @@ def test_csv_files_land_the_same_way(storage: Storage) -> None:
     (q,) = [json.loads(r["record"]) for r in read_table(storage, QUARANTINE_TABLE).to_pylist()]
     raw = "2,102,2026-01-02T10:00:00Z,DELIVERED,hub 2,surplus"
     assert q == {"file": "file://" + str(path), "line": 3, "raw": raw}
+
+
+def test_parquet_files_land_the_same_way(storage: Storage) -> None:
+    """Parquet: the values typed by the contract (a time that does not parse is rescued), a new
+    column added, an unreadable file quarantined without failing the run."""
+    import pyarrow.parquet as pq
+
+    assert EVENTS.landing is not None
+    parquet = replace(EVENTS, landing=replace(EVENTS.landing, format=LandingFormat.PARQUET))
+    folder = Path(storage.settings.landing_root, EVENTS.name)
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"event_id": [1, 2], "shipment_id": [101, 102],
+                             "event_time": ["2026-01-01T10:00:00+02:00", "later"],
+                             "status": ["IN_TRANSIT", "DELIVERED"], "weight_kg": [1.5, None]}),
+                   folder / "a.parquet")
+    (folder / "broken.parquet").write_bytes(b"PAR1 not really")
+    for f in folder.iterdir():
+        os.utime(f, (time.time() - 60,) * 2)
+    land(storage, parquet)
+    got = rows(storage)
+    assert sorted(got) == [1, 2] and str(got[1]["event_time"]) == "2026-01-01 08:00:00+00:00"
+    assert got[1]["weight_kg"] == "1.5" and got[2]["weight_kg"] is None
+    assert json.loads(got[2]["_rescued_data"])["event_time"] == "later"
+    (q,) = [json.loads(r["record"]) for r in read_table(storage, QUARANTINE_TABLE).to_pylist()]
+    assert q["file"].endswith("broken.parquet") and q["line"] is None and "Parquet" in q["raw"]

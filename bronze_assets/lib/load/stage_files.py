@@ -2,7 +2,8 @@
 vectorised, type them by the contract, evolve the schema, quarantine bad lines, enrich, stage.
 
 JSON Lines are parsed by DuckDB (already the engine of the record hash; a CSV file's records
-become JSON objects of their text fields in DuckDB's CSV reader, its rejected rows bad lines): one
+become JSON objects of their text fields in DuckDB's CSV reader, its rejected rows bad lines; a
+Parquet file's rows JSON objects of their values): one
 query per file validates every line, extracts each field as text and casts it to its column's type with
 ``TRY_CAST``, so Python touches only the rare bad line or rescued value. A value that does not
 cast is NULL in its column, kept in ``_rescued_data`` and scores ``schema_fail``; a column's type
@@ -31,6 +32,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import source_schema
@@ -133,6 +135,28 @@ def _csv_lines(data: bytes, stage: Path) -> pa.Table:
         "ok": pa.array([True] * n + [False] * bad.num_rows, pa.bool_())})
 
 
+def _parquet_records(data: bytes, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The rows of a Parquet file, each as a JSON object of its fields (numbered from 1). A file
+    the reader refuses is one bad record (line NULL) holding the reader's message."""
+    try:
+        rows = pq.read_table(pa.BufferReader(data)) if data else None
+    except (pa.ArrowException, OSError) as exc:
+        return pa.table({"line_no": pa.array([None], pa.int64()),
+                         "line": pa.array([f"unreadable Parquet file: {exc}"]), "ok": pa.array([False])})
+    if rows is None or rows.num_rows == 0:
+        return pa.table({"line_no": pa.array([], pa.int64()), "line": pa.array([], pa.string()),
+                         "ok": pa.array([], pa.bool_())})
+    con.register("parquet_rows", rows)
+    try:
+        lines = con.sql("SELECT to_json(t) AS line FROM parquet_rows t").to_arrow_table()
+    finally:
+        con.unregister("parquet_rows")
+    n = lines.num_rows
+    return pa.table({"line_no": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                     "line": lines.column("line").combine_chunks().cast(pa.string()),
+                     "ok": pa.array(np.ones(n, dtype=bool))})
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -146,8 +170,11 @@ def read_file(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyC
     digest = hashlib.sha256(data).hexdigest()
     if file.path.endswith(".gz") and data:
         data = gzip.decompress(data)
-    if selection.contract.landing is not None and selection.contract.landing.format is LandingFormat.CSV:
+    landing = selection.contract.landing
+    if landing is not None and landing.format is LandingFormat.CSV:
         checked = _csv_lines(data, stage)
+    elif landing is not None and landing.format is LandingFormat.PARQUET:
+        checked = _parquet_records(data, con)
     else:
         checked = _json_lines(data, con)
     ok = checked.column("ok")
@@ -265,10 +292,8 @@ def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
     the metadata of the batch's last commit."""
     started = time.perf_counter()
     landing = contract.landing
-    if landing is None or landing.format is LandingFormat.PARQUET:
-        raise NotImplementedError(f"{contract.bronze_table}: the local engine lands JSON Lines and CSV "
-                                  f"files; format {landing.format if landing else None} is not supported "
-                                  f"yet: set format json or csv in its landing entry")
+    if landing is None:
+        raise ValueError(f"{contract.bronze_table} is not a landing table (its contract has no 'landing')")
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC), LANDING_SOURCE_SYSTEM)
     con = _connection()
     stage = stage_dir(storage.settings.stage_dir)
