@@ -192,6 +192,7 @@ class Contract:
     data_subject: str | None = None  # column naming the person a row is about (erasure, keys)
     on_type_change: TypeChangePolicy = TypeChangePolicy.FAIL
     cdc: bool = False  # prefer log-based CDC (logical replication) when the source allows it
+    history: bool = False  # keep every version of each key in bz_<name>_history (SCD type 2, §2.7)
     seed_rows: int = 0
     version: str = "1"
     # where the table lives in the source: its schema, and its own spelling of the table name when
@@ -296,6 +297,11 @@ class Contract:
     def bronze_table(self) -> str:
         """Name of the bronze Delta table and of the Dagster asset."""
         return f"bz_{self.name}"
+
+    @property
+    def history_table(self) -> str:
+        """Name of the table (and asset) holding every version of each key (§2.7, when ``history``)."""
+        return f"{self.bronze_table}_history"
 
     def column(self, name: str) -> Column:
         for c in self.columns:

@@ -147,6 +147,8 @@ class TableSpec(_Spec):
     quality: QualitySpec = QualitySpec()
     foreign_keys: list[str] = Field(default=[], description='"<column> -> <table>.<column>"')
     cdc: bool = False
+    history: bool = Field(default=False, description="keep every version of each key in "
+                                                     "bz_<name>_history (SCD type 2)")
     on_type_change: Literal["fail", "rescue"] = "fail"
     seed_rows: int = 0
     version: str = "1"
@@ -254,6 +256,7 @@ def contract_of(name: str, spec: TableSpec, source: SourceSpec) -> Contract:
             data_subject=spec.data_subject,
             on_type_change=TypeChangePolicy(spec.on_type_change),
             cdc=spec.cdc,
+            history=spec.history,
             seed_rows=spec.seed_rows,
             version=spec.version,
             source_schema=schema,
@@ -386,6 +389,7 @@ def spec_of(contract: Contract, columns: Sequence[ColumnSpec] | None = None,
         ),
         foreign_keys=[f"{fk.column} -> {fk.parent_table}.{fk.parent_column}" for fk in contract.foreign_keys],
         cdc=contract.cdc,
+        history=contract.history,
         on_type_change=contract.on_type_change.value,
         seed_rows=contract.seed_rows,
         version=contract.version,
@@ -480,6 +484,7 @@ def _table_lines(spec: TableSpec, ind: str) -> list[str]:
         out.append(f"{ind}foreign_keys:")
         out += [f"{ind}  - {_flow(fk)}" for fk in spec.foreign_keys]
     put("cdc", spec.cdc, False)
+    put("history", spec.history, False)
     put("on_type_change", spec.on_type_change, "fail")
     put("seed_rows", spec.seed_rows, 0)
     put("version", spec.version, "1")

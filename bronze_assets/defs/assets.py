@@ -77,9 +77,25 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
         },
     ).with_io_manager_key(IO_MANAGER_KEY)
 
+    specs = [spec]
+    if contract.history:  # written by the same step, from the same MERGE plan (lib/delta/history.py)
+        specs.append(dg.AssetSpec(
+            key=contract.history_table,
+            deps=[contract.bronze_table],
+            group_name=GROUP,
+            kinds={"delta"},
+            owners=OWNERS,
+            description=f"Every version of each key of {contract.bronze_table} (SCD type 2: _valid_from, "
+                        f"_valid_to, _is_deleted), written by the same load",
+            code_version=contract.version,
+            skippable=True,  # an engine that writes no history (Spark, so far) reports none
+            metadata={"dagster/table_name": contract.history_table,
+                      "primary_key": ", ".join([*contract.primary_key, "_valid_from"])},
+        ))
+
     asset = dg.multi_asset(
         name=f"load_{contract.bronze_table}",
-        specs=[spec],
+        specs=specs,
         check_specs=check_specs(contract),
         can_subset=True,  # a run may leave the checks out
         partitions_def=parts,

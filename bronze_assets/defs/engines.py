@@ -27,6 +27,7 @@ from bronze_assets.defs.checks import as_check_result
 from bronze_assets.defs.io_manager import BronzeStorage, changed_partition_events
 from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.lib.cdc import deployment_id
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.landing_source import LandingRead
@@ -168,7 +169,12 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     """The load lifecycle on the local engine: staged here, MERGEd by the IO manager (the output),
     then the CDC acknowledgement and the checks."""
     storage = bronze.storage()
-    dsn = "" if request.contract.landing is not None else source.resolved_dsn()  # files: no database
+    contract = request.contract
+    history = contract.history and dg.AssetKey(contract.history_table) in context.selected_asset_keys
+    if history and dg.AssetKey(contract.bronze_table) not in context.selected_asset_keys:
+        raise dg.Failure(f"{contract.history_table} is written by the load of {contract.bronze_table}: "
+                         f"materialize {contract.bronze_table}", allow_retries=False)
+    dsn = "" if contract.landing is not None else source.resolved_dsn()  # files: no database
     lifecycle = Lifecycle(request, LocalEngine(storage), dsn, storage,
                           job_id=context.run.run_id, logger=context.log)
     try:
@@ -179,12 +185,24 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     try:
         # the MERGE happens here (the metadata says which load pattern ran)
         yield dg.Output(staged, output_name=request.contract.bronze_table, metadata=lifecycle.metadata)
+        if history:
+            yield history_result(contract, storage, staged.ctx.batch_id)
         for outcome in lifecycle.finish(staged):
             yield as_check_result(outcome)
         if LANDING_FILES_CHANGED in request.checks and isinstance(lifecycle.read, LandingRead):
             yield as_check_result(landing_files_changed(request.contract, lifecycle.read.selection.changed))
     finally:
         staged.cleanup()
+
+
+def history_result(contract: Contract, storage: Storage, batch_id: str) -> dg.MaterializeResult:
+    """The history table as the load just left it (its versions were written with the MERGE)."""
+    dt = storage.open(contract.history_table)
+    meta: dict[str, Any] = {"table_uri": dg.MetadataValue.path(storage.uri(contract.history_table)),
+                            "batch_id": batch_id}
+    if dt is not None:
+        meta["delta_version"] = dt.version()
+    return dg.MaterializeResult(asset_key=contract.history_table, metadata=meta)
 
 
 # ---------------------------------------------------------------------------------------- Pipes
@@ -209,6 +227,9 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     """Run the Spark job through the ``pipes`` client resource and yield what it reported, as the
     local engine would."""
     contract = request.contract
+    if contract.history:
+        context.log.warning(f"{contract.history_table}: the {chosen.value} engine writes no history yet; "
+                            f"load {contract.bronze_table} on the local engine to keep its versions")
     if chosen is Engine.SPARK:
         invocation = run_spark_subprocess(context, request, source, bronze, pipes)
     else:

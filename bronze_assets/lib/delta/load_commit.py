@@ -24,9 +24,10 @@ from bronze_assets.lib.delta.commit_log import (
 APP_ID_PREFIX = "bronze_assets/"
 
 
-def app_id(contract: Contract) -> str:
-    """The Delta app transaction id of a table's loads (both engines)."""
-    return APP_ID_PREFIX + contract.bronze_table
+def app_id(contract: Contract, table: str | None = None) -> str:
+    """The Delta app transaction id of a table's loads (both engines); ``table``: another table the
+    load writes (its history), else ``bz_<name>``."""
+    return APP_ID_PREFIX + (table or contract.bronze_table)
 
 
 def next_txn_version(dt: DeltaTable | None, app: str) -> int:
@@ -58,9 +59,11 @@ def partition_range_metadata(partition: tuple[datetime, datetime] | None) -> dic
     return {PARTITIONS_KEY: f"{start.date().isoformat()}/{end.date().isoformat()}"}
 
 
-def commit_properties(dt: DeltaTable | None, contract: Contract, meta: dict[str, str]) -> CommitProperties:
-    """A load commit's properties: its bronze metadata and the table's next app transaction."""
-    app = app_id(contract)
+def commit_properties(dt: DeltaTable | None, contract: Contract, meta: dict[str, str],
+                      table: str | None = None) -> CommitProperties:
+    """A load commit's properties: its bronze metadata and the table's next app transaction
+    (``table``: see :func:`app_id`)."""
+    app = app_id(contract, table)
     return CommitProperties(custom_metadata=meta, app_transactions=[
         Transaction(app, next_txn_version(dt, app), int(time.time() * 1000))])
 

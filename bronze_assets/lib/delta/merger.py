@@ -36,6 +36,7 @@ from bronze_assets.lib.delta.commit_log import (
     committed_chunks,
     interrupted_batch,
 )
+from bronze_assets.lib.delta.history import HistoryWriter
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges, sql_literal
 from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties, commit_without_rows
 from bronze_assets.lib.delta.merge_plan import OP, MergePlanner
@@ -72,6 +73,7 @@ class BronzeMerger:
         self.pii: PiiHook | None = None  # the staged batch's PII hook, during merge()
 
         self.planner = MergePlanner(contract, self.uri, self.storage.settings.stage_dir)
+        self.history = HistoryWriter(contract, self.storage) if contract.history else None
 
     # ------------------------------------------------------------------ writing
     def _merge_source(self, staged: StagedBatch, plan: pl.DataFrame) -> pa.RecordBatchReader:
@@ -143,7 +145,12 @@ class BronzeMerger:
                 result = MergeResult(self.uri, staged.rows, committed=True)
                 break
             try:
+                if dt is not None and self.history is not None:  # history turned on, or a first load killed
+                    self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
                 result = self._create(staged) if dt is None else self._merge(dt, staged)
+                if dt is None and self.history is not None:
+                    self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
+                    result.history_versions = staged.rows
                 if dt is not None and not result.committed and staged.commit_always:
                     self._record_position(dt, staged)
                     result.committed, result.commits = True, 1
@@ -288,7 +295,13 @@ class BronzeMerger:
             piece = plan.slice(chunk * self.chunk_rows, self.chunk_rows)
             if chunk:
                 dt = self.storage.open(self.contract.bronze_table) or dt
-            self._merge_piece(dt, staged, piece, chunk, chunks)
+            source = self._merge_source(staged, piece)
+            if self.history is not None:  # protected once, written to both tables (history first)
+                batches = list(source)
+                result.history_versions += self.history.write(
+                    batches, staged.ctx.batch_id, staged.ctx.batch_time, chunk, chunks)
+                source = pa.RecordBatchReader.from_batches(source.schema, batches)
+            self._merge_piece(dt, staged, piece, chunk, chunks, source)
             result.commits += 1
             self._committed(staged, chunk, chunks, min(plan.height, (chunk + 1) * self.chunk_rows))
         result.committed = True
@@ -302,7 +315,7 @@ class BronzeMerger:
         return str(subject)
 
     def _merge_piece(self, dt: DeltaTable, staged: StagedBatch, plan: pl.DataFrame, chunk: int,
-                     chunks: int) -> None:
+                     chunks: int, source: pa.RecordBatchReader) -> None:
         extras = [n for n in staged.schema.names if n not in self.schema.names]
         evolve = sorted(set(extras) - {f.name for f in dt.schema().to_arrow()})
         source_cols = self.contract.column_names + extras
@@ -313,7 +326,7 @@ class BronzeMerger:
         inserts = {quote_ident(c): f"s.{quote_ident(c)}" for c in staged.schema.names}
         (
             dt.merge(
-                self._merge_source(staged, plan),
+                source,
                 predicate=self._predicate(plan),
                 source_alias="s",
                 target_alias="t",

@@ -77,6 +77,8 @@ class LoadOutcome:
             meta["resumed_batch_id"] = r.resumed_batch_id
         if self.watermark is not None:
             meta["watermark"] = self.watermark.isoformat()
+        if r.history_versions:
+            meta["history_versions"] = r.history_versions
         if r.rehashed_v1:
             meta["rows_rehashed_v1"] = r.rehashed_v1
         if r.partitions:

@@ -3,8 +3,9 @@
 1. The subject's data key is destroyed in ``bz_pii_keys`` (tombstone kept, key-store files
    vacuumed): its ciphertext in the current and every retained older version of the bronze
    table becomes unreadable at once, and later loads encrypt it to NULL.
-2. ``record_status = 'FORGOTTEN'`` and the PII columns are set to NULL in the current version;
-   the MERGE never updates a FORGOTTEN row, so later loads never bring the data back.
+2. ``record_status = 'FORGOTTEN'`` and the PII columns are set to NULL in the current version
+   (and the PII columns in every version of ``bz_<name>_history``); the MERGE never updates a
+   FORGOTTEN row, so later loads never bring the data back.
 3. One ``ERASURE`` row goes to ``bz_audit_log``.
 """
 
@@ -68,6 +69,11 @@ def forget_subject(
         }
         metrics = dt.update(updates=updates, predicate=f"{contract.data_subject} = {value}",
                             commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "ERASURE"}))
+        history = storage.open(contract.history_table)
+        if history is not None:  # every version: its personal columns were shredded with the key
+            history.update(updates={c: "NULL" for c in contract.pii_columns},
+                           predicate=f"{contract.data_subject} = {value}",
+                           commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "ERASURE"}))
         result = ErasureResult(
             contract.bronze_table, str(subject_id), int(metrics.get("num_updated_rows", 0)),
             shred.keys_shredded, shred.files_vacuumed, dt.version(),

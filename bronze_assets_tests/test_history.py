@@ -1,0 +1,199 @@
+"""ARCHITECTURE §2.7 History (SCD type 2) on the local engine: ``bz_<name>_history`` gets one version
+per insert, content change, soft delete and return of a key, in the same run and from the same
+MERGE plan; unchanged keys never touch it; re-runs and killed-and-repeated runs add nothing twice;
+a FORGOTTEN customer's personal columns are unreadable in every version and every file."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.lib.delta.change_feed import change_feed_on
+from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
+from bronze_assets.lib.delta.history import IS_DELETED, VALID_FROM, VALID_TO
+from bronze_assets.lib.delta.merger import BronzeMerger
+from bronze_assets.lib.governance import decrypt_table, forget_subject
+from bronze_assets_tests.bronze_helpers import Bronze
+from bronze_assets_tests.conftest import query
+
+pytestmark = pytest.mark.integration
+
+PK = "customer_id"
+T1 = datetime(2026, 11, 27, 10, tzinfo=UTC)
+T2, T3, T4 = T1 + timedelta(hours=1), T1 + timedelta(hours=2), T1 + timedelta(hours=3)
+
+
+def _history(b: Bronze, version: int | None = None) -> pl.DataFrame:
+    """The customers history, decrypted, sorted by key and version start."""
+    dt = DeltaTable(str(b.root / "bz_customers_history"), version=version)
+    frame = pl.from_arrow(decrypt_table(dt.to_pyarrow_table(), CONTRACTS["customers"], b.storage()))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.sort(PK, VALID_FROM)
+
+
+def _versions(frame: pl.DataFrame, key: int) -> list[tuple]:
+    rows = frame.filter(pl.col(PK) == key)
+    return list(zip(rows[VALID_FROM].to_list(), rows[VALID_TO].to_list(), rows[IS_DELETED].to_list(),
+                    rows["email"].to_list(), strict=True))
+
+
+def _customer(dsn: str, key: int) -> tuple[str, str]:
+    ((name, email),) = query(dsn, f"SELECT customer_name, email FROM tests.customers "
+                                  f"WHERE customer_id = {key}")
+    return name, email
+
+
+def test_versions_of_inserts_changes_deletes_and_returns(seeded: str, tmp_path: Path) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    first = b.load_direct("customers", batch_time=T1)
+    current = b.read("customers")
+    history = _history(b)
+    assert history.height == current.height == first.inserted > 0
+    assert history[PK].n_unique() == history.height, "one version per key"
+    assert set(history[VALID_FROM].to_list()) == {T1} and history[VALID_TO].null_count() == history.height
+    assert not any(history[IS_DELETED].to_list())
+    hist_dt = DeltaTable(b.uri("customers_history"))
+    assert change_feed_on(hist_dt)
+    # PII is stored as in the current table: ciphertext, decrypting to the source's plaintext
+    raw = pl.from_arrow(hist_dt.to_pyarrow_table())
+    assert isinstance(raw, pl.DataFrame)
+    assert all(str(v).startswith("enc:v1:") for v in raw["email"].drop_nulls().to_list())
+    _, email1 = _customer(seeded, 1)
+    assert _versions(history, 1) == [(T1, None, False, email1)]
+
+    # change 1, delete 2: two new versions, their predecessors closed; everyone else untouched
+    query(seeded, "UPDATE tests.customers SET email = 'moved@example.com', updated_at = now() "
+                  "WHERE customer_id = 1")
+    query(seeded, "DELETE FROM tests.customers WHERE customer_id = 2")
+    before = DeltaTable(b.uri("customers_history")).version()
+    second = b.load_direct("customers", batch_time=T2)
+    assert (second.updated, second.soft_deleted, second.history_versions) == (1, 1, 2)
+    history = _history(b)
+    _, email2 = _customer_from(history, 2)
+    assert _versions(history, 1) == [(T1, T2, False, email1), (T2, None, False, "moved@example.com")]
+    assert _versions(history, 2) == [(T1, T2, False, email2), (T2, None, True, email2)]
+    deleted = history.filter((pl.col(PK) == 2) & pl.col(IS_DELETED))
+    assert deleted["record_status"].to_list() == ["DELETED"]
+    others = history.filter(~pl.col(PK).is_in([1, 2]))
+    assert others.height == current.height - 2 and set(others[VALID_FROM].to_list()) == {T1}
+    log = [e for e in commit_history(DeltaTable(b.uri("customers_history"))) if e["version"] > before]
+    assert [e[BATCH_KEY] for e in log] == [second_batch(b)], "one MERGE for the run's one chunk"
+    assert log[0]["operation"] == "MERGE"
+
+    # re-insert 2 (a return) → a live version again; a re-run of the same source adds nothing
+    query(seeded, f"INSERT INTO tests.customers VALUES (2, 'Back Again', '{email2}', now())")
+    third = b.load_direct("customers", batch_time=T3)
+    assert third.updated == 1 and third.history_versions == 1
+    history = _history(b)
+    assert _versions(history, 2) == [(T1, T2, False, email2), (T2, T3, True, email2),
+                                     (T3, None, False, email2)]
+    settled = DeltaTable(b.uri("customers_history")).version()
+    again = b.load_direct("customers", batch_time=T4)
+    assert (again.inserted, again.updated, again.soft_deleted, again.history_versions) == (0, 0, 0, 0)
+    assert DeltaTable(b.uri("customers_history")).version() == settled, "an unchanged run writes no history"
+    final = _history(b)
+    assert final.height == current.height + 3
+    assert final.filter(pl.col(VALID_TO).is_null()).height == current.height, "one current version per key"
+
+
+def _customer_from(history: pl.DataFrame, key: int) -> tuple[str, str]:
+    row = history.filter(pl.col(PK) == key).row(0, named=True)
+    return row["customer_name"], row["email"]
+
+
+def second_batch(b: Bronze) -> str:
+    return str(commit_history(b.table("customers"), 1)[0][BATCH_KEY])
+
+
+def test_a_killed_run_repeated_and_a_rerun_never_duplicate_a_version(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    b.load_direct("customers", batch_time=T1)
+    rows = _history(b).height
+    query(seeded, "UPDATE tests.customers SET email = 'k@example.com', updated_at = now() "
+                  "WHERE customer_id = 3")
+
+    # killed after the history commit, before the current table's MERGE
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="killed"):
+        patch.setattr(BronzeMerger, "_merge_piece", killed)
+        b.load_direct("customers", batch_time=T2)
+    assert _history(b).height == rows + 1
+    repeated = b.load_direct("customers", batch_time=T3)  # a new run (new batch id) of the same change
+    assert repeated.updated == 1 and repeated.history_versions == 0
+    history = _history(b)
+    assert history.height == rows + 1
+    assert [v[3] for v in _versions(history, 3)][-1] == "k@example.com"
+    # the same batch retried (its chunk in the history's log) is skipped, not re-applied
+    merger = BronzeMerger(CONTRACTS["customers"], b.storage())
+    assert merger.history is not None
+    batch = str(commit_history(DeltaTable(b.uri("customers_history")), 1)[0][BATCH_KEY])
+    assert merger.history.write([], batch, T2, 0, 1) == 0
+
+
+def test_history_turned_on_for_an_existing_table_is_seeded(seeded: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    with monkeypatch.context() as patch:
+        patch.setitem(CONTRACTS, "customers", _without_history())
+        b.load_direct("customers", batch_time=T1)
+    assert DeltaTable.is_deltatable(b.uri("customers"))
+    assert not DeltaTable.is_deltatable(b.uri("customers_history"))
+    query(seeded, "DELETE FROM tests.customers WHERE customer_id = 5")
+    b.load_direct("customers", batch_time=T2)
+    history = _history(b)
+    assert history.height == b.read("customers").height + 1
+    assert [(v[0], v[1], v[2]) for v in _versions(history, 5)] == [(T1, T2, False), (T2, None, True)]
+
+
+def _without_history() -> Contract:
+    return replace(CONTRACTS["customers"], history=False)
+
+
+def test_forget_makes_personal_columns_unreadable_in_every_version(seeded: str, tmp_path: Path) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    name, email = _customer(seeded, 7)
+    b.load_direct("customers", batch_time=T1)
+    query(seeded, "UPDATE tests.customers SET customer_name = 'Renamed Person', "
+                  "email = 'renamed@example.com', updated_at = now() WHERE customer_id = 7")
+    b.load_direct("customers", batch_time=T2)
+    assert [v[3] for v in _versions(_history(b), 7)] == [email, "renamed@example.com"]
+
+    forget_subject("customers", 7, b.storage())
+    hist_uri = b.uri("customers_history")
+    for version in range(DeltaTable(hist_uri).version() + 1):
+        rows = _history(b, version).filter(pl.col(PK) == 7)
+        assert rows.height >= 1
+        assert set(rows["customer_name"]) == {None} and set(rows["email"]) == {None}, version
+    others = _history(b).filter(pl.col(PK) == 8)
+    assert others["email"].to_list() == [_customer(seeded, 8)[1]]
+    secrets = [name, email, "Renamed Person", "renamed@example.com"]
+    files = [p for p in Path(hist_uri).rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files) and any("_change_data" in p.parts for p in files)
+    leaks = [(p.name, s) for p in files for s in secrets if s.encode() in p.read_bytes()]
+    assert not leaks
+
+
+def test_the_history_asset_is_materialized_by_the_same_step(seeded: str, tmp_path: Path) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    asset = b.assets["bz_customers"]
+    assert dg.AssetKey("bz_customers_history") in asset.keys
+    assert asset.asset_deps[dg.AssetKey("bz_customers_history")] == {dg.AssetKey("bz_customers")}
+    assert dg.AssetKey("bz_orders_history") not in b.assets["bz_orders"].keys  # history: false
+    result = dg.materialize([asset], resources=b.resources)
+    assert result.success
+    events = {e.asset_key.to_user_string(): e.materialization.metadata
+              for e in result.get_asset_materialization_events()}
+    assert set(events) == {"bz_customers", "bz_customers_history"}
+    assert events["bz_customers_history"]["delta_version"].value == b.version("customers_history")
+    assert events["bz_customers_history"]["batch_id"].value == events["bz_customers"]["batch_id"].value
+    assert _history(b).height == b.read("customers").height
