@@ -20,6 +20,7 @@ from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
 from bronze_assets.lib.delta.history import IS_DELETED, VALID_FROM, VALID_TO
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.governance import decrypt_table, forget_subject
+from bronze_assets.lib.monitoring.status import bronze_status, render
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import query
 
@@ -197,3 +198,21 @@ def test_the_history_asset_is_materialized_by_the_same_step(seeded: str, tmp_pat
     assert events["bz_customers_history"]["delta_version"].value == b.version("customers_history")
     assert events["bz_customers_history"]["batch_id"].value == events["bz_customers"]["batch_id"].value
     assert _history(b).height == b.read("customers").height
+
+
+def test_bronze_status_shows_the_history_tables(seeded: str, tmp_path: Path) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    b.load_direct("customers", batch_time=T1)
+    query(seeded, "DELETE FROM tests.customers WHERE customer_id = 9")
+    b.load_direct("customers", batch_time=T2)
+    statuses = {s.table: s for s in bronze_status(b.storage())}
+    rows = b.read("customers").height
+    assert statuses["bz_customers"].history == {
+        "table": "bz_customers_history", "versions": rows + 1, "current": rows,
+        "delta_version": b.version("customers_history")}
+    assert statuses["bz_products"].history == {"table": "bz_products_history", "versions": 0, "current": 0,
+                                               "delta_version": None}
+    assert statuses["bz_orders"].history is None
+    text = render(list(statuses.values()))
+    assert f"bz_customers_history: {rows + 1:,} versions, {rows:,} current, Delta version" in text
+    assert "bz_products_history: 0 versions, 0 current (written by the next load of bz_products)" in text

@@ -77,6 +77,9 @@ class TableStatus:
     # the last successful load's MERGE: rows by outcome, the engine's own metrics (rows copied,
     # files added / removed …) and rewrite_ratio (rows rewritten ÷ rows changed)
     last_merge: dict[str, Any] | None = None
+    # contracts with history: its table, versions held, keys' current versions, Delta version
+    # (versions 0 and delta_version None until a load wrote it)
+    history: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -228,6 +231,8 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         status.forgotten = by_status.get("FORGOTTEN", 0)
         status.rows = sum(by_status.values())
         status.watermark = latest_watermark(dt)
+    if contract.history:
+        status.history = history_status(contract, storage)
     mine = loads.get(contract.bronze_table, {})
     if SUCCESS in mine:
         status.last_success = mine[SUCCESS][0]
@@ -246,6 +251,17 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         if dt is not None:  # without a table there is no snapshot to judge (the table is the problem)
             status.snapshot_loaded = snapshot_loaded(contract, actions, go_live, instance)
     return status
+
+
+def history_status(contract: Contract, storage: Storage) -> dict[str, Any]:
+    """``bz_<name>_history`` of a contract with history: versions held, current versions (one per
+    key the table holds), Delta version."""
+    dt = storage.open(contract.history_table)
+    if dt is None:
+        return {"table": contract.history_table, "versions": 0, "current": 0, "delta_version": None}
+    valid_to = read_columns(dt, ["_valid_to"])["_valid_to"]
+    return {"table": contract.history_table, "versions": len(valid_to), "current": valid_to.null_count,
+            "delta_version": dt.version()}
 
 
 def bronze_status(storage: StorageLike, now: datetime | None = None, instance: Any = None,
@@ -297,6 +313,12 @@ def render(statuses: list[TableStatus]) -> str:
                        f"all history before go-live) was never loaded — run `{s.snapshot_command}`")
         if s.failing_check:
             out.append(f"{s.table}: {s.failing_check}")
+    for s in statuses:
+        if s.history is not None:
+            h = s.history
+            out.append(f"{h['table']}: {h['versions']:,} versions, {h['current']:,} current" + (
+                f", Delta version {h['delta_version']}" if h["delta_version"] is not None
+                else f" (written by the next load of {s.table})"))
     return "\n".join(out)
 
 
