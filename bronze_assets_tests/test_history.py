@@ -216,3 +216,22 @@ def test_bronze_status_shows_the_history_tables(seeded: str, tmp_path: Path) -> 
     text = render(list(statuses.values()))
     assert f"bz_customers_history: {rows + 1:,} versions, {rows:,} current, Delta version" in text
     assert "bz_products_history: 0 versions, 0 current (written by the next load of bz_products)" in text
+
+
+def test_one_history_merge_per_commit_chunk(seeded: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    b.load_direct("customers", batch_time=T1)
+    query(seeded, "UPDATE tests.customers SET email = 'c' || customer_id || '@example.com', "
+                  "updated_at = now() WHERE customer_id IN (10, 20, 30, 40, 50)")
+    monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "2")
+    before = b.version("customers_history")
+    result = b.load_direct("customers", batch_time=T2)
+    assert (result.updated, result.commits, result.history_versions) == (5, 3, 5)
+    log = [e for e in commit_history(DeltaTable(b.uri("customers_history"))) if e["version"] > before]
+    batch = str(commit_history(b.table("customers"), 1)[0][BATCH_KEY])
+    assert sorted((e[BATCH_KEY], e["bronze.chunk"], e["operation"]) for e in log) == [
+        (batch, f"{i}/3", "MERGE") for i in range(3)]
+    history = _history(b)
+    for key in (10, 20, 30, 40, 50):
+        assert [(v[0], v[1], v[3]) for v in _versions(history, key)][-1] == (T2, None, f"c{key}@example.com")
