@@ -52,6 +52,7 @@ PRODUCTS = Contract(
         formats=(RegexRule("sku", SKU_PATTERN),),
         ranges=(RangeRule("unit_price", GE, 0),),
     ),
+    history=True,
     seed_rows=10_000,
 )
 
@@ -73,6 +74,7 @@ SUPPLIERS = Contract(
     ),
     foreign_keys=(ForeignKey("product_id", "products", "product_id"),),
     pii_columns=("contact_number",),
+    history=True,
     seed_rows=1_000,
 )
 
@@ -89,6 +91,7 @@ WAREHOUSES = Contract(
         required=("location", "capacity"),
         ranges=(RangeRule("capacity", GT, 0),),
     ),
+    history=True,
     seed_rows=50,
 )
 
@@ -242,6 +245,7 @@ CUSTOMERS = Contract(
     pii_columns=("customer_name", "email"),
     encrypted_columns=("customer_name", "email"),
     data_subject="customer_id",
+    history=True,
     seed_rows=25_000,
 )
 

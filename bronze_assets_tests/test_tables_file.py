@@ -75,8 +75,10 @@ def test_the_shipped_example_is_todays_contracts_field_by_field() -> None:
 
 
 def _asset_view(assets: dg.AssetsDefinition) -> dict:
-    (spec,) = assets.specs
+    spec, *more = sorted(assets.specs, key=lambda s: s.key.to_user_string())  # bz_<name>, its history
     return {
+        "history": [(s.key.to_user_string(), sorted(d.asset_key.to_user_string() for d in s.deps))
+                    for s in more],
         "key": spec.key.to_user_string(), "group": spec.group_name, "description": spec.description,
         "tags": dict(spec.tags), "kinds": set(spec.kinds), "owners": list(spec.owners),
         "partitions": repr(spec.partitions_def), "freshness": repr(spec.freshness_policy),
@@ -89,12 +91,16 @@ def _asset_view(assets: dg.AssetsDefinition) -> dict:
 
 def test_the_example_component_builds_todays_assets_checks_and_schedules() -> None:
     defs = dg.build_defs_for_component(_example_component())
-    built = {a.key.to_user_string(): a for a in defs.assets or []}  # type: ignore[union-attr]
+    built = {min(k.to_user_string() for k in a.keys): a for a in defs.assets or []}  # type: ignore[union-attr]
     assert set(built) == {f"bz_{c.name}" for c in reference_contracts.ALL}
     for contract in reference_contracts.ALL:
         view = _asset_view(built[contract.bronze_table])
         assert view == _asset_view(build_bronze_asset(contract))
         assert view["group"] == "bronze" and view["key"] == f"bz_{contract.name}"
+        # the history table is an asset of the same step, downstream of the table
+        assert view["history"] == ([(f"bz_{contract.name}_history", [f"bz_{contract.name}"])]
+                                   if contract.name in ("products", "suppliers", "warehouses", "customers")
+                                   else [])
         assert view["description"].startswith(f"Bronze copy of tests.{contract.name}: ")
     schedules = {s.name: (s.cron_schedule, s.job.name) for s in defs.schedules or []}  # type: ignore[union-attr]
     assert set(schedules) == {

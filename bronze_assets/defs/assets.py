@@ -128,6 +128,12 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
     return _bronze
 
 
+def table_key(asset: dg.AssetsDefinition) -> str:
+    """The table an asset definition materializes: its one key, or a bronze load step's
+    ``bz_<name>`` (the ``bz_<name>_history`` it also writes sorts after it)."""
+    return min(k.to_user_string() for k in asset.keys)
+
+
 def bronze_assets() -> dg.Definitions:
     """Every table's asset outside the component tree (tests, tools). Not a ``@dg.definitions``:
     in the code location the ``BronzeTables`` components build them, each from its own file."""

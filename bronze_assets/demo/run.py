@@ -31,6 +31,7 @@ import sqlalchemy
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, get_contract
+from bronze_assets.defs.assets import table_key
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.event_files import write_event_files
 from bronze_assets.demo.generator import SeedOptions
@@ -299,11 +300,11 @@ def materialize_all(
     groups: dict[dg.PartitionsDefinition | None, list[dg.AssetsDefinition]] = {}
     for asset in definitions.assets or []:
         assert isinstance(asset, dg.AssetsDefinition)
-        name = asset.key.to_user_string()
+        name = table_key(asset)
         if name.startswith("bz_"):
             groups.setdefault(partitions_def(get_contract(name)), []).append(asset)
     resources = {**(definitions.resources or {}), "source": PostgresSource(dsn=dsn)}
-    step_assets = {a.node_def.name: a.key.to_user_string() for assets in groups.values() for a in assets}
+    step_assets = {a.node_def.name: table_key(a) for assets in groups.values() for a in assets}
     events = _RunEvents(step_assets, on_table)
     handlers = [events] + ([log_handler] if log_handler else [])
     with dagster_settings(), _sigint_watch() as interrupted:
@@ -322,7 +323,7 @@ def materialize_all(
             if events.interrupted or interrupted():
                 raise KeyboardInterrupt
             for asset in assets:  # a run that failed around its steps: say so for each table
-                table = asset.key.to_user_string()
+                table = table_key(asset)
                 if table not in events.reported and on_table is not None:
                     on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
     return events.metadata
@@ -495,7 +496,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
         done = f"{len(tables) - len(failed)} of {len(tables)}" if failed else "all"
         say(f"{done} bronze assets materialized in {time.perf_counter() - started:.1f} s")
         report = next((a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
-                       and a.key.to_user_string() == REPORT_ASSET), None)
+                       and table_key(a) == REPORT_ASSET), None)
         reconciled = reconcile_all(definitions, dsn, instance, log_handler)
         if report is not None:
             result = execute_quietly([report], instance, {"bronze": storage}, [log_handler])
@@ -535,7 +536,7 @@ def reconcile_all(definitions: dg.Definitions, dsn: str, instance: dg.DagsterIns
     checks = [c for c in definitions.asset_checks or [] if isinstance(c, dg.AssetsDefinition)
               and c.check_keys and all(k.name == RECONCILIATION for k in c.check_keys)]
     assets = [a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
-              and a.key.to_user_string().startswith("bz_")]
+              and table_key(a).startswith("bz_")]
     if not checks:
         return {}
     resources = {**(definitions.resources or {}), "source": PostgresSource(dsn=dsn)}
