@@ -332,7 +332,8 @@ def test_uc_sql_is_generated_from_the_matrix_and_contracts() -> None:
             table = f"`prod`.`bronze`.`{contract.bronze_table}`"
             assert f"GRANT SELECT ON TABLE {table} TO `bronze_{role}`;" in sql
     masks = [line for line in sql.splitlines() if "SET MASK" in line]
-    assert len(masks) == sum(len(c.pii_columns) for c in CONTRACTS.values()) == 3
+    # every PII column masked on its table and on the table's history (all three tables keep one)
+    assert len(masks) == sum(len(c.pii_columns) * (1 + c.history) for c in CONTRACTS.values()) == 6
     assert ("ALTER TABLE `prod`.`bronze`.`bz_customers` ALTER COLUMN `email` SET MASK "
             "`prod`.`bronze`.`bz_mask_customers_email` USING COLUMNS (record_status);") in masks
     phone = sql.split("bz_mask_suppliers_contact_number`(value STRING")[1].split("END;")[0]
@@ -352,7 +353,16 @@ def test_uc_sql_is_generated_from_the_matrix_and_contracts() -> None:
 def test_uc_sql_creates_external_tables_over_the_root() -> None:
     sql = uc_sql("prod", "bronze", "abfss://lake@acct.dfs.core.windows.net/bronze/")
     creates = [line for line in sql.splitlines() if line.startswith("CREATE TABLE")]
-    assert len(creates) == len(CONTRACTS) + len(CONTROL_TABLES) + 2  # control tables, quarantine, key store
+    histories = [f"bz_{n}_history" for n in ("products", "suppliers", "warehouses", "customers")]
+    # tables, their histories, control tables, quarantine, key store
+    assert len(creates) == len(CONTRACTS) + len(histories) + len(CONTROL_TABLES) + 2
+    for table in histories:  # the history of a table is governed as the table
+        assert (f"CREATE TABLE IF NOT EXISTS `prod`.`bronze`.`{table}` USING DELTA LOCATION "
+                f"'abfss://lake@acct.dfs.core.windows.net/bronze/{table}';") in creates
+        grant = f"GRANT SELECT ON TABLE `prod`.`bronze`.`{table}` TO `{Role.ANALYST.group}`;"
+        assert grant in sql.splitlines()
+    assert ("ALTER TABLE `prod`.`bronze`.`bz_customers_history` ALTER COLUMN `email` SET MASK "
+            "`prod`.`bronze`.`bz_mask_customers_email` USING COLUMNS (record_status);") in sql.splitlines()
     assert ("CREATE TABLE IF NOT EXISTS `prod`.`bronze`.`bz_orders` USING DELTA LOCATION "
             "'abfss://lake@acct.dfs.core.windows.net/bronze/bz_orders';") in creates
     assert sql.index("CREATE TABLE IF NOT EXISTS `prod`.`bronze`.`bz_orders`") < \

@@ -66,8 +66,8 @@ def _mask_function(fq_schema: str, contract: Contract, column: str) -> list[str]
         f"  WHEN {allowed} THEN value",
         f"  ELSE {masked}",
         "END;",
-        f"ALTER TABLE {fq_schema}.{_ident(contract.bronze_table)} ALTER COLUMN {_ident(column)} "
-        f"SET MASK {fn} USING COLUMNS (record_status);",
+        *(f"ALTER TABLE {fq_schema}.{_ident(table)} ALTER COLUMN {_ident(column)} "
+          f"SET MASK {fn} USING COLUMNS (record_status);" for table in data_tables(contract)),
         "",
     ]
     return lines
@@ -77,9 +77,14 @@ def _grants(fq_table: str, roles: tuple[Role, ...]) -> list[str]:
     return [f"GRANT SELECT ON TABLE {fq_table} TO {_ident(r.group)};" for r in roles]
 
 
+def data_tables(contract: Contract) -> list[str]:
+    """The tables holding ``contract``'s rows: ``bz_<name>``, and its history when it keeps one."""
+    return [contract.bronze_table, *([contract.history_table] if contract.history else [])]
+
+
 def bronze_tables() -> list[str]:
     """Every Delta table bronze_assets writes under ``$BRONZE_ROOT``."""
-    return [*(c.bronze_table for c in ALL), *CONTROL_TABLES, QUARANTINE_TABLE, KEY_STORE]
+    return [*(t for c in ALL for t in data_tables(c)), *CONTROL_TABLES, QUARANTINE_TABLE, KEY_STORE]
 
 
 def _quote_sql(text: str) -> str:
@@ -119,7 +124,8 @@ def uc_sql(catalog: str = "main", schema: str = "bronze", root: str | None = Non
         ]
     out.append("")
     for contract in ALL:
-        out += _grants(f"{fq_schema}.{_ident(contract.bronze_table)}", DATA_TABLE_ROLES)
+        for table in data_tables(contract):
+            out += _grants(f"{fq_schema}.{_ident(table)}", DATA_TABLE_ROLES)
     for table in CONTROL_TABLES:
         out += _grants(f"{fq_schema}.{_ident(table)}", CONTROL_TABLE_ROLES)
     out += ["-- raw rows of refused batches (may hold plaintext PII)", *_grants(
