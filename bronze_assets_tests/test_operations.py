@@ -36,6 +36,8 @@ def test_maintenance_job_compacts_and_reports_per_table(bronze: Bronze) -> None:
     before = set(Path(bronze.uri("products")).glob("*.parquet"))
     rows = bronze.read("products").sort("product_id")
     files_before = len(DeltaTable(bronze.uri("products")).file_uris())
+    versions = bronze.read("products_history").sort("product_id", "_valid_from")
+    assert len(DeltaTable(bronze.uri("products_history")).file_uris()) > 1
     instance = dg.DagsterInstance.ephemeral()
     result = bronze_maintenance.execute_in_process(
         resources={"bronze": BronzeStorage(root=str(bronze.root))}, instance=instance)
@@ -51,7 +53,10 @@ def test_maintenance_job_compacts_and_reports_per_table(bronze: Bronze) -> None:
     assert before <= set(Path(bronze.uri("products")).glob("*.parquet")), "files younger than 168 h stay"
     audit = [a for a in read_table(str(bronze.root), AUDIT_LOG).to_pylist()
              if a["operation_type"] == "MAINTENANCE"]
-    assert "bz_products" in {a["table_name"] for a in audit}
+    assert {"bz_products", "bz_products_history"} <= {a["table_name"] for a in audit}
+    # the history (products keep one) is compacted too, its versions unchanged
+    assert len(DeltaTable(bronze.uri("products_history")).file_uris()) == 1
+    assert bronze.read("products_history").sort("product_id", "_valid_from").equals(versions)
     assert all(a["status"] == "SUCCESS" for a in audit)
 
 

@@ -37,6 +37,7 @@ def _status() -> dg.DefaultScheduleStatus:
 def maintain_bronze_tables(context: dg.OpExecutionContext, bronze: BronzeStorage) -> dg.Output[int]:
     storage = bronze.storage()
     tables = [(c.bronze_table, c) for c in CONTRACTS.values()]
+    tables += [(c.history_table, None) for c in CONTRACTS.values() if c.history]  # compacted, vacuumed
     tables += [(name, None) for name in [*SCHEMAS, QUARANTINE_TABLE]]
     done = 0
     for i, (table, contract) in enumerate(tables, 1):
