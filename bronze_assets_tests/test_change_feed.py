@@ -19,11 +19,8 @@ from bronze_assets.lib.delta.change_feed import CHANGE_FEED, change_feed_on
 from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION,
+    CommitLog,
     commit_history,
-    committed_batch_ids,
-    hash_version,
-    interrupted_batch,
-    latest_watermark,
 )
 from bronze_assets.lib.delta.load_commit import commit_without_rows
 from bronze_assets_tests.bronze_helpers import Bronze, env_storage
@@ -119,10 +116,11 @@ def test_the_feed_of_a_run_is_what_its_merge_reports(seeded: str, tmp_path: Path
     latest, prop = commit_history(dt, 2)
     assert prop["operation"] == "SET TBLPROPERTIES" and not any(k.startswith("bronze.") for k in prop)
     assert latest[BATCH_KEY] == second["batch_id"] and latest["version"] == second["delta_version"]
-    assert second["batch_id"] in committed_batch_ids(dt) and interrupted_batch(dt) is None
+    commits = CommitLog.read(dt)
+    assert second["batch_id"] in commits.committed_batch_ids() and commits.interrupted_batch() is None
     watermark = second.get("watermark")  # none for a whole-table load such as this one
-    assert latest_watermark(dt) == (datetime.fromisoformat(watermark) if watermark else None)
-    assert hash_version(dt) == HASH_VERSION
+    assert commits.watermark() == (datetime.fromisoformat(watermark) if watermark else None)
+    assert commits.hash_version() == HASH_VERSION
 
     # a load that changes nothing commits nothing; a metadata-only commit adds nothing to the feed
     assert b.materialize("products")["committed"] is False

@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG, build_schedule, load_groups, reads_changes_only
-from bronze_assets.lib.delta.commit_log import REHASHED_KEY, latest_watermark
+from bronze_assets.lib.delta.commit_log import REHASHED_KEY, CommitLog
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.timetravel import restore
 from bronze_assets.lib.source import extract
@@ -244,12 +244,12 @@ def test_after_a_restore_the_next_scheduled_run_re_reads_every_change_since_the_
     b = Bronze(seeded, tmp_path / "bronze")
     scheduled = {CHANGES_ONLY_TAG: "true"}
     b.materialize("inventory", TODAY.isoformat(), tags=scheduled)
-    restored_to, first = b.table("inventory").version(), latest_watermark(b.table("inventory"))
+    restored_to, first = b.table("inventory").version(), CommitLog.read(b.table("inventory")).watermark()
     query(seeded, "UPDATE tests.inventory SET quantity_available = 11, updated_at = now() "
                   "WHERE inventory_id = 3")
     b.materialize("inventory", TODAY.isoformat(), tags=scheduled)  # records a newer watermark
     restore(b.root, CONTRACTS["inventory"], version=restored_to)
-    assert latest_watermark(b.table("inventory")) == first, "the watermark of the restored version"
+    assert CommitLog.read(b.table("inventory")).watermark() == first, "the watermark of the restored version"
     tick = b.materialize("inventory", TODAY.isoformat(), tags=scheduled)
     assert tick["rows_updated"] == 1, "the change the restore undid is read again"
     assert active_hashes(b.read("inventory"), "inventory_id") == source_hashes(seeded, "inventory")

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.lib.delta.commit_log import latest_watermark
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import CHECKPOINTS, read_table
 from bronze_assets.lib.delta.storage import open_table
 from bronze_assets.lib.source.postgres import connect
@@ -40,7 +40,7 @@ def test_row_of_a_transaction_open_across_the_watermark_is_not_lost(seed_db: See
 
     first = bronze.load_direct("inventory", (t1 - timedelta(hours=1), FAR), overlap=timedelta(0))
     assert first.inserted == 1, "only the committed row is visible"
-    watermark = latest_watermark(open_table(bronze.uri("inventory")))
+    watermark = CommitLog.read(open_table(bronze.uri("inventory"))).watermark()
     assert watermark is not None and watermark < t1, "watermark capped below the open transaction"
     (row2_time,) = query(fresh_dsn, "SELECT updated_at FROM tests.inventory WHERE inventory_id = 2")[0]
     assert row2_time > t1, "an uncapped watermark (max updated_at seen) would have skipped row 1"

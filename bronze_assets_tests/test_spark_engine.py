@@ -23,8 +23,8 @@ from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION_KEY,
     REHASHED_KEY,
+    CommitLog,
     commit_history,
-    latest_watermark,
 )
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.storage import Storage
@@ -239,7 +239,7 @@ def test_a_table_stays_exact_whichever_engine_loads_it_next(seeded: str, spark, 
     assert by_spark.merge.updated > 0 and by_spark.merge.soft_deleted > 0
     history = commit_history(local.table("orders"), 1)
     assert history[0][BATCH_KEY] == by_spark.batch_id, "the Spark commit carries the batch id"
-    assert latest_watermark(local.table("orders")) == by_spark.watermark
+    assert CommitLog.read(local.table("orders")).watermark() == by_spark.watermark
     v2 = local.version("orders")
     local.load_direct("orders", batch_time=T3)  # nothing changed since: delta-rs commits nothing
     assert local.version("orders") == v2

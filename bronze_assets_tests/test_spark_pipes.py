@@ -18,7 +18,7 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.engines import BronzeEngine, Engine, parse_table_engines
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.lib.delta.commit_log import latest_cdc_position
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze, assert_orders_exact
@@ -146,7 +146,7 @@ def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp
     meta, _ = outcome(first)
     assert (meta["engine"], meta["load_pattern"], meta["cdc_mode"]) == ("spark", "cdc", "snapshot")
     assert meta["rows_inserted"] == meta["rows_updated"] == 0  # nothing to write: the position alone
-    assert latest_cdc_position(DeltaTable(str(tmp_path / "bz_orders"))) is not None
+    assert CommitLog.read(DeltaTable(str(tmp_path / "bz_orders"))).cdc_position() is not None
 
     query(seeded, "INSERT INTO tests.orders VALUES (900001, 1, CURRENT_DATE, 'PENDING', 5.00, now())")
     # updated_at left alone: a watermark would miss it, the log does not

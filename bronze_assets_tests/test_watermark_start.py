@@ -11,9 +11,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
-from bronze_assets.lib.delta.commit_log import latest_watermark
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
 from bronze_assets_tests.conftest import AS_OF, query
 
@@ -24,6 +25,10 @@ OPEN_MONTH = TODAY.replace(day=1)
 OLD_MONTH = (AS_OF - timedelta(days=400)).date().replace(day=1)
 NEVER_MONTH = (AS_OF - timedelta(days=200)).date().replace(day=1)
 SCHEDULED = {CHANGES_ONLY_TAG: "true"}
+
+
+def watermark_of(dt: DeltaTable | None) -> datetime | None:
+    return CommitLog.read(dt).watermark()
 
 
 def _run(b: Bronze, instance: dg.DagsterInstance, table: str, partition: date,
@@ -71,7 +76,7 @@ def test_a_table_loaded_month_by_month_gets_every_later_change_by_the_next_open_
     query(seeded, f"UPDATE tests.{table} SET status = 'CANCELLED', updated_at = now() WHERE {key} = {first}")
     query(seeded, f"UPDATE tests.{table} SET status = 'PENDING', updated_at = now() WHERE {key} = {never}")
     events = _run(b, instance, table, OPEN_MONTH)
-    assert latest_watermark(b.table(table)) is not None, "the open month's first run starts the watermark"
+    assert watermark_of(b.table(table)) is not None, "the open month's first run starts the watermark"
     assert set(events) == {OLD_MONTH.isoformat(), OPEN_MONTH.isoformat()}, \
         "the never-loaded month is not reported, the old month is"
     assert NEVER_MONTH.isoformat() not in instance.get_materialized_partitions(dg.AssetKey(f"bz_{table}"))
@@ -94,10 +99,10 @@ def test_the_open_month_loaded_first_then_an_old_month_backfilled_stays_fresh(
     monkeypatch.setenv("BRONZE_CDC", "off")
     b, instance = Bronze(seeded, tmp_path / "bronze"), dg.DagsterInstance.ephemeral()
     _run(b, instance, "shipments", OPEN_MONTH)
-    watermark = latest_watermark(b.table("shipments"))
+    watermark = watermark_of(b.table("shipments"))
     assert watermark is not None
     _run(b, instance, "shipments", OLD_MONTH)
-    assert latest_watermark(b.table("shipments")) == watermark, "a backfill leaves the watermark alone"
+    assert watermark_of(b.table("shipments")) == watermark, "a backfill leaves the watermark alone"
     shipment = _key_in_month(seeded, "shipments", "shipment_id", "shipment_date", OLD_MONTH)
     query(seeded, f"UPDATE tests.shipments SET carrier = 'Late Carrier', updated_at = now() "
                   f"WHERE shipment_id = {shipment}")
@@ -117,12 +122,12 @@ def test_a_partly_backfilled_daily_table_gets_a_watermark_and_every_later_change
     query(seeded, f"UPDATE tests.returns SET updated_at = TIMESTAMPTZ '{noon.isoformat()}' "
                   "WHERE return_id IN (1, 2, 3)")
     _run(b, instance, "returns", backfilled)  # a partial backfill: one day, not the snapshot
-    assert latest_watermark(b.table("returns")) is None, "a backfill of an old day starts no watermark"
+    assert watermark_of(b.table("returns")) is None, "a backfill of an old day starts no watermark"
     query(seeded, "UPDATE tests.returns SET return_reason = 'changed before', updated_at = now() "
                   "WHERE return_id = 1")
     events = _run(b, instance, "returns", TODAY)
     assert set(events) == {backfilled.isoformat(), TODAY.isoformat()}
-    assert latest_watermark(b.table("returns")) is not None, "the first run of the open day starts it"
+    assert watermark_of(b.table("returns")) is not None, "the first run of the open day starts it"
 
     query(seeded, "UPDATE tests.returns SET return_reason = 'changed after', updated_at = now() "
                   "WHERE return_id IN (2, 3)")

@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from bronze_assets.lib.delta.commit_log import loaded_ranges
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
@@ -39,7 +39,7 @@ def changed_partition_events(asset_key: dg.AssetKey, own: Iterable[str], meta: M
     changed = [p for p in str(meta.get("partitions_changed") or "").split(", ") if p and p not in own]
     if changed:
         materialized = instance.get_materialized_partitions(asset_key)
-        ranges = loaded_ranges(storage.open(asset_key.path[-1])) \
+        ranges = CommitLog.read(storage.open(asset_key.path[-1]), None).loaded_ranges() \
             if any(p not in materialized for p in changed) else []
         changed = [p for p in changed if p in materialized
                    or any(first <= date.fromisoformat(p) < end for first, end in ranges)]

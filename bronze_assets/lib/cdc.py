@@ -36,7 +36,7 @@ from bronze_assets.lib.delta.commit_log import (
     CDC_RELID_KEY,
     CDC_SLOT_KEY,
     CdcPosition,
-    latest_cdc_position,
+    CommitLog,
 )
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, AuditEntry, append_rows, audited
 from bronze_assets.lib.delta.merge_result import MergeResult
@@ -65,10 +65,14 @@ ACK_DIR = "_bronze_cdc"  # <root>/_bronze_cdc/<table>.json: the position last ac
 Position = CdcPosition  # what a bronze root holds of a table's stream (see commit_log.CdcPosition)
 
 
-def committed_position(storage: StorageLike, table: str, limit: int = 200) -> Position | None:
+def committed_position(storage: StorageLike, table: str, limit: int = 200, *,
+                       commits: CommitLog | None = None) -> Position | None:
     """The latest commit's :class:`Position` of ``table`` in ``storage``
-    (:func:`~bronze_assets.lib.delta.commit_log.latest_cdc_position`)."""
-    return latest_cdc_position(as_storage(storage).open(table), limit)
+    (:meth:`~bronze_assets.lib.delta.commit_log.CommitLog.cdc_position`), from ``commits`` when
+    the caller read the table's commit log already."""
+    if commits is None:
+        commits = CommitLog.read(as_storage(storage).open(table))
+    return commits.cdc_position(limit)
 
 
 def deployment_id(storage: StorageLike) -> str:
@@ -152,12 +156,14 @@ class StreamCheck:
     gap: str | None = None
 
 
-def check_stream(contract: Contract, dsn: str, storage: StorageLike) -> StreamCheck:
-    """The :class:`StreamCheck` of ``contract`` in the bronze root ``storage``."""
+def check_stream(contract: Contract, dsn: str, storage: StorageLike, commits: CommitLog | None = None
+                 ) -> StreamCheck:
+    """The :class:`StreamCheck` of ``contract`` in the bronze root ``storage`` (whose table's
+    commit log is ``commits``, when read already)."""
     storage = as_storage(storage)
     table = contract.bronze_table
     name = table_slot(contract, dsn, storage)
-    position = committed_position(storage, table)
+    position = committed_position(storage, table, commits=commits)
     state = replication.slot_state(dsn, contract, name)
     if position is None:
         return StreamCheck(name, state, None)
@@ -258,7 +264,7 @@ CDC_OFF = "BRONZE_CDC=off"
 
 
 def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
-                    set_up: bool = False) -> str | None:
+                    set_up: bool = False, commits: CommitLog | None = None) -> str | None:
     """Why a run of CDC table ``contract`` that reaches the open partition cannot use log-based CDC
     now and loads by the watermark pattern, or None when it reads the replication slot.
 
@@ -269,12 +275,12 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
     depends on a stream when it holds a log position in ``storage`` (whose settings say whether CDC
     is on: ``$BRONZE_CDC``). ``set_up``: create the publication (or add the table to it) when the
     source user may, so a refusal the check cannot foresee falls back too (the publication is read
-    once either way)."""
+    once either way). ``commits``: the table's commit log, when read already."""
     storage = as_storage(storage)
     if not storage.settings.cdc:
         return CDC_OFF
     reasons = [r for r in [replication.availability(dsn)] if r is not None]
-    if committed_position(storage, contract.bronze_table) is None:  # bronze depends on no stream yet
+    if committed_position(storage, contract.bronze_table, commits=commits) is None:  # no stream yet
         problem = None
         if set_up and not reasons:
             try:
@@ -288,17 +294,18 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
 
 
 def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] | None,
-               storage: StorageLike, logger: logging.Logger = log) -> tuple[bool, dict[str, Any]]:
+               storage: StorageLike, logger: logging.Logger = log,
+               commits: CommitLog | None = None) -> tuple[bool, dict[str, Any]]:
     """Whether a run of ``contract`` over ``window`` reads the replication slot: a CDC table's run
     that reaches the open partition, when CDC is on and can be set up (:func:`fallback_reason`).
     Else the metadata saying why the watermark pattern ran (empty for tables without CDC and
     for backfills of closed partitions); a fallback the source causes is also logged to
     ``logger`` (the run's log) as a WARNING, once per run (``BRONZE_CDC=off`` at INFO: it was asked
     for). ``storage``, the bronze root, tells whether bronze holds a log position (see
-    :func:`fallback_reason`)."""
+    :func:`fallback_reason`; ``commits``: the table's commit log, when read already)."""
     if not contract.cdc or (window is not None and window[1] <= datetime.now(UTC)):
         return False, {}
-    reason = fallback_reason(contract, dsn, storage, set_up=True)
+    reason = fallback_reason(contract, dsn, storage, set_up=True, commits=commits)
     if reason is None:
         return True, {}
     logger.log(logging.INFO if reason == CDC_OFF else logging.WARNING,
@@ -309,7 +316,7 @@ def cdc_choice(contract: Contract, dsn: str, window: tuple[datetime, datetime] |
 
 @contextmanager
 def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool = False,
-             chosen: bool = False) -> Iterator[CdcRead]:
+             chosen: bool = False, commits: CommitLog | None = None) -> Iterator[CdcRead]:
     """The next CDC read of ``contract`` from this deployment's slot (see the module docstring);
     a snapshot read's exported snapshot stays importable while the block runs. Nothing is
     acknowledged here. A stream gap (:func:`check_stream`) fails with :class:`CdcSlotLostError`.
@@ -317,10 +324,11 @@ def cdc_read(contract: Contract, dsn: str, storage: StorageLike, *, resync: bool
     recovery from a gap). A position committed before slots were named per deployment re-syncs
     the same way, once (the migration; :func:`acknowledge` retires the old shared slot).
     ``chosen``: the read follows :func:`cdc_choice`, which set up the publication of a table bronze
-    holds no position of, so a first load does not check it again."""
+    holds no position of, so a first load does not check it again. ``commits``: the table's commit
+    log, when read already."""
     storage = as_storage(storage)
     table = contract.bronze_table
-    check = check_stream(contract, dsn, storage)
+    check = check_stream(contract, dsn, storage, commits)
     position, slot = check.position, check.state
     if not resync and position is not None and check.gap is not None:
         raise gap_error(table, position, check.gap)
@@ -376,8 +384,9 @@ def stage_cdc(contract: Contract, dsn: str, storage: StorageLike, *, batch_time:
     ``partition`` is the run's partition range: a key inserted since the last load lands there
     (§2.4: ``load_date`` is the partition of the run that first inserted the key)."""
     storage = as_storage(storage)
-    with cdc_read(contract, dsn, storage, resync=resync) as read:
-        staged = stage_selection(contract, storage, read.selection(dsn, partition), batch_time)
+    commits = CommitLog.read(storage.open(contract.bronze_table))  # one history read for the load
+    with cdc_read(contract, dsn, storage, resync=resync, commits=commits) as read:
+        staged = stage_selection(contract, storage, read.selection(dsn, partition), batch_time, commits)
     return CdcBatch(staged, read)
 
 

@@ -1,15 +1,16 @@
 """The commit-log protocol of a bronze table (both engines): the ``bronze.*`` keys a load commit
-records, and their readers — what later loads read back from the table's Delta history (batch
-ids and chunks, watermark, record_hash version, CDC position, loaded partition ranges, first load
-time, the engine's own commit metrics)."""
+records, and what later loads read back from the table's Delta history (:class:`CommitLog`:
+batch ids and chunks, watermark, record_hash version, CDC position, loaded partition ranges,
+first load time; the engine's own commit metrics)."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 from typing import Any
 
 from deltalake import DeltaTable
@@ -26,6 +27,7 @@ CDC_LSN_KEY = "bronze.cdc_lsn"  # the log position a CDC load's changes reach (w
 CDC_RELID_KEY = "bronze.cdc_relid"  # the OID of the source table that position belongs to
 CDC_SLOT_KEY = "bronze.cdc_slot"  # the slot the position was read from (recorded with the position)
 USER_METADATA = "userMetadata"  # where delta-spark keeps a commit's own metadata (one JSON string)
+RECENT_COMMITS = 200  # commits a load reads back: the deepest any of its questions looks
 
 
 # The engines' own commit metrics (delta-rs snake_case, delta-spark camelCase) by one name each:
@@ -102,7 +104,8 @@ def commit_metrics(entry: dict[str, Any]) -> dict[str, int]:
 
 
 def batch_metrics(dt: DeltaTable, batch_id: str, commits: int) -> dict[str, int]:
-    """The engine metrics summed over the commits of ``batch_id`` (the latest ``commits`` of them)."""
+    """The engine metrics summed over the commits of ``batch_id`` (the latest ``commits`` of them),
+    read after the batch committed."""
     total = dict.fromkeys(_MERGE_METRICS, 0)
     if not commits:
         return total
@@ -123,96 +126,122 @@ class CdcPosition:
     slot: str | None = None
 
 
-def latest_cdc_position(dt: DeltaTable | None, limit: int = 200) -> CdcPosition | None:
-    """The latest commit's :class:`CdcPosition`; None when there is none, or when a RESTORE came
-    after it (a restored table re-syncs)."""
-    if dt is None:
-        return None
-    for entry in commit_history(dt, limit):
-        if entry.get("operation") == "RESTORE":
-            return None
-        if CDC_LSN_KEY in entry:
-            relid, slot = entry.get(CDC_RELID_KEY), entry.get(CDC_SLOT_KEY)
-            return CdcPosition(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None,
-                               str(slot) if slot else None)
-    return None
-
-
 def _chunk(entry: dict[str, Any]) -> tuple[int, int]:
     i, n = str(entry.get(CHUNK_KEY, "0/1")).split("/")
     return int(i), int(n)
 
 
-def committed_batch_ids(dt: DeltaTable, limit: int = 50) -> set[str]:
-    """Batches whose final commit landed (to detect a commit that landed before a retry)."""
-    return {str(h[BATCH_KEY]) for h in commit_history(dt, limit)
-            if BATCH_KEY in h and _chunk(h)[0] == _chunk(h)[1] - 1}
+@dataclass(frozen=True)
+class CommitLog:
+    """A bronze table's recent commits, newest first (:func:`commit_history`), read once and asked
+    every question of the commit-log protocol: a load reads its table's history once, not once
+    per question (on object storage each read is a listing plus a read per commit).
 
+    ``version`` is the table version the commits were read at (None: no table yet); ``complete``
+    says they are every commit the log still has. A question about the whole history
+    (:meth:`loaded_ranges`, :meth:`first_load_time`) of a longer log reads the rest, once."""
 
-def committed_chunks(dt: DeltaTable, batch_id: str, limit: int = 200) -> set[int]:
-    """Chunk indexes of ``batch_id`` already in the table."""
-    return {_chunk(h)[0] for h in commit_history(dt, limit) if h.get(BATCH_KEY) == batch_id}
+    version: int | None = None
+    entries: tuple[dict[str, Any], ...] = ()
+    complete: bool = True
+    table: DeltaTable | None = field(default=None, compare=False, repr=False)
 
+    @classmethod
+    def read(cls, dt: DeltaTable | None, limit: int | None = RECENT_COMMITS) -> CommitLog:
+        """The latest ``limit`` commits of ``dt`` (None: all of them); empty without a table."""
+        if dt is None:
+            return cls()
+        entries = tuple(commit_history(dt, limit))
+        return cls(dt.version(), entries, limit is None or len(entries) < limit, dt)
 
-def interrupted_batch(dt: DeltaTable, limit: int = 50) -> str | None:
-    """The batch of the latest commit if it was a non-final chunk (a load killed mid-way)."""
-    for h in commit_history(dt, limit):
-        if BATCH_KEY not in h:
-            continue
-        i, n = _chunk(h)
-        return str(h[BATCH_KEY]) if i < n - 1 else None
-    return None
+    @classmethod
+    def current(cls, dt: DeltaTable | None, known: CommitLog | None) -> CommitLog:
+        """``known`` when it was read at ``dt``'s version (nothing was committed since), else a
+        new read of ``dt``."""
+        if known is not None and known.version == (None if dt is None else dt.version()):
+            return known
+        return cls.read(dt)
 
+    def latest(self, limit: int | None = None) -> tuple[dict[str, Any], ...]:
+        """The latest ``limit`` commits (None: every commit the log has)."""
+        if self.complete or (limit is not None and limit <= len(self.entries)):
+            return self.entries[:limit]
+        return self._whole[:limit]
 
-def latest_watermark(dt: DeltaTable | None, limit: int = 200) -> datetime | None:
-    """The incremental watermark of the table's current state: recorded by the latest commit
-    that carries one, not counting commits a RESTORE undid (after a restore to version V the
-    watermark is V's, so the next run re-reads every change since then)."""
-    if dt is None:
+    @cached_property
+    def _whole(self) -> tuple[dict[str, Any], ...]:
+        assert self.table is not None, "a partial log was read from a table"
+        return tuple(commit_history(self.table))
+
+    def watermark(self, limit: int = 200) -> datetime | None:
+        """The incremental watermark of the table's current state: recorded by the latest commit
+        that carries one, not counting commits a RESTORE undid (after a restore to version V the
+        watermark is V's, so the next run re-reads every change since then)."""
+        ceiling: int | None = None
+        for entry in self.latest(limit):
+            version = int(entry.get("version", -1))
+            if ceiling is not None and version > ceiling:
+                continue  # undone by a later restore
+            if entry.get("operation") == "RESTORE":
+                target = (entry.get("operationParameters") or {}).get("version")
+                if target is not None:
+                    ceiling = int(target)
+                continue
+            if WATERMARK_KEY in entry:
+                return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
         return None
-    ceiling: int | None = None
-    for entry in commit_history(dt, limit):
-        version = int(entry.get("version", -1))
-        if ceiling is not None and version > ceiling:
-            continue  # undone by a later restore
-        if entry.get("operation") == "RESTORE":
-            target = (entry.get("operationParameters") or {}).get("version")
-            if target is not None:
-                ceiling = int(target)
-            continue
-        if WATERMARK_KEY in entry:
-            return datetime.fromisoformat(str(entry[WATERMARK_KEY]))
-    return None
 
+    def hash_version(self, limit: int = 50) -> int:
+        """The record_hash version of the table's latest load (1 for tables written before v2)."""
+        for entry in self.latest(limit):
+            if BATCH_KEY in entry:
+                return int(entry.get(HASH_VERSION_KEY, 1))
+        return HASH_VERSION
 
-def loaded_ranges(dt: DeltaTable | None) -> list[tuple[date, date]]:
-    """The partition ranges (first day, end day exclusive) the table's load commits ran for."""
-    if dt is None:
-        return []
-    ranges = []
-    for entry in commit_history(dt):
-        first, sep, end = str(entry.get(PARTITIONS_KEY, "")).partition("/")
-        if sep:
-            ranges.append((date.fromisoformat(first), date.fromisoformat(end)))
-    return ranges
-
-
-def first_load_time(dt: DeltaTable | None) -> datetime | None:
-    """When the table's oldest load began reading its source (the batch time its commits record,
-    else the commit's own time for commits written before they did); None for a table no load
-    wrote."""
-    if dt is None:
+    def cdc_position(self, limit: int = 200) -> CdcPosition | None:
+        """The latest commit's :class:`CdcPosition`; None when there is none, or when a RESTORE
+        came after it (a restored table re-syncs)."""
+        for entry in self.latest(limit):
+            if entry.get("operation") == "RESTORE":
+                return None
+            if CDC_LSN_KEY in entry:
+                relid, slot = entry.get(CDC_RELID_KEY), entry.get(CDC_SLOT_KEY)
+                return CdcPosition(int(entry[CDC_LSN_KEY]), int(relid) if relid is not None else None,
+                                   str(slot) if slot else None)
         return None
-    times = [datetime.fromisoformat(str(e[BATCH_TIME_KEY])) if BATCH_TIME_KEY in e
-             else datetime.fromtimestamp(int(e.get("timestamp", 0)) / 1000, UTC)
-             for e in commit_history(dt) if BATCH_KEY in e]
-    return min(times) if times else None
 
+    def committed_batch_ids(self, limit: int = 50) -> set[str]:
+        """Batches whose final commit landed (to detect a commit that landed before a retry)."""
+        return {str(h[BATCH_KEY]) for h in self.latest(limit)
+                if BATCH_KEY in h and _chunk(h)[0] == _chunk(h)[1] - 1}
 
-def hash_version(dt: DeltaTable, limit: int = 50) -> int:
-    """The record_hash version of the table's latest load (1 for tables written before v2)."""
-    for entry in commit_history(dt, limit):
-        if BATCH_KEY in entry:
-            return int(entry.get(HASH_VERSION_KEY, 1))
-    return HASH_VERSION
+    def committed_chunks(self, batch_id: str, limit: int = 200) -> set[int]:
+        """Chunk indexes of ``batch_id`` already in the table."""
+        return {_chunk(h)[0] for h in self.latest(limit) if h.get(BATCH_KEY) == batch_id}
 
+    def interrupted_batch(self, limit: int = 50) -> str | None:
+        """The batch of the latest commit if it was a non-final chunk (a load killed mid-way)."""
+        for h in self.latest(limit):
+            if BATCH_KEY not in h:
+                continue
+            i, n = _chunk(h)
+            return str(h[BATCH_KEY]) if i < n - 1 else None
+        return None
+
+    def loaded_ranges(self) -> list[tuple[date, date]]:
+        """The partition ranges (first day, end day exclusive) the table's load commits ran for."""
+        ranges = []
+        for entry in self.latest():
+            first, sep, end = str(entry.get(PARTITIONS_KEY, "")).partition("/")
+            if sep:
+                ranges.append((date.fromisoformat(first), date.fromisoformat(end)))
+        return ranges
+
+    def first_load_time(self) -> datetime | None:
+        """When the table's oldest load began reading its source (the batch time its commits
+        record, else the commit's own time for commits written before they did); None for a table
+        no load wrote."""
+        times = [datetime.fromisoformat(str(e[BATCH_TIME_KEY])) if BATCH_TIME_KEY in e
+                 else datetime.fromtimestamp(int(e.get("timestamp", 0)) / 1000, UTC)
+                 for e in self.latest() if BATCH_KEY in e]
+        return min(times) if times else None

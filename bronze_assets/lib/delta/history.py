@@ -25,7 +25,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.change_feed import CHANGE_FEED, enable_change_feed
-from bronze_assets.lib.delta.commit_log import committed_chunks
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges
 from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties
 from bronze_assets.lib.delta.merge_plan import OP
@@ -101,7 +101,7 @@ class HistoryWriter:
         if dt is None:
             raise RuntimeError(f"{self.table}: the history table is missing; it is seeded before the "
                                f"first MERGE that writes it (HistoryWriter.seed)")
-        if chunk in committed_chunks(dt, batch_id):
+        if chunk in CommitLog.read(dt).committed_chunks(batch_id):
             log.info("%s: chunk %d/%d of batch %s already committed", self.uri, chunk + 1, chunks, batch_id)
             return 0
         if enable_change_feed(dt):

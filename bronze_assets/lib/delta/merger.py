@@ -31,10 +31,8 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.change_feed import CHANGE_FEED, enable_change_feed
 from bronze_assets.lib.delta.commit_log import (
     REHASHED_KEY,
+    CommitLog,
     batch_metrics,
-    committed_batch_ids,
-    committed_chunks,
-    interrupted_batch,
 )
 from bronze_assets.lib.delta.history import HistoryWriter
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges, sql_literal
@@ -140,14 +138,15 @@ class BronzeMerger:
             else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             dt = self.storage.open(self.contract.bronze_table)
-            if dt is not None and staged.ctx.batch_id in committed_batch_ids(dt):
+            commits = CommitLog.current(dt, staged.commits)  # staging's, if nothing committed since
+            if dt is not None and staged.ctx.batch_id in commits.committed_batch_ids():
                 log.info("%s: batch %s already committed", self.uri, staged.ctx.batch_id)
                 result = MergeResult(self.uri, staged.rows, committed=True)
                 break
             try:
                 if dt is not None and self.history is not None:  # history turned on, or a first load killed
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
-                result = self._create(staged) if dt is None else self._merge(dt, staged)
+                result = self._create(staged) if dt is None else self._merge(dt, staged, commits)
                 if dt is None and self.history is not None:
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
                     result.history_versions = staged.rows
@@ -250,7 +249,7 @@ class BronzeMerger:
         file_bytes = target_file_bytes(self.contract, self.storage.settings)
         for chunk in range(chunks):
             dt = self.storage.open(self.contract.bronze_table) if chunk else None
-            if dt is not None and chunk in committed_chunks(dt, staged.ctx.batch_id):
+            if dt is not None and chunk in CommitLog.read(dt).committed_chunks(staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
             try:
                 write_deltalake(
@@ -274,11 +273,11 @@ class BronzeMerger:
             self._committed(staged, chunk, chunks, min(staged.rows, (chunk + 1) * self.chunk_rows))
         return result
 
-    def _merge(self, dt: DeltaTable, staged: StagedBatch) -> MergeResult:
+    def _merge(self, dt: DeltaTable, staged: StagedBatch, commits: CommitLog) -> MergeResult:
         target_columns = {f.name for f in dt.schema().to_arrow()}
         backfill = staged.rewrite_unchanged or any(n not in target_columns for n in staged.schema.names)
         plan, result = self.planner.plan(dt, staged, backfill_unchanged=backfill,
-                                         resumed=interrupted_batch(dt))
+                                         resumed=commits.interrupted_batch())
         if not plan.height:
             return result
         if result.rehashed_v1:

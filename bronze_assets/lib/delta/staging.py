@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.protection import PiiHook
 from bronze_assets.lib.enrich.metadata import BatchContext, complete
 from bronze_assets.lib.source.schema import SchemaDrift
@@ -56,6 +57,7 @@ class StagedBatch:
     final_metadata: dict[str, str] = field(default_factory=dict)  # on the batch's last commit only
     commit_always: bool = False  # commit the metadata even when no row changes (a CDC snapshot)
     rewrite_unchanged: bool = False  # rewrite staged keys even where the hash is equal (a repair)
+    commits: CommitLog | None = None  # the table's commit log read when staging (the MERGE reuses it)
 
     @property
     def score_sum(self) -> int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import record_checkpoint
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
@@ -68,9 +69,10 @@ class LoadEngine(Protocol):
     def warm_quality(self, contract: Contract) -> None:
         """Prepare the contract's GX suite while the source is read (may do nothing)."""
 
-    def stage(self, request: LoadRequest, selection: Selection) -> Staged:
+    def stage(self, request: LoadRequest, selection: Selection, commits: CommitLog) -> Staged:
         """Read what the source read selected (a PostgreSQL table's window, CDC keys or slot
-        snapshot) in one snapshot and stage it."""
+        snapshot) in one snapshot and stage it; ``commits`` is the table's commit log as the
+        lifecycle read it (watermark, hash version; the MERGE reuses it)."""
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         """Validate the staged rows with the GX suite, concurrently with the MERGE."""
@@ -93,10 +95,11 @@ class LocalEngine:
     def warm_quality(self, contract: Contract) -> None:
         worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract, self.storage.settings.data_dir))
 
-    def stage(self, request: LoadRequest, selection: Selection) -> StagedBatch:
+    def stage(self, request: LoadRequest, selection: Selection, commits: CommitLog) -> StagedBatch:
         if isinstance(selection, FileSelection):  # landing-zone files (ARCHITECTURE §2.6)
             return stage_files(request.contract, self.storage, selection)
-        return stage_selection(request.contract, self.storage, table_selection(selection, self.name))
+        return stage_selection(request.contract, self.storage, table_selection(selection, self.name),
+                               commits=commits)
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         assert isinstance(staged, StagedBatch)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.storage import Storage
@@ -116,9 +117,12 @@ class Lifecycle:
         if QUALITY_SCORE in request.checks:  # GX warms up while the source is read
             self.engine.warm_quality(contract)
         try:
-            source = self.source or source_for(request, self.dsn, self.storage, self.log)
+            # the table's commit log, read once: CDC position, watermark, hash version (the MERGE
+            # reuses it when nothing was committed since)
+            commits = CommitLog.read(self.storage.open(contract.bronze_table))
+            source = self.source or source_for(request, self.dsn, self.storage, self.log, commits)
             with source.open() as read:  # open while the engine stages (e.g. in a CDC slot's snapshot)
-                staged = self.engine.stage(request, read.selection)
+                staged = self.engine.stage(request, read.selection, commits)
             self.read = read
         except SchemaMismatchError as exc:
             self._failed(exc)

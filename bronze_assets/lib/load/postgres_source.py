@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.cdc import CdcRead, acknowledge, cdc_choice, cdc_read
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.source import replication
 from bronze_assets.lib.source.window import TableSelection
@@ -75,17 +76,19 @@ class CdcSource:
     request: LoadRequest
     dsn: str = field(repr=False)
     storage: Storage
+    commits: CommitLog | None = field(default=None, repr=False)  # the table's, when read already
 
     @contextmanager
     def open(self) -> Iterator[LogRead]:
         contract = self.request.contract
-        with cdc_read(contract, self.dsn, self.storage, chosen=True) as read:
+        with cdc_read(contract, self.dsn, self.storage, chosen=True, commits=self.commits) as read:
             yield LogRead(contract, self.dsn, read, read.selection(self.dsn, self.request.window))
 
 
-def postgres_source(request: LoadRequest, dsn: str, storage: Storage, logger: logging.Logger
-                    ) -> WindowSource | CdcSource:
+def postgres_source(request: LoadRequest, dsn: str, storage: Storage, logger: logging.Logger,
+                    commits: CommitLog | None = None) -> WindowSource | CdcSource:
     """The slot for a CDC table's run that reaches the open partition when the source allows it,
-    else the window (with the reason CDC could not run, also logged to ``logger``)."""
-    use_cdc, pattern = cdc_choice(request.contract, dsn, request.window, storage, logger)
-    return CdcSource(request, dsn, storage) if use_cdc else WindowSource(request, dsn, pattern)
+    else the window (with the reason CDC could not run, also logged to ``logger``). ``commits``:
+    the table's commit log (the CDC position bronze holds), when read already."""
+    use_cdc, pattern = cdc_choice(request.contract, dsn, request.window, storage, logger, commits)
+    return CdcSource(request, dsn, storage, commits) if use_cdc else WindowSource(request, dsn, pattern)

@@ -15,6 +15,7 @@ import logging
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load.landing_source import FileSelection, LandingSource
 from bronze_assets.lib.load.postgres_source import postgres_source
@@ -48,14 +49,16 @@ class Source(Protocol):
         """The read, open while the block runs (the engine stages inside it)."""
 
 
-def source_for(request: LoadRequest, dsn: str, storage: Storage, logger: logging.Logger) -> Source:
+def source_for(request: LoadRequest, dsn: str, storage: Storage, logger: logging.Logger,
+               commits: CommitLog | None = None) -> Source:
     """The source ``request`` reads: a landing table's new files
     (:class:`~bronze_assets.lib.load.landing_source.LandingSource`), else a PostgreSQL table, by its
     window or its log-based CDC stream (:func:`~bronze_assets.lib.load.postgres_source.postgres_source`).
-    ``logger``: the run's log."""
+    ``logger``: the run's log; ``commits``: the target table's commit log (e.g. the CDC position it
+    holds), when read already."""
     if request.contract.landing is not None:
         return LandingSource(request, storage)
-    return postgres_source(request, dsn, storage, logger)
+    return postgres_source(request, dsn, storage, logger, commits)
 
 
 def table_selection(selection: Selection, engine: str) -> TableSelection:

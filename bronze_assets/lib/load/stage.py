@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.commit_log import HASH_VERSION, first_load_time, hash_version, latest_watermark
+from bronze_assets.lib.delta.commit_log import HASH_VERSION, CommitLog
 from bronze_assets.lib.delta.load_commit import partition_range_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
@@ -48,6 +48,7 @@ def extract_and_stage(
     keys: Sequence[int] | None = None,
     all_rows: bool = False,
     snapshot_id: str | None = None,
+    commits: CommitLog | None = None,
 ) -> StagedBatch:
     """Read the window of ``contract`` from the source and stage enriched rows for the MERGE.
 
@@ -59,18 +60,21 @@ def extract_and_stage(
     source no longer has are staged as deleted keys. ``all_rows`` reads every row and places
     new keys in ``partition`` (a CDC slot's snapshot taken by the run of that partition).
     ``snapshot_id`` reads in an exported snapshot (a replication slot's, so the snapshot and the
-    change stream meet exactly).
+    change stream meet exactly). ``commits`` is the table's commit log (and table) when the caller
+    read it already; the staged batch carries it to the MERGE.
     """
     started = time.perf_counter()
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
     storage = as_storage(storage)
-    target = storage.open(contract.bronze_table)
+    if commits is None:
+        commits = CommitLog.read(storage.open(contract.bronze_table))
+    target = commits.table
     check_target(storage, contract.bronze_table, DELTA_RS, target)  # one engine per S3 table
-    previous = latest_watermark(target)
+    previous = commits.watermark()
     # migrate v1 hashes once (a keyless table is v2 from its first load: its keys are v2 hashes)
-    legacy = target is not None and not contract.keyless and hash_version(target) < HASH_VERSION
+    legacy = target is not None and not contract.keyless and commits.hash_version() < HASH_VERSION
     legacy_hashes: list[pa.RecordBatch] = []
-    first_load = first_load_time(target) if previous is None else None
+    first_load = commits.first_load_time() if previous is None else None
     window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
                                     first_load, settings=storage.settings), keys, all_rows)
     found: list[pa.Array] = []
@@ -132,18 +136,19 @@ def extract_and_stage(
         legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
         pii=pii_protection(contract, storage),
         deleted_keys=_missing(contract, window.keys, found) if window.keys is not None else None,
+        commits=commits,
     )
     return staged
 
 
 def stage_selection(contract: Contract, storage: StorageLike, selection: TableSelection,
-                    batch_time: datetime | None = None) -> StagedBatch:
+                    batch_time: datetime | None = None, commits: CommitLog | None = None) -> StagedBatch:
     """Stage what a read of the PostgreSQL table selects (:func:`extract_and_stage`), with the
-    metadata its last commit carries."""
+    metadata its last commit carries; ``commits``: the table's commit log, when read already."""
     staged = extract_and_stage(contract, selection.dsn, storage, partition=selection.partition,
                                batch_time=batch_time, changes_only=selection.changes_only,
                                keys=selection.keys, all_rows=selection.all_rows,
-                               snapshot_id=selection.snapshot_id)
+                               snapshot_id=selection.snapshot_id, commits=commits)
     staged.commit_always = selection.commit_always
     staged.final_metadata |= selection.final_metadata
     return staged

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from bronze_assets.contracts import CONTRACTS, Contract, PartitionKind
 from bronze_assets.contracts.freshness import WINDOWS
-from bronze_assets.lib.delta.commit_log import latest_watermark
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
@@ -230,7 +230,7 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         status.active, status.deleted = by_status.get("ACTIVE", 0), by_status.get("DELETED", 0)
         status.forgotten = by_status.get("FORGOTTEN", 0)
         status.rows = sum(by_status.values())
-        status.watermark = latest_watermark(dt)
+        status.watermark = CommitLog.read(dt).watermark()
     if contract.history:
         status.history = history_status(contract, storage)
     mine = loads.get(contract.bronze_table, {})

@@ -88,13 +88,14 @@ def pending_since(dt: DeltaTable, overlap_seconds: float) -> datetime | None:
     began reading minus the overlap (transactions still open then commit rows dated before it)."""
     from datetime import timedelta
 
-    from bronze_assets.lib.delta.commit_log import BATCH_TIME_KEY, commit_history, latest_watermark
+    from bronze_assets.lib.delta.commit_log import BATCH_TIME_KEY, CommitLog
 
-    watermark = latest_watermark(dt)
+    commits = CommitLog.read(dt)
+    watermark = commits.watermark()
     if watermark is not None:
         return watermark
     ceiling: int | None = None
-    for entry in commit_history(dt, 200):
+    for entry in commits.latest(200):
         version = int(entry.get("version", -1))
         if ceiling is not None and version > ceiling:
             continue  # undone by a later restore

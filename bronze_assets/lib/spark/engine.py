@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.load.engine import Staged
 from bronze_assets.lib.load.source import Selection, table_selection
@@ -31,8 +32,8 @@ class SparkEngine:
     def warm_quality(self, contract: Contract) -> None:
         """Nothing to warm: the suite is built on the driver when the staged rows are validated."""
 
-    def stage(self, request: LoadRequest, selection: Selection) -> SparkStaged:
-        return self.loader.stage(request.contract, table_selection(selection, self.name))
+    def stage(self, request: LoadRequest, selection: Selection, commits: CommitLog) -> SparkStaged:
+        return self.loader.stage(request.contract, table_selection(selection, self.name), commits=commits)
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         assert isinstance(staged, SparkStaged)

@@ -35,11 +35,8 @@ from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION,
     REHASHED_KEY,
+    CommitLog,
     batch_metrics,
-    committed_batch_ids,
-    first_load_time,
-    hash_version,
-    latest_watermark,
 )
 from bronze_assets.lib.delta.load_commit import (
     app_id,
@@ -134,6 +131,7 @@ class SparkStaged:
     commit_always: bool = False  # commit (the metadata: a CDC position) even when nothing changed
     keep_after_merge: bool = False
     pii: PiiHook | None = None  # protects the PII columns as the rows are written (as on the local engine)
+    commits: CommitLog | None = None  # the table's commit log read when staging (the MERGE reuses it)
 
     @property
     def rows(self) -> int:
@@ -259,20 +257,23 @@ class SparkLoader:
         return result
 
     def stage(self, contract: Contract, selection: TableSelection, *, batch_time: datetime | None = None,
-              overlap: timedelta = DEFAULT_OVERLAP) -> SparkStaged:
+              overlap: timedelta = DEFAULT_OVERLAP, commits: CommitLog | None = None) -> SparkStaged:
         """Read what ``selection`` names (the window; CDC keys or a slot's snapshot) in one snapshot
         and stage enriched rows (and the source's keys) as parquet for :meth:`merge`; nothing is
-        written to the table here."""
+        written to the table here. ``commits``: the table's commit log (and table), when the
+        caller read it already."""
         started = time.perf_counter()
         ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC))
-        target = self.storage.open(contract.bronze_table)
+        if commits is None:
+            commits = CommitLog.read(self.storage.open(contract.bronze_table))
+        target = commits.table
         check_target(self.storage, contract.bronze_table, SPARK, target)  # one engine per S3 table
-        legacy = target is not None and hash_version(target) < HASH_VERSION  # re-hash v1 rows once (§2.2)
-        previous = latest_watermark(target)
+        legacy = target is not None and commits.hash_version() < HASH_VERSION  # re-hash v1 rows once (§2.2)
+        previous = commits.watermark()
         dsn, partition = selection.dsn, selection.partition
         window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap,
                                         selection.changes_only,
-                                        first_load=first_load_time(target) if previous is None else None,
+                                        first_load=commits.first_load_time() if previous is None else None,
                                         settings=self.storage.settings),
                             selection.keys, selection.all_rows)
         folder = stage_dir(self.storage.settings.stage_dir) / f"spark-{contract.bronze_table}-{ctx.batch_id}"
@@ -307,7 +308,8 @@ class SparkLoader:
             final=dict(selection.final_metadata), batch_time=ctx.batch_time)
         return SparkStaged(contract, ctx, window, folder, sweep, histogram, unreadable, drift, watermark,
                            meta, round(time.perf_counter() - started, 3),
-                           commit_always=selection.commit_always, pii=pii_protection(contract, self.storage))
+                           commit_always=selection.commit_always, pii=pii_protection(contract, self.storage),
+                           commits=commits)
 
     def merge(self, staged: SparkStaged) -> SparkLoadResult:
         """Apply §2.3 to the table from the staged rows (the staged folder stays: see
@@ -324,7 +326,7 @@ class SparkLoader:
         rows = staged.rows
         result = self._write(contract, self.uri(contract), rows_frame.drop(RESCUED), keys, rows,
                              staged.meta, staged.ctx, keys_are_gone=window.keys is not None,
-                             commit_always=staged.commit_always, pii=staged.pii)
+                             commit_always=staged.commit_always, pii=staged.pii, commits=staged.commits)
         result.merge_seconds = round(time.perf_counter() - merge_started, 3)
         result.avg_quality_score = round(score_sum(staged.score_histogram) / rows, 2) if rows else None
         return SparkLoadResult(staged.ctx.batch_id, staged.ctx.batch_time, describe_window(window), rows,
@@ -365,11 +367,13 @@ class SparkLoader:
 
     def _write(self, contract: Contract, uri: str, staged: DataFrame, keys: DataFrame, rows: int,
                meta: dict[str, str], ctx: BatchContext, keys_are_gone: bool = False,
-               commit_always: bool = False, pii: PiiHook | None = None) -> MergeResult:
+               commit_always: bool = False, pii: PiiHook | None = None, commits: CommitLog | None = None
+               ) -> MergeResult:
         """MERGE ``staged``; ``keys`` is the source's key set (keys missing from it become
         DELETED) or with ``keys_are_gone`` the keys the source no longer has (log-based CDC).
         ``commit_always``: commit (the metadata) even when nothing changed. ``pii`` protects the
-        PII columns (required when the contract has any: never plaintext by omission)."""
+        PII columns (required when the contract has any: never plaintext by omission). ``commits``:
+        the table's commit log read when staging (reused when nothing was committed since)."""
         from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
@@ -379,7 +383,7 @@ class SparkLoader:
         if extra:  # rows more than keys, as the local engine counts them
             raise DuplicateKeyError.repeated(contract.bronze_table, pk, int(extra))
         target = self.storage.open(contract.bronze_table)
-        if target is not None and meta[BATCH_KEY] in committed_batch_ids(target):
+        if target is not None and meta[BATCH_KEY] in CommitLog.current(target, commits).committed_batch_ids():
             return MergeResult(uri, rows, committed=True)
         part = contract.partitioning.delta_column
         if target is None:

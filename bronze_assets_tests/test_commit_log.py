@@ -1,0 +1,75 @@
+"""The commit log is read once per load (lib/delta/commit_log.py, CommitLog): every question a load
+asks of its table's history (CDC position, watermark, hash version, first load, committed batch,
+interrupted batch) is answered from one ``history`` read, and a question about the whole history
+of a log longer than the read reads the rest."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
+from bronze_assets.lib.delta.commit_log import BATCH_KEY, BATCH_TIME_KEY, PARTITIONS_KEY, CommitLog
+from bronze_assets_tests.bronze_helpers import Bronze
+
+pytestmark = pytest.mark.integration
+
+TODAY = datetime.now(UTC).date()
+
+
+@pytest.fixture
+def history_reads(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """The ``limit`` of every ``DeltaTable.history`` call made while the test runs."""
+    calls: list[int | None] = []
+    original = DeltaTable.history
+
+    def counted(self: DeltaTable, limit: int | None = None) -> list:
+        calls.append(limit)
+        return original(self, limit)
+
+    monkeypatch.setattr(DeltaTable, "history", counted)
+    return calls
+
+
+@pytest.mark.parametrize("table", ["products", "inventory"])  # a full load; a CDC tick
+def test_an_unchanged_reload_reads_the_commit_history_once(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str,
+        history_reads: list[int | None]) -> None:
+    monkeypatch.setenv("BRONZE_START_DATE", (TODAY - timedelta(days=1)).isoformat())
+    b = Bronze(seeded, tmp_path / "bronze")
+    partition = None if table == "products" else TODAY.isoformat()
+    b.materialize(table, partition)
+    version = b.version(table)
+    history_reads.clear()
+    meta = b.materialize(table, partition, tags={CHANGES_ONLY_TAG: "true"})
+    assert meta["rows_inserted"] == meta["rows_updated"] == meta["rows_soft_deleted"] == 0
+    assert b.version(table) == version, "an unchanged load commits nothing"
+    assert history_reads == [200], "one read of the table's recent commits"
+
+
+def _commit(uri: str, meta: dict[str, str]) -> None:
+    write_deltalake(uri, pa.table({"k": pa.array([1], pa.int64())}), mode="append",
+                    commit_properties=CommitProperties(custom_metadata=meta))
+
+
+def test_a_partial_log_reads_the_rest_for_whole_history_questions(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    for day in range(1, 6):
+        first = date(2025, 1, day)
+        _commit(uri, {BATCH_KEY: f"b{day}", BATCH_TIME_KEY: f"2025-01-0{day}T00:00:00+00:00",
+                      PARTITIONS_KEY: f"{first.isoformat()}/{(first + timedelta(days=1)).isoformat()}"})
+    dt = DeltaTable(uri)
+    partial, whole = CommitLog.read(dt, 2), CommitLog.read(dt, None)
+    assert not partial.complete and len(partial.entries) == 2 and whole.complete
+    assert partial.loaded_ranges() == whole.loaded_ranges() and len(whole.loaded_ranges()) == 5
+    assert partial.first_load_time() == whole.first_load_time() == datetime(2025, 1, 1, tzinfo=UTC)
+    assert partial.latest(2) == whole.latest(2)
+    assert partial.committed_batch_ids() == whole.committed_batch_ids() == {f"b{i}" for i in range(1, 6)}
+    assert CommitLog.current(dt, partial) is partial, "read at the table's version: reused"
+    _commit(uri, {BATCH_KEY: "b6"})
+    assert "b6" in CommitLog.current(DeltaTable(uri), partial).committed_batch_ids(), "changed: read again"
+    assert CommitLog.read(None) == CommitLog() and CommitLog().watermark() is None
