@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bronze_assets.settings import ENV_BRONZE_ROOT, user_cache_dir
-from bronze_assets_tests.s3 import free_port, stop, wait_for_port
+from bronze_assets_tests.s3 import free_port, stop, store_env, wait_for_port
 
 # Azurite's well-known development account (public, in Azure's documentation)
 ACCOUNT = "devstoreaccount1"
@@ -91,21 +91,13 @@ def adls_server() -> Iterator[str]:
     stop(server)
 
 
-def clear_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No Azure variable of the developer's shell reaches a test."""
-    for name in AZURE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def adls(adls_server: str, monkeypatch: pytest.MonkeyPatch) -> Adls:
     """A new container on Azurite, the Azure variables pointing at it and
     ``BRONZE_ROOT=abfss://<container>@devstoreaccount1.dfs.core.windows.net/bronze``."""
-    clear_azure_env(monkeypatch)
-    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", ACCOUNT)
-    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", ACCOUNT_KEY)
-    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
-    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", adls_server)
+    store_env(monkeypatch, AZURE_VARIABLES, {
+        "AZURE_STORAGE_ACCOUNT_NAME": ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": ACCOUNT_KEY,
+        "AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": adls_server})
     container = Adls(adls_server, f"bronze-{uuid.uuid4().hex[:12]}")
     container.client().create_container()
     monkeypatch.setenv(ENV_BRONZE_ROOT, container.root)

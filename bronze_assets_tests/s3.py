@@ -157,22 +157,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     stop(server)
 
 
-def clear_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AWS variable of the developer's shell reaches a test."""
-    for name in AWS_VARIABLES:
+def store_env(monkeypatch: pytest.MonkeyPatch, family: tuple[str, ...], values: dict[str, str]) -> None:
+    """Only ``values`` of a store's variables (``family``) reach a test, none of the developer's shell."""
+    for name in family:
         monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
 def s3(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> S3:
     """A new bucket on the local S3 server, the standard AWS variables pointing at it and
     ``BRONZE_ROOT=s3://<bucket>/bronze``."""
-    clear_aws_env(monkeypatch)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    store_env(monkeypatch, AWS_VARIABLES, {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION,
+        "AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_ALLOW_HTTP": "true"})
     bucket = S3(s3_server.endpoint, f"bronze-{uuid.uuid4().hex[:12]}", s3_server.log)
     bucket.client().create_bucket(Bucket=bucket.bucket)
     monkeypatch.setenv(ENV_BRONZE_ROOT, bucket.root)
