@@ -44,7 +44,7 @@ from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import env_storage
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import COLUMNS, NASTY, create_table, fill, postgres_says
-from bronze_assets_tests.test_tables_file import _source_tables, defs_package
+from bronze_assets_tests.test_tables_file import _source_tables, bronze_init, defs_package
 
 pytestmark = pytest.mark.integration
 
@@ -111,11 +111,9 @@ def test_a_keyless_table_loads_as_a_full_snapshot(fresh_dsn: str, tmp_path: Path
     create_keyless(fresh_dsn)
     package, tree = defs_package(tmp_path / "project")
     target = package / "tests" / "defs.yaml"
-    result = CliRunner().invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "tests",
-                                       "--tables", TABLE])
-    assert result.exit_code == 0, result.output
-    assert f"+ {TABLE}" in result.output and "full snapshot: no primary key" in result.output
-    assert "1 table(s) to load." in result.output and "not loaded" not in result.output
+    output = bronze_init(target, fresh_dsn, "tests", "--tables", TABLE)
+    assert f"+ {TABLE}" in output and "full snapshot: no primary key" in output
+    assert "1 table(s) to load." in output and "not loaded" not in output
     text = target.read_text()
     assert NO_KEY.split(".")[0] in text  # the reason, in a comment above the table
     spec = yaml.safe_load(text)["attributes"]["tables"][TABLE]

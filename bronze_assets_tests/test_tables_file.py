@@ -57,6 +57,13 @@ def defs_package(parent: Path) -> tuple[Path, ComponentTree]:
     return package, ComponentTree.from_module(defs_module=module, project_root=parent)
 
 
+def bronze_init(target: Path, dsn: str, schema: str, *options: str) -> str:
+    """`bronze init` writes ``target`` from ``schema`` at ``dsn`` (exit 0); its output."""
+    result = CliRunner().invoke(main, ["init", str(target), "--dsn", dsn, "--schema", schema, *options])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def test_the_shipped_example_is_todays_contracts_field_by_field() -> None:
     reference = {c.name: c for c in reference_contracts.ALL}
     from_yaml = {c.name: c for c in _example_component().contracts()}
@@ -154,13 +161,12 @@ def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: s
     _source_tables(fresh_dsn)
     package, tree = defs_package(tmp_path / "project")
     target = package / "sales" / "defs.yaml"
-    result = CliRunner().invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales"])
-    assert result.exit_code == 0, result.output
-    assert "+ customer" in result.output and "NOT LOADED: no updated_at column" in result.output
-    assert "audit_events" in result.output and "full snapshot: no primary key" in result.output
-    assert "3 table(s) to load, 1 not loaded" in result.output
-    assert "sales.Customer.ref: uuid is stored as string" in result.output  # the type mapping, named
-    assert "sales.Customer.prefs: jsonb is stored as string" in result.output
+    output = bronze_init(target, fresh_dsn, "sales")
+    assert "+ customer" in output and "NOT LOADED: no updated_at column" in output
+    assert "audit_events" in output and "full snapshot: no primary key" in output
+    assert "3 table(s) to load, 1 not loaded" in output
+    assert "sales.Customer.ref: uuid is stored as string" in output  # the type mapping, named
+    assert "sales.Customer.prefs: jsonb is stored as string" in output
     text = target.read_text()
     assert "postgresql://" not in text  # the DSN never lands in the file; its variable does
     document = yaml.safe_load(text)
@@ -314,9 +320,7 @@ def test_a_composite_key_table_loads_by_watermark(fresh_dsn: str, tmp_path: Path
     _source_tables(fresh_dsn)
     package, tree = defs_package(tmp_path / "project")
     target = package / "sales" / "defs.yaml"
-    result = CliRunner().invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales",
-                                       "--tables", "order_lines", "--incremental-rows", "2"])
-    assert result.exit_code == 0, result.output
+    bronze_init(target, fresh_dsn, "sales", "--tables", "order_lines", "--incremental-rows", "2")
     spec = read_file(target).tables["order_lines"]
     assert (spec.load_pattern, spec.cadence, spec.partitioning) == ("incremental", "hourly", "daily")
     today = datetime.now(UTC).date()
@@ -351,9 +355,7 @@ def test_a_file_naming_another_dsn_variable_reads_that_source(fresh_dsn: str, tm
     _source_tables(fresh_dsn)
     package, tree = defs_package(tmp_path / "project")
     target = package / "sales" / "defs.yaml"
-    result = CliRunner().invoke(main, ["init", str(target), "--dsn", fresh_dsn, "--schema", "sales",
-                                       "--tables", "Customer", "--dsn-env", "SALES_DSN"])
-    assert result.exit_code == 0, result.output
+    bronze_init(target, fresh_dsn, "sales", "--tables", "Customer", "--dsn-env", "SALES_DSN")
     assert "postgresql://" not in target.read_text()
     defs = tree.build_defs()
     assert set(defs.resources or {}) == {"source_sales_dsn"}  # read from $SALES_DSN when a run starts
