@@ -53,12 +53,12 @@ def pipes_value(key: str, value: Any) -> Any:
     return value
 
 
-def report_checks(pipes: pipes_api.PipesContext, outcomes: Sequence[CheckOutcome]) -> None:
-    """Report check outcomes over Pipes; their descriptions (which Pipes checks do not carry)
-    follow in one :data:`DESCRIPTIONS` message."""
+def report_checks(pipes: pipes_api.PipesContext, asset_key: str, outcomes: Sequence[CheckOutcome]) -> None:
+    """Report check outcomes of ``asset_key`` over Pipes; their descriptions (which Pipes checks do
+    not carry) follow in one :data:`DESCRIPTIONS` message."""
     for outcome in outcomes:
         pipes.report_asset_check(
-            check_name=outcome.name, passed=outcome.passed, severity=outcome.severity,
+            asset_key=asset_key, check_name=outcome.name, passed=outcome.passed, severity=outcome.severity,
             metadata={k: pipes_value(k, v) for k, v in outcome.metadata.items()})
     described = {o.name: o.description for o in outcomes if o.description}
     if described:
@@ -112,7 +112,7 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
     except Exception as exc:  # the one failure policy, as on the local engine
         failure = classify(exc, contract.bronze_table, dsn)
         if lifecycle is not None:  # it audited the failure
-            report_checks(pipes, lifecycle.take_checks())
+            report_checks(pipes, contract.bronze_table, lifecycle.take_checks())
         else:  # the job failed before the load began (source, Spark session)
             audit_failure(contract, storage, pipes.run_id, started,
                           (datetime.now(UTC) - started).total_seconds(), failure.message)
@@ -123,8 +123,10 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
                                                "metadata": metadata}})
         return
     pipes.log.info(f"{contract.bronze_table}: merged in {report.outcome.result.merge_seconds:.2f} s")
-    pipes.report_asset_materialization(metadata={k: pipes_value(k, v) for k, v in report.metadata.items()})
-    report_checks(pipes, report.checks)
+    # the step may also hold the history asset: name the table the job loaded
+    pipes.report_asset_materialization(asset_key=contract.bronze_table,
+                                       metadata={k: pipes_value(k, v) for k, v in report.metadata.items()})
+    report_checks(pipes, contract.bronze_table, report.checks)
 
 
 def _pipes_io(kind: str) -> dict[str, Any]:

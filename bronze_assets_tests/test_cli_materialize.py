@@ -44,9 +44,10 @@ def test_webserver_serves_the_ten_assets(tmp_path: Path) -> None:
     with running_webserver(tmp_path / "home") as web:
         nodes = web.asset_nodes()
     bronze = {n["assetKey"]["path"][0] for n in nodes if n["groupName"] == "bronze"}
-    assert bronze == {f"bz_{t}" for t in ("products", "suppliers", "warehouses", "inventory", "orders",
-                                          "order_details", "shipments", "returns", "stock_levels",
-                                          "customers")}
+    tables = {f"bz_{t}" for t in ("products", "suppliers", "warehouses", "inventory", "orders",
+                                  "order_details", "shipments", "returns", "stock_levels", "customers")}
+    history = {f"bz_{t}_history" for t in ("products", "suppliers", "warehouses", "customers")}
+    assert bronze == tables | history | {"bz_shipment_events"}
     checks = {n["assetKey"]["path"][0]: {c["name"] for c in n["assetChecksOrError"]["checks"]}
               for n in nodes if n["groupName"] == "bronze"}
     assert checks["bz_products"] == {"schema_contract", "quality_score", "key_uniqueness", "reconciliation"}

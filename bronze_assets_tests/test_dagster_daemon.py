@@ -67,7 +67,8 @@ def test_profiles_pass_dagster_config_validation(tmp_path: Path) -> None:
 
 def test_every_bronze_asset_is_in_the_pool_of_its_table() -> None:
     pools = {key.to_user_string(): a.op.pool for a in bronze_assets().assets for key in a.keys}
-    assert pools and all(pool == key for key, pool in pools.items()), pools
+    # a history table is written by its table's step, so it shares that pool
+    assert pools and all(pool == key.removesuffix("_history") for key, pool in pools.items()), pools
 
 
 @pytest.mark.integration

@@ -17,6 +17,7 @@ import pytest
 from deltalake import DeltaTable
 from playwright.sync_api import Page, expect, sync_playwright
 
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.settings import ENV_BRONZE_ROOT, ENV_DATA_DIR, ENV_SOURCE_DSN
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
@@ -37,7 +38,10 @@ ARTIFACTS = Path(os.environ.get("BRONZE_TEST_ARTIFACTS") or ROOT / "test-artifac
 
 ASSETS = [f"bz_{t}" for t in ("products", "suppliers", "warehouses", "inventory", "orders", "order_details",
                               "shipments", "returns", "stock_levels", "customers")]
-CHECKS = ["schema_contract", "quality_score", "key_uniqueness", "referential_integrity"]
+CHECKS = ["schema_contract", "quality_score", "key_uniqueness", "referential_integrity", "reconciliation"]
+# the bronze graph also shows the history tables (written by their table's step) and the landing tables
+GROUP_ASSETS = [*ASSETS, *(c.history_table for c in CONTRACTS.values() if c.history),
+                *(c.bronze_table for c in LANDING_CONTRACTS.values())]
 NO_FOREIGN_KEYS = {"bz_products", "bz_warehouses", "bz_customers"}  # no referential_integrity check
 TARGET = "bz_warehouses"  # unpartitioned: the Materialize button launches one run, no partition dialog
 
@@ -97,7 +101,7 @@ def drive_the_ui(page: Page, web: Webserver) -> str:
         node = graph.filter(has=page.get_by_text(asset, exact=True))
         expect(node).to_be_visible()
         expect(node).to_contain_text(f"0 / {len(expected_checks(asset))} Passed")
-    expect(graph).to_have_count(len(ASSETS))
+    expect(graph).to_have_count(len(GROUP_ASSETS))
 
     # Each asset's Checks tab lists its checks by name.
     for asset in ASSETS:
@@ -130,12 +134,12 @@ def drive_the_ui(page: Page, web: Webserver) -> str:
 
     # The asset now shows a materialization and passed checks: on its page and on the graph.
     page.goto(f"{web.url}/assets/{TARGET}?view=checks")
-    expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(expected_checks(TARGET)))
+    n = len(expected_checks(TARGET))  # the button runs every check of the asset, reconciliation too
+    expect(page.get_by_text("Succeeded", exact=True)).to_have_count(n)
     page.goto(f"{web.url}{GROUP_LINEAGE}")
     node = graph.filter(has=page.get_by_text(TARGET, exact=True))
-    n = len(expected_checks(TARGET))
     expect(node).to_contain_text(f"{n} / {n} Passed")
     expect(node).to_contain_text("Materialized")
-    expect(graph).to_have_count(len(ASSETS))
+    expect(graph).to_have_count(len(GROUP_ASSETS))
     page.screenshot(path=ARTIFACTS / "dagit_e2e.png", full_page=True)
     return run_id

@@ -258,7 +258,8 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
         raise dg.Failure(f"{contract.bronze_table}: the {chosen.value} job ended without reporting a load")
     meta = {k: getattr(v, "value", v) for k, v in (materialized[0].metadata or {}).items()}
     own = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
-    yield from changed_partition_events(context.asset_key, own, meta, context.instance, bronze.storage())
+    yield from changed_partition_events(dg.AssetKey(contract.bronze_table), own, meta, context.instance,
+                                        bronze.storage())
 
 
 def run_spark_subprocess(context: dg.AssetExecutionContext, request: LoadRequest, source: Any,
