@@ -15,7 +15,7 @@ import pytest
 from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import CONTRACTS
-from bronze_assets.lib.delta.change_feed import CHANGE_FEED, change_feed_on
+from bronze_assets.lib.delta.change_feed import CHANGE_FEED, CHECKPOINT_PROPERTIES, change_feed_on
 from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION,
@@ -97,13 +97,18 @@ def test_the_feed_of_a_run_is_what_its_merge_reports(seeded: str, tmp_path: Path
     assert set(feed["_change_type"]) == {"insert"}
     assert feed.height == first["rows_inserted"] == first["rows_read"]
     assert set(feed[PK]) == set(b.read("products")[PK]) and feed[PK].n_unique() == feed.height
+    assert CHECKPOINT_PROPERTIES.items() <= b.table("products").metadata().configuration.items()
 
-    # an existing table without the feed gets it with its next load that writes
+    # an existing table without the feed (nor the checkpoint interval) gets both with its next
+    # load that writes, in one commit before the MERGE
+    DeltaTable(uri).alter.set_table_properties({"delta.checkpointInterval": "100"})
     _turn_feed_off(uri)
     before = b.version("products")
     _change_source(seeded, (1, 2), deleted=3, inserted=990001)
     second = b.materialize("products")
     _assert_feed_table(b.table("products"))
+    assert CHECKPOINT_PROPERTIES.items() <= b.table("products").metadata().configuration.items()
+    assert second["delta_version"] == before + 2, "one property commit, then the MERGE"
     changes = _changes(_feed(uri, before + 1, second["delta_version"]))
     assert changes == {"inserted": {990001}, "updated": {1, 2}, "soft_deleted": {3}}
     assert _counts(changes) == (second["rows_inserted"], second["rows_updated"], second["rows_soft_deleted"])

@@ -92,32 +92,18 @@ def _ack_path(table: str) -> str:
     return f"{ACK_DIR}/{table}.json"
 
 
-def _files(storage: Storage) -> Any:
-    """delta-rs' object store at the bronze root (the Delta tables' credentials and options).
-    Its raw handler: through pyarrow (``deltalake.fs.DeltaStorageHandler``) a write fails, pyarrow
-    26 hands the stream a Buffer it refuses (deltalake 1.6.6)."""
-    from deltalake._internal import DeltaFileSystemHandler
-
-    return DeltaFileSystemHandler(table_uri=storage.root, options=storage.delta_options, known_sizes=None)
-
-
 def acknowledged(storage: StorageLike, table: str) -> tuple[str, int] | None:
     """(slot, position) the root last acknowledged for ``table``, or None."""
-    try:
-        raw = _files(as_storage(storage)).open_input_file(_ack_path(table)).read()
-    except FileNotFoundError:
+    raw = as_storage(storage).read_file(_ack_path(table))
+    if raw is None:
         return None
     record = json.loads(raw)
     return str(record["slot"]), int(record["lsn"])
 
 
 def _record_acknowledged(storage: Storage, table: str, slot: str, lsn: int) -> None:
-    stream = _files(storage).open_output_stream(_ack_path(table), None)
-    try:
-        stream.write(json.dumps({"slot": slot, "lsn": lsn, "lsn_text": lsn_text(lsn),
-                                 "at": datetime.now(UTC).isoformat()}).encode())
-    finally:
-        stream.close()
+    storage.write_file(_ack_path(table), json.dumps({"slot": slot, "lsn": lsn, "lsn_text": lsn_text(lsn),
+                                                     "at": datetime.now(UTC).isoformat()}).encode())
 
 
 def position_gap(held: int, slot: SlotState) -> str | None:

@@ -1,4 +1,5 @@
-"""The change data feed of a bronze table (ARCHITECTURE §2.7: on for every bz_* table)."""
+"""The table properties bronze sets on its tables: the change data feed (ARCHITECTURE §2.7: on
+for every bz_* table) and a checkpoint every 10 commits (README 'Deploying', requests per tick)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from deltalake import DeltaTable
 log = logging.getLogger(__name__)
 
 CHANGE_FEED = "delta.enableChangeDataFeed"
+# A checkpoint every 10 commits, not delta's 100: opening a table in a new process (each Dagster
+# run) reads every commit since its last checkpoint, one request (or two) each on an object store.
+CHECKPOINT_PROPERTIES = {"delta.checkpointInterval": "10"}
+BRONZE_PROPERTIES = {CHANGE_FEED: "true", **CHECKPOINT_PROPERTIES}
 
 
 def change_feed_on(dt: DeltaTable) -> bool:
@@ -16,14 +21,16 @@ def change_feed_on(dt: DeltaTable) -> bool:
     return str(dt.metadata().configuration.get(CHANGE_FEED, "")).lower() == "true"
 
 
-def enable_change_feed(dt: DeltaTable) -> bool:
-    """Turn the change data feed on for a table created without it (§2.7: with its next load that
-    writes). delta-rs offers this as a SET TBLPROPERTIES commit of its own (the protocol goes to
+def ensure_properties(dt: DeltaTable, properties: dict[str, str] = BRONZE_PROPERTIES) -> bool:
+    """Set the ``properties`` a table created without them lacks (§2.7: with its next load that
+    writes), in one SET TBLPROPERTIES commit (for the change feed delta-rs moves the protocol to
     writer version 4); it carries no bronze keys, and every reader of the bronze metadata
     (:func:`~bronze_assets.lib.delta.commit_log.commit_history`) skips a commit without them.
-    True when the commit was made."""
-    if change_feed_on(dt):
+    True when the commit was made (the caller re-reads the table)."""
+    configuration = dt.metadata().configuration
+    missing = {k: v for k, v in properties.items() if str(configuration.get(k, "")).lower() != v.lower()}
+    if not missing:
         return False
-    dt.alter.set_table_properties({CHANGE_FEED: "true"})
-    log.info("%s: change data feed enabled (version %d)", dt.table_uri, dt.version())
+    dt.alter.set_table_properties(missing)
+    log.info("%s: table properties %s set (version %d)", dt.table_uri, sorted(missing), dt.version())
     return True

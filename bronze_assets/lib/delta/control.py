@@ -23,6 +23,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage, open_table
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
@@ -110,9 +111,8 @@ def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, An
     return len(filled)
 
 
-# A checkpoint every 10 commits, not 100: a control table gets a commit per load, and opening it
-# in a new process reads every commit since its last checkpoint (README 'Deploying', requests).
-CONTROL_PROPERTIES = {"delta.checkpointInterval": "10"}
+# a control table gets a commit per load: a checkpoint every 10 commits, like every bronze table
+CONTROL_PROPERTIES = CHECKPOINT_PROPERTIES
 
 
 @dataclass

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.change_feed import CHANGE_FEED, enable_change_feed
+from bronze_assets.lib.delta.change_feed import BRONZE_PROPERTIES, ensure_properties
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges
 from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties
@@ -85,7 +85,7 @@ class HistoryWriter:
         table = table.append_column(VALID_FROM, table.column("update_timestamp").cast(TS))
         table = table.append_column(IS_DELETED, pc.equal(table.column("record_status"), DELETED))
         write_deltalake(self.uri, _conform(table, history_schema(schema)), mode="error",
-                        storage_options=self.storage.delta_options, configuration={CHANGE_FEED: "true"},
+                        storage_options=self.storage.delta_options, configuration=BRONZE_PROPERTIES,
                         commit_properties=commit_properties(None, self.contract, {SEEDED_BY_KEY: batch_id},
                                                             table=self.table))
         log.info("%s: history seeded from %s (version %d)", self.uri, self.contract.bronze_table,
@@ -104,7 +104,7 @@ class HistoryWriter:
         if chunk in CommitLog.read(dt).committed_chunks(batch_id):
             log.info("%s: chunk %d/%d of batch %s already committed", self.uri, chunk + 1, chunks, batch_id)
             return 0
-        if enable_change_feed(dt):
+        if ensure_properties(dt):
             dt = self.storage.open(self.table) or dt
         target = pa.schema(dt.schema().to_arrow())
         rows = pl.from_arrow(pa.Table.from_batches(batches))

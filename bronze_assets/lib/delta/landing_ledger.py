@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import write_deltalake
 
+from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
 from bronze_assets.lib.delta.commit_log import commit_history
 from bronze_assets.lib.delta.storage import Storage
 
@@ -99,7 +100,8 @@ def materialise(storage: Storage, bronze_table: str, rows: list[LedgerRow],
     if pending:
         table = pa.Table.from_pylist([asdict(r) for r in pending], schema=LEDGER_SCHEMA)
         write_deltalake(storage.uri(LEDGER_TABLE), table, mode="append",
-                        storage_options=storage.delta_options)
+                        storage_options=storage.delta_options,
+                        configuration=CHECKPOINT_PROPERTIES)  # at create
     return len(pending)
 
 

@@ -28,7 +28,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.change_feed import CHANGE_FEED, enable_change_feed
+from bronze_assets.lib.delta.change_feed import BRONZE_PROPERTIES, ensure_properties
 from bronze_assets.lib.delta.commit_log import (
     REHASHED_KEY,
     CommitLog,
@@ -159,7 +159,8 @@ class BronzeMerger:
                     raise
                 log.warning("%s: commit conflict (%s); re-reading and retrying", self.uri, exc)
                 time.sleep(0.2 * 2**attempt)
-        final = self.storage.open(self.contract.bronze_table)
+        # a load that committed nothing leaves the table as it opened it: no second open
+        final = dt if not result.commits else self.storage.open(self.contract.bronze_table)
         if final is not None:
             result.version = final.version()
             result.size_bytes, result.num_files = table_stats(final)
@@ -172,7 +173,7 @@ class BronzeMerger:
     def _record_position(self, dt: DeltaTable, staged: StagedBatch) -> None:
         """A commit without rows that records the batch's metadata (a CDC snapshot's log position
         when the table was already exact)."""
-        if enable_change_feed(dt):
+        if ensure_properties(dt):
             dt = self.storage.open(self.contract.bronze_table) or dt
         commit_without_rows(dt, self._commit_properties(dt, staged), self.storage.delta_options)
 
@@ -261,7 +262,7 @@ class BronzeMerger:
                     storage_options=self.storage.delta_options,
                     target_file_size=file_bytes,
                     configuration=None if chunk else {
-                        "delta.targetFileSize": str(file_bytes), CHANGE_FEED: "true"},
+                        "delta.targetFileSize": str(file_bytes), **BRONZE_PROPERTIES},
                     writer_properties=writer_properties(self.contract),
                     commit_properties=self._commit_properties(dt, staged, chunk, chunks),
                 )
@@ -284,7 +285,7 @@ class BronzeMerger:
             staged.metadata[REHASHED_KEY] = str(result.rehashed_v1)
             log.info("%s: %d unchanged rows re-hashed from record_hash v1 to v2", self.uri,
                      result.rehashed_v1)
-        if enable_change_feed(dt):  # before the MERGE, so its changes are in the feed
+        if ensure_properties(dt):  # before the MERGE, so its changes are in the feed
             dt = self.storage.open(self.contract.bronze_table) or dt
         plan = plan.sort(self.pk)  # chunks are key ranges, so each MERGE predicate stays narrow
         if self.pii is not None:  # the data subject is the key of every PII table we have

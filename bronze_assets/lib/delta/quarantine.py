@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 
 QUARANTINE_TABLE = "bz_quarantine"
@@ -45,5 +46,6 @@ def quarantine_rows(
             ], schema=QUARANTINE_SCHEMA)
 
     rows = pa.RecordBatchReader.from_batches(QUARANTINE_SCHEMA, batches())
-    write_deltalake(storage.uri(QUARANTINE_TABLE), rows, mode="append", storage_options=storage.delta_options)
+    write_deltalake(storage.uri(QUARANTINE_TABLE), rows, mode="append", storage_options=storage.delta_options,
+                    configuration=CHECKPOINT_PROPERTIES)  # at create
     return sum(len(c) - c.null_count for c in raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
@@ -46,9 +47,47 @@ class Storage:
         when it refuses or cannot be reached, before any work starts."""
         self.open("bz_audit_log")
 
+    def read_file(self, path: str) -> bytes | None:
+        """The file at ``path`` under the root (a small record bronze keeps beside its tables),
+        or None if there is none."""
+        try:
+            return bytes(self._files().open_input_file(path).read())
+        except FileNotFoundError:
+            return None
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Write (or replace) the file at ``path`` under the root."""
+        stream = self._files().open_output_stream(path, None)
+        try:
+            stream.write(data)
+        finally:
+            stream.close()
+
+    def _files(self) -> Any:
+        """delta-rs' object store at the root (the Delta tables' credentials and options). Its raw
+        handler: through pyarrow (``deltalake.fs.DeltaStorageHandler``) a write fails, pyarrow 26
+        hands the stream a Buffer it refuses (deltalake 1.6.6)."""
+        from deltalake._internal import DeltaFileSystemHandler
+
+        return DeltaFileSystemHandler(table_uri=self.root, options=self.delta_options, known_sizes=None)
+
     def at(self, root: str) -> Storage:
         """The same options and settings at another root (e.g. an archive next to bronze)."""
         return Storage(root, self.options, self.settings)
+
+
+class OpenedTables:
+    """Tables of one storage, each opened at most once (e.g. by the checks of one run, which read
+    one version of each): on an object store every open reads the log since its checkpoint."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._opened: dict[str, DeltaTable | None] = {}
+
+    def open(self, table: str) -> DeltaTable | None:
+        if table not in self._opened:
+            self._opened[table] = self.storage.open(table)
+        return self._opened[table]
 
 
 StorageLike = Storage | str | os.PathLike[str]

@@ -28,7 +28,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
-from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.failures import classify
 from bronze_assets.lib.load.engine import LoadEngine, Staged
 from bronze_assets.lib.load.errors import SchemaMismatchError
@@ -154,10 +154,11 @@ class Lifecycle:
             if self.read is not None:  # only once its rows are committed (a CDC slot frees their WAL)
                 self.read.acknowledge()
             outcomes = self.take_checks()
+            tables = OpenedTables(self.storage)  # the table is opened once for both checks
             if KEY_UNIQUENESS in checks:
-                outcomes.append(key_uniqueness(self.contract, self.storage))
+                outcomes.append(key_uniqueness(self.contract, self.storage, tables))
             if REFERENTIAL_INTEGRITY in checks:
-                outcomes.append(referential_integrity(self.contract, self.storage))
+                outcomes.append(referential_integrity(self.contract, self.storage, tables))
             if self.quality is not None:  # last: the validation has had the longest to finish
                 outcomes.append(quality_score(staged.score_histogram,
                                               self.engine.quality_report(staged, self.quality)))

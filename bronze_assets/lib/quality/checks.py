@@ -4,19 +4,23 @@ Spark job into Pipes check reports). Failing keys go into the metadata as sample
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.query import query_tables, quoted
 from bronze_assets.lib.delta.staging import score_percentile, score_sum
-from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
+from bronze_assets.lib.quality.check_memo import keep_outcome, kept_outcome, tables_state
 from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.schema import SchemaDrift
 
@@ -114,12 +118,40 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def key_uniqueness(contract: Contract, storage: Storage) -> CheckOutcome:
+def _unless_passed_at(storage: Storage, table: str, check: str, read: Mapping[str, DeltaTable],
+                      compute: Callable[[], CheckOutcome]) -> CheckOutcome:
+    """``compute()``, unless ``check`` passed on ``table`` when the tables it reads (``read``) were
+    at the versions they are at now: then that outcome, without reading their data again
+    (:mod:`~bronze_assets.lib.quality.check_memo`). An outcome is kept when JSON holds it exactly
+    (a sample of dates or bytes is not: that one is computed each time)."""
+    state = tables_state(read)
+    kept = kept_outcome(storage, table, check, state)
+    if kept is not None:
+        return CheckOutcome(**kept)
+    outcome = compute()
+    plain = asdict(outcome)
+    try:
+        exact = json.loads(json.dumps(plain)) == plain
+    except (TypeError, ValueError):
+        exact = False
+    if exact:
+        keep_outcome(storage, table, check, state, plain)
+    return outcome
+
+
+def key_uniqueness(contract: Contract, storage: Storage, tables: OpenedTables | None = None) -> CheckOutcome:
     """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. DataFusion
-    counts the keys in one streamed aggregation: memory holds the key counts, not the rows."""
-    dt = storage.open(contract.bronze_table)
+    counts the keys in one streamed aggregation: memory holds the key counts, not the rows.
+    A table at the version it was last computed at gives that outcome again without a read.
+    ``tables``: the run's opened tables (shared with the other checks)."""
+    dt = (tables or OpenedTables(storage)).open(contract.bronze_table)
     if dt is None:
         return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, metadata={"rows": 0})
+    return _unless_passed_at(storage, contract.bronze_table, KEY_UNIQUENESS, {contract.bronze_table: dt},
+                             lambda: _key_uniqueness(contract, dt))
+
+
+def _key_uniqueness(contract: Contract, dt: DeltaTable) -> CheckOutcome:
     keys = quoted(contract.merge_key)
     rows = int(query_tables({"t": dt}, "SELECT count(*) AS n FROM t")["n"][0].as_py())
     dupes = _frame(query_tables({"t": dt}, f"SELECT {keys}, count(*) AS n FROM t GROUP BY {keys} "
@@ -133,15 +165,30 @@ def key_uniqueness(contract: Contract, storage: Storage) -> CheckOutcome:
     )
 
 
-def referential_integrity(contract: Contract, storage: Storage) -> CheckOutcome:
+def referential_integrity(contract: Contract, storage: Storage, tables: OpenedTables | None = None
+                          ) -> CheckOutcome:
     """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN).
-    DataFusion joins the child's values with the parent's distinct keys, streamed."""
-    child = storage.open(contract.bronze_table)
+    DataFusion joins the child's values with the parent's distinct keys, streamed. Child and
+    parents at the versions it was last computed at give that outcome again without a read.
+    ``tables``: the run's opened tables (shared with the other checks)."""
+    opened = tables or OpenedTables(storage)
+    child = opened.open(contract.bronze_table)
+    parents = {f"bz_{fk.parent_table}": opened.open(f"bz_{fk.parent_table}") for fk in contract.foreign_keys}
+    read = {contract.bronze_table: child, **parents}
+    if any(dt is None for dt in read.values()):
+        return _referential_integrity(contract, child, parents)
+    return _unless_passed_at(storage, contract.bronze_table, REFERENTIAL_INTEGRITY,
+                             {name: dt for name, dt in read.items() if dt is not None},
+                             lambda: _referential_integrity(contract, child, parents))
+
+
+def _referential_integrity(contract: Contract, child: DeltaTable | None,
+                           parents: Mapping[str, DeltaTable | None]) -> CheckOutcome:
     metadata: dict[str, object] = {}
     orphans_total = 0
     for fk in contract.foreign_keys:
         label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
-        parent = storage.open(f"bz_{fk.parent_table}")
+        parent = parents[f"bz_{fk.parent_table}"]
         if child is None or parent is None:
             metadata[f"orphans {label}"] = "parent or child not loaded yet"
             continue

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from bronze_assets.contracts import ROW_KEY, Contract
 from bronze_assets.contracts.model import ROW_KEY_SEPARATOR
-from bronze_assets.lib.delta.change_feed import enable_change_feed
+from bronze_assets.lib.delta.change_feed import CHANGE_FEED, ensure_properties
 from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION,
@@ -433,23 +433,24 @@ class SparkLoader:
                 F.lit(ctx.batch_id).alias("batch_id"))
             source = staged.join(plan.filter(F.col(OP).isin(INSERT, UPDATE, REHASH)).select(*pk, OP), pk) \
                 .unionByName(deletes, allowMissingColumns=True)
-            target = self._enable_change_feed(contract, target)
+            target = self._ensure_properties(contract, target)
             table = DeltaTable.forPath(self.spark, uri)
             self._commit(contract, target, meta,
                          lambda: self._merge(contract, table, self._protect(contract, source, pii)))
             result.committed, result.commits = True, 1
         elif commit_always:  # a commit without rows that records the metadata (e.g. a CDC position)
-            target = self._enable_change_feed(contract, target)
+            target = self._ensure_properties(contract, target)
             commit_without_rows(target, commit_properties(target, contract, meta), self.storage.delta_options)
             result.committed, result.commits = True, 1
         plan.unpersist()
         return self._finish(result, uri, meta[BATCH_KEY])
 
-    def _enable_change_feed(self, contract: Contract, target: Any) -> Any:
+    def _ensure_properties(self, contract: Contract, target: Any) -> Any:
         """Turn on the change data feed of a table created without it (ARCHITECTURE §2.7), in a
         commit of its own before the load's commit (outside :meth:`_commit`, so it carries no
-        bronze metadata); returns the table as it is now."""
-        if enable_change_feed(target):
+        bronze metadata); returns the table as it is now. The checkpoint interval is delta-spark's
+        own default (10), so Spark leaves it."""
+        if ensure_properties(target, {CHANGE_FEED: "true"}):
             return self.storage.open(contract.bronze_table) or target
         return target
 
