@@ -241,7 +241,8 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
         if isinstance(message, Mapping):
             descriptions |= message.get(DESCRIPTIONS, {})
             failure = message.get(FAILURE, failure)
-    results = invocation.get_results()
+    # a failed job reported no load: no implicit materialization of its assets (only its checks)
+    results = invocation.get_results(implicit_materializations=failure is None)
     for result in results:
         if isinstance(result, dg.AssetCheckResult) and result.check_name in descriptions:
             yield dg.AssetCheckResult(
