@@ -8,9 +8,9 @@ query per file validates every line, extracts each field as text and casts it to
 ``TRY_CAST``, so Python touches only the rare bad line or rescued value. A value that does not
 cast is NULL in its column, kept in ``_rescued_data`` and scores ``schema_fail``; a column's type
 never changes. New top-level fields follow the contract's ``evolution``; an added field is a
-nullable text column. ``record_hash`` is §2.2 v2 over the table's columns (the contract's, then
-the added ones) and ``_rescued_data``. Within a run a key's last record wins (files oldest first,
-then line order). The batch's ledger rows ride in its last commit's metadata
+nullable text column. Rescue, hash, score and evolution are the Spark engine's too
+(:mod:`bronze_assets.lib.load.landing_records`). Within a run a key's last record wins (files
+oldest first, then line order). The batch's ledger rows ride in its last commit's metadata
 (:mod:`bronze_assets.lib.delta.landing_ledger`).
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -36,22 +35,30 @@ import pyarrow.parquet as pq
 
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import source_schema
-from bronze_assets.contracts.model import Evolution, LandingFormat
-from bronze_assets.lib.delta.landing_ledger import LedgerRow, ledger_metadata
+from bronze_assets.contracts.model import LandingFormat
+from bronze_assets.lib.delta.landing_ledger import ledger_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, write_stream
 from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich, staged_schema
-from bronze_assets.lib.enrich.pgtext import hash_texts
-from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, staged_schema
+from bronze_assets.lib.load.landing_records import (
+    BAD_LINES_REASON,
+    LANDING_SOURCE_SYSTEM,
+    RESCUED,
+    SOURCE_FILE,
+    Columns,
+    bad_line_records,
+    enrich_records,
+    evolved_columns,
+    landing_extras,
+    ledger_rows,
+    plan_columns,
+    rescued_data,
+)
 from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
-from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.lib.source.schema import SchemaDrift
 
-LANDING_SOURCE_SYSTEM = "landing"
-SOURCE_FILE, RESCUED = "_source_file", "_rescued_data"
-FILE_PATH = "_file_path"  # in _rescued_data: the file the record came from
-_JSON, _NEW = "_json:", "_new:"
+_HAS, _NEW = "_has:", "_new:"
 
 
 @dataclass
@@ -190,18 +197,17 @@ def read_file(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyC
     return ParsedFile(file, digest, good, bad, keys)
 
 
-def _typed(parsed: ParsedFile, contract: Contract, extras: list[str], rescued_new: list[str],
-           con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """The file's records: each contract column typed (``_raw:`` its text, ``_json:`` its JSON
-    value), each added field as text, each field rescued as new (``_new:``) as JSON."""
-    select = ["line_no"]
+def _typed(parsed: ParsedFile, contract: Contract, columns: Columns, con: duckdb.DuckDBPyConnection
+           ) -> pa.Table:
+    """The file's records: each contract column typed (```_has:`` it holds a value), each added
+    field as text, each field rescued as new (``_new:`` it is present), and the line itself."""
+    select = ["line_no", "line"]
     for f in source_schema(contract):
         text = f"json_extract_string(line, {_path(f.name)})"
         select += [f"TRY_CAST({text} AS {_duck_type(f, contract.bronze_table)}) AS {_ident(f.name)}",
-                   f"{text} IS NOT NULL AS {_ident('_has:' + f.name)}",
-                   f"json_extract(line, {_path(f.name)})::VARCHAR AS {_ident(_JSON + f.name)}"]
-    select += [f"json_extract_string(line, {_path(c)}) AS {_ident(c)}" for c in extras]
-    select += [f"json_extract(line, {_path(c)})::VARCHAR AS {_ident(_NEW + c)}" for c in rescued_new]
+                   f"{text} IS NOT NULL AS {_ident(_HAS + f.name)}"]
+    select += [f"json_extract_string(line, {_path(c)}) AS {_ident(c)}" for c in columns.extras]
+    select += [f"json_extract(line, {_path(c)}) IS NOT NULL AS {_ident(_NEW + c)}" for c in columns.rescued]
     con.register("good_lines", parsed.lines)
     try:
         return con.sql(f"SELECT {', '.join(select)} FROM good_lines ORDER BY line_no").to_arrow_table()
@@ -209,80 +215,30 @@ def _typed(parsed: ParsedFile, contract: Contract, extras: list[str], rescued_ne
         con.unregister("good_lines")
 
 
-def _rescued(typed: pa.Table, contract: Contract, flags: dict[str, np.ndarray], rescued_new: list[str],
-             uri: str) -> pa.Array:
-    """``_rescued_data``: NULL, or a JSON object of the fields that did not fit (with ``_file_path``)."""
-    n = typed.num_rows
-    mask = np.zeros(n, dtype=bool)
-    for flag in flags.values():
-        mask |= flag
-    new = {c: typed.column(_NEW + c).to_numpy(zero_copy_only=False) for c in rescued_new}
-    for values in new.values():
-        mask |= np.array([v is not None for v in values], dtype=bool)
-    out: list[str | None] = [None] * n
-    for i in np.flatnonzero(mask):  # the rare record that did not fit
-        record = {c: json.loads(typed.column(_JSON + c)[i].as_py()) for c, f in flags.items() if f[i]}
-        record |= {c: json.loads(v[i]) for c, v in new.items() if v[i] is not None}
-        out[i] = json.dumps(record | {FILE_PATH: uri})
-    return pa.array(out, pa.string())
-
-
-def _records(parsed: ParsedFile, contract: Contract, ctx: BatchContext, extras: list[str],
-             rescued_new: list[str], con: duckdb.DuckDBPyConnection) -> tuple[pa.RecordBatch, int]:
+def _records(parsed: ParsedFile, contract: Contract, ctx: BatchContext, columns: Columns,
+             con: duckdb.DuckDBPyConnection) -> tuple[pa.RecordBatch, int]:
     """The file's records enriched as the bronze table stages them, and how many had a value that
     did not fit its column's type."""
-    typed = _typed(parsed, contract, extras, rescued_new, con)
+    typed = _typed(parsed, contract, columns, con)
     n = typed.num_rows
-    flags: dict[str, np.ndarray] = {}
+    unfit: dict[str, np.ndarray] = {}
     for c in contract.column_names:
-        has = typed.column("_has:" + c).to_numpy(zero_copy_only=False)
-        flags[c] = np.asarray(has & typed.column(c).is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    rescued = _rescued(typed, contract, flags, rescued_new, parsed.file.uri)
-    columns: dict[str, pa.Array] = {f.name: typed.column(f.name).combine_chunks().cast(f.type)
-                                    for f in source_schema(contract)}
-    extra_text = {c: typed.column(c).combine_chunks() for c in extras}
-    columns["record_hash"] = hash_texts([*((columns[c.name], c.type) for c in contract.columns),
-                                        *extra_text.values(), rescued])
-    columns |= {INVALID_PREFIX + c: pa.array(f) for c, f in flags.items() if f.any()}
-    if contract.partitioning.delta_column:
-        columns[contract.partitioning.delta_column] = pa.repeat(pa.scalar(ctx.load_date, pa.date32()), n)
-    columns |= {SOURCE_FILE: pa.repeat(pa.scalar(parsed.file.uri, pa.string()), n), RESCUED: rescued}
-    columns |= extra_text
-    batch = pa.RecordBatch.from_pydict(columns)
-    unfit = int(np.any(np.stack(list(flags.values())), axis=0).sum()) if n else 0
-    return enrich(batch, contract, ctx, [SOURCE_FILE, RESCUED, *extras]), unfit
+        has = typed.column(_HAS + c).to_numpy(zero_copy_only=False)
+        unfit[c] = np.asarray(has & typed.column(c).is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    new = {c: np.asarray(typed.column(_NEW + c).to_numpy(zero_copy_only=False), dtype=bool)
+           for c in columns.rescued}
+    uris = pa.repeat(pa.scalar(parsed.file.uri, pa.string()), n)
+    line = typed.column("line").combine_chunks()
+    records = {f.name: typed.column(f.name).combine_chunks().cast(f.type) for f in source_schema(contract)}
+    records |= {c: typed.column(c).combine_chunks() for c in columns.extras}
+    records |= {RESCUED: rescued_data(line, uris, unfit, new), SOURCE_FILE: uris}
+    batch = enrich_records(pa.table(records), contract, ctx, columns.extras)
+    return batch, int(np.any(np.stack(list(unfit.values())), axis=0).sum()) if n else 0
 
 
-def evolved_columns(contract: Contract, storage: Storage) -> list[str]:
-    """The columns earlier loads added to the table (evolution ``addNewColumns``), in table order."""
+def _table_schema(storage: Storage, contract: Contract) -> pa.Schema | None:
     dt = storage.open(contract.bronze_table)
-    if dt is None:
-        return []
-    known = set(bronze_schema(contract, [SOURCE_FILE, RESCUED]).names)
-    return [f.name for f in pa.schema(dt.schema().to_arrow()) if f.name not in known]
-
-
-class NewColumnsError(SchemaMismatchError):
-    """A landing file brought fields the table does not have, under ``failOnNewColumns``."""
-
-
-def _new_fields(contract: Contract, parsed: list[ParsedFile], known: set[str], ctx: BatchContext
-                ) -> list[str]:
-    landing = contract.landing
-    assert landing is not None
-    new: list[str] = []
-    for p in parsed:
-        fresh = sorted(p.keys - known - set(new))
-        if fresh and landing.evolution is Evolution.FAIL_ON_NEW_COLUMNS:
-            drift = SchemaDrift(contract.bronze_table, added=[(c, "text") for c in fresh],
-                                source=p.file.uri)
-            raise NewColumnsError(
-                f"{contract.bronze_table}: file {p.file.uri} has fields the table does not have: "
-                f"{', '.join(fresh)} (evolution failOnNewColumns); nothing of batch {ctx.batch_id} was "
-                f"written. Add them to the contract's columns, or set evolution: addNewColumns, rescue or "
-                f"none in its landing entry, then re-run.", drift, 0, ctx.batch_id)
-        new += fresh
-    return new
+    return None if dt is None else pa.schema(dt.schema().to_arrow())
 
 
 def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
@@ -298,16 +254,13 @@ def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
     con = _connection()
     stage = stage_dir(storage.settings.stage_dir)
     parsed = [read_file(selection, f, con, stage) for f in selection.files]
-    evolved = evolved_columns(contract, storage)
-    known = set(contract.column_names) | set(evolved) | {SOURCE_FILE, RESCUED}
-    new = _new_fields(contract, parsed, known, ctx)
-    added = new if landing.evolution is Evolution.ADD_NEW_COLUMNS else []
-    rescued_new = new if landing.evolution is Evolution.RESCUE else []
-    extras = [*evolved, *added]
-    schema = bronze_schema(contract, [SOURCE_FILE, RESCUED, *extras])
+    columns = plan_columns(contract, ((p.file.uri, p.keys) for p in parsed),
+                           evolved_columns(contract, _table_schema(storage, contract)), ctx.batch_id)
+    added = columns.added
+    schema = bronze_schema(contract, landing_extras(columns.extras))
     batches, unfit, rows_per_file = [], 0, []
     for p in parsed:
-        batch, bad_values = _records(p, contract, ctx, extras, rescued_new, con)
+        batch, bad_values = _records(p, contract, ctx, columns, con)
         batches.append(batch)
         unfit += bad_values
         rows_per_file.append(batch.num_rows)
@@ -321,16 +274,14 @@ def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
     for b in records:
         histogram += np.bincount(b.column("data_quality_score").to_numpy(zero_copy_only=False), minlength=101)
     path, rows = write_stream(iter(records), rows_schema, contract.bronze_table, storage.settings.stage_dir)
-    bad = [json.dumps({"file": p.file.uri, "line": n, "raw": raw}) for p in parsed for n, raw in p.bad]
+    bad = bad_line_records((p.file.uri, n, raw) for p in parsed for n, raw in p.bad)
     if bad:
         quarantine_rows(storage, contract.name, ctx.batch_id,
-                        f"{contract.bronze_table}: lines of landing files that are not JSON objects; each "
-                        f"record holds the file, the line number (1-based) and the raw text",
+                        BAD_LINES_REASON.format(table=contract.bronze_table),
                         [pa.RecordBatch.from_pydict({"record": pa.array(bad, pa.string())})])
-    now = datetime.now(UTC)
-    selection.ledger = [LedgerRow(contract.bronze_table, p.file.uri, p.file.size, p.file.modification_time,
-                                  p.sha256, n, ctx.batch_id, now)
-                        for p, n in zip(parsed, rows_per_file, strict=True)]
+    selection.ledger = ledger_rows(contract, ((p.file.uri, p.file.size, p.file.modification_time, p.sha256, n)
+                                              for p, n in zip(parsed, rows_per_file, strict=True)),
+                                   ctx.batch_id, datetime.now(UTC))
     drift = SchemaDrift(contract.bronze_table, added=[(c, "text") for c in added],
                         source=f"landing {contract.name}") if added or unfit else None
     staged = StagedBatch(

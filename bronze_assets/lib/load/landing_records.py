@@ -1,0 +1,159 @@
+"""The records of landing files as every engine builds them (ARCHITECTURE §2.6): the one home of
+``_rescued_data``, the record hash and the score of a landing record, of the columns a batch adds
+or rescues (evolution), of the quarantine records of bad lines and of the ledger rows.
+
+Both engines read the files their own way (the local engine with DuckDB, the Spark engine with
+Spark's readers or, on Databricks, Auto Loader) into *typed records*: the contract's columns in
+their types, the columns earlier loads added (text), ``_rescued_data`` and ``_source_file``.
+:func:`enrich_records` turns typed records into the staged bronze rows (hash, score, partition
+value) with the same Arrow code on both (on Spark inside ``mapInArrow``), so the same file gives
+the same rows whichever engine lands it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+
+from bronze_assets.contracts import Contract
+from bronze_assets.contracts.model import Evolution
+from bronze_assets.lib.delta.landing_ledger import LedgerRow
+from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
+from bronze_assets.lib.enrich.pgtext import hash_texts
+from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.source.extract import INVALID_PREFIX
+from bronze_assets.lib.source.schema import SchemaDrift
+
+LANDING_SOURCE_SYSTEM = "landing"
+SOURCE_FILE, RESCUED = "_source_file", "_rescued_data"
+FILE_PATH = "_file_path"  # in _rescued_data: the file the record came from
+BAD_LINES_REASON = ("{table}: lines of landing files that are not JSON objects; each record holds "
+                    "the file, the line number (1-based) and the raw text")
+
+
+class NewColumnsError(SchemaMismatchError):
+    """A landing file brought fields the table does not have, under ``failOnNewColumns``."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """What a batch does with the fields its files hold beyond the contract's columns:
+    ``evolved`` were added by earlier loads, ``added`` join the table now (addNewColumns),
+    ``rescued`` go to ``_rescued_data`` (rescue); the others are ignored (none)."""
+
+    evolved: list[str]
+    added: list[str]
+    rescued: list[str]
+
+    @property
+    def extras(self) -> list[str]:
+        """The table's columns beyond the contract's, text, in table order."""
+        return [*self.evolved, *self.added]
+
+
+def landing_extras(extras: Sequence[str] = ()) -> list[str]:
+    """The columns a landing table has beyond the contract's and the §2.2 metadata."""
+    return [SOURCE_FILE, RESCUED, *extras]
+
+
+def evolved_columns(contract: Contract, table_schema: pa.Schema | None) -> list[str]:
+    """The columns earlier loads added to a landing table of ``table_schema`` (None: no table yet),
+    in table order."""
+    if table_schema is None:
+        return []
+    known = set(bronze_schema(contract, landing_extras()).names)
+    return [f.name for f in table_schema if f.name not in known]
+
+
+def plan_columns(contract: Contract, keys_by_file: Iterable[tuple[str, set[str]]], evolved: list[str],
+                 batch_id: str) -> Columns:
+    """Which new fields of the files (``(uri, top-level field names)``, in landing order) the batch
+    adds, rescues or ignores, by the contract's ``evolution``; under ``failOnNewColumns`` the first
+    file with a new field fails the batch (:class:`NewColumnsError`, nothing written)."""
+    landing = contract.landing
+    assert landing is not None
+    known = set(contract.column_names) | set(evolved) | {SOURCE_FILE, RESCUED}
+    new: list[str] = []
+    for uri, keys in keys_by_file:
+        fresh = sorted(keys - known - set(new))
+        if fresh and landing.evolution is Evolution.FAIL_ON_NEW_COLUMNS:
+            drift = SchemaDrift(contract.bronze_table, added=[(c, "text") for c in fresh], source=uri)
+            raise NewColumnsError(
+                f"{contract.bronze_table}: file {uri} has fields the table does not have: "
+                f"{', '.join(fresh)} (evolution failOnNewColumns); nothing of batch {batch_id} was "
+                f"written. Add them to the contract's columns, or set evolution: addNewColumns, rescue or "
+                f"none in its landing entry, then re-run.", drift, 0, batch_id)
+        new += fresh
+    return Columns(evolved, new if landing.evolution is Evolution.ADD_NEW_COLUMNS else [],
+                   new if landing.evolution is Evolution.RESCUE else [])
+
+
+def rescued_data(lines: pa.Array, uris: pa.Array, unfit: Mapping[str, np.ndarray],
+                 new: Mapping[str, np.ndarray]) -> pa.Array:
+    """``_rescued_data`` of each record (its JSON object text in ``lines``, its file in ``uris``):
+    NULL, or a JSON object of the values that did not fit their column (``unfit``: column → flags)
+    and of the new fields rescued (``new``: field → present), with ``_file_path``. Python parses
+    only the rare record that has one."""
+    mask = np.zeros(len(lines), dtype=bool)
+    for flags in (*unfit.values(), *new.values()):
+        mask |= flags
+    out: list[str | None] = [None] * len(lines)
+    for i in np.flatnonzero(mask):
+        record = json.loads(lines[i].as_py())
+        rescued = {c: record.get(c) for c, f in unfit.items() if f[i]}
+        rescued |= {c: record.get(c) for c, f in new.items() if f[i]}
+        out[i] = json.dumps(rescued | {FILE_PATH: uris[i].as_py()})
+    return pa.array(out, pa.string())
+
+
+def unfit_columns(rescued: pa.Array, contract: Contract) -> dict[str, np.ndarray]:
+    """Per contract column, the records whose value is in ``_rescued_data`` (did not fit its type)."""
+    flags = {c: np.zeros(len(rescued), dtype=bool) for c in contract.column_names}
+    valid = rescued.is_valid().to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(valid):
+        for c in json.loads(rescued[i].as_py()):
+            if c in flags:
+                flags[c][i] = True
+    return flags
+
+
+def enrich_records(records: pa.RecordBatch | pa.Table, contract: Contract, ctx: BatchContext,
+                   extras: Sequence[str]) -> pa.RecordBatch:
+    """Typed records (the contract's columns typed, ``extras`` as text, ``_rescued_data``,
+    ``_source_file``) as staged bronze rows: ``record_hash`` (§2.2 v2 over the contract's columns,
+    ``extras``, then ``_rescued_data``), the score (a rescued value is ``schema_fail``), the
+    partition value (the load date)."""
+    n = records.num_rows
+    rescued = _array(records.column(RESCUED)).cast(pa.string())
+    unfit = unfit_columns(rescued, contract)
+    columns: dict[str, pa.Array] = {c.name: _array(records.column(c.name)) for c in contract.columns}
+    extra_text = {c: _array(records.column(c)).cast(pa.string()) for c in extras}
+    columns["record_hash"] = hash_texts([*((columns[c.name], c.type) for c in contract.columns),
+                                        *extra_text.values(), rescued])
+    columns |= {INVALID_PREFIX + c: pa.array(f) for c, f in unfit.items() if f.any()}
+    if contract.partitioning.delta_column:
+        columns[contract.partitioning.delta_column] = pa.repeat(pa.scalar(ctx.load_date, pa.date32()), n)
+    columns |= {SOURCE_FILE: _array(records.column(SOURCE_FILE)).cast(pa.string()), RESCUED: rescued}
+    columns |= extra_text
+    return enrich(pa.RecordBatch.from_pydict(columns), contract, ctx, landing_extras(extras))
+
+
+def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def bad_line_records(bad: Iterable[tuple[str, int | None, str]]) -> list[str]:
+    """The ``bz_quarantine`` records of bad lines ``(file URI, 1-based line, raw text)``."""
+    return [json.dumps({"file": uri, "line": line, "raw": raw}) for uri, line, raw in bad]
+
+
+def ledger_rows(contract: Contract, files: Iterable[tuple[str, int, datetime, str, int]], batch_id: str,
+                ingested_at: datetime) -> list[LedgerRow]:
+    """The ledger rows of the batch's files ``(URI, size, modification time, sha256, records)``."""
+    return [LedgerRow(contract.bronze_table, uri, size, mtime, sha, rows, batch_id, ingested_at)
+            for uri, size, mtime, sha, rows in files]
