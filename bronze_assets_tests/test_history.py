@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import CONTRACTS, Contract
 from bronze_assets.lib.delta.change_feed import change_feed_on
 from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
-from bronze_assets.lib.delta.history import IS_DELETED, VALID_FROM, VALID_TO
+from bronze_assets.lib.delta.history import IS_DELETED, VALID_FROM, VALID_TO, HistoryWriter
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.governance import decrypt_table, forget_subject
 from bronze_assets.lib.monitoring.status import bronze_status, render
@@ -125,20 +125,31 @@ def test_a_killed_run_repeated_and_a_rerun_never_duplicate_a_version(
     def killed(*args: object, **kwargs: object) -> None:
         raise RuntimeError("killed")
 
+    written: list = []  # what the history MERGE got: (batches, current table, batch id)
+    write = HistoryWriter.write
+
+    def recorded(self: HistoryWriter, batches: list, current: DeltaTable, batch_id: str, *args: object
+                 ) -> int:
+        written.append((batches, current, batch_id))
+        return write(self, batches, current, batch_id, *args)  # type: ignore[arg-type]
+
     with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="killed"):
         patch.setattr(BronzeMerger, "_merge_piece", killed)
+        patch.setattr(HistoryWriter, "write", recorded)
         b.load_direct("customers", batch_time=T2)
     assert _history(b).height == rows + 1
+    settled = b.version("customers_history")
     repeated = b.load_direct("customers", batch_time=T3)  # a new run (new batch id) of the same change
     assert repeated.updated == 1 and repeated.history_versions == 0
     history = _history(b)
     assert history.height == rows + 1
     assert [v[3] for v in _versions(history, 3)][-1] == "k@example.com"
-    # the same batch retried (its chunk in the history's log) is skipped, not re-applied
-    merger = BronzeMerger(CONTRACTS["customers"], b.storage())
-    assert merger.history is not None
-    batch = str(commit_history(DeltaTable(b.uri("customers_history")), 1)[0][BATCH_KEY])
-    assert merger.history.write([], batch, T2, 0, 1) == 0
+    assert b.version("customers_history") == settled, "a MERGE that adds nothing commits nothing"
+    # the same chunk applied again (a retried batch) adds nothing either
+    (batches, current, batch), = written
+    writer = HistoryWriter(CONTRACTS["customers"], b.storage())
+    assert writer.write(batches, current, batch, T2, 0, 1) == 0
+    assert _history(b).height == rows + 1 and b.version("customers_history") == settled
 
 
 def test_history_turned_on_for_an_existing_table_is_seeded(seeded: str, tmp_path: Path,

@@ -1,22 +1,28 @@
 """History (SCD type 2, ARCHITECTURE §2.7): ``bz_<name>_history`` holds every version of each key
-of ``bz_<name>``, written by the same load from the same MERGE plan.
+of ``bz_<name>``, written by the same load from the same MERGE plan, on either engine.
 
 Each commit chunk of the current table's MERGE is preceded by one history MERGE of the same plan
-piece: it closes the key's current version (``_valid_to`` = the batch time) and inserts the new
-one. Only inserted, changed, soft-deleted and returning keys reach it. The rows are the ones the
-current table's MERGE writes (PII already protected by the hook), so crypto-shredding covers them.
+piece (:func:`history_merge`, the same statement on both engines): it closes the key's current
+version (``_valid_to`` = the batch time) and inserts the new one. Only inserted, changed,
+soft-deleted and returning keys reach it: the upserted rows are the ones the current table's MERGE
+writes (PII already protected), a soft-deleted key's version is its row in ``bz_<name>`` marked
+deleted; so crypto-shredding covers them.
 
-Idempotent twice over: a chunk already in the history's commit log (batch id + chunk, as the data
-commits) is skipped, and a version equal to the key's current one (same ``record_hash`` and
-deletion state) is never added, so a load killed after its history commit and repeated under a
-new batch id adds nothing twice. A history table missing while ``bz_<name>`` exists (history just
-turned on, or a first load killed between its commits) is first seeded from the current rows.
+Idempotent by the statement itself: a new version equal to the key's current one (same
+``record_hash`` and deletion state) matches it and is not inserted, and the current one is then
+not closed, so a retried chunk or a load killed after its history commit and repeated under a new
+batch id adds nothing twice (and a MERGE that changes nothing commits nothing on delta-rs). A
+history table missing while ``bz_<name>`` exists (history just turned on, or a first load killed
+between its commits) is first seeded from the current rows.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -25,10 +31,10 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.change_feed import BRONZE_PROPERTIES, ensure_properties
-from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges
 from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties
 from bronze_assets.lib.delta.merge_plan import OP
+from bronze_assets.lib.delta.merge_rule import DELETE, INSERT, UPDATE
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, TS
@@ -42,11 +48,48 @@ HISTORY_COLUMNS = tuple(f.name for f in HISTORY_FIELDS)
 # the batch that seeded the history (not a batch key: the batch's own chunks are still to write)
 SEEDED_BY_KEY = "bronze.history_seeded_by"
 HOP = "_bronze_hop"  # a history MERGE source row: 'close' ends the current version, 'open' adds one
+CLOSE, OPEN = "close", "open"
+VERSION_OPS = (INSERT, UPDATE)  # plan operations whose staged row is a new version (not a re-hash)
 
 
 def history_schema(schema: pa.Schema) -> pa.Schema:
     """The history table's schema: ``schema`` (the current table's) and the version columns."""
     return pa.schema([*(f for f in schema if f.name not in HISTORY_COLUMNS), *HISTORY_FIELDS])
+
+
+@dataclass(frozen=True)
+class HistoryMerge:
+    """The history MERGE of both engines, as SQL of the engine's dialect (``quote``). Its source
+    holds each new version twice: an ``open`` row (the version) and a ``close`` row (key, hash,
+    deletion state, ``_valid_from``). A ``close`` row matches the key's current version only when
+    that differs from the new one, and sets its ``_valid_to``; an ``open`` row matches it only
+    when it equals the new one, and is inserted otherwise. At most one source row matches a
+    target row (delta-spark refuses more)."""
+
+    predicate: str
+    close_when: str
+    close_set: dict[str, str]
+    open_when: str
+    open_values: dict[str, str]
+
+
+def history_merge(pk: Sequence[str], columns: Sequence[str], quote: Callable[[str], str],
+                  narrow: str | None = None) -> HistoryMerge:
+    """The statement for keys ``pk`` inserting ``columns``; ``narrow``: a condition on the target
+    (e.g. the keys' ranges) that lets the engine skip files."""
+    def t(c: str) -> str:
+        return f"t.{quote(c)}"
+
+    def s(c: str) -> str:
+        return f"s.{quote(c)}"
+
+    same = (f"({t('record_hash')} IS NOT DISTINCT FROM {s('record_hash')}) "
+            f"AND ({t(IS_DELETED)} = {s(IS_DELETED)})")
+    terms = [f"{t(k)} = {s(k)}" for k in pk] + [f"{t(VALID_TO)} IS NULL"] + ([narrow] if narrow else [])
+    predicate = " AND ".join([*terms, f"((s.{HOP} = '{CLOSE}' AND NOT ({same})) OR "
+                                      f"(s.{HOP} = '{OPEN}' AND {same}))"])
+    return HistoryMerge(predicate, f"s.{HOP} = '{CLOSE}'", {quote(VALID_TO): s(VALID_FROM)},
+                        f"s.{HOP} = '{OPEN}'", {quote(c): s(c) for c in columns})
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -57,13 +100,30 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 class HistoryWriter:
-    """Writes the versions of one contract's keys to ``bz_<name>_history`` (see the module)."""
+    """Writes the versions of one contract's keys to ``bz_<name>_history`` with delta-rs (see the
+    module). One instance per load: the history table is opened once and kept current."""
 
     def __init__(self, contract: Contract, storage: Storage) -> None:
         self.contract, self.storage = contract, storage
         self.table = contract.history_table
         self.uri = storage.uri(self.table)
         self.pk = list(contract.merge_key)
+        self._dt: DeltaTable | None = None
+
+    @property
+    def version(self) -> int | None:
+        """The history table's version as this writer last left it (None: no history table)."""
+        dt = self._open()
+        return dt.version() if dt is not None else None
+
+    def reopen(self) -> None:
+        """Open the history table again at its next use (after a commit conflict)."""
+        self._dt = None
+
+    def _open(self) -> DeltaTable | None:
+        if self._dt is None:
+            self._dt = self.storage.open(self.table)
+        return self._dt
 
     def _properties(self, dt: DeltaTable | None, batch_id: str, batch_time: datetime, chunk: int = 0,
                     chunks: int = 1) -> CommitProperties:
@@ -73,7 +133,7 @@ class HistoryWriter:
     def seed(self, batch_id: str, batch_time: datetime) -> bool:
         """Create the history table from the current table's rows (one version each, valid from
         its ``update_timestamp``) when it does not exist yet; True when it was created."""
-        if self.storage.open(self.table) is not None:
+        if self._open() is not None:
             return False
         current = self.storage.open(self.contract.bronze_table)
         if current is None:
@@ -88,91 +148,73 @@ class HistoryWriter:
                         storage_options=self.storage.delta_options, configuration=BRONZE_PROPERTIES,
                         commit_properties=commit_properties(None, self.contract, {SEEDED_BY_KEY: batch_id},
                                                             table=self.table))
+        self._dt = None
         log.info("%s: history seeded from %s (version %d)", self.uri, self.contract.bronze_table,
                  current.version())
         return True
 
-    def write(self, batches: list[pa.RecordBatch], batch_id: str, batch_time: datetime, chunk: int,
-              chunks: int) -> int:
+    def write(self, batches: list[pa.RecordBatch], current: DeltaTable, batch_id: str, batch_time: datetime,
+              chunk: int, chunks: int) -> int:
         """Add the versions of one chunk of the current table's MERGE: ``batches`` is its source
-        (protected rows of inserted / updated keys, delete markers; column ``OP``). Returns the
-        versions added (0 when the chunk is already in the history's log)."""
-        dt = self.storage.open(self.table)
+        (protected rows of inserted / updated keys, delete markers; column ``OP``), ``current``
+        the current table before that MERGE (a deleted key's row). Returns the versions added."""
+        dt = self._open()
         if dt is None:
             raise RuntimeError(f"{self.table}: the history table is missing; it is seeded before the "
                                f"first MERGE that writes it (HistoryWriter.seed)")
-        if chunk in CommitLog.read(dt).committed_chunks(batch_id):
-            log.info("%s: chunk %d/%d of batch %s already committed", self.uri, chunk + 1, chunks, batch_id)
-            return 0
         if ensure_properties(dt):
-            dt = self.storage.open(self.table) or dt
-        target = pa.schema(dt.schema().to_arrow())
-        rows = pl.from_arrow(pa.Table.from_batches(batches))
-        assert isinstance(rows, pl.DataFrame)
-        if not rows.height:
+            dt = self._dt = self.storage.open(self.table) or dt
+        rows = pl.from_arrow(pa.Table.from_batches(batches)) if batches else None
+        if not isinstance(rows, pl.DataFrame) or not rows.height:
             return 0
-        current = self._current(dt, target, rows.select(self.pk))
+        target = pa.schema(dt.schema().to_arrow())
         versions = self._versions(rows, current, target, batch_id, batch_time)
         if not versions.height:
             return 0
-        self._merge(dt, versions, target, batch_id, batch_time, chunk, chunks)
-        return versions.height
+        return self._merge(dt, versions, target, batch_id, batch_time, chunk, chunks)
 
-    def _current(self, dt: DeltaTable, target: pa.Schema, keys: pl.DataFrame) -> pl.DataFrame:
-        """The current version of each of ``keys`` held by the history table."""
-        ranges = key_ranges(keys.get_column(self.pk[0]))
-        where = f"{quote_ident(VALID_TO)} IS NULL AND " + key_range_sql(quote_ident(self.pk[0]), ranges)
-        found = pl.from_arrow(_conform(read_columns(dt, target.names, where), target))
+    def _deleted(self, current: DeltaTable, keys: pl.DataFrame) -> pl.DataFrame:
+        """The rows of ``keys`` in the current table (their last content, which a deletion keeps)."""
+        where = key_range_sql(quote_ident(self.pk[0]), key_ranges(keys.get_column(self.pk[0])))
+        schema = pa.schema(current.schema().to_arrow())
+        found = pl.from_arrow(_conform(read_columns(current, schema.names, where), schema))
         assert isinstance(found, pl.DataFrame)
         return found.join(keys.cast({k: found.schema[k] for k in self.pk}), on=self.pk, how="semi")
 
-    def _versions(self, rows: pl.DataFrame, current: pl.DataFrame, target: pa.Schema, batch_id: str,
+    def _versions(self, rows: pl.DataFrame, current: DeltaTable, target: pa.Schema, batch_id: str,
                   batch_time: datetime) -> pl.DataFrame:
-        """The new versions: the upserted rows, and for each deleted key its current version marked
-        deleted; none equal to the key's current version."""
+        """The new versions: the inserted and updated rows, and each deleted key's row marked deleted
+        (a re-hashed row is no new version)."""
         at = pl.lit(batch_time).cast(pl.Datetime("us", "UTC"))
-        upserts = rows.filter(pl.col(OP) != "D").drop(OP).with_columns(
+        upserts = rows.filter(pl.col(OP).is_in(VERSION_OPS)).drop(OP).with_columns(
             pl.lit(ACTIVE).alias("record_status"), at.alias(VALID_FROM), pl.lit(False).alias(IS_DELETED))
-        gone = rows.filter(pl.col(OP) == "D").select(self.pk)
-        deletions = current.join(gone.cast({k: current.schema[k] for k in self.pk}), on=self.pk, how="semi") \
-            .filter(~pl.col(IS_DELETED)).with_columns(
-                pl.lit(DELETED).alias("record_status"), pl.lit(batch_id).alias("batch_id"),
-                at.alias("update_timestamp"), at.alias(VALID_FROM), pl.lit(True).alias(IS_DELETED))
-        schema = history_schema(pa.schema([*target, *(f for f in _arrow(upserts).schema
+        gone = rows.filter(pl.col(OP) == DELETE).select(self.pk)
+        deletions = self._deleted(current, gone).with_columns(
+            pl.lit(DELETED).alias("record_status"), pl.lit(batch_id).alias("batch_id"),
+            at.alias("update_timestamp"), at.alias(VALID_FROM), pl.lit(True).alias(IS_DELETED)) \
+            if gone.height else None
+        schema = history_schema(pa.schema([*target, *(f for f in upserts.to_arrow().schema
                                                       if f.name not in target.names)]))
-        new = pl.concat([pl.from_arrow(_conform(_arrow(f), schema)) for f in (upserts, deletions)
-                         if f.height], how="vertical")  # type: ignore[misc]
-        if not current.height or not new.height:
-            return new
-        same = current.select(*self.pk, pl.col("record_hash").alias("_c_hash"),
-                              pl.col(IS_DELETED).alias("_c_del"))
-        joined = new.join(same.cast({k: new.schema[k] for k in self.pk}), on=self.pk, how="left")
-        unchanged = (pl.col("_c_hash") == pl.col("record_hash")) & (pl.col("_c_del") == pl.col(IS_DELETED))
-        return joined.filter(~unchanged.fill_null(False)).drop("_c_hash", "_c_del")
+        parts = [pl.from_arrow(_conform(f.to_arrow(), schema)) for f in (upserts, deletions)
+                 if f is not None and f.height]
+        return pl.concat(parts, how="vertical") if parts else pl.DataFrame()  # type: ignore[arg-type]
 
     def _merge(self, dt: DeltaTable, versions: pl.DataFrame, target: pa.Schema, batch_id: str,
-               batch_time: datetime, chunk: int, chunks: int) -> None:
-        """One MERGE: close each key's current version, insert its new one."""
-        opened = versions.with_columns(pl.lit("open").alias(HOP))
-        closing = versions.select(*self.pk, VALID_FROM, pl.lit("close").alias(HOP))
+               batch_time: datetime, chunk: int, chunks: int) -> int:
+        """One MERGE (:func:`history_merge`); returns the versions it inserted."""
+        opened = versions.with_columns(pl.lit(OPEN).alias(HOP))
+        closing = versions.select(*self.pk, "record_hash", IS_DELETED, VALID_FROM, pl.lit(CLOSE).alias(HOP))
         source = pl.concat([opened, closing], how="diagonal_relaxed")
-        evolve = any(c not in target.names for c in versions.columns)
-        on = " AND ".join([f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in self.pk]
-                          + [f"t.{quote_ident(VALID_TO)} IS NULL", f"s.{HOP} = 'close'",
-                             key_range_sql(f"t.{quote_ident(self.pk[0])}",
-                                           key_ranges(versions.get_column(self.pk[0])))])
-        inserts = {quote_ident(c): f"s.{quote_ident(c)}" for c in versions.columns}
-        (
-            dt.merge(_arrow(source), predicate=on, source_alias="s", target_alias="t",
-                     merge_schema=evolve, commit_properties=self._properties(dt, batch_id, batch_time, chunk,
-                                                                              chunks))
-            .when_matched_update({quote_ident(VALID_TO): f"s.{quote_ident(VALID_FROM)}"})
-            .when_not_matched_insert(inserts, predicate=f"s.{HOP} = 'open'")
+        narrow = key_range_sql(f"t.{quote_ident(self.pk[0])}", key_ranges(versions.get_column(self.pk[0])))
+        statement = history_merge(self.pk, versions.columns, quote_ident, narrow)
+        metrics: dict[str, Any] = (
+            dt.merge(source.to_arrow(), predicate=statement.predicate, source_alias="s", target_alias="t",
+                     merge_schema=any(c not in target.names for c in versions.columns),
+                     commit_properties=self._properties(dt, batch_id, batch_time, chunk, chunks))
+            .when_matched_update(statement.close_set, predicate=statement.close_when)
+            .when_not_matched_insert(statement.open_values, predicate=statement.open_when)
             .execute()
         )
-        log.info("%s: chunk %d/%d of batch %s: %d versions", self.uri, chunk + 1, chunks, batch_id,
-                 versions.height)
-
-
-def _arrow(frame: pl.DataFrame) -> pa.Table:
-    return frame.to_arrow()
+        added = int(metrics.get("num_target_rows_inserted", 0))
+        log.info("%s: chunk %d/%d of batch %s: %d versions", self.uri, chunk + 1, chunks, batch_id, added)
+        return added

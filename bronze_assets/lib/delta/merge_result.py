@@ -39,6 +39,7 @@ class MergeResult:
     resumed_batch_id: str | None = None  # an interrupted batch whose committed chunks were kept
     rows_skipped_by_checkpoint: int = 0  # rows that batch committed, not written again
     history_versions: int = 0  # versions added to bz_<name>_history (contracts with history)
+    history_version: int | None = None  # the history table's Delta version after the load
     rehashed_v1: int = 0  # unchanged rows whose v1 record_hash was replaced by the v2 hash
     partitions: list[str] = field(default_factory=list)  # Delta partition values the load changed
     engine_metrics: dict[str, int] = field(default_factory=dict)  # the engine's own, see batch_metrics

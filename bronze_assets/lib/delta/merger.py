@@ -143,6 +143,8 @@ class BronzeMerger:
                 log.info("%s: batch %s already committed", self.uri, staged.ctx.batch_id)
                 result = MergeResult(self.uri, staged.rows, committed=True)
                 break
+            if self.history is not None:
+                self.history.reopen()  # a retry sees what a concurrent writer committed
             try:
                 if dt is not None and self.history is not None:  # history turned on, or a first load killed
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
@@ -150,6 +152,8 @@ class BronzeMerger:
                 if dt is None and self.history is not None:
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
                     result.history_versions = staged.rows
+                if self.history is not None:
+                    result.history_version = self.history.version
                 if dt is not None and not result.committed and staged.commit_always:
                     self._record_position(dt, staged)
                     result.committed, result.commits = True, 1
@@ -299,7 +303,7 @@ class BronzeMerger:
             if self.history is not None:  # protected once, written to both tables (history first)
                 batches = list(source)
                 result.history_versions += self.history.write(
-                    batches, staged.ctx.batch_id, staged.ctx.batch_time, chunk, chunks)
+                    batches, dt, staged.ctx.batch_id, staged.ctx.batch_time, chunk, chunks)
                 source = pa.RecordBatchReader.from_batches(source.schema, batches)
             self._merge_piece(dt, staged, piece, chunk, chunks, source)
             result.commits += 1
