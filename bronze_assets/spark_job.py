@@ -123,9 +123,12 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
                                                "metadata": metadata}})
         return
     pipes.log.info(f"{contract.bronze_table}: merged in {report.outcome.result.merge_seconds:.2f} s")
-    # the step may also hold the history asset: name the table the job loaded
+    # the step may also hold the history asset: each materialization names its asset
     pipes.report_asset_materialization(asset_key=contract.bronze_table,
                                        metadata={k: pipes_value(k, v) for k, v in report.metadata.items()})
+    if extras.get("history") and report.history is not None:  # written by the same load, reported so
+        pipes.report_asset_materialization(asset_key=contract.history_table,
+                                           metadata={k: pipes_value(k, v) for k, v in report.history.items()})
     report_checks(pipes, contract.bronze_table, report.checks)
 
 

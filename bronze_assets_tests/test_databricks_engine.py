@@ -77,9 +77,13 @@ def test_databricks_task_runs_the_bronze_job_through_a_volume(
         assert task.new_cluster.spark_env_vars["BRONZE_SECRET_SCOPE"] == "bronze"
     assert not list((volume / "tmp").iterdir())  # the Pipes temp folders are cleaned up
 
-    (event,) = [e for e in result.get_asset_materialization_events()
-                if e.asset_key == dg.AssetKey("bz_warehouses")]  # the step also reports its history asset
-    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    events = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+              for e in result.get_asset_materialization_events()}
+    meta, history = events["bz_warehouses"], events["bz_warehouses_history"]
+    # the job reports the history it wrote (nothing implicit): its version, the same batch
+    hist = DeltaTable(str(tmp_path / "bronze" / "bz_warehouses_history"))
+    assert (history["delta_version"], history["batch_id"]) == (hist.version(), meta["batch_id"])
+    assert history["versions_added"] == meta["rows_inserted"] == hist.to_pyarrow_table().num_rows
     rows = query(fresh_dsn, "SELECT count(*) FROM tests.warehouses")[0][0]
     assert meta["engine"] == "spark" and meta["rows_inserted"] == meta["rows_read"] == rows
     assert meta["Databricks Job Run ID"] == "1"

@@ -27,6 +27,7 @@ from bronze_assets.defs.checks import as_check_result
 from bronze_assets.defs.io_manager import BronzeStorage, changed_partition_events
 from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.lib.cdc import deployment_id
+from bronze_assets.lib.delta.history import history_metadata
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
@@ -170,10 +171,7 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     then the CDC acknowledgement and the checks."""
     storage = bronze.storage()
     contract = request.contract
-    history = contract.history and dg.AssetKey(contract.history_table) in context.selected_asset_keys
-    if history and dg.AssetKey(contract.bronze_table) not in context.selected_asset_keys:
-        raise dg.Failure(f"{contract.history_table} is written by the load of {contract.bronze_table}: "
-                         f"materialize {contract.bronze_table}", allow_retries=False)
+    history = history_selected(context, contract)
     dsn = "" if contract.landing is not None else source.resolved_dsn()  # files: no database
     lifecycle = Lifecycle(request, LocalEngine(storage), dsn, storage,
                           job_id=context.run.run_id, logger=context.log)
@@ -195,24 +193,34 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
         staged.cleanup()
 
 
+def history_selected(context: dg.AssetExecutionContext, contract: Contract) -> bool:
+    """Whether the step reports ``bz_<name>_history`` (selected with its table); selected alone it
+    fails, since only the load of ``bz_<name>`` writes it."""
+    history = contract.history and dg.AssetKey(contract.history_table) in context.selected_asset_keys
+    if history and dg.AssetKey(contract.bronze_table) not in context.selected_asset_keys:
+        raise dg.Failure(f"{contract.history_table} is written by the load of {contract.bronze_table}: "
+                         f"materialize {contract.bronze_table}", allow_retries=False)
+    return history
+
+
 def history_result(contract: Contract, storage: Storage, batch_id: str) -> dg.MaterializeResult:
     """The history table as the load just left it (its versions were written with the MERGE)."""
     dt = storage.open(contract.history_table)
-    meta: dict[str, Any] = {"table_uri": dg.MetadataValue.path(storage.uri(contract.history_table)),
-                            "batch_id": batch_id}
-    if dt is not None:
-        meta["delta_version"] = dt.version()
+    meta = history_metadata(contract, storage, batch_id, dt.version() if dt is not None else None)
+    meta["table_uri"] = dg.MetadataValue.path(meta["table_uri"])
     return dg.MaterializeResult(asset_key=contract.history_table, metadata=meta)
 
 
 # ---------------------------------------------------------------------------------------- Pipes
 
 
-def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool) -> dict[str, Any]:
-    """What the Spark job needs to know (sent in the Pipes context). A remote job gets no storage
-    credentials: it reads them from its own environment (the Databricks secret scope)."""
+def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool, history: bool = False
+               ) -> dict[str, Any]:
+    """What the Spark job needs to know (sent in the Pipes context; ``history``: whether it reports
+    the history asset). A remote job gets no storage credentials: it reads them from its own
+    environment (the Databricks secret scope)."""
     extras: dict[str, Any] = {
-        "table": request.contract.name, "root": bronze.storage().root,
+        "table": request.contract.name, "history": history, "root": bronze.storage().root,
         "window": [v.isoformat() for v in request.window] if request.window else None,
         "changes_only": request.changes_only, "checks": sorted(request.checks), "docs": not remote,
         "secret_scope": env("BRONZE_SECRET_SCOPE"), "deployment_id": deployment_id(bronze.storage()),
@@ -227,13 +235,11 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
     """Run the Spark job through the ``pipes`` client resource and yield what it reported, as the
     local engine would."""
     contract = request.contract
-    if contract.history:
-        context.log.warning(f"{contract.history_table}: the {chosen.value} engine writes no history yet; "
-                            f"load {contract.bronze_table} on the local engine to keep its versions")
+    history = history_selected(context, contract)
     if chosen is Engine.SPARK:
-        invocation = run_spark_subprocess(context, request, source, bronze, pipes)
+        invocation = run_spark_subprocess(context, request, source, bronze, pipes, history)
     else:
-        invocation = run_databricks(context, request, bronze, engine.databricks_settings(), pipes)
+        invocation = run_databricks(context, request, bronze, engine.databricks_settings(), pipes, history)
     custom = invocation.get_custom_messages()
     descriptions: dict[str, str] = {}
     failure: Mapping[str, Any] | None = None
@@ -241,8 +247,9 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
         if isinstance(message, Mapping):
             descriptions |= message.get(DESCRIPTIONS, {})
             failure = message.get(FAILURE, failure)
-    # a failed job reported no load: no implicit materialization of its assets (only its checks)
-    results = invocation.get_results(implicit_materializations=failure is None)
+    # the job reports each asset it materialized (the table, and its history when selected):
+    # nothing implicit, so a failed job materializes nothing (it reports only its checks)
+    results = invocation.get_results(implicit_materializations=False)
     for result in results:
         if isinstance(result, dg.AssetCheckResult) and result.check_name in descriptions:
             yield dg.AssetCheckResult(
@@ -264,12 +271,14 @@ def run_pipes(context: dg.AssetExecutionContext, request: LoadRequest, source: A
 
 
 def run_spark_subprocess(context: dg.AssetExecutionContext, request: LoadRequest, source: Any,
-                         bronze: BronzeStorage, pipes: BronzePipes) -> dg.PipesClientCompletedInvocation:
+                         bronze: BronzeStorage, pipes: BronzePipes, history: bool = False
+                         ) -> dg.PipesClientCompletedInvocation:
     """The Spark job on local Spark, in a subprocess (which inherits this environment); the
     source DSN travels in its environment, never in the Pipes context."""
     return pipes.subprocess_client().run(
         command=[sys.executable, "-m", "bronze_assets.spark_job"], context=context,
-        extras=job_extras(request, bronze, remote=False), env={"BRONZE_SOURCE_DSN": source.resolved_dsn()})
+        extras=job_extras(request, bronze, remote=False, history=history),
+        env={"BRONZE_SOURCE_DSN": source.resolved_dsn()})
 
 
 def databricks_task(contract: Contract, settings: DatabricksSettings) -> tuple[Any, dict[str, Any]]:
@@ -302,10 +311,11 @@ def databricks_task(contract: Contract, settings: DatabricksSettings) -> tuple[A
 
 
 def run_databricks(context: dg.AssetExecutionContext, request: LoadRequest, bronze: BronzeStorage,
-                   settings: DatabricksSettings, pipes: BronzePipes) -> dg.PipesClientCompletedInvocation:
+                   settings: DatabricksSettings, pipes: BronzePipes, history: bool = False
+                   ) -> dg.PipesClientCompletedInvocation:
     """The Spark job as a Databricks task; Pipes context and messages in the UC volume."""
     task, submit_args = databricks_task(request.contract, settings)
     client = pipes.databricks_client(settings.volume,
                                      serverless=settings.compute is DatabricksCompute.SERVERLESS)
-    return client.run(context=context, extras=job_extras(request, bronze, remote=True), task=task,
-                      submit_args=submit_args)
+    return client.run(context=context, extras=job_extras(request, bronze, remote=True, history=history),
+                      task=task, submit_args=submit_args)

@@ -92,6 +92,17 @@ def history_merge(pk: Sequence[str], columns: Sequence[str], quote: Callable[[st
                         f"s.{HOP} = '{OPEN}'", {quote(c): s(c) for c in columns})
 
 
+def history_metadata(contract: Contract, storage: Storage, batch_id: str, version: int | None,
+                     versions_added: int | None = None) -> dict[str, Any]:
+    """The history asset's materialization metadata as plain values, either engine (``table_uri``
+    is a path; ``delta_version`` -1 while the table does not exist)."""
+    meta: dict[str, Any] = {"table_uri": storage.uri(contract.history_table), "batch_id": batch_id,
+                            "delta_version": -1 if version is None else version}
+    if versions_added is not None:
+        meta["versions_added"] = versions_added
+    return meta
+
+
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with exactly ``schema``'s columns (cast; missing ones NULL)."""
     cols = [table.column(f.name).cast(f.type) if f.name in table.column_names

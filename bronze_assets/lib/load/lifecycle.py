@@ -27,6 +27,7 @@ from typing import Any
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows
+from bronze_assets.lib.delta.history import history_metadata
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.failures import classify
@@ -67,6 +68,7 @@ class LoadReport:
     outcome: LoadOutcome
     metadata: dict[str, Any]
     checks: list[CheckOutcome] = field(default_factory=list)
+    history: dict[str, Any] | None = None  # the history table's metadata (contracts with history)
 
 
 def commit(engine: LoadEngine, staged: Staged, storage: Storage, job_id: str | None) -> LoadOutcome:
@@ -175,7 +177,12 @@ class Lifecycle:
             staged.cleanup()
             raise
         checks = self.finish(staged)
-        return LoadReport(outcome, outcome.metadata() | self.metadata, checks)
+        history = None
+        if self.contract.history:
+            result = outcome.result
+            history = history_metadata(self.contract, self.storage, outcome.batch_id, result.history_version,
+                                       result.history_versions)
+        return LoadReport(outcome, outcome.metadata() | self.metadata, checks, history)
 
     def _failed(self, exc: BaseException) -> None:
         audit_failure(self.contract, self.storage, self.job_id, self.started,

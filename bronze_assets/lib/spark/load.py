@@ -39,11 +39,9 @@ from bronze_assets.lib.delta.commit_log import (
     batch_metrics,
 )
 from bronze_assets.lib.delta.load_commit import (
-    app_id,
     commit_metadata,
     commit_properties,
     commit_without_rows,
-    next_txn_version,
     partition_range_metadata,
 )
 from bronze_assets.lib.delta.merge_result import DuplicateKeyError, MergeResult
@@ -68,6 +66,8 @@ from bronze_assets.lib.source.extract import LEGACY_HASH, SourceReader, keys_sql
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
+from bronze_assets.lib.spark.commit import commit_with
+from bronze_assets.lib.spark.history import SparkHistory
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
 from bronze_assets.lib.spark.session import RUNTIME_CONF, configure_object_store
@@ -80,9 +80,6 @@ log = logging.getLogger(__name__)
 
 OP = "_bronze_op"
 T_HASH, T_STATUS, T_PART = "_t_hash", "_t_status", "_t_part"
-USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
-TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
-TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 
 
 class SparkEngineError(RuntimeError):
@@ -386,13 +383,19 @@ class SparkLoader:
         if target is not None and meta[BATCH_KEY] in CommitLog.current(target, commits).committed_batch_ids():
             return MergeResult(uri, rows, committed=True)
         part = contract.partitioning.delta_column
+        history = SparkHistory(self.spark, contract, self.storage) if contract.history else None
         if target is None:
             result = MergeResult(uri, rows, inserted=rows)
             if part:
                 result.partitions = sorted(str(r[0]) for r in staged.select(part).distinct().collect())
             self._commit(contract, None, meta, lambda: self._create(contract, uri, staged, pii))
             result.committed, result.commits = True, 1
-            return self._finish(result, uri, meta[BATCH_KEY])
+            if history is not None:  # every created row is its key's first version
+                history.seed(ctx.batch_id)
+                result.history_versions = rows
+            return self._finish(result, uri, meta[BATCH_KEY], history)
+        if history is not None:  # history turned on, or a first load killed before its seed
+            history.seed(ctx.batch_id)
         current = self.spark.read.format("delta").load(uri).select(
             *pk, F.col("record_hash").alias(T_HASH), F.col("record_status").alias(T_STATUS),
             *([F.col(part).alias(T_PART)] if part else []))
@@ -435,15 +438,18 @@ class SparkLoader:
                 .unionByName(deletes, allowMissingColumns=True)
             target = self._ensure_properties(contract, target)
             table = DeltaTable.forPath(self.spark, uri)
-            self._commit(contract, target, meta,
-                         lambda: self._merge(contract, table, self._protect(contract, source, pii)))
+            protected = self._protect(contract, source, pii)
+            if history is not None:  # protected once (checkpointed), written to both tables, history first
+                protected = protected.localCheckpoint()
+                result.history_versions = history.write(protected, ctx.batch_id, ctx.batch_time)
+            self._commit(contract, target, meta, lambda: self._merge(contract, table, protected))
             result.committed, result.commits = True, 1
         elif commit_always:  # a commit without rows that records the metadata (e.g. a CDC position)
             target = self._ensure_properties(contract, target)
             commit_without_rows(target, commit_properties(target, contract, meta), self.storage.delta_options)
             result.committed, result.commits = True, 1
         plan.unpersist()
-        return self._finish(result, uri, meta[BATCH_KEY])
+        return self._finish(result, uri, meta[BATCH_KEY], history)
 
     def _ensure_properties(self, contract: Contract, target: Any) -> Any:
         """Turn on the change data feed of a table created without it (ARCHITECTURE §2.7), in a
@@ -454,7 +460,10 @@ class SparkLoader:
             return self.storage.open(contract.bronze_table) or target
         return target
 
-    def _finish(self, result: MergeResult, uri: str, batch_id: str) -> MergeResult:
+    def _finish(self, result: MergeResult, uri: str, batch_id: str, history: SparkHistory | None = None
+                ) -> MergeResult:
+        if history is not None:
+            result.history_version = history.version()
         final = open_table(uri, self.storage.delta_options)
         if final is not None:
             result.version = final.version()
@@ -505,14 +514,5 @@ class SparkLoader:
         )
 
     def _commit(self, contract: Contract, target: Any, meta: dict[str, str], write: Any) -> None:
-        """Run ``write`` with the commit's metadata and app transaction set on the session."""
-        app = app_id(contract)
-        conf = self.spark.conf
-        conf.set(USER_METADATA_CONF, json.dumps(meta))
-        conf.set(TXN_APP_ID_CONF, app)
-        conf.set(TXN_VERSION_CONF, str(next_txn_version(target, app)))
-        try:
-            write()
-        finally:
-            for key in (USER_METADATA_CONF, TXN_APP_ID_CONF, TXN_VERSION_CONF):
-                conf.unset(key)
+        """Run ``write`` as the load's commit (:func:`~bronze_assets.lib.spark.commit.commit_with`)."""
+        commit_with(self.spark, contract, target, meta, write)
