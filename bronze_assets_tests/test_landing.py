@@ -144,9 +144,11 @@ def test_a_new_field_adds_a_column_in_the_same_run_and_is_audited(storage: Stora
 
 
 def test_a_value_that_does_not_fit_its_type_is_rescued_and_scored(storage: Storage) -> None:
-    drop(storage, "a.jsonl", [event(1, event_time="yesterday"), event(2)])
+    drop(storage, "a.jsonl", [event(1, event_time="yesterday"), event(2), event(3, shipment_id=1.5)])
     land(storage)
     got = rows(storage)
+    assert got[3]["shipment_id"] is None  # not 2: an integer column takes integers only
+    assert json.loads(got[3]["_rescued_data"])["shipment_id"] == 1.5
     assert got[1]["event_time"] is None
     rescued = json.loads(got[1]["_rescued_data"])
     assert rescued["event_time"] == "yesterday" and rescued["_file_path"].endswith("a.jsonl")
@@ -270,7 +272,7 @@ def test_csv_files_land_the_same_way(storage: Storage) -> None:
 
 def test_parquet_files_land_the_same_way(storage: Storage) -> None:
     """Parquet: the values typed by the contract (a time that does not parse is rescued), a new
-    column added, an unreadable file quarantined without failing the run."""
+    column added with its inferred type, an unreadable file quarantined without failing the run."""
     import pyarrow.parquet as pq
 
     assert EVENTS.landing is not None
@@ -287,7 +289,122 @@ def test_parquet_files_land_the_same_way(storage: Storage) -> None:
     land(storage, parquet)
     got = rows(storage)
     assert sorted(got) == [1, 2] and str(got[1]["event_time"]) == "2026-01-01 08:00:00+00:00"
-    assert got[1]["weight_kg"] == "1.5" and got[2]["weight_kg"] is None
+    assert got[1]["weight_kg"] == 1.5 and got[2]["weight_kg"] is None  # inferred: double precision
     assert json.loads(got[2]["_rescued_data"])["event_time"] == "later"
     (q,) = [json.loads(r["record"]) for r in read_table(storage, QUARANTINE_TABLE).to_pylist()]
     assert q["file"].endswith("broken.parquet") and q["line"] is None and "Parquet" in q["raw"]
+
+
+def with_landing(contract: Contract = EVENTS, primary_key: tuple[str, ...] | None = None, **landing: object
+                 ) -> Contract:
+    """``contract`` with its landing entry (and primary key) changed."""
+    assert contract.landing is not None
+    changed = replace(contract, landing=replace(contract.landing, **landing))  # type: ignore[arg-type]
+    return changed if primary_key is None else replace(changed, primary_key=primary_key)
+
+
+def stored_schemas(storage: Storage) -> list[dict]:
+    folder = Path(storage.root, "_schemas", EVENTS.bronze_table)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def test_new_fields_are_typed_by_hint_or_inference_and_the_schema_is_stored(storage: Storage) -> None:
+    """infer_column_types: a new field's type comes from the first file that has it; a schema hint
+    overrides inference; the schema is stored under _schemas/bz_<name>, one version per change;
+    the type never changes: a later value that does not parse is rescued."""
+    hinted = with_landing(schema_hints=(("pieces", "numeric(10,2)"),))
+    drop(storage, "a.jsonl", [event(1)], age=300)
+    land(storage, hinted)
+    (first,) = stored_schemas(storage)
+    assert first["version"] == 0 and [c["name"] for c in first["columns"]] == EVENTS.column_names
+    drop(storage, "b.jsonl", [event(2, weight=1.5, count=3, fragile=True, note="n", dims={"h": 1}, pieces=2),
+                              event(3, weight=2, count=4, pieces="7.25")], age=200)
+    land(storage, hinted)
+    schema = pa.schema(DeltaTable(storage.uri(EVENTS.bronze_table)).schema().to_arrow())
+    types = {f.name: str(f.type) for f in schema}
+    assert types["weight"] == "double" and types["count"] == "int64" and types["fragile"] == "bool"
+    assert types["note"] == "string" and types["dims"] == "string" and types["pieces"] == "decimal128(10, 2)"
+    got = rows(storage)
+    assert got[2]["weight"] == 1.5 and got[3]["weight"] == 2.0 and got[2]["count"] == 3
+    assert json.loads(got[2]["dims"]) == {"h": 1} and str(got[3]["pieces"]) == "7.25"
+    assert got[1]["weight"] is None and got[2]["_rescued_data"] is None
+    versions = stored_schemas(storage)
+    assert [v["version"] for v in versions] == [0, 1]
+    added = {c["name"]: (c["type"], c["origin"]) for c in versions[1]["columns"][len(EVENTS.columns):]}
+    assert added == {"count": ("bigint", "inferred"), "dims": ("jsonb", "inferred"),
+                     "fragile": ("boolean", "inferred"), "note": ("text", "inferred"),
+                     "pieces": ("numeric(10,2)", "hint"), "weight": ("double precision", "inferred")}
+    drop(storage, "c.jsonl", [event(4, count="many", weight=3)], age=100)  # the type stays bigint
+    land(storage, hinted)
+    got = rows(storage)[4]
+    assert got["count"] is None and json.loads(got["_rescued_data"])["count"] == "many"
+    assert got["data_quality_score"] < 100 and len(stored_schemas(storage)) == 2
+
+
+def test_without_inference_every_new_field_is_text(storage: Storage) -> None:
+    drop(storage, "a.jsonl", [event(1, weight=1.5, count=3, fragile=True)])
+    land(storage, with_landing(infer_column_types=False, schema_hints=(("count", "bigint"),)))
+    got = rows(storage)[1]
+    assert got["weight"] == "1.5" and got["fragile"] == "true" and got["count"] == 3  # the hint still types
+    origins = {c["name"]: c["origin"] for c in stored_schemas(storage)[-1]["columns"]}
+    assert origins["weight"] == "text" and origins["count"] == "hint"
+
+
+def test_csv_new_fields_are_inferred_from_their_text(storage: Storage) -> None:
+    csv = with_landing(format=LandingFormat.CSV)
+    drop(storage, "a.csv", ["event_id,shipment_id,event_time,status,location,weight,pieces,seen",
+                            "1,101,2026-01-01T10:00:00Z,IN_TRANSIT,hub 1,1.5,3,2026-01-01 10:00:00+00",
+                            "2,102,2026-01-01T11:00:00Z,IN_TRANSIT,hub 2,2,4,"])
+    land(storage, csv)
+    got = rows(storage)
+    assert got[1]["weight"] == 1.5 and got[2]["pieces"] == 4
+    assert str(got[1]["seen"]).startswith("2026-01-01 10:00")
+
+
+def test_a_contract_without_a_primary_key_appends_every_record_once(storage: Storage) -> None:
+    """No primary key: records are appended (the same record in two files lands twice), each
+    identified by <file URI>#<line>; a re-run or a rewritten file with allow_overwrites never
+    lands a line twice."""
+    keyless = with_landing(primary_key=())
+    a = drop(storage, "a.jsonl", [event(1), event(1), "oops", event(2)], age=120)
+    drop(storage, "b.jsonl", [event(1)], age=60)
+    land(storage, keyless)
+    table = DeltaTable(storage.uri(EVENTS.bronze_table)).to_pyarrow_table()
+    assert sorted(table.column("event_id").to_pylist()) == [1, 1, 1, 2]
+    assert sorted(table.column("record_key").to_pylist()) == sorted(
+        [f"file://{a}#1", f"file://{a}#2", f"file://{a}#4", f"file://{a.parent / 'b.jsonl'}#1"])
+    assert land(storage, keyless)["landing_files"] == 0
+    drop(storage, "a.jsonl", [event(1), event(1, status="DELIVERED"), "oops", event(2), event(3)], age=30)
+    land(storage, with_landing(primary_key=(), allow_overwrites=True))
+    table = DeltaTable(storage.uri(EVENTS.bronze_table)).to_pyarrow_table().to_pylist()
+    assert sorted(r["event_id"] for r in table) == [1, 1, 1, 2, 3]  # line 2 replaced, line 5 new
+    assert [r["status"] for r in table if r["record_key"] == f"file://{a}#2"] == ["DELIVERED"]
+
+
+def test_every_kind_of_bad_input_lands_what_it_can_and_never_fails_the_run(storage: Storage) -> None:
+    """A 0-byte file, a file of blank lines, an empty and a 0-byte .gz, a truncated .gz, CRLF line
+    ends and bytes that are not UTF-8: the run succeeds, every file is ledgered once, what cannot
+    be read is quarantined with its file and line."""
+    folder = Path(storage.settings.landing_root, EVENTS.name)
+    drop(storage, "zero.jsonl", [])
+    drop(storage, "blank.jsonl", ["", "   ", ""])
+    drop(storage, "empty.json.gz", [], gz=True)
+    (folder / "zero.json.gz").write_bytes(b"")
+    whole = gzip.compress((json.dumps(event(7)) + "\n" + json.dumps(event(8)) + "\n").encode())
+    (folder / "cut.json.gz").write_bytes(whole[: len(whole) - 12])
+    (folder / "crlf.jsonl").write_bytes(f"{json.dumps(event(1))}\r\n{json.dumps(event(2))}\r\n".encode())
+    (folder / "latin1.jsonl").write_bytes(b'{"event_id": 3, "shipment_id": 1, "status": "IN_TRANSIT", '
+                                          b'"event_time": "2026-01-01T00:00:00Z", "location": "K\xf6ln"}\n')
+    for f in folder.iterdir():
+        os.utime(f, (time.time() - 60,) * 2)
+    meta = land(storage)
+    assert meta["landing_files"] == 7
+    got = rows(storage)
+    assert {1, 2, 3} <= set(got) and got[3]["location"] == "K\ufffdln"
+    assert {Path(r["path"]).name for r in ledger(storage)} == {
+        "zero.jsonl", "blank.jsonl", "empty.json.gz", "zero.json.gz", "cut.json.gz", "crlf.jsonl",
+        "latin1.jsonl"}
+    q = [json.loads(r["record"]) for r in read_table(storage, QUARANTINE_TABLE).to_pylist()]
+    (cut,) = [r for r in q if r["line"] is None]
+    assert cut["file"].endswith("cut.json.gz") and "gzip" in cut["raw"]
+    assert land(storage)["landing_files"] == 0

@@ -11,6 +11,7 @@ from bronze_assets.contracts.types import PgType  # the column types (and their 
 # ``record_key`` = ``<record_hash>#<n>``, n = 1, 2, … numbering the identical rows of one snapshot
 # (identical rows cannot be told apart, so n copies are h#1..h#n). It is the MERGE key of such a
 # table, a metadata column of such tables only (README "Your own database", "No primary key").
+# A landing table without one appends its records, each identified by ``<file URI>#<line>``.
 ROW_KEY = "record_key"
 ROW_KEY_SEPARATOR = "#"
 
@@ -209,9 +210,7 @@ class Contract:
         if not set(self.primary_key) <= set(names):
             raise ValueError(f"contract {self.name}: primary key {self.primary_key} names unknown columns")
         if self.landing is not None:
-            if self.keyless:
-                raise ValueError(f"contract {self.name}: a landing table needs a primary_key in this "
-                                 f"release (records MERGE by key); name the field that identifies a record")
+            self._check_landing()
         elif "updated_at" not in names:
             raise ValueError(f"contract {self.name}: every source table needs updated_at")
         if self.keyless and self.landing is None:
@@ -238,6 +237,17 @@ class Contract:
         if unknown:
             raise ValueError(f"contract {self.name}: rules name unknown columns {unknown}")
         self._check_encryption()
+
+    def _check_landing(self) -> None:
+        """Schema hints name fields the columns do not declare (a declared column has its type)."""
+        assert self.landing is not None
+        declared = sorted(set(self.column_names) & {name for name, _ in self.landing.schema_hints})
+        if declared:
+            raise ValueError(f"contract {self.name}: schema_hints name declared columns {declared}: a "
+                             f"declared column has its type; hints type the fields the columns do not list")
+        if ROW_KEY in self.column_names and self.keyless:
+            raise ValueError(f"contract {self.name}: a field named {ROW_KEY} is the row identity of a "
+                             f"landing table without a primary key: name the primary key, or rename it")
 
     def _check_keyless(self) -> None:
         """A table without a primary key loads only as a full snapshot (see :data:`ROW_KEY`)."""
@@ -271,7 +281,8 @@ class Contract:
 
     @property
     def keyless(self) -> bool:
-        """No primary key: a full snapshot whose rows are identified by :data:`ROW_KEY`."""
+        """No primary key: a full snapshot (or a landing table's appended records) whose rows are
+        identified by :data:`ROW_KEY`."""
         return not self.primary_key
 
     @property

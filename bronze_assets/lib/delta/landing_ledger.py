@@ -19,15 +19,16 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-from deltalake import write_deltalake
+from deltalake import DeltaTable
 
-from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
 from bronze_assets.lib.delta.commit_log import commit_history
+from bronze_assets.lib.delta.exclusive_append import append_exclusive
 from bronze_assets.lib.delta.storage import Storage
 
 LEDGER_TABLE = "bz_landing_files"
 LEDGER_KEY = "bronze.landing_files"  # the ledger rows of the batch, JSON, on its last data commit
+APP_PREFIX = "bronze_assets/bz_landing_files/"  # + the data table: the app id of its ledger appends
+RECENT = 50  # commits read back first when looking for ledger rows not copied yet
 TS = pa.timestamp("us", tz="UTC")
 LEDGER_SCHEMA = pa.schema([
     pa.field("table_name", pa.string()),
@@ -72,13 +73,34 @@ def ledger_metadata(rows: list[LedgerRow]) -> dict[str, str]:
     return {LEDGER_KEY: json.dumps([r.as_json() for r in rows])}
 
 
-def committed_rows(storage: Storage, bronze_table: str) -> list[LedgerRow]:
-    """The ledger rows recorded in the commits of ``bronze_table`` (every commit of its history)."""
-    dt = storage.open(bronze_table)
+def committed_rows(storage: Storage, bronze_table: str, dt: DeltaTable | None = None,
+                   present: set[str] | None = None, newer_than: int | None = None) -> list[LedgerRow]:
+    """The ledger rows recorded in the commits of ``bronze_table`` (``dt``: the table, if open).
+    ``present``: the batches ``bz_landing_files`` holds; the commits are read newest first and
+    stop at one of those (the older ones were copied before it). ``newer_than``: only the commits
+    after that table version."""
+    dt = dt if dt is not None else storage.open(bronze_table)
     if dt is None:
         return []
-    return [LedgerRow.from_json(r) for entry in commit_history(dt)
-            if isinstance(text := entry.get(LEDGER_KEY), str) for r in json.loads(text)]
+    limit = None if newer_than is None else dt.version() - newer_than
+    if limit is not None and limit <= 0:
+        return []
+    if present is not None and limit is None:
+        limit = RECENT if dt.version() + 1 > RECENT else None
+    while True:
+        entries = commit_history(dt, limit)
+        found: list[LedgerRow] = []
+        for entry in entries:
+            text = entry.get(LEDGER_KEY)
+            if not isinstance(text, str):
+                continue
+            rows = [LedgerRow.from_json(r) for r in json.loads(text)]
+            if present is not None and rows and rows[0].batch_id in present:
+                return found  # copied already, and every older one before it
+            found += rows
+        if limit is None or newer_than is not None or len(entries) < limit:
+            return found
+        limit = None  # no copied batch among the newest: read them all
 
 
 def table_rows(storage: Storage, bronze_table: str) -> list[LedgerRow]:
@@ -86,30 +108,44 @@ def table_rows(storage: Storage, bronze_table: str) -> list[LedgerRow]:
     dt = storage.open(LEDGER_TABLE)
     if dt is None:
         return []
-    rows = dt.to_pyarrow_table()
-    mine = rows.filter(pc.equal(rows.column("table_name"), bronze_table))
-    return [LedgerRow(**r) for r in mine.to_pylist()]
+    return _rows_of(dt, bronze_table)
 
 
-def materialise(storage: Storage, bronze_table: str, rows: list[LedgerRow],
-                present: list[LedgerRow] | None = None) -> int:
+def _rows_of(dt: DeltaTable, bronze_table: str) -> list[LedgerRow]:
+    rows = dt.to_pyarrow_table(filters=[("table_name", "=", bronze_table)])
+    return [LedgerRow(**r) for r in rows.to_pylist()]
+
+
+def materialise(storage: Storage, bronze_table: str, rows: list[LedgerRow]) -> int:
     """Append to ``bz_landing_files`` the committed ledger ``rows`` of ``bronze_table`` whose batch
-    it does not hold yet (``present``: its rows, if already read). Returns how many."""
-    done = {r.batch_id for r in (table_rows(storage, bronze_table) if present is None else present)}
-    pending = [r for r in rows if r.batch_id not in done]
-    if pending:
-        table = pa.Table.from_pylist([asdict(r) for r in pending], schema=LEDGER_SCHEMA)
-        write_deltalake(storage.uri(LEDGER_TABLE), table, mode="append",
-                        storage_options=storage.delta_options,
-                        configuration=CHECKPOINT_PROPERTIES)  # at create
-    return len(pending)
+    it does not hold yet; two runs at once never both append them (an app transaction per
+    table). Returns how many."""
+    if not rows:
+        return 0
+
+    def pending(dt: DeltaTable | None) -> pa.Table | None:
+        done = {r.batch_id for r in _rows_of(dt, bronze_table)} if dt is not None else set()
+        new = [asdict(r) for r in rows if r.batch_id not in done]
+        return pa.Table.from_pylist(new, schema=LEDGER_SCHEMA) if new else None
+
+    return append_exclusive(storage, LEDGER_TABLE, f"{APP_PREFIX}{bronze_table}", pending)
 
 
-def ingested(storage: Storage, bronze_table: str) -> dict[str, LedgerRow]:
-    """Every file ``bronze_table`` has ingested, by URI: the rows of ``bz_landing_files`` (which
-    outlive the data table's log retention) and those its data commits record, which are copied
-    into ``bz_landing_files`` when it lacks them (a run killed after its commit)."""
+@dataclass(frozen=True)
+class Ingested:
+    """Every file a landing table has ingested, by URI, and the version of its data table read."""
+
+    files: dict[str, LedgerRow]
+    table_version: int | None
+
+
+def ingested(storage: Storage, bronze_table: str) -> Ingested:
+    """Every file ``bronze_table`` has ingested: the rows of ``bz_landing_files`` (which outlive
+    the data table's log retention) and those its data commits record, which are copied into
+    ``bz_landing_files`` when it lacks them (a run killed after its commit)."""
     present = table_rows(storage, bronze_table)
-    committed = committed_rows(storage, bronze_table)
-    materialise(storage, bronze_table, committed, present)
-    return {r.path: r for r in sorted([*present, *committed], key=lambda r: r.ingested_at)}
+    dt = storage.open(bronze_table)
+    committed = committed_rows(storage, bronze_table, dt, {r.batch_id for r in present})
+    materialise(storage, bronze_table, committed)
+    files = {r.path: r for r in sorted([*present, *committed], key=lambda r: r.ingested_at)}
+    return Ingested(files, dt.version() if dt is not None else None)

@@ -34,6 +34,7 @@ from bronze_assets.lib.delta.commit_log import (
     CommitLog,
     batch_metrics,
 )
+from bronze_assets.lib.delta.exclusive_append import is_conflict
 from bronze_assets.lib.delta.history import HistoryWriter
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges, sql_literal
 from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties, commit_without_rows
@@ -145,6 +146,8 @@ class BronzeMerger:
                 break
             if self.history is not None:
                 self.history.reopen()  # a retry sees what a concurrent writer committed
+            if staged.before_commit is not None:
+                staged.before_commit(dt)
             try:
                 if dt is not None and self.history is not None:  # history turned on, or a first load killed
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
@@ -159,7 +162,7 @@ class BronzeMerger:
                     result.committed, result.commits = True, 1
                 break
             except (CommitFailedError, DeltaError) as exc:
-                if attempt == MAX_ATTEMPTS or not _is_conflict(exc):
+                if attempt == MAX_ATTEMPTS or not is_conflict(exc):
                     raise
                 log.warning("%s: commit conflict (%s); re-reading and retrying", self.uri, exc)
                 time.sleep(0.2 * 2**attempt)
@@ -396,12 +399,6 @@ def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:
         else:
             cols.append(pa.nulls(frame.height, f.type))
     return pa.RecordBatch.from_arrays(cols, schema=schema)
-
-
-def _is_conflict(exc: Exception) -> bool:
-    text = str(exc).lower()
-    version_taken = "version" in text and "exists" in text
-    return isinstance(exc, CommitFailedError) or "conflict" in text or version_taken
 
 
 def discard_uncommitted(uri: str) -> None:

@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
 from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
-from bronze_assets.lib.delta.storage import StorageLike, as_storage
+from bronze_assets.lib.delta.exclusive_append import append_exclusive
+from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 
 QUARANTINE_TABLE = "bz_quarantine"
 QUARANTINE_SCHEMA = pa.schema([
@@ -49,3 +50,31 @@ def quarantine_rows(
     write_deltalake(storage.uri(QUARANTINE_TABLE), rows, mode="append", storage_options=storage.delta_options,
                     configuration=CHECKPOINT_PROPERTIES)  # at create
     return sum(len(c) - c.null_count for c in raw)
+
+
+def quarantine_once(storage: Storage, table: str, batch_id: str, reason: str,
+                    records: list[tuple[str, str]], since: datetime) -> int:
+    """Append the ``(quarantine_id, record)`` pairs whose id ``bz_quarantine`` does not hold yet
+    among its rows of ``table`` quarantined at or after ``since`` (ids that name the record: a run
+    killed after it quarantined, or another run at once, does not quarantine it twice).
+    Returns how many were appended."""
+    if not records:
+        return 0
+    now = datetime.now(UTC)
+
+    def missing(dt: DeltaTable | None) -> pa.Table | None:
+        held: set[str] = set()
+        if dt is not None:
+            found = dt.to_pyarrow_table(columns=["quarantine_id"], filters=[
+                ("table_name", "=", table), ("quarantined_at", ">=", since)])
+            held = set(found.column("quarantine_id").to_pylist())
+        new = [(i, r) for i, r in records if i not in held]
+        if not new:
+            return None
+        n = len(new)
+        return pa.table([pa.array([i for i, _ in new], pa.string()), pa.array([table] * n, pa.string()),
+                         pa.array([batch_id] * n, pa.string()), pa.array([reason] * n, pa.string()),
+                         pa.array([now] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
+                         pa.array([r for _, r in new], pa.string())], schema=QUARANTINE_SCHEMA)
+
+    return append_exclusive(storage, QUARANTINE_TABLE, f"bronze_assets/{QUARANTINE_TABLE}/{table}", missing)

@@ -6,13 +6,14 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
@@ -58,6 +59,9 @@ class StagedBatch:
     commit_always: bool = False  # commit the metadata even when no row changes (a CDC snapshot)
     rewrite_unchanged: bool = False  # rewrite staged keys even where the hash is equal (a repair)
     commits: CommitLog | None = None  # the table's commit log read when staging (the MERGE reuses it)
+    # called with the table as each commit attempt opens it, before it writes (landing files: drop
+    # the files another run landed since the listing)
+    before_commit: Callable[[DeltaTable | None], None] | None = None
 
     @property
     def score_sum(self) -> int:

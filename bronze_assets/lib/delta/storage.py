@@ -56,12 +56,24 @@ class Storage:
             return None
 
     def write_file(self, path: str, data: bytes) -> None:
-        """Write (or replace) the file at ``path`` under the root."""
+        """Write (or replace) the file at ``path`` under the root (a local root is created)."""
+        if "://" not in self.root or self.root.startswith("file://"):
+            os.makedirs(self.root.removeprefix("file://"), exist_ok=True)
         stream = self._files().open_output_stream(path, None)
         try:
             stream.write(data)
         finally:
             stream.close()
+
+    def list_files(self, folder: str) -> list[str]:
+        """The paths of the files below ``folder`` under the root (none if it does not exist)."""
+        from pyarrow import fs
+
+        try:
+            infos = self._files().get_file_info_selector(folder, True, True)
+        except TableNotFoundError:  # a local root not created yet
+            return []
+        return [i.path for i in infos if i.type == fs.FileType.File]
 
     def _files(self) -> Any:
         """delta-rs' object store at the root (the Delta tables' credentials and options). Its raw

@@ -31,15 +31,16 @@ METADATA_COLUMNS = tuple(f.name for f in METADATA_FIELDS)
 ROW_KEY_FIELD = pa.field(ROW_KEY, pa.string())  # a keyless table's row identity (contracts.ROW_KEY)
 
 
-def bronze_schema(contract: Contract, extra_columns: Sequence[str] = ()) -> pa.Schema:
+def bronze_schema(contract: Contract, extra_columns: Sequence[str | pa.Field] = ()) -> pa.Schema:
     """Arrow schema of ``bz_<table>``: source columns, metadata columns, partition column, and
-    any source columns the contract does not know yet (as text, policy ``addNewColumns``)."""
+    any source columns the contract does not know yet (policy ``addNewColumns``: a name is a text
+    column, a field has its own type, e.g. a landing file's inferred one)."""
     fields = list(source_schema(contract)) + list(METADATA_FIELDS)
     if contract.keyless:
         fields.append(ROW_KEY_FIELD)
     if contract.partitioning.delta_column:
         fields.append(pa.field(contract.partitioning.delta_column, pa.date32()))
-    fields += [pa.field(c, pa.string()) for c in extra_columns]
+    fields += [c if isinstance(c, pa.Field) else pa.field(c, pa.string()) for c in extra_columns]
     return pa.schema(fields)
 
 
@@ -79,7 +80,7 @@ def complete(batch: pa.RecordBatch, schema: pa.Schema, ctx: BatchContext) -> pa.
 
 
 def enrich(
-    batch: pa.RecordBatch, contract: Contract, ctx: BatchContext, extra_columns: Sequence[str] = ()
+    batch: pa.RecordBatch, contract: Contract, ctx: BatchContext, extra_columns: Sequence[str | pa.Field] = ()
 ) -> pa.RecordBatch:
     """Add the per-record score to an extracted batch (which carries ``record_hash``): the staged
     columns of the bronze table (:func:`staged_schema`; :func:`complete` adds the rest).

@@ -4,7 +4,8 @@ or rescues (evolution), of the quarantine records of bad lines and of the ledger
 
 Both engines read the files their own way (the local engine with DuckDB, the Spark engine with
 Spark's readers or, on Databricks, Auto Loader) into *typed records*: the contract's columns in
-their types, the columns earlier loads added (text), ``_rescued_data`` and ``_source_file``.
+their types, the columns loads added in theirs (:mod:`~bronze_assets.lib.load.landing_schema`:
+hint, inferred, or text), ``_rescued_data`` and ``_source_file``.
 :func:`enrich_records` turns typed records into the staged bronze rows (hash, score, partition
 value) with the same Arrow code on both (on Spark inside ``mapInArrow``), so the same file gives
 the same rows whichever engine lands it.
@@ -12,16 +13,21 @@ the same rows whichever engine lands it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from bronze_assets.contracts import Contract
-from bronze_assets.contracts.model import Evolution
+from bronze_assets.contracts import ROW_KEY, Contract
+from bronze_assets.contracts.arrow import arrow_type
+from bronze_assets.contracts.model import ROW_KEY_SEPARATOR, Evolution
+from bronze_assets.contracts.types import PgType
 from bronze_assets.lib.delta.landing_ledger import LedgerRow
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
 from bronze_assets.lib.enrich.pgtext import hash_texts
@@ -49,15 +55,21 @@ class Columns:
     evolved: list[str]
     added: list[str]
     rescued: list[str]
+    types: Mapping[str, PgType] = field(default_factory=dict)  # of the extras; absent: text
 
     @property
     def extras(self) -> list[str]:
-        """The table's columns beyond the contract's, text, in table order."""
+        """The table's columns beyond the contract's, in table order."""
         return [*self.evolved, *self.added]
 
+    def typed_extras(self) -> list[tuple[str, PgType]]:
+        """The extras with their types (text unless typed)."""
+        return [(c, self.types.get(c, PgType.TEXT)) for c in self.extras]
 
-def landing_extras(extras: Sequence[str] = ()) -> list[str]:
-    """The columns a landing table has beyond the contract's and the §2.2 metadata."""
+
+def landing_extras(extras: Sequence[str | pa.Field] = ()) -> list[str | pa.Field]:
+    """The columns a landing table has beyond the contract's and the §2.2 metadata (a name is a
+    text column)."""
     return [SOURCE_FILE, RESCUED, *extras]
 
 
@@ -106,14 +118,15 @@ def rescued_data(lines: pa.Array, uris: pa.Array, unfit: Mapping[str, np.ndarray
     for i in np.flatnonzero(mask):
         record = json.loads(lines[i].as_py())
         rescued = {c: record.get(c) for c, f in unfit.items() if f[i]}
-        rescued |= {c: record.get(c) for c, f in new.items() if f[i]}
+        rescued |= {c: record[c] for c, f in new.items() if f[i] and c in record}
         out[i] = json.dumps(rescued | {FILE_PATH: uris[i].as_py()})
     return pa.array(out, pa.string())
 
 
-def unfit_columns(rescued: pa.Array, contract: Contract) -> dict[str, np.ndarray]:
-    """Per contract column, the records whose value is in ``_rescued_data`` (did not fit its type)."""
-    flags = {c: np.zeros(len(rescued), dtype=bool) for c in contract.column_names}
+def unfit_columns(rescued: pa.Array, contract: Contract, extras: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Per column (the contract's, then ``extras``), the records whose value is in
+    ``_rescued_data`` (did not fit its type)."""
+    flags = {c: np.zeros(len(rescued), dtype=bool) for c in [*contract.column_names, *extras]}
     valid = rescued.is_valid().to_numpy(zero_copy_only=False)
     for i in np.flatnonzero(valid):
         for c in json.loads(rescued[i].as_py()):
@@ -123,24 +136,43 @@ def unfit_columns(rescued: pa.Array, contract: Contract) -> dict[str, np.ndarray
 
 
 def enrich_records(records: pa.RecordBatch | pa.Table, contract: Contract, ctx: BatchContext,
-                   extras: Sequence[str]) -> pa.RecordBatch:
-    """Typed records (the contract's columns typed, ``extras`` as text, ``_rescued_data``,
-    ``_source_file``) as staged bronze rows: ``record_hash`` (§2.2 v2 over the contract's columns,
-    ``extras``, then ``_rescued_data``), the score (a rescued value is ``schema_fail``), the
-    partition value (the load date)."""
+                   extras: Sequence[str | tuple[str, PgType]], lines: pa.Array | None = None
+                   ) -> pa.RecordBatch:
+    """Typed records (the contract's columns typed, ``extras`` in their types — a name alone is
+    text —, ``_rescued_data``, ``_source_file``) as staged bronze rows: ``record_hash`` (§2.2 v2
+    over the contract's columns, ``extras``, then ``_rescued_data``), the score (a rescued value
+    is ``schema_fail``), the partition value (the load date). A column the records lack is NULL
+    (a field found in a later file). A table without a primary key gets its ``record_key`` from
+    ``lines`` (each record's 1-based line: :func:`record_keys`)."""
     n = records.num_rows
+    typed = [*((c.name, c.type) for c in contract.columns),
+             *((e, PgType.TEXT) if isinstance(e, str) else e for e in extras)]
+    present = set(records.schema.names)
+    values = {c: _array(records.column(c)).cast(arrow_type(t)) if c in present else pa.nulls(n, arrow_type(t))
+              for c, t in typed}
     rescued = _array(records.column(RESCUED)).cast(pa.string())
-    unfit = unfit_columns(rescued, contract)
-    columns: dict[str, pa.Array] = {c.name: _array(records.column(c.name)) for c in contract.columns}
-    extra_text = {c: _array(records.column(c)).cast(pa.string()) for c in extras}
-    columns["record_hash"] = hash_texts([*((columns[c.name], c.type) for c in contract.columns),
-                                        *extra_text.values(), rescued])
+    unfit = unfit_columns(rescued, contract, [c for c, _ in typed[len(contract.columns):]])
+    columns: dict[str, pa.Array] = dict(values)
+    columns["record_hash"] = hash_texts([*((values[c], t) for c, t in typed), rescued])
     columns |= {INVALID_PREFIX + c: pa.array(f) for c, f in unfit.items() if f.any()}
     if contract.partitioning.delta_column:
         columns[contract.partitioning.delta_column] = pa.repeat(pa.scalar(ctx.load_date, pa.date32()), n)
-    columns |= {SOURCE_FILE: _array(records.column(SOURCE_FILE)).cast(pa.string()), RESCUED: rescued}
-    columns |= extra_text
-    return enrich(pa.RecordBatch.from_pydict(columns), contract, ctx, landing_extras(extras))
+    uris = _array(records.column(SOURCE_FILE)).cast(pa.string())
+    columns |= {SOURCE_FILE: uris, RESCUED: rescued}
+    fields = [pa.field(c, arrow_type(t)) for c, t in typed[len(contract.columns):]]
+    batch = enrich(pa.RecordBatch.from_pydict(columns), contract, ctx, landing_extras(fields))
+    if not contract.keyless:
+        return batch
+    if lines is None:
+        raise ValueError(f"{contract.bronze_table}: a landing table without a primary key needs each "
+                         f"record's line (its record_key is <file URI>#<line>)")
+    return batch.append_column(pa.field(ROW_KEY, pa.string()), record_keys(uris, lines))
+
+
+def record_keys(uris: pa.Array, lines: pa.Array) -> pa.Array:
+    """The ``record_key`` of a landing table without a primary key: ``<file URI>#<line>`` (a CSV
+    or Parquet file: the record's number), so re-landing a file never adds a record twice."""
+    return pc.binary_join_element_wise(uris, lines.cast(pa.string()), ROW_KEY_SEPARATOR)
 
 
 def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -150,6 +182,13 @@ def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 def bad_line_records(bad: Iterable[tuple[str, int | None, str]]) -> list[str]:
     """The ``bz_quarantine`` records of bad lines ``(file URI, 1-based line, raw text)``."""
     return [json.dumps({"file": uri, "line": line, "raw": raw}) for uri, line, raw in bad]
+
+
+def bad_line_ids(table: str, bad: Iterable[tuple[str, str, int | None]]) -> list[str]:
+    """The ``quarantine_id`` of each bad line ``(file URI, file sha256, line)``: it names the line,
+    so a line quarantined by a killed run (or by another run at once) is not quarantined again."""
+    return [str(uuid.UUID(bytes=hashlib.sha256(f"{table}\n{uri}\n{sha}\n{line}".encode()).digest()[:16]))
+            for uri, sha, line in bad]
 
 
 def ledger_rows(contract: Contract, files: Iterable[tuple[str, int, datetime, str, int]], batch_id: str,

@@ -54,6 +54,7 @@ class FileSelection:
     skipped_recent: list[str] = field(default_factory=list)  # still being written
     changed: list[str] = field(default_factory=list)  # ingested, since changed (allow_overwrites off)
     ledger: list[LedgerRow] = field(default_factory=list)  # filled by the engine as it stages
+    table_version: int | None = None  # the data table's version the listing read the ledger at
 
 
 def landing_folder(root: str, contract: Contract) -> str:
@@ -75,7 +76,8 @@ def list_new_files(contract: Contract, storage: Storage, now: datetime | None = 
     now = now or datetime.now(UTC)
     filesystem, base = fs.FileSystem.from_uri(landing_folder(storage.settings.landing_root, contract))
     infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
-    done = ingested(storage, contract.bronze_table)
+    known = ingested(storage, contract.bronze_table)
+    done = known.files
     files: list[LandingFile] = []
     recent: list[str] = []
     changed: list[str] = []
@@ -97,7 +99,8 @@ def list_new_files(contract: Contract, storage: Storage, now: datetime | None = 
             continue
         files.append(file)
     files.sort(key=lambda f: (f.modification_time, f.uri))
-    return FileSelection(contract, filesystem, files, sorted(recent), sorted(changed))
+    return FileSelection(contract, filesystem, files, sorted(recent), sorted(changed),
+                         table_version=known.table_version)
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""An append that two writers cannot both make: the rows to append are chosen against the table as
+opened, and the commit carries a Delta app transaction, so a concurrent commit of the same app id
+fails it (delta-rs' conflict checker); the append is then chosen again against the new table.
+Used where bronze appends rows only if they are not there yet (the landing ledger, the landing
+quarantine), so two runs at once never add them twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
+from bronze_assets.lib.delta.storage import Storage
+
+MAX_ATTEMPTS = 6
+
+
+def is_conflict(exc: Exception) -> bool:
+    """``exc`` is a lost race with another writer (a retry against the new table version may pass)."""
+    text = str(exc).lower()
+    version_taken = "version" in text and "exists" in text
+    created = "table already exists" in text  # two first writes: the other created it
+    return isinstance(exc, CommitFailedError) or "conflict" in text or version_taken or created
+
+
+def append_exclusive(storage: Storage, table: str, app: str,
+                     choose: Callable[[DeltaTable | None], pa.Table | None]) -> int:
+    """Append ``choose(table as opened)`` (None or empty: nothing) to ``table`` in a commit of app
+    transaction ``app``; a conflict re-opens the table and chooses again. Returns the rows appended."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        dt = storage.open(table)
+        rows = choose(dt)
+        if rows is None or not rows.num_rows:
+            return 0
+        version = ((dt.transaction_version(app) if dt is not None else None) or 0) + 1
+        properties = CommitProperties(app_transactions=[Transaction(app, version, int(time.time() * 1000))])
+        try:
+            write_deltalake(dt if dt is not None else storage.uri(table), rows, mode="append",
+                            storage_options=storage.delta_options, commit_properties=properties,
+                            configuration=None if dt is not None else CHECKPOINT_PROPERTIES)
+            return rows.num_rows
+        except (CommitFailedError, DeltaError) as exc:
+            if attempt == MAX_ATTEMPTS or not is_conflict(exc):
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
