@@ -29,7 +29,7 @@ from bronze_assets.lib.load.plan import DEFAULT_OVERLAP, describe_window, next_w
 from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
-from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
+from bronze_assets.lib.source.window import LoadWindow, SourceKey, TableSelection, cdc_window
 from bronze_assets.settings import ENV_SOURCE_DSN
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def extract_and_stage(
     batch_time: datetime | None = None,
     progress: Callable[[int], None] | None = None,
     changes_only: bool = False,
-    keys: Sequence[int] | None = None,
+    keys: Sequence[SourceKey] | None = None,
     all_rows: bool = False,
     snapshot_id: str | None = None,
     commits: CommitLog | None = None,
@@ -56,9 +56,10 @@ def extract_and_stage(
     the live table does not match the contract (missing column, changed type) the window's raw
     rows go to ``bz_quarantine`` and :class:`SchemaMismatchError` is raised before staging.
 
-    ``keys`` (log-based CDC) reads just those primary keys, wherever they live; the ones the
-    source no longer has are staged as deleted keys. ``all_rows`` reads every row and places
-    new keys in ``partition`` (a CDC slot's snapshot taken by the run of that partition).
+    ``keys`` (log-based CDC, a repair) reads just those primary keys (integers, or key texts),
+    wherever they live; the ones the source no longer has are staged as deleted keys. ``all_rows``
+    reads every row and places new keys in ``partition`` (a CDC slot's snapshot taken by the run
+    of that partition).
     ``snapshot_id`` reads in an exported snapshot (a replication slot's, so the snapshot and the
     change stream meet exactly). ``commits`` is the table's commit log (and table) when the caller
     read it already; the staged batch carries it to the MERGE.
@@ -78,6 +79,8 @@ def extract_and_stage(
     window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
                                     first_load, settings=storage.settings), keys, all_rows)
     found: list[pa.Array] = []
+    named_by_value = window.keys is not None and not any(isinstance(k, tuple) for k in window.keys)
+    gone: pa.Table | None = None  # keys named by text that the source no longer has
     histogram = np.zeros(101, dtype=np.int64)
 
     unreadable: list[pa.RecordBatch] = []
@@ -97,7 +100,7 @@ def extract_and_stage(
                 batch = numbered(batch, rows_schema)
             scores = batch.column("data_quality_score").to_numpy(zero_copy_only=False)
             histogram[:] += np.bincount(scores, minlength=101)
-            if keys is not None:
+            if named_by_value:
                 found.append(batch.column(contract.primary_key[0]))
             if progress is not None:
                 progress(batch.num_rows)
@@ -118,6 +121,8 @@ def extract_and_stage(
             rows_schema = staged_schema(bronze_schema(contract, extras))
             path, rows = write_stream(enriched(reader), rows_schema, name, storage.settings.stage_dir)
             keys_path = sweep.result() if sweep is not None else None
+        if window.keys is not None and not named_by_value:
+            gone = reader.missing_keys(window.keys)  # type: ignore[arg-type]
     rescued_rows = sum(b.num_rows for b in unreadable)
     if rescued_rows:
         columns = sorted({c for b in unreadable for c in b.schema.metadata[b"columns"].decode().split(",")})
@@ -135,7 +140,8 @@ def extract_and_stage(
         schema_drift=drift,
         legacy_hashes=pa.Table.from_batches(legacy_hashes) if legacy_hashes else None,
         pii=pii_protection(contract, storage),
-        deleted_keys=_missing(contract, window.keys, found) if window.keys is not None else None,
+        deleted_keys=gone if gone is not None or window.keys is None else
+        _missing(contract, window.keys, found),
         commits=commits,
     )
     return staged
@@ -207,7 +213,7 @@ def quarantine_unstorable(
                 sum(b.num_rows for b in records), ", ".join(columns), QUARANTINE_TABLE)
 
 
-def _missing(contract: Contract, keys: Sequence[int], found: list[pa.Array]) -> pa.Table:
+def _missing(contract: Contract, keys: Sequence[SourceKey], found: list[pa.Array]) -> pa.Table:
     """The ``keys`` the source no longer has (read in the same snapshot as the rows)."""
     seen = {int(k) for arr in found for k in arr.to_pylist() if k is not None}
     return pa.table({contract.primary_key[0]: pa.array([k for k in keys if k not in seen], pa.int64())})

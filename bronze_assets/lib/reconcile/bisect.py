@@ -22,13 +22,20 @@ FANOUT = 16  # a larger differing bucket is split into this many
 
 
 class Side(Protocol):
-    """One side of the compare (the source, or bronze on either engine)."""
+    """One side of the compare (the source, or bronze on either engine): positions are keys (one
+    integer key column) or hash positions (:mod:`~bronze_assets.lib.reconcile.keys`)."""
 
     def key_range(self) -> tuple[int | None, int | None, int]: ...
 
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]: ...
 
     def rows(self, ranges: Ranges) -> pl.DataFrame: ...
+
+
+class BronzeSide(Side, Protocol):
+    """Bronze's side also finds the rows of named keys that :meth:`Side.rows` may miss."""
+
+    def others(self, keys: pl.Series) -> pl.DataFrame: ...
 
 
 def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

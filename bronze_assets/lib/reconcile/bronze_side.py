@@ -13,12 +13,18 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.query import query_tables, scan_columns
+from bronze_assets.lib.delta.query import query_tables, read_columns, scan_columns
 from bronze_assets.lib.enrich.metadata import ACTIVE
-from bronze_assets.lib.reconcile.checksum import checksum_words, join_words
+from bronze_assets.lib.reconcile.checksum import (
+    POSITIONS,
+    checksum_words,
+    hash_ranges_sql,
+    join_words,
+    position,
+)
+from bronze_assets.lib.reconcile.keys import STATUS, by_integer_key, keyed_rows
 from bronze_assets.lib.reconcile.source_side import RANGES_PER_QUERY, Ranges, ranges_sql
 
-STATUS = "record_status"
 FRAME_ROWS = 262_144  # rows per Polars pass over a streamed scan
 
 
@@ -38,31 +44,42 @@ def frames(batches: Any, rows: int = FRAME_ROWS) -> Iterator[pa.Table]:
 
 
 class BronzeTable:
-    """``bz_<table>`` at its current version, compared by its (one, integer) primary key."""
+    """``bz_<table>`` at its current version, compared by its integer key, or by its rows' hash
+    positions and keys named by text (:mod:`~bronze_assets.lib.reconcile.keys`)."""
 
     def __init__(self, contract: Contract, dt: DeltaTable) -> None:
         self.contract, self.dt = contract, dt
+        self.by_key = by_integer_key(contract)
         self.column = contract.primary_key[0]
         self.key = f'"{self.column}"'
+        self.keys = [*contract.primary_key, "record_hash", STATUS]  # read for rows named by text
 
     def key_range(self) -> tuple[int | None, int | None, int]:
-        """(min, max, count) of the ACTIVE keys."""
+        """(lowest, highest position, count) of the ACTIVE rows: keys, or hash positions."""
+        if not self.by_key:
+            n = int(query_tables({"t": self.dt}, f"SELECT count(*) AS n FROM t WHERE {STATUS} = '{ACTIVE}'")
+                    .to_pylist()[0]["n"])
+            return (0, POSITIONS - 1, n) if n else (None, None, 0)
         row = query_tables({"t": self.dt}, f"SELECT min({self.key}) AS lo, max({self.key}) AS hi, "
                                            f"count(*) AS n FROM t WHERE {STATUS} = '{ACTIVE}'").to_pylist()[0]
         return (None if row["lo"] is None else int(row["lo"])), \
             (None if row["hi"] is None else int(row["hi"])), int(row["n"])
 
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
-        """{bucket: (ACTIVE rows, checksum sum)} of the ACTIVE keys in [lo, hi]."""
-        where = f"{STATUS} = '{ACTIVE}' AND {self.key} BETWEEN {lo} AND {hi}"
+        """{bucket: (ACTIVE rows, checksum sum)} of the ACTIVE rows whose position is in [lo, hi]."""
+        if self.by_key:
+            columns, where = [self.column, "record_hash"], f"{self.key} BETWEEN {lo} AND {hi}"
+            at = pl.col(self.column).cast(pl.Int64)
+        else:
+            columns, at = ["record_hash"], position("record_hash")
+            where = hash_ranges_sql("record_hash", [(lo, hi)])
         partial = []
-        for table in frames(scan_columns(self.dt, [self.column, "record_hash"], where)):
+        for table in frames(scan_columns(self.dt, columns, f"{STATUS} = '{ACTIVE}' AND {where}")):
             frame = pl.from_arrow(table)
             assert isinstance(frame, pl.DataFrame)
             if not frame.height:
                 continue
-            bucket = ((pl.col(self.column).cast(pl.Int64) - lo) // width).alias("b")
-            partial.append(frame.select(bucket, *checksum_words("record_hash"))
+            partial.append(frame.select(((at - lo) // width).alias("b"), *checksum_words("record_hash"))
                            .group_by("b").agg(pl.len().alias("n"), pl.sum("_hi"), pl.sum("_lo")))
         if not partial:
             return {}
@@ -70,16 +87,35 @@ class BronzeTable:
         return {b: (int(n), join_words(h, low)) for b, n, h, low in total.iter_rows()}
 
     def rows(self, ranges: Ranges) -> pl.DataFrame:
-        """key, bronze_hash, status of every row (any status) whose key lies in ``ranges``."""
+        """key, bronze_hash, status of every row (any status) whose position lies in ``ranges``."""
         pieces = []
         for i in range(0, len(ranges), RANGES_PER_QUERY):
+            some = ranges[i:i + RANGES_PER_QUERY]
+            if not self.by_key:
+                table = read_columns(self.dt, self.keys, hash_ranges_sql("record_hash", some))
+                pieces.append(keyed_rows(table, self.contract))
+                continue
             table = pl.from_arrow(query_tables({"t": self.dt}, (
                 f"SELECT CAST({self.key} AS BIGINT) AS key, record_hash AS bronze_hash, {STATUS} AS status "
-                f"FROM t WHERE {ranges_sql(self.key, ranges[i:i + RANGES_PER_QUERY])}")))
+                f"FROM t WHERE {ranges_sql(self.key, some)}")))
             assert isinstance(table, pl.DataFrame)
             pieces.append(table)
-        schema = {"key": pl.Int64, "bronze_hash": pl.Utf8, "status": pl.Utf8}
-        return pl.concat(pieces) if pieces else pl.DataFrame(schema=schema)
+        return pl.concat(pieces) if pieces else empty_rows(self.by_key)
+
+    def others(self, keys: pl.Series) -> pl.DataFrame:
+        """Rows of ``keys`` that :meth:`rows` does not find: none when bucketed by key (a key range
+        holds every row of its keys); else the rows that are not ACTIVE (their stored hash, where
+        their position comes from, need not be the source's)."""
+        if self.by_key or not keys.len():
+            return empty_rows(self.by_key)
+        found = keyed_rows(read_columns(self.dt, self.keys, f"{STATUS} <> '{ACTIVE}'"), self.contract)
+        return found.filter(pl.col("key").is_in(keys.implode()))
+
+
+def empty_rows(by_key: bool) -> pl.DataFrame:
+    """No bronze rows (keys integer or named by text)."""
+    key = pl.Int64 if by_key else pl.Utf8
+    return pl.DataFrame(schema={"key": key, "bronze_hash": pl.Utf8, "status": pl.Utf8})
 
 
 def pending_since(dt: DeltaTable, overlap_seconds: float) -> datetime | None:

@@ -20,6 +20,7 @@ from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.enrich.pgtext import record_hash
 from bronze_assets.lib.governance.pii import decrypt_table
 from bronze_assets.lib.reconcile.bronze_side import frames
+from bronze_assets.lib.reconcile.keys import Key, by_integer_key, key_values
 from bronze_assets.lib.reconcile.model import ALTERED, Mismatch
 
 STATUS = "record_status"
@@ -39,8 +40,7 @@ def altered_rows(contract: Contract, dt: DeltaTable, storage: StorageLike,
     if skipped:
         return [], 0, (f"not checked: {', '.join(skipped)} are stored parsed from PostgreSQL's text "
                        f"(real/double precision/money), which bronze does not re-render")
-    key = contract.merge_key[0]
-    columns = list(dict.fromkeys([*contract.column_names, "record_hash", key]))
+    columns = list(dict.fromkeys([*contract.column_names, "record_hash", *contract.merge_key]))
     found: list[Mismatch] = []
     checked = 0
     unstorable = quarantined_keys(contract, storage)
@@ -52,7 +52,7 @@ def altered_rows(contract: Contract, dt: DeltaTable, storage: StorageLike,
         recomputed = record_hash(data.combine_chunks().to_batches()[0], contract)
         differ = pc.fill_null(pc.not_equal(recomputed, data.column("record_hash").combine_chunks()), True)
         checked += data.num_rows
-        found += [Mismatch(k, ALTERED) for k in data.column(key).filter(differ).to_pylist()]
+        found += [Mismatch(k, ALTERED) for k in key_values(data.filter(differ), contract)]
     kept = [m for m in found if m.key not in unstorable]
     note = None if len(kept) == len(found) else (
         f"{len(found) - len(kept):,} rows not judged: values bronze cannot store (NULL in bronze, the "
@@ -60,20 +60,28 @@ def altered_rows(contract: Contract, dt: DeltaTable, storage: StorageLike,
     return sorted(kept, key=lambda m: m.key), checked, note
 
 
-def quarantined_keys(contract: Contract, storage: StorageLike) -> set[int | str]:
-    """Keys of ``contract``'s records in ``bz_quarantine`` (e.g. values bronze could not store)."""
+def quarantined_keys(contract: Contract, storage: StorageLike) -> set[Key]:
+    """Keys of ``contract``'s records in ``bz_quarantine`` (e.g. values bronze could not store),
+    named as a reconciliation names them (a key column's JSON value stands for its text: exact for
+    integer and text-like keys)."""
     dt = as_storage(storage).open(QUARANTINE_TABLE)
     if dt is None or not contract.primary_key:
         return set()
     name = contract.name.replace("'", "''")
     records = query_tables({"q": dt}, f"SELECT record FROM q WHERE table_name = '{name}'")["record"]
-    key = contract.primary_key[0]
-    keys: set[int | str] = set()
+    single = by_integer_key(contract) or len(contract.primary_key) == 1
+    keys: set[Key] = set()
     for text in records.to_pylist():
         try:
-            value = json.loads(text).get(key) if text else None
+            record = json.loads(text) if text else {}
+            values = [record.get(k) for k in contract.primary_key]
         except (ValueError, AttributeError):
             continue
-        if value is not None:
-            keys.add(value)
+        if any(v is None for v in values):
+            continue
+        if by_integer_key(contract):
+            keys.add(values[0])
+        else:
+            texts = [v if isinstance(v, str) else json.dumps(v) for v in values]
+            keys.add(texts[0] if single else json.dumps(texts, ensure_ascii=False))
     return keys

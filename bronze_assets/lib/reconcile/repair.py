@@ -15,7 +15,9 @@ from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.lifecycle import commit
 from bronze_assets.lib.load.stage import extract_and_stage
+from bronze_assets.lib.reconcile.keys import by_integer_key, key_texts
 from bronze_assets.lib.reconcile.model import ALTERED, TableReconciliation
+from bronze_assets.lib.source.window import SourceKey
 
 RECONCILE_REPAIR = "RECONCILE_REPAIR"
 
@@ -27,7 +29,11 @@ def repair_table(contract: Contract, report: TableReconciliation, dsn: str, stor
     if not report.mismatches:
         return {"keys": 0}
     # a keyless table's rows are not read by key: its repair is a full load (a full snapshot's load)
-    keys = None if contract.keyless else sorted({int(m.key) for m in report.mismatches})
+    keys: list[SourceKey] | None = None
+    if by_integer_key(contract):
+        keys = sorted({int(m.key) for m in report.mismatches})
+    elif not contract.keyless:  # keys named by text: read back as the key columns' types
+        keys = list({key_texts(contract, str(m.key)) for m in report.mismatches})
     with audited(storage, contract.bronze_table, RECONCILE_REPAIR, job_id) as entry:
         staged = extract_and_stage(contract, dsn, storage, keys=keys)
         staged.rewrite_unchanged = any(m.kind == ALTERED for m in report.mismatches)

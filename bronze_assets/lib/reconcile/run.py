@@ -12,17 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
+import polars as pl
 from deltalake import DeltaTable
 
-from bronze_assets.contracts import Contract, TypeFamily
+from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import audited
 from bronze_assets.lib.delta.query import table_rows
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.load.plan import DEFAULT_OVERLAP
 from bronze_assets.lib.reconcile import keyless
-from bronze_assets.lib.reconcile.bisect import Side, classify, differing_ranges
+from bronze_assets.lib.reconcile.bisect import BronzeSide, classify, differing_ranges
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable, pending_since
 from bronze_assets.lib.reconcile.deep import altered_rows
+from bronze_assets.lib.reconcile.keys import unsupported_key
 from bronze_assets.lib.reconcile.ledger import record_mismatches
 from bronze_assets.lib.reconcile.model import (
     NOT_LOADED,
@@ -35,19 +37,8 @@ from bronze_assets.lib.reconcile.model import (
 from bronze_assets.lib.reconcile.source_side import SourceSnapshot, SourceTable
 
 RECONCILE = "RECONCILE"
-INTEGER_KEYS = (TypeFamily.SMALLINT, TypeFamily.INTEGER, TypeFamily.BIGINT)
-BronzeSideFactory = Callable[[Contract, DeltaTable], Side]
+BronzeSideFactory = Callable[[Contract, DeltaTable], BronzeSide]
 BronzeSideChooser = Callable[[Contract], BronzeSideFactory]  # per table: which bronze reader
-
-
-def _unsupported(contract: Contract) -> str | None:
-    key = contract.primary_key
-    if contract.keyless:
-        return None  # compared row identity by row identity (lib/reconcile/keyless.py)
-    if len(key) != 1 or contract.column(key[0]).type.family not in INTEGER_KEYS:
-        return (f"{contract.bronze_table}: reconcile compares tables keyed by one integer column; the key "
-                f"of {contract.source_ref} is ({', '.join(key)})")
-    return None
 
 
 def reconcile_table(contract: Contract, snapshot: SourceSnapshot, storage: StorageLike, *, deep: bool = False,
@@ -66,7 +57,7 @@ def reconcile_table(contract: Contract, snapshot: SourceSnapshot, storage: Stora
 
 def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSnapshot, storage: StorageLike,
              deep: bool, overlap: timedelta, bronze_side: BronzeSideFactory) -> None:
-    unsupported = _unsupported(contract)
+    unsupported = unsupported_key(contract)
     if unsupported:
         report.state, report.problem = UNSUPPORTED, unsupported
         return
@@ -105,8 +96,9 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
         report.mismatches += altered
 
 
-def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: Side) -> None:
-    """Bisect the key range by bucket counts and checksums, then compare the differing leaves."""
+def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: BronzeSide) -> None:
+    """Bisect the key (or hash position) range by bucket counts and checksums, then compare the
+    differing leaves key by key (with bronze's rows of those keys found elsewhere)."""
     s_lo, s_hi, report.source_rows = source.key_range()
     b_lo, b_hi, report.bronze_active_rows = bronze.key_range()
     bounds = [v for v in (s_lo, s_hi, b_lo, b_hi) if v is not None]
@@ -115,8 +107,12 @@ def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: Si
         leaves = differing_ranges(source, bronze, lo, hi, max(report.source_rows, report.bronze_active_rows),
                                   report)
         if leaves:
-            report.mismatches = classify(source.rows(leaves), bronze.rows(leaves), report.pending_since,
-                                         report)
+            theirs, ours = source.rows(leaves), bronze.rows(leaves)
+            unmatched = theirs.get_column("key").filter(~theirs.get_column("key").is_in(ours.get_column("key")
+                                                                                          .implode()))
+            if unmatched.len():
+                ours = pl.concat([ours, bronze.others(unmatched)])
+            report.mismatches = classify(theirs, ours, report.pending_since, report)
 
 
 def reconcile(contracts: Sequence[Contract], dsn: str, storage: StorageLike, *, deep: bool = False,

@@ -12,7 +12,8 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.reconcile.checksum import checksum_sql
+from bronze_assets.lib.reconcile.checksum import POSITIONS, checksum_sql, position_sql
+from bronze_assets.lib.reconcile.keys import by_integer_key, key_expr, text_names
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.source.pushdown import hash_sql
@@ -70,11 +71,13 @@ class SourceSnapshot:
 
 
 class SourceTable:
-    """One source table in the run's snapshot (its key is one integer column)."""
+    """One source table in the run's snapshot: bucketed by its key when that is one integer column,
+    else by its rows' hash positions (:mod:`~bronze_assets.lib.reconcile.keys`)."""
 
     def __init__(self, snapshot: SourceSnapshot, contract: Contract) -> None:
         self.snapshot, self.contract = snapshot, contract
         self.name = qualified(contract.source_schema, contract.source_name)
+        self.by_key = by_integer_key(contract)
         self.key = quote_ident(contract.merge_key[0])  # a keyless table: see reconcile/keyless.py
         # each column rendered once, in a subquery the planner keeps (OFFSET 0), then hashed: PostgreSQL
         # would render every column twice in hash_sql's own form (length and text)
@@ -93,20 +96,37 @@ class SourceTable:
         return compare(self.contract, live) if live else None
 
     def key_range(self) -> tuple[int | None, int | None, int]:
+        """(lowest, highest position, rows): keys, or hash positions."""
+        if not self.by_key:
+            (n,) = self.snapshot.query(f"SELECT count(*) FROM {self.name}")[0]
+            return (0, POSITIONS - 1, int(n)) if n else (None, None, 0)
         lo, hi, n = self.snapshot.query(
             f"SELECT min({self.key}), max({self.key}), count(*) FROM {self.name}")[0]
         return (None if lo is None else int(lo)), (None if hi is None else int(hi)), int(n)
 
+    def _hashed(self, columns: Sequence[tuple[str, str]] = ()) -> str:
+        """A subquery of each row's hash ``h``, its position ``p`` and ``columns`` (expression, name)."""
+        inner = "".join(f", {expr} AS {name}" for expr, name in columns)
+        names = "".join(f", {name}" for _, name in columns)
+        return (f"(SELECT {position_sql('h')} AS p, h{names} FROM (SELECT {self.hash} AS h{names} FROM ("
+                f"SELECT {self.rendered}{inner} FROM {self.name} OFFSET 0) r OFFSET 0) q) s")
+
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
-        """{bucket: (rows, checksum sum)} of the keys in [lo, hi], bucket = (key - lo) // width."""
-        rows = self.snapshot.query(
-            f"SELECT (k - {lo}) / {width} AS b, count(*), sum({self.checksum})::text FROM ("
-            f"SELECT {self.key}::bigint AS k, {self.rendered} FROM {self.name} "
-            f"WHERE {self.key} BETWEEN {lo} AND {hi} OFFSET 0) s GROUP BY 1")
-        return {int(b): (int(n), int(s)) for b, n, s in rows}
+        """{bucket: (rows, checksum sum)} of the positions in [lo, hi], bucket = (position - lo) // width."""
+        if self.by_key:
+            sql = (f"SELECT (k - {lo}) / {width} AS b, count(*), sum({self.checksum})::text FROM ("
+                   f"SELECT {self.key}::bigint AS k, {self.rendered} FROM {self.name} "
+                   f"WHERE {self.key} BETWEEN {lo} AND {hi} OFFSET 0) s GROUP BY 1")
+        else:
+            where = "" if (lo, hi) == (0, POSITIONS - 1) else f" WHERE p BETWEEN {lo} AND {hi}"
+            sql = f"SELECT (p - {lo}) / {width} AS b, count(*), sum({checksum_sql('h')})::text " \
+                  f"FROM {self._hashed()}{where} GROUP BY 1"
+        return {int(b): (int(n), int(s)) for b, n, s in self.snapshot.query(sql)}
 
     def rows(self, ranges: Ranges) -> pl.DataFrame:
-        """key, source_hash, updated_at of the rows whose key lies in ``ranges``."""
+        """key, source_hash, updated_at of the rows whose position lies in ``ranges``."""
+        if not self.by_key:
+            return self._hashed_rows(ranges)
         pieces = []
         for i in range(0, len(ranges), RANGES_PER_QUERY):
             where = ranges_sql(self.key, ranges[i:i + RANGES_PER_QUERY])
@@ -118,3 +138,20 @@ class SourceTable:
             pieces.append(frame)
         schema = {"key": pl.Int64, "source_hash": pl.Utf8, "updated_at": pl.Datetime("us", "UTC")}
         return pl.concat(pieces) if pieces else pl.DataFrame(schema=schema)
+
+    def _hashed_rows(self, ranges: Ranges) -> pl.DataFrame:
+        """The rows of hash positions in ``ranges``, keys named by text, in one pass over the table
+        (``width_bucket`` finds a position's range by binary search over the sorted range starts)."""
+        names = text_names(self.contract)
+        keys = zip(self.contract.primary_key, names, strict=True)
+        columns = [*((f"{quote_ident(k)}::text", n) for k, n in keys), (self.updated_at, "updated_at")]
+        starts = ",".join(str(int(lo)) for lo, _ in ranges)
+        ends = ",".join(str(int(hi)) for _, hi in ranges)
+        table = self.snapshot.arrow(
+            f"SELECT {', '.join(names)}, h AS source_hash, updated_at FROM (SELECT *, "
+            f"width_bucket(p, '{{{starts}}}'::bigint[]) AS i FROM {self._hashed(columns)}"
+            f") w WHERE i > 0 AND p <= ('{{{ends}}}'::bigint[])[i]")
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame.select(key_expr(self.contract), pl.col("source_hash").cast(pl.Utf8),
+                            pl.col("updated_at").cast(pl.Datetime("us", "UTC")))

@@ -17,12 +17,18 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bronze_assets.contracts import Contract, PgType, ReadMode
+from bronze_assets.contracts import Contract, PgType, ReadMode, TypeFamily
 from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect
-from bronze_assets.lib.source.window import LoadWindow, partition_values, window_predicate
+from bronze_assets.lib.source.window import (
+    KeyTexts,
+    LoadWindow,
+    missing_keys_sql,
+    partition_values,
+    window_predicate,
+)
 
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
 _DONE = object()
@@ -226,9 +232,10 @@ class SourceReader:
         return SourceSnapshot(now, oldest, xmin)
 
     def key_range(self) -> tuple[int, int] | None:
-        """(min, max) of the first primary-key column in the snapshot (None: the table is empty or
-        has no primary key)."""
-        if self.contract.keyless:
+        """(min, max) of the first primary-key column in the snapshot (None: the table is empty, has
+        no primary key, or its first key column is not an integer: text, uuid … do not split)."""
+        if self.contract.keyless or self.contract.column(self.contract.primary_key[0]).type.family not in (
+                TypeFamily.SMALLINT, TypeFamily.INTEGER, TypeFamily.BIGINT):
             return None
         key, table = quote_ident(self.contract.primary_key[0]), self.table
         lo, hi = self.query(f"SELECT min({key}), max({key}) FROM {table}")[0]
@@ -239,6 +246,17 @@ class SourceReader:
         with self._conn.cursor() as cur:
             cur.execute(sql)
             return cur.fetchall()
+
+    def missing_keys(self, keys: Sequence[KeyTexts]) -> pa.Table:
+        """The named ``keys`` (texts) this snapshot does not hold, as bronze's key values (read and
+        converted as rows are)."""
+        pk = self.contract.primary_key
+        cols = ", ".join(_select_column(self.contract, k) for k in pk)
+        with self._conn.cursor() as cur:
+            cur.execute(f"SELECT {cols} FROM ({missing_keys_sql(self.contract, keys, self.schema)}) m")
+            table = cur.fetch_arrow_table()
+        types = {k: self.contract.column(k).type for k in pk}
+        return pa.table({k: storable(_plain(table.column(k).combine_chunks()), types[k])[0] for k in pk})
 
     def batches(
         self,

@@ -18,7 +18,10 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract, PartitionKind
-from bronze_assets.lib.source.ddl import quote_ident
+from bronze_assets.lib.source.ddl import qualified, quote_ident, quote_literal
+
+KeyTexts = tuple[str | None, ...]  # a key named by its columns' PostgreSQL texts (any key type)
+SourceKey = int | KeyTexts  # a key a window reads by name: one integer column's value, or its texts
 
 # What the ADBC driver delivers for PostgreSQL's infinities: PostgreSQL's own sentinels shifted to
 # the Unix epoch with integer wraparound (pinned by bronze_assets_tests/test_record_hash.py).
@@ -52,7 +55,7 @@ class LoadWindow:
     newest_end: date | None = None
     open: bool = False  # the range holds the open (current) partition
     changes_only: bool = False  # read only the rows changed since ``changed_since`` (scheduled runs)
-    keys: tuple[int, ...] | None = None  # read just these primary keys (log-based CDC: the changed ones)
+    keys: tuple[SourceKey, ...] | None = None  # read just these primary keys (CDC, or a repair)
     all_rows: bool = False  # read every row, placing new keys in the range (a CDC slot's snapshot)
     reaches_open: bool = False  # the range reaches the open partition (or the one that closed last)
 
@@ -75,11 +78,13 @@ class LoadWindow:
             and self.start.date() <= self.first_month and self.end.date() >= self.newest_end
 
 
-def cdc_window(window: LoadWindow, keys: Sequence[int] | None, all_rows: bool) -> LoadWindow:
-    """``window`` as a log-based CDC read: just ``keys`` (the changed ones), or with ``all_rows``
-    every row (a slot's snapshot), new keys placed in the window's range."""
+def cdc_window(window: LoadWindow, keys: Sequence[SourceKey] | None, all_rows: bool) -> LoadWindow:
+    """``window`` as a log-based CDC read: just ``keys`` (the changed ones; integers, or key texts),
+    or with ``all_rows`` every row (a slot's snapshot), new keys placed in the window's range."""
     if keys is not None:
-        return replace(window, keys=tuple(sorted({int(k) for k in keys})))
+        named = {k if isinstance(k, tuple) else int(k) for k in keys}
+        return replace(window, keys=tuple(sorted(named, key=lambda k: k if isinstance(k, int) else
+                                                 tuple("" if t is None else t for t in k))))
     if all_rows:
         return replace(window, all_rows=True, changes_only=False)
     return window
@@ -97,7 +102,7 @@ class TableSelection:
     dsn: str = field(repr=False)  # holds the password
     partition: tuple[datetime, datetime] | None
     changes_only: bool = False
-    keys: Sequence[int] | None = None
+    keys: Sequence[SourceKey] | None = None
     all_rows: bool = False
     snapshot_id: str | None = None
     final_metadata: Mapping[str, str] = field(default_factory=dict)
@@ -118,12 +123,39 @@ def business_key_sql(contract: Contract) -> str:
     return f"COALESCE({bd}, (updated_at AT TIME ZONE 'UTC')::date)"
 
 
+def keys_predicate(contract: Contract, keys: Sequence[SourceKey]) -> str:
+    """SQL true for a row whose primary key is one of ``keys``: integers, or key texts read back as
+    the key columns' types (so the primary key's index serves it)."""
+    if not keys:
+        return "FALSE"
+    if not isinstance(keys[0], tuple):
+        listed = ",".join(str(int(k)) for k in keys)  # type: ignore[arg-type]
+        return f"{quote_ident(contract.primary_key[0])} = ANY('{{{listed}}}'::bigint[])"
+    columns = ", ".join(quote_ident(k) for k in contract.primary_key)
+    return f"({columns}) IN ({key_values_sql(contract, keys)})"  # type: ignore[arg-type]
+
+
+def key_values_sql(contract: Contract, keys: Sequence[KeyTexts]) -> str:
+    """``VALUES`` of ``keys`` (texts) cast to the key columns' declared types."""
+    types = [contract.column(k).type.value for k in contract.primary_key]
+    rows = (", ".join(f"{'NULL' if t is None else quote_literal(t)}::{type_}"
+                      for t, type_ in zip(key, types, strict=True)) for key in keys)
+    return "VALUES " + ", ".join(f"({row})" for row in rows)
+
+
+def missing_keys_sql(contract: Contract, keys: Sequence[KeyTexts], schema: str | None = None) -> str:
+    """The ``keys`` (texts) the source table does not hold, as the key columns' values."""
+    cols = [quote_ident(k) for k in contract.primary_key]
+    table = qualified(schema or contract.source_schema, contract.source_name)
+    match = " AND ".join(f"t.{c} = v.{c}" for c in cols)
+    return (f"SELECT {', '.join(f'v.{c}' for c in cols)} FROM ({key_values_sql(contract, keys)}) AS "
+            f"v({', '.join(cols)}) WHERE NOT EXISTS (SELECT FROM {table} t WHERE {match})")
+
+
 def window_predicate(contract: Contract, window: LoadWindow) -> str | None:
     """SQL ``WHERE`` condition selecting the window's rows (None = the whole table)."""
     if window.keys is not None:
-        listed = ",".join(str(int(k)) for k in window.keys)
-        key = quote_ident(contract.primary_key[0])
-        return f"{key} = ANY('{{{listed}}}'::bigint[])" if listed else "FALSE"
+        return keys_predicate(contract, window.keys)
     if window.is_full or window.all_rows or window.start is None or window.end is None:
         return None
     changed = None if window.changed_since is None else \
