@@ -24,6 +24,7 @@ from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.errors import SchemaMismatchError
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.settings import Settings
+from bronze_assets_tests.stores import Store
 
 EVENTS = next(c for c in LANDING if c.name == "shipment_events")
 
@@ -408,3 +409,40 @@ def test_every_kind_of_bad_input_lands_what_it_can_and_never_fails_the_run(stora
     (cut,) = [r for r in q if r["line"] is None]
     assert cut["file"].endswith("cut.json.gz") and "gzip" in cut["raw"]
     assert land(storage)["landing_files"] == 0
+
+
+def test_landing_on_object_storage(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On S3 and ADLS (the landing folder and bronze both in the store): new files land once with
+    their ledger, a new field is added and the schema stored, bad lines are quarantined, a file
+    just written waits for the next run, a rewritten file is named as changed."""
+    from bronze_assets.lib.load import landing_source
+    from bronze_assets.lib.load.landing_schema import read_schema
+
+    landing = store.root.removesuffix("/bronze") + "/landing"
+    settings = Settings(data_dir=tmp_path, bronze_root=store.root, landing_root=landing, stage_dir=tmp_path)
+    storage = Storage(store.root, settings=settings)
+    folder = Storage(landing)
+
+    def put(name: str, lines: list[str | dict], gz: bool = False) -> None:
+        text = "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines).encode()
+        folder.write_file(f"{EVENTS.name}/{name}", gzip.compress(text) if gz else text)
+
+    put("2026/a.jsonl", [event(1), event(2, "PICKED_UP"), "{cut"])
+    put("2026/b.json.gz", [event(2, "DELIVERED"), event(3, carrier_code="DHL")], gz=True)
+    assert land(storage)["landing_files_waiting"] == 2  # just written: the next run takes them
+    monkeypatch.setattr(landing_source, "SETTLE", landing_source.SETTLE * 0)
+    assert land(storage)["landing_files"] == 2
+    got = rows(storage)
+    assert sorted(got) == [1, 2, 3] and got[2]["status"] == "DELIVERED" and got[3]["carrier_code"] == "DHL"
+    assert got[1]["_source_file"] == f"{landing}/{EVENTS.name}/2026/a.jsonl"
+    files = {r["path"]: r for r in DeltaTable(storage.uri(LEDGER_TABLE)).to_pyarrow_table().to_pylist()}
+    assert set(files) == {f"{landing}/{EVENTS.name}/2026/a.jsonl", f"{landing}/{EVENTS.name}/2026/b.json.gz"}
+    (q,) = [json.loads(r["record"]) for r in read_table(storage, QUARANTINE_TABLE).to_pylist()]
+    assert q["line"] == 3 and q["file"].endswith("a.jsonl")
+    stored = read_schema(storage, EVENTS)
+    assert stored is not None and stored.version == 1 and stored.columns[-1].name == "carrier_code"
+    assert land(storage)["landing_files"] == 0
+    put("2026/a.jsonl", [event(1, "DELIVERED")])
+    meta = land(storage)
+    assert meta["landing_files"] == 0 and meta["landing_files_changed"] == 1
+    assert len(DeltaTable(storage.uri(LEDGER_TABLE)).to_pyarrow_table()) == 2

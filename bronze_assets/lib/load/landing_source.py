@@ -2,10 +2,13 @@
 ``$BRONZE_LANDING_ROOT/<name>/`` that its ledger (:mod:`bronze_assets.lib.delta.landing_ledger`)
 does not hold yet.
 
-Files are listed through ``pyarrow.fs``: pyarrow is already how every engine reads and writes
-(delta-rs, Polars and the staging files speak Arrow), and its one ``FileSystem.from_uri`` covers a
-local path, ``s3://``, ``gs://`` and ``abfss://`` with streaming reads and the listing's size and
-modification time — no second object-store client (fsspec, obstore) to configure and keep in step.
+Files are listed and read through delta-rs' own object store (``deltalake.fs.DeltaStorageHandler``
+as a ``pyarrow.fs`` file system): the client that already reads and writes the Delta tables, so a
+local path, ``s3://``, ``gs://`` and ``abfss://`` (Azurite included) work with the credentials,
+endpoint and options the bronze root is configured with (``Storage.options`` and the stores'
+standard variables), with streaming reads and the listing's size and modification time — no
+second object-store client (fsspec, obstore, pyarrow's own S3/Azure file systems, which read
+credentials their own way) to configure and keep in step.
 
 The read's :attr:`~LandingRead.selection` is a :class:`FileSelection`; :meth:`LandingRead.acknowledge`
 copies the batch's ledger rows (already committed with the data) into ``bz_landing_files``.
@@ -18,8 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deltalake.fs import DeltaStorageHandler
 from pyarrow import fs
 
 from bronze_assets.contracts import Contract
@@ -62,10 +67,22 @@ def landing_folder(root: str, contract: Contract) -> str:
     return f"{root.rstrip('/')}/{contract.name}"
 
 
-def _uri(filesystem: fs.FileSystem, path: str) -> str:
-    if isinstance(filesystem, fs.LocalFileSystem):
-        return "file://" + path
-    return f"{filesystem.type_name}://{path}".replace("gcs://", "gs://")
+def landing_files(folder: str, options: dict[str, str] | None) -> tuple[fs.FileSystem, list[fs.FileInfo]]:
+    """The file system at ``folder`` (a path or URI; delta-rs' object store) and every entry below
+    it (none when it does not exist)."""
+    local = "://" not in folder or folder.startswith("file://")
+    if local and not Path(folder.removeprefix("file://")).is_dir():
+        return fs.LocalFileSystem(), []
+    filesystem = fs.PyFileSystem(DeltaStorageHandler(folder, options))
+    return filesystem, filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
+
+
+def file_uri(folder: str, path: str) -> str:
+    """The URI of the file at ``path`` below ``folder`` (what the ledger and ``_source_file``
+    record): ``file://`` and the absolute path for a local file."""
+    if "://" not in folder:
+        return "file://" + str(Path(folder, path).absolute())
+    return f"{folder.rstrip('/')}/{path}"
 
 
 def list_new_files(contract: Contract, storage: Storage, now: datetime | None = None) -> FileSelection:
@@ -74,8 +91,8 @@ def list_new_files(contract: Contract, storage: Storage, now: datetime | None = 
     within :data:`SETTLE` of ``now``. A file in the ledger whose size or modification time
     changed is listed in ``changed`` (and landed again only with ``allow_overwrites``)."""
     now = now or datetime.now(UTC)
-    filesystem, base = fs.FileSystem.from_uri(landing_folder(storage.settings.landing_root, contract))
-    infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+    folder = landing_folder(storage.settings.landing_root, contract)
+    filesystem, infos = landing_files(folder, storage.delta_options)
     known = ingested(storage, contract.bronze_table)
     done = known.files
     files: list[LandingFile] = []
@@ -86,7 +103,7 @@ def list_new_files(contract: Contract, storage: Storage, now: datetime | None = 
         if info.type != fs.FileType.File or posixpath.basename(info.path)[:1] in (".", "_"):
             continue
         mtime = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
-        file = LandingFile(_uri(filesystem, info.path), info.path, int(info.size or 0), mtime)
+        file = LandingFile(file_uri(folder, info.path), info.path, int(info.size or 0), mtime)
         seen = done.get(file.uri)
         if seen is not None:
             if seen.size == file.size and seen.modification_time == mtime:
