@@ -446,3 +446,28 @@ def test_landing_on_object_storage(store: Store, tmp_path: Path, monkeypatch: py
     meta = land(storage)
     assert meta["landing_files"] == 0 and meta["landing_files_changed"] == 1
     assert len(DeltaTable(storage.uri(LEDGER_TABLE)).to_pyarrow_table()) == 2
+
+
+def test_bronze_status_has_a_row_for_the_landing_table(storage: Storage) -> None:
+    """Like every table: never loaded, then fresh with its rows; plus the files its ledger holds and
+    the files waiting; a file that waits longer than the freshness window makes it stale."""
+    from datetime import UTC, datetime, timedelta
+
+    from bronze_assets.lib.monitoring.status import FRESH, NEVER, STALE, bronze_status, render
+
+    drop(storage, "a.jsonl", [event(1), event(2)])
+    (row,) = [s for s in bronze_status(storage) if s.table == EVENTS.bronze_table]
+    assert row.freshness == NEVER and row.landing is not None and row.landing["files_waiting"] == 1
+    assert row.load_command == row.refresh_command and row.snapshot_loaded is None
+    land(storage)
+    (row,) = [s for s in bronze_status(storage) if s.table == EVENTS.bronze_table]
+    assert row.freshness == FRESH and row.healthy and row.rows == row.active == 2 and row.delta_version == 0
+    folder = str(Path(storage.settings.landing_root, EVENTS.name))
+    assert row.landing == {"folder": folder, "files_ingested": 1, "files_waiting": 0, "files_changed": 0,
+                           "oldest_waiting": None}
+    assert f"{EVENTS.bronze_table}: 1 file(s) landed from" in render([row])
+    drop(storage, "late.jsonl", [event(3)], age=30 * 3600)  # a day and more, and nothing landed it
+    (row,) = [s for s in bronze_status(storage, now=datetime.now(UTC) + timedelta(minutes=1))
+              if s.table == EVENTS.bronze_table]
+    assert row.freshness == STALE and row.landing is not None and row.landing["files_waiting"] == 1
+    assert "1 file(s) wait in" in render([row])

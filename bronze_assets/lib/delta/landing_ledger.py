@@ -139,13 +139,15 @@ class Ingested:
     table_version: int | None
 
 
-def ingested(storage: Storage, bronze_table: str) -> Ingested:
+def ingested(storage: Storage, bronze_table: str, repair: bool = True) -> Ingested:
     """Every file ``bronze_table`` has ingested: the rows of ``bz_landing_files`` (which outlive
     the data table's log retention) and those its data commits record, which are copied into
-    ``bz_landing_files`` when it lacks them (a run killed after its commit)."""
+    ``bz_landing_files`` when it lacks them (a run killed after its commit; ``repair`` false:
+    only read, e.g. by ``bronze status``)."""
     present = table_rows(storage, bronze_table)
     dt = storage.open(bronze_table)
     committed = committed_rows(storage, bronze_table, dt, {r.batch_id for r in present})
-    materialise(storage, bronze_table, committed)
+    if repair:
+        materialise(storage, bronze_table, committed)
     files = {r.path: r for r in sorted([*present, *committed], key=lambda r: r.ingested_at)}
     return Ingested(files, dt.version() if dt is not None else None)

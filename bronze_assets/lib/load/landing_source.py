@@ -60,6 +60,7 @@ class FileSelection:
     changed: list[str] = field(default_factory=list)  # ingested, since changed (allow_overwrites off)
     ledger: list[LedgerRow] = field(default_factory=list)  # filled by the engine as it stages
     table_version: int | None = None  # the data table's version the listing read the ledger at
+    ingested: int = 0  # files the ledger holds
 
 
 def landing_folder(root: str, contract: Contract) -> str:
@@ -85,15 +86,17 @@ def file_uri(folder: str, path: str) -> str:
     return f"{folder.rstrip('/')}/{path}"
 
 
-def list_new_files(contract: Contract, storage: Storage, now: datetime | None = None) -> FileSelection:
+def list_new_files(contract: Contract, storage: Storage, now: datetime | None = None, repair: bool = True
+                   ) -> FileSelection:
     """The files below the table's landing folder (any depth; names starting with ``.`` or ``_``
     are temporary or markers and left out) that the ledger does not hold, except those modified
     within :data:`SETTLE` of ``now``. A file in the ledger whose size or modification time
-    changed is listed in ``changed`` (and landed again only with ``allow_overwrites``)."""
+    changed is listed in ``changed`` (and landed again only with ``allow_overwrites``).
+    ``repair``: copy ledger rows a killed run left in its commit only (see :func:`ingested`)."""
     now = now or datetime.now(UTC)
     folder = landing_folder(storage.settings.landing_root, contract)
     filesystem, infos = landing_files(folder, storage.delta_options)
-    known = ingested(storage, contract.bronze_table)
+    known = ingested(storage, contract.bronze_table, repair)
     done = known.files
     files: list[LandingFile] = []
     recent: list[str] = []
@@ -117,7 +120,7 @@ def list_new_files(contract: Contract, storage: Storage, now: datetime | None = 
         files.append(file)
     files.sort(key=lambda f: (f.modification_time, f.uri))
     return FileSelection(contract, filesystem, files, sorted(recent), sorted(changed),
-                         table_version=known.table_version)
+                         table_version=known.table_version, ingested=len(done))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``bronze status``: is every bronze table fresh, and what failed? One row per contract.
+"""``bronze status``: is every bronze table fresh, and what failed? One row per contract (the
+landing tables' too, with the files their ledger holds and the files waiting).
 
 Figures come from where they are true: the Delta table (version, files, rows by status, the
 watermark in its commit metadata, the partitions its files live in), ``bz_audit_log`` (last
@@ -31,12 +32,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bronze_assets.contracts import CONTRACTS, Contract, PartitionKind
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, Contract, PartitionKind
 from bronze_assets.contracts.freshness import WINDOWS
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
+from bronze_assets.lib.load.landing_source import landing_folder, list_new_files
 from bronze_assets.settings import Settings
 
 FRESH, STALE, NEVER = "fresh", "STALE", "never loaded"
@@ -80,6 +82,9 @@ class TableStatus:
     # contracts with history: its table, versions held, keys' current versions, Delta version
     # (versions 0 and delta_version None until a load wrote it)
     history: dict[str, Any] | None = None
+    # landing tables (ARCHITECTURE §2.6): their folder, the files the ledger holds, the files
+    # waiting (not yet landed; the oldest one's modification time) and those changed since landed
+    landing: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -245,12 +250,29 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         status.last_load_failed = status.last_success is None or status.last_failure > status.last_success
     if instance is not None:
         status.checks, status.failing_check = _check_results(contract, instance)
-    if contract.partitioning.kind is PartitionKind.DAILY_LOAD_DATE:
+    if contract.landing is not None:
+        status.landing = landing_status(contract, storage, now)
+        status.load_command = status.refresh_command  # any partition's run lands every new file
+        waiting = status.landing["oldest_waiting"]
+        if waiting is not None and now - datetime.fromisoformat(waiting) > fail_window:
+            status.freshness = STALE  # a file waits longer than the window: nothing lands them
+    elif contract.partitioning.kind is PartitionKind.DAILY_LOAD_DATE:
         go_live = storage.settings.go_live()
         status.snapshot_partition = go_live.isoformat()
         if dt is not None:  # without a table there is no snapshot to judge (the table is the problem)
             status.snapshot_loaded = snapshot_loaded(contract, actions, go_live, instance)
     return status
+
+
+def landing_status(contract: Contract, storage: Storage, now: datetime) -> dict[str, Any]:
+    """A landing table's files: its folder, how many the ledger holds, how many wait (files
+    still being written count too) and since when, how many changed after they were landed.
+    Only reads (a ledger a killed run left uncopied is repaired by the next run)."""
+    found = list_new_files(contract, storage, now, repair=False)
+    oldest = min((f.modification_time for f in found.files), default=None)
+    return {"folder": landing_folder(storage.settings.landing_root, contract),
+            "files_ingested": found.ingested, "files_waiting": len(found.files) + len(found.skipped_recent),
+            "files_changed": len(found.changed), "oldest_waiting": oldest.isoformat() if oldest else None}
 
 
 def history_status(contract: Contract, storage: Storage) -> dict[str, Any]:
@@ -270,7 +292,8 @@ def bronze_status(storage: StorageLike, now: datetime | None = None, instance: A
     now = now or datetime.now(UTC)
     storage = as_storage(storage)
     loads = _loads(storage)
-    rows = [table_status(c, storage, now, loads, instance) for c in CONTRACTS.values()]
+    contracts = [*CONTRACTS.values(), *LANDING_CONTRACTS.values()]
+    rows = [table_status(c, storage, now, loads, instance) for c in contracts]
     return sorted(rows, key=lambda s: (s.healthy, s.table))
 
 
@@ -313,7 +336,16 @@ def render(statuses: list[TableStatus]) -> str:
                        f"all history before go-live) was never loaded — run `{s.snapshot_command}`")
         if s.failing_check:
             out.append(f"{s.table}: {s.failing_check}")
+        if s.landing is not None and s.landing["files_waiting"] and not s.last_load_failed:
+            out.append(f"{s.table}: {s.landing['files_waiting']:,} file(s) wait in {s.landing['folder']} — "
+                       f"run `{s.refresh_command}` (or start the sensor {s.table}_files)")
     for s in statuses:
+        if s.landing is not None:
+            f = s.landing
+            changed = f", {f['files_changed']:,} changed since (landing_files_changed)" \
+                if f["files_changed"] else ""
+            out.append(f"{s.table}: {f['files_ingested']:,} file(s) landed from {f['folder']} (ledger "
+                       f"bz_landing_files){changed}")
         if s.history is not None:
             h = s.history
             out.append(f"{h['table']}: {h['versions']:,} versions, {h['current']:,} current" + (
