@@ -122,6 +122,7 @@ def main() -> None:
             tick.stdin.flush()
             assert tick.wait(timeout=300) == 0
             lines = request_lines(log)[before:]
+            (work / f"tick_{table}_{tick_number}.log").write_text("\n".join(lines) + "\n")
             print(f"unchanged scheduled tick {tick_number} of bz_{table}: {len(lines)} S3 requests — "
                   f"{kinds(lines)}")
     finally:

@@ -87,7 +87,9 @@ class S3:
     def requests(self) -> list[Request]:
         """The requests to this bucket so far, in order (moto logs each when it has answered)."""
         assert self.log is not None, "a server started with a log"
-        found = (_ACCESS.search(line) for line in self.log.read_text().splitlines())
+        # werkzeug colours some lines (206, 404, 412 …): without the colour codes, or they are missed
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text())
+        found = (_ACCESS.search(line) for line in plain.splitlines())
         return [Request(m[1], m[3], m[4], int(m[5])) for m in found if m and m[2] == self.bucket]
 
     def create_once(self, key: str, body: bytes) -> None:

@@ -13,7 +13,15 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
-from bronze_assets.lib.delta.commit_log import BATCH_KEY, BATCH_TIME_KEY, PARTITIONS_KEY, CommitLog
+from bronze_assets.lib.delta.commit_log import (
+    BATCH_KEY,
+    BATCH_TIME_KEY,
+    FIRST_PAGE,
+    PARTITIONS_KEY,
+    WATERMARK_KEY,
+    CommitLog,
+)
+from bronze_assets.lib.delta.control import AUDIT_LOG, COST_TRACKING, LINEAGE, read_table
 from bronze_assets_tests.bronze_helpers import Bronze
 
 pytestmark = pytest.mark.integration
@@ -44,11 +52,16 @@ def test_an_unchanged_reload_reads_the_commit_history_once(
     partition = None if table == "products" else TODAY.isoformat()
     b.materialize(table, partition)
     version = b.version(table)
+    rows = {t: read_table(b.storage(), t).num_rows for t in (AUDIT_LOG, LINEAGE, COST_TRACKING)}
     history_reads.clear()
     meta = b.materialize(table, partition, tags={CHANGES_ONLY_TAG: "true"})
     assert meta["rows_inserted"] == meta["rows_updated"] == meta["rows_soft_deleted"] == 0
     assert b.version(table) == version, "an unchanged load commits nothing"
-    assert history_reads == [200], "one read of the table's recent commits"
+    assert history_reads == [FIRST_PAGE], "one read of the table's latest commits, none deeper"
+    added = {t: read_table(b.storage(), t).num_rows - n for t, n in rows.items()}
+    # the full load read its rows (lineage and cost); the CDC tick read none: its audit row only
+    moved = 1 if meta["rows_read"] else 0
+    assert added == {AUDIT_LOG: 1, LINEAGE: moved, COST_TRACKING: moved}, meta["rows_read"]
 
 
 def _commit(uri: str, meta: dict[str, str]) -> None:
@@ -73,3 +86,19 @@ def test_a_partial_log_reads_the_rest_for_whole_history_questions(tmp_path: Path
     _commit(uri, {BATCH_KEY: "b6"})
     assert "b6" in CommitLog.current(DeltaTable(uri), partial).committed_batch_ids(), "changed: read again"
     assert CommitLog.read(None) == CommitLog() and CommitLog().watermark() is None
+
+
+def test_a_question_the_first_page_does_not_answer_reads_deeper_once(
+        tmp_path: Path, history_reads: list[int | None]) -> None:
+    uri = str(tmp_path / "t")
+    _commit(uri, {BATCH_KEY: "b0", WATERMARK_KEY: "2025-01-01T00:00:00+00:00"})
+    for n in range(FIRST_PAGE + 2):  # later commits without a watermark (e.g. maintenance)
+        _commit(uri, {"note": str(n)})
+    history_reads.clear()
+    commits = CommitLog.read(DeltaTable(uri))
+    assert not commits.complete and history_reads == [FIRST_PAGE]
+    assert commits.watermark() == datetime(2025, 1, 1, tzinfo=UTC)
+    assert commits.hash_version() == 1 and commits.watermark() is not None  # b0 recorded no hash version
+    assert history_reads == [FIRST_PAGE, 4 * FIRST_PAGE], "one deeper read (four times as deep), once"
+    assert commits.latest(3) == CommitLog.read(DeltaTable(uri), None).latest(3)
+    assert len(commits.latest()) == FIRST_PAGE + 3

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import cached_property
 from typing import Any
 
 from deltalake import DeltaTable
@@ -28,6 +28,7 @@ CDC_RELID_KEY = "bronze.cdc_relid"  # the OID of the source table that position 
 CDC_SLOT_KEY = "bronze.cdc_slot"  # the slot the position was read from (recorded with the position)
 USER_METADATA = "userMetadata"  # where delta-spark keeps a commit's own metadata (one JSON string)
 RECENT_COMMITS = 200  # commits a load reads back: the deepest any of its questions looks
+FIRST_PAGE = 2  # commits read first: a load's questions are answered by its table's latest load
 
 
 # The engines' own commit metrics (delta-rs snake_case, delta-spark camelCase) by one name each:
@@ -138,16 +139,19 @@ class CommitLog:
     per question (on object storage each read is a listing plus a read per commit).
 
     ``version`` is the table version the commits were read at (None: no table yet); ``complete``
-    says they are every commit the log still has. A question about the whole history
-    (:meth:`loaded_ranges`, :meth:`first_load_time`) of a longer log reads the rest, once."""
+    says they are every commit the log still has. The latest :data:`FIRST_PAGE` commits are read
+    first; a question they do not answer reads back as deep as it looks, once (on an object
+    store each commit is a request: a table's log holds hundreds)."""
 
     version: int | None = None
     entries: tuple[dict[str, Any], ...] = ()
     complete: bool = True
     table: DeltaTable | None = field(default=None, compare=False, repr=False)
+    _deeper: dict[int, tuple[dict[str, Any], ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def read(cls, dt: DeltaTable | None, limit: int | None = RECENT_COMMITS) -> CommitLog:
+    def read(cls, dt: DeltaTable | None, limit: int | None = FIRST_PAGE) -> CommitLog:
         """The latest ``limit`` commits of ``dt`` (None: all of them); empty without a table."""
         if dt is None:
             return cls()
@@ -164,21 +168,35 @@ class CommitLog:
 
     def latest(self, limit: int | None = None) -> tuple[dict[str, Any], ...]:
         """The latest ``limit`` commits (None: every commit the log has)."""
-        if self.complete or (limit is not None and limit <= len(self.entries)):
-            return self.entries[:limit]
-        return self._whole[:limit]
+        return tuple(self._walk(limit))
 
-    @cached_property
-    def _whole(self) -> tuple[dict[str, Any], ...]:
-        assert self.table is not None, "a partial log was read from a table"
-        return tuple(commit_history(self.table))
+    def _walk(self, limit: int | None) -> Iterator[dict[str, Any]]:
+        """The latest ``limit`` commits, newest first: those read first, then (only while the
+        caller asks past them) older ones, each deeper read four times the last."""
+        yield from self.entries[:limit]
+        given, depth, complete = len(self.entries), len(self.entries), self.complete
+        while not complete and (limit is None or given < limit):
+            depth = max(depth * 4, 1) if limit is None else min(limit, max(depth * 4, 1))
+            back = self._back(depth)
+            yield from back[given:limit]
+            given, complete = len(back), len(back) < depth
+
+    def _back(self, depth: int) -> tuple[dict[str, Any], ...]:
+        """The latest ``depth`` commits at :attr:`version` (read once)."""
+        if depth not in self._deeper:
+            assert self.table is not None and self.version is not None, "a partial log was read from a table"
+            since = self.table.version() - self.version  # the run may have refreshed its table since
+            entries = commit_history(self.table, depth + since)
+            at_version = (e for e in entries if int(e.get("version", -1)) <= self.version)
+            self._deeper[depth] = tuple(at_version)[:depth]
+        return self._deeper[depth]
 
     def watermark(self, limit: int = 200) -> datetime | None:
         """The incremental watermark of the table's current state: recorded by the latest commit
         that carries one, not counting commits a RESTORE undid (after a restore to version V the
         watermark is V's, so the next run re-reads every change since then)."""
         ceiling: int | None = None
-        for entry in self.latest(limit):
+        for entry in self._walk(limit):
             version = int(entry.get("version", -1))
             if ceiling is not None and version > ceiling:
                 continue  # undone by a later restore
@@ -193,7 +211,7 @@ class CommitLog:
 
     def hash_version(self, limit: int = 50) -> int:
         """The record_hash version of the table's latest load (1 for tables written before v2)."""
-        for entry in self.latest(limit):
+        for entry in self._walk(limit):
             if BATCH_KEY in entry:
                 return int(entry.get(HASH_VERSION_KEY, 1))
         return HASH_VERSION
@@ -201,7 +219,7 @@ class CommitLog:
     def cdc_position(self, limit: int = 200) -> CdcPosition | None:
         """The latest commit's :class:`CdcPosition`; None when there is none, or when a RESTORE
         came after it (a restored table re-syncs)."""
-        for entry in self.latest(limit):
+        for entry in self._walk(limit):
             if entry.get("operation") == "RESTORE":
                 return None
             if CDC_LSN_KEY in entry:
@@ -212,16 +230,16 @@ class CommitLog:
 
     def committed_batch_ids(self, limit: int = 50) -> set[str]:
         """Batches whose final commit landed (to detect a commit that landed before a retry)."""
-        return {str(h[BATCH_KEY]) for h in self.latest(limit)
+        return {str(h[BATCH_KEY]) for h in self._walk(limit)
                 if BATCH_KEY in h and _chunk(h)[0] == _chunk(h)[1] - 1}
 
     def committed_chunks(self, batch_id: str, limit: int = 200) -> set[int]:
         """Chunk indexes of ``batch_id`` already in the table."""
-        return {_chunk(h)[0] for h in self.latest(limit) if h.get(BATCH_KEY) == batch_id}
+        return {_chunk(h)[0] for h in self._walk(limit) if h.get(BATCH_KEY) == batch_id}
 
     def interrupted_batch(self, limit: int = 50) -> str | None:
         """The batch of the latest commit if it was a non-final chunk (a load killed mid-way)."""
-        for h in self.latest(limit):
+        for h in self._walk(limit):
             if BATCH_KEY not in h:
                 continue
             i, n = _chunk(h)
@@ -231,7 +249,7 @@ class CommitLog:
     def loaded_ranges(self) -> list[tuple[date, date]]:
         """The partition ranges (first day, end day exclusive) the table's load commits ran for."""
         ranges = []
-        for entry in self.latest():
+        for entry in self._walk(None):
             first, sep, end = str(entry.get(PARTITIONS_KEY, "")).partition("/")
             if sep:
                 ranges.append((date.fromisoformat(first), date.fromisoformat(end)))
@@ -243,5 +261,5 @@ class CommitLog:
         no load wrote."""
         times = [datetime.fromisoformat(str(e[BATCH_TIME_KEY])) if BATCH_TIME_KEY in e
                  else datetime.fromtimestamp(int(e.get("timestamp", 0)) / 1000, UTC)
-                 for e in self.latest() if BATCH_KEY in e]
+                 for e in self._walk(None) if BATCH_KEY in e]
         return min(times) if times else None

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
@@ -150,10 +150,19 @@ def _append(storage: Storage, table: str, data: pa.Table) -> None:
                 write_deltalake(uri, data, mode="append", storage_options=storage.delta_options,
                                 configuration=CONTROL_PROPERTIES)
             else:
-                write_deltalake(entry.table, data, mode="append")
+                write_deltalake(entry.table, data, mode="append",
+                                post_commithook_properties=_hooks(entry.table))
         except BaseException:
             entry.table = None  # reopened by the next append
             raise
+
+
+def _hooks(dt: DeltaTable) -> PostCommitHookProperties:
+    """The append's post-commit work: the expired logs are looked for (a listing of the whole log)
+    only with a checkpoint, which is when delta-rs can remove any."""
+    interval = int(dt.metadata().configuration.get("delta.checkpointInterval") or 100)
+    return PostCommitHookProperties(create_checkpoint=True,
+                                    cleanup_expired_logs=(dt.version() + 2) % interval == 0)
 
 
 def read_table(storage: StorageLike, table: str) -> pa.Table:
@@ -242,7 +251,10 @@ def load_record(contract: Contract, job_id: str | None, start: datetime, **field
 
 def record_load(storage: StorageLike, load: LoadRecord) -> None:
     """One audit row (success or failure), one lineage row (success) and one cost row (at the
-    rate of ``Storage.settings.cost_per_hour``)."""
+    rate of ``Storage.settings.cost_per_hour``). A load that read no row and changed none (an
+    unchanged tick) writes its audit row only: it moved no data to trace, its seconds are the
+    audit row's start and end, and on an object store each control-table append opens that
+    table (README 'Bronze on S3', requests per unchanged tick)."""
     storage = as_storage(storage)
     end = datetime.now(UTC)
     append_rows(storage, AUDIT_LOG, [{
@@ -251,6 +263,8 @@ def record_load(storage: StorageLike, load: LoadRecord) -> None:
         "error_message": load.error[:4000] if load.error else None,
         "job_id": load.job_id, "details": load.details,
     }])
+    if load.status == SUCCESS and not load.rows_read and not load.records_affected:
+        return
     if load.status == SUCCESS:
         append_rows(storage, LINEAGE, [{
             "source_table": load.source_table, "target_table": load.table_name,

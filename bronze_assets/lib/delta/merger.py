@@ -138,9 +138,11 @@ class BronzeMerger:
         self.pii = require_hook(self.contract, staged.pii, "write") if self.contract.encrypted_columns \
             else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            dt = self.storage.open(self.contract.bronze_table)
+            dt = self._current(staged) if attempt == 1 else self.storage.open(self.contract.bronze_table)
             commits = CommitLog.current(dt, staged.commits)  # staging's, if nothing committed since
-            if dt is not None and staged.ctx.batch_id in commits.committed_batch_ids():
+            # the batch's commits come after staging's read: only a later version can hold them
+            if dt is not None and commits is not staged.commits \
+                    and staged.ctx.batch_id in commits.committed_batch_ids():
                 log.info("%s: batch %s already committed", self.uri, staged.ctx.batch_id)
                 result = MergeResult(self.uri, staged.rows, committed=True)
                 break
@@ -176,6 +178,15 @@ class BronzeMerger:
         if staged.rows:
             result.avg_quality_score = round(staged.score_sum / staged.rows, 2)
         return result
+
+    def _current(self, staged: StagedBatch) -> DeltaTable | None:
+        """The table at its latest version: the one staging opened, refreshed (one listing on an
+        object store, where opening it again reads the log since its checkpoint), else opened."""
+        dt = staged.commits.table if staged.commits is not None else None
+        if dt is None:
+            return self.storage.open(self.contract.bronze_table)
+        dt.update_incremental()
+        return dt
 
     def _record_position(self, dt: DeltaTable, staged: StagedBatch) -> None:
         """A commit without rows that records the batch's metadata (a CDC snapshot's log position

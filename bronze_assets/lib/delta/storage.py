@@ -75,6 +75,15 @@ class Storage:
             return []
         return [i.path for i in infos if i.type == fs.FileType.File]
 
+    def listing(self, folder: str) -> list[tuple[str, int, int]]:
+        """(name, size, modified ns) of the files directly in ``folder`` under the root, by name
+        (one listing request per thousand files on an object store; empty if there is none)."""
+        try:
+            found = self._files().get_file_info_selector(folder, True, False)
+        except TableNotFoundError:  # a local root not created yet
+            return []
+        return sorted((f.path.rsplit("/", 1)[-1], int(f.size or 0), int(f.mtime_ns or 0)) for f in found)
+
     def _files(self) -> Any:
         """delta-rs' object store at the root (the Delta tables' credentials and options). Its raw
         handler: through pyarrow (``deltalake.fs.DeltaStorageHandler``) a write fails, pyarrow 26
@@ -89,8 +98,9 @@ class Storage:
 
 
 class OpenedTables:
-    """Tables of one storage, each opened at most once (e.g. by the checks of one run, which read
-    one version of each): on an object store every open reads the log since its checkpoint."""
+    """Tables of one storage, each opened at most once per run (the load's staging, its MERGE and
+    its checks share one open): on an object store every open reads the log since its checkpoint,
+    a refresh lists it once."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -100,6 +110,16 @@ class OpenedTables:
         if table not in self._opened:
             self._opened[table] = self.storage.open(table)
         return self._opened[table]
+
+    def refresh(self, table: str) -> DeltaTable | None:
+        """``table`` at its latest version: the one opened brought up to date (one listing, plus
+        the commits made since), else opened."""
+        dt = self._opened.get(table)
+        if dt is None:
+            self._opened.pop(table, None)
+            return self.open(table)
+        dt.update_incremental()
+        return dt
 
 
 StorageLike = Storage | str | os.PathLike[str]

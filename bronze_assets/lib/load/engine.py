@@ -48,6 +48,7 @@ class Staged(Protocol):
     watermark: datetime | None
     extract_seconds: float
     keep_after_merge: bool
+    committed: bool | None  # whether its MERGE committed (None: not merged yet)
 
     @property
     def rows(self) -> int: ...

@@ -84,6 +84,7 @@ def commit(engine: LoadEngine, staged: Staged, storage: Storage, job_id: str | N
     finally:
         if not staged.keep_after_merge:
             staged.cleanup()
+    staged.committed = bool(result.commits)
     outcome = LoadOutcome(contract, engine.name, staged.ctx.batch_id, staged.ctx.batch_time, staged.window,
                           staged.rows, result, staged.extract_seconds, staged.watermark)
     outcome.audit(storage, job_id)
@@ -106,6 +107,7 @@ class Lifecycle:
         self.metadata: dict[str, Any] = {}  # which load pattern ran, the read's figures
         self.decided: list[CheckOutcome] = []  # check outcomes known before the MERGE
         self.quality: Future[QualityReport] | None = None
+        self.tables = OpenedTables(storage)  # the run's one open of each table (stage, MERGE, checks)
 
     def take_checks(self) -> list[CheckOutcome]:
         """The check outcomes decided so far and not yet taken (e.g. schema_contract on a mismatch)."""
@@ -121,7 +123,7 @@ class Lifecycle:
         try:
             # the table's commit log, read once: CDC position, watermark, hash version (the MERGE
             # reuses it when nothing was committed since)
-            commits = CommitLog.read(self.storage.open(contract.bronze_table))
+            commits = CommitLog.read(self.tables.open(contract.bronze_table))
             source = self.source or source_for(request, self.dsn, self.storage, self.log, commits)
             with source.open() as read:  # open while the engine stages (e.g. in a CDC slot's snapshot)
                 staged = self.engine.stage(request, read.selection, commits)
@@ -156,11 +158,12 @@ class Lifecycle:
             if self.read is not None:  # only once its rows are committed (a CDC slot frees their WAL)
                 self.read.acknowledge()
             outcomes = self.take_checks()
-            tables = OpenedTables(self.storage)  # the table is opened once for both checks
+            if staged.committed is not False and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
+                self.tables.refresh(self.contract.bronze_table)  # as the MERGE left it
             if KEY_UNIQUENESS in checks:
-                outcomes.append(key_uniqueness(self.contract, self.storage, tables))
+                outcomes.append(key_uniqueness(self.contract, self.storage, self.tables))
             if REFERENTIAL_INTEGRITY in checks:
-                outcomes.append(referential_integrity(self.contract, self.storage, tables))
+                outcomes.append(referential_integrity(self.contract, self.storage, self.tables))
             if self.quality is not None:  # last: the validation has had the longest to finish
                 outcomes.append(quality_score(staged.score_histogram,
                                               self.engine.quality_report(staged, self.quality)))

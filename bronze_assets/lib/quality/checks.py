@@ -20,7 +20,7 @@ from bronze_assets.lib.delta.query import query_tables, quoted
 from bronze_assets.lib.delta.staging import score_percentile, score_sum
 from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
-from bronze_assets.lib.quality.check_memo import keep_outcome, kept_outcome, tables_state
+from bronze_assets.lib.quality.check_memo import keep_outcome, kept_outcome, log_state, tables_state
 from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.schema import SchemaDrift
 
@@ -118,13 +118,12 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def _unless_passed_at(storage: Storage, table: str, check: str, read: Mapping[str, DeltaTable],
+def _unless_passed_at(storage: Storage, table: str, check: str, state: Mapping[str, str],
                       compute: Callable[[], CheckOutcome]) -> CheckOutcome:
-    """``compute()``, unless ``check`` passed on ``table`` when the tables it reads (``read``) were
-    at the versions they are at now: then that outcome, without reading their data again
+    """``compute()``, unless ``check`` passed on ``table`` when the tables it reads were in the
+    ``state`` they are in now: then that outcome, without reading their data again
     (:mod:`~bronze_assets.lib.quality.check_memo`). An outcome is kept when JSON holds it exactly
     (a sample of dates or bytes is not: that one is computed each time)."""
-    state = tables_state(read)
     kept = kept_outcome(storage, table, check, state)
     if kept is not None:
         return CheckOutcome(**kept)
@@ -147,8 +146,8 @@ def key_uniqueness(contract: Contract, storage: Storage, tables: OpenedTables | 
     dt = (tables or OpenedTables(storage)).open(contract.bronze_table)
     if dt is None:
         return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, metadata={"rows": 0})
-    return _unless_passed_at(storage, contract.bronze_table, KEY_UNIQUENESS, {contract.bronze_table: dt},
-                             lambda: _key_uniqueness(contract, dt))
+    return _unless_passed_at(storage, contract.bronze_table, KEY_UNIQUENESS,
+                             tables_state({contract.bronze_table: dt}), lambda: _key_uniqueness(contract, dt))
 
 
 def _key_uniqueness(contract: Contract, dt: DeltaTable) -> CheckOutcome:
@@ -173,13 +172,17 @@ def referential_integrity(contract: Contract, storage: Storage, tables: OpenedTa
     ``tables``: the run's opened tables (shared with the other checks)."""
     opened = tables or OpenedTables(storage)
     child = opened.open(contract.bronze_table)
-    parents = {f"bz_{fk.parent_table}": opened.open(f"bz_{fk.parent_table}") for fk in contract.foreign_keys}
-    read = {contract.bronze_table: child, **parents}
-    if any(dt is None for dt in read.values()):
-        return _referential_integrity(contract, child, parents)
+    names = sorted({f"bz_{fk.parent_table}" for fk in contract.foreign_keys})
+    # the parents are opened only to compute: their state comes from a listing of their logs
+    states = {name: log_state(storage, name) for name in names}
+
+    def compute() -> CheckOutcome:
+        return _referential_integrity(contract, child, {name: opened.open(name) for name in names})
+
+    if child is None or any(state is None for state in states.values()):
+        return compute()
     return _unless_passed_at(storage, contract.bronze_table, REFERENTIAL_INTEGRITY,
-                             {name: dt for name, dt in read.items() if dt is not None},
-                             lambda: _referential_integrity(contract, child, parents))
+                             tables_state({contract.bronze_table: child}) | states, compute)
 
 
 def _referential_integrity(contract: Contract, child: DeltaTable | None,

@@ -127,6 +127,7 @@ class SparkStaged:
     extract_seconds: float
     commit_always: bool = False  # commit (the metadata: a CDC position) even when nothing changed
     keep_after_merge: bool = False
+    committed: bool | None = None
     pii: PiiHook | None = None  # protects the PII columns as the rows are written (as on the local engine)
     commits: CommitLog | None = None  # the table's commit log read when staging (the MERGE reuses it)
 
