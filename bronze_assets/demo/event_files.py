@@ -1,10 +1,14 @@
 """Generated carrier tracking events for the landing table ``shipment_events`` (ARCHITECTURE
 §2.6): ``bronze seed`` writes them as JSON Lines below ``$BRONZE_LANDING_ROOT/shipment_events/``,
 ≈ 2 events per shipment, with the seed's defect rate (NULL or unknown status, orphan shipment ids,
-unparseable times), every fourth file with an extra field (``carrier_code``) and some bad lines."""
+unparseable times), every fourth file with an extra field (``carrier_code``) and some bad lines.
+With ``payload`` (the landing benchmark) each event also carries what carriers send beside the
+tracking status (≈ 1 KB: tracking number, carrier, scan and dimensions objects, a description and
+a signature image reference), which the table adds as new columns."""
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from dataclasses import dataclass, field
@@ -58,15 +62,56 @@ def _events(shipments: int, options: SeedOptions, rng: np.random.Generator) -> t
     return frame, {k: int(v.sum()) for k, v in defect.items()}
 
 
-def write_event_files(root: str, shipments: int, options: SeedOptions) -> EventFiles:
+_WORDS = ["parcel", "scanned", "at", "sorting", "facility", "arrived", "departed", "hub", "delivery",
+          "attempt", "customer", "not", "home", "left", "with", "neighbour", "held", "depot", "awaiting",
+          "clearance", "customs", "released", "loaded", "onto", "vehicle", "transferred", "to", "partner",
+          "address", "corrected", "weather", "delay", "rerouted", "signature", "obtained", "damaged",
+          "returned", "sender", "pickup", "point", "notified", "driver", "en", "route"]
+_CARRIERS = (("UPS", "United Parcel Service", "EXPRESS_SAVER"), ("DHL", "DHL Express", "WORLDWIDE"),
+             ("FDX", "FedEx", "INTERNATIONAL_PRIORITY"), ("DPD", "DPD", "CLASSIC"),
+             ("GLS", "GLS", "BUSINESS"))
+
+
+def _payload(frame: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
+    """What a carrier's event carries beside the status (≈ 1 KB per event)."""
+    n = frame.height
+    sentences = [" ".join(rng.choice(_WORDS, 40)) for _ in range(2000)]
+    carrier = rng.integers(0, len(_CARRIERS), n)
+    signature = np.frombuffer(rng.bytes(n * 210), dtype="S210")
+    return frame.with_columns(
+        pl.format("1Z{}{}", pl.Series(rng.integers(10**7, 10**8, n)), pl.col("event_id"))
+        .alias("tracking_number"),
+        pl.struct(pl.Series("code", [_CARRIERS[c][0] for c in carrier]),
+                  pl.Series("name", [_CARRIERS[c][1] for c in carrier]),
+                  pl.Series("service", [_CARRIERS[c][2] for c in carrier])).alias("carrier"),
+        pl.struct(pl.col("location").alias("facility"),
+                  pl.format("D-{}", pl.Series(rng.integers(10000, 99999, n))).alias("device_id"),
+                  pl.format("op {}", pl.Series(rng.integers(1, 5000, n))).alias("operator"),
+                  pl.Series("lat", np.round(rng.uniform(35, 60, n), 5)),
+                  pl.Series("lon", np.round(rng.uniform(-10, 30, n), 5)),
+                  pl.Series("accuracy_m", rng.integers(1, 50, n))).alias("scan"),
+        pl.struct(pl.Series("weight_kg", np.round(rng.uniform(0.1, 30, n), 2)),
+                  pl.Series("length_cm", rng.integers(10, 120, n)),
+                  pl.Series("width_cm", rng.integers(10, 80, n)),
+                  pl.Series("height_cm", rng.integers(5, 60, n))).alias("dimensions"),
+        pl.Series("description", np.array(sentences)[rng.integers(0, len(sentences), n)]),
+        pl.Series("signature", [base64.b64encode(s).decode() for s in signature]),
+    )
+
+
+def write_event_files(root: str, shipments: int, options: SeedOptions, payload: bool = False,
+                      with_bad_lines: bool = True) -> EventFiles:
     """Write the events of ``shipments`` shipments below ``<root>/shipment_events/`` (``root``:
     ``$BRONZE_LANDING_ROOT``, a path or URI); a local file's modification time is set a minute
-    back, so a landing run right after the seed takes it."""
+    back, so a landing run right after the seed takes it. ``payload``: see the module docstring;
+    ``with_bad_lines`` false: every line is a JSON object (files other readers can read whole)."""
     out = EventFiles()
     if shipments <= 0:
         return out
     rng = np.random.default_rng(options.seed + 24)
     frame, out.defects = _events(shipments, options, rng)
+    if payload:
+        frame = _payload(frame, rng)
     filesystem, base = fs.FileSystem.from_uri(f"{root.rstrip('/')}/{EVENTS.name}")
     filesystem.create_dir(base, recursive=True)
     day = options.as_of.strftime("%Y%m%d")
@@ -76,7 +121,8 @@ def write_event_files(root: str, shipments: int, options: SeedOptions) -> EventF
         if i % 4 == 3:  # a carrier that started sending a field the contract does not list
             chunk = chunk.with_columns(pl.lit("CC").alias("carrier_code"))
         lines = chunk.write_ndjson().splitlines()
-        bad = int(rng.binomial(len(lines), options.defect_rate)) if options.defect_rate else 0
+        rate = options.defect_rate if with_bad_lines else 0
+        bad = int(rng.binomial(len(lines), rate)) if rate else 0
         for position in sorted(rng.integers(0, len(lines) + 1, bad), reverse=True):
             lines.insert(int(position), BAD_LINE)
         bad_lines += bad

@@ -183,24 +183,59 @@ def _whole_lines(data: Iterator[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _json_blocks(data: Iterator[bytes], con: duckdb.DuckDBPyConnection) -> Iterator[pa.Table]:
-    """The non-blank lines of a JSON Lines stream, block by block: ``line_no`` (1-based), ``line``,
-    ``ok`` (a JSON object)."""
+def _lines(chunk: bytes) -> pa.LargeStringArray:
+    """The lines of ``chunk`` (each with its line end), zero-copy over its bytes; bytes that are not
+    UTF-8 are replaced (U+FFFD) first."""
+    ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + 1
+    if not ends.size or ends[-1] != len(chunk):
+        ends = np.append(ends, len(chunk))
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
+    lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(chunk))
+    try:
+        lines.validate(full=True)
+    except pa.ArrowInvalid:  # not UTF-8: the rare file that needs a copy
+        return _lines(chunk.decode("utf-8", errors="replace").encode())
+    return lines
+
+
+_SPACE = "' ' || chr(9) || chr(10) || chr(13)"
+# per line (in order): a JSON object (its line end is JSON whitespace), not blank
+# one parse per line: its top-level field names (NULL: not a JSON object; TRY: the rare bad line);
+# CASE: the trims run only on the rare line that needs them
+_KEYS = (f"CASE WHEN starts_with(line, '{{') THEN TRY(json_keys(line)) "
+         f"WHEN starts_with(ltrim(line, {_SPACE}), '{{') THEN TRY(json_keys(line)) END")
+_CHECK_LINES = ("SELECT keys IS NOT NULL AS ok, "
+                f"CASE WHEN keys IS NOT NULL THEN true ELSE trim(line, {_SPACE}) <> '' END AS kept, "
+                "CASE WHEN NOT list_has_all({known}, keys) THEN keys END AS new "
+                f"FROM (SELECT line, {_KEYS} AS keys FROM raw_lines)")
+
+
+def _json_blocks(data: Iterator[bytes], con: duckdb.DuckDBPyConnection, known: set[str]
+                 ) -> Iterator[pa.Table]:
+    """The non-blank lines of a JSON Lines stream, block by block: ``line_no`` (1-based), ``line``
+    (a bad line without its line end), ``ok`` (a JSON object), ``new`` (the field names of a record
+    that has one not in ``known``, read as each block is: the caller adds the new ones). DuckDB
+    returns only these: the lines stay the Arrow array over the block's bytes."""
     offset = 0
     for chunk in _whole_lines(data):
-        text = chunk.decode("utf-8", errors="replace")
-        lines = pc.split_pattern(pa.array([text], pa.large_string()), "\n").flatten()
-        if text.endswith("\n"):
-            lines = lines.slice(0, len(lines) - 1)
+        lines = _lines(chunk)
         numbers = pa.array(np.arange(offset + 1, offset + len(lines) + 1, dtype=np.int64))
         offset += len(lines)
-        con.register("raw_lines", pa.table({"line_no": numbers, "line": lines}))
+        con.register("raw_lines", pa.table({"line": lines}))
         try:
-            yield con.sql("SELECT line_no, rtrim(line, chr(13)) AS line, "
-                          "json_valid(line) AND left(ltrim(line), 1) = '{' AS ok FROM raw_lines "
-                          "WHERE trim(rtrim(line, chr(13))) <> ''").to_arrow_table().cast(_EMPTY_LINES)
+            names = "[" + ", ".join(_literal(c) for c in sorted(known)) + "]"
+            flags = con.sql(_CHECK_LINES.replace("{known}", names)).to_arrow_table()
         finally:
             con.unregister("raw_lines")
+        ok, kept = flags.column("ok").combine_chunks(), flags.column("kept").combine_chunks()
+        block = pa.table({"line_no": numbers, "line": lines, "ok": ok, "new": flags.column("new")})
+        if kept.false_count:
+            block = block.filter(kept)
+        if ok.false_count:  # the rare bad line: without its line end
+            bad = pc.invert(block.column("ok"))
+            line = block.column("line")
+            block = block.set_column(1, "line", pc.if_else(bad, pc.utf8_rtrim(line, characters="\r\n"), line))
+        yield block
 
 
 def _csv_lines(data: bytes, stage: Path) -> pa.Table:
@@ -249,16 +284,17 @@ def _parquet_records(data: bytes, con: duckdb.DuckDBPyConnection) -> pa.Table:
 
 
 def file_blocks(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyConnection, stage: Path,
-                digest: hashlib._Hash) -> Iterator[pa.Table]:
-    """The records of ``file`` block by block (``line_no``, ``line``, ``ok``); ``digest`` is
-    updated with its raw bytes as they are read. Raises :class:`UnreadableFile`."""
+                digest: hashlib._Hash, known: set[str]) -> Iterator[pa.Table]:
+    """The records of ``file`` block by block (``line_no``, ``line``, ``ok``; JSON Lines also
+    ``new``: see :func:`_json_blocks`, against ``known``); ``digest`` is updated with its raw bytes
+    as they are read. Raises :class:`UnreadableFile`."""
     data = _raw_blocks(selection, file, digest)
     if file.path.endswith(".gz"):
         data = _gunzipped(data)
     landing = selection.contract.landing
     assert landing is not None
     if landing.format is LandingFormat.JSON:
-        yield from _json_blocks(data, con)
+        yield from _json_blocks(data, con, known)
     elif landing.format is LandingFormat.CSV:
         yield _csv_lines(b"".join(data), stage)
     else:
@@ -444,22 +480,29 @@ def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con
     reads: list[FileRead] = []
     keys: list[pl.DataFrame] = []
     evolving = contract.landing is not None and contract.landing.evolution is not Evolution.NONE
+    known = schema.names()  # grows as fields are added: the next block's query sees them
     for file in selection.files:
         read = FileRead(file)
         reads.append(read)
         digest = hashlib.sha256()
         try:
-            for block in file_blocks(selection, file, con, stage, digest):
-                ok = block.column("ok")
-                bad = block.filter(pc.invert(ok))
-                read.bad += zip(bad.column("line_no").to_pylist(), bad.column("line").to_pylist(),
-                                strict=True)
-                good = block.filter(ok).select(["line_no", "line"])
+            for block in file_blocks(selection, file, con, stage, digest, known):
+                ok = block.column("ok").combine_chunks()
+                good = block
+                if ok.false_count:
+                    bad = block.filter(pc.invert(ok))
+                    read.bad += zip(bad.column("line_no").to_pylist(), bad.column("line").to_pylist(),
+                                    strict=True)
+                    good = block.filter(ok)
                 if not good.num_rows:
                     continue
-                plan = schema.plan(file.uri, _fields(good, con), ctx.batch_id) if evolving else None
+                fields = _fields(good, con) if "new" not in good.column_names else \
+                    set(pc.list_flatten(good.column("new")).unique().to_pylist())
+                good = good.select(["line_no", "line"])
+                plan = schema.plan(file.uri, fields, ctx.batch_id) if evolving else None
                 if plan is not None:
                     schema.added += [_infer(contract, c, good, con) for c in plan.added]
+                    known |= set(plan.added)
                 typed = _typed_block(good, schema, plan.rescued if plan else [], file.uri, con)
                 read.records += typed.num_rows
                 if pk:
