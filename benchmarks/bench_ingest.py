@@ -23,9 +23,10 @@ snapshot partition):
   schema, ``write_disposition="merge"`` (upsert) on the contracts' primary keys, into Delta tables
   on the local filesystem: a reference for what a generic tool costs (needs ``pip install -e
   '.[bench]'``; skipped otherwise).
-Each phase runs in a child process so its peak RSS is its own (plus that of the Great
-Expectations worker process in the phases with checks); times exclude interpreter
-start-up and imports. Dagster materializes a
+Each phase runs in a child process so its peak RSS is its own; in the phases with checks the
+peak (reset when the phase starts) and the CPU of the GX validation service, which the first phase
+with checks starts and the later ones find running, are added. ``seconds`` excludes interpreter
+start-up and imports; ``cpu s`` is user + system CPU with them. Dagster materializes a
 partition range in one run but records one materialization event per partition; the
 ``data s`` column is the part spent reading, enriching and merging (sum over assets). ``files``
 is the number of data files (``add`` actions) in all ``bz_*`` Delta tables after the phase (for
@@ -64,19 +65,14 @@ LABELS = {  # JSON phase name -> row label of the printed table
 
 
 def _rss_mb() -> float:
-    """Peak RSS of the phase: its process plus, in the phases with checks, the Great Expectations
-    worker process (its own peak, read before it stops). The sum of the two peaks: an upper bound.
+    """Peak RSS of the phase's process (the GX validation service's is added by :func:`bench`).
     (Not ``RUSAGE_CHILDREN``: a child spawned by vfork + exec is charged the parent's peak.)"""
-    from bronze_assets.lib.quality import worker
-
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + (worker.peak_rss_bytes() or 0)
-    worker.shutdown()
-    return own / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cpu_seconds() -> float:
     """User + system CPU of the phase's process (imports included) and of the children it waited
-    for (the GX worker, psql): CPU time, unlike wall time, hardly moves when others share the cores."""
+    for (psql): CPU time, unlike wall time, hardly moves when others share the cores."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -445,6 +441,26 @@ def rewritten(root: Path, before: dict[str, int]) -> dict[str, dict[str, Any]]:
 
 
 @contextmanager
+def validation_service(settings: Any, checks: bool) -> Iterator[dict[str, float]]:
+    """The GX validation service's peak RSS and CPU over a phase with checks (the service outlives
+    the phase: started by the first phase with checks, warm for the next ones): its peak is reset
+    when the phase starts (``clear_refs``), its CPU read before and after."""
+    from bronze_assets.lib.quality import worker
+
+    figures = {"rss_mb": 0.0, "cpu_seconds": 0.0}
+    before = worker.service_pid(settings) if checks else None
+    if before is not None:
+        worker.reset_peak(before)
+    cpu_before = worker.cpu_seconds(before) if before is not None else None
+    yield figures
+    pid = worker.service_pid(settings) if checks else None
+    if pid is not None:
+        figures["rss_mb"] = (worker.peak_rss_bytes(pid) or 0) / 2**20
+        since = (cpu_before or 0.0) if pid == before else 0.0
+        figures["cpu_seconds"] = (worker.cpu_seconds(pid) or 0.0) - since
+
+
+@contextmanager
 def scratch_source(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
     """A temporary folder with its own embedded PostgreSQL (``<tmp>/data/pgdata``), and the
     environment the phases run in (go-live today: one snapshot partition). This process keeps
@@ -465,6 +481,9 @@ def scratch_source(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def bench(scale: float) -> dict[str, dict[str, Any]]:
+    from bronze_assets.lib.quality import worker
+    from bronze_assets.settings import Settings
+
     with scratch_source("bench-ingest-") as (tmp, env):
         root, checks_root = Path(tmp) / "bronze", Path(tmp) / "bronze_checks"
         env = env | {"BRONZE_ROOT": str(root)}
@@ -472,21 +491,28 @@ def bench(scale: float) -> dict[str, dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
 
         def phase(label: str, name: str, *args: str, where: Path = root, prefix: str = "bz_",
-                  phase_env: dict | None = None) -> None:
+                  phase_env: dict | None = None, checks: bool = False) -> None:
             cpu = pg_cpu_seconds(pgdata)
-            results[label] = run_phase(name, phase_env or env, *args)
+            with validation_service(settings, checks) as gx:
+                results[label] = run_phase(name, phase_env or env, *args)
             after = pg_cpu_seconds(pgdata)
             results[label]["pg_cpu_seconds"] = None if cpu is None or after is None else after - cpu
+            if checks:  # the service's share: counted in the phase's peak and CPU
+                results[label] |= {"gx_service_rss_mb": gx["rss_mb"],
+                                   "gx_service_cpu_seconds": gx["cpu_seconds"],
+                                   "rss_mb": results[label]["rss_mb"] + gx["rss_mb"],
+                                   "cpu_seconds": results[label]["cpu_seconds"] + gx["cpu_seconds"]}
             results[label]["files"] = count_files(where, prefix)
             print(f"  scale {scale:g} {label}: {results[label]['wall']:.1f} s "
                   f"(run at {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
+        settings = Settings.from_env(env)
         started = time.perf_counter()
         seeded = run_phase("seed", env, "--scale", str(scale))
         phase("copy", "copy")
         phase("initial", "load")
         phase("initial_checks", "load_checks", where=checks_root,
-              phase_env=env | {"BRONZE_ROOT": str(checks_root)})
+              phase_env=env | {"BRONZE_ROOT": str(checks_root)}, checks=True)
         phase("unchanged", "load")
         run_phase("change", env)
         phase("changed_1pct", "load")
@@ -497,13 +523,14 @@ def bench(scale: float) -> dict[str, dict[str, Any]]:
             changes = run_phase("tick", env, "--variant", variant, "--tick", str(tick),
                                 "--state", str(state))
             before = table_versions(root)
-            phase(label, "hourly", *(["--checks"] if checks else []))
+            phase(label, "hourly", *(["--checks"] if checks else []), checks=checks)
             results[label]["changes"] = changes["changes"]
             results[label]["rewritten"] = rewritten(root, before)
             results[label]["verify"] = run_phase("verify", env, "--state", str(state))
         dlt_out = Path(tmp) / "dlt"
         phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
               prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
+        worker.stop_service(settings)
     report(scale, seeded["rows"], results, time.perf_counter() - started)
     return results
 
@@ -549,7 +576,8 @@ def json_figures(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
             continue
         out[name] = {"seconds": round(r["wall"], 3), "peak_rss_mb": round(r["rss_mb"], 1),
                      "files": r["files"]}
-        for key in ("cpu_seconds", "rows", "data_seconds", "written", "pg_cpu_seconds", "checks",
+        for key in ("cpu_seconds", "gx_service_rss_mb", "gx_service_cpu_seconds", "rows", "data_seconds",
+                    "written", "pg_cpu_seconds", "checks",
                     "failed_checks", "changes", "rewritten"):
             if key in r:
                 out[name][key] = r[key]
@@ -593,7 +621,7 @@ def main() -> None:
             result = phase_dlt(args.out)
         else:
             result = PHASES[args.phase]()
-        result["rss_mb"] = _rss_mb()  # stops the GX worker, whose CPU is then counted
+        result["rss_mb"] = _rss_mb()
         result["cpu_seconds"] = _cpu_seconds()
         print(json.dumps(result, default=str))
         return

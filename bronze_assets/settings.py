@@ -46,6 +46,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_SPARK_MASTER", "local[N], N = CPU count", "Spark master of the spark engine"),
     Variable("BRONZE_SPARK_JARS_DIR", "~/.cache/bronze_assets/spark-jars", "jars of the Spark engine"),
     Variable("BRONZE_STAGE_DIR", "system temp dir", "where extracted batches are staged"),
+    Variable("BRONZE_GX_SERVICE_DIR", "<system temp dir>/bronze-gx-<uid>",
+             "private folder (0700) of the GX validation service's socket"),
+    Variable("BRONZE_GX_SERVICE_IDLE_SECONDS", "4500",
+             "the GX validation service ends after this many seconds unused"),
     Variable("BRONZE_SCHEDULES_RUNNING", "unset (stopped)", "1 ships the schedules running"),
     Variable("BRONZE_SENSORS_RUNNING", "unset (stopped)",
              "1 ships the KPI alert and landing-file sensors running"),
@@ -167,6 +171,7 @@ DEFAULT_CDC_TARGET_FILE_MB = 4
 DEFAULT_RETENTION_YEARS = 7
 DEFAULT_COST_PER_HOUR = 0.55  # USD per compute hour (a small Databricks job cluster, DBU + VM)
 DEFAULT_SECRET_SCOPE = "bronze"
+DEFAULT_GX_SERVICE_IDLE_SECONDS = 4500  # outlives an hourly schedule's gap: each tick finds it warm
 ALERT_VARIABLES = tuple(v.name for v in VARIABLES if v.name.startswith(("BRONZE_SMTP_", "BRONZE_ALERT_")))
 JARS_SUBDIR = Path("bronze_assets", "spark-jars")
 _OFF = {"0", "off", "false", "no"}
@@ -226,6 +231,9 @@ class Settings:
     landing_root: str = field(default_factory=lambda: str(Path("data", "landing").absolute()))
     extract_parallelism: int = field(default_factory=default_parallelism)
     stage_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    gx_service_dir: Path = field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / f"bronze-gx-{os.getuid()}")
+    gx_service_idle_seconds: int = DEFAULT_GX_SERVICE_IDLE_SECONDS
     commit_chunk_rows: int = DEFAULT_COMMIT_CHUNK_ROWS
     target_file_bytes: int = DEFAULT_TARGET_FILE_MB * 1024 * 1024
     cdc_target_file_bytes: int = DEFAULT_CDC_TARGET_FILE_MB * 1024 * 1024
@@ -283,6 +291,9 @@ class Settings:
             else str(data / "landing"),
             extract_parallelism=int(parallelism),
             stage_dir=read.path("BRONZE_STAGE_DIR") or defaults.stage_dir,
+            gx_service_dir=read.path("BRONZE_GX_SERVICE_DIR") or defaults.gx_service_dir,
+            gx_service_idle_seconds=int(read.number("BRONZE_GX_SERVICE_IDLE_SECONDS",
+                                                    DEFAULT_GX_SERVICE_IDLE_SECONDS)),
             commit_chunk_rows=int(read.number("BRONZE_COMMIT_CHUNK_ROWS", DEFAULT_COMMIT_CHUNK_ROWS)),
             target_file_bytes=int(read.number("BRONZE_TARGET_FILE_MB", DEFAULT_TARGET_FILE_MB)) * 1024 * 1024,
             cdc_target_file_bytes=int(read.number("BRONZE_CDC_TARGET_FILE_MB", DEFAULT_CDC_TARGET_FILE_MB))

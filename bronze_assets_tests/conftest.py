@@ -31,6 +31,8 @@ TEST_SPARK_SUBMIT_ARGS = (
     '--conf "spark.driver.defaultJavaOptions=-XX:TieredStopAtLevel=1 -XX:+UseSerialGC" '
     "--conf spark.databricks.delta.snapshotPartitions=2 pyspark-shell")
 os.environ.setdefault("PYSPARK_SUBMIT_ARGS", TEST_SPARK_SUBMIT_ARGS)
+# the GX validation service the checks start ends a minute after the suite's last check, not 75
+os.environ.setdefault("BRONZE_GX_SERVICE_IDLE_SECONDS", "60")
 
 
 @pytest.hookimpl(trylast=True)

@@ -6,6 +6,11 @@ import json
 import os
 import re
 import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from bronze_assets.lib.enrich.score import score_expr
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.quality.rules import rules
 from bronze_assets.lib.quality.validate import SuiteRunner, suite_runner
+from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import Bronze, spec_hash_sql
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
@@ -397,16 +403,35 @@ def _staged_file(name: str, rows: int, tmp_path: Path) -> Path:
     return path
 
 
-def test_worker_process_reports_what_an_in_process_runner_reports(tmp_path: Path) -> None:
-    """GX validates the staged file in its own process (off the load's GIL): the same counts,
-    failing keys and a Data Docs page as a runner in this process."""
+def _service_settings(idle_seconds: int = 60) -> Settings:
+    """Settings naming a service folder of the test's own (short: a socket path has ≤ 107 bytes),
+    so the service it starts (and maybe kills) is not the one the other tests share."""
+    folder = Path(tempfile.mkdtemp(prefix="gx-")) / "service"
+    return Settings.from_env({"BRONZE_GX_SERVICE_DIR": str(folder),
+                              "BRONZE_GX_SERVICE_IDLE_SECONDS": str(idle_seconds)})
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_the_validation_service_reports_what_an_in_process_runner_reports(tmp_path: Path) -> None:
+    """GX validates the staged file in the shared validation service (off the load's GIL): the
+    same counts, failing keys and a Data Docs page as a runner in this process."""
     from bronze_assets.lib.quality import worker
 
     contract, day = CONTRACTS["orders"], AS_OF.date()
+    settings = Settings.from_env()
     path = _staged_file("orders", 3000, tmp_path)
     try:
-        worker.warm(contract, day, tmp_path / "docs")
-        remote = worker.report(worker.validate_staged(contract, day, tmp_path / "docs", path), "bz_orders")
+        worker.warm(settings, contract, day, tmp_path / "docs")
+        remote = worker.report(worker.validate_staged(settings, contract, day, tmp_path / "docs", path),
+                               "bz_orders")
         local = SuiteRunner(contract, day).validate_batches(_generated("orders", 3000))
     finally:
         path.unlink()
@@ -415,27 +440,87 @@ def test_worker_process_reports_what_an_in_process_runner_reports(tmp_path: Path
     assert sum(remote.gx_counts.values()) > 0, "the generated defects are found"
     assert remote.failing_keys == local.failing_keys
     assert remote.docs_url is not None and Path(remote.docs_url.removeprefix("file://")).is_file()
-    assert worker._worker is not None and worker._worker.process.pid != os.getpid()
-    assert (worker.peak_rss_bytes() or 0) > 50 * 2**20, "GX and pandas are resident in the worker"
+    assert worker.service_pid() not in (None, os.getpid())
+    assert (worker.peak_rss_bytes() or 0) > 50 * 2**20, "GX and pandas are resident in the service"
 
 
-def test_a_killed_worker_fails_the_check_naming_the_table_and_the_next_check_recovers(tmp_path: Path) -> None:
+def test_runs_share_one_service_in_a_private_folder_and_it_ends_when_unused(tmp_path: Path) -> None:
+    """A second process (another run) is served by the service the first one started; the
+    socket's folder is 0700 and the socket 0600; the service ends once unused for its idle time."""
+    from bronze_assets.lib.quality import service, worker
+
+    settings = _service_settings(idle_seconds=2)
+    contract, day = CONTRACTS["warehouses"], AS_OF.date()
+    worker.shutdown()
+    try:
+        worker.warm(settings, contract, day, None).result(timeout=120)
+        pid = worker.service_pid()
+        other = subprocess.run(
+            [sys.executable, "-c",
+             "from datetime import date; from bronze_assets.contracts import CONTRACTS; "
+             "from bronze_assets.lib.quality import worker; from bronze_assets.settings import Settings; "
+             f"worker.warm(Settings.from_env(), CONTRACTS['warehouses'], date({day.year}, {day.month}, "
+             f"{day.day}), None).result(timeout=120); print(worker.service_pid())"],
+            env=os.environ | {"BRONZE_GX_SERVICE_DIR": str(settings.gx_service_dir),
+                              "BRONZE_GX_SERVICE_IDLE_SECONDS": "2"},
+            capture_output=True, text=True, check=True)
+        assert int(other.stdout.split()[-1]) == pid, "the second run used the running service"
+        sock = service.socket_path(settings.gx_service_dir)
+        assert stat.S_IMODE(settings.gx_service_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_ISSOCK(sock.stat().st_mode)
+    finally:
+        worker.shutdown()
+    assert pid is not None and _gone(pid, 30), "the service ended once nobody used it"
+    assert not sock.exists()
+
+
+def test_a_service_folder_others_can_open_is_refused(tmp_path: Path) -> None:
+    from bronze_assets.lib.quality import service
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(service.ServiceDirError, match=r"mode 0700.*BRONZE_GX_SERVICE_DIR"):
+        service.socket_path(shared)
+
+
+def test_the_service_is_named_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code of another version (a deploy, an edited module) gets a service of its own."""
+    from bronze_assets.lib.quality import service
+
+    package = tmp_path / "bronze_assets"
+    package.mkdir()
+    module = package / "x.py"
+    module.write_text("A = 1\n")
+    monkeypatch.setattr(service, "PACKAGE_ROOT", tmp_path)
+    before = service.fingerprint()
+    assert service.fingerprint() == before
+    module.write_text("A = 22\n")
+    assert service.fingerprint() != before
+
+
+def test_a_killed_service_fails_the_check_naming_the_table_and_the_next_one_recovers(tmp_path: Path) -> None:
     from bronze_assets.lib.quality import worker
 
+    settings = _service_settings()
     contract, day = CONTRACTS["warehouses"], AS_OF.date()
     path = _staged_file("warehouses", 200, tmp_path)
+    worker.shutdown()
     try:
-        worker.warm(contract, day, None).result(timeout=120)
-        process = worker._worker.process
-        os.kill(process.pid, signal.SIGSTOP)  # the request below cannot be answered before the kill
-        pending = worker.validate_staged(contract, day, None, path)
-        process.kill()
-        with pytest.raises(worker.QualityWorkerError, match="bz_warehouses: the GX worker process ended"):
+        worker.warm(settings, contract, day, None).result(timeout=120)
+        pid = worker.service_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # the request below cannot be answered before the kill
+        pending = worker.validate_staged(settings, contract, day, None, path)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(worker.QualityWorkerError,
+                           match=r"bz_warehouses: the GX validation service .* ended before it answered"):
             worker.report(pending, "bz_warehouses")
-        again = worker.report(worker.validate_staged(contract, day, None, path), "bz_warehouses")
+        again = worker.report(worker.validate_staged(settings, contract, day, None, path), "bz_warehouses")
+        assert again.rows == 200 and worker.service_pid() not in (None, pid)
     finally:
         path.unlink()
-    assert again.rows == 200 and worker._worker.process.pid != process.pid
+        worker.stop_service(settings)
 
 
 def test_a_failing_validation_raises_in_the_caller(tmp_path: Path) -> None:
@@ -443,5 +528,5 @@ def test_a_failing_validation_raises_in_the_caller(tmp_path: Path) -> None:
 
     missing = tmp_path / "gone.arrow"
     with pytest.raises(FileNotFoundError):
-        worker.report(worker.validate_staged(CONTRACTS["warehouses"], AS_OF.date(), None, missing),
-                      "bz_warehouses")
+        worker.report(worker.validate_staged(Settings.from_env(), CONTRACTS["warehouses"], AS_OF.date(), None,
+                                             missing), "bz_warehouses")

@@ -94,7 +94,8 @@ class LocalEngine:
         self.storage = storage
 
     def warm_quality(self, contract: Contract) -> None:
-        worker.warm(contract, datetime.now(UTC).date(), docs_dir(contract, self.storage.settings.data_dir))
+        settings = self.storage.settings
+        worker.warm(settings, contract, datetime.now(UTC).date(), docs_dir(contract, settings.data_dir))
 
     def stage(self, request: LoadRequest, selection: Selection, commits: CommitLog) -> StagedBatch:
         if isinstance(selection, FileSelection):  # landing-zone files (ARCHITECTURE §2.6)
@@ -105,7 +106,7 @@ class LocalEngine:
     def start_quality(self, staged: Staged) -> Future[QualityReport]:
         assert isinstance(staged, StagedBatch)
         docs = docs_dir(staged.contract, self.storage.settings.data_dir)
-        return worker.validate_staged(staged.contract, staged.ctx.load_date, docs,
+        return worker.validate_staged(self.storage.settings, staged.contract, staged.ctx.load_date, docs,
                                       staged.path)
 
     def quality_report(self, staged: Staged, pending: Future[QualityReport]) -> QualityReport:

@@ -1,39 +1,42 @@
-"""Great Expectations in a worker process of its own, beside the load.
+"""Great Expectations off the load's process: the client of the validation service.
 
-Importing GX and building a suite costs seconds of pure-Python work per process. On a thread of
-the load's process that work holds the GIL and stalls the load; in a worker process it runs on
-another core while the load reads the source and MERGEs. The worker is a child of the process
-that runs the checks (one per Dagster run or step process), started on first use as a
-fresh interpreter running :func:`serve` (not ``multiprocessing``: a spawned child would re-run
-the caller's ``__main__`` script); it ends when its parent closes the pipe or exits. It
-validates the staged Arrow IPC file in place, so no rows cross between the processes.
+Importing GX and building a suite costs seconds of pure-Python work. On a thread of the load's
+process that work would hold the GIL and stall the load; in the long-lived validation service
+(:mod:`bronze_assets.lib.quality.service`, shared by every run of this installation) it is paid
+once, not once per run. Each process keeps one connection to the service (opened on first use,
+starting the service when none is listening); the service validates the staged Arrow IPC file
+in place, so no rows cross between the processes.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import pickle
 import signal
-import subprocess
-import sys
+import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import date
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.staging import staged_reader
+from bronze_assets.lib.quality import service
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
+from bronze_assets.settings import Settings
 
-STOP_TIMEOUT_SECONDS = 10
+START_TIMEOUT_SECONDS = 60
+RESPAWN_SECONDS = 5  # a service that holds the socket's lock but does not answer: start another
 
 
 class QualityWorkerError(RuntimeError):
-    """The worker process ended (killed, out of memory) before it answered."""
+    """The validation service ended (killed, out of memory) before it answered."""
 
 
 def _build(contract: Contract, load_date: date, docs_dir: Path | None) -> None:
@@ -44,40 +47,43 @@ def _validate(contract: Contract, load_date: date, docs_dir: Path | None, path: 
     return suite_runner(contract, load_date, docs_dir).validate_batches(staged_reader(path))
 
 
-_TASKS: dict[str, Callable[..., Any]] = {"build": _build, "validate": _validate}
+TASKS: dict[str, Callable[..., Any]] = {"build": _build, "validate": _validate}
 
 
-class _Worker:
-    """One child process answering pickled requests in order, and the futures awaiting them."""
+class _Connection:
+    """This process's connection to the service, and the futures awaiting its answers."""
 
-    def __init__(self) -> None:
-        package_root = str(Path(__file__).resolve().parents[3])  # importable even when not installed
-        boot = f"import sys; sys.path.insert(0, {package_root!r}); from {__name__} import serve; serve()"
-        self.process = subprocess.Popen([sys.executable, "-c", boot],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    def __init__(self, conn: socket.socket, sock: Path) -> None:
+        self.conn, self.sock = conn, sock
+        self.pid = _service_pid(sock)
+        self.requests, self.answers = conn.makefile("wb"), conn.makefile("rb")
         self.pending: dict[int, Future] = {}
         self.ids = itertools.count()
         self.lock = threading.Lock()
-        self.reader = threading.Thread(target=self._read_answers, name="gx-worker-answers", daemon=True)
+        self.closed = False
+        self.reader = threading.Thread(target=self._read_answers, name="gx-service-answers", daemon=True)
         self.reader.start()
 
     def submit(self, task: str, *args: Any) -> Future:
         future: Future = Future()
         with self.lock:
-            if self.process.poll() is not None:
-                raise QualityWorkerError(f"the GX worker process has ended (exit {self.process.returncode})")
+            if self.closed:
+                raise QualityWorkerError("the GX validation service has ended")
             request_id = next(self.ids)
             self.pending[request_id] = future
-            assert self.process.stdin is not None
-            pickle.dump((request_id, task, args), self.process.stdin)
-            self.process.stdin.flush()
+            try:
+                pickle.dump((request_id, task, args), self.requests)
+                self.requests.flush()
+            except OSError:
+                self.pending.pop(request_id)
+                self.closed = True
+                raise QualityWorkerError("the GX validation service has ended") from None
         return future
 
     def _read_answers(self) -> None:
-        assert self.process.stdout is not None
         while True:
             try:
-                request_id, ok, value = pickle.load(self.process.stdout)
+                request_id, ok, value = pickle.load(self.answers)
             except (EOFError, OSError, pickle.UnpicklingError):
                 break
             with self.lock:
@@ -86,71 +92,107 @@ class _Worker:
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        code = self.process.wait()
         with self.lock:
+            self.closed = True
             orphans, self.pending = list(self.pending.values()), {}
         for future in orphans:
             future.set_exception(QualityWorkerError(
-                f"the GX worker process ended (exit {code}) before it answered"))
+                f"the GX validation service (pid {self.pid}) ended before it answered"))
 
     @property
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return not self.closed
 
-    def stop(self, wait: bool = True) -> None:
-        """Close the request pipe (the worker finishes what it has, then exits) and wait; or,
-        without ``wait``, end it now (nobody is left to read its answers)."""
-        if self.process.stdin is not None and not self.process.stdin.closed:
-            self.process.stdin.close()
-        if not wait:
-            self.process.terminate()
+    def close(self) -> None:
+        """Hang up (the service finishes what it has in hand and drops the answer)."""
+        with self.lock:
+            self.closed = True
+        with contextlib.suppress(OSError):  # first: the reader, blocked in a read, sees the end
+            self.conn.shutdown(socket.SHUT_RDWR)
+        self.reader.join(timeout=10)
+        for stream in (self.requests, self.answers):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self.conn.close()
+
+
+def _service_pid(sock: Path) -> int | None:
+    try:
+        return int(sock.with_suffix(".pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _connect(settings: Settings) -> _Connection:
+    """A connection to this installation's service, started when none is listening."""
+    sock = service.socket_path(settings.gx_service_dir)
+    deadline, spawned = time.monotonic() + START_TIMEOUT_SECONDS, None
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.reader.join(timeout=STOP_TIMEOUT_SECONDS)
+            conn.connect(str(sock))
+            return _Connection(conn, sock)
+        except (FileNotFoundError, ConnectionRefusedError):
+            conn.close()
+        now = time.monotonic()
+        if now > deadline:
+            raise QualityWorkerError(f"the GX validation service did not start within "
+                                     f"{START_TIMEOUT_SECONDS} s (its log: {sock.with_suffix('.log')})")
+        if spawned is None or now - spawned > RESPAWN_SECONDS:
+            service.spawn(sock, settings.gx_service_idle_seconds)
+            spawned = now
+        time.sleep(0.02)
 
 
-_worker: _Worker | None = None
+_worker: _Connection | None = None
 _worker_lock = threading.Lock()
 
 
-def _submit(task: str, *args: Any) -> Future:
+def _submit(settings: Settings, task: str, *args: Any) -> Future:
     global _worker
     with _worker_lock:
-        if _worker is None or not _worker.alive:  # first use, or an earlier worker died
-            _worker = _Worker()
-        worker = _worker
-    return worker.submit(task, *args)
+        if _worker is None or not _worker.alive:  # first use, or the service ended
+            _worker = _connect(settings)
+        connection = _worker
+    return connection.submit(task, *args)
 
 
-def warm(contract: Contract, load_date: date, docs_dir: Path | None) -> Future[None]:
-    """Start importing GX and building ``contract``'s suite in the worker; returns at once."""
-    return _submit("build", contract, load_date, docs_dir)
+def warm(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None) -> Future[None]:
+    """Have the service import GX and build ``contract``'s suite (if it has not yet); returns at once."""
+    return _submit(settings, "build", contract, load_date, docs_dir)
 
 
-def validate_staged(contract: Contract, load_date: date, docs_dir: Path | None, path: Path
-                    ) -> Future[QualityReport]:
-    """Validate the staged file at ``path`` in the worker; the file must outlive the future."""
-    return _submit("validate", contract, load_date, docs_dir, path)
+def validate_staged(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None,
+                    path: Path) -> Future[QualityReport]:
+    """Validate the staged file at ``path`` in the service; the file must outlive the future."""
+    return _submit(settings, "validate", contract, load_date, docs_dir, path)
 
 
 def report(future: Future[QualityReport], table: str) -> QualityReport:
-    """The worker's answer, or an error naming the table when the worker died."""
+    """The service's answer, or an error naming the table when the service died."""
     try:
         return future.result()
     except QualityWorkerError as exc:
         raise QualityWorkerError(f"{table}: {exc} (killed or out of memory?); re-run the check") from None
 
 
-def peak_rss_bytes() -> int | None:
-    """The running worker's peak resident memory (``VmHWM`` of its process), or ``None``."""
-    worker = _worker
-    if worker is None or not worker.alive:
+def service_pid(settings: Settings | None = None) -> int | None:
+    """The pid of the service this process is connected to; with ``settings``, of the service
+    of this installation that is running (connected or not); ``None`` if there is none."""
+    if settings is None:
+        worker = _worker
+        return worker.pid if worker is not None and worker.alive else None
+    pid = _service_pid(service.socket_path(settings.gx_service_dir))
+    return pid if pid is not None and Path(f"/proc/{pid}").exists() else None
+
+
+def peak_rss_bytes(pid: int | None = None) -> int | None:
+    """Peak resident memory (``VmHWM``) of the service ``pid`` (default: the connected one)."""
+    pid = pid or service_pid()
+    if pid is None:
         return None
     try:
-        status = Path(f"/proc/{worker.process.pid}/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:  # not Linux, or it just ended
         return None
     for line in status.splitlines():
@@ -159,47 +201,49 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
+def reset_peak(pid: int) -> None:
+    """Restart the ``VmHWM`` of the service ``pid`` from its current size (Linux), so that a
+    benchmark's phase measures its own peak."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU the service ``pid`` has used since it started, or ``None``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def shutdown(wait: bool = True) -> None:
-    """Stop the worker, waiting for what it has in hand unless not ``wait`` (the next check starts
-    a new one)."""
+    """Close this process's connection; the service stays for the next run. ``wait`` is kept for
+    callers that stop at exit (the service finishes in-hand work either way)."""
     global _worker
     with _worker_lock:
         worker, _worker = _worker, None
     if worker is not None:
-        worker.stop(wait)
+        worker.close()
 
 
-# at exit every answer anyone waits for has arrived: a worker still busy (a failed or interrupted
-# step's warm-up or validation) is ended rather than waited for
+def stop_service(settings: Settings) -> bool:
+    """End this installation's service now (e.g. after a benchmark); ``False`` if none ran."""
+    shutdown()
+    sock = service.socket_path(settings.gx_service_dir)
+    pid = _service_pid(sock)
+    if pid is None:
+        return False
+    try:
+        if "quality.service" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return False  # the pid was reused
+    except OSError:
+        pass
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 atexit.register(shutdown, wait=False)
-
-
-def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
-    """The worker's loop: one request at a time until the parent closes the pipe."""
-    while True:
-        try:
-            request_id, task, args = pickle.load(requests)
-        except EOFError:
-            return
-        try:
-            answer = (request_id, True, _TASKS[task](*args))
-        except Exception as exc:  # sent back to the caller, which raises it
-            answer = (request_id, False, exc)
-        try:
-            payload = pickle.dumps(answer)
-        except Exception:  # an exception that does not pickle: its text
-            error = RuntimeError(f"{type(answer[2]).__name__}: {answer[2]}")
-            payload = pickle.dumps((request_id, False, error))
-        answers.write(payload)
-        answers.flush()
-
-
-def serve() -> None:
-    """The worker process's entry point: requests on stdin, answers on the original stdout.
-
-    A Ctrl-C in the terminal reaches every process of its process group: the worker ignores it,
-    and its parent, which the user interrupted, decides (the parent's exit closes the pipe)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    answers_fd = os.dup(1)
-    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
-    _serve(sys.stdin.buffer, os.fdopen(answers_fd, "wb"))
