@@ -1,6 +1,7 @@
 """The Spark engine of the load lifecycle: JDBC read → Spark SQL enrichment → delta-spark MERGE
-(:class:`~bronze_assets.lib.spark.load.SparkLoader`), the GX suite on the driver over the staged
-rows while the MERGE runs."""
+(:class:`~bronze_assets.lib.spark.load.SparkLoader`); landing-zone files through Spark's readers
+(:mod:`bronze_assets.lib.spark.landing`); the GX suite on the driver over the staged rows while
+the MERGE runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.load.engine import Staged
+from bronze_assets.lib.load.landing_source import FileSelection
 from bronze_assets.lib.load.source import Selection, table_selection
 from bronze_assets.lib.quality.checks import docs_dir
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
@@ -33,6 +35,10 @@ class SparkEngine:
         """Nothing to warm: the suite is built on the driver when the staged rows are validated."""
 
     def stage(self, request: LoadRequest, selection: Selection, commits: CommitLog) -> SparkStaged:
+        if isinstance(selection, FileSelection):  # landing-zone files (ARCHITECTURE §2.6)
+            from bronze_assets.lib.spark.landing import stage_landing
+
+            return stage_landing(self.loader, selection, commits)
         return self.loader.stage(request.contract, table_selection(selection, self.name), commits=commits)
 
     def start_quality(self, staged: Staged) -> Future[QualityReport]:

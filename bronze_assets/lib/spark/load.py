@@ -52,7 +52,7 @@ from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.staging import score_sum, stage_dir
 from bronze_assets.lib.delta.storage import StorageLike, as_storage, open_table
 from bronze_assets.lib.delta.writers import S3_SCHEMES, SPARK, check_target
-from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext
+from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, BatchContext, bronze_schema
 from bronze_assets.lib.governance.pii import pii_protection
 from bronze_assets.lib.load import (
     DEFAULT_OVERLAP,
@@ -116,12 +116,12 @@ class SparkStaged:
 
     contract: Contract
     ctx: BatchContext
-    plan: LoadWindow
+    plan: LoadWindow | None  # None: not a window of a database table (landing files)
     folder: Path
     sweep: bool  # the source's key set was staged beside the rows (to find deletes)
     score_histogram: np.ndarray
     unreadable_records: int
-    schema_drift: SchemaDrift
+    schema_drift: SchemaDrift | None
     watermark: datetime | None
     meta: dict[str, str]  # the commit's bronze metadata
     extract_seconds: float
@@ -130,6 +130,8 @@ class SparkStaged:
     committed: bool | None = None
     pii: PiiHook | None = None  # protects the PII columns as the rows are written (as on the local engine)
     commits: CommitLog | None = None  # the table's commit log read when staging (the MERGE reuses it)
+    label: str | None = None  # what was read, when ``plan`` is None (e.g. "3 landing file(s)")
+    deletes: bool = True  # a key the source no longer has is soft-deleted (never for landing files)
 
     @property
     def rows(self) -> int:
@@ -141,7 +143,7 @@ class SparkStaged:
 
     @property
     def window(self) -> str:
-        return describe_window(self.plan)
+        return describe_window(self.plan) if self.plan is not None else str(self.label)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -317,17 +319,19 @@ class SparkLoader:
         rows_frame = self.spark.read.parquet(str(staged.rows_path))
         keys = self.spark.read.parquet(str(staged.folder / "keys")) if staged.sweep \
             else rows_frame.select(*contract.merge_key)
-        if window.keys is not None:  # the changed keys the source no longer has
-            named = self.spark.createDataFrame([(k,) for k in window.keys],
+        cdc_keys = window.keys if window is not None else None
+        if cdc_keys is not None:  # the changed keys the source no longer has
+            named = self.spark.createDataFrame([(k,) for k in cdc_keys],
                                                f"`{contract.primary_key[0]}` BIGINT")
             keys = named.join(keys, list(contract.primary_key), "left_anti")
         rows = staged.rows
         result = self._write(contract, self.uri(contract), rows_frame.drop(RESCUED), keys, rows,
-                             staged.meta, staged.ctx, keys_are_gone=window.keys is not None,
-                             commit_always=staged.commit_always, pii=staged.pii, commits=staged.commits)
+                             staged.meta, staged.ctx, keys_are_gone=cdc_keys is not None,
+                             commit_always=staged.commit_always, pii=staged.pii, commits=staged.commits,
+                             deletes=staged.deletes)
         result.merge_seconds = round(time.perf_counter() - merge_started, 3)
         result.avg_quality_score = round(score_sum(staged.score_histogram) / rows, 2) if rows else None
-        return SparkLoadResult(staged.ctx.batch_id, staged.ctx.batch_time, describe_window(window), rows,
+        return SparkLoadResult(staged.ctx.batch_id, staged.ctx.batch_time, staged.window, rows,
                                result, staged.watermark, staged.extract_seconds, staged.unreadable_records,
                                staged.score_histogram, None, staged.schema_drift)
 
@@ -365,10 +369,11 @@ class SparkLoader:
 
     def _write(self, contract: Contract, uri: str, staged: DataFrame, keys: DataFrame, rows: int,
                meta: dict[str, str], ctx: BatchContext, keys_are_gone: bool = False,
-               commit_always: bool = False, pii: PiiHook | None = None, commits: CommitLog | None = None
-               ) -> MergeResult:
+               commit_always: bool = False, pii: PiiHook | None = None, commits: CommitLog | None = None,
+               deletes: bool = True) -> MergeResult:
         """MERGE ``staged``; ``keys`` is the source's key set (keys missing from it become
-        DELETED) or with ``keys_are_gone`` the keys the source no longer has (log-based CDC).
+        DELETED) or with ``keys_are_gone`` the keys the source no longer has (log-based CDC);
+        without ``deletes`` no key is soft-deleted (landing files: absence is not a delete).
         ``commit_always``: commit (the metadata) even when nothing changed. ``pii`` protects the
         PII columns (required when the contract has any: never plaintext by omission). ``commits``:
         the table's commit log read when staging (reused when nothing was committed since)."""
@@ -415,10 +420,12 @@ class SparkLoader:
         plan = staged.select(*pk, "record_hash", *legacy, *([part] if part else [])) \
             .join(current, pk, "left").withColumn(OP, op).drop("record_hash", *legacy, T_HASH, T_STATUS)
         staged = staged.drop(*legacy)
-        vanished = current.filter(F.col(T_STATUS) == ACTIVE).join(keys, pk, "left_semi" if keys_are_gone
-                                                                   else "left_anti") \
-            .select(*pk, *([F.col(T_PART)] if part else []), F.lit(DELETE).alias(OP))
-        plan = plan.unionByName(vanished, allowMissingColumns=True).cache()
+        if deletes:
+            vanished = current.filter(F.col(T_STATUS) == ACTIVE).join(
+                keys, pk, "left_semi" if keys_are_gone else "left_anti") \
+                .select(*pk, *([F.col(T_PART)] if part else []), F.lit(DELETE).alias(OP))
+            plan = plan.unionByName(vanished, allowMissingColumns=True)
+        plan = plan.cache()
         counts = {r[OP]: int(r["count"]) for r in plan.groupBy(OP).count().collect()}
         result = MergeResult(uri, rows, inserted=counts.get(INSERT, 0), updated=counts.get(UPDATE, 0),
                              unchanged=counts.get("=", 0) + counts.get(REHASH, 0),
@@ -496,13 +503,18 @@ class SparkLoader:
         writer.save(uri)
 
     def _merge(self, contract: Contract, table: Any, source: DataFrame) -> None:
+        """The §2.3 MERGE of ``source``; its columns beyond the contract's (a landing table's
+        ``_source_file``, ``_rescued_data`` and added fields) are updated too, and a column the
+        table lacks joins it in the same commit (schema evolution)."""
         pk = contract.merge_key
-        source_cols = contract.column_names
+        known = set(bronze_schema(contract).names) | {OP}
+        extras = [c for c in source.columns if c not in known]
+        source_cols = [*contract.column_names, *extras]
         updates = {c: f"s.{_quoted(c)}" for c in
                    [*source_cols, "record_hash", "data_quality_score", "batch_id", "update_timestamp"]}
         updates["record_status"] = f"'{ACTIVE}'"
         inserts = {c: f"s.{_quoted(c)}" for c in source.columns if c != OP}
-        (
+        merge = (
             table.alias("t")
             .merge(source.alias("s"), " AND ".join(f"t.{_quoted(k)} = s.{_quoted(k)}" for k in pk))
             .whenMatchedUpdate(f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'", updates)
@@ -511,8 +523,10 @@ class SparkLoader:
                                {"record_status": f"'{DELETED}'", "update_timestamp": "s.update_timestamp",
                                 "batch_id": "s.batch_id"})
             .whenNotMatchedInsert(f"s.{OP} = 'I'", inserts)
-            .execute()
         )
+        if set(extras) - set(table.toDF().columns):
+            merge = merge.withSchemaEvolution()
+        merge.execute()
 
     def _commit(self, contract: Contract, target: Any, meta: dict[str, str], write: Any) -> None:
         """Run ``write`` as the load's commit (:func:`~bronze_assets.lib.spark.commit.commit_with`)."""
