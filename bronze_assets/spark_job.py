@@ -28,7 +28,7 @@ from typing import Any
 
 import dagster_pipes as pipes_api
 
-from bronze_assets.contracts import CONTRACTS
+from bronze_assets.contracts import get_contract
 from bronze_assets.lib.delta.outcome import audit_failure
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import Cause, classify
@@ -83,6 +83,8 @@ def job_settings(extras: Mapping[str, Any]) -> Settings:
         overrides |= {"secret_scope": extras["secret_scope"], "secret_scope_set": True}
     if settings.deployment_id is None and extras.get("deployment_id"):
         overrides["deployment_id"] = extras["deployment_id"]
+    if extras.get("landing_root"):  # the orchestrator's landing zone (a remote task has no environment)
+        overrides["landing_root"] = extras["landing_root"]
     return replace(settings, **overrides)
 
 
@@ -94,7 +96,7 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
     from bronze_assets.lib.spark.session import spark_session
 
     extras = pipes.extras
-    contract = CONTRACTS[extras["table"]]
+    contract = get_contract(extras["table"])
     storage = Storage(extras["root"], extras.get("storage_options") or {}, settings)
     request = LoadRequest(contract, _window(extras), bool(extras.get("changes_only")),
                           frozenset(extras.get("checks") or []))
@@ -102,13 +104,18 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
     lifecycle: Lifecycle | None = None
     started = datetime.now(UTC)
     try:
-        dsn = resolve_source_dsn(settings)
+        dsn = "" if contract.landing is not None else resolve_source_dsn(settings)  # files: no database
         # the session starts once the source has been read (a source error starts no JVM)
         session = partial(spark_session, settings, f"bronze {contract.bronze_table}")
         engine = SparkEngine(SparkLoader(session, storage),
                              data_docs=bool(extras.get("docs")))
-        lifecycle = Lifecycle(request, engine, dsn, storage, job_id=pipes.run_id, logger=pipes.log)
-        report = lifecycle.run()
+        if contract.landing is not None and settings.databricks_runtime:  # Auto Loader, batch by batch
+            from bronze_assets.lib.spark.autoloader import run_autoloader
+
+            report = run_autoloader(request, engine, storage, pipes.run_id, pipes.log)
+        else:
+            lifecycle = Lifecycle(request, engine, dsn, storage, job_id=pipes.run_id, logger=pipes.log)
+            report = lifecycle.run()
     except Exception as exc:  # the one failure policy, as on the local engine
         failure = classify(exc, contract.bronze_table, dsn)
         if lifecycle is not None:  # it audited the failure

@@ -111,3 +111,31 @@ def test_live_databricks_workspace(tmp_path: Path) -> None:  # pragma: no cover 
     result = dg.materialize([build_bronze_asset(CONTRACTS["warehouses"])],
                             resources=build_resources(engine=BronzeEngine(engine="databricks")))
     assert result.success
+
+
+def test_databricks_task_lands_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The landing asset on the databricks engine: the task lands the files and reports them. The
+    fake workspace sets no ``DATABRICKS_RUNTIME_VERSION``, so the job takes Spark's plain reader;
+    Auto Loader's stream runs only in a workspace (README, "Landing files on Spark and Databricks")."""
+    from datetime import UTC, datetime
+
+    from bronze_assets_tests.test_landing import EVENTS, drop, event
+
+    volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
+    volume.mkdir(parents=True)
+    pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))
+    monkeypatch.setenv("BRONZE_LANDING_ROOT", str(tmp_path / "landing"))
+    bronze = BronzeStorage(root=str(tmp_path / "bronze"))
+    drop(bronze.storage(), "a.jsonl", [event(1), "{bad", event(2, carrier_code="DHL")])
+    engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL)
+    resources = build_resources(PostgresSource(dsn="postgresql://nobody@localhost:1/unused"), bronze, engine,
+                                pipes)
+    result = dg.materialize([build_bronze_asset(EVENTS)], resources=resources, raise_on_error=False,
+                            partition_key=datetime.now(UTC).date().isoformat())
+    logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("run-*.log"))
+    assert result.success, logs
+    (event_,) = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event_.materialization.metadata.items()}
+    assert meta["engine"] == "spark" and meta["landing_files"] == 1 and meta["rows_inserted"] == 2
+    rows = DeltaTable(str(tmp_path / "bronze" / "bz_shipment_events")).to_pyarrow_table().to_pylist()
+    assert sorted((r["event_id"], r["carrier_code"]) for r in rows) == [(1, None), (2, "DHL")]

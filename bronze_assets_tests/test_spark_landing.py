@@ -191,3 +191,32 @@ def test_csv_and_parquet_files_land_as_on_the_local_engine(spark: Any, tmp_path:
             assert q_spark["file"] == q_local["file"] and q_spark["line"] is None
             assert "Parquet" in q_spark["raw"]
         assert _ledger(local) == _ledger(remote)
+
+
+def test_bronze_engine_tables_routes_the_landing_asset_to_spark(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BRONZE_ENGINE_TABLES=bz_shipment_events=spark``: the asset runs the Spark job through
+    Pipes (no database asked for) and reports the landing metadata and checks."""
+    from datetime import UTC, datetime
+
+    import dagster as dg
+
+    from bronze_assets.defs.assets import build_bronze_asset
+    from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+
+    monkeypatch.setenv("BRONZE_LANDING_ROOT", str(tmp_path / "landing"))
+    monkeypatch.setenv("BRONZE_ENGINE_TABLES", "bz_shipment_events=spark")
+    bronze = BronzeStorage(root=str(tmp_path / "bronze"))
+    storage = bronze.storage()
+    drop(storage, "a.jsonl", [event(1), event(2, status="LOST"), "{bad"])
+    resources = build_resources(PostgresSource(dsn="postgresql://nobody@localhost:1/unused"), bronze)
+    result = dg.materialize([build_bronze_asset(EVENTS)], resources=resources, raise_on_error=False,
+                            partition_key=datetime.now(UTC).date().isoformat())
+    assert result.success
+    (event_,) = [e for e in result.get_asset_materialization_events()
+                 if "rows_read" in e.materialization.metadata]
+    meta = {k: v.value for k, v in event_.materialization.metadata.items()}
+    assert meta["engine"] == "spark" and meta["landing_files"] == 1 and meta["rows_read"] == 2
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["key_uniqueness"] and checks["landing_files_changed"] and "quality_score" in checks
+    assert _rows(storage)["event_id"].to_list() == [1, 2] and len(_quarantine(storage)) == 1

@@ -31,9 +31,7 @@ from bronze_assets.lib.delta.history import history_metadata
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
-from bronze_assets.lib.load.landing_source import LandingRead
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
-from bronze_assets.lib.quality.checks import LANDING_FILES_CHANGED, landing_files_changed
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
 from bronze_assets.lib.reconcile.run import BronzeSideFactory
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, VOLUMES_IO
@@ -187,8 +185,6 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
             yield history_result(contract, storage, staged.ctx.batch_id)
         for outcome in lifecycle.finish(staged):
             yield as_check_result(outcome)
-        if LANDING_FILES_CHANGED in request.checks and isinstance(lifecycle.read, LandingRead):
-            yield as_check_result(landing_files_changed(request.contract, lifecycle.read.selection.changed))
     finally:
         staged.cleanup()
 
@@ -225,6 +221,8 @@ def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool, his
         "changes_only": request.changes_only, "checks": sorted(request.checks), "docs": not remote,
         "secret_scope": env("BRONZE_SECRET_SCOPE"), "deployment_id": deployment_id(bronze.storage()),
     }
+    if request.contract.landing is not None:
+        extras["landing_root"] = bronze.storage().settings.landing_root
     if not remote and bronze.storage_options:
         extras["storage_options"] = dict(bronze.storage_options)
     return extras
@@ -278,7 +276,7 @@ def run_spark_subprocess(context: dg.AssetExecutionContext, request: LoadRequest
     return pipes.subprocess_client().run(
         command=[sys.executable, "-m", "bronze_assets.spark_job"], context=context,
         extras=job_extras(request, bronze, remote=False, history=history),
-        env={"BRONZE_SOURCE_DSN": source.resolved_dsn()})
+        env={} if request.contract.landing is not None else {"BRONZE_SOURCE_DSN": source.resolved_dsn()})
 
 
 def databricks_task(contract: Contract, settings: DatabricksSettings) -> tuple[Any, dict[str, Any]]:

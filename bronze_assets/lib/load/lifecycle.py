@@ -33,14 +33,17 @@ from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.failures import classify
 from bronze_assets.lib.load.engine import LoadEngine, Staged
 from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.load.landing_source import LandingRead
 from bronze_assets.lib.load.source import Source, SourceRead, source_for
 from bronze_assets.lib.quality.checks import (
     KEY_UNIQUENESS,
+    LANDING_FILES_CHANGED,
     QUALITY_SCORE,
     REFERENTIAL_INTEGRITY,
     SCHEMA_CONTRACT,
     CheckOutcome,
     key_uniqueness,
+    landing_files_changed,
     quality_score,
     referential_integrity,
     schema_contract,
@@ -164,9 +167,11 @@ class Lifecycle:
                 outcomes.append(key_uniqueness(self.contract, self.storage, self.tables))
             if REFERENTIAL_INTEGRITY in checks:
                 outcomes.append(referential_integrity(self.contract, self.storage, self.tables))
-            if self.quality is not None:  # last: the validation has had the longest to finish
+            if self.quality is not None:  # the validation has had the longest to finish
                 outcomes.append(quality_score(staged.score_histogram,
                                               self.engine.quality_report(staged, self.quality)))
+            if LANDING_FILES_CHANGED in checks and isinstance(self.read, LandingRead):  # files changed since
+                outcomes.append(landing_files_changed(self.contract, self.read.selection.changed))
             return outcomes
         finally:
             staged.cleanup()

@@ -29,6 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +37,13 @@ import numpy as np
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.contracts.arrow import source_schema
+from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.model import LandingFormat
+from bronze_assets.contracts.types import PgType
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.landing_ledger import ledger_metadata
 from bronze_assets.lib.delta.load_commit import commit_metadata
-from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
+from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_once
 from bronze_assets.lib.delta.staging import stage_dir
 from bronze_assets.lib.delta.writers import SPARK, check_target
 from bronze_assets.lib.enrich.metadata import ACTIVE, BatchContext, bronze_schema, staged_schema
@@ -51,13 +53,20 @@ from bronze_assets.lib.load.landing_records import (
     RESCUED,
     SOURCE_FILE,
     Columns,
+    bad_line_ids,
     bad_line_records,
     enrich_records,
-    evolved_columns,
     landing_extras,
     ledger_rows,
     plan_columns,
     rescued_data,
+)
+from bronze_assets.lib.load.landing_schema import (
+    StoredColumn,
+    StoredSchema,
+    evolved_types,
+    new_column,
+    write_schema,
 )
 from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
 from bronze_assets.lib.source.schema import SchemaDrift
@@ -80,22 +89,62 @@ def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def spark_types(contract: Contract) -> dict[str, str]:
-    """The Spark SQL type of each contract column (the types the table stores)."""
+def spark_type(type_: PgType) -> str:
+    """The Spark SQL type a column of PostgreSQL type ``type_`` is stored as."""
     from pyspark.sql.pandas.types import from_arrow_type
 
-    return {f.name: from_arrow_type(f.type).simpleString() for f in source_schema(contract)}
+    return str(from_arrow_type(arrow_type(type_)).simpleString())
+
+
+def spark_types(contract: Contract) -> dict[str, str]:
+    """The Spark SQL type of each contract column (the types the table stores)."""
+    return {c.name: spark_type(c.type) for c in contract.columns}
 
 
 def _cast(text: Column, spark_type: str) -> Column:
-    """``text`` as ``spark_type``, NULL where it does not parse (DuckDB's ``TRY_CAST``); a date or
-    timestamp must start with a digit (Spark would also read 'yesterday', 'now' or 'epoch')."""
+    """``text`` as ``spark_type``, NULL where it does not parse, as the local engine casts: an
+    integer takes integer text only; a date or timestamp starts with a digit (Spark would also read
+    'yesterday', 'now' or 'epoch')."""
     from pyspark.sql import functions as F
 
     cast = text.try_cast(spark_type)
+    if spark_type in ("tinyint", "smallint", "int", "bigint"):
+        return F.when(text.rlike(r"^ *[+-]?[0-9]+ *$"), cast)
     if spark_type in ("date", "timestamp", "timestamp_ntz"):
         return F.when(text.rlike(r"^\s*[+-]?[0-9]"), cast)
     return cast
+
+
+# what Spark's schema_of_variant says a JSON value is, as DuckDB's json_type names it (inference)
+_VARIANT_JSON_TYPES = {"BIGINT": "BIGINT", "INT": "BIGINT", "SMALLINT": "BIGINT", "TINYINT": "BIGINT",
+                       "DECIMAL": "DOUBLE", "DOUBLE": "DOUBLE", "FLOAT": "DOUBLE", "STRING": "VARCHAR",
+                       "BOOLEAN": "BOOLEAN", "OBJECT": "OBJECT", "ARRAY": "ARRAY", "VOID": "NULL"}
+_TEXT_CASTS = ("bigint", "double precision", "boolean", "timestamp with time zone")  # CSV inference
+
+
+def _infer(contract: Contract, name: str, good: DataFrame, uri: str) -> StoredColumn:
+    """The column new field ``name`` becomes, from its values in file ``uri`` (the first file that
+    has it), by the local engine's rule (:func:`~bronze_assets.lib.load.landing_schema.new_column`)."""
+    from pyspark.sql import functions as F
+
+    assert contract.landing is not None
+    values = good.filter(F.col(f"{METADATA}.{FILE_PATH}") == uri)
+    if contract.landing.format is LandingFormat.CSV:  # text values: which types do they all cast to
+        text = F.col("_map").getItem(name)
+        counts = values.select(F.count(text), *[F.count(_cast(text, spark_type(PgType.parse(t))))
+                                                for t in _TEXT_CASTS]).first()
+        assert counts is not None
+        casts = {t: counts[0] > 0 and c == counts[0] for t, c in zip(_TEXT_CASTS, counts[1:], strict=True)}
+        return new_column(contract, name, set(), casts)
+    path = '$["' + name.replace("\\", "\\\\").replace('"', '\\"') + '"]'
+    kind = F.expr("schema_of_variant(variant_get(try_parse_json(`_line`), " + _sql_text(path) + "))")
+    found = {r[0] for r in values.select(kind).distinct().collect() if r[0] is not None}
+    return new_column(contract, name, {_VARIANT_JSON_TYPES.get(k.split("(")[0].split("<")[0], "VARCHAR")
+                                       for k in found}, None)
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def spark_file_path(spark: SparkSession, uri: str) -> str:
@@ -141,8 +190,10 @@ def _json_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
 
 def _csv_records(spark: SparkSession, paths: list[str]) -> DataFrame:
     """The records of CSV files with a header, each as a JSON object of its text fields; a row
-    Spark's CSV reader finds malformed (wrong field count, bad quoting) is a bad line. One read per
-    file (each file has its own header); records are numbered by their line (header = 1)."""
+    Spark's CSV reader finds malformed (wrong field count, bad quoting) is a bad line, numbered by
+    its line (header = 1; a file Spark reads in one partition, below its split size). One read per
+    file (each file has its own header)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     frames = []
@@ -153,10 +204,14 @@ def _csv_records(spark: SparkSession, paths: list[str]) -> DataFrame:
         schema = ", ".join(f"{_q(c)} STRING" for c in header) + f", {CORRUPT} STRING"
         read = spark.read.options(header="true", mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT) \
             .schema(schema).csv(path)
-        numbered = read.select("*", F.col(f"{METADATA}.{FILE_PATH}").alias("_spark_path"),
-                               (F.monotonically_increasing_id() + 2).alias(LINE_NO))
-        frames.append(numbered.select(
-            "_spark_path", LINE_NO,
+        ok = F.col(CORRUPT).isNull()
+        at = read.select("*", F.col(f"{METADATA}.{FILE_PATH}").alias("_spark_path"),
+                         F.monotonically_increasing_id().alias("_at"))
+        # accepted records numbered 1…n (their order, a keyless record's key), a bad row by its line
+        number = F.when(ok, F.row_number().over(Window.partitionBy(ok).orderBy("_at"))) \
+            .otherwise(F.col("_at") + 2)
+        frames.append(at.select(
+            "_spark_path", number.cast("bigint").alias(LINE_NO),
             F.when(F.col(CORRUPT).isNull(), F.to_json(F.struct(*[F.col(_q(c)) for c in header])))
             .otherwise(F.col(CORRUPT)).alias(_LINE),
             F.col(CORRUPT).isNull().alias("_csv_ok")))
@@ -197,10 +252,11 @@ def _parquet_records(spark: SparkSession, paths: list[str]) -> tuple[DataFrame, 
     return out, unreadable
 
 
-def read_files(spark: SparkSession, selection: FileSelection, evolved: list[str], batch_id: str
-               ) -> tuple[DataFrame, Columns]:
-    """The selected files in Auto Loader's shape (the module's docstring), and what the batch does
-    with their new fields (the contract's evolution, as on the local engine)."""
+def read_files(spark: SparkSession, selection: FileSelection, evolved: list[StoredColumn], batch_id: str
+               ) -> tuple[DataFrame, Columns, list[StoredColumn]]:
+    """The selected files in Auto Loader's shape (the module's docstring), what the batch does
+    with their new fields (the contract's evolution, as on the local engine) and the columns it
+    adds, typed by hint or inference."""
     from pyspark.sql import functions as F
 
     contract = selection.contract
@@ -227,17 +283,21 @@ def read_files(spark: SparkSession, selection: FileSelection, evolved: list[str]
     by_file: dict[str, set[str]] = {f.uri: set() for f in selection.files}
     for row in keys:
         by_file[row["uri"]].add(row["key"])
-    columns = plan_columns(contract, by_file.items(), evolved, batch_id)
-    types = spark_types(contract)
-    value = {c: F.col("_map").getItem(c) for c in [*contract.column_names, *columns.extras, *columns.rescued]}
-    good = lines.filter("_ok").select(
+    columns = plan_columns(contract, by_file.items(), [c.name for c in evolved], batch_id)
+    first = {c: next(uri for uri, keys in by_file.items() if c in keys) for c in columns.added}
+    ok = lines.filter("_ok")
+    added = [_infer(contract, c, ok, first[c]) for c in columns.added]
+    extras = [*evolved, *added]
+    columns = replace(columns, types={c.name: c.pg_type for c in extras})
+    types = spark_types(contract) | {c.name: spark_type(c.pg_type) for c in extras}
+    value = {c: F.col("_map").getItem(c) for c in [*types, *columns.rescued]}
+    good = ok.select(
         METADATA, LINE_NO, _LINE,
         *[_cast(value[c], t).alias(c) for c, t in types.items()],
-        *[value[c].isNotNull().alias(_HAS + c) for c in contract.column_names],
-        *[value[c].alias(c) for c in columns.extras],
+        *[value[c].isNotNull().alias(_HAS + c) for c in types],
         *[F.map_contains_key("_map", c).alias(_NEW + c) for c in columns.rescued])
-    rescue = _rescuer(contract, columns)
-    out_schema = good.drop(_LINE, *[_HAS + c for c in contract.column_names],
+    rescue = _rescuer(list(types), columns.rescued)
+    out_schema = good.drop(_LINE, *[_HAS + c for c in types],
                            *[_NEW + c for c in columns.rescued]).schema.add(RESCUED, "string")
     typed = good.withColumn(SOURCE_FILE, F.col(f"{METADATA}.{FILE_PATH}")).mapInArrow(
         rescue, out_schema.add(SOURCE_FILE, "string")).drop(SOURCE_FILE)
@@ -249,15 +309,15 @@ def read_files(spark: SparkSession, selection: FileSelection, evolved: list[str]
         shape = f"{METADATA} {_METADATA_TYPE}, {LINE_NO} BIGINT, {CORRUPT} STRING"
         bad = bad.unionByName(spark.createDataFrame(rows, shape))
     frame = typed.withColumn(CORRUPT, F.lit(None).cast("string")).unionByName(bad, allowMissingColumns=True)
-    return frame, columns
+    return frame, columns, added
 
 
 ArrowMap = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]  # a mapInArrow function
 
 
-def _rescuer(contract: Contract, columns: Columns) -> ArrowMap:
-    """The ``mapInArrow`` function that adds ``_rescued_data`` (the local engine's function)."""
-    names = contract.column_names
+def _rescuer(names: list[str], rescued: list[str]) -> ArrowMap:
+    """The ``mapInArrow`` function that adds ``_rescued_data`` (the local engine's function): the
+    values of ``names`` (the table's columns) that did not fit, the ``rescued`` new fields."""
 
     def rescue(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -265,36 +325,42 @@ def _rescuer(contract: Contract, columns: Columns) -> ArrowMap:
                                    & batch.column(c).is_null().to_numpy(zero_copy_only=False), dtype=bool)
                      for c in names}
             new = {c: np.asarray(batch.column(_NEW + c).to_numpy(zero_copy_only=False), dtype=bool)
-                   for c in columns.rescued}
-            rescued = rescued_data(batch.column(_LINE), batch.column(SOURCE_FILE), unfit, new)
-            drop = {_LINE, *(_HAS + c for c in names), *(_NEW + c for c in columns.rescued)}
+                   for c in rescued}
+            data = rescued_data(batch.column(_LINE), batch.column(SOURCE_FILE), unfit, new)
+            drop = {_LINE, *(_HAS + c for c in names), *(_NEW + c for c in rescued)}
             keep = [n for n in batch.schema.names if n not in drop and n != SOURCE_FILE]
             yield pa.RecordBatch.from_arrays(
-                [*(batch.column(n) for n in keep), rescued, batch.column(SOURCE_FILE)],
+                [*(batch.column(n) for n in keep), data, batch.column(SOURCE_FILE)],
                 names=[*keep, RESCUED, SOURCE_FILE])
 
     return rescue
 
 
-def _enricher(contract: Contract, ctx: BatchContext, extras: list[str], schema: pa.Schema) -> ArrowMap:
-    """The ``mapInArrow`` function that hashes and scores the records (the local engine's code)."""
+def _enricher(contract: Contract, ctx: BatchContext, extras: list[tuple[str, PgType]], schema: pa.Schema
+              ) -> ArrowMap:
+    """The ``mapInArrow`` function that hashes and scores the records (the local engine's code);
+    a table without a primary key gets its record_key from the records' lines."""
 
     def enrich(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             if batch.num_rows:
-                out = enrich_records(batch, contract, ctx, extras)
+                lines = batch.column(LINE_NO) if contract.keyless else None
+                out = enrich_records(batch, contract, ctx, extras, lines)
                 yield pa.RecordBatch.from_arrays([out.column(f.name).cast(f.type) for f in schema],
                                                  schema=schema)
 
     return enrich
 
 
-def stage_frame(loader: SparkLoader, contract: Contract, frame: DataFrame, columns: Columns,
-                ctx: BatchContext, files: list[LandingFile], commits: CommitLog, started: float
+def stage_frame(loader: SparkLoader, contract: Contract, frame: DataFrame, extras: list[StoredColumn],
+                added: list[StoredColumn], stored: StoredSchema | None, ctx: BatchContext,
+                files: list[LandingFile], commits: CommitLog, started: float
                 ) -> tuple[SparkStaged, list[Any]]:
-    """The batch body: ``frame`` (Auto Loader's shape) staged for the MERGE — bad lines
-    quarantined, one record per key, hashed and scored — with the ledger rows of ``files`` in the
-    commit's metadata. Returns the staged load and its ledger rows."""
+    """The batch body: ``frame`` (Auto Loader's shape, ``extras``: its columns beyond the
+    contract's, ``added`` by this batch) staged for the MERGE — bad lines quarantined once, one
+    record per key (a table without one appends), hashed and scored — with the ledger rows of
+    ``files`` in the commit's metadata; the stored schema written first when it changed. Returns
+    the staged load and its ledger rows."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -314,21 +380,26 @@ def stage_frame(loader: SparkLoader, contract: Contract, frame: DataFrame, colum
         bad_rows.sort(key=lambda r: (r["mtime"], r["uri"], r[LINE_NO] is not None, r[LINE_NO] or 0))
         good = frame.filter(~corrupt)
         per_file = {r[0]: int(r[1]) for r in good.groupBy(F.col(f"{METADATA}.{FILE_PATH}")).count().collect()}
-        unfit = good.filter(F.exists(F.json_object_keys(F.col(RESCUED)),
-                                     lambda k: k.isin(list(contract.column_names)))).count()
+        typed = [(c.name, c.pg_type) for c in extras]
+        names = [*contract.column_names, *(c for c, _ in typed)]
+        unfit = good.filter(F.exists(F.json_object_keys(F.col(RESCUED)), lambda k: k.isin(names))).count()
         line = F.col(LINE_NO) if LINE_NO in frame.columns else F.monotonically_increasing_id()
-        order = [F.col(f"{METADATA}.{FILE_TIME}").desc(), F.col(f"{METADATA}.{FILE_PATH}").desc(),
-                 line.desc()]
-        latest = good.withColumn("_n", F.row_number().over(Window.partitionBy(*contract.primary_key)
-                                                            .orderBy(*order))).filter("_n = 1")
-        schema = bronze_schema(contract, landing_extras(columns.extras))
+        if contract.primary_key:
+            order = [F.col(f"{METADATA}.{FILE_TIME}").desc(), F.col(f"{METADATA}.{FILE_PATH}").desc(),
+                     line.desc()]
+            good = good.withColumn("_n", F.row_number().over(Window.partitionBy(*contract.primary_key)
+                                                              .orderBy(*order))).filter("_n = 1")
+        elif LINE_NO not in frame.columns:
+            raise ValueError(f"{contract.bronze_table}: Auto Loader gives no line numbers, which a landing "
+                             f"table without a primary key needs (its record_key); declare a primary key")
+        schema = bronze_schema(contract, landing_extras([pa.field(c, arrow_type(t)) for c, t in typed]))
         staged = staged_schema(schema)
-        records = latest.select(*[F.col(_q(c)) for c in contract.column_names],
-                                *[F.col(_q(c)).cast("string").alias(c) for c in columns.extras],
-                                F.col(RESCUED).cast("string").alias(RESCUED),
-                                F.col(f"{METADATA}.{FILE_PATH}").alias(SOURCE_FILE))
-        enriched = records.mapInArrow(_enricher(contract, ctx, columns.extras, staged),
-                                      from_arrow_schema(staged))
+        records = good.select(*[F.col(_q(c)) for c in contract.column_names],
+                              *[F.col(_q(c)).cast(spark_type(t)).alias(c) for c, t in typed],
+                              F.col(RESCUED).cast("string").alias(RESCUED),
+                              F.col(f"{METADATA}.{FILE_PATH}").alias(SOURCE_FILE),
+                              *([F.col(LINE_NO)] if contract.keyless else []))
+        enriched = records.mapInArrow(_enricher(contract, ctx, typed, staged), from_arrow_schema(staged))
         at = ctx.batch_time.astimezone(UTC)
         at_column = F.lit(at).cast("timestamp")
         constants = {"load_timestamp": at_column, "update_timestamp": at_column,
@@ -342,23 +413,26 @@ def stage_frame(loader: SparkLoader, contract: Contract, frame: DataFrame, colum
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    if added or stored is None:  # before the commit: a re-run after a kill keeps the types
+        write_schema(storage, contract, extras, ctx.batch_id, stored)
     bad = bad_line_records((r["uri"], r[LINE_NO], r[CORRUPT]) for r in bad_rows)
     if bad:
-        quarantine_rows(storage, contract.name, ctx.batch_id,
+        ids = bad_line_ids(contract.name, ((r["uri"], digests[r["uri"]], r[LINE_NO]) for r in bad_rows))
+        quarantine_once(storage, contract.name, ctx.batch_id,
                         BAD_LINES_REASON.format(table=contract.bronze_table),
-                        [pa.RecordBatch.from_pydict({"record": pa.array(bad, pa.string())})])
+                        list(zip(ids, bad, strict=True)), since=min(f.modification_time for f in files))
     facts = ((f.uri, f.size, f.modification_time, digests[f.uri], per_file.get(f.uri, 0)) for f in files)
     ledger = ledger_rows(contract, facts, ctx.batch_id, datetime.now(UTC))
     label = f"{len(files)} landing file(s)"
-    added = columns.added
     meta = commit_metadata(ctx.batch_id, label, None, extra={
         "bronze.engine": ENGINE,
-        **({"bronze.new_columns": ", ".join(added)} if added else {}),
+        **({"bronze.new_columns": ", ".join(f"{c.name} {c.type}" for c in added)} if added else {}),
         **({"bronze.unreadable_records": str(unfit)} if unfit else {}),
         **({"bronze.bad_lines": str(len(bad)), "bronze.quarantine": QUARANTINE_TABLE} if bad else {})},
         final=ledger_metadata(ledger) if ledger else {}, batch_time=ctx.batch_time)
-    drift = SchemaDrift(contract.bronze_table, added=[(c, "text") for c in added],
-                        source=f"landing {contract.name}") if added or unfit else None
+    # always a drift (maybe empty), as for a database table: the Pipes job reports schema_contract
+    drift = SchemaDrift(contract.bronze_table, added=[(c.name, c.type) for c in added],
+                        source=f"landing {contract.name}")
     return SparkStaged(contract, ctx, None, folder, False, histogram, unfit, drift, None, meta,
                        round(time.perf_counter() - started, 3), commit_always=bool(ledger), commits=commits,
                        label=label, deletes=False), ledger
@@ -382,6 +456,46 @@ def _digests(spark: SparkSession, files: list[LandingFile]) -> dict[str, str]:
     return found
 
 
+@dataclass
+class StreamedFiles(FileSelection):
+    """A micro-batch of Auto Loader: its files (from ``_metadata``) and the batch itself."""
+
+    frame: Any = None
+
+
+# the JSON type (DuckDB's json_type names) a column Auto Loader inferred holds, for the stored schema
+_SPARK_JSON_TYPES = {"bigint": "BIGINT", "int": "BIGINT", "double": "DOUBLE", "boolean": "BOOLEAN",
+                     "string": "VARCHAR", "struct": "OBJECT", "array": "ARRAY", "map": "OBJECT"}
+
+
+def streamed_records(selection: StreamedFiles, evolved: list[StoredColumn], batch_id: str
+                     ) -> tuple[DataFrame, list[StoredColumn]]:
+    """Auto Loader's micro-batch as the batch body reads it — the contract's columns and the
+    added ones in their types, ``_rescued_data``, ``_corrupt_record`` and ``_metadata`` — and the
+    columns it adds (typed by hint, else by what Auto Loader inferred, as the local engine would)."""
+    from pyspark.sql import functions as F
+
+    contract, frame = selection.contract, selection.frame
+    known = {*contract.column_names, *(c.name for c in evolved), RESCUED, SOURCE_FILE, CORRUPT, METADATA}
+    new = {c for c in frame.columns if c not in known}
+    columns = plan_columns(contract, [(f"{len(selection.files)} file(s) of an Auto Loader batch", new)],
+                           [c.name for c in evolved], batch_id)
+    kinds = {f.name: f.dataType.typeName() for f in frame.schema.fields}
+    added = [new_column(contract, c, {_SPARK_JSON_TYPES.get(kinds[c], "VARCHAR")}, None)
+             for c in columns.added]
+    present = set(frame.columns)
+
+    def column(name: str, spark_type: str) -> Any:
+        value = F.col(_q(name)) if name in present else F.lit(None)
+        return value.cast(spark_type).alias(name)
+
+    types = spark_types(contract) | {c.name: spark_type(c.pg_type) for c in [*evolved, *added]}
+    return frame.select(*[column(c, t) for c, t in types.items()],
+                        column(RESCUED, "string"), column(CORRUPT, "string"),
+                        F.struct(F.col(f"{METADATA}.{FILE_PATH}"), F.col(f"{METADATA}.{FILE_SIZE}"),
+                                 F.col(f"{METADATA}.{FILE_TIME}")).alias(METADATA)), added
+
+
 def stage_landing(loader: SparkLoader, selection: FileSelection, commits: CommitLog,
                   batch_time: datetime | None = None) -> SparkStaged:
     """Stage the selected files on Spark (the plain reader, then the batch body); the ledger rows
@@ -390,26 +504,28 @@ def stage_landing(loader: SparkLoader, selection: FileSelection, commits: Commit
     contract = selection.contract
     if contract.landing is None:
         raise ValueError(f"{contract.bronze_table} is not a landing table (its contract has no 'landing')")
-    if not contract.primary_key:
-        raise ValueError(f"{contract.bronze_table}: the Spark engine lands files into tables with a primary "
-                         f"key; declare one (primary_key) or load this table with the local engine")
-    check_target(loader.storage, contract.bronze_table, SPARK, commits.table)  # one engine per S3 table
+    storage = loader.storage
+    check_target(storage, contract.bronze_table, SPARK, commits.table)  # one engine per S3 table
     ctx = BatchContext(str(uuid.uuid4()), batch_time or datetime.now(UTC), LANDING_SOURCE_SYSTEM)
     table = commits.table
-    evolved = evolved_columns(contract, None if table is None else pa.schema(table.schema().to_arrow()))
+    stored, evolved = evolved_types(contract, storage,
+                                    None if table is None else pa.schema(table.schema().to_arrow()))
     spark = loader.spark
     spark.conf.set("spark.sql.mapKeyDedupPolicy", "LAST_WIN")  # a repeated field: its last value
-    if selection.files:
-        frame, columns = read_files(spark, selection, evolved, ctx.batch_id)
+    added: list[StoredColumn] = []
+    if isinstance(selection, StreamedFiles):  # Auto Loader's micro-batch (Databricks)
+        frame, added = streamed_records(selection, evolved, ctx.batch_id)
+    elif selection.files:
+        frame, _, added = read_files(spark, selection, evolved, ctx.batch_id)
     else:
-        frame, columns = _empty(spark, contract, evolved), Columns(evolved, [], [])
-    staged, selection.ledger = stage_frame(loader, contract, frame, columns, ctx, selection.files, commits,
-                                           started)
+        frame = _empty(spark, contract, evolved)
+    staged, selection.ledger = stage_frame(loader, contract, frame, [*evolved, *added], added, stored, ctx,
+                                           selection.files, commits, started)
     return staged
 
 
-def _empty(spark: SparkSession, contract: Contract, evolved: list[str]) -> DataFrame:
-    types = spark_types(contract)
-    fields = [f"{_q(c)} {t}" for c, t in types.items()] + [f"{_q(c)} STRING" for c in evolved]
+def _empty(spark: SparkSession, contract: Contract, evolved: list[StoredColumn]) -> DataFrame:
+    types = spark_types(contract) | {c.name: spark_type(c.pg_type) for c in evolved}
+    fields = [f"{_q(c)} {t}" for c, t in types.items()]
     fields += [f"{RESCUED} STRING", f"{CORRUPT} STRING", f"{LINE_NO} BIGINT", f"{METADATA} {_METADATA_TYPE}"]
     return spark.createDataFrame([], ", ".join(fields))

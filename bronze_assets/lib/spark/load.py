@@ -328,7 +328,7 @@ class SparkLoader:
         result = self._write(contract, self.uri(contract), rows_frame.drop(RESCUED), keys, rows,
                              staged.meta, staged.ctx, keys_are_gone=cdc_keys is not None,
                              commit_always=staged.commit_always, pii=staged.pii, commits=staged.commits,
-                             deletes=staged.deletes)
+                             soft_deletes=staged.deletes)
         result.merge_seconds = round(time.perf_counter() - merge_started, 3)
         result.avg_quality_score = round(score_sum(staged.score_histogram) / rows, 2) if rows else None
         return SparkLoadResult(staged.ctx.batch_id, staged.ctx.batch_time, staged.window, rows,
@@ -370,10 +370,10 @@ class SparkLoader:
     def _write(self, contract: Contract, uri: str, staged: DataFrame, keys: DataFrame, rows: int,
                meta: dict[str, str], ctx: BatchContext, keys_are_gone: bool = False,
                commit_always: bool = False, pii: PiiHook | None = None, commits: CommitLog | None = None,
-               deletes: bool = True) -> MergeResult:
+               soft_deletes: bool = True) -> MergeResult:
         """MERGE ``staged``; ``keys`` is the source's key set (keys missing from it become
         DELETED) or with ``keys_are_gone`` the keys the source no longer has (log-based CDC);
-        without ``deletes`` no key is soft-deleted (landing files: absence is not a delete).
+        without ``soft_deletes`` no key is soft-deleted (landing files: absence is not a delete).
         ``commit_always``: commit (the metadata) even when nothing changed. ``pii`` protects the
         PII columns (required when the contract has any: never plaintext by omission). ``commits``:
         the table's commit log read when staging (reused when nothing was committed since)."""
@@ -420,7 +420,7 @@ class SparkLoader:
         plan = staged.select(*pk, "record_hash", *legacy, *([part] if part else [])) \
             .join(current, pk, "left").withColumn(OP, op).drop("record_hash", *legacy, T_HASH, T_STATUS)
         staged = staged.drop(*legacy)
-        if deletes:
+        if soft_deletes:
             vanished = current.filter(F.col(T_STATUS) == ACTIVE).join(
                 keys, pk, "left_semi" if keys_are_gone else "left_anti") \
                 .select(*pk, *([F.col(T_PART)] if part else []), F.lit(DELETE).alias(OP))
