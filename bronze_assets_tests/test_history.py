@@ -246,3 +246,15 @@ def test_one_history_merge_per_commit_chunk(seeded: str, tmp_path: Path,
     history = _history(b)
     for key in (10, 20, 30, 40, 50):
         assert [(v[0], v[1], v[3]) for v in _versions(history, key)][-1] == (T2, None, f"c{key}@example.com")
+
+
+def test_a_partitioned_table_with_history_builds_one_step_of_both_assets() -> None:
+    """A partitioned table may keep history too: both specs of the step share its partitions
+    (Dagster refuses a step whose specs differ; the history table itself is not partitioned)."""
+    from bronze_assets.defs.assets import build_bronze_asset
+
+    orders = replace(CONTRACTS["orders"], history=True)
+    asset = build_bronze_asset(orders)
+    parts = {k.to_user_string(): asset.specs_by_key[k].partitions_def for k in asset.keys}
+    assert set(parts) == {"bz_orders", "bz_orders_history"}
+    assert parts["bz_orders_history"] == parts["bz_orders"] is not None

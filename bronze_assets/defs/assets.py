@@ -88,6 +88,7 @@ def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.Ass
             description=f"Every version of each key of {contract.bronze_table} (SCD type 2: _valid_from, "
                         f"_valid_to, _is_deleted), written by the same load",
             code_version=contract.version,
+            partitions_def=parts,  # one step: every spec of a partitioned step shares its partitions
             skippable=True,  # a run that selects only bz_<name> reports none
             metadata={"dagster/table_name": contract.history_table,
                       "primary_key": ", ".join([*contract.primary_key, "_valid_from"])},
