@@ -258,3 +258,71 @@ def test_a_partitioned_table_with_history_builds_one_step_of_both_assets() -> No
     parts = {k.to_user_string(): asset.specs_by_key[k].partitions_def for k in asset.keys}
     assert set(parts) == {"bz_orders", "bz_orders_history"}
     assert parts["bz_orders_history"] == parts["bz_orders"] is not None
+
+
+def test_restore_takes_the_history_back_with_its_table_and_repair_replays_both(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bronze restore` restores bz_<name>_history to the version holding exactly the loads the
+    restored version holds (later versions stay readable by time travel); `bronze reconcile
+    --repair` then replays the source's present into both, as new versions."""
+    from bronze_assets.lib.delta.timetravel import restore
+    from bronze_assets.lib.governance.pii import pii_protection
+    from bronze_assets.lib.reconcile.command import reconcile_and_repair
+
+    b = Bronze(seeded, tmp_path / "bronze")
+    contract = CONTRACTS["customers"]
+    b.load_direct("customers", batch_time=T1)
+    query(seeded, "UPDATE tests.customers SET email = 'moved@example.com', updated_at = now() "
+                  "WHERE customer_id = 1")
+    b.load_direct("customers", batch_time=T2)
+    target, kept = b.version("customers"), _history(b)
+    query(seeded, "UPDATE tests.customers SET email = 'again@example.com', updated_at = now() "
+                  "WHERE customer_id = 1")
+    query(seeded, "DELETE FROM tests.customers WHERE customer_id = 2")
+    monkeypatch.setenv("BRONZE_COMMIT_CHUNK_ROWS", "1")  # two chunks: history and data commits interleave
+    b.load_direct("customers", batch_time=T3)
+    forget_subject("customers", 7, b.storage())
+    monkeypatch.delenv("BRONZE_COMMIT_CHUNK_ROWS")
+
+    plan = restore(b.storage(), contract, version=target, pii=pii_protection(contract, b.storage()))
+    assert plan.history_table == "bz_customers_history" and plan.history_version is not None
+    restored = _history(b)
+    erased = pl.col(PK) == 7  # a restore never revives an erased person, in the history either
+    assert set(restored.filter(erased)["email"]) == {None}
+    assert restored.filter(~erased).equals(kept.filter(~erased))
+    _assert_history_follows_its_table(b)
+
+    run = reconcile_and_repair([contract], seeded, b.storage(), repair=True)
+    assert run.tables[0].repair is not None
+    history = _history(b)
+    assert _versions(history, 1)[-1][3] == "again@example.com"
+    assert [v[2] for v in _versions(history, 2)] == [False, True]
+    assert [v[1] is None for v in _versions(history, 1)] == [False, False, True]
+    _assert_history_follows_its_table(b)
+
+
+def _assert_history_follows_its_table(b: Bronze) -> None:
+    """One current version per key of bz_customers, with its hash and deletion state."""
+    current = _history(b).filter(pl.col(VALID_TO).is_null()).select(PK, "record_hash", IS_DELETED)
+    table = b.read("customers").select(PK, "record_hash", (pl.col("record_status") == "DELETED")
+                                       .alias(IS_DELETED))
+    assert current.sort(PK).equals(table.sort(PK))
+
+
+def test_restore_to_before_the_history_began_seeds_it_again(seeded: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from bronze_assets.lib.delta.timetravel import restore
+    from bronze_assets.lib.governance.pii import pii_protection
+
+    b = Bronze(seeded, tmp_path / "bronze")
+    with monkeypatch.context() as patch:
+        patch.setitem(CONTRACTS, "customers", _without_history())
+        b.load_direct("customers", batch_time=T1)
+    query(seeded, "DELETE FROM tests.customers WHERE customer_id = 5")
+    b.load_direct("customers", batch_time=T2)  # seeds the history, then its first versions
+    assert _history(b).height == b.read("customers").height + 1
+    contract = CONTRACTS["customers"]
+    plan = restore(b.storage(), contract, version=0, pii=pii_protection(contract, b.storage()))
+    assert plan.history_version is None and "re-seeded" in plan.describe()
+    assert _history(b).height == b.read("customers").height
+    _assert_history_follows_its_table(b)

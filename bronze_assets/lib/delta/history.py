@@ -141,10 +141,11 @@ class HistoryWriter:
         meta = commit_metadata(batch_id, "history", None, chunk, chunks, batch_time=batch_time)
         return commit_properties(dt, self.contract, meta, table=self.table)
 
-    def seed(self, batch_id: str, batch_time: datetime) -> bool:
+    def seed(self, batch_id: str, batch_time: datetime, replace: bool = False) -> bool:
         """Create the history table from the current table's rows (one version each, valid from
-        its ``update_timestamp``) when it does not exist yet; True when it was created."""
-        if self._open() is not None:
+        its ``update_timestamp``) when it does not exist yet (``replace``: in place of the one
+        there is); True when it was written."""
+        if self._open() is not None and not replace:
             return False
         current = self.storage.open(self.contract.bronze_table)
         if current is None:
@@ -155,10 +156,12 @@ class HistoryWriter:
         table = _conform(read_columns(current, schema.names), schema)
         table = table.append_column(VALID_FROM, table.column("update_timestamp").cast(TS))
         table = table.append_column(IS_DELETED, pc.equal(table.column("record_status"), DELETED))
-        write_deltalake(self.uri, _conform(table, history_schema(schema)), mode="error",
+        write_deltalake(self.uri, _conform(table, history_schema(schema)),
+                        mode="overwrite" if replace else "error",
+                        schema_mode="overwrite" if replace else None,
                         storage_options=self.storage.delta_options, configuration=BRONZE_PROPERTIES,
-                        commit_properties=commit_properties(None, self.contract, {SEEDED_BY_KEY: batch_id},
-                                                            table=self.table))
+                        commit_properties=commit_properties(self._dt, self.contract,
+                                                            {SEEDED_BY_KEY: batch_id}, table=self.table))
         self._dt = None
         log.info("%s: history seeded from %s (version %d)", self.uri, self.contract.bronze_table,
                  current.version())

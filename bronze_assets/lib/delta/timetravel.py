@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,8 +13,9 @@ import polars as pl
 from deltalake import CommitProperties, DeltaTable
 
 from bronze_assets.contracts import Contract, get_contract
-from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
+from bronze_assets.lib.delta.commit_log import BATCH_KEY, CHUNK_KEY, commit_history
 from bronze_assets.lib.delta.control import OPERATION_KEY, audited
+from bronze_assets.lib.delta.history import SEEDED_BY_KEY, HistoryWriter
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
@@ -76,11 +79,52 @@ class RestorePlan:
     keys_restored: int  # in the target, not in the current version
     rows_changed: int  # both, with a different hash or status
     rows_unchanged: int
+    history_table: str | None = None  # the contract's history table, when it has one
+    history_version: int | None = None  # the history version holding the target's loads (None: none does)
 
     def describe(self) -> str:
-        return (f"{self.table}: restore version {self.current_version} -> {self.target_version}: "
+        text = (f"{self.table}: restore version {self.current_version} -> {self.target_version}: "
                 f"{self.keys_removed:,} keys removed, {self.keys_restored:,} keys restored, "
                 f"{self.rows_changed:,} rows changed, {self.rows_unchanged:,} unchanged")
+        if self.history_table is not None:
+            text += (f"; {self.history_table} -> version {self.history_version}"
+                     if self.history_version is not None
+                     else f"; {self.history_table} re-seeded from the restored rows (it holds no version "
+                          f"as old as the target)")
+        return text
+
+
+def _effective(entries: list[dict[str, Any]], start: int) -> Iterator[dict[str, Any]]:
+    """The commits whose changes a table holds at version ``start``, newest first: a RESTORE
+    stands for the version it restored (its later commits are undone)."""
+    by_version = {int(e["version"]): e for e in entries if e.get("version") is not None}
+    version = start
+    while version >= 0:
+        entry = by_version.get(version)
+        version -= 1
+        if entry is None:
+            continue
+        if str(entry.get("operation", "")).upper() == "RESTORE":
+            restored = (entry.get("operationParameters") or {}).get("version")
+            if restored is not None:
+                version = int(restored)
+                continue
+        yield entry
+
+
+def matching_history_version(bronze: DeltaTable, history_dt: DeltaTable, target: int) -> int | None:
+    """The version of the history table that holds exactly the loads ``bronze`` holds at version
+    ``target``: the newest of its effective commits whose batch chunk (or, for its seed, batch)
+    the target holds. None when the history holds none (it began after the target)."""
+    chunks, batches = set(), set()
+    for entry in _effective(commit_history(bronze), target):
+        if entry.get(BATCH_KEY) is not None:
+            chunks.add((entry[BATCH_KEY], entry.get(CHUNK_KEY)))
+            batches.add(entry[BATCH_KEY])
+    for entry in _effective(commit_history(history_dt), history_dt.version()):
+        if (entry.get(BATCH_KEY), entry.get(CHUNK_KEY)) in chunks or entry.get(SEEDED_BY_KEY) in batches:
+            return int(entry["version"])
+    return None
 
 
 def _version_for(dt: DeltaTable, version: int | None, timestamp: datetime | None) -> int:
@@ -124,11 +168,14 @@ def plan_restore(storage: StorageLike, contract: Contract, version: int | None =
     both = now.join(then, on=pk, how="inner", suffix="_t")
     changed = both.filter((pl.col("record_hash") != pl.col("record_hash_t"))
                           | (pl.col("record_status") != pl.col("record_status_t"))).height
+    history_dt = storage.open(contract.history_table) if contract.history else None
     return RestorePlan(
         table=contract.bronze_table, current_version=dt.version(), target_version=target,
         keys_removed=now.join(then, on=pk, how="anti").height,
         keys_restored=then.join(now, on=pk, how="anti").height,
         rows_changed=changed, rows_unchanged=both.height - changed,
+        history_table=contract.history_table if history_dt is not None else None,
+        history_version=matching_history_version(dt, history_dt, target) if history_dt is not None else None,
     )
 
 
@@ -145,23 +192,50 @@ def restore(storage: StorageLike, contract: Contract, version: int | None = None
         return plan
     pii = require_hook(contract, pii, "restore")  # before anything is restored
     with audited(storage, contract.bronze_table, "RESTORE") as entry:
+        history_dt = storage.open(contract.history_table) if plan.history_table is not None else None
+        before = history_dt.version() if history_dt is not None else None
+        if history_dt is not None and plan.history_version is not None and plan.history_version != before:
+            history_dt.restore(plan.history_version)  # first: a history that cannot be restored stops it
         dt = _open(storage, contract.bronze_table)
-        dt.restore(plan.target_version)
+        try:
+            dt.restore(plan.target_version)
+        except BaseException:
+            if history_dt is not None and history_dt.version() != before:
+                history_dt.restore(before)  # both tables as they were
+            raise
         reapplied = _reapply_erasures(dt, contract, pii)
+        if history_dt is not None and plan.history_version is None:  # it began after the target
+            HistoryWriter(contract, storage).seed(f"restore-{uuid.uuid4()}", datetime.now(UTC), replace=True)
+        elif history_dt is not None:
+            _reapply_history_erasures(history_dt, contract, pii)
         entry.records_affected = plan.keys_removed + plan.keys_restored + plan.rows_changed
         entry.details = json.dumps(asdict(plan) | {"erasures_reapplied": reapplied})
     return plan
 
 
+def _reapply_history_erasures(dt: DeltaTable, contract: Contract, pii: PiiHook | None) -> None:
+    """A restored history never shows an erased person's personal columns (NULL in every version)."""
+    ids = _erased_ids(contract, pii)
+    if ids:
+        dt.update(updates={c: "NULL" for c in contract.pii_columns},
+                  predicate=f"{contract.data_subject} IN ({ids})",
+                  commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "ERASURE"}))
+
+
+def _erased_ids(contract: Contract, pii: PiiHook | None) -> str:
+    """The erased subjects of ``contract`` as a SQL list ('' when none)."""
+    if contract.data_subject is None or pii is None:
+        return ""
+    return ", ".join(str(int(s)) if s.isdigit() else "'" + s.replace("'", "''") + "'"
+                     for s in pii.erased_subjects())
+
+
 def _reapply_erasures(dt: DeltaTable, contract: Contract, pii: PiiHook | None) -> int:
     """A restore never revives an erased person: subjects with a shredded key stay FORGOTTEN."""
-    if contract.data_subject is None or pii is None:
-        return 0
-    erased = pii.erased_subjects()
-    if not erased:
+    ids = _erased_ids(contract, pii)
+    if not ids:
         return 0
     dt.update_incremental()
-    ids = ", ".join(str(int(s)) if s.isdigit() else "'" + s.replace("'", "''") + "'" for s in erased)
     updates = {c: "NULL" for c in contract.pii_columns} | {"record_status": f"'{FORGOTTEN}'"}
     metrics = dt.update(updates=updates, predicate=f"{contract.data_subject} IN ({ids}) "
                                                    f"AND record_status <> '{FORGOTTEN}'",
