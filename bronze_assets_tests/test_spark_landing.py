@@ -220,3 +220,23 @@ def test_bronze_engine_tables_routes_the_landing_asset_to_spark(tmp_path: Path,
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["key_uniqueness"] and checks["landing_files_changed"] and "quality_score" in checks
     assert _rows(storage)["event_id"].to_list() == [1, 2] and len(_quarantine(storage)) == 1
+
+
+def test_both_engines_land_the_seeded_event_files_alike(spark: Any, tmp_path: Path) -> None:
+    """``bronze seed``'s event files (≈ 2 events per shipment, the defect rate, bad lines, a fourth
+    file with an extra field): the same rows, quarantine and ledger on both engines."""
+    from bronze_assets.demo.event_files import write_event_files
+    from bronze_assets.demo.generator import SeedOptions
+
+    local, remote = _storage(tmp_path, "local"), _storage(tmp_path, "spark")
+    written = write_event_files(local.settings.landing_root, 9000, SeedOptions(scale=0.1, defect_rate=0.02))
+    assert len(written.files) == 4 and written.defects["bad_lines"] > 0
+    _land(local, "local")
+    _land(remote, "spark", spark)
+    a, b = _rows(local), _rows(remote)
+    assert a.columns == b.columns and "carrier_code" in a.columns and a.height == written.events
+    for column in a.columns:
+        assert a[column].to_list() == b[column].to_list(), column
+    assert _quarantine(local) == _quarantine(remote)
+    assert len(_quarantine(remote)) == written.defects["bad_lines"]
+    assert _ledger(local) == _ledger(remote)
