@@ -4,9 +4,12 @@ against the unchanged re-load of the same run, and the source's CPU against a ra
 On a fresh embedded PostgreSQL seeded at the given scale (go-live today, as bench_ingest): raw
 binary COPY of the ten tables (psql → /dev/null), the initial load through Dagster (no checks),
 then ``rounds`` times: an unchanged re-load, and a reconcile of the ten tables (one source snapshot,
-the local engine's DataFusion side), which must find nothing. Each phase runs in a process of its
-own; "wall s" is in-process after imports, "cpu s" the phase process's user+sys (imports included),
-"PG cpu s" the PostgreSQL server's CPU during the phase, read from ``/proc``.
+the local engine's DataFusion side), which must find nothing. Then the floors of hashing in SQL,
+one pass over the ten tables each: the §2.2 hash of every row alone (no buckets, no checksums), and
+md5 over each row's own text (``md5(t::text)``: one rendering of the row, no lengths). Each phase
+runs in a process of its own; "wall s" is in-process after imports, "cpu s" the phase process's
+user+sys (imports included), "PG cpu s" the PostgreSQL server's CPU during the phase, read from
+``/proc``.
 
 Usage: python benchmarks/bench_reconcile.py [--scale 10] [--rounds 2] [--json FILE]
 """
@@ -48,6 +51,27 @@ def phase_reconcile() -> dict[str, Any]:
             "tables": {t.table: round(t.seconds, 2) for t in run.tables}}
 
 
+FLOORS = {"hash": "the §2.2 hash alone", "md5row": "md5(row::text)"}
+
+
+def phase_floor(kind: str) -> dict[str, Any]:
+    """One pass over the ten tables computing only the hash of ``kind`` (see :data:`FLOORS`)."""
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.source.ddl import qualified
+    from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
+    from bronze_assets.lib.source.pushdown import hash_sql
+    from bronze_assets.settings import Settings
+
+    started = time.perf_counter()
+    with connect(resolve_source_dsn(Settings.from_env()), autocommit=True) as conn, conn.cursor() as cur:
+        for contract in CONTRACTS.values():
+            expr = hash_sql(contract) if kind == "hash" else "md5(t::text)"
+            table = qualified(contract.source_schema, contract.source_name)
+            cur.execute(f"SELECT count({expr}) FROM {table} t")
+            cur.fetchall()
+    return {"seconds": time.perf_counter() - started}
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -77,6 +101,8 @@ def bench(scale: float, rounds: int) -> dict[str, Any]:
         for _ in range(rounds):
             phase("unchanged", "load")
             phase("reconcile", "reconcile", script=SCRIPT)
+        for kind in FLOORS:
+            phase(kind, f"floor-{kind}", script=SCRIPT)
         results["load_after"] = os.getloadavg()
         return results
 
@@ -86,7 +112,7 @@ def report(scale: float, results: dict[str, Any]) -> None:
     print(f"\nscale {scale:g}; load average before {results['load'][0]:.1f}, "
           f"after {results['load_after'][0]:.1f} (2 cores)")
     print(f"{'phase':<10} {'wall s':>14} {'cpu s':>14} {'PG cpu s':>14} {'PG cpu x COPY':>14} {'RSS MB':>8}")
-    for label in ("copy", "initial", "unchanged", "reconcile"):
+    for label in ("copy", "initial", "unchanged", "reconcile", *FLOORS):
         runs = results[label]
 
         def cells(key: str, runs: list[dict[str, Any]] = runs) -> str:
@@ -101,6 +127,10 @@ def report(scale: float, results: dict[str, Any]) -> None:
     same = [r["wall"] for r in results["unchanged"]]
     ratio = statistics.median(rec) / statistics.median(same)
     print(f"reconcile / unchanged re-load (wall, median): {ratio:.2f}")
+    cpu = [r["cpu_seconds"] + r["pg_cpu_seconds"] for r in results["reconcile"]]
+    same_cpu = [r["cpu_seconds"] + r["pg_cpu_seconds"] for r in results["unchanged"]]
+    print(f"reconcile / unchanged re-load (client + PG cpu, median): "
+          f"{statistics.median(cpu) / statistics.median(same_cpu):.2f}")
     print("per table (s, last reconcile): " + ", ".join(
         f"{t} {s}" for t, s in results["reconcile"][-1]["tables"].items()))
 
@@ -111,10 +141,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--phase", choices=["reconcile"])
+    parser.add_argument("--phase", choices=["reconcile", *(f"floor-{k}" for k in FLOORS)])
     args = parser.parse_args()
     if args.phase:
-        result = phase_reconcile()
+        result = phase_reconcile() if args.phase == "reconcile" else phase_floor(args.phase.split("-", 1)[1])
         result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return

@@ -176,7 +176,34 @@ def assert_matches_postgres(dsn: str, rows: list[tuple]) -> pa.RecordBatch:
                       if g != w]
         assert not mismatches, f"hash v{version}: (row, computed, PostgreSQL) {mismatches[:5]}"
         assert hash_texts(texts, version=version).equals(got), "hash of pre-rendered texts"
+    assert_sql_forms_agree(dsn)
     return batch
+
+
+def assert_sql_forms_agree(dsn: str) -> None:
+    """The SQL the product runs equals §2.2's definition on every row: ``hash_sql`` (fields joined
+    by ``||``, as written and over pre-rendered columns as reconcile renders them) and the
+    checksum and hash position of PostgreSQL 16's hex integers and of bit strings."""
+    from bronze_assets.lib.reconcile.checksum import checksum_sql, position_sql
+    from bronze_assets.lib.source.pushdown import hash_sql
+
+    rendered = ", ".join(f"{c}::text AS _t{i}" for i, c in enumerate(NAMES))
+    pre = hash_sql(CONTRACT, [f"_t{i}" for i in range(len(NAMES))])
+    forms = {"v1": hash_sql(CONTRACT, version=1), "v2": hash_sql(CONTRACT)}
+    differ = " OR ".join([
+        f"{forms['v1']} IS DISTINCT FROM {_hash_sql(1)}", f"{forms['v2']} IS DISTINCT FROM {_hash_sql(2)}",
+        f"{pre} IS DISTINCT FROM {_hash_sql(2)}",
+        f"{checksum_sql('h', True)} <> {checksum_sql('h', False)}",
+        f"{position_sql('h', True)} <> {position_sql('h', False)}"])
+    hex_integers = query(dsn, "SELECT current_setting('server_version_num')::int")[0][0] >= 160_000
+    if not hex_integers:  # the bit-string forms only
+        differ = differ.rsplit(" OR ", 2)[0]
+    rows = query(dsn, f"SELECT count(*), count(*) FILTER (WHERE {differ}) "
+                      f"FROM (SELECT *, {_hash_sql(2)} AS h, {rendered} FROM public.rh) s")
+    assert rows[0][1] == 0 and rows[0][0] > 0, rows
+    top = "repeat('f', 32)"
+    edge = query(dsn, f"SELECT {checksum_sql(top, hex_integers)}, {position_sql(top, hex_integers)}")[0]
+    assert edge == (2**60 - 1, 2**60 - 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,9 +22,18 @@ HIGH_DIGITS = 7  # hex digits of the high word; the low word is the last 8 (32 b
 LOW_BITS = 32
 
 
-def checksum_sql(hash_expr: str) -> str:
+HEX_INTEGERS = 160_000  # server_version_num from which PostgreSQL reads '0x…' as an integer
+
+
+def _hex_sql(digits: str, hex_integers: bool) -> str:
+    """PostgreSQL: 15 hex digits as bigint; ``hex_integers`` (PostgreSQL 16+): by the integer input
+    function, about a third of the cost of the bit string route that works everywhere."""
+    return f"('0x' || {digits})::bigint" if hex_integers else f"('x' || {digits})::bit(60)::bigint"
+
+
+def checksum_sql(hash_expr: str, hex_integers: bool = False) -> str:
     """PostgreSQL: the 60-bit checksum of an md5 hex text, as bigint."""
-    return f"('x' || substr({hash_expr}, {HEX_FROM}))::bit(60)::bigint"
+    return _hex_sql(f"substr({hash_expr}, {HEX_FROM})", hex_integers)
 
 
 def spark_checksum_sql(hash_expr: str) -> str:
@@ -44,9 +53,9 @@ def join_words(high: int, low: int) -> int:
     return (int(high) << LOW_BITS) + int(low)
 
 
-def position_sql(hash_expr: str) -> str:
+def position_sql(hash_expr: str, hex_integers: bool = False) -> str:
     """PostgreSQL: the hash position of an md5 hex text, as bigint."""
-    return f"('x' || substr({hash_expr}, 1, {POSITION_DIGITS}))::bit({4 * POSITION_DIGITS})::bigint"
+    return _hex_sql(f"substr({hash_expr}, 1, {POSITION_DIGITS})", hex_integers)
 
 
 def spark_position_sql(hash_expr: str) -> str:

@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.reconcile.checksum import POSITIONS, checksum_sql, position_sql
+from bronze_assets.lib.reconcile.checksum import HEX_INTEGERS, POSITIONS, checksum_sql, position_sql
 from bronze_assets.lib.reconcile.keys import by_integer_key, key_expr, text_names
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.postgres import connect
@@ -30,10 +30,15 @@ def ranges_sql(column: str, ranges: Ranges) -> str:
 
 class SourceSnapshot:
     """A read-only REPEATABLE READ transaction on the source, pinned session (§2.2), held for a
-    whole reconciliation so every table and every drill-down sees the same data."""
+    whole reconciliation so every table and every drill-down sees the same data.
+
+    Sorting is off in it: the planner takes ``GROUP BY key / width`` for a group per key and would
+    sort every row's rendered columns (to disk) before summing; hashed, the groups are the few
+    buckets."""
 
     def __init__(self, dsn: str, snapshot_id: str | None = None) -> None:
         self.dsn, self.snapshot_id = dsn, snapshot_id  # snapshot_id: join another's exported snapshot
+        self.hex_integers = False  # the server reads '0x…' as an integer (see reconcile/checksum.py)
         self._conn: Any = None
 
     def __enter__(self) -> SourceSnapshot:
@@ -45,6 +50,9 @@ class SourceSnapshot:
             else:  # taken now (not at the first table), and shareable with more connections
                 cur.execute("SELECT pg_export_snapshot()")
                 (self.snapshot_id,) = cur.fetchall()[0]
+            cur.execute("SET LOCAL enable_sort = off")
+            cur.execute("SELECT current_setting('server_version_num')::int")
+            self.hex_integers = cur.fetchall()[0][0] >= HEX_INTEGERS
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -85,7 +93,8 @@ class SourceTable:
         self.hash = hash_sql(contract, names)
         pairs = zip(contract.column_names, names, strict=True)
         self.rendered = ", ".join(f"{quote_ident(c)}::text AS {n}" for c, n in pairs)
-        self.checksum = checksum_sql(self.hash)
+        self.hex = snapshot.hex_integers
+        self.checksum = checksum_sql(self.hash, self.hex)
         # when the row last changed (pending rows), as timestamptz; an infinite one counts as unknown
         self.updated_at = "CASE WHEN isfinite(updated_at) THEN updated_at::timestamptz END" \
             if "updated_at" in contract.column_names else "NULL::timestamptz"
@@ -108,8 +117,8 @@ class SourceTable:
         """A subquery of each row's hash ``h``, its position ``p`` and ``columns`` (expression, name)."""
         inner = "".join(f", {expr} AS {name}" for expr, name in columns)
         names = "".join(f", {name}" for _, name in columns)
-        return (f"(SELECT {position_sql('h')} AS p, h{names} FROM (SELECT {self.hash} AS h{names} FROM ("
-                f"SELECT {self.rendered}{inner} FROM {self.name} OFFSET 0) r OFFSET 0) q) s")
+        return (f"(SELECT {position_sql('h', self.hex)} AS p, h{names} FROM (SELECT {self.hash} AS h{names} "
+                f"FROM (SELECT {self.rendered}{inner} FROM {self.name} OFFSET 0) r OFFSET 0) q) s")
 
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
         """{bucket: (rows, checksum sum)} of the positions in [lo, hi], bucket = (position - lo) // width."""
@@ -119,7 +128,7 @@ class SourceTable:
                    f"WHERE {self.key} BETWEEN {lo} AND {hi} OFFSET 0) s GROUP BY 1")
         else:
             where = "" if (lo, hi) == (0, POSITIONS - 1) else f" WHERE p BETWEEN {lo} AND {hi}"
-            sql = f"SELECT (p - {lo}) / {width} AS b, count(*), sum({checksum_sql('h')})::text " \
+            sql = f"SELECT (p - {lo}) / {width} AS b, count(*), sum({checksum_sql('h', self.hex)})::text " \
                   f"FROM {self._hashed()}{where} GROUP BY 1"
         return {int(b): (int(n), int(s)) for b, n, s in self.snapshot.query(sql)}
 
