@@ -31,6 +31,11 @@ from bronze_assets.lib.source.window import LoadWindow, partition_sql, window_pr
 
 HASH, PART, RESCUED = "record_hash", "_bronze_part", "_bronze_rescued"
 JOIN_FIELDS = " || E'\\x1f' || "  # §2.2's field separator between two fields
+# types whose ::text is ASCII for every value (digits, signs, ISO dates and times, 'BC', 'NaN',
+# 'infinity', hex): their text's length in characters is its length in bytes
+ASCII_TEXT = frozenset({TypeFamily.SMALLINT, TypeFamily.INTEGER, TypeFamily.BIGINT, TypeFamily.NUMERIC,
+                        TypeFamily.DATE, TypeFamily.TIMESTAMP, TypeFamily.TIMESTAMPTZ, TypeFamily.UUID,
+                        TypeFamily.BOOLEAN})
 EPOCH = "DATE '1970-01-01'"
 
 
@@ -68,10 +73,14 @@ def hash_sql(contract: Contract, texts: Sequence[str] | None = None, version: in
 
     The fields are joined by ``||`` rather than §2.2's ``concat_ws``: equal, since no field is
     NULL (each is coalesced), and cheaper — ``concat_ws`` looks up and calls each argument's output
-    function per row (test_record_hash checks the two agree)."""
+    function per row; and the length of a text that is ASCII whatever the value (:data:`ASCII_TEXT`)
+    is its ``octet_length``, which need not count characters (test_record_hash checks they agree)."""
     texts = texts or [f"{quote_ident(c)}::text" for c in contract.column_names]
-    fields = [f"coalesce({t}, '\\N')" if version == 1 else f"coalesce(length({t}) || ':' || {t}, '\\N')"
-              for t in texts]
+    fields = []
+    for column, text in zip(contract.columns, texts, strict=True):
+        length = "octet_length" if column.type.family in ASCII_TEXT else "length"
+        fields.append(f"coalesce({text}, '\\N')" if version == 1 else
+                      f"coalesce({length}({text}) || ':' || {text}, '\\N')")
     return f"md5({JOIN_FIELDS.join(fields)})"
 
 
