@@ -1,6 +1,8 @@
 """The bronze side of a reconciliation with the local engine: DataFusion reads only the key,
-``record_hash`` and ``record_status`` of ``bz_<table>`` (current version, deletion-vector safe);
-Polars turns the hashes into checksums and sums them per key bucket, batch by batch."""
+``record_hash`` and ``record_status`` of ``bz_<table>`` (current version, deletion-vector safe;
+a table not keyed by one integer column: only the hash and status, its key columns just for the
+rows of differing buckets); Polars turns the hashes into checksums and sums them per bucket,
+batch by batch."""
 
 from __future__ import annotations
 
