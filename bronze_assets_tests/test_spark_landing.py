@@ -240,3 +240,22 @@ def test_both_engines_land_the_seeded_event_files_alike(spark: Any, tmp_path: Pa
     assert _quarantine(local) == _quarantine(remote)
     assert len(_quarantine(remote)) == written.defects["bad_lines"]
     assert _ledger(local) == _ledger(remote)
+
+
+def test_a_run_at_once_on_the_other_engine_lands_nothing_twice(spark: Any, tmp_path: Path) -> None:
+    """Spark has staged the new files when another run (the local engine) lands them: before its
+    commit Spark drops them, so every record and every file is in the table and the ledger once."""
+    from bronze_assets.lib.load.lifecycle import commit
+
+    storage = _storage(tmp_path, "bronze")
+    drop(storage, "a.jsonl", [event(1), event(2, "DELIVERED")], age=120)
+    engine = SparkEngine(SparkLoader(spark, storage), data_docs=False)
+    lifecycle = Lifecycle(LoadRequest(EVENTS, None), engine, "", storage)
+    staged = lifecycle.stage()
+    assert _land(storage, "local")["landing_files"] == 1  # the other run, at once
+    version = DeltaTable(storage.uri(EVENTS.bronze_table)).version()
+    outcome = commit(engine, staged, storage, None)
+    lifecycle.finish(staged)
+    assert outcome.result.commits == 0 and DeltaTable(storage.uri(EVENTS.bronze_table)).version() == version
+    assert _rows(storage)["event_id"].to_list() == [1, 2]
+    assert [Path(r[1]).name for r in _ledger(storage)] == ["a.jsonl"]

@@ -191,6 +191,17 @@ def bad_line_ids(table: str, bad: Iterable[tuple[str, str, int | None]]) -> list
             for uri, sha, line in bad]
 
 
+def landed_elsewhere(contract: Contract, mine: Iterable[LedgerRow], committed: Iterable[LedgerRow],
+                     batch_id: str) -> set[str]:
+    """The files of this batch's ledger rows (``mine``) that other batches' ``committed`` rows
+    (commits made since the listing: another run at once) have landed; with ``allow_overwrites``
+    only the same version of a file counts."""
+    landed = {r.path: (r.size, r.modification_time) for r in committed if r.batch_id != batch_id}
+    overwrites = contract.landing is not None and contract.landing.allow_overwrites
+    return {r.path for r in mine if r.path in landed
+            and (not overwrites or landed[r.path] == (r.size, r.modification_time))}
+
+
 def ledger_rows(contract: Contract, files: Iterable[tuple[str, int, datetime, str, int]], batch_id: str,
                 ingested_at: datetime) -> list[LedgerRow]:
     """The ledger rows of the batch's files ``(URI, size, modification time, sha256, records)``."""

@@ -68,6 +68,7 @@ from bronze_assets.lib.load.landing_records import (
     bad_line_ids,
     bad_line_records,
     enrich_records,
+    landed_elsewhere,
     landing_extras,
     ledger_rows,
     plan_columns,
@@ -604,17 +605,9 @@ def drop_landed_elsewhere(staged: StagedBatch, selection: FileSelection, dt: Del
     newer = dt.version() - (selection.table_version if selection.table_version is not None else -1)
     if newer <= 0:
         return
-    mine = staged.ctx.batch_id
-    landed: dict[str, tuple[int, datetime]] = {}
-    for entry in commit_history(dt, newer):
-        text = entry.get(LEDGER_KEY)
-        if isinstance(text, str):
-            for row in (LedgerRow.from_json(r) for r in json.loads(text)):
-                if row.batch_id != mine:
-                    landed[row.path] = (row.size, row.modification_time)
-    overwrites = staged.contract.landing is not None and staged.contract.landing.allow_overwrites
-    gone = {r.path for r in selection.ledger if r.path in landed
-            and (not overwrites or landed[r.path] == (r.size, r.modification_time))}
+    committed = [LedgerRow.from_json(r) for entry in commit_history(dt, newer)
+                 if isinstance(text := entry.get(LEDGER_KEY), str) for r in json.loads(text)]
+    gone = landed_elsewhere(staged.contract, selection.ledger, committed, staged.ctx.batch_id)
     if not gone:
         return
     selection.ledger = [r for r in selection.ledger if r.path not in gone]

@@ -41,7 +41,7 @@ from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.model import LandingFormat
 from bronze_assets.contracts.types import PgType
 from bronze_assets.lib.delta.commit_log import CommitLog
-from bronze_assets.lib.delta.landing_ledger import ledger_metadata
+from bronze_assets.lib.delta.landing_ledger import LEDGER_KEY, committed_rows, ledger_metadata
 from bronze_assets.lib.delta.load_commit import commit_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_once
 from bronze_assets.lib.delta.staging import stage_dir
@@ -56,6 +56,7 @@ from bronze_assets.lib.load.landing_records import (
     bad_line_ids,
     bad_line_records,
     enrich_records,
+    landed_elsewhere,
     landing_extras,
     ledger_rows,
     plan_columns,
@@ -521,7 +522,36 @@ def stage_landing(loader: SparkLoader, selection: FileSelection, commits: Commit
         frame = _empty(spark, contract, evolved)
     staged, selection.ledger = stage_frame(loader, contract, frame, [*evolved, *added], added, stored, ctx,
                                            selection.files, commits, started)
+    staged.before_commit = lambda: drop_landed_elsewhere(loader, staged, selection)
     return staged
+
+
+def drop_landed_elsewhere(loader: SparkLoader, staged: SparkStaged, selection: FileSelection) -> None:
+    """Before the commit: drop from the batch the files that commits made since the listing
+    (another run at once, either engine) have landed — their records and ledger rows — so every
+    record and file lands once (the local engine's rule, :func:`landed_elsewhere`)."""
+    from pyspark.sql import functions as F
+
+    storage, contract = loader.storage, staged.contract
+    dt = storage.open(contract.bronze_table)
+    if dt is None or not selection.ledger:
+        return
+    since = selection.table_version if selection.table_version is not None else -1
+    committed = committed_rows(storage, contract.bronze_table, dt, newer_than=since)
+    gone = landed_elsewhere(contract, selection.ledger, committed, staged.ctx.batch_id)
+    selection.table_version = dt.version()
+    if not gone:
+        return
+    rows = loader.spark.read.parquet(str(staged.rows_path))
+    kept = staged.folder / "rows-kept"
+    rows.filter(~F.col(SOURCE_FILE).isin(sorted(gone))).write.parquet(str(kept))
+    shutil.rmtree(staged.rows_path)
+    kept.rename(staged.rows_path)
+    staged.score_histogram = loader._histogram(loader.spark.read.parquet(str(staged.rows_path)))
+    selection.ledger = [r for r in selection.ledger if r.path not in gone]
+    staged.meta = {k: v for k, v in staged.meta.items() if k != LEDGER_KEY} \
+        | (ledger_metadata(selection.ledger) if selection.ledger else {})
+    staged.commit_always = bool(selection.ledger)
 
 
 def _empty(spark: SparkSession, contract: Contract, evolved: list[StoredColumn]) -> DataFrame:

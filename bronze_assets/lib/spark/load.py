@@ -132,6 +132,7 @@ class SparkStaged:
     commits: CommitLog | None = None  # the table's commit log read when staging (the MERGE reuses it)
     label: str | None = None  # what was read, when ``plan`` is None (e.g. "3 landing file(s)")
     deletes: bool = True  # a key the source no longer has is soft-deleted (never for landing files)
+    before_commit: Callable[[], None] | None = None  # e.g. drop the files another run landed meanwhile
 
     @property
     def rows(self) -> int:
@@ -316,6 +317,8 @@ class SparkLoader:
         :meth:`SparkStaged.cleanup`)."""
         contract, window = staged.contract, staged.plan
         merge_started = time.perf_counter()
+        if staged.before_commit is not None:
+            staged.before_commit()
         rows_frame = self.spark.read.parquet(str(staged.rows_path))
         keys = self.spark.read.parquet(str(staged.folder / "keys")) if staged.sweep \
             else rows_frame.select(*contract.merge_key)
