@@ -55,7 +55,7 @@ from bronze_assets.contracts.types import PgType
 from bronze_assets.lib.delta.commit_log import commit_history
 from bronze_assets.lib.delta.landing_ledger import LEDGER_KEY, LedgerRow, ledger_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_once
-from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, write_stream
+from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, staged_reader, write_stream
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, staged_schema
 from bronze_assets.lib.load.landing_records import (
@@ -375,26 +375,29 @@ def _typed_block(block: pa.Table, schema: Schema, rescued: list[str], uri: str,
     table = schema.contract.bronze_table
     typed = schema.typed()
     paths = ", ".join(_path(name) for name, _ in typed)
-    select, flags = ["line_no AS _line_no"], []
+    casts, flags = [], {}  # a text column takes any value: no cast, no flag
     for i, (name, type_) in enumerate(typed, start=1):
-        cast = _cast(f"v[{i}]", type_, table, name)
-        select += [f"{cast} AS _c{i}", f"(v[{i}] IS NOT NULL AND {cast} IS NULL) AS _bad{i}"]
-        flags.append(f"_bad{i}")
+        if _duck_type(type_, table, name) == "VARCHAR":
+            casts.append(f"v[{i}] AS _c{i}")
+        else:
+            casts.append(f"{_cast(f'v[{i}]', type_, table, name)} AS _c{i}")
+            flags[i] = f"(v[{i}] IS NOT NULL AND _c{i} IS NULL)"
     has_new = (f"list_has_any(json_keys(line), [{', '.join(_literal(c) for c in rescued)}])"
                if rescued else "false")
-    outer = ["_line_no", *(f"_c{i}, _bad{i}" for i in range(1, len(typed) + 1)), f"{has_new} AS _new"]
+    outer = ["line_no AS _line_no", *(f"_c{i}" for i in range(1, len(typed) + 1)),
+             *(f"{flag} AS _bad{i}" for i, flag in flags.items()), f"{has_new} AS _new",
+             f"CASE WHEN {' OR '.join([*flags.values(), has_new])} THEN line END AS _raw"]
     con.register("good_lines", block)
-    try:  # one parse per record (v); the raw line only where something is rescued
-        out = con.sql(f"SELECT {', '.join(outer)}, CASE WHEN {' OR '.join([*flags, has_new])} THEN line END "
-                      f"AS _raw FROM (SELECT {', '.join(select)}, line FROM (SELECT line_no, line, "
-                      f"json_extract_string(line, [{paths}]) AS v FROM good_lines)) ORDER BY _line_no"
-                      ).to_arrow_table()
+    try:  # one parse per record (v), each cast once; the raw line only where something is rescued
+        out = con.sql(f"SELECT {', '.join(outer)} FROM (SELECT line_no, line, v, {', '.join(casts)} FROM "
+                      f"(SELECT line_no, line, json_extract_string(line, [{paths}]) AS v FROM good_lines))"
+                      ).to_arrow_table()  # in the lines' order (DuckDB keeps insertion order)
     finally:
         con.unregister("good_lines")
     n = out.num_rows
     uris = pa.repeat(pa.scalar(uri, pa.string()), n)
-    unfit = {name: out.column(f"_bad{i}").to_numpy(zero_copy_only=False).astype(bool)
-             for i, (name, _) in enumerate(typed, start=1)}
+    unfit = {name: out.column(f"_bad{i}").to_numpy(zero_copy_only=False).astype(bool) if i in flags
+             else np.zeros(n, dtype=bool) for i, (name, _) in enumerate(typed, start=1)}
     new_flag = out.column("_new").to_numpy(zero_copy_only=False).astype(bool)
     arrays = {name: out.column(f"_c{i}").combine_chunks().cast(arrow_type(type_))
               for i, (name, type_) in enumerate(typed, start=1)}
@@ -433,12 +436,10 @@ class _Spill:
         self._writer = self._sink = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
+        """The spilled blocks in order, each mapped on its own (memory holds the blocks in use)."""
         self.close()
         for path in self.paths:
-            with pa.memory_map(str(path)) as source:
-                reader = pa.ipc.open_file(source)
-                for i in range(reader.num_record_batches):
-                    yield reader.get_batch(i)
+            yield from staged_reader(path)
 
     def remove(self) -> None:
         self.close()
