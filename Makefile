@@ -42,10 +42,11 @@ PORT ?= 3000
 ui: $(STAMP) $(BRONZE_DATA_DIR)/dagster_home/dagster.yaml  ## Dagster UI + daemon, instance on the embedded PostgreSQL (make ui PORT=3001)
 	DAGSTER_HOME=$(BRONZE_DATA_DIR)/dagster_home $(BIN)/python -m bronze_assets.devserver -w workspace.yaml -p $(PORT)
 
-bench: $(STAMP)  ## seed and ingestion benchmarks at scale 1 and 10 (with dlt as the reference)
+bench: $(STAMP)  ## seed, ingestion (scale 1 and 10) and landing-file benchmarks (with dlt as the reference)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_seed.py --scales 1 10
 	$(BIN)/python benchmarks/bench_ingest.py --scales 1 10
+	$(BIN)/python benchmarks/bench_landing.py --scale 10
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
