@@ -20,6 +20,7 @@ from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.load.landing_schema import INFERRED, StoredColumn, read_schema
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.lib.spark.engine import SparkEngine
 from bronze_assets.lib.spark.load import SparkLoader
@@ -94,6 +95,10 @@ def test_both_engines_land_the_same_files_into_the_same_rows(spark: Any, tmp_pat
     assert _quarantine(local) == _quarantine(remote) and len(_quarantine(remote)) == 2
     assert {q["line"] for q in _quarantine(remote)} == {2, 4}
     assert _ledger(local) == _ledger(remote)
+    stored_local, stored_spark = read_schema(local, EVENTS), read_schema(remote, EVENTS)
+    assert stored_local is not None and stored_spark is not None
+    assert stored_spark.columns == stored_local.columns  # the same schema stored under _schemas/
+    assert stored_spark.columns[-1] == StoredColumn("carrier_code", "text", INFERRED)
     assert {Path(r[1]).name: r[5] for r in _ledger(remote)} == \
         {"a.jsonl": 3, "b.json.gz": 2, "c.jsonl": 3, "empty.jsonl": 0, "zero.jsonl": 0}
     audit = [r for r in read_table(remote, AUDIT_LOG).to_pylist()
