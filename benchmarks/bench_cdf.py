@@ -1,7 +1,9 @@
 """The change data feed's cost on the initial load (issue #25: with CDF on ≤ 1.1× without): the
 initial load of one table (default order_details) at one scale into an empty bronze root, with
 ``delta.enableChangeDataFeed`` on (as every bz_* table is) and off, ``--rounds`` times each,
-alternating, each load in a process of its own; the medians are compared.
+alternating, each load in a process of its own; the medians are compared, of wall time and of the
+load's CPU time (user+sys of its process, all threads: on a shared machine wall time moves with the
+others' load, CPU time much less).
 
     python benchmarks/bench_cdf.py [--scale 1] [--table order_details] [--rounds 3] [--json out.json]
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -49,6 +52,7 @@ def phase_load(table: str, feed: bool, root: str) -> dict:
 
         merger.write_deltalake = write_without_feed
     contract = CONTRACTS[table]
+    cpu = _cpu()
     started = time.perf_counter()
     staged = extract_and_stage(contract, resolve_source_dsn(Settings.from_env()), Path(root))
     try:
@@ -57,11 +61,18 @@ def phase_load(table: str, feed: bool, root: str) -> dict:
     finally:
         staged.cleanup()
     ended = time.perf_counter()
+    cpu = _cpu() - cpu
     dt = DeltaTable(str(Path(root) / contract.bronze_table))
     on = str(dt.metadata().configuration.get(FEED, "")).lower() == "true"
     assert on == feed, f"the table's feed is {on}, expected {feed}"
-    return {"seconds": ended - started, "write_seconds": ended - staged_at, "rows": result.inserted,
+    return {"seconds": ended - started, "write_seconds": ended - staged_at, "cpu_seconds": cpu,
+            "rows": result.inserted,
             "change_data_files": sum(1 for _ in (Path(root) / contract.bronze_table).rglob("_change_data/*"))}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench(scale: float, table: str, rounds: int) -> dict:
@@ -74,7 +85,8 @@ def bench(scale: float, table: str, rounds: int) -> dict:
                 result = bench_ingest.run_phase("load", env, "--table", table, "--feed", variant,
                                                 "--root", root, script=PHASE_SCRIPT)
                 runs[variant].append(result)
-                print(f"  {variant:>3}: {result['seconds']:.2f} s (write {result['write_seconds']:.2f} s), "
+                print(f"  {variant:>3}: {result['seconds']:.2f} s (write {result['write_seconds']:.2f} s, "
+                      f"cpu {result['cpu_seconds']:.2f} s), "
                       f"{result['rows']:,} rows, {result['change_data_files']} _change_data files",
                       flush=True)
     out = {"scale": scale, "table": table, "rounds": rounds, "source_rows": seeded["rows"]}
@@ -82,8 +94,11 @@ def bench(scale: float, table: str, rounds: int) -> dict:
         out[variant] = {"median_seconds": round(statistics.median(r["seconds"] for r in results), 3),
                         "median_write_seconds":
                             round(statistics.median(r["write_seconds"] for r in results), 3),
-                        "seconds": [round(r["seconds"], 3) for r in results]}
+                        "median_cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in results), 3),
+                        "seconds": [round(r["seconds"], 3) for r in results],
+                        "cpu_seconds": [round(r["cpu_seconds"], 3) for r in results]}
     out["ratio"] = round(out["on"]["median_seconds"] / out["off"]["median_seconds"], 3)
+    out["cpu_ratio"] = round(out["on"]["median_cpu_seconds"] / out["off"]["median_cpu_seconds"], 3)
     out["write_ratio"] = round(out["on"]["median_write_seconds"] / out["off"]["median_write_seconds"], 3)
     return out
 
@@ -105,7 +120,9 @@ def main() -> None:
     out = bench(args.scale, args.table, args.rounds)
     print(f"\nscale {out['scale']:g}, initial load of {out['table']} (median of {out['rounds']}): "
           f"CDF on {out['on']['median_seconds']:.2f} s, off {out['off']['median_seconds']:.2f} s, "
-          f"ratio {out['ratio']:.2f} (write only: {out['write_ratio']:.2f}; target ≤ 1.1)")
+          f"ratio {out['ratio']:.2f} (write only: {out['write_ratio']:.2f}); CPU on "
+          f"{out['on']['median_cpu_seconds']:.2f} s, off {out['off']['median_cpu_seconds']:.2f} s, ratio "
+          f"{out['cpu_ratio']:.2f} (target ≤ 1.1)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 
