@@ -1,5 +1,6 @@
 """Reconciliation of bronze with its source (ARCHITECTURE §2.8): hash bisection over key buckets
-(:mod:`.bisect`) between the source's snapshot (:mod:`.source_side`) and the bronze table
+(:mod:`.bisect`; keys, or hash positions for a table not keyed by one integer column, named as
+:mod:`.keys` says) between the source's snapshot (:mod:`.source_side`) and the bronze table
 (:mod:`.bronze_side`), ``--deep`` re-hashing (:mod:`.deep`), the ``bz_reconciliation`` ledger
 (:mod:`.ledger`), the run (:mod:`.run`) and the repair through the normal MERGE (:mod:`.repair`)."""
 
