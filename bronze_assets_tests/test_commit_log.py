@@ -22,6 +22,7 @@ from bronze_assets.lib.delta.commit_log import (
     CommitLog,
 )
 from bronze_assets.lib.delta.control import AUDIT_LOG, COST_TRACKING, LINEAGE, read_table
+from bronze_assets.lib.delta.log_checkpoint import checkpoint_current, latest_checkpoint
 from bronze_assets_tests.bronze_helpers import Bronze
 
 pytestmark = pytest.mark.integration
@@ -62,6 +63,9 @@ def test_an_unchanged_reload_reads_the_commit_history_once(
     # the full load read its rows (lineage and cost); the CDC tick read none: its audit row only
     moved = 1 if meta["rows_read"] else 0
     assert added == {AUDIT_LOG: 1, LINEAGE: moved, COST_TRACKING: moved}, meta["rows_read"]
+    # the next runs open the table from a checkpoint at its version, written once
+    assert latest_checkpoint(b.storage(), f"bz_{table}") == version
+    assert not checkpoint_current(b.storage(), f"bz_{table}", b.table(table))
 
 
 def _commit(uri: str, meta: dict[str, str]) -> None:

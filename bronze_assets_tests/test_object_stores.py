@@ -396,9 +396,11 @@ def test_an_unchanged_scheduled_tick_costs_few_requests(seeded: str, s3: S3, tab
     print(f"\n{table} (version {version}), fresh process: {len(tick)} requests: {_by_kind(tick)}")
     data = [r for r in tick if r.kind.startswith("GET data") and r.table.startswith("bz_")]
     assert not data, f"the checks answered from their kept outcomes: {_by_kind(data)}"
-    # one open of the table (staging, MERGE and checks share it), its latest two commits, one
-    # audit-log append, the CDC acknowledgement, the kept check outcomes, a listing per parent
-    assert len(tick) <= 55, _by_kind(tick)
+    # one open of the table from the checkpoint the first tick wrote (staging, MERGE and checks
+    # share it), its latest two commits, one append to a young audit log (one whose last checkpoint
+    # is k commits back costs 2 + 11 + 2k more: README 'Bronze on S3'), the CDC acknowledgement,
+    # the kept check outcomes, a listing per parent
+    assert len(tick) <= 50, _by_kind(tick)
 
 
 def test_control_tables_checkpoint_every_ten_commits_on_the_store(s3: S3) -> None:

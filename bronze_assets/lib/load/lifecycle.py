@@ -4,7 +4,9 @@ A load goes: choose the source (:func:`~bronze_assets.lib.load.source.source_for
 window or its log-based CDC stream) and open its read → the engine stages what the read selects
 (schema gate and quarantine inside) while the read is open → schema evolution audited → the
 engine MERGEs (:func:`commit`: the MERGE, the checkpoint rows, the LOAD audit row) → the read is
-acknowledged (only after the commit) → the checks → the staged files are removed. A
+acknowledged (only after the commit) → a load that committed nothing checkpoints the table at
+its version if it has no checkpoint there (:mod:`~bronze_assets.lib.delta.log_checkpoint`) → the
+checks → the staged files are removed. A
 failure at any step is audited once (a FAILED row) and re-raised unchanged: the caller's failure
 policy (:mod:`bronze_assets.lib.failures`) says whether a retry can fix it, the same on every
 engine. Nothing here knows Dagster: ``defs/`` turns the report into Dagster events, the Spark
@@ -28,6 +30,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import AUDIT_LOG, SUCCESS, append_rows
 from bronze_assets.lib.delta.history import history_metadata
+from bronze_assets.lib.delta.log_checkpoint import checkpoint_current
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.failures import classify
@@ -160,6 +163,8 @@ class Lifecycle:
         try:
             if self.read is not None:  # only once its rows are committed (a CDC slot frees their WAL)
                 self.read.acknowledge()
+            if staged.committed is False:  # nothing new: the next runs open the table from here
+                self._checkpoint()
             outcomes = self.take_checks()
             if staged.committed is not False and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
                 self.tables.refresh(self.contract.bronze_table)  # as the MERGE left it
@@ -191,6 +196,11 @@ class Lifecycle:
             history = history_metadata(self.contract, self.storage, outcome.batch_id, result.history_version,
                                        result.history_versions)
         return LoadReport(outcome, outcome.metadata() | self.metadata, checks, history)
+
+    def _checkpoint(self) -> None:
+        dt = self.tables.open(self.contract.bronze_table)
+        if dt is not None:
+            checkpoint_current(self.storage, self.contract.bronze_table, dt)
 
     def _failed(self, exc: BaseException) -> None:
         audit_failure(self.contract, self.storage, self.job_id, self.started,
