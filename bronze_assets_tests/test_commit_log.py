@@ -22,7 +22,7 @@ from bronze_assets.lib.delta.commit_log import (
     CommitLog,
 )
 from bronze_assets.lib.delta.control import AUDIT_LOG, COST_TRACKING, LINEAGE, read_table
-from bronze_assets.lib.delta.log_checkpoint import checkpoint_current, latest_checkpoint
+from bronze_assets.lib.delta.log_checkpoint import checkpoint_current, latest_checkpoint, worth_a_checkpoint
 from bronze_assets_tests.bronze_helpers import Bronze
 
 pytestmark = pytest.mark.integration
@@ -63,9 +63,18 @@ def test_an_unchanged_reload_reads_the_commit_history_once(
     # the full load read its rows (lineage and cost); the CDC tick read none: its audit row only
     moved = 1 if meta["rows_read"] else 0
     assert added == {AUDIT_LOG: 1, LINEAGE: moved, COST_TRACKING: moved}, meta["rows_read"]
-    # the next runs open the table from a checkpoint at its version, written once
-    assert latest_checkpoint(b.storage(), f"bz_{table}") == version
+    # the next runs open the table from a checkpoint at its version (when reading its commits
+    # since the last one costs more), written once
+    latest = latest_checkpoint(b.storage(), f"bz_{table}")
+    assert latest == version if worth_a_checkpoint(None, version) else latest is None, (version, latest)
     assert not checkpoint_current(b.storage(), f"bz_{table}", b.table(table))
+
+
+def test_a_checkpoint_is_written_when_it_reads_less_than_the_commits_since() -> None:
+    assert not worth_a_checkpoint(None, 4), "5 commits read twice (10 GETs) < a checkpoint (11)"
+    assert worth_a_checkpoint(None, 5)
+    assert worth_a_checkpoint(9, 10), "after a checkpoint, every commit since is two GETs more"
+    assert not worth_a_checkpoint(10, 10)
 
 
 def _commit(uri: str, meta: dict[str, str]) -> None:

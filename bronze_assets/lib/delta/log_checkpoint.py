@@ -1,11 +1,11 @@
 """A checkpoint at a table's current version, written by a load that committed nothing.
 
-Opening a Delta table reads its last checkpoint and then every commit since it (deltalake 1.6.6
-reads each of those commit files twice); tables checkpoint every ten commits, so an hourly tick
-that finds nothing new would read up to nine commits twice on every run until the next load
-commits. The first unchanged tick after a commit writes the checkpoint instead: the next ticks
-open the table from it (README 'Bronze on S3', requests per tick). A checkpoint holds what the
-log already says and is no commit: it never conflicts with a writer."""
+Opening a Delta table on an object store reads its last checkpoint (11 ranged GETs, deltalake
+1.6.6) and then every commit since it, each commit file twice; tables checkpoint every ten
+commits, so an hourly tick that finds nothing new would read up to nine commits twice on every run
+until the next load commits. The first unchanged tick after a commit writes the checkpoint when
+that makes the next opens cheaper (README 'Bronze on S3', requests per tick). A checkpoint holds
+what the log already says and is no commit: it never conflicts with a writer."""
 
 from __future__ import annotations
 
@@ -25,12 +25,21 @@ def latest_checkpoint(storage: Storage, table: str) -> int | None:
     return max(versions, default=None)
 
 
+CHECKPOINT_GETS, COMMIT_GETS = 11, 2  # what an open reads: a checkpoint, each commit after it
+
+
+def worth_a_checkpoint(latest: int | None, version: int) -> bool:
+    """Whether opening the table from a checkpoint at ``version`` reads less than from its latest
+    checkpoint (``latest``; None: none, every commit is read)."""
+    since = version - (-1 if latest is None else latest)
+    return since * COMMIT_GETS > (CHECKPOINT_GETS if latest is None else 0)
+
+
 def checkpoint_current(storage: Storage, table: str, dt: DeltaTable) -> bool:
-    """Write a checkpoint at ``dt``'s version unless the table has one there; True when written.
+    """Write a checkpoint at ``dt``'s version when :func:`worth_a_checkpoint`; True when written.
     A failure is logged, never raised: the load it follows is done."""
     try:
-        latest = latest_checkpoint(storage, table)
-        if latest is not None and latest >= dt.version():
+        if not worth_a_checkpoint(latest_checkpoint(storage, table), dt.version()):
             return False
         dt.create_checkpoint()
     except Exception as exc:  # the table stays as readable as before: only slower to open
