@@ -76,6 +76,16 @@ def spark() -> Any:
 
 
 @pytest.fixture(scope="session")
+def spark_pipes(spark: Any) -> Any:
+    """The ``pipes`` resource of the tests that run the Spark job through Dagster Pipes: the job's
+    subprocess attaches to this worker's JVM (``spark``) instead of starting one (warm_spark.py)."""
+    from bronze_assets_tests.warm_spark import WarmSparkPipes, serve
+
+    serve(spark)
+    return WarmSparkPipes()
+
+
+@pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
     server.start()

@@ -23,7 +23,7 @@ from typing import Any
 
 from databricks.sdk.service import jobs
 
-from bronze_assets.defs.pipes import BronzePipes
+from bronze_assets_tests.warm_spark import WarmSparkPipes, gateway_env
 
 FILES, DIRECTORIES = "/api/2.0/fs/files", "/api/2.0/fs/directories"
 
@@ -113,7 +113,10 @@ class FakeJobs:
             assert environment.spec is not None and environment.spec.dependencies
             env = dict(os.environ)
         module, func = entry.value.split(":")
-        code = f"import sys; from {module} import {func}; sys.exit({func}())"
+        # on the test worker's JVM when it serves one (warm_spark.py), as the subprocess client does
+        code = (f"import sys; from bronze_assets_tests.warm_spark import attach; attach(); "
+                f"from {module} import {func}; sys.exit({func}())")
+        env |= gateway_env()
         run_id = len(self.runs) + 1
         log = Path(self.log_dir or os.devnull)
         if self.log_dir:
@@ -147,7 +150,7 @@ class FakeWorkspaceClient:
 _WORKSPACES: dict[tuple[str, str | None], FakeWorkspaceClient] = {}
 
 
-class FakeWorkspacePipes(BronzePipes):
+class FakeWorkspacePipes(WarmSparkPipes):
     """The ``pipes`` resource with the fake workspace in place of a Databricks one (tests only:
     no workspace is reachable here). One workspace per ``volumes`` folder, so a test reads the
     runs the asset submitted from :meth:`workspace` afterwards."""

@@ -43,8 +43,10 @@ def _materialize(dsn: str, root: Path, engine: BronzeEngine, table: str, pipes: 
 @pytest.mark.parametrize("compute", [DatabricksCompute.SERVERLESS, DatabricksCompute.JOB_CLUSTER])
 def test_databricks_task_runs_the_bronze_job_through_a_volume(
     compute: DatabricksCompute, seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    spark_pipes: BronzePipes,  # the job's subprocess attaches to this worker's JVM
 ) -> None:
-    fresh_dsn = seed_db(SeedOptions(scale=0.2, defect_rate=0.05, as_of=AS_OF))
+    # the seed of test_spark_pipes (one template per worker): the spec and the volume are the point
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
     volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
     volume.mkdir(parents=True)
     pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))

@@ -22,6 +22,7 @@ from deltalake import DeltaTable
 
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib import failures
 from bronze_assets.lib.delta.control import AUDIT_LOG
@@ -304,14 +305,15 @@ def test_seed_as_a_role_that_may_not_create_says_so_in_one_line(fresh_dsn: str) 
 
 
 @pytest.mark.xdist_group("spark_pipes")
-def test_the_spark_job_uses_the_same_policy(seed_db: SeedDb, tmp_path: Path, password_role: str) -> None:
+def test_the_spark_job_uses_the_same_policy(seed_db: SeedDb, tmp_path: Path, password_role: str,
+                                            spark_pipes: BronzePipes) -> None:
     """The Spark job classifies with lib/failures and reports its retry flag over Pipes: a wrong
     password fails the asset once, with the same line as the local engine."""
     from bronze_assets_tests.test_spark_pipes import materialize
 
     fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     dsn = fresh_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{WRONG}@", 1)
-    spark = materialize(dsn, tmp_path / "spark", "spark", "products")
+    spark = materialize(dsn, tmp_path / "spark", "spark", "products", pipes=spark_pipes)
     local = materialize(dsn, tmp_path / "local", "local", "products")
     for result in (spark, local):
         assert _steps(result) == ["STEP_START", "STEP_FAILURE"], "never retried"
@@ -390,12 +392,13 @@ def _failed_loads(root: Path) -> list[dict[str, Any]]:
             for row in sorted(audit, key=lambda r: r["start_timestamp"])]
 
 
-def _failed_run(dsn: str, root: Path, engine: str, case: Provoked) -> tuple[str, dict[str, Any], list]:
+def _failed_run(dsn: str, root: Path, engine: str, case: Provoked, pipes: BronzePipes | None = None,
+                ) -> tuple[str, dict[str, Any], list]:
     """Materialize bz_warehouses on ``engine``: the failure's message and metadata and the audit
     rows, without what differs per run; the steps show the retry decision."""
     from bronze_assets_tests.test_spark_pipes import materialize
 
-    result = materialize(dsn, root, engine, "warehouses")
+    result = materialize(dsn, root, engine, "warehouses", pipes=pipes)
     assert _steps(result) == case.steps, engine
     failure = [e for e in result.all_events if e.is_step_failure][-1].step_failure_data.user_failure_data
     assert failure is not None, engine
@@ -412,7 +415,8 @@ def _failed_run(dsn: str, root: Path, engine: str, case: Provoked) -> tuple[str,
 @pytest.mark.xdist_group("spark_pipes")
 @pytest.mark.parametrize("name", list(CLASSES))
 def test_each_failure_class_is_the_same_on_both_engines(name: str, seed_db: SeedDb, tmp_path: Path,
-                                                         password_role: str) -> None:
+                                                         password_role: str, spark_pipes: BronzePipes,
+                                                         ) -> None:
     """Each failure class, provoked for real, leaves the same audit rows, the same failure (message,
     metadata) and the same retry decision on the local engine and on Spark (subprocess Pipes)."""
     case = CLASSES[name]
@@ -422,7 +426,7 @@ def test_each_failure_class_is_the_same_on_both_engines(name: str, seed_db: Seed
         owner_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{case.password}@", 1)
     try:
         local = _failed_run(dsn, tmp_path / "local", "local", case)
-        spark = _failed_run(dsn, tmp_path / "spark", "spark", case)
+        spark = _failed_run(dsn, tmp_path / "spark", "spark", case, spark_pipes)
     finally:  # the role's grants in this database, so that the role can be dropped
         query(owner_dsn, f"DROP OWNED BY {password_role}")
     assert spark == local

@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.engines import BronzeEngine, Engine, parse_table_engines
-from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
+from bronze_assets.defs.resources import BronzePipes, BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
@@ -38,9 +38,11 @@ def seeded(seed_db: SeedDb) -> str:
 
 
 def materialize(dsn: str, root: Path, engine: str, table: str, partition: str | None = None,
-                ) -> dg.ExecuteInProcessResult:
+                pipes: BronzePipes | None = None) -> dg.ExecuteInProcessResult:
+    """``table`` loaded on ``engine``; a Spark job through the ``pipes`` given (the ``spark_pipes``
+    fixture: on the worker's JVM)."""
     resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(root)),
-                                BronzeEngine(engine=engine))
+                                BronzeEngine(engine=engine), pipes)
     return dg.materialize([build_bronze_asset(CONTRACTS[table])], resources=resources,
                           partition_key=partition, raise_on_error=False)
 
@@ -66,10 +68,11 @@ def bronze_rows(root: Path, table: str) -> pl.DataFrame:
                         ).sort(contract.primary_key)
 
 
-def test_order_details_through_pipes_shows_what_the_local_engine_shows(seeded: str, tmp_path: Path) -> None:
+def test_order_details_through_pipes_shows_what_the_local_engine_shows(seeded: str, tmp_path: Path,
+                                                                      spark_pipes: BronzePipes) -> None:
     partition = Settings.from_env().go_live().isoformat()  # the initial snapshot
     local = materialize(seeded, tmp_path / "local", "local", "order_details", partition)
-    spark = materialize(seeded, tmp_path / "spark", "spark", "order_details", partition)
+    spark = materialize(seeded, tmp_path / "spark", "spark", "order_details", partition, spark_pipes)
     assert local.success and spark.success
     local_meta, local_checks = outcome(local)
     spark_meta, spark_checks = outcome(spark)
@@ -105,10 +108,11 @@ def test_order_details_through_pipes_shows_what_the_local_engine_shows(seeded: s
     assert load["status"] == "SUCCESS" and '"engine": "spark"' in load["details"]
 
 
-def test_a_schema_mismatch_on_spark_fails_once_and_quarantines(seeded: str, tmp_path: Path) -> None:
+def test_a_schema_mismatch_on_spark_fails_once_and_quarantines(seeded: str, tmp_path: Path,
+                                                              spark_pipes: BronzePipes) -> None:
     query(seeded, "ALTER TABLE tests.warehouses DROP COLUMN capacity")
     rows = query(seeded, "SELECT count(*) FROM tests.warehouses")[0][0]
-    result = materialize(seeded, tmp_path, "spark", "warehouses")
+    result = materialize(seeded, tmp_path, "spark", "warehouses", pipes=spark_pipes)
     assert not result.success
     failure = result.failure_data_for_node("load_bz_warehouses")
     assert failure is not None
@@ -136,12 +140,13 @@ def test_engine_per_table(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_table_engines("bz_orders")
 
 
-def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp_path: Path) -> None:
+def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp_path: Path,
+                                                               spark_pipes: BronzePipes) -> None:
     """The Spark engine reads the slot's snapshot and then the changed keys; its position lives in
     the commit, so the local engine carries on from it. Bronze ends exact."""
     Bronze(seeded, tmp_path).load_direct("orders")  # exact already, without a log position
     month = datetime.now(UTC).date().replace(day=1).isoformat()  # the open partition of bz_orders
-    first = materialize(seeded, tmp_path, "spark", "orders", month)
+    first = materialize(seeded, tmp_path, "spark", "orders", month, spark_pipes)
     assert first.success
     meta, _ = outcome(first)
     assert (meta["engine"], meta["load_pattern"], meta["cdc_mode"]) == ("spark", "cdc", "snapshot")
@@ -152,7 +157,7 @@ def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp
     # updated_at left alone: a watermark would miss it, the log does not
     query(seeded, "UPDATE tests.orders SET total_amount = total_amount + 1 WHERE order_id = 1")
     query(seeded, "DELETE FROM tests.orders WHERE order_id = 2")
-    second = materialize(seeded, tmp_path, "spark", "orders", month)
+    second = materialize(seeded, tmp_path, "spark", "orders", month, spark_pipes)
     assert second.success
     meta, _ = outcome(second)
     assert (meta["cdc_mode"], meta["cdc_keys_changed"]) == ("stream", 3)

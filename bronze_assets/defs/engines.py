@@ -12,7 +12,6 @@ The Pipes clients come from the ``pipes`` resource (:class:`bronze_assets.defs.p
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -274,7 +273,7 @@ def run_spark_subprocess(context: dg.AssetExecutionContext, request: LoadRequest
     """The Spark job on local Spark, in a subprocess (which inherits this environment); the
     source DSN travels in its environment, never in the Pipes context."""
     return pipes.subprocess_client().run(
-        command=[sys.executable, "-m", "bronze_assets.spark_job"], context=context,
+        command=pipes.spark_job_command(), context=context,
         extras=job_extras(request, bronze, remote=False, history=history),
         env={} if request.contract.landing is not None else {"BRONZE_SOURCE_DSN": source.resolved_dsn()})
 

@@ -15,6 +15,7 @@ context injector and message reader, the job) runs unchanged.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import dagster as dg
@@ -26,6 +27,10 @@ class BronzePipes(dg.ConfigurableResource):
     def subprocess_client(self) -> dg.PipesSubprocessClient:
         """The client of the ``spark`` engine: the job in a subprocess on this machine."""
         return dg.PipesSubprocessClient()
+
+    def spark_job_command(self) -> list[str]:
+        """The command :meth:`subprocess_client` runs: the Spark job with this interpreter."""
+        return [sys.executable, "-m", "bronze_assets.spark_job"]
 
     def workspace(self) -> Any:
         """The Databricks workspace the ``databricks`` engine submits to: a ``WorkspaceClient``
