@@ -115,7 +115,8 @@ def test_live_databricks_workspace(tmp_path: Path) -> None:  # pragma: no cover 
     assert result.success
 
 
-def test_databricks_task_lands_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_databricks_task_lands_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     spark_pipes: BronzePipes) -> None:  # the task on this worker's JVM
     """The landing asset on the databricks engine: the task lands the files and reports them. The
     fake workspace sets no ``DATABRICKS_RUNTIME_VERSION``, so the job takes Spark's plain reader;
     Auto Loader's stream runs only in a workspace (README, "Landing files on Spark and Databricks")."""

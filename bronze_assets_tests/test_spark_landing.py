@@ -198,8 +198,8 @@ def test_csv_and_parquet_files_land_as_on_the_local_engine(spark: Any, tmp_path:
         assert _ledger(local) == _ledger(remote)
 
 
-def test_bronze_engine_tables_routes_the_landing_asset_to_spark(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bronze_engine_tables_routes_the_landing_asset_to_spark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark_pipes: Any) -> None:
     """``BRONZE_ENGINE_TABLES=bz_shipment_events=spark``: the asset runs the Spark job through
     Pipes (no database asked for) and reports the landing metadata and checks."""
     from datetime import UTC, datetime
@@ -214,7 +214,8 @@ def test_bronze_engine_tables_routes_the_landing_asset_to_spark(tmp_path: Path,
     bronze = BronzeStorage(root=str(tmp_path / "bronze"))
     storage = bronze.storage()
     drop(storage, "a.jsonl", [event(1), event(2, status="LOST"), "{bad"])
-    resources = build_resources(PostgresSource(dsn="postgresql://nobody@localhost:1/unused"), bronze)
+    resources = build_resources(PostgresSource(dsn="postgresql://nobody@localhost:1/unused"), bronze,
+                                pipes=spark_pipes)  # the job on this worker's JVM
     result = dg.materialize([build_bronze_asset(EVENTS)], resources=resources, raise_on_error=False,
                             partition_key=datetime.now(UTC).date().isoformat())
     assert result.success
