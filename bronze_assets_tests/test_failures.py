@@ -147,6 +147,7 @@ def test_connection_errors_name_the_cause_and_never_the_password(tmp_path: Path)
     ("org.postgresql.util.PSQLException: ERROR: could not serialize access due to concurrent update",
      Cause.CONFLICT),
     ("org.postgresql.util.PSQLException: ERROR: deadlock detected", Cause.CONFLICT),
+    ("org.postgresql.util.PSQLException: ERROR: canceling statement due to lock timeout", Cause.CONFLICT),
     # delta-rs / object_store
     ("Kernel error -> Operation not supported ↳ an error occurred while loading credentials ↳ failed to load "
      "IMDS session token", Cause.AUTHENTICATION),
@@ -345,6 +346,18 @@ def _refuse_connections(dsn: str, role: str) -> None:
     query(dsn, f"ALTER ROLE {role} CONNECTION LIMIT 0")  # the server refuses it: too many connections
 
 
+def _hold_a_lock(dsn: str, role: str) -> Callable[[], None]:
+    """Another session holds bz_warehouses' source table (ACCESS EXCLUSIVE) while the role, which
+    waits 200 ms for a lock, reads it; returns what releases the lock."""
+    query(dsn, f"GRANT USAGE ON SCHEMA tests TO {role}")
+    query(dsn, f"GRANT SELECT ON ALL TABLES IN SCHEMA tests TO {role}")
+    query(dsn, f"ALTER ROLE {role} SET lock_timeout = '200ms'")
+    holder = psycopg2.connect(dsn)
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLE tests.warehouses IN ACCESS EXCLUSIVE MODE")  # until the transaction ends
+    return holder.close
+
+
 ONCE = ["STEP_START", "STEP_FAILURE"]
 RETRIED = ["STEP_START", *["STEP_UP_FOR_RETRY", "STEP_RESTARTED"] * 3, "STEP_FAILURE"]  # RETRY: 3 retries
 
@@ -355,9 +368,17 @@ class Provoked:
     password the load logs in with as the test role (None: as the owner), what the message says."""
 
     cause: Cause
-    provoke: Callable[[str, str], object]
+    provoke: Callable[[str, str], object]  # may return what undoes it (called after both runs)
     password: str | None
     says: str
+    host: str | None = None  # the host the load connects to, None: the test server
+
+    def dsn(self, owner_dsn: str, role: str) -> str:
+        if self.host is not None:
+            return f"postgresql://{role}:{PASSWORD}@{self.host}/DE"
+        if self.password is None:
+            return owner_dsn
+        return owner_dsn.replace("postgresql://postgres:@", f"postgresql://{role}:{self.password}@", 1)
 
     @property
     def steps(self) -> list[str]:
@@ -375,6 +396,9 @@ CLASSES = {
         dsn, "ALTER TABLE tests.warehouses DROP COLUMN capacity"), None, "no longer matches its contract"),
     "duplicate-key": Provoked(Cause.DUPLICATE_KEY, _repeat_a_key, None, "repeats primary key values"),
     "connection": Provoked(Cause.CONNECTION, _refuse_connections, PASSWORD, "too many connections"),
+    "configuration": Provoked(Cause.CONFIGURATION, lambda dsn, _: None, PASSWORD,
+                              "could not translate host name", host="no-such-host.invalid"),
+    "conflict": Provoked(Cause.CONFLICT, _hold_a_lock, PASSWORD, "lock timeout"),
 }
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -421,12 +445,13 @@ def test_each_failure_class_is_the_same_on_both_engines(name: str, seed_db: Seed
     metadata) and the same retry decision on the local engine and on Spark (subprocess Pipes)."""
     case = CLASSES[name]
     owner_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
-    case.provoke(owner_dsn, password_role)
-    dsn = owner_dsn if case.password is None else \
-        owner_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{case.password}@", 1)
+    undo = case.provoke(owner_dsn, password_role)
+    dsn = case.dsn(owner_dsn, password_role)
     try:
         local = _failed_run(dsn, tmp_path / "local", "local", case)
         spark = _failed_run(dsn, tmp_path / "spark", "spark", case, spark_pipes)
     finally:  # the role's grants in this database, so that the role can be dropped
+        if callable(undo):
+            undo()
         query(owner_dsn, f"DROP OWNED BY {password_role}")
     assert spark == local

@@ -148,6 +148,7 @@ _RULES: tuple[_Rule, ...] = (
           r"could not translate host name", r"Name or service not known", r"UnknownHostException"),
     _rule(Cause.CONFLICT, "retried: a concurrent transaction or commit got in the way",
           r"could not serialize access", r"deadlock detected", r"could not obtain lock",
+          r"canceling statement due to lock timeout",
           r"concurrent (transaction|append|delete|update)", r"commit failed.*conflict"),
     _rule(Cause.CONNECTION, "retried: connection problems pass; if it persists, check that the server "
           "is up and reachable",
