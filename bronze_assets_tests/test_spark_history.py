@@ -5,6 +5,7 @@ file of the history it wrote."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -114,3 +115,30 @@ def test_forget_leaves_no_personal_data_in_any_version_spark_wrote(seeded: str, 
     leaks = [(p.name, s) for p in files for s in (name, email, "Renamed Person", "renamed@example.com")
              if s.encode() in p.read_bytes()]
     assert not leaks
+
+
+def test_a_partitioned_tables_versions_keep_the_partition_its_rows_keep(
+        seeded: str, spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An order whose date moves to another month stays in its partition of bz_orders (the MERGE
+    keeps it), and its new version records that partition on both engines."""
+    monkeypatch.setitem(CONTRACTS, "orders", replace(CONTRACTS["orders"], history=True))
+    orders = CONTRACTS["orders"]
+    local, root = Bronze(seeded, tmp_path / "local"), tmp_path / "spark"
+    loader = SparkLoader(spark, env_storage(root))
+    for at in (T1, T2):
+        if at == T2:
+            query(seeded, "UPDATE tests.orders SET order_date = order_date - 62, updated_at = now() "
+                          "WHERE order_id IN (1, 2)")
+        local.load_direct("orders", batch_time=at)
+        loader.load(orders, seeded, batch_time=at)
+
+    def versions(where: Path) -> pl.DataFrame:
+        frame = pl.from_arrow(DeltaTable(str(where / orders.history_table)).to_pyarrow_table())
+        assert isinstance(frame, pl.DataFrame)
+        return frame.drop("batch_id").select(sorted(c for c in frame.columns if c != "batch_id")) \
+            .sort("order_id", VALID_FROM)
+
+    ours, theirs = versions(local.root), versions(root)
+    assert ours.equals(theirs)
+    moved = theirs.filter(pl.col("order_id") == 1)
+    assert moved.height == 2 and moved["order_month"].n_unique() == 1, "the version keeps the row's partition"

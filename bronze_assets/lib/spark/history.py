@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ROUTE = "_bronze_route"  # a changed key's partition in bz_<name>, which the MERGE keeps
+
 
 def _quoted(name: str) -> str:
     return f"`{name}`"
@@ -73,9 +75,12 @@ class SparkHistory:
         log.info("%s: history seeded from %s", self.uri, self.contract.bronze_table)
         return True
 
-    def write(self, source: DataFrame, batch_id: str, batch_time: datetime) -> int:
+    def write(self, source: DataFrame, batch_id: str, batch_time: datetime, routes: DataFrame | None = None
+              ) -> int:
         """Add the versions of the current table's MERGE ``source`` (protected rows, column ``OP``;
-        evaluated before that MERGE). Returns the versions added."""
+        evaluated before that MERGE). ``routes``: the partition (column ``ROUTE``) each existing
+        key of a partitioned table keeps, which its version records too. Returns the versions
+        added."""
         from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
@@ -86,6 +91,10 @@ class SparkHistory:
         at = F.lit(batch_time.astimezone(UTC)).cast("timestamp")
         upserts = source.filter(F.col(OP).isin(*VERSION_OPS)).drop(OP).withColumns(
             {"record_status": F.lit(ACTIVE), VALID_FROM: at, IS_DELETED: F.lit(False)})
+        part = self.contract.partitioning.delta_column
+        if routes is not None and part:
+            upserts = upserts.join(routes, self.pk, "left") \
+                .withColumn(part, F.coalesce(F.col(ROUTE), F.col(part))).drop(ROUTE)
         gone = source.filter(F.col(OP) == DELETE).select(*self.pk)
         deleted = self.spark.read.format("delta").load(self.current_uri).join(gone, self.pk, "left_semi") \
             .withColumns({"record_status": F.lit(DELETED), "batch_id": F.lit(batch_id),

@@ -67,7 +67,7 @@ from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_sele
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
 from bronze_assets.lib.spark.commit import commit_with
-from bronze_assets.lib.spark.history import SparkHistory
+from bronze_assets.lib.spark.history import ROUTE, SparkHistory
 from bronze_assets.lib.spark.jdbc import read_keys, read_query, typed_columns
 from bronze_assets.lib.spark.score import score_column
 from bronze_assets.lib.spark.session import RUNTIME_CONF, configure_object_store
@@ -452,7 +452,9 @@ class SparkLoader:
             protected = self._protect(contract, source, pii)
             if history is not None:  # protected once (checkpointed), written to both tables, history first
                 protected = protected.localCheckpoint()
-                result.history_versions = history.write(protected, ctx.batch_id, ctx.batch_time)
+                routes = plan.filter(F.col(T_PART).isNotNull()).select(*pk, F.col(T_PART).alias(ROUTE)) \
+                    if part else None
+                result.history_versions = history.write(protected, ctx.batch_id, ctx.batch_time, routes)
             self._commit(contract, target, meta, lambda: self._merge(contract, table, protected))
             result.committed, result.commits = True, 1
         elif commit_always:  # a commit without rows that records the metadata (e.g. a CDC position)
