@@ -109,8 +109,11 @@ def test_two_runs_at_once_land_everything_once(tmp_path: Path, kind: str, table_
     files(tmp_path, 10)
     one, two = tmp_path / "one", tmp_path / "two"
     first, second = start(tmp_path, kind, "barrier", one, two), start(tmp_path, kind, "barrier", two, one)
+    outputs = []
     for process in (first, second):
         out, _ = process.communicate(timeout=300)
         assert process.returncode == 0, out.decode()[-3000:]
+        outputs.append(out.decode())
+    (tmp_path / "outputs.txt").write_text("\n=====\n".join(outputs))
     runs = 2 if table_exists else 1
     assert_exactly_once(tmp_path, events=5 * runs, file_count=2 * runs, bad_lines=2 * runs)
