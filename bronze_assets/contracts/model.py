@@ -220,7 +220,8 @@ class Contract:
             raise ValueError(
                 f"contract {self.name}: log-based CDC needs a single integer primary key (it takes the "
                 f"changed rows' keys from the replication stream and re-reads those rows in one snapshot "
-                f"by that one integer column); this table's is ({', '.join(self.primary_key)}): set "
+                f"by that one integer column); this table's is "
+                f"({', '.join(f'{k} {self.column(k).type.value}' for k in self.primary_key)}): set "
                 f"cdc: false, it loads by watermark on updated_at (or full)")
         referenced = [
             *self.zorder_columns,

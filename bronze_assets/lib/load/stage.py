@@ -27,7 +27,7 @@ from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protectio
 from bronze_assets.lib.load.errors import SchemaMismatchError, SourceTableMissingError
 from bronze_assets.lib.load.plan import DEFAULT_OVERLAP, describe_window, next_watermark, plan_window
 from bronze_assets.lib.source.dsn import describe_dsn
-from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader
+from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader, key_schema
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
 from bronze_assets.lib.source.window import LoadWindow, SourceKey, TableSelection, cdc_window
 from bronze_assets.settings import ENV_SOURCE_DSN
@@ -216,14 +216,13 @@ def quarantine_unstorable(
 def _missing(contract: Contract, keys: Sequence[SourceKey], found: list[pa.Array]) -> pa.Table:
     """The ``keys`` the source no longer has (read in the same snapshot as the rows)."""
     seen = {int(k) for arr in found for k in arr.to_pylist() if k is not None}
-    return pa.table({contract.primary_key[0]: pa.array([k for k in keys if k not in seen], pa.int64())})
+    schema = key_schema(contract)  # keys named by value: one integer column
+    return pa.table([pa.array([k for k in keys if k not in seen], schema.field(0).type)], schema=schema)
 
 
 def _sweep_keys(reader: SourceReader, contract: Contract, base: Path) -> Path:
     """Stage every primary key of the source (to find the keys that vanished)."""
-    key_schema = pa.schema([pa.field(k, pa.int64()) for k in contract.primary_key])
-    keys = (b.select(contract.primary_key).cast(key_schema) for b in reader.key_batches())
-    return write_stream(keys, key_schema, f"{contract.bronze_table}-keys", base)[0]
+    return write_stream(reader.key_batches(), key_schema(contract), f"{contract.bronze_table}-keys", base)[0]
 
 
 def unreadable_records(raw: pa.RecordBatch, contract: Contract) -> pa.RecordBatch:

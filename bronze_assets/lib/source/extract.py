@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bronze_assets.contracts import Contract, PgType, ReadMode, TypeFamily
+from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, redact
@@ -84,9 +85,28 @@ def select_sql(
 
 
 def keys_sql(contract: Contract, schema: str | None = None) -> str:
-    """Key-only scan used to find keys that vanished from the source (soft deletes)."""
-    cols = ", ".join(quote_ident(c) for c in contract.primary_key)
+    """Key-only scan used to find keys that vanished from the source (soft deletes); each key
+    column read as rows read it (:func:`key_values` converts them)."""
+    cols = ", ".join(_select_column(contract, c) for c in contract.primary_key)
     return f"SELECT {cols} FROM {qualified(schema or contract.source_schema, contract.source_name)}"
+
+
+def key_schema(contract: Contract) -> pa.Schema:
+    """The primary key columns in the types bronze stores them (as staged rows carry them)."""
+    return pa.schema([pa.field(k, arrow_type(contract.column(k).type)) for k in contract.primary_key])
+
+
+def key_values(batch: pa.RecordBatch | pa.Table, contract: Contract) -> pa.RecordBatch:
+    """The primary key columns of a driver batch (of :func:`keys_sql`) as bronze stores them: uuid,
+    text, numeric, dates and timestamps alike, composite keys column by column."""
+    schema = key_schema(contract)
+    columns = [storable(_plain(_one_array(batch.column(k))), contract.column(k).type)[0]
+               for k in contract.primary_key]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _plain(arr: pa.Array) -> pa.Array:
@@ -255,8 +275,7 @@ class SourceReader:
         with self._conn.cursor() as cur:
             cur.execute(f"SELECT {cols} FROM ({missing_keys_sql(self.contract, keys, self.schema)}) m")
             table = cur.fetch_arrow_table()
-        types = {k: self.contract.column(k).type for k in pk}
-        return pa.table({k: storable(_plain(table.column(k).combine_chunks()), types[k])[0] for k in pk})
+        return pa.Table.from_batches([key_values(table, self.contract)])
 
     def batches(
         self,
@@ -292,8 +311,9 @@ class SourceReader:
 
     def key_batches(self) -> Iterator[pa.RecordBatch]:
         """Stream every primary key in the snapshot, over connections of its own (so it can run
-        beside :meth:`batches`)."""
-        yield from self._parallel(keys_sql(self.contract, self.schema), None, own_connections=True)
+        beside :meth:`batches`), in the types bronze stores them (:func:`key_schema`)."""
+        yield from self._parallel(keys_sql(self.contract, self.schema),
+                                  lambda b: key_values(b, self.contract), own_connections=True)
 
     def _split(self, sql: str, part: int) -> str:
         """``sql`` restricted to the ``part``-th block range of the heap (the last one open-ended)."""
