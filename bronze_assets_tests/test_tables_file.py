@@ -202,7 +202,7 @@ def test_bronze_init_on_another_schema_then_definitions_then_a_load(fresh_dsn: s
     contracts = {c.name: c for c in component.contracts()}
     assert contracts["customer"].source_ref == "sales.Customer" and contracts["audit_events"].keyless
     with pytest.raises(ValueError, match=r"log-based CDC needs a single integer primary key \(it takes .*; "
-                                         r"this table's is \(order_id integer, line_no integer\): "
+                                         r"this table's is \(order_id bigint, line_no smallint\): "
                                          r"set cdc: false"):
         dataclasses.replace(contracts["order_lines"], cdc=True)
 

@@ -5,6 +5,7 @@ run updates changed rows, soft-deletes vanished keys and never duplicates a row.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.introspect import discover_contract
+from bronze_assets_tests.bronze_helpers import env_storage
 from bronze_assets_tests.conftest import query
 
 T1, T2 = datetime(2026, 11, 26, 10, tzinfo=UTC), datetime(2026, 11, 27, 11, tzinfo=UTC)
@@ -59,11 +61,9 @@ def change(dsn: str, kind: str, names: list[str]) -> None:
     query(dsn, f"INSERT INTO tests.keyed VALUES ({NEW[kind]}, 'new', '2026-11-27 10:30+00')")
 
 
-def load(contract: Contract, dsn: str, root: Path, at: datetime, *, swept: bool) -> MergeResult:
+def load(contract: Contract, dsn: str, root: Path, at: datetime, swept: bool) -> MergeResult:
     """A scheduled run of ``at``'s daily partition (the first: the go-live day's initial snapshot)."""
-    day = at.replace(hour=0)
-    staged = extract_and_stage(contract, dsn, root, batch_time=at, partition=(day, day + timedelta(days=1)),
-                               changes_only=swept)
+    staged = extract_and_stage(contract, dsn, root, batch_time=at, partition=day_of(at), changes_only=swept)
     assert (staged.source_keys_path is not None) == swept  # the second run sweeps the keys
     try:
         return BronzeMerger(contract, root).merge(staged)
@@ -98,26 +98,55 @@ def pg_text(column: pa.ChunkedArray) -> list[str]:
     return [str(v) for v in values]
 
 
+Load = Callable[[Contract, str, Path, datetime, bool], MergeResult]  # (…, at, swept): a scheduled run
+
+
+def day_of(at: datetime) -> tuple[datetime, datetime]:
+    """The daily partition of ``at``."""
+    day = at.replace(hour=0)
+    return day, day + timedelta(days=1)
+
+
+def check_incremental(kind: str, dsn: str, root: Path, load: Load) -> None:
+    """Initial load, then update/delete/insert in the source, then the next day's run: bronze holds
+    exactly the source (one row per key), the deleted key soft-deleted."""
+    names = create(dsn, kind)
+    # as `bronze init` declares a table with updated_at and more rows than --incremental-rows
+    contract = dataclasses.replace(
+        discover_contract(dsn, "keyed", "tests", load_pattern=LoadPattern.INCREMENTAL,
+                          cadence=Cadence.HOURLY),
+        partitioning=Partitioning.daily_load_date())
+    assert contract.primary_key == tuple(names)
+    assert load(contract, dsn, root, T1, False).inserted == 5
+    change(dsn, kind, names)
+    second = load(contract, dsn, root, T2, True)
+    assert (second.inserted, second.updated, second.soft_deleted) == (1, 1, 1)
+    rows = bronze_rows(root, names, contract)
+    assert rows["ACTIVE"] == source_rows(dsn, names)
+    assert len(rows["DELETED"]) == 1 and rows["DELETED"].keys().isdisjoint(rows["ACTIVE"])
+
+
 @pytest.mark.parametrize("kind", list(KEYS))
 def test_an_incremental_load_of_a_table_keyed_by(kind: str, fresh_dsn: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRONZE_START_DATE", T1.date().isoformat())
-    names = create(fresh_dsn, kind)
-    # as `bronze init` declares a table with updated_at and more rows than --incremental-rows
-    contract = dataclasses.replace(
-        discover_contract(fresh_dsn, "keyed", "tests", load_pattern=LoadPattern.INCREMENTAL,
-                          cadence=Cadence.HOURLY), partitioning=Partitioning.daily_load_date())
-    assert contract.primary_key == tuple(names)
-    root = tmp_path / "bronze"
-    first = load(contract, fresh_dsn, root, T1, swept=False)
-    assert first.inserted == 5
-    change(fresh_dsn, kind, names)
-    second = load(contract, fresh_dsn, root, T2, swept=True)
-    assert (second.inserted, second.updated, second.soft_deleted) == (1, 1, 1)
-    rows = bronze_rows(root, names, contract)
-    assert rows["ACTIVE"] == source_rows(fresh_dsn, names)
-    assert len(rows["DELETED"]) == 1 and rows["DELETED"].keys().isdisjoint(rows["ACTIVE"])
+    check_incremental(kind, fresh_dsn, tmp_path / "bronze", load)
 
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("spark")
+@pytest.mark.parametrize("kind", ["uuid", "text_integer"])
+def test_spark_loads_a_table_keyed_by(kind: str, fresh_dsn: str, tmp_path: Path, spark,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from bronze_assets.lib.spark.load import SparkLoader
+
+    monkeypatch.setenv("BRONZE_START_DATE", T1.date().isoformat())
+
+    def on_spark(contract: Contract, dsn: str, root: Path, at: datetime, swept: bool) -> MergeResult:
+        return SparkLoader(spark, env_storage(root)).load(contract, dsn, partition=day_of(at), batch_time=at,
+                                                          changes_only=swept).merge
+
+    check_incremental(kind, fresh_dsn, tmp_path / "bronze", on_spark)
 
 def test_log_based_cdc_on_a_uuid_key_is_refused_naming_the_key_and_the_fix(fresh_dsn: str) -> None:
     """CDC re-reads changed rows by one integer key column: a uuid-keyed table is told to load by

@@ -96,6 +96,14 @@ def rescued_sql(contract: Contract) -> str:
     return f"CASE WHEN {bad} THEN jsonb_strip_nulls(jsonb_build_object({pairs}))::text END"
 
 
+def pushdown_keys_sql(contract: Contract, schema: str | None = None) -> str:
+    """The key sweep of the pushdown: every primary key, each column as :func:`pushdown_select_sql`
+    reads it (so the engine turns keys and rows into the same bronze types)."""
+    cols = ", ".join(f"{_value_sql(k, contract.column(k).type)} AS {quote_ident(k)}"
+                     for k in contract.primary_key)
+    return f"SELECT {cols} FROM {qualified(schema or contract.source_schema, contract.source_name)}"
+
+
 def pushdown_select_sql(contract: Contract, window: LoadWindow, schema: str | None = None,
                         legacy: bool = False) -> str:
     """The extraction query of ``window`` (see the module docstring); ``legacy`` adds the v1 hash

@@ -10,12 +10,13 @@ as integers, so neither the JVM's zone nor its calendar touches a value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bronze_assets.contracts import Contract, PgType, ReadMode, TypeFamily
 from bronze_assets.lib.source.dsn import dsn_parts, with_connect_timeout
 from bronze_assets.lib.source.postgres import PINNED_SESSION
-from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED
+from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_keys_sql
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -74,12 +75,13 @@ def custom_schema(contract: Contract, partitioned: bool) -> str:
     return ", ".join(cols)
 
 
-def typed_columns(contract: Contract) -> list[Column]:
-    """The source columns in their bronze types (dates and timestamps back from integers)."""
+def typed_columns(contract: Contract, names: Sequence[str] | None = None) -> list[Column]:
+    """The source columns (or just ``names``) in their bronze types (dates and timestamps back from
+    integers)."""
     from pyspark.sql import functions as F
 
     out = []
-    for c in contract.columns:
+    for c in contract.columns if names is None else [contract.column(n) for n in names]:
         col = F.col(f"`{c.name}`")
         family = c.type.family
         if family is TypeFamily.DATE:
@@ -138,9 +140,12 @@ def read_query(
 
 
 def read_keys(
-    spark: SparkSession, dsn: str, contract: Contract, sql: str, *, snapshot_id: str | None,
+    spark: SparkSession, dsn: str, contract: Contract, *, snapshot_id: str | None,
     bounds: tuple[int, int] | None, parallelism: int,
 ) -> DataFrame:
-    """Every primary key of the source in the snapshot (the key sweep for soft deletes)."""
-    schema = ", ".join(f"`{k}` BIGINT" for k in contract.primary_key)
-    return _read(spark, dsn, contract.primary_key[0], sql, schema, snapshot_id, bounds, parallelism)
+    """Every primary key of the source in the snapshot (the key sweep for soft deletes), in the
+    bronze types of the key columns, as the rows carry them (uuid, text, numeric, dates …)."""
+    pk = contract.primary_key
+    schema = ", ".join(f"`{k}` {_wire_type(contract.column(k).type)}" for k in pk)
+    raw = _read(spark, dsn, pk[0], pushdown_keys_sql(contract), schema, snapshot_id, bounds, parallelism)
+    return raw.select(*typed_columns(contract, pk))

@@ -62,7 +62,7 @@ from bronze_assets.lib.load import (
     plan_window,
     quarantine_unstorable,
 )
-from bronze_assets.lib.source.extract import LEGACY_HASH, SourceReader, keys_sql
+from bronze_assets.lib.source.extract import LEGACY_HASH, SourceReader
 from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_select_sql, storable_sql
 from bronze_assets.lib.source.schema import SchemaDrift
 from bronze_assets.lib.source.window import LoadWindow, TableSelection, cdc_window
@@ -295,8 +295,8 @@ class SparkLoader:
                 _enriched(raw, contract, ctx).write.parquet(str(folder / "rows"))
                 sweep = not window.covers_table and window.keys is None and target is not None
                 if sweep:
-                    read_keys(self.spark, dsn, contract, keys_sql(contract), snapshot_id=reader.snapshot_id,
-                              bounds=bounds, parallelism=self.parallelism).write.parquet(str(folder / "keys"))
+                    read_keys(self.spark, dsn, contract, snapshot_id=reader.snapshot_id, bounds=bounds,
+                              parallelism=self.parallelism).write.parquet(str(folder / "keys"))
             histogram = self._histogram(self.spark.read.parquet(str(folder / "rows")))
             unreadable = self._quarantine(contract, self.spark.read.parquet(str(folder / "rows")), ctx)
         except BaseException:
