@@ -157,3 +157,38 @@ def test_log_based_cdc_on_a_uuid_key_is_refused_naming_the_key_and_the_fix(fresh
                                          r"\(.*\); this table's is \(k uuid\): set cdc: false, it loads by "
                                          r"watermark on updated_at"):
         dataclasses.replace(contract, cdc=True)
+
+
+@pytest.mark.parametrize("kind", ["uuid", "text_integer"])
+def test_a_repair_names_non_integer_keys_and_soft_deletes_the_vanished_one(kind: str, fresh_dsn: str,
+                                                                           tmp_path: Path) -> None:
+    """Reconcile names the keys as text; the repair reads them back in the key columns' types and
+    stages the key the source no longer has (read in those types too) as deleted."""
+    from bronze_assets.lib.reconcile.model import TableReconciliation
+    from bronze_assets.lib.reconcile.repair import repair_table
+    from bronze_assets.lib.reconcile.run import reconcile_table
+    from bronze_assets.lib.reconcile.source_side import SourceSnapshot
+
+    names = create(fresh_dsn, kind)
+    contract = discover_contract(fresh_dsn, "keyed", "tests")
+    root = tmp_path / "bronze"
+    staged = extract_and_stage(contract, fresh_dsn, root, batch_time=T1)
+    try:
+        BronzeMerger(contract, root).merge(staged)
+    finally:
+        staged.cleanup()
+    keys = KEYS[kind][1]
+    where = " AND ".join(f"{n} = {v}" for n, v in zip(names, keys[1].split(", "), strict=True))
+    query(fresh_dsn, f"DELETE FROM tests.keyed WHERE {where}")  # behind bronze's back
+
+    def reconcile() -> TableReconciliation:
+        with SourceSnapshot(fresh_dsn) as snapshot:
+            return reconcile_table(contract, snapshot, root)
+
+    found = reconcile()
+    assert len(found.mismatches) == 1
+    done = repair_table(contract, found, fresh_dsn, root)
+    assert (done["soft_deleted"], done["inserted"], done["updated"]) == (1, 0, 0)
+    assert reconcile().healthy
+    rows = bronze_rows(root, names, contract)
+    assert rows["ACTIVE"] == source_rows(fresh_dsn, names) and len(rows["DELETED"]) == 1
