@@ -349,6 +349,7 @@ def restore(table: str, version: int | None, timestamp: str | None, dry_run: boo
     from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.delta.timetravel import TimeTravelError, contract_for
     from bronze_assets.lib.delta.timetravel import restore as restore_table
+    from bronze_assets.lib.delta.writers import DeletionVectorsError
     from bronze_assets.lib.governance.pii import pii_protection
 
     storage = BronzeStorage()
@@ -357,7 +358,7 @@ def restore(table: str, version: int | None, timestamp: str | None, dry_run: boo
         where = storage.storage()
         plan = restore_table(where, contract, version=version, timestamp=_as_of(timestamp), dry_run=dry_run,
                              pii=pii_protection(contract, where))
-    except TimeTravelError as exc:
+    except (TimeTravelError, DeletionVectorsError) as exc:
         _fail(str(exc))
         return
     click.echo(("dry run — " if dry_run else "restored — ") + plan.describe())

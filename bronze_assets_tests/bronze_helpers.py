@@ -16,11 +16,20 @@ from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_re
 from bronze_assets.lib.delta.commit_log import BATCH_KEY
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
+from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.settings import Settings
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_contracts import SPEC_COLUMNS
+
+
+def bronze_frame(uri: str | Path, version: int | None = None) -> pl.DataFrame:
+    """A Delta table's rows (at ``version``) as bronze reads them: through DataFusion, deletion
+    vectors applied (``to_pyarrow_table()`` refuses a table that may have them: the Spark engine's)."""
+    frame = pl.from_arrow(read_snapshot(DeltaTable(str(uri), version=version)))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def env_storage(root: Path | str) -> Storage:
@@ -104,16 +113,13 @@ def active_hashes(frame: pl.DataFrame, pk: str) -> dict[int, str]:
 
 
 def orders_frame(root: Path) -> pl.DataFrame:
-    frame = pl.from_arrow(DeltaTable(str(root / "bz_orders")).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    return bronze_frame(root / "bz_orders")
 
 
 def assert_table_exact(dsn: str, root: Path, table: str) -> None:
     """bz_<table> equals the source: every source key ACTIVE with the spec hash, every other DELETED."""
     pk = CONTRACTS[table].primary_key[0]
-    frame = pl.from_arrow(DeltaTable(str(root / f"bz_{table}")).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
+    frame = bronze_frame(root / f"bz_{table}")
     source = source_hashes(dsn, table)
     assert active_hashes(frame, pk) == source
     gone = frame.filter(pl.col("record_status") != "ACTIVE")

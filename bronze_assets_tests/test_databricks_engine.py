@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 import pytest
 from databricks.sdk.service import jobs
 from deltalake import DeltaTable
@@ -25,7 +24,7 @@ from bronze_assets.defs.engines import BronzeEngine, DatabricksCompute
 from bronze_assets.defs.resources import BronzePipes, BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.settings import env
-from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
+from bronze_assets_tests.bronze_helpers import active_hashes, bronze_frame, source_hashes
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.fake_databricks import FakeWorkspacePipes
 
@@ -85,15 +84,14 @@ def test_databricks_task_runs_the_bronze_job_through_a_volume(
     # the job reports the history it wrote (nothing implicit): its version, the same batch
     hist = DeltaTable(str(tmp_path / "bronze" / "bz_warehouses_history"))
     assert (history["delta_version"], history["batch_id"]) == (hist.version(), meta["batch_id"])
-    assert history["versions_added"] == meta["rows_inserted"] == hist.to_pyarrow_table().num_rows
+    assert history["versions_added"] == meta["rows_inserted"] == bronze_frame(hist.table_uri).height
     rows = query(fresh_dsn, "SELECT count(*) FROM tests.warehouses")[0][0]
     assert meta["engine"] == "spark" and meta["rows_inserted"] == meta["rows_read"] == rows
     assert meta["Databricks Job Run ID"] == "1"
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"schema_contract", "quality_score", "key_uniqueness"}
     assert checks["schema_contract"] and checks["key_uniqueness"]
-    frame = pl.from_arrow(DeltaTable(str(tmp_path / "bronze" / "bz_warehouses")).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
+    frame = bronze_frame(tmp_path / "bronze" / "bz_warehouses")
     assert active_hashes(frame, "warehouse_id") == source_hashes(fresh_dsn, "warehouses")
 
 

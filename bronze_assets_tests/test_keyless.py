@@ -41,7 +41,7 @@ from bronze_assets.lib.reconcile.source_side import SourceSnapshot
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.introspect import NO_KEY, discover_contract
 from bronze_assets.settings import Settings
-from bronze_assets_tests.bronze_helpers import env_storage
+from bronze_assets_tests.bronze_helpers import bronze_frame, env_storage
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import COLUMNS, NASTY, create_table, fill, postgres_says
 from bronze_assets_tests.test_tables_file import _source_tables, bronze_init, defs_package
@@ -295,9 +295,8 @@ def test_both_engines_load_a_keyless_and_a_composite_key_table_alike(fresh_dsn: 
         assert (mine.inserted, mine.updated, mine.soft_deleted) == \
             (theirs.inserted, theirs.updated, theirs.soft_deleted) == expected
         view = ["order_id", "line_no", "qty", "record_hash", "record_status", "update_timestamp"]
-        a = pl.from_arrow(DeltaTable(str(local / "bz_order_lines")).to_pyarrow_table().select(view))
-        b = pl.from_arrow(DeltaTable(str(on_spark / "bz_order_lines")).to_pyarrow_table().select(view))
-        assert isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame)
+        a = bronze_frame(local / "bz_order_lines").select(view)
+        b = bronze_frame(on_spark / "bz_order_lines").select(view)
         assert a.sort("order_id", "line_no").equals(b.sort("order_id", "line_no"))
 
 

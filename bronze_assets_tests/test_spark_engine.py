@@ -27,8 +27,16 @@ from bronze_assets.lib.delta.commit_log import (
     commit_history,
 )
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
+from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.delta.writers import DELTA_RS, SPARK, MixedEnginesError, commit_engine
+from bronze_assets.lib.delta.writers import (
+    DELTA_RS,
+    SPARK,
+    DeletionVectorsError,
+    MixedEnginesError,
+    commit_engine,
+    files_with_deletion_vectors,
+)
 from bronze_assets.lib.governance.crypto import PREFIX
 from bronze_assets.lib.governance.erasure import forget_subject
 from bronze_assets.lib.governance.pii import PiiCipher
@@ -42,6 +50,7 @@ from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import (
     Bronze,
     active_hashes,
+    bronze_frame,
     env_storage,
     rewrite_as_v1,
     source_hashes,
@@ -82,15 +91,13 @@ HOSTILE = [
 
 
 def _frame(uri: str) -> pl.DataFrame:
-    frame = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    return bronze_frame(uri)
 
 
 def _comparable(root: Path | str, table: str) -> pl.DataFrame:
     """A bronze table with PII decrypted, sorted by key, without the per-run batch id."""
     contract = CONTRACTS[table]
-    arrow = DeltaTable(f"{root}/{contract.bronze_table}").to_pyarrow_table()
+    arrow = read_snapshot(DeltaTable(f"{root}/{contract.bronze_table}"))
     if contract.encrypted_columns:
         arrow = PiiCipher(contract, env_storage(root)).decrypt(arrow)
     frame = pl.from_arrow(arrow)
@@ -213,7 +220,7 @@ def test_spark_rehashes_a_v1_table_once_as_the_local_engine_does(seeded: str, sp
     result = SparkLoader(spark, env_storage(b.root)).load(CONTRACTS["products"], seeded, batch_time=T2).merge
     counts = [(r.rehashed_v1, r.updated, r.inserted, r.unchanged) for r in (result, local)]
     assert counts == [(v2.height - 1, 1, 0, v2.height - 1)] * 2
-    after = b.read("products").sort("product_id")
+    after = _frame(b.uri("products")).sort("product_id")
     assert active_hashes(after, "product_id") == source_hashes(seeded, "products")
     same = after.filter(pl.col("product_id") != 3).drop("record_hash")
     assert same.equals(v2.sort("product_id").filter(pl.col("product_id") != 3).drop("record_hash")), \
@@ -240,12 +247,17 @@ def test_a_table_stays_exact_whichever_engine_loads_it_next(seeded: str, spark, 
     history = commit_history(local.table("orders"), 1)
     assert history[0][BATCH_KEY] == by_spark.batch_id, "the Spark commit carries the batch id"
     assert CommitLog.read(local.table("orders")).watermark() == by_spark.watermark
+    # Spark's MERGE marked the replaced rows with deletion vectors: the local engine refuses the
+    # table until they are purged on Spark, then carries on from Spark's commit
+    with pytest.raises(DeletionVectorsError, match=r"^bz_orders: refusing the local engine's load"):
+        local.load_direct("orders", batch_time=T3)
+    spark.sql(f"REORG TABLE delta.`{local.uri('orders')}` APPLY (PURGE)")
     v2 = local.version("orders")
     local.load_direct("orders", batch_time=T3)  # nothing changed since: delta-rs commits nothing
     assert local.version("orders") == v2
     query(seeded, "UPDATE tests.orders SET total_amount = 1.23, updated_at = now() WHERE order_id % 10 = 1")
     local.load_direct("orders", batch_time=T3)
-    frame = local.read("orders")
+    frame = _frame(local.uri("orders"))
     assert frame["order_id"].n_unique() == frame.height
     assert active_hashes(frame, "order_id") == source_hashes(seeded, "orders")
     live = {k for (k,) in query(seeded, "SELECT order_id FROM tests.orders")}
@@ -288,8 +300,7 @@ def test_every_jdbc_partition_reads_one_snapshot(seeded: str, spark, tmp_path: P
 
 def _protected_columns(root: Path, table: str) -> set[str]:
     """The columns of a bronze table whose every value is ciphertext (at least one value)."""
-    frame = pl.from_arrow(DeltaTable(str(root / table)).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
+    frame = bronze_frame(root / table)
     return {c for c in frame.columns if frame[c].dtype == pl.String and frame[c].drop_nulls().len()
             and frame[c].drop_nulls().str.starts_with(PREFIX).all()}
 
@@ -317,20 +328,22 @@ def test_spark_protects_pii_through_the_writers_hook_and_forget_works(seeded: st
     assert not leaked, leaked[:3]
     cipher = PiiCipher(contract, env_storage(root))
     uri = str(root / "bz_customers")
-    plain = cipher.decrypt(DeltaTable(uri).to_pyarrow_table())
+    plain = cipher.decrypt(read_snapshot(DeltaTable(uri)))
     source = dict(query(seeded, "SELECT customer_id, email FROM tests.customers"))
     assert dict(zip(plain["customer_id"].to_pylist(), plain["email"].to_pylist(), strict=True)) == source
 
-    # erasure on a table Spark wrote: the key is shredded, so every retained version reads NULL
+    # erasure on a table Spark wrote (with deletion vectors): the key is shredded, so every
+    # retained version reads NULL
+    assert files_with_deletion_vectors(DeltaTable(uri)) > 0
     before = DeltaTable(uri).version()
     erased = forget_subject(contract, 4, storage=root)
     assert (erased.rows_forgotten, erased.keys_shredded) == (1, 1)
     for version in (0, before):
-        old = cipher.decrypt(DeltaTable(uri, version=version).to_pyarrow_table()).to_pylist()
+        old = cipher.decrypt(read_snapshot(DeltaTable(uri, version=version))).to_pylist()
         (row,) = [r for r in old if r["customer_id"] == 4]
         assert (row["customer_name"], row["email"]) == (None, None), version
         assert any(r["email"] == source[r["customer_id"]] for r in old if r["customer_id"] != 4)
-    (now,) = [r for r in DeltaTable(uri).to_pyarrow_table().to_pylist() if r["customer_id"] == 4]
+    (now,) = [r for r in read_snapshot(DeltaTable(uri)).to_pylist() if r["customer_id"] == 4]
     assert now["record_status"] == "FORGOTTEN" and now["email"] is None
 
 

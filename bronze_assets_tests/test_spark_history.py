@@ -16,6 +16,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.lib.delta.change_feed import change_feed_on
 from bronze_assets.lib.delta.history import IS_DELETED, VALID_FROM, VALID_TO
+from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.governance import decrypt_table, forget_subject
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets_tests.bronze_helpers import Bronze, env_storage
@@ -33,7 +34,7 @@ def _history(root: Path, version: int | None = None) -> pl.DataFrame:
     """The customers history under ``root``, decrypted, sorted by key and version start, without
     the per-run batch id."""
     dt = DeltaTable(str(root / CUSTOMERS.history_table), version=version)
-    frame = pl.from_arrow(decrypt_table(dt.to_pyarrow_table(), CUSTOMERS, env_storage(root)))
+    frame = pl.from_arrow(decrypt_table(read_snapshot(dt), CUSTOMERS, env_storage(root)))
     assert isinstance(frame, pl.DataFrame)
     columns = sorted(c for c in frame.columns if c != "batch_id")
     return frame.select(columns).sort(PK, VALID_FROM)

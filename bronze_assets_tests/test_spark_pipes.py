@@ -21,7 +21,7 @@ from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.settings import Settings
-from bronze_assets_tests.bronze_helpers import Bronze, assert_orders_exact
+from bronze_assets_tests.bronze_helpers import Bronze, assert_orders_exact, bronze_frame
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark_pipes")]
@@ -61,8 +61,7 @@ def outcome(result: dg.ExecuteInProcessResult) -> tuple[dict[str, Any], dict[str
 
 def bronze_rows(root: Path, table: str) -> pl.DataFrame:
     contract = CONTRACTS[table]
-    frame = pl.from_arrow(DeltaTable(str(root / contract.bronze_table)).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
+    frame = bronze_frame(root / contract.bronze_table)
     return frame.select(*contract.primary_key, "record_hash", "data_quality_score", "record_status",
                         *([contract.partitioning.delta_column] if contract.partitioning.delta_column else [])
                         ).sort(contract.primary_key)
@@ -140,10 +139,11 @@ def test_engine_per_table(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_table_engines("bz_orders")
 
 
-def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp_path: Path,
+def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp_path: Path, spark: Any,
                                                                spark_pipes: BronzePipes) -> None:
     """The Spark engine reads the slot's snapshot and then the changed keys; its position lives in
-    the commit, so the local engine carries on from it. Bronze ends exact."""
+    the commit, so the local engine carries on from it (once the deletion vectors of Spark's MERGE
+    are purged). Bronze ends exact."""
     Bronze(seeded, tmp_path).load_direct("orders")  # exact already, without a log position
     month = datetime.now(UTC).date().replace(day=1).isoformat()  # the open partition of bz_orders
     first = materialize(seeded, tmp_path, "spark", "orders", month, spark_pipes)
@@ -166,6 +166,10 @@ def test_log_based_cdc_on_spark_then_local_continues_the_stream(seeded: str, tmp
     assert_orders_exact(seeded, tmp_path)
 
     query(seeded, "UPDATE tests.orders SET status = 'SHIPPED' WHERE order_id = 3")
+    refused = materialize(seeded, tmp_path, "local", "orders", month)
+    (failure,) = refused.get_step_failure_events()
+    assert "bz_orders: refusing the local engine's load" in failure.event_specific_data.error.message
+    spark.sql(f"REORG TABLE delta.`{tmp_path / 'bz_orders'}` APPLY (PURGE)")
     third = materialize(seeded, tmp_path, "local", "orders", month)
     meta, _ = outcome(third)
     assert (meta["engine"], meta["cdc_mode"], meta["cdc_keys_changed"], meta["rows_updated"]) == \

@@ -22,7 +22,7 @@ from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.lib.spark.jdbc import UnwritableColumnNames
 from bronze_assets.lib.spark.load import SparkLoader
-from bronze_assets_tests.bronze_helpers import env_storage
+from bronze_assets_tests.bronze_helpers import bronze_frame, env_storage
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.test_pg_types import NASTY, create_table, fill, postgres_says, spec_hash_sql
 
@@ -32,9 +32,7 @@ T1 = datetime(2026, 11, 27, 10, tzinfo=UTC)
 
 
 def _rows(root: Path) -> pl.DataFrame:
-    frame = pl.from_arrow(DeltaTable(str(root / "bz_all_types")).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame.drop("batch_id").sort("k")
+    return bronze_frame(root / "bz_all_types").drop("batch_id").sort("k")
 
 
 def _quarantined(root: Path) -> Counter:

@@ -76,6 +76,7 @@ _OWN: Mapping[str, Cause] = {
     "bronze_assets.lib.cdc.CdcSlotLostError": Cause.CONFIGURATION,
     "bronze_assets.lib.spark.load.SparkEngineError": Cause.CONFIGURATION,
     "bronze_assets.lib.delta.writers.MixedEnginesError": Cause.CONFIGURATION,
+    "bronze_assets.lib.delta.writers.DeletionVectorsError": Cause.CONFIGURATION,
 }
 # wrappers around a driver's error: the driver's text decides; these are the defaults
 _WRAPPERS: Mapping[str, Cause] = {

@@ -41,6 +41,8 @@ _MERGE_METRICS = {
     "rows_written": ("num_output_rows", "numOutputRows"),
     "files_added": ("num_target_files_added", "numTargetFilesAdded"),
     "files_removed": ("num_target_files_removed", "numTargetFilesRemoved"),
+    # files whose replaced rows a deletion vector marks instead of a rewrite (delta-spark only)
+    "deletion_vectors_added": ("num_target_deletion_vectors_added", "numTargetDeletionVectorsAdded"),
 }
 _WRITE_METRICS = {
     "rows_inserted": ("num_added_rows", "numOutputRows"),

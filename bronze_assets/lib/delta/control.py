@@ -24,6 +24,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
+from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage, open_table
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
@@ -168,7 +169,7 @@ def _hooks(dt: DeltaTable) -> PostCommitHookProperties:
 def read_table(storage: StorageLike, table: str) -> pa.Table:
     """The current rows of a control table (empty with its schema if never written)."""
     dt = as_storage(storage).open(table)
-    return SCHEMAS[table].empty_table() if dt is None else dt.to_pyarrow_table()
+    return SCHEMAS[table].empty_table() if dt is None else read_snapshot(dt)
 
 
 @dataclass

@@ -23,6 +23,8 @@ from deltalake import DeltaTable
 
 from bronze_assets.lib.delta.commit_log import commit_history
 from bronze_assets.lib.delta.exclusive_append import append_exclusive
+from bronze_assets.lib.delta.key_ranges import sql_literal
+from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.delta.storage import Storage
 
 LEDGER_TABLE = "bz_landing_files"
@@ -112,7 +114,7 @@ def table_rows(storage: Storage, bronze_table: str) -> list[LedgerRow]:
 
 
 def _rows_of(dt: DeltaTable, bronze_table: str) -> list[LedgerRow]:
-    rows = dt.to_pyarrow_table(filters=[("table_name", "=", bronze_table)])
+    rows = read_snapshot(dt, where=f"table_name = {sql_literal(bronze_table)}")
     return [LedgerRow(**r) for r in rows.to_pylist()]
 
 

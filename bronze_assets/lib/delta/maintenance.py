@@ -37,6 +37,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.delta.write_options import target_file_bytes
+from bronze_assets.lib.delta.writers import refuse_deletion_vectors
 
 DEFAULT_RETENTION_HOURS = 168
 
@@ -126,6 +127,7 @@ def maintain_table(
     storage = as_storage(storage)
     uri = storage.uri(table)
     dt = DeltaTable(uri, storage_options=storage.delta_options)
+    refuse_deletion_vectors(dt, table, "OPTIMIZE/VACUUM", feature=True)
     if zorder_columns is None:
         zorder_columns = list(contract.zorder_columns) if contract else []
     columns = list(zorder_columns)

@@ -53,6 +53,8 @@ class MergeResult:
 
     @property
     def rewrite_ratio(self) -> float | None:
-        """Rows the engine wrote ÷ rows the load changed (copy-on-write amplification)."""
+        """Rows the engine wrote ÷ rows the load changed: the changed rows plus those it copied
+        (``rows_copied``: the rest of every file copy-on-write rewrote; none where a deletion vector
+        marks the replaced rows instead)."""
         written = self.engine_metrics.get("rows_written")
         return round(written / self.rows_changed, 2) if written is not None and self.rows_changed else None

@@ -49,6 +49,7 @@ from bronze_assets.lib.delta.write_options import (
     target_file_bytes,
     writer_properties,
 )
+from bronze_assets.lib.delta.writers import refuse_deletion_vectors
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
 from bronze_assets.lib.source.ddl import quote_ident
 
@@ -139,6 +140,7 @@ class BronzeMerger:
             else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             dt = self._current(staged) if attempt == 1 else self.storage.open(self.contract.bronze_table)
+            refuse_deletion_vectors(dt, self.contract.bronze_table, "load")
             commits = CommitLog.current(dt, staged.commits)  # staging's, if nothing committed since
             # the batch's commits come after staging's read: only a later version can hold them
             if dt is not None and commits is not staged.commits \

@@ -7,10 +7,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
 from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
 from bronze_assets.lib.delta.exclusive_append import append_exclusive
+from bronze_assets.lib.delta.key_ranges import sql_literal
+from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 
 QUARANTINE_TABLE = "bz_quarantine"
@@ -65,9 +68,11 @@ def quarantine_once(storage: Storage, table: str, batch_id: str, reason: str,
     def missing(dt: DeltaTable | None) -> pa.Table | None:
         held: set[str] = set()
         if dt is not None:
-            found = dt.to_pyarrow_table(columns=["quarantine_id"], filters=[
-                ("table_name", "=", table), ("quarantined_at", ">=", since)])
-            held = set(found.column("quarantine_id").to_pylist())
+            found = read_columns(dt, ["quarantine_id", "quarantined_at"],
+                                 where=f"table_name = {sql_literal(table)}")
+            at = found.column("quarantined_at").cast(QUARANTINE_SCHEMA.field("quarantined_at").type)
+            held = set(found.column("quarantine_id").filter(pc.greater_equal(at, pa.scalar(since, at.type)))
+                       .to_pylist())
         new = [(i, r) for i, r in records if i not in held]
         if not new:
             return None

@@ -1,5 +1,7 @@
-"""SQL over bronze Delta tables with DataFusion (delta-rs's QueryBuilder), and a table's size from
-its log."""
+"""Every read of a bronze or control table's rows: SQL over its snapshot with DataFusion
+(delta-rs's QueryBuilder), which applies deletion vectors — ``DeltaTable.to_pyarrow_table()`` /
+``to_pyarrow_dataset()`` / ``to_pandas()`` refuse a table that has them (delta-rs 1.6.6), and
+Databricks creates new tables with them. And a table's size from its log."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ def table_stats(dt: DeltaTable) -> tuple[int, int]:
 
 
 def table_rows(dt: DeltaTable) -> int:
-    """Rows in the loaded version's data files (from the log's file statistics)."""
+    """Rows in the loaded version's data files (from the log's file statistics: rows a deletion
+    vector removed are still counted, so an estimate on such a table)."""
     actions = pa.table(dt.get_add_actions(flatten=True))
     if actions.num_rows == 0 or "num_records" not in actions.column_names:
         return 0
@@ -52,4 +55,11 @@ def query_tables(tables: dict[str, DeltaTable], sql: str) -> pa.Table:
 def read_columns(dt: DeltaTable, columns: list[str], where: str | None = None) -> pa.Table:
     """Columns of the current version via DataFusion (fast on tables of many small files)."""
     return pa.table(scan_columns(dt, columns, where).read_all())
+
+
+def read_snapshot(dt: DeltaTable, where: str | None = None) -> pa.Table:
+    """Every column of the loaded version (rows matching the SQL condition ``where``) in the
+    table's own Arrow schema (DataFusion hands back view types)."""
+    schema = pa.schema(dt.schema().to_arrow())
+    return read_columns(dt, schema.names, where).cast(schema)
 

@@ -16,8 +16,9 @@ from deltalake import write_deltalake
 
 from bronze_assets.contracts import Contract, PgType
 from bronze_assets.lib.delta.control import audited
-from bronze_assets.lib.delta.query import quoted, read_columns
+from bronze_assets.lib.delta.query import quoted, read_snapshot
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
+from bronze_assets.lib.delta.writers import refuse_deletion_vectors
 
 
 def archive(storage: Storage) -> Storage:
@@ -56,15 +57,14 @@ def apply_retention(contract: Contract, storage: StorageLike, *, years: int | No
     dt = storage.open(contract.bronze_table)
     if column is None or dt is None:
         return RetentionResult(contract.bronze_table, None, 0, None)
+    refuse_deletion_vectors(dt, contract.bronze_table, "retention")
     years = storage.settings.retention_years if years is None else years
     cutoff = cutoff_date(today or datetime.now(UTC).date(), years)
     predicate = f"{column} < '{cutoff.isoformat()}'"
     archived_to = archive(storage)
     archive_uri = archived_to.uri(contract.bronze_table)
     with audited(storage, contract.bronze_table, "RETENTION") as entry:
-        schema = pa.schema(dt.schema().to_arrow())  # DataFusion may hand back view types
-        where = f"{quoted([column])} < DATE '{cutoff.isoformat()}'"
-        old = read_columns(dt, schema.names, where=where).cast(schema)
+        old = read_snapshot(dt, where=f"{quoted([column])} < DATE '{cutoff.isoformat()}'")
         entry.details = json.dumps({"cutoff": cutoff.isoformat(), "column": column, "archive": archive_uri})
         if old.num_rows:
             archived = old.append_column("archived_at", pa.array([datetime.now(UTC)] * old.num_rows,

@@ -19,6 +19,7 @@ from bronze_assets.lib.delta.history import SEEDED_BY_KEY, HistoryWriter
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
+from bronze_assets.lib.delta.writers import refuse_deletion_vectors
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 
 
@@ -191,6 +192,7 @@ def restore(storage: StorageLike, contract: Contract, version: int | None = None
     if dry_run:
         return plan
     pii = require_hook(contract, pii, "restore")  # before anything is restored
+    refuse_deletion_vectors(_open(storage, contract.bronze_table), contract.bronze_table, "restore")
     with audited(storage, contract.bronze_table, "RESTORE") as entry:
         history_dt = storage.open(contract.history_table) if plan.history_table is not None else None
         before = history_dt.version() if history_dt is not None else None

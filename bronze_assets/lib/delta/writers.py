@@ -7,7 +7,13 @@ deployments (or a changed setting while the other engine's runs still go on) can
 table's own history says who is loading it. A load on an S3 root is refused when another engine
 *loaded* the table (a commit with bronze's batch id) within :data:`QUIET_PERIOD`: then both engines
 are writing it. Switching a table's engine is allowed once the other engine has been quiet that
-long. Maintenance, retention, forget and restore commits (delta-rs, no batch id) are not loads."""
+long. Maintenance, retention, forget and restore commits (delta-rs, no batch id) are not loads.
+
+A table with deletion vectors (the Spark engine's tables, ARCHITECTURE §6) is the Spark engine's
+alone: delta-rs would rewrite every file a change touches and, on S3, commit beside delta-spark's
+single-writer log; its full VACUUM deletes the deletion-vector files it does not know (measured on
+delta-rs 1.6.6: the table then fails to read). :func:`refuse_deletion_vectors` stops every
+delta-rs write of such a table with one line that names it and the fix."""
 
 from __future__ import annotations
 
@@ -26,8 +32,53 @@ HISTORY_DEPTH = 10  # commits looked at: a day of hourly loads of one engine hid
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")
 
 
+DELETION_VECTORS_FEATURE = "deletionVectors"  # the Delta reader feature of a table that may hold them
+
+
 class MixedEnginesError(RuntimeError):
     """Both engines would write one bronze table on S3."""
+
+
+class DeletionVectorsError(RuntimeError):
+    """The local engine (delta-rs) would write a table that has deletion vectors."""
+
+
+def deletion_vectors_enabled(dt: DeltaTable) -> bool:
+    """Whether ``dt``'s protocol lists the ``deletionVectors`` reader feature (no I/O)."""
+    return DELETION_VECTORS_FEATURE in (dt.protocol().reader_features or [])
+
+
+def files_with_deletion_vectors(dt: DeltaTable) -> int:
+    """Data files of ``dt``'s loaded version that carry a deletion vector (their vectors are read
+    only when the protocol allows them)."""
+    if not deletion_vectors_enabled(dt):
+        return 0
+    return sum(batch.num_rows for batch in dt.deletion_vectors())
+
+
+def refuse_deletion_vectors(dt: DeltaTable | None, table: str, operation: str, *,
+                            feature: bool = False) -> None:
+    """Raise :class:`DeletionVectorsError` before delta-rs writes ``table`` (``operation``: "load",
+    "OPTIMIZE/VACUUM", "retention", "forget", "restore") when its current version holds deletion
+    vectors, or with ``feature`` when its protocol allows them at all (VACUUM: older versions'
+    vectors are files delta-rs does not know)."""
+    if dt is None or not deletion_vectors_enabled(dt):
+        return
+    files = files_with_deletion_vectors(dt)
+    if not files and not feature:
+        return
+    held = f"{files} data file(s) with deletion vectors" if files else "the deletionVectors feature"
+    purge = f"REORG TABLE delta.`{dt.table_uri}` APPLY (PURGE)"
+    if feature:
+        fix = ("run OPTIMIZE and VACUUM on Spark or Databricks (delta-rs' VACUUM deletes the "
+               "deletion-vector files it does not know)")
+    elif operation == "load":
+        fix = (f"load it with the Spark engine (BRONZE_ENGINE_TABLES={table}=spark, or =databricks), or "
+               f"purge them on Spark first ({purge})")
+    else:
+        fix = f"purge them on Spark first ({purge}), then run the {operation} again"
+    raise DeletionVectorsError(f"{table}: refusing the local engine's {operation}: the table has {held}, "
+                               f"the Spark engine's to write; {fix}")
 
 
 def commit_engine(entry: Mapping[str, Any]) -> str | None:

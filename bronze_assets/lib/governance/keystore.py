@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
+from bronze_assets.lib.delta.key_ranges import sql_literal
+from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.governance.crypto import (
     PiiKeyError,
@@ -84,7 +86,7 @@ class KeyStore:
         dt = self._open()
         if dt is None:
             return pl.from_arrow(SCHEMA.empty_table())  # type: ignore[return-value]
-        frame = pl.from_arrow(dt.to_pyarrow_table(filters=[("subject_type", "=", subject_type)]))
+        frame = pl.from_arrow(read_snapshot(dt, where=f"subject_type = {sql_literal(subject_type)}"))
         assert isinstance(frame, pl.DataFrame)
         if subject_ids is not None:
             wanted = pl.DataFrame({"subject_id": list(subject_ids)}, schema={"subject_id": pl.Utf8})

@@ -14,13 +14,13 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable, QueryBuilder
+from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 from pyarrow.parquet import filters_to_expression
 
 from bronze_assets.contracts import Contract, get_contract
 from bronze_assets.lib.delta.control import audited
-from bronze_assets.lib.delta.query import quoted
+from bronze_assets.lib.delta.query import query_tables, quoted
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.enrich.metadata import FORGOTTEN
 from bronze_assets.lib.governance.access import Role, mask_expr, mask_for, parse_role, sees_plaintext
@@ -183,7 +183,7 @@ def _scan(dt: DeltaTable, contract: Contract, schema: pa.Schema, columns: list[s
     if limit is not None and expr is None:
         sql += f"\nLIMIT {int(limit)}"
     try:
-        data = pa.table(QueryBuilder().register("bronze", dt).execute(sql).read_all())
+        data = query_tables({"bronze": dt}, sql)
     except DeltaError as exc:
         if where is None:
             raise

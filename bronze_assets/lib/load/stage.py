@@ -21,7 +21,7 @@ from bronze_assets.lib.delta.load_commit import partition_range_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_rows
 from bronze_assets.lib.delta.staging import StagedBatch, write_stream
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
-from bronze_assets.lib.delta.writers import DELTA_RS, check_target
+from bronze_assets.lib.delta.writers import DELTA_RS, check_target, refuse_deletion_vectors
 from bronze_assets.lib.enrich.metadata import BatchContext, RowKeys, bronze_schema, enrich, staged_schema
 from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protection
 from bronze_assets.lib.load.errors import SchemaMismatchError, SourceTableMissingError
@@ -71,6 +71,7 @@ def extract_and_stage(
         commits = CommitLog.read(storage.open(contract.bronze_table))
     target = commits.table
     check_target(storage, contract.bronze_table, DELTA_RS, target)  # one engine per S3 table
+    refuse_deletion_vectors(target, contract.bronze_table, "load")  # before the source is read
     previous = commits.watermark()
     # migrate v1 hashes once (a keyless table is v2 from its first load: its keys are v2 hashes)
     legacy = target is not None and not contract.keyless and commits.hash_version() < HASH_VERSION

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from bronze_assets.contracts import ROW_KEY, Contract
 from bronze_assets.contracts.model import ROW_KEY_SEPARATOR
-from bronze_assets.lib.delta.change_feed import CHANGE_FEED, ensure_properties
+from bronze_assets.lib.delta.change_feed import SPARK_PROPERTIES, ensure_properties
 from bronze_assets.lib.delta.commit_log import (
     BATCH_KEY,
     HASH_VERSION,
@@ -465,11 +465,16 @@ class SparkLoader:
         return self._finish(result, uri, meta[BATCH_KEY], history)
 
     def _ensure_properties(self, contract: Contract, target: Any) -> Any:
-        """Turn on the change data feed of a table created without it (ARCHITECTURE §2.7), in a
-        commit of its own before the load's commit (outside :meth:`_commit`, so it carries no
-        bronze metadata); returns the table as it is now. The checkpoint interval is delta-spark's
-        own default (10), so Spark leaves it."""
-        if ensure_properties(target, {CHANGE_FEED: "true"}):
+        """Turn on the change data feed (ARCHITECTURE §2.7) and deletion vectors of a table created
+        without them, with delta-spark, in a commit of its own before the load's commit (outside
+        :meth:`_commit`, so it carries no bronze metadata); returns the table as it is now."""
+        uri = self.uri(contract).replace("`", "``")
+
+        def alter(missing: dict[str, str]) -> None:
+            pairs = ", ".join(f"'{name}' = '{value}'" for name, value in sorted(missing.items()))
+            self.spark.sql(f"ALTER TABLE delta.`{uri}` SET TBLPROPERTIES ({pairs})")
+
+        if ensure_properties(target, SPARK_PROPERTIES, apply=alter):
             return self.storage.open(contract.bronze_table) or target
         return target
 

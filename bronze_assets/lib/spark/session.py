@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from bronze_assets.lib.delta.change_feed import SPARK_PROPERTIES
 from bronze_assets.lib.spark.jars import jar_paths
 from bronze_assets.settings import Settings
 
@@ -18,12 +19,11 @@ UTC_JVM = "-Duser.timezone=UTC"
 # Settings every load needs, set on any session (also one Databricks built).
 RUNTIME_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
-    # tables stay writable by delta-rs (ARCHITECTURE §6): no deletion vectors on new tables
-    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
-    # ARCHITECTURE §2.7: every new table records its change data feed (an existing one gets it
-    # with its next load, see lib/spark/load.py); column mapping stays off (delta-rs reads no CDF
-    # of a column-mapped table)
-    "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "true",
+    # every new table gets the Spark engine's properties (lib/delta/change_feed.py): the change
+    # data feed (ARCHITECTURE §2.7) and deletion vectors; an existing table gets them with its next
+    # load (lib/spark/load.py). Column mapping stays off (delta-rs reads no CDF of a column-mapped table)
+    **{f"spark.databricks.delta.properties.defaults.{name.removeprefix('delta.')}": value
+       for name, value in SPARK_PROPERTIES.items()},
     # timestamps as int64 µs, as delta-rs writes them (INT96 holds ns: years 1–9999 overflow it);
     # dates and timestamps before 1582 written and read in the proleptic Gregorian calendar
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
