@@ -71,8 +71,8 @@ def quarantine_once(storage: Storage, table: str, batch_id: str, reason: str,
             found = read_columns(dt, ["quarantine_id", "quarantined_at"],
                                  where=f"table_name = {sql_literal(table)}")
             at = found.column("quarantined_at").cast(QUARANTINE_SCHEMA.field("quarantined_at").type)
-            held = set(found.column("quarantine_id").filter(pc.greater_equal(at, pa.scalar(since, at.type)))
-                       .to_pylist())
+            ids = found.column("quarantine_id").cast(pa.string())  # DataFusion hands back string_view
+            held = set(ids.filter(pc.greater_equal(at, pa.scalar(since, at.type))).to_pylist())
         new = [(i, r) for i, r in records if i not in held]
         if not new:
             return None
