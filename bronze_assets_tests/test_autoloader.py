@@ -29,6 +29,7 @@ from bronze_assets.lib.spark.engine import SparkEngine
 from bronze_assets.lib.spark.landing import StreamedFiles
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.settings import Settings
+from bronze_assets_tests.bronze_helpers import bronze_frame
 from bronze_assets_tests.test_landing import EVENTS, drop, event
 
 
@@ -93,8 +94,7 @@ def test_the_foreach_batch_body_lands_a_batch_once(spark: Any, storage: Storage)
     body(batch, 0)
     (report,) = reports
     assert report.metadata["landing_files"] == 2 and report.metadata["rows_inserted"] == 3
-    table = DeltaTable(storage.uri(EVENTS.bronze_table)).to_pyarrow_table()
-    rows = {r["event_id"]: r for r in table.to_pylist()}
+    rows = {r["event_id"]: r for r in bronze_frame(storage.uri(EVENTS.bronze_table)).to_dicts()}
     assert rows[2]["status"] == "DELIVERED" and rows[2]["_source_file"].endswith("b.json.gz")
     assert rows[1]["carrier_code"] is None and rows[1]["source_system"] == "landing"
     ledger = DeltaTable(storage.uri(LEDGER_TABLE)).to_pyarrow_table().to_pylist()

@@ -138,5 +138,5 @@ def test_databricks_task_lands_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (event_,) = result.get_asset_materialization_events()
     meta = {k: v.value for k, v in event_.materialization.metadata.items()}
     assert meta["engine"] == "spark" and meta["landing_files"] == 1 and meta["rows_inserted"] == 2
-    rows = DeltaTable(str(tmp_path / "bronze" / "bz_shipment_events")).to_pyarrow_table().to_pylist()
+    rows = bronze_frame(tmp_path / "bronze" / "bz_shipment_events").to_dicts()
     assert sorted((r["event_id"], r["carrier_code"]) for r in rows) == [(1, None), (2, "DHL")]

@@ -84,9 +84,7 @@ def source_hashes(dsn: str, contract: Contract) -> Counter:
 
 
 def bronze(root: Path) -> pl.DataFrame:
-    frame = pl.from_arrow(DeltaTable(str(root / f"bz_{TABLE}")).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    return bronze_frame(root / f"bz_{TABLE}")
 
 
 def assert_exact(root: Path, dsn: str, contract: Contract) -> pl.DataFrame:
