@@ -16,6 +16,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import Cadence, Contract, LoadPattern, Partitioning
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
+from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets_tests.bronze_helpers import env_storage
@@ -78,7 +79,7 @@ def source_rows(dsn: str, names: list[str]) -> dict[str, str]:
 
 def bronze_rows(root: Path, names: list[str], contract: Contract) -> dict[str, dict[str, str]]:
     """Bronze's rows by status, keyed as PostgreSQL prints the key (one row per key asserted)."""
-    table = DeltaTable(str(root / contract.bronze_table)).to_pyarrow_table()
+    table = read_snapshot(DeltaTable(str(root / contract.bronze_table)))  # Spark's: deletion vectors
     out: dict[str, dict[str, str]] = {"ACTIVE": {}, "DELETED": {}}
     printed = [pg_text(table.column(n)) for n in names]
     seen = set()
