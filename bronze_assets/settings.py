@@ -109,9 +109,12 @@ def source_dsn_from(variable: str) -> str | None:
     return value or None
 
 
+_ON = {"1", "true", "yes", "on"}
+
+
 def env_flag(name: str) -> bool:
     """A switch variable: 1/true/yes/on."""
-    return (env(name) or "").lower() in {"1", "true", "yes", "on"}
+    return (env(name) or "").lower() in _ON
 
 
 ENV_SOURCE_DSN = "BRONZE_SOURCE_DSN"
@@ -253,6 +256,14 @@ class Settings:
     spark_jars_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / JARS_SUBDIR)
     spark_python: str = sys.executable  # Spark's Python workers ($PYSPARK_PYTHON, else this one)
     object_store_endpoint: str | None = None
+    # where loads run (parsed by defs.engines, which knows the engines) and the Databricks engine's job
+    engine: str | None = None  # $BRONZE_ENGINE
+    engine_tables: str | None = None  # $BRONZE_ENGINE_TABLES: bz_<name>=<engine>, ...
+    databricks_volume: str | None = None
+    databricks_wheel: str | None = None
+    databricks_compute: str | None = None
+    schedules_running: bool = False  # the schedules ship running
+    sensors_running: bool = False  # the sensors ship running
     # secrets set in the environment ($<key> or $BRONZE_SECRET_<key>), for the first secret provider
     env_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
     # the BRONZE_SMTP_* / BRONZE_ALERT_* values (lib.alerts builds the channels); a password: no repr
@@ -315,5 +326,12 @@ class Settings:
             spark_jars_dir=read.path("BRONZE_SPARK_JARS_DIR") or user_cache_dir(environ) / JARS_SUBDIR,
             spark_python=environ.get("PYSPARK_PYTHON") or sys.executable,
             object_store_endpoint=read.text("AWS_ENDPOINT_URL") or read.text("AWS_ENDPOINT"),
+            engine=read.text("BRONZE_ENGINE"),
+            engine_tables=read.text("BRONZE_ENGINE_TABLES"),
+            databricks_volume=read.text("BRONZE_DATABRICKS_VOLUME"),
+            databricks_wheel=read.text("BRONZE_DATABRICKS_WHEEL"),
+            databricks_compute=read.text("BRONZE_DATABRICKS_COMPUTE"),
+            schedules_running=(read.text("BRONZE_SCHEDULES_RUNNING") or "").lower() in _ON,
+            sensors_running=(read.text("BRONZE_SENSORS_RUNNING") or "").lower() in _ON,
             alerts={n: v for n in ALERT_VARIABLES if (v := read.text(n)) is not None},
         )

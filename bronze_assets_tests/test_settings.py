@@ -145,3 +145,28 @@ def test_no_lib_module_reads_the_environment() -> None:
     assert len(modules) > 50
     readers = {str(p.relative_to(PACKAGE)): environment_reads(p.read_text()) for p in modules}
     assert {k: v for k, v in readers.items() if v} == {}
+
+
+def test_defs_read_the_environment_only_as_settings() -> None:
+    """``defs`` (the resource edge) reads the environment only as one :class:`Settings`
+    (``Settings.from_env``), whose values it passes down; no ``env()`` call, flag or ``os.environ``.
+    ``source_dsn_from``: a tables file names a variable of the user's, which no Settings field holds."""
+    modules = sorted((PACKAGE / "defs").rglob("*.py"))
+    assert len(modules) > 10
+    allowed = (".from_env", "settings.source_dsn_from")
+    readers = {str(p.relative_to(PACKAGE)): [r for r in environment_reads(p.read_text())
+                                             if r.split(": ", 1)[1] not in allowed] for p in modules}
+    assert {k: v for k, v in readers.items() if v} == {}
+    assert environment_reads("from bronze_assets.settings import env_flag")  # what it finds
+
+
+def test_engine_and_schedule_variables_are_settings() -> None:
+    environ = {"BRONZE_ENGINE": "spark", "BRONZE_ENGINE_TABLES": "bz_orders=local",
+               "BRONZE_DATABRICKS_VOLUME": "/Volumes/main/bronze/pipes", "BRONZE_DATABRICKS_WHEEL": "w.whl",
+               "BRONZE_DATABRICKS_COMPUTE": "job-cluster", "BRONZE_SCHEDULES_RUNNING": "yes",
+               "BRONZE_SENSORS_RUNNING": "0"}
+    read = settings.Settings.from_env(environ)
+    assert (read.engine, read.engine_tables, read.databricks_volume, read.databricks_wheel,
+            read.databricks_compute, read.schedules_running, read.sensors_running) == \
+        ("spark", "bz_orders=local", "/Volumes/main/bronze/pipes", "w.whl", "job-cluster", True, False)
+    assert not settings.Settings.from_env({}).schedules_running

@@ -23,7 +23,7 @@ from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.lib.alerts import Alert, AlertState, Severity, channels_for, deliver
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, read_table
 from bronze_assets.lib.delta.maintenance import storage_growth
-from bronze_assets.settings import env_flag
+from bronze_assets.settings import Settings
 
 ENV_SENSORS_RUNNING = "BRONZE_SENSORS_RUNNING"
 Clock = Callable[[], datetime]
@@ -165,7 +165,7 @@ def _alert(kpi: Kpi, subject: str, value: float, state: AlertState) -> Alert:
 
 def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC)) -> dg.SensorDefinition:
     """A sensor that announces each breach of ``kpi`` once, and its resolution once."""
-    running = env_flag(ENV_SENSORS_RUNNING)
+    running = Settings.from_env().sensors_running
 
     @dg.sensor(
         name=f"kpi_{kpi.name}",

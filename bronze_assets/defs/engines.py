@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from bronze_assets.contracts import Contract
 from bronze_assets.defs.checks import as_check_result
@@ -34,7 +34,7 @@ from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
 from bronze_assets.lib.reconcile.run import BronzeSideFactory
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, VOLUMES_IO
-from bronze_assets.settings import Settings, env
+from bronze_assets.settings import DEFAULT_SECRET_SCOPE, Settings
 
 ENV_ENGINE = "BRONZE_ENGINE"
 ENV_ENGINE_TABLES = "BRONZE_ENGINE_TABLES"
@@ -91,13 +91,21 @@ class BronzeEngine(dg.ConfigurableResource):
     databricks_spark_version: str = Field(default="17.3.x-scala2.13", description="job-cluster runtime")
     databricks_node_type: str = Field(default="Standard_D4ds_v5", description="job-cluster node type")
     databricks_workers: int = Field(default=2, description="job-cluster workers")
+    _settings: Settings | None = PrivateAttr(default=None)
+
+    def settings(self) -> Settings:
+        """The environment's settings, read once by this resource (the edge) and passed down."""
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
 
     def engine_for(self, contract: Contract) -> Engine:
-        per_table = parse_table_engines(env(ENV_ENGINE_TABLES)) | {
+        settings = self.settings()
+        per_table = parse_table_engines(settings.engine_tables) | {
             t: parse_engine(e, f"engine.tables[{t}]") for t, e in self.tables.items()}
         if contract.bronze_table in per_table:
             return per_table[contract.bronze_table]
-        value = self.engine or env(ENV_ENGINE)
+        value = self.engine or settings.engine
         return parse_engine(value, ENV_ENGINE) if value else Engine.LOCAL
 
     def bronze_side(self, contract: Contract) -> BronzeSideFactory:
@@ -108,11 +116,12 @@ class BronzeEngine(dg.ConfigurableResource):
         from bronze_assets.lib.spark.reconcile import spark_bronze_side
         from bronze_assets.lib.spark.session import spark_session
 
-        return spark_bronze_side(spark_session(Settings.from_env()))
+        return spark_bronze_side(spark_session(self.settings()))
 
     def databricks_settings(self) -> DatabricksSettings:
-        volume = self.databricks_volume or env("BRONZE_DATABRICKS_VOLUME")
-        wheel = self.databricks_wheel or env("BRONZE_DATABRICKS_WHEEL")
+        settings = self.settings()
+        volume = self.databricks_volume or settings.databricks_volume
+        wheel = self.databricks_wheel or settings.databricks_wheel
         missing = [name for name, value in (("BRONZE_DATABRICKS_VOLUME", volume),
                                             ("BRONZE_DATABRICKS_WHEEL", wheel)) if not value]
         if missing:
@@ -120,11 +129,12 @@ class BronzeEngine(dg.ConfigurableResource):
                 f"the databricks engine needs {' and '.join('$' + m for m in missing)} (a Unity Catalog "
                 f"volume for Pipes messages and the bronze_assets wheel uploaded there; README, "
                 f"'Databricks: from a workspace to a first run').", allow_retries=False)
-        compute = self.databricks_compute or env("BRONZE_DATABRICKS_COMPUTE") or DatabricksCompute.SERVERLESS
+        compute = self.databricks_compute or settings.databricks_compute or DatabricksCompute.SERVERLESS
         return DatabricksSettings(
             volume=str(volume).rstrip("/"), wheel=str(wheel),
             compute=DatabricksCompute(compute), spark_version=self.databricks_spark_version,
-            node_type=self.databricks_node_type, workers=self.databricks_workers)
+            node_type=self.databricks_node_type, workers=self.databricks_workers,
+            secret_scope=settings.secret_scope)
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ class DatabricksSettings:
     spark_version: str = "17.3.x-scala2.13"
     node_type: str = "Standard_D4ds_v5"
     workers: int = 2
+    secret_scope: str = DEFAULT_SECRET_SCOPE  # the job cluster's $BRONZE_SECRET_SCOPE
 
 
 def request_for(context: dg.AssetExecutionContext, contract: Contract, changes_only: bool) -> LoadRequest:
@@ -214,11 +225,13 @@ def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool, his
     """What the Spark job needs to know (sent in the Pipes context; ``history``: whether it reports
     the history asset). A remote job gets no storage credentials: it reads them from its own
     environment (the Databricks secret scope)."""
+    settings = bronze.storage().settings
     extras: dict[str, Any] = {
         "table": request.contract.name, "history": history, "root": bronze.storage().root,
         "window": [v.isoformat() for v in request.window] if request.window else None,
         "changes_only": request.changes_only, "checks": sorted(request.checks), "docs": not remote,
-        "secret_scope": env("BRONZE_SECRET_SCOPE"), "deployment_id": deployment_id(bronze.storage()),
+        "secret_scope": settings.secret_scope if settings.secret_scope_set else None,
+        "deployment_id": deployment_id(bronze.storage()),
     }
     if request.contract.landing is not None:
         extras["landing_root"] = bronze.storage().settings.landing_root
@@ -291,7 +304,7 @@ def databricks_task(contract: Contract, settings: DatabricksSettings) -> tuple[A
     wheel_task = jobs.PythonWheelTask(package_name=JOB_PACKAGE, entry_point=JOB_ENTRY_POINT,
                                       parameters=["--pipes-io", VOLUMES_IO])
     key = f"bronze_{contract.name}"
-    scope = env("BRONZE_SECRET_SCOPE") or "bronze"
+    scope = settings.secret_scope
     if settings.compute is DatabricksCompute.SERVERLESS:
         task = jobs.SubmitTask(task_key=key, python_wheel_task=wheel_task, environment_key="bronze")
         environment = jobs.JobEnvironment(environment_key="bronze", spec=compute.Environment(

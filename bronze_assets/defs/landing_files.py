@@ -18,17 +18,16 @@ import dagster as dg
 
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.tablefile import TablesFile, TableSpec, contracts_of
-from bronze_assets.defs.alerts import ENV_SENSORS_RUNNING
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.lib.load.landing_source import list_new_files
-from bronze_assets.settings import env_flag
+from bronze_assets.settings import Settings
 
 
 def build_landing_sensor(contract: Contract) -> dg.SensorDefinition:
     """``bz_<name>_files``: one run per tick for all the table's new files (the run lands every
     file not in the ledger, whichever partition it runs)."""
-    running = env_flag(ENV_SENSORS_RUNNING)
+    running = Settings.from_env().sensors_running
 
     @dg.sensor(
         name=f"{contract.bronze_table}_files",

@@ -22,7 +22,7 @@ import dagster as dg
 
 from bronze_assets.contracts import CONTRACTS, Cadence, Contract, LoadPattern
 from bronze_assets.defs.partitions import partitions_def
-from bronze_assets.settings import env_flag
+from bronze_assets.settings import Settings
 
 ENV_SCHEDULES_RUNNING = "BRONZE_SCHEDULES_RUNNING"
 MAX_RUNTIME_SECONDS = 3600  # KPI: an end-to-end run over 1 h is critical; Dagster stops it
@@ -53,7 +53,7 @@ BATCH_LAG = timedelta(days=1)  # a batch tick loads the window that closed befor
 
 
 def schedules_running() -> bool:
-    return env_flag(ENV_SCHEDULES_RUNNING)
+    return Settings.from_env().schedules_running
 
 
 @dataclass(frozen=True)
