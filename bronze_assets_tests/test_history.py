@@ -152,12 +152,17 @@ def test_a_killed_run_repeated_and_a_rerun_never_duplicate_a_version(
     assert _history(b).height == rows + 1 and b.version("customers_history") == settled
 
 
-def test_history_turned_on_for_an_existing_table_is_seeded(seeded: str, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    b = Bronze(seeded, tmp_path / "bronze")
+def _load_before_history(b: Bronze, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first load of bz_customers at T1 by a contract without history."""
     with monkeypatch.context() as patch:
         patch.setitem(CONTRACTS, "customers", _without_history())
         b.load_direct("customers", batch_time=T1)
+
+
+def test_history_turned_on_for_an_existing_table_is_seeded(seeded: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    _load_before_history(b, monkeypatch)
     assert DeltaTable.is_deltatable(b.uri("customers"))
     assert not DeltaTable.is_deltatable(b.uri("customers_history"))
     query(seeded, "DELETE FROM tests.customers WHERE customer_id = 5")
@@ -315,9 +320,7 @@ def test_restore_to_before_the_history_began_seeds_it_again(seeded: str, tmp_pat
     from bronze_assets.lib.governance.pii import pii_protection
 
     b = Bronze(seeded, tmp_path / "bronze")
-    with monkeypatch.context() as patch:
-        patch.setitem(CONTRACTS, "customers", _without_history())
-        b.load_direct("customers", batch_time=T1)
+    _load_before_history(b, monkeypatch)
     query(seeded, "DELETE FROM tests.customers WHERE customer_id = 5")
     b.load_direct("customers", batch_time=T2)  # seeds the history, then its first versions
     assert _history(b).height == b.read("customers").height + 1

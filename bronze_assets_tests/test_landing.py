@@ -47,6 +47,22 @@ def drop(storage: Storage, name: str, lines: list[str | dict], age: float = 60, 
     return path
 
 
+def drop_parquet(storage: Storage) -> None:
+    """Two events in ``a.parquet`` (one with an unparseable event_time, one new column) and an
+    unreadable ``broken.parquet``, both modified a minute ago."""
+    import pyarrow.parquet as pq
+
+    folder = Path(storage.settings.landing_root, EVENTS.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"event_id": [1, 2], "shipment_id": [101, 102],
+                             "event_time": ["2026-01-01T10:00:00+02:00", "later"],
+                             "status": ["IN_TRANSIT", "DELIVERED"], "weight_kg": [1.5, None]}),
+                   folder / "a.parquet")
+    (folder / "broken.parquet").write_bytes(b"PAR1 not really")
+    for f in folder.iterdir():
+        os.utime(f, (time.time() - 60,) * 2)
+
+
 def event(i: int, status: str = "IN_TRANSIT", **extra: object) -> dict:
     return {"event_id": i, "shipment_id": 100 + i, "event_time": f"2026-01-0{1 + i % 9}T10:00:00+02:00",
             "status": status, "location": f"hub {i}"} | extra
@@ -274,19 +290,9 @@ def test_csv_files_land_the_same_way(storage: Storage) -> None:
 def test_parquet_files_land_the_same_way(storage: Storage) -> None:
     """Parquet: the values typed by the contract (a time that does not parse is rescued), a new
     column added with its inferred type, an unreadable file quarantined without failing the run."""
-    import pyarrow.parquet as pq
-
     assert EVENTS.landing is not None
     parquet = replace(EVENTS, landing=replace(EVENTS.landing, format=LandingFormat.PARQUET))
-    folder = Path(storage.settings.landing_root, EVENTS.name)
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table({"event_id": [1, 2], "shipment_id": [101, 102],
-                             "event_time": ["2026-01-01T10:00:00+02:00", "later"],
-                             "status": ["IN_TRANSIT", "DELIVERED"], "weight_kg": [1.5, None]}),
-                   folder / "a.parquet")
-    (folder / "broken.parquet").write_bytes(b"PAR1 not really")
-    for f in folder.iterdir():
-        os.utime(f, (time.time() - 60,) * 2)
+    drop_parquet(storage)
     land(storage, parquet)
     got = rows(storage)
     assert sorted(got) == [1, 2] and str(got[1]["event_time"]) == "2026-01-01 08:00:00+00:00"

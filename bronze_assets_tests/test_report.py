@@ -13,7 +13,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from bronze_assets.contracts import CONTRACTS
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta import control
 from bronze_assets.lib.monitoring import RunStats, build_report
@@ -21,6 +21,9 @@ from bronze_assets.lib.monitoring.report import format_value
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.test_ui_e2e import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+# the report lists every bronze table: the source tables' and the landing tables' (§2.6)
+EVERY_TABLE = [*CONTRACTS.values(), *LANDING_CONTRACTS.values()]
 
 START = datetime(2026, 10, 29, tzinfo=UTC)
 TABLES = {"bz_products": 10_000, "bz_orders": 50_000, "bz_inventory": 100_000, "bz_customers": 25_000}
@@ -190,7 +193,7 @@ def _load(table: str, status: str, end: datetime, error: str | None = None) -> d
 def test_report_leads_with_the_status_table_problems_first(tmp_path: Path) -> None:
     root = str(tmp_path / "bronze")
     long_error = "SchemaContractError: column email missing; " + "x" * 600
-    rows = [_load(c.bronze_table, control.SUCCESS, NOW - timedelta(minutes=30)) for c in CONTRACTS.values()
+    rows = [_load(c.bronze_table, control.SUCCESS, NOW - timedelta(minutes=30)) for c in EVERY_TABLE
             if c.bronze_table not in {"bz_orders", "bz_returns", "bz_customers"}]
     rows += [
         _load("bz_orders", control.SUCCESS, NOW - timedelta(hours=5)),  # hourly: 2 h window, STALE
@@ -204,11 +207,11 @@ def test_report_leads_with_the_status_table_problems_first(tmp_path: Path) -> No
     page = result.html.read_text()
 
     order = _status_rows(page)
-    assert sorted(order) == sorted(c.bronze_table for c in CONTRACTS.values()), "every bronze table is listed"
+    assert sorted(order) == sorted(c.bronze_table for c in EVERY_TABLE), "every bronze table is listed"
     assert order[:3] == ["bz_customers", "bz_orders", "bz_returns"], "stale / failed / never loaded first"
     assert order == [s.table for s in result.status]
     assert page.index('id="status"') < page.index('id="headline"') < page.index("<img")
-    assert "3 of 10 tables need attention" in page
+    assert f"3 of {len(EVERY_TABLE)} tables need attention" in page
     row = {name: re.search(rf'data-table="{name}">(.*?)</tr>', page, re.S).group(1)  # type: ignore[union-attr]
            for name in order}
     assert "FAILED" in row["bz_customers"] and "SchemaContractError" in row["bz_customers"]
@@ -242,7 +245,7 @@ def test_report_with_real_loads_fits_a_laptop_screen(seed_db: SeedDb, tmp_path: 
     result = build_report(str(b.root), tmp_path / "report", instance=instance)
     page_html = result.html.read_text()
     order = _status_rows(page_html)
-    assert len(order) == len(CONTRACTS) and order[0] == "bz_customers", order
+    assert len(order) == len(EVERY_TABLE) and order[0] == "bz_customers", order
     assert "schema_contract: failed" in page_html and "all 3 passed" in page_html  # bz_warehouses' checks
     status = {s.table: s for s in result.status}
     assert f"<td>{status['bz_products'].rows:,}</td>" in page_html and status["bz_products"].rows > 0
@@ -264,7 +267,7 @@ def test_report_with_real_loads_fits_a_laptop_screen(seed_db: SeedDb, tmp_path: 
             assert box is not None
             assert box["y"] >= 0 and box["y"] + box["height"] <= LAPTOP["height"], f"below the fold: {box}"
             assert box["x"] >= 0 and box["x"] + box["width"] <= LAPTOP["width"], box
-            assert page.locator("#status tbody tr").count() == len(CONTRACTS)
+            assert page.locator("#status tbody tr").count() == len(EVERY_TABLE)
             assert page.locator("#status tbody tr").first.get_attribute("data-table") == "bz_customers"
         finally:
             browser.close()

@@ -27,7 +27,7 @@ from bronze_assets.lib.spark.engine import SparkEngine
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import bronze_frame
-from bronze_assets_tests.test_landing import EVENTS, drop, event
+from bronze_assets_tests.test_landing import EVENTS, drop, drop_parquet, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
 
@@ -163,12 +163,6 @@ def test_evolution_modes_on_spark(spark: Any, tmp_path: Path) -> None:
 
 
 def test_csv_and_parquet_files_land_as_on_the_local_engine(spark: Any, tmp_path: Path) -> None:
-    import os
-    import time
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     assert EVENTS.landing is not None
     for fmt in (LandingFormat.CSV, LandingFormat.PARQUET):
         contract = replace(EVENTS, landing=replace(EVENTS.landing, format=fmt))
@@ -179,15 +173,7 @@ def test_csv_and_parquet_files_land_as_on_the_local_engine(spark: Any, tmp_path:
                                   "2,102,2026-01-02T10:00:00Z,DELIVERED,hub 2,surplus",
                                   "3,103,soon,PICKED_UP,hub 3"])
         else:
-            folder = Path(local.settings.landing_root, EVENTS.name)
-            folder.mkdir(parents=True)
-            pq.write_table(pa.table({"event_id": [1, 2], "shipment_id": [101, 102],
-                                     "event_time": ["2026-01-01T10:00:00+02:00", "later"],
-                                     "status": ["IN_TRANSIT", "DELIVERED"], "weight_kg": [1.5, None]}),
-                           folder / "a.parquet")
-            (folder / "broken.parquet").write_bytes(b"PAR1 not really")
-            for f in folder.iterdir():
-                os.utime(f, (time.time() - 60,) * 2)
+            drop_parquet(local)
         _land(local, "local", contract=contract)
         _land(remote, "spark", spark, contract)
         a, b = _rows(local), _rows(remote)
