@@ -59,6 +59,11 @@ def test_one_schedule_per_cadence_and_layout_covering_every_table_once(repo: dg.
         job = repo.get_job(schedule.job_name)
         keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
         assert keys == assets
+        # the load's checks run with it; the reconciliation (it reads the source) only daily
+        graph = job.asset_layer.asset_graph
+        checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+        assert {name for _, name in checks} >= {"schema_contract", "quality_score", "key_uniqueness"}
+        assert {table for table, _ in checks} == assets and "reconciliation" not in {n for _, n in checks}
         assert job.tags["dagster/max_runtime"] == str(MAX_RUNTIME_SECONDS)
         covered += keys
     assert sorted(covered) == sorted(c.bronze_table for c in CONTRACTS.values())

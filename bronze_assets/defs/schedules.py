@@ -88,9 +88,15 @@ def load_groups(contracts: Sequence[Contract] | None = None, prefix: str = "") -
 
 
 def build_job(group: LoadGroup) -> dg.UnresolvedAssetJobDefinition:
+    """The group's load job: its assets with the checks of the load (schema, score, keys,
+    references), not the ``reconciliation`` check, which reads the source and runs on its own
+    daily schedule (:func:`build_reconciliation_schedule`, ARCHITECTURE §2.8)."""
+    from bronze_assets.lib.reconcile.check import RECONCILIATION
+
     return dg.define_asset_job(
         group.name,
-        selection=dg.AssetSelection.assets(*group.keys),
+        selection=dg.AssetSelection.assets(*group.keys) - dg.AssetSelection.checks(
+            *[dg.AssetCheckKey(dg.AssetKey(key), RECONCILIATION) for key in group.keys]),
         partitions_def=partitions_def(group.contracts[0]),
         tags=RUN_TAGS,
         description=f"{group.cadence.value} load of {', '.join(group.keys)}",
