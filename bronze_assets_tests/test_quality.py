@@ -530,3 +530,30 @@ def test_a_failing_validation_raises_in_the_caller(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         worker.report(worker.validate_staged(Settings.from_env(), CONTRACTS["warehouses"], AS_OF.date(), None,
                                              missing), "bz_warehouses")
+
+
+def test_the_service_defers_what_the_suites_do_not_use(tmp_path: Path) -> None:
+    """In the service's import setup GX loads without ``scipy.stats`` and ``altair`` (its
+    distribution expectations and charts), validates a suite to the same counts as a runner here,
+    and the deferred modules still work when something reads them."""
+    code = (
+        "import json, sys\n"
+        "from datetime import date\n"
+        "from bronze_assets.lib.quality import service\n"
+        "service.block_optional_backends(); service.defer_unused_modules()\n"
+        "from bronze_assets.contracts import CONTRACTS\n"
+        "from bronze_assets_tests.test_quality import _generated\n"
+        "from bronze_assets.lib.quality.validate import SuiteRunner\n"
+        f"report = SuiteRunner(CONTRACTS['customers'], date({AS_OF.year}, {AS_OF.month}, {AS_OF.day}))"
+        ".validate_batches(_generated('customers', 2000))\n"
+        "loaded = sorted(m for m in ('scipy.stats._stats_py', 'altair.vegalite') if m in sys.modules)\n"
+        "import scipy.stats\n"
+        "print(json.dumps({'loaded': loaded, 'counts': report.gx_counts,\n"
+        "                  'entropy': float(scipy.stats.entropy([0.5, 0.5]))}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["loaded"] == [], "GX imported without the deferred modules"
+    here = SuiteRunner(CONTRACTS["customers"], AS_OF.date()).validate_batches(_generated("customers", 2000))
+    assert result["counts"] == here.gx_counts and sum(here.gx_counts.values()) > 0
+    assert abs(result["entropy"] - 0.693147) < 1e-5, "a deferred module loads when it is used"

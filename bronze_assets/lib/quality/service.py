@@ -18,7 +18,8 @@ once per run, that is most of an hourly tick's checks. The service pays it once 
 One request at a time is executed (GX keeps process-global state); each connection gets its
 answers in order. Only the pandas engine is used, so GX's optional backends (Spark, cloud SDKs,
 SQL dialects) are not imported in the service (:func:`block_optional_backends`: 0.8 s of the
-import and ≈75 MB).
+import and ≈75 MB), and the modules GX imports only for expectations the suites do not use
+(``scipy.stats``, ``altair``) are loaded on first use (:func:`defer_unused_modules`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import fcntl
 import gc
 import hashlib
 import importlib.abc
+import importlib.machinery
 import importlib.metadata
+import importlib.util
 import os
 import pickle
 import signal
@@ -49,6 +52,9 @@ STALE_CHECK_SECONDS = 30
 # GX's optional backends: GX treats them as absent when their import fails (its compatibility layer)
 OPTIONAL_BACKENDS = frozenset({"pyspark", "azure", "google", "boto3", "botocore", "databricks", "sqlalchemy",
                                "psycopg2", "trino", "snowflake"})
+# imported by GX's distribution expectations (KL divergence, KS tests) and chart renderers, which
+# the generated suites never use: loaded on first attribute access instead of at GX's import
+DEFERRED_MODULES = frozenset({"scipy.stats", "altair"})
 
 
 class ServiceDirError(RuntimeError):
@@ -108,6 +114,27 @@ class _BlockOptional(importlib.abc.MetaPathFinder):
 def block_optional_backends() -> None:
     """Make GX's optional backends look absent in this process (the service runs pandas only)."""
     sys.meta_path.insert(0, _BlockOptional())
+
+
+class _Deferred(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name not in DEFERRED_MODULES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = importlib.util.LazyLoader(spec.loader)
+                return spec
+        return None
+
+
+def defer_unused_modules() -> None:
+    """Import :data:`DEFERRED_MODULES` lazily in this process (``importlib.util.LazyLoader``): the
+    module object exists at once, its code runs when an attribute is first read. GX's import then
+    skips them (≈1.1-1.7 s of CPU and ≈75 MB here)."""
+    sys.meta_path.insert(0, _Deferred())
 
 
 def _trim() -> None:
@@ -220,6 +247,7 @@ def main() -> None:
         os.umask(old_mask)
     listener.listen(64)
     block_optional_backends()
+    defer_unused_modules()
     from bronze_assets.lib.quality.worker import TASKS
 
     threading.Thread(target=_warm_import, daemon=True).start()
