@@ -54,6 +54,7 @@ class QualityReport:
 
 
 DOCS_SITE = "bronze"
+BATCHES_SOURCE = "bronze_batches"  # the GX data source the staged chunks are handed to
 RUNNERS_KEPT = 64  # runners cached per process (least recently used dropped beyond that)
 
 _runners: OrderedDict[tuple[Contract, date, Path | None], SuiteRunner] = OrderedDict()
@@ -103,7 +104,7 @@ class SuiteRunner:
         self.contract, self.load_date = contract, load_date
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        source = self.context.data_sources.add_pandas("bronze_batches")
+        source = self.context.data_sources.add_pandas(BATCHES_SOURCE)
         asset = source.add_dataframe_asset(contract.bronze_table)
         self.batch_definition = asset.add_batch_definition_whole_dataframe("staged")
         self.suite = self.context.suites.add(build_suite(contract, load_date))
@@ -153,7 +154,12 @@ class SuiteRunner:
             pa.field(f.name, pa.float64() if pa.types.is_decimal(f.type) else f.type) for f in subset.schema
         ]))
         frame = subset.to_pandas()
-        run = self.checkpoint.run(batch_parameters={"dataframe": frame})
+        del subset
+        try:
+            run = self.checkpoint.run(batch_parameters={"dataframe": frame})
+        finally:
+            del frame
+            self._release_batch()
         ((identifier, result),) = run.run_results.items()
         if self.docs_dir is not None:
             urls = self.context.get_docs_sites_urls(resource_identifier=identifier, site_names=[DOCS_SITE])
@@ -175,6 +181,13 @@ class SuiteRunner:
                 keys = polars_frame.filter(expr).get_column(pk).head(SAMPLE_KEYS).to_list()
                 report.failing_keys[rule] = [_plain(k) for k in keys]
         return report
+
+    def _release_batch(self) -> None:
+        """Drop GX's reference to the chunk it validated (its pandas engine keeps the last batch
+        in its cache): otherwise that frame lives on while the next chunk's is built."""
+        batches = self.context.data_sources.get(BATCHES_SOURCE).get_execution_engine().batch_manager
+        batches.batch_data_cache.clear()
+        batches.reset_batch_cache()
 
     def validate_batches(self, batches: Iterable[pa.RecordBatch]) -> QualityReport:
         """Validate a stream in bounded chunks and add up the counts."""
