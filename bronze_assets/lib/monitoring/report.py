@@ -15,7 +15,6 @@ from typing import Any
 
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.monitoring.metrics import RunStats, headline, load_frames, per_table
-from bronze_assets.lib.monitoring.plots import write_plots
 from bronze_assets.lib.monitoring.status import NEVER, STALE, TableStatus, _age, bronze_status
 
 HTML_NAME = "report.html"
@@ -74,6 +73,8 @@ def build_report(
     instance the status table reads check results from (None: no check column data).
     Works on empty or missing control tables (every chart then says "no data yet").
     """
+    from bronze_assets.lib.monitoring.plots import write_plots  # matplotlib: only for a report
+
     storage = as_storage(storage)
     out = Path(out_dir) if out_dir is not None else default_report_dir(storage.settings.data_dir)
     out.mkdir(parents=True, exist_ok=True)
