@@ -141,10 +141,12 @@ class HistoryWriter:
         meta = commit_metadata(batch_id, "history", None, chunk, chunks, batch_time=batch_time)
         return commit_properties(dt, self.contract, meta, table=self.table)
 
-    def seed(self, batch_id: str, batch_time: datetime, replace: bool = False) -> bool:
+    def seed(self, batch_id: str, batch_time: datetime, replace: bool = False,
+             written: pa.Table | None = None) -> bool:
         """Create the history table from the current table's rows (one version each, valid from
         its ``update_timestamp``) when it does not exist yet (``replace``: in place of the one
-        there is); True when it was written."""
+        there is); True when it was written. ``written``: the rows of the current table as the
+        load that created it just wrote them (not read back)."""
         if self._open() is not None and not replace:
             return False
         current = self.storage.open(self.contract.bronze_table)
@@ -153,7 +155,8 @@ class HistoryWriter:
         schema = pa.schema(current.schema().to_arrow())
         # read whole, then written in one commit (a DataFusion scan cannot stream into a delta-rs
         # write: one runtime inside another); a seed that fails leaves no table, so it is redone
-        table = _conform(read_columns(current, schema.names), schema)
+        rows = written if written is not None else read_columns(current, schema.names)
+        table = _conform(rows, schema)
         table = table.append_column(VALID_FROM, table.column("update_timestamp").cast(TS))
         table = table.append_column(IS_DELETED, pc.equal(table.column("record_status"), DELETED))
         write_deltalake(self.uri, _conform(table, history_schema(schema)),

@@ -155,9 +155,14 @@ class BronzeMerger:
             try:
                 if dt is not None and self.history is not None:  # history turned on, or a first load killed
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
-                result = self._create(staged) if dt is None else self._merge(dt, staged, commits)
-                if dt is None and self.history is not None:
-                    self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
+                written: list[pa.RecordBatch] | None = [] if dt is None and self.history is not None \
+                    else None
+                result = self._create(staged, written) if dt is None else self._merge(dt, staged, commits)
+                if written is not None and self.history is not None:
+                    # seeded from the rows as written (read back if a chunk had landed before)
+                    whole = sum(b.num_rows for b in written) == staged.rows
+                    rows = pa.Table.from_batches(written, staged.schema) if whole else None
+                    self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time, written=rows)
                     result.history_versions = staged.rows
                 if self.history is not None:
                     result.history_version = self.history.version
@@ -245,7 +250,9 @@ class BronzeMerger:
             for batch in table.take(by_key.slice(start, OUTPUT_BATCH_ROWS)).to_batches():
                 yield self._protect(staged.complete(batch))
 
-    def _create(self, staged: StagedBatch) -> MergeResult:
+    def _create(self, staged: StagedBatch, written: list[pa.RecordBatch] | None = None) -> MergeResult:
+        """Write the staged rows as the table's first version (``written`` collects the batches
+        as written, PII protected, for the history table's seed)."""
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
         order, sizes = None, []
@@ -272,11 +279,13 @@ class BronzeMerger:
             dt = self.storage.open(self.contract.bronze_table) if chunk else None
             if dt is not None and chunk in CommitLog.read(dt).committed_chunks(staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
+            batches = self._staged_chunk(staged, chunk, sizes, order)
+            if written is not None:
+                batches = _collect(batches, written)
             try:
                 write_deltalake(
                     self.uri,
-                    pa.RecordBatchReader.from_batches(
-                        staged.schema, self._staged_chunk(staged, chunk, sizes, order)),
+                    pa.RecordBatchReader.from_batches(staged.schema, batches),
                     partition_by=[self.part] if self.part else None,
                     mode="append" if chunk else "error",
                     storage_options=self.storage.delta_options,
@@ -401,6 +410,13 @@ def key_order(batches: list[pa.RecordBatch], pk: list[str]) -> list[int] | None:
     if any(prev[1] >= nxt[0] for prev, nxt in itertools.pairwise(spans)):
         return None
     return [index for _, _, index in spans]
+
+
+def _collect(batches: Iterator[pa.RecordBatch], into: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, each also appended to ``into``."""
+    for batch in batches:
+        into.append(batch)
+        yield batch
 
 
 def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:
