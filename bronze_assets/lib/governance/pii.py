@@ -89,8 +89,9 @@ class PiiCipher:
         sealed = self._by_slice(raw, sids, rows, plain, seal)
         for column, mask in rows.items():
             tokens = (PREFIX + pl.Series(sealed[column], dtype=pl.Binary).bin.encode("base64")).to_arrow()
-            data = _replace(data, column, pc.replace_with_mask(
-                pa.nulls(len(subjects), pa.string()), mask, tokens.cast(pa.string())))
+            if len(tokens) < len(subjects):  # NULLs where a row had no value or no key
+                tokens = pc.replace_with_mask(pa.nulls(len(subjects), tokens.type), mask, tokens)
+            data = _replace(data, column, tokens)
         return data
 
     def decrypt(self, data: Data, keys: SubjectKeys | None = None) -> Data:
