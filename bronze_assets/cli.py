@@ -32,7 +32,7 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:
-            from bronze_assets.lib.failures import object_store_problem
+            from bronze_assets.lib.store_errors import object_store_problem
             from bronze_assets.settings import Settings
 
             try:
@@ -56,6 +56,17 @@ def _verbose() -> bool:
     """Whether ``bronze --verbose`` was given (then failures show their traceback)."""
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.find_root().params.get("verbose"))
+
+
+def _check_root() -> None:
+    """One request to the bronze root's store before a command's work, and before Dagster is
+    imported (seconds of CPU): a store that refuses or is down ends the command in one line within
+    seconds (``Storage.check``; the group's handler words it)."""
+    from bronze_assets.lib.delta.storage import Storage
+    from bronze_assets.settings import Settings
+
+    settings = Settings.from_env()
+    Storage(settings.bronze_root, settings=settings).check()
 
 
 def _fail_on(exc: BaseException, what: str) -> None:
@@ -161,11 +172,10 @@ def demo(scale: float, seed_external: bool) -> None:
 
     Every table that can load is loaded; the summary marks the ones that failed, with their
     reason, and the exit code is 1. Ctrl-C stops it (exit code 130)."""
-    from bronze_assets.defs.resources import BronzeStorage
+    _check_root()  # before seeding, and before Dagster is imported
     from bronze_assets.demo.run import DemoRefusedError, format_summary, run_demo
     from bronze_assets.lib.source.postgres import SourceConnectionError
 
-    BronzeStorage().storage().check()  # an unreachable object store: one line, before seeding
     try:
         rows = run_demo(scale, on_progress=lambda msg: click.echo(msg, err=True), seed_external=seed_external)
     except KeyboardInterrupt:
@@ -375,6 +385,7 @@ def status(as_json: bool) -> None:
     """
     import os
 
+    _check_root()
     from bronze_assets.defs.resources import BronzeStorage
     from bronze_assets.lib.monitoring import status as table_status
     from bronze_assets.settings import data_dir, env

@@ -6,6 +6,7 @@ passed whole; table locations come from :meth:`Storage.uri`, never from paths jo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from bronze_assets.settings import Settings
+
+# the check of a root before a command's work: the object store's client gives up on an
+# unreachable endpoint after 10 retries with backoff, up to 180 s (5 s to connect, each); the
+# check connects within 3 s and retries once, so a store that is down is one line in seconds
+PROBE_OPTIONS = {"connect_timeout": "3s", "max_retries": "1", "retry_timeout": "5s"}
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,21 @@ class Storage:
         return open_table(self.uri(table), self.delta_options)
 
     def check(self) -> None:
-        """One request to the root's store (the audit log's listing): raises the store's error
-        when it refuses or cannot be reached, before any work starts."""
-        self.open("bz_audit_log")
+        """One request to the root's store (a listing of the root): raises the store's error when
+        it refuses or cannot be reached, before any work starts — within seconds
+        (:data:`PROBE_OPTIONS`), where the store's client would retry for up to three minutes."""
+        if not self.remote:
+            return
+        from deltalake._internal import DeltaFileSystemHandler
+
+        probe = DeltaFileSystemHandler(table_uri=self.root, options={**PROBE_OPTIONS, **self.options},
+                                       known_sizes=None)
+        probe.get_file_info_selector("", True, False)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the root is on an object store (``s3://``, ``abfss://`` …), not a local folder."""
+        return "://" in self.root and not self.root.startswith("file://")
 
     def read_file(self, path: str) -> bytes | None:
         """The file at ``path`` under the root (a small record bronze keeps beside its tables),
@@ -64,6 +82,11 @@ class Storage:
             stream.write(data)
         finally:
             stream.close()
+
+    def delete_file(self, path: str) -> None:
+        """Remove the file at ``path`` under the root (gone already: nothing to do)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._files().delete_file(path)
 
     def list_files(self, folder: str) -> list[str]:
         """The paths of the files below ``folder`` under the root (none if it does not exist)."""
