@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BRONZE = str(Path(sys.executable).with_name("bronze"))
@@ -53,11 +55,19 @@ def kinds(lines: list[str]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
 
 
-def demo(env: dict[str, str], scale: float) -> float:
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Timed:
+    wall: float
+    cpu: float  # user + sys of the demo and the processes it waited for (not the S3 server's)
+
+
+def demo(env: dict[str, str], scale: float) -> Timed:
+    started, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([BRONZE, "demo", "--scale", str(scale)], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Timed(time.perf_counter() - started,
+                 done.ru_utime - used.ru_utime + done.ru_stime - used.ru_stime)
 
 
 TICK = """
@@ -107,10 +117,12 @@ def main() -> None:
         before = requests(log)
         on_s3 = demo(s3_env, args.scale)
         demo_requests = requests(log) - before
-        compared = "" if local is None else f"local folder {local:.1f} s, "
-        ratio = "" if local is None else f" ({on_s3 / local:.2f}x)"
-        print(f"bronze demo --scale {args.scale}: {compared}S3 (moto) {on_s3:.1f} s{ratio}, "
-              f"{demo_requests} S3 requests")
+        compared = "" if local is None else f"local folder {local.wall:.1f} s (CPU {local.cpu:.1f} s), "
+        ratio = "" if local is None else \
+            f" ({on_s3.wall / local.wall:.2f}x wall, {on_s3.cpu / local.cpu:.2f}x CPU)"
+        print(f"bronze demo --scale {args.scale}: {compared}S3 (moto) {on_s3.wall:.1f} s "
+              f"(CPU {on_s3.cpu:.1f} s){ratio}, {demo_requests} S3 requests, load average "
+              f"{os.getloadavg()[0]:.1f}")
         for table, tick_number in [(t, n) for t in ("inventory", "order_details", "orders", "customers")
                                    for n in (1, 2)]:
             tick = subprocess.Popen([sys.executable, "-c", TICK, table], env=s3_env, text=True,

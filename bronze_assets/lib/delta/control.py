@@ -19,12 +19,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.contracts import Contract
+from bronze_assets.lib.delta import audit_inbox
 from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
-from bronze_assets.lib.delta.query import read_snapshot
+from bronze_assets.lib.delta.exclusive_append import append_exclusive
+from bronze_assets.lib.delta.query import read_columns, read_snapshot
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage, open_table
 from bronze_assets.lib.secrets import redact_secrets
 from bronze_assets.lib.source.dsn import redact
@@ -82,10 +85,30 @@ _ID_COLUMN = {name: schema.names[0] for name, schema in SCHEMAS.items()}
 
 
 def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Append ``rows`` to control table ``table`` (created on first use)."""
+    """Append ``rows`` to control table ``table`` (created on first use); an append to the audit
+    log on an object store also carries the rows waiting in its inbox (:mod:`audit_inbox`)."""
     if not rows:
         return 0
     storage = as_storage(storage)
+    data = pa.Table.from_pylist(_filled(storage, table, rows), schema=SCHEMAS[table])
+    if table == AUDIT_LOG and storage.remote:
+        waiting = audit_inbox.pending(storage, SCHEMAS[AUDIT_LOG])
+        if waiting.paths:
+            _fold(storage, data, waiting)
+            return data.num_rows
+    for attempt in range(1, 6):  # concurrent appends from parallel steps may race for a version
+        try:
+            _append(storage, table, data)
+            break
+        except (CommitFailedError, DeltaError):
+            if attempt == 5:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return data.num_rows
+
+
+def _filled(storage: Storage, table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with their id, user and timestamps filled in and their messages redacted."""
     schema = SCHEMAS[table]
     now = datetime.now(UTC)
     filled = []
@@ -100,16 +123,36 @@ def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, An
             if pa.types.is_string(f.type) and isinstance(row.get(f.name), str):
                 row[f.name] = redact_secrets(redact(row[f.name], None))
         filled.append(row)
-    data = pa.Table.from_pylist(filled, schema=schema)
-    for attempt in range(1, 6):  # concurrent appends from parallel steps may race for a version
-        try:
-            _append(storage, table, data)
-            break
-        except (CommitFailedError, DeltaError):
-            if attempt == 5:
-                raise
-            time.sleep(0.05 * 2**attempt)
-    return len(filled)
+    return filled
+
+
+def post_audit_row(storage: StorageLike, row: Mapping[str, Any]) -> None:
+    """One audit row of a load that changed nothing: on an object store a file in the audit
+    log's inbox (one request, where an append opens the log: :mod:`audit_inbox`), on a local
+    folder an append."""
+    storage = as_storage(storage)
+    if not storage.remote:
+        append_rows(storage, AUDIT_LOG, [row])
+        return
+    audit_inbox.post(storage, _filled(storage, AUDIT_LOG, [row])[0])
+
+
+def _fold(storage: Storage, data: pa.Table, waiting: audit_inbox.Pending) -> None:
+    """Append ``data`` and the waiting rows not in the audit log yet in one commit of the inbox's
+    app transaction, then remove their files."""
+    since = pc.min(waiting.rows["start_timestamp"]).as_py()  # always filled (end: NULL until set)
+
+    def choose(dt: DeltaTable | None) -> pa.Table:
+        present = None if dt is None or since is None else read_columns(
+            dt, [_ID_COLUMN[AUDIT_LOG]], f"start_timestamp >= '{since.isoformat()}'")
+        return pa.concat_tables([data, audit_inbox.not_in(present, waiting.rows, _ID_COLUMN[AUDIT_LOG])])
+
+    append_exclusive(storage, AUDIT_LOG, audit_inbox.FOLD_APP, choose)
+    with _OPEN_GUARD:  # this process's open audit log is behind by the fold's commit: refreshed next
+        for (uri, _), entry in _OPEN.items():
+            if uri == storage.uri(AUDIT_LOG):
+                entry.table = None
+    audit_inbox.remove(storage, waiting.paths)
 
 
 # a control table gets a commit per load: a checkpoint every 10 commits, like every bronze table
@@ -167,9 +210,16 @@ def _hooks(dt: DeltaTable) -> PostCommitHookProperties:
 
 
 def read_table(storage: StorageLike, table: str) -> pa.Table:
-    """The current rows of a control table (empty with its schema if never written)."""
-    dt = as_storage(storage).open(table)
-    return SCHEMAS[table].empty_table() if dt is None else read_snapshot(dt)
+    """The current rows of a control table (empty with its schema if never written); the audit
+    log's with the rows waiting in its inbox (listed first: a row leaves it only once in the table)."""
+    storage = as_storage(storage)
+    waiting = audit_inbox.pending(storage, SCHEMAS[AUDIT_LOG]) if table == AUDIT_LOG and storage.remote \
+        else None
+    dt = storage.open(table)
+    rows = SCHEMAS[table].empty_table() if dt is None else read_snapshot(dt)
+    if waiting is None or not waiting.paths:
+        return rows
+    return pa.concat_tables([rows, audit_inbox.not_in(rows, waiting.rows, _ID_COLUMN[AUDIT_LOG])])
 
 
 @dataclass
@@ -258,14 +308,16 @@ def record_load(storage: StorageLike, load: LoadRecord) -> None:
     table (README 'Bronze on S3', requests per unchanged tick)."""
     storage = as_storage(storage)
     end = datetime.now(UTC)
-    append_rows(storage, AUDIT_LOG, [{
+    row = {
         "table_name": load.table_name, "operation_type": "LOAD", "start_timestamp": load.start,
         "end_timestamp": end, "records_affected": load.records_affected, "status": load.status,
         "error_message": load.error[:4000] if load.error else None,
         "job_id": load.job_id, "details": load.details,
-    }])
+    }
     if load.status == SUCCESS and not load.rows_read and not load.records_affected:
+        post_audit_row(storage, row)
         return
+    append_rows(storage, AUDIT_LOG, [row])
     if load.status == SUCCESS:
         append_rows(storage, LINEAGE, [{
             "source_table": load.source_table, "target_table": load.table_name,

@@ -1,0 +1,76 @@
+"""The audit rows of loads that changed nothing, on an object store, until they join ``bz_audit_log``.
+
+Appending a row to a Delta table opens it: on an object store that reads its last checkpoint and
+every commit since it, each twice, and every tenth append writes a checkpoint — 18 to 74 requests
+for the one row an unchanged hourly tick records (README 'Bronze on S3', requests per tick). Such a
+row is instead written as one small file, ``<root>/_bronze_audit_inbox/<audit_id>.json`` (one
+request), and the next append to the audit log through Delta (a load that moved data, a failure,
+any audited operation) carries the waiting rows in its own commit, then removes their files.
+
+Exact under concurrent runs: every tick writes a file of its own (its row's ``audit_id``); a
+fold commits under one Delta app transaction (:mod:`exclusive_append`), so two folds at once do
+not both append a row, and it appends only the rows whose ``audit_id`` is not in the table yet
+(a fold that died between its commit and removing the files appended them already). Readers
+(:func:`~bronze_assets.lib.delta.control.read_table`) list the inbox *before* reading the table
+and keep one row per ``audit_id``: a row is in the table before its file goes, so none is missed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bronze_assets.lib.delta.storage import Storage
+
+INBOX = "_bronze_audit_inbox"
+FOLD_APP = "bronze.audit_inbox"  # the Delta app transaction of a fold
+
+
+def post(storage: Storage, row: Mapping[str, Any]) -> None:
+    """Write one complete audit row (its ``audit_id`` filled) as a file of its own."""
+    text = json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()})
+    storage.write_file(f"{INBOX}/{row['audit_id']}.json", text.encode())
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The rows waiting in the inbox (as ``schema``) and their files."""
+
+    rows: pa.Table
+    paths: tuple[str, ...]
+
+
+def pending(storage: Storage, schema: pa.Schema) -> Pending:
+    """The waiting rows: one listing, then one read per file (a file removed meanwhile by a fold
+    is skipped: its row is in the table)."""
+    rows, paths = [], []
+    for path in sorted(storage.list_files(INBOX)):
+        data = storage.read_file(path) if path.endswith(".json") else None
+        if data is None:
+            continue
+        row = json.loads(data)
+        for f in schema:
+            if pa.types.is_timestamp(f.type) and isinstance(row.get(f.name), str):
+                row[f.name] = datetime.fromisoformat(row[f.name])
+        rows.append(row)
+        paths.append(path)
+    return Pending(pa.Table.from_pylist(rows, schema=schema), tuple(paths))
+
+
+def not_in(table: pa.Table | None, rows: pa.Table, id_column: str) -> pa.Table:
+    """``rows`` whose ``id_column`` value is not in ``table`` (None: all)."""
+    if table is None or not rows.num_rows:
+        return rows
+    present = table[id_column].cast(rows.schema.field(id_column).type)  # DataFusion: string_view
+    return rows.filter(pc.invert(pc.is_in(rows[id_column], value_set=present)))
+
+
+def remove(storage: Storage, paths: Sequence[str]) -> None:
+    """Remove the files of rows that are in the table now (one request each)."""
+    for path in paths:
+        storage.delete_file(path)
