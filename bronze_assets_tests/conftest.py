@@ -65,6 +65,20 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(ENV_BRONZE_ROOT, str(tmp_path / "bronze"))
 
 
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Assets built in this test retry as often, with the same backoff and jitter, as the real
+    ``RETRY`` policy, after 50 ms instead of 2 s: the test checks which failures are retried and
+    how often, not how long Dagster sleeps in between (3 retries sleep 14 s per run)."""
+    import dagster as dg
+
+    from bronze_assets.defs import assets
+
+    real = assets.RETRY
+    monkeypatch.setattr(assets, "RETRY", dg.RetryPolicy(max_retries=real.max_retries, delay=0.05,
+                                                          backoff=real.backoff, jitter=real.jitter))
+
+
 @pytest.fixture(scope="session")
 def spark() -> Any:
     """The local Spark session (one JVM) of this test worker, shared by every Spark test file;

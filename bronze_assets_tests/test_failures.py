@@ -226,8 +226,8 @@ def test_a_permanent_error_fails_once_in_one_line(seed_db: SeedDb, tmp_path: Pat
     assert seconds < 30, "no retry delays"
 
 
-def test_a_dropped_connection_is_retried(seed_db: SeedDb, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dropped_connection_is_retried(seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        quick_retries: None) -> None:
     fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     original, dropped = SourceReader.__enter__, []
 
@@ -440,7 +440,7 @@ def _failed_run(dsn: str, root: Path, engine: str, case: Provoked, pipes: Bronze
 @pytest.mark.parametrize("name", list(CLASSES))
 def test_each_failure_class_is_the_same_on_both_engines(name: str, seed_db: SeedDb, tmp_path: Path,
                                                          password_role: str, spark_pipes: BronzePipes,
-                                                         ) -> None:
+                                                         quick_retries: None) -> None:
     """Each failure class, provoked for real, leaves the same audit rows, the same failure (message,
     metadata) and the same retry decision on the local engine and on Spark (subprocess Pipes)."""
     case = CLASSES[name]
