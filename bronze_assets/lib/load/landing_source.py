@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from deltalake.fs import DeltaStorageHandler
 from pyarrow import fs
@@ -61,6 +61,14 @@ class FileSelection:
     ledger: list[LedgerRow] = field(default_factory=list)  # filled by the engine as it stages
     table_version: int | None = None  # the data table's version the listing read the ledger at
     ingested: int = 0  # files the ledger holds
+
+    def open(self, file: LandingFile) -> BinaryIO | fs.NativeFile:
+        """A stream of ``file``'s bytes (the caller closes it): a local file read straight from the
+        operating system (no copy through the object store's Python handler), any other through
+        :attr:`filesystem`."""
+        if file.uri.startswith("file://"):
+            return open(file.uri.removeprefix("file://"), "rb")
+        return self.filesystem.open_input_stream(file.path, compression=None)
 
 
 def landing_folder(root: str, contract: Contract) -> str:

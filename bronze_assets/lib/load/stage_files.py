@@ -143,7 +143,7 @@ class UnreadableFile(Exception):
 
 
 def _raw_blocks(selection: FileSelection, file: LandingFile, digest: hashlib._Hash) -> Iterator[bytes]:
-    with selection.filesystem.open_input_stream(file.path, compression=None) as stream:
+    with selection.open(file) as stream:
         while block := stream.read(BLOCK_BYTES):
             digest.update(block)
             yield block
@@ -549,7 +549,7 @@ def _second_pass(storage: Storage, selection: FileSelection, ctx: BatchContext, 
         offset = 0
         for batch in spill.batches():
             n = batch.num_rows
-            if keep is not None:
+            if keep is not None and not keep[offset:offset + n].all():  # no copy of a batch kept whole
                 batch = batch.filter(pa.array(keep[offset:offset + n]))
             offset += n
             if not batch.num_rows:
