@@ -26,7 +26,7 @@ from bronze_assets.lib.spark.autoloader import (
     schema_hints,
 )
 from bronze_assets.lib.spark.engine import SparkEngine
-from bronze_assets.lib.spark.landing import StreamedFiles
+from bronze_assets.lib.spark.landing_stream import StreamedFiles
 from bronze_assets.lib.spark.load import SparkLoader
 from bronze_assets.settings import Settings
 from bronze_assets_tests.bronze_helpers import bronze_frame

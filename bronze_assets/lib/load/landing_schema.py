@@ -26,6 +26,8 @@ from bronze_assets.lib.load.landing_records import evolved_columns
 SCHEMAS_FOLDER = "_schemas"
 CONTRACT, HINT, INFERRED, TEXT = "contract", "hint", "inferred", "text"
 
+# the types a new CSV field is tried as, in order (its values are all text): the first all its values cast to
+TEXT_CASTS = ("bigint", "double precision", "boolean", "timestamp with time zone")
 # what a JSON value's type (DuckDB's json_type) says a new field is, with inference on
 _JSON_TYPES = {"BIGINT": "bigint", "UBIGINT": "bigint", "DOUBLE": "double precision", "BOOLEAN": "boolean",
                "VARCHAR": "text", "OBJECT": "jsonb", "ARRAY": "jsonb"}
@@ -110,8 +112,7 @@ def new_column(contract: Contract, name: str, json_types: set[str], text_values_
     if not landing.infer_column_types:
         return StoredColumn(name, "text", TEXT)
     if text_values_cast is not None:
-        found = next((t for t in ("bigint", "double precision", "boolean", "timestamp with time zone")
-                      if text_values_cast.get(t)), "text")
+        found = next((t for t in TEXT_CASTS if text_values_cast.get(t)), "text")
         return StoredColumn(name, found, INFERRED)
     kinds = {_JSON_TYPES.get(t, "text") for t in json_types if t != "NULL"}
     if kinds == {"bigint", "double precision"}:

@@ -26,16 +26,16 @@ from bronze_assets.lib.load.landing_records import RESCUED
 from bronze_assets.lib.load.landing_schema import schema_location
 from bronze_assets.lib.load.landing_source import LandingFile, LandingRead, landing_folder
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadReport, LoadRequest
-from bronze_assets.lib.spark.landing import (
+from bronze_assets.lib.spark.landing_columns import spark_types
+from bronze_assets.lib.spark.landing_read import (
     CORRUPT,
     FILE_PATH,
     FILE_SIZE,
     FILE_TIME,
     METADATA,
     STRICT_JSON,
-    StreamedFiles,
-    spark_types,
 )
+from bronze_assets.lib.spark.landing_stream import StreamedFiles
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

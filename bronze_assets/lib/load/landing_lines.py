@@ -1,0 +1,195 @@
+"""A landing file's records as numbered lines, read streamed (ARCHITECTURE §2.6).
+
+A JSON Lines file is read in blocks of :data:`BLOCK_BYTES` (gunzipped as it streams when it ends
+in ``.gz``), cut into lines by Arrow and checked by DuckDB (already the engine of the record hash):
+one query per block tells each line's validity and the fields of a record that has a new one, so
+Python touches only the rare bad line. A CSV file's records become JSON objects of their text
+fields in DuckDB's CSV reader (its rejected rows bad lines), a Parquet file's rows JSON objects of
+their values; both then go the JSON way."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bronze_assets.contracts.model import LandingFormat
+from bronze_assets.lib.load.landing_duckdb import duckdb_connection, sql_literal
+from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
+
+BLOCK_BYTES = 16 << 20  # a JSON Lines file is read and parsed this much at a time
+EMPTY_LINES = pa.schema([pa.field("line_no", pa.int64()), pa.field("line", pa.large_string()),
+                         pa.field("ok", pa.bool_())])
+
+
+class UnreadableFile(Exception):
+    """A file the reader refuses as a whole (a broken gzip stream or Parquet file)."""
+
+
+def _raw_blocks(selection: FileSelection, file: LandingFile, digest: hashlib._Hash) -> Iterator[bytes]:
+    with selection.open(file) as stream:
+        while block := stream.read(BLOCK_BYTES):
+            digest.update(block)
+            yield block
+
+
+def _gunzipped(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip stream of one or more members."""
+    inflate, fed = zlib.decompressobj(wbits=47), False
+    try:
+        for block in blocks:
+            data = block
+            while data:
+                if inflate.eof:
+                    inflate = zlib.decompressobj(wbits=47)  # the next member
+                fed = True
+                yield inflate.decompress(data)
+                data = inflate.unused_data if inflate.eof else b""
+    except zlib.error as exc:
+        raise UnreadableFile(f"not a readable gzip file: {exc}") from None
+    if fed and not inflate.eof:
+        raise UnreadableFile("not a readable gzip file: it ends before its end (truncated)")
+
+
+def _whole_lines(data: Iterator[bytes]) -> Iterator[bytes]:
+    """``data`` cut at the last newline of each block (a line is never split between blocks)."""
+    rest = b""
+    for block in data:
+        if not block:
+            continue
+        buf = rest + block if rest else block
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            rest = buf
+            continue
+        yield buf[:cut + 1]
+        rest = buf[cut + 1:]
+    if rest:
+        yield rest
+
+
+def _lines(chunk: bytes) -> pa.LargeStringArray:
+    """The lines of ``chunk`` (each with its line end), zero-copy over its bytes; bytes that are not
+    UTF-8 are replaced (U+FFFD) first."""
+    ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + 1
+    if not ends.size or ends[-1] != len(chunk):
+        ends = np.append(ends, len(chunk))
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
+    lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(chunk))
+    try:
+        lines.validate(full=True)
+    except pa.ArrowInvalid:  # not UTF-8: the rare file that needs a copy
+        return _lines(chunk.decode("utf-8", errors="replace").encode())
+    return lines
+
+
+_SPACE = "' ' || chr(9) || chr(10) || chr(13)"
+# per line (in order): a JSON object (its line end is JSON whitespace), not blank
+# one parse per line: its top-level field names (NULL: not a JSON object; TRY: the rare bad line);
+# CASE: the trims run only on the rare line that needs them
+_KEYS = (f"CASE WHEN starts_with(line, '{{') THEN TRY(json_keys(line)) "
+         f"WHEN starts_with(ltrim(line, {_SPACE}), '{{') THEN TRY(json_keys(line)) END")
+_CHECK_LINES = ("SELECT keys IS NOT NULL AS ok, "
+                f"CASE WHEN keys IS NOT NULL THEN true ELSE trim(line, {_SPACE}) <> '' END AS kept, "
+                "CASE WHEN NOT list_has_all({known}, keys) THEN keys END AS new "
+                f"FROM (SELECT line, {_KEYS} AS keys FROM raw_lines)")
+
+
+def _json_blocks(data: Iterator[bytes], con: duckdb.DuckDBPyConnection, known: set[str]
+                 ) -> Iterator[pa.Table]:
+    """The non-blank lines of a JSON Lines stream, block by block: ``line_no`` (1-based), ``line``
+    (a bad line without its line end), ``ok`` (a JSON object), ``new`` (the field names of a record
+    that has one not in ``known``, read as each block is: the caller adds the new ones). DuckDB
+    returns only these: the lines stay the Arrow array over the block's bytes."""
+    offset = 0
+    for chunk in _whole_lines(data):
+        lines = _lines(chunk)
+        numbers = pa.array(np.arange(offset + 1, offset + len(lines) + 1, dtype=np.int64))
+        offset += len(lines)
+        con.register("raw_lines", pa.table({"line": lines}))
+        try:
+            names = "[" + ", ".join(sql_literal(c) for c in sorted(known)) + "]"
+            flags = con.sql(_CHECK_LINES.replace("{known}", names)).to_arrow_table()
+        finally:
+            con.unregister("raw_lines")
+        ok, kept = flags.column("ok").combine_chunks(), flags.column("kept").combine_chunks()
+        block = pa.table({"line_no": numbers, "line": lines, "ok": ok, "new": flags.column("new")})
+        if kept.false_count:
+            block = block.filter(kept)
+        if ok.false_count:  # the rare bad line: without its line end
+            bad = pc.invert(block.column("ok"))
+            line = block.column("line")
+            block = block.set_column(1, "line", pc.if_else(bad, pc.utf8_rtrim(line, characters="\r\n"), line))
+        yield block
+
+
+def _csv_lines(data: bytes, stage: Path) -> pa.Table:
+    """The records of a CSV file with a header, each as a JSON object of its fields (text), so
+    they go the JSON Lines way; a row DuckDB's reader rejects (wrong field count, bad quoting) is a
+    bad line with its 1-based line number and raw text."""
+    if not data.strip():
+        return EMPTY_LINES.empty_table()
+    fd, name = tempfile.mkstemp(suffix=".csv", dir=stage)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        con = duckdb_connection()  # its own: the rejects table is per connection
+        good = con.sql(f"SELECT to_json(t) AS line FROM read_csv({sql_literal(name)}, all_varchar = true, "
+                       f"header = true, store_rejects = true) t").to_arrow_table()
+        bad = con.sql("SELECT line::BIGINT AS line_no, csv_line AS line FROM reject_errors "
+                      "ORDER BY line").to_arrow_table()
+    finally:
+        os.unlink(name)
+    n = good.num_rows  # accepted rows keep their order; their numbers order them (and key them)
+    return pa.table({
+        "line_no": pa.concat_arrays([pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                                     bad.column("line_no").combine_chunks().cast(pa.int64())]),
+        "line": pa.concat_arrays([good.column("line").combine_chunks().cast(pa.large_string()),
+                                  bad.column("line").combine_chunks().cast(pa.large_string())]),
+        "ok": pa.array([True] * n + [False] * bad.num_rows, pa.bool_())}, schema=EMPTY_LINES)
+
+
+def _parquet_records(data: bytes, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The rows of a Parquet file, each as a JSON object of its fields (numbered from 1)."""
+    try:
+        rows = pq.read_table(pa.BufferReader(data)) if data else None
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableFile(f"unreadable Parquet file: {exc}") from None
+    if rows is None or rows.num_rows == 0:
+        return EMPTY_LINES.empty_table()
+    con.register("parquet_rows", rows)
+    try:
+        lines = con.sql("SELECT to_json(t) AS line FROM parquet_rows t").to_arrow_table()
+    finally:
+        con.unregister("parquet_rows")
+    n = lines.num_rows
+    return pa.table({"line_no": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                     "line": lines.column("line").combine_chunks().cast(pa.large_string()),
+                     "ok": pa.array(np.ones(n, dtype=bool))}, schema=EMPTY_LINES)
+
+
+def file_blocks(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyConnection, stage: Path,
+                digest: hashlib._Hash, known: set[str]) -> Iterator[pa.Table]:
+    """The records of ``file`` block by block (``line_no``, ``line``, ``ok``; JSON Lines also
+    ``new``: see :func:`_json_blocks`, against ``known``); ``digest`` is updated with its raw bytes
+    as they are read. Raises :class:`UnreadableFile`."""
+    data = _raw_blocks(selection, file, digest)
+    if file.path.endswith(".gz"):
+        data = _gunzipped(data)
+    landing = selection.contract.landing
+    assert landing is not None
+    if landing.format is LandingFormat.JSON:
+        yield from _json_blocks(data, con, known)
+    elif landing.format is LandingFormat.CSV:
+        yield _csv_lines(b"".join(data), stage)
+    else:
+        yield _parquet_records(b"".join(data), con)
