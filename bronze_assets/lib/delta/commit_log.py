@@ -107,15 +107,18 @@ def commit_metrics(entry: dict[str, Any]) -> dict[str, int]:
 
 
 def batch_metrics(dt: DeltaTable, batch_id: str, commits: int) -> dict[str, int]:
-    """The engine metrics summed over the commits of ``batch_id`` (the latest ``commits`` of them),
-    read after the batch committed."""
+    """The engine metrics summed over the ``commits`` commits of ``batch_id``, read after the batch
+    committed: its latest ``commits`` commits, deeper only when another writer committed since."""
     total = dict.fromkeys(_MERGE_METRICS, 0)
     if not commits:
         return total
-    for entry in commit_history(dt, commits + 8):
-        if entry.get(BATCH_KEY) == batch_id:
-            for name, value in commit_metrics(entry).items():
-                total[name] += value
+    for depth in (commits, commits + 8):
+        entries = [e for e in commit_history(dt, depth) if e.get(BATCH_KEY) == batch_id]
+        if len(entries) >= commits:
+            break
+    for entry in entries:
+        for name, value in commit_metrics(entry).items():
+            total[name] += value
     return total
 
 

@@ -11,6 +11,7 @@ from bronze_assets.lib.load.plan import (
     month_start,
     next_month,
     next_watermark,
+    plan_from_log,
     plan_window,
 )
 from bronze_assets.lib.load.stage import (
@@ -30,6 +31,7 @@ __all__ = [
     "month_start",
     "next_month",
     "next_watermark",
+    "plan_from_log",
     "plan_window",
     "quarantine_unstorable",
     "unreadable_records",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bronze_assets.contracts import Contract, PartitionKind
+from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.source.window import LoadWindow
 from bronze_assets.settings import Settings
 
@@ -27,7 +29,7 @@ def plan_window(
     watermark: datetime | None,
     overlap: timedelta = DEFAULT_OVERLAP,
     changes_only: bool = False,
-    first_load: datetime | None = None,
+    first_load: Callable[[], datetime | None] | None = None,
     *,
     settings: Settings,
 ) -> LoadWindow:
@@ -45,8 +47,9 @@ def plan_window(
     A table's watermark starts with its first run that reaches the open partition, whatever else
     that run covers or has covered: if earlier runs loaded other partitions separately (month by
     month, a partial backfill), that first run reads every row changed since the first of them
-    (``first_load``, the table's oldest load) minus ``overlap``, so nothing changed in between
-    is missed. ``settings`` give the first partition (``partitions_start``, :meth:`Settings.go_live`).
+    (``first_load()``, the table's oldest load, asked only then) minus ``overlap``, so nothing
+    changed in between is missed. ``settings`` give the first partition (``partitions_start``,
+    :meth:`Settings.go_live`).
     """
     monthly = contract.partitioning.kind is PartitionKind.MONTHLY_BUSINESS_DATE
     first, newest_end = (settings.partitions_start, next_month(now).date()) if monthly \
@@ -56,7 +59,7 @@ def plan_window(
     start, end = partition
     open_start = month_start(now) if monthly else now.replace(hour=0, minute=0, second=0, microsecond=0)
     reaches_open = end >= open_start
-    since = watermark if watermark is not None else first_load
+    since = watermark if watermark is not None or not reaches_open or first_load is None else first_load()
     changed_since = since - overlap if since is not None and reaches_open else None
     changes_only = changes_only and watermark is not None and changed_since is not None
     if monthly:
@@ -65,6 +68,28 @@ def plan_window(
     return LoadWindow(start, end, initial=start.date() <= first, changed_since=changed_since,
                       first_month=first, newest_end=newest_end, open=end > now, changes_only=changes_only,
                       reaches_open=reaches_open)
+
+
+def plan_from_log(
+    contract: Contract,
+    partition: tuple[datetime, datetime] | None,
+    now: datetime,
+    commits: CommitLog,
+    overlap: timedelta = DEFAULT_OVERLAP,
+    changes_only: bool = False,
+    *,
+    settings: Settings,
+) -> tuple[LoadWindow, datetime | None]:
+    """:func:`plan_window` with the watermark and first load read from the table's commit log
+    (every engine), and the watermark read. Each is read only when the window depends on it: a
+    whole-table load (a full load) asks the log nothing, so it reads just the latest commits
+    however long its history; the first load (a walk of the whole log) only until the table has
+    a watermark, by a run that reaches the open partition."""
+    if partition is None:
+        return plan_window(contract, None, now, None, overlap, changes_only, settings=settings), None
+    previous = commits.watermark()
+    return plan_window(contract, partition, now, previous, overlap, changes_only, commits.first_load_time,
+                       settings=settings), previous
 
 
 def next_watermark(window: LoadWindow, cap: datetime, previous: datetime | None) -> datetime | None:

@@ -25,7 +25,7 @@ from bronze_assets.lib.delta.writers import DELTA_RS, check_target, refuse_delet
 from bronze_assets.lib.enrich.metadata import BatchContext, RowKeys, bronze_schema, enrich, staged_schema
 from bronze_assets.lib.governance.pii import encrypt_json_records, pii_protection
 from bronze_assets.lib.load.errors import SchemaMismatchError, SourceTableMissingError
-from bronze_assets.lib.load.plan import DEFAULT_OVERLAP, describe_window, next_watermark, plan_window
+from bronze_assets.lib.load.plan import DEFAULT_OVERLAP, describe_window, next_watermark, plan_from_log
 from bronze_assets.lib.source.dsn import describe_dsn
 from bronze_assets.lib.source.extract import INVALID_PREFIX, LEGACY_HASH, RAW_PREFIX, SourceReader, key_schema
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
@@ -72,13 +72,12 @@ def extract_and_stage(
     target = commits.table
     check_target(storage, contract.bronze_table, DELTA_RS, target)  # one engine per S3 table
     refuse_deletion_vectors(target, contract.bronze_table, "load")  # before the source is read
-    previous = commits.watermark()
     # migrate v1 hashes once (a keyless table is v2 from its first load: its keys are v2 hashes)
     legacy = target is not None and not contract.keyless and commits.hash_version() < HASH_VERSION
     legacy_hashes: list[pa.RecordBatch] = []
-    first_load = commits.first_load_time() if previous is None else None
-    window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap, changes_only,
-                                    first_load, settings=storage.settings), keys, all_rows)
+    planned, previous = plan_from_log(contract, partition, ctx.batch_time, commits, overlap, changes_only,
+                                      settings=storage.settings)
+    window = cdc_window(planned, keys, all_rows)
     found: list[pa.Array] = []
     named_by_value = window.keys is not None and not any(isinstance(k, tuple) for k in window.keys)
     gone: pa.Table | None = None  # keys named by text that the source no longer has

@@ -59,7 +59,7 @@ from bronze_assets.lib.load import (
     describe_window,
     inspect_source,
     next_watermark,
-    plan_window,
+    plan_from_log,
     quarantine_unstorable,
 )
 from bronze_assets.lib.source.extract import LEGACY_HASH, SourceReader
@@ -270,13 +270,10 @@ class SparkLoader:
         target = commits.table
         check_target(self.storage, contract.bronze_table, SPARK, target)  # one engine per S3 table
         legacy = target is not None and commits.hash_version() < HASH_VERSION  # re-hash v1 rows once (§2.2)
-        previous = commits.watermark()
         dsn, partition = selection.dsn, selection.partition
-        window = cdc_window(plan_window(contract, partition, ctx.batch_time, previous, overlap,
-                                        selection.changes_only,
-                                        first_load=commits.first_load_time() if previous is None else None,
-                                        settings=self.storage.settings),
-                            selection.keys, selection.all_rows)
+        planned, previous = plan_from_log(contract, partition, ctx.batch_time, commits, overlap,
+                                          selection.changes_only, settings=self.storage.settings)
+        window = cdc_window(planned, selection.keys, selection.all_rows)
         folder = stage_dir(self.storage.settings.stage_dir) / f"spark-{contract.bronze_table}-{ctx.batch_id}"
         try:
             with SourceReader(dsn, contract, parallelism=1, snapshot_id=selection.snapshot_id) as reader:
