@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
+from bronze_assets.lib.delta.create_race import race_safe_properties
 from bronze_assets.lib.delta.storage import Storage
 
 MAX_ATTEMPTS = 6
@@ -37,9 +38,11 @@ def append_exclusive(storage: Storage, table: str, app: str,
         if rows is None or not rows.num_rows:
             return 0
         version = ((dt.transaction_version(app) if dt is not None else None) or 0) + 1
-        properties = CommitProperties(app_transactions=[Transaction(app, version, int(time.time() * 1000))])
-        try:
-            write_deltalake(dt if dt is not None else storage.uri(table), rows, mode="append",
+        txn = Transaction(app, version, int(time.time() * 1000))
+        properties = race_safe_properties(dt, app_transactions=[txn])
+        try:  # a create (mode error) fails if the table appeared since it was opened
+            write_deltalake(dt if dt is not None else storage.uri(table), rows,
+                            mode="append" if dt is not None else "error",
                             storage_options=storage.delta_options, commit_properties=properties,
                             configuration=None if dt is not None else CHECKPOINT_PROPERTIES)
             return rows.num_rows

@@ -20,6 +20,7 @@ from bronze_assets.lib.delta.commit_log import (
     PARTITIONS_KEY,
     WATERMARK_KEY,
 )
+from bronze_assets.lib.delta.create_race import race_safe_properties
 
 APP_ID_PREFIX = "bronze_assets/"
 
@@ -63,13 +64,11 @@ def commit_properties(dt: DeltaTable | None, contract: Contract, meta: dict[str,
                       table: str | None = None) -> CommitProperties:
     """A load commit's properties: its bronze metadata and the table's next app transaction
     (``table``: see :func:`app_id`). The commit that creates the table (``dt`` None) is not
-    retried by delta-rs: when two writers create one table at once, delta-rs (1.6.6) lands the
-    loser's create as version 1 on top of the winner's, without a conflict check — both loads'
-    rows in the table; the loser must fail instead (the merger re-plans it as a MERGE)."""
+    retried (:mod:`~bronze_assets.lib.delta.create_race`): the merger re-plans the loser of a
+    create race as a MERGE."""
     app = app_id(contract, table)
     txn = Transaction(app, next_txn_version(dt, app), int(time.time() * 1000))
-    return CommitProperties(custom_metadata=meta, max_commit_retries=0 if dt is None else None,
-                            app_transactions=[txn])
+    return race_safe_properties(dt, custom_metadata=meta, app_transactions=[txn])
 
 
 def commit_without_rows(dt: DeltaTable, properties: CommitProperties, storage_options: dict[str, str] | None

@@ -16,6 +16,7 @@ from deltalake import write_deltalake
 
 from bronze_assets.contracts import Contract, PgType
 from bronze_assets.lib.delta.control import audited
+from bronze_assets.lib.delta.create_race import race_safe_properties
 from bronze_assets.lib.delta.query import quoted, read_snapshot
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
 from bronze_assets.lib.delta.writers import refuse_deletion_vectors
@@ -71,7 +72,8 @@ def apply_retention(contract: Contract, storage: StorageLike, *, years: int | No
                                                                 pa.timestamp("us", tz="UTC")))
             target = archived_to.open(contract.bronze_table)
             if target is None:
-                write_deltalake(archive_uri, archived, storage_options=archived_to.delta_options)
+                write_deltalake(archive_uri, archived, storage_options=archived_to.delta_options,
+                                commit_properties=race_safe_properties(None))
             else:
                 on = " AND ".join(f"t.{k} = s.{k}" for k in contract.merge_key)
                 (target.merge(archived, predicate=on, source_alias="s", target_alias="t")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
+from bronze_assets.lib.delta.create_race import race_safe_properties
 from bronze_assets.lib.delta.key_ranges import sql_literal
 from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
@@ -157,7 +158,8 @@ class KeyStore:
             try:
                 if dt is None:
                     write_deltalake(self.uri, table, mode="error", configuration=CONFIGURATION,
-                                    storage_options=self.storage_options)
+                                    storage_options=self.storage_options,
+                                    commit_properties=race_safe_properties(None))
                     return table.num_rows
                 metrics = merge(dt)
                 return int((metrics or {}).get("num_target_rows_inserted", 0))
