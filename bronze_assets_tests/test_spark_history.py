@@ -19,7 +19,7 @@ from bronze_assets.lib.delta.history import IS_DELETED, VALID_FROM, VALID_TO
 from bronze_assets.lib.delta.query import read_snapshot
 from bronze_assets.lib.governance import decrypt_table, forget_subject
 from bronze_assets.lib.spark.load import SparkLoader
-from bronze_assets_tests.bronze_helpers import Bronze, env_storage
+from bronze_assets_tests.bronze_helpers import Bronze, env_storage, rewrite_as_v1
 from bronze_assets_tests.conftest import query
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("spark")]
@@ -143,3 +143,22 @@ def test_a_partitioned_tables_versions_keep_the_partition_its_rows_keep(
     assert ours.equals(theirs)
     moved = theirs.filter(pl.col("order_id") == 1)
     assert moved.height == 2 and moved["order_month"].n_unique() == 1, "the version keeps the row's partition"
+
+
+def test_a_rehash_only_load_runs_no_history_merge_on_either_engine(seeded: str, spark, tmp_path: Path
+                                                                   ) -> None:
+    """A load that only replaces v1 hashes by v2 (no data changed) adds no version: neither engine
+    runs a history MERGE for it (one rule, lib/delta/history.adds_versions), so the history
+    table keeps its version."""
+    loaders = {"local": None, "spark": SparkLoader(spark, env_storage(tmp_path / "spark"))}
+    for engine, loader in loaders.items():
+        b = Bronze(seeded, tmp_path / engine)
+        b.load_direct("customers", batch_time=T1)
+        rows = rewrite_as_v1(b, "customers", PK).height
+        before = DeltaTable(str(b.root / CUSTOMERS.history_table)).version()
+        result = b.load_direct("customers", batch_time=T2) if loader is None \
+            else loader.load(CUSTOMERS, seeded, batch_time=T2).merge
+        assert result.rehashed_v1 == rows and result.rows_changed == rows, engine
+        assert result.history_versions == 0, engine
+        after = DeltaTable(str(b.root / CUSTOMERS.history_table)).version()
+        assert after == before, f"{engine}: no history commit"

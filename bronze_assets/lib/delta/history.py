@@ -19,7 +19,7 @@ between its commits) is first seeded from the current rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,6 +50,13 @@ SEEDED_BY_KEY = "bronze.history_seeded_by"
 HOP = "_bronze_hop"  # a history MERGE source row: 'close' ends the current version, 'open' adds one
 CLOSE, OPEN = "close", "open"
 VERSION_OPS = (INSERT, UPDATE)  # plan operations whose staged row is a new version (not a re-hash)
+
+
+def adds_versions(ops: Iterable[str]) -> bool:
+    """Whether a MERGE plan (piece) with operations ``ops`` adds history versions: an inserted,
+    updated or soft-deleted key does; a re-hash-only plan (v1 → v2, no data changed) adds none, so
+    neither engine runs a history MERGE for it."""
+    return any(op in VERSION_OPS or op == DELETE for op in ops)
 
 
 def history_schema(schema: pa.Schema) -> pa.Schema:

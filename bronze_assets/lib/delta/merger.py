@@ -35,7 +35,7 @@ from bronze_assets.lib.delta.commit_log import (
     batch_metrics,
 )
 from bronze_assets.lib.delta.exclusive_append import is_conflict
-from bronze_assets.lib.delta.history import HistoryWriter
+from bronze_assets.lib.delta.history import HistoryWriter, adds_versions
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges, sql_literal
 from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties, commit_without_rows
 from bronze_assets.lib.delta.merge_plan import OP, MergePlanner
@@ -325,8 +325,8 @@ class BronzeMerger:
             if chunk:
                 dt = self.storage.open(self.contract.bronze_table) or dt
             source = self._merge_source(staged, piece)
-            if self.history is not None:  # protected once, written to both tables (history first)
-                batches = list(source)
+            if self.history is not None and adds_versions(piece.get_column(OP).unique()):
+                batches = list(source)  # protected once, written to both tables (history first)
                 result.history_versions += self.history.write(
                     batches, dt, staged.ctx.batch_id, staged.ctx.batch_time, chunk, chunks)
                 source = pa.RecordBatchReader.from_batches(source.schema, batches)

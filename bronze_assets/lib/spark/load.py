@@ -38,6 +38,7 @@ from bronze_assets.lib.delta.commit_log import (
     CommitLog,
     batch_metrics,
 )
+from bronze_assets.lib.delta.history import adds_versions
 from bronze_assets.lib.delta.load_commit import (
     commit_metadata,
     commit_properties,
@@ -447,7 +448,8 @@ class SparkLoader:
             target = self._ensure_properties(contract, target)
             table = DeltaTable.forPath(self.spark, uri)
             protected = self._protect(contract, source, pii)
-            if history is not None:  # protected once (checkpointed), written to both tables, history first
+            if history is not None and adds_versions(op for op, n in counts.items() if n):
+                # protected once (checkpointed), written to both tables, history first
                 protected = protected.localCheckpoint()
                 routes = plan.filter(F.col(T_PART).isNotNull()).select(*pk, F.col(T_PART).alias(ROUTE)) \
                     if part else None
