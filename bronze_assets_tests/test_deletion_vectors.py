@@ -17,7 +17,7 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, Contract
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.lib.delta.maintenance import maintain_table
-from bronze_assets.lib.delta.query import read_snapshot
+from bronze_assets.lib.delta.query import read_snapshot, table_rows
 from bronze_assets.lib.delta.writers import DeletionVectorsError, files_with_deletion_vectors
 from bronze_assets.lib.failures import classify
 from bronze_assets.lib.load.engine import LocalEngine
@@ -137,3 +137,15 @@ def test_a_spark_tick_writes_deletion_vectors_and_every_read_works(
     local = Lifecycle(LoadRequest(orders, None), LocalEngine(storage), seeded, storage).run()
     assert local.outcome.result.updated > 0
     assert active_hashes(_frame(uri), "order_id") == source_hashes(seeded, "orders")
+
+
+def test_table_rows_counts_the_live_rows_of_a_table_with_deletion_vectors(spark, tmp_path: Path) -> None:
+    """``table_rows`` (the row count from the log, used to order and size work) leaves out the
+    rows a deletion vector removed."""
+    uri = str(tmp_path / "t")
+    spark.range(0, 1000).repartition(2).write.format("delta") \
+        .option("delta.enableDeletionVectors", "true").save(uri)
+    spark.sql(f"DELETE FROM delta.`{uri}` WHERE id % 10 = 0")
+    dt = DeltaTable(uri)
+    assert files_with_deletion_vectors(dt) == 2, "each file keeps its rows and gets a vector"
+    assert table_rows(dt) == read_snapshot(dt).num_rows == 900

@@ -21,12 +21,22 @@ def table_stats(dt: DeltaTable) -> tuple[int, int]:
 
 
 def table_rows(dt: DeltaTable) -> int:
-    """Rows in the loaded version's data files (from the log's file statistics: rows a deletion
-    vector removed are still counted, so an estimate on such a table)."""
+    """Live rows of the loaded version: its data files' row counts (the log's statistics) less the
+    rows their deletion vectors remove (read only when the protocol allows vectors)."""
     actions = pa.table(dt.get_add_actions(flatten=True))
     if actions.num_rows == 0 or "num_records" not in actions.column_names:
         return 0
-    return int(pc.sum(actions["num_records"]).as_py() or 0)
+    return int(pc.sum(actions["num_records"]).as_py() or 0) - _rows_deleted_by_vectors(dt)
+
+
+def _rows_deleted_by_vectors(dt: DeltaTable) -> int:
+    """Rows the deletion vectors of ``dt``'s data files mark deleted (0 without vectors)."""
+    if "deletionVectors" not in (dt.protocol().reader_features or []):
+        return 0
+    vectors = pa.RecordBatchReader.from_stream(dt.deletion_vectors()).read_all()
+    if not vectors.num_rows:
+        return 0
+    return int(pc.sum(pc.invert(pc.list_flatten(vectors.column("selection_vector")))).as_py() or 0)
 
 
 def quoted(columns: list[str] | tuple[str, ...]) -> str:
