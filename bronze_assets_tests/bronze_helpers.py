@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,23 @@ def rewrite_as_v1(b: Bronze, table: str, pk: str) -> pl.DataFrame:
     write_deltalake(b.uri(table), legacy.to_arrow(), mode="overwrite",
                     commit_properties=CommitProperties(custom_metadata={BATCH_KEY: "written-by-v1"}))
     return v2
+
+
+def at_once(run: Callable[[], object], times: int = 2) -> None:
+    """``run`` in ``times`` threads released together; an error in any of them fails the test."""
+    barrier = threading.Barrier(times)
+    errors: list[BaseException] = []
+
+    def released() -> None:
+        barrier.wait(timeout=30)
+        try:
+            run()
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=released) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

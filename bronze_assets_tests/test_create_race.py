@@ -4,8 +4,6 @@ whichever writer it is (an exclusive append, the key store)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,28 +14,9 @@ from bronze_assets.lib.delta.exclusive_append import append_exclusive
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.governance.keystore import KEY_STORE, KeyStore
 from bronze_assets.settings import Settings
+from bronze_assets_tests.bronze_helpers import at_once
 
 TRIALS = 10
-
-
-def race(run: Callable[[], object]) -> None:
-    """``run`` in two threads released at once."""
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def released() -> None:
-        barrier.wait(timeout=30)
-        try:
-            run()
-        except BaseException as exc:  # reported below, in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=released) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
 
 
 def test_two_exclusive_appends_creating_one_table_append_once(tmp_path: Path) -> None:
@@ -49,7 +28,7 @@ def test_two_exclusive_appends_creating_one_table_append_once(tmp_path: Path) ->
             """The row, unless the table holds it (as the landing ledger chooses)."""
             return pa.table({"k": [1]}) if dt is None or not dt.to_pyarrow_table().num_rows else None
 
-        race(lambda: append_exclusive(storage, "bz_ledger", "bronze_assets/bz_ledger/t", once))  # noqa: B023
+        at_once(lambda: append_exclusive(storage, "bz_ledger", "bronze_assets/bz_ledger/t", once))  # noqa: B023
         doubled += DeltaTable(storage.uri("bz_ledger")).to_pyarrow_table().num_rows > 1
     assert doubled == 0, f"{doubled} of {TRIALS} racing creates appended the row twice"
 
@@ -58,7 +37,7 @@ def test_two_loads_creating_the_key_store_keep_one_key_per_subject(tmp_path: Pat
     doubled = 0
     for trial in range(TRIALS):
         storage = Storage(str(tmp_path / str(trial)), settings=Settings(data_dir=tmp_path / "data"))
-        race(lambda: KeyStore(storage).keys_for("customer", ["1", "2"]))  # noqa: B023
+        at_once(lambda: KeyStore(storage).keys_for("customer", ["1", "2"]))  # noqa: B023
         keys = DeltaTable(storage.uri(KEY_STORE)).to_pyarrow_table()
         doubled += keys.num_rows > 2
     assert doubled == 0, f"{doubled} of {TRIALS} racing creates kept two keys for one subject"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -37,7 +36,7 @@ from bronze_assets.lib.delta.writers import DELTA_RS, SPARK, MixedEnginesError, 
 from bronze_assets.lib.failures import Cause, classify
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.monitoring.report import build_report
-from bronze_assets_tests.bronze_helpers import active_hashes, source_hashes
+from bronze_assets_tests.bronze_helpers import active_hashes, at_once, source_hashes
 from bronze_assets_tests.conftest import query
 from bronze_assets_tests.s3 import S3, Request, free_port, start_moto, stop, wait_for_port
 from bronze_assets_tests.stores import Store
@@ -164,20 +163,7 @@ def test_two_materializations_of_one_table_at_once_end_exact(
     b.materialize("inventory", TODAY.isoformat())
     query(seeded, "UPDATE tests.inventory SET quantity_available = quantity_available + 1, "
                   "updated_at = now() WHERE inventory_id <= 50")
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            b.materialize("inventory", TODAY.isoformat())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    at_once(lambda: b.materialize("inventory", TODAY.isoformat()))
     b.assert_exact("inventory")
 
 
