@@ -265,9 +265,13 @@ def test_a_table_stays_exact_whichever_engine_loads_it_next(seeded: str, spark, 
     assert deleted == set(frame["order_id"].to_list()) - live and deleted
 
 
-def test_every_jdbc_partition_reads_one_snapshot(seeded: str, spark, tmp_path: Path) -> None:
+def test_every_jdbc_partition_reads_one_snapshot(seeded: str, spark, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer moves stock between the first and the last inventory rows in every transaction:
     the total is the same in every committed state, so a read that mixed two states would show."""
+    from bronze_assets.lib.source import extract
+
+    monkeypatch.setattr(extract, "MIN_BLOCKS_PER_PART", 1)  # the small table read in several parts
     (lo, hi), = query(seeded, "SELECT min(inventory_id), max(inventory_id) FROM tests.inventory")
     (total,), = query(seeded, "SELECT sum(quantity_available) FROM tests.inventory")
     stop, moves = threading.Event(), [0]

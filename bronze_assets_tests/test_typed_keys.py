@@ -108,15 +108,20 @@ def day_of(at: datetime) -> tuple[datetime, datetime]:
     return day, day + timedelta(days=1)
 
 
+def keyed_contract(dsn: str) -> Contract:
+    """``tests.keyed`` as `bronze init` declares a table with updated_at and more rows than
+    --incremental-rows."""
+    return dataclasses.replace(
+        discover_contract(dsn, "keyed", "tests", load_pattern=LoadPattern.INCREMENTAL,
+                          cadence=Cadence.HOURLY),
+        partitioning=Partitioning.daily_load_date())
+
+
 def check_incremental(kind: str, dsn: str, root: Path, load: Load) -> None:
     """Initial load, then update/delete/insert in the source, then the next day's run: bronze holds
     exactly the source (one row per key), the deleted key soft-deleted."""
     names = create(dsn, kind)
-    # as `bronze init` declares a table with updated_at and more rows than --incremental-rows
-    contract = dataclasses.replace(
-        discover_contract(dsn, "keyed", "tests", load_pattern=LoadPattern.INCREMENTAL,
-                          cadence=Cadence.HOURLY),
-        partitioning=Partitioning.daily_load_date())
+    contract = keyed_contract(dsn)
     assert contract.primary_key == tuple(names)
     assert load(contract, dsn, root, T1, False).inserted == 5
     change(dsn, kind, names)
@@ -148,6 +153,43 @@ def test_spark_loads_a_table_keyed_by(kind: str, fresh_dsn: str, tmp_path: Path,
                                                           changes_only=swept).merge
 
     check_incremental(kind, fresh_dsn, tmp_path / "bronze", on_spark)
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("spark")
+@pytest.mark.parametrize("kind", ["uuid", "text_integer"])
+def test_spark_reads_a_table_keyed_by_it_over_several_connections(
+        kind: str, fresh_dsn: str, tmp_path: Path, spark, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Spark engine splits the source read whatever the key (the heap's block ranges, as the
+    local engine does): each JDBC read of the load has a partition per connection, and bronze
+    holds every row once."""
+    from bronze_assets.lib.source import extract
+    from bronze_assets.lib.spark import jdbc
+    from bronze_assets.lib.spark.load import SparkLoader
+
+    monkeypatch.setenv("BRONZE_START_DATE", T1.date().isoformat())
+    monkeypatch.setattr(extract, "MIN_BLOCKS_PER_PART", 1)  # a small table split too
+    names = create(fresh_dsn, kind)
+    key = "gen_random_uuid()" if kind == "uuid" else "'w' || (g % 7), g + 10"
+    query(fresh_dsn, f"INSERT INTO tests.keyed SELECT {key}, repeat('x', 200), '2026-11-26 09:00+00' "
+                     f"FROM generate_series(1, 2000) g")  # tens of heap blocks
+    partitions: list[int] = []
+    read = jdbc._read
+
+    def counted(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        frame = read(*args, **kwargs)  # type: ignore[arg-type]
+        partitions.append(frame.rdd.getNumPartitions())
+        return frame
+
+    monkeypatch.setattr(jdbc, "_read", counted)
+    root = tmp_path / "bronze"
+    contract = keyed_contract(fresh_dsn)
+    result = SparkLoader(spark, env_storage(root), parallelism=2).load(
+        contract, fresh_dsn, partition=day_of(T1), batch_time=T1).merge
+    assert partitions and set(partitions) == {2}, partitions
+    assert result.inserted == 2005
+    rows = bronze_rows(root, names, contract)
+    assert rows["ACTIVE"] == source_rows(fresh_dsn, names) and not rows["DELETED"]
+
 
 def test_log_based_cdc_on_a_uuid_key_is_refused_naming_the_key_and_the_fix(fresh_dsn: str) -> None:
     """CDC re-reads changed rows by one integer key column: a uuid-keyed table is told to load by

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bronze_assets.contracts import Contract, PgType, ReadMode, TypeFamily
+from bronze_assets.contracts import Contract, PgType, ReadMode
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
 from bronze_assets.lib.source.ddl import qualified, quote_ident
@@ -177,6 +177,27 @@ class SourceSnapshot:
 MIN_BLOCKS_PER_PART = 128  # 1 MiB of heap: smaller tables are read on one connection
 
 
+@dataclass(frozen=True)
+class BlockRanges:
+    """A table's heap split into ``parts`` block ranges of ``blocks`` blocks (``ctid`` TID range
+    scans): how every engine reads one table over several connections. The split needs no key,
+    so a table keyed by text, uuid, numeric, a date or several columns (or by none) is split as
+    an integer-keyed one is, and each part scans only its own blocks."""
+
+    blocks: int
+    parts: int
+
+    def sql(self, sql: str, part: int) -> str:
+        """``sql`` restricted to the ``part``-th block range (the last one open-ended)."""
+        if self.parts == 1:
+            return sql
+        step = -(-self.blocks // self.parts)
+        clause = f"ctid >= '({part * step},0)'::tid"
+        if part < self.parts - 1:
+            clause += f" AND ctid < '({(part + 1) * step},0)'::tid"
+        return f"{sql} AND ({clause})" if " WHERE " in sql else f"{sql} WHERE {clause}"
+
+
 class SourceReader:
     """Reads one table in one REPEATABLE READ snapshot, optionally over several connections.
 
@@ -251,15 +272,11 @@ class SourceReader:
         )[0]
         return SourceSnapshot(now, oldest, xmin)
 
-    def key_range(self) -> tuple[int, int] | None:
-        """(min, max) of the first primary-key column in the snapshot (None: the table is empty, has
-        no primary key, or its first key column is not an integer: text, uuid … do not split)."""
-        if self.contract.keyless or self.contract.column(self.contract.primary_key[0]).type.family not in (
-                TypeFamily.SMALLINT, TypeFamily.INTEGER, TypeFamily.BIGINT):
-            return None
-        key, table = quote_ident(self.contract.primary_key[0]), self.table
-        lo, hi = self.query(f"SELECT min({key}), max({key}) FROM {table}")[0]
-        return None if lo is None else (int(lo), int(hi))
+    @property
+    def block_ranges(self) -> BlockRanges:
+        """How this reader splits the table: :attr:`parallelism` block ranges of the heap as the
+        snapshot sees it (one part for a table under :data:`MIN_BLOCKS_PER_PART` blocks a part)."""
+        return BlockRanges(self._blocks, self.parallelism)
 
     def query(self, sql: str) -> list[tuple]:
         """Run a small query in this reader's snapshot."""
@@ -315,16 +332,6 @@ class SourceReader:
         yield from self._parallel(keys_sql(self.contract, self.schema),
                                   lambda b: key_values(b, self.contract), own_connections=True)
 
-    def _split(self, sql: str, part: int) -> str:
-        """``sql`` restricted to the ``part``-th block range of the heap (the last one open-ended)."""
-        if self.parallelism == 1:
-            return sql
-        step = -(-self._blocks // self.parallelism)
-        clause = f"ctid >= '({part * step},0)'::tid"
-        if part < self.parallelism - 1:
-            clause += f" AND ctid < '({(part + 1) * step},0)'::tid"
-        return f"{sql} AND ({clause})" if " WHERE " in sql else f"{sql} WHERE {clause}"
-
     def _stream(self, conn, sql: str) -> Iterator[pa.RecordBatch]:
         try:
             with conn.cursor() as cur:
@@ -362,7 +369,7 @@ class SourceReader:
             conn = None
             try:
                 conn = self._conn if part == 0 and shared else self._open(self._snapshot_id)
-                for batch in self._stream(conn, self._split(sql, part)):
+                for batch in self._stream(conn, self.block_ranges.sql(sql, part)):
                     if stop.is_set():
                         break
                     out.put(apply(batch))

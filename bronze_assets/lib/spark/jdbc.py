@@ -11,6 +11,7 @@ as integers, so neither the JVM's zone nor its calendar touches a value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import reduce
 from typing import TYPE_CHECKING
 
 from bronze_assets.contracts import Contract, PgType, ReadMode, TypeFamily
@@ -20,6 +21,8 @@ from bronze_assets.lib.source.pushdown import HASH, PART, RESCUED, pushdown_keys
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+
+    from bronze_assets.lib.source.extract import BlockRanges
 
 FETCH_SIZE = 10_000
 UNIX_SOCKET_FACTORY = "org.newsclub.net.unix.AFUNIXSocketFactory$FactoryArg"
@@ -98,16 +101,19 @@ def typed_columns(contract: Contract, names: Sequence[str] | None = None) -> lis
     return out
 
 
-def _read(spark: SparkSession, dsn: str, key: str, sql: str, schema: str, snapshot_id: str | None,
-          bounds: tuple[int, int] | None, parallelism: int) -> DataFrame:
-    reader = spark.read.format("jdbc").options(**jdbc_options(dsn)).options(
-        dbtable=f"({sql}) AS bronze_source", fetchsize=str(FETCH_SIZE),
-        sessionInitStatement=session_init(snapshot_id), customSchema=schema,
-    )
-    if bounds is not None and parallelism > 1 and bounds[1] > bounds[0]:
-        reader = reader.options(partitionColumn=key, lowerBound=str(bounds[0]), upperBound=str(bounds[1] + 1),
-                                numPartitions=str(parallelism))
-    return reader.load()
+def _read(spark: SparkSession, dsn: str, sql: str, schema: str, snapshot_id: str | None,
+          ranges: BlockRanges | None) -> DataFrame:
+    """``sql`` in the snapshot, one JDBC partition (and connection) per block range of ``ranges``
+    (None: one): the local engine's split, whatever the table's key."""
+    def part(query: str) -> DataFrame:
+        return spark.read.format("jdbc").options(**jdbc_options(dsn)).options(
+            dbtable=f"({query}) AS bronze_source", fetchsize=str(FETCH_SIZE),
+            sessionInitStatement=session_init(snapshot_id), customSchema=schema,
+        ).load()
+
+    if ranges is None:
+        return part(sql)
+    return reduce(lambda a, b: a.union(b), (part(ranges.sql(sql, i)) for i in range(ranges.parts)))
 
 
 DELTA_SPARK_INVALID = " ,;{}()\n\t="  # refused in column names by delta-spark without column mapping
@@ -130,22 +136,20 @@ def check_column_names(contract: Contract) -> None:
 
 def read_query(
     spark: SparkSession, dsn: str, contract: Contract, sql: str, *, snapshot_id: str | None,
-    partitioned: bool, bounds: tuple[int, int] | None, parallelism: int,
+    partitioned: bool, ranges: BlockRanges | None,
 ) -> DataFrame:
-    """``sql`` (a pushdown query) read over ``parallelism`` JDBC connections split on the first
-    primary-key column between ``bounds`` (min, max in the snapshot)."""
+    """``sql`` (a pushdown query) read over a JDBC connection per block range of ``ranges``."""
     check_column_names(contract)
-    key = contract.primary_key[0] if contract.primary_key else ""  # keyless: no bounds, one connection
-    return _read(spark, dsn, key, sql, custom_schema(contract, partitioned), snapshot_id, bounds, parallelism)
+    return _read(spark, dsn, sql, custom_schema(contract, partitioned), snapshot_id, ranges)
 
 
 def read_keys(
     spark: SparkSession, dsn: str, contract: Contract, *, snapshot_id: str | None,
-    bounds: tuple[int, int] | None, parallelism: int,
+    ranges: BlockRanges | None,
 ) -> DataFrame:
     """Every primary key of the source in the snapshot (the key sweep for soft deletes), in the
     bronze types of the key columns, as the rows carry them (uuid, text, numeric, dates …)."""
     pk = contract.primary_key
     schema = ", ".join(f"`{k}` {_wire_type(contract.column(k).type)}" for k in pk)
-    raw = _read(spark, dsn, pk[0], pushdown_keys_sql(contract), schema, snapshot_id, bounds, parallelism)
+    raw = _read(spark, dsn, pushdown_keys_sql(contract), schema, snapshot_id, ranges)
     return raw.select(*typed_columns(contract, pk))

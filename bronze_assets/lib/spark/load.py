@@ -277,24 +277,25 @@ class SparkLoader:
         window = cdc_window(planned, selection.keys, selection.all_rows)
         folder = stage_dir(self.storage.settings.stage_dir) / f"spark-{contract.bronze_table}-{ctx.batch_id}"
         try:
-            with SourceReader(dsn, contract, parallelism=1, snapshot_id=selection.snapshot_id) as reader:
+            with SourceReader(dsn, contract, parallelism=self.parallelism,
+                              snapshot_id=selection.snapshot_id) as reader:
                 drift = inspect_source(reader, contract, window, ctx.batch_id, self.storage)
                 if drift.added or drift.rescued:
                     raise SparkEngineError(
                         f"{contract.bronze_table}: the source has columns or types the contract does not "
                         f"name ({drift.describe()}); the Spark engine does not evolve schemas yet. Load "
                         f"this table with the local engine (BRONZE_ENGINE=local), or update the contract.")
-                snapshot, bounds = reader.snapshot(), reader.key_range()
+                snapshot, ranges = reader.snapshot(), reader.block_ranges
                 select = pushdown_select_sql(contract, window, legacy=legacy)
                 raw = read_query(self.spark, dsn, contract, select, snapshot_id=reader.snapshot_id,
                                  partitioned=contract.partitioning.delta_column is not None,
-                                 bounds=bounds, parallelism=self.parallelism)
+                                 ranges=ranges)
                 # staged while the snapshot is held: every JDBC partition reads the same state
                 _enriched(raw, contract, ctx).write.parquet(str(folder / "rows"))
                 sweep = not window.covers_table and window.keys is None and target is not None
                 if sweep:
-                    read_keys(self.spark, dsn, contract, snapshot_id=reader.snapshot_id, bounds=bounds,
-                              parallelism=self.parallelism).write.parquet(str(folder / "keys"))
+                    read_keys(self.spark, dsn, contract, snapshot_id=reader.snapshot_id,
+                              ranges=ranges).write.parquet(str(folder / "keys"))
             histogram = self._histogram(self.spark.read.parquet(str(folder / "rows")))
             unreadable = self._quarantine(contract, self.spark.read.parquet(str(folder / "rows")), ctx)
         except BaseException:
