@@ -147,19 +147,19 @@ def rewrite_as_v1(b: Bronze, table: str, pk: str) -> pl.DataFrame:
     return v2
 
 
-def at_once(run: Callable[[], object], times: int = 2) -> None:
-    """``run`` in ``times`` threads released together; an error in any of them fails the test."""
-    barrier = threading.Barrier(times)
+def at_once(*runs: Callable[[], object]) -> None:
+    """Each of ``runs`` in a thread of its own, released together; an error in any fails the test."""
+    barrier = threading.Barrier(len(runs))
     errors: list[BaseException] = []
 
-    def released() -> None:
+    def released(run: Callable[[], object]) -> None:
         barrier.wait(timeout=30)
         try:
             run()
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=released) for _ in range(times)]
+    threads = [threading.Thread(target=released, args=(run,)) for run in runs]
     for t in threads:
         t.start()
     for t in threads:

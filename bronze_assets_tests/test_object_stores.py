@@ -163,7 +163,10 @@ def test_two_materializations_of_one_table_at_once_end_exact(
     b.materialize("inventory", TODAY.isoformat())
     query(seeded, "UPDATE tests.inventory SET quantity_available = quantity_available + 1, "
                   "updated_at = now() WHERE inventory_id <= 50")
-    at_once(lambda: b.materialize("inventory", TODAY.isoformat()))
+    def load() -> None:
+        b.materialize("inventory", TODAY.isoformat())
+
+    at_once(load, load)
     b.assert_exact("inventory")
 
 
@@ -470,22 +473,9 @@ def test_concurrent_unchanged_loads_and_folds_all_land_once(store: Store) -> Non
     append_rows(storage, AUDIT_LOG, [_audit_row("first")])
     for n in range(4):
         post_audit_row(storage, _audit_row(f"waiting{n}"))
-    errors: list[BaseException] = []
-
-    def run(work: object) -> None:
-        try:
-            work()  # type: ignore[operator]
-        except BaseException as exc:
-            errors.append(exc)
-
     works = [lambda n=n: append_rows(storage, AUDIT_LOG, [_audit_row(f"moved{n}")]) for n in range(2)]
     works += [lambda n=n: post_audit_row(storage, _audit_row(f"unchanged{n}")) for n in range(3)]
-    threads = [threading.Thread(target=run, args=(w,)) for w in works]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    at_once(*works)
     expected = Counter(["first", *(f"waiting{n}" for n in range(4)), "moved0", "moved1",
                         *(f"unchanged{n}" for n in range(3))])
     assert Counter(read_table(storage, AUDIT_LOG)["table_name"].to_pylist()) == expected
