@@ -88,15 +88,15 @@ def load_groups(contracts: Sequence[Contract] | None = None, prefix: str = "") -
 
 
 def build_job(group: LoadGroup) -> dg.UnresolvedAssetJobDefinition:
-    """The group's load job: its assets with the checks of the load (schema, score, keys,
-    references), not the ``reconciliation`` check, which reads the source and runs on its own
-    daily schedule (:func:`build_reconciliation_schedule`, ARCHITECTURE §2.8)."""
-    from bronze_assets.lib.reconcile.check import RECONCILIATION
+    """The group's load job: its assets with the checks the load runs (their ``check_specs``:
+    schema, score, keys, references), not the ``reconciliation`` check, which reads the source and
+    runs on its own daily schedule (:func:`build_reconciliation_schedule`, ARCHITECTURE §2.8)."""
+    from bronze_assets.defs.checks import check_specs
 
     return dg.define_asset_job(
         group.name,
-        selection=dg.AssetSelection.assets(*group.keys) - dg.AssetSelection.checks(
-            *[dg.AssetCheckKey(dg.AssetKey(key), RECONCILIATION) for key in group.keys]),
+        selection=dg.AssetSelection.assets(*group.keys).without_checks() | dg.AssetSelection.checks(
+            *[spec.key for contract in group.contracts for spec in check_specs(contract)]),
         partitions_def=partitions_def(group.contracts[0]),
         tags=RUN_TAGS,
         description=f"{group.cadence.value} load of {', '.join(group.keys)}",
