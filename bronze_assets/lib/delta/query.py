@@ -39,6 +39,21 @@ def _rows_deleted_by_vectors(dt: DeltaTable) -> int:
     return int(pc.sum(pc.invert(pc.list_flatten(vectors.column("selection_vector")))).as_py() or 0)
 
 
+def key_bounds(dt: DeltaTable, column: str) -> tuple[int | None, int | None] | None:
+    """(min, max) of an integer ``column`` over the loaded version's data files, from the log's
+    file statistics ((None, None) for a table without files); None when some file has none."""
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return None, None
+    low, high = f"min.{column}", f"max.{column}"
+    if low not in actions.column_names or high not in actions.column_names:
+        return None
+    lows, highs = actions[low], actions[high]
+    if lows.null_count or highs.null_count:
+        return None
+    return int(pc.min(lows).as_py()), int(pc.max(highs).as_py())
+
+
 def quoted(columns: list[str] | tuple[str, ...]) -> str:
     """A SQL column list with every name quoted."""
     return ", ".join(quote_ident(c) for c in columns)

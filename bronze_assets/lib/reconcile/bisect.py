@@ -6,6 +6,7 @@ bucket sums cross the wire."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Protocol
 
@@ -50,29 +51,48 @@ def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def differing_ranges(source: Side, bronze: Side, lo: int, hi: int, rows: int,
                      report: TableReconciliation) -> list[tuple[int, int]]:
-    """The key ranges (inclusive) of the leaf buckets whose count or checksum differ."""
+    """The key ranges (inclusive) of the leaf buckets whose count or checksum differ. ``rows`` (an
+    estimate) sizes the first level, whose exact counts are the report's rows on either side.
+    Both sides compute their buckets at once (the source's server and bronze's reader)."""
     first = max(1, min(MAX_BUCKETS, -(-rows // BUCKET_ROWS)))
     width = max(1, -(-(hi - lo + 1) // first))
     report.buckets = -(-(hi - lo + 1) // width)
     stack = [(lo, hi, width)]
     leaves: list[tuple[int, int]] = []
-    while stack:
-        a, b, w = stack.pop()
-        ours, theirs = source.buckets(a, b, w), bronze.buckets(a, b, w)
-        seen = set(ours) | set(theirs)
-        report.buckets_compared += len(seen)
-        for k in sorted(seen):
-            left, right = ours.get(k, (0, 0)), theirs.get(k, (0, 0))
-            if left == right:
-                continue
-            start = a + k * w
-            end = min(b, start + w - 1)
-            if max(left[0], right[0]) <= LEAF_ROWS or w == 1:
-                leaves.append((start, end))
-            else:
-                stack.append((start, end, max(1, -(-w // FANOUT))))
+    level_one = True
+    with ThreadPoolExecutor(1, thread_name_prefix="reconcile-bronze") as pool:
+        while stack:
+            a, b, w = stack.pop()
+            pending = pool.submit(bronze.buckets, a, b, w)
+            ours, theirs = source.buckets(a, b, w), pending.result()
+            if level_one:
+                report.source_rows = sum(n for n, _ in ours.values())
+                report.bronze_active_rows = sum(n for n, _ in theirs.values())
+                level_one = False
+            _split(ours, theirs, a, b, w, report, stack, leaves)
     report.buckets_differing = len(leaves)
     return _merged(leaves)
+
+
+Buckets = dict[int, tuple[int, int]]
+
+
+def _split(ours: Buckets, theirs: Buckets, a: int, b: int, w: int, report: TableReconciliation,
+           stack: list[tuple[int, int, int]], leaves: list[tuple[int, int]]) -> None:
+    """Compare one level's buckets of [a, b] (width ``w``): a differing bucket becomes a leaf when
+    small enough, else is split again (pushed on ``stack``)."""
+    seen = set(ours) | set(theirs)
+    report.buckets_compared += len(seen)
+    for k in sorted(seen):
+        left, right = ours.get(k, (0, 0)), theirs.get(k, (0, 0))
+        if left == right:
+            continue
+        start = a + k * w
+        end = min(b, start + w - 1)
+        if max(left[0], right[0]) <= LEAF_ROWS or w == 1:
+            leaves.append((start, end))
+        else:
+            stack.append((start, end, max(1, -(-w // FANOUT))))
 
 
 def classify(source_rows: pl.DataFrame, bronze_rows: pl.DataFrame, pending_since: datetime | None,

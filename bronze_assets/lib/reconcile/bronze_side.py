@@ -15,7 +15,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.query import query_tables, read_columns, scan_columns
+from bronze_assets.lib.delta.query import key_bounds, query_tables, read_columns, scan_columns, table_rows
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.reconcile.checksum import (
     POSITIONS,
@@ -57,15 +57,19 @@ class BronzeTable:
         self.keys = [*contract.primary_key, "record_hash", STATUS]  # read for rows named by text
 
     def key_range(self) -> tuple[int | None, int | None, int]:
-        """(lowest, highest position, count) of the ACTIVE rows: keys, or hash positions."""
+        """(lowest, highest position, estimated rows): keys, or hash positions, from the log's file
+        statistics (every status; rows a deletion vector removed still count), so no scan; the
+        bucket counts are exact. A key without statistics in some file is read (ACTIVE rows)."""
+        rows = table_rows(self.dt)
         if not self.by_key:
-            n = int(query_tables({"t": self.dt}, f"SELECT count(*) AS n FROM t WHERE {STATUS} = '{ACTIVE}'")
-                    .to_pylist()[0]["n"])
-            return (0, POSITIONS - 1, n) if n else (None, None, 0)
-        row = query_tables({"t": self.dt}, f"SELECT min({self.key}) AS lo, max({self.key}) AS hi, "
-                                           f"count(*) AS n FROM t WHERE {STATUS} = '{ACTIVE}'").to_pylist()[0]
+            return 0, POSITIONS - 1, rows
+        bounds = key_bounds(self.dt, self.column)
+        if bounds is not None:
+            return bounds[0], bounds[1], rows
+        row = query_tables({"t": self.dt}, f"SELECT min({self.key}) AS lo, max({self.key}) AS hi "
+                                           f"FROM t WHERE {STATUS} = '{ACTIVE}'").to_pylist()[0]
         return (None if row["lo"] is None else int(row["lo"])), \
-            (None if row["hi"] is None else int(row["hi"])), int(row["n"])
+            (None if row["hi"] is None else int(row["hi"])), rows
 
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
         """{bucket: (ACTIVE rows, checksum sum)} of the ACTIVE rows whose position is in [lo, hi]."""

@@ -99,13 +99,12 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
 def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: BronzeSide) -> None:
     """Bisect the key (or hash position) range by bucket counts and checksums, then compare the
     differing leaves key by key (with bronze's rows of those keys found elsewhere)."""
-    s_lo, s_hi, report.source_rows = source.key_range()
-    b_lo, b_hi, report.bronze_active_rows = bronze.key_range()
+    s_lo, s_hi, s_rows = source.key_range()
+    b_lo, b_hi, b_rows = bronze.key_range()
     bounds = [v for v in (s_lo, s_hi, b_lo, b_hi) if v is not None]
     if bounds:
         lo, hi = min(bounds), max(bounds)
-        leaves = differing_ranges(source, bronze, lo, hi, max(report.source_rows, report.bronze_active_rows),
-                                  report)
+        leaves = differing_ranges(source, bronze, lo, hi, max(s_rows, b_rows) or hi - lo + 1, report)
         if leaves:
             theirs, ours = source.rows(leaves), bronze.rows(leaves)
             unmatched = theirs.get_column("key").filter(~theirs.get_column("key").is_in(ours.get_column("key")

@@ -14,7 +14,7 @@ import pyarrow as pa
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.reconcile.checksum import HEX_INTEGERS, POSITIONS, checksum_sql, position_sql
 from bronze_assets.lib.reconcile.keys import by_integer_key, key_expr, text_names
-from bronze_assets.lib.source.ddl import qualified, quote_ident
+from bronze_assets.lib.source.ddl import qualified, quote_ident, quote_literal
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.source.pushdown import hash_sql
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
@@ -105,13 +105,18 @@ class SourceTable:
         return compare(self.contract, live) if live else None
 
     def key_range(self) -> tuple[int | None, int | None, int]:
-        """(lowest, highest position, rows): keys, or hash positions."""
+        """(lowest, highest position, estimated rows): keys (``min`` and ``max``, from the key's
+        index when it has one), or hash positions. The rows are the planner's estimate
+        (``reltuples``; 0 for a table never analyzed): they only size the buckets, whose counts are
+        exact, so no pass of its own counts the table."""
+        estimate = (f"(SELECT greatest(reltuples, 0)::bigint FROM pg_class "
+                    f"WHERE oid = {quote_literal(self.name)}::regclass)")
         if not self.by_key:
-            (n,) = self.snapshot.query(f"SELECT count(*) FROM {self.name}")[0]
-            return (0, POSITIONS - 1, int(n)) if n else (None, None, 0)
+            (n,) = self.snapshot.query(f"SELECT {estimate}")[0]
+            return 0, POSITIONS - 1, int(n or 0)
         lo, hi, n = self.snapshot.query(
-            f"SELECT min({self.key}), max({self.key}), count(*) FROM {self.name}")[0]
-        return (None if lo is None else int(lo)), (None if hi is None else int(hi)), int(n)
+            f"SELECT min({self.key}), max({self.key}), {estimate} FROM {self.name}")[0]
+        return (None if lo is None else int(lo)), (None if hi is None else int(hi)), int(n or 0)
 
     def _hashed(self, columns: Sequence[tuple[str, str]] = ()) -> str:
         """A subquery of each row's hash ``h``, its position ``p`` and ``columns`` (expression, name)."""
