@@ -22,7 +22,14 @@ from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.generator import SeedOptions
-from bronze_assets.demo.run import DAGSTER_SETTINGS, LOG_FILE, TableProgress, materialize_all, run_demo
+from bronze_assets.demo.run import (
+    DAGSTER_SETTINGS,
+    LOG_FILE,
+    TableProgress,
+    format_summary,
+    materialize_all,
+    run_demo,
+)
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.settings import ENV_SOURCE_DSN, data_dir
 from bronze_assets_tests.bronze_helpers import Bronze
@@ -116,6 +123,14 @@ def test_run_demo_prints_one_line_per_table_and_logs_the_rest(
         assert len(instance.get_runs()) == 5  # dimensions, daily, monthly, reconciliation, report
     # the reconciliation checks (a landing table has no source table to reconcile with)
     assert [s.reconciled for s in summaries] == ["equal"] * len(CONTRACTS) + [None] * len(landing)
+    # the history tables (one current version per key after a first load) and the check's outcome
+    histories = {s.table: s.history for s in summaries if s.history is not None}
+    assert set(histories) == {c.bronze_table for c in CONTRACTS.values() if c.history}
+    assert all(h.rows == h.current == s.active_rows and h.versions >= 1
+               for s in summaries if (h := s.history) is not None)
+    text = format_summary(summaries)
+    assert all(f"  {h.table} " in text for h in histories.values())
+    assert f"reconciliation check: {len(CONTRACTS)} of {len(CONTRACTS)} tables equal their source" in text
 
 
 def test_demo_loads_every_table_it_can_and_marks_the_failures(

@@ -25,6 +25,7 @@ from contextlib import contextmanager, redirect_stderr, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import sqlalchemy
@@ -38,6 +39,9 @@ from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
 from bronze_assets.lib.failures import one_line
 from bronze_assets.settings import Settings, data_dir, env
+
+if TYPE_CHECKING:
+    from bronze_assets.lib.delta.storage import Storage
 
 DEMO_JOB = "bronze_demo"
 LOG_FILE = Path("logs") / "demo.log"  # under $BRONZE_DATA_DIR
@@ -65,6 +69,16 @@ SQLITE_SYNCHRONOUS = "OFF"
 
 
 @dataclass
+class HistorySummary:
+    """A ``bz_<name>_history`` table (SCD type 2, ARCHITECTURE §2.7) in the demo's report."""
+
+    table: str
+    rows: int  # versions of keys held
+    current: int  # of which current (``_valid_to`` unset)
+    versions: int  # Delta versions of the table
+
+
+@dataclass
 class TableSummary:
     """One line of the demo's report."""
 
@@ -78,6 +92,7 @@ class TableSummary:
     error: str | None = None  # why its load failed (one line), None when it loaded
     trace: str | None = field(default=None, repr=False)  # the failure's traceback (--verbose)
     reconciled: str | None = None  # the reconciliation check: "equal", or what differs
+    history: HistorySummary | None = None  # its history table, when the contract keeps one
 
 
 class DemoRefusedError(RuntimeError):
@@ -453,6 +468,38 @@ def _source_is_empty(dsn: str) -> bool:
         raise
 
 
+# The demo's runs write their events through one held connection per storage (as Dagster's
+# webserver does), not a new PostgreSQL connection per event: PostgreSQL storage opens one per
+# write by default (NullPool), a server process started and authenticated for each of the runs'
+# events. No statement timeout (0): a run's writes are not the webserver's queries.
+POOL_RECYCLE_SECONDS = 3600
+POOL_MAX_OVERFLOW = 10
+
+
+def hold_connections(instance: dg.DagsterInstance) -> None:
+    """Make ``instance``'s database storages keep their connections open (a no-op for SQLite and
+    in-memory storage)."""
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=POOL_RECYCLE_SECONDS,
+                                    max_overflow=POOL_MAX_OVERFLOW)
+
+
+def _start_validation_service() -> None:
+    """Start the local engine's validation service in the background (the first load's checks
+    would wait for its import of GX); a failure is left to the first check, which names it."""
+    from bronze_assets.lib.load.engine import LOCAL
+    from bronze_assets.lib.quality import worker
+
+    settings = Settings.from_env()
+    if (settings.engine or LOCAL) != LOCAL:
+        return  # the other engines validate where they load
+
+    def start() -> None:
+        with suppress(Exception):
+            worker.start(settings)
+
+    threading.Thread(target=start, name="gx-service-start", daemon=True).start()
+
+
 def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Handler,
               log_path: Path, seed_external: bool) -> list[TableSummary]:
     from bronze_assets.definitions import defs
@@ -462,6 +509,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
     from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
     from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA
 
+    _start_validation_service()  # GX's import overlaps the seeding and Dagster's start-up
     dsn = resolve_source_dsn(Settings.from_env())
     if _source_is_empty(dsn):
         if configured_source_dsn(Settings.from_env()) is not None and not seed_external:
@@ -479,6 +527,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
             say(f"wrote {len(events.files)} landing files of {events.events:,} shipment events")
     definitions = defs()
     instance = dg.DagsterInstance.get() if env("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    hold_connections(instance)
     storage = BronzeStorage()
     tables = [*CONTRACTS.values(), *LANDING_CONTRACTS.values()]  # the database's, then the files'
     say(f"loading {len(tables)} bronze tables into {storage.storage().root} "
@@ -522,8 +571,21 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
             meta.get("avg_quality_score"), float(meta.get("duration_seconds", 0.0) or 0.0),  # type: ignore[arg-type]
             error=failure.error if failure else None, trace=failure.trace if failure else None,
             reconciled=reconciled.get(contract.bronze_table),
+            history=history_summary(storage.storage(), contract.history_table) if contract.history else None,
         ))
     return summaries
+
+
+def history_summary(storage: Storage, table: str) -> HistorySummary | None:
+    """Rows, current rows and Delta versions of a history table (None when it was not written)."""
+    from bronze_assets.lib.delta.history import VALID_TO
+    from bronze_assets.lib.delta.query import read_columns
+
+    dt = storage.open(table)
+    if dt is None:
+        return None
+    valid_to = read_columns(dt, [VALID_TO])[VALID_TO]
+    return HistorySummary(table, len(valid_to), valid_to.null_count, dt.version() + 1)
 
 
 def reconcile_all(definitions: dg.Definitions, dsn: str, instance: dg.DagsterInstance,
@@ -557,6 +619,15 @@ def format_summary(rows: list[TableSummary]) -> str:
         lines.append(f"{r.table:<18} {r.rows_read:>9,} {r.bronze_rows:>9,} {r.active_rows:>9,} "
                      f"{r.versions:>8} {score:>9} {r.seconds:>8.2f}  {'FAILED' if r.error else 'ok':<6}  "
                      f"{r.reconciled or '-'}".rstrip())
+    histories = [r.history for r in rows if r.history is not None]
+    if histories:
+        lines += ["", f"{'history (SCD type 2)':<22} {'rows':>9} {'current':>9} {'versions':>8}"]
+        lines += [f"  {h.table:<20} {h.rows:>9,} {h.current:>9,} {h.versions:>8}" for h in histories]
+    checked = [r for r in rows if r.reconciled is not None]
+    if checked:
+        equal = sum(r.reconciled == "equal" for r in checked)
+        lines += ["", f"reconciliation check: {equal} of {len(checked)} tables equal their source"
+                      + ("" if equal == len(checked) else " (bronze reconcile --repair fixes the others)")]
     failures = [r for r in rows if r.error]
     if failures:
         lines += ["", f"{len(failures)} of {len(rows)} tables failed (re-run `bronze demo` once fixed; "

@@ -157,6 +157,15 @@ def _submit(settings: Settings, task: str, *args: Any) -> Future:
     return connection.submit(task, *args)
 
 
+def start(settings: Settings) -> None:
+    """Connect to this installation's service now, starting it when none listens (it imports GX at
+    once): a caller with other work before its first check lets the two overlap."""
+    global _worker
+    with _worker_lock:
+        if _worker is None or not _worker.alive:
+            _worker = _connect(settings)
+
+
 def warm(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None) -> Future[None]:
     """Have the service import GX and build ``contract``'s suite (if it has not yet); returns at once."""
     return _submit(settings, "build", contract, load_date, docs_dir)
