@@ -23,6 +23,7 @@ from bronze_assets.lib.delta.commit_log import (
 )
 from bronze_assets.lib.delta.control import AUDIT_LOG, COST_TRACKING, LINEAGE, read_table
 from bronze_assets.lib.delta.log_checkpoint import checkpoint_current, latest_checkpoint, worth_a_checkpoint
+from bronze_assets.lib.monitoring.status import bronze_status
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import query
 
@@ -75,7 +76,7 @@ def test_a_daily_full_load_reads_only_its_latest_commits(
         seeded: str, tmp_path: Path, history_reads: list[int | None]) -> None:
     """A full load plans no window from the log (no watermark, no first load): however many
     days it has committed, a load reads the first page of its history and no deeper, and after
-    its commit only that commit (its metrics)."""
+    its commit only that commit (its metrics); ``bronze status`` reads none of it."""
     b = Bronze(seeded, tmp_path / "bronze")
     for day in range(FIRST_PAGE + 3):  # a commit a day (a product changed each day)
         query(seeded, f"UPDATE tests.products SET unit_price = unit_price + 1 WHERE product_id = {day + 1}")
@@ -87,6 +88,9 @@ def test_a_daily_full_load_reads_only_its_latest_commits(
     assert meta["rows_updated"] == 1
     # the log's first page, then the one commit the load made (its engine metrics)
     assert history_reads == [FIRST_PAGE, 1], history_reads
+    history_reads.clear()
+    (status,) = [s for s in bronze_status(b.storage()) if s.table == "bz_products"]
+    assert status.watermark is None and history_reads == [], "no watermark to look for"
 
 
 def test_a_checkpoint_is_written_when_it_reads_less_than_the_commits_since() -> None:

@@ -235,7 +235,8 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         status.active, status.deleted = by_status.get("ACTIVE", 0), by_status.get("DELETED", 0)
         status.forgotten = by_status.get("FORGOTTEN", 0)
         status.rows = sum(by_status.values())
-        status.watermark = CommitLog.read(dt).watermark()
+        if contract.partitioning.kind is not PartitionKind.NONE:  # an unpartitioned table's loads
+            status.watermark = CommitLog.read(dt).watermark()  # read it whole and record none
     if contract.history:
         status.history = history_status(contract, storage)
     mine = loads.get(contract.bronze_table, {})
