@@ -253,3 +253,28 @@ def test_a_restored_table_is_replayed_to_the_present_by_repair(bronze: Bronze) -
     code, out = _cli("suppliers", "--repair", "--json")
     assert code == 0, out
     assert_table_exact(bronze.dsn, bronze.root, "suppliers")
+
+
+def test_bronze_key_bounds_come_from_file_statistics_else_from_a_scan(tmp_path: Path) -> None:
+    """Bronze's key bounds cost no scan when every file has statistics for the key (any status:
+    they only bound the buckets); a file without them sends the bounds to a read of the ACTIVE rows."""
+    from bronze_assets.lib.delta.query import key_bounds
+
+    contract = CONTRACTS["products"]
+    key = contract.primary_key[0]
+
+    def rows(keys: list[int], status: str) -> pa.Table:
+        return pa.table({key: pa.array(keys, pa.int64()), "record_hash": ["0" * 32] * len(keys),
+                         "record_status": [status] * len(keys)})
+
+    with_stats, without = str(tmp_path / "with_stats"), str(tmp_path / "without")
+    write_deltalake(with_stats, rows([3, 9, 5], "ACTIVE"))
+    write_deltalake(with_stats, rows([1, 12], "DELETED"), mode="append")
+    assert key_bounds(DeltaTable(with_stats), key) == (1, 12)
+    assert BronzeTable(contract, DeltaTable(with_stats)).key_range() == (1, 12, 5)
+
+    no_stats = {"delta.dataSkippingNumIndexedCols": "0"}  # numRecords only
+    write_deltalake(without, rows([1, 12], "DELETED"), configuration=no_stats)
+    write_deltalake(without, rows([3, 9, 5], "ACTIVE"), mode="append")
+    assert key_bounds(DeltaTable(without), key) is None
+    assert BronzeTable(contract, DeltaTable(without)).key_range() == (3, 9, 5)
