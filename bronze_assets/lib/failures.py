@@ -85,8 +85,13 @@ _WRAPPERS: Mapping[str, Cause] = {
     "bronze_assets.lib.source.replication.ReplicationError": Cause.CONFIGURATION,
     "deltalake.exceptions.CommitFailedError": Cause.CONFLICT,
 }
-_BUGS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError, ImportError,
-         ValueError, KeyError, IndexError, ZeroDivisionError, RecursionError)
+BUG_EXCEPTION_TYPES: tuple[type[BaseException], ...] = (
+    TypeError, AttributeError, NameError, AssertionError, NotImplementedError, ImportError, ValueError,
+    KeyError, IndexError, ZeroDivisionError, RecursionError)
+"""Python exception types that mean a bug in the code that raised them (or data it does not
+handle): classified :attr:`Cause.BUG`, never retried, since a retry runs the same code on the same
+data. ``NotImplementedError`` is one: a code path a load reached that was never written. Matched
+last, after bronze's own errors, SQLSTATEs and driver texts (which name a more precise cause)."""
 
 _SQLSTATES: Mapping[str, Cause] = {
     "28000": Cause.AUTHENTICATION, "28P01": Cause.AUTHENTICATION,
@@ -253,7 +258,7 @@ def cause_of(exc: BaseException) -> tuple[Cause, str | None]:
         for name in _qualified_names(link):
             if name in _WRAPPERS:
                 return _WRAPPERS[name], None
-    if isinstance(exc, _BUGS):
+    if isinstance(exc, BUG_EXCEPTION_TYPES):
         return Cause.BUG, None
     return Cause.UNKNOWN, None
 
