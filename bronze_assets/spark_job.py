@@ -31,7 +31,7 @@ import dagster_pipes as pipes_api
 from bronze_assets.contracts import get_contract
 from bronze_assets.lib.delta.outcome import audit_failure
 from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.failures import Cause, classify
+from bronze_assets.lib.failures import INTERRUPTS, Cause, classify
 from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.lib.quality.checks import URL_KEYS, CheckOutcome
 from bronze_assets.lib.secrets import install_log_redaction, protect_logs
@@ -116,13 +116,14 @@ def run(pipes: pipes_api.PipesContext, settings: Settings) -> None:
         else:
             lifecycle = Lifecycle(request, engine, dsn, storage, job_id=pipes.run_id, logger=pipes.log)
             report = lifecycle.run()
-    except Exception as exc:  # the one failure policy, as on the local engine
+    except (Exception, *INTERRUPTS) as exc:  # the one failure policy, as on the local engine
+        # (an interrupt: Pipes forwards the orchestrator's SIGINT; PySpark cancels the Spark jobs)
         failure = classify(exc, contract.bronze_table, dsn)
         if lifecycle is not None:  # it audited the failure
             report_checks(pipes, contract.bronze_table, lifecycle.take_checks())
         else:  # the job failed before the load began (source, Spark session)
             audit_failure(contract, storage, pipes.run_id, started,
-                          (datetime.now(UTC) - started).total_seconds(), failure.message)
+                          (datetime.now(UTC) - started).total_seconds(), failure, "spark")
         if failure.cause in (Cause.BUG, Cause.UNKNOWN):  # then the traceback helps (the run's log)
             pipes.log.error(f"{contract.bronze_table}: {traceback.format_exc()}")
         metadata = dict(getattr(exc, "failure_metadata", {}) or {})

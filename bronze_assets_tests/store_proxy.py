@@ -7,6 +7,9 @@ writer at an exact point of a commit (``SIGKILL mid-commit``, issue #23):
   never hears of it — delta-rs #2279's hidden commit).
 
 In both cases the proxy creates ``--held`` when it holds, and keeps holding until it is stopped.
+
+With ``--throttle``, every request whose path matches is answered as S3 answers a prefix over its
+request rate (``503 SlowDown``), the others reach the store: a store error a retry may fix.
 Its own process (``python -m bronze_assets_tests.store_proxy``), for the reason in
 :func:`bronze_assets_tests.s3.start_moto`."""
 
@@ -24,7 +27,12 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-authorization", "proxy-authenticate"}
 
 
-def handler(upstream: str, hold: re.Pattern[str], when: str, held: Path) -> type[BaseHTTPRequestHandler]:
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+             b'<Message>Please reduce your request rate.</Message></Error>')
+
+
+def handler(upstream: str, hold: re.Pattern[str] | None, when: str | None, held: Path | None,
+            throttle: re.Pattern[str] | None = None) -> type[BaseHTTPRequestHandler]:
     target = urlsplit(upstream)
 
     class Forward(BaseHTTPRequestHandler):
@@ -44,13 +52,25 @@ def handler(upstream: str, hold: re.Pattern[str], when: str, held: Path) -> type
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
         def _hold(self) -> None:
+            assert held is not None
             held.touch()
             while True:  # until the proxy is stopped
                 time.sleep(1)
 
+        def _slow_down(self) -> None:
+            self.send_response(503, "Slow Down")
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(SLOW_DOWN)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(SLOW_DOWN)
+
         def _forward(self) -> None:
             body = self._body()
-            holding = self.command == "PUT" and hold.search(self.path) is not None
+            if throttle is not None and throttle.search(self.path):
+                self._slow_down()
+                return
+            holding = self.command == "PUT" and hold is not None and hold.search(self.path) is not None
             if holding and when == "before":
                 self._hold()
             headers = {k: v for k, v in self.headers.items()
@@ -83,12 +103,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
-    parser.add_argument("--hold", required=True, help="regex of the path of the PUT to hold")
-    parser.add_argument("--when", choices=("before", "after"), required=True)
-    parser.add_argument("--held", type=Path, required=True, help="file created when holding")
+    parser.add_argument("--hold", help="regex of the path of the PUT to hold")
+    parser.add_argument("--when", choices=("before", "after"), default="before")
+    parser.add_argument("--held", type=Path, help="file created when holding")
+    parser.add_argument("--throttle", help="regex of the paths answered 503 SlowDown")
     args = parser.parse_args()
+    if args.hold and not args.held:
+        parser.error("--hold needs --held")
+    hold = re.compile(args.hold) if args.hold else None
+    throttle = re.compile(args.throttle) if args.throttle else None
     server = ThreadingHTTPServer(("127.0.0.1", args.port),
-                                 handler(args.upstream, re.compile(args.hold), args.when, args.held))
+                                 handler(args.upstream, hold, args.when, args.held, throttle))
     server.daemon_threads = True
     server.serve_forever()
 

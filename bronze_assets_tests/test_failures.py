@@ -4,8 +4,13 @@ point; a transient one is retried. Real errors from the test PostgreSQL wherever
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -35,6 +40,7 @@ from bronze_assets.lib.source.postgres import SourceConnectionError, connect
 from bronze_assets.lib.spark.jdbc import jdbc_options
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
+from bronze_assets_tests.s3 import S3, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -346,6 +352,21 @@ def _refuse_connections(dsn: str, role: str) -> None:
     query(dsn, f"ALTER ROLE {role} CONNECTION LIMIT 0")  # the server refuses it: too many connections
 
 
+def _row_policy(expression: str) -> Callable[[str, str], None]:
+    """The role reads tests.warehouses through a row security policy that evaluates
+    ``expression`` on every row (the server raises its error in the middle of the read)."""
+
+    def provoke(dsn: str, role: str) -> None:
+        query(dsn, f"GRANT USAGE ON SCHEMA tests TO {role}")
+        query(dsn, f"GRANT SELECT ON ALL TABLES IN SCHEMA tests TO {role}")
+        query(dsn, "CREATE FUNCTION tests.ledger_closed(bigint) RETURNS boolean LANGUAGE plpgsql AS $$ "
+                   "BEGIN RAISE EXCEPTION USING MESSAGE = 'the ledger is closed', ERRCODE = 'P0001'; END $$")
+        query(dsn, "ALTER TABLE tests.warehouses ENABLE ROW LEVEL SECURITY")
+        query(dsn, f"CREATE POLICY provoke ON tests.warehouses FOR SELECT TO {role} USING ({expression})")
+
+    return provoke
+
+
 def _hold_a_lock(dsn: str, role: str) -> Callable[[], None]:
     """Another session holds bz_warehouses' source table (ACCESS EXCLUSIVE) while the role, which
     waits 200 ms for a lock, reads it; returns what releases the lock."""
@@ -399,6 +420,15 @@ CLASSES = {
     "configuration": Provoked(Cause.CONFIGURATION, lambda dsn, _: None, PASSWORD,
                               "could not translate host name", host="no-such-host.invalid"),
     "conflict": Provoked(Cause.CONFLICT, _hold_a_lock, PASSWORD, "lock timeout"),
+    # a data exception (SQLSTATE class 22) in a row: the same code on the same data fails again.
+    # The local engine meets it as ADBC's DataError, Spark as a Py4JJavaError around pgjdbc's
+    # PSQLException: the message and audit row say the server's words and SQLSTATE on both, the
+    # exception's type is the audit row's details.error_type (README, 'When a load fails')
+    "bug": Provoked(Cause.BUG, _row_policy("capacity / (warehouse_id - warehouse_id) > 0"), PASSWORD,
+                    "bug: division by zero (SQLSTATE 22012)"),
+    # an error no rule knows (a source function's own RAISE, SQLSTATE P0001): retried
+    "unknown": Provoked(Cause.UNKNOWN, _row_policy("tests.ledger_closed(warehouse_id)"), PASSWORD,
+                        "unknown: the ledger is closed (SQLSTATE P0001)"),
 }
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -408,30 +438,38 @@ def _same_each_run(value: Any) -> Any:
     return _UUID.sub("<batch>", value) if isinstance(value, str) else value
 
 
-def _failed_loads(root: Path) -> list[dict[str, Any]]:
-    """The audit rows of the failed loads, without their times and run ids."""
-    audit = DeltaTable(str(root / AUDIT_LOG)).to_pyarrow_table().to_pylist()
+def _failed_loads(root: Path | str, engine: str, cause: Cause) -> list[dict[str, Any]]:
+    """The audit rows of the failed loads, without their times and run ids, and without what
+    their details say of the engine (checked here: its name and the exception's type)."""
+    audit = DeltaTable(f"{root}/{AUDIT_LOG}").to_pyarrow_table().to_pylist()
     per_run = ("start_timestamp", "end_timestamp", "job_id")
-    return [{k: _same_each_run(v) for k, v in row.items() if k not in per_run}
-            for row in sorted(audit, key=lambda r: r["start_timestamp"])]
+    rows = []
+    for row in sorted(audit, key=lambda r: r["start_timestamp"]):
+        details = json.loads(row["details"])
+        assert details.pop("engine") == engine and details.pop("error_type"), (engine, details)
+        assert (details["failure_class"], details["retry"]) == (cause.value, cause.retry), details
+        rows.append({k: _same_each_run(v) for k, v in row.items() if k not in per_run} | {"details": details})
+    return rows
 
 
-def _failed_run(dsn: str, root: Path, engine: str, case: Provoked, pipes: BronzePipes | None = None,
+def _failed_run(dsn: str, root: Path | str, engine: str, case: Provoked, pipes: BronzePipes | None = None,
                 ) -> tuple[str, dict[str, Any], list]:
     """Materialize bz_warehouses on ``engine``: the failure's message and metadata and the audit
     rows, without what differs per run; the steps show the retry decision."""
     from bronze_assets_tests.test_spark_pipes import materialize
 
-    result = materialize(dsn, root, engine, "warehouses", pipes=pipes)
+    result = materialize(dsn, root, engine, "warehouses", pipes=pipes)  # type: ignore[arg-type]
     assert _steps(result) == case.steps, engine
     failure = [e for e in result.all_events if e.is_step_failure][-1].step_failure_data.user_failure_data
     assert failure is not None, engine
     message = failure.description or ""
     assert message.startswith("bz_warehouses: ") and "\n" not in message and case.says in message, message
     assert WRONG not in message and PASSWORD not in message
-    audit = _failed_loads(root)
+    audit = _failed_loads(root, engine, case.cause)
     attempts = sum(s in ("STEP_START", "STEP_RESTARTED") for s in case.steps)
     assert [r["status"] for r in audit] == ["FAILED"] * attempts, engine
+    # the line, after "MERGE failed: " when the MERGE raised it
+    assert all(r["error_message"].endswith(_same_each_run(message)) for r in audit), engine
     metadata = {k: _same_each_run(getattr(v, "value", v)) for k, v in (failure.metadata or {}).items()}
     return _same_each_run(message), metadata, audit
 
@@ -441,8 +479,9 @@ def _failed_run(dsn: str, root: Path, engine: str, case: Provoked, pipes: Bronze
 def test_each_failure_class_is_the_same_on_both_engines(name: str, seed_db: SeedDb, tmp_path: Path,
                                                          password_role: str, spark_pipes: BronzePipes,
                                                          quick_retries: None) -> None:
-    """Each failure class, provoked for real, leaves the same audit rows, the same failure (message,
-    metadata) and the same retry decision on the local engine and on Spark (subprocess Pipes)."""
+    """Each failure class, provoked for real, leaves the same audit rows (status, message, failure
+    class, retry flag, SQLSTATE), the same failure (message, metadata) and the same retry decision
+    on the local engine and on Spark (subprocess Pipes). ``storage`` and ``interrupted``: below."""
     case = CLASSES[name]
     owner_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
     undo = case.provoke(owner_dsn, password_role)
@@ -454,4 +493,106 @@ def test_each_failure_class_is_the_same_on_both_engines(name: str, seed_db: Seed
         if callable(undo):
             undo()
         query(owner_dsn, f"DROP OWNED BY {password_role}")
+    assert spark == local
+
+
+@pytest.mark.xdist_group("spark_pipes")
+def test_a_throttled_store_is_the_same_storage_failure_on_both_engines(
+        seed_db: SeedDb, s3: S3, tmp_path: Path, spark_pipes: BronzePipes,
+        monkeypatch: pytest.MonkeyPatch, quick_retries: None) -> None:
+    """``storage``: the object store answers bz_warehouses' prefix 503 SlowDown (a proxy in front of
+    the test S3 server, as S3 answers a prefix over its request rate); the audit log, elsewhere in
+    the bucket, stays writable. Both engines open the table's log with delta-rs (the lifecycle
+    reads its commit log before the engine runs), retry it three times and audit four FAILED rows."""
+    dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, "-m", "bronze_assets_tests.store_proxy", "--port", str(port),
+                              "--upstream", s3.endpoint, "--throttle", r"bz_warehouses(/|%2F|$)"])
+    case = Provoked(Cause.STORAGE, lambda dsn, _: None, None, "storage: ")
+    try:
+        wait_for_port(proxy, port, "the store proxy")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        local = _failed_run(dsn, f"{s3.root}/local", "local", case)
+        spark = _failed_run(dsn, f"{s3.root}/spark", "spark", case, spark_pipes)
+    finally:
+        proxy.kill()
+        proxy.wait()
+    assert "503 Service Unavailable ↳ SlowDown: Please reduce your request rate" in local[0], local[0]
+    root = "<root>/"
+    assert _replaced(spark, f"{s3.root}/spark/", root) == _replaced(local, f"{s3.root}/local/", root)
+
+
+def _replaced(value: Any, old: str, new: str) -> Any:
+    """``value`` (strings in tuples, lists, dicts) with ``old`` replaced by ``new`` (bronze roots
+    in a message that names an object's URL)."""
+    if isinstance(value, str):
+        return value.replace(old.split("://", 1)[1], new)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replaced(v, old, new) for v in value)
+    if isinstance(value, dict):
+        return {k: _replaced(v, old, new) for k, v in value.items()}
+    return value
+
+
+def _interrupt_when_blocked(dsn: str, role: str, release: Callable[[], None], done: threading.Event) -> None:
+    """Once a session of ``role`` waits for the lock on tests.warehouses: SIGINT to this process
+    (Ctrl-C: the orchestrator's, which the Spark engine's Pipes client forwards to its job), then
+    the lock is released; the lock is released in any case."""
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not done.is_set():
+            waiting = query(dsn, f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}' "
+                                 "AND wait_event_type = 'Lock'")[0][0]
+            if waiting:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(3)  # the interrupt reaches the load (and the job) while it is still blocked
+                return
+            time.sleep(0.2)
+    finally:
+        release()
+
+
+def _interrupted_run(dsn: str, owner_dsn: str, role: str, root: Path, engine: str,
+                     pipes: BronzePipes | None = None) -> tuple[list[str], str, list]:
+    from bronze_assets_tests.test_spark_pipes import materialize
+
+    holder = psycopg2.connect(owner_dsn)
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLE tests.warehouses IN ACCESS EXCLUSIVE MODE")  # until the transaction ends
+    done = threading.Event()
+    watcher = threading.Thread(target=_interrupt_when_blocked, args=(owner_dsn, role, holder.close, done))
+    watcher.start()
+    try:
+        result = materialize(dsn, root, engine, "warehouses", pipes=pipes)
+    finally:
+        done.set()
+        watcher.join()
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message.strip()
+    return _steps(result), message, _failed_loads(root, engine, Cause.INTERRUPTED)
+
+
+@pytest.mark.xdist_group("spark_pipes")
+def test_an_interrupt_is_the_same_on_both_engines(seed_db: SeedDb, tmp_path: Path, password_role: str,
+                                                  spark_pipes: BronzePipes) -> None:
+    """``interrupted``: a real SIGINT (Ctrl-C) while the load waits for a lock on its source table.
+    Locally ADBC cancels the statement (SQLSTATE 57014, "due to user request"); on Spark, Dagster
+    raises the interrupt in the asset, whose Pipes client forwards SIGINT to the job (PySpark
+    cancels its Spark jobs, the lifecycle audits). Both: one FAILED row (interrupted, not retried),
+    the step fails once, never retried, in the same line."""
+    owner_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
+    query(owner_dsn, f"GRANT USAGE ON SCHEMA tests TO {password_role}")
+    query(owner_dsn, f"GRANT SELECT ON ALL TABLES IN SCHEMA tests TO {password_role}")
+    dsn = owner_dsn.replace("postgresql://postgres:@", f"postgresql://{password_role}:{PASSWORD}@", 1)
+    try:
+        local = _interrupted_run(dsn, owner_dsn, password_role, tmp_path / "local", "local")
+        spark = _interrupted_run(dsn, owner_dsn, password_role, tmp_path / "spark", "spark", spark_pipes)
+    finally:
+        query(owner_dsn, f"DROP OWNED BY {password_role}")
+    steps, message, audit = local
+    assert steps == ONCE, "never retried"
+    assert "bz_warehouses: interrupted — re-run to continue" in message
+    assert [r["status"] for r in audit] == ["FAILED"]
+    assert audit[0]["error_message"] == \
+        "bz_warehouses: interrupted — re-run to continue; what was committed stays"
     assert spark == local

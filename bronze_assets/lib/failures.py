@@ -20,7 +20,8 @@ Not retried (they fail at once, in one line):
   do, an unknown host name
 * bug: SQLSTATE classes 42 and 22, TypeError, ValueError … (a retry runs the same code on the
   same data)
-* interrupted: Ctrl-C or run termination; the run stops
+* interrupted: Ctrl-C or run termination (also a source statement cancelled by it: ADBC cancels
+  its query on SIGINT, SQLSTATE 57014 "due to user request"); the run stops
 
 Retried (the asset's ``RetryPolicy``):
 
@@ -64,6 +65,11 @@ class Cause(StrEnum):
     def retry(self) -> bool:
         """Whether a later attempt can succeed."""
         return self in _RETRYABLE
+
+
+INTERRUPTS: tuple[type[BaseException], ...] = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
+"""What stops a load from outside (Ctrl-C, SIGINT forwarded by Pipes, a run's termination): not
+``Exception``s, so code that audits every failure catches them as well."""
 
 
 _RETRYABLE = frozenset({Cause.CONNECTION, Cause.CONFLICT, Cause.STORAGE, Cause.UNKNOWN})
@@ -149,6 +155,8 @@ _RULES: tuple[_Rule, ...] = (
     _rule(Cause.DUPLICATE_KEY, "the source repeats a primary key; fix the source",
           r"duplicate key value violates unique constraint"),
     _rule(Cause.BUG, "a bug: the traceback is in the run's log", r"syntax error at or near"),
+    _rule(Cause.INTERRUPTED, "re-run to continue; what was committed stays",
+          r"canceling statement due to user request"),
     _rule(Cause.CONNECTION, "retried: connection problems pass; if it persists, check that the server "
           "is up and reachable", r"temporary failure in name resolution"),
     _rule(Cause.CONFIGURATION, "check the host name of $BRONZE_SOURCE_DSN",
@@ -197,10 +205,18 @@ class Classified:
 
     cause: Cause
     message: str
+    sqlstate: str | None = None  # the server's code, when the error carries one (any driver)
+    error_type: str = ""  # the exception's qualified type: engine-specific (ADBC's, py4j's …)
 
     @property
     def retry(self) -> bool:
         return self.cause.retry
+
+    def audit_details(self, engine: str) -> dict[str, Any]:
+        """What a FAILED audit row records besides the message: the class and retry decision and
+        SQLSTATE (the same on every engine), and the ``engine`` and exception type (its own)."""
+        return {"failure_class": self.cause.value, "retry": self.retry, "sqlstate": self.sqlstate,
+                "engine": engine, "error_type": self.error_type}
 
 
 def one_line(text: str) -> str:
@@ -213,25 +229,61 @@ def _qualified_names(exc: BaseException) -> list[str]:
 
 
 def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE an error carries: ADBC's ``sqlstate``, psycopg2's ``pgcode``, or in its text."""
+    """The SQLSTATE an error carries: ADBC's ``sqlstate``, psycopg2's ``pgcode``, a Java
+    ``SQLException``'s (Spark's JDBC read, through py4j), or in its text."""
     for link in _chain(exc):
         for attr in ("sqlstate", "pgcode"):
             value = getattr(link, attr, None)
             if isinstance(value, str) and len(value) == 5:
                 return value.upper()
+        # py4j's Py4JJavaError, and PySpark's converted errors, keep the Java exception
+        java = _java_sqlstate(getattr(link, "java_exception", None) or getattr(link, "_origin", None))
+        if java is not None:
+            return java
         found = re.search(r"SQLSTATE[:\s]+([0-9A-Z]{5})\b", str(link), re.IGNORECASE)
         if found:
             return found.group(1).upper()
     return None
 
 
+def _java_sqlstate(throwable: Any) -> str | None:
+    """The SQLSTATE of the first ``java.sql.SQLException`` among a Java exception and its causes
+    (pgjdbc keeps the server's there; its text does not say it)."""
+    for _ in range(10):
+        if throwable is None:
+            return None
+        try:
+            throwable.getClass().getMethod("getSQLState")  # raises unless an SQLException
+            value = throwable.getSQLState()
+            if isinstance(value, str) and len(value) == 5:
+                return value.upper()
+        except Exception:  # not an SQLException, or the JVM is gone
+            pass
+        try:
+            throwable = throwable.getCause()
+        except Exception:
+            return None
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # delta-rs colours its error chains
+_ELAPSED = re.compile(r" in \d+(\.\d+)?(ns|µs|us|ms|s)\b")
+_RETRY_CONFIG = re.compile(r",? max_retries\W+\d+, retry_timeout\W+\d+\w*( -)?")
+_XML_DECLARATION = re.compile(r"<\?xml[^>]*\?>\s*")
+_S3_ERROR = re.compile(r"<Error>\s*<Code>([^<]*)</Code>\s*<Message>([^<]*)</Message>.*?</Error>")  # S3's body
+
+
 def _detail(text: str, limit: int = 300) -> str:
     """The part of a driver's message that says what happened (libpq: after FATAL:/ERROR:)."""
-    text = one_line(text)
+    text = one_line(_ANSI.sub("", text))
+    text = _ELAPSED.sub("", text)  # object_store's "GET … in 2.4s, after 10 retries": per attempt
+    text = _RETRY_CONFIG.sub(" ↳", text)
+    text = _S3_ERROR.sub(lambda m: f"{m[1]}: {m[2]}", _XML_DECLARATION.sub("", text))
     found = list(re.finditer(r"\b(FATAL|ERROR):\s+", text))
     if found:
         text = text[found[-1].end():]
-    text = re.sub(r"\s*(LINE \d+:|Query was:|DETAIL:|HINT:|\bat org\.|\bat java\.).*$", "", text)
+    text = re.sub(r"\s*(LINE \d+:|Query was:|DETAIL:|HINT:|CONTEXT:|Where:|\bat org\.|\bat java\.).*$",
+                  "", text)
     text = re.sub(r"[\s.]*SQLSTATE:?\s*[0-9A-Z]{5}\b.*$", "", text)
     text = text.strip().rstrip(".")
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -239,7 +291,7 @@ def _detail(text: str, limit: int = 300) -> str:
 
 def cause_of(exc: BaseException) -> tuple[Cause, str | None]:
     """The cause of ``exc`` and, when a text rule decided it, that rule's fix."""
-    if isinstance(exc, (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
+    if isinstance(exc, INTERRUPTS):
         return Cause.INTERRUPTED, None
     for link in _chain(exc):
         for name in _qualified_names(link):
@@ -265,8 +317,15 @@ def cause_of(exc: BaseException) -> tuple[Cause, str | None]:
 
 def classify(exc: BaseException, table: str, dsn: str | None = None) -> Classified:
     """The cause of ``exc`` (raised while loading ``table``) and a one-line message naming the
-    table and the fix; ``dsn``'s password (and any other) is redacted from driver text."""
+    table and the fix; ``dsn``'s password (and any other) is redacted from driver text.
+
+    The message is the same whichever engine met the error: it says the server's words and
+    SQLSTATE, not the type of the driver's exception that carried them (ADBC's on the local
+    engine, py4j's ``Py4JJavaError`` on Spark), which :attr:`Classified.error_type` keeps. A
+    Python bug type (:data:`BUG_EXCEPTION_TYPES`) is named: there the type is the cause."""
     cause, fix = cause_of(exc)
+    # an interrupt's cause is the user: the code of the statement it cancelled (57014) is not kept
+    state = None if cause is Cause.INTERRUPTED else _sqlstate(exc)
     text = redact(str(exc), dsn)
     if cause is Cause.INTERRUPTED:
         message = f"interrupted — {_FIXES[cause]}"
@@ -275,11 +334,15 @@ def classify(exc: BaseException, table: str, dsn: str | None = None) -> Classifi
     else:
         detail = _detail(text) or type(exc).__name__
         if cause in (Cause.BUG, Cause.UNKNOWN):
-            detail = f"{type(exc).__name__}: {detail}"
+            if state is not None:
+                detail = f"{detail} (SQLSTATE {state})"
+            elif isinstance(exc, BUG_EXCEPTION_TYPES):
+                detail = f"{type(exc).__name__}: {detail}"
         message = f"{cause.value}: {detail} — {fix or _FIXES[cause]}"
     if not message.startswith(f"{table}:"):
         message = f"{table}: {message}"
-    return Classified(cause, one_line(message))
+    error_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return Classified(cause, one_line(message), state, error_type)
 
 
 def explain(exc: BaseException) -> tuple[Cause, str, str]:
@@ -311,18 +374,22 @@ class LoadInterrupted(dg.DagsterExecutionInterruptedError, dg.DagsterError):
 @contextmanager
 def failure_policy(table: str, dsn: str | None = None) -> Iterator[None]:
     """Wrap one entry point's work on ``table``: an error leaves as :func:`dagster_failure` (one
-    line, retried only when a retry can fix it), an interrupt as :func:`load_interrupted`.
+    line, retried only when a retry can fix it), an interrupt as :class:`LoadInterrupted`.
 
     A ``dg.Failure`` already raised, and Dagster's own errors, pass unchanged. The traceback is
     kept only when it helps (a bug, an unknown error)."""
+    interrupted = f"{table}: interrupted — {_FIXES[Cause.INTERRUPTED]}"
     try:
         yield
     except (dg.Failure, dg.DagsterError, dg.RetryRequested):
         raise
-    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
-        raise LoadInterrupted(f"{table}: interrupted — {_FIXES[Cause.INTERRUPTED]}") from None
+    except INTERRUPTS:
+        raise LoadInterrupted(interrupted) from None
     except Exception as exc:
+        cause = cause_of(exc)[0]
+        if cause is Cause.INTERRUPTED:  # e.g. the source statement Ctrl-C cancelled
+            raise LoadInterrupted(interrupted) from None
         failure = dagster_failure(exc, table, dsn)
-        if cause_of(exc)[0] in (Cause.BUG, Cause.UNKNOWN):
+        if cause in (Cause.BUG, Cause.UNKNOWN):
             raise failure from exc
         raise failure from None

@@ -12,6 +12,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import FAILED, load_record, record_load
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.storage import StorageLike
+from bronze_assets.lib.failures import Classified
 
 
 @dataclass
@@ -90,8 +91,11 @@ class LoadOutcome:
 
 
 def audit_failure(contract: Contract, storage: StorageLike, job_id: str | None, started: datetime,
-                  seconds: float, message: str) -> None:
-    """A FAILED row in ``bz_audit_log`` (and its cost) for a load that did not finish."""
+                  seconds: float, failure: Classified, engine: str, message: str | None = None) -> None:
+    """A FAILED row in ``bz_audit_log`` (and its cost) for a load that did not finish: the one-line
+    ``message`` (default: the failure's) and, in ``details``, the failure class, the retry decision
+    and the SQLSTATE (the same on every engine) with the engine and the exception's type."""
     load = load_record(contract, job_id, started, seconds=seconds, status=FAILED)
-    load.error = message
+    load.error = message or failure.message
+    load.details = json.dumps(failure.audit_details(engine))
     record_load(storage, load)

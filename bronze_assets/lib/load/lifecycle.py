@@ -7,7 +7,8 @@ engine MERGEs (:func:`commit`: the MERGE, the checkpoint rows, the LOAD audit ro
 acknowledged (only after the commit) → a load that committed nothing checkpoints the table at
 its version if it has no checkpoint there (:mod:`~bronze_assets.lib.delta.log_checkpoint`) → the
 checks → the staged files are removed. A
-failure at any step is audited once (a FAILED row) and re-raised unchanged: the caller's failure
+failure at any step, an interrupt included, is audited once (a FAILED row whose ``details`` hold
+the failure class and retry decision) and re-raised unchanged: the caller's failure
 policy (:mod:`bronze_assets.lib.failures`) says whether a retry can fix it, the same on every
 engine. Nothing here knows Dagster: ``defs/`` turns the report into Dagster events, the Spark
 job into Pipes messages.
@@ -33,7 +34,7 @@ from bronze_assets.lib.delta.history import history_metadata
 from bronze_assets.lib.delta.log_checkpoint import checkpoint_current
 from bronze_assets.lib.delta.outcome import LoadOutcome, audit_failure
 from bronze_assets.lib.delta.storage import OpenedTables, Storage
-from bronze_assets.lib.failures import classify
+from bronze_assets.lib.failures import INTERRUPTS, classify
 from bronze_assets.lib.load.engine import LoadEngine, Staged
 from bronze_assets.lib.load.errors import SchemaMismatchError
 from bronze_assets.lib.load.landing_source import LandingRead
@@ -83,9 +84,10 @@ def commit(engine: LoadEngine, staged: Staged, storage: Storage, job_id: str | N
     contract = staged.contract
     try:
         result = engine.merge(staged, job_id)
-    except Exception as exc:
-        audit_failure(contract, storage, job_id, staged.ctx.batch_time, staged.extract_seconds,
-                      f"MERGE failed: {classify(exc, contract.bronze_table).message}")
+    except (Exception, *INTERRUPTS) as exc:
+        failure = classify(exc, contract.bronze_table)
+        audit_failure(contract, storage, job_id, staged.ctx.batch_time, staged.extract_seconds, failure,
+                      engine.name, f"MERGE failed: {failure.message}")
         raise
     finally:
         if not staged.keep_after_merge:
@@ -139,7 +141,7 @@ class Lifecycle:
             if SCHEMA_CONTRACT in request.checks:
                 self.decided.append(schema_contract(exc.drift, exc.quarantined))
             raise
-        except Exception as exc:
+        except (Exception, *INTERRUPTS) as exc:
             self._failed(exc)
             raise
         try:
@@ -151,7 +153,7 @@ class Lifecycle:
             if QUALITY_SCORE in request.checks:  # validates the staged rows while the engine MERGEs them
                 self.quality = self.engine.start_quality(staged)
                 staged.keep_after_merge = True
-        except Exception as exc:  # staged, but not handed on: audited, and nothing left behind
+        except (Exception, *INTERRUPTS) as exc:  # staged, but not handed on: audited, nothing left behind
             staged.cleanup()
             self._failed(exc)
             raise
@@ -205,7 +207,7 @@ class Lifecycle:
     def _failed(self, exc: BaseException) -> None:
         audit_failure(self.contract, self.storage, self.job_id, self.started,
                       (datetime.now(UTC) - self.started).total_seconds(),
-                      classify(exc, self.contract.bronze_table, self.dsn).message)
+                      classify(exc, self.contract.bronze_table, self.dsn), self.engine.name)
 
     def _schema_evolution(self, staged: Staged) -> None:
         """New source columns joined the table (audited); the schema check reports the drift."""

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -339,7 +340,7 @@ class SourceReader:
                     **{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_SIZE_HINT_BYTES)}
                 )
                 cur.execute(sql)
-                for batch in cur.fetch_record_batch():
+                for batch in _result_batches(cur):
                     if batch.num_rows:
                         yield batch
         except Exception as exc:
@@ -400,3 +401,13 @@ class SourceReader:
                     out.get(timeout=0.1)
             for t in threads:
                 t.join()
+
+
+def _result_batches(cur: Any) -> Iterator[pa.RecordBatch]:
+    """The executed query's result, batch by batch, through ADBC's own reader: an error the
+    server raises mid-stream (a division by zero in a row) then keeps its SQLSTATE, which the
+    failure policy classifies by. ``fetch_record_batch`` hands out PyArrow's reader instead, whose
+    errors are bare ``OSError``s (apache/arrow-adbc#1523)."""
+    results = getattr(cur, "_results", None)
+    reader = getattr(results, "reader", None)
+    return iter(reader if reader is not None else cur.fetch_record_batch())
