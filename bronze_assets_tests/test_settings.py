@@ -148,16 +148,21 @@ def test_no_lib_module_reads_the_environment() -> None:
 
 
 def test_defs_read_the_environment_only_as_settings() -> None:
-    """``defs`` (the resource edge) reads the environment only as one :class:`Settings`
-    (``Settings.from_env``), whose values it passes down; no ``env()`` call, flag or ``os.environ``.
+    """``defs`` (the resource edge) reads the environment only as one :class:`Settings`, built in
+    one place (``defs/edge.py``: ``edge_settings``), whose values resources, schedules and sensors
+    receive; no other ``Settings.from_env``, no ``env()`` call, flag or ``os.environ``.
     ``source_dsn_from``: a tables file names a variable of the user's, which no Settings field holds."""
     modules = sorted((PACKAGE / "defs").rglob("*.py"))
     assert len(modules) > 10
-    allowed = (".from_env", "settings.source_dsn_from")
+    builder = PACKAGE / "defs" / "edge.py"
+    assert builder in modules
+    assert any(r.endswith(": .from_env") for r in environment_reads(builder.read_text()))
     readers = {str(p.relative_to(PACKAGE)): [r for r in environment_reads(p.read_text())
-                                             if r.split(": ", 1)[1] not in allowed] for p in modules}
+                                             if r.split(": ", 1)[1] != "settings.source_dsn_from"]
+               for p in modules if p != builder}
     assert {k: v for k, v in readers.items() if v} == {}
     assert environment_reads("from bronze_assets.settings import env_flag")  # what it finds
+    assert environment_reads("Settings.from_env().schedules_running")
 
 
 def test_engine_and_schedule_variables_are_settings() -> None:

@@ -18,6 +18,7 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.freshness import WINDOWS
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.lib.alerts import Alert, AlertState, Severity, channels_for, deliver
@@ -163,9 +164,11 @@ def _alert(kpi: Kpi, subject: str, value: float, state: AlertState) -> Alert:
                  threshold=kpi.threshold)
 
 
-def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC)) -> dg.SensorDefinition:
-    """A sensor that announces each breach of ``kpi`` once, and its resolution once."""
-    running = Settings.from_env().sensors_running
+def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC), settings: Settings | None = None,
+                     ) -> dg.SensorDefinition:
+    """A sensor that announces each breach of ``kpi`` once, and its resolution once; ``settings``:
+    the definitions' (default: :func:`edge_settings`)."""
+    running = (settings or edge_settings()).sensors_running
 
     @dg.sensor(
         name=f"kpi_{kpi.name}",
@@ -195,4 +198,5 @@ def build_kpi_sensor(kpi: Kpi, clock: Clock = lambda: datetime.now(UTC)) -> dg.S
 
 @dg.definitions
 def kpi_sensors() -> dg.Definitions:
-    return dg.Definitions(sensors=[build_kpi_sensor(k) for k in KPIS])
+    settings = edge_settings()
+    return dg.Definitions(sensors=[build_kpi_sensor(k, settings=settings) for k in KPIS])

@@ -14,6 +14,7 @@ from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
 from bronze_assets.defs.schedules import reads_changes_only
 from bronze_assets.lib.enrich.metadata import METADATA_FIELDS, ROW_KEY_FIELD
+from bronze_assets.settings import Settings
 
 GROUP = "bronze"
 OWNERS = ["team:data-engineering"]
@@ -49,13 +50,15 @@ def column_schema(contract: Contract) -> dg.TableSchema:
     return dg.TableSchema(columns=cols)
 
 
-def build_bronze_asset(contract: Contract, source_key: str = "source") -> dg.AssetsDefinition:
+def build_bronze_asset(contract: Contract, source_key: str = "source", settings: Settings | None = None,
+                       ) -> dg.AssetsDefinition:
     """One software-defined asset ``bz_<table>`` whose output the bronze IO manager MERGEs.
 
     ``source_key`` names the :class:`PostgresSource` resource it reads (``source``: the shared one,
     ``$BRONZE_SOURCE_DSN`` or the embedded server; a tables file naming another DSN variable
-    brings a resource of its own)."""
-    parts = partitions_def(contract)
+    brings a resource of its own). ``settings``: the definitions' (its partitions start from them;
+    default: :func:`~bronze_assets.defs.edge.edge_settings`)."""
+    parts = partitions_def(contract, settings)
 
     spec = dg.AssetSpec(
         key=contract.bronze_table,

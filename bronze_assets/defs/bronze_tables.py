@@ -30,6 +30,7 @@ from bronze_assets.contracts.tablefile import (
 )
 from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.checks import build_reconciliation_check
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.resources import PostgresSource
 from bronze_assets.defs.schedules import build_reconciliation_schedule, build_schedule, load_groups
 
@@ -101,15 +102,16 @@ class BronzeTables(dg.Component, dg.Resolvable, dg.Model):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         contracts = self.contracts()
+        settings = edge_settings()  # read once for this file's assets and schedules
         key = source_resource_key(self.source.dsn_env)
         resources = {}
         if key != "source":
             resource = _SOURCES.setdefault(key, PostgresSource(dsn=dg.EnvVar(self.source.dsn_env)))
             resources[key] = resource
         return dg.Definitions(
-            assets=[build_bronze_asset(c, key) for c in contracts],
+            assets=[build_bronze_asset(c, key, settings) for c in contracts],
             asset_checks=[build_reconciliation_check(c, key) for c in contracts],
-            schedules=[build_schedule(g) for g in load_groups(contracts, prefix=self.name or "")]
-            + ([build_reconciliation_schedule(contracts, self.name or "")] if contracts else []),
+            schedules=[build_schedule(g, settings) for g in load_groups(contracts, prefix=self.name or "")]
+            + ([build_reconciliation_schedule(contracts, self.name or "", settings)] if contracts else []),
             resources=resources,
         )

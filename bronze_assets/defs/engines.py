@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr
 
 from bronze_assets.contracts import Contract
 from bronze_assets.defs.checks import as_check_result
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.io_manager import BronzeStorage, changed_partition_events
 from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.lib.cdc import deployment_id
@@ -96,7 +97,7 @@ class BronzeEngine(dg.ConfigurableResource):
     def settings(self) -> Settings:
         """The environment's settings, read once by this resource (the edge) and passed down."""
         if self._settings is None:
-            self._settings = Settings.from_env()
+            self._settings = edge_settings()
         return self._settings
 
     def engine_for(self, contract: Contract) -> Engine:

@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
@@ -18,7 +19,7 @@ from bronze_assets.lib.failures import failure_policy
 from bronze_assets.lib.load.engine import LocalEngine
 from bronze_assets.lib.load.lifecycle import commit
 from bronze_assets.lib.secrets import protect_logs
-from bronze_assets.settings import ENV_BRONZE_ROOT, Settings
+from bronze_assets.settings import ENV_BRONZE_ROOT
 
 PATH_KEYS = frozenset({"table_uri"})
 
@@ -62,12 +63,12 @@ class BronzeStorage(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """A run or sensor that uses only the bronze root (maintenance, retention, the report, the
         alerts) masks the store's credentials and every configured secret in its logs too."""
-        protect_logs(Settings.from_env(), self.storage_options)
+        protect_logs(edge_settings(), self.storage_options)
 
     def storage(self) -> Storage:
         """The one storage value every load, check and operation of this resource uses, with
         the settings read from the environment (here, at the edge; ``lib`` reads none)."""
-        settings = Settings.from_env()
+        settings = edge_settings()
         return Storage(self.root or settings.bronze_root, dict(self.storage_options), settings)
 
 
@@ -77,7 +78,7 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
     storage: BronzeStorage = Field(default_factory=BronzeStorage, description="the bronze root")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        protect_logs(Settings.from_env(), self.storage.storage_options)
+        protect_logs(edge_settings(), self.storage.storage_options)
 
 
     def handle_output(self, context: dg.OutputContext, obj: StagedBatch) -> None:

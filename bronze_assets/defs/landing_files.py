@@ -19,15 +19,17 @@ import dagster as dg
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.tablefile import TablesFile, TableSpec, contracts_of
 from bronze_assets.defs.assets import build_bronze_asset
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.lib.load.landing_source import list_new_files
 from bronze_assets.settings import Settings
 
 
-def build_landing_sensor(contract: Contract) -> dg.SensorDefinition:
+def build_landing_sensor(contract: Contract, settings: Settings | None = None) -> dg.SensorDefinition:
     """``bz_<name>_files``: one run per tick for all the table's new files (the run lands every
-    file not in the ledger, whichever partition it runs)."""
-    running = Settings.from_env().sensors_running
+    file not in the ledger, whichever partition it runs). ``settings``: the definitions' (default:
+    :func:`edge_settings`)."""
+    running = (settings or edge_settings()).sensors_running
 
     @dg.sensor(
         name=f"{contract.bronze_table}_files",
@@ -65,5 +67,6 @@ class LandingFiles(dg.Component, dg.Resolvable, dg.Model):
         for c in contracts:
             if c.landing is None:
                 raise ValueError(f"table {c.name}: a LandingFiles entry needs 'landing' (its format …)")
-        return dg.Definitions(assets=[build_bronze_asset(c) for c in contracts],
-                              sensors=[build_landing_sensor(c) for c in contracts])
+        settings = edge_settings()  # read once for these tables' assets and sensors
+        return dg.Definitions(assets=[build_bronze_asset(c, settings=settings) for c in contracts],
+                              sensors=[build_landing_sensor(c, settings) for c in contracts])

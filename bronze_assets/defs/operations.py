@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from bronze_assets.contracts import CONTRACTS
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.resources import BronzeStorage
-from bronze_assets.defs.schedules import schedules_running
+from bronze_assets.defs.schedules import schedule_status
 from bronze_assets.lib.delta.control import SCHEMAS, audited
 from bronze_assets.lib.delta.maintenance import DEFAULT_RETENTION_HOURS, maintain_table, storage_growth
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
@@ -28,10 +29,6 @@ from bronze_assets.lib.monitoring.metrics import RunStats
 from bronze_assets.lib.monitoring.report import build_report
 
 REPORT_ASSET = "bronze_monitoring_report"
-
-
-def _status() -> dg.DefaultScheduleStatus:
-    return dg.DefaultScheduleStatus.RUNNING if schedules_running() else dg.DefaultScheduleStatus.STOPPED
 
 
 @dg.op(description="OPTIMIZE + Z-ORDER and VACUUM (168 h) every bronze and control table.")
@@ -129,15 +126,16 @@ def monitoring_report(context: dg.AssetExecutionContext, bronze: BronzeStorage) 
 @dg.definitions
 def operations() -> dg.Definitions:
     report_job = dg.define_asset_job("bronze_monitoring", selection=[REPORT_ASSET])
+    status = schedule_status(edge_settings())
     return dg.Definitions(
         assets=[monitoring_report],
         jobs=[bronze_maintenance, bronze_retention, report_job],
         schedules=[
             dg.ScheduleDefinition(job=bronze_maintenance, cron_schedule="30 3 * * *",
-                                  execution_timezone="UTC", default_status=_status()),
+                                  execution_timezone="UTC", default_status=status),
             dg.ScheduleDefinition(job=bronze_retention, cron_schedule="0 5 2 * *",
-                                  execution_timezone="UTC", default_status=_status()),
+                                  execution_timezone="UTC", default_status=status),
             dg.ScheduleDefinition(job=report_job, cron_schedule="15 * * * *",
-                                  execution_timezone="UTC", default_status=_status()),
+                                  execution_timezone="UTC", default_status=status),
         ],
     )

@@ -7,14 +7,17 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from bronze_assets.contracts import Contract, PartitionKind
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.settings import Settings
 
 
-def partitions_def(contract: Contract) -> dg.TimeWindowPartitionsDefinition | None:
+def partitions_def(contract: Contract, settings: Settings | None = None,
+                   ) -> dg.TimeWindowPartitionsDefinition | None:
     """Daily from ``$BRONZE_START_DATE`` for load-date tables (the first partition is the initial
     snapshot), monthly from ``$BRONZE_PARTITIONS_START`` for business-date tables, none for
-    dimensions. ``end_offset=1`` includes the open day or month, which the schedules refresh."""
-    kind, settings = contract.partitioning.kind, Settings.from_env()
+    dimensions. ``end_offset=1`` includes the open day or month, which the schedules refresh.
+    ``settings``: the definitions' (default: :func:`edge_settings`)."""
+    kind, settings = contract.partitioning.kind, settings or edge_settings()
     if kind is PartitionKind.DAILY_LOAD_DATE:
         return dg.DailyPartitionsDefinition(
             start_date=settings.go_live().isoformat(), end_offset=1, timezone="UTC")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.engines import BronzeEngine
 from bronze_assets.defs.io_manager import BronzeDeltaIOManager, BronzeStorage
 from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.lib.secrets import protect_logs, register_secret
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
-from bronze_assets.settings import ENV_SOURCE_DSN, Settings
+from bronze_assets.settings import ENV_SOURCE_DSN
 
 __all__ = ["BronzeDeltaIOManager", "BronzeEngine", "BronzePipes", "BronzeStorage", "PostgresSource",
            "resources"]
@@ -28,7 +29,7 @@ class PostgresSource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Every entry point that runs bronze assets (``dagster asset materialize``, the UI, the
         daemon, ``bronze demo``) masks the source's password and other secrets in every log record."""
-        settings = Settings.from_env()
+        settings = edge_settings()
         protect_logs(settings)
         dsn = self.dsn or configured_source_dsn(settings)
         if dsn:
@@ -36,7 +37,7 @@ class PostgresSource(dg.ConfigurableResource):
 
     def resolved_dsn(self) -> str:
         """The URI to connect to (starting the embedded server when none is configured)."""
-        return resolve_source_dsn(Settings.from_env(), self.dsn)
+        return resolve_source_dsn(edge_settings(), self.dsn)
 
 
 def build_resources(

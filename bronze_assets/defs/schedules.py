@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 
 from bronze_assets.contracts import CONTRACTS, Cadence, Contract, LoadPattern
+from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.settings import Settings
 
@@ -52,8 +53,10 @@ CRON: dict[Cadence, str] = {
 BATCH_LAG = timedelta(days=1)  # a batch tick loads the window that closed before it
 
 
-def schedules_running() -> bool:
-    return Settings.from_env().schedules_running
+def schedule_status(settings: Settings) -> dg.DefaultScheduleStatus:
+    """Whether bronze's schedules start running (``BRONZE_SCHEDULES_RUNNING``) or stopped."""
+    running = settings.schedules_running
+    return dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def load_groups(contracts: Sequence[Contract] | None = None, prefix: str = "") -
     return [LoadGroup(cad, kind, lag, tuple(cs), prefix) for (cad, kind, lag), cs in sorted(groups.items())]
 
 
-def build_job(group: LoadGroup) -> dg.UnresolvedAssetJobDefinition:
+def build_job(group: LoadGroup, settings: Settings | None = None) -> dg.UnresolvedAssetJobDefinition:
     """The group's load job: its assets with the checks the load runs (their ``check_specs``:
     schema, score, keys, references), not the ``reconciliation`` check, which reads the source and
     runs on its own daily schedule (:func:`build_reconciliation_schedule`, ARCHITECTURE §2.8)."""
@@ -97,36 +100,37 @@ def build_job(group: LoadGroup) -> dg.UnresolvedAssetJobDefinition:
         group.name,
         selection=dg.AssetSelection.assets(*group.keys).without_checks() | dg.AssetSelection.checks(
             *[spec.key for contract in group.contracts for spec in check_specs(contract)]),
-        partitions_def=partitions_def(group.contracts[0]),
+        partitions_def=partitions_def(group.contracts[0], settings),
         tags=RUN_TAGS,
         description=f"{group.cadence.value} load of {', '.join(group.keys)}",
     )
 
 
-def partition_for_tick(group: LoadGroup, tick: datetime) -> str | None:
+def partition_for_tick(group: LoadGroup, tick: datetime, settings: Settings | None = None) -> str | None:
     """The partition key a tick at ``tick`` loads (None for unpartitioned groups)."""
-    parts = partitions_def(group.contracts[0])
+    parts = partitions_def(group.contracts[0], settings)
     if parts is None:
         return None
     when = tick - BATCH_LAG if group.lagged else tick
     return parts.get_partition_key_for_timestamp(when.timestamp())
 
 
-def build_schedule(group: LoadGroup) -> dg.ScheduleDefinition:
-    job = build_job(group)
+def build_schedule(group: LoadGroup, settings: Settings | None = None) -> dg.ScheduleDefinition:
+    """The schedule of ``group``; ``settings``: the definitions' (default: :func:`edge_settings`)."""
+    settings = settings or edge_settings()
+    job = build_job(group, settings)
 
     @dg.schedule(
         name=f"{group.name}_schedule",
         cron_schedule=CRON[group.cadence],
         job=job,
         execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING if schedules_running()
-        else dg.DefaultScheduleStatus.STOPPED,
+        default_status=schedule_status(settings),
         description=f"{group.cadence.value} load of {', '.join(group.keys)}",
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         tick = context.scheduled_execution_time
-        key = partition_for_tick(group, tick)
+        key = partition_for_tick(group, tick, settings)
         return dg.RunRequest(run_key=f"{group.name}@{tick.isoformat()}", partition_key=key,
                              tags=SCHEDULED_TAGS)
 
@@ -136,7 +140,8 @@ def build_schedule(group: LoadGroup) -> dg.ScheduleDefinition:
 RECONCILIATION_CRON = "0 4 * * *"  # daily, after the 03:30 maintenance and between hourly loads
 
 
-def build_reconciliation_schedule(contracts: Sequence[Contract], prefix: str = "") -> dg.ScheduleDefinition:
+def build_reconciliation_schedule(contracts: Sequence[Contract], prefix: str = "",
+                                  settings: Settings | None = None) -> dg.ScheduleDefinition:
     """One daily run of the ``reconciliation`` check of every table of a tables file (ARCHITECTURE
     §2.8): the checks alone, no load."""
     from bronze_assets.lib.reconcile.check import RECONCILIATION
@@ -149,6 +154,5 @@ def build_reconciliation_schedule(contracts: Sequence[Contract], prefix: str = "
                                    f"with the source")
     return dg.ScheduleDefinition(
         name=f"{name}_schedule", job=job, cron_schedule=RECONCILIATION_CRON, execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING if schedules_running()
-        else dg.DefaultScheduleStatus.STOPPED,
+        default_status=schedule_status(settings or edge_settings()),
         description="daily reconciliation check of every table with its source")
