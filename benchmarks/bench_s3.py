@@ -61,6 +61,12 @@ class Timed:
     cpu: float  # user + sys of the demo and the processes it waited for (not the S3 server's)
 
 
+def process_cpu(pid: int) -> float:
+    """User + sys CPU seconds of a running process (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def demo(env: dict[str, str], scale: float) -> Timed:
     started, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([BRONZE, "demo", "--scale", str(scale)], env=env, check=True,
@@ -114,14 +120,15 @@ def main() -> None:
         s3_env = {**base, "BRONZE_ROOT": "s3://bench/bronze", "AWS_ACCESS_KEY_ID": "bench",
                   "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
                   "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}
-        before = requests(log)
+        before, moto_before = requests(log), process_cpu(server.pid)
         on_s3 = demo(s3_env, args.scale)
-        demo_requests = requests(log) - before
+        demo_requests, moto_cpu = requests(log) - before, process_cpu(server.pid) - moto_before
         compared = "" if local is None else f"local folder {local.wall:.1f} s (CPU {local.cpu:.1f} s), "
         ratio = "" if local is None else \
             f" ({on_s3.wall / local.wall:.2f}x wall, {on_s3.cpu / local.cpu:.2f}x CPU)"
         print(f"bronze demo --scale {args.scale}: {compared}S3 (moto) {on_s3.wall:.1f} s "
-              f"(CPU {on_s3.cpu:.1f} s){ratio}, {demo_requests} S3 requests, load average "
+              f"(CPU {on_s3.cpu:.1f} s){ratio}, {demo_requests} S3 requests served with "
+              f"{moto_cpu:.1f} CPU s of the S3 server's own, load average "
               f"{os.getloadavg()[0]:.1f}")
         for table, tick_number in [(t, n) for t in ("inventory", "order_details", "orders", "customers")
                                    for n in (1, 2)]:
