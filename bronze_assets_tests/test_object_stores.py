@@ -430,6 +430,29 @@ def test_control_tables_checkpoint_every_ten_commits_on_the_store(s3: S3) -> Non
     assert [k for k in s3.keys("bronze/bz_alerts/_delta_log/") if k.endswith(".checkpoint.parquet")]
 
 
+def test_status_counts_skip_the_files_that_hold_only_active_rows(s3: S3) -> None:
+    """The rows per ``record_status`` (the demo's summary, ``bronze status``) take the ACTIVE rows
+    from the log's row counts: a file whose statistics say it holds only ACTIVE rows is not read,
+    and the counts equal a full read's."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from bronze_assets.lib.delta.query import value_counts
+
+    uri = Storage(s3.root).uri("bz_counted")
+    statuses = ["ACTIVE"] * 6 + ["ACTIVE", "DELETED", "DELETED", "FORGOTTEN", None]
+    parts = ["only_active"] * 6 + ["mixed"] * 5
+    write_deltalake(uri, pa.table({"id": list(range(len(statuses))), "part": parts,
+                                   "record_status": pa.array(statuses, pa.string())}), partition_by=["part"])
+    dt = DeltaTable(uri)
+    before = len(s3.requests())
+    counts = value_counts(dt, "record_status", "ACTIVE")
+    read = [r.key for r in s3.requests()[before:] if r.kind.startswith("GET data")]
+    assert counts == {"ACTIVE": 7, "DELETED": 2, "FORGOTTEN": 1, None: 1}
+    assert counts == Counter(dt.to_pyarrow_table()["record_status"].to_pylist())
+    assert read and all("part=mixed/" in key for key in read), read
+
+
 def _audit_row(name: str) -> dict[str, object]:
     return {"table_name": name, "operation_type": "LOAD", "status": "SUCCESS", "records_affected": 0}
 

@@ -557,13 +557,11 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
         dt = storage.storage().open(contract.bronze_table)
         total = active = versions = 0
         if dt is not None:
-            import pyarrow as pa
-            import pyarrow.compute as pc
+            from bronze_assets.lib.delta.query import value_counts
+            from bronze_assets.lib.enrich.metadata import ACTIVE
 
-            from bronze_assets.lib.delta.query import read_columns
-
-            status = read_columns(dt, ["record_status"])["record_status"].cast(pa.string())
-            total, active = len(status), int(pc.sum(pc.equal(status, "ACTIVE")).as_py() or 0)
+            counts = value_counts(dt, "record_status", ACTIVE)
+            total, active = sum(counts.values()), counts.get(ACTIVE, 0)
             versions = dt.version() + 1
         failure = failed.get(contract.bronze_table)
         summaries.append(TableSummary(

@@ -29,6 +29,25 @@ def table_rows(dt: DeltaTable) -> int:
     return int(pc.sum(actions["num_records"]).as_py() or 0) - _rows_deleted_by_vectors(dt)
 
 
+def value_counts(dt: DeltaTable, column: str, common: str) -> dict[str | None, int]:
+    """Rows per value of the string ``column`` in the loaded version (None: NULL). The rows holding
+    ``common`` are the log's row count less the others, so a file whose statistics say it holds
+    only ``common`` is skipped, not read (on an object store: no request); without row counts in
+    the log the column is read whole."""
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return {}
+    if "num_records" not in actions.column_names or actions["num_records"].null_count:
+        found = pc.value_counts(read_columns(dt, [column])[column].cast(pa.string())).to_pylist()
+        return {c["values"]: c["counts"] for c in found}
+    name, literal = quote_ident(column), "'" + common.replace("'", "''") + "'"
+    others = query_tables({"t": dt}, f"SELECT CAST({name} AS VARCHAR) AS v, count(*) AS n FROM t "
+                                     f"WHERE {name} <> {literal} OR {name} IS NULL GROUP BY 1").to_pylist()
+    counts: dict[str | None, int] = {row["v"]: int(row["n"]) for row in others}
+    counts[common] = table_rows(dt) - sum(counts.values())
+    return counts
+
+
 def _rows_deleted_by_vectors(dt: DeltaTable) -> int:
     """Rows the deletion vectors of ``dt``'s data files mark deleted (0 without vectors)."""
     if "deletionVectors" not in (dt.protocol().reader_features or []):

@@ -36,8 +36,9 @@ from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, Contract, Part
 from bronze_assets.contracts.freshness import WINDOWS
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, SUCCESS, read_table
-from bronze_assets.lib.delta.query import read_columns
+from bronze_assets.lib.delta.query import read_columns, value_counts
 from bronze_assets.lib.delta.storage import Storage, StorageLike, as_storage
+from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.load.landing_source import landing_folder, list_new_files
 from bronze_assets.settings import Settings
 
@@ -230,9 +231,8 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
         status.delta_version = dt.version()
         actions = pa.table(dt.get_add_actions(flatten=True))
         status.files = actions.num_rows
-        counts = pc.value_counts(read_columns(dt, ["record_status"])["record_status"]).to_pylist()
-        by_status = {c["values"]: c["counts"] for c in counts}
-        status.active, status.deleted = by_status.get("ACTIVE", 0), by_status.get("DELETED", 0)
+        by_status = value_counts(dt, "record_status", ACTIVE)
+        status.active, status.deleted = by_status.get(ACTIVE, 0), by_status.get("DELETED", 0)
         status.forgotten = by_status.get("FORGOTTEN", 0)
         status.rows = sum(by_status.values())
         if contract.partitioning.kind is not PartitionKind.NONE:  # an unpartitioned table's loads
