@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -451,6 +452,34 @@ def test_status_counts_skip_the_files_that_hold_only_active_rows(s3: S3) -> None
     assert counts == {"ACTIVE": 7, "DELETED": 2, "FORGOTTEN": 1, None: 1}
     assert counts == Counter(dt.to_pyarrow_table()["record_status"].to_pylist())
     assert read and all("part=mixed/" in key for key in read), read
+
+
+def test_a_file_read_again_in_one_process_costs_one_request(s3: S3) -> None:
+    """The process's DataFusion session keeps the Parquet footers it read: reading a table again
+    (the checks, reconciliation and summary after a load) is one ranged GET per file and column
+    read, not the footer's length and the footer first; a table opened anew reads the same."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from bronze_assets.lib.delta.query import query_tables, read_columns
+
+    uri = Storage(s3.root).uri("bz_reread")
+    write_deltalake(uri, pa.table({"id": list(range(100)), "part": [i % 4 for i in range(100)],
+                                   "name": [f"n{i}" for i in range(100)]}), partition_by=["part"])
+
+    def data_gets(read: Callable[[], pa.Table]) -> tuple[pa.Table, list[str]]:
+        before = len(s3.requests())
+        value = read()
+        return value, [r.key for r in s3.requests()[before:] if r.kind.startswith("GET data")]
+
+    first, cold = data_gets(lambda: read_columns(DeltaTable(uri), ["id"]))
+    again, warm = data_gets(lambda: read_columns(DeltaTable(uri), ["id"]))
+    joined, _ = data_gets(lambda: query_tables({"a": DeltaTable(uri), "b": DeltaTable(uri)},
+                                               "SELECT count(*) AS n FROM a JOIN b ON a.id = b.id"))
+    assert sorted(first["id"].to_pylist()) == sorted(again["id"].to_pylist()) == list(range(100))
+    assert len(cold) == 3 * 4 and len(warm) == 4, (cold, warm)
+    assert joined["n"].to_pylist() == [100]
+    assert read_columns(DeltaTable(uri), ["name"], "id = 7")["name"].to_pylist() == ["n7"]
 
 
 def _audit_row(name: str) -> dict[str, object]:
