@@ -323,7 +323,10 @@ def materialize_all(
     events = _RunEvents(step_assets, on_table)
     handlers = [events] + ([log_handler] if log_handler else [])
     with dagster_settings(), _sigint_watch() as interrupted:
-        for parts, assets in sorted(groups.items(), key=lambda g: g[0] is not None):  # dimensions first
+        # dimensions first, then parents before children: a child's referential check then keeps
+        # its outcome at its parents' final versions, and the first scheduled tick reuses it
+        for parts, assets in sorted(groups.items(), key=lambda g: (g[0] is not None, max(
+                fk_depth(table_key(a)) for a in g[1]))):
             tags: dict[str, str] = {}
             if parts is not None:
                 keys = parts.get_partition_keys(current_time=now)
@@ -342,6 +345,15 @@ def materialize_all(
                 if table not in events.reported and on_table is not None:
                     on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
     return events.metadata
+
+
+def fk_depth(table: str, seen: frozenset[str] = frozenset()) -> int:
+    """0 for a table without foreign keys, else one more than its deepest parent's (a table in
+    its own chain of parents, as a self-reference, counts 0 there)."""
+    if table in seen:
+        return 0
+    parents = {f"bz_{fk.parent_table}" for fk in get_contract(table).foreign_keys} - {table}
+    return max((1 + fk_depth(p, seen | {table}) for p in parents), default=0)
 
 
 @contextmanager
