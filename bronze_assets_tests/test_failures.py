@@ -166,6 +166,10 @@ def test_connection_errors_name_the_cause_and_never_the_password(tmp_path: Path)
     ("Generic S3 error: Server returned non-2xx status code: 503 Service Unavailable: SlowDown",
      Cause.STORAGE),
     ("something nobody has seen before", Cause.UNKNOWN),
+    # Spark's text of a task failure numbers tasks and stages: a 503 there is no HTTP status
+    ("org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 503.0 failed 1 "
+     "times, most recent failure: Lost task 0.0 in stage 503.0 (TID 429) (localhost executor driver): "
+     "org.postgresql.util.PSQLException: ERROR: the ledger is closed", Cause.UNKNOWN),
 ])
 def test_driver_texts_we_cannot_produce_here(text: str, cause: Cause) -> None:
     """Spark's JDBC and cloud object stores: the texts those drivers print (no JVM, no cloud here)."""

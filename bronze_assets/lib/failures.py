@@ -177,8 +177,10 @@ _RULES: tuple[_Rule, ...] = (
           r"an I/O error occurred while sending", r"network is unreachable", r"no route to host",
           r"SSL SYSCALL error", r"could not connect to server"),
     _rule(Cause.STORAGE, "retried: the object store answered with a transient error",
-          r"\b(500|502|503|504) ", r"status (500|502|503|504)\b", r"SlowDown", r"Too Many Requests",
-          r"\b429\b", r"error sending request", r"operation timed out", r"request timed out",
+          # an HTTP status, not any number (Spark's texts carry task and stage numbers)
+          r"\b(500|502|503|504) (Internal Server Error|Bad Gateway|Service Unavailable|Gateway Timeout)",
+          r"status( code)?:? (429|500|502|503|504)\b", r"SlowDown", r"Too Many Requests",
+          r"error sending request", r"operation timed out", r"request timed out",
           r"connection closed before message completed", r"dispatch failure", r"ServiceUnavailable",
           r"InternalError"),
 )
@@ -253,8 +255,7 @@ def _java_sqlstate(throwable: Any) -> str | None:
         if throwable is None:
             return None
         try:
-            throwable.getClass().getMethod("getSQLState")  # raises unless an SQLException
-            value = throwable.getSQLState()
+            value = throwable.getSQLState()  # py4j raises unless the object has the method
             if isinstance(value, str) and len(value) == 5:
                 return value.upper()
         except Exception:  # not an SQLException, or the JVM is gone
@@ -304,7 +305,9 @@ def cause_of(exc: BaseException) -> tuple[Cause, str | None]:
             return cause, None
     text = " ".join(str(link) for link in _chain(exc))
     for rule in _RULES:
-        if rule.pattern.search(text):
+        # an error with a SQLSTATE is the database's: the object store's rules do not read it
+        # (Spark's text of it carries a JVM stack trace)
+        if rule.pattern.search(text) and not (state is not None and rule.cause is Cause.STORAGE):
             return rule.cause, rule.fix
     for link in _chain(exc):
         for name in _qualified_names(link):

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,12 +83,18 @@ def master_key(settings: Settings, create: bool = True) -> bytes:
 def _generate(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+    # Written whole under a name of its own, then linked into place: a process that finds the key
+    # file never reads it half written, and of two generating at once the first link wins.
+    fd, tmp = tempfile.mkstemp(prefix=".pii_master.", dir=path.parent)  # mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process generated it first
-        return
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process generated it first
+            return
+    finally:
+        os.unlink(tmp)
     register_secret(text)
     log.warning(
         "no %s configured: generated a local PII master key in %s (mode 0600). Back it up — without "

@@ -123,15 +123,19 @@ def _service_pid(sock: Path) -> int | None:
         return None
 
 
-def _connect(settings: Settings) -> _Connection:
-    """A connection to this installation's service, started when none is listening."""
+def _connect(settings: Settings, ended: int | None = None) -> _Connection:
+    """A connection to this installation's service, started when none is listening. ``ended``:
+    the pid of a service this process saw end; while it is still exiting, its listening socket can
+    accept a connection it will never answer, so a connection to that pid is dropped."""
     sock = service.socket_path(settings.gx_service_dir)
     deadline, spawned = time.monotonic() + START_TIMEOUT_SECONDS, None
     while True:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(str(sock))
-            return _Connection(conn, sock)
+            if ended is None or _service_pid(sock) != ended:
+                return _Connection(conn, sock)
+            conn.close()
         except (FileNotFoundError, ConnectionRefusedError):
             conn.close()
         now = time.monotonic()
@@ -152,7 +156,7 @@ def _submit(settings: Settings, task: str, *args: Any) -> Future:
     global _worker
     with _worker_lock:
         if _worker is None or not _worker.alive:  # first use, or the service ended
-            _worker = _connect(settings)
+            _worker = _connect(settings, None if _worker is None else _worker.pid)
         connection = _worker
     return connection.submit(task, *args)
 
@@ -163,7 +167,7 @@ def start(settings: Settings) -> None:
     global _worker
     with _worker_lock:
         if _worker is None or not _worker.alive:
-            _worker = _connect(settings)
+            _worker = _connect(settings, None if _worker is None else _worker.pid)
 
 
 def warm(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None) -> Future[None]:
