@@ -226,16 +226,17 @@ def job_extras(request: LoadRequest, bronze: BronzeStorage, *, remote: bool, his
     """What the Spark job needs to know (sent in the Pipes context; ``history``: whether it reports
     the history asset). A remote job gets no storage credentials: it reads them from its own
     environment (the Databricks secret scope)."""
-    settings = bronze.storage().settings
+    storage = bronze.storage()
+    settings = storage.settings
     extras: dict[str, Any] = {
-        "table": request.contract.name, "history": history, "root": bronze.storage().root,
+        "table": request.contract.name, "history": history, "root": storage.root,
         "window": [v.isoformat() for v in request.window] if request.window else None,
         "changes_only": request.changes_only, "checks": sorted(request.checks), "docs": not remote,
         "secret_scope": settings.secret_scope if settings.secret_scope_set else None,
-        "deployment_id": deployment_id(bronze.storage()),
+        "deployment_id": deployment_id(storage),
     }
     if request.contract.landing is not None:
-        extras["landing_root"] = bronze.storage().settings.landing_root
+        extras["landing_root"] = settings.landing_root
     if not remote and bronze.storage_options:
         extras["storage_options"] = dict(bronze.storage_options)
     return extras

@@ -147,11 +147,7 @@ def _fold(storage: Storage, data: pa.Table, waiting: audit_inbox.Pending) -> Non
             dt, [_ID_COLUMN[AUDIT_LOG]], f"start_timestamp >= '{since.isoformat()}'")
         return pa.concat_tables([data, audit_inbox.not_in(present, waiting.rows, _ID_COLUMN[AUDIT_LOG])])
 
-    append_exclusive(storage, AUDIT_LOG, audit_inbox.FOLD_APP, choose)
-    with _OPEN_GUARD:  # this process's open audit log is behind by the fold's commit: refreshed next
-        for (uri, _), entry in _OPEN.items():
-            if uri == storage.uri(AUDIT_LOG):
-                entry.table = None
+    append_exclusive(storage, AUDIT_LOG, audit_inbox.FOLD_APP, choose)  # a kept open log catches up
     audit_inbox.remove(storage, waiting.paths)
 
 
@@ -175,7 +171,7 @@ def _append(storage: Storage, table: str, data: pa.Table) -> None:
     where opening it again reads every commit since its last checkpoint, twice, on an object
     store (README 'Deploying', requests per tick)."""
     uri = storage.uri(table)
-    if "://" not in uri or uri.startswith("file://"):  # a local folder: opening costs no request
+    if not storage.remote:  # a local folder: opening costs no request
         write_deltalake(uri, data, mode="append", storage_options=storage.delta_options,
                         configuration=CONTROL_PROPERTIES)
         return

@@ -26,7 +26,11 @@ def table_stats(dt: DeltaTable) -> tuple[int, int]:
 def table_rows(dt: DeltaTable) -> int:
     """Live rows of the loaded version: its data files' row counts (the log's statistics) less the
     rows their deletion vectors remove (read only when the protocol allows vectors)."""
-    actions = pa.table(dt.get_add_actions(flatten=True))
+    return _live_rows(dt, pa.table(dt.get_add_actions(flatten=True)))
+
+
+def _live_rows(dt: DeltaTable, actions: pa.Table) -> int:
+    """:func:`table_rows` from ``dt``'s add actions already in hand."""
     if actions.num_rows == 0 or "num_records" not in actions.column_names:
         return 0
     return int(pc.sum(actions["num_records"]).as_py() or 0) - _rows_deleted_by_vectors(dt)
@@ -47,7 +51,7 @@ def value_counts(dt: DeltaTable, column: str, common: str) -> dict[str | None, i
     others = query_tables({"t": dt}, f"SELECT CAST({name} AS VARCHAR) AS v, count(*) AS n FROM t "
                                      f"WHERE {name} <> {literal} OR {name} IS NULL GROUP BY 1").to_pylist()
     counts: dict[str | None, int] = {row["v"]: int(row["n"]) for row in others}
-    counts[common] = table_rows(dt) - sum(counts.values())
+    counts[common] = _live_rows(dt, actions) - sum(counts.values())
     return counts
 
 

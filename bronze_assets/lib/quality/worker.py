@@ -152,22 +152,24 @@ _worker: _Connection | None = None
 _worker_lock = threading.Lock()
 
 
-def _submit(settings: Settings, task: str, *args: Any) -> Future:
+def _connection(settings: Settings) -> _Connection:
+    """This process's live connection to the service: made on first use, and again once the
+    service it had ended (never to that service's pid: :func:`_connect`)."""
     global _worker
     with _worker_lock:
-        if _worker is None or not _worker.alive:  # first use, or the service ended
+        if _worker is None or not _worker.alive:
             _worker = _connect(settings, None if _worker is None else _worker.pid)
-        connection = _worker
-    return connection.submit(task, *args)
+        return _worker
+
+
+def _submit(settings: Settings, task: str, *args: Any) -> Future:
+    return _connection(settings).submit(task, *args)
 
 
 def start(settings: Settings) -> None:
     """Connect to this installation's service now, starting it when none listens (it imports GX at
     once): a caller with other work before its first check lets the two overlap."""
-    global _worker
-    with _worker_lock:
-        if _worker is None or not _worker.alive:
-            _worker = _connect(settings, None if _worker is None else _worker.pid)
+    _connection(settings)
 
 
 def warm(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None) -> Future[None]:
