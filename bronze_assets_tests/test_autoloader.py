@@ -108,3 +108,16 @@ def test_the_foreach_batch_body_lands_a_batch_once(spark: Any, storage: Storage)
     body(batch, 0)  # delivered again
     assert len(reports) == 1 and DeltaTable(storage.uri(EVENTS.bronze_table)).version() == version
     assert len(DeltaTable(storage.uri(LEDGER_TABLE)).to_pyarrow_table()) == 2
+
+
+def test_a_column_auto_loader_inferred_is_typed_as_the_local_engine_types_it() -> None:
+    """Spark's type names (``LongType`` is ``bigint`` in SQL, ``long`` as typeName) map to the JSON
+    types the local engine's inference rule reads: a long Auto Loader inferred is a BIGINT column."""
+    from pyspark.sql.types import DecimalType, IntegerType, LongType, StringType, StructField, StructType
+
+    from bronze_assets.lib.spark.landing_columns import json_type
+
+    assert [json_type(t.simpleString()) for t in (LongType(), IntegerType(), DecimalType(10, 2), StringType(),
+                                                   StructType([StructField("a", LongType())]))] == \
+        ["BIGINT", "BIGINT", "DOUBLE", "VARCHAR", "OBJECT"]
+    assert json_type("OBJECT<a: BIGINT>") == "OBJECT" and json_type("INT") == "BIGINT"  # schema_of_variant

@@ -14,6 +14,20 @@ if TYPE_CHECKING:
 
 
 
+# a Spark type's name (simpleString, or schema_of_variant's) as DuckDB's json_type names what a JSON
+# value holds: how the local engine's rule (landing_schema.new_column) reads a column Spark inferred
+_JSON_TYPES = {"BIGINT": "BIGINT", "INT": "BIGINT", "SMALLINT": "BIGINT", "TINYINT": "BIGINT",
+               "DECIMAL": "DOUBLE", "DOUBLE": "DOUBLE", "FLOAT": "DOUBLE", "STRING": "VARCHAR",
+               "BOOLEAN": "BOOLEAN", "OBJECT": "OBJECT", "STRUCT": "OBJECT", "MAP": "OBJECT",
+               "ARRAY": "ARRAY", "VOID": "NULL"}
+
+
+def json_type(spark_type_name: str) -> str:
+    """DuckDB's json_type name of a value of the Spark type ``spark_type_name`` (``bigint``,
+    ``decimal(10,2)``, ``struct<…>``, ``OBJECT<…>``); VARCHAR for any other."""
+    return _JSON_TYPES.get(spark_type_name.split("(")[0].split("<")[0].upper(), "VARCHAR")
+
+
 def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 

@@ -24,7 +24,7 @@ from bronze_assets.contracts.types import PgType
 from bronze_assets.lib.load.landing_records import RESCUED, SOURCE_FILE, Columns, plan_columns, rescued_data
 from bronze_assets.lib.load.landing_schema import TEXT_CASTS, StoredColumn, new_column
 from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
-from bronze_assets.lib.spark.landing_columns import cast_text, quote, spark_type, spark_types
+from bronze_assets.lib.spark.landing_columns import cast_text, json_type, quote, spark_type, spark_types
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -35,12 +35,6 @@ LINE, HAS, NEW = "_line", "_has:", "_new:"
 _METADATA_TYPE = f"STRUCT<{FILE_PATH}: STRING, {FILE_SIZE}: BIGINT, {FILE_TIME}: TIMESTAMP>"
 # strict JSON, as the local engine's DuckDB reads it (Spark's reader allows 'single quotes' and NaN)
 STRICT_JSON = {"allowSingleQuotes": "false", "allowNonNumericNumbers": "false", "mode": "PERMISSIVE"}
-
-
-# what Spark's schema_of_variant says a JSON value is, as DuckDB's json_type names it (inference)
-_VARIANT_JSON_TYPES = {"BIGINT": "BIGINT", "INT": "BIGINT", "SMALLINT": "BIGINT", "TINYINT": "BIGINT",
-                       "DECIMAL": "DOUBLE", "DOUBLE": "DOUBLE", "FLOAT": "DOUBLE", "STRING": "VARCHAR",
-                       "BOOLEAN": "BOOLEAN", "OBJECT": "OBJECT", "ARRAY": "ARRAY", "VOID": "NULL"}
 
 
 def infer_column(contract: Contract, name: str, good: DataFrame, uri: str) -> StoredColumn:
@@ -60,8 +54,7 @@ def infer_column(contract: Contract, name: str, good: DataFrame, uri: str) -> St
     path = '$["' + name.replace("\\", "\\\\").replace('"', '\\"') + '"]'
     kind = F.expr("schema_of_variant(variant_get(try_parse_json(`_line`), " + _sql_text(path) + "))")
     found = {r[0] for r in values.select(kind).distinct().collect() if r[0] is not None}
-    return new_column(contract, name, {_VARIANT_JSON_TYPES.get(k.split("(")[0].split("<")[0], "VARCHAR")
-                                       for k in found}, None)
+    return new_column(contract, name, {json_type(k) for k in found}, None)
 
 
 def _sql_text(text: str) -> str:

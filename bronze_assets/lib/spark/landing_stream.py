@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from bronze_assets.lib.load.landing_records import RESCUED, SOURCE_FILE, plan_columns
 from bronze_assets.lib.load.landing_schema import StoredColumn, new_column
 from bronze_assets.lib.load.landing_source import FileSelection
-from bronze_assets.lib.spark.landing_columns import quote, spark_type, spark_types
+from bronze_assets.lib.spark.landing_columns import json_type, quote, spark_type, spark_types
 from bronze_assets.lib.spark.landing_read import CORRUPT, FILE_PATH, FILE_SIZE, FILE_TIME, METADATA
 
 if TYPE_CHECKING:
@@ -21,11 +21,6 @@ class StreamedFiles(FileSelection):
     """A micro-batch of Auto Loader: its files (from ``_metadata``) and the batch itself."""
 
     frame: Any = None
-
-
-# the JSON type (DuckDB's json_type names) a column Auto Loader inferred holds, for the stored schema
-_SPARK_JSON_TYPES = {"bigint": "BIGINT", "int": "BIGINT", "double": "DOUBLE", "boolean": "BOOLEAN",
-                     "string": "VARCHAR", "struct": "OBJECT", "array": "ARRAY", "map": "OBJECT"}
 
 
 def streamed_records(selection: StreamedFiles, evolved: list[StoredColumn], batch_id: str
@@ -40,8 +35,8 @@ def streamed_records(selection: StreamedFiles, evolved: list[StoredColumn], batc
     new = {c for c in frame.columns if c not in known}
     columns = plan_columns(contract, [(f"{len(selection.files)} file(s) of an Auto Loader batch", new)],
                            [c.name for c in evolved], batch_id)
-    kinds = {f.name: f.dataType.typeName() for f in frame.schema.fields}
-    added = [new_column(contract, c, {_SPARK_JSON_TYPES.get(kinds[c], "VARCHAR")}, None)
+    kinds = {f.name: f.dataType.simpleString() for f in frame.schema.fields}  # bigint, not long
+    added = [new_column(contract, c, {json_type(kinds[c])}, None)
              for c in columns.added]
     present = set(frame.columns)
 
