@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
@@ -43,6 +44,19 @@ def _versions(frame: pl.DataFrame, key: int) -> list[tuple]:
     rows = frame.filter(pl.col(PK) == key)
     return list(zip(rows[VALID_FROM].to_list(), rows[VALID_TO].to_list(), rows[IS_DELETED].to_list(),
                     rows["email"].to_list(), strict=True))
+
+
+def _feed_values(b: Bronze, uri: str, key: int) -> list[str | None]:
+    """The personal columns of ``key`` in every row of the table's whole change feed, decrypted."""
+    dt = DeltaTable(uri)
+    raw = pa.table(dt.load_cdf(starting_version=0, ending_version=dt.version()))
+    raw = raw.cast(pa.schema([f.with_type(pa.string()) if f.type == pa.string_view() else f
+                              for f in raw.schema]))  # the feed's strings are views
+    feed = pl.from_arrow(decrypt_table(raw, CONTRACTS["customers"], b.storage()))
+    assert isinstance(feed, pl.DataFrame)
+    rows = feed.filter(pl.col(PK) == key)
+    assert rows.height >= 1
+    return [*rows["customer_name"], *rows["email"]]
 
 
 def _customer(dsn: str, key: int) -> tuple[str, str]:
@@ -184,9 +198,14 @@ def test_forget_makes_personal_columns_unreadable_in_every_version(seeded: str, 
                   "email = 'renamed@example.com', updated_at = now() WHERE customer_id = 7")
     b.load_direct("customers", batch_time=T2)
     assert [v[3] for v in _versions(_history(b), 7)] == [email, "renamed@example.com"]
+    hist_uri = b.uri("customers_history")
+    for uri in (hist_uri, b.uri("customers")):  # the change feeds hold the key's ciphertext too
+        assert {"renamed@example.com", "Renamed Person"} <= set(_feed_values(b, uri, 7)), uri
 
     forget_subject("customers", 7, b.storage())
-    hist_uri = b.uri("customers_history")
+    for uri in (hist_uri, b.uri("customers")):  # … which reads NULL once the key is shredded
+        assert set(_feed_values(b, uri, 7)) == {None}, uri
+    assert set(_feed_values(b, hist_uri, 8)) == set(_customer(seeded, 8))
     for version in range(DeltaTable(hist_uri).version() + 1):
         rows = _history(b, version).filter(pl.col(PK) == 7)
         assert rows.height >= 1
