@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,10 +141,10 @@ def _scalar(cur: Any, sql: str) -> Any:
     return cur.fetchone()[0]
 
 
-def phase_tick(variant: str, tick: int, state: Path) -> dict:
-    """One hourly tick's source changes on TICK_TABLES (one transaction, so one ``now()``):
-    updates, then deletes, then inserts of new keys (copies of existing rows; a new order is dated
-    today). ``state`` accumulates the deleted keys for the verification."""
+def phase_tick(variant: str, tick: int, state: Path, tables: Sequence[str] = TICK_TABLES) -> dict:
+    """One tick's source changes on ``tables`` (default: the hourly tick's; one transaction, so one
+    ``now()``): updates, then deletes, then inserts of new keys (copies of existing rows; a new
+    order is dated today). ``state`` accumulates the deleted keys for the verification."""
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.source.postgres import connect, resolve_source_dsn
     from bronze_assets.settings import Settings
@@ -152,7 +152,7 @@ def phase_tick(variant: str, tick: int, state: Path) -> dict:
     deleted: dict[str, list[int]] = json.loads(state.read_text()) if state.exists() else {}
     changes: dict[str, dict[str, int]] = {}
     with connect(resolve_source_dsn(Settings.from_env())) as conn, conn.cursor() as cur:
-        for name in TICK_TABLES:
+        for name in tables:
             c = CONTRACTS[name]
             pk, table = c.primary_key[0], f"tests.{name}"
             cur.execute(f"SELECT count(*), max({pk}), percentile_disc({1 - HOT_KEYS}) WITHIN GROUP "
@@ -207,8 +207,9 @@ def _quiet_logger() -> Any:
     return dg.LoggerDefinition(lambda _context: log)
 
 
-def phase_hourly(with_checks: bool) -> dict:
-    """The two hourly schedule jobs for the partition a tick now would load (the open day/month)."""
+def phase_hourly(with_checks: bool, jobs: Sequence[str] = HOURLY_JOBS) -> dict:
+    """The two hourly schedule jobs (or ``jobs``) for the partition a tick now would load (the open
+    day/month; none for an unpartitioned job), as their schedules request them now."""
     import dagster as dg
 
     from bronze_assets.definitions import defs
@@ -222,7 +223,7 @@ def phase_hourly(with_checks: bool) -> dict:
     meta: dict[str, dict[str, Any]] = {}
     checks, failed_checks = 0, []
     partitions = {}
-    for name in HOURLY_JOBS:  # the run each schedule requests now, with its tags (changes only)
+    for name in jobs:  # the run each schedule requests now, with its tags (changes only)
         group = groups[name]
         ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC),
                                         repository_def=repo)
@@ -267,8 +268,9 @@ def source_hash_sql(name: str) -> str:
     return f"SELECT {c.primary_key[0]}, md5(concat_ws(E'\\x1f', {rendered})) AS source_hash FROM tests.{name}"
 
 
-def phase_verify(state: Path) -> dict:
-    """Bronze equals the source on TICK_TABLES: ACTIVE keys and hashes, deleted keys DELETED."""
+def phase_verify(state: Path, tables: Sequence[str] = TICK_TABLES) -> dict:
+    """Bronze equals the source on ``tables`` (default: the hourly tick's): ACTIVE keys and
+    hashes, deleted keys DELETED."""
     import polars as pl
     from deltalake import DeltaTable
 
@@ -280,7 +282,7 @@ def phase_verify(state: Path) -> dict:
     deleted: dict[str, list[int]] = json.loads(state.read_text()) if state.exists() else {}
     report: dict[str, dict[str, Any]] = {}
     with connect(resolve_source_dsn(Settings.from_env())) as conn, conn.cursor() as cur:
-        for name in TICK_TABLES:
+        for name in tables:
             c = CONTRACTS[name]
             pk, part = c.primary_key[0], c.partitioning.delta_column
             cur.execute(source_hash_sql(name))
@@ -625,6 +627,8 @@ def main() -> None:
     parser.add_argument("--checks", action="store_true")
     parser.add_argument("--state", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--tables", nargs="+", default=list(TICK_TABLES),
+                        help="(tick, verify phases) the tables changed / verified")
     args = parser.parse_args()
     if args.phase:
         import logging
@@ -637,11 +641,11 @@ def main() -> None:
         if args.phase == "seed":
             result = phase_seed(args.scale)
         elif args.phase == "tick":
-            result = phase_tick(args.variant, args.tick, args.state)
+            result = phase_tick(args.variant, args.tick, args.state, args.tables)
         elif args.phase == "hourly":
             result = phase_hourly(args.checks)
         elif args.phase == "verify":
-            result = phase_verify(args.state)
+            result = phase_verify(args.state, args.tables)
         elif args.phase == "dlt":
             result = phase_dlt(args.out)
         else:
