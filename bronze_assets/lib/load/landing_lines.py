@@ -2,8 +2,8 @@
 
 A JSON Lines file is read in blocks of :data:`BLOCK_BYTES` (gunzipped as it streams when it ends
 in ``.gz``), cut into lines by Arrow and checked by DuckDB (already the engine of the record hash):
-one query per block tells each line's validity and the fields of a record that has a new one, so
-Python touches only the rare bad line. A CSV file's records become JSON objects of their text
+one query per block parses each line once for its validity and its field names, so Python touches
+only the rare bad line. A CSV file's records become JSON objects of their text
 fields in DuckDB's CSV reader (its rejected rows bad lines), a Parquet file's rows JSON objects of
 their values; both then go the JSON way."""
 
@@ -14,6 +14,7 @@ import os
 import tempfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -27,8 +28,7 @@ from bronze_assets.lib.load.landing_duckdb import duckdb_connection, sql_literal
 from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
 
 BLOCK_BYTES = 16 << 20  # a JSON Lines file is read and parsed this much at a time
-EMPTY_LINES = pa.schema([pa.field("line_no", pa.int64()), pa.field("line", pa.large_string()),
-                         pa.field("ok", pa.bool_())])
+EMPTY_LINES = pa.schema([pa.field("line_no", pa.int64()), pa.field("line", pa.large_string())])
 
 
 class UnreadableFile(Exception):
@@ -93,23 +93,31 @@ def _lines(chunk: bytes) -> pa.LargeStringArray:
 
 
 _SPACE = "' ' || chr(9) || chr(10) || chr(13)"
-# per line (in order): a JSON object (its line end is JSON whitespace), not blank
-# one parse per line: its top-level field names (NULL: not a JSON object; TRY: the rare bad line);
-# CASE: the trims run only on the rare line that needs them
+# per line: its top-level field names, one parse (NULL: not a JSON object; TRY: the rare bad line),
+# and whether it is kept (not blank); CASE: the trims run only on the rare line that needs them
 _KEYS = (f"CASE WHEN starts_with(line, '{{') THEN TRY(json_keys(line)) "
          f"WHEN starts_with(ltrim(line, {_SPACE}), '{{') THEN TRY(json_keys(line)) END")
-_CHECK_LINES = ("SELECT keys IS NOT NULL AS ok, "
-                f"CASE WHEN keys IS NOT NULL THEN true ELSE trim(line, {_SPACE}) <> '' END AS kept, "
-                "CASE WHEN NOT list_has_all({known}, keys) THEN keys END AS new "
-                f"FROM (SELECT line, {_KEYS} AS keys FROM raw_lines)")
+_CHECK_LINES = (f"SELECT keys, CASE WHEN keys IS NOT NULL THEN true ELSE trim(line, {_SPACE}) <> '' END "
+                f"AS kept FROM (SELECT line, {_KEYS} AS keys FROM raw_lines)")
 
 
-def _json_blocks(data: Iterator[bytes], con: duckdb.DuckDBPyConnection, known: set[str]
-                 ) -> Iterator[pa.Table]:
-    """The non-blank lines of a JSON Lines stream, block by block: ``line_no`` (1-based), ``line``
-    (a bad line without its line end), ``ok`` (a JSON object), ``new`` (the field names of a record
-    that has one not in ``known``, read as each block is: the caller adds the new ones). DuckDB
-    returns only these: the lines stay the Arrow array over the block's bytes."""
+@dataclass
+class Block:
+    """A block of a file's records: the valid ones (``good``: ``line_no``, 1-based, and ``line``,
+    a JSON object's text), the bad lines (line number, raw text without its line end), the field
+    names of the valid records (``fields``) and, for JSON Lines, each valid record's own
+    (``keys``, a list array; None: every record has every field, as CSV and Parquet rows do)."""
+
+    good: pa.Table
+    bad: list[tuple[int | None, str]] = field(default_factory=list)
+    fields: set[str] = field(default_factory=set)
+    keys: pa.Array | None = None
+
+
+def _json_blocks(data: Iterator[bytes], con: duckdb.DuckDBPyConnection) -> Iterator[Block]:
+    """The records of a JSON Lines stream, block by block. DuckDB parses each line once and returns
+    only its field names: the lines stay the Arrow array over the block's bytes, copied once (the
+    valid ones) only in a block that has a blank or bad line."""
     offset = 0
     for chunk in _whole_lines(data):
         lines = _lines(chunk)
@@ -117,27 +125,38 @@ def _json_blocks(data: Iterator[bytes], con: duckdb.DuckDBPyConnection, known: s
         offset += len(lines)
         con.register("raw_lines", pa.table({"line": lines}))
         try:
-            names = "[" + ", ".join(sql_literal(c) for c in sorted(known)) + "]"
-            flags = con.sql(_CHECK_LINES.replace("{known}", names)).to_arrow_table()
+            flags = con.sql(_CHECK_LINES).to_arrow_table()
         finally:
             con.unregister("raw_lines")
-        ok, kept = flags.column("ok").combine_chunks(), flags.column("kept").combine_chunks()
-        block = pa.table({"line_no": numbers, "line": lines, "ok": ok, "new": flags.column("new")})
-        if kept.false_count:
-            block = block.filter(kept)
-        if ok.false_count:  # the rare bad line: without its line end
-            bad = pc.invert(block.column("ok"))
-            line = block.column("line")
-            block = block.set_column(1, "line", pc.if_else(bad, pc.utf8_rtrim(line, characters="\r\n"), line))
-        yield block
+        keys = flags.column("keys").combine_chunks()
+        ok = keys.is_valid()
+        good, bad = pa.table({"line_no": numbers, "line": lines}), []
+        if ok.false_count:  # the rare blank or bad line
+            wrong = pc.indices_nonzero(pc.and_not(flags.column("kept").combine_chunks(), ok))
+            bad = list(zip(numbers.take(wrong).to_pylist(),
+                           (raw.rstrip("\r\n") for raw in lines.take(wrong).to_pylist()), strict=True))
+            good, keys = good.filter(ok), keys.filter(ok)
+        yield Block(good, bad, set(pc.unique(pc.list_flatten(keys)).to_pylist()), keys)
 
 
-def _csv_lines(data: bytes, stage: Path) -> pa.Table:
+def _row_block(lines: pa.Table, con: duckdb.DuckDBPyConnection,
+               bad: list[tuple[int | None, str]] | None = None) -> Block:
+    """A block of CSV or Parquet rows as JSON objects (``to_json`` of each row: every record has
+    every field, so the first one names them), numbered from 1."""
+    line = lines.column("line").combine_chunks().cast(pa.large_string())
+    good = pa.table({"line_no": pa.array(np.arange(1, len(line) + 1, dtype=np.int64)), "line": line})
+    fields = set()
+    if len(line):
+        fields = {k for (k,) in con.execute("SELECT unnest(json_keys(?))", [line[0].as_py()]).fetchall()}
+    return Block(good, bad or [], fields)
+
+
+def _csv_lines(data: bytes, stage: Path) -> Block:
     """The records of a CSV file with a header, each as a JSON object of its fields (text), so
     they go the JSON Lines way; a row DuckDB's reader rejects (wrong field count, bad quoting) is a
     bad line with its 1-based line number and raw text."""
     if not data.strip():
-        return EMPTY_LINES.empty_table()
+        return Block(EMPTY_LINES.empty_table())
     fd, name = tempfile.mkstemp(suffix=".csv", dir=stage)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -146,49 +165,39 @@ def _csv_lines(data: bytes, stage: Path) -> pa.Table:
         good = con.sql(f"SELECT to_json(t) AS line FROM read_csv({sql_literal(name)}, all_varchar = true, "
                        f"header = true, store_rejects = true) t").to_arrow_table()
         bad = con.sql("SELECT line::BIGINT AS line_no, csv_line AS line FROM reject_errors "
-                      "ORDER BY line").to_arrow_table()
+                      "ORDER BY line").fetchall()
     finally:
         os.unlink(name)
-    n = good.num_rows  # accepted rows keep their order; their numbers order them (and key them)
-    return pa.table({
-        "line_no": pa.concat_arrays([pa.array(np.arange(1, n + 1, dtype=np.int64)),
-                                     bad.column("line_no").combine_chunks().cast(pa.int64())]),
-        "line": pa.concat_arrays([good.column("line").combine_chunks().cast(pa.large_string()),
-                                  bad.column("line").combine_chunks().cast(pa.large_string())]),
-        "ok": pa.array([True] * n + [False] * bad.num_rows, pa.bool_())}, schema=EMPTY_LINES)
+    return _row_block(good, con, bad)  # accepted rows keep their order: their numbers order (and key) them
 
 
-def _parquet_records(data: bytes, con: duckdb.DuckDBPyConnection) -> pa.Table:
+def _parquet_records(data: bytes, con: duckdb.DuckDBPyConnection) -> Block:
     """The rows of a Parquet file, each as a JSON object of its fields (numbered from 1)."""
     try:
         rows = pq.read_table(pa.BufferReader(data)) if data else None
     except (pa.ArrowException, OSError) as exc:
         raise UnreadableFile(f"unreadable Parquet file: {exc}") from None
     if rows is None or rows.num_rows == 0:
-        return EMPTY_LINES.empty_table()
+        return Block(EMPTY_LINES.empty_table())
     con.register("parquet_rows", rows)
     try:
         lines = con.sql("SELECT to_json(t) AS line FROM parquet_rows t").to_arrow_table()
     finally:
         con.unregister("parquet_rows")
-    n = lines.num_rows
-    return pa.table({"line_no": pa.array(np.arange(1, n + 1, dtype=np.int64)),
-                     "line": lines.column("line").combine_chunks().cast(pa.large_string()),
-                     "ok": pa.array(np.ones(n, dtype=bool))}, schema=EMPTY_LINES)
+    return _row_block(lines, con)
 
 
 def file_blocks(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyConnection, stage: Path,
-                digest: hashlib._Hash, known: set[str]) -> Iterator[pa.Table]:
-    """The records of ``file`` block by block (``line_no``, ``line``, ``ok``; JSON Lines also
-    ``new``: see :func:`_json_blocks`, against ``known``); ``digest`` is updated with its raw bytes
-    as they are read. Raises :class:`UnreadableFile`."""
+                digest: hashlib._Hash) -> Iterator[Block]:
+    """The records of ``file`` block by block (see :class:`Block`); ``digest`` is updated with its
+    raw bytes as they are read. Raises :class:`UnreadableFile`."""
     data = _raw_blocks(selection, file, digest)
     if file.path.endswith(".gz"):
         data = _gunzipped(data)
     landing = selection.contract.landing
     assert landing is not None
     if landing.format is LandingFormat.JSON:
-        yield from _json_blocks(data, con, known)
+        yield from _json_blocks(data, con)
     elif landing.format is LandingFormat.CSV:
         yield _csv_lines(b"".join(data), stage)
     else:

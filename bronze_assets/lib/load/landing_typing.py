@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.model import LandingFormat
 from bronze_assets.contracts.types import PgType
-from bronze_assets.lib.load.landing_duckdb import cast_sql, duck_type, json_path, sql_literal
+from bronze_assets.lib.load.landing_duckdb import cast_sql, duck_type, json_path
 from bronze_assets.lib.load.landing_records import RESCUED, SOURCE_FILE, Columns, plan_columns, rescued_data
 from bronze_assets.lib.load.landing_schema import TEXT_CASTS, StoredColumn, new_column
 
@@ -43,22 +44,9 @@ class Schema:
         declared = [(c.name, c.type) for c in self.contract.columns]
         return [*declared, *((c.name, c.pg_type) for c in self.extras)]
 
-    def names(self) -> set[str]:
-        return {name for name, _ in self.typed()} | {SOURCE_FILE, RESCUED}
-
     def plan(self, uri: str, keys: set[str], batch_id: str) -> Columns:
         """What the batch does with the new fields of a block of ``uri`` (the contract's evolution)."""
         return plan_columns(self.contract, [(uri, keys)], [c.name for c in self.extras], batch_id)
-
-
-def block_fields(block: pa.Table, con: duckdb.DuckDBPyConnection) -> set[str]:
-    """The top-level field names of a block's records."""
-    con.register("good_lines", block)
-    try:
-        found = con.sql("SELECT DISTINCT unnest(json_keys(line)) AS k FROM good_lines").to_arrow_table()
-    finally:
-        con.unregister("good_lines")
-    return set(found.column("k").to_pylist())
 
 
 def infer_column(contract: Contract, name: str, block: pa.Table, con: duckdb.DuckDBPyConnection
@@ -81,11 +69,26 @@ def infer_column(contract: Contract, name: str, block: pa.Table, con: duckdb.Duc
         con.unregister("good_lines")
 
 
-def typed_block(block: pa.Table, schema: Schema, rescued: list[str], uri: str,
-                 con: duckdb.DuckDBPyConnection) -> pa.RecordBatch:
-    """A block's valid records typed: every known column (one JSON parse per record),
-    ``_rescued_data`` (what did not fit, and the ``rescued`` fields), ``_source_file``, ``_line``.
-    The raw line comes back only for a record that has something to rescue."""
+def _has_any(keys: pa.Array | None, names: list[str], n: int) -> np.ndarray:
+    """Per record, whether it has one of the fields ``names`` (``keys``: each record's field
+    names; None: every record has every field of its block)."""
+    if not names:
+        return np.zeros(n, dtype=bool)
+    if keys is None:
+        return np.ones(n, dtype=bool)
+    flat = pc.list_flatten(keys)
+    hit = pc.is_in(flat, value_set=pa.array(names, flat.type)).to_numpy(zero_copy_only=False)
+    found = np.zeros(n, dtype=bool)
+    found[pc.list_parent_indices(keys).to_numpy()[hit]] = True
+    return found
+
+
+def typed_block(block: pa.Table, schema: Schema, rescued: list[str], keys: pa.Array | None, uri: str,
+                con: duckdb.DuckDBPyConnection) -> pa.RecordBatch:
+    """A block's valid records (``line_no``, ``line``; ``keys``: see :class:`Block`) typed: every
+    known column (one JSON parse per record), ``_rescued_data`` (what did not fit, and the
+    ``rescued`` fields), ``_source_file``, ``_line``. The raw line comes back only for a record
+    that has something to rescue."""
     table = schema.contract.bronze_table
     typed = schema.typed()
     paths = ", ".join(json_path(name) for name, _ in typed)
@@ -96,15 +99,14 @@ def typed_block(block: pa.Table, schema: Schema, rescued: list[str], uri: str,
         else:
             casts.append(f"{cast_sql(f'v[{i}]', type_, table, name)} AS _c{i}")
             flags[i] = f"(v[{i}] IS NOT NULL AND _c{i} IS NULL)"
-    has_new = (f"list_has_any(json_keys(line), [{', '.join(sql_literal(c) for c in rescued)}])"
-               if rescued else "false")
+    new_flag = _has_any(keys, rescued, block.num_rows)  # from the check's parse, not a new one
     outer = ["line_no AS _line_no", *(f"_c{i}" for i in range(1, len(typed) + 1)),
-             *(f"{flag} AS _bad{i}" for i, flag in flags.items()), f"{has_new} AS _new",
-             f"CASE WHEN {' OR '.join([*flags.values(), has_new])} THEN line END AS _raw"]
-    con.register("good_lines", block)
+             *(f"{flag} AS _bad{i}" for i, flag in flags.items()),
+             f"CASE WHEN {' OR '.join([*flags.values(), '_new'])} THEN line END AS _raw"]
+    con.register("good_lines", block.select(["line_no", "line"]).append_column("_new", pa.array(new_flag)))
     try:  # one parse per record (v), each cast once; the raw line only where something is rescued
-        out = con.sql(f"SELECT {', '.join(outer)} FROM (SELECT line_no, line, v, {', '.join(casts)} FROM "
-                      f"(SELECT line_no, line, json_extract_string(line, [{paths}]) AS v FROM good_lines))"
+        out = con.sql(f"SELECT {', '.join(outer)} FROM (SELECT line_no, line, _new, v, {', '.join(casts)} "
+                      f"FROM (SELECT *, json_extract_string(line, [{paths}]) AS v FROM good_lines))"
                       ).to_arrow_table()  # in the lines' order (DuckDB keeps insertion order)
     finally:
         con.unregister("good_lines")
@@ -112,7 +114,6 @@ def typed_block(block: pa.Table, schema: Schema, rescued: list[str], uri: str,
     uris = pa.repeat(pa.scalar(uri, pa.string()), n)
     unfit = {name: out.column(f"_bad{i}").to_numpy(zero_copy_only=False).astype(bool) if i in flags
              else np.zeros(n, dtype=bool) for i, (name, _) in enumerate(typed, start=1)}
-    new_flag = out.column("_new").to_numpy(zero_copy_only=False).astype(bool)
     arrays = {name: out.column(f"_c{i}").combine_chunks().cast(arrow_type(type_))
               for i, (name, type_) in enumerate(typed, start=1)}
     arrays |= {RESCUED: rescued_data(out.column("_raw").combine_chunks(), uris, unfit,

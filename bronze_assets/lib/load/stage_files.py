@@ -59,7 +59,7 @@ from bronze_assets.lib.load.landing_records import (
 from bronze_assets.lib.load.landing_schema import StoredSchema, evolved_types, write_schema
 from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
 from bronze_assets.lib.load.landing_spill import Spill
-from bronze_assets.lib.load.landing_typing import LINE, Schema, block_fields, infer_column, typed_block
+from bronze_assets.lib.load.landing_typing import LINE, Schema, infer_column, typed_block
 from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.lib.source.schema import SchemaDrift
 
@@ -109,30 +109,20 @@ def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con
     reads: list[FileRead] = []
     keys: list[pl.DataFrame] = []
     evolving = contract.landing is not None and contract.landing.evolution is not Evolution.NONE
-    known = schema.names()  # grows as fields are added: the next block's query sees them
     for file in selection.files:
         read = FileRead(file)
         reads.append(read)
         digest = hashlib.sha256()
         try:
-            for block in file_blocks(selection, file, con, stage, digest, known):
-                ok = block.column("ok").combine_chunks()
-                good = block
-                if ok.false_count:
-                    bad = block.filter(pc.invert(ok))
-                    read.bad += zip(bad.column("line_no").to_pylist(), bad.column("line").to_pylist(),
-                                    strict=True)
-                    good = block.filter(ok)
-                if not good.num_rows:
+            for block in file_blocks(selection, file, con, stage, digest):
+                read.bad += block.bad
+                if not block.good.num_rows:
                     continue
-                fields = block_fields(good, con) if "new" not in good.column_names else \
-                    set(pc.list_flatten(good.column("new")).unique().to_pylist())
-                good = good.select(["line_no", "line"])
-                plan = schema.plan(file.uri, fields, ctx.batch_id) if evolving else None
+                plan = schema.plan(file.uri, block.fields, ctx.batch_id) if evolving else None
                 if plan is not None:
-                    schema.added += [infer_column(contract, c, good, con) for c in plan.added]
-                    known |= set(plan.added)
-                typed = typed_block(good, schema, plan.rescued if plan else [], file.uri, con)
+                    schema.added += [infer_column(contract, c, block.good, con) for c in plan.added]
+                rescued = plan.rescued if plan else []
+                typed = typed_block(block.good, schema, rescued, block.keys, file.uri, con)
                 read.records += typed.num_rows
                 if pk:
                     frame = pl.from_arrow(typed.select(pk))
