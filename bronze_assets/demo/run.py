@@ -2,8 +2,9 @@
 
 One Dagster run per partitions definition covers all of its partitions (first to last key, a
 single-run range), one run loads the unpartitioned tables. The runs go to the given instance (the
-UI's ``$DAGSTER_HOME`` in ``make demo``), so the UI shows every partition as materialized. Dagster's
-event stream goes to a log file, not the terminal: the terminal gets one line per table.
+UI's ``$DAGSTER_HOME`` in ``make demo``), so the UI shows every partition as materialized. A run
+loads two tables at once, on threads of this process (:mod:`bronze_assets.defs.threaded_executor`).
+Dagster's event stream goes to a log file, not the terminal: the terminal gets one line per table.
 
 A table that fails does not stop the others: the summary marks it with its one-line reason
 (:mod:`bronze_assets.lib.failures`). A Ctrl-C stops the demo (:class:`KeyboardInterrupt`), with
@@ -31,7 +32,8 @@ import dagster as dg
 import sqlalchemy
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, get_contract
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, Contract, get_contract
+from bronze_assets.defs import threaded_executor
 from bronze_assets.defs.assets import table_key
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.event_files import write_event_files
@@ -66,6 +68,7 @@ DAGSTER_SETTINGS = {
 # OFF keeps the data safe if the process crashes; only an OS crash or power loss during the demo
 # could damage the local instance (then delete $BRONZE_DATA_DIR/dagster_home).
 SQLITE_SYNCHRONOUS = "OFF"
+STEP_THREADS = 2  # tables loaded at once in one of the demo's runs (README Performance)
 
 
 @dataclass
@@ -235,15 +238,21 @@ def execute_quietly(
     selection: dg.AssetSelection | None = None,
     raise_on_error: bool = True,
     asset_checks: list[dg.AssetsDefinition] | None = None,
+    executor: dg.ExecutorDefinition | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """``dg.materialize`` with the job's log records sent to ``handlers`` instead of the console."""
+    """``dg.materialize`` with the job's log records sent to ``handlers`` instead of the console,
+    on ``executor`` (default: Dagster's in-process executor, one step after another)."""
     definitions = dg.Definitions(
         assets=assets, resources=resources, asset_checks=asset_checks,
         jobs=[dg.define_asset_job(DEMO_JOB, selection=selection or dg.AssetSelection.assets(*assets))],
     )
     job = definitions.resolve_job_def(DEMO_JOB).with_logger_defs({_LOGGER_KEY: _run_logger(handlers)})
+    run_config = {"loggers": {_LOGGER_KEY: {}}}
+    if executor is not None:
+        return threaded_executor.execute_in_process(job, executor, instance=instance, tags=tags,
+                                                    raise_on_error=raise_on_error, run_config=run_config)
     return job.execute_in_process(instance=instance, tags=tags, raise_on_error=raise_on_error,
-                                  run_config={"loggers": {_LOGGER_KEY: {}}})
+                                  run_config=run_config)
 
 
 def _run_failure(result: dg.ExecuteInProcessResult) -> str:
@@ -322,22 +331,14 @@ def materialize_all(
     step_assets = {a.node_def.name: table_key(a) for assets in groups.values() for a in assets}
     events = _RunEvents(step_assets, on_table)
     handlers = [events] + ([log_handler] if log_handler else [])
+    sizes = source_sizes(dsn, [get_contract(table_key(a)) for assets in groups.values() for a in assets])
     with dagster_settings(), _sigint_watch() as interrupted:
-        # dimensions first, then parents before children: a child's referential check then keeps
-        # its outcome at its parents' final versions, and the first scheduled tick reuses it
-        for parts, assets in sorted(groups.items(), key=lambda g: (g[0] is not None, max(
-                fk_depth(table_key(a)) for a in g[1]))):
-            tags: dict[str, str] = {}
-            if parts is not None:
-                keys = parts.get_partition_keys(current_time=now)
-                if not keys:
-                    continue
-                tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+        for tags, assets in _runs(groups, now):
             selection = dg.AssetSelection.assets(*assets)
             if not with_checks:
                 selection = selection.without_checks()
             result = execute_quietly(assets, instance, resources, handlers, tags=tags, selection=selection,
-                                     raise_on_error=False)
+                                     raise_on_error=False, executor=_step_threads(assets, with_checks, sizes))
             if events.interrupted or interrupted():
                 raise KeyboardInterrupt
             for asset in assets:  # a run that failed around its steps: say so for each table
@@ -345,6 +346,60 @@ def materialize_all(
                 if table not in events.reported and on_table is not None:
                     on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
     return events.metadata
+
+
+def _runs(groups: Mapping[dg.PartitionsDefinition | None, list[dg.AssetsDefinition]], now: datetime,
+          ) -> list[tuple[dict[str, str], list[dg.AssetsDefinition]]]:
+    """The demo's runs (tags, assets): the unpartitioned tables (the dimensions) first, then one
+    single-run range per partitions definition over its keys up to ``now``, parents' before their
+    children's (by foreign-key depth): a child's referential check then keeps its outcome at its
+    parents' final versions, and the first scheduled tick reuses it."""
+    runs: list[tuple[dict[str, str], list[dg.AssetsDefinition]]] = []
+    for parts, assets in sorted(groups.items(), key=lambda g: (g[0] is not None, max(
+            fk_depth(table_key(a)) for a in g[1]))):
+        if parts is None:
+            runs.append(({}, assets))
+        elif keys := parts.get_partition_keys(current_time=now):
+            runs.append(({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+                         assets))
+    return runs
+
+
+def _step_threads(assets: list[dg.AssetsDefinition], with_checks: bool, sizes: Mapping[str, int],
+                  ) -> dg.ExecutorDefinition:
+    """The executor of one of the demo's runs: two tables' steps at once (the two cores), the
+    largest source table first, and two at once only while their source tables together are no
+    larger than the load's largest (a step's memory grows with its table: the peak stays the
+    largest table's alone); with checks, a table's step after its parents' in the same run (its
+    referential check reads them)."""
+    steps = {table_key(a): a.node_def.name for a in assets}
+    after = {step: frozenset(steps[f"bz_{fk.parent_table}"] for fk in get_contract(table).foreign_keys
+                             if f"bz_{fk.parent_table}" in steps and f"bz_{fk.parent_table}" != table)
+             for table, step in steps.items()} if with_checks else {}
+    weight = {step: float(sizes.get(table, 0)) for table, step in steps.items()}
+    return threaded_executor.threaded_executor(STEP_THREADS, after=after, weight=weight,
+                                               budget=max(sizes.values(), default=0.0))
+
+
+def source_sizes(dsn: str, contracts: list[Contract]) -> dict[str, int]:
+    """Bytes of each contract's source table (``pg_relation_size``, from the catalog: no scan),
+    by bronze table; empty when the source cannot say (the order of the steps is then Dagster's)."""
+    from bronze_assets.lib.source.ddl import qualified
+    from bronze_assets.lib.source.postgres import connect
+
+    database = {c.bronze_table for c in CONTRACTS.values()}
+    tables = {c.bronze_table: qualified(c.source_schema, c.source_name) for c in contracts
+              if c.bronze_table in database}
+    if not tables:
+        return {}
+    try:
+        with connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT t, coalesce(pg_relation_size(to_regclass(t)), 0) FROM unnest($1::text[]) t",
+                        parameters=(list(tables.values()),))
+            by_source = dict(cur.fetchall())
+    except Exception:  # only the order of the steps depends on it
+        return {}
+    return {table: int(by_source.get(ref, 0)) for table, ref in tables.items()}
 
 
 def fk_depth(table: str, seen: frozenset[str] = frozenset()) -> int:

@@ -1,0 +1,213 @@
+"""A Dagster executor that runs a run's steps on threads of the run's own process.
+
+Dagster's ``in_process`` executor runs one step after another; its ``multiprocess`` executor
+starts a process per step, each importing Dagster and bronze again (≈1.6 CPU s). A bronze step
+spends most of its time in native code that releases the GIL (the binary COPY's decoding,
+DuckDB, delta-rs, AES-GCM), so two tables' steps on two threads keep both cores busy.
+
+Each step runs on a thread of its own (its events are logged there, as the in-process executor
+logs them, by the instance's thread-safe storages); the run's thread hands the events to Dagster's
+plan bookkeeping one at a time, as the multiprocess executor does. ``after`` names, per step key,
+the steps of the same run that must end first (a child table's referential check reads its
+parents); ``weight`` orders the ready steps (heavier first: the longest first shortens the run)
+and, with ``budget``, bounds what runs at once: a step starts beside others only while the
+weights running stay within the budget (memory: the heaviest step may have to run alone).
+A Ctrl-C received by the run (Dagster's captured interrupt) starts no further step and raises
+``KeyboardInterrupt`` in the running ones, which fail as interrupted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.execution.api import ExecuteRunWithPlanIterable
+from dagster._core.execution.compute_logs import create_compute_log_file_key
+from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
+from dagster._core.execution.context_creation_job import PlanExecutionContextManager
+from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.step import ExecutionStep
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.executor.base import Executor
+
+POLL_SECONDS = 0.1  # how often the run's thread looks for an interrupt while steps run
+_DONE = object()  # a step thread's last message
+
+
+class ThreadedExecutor(Executor):
+    """Runs up to ``max_concurrent`` steps of a run at once, each on its own thread."""
+
+    def __init__(self, retries: RetryMode, max_concurrent: int,
+                 after: Mapping[str, frozenset[str]] | None = None,
+                 weight: Mapping[str, float] | None = None, budget: float | None = None):
+        self._retries = retries
+        self.max_concurrent = max(1, max_concurrent)
+        self.after = dict(after or {})
+        self.weight = dict(weight or {})
+        self.budget = budget
+
+    def _fits(self, key: str, running: Mapping[str, object]) -> bool:
+        """Whether step ``key`` may start beside the ``running`` ones."""
+        if not running:
+            return True
+        if len(running) >= self.max_concurrent:
+            return False
+        return self.budget is None or \
+            sum(self.weight.get(k, 0.0) for k in running) + self.weight.get(key, 0.0) <= self.budget
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._retries
+
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan,
+                ) -> Iterator[DagsterEvent]:
+        step_keys = execution_plan.step_keys_to_execute
+        yield DagsterEvent.engine_event(
+            plan_context, f"Executing steps on up to {self.max_concurrent} threads (pid: {os.getpid()})",
+            event_specific_data=EngineEventData.in_process(os.getpid(), step_keys))
+        yield from iter(ExecuteRunWithPlanIterable(
+            execution_plan=plan_context.execution_plan,
+            iterator=self._iterate,
+            execution_context_manager=PlanExecutionContextManager(
+                job=plan_context.job, retry_mode=plan_context.retry_mode,
+                execution_plan=plan_context.execution_plan, run_config=plan_context.run_config,
+                dagster_run=plan_context.dagster_run, instance=plan_context.instance,
+                raise_on_error=plan_context.raise_on_error, output_capture=plan_context.output_capture),
+        ))
+        yield DagsterEvent.engine_event(
+            plan_context, f"Finished steps on threads (pid: {os.getpid()})",
+            event_specific_data=EngineEventData.in_process(os.getpid(), step_keys))
+
+    def _iterate(self, job_context: PlanExecutionContext, execution_plan: ExecutionPlan,
+                 ) -> Iterator[DagsterEvent]:
+        compute_logs = job_context.instance.compute_log_manager
+        in_run = set(execution_plan.step_keys_to_execute)
+        with InstanceConcurrencyContext(job_context.instance, job_context.dagster_run) as concurrency, \
+                execution_plan.start(retry_mode=job_context.retry_mode,
+                                     sort_key_fn=lambda step: -self.weight.get(step.key, 0.0),
+                                     instance_concurrency_context=concurrency,
+                                     step_dependency_config=job_context.step_dependency_config,
+                                     ) as active:
+            log_key = compute_logs.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
+            with compute_logs.capture_logs(log_key) as log_context:
+                yield DagsterEvent.capture_logs(job_context, list(in_run), log_key, log_context)
+                yield from self._run_steps(job_context, active, in_run)
+
+    def _run_steps(self, job_context: PlanExecutionContext, active: Any, in_run: set[str],
+                   ) -> Iterator[DagsterEvent]:
+        messages: queue.Queue[tuple[str, object]] = queue.Queue()
+        threads: dict[str, threading.Thread] = {}
+        events: dict[str, list[DagsterEvent]] = {}
+        contexts: dict[str, Any] = {}
+        waiting: list[ExecutionStep] = []  # handed out by Dagster, held until their `after` ended
+        ended: set[str] = set()
+        stopping = False
+        while not active.is_complete or threads or waiting:
+            if not stopping and active.check_for_interrupts():
+                stopping = True
+                active.mark_interrupted()
+                waiting.clear()
+                for thread in threads.values():
+                    _raise_in(thread, KeyboardInterrupt)
+            if not stopping:
+                waiting += active.get_steps_to_execute()
+                waiting.sort(key=lambda step: -self.weight.get(step.key, 0.0))
+                yield from active.concurrency_event_iterator(job_context)
+                for step in [s for s in waiting if (self.after.get(s.key, frozenset()) & in_run) <= ended]:
+                    if not self._fits(step.key, threads):
+                        continue
+                    waiting.remove(step)
+                    contexts[step.key] = job_context.for_step(step, active.get_known_state())
+                    events[step.key] = []
+                    threads[step.key] = _start(step.key, contexts[step.key], messages)
+            if not threads:
+                if stopping or active.is_complete:
+                    break
+                active.sleep_til_ready()
+                continue
+            try:
+                key, message = messages.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if message is _DONE:
+                threads.pop(key).join()
+                ended.add(key)
+                if not stopping:
+                    active.verify_complete(job_context, key)
+                for event in active.plan_events_iterator(job_context):
+                    events[key].append(event)
+                    yield event
+                yield from _trigger_hook(contexts.pop(key), events.pop(key))
+            elif isinstance(message, BaseException):
+                raise message  # a framework error outside the step's own error handling
+            else:
+                assert isinstance(message, DagsterEvent)
+                events[key].append(message)
+                yield message
+                active.handle_event(message)
+        if stopping:
+            raise KeyboardInterrupt
+
+
+def _start(key: str, step_context: Any, messages: queue.Queue[tuple[str, object]]) -> threading.Thread:
+    """A thread running one step, sending its events (then ``_DONE``) to ``messages``."""
+    def run() -> None:
+        try:
+            for event in dagster_event_sequence_for_step(step_context):
+                messages.put((key, event))
+        except KeyboardInterrupt:
+            pass  # the step's interrupted failure event was sent; the run's thread raises
+        except BaseException as error:  # handed to the run's thread
+            messages.put((key, error))
+        finally:
+            messages.put((key, _DONE))
+
+    thread = threading.Thread(target=run, name=f"step {key}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _raise_in(thread: threading.Thread, error: type[BaseException]) -> None:
+    """Raise ``error`` in ``thread`` at its next Python instruction (native code it is in ends first)."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(error))
+
+
+def threaded_executor(max_concurrent: int, after: Mapping[str, frozenset[str]] | None = None,
+                      weight: Mapping[str, float] | None = None, budget: float | None = None,
+                      ) -> dg.ExecutorDefinition:
+    """An executor definition running up to ``max_concurrent`` steps at once on threads."""
+    def create(init_context: Any) -> ThreadedExecutor:
+        retries = RetryMode.from_config(init_context.executor_config["retries"])
+        assert retries is not None
+        return ThreadedExecutor(retries, max_concurrent, after, weight, budget)
+
+    create_fn: Callable[[Any], ThreadedExecutor] = create
+    return dg.ExecutorDefinition(name="bronze_threads", config_schema={"retries": get_retries_config()},
+                                 executor_creation_fn=create_fn, requirements=[])
+
+
+def execute_in_process(job: dg.JobDefinition, executor_def: dg.ExecutorDefinition, *,
+                       instance: dg.DagsterInstance, tags: Mapping[str, str] | None = None,
+                       raise_on_error: bool = True, run_config: Mapping[str, Any] | None = None,
+                       ) -> dg.ExecuteInProcessResult:
+    """``job.execute_in_process`` with ``executor_def`` (which ``execute_in_process`` would replace
+    by the in-process executor): the same ephemeral job, run, events and result."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.execute_in_process import core_execute_in_process, merge_run_tags
+
+    run_config = dict(run_config or {})
+    ephemeral = job.as_ephemeral_job(resource_defs={}, input_values={}).with_executor_def(executor_def)
+    return core_execute_in_process(
+        job=InMemoryJob(job_def=ephemeral), run_config=run_config, instance=instance,
+        output_capturing_enabled=True, raise_on_error=raise_on_error,
+        run_tags=merge_run_tags(job_def=job, partition_key=None, tags=tags, asset_selection=None,
+                                instance=instance, run_config=run_config))

@@ -1,0 +1,117 @@
+"""The demo's executor: a run's steps on threads, parents' steps first, heavy steps alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+import dagster as dg
+import pytest
+
+from bronze_assets.defs import threaded_executor as te
+
+BARRIER_SECONDS = 20.0
+
+
+def _job(assets: list[dg.AssetsDefinition]) -> dg.JobDefinition:
+    definitions = dg.Definitions(assets=assets,
+                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
+    return definitions.resolve_job_def("j")
+
+
+def _run(assets: list[dg.AssetsDefinition], executor: dg.ExecutorDefinition, **kwargs: object,
+         ) -> dg.ExecuteInProcessResult:
+    return te.execute_in_process(_job(assets), executor, instance=dg.DagsterInstance.ephemeral(),
+                                 raise_on_error=False, **kwargs)  # type: ignore[arg-type]
+
+
+def _recording(names: list[str], log: list[tuple[str, str]],
+               wait: Mapping[str, threading.Barrier] | None = None, fail: str | None = None,
+               ) -> list[dg.AssetsDefinition]:
+    lock = threading.Lock()
+
+    def make(name: str) -> dg.AssetsDefinition:
+        @dg.asset(name=name)
+        def _asset() -> None:
+            with lock:
+                log.append(("start", name))
+            if wait and name in wait:
+                wait[name].wait(BARRIER_SECONDS)  # raises BrokenBarrierError unless run together
+            time.sleep(0.05)
+            if name == fail:
+                raise RuntimeError(f"{name} fails")
+            with lock:
+                log.append(("end", name))
+        return _asset
+
+    return [make(n) for n in names]
+
+
+def test_two_steps_run_at_once() -> None:
+    barrier = threading.Barrier(2)
+    log: list[tuple[str, str]] = []
+    result = _run(_recording(["a", "b"], log, {"a": barrier, "b": barrier}), te.threaded_executor(2))
+    assert result.success
+    assert sorted(log) == [("end", "a"), ("end", "b"), ("start", "a"), ("start", "b")]
+    assert [e for e, _ in log[:2]] == ["start", "start"]  # both started before either ended
+
+
+def test_after_orders_steps_and_weight_orders_the_rest() -> None:
+    log: list[tuple[str, str]] = []
+    result = _run(_recording(["child", "parent", "small", "big"], log),
+                  te.threaded_executor(1, after={"child": frozenset({"parent"})},
+                                       weight={"big": 10.0, "small": 1.0, "child": 5.0, "parent": 2.0}))
+    assert result.success
+    starts = [n for e, n in log if e == "start"]
+    assert starts.index("parent") < starts.index("child")
+    assert starts[0] == "big" and starts[-1] == "small"  # heaviest first: child waits for parent
+
+
+def test_budget_keeps_the_heavy_step_alone() -> None:
+    log: list[tuple[str, str]] = []
+    result = _run(_recording(["heavy", "x", "y"], log),
+                  te.threaded_executor(2, weight={"heavy": 10.0, "x": 5.0, "y": 5.0}, budget=10.0))
+    assert result.success
+    assert log[:2] == [("start", "heavy"), ("end", "heavy")]  # x and y together after it
+    assert {n for _, n in log[2:4]} == {"x", "y"} and [e for e, _ in log[2:4]] == ["start", "start"]
+
+
+def test_a_failing_step_fails_alone() -> None:
+    log: list[tuple[str, str]] = []
+    result = _run(_recording(["bad", "good"], log, fail="bad"), te.threaded_executor(2))
+    assert not result.success
+    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    succeeded = {e.step_key for e in result.all_events if e.is_step_success}
+    assert failed == {"bad"} and succeeded == {"good"}
+    assert ("end", "good") in log
+
+
+def test_ranged_run_materializes_every_partition() -> None:
+    parts = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-06")
+    seen: list[str] = []
+
+    @dg.asset(partitions_def=parts)
+    def ranged(context) -> dg.Output[None]:  # type: ignore[no-untyped-def]  # (string annotations: Dagster reads none)
+        seen.append(context.partition_key_range.start)
+        return dg.Output(None)
+
+    @dg.asset
+    def plain() -> None:
+        return None
+
+    keys = parts.get_partition_keys()
+    result = _run([ranged, plain], te.threaded_executor(2),
+                  tags={"dagster/asset_partition_range_start": keys[0],
+                        "dagster/asset_partition_range_end": keys[-1]})
+    assert result.success
+    partitions = {m.partition for m in result.asset_materializations_for_node("ranged")}
+    assert partitions == set(keys) and seen == [keys[0]]
+    assert [m.partition for m in result.asset_materializations_for_node("plain")] == [None]
+
+
+@pytest.mark.parametrize("max_concurrent", [0, 1])
+def test_one_thread_runs_steps_one_after_another(max_concurrent: int) -> None:
+    log: list[tuple[str, str]] = []
+    assert _run(_recording(["a", "b", "c"], log), te.threaded_executor(max_concurrent)).success
+    assert [e for e, _ in log] == ["start", "end"] * 3
