@@ -189,6 +189,23 @@ def test_bugs_and_interrupts() -> None:
     assert info.value.allow_retries and info.value.description.startswith("bz_orders: connection:")
 
 
+def test_an_error_is_worked_out_once_however_often_it_is_classified(fresh_dsn: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lifecycle's audit, the Spark job and the failure policy each classify the same error: its
+    chain (on Spark, JVM calls through py4j) is walked once, and every answer is the same."""
+    exc = _error(fresh_dsn, "SELECT * FROM no_such_table_here")
+    walks: list[BaseException] = []
+    sqlstate = failures._sqlstate
+    monkeypatch.setattr(failures, "_sqlstate", lambda e: walks.append(e) or sqlstate(e))
+    audited = classify(exc, "bz_orders", fresh_dsn)  # as the lifecycle audits it
+    with pytest.raises(dg.Failure) as info, failures.failure_policy("bz_orders", fresh_dsn):
+        raise exc
+    assert walks == [exc]
+    assert audited.cause is Cause.MISSING_OBJECT and audited.sqlstate == "42P01"
+    assert info.value.description == audited.message and not info.value.allow_retries
+    assert classify(exc, "bz_orders", fresh_dsn) == audited and cause_of(exc) == (Cause.MISSING_OBJECT, None)
+
+
 # ------------------------------------------------------------------ on the asset (dagster's retries)
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -292,30 +292,50 @@ def _detail(text: str, limit: int = 300) -> str:
 
 def cause_of(exc: BaseException) -> tuple[Cause, str | None]:
     """The cause of ``exc`` and, when a text rule decided it, that rule's fix."""
+    cause, fix, _ = _diagnose(exc)
+    return cause, fix
+
+
+_DIAGNOSIS = "_bronze_diagnosis"
+
+
+def _diagnose(exc: BaseException) -> tuple[Cause, str | None, str | None]:
+    """The cause of ``exc``, the fix of the text rule that decided it, and its SQLSTATE: worked out
+    once per exception and kept on it, since the lifecycle's audit, the Spark job and the failure
+    policy each classify the same exception (on Spark every walk of its chain asks the JVM)."""
+    known = getattr(exc, _DIAGNOSIS, None)
+    if known is None:
+        known = _diagnosis(exc)
+        with suppress(AttributeError):  # an exception type that takes no attributes: worked out again
+            setattr(exc, _DIAGNOSIS, known)
+    return known
+
+
+def _diagnosis(exc: BaseException) -> tuple[Cause, str | None, str | None]:
     if isinstance(exc, INTERRUPTS):
-        return Cause.INTERRUPTED, None
+        return Cause.INTERRUPTED, None, None
+    state = _sqlstate(exc)
     for link in _chain(exc):
         for name in _qualified_names(link):
             if name in _OWN:
-                return _OWN[name], None
-    state = _sqlstate(exc)
+                return _OWN[name], None, state
     if state is not None:
         cause = _SQLSTATES.get(state) or _SQLSTATE_CLASSES.get(state[:2])
         if cause is not None:
-            return cause, None
+            return cause, None, state
     text = " ".join(str(link) for link in _chain(exc))
     for rule in _RULES:
         # an error with a SQLSTATE is the database's: the object store's rules do not read it
         # (Spark's text of it carries a JVM stack trace)
         if rule.pattern.search(text) and not (state is not None and rule.cause is Cause.STORAGE):
-            return rule.cause, rule.fix
+            return rule.cause, rule.fix, state
     for link in _chain(exc):
         for name in _qualified_names(link):
             if name in _WRAPPERS:
-                return _WRAPPERS[name], None
+                return _WRAPPERS[name], None, state
     if isinstance(exc, BUG_EXCEPTION_TYPES):
-        return Cause.BUG, None
-    return Cause.UNKNOWN, None
+        return Cause.BUG, None, state
+    return Cause.UNKNOWN, None, state
 
 
 def classify(exc: BaseException, table: str, dsn: str | None = None) -> Classified:
@@ -326,9 +346,7 @@ def classify(exc: BaseException, table: str, dsn: str | None = None) -> Classifi
     SQLSTATE, not the type of the driver's exception that carried them (ADBC's on the local
     engine, py4j's ``Py4JJavaError`` on Spark), which :attr:`Classified.error_type` keeps. A
     Python bug type (:data:`BUG_EXCEPTION_TYPES`) is named: there the type is the cause."""
-    cause, fix = cause_of(exc)
-    # an interrupt's cause is the user: the code of the statement it cancelled (57014) is not kept
-    state = None if cause is Cause.INTERRUPTED else _sqlstate(exc)
+    cause, fix, state = _diagnose(exc)  # an interrupt keeps no SQLSTATE (57014: the statement it cancelled)
     text = redact(str(exc), dsn)
     if cause is Cause.INTERRUPTED:
         message = f"interrupted — {_FIXES[cause]}"
@@ -355,11 +373,10 @@ def explain(exc: BaseException) -> tuple[Cause, str, str]:
     return cause, _detail(str(exc)), fix or _FIXES[cause]
 
 
-def dagster_failure(exc: BaseException, table: str, dsn: str | None = None,
+def dagster_failure(classified: Classified, exc: BaseException,
                     metadata: Mapping[str, Any] | None = None) -> dg.Failure:
-    """``exc`` as the ``dg.Failure`` every entry point raises: the one-line message, and retries
-    allowed only when a retry can succeed (the asset's ``RetryPolicy`` then applies)."""
-    classified = classify(exc, table, dsn)
+    """``exc``, classified, as the ``dg.Failure`` every entry point raises: the one-line message,
+    and retries allowed only when a retry can succeed (the asset's ``RetryPolicy`` then applies)."""
     if metadata is None:  # e.g. the quarantined batch of a schema mismatch
         metadata = getattr(exc, "failure_metadata", None)
     return dg.Failure(classified.message, allow_retries=classified.retry, metadata=metadata)
@@ -389,10 +406,10 @@ def failure_policy(table: str, dsn: str | None = None) -> Iterator[None]:
     except INTERRUPTS:
         raise LoadInterrupted(interrupted) from None
     except Exception as exc:
-        cause = cause_of(exc)[0]
-        if cause is Cause.INTERRUPTED:  # e.g. the source statement Ctrl-C cancelled
+        classified = classify(exc, table, dsn)
+        if classified.cause is Cause.INTERRUPTED:  # e.g. the source statement Ctrl-C cancelled
             raise LoadInterrupted(interrupted) from None
-        failure = dagster_failure(exc, table, dsn)
-        if cause in (Cause.BUG, Cause.UNKNOWN):
+        failure = dagster_failure(classified, exc)
+        if classified.cause in (Cause.BUG, Cause.UNKNOWN):
             raise failure from exc
         raise failure from None
