@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
 from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
@@ -64,15 +63,15 @@ def quarantine_once(storage: Storage, table: str, batch_id: str, reason: str,
     if not records:
         return 0
     now = datetime.now(UTC)
+    # in the scan: the files whose statistics end before ``since`` are skipped, not read
+    recent = (f"table_name = {sql_literal(table)} "
+              f"AND quarantined_at >= {sql_literal(since if since.tzinfo else since.replace(tzinfo=UTC))}")
 
     def missing(dt: DeltaTable | None) -> pa.Table | None:
         held: set[str] = set()
         if dt is not None:
-            found = read_columns(dt, ["quarantine_id", "quarantined_at"],
-                                 where=f"table_name = {sql_literal(table)}")
-            at = found.column("quarantined_at").cast(QUARANTINE_SCHEMA.field("quarantined_at").type)
-            ids = found.column("quarantine_id").cast(pa.string())  # DataFusion hands back string_view
-            held = set(ids.filter(pc.greater_equal(at, pa.scalar(since, at.type))).to_pylist())
+            ids = read_columns(dt, ["quarantine_id"], where=recent).column("quarantine_id")
+            held = set(ids.cast(pa.string()).to_pylist())  # DataFusion hands back string_view
         new = [(i, r) for i, r in records if i not in held]
         if not new:
             return None
