@@ -10,7 +10,6 @@ import pytest
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.definitions import defs
 from bronze_assets.defs.schedules import (
-    ENV_SCHEDULES_RUNNING,
     MAX_RUNTIME_SECONDS,
     build_schedule,
     load_groups,
@@ -84,7 +83,7 @@ def test_incremental_tick_mid_day_refreshes_the_open_day(repo: dg.RepositoryDefi
 
 
 def test_schedules_start_running_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_SCHEDULES_RUNNING, "1")
+    monkeypatch.setenv("BRONZE_SCHEDULES_RUNNING", "1")
     assert all(build_schedule(g).default_status is dg.DefaultScheduleStatus.RUNNING for g in load_groups())
 
 

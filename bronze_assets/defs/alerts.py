@@ -26,7 +26,6 @@ from bronze_assets.lib.delta.control import AUDIT_LOG, FAILED, read_table
 from bronze_assets.lib.delta.maintenance import storage_growth
 from bronze_assets.settings import Settings
 
-ENV_SENSORS_RUNNING = "BRONZE_SENSORS_RUNNING"
 Clock = Callable[[], datetime]
 Measure = Callable[[dg.SensorEvaluationContext, BronzeStorage, PostgresSource, datetime],
                    dict[str, float]]

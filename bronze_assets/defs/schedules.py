@@ -25,7 +25,6 @@ from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.settings import Settings
 
-ENV_SCHEDULES_RUNNING = "BRONZE_SCHEDULES_RUNNING"
 MAX_RUNTIME_SECONDS = 3600  # KPI: an end-to-end run over 1 h is critical; Dagster stops it
 RUN_TAGS = {"dagster/max_runtime": str(MAX_RUNTIME_SECONDS)}
 # A scheduled tick keeps bronze up to date: once a table has a watermark it reads only what
