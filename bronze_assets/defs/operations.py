@@ -49,7 +49,7 @@ def maintain_bronze_tables(context: dg.OpExecutionContext, bronze: BronzeStorage
             continue
         with audited(storage, table, "MAINTENANCE", context.run.run_id) as entry:
             report = maintain_table(storage, table, contract, DEFAULT_RETENTION_HOURS,
-                                    zorder_columns=None if contract else [])
+                                    zorder_columns=None if contract else [], dt=dt)
             entry.records_affected = report.files_before - report.files_after_optimize
             entry.details = json.dumps(report.as_metadata(), default=str)
         meta = dict(report.as_metadata())

@@ -114,6 +114,7 @@ def maintain_table(
     target_size: int | None = None,
     max_concurrent_tasks: int | None = None,
     max_spill_size: int | None = None,
+    dt: DeltaTable | None = None,
 ) -> MaintenanceReport:
     """OPTIMIZE (Z-ORDER on the contract's columns, else plain compaction) then VACUUM ``table``.
 
@@ -121,13 +122,16 @@ def maintain_table(
     serves tables without a contract, e.g. the control tables: pass ``[]`` for compaction only).
     ``target_size``/``max_concurrent_tasks``/``max_spill_size`` pass through to delta-rs; the
     target size defaults to the contract's file size (4 MiB for a CDC table, whichever engine
-    created it), else the table's ``delta.targetFileSize``.
+    created it), else the table's ``delta.targetFileSize``. ``dt``: the table, when the caller
+    opened it and refused deletion vectors on it already (the daily op, which logs and skips
+    such a table).
     """
     started = time.perf_counter()
     storage = as_storage(storage)
     uri = storage.uri(table)
-    dt = DeltaTable(uri, storage_options=storage.delta_options)
-    refuse_deletion_vectors(dt, table, "OPTIMIZE/VACUUM", feature=True)
+    if dt is None:
+        dt = DeltaTable(uri, storage_options=storage.delta_options)
+        refuse_deletion_vectors(dt, table, "OPTIMIZE/VACUUM", feature=True)
     if zorder_columns is None:
         zorder_columns = list(contract.zorder_columns) if contract else []
     columns = list(zorder_columns)

@@ -140,8 +140,9 @@ class BronzeMerger:
             else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             dt = self._current(staged) if attempt == 1 else self.storage.open(self.contract.bronze_table)
-            refuse_deletion_vectors(dt, self.contract.bronze_table, "load")
             commits = CommitLog.current(dt, staged.commits)  # staging's, if nothing committed since
+            if commits is not staged.commits:  # staging refused a table with vectors; this is newer
+                refuse_deletion_vectors(dt, self.contract.bronze_table, "load")
             # the batch's commits come after staging's read: only a later version can hold them
             if dt is not None and commits is not staged.commits \
                     and staged.ctx.batch_id in commits.committed_batch_ids():
