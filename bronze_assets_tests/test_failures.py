@@ -182,6 +182,9 @@ def test_bugs_and_interrupts() -> None:
     assert not Cause.BUG.retry and not Cause.INTERRUPTED.retry
     assert cause_of(KeyboardInterrupt())[0] is Cause.INTERRUPTED
     assert cause_of(dg.DagsterExecutionInterruptedError())[0] is Cause.INTERRUPTED
+    cancelled = classify(OSError("ERROR: canceling statement due to user request (SQLSTATE 57014)"),
+                         "bz_orders")
+    assert cancelled.cause is Cause.INTERRUPTED and cancelled.sqlstate is None  # the user's, not the server's
     with pytest.raises(failures.LoadInterrupted), failures.failure_policy("bz_orders"):
         raise KeyboardInterrupt
     with pytest.raises(dg.Failure) as info, failures.failure_policy("bz_orders"):

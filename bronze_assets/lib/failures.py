@@ -346,7 +346,9 @@ def classify(exc: BaseException, table: str, dsn: str | None = None) -> Classifi
     SQLSTATE, not the type of the driver's exception that carried them (ADBC's on the local
     engine, py4j's ``Py4JJavaError`` on Spark), which :attr:`Classified.error_type` keeps. A
     Python bug type (:data:`BUG_EXCEPTION_TYPES`) is named: there the type is the cause."""
-    cause, fix, state = _diagnose(exc)  # an interrupt keeps no SQLSTATE (57014: the statement it cancelled)
+    cause, fix, state = _diagnose(exc)
+    if cause is Cause.INTERRUPTED:  # the user: the code of the statement it cancelled (57014) is not kept
+        state = None
     text = redact(str(exc), dsn)
     if cause is Cause.INTERRUPTED:
         message = f"interrupted — {_FIXES[cause]}"
