@@ -28,7 +28,7 @@ def test_spark_bronze_side_matches_datafusion_and_finds_the_same_faults(seeded: 
     contract = CONTRACTS["orders"]
     SparkLoader(spark, env_storage(root)).load(contract, seeded)
     dt = DeltaTable(str(root / contract.bronze_table))
-    local, remote = BronzeTable(contract, dt), SparkBronzeTable(contract, dt.table_uri, spark)
+    local, remote = BronzeTable(contract, dt), SparkBronzeTable(contract, dt, spark)
     lo, hi, rows = local.key_range()
     assert remote.key_range() == (lo, hi, rows) and rows > 0
     assert lo is not None and hi is not None
@@ -60,10 +60,10 @@ def test_spark_bronze_side_matches_datafusion_on_a_uuid_key(fresh_dsn: str, spar
     uri = str(root / contract.bronze_table)
     DeltaTable(uri).update(updates={"record_status": "'DELETED'"}, predicate="label = 'device 8'")
     dt = DeltaTable(uri)
-    local, remote = BronzeTable(contract, dt), SparkBronzeTable(contract, dt.table_uri, spark)
-    # the rows of key_range only size the buckets: Spark counts the ACTIVE rows, DataFusion's side
-    # takes the file statistics (every status); the buckets count the ACTIVE rows exactly
-    assert remote.key_range() == (0, POSITIONS - 1, 299) and local.key_range() == (0, POSITIONS - 1, 300)
+    local, remote = BronzeTable(contract, dt), SparkBronzeTable(contract, dt, spark)
+    # the rows of key_range only size the buckets: both sides take the log's file statistics
+    # (every status); the buckets count the ACTIVE rows exactly
+    assert remote.key_range() == local.key_range() == (0, POSITIONS - 1, 300)
     for width in (POSITIONS // 16, POSITIONS // 1000, POSITIONS):
         assert remote.buckets(0, POSITIONS - 1, width) == local.buckets(0, POSITIONS - 1, width)
     assert sum(n for n, _ in local.buckets(0, POSITIONS - 1, POSITIONS).values()) == 299

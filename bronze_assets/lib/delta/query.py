@@ -68,7 +68,16 @@ def _rows_deleted_by_vectors(dt: DeltaTable) -> int:
 def key_bounds(dt: DeltaTable, column: str) -> tuple[int | None, int | None] | None:
     """(min, max) of an integer ``column`` over the loaded version's data files, from the log's
     file statistics ((None, None) for a table without files); None when some file has none."""
+    return _key_bounds(pa.table(dt.get_add_actions(flatten=True)), column)
+
+
+def rows_and_key_bounds(dt: DeltaTable, column: str) -> tuple[int, tuple[int | None, int | None] | None]:
+    """:func:`table_rows` and :func:`key_bounds` from one build of the add actions."""
     actions = pa.table(dt.get_add_actions(flatten=True))
+    return _live_rows(dt, actions), _key_bounds(actions, column)
+
+
+def _key_bounds(actions: pa.Table, column: str) -> tuple[int | None, int | None] | None:
     if actions.num_rows == 0:
         return None, None
     low, high = f"min.{column}", f"max.{column}"

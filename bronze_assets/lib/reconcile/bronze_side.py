@@ -15,7 +15,13 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.query import key_bounds, query_tables, read_columns, scan_columns, table_rows
+from bronze_assets.lib.delta.query import (
+    query_tables,
+    read_columns,
+    rows_and_key_bounds,
+    scan_columns,
+    table_rows,
+)
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.reconcile.checksum import (
     POSITIONS,
@@ -45,6 +51,23 @@ def frames(batches: Any, rows: int = FRAME_ROWS) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(held, schema=reader.schema)
 
 
+def logged_key_range(dt: DeltaTable, column: str, by_key: bool
+                     ) -> tuple[tuple[int | None, int | None] | None, int]:
+    """((lowest, highest position), estimated rows) of a bronze table from its log, so no scan:
+    the integer key ``column``'s bounds from the files' statistics (every status: they only
+    bound the buckets), or every hash position when not ``by_key``; the bounds are None when
+    some file has no statistics for the key. The bucket counts are exact."""
+    if not by_key:
+        return (0, POSITIONS - 1), table_rows(dt)
+    rows, bounds = rows_and_key_bounds(dt, column)
+    return bounds, rows
+
+
+def int_bounds(lo: Any, hi: Any) -> tuple[int | None, int | None]:
+    """A min/max query's answer as integers (None: no rows)."""
+    return (None if lo is None else int(lo)), (None if hi is None else int(hi))
+
+
 class BronzeTable:
     """``bz_<table>`` at its current version, compared by its integer key, or by its rows' hash
     positions and keys named by text (:mod:`~bronze_assets.lib.reconcile.keys`)."""
@@ -57,19 +80,14 @@ class BronzeTable:
         self.keys = [*contract.primary_key, "record_hash", STATUS]  # read for rows named by text
 
     def key_range(self) -> tuple[int | None, int | None, int]:
-        """(lowest, highest position, estimated rows): keys, or hash positions, from the log's file
-        statistics (every status; rows a deletion vector removed still count), so no scan; the
-        bucket counts are exact. A key without statistics in some file is read (ACTIVE rows)."""
-        rows = table_rows(self.dt)
-        if not self.by_key:
-            return 0, POSITIONS - 1, rows
-        bounds = key_bounds(self.dt, self.column)
-        if bounds is not None:
-            return bounds[0], bounds[1], rows
-        row = query_tables({"t": self.dt}, f"SELECT min({self.key}) AS lo, max({self.key}) AS hi "
-                                           f"FROM t WHERE {STATUS} = '{ACTIVE}'").to_pylist()[0]
-        return (None if row["lo"] is None else int(row["lo"])), \
-            (None if row["hi"] is None else int(row["hi"])), rows
+        """(lowest, highest position, estimated rows) from the log (:func:`logged_key_range`); a
+        key without statistics in some file is read (ACTIVE rows)."""
+        bounds, rows = logged_key_range(self.dt, self.column, self.by_key)
+        if bounds is None:
+            row = query_tables({"t": self.dt}, f"SELECT min({self.key}) AS lo, max({self.key}) AS hi "
+                                               f"FROM t WHERE {STATUS} = '{ACTIVE}'").to_pylist()[0]
+            bounds = int_bounds(row["lo"], row["hi"])
+        return bounds[0], bounds[1], rows
 
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
         """{bucket: (ACTIVE rows, checksum sum)} of the ACTIVE rows whose position is in [lo, hi]."""

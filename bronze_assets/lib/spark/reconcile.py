@@ -13,9 +13,8 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.enrich.metadata import ACTIVE
-from bronze_assets.lib.reconcile.bronze_side import empty_rows
+from bronze_assets.lib.reconcile.bronze_side import empty_rows, int_bounds, logged_key_range
 from bronze_assets.lib.reconcile.checksum import (
-    POSITIONS,
     hash_ranges_sql,
     spark_checksum_sql,
     spark_position_sql,
@@ -32,8 +31,8 @@ class SparkBronzeTable:
     """``bz_<table>`` read by Spark, compared by its integer key, or by its rows' hash positions
     with keys named by text (rendered on the driver, for the rows of differing buckets only)."""
 
-    def __init__(self, contract: Contract, uri: str, spark: SparkSession) -> None:
-        self.contract, self.uri, self.spark = contract, uri, spark
+    def __init__(self, contract: Contract, dt: DeltaTable, spark: SparkSession) -> None:
+        self.contract, self.dt, self.uri, self.spark = contract, dt, dt.table_uri, spark
         self.by_key = by_integer_key(contract)
         self.key = f"`{contract.primary_key[0]}`"
         self.at = f"CAST({self.key} AS BIGINT)" if self.by_key else spark_position_sql("record_hash")
@@ -47,12 +46,14 @@ class SparkBronzeTable:
         return self.spark.sql(f"SELECT {select} FROM {view} WHERE {where}")
 
     def key_range(self) -> tuple[int | None, int | None, int]:
-        row = self._sql(f"min({self.key}) AS lo, max({self.key}) AS hi, count(*) AS n",
-                        f"{STATUS} = '{ACTIVE}'").collect()[0]
-        if not self.by_key:
-            return (0, POSITIONS - 1, int(row["n"])) if row["n"] else (None, None, 0)
-        return (None if row["lo"] is None else int(row["lo"])), \
-            (None if row["hi"] is None else int(row["hi"])), int(row["n"])
+        """As the local side's: from the Delta log, read with delta-rs (no Spark job); a key
+        without statistics in some file is read by Spark (ACTIVE rows)."""
+        bounds, rows = logged_key_range(self.dt, self.contract.primary_key[0], self.by_key)
+        if bounds is None:
+            row = self._sql(f"min({self.key}) AS lo, max({self.key}) AS hi",
+                            f"{STATUS} = '{ACTIVE}'").collect()[0]
+            bounds = int_bounds(row["lo"], row["hi"])
+        return bounds[0], bounds[1], rows
 
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
         checksum = f"CAST({spark_checksum_sql('record_hash')} AS DECIMAL(38,0))"
@@ -89,9 +90,9 @@ class SparkBronzeTable:
 
 def spark_bronze_side(spark: SparkSession) -> BronzeSideFactory:
     """A bronze-side factory for :func:`~bronze_assets.lib.reconcile.reconcile` that reads with
-    ``spark`` (the table's location is taken from the opened Delta table)."""
+    ``spark`` (the table's location, and its key range, are taken from the opened Delta table)."""
 
     def side(contract: Contract, dt: DeltaTable) -> SparkBronzeTable:
-        return SparkBronzeTable(contract, dt.table_uri, spark)
+        return SparkBronzeTable(contract, dt, spark)
 
     return side
