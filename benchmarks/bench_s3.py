@@ -19,10 +19,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 BRONZE = str(Path(sys.executable).with_name("bronze"))
+STAGES = Path(__file__).with_name("s3_stages.py")
+# the S3 server: moto's, its access log dated with time.time() (so requests match traced stages)
+SERVER = ("import sys, time, werkzeug.serving as s\n"
+          "s.WSGIRequestHandler.log_date_time_string = lambda self: f'{time.time():.4f}'\n"
+          "from moto.server import main\n"
+          "main(sys.argv[1:])\n")
 
 
 def free_port() -> int:
@@ -41,18 +48,47 @@ def requests(log: Path) -> int:
     return len(request_lines(log))
 
 
+def kind(line: str) -> str:
+    """A request's kind: LIST (of which folder), log/checkpoint reads, data reads, PUTs, HEAD, DELETE."""
+    method, path = line.split('"', 2)[1].split()[:2]
+    status = line.rsplit('"', 1)[1].split()[0]
+    method = f"{method} {status}" if status != "200" else method
+    if "list-type=2" in path:
+        return f"LIST ({path.split('/')[2] if path.count('/') > 2 else '?'})"
+    return f"{method} _delta_log" if "_delta_log" in path else f"{method} data"
+
+
 def kinds(lines: list[str]) -> str:
-    """Requests by kind: LIST, log/checkpoint reads, data reads, PUTs, HEAD, DELETE."""
-    counts: dict[str, int] = {}
-    for line in lines:
-        method, path = line.split('"', 2)[1].split()[:2]
-        status = line.rsplit('"', 1)[1].split()[0]
-        method = f"{method} {status}" if status != "200" else method
-        kind = ("LIST" if "list-type=2" in path else
-                f"{method} _delta_log" if "_delta_log" in path else f"{method} data")
-        kind = f"{kind} ({path.split('/')[2] if path.count('/') > 2 else '?'})" if kind == "LIST" else kind
-        counts[kind] = counts.get(kind, 0) + 1
-    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
+    """Requests by kind, most first."""
+    counts = Counter(kind(line) for line in lines)
+    return ", ".join(f"{k}: {v}" for k, v in counts.most_common(8))
+
+
+def request_time(line: str) -> float:
+    """When the server logged a request (its log's date field holds ``time.time()``: :data:`SERVER`)."""
+    return float(line.split("[", 1)[1].split("]", 1)[0])
+
+
+def stage_table(marks: Path, lines: list[str]) -> str:
+    """The S3 demo's requests per traced stage (``s3_stages.py``), with their kinds."""
+    from s3_stages import breakdown
+
+    counts = breakdown(marks, [(request_time(line), kind(line)) for line in lines])
+    per_stage: Counter[str] = Counter()
+    per_kind: dict[str, Counter[str]] = {}
+    for key, n in counts.items():
+        stage, what = key.split(" | ", 1)
+        per_stage[stage] += n
+        per_kind.setdefault(stage, Counter())[what] += n
+    general: Counter[str] = Counter()
+    for stage, n in per_stage.items():
+        general[stage.split(" [", 1)[0]] += n
+    out = ["requests per stage (all tables):"]
+    out += [f"  {n:5}  {stage}" for stage, n in general.most_common()]
+    out.append("requests per stage and table (kinds):")
+    out += [f"  {n:5}  {stage}: " + ", ".join(f"{k} {v}" for k, v in per_kind[stage].most_common(5))
+            for stage, n in per_stage.most_common()]
+    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -67,9 +103,11 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def demo(env: dict[str, str], scale: float) -> Timed:
+def demo(env: dict[str, str], scale: float, marks: Path | None = None) -> Timed:
+    """``bronze demo`` in a process of its own (traced into ``marks`` when given)."""
+    command = [BRONZE] if marks is None else [sys.executable, str(STAGES), str(marks), "--"]
     started, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([BRONZE, "demo", "--scale", str(scale)], env=env, check=True,
+    subprocess.run([*command, "demo", "--scale", str(scale)], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = resource.getrusage(resource.RUSAGE_CHILDREN)
     return Timed(time.perf_counter() - started,
@@ -99,13 +137,15 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/bench_s3")
     parser.add_argument("--ticks-only", action="store_true",
                         help="skip the timed local-folder demo: only the S3 demo's requests and the ticks")
+    parser.add_argument("--stages", action="store_true",
+                        help="trace the S3 demo (s3_stages.py) and print its requests per stage")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     port, log = free_port(), work / "moto.log"
     with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        server = subprocess.Popen([sys.executable, "-c", SERVER, "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         time.sleep(3)
@@ -121,7 +161,8 @@ def main() -> None:
                   "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
                   "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}
         before, moto_before = requests(log), process_cpu(server.pid)
-        on_s3 = demo(s3_env, args.scale)
+        marks = work / "stages.marks" if args.stages else None
+        on_s3 = demo(s3_env, args.scale, marks)
         demo_requests, moto_cpu = requests(log) - before, process_cpu(server.pid) - moto_before
         compared = "" if local is None else f"local folder {local.wall:.1f} s (CPU {local.cpu:.1f} s), "
         ratio = "" if local is None else \
@@ -130,6 +171,8 @@ def main() -> None:
               f"(CPU {on_s3.cpu:.1f} s){ratio}, {demo_requests} S3 requests served with "
               f"{moto_cpu:.1f} CPU s of the S3 server's own, load average "
               f"{os.getloadavg()[0]:.1f}")
+        if marks is not None:
+            print(stage_table(marks, request_lines(log)[before:before + demo_requests]))
         for table, tick_number in [(t, n) for t in ("inventory", "order_details", "orders", "customers")
                                    for n in (1, 2)]:
             tick = subprocess.Popen([sys.executable, "-c", TICK, table], env=s3_env, text=True,
