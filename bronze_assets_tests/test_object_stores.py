@@ -533,3 +533,88 @@ def test_concurrent_unchanged_loads_and_folds_all_land_once(store: Store) -> Non
     assert Counter(read_table(storage, AUDIT_LOG)["table_name"].to_pylist()) == expected
     append_rows(storage, AUDIT_LOG, [_audit_row("last")])  # whatever was posted after the folds
     assert _audit_ids(storage) == expected + Counter(["last"])
+
+
+def test_a_filtered_read_costs_one_request_per_file_and_the_same_rows(s3: S3) -> None:
+    """On an object store a query filtering a column other than the status reads each file in one
+    ranged GET once its footer is known (without the page index, which costs one more per file);
+    the rows equal a local read's."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from bronze_assets.lib.delta.query import read_columns
+
+    data = pa.table({"id": list(range(400)), "part": [i % 4 for i in range(400)],
+                     "record_status": ["ACTIVE"] * 400})
+    uri = Storage(s3.root).uri("bz_filtered")
+    write_deltalake(uri, data, partition_by=["part"])
+    read_columns(DeltaTable(uri), ["id"])  # the footers
+    before = len(s3.requests())
+    found = read_columns(DeltaTable(uri), ["id", "part"], "id BETWEEN 10 AND 390 AND id IS NOT NULL")
+    gets = [r for r in s3.requests()[before:] if r.kind.startswith("GET data")]
+    assert sorted(found["id"].to_pylist()) == list(range(10, 391))
+    assert len(gets) == 4, gets
+
+
+def test_a_parent_of_several_tables_is_read_once_per_version_by_their_checks(seeded: str, s3: S3) -> None:
+    """The referential checks of bz_shipments and bz_returns both read bz_orders' keys: the second
+    reads none of its files (they are kept per table version); after a new version of it they are
+    read again; the outcomes equal a fresh process's (the DataFusion join)."""
+    from bronze_assets.lib.quality import checks
+
+    b = OnStore(seeded, s3)
+    for table in ("customers", "orders", "shipments", "returns"):
+        b.load_direct(table)
+    storage = b.storage
+    first = checks._referential_integrity(CONTRACTS["shipments"], storage.open("bz_shipments"),
+                                          {"bz_orders": storage.open("bz_orders")})
+    before = len(s3.requests())
+    second = checks._referential_integrity(CONTRACTS["returns"], storage.open("bz_returns"),
+                                           {"bz_orders": storage.open("bz_orders")})
+    orders_read = [r for r in s3.requests()[before:]
+                   if r.table == "bz_orders" and r.kind.startswith("GET data")]
+    assert not orders_read, orders_read
+    for contract, outcome in ((CONTRACTS["shipments"], first), (CONTRACTS["returns"], second)):
+        fk = contract.foreign_keys[0]
+        joined = checks._orphans_joined(storage.open(contract.bronze_table), fk, storage.open("bz_orders"))
+        label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
+        assert outcome.metadata[f"orphans {label}"] == len(joined[1])
+        sample = sorted(set(joined[1].to_pylist()))[:5]
+        assert outcome.metadata.get(f"orphan_values_sample {label}", []) == sample
+
+
+def test_a_load_that_changed_nothing_posts_its_lineage_and_cost_rows_too(store: Store) -> None:
+    """A load that read rows but changed none (a daily full load of an unchanged table) writes no
+    control-table commit: its audit, lineage and cost rows wait in their inboxes, readers see
+    them at once, and each table's next append carries them; a load that changed rows appends."""
+    from bronze_assets.lib.delta import audit_inbox
+    from bronze_assets.lib.delta.control import (
+        AUDIT_LOG,
+        COST_TRACKING,
+        LINEAGE,
+        LoadRecord,
+        read_table,
+        record_load,
+    )
+
+    storage = Storage(store.root)
+    start = datetime.now(UTC)
+
+    def load(name: str, changed: int) -> LoadRecord:
+        return LoadRecord(name, f"tests.{name}", "MERGE_FULL", "job", start, seconds=1.0, rows_read=50,
+                          records_affected=changed)
+
+    tables = (AUDIT_LOG, LINEAGE, COST_TRACKING)
+    name_of = {AUDIT_LOG: "table_name", LINEAGE: "target_table", COST_TRACKING: "table_name"}
+    record_load(storage, load("first", 5))
+    record_load(storage, load("unchanged", 0))
+    for table in tables:
+        assert len(storage.list_files(audit_inbox.INBOXES[table].folder)) == 1, table
+        in_delta = DeltaTable(storage.uri(table)).to_pyarrow_table()[name_of[table]].to_pylist()
+        assert in_delta == ["first"], table
+        assert sorted(read_table(storage, table)[name_of[table]].to_pylist()) == ["first", "unchanged"], table
+    record_load(storage, load("moved", 3))
+    for table in tables:
+        assert not storage.list_files(audit_inbox.INBOXES[table].folder), table
+        in_delta = DeltaTable(storage.uri(table)).to_pyarrow_table()[name_of[table]].to_pylist()
+        assert Counter(in_delta) == Counter(["first", "unchanged", "moved"]), table

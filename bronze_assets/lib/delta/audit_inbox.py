@@ -12,7 +12,10 @@ fold commits under one Delta app transaction (:mod:`exclusive_append`), so two f
 not both append a row, and it appends only the rows whose ``audit_id`` is not in the table yet
 (a fold that died between its commit and removing the files appended them already). Readers
 (:func:`~bronze_assets.lib.delta.control.read_table`) list the inbox *before* reading the table
-and keep one row per ``audit_id``: a row is in the table before its file goes, so none is missed."""
+and keep one row per ``audit_id``: a row is in the table before its file goes, so none is missed.
+
+The lineage and cost rows of a load that read rows but changed none (a daily full load of an
+unchanged table) wait the same way, each table in an inbox of its own (:data:`INBOXES`)."""
 
 from __future__ import annotations
 
@@ -31,10 +34,32 @@ INBOX = "_bronze_audit_inbox"
 FOLD_APP = "bronze.audit_inbox"  # the Delta app transaction of a fold
 
 
-def post(storage: Storage, row: Mapping[str, Any]) -> None:
-    """Write one complete audit row (its ``audit_id`` filled) as a file of its own."""
+@dataclass(frozen=True)
+class Inbox:
+    """Where the rows of one control table wait: the folder under the root, the Delta app
+    transaction of a fold, the row's id column and the time column that bounds a fold's read of
+    the ids already in the table (always filled when a row is posted)."""
+
+    folder: str
+    app: str
+    id_column: str
+    time_column: str
+
+
+AUDIT_INBOX = Inbox(INBOX, FOLD_APP, "audit_id", "start_timestamp")
+INBOXES = {  # by control table
+    "bz_audit_log": AUDIT_INBOX,
+    "bz_data_lineage": Inbox("_bronze_inbox/bz_data_lineage", "bronze.inbox.bz_data_lineage", "lineage_id",
+                             "processing_timestamp"),
+    "bz_cost_tracking": Inbox("_bronze_inbox/bz_cost_tracking", "bronze.inbox.bz_cost_tracking", "cost_id",
+                              "recorded_at"),
+}
+
+
+def post(storage: Storage, row: Mapping[str, Any], inbox: Inbox = AUDIT_INBOX) -> None:
+    """Write one complete row (its id filled) as a file of its own in ``inbox``."""
     text = json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()})
-    storage.write_file(f"{INBOX}/{row['audit_id']}.json", text.encode())
+    storage.write_file(f"{inbox.folder}/{row[inbox.id_column]}.json", text.encode())
 
 
 @dataclass(frozen=True)
@@ -45,11 +70,11 @@ class Pending:
     paths: tuple[str, ...]
 
 
-def pending(storage: Storage, schema: pa.Schema) -> Pending:
-    """The waiting rows: one listing, then one read per file (a file removed meanwhile by a fold
-    is skipped: its row is in the table)."""
+def pending(storage: Storage, schema: pa.Schema, inbox: Inbox = AUDIT_INBOX) -> Pending:
+    """The rows waiting in ``inbox``: one listing, then one read per file (a file removed meanwhile
+    by a fold is skipped: its row is in the table)."""
     rows, paths = [], []
-    for path in sorted(storage.list_files(INBOX)):
+    for path in sorted(storage.list_files(inbox.folder)):
         data = storage.read_file(path) if path.endswith(".json") else None
         if data is None:
             continue

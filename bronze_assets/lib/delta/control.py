@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -86,15 +87,17 @@ _ID_COLUMN = {name: schema.names[0] for name, schema in SCHEMAS.items()}
 
 def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
     """Append ``rows`` to control table ``table`` (created on first use); an append to the audit
-    log on an object store also carries the rows waiting in its inbox (:mod:`audit_inbox`)."""
+    log, lineage or cost table on an object store also carries the rows waiting in its inbox
+    (:mod:`audit_inbox`)."""
     if not rows:
         return 0
     storage = as_storage(storage)
     data = pa.Table.from_pylist(_filled(storage, table, rows), schema=SCHEMAS[table])
-    if table == AUDIT_LOG and storage.remote:
-        waiting = audit_inbox.pending(storage, SCHEMAS[AUDIT_LOG])
+    inbox = audit_inbox.INBOXES.get(table)
+    if inbox is not None and storage.remote:
+        waiting = audit_inbox.pending(storage, SCHEMAS[table], inbox)
         if waiting.paths:
-            _fold(storage, data, waiting)
+            _fold(storage, table, data, waiting)
             return data.num_rows
     for attempt in range(1, 6):  # concurrent appends from parallel steps may race for a version
         try:
@@ -130,24 +133,33 @@ def post_audit_row(storage: StorageLike, row: Mapping[str, Any]) -> None:
     """One audit row of a load that changed nothing: on an object store a file in the audit
     log's inbox (one request, where an append opens the log: :mod:`audit_inbox`), on a local
     folder an append."""
+    post_row(storage, AUDIT_LOG, row)
+
+
+def post_row(storage: StorageLike, table: str, row: Mapping[str, Any]) -> None:
+    """One row of ``table`` (the audit log, lineage or cost table) that need not be in its Delta
+    table at once: on an object store a file in the table's inbox, carried by the table's next
+    append (:mod:`audit_inbox`); on a local folder, and for another table, an append."""
     storage = as_storage(storage)
-    if not storage.remote:
-        append_rows(storage, AUDIT_LOG, [row])
+    inbox = audit_inbox.INBOXES.get(table)
+    if inbox is None or not storage.remote:
+        append_rows(storage, table, [row])
         return
-    audit_inbox.post(storage, _filled(storage, AUDIT_LOG, [row])[0])
+    audit_inbox.post(storage, _filled(storage, table, [row])[0], inbox)
 
 
-def _fold(storage: Storage, data: pa.Table, waiting: audit_inbox.Pending) -> None:
-    """Append ``data`` and the waiting rows not in the audit log yet in one commit of the inbox's
+def _fold(storage: Storage, table: str, data: pa.Table, waiting: audit_inbox.Pending) -> None:
+    """Append ``data`` and the waiting rows not in ``table`` yet in one commit of its inbox's
     app transaction, then remove their files."""
-    since = pc.min(waiting.rows["start_timestamp"]).as_py()  # always filled (end: NULL until set)
+    inbox = audit_inbox.INBOXES[table]
+    since = pc.min(waiting.rows[inbox.time_column]).as_py()  # always filled (end: NULL until set)
 
     def choose(dt: DeltaTable | None) -> pa.Table:
         present = None if dt is None or since is None else read_columns(
-            dt, [_ID_COLUMN[AUDIT_LOG]], f"start_timestamp >= '{since.isoformat()}'")
-        return pa.concat_tables([data, audit_inbox.not_in(present, waiting.rows, _ID_COLUMN[AUDIT_LOG])])
+            dt, [inbox.id_column], f"{inbox.time_column} >= '{since.isoformat()}'")
+        return pa.concat_tables([data, audit_inbox.not_in(present, waiting.rows, inbox.id_column)])
 
-    append_exclusive(storage, AUDIT_LOG, audit_inbox.FOLD_APP, choose)  # a kept open log catches up
+    append_exclusive(storage, table, inbox.app, choose)
     audit_inbox.remove(storage, waiting.paths)
 
 
@@ -167,9 +179,10 @@ _OPEN_GUARD = threading.Lock()
 
 def _append(storage: Storage, table: str, data: pa.Table) -> None:
     """Append to a control table kept open in this process: each load appends to three of them,
-    and refreshing the open table costs one listing (plus the commits other writers made since)
-    where opening it again reads every commit since its last checkpoint, twice, on an object
-    store (README 'Deploying', requests per tick)."""
+    and opening one again reads every commit since its last checkpoint, twice, on an object store
+    (README 'Deploying', requests per tick). The open table is not refreshed first (a listing and
+    a probe of its checkpoint): an append is blind, so when other writers committed since, the
+    commit reads their commits and lands after them (delta-rs' conflict resolution)."""
     uri = storage.uri(table)
     if not storage.remote:  # a local folder: opening costs no request
         write_deltalake(uri, data, mode="append", storage_options=storage.delta_options,
@@ -184,8 +197,6 @@ def _append(storage: Storage, table: str, data: pa.Table) -> None:
                 if entry.table is not None and not CONTROL_PROPERTIES.items() <= \
                         entry.table.metadata().configuration.items():  # a table from before: once
                     entry.table.alter.set_table_properties(CONTROL_PROPERTIES)
-            else:
-                entry.table.update_incremental()
             if entry.table is None:
                 write_deltalake(uri, data, mode="append", storage_options=storage.delta_options,
                                 configuration=CONTROL_PROPERTIES)
@@ -206,16 +217,17 @@ def _hooks(dt: DeltaTable) -> PostCommitHookProperties:
 
 
 def read_table(storage: StorageLike, table: str) -> pa.Table:
-    """The current rows of a control table (empty with its schema if never written); the audit
-    log's with the rows waiting in its inbox (listed first: a row leaves it only once in the table)."""
+    """The current rows of a control table (empty with its schema if never written); those of a
+    table with an inbox (audit log, lineage, cost) with the rows waiting in it (listed first: a
+    row leaves it only once in the table)."""
     storage = as_storage(storage)
-    waiting = audit_inbox.pending(storage, SCHEMAS[AUDIT_LOG]) if table == AUDIT_LOG and storage.remote \
-        else None
+    inbox = audit_inbox.INBOXES.get(table) if storage.remote else None
+    waiting = audit_inbox.pending(storage, SCHEMAS[table], inbox) if inbox is not None else None
     dt = storage.open(table)
     rows = SCHEMAS[table].empty_table() if dt is None else read_snapshot(dt)
-    if waiting is None or not waiting.paths:
+    if inbox is None or waiting is None or not waiting.paths:
         return rows
-    return pa.concat_tables([rows, audit_inbox.not_in(rows, waiting.rows, _ID_COLUMN[AUDIT_LOG])])
+    return pa.concat_tables([rows, audit_inbox.not_in(rows, waiting.rows, inbox.id_column)])
 
 
 @dataclass
@@ -300,8 +312,9 @@ def record_load(storage: StorageLike, load: LoadRecord) -> None:
     """One audit row (success or failure), one lineage row (success) and one cost row (at the
     rate of ``Storage.settings.cost_per_hour``). A load that read no row and changed none (an
     unchanged tick) writes its audit row only: it moved no data to trace, its seconds are the
-    audit row's start and end, and on an object store each control-table append opens that
-    table (README 'Bronze on S3', requests per unchanged tick)."""
+    audit row's start and end. On an object store, where each control-table append opens that
+    table (README 'Bronze on S3', requests per unchanged tick), a load that changed none posts
+    its rows to the tables' inboxes (:func:`post_row`)."""
     storage = as_storage(storage)
     end = datetime.now(UTC)
     row = {
@@ -313,22 +326,25 @@ def record_load(storage: StorageLike, load: LoadRecord) -> None:
     if load.status == SUCCESS and not load.rows_read and not load.records_affected:
         post_audit_row(storage, row)
         return
-    append_rows(storage, AUDIT_LOG, [row])
+    unchanged = load.status == SUCCESS and not load.records_affected  # e.g. a daily full load
+    write = partial(post_row, storage) if unchanged else \
+        lambda table, one: append_rows(storage, table, [one])
+    write(AUDIT_LOG, row)
     if load.status == SUCCESS:
-        append_rows(storage, LINEAGE, [{
+        write(LINEAGE, {
             "source_table": load.source_table, "target_table": load.table_name,
             "transformation_type": load.transformation_type, "processing_timestamp": end,
             "records_processed": load.rows_read, "processing_duration_seconds": round(load.seconds, 3),
             "job_id": load.job_id,
             "pipeline_version": f"{pipeline_version()}+contract.{load.contract_version}",
-        }])
+        })
     rate = storage.settings.cost_per_hour
-    append_rows(storage, COST_TRACKING, [{
+    write(COST_TRACKING, {
         "table_name": load.table_name, "job_id": load.job_id, "recorded_at": end,
         "compute_seconds": round(load.seconds, 3), "cost_rate_per_hour": rate,
         "compute_cost": round(load.seconds / 3600 * rate, 6), "storage_bytes": load.storage_bytes,
         "rows_processed": load.rows_read,
-    }])
+    })
 
 
 def record_checkpoint(storage: StorageLike, info: Any, job_id: str | None) -> None:

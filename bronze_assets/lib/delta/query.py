@@ -94,27 +94,39 @@ def quoted(columns: list[str] | tuple[str, ...]) -> str:
     return ", ".join(quote_ident(c) for c in columns)
 
 
-_SESSION: tuple[int, QueryBuilder] | None = None
+_SESSIONS: dict[tuple[int, bool], QueryBuilder] = {}
 _SESSION_LOCK = threading.Lock()
+# a table on an object store is read without the Parquet page index: reading it costs one more
+# ranged GET per file whenever a query filters a column other than the status, for pages the
+# small files of bronze rarely let a query skip; the rows read are the same either way
+OBJECT_STORE_CONFIG = {"datafusion.execution.parquet.enable_page_index": "false"}
 
 
-def _session() -> QueryBuilder:
-    """The process's DataFusion session (a forked child makes its own). It keeps the Parquet
-    footers it has read, so a file read again — the checks, the reconciliation and the summary
-    after a load — costs only its column chunks: on an object store one or two ranged GETs a
-    file instead of three or four (the footer's length, then the footer). Data files never
-    change once written (Delta writes new ones), so a kept footer is never stale."""
-    global _SESSION
-    if _SESSION is None or _SESSION[0] != os.getpid():
-        _SESSION = (os.getpid(), QueryBuilder())
-    return _SESSION[1]
+def is_remote(dt: DeltaTable) -> bool:
+    """Whether ``dt`` lives on an object store (``s3://``, ``abfss://`` …), not a local folder."""
+    uri = dt.table_uri
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _session(remote: bool) -> QueryBuilder:
+    """The process's DataFusion session for local or object-store tables (a forked child makes its
+    own). It keeps the Parquet footers it has read, so a file read again — the checks, the
+    reconciliation and the summary after a load — costs only its column chunks: on an object
+    store one ranged GET a file instead of three or four (the footer's length, then the footer).
+    Data files never change once written (Delta writes new ones), so a kept footer is never stale."""
+    key = (os.getpid(), remote)
+    if key not in _SESSIONS:
+        if any(pid != os.getpid() for pid, _ in _SESSIONS):
+            _SESSIONS.clear()
+        _SESSIONS[key] = QueryBuilder(OBJECT_STORE_CONFIG if remote else None)
+    return _SESSIONS[key]
 
 
 def _execute(tables: dict[str, DeltaTable], sql: str) -> pa.RecordBatchReader:
     """``sql`` over ``tables`` in the shared session: registered under their names for the time
     it takes to plan the query (the plan holds the tables; the stream is read after)."""
     with _SESSION_LOCK:
-        builder = _session()
+        builder = _session(any(is_remote(dt) for dt in tables.values()))
         try:
             for name, dt in tables.items():
                 builder.register(name, dt)

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from bronze_assets.lib.delta import control
 from bronze_assets.lib.delta.storage import StorageLike
@@ -43,11 +44,14 @@ class Frames:
 
 
 def load_frames(
-    storage: StorageLike, since: datetime | None = None) -> Frames:
-    """Read the three control tables (rows at or after ``since`` when given)."""
+    storage: StorageLike, since: datetime | None = None, audit_log: pa.Table | None = None) -> Frames:
+    """Read the three control tables (rows at or after ``since`` when given); ``audit_log``: the
+    audit log's rows when the caller has read them already."""
 
     def read(table: str) -> pl.DataFrame:
-        return pl.from_arrow(control.read_table(storage, table))  # type: ignore[return-value]
+        rows = audit_log if table == control.AUDIT_LOG and audit_log is not None else \
+            control.read_table(storage, table)
+        return pl.from_arrow(rows)  # type: ignore[return-value]
 
     audit = read(control.AUDIT_LOG).filter(pl.col("operation_type") == LOAD_OPERATION)
     loads = audit.select(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bronze_assets.lib.delta.control import AUDIT_LOG, read_table
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.monitoring.metrics import RunStats, headline, load_frames, per_table
 from bronze_assets.lib.monitoring.status import NEVER, STALE, TableStatus, _age, bronze_status
@@ -78,8 +79,9 @@ def build_report(
     storage = as_storage(storage)
     out = Path(out_dir) if out_dir is not None else default_report_dir(storage.settings.data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frames = load_frames(storage, since)
-    status = bronze_status(storage, now=now, instance=instance)
+    audit_log = read_table(storage, AUDIT_LOG)  # read once: the charts and the status table
+    frames = load_frames(storage, since, audit_log)
+    status = bronze_status(storage, now=now, instance=instance, audit_log=audit_log)
     result = ReportResult(out, out / HTML_NAME, write_plots(frames, runs, out), headline(frames, runs),
                           per_table(frames), status)
     result.html.write_text(render_html(result, since), encoding="utf-8")

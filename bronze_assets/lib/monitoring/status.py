@@ -117,9 +117,11 @@ class TableStatus:
             | {"healthy": self.healthy, "state": self.state, "action": self.action}
 
 
-def _loads(storage: Storage) -> dict[str, dict[str, tuple[datetime, str, str]]]:
-    """{table: {status: (end time, error, details)}} of the latest LOAD audit row per table and status."""
-    audit = read_table(storage, AUDIT_LOG)
+def _loads(storage: Storage, audit_log: pa.Table | None = None
+           ) -> dict[str, dict[str, tuple[datetime, str, str]]]:
+    """{table: {status: (end time, error, details)}} of the latest LOAD audit row per table and status
+    (``audit_log``: its rows, when read already)."""
+    audit = read_table(storage, AUDIT_LOG) if audit_log is None else audit_log
     audit = audit.filter(pc.equal(audit["operation_type"], "LOAD"))
     latest: dict[str, dict[str, tuple[datetime, str, str]]] = {}
     columns = ["table_name", "status", "end_timestamp", "error_message", "details"]
@@ -288,11 +290,12 @@ def history_status(contract: Contract, storage: Storage) -> dict[str, Any]:
 
 
 def bronze_status(storage: StorageLike, now: datetime | None = None, instance: Any = None,
-                  ) -> list[TableStatus]:
-    """One :class:`TableStatus` per contract, stale and failed tables first."""
+                  audit_log: pa.Table | None = None) -> list[TableStatus]:
+    """One :class:`TableStatus` per contract, stale and failed tables first (``audit_log``: the
+    audit log's rows, when the caller has read them already)."""
     now = now or datetime.now(UTC)
     storage = as_storage(storage)
-    loads = _loads(storage)
+    loads = _loads(storage, audit_log)
     contracts = [*CONTRACTS.values(), *LANDING_CONTRACTS.values()]
     rows = [table_status(c, storage, now, loads, instance) for c in contracts]
     return sorted(rows, key=lambda s: (s.healthy, s.table))

@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.query import query_tables, quoted
+from bronze_assets.contracts.model import ForeignKey
+from bronze_assets.lib.delta.query import query_tables, quoted, scan_columns
 from bronze_assets.lib.delta.staging import score_percentile, score_sum
 from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
@@ -189,30 +191,94 @@ def _referential_integrity(contract: Contract, child: DeltaTable | None,
                            parents: Mapping[str, DeltaTable | None]) -> CheckOutcome:
     metadata: dict[str, object] = {}
     orphans_total = 0
+    loaded = {fk: parent for fk in contract.foreign_keys
+              if child is not None and (parent := parents[f"bz_{fk.parent_table}"]) is not None}
+    found = _orphans(child, loaded) if child is not None and loaded else {}
     for fk in contract.foreign_keys:
         label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
-        parent = parents[f"bz_{fk.parent_table}"]
-        if child is None or parent is None:
+        if fk not in found:
             metadata[f"orphans {label}"] = "parent or child not loaded yet"
             continue
-        # one pass over the child: its orphan values grouped, every other value in the NULL group
-        column = f'c."{fk.column}"'
-        groups = _frame(query_tables({"child": child, "parent": parent}, (
-            f"SELECT CASE WHEN p.k IS NULL THEN {column} END AS v, count(*) AS n FROM child c "
-            f"LEFT JOIN (SELECT DISTINCT \"{fk.parent_column}\" AS k FROM parent "
-            f"WHERE {STATUS} = '{ACTIVE}') p ON {column} = p.k "
-            f"WHERE c.{STATUS} = '{ACTIVE}' AND {column} IS NOT NULL GROUP BY 1")))
-        count = int(groups["n"].sum()) if groups.height else 0
-        orphans = groups.drop_nulls("v").sort("v")
-        orphan_rows = int(orphans["n"].sum()) if orphans.height else 0
+        count, orphans = found[fk]
+        orphan_rows = len(orphans)
         orphans_total += orphan_rows
         metadata[f"orphans {label}"] = orphan_rows
         metadata[f"orphan_rate {label}"] = round(orphan_rows / count, 6) if count else 0.0
         if orphan_rows:
-            sample = orphans["v"].head(5).to_list()
+            sample = _frame(pa.table({"v": orphans})).get_column("v").unique().sort().head(5).to_list()
             metadata[f"orphan_values_sample {label}"] = sample
     return CheckOutcome(
         REFERENTIAL_INTEGRITY, passed=orphans_total == 0, severity=WARN, metadata=metadata,
         description=f"{orphans_total:,} ACTIVE rows reference a parent key missing from bronze"
         if orphans_total else "every foreign key has its parent",
     )
+
+
+def _orphans(child: DeltaTable, parents: Mapping[ForeignKey, DeltaTable]
+             ) -> dict[ForeignKey, tuple[int, pa.Array]]:
+    """Per foreign key: (ACTIVE child rows holding a value, the values with no ACTIVE parent key).
+    One streamed scan of the child reads every foreign key column; each parent's distinct keys are
+    read once per version in this process (:func:`_parent_keys`: on an object store a table that
+    is the parent of three is read once, not three times). A column whose type differs from its
+    parent key's is joined by DataFusion instead, which coerces the two."""
+    child_types = {f.name: f.type for f in pa.schema(child.schema().to_arrow())}
+    same, coerced = {}, {}
+    for fk, parent in parents.items():
+        parent_type = pa.schema(parent.schema().to_arrow()).field(fk.parent_column).type
+        if child_types[fk.column] == parent_type:
+            same[fk] = _parent_keys(parent, fk.parent_column, parent_type)
+        else:
+            coerced[fk] = parent
+    found = {fk: _orphans_joined(child, fk, parent) for fk, parent in coerced.items()}
+    if not same:
+        return found
+    counts, missing = dict.fromkeys(same, 0), {fk: [] for fk in same}
+    columns = sorted({fk.column for fk in same})
+    for frame in pa.RecordBatchReader.from_stream(scan_columns(child, columns, f"{STATUS} = '{ACTIVE}'")):
+        for fk, keys in same.items():
+            values = pc.drop_null(_plain(frame.column(fk.column)).cast(child_types[fk.column]))
+            counts[fk] += len(values)
+            missing[fk].append(pc.filter(values, pc.invert(pc.is_in(values, value_set=keys))))
+    for fk in same:
+        found[fk] = counts[fk], pa.chunked_array(missing[fk], type=child_types[fk.column]).combine_chunks()
+    return found
+
+
+def _orphans_joined(child: DeltaTable, fk: ForeignKey, parent: DeltaTable) -> tuple[int, pa.Array]:
+    """:func:`_orphans` of one key by a DataFusion join (child and parent key types differ)."""
+    column = f'c."{fk.column}"'
+    groups = _frame(query_tables({"child": child, "parent": parent}, (
+        f"SELECT CASE WHEN p.k IS NULL THEN {column} END AS v, count(*) AS n FROM child c "
+        f"LEFT JOIN (SELECT DISTINCT \"{fk.parent_column}\" AS k FROM parent "
+        f"WHERE {STATUS} = '{ACTIVE}') p ON {column} = p.k "
+        f"WHERE c.{STATUS} = '{ACTIVE}' AND {column} IS NOT NULL GROUP BY 1")))
+    count = int(groups["n"].sum()) if groups.height else 0
+    orphans = groups.drop_nulls("v")
+    values = orphans.select(pl.col("v").repeat_by("n").explode()).get_column("v").to_arrow()
+    return count, values
+
+
+_PARENT_KEYS: dict[tuple[str, str, int, str], pa.Array] = {}
+_PARENT_KEYS_HELD = 4  # parents whose keys this process keeps (the latest read)
+
+
+def _parent_keys(parent: DeltaTable, column: str, kind: pa.DataType) -> pa.Array:
+    """The distinct keys of ``column`` among the ACTIVE rows of ``parent`` at its loaded version
+    (NULL left out), read once per table version in this process: a version never changes."""
+    key = (parent.table_uri, parent.metadata().id, parent.version(), column)
+    if key not in _PARENT_KEYS:
+        keys = query_tables({"parent": parent}, f"SELECT DISTINCT \"{column}\" AS k FROM parent "
+                                                f"WHERE {STATUS} = '{ACTIVE}' AND \"{column}\" IS NOT NULL")
+        while len(_PARENT_KEYS) >= _PARENT_KEYS_HELD:
+            _PARENT_KEYS.pop(next(iter(_PARENT_KEYS)))
+        _PARENT_KEYS[key] = _plain(keys.column("k")).cast(kind).combine_chunks()
+    return _PARENT_KEYS[key]
+
+
+def _plain(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """``values`` without DataFusion's view types (string_view, binary_view)."""
+    if pa.types.is_string_view(values.type):
+        return values.cast(pa.string())
+    if pa.types.is_binary_view(values.type):
+        return values.cast(pa.binary())
+    return values

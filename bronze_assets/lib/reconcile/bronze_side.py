@@ -78,11 +78,14 @@ class BronzeTable:
         self.column = contract.primary_key[0]
         self.key = f'"{self.column}"'
         self.keys = [*contract.primary_key, "record_hash", STATUS]  # read for rows named by text
+        self.bounds: tuple[int | None, int | None] | None = None  # every file's keys, from the log
 
     def key_range(self) -> tuple[int | None, int | None, int]:
         """(lowest, highest position, estimated rows) from the log (:func:`logged_key_range`); a
         key without statistics in some file is read (ACTIVE rows)."""
         bounds, rows = logged_key_range(self.dt, self.column, self.by_key)
+        if self.by_key:
+            self.bounds = bounds  # every file's keys (None: some file has no statistics for it)
         if bounds is None:
             row = query_tables({"t": self.dt}, f"SELECT min({self.key}) AS lo, max({self.key}) AS hi "
                                                f"FROM t WHERE {STATUS} = '{ACTIVE}'").to_pylist()[0]
@@ -93,14 +96,19 @@ class BronzeTable:
         """{bucket: (ACTIVE rows, checksum sum)} of the ACTIVE rows whose position is in [lo, hi]."""
         if self.by_key:
             columns, where = [self.column, "record_hash"], f"{self.key} BETWEEN {lo} AND {hi}"
+            if self._holds_every_key(lo, hi):  # the first level: no key filter in the scan (on
+                where = None  # an object store a filtered column is fetched before the rest)
             at = pl.col(self.column).cast(pl.Int64)
         else:
             columns, at = ["record_hash"], position("record_hash")
             where = hash_ranges_sql("record_hash", [(lo, hi)])
         partial = []
-        for table in frames(scan_columns(self.dt, columns, f"{STATUS} = '{ACTIVE}' AND {where}")):
+        condition = f"{STATUS} = '{ACTIVE}'" + (f" AND {where}" if where else "")
+        for table in frames(scan_columns(self.dt, columns, condition)):
             frame = pl.from_arrow(table)
             assert isinstance(frame, pl.DataFrame)
+            if where is None:
+                frame = frame.filter(pl.col(self.column).is_not_null())
             if not frame.height:
                 continue
             partial.append(frame.select(((at - lo) // width).alias("b"), *checksum_words("record_hash"))
@@ -109,6 +117,11 @@ class BronzeTable:
             return {}
         total = pl.concat(partial).group_by("b").agg(pl.sum("n"), pl.sum("_hi"), pl.sum("_lo"))
         return {b: (int(n), join_words(h, low)) for b, n, h, low in total.iter_rows()}
+
+    def _holds_every_key(self, lo: int, hi: int) -> bool:
+        """Whether [lo, hi] covers the key of every row, by the log's file statistics."""
+        low, high = self.bounds or (None, None)
+        return low is not None and high is not None and lo <= low and high <= hi
 
     def rows(self, ranges: Ranges) -> pl.DataFrame:
         """key, bronze_hash, status of every row (any status) whose position lies in ``ranges``."""
