@@ -5,6 +5,7 @@ Spark job into Pipes check reports). Failing keys go into the metadata as sample
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.quality.check_memo import keep_outcome, kept_outcome, log_state, tables_state
 from bronze_assets.lib.quality.validate import QualityReport
+from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.schema import SchemaDrift
 
 SCHEMA_CONTRACT = "schema_contract"
@@ -260,19 +262,22 @@ def _orphans_joined(child: DeltaTable, fk: ForeignKey, parent: DeltaTable) -> tu
 
 _PARENT_KEYS: dict[tuple[str, str, int, str], pa.Array] = {}
 _PARENT_KEYS_HELD = 4  # parents whose keys this process keeps (the latest read)
+_PARENT_KEYS_LOCK = threading.Lock()  # the demo runs two tables' steps at once
 
 
 def _parent_keys(parent: DeltaTable, column: str, kind: pa.DataType) -> pa.Array:
     """The distinct keys of ``column`` among the ACTIVE rows of ``parent`` at its loaded version
     (NULL left out), read once per table version in this process: a version never changes."""
     key = (parent.table_uri, parent.metadata().id, parent.version(), column)
-    if key not in _PARENT_KEYS:
-        keys = query_tables({"parent": parent}, f"SELECT DISTINCT \"{column}\" AS k FROM parent "
-                                                f"WHERE {STATUS} = '{ACTIVE}' AND \"{column}\" IS NOT NULL")
-        while len(_PARENT_KEYS) >= _PARENT_KEYS_HELD:
-            _PARENT_KEYS.pop(next(iter(_PARENT_KEYS)))
-        _PARENT_KEYS[key] = _plain(keys.column("k")).cast(kind).combine_chunks()
-    return _PARENT_KEYS[key]
+    with _PARENT_KEYS_LOCK:
+        if key not in _PARENT_KEYS:
+            name = quote_ident(column)
+            keys = query_tables({"parent": parent}, f"SELECT DISTINCT {name} AS k FROM parent "
+                                                    f"WHERE {STATUS} = '{ACTIVE}' AND {name} IS NOT NULL")
+            while len(_PARENT_KEYS) >= _PARENT_KEYS_HELD:
+                _PARENT_KEYS.pop(next(iter(_PARENT_KEYS)))
+            _PARENT_KEYS[key] = _plain(keys.column("k")).cast(kind).combine_chunks()
+        return _PARENT_KEYS[key]
 
 
 def _plain(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
