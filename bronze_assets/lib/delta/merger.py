@@ -71,6 +71,7 @@ class BronzeMerger:
         self.pk = list(contract.merge_key)  # a keyless table: its record_key
         self.part = contract.partitioning.delta_column
         self.pii: PiiHook | None = None  # the staged batch's PII hook, during merge()
+        self._latest: DeltaTable | None = None  # opened after this merge's latest commit
 
         self.planner = MergePlanner(contract, self.uri, self.storage.settings.stage_dir)
         self.history = HistoryWriter(contract, self.storage) if contract.history else None
@@ -136,6 +137,7 @@ class BronzeMerger:
         """
         started = time.perf_counter()
         self._on_commit = on_commit
+        self._latest = None
         self.pii = require_hook(self.contract, staged.pii, "write") if self.contract.encrypted_columns \
             else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -176,8 +178,9 @@ class BronzeMerger:
                     raise
                 log.warning("%s: commit conflict (%s); re-reading and retrying", self.uri, exc)
                 time.sleep(0.2 * 2**attempt)
-        # a load that committed nothing leaves the table as it opened it: no second open
-        final = dt if not result.commits else self.storage.open(self.contract.bronze_table)
+        # a load that committed nothing leaves the table as it opened it, one that committed
+        # chunks as it was opened after the last of them: no other open
+        final = dt if not result.commits else self._latest or self.storage.open(self.contract.bronze_table)
         if final is not None:
             result.version = final.version()
             result.size_bytes, result.num_files = table_stats(final)
@@ -204,7 +207,7 @@ class BronzeMerger:
         commit_without_rows(dt, self._commit_properties(dt, staged), self.storage.delta_options)
 
     def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
-        dt = self.storage.open(self.contract.bronze_table)
+        dt = self._latest = self.storage.open(self.contract.bronze_table)
         info = CommitInfo(self.contract.bronze_table, staged.ctx.batch_id, staged.window, chunk, chunks,
                           rows, dt.version() if dt is not None else -1)
         log.info("%s: committed chunk %d/%d of batch %s (%d rows)", self.uri, chunk + 1, chunks,
@@ -277,7 +280,7 @@ class BronzeMerger:
             del narrow
         file_bytes = target_file_bytes(self.contract, self.storage.settings)
         for chunk in range(chunks):
-            dt = self.storage.open(self.contract.bronze_table) if chunk else None
+            dt = self._latest if chunk else None  # as the previous chunk's commit left it
             if dt is not None and chunk in CommitLog.read(dt).committed_chunks(staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
             batches = self._staged_chunk(staged, chunk, sizes, order)
@@ -323,8 +326,8 @@ class BronzeMerger:
         chunks = max(1, math.ceil(plan.height / self.chunk_rows))
         for chunk in range(chunks):
             piece = plan.slice(chunk * self.chunk_rows, self.chunk_rows)
-            if chunk:
-                dt = self.storage.open(self.contract.bronze_table) or dt
+            if chunk:  # as the previous chunk's commit left it
+                dt = self._latest or dt
             source = self._merge_source(staged, piece)
             if self.history is not None and adds_versions(piece.get_column(OP).unique()):
                 batches = list(source)  # protected once, written to both tables (history first)
