@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -506,7 +506,10 @@ def scratch_source(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
             server.stop()
 
 
-def bench(scale: float) -> dict[str, dict[str, Any]]:
+def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None = None
+          ) -> dict[str, dict[str, Any]]:
+    """Every phase at ``scale``; ``save`` is given the figures so far after each phase (a long run
+    stopped half-way keeps them)."""
     from bronze_assets.lib.quality import worker
     from bronze_assets.settings import Settings
 
@@ -531,6 +534,8 @@ def bench(scale: float) -> dict[str, dict[str, Any]]:
             results[label]["files"] = count_files(where, prefix)
             print(f"  scale {scale:g} {label}: {results[label]['wall']:.1f} s "
                   f"(run at {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            if save is not None:
+                save(results)
 
         settings = Settings.from_env(env)
         started = time.perf_counter()
@@ -554,6 +559,8 @@ def bench(scale: float) -> dict[str, dict[str, Any]]:
             results[label]["rewritten"] = rewritten(root, before)
             results[label]["rewrite_ratio"] = rewrite_ratios(changes["changes"], results[label]["rewritten"])
             results[label]["verify"] = run_phase("verify", env, "--state", str(state))
+            if save is not None:
+                save(results)
         dlt_out = Path(tmp) / "dlt"
         phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
               prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
@@ -655,11 +662,16 @@ def main() -> None:
         result["cpu_seconds"] = _cpu_seconds()
         print(json.dumps(result, default=str))
         return
-    figures = {}
-    for scale in args.scales:
-        figures[f"{scale:g}"] = json_figures(bench(scale))
-        if args.json:  # written after every scale, so a later failure keeps the earlier figures
+    figures: dict[str, Any] = {}
+
+    def save(scale: float, results: dict[str, dict[str, Any]]) -> None:
+        """Written after every phase, so a failure or a stop keeps the figures so far."""
+        figures[f"{scale:g}"] = json_figures(results)
+        if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+    for scale in args.scales:
+        save(scale, bench(scale, lambda results, scale=scale: save(scale, results)))
 
 
 if __name__ == "__main__":

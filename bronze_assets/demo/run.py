@@ -320,6 +320,8 @@ def materialize_all(
     """
     from bronze_assets.defs.resources import PostgresSource
 
+    if with_checks:  # GX's import in the service overlaps Dagster's start and the first extraction
+        _start_validation_service()
     now = now or datetime.now(UTC)
     groups: dict[dg.PartitionsDefinition | None, list[dg.AssetsDefinition]] = {}
     for asset in definitions.assets or []:
