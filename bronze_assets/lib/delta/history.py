@@ -37,6 +37,7 @@ from bronze_assets.lib.delta.merge_plan import OP
 from bronze_assets.lib.delta.merge_rule import DELETE, INSERT, UPDATE
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.delta.write_options import target_file_bytes, writer_properties
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, TS
 from bronze_assets.lib.source.ddl import quote_ident
 
@@ -166,10 +167,13 @@ class HistoryWriter:
         table = _conform(rows, schema)
         table = table.append_column(VALID_FROM, table.column("update_timestamp").cast(TS))
         table = table.append_column(IS_DELETED, pc.equal(table.column("record_status"), DELETED))
+        file_bytes = target_file_bytes(self.contract, self.storage.settings)
         write_deltalake(self.uri, _conform(table, history_schema(schema)),
                         mode="overwrite" if replace else "error",
                         schema_mode="overwrite" if replace else None,
-                        storage_options=self.storage.delta_options, configuration=BRONZE_PROPERTIES,
+                        storage_options=self.storage.delta_options, target_file_size=file_bytes,
+                        writer_properties=writer_properties(self.contract),
+                        configuration={"delta.targetFileSize": str(file_bytes), **BRONZE_PROPERTIES},
                         commit_properties=commit_properties(self._dt, self.contract,
                                                             {SEEDED_BY_KEY: batch_id}, table=self.table))
         self._dt = None
@@ -234,6 +238,7 @@ class HistoryWriter:
         metrics: dict[str, Any] = (
             dt.merge(source.to_arrow(), predicate=statement.predicate, source_alias="s", target_alias="t",
                      merge_schema=any(c not in target.names for c in versions.columns),
+                     writer_properties=writer_properties(self.contract),
                      commit_properties=self._properties(dt, batch_id, batch_time, chunk, chunks))
             .when_matched_update(statement.close_set, predicate=statement.close_when)
             .when_not_matched_insert(statement.open_values, predicate=statement.open_when)
