@@ -23,15 +23,18 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import DeltaTable
 
 from bronze_assets.contracts import ROW_KEY, Contract
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.model import ROW_KEY_SEPARATOR, Evolution
 from bronze_assets.contracts.types import PgType
-from bronze_assets.lib.delta.landing_ledger import LedgerRow
+from bronze_assets.lib.delta.landing_ledger import LedgerRow, committed_rows
+from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, enrich
 from bronze_assets.lib.enrich.pgtext import hash_texts
 from bronze_assets.lib.load.errors import SchemaMismatchError
+from bronze_assets.lib.load.landing_source import FileSelection
 from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.lib.source.schema import SchemaDrift
 
@@ -191,14 +194,20 @@ def bad_line_ids(table: str, bad: Iterable[tuple[str, str, int | None]]) -> list
             for uri, sha, line in bad]
 
 
-def landed_elsewhere(contract: Contract, mine: Iterable[LedgerRow], committed: Iterable[LedgerRow],
-                     batch_id: str) -> set[str]:
-    """The files of this batch's ledger rows (``mine``) that other batches' ``committed`` rows
-    (commits made since the listing: another run at once) have landed; with ``allow_overwrites``
-    only the same version of a file counts."""
+def landed_since_listing(contract: Contract, storage: Storage, dt: DeltaTable | None,
+                         selection: FileSelection, batch_id: str) -> set[str]:
+    """Before a commit attempt, on either engine: the files of the batch's ledger rows
+    (``selection.ledger``) that other batches' commits made since the listing (another run at
+    once, either engine) have landed; with ``allow_overwrites`` only the same version of a file
+    counts. The listing's table version moves to ``dt``'s (those commits are checked)."""
+    if dt is None or not selection.ledger:
+        return set()
+    since = selection.table_version if selection.table_version is not None else -1
+    committed = committed_rows(storage, contract.bronze_table, dt, newer_than=since)
+    selection.table_version = dt.version()
     landed = {r.path: (r.size, r.modification_time) for r in committed if r.batch_id != batch_id}
     overwrites = contract.landing is not None and contract.landing.allow_overwrites
-    return {r.path for r in mine if r.path in landed
+    return {r.path for r in selection.ledger if r.path in landed
             and (not overwrites or landed[r.path] == (r.size, r.modification_time))}
 
 

@@ -18,7 +18,6 @@ landed since the listing are dropped from the batch.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,8 +35,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.model import Evolution
-from bronze_assets.lib.delta.commit_log import commit_history
-from bronze_assets.lib.delta.landing_ledger import LEDGER_KEY, LedgerRow, ledger_metadata
+from bronze_assets.lib.delta.landing_ledger import LEDGER_KEY, ledger_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_once
 from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, write_stream
 from bronze_assets.lib.delta.storage import Storage
@@ -52,7 +50,7 @@ from bronze_assets.lib.load.landing_records import (
     bad_line_ids,
     bad_line_records,
     enrich_records,
-    landed_elsewhere,
+    landed_since_listing,
     landing_extras,
     ledger_rows,
 )
@@ -203,7 +201,7 @@ def _second_pass(storage: Storage, selection: FileSelection, ctx: BatchContext, 
         schema_drift=drift,
     )
     _record_ledger(staged, selection)
-    staged.before_commit = lambda dt: drop_landed_elsewhere(staged, selection, dt, storage.settings.stage_dir)
+    staged.before_commit = lambda dt: drop_landed_elsewhere(staged, selection, dt, storage)
     return staged
 
 
@@ -214,18 +212,11 @@ def _record_ledger(staged: StagedBatch, selection: FileSelection) -> None:
 
 
 def drop_landed_elsewhere(staged: StagedBatch, selection: FileSelection, dt: DeltaTable | None,
-                          stage_base: Path) -> None:
+                          storage: Storage) -> None:
     """Before a commit attempt: drop from the batch the files that commits made since the listing
     (another run at once) have landed — their records and ledger rows — so every record and file
     lands once. With ``allow_overwrites`` only the same version of a file counts."""
-    if dt is None or not selection.ledger:
-        return
-    newer = dt.version() - (selection.table_version if selection.table_version is not None else -1)
-    if newer <= 0:
-        return
-    committed = [LedgerRow.from_json(r) for entry in commit_history(dt, newer)
-                 if isinstance(text := entry.get(LEDGER_KEY), str) for r in json.loads(text)]
-    gone = landed_elsewhere(staged.contract, selection.ledger, committed, staged.ctx.batch_id)
+    gone = landed_since_listing(staged.contract, storage, dt, selection, staged.ctx.batch_id)
     if not gone:
         return
     selection.ledger = [r for r in selection.ledger if r.path not in gone]
@@ -242,7 +233,7 @@ def drop_landed_elsewhere(staged: StagedBatch, selection: FileSelection, dt: Del
             yield batch
 
     old = staged.path
-    staged.path, staged.rows = write_stream(kept(), reader.schema, staged.contract.bronze_table, stage_base)
+    staged.path, staged.rows = write_stream(kept(), reader.schema, staged.contract.bronze_table,
+                                            storage.settings.stage_dir)
     staged.score_histogram = histogram
     old.unlink(missing_ok=True)
-    selection.table_version = dt.version()

@@ -35,7 +35,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.types import PgType
 from bronze_assets.lib.delta.commit_log import CommitLog
-from bronze_assets.lib.delta.landing_ledger import LEDGER_KEY, committed_rows, ledger_metadata
+from bronze_assets.lib.delta.landing_ledger import LEDGER_KEY, ledger_metadata
 from bronze_assets.lib.delta.load_commit import commit_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_once
 from bronze_assets.lib.delta.staging import stage_dir
@@ -49,7 +49,7 @@ from bronze_assets.lib.load.landing_records import (
     bad_line_ids,
     bad_line_records,
     enrich_records,
-    landed_elsewhere,
+    landed_since_listing,
     landing_extras,
     ledger_rows,
 )
@@ -232,17 +232,12 @@ def stage_landing(loader: SparkLoader, selection: FileSelection, commits: Commit
 def drop_landed_elsewhere(loader: SparkLoader, staged: SparkStaged, selection: FileSelection) -> None:
     """Before the commit: drop from the batch the files that commits made since the listing
     (another run at once, either engine) have landed — their records and ledger rows — so every
-    record and file lands once (the local engine's rule, :func:`landed_elsewhere`)."""
+    record and file lands once (both engines' rule, :func:`landed_since_listing`)."""
     from pyspark.sql import functions as F
 
     storage, contract = loader.storage, staged.contract
-    dt = storage.open(contract.bronze_table)
-    if dt is None or not selection.ledger:
-        return
-    since = selection.table_version if selection.table_version is not None else -1
-    committed = committed_rows(storage, contract.bronze_table, dt, newer_than=since)
-    gone = landed_elsewhere(contract, selection.ledger, committed, staged.ctx.batch_id)
-    selection.table_version = dt.version()
+    gone = landed_since_listing(contract, storage, storage.open(contract.bronze_table), selection,
+                                staged.ctx.batch_id)
     if not gone:
         return
     rows = loader.spark.read.parquet(str(staged.rows_path))
