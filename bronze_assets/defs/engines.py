@@ -193,7 +193,9 @@ def run_local(context: dg.AssetExecutionContext, request: LoadRequest, source: A
         # the MERGE happens here (the metadata says which load pattern ran)
         yield dg.Output(staged, output_name=request.contract.bronze_table, metadata=lifecycle.metadata)
         if history:
-            yield history_result(contract, storage, staged.ctx.batch_id)
+            # the version the MERGE left (a local StagedBatch carries it): no other open
+            yield history_result(contract, storage, staged.ctx.batch_id,
+                                 getattr(staged, "history_version", None))
         for outcome in lifecycle.finish(staged):
             yield as_check_result(outcome)
     finally:
@@ -210,10 +212,14 @@ def history_selected(context: dg.AssetExecutionContext, contract: Contract) -> b
     return history
 
 
-def history_result(contract: Contract, storage: Storage, batch_id: str) -> dg.MaterializeResult:
-    """The history table as the load just left it (its versions were written with the MERGE)."""
-    dt = storage.open(contract.history_table)
-    meta = history_metadata(contract, storage, batch_id, dt.version() if dt is not None else None)
+def history_result(contract: Contract, storage: Storage, batch_id: str, version: int | None = None
+                   ) -> dg.MaterializeResult:
+    """The history table as the load just left it (its versions were written with the MERGE):
+    at ``version`` when the MERGE told it, else as opened now."""
+    if version is None:
+        dt = storage.open(contract.history_table)
+        version = dt.version() if dt is not None else None
+    meta = history_metadata(contract, storage, batch_id, version)
     meta["table_uri"] = dg.MetadataValue.path(meta["table_uri"])
     return dg.MaterializeResult(asset_key=contract.history_table, metadata=meta)
 

@@ -53,6 +53,7 @@ class StagedBatch:
     schema_drift: SchemaDrift | None = None
     keep_after_merge: bool = False  # set while a check still reads the staged files
     committed: bool | None = None  # whether its MERGE committed (None: not merged yet)
+    history_version: int | None = None  # its history table's version as the MERGE left it (if any)
     legacy_hashes: pa.Table | None = None  # key + v1 record_hash, only while a v1 table is migrated
     pii: PiiHook | None = None  # protects the PII columns as the rows are written
     deleted_keys: pa.Table | None = None  # keys the source no longer has (log-based CDC): soft-deleted

@@ -115,5 +115,7 @@ class LocalEngine:
     def merge(self, staged: Staged, job_id: str | None) -> MergeResult:
         assert isinstance(staged, StagedBatch)
         checkpoint = partial(record_checkpoint, self.storage, job_id=job_id)
-        return BronzeMerger(staged.contract, self.storage).merge(staged, on_commit=checkpoint)
+        result = BronzeMerger(staged.contract, self.storage).merge(staged, on_commit=checkpoint)
+        staged.history_version = result.history_version
+        return result
 
