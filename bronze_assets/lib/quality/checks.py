@@ -235,13 +235,23 @@ def _orphans(child: DeltaTable, parents: Mapping[ForeignKey, DeltaTable]
     if not same:
         return found
     counts, missing = dict.fromkeys(same, 0), {fk: [] for fk in same}
+    pending: dict[ForeignKey, list[pa.Array]] = {fk: [] for fk in same}
+
+    def look_up(fk: ForeignKey) -> None:  # is_in hashes its value set on every call: few, large calls
+        values = pa.chunked_array(pending[fk], type=child_types[fk.column]).combine_chunks()
+        pending[fk] = []
+        missing[fk].append(pc.filter(values, pc.invert(pc.is_in(values, value_set=same[fk]))))
+
     columns = sorted({fk.column for fk in same})
     for frame in pa.RecordBatchReader.from_stream(scan_columns(child, columns, f"{STATUS} = '{ACTIVE}'")):
-        for fk, keys in same.items():
+        for fk in same:
             values = pc.drop_null(_plain(frame.column(fk.column)).cast(child_types[fk.column]))
             counts[fk] += len(values)
-            missing[fk].append(pc.filter(values, pc.invert(pc.is_in(values, value_set=keys))))
+            pending[fk].append(values)
+            if sum(len(v) for v in pending[fk]) >= LOOKUP_VALUES:
+                look_up(fk)
     for fk in same:
+        look_up(fk)
         found[fk] = counts[fk], pa.chunked_array(missing[fk], type=child_types[fk.column]).combine_chunks()
     return found
 
@@ -259,6 +269,8 @@ def _orphans_joined(child: DeltaTable, fk: ForeignKey, parent: DeltaTable) -> tu
     values = orphans.select(pl.col("v").repeat_by("n").explode()).get_column("v").to_arrow()
     return count, values
 
+
+LOOKUP_VALUES = 1 << 20  # child values looked up in the parent's keys at once (8 MB of int64)
 
 _PARENT_KEYS: dict[tuple[str, str, int, str], pa.Array] = {}
 _PARENT_KEYS_HELD = 4  # parents whose keys this process keeps (the latest read)
