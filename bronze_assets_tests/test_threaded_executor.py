@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 
 import dagster as dg
@@ -115,3 +116,58 @@ def test_one_thread_runs_steps_one_after_another(max_concurrent: int) -> None:
     log: list[tuple[str, str]] = []
     assert _run(_recording(["a", "b", "c"], log), te.threaded_executor(max_concurrent)).success
     assert [e for e, _ in log] == ["start", "end"] * 3
+
+
+def test_ctrl_c_stops_the_running_steps_at_their_stop_points() -> None:
+    """A Ctrl-C during the run: the two running steps stop at their next stop point (no exception
+    is forced into a thread at an arbitrary instruction), the waiting step never starts, and the
+    stop is lifted for the next run."""
+    import os
+    import signal
+
+    from bronze_assets.lib.stop import stop_point
+
+    log: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    both = threading.Barrier(3)
+
+    def make(name: str) -> dg.AssetsDefinition:
+        @dg.asset(name=name)
+        def _asset() -> None:
+            with lock:
+                log.append(("start", name))
+            both.wait(BARRIER_SECONDS)
+            deadline = time.monotonic() + BARRIER_SECONDS
+            try:
+                while time.monotonic() < deadline:
+                    stop_point()
+                    time.sleep(0.01)  # work outside a stop point: never interrupted here
+            except KeyboardInterrupt as stop:
+                where = traceback.extract_tb(stop.__traceback__)[-1].name
+                with lock:
+                    log.append(("stopped" if where == "stop_point" else f"interrupted in {where}", name))
+                raise
+            with lock:
+                log.append(("end", name))
+        return _asset
+
+    def interrupt() -> None:
+        both.wait(BARRIER_SECONDS)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    started = time.monotonic()
+    with pytest.raises(BaseException) as raised:
+        executor = te.threaded_executor(2, weight={"a": 1.0, "b": 1.0, "c": 0.0})  # c waits
+        result = _run([make("a"), make("b"), make("c")], executor)
+        assert not result.success
+        raise KeyboardInterrupt  # Dagster reported the interrupted run instead of raising it
+    sender.join()
+    assert isinstance(raised.value, KeyboardInterrupt | dg.DagsterExecutionInterruptedError)
+    assert time.monotonic() - started < BARRIER_SECONDS / 2
+    started_steps = {n for kind, n in log if kind == "start"}
+    assert started_steps == {"a", "b"} and {n for kind, n in log if kind == "stopped"} == {"a", "b"}
+    assert not any(kind == "end" for kind, _ in log)
+    stop_point()  # lifted: does not raise

@@ -12,16 +12,18 @@ the steps of the same run that must end first (a child table's referential check
 parents); ``weight`` orders the ready steps (heavier first: the longest first shortens the run)
 and, with ``budget``, bounds what runs at once: a step starts beside others only while the
 weights running stay within the budget (memory: the heaviest step may have to run alone).
-A Ctrl-C received by the run (Dagster's captured interrupt) starts no further step and raises
-``KeyboardInterrupt`` in the running ones, which fail as interrupted.
+A Ctrl-C received by the run (Dagster's captured interrupt) starts no further step and asks the
+running ones to stop (:mod:`bronze_assets.lib.stop`): each raises ``KeyboardInterrupt`` at its
+next stop point (between source batches, between commits) and fails as interrupted. A step that
+reaches none within ``STOP_GRACE_SECONDS`` is left behind (its thread is a daemon): the run ends.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -38,7 +40,10 @@ from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
 
+from bronze_assets.lib.stop import clear_stop, request_stop
+
 POLL_SECONDS = 0.1  # how often the run's thread looks for an interrupt while steps run
+STOP_GRACE_SECONDS = 30.0  # how long an interrupted run waits for its running steps to stop
 _DONE = object()  # a step thread's last message
 
 
@@ -99,7 +104,10 @@ class ThreadedExecutor(Executor):
             log_key = compute_logs.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
             with compute_logs.capture_logs(log_key) as log_context:
                 yield DagsterEvent.capture_logs(job_context, list(in_run), log_key, log_context)
-                yield from self._run_steps(job_context, active, in_run)
+                try:
+                    yield from self._run_steps(job_context, active, in_run)
+                finally:
+                    clear_stop()
 
     def _run_steps(self, job_context: PlanExecutionContext, active: Any, in_run: set[str],
                    ) -> Iterator[DagsterEvent]:
@@ -110,13 +118,16 @@ class ThreadedExecutor(Executor):
         waiting: list[ExecutionStep] = []  # handed out by Dagster, held until their `after` ended
         ended: set[str] = set()
         stopping = False
+        deadline = float("inf")
         while not active.is_complete or threads or waiting:
+            if stopping and time.monotonic() > deadline:
+                break  # steps that reached no stop point are left behind
             if not stopping and active.check_for_interrupts():
                 stopping = True
+                deadline = time.monotonic() + STOP_GRACE_SECONDS
                 active.mark_interrupted()
                 waiting.clear()
-                for thread in threads.values():
-                    _raise_in(thread, KeyboardInterrupt)
+                request_stop()  # the running steps stop at their next stop point
             if not stopping:
                 waiting += active.get_steps_to_execute()
                 waiting.sort(key=lambda step: -self.weight.get(step.key, 0.0))
@@ -147,7 +158,9 @@ class ThreadedExecutor(Executor):
                     yield event
                 yield from _trigger_hook(contexts.pop(key), events.pop(key))
             elif isinstance(message, BaseException):
-                raise message  # a framework error outside the step's own error handling
+                if not stopping:
+                    raise message  # a framework error outside the step's own error handling
+                # interrupted: how the step ended is in its events; wait for the other steps
             else:
                 assert isinstance(message, DagsterEvent)
                 events[key].append(message)
@@ -173,12 +186,6 @@ def _start(key: str, step_context: Any, messages: queue.Queue[tuple[str, object]
     thread = threading.Thread(target=run, name=f"step {key}", daemon=True)
     thread.start()
     return thread
-
-
-def _raise_in(thread: threading.Thread, error: type[BaseException]) -> None:
-    """Raise ``error`` in ``thread`` at its next Python instruction (native code it is in ends first)."""
-    if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(error))
 
 
 def threaded_executor(max_concurrent: int, after: Mapping[str, frozenset[str]] | None = None,

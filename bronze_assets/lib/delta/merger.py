@@ -52,6 +52,7 @@ from bronze_assets.lib.delta.write_options import (
 from bronze_assets.lib.delta.writers import refuse_deletion_vectors
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
 from bronze_assets.lib.source.ddl import quote_ident
+from bronze_assets.lib.stop import stop_point
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,7 @@ class BronzeMerger:
             del narrow
         file_bytes = target_file_bytes(self.contract, self.storage.settings)
         for chunk in range(chunks):
+            stop_point()
             dt = self._latest if chunk else None  # as the previous chunk's commit left it
             if dt is not None and chunk in CommitLog.read(dt).committed_chunks(staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
@@ -325,6 +327,7 @@ class BronzeMerger:
             self._prepare_keys(plan.filter(pl.col(OP) != "D").get_column(self._subject_in_plan()))
         chunks = max(1, math.ceil(plan.height / self.chunk_rows))
         for chunk in range(chunks):
+            stop_point()
             piece = plan.slice(chunk * self.chunk_rows, self.chunk_rows)
             if chunk:  # as the previous chunk's commit left it
                 dt = self._latest or dt

@@ -31,6 +31,7 @@ from bronze_assets.lib.source.window import (
     partition_values,
     window_predicate,
 )
+from bronze_assets.lib.stop import stop_point
 
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
 _DONE = object()
@@ -361,6 +362,7 @@ class SourceReader:
         shared = not own_connections  # part 0 may use the reader's own connection
         if self.parallelism == 1 and shared:
             for batch in self._stream(self._conn, sql):
+                stop_point()
                 yield apply(batch)
             return
         out: queue.Queue = queue.Queue(maxsize=2 * self.parallelism)
@@ -393,6 +395,7 @@ class SourceReader:
                 elif isinstance(item, BaseException):
                     raise item
                 else:
+                    stop_point()
                     yield item
         finally:
             stop.set()

@@ -1,0 +1,31 @@
+"""A cooperative stop for loads running on threads other than the main one.
+
+A Ctrl-C reaches only the main thread. A run whose steps run on other threads (the demo's
+threaded executor) asks them to stop with :func:`request_stop`; a load then raises
+:class:`KeyboardInterrupt` at its next :func:`stop_point` — between source batches and between
+commits, where it holds no lock and has nothing half written — and fails as interrupted, as it
+does in the main thread. (Raising an exception inside another thread at an arbitrary instruction
+can leave a lock it was taking held for ever.)
+"""
+
+from __future__ import annotations
+
+import threading
+
+_requested = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every load running in this process to stop at its next stop point."""
+    _requested.set()
+
+
+def clear_stop() -> None:
+    """Let loads run again (the interrupted run has ended)."""
+    _requested.clear()
+
+
+def stop_point() -> None:
+    """Raise :class:`KeyboardInterrupt` if a stop was requested."""
+    if _requested.is_set():
+        raise KeyboardInterrupt
