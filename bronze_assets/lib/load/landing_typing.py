@@ -44,6 +44,10 @@ class Schema:
         declared = [(c.name, c.type) for c in self.contract.columns]
         return [*declared, *((c.name, c.pg_type) for c in self.extras)]
 
+    def snapshot(self) -> Schema:
+        """The columns as known now (later additions do not change it)."""
+        return Schema(self.contract, list(self.evolved), list(self.added))
+
     def plan(self, uri: str, keys: set[str], batch_id: str) -> Columns:
         """What the batch does with the new fields of a block of ``uri`` (the contract's evolution)."""
         return plan_columns(self.contract, [(uri, keys)], [c.name for c in self.extras], batch_id)

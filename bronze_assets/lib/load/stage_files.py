@@ -18,6 +18,7 @@ landed since the listing are dropped from the batch.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, write_stream
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, staged_schema
 from bronze_assets.lib.load.landing_duckdb import duckdb_connection
-from bronze_assets.lib.load.landing_lines import UnreadableFile, file_blocks
+from bronze_assets.lib.load.landing_lines import Block, UnreadableFile, file_blocks
 from bronze_assets.lib.load.landing_records import (
     BAD_LINES_REASON,
     LANDING_SOURCE_SYSTEM,
@@ -58,6 +59,7 @@ from bronze_assets.lib.load.landing_schema import StoredSchema, evolved_types, w
 from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
 from bronze_assets.lib.load.landing_spill import Spill
 from bronze_assets.lib.load.landing_typing import LINE, Schema, infer_column, typed_block
+from bronze_assets.lib.load.overlap import ordered_map, read_ahead
 from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.lib.source.schema import SchemaDrift
 
@@ -98,38 +100,68 @@ def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
         spill.remove()
 
 
-def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con: duckdb.DuckDBPyConnection,
-                stage: Path, spill: Spill) -> tuple[list[FileRead], list[pl.DataFrame]]:
-    """Read every file block by block; type each block by the columns known then (a new field
-    joins them, typed from this block, by the contract's evolution) and spill it."""
-    contract = schema.contract
-    pk = list(contract.primary_key)
-    reads: list[FileRead] = []
-    keys: list[pl.DataFrame] = []
-    evolving = contract.landing is not None and contract.landing.evolution is not Evolution.NONE
-    for file in selection.files:
-        read = FileRead(file)
-        reads.append(read)
+def _file_blocks(selection: FileSelection, stage: Path) -> Iterator[tuple[int, Block | UnreadableFile | str]]:
+    """Every file's blocks read and checked (on a DuckDB connection of its own, so this runs on a
+    thread of its own ahead of the typing), each as ``(file index, block)``; a file refused as a
+    whole gives its :class:`UnreadableFile`; each file ends with its sha256 (hex)."""
+    con = duckdb_connection()
+    for i, file in enumerate(selection.files):
         digest = hashlib.sha256()
         try:
             for block in file_blocks(selection, file, con, stage, digest):
-                read.bad += block.bad
-                if not block.good.num_rows:
-                    continue
-                plan = schema.plan(file.uri, block.fields, ctx.batch_id) if evolving else None
-                if plan is not None:
-                    schema.added += [infer_column(contract, c, block.good, con) for c in plan.added]
-                rescued = plan.rescued if plan else []
-                typed = typed_block(block.good, schema, rescued, block.keys, file.uri, con)
-                read.records += typed.num_rows
-                if pk:
-                    frame = pl.from_arrow(typed.select(pk))
-                    assert isinstance(frame, pl.DataFrame)
-                    keys.append(frame)
-                spill.write(typed)
+                yield i, block
         except UnreadableFile as exc:
-            read.bad.append((None, str(exc)))
-        read.sha256 = digest.hexdigest()
+            yield i, exc
+        yield i, digest.hexdigest()
+
+
+def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con: duckdb.DuckDBPyConnection,
+                stage: Path, spill: Spill) -> tuple[list[FileRead], list[pl.DataFrame]]:
+    """Read every file block by block (read and checked ahead, on a thread of its own); type each
+    block by the columns known when it comes (a new field joins them, typed from this block, by
+    the contract's evolution; decided here, in order), two blocks at a time on two threads, and
+    spill them in order."""
+    contract = schema.contract
+    pk = list(contract.primary_key)
+    reads = [FileRead(file) for file in selection.files]
+    keys: list[pl.DataFrame] = []
+    evolving = contract.landing is not None and contract.landing.evolution is not Evolution.NONE
+    local = threading.local()  # each typing thread's own DuckDB connection
+
+    def planned() -> Iterator[tuple[int, object, Schema | None, list[str]]]:
+        for i, item in read_ahead(lambda: _file_blocks(selection, stage), depth=1, name="landing-read"):
+            if not isinstance(item, Block) or not item.good.num_rows:
+                yield i, item, None, []
+                continue
+            plan = schema.plan(selection.files[i].uri, item.fields, ctx.batch_id) if evolving else None
+            if plan is not None:
+                schema.added += [infer_column(contract, c, item.good, con) for c in plan.added]
+            yield i, item, schema.snapshot(), plan.rescued if plan else []
+
+    def typed(job: tuple[int, object, Schema | None, list[str]]) -> tuple[int, object, pa.RecordBatch | None]:
+        i, item, known, rescued = job
+        if known is None or not isinstance(item, Block):
+            return i, item, None
+        if getattr(local, "con", None) is None:
+            local.con = duckdb_connection()
+        return i, item, typed_block(item.good, known, rescued, item.keys, selection.files[i].uri, local.con)
+
+    for i, item, batch in ordered_map(typed, planned(), name="landing-type"):
+        read = reads[i]
+        if isinstance(item, str):
+            read.sha256 = item
+        elif isinstance(item, UnreadableFile):
+            read.bad.append((None, str(item)))
+        elif isinstance(item, Block):
+            read.bad += item.bad
+        if batch is None:
+            continue
+        read.records += batch.num_rows
+        if pk:
+            frame = pl.from_arrow(batch.select(pk))
+            assert isinstance(frame, pl.DataFrame)
+            keys.append(frame)
+        spill.write(batch)
     return reads, keys
 
 
@@ -159,17 +191,26 @@ def _second_pass(storage: Storage, selection: FileSelection, ctx: BatchContext, 
     histogram = np.zeros(101, dtype=np.int64)
     unfit = 0
 
-    def records() -> Iterator[pa.RecordBatch]:
-        nonlocal unfit
+    def spilled() -> Iterator[tuple[pa.RecordBatch, np.ndarray | None]]:
         offset = 0
         for batch in spill.batches():
             n = batch.num_rows
-            if keep is not None and not keep[offset:offset + n].all():  # no copy of a batch kept whole
-                batch = batch.filter(pa.array(keep[offset:offset + n]))
+            yield batch, None if keep is None else keep[offset:offset + n]
             offset += n
-            if not batch.num_rows:
+
+    def enriched(item: tuple[pa.RecordBatch, np.ndarray | None]) -> pa.RecordBatch | None:
+        batch, kept = item
+        if kept is not None and not kept.all():  # no copy of a batch kept whole
+            batch = batch.filter(pa.array(kept))
+        if not batch.num_rows:
+            return None
+        return enrich_records(batch, contract, ctx, extras, batch.column(LINE))
+
+    def records() -> Iterator[pa.RecordBatch]:  # enriched two at a time, on two threads, in order
+        nonlocal unfit
+        for out in ordered_map(enriched, spilled(), name="landing-enrich"):
+            if out is None:
                 continue
-            out = enrich_records(batch, contract, ctx, extras, batch.column(LINE))
             flags = [out.column(c).to_numpy(zero_copy_only=False) for c in out.schema.names
                      if c.startswith(INVALID_PREFIX)]
             unfit += int(np.any(np.stack(flags), axis=0).sum()) if flags else 0
