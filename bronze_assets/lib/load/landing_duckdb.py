@@ -42,7 +42,11 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def duckdb_connection() -> duckdb.DuckDBPyConnection:
+def duckdb_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB database of its own, in UTC; ``threads``: its worker threads (default: one per core),
+    one where the caller runs several at once."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     return con

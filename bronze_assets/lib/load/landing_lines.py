@@ -114,29 +114,44 @@ class Block:
     keys: pa.Array | None = None
 
 
-def _json_blocks(data: Iterator[bytes], con: duckdb.DuckDBPyConnection) -> Iterator[Block]:
-    """The records of a JSON Lines stream, block by block. DuckDB parses each line once and returns
-    only its field names: the lines stay the Arrow array over the block's bytes, copied once (the
-    valid ones) only in a block that has a blank or bad line."""
-    offset = 0
+@dataclass(frozen=True)
+class LineChunk:
+    """Whole lines of a JSON Lines file as read, the first of them line ``first`` (1-based): a
+    :class:`Block` once :func:`check_chunk` has checked them (on any thread, with its own DuckDB
+    connection)."""
+
+    data: bytes
+    first: int
+
+
+def _json_chunks(data: Iterator[bytes]) -> Iterator[LineChunk]:
+    """The whole lines of a JSON Lines stream, block by block, numbered."""
+    first = 1
     for chunk in _whole_lines(data):
-        lines = _lines(chunk)
-        numbers = pa.array(np.arange(offset + 1, offset + len(lines) + 1, dtype=np.int64))
-        offset += len(lines)
-        con.register("raw_lines", pa.table({"line": lines}))
-        try:
-            flags = con.sql(_CHECK_LINES).to_arrow_table()
-        finally:
-            con.unregister("raw_lines")
-        keys = flags.column("keys").combine_chunks()
-        ok = keys.is_valid()
-        good, bad = pa.table({"line_no": numbers, "line": lines}), []
-        if ok.false_count:  # the rare blank or bad line
-            wrong = pc.indices_nonzero(pc.and_not(flags.column("kept").combine_chunks(), ok))
-            bad = list(zip(numbers.take(wrong).to_pylist(),
-                           (raw.rstrip("\r\n") for raw in lines.take(wrong).to_pylist()), strict=True))
-            good, keys = good.filter(ok), keys.filter(ok)
-        yield Block(good, bad, set(pc.unique(pc.list_flatten(keys)).to_pylist()), keys)
+        yield LineChunk(chunk, first)
+        first += chunk.count(b"\n") + (not chunk.endswith(b"\n"))  # as :func:`_lines` cuts them
+
+
+def check_chunk(chunk: LineChunk, con: duckdb.DuckDBPyConnection) -> Block:
+    """The records of a chunk of JSON Lines. DuckDB parses each line once and returns only its
+    field names: the lines stay the Arrow array over the chunk's bytes, copied once (the valid
+    ones) only in a chunk that has a blank or bad line."""
+    lines = _lines(chunk.data)
+    numbers = pa.array(np.arange(chunk.first, chunk.first + len(lines), dtype=np.int64))
+    con.register("raw_lines", pa.table({"line": lines}))
+    try:
+        flags = con.sql(_CHECK_LINES).to_arrow_table()
+    finally:
+        con.unregister("raw_lines")
+    keys = flags.column("keys").combine_chunks()
+    ok = keys.is_valid()
+    good, bad = pa.table({"line_no": numbers, "line": lines}), []
+    if ok.false_count:  # the rare blank or bad line
+        wrong = pc.indices_nonzero(pc.and_not(flags.column("kept").combine_chunks(), ok))
+        bad = list(zip(numbers.take(wrong).to_pylist(),
+                       (raw.rstrip("\r\n") for raw in lines.take(wrong).to_pylist()), strict=True))
+        good, keys = good.filter(ok), keys.filter(ok)
+    return Block(good, bad, set(pc.unique(pc.list_flatten(keys)).to_pylist()), keys)
 
 
 def _row_block(lines: pa.Table, con: duckdb.DuckDBPyConnection,
@@ -188,16 +203,17 @@ def _parquet_records(data: bytes, con: duckdb.DuckDBPyConnection) -> Block:
 
 
 def file_blocks(selection: FileSelection, file: LandingFile, con: duckdb.DuckDBPyConnection, stage: Path,
-                digest: hashlib._Hash) -> Iterator[Block]:
-    """The records of ``file`` block by block (see :class:`Block`); ``digest`` is updated with its
-    raw bytes as they are read. Raises :class:`UnreadableFile`."""
+                digest: hashlib._Hash) -> Iterator[Block | LineChunk]:
+    """The records of ``file`` block by block (see :class:`Block`; a JSON Lines file's as
+    :class:`LineChunk` to check, so that the checks can run apart from the reading); ``digest``
+    is updated with its raw bytes as they are read. Raises :class:`UnreadableFile`."""
     data = _raw_blocks(selection, file, digest)
     if file.path.endswith(".gz"):
         data = _gunzipped(data)
     landing = selection.contract.landing
     assert landing is not None
     if landing.format is LandingFormat.JSON:
-        yield from _json_blocks(data, con)
+        yield from _json_chunks(data)
     elif landing.format is LandingFormat.CSV:
         yield _csv_lines(b"".join(data), stage)
     else:

@@ -65,7 +65,8 @@ def read_ahead(produce: Callable[[], Iterator[T]], depth: int = 2, name: str = "
 def ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int = 2, name: str = "ordered-map"
                 ) -> Iterator[R]:
     """``fn`` of each of ``items`` on ``workers`` threads, yielded in the items' order, at most
-    ``workers + 1`` items in flight (taken from ``items`` on the caller's thread)."""
+    ``workers + 1`` items in flight (taken from ``items`` on the caller's thread; ``items`` is
+    closed when this iterator is)."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
         pending: deque[Future[R]] = deque()
         try:
@@ -78,3 +79,6 @@ def ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int = 2, name
         finally:
             for future in pending:
                 future.cancel()
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()

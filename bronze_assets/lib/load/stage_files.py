@@ -42,7 +42,7 @@ from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, write_stream
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.enrich.metadata import BatchContext, bronze_schema, staged_schema
 from bronze_assets.lib.load.landing_duckdb import duckdb_connection
-from bronze_assets.lib.load.landing_lines import Block, UnreadableFile, file_blocks
+from bronze_assets.lib.load.landing_lines import Block, LineChunk, UnreadableFile, check_chunk, file_blocks
 from bronze_assets.lib.load.landing_records import (
     BAD_LINES_REASON,
     LANDING_SOURCE_SYSTEM,
@@ -100,11 +100,12 @@ def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
         spill.remove()
 
 
-def _file_blocks(selection: FileSelection, stage: Path) -> Iterator[tuple[int, Block | UnreadableFile | str]]:
-    """Every file's blocks read and checked (on a DuckDB connection of its own, so this runs on a
-    thread of its own ahead of the typing), each as ``(file index, block)``; a file refused as a
-    whole gives its :class:`UnreadableFile`; each file ends with its sha256 (hex)."""
-    con = duckdb_connection()
+def _file_blocks(selection: FileSelection, stage: Path
+                 ) -> Iterator[tuple[int, Block | LineChunk | UnreadableFile | str]]:
+    """Every file's blocks as read (on a DuckDB connection of its own, so this runs on a thread of
+    its own ahead of the checks and the typing), each as ``(file index, block)``; a file refused as
+    a whole gives its :class:`UnreadableFile`; each file ends with its sha256 (hex)."""
+    con = duckdb_connection(threads=1)
     for i, file in enumerate(selection.files):
         digest = hashlib.sha256()
         try:
@@ -117,19 +118,29 @@ def _file_blocks(selection: FileSelection, stage: Path) -> Iterator[tuple[int, B
 
 def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con: duckdb.DuckDBPyConnection,
                 stage: Path, spill: Spill) -> tuple[list[FileRead], list[pl.DataFrame]]:
-    """Read every file block by block (read and checked ahead, on a thread of its own); type each
-    block by the columns known when it comes (a new field joins them, typed from this block, by
-    the contract's evolution; decided here, in order), two blocks at a time on two threads, and
-    spill them in order."""
+    """Read every file block by block (ahead, on a thread of its own), check the blocks' lines two
+    at a time on two threads, type each block by the columns known when it comes (a new field
+    joins them, typed from this block, by the contract's evolution; decided here, in order), two
+    blocks at a time on two threads, and spill them in order."""
     contract = schema.contract
     pk = list(contract.primary_key)
     reads = [FileRead(file) for file in selection.files]
     keys: list[pl.DataFrame] = []
     evolving = contract.landing is not None and contract.landing.evolution is not Evolution.NONE
-    local = threading.local()  # each typing thread's own DuckDB connection
+    local = threading.local()  # each checking and typing thread's own DuckDB connection
+
+    def connection() -> duckdb.DuckDBPyConnection:
+        if getattr(local, "con", None) is None:
+            local.con = duckdb_connection(threads=1)
+        return local.con
+
+    def checked(job: tuple[int, object]) -> tuple[int, object]:
+        i, item = job
+        return i, check_chunk(item, connection()) if isinstance(item, LineChunk) else item
 
     def planned() -> Iterator[tuple[int, object, Schema | None, list[str]]]:
-        for i, item in read_ahead(lambda: _file_blocks(selection, stage), depth=1, name="landing-read"):
+        read = read_ahead(lambda: _file_blocks(selection, stage), depth=1, name="landing-read")
+        for i, item in ordered_map(checked, read, name="landing-check"):
             if not isinstance(item, Block) or not item.good.num_rows:
                 yield i, item, None, []
                 continue
@@ -142,9 +153,8 @@ def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con
         i, item, known, rescued = job
         if known is None or not isinstance(item, Block):
             return i, item, None
-        if getattr(local, "con", None) is None:
-            local.con = duckdb_connection()
-        return i, item, typed_block(item.good, known, rescued, item.keys, selection.files[i].uri, local.con)
+        uri = selection.files[i].uri
+        return i, item, typed_block(item.good, known, rescued, item.keys, uri, connection())
 
     for i, item, batch in ordered_map(typed, planned(), name="landing-type"):
         read = reads[i]
