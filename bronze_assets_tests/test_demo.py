@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
 from bronze_assets.defs.partitions import partitions_def
+from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import (
     DAGSTER_SETTINGS,
@@ -29,6 +30,7 @@ from bronze_assets.demo.run import (
     format_summary,
     materialize_all,
     run_demo,
+    table_summary,
 )
 from bronze_assets.lib.source.dsn import dsn_parts
 from bronze_assets.settings import ENV_SOURCE_DSN, data_dir
@@ -128,6 +130,11 @@ def test_run_demo_prints_one_line_per_table_and_logs_the_rest(
     assert set(histories) == {c.bronze_table for c in CONTRACTS.values() if c.history}
     assert all(h.rows == h.current == s.active_rows and h.versions >= 1
                for s in summaries if (h := s.history) is not None)
+    # the figures the summary took from the report's status table are those the tables' logs hold
+    storage = BronzeStorage().storage()
+    contracts = {c.bronze_table: c for c in [*CONTRACTS.values(), *LANDING_CONTRACTS.values()]}
+    assert [(s.bronze_rows, s.active_rows, s.versions, s.history) for s in summaries] == \
+        [table_summary(storage, contracts[s.table]) for s in summaries]
     text = format_summary(summaries)
     assert all(f"  {h.table} " in text for h in histories.values())
     assert f"reconciliation check: {len(CONTRACTS)} of {len(CONTRACTS)} tables equal their source" in text

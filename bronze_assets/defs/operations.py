@@ -26,7 +26,7 @@ from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE
 from bronze_assets.lib.delta.retention import apply_retention
 from bronze_assets.lib.delta.writers import DeletionVectorsError, refuse_deletion_vectors
 from bronze_assets.lib.monitoring.metrics import RunStats
-from bronze_assets.lib.monitoring.report import build_report
+from bronze_assets.lib.monitoring.report import TABLE_FIGURES, build_report, table_figures
 
 REPORT_ASSET = "bronze_monitoring_report"
 
@@ -120,6 +120,7 @@ def monitoring_report(context: dg.AssetExecutionContext, bronze: BronzeStorage) 
         metadata[f"plot_{name}"] = dg.MetadataValue.md(_embedded(name.replace("_", " "), path.read_bytes()))
     metadata |= {k: v for k, v in report.headline.items() if isinstance(v, int | float)}
     metadata["tables_unhealthy"] = sum(not s.healthy for s in report.status)
+    metadata[TABLE_FIGURES] = dg.MetadataValue.json(table_figures(report.status))
     return dg.MaterializeResult(metadata=metadata)
 
 

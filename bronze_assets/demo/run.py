@@ -26,7 +26,7 @@ from contextlib import contextmanager, redirect_stderr, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import sqlalchemy
@@ -616,31 +616,52 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
         report = next((a for a in definitions.assets or [] if isinstance(a, dg.AssetsDefinition)
                        and table_key(a) == REPORT_ASSET), None)
         reconciled = reconcile_all(definitions, dsn, instance, log_handler)
+        figures: dict[str, dict[str, Any]] = {}
         if report is not None:
+            from bronze_assets.lib.monitoring.report import TABLE_FIGURES
+
             result = execute_quietly([report], instance, {"bronze": storage}, [log_handler])
-            html = result.get_asset_materialization_events()[0].materialization.metadata["report"].value
-            say(f"monitoring report: {html}")
+            shown = result.get_asset_materialization_events()[0].materialization.metadata
+            say(f"monitoring report: {shown['report'].value}")
+            figures = shown[TABLE_FIGURES].value if TABLE_FIGURES in shown else {}  # type: ignore[assignment]
     summaries = []
     for contract in tables:
         meta = metadata.get(contract.bronze_table, {})
-        dt = storage.storage().open(contract.bronze_table)
-        total = active = versions = 0
-        if dt is not None:
-            from bronze_assets.lib.delta.query import value_counts
-            from bronze_assets.lib.enrich.metadata import ACTIVE
-
-            counts = value_counts(dt, "record_status", ACTIVE)
-            total, active = sum(counts.values()), counts.get(ACTIVE, 0)
-            versions = dt.version() + 1
+        # the report's status table read every table last (nothing wrote them since): its figures
+        total, active, versions, history = summary_figures(figures[contract.bronze_table]) \
+            if contract.bronze_table in figures else table_summary(storage.storage(), contract)
         failure = failed.get(contract.bronze_table)
         summaries.append(TableSummary(
             contract.bronze_table, int(meta.get("rows_read", 0) or 0), total, active, versions,
             meta.get("avg_quality_score"), float(meta.get("duration_seconds", 0.0) or 0.0),  # type: ignore[arg-type]
             error=failure.error if failure else None, trace=failure.trace if failure else None,
-            reconciled=reconciled.get(contract.bronze_table),
-            history=history_summary(storage.storage(), contract.history_table) if contract.history else None,
+            reconciled=reconciled.get(contract.bronze_table), history=history,
         ))
     return summaries
+
+
+def summary_figures(figures: Mapping[str, Any]) -> tuple[int, int, int, HistorySummary | None]:
+    """(rows, active rows, Delta versions, history) of one table from the report's figures
+    (:func:`~bronze_assets.lib.monitoring.report.table_figures`)."""
+    version, history = figures["delta_version"], figures["history"]
+    held = None if history is None or history["delta_version"] is None else HistorySummary(
+        history["table"], history["versions"], history["current"], history["delta_version"] + 1)
+    return figures["rows"], figures["active"], 0 if version is None else version + 1, held
+
+
+def table_summary(storage: Storage, contract: Contract) -> tuple[int, int, int, HistorySummary | None]:
+    """(rows, active rows, Delta versions, history) of ``contract``'s tables, read from their logs."""
+    from bronze_assets.lib.delta.query import value_counts
+    from bronze_assets.lib.enrich.metadata import ACTIVE
+
+    dt = storage.open(contract.bronze_table)
+    total = active = versions = 0
+    if dt is not None:
+        counts = value_counts(dt, "record_status", ACTIVE)
+        total, active = sum(counts.values()), counts.get(ACTIVE, 0)
+        versions = dt.version() + 1
+    history = history_summary(storage, contract.history_table) if contract.history else None
+    return total, active, versions, history
 
 
 def history_summary(storage: Storage, table: str) -> HistorySummary | None:

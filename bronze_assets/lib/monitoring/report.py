@@ -88,6 +88,18 @@ def build_report(
     return result
 
 
+TABLE_FIGURES = "table_figures"  # the report's metadata entry of :func:`table_figures`
+
+
+def table_figures(status: list[TableStatus]) -> dict[str, dict[str, Any]]:
+    """Per bronze table, the figures the status table read from its log: rows, active rows, Delta
+    version (None: no table) and its history table's versions, current rows and Delta version —
+    so that a caller in the same process (``bronze demo``'s summary) need not open every table
+    again (four requests or more each on an object store)."""
+    return {s.table: {"rows": s.rows, "active": s.active, "delta_version": s.delta_version,
+                      "history": s.history} for s in status}
+
+
 def format_value(key: str, value: Any) -> str:
     """Human-readable rendering of one figure."""
     if value is None:
