@@ -482,6 +482,19 @@ def test_a_file_read_again_in_one_process_costs_one_request(s3: S3) -> None:
     assert read_columns(DeltaTable(uri), ["name"], "id = 7")["name"].to_pylist() == ["n7"]
 
 
+def test_a_small_file_beside_the_tables_is_one_put(store: Store) -> None:
+    """A kept check outcome, an inbox row, a CDC acknowledgement: written (and replaced) in one
+    request on S3, not a three-request multipart upload, and read back the same on both stores."""
+    storage = Storage(store.root)
+    before = len(store.requests()) if isinstance(store, S3) else 0
+    storage.write_file("_bronze_checks/bz_x.key_uniqueness.json", b'{"a": 1}')
+    storage.write_file("_bronze_checks/bz_x.key_uniqueness.json", b'{"a": 2}')
+    if isinstance(store, S3):
+        assert [r.method for r in store.requests()[before:]] == ["PUT", "PUT"]
+    assert storage.read_file("_bronze_checks/bz_x.key_uniqueness.json") == b'{"a": 2}'
+    assert storage.list_files("_bronze_checks") == ["_bronze_checks/bz_x.key_uniqueness.json"]
+
+
 def _audit_row(name: str) -> dict[str, object]:
     return {"table_name": name, "operation_type": "LOAD", "status": "SUCCESS", "records_affected": 0}
 

@@ -74,9 +74,16 @@ class Storage:
             return None
 
     def write_file(self, path: str, data: bytes) -> None:
-        """Write (or replace) the file at ``path`` under the root (a local root is created)."""
-        if "://" not in self.root or self.root.startswith("file://"):
+        """Write (or replace) the file at ``path`` under the root (a local root is created). On an
+        object store one PUT (the same Rust object store as delta-rs, through ``obstore``): delta-rs'
+        output stream is a multipart upload, three requests for a file of a few hundred bytes."""
+        if not self.remote:
             os.makedirs(self.root.removeprefix("file://"), exist_ok=True)
+        elif (store := self._put_store()) is not None:
+            import obstore
+
+            obstore.put(store, path, data, use_multipart=False)
+            return
         stream = self._files().open_output_stream(path, None)
         try:
             stream.write(data)
@@ -114,6 +121,14 @@ class Storage:
         from deltalake._internal import DeltaFileSystemHandler
 
         return DeltaFileSystemHandler(table_uri=self.root, options=self.delta_options, known_sizes=None)
+
+    def _put_store(self) -> Any:
+        """``obstore``'s store at the root, configured from the store's environment variables as
+        delta-rs' is; None when the root has options of its own (their names are delta-rs', not
+        all of which obstore takes: the file is then written through delta-rs' stream)."""
+        from obstore.store import from_url
+
+        return None if self.options else from_url(self.root)
 
     def at(self, root: str) -> Storage:
         """The same options and settings at another root (e.g. an archive next to bronze)."""
