@@ -906,3 +906,34 @@ def test_cdc_follows_a_table_in_another_schema_with_a_mixed_case_name(fresh_dsn:
     assert rows[3]["Kind"] == "changed" and rows[51]["Kind"] == "new"
     assert rows[4]["record_status"] == "DELETED"
     assert sum(r["record_status"] == "ACTIVE" for r in rows.values()) == 50
+
+
+def test_no_free_replication_slot_falls_back_until_one_is_free(seeded: str, tmp_path: Path) -> None:
+    """Every slot of the server taken (other deployments, other tools): a table's first load runs
+    by the watermark pattern and names the limit and the fix; once a slot is free, the next load
+    creates its slot and reads it. A re-sync that needs a new slot then fails in one line."""
+    (free,) = query(seeded, "SELECT current_setting('max_replication_slots')::int - count(*) "
+                            "FROM pg_replication_slots")[0]
+    fillers = [f"filler_{uuid.uuid4().hex[:8]}" for _ in range(free)]
+    for name in fillers:
+        query(seeded, f"SELECT 1 FROM pg_create_logical_replication_slot('{name}', 'pgoutput')")
+    try:
+        bronze = Bronze(seeded, tmp_path / "bronze")
+        first, warnings = _materialize_logged(bronze, "orders")
+        assert first["load_pattern"] == "watermark" and "cdc_mode" not in first
+        reason = first["cdc_unavailable"]
+        (limit,) = query(seeded, "SELECT current_setting('max_replication_slots')::int")[0]
+        assert reason.startswith(f"all {limit} replication slots of the source are in use")
+        assert "raise max_replication_slots" in reason and "bronze cdc status" in reason
+        assert [w for w in warnings if reason in w]
+        assert bronze.read("orders").height == first["rows_read"] > 0
+        refused = r"^bz_orders: cannot create the replication slot bronze_\w+: every replication slot of"
+        with pytest.raises(replication.ReplicationError, match=refused), \
+                replication.new_slot(seeded, CONTRACTS["orders"], "bronze_extra_slot"):
+            pass
+    finally:
+        for name in fillers:
+            query(seeded, f"SELECT 1 FROM pg_drop_replication_slot('{name}')")
+    second, _ = _materialize_logged(bronze, "orders")
+    assert (second["load_pattern"], second["cdc_mode"]) == ("cdc", "snapshot")
+    assert_orders_exact(seeded, bronze.root)

@@ -255,8 +255,9 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
     now and loads by the watermark pattern, or None when it reads the replication slot.
 
     Only *CDC cannot be set up* falls back: CDC switched off, ``wal_level``, the REPLICATION
-    attribute, or a publication the source user may neither create nor extend (the reason names
-    the SQL the table's owner runs). A stream bronze depends on whose changes can no longer all be
+    attribute, a publication the source user may neither create nor extend (the reason names
+    the SQL the table's owner runs), or, before bronze holds a position, no free replication slot
+    on the server. A stream bronze depends on whose changes can no longer all be
     read is never a fallback: :func:`cdc_read` fails the run (:class:`CdcSlotLostError`). Bronze
     depends on a stream when it holds a log position in ``storage`` (whose settings say whether CDC
     is on: ``$BRONZE_CDC``). ``set_up``: create the publication (or add the table to it) when the
@@ -276,6 +277,9 @@ def fallback_reason(contract: Contract, dsn: str, storage: StorageLike, *,
         else:
             problem = replication.publication_problem(dsn, contract)
         reasons += [problem] if problem is not None else []
+        if not reasons:  # set up, but the slot it needs cannot be created
+            full = replication.no_free_slot(dsn, table_slot(contract, dsn, storage))
+            reasons += [full] if full is not None else []
     return "; ".join(reasons) or None
 
 

@@ -161,6 +161,23 @@ def availability(dsn: str) -> str | None:
     return None
 
 
+def no_free_slot(dsn: str, slot: str) -> str | None:
+    """Why the slot named ``slot`` cannot be created now (every one of the server's
+    ``max_replication_slots`` taken, and none of them is ``slot``), with what to change; else None."""
+    ((taken, exists, limit),) = _query(
+        dsn, "SELECT count(*), coalesce(bool_or(slot_name = %s), false), "
+             "current_setting('max_replication_slots')::int FROM pg_replication_slots", (slot,))
+    return None if exists or taken < limit else _slots_full(int(limit))
+
+
+def _slots_full(limit: int | None) -> str:
+    taken = "every replication slot of the source is" if limit is None else \
+        f"all {limit} replication slots of the source are"
+    return (f"{taken} in use (max_replication_slots): raise max_replication_slots "
+            f"(a restart), or drop the slots nobody reads (`bronze cdc status` lists the bronze slots of "
+            f"other deployments; SELECT pg_drop_replication_slot('<name>') drops one)")
+
+
 @dataclass(frozen=True)
 class SlotState:
     """A slot as ``pg_replication_slots`` shows it."""
@@ -359,10 +376,16 @@ def new_slot(dsn: str, contract: Contract, slot: str) -> Iterator[tuple[int, str
     changes before the LSN, the stream the ones after. The snapshot stays importable until the
     block ends (the replication session stays idle). The table's publication is the caller's
     (:func:`ensure_publication`, before an old slot is dropped)."""
+    import psycopg2.errors
+
     with closing(_connect(dsn, replication=True)) as conn:
         cur = conn.cursor()
-        cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput "
-                    f"(SNAPSHOT 'export')")
+        try:
+            cur.execute(f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput "
+                        f"(SNAPSHOT 'export')")
+        except psycopg2.errors.ConfigurationLimitExceeded:  # 53400: every slot taken
+            raise ReplicationError(f"{contract.bronze_table}: cannot create the replication slot {slot}: "
+                                   f"{_slots_full(None)}") from None
         _, consistent, snapshot, _ = cur.fetchone()
         yield lsn_int(consistent), snapshot
 
