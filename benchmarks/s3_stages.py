@@ -49,6 +49,8 @@ TRACED: list[tuple[str, str, str]] = [
     ("bronze_assets.lib.delta.query", "value_counts", "summary: record_status counts"),
     ("bronze_assets.lib.delta.control", "append_rows", "control: append {table}"),
     ("bronze_assets.lib.delta.control", "post_audit_row", "control: audit inbox post"),
+    ("bronze_assets.lib.delta.control", "release_appends", "control: the run's held rows committed"),
+    ("bronze_assets.lib.delta.control", "_fold", "control: fold {table}"),
     ("bronze_assets.lib.delta.control", "read_table", "control: read {table}"),
     ("bronze_assets.lib.delta.exclusive_append", "append_exclusive", "control: exclusive append {table}"),
     ("bronze_assets.lib.delta.audit_inbox", "pending", "control: audit inbox listing"),

@@ -548,6 +548,121 @@ def test_concurrent_unchanged_loads_and_folds_all_land_once(store: Store) -> Non
     assert _audit_ids(storage) == expected + Counter(["last"])
 
 
+HELD_RUN_SCRIPT = """
+import os, signal, sys
+from bronze_assets.lib.delta.control import AUDIT_LOG, append_rows, hold_appends, release_appends
+from bronze_assets.lib.delta.storage import Storage
+storage = Storage(sys.argv[1])
+hold_appends()
+for name in sys.argv[3:]:
+    append_rows(storage, AUDIT_LOG, [{"table_name": name, "operation_type": "LOAD", "status": "SUCCESS"}])
+print("HELD", flush=True)
+sys.stdin.readline()
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+release_appends()
+"""
+
+
+def _held_run(root: str, end: str, *names: str) -> subprocess.Popen[str]:
+    """A process that holds its appends (as a Dagster run does), appends one audit row per name,
+    then, once told, either releases (``end`` "release") or is SIGKILLed ("kill")."""
+    run = subprocess.Popen([sys.executable, "-c", HELD_RUN_SCRIPT, root, end, *names], text=True,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=os.environ.copy())
+    assert run.stdout is not None and run.stdout.readline().strip() == "HELD"
+    return run
+
+
+def _end(run: subprocess.Popen[str], returncode: int) -> None:
+    assert run.stdin is not None
+    run.stdin.write("\n")
+    run.stdin.flush()
+    assert run.wait(timeout=120) == returncode
+
+
+def test_a_run_commits_its_control_rows_once_per_table_at_its_end(store: Store) -> None:
+    """During a run (:func:`hold_appends`) an append to the audit log or bz_checkpoints posts its
+    rows to the table's inbox: readers see them at once, the table gets no commit; the run's end
+    commits them, with the rows that were waiting, in one commit per table, and removes the files."""
+    from bronze_assets.lib.delta import audit_inbox
+    from bronze_assets.lib.delta.control import (
+        AUDIT_LOG,
+        CHECKPOINTS,
+        append_rows,
+        hold_appends,
+        post_audit_row,
+        read_table,
+        release_appends,
+    )
+
+    storage = Storage(store.root)
+    append_rows(storage, AUDIT_LOG, [_audit_row("before")])
+    post_audit_row(storage, _audit_row("waiting"))
+    version = DeltaTable(storage.uri(AUDIT_LOG)).version()
+    hold_appends()
+    try:
+        for name in ("a", "b", "c"):
+            append_rows(storage, AUDIT_LOG, [_audit_row(name)])
+        for chunk in range(3):
+            append_rows(storage, CHECKPOINTS, [{"table_name": "bz_x", "chunk_index": chunk,
+                                                "status": "COMPLETE"}])
+        assert DeltaTable(storage.uri(AUDIT_LOG)).version() == version, "no commit during the run"
+        assert _audit_ids(storage) == Counter(["before"])
+        assert not storage.list_files("bz_checkpoints"), "bz_checkpoints not created yet"
+        assert Counter(read_table(storage, AUDIT_LOG)["table_name"].to_pylist()) == Counter(
+            ["before", "waiting", "a", "b", "c"]), "readers see the held rows"
+        assert sorted(read_table(storage, CHECKPOINTS)["chunk_index"].to_pylist()) == [0, 1, 2]
+        hold_appends()  # a run inside (bronze demo holds around its runs): its end commits nothing
+        append_rows(storage, AUDIT_LOG, [_audit_row("inner")])
+        release_appends()
+        assert DeltaTable(storage.uri(AUDIT_LOG)).version() == version, "the outer hold still holds"
+    finally:
+        release_appends()
+    assert DeltaTable(storage.uri(AUDIT_LOG)).version() == version + 1, "one commit for the run"
+    assert _audit_ids(storage) == Counter(["before", "waiting", "a", "b", "c", "inner"])
+    checkpoints = DeltaTable(storage.uri(CHECKPOINTS))
+    assert checkpoints.version() == 0
+    assert sorted(checkpoints.to_pyarrow_table()["chunk_index"].to_pylist()) == [0, 1, 2]
+    for table in (AUDIT_LOG, CHECKPOINTS):
+        assert not storage.list_files(audit_inbox.INBOXES[table].folder), table
+    append_rows(storage, AUDIT_LOG, [_audit_row("after")])  # no longer held: an append of its own
+    assert _audit_ids(storage) == Counter(["before", "waiting", "a", "b", "c", "inner", "after"])
+
+
+def test_a_killed_run_leaves_its_rows_and_two_runs_at_once_land_each_row_once(store: Store) -> None:
+    """A run SIGKILLed before its end leaves its held rows in the inbox (readers see them; the next
+    run's end carries them); a run whose rows another run's end carried meanwhile (it lists the
+    whole inbox) does not append them again at its own end: every row exactly once."""
+    from bronze_assets.lib.delta.control import (
+        AUDIT_LOG,
+        append_rows,
+        hold_appends,
+        read_table,
+        release_appends,
+    )
+
+    storage = Storage(store.root)
+    append_rows(storage, AUDIT_LOG, [_audit_row("first")])
+    killed = _held_run(store.root, "kill", "k1", "k2")
+    _end(killed, -9)
+    assert _audit_ids(storage) == Counter(["first"])
+    assert Counter(read_table(storage, AUDIT_LOG)["table_name"].to_pylist()) == Counter(["first", "k1", "k2"])
+    slow = _held_run(store.root, "release", "s1", "s2")  # holds its rows while this one ends
+    hold_appends()
+    try:
+        append_rows(storage, AUDIT_LOG, [_audit_row("m1")])
+    finally:
+        release_appends()  # carries k1, k2 and the slow run's s1, s2 with m1
+    assert _audit_ids(storage) == Counter(["first", "k1", "k2", "s1", "s2", "m1"])
+    _end(slow, 0)
+    assert _audit_ids(storage) == Counter(["first", "k1", "k2", "s1", "s2", "m1"])
+    runs = [_held_run(store.root, "release", f"r{n}a", f"r{n}b") for n in range(3)]
+    at_once(*[lambda run=run: _end(run, 0) for run in runs])
+    expected = Counter(["first", "k1", "k2", "s1", "s2", "m1", *(f"r{n}{x}" for n in range(3) for x in "ab")])
+    assert _audit_ids(storage) == expected
+    assert Counter(read_table(storage, AUDIT_LOG)["table_name"].to_pylist()) == expected
+
+
 def test_a_filtered_read_costs_one_request_per_file_and_the_same_rows(s3: S3) -> None:
     """On an object store a query filtering a column other than the status reads each file in one
     ranged GET once its footer is known (without the page index, which costs one more per file);

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from bronze_assets.defs.edge import edge_settings
 from bronze_assets.lib.delta.commit_log import CommitLog
+from bronze_assets.lib.delta.control import hold_appends, release_appends
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.staging import StagedBatch
 from bronze_assets.lib.delta.storage import Storage
@@ -78,7 +79,14 @@ class BronzeDeltaIOManager(dg.ConfigurableIOManager):
     storage: BronzeStorage = Field(default_factory=BronzeStorage, description="the bronze root")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Masks the store's credentials in the run's logs; the run's control-table rows are
+        committed at its end, one commit per table (:func:`hold_appends`). Only here: a resource
+        with a teardown is a generator to Dagster, which a sensor's resources must not be."""
         protect_logs(edge_settings(), self.storage.storage_options)
+        hold_appends()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        release_appends()
 
 
     def handle_output(self, context: dg.OutputContext, obj: StagedBatch) -> None:

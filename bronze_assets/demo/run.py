@@ -39,6 +39,7 @@ from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.event_files import write_event_files
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
+from bronze_assets.lib.delta.control import held_appends
 from bronze_assets.lib.failures import one_line
 from bronze_assets.settings import Settings, data_dir, env
 
@@ -609,7 +610,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
             failed[progress.table] = progress
         say(progress.describe())
 
-    with dagster_settings():
+    with dagster_settings(), held_appends():  # one commit per control table for the demo's runs
         metadata = materialize_all(definitions, dsn, instance, on_table=on_table, log_handler=log_handler)
         done = f"{len(tables) - len(failed)} of {len(tables)}" if failed else "all"
         say(f"{done} bronze assets materialized in {time.perf_counter() - started:.1f} s")

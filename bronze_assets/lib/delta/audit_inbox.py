@@ -15,7 +15,9 @@ not both append a row, and it appends only the rows whose ``audit_id`` is not in
 and keep one row per ``audit_id``: a row is in the table before its file goes, so none is missed.
 
 The lineage and cost rows of a load that read rows but changed none (a daily full load of an
-unchanged table) wait the same way, each table in an inbox of its own (:data:`INBOXES`)."""
+unchanged table) wait the same way, each table in an inbox of its own (:data:`INBOXES`). Within a
+run every append to these tables and to ``bz_checkpoints`` waits here too, and the run's end
+commits them, one commit per table (:func:`~bronze_assets.lib.delta.control.hold_appends`)."""
 
 from __future__ import annotations
 
@@ -53,13 +55,32 @@ INBOXES = {  # by control table
                              "processing_timestamp"),
     "bz_cost_tracking": Inbox("_bronze_inbox/bz_cost_tracking", "bronze.inbox.bz_cost_tracking", "cost_id",
                               "recorded_at"),
+    "bz_checkpoints": Inbox("_bronze_inbox/bz_checkpoints", "bronze.inbox.bz_checkpoints", "checkpoint_id",
+                            "checkpoint_timestamp"),
 }
 
 
-def post(storage: Storage, row: Mapping[str, Any], inbox: Inbox = AUDIT_INBOX) -> None:
-    """Write one complete row (its id filled) as a file of its own in ``inbox``."""
-    text = json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()})
-    storage.write_file(f"{inbox.folder}/{row[inbox.id_column]}.json", text.encode())
+def path_of(row: Mapping[str, Any], inbox: Inbox = AUDIT_INBOX) -> str:
+    """The file of ``row`` (its id filled) in ``inbox``."""
+    return f"{inbox.folder}/{row[inbox.id_column]}.json"
+
+
+def post(storage: Storage, row: Mapping[str, Any], inbox: Inbox = AUDIT_INBOX) -> str:
+    """Write one complete row (its id filled) as a file of its own in ``inbox``; returns its path."""
+    text = json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()},
+                      default=_plain)
+    path = path_of(row, inbox)
+    storage.write_file(path, text.encode())
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy or Arrow scalar as the Python value JSON writes (a row's counts may be either)."""
+    if hasattr(value, "as_py"):
+        return value.as_py()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"an inbox row holds a {type(value).__name__}, which JSON cannot write: {value!r}")
 
 
 @dataclass(frozen=True)
@@ -70,11 +91,18 @@ class Pending:
     paths: tuple[str, ...]
 
 
-def pending(storage: Storage, schema: pa.Schema, inbox: Inbox = AUDIT_INBOX) -> Pending:
-    """The rows waiting in ``inbox``: one listing, then one read per file (a file removed meanwhile
-    by a fold is skipped: its row is in the table)."""
+def pending(storage: Storage, schema: pa.Schema, inbox: Inbox = AUDIT_INBOX,
+            known: Mapping[str, Mapping[str, Any]] | None = None) -> Pending:
+    """The rows waiting in ``inbox``: one listing, then one read per file, except the files in
+    ``known`` (path: the row this process posted there); a file removed meanwhile by a fold is
+    skipped: its row is in the table."""
     rows, paths = [], []
+    known = known or {}
     for path in sorted(storage.list_files(inbox.folder)):
+        if path in known:
+            rows.append(dict(known[path]))
+            paths.append(path)
+            continue
         data = storage.read_file(path) if path.endswith(".json") else None
         if data is None:
             continue
@@ -96,6 +124,5 @@ def not_in(table: pa.Table | None, rows: pa.Table, id_column: str) -> pa.Table:
 
 
 def remove(storage: Storage, paths: Sequence[str]) -> None:
-    """Remove the files of rows that are in the table now (one request each)."""
-    for path in paths:
-        storage.delete_file(path)
+    """Remove the files of rows that are in the table now (:meth:`Storage.delete_files`)."""
+    storage.delete_files(paths)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import pyarrow as pa
-from deltalake import DeltaTable, Transaction, write_deltalake
+from deltalake import DeltaTable, PostCommitHookProperties, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.lib.delta.change_feed import CHECKPOINT_PROPERTIES
@@ -32,11 +32,22 @@ def append_exclusive(storage: Storage, table: str, app: str,
                      choose: Callable[[DeltaTable | None], pa.Table | None]) -> int:
     """Append ``choose(table as opened)`` (None or empty: nothing) to ``table`` in a commit of app
     transaction ``app``; a conflict re-opens the table and chooses again. Returns the rows appended."""
+    return append_exclusive_from(None, storage, table, app, choose)[0]
+
+
+def append_exclusive_from(start: DeltaTable | None, storage: Storage, table: str, app: str,
+                          choose: Callable[[DeltaTable | None], pa.Table | None],
+                          post_commit: PostCommitHookProperties | None = None,
+                          ) -> tuple[int, DeltaTable | None]:
+    """:func:`append_exclusive`, first against ``start`` (the table kept open by the caller, not
+    refreshed: a commit of ``app`` since it was opened fails the append, which then re-opens the
+    table) when given; returns the rows appended and the table as it is after the commit (None if
+    it does not exist)."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        dt = storage.open(table)
+        dt = start if attempt == 1 and start is not None else storage.open(table)
         rows = choose(dt)
         if rows is None or not rows.num_rows:
-            return 0
+            return 0, dt
         version = ((dt.transaction_version(app) if dt is not None else None) or 0) + 1
         txn = Transaction(app, version, int(time.time() * 1000))
         properties = race_safe_properties(dt, app_transactions=[txn])
@@ -44,8 +55,9 @@ def append_exclusive(storage: Storage, table: str, app: str,
             write_deltalake(dt if dt is not None else storage.uri(table), rows,
                             mode="append" if dt is not None else "error",
                             storage_options=storage.delta_options, commit_properties=properties,
-                            configuration=None if dt is not None else CHECKPOINT_PROPERTIES)
-            return rows.num_rows
+                            configuration=None if dt is not None else CHECKPOINT_PROPERTIES,
+                            post_commithook_properties=post_commit if dt is not None else None)
+            return rows.num_rows, dt
         except (CommitFailedError, DeltaError) as exc:
             if attempt == MAX_ATTEMPTS or not is_conflict(exc):
                 raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,20 @@ class Storage:
         """Remove the file at ``path`` under the root (gone already: nothing to do)."""
         with contextlib.suppress(FileNotFoundError):
             self._files().delete_file(path)
+
+    def delete_files(self, paths: Sequence[str]) -> None:
+        """Remove the files at ``paths`` under the root (those gone already: nothing to do). On S3
+        one request per thousand files (DeleteObjects, through ``obstore``), else one each."""
+        if not paths:
+            return
+        store = self._put_store() if self.remote and self.root.startswith("s3://") else None
+        if store is None:
+            for path in paths:
+                self.delete_file(path)
+            return
+        import obstore
+
+        obstore.delete(store, list(paths))
 
     def list_files(self, folder: str) -> list[str]:
         """The paths of the files below ``folder`` under the root (none if it does not exist)."""
