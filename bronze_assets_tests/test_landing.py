@@ -390,6 +390,31 @@ def test_a_contract_without_a_primary_key_appends_every_record_once(storage: Sto
     assert [r["status"] for r in table if r["record_key"] == f"file://{a}#2"] == ["DELIVERED"]
 
 
+@pytest.mark.parametrize("primary_key", [None, ()], ids=["key", "keyless"])
+def test_records_staged_before_a_later_file_adds_a_column_are_hashed_with_it(
+        tmp_path: Path, primary_key: tuple[str, ...] | None) -> None:
+    """In one run, the records of a file read before a later file adds a column (staged again
+    with it) get it NULL, their own record_key and the record_hash and score they get when the
+    column is known first (the other file older)."""
+    contract = with_landing(primary_key=primary_key)
+    landed = []
+    for first in ("a", "b"):
+        root = tmp_path / first
+        settings = Settings(data_dir=root, bronze_root=str(root / "bronze"),
+                            landing_root=str(root / "landing"), stage_dir=root / "stage")
+        storage = Storage(settings.bronze_root, settings=settings)
+        a = drop(storage, "a.jsonl", [event(1), "oops", event(2)], age=120 if first == "a" else 30)
+        drop(storage, "b.jsonl", [event(3, carrier_code="DHL"), event(1)], age=60)
+        land(storage, contract)
+        table = DeltaTable(storage.uri(EVENTS.bronze_table)).to_pyarrow_table().to_pylist()
+        assert [r["carrier_code"] for r in table if r["event_id"] == 2] == [None]
+        if primary_key == ():
+            assert [r["record_key"] for r in table if r["event_id"] == 2] == [f"file://{a}#3"]
+        landed.append(sorted((r["event_id"], r["record_hash"], r["data_quality_score"]) for r in table))
+    assert len(landed[0]) == (3 if primary_key is None else 4)
+    assert landed[0] == landed[1]
+
+
 def test_every_kind_of_bad_input_lands_what_it_can_and_never_fails_the_run(storage: Storage) -> None:
     """A 0-byte file, a file of blank lines, an empty and a 0-byte .gz, a truncated .gz, CRLF line
     ends and bytes that are not UTF-8: the run succeeds, every file is ledgered once, what cannot

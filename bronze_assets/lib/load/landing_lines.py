@@ -85,6 +85,8 @@ def _lines(chunk: bytes) -> pa.LargeStringArray:
         ends = np.append(ends, len(chunk))
     offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
     lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(chunk))
+    if chunk.isascii():  # the usual chunk: ASCII is UTF-8, no need to decode it
+        return lines
     try:
         lines.validate(full=True)
     except pa.ArrowInvalid:  # not UTF-8: the rare file that needs a copy

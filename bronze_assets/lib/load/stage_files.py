@@ -3,12 +3,14 @@ streamed and vectorised (:mod:`~bronze_assets.lib.load.landing_lines`), type the
 schema and evolve it (:mod:`~bronze_assets.lib.load.landing_typing`), quarantine bad lines,
 enrich, stage.
 
-Two passes keep memory bounded by a block, not by the files: the first types each block and
-writes it to a local Arrow file (:mod:`~bronze_assets.lib.load.landing_spill`; the columns known
-when it was read); the second adds the columns found later (NULL: those records did not have
-them), keeps one record per key (the latest file by modification time, then the later line),
-hashes and scores them (the records of both engines:
-:mod:`~bronze_assets.lib.load.landing_records`) and stages them. A table without a primary key
+Two passes keep memory bounded by a block, not by the files: the first types each block, hashes
+and scores it (the records of both engines: :mod:`~bronze_assets.lib.load.landing_records`) and
+writes the staged rows to a local Arrow file (:mod:`~bronze_assets.lib.load.landing_spill`; the
+columns known when it was read); the second keeps one record per key (the latest file by
+modification time, then the later line) and hashes and scores again the blocks spilled before a
+later block added a column (NULL in them: those records did not have it). When the last spill file
+has every column and loses no record it is the staging file (the earlier blocks appended to it),
+else the kept rows are copied into one. A table without a primary key
 appends: each record is identified by ``<file URI>#<line>``, so a record is never landed twice.
 The batch's ledger rows ride in its last commit's metadata
 (:mod:`bronze_assets.lib.delta.landing_ledger`); before each commit attempt the files another run
@@ -36,6 +38,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.contracts.model import Evolution
+from bronze_assets.contracts.types import PgType
 from bronze_assets.lib.delta.landing_ledger import LEDGER_KEY, ledger_metadata
 from bronze_assets.lib.delta.quarantine import QUARANTINE_TABLE, quarantine_once
 from bronze_assets.lib.delta.staging import StagedBatch, stage_dir, write_stream
@@ -94,8 +97,8 @@ def stage_files(contract: Contract, storage: Storage, selection: FileSelection,
     schema = Schema(contract, evolved)
     spill = Spill(stage, contract.bronze_table)
     try:
-        reads, keys = _first_pass(selection, schema, ctx, con, stage, spill)
-        return _second_pass(storage, selection, ctx, schema, stored, reads, keys, spill, started)
+        reads, keys, spilled = _first_pass(selection, schema, ctx, con, stage, spill)
+        return _second_pass(storage, selection, ctx, schema, stored, reads, keys, spilled, spill, started)
     finally:
         spill.remove()
 
@@ -116,16 +119,47 @@ def _file_blocks(selection: FileSelection, stage: Path
         yield i, digest.hexdigest()
 
 
+@dataclass
+class Spilled:
+    """What the first pass keeps in memory of a spilled block: which of its rows hold a value that
+    did not fit its column, its score histogram and, for a table without a primary key, each row's
+    line (its ``record_key``, should the block be enriched again)."""
+
+    unfit: np.ndarray
+    histogram: np.ndarray
+    lines: pa.Array | None
+
+
+def _staged_rows_schema(contract: Contract, extras: list[tuple[str, PgType]]) -> tuple[pa.Schema, pa.Schema]:
+    """(the bronze table's schema, the staged rows' schema) with the columns ``extras``."""
+    table_schema = bronze_schema(contract, landing_extras([pa.field(c, arrow_type(t)) for c, t in extras]))
+    return table_schema, staged_schema(table_schema)
+
+
+def _enriched(records: pa.RecordBatch, contract: Contract, ctx: BatchContext,
+              extras: list[tuple[str, PgType]], lines: pa.Array | None) -> tuple[pa.RecordBatch, Spilled]:
+    """Typed records (or staged rows, enriched again with more columns) as staged rows of the
+    columns ``extras``, hashed and scored, and what :class:`Spilled` keeps of them."""
+    out = enrich_records(records, contract, ctx, extras, lines)
+    flags = [out.column(c).to_numpy(zero_copy_only=False) for c in out.schema.names
+             if c.startswith(INVALID_PREFIX)]
+    unfit = np.any(np.stack(flags), axis=0) if flags else np.zeros(out.num_rows, dtype=bool)
+    histogram = np.bincount(out.column("data_quality_score").to_numpy(zero_copy_only=False), minlength=101)
+    rows = out.select(_staged_rows_schema(contract, extras)[1].names)
+    return rows, Spilled(unfit, histogram, lines if contract.keyless else None)
+
+
 def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con: duckdb.DuckDBPyConnection,
-                stage: Path, spill: Spill) -> tuple[list[FileRead], list[pl.DataFrame]]:
+                stage: Path, spill: Spill) -> tuple[list[FileRead], list[pl.DataFrame], list[Spilled]]:
     """Read every file block by block (ahead, on a thread of its own), check the blocks' lines two
     at a time on two threads, type each block by the columns known when it comes (a new field
-    joins them, typed from this block, by the contract's evolution; decided here, in order), two
-    blocks at a time on two threads, and spill them in order."""
+    joins them, typed from this block, by the contract's evolution; decided here, in order), then
+    hash and score it, two blocks at a time on two threads, and spill the staged rows in order."""
     contract = schema.contract
     pk = list(contract.primary_key)
     reads = [FileRead(file) for file in selection.files]
     keys: list[pl.DataFrame] = []
+    spilled: list[Spilled] = []
     evolving = contract.landing is not None and contract.landing.evolution is not Evolution.NONE
     local = threading.local()  # each checking and typing thread's own DuckDB connection
 
@@ -149,14 +183,17 @@ def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con
                 schema.added += [infer_column(contract, c, item.good, con) for c in plan.added]
             yield i, item, schema.snapshot(), plan.rescued if plan else []
 
-    def typed(job: tuple[int, object, Schema | None, list[str]]) -> tuple[int, object, pa.RecordBatch | None]:
+    def typed(job: tuple[int, object, Schema | None, list[str]]
+              ) -> tuple[int, object, tuple[pa.RecordBatch, Spilled] | None]:
         i, item, known, rescued = job
         if known is None or not isinstance(item, Block):
             return i, item, None
         uri = selection.files[i].uri
-        return i, item, typed_block(item.good, known, rescued, item.keys, uri, connection())
+        records = typed_block(item.good, known, rescued, item.keys, uri, connection())
+        extras = [(c.name, c.pg_type) for c in known.extras]
+        return i, item, _enriched(records, contract, ctx, extras, records.column(LINE))
 
-    for i, item, batch in ordered_map(typed, planned(), name="landing-type"):
+    for i, item, done in ordered_map(typed, planned(), name="landing-type"):
         read = reads[i]
         if isinstance(item, str):
             read.sha256 = item
@@ -164,15 +201,17 @@ def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con
             read.bad.append((None, str(item)))
         elif isinstance(item, Block):
             read.bad += item.bad
-        if batch is None:
+        if done is None:
             continue
-        read.records += batch.num_rows
+        rows, kept = done
+        read.records += rows.num_rows
         if pk:
-            frame = pl.from_arrow(batch.select(pk))
+            frame = pl.from_arrow(rows.select(pk))
             assert isinstance(frame, pl.DataFrame)
             keys.append(frame)
-        spill.write(batch)
-    return reads, keys
+        spilled.append(kept)
+        spill.write(rows)
+    return reads, keys, spilled
 
 
 def _kept(keys: list[pl.DataFrame], pk: list[str]) -> np.ndarray | None:
@@ -189,46 +228,60 @@ def _kept(keys: list[pl.DataFrame], pk: list[str]) -> np.ndarray | None:
 
 
 def _second_pass(storage: Storage, selection: FileSelection, ctx: BatchContext, schema: Schema,
-                 stored: StoredSchema | None, reads: list[FileRead], keys: list[pl.DataFrame], spill: Spill,
-                 started: float) -> StagedBatch:
-    """Stage the spilled records: one per key, the columns found later NULL, hashed and scored;
-    store the schema if it changed; quarantine the bad lines; the ledger rows."""
+                 stored: StoredSchema | None, reads: list[FileRead], keys: list[pl.DataFrame],
+                 spilled: list[Spilled], spill: Spill, started: float) -> StagedBatch:
+    """Stage the spilled rows: one per key, the columns found after a block was spilled NULL in
+    it (that block hashed and scored again); store the schema if it changed; quarantine the bad
+    lines; the ledger rows. When the last spill file has every column and loses no row, it is
+    the staging file, the earlier blocks appended to it."""
     contract = schema.contract
     extras = [(c.name, c.pg_type) for c in schema.extras]
-    table_schema = bronze_schema(contract, landing_extras([pa.field(c, arrow_type(t)) for c, t in extras]))
-    rows_schema = staged_schema(table_schema)
+    table_schema, rows_schema = _staged_rows_schema(contract, extras)
     keep = _kept(keys, list(contract.primary_key))
     histogram = np.zeros(101, dtype=np.int64)
     unfit = 0
+    tail = spill.counts[-1] if spill.open_schema is not None else 0
+    tail_rows = sum(s.unfit.size for s in spilled[len(spilled) - tail:]) if tail else 0
+    total = sum(s.unfit.size for s in spilled)
+    as_is = bool(tail) and spill.open_schema == rows_schema \
+        and (keep is None or bool(keep[total - tail_rows:].all()))
+    redone = spilled[:len(spilled) - tail] if as_is else spilled
 
-    def spilled() -> Iterator[tuple[pa.RecordBatch, np.ndarray | None]]:
+    def batches() -> Iterator[tuple[pa.RecordBatch, Spilled, np.ndarray | None]]:
         offset = 0
-        for batch in spill.batches():
+        for batch, side in zip(spill.batches(closed_only=as_is), redone, strict=True):
             n = batch.num_rows
-            yield batch, None if keep is None else keep[offset:offset + n]
+            yield batch, side, None if keep is None else keep[offset:offset + n]
             offset += n
 
-    def enriched(item: tuple[pa.RecordBatch, np.ndarray | None]) -> pa.RecordBatch | None:
-        batch, kept = item
+    def final(item: tuple[pa.RecordBatch, Spilled, np.ndarray | None]) -> tuple[pa.RecordBatch, Spilled]:
+        batch, side, kept = item
         if kept is not None and not kept.all():  # no copy of a batch kept whole
-            batch = batch.filter(pa.array(kept))
-        if not batch.num_rows:
-            return None
-        return enrich_records(batch, contract, ctx, extras, batch.column(LINE))
+            mask = pa.array(kept)
+            batch = batch.filter(mask)
+            scores = batch.column("data_quality_score").to_numpy(zero_copy_only=False)
+            side = Spilled(side.unfit[kept], np.bincount(scores, minlength=101),
+                           None if side.lines is None else side.lines.filter(mask))
+        if batch.schema != rows_schema and batch.num_rows:  # columns found later: hashed again
+            return _enriched(batch, contract, ctx, extras, side.lines)
+        return batch, side
 
-    def records() -> Iterator[pa.RecordBatch]:  # enriched two at a time, on two threads, in order
+    def records() -> Iterator[pa.RecordBatch]:  # two at a time, on two threads, in order
         nonlocal unfit
-        for out in ordered_map(enriched, spilled(), name="landing-enrich"):
-            if out is None:
-                continue
-            flags = [out.column(c).to_numpy(zero_copy_only=False) for c in out.schema.names
-                     if c.startswith(INVALID_PREFIX)]
-            unfit += int(np.any(np.stack(flags), axis=0).sum()) if flags else 0
-            histogram[:] += np.bincount(out.column("data_quality_score").to_numpy(zero_copy_only=False),
-                                        minlength=101)
-            yield out.select(rows_schema.names)
+        for out, side in ordered_map(final, batches(), name="landing-enrich"):
+            unfit += int(side.unfit.sum())
+            histogram[:] += side.histogram
+            if out.num_rows:
+                yield out
 
-    path, rows = write_stream(records(), rows_schema, contract.bronze_table, storage.settings.stage_dir)
+    if as_is:
+        for side in spilled[len(spilled) - tail:]:
+            unfit += int(side.unfit.sum())
+            histogram[:] += side.histogram
+        path = spill.finish(records())
+        rows = sum(s.unfit.size for s in spilled) if keep is None else int(keep.sum())
+    else:
+        path, rows = write_stream(records(), rows_schema, contract.bronze_table, storage.settings.stage_dir)
     if schema.added or stored is None:  # before the commit: a re-run after a kill keeps the types
         write_schema(storage, contract, schema.extras, ctx.batch_id, stored)
     bad = [(r, n, raw) for r in reads for n, raw in r.bad]
