@@ -27,6 +27,7 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
 from bronze_assets.lib.cdc import STREAM, cdc_load
+from bronze_assets.lib.delta.audit_inbox import INBOXES
 from bronze_assets.lib.delta.commit_log import BATCH_KEY
 from bronze_assets.lib.delta.maintenance import maintain_table
 from bronze_assets.lib.delta.merge_result import MergeResult
@@ -99,6 +100,10 @@ def test_initial_load_and_hourly_tick_then_status_history_restore_and_maintenanc
     b.materialize("order_details", start.isoformat())
     b.assert_exact("inventory")
     b.assert_exact("order_details")
+    for control in INBOXES:  # each run's end committed its control rows (the IO manager's teardown)
+        assert not b.storage.list_files(INBOXES[control].folder), control
+    audited = DeltaTable(b.storage.uri("bz_audit_log")).to_pyarrow_table()["table_name"].to_pylist()
+    assert {"bz_inventory", "bz_order_details"} <= set(audited), audited
 
     query(seeded, "UPDATE tests.inventory SET quantity_available = 77, updated_at = now() "
                   "WHERE inventory_id = 3")
