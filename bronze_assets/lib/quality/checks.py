@@ -19,11 +19,18 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
 from bronze_assets.contracts.model import ForeignKey
-from bronze_assets.lib.delta.query import query_tables, quoted, scan_columns
+from bronze_assets.lib.delta.query import (
+    query_tables,
+    quoted,
+    read_columns,
+    rows_and_key_bounds,
+    scan_columns,
+)
 from bronze_assets.lib.delta.staging import score_percentile, score_sum
 from bronze_assets.lib.delta.storage import OpenedTables, Storage
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.quality.check_memo import keep_outcome, kept_outcome, log_state, tables_state
+from bronze_assets.lib.quality.key_sets import KeySet, dense, unique_within
 from bronze_assets.lib.quality.validate import QualityReport
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.schema import SchemaDrift
@@ -155,6 +162,10 @@ def key_uniqueness(contract: Contract, storage: Storage, tables: OpenedTables | 
 
 
 def _key_uniqueness(contract: Contract, dt: DeltaTable) -> CheckOutcome:
+    unique = _unique_integer_key(contract, dt)
+    if unique is not None:
+        return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, description="every key once",
+                            metadata={"rows": unique, "duplicate_rows": 0, "duplicate_keys_sample": []})
     keys = quoted(contract.merge_key)
     rows = int(query_tables({"t": dt}, "SELECT count(*) AS n FROM t")["n"][0].as_py())
     dupes = _frame(query_tables({"t": dt}, f"SELECT {keys}, count(*) AS n FROM t GROUP BY {keys} "
@@ -166,6 +177,29 @@ def _key_uniqueness(contract: Contract, dt: DeltaTable) -> CheckOutcome:
         description=f"{duplicate_rows:,} rows share a primary key" if duplicate_rows else "every key once",
         metadata={"rows": rows, "duplicate_rows": duplicate_rows, "duplicate_keys_sample": sample},
     )
+
+
+def _unique_integer_key(contract: Contract, dt: DeltaTable) -> int | None:
+    """The rows of ``dt`` when its one integer key column holds every value once, found by one
+    scan of that column into a bitmap of its range (the log's statistics bound it); None when
+    that does not show it (another key, sparse values, a NULL, a duplicate): the caller counts
+    the keys with DataFusion, which also gives the duplicates' figures and samples."""
+    if len(contract.merge_key) != 1:
+        return None
+    (column,) = contract.merge_key
+    kind = pa.schema(dt.schema().to_arrow()).field(column).type
+    if not pa.types.is_signed_integer(kind):
+        return None
+    rows, bounds = rows_and_key_bounds(dt, column)
+    if bounds is None or bounds[0] is None or bounds[1] is None:
+        return None
+    low, high = bounds
+    if not dense(low, high, rows):
+        return None
+    reader = pa.RecordBatchReader.from_stream(scan_columns(dt, [column]))
+    batches = (_plain(batch.column(0)) for batch in reader)
+    found = unique_within(batches, low, high)
+    return found[0] if found is not None and found[1] else None
 
 
 def referential_integrity(contract: Contract, storage: Storage, tables: OpenedTables | None = None
@@ -240,7 +274,7 @@ def _orphans(child: DeltaTable, parents: Mapping[ForeignKey, DeltaTable]
     def look_up(fk: ForeignKey) -> None:  # is_in hashes its value set on every call: few, large calls
         values = pa.chunked_array(pending[fk], type=child_types[fk.column]).combine_chunks()
         pending[fk] = []
-        missing[fk].append(pc.filter(values, pc.invert(pc.is_in(values, value_set=same[fk]))))
+        missing[fk].append(same[fk].missing(values))
 
     columns = sorted({fk.column for fk in same})
     for frame in pa.RecordBatchReader.from_stream(scan_columns(child, columns, f"{STATUS} = '{ACTIVE}'")):
@@ -272,23 +306,22 @@ def _orphans_joined(child: DeltaTable, fk: ForeignKey, parent: DeltaTable) -> tu
 
 LOOKUP_VALUES = 1 << 20  # child values looked up in the parent's keys at once (8 MB of int64)
 
-_PARENT_KEYS: dict[tuple[str, str, int, str], pa.Array] = {}
+_PARENT_KEYS: dict[tuple[str, str, int, str], KeySet] = {}
 _PARENT_KEYS_HELD = 4  # parents whose keys this process keeps (the latest read)
 _PARENT_KEYS_LOCK = threading.Lock()  # the demo runs two tables' steps at once
 
 
-def _parent_keys(parent: DeltaTable, column: str, kind: pa.DataType) -> pa.Array:
-    """The distinct keys of ``column`` among the ACTIVE rows of ``parent`` at its loaded version
-    (NULL left out), read once per table version in this process: a version never changes."""
+def _parent_keys(parent: DeltaTable, column: str, kind: pa.DataType) -> KeySet:
+    """The keys of ``column`` among the ACTIVE rows of ``parent`` at its loaded version (NULL left
+    out), read once per table version in this process: a version never changes."""
     key = (parent.table_uri, parent.metadata().id, parent.version(), column)
     with _PARENT_KEYS_LOCK:
         if key not in _PARENT_KEYS:
             name = quote_ident(column)
-            keys = query_tables({"parent": parent}, f"SELECT DISTINCT {name} AS k FROM parent "
-                                                    f"WHERE {STATUS} = '{ACTIVE}' AND {name} IS NOT NULL")
+            keys = read_columns(parent, [column], f"{STATUS} = '{ACTIVE}' AND {name} IS NOT NULL")
             while len(_PARENT_KEYS) >= _PARENT_KEYS_HELD:
                 _PARENT_KEYS.pop(next(iter(_PARENT_KEYS)))
-            _PARENT_KEYS[key] = _plain(keys.column("k")).cast(kind).combine_chunks()
+            _PARENT_KEYS[key] = KeySet(_plain(keys.column(0)).cast(kind).combine_chunks())
         return _PARENT_KEYS[key]
 
 
