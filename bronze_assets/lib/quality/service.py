@@ -137,6 +137,25 @@ def defer_unused_modules() -> None:
     sys.meta_path.insert(0, _Deferred())
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def lean_allocators() -> None:
+    """Let this process give the memory of a validated chunk back when it is freed: Arrow allocates
+    from the system heap (its jemalloc pool keeps freed pages for reuse), one glibc arena serves
+    every thread (requests run one at a time; an arena per connection thread keeps its own freed
+    memory), and allocations from 128 KiB up are always mapped on their own (glibc otherwise raises
+    that threshold as large blocks are freed, and the chunks' arrays then stay in the heap)."""
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, 1)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 def _trim() -> None:
     """Hand freed memory back to the system after a request (pandas frames of a large batch).
     No ``gc.collect()``: the frames go by reference counting, and a full collection walks GX's
@@ -231,6 +250,7 @@ def main() -> None:
     if os.fork():  # the launcher's child exits: the service is nobody's child, reaped by init
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lean_allocators()  # before any thread starts
     lock = open(sock.with_suffix(".lock"), "wb")  # noqa: SIM115 (held for the service's life)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
