@@ -21,8 +21,9 @@ from bronze_assets.contracts import CONTRACTS
 from bronze_assets.defs.checks import build_reconciliation_check
 from bronze_assets.lib.delta.control import AUDIT_LOG, RECONCILIATION, read_table
 from bronze_assets.lib.governance.erasure import forget_subject
-from bronze_assets.lib.reconcile import reconcile
+from bronze_assets.lib.reconcile import reconcile, source_side
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
+from bronze_assets.lib.reconcile.source_side import SourceSnapshot
 from bronze_assets.settings import ENV_SOURCE_DSN
 from bronze_assets_tests.bronze_helpers import Bronze, assert_table_exact
 from bronze_assets_tests.conftest import query
@@ -158,6 +159,34 @@ def test_one_snapshot_for_the_whole_run(bronze: Bronze) -> None:
     assert run.healthy and not any(t.mismatches for t in run.tables)
     after = reconcile([CONTRACTS["products"]], bronze.dsn, bronze.root)
     assert after.tables[0].samples() == {"differs": [6], "extra": [5]}
+
+
+def test_a_pass_over_a_whole_table_is_split_into_block_ranges(bronze: Bronze,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first level's pass over a table runs in heap block ranges on any free connection of the
+    run's snapshot: the ranges' bucket sums add up to one pass's, and a run finds the same faults."""
+    bronze.load_direct("orders")
+    bronze.load_direct("products")
+    DeltaTable(bronze.uri("orders")).delete("order_id = 11")
+    query(bronze.dsn, "UPDATE tests.orders SET status = 'quietly' WHERE order_id = 40")
+    query(bronze.dsn, "UPDATE tests.products SET category = 'quietly' WHERE product_id = 7")
+    with SourceSnapshot(bronze.dsn, 2) as snapshot:
+        orders = snapshot.table(CONTRACTS["orders"])
+        lo, hi, _ = orders.key_range()
+        assert orders.blocks >= 3
+        monkeypatch.setattr(source_side, "PART_BLOCKS", 1)  # a part per block
+        assert orders._parts(lo, hi).parts == orders.blocks and orders._parts(lo + 1, hi).parts == 1
+        parts = orders.buckets(lo, hi, 7)
+        monkeypatch.setattr(source_side, "PART_BLOCKS", orders.blocks + 1)
+        assert orders._parts(lo, hi).parts == 1
+        assert parts == orders.buckets(lo, hi, 7)
+        (rows,) = snapshot.query("SELECT count(*) FROM tests.orders")[0]
+        assert sum(n for n, _ in parts.values()) == rows
+    monkeypatch.setattr(source_side, "PART_BLOCKS", 1)
+    for parallelism in (1, 2, 3):
+        run = reconcile([CONTRACTS["orders"], CONTRACTS["products"]], bronze.dsn, bronze.root,
+                        parallelism=parallelism)
+        assert [t.samples() for t in run.tables] == [{"missing": [11], "differs": [40]}, {"differs": [7]}]
 
 
 def test_never_loaded_and_dropped_source_tables_are_named(bronze: Bronze) -> None:

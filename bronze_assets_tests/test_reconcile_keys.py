@@ -20,7 +20,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.control import RECONCILIATION, read_table
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
-from bronze_assets.lib.reconcile import bisect, reconcile
+from bronze_assets.lib.reconcile import bisect, reconcile, source_side
 from bronze_assets.lib.reconcile.command import reconcile_and_repair
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.source.introspect import discover_contract
@@ -42,9 +42,11 @@ DEVICES = ("CREATE TABLE tests.devices (device_id uuid PRIMARY KEY, label text, 
 
 @pytest.fixture
 def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Buckets of ≈16 rows, leaves of ≤ 8: 300 rows drill down two levels."""
+    """Buckets of ≈16 rows, leaves of ≤ 8: 300 rows drill down two levels; the first level's pass
+    over the table in parts of one heap block each (on both connections)."""
     monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
     monkeypatch.setattr(bisect, "LEAF_ROWS", 8)
+    monkeypatch.setattr(source_side, "PART_BLOCKS", 1)
 
 
 def _table(dsn: str, ddl: tuple[str, str], name: str) -> Contract:

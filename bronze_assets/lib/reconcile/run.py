@@ -4,12 +4,10 @@ snapshot, the mismatches recorded in ``bz_reconciliation`` and one audit row per
 from __future__ import annotations
 
 import json
-import queue
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -119,8 +117,9 @@ def reconcile(contracts: Sequence[Contract], dsn: str, storage: StorageLike, *, 
               bronze_side: BronzeSideChooser | None = None, parallelism: int = 2) -> Reconciliation:
     """Reconcile ``contracts`` in one source snapshot; record the mismatches and audit each table.
     ``bronze_side`` picks the bronze reader per contract (default: DataFusion). Up to
-    ``parallelism`` tables are compared at once, largest first, each on a connection of its own
-    that shares the run's exported snapshot (the source hashes on as many backends)."""
+    ``parallelism`` tables are compared at once, largest first, over as many source connections
+    sharing the run's exported snapshot; a pass over a whole table is split into block ranges that
+    any free connection takes, so the source hashes on every backend to the end of the run."""
     storage = as_storage(storage)
     run = Reconciliation(run_id or str(uuid.uuid4()), datetime.now(UTC), deep=deep)
 
@@ -135,28 +134,15 @@ def reconcile(contracts: Sequence[Contract], dsn: str, storage: StorageLike, *, 
                                         "counts": report.counts, "problem": report.problem})
         return report
 
-    with SourceSnapshot(dsn) as snapshot:
-        workers = max(1, min(parallelism, len(contracts)))
-        if workers == 1:
+    workers = max(1, parallelism)
+    with SourceSnapshot(dsn, workers) as snapshot:
+        if workers == 1 or len(contracts) == 1:
             run.tables = [one(c, snapshot) for c in contracts]
             return run
-        free: queue.Queue[SourceSnapshot] = queue.Queue()
-        free.put(snapshot)
-
-        def pooled(contract: Contract) -> TableReconciliation:
-            mine = free.get()
-            try:
-                return one(contract, mine)
-            finally:
-                free.put(mine)
-
-        with ExitStack() as stack:
-            for _ in range(workers - 1):
-                free.put(stack.enter_context(SourceSnapshot(dsn, snapshot.snapshot_id)))
-            largest_first = sorted(contracts, key=lambda c: -_bronze_rows(storage, c))
-            with ThreadPoolExecutor(workers, thread_name_prefix="reconcile") as pool:
-                reports = dict(zip([c.bronze_table for c in largest_first],
-                                   pool.map(pooled, largest_first), strict=True))
+        largest_first = sorted(contracts, key=lambda c: -_bronze_rows(storage, c))
+        with ThreadPoolExecutor(workers, thread_name_prefix="reconcile") as pool:
+            reports = dict(zip([c.bronze_table for c in largest_first],
+                               pool.map(lambda c: one(c, snapshot), largest_first), strict=True))
         run.tables = [reports[c.bronze_table] for c in contracts]
     return run
 

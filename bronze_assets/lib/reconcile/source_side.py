@@ -5,7 +5,12 @@ keys with their hashes and ``updated_at``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import polars as pl
@@ -15,12 +20,14 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.reconcile.checksum import HEX_INTEGERS, POSITIONS, checksum_sql, position_sql
 from bronze_assets.lib.reconcile.keys import by_integer_key, key_expr, text_names
 from bronze_assets.lib.source.ddl import qualified, quote_ident, quote_literal
+from bronze_assets.lib.source.extract import BlockRanges
 from bronze_assets.lib.source.postgres import connect
 from bronze_assets.lib.source.pushdown import hash_sql
 from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_sql
 
 Ranges = Sequence[tuple[int, int]]
 RANGES_PER_QUERY = 256
+PART_BLOCKS = 1024  # blocks (8 MiB) per part of a pass over a whole table (any free connection runs it)
 
 
 def ranges_sql(column: str, ranges: Ranges) -> str:
@@ -30,52 +37,122 @@ def ranges_sql(column: str, ranges: Ranges) -> str:
 
 class SourceSnapshot:
     """A read-only REPEATABLE READ transaction on the source, pinned session (§2.2), held for a
-    whole reconciliation so every table and every drill-down sees the same data.
+    whole reconciliation so every table and every drill-down sees the same data: ``connections``
+    backends share one exported snapshot, and any query runs on whichever is free (a table's own
+    queries first, then the block ranges of first-level bucket passes, in the order submitted), so
+    the source hashes on every backend until the last table is done.
 
     Sorting is off in it: the planner takes ``GROUP BY key / width`` for a group per key and would
     sort every row's rendered columns (to disk) before summing; hashed, the groups are the few
     buckets."""
 
-    def __init__(self, dsn: str, snapshot_id: str | None = None) -> None:
-        self.dsn, self.snapshot_id = dsn, snapshot_id  # snapshot_id: join another's exported snapshot
+    def __init__(self, dsn: str, connections: int = 1) -> None:
+        self.dsn, self.connections = dsn, max(1, connections)
+        self.snapshot_id: str | None = None
         self.hex_integers = False  # the server reads '0x…' as an integer (see reconcile/checksum.py)
-        self._conn: Any = None
+        self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._workers: list[threading.Thread] = []
 
     def __enter__(self) -> SourceSnapshot:
-        self._conn = connect(self.dsn, autocommit=True)
-        with self._conn.cursor() as cur:
-            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            if self.snapshot_id:
-                cur.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot_id}'")
-            else:  # taken now (not at the first table), and shareable with more connections
-                cur.execute("SELECT pg_export_snapshot()")
-                (self.snapshot_id,) = cur.fetchall()[0]
-            cur.execute("SET LOCAL enable_sort = off")
-            cur.execute("SELECT current_setting('server_version_num')::int")
-            self.hex_integers = cur.fetchall()[0][0] >= HEX_INTEGERS
+        try:
+            for _ in range(self.connections):
+                conn = self._open()
+                worker = threading.Thread(target=self._work, args=(conn,), daemon=True,
+                                          name=f"reconcile-source-{len(self._workers)}")
+                self._workers.append(worker)
+                worker.start()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
+    def _open(self) -> Any:
+        conn = connect(self.dsn, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                if self.snapshot_id:
+                    cur.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot_id}'")
+                else:  # taken now (not at the first table), and shared by the other connections
+                    cur.execute("SELECT pg_export_snapshot()")
+                    (self.snapshot_id,) = cur.fetchall()[0]
+                cur.execute("SET LOCAL enable_sort = off")
+                cur.execute("SELECT current_setting('server_version_num')::int")
+                self.hex_integers = cur.fetchall()[0][0] >= HEX_INTEGERS
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _work(self, conn: Any) -> None:
+        """Run jobs on ``conn`` until told to stop, then end its transaction."""
+        try:
+            while True:
+                job = self._jobs.get()[2]
+                if job is None:
+                    return
+                run, future = job
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(run(conn))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+        finally:
             try:
-                with self._conn.cursor() as cur:
+                with conn.cursor() as cur:
                     cur.execute("COMMIT")
+            except Exception:  # a read-only transaction: nothing to keep
+                pass
             finally:
-                self._conn.close()
-                self._conn = None
+                conn.close()
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in self._workers:
+            self._jobs.put((_STOP, next(self._order), None))
+        for worker in self._workers:
+            worker.join()
+        self._workers = []
+
+    def _submit(self, run: Callable[[Any], Any], priority: int) -> Future:
+        future: Future = Future()
+        self._jobs.put((priority, next(self._order), (run, future)))
+        return future
 
     def query(self, sql: str) -> list[tuple]:
-        with self._conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetchall()
+        return self._submit(partial(_fetch, sql), _NOW).result()
 
     def arrow(self, sql: str) -> pa.Table:
-        with self._conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetch_arrow_table()
+        return self._submit(partial(_fetch_arrow, sql), _NOW).result()
+
+    def queries(self, sqls: Sequence[str]) -> list[list[tuple]]:
+        """The rows of each of ``sqls``, run on every free connection, after the queries waiting to
+        run now (:meth:`query`) and the parts submitted before them."""
+        futures = [self._submit(partial(_fetch, sql), _PARTS) for sql in sqls]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
 
     def table(self, contract: Contract) -> SourceTable:
         return SourceTable(self, contract)
+
+
+_Job = tuple[Callable[[Any], Any], Future]
+_NOW, _PARTS, _STOP = 0, 1, 2  # job priorities: a table's own queries, block-range parts, the end
+
+
+def _fetch(sql: str, conn: Any) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+def _fetch_arrow(sql: str, conn: Any) -> pa.Table:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetch_arrow_table()
 
 
 class SourceTable:
@@ -98,6 +175,8 @@ class SourceTable:
         # when the row last changed (pending rows), as timestamptz; an infinite one counts as unknown
         self.updated_at = "CASE WHEN isfinite(updated_at) THEN updated_at::timestamptz END" \
             if "updated_at" in contract.column_names else "NULL::timestamptz"
+        self.bounds: tuple[int | None, int | None] = (None, None)  # the keys' (from key_range)
+        self.blocks = 0  # the heap's size in blocks (from key_range)
 
     def drift(self) -> SchemaDrift | None:
         """How the live table differs from the contract; None when the table does not exist."""
@@ -108,34 +187,61 @@ class SourceTable:
         """(lowest, highest position, estimated rows): keys (``min`` and ``max``, from the key's
         index when it has one), or hash positions. The rows are the planner's estimate
         (``reltuples``; 0 for a table never analyzed): they only size the buckets, whose counts are
-        exact, so no pass of its own counts the table."""
-        estimate = (f"(SELECT greatest(reltuples, 0)::bigint FROM pg_class "
-                    f"WHERE oid = {quote_literal(self.name)}::regclass)")
+        exact, so no pass of its own counts the table. Also reads the heap's size in blocks, read
+        after the snapshot was taken: every row it sees lies below it."""
+        oid = f"{quote_literal(self.name)}::regclass"
+        facts = (f"(SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = {oid}), "
+                 f"pg_relation_size({oid}) / current_setting('block_size')::bigint")
         if not self.by_key:
-            (n,) = self.snapshot.query(f"SELECT {estimate}")[0]
+            n, self.blocks = self.snapshot.query(f"SELECT {facts}")[0]
             return 0, POSITIONS - 1, int(n or 0)
-        lo, hi, n = self.snapshot.query(
-            f"SELECT min({self.key}), max({self.key}), {estimate} FROM {self.name}")[0]
-        return (None if lo is None else int(lo)), (None if hi is None else int(hi)), int(n or 0)
+        lo, hi, n, self.blocks = self.snapshot.query(
+            f"SELECT min({self.key}), max({self.key}), {facts} FROM {self.name}")[0]
+        self.bounds = (None if lo is None else int(lo)), (None if hi is None else int(hi))
+        return *self.bounds, int(n or 0)
 
-    def _hashed(self, columns: Sequence[tuple[str, str]] = ()) -> str:
-        """A subquery of each row's hash ``h``, its position ``p`` and ``columns`` (expression, name)."""
+    def _hashed(self, columns: Sequence[tuple[str, str]] = (), part: tuple[BlockRanges, int] | None = None
+                ) -> str:
+        """A subquery of each row's hash ``h``, its position ``p`` and ``columns`` (expression, name),
+        of the rows in block range ``part`` (every row: None)."""
         inner = "".join(f", {expr} AS {name}" for expr, name in columns)
         names = "".join(f", {name}" for _, name in columns)
+        rendered = f"SELECT {self.rendered}{inner} FROM {self.name} WHERE TRUE"
+        if part is not None:
+            rendered = part[0].sql(rendered, part[1])
         return (f"(SELECT {position_sql('h', self.hex)} AS p, h{names} FROM (SELECT {self.hash} AS h{names} "
-                f"FROM (SELECT {self.rendered}{inner} FROM {self.name} OFFSET 0) r OFFSET 0) q) s")
+                f"FROM ({rendered} OFFSET 0) r OFFSET 0) q) s")
 
     def buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
-        """{bucket: (rows, checksum sum)} of the positions in [lo, hi], bucket = (position - lo) // width."""
+        """{bucket: (rows, checksum sum)} of the positions in [lo, hi], bucket = (position - lo) // width.
+        A pass over every row (the first level) is split into block ranges of :data:`PART_BLOCKS`
+        blocks that run on every connection of the snapshot at once; their sums add up."""
+        ranges = self._parts(lo, hi)
         if self.by_key:
-            sql = (f"SELECT (k - {lo}) / {width} AS b, count(*), sum({self.checksum})::text FROM ("
-                   f"SELECT {self.key}::bigint AS k, {self.rendered} FROM {self.name} "
-                   f"WHERE {self.key} BETWEEN {lo} AND {hi} OFFSET 0) s GROUP BY 1")
+            rendered = (f"SELECT {self.key}::bigint AS k, {self.rendered} FROM {self.name} "
+                        f"WHERE {self.key} BETWEEN {lo} AND {hi}")
+            sqls = [f"SELECT (k - {lo}) / {width} AS b, count(*), sum({self.checksum})::text FROM ("
+                    f"{ranges.sql(rendered, i)} OFFSET 0) s GROUP BY 1" for i in range(ranges.parts)]
         else:
             where = "" if (lo, hi) == (0, POSITIONS - 1) else f" WHERE p BETWEEN {lo} AND {hi}"
-            sql = f"SELECT (p - {lo}) / {width} AS b, count(*), sum({checksum_sql('h', self.hex)})::text " \
-                  f"FROM {self._hashed()}{where} GROUP BY 1"
-        return {int(b): (int(n), int(s)) for b, n, s in self.snapshot.query(sql)}
+            sqls = [f"SELECT (p - {lo}) / {width} AS b, count(*), sum({checksum_sql('h', self.hex)})::text "
+                    f"FROM {self._hashed(part=(ranges, i))}{where} GROUP BY 1" for i in range(ranges.parts)]
+        sums: dict[int, tuple[int, int]] = {}
+        for part in self.snapshot.queries(sqls) if len(sqls) > 1 else [self.snapshot.query(sqls[0])]:
+            for b, n, s in part:
+                rows, total = sums.get(int(b), (0, 0))
+                sums[int(b)] = (rows + int(n), total + int(s))
+        return sums
+
+    def _parts(self, lo: int, hi: int) -> BlockRanges:
+        """How a bucket pass over [lo, hi] splits the heap: in block ranges when it covers every row
+        (by the key's bounds, or every hash position), else one part (the key's index narrows it)."""
+        if self.by_key:
+            low, high = self.bounds
+            every = low is not None and high is not None and lo <= low and high <= hi
+        else:
+            every = (lo, hi) == (0, POSITIONS - 1)
+        return BlockRanges(self.blocks, max(1, self.blocks // PART_BLOCKS) if every else 1)
 
     def rows(self, ranges: Ranges) -> pl.DataFrame:
         """key, source_hash, updated_at of the rows whose position lies in ``ranges``."""
