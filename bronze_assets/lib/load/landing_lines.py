@@ -77,12 +77,20 @@ def _whole_lines(data: Iterator[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _lines(chunk: bytes) -> pa.LargeStringArray:
-    """The lines of ``chunk`` (each with its line end), zero-copy over its bytes; bytes that are not
-    UTF-8 are replaced (U+FFFD) first."""
+def _line_ends(chunk: bytes) -> np.ndarray:
+    """The end offset (after its line end) of each line of ``chunk``, the last line's whether or
+    not it ends with one."""
     ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + 1
     if not ends.size or ends[-1] != len(chunk):
         ends = np.append(ends, len(chunk))
+    return ends
+
+
+def _lines(chunk: bytes, ends: np.ndarray | None = None) -> pa.LargeStringArray:
+    """The lines of ``chunk`` (each with its line end; ``ends``: :func:`_line_ends`, if known),
+    zero-copy over its bytes; bytes that are not UTF-8 are replaced (U+FFFD) first."""
+    if ends is None:
+        ends = _line_ends(chunk)
     offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
     lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(chunk))
     if chunk.isascii():  # the usual chunk: ASCII is UTF-8, no need to decode it
@@ -124,21 +132,23 @@ class LineChunk:
 
     data: bytes
     first: int
+    ends: np.ndarray  # each line's end offset in ``data`` (:func:`_line_ends`)
 
 
 def _json_chunks(data: Iterator[bytes]) -> Iterator[LineChunk]:
     """The whole lines of a JSON Lines stream, block by block, numbered."""
     first = 1
     for chunk in _whole_lines(data):
-        yield LineChunk(chunk, first)
-        first += chunk.count(b"\n") + (not chunk.endswith(b"\n"))  # as :func:`_lines` cuts them
+        ends = _line_ends(chunk)
+        yield LineChunk(chunk, first, ends)
+        first += len(ends)
 
 
 def check_chunk(chunk: LineChunk, con: duckdb.DuckDBPyConnection) -> Block:
     """The records of a chunk of JSON Lines. DuckDB parses each line once and returns only its
     field names: the lines stay the Arrow array over the chunk's bytes, copied once (the valid
     ones) only in a chunk that has a blank or bad line."""
-    lines = _lines(chunk.data)
+    lines = _lines(chunk.data, chunk.ends)
     numbers = pa.array(np.arange(chunk.first, chunk.first + len(lines), dtype=np.int64))
     con.register("raw_lines", pa.table({"line": lines}))
     try:
