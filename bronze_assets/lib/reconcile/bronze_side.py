@@ -25,9 +25,8 @@ from bronze_assets.lib.delta.query import (
 from bronze_assets.lib.enrich.metadata import ACTIVE
 from bronze_assets.lib.reconcile.checksum import (
     POSITIONS,
-    checksum_words,
+    checksum,
     hash_ranges_sql,
-    join_words,
     position,
 )
 from bronze_assets.lib.reconcile.keys import STATUS, by_integer_key, keyed_rows
@@ -111,12 +110,12 @@ class BronzeTable:
                 frame = frame.filter(pl.col(self.column).is_not_null())
             if not frame.height:
                 continue
-            partial.append(frame.select(((at - lo) // width).alias("b"), *checksum_words("record_hash"))
-                           .group_by("b").agg(pl.len().alias("n"), pl.sum("_hi"), pl.sum("_lo")))
+            partial.append(frame.select(((at - lo) // width).alias("b"), checksum("record_hash").alias("s"))
+                           .group_by("b").agg(pl.len().alias("n"), pl.sum("s")))
         if not partial:
             return {}
-        total = pl.concat(partial).group_by("b").agg(pl.sum("n"), pl.sum("_hi"), pl.sum("_lo"))
-        return {b: (int(n), join_words(h, low)) for b, n, h, low in total.iter_rows()}
+        total = pl.concat(partial).group_by("b").agg(pl.sum("n"), pl.sum("s"))
+        return {b: (int(n), int(s)) for b, n, s in total.iter_rows()}
 
     def _holds_every_key(self, lo: int, hi: int) -> bool:
         """Whether [lo, hi] covers the key of every row, by the log's file statistics."""

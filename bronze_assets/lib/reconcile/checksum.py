@@ -4,9 +4,7 @@ integer column is bucketed), in PostgreSQL, DataFusion-read Arrow (Polars) and S
 
 ``record_hash`` is 32 hex digits; characters 18–32 (1-based) are the 15 hex digits = 60 bits. A
 bucket's checksum is the exact sum of its rows' checksums: PostgreSQL sums into ``numeric``;
-Polars sums the high 28 and low 32 bits separately (7 and 8 hex digits; each sum fits 64 bits
-for 2^31 rows) and they
-are joined in Python's exact integers; Spark sums into ``decimal(38,0)``.
+Polars into ``Int128`` (2^60 × 2^31 rows fits 2^127); Spark into ``decimal(38,0)``.
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ import polars as pl
 HEX_FROM = 18  # 1-based first of the last 15 hex digits
 POSITION_DIGITS = 15  # the first 15 hex digits: a row's hash position
 POSITIONS = 1 << (4 * POSITION_DIGITS)  # hash positions are 0 … POSITIONS - 1
-HIGH_DIGITS = 7  # hex digits of the high word; the low word is the last 8 (32 bits)
-LOW_BITS = 32
 
 
 HEX_INTEGERS = 160_000  # server_version_num from which PostgreSQL reads '0x…' as an integer
@@ -41,16 +37,9 @@ def spark_checksum_sql(hash_expr: str) -> str:
     return f"CAST(conv(substr({hash_expr}, {HEX_FROM}), 16, 10) AS BIGINT)"
 
 
-def checksum_words(hash_column: str) -> list[pl.Expr]:
-    """Polars: the checksum's high 28 and low 32 bits (``_hi``, ``_lo``), to be summed."""
-    text = pl.col(hash_column)
-    return [text.str.slice(HEX_FROM - 1, HIGH_DIGITS).str.to_integer(base=16).alias("_hi"),
-            text.str.slice(HEX_FROM - 1 + HIGH_DIGITS).str.to_integer(base=16).alias("_lo")]
-
-
-def join_words(high: int, low: int) -> int:
-    """The exact sum from the summed words."""
-    return (int(high) << LOW_BITS) + int(low)
+def checksum(hash_column: str) -> pl.Expr:
+    """Polars: the same checksum as ``Int128``, to be summed exactly."""
+    return pl.col(hash_column).str.slice(HEX_FROM - 1).str.to_integer(base=16).cast(pl.Int128)
 
 
 def position_sql(hash_expr: str, hex_integers: bool = False) -> str:
