@@ -751,3 +751,35 @@ def test_a_load_that_changed_nothing_posts_its_lineage_and_cost_rows_too(store: 
         assert not storage.list_files(audit_inbox.INBOXES[table].folder), table
         in_delta = DeltaTable(storage.uri(table)).to_pyarrow_table()[name_of[table]].to_pylist()
         assert Counter(in_delta) == Counter(["first", "unchanged", "moved"]), table
+
+
+def test_a_created_tables_key_and_referential_checks_read_none_of_its_files(seeded: str, s3: S3) -> None:
+    """The load that creates bz_suppliers hands its checks what it wrote: the key check reads none
+    of its files, the referential check its foreign keys from the staged rows and bz_products' keys
+    as bz_products' own load held them; both outcomes equal the ones read from the tables."""
+    from bronze_assets.defs.checks import (
+        KEY_UNIQUENESS,
+        REFERENTIAL_INTEGRITY,
+        key_uniqueness_result,
+        referential_integrity_result,
+    )
+    from bronze_assets.lib.quality import checks
+
+    b = OnStore(seeded, s3)
+    b.materialize("products")
+    before = len(s3.requests())
+    result = dg.materialize([b.assets["bz_suppliers"]], resources=b.resources)
+    assert result.success
+    read = [r for r in s3.requests()[before:] if r.kind.startswith("GET data")
+            and r.table in ("bz_suppliers", "bz_products")]
+    assert not read, read
+    found = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    for check in (KEY_UNIQUENESS, REFERENTIAL_INTEGRITY):  # computed again, from the tables' files
+        b.storage.delete_file(f"_bronze_checks/bz_suppliers.{check}.json")
+    checks._PARENT_KEYS.clear()
+    key = key_uniqueness_result(CONTRACTS["suppliers"], b.storage)
+    referential = referential_integrity_result(CONTRACTS["suppliers"], b.storage)
+    for computed, name in ((key, KEY_UNIQUENESS), (referential, REFERENTIAL_INTEGRITY)):
+        assert found[name].passed == computed.passed
+        assert {k: v.value for k, v in found[name].metadata.items()} == \
+            {k: v.value for k, v in computed.metadata.items()}

@@ -25,6 +25,7 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.checks import (
     KEY_UNIQUENESS,
     QUALITY_SCORE,
+    REFERENTIAL_INTEGRITY,
     key_uniqueness_result,
     referential_integrity_result,
 )
@@ -123,6 +124,94 @@ def test_key_uniqueness_fails_on_a_duplicated_key(seed_db: SeedDb, tmp_path: Pat
     result = key_uniqueness_result(CONTRACTS["customers"], Storage(str(bronze.root)))
     assert not result.passed and result.severity is dg.AssetCheckSeverity.ERROR
     assert result.metadata["duplicate_rows"].value == 2
+
+
+def test_the_key_check_of_a_table_its_load_created_reads_no_key_and_still_counts_a_planted_duplicate(
+        tmp_path: Path) -> None:
+    """A load that created the table from keys it found distinct hands the check a UniqueWrite:
+    at that table and version, with the log counting its rows, the check passes without reading a
+    file (here: a data file made unreadable); any other commit is another version and is counted."""
+    from bronze_assets.lib.delta.merge_result import UniqueWrite
+    from bronze_assets.lib.quality.checks import key_uniqueness
+
+    uri = tmp_path / "bz_stock_levels"
+    write_deltalake(str(uri), pa.table({"stock_level_id": [7, 8], "record_status": ["ACTIVE"] * 2}))
+    dt, storage, stock = DeltaTable(str(uri)), Storage(str(tmp_path)), CONTRACTS["stock_levels"]
+    proof = UniqueWrite(dt.metadata().id, dt.version(), 2)
+    (data,) = uri.glob("*.parquet")
+    intact = data.read_bytes()
+    data.write_bytes(b"not parquet")
+    outcome = key_uniqueness(stock, storage, written=proof)
+    assert outcome.passed
+    assert outcome.metadata == {"rows": 2, "duplicate_rows": 0, "duplicate_keys_sample": []}
+    assert key_uniqueness(stock, storage).passed  # kept at that version, as a computed outcome is
+    storage.delete_file("_bronze_checks/bz_stock_levels.key_uniqueness.json")
+    with pytest.raises(Exception, match=r"(?i)parquet"):  # without the proof (nor a kept outcome): read
+        key_uniqueness(stock, storage, written=UniqueWrite(proof.table_id, proof.version, 3))
+    data.write_bytes(intact)
+
+    write_deltalake(str(uri), pa.table({"stock_level_id": [7], "record_status": ["ACTIVE"]}), mode="append")
+    planted = key_uniqueness(stock, storage, written=proof)
+    assert not planted.passed and planted.metadata["duplicate_rows"] == 2
+    assert planted.metadata["duplicate_keys_sample"] == [{"stock_level_id": 7}]
+    # the proof of the right version but another row count: counted, not trusted
+    assert not key_uniqueness(stock, storage, written=UniqueWrite(proof.table_id, 1, 4)).passed
+
+
+def test_a_created_table_passes_its_key_check_from_the_load_and_a_merge_counts_again(
+        seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load's create hands its UniqueWrite to the check (no key read); a later MERGE's
+    version is counted."""
+    from bronze_assets.lib.quality import checks
+
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    counted = checks._key_uniqueness
+    calls: list[str] = []
+
+    def spy(contract, dt):  # type: ignore[no-untyped-def]
+        calls.append(contract.bronze_table)
+        return counted(contract, dt)
+
+    monkeypatch.setattr(checks, "_key_uniqueness", spy)
+    created = dg.materialize([bronze.assets["bz_warehouses"]], resources=bronze.resources)
+    first = _check(created, KEY_UNIQUENESS)
+    rows = bronze.table("warehouses").to_pyarrow_dataset().count_rows()
+    assert first.passed and first.metadata["rows"].value == rows and calls == []
+    query(fresh_dsn, "UPDATE tests.warehouses SET capacity = capacity + 1, updated_at = now() "
+                     "WHERE warehouse_id = (SELECT min(warehouse_id) FROM tests.warehouses)")
+    merged = dg.materialize([bronze.assets["bz_warehouses"]], resources=bronze.resources)
+    assert _check(merged, KEY_UNIQUENESS).passed and calls == ["bz_warehouses"]
+
+
+def test_the_referential_check_of_a_created_child_reads_its_staged_rows_and_equals_the_tables(
+        seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child its load created is checked from the staged rows (no scan of its files); the outcome
+    equals the one computed from the table, orphans included."""
+    from bronze_assets.lib.quality import checks
+
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
+    bronze = Bronze(fresh_dsn, tmp_path / "bronze")
+    query(fresh_dsn, "DELETE FROM tests.products WHERE product_id IN (SELECT product_id FROM "
+                     "tests.suppliers ORDER BY product_id LIMIT 3)")  # their suppliers are orphans
+    bronze.materialize("products")
+    scanned: list[str] = []
+    scan = checks.scan_columns
+
+    def spy(dt, columns, where=None):  # type: ignore[no-untyped-def]
+        scanned.append(dt.table_uri.rstrip("/").rsplit("/", 1)[-1])
+        return scan(dt, columns, where)
+
+    monkeypatch.setattr(checks, "scan_columns", spy)
+    created = _check(dg.materialize([bronze.assets["bz_suppliers"]], resources=bronze.resources),
+                     REFERENTIAL_INTEGRITY)
+    assert "bz_suppliers" not in scanned
+    Storage(str(bronze.root)).delete_file("_bronze_checks/bz_suppliers.referential_integrity.json")
+    computed = referential_integrity_result(CONTRACTS["suppliers"], Storage(str(bronze.root)))
+    assert "bz_suppliers" in scanned
+    assert {k: v.value for k, v in created.metadata.items()} == \
+        {k: v.value for k, v in computed.metadata.items()}
+    assert created.passed == computed.passed is False
 
 
 def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:

@@ -159,3 +159,27 @@ def test_a_snapshot_counts_as_loaded_by_old_rows_or_by_dagster(seed_db: SeedDb, 
     known = {s.table: s for s in bronze_status(b.storage(), instance=instance)}
     assert known["bz_stock_levels"].snapshot_loaded is True and known["bz_stock_levels"].healthy, \
         "Dagster recorded the (empty) snapshot partition as materialized"
+
+
+def test_a_shared_scope_opens_each_table_once_for_its_readers(tmp_path: Path) -> None:
+    """Within shared_tables() a table is opened once for its readers (or handed over by its load);
+    outside, every reader opens it afresh and nothing is kept."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from bronze_assets.lib.delta.storage import Storage, shared_tables
+
+    storage = Storage(str(tmp_path))
+    write_deltalake(storage.uri("bz_products"), pa.table({"product_id": [1, 2]}))
+    assert storage.open_shared("bz_products") is not storage.open_shared("bz_products")
+    assert storage.open_shared("bz_missing") is None
+    handed = DeltaTable(storage.uri("bz_products"))
+    storage.share("bz_products", handed)  # outside a scope: not kept
+    assert storage.open_shared("bz_products") is not handed
+    with shared_tables():
+        first = storage.open_shared("bz_products")
+        assert storage.open_shared("bz_products") is first
+        storage.share("bz_products", handed)
+        assert storage.open_shared("bz_products") is handed
+        assert storage.open_shared("bz_missing") is None
+    assert storage.open_shared("bz_products") is not handed

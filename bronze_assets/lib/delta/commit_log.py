@@ -122,6 +122,14 @@ def batch_metrics(dt: DeltaTable, batch_id: str, commits: int) -> dict[str, int]
     return total
 
 
+def created_metrics(rows: int, files: int) -> dict[str, int]:
+    """:func:`batch_metrics` of a batch whose commits are every version of its table, each a plain
+    write (a create, then its chunks' appends): ``rows`` written into the ``files`` the table
+    holds, nothing removed — known without reading its commits back."""
+    return dict.fromkeys(_MERGE_METRICS, 0) | {"rows_inserted": rows, "rows_written": rows,
+                                                "files_added": files}
+
+
 @dataclass(frozen=True)
 class CdcPosition:
     """The log position bronze holds every change up to, the source table's OID then, and the

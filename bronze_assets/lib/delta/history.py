@@ -128,16 +128,19 @@ class HistoryWriter:
         self.uri = storage.uri(self.table)
         self.pk = list(contract.merge_key)
         self._dt: DeltaTable | None = None
+        self._created = False  # this writer's seed created the table (its version 0), not opened since
 
     @property
     def version(self) -> int | None:
         """The history table's version as this writer last left it (None: no history table)."""
+        if self._dt is None and self._created:
+            return 0
         dt = self._open()
         return dt.version() if dt is not None else None
 
     def reopen(self) -> None:
         """Open the history table again at its next use (after a commit conflict)."""
-        self._dt = None
+        self._dt, self._created = None, False
 
     def _open(self) -> DeltaTable | None:
         if self._dt is None:
@@ -150,14 +153,15 @@ class HistoryWriter:
         return commit_properties(dt, self.contract, meta, table=self.table)
 
     def seed(self, batch_id: str, batch_time: datetime, replace: bool = False,
-             written: pa.Table | None = None) -> bool:
+             written: pa.Table | None = None, current: DeltaTable | None = None) -> bool:
         """Create the history table from the current table's rows (one version each, valid from
         its ``update_timestamp``) when it does not exist yet (``replace``: in place of the one
         there is); True when it was written. ``written``: the rows of the current table as the
-        load that created it just wrote them (not read back)."""
+        load that created it just wrote them (not read back); ``current``: that table as the
+        load left it (else opened)."""
         if self._open() is not None and not replace:
             return False
-        current = self.storage.open(self.contract.bronze_table)
+        current = current if current is not None else self.storage.open(self.contract.bronze_table)
         if current is None:
             return False
         schema = pa.schema(current.schema().to_arrow())
@@ -176,7 +180,7 @@ class HistoryWriter:
                         configuration={"delta.targetFileSize": str(file_bytes), **BRONZE_PROPERTIES},
                         commit_properties=commit_properties(self._dt, self.contract,
                                                             {SEEDED_BY_KEY: batch_id}, table=self.table))
-        self._dt = None
+        self._dt, self._created = None, not replace  # a create is version 0 (mode error)
         log.info("%s: history seeded from %s (version %d)", self.uri, self.contract.bronze_table,
                  current.version())
         return True

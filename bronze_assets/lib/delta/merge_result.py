@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import pyarrow as pa
 
 
 class DuplicateKeyError(ValueError):
@@ -16,6 +18,22 @@ class DuplicateKeyError(ValueError):
         return cls(f"{table}: the source repeats primary key values ({', '.join(primary_key)}): {extra_rows} "
                    f"row(s) more than keys; bronze keeps one row per key. Nothing was merged; fix the "
                    f"source's primary key.")
+
+
+@dataclass(frozen=True)
+class UniqueWrite:
+    """A table every version of which is one load's own commits (a create, then its chunks'
+    appends), each writing rows whose primary keys that load found distinct before writing them:
+    the table's id, its version after them and the rows written. While the table stays at that
+    version its keys are unique without reading them (the key check: its row count must agree),
+    and its rows are the load's staged rows, all ACTIVE: ``staged`` streams them back from the
+    load's local files (the referential check reads their foreign keys there; in plaintext, before
+    any PII column was protected)."""
+
+    table_id: str
+    version: int
+    rows: int
+    staged: Callable[[], pa.RecordBatchReader] | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -33,13 +33,14 @@ from bronze_assets.lib.delta.commit_log import (
     REHASHED_KEY,
     CommitLog,
     batch_metrics,
+    created_metrics,
 )
 from bronze_assets.lib.delta.exclusive_append import is_conflict
 from bronze_assets.lib.delta.history import HistoryWriter, adds_versions
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges, sql_literal
 from bronze_assets.lib.delta.load_commit import commit_metadata, commit_properties, commit_without_rows
 from bronze_assets.lib.delta.merge_plan import OP, MergePlanner
-from bronze_assets.lib.delta.merge_result import MergeResult
+from bronze_assets.lib.delta.merge_result import MergeResult, UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.staging import StagedBatch
@@ -72,7 +73,9 @@ class BronzeMerger:
         self.pk = list(contract.merge_key)  # a keyless table: its record_key
         self.part = contract.partitioning.delta_column
         self.pii: PiiHook | None = None  # the staged batch's PII hook, during merge()
-        self._latest: DeltaTable | None = None  # opened after this merge's latest commit
+        self._latest: DeltaTable | None = None  # as this merge's latest commit left it
+        self.final: DeltaTable | None = None  # the table as the last merge() left it
+        self.unique: UniqueWrite | None = None  # that merge's create, when its keys are known unique
 
         self.planner = MergePlanner(contract, self.uri, self.storage.settings.stage_dir)
         self.history = HistoryWriter(contract, self.storage) if contract.history else None
@@ -138,7 +141,8 @@ class BronzeMerger:
         """
         started = time.perf_counter()
         self._on_commit = on_commit
-        self._latest = None
+        self._latest = self.final = self.unique = None
+        created = False
         self.pii = require_hook(self.contract, staged.pii, "write") if self.contract.encrypted_columns \
             else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -161,12 +165,14 @@ class BronzeMerger:
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
                 written: list[pa.RecordBatch] | None = [] if dt is None and self.history is not None \
                     else None
-                result = self._create(staged, written) if dt is None else self._merge(dt, staged, commits)
+                created = dt is None
+                result = self._create(staged, written) if created else self._merge(dt, staged, commits)
                 if written is not None and self.history is not None:
                     # seeded from the rows as written (read back if a chunk had landed before)
                     whole = sum(b.num_rows for b in written) == staged.rows
                     rows = pa.Table.from_batches(written, staged.schema) if whole else None
-                    self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time, written=rows)
+                    self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time, written=rows,
+                                      current=self._latest)
                     result.history_versions = staged.rows
                 if self.history is not None:
                     result.history_version = self.history.version
@@ -181,11 +187,15 @@ class BronzeMerger:
                 time.sleep(0.2 * 2**attempt)
         # a load that committed nothing leaves the table as it opened it, one that committed
         # chunks as it was opened after the last of them: no other open
-        final = dt if not result.commits else self._latest or self.storage.open(self.contract.bronze_table)
+        final = self.final = dt if not result.commits else \
+            self._latest or self.storage.open(self.contract.bronze_table)
         if final is not None:
             result.version = final.version()
+            if created and result.commits == result.version + 1:  # every version one of its commits
+                self.unique = UniqueWrite(final.metadata().id, result.version, staged.rows, staged.reader)
             result.size_bytes, result.num_files = table_stats(final)
-            result.engine_metrics = batch_metrics(final, staged.ctx.batch_id, result.commits)
+            result.engine_metrics = created_metrics(staged.rows, result.num_files) if self.unique else \
+                batch_metrics(final, staged.ctx.batch_id, result.commits)
         result.merge_seconds = round(time.perf_counter() - started, 3)
         if staged.rows:
             result.avg_quality_score = round(staged.score_sum / staged.rows, 2)
@@ -193,7 +203,11 @@ class BronzeMerger:
 
     def _current(self, staged: StagedBatch) -> DeltaTable | None:
         """The table at its latest version: the one staging opened, refreshed (one listing on an
-        object store, where opening it again reads the log since its checkpoint), else opened."""
+        object store, where opening it again reads the log since its checkpoint), else opened.
+        None when staging found no table: the load creates it, and a create finding a table made
+        since fails (mode ``error``) as a commit conflict, retried as a MERGE against it."""
+        if staged.commits is not None and staged.commits.table is None:
+            return None
         dt = staged.commits.table if staged.commits is not None else None
         if dt is None:
             return self.storage.open(self.contract.bronze_table)
@@ -207,8 +221,11 @@ class BronzeMerger:
             dt = self.storage.open(self.contract.bronze_table) or dt
         commit_without_rows(dt, self._commit_properties(dt, staged), self.storage.delta_options)
 
-    def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int) -> None:
-        dt = self._latest = self.storage.open(self.contract.bronze_table)
+    def _committed(self, staged: StagedBatch, chunk: int, chunks: int, rows: int,
+                   dt: DeltaTable | None = None) -> None:
+        """A chunk committed: ``dt`` is the table as the commit left it (delta-rs brings the table
+        it merges or writes through up to its commit), else the table is opened."""
+        dt = self._latest = dt if dt is not None else self.storage.open(self.contract.bronze_table)
         info = CommitInfo(self.contract.bronze_table, staged.ctx.batch_id, staged.window, chunk, chunks,
                           rows, dt.version() if dt is not None else -1)
         log.info("%s: committed chunk %d/%d of batch %s (%d rows)", self.uri, chunk + 1, chunks,
@@ -290,7 +307,7 @@ class BronzeMerger:
                 batches = _collect(batches, written)
             try:
                 write_deltalake(
-                    self.uri,
+                    dt if dt is not None else self.uri,  # a table written through is brought up to date
                     pa.RecordBatchReader.from_batches(staged.schema, batches),
                     partition_by=[self.part] if self.part else None,
                     mode="append" if chunk else "error",
@@ -306,7 +323,7 @@ class BronzeMerger:
                     discard_uncommitted(self.uri)
                 raise
             result.commits += 1
-            self._committed(staged, chunk, chunks, min(staged.rows, (chunk + 1) * self.chunk_rows))
+            self._committed(staged, chunk, chunks, min(staged.rows, (chunk + 1) * self.chunk_rows), dt)
         return result
 
     def _merge(self, dt: DeltaTable, staged: StagedBatch, commits: CommitLog) -> MergeResult:
@@ -339,7 +356,7 @@ class BronzeMerger:
                 source = pa.RecordBatchReader.from_batches(source.schema, batches)
             self._merge_piece(dt, staged, piece, chunk, chunks, source)
             result.commits += 1
-            self._committed(staged, chunk, chunks, min(plan.height, (chunk + 1) * self.chunk_rows))
+            self._committed(staged, chunk, chunks, min(plan.height, (chunk + 1) * self.chunk_rows), dt)
         result.committed = True
         return result
 

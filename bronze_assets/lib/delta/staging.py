@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
+from bronze_assets.lib.delta.merge_result import UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook
 from bronze_assets.lib.enrich.metadata import BatchContext, complete
 from bronze_assets.lib.source.schema import SchemaDrift
@@ -54,6 +55,8 @@ class StagedBatch:
     keep_after_merge: bool = False  # set while a check still reads the staged files
     committed: bool | None = None  # whether its MERGE committed (None: not merged yet)
     history_version: int | None = None  # its history table's version as the MERGE left it (if any)
+    merged_table: DeltaTable | None = None  # the table as its MERGE left it (the checks read it: no open)
+    unique_write: UniqueWrite | None = None  # its MERGE created the table from keys it found distinct
     legacy_hashes: pa.Table | None = None  # key + v1 record_hash, only while a v1 table is migrated
     pii: PiiHook | None = None  # protects the PII columns as the rows are written
     deleted_keys: pa.Table | None = None  # keys the source no longer has (log-based CDC): soft-deleted

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,26 @@ class Storage:
     def open(self, table: str) -> DeltaTable | None:
         """The Delta table ``table``, or None if it does not exist yet."""
         return open_table(self.uri(table), self.delta_options)
+
+    def open_shared(self, table: str) -> DeltaTable | None:
+        """``table`` for reading only: within :func:`shared_tables`, the one open of the scope (the
+        table as a load's MERGE left it, or as the first reader opened it), else opened. What it
+        returns is never brought up to date nor written through."""
+        uri = self.uri(table)
+        with _SHARED_LOCK:
+            if _SHARED is not None and uri in _SHARED:
+                return _SHARED[uri]
+        dt = self.open(table)
+        if dt is not None:
+            self.share(table, dt)
+        return dt
+
+    def share(self, table: str, dt: DeltaTable) -> None:
+        """Within :func:`shared_tables`, ``dt`` is ``table`` for :meth:`open_shared` (the caller
+        no longer changes it: e.g. a load's table after its checks); outside, nothing."""
+        with _SHARED_LOCK:
+            if _SHARED is not None:
+                _SHARED[self.uri(table)] = dt
 
     def check(self) -> None:
         """One request to the root's store (a listing of the root): raises the store's error when
@@ -149,6 +170,27 @@ class Storage:
         return Storage(root, self.options, self.settings)
 
 
+_SHARED: dict[str, DeltaTable] | None = None  # by URI, while a shared_tables() scope is open
+_SHARED_LOCK = threading.Lock()  # the demo's loads share their tables from two step threads
+
+
+@contextlib.contextmanager
+def shared_tables() -> Iterator[None]:
+    """A scope in which the bronze tables are opened once for their readers (:meth:`Storage.open_shared`:
+    the reconciliation, the status of the report) and a load's table as its MERGE left it is
+    handed over to them: for a caller that knows nothing else writes those tables meanwhile (the
+    demo, between its loads and its report). On an object store each open reads the table's log,
+    four requests for a young table and a dozen or more past a checkpoint."""
+    global _SHARED
+    with _SHARED_LOCK:
+        outer, _SHARED = _SHARED, ({} if _SHARED is None else _SHARED)
+    try:
+        yield
+    finally:
+        with _SHARED_LOCK:
+            _SHARED = outer
+
+
 class OpenedTables:
     """Tables of one storage, each opened at most once per run (the load's staging, its MERGE and
     its checks share one open): on an object store every open reads the log since its checkpoint,
@@ -162,6 +204,17 @@ class OpenedTables:
         if table not in self._opened:
             self._opened[table] = self.storage.open(table)
         return self._opened[table]
+
+    def adopt(self, table: str, dt: DeltaTable) -> None:
+        """Take ``dt`` (e.g. the table as the load's MERGE left it) as the run's open of ``table``."""
+        self._opened[table] = dt
+
+    def read_only(self, table: str) -> DeltaTable | None:
+        """``table`` to read only (e.g. a parent a check reads): the run's open of it if it has
+        one, else the storage's shared one (:meth:`Storage.open_shared`), not kept here."""
+        if table in self._opened:
+            return self._opened[table]
+        return self.storage.open_shared(table)
 
     def refresh(self, table: str) -> DeltaTable | None:
         """``table`` at its latest version: the one opened brought up to date (one listing, plus

@@ -115,7 +115,9 @@ class LocalEngine:
     def merge(self, staged: Staged, job_id: str | None) -> MergeResult:
         assert isinstance(staged, StagedBatch)
         checkpoint = partial(record_checkpoint, self.storage, job_id=job_id)
-        result = BronzeMerger(staged.contract, self.storage).merge(staged, on_commit=checkpoint)
+        merger = BronzeMerger(staged.contract, self.storage)
+        result = merger.merge(staged, on_commit=checkpoint)
         staged.history_version = result.history_version
+        staged.merged_table, staged.unique_write = merger.final, merger.unique
         return result
 

@@ -46,6 +46,7 @@ from bronze_assets.lib.quality.checks import (
     REFERENTIAL_INTEGRITY,
     SCHEMA_CONTRACT,
     CheckOutcome,
+    keep_parent_keys,
     key_uniqueness,
     landing_files_changed,
     quality_score,
@@ -153,6 +154,8 @@ class Lifecycle:
             if QUALITY_SCORE in request.checks:  # validates the staged rows while the engine MERGEs them
                 self.quality = self.engine.start_quality(staged)
                 staged.keep_after_merge = True
+            if request.checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:  # keys read there (finish)
+                staged.keep_after_merge = True
         except (Exception, *INTERRUPTS) as exc:  # staged, but not handed on: audited, nothing left behind
             staged.cleanup()
             self._failed(exc)
@@ -168,17 +171,30 @@ class Lifecycle:
             if staged.committed is False:  # nothing new: the next runs open the table from here
                 self._checkpoint()
             outcomes = self.take_checks()
+            # a local load that created the table hands over what it wrote (keys found distinct,
+            # its staged rows): the key and referential checks read no file of the new table
+            written = getattr(staged, "unique_write", None)
             if staged.committed is not False and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
-                self.tables.refresh(self.contract.bronze_table)  # as the MERGE left it
+                merged = getattr(staged, "merged_table", None)  # a local load's MERGE hands it over
+                if merged is not None:
+                    self.tables.adopt(self.contract.bronze_table, merged)
+                else:
+                    self.tables.refresh(self.contract.bronze_table)  # as the MERGE left it
             if KEY_UNIQUENESS in checks:
-                outcomes.append(key_uniqueness(self.contract, self.storage, self.tables))
+                outcomes.append(key_uniqueness(self.contract, self.storage, self.tables, written))
             if REFERENTIAL_INTEGRITY in checks:
-                outcomes.append(referential_integrity(self.contract, self.storage, self.tables))
+                outcomes.append(referential_integrity(self.contract, self.storage, self.tables, written))
             if self.quality is not None:  # the validation has had the longest to finish
                 outcomes.append(quality_score(staged.score_histogram,
                                               self.engine.quality_report(staged, self.quality)))
             if LANDING_FILES_CHANGED in checks and isinstance(self.read, LandingRead):  # files changed since
                 outcomes.append(landing_files_changed(self.contract, self.read.selection.changed))
+            merged = getattr(staged, "merged_table", None)
+            if merged is not None:  # its later readers in a shared scope (the demo's report) need no open
+                self.storage.share(self.contract.bronze_table, merged)
+                if written is not None and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
+                    # its children's referential checks read its keys from its staged rows
+                    keep_parent_keys(self.contract, merged, written)
             return outcomes
         finally:
             staged.cleanup()

@@ -227,7 +227,7 @@ def table_status(contract: Contract, storage: Storage, now: datetime, loads: dic
                          partitioning=contract.partitioning.kind.value)
     status.load_command, status.refresh_command, status.snapshot_command = commands(contract, now,
                                                                                     storage.settings)
-    dt = storage.open(contract.bronze_table)
+    dt = storage.open_shared(contract.bronze_table)
     actions = None
     if dt is not None:
         status.delta_version = dt.version()
@@ -281,7 +281,7 @@ def landing_status(contract: Contract, storage: Storage, now: datetime) -> dict[
 def history_status(contract: Contract, storage: Storage) -> dict[str, Any]:
     """``bz_<name>_history`` of a contract with history: versions held, current versions (one per
     key the table holds), Delta version."""
-    dt = storage.open(contract.history_table)
+    dt = storage.open_shared(contract.history_table)
     if dt is None:
         return {"table": contract.history_table, "versions": 0, "current": 0, "delta_version": None}
     valid_to = read_columns(dt, ["_valid_to"])["_valid_to"]

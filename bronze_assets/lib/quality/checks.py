@@ -17,14 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from bronze_assets.contracts import Contract
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, Contract
 from bronze_assets.contracts.model import ForeignKey
+from bronze_assets.lib.delta.merge_result import UniqueWrite
 from bronze_assets.lib.delta.query import (
     query_tables,
     quoted,
     read_columns,
     rows_and_key_bounds,
     scan_columns,
+    table_rows,
 )
 from bronze_assets.lib.delta.staging import score_percentile, score_sum
 from bronze_assets.lib.delta.storage import OpenedTables, Storage
@@ -149,23 +151,44 @@ def _unless_passed_at(storage: Storage, table: str, check: str, state: Mapping[s
     return outcome
 
 
-def key_uniqueness(contract: Contract, storage: Storage, tables: OpenedTables | None = None) -> CheckOutcome:
+def key_uniqueness(contract: Contract, storage: Storage, tables: OpenedTables | None = None,
+                   written: UniqueWrite | None = None) -> CheckOutcome:
     """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. DataFusion
     counts the keys in one streamed aggregation: memory holds the key counts, not the rows.
     A table at the version it was last computed at gives that outcome again without a read.
-    ``tables``: the run's opened tables (shared with the other checks)."""
+    ``tables``: the run's opened tables (shared with the other checks). ``written``: the load
+    created the table from keys it found distinct (:class:`UniqueWrite`); while the table is still
+    that table at that version and its log counts the rows written, its keys are unique without a
+    read (any other commit, a planted duplicate included, is another version: counted)."""
     dt = (tables or OpenedTables(storage)).open(contract.bronze_table)
     if dt is None:
         return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, metadata={"rows": 0})
-    return _unless_passed_at(storage, contract.bronze_table, KEY_UNIQUENESS,
-                             tables_state({contract.bronze_table: dt}), lambda: _key_uniqueness(contract, dt))
+    state = tables_state({contract.bronze_table: dt})
+    if _written_is(dt, written):
+        assert written is not None
+        outcome = _every_key_once(written.rows)
+        keep_outcome(storage, contract.bronze_table, KEY_UNIQUENESS, state, asdict(outcome))
+        return outcome
+    return _unless_passed_at(storage, contract.bronze_table, KEY_UNIQUENESS, state,
+                             lambda: _key_uniqueness(contract, dt))
+
+
+def _written_is(dt: DeltaTable, written: UniqueWrite | None) -> bool:
+    """Whether ``written`` is about ``dt`` as it is: the same table at the same version, its log
+    counting the rows written."""
+    return written is not None and tables_state({"t": dt})["t"] == f"{written.table_id}@{written.version}" \
+        and table_rows(dt) == written.rows
+
+
+def _every_key_once(rows: int) -> CheckOutcome:
+    return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, description="every key once",
+                        metadata={"rows": rows, "duplicate_rows": 0, "duplicate_keys_sample": []})
 
 
 def _key_uniqueness(contract: Contract, dt: DeltaTable) -> CheckOutcome:
     unique = _unique_integer_key(contract, dt)
     if unique is not None:
-        return CheckOutcome(KEY_UNIQUENESS, passed=True, severity=ERROR, description="every key once",
-                            metadata={"rows": unique, "duplicate_rows": 0, "duplicate_keys_sample": []})
+        return _every_key_once(unique)
     keys = quoted(contract.merge_key)
     rows = int(query_tables({"t": dt}, "SELECT count(*) AS n FROM t")["n"][0].as_py())
     dupes = _frame(query_tables({"t": dt}, f"SELECT {keys}, count(*) AS n FROM t GROUP BY {keys} "
@@ -202,20 +225,24 @@ def _unique_integer_key(contract: Contract, dt: DeltaTable) -> int | None:
     return found[0] if found is not None and found[1] else None
 
 
-def referential_integrity(contract: Contract, storage: Storage, tables: OpenedTables | None = None
-                          ) -> CheckOutcome:
+def referential_integrity(contract: Contract, storage: Storage, tables: OpenedTables | None = None,
+                          written: UniqueWrite | None = None) -> CheckOutcome:
     """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN).
     DataFusion joins the child's values with the parent's distinct keys, streamed. Child and
     parents at the versions it was last computed at give that outcome again without a read.
-    ``tables``: the run's opened tables (shared with the other checks)."""
+    ``tables``: the run's opened tables (shared with the other checks). ``written``: the load
+    created the child (:class:`UniqueWrite`); while it is that table at that version with the
+    rows written, its foreign keys are read from the load's staged rows, not the table's files."""
     opened = tables or OpenedTables(storage)
     child = opened.open(contract.bronze_table)
     names = sorted({f"bz_{fk.parent_table}" for fk in contract.foreign_keys})
     # the parents are opened only to compute: their state comes from a listing of their logs
     states = {name: log_state(storage, name) for name in names}
+    staged = _staged_rows(contract, child, written)
 
     def compute() -> CheckOutcome:
-        return _referential_integrity(contract, child, {name: opened.open(name) for name in names})
+        parents = {name: opened.read_only(name) for name in names}
+        return _referential_integrity(contract, child, parents, staged)
 
     if child is None or any(state is None for state in states.values()):
         return compute()
@@ -223,13 +250,24 @@ def referential_integrity(contract: Contract, storage: Storage, tables: OpenedTa
                              tables_state({contract.bronze_table: child}) | states, compute)
 
 
+def _staged_rows(contract: Contract, child: DeltaTable | None, written: UniqueWrite | None
+                 ) -> Callable[[], pa.RecordBatchReader] | None:
+    """The load's staged rows when they are ``child``'s rows as they are (``written`` is about
+    this table at this version, its log counts those rows, no foreign key is a protected column)."""
+    if child is None or written is None or written.staged is None \
+            or set(contract.encrypted_columns) & {fk.column for fk in contract.foreign_keys}:
+        return None
+    return written.staged if _written_is(child, written) else None
+
+
 def _referential_integrity(contract: Contract, child: DeltaTable | None,
-                           parents: Mapping[str, DeltaTable | None]) -> CheckOutcome:
+                           parents: Mapping[str, DeltaTable | None],
+                           staged: Callable[[], pa.RecordBatchReader] | None = None) -> CheckOutcome:
     metadata: dict[str, object] = {}
     orphans_total = 0
     loaded = {fk: parent for fk in contract.foreign_keys
               if child is not None and (parent := parents[f"bz_{fk.parent_table}"]) is not None}
-    found = _orphans(child, loaded) if child is not None and loaded else {}
+    found = _orphans(child, loaded, staged) if child is not None and loaded else {}
     for fk in contract.foreign_keys:
         label = f"{fk.column} -> {fk.parent_table}.{fk.parent_column}"
         if fk not in found:
@@ -250,7 +288,8 @@ def _referential_integrity(contract: Contract, child: DeltaTable | None,
     )
 
 
-def _orphans(child: DeltaTable, parents: Mapping[ForeignKey, DeltaTable]
+def _orphans(child: DeltaTable, parents: Mapping[ForeignKey, DeltaTable],
+             staged: Callable[[], pa.RecordBatchReader] | None = None
              ) -> dict[ForeignKey, tuple[int, pa.Array]]:
     """Per foreign key: (ACTIVE child rows holding a value, the values with no ACTIVE parent key).
     One streamed scan of the child reads every foreign key column; each parent's distinct keys are
@@ -277,7 +316,10 @@ def _orphans(child: DeltaTable, parents: Mapping[ForeignKey, DeltaTable]
         missing[fk].append(same[fk].missing(values))
 
     columns = sorted({fk.column for fk in same})
-    for frame in pa.RecordBatchReader.from_stream(scan_columns(child, columns, f"{STATUS} = '{ACTIVE}'")):
+    # the load's staged rows, when they are the child's (all ACTIVE), else its ACTIVE rows' files
+    frames = staged() if staged is not None else \
+        pa.RecordBatchReader.from_stream(scan_columns(child, columns, f"{STATUS} = '{ACTIVE}'"))
+    for frame in frames:
         for fk in same:
             values = pc.drop_null(_plain(frame.column(fk.column)).cast(child_types[fk.column]))
             counts[fk] += len(values)
@@ -323,6 +365,33 @@ def _parent_keys(parent: DeltaTable, column: str, kind: pa.DataType) -> KeySet:
                 _PARENT_KEYS.pop(next(iter(_PARENT_KEYS)))
             _PARENT_KEYS[key] = KeySet(_plain(keys.column(0)).cast(kind).combine_chunks())
         return _PARENT_KEYS[key]
+
+
+def keep_parent_keys(contract: Contract, dt: DeltaTable, written: UniqueWrite) -> None:
+    """A table its load created (``written``), as the parent of other tables' foreign keys: its
+    keys, held as :func:`_parent_keys` would read them at that version — every row of it is a
+    staged row, ACTIVE, each key once — so its children's checks in this process read none of its
+    files. Only a key column the load wrote as staged (not a protected PII column)."""
+    if written.staged is None or not _written_is(dt, written):
+        return
+    columns = sorted({fk.parent_column for child in [*CONTRACTS.values(), *LANDING_CONTRACTS.values()]
+                      for fk in child.foreign_keys if f"bz_{fk.parent_table}" == contract.bronze_table}
+                     - set(contract.encrypted_columns))
+    if not columns:
+        return
+    kinds = {f.name: f.type for f in pa.schema(dt.schema().to_arrow())}
+    values: dict[str, list[pa.Array]] = {column: [] for column in columns}
+    for batch in written.staged():  # streamed: only the key columns are held
+        for column in columns:
+            values[column].append(pc.drop_null(_plain(batch.column(column)).cast(kinds[column])))
+    for column in columns:
+        keys = KeySet(pa.chunked_array(values.pop(column), type=kinds[column]).combine_chunks())
+        with _PARENT_KEYS_LOCK:
+            key = (dt.table_uri, written.table_id, written.version, column)
+            _PARENT_KEYS.pop(key, None)
+            while len(_PARENT_KEYS) >= _PARENT_KEYS_HELD:
+                _PARENT_KEYS.pop(next(iter(_PARENT_KEYS)))
+            _PARENT_KEYS[key] = keys
 
 
 def _plain(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

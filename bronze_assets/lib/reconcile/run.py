@@ -60,7 +60,7 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
         report.state, report.problem = UNSUPPORTED, unsupported
         return
     storage = as_storage(storage)
-    dt = storage.open(contract.bronze_table)
+    dt = storage.open_shared(contract.bronze_table)
     if dt is None:
         from bronze_assets.lib.monitoring.status import commands
 
@@ -148,7 +148,7 @@ def reconcile(contracts: Sequence[Contract], dsn: str, storage: StorageLike, *, 
 
 
 def _bronze_rows(storage: StorageLike, contract: Contract) -> int:
-    dt = as_storage(storage).open(contract.bronze_table)
+    dt = as_storage(storage).open_shared(contract.bronze_table)
     return 0 if dt is None else table_rows(dt)
 
 
