@@ -153,8 +153,10 @@ def _unless_passed_at(storage: Storage, table: str, check: str, state: Mapping[s
 
 def key_uniqueness(contract: Contract, storage: Storage, tables: OpenedTables | None = None,
                    written: UniqueWrite | None = None) -> CheckOutcome:
-    """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. DataFusion
-    counts the keys in one streamed aggregation: memory holds the key counts, not the rows.
+    """Duplicate primary keys among all bronze rows (ERROR); run after the MERGE. One integer key
+    is marked in a bitmap of its range while its column is streamed (memory: one byte per value
+    of the range); other keys, or a duplicate found so, are counted by DataFusion in one streamed
+    aggregation (memory holds the key counts, not the rows).
     A table at the version it was last computed at gives that outcome again without a read.
     ``tables``: the run's opened tables (shared with the other checks). ``written``: the load
     created the table from keys it found distinct (:class:`UniqueWrite`); while the table is still
@@ -228,7 +230,8 @@ def _unique_integer_key(contract: Contract, dt: DeltaTable) -> int | None:
 def referential_integrity(contract: Contract, storage: Storage, tables: OpenedTables | None = None,
                           written: UniqueWrite | None = None) -> CheckOutcome:
     """Orphans per foreign key: ACTIVE child values with no ACTIVE parent key in bronze (WARN).
-    DataFusion joins the child's values with the parent's distinct keys, streamed. Child and
+    The child's values are streamed and looked up in the parent's ACTIVE keys (a bitmap of their
+    range, or a hash set: :class:`~bronze_assets.lib.quality.key_sets.KeySet`). Child and
     parents at the versions it was last computed at give that outcome again without a read.
     ``tables``: the run's opened tables (shared with the other checks). ``written``: the load
     created the child (:class:`UniqueWrite`); while it is that table at that version with the
