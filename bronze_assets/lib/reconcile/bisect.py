@@ -8,13 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 
 from bronze_assets.lib.enrich.metadata import ACTIVE, FORGOTTEN
 from bronze_assets.lib.reconcile.model import DIFFERS, EXTRA, MISSING, PENDING, Mismatch, TableReconciliation
 from bronze_assets.lib.reconcile.source_side import Ranges
+
+if TYPE_CHECKING:
+    from bronze_assets.lib.reconcile.memo import Memo
 
 BUCKET_ROWS = 1024  # rows per first-level bucket, aimed at
 MAX_BUCKETS = 16_384  # first-level buckets at most
@@ -50,25 +53,32 @@ def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def differing_ranges(source: Side, bronze: Side, lo: int, hi: int, rows: int,
-                     report: TableReconciliation) -> list[tuple[int, int]]:
+                     report: TableReconciliation, memo: Memo | None = None) -> list[tuple[int, int]]:
     """The key ranges (inclusive) of the leaf buckets whose count or checksum differ. ``rows`` (an
     estimate) sizes the first level, whose exact counts are the report's rows on either side.
-    Both sides compute their buckets at once (the source's server and bronze's reader)."""
+    Both sides compute their buckets at once (the source's server and bronze's reader). With a
+    ``memo`` the first level hashes only the buckets its state does not prove equal."""
     first = max(1, min(MAX_BUCKETS, -(-rows // BUCKET_ROWS)))
     width = max(1, -(-(hi - lo + 1) // first))
+    if memo is not None:
+        lo, width = memo.geometry(lo, hi, width)
     report.buckets = -(-(hi - lo + 1) // width)
-    stack = [(lo, hi, width)]
     leaves: list[tuple[int, int]] = []
-    level_one = True
+    stack: list[tuple[int, int, int]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="reconcile-bronze") as pool:
+        if memo is not None:
+            ours, theirs = memo.first_level(source, bronze, lo, hi, width, pool, report)
+        else:
+            pending = pool.submit(bronze.buckets, lo, hi, width)
+            ours, theirs = source.buckets(lo, hi, width), pending.result()
+            report.buckets_hashed = len(set(ours) | set(theirs))
+        report.source_rows = sum(n for n, _ in ours.values())
+        report.bronze_active_rows = sum(n for n, _ in theirs.values())
+        _split(ours, theirs, lo, hi, width, report, stack, leaves)
         while stack:
             a, b, w = stack.pop()
             pending = pool.submit(bronze.buckets, a, b, w)
             ours, theirs = source.buckets(a, b, w), pending.result()
-            if level_one:
-                report.source_rows = sum(n for n, _ in ours.values())
-                report.bronze_active_rows = sum(n for n, _ in theirs.values())
-                level_one = False
             _split(ours, theirs, a, b, w, report, stack, leaves)
     report.buckets_differing = len(leaves)
     return _merged(leaves)

@@ -22,6 +22,7 @@ def reconciliation_outcome(report: TableReconciliation) -> CheckOutcome:
     metadata: dict[str, object] = {
         "source_rows": report.source_rows, "bronze_active_rows": report.bronze_active_rows,
         "buckets": report.buckets, "buckets_differing": report.buckets_differing,
+        "buckets_hashed": report.buckets_hashed, "buckets_from_state": report.buckets_from_state,
         "rows_compared": report.rows_compared, "seconds": round(report.seconds, 3),
         **{kind: counts[kind] for kind in (*FAULTS, PENDING)},
     }

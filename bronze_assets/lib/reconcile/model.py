@@ -48,6 +48,8 @@ class TableReconciliation:
     buckets: int = 0  # key buckets of the first level
     buckets_compared: int = 0  # buckets compared at every level (count + checksum on both sides)
     buckets_differing: int = 0  # leaf buckets whose keys were compared
+    buckets_hashed: int = 0  # first-level buckets whose source rows were hashed (§2.2)
+    buckets_from_state: int = 0  # first-level buckets proven equal by the state (reconcile/memo.py)
     rows_compared: int = 0  # source + bronze rows read key by key in the differing leaves
     forgotten_skipped: int = 0
     pending_since: datetime | None = None  # rows updated in the source at or after this are pending
@@ -88,6 +90,7 @@ class TableReconciliation:
             "healthy": self.healthy, "source_rows": self.source_rows,
             "bronze_active_rows": self.bronze_active_rows, "buckets": self.buckets,
             "buckets_compared": self.buckets_compared, "buckets_differing": self.buckets_differing,
+            "buckets_hashed": self.buckets_hashed, "buckets_from_state": self.buckets_from_state,
             "rows_compared": self.rows_compared, "forgotten_skipped": self.forgotten_skipped,
             "pending_since": self.pending_since.isoformat() if self.pending_since else None,
             "counts": self.counts, "sample_keys": self.samples(), "problem": self.problem,

@@ -24,6 +24,7 @@ from bronze_assets.lib.reconcile.bronze_side import BronzeTable, pending_since
 from bronze_assets.lib.reconcile.deep import altered_rows
 from bronze_assets.lib.reconcile.keys import unsupported_key
 from bronze_assets.lib.reconcile.ledger import record_mismatches
+from bronze_assets.lib.reconcile.memo import Memo, state_token
 from bronze_assets.lib.reconcile.model import (
     NOT_LOADED,
     SOURCE_CHANGED,
@@ -88,13 +89,18 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
         report.source_rows, report.bronze_active_rows = theirs.height, keyless.active_rows(ours)
         report.mismatches = classify(theirs, ours, report.pending_since, report)
     else:
-        _compare_by_key(report, source, bronze_side(contract, dt))
+        memo = None
+        if (source.by_key and bronze_side is BronzeTable  # the Spark reader keeps full passes
+                and snapshot.hashes_tids):
+            memo = Memo(storage, contract, state_token(contract, source.catalog_token()))
+        _compare_by_key(report, source, bronze_side(contract, dt), memo)
     if deep:
         altered, report.deep_rows, report.deep_note = altered_rows(contract, dt, storage)
         report.mismatches += altered
 
 
-def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: BronzeSide) -> None:
+def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: BronzeSide,
+                    memo: Memo | None = None) -> None:
     """Bisect the key (or hash position) range by bucket counts and checksums, then compare the
     differing leaves key by key (with bronze's rows of those keys found elsewhere)."""
     s_lo, s_hi, s_rows = source.key_range()
@@ -102,7 +108,7 @@ def _compare_by_key(report: TableReconciliation, source: SourceTable, bronze: Br
     bounds = [v for v in (s_lo, s_hi, b_lo, b_hi) if v is not None]
     if bounds:
         lo, hi = min(bounds), max(bounds)
-        leaves = differing_ranges(source, bronze, lo, hi, max(s_rows, b_rows) or hi - lo + 1, report)
+        leaves = differing_ranges(source, bronze, lo, hi, max(s_rows, b_rows) or hi - lo + 1, report, memo)
         if leaves:
             theirs, ours = source.rows(leaves), bronze.rows(leaves)
             unmatched = theirs.get_column("key").filter(~theirs.get_column("key").is_in(ours.get_column("key")

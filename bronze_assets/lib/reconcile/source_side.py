@@ -27,6 +27,11 @@ from bronze_assets.lib.source.schema import SchemaDrift, compare, live_columns_s
 
 Ranges = Sequence[tuple[int, int]]
 RANGES_PER_QUERY = 256
+# a row version's 64-bit hash of (ctid, key, xmin) (reconcile/memo.py), rendering nothing: xid has no
+# cast to a number but age() is (the transaction's next xid - xmin) as int4, so the next xid
+# (age('3') + 3) less it is xmin again, modulo 2^32 (a frozen tuple keeps its raw xmin)
+XMIN = "((age('3'::xid)::bigint + 3 - age(xmin)) & 4294967295)"
+FINGERPRINT = "hashtidextended(ctid, {key}::bigint # (" + XMIN + " << 32))"
 PART_BLOCKS = 1024  # blocks (8 MiB) per part of a pass over a whole table (any free connection runs it)
 
 
@@ -50,6 +55,7 @@ class SourceSnapshot:
         self.dsn, self.connections = dsn, max(1, connections)
         self.snapshot_id: str | None = None
         self.hex_integers = False  # the server reads '0x…' as an integer (see reconcile/checksum.py)
+        self.hashes_tids = False  # the server hashes a tid (a row version's fingerprint, reconcile/memo.py)
         self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._workers: list[threading.Thread] = []
@@ -80,6 +86,8 @@ class SourceSnapshot:
                 cur.execute("SET LOCAL enable_sort = off")
                 cur.execute("SELECT current_setting('server_version_num')::int")
                 self.hex_integers = cur.fetchall()[0][0] >= HEX_INTEGERS
+                cur.execute("SELECT to_regprocedure('hashtidextended(tid,bigint)') IS NOT NULL")
+                self.hashes_tids = bool(cur.fetchall()[0][0])
         except BaseException:
             conn.close()
             raise
@@ -183,6 +191,12 @@ class SourceTable:
         live = self.snapshot.query(live_columns_sql(self.contract))
         return compare(self.contract, live) if live else None
 
+    def catalog_token(self) -> str:
+        """What rendering an unchanged tuple depends on in the catalog (reconcile/memo.py)."""
+        from bronze_assets.lib.reconcile.memo import catalog_token_sql
+
+        return str(self.snapshot.query(catalog_token_sql(self.name))[0][0])
+
     def key_range(self) -> tuple[int | None, int | None, int]:
         """(lowest, highest position, estimated rows): keys (``min`` and ``max``, from the key's
         index when it has one), or hash positions. The rows are the planner's estimate
@@ -232,6 +246,54 @@ class SourceTable:
                 rows, total = sums.get(int(b), (0, 0))
                 sums[int(b)] = (rows + int(n), total + int(s))
         return sums
+
+    def _by_key_sums(self, lo: int, hi: int, width: int, sums: Sequence[str], rendered: bool,
+                     where: str | None = None) -> list[dict[int, tuple[int, ...]]]:
+        """{bucket: (rows, *sums)} per expression of ``sums`` (over ``k``, the rendered columns and
+        the row version ``f``), of the keys in [lo, hi] (and ``where``); a pass over every row runs in
+        block ranges on every connection."""
+        ranges = self._parts(lo, hi) if where is None else BlockRanges(self.blocks, 1)
+        columns = (f", {FINGERPRINT.format(key=self.key)} AS f" if "f" in sums else "") + \
+            (f", {self.rendered}" if rendered else "")
+        inner = (f"SELECT {self.key}::bigint AS k{columns} FROM {self.name} "
+                 f"WHERE {self.key} BETWEEN {lo} AND {hi}" + (f" AND ({where})" if where else ""))
+        totals = "".join(f", sum({s})::text" for s in sums)
+        sqls = [f"SELECT (k - {lo}) / {width} AS b, count(*){totals} FROM ({ranges.sql(inner, i)} OFFSET 0) "
+                f"s GROUP BY 1" for i in range(ranges.parts)]
+        out: list[dict[int, tuple[int, ...]]] = [{} for _ in sums]
+        for part in self.snapshot.queries(sqls) if len(sqls) > 1 else [self.snapshot.query(sqls[0])]:
+            for b, n, *values in part:
+                for kept, value in zip(out, values, strict=True):
+                    rows, total = kept.get(int(b), (0, 0))
+                    kept[int(b)] = (rows + int(n), total + int(value))
+        return out
+
+    def fingerprints(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
+        """{bucket: (rows, sum of the rows' version hashes)}: no column is rendered (reconcile/memo.py)."""
+        return self._by_key_sums(lo, hi, width, ["f"], rendered=False)[0]  # type: ignore[return-value]
+
+    def buckets_with_fingerprints(self, lo: int, hi: int, width: int
+                                  ) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+        """:meth:`buckets` and :meth:`fingerprints` of [lo, hi] in one pass over the rows."""
+        sums, prints = self._by_key_sums(lo, hi, width, [self.checksum, "f"], rendered=True)
+        return sums, prints  # type: ignore[return-value]
+
+    def checksums_in(self, buckets: Sequence[int], lo: int, hi: int, width: int
+                     ) -> dict[int, tuple[int, int]]:
+        """:meth:`buckets` of the named buckets only (their key ranges, over the key's index)."""
+        spans = [(lo + b * width, min(hi, lo + b * width + width - 1)) for b in sorted(buckets)]
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], b)
+            else:
+                merged.append((a, b))
+        out: dict[int, tuple[int, int]] = {}
+        for i in range(0, len(merged), RANGES_PER_QUERY):
+            where = ranges_sql(self.key, merged[i:i + RANGES_PER_QUERY])
+            sums = self._by_key_sums(lo, hi, width, [self.checksum], rendered=True, where=where)[0]
+            out.update(sums)  # type: ignore[arg-type]
+        return out
 
     def _parts(self, lo: int, hi: int) -> BlockRanges:
         """How a bucket pass over [lo, hi] splits the heap: in block ranges when it covers every row

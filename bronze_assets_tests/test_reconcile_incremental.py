@@ -1,0 +1,151 @@
+"""Incremental reconciliation (reconcile/memo.py) against a real PostgreSQL and real Delta tables:
+with the state warm (a run verified every bucket equal), a run hashes no bucket when nothing
+changed, exactly the changed bucket after one UPDATE, and still finds every planted fault; what
+changes the text of unchanged tuples (an enum label renamed) or moves them (VACUUM FULL) sends the
+table to a full pass, never to a false fault."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.lib.delta.storage import as_storage
+from bronze_assets.lib.reconcile import bisect, reconcile, source_side
+from bronze_assets.lib.reconcile.command import reconcile_and_repair
+from bronze_assets.lib.reconcile.memo import state_path
+from bronze_assets.lib.reconcile.model import TableReconciliation
+from bronze_assets.settings import ENV_SOURCE_DSN
+from bronze_assets_tests.bronze_helpers import Bronze
+from bronze_assets_tests.conftest import query
+from bronze_assets_tests.test_reconcile_keys import _load, _table
+
+ORDERS = CONTRACTS["orders"]
+
+
+@pytest.fixture
+def bronze(seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Bronze:
+    monkeypatch.setenv(ENV_SOURCE_DSN, seeded)
+    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)  # many small buckets: a change touches one of them
+    monkeypatch.setattr(bisect, "LEAF_ROWS", 8)
+    monkeypatch.setattr(source_side, "PART_BLOCKS", 1)  # the full pass in parts, on both connections
+    return Bronze(seeded, tmp_path / "bronze")
+
+
+def _run(contract: Contract, dsn: str, root: Path, deep: bool = False) -> TableReconciliation:
+    (table,) = reconcile([contract], dsn, root, deep=deep).tables
+    return table
+
+
+def _warm(contract: Contract, dsn: str, root: Path) -> TableReconciliation:
+    """Reconcile until the state proves every bucket equal: the run hashes nothing."""
+    _run(contract, dsn, root)
+    table = _run(contract, dsn, root)
+    assert table.healthy and not table.mismatches, table.as_json()
+    assert table.buckets_hashed == 0 and table.buckets_from_state > 10
+    return table
+
+
+def _repaired(contract: Contract, dsn: str, root: Path, deep: bool = False) -> None:
+    (table,) = reconcile_and_repair([contract], dsn, root, deep=deep, repair=True).tables
+    assert table.healthy, table.as_json()
+
+
+def test_a_warm_run_hashes_no_bucket_and_exactly_the_one_changed(bronze: Bronze) -> None:
+    bronze.load_direct("orders")
+    cold = _run(ORDERS, bronze.dsn, bronze.root)
+    assert cold.healthy and cold.buckets_from_state == 0 and cold.buckets_hashed >= cold.buckets - 1 > 10
+    state = json.loads(as_storage(bronze.root).read_file(state_path("bz_orders")) or b"{}")
+    assert len(state["buckets"]) == cold.buckets_hashed  # every bucket verified equal, kept
+    warm = _warm(ORDERS, bronze.dsn, bronze.root)
+    assert warm.source_rows == cold.source_rows and warm.bronze_active_rows == cold.bronze_active_rows
+    assert warm.buckets_from_state == cold.buckets_hashed
+
+    # an UPDATE that keeps the row's text (a new row version all the same): only its bucket is hashed
+    query(bronze.dsn, "UPDATE tests.orders SET status = status WHERE order_id = 40")
+    same = _run(ORDERS, bronze.dsn, bronze.root)
+    assert same.healthy and not same.mismatches
+    assert (same.buckets_hashed, same.buckets_from_state) == (1, cold.buckets_hashed - 1)
+    assert _run(ORDERS, bronze.dsn, bronze.root).buckets_hashed == 0  # … and verified equal again
+
+
+def test_every_planted_fault_is_found_with_the_state_warm(bronze: Bronze) -> None:
+    bronze.load_direct("orders")
+    dsn, root = bronze.dsn, bronze.root
+    _warm(ORDERS, dsn, root)
+
+    DeltaTable(bronze.uri("orders")).delete("order_id = 11")  # a row deleted in bronze
+    found = _run(ORDERS, dsn, root)
+    assert found.samples() == {"missing": [11]} and found.buckets_hashed == 1
+    _repaired(ORDERS, dsn, root)
+    _warm(ORDERS, dsn, root)
+
+    # changed in the source without touching updated_at
+    query(dsn, "UPDATE tests.orders SET status = 'quietly' WHERE order_id = 40")
+    found = _run(ORDERS, dsn, root)
+    assert found.samples() == {"differs": [40]} and found.buckets_hashed == 1
+    _repaired(ORDERS, dsn, root)
+    _warm(ORDERS, dsn, root)
+
+    # a bronze column altered by hand (record_hash kept): --deep
+    DeltaTable(bronze.uri("orders")).update(updates={"status": "'TAMPERED'"}, predicate="order_id = 50")
+    assert _run(ORDERS, dsn, root, deep=True).samples() == {"altered": [50]}
+    _repaired(ORDERS, dsn, root, deep=True)
+    _warm(ORDERS, dsn, root)
+
+    # an ACTIVE key the source never had (past the state's last bucket)
+    orders = DeltaTable(bronze.uri("orders"))
+    row = orders.to_pyarrow_table(filters=[("order_id", "=", 12)])
+    at = row.schema.get_field_index("order_id")
+    extra = row.set_column(at, "order_id", pa.array([999_999], pa.int64()))
+    write_deltalake(bronze.uri("orders"), extra.cast(row.schema), mode="append")
+    found = _run(ORDERS, dsn, root)
+    assert found.samples() == {"extra": [999_999]} and found.buckets_hashed == 1
+    _repaired(ORDERS, dsn, root)
+    _warm(ORDERS, dsn, root)
+
+    query(dsn, "DELETE FROM tests.orders WHERE order_id = 60")  # a row deleted in the source
+    found = _run(ORDERS, dsn, root)
+    assert found.samples() == {"extra": [60]} and found.buckets_hashed == 1
+    _repaired(ORDERS, dsn, root)
+    _warm(ORDERS, dsn, root)
+
+
+def test_vacuum_full_moves_rows_and_costs_only_a_full_pass(bronze: Bronze) -> None:
+    bronze.load_direct("orders")
+    warm = _warm(ORDERS, bronze.dsn, bronze.root)
+    query(bronze.dsn, "DELETE FROM tests.orders WHERE order_id = 3")  # a hole VACUUM FULL closes …
+    query(bronze.dsn, "VACUUM FULL tests.orders")  # … moving the rows behind it (same xmin)
+    found = _run(ORDERS, bronze.dsn, bronze.root)
+    assert found.samples() == {"extra": [3]}  # the one real difference, and no other
+    assert found.buckets_from_state == 0  # a new relfilenode: a full pass
+    assert found.buckets_hashed >= warm.buckets_from_state
+    _repaired(ORDERS, bronze.dsn, bronze.root)
+    _warm(ORDERS, bronze.dsn, bronze.root)
+    query(bronze.dsn, "CLUSTER tests.orders USING orders_pkey")
+    after = _run(ORDERS, bronze.dsn, bronze.root)
+    assert after.healthy and not after.mismatches and after.buckets_from_state == 0
+
+
+MOODS = ("CREATE TYPE tests.mood AS ENUM ('sad', 'ok', 'happy')",
+         "CREATE TABLE tests.feelings (feeling_id integer PRIMARY KEY, mood tests.mood, note text, "
+         "updated_at timestamptz)",
+         "INSERT INTO tests.feelings SELECT i, (ARRAY['sad', 'ok', 'happy'])[1 + i % 3]::tests.mood, "
+         "'note ' || i, TIMESTAMPTZ '2024-03-01 00:00:00+00' FROM generate_series(1, 300) AS i")
+
+
+def test_an_enum_label_renamed_changes_the_text_of_unchanged_tuples(
+        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
+    contract = _table(fresh_dsn, MOODS, "feelings")
+    root = tmp_path / "bronze"
+    _load(contract, fresh_dsn, root)
+    _warm(contract, fresh_dsn, root)
+    query(fresh_dsn, "ALTER TYPE tests.mood RENAME VALUE 'ok' TO 'fine'")  # no tuple changes
+    found = _run(contract, fresh_dsn, root)
+    assert found.buckets_from_state == 0  # the catalog token changed: a full pass
+    assert found.samples(limit=1000) == {"differs": list(range(1, 301, 3))}
