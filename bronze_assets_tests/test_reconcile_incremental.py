@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
 
+from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, Contract
 from bronze_assets.lib.delta.storage import as_storage
 from bronze_assets.lib.reconcile import bisect, reconcile, source_side
@@ -34,6 +36,11 @@ def bronze(seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Bron
     monkeypatch.setattr(bisect, "LEAF_ROWS", 8)
     monkeypatch.setattr(source_side, "PART_BLOCKS", 1)  # the full pass in parts, on both connections
     return Bronze(seeded, tmp_path / "bronze")
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["reconcile", *args])
+    return result.exit_code, result.output
 
 
 def _run(contract: Contract, dsn: str, root: Path, deep: bool = False) -> TableReconciliation:
@@ -71,6 +78,10 @@ def test_a_warm_run_hashes_no_bucket_and_exactly_the_one_changed(bronze: Bronze)
     assert same.healthy and not same.mismatches
     assert (same.buckets_hashed, same.buckets_from_state) == (1, cold.buckets_hashed - 1)
     assert _run(ORDERS, bronze.dsn, bronze.root).buckets_hashed == 0  # … and verified equal again
+    code, out = _cli("orders")
+    header, row = out.splitlines()[:2]
+    assert code == 0 and "hashed" in header.split()
+    assert dict(zip(header.split(), row.split(), strict=True))["hashed"] == "0"
 
 
 def test_every_planted_fault_is_found_with_the_state_warm(bronze: Bronze) -> None:

@@ -50,15 +50,15 @@ def _n(value: int) -> str:
 
 def render(run: Reconciliation) -> str:
     """The run as an aligned table, then per table its problem and fix, sample keys and repair."""
-    header = (f"{'table':<20} {'state':<22} {'source':>10} {'bronze':>10} {'buckets':>8} {'differ':>7} "
-              + " ".join(f"{k:>8}" for k in (*FAULTS, "pending")))
+    header = (f"{'table':<20} {'state':<22} {'source':>10} {'bronze':>10} {'buckets':>8} {'hashed':>8} "
+              f"{'differ':>7} " + " ".join(f"{k:>8}" for k in (*FAULTS, "pending")))
     lines = [header]
     notes: list[str] = []
     for t in run.tables:
         state = t.as_json()["state"]
         counts = t.counts
         lines.append(f"{t.table:<20} {state:<22} {t.source_rows:>10,} {t.bronze_active_rows:>10,} "
-                     f"{t.buckets:>8,} {t.buckets_differing:>7,} "
+                     f"{t.buckets:>8,} {t.buckets_hashed:>8,} {t.buckets_differing:>7,} "
                      + " ".join(f"{_n(counts[k]):>8}" for k in (*FAULTS, "pending")))
         if t.problem:
             notes.append(f"{t.table}: {t.problem}" + (f" — run: {t.action}" if t.action else ""))
