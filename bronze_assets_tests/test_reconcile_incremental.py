@@ -160,3 +160,18 @@ def test_an_enum_label_renamed_changes_the_text_of_unchanged_tuples(
     found = _run(contract, fresh_dsn, root)
     assert found.buckets_from_state == 0  # the catalog token changed: a full pass
     assert found.samples(limit=1000) == {"differs": list(range(1, 301, 3))}
+
+
+def test_an_unreadable_state_or_a_key_below_its_buckets_is_a_full_pass(bronze: Bronze) -> None:
+    bronze.load_direct("orders")
+    warm = _warm(ORDERS, bronze.dsn, bronze.root)
+    storage = as_storage(bronze.root)
+    storage.write_file(state_path("bz_orders"), b"{not json")
+    found = _run(ORDERS, bronze.dsn, bronze.root)
+    assert found.healthy and found.buckets_from_state == 0 and found.buckets_hashed >= warm.buckets_from_state
+    _warm(ORDERS, bronze.dsn, bronze.root)  # written again
+    # a key below the state's first bucket, dated long before the last load: missing, by a full pass
+    query(bronze.dsn, "INSERT INTO tests.orders SELECT -5, customer_id, order_date, status, total_amount, "
+                      "TIMESTAMPTZ '2001-01-01 00:00:00+00' FROM tests.orders WHERE order_id = 12")
+    found = _run(ORDERS, bronze.dsn, bronze.root)
+    assert found.samples() == {"missing": [-5]} and found.buckets_from_state == 0
