@@ -21,6 +21,7 @@ from bronze_assets.lib.reconcile import bisect, reconcile, source_side
 from bronze_assets.lib.reconcile.command import reconcile_and_repair
 from bronze_assets.lib.reconcile.memo import state_path
 from bronze_assets.lib.reconcile.model import TableReconciliation
+from bronze_assets.lib.source.introspect import discover_contract
 from bronze_assets.settings import ENV_SOURCE_DSN
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import query
@@ -175,3 +176,33 @@ def test_an_unreadable_state_or_a_key_below_its_buckets_is_a_full_pass(bronze: B
                       "TIMESTAMPTZ '2001-01-01 00:00:00+00' FROM tests.orders WHERE order_id = 12")
     found = _run(ORDERS, bronze.dsn, bronze.root)
     assert found.samples() == {"missing": [-5]} and found.buckets_from_state == 0
+
+
+TWINS = ("CREATE TABLE tests.twins (twin_id integer PRIMARY KEY, note text, updated_at timestamptz)",)
+
+
+def test_a_state_written_against_another_server_is_not_trusted(tmp_path: Path) -> None:
+    """Two servers set up alike (a clone, a restore, a second environment) give unchanged tuples the
+    same oid, relfilenode, ctid and xmin: the state of one proves nothing about the other."""
+    from bronze_assets.lib.source.embedded import EmbeddedPostgres
+
+    servers = [EmbeddedPostgres(tmp_path / f"pg{i}" / "pgdata") for i in (0, 1)]
+    try:
+        dsns = [server.start() for server in servers]
+        for dsn, text in zip(dsns, ("ours", "theirs"), strict=True):
+            _table(dsn, TWINS, "twins")
+            query(dsn, f"INSERT INTO tests.twins SELECT i, '{text} ' || i, "
+                        f"TIMESTAMPTZ '2024-03-01 00:00:00+00' FROM generate_series(1, 50) AS i")
+        versions = "SELECT 'tests.twins'::regclass::oid::text, ctid::text, xmin::text FROM tests.twins"
+        assert query(dsns[0], versions) == query(dsns[1], versions)  # the same row versions …
+        contract = discover_contract(dsns[0], "twins", "tests")
+        root = tmp_path / "bronze"
+        _load(contract, dsns[0], root)
+        _run(contract, dsns[0], root)
+        assert _run(contract, dsns[0], root).buckets_from_state == 1
+        other = _run(contract, dsns[1], root)  # … holding other values: every row differs
+        assert other.buckets_from_state == 0
+        assert other.samples(limit=100) == {"differs": list(range(1, 51))}
+    finally:
+        for server in servers:
+            server.stop()

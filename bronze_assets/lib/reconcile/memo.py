@@ -6,9 +6,10 @@ The source's *fingerprint* of a bucket is its row count and the sum of a 64-bit 
 row's (key, ``xmin``, ``ctid``), computed without rendering a column. Any new row version (an
 UPDATE, even HOT, a DELETE and INSERT, a restore) has a new ``xmin`` and ``ctid``; VACUUM FULL and
 CLUSTER keep ``xmin`` but may move ``ctid``, which only costs a re-hash. What can change the text
-of an unchanged tuple is in the state's *token* (see :func:`catalog_token`): a token that differs
-sends the table to a full pass, which writes the state again. The state is one JSON file per
-table beside the tables (``_reconcile/<bz_table>.json``)."""
+of an unchanged tuple, or lets another server repeat its (key, ``xmin``, ``ctid``) with other
+values, is in the state's *token* (:func:`catalog_token_sql` and the snapshot's ``server``): a
+token that differs sends the table to a full pass, which writes the state again. The state is
+one JSON file per table beside the tables (``_reconcile/<bz_table>.json``)."""
 
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ def _compare(report: TableReconciliation, contract: Contract, snapshot: SourceSn
     else:
         memo = None
         if (source.by_key and bronze_side is BronzeTable  # the Spark reader keeps full passes
-                and snapshot.hashes_tids):
+                and snapshot.hashes_tids and snapshot.server is not None):
             memo = Memo(storage, contract, state_token(contract, source.catalog_token()))
         _compare_by_key(report, source, bronze_side(contract, dt), memo)
     if deep:

@@ -56,6 +56,7 @@ class SourceSnapshot:
         self.snapshot_id: str | None = None
         self.hex_integers = False  # the server reads '0x…' as an integer (see reconcile/checksum.py)
         self.hashes_tids = False  # the server hashes a tid (a row version's fingerprint, reconcile/memo.py)
+        self.server: str | None = None  # where xmin and ctid name one row version (None: unknown)
         self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._workers: list[threading.Thread] = []
@@ -88,6 +89,7 @@ class SourceSnapshot:
                 self.hex_integers = cur.fetchall()[0][0] >= HEX_INTEGERS
                 cur.execute("SELECT to_regprocedure('hashtidextended(tid,bigint)') IS NOT NULL")
                 self.hashes_tids = bool(cur.fetchall()[0][0])
+                self.server = _server_identity(cur)
         except BaseException:
             conn.close()
             raise
@@ -147,6 +149,20 @@ class SourceSnapshot:
         return SourceTable(self, contract)
 
 
+def _server_identity(cur: Any) -> str | None:
+    """The server's system identifier, timeline and the database's oid: a row version's xmin and
+    ctid name it only there (a clone, a restore or another server set up alike repeats them for
+    other values); None when the role may not read the control file."""
+    cur.execute("SELECT has_function_privilege('pg_control_system()', 'EXECUTE') "
+                "AND has_function_privilege('pg_control_checkpoint()', 'EXECUTE')")
+    if not cur.fetchall()[0][0]:
+        return None
+    cur.execute("SELECT concat_ws(':', s.system_identifier, c.timeline_id, d.oid) "
+                "FROM pg_control_system() s, pg_control_checkpoint() c, pg_database d "
+                "WHERE d.datname = current_database()")
+    return str(cur.fetchall()[0][0])
+
+
 _Job = tuple[Callable[[Any], Any], Future]
 _NOW, _PARTS, _STOP = 0, 1, 2  # job priorities: a table's own queries, block-range parts, the end
 
@@ -195,7 +211,7 @@ class SourceTable:
         """What rendering an unchanged tuple depends on in the catalog (reconcile/memo.py)."""
         from bronze_assets.lib.reconcile.memo import catalog_token_sql
 
-        return str(self.snapshot.query(catalog_token_sql(self.name))[0][0])
+        return f"{self.snapshot.server}|{self.snapshot.query(catalog_token_sql(self.name))[0][0]}"
 
     def key_range(self) -> tuple[int | None, int | None, int]:
         """(lowest, highest position, estimated rows): keys (``min`` and ``max``, from the key's
