@@ -206,3 +206,24 @@ def test_a_state_written_against_another_server_is_not_trusted(tmp_path: Path) -
     finally:
         for server in servers:
             server.stop()
+
+
+NOTES = ("CREATE TABLE tests.notes (note_id integer PRIMARY KEY, updated_at timestamptz, note text)",
+         "INSERT INTO tests.notes SELECT i, TIMESTAMPTZ '2024-03-01 00:00:00+00', 'note ' || i "
+         "FROM generate_series(1, 300) AS i")
+
+
+def test_a_column_dropped_and_added_again_changes_unchanged_tuples(
+        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A column added back without a rewrite (its value from the catalog: NULL or a default) changes
+    the text of every tuple and writes none."""
+    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
+    contract = _table(fresh_dsn, NOTES, "notes")
+    root = tmp_path / "bronze"
+    _load(contract, fresh_dsn, root)
+    _warm(contract, fresh_dsn, root)
+    query(fresh_dsn, "ALTER TABLE tests.notes DROP COLUMN note")
+    query(fresh_dsn, "ALTER TABLE tests.notes ADD COLUMN note text DEFAULT 'gone'")
+    found = _run(contract, fresh_dsn, root)
+    assert found.buckets_from_state == 0
+    assert found.samples(limit=1000) == {"differs": list(range(1, 301))}

@@ -35,9 +35,11 @@ Buckets = dict[int, tuple[int, int]]
 
 def catalog_token_sql(qualified_name: str) -> str:
     """One text that changes when rendering an unchanged tuple of the table can change: the table's
-    oid and relfilenode (a rewrite), the server's version, and for every type its columns use
-    (through domains, arrays, ranges and composites) its oid, output function and enum labels in
-    order (ALTER TYPE … RENAME VALUE changes the text and no tuple)."""
+    oid and relfilenode (a rewrite), its columns' names and numbers (a column dropped and added back,
+    or two renamed in a swap, changes every tuple's text without a rewrite), the server's version,
+    and for every type its columns use (through domains, arrays, ranges and composites) its oid,
+    output function and enum labels in order (ALTER TYPE … RENAME VALUE changes the text and no
+    tuple)."""
     oid = f"{quote_literal(qualified_name)}::regclass"
     return (
         "WITH RECURSIVE t(oid) AS ("
@@ -49,6 +51,8 @@ def catalog_token_sql(qualified_name: str) -> str:
         "AND a.attnum > 0 AND NOT a.attisdropped) c(child) WHERE c.child IS NOT NULL) "
         f"SELECT concat_ws('|', {oid}::oid, pg_relation_filenode({oid}), "
         "current_setting('server_version_num'), "
+        "(SELECT string_agg(concat_ws(':', attname, attnum, atttypid), ',' ORDER BY attnum) "
+        f"FROM pg_attribute WHERE attrelid = {oid} AND attnum > 0 AND NOT attisdropped), "
         "(SELECT string_agg(concat_ws(':', y.oid, y.typoutput::oid, (SELECT string_agg(e.enumlabel, ',' "
         "ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = y.oid)), ';' ORDER BY y.oid) "
         "FROM t JOIN pg_type y ON y.oid = t.oid))")
