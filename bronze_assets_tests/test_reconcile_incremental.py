@@ -7,6 +7,8 @@ table to a full pass, never to a false fault."""
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -227,3 +229,26 @@ def test_a_column_dropped_and_added_again_changes_unchanged_tuples(
     found = _run(contract, fresh_dsn, root)
     assert found.buckets_from_state == 0
     assert found.samples(limit=1000) == {"differs": list(range(1, 301))}
+
+
+def test_a_role_that_may_not_read_the_control_file_keeps_full_passes(
+        fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
+    contract = _table(fresh_dsn, NOTES, "notes")
+    root = tmp_path / "bronze"
+    _load(contract, fresh_dsn, root)
+    name = f"plain_{uuid.uuid4().hex[:8]}"
+    query(fresh_dsn, f"CREATE ROLE {name} LOGIN")
+    query(fresh_dsn, f"GRANT USAGE ON SCHEMA tests TO {name}")
+    query(fresh_dsn, f"GRANT SELECT ON tests.notes TO {name}")
+    plain = re.sub(r"//[^@/]*@", f"//{name}@", fresh_dsn) if "@" in fresh_dsn.split("?")[0] \
+        else fresh_dsn.replace("//", f"//{name}@", 1)
+    assert _run(contract, plain, root).healthy
+    query(fresh_dsn, "REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    try:
+        for _ in range(2):
+            table = _run(contract, plain, root)
+            assert table.healthy and table.buckets_from_state == 0 and table.buckets_hashed > 10
+    finally:
+        query(fresh_dsn, "GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+    _warm(contract, plain, root)  # allowed again: the state proves every bucket

@@ -152,9 +152,10 @@ class SourceSnapshot:
 def _server_identity(cur: Any) -> str | None:
     """The server's system identifier, timeline and the database's oid: a row version's xmin and
     ctid name it only there (a clone, a restore or another server set up alike repeats them for
-    other values); None when the role may not read the control file."""
-    cur.execute("SELECT has_function_privilege('pg_control_system()', 'EXECUTE') "
-                "AND has_function_privilege('pg_control_checkpoint()', 'EXECUTE')")
+    other values); None when the server has no such functions (before 9.6) or the role may not
+    call them."""
+    cur.execute("SELECT coalesce(has_function_privilege(to_regprocedure('pg_control_system()'), 'EXECUTE') "
+                "AND has_function_privilege(to_regprocedure('pg_control_checkpoint()'), 'EXECUTE'), false)")
     if not cur.fetchall()[0][0]:
         return None
     cur.execute("SELECT concat_ws(':', s.system_identifier, c.timeline_id, d.oid) "
