@@ -39,7 +39,8 @@ def catalog_token_sql(qualified_name: str) -> str:
     or two renamed in a swap, changes every tuple's text without a rewrite), the server's version,
     and for every type its columns use (through domains, arrays, ranges and composites) its oid,
     output function and enum labels in order (ALTER TYPE … RENAME VALUE changes the text and no
-    tuple)."""
+    tuple). A column of a ``reg*`` type (regclass, regtype …) renders the name of the object it
+    points at, which a rename changes: such a table's token is new on every run (full passes)."""
     oid = f"{quote_literal(qualified_name)}::regclass"
     return (
         "WITH RECURSIVE t(oid) AS ("
@@ -55,7 +56,9 @@ def catalog_token_sql(qualified_name: str) -> str:
         f"FROM pg_attribute WHERE attrelid = {oid} AND attnum > 0 AND NOT attisdropped), "
         "(SELECT string_agg(concat_ws(':', y.oid, y.typoutput::oid, (SELECT string_agg(e.enumlabel, ',' "
         "ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = y.oid)), ';' ORDER BY y.oid) "
-        "FROM t JOIN pg_type y ON y.oid = t.oid))")
+        "FROM t JOIN pg_type y ON y.oid = t.oid), "
+        "(SELECT random()::text FROM t JOIN pg_type y ON y.oid = t.oid "
+        "WHERE y.typnamespace = 'pg_catalog'::regnamespace AND y.typname LIKE 'reg%' LIMIT 1))")
 
 
 def state_token(contract: Contract, catalog: str) -> str:
