@@ -146,6 +146,26 @@ def test_bad_lines_are_quarantined_with_file_and_line(storage: Storage) -> None:
     assert next(r for r in ledger(storage))["rows"] == 2
 
 
+def test_records_without_their_primary_key_are_quarantined_never_collapsed(storage: Storage) -> None:
+    """A record whose key is missing, null or does not fit its type cannot be MERGEd by key: each
+    is a bad line (file, line, raw text), not one NULL-key row standing for all of them; again in
+    a later run."""
+    missing, null, unfit = event(2), event(3) | {"event_id": None}, event(4) | {"event_id": "four"}
+    missing.pop("event_id")
+    path = drop(storage, "a.jsonl", [event(1), missing, null, unfit, event(5)], age=120)
+    land(storage)
+    assert sorted(rows(storage)) == [1, 5]
+    q = sorted((json.loads(r["record"]) for r in read_table(storage, QUARANTINE_TABLE).to_pylist()),
+               key=lambda r: r["line"])
+    assert [(r["file"], r["line"]) for r in q] == [("file://" + str(path), n) for n in (2, 3, 4)]
+    assert [json.loads(r["raw"]) for r in q] == [missing, null, unfit]
+    assert [r["rows"] for r in ledger(storage)] == [2]
+    drop(storage, "b.jsonl", [missing, event(6)])
+    land(storage)
+    assert sorted(rows(storage)) == [1, 5, 6]
+    assert len(read_table(storage, QUARANTINE_TABLE)) == 4
+
+
 def test_a_new_field_adds_a_column_in_the_same_run_and_is_audited(storage: Storage) -> None:
     drop(storage, "a.jsonl", [event(1)], age=120)
     land(storage)

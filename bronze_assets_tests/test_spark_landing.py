@@ -110,6 +110,20 @@ def test_both_engines_land_the_same_files_into_the_same_rows(spark: Any, tmp_pat
     assert DeltaTable(remote.uri(EVENTS.bronze_table)).version() == version
 
 
+def test_both_engines_quarantine_records_without_their_primary_key(spark: Any, tmp_path: Path) -> None:
+    local, remote = _storage(tmp_path, "local"), _storage(tmp_path, "spark")
+    missing, null, unfit = event(2), event(3) | {"event_id": None}, event(4) | {"event_id": "four"}
+    missing.pop("event_id")
+    drop(local, "a.jsonl", [event(1), missing, null, unfit, event(5)], age=120)
+    _land(local, "local")
+    _land(remote, "spark", spark)
+    assert _rows(local)["event_id"].to_list() == _rows(remote)["event_id"].to_list() == [1, 5]
+    assert _quarantine(local) == _quarantine(remote)
+    quarantined = [(q["line"], json.loads(q["raw"])) for q in _quarantine(remote)]
+    assert quarantined == [(2, missing), (3, null), (4, unfit)]
+    assert _ledger(local) == _ledger(remote)
+
+
 def test_either_engine_continues_the_others_table_exactly_once(spark: Any, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """local lands a file, Spark the next (a new field: a column added by delta-spark's MERGE),

@@ -41,8 +41,9 @@ from bronze_assets.lib.source.schema import SchemaDrift
 LANDING_SOURCE_SYSTEM = "landing"
 SOURCE_FILE, RESCUED = "_source_file", "_rescued_data"
 FILE_PATH = "_file_path"  # in _rescued_data: the file the record came from
-BAD_LINES_REASON = ("{table}: lines of landing files that are not JSON objects; each record holds "
-                    "the file, the line number (1-based) and the raw text")
+BAD_LINES_REASON = ("{table}: lines of landing files that are not JSON objects, or records without "
+                    "their primary key; each record holds the file, the line number (1-based) and the "
+                    "raw text")
 
 
 class NewColumnsError(SchemaMismatchError):

@@ -149,6 +149,22 @@ def _enriched(records: pa.RecordBatch, contract: Contract, ctx: BatchContext,
     return rows, Spilled(unfit, histogram, lines if contract.keyless else None)
 
 
+def without_key(records: pa.RecordBatch, good: pa.Table, pk: list[str]
+                ) -> tuple[pa.RecordBatch, list[tuple[int | None, str]]]:
+    """``records`` without those whose primary key is missing or did not fit its type, and those as
+    bad lines (line number, raw text): a record the MERGE cannot place is quarantined with its file
+    and line, never collapsed with the other keyless ones into one row."""
+    null = pc.is_null(records.column(pk[0]))
+    for name in pk[1:]:
+        null = pc.or_(null, pc.is_null(records.column(name)))
+    if not pc.any(null).as_py():
+        return records, []
+    lines = records.column(LINE).filter(null)
+    raw = good.column("line").take(pc.index_in(lines, good.column("line_no")))
+    found = zip(lines.to_pylist(), raw.to_pylist(), strict=True)
+    return records.filter(pc.invert(null)), [(int(n), str(text).rstrip("\r\n")) for n, text in found]
+
+
 def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con: duckdb.DuckDBPyConnection,
                 stage: Path, spill: Spill) -> tuple[list[FileRead], list[pl.DataFrame], list[Spilled]]:
     """Read every file block by block (ahead, on a thread of its own), check the blocks' lines two
@@ -190,6 +206,9 @@ def _first_pass(selection: FileSelection, schema: Schema, ctx: BatchContext, con
             return i, item, None
         uri = selection.files[i].uri
         records = typed_block(item.good, known, rescued, item.keys, uri, connection())
+        if pk:
+            records, unkeyed = without_key(records, item.good, pk)
+            item.bad += unkeyed
         extras = [(c.name, c.pg_type) for c in known.extras]
         return i, item, _enriched(records, contract, ctx, extras, records.column(LINE))
 

@@ -116,11 +116,18 @@ def stage_frame(loader: SparkLoader, contract: Contract, frame: DataFrame, extra
     try:
         frame = frame.cache()
         corrupt = frame[CORRUPT].isNotNull() if CORRUPT in frame.columns else F.lit(False)
+        raw = F.col(CORRUPT) if CORRUPT in frame.columns else F.lit(None).cast("string")
+        if contract.primary_key:  # Auto Loader's record without its key: a bad line, its fields as JSON
+            fields = [c for c in (*contract.column_names, RESCUED) if c in frame.columns]
+            record = F.to_json(F.struct(*[F.col(quote(c)) for c in fields]))
+            raw = F.coalesce(raw, record)
+            for name in contract.primary_key:
+                corrupt = corrupt | frame[quote(name)].isNull()
         bad_rows = frame.filter(corrupt).select(F.col(f"{METADATA}.{FILE_PATH}").alias("uri"),
                                                 F.col(f"{METADATA}.{FILE_TIME}").alias("mtime"),
                                                 F.col(LINE_NO) if LINE_NO in frame.columns
                                                 else F.lit(None).cast("bigint").alias(LINE_NO),
-                                                F.col(CORRUPT)).collect()
+                                                raw.alias(CORRUPT)).collect()
         bad_rows.sort(key=lambda r: (r["mtime"], r["uri"], r[LINE_NO] is not None, r[LINE_NO] or 0))
         good = frame.filter(~corrupt)
         per_file = {r[0]: int(r[1]) for r in good.groupBy(F.col(f"{METADATA}.{FILE_PATH}")).count().collect()}

@@ -210,12 +210,18 @@ def read_files(spark: SparkSession, selection: FileSelection, evolved: list[Stor
         *[cast_text(value[c], t).alias(c) for c, t in types.items()],
         *[value[c].isNotNull().alias(HAS + c) for c in types],
         *[F.map_contains_key("_map", c).alias(NEW + c) for c in columns.rescued])
+    bad = lines.filter(~F.col("_ok")).select(METADATA, LINE_NO, F.col(LINE).alias(CORRUPT))
+    if contract.primary_key:  # a record without its key is a bad line, as on the local engine
+        unkeyed = F.lit(False)
+        for name in contract.primary_key:
+            unkeyed = unkeyed | F.col(quote(name)).isNull()
+        bad = bad.unionByName(good.filter(unkeyed).select(METADATA, LINE_NO, F.col(LINE).alias(CORRUPT)))
+        good = good.filter(~unkeyed)
     rescue = _rescuer(list(types), columns.rescued)
     out_schema = good.drop(LINE, *[HAS + c for c in types],
                            *[NEW + c for c in columns.rescued]).schema.add(RESCUED, "string")
     typed = good.withColumn(SOURCE_FILE, F.col(f"{METADATA}.{FILE_PATH}")).mapInArrow(
         rescue, out_schema.add(SOURCE_FILE, "string")).drop(SOURCE_FILE)
-    bad = lines.filter(~F.col("_ok")).select(METADATA, LINE_NO, F.col(LINE).alias(CORRUPT))
     if unreadable:
         listed = {spark_file_path(spark, f.uri): f for f in selection.files}
         rows = [((listed[p].uri, listed[p].size, listed[p].modification_time), None, message)
