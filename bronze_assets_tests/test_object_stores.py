@@ -27,8 +27,25 @@ from bronze_assets.defs.assets import build_bronze_asset
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource, build_resources
 from bronze_assets.defs.schedules import CHANGES_ONLY_TAG
 from bronze_assets.lib.cdc import STREAM, cdc_load
+from bronze_assets.lib.delta import audit_inbox
 from bronze_assets.lib.delta.audit_inbox import INBOXES
 from bronze_assets.lib.delta.commit_log import BATCH_KEY
+from bronze_assets.lib.delta.control import (
+    ALERTS,
+    AUDIT_LOG,
+    CHECKPOINTS,
+    CONTROL_PROPERTIES,
+    COST_TRACKING,
+    LINEAGE,
+    SCHEMAS,
+    LoadRecord,
+    append_rows,
+    hold_appends,
+    post_audit_row,
+    read_table,
+    record_load,
+    release_appends,
+)
 from bronze_assets.lib.delta.maintenance import maintain_table
 from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.delta.merger import BronzeMerger
@@ -371,7 +388,6 @@ def _audit_log_at(storage: Storage, past_checkpoint: int) -> int:
     """Append rows to bz_audit_log (the first carries the rows waiting in its inbox) until it is
     ``past_checkpoint`` commits past its last checkpoint (it checkpoints every ten: versions 9,
     19 …); its version."""
-    from bronze_assets.lib.delta.control import AUDIT_LOG, append_rows
 
     while True:
         append_rows(storage, AUDIT_LOG, [_audit_row("setup")])
@@ -424,7 +440,6 @@ def test_control_tables_checkpoint_every_ten_commits_on_the_store(s3: S3) -> Non
     property with its first append of a process)."""
     from deltalake import write_deltalake
 
-    from bronze_assets.lib.delta.control import ALERTS, CONTROL_PROPERTIES, SCHEMAS, append_rows
 
     storage = Storage(s3.root)
     write_deltalake(storage.uri(ALERTS), SCHEMAS[ALERTS].empty_table())  # as an earlier version made it
@@ -513,8 +528,6 @@ def test_the_audit_rows_of_unchanged_loads_wait_in_the_inbox_then_join_the_log_o
     """An unchanged load's audit row is one file in the inbox; readers see it at once; the next
     append to the audit log carries it in its own commit and removes the file; a file whose
     removal failed (a fold that died after its commit) is neither read nor appended twice."""
-    from bronze_assets.lib.delta import audit_inbox
-    from bronze_assets.lib.delta.control import AUDIT_LOG, append_rows, post_audit_row, read_table
 
     storage = Storage(store.root)
     append_rows(storage, AUDIT_LOG, [_audit_row("a")])
@@ -537,7 +550,6 @@ def test_the_audit_rows_of_unchanged_loads_wait_in_the_inbox_then_join_the_log_o
 def test_concurrent_unchanged_loads_and_folds_all_land_once(store: Store) -> None:
     """Runs at once: unchanged loads posting their rows while two others append theirs (each
     carrying the inbox): every row lands in the audit log exactly once."""
-    from bronze_assets.lib.delta.control import AUDIT_LOG, append_rows, post_audit_row, read_table
 
     storage = Storage(store.root)
     append_rows(storage, AUDIT_LOG, [_audit_row("first")])
@@ -589,16 +601,6 @@ def test_a_run_commits_its_control_rows_once_per_table_at_its_end(store: Store) 
     """During a run (:func:`hold_appends`) an append to the audit log or bz_checkpoints posts its
     rows to the table's inbox: readers see them at once, the table gets no commit; the run's end
     commits them, with the rows that were waiting, in one commit per table, and removes the files."""
-    from bronze_assets.lib.delta import audit_inbox
-    from bronze_assets.lib.delta.control import (
-        AUDIT_LOG,
-        CHECKPOINTS,
-        append_rows,
-        hold_appends,
-        post_audit_row,
-        read_table,
-        release_appends,
-    )
 
     storage = Storage(store.root)
     append_rows(storage, AUDIT_LOG, [_audit_row("before")])
@@ -638,13 +640,6 @@ def test_a_killed_run_leaves_its_rows_and_two_runs_at_once_land_each_row_once(st
     """A run SIGKILLed before its end leaves its held rows in the inbox (readers see them; the next
     run's end carries them); a run whose rows another run's end carried meanwhile (it lists the
     whole inbox) does not append them again at its own end: every row exactly once."""
-    from bronze_assets.lib.delta.control import (
-        AUDIT_LOG,
-        append_rows,
-        hold_appends,
-        read_table,
-        release_appends,
-    )
 
     storage = Storage(store.root)
     append_rows(storage, AUDIT_LOG, [_audit_row("first")])
@@ -720,15 +715,6 @@ def test_a_load_that_changed_nothing_posts_its_lineage_and_cost_rows_too(store: 
     """A load that read rows but changed none (a daily full load of an unchanged table) writes no
     control-table commit: its audit, lineage and cost rows wait in their inboxes, readers see
     them at once, and each table's next append carries them; a load that changed rows appends."""
-    from bronze_assets.lib.delta import audit_inbox
-    from bronze_assets.lib.delta.control import (
-        AUDIT_LOG,
-        COST_TRACKING,
-        LINEAGE,
-        LoadRecord,
-        read_table,
-        record_load,
-    )
 
     storage = Storage(store.root)
     start = datetime.now(UTC)

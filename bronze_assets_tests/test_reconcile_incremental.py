@@ -46,6 +46,17 @@ def _cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def _loaded(dsn: str, ddl: tuple[str, ...], name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+            ) -> tuple[Contract, Path]:
+    """Table ``name`` made by ``ddl`` (its contract discovered) and loaded once into a new root, in
+    buckets of 16 rows."""
+    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
+    contract = _table(dsn, ddl, name)
+    root = tmp_path / "bronze"
+    _load(contract, dsn, root)
+    return contract, root
+
+
 def _run(contract: Contract, dsn: str, root: Path, deep: bool = False) -> TableReconciliation:
     (table,) = reconcile([contract], dsn, root, deep=deep).tables
     return table
@@ -154,10 +165,7 @@ MOODS = ("CREATE TYPE tests.mood AS ENUM ('sad', 'ok', 'happy')",
 
 def test_an_enum_label_renamed_changes_the_text_of_unchanged_tuples(
         fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
-    contract = _table(fresh_dsn, MOODS, "feelings")
-    root = tmp_path / "bronze"
-    _load(contract, fresh_dsn, root)
+    contract, root = _loaded(fresh_dsn, MOODS, "feelings", tmp_path, monkeypatch)
     _warm(contract, fresh_dsn, root)
     query(fresh_dsn, "ALTER TYPE tests.mood RENAME VALUE 'ok' TO 'fine'")  # no tuple changes
     found = _run(contract, fresh_dsn, root)
@@ -219,10 +227,7 @@ def test_a_column_dropped_and_added_again_changes_unchanged_tuples(
         fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A column added back without a rewrite (its value from the catalog: NULL or a default) changes
     the text of every tuple and writes none."""
-    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
-    contract = _table(fresh_dsn, NOTES, "notes")
-    root = tmp_path / "bronze"
-    _load(contract, fresh_dsn, root)
+    contract, root = _loaded(fresh_dsn, NOTES, "notes", tmp_path, monkeypatch)
     _warm(contract, fresh_dsn, root)
     query(fresh_dsn, "ALTER TABLE tests.notes DROP COLUMN note")
     query(fresh_dsn, "ALTER TABLE tests.notes ADD COLUMN note text DEFAULT 'gone'")
@@ -233,10 +238,7 @@ def test_a_column_dropped_and_added_again_changes_unchanged_tuples(
 
 def test_a_role_that_may_not_read_the_control_file_keeps_full_passes(
         fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
-    contract = _table(fresh_dsn, NOTES, "notes")
-    root = tmp_path / "bronze"
-    _load(contract, fresh_dsn, root)
+    contract, root = _loaded(fresh_dsn, NOTES, "notes", tmp_path, monkeypatch)
     name = f"plain_{uuid.uuid4().hex[:8]}"
     query(fresh_dsn, f"CREATE ROLE {name} LOGIN")
     query(fresh_dsn, f"GRANT USAGE ON SCHEMA tests TO {name}")
@@ -264,10 +266,7 @@ def test_a_column_naming_a_catalog_object_is_hashed_every_run(
         fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reg* value's text is the name of the object it points at: renaming the object changes
     every tuple's text and writes none, so no state proves such a table's buckets."""
-    monkeypatch.setattr(bisect, "BUCKET_ROWS", 16)
-    contract = _table(fresh_dsn, PLACES, "places")
-    root = tmp_path / "bronze"
-    _load(contract, fresh_dsn, root)
+    contract, root = _loaded(fresh_dsn, PLACES, "places", tmp_path, monkeypatch)
     assert _run(contract, fresh_dsn, root).healthy
     assert _run(contract, fresh_dsn, root).buckets_from_state == 0  # never proven by a state
     query(fresh_dsn, "ALTER TABLE tests.place_a RENAME TO place_b")
