@@ -118,6 +118,16 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+def _seed_rows(batch: pa.RecordBatch, schema: pa.Schema, target: pa.Schema) -> pa.RecordBatch:
+    """One batch of the current table's rows (``schema``) as first versions in the history
+    table's ``target`` schema: valid from their ``update_timestamp``, deleted when DELETED."""
+    table = _conform(pa.Table.from_batches([batch]), schema)
+    table = table.append_column(VALID_FROM, table.column("update_timestamp").cast(TS))
+    table = table.append_column(IS_DELETED, pc.equal(table.column("record_status"), DELETED))
+    return pa.RecordBatch.from_arrays([c.combine_chunks() for c in _conform(table, target).columns],
+                                      schema=target)
+
+
 class HistoryWriter:
     """Writes the versions of one contract's keys to ``bz_<name>_history`` with delta-rs (see the
     module). One instance per load: the history table is opened once and kept current."""
@@ -153,26 +163,29 @@ class HistoryWriter:
         return commit_properties(dt, self.contract, meta, table=self.table)
 
     def seed(self, batch_id: str, batch_time: datetime, replace: bool = False,
-             written: pa.Table | None = None, current: DeltaTable | None = None) -> bool:
+             written: Callable[[], pa.RecordBatchReader] | None = None,
+             current: DeltaTable | None = None) -> bool:
         """Create the history table from the current table's rows (one version each, valid from
         its ``update_timestamp``) when it does not exist yet (``replace``: in place of the one
         there is); True when it was written. ``written``: the rows of the current table as the
-        load that created it just wrote them (not read back); ``current``: that table as the
-        load left it (else opened)."""
+        load that created it just wrote them (streamed, not read back); ``current``: that table
+        as the load left it (else opened)."""
         if self._open() is not None and not replace:
             return False
         current = current if current is not None else self.storage.open(self.contract.bronze_table)
         if current is None:
             return False
         schema = pa.schema(current.schema().to_arrow())
-        # read whole, then written in one commit (a DataFusion scan cannot stream into a delta-rs
-        # write: one runtime inside another); a seed that fails leaves no table, so it is redone
-        rows = written if written is not None else read_columns(current, schema.names)
-        table = _conform(rows, schema)
-        table = table.append_column(VALID_FROM, table.column("update_timestamp").cast(TS))
-        table = table.append_column(IS_DELETED, pc.equal(table.column("record_status"), DELETED))
+        target = history_schema(schema)
+        # the rows as written stream batch by batch into the one commit; read back, they are read
+        # whole (a DataFusion scan cannot stream into a delta-rs write: one runtime inside
+        # another). A seed that fails leaves no table, so it is redone.
+        batches = written() if written is not None else \
+            read_columns(current, schema.names).to_batches()
+        rows = pa.RecordBatchReader.from_batches(
+            target, (_seed_rows(batch, schema, target) for batch in batches))
         file_bytes = target_file_bytes(self.contract, self.storage.settings)
-        write_deltalake(self.uri, _conform(table, history_schema(schema)),
+        write_deltalake(self.uri, rows,
                         mode="overwrite" if replace else "error",
                         schema_mode="overwrite" if replace else None,
                         storage_options=self.storage.delta_options, target_file_size=file_bytes,

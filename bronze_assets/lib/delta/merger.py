@@ -43,7 +43,7 @@ from bronze_assets.lib.delta.merge_plan import OP, MergePlanner
 from bronze_assets.lib.delta.merge_result import MergeResult, UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
-from bronze_assets.lib.delta.staging import StagedBatch
+from bronze_assets.lib.delta.staging import SpillFile, StagedBatch
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.delta.write_options import (
     OUTPUT_BATCH_ROWS,
@@ -163,17 +163,11 @@ class BronzeMerger:
             try:
                 if dt is not None and self.history is not None:  # history turned on, or a first load killed
                     self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time)
-                written: list[pa.RecordBatch] | None = [] if dt is None and self.history is not None \
-                    else None
                 created = dt is None
-                result = self._create(staged, written) if created else self._merge(dt, staged, commits)
-                if written is not None and self.history is not None:
-                    # seeded from the rows as written (read back if a chunk had landed before)
-                    whole = sum(b.num_rows for b in written) == staged.rows
-                    rows = pa.Table.from_batches(written, staged.schema) if whole else None
-                    self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time, written=rows,
-                                      current=self._latest)
-                    result.history_versions = staged.rows
+                if created and self.history is not None:
+                    result = self._create_with_history(staged)
+                else:
+                    result = self._create(staged) if created else self._merge(dt, staged, commits)
                 if self.history is not None:
                     result.history_version = self.history.version
                 if dt is not None and not result.committed and staged.commit_always:
@@ -272,9 +266,26 @@ class BronzeMerger:
             for batch in table.take(by_key.slice(start, OUTPUT_BATCH_ROWS)).to_batches():
                 yield self._protect(staged.complete(batch))
 
-    def _create(self, staged: StagedBatch, written: list[pa.RecordBatch] | None = None) -> MergeResult:
-        """Write the staged rows as the table's first version (``written`` collects the batches
-        as written, PII protected, for the history table's seed)."""
+    def _create_with_history(self, staged: StagedBatch) -> MergeResult:
+        """:meth:`_create`, then the history table seeded from the rows as written (PII protected),
+        spilled to the staging folder as they are written, not held in memory (read back from
+        the table instead if a chunk had landed before)."""
+        assert self.history is not None
+        spill = SpillFile(staged.schema, f"{self.contract.bronze_table}-history-seed",
+                          self.storage.settings.stage_dir)
+        try:
+            result = self._create(staged, spill)
+            whole = spill.rows == staged.rows
+            self.history.seed(staged.ctx.batch_id, staged.ctx.batch_time,
+                              written=spill.reader if whole else None, current=self._latest)
+        finally:
+            spill.cleanup()
+        result.history_versions = staged.rows
+        return result
+
+    def _create(self, staged: StagedBatch, written: SpillFile | None = None) -> MergeResult:
+        """Write the staged rows as the table's first version (``written`` gets the batches as
+        written, PII protected, for the history table's seed)."""
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
         order, sizes = None, []
@@ -304,7 +315,7 @@ class BronzeMerger:
                 continue  # landed before a commit error: never append it twice
             batches = self._staged_chunk(staged, chunk, sizes, order)
             if written is not None:
-                batches = _collect(batches, written)
+                batches = written.tee(batches)
             try:
                 write_deltalake(
                     dt if dt is not None else self.uri,  # a table written through is brought up to date
@@ -434,13 +445,6 @@ def key_order(batches: list[pa.RecordBatch], pk: list[str]) -> list[int] | None:
     if any(prev[1] >= nxt[0] for prev, nxt in itertools.pairwise(spans)):
         return None
     return [index for _, _, index in spans]
-
-
-def _collect(batches: Iterator[pa.RecordBatch], into: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """``batches``, each also appended to ``into``."""
-    for batch in batches:
-        into.append(batch)
-        yield batch
 
 
 def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:

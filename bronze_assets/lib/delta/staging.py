@@ -147,3 +147,41 @@ def write_stream(batches: Iterable[pa.RecordBatch], schema: pa.Schema, name: str
             writer.write_batch(batch)
             rows += batch.num_rows
     return Path(raw), rows
+
+
+class SpillFile:
+    """Batches written to an Arrow IPC file in the staging folder under ``base`` as they pass
+    (:meth:`tee`), read back later as a stream (:meth:`reader`): rows a later step needs again
+    are held on disk, not in memory, so memory does not grow with the rows passed."""
+
+    def __init__(self, schema: pa.Schema, name: str, base: Path) -> None:
+        fd, raw = tempfile.mkstemp(prefix=f"{name}-", suffix=".arrow", dir=stage_dir(base))
+        os.close(fd)
+        self.path, self.schema, self.rows = Path(raw), schema, 0
+        self._sink: pa.NativeFile | None = pa.OSFile(raw, "wb")
+        self._writer: pa.ipc.RecordBatchFileWriter | None = pa.ipc.new_file(self._sink, schema)
+
+    def tee(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """``batches``, each also written to the file."""
+        for batch in batches:
+            assert self._writer is not None, "the spill file is closed"
+            self._writer.write_batch(batch)
+            self.rows += batch.num_rows
+            yield batch
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+        self._writer = self._sink = None
+
+    def reader(self) -> pa.RecordBatchReader:
+        """The rows written so far, batch by batch (the file is closed for writing)."""
+        self._close()
+        return staged_reader(self.path)
+
+    def cleanup(self) -> None:
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
