@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from bronze_assets import settings as _settings
+from bronze_assets.lib import allocators as _allocators
+
+# before Polars is imported and before any thread starts (README "Performance": memory)
+_settings.set_allocator_defaults(_allocators.DEFAULTS)
+_allocators.bound_glibc_heap()
+
 __all__ = ["BronzeTables", "LandingFiles"]
 
 

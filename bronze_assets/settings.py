@@ -180,6 +180,14 @@ JARS_SUBDIR = Path("bronze_assets", "spark-jars")
 _OFF = {"0", "off", "false", "no"}
 
 
+def set_allocator_defaults(defaults: Mapping[str, tuple[str, str]]) -> None:
+    """Set each variable of ``defaults`` (name: (the module that reads it on import, value); e.g.
+    ``lib.allocators.DEFAULTS``) that the user did not set, while that module is not imported."""
+    for name, (module, value) in defaults.items():
+        if module not in sys.modules and name not in os.environ:
+            os.environ[name] = value
+
+
 def default_parallelism() -> int:
     """Source connections per extraction when unset: the CPU count, at most 4."""
     return max(1, min(4, os.cpu_count() or 1))

@@ -25,7 +25,6 @@ import and ≈75 MB), and the modules GX imports only for expectations the suite
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import hashlib
@@ -46,6 +45,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from bronze_assets.lib import allocators
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the bronze_assets package
 STALE_CHECK_SECONDS = 30
@@ -137,31 +138,22 @@ def defer_unused_modules() -> None:
     sys.meta_path.insert(0, _Deferred())
 
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
-MMAP_THRESHOLD_BYTES = 128 * 1024
-
-
 def lean_allocators() -> None:
     """Let this process give the memory of a validated chunk back when it is freed: Arrow allocates
-    from the system heap (its jemalloc pool keeps freed pages for reuse), one glibc arena serves
-    every thread (requests run one at a time; an arena per connection thread keeps its own freed
-    memory), and allocations from 128 KiB up are always mapped on their own (glibc otherwise raises
-    that threshold as large blocks are freed, and the chunks' arrays then stay in the heap)."""
+    from the system heap (its own pool keeps freed pages for reuse), and one glibc arena
+    serves every thread (requests run one at a time; an arena per connection thread keeps its own
+    freed memory; :func:`~bronze_assets.lib.allocators.bound_glibc_heap`)."""
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_ARENA_MAX, 1)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    allocators.bound_glibc_heap(arenas=1)
 
 
 def _trim() -> None:
     """Hand freed memory back to the system after a request (pandas frames of a large batch).
     No ``gc.collect()``: the frames go by reference counting, and a full collection walks GX's
     ≈350k objects on every request."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    allocators.trim_glibc_heap()
 
 
 class Service:
