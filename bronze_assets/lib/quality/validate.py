@@ -23,7 +23,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.enrich.score import score_columns, violations
 from bronze_assets.lib.quality.suites import build_suite
 
-CHUNK_ROWS = 500_000  # per GX run: larger chunks cost less CPU per row, smaller ones less memory
+CHUNK_ROWS = 250_000  # per GX run: larger chunks cost less CPU per row, smaller ones less memory
 SAMPLE_KEYS = 5
 
 
