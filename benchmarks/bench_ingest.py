@@ -34,7 +34,11 @@ is the number of data files (``add`` actions) in all ``bz_*`` Delta tables after
 dlt: in its ten Delta tables). ``PG cpu s`` is the CPU time the PostgreSQL server (postmaster,
 backends, and the backends it reaped) spent during the phase, read from ``/proc``.
 
-Usage: python benchmarks/bench_ingest.py [--scales 1 10] [--json FILE]
+``seed`` (in ``--json``) is the seeding of the source: wall, CPU and peak RSS of its process.
+The second root (``initial_checks``) is removed after its phase, so a large scale needs disk for
+the source and one root.
+
+Usage: python benchmarks/bench_ingest.py [--scales 1 10] [--json FILE] [--phases copy initial …]
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,10 +64,15 @@ TICK_TABLES = ("inventory", "order_details", "orders")
 UPDATE_SHARE, INSERT_SHARE, DELETE_SHARE = 0.001, 0.001, 0.0001
 HOT_KEYS, HOT_SHARE = 0.10, 0.80  # skewed tick: 80 % of the updates on the newest 10 % of keys
 LABELS = {  # JSON phase name -> row label of the printed table
-    "copy": "a copy", "initial": "b initial", "initial_checks": "b +checks", "unchanged": "c unchanged",
+    "seed": "seeding", "copy": "a copy", "initial": "b initial", "initial_checks": "b +checks",
+    "unchanged": "c unchanged",
     "changed_1pct": "d 1% changed", "hourly": "e hourly", "hourly_nochecks": "e hourly -chk",
     "hourly_skewed": "e hourly skew", "dlt_merge_initial": "f dlt merge",
 }
+
+
+PHASE_NAMES = tuple(name for name in LABELS if name != "seed")  # in the order they run
+NEEDS_INITIAL = ("unchanged", "changed_1pct", "hourly", "hourly_nochecks", "hourly_skewed")
 
 
 def _rss_mb() -> float:
@@ -506,10 +516,15 @@ def scratch_source(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
             server.stop()
 
 
-def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None = None
-          ) -> dict[str, dict[str, Any]]:
-    """Every phase at ``scale``; ``save`` is given the figures so far after each phase (a long run
-    stopped half-way keeps them)."""
+def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+          phases: Sequence[str] = PHASE_NAMES) -> dict[str, dict[str, Any]]:
+    """The ``phases`` (default: every one) at ``scale``, after seeding (its time is the ``seed``
+    entry); ``save`` is given the figures so far after each phase (a long run stopped half-way
+    keeps them)."""
+    missing = [p for p in phases if p in NEEDS_INITIAL] if "initial" not in phases else []
+    if missing:
+        raise ValueError(f"phases {', '.join(missing)} re-load the root the initial load creates: "
+                         f"add 'initial' to --phases")
     from bronze_assets.lib.quality import worker
     from bronze_assets.settings import Settings
 
@@ -540,17 +555,27 @@ def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None
         settings = Settings.from_env(env)
         started = time.perf_counter()
         seeded = run_phase("seed", env, "--scale", str(scale))
-        phase("copy", "copy")
-        phase("initial", "load")
-        phase("initial_checks", "load_checks", where=checks_root,
-              phase_env=env | {"BRONZE_ROOT": str(checks_root)}, checks=True)
-        phase("unchanged", "load")
-        run_phase("change", env)
-        phase("changed_1pct", "load")
+        results["seed"] = {"wall": time.perf_counter() - started, "cpu_seconds": seeded["cpu_seconds"],
+                           "rss_mb": seeded["rss_mb"], "rows": seeded["rows"]}
+        if "copy" in phases:
+            phase("copy", "copy")
+        if "initial" in phases:
+            phase("initial", "load")
+        if "initial_checks" in phases:
+            phase("initial_checks", "load_checks", where=checks_root,
+                  phase_env=env | {"BRONZE_ROOT": str(checks_root)}, checks=True)
+            shutil.rmtree(checks_root, ignore_errors=True)  # its files are counted; the disk is freed
+        if "unchanged" in phases:
+            phase("unchanged", "load")
+        if "changed_1pct" in phases:
+            run_phase("change", env)
+            phase("changed_1pct", "load")
         state = Path(tmp) / "deleted_keys.json"
         for tick, (label, variant, checks) in enumerate([
                 ("hourly", "uniform", True), ("hourly_nochecks", "uniform", False),
                 ("hourly_skewed", "skewed", True)]):
+            if label not in phases:
+                continue
             changes = run_phase("tick", env, "--variant", variant, "--tick", str(tick),
                                 "--state", str(state))
             before = table_versions(root)
@@ -561,22 +586,27 @@ def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None
             results[label]["verify"] = run_phase("verify", env, "--state", str(state))
             if save is not None:
                 save(results)
-        dlt_out = Path(tmp) / "dlt"
-        phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
-              prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
+        if "dlt_merge_initial" in phases:
+            dlt_out = Path(tmp) / "dlt"
+            phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
+                  prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
         worker.stop_service(settings)
     report(scale, seeded["rows"], results, time.perf_counter() - started)
     return results
 
 
 def report(scale: float, rows: int, results: dict[str, dict[str, Any]], total: float) -> None:
-    a = results["copy"]["wall"]
+    a = results["copy"]["wall"] if "copy" in results else float("nan")
     print(f"\nscale {scale:g}: {rows:,} source rows; the run took {total:.0f} s")
     print(f"{'phase':<14} {'wall s':>8} {'cpu s':>7} {'rows/s':>11} {'peak RSS MB':>12} {'x (a)':>7} "
           f"{'data s':>7} {'written':>9} {'files':>7} {'PG cpu s':>9}")
     for name, r in results.items():
         if "skipped" in r:
             print(f"{LABELS[name]:<14} skipped: {r['skipped']}")
+            continue
+        if name == "seed":
+            print(f"{LABELS[name]:<14} {r['wall']:>8.2f} {r['cpu_seconds']:>7.1f} {'':>11} "
+                  f"{r['rss_mb']:>12,.0f}")
             continue
         data = f"{r['data_seconds']:.2f}" if "data_seconds" in r else "-"
         written = f"{r['written']:,}" if "written" in r else "-"
@@ -586,6 +616,8 @@ def report(scale: float, rows: int, results: dict[str, dict[str, Any]], total: f
               f"{r['rss_mb']:>12,.0f} {r['wall'] / a:>7.2f} {data:>7} {written:>9} {r['files']:>7,} {pg:>9}")
     print("\nhourly ticks: source changes (updated/inserted/deleted) → rows in the files bronze rewrote")
     for name in ("hourly", "hourly_nochecks", "hourly_skewed"):
+        if name not in results:
+            continue
         r = results[name]
         cells = []
         for table in TICK_TABLES:
@@ -609,8 +641,9 @@ def json_figures(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
         if "skipped" in r:
             out[name] = {"skipped": r["skipped"]}
             continue
-        out[name] = {"seconds": round(r["wall"], 3), "peak_rss_mb": round(r["rss_mb"], 1),
-                     "files": r["files"]}
+        out[name] = {"seconds": round(r["wall"], 3), "peak_rss_mb": round(r["rss_mb"], 1)}
+        if "files" in r:
+            out[name]["files"] = r["files"]
         for key in ("cpu_seconds", "gx_service_rss_mb", "gx_service_cpu_seconds", "rows", "data_seconds",
                     "written", "pg_cpu_seconds", "checks",
                     "failed_checks", "changes", "rewritten", "rewrite_ratio"):
@@ -628,6 +661,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--phases", nargs="+", choices=PHASE_NAMES, default=list(PHASE_NAMES),
+                        help="run only these phases (after seeding, in the usual order), e.g. without "
+                             "dlt_merge_initial at a large scale; the re-loads and ticks need initial")
     parser.add_argument("--phase", choices=sorted([*PHASES, "tick", "hourly", "verify", "dlt"]))
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--variant", choices=["uniform", "skewed"], default="uniform")
@@ -671,7 +707,7 @@ def main() -> None:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
     for scale in args.scales:
-        save(scale, bench(scale, lambda results, scale=scale: save(scale, results)))
+        save(scale, bench(scale, lambda results, scale=scale: save(scale, results), args.phases))
 
 
 if __name__ == "__main__":
