@@ -220,24 +220,29 @@ def _quiet_logger() -> Any:
 
 def phase_hourly(with_checks: bool, jobs: Sequence[str] = HOURLY_JOBS) -> dict:
     """The two hourly schedule jobs (or ``jobs``) for the partition a tick now would load (the open
-    day/month; none for an unpartitioned job), as their schedules request them now."""
+    day/month; none for an unpartitioned job), as their schedules request them now: at once (their
+    schedules fire at the same minute; here on threads of one process, each run with an ephemeral
+    instance of its own, as Dagster's in-memory storage takes one run at a time), each on its
+    executor."""
+    import threading
+
     import dagster as dg
 
     from bronze_assets.definitions import defs
+    from bronze_assets.defs import threaded_executor
     from bronze_assets.defs.schedules import load_groups, partition_for_tick
 
     definitions = defs()
     repo = definitions.get_repository_def()
     groups = {g.name: g for g in load_groups()}
-    instance = dg.DagsterInstance.ephemeral()
+    instances = [dg.DagsterInstance.ephemeral() for _ in jobs]
     started = time.perf_counter()
-    meta: dict[str, dict[str, Any]] = {}
-    checks, failed_checks = 0, []
+    runs = []
     partitions = {}
     for name in jobs:  # the run each schedule requests now, with its tags (changes only)
         group = groups[name]
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC),
-                                        repository_def=repo)
+        ctx = dg.build_schedule_context(instance=instances[len(runs)], repository_def=repo,
+                                        scheduled_execution_time=datetime.now(UTC))
         (request,) = repo.get_schedule_def(f"{name}_schedule").evaluate_tick(ctx).run_requests
         key = request.partition_key
         assert key == partition_for_tick(group, datetime.now(UTC))
@@ -246,9 +251,26 @@ def phase_hourly(with_checks: bool, jobs: Sequence[str] = HOURLY_JOBS) -> dict:
         if not with_checks:
             job = job.get_subset(asset_selection={dg.AssetKey(k) for k in group.keys},
                                  asset_check_selection=set())
-        job = job.with_logger_defs({"bench": _quiet_logger()})
-        result = job.execute_in_process(partition_key=key, instance=instance, tags=dict(request.tags),
-                                        run_config={"loggers": {"bench": {}}})
+        runs.append((job.with_logger_defs({"bench": _quiet_logger()}), key, dict(request.tags),
+                     instances[len(runs)]))
+    results: list[Any] = [None] * len(runs)
+
+    def execute(index: int) -> None:
+        job, key, tags, run_instance = runs[index]
+        results[index] = threaded_executor.execute_in_process(
+            job, job.executor_def, partition_key=key, instance=run_instance, tags=tags,
+            run_config={"loggers": {"bench": {}}})
+
+    threads = [threading.Thread(target=execute, args=(i,)) for i in range(len(runs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    meta: dict[str, dict[str, Any]] = {}
+    checks, failed_checks = 0, []
+    for result in results:
+        if result is None:
+            raise RuntimeError("an hourly run failed (see its traceback above)")
         for event in result.get_asset_materialization_events():
             meta[event.asset_key.to_user_string()] = {
                 k: v.value for k, v in event.materialization.metadata.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -99,3 +100,21 @@ def test_every_asset_has_its_cadence_freshness_window(repo: dg.RepositoryDefinit
         fail, warn = WINDOWS[contract.cadence.value]
         assert policy.fail_window.to_timedelta() == fail
         assert (policy.warn_window.to_timedelta() if policy.warn_window else None) == warn
+
+
+def test_load_jobs_run_their_tables_on_threads_parents_first(repo: dg.RepositoryDefinition) -> None:
+    """Every load job runs its steps on threads of the run's process (no process per step), two
+    at once, a child table's step after its parents' in the same run (its referential check)."""
+    from bronze_assets.defs.schedules import LOAD_STEP_THREADS, load_executor, load_step
+    from bronze_assets.defs.threaded_executor import ThreadedExecutor
+
+    for group in load_groups():
+        assert repo.get_job(group.name).executor_def.name == "bronze_threads", group.name
+    parent, child = CONTRACTS["orders"], CONTRACTS["order_details"]
+    assert any(fk.parent_table == "orders" for fk in child.foreign_keys)
+    definition = load_executor([child, parent, CONTRACTS["products"]])
+    executor = definition.executor_creation_fn(  # type: ignore[misc]
+        SimpleNamespace(executor_config={"retries": {"enabled": {}}}))
+    assert isinstance(executor, ThreadedExecutor) and executor.max_concurrent == LOAD_STEP_THREADS
+    assert executor.after[load_step(child)] == {load_step(parent), load_step(CONTRACTS["products"])}
+    assert executor.after[load_step(parent)] == frozenset()  # customers is not in this run

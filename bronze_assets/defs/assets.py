@@ -12,7 +12,7 @@ from bronze_assets.defs.freshness import freshness_policy
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.defs.pipes import BronzePipes
 from bronze_assets.defs.resources import BronzeStorage, PostgresSource
-from bronze_assets.defs.schedules import reads_changes_only
+from bronze_assets.defs.schedules import load_step, reads_changes_only
 from bronze_assets.lib.enrich.metadata import METADATA_FIELDS, ROW_KEY_FIELD
 from bronze_assets.settings import Settings
 
@@ -98,7 +98,7 @@ def build_bronze_asset(contract: Contract, source_key: str = "source", settings:
         ))
 
     asset = dg.multi_asset(
-        name=f"load_{contract.bronze_table}",
+        name=load_step(contract),
         specs=specs,
         check_specs=check_specs(contract),
         can_subset=True,  # a run may leave the checks out

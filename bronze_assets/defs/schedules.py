@@ -23,6 +23,7 @@ import dagster as dg
 from bronze_assets.contracts import CONTRACTS, Cadence, Contract, LoadPattern
 from bronze_assets.defs.edge import edge_settings
 from bronze_assets.defs.partitions import partitions_def
+from bronze_assets.defs.threaded_executor import threaded_executor
 from bronze_assets.settings import Settings
 
 MAX_RUNTIME_SECONDS = 3600  # KPI: an end-to-end run over 1 h is critical; Dagster stops it
@@ -50,6 +51,7 @@ CRON: dict[Cadence, str] = {
     Cadence.MONTHLY: "0 3 1 * *",
 }
 BATCH_LAG = timedelta(days=1)  # a batch tick loads the window that closed before it
+LOAD_STEP_THREADS = 2  # tables a load run loads at once (the two cores; README Performance)
 
 
 def schedule_status(settings: Settings) -> dg.DefaultScheduleStatus:
@@ -89,10 +91,29 @@ def load_groups(contracts: Sequence[Contract] | None = None, prefix: str = "") -
     return [LoadGroup(cad, kind, lag, tuple(cs), prefix) for (cad, kind, lag), cs in sorted(groups.items())]
 
 
+def load_step(contract: Contract) -> str:
+    """The step (op) of a run that loads ``contract``'s table."""
+    return f"load_{contract.bronze_table}"
+
+
+def load_executor(contracts: Sequence[Contract]) -> dg.ExecutorDefinition:
+    """The executor of a load job: its tables' steps on threads of the run's process, two at once
+    (a step spends most of its time in native code that releases the GIL: the COPY's decoding,
+    DuckDB, delta-rs), where Dagster's default multiprocess executor starts a process per step,
+    each importing Dagster and bronze again; a table's step after its parents' in the same run
+    (its referential check reads them)."""
+    in_run = {c.bronze_table: load_step(c) for c in contracts}
+    after = {load_step(c): frozenset(in_run[f"bz_{fk.parent_table}"] for fk in c.foreign_keys
+                                     if f"bz_{fk.parent_table}" in in_run and f"bz_{fk.parent_table}" !=
+                                     c.bronze_table) for c in contracts}
+    return threaded_executor(LOAD_STEP_THREADS, after=after)
+
+
 def build_job(group: LoadGroup, settings: Settings | None = None) -> dg.UnresolvedAssetJobDefinition:
     """The group's load job: its assets with the checks the load runs (their ``check_specs``:
     schema, score, keys, references), not the ``reconciliation`` check, which reads the source and
-    runs on its own daily schedule (:func:`build_reconciliation_schedule`, ARCHITECTURE §2.8)."""
+    runs on its own daily schedule (:func:`build_reconciliation_schedule`, ARCHITECTURE §2.8), on
+    :func:`load_executor`."""
     from bronze_assets.defs.checks import check_specs
 
     return dg.define_asset_job(
@@ -102,6 +123,7 @@ def build_job(group: LoadGroup, settings: Settings | None = None) -> dg.Unresolv
         partitions_def=partitions_def(group.contracts[0], settings),
         tags=RUN_TAGS,
         description=f"{group.cadence.value} load of {', '.join(group.keys)}",
+        executor_def=load_executor(group.contracts),
     )
 
 

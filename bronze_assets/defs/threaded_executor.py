@@ -205,7 +205,7 @@ def threaded_executor(max_concurrent: int, after: Mapping[str, frozenset[str]] |
 def execute_in_process(job: dg.JobDefinition, executor_def: dg.ExecutorDefinition, *,
                        instance: dg.DagsterInstance, tags: Mapping[str, str] | None = None,
                        raise_on_error: bool = True, run_config: Mapping[str, Any] | None = None,
-                       ) -> dg.ExecuteInProcessResult:
+                       partition_key: str | None = None) -> dg.ExecuteInProcessResult:
     """``job.execute_in_process`` with ``executor_def`` (which ``execute_in_process`` would replace
     by the in-process executor): the same ephemeral job, run, events and result."""
     from dagster._core.definitions.job_base import InMemoryJob
@@ -216,5 +216,5 @@ def execute_in_process(job: dg.JobDefinition, executor_def: dg.ExecutorDefinitio
     return core_execute_in_process(
         job=InMemoryJob(job_def=ephemeral), run_config=run_config, instance=instance,
         output_capturing_enabled=True, raise_on_error=raise_on_error,
-        run_tags=merge_run_tags(job_def=job, partition_key=None, tags=tags, asset_selection=None,
+        run_tags=merge_run_tags(job_def=job, partition_key=partition_key, tags=tags, asset_selection=None,
                                 instance=instance, run_config=run_config))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ class EmbeddedPostgres:
         return bool(info is not None and info.is_running())
 
     def start(self) -> str:
-        """Start (or attach to) the server and return the libpq URI of the ``DE`` database."""
+        """Start (or attach to) the server and return the libpq URI of the ``DE`` database (one
+        thread at a time: a run's steps on threads ask for it at once, and ``pgserver`` keeps the
+        processes using a server in a file it rewrites)."""
+        with _STARTING:
+            return self._start()
+
+    def _start(self) -> str:
         if self._server is None:
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
             log.info("starting embedded PostgreSQL in %s", self.pgdata)
@@ -82,6 +89,7 @@ class EmbeddedPostgres:
 
 
 _EMBEDDED: dict[Path, EmbeddedPostgres] = {}
+_STARTING = threading.Lock()
 
 
 def embedded_server(pgdata: Path) -> EmbeddedPostgres:
