@@ -87,8 +87,11 @@ class MergePlanner:
         named = self._named_keys(staged)
         where = None if named is None else key_range_sql(quoted([self.pk[0]]), key_ranges(named[self.pk[0]]))
         scan = scan_columns(dt, cols + (["batch_id"] if resumed is not None else []), where)
-        index_pieces = (piece.rename(renames) for piece in narrowed(scan, keep, "_t_h", extra))
-        if named is not None:  # only the named keys' rows are held, whatever the ranges span
+        # only the named keys' rows are narrowed (for a single-column key) and held
+        only = pl.col(self.pk[0]).is_in(named.get_column(self.pk[0]).implode()) \
+            if named is not None and len(self.pk) == 1 else None
+        index_pieces = (piece.rename(renames) for piece in narrowed(scan, keep, "_t_h", extra, where=only))
+        if named is not None:  # whatever the ranges span
             index_pieces = (piece.join(named.cast({k: piece.schema[k] for k in self.pk}), on=self.pk,
                                        how="semi") for piece in index_pieces)
         staged_keep = [*self.pk] + ([self.part] if self.part else [])

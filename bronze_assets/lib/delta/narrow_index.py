@@ -37,8 +37,9 @@ def narrow(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl.
 
 
 def narrowed(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl.Expr] | None = None,
-             column: str = "record_hash") -> Iterator[pl.DataFrame]:
-    """``keep`` plus the hash ``column`` as 64-bit words, ``COMPACT_ROWS`` rows at a time: memory
+             column: str = "record_hash", where: pl.Expr | None = None) -> Iterator[pl.DataFrame]:
+    """``keep`` plus the hash ``column`` as 64-bit words, ``COMPACT_ROWS`` rows at a time, of the
+    rows ``where`` selects (all by default; the hashes of the others are never parsed): memory
     holds narrow pieces, never the whole string column. (A column taken from an imported batch
     keeps the whole batch alive, so each narrow piece is copied into owned memory.)"""
     reader = pa.RecordBatchReader.from_stream(batches)
@@ -48,6 +49,8 @@ def narrowed(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[p
         frame = pl.from_arrow(pa.Table.from_batches(raw, schema=reader.schema))
         assert isinstance(frame, pl.DataFrame)
         raw.clear()
+        if where is not None:
+            frame = frame.filter(where)
         return _owned(frame.select(*keep, *hash_words(column, prefix), *(extra or [])))
 
     rows, pieces = 0, 0
