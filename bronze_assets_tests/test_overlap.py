@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bronze_assets.lib.load.overlap import ordered_map, read_ahead
+from bronze_assets.lib.overlap import ordered_map, read_ahead
 
 
 def test_read_ahead_keeps_the_order_and_runs_on_another_thread() -> None:

@@ -62,7 +62,7 @@ from bronze_assets.lib.load.landing_schema import StoredSchema, evolved_types, w
 from bronze_assets.lib.load.landing_source import FileSelection, LandingFile
 from bronze_assets.lib.load.landing_spill import Spill
 from bronze_assets.lib.load.landing_typing import LINE, Schema, infer_column, typed_block
-from bronze_assets.lib.load.overlap import ordered_map, read_ahead
+from bronze_assets.lib.overlap import ordered_map, read_ahead
 from bronze_assets.lib.source.extract import INVALID_PREFIX
 from bronze_assets.lib.source.schema import SchemaDrift
 

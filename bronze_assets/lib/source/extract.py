@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from bronze_assets.contracts import Contract, PgType, ReadMode
 from bronze_assets.contracts.arrow import arrow_type
 from bronze_assets.lib.enrich.pgtext import column_text, hash_texts, storable
+from bronze_assets.lib.overlap import read_ahead
 from bronze_assets.lib.source.ddl import qualified, quote_ident
 from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect
@@ -207,8 +209,9 @@ class SourceReader:
     as PeerDB and Debezium's incremental snapshots split a table) read over N connections that
     share the first connection's exported snapshot (as ``pg_dump -j`` does). Each backend scans
     only its own blocks, with no per-row split predicate, and each stream stays in heap order
-    (for append-mostly tables, key order); this process prepares the batches on N threads and a
-    bounded queue keeps memory flat.
+    (for append-mostly tables, key order); this process prepares the batches on N threads, each
+    fed by a thread decoding its connection's COPY one batch ahead, and a bounded queue keeps
+    memory flat.
     """
 
     def __init__(
@@ -372,7 +375,11 @@ class SourceReader:
             conn = None
             try:
                 conn = self._conn if part == 0 and shared else self._open(self._snapshot_id)
-                for batch in self._stream(conn, self.block_ranges.sql(sql, part)):
+                # the next batch is read (the COPY decoded) on a thread of its own while this
+                # one is transformed: the server keeps streaming meanwhile
+                ranged = self.block_ranges.sql(sql, part)
+                for batch in read_ahead(partial(self._stream, conn, ranged), depth=1,
+                                        name=f"{self.contract.bronze_table}-read-{part}"):
                     if stop.is_set():
                         break
                     out.put(apply(batch))
