@@ -8,7 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -18,7 +18,8 @@ R = TypeVar("R")
 _DONE = object()
 
 
-def read_ahead(produce: Callable[[], Iterator[T]], depth: int = 2, name: str = "read-ahead") -> Iterator[T]:
+def read_ahead(produce: Callable[[], Iterator[T]], depth: int = 2, name: str = "read-ahead"
+               ) -> Generator[T, None, None]:
     """The items of ``produce()``, in order, produced on a thread of its own at most ``depth`` items
     ahead of the consumer. An exception of the producer is raised here, at its place in the order;
     closing this iterator early stops the producer (at its next item)."""

@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ from bronze_assets.lib.delta.write_options import (
 )
 from bronze_assets.lib.delta.writers import refuse_deletion_vectors
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, FORGOTTEN, bronze_schema, staged_schema
+from bronze_assets.lib.overlap import read_ahead
 from bronze_assets.lib.source.ddl import quote_ident
 from bronze_assets.lib.stop import stop_point
 
@@ -316,6 +318,10 @@ class BronzeMerger:
             batches = self._staged_chunk(staged, chunk, sizes, order)
             if written is not None:
                 batches = written.tee(batches)
+            # read (and protect) the next staged batch on a thread of its own while delta-rs
+            # encodes the previous one: the GIL-bound PII encryption overlaps the Parquet writing
+            batches = read_ahead(partial(iter, batches), depth=1,
+                                 name=f"{self.contract.bronze_table}-create")
             try:
                 write_deltalake(
                     dt if dt is not None else self.uri,  # a table written through is brought up to date
@@ -330,6 +336,7 @@ class BronzeMerger:
                     commit_properties=self._commit_properties(dt, staged, chunk, chunks),
                 )
             except BaseException:
+                batches.close()  # its thread stops (before a new table's files are removed)
                 if not chunk:
                     discard_uncommitted(self.uri)
                 raise
