@@ -78,6 +78,43 @@ def test_budget_keeps_the_heavy_step_alone() -> None:
     assert {n for _, n in log[2:4]} == {"x", "y"} and [e for e, _ in log[2:4]] == ["start", "start"]
 
 
+def test_a_heavy_step_writing_its_output_lets_the_next_step_start() -> None:
+    """The budget bounds the steps still computing their output: once the heavy step's output is
+    out (its IO manager writes it, as a bronze table's MERGE), the next step starts beside it."""
+    log: list[tuple[str, str]] = []
+    writing = threading.Barrier(2)  # broken unless x runs while heavy's output is written
+
+    class SlowWrite(dg.IOManager):
+        def handle_output(self, context, obj) -> None:  # type: ignore[no-untyped-def]
+            if context.step_key == "heavy":
+                log.append(("writing", "heavy"))
+                writing.wait(BARRIER_SECONDS)
+                log.append(("written", "heavy"))
+
+        def load_input(self, context):  # type: ignore[no-untyped-def]
+            return None
+
+    def make(name: str) -> dg.AssetsDefinition:
+        @dg.asset(name=name, io_manager_key="slow")
+        def _asset() -> int:
+            log.append(("start", name))
+            if name == "x":
+                writing.wait(BARRIER_SECONDS)
+            log.append(("end", name))
+            return 1
+        return _asset
+
+    definitions = dg.Definitions(assets=[make("heavy"), make("x")],
+                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())],
+                                 resources={"slow": SlowWrite()})
+    result = te.execute_in_process(definitions.resolve_job_def("j"),
+                                   te.threaded_executor(2, weight={"heavy": 10.0, "x": 5.0}, budget=10.0),
+                                   instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert result.success
+    assert log[:3] == [("start", "heavy"), ("end", "heavy"), ("writing", "heavy")]
+    assert log.index(("start", "x")) < log.index(("written", "heavy"))
+
+
 def test_a_failing_step_fails_alone() -> None:
     log: list[tuple[str, str]] = []
     result = _run(_recording(["bad", "good"], log, fail="bad"), te.threaded_executor(2))

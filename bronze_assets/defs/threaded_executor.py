@@ -11,7 +11,10 @@ plan bookkeeping one at a time, as the multiprocess executor does. ``after`` nam
 the steps of the same run that must end first (a child table's referential check reads its
 parents); ``weight`` orders the ready steps (heavier first: the longest first shortens the run)
 and, with ``budget``, bounds what runs at once: a step starts beside others only while the
-weights running stay within the budget (memory: the heaviest step may have to run alone).
+weights of the steps still computing their output stay within the budget (memory: the heaviest
+step's read may have to run alone). A step whose output is out (``STEP_OUTPUT``: a bronze
+table's rows are staged, its IO manager writes them) weighs nothing more: the next step starts
+reading beside its write.
 A Ctrl-C received by the run (Dagster's captured interrupt) starts no further step and asks the
 running ones to stop (:mod:`bronze_assets.lib.stop`): each raises ``KeyboardInterrupt`` at its
 next stop point (between source batches, between commits) and fails as interrupted. A step that
@@ -24,11 +27,11 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from typing import Any
 
 import dagster as dg
-from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 from dagster._core.execution.api import ExecuteRunWithPlanIterable
 from dagster._core.execution.compute_logs import create_compute_log_file_key
 from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
@@ -59,14 +62,15 @@ class ThreadedExecutor(Executor):
         self.weight = dict(weight or {})
         self.budget = budget
 
-    def _fits(self, key: str, running: Mapping[str, object]) -> bool:
-        """Whether step ``key`` may start beside the ``running`` ones."""
+    def _fits(self, key: str, running: Mapping[str, object], output_out: Set[str] = frozenset()) -> bool:
+        """Whether step ``key`` may start beside the ``running`` ones (those in ``output_out``
+        have handed their output over and weigh nothing)."""
         if not running:
             return True
         if len(running) >= self.max_concurrent:
             return False
-        return self.budget is None or \
-            sum(self.weight.get(k, 0.0) for k in running) + self.weight.get(key, 0.0) <= self.budget
+        return self.budget is None or sum(self.weight.get(k, 0.0) for k in running if k not in output_out) \
+            + self.weight.get(key, 0.0) <= self.budget
 
     @property
     def retries(self) -> RetryMode:
@@ -117,6 +121,7 @@ class ThreadedExecutor(Executor):
         contexts: dict[str, Any] = {}
         waiting: list[ExecutionStep] = []  # handed out by Dagster, held until their `after` ended
         ended: set[str] = set()
+        output_out: set[str] = set()  # running steps whose output is out (writing it)
         stopping = False
         deadline = float("inf")
         while not active.is_complete or threads or waiting:
@@ -133,7 +138,7 @@ class ThreadedExecutor(Executor):
                 waiting.sort(key=lambda step: -self.weight.get(step.key, 0.0))
                 yield from active.concurrency_event_iterator(job_context)
                 for step in [s for s in waiting if (self.after.get(s.key, frozenset()) & in_run) <= ended]:
-                    if not self._fits(step.key, threads):
+                    if not self._fits(step.key, threads, output_out):
                         continue
                     waiting.remove(step)
                     contexts[step.key] = job_context.for_step(step, active.get_known_state())
@@ -151,6 +156,7 @@ class ThreadedExecutor(Executor):
             if message is _DONE:
                 threads.pop(key).join()
                 ended.add(key)
+                output_out.discard(key)
                 if not stopping:
                     active.verify_complete(job_context, key)
                 for event in active.plan_events_iterator(job_context):
@@ -164,6 +170,8 @@ class ThreadedExecutor(Executor):
             else:
                 assert isinstance(message, DagsterEvent)
                 events[key].append(message)
+                if message.event_type == DagsterEventType.STEP_OUTPUT:
+                    output_out.add(key)
                 yield message
                 active.handle_event(message)
         if stopping:

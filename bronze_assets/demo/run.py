@@ -371,10 +371,11 @@ def _runs(groups: Mapping[dg.PartitionsDefinition | None, list[dg.AssetsDefiniti
 def _step_threads(assets: list[dg.AssetsDefinition], with_checks: bool, sizes: Mapping[str, int],
                   ) -> dg.ExecutorDefinition:
     """The executor of one of the demo's runs: two tables' steps at once (the two cores), the
-    largest source table first, and two at once only while their source tables together are no
-    larger than the load's largest (a step's memory grows with its table: the peak stays the
-    largest table's alone); with checks, a table's step after its parents' in the same run (its
-    referential check reads them)."""
+    largest source table first, and two at once only while the source tables being read together
+    are no larger than the load's largest (a step's memory grows with its table: the peak stays
+    the largest table's alone); a table whose rows are staged no longer counts, so the next one
+    is read while it is written; with checks, a table's step after its parents' in the same run
+    (its referential check reads them)."""
     steps = {table_key(a): a.node_def.name for a in assets}
     after = {step: frozenset(steps[f"bz_{fk.parent_table}"] for fk in get_contract(table).foreign_keys
                              if f"bz_{fk.parent_table}" in steps and f"bz_{fk.parent_table}" != table)
