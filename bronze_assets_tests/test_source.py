@@ -32,8 +32,8 @@ def test_embedded_start_reuse_and_stop(tmp_path: Path) -> None:
     uri = server.start()
     assert server.is_running and "/DE?" in uri
     with connect(uri) as conn, conn.cursor() as cur:
-        cur.execute("SELECT current_database(), current_setting('TimeZone')")
-        assert cur.fetchone() == ("DE", "UTC")
+        cur.execute("SELECT current_database(), current_setting('TimeZone'), current_setting('wal_level')")
+        assert cur.fetchone() == ("DE", "UTC", "logical")  # log-based CDC works from the first start
     pid = server._server.get_pid()
 
     # another process attaches to the same running server instead of starting a second one
