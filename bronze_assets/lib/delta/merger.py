@@ -238,29 +238,31 @@ class BronzeMerger:
         """The PII columns protected by the hook (hash and score were computed on plaintext)."""
         return batch if self.pii is None else self.pii.protect(batch)
 
-    def _staged_chunk(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
+    def _chunk_slices(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
                       ) -> Iterator[pa.RecordBatch]:
-        """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of the staged rows in primary
-        key order: the files of a snapshot get (nearly) disjoint key ranges, so a later MERGE's
-        key-range predicate skips the files its keys cannot be in. ``order`` (see
-        :func:`key_order`) lists the staged batches in key order when no sort is needed; then
-        one batch at a time is read, else the chunk's rows are read and gathered by sorted key.
+        """The staged rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)``, slice by slice: of
+        the batches in key ``order`` when given (see :func:`key_order`), else in staged order.
         ``sizes`` are the rows of each staged batch (batches outside the chunk are not read)."""
         lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
-        slices = []
         for index in order if order is not None else range(len(sizes)):
             end = offset + sizes[index]
             if end > lo and offset < hi:
-                piece = staged.batch(index).slice(max(lo - offset, 0), min(hi, end) - max(lo, offset))
-                if order is not None:
-                    yield self._protect(staged.complete(piece))
-                else:
-                    slices.append(piece)
+                yield staged.batch(index).slice(max(lo - offset, 0), min(hi, end) - max(lo, offset))
             offset = end
             if offset >= hi:
                 break
+
+    def _staged_chunk(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
+                      ) -> Iterator[pa.RecordBatch]:
+        """The rows of chunk ``chunk`` (:meth:`_chunk_slices`) in primary key order: the files of a
+        snapshot get (nearly) disjoint key ranges, so a later MERGE's key-range predicate skips the
+        files its keys cannot be in. With ``order`` (no sort needed) one batch at a time is read,
+        else the chunk's rows are read and gathered by sorted key."""
         if order is not None:
+            for piece in self._chunk_slices(staged, chunk, sizes, order):
+                yield self._protect(staged.complete(piece))
             return
+        slices = list(self._chunk_slices(staged, chunk, sizes, order))
         # sort the keys only, then gather one output batch at a time (no sorted copy of the chunk)
         table = pa.Table.from_batches(slices, schema=staged_schema(staged.schema))
         by_key = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
@@ -303,8 +305,6 @@ class BronzeMerger:
             del batches
             if order is None:  # sorted, disjoint batches cannot repeat a key
                 self.planner.refuse_duplicates(self.planner.duplicates(narrow))
-            if subject:
-                self._prepare_keys(narrow.get_column(subject[0]))
             if part:
                 result.partitions = [d.isoformat() for d in narrow.get_column(part[0]).drop_nulls().unique()
                                      .sort().to_list()]
@@ -315,6 +315,13 @@ class BronzeMerger:
             dt = self._latest if chunk else None  # as the previous chunk's commit left it
             if dt is not None and chunk in CommitLog.read(dt).committed_chunks(staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
+            if self.pii is not None and self.contract.data_subject and staged.rows:
+                # the keys of this chunk's subjects only: memory bounded by a chunk, not the table
+                subjects = [s.column(self.contract.data_subject)
+                            for s in self._chunk_slices(staged, chunk, sizes, order)]
+                series = pl.from_arrow(pa.chunked_array(subjects))
+                assert isinstance(series, pl.Series)
+                self._prepare_keys(series)
             batches = self._staged_chunk(staged, chunk, sizes, order)
             if written is not None:
                 batches = written.tee(batches)
