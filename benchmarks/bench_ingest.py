@@ -39,6 +39,7 @@ The second root (``initial_checks``) is removed after its phase, so a large scal
 the source and one root.
 
 Usage: python benchmarks/bench_ingest.py [--scales 1 10] [--json FILE] [--phases copy initial …]
+       [--checks-dir DIR]
 """
 
 from __future__ import annotations
@@ -539,10 +540,10 @@ def scratch_source(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None = None,
-          phases: Sequence[str] = PHASE_NAMES) -> dict[str, dict[str, Any]]:
+          phases: Sequence[str] = PHASE_NAMES, checks_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """The ``phases`` (default: every one) at ``scale``, after seeding (its time is the ``seed``
     entry); ``save`` is given the figures so far after each phase (a long run stopped half-way
-    keeps them)."""
+    keeps them). ``checks_dir``: where the initial_checks root goes (default: beside the other)."""
     missing = [p for p in phases if p in NEEDS_INITIAL] if "initial" not in phases else []
     if missing:
         raise ValueError(f"phases {', '.join(missing)} re-load the root the initial load creates: "
@@ -551,7 +552,9 @@ def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None
     from bronze_assets.settings import Settings
 
     with scratch_source("bench-ingest-") as (tmp, env):
-        root, checks_root = Path(tmp) / "bronze", Path(tmp) / "bronze_checks"
+        root = Path(tmp) / "bronze"
+        checks_root = (Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=checks_dir)) if checks_dir
+                       else Path(tmp)) / "bronze_checks"
         env = env | {"BRONZE_ROOT": str(root)}
         pgdata = Path(tmp) / "data" / "pgdata"
         results: dict[str, dict[str, Any]] = {}
@@ -586,7 +589,7 @@ def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None
         if "initial_checks" in phases:
             phase("initial_checks", "load_checks", where=checks_root,
                   phase_env=env | {"BRONZE_ROOT": str(checks_root)}, checks=True)
-            shutil.rmtree(checks_root, ignore_errors=True)  # its files are counted; the disk is freed
+            shutil.rmtree(checks_root.parent if checks_dir else checks_root, ignore_errors=True)  # counted
         if "unchanged" in phases:
             phase("unchanged", "load")
         if "changed_1pct" in phases:
@@ -687,6 +690,9 @@ def main() -> None:
                         help="run only these phases (after seeding, in the usual order), e.g. without "
                              "dlt_merge_initial at a large scale; the re-loads and ticks need initial")
     parser.add_argument("--phase", choices=sorted([*PHASES, "tick", "hourly", "verify", "dlt"]))
+    parser.add_argument("--checks-dir", type=Path,
+                        help="put the initial_checks root in a folder there (e.g. another disk or a tmpfs) "
+                             "instead of beside the other root")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--variant", choices=["uniform", "skewed"], default="uniform")
     parser.add_argument("--tick", type=int, default=0)
@@ -729,7 +735,8 @@ def main() -> None:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
     for scale in args.scales:
-        save(scale, bench(scale, lambda results, scale=scale: save(scale, results), args.phases))
+        save(scale, bench(scale, lambda results, scale=scale: save(scale, results), args.phases,
+                          args.checks_dir))
 
 
 if __name__ == "__main__":
