@@ -59,6 +59,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# the environment the bench was started with, before importing bronze_assets sets its allocator
+# defaults (lib/allocators.py): dlt's phase runs in it, as a user would run dlt
+LAUNCH_ENV = dict(os.environ)
+
 PHASE_SCRIPT = Path(__file__).resolve()
 HOURLY_JOBS = ("bronze_hourly_by_day", "bronze_hourly_by_month")
 TICK_TABLES = ("inventory", "order_details", "orders")
@@ -368,22 +372,20 @@ def _dlt_dsn(dsn: str) -> str:
 
 
 def phase_dlt(out: Path) -> dict:
-    """dlt reference: sql_database (connectorx) → merge (upsert on the contracts' keys) → Delta."""
+    """dlt reference: sql_database (connectorx) → merge (upsert on the contracts' keys) → Delta.
+    Its source DSN and primary keys come from ``out/spec.json`` (written by :func:`dlt_spec`): this
+    process imports nothing of bronze_assets, whose import tunes the process's allocators."""
     try:
         import dlt
         from dlt.sources.sql_database import sql_database
     except ImportError:
         return {"skipped": "dlt is not installed: pip install -e '.[bench]'"}
-    from bronze_assets.contracts import CONTRACTS
-    from bronze_assets.lib.source.postgres import resolve_source_dsn
-    from bronze_assets.settings import SOURCE_SCHEMA, Settings
-
-    dsn = _dlt_dsn(resolve_source_dsn(Settings.from_env()))
+    spec = json.loads((out / "spec.json").read_text())
     started = time.perf_counter()
-    source = sql_database(credentials=dsn, schema=SOURCE_SCHEMA, table_names=list(CONTRACTS),
+    source = sql_database(credentials=spec["dsn"], schema=spec["schema"], table_names=list(spec["keys"]),
                           backend="connectorx")
-    for name, c in CONTRACTS.items():
-        source.resources[name].apply_hints(primary_key=list(c.primary_key),
+    for name, key in spec["keys"].items():
+        source.resources[name].apply_hints(primary_key=key,
                                            write_disposition={"disposition": "merge", "strategy": "upsert"})
     pipeline = dlt.pipeline(pipeline_name="bench_ingest", pipelines_dir=str(out / "pipelines"),
                             destination=dlt.destinations.filesystem(bucket_url=(out / "lake").as_uri()),
@@ -392,6 +394,22 @@ def phase_dlt(out: Path) -> dict:
     seconds = time.perf_counter() - started
     counts = pipeline.last_trace.last_normalize_info.row_counts
     return {"seconds": seconds, "rows": sum(n for t, n in counts.items() if not t.startswith("_dlt"))}
+
+
+def dlt_spec(out: Path, env: dict[str, str]) -> dict[str, str]:
+    """Write what dlt's phase needs (source DSN, schema, the contracts' primary keys) to
+    ``out/spec.json``; return ``env`` with the allocator variables as the bench was launched."""
+    from bronze_assets.contracts import CONTRACTS
+    from bronze_assets.lib.allocators import DEFAULTS
+    from bronze_assets.lib.source.postgres import resolve_source_dsn
+    from bronze_assets.settings import SOURCE_SCHEMA, Settings
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(json.dumps({
+        "dsn": _dlt_dsn(resolve_source_dsn(Settings.from_env(env))), "schema": SOURCE_SCHEMA,
+        "keys": {name: list(c.primary_key) for name, c in CONTRACTS.items()}}))
+    launched = {k: v for k, v in env.items() if k not in DEFAULTS}
+    return launched | {k: LAUNCH_ENV[k] for k in DEFAULTS if k in LAUNCH_ENV}
 
 
 PHASES = {
@@ -613,8 +631,9 @@ def bench(scale: float, save: Callable[[dict[str, dict[str, Any]]], None] | None
                 save(results)
         if "dlt_merge_initial" in phases:
             dlt_out = Path(tmp) / "dlt"
+            # dlt's ten tables (its own _dlt_* state is not Delta)
             phase("dlt_merge_initial", "dlt", "--out", str(dlt_out), where=dlt_out / "lake" / "bronze",
-                  prefix="")  # dlt's ten tables (its own _dlt_* state is not Delta)
+                  prefix="", phase_env=dlt_spec(dlt_out, env))
         worker.stop_service(settings)
     report(scale, seeded["rows"], results, time.perf_counter() - started)
     return results
