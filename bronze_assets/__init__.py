@@ -14,7 +14,7 @@ from bronze_assets.lib import allocators as _allocators
 
 # before Polars is imported and before any thread starts (README "Performance": memory)
 _settings.set_allocator_defaults(_allocators.DEFAULTS)
-_allocators.bound_glibc_heap()
+_allocators.bound_glibc_heap(keep=_settings.glibc_malloc_set_by_user())  # a user's setting stands
 
 __all__ = ["BronzeTables", "LandingFiles"]
 

@@ -188,6 +188,18 @@ def set_allocator_defaults(defaults: Mapping[str, tuple[str, str]]) -> None:
             os.environ[name] = value
 
 
+# glibc's own settings of the malloc parameters ``lib.allocators`` sets with ``mallopt``
+GLIBC_MALLOC_VARIABLES = {"arena_max": "MALLOC_ARENA_MAX", "mmap_threshold": "MALLOC_MMAP_THRESHOLD_"}
+
+
+def glibc_malloc_set_by_user() -> frozenset[str]:
+    """The glibc malloc parameters (``arena_max``, ``mmap_threshold``) the user set for this
+    process: by their ``MALLOC_`` variable or a ``glibc.malloc.<parameter>`` tunable."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return frozenset(p for p, name in GLIBC_MALLOC_VARIABLES.items()
+                     if os.environ.get(name, "").strip() or f"glibc.malloc.{p}=" in tunables)
+
+
 def default_parallelism() -> int:
     """Source connections per extraction when unset: the CPU count, at most 4."""
     return max(1, min(4, os.cpu_count() or 1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections.abc import Set
 
 # variables read when their library is first imported: (that module, value), applied by
 # ``settings.set_allocator_defaults`` where the user set none. Polars appends its jemalloc's to its
@@ -26,15 +27,19 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 LOAD_ARENAS = 2
 
 
-def bound_glibc_heap(arenas: int = LOAD_ARENAS) -> None:
+def bound_glibc_heap(arenas: int = LOAD_ARENAS, keep: Set[str] = frozenset()) -> None:
     """At most ``arenas`` glibc arenas for the threads started from now on (each arena keeps
     memory its threads freed), and allocations from 128 KiB up always mapped on their own
     (glibc otherwise raises that threshold as large blocks are freed, and later large arrays
-    then stay in the heap after they are freed). No effect where libc is not glibc."""
+    then stay in the heap after they are freed). The parameters in ``keep`` (``arena_max``,
+    ``mmap_threshold``: those the user set, ``settings.glibc_malloc_set_by_user``) are left as
+    they are. No effect where libc is not glibc."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_ARENA_MAX, arenas)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        if "arena_max" not in keep:
+            libc.mallopt(M_ARENA_MAX, arenas)
+        if "mmap_threshold" not in keep:
+            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def trim_glibc_heap() -> None:
