@@ -208,3 +208,26 @@ def test_ctrl_c_stops_the_running_steps_at_their_stop_points() -> None:
     assert started_steps == {"a", "b"} and {n for kind, n in log if kind == "stopped"} == {"a", "b"}
     assert not any(kind == "end" for kind, _ in log)
     stop_point()  # lifted: does not raise
+
+
+def test_a_step_after_a_retried_parent_waits_for_its_retry() -> None:
+    """A parent whose attempt failed and is retried (its RetryPolicy, as every bronze load has)
+    has not ended: its child starts after the retry, not between the two attempts."""
+    log: list[tuple[str, str]] = []
+    attempts: list[int] = []
+
+    @dg.asset(name="parent", retry_policy=dg.RetryPolicy(max_retries=1, delay=0.5))
+    def parent() -> None:
+        attempts.append(1)
+        log.append(("start", "parent"))
+        if len(attempts) == 1:
+            raise RuntimeError("a transient failure")
+        log.append(("end", "parent"))
+
+    @dg.asset(name="child")
+    def child() -> None:
+        log.append(("start", "child"))
+
+    result = _run([parent, child], te.threaded_executor(2, after={"child": frozenset({"parent"})}))
+    assert result.success and len(attempts) == 2
+    assert log == [("start", "parent"), ("start", "parent"), ("end", "parent"), ("start", "child")]

@@ -8,8 +8,8 @@ DuckDB, delta-rs, AES-GCM), so two tables' steps on two threads keep both cores 
 Each step runs on a thread of its own (its events are logged there, as the in-process executor
 logs them, by the instance's thread-safe storages); the run's thread hands the events to Dagster's
 plan bookkeeping one at a time, as the multiprocess executor does. ``after`` names, per step key,
-the steps of the same run that must end first (a child table's referential check reads its
-parents); ``weight`` orders the ready steps (heavier first: the longest first shortens the run)
+the steps of the same run that must end first, retries included (a child table's referential
+check reads its parents); ``weight`` orders the ready steps (heavier first: the longest first shortens the run)
 and, with ``budget``, bounds what runs at once: a step starts beside others only while the
 weights of the steps still computing their output stay within the budget (memory: the heaviest
 step's read may have to run alone). A step whose output is out (``STEP_OUTPUT``: a bronze
@@ -155,7 +155,8 @@ class ThreadedExecutor(Executor):
                 continue
             if message is _DONE:
                 threads.pop(key).join()
-                ended.add(key)
+                if not any(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in events[key]):
+                    ended.add(key)  # one up for retry has not ended: its `after` steps wait for it
                 output_out.discard(key)
                 if not stopping:
                     active.verify_complete(job_context, key)
