@@ -6,15 +6,15 @@ spends most of its time in native code that releases the GIL (the binary COPY's 
 DuckDB, delta-rs, AES-GCM), so two tables' steps on two threads keep both cores busy.
 
 Each step runs on a thread of its own (its events are logged there, as the in-process executor
-logs them, by the instance's thread-safe storages); the run's thread hands the events to Dagster's
-plan bookkeeping one at a time, as the multiprocess executor does. ``after`` names, per step key,
-the steps of the same run that must end first, retries included (a child table's referential
-check reads its parents); ``weight`` orders the ready steps (heavier first: the longest first shortens the run)
-and, with ``budget``, bounds what runs at once: a step starts beside others only while the
-weights of the steps still computing their output stay within the budget (memory: the heaviest
-step's read may have to run alone). A step whose output is out (``STEP_OUTPUT``: a bronze
-table's rows are staged, its IO manager writes them) weighs nothing more: the next step starts
-reading beside its write.
+logs them, by the instance's thread-safe storages); the run's thread hands the events to
+Dagster's plan bookkeeping one at a time, as the multiprocess executor does. ``after`` names, per
+step key, the steps of the same run that must end first, retries included (a child table's
+referential check reads its parents); ``weight`` orders the ready steps (heavier first: the
+longest first shortens the run) and, with ``budget``, bounds what runs at once: a step starts
+beside others only while the weights of the steps still computing their output stay within the
+budget (memory: the heaviest step's read may have to run alone). A step whose output is out
+(``STEP_OUTPUT``: a bronze table's rows are staged, its IO manager writes them) weighs nothing
+more: the next step starts reading beside its write.
 A Ctrl-C received by the run (Dagster's captured interrupt) starts no further step and asks the
 running ones to stop (:mod:`bronze_assets.lib.stop`): each raises ``KeyboardInterrupt`` at its
 next stop point (between source batches, between commits) and fails as interrupted. A step that
