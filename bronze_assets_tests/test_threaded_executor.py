@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -11,6 +12,7 @@ import dagster as dg
 import pytest
 
 from bronze_assets.defs import threaded_executor as te
+from bronze_assets.defs.pipes import BronzePipes
 
 BARRIER_SECONDS = 20.0
 
@@ -231,3 +233,50 @@ def test_a_step_after_a_retried_parent_waits_for_its_retry() -> None:
     result = _run([parent, child], te.threaded_executor(2, after={"child": frozenset({"parent"})}))
     assert result.success and len(attempts) == 2
     assert log == [("start", "parent"), ("start", "parent"), ("end", "parent"), ("start", "child")]
+
+
+def test_ctrl_c_reaches_a_steps_pipes_subprocess(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A step waiting for a Pipes subprocess on a step thread (the spark engine's client,
+    ``BronzePipes.subprocess_client``, here running a stand-in job): the run's interrupt is
+    forwarded to the subprocess (SIGINT), as Dagster's Pipes client does when the step runs in a
+    process's main thread, instead of the job running on after the run ended."""
+    import os
+    import signal
+    import sys
+
+    started, interrupted = tmp_path / "started", tmp_path / "interrupted"
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import os, pathlib, signal, sys, time\n"
+        f"def on_int(*_):\n    pathlib.Path({str(interrupted)!r}).write_text('1'); sys.exit(130)\n"
+        "signal.signal(signal.SIGINT, on_int)\n"
+        f"pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(60)\n")
+
+    @dg.asset(name="remote")
+    def remote(context) -> None:  # type: ignore[no-untyped-def]
+        BronzePipes().subprocess_client().run(command=[sys.executable, str(job)], context=context)
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + BARRIER_SECONDS
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    try:
+        with pytest.raises((KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
+            result = _run([remote], te.threaded_executor(2))
+            assert not result.success
+            raise KeyboardInterrupt
+        sender.join()
+        deadline = time.monotonic() + 10
+        while not interrupted.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert interrupted.exists(), "the Pipes subprocess was never interrupted"
+    finally:
+        if started.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(started.read_text()), signal.SIGKILL)

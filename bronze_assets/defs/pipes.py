@@ -15,18 +15,64 @@ context injector and message reader, the job) runs unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
+import psutil
+
+from bronze_assets.lib.stop import stop_requested
+
+STOP_POLL_SECONDS = 0.1
+
+
+class StoppableSubprocessClient(dg.PipesSubprocessClient):
+    """Dagster's subprocess client whose subprocess also gets a SIGINT when this process is asked
+    to stop (:mod:`bronze_assets.lib.stop`): Dagster's client forwards a run's interrupt only when
+    its wait is interrupted, which happens in a process's main thread, never on a step thread of
+    the threaded executor (the load jobs'), where the job would otherwise run on after its run."""
+
+    def run(self, *, command: str | Sequence[str], **kwargs: Any) -> dg.PipesClientCompletedInvocation:  # type: ignore[override]
+        argv = [command] if isinstance(command, str) else list(command)
+        with _interrupted_on_stop(argv):
+            return super().run(command=command, **kwargs)
+
+
+@contextlib.contextmanager
+def _interrupted_on_stop(argv: list[str]) -> Iterator[None]:
+    """While in this block, a stop request sends SIGINT to this process's children running
+    ``argv`` (every load is asked to stop: the children of two steps alike)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(STOP_POLL_SECONDS):
+            if stop_requested():
+                for child in psutil.Process().children():
+                    with contextlib.suppress(psutil.Error):
+                        if child.cmdline() == argv:
+                            child.send_signal(signal.SIGINT)
+                return
+
+    watcher = threading.Thread(target=watch, name="pipes-stop", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 class BronzePipes(dg.ConfigurableResource):
     """The Dagster Pipes clients of the Spark and Databricks engines."""
 
     def subprocess_client(self) -> dg.PipesSubprocessClient:
-        """The client of the ``spark`` engine: the job in a subprocess on this machine."""
-        return dg.PipesSubprocessClient()
+        """The client of the ``spark`` engine: the job in a subprocess on this machine, stopped
+        with the run (:class:`StoppableSubprocessClient`)."""
+        return StoppableSubprocessClient()
 
     def spark_job_command(self) -> list[str]:
         """The command :meth:`subprocess_client` runs: the Spark job with this interpreter."""

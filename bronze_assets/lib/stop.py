@@ -25,6 +25,11 @@ def clear_stop() -> None:
     _requested.clear()
 
 
+def stop_requested() -> bool:
+    """Whether a stop was requested (for a wait that is no stop point, e.g. on a subprocess)."""
+    return _requested.is_set()
+
+
 def stop_point() -> None:
     """Raise :class:`KeyboardInterrupt` if a stop was requested."""
     if _requested.is_set():
