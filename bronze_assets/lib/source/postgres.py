@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bronze_assets.lib.source.dsn import describe_dsn, redact, with_connect_timeout
+from bronze_assets.lib.stop import cancel_on_stop
 from bronze_assets.settings import ENV_SOURCE_DSN, Settings
 
 # ARCHITECTURE §2.2: every rendering is independent of the role's and database's defaults:
@@ -64,4 +65,5 @@ def connect(dsn: str, *, autocommit: bool = False) -> Any:
     for statement in PINNED_SESSION:
         cur.execute(statement)
     cur.close()
+    cancel_on_stop(conn)  # a load on a step thread, blocked on the server, still stops
     return conn
