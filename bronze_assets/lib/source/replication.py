@@ -455,30 +455,34 @@ class ChangeSet:
 
 
 class _Decoder:
-    """Folds pgoutput messages into a :class:`ChangeSet`; a transaction counts at its COMMIT."""
+    """Folds pgoutput messages into a :class:`ChangeSet`; a transaction counts at its COMMIT.
+
+    An open transaction's keys and operations wait in two lists of ints and strings, objects the
+    garbage collector does not track: a read of many changes leaves it nothing to promote, so
+    it triggers no full collection (of every object of the process, the GIL held)."""
 
     def __init__(self, key: str, changes: ChangeSet) -> None:
         self.key, self.changes = key, changes
         self.relations: dict[int, Relation] = {}
-        self.pending: list[tuple[int, str]] = []
+        self.pending_keys: list[int] = []
+        self.pending_ops: list[str] = []
         self.truncate = False
 
     def feed(self, payload: bytes) -> None:
         r = _Reader(payload)
         kind = chr(r.read("B"))
         if kind == "B":
-            self.pending, self.truncate = [], False
+            self.pending_keys, self.pending_ops, self.truncate = [], [], False
         elif kind == "C":
             r.read("B")
             r.read("q")
             end = r.read("q")
-            for key, op in self.pending:
-                self.changes.keys[key] = op
-            self.changes.changes += len(self.pending)
+            self.changes.keys.update(zip(self.pending_keys, self.pending_ops, strict=True))  # last op per key
+            self.changes.changes += len(self.pending_keys)
             self.changes.truncated |= self.truncate
             self.changes.transactions += 1
             self.changes.end_lsn = max(self.changes.end_lsn, end)
-            self.pending = []
+            self.pending_keys, self.pending_ops = [], []
         elif kind == "R":
             rel_id, schema, table = r.read("I"), r.text(), r.text()
             r.read("B")
@@ -505,7 +509,8 @@ class _Decoder:
     def _key(self, rel: Relation, values: list[str | None], op: str) -> None:
         value = values[rel.columns.index(self.key)]
         if value is not None:
-            self.pending.append((int(value), op))
+            self.pending_keys.append(int(value))
+            self.pending_ops.append(op)
 
 
 def read_changes(dsn: str, contract: Contract, start_lsn: int, max_changes: int = DRAIN_CHANGES,
@@ -533,11 +538,13 @@ def read_changes(dsn: str, contract: Contract, start_lsn: int, max_changes: int 
         cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
                     "'proto_version', '1', 'publication_names', %s)",
                     (slot, target, max_changes, publication_name(contract)))
+        # iterated: each row's tuple is built as it is read and freed at once (a list of fetched
+        # rows would outlive young collections and be promoted, then trigger full ones)
+        cur.itersize = 10_000
         read = 0
-        while rows := cur.fetchmany(10_000):
-            for (data,) in rows:
-                decoder.feed(bytes(data))
-            read += len(rows)
+        for (data,) in cur:
+            decoder.feed(bytes(data))
+            read += 1
     changes.complete = read < max_changes
     if changes.complete:
         changes.end_lsn = max(changes.end_lsn, target_lsn)
