@@ -140,3 +140,67 @@ def test_databricks_task_lands_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert meta["engine"] == "spark" and meta["landing_files"] == 1 and meta["rows_inserted"] == 2
     rows = bronze_frame(tmp_path / "bronze" / "bz_shipment_events").to_dicts()
     assert sorted((r["event_id"], r["carrier_code"]) for r in rows) == [(1, None), (2, "DHL")]
+
+
+def test_an_interrupt_cancels_the_databricks_run_of_a_threaded_step(
+    seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark_pipes: BronzePipes,
+) -> None:
+    """A load job's step on a thread (the threaded executor) never gets the run's interrupt, with
+    which dagster-databricks' client cancels its Databricks run: the stop request does, at the
+    client's next poll, and the step fails as interrupted while the job still waits for a lock."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psycopg2
+
+    from bronze_assets.defs import threaded_executor as te
+
+    fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
+    volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
+    volume.mkdir(parents=True)
+    pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))
+    monkeypatch.setenv("BRONZE_SOURCE_DSN", fresh_dsn)
+    engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL,
+                          databricks_compute=DatabricksCompute.SERVERLESS.value)
+    holder = psycopg2.connect(fresh_dsn)
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLE tests.warehouses IN ACCESS EXCLUSIVE MODE")  # until the transaction ends
+    released, done = threading.Event(), threading.Event()
+
+    def interrupt_then_release() -> None:
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not done.is_set():
+                if query(fresh_dsn, "SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE wait_event_type = 'Lock'")[0][0]:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    done.wait(25)  # the run should end meanwhile, the lock still held
+                    return
+                time.sleep(0.2)
+        finally:
+            released.set()
+            holder.close()
+
+    resources = build_resources(PostgresSource(dsn=fresh_dsn), BronzeStorage(root=str(tmp_path / "bronze")),
+                                engine, pipes)
+    definitions = dg.Definitions(assets=[build_bronze_asset(CONTRACTS["warehouses"])], resources=resources,
+                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
+    watcher = threading.Thread(target=interrupt_then_release)
+    watcher.start()
+    try:
+        with pytest.raises((KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
+            result = te.execute_in_process(definitions.resolve_job_def("j"), te.threaded_executor(2),
+                                           instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+            assert not result.success
+            raise KeyboardInterrupt
+        ended_before_release = not released.is_set()
+    finally:
+        done.set()
+        watcher.join()
+    (run,) = pipes.workspace().jobs.runs.values()
+    assert ended_before_release, "the Databricks run was never cancelled"
+    assert run.process.poll() is not None and run.process.returncode < 0  # cancel_run killed it
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "bz_warehouses: interrupted" in failure.step_failure_data.error.message

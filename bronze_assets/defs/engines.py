@@ -35,6 +35,7 @@ from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest
 from bronze_assets.lib.reconcile.bronze_side import BronzeTable
 from bronze_assets.lib.reconcile.run import BronzeSideFactory
 from bronze_assets.lib.spark.messages import DESCRIPTIONS, FAILURE, VOLUMES_IO
+from bronze_assets.lib.stop import stop_point
 from bronze_assets.settings import DEFAULT_SECRET_SCOPE, Settings
 
 ENV_ENGINE = "BRONZE_ENGINE"
@@ -335,5 +336,7 @@ def run_databricks(context: dg.AssetExecutionContext, request: LoadRequest, bron
     task, submit_args = databricks_task(request.contract, settings)
     client = pipes.databricks_client(settings.volume,
                                      serverless=settings.compute is DatabricksCompute.SERVERLESS)
-    return client.run(context=context, extras=job_extras(request, bronze, remote=True, history=history),
-                      task=task, submit_args=submit_args)
+    invocation = client.run(context=context, extras=job_extras(request, bronze, remote=True, history=history),
+                            task=task, submit_args=submit_args)
+    stop_point()  # a stop request cancelled the Databricks run (the client returns): interrupted
+    return invocation

@@ -66,6 +66,24 @@ def _interrupted_on_stop(argv: list[str]) -> Iterator[None]:
         watcher.join()
 
 
+def _stoppable(client_type: type[Any]) -> type[Any]:
+    """``client_type`` (a dagster-databricks Pipes client) whose poll of its Databricks run takes a
+    stop request (:mod:`bronze_assets.lib.stop`) for the run's interrupt: it cancels the Databricks
+    run, as it does when its wait is interrupted in a process's main thread, which a step thread
+    of the load jobs never is."""
+
+    class StoppableDatabricksClient(client_type):  # type: ignore[misc, valid-type]
+        _stop_seen = False
+
+        def _get_run_state(self, run_id: int) -> Any:
+            if stop_requested() and not self._stop_seen:
+                self._stop_seen = True  # once: its cancellation then polls the run again
+                raise dg.DagsterExecutionInterruptedError
+            return super()._get_run_state(run_id)
+
+    return StoppableDatabricksClient
+
+
 class BronzePipes(dg.ConfigurableResource):
     """The Dagster Pipes clients of the Spark and Databricks engines."""
 
@@ -97,8 +115,8 @@ class BronzePipes(dg.ConfigurableResource):
 
         client = self.workspace()
         if serverless:
-            return PipesDatabricksServerlessClient(client=client, volume_path=volume)
-        return PipesDatabricksClient(
+            return _stoppable(PipesDatabricksServerlessClient)(client=client, volume_path=volume)
+        return _stoppable(PipesDatabricksClient)(
             client=client, context_injector=PipesUnityCatalogVolumesContextInjector(client=client,
                                                                                    volume_path=volume),
             message_reader=PipesUnityCatalogVolumesMessageReader(client=client, volume_path=volume))
