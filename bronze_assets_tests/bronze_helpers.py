@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -10,6 +13,8 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+import psycopg2
+import pytest
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from bronze_assets.contracts import CONTRACTS
@@ -165,3 +170,47 @@ def at_once(*runs: Callable[[], object]) -> None:
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def interrupt_while_locked(dsn: str, resources: dict[str, Any], deadline: float = 60,
+                           grace: float = 20) -> tuple[bool, dg.ExecuteInProcessResult]:
+    """Run bz_warehouses' asset on the load jobs' threaded executor while another session holds an
+    ACCESS EXCLUSIVE lock on its source table, and send this process a SIGINT (a Ctrl-C) once a
+    statement waits for that lock (within ``deadline`` s). The lock is released ``grace`` s after
+    the interrupt at the latest. Returns whether the run ended before the lock was released, and
+    the run's result."""
+    from bronze_assets.defs import threaded_executor as te
+
+    holder = psycopg2.connect(dsn)
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLE tests.warehouses IN ACCESS EXCLUSIVE MODE")  # until the transaction ends
+    released, done = threading.Event(), threading.Event()
+
+    def interrupt_then_release() -> None:
+        try:
+            until = time.monotonic() + deadline
+            while time.monotonic() < until and not done.is_set():
+                if query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0]:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    done.wait(grace)  # the run should end meanwhile, the lock still held
+                    return
+                time.sleep(0.1)
+        finally:
+            released.set()
+            holder.close()
+
+    definitions = dg.Definitions(assets=[build_bronze_asset(CONTRACTS["warehouses"])], resources=resources,
+                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
+    watcher = threading.Thread(target=interrupt_then_release)
+    watcher.start()
+    try:
+        with pytest.raises((KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
+            result = te.execute_in_process(definitions.resolve_job_def("j"), te.threaded_executor(2),
+                                           instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+            assert not result.success
+            raise KeyboardInterrupt
+        ended_before_release = not released.is_set()
+    finally:
+        done.set()
+        watcher.join()
+    return ended_before_release, result

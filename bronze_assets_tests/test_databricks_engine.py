@@ -24,7 +24,12 @@ from bronze_assets.defs.engines import BronzeEngine, DatabricksCompute
 from bronze_assets.defs.resources import BronzePipes, BronzeStorage, PostgresSource, build_resources
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.settings import env
-from bronze_assets_tests.bronze_helpers import active_hashes, bronze_frame, source_hashes
+from bronze_assets_tests.bronze_helpers import (
+    active_hashes,
+    bronze_frame,
+    interrupt_while_locked,
+    source_hashes,
+)
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.fake_databricks import FakeWorkspacePipes
 
@@ -148,15 +153,6 @@ def test_an_interrupt_cancels_the_databricks_run_of_a_threaded_step(
     """A load job's step on a thread (the threaded executor) never gets the run's interrupt, with
     which dagster-databricks' client cancels its Databricks run: the stop request does, at the
     client's next poll, and the step fails as interrupted while the job still waits for a lock."""
-    import os
-    import signal
-    import threading
-    import time
-
-    import psycopg2
-
-    from bronze_assets.defs import threaded_executor as te
-
     fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
     volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
     volume.mkdir(parents=True)
@@ -164,41 +160,9 @@ def test_an_interrupt_cancels_the_databricks_run_of_a_threaded_step(
     monkeypatch.setenv("BRONZE_SOURCE_DSN", fresh_dsn)
     engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL,
                           databricks_compute=DatabricksCompute.SERVERLESS.value)
-    holder = psycopg2.connect(fresh_dsn)
-    with holder.cursor() as cur:
-        cur.execute("LOCK TABLE tests.warehouses IN ACCESS EXCLUSIVE MODE")  # until the transaction ends
-    released, done = threading.Event(), threading.Event()
-
-    def interrupt_then_release() -> None:
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and not done.is_set():
-                if query(fresh_dsn, "SELECT count(*) FROM pg_stat_activity "
-                                    "WHERE wait_event_type = 'Lock'")[0][0]:
-                    os.kill(os.getpid(), signal.SIGINT)
-                    done.wait(25)  # the run should end meanwhile, the lock still held
-                    return
-                time.sleep(0.2)
-        finally:
-            released.set()
-            holder.close()
-
     resources = build_resources(PostgresSource(dsn=fresh_dsn), BronzeStorage(root=str(tmp_path / "bronze")),
                                 engine, pipes)
-    definitions = dg.Definitions(assets=[build_bronze_asset(CONTRACTS["warehouses"])], resources=resources,
-                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
-    watcher = threading.Thread(target=interrupt_then_release)
-    watcher.start()
-    try:
-        with pytest.raises((KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
-            result = te.execute_in_process(definitions.resolve_job_def("j"), te.threaded_executor(2),
-                                           instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-            assert not result.success
-            raise KeyboardInterrupt
-        ended_before_release = not released.is_set()
-    finally:
-        done.set()
-        watcher.join()
+    ended_before_release, result = interrupt_while_locked(fresh_dsn, resources, deadline=180, grace=25)
     (run,) = pipes.workspace().jobs.runs.values()
     assert ended_before_release, "the Databricks run was never cancelled"
     assert run.process.poll() is not None and run.process.returncode < 0  # cancel_run killed it

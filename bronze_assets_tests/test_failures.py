@@ -38,7 +38,7 @@ from bronze_assets.lib.source.embedded import EmbeddedPostgres
 from bronze_assets.lib.source.extract import SourceReader
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect
 from bronze_assets.lib.spark.jdbc import jdbc_options
-from bronze_assets_tests.bronze_helpers import Bronze
+from bronze_assets_tests.bronze_helpers import Bronze, interrupt_while_locked
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
 from bronze_assets_tests.s3 import S3, free_port, wait_for_port
 
@@ -628,45 +628,12 @@ def test_an_interrupt_cancels_a_threaded_steps_blocked_source_statement(seed_db:
     (Python delivers signals to the main thread), so the stop request cancels its source statement
     blocked on a lock (here its first, the table's size), as ADBC does on SIGINT in a main thread:
     the run ends while the lock is still held, the step failed as interrupted."""
-    from bronze_assets.defs import threaded_executor as te
-    from bronze_assets.defs.assets import build_bronze_asset
     from bronze_assets.defs.resources import BronzeEngine, BronzeStorage, PostgresSource, build_resources
 
     dsn = seed_db(SeedOptions(scale=0.01, as_of=AS_OF))
-    holder = psycopg2.connect(dsn)
-    with holder.cursor() as cur:
-        cur.execute("LOCK TABLE tests.warehouses IN ACCESS EXCLUSIVE MODE")  # until the transaction ends
-    released, done = threading.Event(), threading.Event()
-
-    def interrupt_then_release() -> None:
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not done.is_set():
-                if query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0]:
-                    os.kill(os.getpid(), signal.SIGINT)
-                    done.wait(20)  # the run should end meanwhile, the lock still held
-                    return
-                time.sleep(0.1)
-        finally:
-            released.set()
-            holder.close()
-
     resources = build_resources(PostgresSource(dsn=dsn), BronzeStorage(root=str(tmp_path / "bronze")),
                                 BronzeEngine(engine="local"), None)
-    definitions = dg.Definitions(assets=[build_bronze_asset(CONTRACTS["warehouses"])], resources=resources,
-                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
-    watcher = threading.Thread(target=interrupt_then_release)
-    watcher.start()
-    try:
-        with pytest.raises((KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
-            result = te.execute_in_process(definitions.resolve_job_def("j"), te.threaded_executor(2),
-                                           instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-            assert not result.success
-            raise KeyboardInterrupt
-        ended_before_release = not released.is_set()
-    finally:
-        done.set()
-        watcher.join()
+    ended_before_release, result = interrupt_while_locked(dsn, resources)
     assert ended_before_release, "the step waited for the lock: its statement was never cancelled"
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert "bz_warehouses: interrupted — re-run to continue" in failure.step_failure_data.error.message
