@@ -44,6 +44,17 @@ def _materialize(dsn: str, root: Path, engine: BronzeEngine, table: str, pipes: 
     return dg.materialize([build_bronze_asset(CONTRACTS[table])], resources=resources, raise_on_error=False)
 
 
+def _workspace(tmp_path: Path, compute: DatabricksCompute | None = None,
+               ) -> tuple[BronzeEngine, FakeWorkspacePipes]:
+    """The databricks engine on a fake workspace whose volume lives under ``tmp_path``."""
+    volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
+    volume.mkdir(parents=True)
+    pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))
+    extra = {} if compute is None else {"databricks_compute": compute.value}
+    return BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL,
+                        **extra), pipes
+
+
 @pytest.mark.parametrize("compute", [DatabricksCompute.SERVERLESS, DatabricksCompute.JOB_CLUSTER])
 def test_databricks_task_runs_the_bronze_job_through_a_volume(
     compute: DatabricksCompute, seed_db: SeedDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -51,13 +62,9 @@ def test_databricks_task_runs_the_bronze_job_through_a_volume(
 ) -> None:
     # the seed of test_spark_pipes (one template per worker): the spec and the volume are the point
     fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
-    volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
-    volume.mkdir(parents=True)
-    pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))
+    engine, pipes = _workspace(tmp_path, compute)
     # stands in for the secret scope the task reads on Databricks: the spec never carries it
     monkeypatch.setenv("BRONZE_SOURCE_DSN", fresh_dsn)
-    engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL,
-                          databricks_compute=compute.value)
 
     result = _materialize(fresh_dsn, tmp_path / "bronze", engine, "warehouses", pipes)
     logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("run-*.log"))
@@ -81,6 +88,7 @@ def test_databricks_task_runs_the_bronze_job_through_a_volume(
         assert task.new_cluster.spark_version.endswith("scala2.13")  # the Scala line of the pinned jars
         assert "DAGSTER_PIPES_CONTEXT" in task.new_cluster.spark_env_vars  # Pipes params as env vars
         assert task.new_cluster.spark_env_vars["BRONZE_SECRET_SCOPE"] == "bronze"
+    volume = Path(str(engine.databricks_volume))
     assert not list((volume / "tmp").iterdir())  # the Pipes temp folders are cleaned up
 
     events = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
@@ -127,13 +135,10 @@ def test_databricks_task_lands_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     from bronze_assets_tests.test_landing import EVENTS, drop, event
 
-    volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
-    volume.mkdir(parents=True)
-    pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))
+    engine, pipes = _workspace(tmp_path)
     monkeypatch.setenv("BRONZE_LANDING_ROOT", str(tmp_path / "landing"))
     bronze = BronzeStorage(root=str(tmp_path / "bronze"))
     drop(bronze.storage(), "a.jsonl", [event(1), "{bad", event(2, carrier_code="DHL")])
-    engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL)
     resources = build_resources(PostgresSource(dsn="postgresql://nobody@localhost:1/unused"), bronze, engine,
                                 pipes)
     result = dg.materialize([build_bronze_asset(EVENTS)], resources=resources, raise_on_error=False,
@@ -154,12 +159,8 @@ def test_an_interrupt_cancels_the_databricks_run_of_a_threaded_step(
     which dagster-databricks' client cancels its Databricks run: the stop request does, at the
     client's next poll, and the step fails as interrupted while the job still waits for a lock."""
     fresh_dsn = seed_db(SeedOptions(scale=0.01, defect_rate=0.05, as_of=AS_OF))
-    volume = tmp_path / "Volumes" / "main" / "bronze" / "pipes"
-    volume.mkdir(parents=True)
-    pipes = FakeWorkspacePipes(volumes=str(tmp_path / "Volumes"), log_dir=str(tmp_path))
+    engine, pipes = _workspace(tmp_path, DatabricksCompute.SERVERLESS)
     monkeypatch.setenv("BRONZE_SOURCE_DSN", fresh_dsn)
-    engine = BronzeEngine(engine="databricks", databricks_volume=str(volume), databricks_wheel=WHEEL,
-                          databricks_compute=DatabricksCompute.SERVERLESS.value)
     resources = build_resources(PostgresSource(dsn=fresh_dsn), BronzeStorage(root=str(tmp_path / "bronze")),
                                 engine, pipes)
     ended_before_release, result = interrupt_while_locked(fresh_dsn, resources, deadline=180, grace=25)
