@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -276,6 +277,39 @@ def test_a_plan_in_key_buckets_equals_the_plan_of_the_whole_table(bronze: Bronze
     assert bucket_counts.as_dict() == counts.as_dict()
     assert bucketed.sort(contract.primary_key).equals(whole.sort(contract.primary_key))
     assert not list(Path(staged.path).parent.glob("bz_orders-plan-*")), "the spilled index is removed"
+
+
+def test_a_plan_of_named_keys_takes_them_in_the_tables_key_type(bronze: Bronze, tmp_path: Path) -> None:
+    """A load that names its keys (a CDC tick: staged rows and deleted keys, no key sweep) plans
+    the same when its staged key column's type differs from the table's: the named keys are cast
+    to the table's type before they narrow the target (Polars' ``is_in`` refuses a float64 list
+    on an int64 column), as the join after it does."""
+    bronze.load_direct("orders")
+    query(bronze.dsn, "UPDATE tests.orders SET total_amount = total_amount + 1, updated_at = now() "
+                      "WHERE order_id % 7 = 0")
+    query(bronze.dsn, "INSERT INTO tests.orders SELECT order_id + 100000, customer_id, order_date, status, "
+                      "total_amount, now() FROM tests.orders WHERE order_id % 13 = 0")
+    contract = CONTRACTS["orders"]
+    pk = list(contract.primary_key)
+    staged = extract_and_stage(contract, bronze.dsn, bronze.root)
+    try:
+        gone = pa.table({pk[0]: pa.array([11, 22, 33], pa.int64())})
+        named = replace(staged, keys_are_rows=False, source_keys_path=None, deleted_keys=gone)
+        retyped_path = tmp_path / "retyped.arrow"
+        rows = pa.ipc.open_file(staged.path).read_all()
+        index = rows.schema.get_field_index(pk[0])
+        with pa.ipc.new_file(retyped_path, rows.schema.set(index, pa.field(pk[0], pa.float64()))) as out:
+            out.write_table(rows.set_column(index, pk[0], rows.column(pk[0]).cast(pa.float64())))
+        retyped = replace(named, path=retyped_path, deleted_keys=gone.cast(
+            pa.schema([pa.field(pk[0], pa.float64())])))
+        planner = BronzeMerger(contract, bronze.root).planner
+        expected, counts = planner.plan(bronze.table("orders"), named)
+        plan, retyped_counts = planner.plan(bronze.table("orders"), retyped)
+    finally:
+        staged.cleanup()
+    assert counts.inserted and counts.updated and counts.soft_deleted == 3, "every operation is planned"
+    assert retyped_counts.as_dict() == counts.as_dict()
+    assert plan.sort(pk).equals(expected.sort(pk))
 
 
 def test_duplicate_keys_are_refused_whatever_bucket_they_fall_in(bronze: Bronze,

@@ -87,13 +87,16 @@ class MergePlanner:
         named = self._named_keys(staged)
         where = None if named is None else key_range_sql(quoted([self.pk[0]]), key_ranges(named[self.pk[0]]))
         scan = scan_columns(dt, cols + (["batch_id"] if resumed is not None else []), where)
-        # only the named keys' rows are narrowed (for a single-column key) and held
-        only = pl.col(self.pk[0]).is_in(named.get_column(self.pk[0]).implode()) \
-            if named is not None and len(self.pk) == 1 else None
+        only = None
+        if named is not None:  # the named keys in the target's key types (staged ones may differ)
+            target = pl.from_arrow(pa.schema(scan.schema).empty_table().select(self.pk))
+            assert isinstance(target, pl.DataFrame)
+            named = named.cast(dict(target.schema))
+            if len(self.pk) == 1:  # only the named keys' rows are narrowed and held
+                only = pl.col(self.pk[0]).is_in(named.get_column(self.pk[0]).implode())
         index_pieces = (piece.rename(renames) for piece in narrowed(scan, keep, "_t_h", extra, where=only))
         if named is not None:  # whatever the ranges span
-            index_pieces = (piece.join(named.cast({k: piece.schema[k] for k in self.pk}), on=self.pk,
-                                       how="semi") for piece in index_pieces)
+            index_pieces = (piece.join(named, on=self.pk, how="semi") for piece in index_pieces)
         staged_keep = [*self.pk] + ([self.part] if self.part else [])
         # each bucket under 2 x PLAN_BUCKET_ROWS rows
         buckets = 1 if named is not None else table_rows(dt) // PLAN_BUCKET_ROWS
