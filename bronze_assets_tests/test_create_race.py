@@ -51,3 +51,19 @@ def test_two_loads_creating_the_key_store_keep_one_key_per_subject(tmp_path: Pat
 
 
 pytestmark = pytest.mark.integration
+
+
+def test_two_loads_adding_keys_to_the_key_store_keep_one_key_per_subject(tmp_path: Path) -> None:
+    doubled = 0
+    for trial in range(TRIALS):
+        storage = Storage(str(tmp_path / str(trial)), settings=Settings(data_dir=tmp_path / "data"))
+        KeyStore(storage).keys_for("customer", ["0"])
+        found: list[dict[str, bytes]] = []
+
+        def add_keys() -> None:
+            found.append(KeyStore(storage).keys_for("customer", ["1", "2"]).keys)  # noqa: B023
+
+        at_once(add_keys, add_keys)
+        keys = DeltaTable(storage.uri(KEY_STORE)).to_pyarrow_table()
+        doubled += keys.num_rows > 3 or found[0] != found[1]
+    assert doubled == 0, f"{doubled} of {TRIALS} racing loads kept two keys for one subject"

@@ -404,3 +404,19 @@ def test_encrypting_with_keys_prepared_for_other_subjects_fails_loudly() -> None
         cipher.encrypt(customers_table(), keys)
     enc = cipher.encrypt(customers_table({1: PEOPLE[1], 2: PEOPLE[2]}), keys)
     assert decrypt_table(enc, CUSTOMERS, store()).equals(customers_table({1: PEOPLE[1], 2: PEOPLE[2]}))
+
+
+def test_a_chunks_keys_are_read_and_created_without_the_other_subjects_key_files() -> None:
+    """A load's commit chunk reads the key rows of its own subjects only (files whose statistics
+    exclude them are never opened) and adds the missing keys without a pass over the key table:
+    with the files of other subjects' keys gone from disk, the chunk's keys still load and create."""
+    cipher = PiiCipher(CUSTOMERS, store())
+    cipher.prepare(range(100, 200))  # one commit: ids "100".."199"
+    other_files = {p.name for p in Path(uri(KEY_STORE)).glob("*.parquet")}
+    first = cipher.prepare(range(500, 600))  # another: "500".."599"
+    for name in other_files:
+        (Path(uri(KEY_STORE)) / name).unlink()
+    again = cipher.prepare([*range(500, 600), *range(600, 650)])  # reads the second commit's file
+    assert {s: again.keys[s] for s in first.keys} == first.keys and len(again.keys) == 150
+    assert cipher.prepare(range(600, 650), create=False).keys == {
+        s: again.keys[s] for s in map(str, range(600, 650))}

@@ -38,11 +38,13 @@ def append_exclusive(storage: Storage, table: str, app: str,
 def append_exclusive_from(start: DeltaTable | None, storage: Storage, table: str, app: str,
                           choose: Callable[[DeltaTable | None], pa.Table | None],
                           post_commit: PostCommitHookProperties | None = None,
+                          configuration: dict[str, str] | None = None,
                           ) -> tuple[int, DeltaTable | None]:
     """:func:`append_exclusive`, first against ``start`` (the table kept open by the caller, not
     refreshed: a commit of ``app`` since it was opened fails the append, which then re-opens the
     table) when given; returns the rows appended and the table as it is after the commit (None if
-    it does not exist)."""
+    it does not exist). ``configuration``: the properties of a table the append creates (the
+    checkpoint interval by default)."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         dt = start if attempt == 1 and start is not None else storage.open(table)
         rows = choose(dt)
@@ -55,7 +57,7 @@ def append_exclusive_from(start: DeltaTable | None, storage: Storage, table: str
             write_deltalake(dt if dt is not None else storage.uri(table), rows,
                             mode="append" if dt is not None else "error",
                             storage_options=storage.delta_options, commit_properties=properties,
-                            configuration=None if dt is not None else CHECKPOINT_PROPERTIES,
+                            configuration=None if dt is not None else configuration or CHECKPOINT_PROPERTIES,
                             post_commithook_properties=post_commit if dt is not None else None)
             return rows.num_rows, dt
         except (CommitFailedError, DeltaError) as exc:

@@ -16,13 +16,15 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from bronze_assets.lib.delta.create_race import race_safe_properties
+from bronze_assets.lib.delta.exclusive_append import append_exclusive_from, is_conflict
 from bronze_assets.lib.delta.key_ranges import sql_literal
-from bronze_assets.lib.delta.query import read_snapshot
+from bronze_assets.lib.delta.query import read_snapshot, scan_columns
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.governance.crypto import (
     PiiKeyError,
@@ -64,6 +66,18 @@ class ShredResult:
     files_vacuumed: int
 
 
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _app(subject_type: str) -> str:
+    """The app transaction of every write of ``subject_type``'s keys (creates and erasures): of two
+    writers at once only one commits, the other chooses its rows again."""
+    return f"bronze_assets/{KEY_STORE}/{subject_type}"
+
+
 def _contexts(subject_type: str, subject_ids: list[str]) -> list[bytes]:
     """Associated data of each subject's wrapped key: ``bz_pii_keys␟type␟id``."""
     prefix = f"{KEY_STORE}\x1f{subject_type}\x1f".encode()
@@ -84,27 +98,52 @@ class KeyStore:
 
     def rows(self, subject_type: str, subject_ids: Iterable[str] | None = None) -> pl.DataFrame:
         """Key rows of ``subject_type`` (only ``subject_ids`` if given)."""
-        dt = self._open()
+        return self._rows(self._open(), subject_type, subject_ids)
+
+    @staticmethod
+    def _rows(dt: DeltaTable | None, subject_type: str, subject_ids: Iterable[str] | None) -> pl.DataFrame:
+        """:meth:`rows` of ``dt`` as opened. Given ids, the scan is streamed and filtered batch by
+        batch and the files outside the ids' range are skipped by their statistics: a load's chunk
+        of subjects holds its own keys, not the key table's."""
         if dt is None:
-            return pl.from_arrow(SCHEMA.empty_table())  # type: ignore[return-value]
-        frame = pl.from_arrow(read_snapshot(dt, where=f"subject_type = {sql_literal(subject_type)}"))
-        assert isinstance(frame, pl.DataFrame)
-        if subject_ids is not None:
-            wanted = pl.DataFrame({"subject_id": list(subject_ids)}, schema={"subject_id": pl.Utf8})
-            frame = frame.join(wanted, on="subject_id", how="semi")
-        return frame
+            return _frame(SCHEMA.empty_table())
+        schema = pa.schema(dt.schema().to_arrow())
+        where = f"subject_type = {sql_literal(subject_type)}"
+        if subject_ids is None:
+            return _frame(read_snapshot(dt, where=where))
+        wanted = pa.array(sorted(set(subject_ids)), pa.string())
+        if not len(wanted):
+            return _frame(schema.empty_table())
+        where += (f" AND subject_id >= {sql_literal(wanted[0].as_py())}"
+                  f" AND subject_id <= {sql_literal(wanted[-1].as_py())}")
+        parts = []
+        for batch in pa.RecordBatchReader.from_stream(scan_columns(dt, schema.names, where)):
+            rows = pa.Table.from_batches([batch]).cast(schema)
+            parts.append(rows.filter(pc.is_in(rows["subject_id"], value_set=wanted)))
+        return _frame(pa.concat_tables(parts) if parts else schema.empty_table())
 
     def keys_for(self, subject_type: str, subject_ids: Iterable[str], create: bool = True) -> SubjectKeys:
-        """Data keys of ``subject_ids``; with ``create``, missing keys are made in one commit."""
+        """Data keys of ``subject_ids``; with ``create``, missing keys are made in one commit.
+
+        The missing keys are appended, chosen against the key rows of ``subject_ids`` only (no MERGE
+        against the whole key table); the commit carries the key store's app transaction, as every
+        write to it does, so a concurrent creator or erasure fails it and the keys are chosen again."""
         wanted = set(subject_ids)
-        rows = self.rows(subject_type, wanted)
-        missing = wanted - set(rows.get_column("subject_id").to_list())
+        start = self._open()
+        rows = self._rows(start, subject_type, wanted)
         created: dict[str, bytes] = {}
-        if create and missing:
-            created = self._create(subject_type, sorted(missing))
-            if len(created) < len(missing):  # a concurrent load created some first: use theirs
-                created = {}
-                rows = self.rows(subject_type, wanted)
+        if create and rows.height < len(wanted):
+
+            def missing_keys(dt: DeltaTable | None) -> pa.Table | None:
+                nonlocal rows, created
+                if dt is not start:  # a retry: the table as a concurrent writer left it
+                    rows = self._rows(dt, subject_type, wanted)
+                missing = sorted(wanted - set(rows.get_column("subject_id").to_list()))
+                table, created = self._new_keys(subject_type, missing) if missing else (None, {})
+                return table
+
+            append_exclusive_from(start, self.storage, KEY_STORE, _app(subject_type), missing_keys,
+                                  configuration=CONFIGURATION)
         result = SubjectKeys(created, set(rows.filter(pl.col("forgotten_at").is_not_null())["subject_id"]))
         live = rows.filter(pl.col("forgotten_at").is_null() & pl.col("wrapped_key").is_not_null())
         if not live.height:
@@ -127,9 +166,9 @@ class KeyStore:
         result.keys.update(zip(sids, data_keys, strict=True))
         return result
 
-    def _create(self, subject_type: str, subject_ids: list[str]) -> dict[str, bytes]:
-        """New keys for ``subject_ids`` in one commit; returns them when every one was inserted
-        (fewer when a concurrent creator won for some subjects: the caller then re-reads)."""
+    def _new_keys(self, subject_type: str, subject_ids: list[str]) -> tuple[pa.Table, dict[str, bytes]]:
+        """Key rows for ``subject_ids`` (new random data keys wrapped under the master key) and
+        the raw keys by subject."""
         kek_bytes = master_key(self.storage.settings, create=True)
         kek, kid = AESGCM(kek_bytes), kek_id(kek_bytes)
         material = random_keys(len(subject_ids))
@@ -143,30 +182,26 @@ class KeyStore:
             "created_at": pa.repeat(pa.scalar(datetime.now(UTC), TS), n),
             "forgotten_at": pa.nulls(n, TS),
         })
-        inserted = self._commit(lambda dt: dt.merge(
-            table, predicate=MATCH, source_alias="s", target_alias="t",
-        ).when_not_matched_insert_all().execute(), table)
-        if inserted < n:
-            return {}
-        return dict(zip(subject_ids, material, strict=True))
+        return table, dict(zip(subject_ids, material, strict=True))
 
-    def _commit(self, merge, table: pa.Table) -> int:  # type: ignore[no-untyped-def]
-        """Create the table with ``table`` or run ``merge`` on it; retry concurrent commits.
-        Returns the number of rows inserted."""
+    def _commit(self, subject_type: str, merge, table: pa.Table) -> None:  # type: ignore[no-untyped-def]
+        """Create the table with ``table`` or run ``merge(dt, commit_properties)`` on it, in a commit
+        of the key store's app transaction for ``subject_type``; retry concurrent commits."""
+        app = _app(subject_type)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             dt = self._open()
+            version = ((dt.transaction_version(app) if dt is not None else None) or 0) + 1
+            properties = race_safe_properties(dt, app_transactions=[
+                Transaction(app, version, int(time.time() * 1000))])
             try:
                 if dt is None:
                     write_deltalake(self.uri, table, mode="error", configuration=CONFIGURATION,
-                                    storage_options=self.storage_options,
-                                    commit_properties=race_safe_properties(None))
-                    return table.num_rows
-                metrics = merge(dt)
-                return int((metrics or {}).get("num_target_rows_inserted", 0))
+                                    storage_options=self.storage_options, commit_properties=properties)
+                else:
+                    merge(dt, properties)
+                return
             except (CommitFailedError, DeltaError) as exc:
-                text = str(exc).lower()
-                retry = isinstance(exc, CommitFailedError) or "exists" in text or "concurrent" in text
-                if attempt == MAX_ATTEMPTS or not retry:
+                if attempt == MAX_ATTEMPTS or not is_conflict(exc):
                     raise
                 time.sleep(0.05 * 2**attempt)
 
@@ -185,8 +220,8 @@ class KeyStore:
             "created_at": pa.array([now] * n, TS),
             "forgotten_at": pa.array([now] * n, TS),
         })
-        self._commit(lambda dt: dt.merge(
-            tombstones, predicate=MATCH, source_alias="s", target_alias="t",
+        self._commit(subject_type, lambda dt, properties: dt.merge(
+            tombstones, predicate=MATCH, source_alias="s", target_alias="t", commit_properties=properties,
         ).when_matched_update(
             {"wrapped_key": "NULL", "kek_id": "NULL", "forgotten_at": "s.forgotten_at"},
             predicate="t.forgotten_at IS NULL OR t.wrapped_key IS NOT NULL",
