@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bronze_assets.lib.overlap import ordered_map, read_ahead
+from bronze_assets.lib.overlap import beside, ordered_map, read_ahead
 
 
 def test_read_ahead_keeps_the_order_and_runs_on_another_thread() -> None:
@@ -87,3 +87,28 @@ def test_ordered_map_raises_the_error_of_an_item_in_its_place() -> None:
         for out in ordered_map(work, iter(range(10))):
             got.append(out)
     assert got == [0, 1, 2]
+
+
+def test_beside_runs_beside_the_body_and_is_done_when_it_ends() -> None:
+    started, done = threading.Event(), []
+
+    def call() -> None:
+        assert started.wait(5), "the body runs while the call waits"
+        time.sleep(0.05)
+        done.append(threading.current_thread().name)
+
+    with beside(call, name="ack"):
+        started.set()  # a call on the body's own thread would wait here forever (5 s, then fail)
+    assert done == ["ack"]
+
+
+def test_beside_raises_the_calls_error_after_the_body_and_the_bodys_own_first() -> None:
+    def fail() -> None:
+        raise ValueError("the call")
+
+    ran = []
+    with pytest.raises(ValueError, match="the call"), beside(fail):
+        ran.append(True)
+    assert ran == [True], "the body ran to its end"
+    with pytest.raises(KeyError, match="the body"), beside(fail):
+        raise KeyError("the body")

@@ -1,7 +1,8 @@
 """Overlapping the stages of a load on the machine's cores, results kept in order: an iterator
-produced on a thread of its own (:func:`read_ahead`) and a function mapped over an iterator on a few
-threads (:func:`ordered_map`). Both bound what is in flight, so memory stays bounded by a few items;
-the work they overlap (DuckDB, Arrow, file reads, ``hashlib``) releases the GIL."""
+produced on a thread of its own (:func:`read_ahead`), a function mapped over an iterator on a few
+threads (:func:`ordered_map`) and a call beside a block of work (:func:`beside`). The first two bound
+what is in flight, so memory stays bounded by a few items; the work they overlap (DuckDB, Arrow,
+file reads, ``hashlib``, a server's work) releases the GIL."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -83,3 +85,25 @@ def ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int = 2, name
             close = getattr(items, "close", None)
             if close is not None:
                 close()
+
+
+@contextmanager
+def beside(fn: Callable[[], object], name: str = "beside") -> Iterator[None]:
+    """``fn()`` on a thread of its own while the body runs; the body's end waits for it, then
+    raises its exception (the body's own, if it raised, goes first)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # raised on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failure:
+        raise failure[0]

@@ -39,6 +39,7 @@ from bronze_assets.lib.load.engine import LoadEngine, Staged
 from bronze_assets.lib.load.errors import SchemaMismatchError
 from bronze_assets.lib.load.landing_source import LandingRead
 from bronze_assets.lib.load.source import Source, SourceRead, source_for
+from bronze_assets.lib.overlap import beside
 from bronze_assets.lib.quality.checks import (
     KEY_UNIQUENESS,
     LANDING_FILES_CHANGED,
@@ -163,41 +164,48 @@ class Lifecycle:
         return staged
 
     def finish(self, staged: Staged) -> list[CheckOutcome]:
-        """After the commit: acknowledge the read, run the checks, remove the staged files."""
-        checks = self.request.checks
+        """After the commit: acknowledge the read (on a thread, beside the checks: a CDC slot's
+        server decodes the log up to the position), run the checks, remove the staged files."""
         try:
-            if self.read is not None:  # only once its rows are committed (a CDC slot frees their WAL)
-                self.read.acknowledge()
-            if staged.committed is False:  # nothing new: the next runs open the table from here
-                self._checkpoint()
-            outcomes = self.take_checks()
-            # a local load that created the table hands over what it wrote (keys found distinct,
-            # its staged rows): the key and referential checks read no file of the new table
-            written = getattr(staged, "unique_write", None)
-            if staged.committed is not False and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
-                merged = getattr(staged, "merged_table", None)  # a local load's MERGE hands it over
-                if merged is not None:
-                    self.tables.adopt(self.contract.bronze_table, merged)
-                else:
-                    self.tables.refresh(self.contract.bronze_table)  # as the MERGE left it
-            if KEY_UNIQUENESS in checks:
-                outcomes.append(key_uniqueness(self.contract, self.storage, self.tables, written))
-            if REFERENTIAL_INTEGRITY in checks:
-                outcomes.append(referential_integrity(self.contract, self.storage, self.tables, written))
-            if self.quality is not None:  # the validation has had the longest to finish
-                outcomes.append(quality_score(staged.score_histogram,
-                                              self.engine.quality_report(staged, self.quality)))
-            if LANDING_FILES_CHANGED in checks and isinstance(self.read, LandingRead):  # files changed since
-                outcomes.append(landing_files_changed(self.contract, self.read.selection.changed))
-            merged = getattr(staged, "merged_table", None)
-            if merged is not None:  # its later readers in a shared scope (the demo's report) need no open
-                self.storage.share(self.contract.bronze_table, merged)
-                if written is not None and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
-                    # its children's referential checks read its keys from its staged rows
-                    keep_parent_keys(self.contract, merged, written)
-            return outcomes
+            if self.read is None:
+                return self._checks(staged)
+            # only once its rows are committed (a CDC slot frees their WAL); done when this returns
+            with beside(self.read.acknowledge, name=f"acknowledge {self.contract.bronze_table}"):
+                return self._checks(staged)
         finally:
             staged.cleanup()
+
+    def _checks(self, staged: Staged) -> list[CheckOutcome]:
+        """The outcomes of the request's checks after the commit (and of those decided before)."""
+        checks = self.request.checks
+        if staged.committed is False:  # nothing new: the next runs open the table from here
+            self._checkpoint()
+        outcomes = self.take_checks()
+        # a local load that created the table hands over what it wrote (keys found distinct,
+        # its staged rows): the key and referential checks read no file of the new table
+        written = getattr(staged, "unique_write", None)
+        if staged.committed is not False and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
+            merged = getattr(staged, "merged_table", None)  # a local load's MERGE hands it over
+            if merged is not None:
+                self.tables.adopt(self.contract.bronze_table, merged)
+            else:
+                self.tables.refresh(self.contract.bronze_table)  # as the MERGE left it
+        if KEY_UNIQUENESS in checks:
+            outcomes.append(key_uniqueness(self.contract, self.storage, self.tables, written))
+        if REFERENTIAL_INTEGRITY in checks:
+            outcomes.append(referential_integrity(self.contract, self.storage, self.tables, written))
+        if self.quality is not None:  # the validation has had the longest to finish
+            outcomes.append(quality_score(staged.score_histogram,
+                                          self.engine.quality_report(staged, self.quality)))
+        if LANDING_FILES_CHANGED in checks and isinstance(self.read, LandingRead):  # files changed since
+            outcomes.append(landing_files_changed(self.contract, self.read.selection.changed))
+        merged = getattr(staged, "merged_table", None)
+        if merged is not None:  # its later readers in a shared scope (the demo's report) need no open
+            self.storage.share(self.contract.bronze_table, merged)
+            if written is not None and checks & {KEY_UNIQUENESS, REFERENTIAL_INTEGRITY}:
+                # its children's referential checks read its keys from its staged rows
+                keep_parent_keys(self.contract, merged, written)
+        return outcomes
 
     def run(self) -> LoadReport:
         """Stage, commit and finish in this process (engines that are not split across steps)."""
