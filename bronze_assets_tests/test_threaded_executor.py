@@ -117,6 +117,47 @@ def test_a_heavy_step_writing_its_output_lets_the_next_step_start() -> None:
     assert log.index(("start", "x")) < log.index(("written", "heavy"))
 
 
+@pytest.mark.parametrize("beside_writes", [0, 1])
+def test_a_step_writing_its_output_frees_a_thread_for_beside_writes(beside_writes: int) -> None:
+    """With ``beside_writes``, a step whose output is out (its IO manager writing it, as a bronze
+    table's MERGE) frees a thread: on one thread the next step reads beside that write; without,
+    it waits for the write to end."""
+    log: list[tuple[str, str]] = []
+    writing = threading.Barrier(2)  # met only if y runs while x's output is written
+
+    class SlowWrite(dg.IOManager):
+        def handle_output(self, context, obj) -> None:  # type: ignore[no-untyped-def]
+            if context.step_key == "x":
+                log.append(("writing", "x"))
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    writing.wait(1.0 if not beside_writes else BARRIER_SECONDS)
+                log.append(("written", "x"))
+
+        def load_input(self, context):  # type: ignore[no-untyped-def]
+            return None
+
+    def make(name: str) -> dg.AssetsDefinition:
+        @dg.asset(name=name, io_manager_key="slow")
+        def _asset() -> int:
+            log.append(("start", name))
+            if name == "y" and beside_writes:
+                writing.wait(BARRIER_SECONDS)
+            return 1
+        return _asset
+
+    definitions = dg.Definitions(assets=[make("x"), make("y")],
+                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())],
+                                 resources={"slow": SlowWrite()})
+    result = te.execute_in_process(definitions.resolve_job_def("j"),
+                                   te.threaded_executor(1, weight={"x": 2.0, "y": 1.0},
+                                                        beside_writes=beside_writes),
+                                   instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert result.success
+    assert log[:2] == [("start", "x"), ("writing", "x")]
+    y_first = log.index(("start", "y")) < log.index(("written", "x"))
+    assert y_first == bool(beside_writes)
+
+
 def test_a_failing_step_fails_alone() -> None:
     log: list[tuple[str, str]] = []
     result = _run(_recording(["bad", "good"], log, fail="bad"), te.threaded_executor(2))

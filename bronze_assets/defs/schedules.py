@@ -52,6 +52,7 @@ CRON: dict[Cadence, str] = {
 }
 BATCH_LAG = timedelta(days=1)  # a batch tick loads the window that closed before it
 LOAD_STEP_THREADS = 2  # tables a load run loads at once (the two cores; README Performance)
+LOAD_STEPS_BESIDE_WRITES = 1  # one more table read while a table's MERGE runs (README Performance)
 
 
 def schedule_status(settings: Settings) -> dg.DefaultScheduleStatus:
@@ -101,12 +102,13 @@ def load_executor(contracts: Sequence[Contract]) -> dg.ExecutorDefinition:
     (a step spends most of its time in native code that releases the GIL: the COPY's decoding,
     DuckDB, delta-rs), where Dagster's default multiprocess executor starts a process per step,
     each importing Dagster and bronze again; a table's step after its parents' in the same run
-    (its referential check reads them)."""
+    (its referential check reads them); while a table's output is written (its MERGE) one more
+    table is read (the hourly by-day run's third table reads beside the two MERGEs)."""
     in_run = {c.bronze_table: load_step(c) for c in contracts}
     after = {load_step(c): frozenset(in_run[f"bz_{fk.parent_table}"] for fk in c.foreign_keys
                                      if f"bz_{fk.parent_table}" in in_run and f"bz_{fk.parent_table}" !=
                                      c.bronze_table) for c in contracts}
-    return threaded_executor(LOAD_STEP_THREADS, after=after)
+    return threaded_executor(LOAD_STEP_THREADS, after=after, beside_writes=LOAD_STEPS_BESIDE_WRITES)
 
 
 def build_job(group: LoadGroup, settings: Settings | None = None) -> dg.UnresolvedAssetJobDefinition:

@@ -14,7 +14,9 @@ longest first shortens the run) and, with ``budget``, bounds what runs at once: 
 beside others only while the weights of the steps still computing their output stay within the
 budget (memory: the heaviest step's read may have to run alone). A step whose output is out
 (``STEP_OUTPUT``: a bronze table's rows are staged, its IO manager writes them) weighs nothing
-more: the next step starts reading beside its write.
+more: the next step starts reading beside its write; with ``beside_writes`` such a step also frees
+a thread (up to that many steps beyond ``max_concurrent``), so a run's last step reads while the
+others MERGE instead of after them.
 A Ctrl-C received by the run (Dagster's captured interrupt) starts no further step and asks the
 running ones to stop (:mod:`bronze_assets.lib.stop`): each raises ``KeyboardInterrupt`` at its
 next stop point (between source batches, between commits) and fails as interrupted. A step that
@@ -51,23 +53,28 @@ _DONE = object()  # a step thread's last message
 
 
 class ThreadedExecutor(Executor):
-    """Runs up to ``max_concurrent`` steps of a run at once, each on its own thread."""
+    """Runs up to ``max_concurrent`` steps of a run at once, each on its own thread (plus up to
+    ``beside_writes`` more, one per running step whose output is out)."""
 
     def __init__(self, retries: RetryMode, max_concurrent: int,
                  after: Mapping[str, frozenset[str]] | None = None,
-                 weight: Mapping[str, float] | None = None, budget: float | None = None):
+                 weight: Mapping[str, float] | None = None, budget: float | None = None,
+                 beside_writes: int = 0):
         self._retries = retries
         self.max_concurrent = max(1, max_concurrent)
         self.after = dict(after or {})
         self.weight = dict(weight or {})
         self.budget = budget
+        self.beside_writes = max(0, beside_writes)
 
     def _fits(self, key: str, running: Mapping[str, object], output_out: Set[str] = frozenset()) -> bool:
         """Whether step ``key`` may start beside the ``running`` ones (those in ``output_out``
-        have handed their output over and weigh nothing)."""
+        have handed their output over: they weigh nothing, and each frees a thread up to
+        ``beside_writes``)."""
         if not running:
             return True
-        if len(running) >= self.max_concurrent:
+        writing = sum(1 for k in running if k in output_out)
+        if len(running) >= self.max_concurrent + min(self.beside_writes, writing):
             return False
         return self.budget is None or sum(self.weight.get(k, 0.0) for k in running if k not in output_out) \
             + self.weight.get(key, 0.0) <= self.budget
@@ -199,12 +206,13 @@ def _start(key: str, step_context: Any, messages: queue.Queue[tuple[str, object]
 
 def threaded_executor(max_concurrent: int, after: Mapping[str, frozenset[str]] | None = None,
                       weight: Mapping[str, float] | None = None, budget: float | None = None,
-                      ) -> dg.ExecutorDefinition:
-    """An executor definition running up to ``max_concurrent`` steps at once on threads."""
+                      beside_writes: int = 0) -> dg.ExecutorDefinition:
+    """An executor definition running up to ``max_concurrent`` steps at once on threads (and up
+    to ``beside_writes`` more beside steps writing their output)."""
     def create(init_context: Any) -> ThreadedExecutor:
         retries = RetryMode.from_config(init_context.executor_config["retries"])
         assert retries is not None
-        return ThreadedExecutor(retries, max_concurrent, after, weight, budget)
+        return ThreadedExecutor(retries, max_concurrent, after, weight, budget, beside_writes)
 
     create_fn: Callable[[Any], ThreadedExecutor] = create
     return dg.ExecutorDefinition(name="bronze_threads", config_schema={"retries": get_retries_config()},
