@@ -158,6 +158,39 @@ def test_a_step_writing_its_output_frees_a_thread_for_beside_writes(beside_write
     assert y_first == bool(beside_writes)
 
 
+def test_without_release_output_a_step_writing_its_output_still_weighs() -> None:
+    """``release_output=False`` (a run with checks): the heavy step counts against the budget until
+    it ends, its write included, so the next step does not start beside its write."""
+    log: list[tuple[str, str]] = []
+
+    class SlowWrite(dg.IOManager):
+        def handle_output(self, context, obj) -> None:  # type: ignore[no-untyped-def]
+            if context.step_key == "heavy":
+                log.append(("writing", "heavy"))
+                time.sleep(0.5)  # time for x to start, were the write released
+                log.append(("written", "heavy"))
+
+        def load_input(self, context):  # type: ignore[no-untyped-def]
+            return None
+
+    def make(name: str) -> dg.AssetsDefinition:
+        @dg.asset(name=name, io_manager_key="slow")
+        def _asset() -> int:
+            log.append(("start", name))
+            return 1
+        return _asset
+
+    definitions = dg.Definitions(assets=[make("heavy"), make("x")],
+                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())],
+                                 resources={"slow": SlowWrite()})
+    result = te.execute_in_process(
+        definitions.resolve_job_def("j"),
+        te.threaded_executor(2, weight={"heavy": 10.0, "x": 5.0}, budget=10.0, release_output=False),
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert result.success
+    assert log == [("start", "heavy"), ("writing", "heavy"), ("written", "heavy"), ("start", "x")]
+
+
 def test_a_failing_step_fails_alone() -> None:
     log: list[tuple[str, str]] = []
     result = _run(_recording(["bad", "good"], log, fail="bad"), te.threaded_executor(2))

@@ -16,7 +16,8 @@ budget (memory: the heaviest step's read may have to run alone). A step whose ou
 (``STEP_OUTPUT``: a bronze table's rows are staged, its IO manager writes them) weighs nothing
 more: the next step starts reading beside its write; with ``beside_writes`` such a step also frees
 a thread (up to that many steps beyond ``max_concurrent``), so a run's last step reads while the
-others MERGE instead of after them.
+others MERGE instead of after them. With ``release_output`` off a step keeps its weight until it
+ends (its write included).
 A Ctrl-C received by the run (Dagster's captured interrupt) starts no further step and asks the
 running ones to stop (:mod:`bronze_assets.lib.stop`): each raises ``KeyboardInterrupt`` at its
 next stop point (between source batches, between commits) and fails as interrupted. A step that
@@ -59,24 +60,26 @@ class ThreadedExecutor(Executor):
     def __init__(self, retries: RetryMode, max_concurrent: int,
                  after: Mapping[str, frozenset[str]] | None = None,
                  weight: Mapping[str, float] | None = None, budget: float | None = None,
-                 beside_writes: int = 0):
+                 beside_writes: int = 0, release_output: bool = True):
         self._retries = retries
         self.max_concurrent = max(1, max_concurrent)
         self.after = dict(after or {})
         self.weight = dict(weight or {})
         self.budget = budget
         self.beside_writes = max(0, beside_writes)
+        self.release_output = release_output
 
     def _fits(self, key: str, running: Mapping[str, object], output_out: Set[str] = frozenset()) -> bool:
         """Whether step ``key`` may start beside the ``running`` ones (those in ``output_out``
-        have handed their output over: they weigh nothing, and each frees a thread up to
-        ``beside_writes``)."""
+        have handed their output over: they weigh nothing with ``release_output``, and each frees
+        a thread up to ``beside_writes``)."""
         if not running:
             return True
         writing = sum(1 for k in running if k in output_out)
         if len(running) >= self.max_concurrent + min(self.beside_writes, writing):
             return False
-        return self.budget is None or sum(self.weight.get(k, 0.0) for k in running if k not in output_out) \
+        released = output_out if self.release_output else frozenset()
+        return self.budget is None or sum(self.weight.get(k, 0.0) for k in running if k not in released) \
             + self.weight.get(key, 0.0) <= self.budget
 
     @property
@@ -206,13 +209,14 @@ def _start(key: str, step_context: Any, messages: queue.Queue[tuple[str, object]
 
 def threaded_executor(max_concurrent: int, after: Mapping[str, frozenset[str]] | None = None,
                       weight: Mapping[str, float] | None = None, budget: float | None = None,
-                      beside_writes: int = 0) -> dg.ExecutorDefinition:
+                      beside_writes: int = 0, release_output: bool = True) -> dg.ExecutorDefinition:
     """An executor definition running up to ``max_concurrent`` steps at once on threads (and up
     to ``beside_writes`` more beside steps writing their output)."""
     def create(init_context: Any) -> ThreadedExecutor:
         retries = RetryMode.from_config(init_context.executor_config["retries"])
         assert retries is not None
-        return ThreadedExecutor(retries, max_concurrent, after, weight, budget, beside_writes)
+        return ThreadedExecutor(retries, max_concurrent, after, weight, budget, beside_writes,
+                                release_output)
 
     create_fn: Callable[[Any], ThreadedExecutor] = create
     return dg.ExecutorDefinition(name="bronze_threads", config_schema={"retries": get_retries_config()},

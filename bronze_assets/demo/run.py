@@ -375,16 +375,18 @@ def _step_threads(assets: list[dg.AssetsDefinition], with_checks: bool, sizes: M
     largest source table first, and two at once only while the source tables being read together
     are no larger than the load's largest plus :data:`SMALL_TABLE_SHARE` of it (a step's memory
     grows with its table: the peak stays about the largest table's alone, and a small table is
-    read beside it); a table whose rows are staged no longer counts, so the next one is read
-    while it is written; with checks, a table's step after its parents' in the same run (its
-    referential check reads them)."""
+    read beside it); without checks a table whose rows are staged no longer counts, so the next
+    one is read while it is written; with checks it counts until its step ends (its write, then its
+    checks reading its keys and its parents', beside the validation service's memory), and a
+    table's step runs after its parents' in the same run (its referential check reads them)."""
     steps = {table_key(a): a.node_def.name for a in assets}
     after = {step: frozenset(steps[f"bz_{fk.parent_table}"] for fk in get_contract(table).foreign_keys
                              if f"bz_{fk.parent_table}" in steps and f"bz_{fk.parent_table}" != table)
              for table, step in steps.items()} if with_checks else {}
     weight = {step: float(sizes.get(table, 0)) for table, step in steps.items()}
     budget = max(sizes.values(), default=0.0) * (1 + SMALL_TABLE_SHARE)
-    return threaded_executor.threaded_executor(STEP_THREADS, after=after, weight=weight, budget=budget)
+    return threaded_executor.threaded_executor(STEP_THREADS, after=after, weight=weight, budget=budget,
+                                               release_output=not with_checks)
 
 
 def source_sizes(dsn: str, contracts: list[Contract]) -> dict[str, int]:
