@@ -648,6 +648,20 @@ def test_the_service_defers_what_the_suites_do_not_use(tmp_path: Path) -> None:
     assert abs(result["entropy"] - 0.693147) < 1e-5, "a deferred module loads when it is used"
 
 
+
+def test_the_service_imports_nothing_of_the_load(tmp_path: Path) -> None:
+    """The service's tasks read staged files with pyarrow alone: importing them loads neither
+    DuckDB, delta-rs nor the source client (≈40 MB of the service's memory)."""
+    code = ("import json, sys\n"
+            "from bronze_assets.lib.quality import service\n"
+            "service.block_optional_backends(); service.defer_unused_modules()\n"
+            "from bronze_assets.lib.quality.worker import TASKS\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'duckdb', 'deltalake', 'adbc_driver_postgresql', 'dagster'})))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    assert json.loads(out.stdout.splitlines()[-1]) == []
+
 def test_gx_keeps_no_chunk_after_validating_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk by chunk, the counts add up to a single validation's, and GX's pandas engine holds
     no validated frame afterwards (memory holds one chunk at a time)."""

@@ -19,6 +19,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.merge_result import UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook
+from bronze_assets.lib.delta.staged_file import staged_batch, staged_reader
 from bronze_assets.lib.enrich.metadata import BatchContext, complete
 from bronze_assets.lib.source.schema import SchemaDrift
 
@@ -99,21 +100,6 @@ class StagedBatch:
         for p in (self.path, self.source_keys_path):
             if p is not None and p.exists():
                 p.unlink()
-
-
-def staged_batch(path: Path, index: int) -> pa.RecordBatch:
-    """The ``index``-th batch of a staging file (random access: it is an Arrow IPC file),
-    zero-copy from its own memory map, which is unmapped when the batch is released."""
-    return pa.ipc.open_file(pa.memory_map(str(path))).get_batch(index)
-
-
-def staged_reader(path: Path) -> pa.RecordBatchReader:
-    """Stream a staging file batch by batch. Each batch is mapped on its own, so memory holds
-    the pages of the batches in use, not of every batch a reader has touched."""
-    with pa.OSFile(str(path)) as source:  # the footer: schema and batch count
-        footer = pa.ipc.open_file(source)
-        schema, count = footer.schema, footer.num_record_batches
-    return pa.RecordBatchReader.from_batches(schema, (staged_batch(path, i) for i in range(count)))
 
 
 STALE_AFTER_SECONDS = 24 * 3600

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bronze_assets.lib.delta.staging import staged_reader
+from bronze_assets.lib.delta.staged_file import staged_reader
 
 
 class Spill:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bronze_assets.contracts import Contract
-from bronze_assets.lib.delta.staging import staged_reader
+from bronze_assets.lib.delta.staged_file import staged_reader
 from bronze_assets.lib.quality import service
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
 from bronze_assets.settings import Settings
