@@ -354,3 +354,35 @@ def test_ctrl_c_reaches_a_steps_pipes_subprocess(tmp_path) -> None:  # type: ign
         if started.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(started.read_text()), signal.SIGKILL)
+
+
+def test_an_error_ending_the_run_stops_its_other_running_steps_first() -> None:
+    """An error the run raises (here a step's, with ``raise_on_error``; else one of Dagster's
+    outside the step's own handling) ends the run only once its other running steps have ended:
+    they stop at their next stop point, and none goes on writing after the run has returned."""
+    from bronze_assets.lib.stop import stop_point
+
+    log: list[str] = []
+    slow_started = threading.Event()
+
+    @dg.asset
+    def slow() -> None:
+        slow_started.set()
+        deadline = time.monotonic() + BARRIER_SECONDS
+        while time.monotonic() < deadline:
+            stop_point()
+            time.sleep(0.01)
+        log.append("slow ended")
+
+    @dg.asset
+    def failing() -> None:
+        slow_started.wait(BARRIER_SECONDS)
+        raise RuntimeError("failing fails")
+
+    started = time.monotonic()
+    with pytest.raises(Exception, match="failing fails"):
+        te.execute_in_process(_job([slow, failing]), te.threaded_executor(2),
+                              instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
+    assert not [t for t in threading.enumerate() if t.name == "step slow"]  # not left running
+    assert time.monotonic() - started < BARRIER_SECONDS / 2 and log == []
+    stop_point()  # the stop is lifted for the next run

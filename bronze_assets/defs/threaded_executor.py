@@ -22,6 +22,8 @@ A Ctrl-C received by the run (Dagster's captured interrupt) starts no further st
 running ones to stop (:mod:`bronze_assets.lib.stop`): each raises ``KeyboardInterrupt`` at its
 next stop point (between source batches, between commits) and fails as interrupted. A step that
 reaches none within ``STOP_GRACE_SECONDS`` is left behind (its thread is a daemon): the run ends.
+An error the run raises (Dagster's, outside a step's own handling; a step's with ``raise_on_error``)
+stops the other running steps the same way before it is raised.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class ThreadedExecutor(Executor):
         ended: set[str] = set()
         output_out: set[str] = set()  # running steps whose output is out (writing it)
         stopping = False
+        failure: BaseException | None = None  # an error the run raises once its other steps ended
         deadline = float("inf")
         while not active.is_complete or threads or waiting:
             if stopping and time.monotonic() > deadline:
@@ -175,8 +178,12 @@ class ThreadedExecutor(Executor):
                     yield event
                 yield from _trigger_hook(contexts.pop(key), events.pop(key))
             elif isinstance(message, BaseException):
-                if not stopping:
-                    raise message  # a framework error outside the step's own error handling
+                if not stopping:  # a framework error outside the step's own error handling (or,
+                    # with raise_on_error, the step's): raised once the other running steps stopped
+                    failure, stopping = message, True
+                    deadline = time.monotonic() + STOP_GRACE_SECONDS
+                    waiting.clear()
+                    request_stop()
                 # interrupted: how the step ended is in its events; wait for the other steps
             else:
                 assert isinstance(message, DagsterEvent)
@@ -185,6 +192,8 @@ class ThreadedExecutor(Executor):
                     output_out.add(key)
                 yield message
                 active.handle_event(message)
+        if failure is not None:
+            raise failure
         if stopping:
             raise KeyboardInterrupt
 
