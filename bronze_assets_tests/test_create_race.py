@@ -67,3 +67,35 @@ def test_two_loads_adding_keys_to_the_key_store_keep_one_key_per_subject(tmp_pat
         keys = DeltaTable(storage.uri(KEY_STORE)).to_pyarrow_table()
         doubled += keys.num_rows > 3 or found[0] != found[1]
     assert doubled == 0, f"{doubled} of {TRIALS} racing loads kept two keys for one subject"
+
+
+def test_an_erasure_leaves_no_file_holding_the_forgotten_key(tmp_path: Path) -> None:
+    """An erasure whose MERGE lost a race (a load added keys right after it opened the key store)
+    and was retried left its first attempt's file behind: a copy of every key of the file it
+    rewrote, which no vacuum of removed files deletes. A later erasure of one of those subjects
+    deletes every file that holds its key, written by a commit or by an attempt that failed."""
+    import pyarrow.parquet as pq
+
+    storage = Storage(str(tmp_path / "root"), settings=Settings(data_dir=tmp_path / "data"))
+    KeyStore(storage).keys_for("customer", [str(i) for i in range(20)])
+    wrapped = KeyStore(storage).rows("customer", ["7"])["wrapped_key"][0]
+    opened: list[int] = []
+
+    class RacedByALoad(KeyStore):
+        def _open(self) -> DeltaTable | None:
+            dt = super()._open()
+            opened.append(1)
+            if len(opened) == 2:  # the MERGE's first attempt: a load commits its keys meanwhile
+                KeyStore(storage).keys_for("customer", ["100", "101"])
+            return dt
+
+    RacedByALoad(storage).forget("customer", ["3"])
+    assert len(opened) > 3  # the first attempt lost and was retried
+    KeyStore(storage).forget("customer", ["7"])
+    folder = Path(storage.uri(KEY_STORE))
+    holding = [f.name for f in folder.glob("*.parquet")
+               if wrapped in pq.read_table(f)["wrapped_key"].to_pylist()]
+    assert holding == []
+    keys = DeltaTable(storage.uri(KEY_STORE)).to_pyarrow_table()  # every committed file still there
+    assert keys.num_rows == 22 and set(keys.filter(pa.compute.is_null(keys["wrapped_key"]))["subject_id"]
+                                       .to_pylist()) == {"3", "7"}

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from deltalake import DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
@@ -229,4 +230,28 @@ class KeyStore:
         dt = self._open()
         assert dt is not None
         removed = dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
-        return ShredResult(shredded, n - existing.height, len(removed))
+        orphans = self._delete_orphans(dt, subject_type, ids)
+        return ShredResult(shredded, n - existing.height, len(removed) + orphans)
+
+    def _delete_orphans(self, dt: DeltaTable, subject_type: str, ids: list[str]) -> int:
+        """Delete the key table's files that no commit references and that hold a key of ``ids``;
+        returns how many. A write that lost a race leaves its file behind (a MERGE attempt copies
+        every key of the files it rewrites), which the vacuum of removed files never deletes. A
+        write still in flight whose file holds such a key chose its rows before this erasure
+        committed, so its commit fails (the key store's app transaction); the others are kept."""
+        wanted = pa.array(ids, pa.string())
+        columns = ["subject_type", "subject_id", "wrapped_key"]
+        orphans = []
+        for name in dt.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False, full=True):
+            raw = self.storage.read_file(f"{KEY_STORE}/{name}")
+            try:
+                rows = pq.read_table(pa.BufferReader(raw), columns=columns)
+            except (pa.ArrowInvalid, OSError, TypeError):  # gone, or still being written
+                continue
+            kind, sid = (rows[c].cast(pa.string()) for c in ("subject_type", "subject_id"))
+            held = pc.and_(pc.and_(pc.equal(kind, subject_type), pc.is_valid(rows["wrapped_key"])),
+                           pc.is_in(sid, value_set=wanted))
+            if pc.any(held).as_py():
+                orphans.append(f"{KEY_STORE}/{name}")
+        self.storage.delete_files(orphans)
+        return len(orphans)
