@@ -112,3 +112,14 @@ def test_beside_raises_the_calls_error_after_the_body_and_the_bodys_own_first() 
     assert ran == [True], "the body ran to its end"
     with pytest.raises(KeyError, match="the body"), beside(fail):
         raise KeyError("the body")
+
+
+def test_beside_logs_the_calls_error_when_the_body_raised_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    """The body's error is raised; the call's (e.g. a CDC slot's acknowledgement that failed
+    beside checks that failed) is not lost without a word: it is logged."""
+    def fail() -> None:
+        raise ValueError("the slot refused")
+
+    with caplog.at_level("WARNING"), pytest.raises(KeyError, match="the body"), beside(fail, name="ack t"):
+        raise KeyError("the body")
+    assert any("ack t" in r.getMessage() and "the slot refused" in r.getMessage() for r in caplog.records)

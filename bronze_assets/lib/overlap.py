@@ -6,6 +6,7 @@ file reads, ``hashlib``, a server's work) releases the GIL."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
@@ -14,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -90,7 +92,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int = 2, name
 @contextmanager
 def beside(fn: Callable[[], object], name: str = "beside") -> Iterator[None]:
     """``fn()`` on a thread of its own while the body runs; the body's end waits for it, then
-    raises its exception (the body's own, if it raised, goes first)."""
+    raises its exception (the body's own, if it raised, goes first: the call's is then logged)."""
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -103,7 +105,13 @@ def beside(fn: Callable[[], object], name: str = "beside") -> Iterator[None]:
     thread.start()
     try:
         yield
-    finally:
+    except BaseException:
         thread.join()
+        if failure:  # the body's error goes on; the call's is not lost without a word
+            error = failure[0]
+            log.warning("%s failed too: %s: %s", name, type(error).__name__, " ".join(str(error).split()))
+        raise
+    thread.join()
     if failure:
         raise failure[0]
+
