@@ -298,7 +298,7 @@ class ThreadedExecutor(Executor):
                     waiting.remove(step)
                     contexts[step.key] = job_context.for_step(step, active.get_known_state())
                     events[step.key] = []
-                    threads[step.key] = _start(step.key, contexts[step.key], messages, pool)
+                    threads[step.key] = _start(step.key, contexts[step.key], messages)
             if not threads and (stopping or not waiting):
                 if stopping or active.is_complete:
                     break
@@ -310,8 +310,11 @@ class ThreadedExecutor(Executor):
                 continue
             if message is _WAKE:
                 continue
-            if message is _DONE:  # the step's thread has ended it in the pool
+            if message is _DONE:
                 threads.pop(key).join()
+                # one up for retry has not ended: its `after` steps wait for it
+                pool.end(key, for_good=not any(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY
+                                               for e in events[key]))
                 if not stopping:
                     active.verify_complete(job_context, key)
                 for event in active.plan_events_iterator(job_context):
@@ -340,23 +343,17 @@ class ThreadedExecutor(Executor):
             raise KeyboardInterrupt
 
 
-def _start(key: str, step_context: Any, messages: queue.Queue[tuple[str, object]], pool: StepPool,
-           ) -> threading.Thread:
-    """A thread running one step, sending its events (then ``_DONE``) to ``messages``; it ends the
-    step in ``pool`` itself, so the step holds its place there until it ends, even when its run
-    has ended before it (left behind after an error or an interrupt)."""
+def _start(key: str, step_context: Any, messages: queue.Queue[tuple[str, object]]) -> threading.Thread:
+    """A thread running one step, sending its events (then ``_DONE``) to ``messages``."""
     def run() -> None:
-        retried = False  # one up for retry has not ended: its `after` steps wait for it
         try:
             for event in dagster_event_sequence_for_step(step_context):
-                retried |= event.event_type == DagsterEventType.STEP_UP_FOR_RETRY
                 messages.put((key, event))
         except KeyboardInterrupt:
             pass  # the step's interrupted failure event was sent; the run's thread raises
         except BaseException as error:  # handed to the run's thread
             messages.put((key, error))
         finally:
-            pool.end(key, for_good=not retried)
             messages.put((key, _DONE))
 
     thread = threading.Thread(target=run, name=f"step {key}", daemon=True)
