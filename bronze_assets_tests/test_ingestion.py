@@ -326,6 +326,20 @@ def test_duplicate_keys_are_refused_whatever_bucket_they_fall_in(bronze: Bronze,
     assert bronze.version("products") == version, "nothing was merged"
 
 
+@pytest.mark.parametrize("bucket_rows", [merge_plan.PLAN_BUCKET_ROWS, 7])
+def test_a_new_table_with_duplicate_keys_is_refused_whole_or_by_key_bucket(
+        bronze: Bronze, monkeypatch: pytest.MonkeyPatch, bucket_rows: int) -> None:
+    query(bronze.dsn, "ALTER TABLE tests.products DROP CONSTRAINT products_pkey")
+    query(bronze.dsn, "INSERT INTO tests.products SELECT * FROM tests.products "
+                      "WHERE product_id IN (SELECT min(product_id) FROM tests.products "
+                      "UNION SELECT max(product_id) FROM tests.products)")
+    monkeypatch.setattr(merge_plan, "PLAN_BUCKET_ROWS", bucket_rows)  # 7: the keys spilled by bucket
+    with pytest.raises(DuplicateKeyError, match=r"^bz_products: .*\(product_id\): 2 row\(s\) more than keys"):
+        bronze.load_direct("products")
+    assert not (Path(bronze.uri("products")) / "_delta_log").exists(), \
+        "nothing was created"
+
+
 def test_key_ranges_split_at_the_widest_gaps() -> None:
     keys = pl.Series([5, 1, 2, 3, 100, 101, 1000, 2, None])
     assert key_ranges(keys) == [(1, 3), (5, 5), (100, 101), (1000, 1000)]

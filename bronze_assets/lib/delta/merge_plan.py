@@ -60,6 +60,23 @@ class MergePlanner:
         counts = counts.collect(engine="streaming")
         return int(counts["n"][0]) - int(counts["u"][0])
 
+    def staged_duplicates(self, staged: StagedBatch) -> int:
+        """:meth:`duplicates` of the staged rows, holding at most ≈ 2 x ``PLAN_BUCKET_ROWS`` keys
+        whatever the rows: read batch by batch, the keys of a larger batch are spilled to the stage
+        folder by key bucket and counted bucket by bucket (a key's rows share its bucket)."""
+        reader = staged.reader()
+        schema = pa.schema([reader.schema.field(k) for k in self.pk])
+        keys = narrowed(pa.RecordBatchReader.from_batches(schema, (b.select(self.pk) for b in reader)),
+                        self.pk, "", column=None)
+        buckets = staged.rows // PLAN_BUCKET_ROWS
+        if buckets <= 1:
+            return self.duplicates(pl.concat(list(keys), rechunk=False))
+        prefix = f"{self.contract.bronze_table}-keys-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=stage_dir(self.stage_base)) as spilled:
+            folder = Path(spilled)
+            key_schema = spill(keys, self._bucket(buckets), folder, "k")
+            return sum(self.duplicates(unspill(folder, "k", b, key_schema)) for b in range(buckets))
+
     def refuse_duplicates(self, dupes: int) -> None:
         if dupes:
             raise DuplicateKeyError.repeated(self.contract.bronze_table, self.pk, dupes)

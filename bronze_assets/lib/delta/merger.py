@@ -11,7 +11,6 @@ table to see whether the commit landed.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import shutil
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,6 +42,7 @@ from bronze_assets.lib.delta.merge_plan import OP, MergePlanner
 from bronze_assets.lib.delta.merge_result import MergeResult, UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
+from bronze_assets.lib.delta.staged_layout import staged_layout
 from bronze_assets.lib.delta.staging import SpillFile, StagedBatch
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.delta.write_options import (
@@ -241,7 +240,8 @@ class BronzeMerger:
     def _chunk_slices(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
                       ) -> Iterator[pa.RecordBatch]:
         """The staged rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)``, slice by slice: of
-        the batches in key ``order`` when given (see :func:`key_order`), else in staged order.
+        the batches in key ``order`` when given (:class:`~.staged_layout.KeyOrder`), else in
+        staged order.
         ``sizes`` are the rows of each staged batch (batches outside the chunk are not read)."""
         lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
         for index in order if order is not None else range(len(sizes)):
@@ -293,22 +293,17 @@ class BronzeMerger:
         chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
         order, sizes = None, []
-        if staged.rows:  # one streamed read of the narrow columns: keys, data subject, partition
-            subject = [self.contract.data_subject] if self.pii is not None and self.contract.data_subject \
-                else []
-            part = [self.part] if self.part else []
-            columns = list(dict.fromkeys(self.pk + subject + part))
-            batches = [b.select(columns) for b in staged.reader()]
-            order, sizes = key_order(batches, self.pk), [b.num_rows for b in batches]
-            narrow = pl.from_arrow(pa.Table.from_batches(batches))
-            assert isinstance(narrow, pl.DataFrame)
-            del batches
+        if staged.rows:  # one streamed read of the narrow columns (key, partition), batch by batch
+            columns = list(dict.fromkeys(self.pk + ([self.part] if self.part else [])))
+            reader = staged.reader()
+            narrow = pa.RecordBatchReader.from_batches(pa.schema([reader.schema.field(c) for c in columns]),
+                                                       (b.select(columns) for b in reader))
+            layout = staged_layout(narrow, self.pk, self.part)
+            order, sizes = layout.order, layout.sizes
             if order is None:  # sorted, disjoint batches cannot repeat a key
-                self.planner.refuse_duplicates(self.planner.duplicates(narrow))
-            if part:
-                result.partitions = [d.isoformat() for d in narrow.get_column(part[0]).drop_nulls().unique()
-                                     .sort().to_list()]
-            del narrow
+                self.planner.refuse_duplicates(self.planner.staged_duplicates(staged))
+            if self.part:
+                result.partitions = [d.isoformat() for d in layout.partitions]
         file_bytes = target_file_bytes(self.contract, self.storage.settings)
         for chunk in range(chunks):
             stop_point()
@@ -440,25 +435,6 @@ class CommitInfo:
     @property
     def complete(self) -> bool:
         return self.chunk == self.chunks - 1
-
-
-def key_order(batches: list[pa.RecordBatch], pk: list[str]) -> list[int] | None:
-    """The indexes of ``batches`` in key order, when each batch is sorted by a single-column key
-    and their key ranges do not overlap (a heap read block range by block range in key order: the
-    common case for a snapshot); None when the rows need a real sort."""
-    if len(pk) != 1:
-        return None
-    spans = []
-    for index, batch in enumerate(batches):
-        keys = batch.column(pk[0]).to_numpy(zero_copy_only=False)
-        if keys.size > 1 and not bool(np.all(keys[1:] > keys[:-1])):
-            return None
-        if keys.size:
-            spans.append((keys[0], keys[-1], index))
-    spans.sort()
-    if any(prev[1] >= nxt[0] for prev, nxt in itertools.pairwise(spans)):
-        return None
-    return [index for _, _, index in spans]
 
 
 def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:

@@ -37,8 +37,8 @@ def narrow(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl.
 
 
 def narrowed(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[pl.Expr] | None = None,
-             column: str = "record_hash", where: pl.Expr | None = None) -> Iterator[pl.DataFrame]:
-    """``keep`` plus the hash ``column`` as 64-bit words, ``COMPACT_ROWS`` rows at a time, of the
+             column: str | None = "record_hash", where: pl.Expr | None = None) -> Iterator[pl.DataFrame]:
+    """``keep`` plus the hash ``column`` (if any) as 64-bit words, ``COMPACT_ROWS`` rows at a time, of the
     rows ``where`` selects (all by default; the hashes of the others are never parsed): memory
     holds narrow pieces, never the whole string column. (A column taken from an imported batch
     keeps the whole batch alive, so each narrow piece is copied into owned memory.)"""
@@ -51,7 +51,8 @@ def narrowed(batches: Any, keep: list[str | pl.Expr], prefix: str, extra: list[p
         raw.clear()
         if where is not None:
             frame = frame.filter(where)
-        return _owned(frame.select(*keep, *hash_words(column, prefix), *(extra or [])))
+        words = hash_words(column, prefix) if column is not None else []
+        return _owned(frame.select(*keep, *words, *(extra or [])))
 
     rows, pieces = 0, 0
     for batch in reader:
