@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -621,15 +622,23 @@ def test_a_failing_validation_raises_in_the_caller(tmp_path: Path) -> None:
                                              missing), "bz_warehouses")
 
 
+def _in_service_setup(tmp_path: Path, code: str) -> Any:
+    """Run ``code`` in a fresh interpreter after the validation service's import setup; returns
+    the JSON it prints last."""
+    setup = ("import json, sys\n"
+             "from bronze_assets.lib.quality import service\n"
+             "service.block_optional_backends(); service.defer_unused_modules()\n")
+    out = subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def test_the_service_defers_what_the_suites_do_not_use(tmp_path: Path) -> None:
     """In the service's import setup GX loads without ``scipy.stats`` and ``altair`` (its
     distribution expectations and charts), validates a suite to the same counts as a runner here,
     and the deferred modules still work when something reads them."""
-    code = (
-        "import json, sys\n"
+    result = _in_service_setup(tmp_path, (
         "from datetime import date\n"
-        "from bronze_assets.lib.quality import service\n"
-        "service.block_optional_backends(); service.defer_unused_modules()\n"
         "from bronze_assets.contracts import CONTRACTS\n"
         "from bronze_assets_tests.test_quality import _generated\n"
         "from bronze_assets.lib.quality.validate import SuiteRunner\n"
@@ -638,29 +647,22 @@ def test_the_service_defers_what_the_suites_do_not_use(tmp_path: Path) -> None:
         "loaded = sorted(m for m in ('scipy.stats._stats_py', 'altair.vegalite') if m in sys.modules)\n"
         "import scipy.stats\n"
         "print(json.dumps({'loaded': loaded, 'counts': report.gx_counts,\n"
-        "                  'entropy': float(scipy.stats.entropy([0.5, 0.5]))}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
-    result = json.loads(out.stdout.splitlines()[-1])
+        "                  'entropy': float(scipy.stats.entropy([0.5, 0.5]))}))\n"))
     assert result["loaded"] == [], "GX imported without the deferred modules"
     here = SuiteRunner(CONTRACTS["customers"], AS_OF.date()).validate_batches(_generated("customers", 2000))
     assert result["counts"] == here.gx_counts and sum(here.gx_counts.values()) > 0
     assert abs(result["entropy"] - 0.693147) < 1e-5, "a deferred module loads when it is used"
 
 
-
 def test_the_service_imports_nothing_of_the_load(tmp_path: Path) -> None:
     """The service's tasks read staged files with pyarrow alone: importing them loads neither
     DuckDB, delta-rs nor the source client (≈40 MB of the service's memory)."""
-    code = ("import json, sys\n"
-            "from bronze_assets.lib.quality import service\n"
-            "service.block_optional_backends(); service.defer_unused_modules()\n"
-            "from bronze_assets.lib.quality.worker import TASKS\n"
-            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'duckdb', 'deltalake', 'adbc_driver_postgresql', 'dagster'})))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
-    assert json.loads(out.stdout.splitlines()[-1]) == []
+    loaded = _in_service_setup(tmp_path, (
+        "from bronze_assets.lib.quality.worker import TASKS\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'duckdb', 'deltalake', 'adbc_driver_postgresql', 'dagster'})))\n"))
+    assert loaded == []
+
 
 def test_gx_keeps_no_chunk_after_validating_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk by chunk, the counts add up to a single validation's, and GX's pandas engine holds

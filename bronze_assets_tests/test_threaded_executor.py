@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import dagster as dg
 import pytest
@@ -80,38 +80,54 @@ def test_budget_keeps_the_heavy_step_alone() -> None:
     assert {n for _, n in log[2:4]} == {"x", "y"} and [e for e, _ in log[2:4]] == ["start", "start"]
 
 
+def _run_writes(log: list[tuple[str, str]], names: list[str], executor: dg.ExecutorDefinition, *,
+                write: Callable[[str], None], compute: Callable[[str], None] = lambda name: None,
+                ) -> dg.ExecuteInProcessResult:
+    """A job of the assets ``names`` on ``executor``: each logs ``("start", name)`` then runs
+    ``compute(name)``; their IO manager's ``handle_output`` is ``write(step_key)`` (a bronze
+    table's MERGE happens there)."""
+    class Writes(dg.IOManager):
+        def handle_output(self, context, obj) -> None:  # type: ignore[no-untyped-def]
+            write(context.step_key)
+
+        def load_input(self, context):  # type: ignore[no-untyped-def]
+            return None
+
+    def make(name: str) -> dg.AssetsDefinition:
+        @dg.asset(name=name, io_manager_key="writes")
+        def _asset() -> int:
+            log.append(("start", name))
+            compute(name)
+            return 1
+        return _asset
+
+    definitions = dg.Definitions(assets=[make(n) for n in names],
+                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())],
+                                 resources={"writes": Writes()})
+    return te.execute_in_process(definitions.resolve_job_def("j"), executor,
+                                 instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+
+
 def test_a_heavy_step_writing_its_output_lets_the_next_step_start() -> None:
     """The budget bounds the steps still computing their output: once the heavy step's output is
     out (its IO manager writes it, as a bronze table's MERGE), the next step starts beside it."""
     log: list[tuple[str, str]] = []
     writing = threading.Barrier(2)  # broken unless x runs while heavy's output is written
 
-    class SlowWrite(dg.IOManager):
-        def handle_output(self, context, obj) -> None:  # type: ignore[no-untyped-def]
-            if context.step_key == "heavy":
-                log.append(("writing", "heavy"))
-                writing.wait(BARRIER_SECONDS)
-                log.append(("written", "heavy"))
+    def write(step: str) -> None:
+        if step == "heavy":
+            log.append(("writing", "heavy"))
+            writing.wait(BARRIER_SECONDS)
+            log.append(("written", "heavy"))
 
-        def load_input(self, context):  # type: ignore[no-untyped-def]
-            return None
+    def compute(name: str) -> None:
+        if name == "x":
+            writing.wait(BARRIER_SECONDS)
+        log.append(("end", name))
 
-    def make(name: str) -> dg.AssetsDefinition:
-        @dg.asset(name=name, io_manager_key="slow")
-        def _asset() -> int:
-            log.append(("start", name))
-            if name == "x":
-                writing.wait(BARRIER_SECONDS)
-            log.append(("end", name))
-            return 1
-        return _asset
-
-    definitions = dg.Definitions(assets=[make("heavy"), make("x")],
-                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())],
-                                 resources={"slow": SlowWrite()})
-    result = te.execute_in_process(definitions.resolve_job_def("j"),
-                                   te.threaded_executor(2, weight={"heavy": 10.0, "x": 5.0}, budget=10.0),
-                                   instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    result = _run_writes(log, ["heavy", "x"],
+                         te.threaded_executor(2, weight={"heavy": 10.0, "x": 5.0}, budget=10.0),
+                         write=write, compute=compute)
     assert result.success
     assert log[:3] == [("start", "heavy"), ("end", "heavy"), ("writing", "heavy")]
     assert log.index(("start", "x")) < log.index(("written", "heavy"))
@@ -125,33 +141,20 @@ def test_a_step_writing_its_output_frees_a_thread_for_beside_writes(beside_write
     log: list[tuple[str, str]] = []
     writing = threading.Barrier(2)  # met only if y runs while x's output is written
 
-    class SlowWrite(dg.IOManager):
-        def handle_output(self, context, obj) -> None:  # type: ignore[no-untyped-def]
-            if context.step_key == "x":
-                log.append(("writing", "x"))
-                with contextlib.suppress(threading.BrokenBarrierError):
-                    writing.wait(1.0 if not beside_writes else BARRIER_SECONDS)
-                log.append(("written", "x"))
+    def write(step: str) -> None:
+        if step == "x":
+            log.append(("writing", "x"))
+            with contextlib.suppress(threading.BrokenBarrierError):
+                writing.wait(1.0 if not beside_writes else BARRIER_SECONDS)
+            log.append(("written", "x"))
 
-        def load_input(self, context):  # type: ignore[no-untyped-def]
-            return None
+    def compute(name: str) -> None:
+        if name == "y" and beside_writes:
+            writing.wait(BARRIER_SECONDS)
 
-    def make(name: str) -> dg.AssetsDefinition:
-        @dg.asset(name=name, io_manager_key="slow")
-        def _asset() -> int:
-            log.append(("start", name))
-            if name == "y" and beside_writes:
-                writing.wait(BARRIER_SECONDS)
-            return 1
-        return _asset
-
-    definitions = dg.Definitions(assets=[make("x"), make("y")],
-                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())],
-                                 resources={"slow": SlowWrite()})
-    result = te.execute_in_process(definitions.resolve_job_def("j"),
-                                   te.threaded_executor(1, weight={"x": 2.0, "y": 1.0},
-                                                        beside_writes=beside_writes),
-                                   instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    result = _run_writes(log, ["x", "y"],
+                         te.threaded_executor(1, weight={"x": 2.0, "y": 1.0}, beside_writes=beside_writes),
+                         write=write, compute=compute)
     assert result.success
     assert log[:2] == [("start", "x"), ("writing", "x")]
     y_first = log.index(("start", "y")) < log.index(("written", "x"))
@@ -163,30 +166,14 @@ def test_without_release_output_a_step_writing_its_output_still_weighs() -> None
     it ends, its write included, so the next step does not start beside its write."""
     log: list[tuple[str, str]] = []
 
-    class SlowWrite(dg.IOManager):
-        def handle_output(self, context, obj) -> None:  # type: ignore[no-untyped-def]
-            if context.step_key == "heavy":
-                log.append(("writing", "heavy"))
-                time.sleep(0.5)  # time for x to start, were the write released
-                log.append(("written", "heavy"))
+    def write(step: str) -> None:
+        if step == "heavy":
+            log.append(("writing", "heavy"))
+            time.sleep(0.5)  # time for x to start, were the write released
+            log.append(("written", "heavy"))
 
-        def load_input(self, context):  # type: ignore[no-untyped-def]
-            return None
-
-    def make(name: str) -> dg.AssetsDefinition:
-        @dg.asset(name=name, io_manager_key="slow")
-        def _asset() -> int:
-            log.append(("start", name))
-            return 1
-        return _asset
-
-    definitions = dg.Definitions(assets=[make("heavy"), make("x")],
-                                 jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())],
-                                 resources={"slow": SlowWrite()})
-    result = te.execute_in_process(
-        definitions.resolve_job_def("j"),
-        te.threaded_executor(2, weight={"heavy": 10.0, "x": 5.0}, budget=10.0, release_output=False),
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    result = _run_writes(log, ["heavy", "x"], te.threaded_executor(
+        2, weight={"heavy": 10.0, "x": 5.0}, budget=10.0, release_output=False), write=write)
     assert result.success
     assert log == [("start", "heavy"), ("writing", "heavy"), ("written", "heavy"), ("start", "x")]
 
