@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import compress
@@ -89,7 +88,7 @@ class PiiCipher:
             values = _array(data.column(column))
             rows[column] = pc.and_(keyed, pc.is_valid(values))
             plain[column] = values.filter(rows[column]).cast(pa.binary()).to_pylist()
-        sealed = self._seal(raw, sids, rows, plain)
+        sealed = self._by_slice(raw, sids, rows, plain, seal)
         for column, mask in rows.items():
             tokens = (PREFIX + pl.Series(sealed[column], dtype=pl.Binary).bin.encode("base64")).to_arrow()
             if len(tokens) < len(subjects):  # NULLs where a row had no value or no key
@@ -130,36 +129,14 @@ class PiiCipher:
         self, raw: list[bytes | None], sids: pa.Array, rows: dict[str, pa.Array], inputs: Columns,
         fn: Callable[[list[AESGCM], list[bytes], list[bytes]], list[bytes]],
     ) -> Columns:
-        """``fn(ciphers, inputs, aads)`` over the ``rows`` of each column, ``SLICE_ROWS`` rows at a
-        time with one ``AESGCM`` per data key and slice, shared by the columns."""
-        at = {c: pc.indices_nonzero(mask).to_pylist() for c, mask in rows.items()}
+        """``fn(ciphers, inputs, aads)`` over the ``rows`` of each column (``raw``: each row's data
+        key), ``SLICE_ROWS`` rows at a time with one ``AESGCM`` per data key and slice, shared by
+        the columns. The cyclic garbage collector is paused meanwhile: an ``AESGCM`` is a tracked
+        object, so building one per subject otherwise runs a collection every few hundred
+        subjects, and the full ones walk the whole process's heap; nothing here forms a cycle."""
         aads = {c: self._aads(c, sids.filter(mask)) for c, mask in rows.items()}
-        out: Columns = {c: [] for c in rows}
-        for lo in range(0, len(raw), SLICE_ROWS):
-            built = {k: AESGCM(k) for k in set(raw[lo:lo + SLICE_ROWS]) if k is not None}
-            for column, pos in at.items():
-                a, b = bisect_left(pos, lo), bisect_left(pos, lo + SLICE_ROWS)
-                ciphers = [built[raw[i]] for i in pos[a:b]]  # type: ignore[index]
-                try:
-                    out[column] += fn(ciphers, inputs[column][a:b], aads[column][a:b])
-                except SealError as exc:
-                    raise PiiDecryptionError(
-                        f"{self.table_name}.{column}: the ciphertext of {self.subject} "
-                        f"{sids[pos[a + exc.index]].as_py()} does not authenticate (tampered, or copied "
-                        f"from another row/column)"
-                    ) from None
-        return out
-
-    def _seal(self, raw: list[bytes | None], sids: pa.Array, rows: dict[str, pa.Array], plain: Columns
-              ) -> Columns:
-        """:func:`seal` of the ``rows`` of each column, ``SLICE_ROWS`` rows at a time with one
-        ``AESGCM`` per data key and slice, shared by the columns. The cyclic garbage collector
-        is paused meanwhile: an ``AESGCM`` is a tracked object, so building one per subject
-        otherwise runs a collection every few hundred subjects, and the full ones walk the
-        whole process's heap; nothing here forms a cycle."""
-        aads = {c: self._aads(c, sids.filter(mask)) for c, mask in rows.items()}
-        every = {c: mask.null_count == 0 and bool(pc.all(mask).as_py()) for c, mask in rows.items()}
-        masks = {c: None if every[c] else mask.to_pylist() for c, mask in rows.items()}
+        masks = {c: None if mask.null_count == 0 and bool(pc.all(mask).as_py()) else mask.to_pylist()
+                 for c, mask in rows.items()}
         out: Columns = {c: [] for c in rows}
         with _collector_paused():
             for lo in range(0, len(raw), SLICE_ROWS):
@@ -167,10 +144,19 @@ class PiiCipher:
                 built = {k: AESGCM(k) for k in set(chunk) if k is not None}
                 ciphers = list(map(built.get, chunk))  # the row's cipher (None: no key)
                 for column, mask in masks.items():
-                    used = ciphers if mask is None else list(compress(ciphers, mask[lo:lo + SLICE_ROWS]))
+                    part = None if mask is None else mask[lo:lo + SLICE_ROWS]
+                    used = ciphers if part is None else list(compress(ciphers, part))
                     done = len(out[column])
-                    out[column] += seal(used, plain[column][done:done + len(used)],
-                                        aads[column][done:done + len(used)])
+                    try:
+                        out[column] += fn(used, inputs[column][done:done + len(used)],  # type: ignore[arg-type]
+                                          aads[column][done:done + len(used)])
+                    except SealError as exc:
+                        failed = list(compress(range(lo, lo + len(chunk)), part or [True] * len(chunk)))
+                        raise PiiDecryptionError(
+                            f"{self.table_name}.{column}: the ciphertext of {self.subject} "
+                            f"{sids[failed[exc.index]].as_py()} does not authenticate (tampered, or "
+                            f"copied from another row/column)"
+                        ) from None
         return out
 
     def _aads(self, column: str, sids: pa.Array) -> list[bytes]:
