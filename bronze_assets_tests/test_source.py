@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,30 @@ def test_resolve_prefers_explicit_then_env_then_embedded(
         assert str(tmp_path / "data" / "pgdata") in uri
     finally:
         embedded_server(Settings.from_env().pgdata).stop()
+
+
+def test_the_type_catalog_is_read_once_per_dsn(fresh_dsn: str) -> None:
+    """The driver reads the server's type catalog on a session of its own once per DSN: later
+    connections open one server session each, not two, and each works on its own."""
+    connect(fresh_dsn).close()  # the DSN's driver database, made
+    with connect(fresh_dsn, autocommit=True) as observer, observer.cursor() as cur:
+
+        def sessions() -> int:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            return int(cur.fetchall()[0][0])
+
+        sessions()  # the observer's own session is counted once it has run a statement
+        before = sessions()
+        for value in range(3):
+            with connect(fresh_dsn) as conn, conn.cursor() as other:
+                other.execute(f"SELECT {value}, current_setting('TimeZone')")
+                assert other.fetchall() == [(value, "UTC")]
+        deadline = time.monotonic() + 5
+        while sessions() < before + 3 and time.monotonic() < deadline:  # counted as each one ends
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert sessions() - before == 3
 
 
 def test_connection_error_names_server_but_not_password(tmp_path: Path) -> None:

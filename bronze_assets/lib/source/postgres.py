@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
 from typing import Any
 
 from bronze_assets.lib.source.dsn import describe_dsn, redact, with_connect_timeout
@@ -44,12 +47,11 @@ def configured_source_dsn(settings: Settings) -> str | None:
 
 def connect(dsn: str, *, autocommit: bool = False) -> Any:
     """Open an ADBC PostgreSQL connection (DB-API) to ``dsn``, session pinned (UTC, ISO dates),
-    giving up after libpq's ``connect_timeout`` (added when ``dsn`` sets none)."""
-    import adbc_driver_postgresql.dbapi as pg
-
+    giving up after libpq's ``connect_timeout`` (added when ``dsn`` sets none). The server's type
+    catalog is read once per DSN in the process (:data:`DRIVER_DATABASE_SECONDS`)."""
     dsn = with_connect_timeout(dsn)
     try:
-        conn = pg.connect(dsn, autocommit=autocommit)
+        conn = _open(dsn, autocommit)
     except Exception as exc:
         from bronze_assets.lib.failures import Cause, explain
 
@@ -67,3 +69,56 @@ def connect(dsn: str, *, autocommit: bool = False) -> Any:
     cur.close()
     cancel_on_stop(conn)  # a load on a step thread, blocked on the server, still stops
     return conn
+
+
+# The driver's database object (ADBC) connects to the server once more to read its type catalog,
+# ≈30 ms of client CPU and a second backend per connection: one per DSN serves every connection to
+# it, replaced after DRIVER_DATABASE_SECONDS so a long-lived process sees types created since.
+DRIVER_DATABASE_SECONDS = 300.0
+_DATABASES: dict[str, tuple[Any, float]] = {}  # DSN -> (shared driver database, when it was made)
+_DATABASES_LOCK = threading.RLock()  # the driver counts a database's connections without a lock
+
+
+@functools.cache
+def _connection_class() -> type:
+    from adbc_driver_manager import dbapi
+
+    class Connection(dbapi.Connection):
+        """A DB-API connection closed under the lock of the shared driver databases."""
+
+        def close(self) -> None:
+            with _DATABASES_LOCK:
+                super().close()
+
+    return Connection
+
+
+def _open(dsn: str, autocommit: bool) -> Any:
+    """An ADBC DB-API connection to ``dsn`` made from the DSN's shared driver database."""
+    import adbc_driver_manager
+    import adbc_driver_postgresql
+    from adbc_driver_manager import dbapi
+
+    with _DATABASES_LOCK:
+        entry = _DATABASES.get(dsn)
+        if entry is None or time.monotonic() - entry[1] > DRIVER_DATABASE_SECONDS:
+            shared = dbapi._SharedDatabase(adbc_driver_postgresql.connect(dsn))
+            _forget_databases(time.monotonic() - DRIVER_DATABASE_SECONDS)
+            entry = _DATABASES[dsn] = (shared, time.monotonic())
+        shared = entry[0]
+        handle = adbc_driver_manager.AdbcConnection(shared._db)
+        try:
+            return _connection_class()(shared, handle, autocommit=autocommit)
+        except BaseException:
+            handle.close()
+            raise
+
+
+def _forget_databases(made_before: float = float("inf")) -> None:
+    """Let go of the shared driver databases made before ``made_before`` (``time.monotonic``;
+    default: all); each closes with its last connection."""
+    with _DATABASES_LOCK:
+        for dsn, (shared, made) in list(_DATABASES.items()):
+            if made < made_before:
+                del _DATABASES[dsn]
+                shared.close()
