@@ -451,3 +451,24 @@ def test_a_chunks_keys_are_read_and_created_without_the_other_subjects_key_files
     assert {s: again.keys[s] for s in first.keys} == first.keys and len(again.keys) == 150
     assert cipher.prepare(range(600, 650), create=False).keys == {
         s: again.keys[s] for s in map(str, range(600, 650))}
+
+
+def test_a_load_lets_go_of_its_data_keys_once_its_rows_are_written(seeded: str) -> None:
+    """The staged batch outlives its write (Dagster keeps a run's outputs until the run ends): once
+    the MERGE is over its PII hook holds no data keys, and the rows it wrote still decrypt (their
+    keys are in the key store)."""
+    from bronze_assets.lib.load.engine import LocalEngine
+    from bronze_assets.lib.load.lifecycle import Lifecycle, LoadRequest, commit
+
+    storage = store()
+    lifecycle = Lifecycle(LoadRequest(CUSTOMERS, None), LocalEngine(storage), seeded, storage)
+    staged = lifecycle.stage()
+    outcome = commit(lifecycle.engine, staged, storage, None)
+    lifecycle.finish(staged)
+    assert outcome.result.commits and staged.rows
+    assert staged.pii is not None
+    assert staged.pii.keys is None, "the staged batch's PII hook still holds the chunk's data keys"
+    plain = decrypt_table(DeltaTable(uri("bz_customers")).to_pyarrow_table(), CUSTOMERS, storage)
+    assert plain.num_rows == staged.rows
+    assert plain.column("email").null_count < plain.num_rows  # decrypted text, not NULLs
+    assert not any(v.startswith("enc:") for v in plain.column("email").drop_null().to_pylist())

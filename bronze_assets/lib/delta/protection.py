@@ -23,6 +23,9 @@ class PiiHook(Protocol):
     def erased_subjects(self) -> list[str]:
         """The data subjects whose PII was erased (a restore must not bring it back)."""
 
+    def release(self) -> None:
+        """Drop what :meth:`prepare` made ready (the write is over)."""
+
 
 class UnprotectedWriteError(RuntimeError):
     """A table with PII was about to be written without its protection hook."""

@@ -208,6 +208,12 @@ class PiiProtection:
     def protect(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         return batch if self.cipher is None else self.cipher.encrypt(batch, self.keys)
 
+    def release(self) -> None:
+        """Drop the prepared data keys: a raw key and its subject id per row of the last commit
+        chunk (≈ 145 bytes each), which the staged batch holding this hook would otherwise keep
+        for as long as it lives (Dagster keeps a run's outputs until the run ends)."""
+        self.keys = None
+
     def erased_subjects(self) -> list[str]:
         rows = KeyStore(self.storage, self.kek).rows(self.contract.name)
         return rows.filter(pl.col("forgotten_at").is_not_null()).get_column("subject_id").to_list()

@@ -82,7 +82,8 @@ class LoadReport:
 
 def commit(engine: LoadEngine, staged: Staged, storage: Storage, job_id: str | None) -> LoadOutcome:
     """MERGE ``staged`` with ``engine`` and audit it (a LOAD row, or a FAILED row on error); the
-    staged files are removed unless a check still reads them (``staged.keep_after_merge``)."""
+    staged files are removed unless a check still reads them (``staged.keep_after_merge``), and
+    the PII hook's prepared keys are released."""
     contract = staged.contract
     try:
         result = engine.merge(staged, job_id)
@@ -94,6 +95,9 @@ def commit(engine: LoadEngine, staged: Staged, storage: Storage, job_id: str | N
     finally:
         if not staged.keep_after_merge:
             staged.cleanup()
+        pii = getattr(staged, "pii", None)  # its data keys are not needed once the write is over
+        if pii is not None:
+            pii.release()
     staged.committed = bool(result.commits)
     outcome = LoadOutcome(contract, engine.name, staged.ctx.batch_id, staged.ctx.batch_time, staged.window,
                           staged.rows, result, staged.extract_seconds, staged.watermark)
