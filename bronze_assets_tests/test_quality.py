@@ -666,7 +666,8 @@ def test_the_service_imports_nothing_of_the_load(tmp_path: Path) -> None:
 
 def test_gx_keeps_no_chunk_after_validating_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk by chunk, the counts add up to a single validation's, and GX's pandas engine holds
-    no validated frame afterwards (memory holds one chunk at a time)."""
+    no validated frame nor its metrics afterwards (memory holds one chunk at a time, and a
+    table's runner keeps nothing of it until the table's next validation)."""
     from bronze_assets.lib.quality import validate
 
     contract, day = CONTRACTS["orders"], AS_OF.date()
@@ -680,3 +681,5 @@ def test_gx_keeps_no_chunk_after_validating_it(monkeypatch: pytest.MonkeyPatch) 
         r: n for r, n in whole.gx_counts.items() if not r.startswith("unique:")}
     engine = runner.context.data_sources.get(validate.BATCHES_SOURCE).get_execution_engine()
     assert not engine.batch_manager.batch_data_cache and not engine.batch_manager.batch_cache
+    # nor the metrics it computed on the last chunk (row masks, column values)
+    assert not engine._metric_cache

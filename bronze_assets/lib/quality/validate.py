@@ -183,11 +183,17 @@ class SuiteRunner:
         return report
 
     def _release_batch(self) -> None:
-        """Drop GX's reference to the chunk it validated (its pandas engine keeps the last batch
-        in its cache): otherwise that frame lives on while the next chunk's is built."""
-        batches = self.context.data_sources.get(BATCHES_SOURCE).get_execution_engine().batch_manager
+        """Drop GX's references to the chunk it validated: its pandas engine keeps the last batch
+        in its cache (otherwise that frame lives on while the next chunk's is built), and the
+        metrics it computed (row masks and column values: ≈ 9 MB for a 250k-row chunk), which
+        each table's runner would otherwise keep in the service until its next validation."""
+        engine = self.context.data_sources.get(BATCHES_SOURCE).get_execution_engine()
+        batches = engine.batch_manager
         batches.batch_data_cache.clear()
         batches.reset_batch_cache()
+        metrics = getattr(engine, "_metric_cache", None)  # GX's per-engine cache of resolved metrics
+        if isinstance(metrics, dict):
+            metrics.clear()
 
     def validate_batches(self, batches: Iterable[pa.RecordBatch]) -> QualityReport:
         """Validate a stream in bounded chunks and add up the counts."""
