@@ -683,3 +683,44 @@ def test_gx_keeps_no_chunk_after_validating_it(monkeypatch: pytest.MonkeyPatch) 
     assert not engine.batch_manager.batch_data_cache and not engine.batch_manager.batch_cache
     # nor the metrics it computed on the last chunk (row masks, column values)
     assert not engine._metric_cache
+
+
+def test_the_service_keeps_nothing_of_a_validation_with_data_docs(tmp_path: Path) -> None:
+    """GX's checkpoint run with Data Docs leaves reference cycles holding its last chunk; the
+    service collects them once the validation is answered, so no frame of it is left (with the
+    automatic collector off, as it may not run before the next, larger, validation)."""
+    import gc
+    import io
+    import pickle
+
+    import pandas as pd
+
+    from bronze_assets.lib.delta.staging import write_stream
+    from bronze_assets.lib.quality import service
+    from bronze_assets.lib.quality.worker import TASKS
+
+    contract, day = CONTRACTS["orders"], AS_OF.date()
+    batches = _generated("orders", 3000)
+    path, _ = write_stream(batches, batches[0].schema, "bz_orders", tmp_path)
+    args = (contract, day, tmp_path / "gx_docs" / "bz_orders")
+    server = service.Service(tmp_path / "gx.sock", 60, TASKS)
+
+    def ask(task: str, *task_args: Any) -> Any:
+        answers = io.BytesIO()
+        server.answer(io.BytesIO(pickle.dumps((0, task, task_args))), answers)
+        _, ok, value = pickle.loads(answers.getvalue())
+        assert ok, value
+        return value
+
+    ask("build", *args)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        report = ask("validate", *args, path)
+        left = [o for o in gc.get_objects() if isinstance(o, (pd.DataFrame, pd.Series))]
+    finally:
+        if enabled:
+            gc.enable()
+    assert report.rows == 3000 and report.docs_url
+    assert not left, f"{len(left)} pandas objects of the validation are left"
