@@ -309,7 +309,9 @@ class SourceReader:
     ) -> Iterator[pa.RecordBatch]:
         """Stream the window's rows in bounded Arrow batches (binary COPY under the hood).
 
-        ``transform`` runs on the reading threads, in parallel when there are several.
+        ``transform`` runs on the reading threads, in parallel when there are several. A window of
+        named keys (CDC) is read on this reader's connection: split into block ranges, each part
+        would look every key up in the index again, on a connection more.
         """
         sql = select_sql(self.contract, window, self.schema, extra_columns, rescued)
 
@@ -317,7 +319,7 @@ class SourceReader:
             ready = prepare(batch, self.contract, window, legacy)
             return ready if transform is None else transform(ready)
 
-        yield from self._parallel(sql, convert)
+        yield from self._parallel(sql, convert, split=window.keys is None)
 
     def raw_json(self, window: LoadWindow, available: set[str]) -> Iterator[pa.RecordBatch]:
         """The window's rows as they are, one JSON text per row (for the quarantine).
@@ -359,11 +361,11 @@ class SourceReader:
 
     def _parallel(
         self, sql: str, transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None,
-        own_connections: bool = False,
+        own_connections: bool = False, split: bool = True,
     ) -> Iterator[pa.RecordBatch]:
         apply = transform or (lambda b: b)
         shared = not own_connections  # part 0 may use the reader's own connection
-        if self.parallelism == 1 and shared:
+        if (self.parallelism == 1 or not split) and shared:
             for batch in self._stream(self._conn, sql):
                 stop_point()
                 yield apply(batch)
