@@ -10,7 +10,6 @@ import gc
 import json
 import logging
 import stat
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,15 +183,13 @@ def test_configured_master_key_wins_and_a_wrong_one_is_a_clear_error(monkeypatch
         decrypt_table(enc, CUSTOMERS, store())
 
 
-def test_25k_customers_encrypt_quickly() -> None:
+def test_25k_customers_get_their_keys_in_one_commit() -> None:
+    """The encryption's cost is measured in benchmarks/ (no test asserts a wall-clock time)."""
     n = 25_000
     people = {i: (f"Customer {i}", f"c{i}@example.com") for i in range(1, n + 1)}
     plain = customers_table(people)
-    started = time.perf_counter()
     enc = encrypt_table(plain, CUSTOMERS, store())  # creates 25k keys in one commit, then encrypts
-    seconds = time.perf_counter() - started
     assert DeltaTable(uri(KEY_STORE)).version() == 0  # one commit
-    assert seconds < 5, f"encrypting {n} customers took {seconds:.2f} s"
     assert decrypt_table(enc.slice(n - 3), CUSTOMERS, store()).equals(plain.slice(n - 3))
 
 
