@@ -16,6 +16,8 @@ import pytest
 from deltalake import DeltaTable
 
 from bronze_assets.contracts import CONTRACTS, Contract
+from bronze_assets.lib.delta import history as history_module
+from bronze_assets.lib.delta import staging
 from bronze_assets.lib.delta.change_feed import change_feed_on
 from bronze_assets.lib.delta.commit_log import BATCH_KEY, commit_history
 from bronze_assets.lib.delta.history import IS_DELETED, VALID_FROM, VALID_TO, HistoryWriter
@@ -164,6 +166,81 @@ def test_a_killed_run_repeated_and_a_rerun_never_duplicate_a_version(
     writer = HistoryWriter(CONTRACTS["customers"], b.storage())
     assert writer.write(batches, current, batch, T2, 0, 1) == 0
     assert _history(b).height == rows + 1 and b.version("customers_history") == settled
+
+
+def _assert_seeded_from_current(b: Bronze) -> None:
+    """The history holds exactly one open version per row of bz_customers (key, hash, status),
+    valid from the row's ``update_timestamp``."""
+    current = b.read("customers").select(PK, "record_hash", "record_status", "update_timestamp").sort(PK)
+    history = _history(b)
+    assert history.height == current.height
+    assert history.select(PK, "record_hash", "record_status").equals(
+        current.select(PK, "record_hash", "record_status"))
+    assert history[VALID_FROM].to_list() == current["update_timestamp"].to_list()
+    assert history[VALID_TO].null_count() == history.height and not history[IS_DELETED].any()
+
+
+def test_the_seed_streams_the_rows_as_written_in_bounded_pieces(seeded: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    monkeypatch.setattr(history_module, "SEED_BATCH_ROWS", 30)
+    monkeypatch.setattr(staging, "SPILL_BATCH_ROWS", 70)
+    spilled: list[int] = []  # rows of each batch of the spill file the seed reads
+    reader = staging.SpillFile.reader
+
+    def spill_reader(self: staging.SpillFile) -> pa.RecordBatchReader:
+        rows = reader(self)
+        spilled.extend(pa.ipc.open_file(str(self.path)).get_batch(i).num_rows
+                       for i in range(pa.ipc.open_file(str(self.path)).num_record_batches))
+        return rows
+
+    handed: list[int] = []  # rows of each batch delta-rs got for the seed's write
+    write = history_module.write_deltalake
+
+    def counted(uri: str, data: pa.RecordBatchReader, **kwargs: object) -> None:
+        def passing():
+            for batch in data:
+                handed.append(batch.num_rows)
+                yield batch
+        write(uri, pa.RecordBatchReader.from_batches(data.schema, passing()), **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(staging.SpillFile, "reader", spill_reader)
+    monkeypatch.setattr(history_module, "write_deltalake", counted)
+    result = b.load_direct("customers", batch_time=T1)
+    rows = b.read("customers").height
+    assert result.inserted == rows == sum(handed) == sum(spilled) > 2 * 70
+    assert max(handed) <= 30 and max(spilled) <= 70
+    assert b.version("customers_history") == 0  # one commit
+    _assert_seeded_from_current(b)
+
+
+def test_a_seed_that_fails_half_way_leaves_no_history_and_the_next_load_seeds_it(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = Bronze(seeded, tmp_path / "bronze")
+    monkeypatch.setattr(history_module, "SEED_BATCH_ROWS", 30)
+    seed_rows = history_module._seed_rows
+    pieces: list[int] = []
+
+    def failing(batch: pa.RecordBatch, *args: pa.Schema) -> pa.RecordBatch:
+        pieces.append(batch.num_rows)
+        if len(pieces) == 4:  # 90 rows already handed to delta-rs
+            raise OSError("No space left on device")
+        return seed_rows(batch, *args)
+
+    with monkeypatch.context() as patch, pytest.raises(Exception, match="No space left on device"):
+        patch.setattr(history_module, "_seed_rows", failing)
+        b.load_direct("customers", batch_time=T1)
+    rows = b.read("customers").height
+    assert len(pieces) == 4 and rows > 90
+    assert not DeltaTable.is_deltatable(b.uri("customers_history"))  # no half-seeded table to read
+    statuses = {s.table: s for s in bronze_status(b.storage())}
+    assert statuses["bz_customers"].history == {"table": "bz_customers_history", "versions": 0,
+                                                "current": 0, "delta_version": None}
+
+    result = b.load_direct("customers", batch_time=T2)  # unchanged: seeds the history, writes nothing
+    assert (result.inserted, result.updated, result.history_versions) == (0, 0, 0)
+    assert b.version("customers_history") == 0
+    _assert_seeded_from_current(b)
 
 
 def _load_before_history(b: Bronze, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ client, DuckDB, delta-rs: ≈40 MB of its memory)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,3 +23,10 @@ def staged_reader(path: Path) -> pa.RecordBatchReader:
         footer = pa.ipc.open_file(source)
         schema, count = footer.schema, footer.num_record_batches
     return pa.RecordBatchReader.from_batches(schema, (staged_batch(path, i) for i in range(count)))
+
+
+def slices(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """``batches`` in zero-copy slices of at most ``rows`` rows each."""
+    for batch in batches:
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)

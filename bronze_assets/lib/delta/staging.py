@@ -19,7 +19,7 @@ from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.commit_log import CommitLog
 from bronze_assets.lib.delta.merge_result import UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook
-from bronze_assets.lib.delta.staged_file import staged_batch, staged_reader
+from bronze_assets.lib.delta.staged_file import slices, staged_batch, staged_reader
 from bronze_assets.lib.enrich.metadata import BatchContext, complete
 from bronze_assets.lib.source.schema import SchemaDrift
 
@@ -103,6 +103,7 @@ class StagedBatch:
 
 
 STALE_AFTER_SECONDS = 24 * 3600
+SPILL_BATCH_ROWS = 65_536  # rows per batch of a spill file: its reader maps one batch at a time
 
 
 def stage_dir(base: Path) -> Path:
@@ -151,7 +152,8 @@ class SpillFile:
         """``batches``, each also written to the file."""
         for batch in batches:
             assert self._writer is not None, "the spill file is closed"
-            self._writer.write_batch(batch)
+            for piece in slices([batch], SPILL_BATCH_ROWS):  # read back, a batch is mapped whole
+                self._writer.write_batch(piece)
             self.rows += batch.num_rows
             yield batch
 
