@@ -42,11 +42,12 @@ from bronze_assets.lib.delta.merge_plan import OP, MergePlanner
 from bronze_assets.lib.delta.merge_result import MergeResult, UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
+from bronze_assets.lib.delta.staged_file import slices
 from bronze_assets.lib.delta.staged_layout import staged_layout
 from bronze_assets.lib.delta.staging import SpillFile, StagedBatch
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.delta.write_options import (
-    OUTPUT_BATCH_ROWS,
+    WRITE_BATCH_ROWS,
     target_file_bytes,
     writer_properties,
 )
@@ -259,15 +260,15 @@ class BronzeMerger:
         files its keys cannot be in. With ``order`` (no sort needed) one batch at a time is read,
         else the chunk's rows are read and gathered by sorted key."""
         if order is not None:
-            for piece in self._chunk_slices(staged, chunk, sizes, order):
+            for piece in slices(self._chunk_slices(staged, chunk, sizes, order), WRITE_BATCH_ROWS):
                 yield self._protect(staged.complete(piece))
             return
-        slices = list(self._chunk_slices(staged, chunk, sizes, order))
+        pieces = list(self._chunk_slices(staged, chunk, sizes, order))
         # sort the keys only, then gather one output batch at a time (no sorted copy of the chunk)
-        table = pa.Table.from_batches(slices, schema=staged_schema(staged.schema))
+        table = pa.Table.from_batches(pieces, schema=staged_schema(staged.schema))
         by_key = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
-        for start in range(0, len(by_key), OUTPUT_BATCH_ROWS):
-            for batch in table.take(by_key.slice(start, OUTPUT_BATCH_ROWS)).to_batches():
+        for start in range(0, len(by_key), WRITE_BATCH_ROWS):
+            for batch in table.take(by_key.slice(start, WRITE_BATCH_ROWS)).to_batches():
                 yield self._protect(staged.complete(batch))
 
     def _create_with_history(self, staged: StagedBatch) -> MergeResult:

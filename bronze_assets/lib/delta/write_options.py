@@ -9,6 +9,9 @@ from bronze_assets.contracts import Contract
 from bronze_assets.settings import Settings
 
 OUTPUT_BATCH_ROWS = 131_072
+# rows per batch handed to a delta-rs write: it queues up to 10 input batches ahead of its Parquet
+# encoder whatever their size (README "Performance": memory)
+WRITE_BATCH_ROWS = 16_384
 
 
 def target_file_bytes(contract: Contract | None, settings: Settings) -> int:
