@@ -94,6 +94,19 @@ def test_the_type_catalog_is_read_once_per_dsn(fresh_dsn: str) -> None:
         assert sessions() - before == 3
 
 
+def test_connect_without_a_shared_driver_database(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver manager without shared databases (a private class of adbc_driver_manager 1.13):
+    each connection makes its own, as before."""
+    from bronze_assets.lib.source import postgres
+
+    monkeypatch.setattr(postgres, "_shared_database_class", lambda: None)
+    monkeypatch.setattr(postgres, "_DATABASES", {})
+    with connect(fresh_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('TimeZone')")
+        assert cur.fetchall() == [("UTC",)]
+    assert postgres._DATABASES == {}  # none shared
+
+
 def test_connection_error_names_server_but_not_password(tmp_path: Path) -> None:
     dsn = f"postgresql://alice:s3cr3t-pw@/inventory?host={tmp_path}&port=5999"
     with pytest.raises(SourceConnectionError) as info:

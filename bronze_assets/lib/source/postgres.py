@@ -93,16 +93,28 @@ def _connection_class() -> type:
     return Connection
 
 
+def _shared_database_class() -> type | None:
+    """``adbc_driver_manager``'s holder of a driver database shared by connections (private in 1.13,
+    the one its ``adbc_clone`` uses), or None if this version has none."""
+    from adbc_driver_manager import dbapi
+
+    return getattr(dbapi, "_SharedDatabase", None)
+
+
 def _open(dsn: str, autocommit: bool) -> Any:
     """An ADBC DB-API connection to ``dsn`` made from the DSN's shared driver database."""
     import adbc_driver_manager
     import adbc_driver_postgresql
-    from adbc_driver_manager import dbapi
 
+    shared_database = _shared_database_class()
+    if shared_database is None:  # a driver manager without it: a driver database per connection
+        import adbc_driver_postgresql.dbapi as pg
+
+        return pg.connect(dsn, autocommit=autocommit)
     with _DATABASES_LOCK:
         entry = _DATABASES.get(dsn)
         if entry is None or time.monotonic() - entry[1] > DRIVER_DATABASE_SECONDS:
-            shared = dbapi._SharedDatabase(adbc_driver_postgresql.connect(dsn))
+            shared = shared_database(adbc_driver_postgresql.connect(dsn))
             _forget_databases(time.monotonic() - DRIVER_DATABASE_SECONDS)
             entry = _DATABASES[dsn] = (shared, time.monotonic())
         shared = entry[0]
