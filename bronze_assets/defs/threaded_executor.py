@@ -51,12 +51,15 @@ from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
 
+from bronze_assets.lib import ast_lock
 from bronze_assets.lib.stop import clear_stop, request_stop
 
 POLL_SECONDS = 0.1  # how often the run's thread looks for an interrupt while steps run
 STOP_GRACE_SECONDS = 30.0  # how long an interrupted run waits for its running steps to stop
 _DONE = object()  # a step thread's last message
 _WAKE = object()  # the pool says a step may start now
+
+ast_lock.install()  # steps and runs on threads format tracebacks at once
 
 
 class StepPool:
