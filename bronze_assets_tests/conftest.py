@@ -4,8 +4,10 @@ local Spark session per test worker."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -173,3 +175,28 @@ def query(dsn: str, sql: str) -> list[tuple]:
     with connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(sql)
         return cur.fetchall() if cur.description else []
+
+
+@contextmanager
+def sessions_opened(dsn: str) -> Iterator[Callable[[int], int]]:
+    """Count the server sessions opened on ``dsn``'s database inside the block: the callable waits
+    (up to 5 s; PostgreSQL counts a session as it ends) for ``expected`` more, then 0.5 s for any
+    beyond them, and returns how many there were."""
+    with connect(dsn, autocommit=True) as observer, observer.cursor() as cur:
+
+        def sessions() -> int:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            return int(cur.fetchall()[0][0])
+
+        sessions()  # the observer's own session is counted once it has run a statement
+        before = sessions()
+
+        def opened(expected: int) -> int:
+            deadline = time.monotonic() + 5
+            while sessions() < before + expected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            return sessions() - before
+
+        yield opened

@@ -23,7 +23,7 @@ from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import extract
 from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
-from bronze_assets_tests.conftest import AS_OF, SeedDb, query
+from bronze_assets_tests.conftest import AS_OF, SeedDb, query, sessions_opened
 
 pytestmark = pytest.mark.integration
 
@@ -253,32 +253,17 @@ def test_parallel_extraction_reads_each_row_once(clean_bronze: Bronze, paralleli
 def test_named_keys_are_read_on_one_connection(clean_bronze: Bronze, monkeypatch: pytest.MonkeyPatch) -> None:
     """A window of named keys (CDC) is not split into block ranges: each part would look every key
     up again on a connection of its own. Each named key present is read once."""
-    import time
-
-    from bronze_assets.lib.source.postgres import connect
     from bronze_assets.lib.source.window import LoadWindow
 
     monkeypatch.setattr(extract, "MIN_BLOCKS_PER_PART", 1)  # a small heap would be split
     keys = [k for (k,) in query(clean_bronze.dsn, "SELECT order_id FROM tests.orders WHERE order_id % 7 = 0")]
     window = LoadWindow(start=datetime(2025, 1, 1, tzinfo=UTC), end=datetime(2025, 4, 1, tzinfo=UTC),
                         first_month=date(2025, 1, 1), newest_end=date(2025, 4, 1), keys=tuple(keys))
-    with connect(clean_bronze.dsn, autocommit=True) as observer, observer.cursor() as cur:
-
-        def sessions() -> int:
-            cur.execute("SELECT pg_stat_clear_snapshot()")
-            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
-            return int(cur.fetchall()[0][0])
-
-        sessions()  # the observer's own session is counted once it has run a statement
-        before = sessions()
+    with sessions_opened(clean_bronze.dsn) as opened:
         with extract.SourceReader(clean_bronze.dsn, CONTRACTS["orders"], parallelism=3) as reader:
             assert reader.parallelism == 3  # the table's own reads are split
             read = pa.concat_arrays([b.column("order_id") for b in reader.batches(window)])
-        deadline = time.monotonic() + 5
-        while sessions() < before + 1 and time.monotonic() < deadline:  # counted as each one ends
-            time.sleep(0.05)
-        time.sleep(0.5)
-        assert sessions() - before == 1
+        assert opened(1) == 1
     assert sorted(read.to_pylist()) == sorted(keys)
 
 

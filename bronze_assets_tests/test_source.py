@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from bronze_assets.lib.source.dsn import describe_dsn, redact
 from bronze_assets.lib.source.embedded import EmbeddedPostgres
 from bronze_assets.lib.source.postgres import SourceConnectionError, connect, resolve_source_dsn
 from bronze_assets.settings import ENV_SOURCE_DSN, Settings
+from bronze_assets_tests.conftest import sessions_opened
 
 pytestmark = pytest.mark.integration
 
@@ -74,24 +74,12 @@ def test_the_type_catalog_is_read_once_per_dsn(fresh_dsn: str) -> None:
     """The driver reads the server's type catalog on a session of its own once per DSN: later
     connections open one server session each, not two, and each works on its own."""
     connect(fresh_dsn).close()  # the DSN's driver database, made
-    with connect(fresh_dsn, autocommit=True) as observer, observer.cursor() as cur:
-
-        def sessions() -> int:
-            cur.execute("SELECT pg_stat_clear_snapshot()")
-            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
-            return int(cur.fetchall()[0][0])
-
-        sessions()  # the observer's own session is counted once it has run a statement
-        before = sessions()
+    with sessions_opened(fresh_dsn) as opened:
         for value in range(3):
             with connect(fresh_dsn) as conn, conn.cursor() as other:
                 other.execute(f"SELECT {value}, current_setting('TimeZone')")
                 assert other.fetchall() == [(value, "UTC")]
-        deadline = time.monotonic() + 5
-        while sessions() < before + 3 and time.monotonic() < deadline:  # counted as each one ends
-            time.sleep(0.05)
-        time.sleep(0.5)
-        assert sessions() - before == 3
+        assert opened(3) == 3
 
 
 def test_connect_without_a_shared_driver_database(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
