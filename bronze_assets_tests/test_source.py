@@ -95,6 +95,42 @@ def test_connect_without_a_shared_driver_database(fresh_dsn: str, monkeypatch: p
     assert postgres._DATABASES == {}  # none shared
 
 
+def test_connect_with_another_shape_of_the_shared_driver_database(
+        fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared driver database holder is private to adbc_driver_manager (``>=1.8,<2``): a
+    version keeping its database under another name still shares it, and one whose holder is made
+    otherwise gets a driver database per connection; neither fails as an unreachable server."""
+    from adbc_driver_manager import dbapi
+
+    from bronze_assets.lib.source import postgres
+
+    original = dbapi._SharedDatabase
+
+    class Renamed(original):  # type: ignore[misc, valid-type]
+        def __init__(self, db: object) -> None:
+            super().__init__(db)  # type: ignore[arg-type]
+            self._database = self.__dict__.pop("_db")
+
+        def close(self) -> None:
+            if self._dec() == 0:
+                self._database.close()
+
+    class MadeOtherwise(original):  # type: ignore[misc, valid-type]
+        def __init__(self, db: object, driver: str | None = None) -> None:
+            super().__init__(db)  # type: ignore[arg-type]
+
+    for holder, shared in ((Renamed, True), (MadeOtherwise, False)):
+        with monkeypatch.context() as patch:
+            patch.setattr(dbapi, "_SharedDatabase", holder)
+            patch.setattr(postgres, "_DATABASES", {})
+            for value in range(2):
+                with connect(fresh_dsn) as conn, conn.cursor() as cur:
+                    cur.execute(f"SELECT {value}, current_setting('TimeZone')")
+                    assert cur.fetchall() == [(value, "UTC")]
+            assert bool(postgres._DATABASES) is shared, holder.__name__
+            postgres._forget_databases()
+
+
 def test_connection_error_names_server_but_not_password(tmp_path: Path) -> None:
     dsn = f"postgresql://alice:s3cr3t-pw@/inventory?host={tmp_path}&port=5999"
     with pytest.raises(SourceConnectionError) as info:

@@ -75,7 +75,8 @@ def connect(dsn: str, *, autocommit: bool = False) -> Any:
 # ≈30 ms of client CPU and a second backend per connection: one per DSN serves every connection to
 # it, replaced after DRIVER_DATABASE_SECONDS so a long-lived process sees types created since.
 DRIVER_DATABASE_SECONDS = 300.0
-_DATABASES: dict[str, tuple[Any, float]] = {}  # DSN -> (shared driver database, when it was made)
+# DSN -> (the driver database's shared holder, the database, when it was made)
+_DATABASES: dict[str, tuple[Any, Any, float]] = {}
 _DATABASES_LOCK = threading.RLock()  # the driver counts a database's connections without a lock
 
 
@@ -94,11 +95,20 @@ def _connection_class() -> type:
 
 
 def _shared_database_class() -> type | None:
-    """``adbc_driver_manager``'s holder of a driver database shared by connections (private in 1.13,
-    the one its ``adbc_clone`` uses), or None if this version has none."""
+    """``adbc_driver_manager``'s holder of a driver database shared by connections (private in
+    1.8-1.13, the one its ``adbc_clone`` uses), or None if this version has none made of the
+    database alone, in whose place a DB-API connection takes it."""
+    import inspect
+
     from adbc_driver_manager import dbapi
 
-    return getattr(dbapi, "_SharedDatabase", None)
+    holder = getattr(dbapi, "_SharedDatabase", None)
+    try:
+        made_of = list(inspect.signature(holder).parameters) if holder is not None else []
+        takes = inspect.signature(dbapi.Connection).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    return holder if made_of == ["db"] and {"db", "conn", "autocommit"} <= takes.keys() else None
 
 
 def _open(dsn: str, autocommit: bool) -> Any:
@@ -113,12 +123,12 @@ def _open(dsn: str, autocommit: bool) -> Any:
         return pg.connect(dsn, autocommit=autocommit)
     with _DATABASES_LOCK:
         entry = _DATABASES.get(dsn)
-        if entry is None or time.monotonic() - entry[1] > DRIVER_DATABASE_SECONDS:
-            shared = shared_database(adbc_driver_postgresql.connect(dsn))
+        if entry is None or time.monotonic() - entry[2] > DRIVER_DATABASE_SECONDS:
+            database = adbc_driver_postgresql.connect(dsn)
             _forget_databases(time.monotonic() - DRIVER_DATABASE_SECONDS)
-            entry = _DATABASES[dsn] = (shared, time.monotonic())
-        shared = entry[0]
-        handle = adbc_driver_manager.AdbcConnection(shared._db)
+            entry = _DATABASES[dsn] = (shared_database(database), database, time.monotonic())
+        shared, database, _made = entry
+        handle = adbc_driver_manager.AdbcConnection(database)
         try:
             return _connection_class()(shared, handle, autocommit=autocommit)
         except BaseException:
@@ -130,7 +140,7 @@ def _forget_databases(made_before: float = float("inf")) -> None:
     """Let go of the shared driver databases made before ``made_before`` (``time.monotonic``;
     default: all); each closes with its last connection."""
     with _DATABASES_LOCK:
-        for dsn, (shared, made) in list(_DATABASES.items()):
+        for dsn, (shared, _database, made) in list(_DATABASES.items()):
             if made < made_before:
                 del _DATABASES[dsn]
                 shared.close()
