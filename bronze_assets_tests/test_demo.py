@@ -273,3 +273,10 @@ def test_the_demo_runs_pool_starts_the_encrypted_history_table_first_then_two_la
     if scale == 30:
         assert all(t == ["bz_customers"] for t in tables if "bz_customers" in t)
     assert sorted(started) == sorted(step for run in runs for step in run.values())
+
+
+def test_materialize_all_without_a_bronze_table_runs_nothing() -> None:
+    """Definitions holding no bronze table: no run, nothing materialized (the runs' pool of no step)."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert materialize_all(dg.Definitions(), "postgresql://nobody@/none?host=/nonexistent", instance,
+                               with_checks=False) == {}

@@ -495,7 +495,7 @@ def _step_pool(runs: list[Mapping[str, str]], with_checks: bool, shapes: Mapping
              for table, step in steps.items()} if with_checks else {}
     chunk_rows = Settings.from_env().commit_chunk_rows
     weights = {table: step_weight(get_contract(table), shapes.get(table), chunk_rows) for table in steps}
-    heaviest = max(steps, key=lambda t: (weights[t], t))
+    heaviest = max(steps, key=lambda t: (weights[t], t), default=None)  # None: no table to load
     rows = {t: shapes[t].rows if t in shapes else 0 for t in steps}
     order = [steps[t] for t in sorted(steps, key=lambda t: (t != heaviest, -rows[t], -weights[t], t))]
     plain = [w for t, w in weights.items() if not get_contract(t).encrypted_columns]
