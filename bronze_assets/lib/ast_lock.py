@@ -29,14 +29,14 @@ def install() -> None:
 
     @functools.wraps(parse)
     def locked_parse(*args: Any, **kwargs: Any) -> Any:
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            with _LOCK:
+        with _LOCK:  # the collector paused and resumed under it: not by one parse while another runs
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
                 return parse(*args, **kwargs)
-        finally:
-            if enabled:
-                gc.enable()
+            finally:
+                if enabled:
+                    gc.enable()
 
     locked_parse.__bronze_locked__ = True  # type: ignore[attr-defined]
     ast.parse = locked_parse  # type: ignore[assignment]
