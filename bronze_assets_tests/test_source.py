@@ -64,8 +64,10 @@ def test_resolve_prefers_explicit_then_env_then_embedded(
     from bronze_assets.lib.source.embedded import embedded_server
 
     uri = resolve_source_dsn(Settings.from_env())  # BRONZE_DATA_DIR points into tmp_path (conftest)
-    try:
-        assert str(tmp_path / "data" / "pgdata") in uri
+    try:  # the server of BRONZE_DATA_DIR's pgdata (its socket may sit elsewhere when that path is long)
+        with connect(uri) as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_setting('data_directory')")
+            assert Path(cur.fetchall()[0][0]).resolve() == (tmp_path / "data" / "pgdata").resolve()
     finally:
         embedded_server(Settings.from_env().pgdata).stop()
 
