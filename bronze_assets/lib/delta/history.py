@@ -38,7 +38,7 @@ from bronze_assets.lib.delta.merge_rule import DELETE, INSERT, UPDATE
 from bronze_assets.lib.delta.query import read_columns
 from bronze_assets.lib.delta.staged_file import slices
 from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.delta.write_options import target_file_bytes, writer_properties
+from bronze_assets.lib.delta.write_options import SEED_BATCH_ROWS, target_file_bytes, writer_properties
 from bronze_assets.lib.enrich.metadata import ACTIVE, DELETED, TS
 from bronze_assets.lib.source.ddl import quote_ident
 
@@ -52,10 +52,6 @@ SEEDED_BY_KEY = "bronze.history_seeded_by"
 HOP = "_bronze_hop"  # a history MERGE source row: 'close' ends the current version, 'open' adds one
 CLOSE, OPEN = "close", "open"
 VERSION_OPS = (INSERT, UPDATE)  # plan operations whose staged row is a new version (not a re-hash)
-# rows per batch handed to the seed's write: delta-rs queues up to 10 input batches ahead of its
-# Parquet encoder whatever their size, and the staged batches hold up to ≈ 400k rows (README
-# "Performance": memory)
-SEED_BATCH_ROWS = 4096
 
 
 def adds_versions(ops: Iterable[str]) -> bool:

@@ -10,8 +10,10 @@ from bronze_assets.settings import Settings
 
 OUTPUT_BATCH_ROWS = 131_072
 # rows per batch handed to a delta-rs write: it queues up to 10 input batches ahead of its Parquet
-# encoder whatever their size (README "Performance": memory)
+# encoder whatever their size; a history seed hands smaller ones (both measured: README
+# "Performance", memory)
 WRITE_BATCH_ROWS = 16_384
+SEED_BATCH_ROWS = 4_096
 
 
 def target_file_bytes(contract: Contract | None, settings: Settings) -> int:
