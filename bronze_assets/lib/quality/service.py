@@ -279,8 +279,14 @@ def main() -> None:
 def _warm_import() -> None:
     """Import GX while the first client connects (its first request then finds it ready), then
     move what the import built out of the collector's sight (``gc.freeze``): it lives as long as
-    the service, and the automatic collections during a validation need not walk it again."""
-    with contextlib.suppress(Exception):
-        import great_expectations  # noqa: F401
+    the service, and the automatic collections during a validation need not walk it again. The
+    collector is off during the import: what it builds (modules, classes) lives as long as the
+    service, so collections in between would only walk it again and again."""
+    gc.disable()
+    try:
+        with contextlib.suppress(Exception):
+            import great_expectations  # noqa: F401
+    finally:
+        gc.enable()
     gc.collect()
     gc.freeze()

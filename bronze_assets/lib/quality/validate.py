@@ -84,7 +84,7 @@ def suite_runner(contract: Contract, load_date: date, docs_dir: Path | None = No
 class SuiteRunner:
     """Validates batches of one contract with one ephemeral GX context (built once).
 
-    With ``docs_dir`` the checkpoint also renders GX Data Docs there; ``docs_url`` is then the
+    With ``docs_dir`` each call also renders GX Data Docs there; ``docs_url`` is then the
     page of the latest validation. A runner may be reused (:func:`suite_runner`): each
     :meth:`validate_batches` call starts from an empty validation-results store, so the docs
     index lists (and GX keeps the pages of) that call's validations only, as with a new runner.
@@ -108,7 +108,6 @@ class SuiteRunner:
         asset = source.add_dataframe_asset(contract.bronze_table)
         self.batch_definition = asset.add_batch_definition_whole_dataframe("staged")
         self.suite = self.context.suites.add(build_suite(contract, load_date))
-        actions = []
         self.docs_dir = docs_dir
         self.docs_url: str | None = None
         if docs_dir is not None:
@@ -121,11 +120,10 @@ class SuiteRunner:
                 "site_section_builders": {section: {"view": docs.VIEW}
                                           for section in ("expectations", "validations", "profiling")},
             })
-            actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE]))
         definition = self.context.validation_definitions.add(gx.ValidationDefinition(
             name=f"{contract.bronze_table}_staged", data=self.batch_definition, suite=self.suite))
         self.checkpoint = self.context.checkpoints.add(gx.Checkpoint(
-            name=f"{contract.bronze_table}_checkpoint", validation_definitions=[definition], actions=actions,
+            name=f"{contract.bronze_table}_checkpoint", validation_definitions=[definition], actions=[],
             # BASIC: counts and a few unexpected values; SUMMARY would also collect every
             # unexpected row's index and a query for them (≈10 % of a validation), unused here
             result_format={
@@ -140,19 +138,33 @@ class SuiteRunner:
     def validate(self, table: pa.Table) -> QualityReport:
         """Counts for one batch; GX reports counts and a few failing keys, not every index."""
         with self.lock:
-            return self._validate(table)
+            validated: list[Any] = []
+            report = self._validate(table, validated)
+            self._build_docs(validated)
+            report.docs_url = self.docs_url
+            return report
 
-    def _validate(self, table: pa.Table) -> QualityReport:
+    def _build_docs(self, validated: list[Any]) -> None:
+        """Render the Data Docs of this call's validations at once: each chunk's page, the suite's
+        page and the index once (GX's docs action would render the suite and the index again
+        after every chunk)."""
+        if self.docs_dir is None or not validated:
+            return
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+        self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=[
+            *validated, ExpectationSuiteIdentifier(name=self.suite.name)])
+        urls = self.context.get_docs_sites_urls(resource_identifier=validated[-1], site_names=[DOCS_SITE])
+        self.docs_url = urls[0]["site_url"] if urls else None
+
+    def _validate(self, table: pa.Table, validated: list[Any]) -> QualityReport:
         report = QualityReport(rows=table.num_rows)
         if not table.num_rows:
             return report
         columns = self.columns
-        # numpy-backed frames: GX converts Arrow-backed columns element by element (8x slower);
-        # decimals as float64 (exact for the sign tests of the range rules), not Decimal objects
+        # numpy-backed frames: GX converts Arrow-backed columns element by element (8x slower)
         subset = table.select(columns)
-        subset = subset.cast(pa.schema([
-            pa.field(f.name, pa.float64() if pa.types.is_decimal(f.type) else f.type) for f in subset.schema
-        ]))
+        subset = subset.cast(pa.schema([pa.field(f.name, _gx_type(f.type)) for f in subset.schema]))
         frame = subset.to_pandas()
         del subset
         try:
@@ -161,9 +173,7 @@ class SuiteRunner:
             del frame
             self._release_batch()
         ((identifier, result),) = run.run_results.items()
-        if self.docs_dir is not None:
-            urls = self.context.get_docs_sites_urls(resource_identifier=identifier, site_names=[DOCS_SITE])
-            self.docs_url = urls[0]["site_url"] if urls else None
+        validated.append(identifier)
         for r in result.results:
             rule = r.expectation_config.meta["rule"]
             if r.exception_info and r.exception_info.get("raised_exception"):
@@ -199,15 +209,16 @@ class SuiteRunner:
         """Validate a stream in bounded chunks and add up the counts."""
         with self.lock:
             self._forget_results()
-            total, pending, size = QualityReport(), [], 0
+            total, pending, size, validated = QualityReport(), [], 0, []
             for batch in batches:
                 pending.append(batch)
                 size += batch.num_rows
                 if size >= CHUNK_ROWS:
-                    total.add(self.validate(pa.Table.from_batches(pending)))
+                    total.add(self._validate(pa.Table.from_batches(pending), validated))
                     pending, size = [], 0
             if pending:
-                total.add(self.validate(pa.Table.from_batches(pending)))
+                total.add(self._validate(pa.Table.from_batches(pending), validated))
+            self._build_docs(validated)
             total.docs_url = self.docs_url
             return total
 
@@ -217,6 +228,17 @@ class SuiteRunner:
         for key in store.list_keys():
             store.remove_key(key)
         self.docs_url = None
+
+
+def _gx_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type a column is handed to GX in: decimals as float64 (exact for the sign tests
+    of the range rules), not Decimal objects; narrower integers as int64, which GX's range
+    expectation compares vectorised (it compares other integer dtypes value by value)."""
+    if pa.types.is_decimal(t):
+        return pa.float64()
+    if pa.types.is_signed_integer(t) or t in (pa.uint8(), pa.uint16(), pa.uint32()):
+        return pa.int64()
+    return t
 
 
 def _skip_batch_fingerprint() -> None:
