@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bronze_assets.lib.delta.staged_layout import staged_layout
 
@@ -39,3 +40,24 @@ def test_rows_that_need_a_sort_have_no_order() -> None:
     composite = _reader(_batch([1, 2], [D1] * 2))
     layout = staged_layout(composite, ["k", "k2"], None)
     assert (layout.order, layout.sizes, layout.partitions) == (None, [2], [])
+
+
+def test_gather_takes_rows_across_chunks_in_the_given_order() -> None:
+    import numpy as np
+
+    from bronze_assets.lib.delta.merger import gather
+
+    rng = np.random.default_rng(7)
+    sizes = [5, 0, 9, 1, 12]
+    keys = rng.permutation(sum(sizes))
+    chunks, at = [], 0
+    for n in sizes:  # a chunk may be empty, or a slice of a larger batch
+        values = keys[at:at + n + 2]
+        whole = pa.RecordBatch.from_pydict({"k": values, "s": [str(k) for k in values]})
+        chunks.append(whole.slice(0, n))
+        at += n
+    table = pa.Table.from_batches(chunks)
+    starts = np.cumsum([0, *sizes[:-1]])
+    by_key = pc.sort_indices(table.column("k")).to_numpy()  # uint64, as the create sorts
+    for rows in (by_key, np.argsort(keys), rng.permutation(len(keys))[:11], np.arange(3), np.array([14, 6])):
+        assert gather(chunks, starts, rows).to_pydict() == table.take(pa.array(rows)).to_pydict()

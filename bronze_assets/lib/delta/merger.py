@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -267,9 +268,10 @@ class BronzeMerger:
         # sort the keys only, then gather one output batch at a time (no sorted copy of the chunk)
         table = pa.Table.from_batches(pieces, schema=staged_schema(staged.schema))
         by_key = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
-        for start in range(0, len(by_key), WRITE_BATCH_ROWS):
-            for batch in table.take(by_key.slice(start, WRITE_BATCH_ROWS)).to_batches():
-                yield self._protect(staged.complete(batch))
+        rows = by_key.to_numpy()
+        starts = np.cumsum([0] + [p.num_rows for p in pieces[:-1]])
+        for start in range(0, len(rows), WRITE_BATCH_ROWS):
+            yield self._protect(staged.complete(gather(pieces, starts, rows[start:start + WRITE_BATCH_ROWS])))
 
     def _create_with_history(self, staged: StagedBatch) -> MergeResult:
         """:meth:`_create`, then the history table seeded from the rows as written (PII protected),
@@ -436,6 +438,22 @@ class CommitInfo:
     @property
     def complete(self) -> bool:
         return self.chunk == self.chunks - 1
+
+
+def gather(chunks: list[pa.RecordBatch], starts: np.ndarray, rows: np.ndarray) -> pa.RecordBatch:
+    """The rows ``rows`` (positions in ``chunks`` end to end; ``starts``: each chunk's first
+    position) in that order, taken chunk by chunk (``Table.take`` concatenates every chunk of the
+    table first, on each call)."""
+    rows = rows.astype(np.int64)  # sort indices are uint64: less an int64 start they turn float
+    which = np.searchsorted(starts, rows, side="right") - 1
+    grouped = np.argsort(which, kind="stable")  # the positions of ``rows``, chunk by chunk
+    bounds = np.flatnonzero(np.diff(which[grouped])) + 1
+    parts = [chunks[which[group[0]]].take(pa.array(rows[group] - starts[which[group[0]]]))
+             for group in np.split(grouped, bounds)]
+    taken = parts[0] if len(parts) == 1 else pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+    if len(parts) == 1 and bool(np.all(grouped[1:] > grouped[:-1])):
+        return taken  # one chunk, already in order
+    return taken.take(pa.array(np.argsort(grouped)))
 
 
 def _to_batch(frame: pl.DataFrame, schema: pa.Schema) -> pa.RecordBatch:
