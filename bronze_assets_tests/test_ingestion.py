@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -12,17 +13,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
+from deltalake.table import TableMerger
 
 from bronze_assets.contracts import CONTRACTS
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import materialize_all
-from bronze_assets.lib.delta import merge_plan
+from bronze_assets.lib.delta import merge_plan, merger
 from bronze_assets.lib.delta.key_ranges import key_range_sql, key_ranges
 from bronze_assets.lib.delta.merge_result import DuplicateKeyError
 from bronze_assets.lib.delta.merger import BronzeMerger
 from bronze_assets.lib.load import extract_and_stage
 from bronze_assets.lib.source import extract
-from bronze_assets_tests.bronze_helpers import Bronze, active_hashes, source_hashes
+from bronze_assets_tests.bronze_helpers import (
+    Bronze,
+    active_hashes,
+    assert_table_exact,
+    at_once,
+    source_hashes,
+)
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query, sessions_opened
 
 pytestmark = pytest.mark.integration
@@ -265,6 +273,38 @@ def test_named_keys_are_read_on_one_connection(clean_bronze: Bronze, monkeypatch
             read = pa.concat_arrays([b.column("order_id") for b in reader.batches(window)])
         assert opened(1) == 1
     assert sorted(read.to_pylist()) == sorted(keys)
+
+
+def test_at_most_merge_slots_merges_run_at_once(bronze: Bronze, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three tables' loads on threads of one process: at most ``MERGE_SLOTS`` delta-rs MERGEs
+    execute at a time (each waits here until all three are in, or 3 s), the others after; every
+    table then equals its source."""
+    tables = ("orders", "inventory", "order_details")
+    for name in tables:
+        bronze.load_direct(name)
+        pk = CONTRACTS[name].primary_key[0]
+        query(bronze.dsn, f"UPDATE tests.{name} SET updated_at = now() WHERE {pk} % 5 = 0")
+    running, most, changed = 0, 0, threading.Condition()
+    execute = TableMerger.execute
+
+    def counted(self: TableMerger) -> dict:
+        nonlocal running, most
+        with changed:
+            running += 1
+            most = max(most, running)
+            changed.notify_all()
+            changed.wait_for(lambda: running == len(tables), timeout=3)
+        try:
+            return execute(self)
+        finally:
+            with changed:
+                running -= 1
+
+    monkeypatch.setattr(TableMerger, "execute", counted)
+    at_once(*(lambda name=name: bronze.load_direct(name) for name in tables))
+    assert most == merger.MERGE_SLOTS < len(tables)
+    for name in tables:
+        assert_table_exact(bronze.dsn, bronze.root, name)
 
 
 def test_a_plan_in_key_buckets_equals_the_plan_of_the_whole_table(bronze: Bronze, tmp_path: Path,
