@@ -85,9 +85,14 @@ def main(verbose: bool) -> None:
 
     Every setting is an environment variable (listed below); the source defaults to an embedded
     PostgreSQL and the bronze tables to $BRONZE_DATA_DIR/bronze."""
+    import atexit
     import contextlib
+    import gc
     import os
 
+    # at exit, the interpreter's own collections walk every object the run's imports made (≈2 s
+    # after a load); what must happen at exit is done by atexit handlers (they run before this one)
+    atexit.register(gc.freeze)
     # delta-rs's own log (e.g. a WARN per credential provider tried): errors only, unless verbose
     os.environ.setdefault("RUST_LOG", "warn" if verbose else "error")
     logging.basicConfig(
