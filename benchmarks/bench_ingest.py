@@ -5,7 +5,7 @@ set to today: the tables go live today, so each daily table's whole history is i
 snapshot partition):
   (a) ``copy``: raw ``COPY … TO STDOUT (FORMAT binary)`` of the ten tables through psql to /dev/null,
   (b) ``initial``: the initial bronze load of all ten tables through Dagster (``materialize_all``: three
-  runs, two steps of a run at once on threads of the process),
+  runs at once on threads of the process, their steps sharing one pool: two tables read at once),
   (c) ``unchanged``: an unchanged re-load, (d) ``changed_1pct``: a re-load after 1 % of the rows of
   every table changed; (b +checks) ``initial_checks``: the initial load again into a second empty
   root with every asset check (schema gate, GX quality suite, key uniqueness, referential

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -20,13 +21,16 @@ from click.testing import CliRunner
 
 from bronze_assets.cli import main
 from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
+from bronze_assets.defs import threaded_executor
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.defs.resources import BronzeStorage
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.run import (
     DAGSTER_SETTINGS,
     LOG_FILE,
+    SourceShape,
     TableProgress,
+    _step_pool,
     format_summary,
     materialize_all,
     run_demo,
@@ -213,8 +217,66 @@ def test_one_ctrl_c_stops_the_demo(seed_db: SeedDb, tmp_path: Path) -> None:
         os.killpg(demo.pid, 0)
 
 
+def _pool_schedule(pool: threaded_executor.StepPool, steps: list[str]) -> tuple[list[str], list[set[str]]]:
+    """The steps started in order, and each set of steps running at once, when every step starts
+    as soon as the pool lets it, writes its output at once (a thread beside it) and the oldest
+    running step ends first."""
+    pool.arrive(steps, queue.Queue())
+    pool.wait(steps)
+    pending, running, started, together = list(steps), [], [], []
+    while pending or running:
+        for step in sorted(pending, key=pool.rank):
+            if pool.ready(step) and pool.start(step):
+                pending.remove(step)
+                running.append(step)
+                started.append(step)
+                pool.output_out(step)
+        together.append(set(running))
+        pool.end(running.pop(0))
+    return started, together
+
+
+# source tables' (bytes, rows) as the catalog gives them after seeding at scale 10 and 30
+SHAPES = {
+    10: {"customers": (22_609_920, 250_000), "products": (9_699_328, 100_000),
+         "suppliers": (1_138_688, 10_000), "warehouses": (40_960, 500), "orders": (39_976_960, 500_000),
+         "shipments": (36_143_104, 450_000), "order_details": (140_640_256, 2_000_000),
+         "inventory": (62_324_736, 1_000_000), "stock_levels": (31_260_672, 500_000),
+         "returns": (3_825_664, 50_000)},
+    30: {"customers": (68_550_656, 750_000), "products": (28_966_912, 300_000),
+         "suppliers": (3_538_944, 30_000), "warehouses": (106_496, 1_500), "orders": (119_013_376, 1_500_000),
+         "shipments": (107_970_560, 1_350_000), "order_details": (421_396_480, 5_999_958),
+         "inventory": (186_843_136, 3_000_000), "stock_levels": (93_454_336, 1_500_000),
+         "returns": (12_255_232, 150_000)},
+}
+LARGE = {"bz_orders", "bz_shipments", "bz_order_details", "bz_inventory", "bz_stock_levels"}
+
+
+@pytest.mark.parametrize("scale", [10, 30])
+def test_the_demo_runs_pool_starts_the_encrypted_history_table_first_then_two_large_tables_at_once(
+        scale: int) -> None:
+    """The steps' weights follow their memory (a commit chunk of rows; the encrypted history table's
+    seed holds all of its rows): bz_customers starts first with at most small tables beside it (alone
+    at scale 30, where its seed outweighs two large tables), then the tables with the most rows first,
+    never three large tables at once and never a large one beside bz_customers."""
+    runs = [{c.bronze_table: f"load_{c.bronze_table}" for c in group}
+            for group in (list(CONTRACTS.values()), list(LANDING_CONTRACTS.values()))]
+    shapes = {f"bz_{name}": SourceShape(*shape) for name, shape in SHAPES[scale].items()}
+    pool = _step_pool(runs, False, shapes)
+    started, together = _pool_schedule(pool, [step for run in runs for step in run.values()])
+    tables = [[step.removeprefix("load_") for step in s] for s in together]
+    assert started[0] == "load_bz_customers"
+    assert [s for s in started if s.removeprefix("load_") in LARGE][:2] == \
+        ["load_bz_order_details", "load_bz_inventory"]  # the most rows first
+    assert max(len(set(t) & LARGE) for t in tables) == 2  # two at once, never three
+    assert all(not set(t) & LARGE for t in tables if "bz_customers" in t)
+    if scale == 30:
+        assert all(t == ["bz_customers"] for t in tables if "bz_customers" in t)
+    assert sorted(started) == sorted(step for run in runs for step in run.values())
+
+
 def test_materialize_all_without_a_bronze_table_runs_nothing() -> None:
-    """Definitions holding no bronze table: no run, nothing materialized."""
+    """Definitions holding no bronze table: no run, nothing materialized (the runs' pool of no step)."""
     with dg.DagsterInstance.ephemeral() as instance:
         assert materialize_all(dg.Definitions(), "postgresql://nobody@/none?host=/nonexistent", instance,
                                with_checks=False) == {}

@@ -373,3 +373,94 @@ def test_an_error_ending_the_run_stops_its_other_running_steps_first() -> None:
     assert not [t for t in threading.enumerate() if t.name == "step slow"]  # not left running
     assert time.monotonic() - started < BARRIER_SECONDS / 2 and log == []
     stop_point()  # the stop is lifted for the next run
+
+
+def _run_on_threads(runs: list[list[dg.AssetsDefinition]], pool: te.StepPool, stagger: float = 0.3,
+                    ) -> list[bool]:
+    """Each of ``runs`` a run of its own on a thread (each with its own ephemeral instance), all on
+    ``pool``, started ``stagger`` s apart; whether each succeeded."""
+    for assets in runs:
+        pool.plan(a.node_def.name for a in assets)
+    results: list[bool] = [False] * len(runs)
+
+    def execute(i: int) -> None:
+        results[i] = _run(runs[i], te.threaded_executor(2, pool=pool)).success
+
+    threads = [threading.Thread(target=execute, args=(i,)) for i in range(len(runs))]
+    for thread in threads:
+        thread.start()
+        time.sleep(stagger)
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_runs_sharing_a_pool_share_its_slots_and_wait_for_parents_in_other_runs() -> None:
+    """Two runs at once on one pool of one slot: one step at a time in all, the heaviest first once
+    both runs are in, and a child after its parent, which the other run (started later) loads."""
+    log: list[tuple[str, str]] = []
+    pool = te.StepPool(1, after={"child": frozenset({"parent"})},
+                       weight={"child": 9.0, "heavy": 5.0, "parent": 1.0, "light": 0.0})
+    first = _recording(["child", "light"], log)
+    second = _recording(["parent", "heavy"], log)
+    assert _run_on_threads([first, second], pool) == [True, True]
+    assert [e for e, _ in log] == ["start", "end"] * 4  # one at a time across the runs
+    starts = [n for e, n in log if e == "start"]
+    assert starts[0] == "heavy"  # not `light`, though its run was in first
+    assert starts.index("parent") < starts.index("child")
+
+
+
+def test_a_step_its_run_left_behind_holds_its_place_in_the_pool_until_it_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that ends while one of its steps still runs (it raised an error, and the step reached
+    no stop point within the grace: a long MERGE) no longer hears that step end. The pool counts it
+    until it does end, then the other runs' steps waiting for it start (here a child in another
+    run); they do not wait for ever."""
+    from bronze_assets.lib.stop import clear_stop
+
+    monkeypatch.setattr(te, "STOP_GRACE_SECONDS", 0.5)
+    log: list[str] = []
+    busy_started = threading.Event()
+
+    @dg.asset
+    def busy() -> None:
+        busy_started.set()
+        time.sleep(3.0)  # no stop point
+        log.append("busy ended")
+
+    @dg.asset
+    def failing() -> None:
+        busy_started.wait(BARRIER_SECONDS)
+        raise RuntimeError("failing fails")
+
+    @dg.asset
+    def child() -> None:
+        log.append("child")
+
+    pool = te.StepPool(2, after={"child": frozenset({"busy"})})
+    pool.plan(["busy", "failing"])
+    pool.plan(["child"])
+    outcome: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            te.execute_in_process(_job([busy, failing]), te.threaded_executor(2, pool=pool),
+                                  instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
+        except Exception as error:
+            outcome["first"] = error
+
+    def second() -> None:
+        outcome["second"] = _run([child], te.threaded_executor(2, pool=pool)).success
+
+    threads = [threading.Thread(target=first, daemon=True), threading.Thread(target=second, daemon=True)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(BARRIER_SECONDS)
+        assert not any(t.is_alive() for t in threads)  # the second run did not wait for ever
+        assert "failing fails" in str(outcome["first"]) and outcome["second"] is True
+        assert log == ["busy ended", "child"]  # the child after its parent really ended
+    finally:
+        clear_stop()

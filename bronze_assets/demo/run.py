@@ -2,8 +2,9 @@
 
 One Dagster run per partitions definition covers all of its partitions (first to last key, a
 single-run range), one run loads the unpartitioned tables. The runs go to the given instance (the
-UI's ``$DAGSTER_HOME`` in ``make demo``), so the UI shows every partition as materialized. A run
-loads two tables at once, on threads of this process (:mod:`bronze_assets.defs.threaded_executor`).
+UI's ``$DAGSTER_HOME`` in ``make demo``), so the UI shows every partition as materialized. The runs
+run at once, on threads of this process, their steps too, two tables read at once in all
+(:mod:`bronze_assets.defs.threaded_executor`'s ``StepPool``, one for the three runs).
 Dagster's event stream goes to a log file, not the terminal: the terminal gets one line per table.
 
 A table that fails does not stop the others: the summary marks it with its one-line reason
@@ -41,6 +42,7 @@ from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
 from bronze_assets.lib.delta.control import held_appends
 from bronze_assets.lib.failures import one_line
+from bronze_assets.lib.stop import clear_stop, request_stop
 from bronze_assets.settings import Settings, data_dir, env
 
 if TYPE_CHECKING:
@@ -69,8 +71,11 @@ DAGSTER_SETTINGS = {
 # OFF keeps the data safe if the process crashes; only an OS crash or power loss during the demo
 # could damage the local instance (then delete $BRONZE_DATA_DIR/dagster_home).
 SQLITE_SYNCHRONOUS = "OFF"
-STEP_THREADS = 2  # tables loaded at once in one of the demo's runs (README Performance)
+STEP_THREADS = 2  # tables read at once by the demo's runs, all runs together (README Performance)
+STEPS_BESIDE_WRITES = 1  # tables more while others only write their output (README Performance)
 SMALL_TABLE_SHARE = 0.05  # a table this small beside the largest adds little to the peak
+ENCRYPTED_SEED_FACTOR = 1.5  # an encrypted history table's step against its rows' bytes (step_weight)
+DEFAULT_ROW_BYTES = 100  # a source row's bytes when the catalog has no row count (never analyzed)
 
 
 @dataclass
@@ -230,6 +235,26 @@ def _run_logger(handlers: list[logging.Handler]) -> dg.LoggerDefinition:
     return dg.LoggerDefinition(lambda _context: log, description="bronze demo: log file and progress")
 
 
+QUIET_RUN_CONFIG = {"loggers": {_LOGGER_KEY: {}}}  # the run config of a :func:`quiet_job`
+
+
+def quiet_job(
+    assets: list[dg.AssetsDefinition],
+    resources: Mapping[str, object],
+    handlers: list[logging.Handler],
+    *,
+    selection: dg.AssetSelection | None = None,
+    asset_checks: list[dg.AssetsDefinition] | None = None,
+) -> dg.JobDefinition:
+    """The job materializing ``selection`` (default: ``assets``), its log records sent to
+    ``handlers`` instead of the console (run it with :data:`QUIET_RUN_CONFIG`)."""
+    definitions = dg.Definitions(
+        assets=assets, resources=resources, asset_checks=asset_checks,
+        jobs=[dg.define_asset_job(DEMO_JOB, selection=selection or dg.AssetSelection.assets(*assets))],
+    )
+    return definitions.resolve_job_def(DEMO_JOB).with_logger_defs({_LOGGER_KEY: _run_logger(handlers)})
+
+
 def execute_quietly(
     assets: list[dg.AssetsDefinition],
     instance: dg.DagsterInstance,
@@ -244,22 +269,18 @@ def execute_quietly(
 ) -> dg.ExecuteInProcessResult:
     """``dg.materialize`` with the job's log records sent to ``handlers`` instead of the console,
     on ``executor`` (default: Dagster's in-process executor, one step after another)."""
-    definitions = dg.Definitions(
-        assets=assets, resources=resources, asset_checks=asset_checks,
-        jobs=[dg.define_asset_job(DEMO_JOB, selection=selection or dg.AssetSelection.assets(*assets))],
-    )
-    job = definitions.resolve_job_def(DEMO_JOB).with_logger_defs({_LOGGER_KEY: _run_logger(handlers)})
-    run_config = {"loggers": {_LOGGER_KEY: {}}}
+    job = quiet_job(assets, resources, handlers, selection=selection, asset_checks=asset_checks)
     if executor is not None:
         return threaded_executor.execute_in_process(job, executor, instance=instance, tags=tags,
-                                                    raise_on_error=raise_on_error, run_config=run_config)
+                                                    raise_on_error=raise_on_error,
+                                                    run_config=QUIET_RUN_CONFIG)
     return job.execute_in_process(instance=instance, tags=tags, raise_on_error=raise_on_error,
-                                  run_config=run_config)
+                                  run_config=QUIET_RUN_CONFIG)
 
 
-def _run_failure(result: dg.ExecuteInProcessResult) -> str:
+def _run_failure(result: dg.ExecuteInProcessResult | None) -> str:
     """Why a run failed as a whole (before or around its steps), in one line."""
-    for event in result.all_events:
+    for event in result.all_events if result is not None else []:
         if event.event_type_value == "RUN_FAILURE":
             error = getattr(event.event_specific_data, "error", None)
             while error is not None and getattr(error, "cause", None) is not None:
@@ -335,29 +356,115 @@ def materialize_all(
     step_assets = {a.node_def.name: table_key(a) for assets in groups.values() for a in assets}
     events = _RunEvents(step_assets, on_table)
     handlers = [events] + ([log_handler] if log_handler else [])
-    sizes = source_sizes(dsn, [get_contract(table_key(a)) for assets in groups.values() for a in assets])
-    with dagster_settings(), _sigint_watch() as interrupted:
-        for tags, assets in _runs(groups, now):
-            selection = dg.AssetSelection.assets(*assets)
-            if not with_checks:
-                selection = selection.without_checks()
-            result = execute_quietly(assets, instance, resources, handlers, tags=tags, selection=selection,
-                                     raise_on_error=False, executor=_step_threads(assets, with_checks, sizes))
-            if events.interrupted or interrupted():
-                raise KeyboardInterrupt
-            for asset in assets:  # a run that failed around its steps: say so for each table
-                table = table_key(asset)
-                if table not in events.reported and on_table is not None:
-                    on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
+    planned = _runs(groups, now)
+    everything = [a for _tags, assets in planned for a in assets]
+    shapes = source_shapes(dsn, [get_contract(table_key(a)) for a in everything])
+    pool = _step_pool([{table_key(a): a.node_def.name for a in assets} for _tags, assets in planned],
+                      with_checks, shapes)
+    runs = []
+    for tags, assets in planned:
+        selection = dg.AssetSelection.assets(*assets)
+        if not with_checks:
+            selection = selection.without_checks()
+        pool.plan(a.node_def.name for a in assets)
+        runs.append((tags, assets, quiet_job(assets, resources, handlers, selection=selection)))
+    errors: list[BaseException] = []
+
+    def execute(tags: Mapping[str, str], assets: list[dg.AssetsDefinition], job: dg.JobDefinition) -> None:
+        result = None
+        try:
+            result = threaded_executor.execute_in_process(
+                job, threaded_executor.threaded_executor(STEP_THREADS, pool=pool), instance=instance,
+                tags=tags, raise_on_error=False, run_config=QUIET_RUN_CONFIG)
+        except KeyboardInterrupt:
+            pool.interrupt()
+        except BaseException as error:  # raised in the caller's thread once the other runs ended
+            errors.append(error)
+        finally:
+            pool.close(a.node_def.name for a in assets)
+        if events.interrupted:
+            pool.interrupt()  # a step ended by an interrupt stops every run, as a Ctrl-C does
+        for asset in assets:  # a run that failed around its steps: say so for each table
+            table = table_key(asset)
+            if table not in events.reported and on_table is not None and not pool.interrupted:
+                on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
+
+    with dagster_settings(), _sigint_watch() as interrupted, runs_at_once(instance):
+        threads = [threading.Thread(target=execute, args=run, name=f"demo run {i}", daemon=True)
+                   for i, run in enumerate(runs)]
+        for thread in threads:
+            thread.start()
+        try:
+            _join(threads)
+        except KeyboardInterrupt:
+            pool.interrupt()
+            request_stop()
+            _join(threads, interruptible=False)
+            raise
+        finally:
+            clear_stop()
+        if errors:
+            raise errors[0]
+        if pool.interrupted or interrupted():
+            raise KeyboardInterrupt
     return events.metadata
+
+
+def _join(threads: list[threading.Thread], *, interruptible: bool = True) -> None:
+    """Wait for ``threads`` to end; a Ctrl-C meanwhile raises :class:`KeyboardInterrupt` (or, with
+    ``interruptible=False``, is ignored: the runs are already stopping)."""
+    while any(t.is_alive() for t in threads):
+        try:
+            for thread in threads:
+                thread.join(threaded_executor.POLL_SECONDS)
+        except KeyboardInterrupt:
+            if interruptible:
+                raise
+
+
+@contextmanager
+def runs_at_once(instance: dg.DagsterInstance) -> Iterator[None]:
+    """Let several runs of ``instance`` execute at once on threads of this process:
+    * each run's start configures the instance's YAML-defined Python log handlers with
+      ``logging.config.dictConfig``, which closes every handler of the process while holding the
+      logging module's lock, and deadlocks with a thread logging meanwhile (it holds its handler's
+      lock and asks for the module's): the handlers are configured once, here, before the runs;
+    * an ephemeral instance's in-memory SQLite run storage, unlike its event log storage, takes no
+      lock around a connection, and two threads writing it at once fail ("database table is
+      locked"): its connections are taken one at a time while this lasts."""
+    from dagster._core.storage.runs.in_memory import InMemoryRunStorage
+
+    patched: list[tuple[object, str]] = []
+    if "get_yaml_python_handlers" not in vars(instance):
+        handlers = instance.get_yaml_python_handlers()
+        instance.get_yaml_python_handlers = lambda: handlers  # type: ignore[method-assign]
+        patched.append((instance, "get_yaml_python_handlers"))
+    storage = instance.run_storage
+    if isinstance(storage, InMemoryRunStorage) and "connect" not in vars(storage):
+        lock = threading.RLock()
+        connect = storage.connect
+
+        @contextmanager
+        def one_at_a_time() -> Iterator[Any]:
+            with lock, connect() as conn:
+                yield conn
+
+        storage.connect = one_at_a_time  # type: ignore[method-assign]
+        patched.append((storage, "connect"))
+    try:
+        yield
+    finally:
+        for owner, name in patched:
+            delattr(owner, name)
 
 
 def _runs(groups: Mapping[dg.PartitionsDefinition | None, list[dg.AssetsDefinition]], now: datetime,
           ) -> list[tuple[dict[str, str], list[dg.AssetsDefinition]]]:
     """The demo's runs (tags, assets): the unpartitioned tables (the dimensions) first, then one
     single-run range per partitions definition over its keys up to ``now``, parents' before their
-    children's (by foreign-key depth): a child's referential check then keeps its outcome at its
-    parents' final versions, and the first scheduled tick reuses it."""
+    children's (by foreign-key depth), the order in which they start. With checks, a child's step
+    waits for its parents' (:func:`_step_pool`): its referential check then keeps its outcome at
+    its parents' final versions, and the first scheduled tick reuses it."""
     runs: list[tuple[dict[str, str], list[dg.AssetsDefinition]]] = []
     for parts, assets in sorted(groups.items(), key=lambda g: (g[0] is not None, max(
             fk_depth(table_key(a)) for a in g[1]))):
@@ -369,29 +476,67 @@ def _runs(groups: Mapping[dg.PartitionsDefinition | None, list[dg.AssetsDefiniti
     return runs
 
 
-def _step_threads(assets: list[dg.AssetsDefinition], with_checks: bool, sizes: Mapping[str, int],
-                  ) -> dg.ExecutorDefinition:
-    """The executor of one of the demo's runs: two tables' steps at once (the two cores), the
-    largest source table first, and two at once only while the source tables being read together
-    are no larger than the load's largest plus :data:`SMALL_TABLE_SHARE` of it (a step's memory
-    grows with its table: the peak stays about the largest table's alone, and a small table is
-    read beside it); without checks a table whose rows are staged no longer counts, so the next
-    one is read while it is written; with checks it counts until its step ends (its write, then its
-    checks reading its keys and its parents', beside the validation service's memory), and a
-    table's step runs after its parents' in the same run (its referential check reads them)."""
-    steps = {table_key(a): a.node_def.name for a in assets}
+def _step_pool(runs: list[Mapping[str, str]], with_checks: bool, shapes: Mapping[str, SourceShape],
+               ) -> threaded_executor.StepPool:
+    """The slots the demo's runs (each ``{table: step key}``) share: two tables' steps at once in
+    all (the two cores), and a third while one of them only writes its output, within one memory
+    budget: each step weighs what it holds (:func:`step_weight`) until it ends, its write included
+    (a step's peak RSS is mostly its write: a commit chunk of rows, encoded), and the budget is two
+    of the largest unencrypted tables' weights plus :data:`SMALL_TABLE_SHARE`: two large tables at
+    once, as one of the old runs held, and small ones beside them; with checks one large table at
+    a time (its checks hold its keys, the validation service its batches). The heaviest step first (alone
+    when it weighs more than the budget: an encrypted table's history seed), while the process's
+    memory is at its lowest, then the tables with the most rows first (the longest steps);
+    with checks a table's step after its parents', in whichever run they are (its referential
+    check reads them)."""
+    steps = {table: step for run in runs for table, step in run.items()}
     after = {step: frozenset(steps[f"bz_{fk.parent_table}"] for fk in get_contract(table).foreign_keys
                              if f"bz_{fk.parent_table}" in steps and f"bz_{fk.parent_table}" != table)
              for table, step in steps.items()} if with_checks else {}
-    weight = {step: float(sizes.get(table, 0)) for table, step in steps.items()}
-    budget = max(sizes.values(), default=0.0) * (1 + SMALL_TABLE_SHARE)
-    return threaded_executor.threaded_executor(STEP_THREADS, after=after, weight=weight, budget=budget,
-                                               release_output=not with_checks)
+    chunk_rows = Settings.from_env().commit_chunk_rows
+    weights = {table: step_weight(get_contract(table), shapes.get(table), chunk_rows) for table in steps}
+    heaviest = max(steps, key=lambda t: (weights[t], t), default=None)  # None: no table to load
+    rows = {t: shapes[t].rows if t in shapes else 0 for t in steps}
+    order = [steps[t] for t in sorted(steps, key=lambda t: (t != heaviest, -rows[t], -weights[t], t))]
+    plain = [w for t, w in weights.items() if not get_contract(t).encrypted_columns]
+    budget = (1 if with_checks else 2) * max(plain, default=0.0) * (1 + SMALL_TABLE_SHARE)
+    return threaded_executor.StepPool(STEP_THREADS, beside_writes=STEPS_BESIDE_WRITES, release_output=False,
+                                      after=after, weight={steps[t]: w for t, w in weights.items()},
+                                      budget=budget or None, order=order)
 
 
-def source_sizes(dsn: str, contracts: list[Contract]) -> dict[str, int]:
-    """Bytes of each contract's source table (``pg_relation_size``, from the catalog: no scan),
-    by bronze table; empty when the source cannot say (the order of the steps is then Dagster's)."""
+@dataclass(frozen=True)
+class SourceShape:
+    """A source table's size from the catalog: its heap's bytes and rows (``reltuples``)."""
+
+    bytes: int
+    rows: int
+
+    @property
+    def row_bytes(self) -> float:
+        return self.bytes / self.rows if self.rows > 0 else 0.0
+
+
+def step_weight(contract: Contract, shape: SourceShape | None, chunk_rows: int) -> float:
+    """What a table's step of the initial load holds in memory, in source bytes: one commit chunk of
+    its rows (``chunk_rows``, or all of them; its read holds about as much), plus, for an encrypted
+    table with history, all of its rows again for the history seed (one delta-rs commit of every
+    row, ciphertexts wider than the source's values: :data:`ENCRYPTED_SEED_FACTOR`). Measured (README
+    Performance): a large table's step ≈ +200 MB at scale 10 and 30 alike, the encrypted history
+    table's ≈ +320 / +590 MB, the others in proportion to their rows."""
+    if shape is None:
+        return 0.0
+    rows = shape.rows if shape.rows > 0 else shape.bytes / DEFAULT_ROW_BYTES
+    row_bytes = shape.row_bytes if shape.rows > 0 else DEFAULT_ROW_BYTES
+    held = min(rows, chunk_rows) * row_bytes
+    if contract.encrypted_columns and contract.history:
+        held = (held + rows * row_bytes) * ENCRYPTED_SEED_FACTOR
+    return held
+
+
+def source_shapes(dsn: str, contracts: list[Contract]) -> dict[str, SourceShape]:
+    """Bytes and rows of each contract's source table (``pg_relation_size`` and ``reltuples``, from
+    the catalog: no scan), by bronze table; empty when the source cannot say."""
     from bronze_assets.lib.source.ddl import qualified
     from bronze_assets.lib.source.postgres import connect
 
@@ -402,12 +547,13 @@ def source_sizes(dsn: str, contracts: list[Contract]) -> dict[str, int]:
         return {}
     try:
         with connect(dsn) as conn, conn.cursor() as cur:
-            cur.execute("SELECT t, coalesce(pg_relation_size(to_regclass(t)), 0) FROM unnest($1::text[]) t",
-                        parameters=(list(tables.values()),))
-            by_source = dict(cur.fetchall())
-    except Exception:  # only the order of the steps depends on it
+            cur.execute("SELECT t, coalesce(pg_relation_size(to_regclass(t)), 0), "
+                        "coalesce((SELECT reltuples FROM pg_class WHERE oid = to_regclass(t)), -1) "
+                        "FROM unnest($1::text[]) t", parameters=(list(tables.values()),))
+            by_source = {t: SourceShape(int(size), int(rows)) for t, size, rows in cur.fetchall()}
+    except Exception:  # only the order and the weights of the steps depend on it
         return {}
-    return {table: int(by_source.get(ref, 0)) for table, ref in tables.items()}
+    return {table: by_source[ref] for table, ref in tables.items() if ref in by_source}
 
 
 def fk_depth(table: str, seen: frozenset[str] = frozenset()) -> int:

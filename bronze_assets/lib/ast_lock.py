@@ -4,7 +4,7 @@ CPython (3.11 here) keeps the counter guarding the AST constructor's recursion (
 the interpreter: a call that starts while another is converting resets it, and the outer call
 then raises ``SystemError: AST constructor recursion depth mismatch`` (python/cpython#106905).
 A garbage collection inside the conversion can run a finalizer that parses again: objects left
-by steps on threads format a traceback when collected, and CPython
+by runs on threads (the demo's three runs at once) format a traceback when collected, and CPython
 3.11 formats each frame's caret anchors with ``ast.parse``. :func:`install` makes ``ast.parse``
 run with the cyclic collector paused and under a process-wide re-entrant lock (threads too
 share the counter); bronze installs it where it starts step threads.
