@@ -11,8 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -33,10 +35,12 @@ from bronze_assets.demo.run import (
     _step_pool,
     format_summary,
     materialize_all,
+    run_at_once,
     run_demo,
     table_summary,
 )
 from bronze_assets.lib.source.dsn import dsn_parts
+from bronze_assets.lib.stop import stop_point
 from bronze_assets.settings import ENV_SOURCE_DSN, data_dir
 from bronze_assets_tests.bronze_helpers import Bronze
 from bronze_assets_tests.conftest import AS_OF, SeedDb, query
@@ -215,6 +219,42 @@ def test_one_ctrl_c_stops_the_demo(seed_db: SeedDb, tmp_path: Path) -> None:
     time.sleep(1)
     with pytest.raises(ProcessLookupError):  # nothing of the demo is left (GX worker, log tails)
         os.killpg(demo.pid, 0)
+
+
+def test_a_ctrl_c_during_the_runs_returns_once_every_run_has_ended() -> None:
+    """Ctrl-C (a real SIGINT) while one of the demo's runs still executes on its thread (the two
+    others have ended): the runs are told to stop, and :func:`run_at_once` returns only once that
+    one has ended too (it takes 0.5 s to stop), no run left executing behind the demo. Before, a
+    KeyboardInterrupt raised in the main thread while it joined the run's thread marked that
+    thread as ended while it ran (python/cpython#90882), and the demo exited beside it."""
+    pool = threaded_executor.StepPool(2)
+    ended: list[int] = []
+    all_in = threading.Barrier(4)
+
+    def run(i: int) -> None:
+        all_in.wait(20)
+        deadline = time.monotonic() + 20
+        while i == 0 and not pool.interrupted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5 if i == 0 else 0)  # stopping takes a while
+        ended.append(i)
+
+    def ctrl_c() -> None:
+        all_in.wait(20)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (pytest workers may ignore it)
+    sender = threading.Thread(target=ctrl_c)
+    try:
+        sender.start()
+        assert run_at_once([partial(run, i) for i in range(3)], pool) is True
+    finally:
+        sender.join()
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(ended) == [0, 1, 2] and pool.interrupted
+    assert not [t for t in threading.enumerate() if t.name.startswith("demo run")]
+    stop_point()  # the stop is lifted for the next runs
 
 
 def _pool_schedule(pool: threaded_executor.StepPool, steps: list[str]) -> tuple[list[str], list[set[str]]]:

@@ -411,12 +411,14 @@ def test_runs_sharing_a_pool_share_its_slots_and_wait_for_parents_in_other_runs(
 
 
 
-def test_a_step_its_run_left_behind_holds_its_place_in_the_pool_until_it_ends(
+def test_a_run_raising_an_error_stops_the_pools_other_runs_and_its_step_left_behind_holds_its_place(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run that ends while one of its steps still runs (it raised an error, and the step reached
-    no stop point within the grace: a long MERGE) no longer hears that step end. The pool counts it
-    until it does end, then the other runs' steps waiting for it start (here a child in another
-    run); they do not wait for ever."""
+    """A run that raises an error (here a step's, with ``raise_on_error``) stops the other runs of
+    its pool: none starts a further step (here a child in another run, waiting for its parent), and
+    they end without waiting for the step the failing run left behind (it reached no stop point
+    within the grace: a long MERGE). That step holds its place in the pool until it does end (its
+    own thread ends it there): the child counts as ready only then. Before, the other runs went on
+    starting steps while the failing run's stop request stopped each at its first stop point."""
     from bronze_assets.lib.stop import clear_stop
 
     monkeypatch.setattr(te, "STOP_GRACE_SECONDS", 0.5)
@@ -451,7 +453,10 @@ def test_a_step_its_run_left_behind_holds_its_place_in_the_pool_until_it_ends(
             outcome["first"] = error
 
     def second() -> None:
-        outcome["second"] = _run([child], te.threaded_executor(2, pool=pool)).success
+        try:
+            outcome["second"] = _run([child], te.threaded_executor(2, pool=pool)).success
+        except KeyboardInterrupt:
+            outcome["second"] = "stopped"
 
     threads = [threading.Thread(target=first, daemon=True), threading.Thread(target=second, daemon=True)]
     try:
@@ -459,8 +464,57 @@ def test_a_step_its_run_left_behind_holds_its_place_in_the_pool_until_it_ends(
             thread.start()
         for thread in threads:
             thread.join(BARRIER_SECONDS)
-        assert not any(t.is_alive() for t in threads)  # the second run did not wait for ever
-        assert "failing fails" in str(outcome["first"]) and outcome["second"] is True
-        assert log == ["busy ended", "child"]  # the child after its parent really ended
+        assert not any(t.is_alive() for t in threads)
+        assert "failing fails" in str(outcome["first"]) and outcome["second"] in (False, "stopped")
+        assert "failing fails" in str(pool.failure) and log == [] and not pool.ready("child")
+        busy_thread = next(t for t in threading.enumerate() if t.name == "step busy")
+        busy_thread.join(BARRIER_SECONDS)
+        assert log == ["busy ended"] and pool.ready("child")  # ended in the pool; the child never ran
+    finally:
+        clear_stop()
+
+
+def test_an_error_in_the_runs_own_thread_stops_its_running_steps_before_it_is_raised(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error raised in the run's own thread (here by a step's hooks, once that step ended; else
+    Dagster's bookkeeping of an event) while another step runs: that step stops at its next stop
+    point and has ended when the run raises, and the other runs of its pool are stopped
+    (``pool.failure``). Before, the run raised at once, the step still running on its thread."""
+    from bronze_assets.lib.stop import clear_stop, stop_point
+
+    log: list[str] = []
+    slow_started = threading.Event()
+
+    @dg.asset
+    def slow() -> None:
+        slow_started.set()
+        deadline = time.monotonic() + BARRIER_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                stop_point()
+                time.sleep(0.01)
+        finally:
+            log.append("slow ended")
+
+    @dg.asset
+    def quick() -> None:
+        slow_started.wait(BARRIER_SECONDS)
+
+    hooks = te._trigger_hook
+
+    def failing_hook(step_context, events):  # type: ignore[no-untyped-def]
+        if step_context.step.key == "quick":
+            raise RuntimeError("the hooks of quick fail")
+        return hooks(step_context, events)
+
+    monkeypatch.setattr(te, "_trigger_hook", failing_hook)
+    pool = te.StepPool(2)
+    try:
+        with pytest.raises(Exception, match="the hooks of quick fail"):
+            te.execute_in_process(_job([slow, quick]), te.threaded_executor(2, pool=pool),
+                                  instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
+        assert log == ["slow ended"]  # not left running
+        assert not [t for t in threading.enumerate() if t.name == "step slow"]
+        assert "the hooks of quick fail" in str(pool.failure)
     finally:
         clear_stop()

@@ -25,8 +25,10 @@ for runs on threads, which Dagster does not hand it) starts no further step and 
 running ones to stop (:mod:`bronze_assets.lib.stop`): each raises ``KeyboardInterrupt`` at its
 next stop point (between source batches, between commits) and fails as interrupted. A step that
 reaches none within ``STOP_GRACE_SECONDS`` is left behind (its thread is a daemon): the run ends.
-An error the run raises (Dagster's, outside a step's own handling; a step's with ``raise_on_error``)
-stops the other running steps the same way before it is raised.
+An error the run raises (Dagster's, outside a step's own handling, in a step's thread or the run's;
+a step's with ``raise_on_error``) stops the other running steps the same way before it is raised,
+and the other runs of a shared pool with them (:meth:`StepPool.fail`): no run leaves a step running
+unless it reached no stop point within the grace.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class StepPool:
         self._ended: set[str] = set()  # ended for good (not up for retry), or their run did
         self._listeners: list[queue.Queue[tuple[str, object]]] = []
         self._interrupted = threading.Event()
+        self.failure: BaseException | None = None  # the error that stopped the pool's runs
 
     def plan(self, steps: Iterable[str]) -> None:
         """A run that will hand in ``steps``: no step starts until it has (or has ended)."""
@@ -181,8 +184,17 @@ class StepPool:
         self._interrupted.set()
         self._wake()
 
+    def fail(self, error: BaseException) -> None:
+        """A run of the pool raises ``error``: the others stop as on :meth:`interrupt` (its stop
+        requests reach every run's steps), and ``failure`` keeps the first such error."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = error
+        self.interrupt()
+
     @property
     def interrupted(self) -> bool:
+        """Whether the pool's runs are to stop (:meth:`interrupt` or :meth:`fail`)."""
         return self._interrupted.is_set()
 
     def _ready(self, step: str) -> bool:
@@ -279,68 +291,85 @@ class ThreadedExecutor(Executor):
         stopping = False
         failure: BaseException | None = None  # an error the run raises once its other steps ended
         deadline = float("inf")
-        while not active.is_complete or threads or waiting:
-            if stopping and time.monotonic() > deadline:
-                break  # steps that reached no stop point are left behind
-            if not stopping and (active.check_for_interrupts() or pool.interrupted):
-                stopping = True
-                deadline = time.monotonic() + STOP_GRACE_SECONDS
-                active.mark_interrupted()
-                pool.withdraw(s.key for s in waiting)
-                waiting.clear()
-                request_stop()  # the running steps stop at their next stop point
-            if not stopping:
-                handed = active.get_steps_to_execute()
-                pool.wait(s.key for s in handed)
-                waiting += handed
-                waiting.sort(key=lambda step: pool.rank(step.key))
-                yield from active.concurrency_event_iterator(job_context)
-                for step in [s for s in waiting if pool.ready(s.key)]:
-                    if not pool.start(step.key):
-                        continue
-                    waiting.remove(step)
-                    contexts[step.key] = job_context.for_step(step, active.get_known_state())
-                    events[step.key] = []
-                    threads[step.key] = _start(step.key, contexts[step.key], messages, pool)
-            if not threads and (stopping or not waiting):
-                if stopping or active.is_complete:
-                    break
-                active.sleep_til_ready()
-                continue
-            try:
-                key, message = messages.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if message is _WAKE:
-                continue
-            if message is _DONE:  # the step's thread has ended it in the pool
-                threads.pop(key).join()
-                if not stopping:
-                    active.verify_complete(job_context, key)
-                for event in active.plan_events_iterator(job_context):
-                    events[key].append(event)
-                    yield event
-                yield from _trigger_hook(contexts.pop(key), events.pop(key))
-            elif isinstance(message, BaseException):
-                if not stopping:  # a framework error outside the step's own error handling (or,
-                    # with raise_on_error, the step's): raised once the other running steps stopped
-                    failure, stopping = message, True
+        try:
+            while not active.is_complete or threads or waiting:
+                if stopping and time.monotonic() > deadline:
+                    break  # steps that reached no stop point are left behind
+                if not stopping and (active.check_for_interrupts() or pool.interrupted):
+                    stopping = True
                     deadline = time.monotonic() + STOP_GRACE_SECONDS
+                    active.mark_interrupted()
                     pool.withdraw(s.key for s in waiting)
                     waiting.clear()
-                    request_stop()
-                # interrupted: how the step ended is in its events; wait for the other steps
-            else:
-                assert isinstance(message, DagsterEvent)
-                events[key].append(message)
-                if message.event_type == DagsterEventType.STEP_OUTPUT:
-                    pool.output_out(key)
-                yield message
-                active.handle_event(message)
+                    request_stop()  # the running steps stop at their next stop point
+                if not stopping:
+                    handed = active.get_steps_to_execute()
+                    pool.wait(s.key for s in handed)
+                    waiting += handed
+                    waiting.sort(key=lambda step: pool.rank(step.key))
+                    yield from active.concurrency_event_iterator(job_context)
+                    for step in [s for s in waiting if pool.ready(s.key)]:
+                        if not pool.start(step.key):
+                            continue
+                        waiting.remove(step)
+                        contexts[step.key] = job_context.for_step(step, active.get_known_state())
+                        events[step.key] = []
+                        threads[step.key] = _start(step.key, contexts[step.key], messages, pool)
+                if not threads and (stopping or not waiting):
+                    if stopping or active.is_complete:
+                        break
+                    active.sleep_til_ready()
+                    continue
+                try:
+                    key, message = messages.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if message is _WAKE:
+                    continue
+                if message is _DONE:  # the step's thread has ended it in the pool
+                    threads.pop(key).join()
+                    if not stopping:
+                        active.verify_complete(job_context, key)
+                    for event in active.plan_events_iterator(job_context):
+                        events[key].append(event)
+                        yield event
+                    yield from _trigger_hook(contexts.pop(key), events.pop(key))
+                elif isinstance(message, BaseException):
+                    if not stopping:  # a framework error outside the step's own error handling (or,
+                        # with raise_on_error, the step's): raised once the other running steps stopped
+                        failure, stopping = message, True
+                        deadline = time.monotonic() + STOP_GRACE_SECONDS
+                        pool.withdraw(s.key for s in waiting)
+                        waiting.clear()
+                        pool.fail(message)  # a shared pool's other runs stop too
+                        request_stop()
+                    # interrupted: how the step ended is in its events; wait for the other steps
+                else:
+                    assert isinstance(message, DagsterEvent)
+                    events[key].append(message)
+                    if message.event_type == DagsterEventType.STEP_OUTPUT:
+                        pool.output_out(key)
+                    yield message
+                    active.handle_event(message)
+        except BaseException as error:  # raised in the run's own thread, or its events no longer read
+            if threads:  # its running steps stop first, and so do the other runs' (one stop request)
+                if isinstance(error, KeyboardInterrupt | GeneratorExit):
+                    pool.interrupt()
+                else:
+                    pool.fail(error)
+                request_stop()
+                _join(threads.values(), time.monotonic() + STOP_GRACE_SECONDS)
+            raise
         if failure is not None:
             raise failure
         if stopping:
             raise KeyboardInterrupt
+
+
+def _join(threads: Iterable[threading.Thread], deadline: float) -> None:
+    """Wait for ``threads`` to end, until ``deadline`` (``time.monotonic()``) at most."""
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _start(key: str, step_context: Any, messages: queue.Queue[tuple[str, object]], pool: StepPool,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, redirect_stderr, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -291,34 +292,32 @@ def _run_failure(result: dg.ExecuteInProcessResult | None) -> str:
 
 
 @contextmanager
-def _sigint_watch() -> Iterator[Callable[[], bool]]:
-    """Yields a function telling whether this process has received SIGINT since the watch began,
-    whoever handled it: Dagster replaces the SIGINT handler during a run and may only note the
-    interrupt. Python writes every handled signal's number to the wakeup fd."""
-    if threading.current_thread() is not threading.main_thread():
+def _ctrl_c_stops(pool: threaded_executor.StepPool) -> Iterator[Callable[[], bool]]:
+    """While the runs execute on other threads, a Ctrl-C (SIGINT) in this, the main thread, stops
+    them instead of raising :class:`KeyboardInterrupt` here: ``pool``'s runs start no further step
+    and the running ones stop at their next stop point. Yields a function telling whether one came.
+
+    Raising it in the main thread while it joins a run's thread is not safe on CPython 3.11:
+    ``Thread.join`` interrupted by an exception marks a live thread as ended (python/cpython#90882),
+    so the demo went on and exited with runs still executing (their output on closed streams, a
+    crash or an abort in native code at the interpreter's exit, their ``tail`` children unreaped).
+    A SIGINT that is ignored or handled by someone else is left to them."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield lambda: False
         return
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    seen = False
+    received = threading.Event()
 
-    def received() -> bool:
-        nonlocal seen
-        try:
-            while data := os.read(read_fd, 512):
-                seen |= signal.SIGINT in data
-        except BlockingIOError:
-            pass
-        return seen
+    def stop(_signum: int, _frame: object) -> None:
+        received.set()
+        pool.interrupt()
+        request_stop()
 
-    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    signal.signal(signal.SIGINT, stop)
     try:
-        yield received
+        yield received.is_set
     finally:
-        signal.set_wakeup_fd(previous)
-        os.close(read_fd)
-        os.close(write_fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def materialize_all(
@@ -380,6 +379,7 @@ def materialize_all(
             pool.interrupt()
         except BaseException as error:  # raised in the caller's thread once the other runs ended
             errors.append(error)
+            pool.fail(error)  # the other runs stop
         finally:
             pool.close(a.node_def.name for a in assets)
         if events.interrupted:
@@ -389,37 +389,31 @@ def materialize_all(
             if table not in events.reported and on_table is not None and not pool.interrupted:
                 on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
 
-    with dagster_settings(), _sigint_watch() as interrupted, runs_at_once(instance):
-        threads = [threading.Thread(target=execute, args=run, name=f"demo run {i}", daemon=True)
-                   for i, run in enumerate(runs)]
-        for thread in threads:
-            thread.start()
-        try:
-            _join(threads)
-        except KeyboardInterrupt:
-            pool.interrupt()
-            request_stop()
-            _join(threads, interruptible=False)
-            raise
-        finally:
-            clear_stop()
-        if errors:
-            raise errors[0]
-        if pool.interrupted or interrupted():
-            raise KeyboardInterrupt
+    with dagster_settings(), runs_at_once(instance):
+        ctrl_c = run_at_once([partial(execute, *run) for run in runs], pool)
+    if ctrl_c:
+        raise KeyboardInterrupt
+    if errors or pool.failure is not None:  # a run's error (Dagster's own) stopped every run
+        raise errors[0] if errors else pool.failure  # type: ignore[misc]
+    if pool.interrupted:
+        raise KeyboardInterrupt
     return events.metadata
 
 
-def _join(threads: list[threading.Thread], *, interruptible: bool = True) -> None:
-    """Wait for ``threads`` to end; a Ctrl-C meanwhile raises :class:`KeyboardInterrupt` (or, with
-    ``interruptible=False``, is ignored: the runs are already stopping)."""
-    while any(t.is_alive() for t in threads):
+def run_at_once(runs: list[Callable[[], None]], pool: threaded_executor.StepPool) -> bool:
+    """Call each of ``runs`` on a thread of its own, their steps on ``pool``, and return once every
+    one has ended; whether a Ctrl-C came meanwhile (it stops ``pool``'s runs: :func:`_ctrl_c_stops`)."""
+    threads = [threading.Thread(target=run, name=f"demo run {i}", daemon=True) for i, run in enumerate(runs)]
+    with _ctrl_c_stops(pool) as ctrl_c:
         try:
             for thread in threads:
-                thread.join(threaded_executor.POLL_SECONDS)
-        except KeyboardInterrupt:
-            if interruptible:
-                raise
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():  # a SIGINT another thread received is handled here next
+                    thread.join(threaded_executor.POLL_SECONDS)  # (no exception is raised here)
+        finally:
+            clear_stop()
+        return ctrl_c()
 
 
 @contextmanager
