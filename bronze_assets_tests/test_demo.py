@@ -293,25 +293,24 @@ LARGE = {"bz_orders", "bz_shipments", "bz_order_details", "bz_inventory", "bz_st
 
 
 @pytest.mark.parametrize("scale", [10, 30])
-def test_the_demo_runs_pool_starts_the_encrypted_history_table_first_then_two_large_tables_at_once(
-        scale: int) -> None:
-    """The steps' weights follow their memory (a commit chunk of rows; the encrypted history table's
-    seed holds all of its rows): bz_customers starts first with at most small tables beside it (alone
-    at scale 30, where its seed outweighs two large tables), then the tables with the most rows first,
-    never three large tables at once and never a large one beside bz_customers."""
+def test_the_demo_runs_pool_starts_the_heaviest_table_first_then_two_large_tables_at_once(scale: int) -> None:
+    """The steps' weights follow their memory: a commit chunk of rows, an encrypted table's wider
+    (its history seed hands delta-rs 4,096-row pieces: flat, not counted). The heaviest starts first
+    (bz_customers at scale 30, whose 750k rows fill a chunk; bz_orders at scale 10, where
+    bz_customers' 250k rows are half of one), then the tables with the most rows first, never three
+    large tables at once, and bz_customers beside no large table at scale 30 (one at scale 10)."""
     runs = [{c.bronze_table: f"load_{c.bronze_table}" for c in group}
             for group in (list(CONTRACTS.values()), list(LANDING_CONTRACTS.values()))]
     shapes = {f"bz_{name}": SourceShape(*shape) for name, shape in SHAPES[scale].items()}
     pool = _step_pool(runs, False, shapes)
     started, together = _pool_schedule(pool, [step for run in runs for step in run.values()])
     tables = [[step.removeprefix("load_") for step in s] for s in together]
-    assert started[0] == "load_bz_customers"
-    assert [s for s in started if s.removeprefix("load_") in LARGE][:2] == \
+    heaviest = "bz_customers" if scale == 30 else "bz_orders"
+    assert started[0] == f"load_{heaviest}"
+    assert [s for s in started if s.removeprefix("load_") in LARGE - {heaviest}][:2] == \
         ["load_bz_order_details", "load_bz_inventory"]  # the most rows first
     assert max(len(set(t) & LARGE) for t in tables) == 2  # two at once, never three
-    assert all(not set(t) & LARGE for t in tables if "bz_customers" in t)
-    if scale == 30:
-        assert all(t == ["bz_customers"] for t in tables if "bz_customers" in t)
+    assert max(len(set(t) & LARGE) for t in tables if "bz_customers" in t) == (0 if scale == 30 else 1)
     assert sorted(started) == sorted(step for run in runs for step in run.values())
 
 

@@ -75,7 +75,7 @@ SQLITE_SYNCHRONOUS = "OFF"
 STEP_THREADS = 2  # tables read at once by the demo's runs, all runs together (README Performance)
 STEPS_BESIDE_WRITES = 1  # tables more while others only write their output (README Performance)
 SMALL_TABLE_SHARE = 0.05  # a table this small beside the largest adds little to the peak
-ENCRYPTED_SEED_FACTOR = 1.5  # an encrypted history table's step against its rows' bytes (step_weight)
+ENCRYPTED_ROW_FACTOR = 1.5  # an encrypted table's rows against their source bytes (step_weight)
 DEFAULT_ROW_BYTES = 100  # a source row's bytes when the catalog has no row count (never analyzed)
 
 
@@ -479,8 +479,8 @@ def _step_pool(runs: list[Mapping[str, str]], with_checks: bool, shapes: Mapping
     of the largest unencrypted tables' weights plus :data:`SMALL_TABLE_SHARE`: two large tables at
     once, as one of the old runs held, and small ones beside them; with checks one large table at
     a time (its checks hold its keys, the validation service its batches). The heaviest step first (alone
-    when it weighs more than the budget: an encrypted table's history seed), while the process's
-    memory is at its lowest, then the tables with the most rows first (the longest steps);
+    when it weighs more than the budget), while the process's memory is at its lowest, then the
+    tables with the most rows first (the longest steps);
     with checks a table's step after its parents', in whichever run they are (its referential
     check reads them)."""
     steps = {table: step for run in runs for table, step in run.items()}
@@ -513,19 +513,18 @@ class SourceShape:
 
 def step_weight(contract: Contract, shape: SourceShape | None, chunk_rows: int) -> float:
     """What a table's step of the initial load holds in memory, in source bytes: one commit chunk of
-    its rows (``chunk_rows``, or all of them; its read holds about as much), plus, for an encrypted
-    table with history, all of its rows again for the history seed (one delta-rs commit of every
-    row, ciphertexts wider than the source's values: :data:`ENCRYPTED_SEED_FACTOR`). Measured (README
-    Performance): a large table's step ≈ +200 MB at scale 10 and 30 alike, the encrypted history
-    table's ≈ +320 / +590 MB, the others in proportion to their rows."""
+    its rows (``chunk_rows``, or all of them; its read holds about as much), an encrypted table's
+    × :data:`ENCRYPTED_ROW_FACTOR` (its ciphertexts are wider than the source's values). A history
+    table's seed is not counted: it hands delta-rs 4,096-row pieces, flat in the table's rows and
+    lighter than the create before it. Measured at scale 30 (README Performance): a large table's
+    step ≈ +200-250 MB, the encrypted history table's create +256-306 MB and its seed +89-93 MB,
+    the others in proportion to their rows."""
     if shape is None:
         return 0.0
     rows = shape.rows if shape.rows > 0 else shape.bytes / DEFAULT_ROW_BYTES
     row_bytes = shape.row_bytes if shape.rows > 0 else DEFAULT_ROW_BYTES
     held = min(rows, chunk_rows) * row_bytes
-    if contract.encrypted_columns and contract.history:
-        held = (held + rows * row_bytes) * ENCRYPTED_SEED_FACTOR
-    return held
+    return held * ENCRYPTED_ROW_FACTOR if contract.encrypted_columns else held
 
 
 def source_shapes(dsn: str, contracts: list[Contract]) -> dict[str, SourceShape]:
