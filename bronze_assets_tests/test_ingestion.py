@@ -277,22 +277,25 @@ def test_named_keys_are_read_on_one_connection(clean_bronze: Bronze, monkeypatch
 
 def test_at_most_merge_slots_merges_run_at_once(bronze: Bronze, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three tables' loads on threads of one process: at most ``MERGE_SLOTS`` delta-rs MERGEs
-    execute at a time (each waits here until all three are in, or 3 s), the others after; every
-    table then equals its source."""
+    execute at a time (the first waits here for a second to be in, however slow the loads; then
+    each waits until all three are in, or 3 s), the others after; every table then equals its
+    source."""
     tables = ("orders", "inventory", "order_details")
     for name in tables:
         bronze.load_direct(name)
         pk = CONTRACTS[name].primary_key[0]
         query(bronze.dsn, f"UPDATE tests.{name} SET updated_at = now() WHERE {pk} % 5 = 0")
-    running, most, changed = 0, 0, threading.Condition()
+    running, entered, most, changed = 0, 0, 0, threading.Condition()
     execute = TableMerger.execute
 
     def counted(self: TableMerger) -> dict:
-        nonlocal running, most
+        nonlocal running, entered, most
         with changed:
             running += 1
+            entered += 1
             most = max(most, running)
             changed.notify_all()
+            changed.wait_for(lambda: entered >= merger.MERGE_SLOTS, timeout=60)
             changed.wait_for(lambda: running == len(tables), timeout=3)
         try:
             return execute(self)
