@@ -252,13 +252,14 @@ def measure(tables: list[str], mode: str, work: Callable[[str], dict[str, Any]],
 
 def _setup() -> tuple[Floor, list[str], Path]:
     from bronze_assets.contracts import CONTRACTS, get_contract
-    from bronze_assets.demo.run import source_sizes
+    from bronze_assets.demo.run import source_shapes
     from bronze_assets.lib.source.postgres import resolve_source_dsn
     from bronze_assets.settings import Settings
 
     settings = Settings.from_env()
     dsn = resolve_source_dsn(settings)
-    sizes = source_sizes(dsn, [get_contract(f"bz_{n}") for n in CONTRACTS])
+    shapes = source_shapes(dsn, [get_contract(f"bz_{n}") for n in CONTRACTS])
+    sizes = {table: shape.bytes for table, shape in shapes.items()}
     tables = sorted(CONTRACTS, key=lambda n: -sizes.get(f"bz_{n}", 0))  # largest first
     return Floor(dsn, settings, datetime.now(UTC)), tables, settings.pgdata
 
