@@ -423,12 +423,12 @@ def test_a_run_raising_an_error_stops_the_pools_other_runs_and_its_step_left_beh
 
     monkeypatch.setattr(te, "STOP_GRACE_SECONDS", 0.5)
     log: list[str] = []
-    busy_started = threading.Event()
+    busy_started, released = threading.Event(), threading.Event()
 
     @dg.asset
     def busy() -> None:
         busy_started.set()
-        time.sleep(3.0)  # no stop point
+        released.wait(BARRIER_SECONDS)  # no stop point; ends once the runs have (not by the clock)
         log.append("busy ended")
 
     @dg.asset
@@ -468,9 +468,11 @@ def test_a_run_raising_an_error_stops_the_pools_other_runs_and_its_step_left_beh
         assert "failing fails" in str(outcome["first"]) and outcome["second"] in (False, "stopped")
         assert "failing fails" in str(pool.failure) and log == [] and not pool.ready("child")
         busy_thread = next(t for t in threading.enumerate() if t.name == "step busy")
+        released.set()
         busy_thread.join(BARRIER_SECONDS)
         assert log == ["busy ended"] and pool.ready("child")  # ended in the pool; the child never ran
     finally:
+        released.set()
         clear_stop()
 
 
