@@ -42,6 +42,30 @@ def test_rows_that_need_a_sort_have_no_order() -> None:
     assert (layout.order, layout.sizes, layout.partitions) == (None, [2], [])
 
 
+def test_rows_that_need_a_sort_get_key_bounds_of_about_equal_commits() -> None:
+    import numpy as np
+
+    keys = np.random.default_rng(3).permutation(10_000)
+    batches = [_batch(keys[i:i + 1_000].tolist(), [D1] * 1_000) for i in range(0, 10_000, 1_000)]
+    layout = staged_layout(_reader(*batches), ["k"], None, 10_000, 2_500)
+    assert layout.order is None and layout.bounds is not None and layout.chunks(2_500) == 4
+    assert list(layout.bounds) == sorted(set(layout.bounds))
+    per_chunk = np.bincount(np.searchsorted(layout.bounds, keys, side="right"))
+    assert per_chunk.sum() == 10_000 and all(abs(n - 2_500) < 250 for n in per_chunk), per_chunk
+    strings = staged_layout(_reader(*[{**b, "k": b["k"]} for b in batches]), ["k2"], None, 10_000, 2_500)
+    assert strings.bounds is not None and strings.bounds.dtype == object and len(strings.bounds) == 3
+    repeated = staged_layout(_reader(_batch([5] * 8, [D1] * 8), _batch([1, 9], [D1] * 2)), ["k"], None, 10, 3)
+    assert list(repeated.bounds) == [5], "a key repeated across bounds is in one commit, none empty"
+
+
+def test_ordered_composite_or_single_commit_rows_have_no_key_bounds() -> None:
+    ordered = staged_layout(_reader(_batch([1, 2], [D1] * 2), _batch([3, 4], [D1] * 2)), ["k"], None, 4, 1)
+    assert (ordered.order, ordered.bounds, ordered.chunks(1)) == ([0, 1], None, 4)
+    shuffled = _reader(_batch([2, 1], [D1] * 2), _batch([4, 3], [D1] * 2))
+    assert staged_layout(shuffled, ["k", "k2"], None, 4, 1).bounds is None, "composite: runs of staged rows"
+    assert staged_layout(_reader(_batch([2, 1], [D1] * 2)), ["k"], None, 2, 5).chunks(5) == 1
+
+
 def test_gather_takes_rows_across_chunks_in_the_given_order() -> None:
     import numpy as np
 

@@ -16,7 +16,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -45,7 +45,7 @@ from bronze_assets.lib.delta.merge_result import MergeResult, UniqueWrite
 from bronze_assets.lib.delta.protection import PiiHook, require_hook
 from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.staged_file import slices
-from bronze_assets.lib.delta.staged_layout import staged_layout
+from bronze_assets.lib.delta.staged_layout import StagedLayout, staged_layout
 from bronze_assets.lib.delta.staging import SpillFile, StagedBatch
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
 from bronze_assets.lib.delta.write_options import (
@@ -245,39 +245,76 @@ class BronzeMerger:
         """The PII columns protected by the hook (hash and score were computed on plaintext)."""
         return batch if self.pii is None else self.pii.protect(batch)
 
-    def _chunk_slices(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
+    def _chunk_slices(self, staged: StagedBatch, chunk: int, layout: StagedLayout
                       ) -> Iterator[pa.RecordBatch]:
         """The staged rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)``, slice by slice: of
-        the batches in key ``order`` when given (:class:`~.staged_layout.KeyOrder`), else in
-        staged order.
-        ``sizes`` are the rows of each staged batch (batches outside the chunk are not read)."""
+        the batches in key order when the layout has one (:class:`~.staged_layout.KeyOrder`),
+        else in staged order (batches outside the chunk are not read)."""
         lo, hi, offset = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows, 0
-        for index in order if order is not None else range(len(sizes)):
-            end = offset + sizes[index]
+        for index in layout.order if layout.order is not None else range(len(layout.sizes)):
+            end = offset + layout.sizes[index]
             if end > lo and offset < hi:
                 yield staged.batch(index).slice(max(lo - offset, 0), min(hi, end) - max(lo, offset))
             offset = end
             if offset >= hi:
                 break
 
-    def _staged_chunk(self, staged: StagedBatch, chunk: int, sizes: list[int], order: list[int] | None
-                      ) -> Iterator[pa.RecordBatch]:
-        """The rows of chunk ``chunk`` (:meth:`_chunk_slices`) in primary key order: the files of a
-        snapshot get (nearly) disjoint key ranges, so a later MERGE's key-range predicate skips the
-        files its keys cannot be in. With ``order`` (no sort needed) one batch at a time is read,
-        else the chunk's rows are read and gathered by sorted key."""
-        if order is not None:
-            for piece in slices(self._chunk_slices(staged, chunk, sizes, order), WRITE_BATCH_ROWS):
+    def _chunk_by_key(self, staged: StagedBatch, chunk: int, layout: StagedLayout) -> ChunkRows:
+        """The rows of chunk ``chunk`` in key order: those whose key lies between the chunk's key
+        bounds (:class:`~.staged_layout.KeySample`) or, without bounds (a composite key), the
+        chunk's run of staged rows (:meth:`_chunk_slices`). Only keys and positions are held."""
+        if layout.bounds is None:
+            pieces = list(self._chunk_slices(staged, chunk, layout))
+            table = pa.Table.from_batches(pieces, schema=staged_schema(staged.schema))
+            by_key = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
+            return ChunkRows(pieces, np.cumsum([0] + [p.num_rows for p in pieces[:-1]]), by_key.to_numpy())
+        indexes, starts, positions, keys, at = [], [], [], [], 0
+        for index, size in enumerate(layout.sizes):
+            column = staged.batch(index).column(self.pk[0]) if size else None
+            if column is None:
+                continue
+            rows = np.flatnonzero(np.searchsorted(layout.bounds, column.to_numpy(zero_copy_only=False),
+                                                  side="right") == chunk)
+            if rows.size:
+                indexes.append(index)
+                starts.append(at)
+                positions.append(rows + at)
+                keys.append(column.take(pa.array(rows)))
+                at += size
+        if not indexes:
+            return ChunkRows(StagedBatches(staged, []), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        by_key = pc.sort_indices(pa.chunked_array(keys)).to_numpy()
+        return ChunkRows(StagedBatches(staged, indexes), np.array(starts), np.concatenate(positions)[by_key])
+
+    def _staged_chunk(self, staged: StagedBatch, chunk: int, layout: StagedLayout,
+                      rows: ChunkRows | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows of chunk ``chunk`` in primary key order, so the files of a snapshot get
+        (nearly) disjoint key ranges and a later MERGE's key-range predicate skips the files its
+        keys cannot be in: the batches in key order when they are (one batch at a time is read),
+        else the chunk's ``rows`` (:meth:`_chunk_by_key`) gathered one output batch at a time."""
+        if layout.order is not None:
+            for piece in slices(self._chunk_slices(staged, chunk, layout), WRITE_BATCH_ROWS):
                 yield self._protect(staged.complete(piece))
             return
-        pieces = list(self._chunk_slices(staged, chunk, sizes, order))
-        # sort the keys only, then gather one output batch at a time (no sorted copy of the chunk)
-        table = pa.Table.from_batches(pieces, schema=staged_schema(staged.schema))
-        by_key = pc.sort_indices(table.select(self.pk), sort_keys=[(k, "ascending") for k in self.pk])
-        rows = by_key.to_numpy()
-        starts = np.cumsum([0] + [p.num_rows for p in pieces[:-1]])
-        for start in range(0, len(rows), WRITE_BATCH_ROWS):
-            yield self._protect(staged.complete(gather(pieces, starts, rows[start:start + WRITE_BATCH_ROWS])))
+        if rows is None:
+            rows = self._chunk_by_key(staged, chunk, layout)
+        for start in range(0, len(rows.rows), WRITE_BATCH_ROWS):
+            yield self._protect(staged.complete(rows.gather(start, start + WRITE_BATCH_ROWS)))
+
+    def _chunk_subjects(self, staged: StagedBatch, chunk: int, layout: StagedLayout,
+                        rows: ChunkRows | None) -> pl.Series:
+        """The data subjects of chunk ``chunk``'s rows."""
+        subject = self.contract.data_subject
+        assert subject is not None
+        if rows is None:
+            column = pa.chunked_array([s.column(subject) for s in self._chunk_slices(staged, chunk, layout)])
+        elif not len(rows.rows):
+            return pl.Series(subject, [])
+        else:
+            column = rows.gather(0, len(rows.rows), [subject]).column(0)
+        series = pl.from_arrow(column)
+        assert isinstance(series, pl.Series)
+        return series
 
     def _create_with_history(self, staged: StagedBatch) -> MergeResult:
         """:meth:`_create`, then the history table seeded from the rows as written (PII protected),
@@ -299,34 +336,30 @@ class BronzeMerger:
     def _create(self, staged: StagedBatch, written: SpillFile | None = None) -> MergeResult:
         """Write the staged rows as the table's first version (``written`` gets the batches as
         written, PII protected, for the history table's seed)."""
-        chunks = max(1, math.ceil(staged.rows / self.chunk_rows))
         result = MergeResult(self.uri, staged.rows, inserted=staged.rows, committed=True)
-        order, sizes = None, []
+        layout = StagedLayout([], [], [])
         if staged.rows:  # one streamed read of the narrow columns (key, partition), batch by batch
             columns = list(dict.fromkeys(self.pk + ([self.part] if self.part else [])))
             reader = staged.reader()
             narrow = pa.RecordBatchReader.from_batches(pa.schema([reader.schema.field(c) for c in columns]),
                                                        (b.select(columns) for b in reader))
-            layout = staged_layout(narrow, self.pk, self.part)
-            order, sizes = layout.order, layout.sizes
-            if order is None:  # sorted, disjoint batches cannot repeat a key
+            layout = staged_layout(narrow, self.pk, self.part, staged.rows, self.chunk_rows)
+            if layout.order is None:  # sorted, disjoint batches cannot repeat a key
                 self.planner.refuse_duplicates(self.planner.staged_duplicates(staged))
             if self.part:
                 result.partitions = [d.isoformat() for d in layout.partitions]
+        chunks = layout.chunks(self.chunk_rows)
         file_bytes = target_file_bytes(self.contract, self.storage.settings)
         for chunk in range(chunks):
             stop_point()
             dt = self._latest if chunk else None  # as the previous chunk's commit left it
             if dt is not None and chunk in CommitLog.read(dt).committed_chunks(staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
+            rows = self._chunk_by_key(staged, chunk, layout) if layout.bounds is not None else None
             if self.pii is not None and self.contract.data_subject and staged.rows:
                 # the keys of this chunk's subjects only: memory bounded by a chunk, not the table
-                subjects = [s.column(self.contract.data_subject)
-                            for s in self._chunk_slices(staged, chunk, sizes, order)]
-                series = pl.from_arrow(pa.chunked_array(subjects))
-                assert isinstance(series, pl.Series)
-                self._prepare_keys(series)
-            batches = self._staged_chunk(staged, chunk, sizes, order)
+                self._prepare_keys(self._chunk_subjects(staged, chunk, layout, rows))
+            batches = self._staged_chunk(staged, chunk, layout, rows)
             if written is not None:
                 batches = written.tee(batches)
             # read (and protect) the next staged batch on a thread of its own while delta-rs
@@ -448,7 +481,43 @@ class CommitInfo:
         return self.chunk == self.chunks - 1
 
 
-def gather(chunks: list[pa.RecordBatch], starts: np.ndarray, rows: np.ndarray) -> pa.RecordBatch:
+class StagedBatches(Sequence[pa.RecordBatch]):
+    """The staged batches ``indexes`` of a staging file, each mapped when taken from and
+    released with the batch taken (the pages a gather touches are not held for the chunk)."""
+
+    def __init__(self, staged: StagedBatch, indexes: list[int], columns: list[str] | None = None):
+        self.staged, self.indexes, self.columns = staged, indexes, columns
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        batch = self.staged.batch(self.indexes[i])
+        return batch if self.columns is None else batch.select(self.columns)
+
+    def narrow(self, columns: list[str]) -> StagedBatches:
+        return StagedBatches(self.staged, self.indexes, columns)
+
+
+@dataclass
+class ChunkRows:
+    """A commit chunk's rows in key order: ``rows`` are positions in ``pieces`` end to end
+    (``starts``: each piece's first position)."""
+
+    pieces: Sequence[pa.RecordBatch]
+    starts: np.ndarray
+    rows: np.ndarray
+
+    def gather(self, start: int, stop: int, columns: list[str] | None = None) -> pa.RecordBatch:
+        """Rows ``[start, stop)`` of the chunk in key order (only ``columns`` when given)."""
+        pieces = self.pieces
+        if columns is not None:
+            pieces = (pieces.narrow(columns) if isinstance(pieces, StagedBatches)
+                      else [p.select(columns) for p in pieces])
+        return gather(pieces, self.starts, self.rows[start:stop])
+
+
+def gather(chunks: Sequence[pa.RecordBatch], starts: np.ndarray, rows: np.ndarray) -> pa.RecordBatch:
     """The rows ``rows`` (positions in ``chunks`` end to end; ``starts``: each chunk's first
     position) in that order, taken chunk by chunk (``Table.take`` concatenates every chunk of the
     table first, on each call)."""
