@@ -132,22 +132,53 @@ class Storage:
 
     def list_files(self, folder: str) -> list[str]:
         """The paths of the files below ``folder`` under the root (none if it does not exist)."""
+        if not self.remote:
+            return [path for path, _, _ in self._local_files(folder, recursive=True)]
         from pyarrow import fs
 
         try:
             infos = self._files().get_file_info_selector(folder, True, True)
-        except TableNotFoundError:  # a local root not created yet
+        except TableNotFoundError:
             return []
         return [i.path for i in infos if i.type == fs.FileType.File]
 
     def listing(self, folder: str) -> list[tuple[str, int, int]]:
         """(name, size, modified ns) of the files directly in ``folder`` under the root, by name
         (one listing request per thousand files on an object store; empty if there is none)."""
+        if not self.remote:
+            found = self._local_files(folder, recursive=False)
+            return sorted((path.rsplit("/", 1)[-1], size, mtime) for path, size, mtime in found)
         try:
             found = self._files().get_file_info_selector(folder, True, False)
-        except TableNotFoundError:  # a local root not created yet
+        except TableNotFoundError:
             return []
         return sorted((f.path.rsplit("/", 1)[-1], int(f.size or 0), int(f.mtime_ns or 0)) for f in found)
+
+    def _local_files(self, folder: str, *, recursive: bool) -> list[tuple[str, int, int]]:
+        """(path under the root, size, modified ns) of the files in ``folder`` of a local root.
+
+        Not through delta-rs' file system handler: its listing waits for tasks on delta-rs' shared
+        runtime while holding the GIL, and a ``write_deltalake`` on another thread, whose runtime
+        threads pull its batches from Python, then waits for the GIL on every one of them: the
+        process hangs (seen in the initial load: a landing table's step beside the creates)."""
+        root = self.root.removeprefix("file://")
+        found: list[tuple[str, int, int]] = []
+        pending = [folder.strip("/")]
+        while pending:
+            current = pending.pop()
+            try:
+                entries = list(os.scandir(os.path.join(root, current) if current else root))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                path = f"{current}/{entry.name}" if current else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        pending.append(path)
+                elif entry.is_file():
+                    stat = entry.stat()
+                    found.append((path, stat.st_size, stat.st_mtime_ns))
+        return found
 
     def _files(self) -> Any:
         """delta-rs' object store at the root (the Delta tables' credentials and options). Its raw
