@@ -20,7 +20,7 @@ from bronze_assets.lib.source.postgres import connect
 from bronze_assets.settings import ENV_BRONZE_ROOT, ENV_DATA_DIR, ENV_SOURCE_DSN
 from bronze_assets_tests.azurite import adls, adls_server  # noqa: F401 - fixtures: Azurite and a container
 from bronze_assets_tests.s3 import s3, s3_server  # noqa: F401 - fixtures: a local S3 server and a bucket
-from bronze_assets_tests.stores import store  # noqa: F401 - fixture: each object store in turn
+from bronze_assets_tests.stores import any_store, local, store  # noqa: F401 - fixtures: each object store in turn (and a local folder)
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 SeedDb = Callable[[SeedOptions], str]  # the seed_db fixture: seed options -> DSN of a seeded database

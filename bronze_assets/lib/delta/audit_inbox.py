@@ -16,8 +16,9 @@ and keep one row per ``audit_id``: a row is in the table before its file goes, s
 
 The lineage and cost rows of a load that read rows but changed none (a daily full load of an
 unchanged table) wait the same way, each table in an inbox of its own (:data:`INBOXES`). Within a
-run every append to these tables and to ``bz_checkpoints`` waits here too, and the run's end
-commits them, one commit per table (:func:`~bronze_assets.lib.delta.control.hold_appends`)."""
+run every append to these tables and to ``bz_checkpoints`` waits here too, on a local folder as on
+an object store, and the run's end commits them, one commit per table
+(:func:`~bronze_assets.lib.delta.control.hold_appends`)."""
 
 from __future__ import annotations
 

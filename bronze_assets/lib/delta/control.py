@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import pyarrow as pa
@@ -88,20 +88,20 @@ _ID_COLUMN = {name: schema.names[0] for name, schema in SCHEMAS.items()}
 
 
 def append_rows(storage: StorageLike, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Append ``rows`` to control table ``table`` (created on first use); an append to the audit
-    log, lineage or cost table on an object store also carries the rows waiting in its inbox
-    (:mod:`audit_inbox`). During a run (:func:`hold_appends`) an append on an object store to a
-    table with an inbox posts the rows there, and the run's end commits them."""
+    """Append ``rows`` to control table ``table`` (created on first use); an append to a table
+    with an inbox (audit log, lineage, cost, checkpoints) also carries the rows waiting there
+    (:mod:`audit_inbox`). During a run (:func:`hold_appends`) an append to such a table posts the
+    rows to its inbox, and the run's end commits them."""
     if not rows:
         return 0
     storage = as_storage(storage)
     filled = _filled(storage, table, rows)
     inbox = audit_inbox.INBOXES.get(table)
-    if inbox is not None and storage.remote and _HELD.holding:
+    if inbox is not None and _HELD.holding:
         _HELD.post(storage, table, inbox, filled)
         return len(filled)
     data = pa.Table.from_pylist(filled, schema=SCHEMAS[table])
-    if inbox is not None and storage.remote:
+    if inbox is not None:
         waiting = audit_inbox.pending(storage, SCHEMAS[table], inbox, known=_HELD.known(storage, table))
         if waiting.paths:
             _fold(storage, table, data, waiting)
@@ -226,10 +226,11 @@ def _key(storage: Storage, table: str) -> _HeldKey:
 
 
 def hold_appends() -> None:
-    """From now until the matching :func:`release_appends`, appends on an object store to the
-    tables with an inbox (audit log, lineage, cost, checkpoints) post their rows there, one PUT
-    each (durable: a run killed later leaves them for the next append or release to carry),
-    instead of a commit each, which on an object store is ≈ 8 requests (README 'Bronze on S3').
+    """From now until the matching :func:`release_appends`, appends to the tables with an inbox
+    (audit log, lineage, cost, checkpoints) post their rows there, one small file each (durable: a
+    run killed later leaves them for the next append or release to carry), instead of a commit
+    each: on an object store ≈ 8 requests (README 'Bronze on S3'), on a local folder an open of
+    the table and a commit (a re-load's ≈ 40 of them: README 'Performance').
     The bronze IO manager holds around a run that loads (a step's process, with the
     multiprocess executor), ``bronze demo`` around all of its runs; holds nest and overlap (two runs in one
     process): the rows are committed when the last ends."""
@@ -332,7 +333,7 @@ def read_table(storage: StorageLike, table: str) -> pa.Table:
     (listed first: a row leaves it only once in the table; the rows this process holds are not
     read again)."""
     storage = as_storage(storage)
-    inbox = audit_inbox.INBOXES.get(table) if storage.remote else None
+    inbox = audit_inbox.INBOXES.get(table)
     waiting = None if inbox is None else \
         audit_inbox.pending(storage, SCHEMAS[table], inbox, known=_HELD.known(storage, table))
     dt = storage.open(table)
@@ -382,8 +383,9 @@ def audited(storage: StorageLike, table_name: str, operation_type: str, job_id: 
     append_rows(storage, AUDIT_LOG, [entry.row(SUCCESS)])
 
 
+@cache
 def pipeline_version() -> str:
-    """The installed bronze_assets version (recorded with lineage)."""
+    """The installed bronze_assets version (recorded with lineage), looked up once per process."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
