@@ -402,13 +402,21 @@ def acknowledge(dsn: str, contract: Contract, lsn: int, slot: str) -> None:
 # ------------------------------------------------------------------------------------ pgoutput
 
 
+_STRUCTS: dict[str, struct.Struct] = {}
+_I16, _I32 = struct.Struct("!h"), struct.Struct("!i")
+_TEXT = ord("t")  # a TupleData value sent as text (its length and bytes follow)
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.at = data, 0
 
     def read(self, fmt: str) -> Any:
-        (value,) = struct.unpack_from("!" + fmt, self.data, self.at)
-        self.at += struct.calcsize("!" + fmt)
+        unpack = _STRUCTS.get(fmt)
+        if unpack is None:
+            unpack = _STRUCTS.setdefault(fmt, struct.Struct("!" + fmt))
+        (value,) = unpack.unpack_from(self.data, self.at)
+        self.at += unpack.size
         return value
 
     def text(self) -> str:
@@ -417,17 +425,25 @@ class _Reader:
         self.at = end + 1
         return value
 
-    def tuple(self) -> list[str | None]:
-        values: list[str | None] = []
-        for _ in range(self.read("h")):
-            kind = chr(self.read("B"))
-            if kind == "t":
-                size = self.read("i")
-                values.append(self.data[self.at:self.at + size].decode())
-                self.at += size
-            else:  # 'n' NULL, 'u' an unchanged TOAST value (not sent): neither is a key
-                values.append(None)
-        return values
+    def value(self, index: int) -> str | None:
+        """The ``index``-th value of a TupleData, the reader left after the whole tuple; None for
+        a NULL ('n'), an unchanged TOAST value ('u', not sent) or a missing column. Only that
+        value is decoded: the others are skipped by their length."""
+        data, at = self.data, self.at
+        (count,) = _I16.unpack_from(data, at)
+        at += 2
+        found = None
+        for column in range(count):
+            kind = data[at]
+            at += 1
+            if kind == _TEXT:
+                (size,) = _I32.unpack_from(data, at)
+                at += 4
+                if column == index:
+                    found = data[at:at + size].decode()
+                at += size
+        self.at = at
+        return found
 
 
 @dataclass
@@ -499,15 +515,14 @@ class _Decoder:
             rel = self.relations[r.read("I")]
             marker = chr(r.read("B"))
             if marker in "KO":  # the old key (K) or old row (O): the key may have changed
-                self._key(rel, r.tuple(), "D" if kind == "D" else "U")
+                self._key(r.value(rel.columns.index(self.key)), "D" if kind == "D" else "U")
                 if kind == "U":
                     marker = chr(r.read("B"))
             if marker == "N":
-                self._key(rel, r.tuple(), "I" if kind == "I" else "U")
+                self._key(r.value(rel.columns.index(self.key)), "I" if kind == "I" else "U")
         # 'O' origin, 'Y' type and anything newer carry no row change
 
-    def _key(self, rel: Relation, values: list[str | None], op: str) -> None:
-        value = values[rel.columns.index(self.key)]
+    def _key(self, value: str | None, op: str) -> None:
         if value is not None:
             self.pending_keys.append(int(value))
             self.pending_ops.append(op)
