@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from bronze_assets.cli import main
-from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
+from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS, get_contract
 from bronze_assets.defs import threaded_executor
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.defs.resources import BronzeStorage
@@ -37,6 +37,7 @@ from bronze_assets.demo.run import (
     materialize_all,
     run_at_once,
     run_demo,
+    step_cost,
     table_summary,
 )
 from bronze_assets.lib.source.dsn import dsn_parts
@@ -295,23 +296,36 @@ LARGE = {"bz_orders", "bz_shipments", "bz_order_details", "bz_inventory", "bz_st
 @pytest.mark.parametrize("scale", [10, 30])
 def test_the_demo_runs_pool_starts_the_heaviest_table_first_then_two_large_tables_at_once(scale: int) -> None:
     """The steps' weights follow their memory: a commit chunk of rows, an encrypted table's wider
-    (its history seed hands delta-rs 4,096-row pieces: flat, not counted). The heaviest starts first
-    (bz_customers at scale 30, whose 750k rows fill a chunk; bz_orders at scale 10, where
-    bz_customers' 250k rows are half of one), then the tables with the most rows first, never three
-    large tables at once, and bz_customers beside no large table at scale 30 (one at scale 10)."""
+    (its history seed hands delta-rs 4,096-row pieces: flat, not counted). A step too heavy to run
+    beside another as heavy starts first (bz_customers at scale 30, whose 750k rows fill a chunk),
+    then the longest steps first: at scale 10 (bz_customers' 250k rows are half a chunk) the most
+    rows, bz_order_details, beside bz_customers, whose rows cost five plain ones (keyed,
+    encrypted, written twice) and which left last ran alone at the end. Never three large tables
+    at once, and bz_customers beside no large table at scale 30 (one at scale 10)."""
     runs = [{c.bronze_table: f"load_{c.bronze_table}" for c in group}
             for group in (list(CONTRACTS.values()), list(LANDING_CONTRACTS.values()))]
     shapes = {f"bz_{name}": SourceShape(*shape) for name, shape in SHAPES[scale].items()}
     pool = _step_pool(runs, False, shapes)
     started, together = _pool_schedule(pool, [step for run in runs for step in run.values()])
     tables = [[step.removeprefix("load_") for step in s] for s in together]
-    heaviest = "bz_customers" if scale == 30 else "bz_orders"
-    assert started[0] == f"load_{heaviest}"
-    assert [s for s in started if s.removeprefix("load_") in LARGE - {heaviest}][:2] == \
-        ["load_bz_order_details", "load_bz_inventory"]  # the most rows first
+    if scale == 30:
+        assert started[0] == "load_bz_customers"
+    else:
+        assert started[:2] == ["load_bz_order_details", "load_bz_customers"]
+    assert [s for s in started if s.removeprefix("load_") in LARGE][:2] == \
+        ["load_bz_order_details", "load_bz_inventory"]  # then the most rows first
     assert max(len(set(t) & LARGE) for t in tables) == 2  # two at once, never three
     assert max(len(set(t) & LARGE) for t in tables if "bz_customers" in t) == (0 if scale == 30 else 1)
     assert sorted(started) == sorted(step for run in runs for step in run.values())
+
+
+def test_a_long_step_is_not_left_for_the_end() -> None:
+    """An encrypted table with history costs more per row than a plain one, and a history table
+    more than a plain one: the order goes by that cost, not by rows alone."""
+    customers, products, orders = (get_contract(f"bz_{n}") for n in ("customers", "products", "orders"))
+    shape = SourceShape(10_000_000, 100_000)
+    assert step_cost(customers, shape) > step_cost(products, shape) > step_cost(orders, shape) == 100_000
+    assert step_cost(orders, None) == 0
 
 
 def test_materialize_all_without_a_bronze_table_runs_nothing() -> None:
