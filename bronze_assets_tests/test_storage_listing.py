@@ -13,6 +13,7 @@ from deltalake._internal import DeltaFileSystemHandler
 from pyarrow import fs
 
 from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.load.landing_source import landing_files
 
 
 def _handler_listing(root: Path, folder: str, recursive: bool) -> list[tuple[str, int, int]]:
@@ -42,11 +43,34 @@ def test_a_local_roots_listing_equals_the_object_stores(tmp_path: Path) -> None:
     assert Storage(str(tmp_path / "no_root_yet")).list_files("x") == []
 
 
+def test_a_local_landing_folders_listing_equals_the_object_stores(tmp_path: Path) -> None:
+    from deltalake.fs import DeltaStorageHandler
+
+    folder = tmp_path / "landing" / "shipment_events"
+    for path in ("2026/12/07/a.jsonl", "2026/12/07/_SUCCESS", "b.jsonl", ".tmp"):
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(path)
+    selector = fs.FileSelector("", recursive=True, allow_not_found=True)
+    expected = fs.PyFileSystem(DeltaStorageHandler(str(folder), None)).get_file_info(selector)
+
+    def entries(infos: list[fs.FileInfo]) -> list[tuple]:
+        return sorted((i.path, i.type, i.size, i.mtime_ns) if i.type == fs.FileType.File else (i.path, i.type)
+                      for i in infos)
+
+    for given in (str(folder), f"file://{folder}"):
+        filesystem, infos = landing_files(given, None)
+        assert entries(infos) == entries(expected) and len(infos) == 7  # 4 files, 3 folders
+        with filesystem.open_input_stream("2026/12/07/a.jsonl") as stream:
+            assert stream.read() == b"2026/12/07/a.jsonl"
+    assert landing_files(str(tmp_path / "none"), None)[1] == []
+
+
 LISTING_BESIDE_WRITES = """
 import os, sys, threading
 import pyarrow as pa
 from deltalake import write_deltalake
 from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.load.landing_source import landing_files
 
 root = sys.argv[1]
 storage = Storage(root)
@@ -70,6 +94,7 @@ listed = 0
 while any(w.is_alive() for w in writers):
     assert storage.list_files("folder") == ["folder/a.json"]
     assert [name for name, _, _ in storage.listing("folder")] == ["a.json"]
+    assert [i.path for i in landing_files(f"{root}/folder", None)[1]] == ["a.json"]  # a landing folder
     listed += 1
 for w in writers:
     w.join()

@@ -77,11 +77,17 @@ def landing_folder(root: str, contract: Contract) -> str:
 
 
 def landing_files(folder: str, options: dict[str, str] | None) -> tuple[fs.FileSystem, list[fs.FileInfo]]:
-    """The file system at ``folder`` (a path or URI; delta-rs' object store) and every entry below
-    it (none when it does not exist)."""
+    """The file system at ``folder`` (a path or URI; a local folder's own, else delta-rs' object
+    store) and every entry below it (none when it does not exist). A local folder is not listed
+    through delta-rs' handler, which holds the GIL while its listing waits for delta-rs' runtime
+    (a ``write_deltalake`` on another thread then hangs the process: :meth:`Storage.list_files`)."""
     local = "://" not in folder or folder.startswith("file://")
-    if local and not Path(folder.removeprefix("file://")).is_dir():
-        return fs.LocalFileSystem(), []
+    if local:
+        path = Path(folder.removeprefix("file://"))
+        if not path.is_dir():
+            return fs.LocalFileSystem(), []
+        filesystem: fs.FileSystem = fs.SubTreeFileSystem(str(path.absolute()), fs.LocalFileSystem())
+        return filesystem, filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
     filesystem = fs.PyFileSystem(DeltaStorageHandler(folder, options))
     return filesystem, filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
 
