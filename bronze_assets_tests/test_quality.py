@@ -794,3 +794,108 @@ def test_the_service_keeps_nothing_of_a_validation_with_data_docs(tmp_path: Path
             gc.enable()
     assert report.rows == 3000 and report.docs_url
     assert not left, f"{len(left)} pandas objects of the validation are left"
+
+
+def _planted_order_details(rows: int) -> pa.Table:
+    """Generated order details with NULLs in every column (so each rule drops other rows first),
+    non-positive quantities and prices, and duplicated keys."""
+    table = pa.Table.from_batches(_generated("order_details", rows))
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    for i in range(0, rows, 37):
+        columns["order_id"][i] = None
+    for i in range(5, rows, 41):
+        columns["quantity_ordered"][i] = None
+    for i in range(9, rows, 43):
+        columns["unit_price"][i] = None
+    for i in range(13, rows, 29):
+        columns["quantity_ordered"][i] = -i
+    for i in range(17, rows, 31):
+        columns["order_detail_id"][i] = columns["order_detail_id"][i - 1]
+    return pa.table({name: pa.array(values, table.schema.field(name).type)
+                     for name, values in columns.items()})
+
+
+def _gx_results(runner: SuiteRunner, table: pa.Table) -> str:
+    """Every expectation's GX result (success, counts, partial unexpected list) of one validation,
+    as JSON (NaN spelled as such)."""
+    results: list[Any] = []
+    original = runner.checkpoint.run
+
+    def keep(*args: Any, **kwargs: Any) -> Any:
+        run = original(*args, **kwargs)
+        for result in run.run_results.values():
+            results.extend((r.expectation_config.meta["rule"], r.success, r.result) for r in result.results)
+        return run
+
+    runner.checkpoint = SimpleNamespace(run=keep)
+    runner.validate(table)
+    return json.dumps(results, default=str)
+
+
+def test_gx_tests_a_column_on_that_column_alone_with_gx_own_results(tmp_path: Path) -> None:
+    """A column's expectations get a one-column frame from GX's pandas engine, and its unexpected
+    values are taken from the column alone (GX dropped NULL rows from the whole frame for each
+    rule, twice): GX's results, partial unexpected lists included, equal those of GX unchanged."""
+    from great_expectations.core.metric_domain_types import MetricDomainTypes
+    from great_expectations.execution_engine import PandasExecutionEngine
+
+    contract, day = CONTRACTS["order_details"], AS_OF.date()
+    runner = SuiteRunner(contract, day)
+    widths: list[int] = []
+    narrowed = PandasExecutionEngine.get_compute_domain
+
+    def spy(self: Any, domain_kwargs: dict, domain_type: Any, accessor_keys: Any = None) -> Any:
+        data, compute, accessor = narrowed(self, domain_kwargs, domain_type, accessor_keys)
+        if MetricDomainTypes(domain_type) is MetricDomainTypes.COLUMN:
+            widths.append(data.shape[1])
+        return data, compute, accessor
+
+    table = _planted_order_details(3000)
+    try:
+        PandasExecutionEngine.get_compute_domain = spy  # type: ignore[method-assign]
+        here = _gx_results(runner, table)
+    finally:
+        PandasExecutionEngine.get_compute_domain = narrowed  # type: ignore[method-assign]
+    assert widths and set(widths) == {1}, "every column rule is computed on its column alone"
+    gx_own = _in_service_setup(tmp_path, (
+        "from datetime import date\n"
+        "from bronze_assets.contracts import CONTRACTS\n"
+        "from bronze_assets.lib.quality import validate\n"
+        "from bronze_assets_tests.test_quality import _gx_results, _planted_order_details\n"
+        "validate._narrow_column_domains = lambda: None\n"
+        f"day = date({day.year}, {day.month}, {day.day})\n"
+        "runner = validate.SuiteRunner(CONTRACTS['order_details'], day)\n"
+        "print(json.dumps(_gx_results(runner, _planted_order_details(3000))))\n"))
+    assert here == gx_own
+    failed = {rule: result["partial_unexpected_list"] for rule, success, result in json.loads(here)
+              if not success}
+    assert {"null:order_id", "null:quantity_ordered", "range:quantity_ordered",
+            "unique:order_detail_id"} <= set(failed), "the planted defects are found"
+    quantities = [q for q in table.column("quantity_ordered").to_pylist() if q is not None and q <= 0]
+    assert failed["range:quantity_ordered"] == quantities[:5], "the first unexpected values, in row order"
+
+
+def test_data_docs_copy_gx_static_assets_only_when_a_site_lacks_them(tmp_path: Path) -> None:
+    """A site gets GX's static assets (fonts, images, styles: 4 MB) byte for byte on its first
+    validation; later validations write none of them again, but restore one removed or changed."""
+    from bronze_assets.lib.quality import docs
+
+    site = tmp_path / "bz_warehouses"
+    runner = suite_runner(CONTRACTS["warehouses"], AS_OF.date(), site)
+    runner.validate_batches(_generated("warehouses", 50))
+    sources = {p.relative_to(docs.STATIC_SOURCE): p for p in docs.STATIC_SOURCE.rglob("*")
+               if p.is_file() and p.name != ".DS_Store"}
+    assert sources
+    assert all((site / "static" / rel).read_bytes() == p.read_bytes() for rel, p in sources.items())
+    styles = next(rel for rel in sources if rel.name == "data_docs_default_styles.css")
+    removed = next(rel for rel in sources if rel.suffix == ".otf")
+    (site / "static" / removed).unlink()
+    (site / "static" / styles).write_text("/* edited */")
+    kept = {rel: (site / "static" / rel).stat().st_mtime_ns for rel in sources
+            if rel not in (styles, removed)}
+    report = runner.validate_batches(_generated("warehouses", 50))
+    assert report.docs_url and Path(report.docs_url.removeprefix("file://")).is_file()
+    assert {rel: (site / "static" / rel).stat().st_mtime_ns for rel in kept} == kept, "none written again"
+    for rel in (styles, removed):
+        assert (site / "static" / rel).read_bytes() == sources[rel].read_bytes(), f"{rel} restored"
+

@@ -99,6 +99,7 @@ class SuiteRunner:
         for name in ("great_expectations", "great_expectations.data_context.types.base"):
             logging.getLogger(name).setLevel(logging.WARNING)  # GX sets its own levels on import
         _skip_batch_fingerprint()
+        _narrow_column_domains()
 
         self.lock = threading.RLock()
         self.contract, self.load_date = contract, load_date
@@ -248,6 +249,70 @@ def _skip_batch_fingerprint() -> None:
     from great_expectations.execution_engine import pandas_execution_engine
 
     pandas_execution_engine.HASH_THRESHOLD = 0
+
+
+_narrowed = False
+
+
+def _narrow_column_domains() -> None:
+    """Hand GX's pandas engine one column, not the whole frame, for a column's metrics.
+
+    A column map expectation drops the rows whose value is NULL before testing the others, and
+    GX's engine does it on the whole frame (every column of the chunk copied), twice per
+    expectation: for its condition and again for its unexpected values (the ``BASIC`` result's
+    partial list). Here the column's condition gets a one-column frame (its compute domain) and
+    the unexpected values filter the column alone: the same rows, values and order. Once per
+    process (the registry of metric providers is GX's, process-wide)."""
+    global _narrowed
+    with _runners_lock:
+        if _narrowed:
+            return
+        _narrowed = True
+    import pandas as pd
+    from great_expectations.core.metric_domain_types import MetricDomainTypes
+    from great_expectations.execution_engine import PandasExecutionEngine
+    from great_expectations.expectations import registry
+    from great_expectations.expectations.metrics.map_metric_provider import (
+        column_map_condition_auxilliary_methods as auxiliary,
+    )
+    from great_expectations.expectations.metrics.util import get_dbms_compatible_metric_domain_kwargs
+
+    compute_domain = PandasExecutionEngine.get_compute_domain
+
+    def column_domain(self: Any, domain_kwargs: dict, domain_type: Any, accessor_keys: Any = None) -> Any:
+        data, compute, accessor = compute_domain(self, domain_kwargs, domain_type, accessor_keys)
+        column = accessor.get("column")
+        if MetricDomainTypes(domain_type) is MetricDomainTypes.COLUMN and isinstance(data, pd.DataFrame) \
+                and column in data.columns:
+            data = data[[column]]
+        return data, compute, accessor
+
+    gx_values = auxiliary._pandas_column_map_condition_values
+
+    def column_values(cls: Any, execution_engine: Any, metric_domain_kwargs: dict, metric_value_kwargs: dict,
+                      metrics: dict[str, Any], **kwargs: Any) -> list[Any]:
+        unexpected, compute, accessor = metrics["unexpected_condition"]
+        accessor = get_dbms_compatible_metric_domain_kwargs(metric_domain_kwargs=accessor,
+                                                            batch_columns_list=metrics["table.columns"])
+        if "column" not in accessor:  # GX raises its error
+            return gx_values(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics,
+                             **kwargs)
+        values = execution_engine.get_domain_records(domain_kwargs=compute)[accessor["column"]]
+        if kwargs.get("filter_column_isnull", getattr(cls, "filter_column_isnull", False)):
+            values = values[values.notnull()]
+        values = values[unexpected == True]  # noqa: E712 (GX's own test: a boolean Series)
+        result_format = metric_value_kwargs["result_format"]
+        if result_format["result_format"] == "COMPLETE":
+            return list(values[:auxiliary.MAX_RESULT_RECORDS])
+        return list(values[:min(result_format["partial_unexpected_count"], auxiliary.MAX_RESULT_RECORDS)])
+
+    column_values.metric_fn_type = getattr(gx_values, "metric_fn_type", None)  # type: ignore[attr-defined]
+    PandasExecutionEngine.get_compute_domain = column_domain  # type: ignore[method-assign]
+    for metric in registry._registered_metrics.values():
+        providers = metric.get("providers", {})
+        provider = providers.get(PandasExecutionEngine.__name__)
+        if provider is not None and provider[1] is gx_values:
+            providers[PandasExecutionEngine.__name__] = (provider[0], column_values)
 
 
 def _plain(value: Any) -> Any:
