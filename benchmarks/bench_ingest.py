@@ -136,6 +136,11 @@ def phase_copy() -> dict:
 
 
 def phase_load(with_checks: bool = False) -> dict:
+    if with_checks:  # as `bronze demo` does: the validation service's GX import beside Dagster's
+        from bronze_assets.lib.quality import worker
+        from bronze_assets.settings import Settings
+
+        worker.start_in_background(Settings.from_env())
     import dagster as dg
 
     from bronze_assets.definitions import defs

@@ -178,6 +178,9 @@ def demo(scale: float, seed_external: bool) -> None:
     Every table that can load is loaded; the summary marks the ones that failed, with their
     reason, and the exit code is 1. Ctrl-C stops it (exit code 130)."""
     _check_root()  # before seeding, and before Dagster is imported
+    from bronze_assets.lib.quality import worker
+
+    worker.start_in_background(Settings.from_env())  # GX's import beside Dagster's, seeding and start-up
     from bronze_assets.demo.run import DemoRefusedError, format_summary, run_demo
     from bronze_assets.lib.source.postgres import SourceConnectionError
 

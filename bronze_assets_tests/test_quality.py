@@ -899,3 +899,28 @@ def test_data_docs_copy_gx_static_assets_only_when_a_site_lacks_them(tmp_path: P
     for rel in (styles, removed):
         assert (site / "static" / rel).read_bytes() == sources[rel].read_bytes(), f"{rel} restored"
 
+
+def test_the_service_starts_in_the_background_for_the_local_engine_only() -> None:
+    """``start_in_background`` returns at once and the service comes up (GX's import then runs
+    beside the caller's own imports); with another engine nothing starts."""
+    from bronze_assets.lib.quality import worker
+
+    worker.shutdown()
+    spark = replace(_service_settings(), engine="spark")
+    worker.start_in_background(spark)
+    local = _service_settings()
+    started = time.monotonic()
+    worker.start_in_background(local)
+    returned = time.monotonic() - started
+    try:
+        deadline = time.monotonic() + 60
+        while worker.service_pid(local) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = worker.service_pid(local)
+        assert pid is not None and pid != os.getpid(), "the service of the local engine started"
+        assert returned < 1.0, "the caller did not wait for it"  # the service starts in seconds
+        time.sleep(0.5)
+        assert worker.service_pid(spark) is None, "no service for another engine"
+    finally:
+        worker.stop_service(local)
+    assert _gone(pid, 30)

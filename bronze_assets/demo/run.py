@@ -715,18 +715,9 @@ def hold_connections(instance: dg.DagsterInstance) -> None:
 def _start_validation_service() -> None:
     """Start the local engine's validation service in the background (the first load's checks
     would wait for its import of GX); a failure is left to the first check, which names it."""
-    from bronze_assets.lib.load.engine import LOCAL
     from bronze_assets.lib.quality import worker
 
-    settings = Settings.from_env()
-    if (settings.engine or LOCAL) != LOCAL:
-        return  # the other engines validate where they load
-
-    def start() -> None:
-        with suppress(Exception):
-            worker.start(settings)
-
-    threading.Thread(target=start, name="gx-service-start", daemon=True).start()
+    worker.start_in_background(Settings.from_env())
 
 
 def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Handler,

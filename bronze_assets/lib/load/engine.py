@@ -35,7 +35,7 @@ from bronze_assets.lib.source.schema import SchemaDrift
 if TYPE_CHECKING:
     from bronze_assets.lib.load.lifecycle import LoadRequest
 
-LOCAL = "local"
+LOCAL = worker.LOCAL_ENGINE  # "local"
 
 
 class Staged(Protocol):

@@ -31,6 +31,7 @@ from bronze_assets.lib.quality import service
 from bronze_assets.lib.quality.validate import QualityReport, suite_runner
 from bronze_assets.settings import Settings
 
+LOCAL_ENGINE = "local"  # the engine whose checks this service runs (``lib.load.engine.LOCAL``)
 START_TIMEOUT_SECONDS = 60
 RESPAWN_SECONDS = 5  # a service that holds the socket's lock but does not answer: start another
 
@@ -170,6 +171,21 @@ def start(settings: Settings) -> None:
     """Connect to this installation's service now, starting it when none listens (it imports GX at
     once): a caller with other work before its first check lets the two overlap."""
     _connection(settings)
+
+
+def start_in_background(settings: Settings) -> None:
+    """:func:`start` on a thread of its own, when the local engine loads (the other engines validate
+    where they load): a caller about to import Dagster and its definitions (seconds on one core)
+    gets GX's import beside them, not beside its first tables' reads. A failure is left to the
+    first check, which names it."""
+    if (settings.engine or LOCAL_ENGINE) != LOCAL_ENGINE:
+        return
+
+    def connect() -> None:
+        with contextlib.suppress(Exception):
+            start(settings)
+
+    threading.Thread(target=connect, name="gx-service-start", daemon=True).start()
 
 
 def warm(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None) -> Future[None]:
