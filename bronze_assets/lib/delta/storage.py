@@ -7,10 +7,12 @@ passed whole; table locations come from :meth:`Storage.uri`, never from paths jo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from deltalake import DeltaTable
@@ -89,18 +91,34 @@ class Storage:
     def read_file(self, path: str) -> bytes | None:
         """The file at ``path`` under the root (a small record bronze keeps beside its tables),
         or None if there is none."""
+        from obstore.exceptions import NotFoundError
+
         try:
+            if not self.remote:
+                with open(self._local(path), "rb") as f:
+                    return f.read()
+            if (store := self._put_store()) is not None:
+                import obstore
+
+                return bytes(obstore.get(store, path).bytes())
             return bytes(self._files().open_input_file(path).read())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotFoundError):
             return None
 
     def write_file(self, path: str, data: bytes) -> None:
-        """Write (or replace) the file at ``path`` under the root (a local root is created). On an
-        object store one PUT (the same Rust object store as delta-rs, through ``obstore``): delta-rs'
-        output stream is a multipart upload, three requests for a file of a few hundred bytes."""
+        """Write (or replace) the file at ``path`` under the root (a local root is created): a
+        local file is written beside and renamed into place; on an object store one PUT
+        (``obstore``): delta-rs' output stream is a multipart upload, three requests for a file
+        of a few hundred bytes."""
         if not self.remote:
-            os.makedirs(self.root.removeprefix("file://"), exist_ok=True)
-        elif (store := self._put_store()) is not None:
+            target = self._local(path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            partial = f"{target}#{os.getpid()}{next(_WRITES)}"  # never listed (see listed)
+            with open(partial, "wb") as f:
+                f.write(data)
+            os.replace(partial, target)
+            return
+        if (store := self._put_store()) is not None:
             import obstore
 
             obstore.put(store, path, data, use_multipart=False)
@@ -113,8 +131,17 @@ class Storage:
 
     def delete_file(self, path: str) -> None:
         """Remove the file at ``path`` under the root (gone already: nothing to do)."""
-        with contextlib.suppress(FileNotFoundError):
-            self._files().delete_file(path)
+        from obstore.exceptions import NotFoundError
+
+        with contextlib.suppress(FileNotFoundError, NotFoundError):
+            if not self.remote:
+                os.remove(self._local(path))
+            elif (store := self._put_store()) is not None:
+                import obstore
+
+                obstore.delete(store, path)
+            else:
+                self._files().delete_file(path)
 
     def delete_files(self, paths: Sequence[str]) -> None:
         """Remove the files at ``paths`` under the root (those gone already: nothing to do). On S3
@@ -131,54 +158,54 @@ class Storage:
         obstore.delete(store, list(paths))
 
     def list_files(self, folder: str) -> list[str]:
-        """The paths of the files below ``folder`` under the root (none if it does not exist)."""
+        """The paths (under the root) of the files below ``folder`` (none if it does not exist)."""
         if not self.remote:
-            return [path for path, _, _ in self._local_files(folder, recursive=True)]
+            top, base = self._local(folder), self._local("")
+            return [os.path.relpath(os.path.join(where, name), base).replace(os.sep, "/")
+                    for where, _dirs, names in os.walk(top, followlinks=True)
+                    for name in names if listed(name)]
+        if (store := self._put_store()) is not None:
+            import obstore
+
+            return [meta["path"] for chunk in obstore.list(store, folder) for meta in chunk]
         from pyarrow import fs
 
-        try:
-            infos = self._files().get_file_info_selector(folder, True, True)
-        except TableNotFoundError:
-            return []
-        return [i.path for i in infos if i.type == fs.FileType.File]
+        return [i.path for i in self._delta_listing(folder, recursive=True) if i.type == fs.FileType.File]
 
     def listing(self, folder: str) -> list[tuple[str, int, int]]:
         """(name, size, modified ns) of the files directly in ``folder`` under the root, by name
         (one listing request per thousand files on an object store; empty if there is none)."""
         if not self.remote:
-            found = self._local_files(folder, recursive=False)
-            return sorted((path.rsplit("/", 1)[-1], size, mtime) for path, size, mtime in found)
+            try:
+                with os.scandir(self._local(folder)) as entries:
+                    found = [(e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                             for e in entries if e.is_file() and listed(e.name)]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            return sorted(found)
+        if (store := self._put_store()) is not None:
+            import obstore
+
+            objects = obstore.list_with_delimiter(store, folder)["objects"]
+            return sorted((m["path"].rsplit("/", 1)[-1], int(m["size"]), _ns(m["last_modified"]))
+                          for m in objects)
+        from pyarrow import fs
+
+        return sorted((f.path.rsplit("/", 1)[-1], int(f.size or 0), int(f.mtime_ns or 0))
+                      for f in self._delta_listing(folder, recursive=False) if f.type == fs.FileType.File)
+
+    def _local(self, path: str) -> str:
+        """The local path of ``path`` under a local root."""
+        root = self.root.removeprefix("file://")
+        return os.path.join(root, path) if path else root
+
+    def _delta_listing(self, folder: str, recursive: bool) -> list[Any]:
+        """delta-rs' listing of ``folder`` on an object store whose options ``obstore`` is not
+        given (it holds the GIL while its tasks run on delta-rs' runtime: see :meth:`_put_store`)."""
         try:
-            found = self._files().get_file_info_selector(folder, True, False)
+            return self._files().get_file_info_selector(folder, True, recursive)
         except TableNotFoundError:
             return []
-        return sorted((f.path.rsplit("/", 1)[-1], int(f.size or 0), int(f.mtime_ns or 0)) for f in found)
-
-    def _local_files(self, folder: str, *, recursive: bool) -> list[tuple[str, int, int]]:
-        """(path under the root, size, modified ns) of the files in ``folder`` of a local root.
-
-        Not through delta-rs' file system handler: its listing waits for tasks on delta-rs' shared
-        runtime while holding the GIL, and a ``write_deltalake`` on another thread, whose runtime
-        threads pull its batches from Python, then waits for the GIL on every one of them: the
-        process hangs (seen in the initial load: a landing table's step beside the creates)."""
-        root = self.root.removeprefix("file://")
-        found: list[tuple[str, int, int]] = []
-        pending = [folder.strip("/")]
-        while pending:
-            current = pending.pop()
-            try:
-                entries = list(os.scandir(os.path.join(root, current) if current else root))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for entry in entries:
-                path = f"{current}/{entry.name}" if current else entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        pending.append(path)
-                elif entry.is_file():
-                    stat = entry.stat()
-                    found.append((path, stat.st_size, stat.st_mtime_ns))
-        return found
 
     def _files(self) -> Any:
         """delta-rs' object store at the root (the Delta tables' credentials and options). Its raw
@@ -191,7 +218,10 @@ class Storage:
     def _put_store(self) -> Any:
         """``obstore``'s store at the root, configured from the store's environment variables as
         delta-rs' is; None when the root has options of its own (their names are delta-rs', not
-        all of which obstore takes: the file is then written through delta-rs' stream)."""
+        all of which obstore takes: delta-rs' handler is used then). The files beside the tables
+        go through ``obstore`` rather than delta-rs' handler, which holds the GIL while its
+        listing's tasks wait for delta-rs' runtime, whose threads may be waiting for the GIL in a
+        write's Python reader: a deadlock (deltalake 1.6.6 ``get_file_info_selector``)."""
         from obstore.store import from_url
 
         return None if self.options else from_url(self.root)
@@ -201,6 +231,20 @@ class Storage:
         return Storage(root, self.options, self.settings)
 
 
+def listed(name: str) -> bool:
+    """Whether a local file is listed as the object store lists it: not an upload in progress
+    (``name#<digits>``, object_store's temporary files)."""
+    _, mark, suffix = name.partition("#")
+    return not (mark and suffix.isdigit())
+
+
+def _ns(moment: datetime) -> int:
+    """``moment`` in nanoseconds since the epoch (exact: no float)."""
+    since = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return ((since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds) * 1_000
+
+
+_WRITES = itertools.count()  # this process's local file writes: the temporary names
 _SHARED: dict[str, DeltaTable] | None = None  # by URI, while a shared_tables() scope is open
 _SHARED_LOCK = threading.Lock()  # the demo's loads share their tables from two step threads
 

@@ -29,7 +29,7 @@ from pyarrow import fs
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.landing_ledger import LedgerRow, ingested, materialise
-from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.delta.storage import Storage, listed
 
 if TYPE_CHECKING:
     from bronze_assets.lib.load.lifecycle import LoadRequest
@@ -77,17 +77,18 @@ def landing_folder(root: str, contract: Contract) -> str:
 
 
 def landing_files(folder: str, options: dict[str, str] | None) -> tuple[fs.FileSystem, list[fs.FileInfo]]:
-    """The file system at ``folder`` (a path or URI; a local folder's own, else delta-rs' object
-    store) and every entry below it (none when it does not exist). A local folder is not listed
-    through delta-rs' handler, which holds the GIL while its listing waits for delta-rs' runtime
-    (a ``write_deltalake`` on another thread then hangs the process: :meth:`Storage.list_files`)."""
+    """The file system at ``folder`` (a path or URI; delta-rs' object store) and every entry below
+    it (none when it does not exist). A local folder is listed by Arrow's own file system, as
+    the object store lists it (uploads in progress left out): delta-rs' handler holds the GIL
+    while its listing waits for delta-rs' runtime (see :meth:`Storage._put_store`)."""
     local = "://" not in folder or folder.startswith("file://")
     if local:
         path = Path(folder.removeprefix("file://"))
         if not path.is_dir():
             return fs.LocalFileSystem(), []
-        filesystem: fs.FileSystem = fs.SubTreeFileSystem(str(path.absolute()), fs.LocalFileSystem())
-        return filesystem, filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
+        filesystem = fs.SubTreeFileSystem(str(path.absolute()), fs.LocalFileSystem())
+        infos = filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
+        return filesystem, [i for i in infos if listed(posixpath.basename(i.path))]
     filesystem = fs.PyFileSystem(DeltaStorageHandler(folder, options))
     return filesystem, filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
 
