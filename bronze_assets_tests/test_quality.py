@@ -924,3 +924,29 @@ def test_the_service_starts_in_the_background_for_the_local_engine_only() -> Non
     finally:
         worker.stop_service(local)
     assert _gone(pid, 30)
+
+
+def test_gx_checks_a_runners_stored_checkpoint_once_not_before_every_chunk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """GX compared the checkpoint and its validation definition with their stored copies before
+    every chunk's run (≈7 % of a validation); a runner's, built and never changed, are compared
+    once when it is built, and its chunks report what they report with GX's comparisons."""
+    from bronze_assets.lib.quality import validate
+
+    monkeypatch.setattr(validate, "CHUNK_ROWS", 1000)
+    runner = SuiteRunner(CONTRACTS["orders"], AS_OF.date())
+    reads: list[str] = []
+    for name in ("checkpoint_store", "validation_definition_store"):
+        store = getattr(runner.context, name)
+        original = store.get
+        monkeypatch.setattr(store, "get", lambda *a, name=name, original=original, **k: (
+            reads.append(name), original(*a, **k))[1])
+    batches = _generated("orders", 3000)
+    once = runner.validate_batches(batches)
+    assert reads == [], "no stored copy read for the three chunks"
+    monkeypatch.setattr(validate, "_fresh", {})  # GX's comparisons before every run again
+    every = runner.validate_batches(batches)
+    assert {"checkpoint_store", "validation_definition_store"} <= set(reads)
+    assert (once.rows, once.gx_counts, once.vector_counts, once.failing_keys) == (
+        every.rows, every.gx_counts, every.vector_counts, every.failing_keys)
+    assert sum(once.gx_counts.values()) > 0
