@@ -6,6 +6,8 @@ process (deltalake 1.6.6)."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ from deltalake._internal import DeltaFileSystemHandler
 from pyarrow import fs
 
 from bronze_assets.contracts import LANDING_CONTRACTS
+from bronze_assets.lib.delta import storage as storage_module
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load.landing_source import landing_files
 
@@ -56,6 +59,61 @@ def test_a_local_roots_files_are_listed_read_and_written_as_the_object_store_doe
     assert Storage(str(tmp_path / "no_root_yet")).list_files("x") == []
 
 
+def test_a_file_removed_while_its_folder_is_listed_is_left_out_not_the_whole_listing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log file removed between the folder's read and its entry's stat (delta-rs' expired-log
+    cleanup, a fold removing its inbox files) is skipped, as the object store skips it."""
+    log = tmp_path / "bronze" / "bz_x" / "_delta_log"
+    log.mkdir(parents=True)
+    for name in ("00000.json", "00001.json", "00002.json"):
+        (log / name).write_text(name)
+    scandir = os.scandir
+
+    class Vanishing:
+        """os.scandir whose first entry's file is removed once the folder has been read."""
+
+        def __init__(self, path: str) -> None:
+            with scandir(path) as entries:
+                self.entries = sorted(entries, key=lambda e: e.name)
+            os.remove(self.entries[0].path)
+
+        def __enter__(self) -> list[os.DirEntry]:
+            return self.entries
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(os, "scandir", Vanishing)
+    listed = Storage(str(tmp_path / "bronze")).listing("bz_x/_delta_log")
+    assert [name for name, _, _ in listed] == ["00001.json", "00002.json"]
+
+
+def test_writers_of_the_same_file_never_share_a_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes writing one file each write their own temporary file beside it: process 12's
+    35th write and process 123's 5th never take the same name (one would truncate and rename
+    away the other's file while it writes)."""
+    storage, target = Storage(str(tmp_path)), tmp_path / "_bronze_checks" / "bz_x.json"
+    monkeypatch.setattr(os, "getpid", lambda: 12)
+    monkeypatch.setattr(storage_module, "_WRITES", itertools.count(34))
+    seen: list[str] = []
+    real_open = open
+
+    def recording_open(file: str, *args: object, **kwargs: object) -> object:
+        seen.append(os.path.basename(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    storage.write_file("_bronze_checks/bz_x.json", b"twelve")
+    monkeypatch.setattr(os, "getpid", lambda: 123)
+    monkeypatch.setattr(storage_module, "_WRITES", itertools.count(4))
+    storage.write_file("_bronze_checks/bz_x.json", b"one-two-three")
+    monkeypatch.undo()
+    assert len(seen) == 2 and seen[0] != seen[1], seen
+    assert all(name.startswith("bz_x.json#") and not storage_module.listed(name) for name in seen)
+    assert target.read_bytes() == b"one-two-three" and os.listdir(target.parent) == ["bz_x.json"]
+
+
 def test_a_local_landing_folder_is_listed_as_the_object_store_does(tmp_path: Path) -> None:
     contract = next(iter(LANDING_CONTRACTS.values()))
     folder = tmp_path / "landing" / contract.name
@@ -80,6 +138,7 @@ LISTING_BESIDE_WRITES = """
 import os, sys, threading, time
 import pyarrow as pa
 from deltalake import write_deltalake
+from bronze_assets.lib.delta import storage as storage_module
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load.landing_source import landing_files
 

@@ -113,10 +113,17 @@ class Storage:
         if not self.remote:
             target = self._local(path)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            partial = f"{target}#{os.getpid()}{next(_WRITES)}"  # never listed (see listed)
-            with open(partial, "wb") as f:
-                f.write(data)
-            os.replace(partial, target)
+            # never listed (see listed); the pid at a fixed width: process 12's 35th write and
+            # process 123's 5th would both be #1234
+            partial = f"{target}#{os.getpid():010d}{next(_WRITES)}"
+            try:
+                with open(partial, "wb") as f:
+                    f.write(data)
+                os.replace(partial, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(partial)
+                raise
             return
         if (store := self._put_store()) is not None:
             import obstore
@@ -176,10 +183,17 @@ class Storage:
         """(name, size, modified ns) of the files directly in ``folder`` under the root, by name
         (one listing request per thousand files on an object store; empty if there is none)."""
         if not self.remote:
+            found = []
             try:
                 with os.scandir(self._local(folder)) as entries:
-                    found = [(e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                             for e in entries if e.is_file() and listed(e.name)]
+                    for entry in entries:
+                        if not (listed(entry.name) and entry.is_file()):
+                            continue
+                        try:
+                            st = entry.stat()
+                        except FileNotFoundError:  # removed since the folder was read: as the store
+                            continue
+                        found.append((entry.name, st.st_size, st.st_mtime_ns))
             except (FileNotFoundError, NotADirectoryError):
                 return []
             return sorted(found)
