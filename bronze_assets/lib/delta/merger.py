@@ -350,12 +350,15 @@ class BronzeMerger:
                 result.partitions = [d.isoformat() for d in layout.partitions]
         chunks = layout.chunks(self.chunk_rows)
         file_bytes = target_file_bytes(self.contract, self.storage.settings)
+        done = 0  # the rows committed so far (a key-ranged chunk's are its keys', not chunk_rows)
         for chunk in range(chunks):
             stop_point()
             dt = self._latest if chunk else None  # as the previous chunk's commit left it
+            rows = self._chunk_by_key(staged, chunk, layout) if layout.bounds is not None else None
+            done = done + len(rows.rows) if rows is not None else \
+                min(staged.rows, (chunk + 1) * self.chunk_rows)
             if dt is not None and chunk in CommitLog.read(dt).committed_chunks(staged.ctx.batch_id):
                 continue  # landed before a commit error: never append it twice
-            rows = self._chunk_by_key(staged, chunk, layout) if layout.bounds is not None else None
             if self.pii is not None and self.contract.data_subject and staged.rows:
                 # the keys of this chunk's subjects only: memory bounded by a chunk, not the table
                 self._prepare_keys(self._chunk_subjects(staged, chunk, layout, rows))
@@ -385,7 +388,7 @@ class BronzeMerger:
                     discard_uncommitted(self.uri)
                 raise
             result.commits += 1
-            self._committed(staged, chunk, chunks, min(staged.rows, (chunk + 1) * self.chunk_rows), dt)
+            self._committed(staged, chunk, chunks, done, dt)
         return result
 
     def _merge(self, dt: DeltaTable, staged: StagedBatch, commits: CommitLog) -> MergeResult:
