@@ -21,6 +21,7 @@ from bronze_assets.contracts import LANDING_CONTRACTS
 from bronze_assets.lib.delta import storage as storage_module
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load.landing_source import landing_files
+from bronze_assets_tests.stores import Store
 
 FILES = {"_bronze_checks/bz_x.key_uniqueness.json": b"{}", "bz_x/_delta_log/00000.json": b"[]",
          "bz_x/_delta_log/00001.json": b"[1]", "bz_x/_delta_log/sub/deep.json": b"{1}",
@@ -141,6 +142,7 @@ from deltalake import write_deltalake
 from bronze_assets.lib.delta import storage as storage_module
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load.landing_source import landing_files
+from bronze_assets_tests.stores import Store
 
 root = sys.argv[1]
 storage = Storage(root)
@@ -183,3 +185,46 @@ def test_listing_beside_writes_that_occupy_delta_rs_runtime_returns(tmp_path: Pa
         pytest.fail("the listing hung beside the writes: it waited for delta-rs' runtime holding the GIL")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "listed beside" in out.stdout
+
+
+LANDING_BESIDE_WRITES = LISTING_BESIDE_WRITES.split("storage.list_files(")[0].replace(
+    'storage.write_file("folder/a.json", b"{}")', "") + """
+filesystem, infos = landing_files(sys.argv[2], None)
+with filesystem.open_input_stream("day=1/a b.json") as stream:
+    body = stream.read()
+for t in threads:
+    t.join()
+print("listed", sorted(i.path for i in infos), body, "beside", writers, "writes")
+"""
+
+
+def test_an_object_store_landing_folder_is_listed_and_read_beside_writes_as_delta_rs_does(
+        store: Store, tmp_path: Path) -> None:
+    """A landing folder on an object store (no options of its own) is listed and read through
+    obstore: the same entries as delta-rs' handler, and no hang beside writes whose Python
+    readers occupy delta-rs' runtime (the handler's listing waits for that runtime holding the GIL)."""
+    from deltalake.fs import DeltaStorageHandler
+
+    landing = store.root.removesuffix("/bronze") + "/landing/shipment_events"
+    Storage(landing).write_file("day=1/a b.json", b'{"event_id": 1}')
+    Storage(landing).write_file("b.csv", b"k\n1\n")
+    expected = fs.PyFileSystem(DeltaStorageHandler(landing, None)).get_file_info(
+        fs.FileSelector("", recursive=True, allow_not_found=True))
+    filesystem, infos = landing_files(landing, None)
+
+    def entries(found: list[fs.FileInfo]) -> list[tuple[str, object, int, int]]:
+        return sorted((i.path, i.type, int(i.size or 0), int(i.mtime_ns or 0)) for i in found)
+
+    assert entries(infos) == entries(expected) and len(infos) == 3  # day=1, its file, b.csv
+    with filesystem.open_input_stream("b.csv") as stream:
+        assert stream.read() == b"k\n1\n"
+    assert landing_files(store.root + "/nothing_here", None)[1] == []
+    script = tmp_path / "landing.py"
+    script.write_text(textwrap.dedent(LANDING_BESIDE_WRITES))
+    try:
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "root"), landing],
+                             capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the landing listing hung beside the writes (delta-rs' handler held the GIL)")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "listed ['b.csv', 'day=1', 'day=1/a b.json'] b'{\"event_id\": 1}' beside" in out.stdout, out.stdout

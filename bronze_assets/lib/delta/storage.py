@@ -201,7 +201,7 @@ class Storage:
             import obstore
 
             objects = obstore.list_with_delimiter(store, folder)["objects"]
-            return sorted((m["path"].rsplit("/", 1)[-1], int(m["size"]), _ns(m["last_modified"]))
+            return sorted((m["path"].rsplit("/", 1)[-1], int(m["size"]), epoch_ns(m["last_modified"]))
                           for m in objects)
         from pyarrow import fs
 
@@ -252,7 +252,7 @@ def listed(name: str) -> bool:
     return not (mark and suffix.isdigit())
 
 
-def _ns(moment: datetime) -> int:
+def epoch_ns(moment: datetime) -> int:
     """``moment`` in nanoseconds since the epoch (exact: no float)."""
     since = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return ((since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds) * 1_000

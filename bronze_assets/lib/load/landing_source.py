@@ -2,13 +2,13 @@
 ``$BRONZE_LANDING_ROOT/<name>/`` that its ledger (:mod:`bronze_assets.lib.delta.landing_ledger`)
 does not hold yet.
 
-Files are listed and read through delta-rs' own object store (``deltalake.fs.DeltaStorageHandler``
-as a ``pyarrow.fs`` file system): the client that already reads and writes the Delta tables, so a
-local path, ``s3://``, ``gs://`` and ``abfss://`` (Azurite included) work with the credentials,
-endpoint and options the bronze root is configured with (``Storage.options`` and the stores'
-standard variables), with streaming reads and the listing's size and modification time — no
-second object-store client (fsspec, obstore, pyarrow's own S3/Azure file systems, which read
-credentials their own way) to configure and keep in step.
+Files are listed and read through the Rust object store delta-rs uses, as a ``pyarrow.fs`` file
+system, so ``s3://``, ``gs://`` and ``abfss://`` (Azurite included) work with the credentials,
+endpoint and options the bronze root is configured with, with streaming reads and the listing's
+size and modification time: through ``obstore`` (configured from the stores' standard variables,
+its own runtime, the GIL released) unless the root has options of its own, then through delta-rs'
+handler (``deltalake.fs.DeltaStorageHandler``, which holds the GIL while it waits for delta-rs'
+runtime: see :meth:`Storage._put_store`). A local folder is listed by Arrow's local file system.
 
 The read's :attr:`~LandingRead.selection` is a :class:`FileSelection`; :meth:`LandingRead.acknowledge`
 copies the batch's ledger rows (already committed with the data) into ``bz_landing_files``.
@@ -16,6 +16,7 @@ copies the batch's ledger rows (already committed with the data) into ``bz_landi
 
 from __future__ import annotations
 
+import io
 import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from pyarrow import fs
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.landing_ledger import LedgerRow, ingested, materialise
-from bronze_assets.lib.delta.storage import Storage, listed
+from bronze_assets.lib.delta.storage import Storage, epoch_ns, listed
 
 if TYPE_CHECKING:
     from bronze_assets.lib.load.lifecycle import LoadRequest
@@ -89,8 +90,119 @@ def landing_files(folder: str, options: dict[str, str] | None) -> tuple[fs.FileS
         filesystem = fs.SubTreeFileSystem(str(path.absolute()), fs.LocalFileSystem())
         infos = filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
         return filesystem, [i for i in infos if listed(posixpath.basename(i.path))]
-    filesystem = fs.PyFileSystem(DeltaStorageHandler(folder, options))
+    # on an object store without options of its own obstore (its own runtime, the GIL released),
+    # as Storage's files: delta-rs' handler holds the GIL in block_on while its requests need
+    # delta-rs' runtime, whose threads may wait for the GIL in a write's Python reader (a hang)
+    handler = DeltaStorageHandler(folder, options) if options else ObjectStoreFiles(folder)
+    filesystem = fs.PyFileSystem(handler)
     return filesystem, filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
+
+
+class ObjectStoreFiles(fs.FileSystemHandler):
+    """The files below an object-store ``folder``, listed and read through ``obstore`` (the same
+    Rust object store as delta-rs, configured from the store's environment variables), as a
+    read-only ``pyarrow.fs`` handler: the paths, sizes and modification times delta-rs' handler
+    gives (paths relative to ``folder``)."""
+
+    def __init__(self, folder: str):
+        from obstore.store import from_url
+
+        self.folder = folder
+        self.store = from_url(folder)
+
+    def get_type_name(self) -> str:
+        return "bronze-obstore"
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def equals(self, other: Any) -> bool:
+        return isinstance(other, ObjectStoreFiles) and other.folder == self.folder
+
+    def get_file_info(self, paths: list[str]) -> list[fs.FileInfo]:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        infos = []
+        for path in paths:
+            try:
+                meta = obstore.head(self.store, path)
+                infos.append(_file_info(meta))
+            except (FileNotFoundError, NotFoundError):
+                below = obstore.list_with_delimiter(self.store, path)
+                kind = fs.FileType.Directory if below["objects"] or below["common_prefixes"] \
+                    else fs.FileType.NotFound
+                infos.append(fs.FileInfo(path, kind))
+        return infos
+
+    def get_file_info_selector(self, selector: fs.FileSelector) -> list[fs.FileInfo]:
+        import obstore
+
+        base = selector.base_dir.strip("/")
+        if not selector.recursive:
+            listed = obstore.list_with_delimiter(self.store, base or None)
+            return [fs.FileInfo(p.rstrip("/"), fs.FileType.Directory) for p in listed["common_prefixes"]] + \
+                [_file_info(m) for m in listed["objects"]]
+        files = [_file_info(m) for chunk in obstore.list(self.store, base or None) for m in chunk]
+        folders = {posixpath.dirname(f.path) for f in files}
+        for name in list(folders):
+            while (name := posixpath.dirname(name)) and name not in folders:
+                folders.add(name)
+        return [fs.FileInfo(name, fs.FileType.Directory) for name in sorted(folders)
+                if name and name != base] + files
+
+    def open_input_stream(self, path: str) -> fs.NativeFile:
+        import obstore
+        import pyarrow as pa
+
+        return pa.PythonFile(_Reader(obstore.open_reader(self.store, path)), mode="r")
+
+    def open_input_file(self, path: str) -> fs.NativeFile:
+        return self.open_input_stream(path)
+
+    def _read_only(self, *_: Any, **__: Any) -> Any:
+        raise NotImplementedError(f"{self.folder}: a landing folder is only listed and read")
+
+    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = _read_only
+    move = copy_file = open_output_stream = open_append_stream = _read_only
+
+
+def _file_info(meta: Any) -> fs.FileInfo:
+    return fs.FileInfo(meta["path"], fs.FileType.File, size=int(meta["size"]),
+                       mtime_ns=epoch_ns(meta["last_modified"]))
+
+
+class _Reader(io.RawIOBase):
+    """An ``obstore`` readable file as a Python raw stream (what ``pyarrow.PythonFile`` reads)."""
+
+    def __init__(self, reader: Any):
+        super().__init__()
+        self.reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return bytes(self.reader.read(size) if size is not None and size >= 0 else self.reader.read())
+
+    def readinto(self, buffer: Any) -> int:
+        data = memoryview(self.reader.read(len(buffer)))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.reader.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.reader.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.reader.close()
+        super().close()
 
 
 def file_uri(folder: str, path: str) -> str:
