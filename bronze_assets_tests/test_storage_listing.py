@@ -29,7 +29,7 @@ FILES = {"_bronze_checks/bz_x.key_uniqueness.json": b"{}", "bz_x/_delta_log/0000
          "bz_x/upload.json#17": b"in progress"}
 
 
-def _handler(root: Path, folder: str, recursive: bool) -> list[tuple[str, int, int]]:
+def _handler(root: Path | str, folder: str, recursive: bool) -> list[tuple[str, int, int]]:
     infos = DeltaFileSystemHandler(table_uri=str(root), options=None, known_sizes=None) \
         .get_file_info_selector(folder, True, recursive)
     return sorted((i.path, int(i.size or 0), int(i.mtime_ns or 0)) for i in infos)
@@ -87,6 +87,24 @@ def test_a_file_removed_while_its_folder_is_listed_is_left_out_not_the_whole_lis
     monkeypatch.setattr(os, "scandir", Vanishing)
     listed = Storage(str(tmp_path / "bronze")).listing("bz_x/_delta_log")
     assert [name for name, _, _ in listed] == ["00001.json", "00002.json"]
+
+
+def test_a_file_uri_root_is_the_folder_delta_rs_writes_its_tables_in(tmp_path: Path) -> None:
+    """``file://`` roots are URLs: delta-rs decodes ``%20``, so the files beside the tables and the
+    listings of their logs are in the folder it writes (not a folder named ``a%20b``)."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    storage = Storage(f"file://{tmp_path}/a%20b")
+    write_deltalake(storage.uri("bz_x"), pa.table({"x": [1]}))
+    storage.write_file("_bronze_checks/bz_x.json", b"{}")
+    assert sorted(os.listdir(tmp_path)) == ["a b"]
+    assert sorted(os.listdir(tmp_path / "a b")) == ["_bronze_checks", "bz_x"]
+    expected = [(p.rsplit("/", 1)[-1], size, mtime) for p, size, mtime
+                in _handler(storage.root, "bz_x/_delta_log", False) if mtime]
+    assert storage.listing("bz_x/_delta_log") == expected and len(expected) == 1
+    assert storage.list_files("bz_x/_delta_log") == ["bz_x/_delta_log/" + expected[0][0]]
+    assert storage.read_file("_bronze_checks/bz_x.json") == b"{}"
 
 
 def test_writers_of_the_same_file_never_share_a_temporary_file(

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
@@ -209,8 +210,9 @@ class Storage:
                       for f in self._delta_listing(folder, recursive=False) if f.type == fs.FileType.File)
 
     def _local(self, path: str) -> str:
-        """The local path of ``path`` under a local root."""
-        root = self.root.removeprefix("file://")
+        """The local path of ``path`` under a local root (a ``file://`` root is a URL: decoded,
+        as delta-rs decodes it)."""
+        root = unquote(self.root.removeprefix("file://")) if self.root.startswith("file://") else self.root
         return os.path.join(root, path) if path else root
 
     def _delta_listing(self, folder: str, recursive: bool) -> list[Any]:
