@@ -875,6 +875,29 @@ def test_gx_tests_a_column_on_that_column_alone_with_gx_own_results(tmp_path: Pa
     assert failed["range:quantity_ordered"] == quantities[:5], "the first unexpected values, in row order"
 
 
+def test_a_gx_without_the_copied_internals_validates_with_its_own_engine(tmp_path: Path) -> None:
+    """The narrowed column rules copy GX internals (its unexpected values, its helpers); a GX
+    whose internals differ (another version: here one helper missing) keeps its own engine, with
+    GX's own results, where every check failed to start (ImportError)."""
+    day = AS_OF.date()
+    code = ("from datetime import date\n"
+            "from bronze_assets.contracts import CONTRACTS\n"
+            "from bronze_assets.lib.quality import validate\n"
+            "from bronze_assets_tests.test_quality import _gx_results, _planted_order_details\n"
+            "{setup}"
+            f"day = date({day.year}, {day.month}, {day.day})\n"
+            "runner = validate.SuiteRunner(CONTRACTS['order_details'], day)\n"
+            "print(json.dumps(_gx_results(runner, _planted_order_details(3000))))\n")
+    other_gx = _in_service_setup(tmp_path, code.format(setup=(
+        "from great_expectations.expectations.metrics.map_metric_provider import (\n"
+        "    column_map_condition_auxilliary_methods)\n"  # GX's own has its copy: works as before
+        "from great_expectations.expectations.metrics import util\n"
+        "del util.get_dbms_compatible_metric_domain_kwargs\n")))
+    gx_own = _in_service_setup(tmp_path, code.format(setup="validate._narrow_column_domains = lambda: None\n"
+                                                           ))
+    assert other_gx == gx_own and "exception" not in other_gx.lower()
+
+
 def test_data_docs_copy_gx_static_assets_only_when_a_site_lacks_them(tmp_path: Path) -> None:
     """A site gets GX's static assets (fonts, images, styles: 4 MB) byte for byte on its first
     validation; later validations write none of them again, but restore one removed or changed."""

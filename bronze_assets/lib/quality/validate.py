@@ -275,10 +275,17 @@ def _narrow_column_domains() -> None:
     from great_expectations.core.metric_domain_types import MetricDomainTypes
     from great_expectations.execution_engine import PandasExecutionEngine
     from great_expectations.expectations import registry
-    from great_expectations.expectations.metrics.map_metric_provider import (
-        column_map_condition_auxilliary_methods as auxiliary,
-    )
-    from great_expectations.expectations.metrics.util import get_dbms_compatible_metric_domain_kwargs
+
+    try:  # GX 1.24's internals: a GX whose internals differ keeps its own engine, unchanged
+        from great_expectations.expectations.metrics.map_metric_provider import (
+            column_map_condition_auxilliary_methods as auxiliary,
+        )
+        from great_expectations.expectations.metrics.util import get_dbms_compatible_metric_domain_kwargs
+
+        gx_values, max_records = auxiliary._pandas_column_map_condition_values, auxiliary.MAX_RESULT_RECORDS
+        metrics_registered = registry._registered_metrics
+    except (ImportError, AttributeError):
+        return
 
     compute_domain = PandasExecutionEngine.get_compute_domain
 
@@ -289,8 +296,6 @@ def _narrow_column_domains() -> None:
                 and column in data.columns:
             data = data[[column]]
         return data, compute, accessor
-
-    gx_values = auxiliary._pandas_column_map_condition_values
 
     def column_values(cls: Any, execution_engine: Any, metric_domain_kwargs: dict, metric_value_kwargs: dict,
                       metrics: dict[str, Any], **kwargs: Any) -> list[Any]:
@@ -306,12 +311,12 @@ def _narrow_column_domains() -> None:
         values = values[unexpected == True]  # noqa: E712 (GX's own test: a boolean Series)
         result_format = metric_value_kwargs["result_format"]
         if result_format["result_format"] == "COMPLETE":
-            return list(values[:auxiliary.MAX_RESULT_RECORDS])
-        return list(values[:min(result_format["partial_unexpected_count"], auxiliary.MAX_RESULT_RECORDS)])
+            return list(values[:max_records])
+        return list(values[:min(result_format["partial_unexpected_count"], max_records)])
 
     column_values.metric_fn_type = getattr(gx_values, "metric_fn_type", None)  # type: ignore[attr-defined]
     PandasExecutionEngine.get_compute_domain = column_domain  # type: ignore[method-assign]
-    for metric in registry._registered_metrics.values():
+    for metric in metrics_registered.values():
         providers = metric.get("providers", {})
         provider = providers.get(PandasExecutionEngine.__name__)
         if provider is not None and provider[1] is gx_values:
