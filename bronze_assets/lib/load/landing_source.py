@@ -16,6 +16,7 @@ copies the batch's ledger rows (already committed with the data) into ``bz_landi
 
 from __future__ import annotations
 
+import errno
 import io
 import posixpath
 from collections.abc import Iterator
@@ -161,7 +162,7 @@ class ObjectStoreFiles(fs.FileSystemHandler):
         return self.open_input_stream(path)
 
     def _read_only(self, *_: Any, **__: Any) -> Any:
-        raise NotImplementedError(f"{self.folder}: a landing folder is only listed and read")
+        raise OSError(errno.EROFS, f"{self.folder}: a landing folder is only listed and read here")
 
     create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = _read_only
     move = copy_file = open_output_stream = open_append_stream = _read_only
