@@ -7,6 +7,7 @@ process (deltalake 1.6.6)."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -246,3 +247,81 @@ def test_an_object_store_landing_folder_is_listed_and_read_beside_writes_as_delt
         pytest.fail("the landing listing hung beside the writes (delta-rs' handler held the GIL)")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "listed ['b.csv', 'day=1', 'day=1/a b.json'] b'{\"event_id\": 1}' beside" in out.stdout, out.stdout
+
+
+# The same listings on an object store configured by the root's options (the resource's
+# ``storage_options``, delta-rs' names) rather than the environment: still through obstore.
+OPTIONS_BESIDE_WRITES = """
+import json, sys, threading, time
+import pyarrow as pa
+from deltalake import write_deltalake
+from bronze_assets.lib.delta.storage import Storage
+from bronze_assets.lib.load.landing_source import landing_files
+
+storage = Storage(sys.argv[1], json.loads(sys.argv[3]))
+schema = pa.schema([("x", pa.int64())])
+writers = 6
+entered, release = threading.Semaphore(0), threading.Event()
+
+def batches():
+    entered.release()
+    release.wait()
+    yield pa.record_batch([pa.array([1], pa.int64())], schema=schema)
+
+def write(n):
+    write_deltalake(f"{sys.argv[2]}/t{n}", pa.RecordBatchReader.from_batches(schema, batches()))
+
+threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(writers)]
+for t in threads:
+    t.start()
+for _ in range(writers - 2):
+    entered.acquire(timeout=20)
+time.sleep(0.5)
+threading.Timer(1.0, release.set).start()
+files = storage.list_files("folder"), storage.listing("folder"), storage.read_file("folder/a.json")
+landing = sorted(i.path for i in landing_files(storage.root + "/folder", storage.options)[1])
+for t in threads:
+    t.join()
+print("listed", files[0], landing, files[2])
+"""
+
+STORE_OPTIONS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL",
+                 "AWS_ALLOW_HTTP", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
+                 "AZURE_STORAGE_USE_EMULATOR")
+
+
+def test_a_store_configured_by_its_options_is_read_through_obstore_beside_writes(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root whose credentials, endpoint and client settings are the resource's options (delta-rs'
+    names, ``AWS_ALLOW_HTTP`` among them, and delta-rs' own commit options) lists, reads and writes
+    its files through obstore, and does not hang beside writes that occupy delta-rs' runtime."""
+    options = {name: os.environ[name] for name in STORE_OPTIONS if name in os.environ}
+    for name in options:
+        monkeypatch.delenv(name)
+    if store.root.startswith("s3://"):
+        options |= {"aws_s3_allow_unsafe_rename": "true", "timeout": "30s"}
+    assert storage_module.object_store(store.root, options) is not None
+    storage = Storage(store.root, options)
+    storage.write_file("folder/a.json", b'{"a": 1}')
+    assert storage.read_file("folder/a.json") == b'{"a": 1}' and storage.read_file("folder/b.json") is None
+    assert storage.list_files("folder") == ["folder/a.json"]
+    script = tmp_path / "options.py"
+    script.write_text(textwrap.dedent(OPTIONS_BESIDE_WRITES))
+    env = {k: v for k, v in os.environ.items() if k not in STORE_OPTIONS}
+    try:
+        out = subprocess.run([sys.executable, str(script), store.root, str(tmp_path / "local"),
+                              json.dumps(options)], env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the listing hung beside the writes: the root's options sent it to delta-rs' handler")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "listed ['folder/a.json'] ['a.json'] b'{\"a\": 1}'" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize(("options", "taken"), [
+    ({"AWS_ALLOW_HTTP": "true", "timeout": "5s", "aws_s3_locking_provider": "dynamodb", "region": "eu-west-1",
+      "dynamodb_region": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, True),
+    ({"AWS_PROFILE": "reporting"}, False),  # obstore has no profiles: delta-rs' handler
+    ({"aws_region": "eu-west-1", "region": "eu-west-2"}, False),
+])
+def test_delta_rs_options_are_given_to_obstore_by_their_meaning(options: dict[str, str], taken: bool) -> None:
+    assert (storage_module.object_store("s3://bucket/bronze", options) is not None) is taken

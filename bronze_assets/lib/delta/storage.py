@@ -25,6 +25,19 @@ from bronze_assets.settings import Settings
 # unreachable endpoint after 10 retries with backoff, up to 180 s (5 s to connect, each); the
 # check connects within 3 s and retries once, so a store that is down is one line in seconds
 PROBE_OPTIONS = {"connect_timeout": "3s", "max_retries": "1", "retry_timeout": "5s"}
+# object_store's HTTP client settings: delta-rs takes them with or without the store's prefix
+# (``AWS_ALLOW_HTTP``, ``timeout``), obstore only bare and apart from the store's configuration
+CLIENT_OPTIONS = frozenset({
+    "allow_http", "allow_invalid_certificates", "connect_timeout", "default_content_type", "http1_only",
+    "http2_keep_alive_interval", "http2_keep_alive_timeout", "http2_keep_alive_while_idle", "http2_only",
+    "pool_idle_timeout", "pool_max_idle_per_host", "proxy_url", "proxy_ca_certificate", "proxy_excludes",
+    "randomize_addresses", "read_timeout", "timeout", "user_agent"})
+# delta-rs' own options (its commit locking, retries, runtime): nothing a single GET, PUT or LIST
+# of the files beside the tables needs
+DELTA_RS_OPTIONS = frozenset({
+    "aws_s3_locking_provider", "aws_s3_allow_unsafe_rename", "delta_dynamo_table_name",
+    "mount_allow_unsafe_rename", "allow_unsafe_rename", "max_retries", "retry_timeout"})
+STORE_PREFIXES = ("aws_", "azure_", "google_")
 
 
 @dataclass(frozen=True)
@@ -232,19 +245,42 @@ class Storage:
         return DeltaFileSystemHandler(table_uri=self.root, options=self.delta_options, known_sizes=None)
 
     def _put_store(self) -> Any:
-        """``obstore``'s store at the root, configured from the store's environment variables as
-        delta-rs' is; None when the root has options of its own (their names are delta-rs', not
-        all of which obstore takes: delta-rs' handler is used then). The files beside the tables
+        """``obstore``'s store at the root, configured as delta-rs' is (:func:`object_store`;
+        None when obstore refuses one of the root's options). The files beside the tables
         go through ``obstore`` rather than delta-rs' handler, which holds the GIL while its
         listing's tasks wait for delta-rs' runtime, whose threads may be waiting for the GIL in a
         write's Python reader: a deadlock (deltalake 1.6.6 ``get_file_info_selector``)."""
-        from obstore.store import from_url
-
-        return None if self.options else from_url(self.root)
+        return object_store(self.root, self.options)
 
     def at(self, root: str) -> Storage:
         """The same options and settings at another root (e.g. an archive next to bronze)."""
         return Storage(root, self.options, self.settings)
+
+
+def object_store(url: str, options: Mapping[str, str] | None = None) -> Any | None:
+    """``obstore``'s store at ``url``, configured as delta-rs configures its own from the store's
+    environment variables and ``options`` (delta-rs' names: the HTTP client's settings go to
+    obstore's client options, delta-rs' own options are left out); None when obstore refuses an
+    option delta-rs takes (e.g. ``AWS_PROFILE``): delta-rs' handler is used then."""
+    from obstore.store import from_url
+
+    config: dict[str, str] = {}
+    client: dict[str, str] = {}
+    for key, value in (options or {}).items():
+        name = key.lower()
+        bare = name.split("_", 1)[1] if name.startswith(STORE_PREFIXES) else name
+        if bare in CLIENT_OPTIONS:
+            client[bare] = value
+        elif name not in DELTA_RS_OPTIONS and not name.startswith("dynamodb_"):
+            config[name] = value
+    try:
+        return from_url(url, config=config or None, client_options=client or None)  # type: ignore[arg-type]
+    except Exception:  # obstore's refusal of an option (BaseError): delta-rs takes more
+        return None
+    except BaseException as exc:  # a Rust panic on an option's value (pyo3's PanicException)
+        if type(exc).__name__ != "PanicException":
+            raise
+        return None
 
 
 def listed(name: str) -> bool:

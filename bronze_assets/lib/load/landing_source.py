@@ -6,9 +6,9 @@ Files are listed and read through the Rust object store delta-rs uses, as a ``py
 system, so ``s3://``, ``gs://`` and ``abfss://`` (Azurite included) work with the credentials,
 endpoint and options the bronze root is configured with, with streaming reads and the listing's
 size and modification time: through ``obstore`` (configured from the stores' standard variables,
-its own runtime, the GIL released) unless the root has options of its own, then through delta-rs'
-handler (``deltalake.fs.DeltaStorageHandler``, which holds the GIL while it waits for delta-rs'
-runtime: see :meth:`Storage._put_store`). A local folder is listed by Arrow's local file system.
+its own runtime, the GIL released) unless obstore refuses one of the root's options, then through
+delta-rs' handler (``deltalake.fs.DeltaStorageHandler``, which holds the GIL while it waits for
+delta-rs' runtime: see :meth:`Storage._put_store`). A local folder is listed by Arrow's local file system.
 
 The read's :attr:`~LandingRead.selection` is a :class:`FileSelection`; :meth:`LandingRead.acknowledge`
 copies the batch's ledger rows (already committed with the data) into ``bz_landing_files``.
@@ -31,7 +31,7 @@ from pyarrow import fs
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.landing_ledger import LedgerRow, ingested, materialise
-from bronze_assets.lib.delta.storage import Storage, epoch_ns, listed
+from bronze_assets.lib.delta.storage import Storage, epoch_ns, listed, object_store
 
 if TYPE_CHECKING:
     from bronze_assets.lib.load.lifecycle import LoadRequest
@@ -91,10 +91,12 @@ def landing_files(folder: str, options: dict[str, str] | None) -> tuple[fs.FileS
         filesystem = fs.SubTreeFileSystem(str(path.absolute()), fs.LocalFileSystem())
         infos = filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
         return filesystem, [i for i in infos if listed(posixpath.basename(i.path))]
-    # on an object store without options of its own obstore (its own runtime, the GIL released),
-    # as Storage's files: delta-rs' handler holds the GIL in block_on while its requests need
-    # delta-rs' runtime, whose threads may wait for the GIL in a write's Python reader (a hang)
-    handler = DeltaStorageHandler(folder, options) if options else ObjectStoreFiles(folder)
+    # on an object store obstore (its own runtime, the GIL released), as Storage's files:
+    # delta-rs' handler holds the GIL in block_on while its requests need delta-rs' runtime,
+    # whose threads may wait for the GIL in a write's Python reader (a hang); delta-rs' handler
+    # only for an option obstore refuses
+    store = object_store(folder, options)
+    handler = DeltaStorageHandler(folder, options) if store is None else ObjectStoreFiles(folder, store)
     filesystem = fs.PyFileSystem(handler)
     return filesystem, filesystem.get_file_info(fs.FileSelector("", recursive=True, allow_not_found=True))
 
@@ -105,11 +107,9 @@ class ObjectStoreFiles(fs.FileSystemHandler):
     read-only ``pyarrow.fs`` handler: the paths, sizes and modification times delta-rs' handler
     gives (paths relative to ``folder``)."""
 
-    def __init__(self, folder: str):
-        from obstore.store import from_url
-
+    def __init__(self, folder: str, store: Any):
         self.folder = folder
-        self.store = from_url(folder)
+        self.store = store
 
     def get_type_name(self) -> str:
         return "bronze-obstore"
