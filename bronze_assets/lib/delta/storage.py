@@ -257,11 +257,30 @@ class Storage:
         return Storage(root, self.options, self.settings)
 
 
+STORE_VARIABLES = ("AWS_", "AZURE_", "AZURITE_", "GOOGLE_")  # what obstore and delta-rs read
+_STORES: dict[tuple[Any, ...], Any] = {}
+_STORES_LOCK = threading.Lock()
+
+
 def object_store(url: str, options: Mapping[str, str] | None = None) -> Any | None:
     """``obstore``'s store at ``url``, configured as delta-rs configures its own from the store's
     environment variables and ``options`` (delta-rs' names: the HTTP client's settings go to
     obstore's client options, delta-rs' own options are left out); None when obstore refuses an
-    option delta-rs takes (e.g. ``AWS_PROFILE``): delta-rs' handler is used then."""
+    option delta-rs takes (e.g. ``AWS_PROFILE``): delta-rs' handler is used then. One store (its
+    connections kept) per process, URL, options and store variables."""
+    variables = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(STORE_VARIABLES)))
+    key = (os.getpid(), url, tuple(sorted((options or {}).items())), variables)
+    with _STORES_LOCK:
+        if key in _STORES:
+            return _STORES[key]
+    store = _new_object_store(url, options)
+    with _STORES_LOCK:
+        if len(_STORES) >= 64:  # roots, options or variables that changed (tests): drop the old
+            _STORES.clear()
+        return _STORES.setdefault(key, store)
+
+
+def _new_object_store(url: str, options: Mapping[str, str] | None) -> Any | None:
     from obstore.store import from_url
 
     config: dict[str, str] = {}
