@@ -39,6 +39,7 @@ from bronze_assets.defs import threaded_executor
 from bronze_assets.defs.assets import table_key
 from bronze_assets.defs.partitions import partitions_def
 from bronze_assets.demo.event_files import write_event_files
+from bronze_assets.demo.event_writes import batched_event_writes
 from bronze_assets.demo.generator import SeedOptions
 from bronze_assets.demo.seed import seed_source, source_row_counts
 from bronze_assets.lib.delta.control import held_appends
@@ -393,7 +394,7 @@ def materialize_all(
             if table not in events.reported and on_table is not None and not pool.interrupted:
                 on_table(TableProgress(table, 0, 0, 0.0, ok=False, error=_run_failure(result)))
 
-    with dagster_settings(), runs_at_once(instance):
+    with dagster_settings(), runs_at_once(instance), batched_event_writes(instance):
         ctrl_c = run_at_once([partial(execute, *run) for run in runs], pool)
     if ctrl_c:
         raise KeyboardInterrupt
