@@ -16,14 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
-from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.base import EventLogCursor
-from dagster._core.storage.event_log.in_memory import InMemoryEventLogStorage
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+
+if TYPE_CHECKING:  # Dagster's event storage imports alembic (0.2-0.3 s): imported where used, by then
+    # the instance has imported it
+    from dagster._core.events.log import EventLogEntry
+    from dagster._core.storage.event_log.in_memory import InMemoryEventLogStorage
 
 BATCHED_TYPES = frozenset({DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION})
 
@@ -38,12 +39,16 @@ def _one_asset_and_run(events: Sequence[EventLogEntry]) -> bool:
 
 def _insert_returning_ids(conn: Any, rows: list[dict[str, Any]]) -> list[int]:
     """Insert ``rows`` into the event table on ``conn``; their ids, in the rows' order."""
+    from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+
     statement = SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id,
                                                            sort_by_parameter_order=True)
     return [int(row[0]) for row in conn.execute(statement, rows)]
 
 
 def _store_in_memory(storage: InMemoryEventLogStorage, events: Sequence[EventLogEntry]) -> None:
+    from dagster._core.storage.event_log.base import EventLogCursor
+
     rows = [storage._event_to_row(event) for event in events]
     with storage.run_connection(events[0].run_id) as conn:
         ids = _insert_returning_ids(conn, rows)
@@ -64,6 +69,8 @@ def batched_event_writes(instance: dg.DagsterInstance) -> Iterator[None]:
     """While this lasts, a batch of one run's materializations (or observations) handed to
     ``instance``'s in-memory event storage (an ephemeral instance: ``bronze demo`` without
     ``$DAGSTER_HOME``) is written at once; other storages and batches as Dagster writes them."""
+    from dagster._core.storage.event_log.in_memory import InMemoryEventLogStorage
+
     storage = instance.event_log_storage
     if type(storage) is not InMemoryEventLogStorage or "store_event_batch" in vars(storage):
         yield
