@@ -30,10 +30,11 @@ with checks starts and the later ones find running, are added. ``seconds`` exclu
 start-up, imports and the creation of the phase's ephemeral Dagster instance (mostly Dagster's
 lazy imports; ``bronze demo`` also creates its instance before its clock); ``cpu s`` is user +
 system CPU with them. Dagster materializes a partition range in one run but records one
-materialization event per partition; the ``data s`` column is the part spent reading, enriching and merging (sum over assets). ``files``
-is the number of data files (``add`` actions) in all ``bz_*`` Delta tables after the phase (for
-dlt: in its ten Delta tables). ``PG cpu s`` is the CPU time the PostgreSQL server (postmaster,
-backends, and the backends it reaped) spent during the phase, read from ``/proc``.
+materialization event per partition; the ``data s`` column is the part spent reading, enriching
+and merging (sum over assets). ``files`` is the number of data files (``add`` actions) in all
+``bz_*`` Delta tables after the phase (for dlt: in its ten Delta tables). ``PG cpu s`` is the
+CPU time the PostgreSQL server (postmaster, backends, and the backends it reaped) spent during the
+phase, read from ``/proc``.
 
 ``seed`` (in ``--json``) is the seeding of the source: wall, CPU and peak RSS of its process; its
 ``settle_seconds`` the ``VACUUM (FREEZE, ANALYZE)`` and ``CHECKPOINT`` that follow it (the source
