@@ -524,3 +524,19 @@ def test_bronze_status_has_a_row_for_the_landing_table(storage: Storage) -> None
               if s.table == EVENTS.bronze_table]
     assert row.freshness == STALE and row.landing is not None and row.landing["files_waiting"] == 1
     assert "1 file(s) wait in" in render([row])
+
+
+def test_a_file_uri_landing_root_is_decoded_as_delta_rs_decodes_it(tmp_path: Path) -> None:
+    """``BRONZE_LANDING_ROOT=file:///…/my%20landing`` is the folder ``my landing``: its files land,
+    recorded under their local path."""
+    folder = tmp_path / "my landing"
+    settings = Settings(data_dir=tmp_path, bronze_root=str(tmp_path / "bronze"),
+                        landing_root=folder.as_uri(), stage_dir=tmp_path / "stage")
+    storage = Storage(settings.bronze_root, settings=settings)
+    assert "%20" in settings.landing_root
+    path = folder / EVENTS.name / "a.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(event(1)) + "\n")
+    os.utime(path, (time.time() - 60,) * 2)
+    assert land(storage)["landing_files"] == 1
+    assert rows(storage)[1]["_source_file"] == "file://" + str(path)

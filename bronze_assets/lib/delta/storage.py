@@ -225,7 +225,7 @@ class Storage:
     def _local(self, path: str) -> str:
         """The local path of ``path`` under a local root (a ``file://`` root is a URL: decoded,
         as delta-rs decodes it)."""
-        root = unquote(self.root.removeprefix("file://")) if self.root.startswith("file://") else self.root
+        root = local_path(self.root)
         return os.path.join(root, path) if path else root
 
     def _delta_listing(self, folder: str, recursive: bool) -> list[Any]:
@@ -300,6 +300,12 @@ def _new_object_store(url: str, options: Mapping[str, str] | None) -> Any | None
         if type(exc).__name__ != "PanicException":
             raise
         return None
+
+
+def local_path(location: str) -> str:
+    """The local path of a local folder given as a path or a ``file://`` URI (decoded, as delta-rs
+    decodes it: ``file:///data/my%20lake`` is ``/data/my lake``)."""
+    return unquote(location.removeprefix("file://")) if location.startswith("file://") else location
 
 
 def listed(name: str) -> bool:

@@ -31,7 +31,7 @@ from pyarrow import fs
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.landing_ledger import LedgerRow, ingested, materialise
-from bronze_assets.lib.delta.storage import Storage, epoch_ns, listed, object_store
+from bronze_assets.lib.delta.storage import Storage, epoch_ns, listed, local_path, object_store
 
 if TYPE_CHECKING:
     from bronze_assets.lib.load.lifecycle import LoadRequest
@@ -85,7 +85,7 @@ def landing_files(folder: str, options: dict[str, str] | None) -> tuple[fs.FileS
     while its listing waits for delta-rs' runtime (see :meth:`Storage._put_store`)."""
     local = "://" not in folder or folder.startswith("file://")
     if local:
-        path = Path(folder.removeprefix("file://"))
+        path = Path(local_path(folder))
         if not path.is_dir():
             return fs.LocalFileSystem(), []
         filesystem = fs.SubTreeFileSystem(str(path.absolute()), fs.LocalFileSystem())
@@ -208,9 +208,9 @@ class _Reader(io.RawIOBase):
 
 def file_uri(folder: str, path: str) -> str:
     """The URI of the file at ``path`` below ``folder`` (what the ledger and ``_source_file``
-    record): ``file://`` and the absolute path for a local file."""
-    if "://" not in folder:
-        return "file://" + str(Path(folder, path).absolute())
+    record): ``file://`` and the absolute path for a local file (a ``file://`` folder decoded)."""
+    if "://" not in folder or folder.startswith("file://"):
+        return "file://" + str(Path(local_path(folder), path).absolute())
     return f"{folder.rstrip('/')}/{path}"
 
 
