@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -154,18 +153,15 @@ def test_a_local_landing_folder_is_listed_as_the_object_store_does(tmp_path: Pat
 # released: delta-rs' runtime threads pulling them are all occupied, as they are while a load's
 # read-ahead waits for its next batch. The release comes from another Python thread, after the
 # listings: a listing that needs delta-rs' runtime while holding the GIL never returns.
-LISTING_BESIDE_WRITES = """
-import os, sys, threading, time
+# Arguments: the writes' folder, the root (or landing folder) listed, its options (JSON).
+BESIDE_WRITES = """
+import json, os, sys, threading, time
 import pyarrow as pa
 from deltalake import write_deltalake
-from bronze_assets.lib.delta import storage as storage_module
 from bronze_assets.lib.delta.storage import Storage
 from bronze_assets.lib.load.landing_source import landing_files
-from bronze_assets_tests.stores import Store
 
-root = sys.argv[1]
-storage = Storage(root)
-storage.write_file("folder/a.json", b"{}")
+tables, root, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 schema = pa.schema([("x", pa.int64())])
 writers = max(2, os.cpu_count() or 2) + 2
 entered, release = threading.Semaphore(0), threading.Event()
@@ -176,7 +172,7 @@ def batches():
     yield pa.record_batch([pa.array([1], pa.int64())], schema=schema)
 
 def write(n):
-    write_deltalake(f"{root}/t{n}", pa.RecordBatchReader.from_batches(schema, batches()))
+    write_deltalake(f"{tables}/t{n}", pa.RecordBatchReader.from_batches(schema, batches()))
 
 threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(writers)]
 for t in threads:
@@ -185,36 +181,45 @@ for _ in range(writers - 2):  # delta-rs' runtime threads are all in a reader by
     entered.acquire(timeout=20)
 time.sleep(0.5)
 threading.Timer(1.0, release.set).start()
-storage.list_files("folder"), storage.listing("folder"), storage.read_file("folder/a.json")
-landing_files(f"{root}/folder", None)
+"""
+LISTING = """
+storage = Storage(root, options)
+found = storage.list_files("folder"), storage.listing("folder"), storage.read_file("folder/a.json")
+landed = sorted(i.path for i in landing_files(f"{root}/folder", options or None)[1])
 for t in threads:
     t.join()
-print("listed beside", writers, "writes")
+print("listed", found[0], landed, found[2], "beside", writers, "writes")
 """
-
-
-@pytest.mark.parametrize("scheme", ["", "file://"])
-def test_listing_beside_writes_that_occupy_delta_rs_runtime_returns(tmp_path: Path, scheme: str) -> None:
-    script = tmp_path / "listing.py"
-    script.write_text(textwrap.dedent(LISTING_BESIDE_WRITES))
-    try:
-        out = subprocess.run([sys.executable, str(script), f"{scheme}{tmp_path / 'root'}"],
-                             capture_output=True, text=True, timeout=90)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the listing hung beside the writes: it waited for delta-rs' runtime holding the GIL")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "listed beside" in out.stdout
-
-
-LANDING_BESIDE_WRITES = LISTING_BESIDE_WRITES.split("storage.list_files(")[0].replace(
-    'storage.write_file("folder/a.json", b"{}")', "") + """
-filesystem, infos = landing_files(sys.argv[2], None)
+LANDING = """
+filesystem, infos = landing_files(root, None)
 with filesystem.open_input_stream("day=1/a b.json") as stream:
     body = stream.read()
 for t in threads:
     t.join()
 print("listed", sorted(i.path for i in infos), body, "beside", writers, "writes")
 """
+
+
+def listed_beside_writes(tmp_path: Path, listing: str, tables: Path, root: str,
+                         options: dict[str, str] | None = None, env: dict[str, str] | None = None) -> str:
+    """What the script ``listing`` (after :data:`BESIDE_WRITES`) printed; fails the test if it hung."""
+    script = tmp_path / "beside_writes.py"
+    script.write_text(BESIDE_WRITES + listing)
+    try:
+        out = subprocess.run([sys.executable, str(script), str(tables), root, json.dumps(options or {})],
+                             env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the listing hung beside the writes: it waited for delta-rs' runtime holding the GIL")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_listing_beside_writes_that_occupy_delta_rs_runtime_returns(tmp_path: Path, scheme: str) -> None:
+    root = f"{scheme}{tmp_path / 'root'}"
+    Storage(root).write_file("folder/a.json", b"{}")
+    out = listed_beside_writes(tmp_path, LISTING, tmp_path / "root", root)
+    assert "listed ['folder/a.json'] ['a.json'] b'{}' beside" in out, out
 
 
 def test_an_object_store_landing_folder_is_listed_and_read_beside_writes_as_delta_rs_does(
@@ -238,52 +243,9 @@ def test_an_object_store_landing_folder_is_listed_and_read_beside_writes_as_delt
     with filesystem.open_input_stream("b.csv") as stream:
         assert stream.read() == b"k\n1\n"
     assert landing_files(store.root + "/nothing_here", None)[1] == []
-    script = tmp_path / "landing.py"
-    script.write_text(textwrap.dedent(LANDING_BESIDE_WRITES))
-    try:
-        out = subprocess.run([sys.executable, str(script), str(tmp_path / "root"), landing],
-                             capture_output=True, text=True, timeout=90)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the landing listing hung beside the writes (delta-rs' handler held the GIL)")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "listed ['b.csv', 'day=1', 'day=1/a b.json'] b'{\"event_id\": 1}' beside" in out.stdout, out.stdout
+    out = listed_beside_writes(tmp_path, LANDING, tmp_path / "root", landing)
+    assert "listed ['b.csv', 'day=1', 'day=1/a b.json'] b'{\"event_id\": 1}' beside" in out, out
 
-
-# The same listings on an object store configured by the root's options (the resource's
-# ``storage_options``, delta-rs' names) rather than the environment: still through obstore.
-OPTIONS_BESIDE_WRITES = """
-import json, sys, threading, time
-import pyarrow as pa
-from deltalake import write_deltalake
-from bronze_assets.lib.delta.storage import Storage
-from bronze_assets.lib.load.landing_source import landing_files
-
-storage = Storage(sys.argv[1], json.loads(sys.argv[3]))
-schema = pa.schema([("x", pa.int64())])
-writers = 6
-entered, release = threading.Semaphore(0), threading.Event()
-
-def batches():
-    entered.release()
-    release.wait()
-    yield pa.record_batch([pa.array([1], pa.int64())], schema=schema)
-
-def write(n):
-    write_deltalake(f"{sys.argv[2]}/t{n}", pa.RecordBatchReader.from_batches(schema, batches()))
-
-threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(writers)]
-for t in threads:
-    t.start()
-for _ in range(writers - 2):
-    entered.acquire(timeout=20)
-time.sleep(0.5)
-threading.Timer(1.0, release.set).start()
-files = storage.list_files("folder"), storage.listing("folder"), storage.read_file("folder/a.json")
-landing = sorted(i.path for i in landing_files(storage.root + "/folder", storage.options)[1])
-for t in threads:
-    t.join()
-print("listed", files[0], landing, files[2])
-"""
 
 STORE_OPTIONS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL",
                  "AWS_ALLOW_HTTP", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
@@ -305,16 +267,8 @@ def test_a_store_configured_by_its_options_is_read_through_obstore_beside_writes
     storage.write_file("folder/a.json", b'{"a": 1}')
     assert storage.read_file("folder/a.json") == b'{"a": 1}' and storage.read_file("folder/b.json") is None
     assert storage.list_files("folder") == ["folder/a.json"]
-    script = tmp_path / "options.py"
-    script.write_text(textwrap.dedent(OPTIONS_BESIDE_WRITES))
-    env = {k: v for k, v in os.environ.items() if k not in STORE_OPTIONS}
-    try:
-        out = subprocess.run([sys.executable, str(script), store.root, str(tmp_path / "local"),
-                              json.dumps(options)], env=env, capture_output=True, text=True, timeout=90)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the listing hung beside the writes: the root's options sent it to delta-rs' handler")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "listed ['folder/a.json'] ['a.json'] b'{\"a\": 1}'" in out.stdout, out.stdout
+    out = listed_beside_writes(tmp_path, LISTING, tmp_path / "local", store.root, options, dict(os.environ))
+    assert "listed ['folder/a.json'] ['a.json'] b'{\"a\": 1}' beside" in out, out
 
 
 @pytest.mark.parametrize(("options", "taken"), [
