@@ -48,6 +48,8 @@ class Storage:
     root: str
     options: Mapping[str, str] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
+    # the obstore client of the files beside the tables, made on first use (its connections kept)
+    _client: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", self.root.rstrip("/"))
@@ -249,38 +251,22 @@ class Storage:
         None when obstore refuses one of the root's options). The files beside the tables
         go through ``obstore`` rather than delta-rs' handler, which holds the GIL while its
         listing's tasks wait for delta-rs' runtime, whose threads may be waiting for the GIL in a
-        write's Python reader: a deadlock (deltalake 1.6.6 ``get_file_info_selector``)."""
-        return object_store(self.root, self.options)
+        write's Python reader: a deadlock (deltalake 1.6.6 ``get_file_info_selector``). Made once
+        per value (about 5 ms, and a new client opens new connections)."""
+        if "store" not in self._client:
+            self._client["store"] = object_store(self.root, self.options)
+        return self._client["store"]
 
     def at(self, root: str) -> Storage:
         """The same options and settings at another root (e.g. an archive next to bronze)."""
         return Storage(root, self.options, self.settings)
 
 
-STORE_VARIABLES = ("AWS_", "AZURE_", "AZURITE_", "GOOGLE_")  # what obstore and delta-rs read
-_STORES: dict[tuple[Any, ...], Any] = {}
-_STORES_LOCK = threading.Lock()
-
-
 def object_store(url: str, options: Mapping[str, str] | None = None) -> Any | None:
     """``obstore``'s store at ``url``, configured as delta-rs configures its own from the store's
     environment variables and ``options`` (delta-rs' names: the HTTP client's settings go to
     obstore's client options, delta-rs' own options are left out); None when obstore refuses an
-    option delta-rs takes (e.g. ``AWS_PROFILE``): delta-rs' handler is used then. One store (its
-    connections kept) per process, URL, options and store variables."""
-    variables = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(STORE_VARIABLES)))
-    key = (os.getpid(), url, tuple(sorted((options or {}).items())), variables)
-    with _STORES_LOCK:
-        if key in _STORES:
-            return _STORES[key]
-    store = _new_object_store(url, options)
-    with _STORES_LOCK:
-        if len(_STORES) >= 64:  # roots, options or variables that changed (tests): drop the old
-            _STORES.clear()
-        return _STORES.setdefault(key, store)
-
-
-def _new_object_store(url: str, options: Mapping[str, str] | None) -> Any | None:
+    option delta-rs takes (e.g. ``AWS_PROFILE``): delta-rs' handler is used then."""
     from obstore.store import from_url
 
     config: dict[str, str] = {}
