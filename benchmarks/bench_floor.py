@@ -209,7 +209,7 @@ class Floor:
             partition_by=[part] if part else None, mode="error", storage_options=storage.delta_options,
             target_file_size=file_bytes,
             configuration={"delta.targetFileSize": str(file_bytes), **BRONZE_PROPERTIES},
-            writer_properties=writer_properties(contract),
+            writer_properties=writer_properties(contract, storage.settings),
             commit_properties=commit_properties(None, contract, meta))
         out: dict[str, Any] = {"rows": rows}
         if written is not None:

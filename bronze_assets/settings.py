@@ -38,6 +38,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BRONZE_COMMIT_CHUNK_ROWS", "500000", "rows per commit of a large load (checkpoints)"),
     Variable("BRONZE_TARGET_FILE_MB", "32", "target size of a bronze data file"),
     Variable("BRONZE_CDC_TARGET_FILE_MB", "4", "target size of a data file of a CDC table"),
+    Variable("BRONZE_PARQUET_COMPRESSION", "uncompressed",
+             "codec of the local engine's Parquet files: uncompressed, snappy, lz4, zstd or zstd:<level>"),
     Variable("BRONZE_EXTRACT_PARALLELISM", "CPU count, at most 4", "source connections per extraction"),
     Variable("BRONZE_ENGINE", "local", "load engine of every table: local, spark or databricks"),
     Variable("BRONZE_ENGINE_TABLES", "unset", "per-table engine, e.g. bz_order_details=spark"),
@@ -171,6 +173,10 @@ DEFAULT_TARGET_FILE_MB = 32
 # holding its changed keys. bench_cdc (600 changed keys a table, median of 3 ticks): scale 10 / 1
 # = 1.43x with 32 MiB files, 1.40x with 8 MiB, 1.01x with 4 MiB.
 DEFAULT_CDC_TARGET_FILE_MB = 4
+# The local engine's Parquet codec: none by default (copy-on-write MERGEs rewrite every file they
+# touch; measured in README "Performance"); a deployment that pays for storage or transfer picks one.
+PARQUET_CODECS = ("uncompressed", "snappy", "lz4", "zstd")
+DEFAULT_PARQUET_COMPRESSION = "uncompressed"
 DEFAULT_RETENTION_YEARS = 7
 DEFAULT_COST_PER_HOUR = 0.55  # USD per compute hour (a small Databricks job cluster, DBU + VM)
 DEFAULT_SECRET_SCOPE = "bronze"
@@ -237,6 +243,17 @@ class _Reader:
                              f"{name}={default:g} or unset it (README, 'Configuration')") from None
         return number
 
+    def codec(self, name: str, default: str) -> str:
+        """A Parquet codec, ``zstd`` optionally with its level (``zstd:3``, 1–22), in lower case."""
+        value = (self.text(name) or default).strip().lower()
+        codec, _, level = value.partition(":")
+        if codec not in PARQUET_CODECS or (level and (codec != "zstd" or not level.isdigit()
+                                                      or not 1 <= int(level) <= 22)):
+            raise ValueError(f"{name}={value!r} is not a Parquet codec: set one of "
+                             f"{', '.join(PARQUET_CODECS)} (zstd with an optional level, e.g. "
+                             f"{name}=zstd:3) or unset it (README, 'Configuration')")
+        return value
+
     def path(self, name: str) -> Path | None:
         value = self.text(name)
         return Path(value).expanduser().absolute() if value else None
@@ -260,6 +277,7 @@ class Settings:
     commit_chunk_rows: int = DEFAULT_COMMIT_CHUNK_ROWS
     target_file_bytes: int = DEFAULT_TARGET_FILE_MB * 1024 * 1024
     cdc_target_file_bytes: int = DEFAULT_CDC_TARGET_FILE_MB * 1024 * 1024
+    parquet_compression: str = DEFAULT_PARQUET_COMPRESSION  # a codec of PARQUET_CODECS, zstd:<level>
     start_date: date | None = None  # None: the first day of the current UTC month (go_live)
     partitions_start: date = date(2020, 1, 1)  # = DEFAULT_PARTITIONS_START
     retention_years: int = DEFAULT_RETENTION_YEARS
@@ -329,6 +347,7 @@ class Settings:
             target_file_bytes=int(read.number("BRONZE_TARGET_FILE_MB", DEFAULT_TARGET_FILE_MB)) * 1024 * 1024,
             cdc_target_file_bytes=int(read.number("BRONZE_CDC_TARGET_FILE_MB", DEFAULT_CDC_TARGET_FILE_MB))
             * 1024 * 1024,
+            parquet_compression=read.codec("BRONZE_PARQUET_COMPRESSION", DEFAULT_PARQUET_COMPRESSION),
             start_date=_parse_date(ENV_START_DATE, start) if start else None,
             partitions_start=_parse_date(ENV_PARTITIONS_START, read.text(ENV_PARTITIONS_START)
                                          or DEFAULT_PARTITIONS_START).replace(day=1),

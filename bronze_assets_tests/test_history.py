@@ -425,3 +425,28 @@ def test_restore_to_before_the_history_began_seeds_it_again(seeded: str, tmp_pat
     assert plan.history_version is None and "re-seeded" in plan.describe()
     assert _history(b).height == b.read("customers").height
     _assert_history_follows_its_table(b)
+
+
+def test_the_configured_parquet_codec_writes_every_file_of_a_table_and_its_history(
+        seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BRONZE_PARQUET_COMPRESSION`` is the codec of every file the local engine writes: the new
+    table, its history seed, the MERGEs into both; the tables read back equal to the source."""
+    import pyarrow.parquet as pq
+
+    from bronze_assets_tests.bronze_helpers import assert_table_exact
+
+    monkeypatch.setenv("BRONZE_PARQUET_COMPRESSION", "zstd:3")
+    b = Bronze(seeded, tmp_path / "bronze")
+    b.load_direct("customers", batch_time=T1)
+    query(seeded, "UPDATE tests.customers SET email = 'moved@example.com', updated_at = now() "
+                  "WHERE customer_id = 1")
+    query(seeded, "DELETE FROM tests.customers WHERE customer_id = 2")
+    assert b.load_direct("customers", batch_time=T2).history_versions == 2
+    for table in ("customers", "customers_history"):
+        files = DeltaTable(b.uri(table)).file_uris()  # the MERGE's (it rewrote the create's)
+        assert files and all("-c000" in f for f in files)
+        codecs = {pq.ParquetFile(f).metadata.row_group(0).column(i).compression
+                  for f in files for i in range(pq.ParquetFile(f).metadata.num_columns)}
+        assert codecs == {"ZSTD"}, (table, codecs)
+    assert_table_exact(seeded, b.root, "customers")
+    assert _versions(_history(b), 1)[-1][3] == "moved@example.com"

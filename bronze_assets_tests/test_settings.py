@@ -59,13 +59,17 @@ def test_settings_are_read_once_parsed_and_explained(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("BRONZE_TARGET_FILE_MB", "64")  # a value, not a view of the environment
     assert (read.go_live(), read.partitions_start) == (date(2026, 11, 2), date(2023, 5, 1))
     assert read.target_file_bytes == 8 * 1024 * 1024 and read.cdc is False
+    codec = settings.Settings.from_env({"BRONZE_PARQUET_COMPRESSION": "ZSTD:6"}).parquet_compression
+    assert codec == "zstd:6" and settings.Settings().parquet_compression == "uncompressed"
     assert read.alerts["BRONZE_SMTP_PASSWORD"] == "hunter22" and "hunter22" not in repr(read)
     assert "pw-1" not in repr(read)
     defaults = settings.Settings()
     assert defaults.go_live(date(2026, 3, 17)) == date(2026, 3, 1) and defaults.cdc
     for name, value, fix in [("BRONZE_TARGET_FILE_MB", "32MB", "BRONZE_TARGET_FILE_MB=32"),
                              ("BRONZE_EXTRACT_PARALLELISM", "0", "at least 1"),
-                             ("BRONZE_COMPUTE_COST_PER_HOUR", "cheap", "BRONZE_COMPUTE_COST_PER_HOUR=0.55")]:
+                             ("BRONZE_COMPUTE_COST_PER_HOUR", "cheap", "BRONZE_COMPUTE_COST_PER_HOUR=0.55"),
+                             ("BRONZE_PARQUET_COMPRESSION", "gzip", "uncompressed, snappy, lz4, zstd"),
+                             ("BRONZE_PARQUET_COMPRESSION", "snappy:3", "zstd:3")]:
         with pytest.raises(ValueError, match=f"{name}={value!r}.*{fix}"):
             settings.Settings.from_env({name: value})
 

@@ -190,7 +190,7 @@ class HistoryWriter:
                         mode="overwrite" if replace else "error",
                         schema_mode="overwrite" if replace else None,
                         storage_options=self.storage.delta_options, target_file_size=file_bytes,
-                        writer_properties=writer_properties(self.contract),
+                        writer_properties=writer_properties(self.contract, self.storage.settings),
                         configuration={"delta.targetFileSize": str(file_bytes), **BRONZE_PROPERTIES},
                         commit_properties=commit_properties(self._dt, self.contract,
                                                             {SEEDED_BY_KEY: batch_id}, table=self.table))
@@ -256,7 +256,7 @@ class HistoryWriter:
         metrics: dict[str, Any] = (
             dt.merge(source.to_arrow(), predicate=statement.predicate, source_alias="s", target_alias="t",
                      merge_schema=any(c not in target.names for c in versions.columns),
-                     writer_properties=writer_properties(self.contract),
+                     writer_properties=writer_properties(self.contract, self.storage.settings),
                      commit_properties=self._properties(dt, batch_id, batch_time, chunk, chunks))
             .when_matched_update(statement.close_set, predicate=statement.close_when)
             .when_not_matched_insert(statement.open_values, predicate=statement.open_when)

@@ -379,7 +379,7 @@ class BronzeMerger:
                     target_file_size=file_bytes,
                     configuration=None if chunk else {
                         "delta.targetFileSize": str(file_bytes), **BRONZE_PROPERTIES},
-                    writer_properties=writer_properties(self.contract),
+                    writer_properties=writer_properties(self.contract, self.storage.settings),
                     commit_properties=self._commit_properties(dt, staged, chunk, chunks),
                 )
             except BaseException:
@@ -450,7 +450,7 @@ class BronzeMerger:
                 target_alias="t",
                 streamed_exec=True,
                 merge_schema=bool(evolve),
-                writer_properties=writer_properties(self.contract),
+                writer_properties=writer_properties(self.contract, self.storage.settings),
                 commit_properties=self._commit_properties(dt, staged, chunk, chunks),
             )
             .when_matched_update(updates, predicate=f"s.{OP} = 'U' AND t.record_status <> '{FORGOTTEN}'")
