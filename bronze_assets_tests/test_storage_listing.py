@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,36 @@ def test_a_storage_value_keeps_one_object_store_client(monkeypatch: pytest.Monke
     assert first is not None and storage._put_store() is first
     assert Storage("s3://bucket/bronze", {"region": "eu-west-1"})._put_store() is not first
     assert storage == Storage("s3://bucket/bronze", {"region": "eu-west-1"}), "the client is not compared"
+
+
+@pytest.mark.parametrize(("options", "retry"), [
+    ({"max_retries": "0", "retry_timeout": "5s", "backoff_config.init_backoff": "200ms",
+      "backoff_config.max_backoff": "1m 30s", "backoff_config.base": "3"},
+     {"max_retries": 0, "retry_timeout": timedelta(seconds=5), "backoff": {
+         "init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=90), "base": 3.0}}),
+    ({"max_retries": "2"}, {"max_retries": 2}),
+    ({"retry_timeout": "10sec", "backoff.base": "1.5"},
+     {"retry_timeout": timedelta(seconds=10), "backoff": {"base": 1.5}}),
+])
+def test_the_retry_options_delta_rs_takes_are_obstores_retry_config(
+        options: dict[str, str], retry: dict[str, object]) -> None:
+    """delta-rs retries every request of the root's store as its options say (``max_retries``,
+    ``retry_timeout``, ``backoff_config.*``: object_store's RetryConfig); the obstore client of the
+    files beside the tables retries as they say too, not 10 times over up to 180 s."""
+    store = storage_module.object_store("s3://bucket/bronze", {"region": "eu-west-1", **options})
+    assert store is not None
+    taken = store.retry_config
+    assert taken is not None
+    expected_backoff = {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=15),
+                        "base": 2.0} | dict(retry.get("backoff", {}))  # type: ignore[arg-type]
+    defaults = {"max_retries": 10, "retry_timeout": timedelta(minutes=3)}
+    expected = defaults | retry | {"backoff": expected_backoff}
+    assert taken == expected
+
+
+@pytest.mark.parametrize("options", [{"retry_timeout": "5 fortnights"}, {"max_retries": " 3"},
+                                     {"backoff_config.base": "1_0"}])
+def test_a_retry_option_obstore_would_read_otherwise_goes_to_delta_rs(options: dict[str, str]) -> None:
+    """A value delta-rs may read another way than Python would (or refuse) is left to delta-rs'
+    handler, which reads it as the tables' client does."""
+    assert storage_module.object_store("s3://bucket/bronze", {"region": "eu-west-1", **options}) is None

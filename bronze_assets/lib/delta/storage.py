@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,12 +33,23 @@ CLIENT_OPTIONS = frozenset({
     "http2_keep_alive_interval", "http2_keep_alive_timeout", "http2_keep_alive_while_idle", "http2_only",
     "pool_idle_timeout", "pool_max_idle_per_host", "proxy_url", "proxy_ca_certificate", "proxy_excludes",
     "randomize_addresses", "read_timeout", "timeout", "user_agent"})
-# delta-rs' own options (its commit locking, retries, runtime): nothing a single GET, PUT or LIST
-# of the files beside the tables needs
+# delta-rs' own options (its commit locking, runtime): nothing a single GET, PUT or LIST of the
+# files beside the tables needs
 DELTA_RS_OPTIONS = frozenset({
     "aws_s3_locking_provider", "aws_s3_allow_unsafe_rename", "delta_dynamo_table_name",
-    "mount_allow_unsafe_rename", "allow_unsafe_rename", "max_retries", "retry_timeout"})
+    "mount_allow_unsafe_rename", "allow_unsafe_rename"})
+# object_store's retry policy of every request, as delta-rs names it: obstore's ``retry_config``
+RETRY_OPTIONS = {"max_retries": ("max_retries",), "retry_timeout": ("retry_timeout",)} | {
+    f"{prefix}{name}": ("backoff", name) for name in ("init_backoff", "max_backoff", "base")
+    for prefix in ("", "backoff_config.", "backoff.")}
 STORE_PREFIXES = ("aws_", "azure_", "google_")
+# humantime's spans (delta-rs' durations: ``5s``, ``200ms``, ``1m 30s``) as obstore takes them; a
+# value that might be read otherwise (months, ``5 s``, fractions) is left to delta-rs' handler
+_UNITS = {"ms": 0.001, "msec": 0.001, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
+          "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+          "d": 86400, "day": 86400, "days": 86400, "w": 604800, "week": 604800, "weeks": 604800}
+_SPAN = r"([0-9]+)(" + "|".join(sorted(_UNITS, key=len, reverse=True)) + r")"
+_DURATION = re.compile(rf"{_SPAN}( *{_SPAN})*")
 
 
 @dataclass(frozen=True)
@@ -271,21 +283,40 @@ def object_store(url: str, options: Mapping[str, str] | None = None) -> Any | No
 
     config: dict[str, str] = {}
     client: dict[str, str] = {}
+    retry: dict[str, Any] = {}
     for key, value in (options or {}).items():
         name = key.lower()
         bare = name.split("_", 1)[1] if name.startswith(STORE_PREFIXES) else name
-        if bare in CLIENT_OPTIONS:
+        if name in RETRY_OPTIONS:
+            if (taken := _retry_value(RETRY_OPTIONS[name][-1], value)) is None:
+                return None
+            *within, last = RETRY_OPTIONS[name]
+            (retry.setdefault(within[0], {}) if within else retry)[last] = taken
+        elif bare in CLIENT_OPTIONS:
             client[bare] = value
         elif name not in DELTA_RS_OPTIONS and not name.startswith("dynamodb_"):
             config[name] = value
     try:
-        return from_url(url, config=config or None, client_options=client or None)  # type: ignore[arg-type]
+        return from_url(url, config=config or None, client_options=client or None,  # type: ignore[arg-type]
+                        retry_config=retry or None)  # type: ignore[arg-type]
     except Exception:  # obstore's refusal of an option (BaseError): delta-rs takes more
         return None
     except BaseException as exc:  # a Rust panic on an option's value (pyo3's PanicException)
         if type(exc).__name__ != "PanicException":
             raise
         return None
+
+
+def _retry_value(name: str, value: str) -> int | float | timedelta | None:
+    """A retry option's value as delta-rs reads it (``max_retries`` a count, ``base`` a number,
+    the others humantime durations); None when Python might read it otherwise than delta-rs."""
+    if name == "max_retries":
+        return int(value) if re.fullmatch(r"[0-9]+", value) else None
+    if name == "base":
+        return float(value) if re.fullmatch(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?", value) else None
+    if not _DURATION.fullmatch(value):
+        return None
+    return sum((timedelta(seconds=int(n) * _UNITS[u]) for n, u in re.findall(_SPAN, value)), timedelta())
 
 
 def local_path(location: str) -> str:
