@@ -703,6 +703,27 @@ def test_the_service_imports_gx_without_collections_and_freezes_it(tmp_path: Pat
     assert result["frozen"] > 100_000
 
 
+def test_failing_keys_are_each_rules_first_five_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule's sample of failing keys is the keys of its first five failing rows in batch order,
+    whether one chunk holds them or several (later chunks look only for the rules whose sample is
+    not full yet)."""
+    from bronze_assets.lib.enrich.score import violations
+    from bronze_assets.lib.quality import validate
+
+    contract, day = CONTRACTS["orders"], AS_OF.date()
+    options = SeedOptions(scale=3000 / contract.seed_rows, defect_rate=0.003, as_of=AS_OF)
+    data = InventoryGenerator(options).generate(contract).data
+    frame = pl.from_arrow(data).with_row_index("row")
+    assert isinstance(frame, pl.DataFrame)
+    first = {rule: frame.filter(expr).head(5) for rule, expr in violations(contract, day).items()}
+    expected = {rule: rows.get_column("order_id").to_list() for rule, rows in first.items() if rows.height}
+    assert any(rows.get_column("row").max() >= 1400 for rows in first.values() if rows.height), \
+        "a sample spread over chunks (two 700-row batches make the first)"
+    monkeypatch.setattr(validate, "CHUNK_ROWS", 1000)
+    report = SuiteRunner(contract, day).validate_batches(data.to_batches(max_chunksize=700))
+    assert report.failing_keys == expected
+
+
 def test_the_service_defers_what_the_suites_do_not_use(tmp_path: Path) -> None:
     """In the service's import setup GX loads without ``scipy.stats`` and ``altair`` (its
     distribution expectations and charts), validates a suite to the same counts as a runner here,

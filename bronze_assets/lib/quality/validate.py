@@ -161,7 +161,10 @@ class SuiteRunner:
         urls = self.context.get_docs_sites_urls(resource_identifier=validated[-1], site_names=[DOCS_SITE])
         self.docs_url = urls[0]["site_url"] if urls else None
 
-    def _validate(self, table: pa.Table, validated: list[Any]) -> QualityReport:
+    def _validate(self, table: pa.Table, validated: list[Any],
+                  sampled: dict[str, list[Any]] | None = None) -> QualityReport:
+        """One chunk's counts; ``sampled``: the failing keys earlier chunks found, by rule."""
+        sampled = sampled or {}
         report = QualityReport(rows=table.num_rows)
         if not table.num_rows:
             return report
@@ -188,12 +191,15 @@ class SuiteRunner:
         assert isinstance(polars_frame, pl.DataFrame)
         counts = polars_frame.select([e.sum().alias(rule) for rule, e in self.vector_rules.items()])
         report.vector_counts = {rule: int(counts[rule][0]) for rule in self.vector_rules}
-        # failing keys come from the vectorised rules (GX would walk every unexpected row for them)
+        # failing keys come from the vectorised rules (GX would walk every unexpected row for them):
+        # the key column alone filtered, for the rules whose sample earlier chunks have not filled
         pk = self.contract.merge_key[0]
-        for rule, expr in self.vector_rules.items():
-            if report.vector_counts[rule]:
-                keys = polars_frame.filter(expr).get_column(pk).head(SAMPLE_KEYS).to_list()
-                report.failing_keys[rule] = [_plain(k) for k in keys]
+        wanted = {rule: pl.col(pk).filter(expr).head(SAMPLE_KEYS).implode().alias(rule)
+                  for rule, expr in self.vector_rules.items()
+                  if report.vector_counts[rule] and len(sampled.get(rule, ())) < SAMPLE_KEYS}
+        if wanted:
+            keys = polars_frame.select(list(wanted.values())).row(0, named=True)
+            report.failing_keys = {rule: [_plain(k) for k in keys[rule]] for rule in wanted}
         return report
 
     def _release_batch(self) -> None:
@@ -218,10 +224,10 @@ class SuiteRunner:
                 pending.append(batch)
                 size += batch.num_rows
                 if size >= CHUNK_ROWS:
-                    total.add(self._validate(pa.Table.from_batches(pending), validated))
+                    total.add(self._validate(pa.Table.from_batches(pending), validated, total.failing_keys))
                     pending, size = [], 0
             if pending:
-                total.add(self._validate(pa.Table.from_batches(pending), validated))
+                total.add(self._validate(pa.Table.from_batches(pending), validated, total.failing_keys))
             self._build_docs(validated)
             total.docs_url = self.docs_url
             return total
