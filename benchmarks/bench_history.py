@@ -117,7 +117,7 @@ def phase_warm() -> dict:
     timed tick pays for that (the first one would)."""
     from bronze_assets.contracts import CONTRACTS
     from bronze_assets.lib.quality import worker
-    from bronze_assets.lib.quality.checks import docs_dir
+    from bronze_assets.lib.quality.validate import docs_dir
     from bronze_assets.settings import Settings
 
     settings = Settings.from_env()

@@ -142,7 +142,7 @@ def phase_load(with_checks: bool = False) -> dict:
         from bronze_assets.lib.quality import worker
         from bronze_assets.settings import Settings
 
-        worker.start_in_background(Settings.from_env())
+        worker.start_in_background(Settings.from_env(), every_table=True)
     import dagster as dg
 
     from bronze_assets.definitions import defs

@@ -180,7 +180,8 @@ def demo(scale: float, seed_external: bool) -> None:
     _check_root()  # before seeding, and before Dagster is imported
     from bronze_assets.lib.quality import worker
 
-    worker.start_in_background(Settings.from_env())  # GX's import beside Dagster's, seeding and start-up
+    # GX's import and the tables' suites beside Dagster's import, seeding and start-up
+    worker.start_in_background(Settings.from_env(), every_table=True)
     from bronze_assets.demo.run import DemoRefusedError, format_summary, run_demo
     from bronze_assets.lib.source.postgres import SourceConnectionError
 

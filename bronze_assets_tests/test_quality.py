@@ -985,6 +985,43 @@ def test_the_service_starts_in_the_background_for_the_local_engine_only(
     assert _gone(pid, 30)
 
 
+def test_a_caller_loading_every_table_has_the_service_build_their_suites_as_their_loads_ask(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``start_in_background(every_table=True)`` (``bronze demo``, about to load every table) asks
+    the service to build every table's suite for a load today, with the Data Docs folder its checks
+    use: the runners each load's own request asks for (``LocalEngine.warm_quality``), built beside
+    the caller's start-up. Without it, nothing is built."""
+    import threading
+    from datetime import UTC, datetime
+
+    from bronze_assets.contracts import LANDING_CONTRACTS
+    from bronze_assets.lib.load.engine import LocalEngine
+    from bronze_assets.lib.quality import worker
+    from bronze_assets.lib.quality.validate import docs_dir
+
+    settings = _service_settings()
+    asked: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(worker, "start", lambda _settings: None)
+    monkeypatch.setattr(worker, "_submit", lambda _settings, *request: asked.append(request))
+
+    def started(every_table: bool) -> list[tuple[Any, ...]]:
+        asked.clear()
+        worker.start_in_background(settings, every_table=every_table)
+        for thread in threading.enumerate():
+            if thread.name == "gx-service-start":
+                thread.join(30)
+        return list(asked)
+
+    today = datetime.now(UTC).date()
+    assert started(every_table=False) == []
+    assert started(every_table=True) == [
+        ("build", c, today, docs_dir(c, settings.data_dir))
+        for c in (*CONTRACTS.values(), *LANDING_CONTRACTS.values())]
+    asked.clear()
+    LocalEngine(SimpleNamespace(settings=settings)).warm_quality(CONTRACTS["orders"])  # type: ignore[arg-type]
+    assert asked == [("build", CONTRACTS["orders"], today, docs_dir(CONTRACTS["orders"], settings.data_dir))]
+
+
 def test_gx_checks_a_runners_stored_checkpoint_once_not_before_every_chunk(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """GX compared the checkpoint and its validation definition with their stored copies before

@@ -713,12 +713,13 @@ def hold_connections(instance: dg.DagsterInstance) -> None:
                                     max_overflow=POOL_MAX_OVERFLOW)
 
 
-def _start_validation_service() -> None:
+def _start_validation_service(every_table: bool = False) -> None:
     """Start the local engine's validation service in the background (the first load's checks
-    would wait for its import of GX); a failure is left to the first check, which names it."""
+    would wait for its import of GX), with every table's suite built when ``every_table``; a
+    failure is left to the first check, which names it."""
     from bronze_assets.lib.quality import worker
 
-    worker.start_in_background(Settings.from_env())
+    worker.start_in_background(Settings.from_env(), every_table=every_table)
 
 
 def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Handler,
@@ -731,7 +732,7 @@ def _run_demo(scale: float, say: Callable[[str], None], log_handler: logging.Han
     from bronze_assets.lib.source.postgres import configured_source_dsn, resolve_source_dsn
     from bronze_assets.settings import ENV_SOURCE_DSN, SOURCE_SCHEMA
 
-    _start_validation_service()  # GX's import overlaps the seeding and Dagster's start-up
+    _start_validation_service(every_table=True)  # GX's import and the suites beside the seeding and start-up
     dsn = resolve_source_dsn(Settings.from_env())
     if _source_is_empty(dsn):
         if configured_source_dsn(Settings.from_env()) is not None and not seed_external:

@@ -9,7 +9,7 @@ engine is one module implementing :class:`LoadEngine`; the Spark engine is
 from __future__ import annotations
 
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,8 +28,7 @@ from bronze_assets.lib.load.source import Selection, table_selection
 from bronze_assets.lib.load.stage import stage_selection
 from bronze_assets.lib.load.stage_files import stage_files
 from bronze_assets.lib.quality import worker
-from bronze_assets.lib.quality.checks import docs_dir
-from bronze_assets.lib.quality.validate import QualityReport
+from bronze_assets.lib.quality.validate import QualityReport, docs_dir
 from bronze_assets.lib.source.schema import SchemaDrift
 
 if TYPE_CHECKING:
@@ -94,8 +93,7 @@ class LocalEngine:
         self.storage = storage
 
     def warm_quality(self, contract: Contract) -> None:
-        settings = self.storage.settings
-        worker.warm(settings, contract, datetime.now(UTC).date(), docs_dir(contract, settings.data_dir))
+        worker.warm_load(self.storage.settings, contract)
 
     def stage(self, request: LoadRequest, selection: Selection, commits: CommitLog) -> StagedBatch:
         if isinstance(selection, FileSelection):  # landing-zone files (ARCHITECTURE §2.6)

@@ -8,7 +8,6 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,11 +93,6 @@ def schema_contract(drift: SchemaDrift, quarantined: int | None = None) -> Check
         SCHEMA_CONTRACT, passed=not drift.breaking, severity=ERROR,
         metadata=metadata, description=drift.describe(),
     )
-
-
-def docs_dir(contract: Contract, data_dir: Path) -> Path:
-    """Where the GX Data Docs of ``contract`` are built, under the data folder ``data_dir``."""
-    return data_dir / "gx_docs" / contract.bronze_table
 
 
 def quality_score(histogram: np.ndarray, report: QualityReport) -> CheckOutcome:

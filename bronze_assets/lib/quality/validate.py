@@ -62,6 +62,11 @@ _runners: OrderedDict[tuple[Contract, date, Path | None], SuiteRunner] = Ordered
 _runners_lock = threading.Lock()
 
 
+def docs_dir(contract: Contract, data_dir: Path) -> Path:
+    """Where the GX Data Docs of ``contract`` are built, under the data folder ``data_dir``."""
+    return data_dir / "gx_docs" / contract.bronze_table
+
+
 def suite_runner(contract: Contract, load_date: date, docs_dir: Path | None = None) -> SuiteRunner:
     """The process's :class:`SuiteRunner` for this contract, load date and docs folder.
 

@@ -21,14 +21,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.staged_file import staged_reader
 from bronze_assets.lib.quality import service
-from bronze_assets.lib.quality.validate import QualityReport, suite_runner
+from bronze_assets.lib.quality.validate import QualityReport, docs_dir, suite_runner
 from bronze_assets.settings import Settings
 
 LOCAL_ENGINE = "local"  # the engine whose checks this service runs (``lib.load.engine.LOCAL``)
@@ -173,17 +173,24 @@ def start(settings: Settings) -> None:
     _connection(settings)
 
 
-def start_in_background(settings: Settings) -> None:
+def start_in_background(settings: Settings, every_table: bool = False) -> None:
     """:func:`start` on a thread of its own, when the local engine loads (the other engines validate
     where they load): a caller about to import Dagster and its definitions (seconds on one core)
-    gets GX's import beside them, not beside its first tables' reads. A failure is left to the
-    first check, which names it."""
+    gets GX's import beside them, not beside its first tables' reads. ``every_table``: a caller
+    about to load every table (``bronze demo``) also has their suites built for a load today
+    (:func:`warm_load`, as each load asks for its own), beside its start-up rather than beside
+    its first tables' reads. A failure is left to the first check, which names it."""
     if (settings.engine or LOCAL_ENGINE) != LOCAL_ENGINE:
         return
 
     def connect() -> None:
         with contextlib.suppress(Exception):
             start(settings)
+            if every_table:
+                from bronze_assets.contracts import CONTRACTS, LANDING_CONTRACTS
+
+                for contract in (*CONTRACTS.values(), *LANDING_CONTRACTS.values()):
+                    warm_load(settings, contract)
 
     threading.Thread(target=connect, name="gx-service-start", daemon=True).start()
 
@@ -191,6 +198,11 @@ def start_in_background(settings: Settings) -> None:
 def warm(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None) -> Future[None]:
     """Have the service import GX and build ``contract``'s suite (if it has not yet); returns at once."""
     return _submit(settings, "build", contract, load_date, docs_dir)
+
+
+def warm_load(settings: Settings, contract: Contract) -> Future[None]:
+    """:func:`warm` for a load of ``contract`` today, with its Data Docs where its checks put them."""
+    return warm(settings, contract, datetime.now(UTC).date(), docs_dir(contract, settings.data_dir))
 
 
 def validate_staged(settings: Settings, contract: Contract, load_date: date, docs_dir: Path | None,

@@ -14,8 +14,7 @@ from bronze_assets.lib.delta.merge_result import MergeResult
 from bronze_assets.lib.load.engine import Staged
 from bronze_assets.lib.load.landing_source import FileSelection
 from bronze_assets.lib.load.source import Selection, table_selection
-from bronze_assets.lib.quality.checks import docs_dir
-from bronze_assets.lib.quality.validate import QualityReport, suite_runner
+from bronze_assets.lib.quality.validate import QualityReport, docs_dir, suite_runner
 from bronze_assets.lib.spark.load import ENGINE, SparkLoader, SparkStaged
 
 if TYPE_CHECKING:
