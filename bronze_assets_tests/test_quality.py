@@ -745,6 +745,53 @@ def test_the_service_defers_what_the_suites_do_not_use(tmp_path: Path) -> None:
     assert abs(result["entropy"] - 0.693147) < 1e-5, "a deferred module loads when it is used"
 
 
+def test_a_date_range_is_compared_in_one_loop_with_gx_own_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range rule on a column of dates (``date`` objects in pandas) is compared in one NumPy loop
+    instead of GX's Python call per value, and GX reports what its own condition reports: success,
+    counts and unexpected values of every expectation."""
+    import pandas as pd
+    from great_expectations.execution_engine import PandasExecutionEngine
+    from great_expectations.expectations import registry
+
+    contract, day = CONTRACTS["orders"], AS_OF.date()
+    table = pa.Table.from_batches(_generated("orders", 3000))
+    assert pa.types.is_date32(table.schema.field("order_date").type)
+    mapped: list[str] = []
+    series_map = pd.Series.map
+
+    def counted(self: pd.Series, func: Any, *args: Any, **kwargs: Any) -> Any:
+        mapped.append(getattr(func, "__name__", ""))
+        return series_map(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(pd.Series, "map", counted)
+
+    def results() -> list[tuple[Any, ...]]:
+        runner = SuiteRunner(contract, day)
+        found: list[tuple[Any, ...]] = []
+        original = runner.checkpoint.run
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            run = original(*args, **kwargs)
+            for result in run.run_results.values():
+                found.extend((r.expectation_config.meta["rule"], r.success, r.result.get("unexpected_count"),
+                              r.result.get("partial_unexpected_list")) for r in result.results)
+            return run
+
+        runner.checkpoint = SimpleNamespace(run=spy)
+        runner.validate(table)
+        return found
+
+    ours = results()
+    assert "is_between" not in mapped, "no Python call per date"
+    providers = registry._registered_metrics["column_values.between.condition"]["providers"]
+    metric_class, condition = providers[PandasExecutionEngine.__name__]
+    monkeypatch.setitem(providers, PandasExecutionEngine.__name__, (metric_class, condition.__wrapped__))
+    gx_own = results()
+    assert "is_between" in mapped, "GX's own condition maps each date"
+    assert repr(ours) == repr(gx_own)  # as text: the not-null rule's unexpected values are NaN
+    assert any(rule == "range:order_date" and count for rule, _ok, count, _values in ours)
+
+
 def test_the_service_imports_nothing_of_the_load(tmp_path: Path) -> None:
     """The service's tasks read staged files with pyarrow alone: importing them loads neither
     DuckDB, delta-rs nor the source client (≈40 MB of the service's memory)."""
