@@ -1032,6 +1032,28 @@ def test_the_service_starts_in_the_background_for_the_local_engine_only(
     assert _gone(pid, 30)
 
 
+def test_a_service_started_by_a_process_that_ignores_sigterm_still_stops(tmp_path: Path) -> None:
+    """A process that ignores SIGTERM (Dagster maps it to SIGINT's handler, which a shell sets to
+    "ignore" for a background command) hands that on to the service it starts; the service
+    restores SIGTERM's default, so ``stop_service`` still ends it."""
+    from bronze_assets.lib.quality import worker
+
+    folder = Path(tempfile.mkdtemp(prefix="gx-")) / "service"
+    settings = Settings.from_env({"BRONZE_GX_SERVICE_DIR": str(folder)})
+    code = ("import json, signal\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "from bronze_assets.lib.quality import worker\n"
+            "from bronze_assets.settings import Settings\n"
+            f"settings = Settings.from_env({{'BRONZE_GX_SERVICE_DIR': {str(folder)!r}}})\n"
+            "worker.start(settings)\n"
+            "print(json.dumps(worker.service_pid(settings)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    pid = json.loads(out.stdout.splitlines()[-1])
+    assert pid is not None and worker.stop_service(settings)
+    assert _gone(pid, 30), "the service ended on SIGTERM"
+
+
 def test_a_caller_loading_every_table_has_the_service_build_their_suites_as_their_loads_ask(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``start_in_background(every_table=True)`` (``bronze demo``, about to load every table) asks

@@ -246,6 +246,10 @@ def main() -> None:
     if os.fork():  # the launcher's child exits: the service is nobody's child, reaped by init
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # ended by SIGTERM (``stop_service``) even when started by a process that ignores it: an
+    # ignored signal is inherited, and Dagster maps SIGTERM to SIGINT's handler, which a shell
+    # sets to "ignore" for a command it starts in the background (``nohup … &``)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     lean_allocators()  # before any thread starts
     lock = open(sock.with_suffix(".lock"), "wb")  # noqa: SIM115 (held for the service's life)
     try:
