@@ -7,11 +7,12 @@ compile their templates once (:mod:`bronze_assets.lib.quality.docs`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -257,6 +258,22 @@ def _gx_type(t: pa.DataType) -> pa.DataType:
     return t
 
 
+def _once_per_process(patch: Callable[[], None]) -> Callable[[], None]:
+    """``patch`` (of GX's process-wide registries and classes) applied once per process."""
+    done = False
+
+    @functools.wraps(patch)
+    def once() -> None:
+        nonlocal done
+        with _runners_lock:
+            if done:
+                return
+            done = True
+        patch()
+
+    return once
+
+
 def _skip_batch_fingerprint() -> None:
     """GX's pandas engine hashes every row of a batch under 1 GB (``HASH_THRESHOLD``) for a batch
     marker, ``pandas_data_fingerprint``, that no expectation reads (≈20 % of a validation's CPU);
@@ -266,9 +283,7 @@ def _skip_batch_fingerprint() -> None:
     pandas_execution_engine.HASH_THRESHOLD = 0
 
 
-_narrowed = False
-
-
+@_once_per_process
 def _narrow_column_domains() -> None:
     """Hand GX's pandas engine one column, not the whole frame, for a column's metrics.
 
@@ -278,11 +293,6 @@ def _narrow_column_domains() -> None:
     partial list). Here the column's condition gets a one-column frame (its compute domain) and
     the unexpected values filter the column alone: the same rows, values and order. Once per
     process (the registry of metric providers is GX's, process-wide)."""
-    global _narrowed
-    with _runners_lock:
-        if _narrowed:
-            return
-        _narrowed = True
     import pandas as pd
     from great_expectations.core.metric_domain_types import MetricDomainTypes
     from great_expectations.execution_engine import PandasExecutionEngine
@@ -335,9 +345,7 @@ def _narrow_column_domains() -> None:
             providers[PandasExecutionEngine.__name__] = (provider[0], column_values)
 
 
-_dates_vectorised = False
-
-
+@_once_per_process
 def _compare_dates_vectorised() -> None:
     """Compare a column of dates with a range rule's date bounds as one array, not value by value.
 
@@ -348,13 +356,6 @@ def _compare_dates_vectorised() -> None:
     compared with NumPy's comparison loop over the same objects (GX's ``<=`` / ``<`` on each
     value, without a Python call per value): the same rows fail; anything else is GX's own
     condition. Once per process (the registry of metric providers is GX's, process-wide)."""
-    global _dates_vectorised
-    with _runners_lock:
-        if _dates_vectorised:
-            return
-        _dates_vectorised = True
-    import functools
-
     import numpy as np
     import pandas as pd
     from great_expectations.core.metric_domain_types import MetricDomainTypes
@@ -399,19 +400,12 @@ def _compare_dates_vectorised() -> None:
 
 
 _fresh: dict[int, tuple[Any, Any]] = {}  # id -> (a runner's checkpoint or definition, its diagnostics)
-_fresh_patched = False
-
-
+@_once_per_process
 def _fresh_once() -> None:
     """GX checks before every run of a checkpoint, and again of its validation definition, that
     each still equals its stored copy (the suite's and the definition's serialized and compared:
     ≈12 ms a chunk, 7 % of a validation). A runner's checkpoint and definition are built, stored
     and never changed (:func:`_known_fresh`): their first diagnostics are answered again."""
-    global _fresh_patched
-    with _runners_lock:
-        if _fresh_patched:
-            return
-        _fresh_patched = True
     from great_expectations.checkpoint.checkpoint import Checkpoint
     from great_expectations.core.validation_definition import ValidationDefinition
 
