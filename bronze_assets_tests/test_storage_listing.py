@@ -263,6 +263,7 @@ def test_a_store_configured_by_its_options_is_read_through_obstore_beside_writes
         monkeypatch.delenv(name)
     if store.root.startswith("s3://"):
         options |= {"aws_s3_allow_unsafe_rename": "true", "timeout": "30s"}
+    options["OBJECT_STORE_CONCURRENCY_LIMIT"] = "16"  # delta-rs' limit of its store's requests
     assert storage_module.object_store(store.root, options) is not None
     storage = Storage(store.root, options)
     storage.write_file("folder/a.json", b'{"a": 1}')
@@ -276,6 +277,7 @@ def test_a_store_configured_by_its_options_is_read_through_obstore_beside_writes
     ({"AWS_ALLOW_HTTP": "true", "timeout": "5s", "aws_s3_locking_provider": "dynamodb", "region": "eu-west-1",
       "dynamodb_region": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, True),
     ({"AWS_PROFILE": "reporting"}, False),  # obstore has no profiles: delta-rs' handler
+    ({"OBJECT_STORE_CONCURRENCY_LIMIT": "10", "region": "eu-west-1"}, True),  # delta-rs' own
     ({"aws_region": "eu-west-1", "region": "eu-west-2"}, False),
 ])
 def test_delta_rs_options_are_given_to_obstore_by_their_meaning(options: dict[str, str], taken: bool) -> None:

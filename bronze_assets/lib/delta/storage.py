@@ -33,11 +33,11 @@ CLIENT_OPTIONS = frozenset({
     "http2_keep_alive_interval", "http2_keep_alive_timeout", "http2_keep_alive_while_idle", "http2_only",
     "pool_idle_timeout", "pool_max_idle_per_host", "proxy_url", "proxy_ca_certificate", "proxy_excludes",
     "randomize_addresses", "read_timeout", "timeout", "user_agent"})
-# delta-rs' own options (its commit locking, runtime): nothing a single GET, PUT or LIST of the
-# files beside the tables needs
+# delta-rs' own options (its commit locking, runtime, the limit of its store's concurrent
+# requests): nothing a single GET, PUT or LIST of the files beside the tables needs
 DELTA_RS_OPTIONS = frozenset({
     "aws_s3_locking_provider", "aws_s3_allow_unsafe_rename", "delta_dynamo_table_name",
-    "mount_allow_unsafe_rename", "allow_unsafe_rename"})
+    "mount_allow_unsafe_rename", "allow_unsafe_rename", "object_store_concurrency_limit"})
 # object_store's retry policy of every request, as delta-rs names it: obstore's ``retry_config``
 RETRY_OPTIONS = {"max_retries": ("max_retries",), "retry_timeout": ("retry_timeout",)} | {
     f"{prefix}{name}": ("backoff", name) for name in ("init_backoff", "max_backoff", "base")
