@@ -107,6 +107,9 @@ def test_zorder_uses_contract_columns(tmp_path: Path) -> None:
     (path,) = DeltaTable(uri).file_uris()
     ids = pq.read_table(path)["product_id"].to_pylist()
     assert ids == sorted(ids) == list(range(1, 401))
+    metadata = pq.ParquetFile(path).metadata  # written with the table's own settings: its codec
+    codecs = {metadata.row_group(0).column(i).compression for i in range(metadata.num_columns)}
+    assert codecs == {"UNCOMPRESSED"}, codecs
 
 
 def test_second_run_commits_nothing(tmp_path: Path) -> None:

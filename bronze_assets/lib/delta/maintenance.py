@@ -36,7 +36,7 @@ from deltalake import DeltaTable
 from bronze_assets.contracts import Contract
 from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.storage import StorageLike, as_storage
-from bronze_assets.lib.delta.write_options import target_file_bytes
+from bronze_assets.lib.delta.write_options import target_file_bytes, writer_properties
 from bronze_assets.lib.delta.writers import refuse_deletion_vectors
 
 DEFAULT_RETENTION_HOURS = 168
@@ -158,6 +158,8 @@ def maintain_table(
             "target_size": target_size or (target_file_bytes(contract, storage.settings)
                                            if contract else None),
             "max_concurrent_tasks": max_concurrent_tasks, "max_spill_size": max_spill_size,
+            # the table's own writer settings (its codec): delta-rs' default would be ZSTD
+            "writer_properties": writer_properties(contract, storage.settings) if contract else None,
         }
         metrics = dt.optimize.z_order(columns, **kwargs) if columns else dt.optimize.compact(**kwargs)
         report.partitions_optimized = int(metrics.get("partitionsOptimized") or (0 if part else 1))
