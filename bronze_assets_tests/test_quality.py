@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -546,10 +548,28 @@ def _staged_file(name: str, rows: int, tmp_path: Path) -> Path:
     return path
 
 
+_SERVICE_FOLDERS: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_service_folders() -> Iterator[None]:
+    """The tests' own service folders (under the system's temporary folder) removed at the end."""
+    yield
+    for folder in _SERVICE_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _service_folder() -> Path:
+    """A service folder of the test's own, short (a socket path has ≤ 107 bytes), removed after
+    the module's tests."""
+    _SERVICE_FOLDERS.append(Path(tempfile.mkdtemp(prefix="gx-")))
+    return _SERVICE_FOLDERS[-1] / "service"
+
+
 def _service_settings(idle_seconds: int = 60) -> Settings:
-    """Settings naming a service folder of the test's own (short: a socket path has ≤ 107 bytes),
-    so the service it starts (and maybe kills) is not the one the other tests share."""
-    folder = Path(tempfile.mkdtemp(prefix="gx-")) / "service"
+    """Settings naming a service folder of the test's own, so the service it starts (and maybe
+    kills) is not the one the other tests share."""
+    folder = _service_folder()
     return Settings.from_env({"BRONZE_GX_SERVICE_DIR": str(folder),
                               "BRONZE_GX_SERVICE_IDLE_SECONDS": str(idle_seconds)})
 
@@ -1038,7 +1058,7 @@ def test_a_service_started_by_a_process_that_ignores_sigterm_still_stops(tmp_pat
     restores SIGTERM's default, so ``stop_service`` still ends it."""
     from bronze_assets.lib.quality import worker
 
-    folder = Path(tempfile.mkdtemp(prefix="gx-")) / "service"
+    folder = _service_folder()
     settings = Settings.from_env({"BRONZE_GX_SERVICE_DIR": str(folder)})
     code = ("import json, signal\n"
             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
