@@ -47,7 +47,7 @@ from bronze_assets.lib.delta.query import table_stats
 from bronze_assets.lib.delta.staged_file import slices
 from bronze_assets.lib.delta.staged_layout import StagedLayout, staged_layout
 from bronze_assets.lib.delta.staging import SpillFile, StagedBatch
-from bronze_assets.lib.delta.storage import StorageLike, as_storage
+from bronze_assets.lib.delta.storage import StorageLike, as_storage, local_path
 from bronze_assets.lib.delta.write_options import (
     WRITE_BATCH_ROWS,
     target_file_bytes,
@@ -551,7 +551,7 @@ def discard_uncommitted(uri: str) -> None:
     """Remove what a failed first write left at a local ``uri`` (data files, an empty
     ``_delta_log``) when no commit landed, so no half-created table stays behind. Object-store
     roots keep their orphan files until the table exists and VACUUM removes them."""
-    path = Path(uri.removeprefix("file://"))
+    path = Path(local_path(uri))
     if "://" in uri.removeprefix("file://") or not path.is_dir():
         return
     if not any((path / "_delta_log").glob("*.json")):
